@@ -315,6 +315,4 @@ def reconstruct_batch(shares: Sequence[OpenedShare]) -> dict[Column, RingArray]:
     for s in shares:
         if (s.header.gateway_id, s.header.seq) != (h0.gateway_id, h0.seq):
             raise ShareError("shares belong to different batches")
-    return {
-        c: sharing.reconstruct([s.columns[c] for s in shares]) for c in h0.columns
-    }
+    return {c: sharing.reconstruct([s.columns[c] for s in shares]) for c in h0.columns}

@@ -114,9 +114,7 @@ class EnvelopeHeader:
     @property
     def row_width(self) -> int:
         """Ring elements per reading across all columns."""
-        return sum(
-            len(self.hist_edges) + 1 if c is Column.HISTOGRAM else 1 for c in self.columns
-        )
+        return sum(len(self.hist_edges) + 1 if c is Column.HISTOGRAM else 1 for c in self.columns)
 
     def timestamps(self) -> Int64Array:
         """All timestamps of the batch in segment order."""
@@ -164,6 +162,10 @@ def _check_header(h: EnvelopeHeader) -> None:
         raise _fail(f"party {h.party} / vector party {h.vector_party} not below {h.n_parties}")
     if not 0 <= h.frac_bits <= 40:
         raise _fail(f"fraction bits {h.frac_bits} not in 0..40")
+    _check_layout(h)
+
+
+def _check_layout(h: EnvelopeHeader) -> None:
     if not h.columns or len(set(h.columns)) != len(h.columns):
         raise _fail("columns must be a non-empty list without repeats")
     has_hist = Column.HISTOGRAM in h.columns
