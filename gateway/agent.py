@@ -1,0 +1,222 @@
+"""The agent: sources → ingest → batcher → seal → spool → uplinks, in one TaskGroup.
+
+Flow of one batch: the batch loop drains the ingest hand-off every ``tick``
+into the :class:`~gateway.batcher.Batcher`; when a batch is due it is shared
+and sealed once for all N clusters (in a worker thread), the N frames are
+committed to the spool in one transaction, then the sources' acknowledgement
+tokens are released and the uplinks woken.
+
+Sealing needs every cluster's attested HPKE key. Keys pinned earlier are
+loaded from the spool, so a restart with clusters down keeps sealing; before
+the first attestation of every cluster, readings wait in the batcher up to
+``batching.max_pending`` and beyond that are refused (counted).
+
+Overflow: when the spool is full, the batch's readings are refused (counted
+in ``gateway_readings_refused_total{reason="spool_full"}``) and
+``gateway_spool_overflow_alarm`` is set; spooled batches are never evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.batcher import Batcher
+from gateway.config import GatewayConfig
+from gateway.errors import SpoolFullError
+from gateway.http import make_app, start_http
+from gateway.ingest import Drained, Ingest, release_acks
+from gateway.keys import GatewayKeys
+from gateway.metrics import Metrics
+from gateway.sources.mqtt import MqttSource
+from gateway.sources.opcua import OpcuaSource
+from gateway.spool import PinnedKey, Spool
+from gateway.uplink import ClusterLink
+from tecc_contract.attestation import SimulatedPlatformVerifier
+from tecc_contract.envelope import ClusterKey, Sealer
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One running gateway; build it with unsealed keys, then ``await run(stop)``."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        keys: GatewayKeys,
+        *,
+        tick_s: float = 0.01,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.cfg = cfg
+        self._keys = keys
+        self._tick = tick_s
+        self._now_ns = now_ns
+        self.ingest = Ingest(cfg.sensors)
+        self.metrics = Metrics(self.ingest)
+        self.metrics.tpm_ok.set(1)
+        self.spool = Spool(cfg.spool.path, gateway_id=cfg.gateway_id,
+                           n_clusters=len(cfg.clusters), spool_key=keys.spool_key,
+                           max_bytes=cfg.spool.max_bytes)
+        self.batcher = Batcher(max_readings=cfg.batching.max_readings,
+                               max_delay_s=cfg.batching.max_delay_s)
+        self._pins = self.spool.pins()
+        self._sealer: Sealer | None = None
+        self._build_sealer()
+        self._seq = self.spool.last_seq()
+        self._released: list[tuple[str, int]] = []
+        self.overflow = False
+        self.mqtt = [MqttSource(c, self.ingest, self.metrics,
+                                redelivery=self.spool.inflight(c.name)) for c in cfg.mqtt]
+        declared = set(cfg.sensors)
+        self.opcua = [OpcuaSource(c, self.ingest, self.metrics, sensors=declared)
+                      for c in cfg.opcua]
+        self._verifier = SimulatedPlatformVerifier(
+            platform_keys={k: Ed25519PublicKey.from_public_bytes(v)
+                           for k, v in cfg.attestation.platform_keys.items()},
+            allowed_measurements=cfg.attestation.allowed_measurements,
+            max_age_s=cfg.attestation.max_age_s,
+        )
+        self.links: list[ClusterLink] = []
+
+    def _build_sealer(self) -> None:
+        if len(self._pins) < len(self.cfg.clusters) or self._sealer is not None:
+            return
+        self._sealer = Sealer(
+            gateway_id=self.cfg.gateway_id,
+            signing_key=self._keys.identity,
+            clusters=[ClusterKey(p.cluster, KemSuite(p.suite), p.public_key)
+                      for p in self._pins.values()],
+            columns=tuple(Column(c) for c in self.cfg.columns),
+        )
+        log.info("all %d cluster keys known; sealing enabled", len(self._pins))
+
+    def _on_pin(self, key: PinnedKey) -> None:
+        self._pins[key.cluster] = key
+        self._build_sealer()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness and a summary for ``/healthz``."""
+        details = {
+            "gateway_id": self.cfg.gateway_id,
+            "tpm": "unsealed",
+            "sealing": self._sealer is not None,
+            "spool_overflow": self.overflow,
+            "last_seq": self._seq,
+            "backlog": len(self.batcher) + self.ingest.pending(),
+            "sources": {**{s.name: s.connected for s in self.mqtt},
+                        **{s.name: s.connected for s in self.opcua}},
+            "clusters": {
+                str(link.index): {"attested": link.attested_at is not None,
+                                  "depth": self.spool.depth(link.index),
+                                  "last_error": link.last_error}
+                for link in self.links
+            },
+        }
+        return not self.overflow, details
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then flush what can be flushed and return."""
+        timeout = aiohttp.ClientTimeout(total=30, connect=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self.links = [
+                ClusterLink(c, spool=self.spool, verifier=self._verifier, metrics=self.metrics,
+                            session=session, on_pin=self._on_pin, expected_suite=self.cfg.kem_suite)
+                for c in self.cfg.clusters
+            ]
+            runner = await start_http(make_app(self.metrics, self.health),
+                                      self.cfg.http.host, self.cfg.http.port)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(link.run()) for link in self.links]
+                    tasks += [tg.create_task(src.run()) for src in self.opcua]
+                    tasks.append(tg.create_task(self._gauges_loop()))
+                    batch_task = tg.create_task(self._batch_loop(stop))
+                    for m in self.mqtt:
+                        m.start()
+                    await batch_task
+                    for m in self.mqtt:
+                        m.stop()
+                    for t in tasks:
+                        t.cancel()
+            finally:
+                await runner.cleanup()
+                self.spool.close()
+        log.info("agent stopped at seq %d", self._seq)
+
+    async def _batch_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self._tick)
+            await self._step(time.monotonic())
+        await self._step(time.monotonic(), final=True)
+
+    async def _step(self, now: float, *, final: bool = False) -> None:
+        drained = self.ingest.drain()
+        backlog = len(self.batcher) + len(drained)
+        if self._sealer is None and backlog > self.cfg.batching.max_pending:
+            self._refuse(drained, "backlog_full")
+        else:
+            self.batcher.add(drained, now)
+        if self._sealer is None:
+            return
+        while self.batcher.due(now) or (final and len(self.batcher)):
+            await self._cut(now)
+
+    def _refuse(self, drained: Drained, reason: str) -> None:
+        if len(drained):
+            self.metrics.refused.labels(reason).inc(len(drained))
+            log.error("refusing %d readings: %s", len(drained), reason)
+        release_acks(drained.acks)
+
+    async def _cut(self, now: float) -> None:
+        assert self._sealer is not None
+        batch = self.batcher.take(now)
+        tokens = [(t.name, tok[0], tok[1]) for t, tok in batch.acks]
+        if batch.count:
+            seq = self._seq + 1
+            created = self._now_ns()
+            frames = await asyncio.to_thread(self._sealer.seal, seq, batch.segments,
+                                             created_ns=created)
+            try:
+                await asyncio.to_thread(self.spool.append, seq, created, batch.count, frames,
+                                        inflight=tokens, released=self._released)
+            except SpoolFullError as exc:
+                if not self.overflow:
+                    log.error("spool full, refusing new readings: %s", exc)
+                self.overflow = True
+                self.metrics.spool_overflow.set(1)
+                self.metrics.refused.labels("spool_full").inc(batch.count)
+                release_acks(batch.acks)
+                return
+            self._seq = seq
+            self._released = [(name, mid) for name, mid, _ in tokens]
+            if self.overflow:
+                log.warning("spool has room again; accepting readings")
+            self.overflow = False
+            self.metrics.spool_overflow.set(0)
+            self.metrics.batches.inc()
+            for link in self.links:
+                link.wake.set()
+        release_acks(batch.acks)
+
+    async def _gauges_loop(self) -> None:
+        while True:
+            now = self._now_ns()
+            m = self.metrics
+            for c in self.cfg.clusters:
+                label = str(c.index)
+                m.spool_depth.labels(label).set(self.spool.depth(c.index))
+                oldest = await asyncio.to_thread(self.spool.oldest_created_ns, c.index)
+                m.spool_age.labels(label).set(0 if oldest is None else (now - oldest) / 1e9)
+            m.spool_bytes.set(self.spool.bytes_used)
+            m.backlog.set(len(self.batcher) + self.ingest.pending())
+            await asyncio.sleep(1.0)

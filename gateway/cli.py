@@ -1,0 +1,116 @@
+"""Command line: ``gateway provision | run | status | reenrol --config FILE``.
+
+Exit codes: 0 success, 2 configuration or usage error, 3 the TPM refused to
+unseal (PCR state changed), 4 other gateway errors (message says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gateway import logs
+from gateway.agent import Agent
+from gateway.config import GatewayConfig
+from gateway.config_yaml import load_config
+from gateway.errors import ConfigError, GatewayError, PcrPolicyError
+from gateway.keys import GatewayKeys, load_keys, provision
+from gateway.spool import Spool
+from gateway.tpm import Tpm
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tecc-gateway", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("provision", "create the identity and spool keys, sealed in the TPM"),
+                       ("run", "run the agent until SIGTERM/SIGINT"),
+                       ("status", "show key, pin and spool state"),
+                       ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--config", required=True, type=Path)
+        if name == "provision":
+            sp.add_argument("--force", action="store_true", help="replace existing keys")
+        if name == "reenrol":
+            sp.add_argument("--cluster", required=True, type=int)
+    return p
+
+
+def _unseal(cfg: GatewayConfig) -> GatewayKeys:
+    with Tpm(cfg.tpm.tcti) as tpm:
+        return load_keys(tpm, cfg.state_dir)
+
+
+def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
+    return Spool(cfg.spool.path, gateway_id=cfg.gateway_id, n_clusters=len(cfg.clusters),
+                 spool_key=keys.spool_key, max_bytes=cfg.spool.max_bytes)
+
+
+async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
+    agent = Agent(cfg, keys)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("gateway %s running: %d sensors, %d mqtt, %d opcua sources, %d clusters",
+             cfg.gateway_id, len(cfg.sensors), len(cfg.mqtt), len(cfg.opcua), len(cfg.clusters))
+    await agent.run(stop)
+
+
+def _command(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.command == "provision":
+        with Tpm(cfg.tpm.tcti) as tpm:
+            keys = provision(tpm, cfg.state_dir, cfg.tpm.pcrs, cfg.tpm.pcr_bank, force=args.force)
+        print(json.dumps({"gateway_id": cfg.gateway_id, "identity_public_key":
+                          keys.public_raw.hex(), "pcrs": list(cfg.tpm.pcrs)}))
+        return 0
+    keys = _unseal(cfg)
+    if args.command == "run":
+        asyncio.run(_run(cfg, keys))
+        return 0
+    spool = _open_spool(cfg, keys)
+    try:
+        if args.command == "reenrol":
+            dropped = spool.unpin(args.cluster)
+            print(json.dumps({"cluster": args.cluster, "dropped_envelopes": dropped}))
+            return 0
+        status = {
+            "gateway_id": cfg.gateway_id,
+            "identity_public_key": keys.public_raw.hex(),
+            "last_seq": spool.last_seq(),
+            "spool_bytes": spool.bytes_used,
+            "depth": {c.index: spool.depth(c.index) for c in cfg.clusters},
+            "pinned": {i: p.service_id for i, p in spool.pins().items()},
+        }
+        print(json.dumps(status))
+        return 0
+    finally:
+        spool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tecc-gateway`` and ``python -m gateway``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        return _command(args)
+    except ConfigError as exc:
+        log.critical("configuration error: %s", exc)
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PcrPolicyError as exc:
+        log.critical("refusing to start: %s", exc)
+        print(f"gateway: refusing to start: {exc}", file=sys.stderr)
+        return 3
+    except GatewayError as exc:
+        log.critical("%s", exc)
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 4

@@ -1,0 +1,306 @@
+"""Validated, frozen configuration of the gateway agent, loaded from YAML.
+
+Every section is a frozen dataclass that checks itself in ``__post_init__``;
+a bad value raises :class:`~gateway.errors.ConfigError` naming it. See
+``configs/gateway.yaml`` for an annotated example and
+:mod:`gateway.config_yaml` for loading.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from tecc_contract.fixedpoint import SensorRange
+
+
+class PayloadFormat(enum.StrEnum):
+    """How an MQTT payload carries its reading(s)."""
+
+    NUMBER = "number"  # the payload is the decimal text of one number
+    JSON = "json"  # a JSON object; value (and optional timestamp) at configured paths
+    JSON_BATCH = "json_batch"  # a JSON array of such objects (or of plain numbers)
+
+
+class DeadbandType(enum.StrEnum):
+    """OPC-UA data-change deadband kinds (OPC 10000-4 §7.22.2)."""
+
+    NONE = "none"
+    ABSOLUTE = "absolute"
+    PERCENT = "percent"
+
+
+class SecurityPolicy(enum.StrEnum):
+    """OPC-UA security policies the gateway accepts."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+
+
+class SecurityMode(enum.StrEnum):
+    """OPC-UA message security modes used with Basic256Sha256."""
+
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
+@dataclass(frozen=True, slots=True)
+class SensorConfig:
+    """A declared sensor: id, physical range and unit."""
+
+    id: str
+    range: SensorRange
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id or len(self.id) > 200:
+            raise ConfigError(f"sensor id must be 1..200 characters, got {self.id!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS material for an MQTT connection (paths to PEM files)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRule:
+    """Maps an MQTT topic filter to sensor ids and a payload format.
+
+    ``sensor_template`` is a :meth:`str.format` template whose positional
+    fields are the wildcard captures of ``filter`` in order (``+`` captures
+    one level, ``#`` the rest), e.g. filter ``plant/+/+/value`` with template
+    ``{0}.{1}``.
+    """
+
+    filter: str
+    sensor_template: str
+    format: PayloadFormat = PayloadFormat.NUMBER
+    value_path: tuple[str, ...] = ("value",)
+    timestamp_path: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        levels = self.filter.split("/")
+        if not self.filter or any(("+" in lv or "#" in lv) and len(lv) > 1 for lv in levels):
+            raise ConfigError(f"invalid MQTT topic filter {self.filter!r}")
+        if "#" in levels[:-1]:
+            raise ConfigError(f"'#' must be the last level of topic filter {self.filter!r}")
+        n = sum(lv in ("+", "#") for lv in levels)
+        try:
+            self.sensor_template.format(*(["x"] * n))
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ConfigError(
+                f"sensor_template {self.sensor_template!r} does not fit filter "
+                f"{self.filter!r} ({n} wildcard captures, use {{0}}..{{{n - 1}}})"
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSourceConfig:
+    """One MQTT broker connection and its topic rules."""
+
+    name: str
+    host: str
+    port: int
+    client_id: str
+    topics: tuple[TopicRule, ...]
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"mqtt source {self.name!r}: port out of range")
+        if not self.topics:
+            raise ConfigError(f"mqtt source {self.name!r}: configure at least one topic rule")
+        if not self.client_id:
+            raise ConfigError(f"mqtt source {self.name!r}: a fixed client_id is required")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """Monitoring parameters of an OPC-UA node."""
+
+    sampling_ms: float = 100.0
+    queue_size: int = 10
+    deadband: DeadbandType = DeadbandType.NONE
+    deadband_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sampling_ms < 0 or self.queue_size < 1:
+            raise ConfigError("sampling_ms must be >= 0 and queue_size >= 1")
+        if self.deadband is not DeadbandType.NONE and not (
+            math.isfinite(self.deadband_value) and self.deadband_value >= 0
+        ):
+            raise ConfigError("deadband value must be a finite number >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class OpcuaNode:
+    """An explicitly configured OPC-UA node and the sensor it feeds."""
+
+    node_id: str
+    sensor: str
+    options: NodeOptions = NodeOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class OpcuaBrowse:
+    """A folder whose variable children are subscribed; ids from a template on BrowseName."""
+
+    folder: str
+    sensor_template: str = "{name}"
+    options: NodeOptions = NodeOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class OpcuaSecurity:
+    """OPC-UA security: policy, mode and the gateway's certificate and key."""
+
+    policy: SecurityPolicy = SecurityPolicy.NONE
+    mode: SecurityMode = SecurityMode.SIGN_AND_ENCRYPT
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_certificate: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy is not SecurityPolicy.NONE and (
+            self.certificate is None or self.private_key is None
+        ):
+            raise ConfigError("OPC-UA Basic256Sha256 needs certificate and private_key paths")
+
+
+@dataclass(frozen=True, slots=True)
+class OpcuaSourceConfig:
+    """One OPC-UA server connection."""
+
+    name: str
+    url: str
+    nodes: tuple[OpcuaNode, ...] = ()
+    browse: tuple[OpcuaBrowse, ...] = ()
+    security: OpcuaSecurity = OpcuaSecurity()
+    publishing_ms: float = 100.0
+    subscribe_batch: int = 500
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith("opc.tcp://"):
+            raise ConfigError(f"opcua source {self.name!r}: url must start with opc.tcp://")
+        if not self.nodes and not self.browse:
+            raise ConfigError(f"opcua source {self.name!r}: configure nodes or browse folders")
+        if self.subscribe_batch < 1:
+            raise ConfigError("subscribe_batch must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """When a batch is cut: ``max_readings`` or ``max_delay_s``, whichever first."""
+
+    max_readings: int = 20_000
+    max_delay_s: float = 0.25
+    max_pending: int = 2_000_000  # readings held while cluster keys are unknown
+
+    def __post_init__(self) -> None:
+        if self.max_readings < 1 or self.max_delay_s <= 0 or self.max_pending < self.max_readings:
+            raise ConfigError("batching: need max_readings >= 1, max_delay_s > 0, "
+                              "max_pending >= max_readings")
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    """Where the spool lives and how large it may grow (sum of frame bytes)."""
+
+    path: Path
+    max_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 << 16:
+            raise ConfigError("spool.max_bytes must be at least 65536")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A TECC compute cluster: its party index, URL and expected identity."""
+
+    index: int
+    url: str
+    service_id: str
+    role: str = "party"
+
+    def __post_init__(self) -> None:
+        if self.index < 0 or not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"cluster {self.index}: need index >= 0 and an http(s) url")
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationConfig:
+    """Allow-list for cluster quotes: platform keys and allowed measurements."""
+
+    platform_keys: Mapping[str, bytes]  # key id -> raw Ed25519 public key
+    allowed_measurements: frozenset[bytes]
+    max_age_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.platform_keys or not self.allowed_measurements:
+            raise ConfigError("attestation: configure platform_keys and allowed_measurements")
+        if any(len(k) != 32 for k in self.platform_keys.values()):
+            raise ConfigError("attestation: platform keys are 32-byte Ed25519 keys in hex")
+
+
+@dataclass(frozen=True, slots=True)
+class TpmConfig:
+    """How to reach the TPM and which PCRs the sealed keys are bound to."""
+
+    tcti: str = "swtpm:port=2321"
+    pcrs: tuple[int, ...] = (7, 14)
+    pcr_bank: str = "sha256"
+
+    def __post_init__(self) -> None:
+        if not self.pcrs or any(not 0 <= p < 24 for p in self.pcrs):
+            raise ConfigError("tpm.pcrs must be a non-empty list of PCR indices 0..23")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """Listen address of ``/healthz`` and ``/metrics``."""
+
+    host: str = "127.0.0.1"
+    port: int = 9100
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole agent configuration."""
+
+    gateway_id: str
+    state_dir: Path
+    sensors: Mapping[str, SensorConfig]
+    clusters: tuple[ClusterConfig, ...]
+    attestation: AttestationConfig
+    spool: SpoolConfig
+    mqtt: tuple[MqttSourceConfig, ...] = ()
+    opcua: tuple[OpcuaSourceConfig, ...] = ()
+    batching: BatchingConfig = BatchingConfig()
+    tpm: TpmConfig = TpmConfig()
+    http: HttpConfig = HttpConfig()
+    kem_suite: str = "x25519"
+    columns: tuple[str, ...] = ("value",)
+
+    def __post_init__(self) -> None:
+        if not self.gateway_id:
+            raise ConfigError("gateway_id is required")
+        idx = sorted(c.index for c in self.clusters)
+        if len(idx) < 2 or idx != list(range(len(idx))):
+            raise ConfigError(f"clusters need indices 0..N-1 with N >= 2, got {idx}")
+        if not self.sensors:
+            raise ConfigError("declare at least one sensor")

@@ -1,0 +1,178 @@
+"""The thread-safe hand-off from sources to the batching loop, with validation.
+
+Sources call :meth:`Ingest.offer` from any thread (paho's network thread, the
+asyncio loop); each call validates readings against the sensor's declared
+range, counts rejections by (sensor, reason), and appends the accepted ones
+together with the source's acknowledgement token under one lock. The batching
+loop calls :meth:`Ingest.drain` to take everything in one swap, so the cost per
+reading across the thread boundary is one list append.
+
+An acknowledgement token (e.g. an MQTT packet id) is released back to its
+source only after every reading offered before it is durably spooled, which is
+what makes QoS 1 delivery survive a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.config import SensorConfig
+from gateway.sources.payload import PayloadReject, RawReading
+from tecc_contract.errors import RejectReason
+from tecc_contract.fixedpoint import classify
+
+Reason = RejectReason | PayloadReject
+#: What a source needs back to acknowledge one message: (packet id, content digest).
+AckToken = tuple[int, bytes]
+
+
+class AckTarget(Protocol):
+    """A source that wants tokens back once its readings are durable."""
+
+    name: str
+
+    def ack(self, tokens: list[AckToken]) -> None:
+        """Acknowledge ``tokens`` (in the order they were offered)."""
+
+
+@dataclass(slots=True)
+class Drained:
+    """Everything taken from the hand-off in one swap."""
+
+    sensors: list[str] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    acks: list[tuple[AckTarget, AckToken]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class Ingest:
+    """Validating, counting, thread-safe buffer between sources and the batcher."""
+
+    def __init__(self, sensors: Mapping[str, SensorConfig]) -> None:
+        self._ranges = {s.id: (s.range.low, s.range.high, s.range) for s in sensors.values()}
+        self._lock = threading.Lock()
+        self._buf = Drained()
+        self.rejected: Counter[tuple[str, str]] = Counter()
+        self.accepted: Counter[str] = Counter()  # by source name
+
+    def offer(
+        self,
+        source: str,
+        sensor_id: str,
+        readings: Iterable[RawReading],
+        ack: tuple[AckTarget, AckToken] | None = None,
+        rejects: Iterable[Reason] = (),
+    ) -> int:
+        """Validate ``readings`` of one sensor and queue the accepted ones; return that count.
+
+        ``rejects`` are reasons already found by the source (e.g. malformed batch
+        items); they are counted under the same lock.
+        """
+        rng = self._ranges.get(sensor_id)
+        ts_ok: list[int] = []
+        val_ok: list[float] = []
+        bad: list[Reason] = list(rejects)
+        if rng is None:
+            bad.extend(RejectReason.UNKNOWN_SENSOR for _ in readings)
+        else:
+            low, high, srange = rng
+            for ts, v in readings:
+                if type(v) is float and low <= v <= high:  # fast path; NaN fails the compare
+                    ts_ok.append(ts)
+                    val_ok.append(v)
+                    continue
+                c = classify(v, srange)
+                if isinstance(c, RejectReason):
+                    bad.append(c)
+                else:
+                    ts_ok.append(ts)
+                    val_ok.append(c)
+        with self._lock:
+            if val_ok:
+                buf = self._buf
+                buf.sensors.extend([sensor_id] * len(val_ok))
+                buf.timestamps.extend(ts_ok)
+                buf.values.extend(val_ok)
+                self.accepted[source] += len(val_ok)
+            for reason in bad:
+                self.rejected[(sensor_id, reason.value)] += 1
+            if ack is not None:
+                self._buf.acks.append(ack)
+        return len(val_ok)
+
+    def reject(self, sensor_id: str, reason: Reason,
+               ack: tuple[AckTarget, AckToken] | None = None, count: int = 1) -> None:
+        """Count ``count`` rejections of ``sensor_id`` for ``reason`` (e.g. a malformed payload)."""
+        with self._lock:
+            self.rejected[(sensor_id, reason.value)] += count
+            if ack is not None:
+                self._buf.acks.append(ack)
+
+    def offer_rows(self, source: str, rows: Iterable[tuple[str, int, object]],
+                   rejects: Iterable[tuple[str, Reason]] = ()) -> int:
+        """Validate (sensor, timestamp, value) rows of many sensors; queue the accepted ones."""
+        sensors: list[str] = []
+        ts_ok: list[int] = []
+        val_ok: list[float] = []
+        bad: list[tuple[str, Reason]] = list(rejects)
+        ranges = self._ranges
+        for sensor_id, ts, v in rows:
+            rng = ranges.get(sensor_id)
+            if rng is None:
+                bad.append((sensor_id, RejectReason.UNKNOWN_SENSOR))
+                continue
+            if type(v) is float and rng[0] <= v <= rng[1]:
+                c: float | RejectReason = v
+            else:
+                c = classify(v, rng[2])
+            if isinstance(c, RejectReason):
+                bad.append((sensor_id, c))
+            else:
+                sensors.append(sensor_id)
+                ts_ok.append(ts)
+                val_ok.append(c)
+        with self._lock:
+            buf = self._buf
+            buf.sensors.extend(sensors)
+            buf.timestamps.extend(ts_ok)
+            buf.values.extend(val_ok)
+            if val_ok:
+                self.accepted[source] += len(val_ok)
+            for sensor_id, reason in bad:
+                self.rejected[(sensor_id, reason.value)] += 1
+        return len(val_ok)
+
+    def pass_ack(self, ack: tuple[AckTarget, AckToken]) -> None:
+        """Queue an ack token that carries no reading (e.g. a recognised redelivery)."""
+        with self._lock:
+            self._buf.acks.append(ack)
+
+    def drain(self) -> Drained:
+        """Take everything queued so far (readings and their ack tokens) in one swap."""
+        with self._lock:
+            out, self._buf = self._buf, Drained()
+        return out
+
+    def pending(self) -> int:
+        """Readings queued but not yet drained."""
+        return len(self._buf)
+
+
+def release_acks(acks: list[tuple[AckTarget, AckToken]]) -> None:
+    """Give ack tokens back to their sources, grouped per source, order preserved."""
+    groups: dict[int, tuple[AckTarget, list[AckToken]]] = {}
+    for target, token in acks:
+        entry = groups.get(id(target))
+        if entry is None:
+            groups[id(target)] = (target, [token])
+        else:
+            entry[1].append(token)
+    for target, tokens in groups.values():
+        target.ack(tokens)

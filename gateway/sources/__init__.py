@@ -1,0 +1,1 @@
+"""Sensor sources: MQTT and OPC-UA adapters plus pure payload parsing."""

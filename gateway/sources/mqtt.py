@@ -1,0 +1,211 @@
+"""MQTT source: paho-mqtt's threaded client feeding the ingest hand-off.
+
+Why paho and not an ``async for`` loop: paho's network thread parses packets
+and calls :meth:`MqttSource._on_message` without any await, and the callback
+only parses the payload and appends to the :class:`~gateway.ingest.Ingest`
+buffer, which the event loop drains in bulk. That keeps the agent close to
+the raw client's receive rate.
+
+Delivery guarantees (QoS 1, MQTT 5):
+
+* fixed client id, ``clean_start=False`` and a session expiry, so messages
+  published while the agent is down wait in the broker;
+* ``manual_ack``: a PUBACK is sent only after the message's readings are
+  durably in the spool (or it was rejected), so a crash before that makes the
+  broker redeliver;
+* Receive Maximum 65535, so the broker keeps that many unacknowledged
+  messages in flight instead of its default 20;
+* the packet ids (and a content digest) of spooled-but-not-yet-acknowledged
+  messages are stored in the spool in the same transaction as the batch. After
+  a crash in that window the broker redelivers them with DUP set; those that
+  match are acknowledged without being ingested again, so a reading is spooled
+  exactly once.
+
+Malformed payloads are counted by (sensor, reason) and logged at most once per
+minute per topic; nothing a publisher sends can stop the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.config import MqttSourceConfig, TopicRule
+from gateway.ingest import AckToken, Ingest
+from gateway.metrics import Metrics
+from gateway.sources.payload import PayloadReject, PayloadSpec, parse_payload
+
+log = logging.getLogger(__name__)
+_LOG_EVERY_S = 60.0
+_ROUTE_CACHE = 100_000
+UNMATCHED = "(unmatched)"
+
+
+def digest(topic: bytes, payload: bytes) -> bytes:
+    """An 8-byte digest identifying a message's content (for redelivery matching)."""
+    return hashlib.blake2b(topic + b"\0" + payload, digest_size=8).digest()
+
+
+def captures(filter_: str, topic: str) -> list[str] | None:
+    """Wildcard captures of ``topic`` under ``filter_``, or None if it does not match."""
+    f_levels, t_levels = filter_.split("/"), topic.split("/")
+    out: list[str] = []
+    for i, lv in enumerate(f_levels):
+        if lv == "#":
+            out.append("/".join(t_levels[i:]))
+            return out
+        if i >= len(t_levels):
+            return None
+        if lv == "+":
+            out.append(t_levels[i])
+        elif lv != t_levels[i]:
+            return None
+    return out if len(t_levels) == len(f_levels) else None
+
+
+def route(rules: tuple[TopicRule, ...], topic: str) -> tuple[str, PayloadSpec] | None:
+    """The sensor id and payload spec for ``topic`` (first matching rule), or None."""
+    for rule in rules:
+        caps = captures(rule.filter, topic)
+        if caps is not None:
+            spec = PayloadSpec(rule.format, rule.value_path, rule.timestamp_path)
+            return rule.sensor_template.format(*caps), spec
+    return None
+
+
+class MqttSource:
+    """One broker connection; thread-safe towards :class:`Ingest` and the agent."""
+
+    def __init__(
+        self,
+        cfg: MqttSourceConfig,
+        ingest: Ingest,
+        metrics: Metrics,
+        *,
+        redelivery: Mapping[int, bytes] | None = None,
+    ) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self._ingest = ingest
+        self._metrics = metrics
+        self._routes: dict[str, tuple[str, PayloadSpec] | None] = {}
+        self._candidates = dict(redelivery or {})
+        self.duplicates = 0
+        self.connected = False
+        self._last_log: dict[str, float] = {}
+        self._client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        c = self.cfg
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=c.client_id,
+                             protocol=paho.MQTTv5, manual_ack=True)
+        if c.username is not None:
+            client.username_pw_set(c.username, c.password)
+        if c.tls is not None:
+            client.tls_set(ca_certs=str(c.tls.ca_file),
+                           certfile=None if c.tls.cert_file is None else str(c.tls.cert_file),
+                           keyfile=None if c.tls.key_file is None else str(c.tls.key_file))
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho's thread reconnects with backoff forever."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = 65535
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect (the broker keeps the session) and join the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def ack(self, tokens: list[AckToken]) -> None:
+        """Send PUBACKs for messages whose readings are now durable."""
+        ack = self._client.ack
+        for mid, _ in tokens:
+            ack(mid, 1)
+
+    def _on_connect(self, client: paho.Client, _u: object, flags: Any, rc: Any,
+                    _p: object) -> None:
+        if rc.is_failure:
+            log.error("mqtt %s: broker refused the connection: %s", self.name, rc)
+            self._metrics.source_errors.labels(self.name).inc()
+            return
+        self.connected = True
+        self._metrics.source_up.labels(self.name).set(1)
+        log.info("mqtt %s: connected to %s:%d (session present: %s)", self.name,
+                 self.cfg.host, self.cfg.port, flags.session_present)
+        client.subscribe([(r.filter, SubscribeOptions(qos=1)) for r in self.cfg.topics])
+
+    def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, rc: Any,
+                       _p: object) -> None:
+        self.connected = False
+        self._metrics.source_up.labels(self.name).set(0)
+        if rc.is_failure:
+            self._metrics.source_errors.labels(self.name).inc()
+            log.warning("mqtt %s: connection lost (%s); reconnecting", self.name, rc)
+
+    def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        try:
+            self._handle(msg)
+        except Exception:  # a source must survive anything a publisher sends
+            log.exception("mqtt %s: unexpected error handling a message", self.name)
+            self._ingest.reject(UNMATCHED, PayloadReject.WRONG_SHAPE,
+                                (self, (msg.mid, b"")) if msg.qos else None)
+
+    def _handle(self, msg: paho.MQTTMessage) -> None:
+        topic_b, payload = msg._topic, bytes(msg.payload)  # raw topic: no decode per message
+        dig = digest(topic_b, payload)
+        token = (self, (msg.mid, dig)) if msg.qos else None
+        if self._candidates:
+            if msg.dup and self._candidates.get(msg.mid) == dig:
+                del self._candidates[msg.mid]  # already spooled before a crash
+                self.duplicates += 1
+                if token is not None:
+                    self._ingest.pass_ack(token)
+                return
+            if not msg.dup:
+                self._candidates.clear()  # redeliveries always come first
+        try:
+            topic = topic_b.decode("utf-8")
+        except UnicodeDecodeError:
+            self._ingest.reject(UNMATCHED, PayloadReject.INVALID_UTF8, token)
+            return
+        if topic in self._routes:
+            target = self._routes[topic]
+        else:
+            if len(self._routes) > _ROUTE_CACHE:
+                self._routes.clear()
+            target = self._routes[topic] = route(self.cfg.topics, topic)
+        if target is None:
+            self._ingest.reject(UNMATCHED, PayloadReject.WRONG_SHAPE, token)
+            return
+        sensor, spec = target
+        parsed = parse_payload(payload, spec, time.time_ns())
+        if parsed.rejects:
+            self._log_malformed(topic, parsed.rejects[0], len(parsed.rejects))
+        self._ingest.offer(self.name, sensor, parsed.readings, token, parsed.rejects)
+
+    def _log_malformed(self, topic: str, reason: PayloadReject, n: int) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._last_log[topic] = now
+            log.warning("mqtt %s: rejected %d item(s) on %r: %s (logged once per minute "
+                        "per topic; see gateway_readings_rejected_total)", self.name, n,
+                        topic, reason.value)

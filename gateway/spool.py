@@ -1,0 +1,270 @@
+"""The durable envelope spool: SQLite in WAL mode with a synchronous commit per batch.
+
+One batch = one transaction holding its N envelopes (one per cluster) and the
+new sequence counter, so after a crash either the whole batch is there or none
+of it is, and a retry resends byte-identical frames. Each cluster has its own
+cursor (its remaining envelope rows); a batch disappears only once every
+cluster has acknowledged its envelope.
+
+At rest every frame is additionally encrypted with the TPM-sealed spool key
+(AES-256-GCM, associated data = gateway id, seq and cluster). The frames are
+already HPKE-sealed to the clusters, so this protects the metadata a frame
+header carries (sensor ids, timestamps, counts) on a stolen disk and detects
+tampering with the spool file.
+
+Bound: the sum of stored frame bytes may not exceed ``max_bytes``. When a new
+batch would exceed it, :meth:`Spool.append` raises
+:class:`~gateway.errors.SpoolFullError` and stores nothing; existing batches
+are never evicted. The agent then refuses new readings and raises its alarm
+metric until the clusters drain the spool.
+
+Thread-safety: every method takes one lock, so the agent may run the fsyncing
+:meth:`append` in a worker thread while the event loop reads cursors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.errors import SpoolError, SpoolFullError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, readings INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS envelopes (
+    cluster INTEGER NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL,
+    PRIMARY KEY (cluster, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (cluster INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS inflight (
+    source TEXT NOT NULL, mid INTEGER NOT NULL, digest BLOB NOT NULL,
+    PRIMARY KEY (source, mid)) WITHOUT ROWID;
+"""
+_NONCE = 12
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedKey:
+    """A cluster key pinned at its first successful attestation."""
+
+    cluster: int
+    service_id: str
+    suite: str
+    public_key: bytes
+
+
+class Spool:
+    """Durable per-cluster queues of sealed frames, bounded by total bytes."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gateway_id: str,
+        n_clusters: int,
+        spool_key: bytes,
+        max_bytes: int,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._gw = gateway_id
+        self._n = n_clusters
+        self._aead = AESGCM(spool_key)
+        self._rand = random_bytes
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_meta()
+            self._depth = [0] * n_clusters
+            self._bytes = 0
+            for cluster, count, size in self._db.execute(
+                "SELECT cluster, count(*), sum(length(frame)) FROM envelopes GROUP BY cluster"
+            ):
+                if 0 <= cluster < n_clusters:
+                    self._depth[cluster] = int(count)
+                self._bytes += int(size)
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"spool {path} is unusable ({exc}); move it aside to start "
+                             "fresh (its unsent batches are then lost)") from exc
+
+    def _check_meta(self) -> None:
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            self._db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("gateway_id", self._gw), ("clusters", str(self._n)), ("last_seq", "0")],
+            )
+            return
+        if rows.get("gateway_id") != self._gw or rows.get("clusters") != str(self._n):
+            raise SpoolError(
+                f"spool belongs to gateway {rows.get('gateway_id')!r} with "
+                f"{rows.get('clusters')} clusters, not {self._gw!r} with {self._n}; "
+                "point spool.path elsewhere"
+            )
+
+    def _aad(self, seq: int, cluster: int) -> bytes:
+        return f"tecc-spool-v1|{self._gw}|{seq}|{cluster}".encode()
+
+    def _seal(self, data: bytes, aad: bytes) -> bytes:
+        nonce = self._rand(_NONCE)
+        return nonce + self._aead.encrypt(nonce, data, aad)
+
+    def _open(self, blob: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
+        except InvalidTag as exc:
+            raise SpoolError("a spool row failed authentication: the spool file was "
+                             "modified or belongs to another spool key") from exc
+
+    def last_seq(self) -> int:
+        """The highest sequence number ever spooled (0 for a fresh spool)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        return int(row[0])
+
+    def append(
+        self,
+        seq: int,
+        created_ns: int,
+        readings: int,
+        frames: list[bytes],
+        *,
+        inflight: Sequence[tuple[str, int, bytes]] = (),
+        released: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """Durably store one batch's N frames in one transaction (fsync on commit).
+
+        ``inflight`` are the (source, packet id, digest) of the messages this
+        batch covers, recorded so a redelivery after a crash between this
+        commit and their acknowledgement is recognised; ``released`` are those
+        of earlier batches whose acknowledgements have since been sent.
+        """
+        if len(frames) != self._n:
+            raise SpoolError(f"expected {self._n} frames, got {len(frames)}")
+        rows = [(c, seq, self._seal(f, self._aad(seq, c))) for c, f in enumerate(frames)]
+        size = sum(len(r[2]) for r in rows)
+        with self._lock:
+            if self._bytes + size > self.max_bytes:
+                raise SpoolFullError(
+                    f"spool holds {self._bytes} of {self.max_bytes} bytes; a cluster is not "
+                    "draining — check uplink errors, or raise spool.max_bytes"
+                )
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT INTO batches VALUES (?, ?, ?)", (seq, created_ns, readings))
+                db.executemany("INSERT INTO envelopes VALUES (?, ?, ?)", rows)
+                db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (str(seq),))
+                db.executemany("DELETE FROM inflight WHERE source=? AND mid=?", released)
+                db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", inflight)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise SpoolError(f"could not spool batch {seq}: {exc}") from exc
+            self._bytes += size
+            for c in range(self._n):
+                self._depth[c] += 1
+
+    def pending(self, cluster: int, limit: int = 64) -> list[tuple[int, bytes]]:
+        """The oldest ``limit`` unacknowledged (seq, frame) pairs for ``cluster``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, frame FROM envelopes WHERE cluster=? ORDER BY seq LIMIT ?",
+                (cluster, limit),
+            ).fetchall()
+        return [(int(s), self._open(f, self._aad(int(s), cluster))) for s, f in rows]
+
+    def ack(self, cluster: int, seq: int) -> None:
+        """Record that ``cluster`` holds batch ``seq``; drop the batch once all clusters do."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "DELETE FROM envelopes WHERE cluster=? AND seq=? RETURNING length(frame)",
+                (cluster, seq),
+            ).fetchone()
+            left = db.execute("SELECT count(*) FROM envelopes WHERE seq=?", (seq,)).fetchone()
+            if left[0] == 0:
+                db.execute("DELETE FROM batches WHERE seq=?", (seq,))
+            db.execute("COMMIT")
+            if row is not None:
+                self._bytes -= int(row[0])
+                self._depth[cluster] -= 1
+
+    def depth(self, cluster: int) -> int:
+        """Batches still waiting for ``cluster``."""
+        return self._depth[cluster]
+
+    @property
+    def bytes_used(self) -> int:
+        """Sum of stored (encrypted) frame bytes."""
+        return self._bytes
+
+    def oldest_created_ns(self, cluster: int) -> int | None:
+        """Creation time of the oldest batch ``cluster`` has not acknowledged."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT b.created_ns FROM envelopes e JOIN batches b ON b.seq = e.seq "
+                "WHERE e.cluster=? ORDER BY e.seq LIMIT 1",
+                (cluster,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def pin(self, key: PinnedKey) -> None:
+        """Persist a pinned cluster key (authenticated with the spool key)."""
+        record = json.dumps({"service_id": key.service_id, "suite": key.suite,
+                             "public_key": key.public_key.hex()}).encode()
+        blob = self._seal(record, f"tecc-pin-v1|{self._gw}|{key.cluster}".encode())
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (key.cluster, blob))
+
+    def pins(self) -> dict[int, PinnedKey]:
+        """All pinned cluster keys, by cluster index."""
+        with self._lock:
+            rows = self._db.execute("SELECT cluster, record FROM pins").fetchall()
+        out: dict[int, PinnedKey] = {}
+        for cluster, blob in rows:
+            rec = json.loads(self._open(blob, f"tecc-pin-v1|{self._gw}|{cluster}".encode()))
+            out[int(cluster)] = PinnedKey(int(cluster), str(rec["service_id"]),
+                                          str(rec["suite"]), bytes.fromhex(rec["public_key"]))
+        return out
+
+    def unpin(self, cluster: int) -> int:
+        """Forget a cluster's pinned key and drop its unsent envelopes; return how many."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            n = db.execute("SELECT count(*) FROM envelopes WHERE cluster=?", (cluster,)).fetchone()
+            db.execute("DELETE FROM envelopes WHERE cluster=?", (cluster,))
+            db.execute("DELETE FROM batches WHERE seq NOT IN (SELECT seq FROM envelopes)")
+            db.execute("DELETE FROM pins WHERE cluster=?", (cluster,))
+            db.execute("COMMIT")
+            self._depth[cluster] = 0
+            self._bytes = int(db.execute(
+                "SELECT coalesce(sum(length(frame)), 0) FROM envelopes").fetchone()[0])
+        return int(n[0])
+
+    def inflight(self, source: str) -> dict[int, bytes]:
+        """Packet ids and digests of spooled messages whose acknowledgement may be lost."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT mid, digest FROM inflight WHERE source=?", (source,)).fetchall()
+        return {int(m): bytes(d) for m, d in rows}
+
+    def close(self) -> None:
+        """Checkpoint and close the database."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,177 @@
+"""Uplink to one TECC cluster: attest first, then drain that cluster's spool cursor.
+
+Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
+
+* ``GET {url}/attestation?nonce=<hex>`` returns the cluster's quote as JSON
+  (:meth:`tecc_contract.attestation.Quote.to_json`). The gateway checks it with
+  the configured verifier (platform keys + measurement allow-list + freshness
+  + the fresh nonce), then that role and service id match the configuration,
+  then that the HPKE key equals the key pinned at the first successful
+  attestation. Only then does the cluster get envelopes. A failure is counted
+  and logged, and the cluster gets nothing until a later attestation passes.
+* ``POST {url}/v1/batches`` with the frame bytes as the body
+  (``application/octet-stream``). 200/201/202 or 409 (duplicate) acknowledge
+  the batch; anything else is retried with exponential backoff and full jitter.
+
+While a cluster answers, its backlog drains back-to-back (no pacing). The
+cluster is re-attested after every transport failure and every
+``reattest_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Final
+
+import aiohttp
+
+from gateway.config import ClusterConfig
+from gateway.errors import AttestationFailedError
+from gateway.metrics import Metrics
+from gateway.spool import PinnedKey, Spool
+from tecc_contract.attestation import Quote, QuoteVerifier
+from tecc_contract.errors import AttestationError
+
+log = logging.getLogger(__name__)
+ACK_STATUSES: Final = frozenset({200, 201, 202, 409})
+_BATCH_READ: Final = 16
+
+
+class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
+    """A transient failure: back off, re-attest, try again."""
+
+
+class ClusterLink:
+    """Sends one cluster its envelopes, in seq order, after verifying its quote."""
+
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        *,
+        spool: Spool,
+        verifier: QuoteVerifier,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        on_pin: Callable[[PinnedKey], None],
+        expected_suite: str,
+        reattest_s: float = 300.0,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 30.0,
+        now_ns: Callable[[], int] = time.time_ns,
+        rand: Callable[[], float] = random.random,
+        nonce_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.cfg = cfg
+        self.index = cfg.index
+        self._spool = spool
+        self._verifier = verifier
+        self._metrics = metrics
+        self._http = session
+        self._on_pin = on_pin
+        self._suite = expected_suite
+        self._reattest_s = reattest_s
+        self._bmin, self._bmax = backoff_min_s, backoff_max_s
+        self._now_ns = now_ns
+        self._rand = rand
+        self._nonce = nonce_bytes
+        self.wake = asyncio.Event()
+        self.attested_at: float | None = None
+        self.last_error: str | None = None
+
+    async def attest(self) -> PinnedKey:
+        """Fetch and verify a fresh quote; return the (pinned) cluster key."""
+        nonce = self._nonce(32)
+        url = f"{self.cfg.url}/attestation"
+        async with self._http.get(url, params={"nonce": nonce.hex()}) as resp:
+            if resp.status != 200:
+                raise _Retry(f"GET /attestation answered {resp.status}")
+            body = await resp.read()
+        try:
+            quote = Quote.from_bytes(body)
+            ident = self._verifier.verify(quote, nonce=nonce, now_ns=self._now_ns(),
+                                          role=self.cfg.role)
+        except AttestationError as exc:
+            raise AttestationFailedError(str(exc)) from exc
+        if ident.service_id != self.cfg.service_id:
+            raise AttestationFailedError(
+                f"cluster {self.index} attests as {ident.service_id!r}, configured "
+                f"{self.cfg.service_id!r}")
+        hpke = ident.keys.get("hpke")
+        if hpke is None or ident.hpke_suite != self._suite:
+            raise AttestationFailedError(
+                f"cluster {self.index} offers no {self._suite} HPKE key in its quote")
+        key = PinnedKey(self.index, ident.service_id, ident.hpke_suite, hpke)
+        pinned = (await asyncio.to_thread(self._spool.pins)).get(self.index)
+        if pinned is None:
+            await asyncio.to_thread(self._spool.pin, key)
+            self._on_pin(key)
+            log.info("cluster %d (%s): attested, HPKE key pinned", self.index, ident.service_id)
+        elif pinned != key:
+            raise AttestationFailedError(
+                f"cluster {self.index} ({ident.service_id}) presents a different HPKE key than "
+                "the one pinned at enrolment; if the cluster was legitimately re-keyed, run "
+                f"`gateway reenrol --cluster {self.index}` (unsent batches sealed to the old key "
+                "are then dropped)")
+        return key
+
+    async def run(self) -> None:
+        """Forever: attest, drain, back off on failure. Cancel to stop."""
+        failures = 0
+        while True:
+            try:
+                if self.attested_at is None or (
+                    time.monotonic() - self.attested_at > self._reattest_s
+                ):
+                    await self.attest()
+                    self.attested_at = time.monotonic()
+                    self._metrics.attested.labels(str(self.index)).set(1)
+                sent = await self._drain()
+                failures = 0
+                self.last_error = None
+                if not sent:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                continue
+            except AttestationFailedError as exc:
+                self._fail("attestation", str(exc))
+                self._metrics.attestation_failures.labels(str(self.index)).inc()
+                log.error("cluster %d: attestation failed, sending nothing: %s", self.index, exc)
+            except (_Retry, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._fail("transport", f"{type(exc).__name__}: {exc}")
+                log.warning("cluster %d: %s: %s; retrying", self.index, type(exc).__name__, exc)
+            failures += 1
+            delay = min(self._bmax, self._bmin * 2 ** min(failures, 20))
+            await asyncio.sleep(delay * self._rand())
+
+    def _fail(self, kind: str, message: str) -> None:
+        self.attested_at = None
+        self.last_error = message
+        self._metrics.attested.labels(str(self.index)).set(0)
+        self._metrics.uplink_errors.labels(str(self.index), kind).inc()
+
+    async def _drain(self) -> int:
+        """Send everything pending for this cluster, oldest first; return batches sent."""
+        sent = 0
+        while True:
+            pending = await asyncio.to_thread(self._spool.pending, self.index, _BATCH_READ)
+            if not pending:
+                return sent
+            for seq, frame in pending:
+                async with self._http.post(
+                    f"{self.cfg.url}/v1/batches", data=frame,
+                    headers={"Content-Type": "application/octet-stream"},
+                ) as resp:
+                    status = resp.status
+                    detail = (await resp.read())[:200] if status not in ACK_STATUSES else b""
+                if status not in ACK_STATUSES:
+                    raise _Retry(f"POST /v1/batches seq {seq} answered {status}: {detail!r}")
+                await asyncio.to_thread(self._spool.ack, self.index, seq)
+                self._metrics.sent.labels(str(self.index)).inc()
+                sent += 1
