@@ -1,0 +1,123 @@
+"""A test stand-in for a TECC cluster: attestation endpoint and batch ingest.
+
+It serves ``GET /attestation?nonce=<hex>`` with a quote signed by a test
+platform key and ``POST /v1/batches``, which opens each frame with the real
+contract :class:`~tecc_contract.envelope.Opener` (signature, HPKE) and keeps
+the opened share, answering 409 for a seq it already holds. The test then
+reconstructs readings from all clusters' shares with the contract code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tecc_contract.attestation import Quote, sign_quote
+from tecc_contract.envelope import OpenedShare, Opener, reconstruct_batch
+from tecc_contract.errors import ContractError
+from tecc_contract.fixedpoint import FixedPoint
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite, generate_cluster_keypair
+
+GOOD_MEASUREMENT = hashlib.sha256(b"approved cluster build").digest()
+BAD_MEASUREMENT = hashlib.sha256(b"edited policy: release raw x").digest()
+
+
+@dataclass
+class Platform:
+    """The simulated attestation platform: one signing key."""
+
+    key_id: str = "test-platform"
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    @property
+    def public_hex(self) -> str:
+        """Raw public key in hex, as the gateway config wants it."""
+        return self.key.public_key().public_bytes_raw().hex()
+
+
+class FakeCluster:
+    """One cluster party; start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(self, index: int, port: int, platform: Platform,
+                 gateway_keys: dict[str, Ed25519PublicKey], *,
+                 measurement: bytes = GOOD_MEASUREMENT) -> None:
+        self.index = index
+        self.port = port
+        self.service_id = f"party-{index}"
+        self.platform = platform
+        self.measurement = measurement
+        self._priv, self.public_key = generate_cluster_keypair(KemSuite.X25519)
+        self._opener = Opener(party=index, suite=KemSuite.X25519, private_key=self._priv,
+                              gateway_keys=gateway_keys)
+        self.shares: dict[int, OpenedShare] = {}
+        self.posts = 0
+        self.rejected = 0
+        self.attestations = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL for the gateway config."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _attestation(self, req: web.Request) -> web.Response:
+        self.attestations += 1
+        nonce = bytes.fromhex(req.query["nonce"])
+        quote = Quote(role="party", service_id=self.service_id, measurement=self.measurement,
+                      keys={"hpke": self.public_key}, nonce=nonce, issued_ns=time.time_ns(),
+                      platform_key_id=self.platform.key_id, hpke_suite="x25519")
+        return web.json_response(sign_quote(quote, self.platform.key).to_json())
+
+    async def _batches(self, req: web.Request) -> web.Response:
+        self.posts += 1
+        body = await req.read()
+        try:
+            opened = self._opener.open(body)
+        except ContractError as exc:
+            self.rejected += 1
+            return web.Response(status=400, text=str(exc))
+        if opened.header.seq in self.shares:
+            return web.Response(status=409, text="duplicate")
+        self.shares[opened.header.seq] = opened
+        return web.Response(status=201)
+
+    async def start(self) -> None:
+        """Listen on the fixed port (so a restart looks like the same cluster coming back)."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/attestation", self._attestation)
+        app.router.add_post("/v1/batches", self._batches)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Stop listening (connections are refused until :meth:`start` again)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def readings(clusters: Sequence[FakeCluster]) -> list[tuple[str, int, float]]:
+    """Reconstruct every (sensor, timestamp, value) all clusters hold a share of."""
+    common = set(clusters[0].shares)
+    for c in clusters[1:]:
+        common &= set(c.shares)
+    codec = FixedPoint()
+    out: list[tuple[str, int, float]] = []
+    for seq in sorted(common):
+        shares = [c.shares[seq] for c in clusters]
+        cols = reconstruct_batch(shares)
+        values = codec.decode(cols[Column.VALUE])
+        header = shares[0].header
+        names = np.concatenate([[s.sensor_id] * s.count for s in header.segments]) if \
+            header.segments else np.zeros(0, dtype=str)
+        ts = header.timestamps()
+        out.extend(zip(names.tolist(), ts.tolist(), values.tolist(), strict=True))
+    return out

@@ -1,0 +1,120 @@
+"""Launchers for the real services the gateway tests need: mosquitto and swtpm.
+
+Each starts the real binary on free loopback ports with a throwaway state
+directory, waits until it accepts connections, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+SWTPM = "swtpm"
+
+
+def free_port(pairs: int = 1) -> int:
+    """A free TCP port on 127.0.0.1 (with ``pairs`` consecutive free ports from it)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + pairs >= 65535:
+            continue
+        ok = True
+        for extra in range(1, pairs):
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + extra))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no free port found")
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Mosquitto:
+    """A running mosquitto broker."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def mosquitto(tmp: Path, *, persistence: bool = True) -> Iterator[Mosquitto]:
+    """Run mosquitto on a free port; unlimited queues, optional persistence."""
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
+             "max_inflight_messages 0", "log_dest stderr", "log_type error"]
+    if persistence:
+        lines += ["persistence true", f"persistence_location {tmp}/"]
+    conf.write_text("\n".join(lines) + "\n")
+    log = (tmp / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+    try:
+        wait_port(port)
+        yield Mosquitto(port, proc)
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@dataclass
+class Swtpm:
+    """A running swtpm TPM 2.0 emulator."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def tcti(self) -> str:
+        """The TCTI string the gateway config takes."""
+        return f"swtpm:port={self.port}"
+
+
+@contextlib.contextmanager
+def swtpm(state: Path) -> Iterator[Swtpm]:
+    """Run swtpm on two consecutive free ports with ``state`` as its state directory."""
+    port = free_port(pairs=2)
+    state.mkdir(parents=True, exist_ok=True)
+    log = (state / "swtpm.log").open("wb")
+    proc = subprocess.Popen(
+        [SWTPM, "socket", "--tpm2", "--server", f"type=tcp,port={port}",
+         "--ctrl", f"type=tcp,port={port + 1}", "--flags", "not-need-init,startup-clear",
+         "--tpmstate", f"dir={state}"],
+        stdout=log, stderr=log,
+    )
+    try:
+        wait_port(port + 1)
+        yield Swtpm(port, proc)
+    finally:
+        _stop(proc)
+        log.close()

@@ -1,0 +1,42 @@
+"""Loading and validating the YAML configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import PayloadFormat
+from gateway.config_yaml import load_config
+from gateway.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "gateway.yaml"
+
+
+def test_example_config_loads() -> None:
+    """The shipped example is valid and resolves paths against its folder."""
+    cfg = load_config(EXAMPLE)
+    assert cfg.gateway_id == "plant-a-gw1"
+    assert [c.index for c in cfg.clusters] == [0, 1]
+    assert cfg.mqtt[0].topics[1].format is PayloadFormat.JSON
+    assert cfg.tpm.pcrs == (7, 14)
+    assert cfg.spool.path.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("gateway_id: plant-a-gw1", "gateway_id: plant-a-gw1\ncolour: red"), "unknown keys"),
+        (("range: [0, 1000]", "range: [1000, 0]"), "low must be < high"),
+        (("{index: 1,", "{index: 3,"), "indices 0..N-1"),
+        (('sensor_template: "{0}.{1}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
+        (("pcrs: [7, 14]", "pcrs: [7, 99]"), "PCR indices"),
+    ],
+)
+def test_bad_config_is_rejected_clearly(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    """Each broken setting raises ConfigError with a message naming the problem."""
+    text = EXAMPLE.read_text().replace(*edit)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(bad)
