@@ -1,0 +1,64 @@
+"""Fixtures: fake clusters with a shared test platform, gateway keys, a running agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.agent import Agent
+from gateway.config_yaml import load_config
+from gateway.keys import GatewayKeys
+from tests.gateway.receiver import FakeCluster, Platform
+from tests.gateway.services import free_port
+
+
+@pytest.fixture
+def keys() -> GatewayKeys:
+    """In-memory gateway keys (TPM sealing is covered by test_tpm.py)."""
+    return GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
+
+
+@pytest.fixture
+def platform() -> Platform:
+    """The simulated attestation platform the clusters' quotes are signed by."""
+    return Platform()
+
+
+@pytest.fixture
+async def clusters(keys: GatewayKeys, platform: Platform) -> AsyncIterator[list[FakeCluster]]:
+    """Two started fake clusters that accept this gateway's envelopes."""
+    gw = {"gw-test": keys.identity.public_key()}
+    cs = [FakeCluster(i, free_port(), platform, gw) for i in range(2)]
+    for c in cs:
+        await c.start()
+    yield cs
+    for c in cs:
+        await c.stop()
+
+
+RunAgent = Callable[[Path], "asynccontextmanager[Agent]"]
+
+
+@asynccontextmanager
+async def running(config: Path, keys: GatewayKeys) -> AsyncIterator[Agent]:
+    """Run an in-process agent for ``config`` until the block exits (graceful stop)."""
+    agent = Agent(load_config(config), keys)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.sleep(0.05)
+        if task.done():
+            task.result()
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+StartAgent = Callable[[Path], Awaitable[Agent]]

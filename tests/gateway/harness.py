@@ -1,0 +1,148 @@
+"""Test harness: gateway configs for the test services, subprocess control, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from tests.gateway.receiver import GOOD_MEASUREMENT, FakeCluster, Platform
+from tests.gateway.services import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MQTT_SENSORS = {"line1.temp": (-50.0, 150.0), "line1.press": (0.0, 1000.0)}
+
+
+def opcua_sensors(n: int) -> dict[str, tuple[float, float]]:
+    """Sensor ids the test OPC-UA server's variables map to."""
+    return {f"line2.v{i}": (-1e6, 1e6) for i in range(n)}
+
+
+def write_config(
+    tmp: Path,
+    *,
+    clusters: Sequence[FakeCluster],
+    platform: Platform,
+    tcti: str = "swtpm:port=1",
+    mqtt_port: int | None = None,
+    opcua_url: str | None = None,
+    opcua_nodes: int = 0,
+    max_delay_s: float = 0.1,
+    max_readings: int = 20_000,
+    spool_max_bytes: int = 1 << 30,
+    client_id: str = "test-gw",
+) -> Path:
+    """Write a gateway YAML for the given services; return its path."""
+    sensors = {**MQTT_SENSORS, **opcua_sensors(opcua_nodes)}
+    sources: dict[str, Any] = {}
+    if mqtt_port is not None:
+        sources["mqtt"] = [{
+            "name": "mq", "host": "127.0.0.1", "port": mqtt_port, "client_id": client_id,
+            "topics": [
+                {"filter": "plant/+/+/value", "sensor_template": "{0}.{1}", "format": "number"},
+                {"filter": "plant/+/+/json", "sensor_template": "{0}.{1}", "format": "json",
+                 "value_path": "v", "timestamp_path": "ts"},
+                {"filter": "plant/+/+/batch", "sensor_template": "{0}.{1}",
+                 "format": "json_batch", "value_path": "v", "timestamp_path": "ts"},
+            ],
+        }]
+    if opcua_url is not None:
+        sources["opcua"] = [{
+            "name": "plc", "url": opcua_url, "publishing_ms": 50,
+            "browse": [{"folder": "ns=2;s=Line2", "sensor_template": "line2.{name}",
+                        "sampling_ms": 0, "queue_size": 100}],
+            "reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
+        }]
+    doc = {
+        "gateway_id": "gw-test",
+        "state_dir": str(tmp / "state"),
+        "sensors": [{"id": k, "range": list(v)} for k, v in sensors.items()],
+        "sources": sources,
+        "batching": {"max_readings": max_readings, "max_delay_s": max_delay_s},
+        "spool": {"path": str(tmp / "state" / "spool.db"), "max_bytes": spool_max_bytes},
+        "clusters": [{"index": c.index, "url": c.url, "service_id": c.service_id}
+                     for c in clusters],
+        "attestation": {"platform_keys": {platform.key_id: platform.public_hex},
+                        "allowed_measurements": [GOOD_MEASUREMENT.hex()]},
+        "tpm": {"tcti": tcti, "pcrs": [7, 14]},
+        "http": {"host": "127.0.0.1", "port": free_port()},
+        "envelope": {"suite": "x25519", "columns": ["value"]},
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gateway ARGS`` to completion."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m gateway run`` as a real subprocess (own process group)."""
+    fh = log.open("ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                            cwd=ROOT, stdout=fh, stderr=fh, env=env, start_new_session=True)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the agent: no shutdown code runs."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the agent and wait for its graceful exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
+async def scrape(port: int) -> str:
+    """GET /metrics from an agent."""
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name = head.split("{", 1)[0]
+        if metric_name != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+async def wait_for(pred: Any, timeout: float, what: str) -> None:
+    """Poll ``pred()`` (sync or async) until true or fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = pred()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if r:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

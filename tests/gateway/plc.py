@@ -1,0 +1,41 @@
+"""A real asyncua server standing in for a PLC: a folder of Double variables."""
+
+from __future__ import annotations
+
+from asyncua import ua
+from asyncua.common.node import Node
+from asyncua.server.server import Server
+
+from tests.gateway.services import free_port
+
+
+class Plc:
+    """An OPC-UA server with ``n`` variables ``Line2/v0..v{n-1}`` in namespace 2."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.port = free_port()
+        self.url = f"opc.tcp://127.0.0.1:{self.port}/plant/"
+        self.server = Server()
+        self.vars: list[Node] = []
+
+    async def start(self) -> None:
+        """Create the address space and start listening."""
+        await self.server.init()
+        self.server.set_endpoint(self.url)
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await self.server.register_namespace("urn:tecc:test-plc")
+        folder = await self.server.nodes.objects.add_folder(ua.NodeId("Line2", idx), "Line2")
+        for i in range(self.n):
+            var = await folder.add_variable(ua.NodeId(f"Line2.v{i}", idx), f"v{i}", 0.0)
+            self.vars.append(var)
+        await self.server.start()
+
+    async def write(self, i: int, value: float) -> None:
+        """Set variable ``i`` (a data change for subscribers)."""
+        await self.server.write_attribute_value(
+            self.vars[i].nodeid, ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+
+    async def stop(self) -> None:
+        """Stop the server."""
+        await self.server.stop()

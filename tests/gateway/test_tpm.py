@@ -1,0 +1,74 @@
+"""Keys sealed in a real swtpm under a PCR policy."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import GatewayError, NotProvisionedError, PcrPolicyError
+from gateway.keys import IDENTITY_FILE, PUBLIC_FILE, SPOOL_KEY_FILE, load_keys, provision
+from gateway.tpm import Tpm
+from tests.gateway.harness import cli, write_config
+from tests.gateway.receiver import FakeCluster, Platform
+from tests.gateway.services import swtpm
+
+pytestmark = pytest.mark.tpm
+
+
+def test_provision_then_load_roundtrip(tmp_path: Path) -> None:
+    """Provisioned keys unseal to the same material; only sealed blobs are on disk."""
+    seeds = iter([b"\x11" * 32, b"\x22" * 32])
+    with swtpm(tmp_path / "tpm") as sw, Tpm(sw.tcti) as tpm:
+        made = provision(tpm, tmp_path / "st", [7, 14], random_bytes=lambda n: next(seeds))
+        loaded = load_keys(tpm, tmp_path / "st")
+        with pytest.raises(GatewayError, match="--force"):
+            provision(tpm, tmp_path / "st", [7, 14])
+    assert loaded.spool_key == made.spool_key == b"\x22" * 32
+    assert loaded.public_raw == made.public_raw
+    on_disk = b"".join((tmp_path / "st" / f).read_bytes()
+                       for f in (IDENTITY_FILE, SPOOL_KEY_FILE, PUBLIC_FILE))
+    for secret in (b"\x11" * 32, b"\x22" * 32):
+        assert secret not in on_disk and secret.hex().encode() not in on_disk
+
+
+def test_extended_pcr_blocks_unseal(tmp_path: Path) -> None:
+    """After a PCR in the policy is extended, unsealing fails with PcrPolicyError."""
+    with swtpm(tmp_path / "tpm") as sw, Tpm(sw.tcti) as tpm:
+        provision(tpm, tmp_path / "st", [7, 14])
+        tpm.extend_pcr(14, hashlib.sha256(b"unexpected firmware").digest())
+        with pytest.raises(PcrPolicyError, match="boot chain or firmware changed"):
+            load_keys(tpm, tmp_path / "st")
+
+
+def test_unrelated_pcr_does_not_matter(tmp_path: Path) -> None:
+    """Extending a PCR outside the policy leaves the keys usable."""
+    with swtpm(tmp_path / "tpm") as sw, Tpm(sw.tcti) as tpm:
+        made = provision(tpm, tmp_path / "st", [7, 14])
+        tpm.extend_pcr(16, hashlib.sha256(b"debug").digest())
+        assert load_keys(tpm, tmp_path / "st").public_raw == made.public_raw
+
+
+def test_not_provisioned_says_what_to_do(tmp_path: Path) -> None:
+    """Starting without sealed keys names the provision command."""
+    with swtpm(tmp_path / "tpm") as sw, Tpm(sw.tcti) as tpm, \
+            pytest.raises(NotProvisionedError, match="gateway provision"):
+        load_keys(tpm, tmp_path / "st")
+
+
+@pytest.mark.processes
+def test_cli_run_refuses_after_pcr_change(tmp_path: Path) -> None:
+    """`gateway run` exits 3 with a message explaining the PCR change and the remedy."""
+    platform = Platform()
+    clusters = [FakeCluster(i, 1 + i, platform, {}) for i in range(2)]
+    with swtpm(tmp_path / "tpm") as sw:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, tcti=sw.tcti)
+        prov = cli("provision", "--config", str(cfg))
+        assert prov.returncode == 0, prov.stderr
+        with Tpm(sw.tcti) as tpm:
+            tpm.extend_pcr(14, hashlib.sha256(b"tampered bootloader").digest())
+        run = cli("run", "--config", str(cfg))
+    assert run.returncode == 3
+    assert "refusing to start" in run.stderr
+    assert "PCRs 7,14" in run.stderr and "provision --force" in run.stderr
