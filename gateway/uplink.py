@@ -14,8 +14,10 @@ Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
   the batch; anything else is retried with exponential backoff and full jitter.
 
 While a cluster answers, its backlog drains back-to-back (no pacing). The
-cluster is re-attested after every transport failure and every
-``reattest_s`` seconds.
+cluster is re-attested whenever new work arrives after the link was idle,
+after every failure, and at least every ``reattest_s`` seconds. Frames are
+sealed to the attested HPKE key, so a frame that reached an impostor in the
+gap between two attestations would still be opaque to it.
 """
 
 from __future__ import annotations
@@ -123,12 +125,14 @@ class ClusterLink:
     async def run(self) -> None:
         """Forever: attest, drain, back off on failure. Cancel to stop."""
         failures = 0
+        recheck = False
         while True:
             try:
-                if self.attested_at is None or (
+                if recheck or self.attested_at is None or (
                     time.monotonic() - self.attested_at > self._reattest_s
                 ):
                     await self.attest()
+                    recheck = False
                     self.attested_at = time.monotonic()
                     self._metrics.attested.labels(str(self.index)).set(1)
                 sent = await self._drain()
@@ -138,6 +142,7 @@ class ClusterLink:
                     self.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                        recheck = True  # new work after idling: prove identity again
                 continue
             except AttestationFailedError as exc:
                 self._fail("attestation", str(exc))
