@@ -113,8 +113,9 @@ class Agent:
             "spool_overflow": self.overflow,
             "last_seq": self._seq,
             "backlog": len(self.batcher) + self.ingest.pending(),
-            "sources": {**{s.name: s.connected for s in self.mqtt},
-                        **{s.name: s.connected for s in self.opcua}},
+            "sources": {**{s.name: {"connected": s.connected} for s in self.mqtt},
+                        **{s.name: {"connected": s.connected, "subscribed": s.subscribed}
+                           for s in self.opcua}},
             "clusters": {
                 str(link.index): {"attested": link.attested_at is not None,
                                   "depth": self.spool.depth(link.index),

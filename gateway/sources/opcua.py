@@ -152,6 +152,7 @@ class OpcuaSource:
                 log.warning("opcua %s: %s: %s; reconnecting", self.name, type(exc).__name__, exc)
             finally:
                 self.connected = False
+                self.subscribed = 0
                 self._metrics.source_up.labels(self.name).set(0)
             attempt = 0 if time.monotonic() - started > 60 else attempt + 1
             cap = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(attempt, 20))

@@ -90,10 +90,11 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
     """Start ``python -m gateway run`` as a real subprocess (own process group)."""
-    fh = log.open("ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                            cwd=ROOT, stdout=fh, stderr=fh, env=env, start_new_session=True)
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            cwd=ROOT, stdout=fh, stderr=fh, env=env, start_new_session=True)
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
