@@ -64,25 +64,36 @@ class Agent:
         self.ingest = Ingest(cfg.sensors)
         self.metrics = Metrics(self.ingest)
         self.metrics.tpm_ok.set(1)
-        self.spool = Spool(cfg.spool.path, gateway_id=cfg.gateway_id,
-                           n_clusters=len(cfg.clusters), spool_key=keys.spool_key,
-                           max_bytes=cfg.spool.max_bytes)
-        self.batcher = Batcher(max_readings=cfg.batching.max_readings,
-                               max_delay_s=cfg.batching.max_delay_s)
+        self.spool = Spool(
+            cfg.spool.path,
+            gateway_id=cfg.gateway_id,
+            n_clusters=len(cfg.clusters),
+            spool_key=keys.spool_key,
+            max_bytes=cfg.spool.max_bytes,
+        )
+        self.batcher = Batcher(
+            max_readings=cfg.batching.max_readings, max_delay_s=cfg.batching.max_delay_s
+        )
         self._pins = self.spool.pins()
         self._sealer: Sealer | None = None
         self._build_sealer()
         self._seq = self.spool.last_seq()
+        self.spooled_readings = 0
         self._released: list[tuple[str, int]] = []
         self.overflow = False
-        self.mqtt = [MqttSource(c, self.ingest, self.metrics,
-                                redelivery=self.spool.inflight(c.name)) for c in cfg.mqtt]
+        self.mqtt = [
+            MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
+            for c in cfg.mqtt
+        ]
         declared = set(cfg.sensors)
-        self.opcua = [OpcuaSource(c, self.ingest, self.metrics, sensors=declared)
-                      for c in cfg.opcua]
+        self.opcua = [
+            OpcuaSource(c, self.ingest, self.metrics, sensors=declared) for c in cfg.opcua
+        ]
         self._verifier = SimulatedPlatformVerifier(
-            platform_keys={k: Ed25519PublicKey.from_public_bytes(v)
-                           for k, v in cfg.attestation.platform_keys.items()},
+            platform_keys={
+                k: Ed25519PublicKey.from_public_bytes(v)
+                for k, v in cfg.attestation.platform_keys.items()
+            },
             allowed_measurements=cfg.attestation.allowed_measurements,
             max_age_s=cfg.attestation.max_age_s,
         )
@@ -94,8 +105,9 @@ class Agent:
         self._sealer = Sealer(
             gateway_id=self.cfg.gateway_id,
             signing_key=self._keys.identity,
-            clusters=[ClusterKey(p.cluster, KemSuite(p.suite), p.public_key)
-                      for p in self._pins.values()],
+            clusters=[
+                ClusterKey(p.cluster, KemSuite(p.suite), p.public_key) for p in self._pins.values()
+            ],
             columns=tuple(Column(c) for c in self.cfg.columns),
         )
         log.info("all %d cluster keys known; sealing enabled", len(self._pins))
@@ -113,13 +125,19 @@ class Agent:
             "spool_overflow": self.overflow,
             "last_seq": self._seq,
             "backlog": len(self.batcher) + self.ingest.pending(),
-            "sources": {**{s.name: {"connected": s.connected} for s in self.mqtt},
-                        **{s.name: {"connected": s.connected, "subscribed": s.subscribed}
-                           for s in self.opcua}},
+            "sources": {
+                **{s.name: {"connected": s.connected} for s in self.mqtt},
+                **{
+                    s.name: {"connected": s.connected, "subscribed": s.subscribed}
+                    for s in self.opcua
+                },
+            },
             "clusters": {
-                str(link.index): {"attested": link.attested_at is not None,
-                                  "depth": self.spool.depth(link.index),
-                                  "last_error": link.last_error}
+                str(link.index): {
+                    "attested": link.attested_at is not None,
+                    "depth": self.spool.depth(link.index),
+                    "last_error": link.last_error,
+                }
                 for link in self.links
             },
         }
@@ -130,12 +148,20 @@ class Agent:
         timeout = aiohttp.ClientTimeout(total=30, connect=5)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self.links = [
-                ClusterLink(c, spool=self.spool, verifier=self._verifier, metrics=self.metrics,
-                            session=session, on_pin=self._on_pin, expected_suite=self.cfg.kem_suite)
+                ClusterLink(
+                    c,
+                    spool=self.spool,
+                    verifier=self._verifier,
+                    metrics=self.metrics,
+                    session=session,
+                    on_pin=self._on_pin,
+                    expected_suite=self.cfg.kem_suite,
+                )
                 for c in self.cfg.clusters
             ]
-            runner = await start_http(make_app(self.metrics, self.health),
-                                      self.cfg.http.host, self.cfg.http.port)
+            runner = await start_http(
+                make_app(self.metrics, self.health), self.cfg.http.host, self.cfg.http.port
+            )
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(link.run()) for link in self.links]
@@ -185,11 +211,19 @@ class Agent:
         if batch.count:
             seq = self._seq + 1
             created = self._now_ns()
-            frames = await asyncio.to_thread(self._sealer.seal, seq, batch.segments,
-                                             created_ns=created)
+            frames = await asyncio.to_thread(
+                self._sealer.seal, seq, batch.segments, created_ns=created
+            )
             try:
-                await asyncio.to_thread(self.spool.append, seq, created, batch.count, frames,
-                                        inflight=tokens, released=self._released)
+                await asyncio.to_thread(
+                    self.spool.append,
+                    seq,
+                    created,
+                    batch.count,
+                    frames,
+                    inflight=tokens,
+                    released=self._released,
+                )
             except SpoolFullError as exc:
                 if not self.overflow:
                     log.error("spool full, refusing new readings: %s", exc)
@@ -199,6 +233,7 @@ class Agent:
                 release_acks(batch.acks)
                 return
             self._seq = seq
+            self.spooled_readings += batch.count
             self._released = [(name, mid) for name, mid, _ in tokens]
             if self.overflow:
                 log.warning("spool has room again; accepting readings")

@@ -30,10 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tecc-gateway", description=__doc__.splitlines()[0])
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("provision", "create the identity and spool keys, sealed in the TPM"),
-                       ("run", "run the agent until SIGTERM/SIGINT"),
-                       ("status", "show key, pin and spool state"),
-                       ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)")):
+    for name, text in (
+        ("provision", "create the identity and spool keys, sealed in the TPM"),
+        ("run", "run the agent until SIGTERM/SIGINT"),
+        ("status", "show key, pin and spool state"),
+        ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", required=True, type=Path)
         if name == "provision":
@@ -49,8 +51,13 @@ def _unseal(cfg: GatewayConfig) -> GatewayKeys:
 
 
 def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
-    return Spool(cfg.spool.path, gateway_id=cfg.gateway_id, n_clusters=len(cfg.clusters),
-                 spool_key=keys.spool_key, max_bytes=cfg.spool.max_bytes)
+    return Spool(
+        cfg.spool.path,
+        gateway_id=cfg.gateway_id,
+        n_clusters=len(cfg.clusters),
+        spool_key=keys.spool_key,
+        max_bytes=cfg.spool.max_bytes,
+    )
 
 
 async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
@@ -59,8 +66,14 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("gateway %s running: %d sensors, %d mqtt, %d opcua sources, %d clusters",
-             cfg.gateway_id, len(cfg.sensors), len(cfg.mqtt), len(cfg.opcua), len(cfg.clusters))
+    log.info(
+        "gateway %s running: %d sensors, %d mqtt, %d opcua sources, %d clusters",
+        cfg.gateway_id,
+        len(cfg.sensors),
+        len(cfg.mqtt),
+        len(cfg.opcua),
+        len(cfg.clusters),
+    )
     await agent.run(stop)
 
 
@@ -69,8 +82,15 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "provision":
         with Tpm(cfg.tpm.tcti) as tpm:
             keys = provision(tpm, cfg.state_dir, cfg.tpm.pcrs, cfg.tpm.pcr_bank, force=args.force)
-        print(json.dumps({"gateway_id": cfg.gateway_id, "identity_public_key":
-                          keys.public_raw.hex(), "pcrs": list(cfg.tpm.pcrs)}))
+        print(
+            json.dumps(
+                {
+                    "gateway_id": cfg.gateway_id,
+                    "identity_public_key": keys.public_raw.hex(),
+                    "pcrs": list(cfg.tpm.pcrs),
+                }
+            )
+        )
         return 0
     keys = _unseal(cfg)
     if args.command == "run":

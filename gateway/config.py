@@ -212,8 +212,9 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         if self.max_readings < 1 or self.max_delay_s <= 0 or self.max_pending < self.max_readings:
-            raise ConfigError("batching: need max_readings >= 1, max_delay_s > 0, "
-                              "max_pending >= max_readings")
+            raise ConfigError(
+                "batching: need max_readings >= 1, max_delay_s > 0, max_pending >= max_readings"
+            )
 
 
 @dataclass(frozen=True, slots=True)

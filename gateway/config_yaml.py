@@ -117,8 +117,19 @@ def _topic(raw: object, where: str) -> TopicRule:
 
 def _mqtt(base: Path) -> Callable[[object, str], MqttSourceConfig]:
     def parse(raw: object, where: str) -> MqttSourceConfig:
-        keys = {"name", "host", "port", "client_id", "topics", "username", "password",
-                "password_file", "tls", "session_expiry_s", "keepalive_s"}
+        keys = {
+            "name",
+            "host",
+            "port",
+            "client_id",
+            "topics",
+            "username",
+            "password",
+            "password_file",
+            "tls",
+            "session_expiry_s",
+            "keepalive_s",
+        }
         o = _obj(raw, where, keys)
         tls = None
         if o.get("tls") is not None:
@@ -178,13 +189,25 @@ def _browse(raw: object, where: str) -> OpcuaBrowse:
 
 def _opcua(base: Path) -> Callable[[object, str], OpcuaSourceConfig]:
     def parse(raw: object, where: str) -> OpcuaSourceConfig:
-        keys = {"name", "url", "nodes", "browse", "security", "publishing_ms",
-                "subscribe_batch", "reconnect_min_s", "reconnect_max_s"}
+        keys = {
+            "name",
+            "url",
+            "nodes",
+            "browse",
+            "security",
+            "publishing_ms",
+            "subscribe_batch",
+            "reconnect_min_s",
+            "reconnect_max_s",
+        }
         o = _obj(raw, where, keys)
         sec = OpcuaSecurity()
         if o.get("security") is not None:
-            s = _obj(o["security"], f"{where}.security",
-                     {"policy", "mode", "certificate", "private_key", "server_certificate"})
+            s = _obj(
+                o["security"],
+                f"{where}.security",
+                {"policy", "mode", "certificate", "private_key", "server_certificate"},
+            )
             sec = OpcuaSecurity(
                 policy=SecurityPolicy(s.get("policy", "None")),
                 mode=SecurityMode(s.get("mode", "SignAndEncrypt")),
@@ -219,8 +242,11 @@ def _cluster(raw: object, where: str) -> ClusterConfig:
 
 def _attestation(raw: object) -> AttestationConfig:
     o = _obj(raw, "attestation", {"platform_keys", "allowed_measurements", "max_age_s"})
-    keys = _obj(_req(o, "platform_keys", "attestation"), "attestation.platform_keys",
-                set(o.get("platform_keys") or {}))
+    keys = _obj(
+        _req(o, "platform_keys", "attestation"),
+        "attestation.platform_keys",
+        set(o.get("platform_keys") or {}),
+    )
     meas = _req(o, "allowed_measurements", "attestation")
     if not isinstance(meas, list):
         raise ConfigError("attestation.allowed_measurements must be a list of hex digests")
@@ -231,8 +257,19 @@ def _attestation(raw: object) -> AttestationConfig:
     )
 
 
-_TOP = {"gateway_id", "state_dir", "sensors", "sources", "batching", "spool", "clusters",
-        "attestation", "tpm", "http", "envelope"}
+_TOP = {
+    "gateway_id",
+    "state_dir",
+    "sensors",
+    "sources",
+    "batching",
+    "spool",
+    "clusters",
+    "attestation",
+    "tpm",
+    "http",
+    "envelope",
+}
 
 
 def parse_config(raw: object, *, base: Path) -> GatewayConfig:
@@ -255,8 +292,11 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
         gateway_id=str(_req(o, "gateway_id", "config")),
         state_dir=state_dir,
         sensors=by_id,
-        clusters=tuple(sorted(_list(_req(o, "clusters", "config"), "clusters", _cluster),
-                              key=lambda c: c.index)),
+        clusters=tuple(
+            sorted(
+                _list(_req(o, "clusters", "config"), "clusters", _cluster), key=lambda c: c.index
+            )
+        ),
         attestation=_attestation(_req(o, "attestation", "config")),
         spool=SpoolConfig(spool_path, int(sp.get("max_bytes", 1 << 30))),
         mqtt=_list(src.get("mqtt"), "sources.mqtt", _mqtt(base)),

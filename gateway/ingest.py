@@ -27,7 +27,7 @@ from tecc_contract.fixedpoint import classify
 
 Reason = RejectReason | PayloadReject
 #: What a source needs back to acknowledge one message: (packet id, content digest).
-AckToken = tuple[int, bytes]
+AckToken = tuple[int, int]
 
 
 class AckTarget(Protocol):
@@ -107,16 +107,47 @@ class Ingest:
                 self._buf.acks.append(ack)
         return len(val_ok)
 
-    def reject(self, sensor_id: str, reason: Reason,
-               ack: tuple[AckTarget, AckToken] | None = None, count: int = 1) -> None:
+    def reject(
+        self,
+        sensor_id: str,
+        reason: Reason,
+        ack: tuple[AckTarget, AckToken] | None = None,
+        count: int = 1,
+    ) -> None:
         """Count ``count`` rejections of ``sensor_id`` for ``reason`` (e.g. a malformed payload)."""
         with self._lock:
             self.rejected[(sensor_id, reason.value)] += count
             if ack is not None:
                 self._buf.acks.append(ack)
 
-    def offer_rows(self, source: str, rows: Iterable[tuple[str, int, object]],
-                   rejects: Iterable[tuple[str, Reason]] = ()) -> int:
+    def offer_one(
+        self,
+        source: str,
+        sensor_id: str,
+        ts: int,
+        value: float,
+        ack: tuple[AckTarget, AckToken] | None,
+    ) -> None:
+        """Fast path for one float reading (the common single-value MQTT message)."""
+        rng = self._ranges.get(sensor_id)
+        if rng is None or not rng[0] <= value <= rng[1]:
+            self.offer(source, sensor_id, [(ts, value)], ack)
+            return
+        with self._lock:
+            buf = self._buf
+            buf.sensors.append(sensor_id)
+            buf.timestamps.append(ts)
+            buf.values.append(value)
+            if ack is not None:
+                buf.acks.append(ack)
+            self.accepted[source] += 1
+
+    def offer_rows(
+        self,
+        source: str,
+        rows: Iterable[tuple[str, int, object]],
+        rejects: Iterable[tuple[str, Reason]] = (),
+    ) -> int:
         """Validate (sensor, timestamp, value) rows of many sensors; queue the accepted ones."""
         sensors: list[str] = []
         ts_ok: list[int] = []

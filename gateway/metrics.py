@@ -44,36 +44,71 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         r.register(_IngestCollector(ingest))
-        self.refused = Counter("gateway_readings_refused", "Readings refused because the "
-                               "spool or backlog is full", ["reason"], registry=r)
-        self.batches = Counter("gateway_batches_sealed", "Batches shared, sealed and spooled",
-                               registry=r)
-        self.spool_depth = Gauge("gateway_spool_depth_batches", "Batches waiting per cluster",
-                                 ["cluster"], registry=r)
-        self.spool_age = Gauge("gateway_spool_oldest_age_seconds", "Age of the oldest batch "
-                               "waiting per cluster (0 when empty)", ["cluster"], registry=r)
-        self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes of frames in the spool",
-                                 registry=r)
-        self.spool_overflow = Gauge("gateway_spool_overflow_alarm", "1 while the spool is "
-                                    "full and new readings are refused", registry=r)
-        self.backlog = Gauge("gateway_backlog_readings", "Readings accepted but not yet "
-                             "sealed (e.g. cluster keys not yet attested)", registry=r)
-        self.sent = Counter("gateway_uplink_batches_sent", "Envelopes acknowledged by a "
-                            "cluster", ["cluster"], registry=r)
-        self.uplink_errors = Counter("gateway_uplink_errors", "Failed uplink attempts",
-                                     ["cluster", "kind"], registry=r)
-        self.attested = Gauge("gateway_cluster_attested", "1 when the cluster's quote "
-                              "verified and its key is pinned", ["cluster"], registry=r)
-        self.attestation_failures = Counter("gateway_attestation_failures", "Quotes that "
-                                            "failed verification", ["cluster"], registry=r)
-        self.tpm_ok = Gauge("gateway_tpm_ok", "1 when the keys were unsealed from the TPM",
-                            registry=r)
-        self.source_up = Gauge("gateway_source_connected", "1 while a source is connected",
-                               ["source"], registry=r)
-        self.source_errors = Counter("gateway_source_errors", "Source connection errors",
-                                     ["source"], registry=r)
-        self.opcua_bad_nodes = Gauge("gateway_opcua_bad_nodes", "Nodes that could not be "
-                                     "subscribed or report a bad status", ["source"], registry=r)
+        self.refused = Counter(
+            "gateway_readings_refused",
+            "Readings refused because the spool or backlog is full",
+            ["reason"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "gateway_batches_sealed", "Batches shared, sealed and spooled", registry=r
+        )
+        self.spool_depth = Gauge(
+            "gateway_spool_depth_batches", "Batches waiting per cluster", ["cluster"], registry=r
+        )
+        self.spool_age = Gauge(
+            "gateway_spool_oldest_age_seconds",
+            "Age of the oldest batch waiting per cluster (0 when empty)",
+            ["cluster"],
+            registry=r,
+        )
+        self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes of frames in the spool", registry=r)
+        self.spool_overflow = Gauge(
+            "gateway_spool_overflow_alarm",
+            "1 while the spool is full and new readings are refused",
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "gateway_backlog_readings",
+            "Readings accepted but not yet sealed (e.g. cluster keys not yet attested)",
+            registry=r,
+        )
+        self.sent = Counter(
+            "gateway_uplink_batches_sent",
+            "Envelopes acknowledged by a cluster",
+            ["cluster"],
+            registry=r,
+        )
+        self.uplink_errors = Counter(
+            "gateway_uplink_errors", "Failed uplink attempts", ["cluster", "kind"], registry=r
+        )
+        self.attested = Gauge(
+            "gateway_cluster_attested",
+            "1 when the cluster's quote verified and its key is pinned",
+            ["cluster"],
+            registry=r,
+        )
+        self.attestation_failures = Counter(
+            "gateway_attestation_failures",
+            "Quotes that failed verification",
+            ["cluster"],
+            registry=r,
+        )
+        self.tpm_ok = Gauge(
+            "gateway_tpm_ok", "1 when the keys were unsealed from the TPM", registry=r
+        )
+        self.source_up = Gauge(
+            "gateway_source_connected", "1 while a source is connected", ["source"], registry=r
+        )
+        self.source_errors = Counter(
+            "gateway_source_errors", "Source connection errors", ["source"], registry=r
+        )
+        self.opcua_bad_nodes = Gauge(
+            "gateway_opcua_bad_nodes",
+            "Nodes that could not be subscribed or report a bad status",
+            ["source"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS envelopes (
     PRIMARY KEY (cluster, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pins (cluster INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS inflight (
-    source TEXT NOT NULL, mid INTEGER NOT NULL, digest BLOB NOT NULL,
+    source TEXT NOT NULL, mid INTEGER NOT NULL, digest INTEGER NOT NULL,
     PRIMARY KEY (source, mid)) WITHOUT ROWID;
 """
 _NONCE = 12
@@ -97,8 +97,10 @@ class Spool:
                     self._depth[cluster] = int(count)
                 self._bytes += int(size)
         except sqlite3.DatabaseError as exc:
-            raise SpoolError(f"spool {path} is unusable ({exc}); move it aside to start "
-                             "fresh (its unsent batches are then lost)") from exc
+            raise SpoolError(
+                f"spool {path} is unusable ({exc}); move it aside to start "
+                "fresh (its unsent batches are then lost)"
+            ) from exc
 
     def _check_meta(self) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -126,8 +128,10 @@ class Spool:
         try:
             return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
         except InvalidTag as exc:
-            raise SpoolError("a spool row failed authentication: the spool file was "
-                             "modified or belongs to another spool key") from exc
+            raise SpoolError(
+                "a spool row failed authentication: the spool file was "
+                "modified or belongs to another spool key"
+            ) from exc
 
     def last_seq(self) -> int:
         """The highest sequence number ever spooled (0 for a fresh spool)."""
@@ -142,7 +146,7 @@ class Spool:
         readings: int,
         frames: list[bytes],
         *,
-        inflight: Sequence[tuple[str, int, bytes]] = (),
+        inflight: Sequence[tuple[str, int, int]] = (),
         released: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Durably store one batch's N frames in one transaction (fsync on commit).
@@ -225,8 +229,9 @@ class Spool:
 
     def pin(self, key: PinnedKey) -> None:
         """Persist a pinned cluster key (authenticated with the spool key)."""
-        record = json.dumps({"service_id": key.service_id, "suite": key.suite,
-                             "public_key": key.public_key.hex()}).encode()
+        record = json.dumps(
+            {"service_id": key.service_id, "suite": key.suite, "public_key": key.public_key.hex()}
+        ).encode()
         blob = self._seal(record, f"tecc-pin-v1|{self._gw}|{key.cluster}".encode())
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (key.cluster, blob))
@@ -238,8 +243,12 @@ class Spool:
         out: dict[int, PinnedKey] = {}
         for cluster, blob in rows:
             rec = json.loads(self._open(blob, f"tecc-pin-v1|{self._gw}|{cluster}".encode()))
-            out[int(cluster)] = PinnedKey(int(cluster), str(rec["service_id"]),
-                                          str(rec["suite"]), bytes.fromhex(rec["public_key"]))
+            out[int(cluster)] = PinnedKey(
+                int(cluster),
+                str(rec["service_id"]),
+                str(rec["suite"]),
+                bytes.fromhex(rec["public_key"]),
+            )
         return out
 
     def unpin(self, cluster: int) -> int:
@@ -253,16 +262,18 @@ class Spool:
             db.execute("DELETE FROM pins WHERE cluster=?", (cluster,))
             db.execute("COMMIT")
             self._depth[cluster] = 0
-            self._bytes = int(db.execute(
-                "SELECT coalesce(sum(length(frame)), 0) FROM envelopes").fetchone()[0])
+            self._bytes = int(
+                db.execute("SELECT coalesce(sum(length(frame)), 0) FROM envelopes").fetchone()[0]
+            )
         return int(n[0])
 
-    def inflight(self, source: str) -> dict[int, bytes]:
+    def inflight(self, source: str) -> dict[int, int]:
         """Packet ids and digests of spooled messages whose acknowledgement may be lost."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT mid, digest FROM inflight WHERE source=?", (source,)).fetchall()
-        return {int(m): bytes(d) for m, d in rows}
+                "SELECT mid, digest FROM inflight WHERE source=?", (source,)
+            ).fetchall()
+        return {int(m): int(d) for m, d in rows}
 
     def close(self) -> None:
         """Checkpoint and close the database."""

@@ -58,17 +58,27 @@ class SealedBlob:
 
     def to_json(self) -> str:
         """Serialise for storage on disk (safe: the private part is wrapped by the TPM)."""
-        return json.dumps({"version": 1, "private": self.private.hex(),
-                           "public": self.public.hex(), "pcrs": list(self.pcrs),
-                           "bank": self.bank})
+        return json.dumps(
+            {
+                "version": 1,
+                "private": self.private.hex(),
+                "public": self.public.hex(),
+                "pcrs": list(self.pcrs),
+                "bank": self.bank,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> SealedBlob:
         """Parse :meth:`to_json` output; :class:`TpmError` if it is not a sealed blob."""
         try:
             o = json.loads(text)
-            return cls(bytes.fromhex(o["private"]), bytes.fromhex(o["public"]),
-                       tuple(int(p) for p in o["pcrs"]), str(o["bank"]))
+            return cls(
+                bytes.fromhex(o["private"]),
+                bytes.fromhex(o["public"]),
+                tuple(int(p) for p in o["pcrs"]),
+                str(o["bank"]),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise TpmError(f"sealed key file is corrupt ({exc}); re-provision") from exc
 
@@ -85,8 +95,10 @@ class Tpm:
         try:
             self._ctx = ESAPI(TCTILdr(name, conf or None))
         except TSS2_Exception as exc:
-            raise TpmError(f"cannot reach the TPM through TCTI {tcti!r} ({exc}); check "
-                           "tpm.tcti and that the TPM (or swtpm) is running") from exc
+            raise TpmError(
+                f"cannot reach the TPM through TCTI {tcti!r} ({exc}); check "
+                "tpm.tcti and that the TPM (or swtpm) is running"
+            ) from exc
         self.tcti = tcti
 
     def __enter__(self) -> Tpm:
@@ -113,7 +125,10 @@ class Tpm:
     @contextmanager
     def _session(self, kind: Any, pcrs: Sequence[int], bank: str) -> Iterator[Any]:
         sess = self._ctx.start_auth_session(
-            ESYS_TR.NONE, ESYS_TR.NONE, kind, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+            ESYS_TR.NONE,
+            ESYS_TR.NONE,
+            kind,
+            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
             TPM2_ALG.SHA256,
         )
         try:
@@ -130,7 +145,8 @@ class Tpm:
             with self._session(TPM2_SE.TRIAL, pcrs, bank) as trial:
                 policy = bytes(self._ctx.policy_get_digest(trial))
             template = TPM2B_PUBLIC.parse(
-                "keyedhash", objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
+                "keyedhash",
+                objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
                 authPolicy=policy,
             )
             sens = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))

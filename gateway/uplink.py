@@ -96,18 +96,21 @@ class ClusterLink:
             body = await resp.read()
         try:
             quote = Quote.from_bytes(body)
-            ident = self._verifier.verify(quote, nonce=nonce, now_ns=self._now_ns(),
-                                          role=self.cfg.role)
+            ident = self._verifier.verify(
+                quote, nonce=nonce, now_ns=self._now_ns(), role=self.cfg.role
+            )
         except AttestationError as exc:
             raise AttestationFailedError(str(exc)) from exc
         if ident.service_id != self.cfg.service_id:
             raise AttestationFailedError(
                 f"cluster {self.index} attests as {ident.service_id!r}, configured "
-                f"{self.cfg.service_id!r}")
+                f"{self.cfg.service_id!r}"
+            )
         hpke = ident.keys.get("hpke")
         if hpke is None or ident.hpke_suite != self._suite:
             raise AttestationFailedError(
-                f"cluster {self.index} offers no {self._suite} HPKE key in its quote")
+                f"cluster {self.index} offers no {self._suite} HPKE key in its quote"
+            )
         key = PinnedKey(self.index, ident.service_id, ident.hpke_suite, hpke)
         pinned = (await asyncio.to_thread(self._spool.pins)).get(self.index)
         if pinned is None:
@@ -119,7 +122,8 @@ class ClusterLink:
                 f"cluster {self.index} ({ident.service_id}) presents a different HPKE key than "
                 "the one pinned at enrolment; if the cluster was legitimately re-keyed, run "
                 f"`gateway reenrol --cluster {self.index}` (unsent batches sealed to the old key "
-                "are then dropped)")
+                "are then dropped)"
+            )
         return key
 
     async def run(self) -> None:
@@ -128,8 +132,10 @@ class ClusterLink:
         recheck = False
         while True:
             try:
-                if recheck or self.attested_at is None or (
-                    time.monotonic() - self.attested_at > self._reattest_s
+                if (
+                    recheck
+                    or self.attested_at is None
+                    or (time.monotonic() - self.attested_at > self._reattest_s)
                 ):
                     await self.attest()
                     recheck = False
@@ -170,7 +176,8 @@ class ClusterLink:
                 return sent
             for seq, frame in pending:
                 async with self._http.post(
-                    f"{self.cfg.url}/v1/batches", data=frame,
+                    f"{self.cfg.url}/v1/batches",
+                    data=frame,
                     headers={"Content-Type": "application/octet-stream"},
                 ) as resp:
                     status = resp.status

@@ -69,8 +69,9 @@ class _BulkSubscription(Subscription):
             if isinstance(notif, ua.DataChangeNotification):
                 self._source.deliver(self._rows(notif))
             elif isinstance(notif, ua.StatusChangeNotification):
-                log.warning("opcua %s: subscription status changed: %s", self._source.name,
-                            notif.Status)
+                log.warning(
+                    "opcua %s: subscription status changed: %s", self._source.name, notif.Status
+                )
 
     def _rows(self, notif: Any) -> tuple[list[tuple[str, int, object]], list[tuple[str, Reason]]]:
         now_ns = time.time_ns()
@@ -108,8 +109,15 @@ def _filter(opts: NodeOptions) -> Any:
 class OpcuaSource:
     """One OPC-UA server connection, reconnected forever until cancelled."""
 
-    def __init__(self, cfg: OpcuaSourceConfig, ingest: Ingest, metrics: Metrics, *,
-                 sensors: set[str], rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        cfg: OpcuaSourceConfig,
+        ingest: Ingest,
+        metrics: Metrics,
+        *,
+        sensors: set[str],
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self._ingest = ingest
@@ -132,8 +140,9 @@ class OpcuaSource:
             self._metrics.opcua_bad_nodes.labels(self.name).set(len(self._bad))
             log.warning("opcua %s: node for sensor %s reports a bad status", self.name, sensor)
 
-    def deliver(self, rows_bad: tuple[list[tuple[str, int, object]],
-                                      list[tuple[str, Reason]]]) -> None:
+    def deliver(
+        self, rows_bad: tuple[list[tuple[str, int, object]], list[tuple[str, Reason]]]
+    ) -> None:
         """Hand one notification list to the ingest buffer (synchronous, never blocks)."""
         rows, bad = rows_bad
         self._ingest.offer_rows(self.name, rows, bad)
@@ -162,12 +171,17 @@ class OpcuaSource:
         client = Client(self.cfg.url, timeout=10)
         sec = self.cfg.security
         if sec.certificate is not None and sec.private_key is not None:
-            mode = (ua.MessageSecurityMode.Sign if sec.mode is SecurityMode.SIGN
-                    else ua.MessageSecurityMode.SignAndEncrypt)
+            mode = (
+                ua.MessageSecurityMode.Sign
+                if sec.mode is SecurityMode.SIGN
+                else ua.MessageSecurityMode.SignAndEncrypt
+            )
             await client.set_security(
-                SecurityPolicyBasic256Sha256, certificate=str(sec.certificate),
+                SecurityPolicyBasic256Sha256,
+                certificate=str(sec.certificate),
                 private_key=str(sec.private_key),
-                server_certificate=None if sec.server_certificate is None
+                server_certificate=None
+                if sec.server_certificate is None
                 else str(sec.server_certificate),
                 mode=mode,
             )
@@ -196,8 +210,12 @@ class OpcuaSource:
                 if sensor in self._declared:
                     out.append((child, sensor, b.options))
                 else:
-                    log.info("opcua %s: skipping %s (sensor %r is not declared)", self.name,
-                             child.nodeid.to_string(), sensor)
+                    log.info(
+                        "opcua %s: skipping %s (sensor %r is not declared)",
+                        self.name,
+                        child.nodeid.to_string(),
+                        sensor,
+                    )
         return out
 
     async def _subscribe(self, client: Client) -> None:
@@ -218,8 +236,13 @@ class OpcuaSource:
             chunk = targets[i : i + step]
             mirs = [
                 sub._make_monitored_item_request(
-                    node, AttributeIds.Value, _filter(opts), opts.queue_size,
-                    ua.MonitoringMode.Reporting, ua.Double(opts.sampling_ms))
+                    node,
+                    AttributeIds.Value,
+                    _filter(opts),
+                    opts.queue_size,
+                    ua.MonitoringMode.Reporting,
+                    ua.Double(opts.sampling_ms),
+                )
                 for node, _, opts in chunk
             ]
             results = await sub.create_monitored_items(mirs)
@@ -227,7 +250,12 @@ class OpcuaSource:
                 if isinstance(res, ua.StatusCode):
                     failed += 1
                     self.mark_bad(sensor)
-                    log.warning("opcua %s: cannot monitor %s (%s): %s", self.name,
-                                node.nodeid.to_string(), sensor, res)
+                    log.warning(
+                        "opcua %s: cannot monitor %s (%s): %s",
+                        self.name,
+                        node.nodeid.to_string(),
+                        sensor,
+                        res,
+                    )
         self.subscribed = len(targets) - failed
         log.info("opcua %s: subscribed %d node(s), %d failed", self.name, self.subscribed, failed)

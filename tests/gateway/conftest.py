@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -42,9 +42,6 @@ async def clusters(keys: GatewayKeys, platform: Platform) -> AsyncIterator[list[
         await c.stop()
 
 
-RunAgent = Callable[[Path], "asynccontextmanager[Agent]"]
-
-
 @asynccontextmanager
 async def running(config: Path, keys: GatewayKeys) -> AsyncIterator[Agent]:
     """Run an in-process agent for ``config`` until the block exits (graceful stop)."""
@@ -59,6 +56,3 @@ async def running(config: Path, keys: GatewayKeys) -> AsyncIterator[Agent]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-
-
-StartAgent = Callable[[Path], Awaitable[Agent]]

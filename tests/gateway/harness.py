@@ -45,23 +45,49 @@ def write_config(
     sensors = {**MQTT_SENSORS, **opcua_sensors(opcua_nodes)}
     sources: dict[str, Any] = {}
     if mqtt_port is not None:
-        sources["mqtt"] = [{
-            "name": "mq", "host": "127.0.0.1", "port": mqtt_port, "client_id": client_id,
-            "topics": [
-                {"filter": "plant/+/+/value", "sensor_template": "{0}.{1}", "format": "number"},
-                {"filter": "plant/+/+/json", "sensor_template": "{0}.{1}", "format": "json",
-                 "value_path": "v", "timestamp_path": "ts"},
-                {"filter": "plant/+/+/batch", "sensor_template": "{0}.{1}",
-                 "format": "json_batch", "value_path": "v", "timestamp_path": "ts"},
-            ],
-        }]
+        sources["mqtt"] = [
+            {
+                "name": "mq",
+                "host": "127.0.0.1",
+                "port": mqtt_port,
+                "client_id": client_id,
+                "topics": [
+                    {"filter": "plant/+/+/value", "sensor_template": "{0}.{1}", "format": "number"},
+                    {
+                        "filter": "plant/+/+/json",
+                        "sensor_template": "{0}.{1}",
+                        "format": "json",
+                        "value_path": "v",
+                        "timestamp_path": "ts",
+                    },
+                    {
+                        "filter": "plant/+/+/batch",
+                        "sensor_template": "{0}.{1}",
+                        "format": "json_batch",
+                        "value_path": "v",
+                        "timestamp_path": "ts",
+                    },
+                ],
+            }
+        ]
     if opcua_url is not None:
-        sources["opcua"] = [{
-            "name": "plc", "url": opcua_url, "publishing_ms": 50,
-            "browse": [{"folder": "ns=2;s=Line2", "sensor_template": "line2.{name}",
-                        "sampling_ms": 0, "queue_size": 100}],
-            "reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
-        }]
+        sources["opcua"] = [
+            {
+                "name": "plc",
+                "url": opcua_url,
+                "publishing_ms": 50,
+                "browse": [
+                    {
+                        "folder": "ns=2;s=Line2",
+                        "sensor_template": "line2.{name}",
+                        "sampling_ms": 0,
+                        "queue_size": 100,
+                    }
+                ],
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 2.0,
+            }
+        ]
     doc = {
         "gateway_id": "gw-test",
         "state_dir": str(tmp / "state"),
@@ -69,10 +95,13 @@ def write_config(
         "sources": sources,
         "batching": {"max_readings": max_readings, "max_delay_s": max_delay_s},
         "spool": {"path": str(tmp / "state" / "spool.db"), "max_bytes": spool_max_bytes},
-        "clusters": [{"index": c.index, "url": c.url, "service_id": c.service_id}
-                     for c in clusters],
-        "attestation": {"platform_keys": {platform.key_id: platform.public_hex},
-                        "allowed_measurements": [GOOD_MEASUREMENT.hex()]},
+        "clusters": [
+            {"index": c.index, "url": c.url, "service_id": c.service_id} for c in clusters
+        ],
+        "attestation": {
+            "platform_keys": {platform.key_id: platform.public_hex},
+            "allowed_measurements": [GOOD_MEASUREMENT.hex()],
+        },
         "tpm": {"tcti": tcti, "pcrs": [7, 14]},
         "http": {"host": "127.0.0.1", "port": free_port()},
         "envelope": {"suite": "x25519", "columns": ["value"]},
@@ -84,8 +113,14 @@ def write_config(
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``python -m gateway ARGS`` to completion."""
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -94,7 +129,12 @@ def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            cwd=ROOT, stdout=fh, stderr=fh, env=env, start_new_session=True)
+            cwd=ROOT,
+            stdout=fh,
+            stderr=fh,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
@@ -136,9 +176,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def wait_for(pred: Any, timeout: float, what: str) -> None:
+async def wait_for(pred: Any, within: float, what: str) -> None:
     """Poll ``pred()`` (sync or async) until true or fail with ``what``."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         r = pred()
         if asyncio.iscoroutine(r):
@@ -146,4 +186,4 @@ async def wait_for(pred: Any, timeout: float, what: str) -> None:
         if r:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {within} s waiting for {what}")

@@ -25,16 +25,21 @@ class Plc:
         self.server.set_endpoint(self.url)
         self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         idx = await self.server.register_namespace("urn:tecc:test-plc")
-        folder = await self.server.nodes.objects.add_folder(ua.NodeId("Line2", idx), "Line2")
+        folder = await self.server.nodes.objects.add_folder(
+            ua.NodeId(ua.String("Line2"), ua.Int16(idx)), "Line2"
+        )
         for i in range(self.n):
-            var = await folder.add_variable(ua.NodeId(f"Line2.v{i}", idx), f"v{i}", 0.0)
+            var = await folder.add_variable(
+                ua.NodeId(ua.String(f"Line2.v{i}"), ua.Int16(idx)), f"v{i}", 0.0
+            )
             self.vars.append(var)
         await self.server.start()
 
     async def write(self, i: int, value: float) -> None:
         """Set variable ``i`` (a data change for subscribers)."""
         await self.server.write_attribute_value(
-            self.vars[i].nodeid, ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+            self.vars[i].nodeid, ua.DataValue(ua.Variant(value, ua.VariantType.Double))
+        )
 
     async def stop(self) -> None:
         """Stop the server."""

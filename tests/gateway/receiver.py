@@ -45,17 +45,24 @@ class Platform:
 class FakeCluster:
     """One cluster party; start with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(self, index: int, port: int, platform: Platform,
-                 gateway_keys: dict[str, Ed25519PublicKey], *,
-                 measurement: bytes = GOOD_MEASUREMENT) -> None:
+    def __init__(
+        self,
+        index: int,
+        port: int,
+        platform: Platform,
+        gateway_keys: dict[str, Ed25519PublicKey],
+        *,
+        measurement: bytes = GOOD_MEASUREMENT,
+    ) -> None:
         self.index = index
         self.port = port
         self.service_id = f"party-{index}"
         self.platform = platform
         self.measurement = measurement
         self._priv, self.public_key = generate_cluster_keypair(KemSuite.X25519)
-        self._opener = Opener(party=index, suite=KemSuite.X25519, private_key=self._priv,
-                              gateway_keys=gateway_keys)
+        self._opener = Opener(
+            party=index, suite=KemSuite.X25519, private_key=self._priv, gateway_keys=gateway_keys
+        )
         self.shares: dict[int, OpenedShare] = {}
         self.posts = 0
         self.rejected = 0
@@ -70,9 +77,16 @@ class FakeCluster:
     async def _attestation(self, req: web.Request) -> web.Response:
         self.attestations += 1
         nonce = bytes.fromhex(req.query["nonce"])
-        quote = Quote(role="party", service_id=self.service_id, measurement=self.measurement,
-                      keys={"hpke": self.public_key}, nonce=nonce, issued_ns=time.time_ns(),
-                      platform_key_id=self.platform.key_id, hpke_suite="x25519")
+        quote = Quote(
+            role="party",
+            service_id=self.service_id,
+            measurement=self.measurement,
+            keys={"hpke": self.public_key},
+            nonce=nonce,
+            issued_ns=time.time_ns(),
+            platform_key_id=self.platform.key_id,
+            hpke_suite="x25519",
+        )
         return web.json_response(sign_quote(quote, self.platform.key).to_json())
 
     async def _batches(self, req: web.Request) -> web.Response:
@@ -116,8 +130,11 @@ def readings(clusters: Sequence[FakeCluster]) -> list[tuple[str, int, float]]:
         cols = reconstruct_batch(shares)
         values = codec.decode(cols[Column.VALUE])
         header = shares[0].header
-        names = np.concatenate([[s.sensor_id] * s.count for s in header.segments]) if \
-            header.segments else np.zeros(0, dtype=str)
+        names = (
+            np.concatenate([[s.sensor_id] * s.count for s in header.segments])
+            if header.segments
+            else np.zeros(0, dtype=str)
+        )
         ts = header.timestamps()
         out.extend(zip(names.tolist(), ts.tolist(), values.tolist(), strict=True))
     return out

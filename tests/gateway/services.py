@@ -72,8 +72,14 @@ def mosquitto(tmp: Path, *, persistence: bool = True) -> Iterator[Mosquitto]:
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
-             "max_inflight_messages 0", "log_dest stderr", "log_type error"]
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "max_queued_messages 0",
+        "max_inflight_messages 0",
+        "log_dest stderr",
+        "log_type error",
+    ]
     if persistence:
         lines += ["persistence true", f"persistence_location {tmp}/"]
     conf.write_text("\n".join(lines) + "\n")
@@ -107,10 +113,21 @@ def swtpm(state: Path) -> Iterator[Swtpm]:
     state.mkdir(parents=True, exist_ok=True)
     log = (state / "swtpm.log").open("wb")
     proc = subprocess.Popen(
-        [SWTPM, "socket", "--tpm2", "--server", f"type=tcp,port={port}",
-         "--ctrl", f"type=tcp,port={port + 1}", "--flags", "not-need-init,startup-clear",
-         "--tpmstate", f"dir={state}"],
-        stdout=log, stderr=log,
+        [
+            SWTPM,
+            "socket",
+            "--tpm2",
+            "--server",
+            f"type=tcp,port={port}",
+            "--ctrl",
+            f"type=tcp,port={port + 1}",
+            "--flags",
+            "not-need-init,startup-clear",
+            "--tpmstate",
+            f"dir={state}",
+        ],
+        stdout=log,
+        stderr=log,
     )
     try:
         wait_port(port + 1)

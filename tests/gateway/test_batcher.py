@@ -21,7 +21,7 @@ class _Target:
 def _drained(n: int, sensor: str = "s", t0: int = 0, ack: _Target | None = None) -> Drained:
     d = Drained([sensor] * n, list(range(t0, t0 + n)), [float(i) for i in range(n)])
     if ack is not None:
-        d.acks.append((ack, (t0, b"")))
+        d.acks.append((ack, (t0, 0)))
     return d
 
 
@@ -52,7 +52,10 @@ def test_take_splits_and_keeps_acks_with_last_part() -> None:
     b = Batcher(max_readings=4, max_delay_s=1.0)
     b.add(_drained(6, ack=target), now=0.0)
     first = b.take(0.1)
-    assert first.count == 4 and first.acks == []
+    assert first.count == 4
+    assert first.acks == []
     second = b.take(0.2)
-    assert second.count == 2 and len(second.acks) == 1
-    assert len(b) == 0 and not b.due(5.0)
+    assert second.count == 2
+    assert len(second.acks) == 1
+    assert len(b) == 0
+    assert not b.due(5.0)

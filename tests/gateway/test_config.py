@@ -33,7 +33,9 @@ def test_example_config_loads() -> None:
         (("pcrs: [7, 14]", "pcrs: [7, 99]"), "PCR indices"),
     ],
 )
-def test_bad_config_is_rejected_clearly(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+def test_bad_config_is_rejected_clearly(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
     """Each broken setting raises ConfigError with a message naming the problem."""
     text = EXAMPLE.read_text().replace(*edit)
     bad = tmp_path / "bad.yaml"

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -20,8 +22,13 @@ from tests.gateway.plc import Plc
 from tests.gateway.receiver import FakeCluster, Platform, readings
 from tests.gateway.services import free_port, mosquitto, swtpm
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.opcua, pytest.mark.tpm, pytest.mark.processes,
-              pytest.mark.slow]
+pytestmark = [
+    pytest.mark.mqtt,
+    pytest.mark.opcua,
+    pytest.mark.tpm,
+    pytest.mark.processes,
+    pytest.mark.slow,
+]
 TOPIC = "plant/line1/temp/value"
 
 
@@ -72,8 +79,12 @@ async def _ready(port: int) -> bool:
     if not h:
         return False
     clusters = h["clusters"].values()
-    return bool(h["sources"]["mq"]["connected"] and h["sources"]["plc"]["subscribed"] == 3
-                and all(c["attested"] for c in clusters) and h["sealing"])
+    return bool(
+        h["sources"]["mq"]["connected"]
+        and h["sources"]["plc"]["subscribed"] == 3
+        and all(c["attested"] for c in clusters)
+        and h["sealing"]
+    )
 
 
 async def test_sigkill_and_restart_exactly_once(tmp_path: Path) -> None:
@@ -84,19 +95,22 @@ async def test_sigkill_and_restart_exactly_once(tmp_path: Path) -> None:
     with swtpm(tmp_path / "tpm") as sw, mosquitto(tmp_path / "mq") as broker:
         ports = [free_port(), free_port()]
         placeholder = [FakeCluster(i, ports[i], platform, {}) for i in range(2)]
-        cfg = write_config(tmp_path, clusters=placeholder, platform=platform, tcti=sw.tcti,
-                           mqtt_port=broker.port, opcua_url=plc.url, opcua_nodes=3,
-                           max_delay_s=0.05)
+        cfg = write_config(
+            tmp_path,
+            clusters=placeholder,
+            platform=platform,
+            tcti=sw.tcti,
+            mqtt_port=broker.port,
+            opcua_url=plc.url,
+            opcua_nodes=3,
+            max_delay_s=0.05,
+        )
         assert cli("provision", "--config", str(cfg)).returncode == 0
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
         pub = bytes.fromhex((tmp_path / "state" / PUBLIC_FILE).read_text().strip())
         gw = {"gw-test": Ed25519PublicKey.from_public_bytes(pub)}
         clusters = [FakeCluster(i, ports[i], platform, gw) for i in range(2)]
         for c in clusters:
             await c.start()
-        import yaml
-
         http_port = int(yaml.safe_load(cfg.read_text())["http"]["port"])
         log = tmp_path / "gateway.log"
         proc = spawn(cfg, log)
@@ -127,8 +141,11 @@ async def test_sigkill_and_restart_exactly_once(tmp_path: Path) -> None:
                 after_restart.append(counter)
                 await asyncio.sleep(0.05)
             total = stream.stop()
-            await wait_for(lambda: sum(1 for s, _, _ in readings(clusters)
-                                       if s == "line1.temp") >= total, 30, "all MQTT readings")
+            await wait_for(
+                lambda: sum(1 for s, _, _ in readings(clusters) if s == "line1.temp") >= total,
+                30,
+                "all MQTT readings",
+            )
             await asyncio.sleep(0.5)
             assert terminate(proc) == 0
         finally:
@@ -139,12 +156,13 @@ async def test_sigkill_and_restart_exactly_once(tmp_path: Path) -> None:
             await plc.stop()
     got = readings(clusters)
     mqtt_ids = Counter(round(v * 100) for s, _, v in got if s == "line1.temp")
-    assert killed_at > 100 and total > killed_at
+    assert killed_at > 100
+    assert total > killed_at
     assert sorted(mqtt_ids) == list(range(total)), "an MQTT reading was lost"
     assert max(mqtt_ids.values()) == 1, "an MQTT reading was delivered twice"
     for i in range(3):
         seen = [(ts, v) for s, ts, v in got if s == f"line2.v{i}"]
         assert len(seen) == len(set(seen)), "an OPC-UA change was delivered twice"
         values = [v for _, v in sorted(seen)]
-        assert values[-len(after_restart):] == after_restart
+        assert values[-len(after_restart) :] == after_restart
     assert "refusing" not in log.read_text()

@@ -28,19 +28,38 @@ async def test_mqtt_and_opcua_readings_arrive_shared(
     await plc.start()
     try:
         with mosquitto(tmp_path / "mq") as broker:
-            cfg = write_config(tmp_path, clusters=clusters, platform=platform,
-                               mqtt_port=broker.port, opcua_url=plc.url, opcua_nodes=5)
+            cfg = write_config(
+                tmp_path,
+                clusters=clusters,
+                platform=platform,
+                mqtt_port=broker.port,
+                opcua_url=plc.url,
+                opcua_nodes=5,
+            )
             async with running(cfg, keys) as agent:
-                await wait_for(lambda: agent.mqtt[0].connected and agent.opcua[0].subscribed == 5,
-                               20, "sources to connect")
+                await wait_for(
+                    lambda: agent.mqtt[0].connected and agent.opcua[0].subscribed == 5,
+                    20,
+                    "sources to connect",
+                )
                 temps = [round(20 + i * 0.125, 3) for i in range(200)]
                 msgs = [("plant/line1/temp/value", str(v).encode()) for v in temps]
-                msgs.append(("plant/line1/press/json",
-                             json.dumps({"v": 512.5, "ts": 1764000000.5}).encode()))
-                msgs.append(("plant/line1/press/batch", json.dumps(
-                    [{"v": 100 + i, "ts": 1764000001 + i} for i in range(50)]).encode()))
+                msgs.append(
+                    (
+                        "plant/line1/press/json",
+                        json.dumps({"v": 512.5, "ts": 1764000000.5}).encode(),
+                    )
+                )
+                msgs.append(
+                    (
+                        "plant/line1/press/batch",
+                        json.dumps(
+                            [{"v": 100 + i, "ts": 1764000001 + i} for i in range(50)]
+                        ).encode(),
+                    )
+                )
                 await asyncio.to_thread(publish, broker.port, msgs)
-                opc_values = {f"line2.v{i}": [] for i in range(5)}
+                opc_values: dict[str, list[float]] = {f"line2.v{i}": [] for i in range(5)}
                 for step in range(1, 11):
                     for i in range(5):
                         value = i * 1000 + step * 0.5
@@ -50,8 +69,10 @@ async def test_mqtt_and_opcua_readings_arrive_shared(
 
                 def arrived() -> bool:
                     got = readings(clusters)
-                    return (sum(1 for s, _, _ in got if s.startswith("line1")) == 251
-                            and sum(1 for s, _, _ in got if s.startswith("line2")) >= 50)
+                    return (
+                        sum(1 for s, _, _ in got if s.startswith("line1")) == 251
+                        and sum(1 for s, _, _ in got if s.startswith("line2")) >= 50
+                    )
 
                 await wait_for(arrived, 20, "all readings at both clusters")
                 text = await scrape(agent.cfg.http.port)

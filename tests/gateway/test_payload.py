@@ -19,7 +19,8 @@ BATCH = PayloadSpec(PayloadFormat.JSON_BATCH, ("v",), ("ts",))
 def test_number_payload() -> None:
     """A decimal number becomes one reading stamped with the receive time."""
     p = parse_payload(b" 21.25\n", NUM, NOW)
-    assert p.readings == [(NOW, 21.25)] and p.rejects == []
+    assert p.readings == [(NOW, 21.25)]
+    assert p.rejects == []
 
 
 def test_number_rejections() -> None:
@@ -31,11 +32,12 @@ def test_number_rejections() -> None:
 
 def test_nan_and_inf_pass_through_for_range_validation() -> None:
     """NaN and Infinity parse; range validation later rejects them by their own reason."""
-    (_, v), = parse_payload(b"NaN", NUM, NOW).readings
-    assert isinstance(v, float) and math.isnan(v)
-    (_, v), = parse_payload(b'{"v": Infinity}', JSON, NOW).readings
+    ((_, v),) = parse_payload(b"NaN", NUM, NOW).readings
+    assert isinstance(v, float)
+    assert math.isnan(v)
+    ((_, v),) = parse_payload(b'{"v": Infinity}', JSON, NOW).readings
     assert v == math.inf
-    (_, v), = parse_payload(b"1e999", NUM, NOW).readings
+    ((_, v),) = parse_payload(b"1e999", NUM, NOW).readings
     assert v == math.inf
 
 

@@ -27,10 +27,12 @@ def test_provision_then_load_roundtrip(tmp_path: Path) -> None:
             provision(tpm, tmp_path / "st", [7, 14])
     assert loaded.spool_key == made.spool_key == b"\x22" * 32
     assert loaded.public_raw == made.public_raw
-    on_disk = b"".join((tmp_path / "st" / f).read_bytes()
-                       for f in (IDENTITY_FILE, SPOOL_KEY_FILE, PUBLIC_FILE))
+    on_disk = b"".join(
+        (tmp_path / "st" / f).read_bytes() for f in (IDENTITY_FILE, SPOOL_KEY_FILE, PUBLIC_FILE)
+    )
     for secret in (b"\x11" * 32, b"\x22" * 32):
-        assert secret not in on_disk and secret.hex().encode() not in on_disk
+        assert secret not in on_disk
+        assert secret.hex().encode() not in on_disk
 
 
 def test_extended_pcr_blocks_unseal(tmp_path: Path) -> None:
@@ -52,8 +54,11 @@ def test_unrelated_pcr_does_not_matter(tmp_path: Path) -> None:
 
 def test_not_provisioned_says_what_to_do(tmp_path: Path) -> None:
     """Starting without sealed keys names the provision command."""
-    with swtpm(tmp_path / "tpm") as sw, Tpm(sw.tcti) as tpm, \
-            pytest.raises(NotProvisionedError, match="gateway provision"):
+    with (
+        swtpm(tmp_path / "tpm") as sw,
+        Tpm(sw.tcti) as tpm,
+        pytest.raises(NotProvisionedError, match="gateway provision"),
+    ):
         load_keys(tpm, tmp_path / "st")
 
 
@@ -71,4 +76,5 @@ def test_cli_run_refuses_after_pcr_change(tmp_path: Path) -> None:
         run = cli("run", "--config", str(cfg))
     assert run.returncode == 3
     assert "refusing to start" in run.stderr
-    assert "PCRs 7,14" in run.stderr and "provision --force" in run.stderr
+    assert "PCRs 7,14" in run.stderr
+    assert "provision --force" in run.stderr

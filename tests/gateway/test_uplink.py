@@ -42,7 +42,8 @@ async def test_wrong_measurement_gets_nothing(
             await wait_for(lambda: clusters[1].attestations >= 2, 10, "re-attestation attempts")
             text = await scrape(agent.cfg.http.port)
             ok, health = agent.health()
-    assert clusters[1].posts == 0 and clusters[0].posts == 0  # nothing sealed without its key
+    assert clusters[1].posts == 0
+    assert clusters[0].posts == 0
     assert metric(text, "gateway_attestation_failures_total", cluster="1") >= 2
     assert metric(text, "gateway_cluster_attested", cluster="1") == 0
     assert "not on the allow-list" in str(health["clusters"]["1"]["last_error"])
@@ -76,7 +77,8 @@ async def test_unknown_platform_and_rekey_are_refused(
             finally:
                 await impostor.stop()
                 await rekeyed.stop()
-    assert impostor.posts == 0 and rekeyed.posts == 0
+    assert impostor.posts == 0
+    assert rekeyed.posts == 0
     assert "different HPKE key" in str(health["clusters"]["1"]["last_error"])
     assert metric(text, "gateway_attestation_failures_total", cluster="1") >= 2
     assert agent.spool.depth(1) >= 1  # queued for the genuine cluster, not dropped
@@ -99,7 +101,8 @@ async def test_cluster_outage_queues_then_drains(
                 await asyncio.to_thread(publish, broker.port, _msgs(sent, 50))
                 sent += 50
                 await asyncio.sleep(0.2)
-            assert agent.spool.depth(1) > 0 and agent.spool.depth(0) == 0
+            assert agent.spool.depth(1) > 0
+            assert agent.spool.depth(0) == 0
             backlog = agent.spool.depth(1)
             await clusters[1].start()
             await wait_for(lambda: agent.spool.depth(1) == 0, 30, "spool to drain")
