@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 import paho.mqtt.client as paho
 import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.keys import PUBLIC_FILE
