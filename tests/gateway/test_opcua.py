@@ -1,0 +1,105 @@
+"""OPC-UA source against a real asyncua server: reconnect, resubscribe, bad status nodes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from asyncua import ua
+
+from gateway.config import DeadbandType, NodeOptions
+from gateway.keys import GatewayKeys
+from gateway.sources.opcua import _filter
+from tests.gateway.conftest import running
+from tests.gateway.harness import metric, scrape, wait_for, write_config
+from tests.gateway.plc import Plc
+from tests.gateway.receiver import FakeCluster, Platform, readings
+
+pytestmark = pytest.mark.opcua
+
+
+def _values(clusters: list[FakeCluster], sensor: str) -> list[float]:
+    return [v for _, v in sorted((ts, v) for s, ts, v in readings(clusters) if s == sensor)]
+
+
+async def test_reconnects_and_resubscribes_after_server_restart(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """A restarted server is found again by a fresh client; changes after it flow."""
+    plc = Plc(2)
+    await plc.start()
+    cfg = write_config(
+        tmp_path, clusters=clusters, platform=platform, opcua_url=plc.url, opcua_nodes=2
+    )
+    try:
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.opcua[0].subscribed == 2, 15, "subscription")
+            await plc.write(0, 1.0)
+            await wait_for(lambda: 1.0 in _values(clusters, "line2.v0"), 10, "first value")
+            await plc.stop()
+            await wait_for(lambda: not agent.opcua[0].connected, 15, "loss detected")
+            plc2 = Plc(2)
+            plc2.port, plc2.url = plc.port, plc.url
+            await plc2.start()
+            try:
+                await wait_for(lambda: agent.opcua[0].subscribed == 2, 20, "resubscribed")
+                for v in (2.0, 3.0, 4.0):
+                    await plc2.write(0, v)
+                    await asyncio.sleep(0.1)
+                await wait_for(
+                    lambda: _values(clusters, "line2.v0")[-3:] == [2.0, 3.0, 4.0],
+                    10,
+                    "values after restart",
+                )
+                text = await scrape(agent.cfg.http.port)
+            finally:
+                await plc2.stop()
+    finally:
+        await plc.stop()
+    assert metric(text, "gateway_source_errors_total", source="plc") >= 1
+    assert metric(text, "gateway_source_connected", source="plc") == 1
+
+
+async def test_bad_status_node_is_counted_and_others_continue(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """A node reporting a bad status is counted and reported; its neighbours keep flowing."""
+    plc = Plc(2)
+    await plc.start()
+    cfg = write_config(
+        tmp_path, clusters=clusters, platform=platform, opcua_url=plc.url, opcua_nodes=2
+    )
+    try:
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.opcua[0].subscribed == 2, 15, "subscription")
+            bad = ua.DataValue(
+                ua.Variant(99.0, ua.VariantType.Double),
+                StatusCode=ua.StatusCode(ua.StatusCodes.BadSensorFailure),
+            )
+            await plc.server.write_attribute_value(plc.vars[1].nodeid, bad)
+            for v in (5.0, 6.0):
+                await plc.write(0, v)
+                await asyncio.sleep(0.1)
+            await wait_for(
+                lambda: _values(clusters, "line2.v0")[-2:] == [5.0, 6.0], 10, "good node values"
+            )
+            text = await scrape(agent.cfg.http.port)
+    finally:
+        await plc.stop()
+    assert 99.0 not in _values(clusters, "line2.v1")
+    assert (
+        metric(text, "gateway_readings_rejected_total", sensor="line2.v1", reason="bad_status") >= 1
+    )
+    assert metric(text, "gateway_opcua_bad_nodes", source="plc") == 1
+
+
+def test_deadband_filters() -> None:
+    """Absolute and percent deadbands become DataChangeFilters; none means no filter."""
+    assert _filter(NodeOptions()) is None
+    f = _filter(NodeOptions(deadband=DeadbandType.PERCENT, deadband_value=2.5))
+    assert f.DeadbandType == 2
+    assert f.DeadbandValue == 2.5
+    assert (
+        _filter(NodeOptions(deadband=DeadbandType.ABSOLUTE, deadband_value=0.1)).DeadbandType == 1
+    )
