@@ -32,7 +32,13 @@ from asyncua.common.subscription import Subscription
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
 
-from gateway.config import DeadbandType, NodeOptions, OpcuaSourceConfig, SecurityMode
+from gateway.config import (
+    DeadbandType,
+    NodeOptions,
+    OpcuaSourceConfig,
+    SecurityMode,
+    SecurityPolicy,
+)
 from gateway.ingest import Ingest, Reason
 from gateway.metrics import Metrics
 from tecc_contract.errors import RejectReason
@@ -170,7 +176,9 @@ class OpcuaSource:
     async def _session(self) -> None:
         client = Client(self.cfg.url, timeout=10)
         sec = self.cfg.security
-        if sec.certificate is not None and sec.private_key is not None:
+        if sec.policy is SecurityPolicy.BASIC256SHA256:
+            assert sec.certificate is not None
+            assert sec.private_key is not None
             mode = (
                 ua.MessageSecurityMode.Sign
                 if sec.mode is SecurityMode.SIGN

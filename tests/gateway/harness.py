@@ -40,6 +40,7 @@ def write_config(
     max_readings: int = 20_000,
     spool_max_bytes: int = 1 << 30,
     client_id: str = "test-gw",
+    opcua_security: dict[str, str] | None = None,
 ) -> Path:
     """Write a gateway YAML for the given services; return its path."""
     sensors = {**MQTT_SENSORS, **opcua_sensors(opcua_nodes)}
@@ -84,6 +85,7 @@ def write_config(
                         "queue_size": 100,
                     }
                 ],
+                "security": opcua_security or {"policy": "None"},
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 2.0,
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.server.server import Server
@@ -19,11 +21,19 @@ class Plc:
         self.server = Server()
         self.vars: list[Node] = []
 
-    async def start(self) -> None:
-        """Create the address space and start listening."""
+    async def start(self, secure: tuple[Path, Path] | None = None) -> None:
+        """Create the address space and start listening (Basic256Sha256 only if ``secure``).
+
+        ``secure`` is the server's (certificate DER, private key PEM).
+        """
         await self.server.init()
         self.server.set_endpoint(self.url)
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if secure is None:
+            self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            self.server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            await self.server.load_certificate(str(secure[0]))
+            await self.server.load_private_key(str(secure[1]))
         idx = await self.server.register_namespace("urn:tecc:test-plc")
         folder = await self.server.nodes.objects.add_folder(
             ua.NodeId(ua.String("Line2"), ua.Int16(idx)), "Line2"

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 from asyncua import ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509 import ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from asyncua.ua.status_codes import StatusCodes
 
 from gateway.config import DeadbandType, NodeOptions
 from gateway.keys import GatewayKeys
@@ -75,7 +79,7 @@ async def test_bad_status_node_is_counted_and_others_continue(
             await wait_for(lambda: agent.opcua[0].subscribed == 2, 15, "subscription")
             bad = ua.DataValue(
                 ua.Variant(99.0, ua.VariantType.Double),
-                StatusCode=ua.StatusCode(ua.StatusCodes.BadSensorFailure),
+                StatusCode=ua.StatusCode(ua.UInt32(StatusCodes.BadSensorFailure)),
             )
             await plc.server.write_attribute_value(plc.vars[1].nodeid, bad)
             for v in (5.0, 6.0):
@@ -103,3 +107,44 @@ def test_deadband_filters() -> None:
     assert (
         _filter(NodeOptions(deadband=DeadbandType.ABSOLUTE, deadband_value=0.1)).DeadbandType == 1
     )
+
+
+async def _cert(tmp: Path, name: str, uri: str, use: ObjectIdentifier) -> tuple[Path, Path]:
+    cert, key = tmp / f"{name}.der", tmp / f"{name}.pem"
+    await setup_self_signed_certificate(key, cert, uri, "127.0.0.1", [use], {"commonName": name})
+    return cert, key
+
+
+async def test_basic256sha256_sign_and_encrypt(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """With Basic256Sha256 SignAndEncrypt and the gateway certificate, data still flows."""
+    server_cert = await _cert(
+        tmp_path, "plc", "urn:freeopcua:python:server", ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    gw_cert, gw_key = await _cert(
+        tmp_path, "gateway", "urn:freeopcua:client", ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    plc = Plc(1)
+    await plc.start(secure=server_cert)
+    security = {
+        "policy": "Basic256Sha256",
+        "mode": "SignAndEncrypt",
+        "certificate": str(gw_cert),
+        "private_key": str(gw_key),
+    }
+    cfg = write_config(
+        tmp_path,
+        clusters=clusters,
+        platform=platform,
+        opcua_url=plc.url,
+        opcua_nodes=1,
+        opcua_security=security,
+    )
+    try:
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.opcua[0].subscribed == 1, 20, "secure subscription")
+            await plc.write(0, 42.5)
+            await wait_for(lambda: 42.5 in _values(clusters, "line2.v0"), 10, "secure value")
+    finally:
+        await plc.stop()
