@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.ua.status_codes import StatusCodes
 from cryptography.x509 import ObjectIdentifier
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from asyncua.ua.status_codes import StatusCodes
 
 from gateway.config import DeadbandType, NodeOptions
 from gateway.keys import GatewayKeys

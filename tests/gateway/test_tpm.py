@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,24 @@ def test_cli_run_refuses_after_pcr_change(tmp_path: Path) -> None:
     assert "refusing to start" in run.stderr
     assert "PCRs 7,14" in run.stderr
     assert "provision --force" in run.stderr
+
+
+@pytest.mark.processes
+def test_cli_provision_status_and_reenrol(tmp_path: Path) -> None:
+    """`provision` prints the identity key; `status` and `reenrol` unseal and report."""
+    platform = Platform()
+    clusters = [FakeCluster(i, 1 + i, platform, {}) for i in range(2)]
+    with swtpm(tmp_path / "tpm") as sw:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, tcti=sw.tcti)
+        prov = cli("provision", "--config", str(cfg))
+        again = cli("provision", "--config", str(cfg))
+        status = cli("status", "--config", str(cfg))
+        reenrol = cli("reenrol", "--config", str(cfg), "--cluster", "1")
+    assert prov.returncode == 0, prov.stderr
+    key = json.loads(prov.stdout)["identity_public_key"]
+    assert again.returncode == 4
+    assert "--force" in again.stderr
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["identity_public_key"] == key
+    assert json.loads(status.stdout)["last_seq"] == 0
+    assert json.loads(reenrol.stdout) == {"cluster": 1, "dropped_envelopes": 0}
