@@ -19,7 +19,10 @@ Delivery guarantees (QoS 1, MQTT 5):
   messages are stored in the spool in the same transaction as the batch. After
   a crash in that window the broker redelivers them with DUP set; those that
   match are acknowledged without being ingested again, so a reading is spooled
-  exactly once.
+  exactly once;
+* the same holds across a reconnect without a crash (broker restart, network
+  loss): messages still in the pipeline and those acknowledged just before the
+  drop are recognised when the broker resends them.
 
 Malformed payloads are counted by (sensor, reason) and logged at most once per
 minute per topic; nothing a publisher sends can stop the source.
@@ -101,7 +104,11 @@ class MqttSource:
         self._ingest = ingest
         self._metrics = metrics
         self._routes: dict[bytes, tuple[str, PayloadSpec] | None] = {}
-        self._candidates = dict(redelivery or {})
+        # Redelivery matching (packet id -> digest), see the module docstring:
+        self._candidates = dict(redelivery or {})  # durable; re-acknowledge on redelivery
+        self._unacked: dict[int, int] = {}  # offered, PUBACK not yet sent
+        self._last_acked: dict[int, int] = {}  # PUBACK sent by the last ack() call
+        self._resent: dict[int, int] = {}  # unacked at a reconnect; the pending ack covers them
         self.duplicates = 0
         self.connected = False
         self._last_log: dict[str, float] = {}
@@ -160,6 +167,10 @@ class MqttSource:
         """
         if not tokens:
             return
+        unacked = self._unacked
+        for mid, _ in tokens:
+            unacked.pop(mid, None)
+        self._last_acked = dict(tokens)
         pack = _PUBACK.pack
         packet = b"".join([pack(_PUBACK_HEADER, 2, mid) for mid, _ in tokens])
         self._client._packet_queue(_PUBACK_HEADER, packet, 0, 0)
@@ -170,6 +181,11 @@ class MqttSource:
             self._metrics.source_errors.labels(self.name).inc()
             return
         self.connected = True
+        if flags.session_present:
+            # The broker resends what it did not see acknowledged: either still in our
+            # pipeline (its PUBACK will follow) or acknowledged just before the drop.
+            self._resent = self._unacked.copy()
+            self._candidates.update(self._last_acked)
         self._metrics.source_up.labels(self.name).set(1)
         log.info(
             "mqtt %s: connected to %s:%d (session present: %s)",
@@ -200,8 +216,10 @@ class MqttSource:
         topic_b, payload = msg._topic, bytes(msg.payload)  # raw topic: no decode per message
         dig = digest(topic_b, payload)
         token = (self, (msg.mid, dig)) if msg.qos else None
-        if self._candidates and self._redelivered(msg, dig, token):
+        if (self._candidates or self._resent) and self._redelivered(msg, dig, token):
             return
+        if msg.qos:
+            self._unacked[msg.mid] = dig
         if topic_b in self._routes:
             target = self._routes[topic_b]
         else:
@@ -234,14 +252,19 @@ class MqttSource:
         self, msg: paho.MQTTMessage, dig: int, token: tuple[MqttSource, AckToken] | None
     ) -> bool:
         """True (and queue its ack) if ``msg`` was spooled before a crash and is resent."""
+        if msg.dup and self._resent.get(msg.mid) == dig:
+            del self._resent[msg.mid]  # still in the pipeline; its PUBACK will follow
+            self.duplicates += 1
+            return True
         if msg.dup and self._candidates.get(msg.mid) == dig:
-            del self._candidates[msg.mid]
+            del self._candidates[msg.mid]  # durable already; acknowledge again
             self.duplicates += 1
             if token is not None:
                 self._ingest.pass_ack(token)
             return True
-        if not msg.dup:
-            self._candidates.clear()  # the broker resends in-flight messages first
+        if not msg.dup:  # the broker resends in-flight messages first
+            self._candidates.clear()
+            self._resent.clear()
         return False
 
     def _log_malformed(self, topic: str, reason: PayloadReject, n: int) -> None:

@@ -7,6 +7,7 @@ directory, waits until it accepts connections, and stops it on exit.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import socket
 import subprocess
 import time
@@ -67,9 +68,15 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def mosquitto(tmp: Path, *, persistence: bool = True) -> Iterator[Mosquitto]:
-    """Run mosquitto on a free port; unlimited queues, optional persistence."""
-    port = free_port()
+def mosquitto(
+    tmp: Path, *, persistence: bool = True, port: int | None = None
+) -> Iterator[Mosquitto]:
+    """Run mosquitto (on a free port unless given); unlimited queues, optional persistence.
+
+    With persistence, a broker restarted on the same ``tmp`` and port keeps its
+    sessions (mosquitto saves them when it is stopped with SIGTERM).
+    """
+    port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "mosquitto.conf"
     lines = [
@@ -81,7 +88,9 @@ def mosquitto(tmp: Path, *, persistence: bool = True) -> Iterator[Mosquitto]:
         "log_type error",
     ]
     if persistence:
-        lines += ["persistence true", f"persistence_location {tmp}/"]
+        # run as the current user: started as root, mosquitto would switch to the
+        # "mosquitto" user and then fail to write its database into ``tmp``
+        lines += ["persistence true", f"persistence_location {tmp}/", f"user {getpass.getuser()}"]
     conf.write_text("\n".join(lines) + "\n")
     log = (tmp / "mosquitto.log").open("wb")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
