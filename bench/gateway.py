@@ -6,7 +6,8 @@ child process) a real asyncua server with 1,000 variables.
 MQTT method (same for agent and baseline): a persistent QoS 1 session is
 created, N messages are published into it while the receiver is offline, then
 the receiver connects and the time from its first to its last message is
-measured. This keeps the publisher off the CPU during the measurement, so the
+measured (for the bare clients, paho's threaded loop and an aiomqtt
+``async for`` loop). This keeps the publisher off the CPU during the measurement, so the
 figure is the receiver's capacity. The agent's figure counts readings
 committed to the spool (validated, batched, shared, sealed for 2 clusters,
 fsynced); the baseline is a bare paho-mqtt subscriber on the same backlog.
@@ -19,7 +20,10 @@ data changes received over the same window.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -73,18 +77,46 @@ def make_session(port: int, client_id: str) -> None:
     c.loop_stop()
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(s: bytes) -> bytes:
+    return struct.pack("!H", len(s)) + s
+
+
 def preload(port: int, topic: str, payloads: list[bytes]) -> None:
-    """Publish ``payloads`` at QoS 1 and wait for every PUBACK."""
-    c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    c.max_inflight_messages_set(2000)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    infos = [c.publish(topic, p, qos=1) for p in payloads]
-    for info in infos:
-        info.wait_for_publish(60)
-    c.disconnect()
-    c.loop_stop()
+    """Publish ``payloads`` at QoS 1 and wait for every PUBACK.
+
+    A minimal MQTT 3.1.1 publisher on a raw socket (CONNECT, pipelined PUBLISH
+    packets, count the PUBACKs): a Python client library would take longer to
+    publish the backlog than the receivers take to drain it.
+    """
+    t = _utf8(topic.encode())
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        body = _utf8(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _utf8(b"bench-pub")
+        sock.sendall(bytes([0x10]) + _varint(len(body)) + body)
+        if sock.recv(4)[:1] != b"\x20":
+            raise RuntimeError("broker refused the bench publisher")
+        for start in range(0, len(payloads), 30_000):
+            chunk = payloads[start : start + 30_000]
+            packets = []
+            for i, p in enumerate(chunk, 1):
+                rest = t + struct.pack("!H", i) + p
+                packets.append(b"\x32" + _varint(len(rest)) + rest)
+            sock.sendall(b"".join(packets))
+            need, got = 4 * len(chunk), 0
+            while got < need:
+                data = sock.recv(65536)
+                if not data:
+                    raise RuntimeError("broker closed the bench publisher's connection")
+                got += len(data)
+        sock.sendall(b"\xe0\x00")
 
 
 def bare_paho(port: int, client_id: str, n: int) -> float:
@@ -110,6 +142,29 @@ def bare_paho(port: int, client_id: str, n: int) -> float:
     c.disconnect()
     c.loop_stop()
     return (n - 1) / (last - first)
+
+
+async def bare_aiomqtt(port: int, client_id: str, n: int) -> float:
+    """Messages/s a bare aiomqtt ``async for`` loop drains from a preloaded session."""
+    import aiomqtt  # noqa: PLC0415
+
+    got = 0
+    first = 0.0
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=_props(),
+    ) as client:
+        async for _msg in client.messages:
+            if got == 0:
+                first = time.perf_counter()
+            got += 1
+            if got == n:
+                break
+    return (n - 1) / (time.perf_counter() - first)
 
 
 def _config(tmp: Path, *, mqtt_port: int | None, opcua_url: str | None) -> GatewayConfig:
@@ -287,7 +342,13 @@ def main() -> None:
         serve_opcua(int(sys.argv[2]), int(sys.argv[3]))
         return
     quick = "--quick" in sys.argv
-    n_single = 40_000 if quick else 150_000
+    logging.basicConfig(level=logging.CRITICAL)  # the bench's clusters are down on purpose
+    t_start = time.perf_counter()
+
+    def note(what: str) -> None:
+        print(f"{time.perf_counter() - t_start:6.1f}s {what}", file=sys.stderr, flush=True)
+
+    n_single = 30_000 if quick else 150_000
     n_batch = 2_000 if quick else 8_000
     window = 4.0 if quick else 10.0
     out: dict[str, Any] = {"quick": quick}
@@ -307,6 +368,13 @@ def main() -> None:
                 make_session(port, cid)
                 preload(port, topic, payloads)
                 out[key] = round(bare_paho(port, cid, len(payloads)))
+                note(key)
+            make_session(port, "bare-aio")
+            preload(port, SINGLE, single[:10_000])
+            out["baseline_aiomqtt_single_msgs_per_s"] = round(
+                asyncio.run(bare_aiomqtt(port, "bare-aio", 10_000))
+            )
+            note("aiomqtt")
             for i, (payloads, topic, key, per) in enumerate(
                 (
                     (single, SINGLE, "mqtt_single_msgs_per_s", 1),
@@ -317,6 +385,7 @@ def main() -> None:
                 make_session(port, "bench-gw")
                 preload(port, topic, payloads)
                 out[key] = round(asyncio.run(agent_mqtt(cfg, len(payloads) * per)))
+                note(key)
         out["mqtt_single_ratio_vs_paho"] = round(
             out["mqtt_single_msgs_per_s"] / out["baseline_paho_single_msgs_per_s"], 3
         )
@@ -334,6 +403,7 @@ def main() -> None:
             server.stdout.readline()
             url = f"opc.tcp://127.0.0.1:{opc_port}/bench/"
             out["baseline_asyncua_changes_per_s"] = round(asyncio.run(bare_asyncua(url, window)))
+            note("asyncua")
             cfg = _config(tmp / "o", mqtt_port=None, opcua_url=url)
             out["opcua_changes_per_s"] = round(asyncio.run(agent_opcua(cfg, window)))
             out["opcua_ratio_vs_asyncua"] = round(
