@@ -51,6 +51,9 @@ from tests.gateway.services import free_port, mosquitto
 SINGLE = "plant/line1/temp/value"
 BATCH = "plant/line1/temp/batch"
 N_NODES = 1000
+OPCUA_PAUSE_S = float(os.environ.get("BENCH_OPCUA_PAUSE_S", "0"))
+PUBLISH_MS = float(os.environ.get("BENCH_OPCUA_PUBLISH_MS", "200"))
+QUEUE = int(os.environ.get("BENCH_OPCUA_QUEUE", "100"))
 
 
 def _props() -> Properties:
@@ -191,12 +194,12 @@ def _config(tmp: Path, *, mqtt_port: int | None, opcua_url: str | None) -> Gatew
             {
                 "name": "plc",
                 "url": opcua_url,
-                "publishing_ms": 50,
+                "publishing_ms": PUBLISH_MS,
                 "browse": [
                     {
                         "folder": "ns=2;s=Line2",
                         "sampling_ms": 0,
-                        "queue_size": 10,
+                        "queue_size": QUEUE,
                         "sensor_template": "line2.{name}",
                     }
                 ],
@@ -282,8 +285,8 @@ async def bare_asyncua(url: str, seconds: float) -> float:
     async with Client(url) as client:
         folder = client.get_node("ns=2;s=Line2")
         nodes = await folder.get_children(nodeclassmask=ua.NodeClass.Variable)
-        sub = await client.create_subscription(50, queue_maxsize=0)
-        await sub.subscribe_data_change(nodes, queuesize=10, sampling_interval=ua.Double(0))
+        sub = await client.create_subscription(PUBLISH_MS, queue_maxsize=0)
+        await sub.subscribe_data_change(nodes, queuesize=QUEUE, sampling_interval=ua.Double(0))
         count = 0
         end = time.perf_counter() + 1.0
         while time.perf_counter() < end:
@@ -296,8 +299,12 @@ async def bare_asyncua(url: str, seconds: float) -> float:
         return count / (now - t0)
 
 
-def serve_opcua(port: int, n: int) -> None:
-    """Child process: an asyncua server rewriting ``n`` variables in a tight loop."""
+def serve_opcua(port: int, n: int, pause: float) -> None:
+    """Child process: an asyncua server rewriting ``n`` variables, ``pause`` s between rounds.
+
+    The pause leaves the server time to encode its publish responses; a writer
+    that never yields starves them and caps every client far below its capacity.
+    """
     from asyncua import ua  # noqa: PLC0415
     from asyncua.server.server import Server  # noqa: PLC0415
 
@@ -328,7 +335,7 @@ def serve_opcua(port: int, n: int) -> None:
                         nid, ua.DataValue(ua.Variant(k, ua.VariantType.Double))
                     )
                 writes += n
-                await asyncio.sleep(0)
+                await asyncio.sleep(pause)
                 if time.perf_counter() - t0 > 2:
                     print(f"writes_per_s {writes / (time.perf_counter() - t0):.0f}", flush=True)
                     writes, t0 = 0, time.perf_counter()
@@ -339,7 +346,7 @@ def serve_opcua(port: int, n: int) -> None:
 def main() -> None:
     """Run all measurements and print the JSON result line."""
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-opcua":
-        serve_opcua(int(sys.argv[2]), int(sys.argv[3]))
+        serve_opcua(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
         return
     quick = "--quick" in sys.argv
     logging.basicConfig(level=logging.CRITICAL)  # the bench's clusters are down on purpose
@@ -349,8 +356,8 @@ def main() -> None:
         print(f"{time.perf_counter() - t_start:6.1f}s {what}", file=sys.stderr, flush=True)
 
     n_single = 30_000 if quick else 150_000
-    n_batch = 2_000 if quick else 8_000
-    window = 4.0 if quick else 10.0
+    n_batch = 4_000 if quick else 10_000
+    window = 3.0 if quick else 10.0
     out: dict[str, Any] = {"quick": quick}
     single = [str(20 + (i % 1000) / 100).encode() for i in range(n_single)]
     batch = [
@@ -394,7 +401,15 @@ def main() -> None:
         )
         opc_port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "bench.gateway", "--serve-opcua", str(opc_port), str(N_NODES)],
+            [
+                sys.executable,
+                "-m",
+                "bench.gateway",
+                "--serve-opcua",
+                str(opc_port),
+                str(N_NODES),
+                str(OPCUA_PAUSE_S),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

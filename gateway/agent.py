@@ -36,7 +36,7 @@ from gateway.keys import GatewayKeys
 from gateway.metrics import Metrics
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
-from gateway.spool import PinnedKey, Spool
+from gateway.spool import PinnedKey, Spool, pack_tokens
 from gateway.uplink import ClusterLink
 from tecc_contract.attestation import SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer
@@ -79,7 +79,7 @@ class Agent:
         self._build_sealer()
         self._seq = self.spool.last_seq()
         self.spooled_readings = 0
-        self._released: list[tuple[str, int]] = []
+        self._released: list[int] = []
         self.overflow = False
         self.mqtt = [
             MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
@@ -207,7 +207,9 @@ class Agent:
     async def _cut(self, now: float) -> None:
         assert self._sealer is not None
         batch = self.batcher.take(now)
-        tokens = [(t.name, tok[0], tok[1]) for t, tok in batch.acks]
+        tokens: dict[str, list[tuple[int, int]]] = {}
+        for target, tok in batch.acks:
+            tokens.setdefault(target.name, []).append(tok)
         if batch.count:
             seq = self._seq + 1
             created = self._now_ns()
@@ -221,7 +223,7 @@ class Agent:
                     created,
                     batch.count,
                     frames,
-                    inflight=tokens,
+                    inflight={name: pack_tokens(t) for name, t in tokens.items()},
                     released=self._released,
                 )
             except SpoolFullError as exc:
@@ -234,7 +236,7 @@ class Agent:
                 return
             self._seq = seq
             self.spooled_readings += batch.count
-            self._released = [(name, mid) for name, mid, _ in tokens]
+            self._released = [seq]
             if self.overflow:
                 log.warning("spool has room again; accepting readings")
             self.overflow = False

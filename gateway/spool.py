@@ -28,8 +28,10 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -46,10 +48,23 @@ CREATE TABLE IF NOT EXISTS envelopes (
     PRIMARY KEY (cluster, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pins (cluster INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS inflight (
-    source TEXT NOT NULL, mid INTEGER NOT NULL, digest INTEGER NOT NULL,
-    PRIMARY KEY (source, mid)) WITHOUT ROWID;
+    seq INTEGER NOT NULL, source TEXT NOT NULL, tokens BLOB NOT NULL,
+    PRIMARY KEY (seq, source));
 """
 _NONCE = 12
+_INFLIGHT_KEEP = 1000  # batches; older leftovers (from repeated crashes) are purged
+
+
+def pack_tokens(tokens: Iterable[tuple[int, int]]) -> bytes:
+    """Pack (packet id, digest) pairs as little-endian uint32 pairs."""
+    return array("I", chain.from_iterable(tokens)).tobytes()
+
+
+def unpack_tokens(blob: bytes) -> dict[int, int]:
+    """Inverse of :func:`pack_tokens`: packet id -> digest."""
+    flat = array("I")
+    flat.frombytes(blob)
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +161,16 @@ class Spool:
         readings: int,
         frames: list[bytes],
         *,
-        inflight: Sequence[tuple[str, int, int]] = (),
-        released: Sequence[tuple[str, int]] = (),
+        inflight: Mapping[str, bytes] | None = None,
+        released: Sequence[int] = (),
     ) -> None:
         """Durably store one batch's N frames in one transaction (fsync on commit).
 
-        ``inflight`` are the (source, packet id, digest) of the messages this
-        batch covers, recorded so a redelivery after a crash between this
-        commit and their acknowledgement is recognised; ``released`` are those
-        of earlier batches whose acknowledgements have since been sent.
+        ``inflight`` maps a source to the packed (:func:`pack_tokens`) packet
+        ids and digests of the messages this batch covers, recorded so that a
+        redelivery after a crash between this commit and their acknowledgement
+        is recognised; ``released`` are the seqs of earlier batches whose
+        acknowledgements have since been sent (their records are dropped).
         """
         if len(frames) != self._n:
             raise SpoolError(f"expected {self._n} frames, got {len(frames)}")
@@ -172,8 +188,12 @@ class Spool:
                 db.execute("INSERT INTO batches VALUES (?, ?, ?)", (seq, created_ns, readings))
                 db.executemany("INSERT INTO envelopes VALUES (?, ?, ?)", rows)
                 db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (str(seq),))
-                db.executemany("DELETE FROM inflight WHERE source=? AND mid=?", released)
-                db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", inflight)
+                db.executemany("DELETE FROM inflight WHERE seq=?", [(s,) for s in released])
+                db.execute("DELETE FROM inflight WHERE seq < ?", (seq - _INFLIGHT_KEEP,))
+                db.executemany(
+                    "INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)",
+                    [(seq, src, blob) for src, blob in (inflight or {}).items()],
+                )
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 db.execute("ROLLBACK")
@@ -271,9 +291,12 @@ class Spool:
         """Packet ids and digests of spooled messages whose acknowledgement may be lost."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT mid, digest FROM inflight WHERE source=?", (source,)
+                "SELECT tokens FROM inflight WHERE source=? ORDER BY seq", (source,)
             ).fetchall()
-        return {int(m): int(d) for m, d in rows}
+        out: dict[int, int] = {}
+        for (blob,) in rows:
+            out.update(unpack_tokens(blob))
+        return out
 
     def close(self) -> None:
         """Checkpoint and close the database."""

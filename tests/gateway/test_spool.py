@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.spool import PinnedKey, Spool
+from gateway.spool import PinnedKey, Spool, pack_tokens
 
 KEY = bytes(range(32))
 
@@ -40,7 +40,9 @@ def test_batch_leaves_only_when_all_clusters_ack(tmp_path: Path) -> None:
 def test_survives_reopen_with_identical_bytes(tmp_path: Path) -> None:
     """After a restart the seq counter, cursors, pins and frame bytes are all intact."""
     s = _open(tmp_path / "s.db")
-    s.append(7, 1, 1, [b"x" * 100, b"y" * 100], inflight=[("mq", 5, 0xDEADBEEF)])
+    s.append(
+        7, 1, 1, [b"x" * 100, b"y" * 100], inflight={"mq": pack_tokens([(5, 0xDEADBEEF), (6, 7)])}
+    )
     s.ack(0, 7)
     s.pin(PinnedKey(1, "party-1", "x25519", b"k" * 32))
     s.close()
@@ -50,7 +52,8 @@ def test_survives_reopen_with_identical_bytes(tmp_path: Path) -> None:
     assert s.depth(1) == 1
     assert s.pending(1) == [(7, b"y" * 100)]
     assert s.pins()[1].public_key == b"k" * 32
-    assert s.inflight("mq") == {5: 0xDEADBEEF}
+    assert s.inflight("mq") == {5: 0xDEADBEEF, 6: 7}
+    assert s.inflight("other") == {}
     s.close()
 
 
