@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
-from gateway.errors import SpoolFullError
+from gateway.errors import GatewayError, SpoolError, SpoolFullError
 from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
@@ -40,6 +40,7 @@ from gateway.spool import PinnedKey, Spool, pack_tokens
 from gateway.uplink import ClusterLink
 from tecc_contract.attestation import SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer
+from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
 
@@ -159,9 +160,15 @@ class Agent:
                 )
                 for c in self.cfg.clusters
             ]
-            runner = await start_http(
-                make_app(self.metrics, self.health), self.cfg.http.host, self.cfg.http.port
-            )
+            try:
+                runner = await start_http(
+                    make_app(self.metrics, self.health), self.cfg.http.host, self.cfg.http.port
+                )
+            except OSError as exc:
+                raise GatewayError(
+                    f"cannot listen on {self.cfg.http.host}:{self.cfg.http.port} ({exc}); "
+                    "free the port or change http.port"
+                ) from exc
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(link.run()) for link in self.links]
@@ -213,10 +220,10 @@ class Agent:
         if batch.count:
             seq = self._seq + 1
             created = self._now_ns()
-            frames = await asyncio.to_thread(
-                self._sealer.seal, seq, batch.segments, created_ns=created
-            )
             try:
+                frames = await asyncio.to_thread(
+                    self._sealer.seal, seq, batch.segments, created_ns=created
+                )
                 await asyncio.to_thread(
                     self.spool.append,
                     seq,
@@ -226,12 +233,8 @@ class Agent:
                     inflight={name: pack_tokens(t) for name, t in tokens.items()},
                     released=self._released,
                 )
-            except SpoolFullError as exc:
-                if not self.overflow:
-                    log.error("spool full, refusing new readings: %s", exc)
-                self.overflow = True
-                self.metrics.spool_overflow.set(1)
-                self.metrics.refused.labels("spool_full").inc(batch.count)
+            except (SpoolError, ContractError) as exc:
+                self._refuse_batch(batch.count, exc)
                 release_acks(batch.acks)
                 return
             self._seq = seq
@@ -245,6 +248,19 @@ class Agent:
             for link in self.links:
                 link.wake.set()
         release_acks(batch.acks)
+
+    def _refuse_batch(self, count: int, exc: Exception) -> None:
+        """Count a batch that could not be spooled; never evict what is spooled already."""
+        if isinstance(exc, ContractError):
+            reason = "seal_error"
+            log.error("refusing %d readings, sealing failed: %s", count, exc)
+        else:
+            reason = "spool_full" if isinstance(exc, SpoolFullError) else "spool_error"
+            if not self.overflow:
+                log.error("spool refuses batches (%s), refusing new readings: %s", reason, exc)
+            self.overflow = True
+            self.metrics.spool_overflow.set(1)
+        self.metrics.refused.labels(reason).inc(count)
 
     async def _gauges_loop(self) -> None:
         while True:

@@ -48,6 +48,10 @@ class SecurityMode(enum.StrEnum):
     SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
+#: |v| bound for sharing x² with 16 fraction bits: (2^23)² · 2^16 = 2^62.
+MAX_SQUARE_ABS = float(2**23)
+
+
 @dataclass(frozen=True, slots=True)
 class SensorConfig:
     """A declared sensor: id, physical range and unit."""
@@ -305,3 +309,22 @@ class GatewayConfig:
             raise ConfigError(f"clusters need indices 0..N-1 with N >= 2, got {idx}")
         if not self.sensors:
             raise ConfigError("declare at least one sensor")
+        undeclared = {n.sensor for s in self.opcua for n in s.nodes} - set(self.sensors)
+        if undeclared:
+            raise ConfigError(f"OPC-UA nodes feed undeclared sensors {sorted(undeclared)}")
+        unknown = set(self.columns) - {"value", "square"}
+        if unknown or "value" not in self.columns:
+            raise ConfigError(
+                f"envelope.columns must include value and may add square, got {list(self.columns)}"
+            )
+        if "square" in self.columns:
+            too_wide = [
+                s.id
+                for s in self.sensors.values()
+                if max(abs(s.range.low), abs(s.range.high)) >= MAX_SQUARE_ABS
+            ]
+            if too_wide:
+                raise ConfigError(
+                    f"sensors {too_wide} reach |v| >= 2^23, so x² overflows the ring at 16 "
+                    "fraction bits; rescale their unit or drop the square column"
+                )

@@ -146,8 +146,11 @@ class ClusterLink:
                 self.last_error = None
                 if not sent:
                     self.wake.clear()
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that races with the event being set.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                        async with asyncio.timeout(1.0):
+                            await self.wake.wait()
                         recheck = True  # new work after idling: prove identity again
                 continue
             except AttestationFailedError as exc:

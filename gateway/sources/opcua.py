@@ -201,10 +201,12 @@ class OpcuaSource:
             state = client.get_node(ua.object_ids.ObjectIds.Server_ServerStatus_State)
             while True:
                 await asyncio.sleep(_WATCH_S)
-                await asyncio.wait_for(state.read_value(), timeout=_WATCH_S * 2)
+                async with asyncio.timeout(_WATCH_S * 2):
+                    await state.read_value()
         finally:
             try:
-                await asyncio.wait_for(client.disconnect(), timeout=2)
+                async with asyncio.timeout(2):
+                    await client.disconnect()
             except Exception:
                 log.debug("opcua %s: disconnect after failure also failed", self.name)
 

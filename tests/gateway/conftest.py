@@ -55,4 +55,8 @@ async def running(config: Path, keys: GatewayKeys) -> AsyncIterator[Agent]:
         yield agent
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        done, _ = await asyncio.wait([task], timeout=30)
+        if not done:
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=8)
+        await asyncio.wait_for(task, 1)

@@ -69,9 +69,9 @@ async def test_mqtt_and_opcua_readings_arrive_shared(
 
                 def arrived() -> bool:
                     got = readings(clusters)
-                    return (
-                        sum(1 for s, _, _ in got if s.startswith("line1")) == 251
-                        and sum(1 for s, _, _ in got if s.startswith("line2")) >= 50
+                    last = {(s, v) for s, _, v in got}
+                    return sum(1 for s, _, _ in got if s.startswith("line1")) == 251 and all(
+                        (s, vs[-1]) in last for s, vs in opc_values.items()
                     )
 
                 await wait_for(arrived, 20, "all readings at both clusters")
