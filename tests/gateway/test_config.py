@@ -42,3 +42,14 @@ def test_bad_config_is_rejected_clearly(
     bad.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(bad)
+
+
+def test_square_column_needs_narrow_ranges(tmp_path: Path) -> None:
+    """Sharing x² is refused at load time for ranges whose square overflows the ring."""
+    text = EXAMPLE.read_text().replace("range: [0, 1000]", "range: [0, 10000000]")
+    bad = tmp_path / "wide.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="drop the square column"):
+        load_config(bad)
+    bad.write_text(text.replace("columns: [value, square]", "columns: [value]"))
+    assert load_config(bad).columns == ("value",)
