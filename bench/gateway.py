@@ -259,8 +259,12 @@ async def agent_mqtt(cfg: GatewayConfig, n_readings: int) -> float:
     return agent.spooled_readings / elapsed
 
 
-async def agent_opcua(cfg: GatewayConfig, seconds: float) -> float:
-    """Data changes/s the agent's OPC-UA source accepts over ``seconds``."""
+async def agent_opcua(cfg: GatewayConfig, seconds: float) -> tuple[float, float]:
+    """Data changes/s the agent's OPC-UA source accepts over ``seconds``, and its CPU share.
+
+    The CPU share (process CPU seconds per wall second, all threads) shows how
+    much headroom the agent has when the server is the limit.
+    """
     agent = _agent(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
@@ -269,12 +273,14 @@ async def agent_opcua(cfg: GatewayConfig, seconds: float) -> float:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
-    n0, t0 = agent.ingest.accepted.get("plc", 0), time.perf_counter()
+    n0, t0, c0 = agent.ingest.accepted.get("plc", 0), time.perf_counter(), time.process_time()
     await asyncio.sleep(seconds)
-    rate = (agent.ingest.accepted.get("plc", 0) - n0) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    rate = (agent.ingest.accepted.get("plc", 0) - n0) / wall
+    cpu = (time.process_time() - c0) / wall
     stop.set()
     await task
-    return rate
+    return rate, cpu
 
 
 async def bare_asyncua(url: str, seconds: float) -> float:
@@ -420,7 +426,9 @@ def main() -> None:
             out["baseline_asyncua_changes_per_s"] = round(asyncio.run(bare_asyncua(url, window)))
             note("asyncua")
             cfg = _config(tmp / "o", mqtt_port=None, opcua_url=url)
-            out["opcua_changes_per_s"] = round(asyncio.run(agent_opcua(cfg, window)))
+            rate, cpu = asyncio.run(agent_opcua(cfg, window))
+            out["opcua_changes_per_s"] = round(rate)
+            out["opcua_agent_cpu_cores"] = round(cpu, 2)
             out["opcua_ratio_vs_asyncua"] = round(
                 out["opcua_changes_per_s"] / out["baseline_asyncua_changes_per_s"], 3
             )
