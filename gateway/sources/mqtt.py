@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +52,7 @@ from gateway.sources.payload import PayloadReject, PayloadSpec, parse_payload
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
+_ACK_LOSS_WINDOW_S = 5.0  # PUBACKs this recent may die with a dropped connection
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 5 §3.4)
 _PUBACK_HEADER = 0x40
 _ROUTE_CACHE = 100_000
@@ -107,8 +110,10 @@ class MqttSource:
         # Redelivery matching (packet id -> digest), see the module docstring:
         self._candidates = dict(redelivery or {})  # durable; re-acknowledge on redelivery
         self._unacked: dict[int, int] = {}  # offered, PUBACK not yet sent
-        self._last_acked: dict[int, int] = {}  # PUBACK sent by the last ack() call
         self._resent: dict[int, int] = {}  # unacked at a reconnect; the pending ack covers them
+        self._ack_lock = threading.Lock()  # guards the two below (loop vs network thread)
+        self._recent: deque[tuple[float, dict[int, int]]] = deque()  # PUBACKs of the last secs
+        self._maybe_lost: dict[int, int] = {}  # PUBACKs the broker may not have received
         self.duplicates = 0
         self.connected = False
         self._last_log: dict[str, float] = {}
@@ -170,7 +175,14 @@ class MqttSource:
         unacked = self._unacked
         for mid, _ in tokens:
             unacked.pop(mid, None)
-        self._last_acked = dict(tokens)
+        now = time.monotonic()
+        with self._ack_lock:
+            if self.connected:
+                self._recent.append((now, dict(tokens)))
+                while self._recent and now - self._recent[0][0] > _ACK_LOSS_WINDOW_S:
+                    self._recent.popleft()
+            else:  # paho drops queued packets when it reconnects
+                self._maybe_lost.update(tokens)
         pack = _PUBACK.pack
         packet = b"".join([pack(_PUBACK_HEADER, 2, mid) for mid, _ in tokens])
         self._client._packet_queue(_PUBACK_HEADER, packet, 0, 0)
@@ -180,12 +192,14 @@ class MqttSource:
             log.error("mqtt %s: broker refused the connection: %s", self.name, rc)
             self._metrics.source_errors.labels(self.name).inc()
             return
-        self.connected = True
-        if flags.session_present:
-            # The broker resends what it did not see acknowledged: either still in our
-            # pipeline (its PUBACK will follow) or acknowledged just before the drop.
-            self._resent = self._unacked.copy()
-            self._candidates.update(self._last_acked)
+        with self._ack_lock:
+            self.connected = True
+            if flags.session_present:
+                # The broker resends what it did not see acknowledged: either still in
+                # our pipeline (its PUBACK will follow) or acknowledged around the drop.
+                self._resent = self._unacked.copy()
+                self._candidates.update(self._maybe_lost)
+            self._maybe_lost = {}
         self._metrics.source_up.labels(self.name).set(1)
         log.info(
             "mqtt %s: connected to %s:%d (session present: %s)",
@@ -197,7 +211,11 @@ class MqttSource:
         client.subscribe([(r.filter, SubscribeOptions(qos=1)) for r in self.cfg.topics])
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
-        self.connected = False
+        with self._ack_lock:
+            self.connected = False
+            for _, tokens in self._recent:  # sent shortly before the drop: maybe lost
+                self._maybe_lost.update(tokens)
+            self._recent.clear()
         self._metrics.source_up.labels(self.name).set(0)
         if rc.is_failure:
             self._metrics.source_errors.labels(self.name).inc()

@@ -24,10 +24,11 @@ def _msgs(start: int, n: int) -> list[tuple[str, bytes]]:
 
 
 @pytest.mark.parametrize(
-    "max_delay_s",
+    ("max_delay_s", "max_readings"),
     [
-        pytest.param(2.0, id="acked-while-disconnected"),
-        pytest.param(6.0, id="still-batching-at-reconnect"),
+        pytest.param(2.0, 20_000, id="acked-while-disconnected"),
+        pytest.param(6.0, 20_000, id="still-batching-at-reconnect"),
+        pytest.param(2.0, 400, id="many-small-batches-around-the-drop"),
     ],
 )
 async def test_broker_restart_exactly_once(
@@ -36,6 +37,7 @@ async def test_broker_restart_exactly_once(
     platform: Platform,
     clusters: list[FakeCluster],
     max_delay_s: float,
+    max_readings: int,
 ) -> None:
     """Messages the broker resends after its restart are neither lost nor spooled twice.
 
@@ -46,7 +48,12 @@ async def test_broker_restart_exactly_once(
     with mosquitto(tmp_path / "mq") as broker:
         port = broker.port
         cfg = write_config(
-            tmp_path, clusters=clusters, platform=platform, mqtt_port=port, max_delay_s=max_delay_s
+            tmp_path,
+            clusters=clusters,
+            platform=platform,
+            mqtt_port=port,
+            max_delay_s=max_delay_s,
+            max_readings=max_readings,
         )
         async with running(cfg, keys) as agent:
             await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
