@@ -41,6 +41,7 @@ def write_config(
     spool_max_bytes: int = 1 << 30,
     client_id: str = "test-gw",
     opcua_security: dict[str, str] | None = None,
+    opcua_explicit: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a gateway YAML for the given services; return its path."""
     sensors = {**MQTT_SENSORS, **opcua_sensors(opcua_nodes)}
@@ -77,14 +78,21 @@ def write_config(
                 "name": "plc",
                 "url": opcua_url,
                 "publishing_ms": 50,
-                "browse": [
-                    {
-                        "folder": "ns=2;s=Line2",
-                        "sensor_template": "line2.{name}",
-                        "sampling_ms": 0,
-                        "queue_size": 100,
+                "subscribe_batch": 2,
+                **(
+                    {"nodes": opcua_explicit}
+                    if opcua_explicit is not None
+                    else {
+                        "browse": [
+                            {
+                                "folder": "ns=2;s=Line2",
+                                "sensor_template": "line2.{name}",
+                                "sampling_ms": 0,
+                                "queue_size": 100,
+                            }
+                        ]
                     }
-                ],
+                ),
                 "security": opcua_security or {"policy": "None"},
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 2.0,

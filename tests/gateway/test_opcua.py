@@ -148,3 +148,41 @@ async def test_basic256sha256_sign_and_encrypt(
             await wait_for(lambda: 42.5 in _values(clusters, "line2.v0"), 10, "secure value")
     finally:
         await plc.stop()
+
+
+async def test_explicit_nodes_with_absolute_deadband(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """Configured node ids are subscribed; an absolute deadband suppresses small changes."""
+    plc = Plc(2)
+    await plc.start()
+    nodes = [
+        {
+            "node_id": "ns=2;s=Line2.v0",
+            "sensor": "line2.v0",
+            "sampling_ms": 0,
+            "deadband": {"type": "absolute", "value": 1.0},
+        },
+        {"node_id": "ns=2;s=Line2.v1", "sensor": "line2.v1", "sampling_ms": 0},
+    ]
+    cfg = write_config(
+        tmp_path,
+        clusters=clusters,
+        platform=platform,
+        opcua_url=plc.url,
+        opcua_nodes=2,
+        opcua_explicit=nodes,
+    )
+    try:
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.opcua[0].subscribed == 2, 15, "subscription")
+            for v in (0.5, 2.0, 2.5, 4.0):
+                await plc.write(0, v)
+                await plc.write(1, v)
+                await asyncio.sleep(0.15)
+            await wait_for(lambda: _values(clusters, "line2.v1")[-1:] == [4.0], 10, "values")
+            await wait_for(lambda: _values(clusters, "line2.v0")[-1:] == [4.0], 10, "values")
+    finally:
+        await plc.stop()
+    assert _values(clusters, "line2.v0") == [0.0, 2.0, 4.0]
+    assert _values(clusters, "line2.v1") == [0.0, 0.5, 2.0, 2.5, 4.0]
