@@ -187,3 +187,23 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     for d in layout["fleet_dev"]:
         by_key[(d["gateway"], d["sensor"])]["deviates_from_fleet"] = _flag(next(it))
     return Decoded(windows, alerts, fleet)
+
+
+def check_layout(policy: AnalyticsPolicy, layout: dict[str, Any]) -> None:
+    """Refuse a layout that releases more than ``policy`` allows (defence in depth)."""
+    try:
+        allowed = set(_window_fields(policy))
+        for w in layout["windows"]:
+            if w["fields"] and (w["count"] < policy.min_count or not set(w["fields"]) <= allowed):
+                raise AnalyticsError(f"window {w['sensor']!r} releases beyond the policy")
+        names = {name for name, item in _DETECTORS if policy.allows(item)}
+        for a in layout["alerts"]:
+            if a["detector"] not in names:
+                raise AnalyticsError(f"detector {a['detector']!r} is not released by the policy")
+        if (layout["fleet"] or layout["fleet_dev"]) and not policy.allows(Release.FLEET):
+            raise AnalyticsError("fleet statistics are not released by the policy")
+        for f in layout["fleet"]:
+            if f["fields"] and f["count"] < policy.min_count:
+                raise AnalyticsError(f"fleet class {f['class']!r} has too few readings")
+    except (KeyError, TypeError) as exc:
+        raise AnalyticsError(f"malformed release layout: {exc}") from exc
