@@ -219,7 +219,7 @@ def test_b2a(n: int, bits: list[int]) -> None:
     last: np.ndarray[Any, np.dtype[np.uint8]] = b.copy()
     for m in masks:
         last ^= m
-    xs = [*masks, last]
+    xs: list[Any] = [*masks, last]
 
     async def fn(p: Party) -> RingArray:
         return await p.b2a(xs[p.index])
