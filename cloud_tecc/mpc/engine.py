@@ -99,6 +99,14 @@ class Party:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
+    async def sync(self) -> None:
+        """A barrier: one empty round with every peer (e.g. before timing a step)."""
+        await self.transport.exchange(self._round + 1, dict.fromkeys(self._peers(), b""))
+        self._round += 1
+
+    def _peers(self) -> list[int]:
+        return [p for p in range(self.n) if p != self.index]
+
     async def _take(self, kind: Kind, count: int) -> Batch:
         return await self.source.take(kind, count)
 
