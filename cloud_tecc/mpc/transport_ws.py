@@ -1,0 +1,197 @@
+"""WebSocket transport between compute parties in separate processes (aiohttp).
+
+Party ``i`` serves ``GET /mpc`` on its own address and connects to every party
+``j < i``, so each pair shares one authenticated connection. A data frame is
+``round_id (u64 LE) ‖ payload``; a frame for another round is a
+:class:`ProtocolError`, a closed or silent peer a :class:`PeerLostError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cloud_tecc.mpc import wslink
+from cloud_tecc.mpc.errors import AuthenticationError, ConfigError, PeerLostError, ProtocolError
+from cloud_tecc.mpc.handshake import party_name
+from cloud_tecc.mpc.transport import Payload
+
+_RID: Final = struct.Struct("<Q")
+_CLOSED: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """Where every party listens, this party's key, and every peer's public key."""
+
+    party: int
+    addresses: Mapping[int, tuple[str, int]]
+    key: Ed25519PrivateKey
+    peer_keys: Mapping[int, Ed25519PublicKey]
+    round_timeout: float = 60.0
+    connect_timeout: float = 30.0
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", len(self.addresses))
+        if set(self.addresses) != set(range(self.n)) or self.n < 2:
+            raise ConfigError("addresses must name parties 0..n-1 (n >= 2)")
+        if not set(range(self.n)) - {self.party} <= set(self.peer_keys):
+            raise ConfigError("peer_keys must hold the public key of every other party")
+        if self.round_timeout <= 0 or self.connect_timeout <= 0:
+            raise ConfigError("timeouts must be positive")
+
+
+class WsTransport:
+    """The party mesh over loopback or LAN WebSockets; create with :meth:`start`."""
+
+    def __init__(self, cfg: MeshConfig) -> None:
+        self.cfg = cfg
+        self._queues: dict[int, asyncio.Queue[object]] = {
+            j: asyncio.Queue() for j in range(cfg.n) if j != cfg.party
+        }
+        self._sockets: dict[int, wslink.WebSocket] = {}
+        self._all_connected = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @classmethod
+    async def start(cls, cfg: MeshConfig) -> WsTransport:
+        """Listen, connect to lower-indexed parties, wait until every peer is connected."""
+        self = cls(cfg)
+        await self._listen()
+        self._session = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.connect_timeout
+        known = {party_name(j): k for j, k in cfg.peer_keys.items()}
+        for j in range(cfg.party):
+            host, port = cfg.addresses[j]
+            ws = await wslink.connect_retrying(
+                self._session,
+                f"http://{host}:{port}/mpc",
+                deadline=deadline,
+                name=party_name(cfg.party),
+                key=cfg.key,
+                server_name=party_name(j),
+                server_key=known[party_name(j)],
+                wait_s=cfg.connect_timeout,
+            )
+            self._register(j, ws)
+            self._tasks.append(asyncio.create_task(self._read(j, ws)))
+        try:
+            async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
+                await self._all_connected.wait()
+        except TimeoutError as exc:
+            missing = sorted(set(self._queues) - set(self._sockets))
+            await self.close()
+            raise PeerLostError(f"parties {missing} did not connect within the timeout") from exc
+        return self
+
+    async def _listen(self) -> None:
+        app = web.Application()
+        app.router.add_get("/mpc", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = self.cfg.addresses[self.cfg.party]
+        await web.TCPSite(self._runner, host, port).start()
+
+    def _register(self, j: int, ws: wslink.WebSocket) -> None:
+        self._sockets[j] = ws
+        if len(self._sockets) == len(self._queues):
+            self._all_connected.set()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        known = {party_name(j): k for j, k in self.cfg.peer_keys.items() if j > self.cfg.party}
+        try:
+            ws, peer = await wslink.accept(
+                request,
+                name=party_name(self.cfg.party),
+                key=self.cfg.key,
+                known=known,
+                wait_s=self.cfg.connect_timeout,
+            )
+        except (AuthenticationError, PeerLostError):
+            return web.Response(status=403)
+        j = int(peer.removeprefix("party-"))
+        if j in self._sockets:
+            await ws.close()
+            return ws
+        self._register(j, ws)
+        await self._read(j, ws)
+        return ws
+
+    async def _read(self, j: int, ws: wslink.WebSocket) -> None:
+        q = self._queues[j]
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) < _RID.size:
+                    break
+                (rid,) = _RID.unpack_from(msg.data)
+                q.put_nowait((rid, memoryview(msg.data)[_RID.size :]))
+        finally:
+            q.put_nowait(_CLOSED)
+
+    async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
+        """Send one frame to each peer, then collect each peer's frame for ``round_id``."""
+        head = _RID.pack(round_id)
+        sends = []
+        for j, payload in outgoing.items():
+            ws = self._sockets.get(j)
+            if ws is None or ws.closed:
+                raise PeerLostError(f"party {j} is not connected")
+            sends.append(ws.send_bytes(b"".join((head, payload))))
+        try:
+            await asyncio.gather(*sends)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise PeerLostError(f"sending round {round_id} failed: {exc}") from exc
+        got: dict[int, Payload] = {}
+        for j in outgoing:
+            try:
+                async with asyncio.timeout(self.cfg.round_timeout):
+                    item = await self._queues[j].get()
+            except TimeoutError as exc:
+                raise PeerLostError(
+                    f"party {j} sent nothing for round {round_id} within {self.cfg.round_timeout} s"
+                ) from exc
+            if item is _CLOSED:
+                self._queues[j].put_nowait(_CLOSED)
+                raise PeerLostError(f"party {j} disconnected before round {round_id}")
+            assert isinstance(item, tuple)
+            if item[0] != round_id:
+                raise ProtocolError(f"party {j} sent round {item[0]}, this party is at {round_id}")
+            got[j] = item[1]
+        return got
+
+    async def close(self) -> None:
+        """Close every connection and stop listening."""
+        if self._closing:
+            return
+        self._closing = True
+        for ws in list(self._sockets.values()):
+            with contextlib.suppress(Exception):
+                await ws.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def random_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 party key (for tests and demos; services pass their own)."""
+    return Ed25519PrivateKey.from_private_bytes(os.urandom(32))
