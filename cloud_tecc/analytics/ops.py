@@ -3,7 +3,7 @@
 The analytics program (:mod:`cloud_tecc.analytics.program`) is written once
 against :class:`Ops`. Run with :class:`PlainOps` on plaintext ring values it is
 the reference algorithm; run with the MPC adapter
-(:mod:`cloud_tecc.analytics.secure`) on additive shares it is the secure
+(:class:`cloud_tecc.analytics.secure.MpcOps`) on additive shares it is the secure
 computation. Linear operations (add, subtract, multiply by a public integer,
 prefix sums) are plain numpy on uint64 in both cases: they act on shares
 locally.
