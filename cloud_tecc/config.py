@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tecc_contract.keys import KemSuite
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.errors import ConfigError
+from tecc_contract.keys import KemSuite
 
 SELF = "self"
 
@@ -34,10 +34,19 @@ class Role(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Another service: its attested id and base URL."""
+    """Another service: its attested id, base URL and (for MPC links) ``host:port``."""
 
     service_id: str
     url: str
+    mpc: str = ""
+
+    @property
+    def mpc_address(self) -> tuple[str, int]:
+        """The MPC/dealer socket address as (host, port)."""
+        host, _, port = self.mpc.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"endpoint {self.service_id!r} needs mpc: 'host:port'")
+        return host, int(port)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -82,6 +91,7 @@ class PartyConfig:
     peers: Mapping[int, Endpoint]
     dealer: Endpoint
     output: Endpoint
+    mpc_listen: str = "127.0.0.1:0"
     synchronous: str = "FULL"
     grace_s: float = 1.0
     tick_s: float = 0.2
@@ -101,6 +111,9 @@ class DealerConfig:
 
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
+    mpc_listen: str = "127.0.0.1:0"
+    batch_readings: int = 20_000
+    depth: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +127,7 @@ class OutputConfig:
 def _endpoint(raw: Any, what: str) -> Endpoint:
     if not isinstance(raw, Mapping) or "url" not in raw or "service_id" not in raw:
         raise ConfigError(f"{what} must be a mapping with service_id and url")
-    return Endpoint(str(raw["service_id"]), str(raw["url"]).rstrip("/"))
+    return Endpoint(str(raw["service_id"]), str(raw["url"]).rstrip("/"), str(raw.get("mpc", "")))
 
 
 def _endpoints(raw: Any, what: str) -> dict[int, Endpoint]:
@@ -131,7 +144,9 @@ def _service(raw: Mapping[str, Any], base: Path, role: Role) -> ServiceConfig:
         trust_raw = raw.get("attestation") or {}
         trust = Trust(
             platform_keys=tuple(str(k) for k in trust_raw.get("platform_keys", [SELF])),
-            allowed_measurements=tuple(str(m) for m in trust_raw.get("allowed_measurements", [SELF])),
+            allowed_measurements=tuple(
+                str(m) for m in trust_raw.get("allowed_measurements", [SELF])
+            ),
             max_age_s=float(trust_raw.get("max_age_s", 300.0)),
             refresh_s=float(trust_raw.get("refresh_s", 30.0)),
         )
@@ -181,6 +196,7 @@ def load_party(path: Path) -> PartyConfig:
             peers=_endpoints(raw.get("peers"), "peers"),
             dealer=_endpoint(raw.get("dealer"), "dealer"),
             output=_endpoint(raw.get("output"), "output"),
+            mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
             synchronous=str(raw.get("synchronous", "FULL")),
             grace_s=float(raw.get("grace_s", 1.0)),
             tick_s=float(raw.get("tick_s", 0.2)),
@@ -194,10 +210,26 @@ def load_party(path: Path) -> PartyConfig:
 def load_dealer(path: Path) -> DealerConfig:
     """Load a dealer config."""
     raw, _ = load_raw(path)
-    return DealerConfig(_service(raw, path.parent, Role.DEALER), _endpoints(raw.get("parties"), "parties"))
+    return DealerConfig(
+        _service(raw, path.parent, Role.DEALER),
+        _endpoints(raw.get("parties"), "parties"),
+        mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
+        batch_readings=int(raw.get("batch_readings", 20_000)),
+        depth=int(raw.get("depth", 4)),
+    )
 
 
 def load_output(path: Path) -> OutputConfig:
     """Load an output-service config."""
     raw, _ = load_raw(path)
-    return OutputConfig(_service(raw, path.parent, Role.OUTPUT), _endpoints(raw.get("parties"), "parties"))
+    return OutputConfig(
+        _service(raw, path.parent, Role.OUTPUT), _endpoints(raw.get("parties"), "parties")
+    )
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``"host:port"`` → ``(host, port)``; ConfigError otherwise."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"expected 'host:port', got {value!r}")
+    return host, int(port)

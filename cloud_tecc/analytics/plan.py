@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cloud_tecc.analytics.policy import AnalyticsPolicy
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
-
-from cloud_tecc.analytics.policy import AnalyticsPolicy
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -67,9 +66,9 @@ def reciprocal(counts: IntArray, bits: int) -> RingArray:
     n = np.asarray(counts, dtype=np.int64)
     out = np.zeros(n.shape, dtype=np.uint64)
     nz = n > 0
-    out[nz] = ((np.uint64(1) << np.uint64(bits)) + (n[nz] // 2).astype(np.uint64)) // n[
-        nz
-    ].astype(np.uint64)
+    out[nz] = ((np.uint64(1) << np.uint64(bits)) + (n[nz] // 2).astype(np.uint64)) // n[nz].astype(
+        np.uint64
+    )
     return out
 
 
@@ -100,9 +99,9 @@ class EpochPlan:
         return int(self.n.sum())
 
 
-def _limits(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> tuple[
-    RingArray, RingArray, BoolArray, RingArray, BoolArray
-]:
+def _limits(
+    policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint
+) -> tuple[RingArray, RingArray, BoolArray, RingArray, BoolArray]:
     lo, hi, has_lim, dd, has_rate = [], [], [], [], []
     for s in epoch.streams:
         lim, rate = policy.limit_for(s.sensor), policy.rate_for(s.sensor)

@@ -23,9 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tecc_contract.fixedpoint import FixedPoint
-from tecc_contract.ring import RingArray
-
 from cloud_tecc.analytics.ops import Ops
 from cloud_tecc.analytics.plan import (
     EpochInput,
@@ -38,6 +35,8 @@ from cloud_tecc.analytics.plan import (
     segment_pairs,
 )
 from cloud_tecc.analytics.policy import AnalyticsPolicy
+from tecc_contract.fixedpoint import FixedPoint
+from tecc_contract.ring import RingArray
 
 _U64 = np.uint64
 K2_DEN = 256
@@ -104,8 +103,9 @@ class _Run:
         self.c = _cat(centres)
         self.y = self.x - self.c[p.stream_of]
         hist_x = [s.state.hist_x if s.state else np.zeros(0, _U64) for s in epoch.streams]
-        self.a_x = _cat([v for pair in zip(hist_x, [s.x for s in epoch.streams], strict=True)
-                         for v in pair])
+        self.a_x = _cat(
+            [v for pair in zip(hist_x, [s.x for s in epoch.streams], strict=True) for v in pair]
+        )
         self.g = p.a_off[p.stream_of] + p.pos
         fleet_read = p.cls[p.stream_of] >= 0
         self.fleet_idx = np.flatnonzero(fleet_read)
@@ -162,8 +162,11 @@ async def _moments(
     s1_f = np.array([s1_fs[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
     yyf_s = _segment_sum(yyf, fleet_lengths)
     s2_f = np.array([yyf_s[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
-    two = [s1p * reciprocal(p.base_n, 2 * f), s1_fs * reciprocal(fleet_lengths, 2 * f),
-           s1_f * reciprocal(n_f, 2 * f)]
+    two = [
+        s1p * reciprocal(p.base_n, 2 * f),
+        s1_fs * reciprocal(fleet_lengths, 2 * f),
+        s1_f * reciprocal(n_f, 2 * f),
+    ]
     one = [s2p * reciprocal(p.base_n, f), s2_f * reciprocal(n_f, f)]
     sizes2, sizes1 = [len(a) for a in two], [len(a) for a in one]
     t = await ops.trunc(_cat(two + one))
@@ -176,7 +179,7 @@ async def _moments(
 async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> EpochOutput:
     """Evaluate the analytics of one epoch; identical call sequence at every party."""
     run = _Run(ops, policy, epoch)
-    p, f = run.plan, ops.frac_bits
+    p = run.plan
     yy, yyf, lim, diff2, q = await run.squares()
     mu, m2, mean_s, mu_f, m2_f, (_, a_yy), n_f = await _moments(run, yy, yyf)
     fleet_streams = np.flatnonzero(p.cls >= 0)

@@ -18,15 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tecc_contract.envelope import derive_columns
-from tecc_contract.fixedpoint import FixedPoint
-from tecc_contract.header import Column
-
 from cloud_tecc.analytics.ops import PlainOps
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.program import EpochOutput, run_epoch
 from cloud_tecc.analytics.release import Decoded, build_release, decode
+from tecc_contract.envelope import derive_columns
+from tecc_contract.fixedpoint import FixedPoint
+from tecc_contract.header import Column
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -59,8 +58,9 @@ class ReferenceAnalytics:
         self.squares = squares
         self.states: dict[tuple[str, str], StreamState] = {}
 
-    def _stream(self, gw: str, sensor: str, ts: npt.NDArray[np.int64],
-                values: npt.NDArray[np.float64]) -> StreamInput:
+    def _stream(
+        self, gw: str, sensor: str, ts: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
+    ) -> StreamInput:
         cols = (Column.VALUE, Column.SQUARE) if self.squares else (Column.VALUE,)
         enc = derive_columns(values, cols, self.codec)
         return StreamInput(
@@ -89,8 +89,8 @@ class ReferenceAnalytics:
         for start in sorted(by_epoch):
             epoch = EpochInput(start, tuple(self._stream(*row) for row in by_epoch[start]))
             out = await run_epoch(ops, self.policy, epoch)
-            for s, st in zip(epoch.streams, out.states, strict=True):
-                self.states[(s.gateway, s.sensor)] = st
+            for sin, st in zip(epoch.streams, out.states, strict=True):
+                self.states[(sin.gateway, sin.sensor)] = st
             rel = build_release(self.policy, epoch, out, self.codec.frac_bits)
             results.append(EpochResult(epoch, out, decode(rel.layout, rel.vector)))
         return results

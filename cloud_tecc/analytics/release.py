@@ -11,18 +11,18 @@ and :func:`decode` turns the sum into rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tecc_contract.fixedpoint import FixedPoint
-from tecc_contract.ring import RingArray
-
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.analytics.program import EpochOutput
 from cloud_tecc.errors import AnalyticsError
+from tecc_contract.fixedpoint import FixedPoint
+from tecc_contract.ring import RingArray
 
 _DETECTORS = (
     ("limit", Release.LIMIT_ALERTS),
@@ -79,8 +79,14 @@ def build_release(
             m = masks[name]
             if policy.allows(item) and m.any():
                 ts = s.timestamps_ns[m]
-                alerts.append({"gateway": s.gateway, "sensor": s.sensor, "detector": name,
-                               "ts": [int(t) for t in ts]})
+                alerts.append(
+                    {
+                        "gateway": s.gateway,
+                        "sensor": s.sensor,
+                        "detector": name,
+                        "ts": [int(t) for t in ts],
+                    }
+                )
                 alert_parts.append(flags[name][m])
     parts += alert_parts
     fleet, fleet_dev = _fleet_release(policy, epoch, out, parts)
@@ -142,6 +148,17 @@ def _flag(v: int) -> bool:
     return v == 1
 
 
+def _decode_alerts(layout: dict[str, Any], it: Iterator[int]) -> list[dict[str, Any]]:
+    flagged: list[dict[str, Any]] = []
+    for a in layout["alerts"]:
+        keep = [ts for ts in a["ts"] if _flag(next(it))]
+        flagged.extend(
+            {"gateway": a["gateway"], "sensor": a["sensor"], "ts_ns": ts, "detector": a["detector"]}
+            for ts in keep
+        )
+    return flagged
+
+
 def expected_length(layout: dict[str, Any]) -> int:
     """Length of the share vector a layout describes."""
     n = sum(len(w["fields"]) for w in layout["windows"])
@@ -159,8 +176,12 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     it = iter(int(v) for v in values)
     windows = []
     for w in layout["windows"]:
-        row: dict[str, Any] = {"gateway": w["gateway"], "sensor": w["sensor"],
-                               "start_ns": start, "count": w["count"]}
+        row: dict[str, Any] = {
+            "gateway": w["gateway"],
+            "sensor": w["sensor"],
+            "start_ns": start,
+            "count": w["count"],
+        }
         got = {f: next(it) for f in w["fields"]}
         if "sum" in got:
             mean, std = _moments(got["sum"], got.get("sumsq"), w["count"], codec)
@@ -171,12 +192,7 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
             if f in got:
                 row[f] = codec.decode_scalar(got[f])
         windows.append(row)
-    alerts = []
-    for a in layout["alerts"]:
-        for ts in a["ts"]:
-            if _flag(next(it)):
-                alerts.append({"gateway": a["gateway"], "sensor": a["sensor"],
-                               "ts_ns": ts, "detector": a["detector"]})
+    alerts = _decode_alerts(layout, it)
     fleet = []
     for fl in layout["fleet"]:
         frow: dict[str, Any] = {"class": fl["class"], "start_ns": start, "count": fl["count"]}

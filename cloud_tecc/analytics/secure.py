@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tecc_contract.ring import RingArray
-
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.program import EpochOutput, run_epoch
 from cloud_tecc.analytics.release import ReleaseShares, build_release
 from cloud_tecc.mpc.engine import Party
+from tecc_contract.ring import RingArray
 
 
 class MpcOps:

@@ -1,9 +1,9 @@
 """A service's enclave identity: measurement, sealed keys and quote generation.
 
 On first start the service generates its signing key (Ed25519) and its HPKE
-key (X25519, or ML-KEM-768+X25519 when configured) and seals them under its measurement into ``state_dir``. Every
-later start unseals them; if the code bundle or the policy changed, unsealing
-fails with :class:`SealError` and the service refuses to start.
+key (X25519, or ML-KEM-768+X25519 when configured) and seals them under its
+measurement into ``state_dir``. Every later start unseals them; if the code
+bundle or the policy changed, unsealing fails with :class:`SealError` and the service refuses to start.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
 from tecc_contract.attestation import Quote, sign_quote
 from tecc_contract.keys import (
     HpkePrivateKey,
@@ -23,9 +26,6 @@ from tecc_contract.keys import (
     generate_cluster_keypair_raw,
     load_private_key,
 )
-
-from cloud_tecc.enclave.platform import SimulatedPlatform
-from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
 
 _SEALED_FILE: Final = "sealed_keys.bin"
 

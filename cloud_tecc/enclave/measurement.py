@@ -35,11 +35,12 @@ def package_root(name: str) -> Path:
 
 def bundle_files(roots: Iterable[Path]) -> list[tuple[str, Path]]:
     """Files of the bundle as ``(relative posix path, absolute path)``, sorted."""
-    out: list[tuple[str, Path]] = []
-    for root in roots:
-        for path in root.rglob("*"):
-            if path.is_file() and path.suffix in _SUFFIXES and "__pycache__" not in path.parts:
-                out.append((path.relative_to(root.parent).as_posix(), path))
+    out = [
+        (path.relative_to(root.parent).as_posix(), path)
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix in _SUFFIXES and "__pycache__" not in path.parts
+    ]
     return sorted(out)
 
 

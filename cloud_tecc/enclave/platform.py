@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cloud_tecc.errors import ConfigError
 
 _KEY_FILE: Final = "attestation_key"
-_SECRET_FILE: Final = "sealing_secret"
+_SECRET_FILE: Final = "sealing_secret"  # noqa: S105 - a file name
 
 
 def platform_key_id(public_key: Ed25519PublicKey) -> str:

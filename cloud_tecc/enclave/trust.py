@@ -16,25 +16,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from tecc_contract.attestation import Quote, QuoteVerifier, SimulatedPlatformVerifier, VerifiedIdentity
-from tecc_contract.errors import AttestationError
-from tecc_contract.keys import ed25519_public_from_bytes
 
 from cloud_tecc.config import SELF, Endpoint, Trust
 from cloud_tecc.enclave.platform import SimulatedPlatform, platform_key_id
 from cloud_tecc.errors import ConfigError, PeerError
+from tecc_contract.attestation import (
+    Quote,
+    QuoteVerifier,
+    SimulatedPlatformVerifier,
+    VerifiedIdentity,
+)
+from tecc_contract.errors import AttestationError
+from tecc_contract.keys import ed25519_public_from_bytes
 
 
-def build_verifier(trust: Trust, platform: SimulatedPlatform, own_measurement: bytes) -> QuoteVerifier:
+def build_verifier(
+    trust: Trust, platform: SimulatedPlatform, own_measurement: bytes
+) -> QuoteVerifier:
     """A :class:`SimulatedPlatformVerifier` from configured anchors (``self`` expanded)."""
     keys = {}
     try:
         for k in trust.platform_keys:
-            pub = platform.attestation_key.public_key() if k == SELF else ed25519_public_from_bytes(
-                bytes.fromhex(k)
+            pub = (
+                platform.attestation_key.public_key()
+                if k == SELF
+                else ed25519_public_from_bytes(bytes.fromhex(k))
             )
             keys[platform_key_id(pub)] = pub
-        allowed = {own_measurement if m == SELF else bytes.fromhex(m) for m in trust.allowed_measurements}
+        allowed = {
+            own_measurement if m == SELF else bytes.fromhex(m) for m in trust.allowed_measurements
+        }
     except ValueError as exc:
         raise ConfigError(f"attestation anchors must be hex or 'self': {exc}") from exc
     return SimulatedPlatformVerifier(
@@ -83,7 +94,8 @@ class AttestedDirectory:
         nonce = self._random(32)
         try:
             async with self._session.get(
-                f"{ep.url}/attestation", params={"nonce": nonce.hex()},
+                f"{ep.url}/attestation",
+                params={"nonce": nonce.hex()},
                 timeout=aiohttp.ClientTimeout(total=5),
             ) as resp:
                 if resp.status != 200:

@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from tecc_contract.ring import from_bytes
-
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.release import Decoded, check_layout, decode, expected_length
 from cloud_tecc.errors import AnalyticsError
+from tecc_contract.ring import from_bytes
 
 
 @dataclass(frozen=True, slots=True)

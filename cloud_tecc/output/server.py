@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
-from tecc_contract.keys import KemSuite
 
 from cloud_tecc.config import OutputConfig
 from cloud_tecc.enclave.identity import Enclave
@@ -30,6 +29,7 @@ from cloud_tecc.output.collector import try_complete, validate_submission
 from cloud_tecc.output.store import ResultStore
 from cloud_tecc.service.base import ServiceBase
 from cloud_tecc.service.channel import open_message, sender_of
+from tecc_contract.keys import KemSuite
 
 log = logging.getLogger("cloud_tecc.output")
 RESULTS_PURPOSE = "results"
@@ -55,14 +55,19 @@ class OutputService(ServiceBase):
         self.session: aiohttp.ClientSession | None = None
         self.directory: AttestedDirectory | None = None
         reg = self.registry
-        self.received = Counter("tecc_output_submissions", "Result submissions accepted", ["party"],
-                                registry=reg)
+        self.received = Counter(
+            "tecc_output_submissions", "Result submissions accepted", ["party"], registry=reg
+        )
         self.epochs = Counter("tecc_output_epochs", "Epochs reconstructed", registry=reg)
-        self.latency = Histogram("tecc_output_window_latency_seconds",
-                                 "End of window to result stored", registry=reg,
-                                 buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-        self.attested = Gauge("tecc_output_attested_clusters", "Clusters passing attestation",
-                              registry=reg)
+        self.latency = Histogram(
+            "tecc_output_window_latency_seconds",
+            "End of window to result stored",
+            registry=reg,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.attested = Gauge(
+            "tecc_output_attested_clusters", "Clusters passing attestation", registry=reg
+        )
         r = self.app.router
         r.add_post("/v1/results", self._results)
         r.add_get("/api/v1/health", self._api_health)
@@ -77,7 +82,9 @@ class OutputService(ServiceBase):
         """Open the HTTP client and start watching the clusters' attestation."""
         self.session = aiohttp.ClientSession()
         verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
-        self.directory = AttestedDirectory(verifier, self.session, refresh_s=self.cfg.trust.refresh_s)
+        self.directory = AttestedDirectory(
+            verifier, self.session, refresh_s=self.cfg.trust.refresh_s
+        )
         self.spawn(self._watch(), "attestation-watch")
 
     async def on_stop(self) -> None:
@@ -104,13 +111,18 @@ class OutputService(ServiceBase):
         try:
             envelope = await request.json()
             sender = sender_of(envelope)
-            party = next((i for i, ep in self.ocfg.parties.items() if ep.service_id == sender), None)
+            party = next(
+                (i for i, ep in self.ocfg.parties.items() if ep.service_id == sender), None
+            )
             if party is None:
                 raise PeerError(f"{sender!r} is not a configured cluster")
             ident = await self.directory.identity(self.ocfg.parties[party], "party")
             body = open_message(
-                envelope, purpose=RESULTS_PURPOSE, sender=ident,
-                suite=KemSuite(self.enclave.keys.suite), private_key=self.enclave.keys.hpke,
+                envelope,
+                purpose=RESULTS_PURPOSE,
+                sender=ident,
+                suite=KemSuite(self.enclave.keys.suite),
+                private_key=self.enclave.keys.hpke,
             )
             doc = json.loads(body)
             layout, vector = doc["layout"], base64.b64decode(doc["vector"], validate=True)
@@ -119,22 +131,27 @@ class OutputService(ServiceBase):
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"
             self.errors.labels("results", reason).inc()
             log.warning("refused results: %s", exc)
-            return web.json_response({"error": str(exc)}, status=403 if reason == "attestation"
-                                     else 400)
+            return web.json_response(
+                {"error": str(exc)}, status=403 if reason == "attestation" else 400
+            )
         epoch = int(layout["epoch_ns"])
         await asyncio.to_thread(self.store.put_pending, epoch, party, layout, vector)
         self.received.labels(str(party)).inc()
         try:
-            done = try_complete(self.cfg.policy, len(self.ocfg.parties),
-                                await asyncio.to_thread(self.store.pending, epoch))
+            done = try_complete(
+                self.cfg.policy,
+                len(self.ocfg.parties),
+                await asyncio.to_thread(self.store.pending, epoch),
+            )
         except AnalyticsError as exc:
             self.errors.labels("results", "inconsistent").inc()
             log.warning("epoch %s not reconstructed: %s", epoch, exc)
             return web.json_response({"status": "inconsistent"}, status=202)
         if done is not None:
             now = time.time_ns()
-            await asyncio.to_thread(self.store.store_epoch, done.epoch_ns, done.window_ns,
-                                    done.rows, now)
+            await asyncio.to_thread(
+                self.store.store_epoch, done.epoch_ns, done.window_ns, done.rows, now
+            )
             self.epochs.inc()
             self.latency.observe(max(now - done.epoch_ns - done.window_ns, 0) / 1e9)
         return web.json_response({"status": "stored" if done else "pending"})
@@ -154,20 +171,26 @@ class OutputService(ServiceBase):
         status = self.directory.status if self.directory else {}
         for i, ep in sorted(self.ocfg.parties.items()):
             st = status.get(ep.service_id)
-            out.append({
-                "party": i, "service_id": ep.service_id, "url": ep.url,
-                "attested": bool(st and st.ok), "detail": st.detail if st else "not checked yet",
-                "measurement": st.measurement if st else "",
-                "checked_ns": st.checked_ns if st else None,
-            })
+            out.append(
+                {
+                    "party": i,
+                    "service_id": ep.service_id,
+                    "url": ep.url,
+                    "attested": bool(st and st.ok),
+                    "detail": st.detail if st else "not checked yet",
+                    "measurement": st.measurement if st else "",
+                    "checked_ns": st.checked_ns if st else None,
+                }
+            )
         return web.json_response(out)
 
     async def _api_sensors(self, _r: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(self.store.sensors))
 
     async def _api_windows(self, r: web.Request) -> web.Response:
-        rows = await asyncio.to_thread(self.store.windows, r.query.get("sensor"),
-                                       r.query.get("gateway"), _since_ns(r))
+        rows = await asyncio.to_thread(
+            self.store.windows, r.query.get("sensor"), r.query.get("gateway"), _since_ns(r)
+        )
         for row in rows:
             row["deviates_from_fleet"] = None if row["deviates"] is None else bool(row["deviates"])
             del row["deviates"]
@@ -177,8 +200,9 @@ class OutputService(ServiceBase):
         return web.json_response(await asyncio.to_thread(self.store.alerts, _since_ns(r)))
 
     async def _api_fleet(self, r: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(self.store.fleet, r.query.get("class"),
-                                                         _since_ns(r)))
+        return web.json_response(
+            await asyncio.to_thread(self.store.fleet, r.query.get("class"), _since_ns(r))
+        )
 
     async def _api_epochs(self, _r: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(self.store.epochs))

@@ -81,27 +81,49 @@ class ResultStore:
             try:
                 cur.executemany(
                     "INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    [(w["gateway"], w["sensor"], w["start_ns"], window_ns, w["count"],
-                      _num(w.get("mean")), _num(w.get("std")), _num(w.get("min")),
-                      _num(w.get("max")),
-                      None if "deviates_from_fleet" not in w else int(w["deviates_from_fleet"]),
-                      now_ns) for w in rows.windows],
+                    [
+                        (
+                            w["gateway"],
+                            w["sensor"],
+                            w["start_ns"],
+                            window_ns,
+                            w["count"],
+                            _num(w.get("mean")),
+                            _num(w.get("std")),
+                            _num(w.get("min")),
+                            _num(w.get("max")),
+                            None
+                            if "deviates_from_fleet" not in w
+                            else int(w["deviates_from_fleet"]),
+                            now_ns,
+                        )
+                        for w in rows.windows
+                    ],
                 )
-                cur.execute(
-                    "DELETE FROM alerts WHERE start_ns=?", (epoch_ns,)
-                )
+                cur.execute("DELETE FROM alerts WHERE start_ns=?", (epoch_ns,))
                 cur.executemany(
                     "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?)",
-                    [(a["gateway"], a["sensor"], a["ts_ns"], a["detector"], epoch_ns)
-                     for a in rows.alerts],
+                    [
+                        (a["gateway"], a["sensor"], a["ts_ns"], a["detector"], epoch_ns)
+                        for a in rows.alerts
+                    ],
                 )
                 cur.executemany(
                     "INSERT OR REPLACE INTO fleet VALUES (?,?,?,?,?)",
-                    [(f["class"], f["start_ns"], f["count"], _num(f.get("mean")),
-                      _num(f.get("std"))) for f in rows.fleet],
+                    [
+                        (
+                            f["class"],
+                            f["start_ns"],
+                            f["count"],
+                            _num(f.get("mean")),
+                            _num(f.get("std")),
+                        )
+                        for f in rows.fleet
+                    ],
                 )
-                cur.execute("INSERT OR REPLACE INTO epochs VALUES (?,?,?)",
-                            (epoch_ns, window_ns, now_ns))
+                cur.execute(
+                    "INSERT OR REPLACE INTO epochs VALUES (?,?,?)", (epoch_ns, window_ns, now_ns)
+                )
                 cur.execute("DELETE FROM pending WHERE epoch_ns=?", (epoch_ns,))
                 cur.execute("COMMIT")
             except BaseException:
@@ -114,7 +136,9 @@ class ResultStore:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-    def windows(self, sensor: str | None, gateway: str | None, since_ns: int) -> list[dict[str, Any]]:
+    def windows(
+        self, sensor: str | None, gateway: str | None, since_ns: int
+    ) -> list[dict[str, Any]]:
         """Window rows, oldest first."""
         sql = "SELECT * FROM windows WHERE start_ns >= ?"
         args: list[Any] = [since_ns]
@@ -130,23 +154,28 @@ class ResultStore:
         """Alert rows, oldest first."""
         return self._query(
             "SELECT gateway, sensor, ts_ns, detector FROM alerts WHERE ts_ns >= ? "
-            "ORDER BY ts_ns, gateway, sensor, detector", (since_ns,)
+            "ORDER BY ts_ns, gateway, sensor, detector",
+            (since_ns,),
         )
 
     def sensors(self) -> list[dict[str, Any]]:
         """Known (gateway, sensor) pairs with window counts."""
         return self._query(
             "SELECT gateway, sensor, COUNT(*) AS windows, MAX(start_ns) AS last_start_ns "
-            "FROM windows GROUP BY gateway, sensor ORDER BY gateway, sensor", ()
+            "FROM windows GROUP BY gateway, sensor ORDER BY gateway, sensor",
+            (),
         )
 
     def fleet(self, cls: str | None, since_ns: int) -> list[dict[str, Any]]:
         """Fleet rows, oldest first."""
         if cls:
-            return self._query("SELECT * FROM fleet WHERE class=? AND start_ns >= ? ORDER BY start_ns",
-                               (cls, since_ns))
-        return self._query("SELECT * FROM fleet WHERE start_ns >= ? ORDER BY start_ns, class",
-                           (since_ns,))
+            return self._query(
+                "SELECT * FROM fleet WHERE class=? AND start_ns >= ? ORDER BY start_ns",
+                (cls, since_ns),
+            )
+        return self._query(
+            "SELECT * FROM fleet WHERE start_ns >= ? ORDER BY start_ns, class", (since_ns,)
+        )
 
     def epochs(self) -> list[dict[str, Any]]:
         """Stored epochs with the time their results were stored."""

@@ -15,6 +15,9 @@ from typing import Final
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cloud_tecc.errors import IngestError
+from cloud_tecc.party.store import BatchRow, SegmentRow
 from tecc_contract.envelope import Opener
 from tecc_contract.errors import (
     ContractError,
@@ -25,9 +28,6 @@ from tecc_contract.errors import (
 )
 from tecc_contract.header import Column
 from tecc_contract.keys import HpkePrivateKey, KemSuite
-
-from cloud_tecc.errors import IngestError
-from cloud_tecc.party.store import BatchRow, SegmentRow
 
 REASONS: Final = ("malformed", "version", "signature", "decrypt", "layout", "replay")
 
@@ -81,7 +81,9 @@ class Ingestor:
                     sensor=seg.sensor_id,
                     ts=np.ascontiguousarray(seg.timestamps_ns, dtype="<i8").tobytes(),
                     x=np.ascontiguousarray(x[off : off + k], dtype="<u8").tobytes(),
-                    q=None if q is None else np.ascontiguousarray(q[off : off + k], "<u8").tobytes(),
+                    q=None
+                    if q is None
+                    else np.ascontiguousarray(q[off : off + k], "<u8").tobytes(),
                 )
             )
             off += k

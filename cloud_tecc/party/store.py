@@ -24,9 +24,8 @@ from typing import Final
 
 import numpy as np
 
-from tecc_contract.ring import RingArray
-
 from cloud_tecc.analytics.plan import Int64Array, StreamState
+from tecc_contract.ring import RingArray
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -138,7 +137,8 @@ class ShareStore:
             try:
                 for row in rows:
                     old = cur.execute(
-                        "SELECT digest FROM batches WHERE gateway=? AND seq=?", (row.gateway, row.seq)
+                        "SELECT digest FROM batches WHERE gateway=? AND seq=?",
+                        (row.gateway, row.seq),
                     ).fetchone()
                     if old is not None:
                         same = bytes(old[0]) == row.digest
@@ -146,13 +146,23 @@ class ShareStore:
                         continue
                     cur.execute(
                         "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
-                        (row.gateway, row.seq, row.digest, row.received_ns, row.count,
-                         row.min_ts, row.max_ts, int(row.has_q)),
+                        (
+                            row.gateway,
+                            row.seq,
+                            row.digest,
+                            row.received_ns,
+                            row.count,
+                            row.min_ts,
+                            row.max_ts,
+                            int(row.has_q),
+                        ),
                     )
                     cur.executemany(
                         "INSERT INTO segments VALUES (?,?,?,?,?,?,?)",
-                        [(row.gateway, row.seq, s.idx, s.sensor, s.ts, s.x, s.q)
-                         for s in row.segments],
+                        [
+                            (row.gateway, row.seq, s.idx, s.sensor, s.ts, s.x, s.q)
+                            for s in row.segments
+                        ],
                     )
                     out.append(InsertResult.ACCEPTED)
                 cur.execute("COMMIT")
@@ -208,11 +218,17 @@ class ShareStore:
                     (gw, seq),
                 ).fetchall()
                 for idx, sensor, ts, x, q in rows:
-                    out.append(StoredSegment(
-                        gw, seq, int(idx), str(sensor),
-                        np.frombuffer(ts, dtype="<i8").astype(np.int64), _ring(x),
-                        None if q is None else _ring(q),
-                    ))
+                    out.append(
+                        StoredSegment(
+                            gw,
+                            seq,
+                            int(idx),
+                            str(sensor),
+                            np.frombuffer(ts, dtype="<i8").astype(np.int64),
+                            _ring(x),
+                            None if q is None else _ring(q),
+                        )
+                    )
         return out
 
     def watermark(self) -> int:
@@ -249,8 +265,10 @@ class ShareStore:
                 cur.execute("DELETE FROM stream_state WHERE epoch_ns >= ?", (end_ns,))
                 cur.executemany(
                     "INSERT INTO stream_state VALUES (?,?,?,?,?,?)",
-                    [(gw, se, end_ns, _blob(s.centre), _blob(s.hist_x), _blob(s.hist_yy))
-                     for (gw, se), s in states.items()],
+                    [
+                        (gw, se, end_ns, _blob(s.centre), _blob(s.hist_x), _blob(s.hist_yy))
+                        for (gw, se), s in states.items()
+                    ],
                 )
                 cur.execute("INSERT INTO epochs VALUES (?,?,?)", (end_ns, now_ns, readings))
                 cur.execute("COMMIT")

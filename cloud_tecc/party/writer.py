@@ -40,7 +40,7 @@ class GroupWriter:
                 outcomes = await asyncio.to_thread(
                     self._store.insert_batches, [row for row, _ in group]
                 )
-            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            except Exception as exc:
                 for _, fut in group:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -79,8 +79,10 @@ class ServiceBase:
         self.enclave = enclave
         self.registry = CollectorRegistry()
         self.errors = Counter(
-            "tecc_request_errors", "Requests refused, by endpoint and reason",
-            ["endpoint", "reason"], registry=self.registry,
+            "tecc_request_errors",
+            "Requests refused, by endpoint and reason",
+            ["endpoint", "reason"],
+            registry=self.registry,
         )
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_get("/attestation", self._attestation)
@@ -113,6 +115,7 @@ class ServiceBase:
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         """Run a background task for the service's lifetime; log if it dies."""
+
         async def guard() -> None:
             try:
                 await coro
@@ -135,9 +138,14 @@ class ServiceBase:
         await runner.setup()
         site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
         await site.start()
-        log.info("%s %s listening on %s:%s, measurement %s", self.cfg.role.value,
-                 self.cfg.service_id, self.cfg.host, self.cfg.port,
-                 self.enclave.measurement.hex())
+        log.info(
+            "%s %s listening on %s:%s, measurement %s",
+            self.cfg.role.value,
+            self.cfg.service_id,
+            self.cfg.host,
+            self.cfg.port,
+            self.enclave.measurement.hex(),
+        )
         if ready is not None:
             ready(self.cfg.port)
         stop = asyncio.Event()

@@ -16,17 +16,21 @@ from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.errors import PeerError
 from tecc_contract.attestation import VerifiedIdentity
 from tecc_contract.errors import ContractError
 from tecc_contract.keys import HpkePrivateKey, KemSuite, ed25519_public_from_bytes, load_public_key
-
-from cloud_tecc.errors import PeerError
 
 LABEL: Final = b"tecc-service-msg/v1/"
 
 
 def seal_message(
-    body: bytes, *, purpose: str, sender_id: str, sign_key: Ed25519PrivateKey,
+    body: bytes,
+    *,
+    purpose: str,
+    sender_id: str,
+    sign_key: Ed25519PrivateKey,
     recipient: VerifiedIdentity,
 ) -> dict[str, Any]:
     """Encrypt to ``recipient`` and sign; returns a JSON-ready envelope."""
@@ -50,7 +54,11 @@ def sender_of(envelope: Any) -> str:
 
 
 def open_message(
-    envelope: Any, *, purpose: str, sender: VerifiedIdentity, suite: KemSuite,
+    envelope: Any,
+    *,
+    purpose: str,
+    sender: VerifiedIdentity,
+    suite: KemSuite,
     private_key: HpkePrivateKey,
 ) -> bytes:
     """Verify the sender's signature, then decrypt; :class:`PeerError` on any fault."""

@@ -1,0 +1,246 @@
+"""The epoch loop of a party: attested MPC sessions, agreement on epochs, computation.
+
+A session starts by verifying the peer's, the dealer's and the output
+service's quotes; a peer that fails attestation is refused (no MPC link is
+opened). Then the parties open the WebSocket mesh authenticated with the
+attested keys, connect to the dealer and align their correlation streams.
+
+Each tick the parties exchange watermarks over the mesh and rewind to the
+common one (a party that crashed before committing an epoch simply makes the
+other redo it); party 0 proposes the next due epoch and its batches; party 1
+confirms it holds them all. Then both run the secure program, send their
+encrypted result shares to the output service and commit the epoch and the
+new stream states in one transaction. Any fault ends the session; the next
+session starts from the durable state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from typing import Any, Final
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cloud_tecc.analytics.secure import secure_epoch
+from cloud_tecc.config import PartyConfig, parse_hostport
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.trust import AttestedDirectory
+from cloud_tecc.errors import CloudError, PeerError
+from cloud_tecc.mpc.engine import Party
+from cloud_tecc.mpc.errors import MpcError
+from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+from cloud_tecc.party.dealer_link import DealerLink
+from cloud_tecc.party.epochs import Proposal, build_epoch, due_epoch
+from cloud_tecc.party.store import ShareStore
+from cloud_tecc.service.channel import dumps, seal_message
+from tecc_contract.keys import ed25519_public_from_bytes
+
+log = logging.getLogger("cloud_tecc.party.coordinator")
+CONTROL_ROUND: Final = 0
+RESULTS_PURPOSE: Final = "results"
+
+
+class Coordinator:
+    """Runs MPC sessions and epochs for one party."""
+
+    def __init__(
+        self,
+        *,
+        cfg: PartyConfig,
+        enclave: Enclave,
+        store: ShareStore,
+        directory: AttestedDirectory,
+        http: aiohttp.ClientSession,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.cfg, self.enclave, self.store = cfg, enclave, store
+        self.directory, self.http = directory, http
+        self.peer = 1 - cfg.party
+        self.state = "starting"
+        self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
+        self.readings = Counter(
+            "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
+        )
+        self.sessions = Counter(
+            "tecc_party_sessions",
+            "MPC sessions started, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tecc_party_epoch_seconds",
+            "Secure computation time per epoch",
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.wm_gauge = Gauge(
+            "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
+        )
+
+    async def run(self) -> None:
+        """Session loop: never returns; failures are logged and retried."""
+        while True:
+            try:
+                await self._session()
+            except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.sessions.labels(type(exc).__name__).inc()
+                self.state = f"waiting: {exc}"
+                log.warning("MPC session ended: %s", exc)
+            await asyncio.sleep(1.0)
+
+    async def _session(self) -> None:
+        cfg = self.cfg
+        self.state = "attesting"
+        peer = await self.directory.identity(cfg.peers[self.peer], "party")
+        dealer = await self.directory.identity(cfg.dealer, "dealer")
+        await self.directory.identity(cfg.output, "output")
+        addresses = {
+            cfg.party: parse_hostport(cfg.mpc_listen),
+            self.peer: cfg.peers[self.peer].mpc_address,
+        }
+        mesh = await WsTransport.start(
+            MeshConfig(
+                party=cfg.party,
+                addresses=addresses,
+                key=self.enclave.keys.sign,
+                peer_keys={self.peer: ed25519_public_from_bytes(peer.keys["sign"])},
+                round_timeout=60.0,
+                connect_timeout=30.0,
+            )
+        )
+        link: DealerLink | None = None
+        try:
+            host, port = cfg.dealer.mpc_address
+            link = await DealerLink.connect(
+                f"http://{host}:{port}/dealer",
+                party=cfg.party,
+                key=self.enclave.keys.sign,
+                dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
+            )
+            mine = await link.next_seq()
+            theirs = await self._control(mesh, {"seq": mine})
+            await link.align(max(mine, int(theirs["seq"])))
+            self.sessions.labels("started").inc()
+            self.state = "running"
+            log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
+            while True:
+                if not await self._tick(mesh, link):
+                    await asyncio.sleep(cfg.tick_s)
+        finally:
+            await mesh.close()
+            if link is not None:
+                await link.close()
+
+    async def _control(self, mesh: WsTransport, doc: dict[str, Any]) -> dict[str, Any]:
+        got = await mesh.exchange(CONTROL_ROUND, {self.peer: dumps(doc)})
+        try:
+            reply = json.loads(bytes(got[self.peer]))
+        except ValueError as exc:
+            raise PeerError("peer sent a malformed control message") from exc
+        if not isinstance(reply, dict):
+            raise PeerError("peer sent a malformed control message")
+        return reply
+
+    async def _tick(self, mesh: WsTransport, link: DealerLink) -> bool:
+        """One agreement round; returns True if an epoch was computed."""
+        wm = await asyncio.to_thread(self.store.watermark)
+        other = await self._control(mesh, {"wm": wm})
+        base = min(wm, int(other["wm"]))
+        if wm > base:
+            log.info("rewinding to the common watermark %d", base)
+            await asyncio.to_thread(self.store.rewind, base)
+        leader = self.cfg.party == 0
+        prop_doc: dict[str, Any] = {}
+        if leader:
+            prop = await asyncio.to_thread(self._propose, base)
+            prop_doc = {"proposal": prop.to_json() if prop else None}
+        got = await self._control(mesh, prop_doc)
+        raw = prop_doc["proposal"] if leader else got.get("proposal")
+        if raw is None:
+            return False
+        prop = Proposal.from_json(raw)
+        missing = await asyncio.to_thread(self.store.has_batches, prop.batches)
+        ack = await self._control(mesh, {"ok": not missing})
+        if missing or not ack.get("ok"):
+            if missing:
+                log.info("waiting for %d batches of epoch %d", len(missing), prop.start_ns)
+            return False
+        await self._compute(mesh, link, prop)
+        return True
+
+    def _propose(self, base: int) -> Proposal | None:
+        policy = self.cfg.service.policy
+        due = due_epoch(
+            self.store.earliest_reading_after(base),
+            policy.window_ns,
+            time.time_ns(),
+            int(self.cfg.grace_s * 1e9),
+        )
+        if due is None:
+            return None
+        start, end = due
+        return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
+
+    async def _compute(self, mesh: WsTransport, link: DealerLink, prop: Proposal) -> None:
+        t0 = time.perf_counter()
+        segments = await asyncio.to_thread(self.store.load_segments, prop.batches)
+        keys = sorted({(s.gateway, s.sensor) for s in segments})
+        states = await asyncio.to_thread(self.store.load_states, keys, prop.start_ns)
+        epoch = build_epoch(prop.start_ns, prop.end_ns, segments, states)
+        if not epoch.streams:
+            await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, {}, 0, time.time_ns())
+            return
+        party = Party(self.cfg.party, 2, mesh, link, frac_bits=16)
+        out, rel = await secure_epoch(party, self.cfg.service.policy, epoch)
+        await self._send(rel.layout, rel.vector.astype("<u8").tobytes())
+        new_states = {
+            (s.gateway, s.sensor): st for s, st in zip(epoch.streams, out.states, strict=True)
+        }
+        n = out.plan.readings
+        await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, new_states, n, time.time_ns())
+        self.epochs.inc()
+        self.readings.inc(n)
+        self.duration.observe(time.perf_counter() - t0)
+        self.wm_gauge.set(prop.end_ns / 1e9)
+        log.info(
+            "epoch %d done: %d streams, %d readings, %d rounds",
+            prop.start_ns,
+            len(epoch.streams),
+            n,
+            party.traffic.rounds,
+        )
+
+    async def _send(self, layout: dict[str, Any], vector: bytes) -> None:
+        body = dumps(
+            {"party": self.cfg.party, "layout": layout, "vector": base64.b64encode(vector).decode()}
+        )
+        for attempt in range(5):
+            out = await self.directory.identity(self.cfg.output, "output")
+            env = seal_message(
+                body,
+                purpose=RESULTS_PURPOSE,
+                sender_id=self.cfg.service.service_id,
+                sign_key=self.enclave.keys.sign,
+                recipient=out,
+            )
+            try:
+                async with self.http.post(
+                    f"{self.cfg.output.url}/v1/results",
+                    json=env,
+                    timeout=aiohttp.ClientTimeout(total=30),
+                ) as resp:
+                    if resp.status in (200, 202):
+                        return
+                    detail = await resp.text()
+                    if resp.status == 403:
+                        self.directory.forget(self.cfg.output.service_id)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                detail = str(exc)
+            log.warning("output service refused results (attempt %d): %s", attempt + 1, detail)
+            await asyncio.sleep(0.5 * (attempt + 1))
+        raise PeerError("the output service did not accept the results; will recompute")
