@@ -3,7 +3,8 @@
 On first start the service generates its signing key (Ed25519) and its HPKE
 key (X25519, or ML-KEM-768+X25519 when configured) and seals them under its
 measurement into ``state_dir``. Every later start unseals them; if the code
-bundle or the policy changed, unsealing fails with :class:`SealError` and the service refuses to start.
+bundle or the policy changed, unsealing fails with :class:`SealError` and the
+service refuses to start.
 """
 
 from __future__ import annotations

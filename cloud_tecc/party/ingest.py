@@ -29,6 +29,7 @@ from tecc_contract.errors import (
 from tecc_contract.header import Column
 from tecc_contract.keys import HpkePrivateKey, KemSuite
 
+FRAC_BITS: Final = 16
 REASONS: Final = ("malformed", "version", "signature", "decrypt", "layout", "replay")
 
 
@@ -64,11 +65,16 @@ class Ingestor:
         except ContractError as exc:
             raise IngestError("malformed", str(exc)) from exc
         h = opened.header
-        if h.n_parties != self._n or Column.VALUE not in h.columns or h.count == 0:
+        if (
+            h.n_parties != self._n
+            or Column.VALUE not in h.columns
+            or h.count == 0
+            or h.frac_bits != FRAC_BITS
+        ):
             raise IngestError(
                 "layout",
-                f"batch {h.seq} of {h.gateway_id!r}: need {self._n} parties, a value column "
-                "and at least one reading",
+                f"batch {h.seq} of {h.gateway_id!r}: need {self._n} parties, a value column, "
+                f"{FRAC_BITS} fraction bits and at least one reading",
             )
         x = opened.columns[Column.VALUE]
         q = opened.columns.get(Column.SQUARE)
