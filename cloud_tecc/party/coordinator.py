@@ -35,7 +35,7 @@ from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.dealer_link import DealerLink
-from cloud_tecc.party.epochs import Proposal, build_epoch, due_epoch
+from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.keys import ed25519_public_from_bytes
@@ -174,16 +174,13 @@ class Coordinator:
         return True
 
     def _propose(self, base: int) -> Proposal | None:
-        policy = self.cfg.service.policy
-        due = due_epoch(
-            self.store.earliest_reading_after(base),
-            policy.window_ns,
-            time.time_ns(),
-            int(self.cfg.grace_s * 1e9),
-        )
-        if due is None:
+        earliest = self.store.earliest_reading_after(base)
+        if earliest is None:
             return None
-        start, end = due
+        start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
+        activity = self.store.epoch_activity(start, end)
+        if not is_closed(end, activity, time.time_ns(), int(self.cfg.grace_s * 1e9)):
+            return None
         return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
 
     async def _compute(self, mesh: WsTransport, link: DealerLink, prop: Proposal) -> None:

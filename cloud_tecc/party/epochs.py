@@ -2,8 +2,11 @@
 
 An epoch is the window ``[start, start + window)`` of every stream. Party 0
 proposes the earliest epoch after the common watermark that holds data and
-has closed (its end plus the grace period lies in the past), together with
-the list of batches it includes; both parties then build the identical
+has closed, together with the list of batches it includes. An epoch is closed
+when every gateway that sent readings for it has since sent readings past its
+end, or — for a stalled gateway or replayed history — when its end plus the
+grace period lies in the past and no batch for it arrived within the grace
+period; both parties then build the identical
 :class:`~cloud_tecc.analytics.plan.EpochInput` from those batches only.
 Readings of a stream are ordered by (timestamp, gateway seq, position).
 """
@@ -49,15 +52,22 @@ class Proposal:
             raise PeerError(f"malformed epoch proposal: {exc}") from exc
 
 
-def due_epoch(
-    earliest_ns: int | None, window_ns: int, now_ns: int, grace_ns: int
-) -> tuple[int, int] | None:
-    """The epoch holding ``earliest_ns`` if it has closed, else ``None``."""
-    if earliest_ns is None:
-        return None
+def epoch_of(earliest_ns: int, window_ns: int) -> tuple[int, int]:
+    """The epoch ``(start, end)`` holding the timestamp ``earliest_ns``."""
     start = (earliest_ns // window_ns) * window_ns
-    end = start + window_ns
-    return (start, end) if end + grace_ns <= now_ns else None
+    return start, start + window_ns
+
+
+def is_closed(
+    end_ns: int, activity: Sequence[tuple[str, int, int]], now_ns: int, grace_ns: int
+) -> bool:
+    """Closing rule; ``activity`` is (gateway, last receipt for the epoch, gateway progress)."""
+    if not activity:
+        return False
+    if all(progress >= end_ns for _, _, progress in activity):
+        return True
+    quiet = all(received + grace_ns <= now_ns for _, received, _ in activity)
+    return end_ns + grace_ns <= now_ns and quiet
 
 
 def build_epoch(

@@ -198,6 +198,17 @@ class ShareStore:
             ).fetchall()
         return [(str(g), int(s)) for g, s in rows]
 
+    def epoch_activity(self, start_ns: int, end_ns: int) -> list[tuple[str, int, int]]:
+        """Per contributing gateway: last receipt time for the epoch and its overall progress."""
+        with self._rlock:
+            rows = self._r.execute(
+                "SELECT b.gateway, MAX(b.received_ns), "
+                "(SELECT MAX(max_ts) FROM batches c WHERE c.gateway = b.gateway) "
+                "FROM batches b WHERE b.max_ts >= ? AND b.min_ts < ? GROUP BY b.gateway",
+                (start_ns, end_ns),
+            ).fetchall()
+        return [(str(g), int(r), int(p)) for g, r, p in rows]
+
     def earliest_reading_after(self, watermark_ns: int) -> int | None:
         """Smallest timestamp bound of batches holding readings at or after the watermark."""
         with self._rlock:

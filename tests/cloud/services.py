@@ -202,12 +202,14 @@ class TestGateway:
             keys.append(ClusterKey(i, KemSuite(ident.hpke_suite), ident.keys["hpke"]))
         cols = (Column.VALUE, Column.SQUARE) if squares else (Column.VALUE,)
         self.dep = dep
+        self.frames: dict[int, list[bytes]] = {}
         self.sealer = Sealer(gateway_id=gateway_id, signing_key=dep.gateways[gateway_id],
                              clusters=keys, columns=cols)
 
     def seal(self, seq: int, segments: list[SensorSegment]) -> list[bytes]:
-        """Frames for both parties."""
-        return self.sealer.seal(seq, segments, created_ns=time.time_ns())
+        """Frames for both parties (kept, so a retry can resend identical bytes)."""
+        self.frames[seq] = self.sealer.seal(seq, segments, created_ns=time.time_ns())
+        return self.frames[seq]
 
     def upload(self, frames: list[bytes]) -> list[tuple[int, Any]]:
         """POST each frame to its party."""
