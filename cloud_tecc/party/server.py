@@ -120,6 +120,7 @@ class PartyService(ServiceBase):
         doc = super().health()
         doc["party"] = self.pcfg.party
         doc["watermark_ns"] = self.store.watermark()
+        doc["batches"] = self.store.batch_count()
         doc["session"] = self.coordinator.state if self.coordinator else "starting"
         if self.coordinator is not None:
             doc["peers"] = {
