@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tecc_contract.envelope import SensorSegment
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import EpochResult, StreamReadings, run_reference
+from tecc_contract.envelope import SensorSegment
 
 from .services import Deployment, TestGateway, http_json, segment
 
@@ -108,9 +108,7 @@ def _margin_map(results: list[EpochResult], kind: str) -> dict[tuple[str, str, i
         p = r.output.plan
         m = r.output.margins[kind].view(np.int64)
         if kind == "zscore":
-            keys = [
-                (s.gateway, s.sensor, int(t)) for s in r.epoch.streams for t in s.timestamps_ns
-            ]
+            keys = [(s.gateway, s.sensor, int(t)) for s in r.epoch.streams for t in s.timestamps_ns]
             out.update({k: int(v) for k, v, ok in zip(keys, m, p.zmask, strict=True) if ok})
         else:
             fleet = [i for i in range(len(p.n)) if p.cls[i] >= 0]
@@ -129,8 +127,9 @@ def compare(dep: Deployment, results: list[EpochResult]) -> dict[str, int]:
     _, windows = http_json(dep.url("output") + "/api/v1/windows")
     _, alerts = http_json(dep.url("output") + "/api/v1/alerts")
     _, fleet = http_json(dep.url("output") + "/api/v1/fleet")
-    want_w = {(w["gateway"], w["sensor"], w["start_ns"]): w for r in results
-              for w in r.released.windows}
+    want_w = {
+        (w["gateway"], w["sensor"], w["start_ns"]): w for r in results for w in r.released.windows
+    }
     got_w = {(w["gateway"], w["sensor"], w["start_ns"]): w for w in windows}
     assert set(got_w) == set(want_w)
     zmargin = _margin_map(results, "zscore")
@@ -143,8 +142,11 @@ def compare(dep: Deployment, results: list[EpochResult]) -> dict[str, int]:
             assert got[f] == want.get(f), (key, f)  # exact: same ring sums, same float ops
         if "deviates_from_fleet" in want and abs(fmargin[key]) > MARGIN_TOLERANCE:
             assert got["deviates_from_fleet"] == want["deviates_from_fleet"], key
-    want_a = {(a["gateway"], a["sensor"], a["ts_ns"], a["detector"]) for r in results
-              for a in r.released.alerts}
+    want_a = {
+        (a["gateway"], a["sensor"], a["ts_ns"], a["detector"])
+        for r in results
+        for a in r.released.alerts
+    }
     got_a = {(a["gateway"], a["sensor"], a["ts_ns"], a["detector"]) for a in alerts}
     exact = {a for a in want_a ^ got_a if a[3] != "zscore"}
     assert not exact, sorted(exact)[:5]
@@ -157,5 +159,9 @@ def compare(dep: Deployment, results: list[EpochResult]) -> dict[str, int]:
     for f in fleet:
         assert f["mean"] == want_f[(f["class"], f["start_ns"])].get("mean")
         assert f["std"] == want_f[(f["class"], f["start_ns"])].get("std")
-    return {"windows": len(windows), "alerts": len(alerts), "borderline": borderline,
-            "z_differences": len(z_diff)}
+    return {
+        "windows": len(windows),
+        "alerts": len(alerts),
+        "borderline": borderline,
+        "z_differences": len(z_diff),
+    }

@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
-from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
-from tecc_contract.header import Column
-from tecc_contract.keys import KemSuite
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
+from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
+from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("party0", "party1", "dealer", "output")
@@ -101,29 +101,55 @@ class Deployment:
 
     def write_configs(self) -> None:
         """Write every service's YAML config."""
-        common = {"platform_dir": "platform", "log_level": "INFO",
-                  "attestation": {"refresh_s": 2.0}}
+        common = {
+            "platform_dir": "platform",
+            "log_level": "INFO",
+            "attestation": {"refresh_s": 2.0},
+        }
         gws = {g: k.public_key().public_bytes_raw().hex() for g, k in self.gateways.items()}
         for i in (0, 1):
             name = f"party{i}"
-            cfg = {**common, "role": "party", "service_id": name, "party": i, "n_parties": 2,
-                   "listen": {"host": "127.0.0.1", "port": self.ports[name]},
-                   "mpc_listen": f"127.0.0.1:{self.ports[name + '_mpc']}",
-                   "state_dir": name, "policy": self._policy_file(name), "gateways": gws,
-                   "peers": {1 - i: self._ep(f"party{1 - i}", mpc=True)},
-                   "dealer": self._ep("dealer", mpc=True), "output": self._ep("output"),
-                   "grace_s": 0.5, "tick_s": 0.1, **self.party_extra}
+            cfg = {
+                **common,
+                "role": "party",
+                "service_id": name,
+                "party": i,
+                "n_parties": 2,
+                "listen": {"host": "127.0.0.1", "port": self.ports[name]},
+                "mpc_listen": f"127.0.0.1:{self.ports[name + '_mpc']}",
+                "state_dir": name,
+                "policy": self._policy_file(name),
+                "gateways": gws,
+                "peers": {1 - i: self._ep(f"party{1 - i}", mpc=True)},
+                "dealer": self._ep("dealer", mpc=True),
+                "output": self._ep("output"),
+                "grace_s": 0.5,
+                "tick_s": 0.1,
+                **self.party_extra,
+            }
             (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         parties = {0: self._ep("party0"), 1: self._ep("party1")}
-        dealer = {**common, "role": "dealer", "service_id": "dealer", "state_dir": "dealer",
-                  "listen": {"host": "127.0.0.1", "port": self.ports["dealer"]},
-                  "mpc_listen": f"127.0.0.1:{self.ports['dealer_mpc']}",
-                  "policy": self._policy_file("dealer"), "parties": parties,
-                  "batch_readings": 20000}
+        dealer = {
+            **common,
+            "role": "dealer",
+            "service_id": "dealer",
+            "state_dir": "dealer",
+            "listen": {"host": "127.0.0.1", "port": self.ports["dealer"]},
+            "mpc_listen": f"127.0.0.1:{self.ports['dealer_mpc']}",
+            "policy": self._policy_file("dealer"),
+            "parties": parties,
+            "batch_readings": 20000,
+        }
         (self.root / "dealer.yaml").write_text(yaml.safe_dump(dealer))
-        output = {**common, "role": "output", "service_id": "output", "state_dir": "output",
-                  "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
-                  "policy": self._policy_file("output"), "parties": parties}
+        output = {
+            **common,
+            "role": "output",
+            "service_id": "output",
+            "state_dir": "output",
+            "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
+            "policy": self._policy_file("output"),
+            "parties": parties,
+        }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
 
     def start(self, name: str) -> None:
@@ -133,7 +159,10 @@ class Deployment:
         log = self.log_path(name).open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "cloud_tecc", role, "--config", str(self.root / f"{name}.yaml")],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
 
@@ -197,14 +226,16 @@ class TestGateway:
             nonce = os.urandom(32)
             status, body = http_json(f"{dep.url(f'party{i}')}/attestation?nonce={nonce.hex()}")
             assert status == 200
-            ident = verifier.verify(Quote.from_json(body), nonce=nonce, now_ns=time.time_ns(),
-                                    role="party")
+            ident = verifier.verify(
+                Quote.from_json(body), nonce=nonce, now_ns=time.time_ns(), role="party"
+            )
             keys.append(ClusterKey(i, KemSuite(ident.hpke_suite), ident.keys["hpke"]))
         cols = (Column.VALUE, Column.SQUARE) if squares else (Column.VALUE,)
         self.dep = dep
         self.frames: dict[int, list[bytes]] = {}
-        self.sealer = Sealer(gateway_id=gateway_id, signing_key=dep.gateways[gateway_id],
-                             clusters=keys, columns=cols)
+        self.sealer = Sealer(
+            gateway_id=gateway_id, signing_key=dep.gateways[gateway_id], clusters=keys, columns=cols
+        )
 
     def seal(self, seq: int, segments: list[SensorSegment]) -> list[bytes]:
         """Frames for both parties (kept, so a retry can resend identical bytes)."""
@@ -213,8 +244,10 @@ class TestGateway:
 
     def upload(self, frames: list[bytes]) -> list[tuple[int, Any]]:
         """POST each frame to its party."""
-        return [http_json(f"{self.dep.url(f'party{i}')}/v1/batches", data=f)
-                for i, f in enumerate(frames)]
+        return [
+            http_json(f"{self.dep.url(f'party{i}')}/v1/batches", data=f)
+            for i, f in enumerate(frames)
+        ]
 
 
 def segment(sensor: str, ts: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> SensorSegment:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from tecc_contract.envelope import Sealer
 from tecc_contract.errors import AttestationError
 from tecc_contract.fixedpoint import FixedPoint
@@ -108,8 +109,11 @@ def test_replays_forgeries_and_sigkill_restart(tmp_path: Path) -> None:
         forged = bytearray(gw.frames[5][0])
         forged[-1] ^= 0x01
         assert gw.upload([bytes(forged)])[0][0] == 403
-        stranger = Sealer(gateway_id="gw-x", signing_key=Ed25519PrivateKey.generate(),
-                          clusters=gw.sealer._clusters)
+        stranger = Sealer(
+            gateway_id="gw-x",
+            signing_key=Ed25519PrivateKey.generate(),
+            clusters=gw.sealer._clusters,
+        )
         assert gw.upload(stranger.seal(0, scn.batch(GATEWAYS[0], 0), created_ns=1))[0][0] == 403
         assert metric(dep, "party0", 'tecc_ingest_rejected_total{reason="replay"}') == 1
         assert metric(dep, "party0", 'tecc_ingest_rejected_total{reason="signature"}') == 2
@@ -123,9 +127,11 @@ def test_replays_forgeries_and_sigkill_restart(tmp_path: Path) -> None:
         dep.start("party1")
         dep.wait_healthy("party1")
         assert dep.wait_healthy("party1")["batches"] == 8 * len(GATEWAYS)
-        for g, tg in gws.items():
+        for tg in gws.values():
             for sec in range(8, 16):
-                assert http_json(f"{dep.url('party1')}/v1/batches", data=tg.frames[sec][1])[0] == 200
+                assert (
+                    http_json(f"{dep.url('party1')}/v1/batches", data=tg.frames[sec][1])[0] == 200
+                )
         upload_all(gws, scn, range(16, scn.seconds))
         wait_epochs(dep, 3)
         compare(dep, reference(scn))
@@ -137,11 +143,27 @@ def _encodings(value: float) -> list[bytes]:
     fx = FixedPoint()
     enc = fx.encode_scalar(value)
     sq = fx.encode_scalar(value * value)
-    out = [struct.pack("<d", value), struct.pack(">d", value), struct.pack("<f", value),
-           enc.to_bytes(8, "little"), enc.to_bytes(8, "big"), sq.to_bytes(8, "little"),
-           sq.to_bytes(8, "big"), (enc & 0xFFFFFFFF).to_bytes(4, "little")]
-    out += [t.encode() for t in (repr(value), f"{value:.3f}", f"{value:.2f}", f"{value:g}",
-                                 str(enc), str(value * value))]
+    out = [
+        struct.pack("<d", value),
+        struct.pack(">d", value),
+        struct.pack("<f", value),
+        enc.to_bytes(8, "little"),
+        enc.to_bytes(8, "big"),
+        sq.to_bytes(8, "little"),
+        sq.to_bytes(8, "big"),
+        (enc & 0xFFFFFFFF).to_bytes(4, "little"),
+    ]
+    out += [
+        t.encode()
+        for t in (
+            repr(value),
+            f"{value:.3f}",
+            f"{value:.2f}",
+            f"{value:g}",
+            str(enc),
+            str(value * value),
+        )
+    ]
     return out
 
 
@@ -160,8 +182,12 @@ def test_canary_value_never_reaches_cluster_storage_or_logs(tmp_path: Path) -> N
     finally:
         dep.stop_all()
     needles = _encodings(canary)
-    files = [p for n in ("party0", "party1", "dealer") for p in dep.state_dir(n).rglob("*")
-             if p.is_file()]
+    files = [
+        p
+        for n in ("party0", "party1", "dealer")
+        for p in dep.state_dir(n).rglob("*")
+        if p.is_file()
+    ]
     files += [dep.log_path(n) for n in ("party0", "party1", "dealer")]
     assert any(p.name == "shares.db" for p in files)
     assert any(p.name == "sealed_keys.bin" for p in files)

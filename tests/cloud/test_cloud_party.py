@@ -1,0 +1,125 @@
+"""Party ingest, durable store and epoch bookkeeping (sans-IO parts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.errors import IngestError
+from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
+from cloud_tecc.party.ingest import Ingestor
+from cloud_tecc.party.store import InsertResult, ShareStore
+from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite, generate_cluster_keypair_raw, load_private_key
+
+T0 = 1_700_000_000_000_000_000
+S = 1_000_000_000
+
+
+def _setup(suite: KemSuite = KemSuite.X25519) -> tuple[Sealer, list[Ingestor], Ed25519PrivateKey]:
+    gw = Ed25519PrivateKey.generate()
+    keys = [generate_cluster_keypair_raw(suite) for _ in range(2)]
+    sealer = Sealer(
+        gateway_id="gw",
+        signing_key=gw,
+        clusters=[ClusterKey(i, suite, k[1]) for i, k in enumerate(keys)],
+        columns=(Column.VALUE, Column.SQUARE),
+    )
+    ingestors = [
+        Ingestor(
+            party=i,
+            n_parties=2,
+            suite=suite,
+            private_key=load_private_key(suite, keys[i][0]),
+            gateway_keys={"gw": gw.public_key()},
+        )
+        for i in range(2)
+    ]
+    return sealer, ingestors, gw
+
+
+def _segments(n: int = 20, start: int = 0) -> list[SensorSegment]:
+    ts = T0 + (start + np.arange(n, dtype=np.int64)) * (S // 10)
+    return [SensorSegment("temp", ts, np.linspace(1.0, 2.0, n))]
+
+
+@pytest.mark.parametrize("suite", list(KemSuite))
+def test_ingest_opens_shares_that_reconstruct(suite: KemSuite) -> None:
+    """Both parties' stored shares add up to the gateway's fixed-point values."""
+    sealer, ing, _ = _setup(suite)
+    frames = sealer.seal(1, _segments(), created_ns=T0)
+    rows = [ing[i].prepare(frames[i], received_ns=T0) for i in range(2)]
+    x = [np.frombuffer(r.segments[0].x, dtype="<u8") for r in rows]
+    assert np.array_equal((x[0] + x[1]).view(np.int64), np.rint(np.linspace(1, 2, 20) * 65536))
+    assert rows[0].min_ts == T0
+    assert rows[0].has_q
+
+
+def test_ingest_refusals_have_reasons() -> None:
+    """Forged, misaddressed and unknown-gateway frames are refused with a reason."""
+    sealer, ing, _ = _setup()
+    frames = sealer.seal(1, _segments(), created_ns=T0)
+    forged = bytearray(frames[0])
+    forged[-3] ^= 0xFF
+    cases = [(bytes(forged), "signature"), (frames[1], "decrypt"), (b"junk", "malformed")]
+    stranger = Sealer(
+        gateway_id="evil", signing_key=Ed25519PrivateKey.generate(), clusters=sealer._clusters
+    )
+    cases.append((stranger.seal(1, _segments(), created_ns=T0)[0], "signature"))
+    for frame, reason in cases:
+        with pytest.raises(IngestError) as info:
+            ing[0].prepare(frame, received_ns=T0)
+        assert info.value.reason == reason
+
+
+def test_store_dedups_and_detects_replays(tmp_path: Path) -> None:
+    """Same frame twice is a duplicate, a different frame under a used seq a replay."""
+    sealer, ing, _ = _setup()
+    store = ShareStore(tmp_path / "s.db")
+    f1 = sealer.seal(1, _segments(), created_ns=T0)[0]
+    f1b = sealer.seal(1, _segments(), created_ns=T0)[0]
+    f2 = sealer.seal(2, _segments(start=20), created_ns=T0)[0]
+    rows = [ing[0].prepare(f, received_ns=T0) for f in (f1, f1, f1b, f2)]
+    assert store.insert_batches(rows) == [
+        InsertResult.ACCEPTED,
+        InsertResult.DUPLICATE,
+        InsertResult.REPLAY,
+        InsertResult.ACCEPTED,
+    ]
+    store.close()
+    reopened = ShareStore(tmp_path / "s.db")
+    assert reopened.batch_count() == 2
+    assert reopened.batches_overlapping(T0, T0 + 3 * S) == [("gw", 1), ("gw", 2)]
+    assert reopened.batches_overlapping(T0 + 4 * S, T0 + 5 * S) == []
+    reopened.close()
+
+
+def test_epoch_closing_rule() -> None:
+    """Closed once every contributor moved past the end, or after a quiet grace period."""
+    start, end = epoch_of(T0 + 3 * S, 10 * S)
+    assert (start, end) == (T0, T0 + 10 * S)
+    now = end + 5 * S
+    assert is_closed(end, [("a", now, end + 1), ("b", now, end)], now, S)
+    assert not is_closed(end, [("a", now, end + 1), ("b", now, end - 1)], now, S)
+    assert is_closed(end, [("a", now - 2 * S, end - 1)], now, S)
+    assert not is_closed(end, [("a", end, end - 1)], end + S // 2, S)
+    assert not is_closed(end, [], now, S)
+    p = Proposal(start, end, (("a", 1), ("b", 7)))
+    assert Proposal.from_json(p.to_json()) == p
+
+
+def test_build_epoch_orders_and_filters(tmp_path: Path) -> None:
+    """Readings outside the epoch are dropped; streams sort by key, readings by time."""
+    sealer, ing, _ = _setup()
+    store = ShareStore(tmp_path / "s.db")
+    frames = [sealer.seal(seq, _segments(start=5 * seq), created_ns=T0)[0] for seq in (2, 1)]
+    store.insert_batches([ing[0].prepare(f, received_ns=T0) for f in frames])
+    segs = store.load_segments(store.batches_overlapping(T0 + S, T0 + 2 * S))
+    ep = build_epoch(T0 + S, T0 + 2 * S, segs, {})
+    (stream,) = ep.streams
+    assert list(stream.timestamps_ns) == [T0 + S + i * (S // 10) for i in range(10) for _ in "ab"]
+    store.close()
