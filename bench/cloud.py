@@ -31,14 +31,14 @@ from typing import Any
 import aiohttp
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.analytics.reference import StreamReadings, run_reference
+from cloud_tecc.localstack import Deployment, http_json
 from tecc_contract.attestation import Quote
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
-
-from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings
-from cloud_tecc.localstack import Deployment, http_json
 
 POLICY: dict[str, Any] = {
     "window_s": 1.0,
@@ -66,12 +66,17 @@ def sealer_for(dep: Deployment, gateway: str, parties: tuple[int, ...] = (0, 1))
         keys.append(ClusterKey(i, KemSuite(q.hpke_suite), q.keys["hpke"]))
     if len(keys) == 1:  # ingest phase: a second, throw-away recipient
         keys.append(ClusterKey(1, keys[0].suite, keys[0].public_key))
-    return Sealer(gateway_id=gateway, signing_key=dep.gateways[gateway], clusters=keys,
-                  columns=(Column.VALUE, Column.SQUARE))
+    return Sealer(
+        gateway_id=gateway,
+        signing_key=dep.gateways[gateway],
+        clusters=keys,
+        columns=(Column.VALUE, Column.SQUARE),
+    )
 
 
-def data(gateways: int, sensors: int, rate_hz: int, seconds: int, seed: int = 3
-         ) -> list[StreamReadings]:
+def data(
+    gateways: int, sensors: int, rate_hz: int, seconds: int, seed: int = 3
+) -> list[StreamReadings]:
     """Random-walk sensor streams with occasional spikes."""
     rng = np.random.default_rng(seed)
     out = []
@@ -89,6 +94,7 @@ async def post_all(url: str, frames: list[bytes], concurrency: int) -> float:
     """POST frames with bounded concurrency; returns elapsed seconds."""
     sem = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+
         async def one(f: bytes) -> None:
             async with sem, s.post(url, data=f) as r:
                 if r.status != 200:
@@ -109,8 +115,10 @@ def bench_ingest(root: Path, batches: int) -> float:
         sealer = sealer_for(dep, "gw0", (0,))
         ts = T0 + np.arange(1000, dtype=np.int64) * 1000
         vals = np.linspace(0.0, 100.0, 1000)
-        frames = [sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=T0)[0]
-                  for i in range(batches)]
+        frames = [
+            sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=T0)[0]
+            for i in range(batches)
+        ]
         asyncio.run(post_all(f"{dep.url('party0')}/v1/batches", frames[:20], 8))  # warm-up
         dt = asyncio.run(post_all(f"{dep.url('party0')}/v1/batches", frames[20:], 32))
         return (batches - 20) * 1000 / dt
@@ -120,7 +128,7 @@ def bench_ingest(root: Path, batches: int) -> float:
 
 def metric(dep: Deployment, name: str, sample: str) -> float:
     """A Prometheus sample value from a service."""
-    with urllib.request.urlopen(dep.url(name) + "/metrics", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(dep.url(name) + "/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith(sample + " "):
                 return float(line.split(" ")[1])
@@ -159,8 +167,9 @@ def wait_epochs(dep: Deployment, n: int, timeout: float) -> list[dict[str, Any]]
     return epochs
 
 
-async def live_stream(dep: Deployment, seconds: float, gateways: int, sensors: int, hz: int
-                      ) -> None:
+async def live_stream(
+    dep: Deployment, seconds: float, gateways: int, sensors: int, hz: int
+) -> None:
     """Send current-time readings every 100 ms from each gateway to both parties."""
     sealers = {f"gw{g}": sealer_for(dep, f"gw{g}") for g in range(gateways)}
     rng = np.random.default_rng(1)
@@ -171,9 +180,10 @@ async def live_stream(dep: Deployment, seconds: float, gateways: int, sensors: i
         while time.time() < t_end:
             tick = time.time_ns()
             ts = tick - 100_000_000 + np.arange(per, dtype=np.int64) * (100_000_000 // per)
-            for gw, sealer in sealers.items():
-                segs = [SensorSegment(f"s{k}", ts, 50.0 + rng.normal(0, 1, per))
-                        for k in range(sensors)]
+            for sealer in sealers.values():
+                segs = [
+                    SensorSegment(f"s{k}", ts, 50.0 + rng.normal(0, 1, per)) for k in range(sensors)
+                ]
                 frames = sealer.seal(seq, segs, created_ns=tick)
                 for i in (0, 1):
                     async with s.post(f"{dep.url(f'party{i}')}/v1/batches", data=frames[i]) as r:
@@ -186,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON result is the last stdout line."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
+    ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
     args = ap.parse_args(argv)
     q = args.quick
     result: dict[str, Any] = {"quick": q}
     with tempfile.TemporaryDirectory(prefix="bench-cloud-") as tmp:
-        root = Path(tmp)
+        root = Path(args.keep) if args.keep else Path(tmp)
         log("ingest")
         (root / "ingest").mkdir()
         result["ingest_readings_per_s"] = round(bench_ingest(root / "ingest", 500 if q else 3000))
@@ -199,15 +210,20 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(len(s.values) for s in streams)
         log(f"plaintext reference on {total} readings")
         t0 = time.perf_counter()
-        asyncio.run(ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams))
+        run_reference(policy_from_mapping(POLICY), streams)
         result["plaintext_analytics_readings_per_s"] = round(total / (time.perf_counter() - t0))
         (root / "mpc").mkdir()
         gws = {f"gw{g}": Ed25519PrivateKey.generate() for g in range(gateways)}
         dep = Deployment(root / "mpc", POLICY, gws, party_extra={"grace_s": 0.3, "tick_s": 0.05})
         try:
-            dep.start_all()
+            for name in ("party0", "party1", "output"):
+                dep.start(name)
+            for name in ("party0", "party1", "output"):
+                dep.wait_healthy(name)
             log(f"uploading {total} readings")
             upload_streams(dep, streams, 0.5)
+            dep.start("dealer")  # sessions (and computation) start once the dealer attests
+            dep.wait_healthy("dealer")
             log("waiting for the secure analytics")
             wait_epochs(dep, secs, 120)
             busy = metric(dep, "party0", "tecc_party_epoch_seconds_sum")
@@ -220,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2.0)
             epochs = wait_epochs(dep, 0, 1)[before:]
             lat = [(e["stored_ns"] - e["start_ns"] - e["window_ns"]) / 1e6 for e in epochs]
-            result["window_latency_ms_p99"] = round(float(np.percentile(lat, 99)), 1) if lat else None
-            result["window_latency_ms_p50"] = round(float(np.percentile(lat, 50)), 1) if lat else None
+            result["window_latency_ms_p99"] = (
+                round(float(np.percentile(lat, 99)), 1) if lat else None
+            )
+            result["window_latency_ms_p50"] = (
+                round(float(np.percentile(lat, 50)), 1) if lat else None
+            )
             result["latency_windows"] = len(lat)
         finally:
             dep.stop_all()

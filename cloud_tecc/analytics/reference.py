@@ -99,5 +99,13 @@ class ReferenceAnalytics:
 def run_reference(
     policy: AnalyticsPolicy, streams: Iterable[StreamReadings], *, squares: bool = True
 ) -> list[EpochResult]:
-    """Synchronous convenience wrapper around :meth:`ReferenceAnalytics.run`."""
-    return asyncio.run(ReferenceAnalytics(policy, squares=squares).run(streams))
+    """Synchronous convenience wrapper around :meth:`ReferenceAnalytics.run`.
+
+    Uses a private event loop rather than :func:`asyncio.run`, whose SIGINT
+    bookkeeping formats the (large) result with ``repr`` on Python 3.11.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(ReferenceAnalytics(policy, squares=squares).run(streams))
+    finally:
+        loop.close()

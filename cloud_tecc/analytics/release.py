@@ -10,8 +10,8 @@ and :func:`decode` turns the sum into rows.
 
 from __future__ import annotations
 
+import base64
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,8 @@ def build_release(
                         "gateway": s.gateway,
                         "sensor": s.sensor,
                         "detector": name,
-                        "ts": [int(t) for t in ts],
+                        "n": int(ts.size),
+                        "ts": base64.b64encode(ts.astype("<i8").tobytes()).decode(),
                     }
                 )
                 alert_parts.append(flags[name][m])
@@ -148,13 +149,25 @@ def _flag(v: int) -> bool:
     return v == 1
 
 
-def _decode_alerts(layout: dict[str, Any], it: Iterator[int]) -> list[dict[str, Any]]:
+def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[dict[str, Any]]:
     flagged: list[dict[str, Any]] = []
     for a in layout["alerts"]:
-        keep = [ts for ts in a["ts"] if _flag(next(it))]
+        n = int(a["n"])
+        bits = values[pos : pos + n]
+        pos += n
+        if not np.all(bits <= 1):
+            raise AnalyticsError("a reconstructed flag is not 0/1: the parties' shares disagree")
+        ts = np.frombuffer(base64.b64decode(a["ts"], validate=True), dtype="<i8")
+        if ts.size != n:
+            raise AnalyticsError("alert timestamps do not match their count")
         flagged.extend(
-            {"gateway": a["gateway"], "sensor": a["sensor"], "ts_ns": ts, "detector": a["detector"]}
-            for ts in keep
+            {
+                "gateway": a["gateway"],
+                "sensor": a["sensor"],
+                "ts_ns": int(t),
+                "detector": a["detector"],
+            }
+            for t in ts[bits == 1]
         )
     return flagged
 
@@ -162,7 +175,7 @@ def _decode_alerts(layout: dict[str, Any], it: Iterator[int]) -> list[dict[str, 
 def expected_length(layout: dict[str, Any]) -> int:
     """Length of the share vector a layout describes."""
     n = sum(len(w["fields"]) for w in layout["windows"])
-    n += sum(len(a["ts"]) for a in layout["alerts"])
+    n += sum(int(a["n"]) for a in layout["alerts"])
     n += sum(len(f["fields"]) for f in layout["fleet"])
     return n + len(layout["fleet_dev"])
 
@@ -173,7 +186,9 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
         raise AnalyticsError("release vector length does not match its layout")
     codec = FixedPoint(int(layout["frac_bits"]))
     start = int(layout["epoch_ns"])
-    it = iter(int(v) for v in values)
+    n_win = sum(len(w["fields"]) for w in layout["windows"])
+    n_alert = sum(int(a["n"]) for a in layout["alerts"])
+    it = iter(int(v) for v in values[:n_win])
     windows = []
     for w in layout["windows"]:
         row: dict[str, Any] = {
@@ -192,7 +207,8 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
             if f in got:
                 row[f] = codec.decode_scalar(got[f])
         windows.append(row)
-    alerts = _decode_alerts(layout, it)
+    alerts = _decode_alerts(layout, values, n_win)
+    it = iter(int(v) for v in values[n_win + n_alert :])
     fleet = []
     for fl in layout["fleet"]:
         frow: dict[str, Any] = {"class": fl["class"], "start_ns": start, "count": fl["count"]}

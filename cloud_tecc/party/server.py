@@ -108,6 +108,7 @@ class PartyService(ServiceBase):
         )
         self.spawn(self.writer.run(), "group-writer")
         self.spawn(self.coordinator.run(), "coordinator")
+        self.spawn(self.coordinator.deliver(), "result-delivery")
 
     async def on_stop(self) -> None:
         """Close the HTTP client and the database."""

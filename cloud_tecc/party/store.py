@@ -6,7 +6,9 @@ under a used sequence number as a replay. ``segments`` holds this party's
 share columns per sensor segment as little-endian uint64 blobs — uniformly
 random bytes, never a value. ``stream_state`` keeps the secret-shared
 detector state per stream, versioned by the epoch after which it holds, and
-``epochs`` the epochs already computed.
+``epochs`` the epochs already computed. ``outbox`` holds result messages
+(encrypted shares) committed with their epoch and not yet accepted by the
+output service.
 
 Writes go through one connection with ``synchronous=FULL`` by default: a row is
 on disk when :meth:`ShareStore.insert_batches` returns, and only then does the
@@ -44,6 +46,7 @@ CREATE TABLE IF NOT EXISTS stream_state (
     PRIMARY KEY (gateway, sensor, epoch_ns)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (
     epoch_ns INTEGER PRIMARY KEY, done_ns INTEGER NOT NULL, readings INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (epoch_ns INTEGER PRIMARY KEY, body BLOB NOT NULL);
 """
 
 
@@ -265,9 +268,14 @@ class ShareStore:
         return out
 
     def commit_epoch(
-        self, end_ns: int, states: dict[tuple[str, str], StreamState], readings: int, now_ns: int
+        self,
+        end_ns: int,
+        states: dict[tuple[str, str], StreamState],
+        readings: int,
+        now_ns: int,
+        result: bytes | None = None,
     ) -> None:
-        """Record a computed epoch (ending at ``end_ns``) and the states after it."""
+        """Record a computed epoch (ending at ``end_ns``), its states and its result message."""
         with self._wlock:
             cur = self._w.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -282,10 +290,25 @@ class ShareStore:
                     ],
                 )
                 cur.execute("INSERT INTO epochs VALUES (?,?,?)", (end_ns, now_ns, readings))
+                if result is not None:
+                    cur.execute("INSERT OR REPLACE INTO outbox VALUES (?,?)", (end_ns, result))
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+
+    def next_outgoing(self) -> tuple[int, bytes] | None:
+        """The oldest result message not yet delivered."""
+        with self._rlock:
+            row = self._r.execute(
+                "SELECT epoch_ns, body FROM outbox ORDER BY epoch_ns LIMIT 1"
+            ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def delivered(self, epoch_ns: int, body: bytes) -> None:
+        """Drop a delivered message (unless a recomputation replaced it meanwhile)."""
+        with self._wlock:
+            self._w.execute("DELETE FROM outbox WHERE epoch_ns=? AND body=?", (epoch_ns, body))
 
     def rewind(self, watermark_ns: int) -> None:
         """Forget epochs computed after ``watermark_ns`` (the leader redoes them)."""
