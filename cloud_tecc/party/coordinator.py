@@ -44,6 +44,7 @@ from tecc_contract.keys import ed25519_public_from_bytes
 log = logging.getLogger("cloud_tecc.party.coordinator")
 CONTROL_ROUND: Final = 0
 RESULTS_PURPOSE: Final = "results"
+PRUNE_EVERY: Final = 50
 
 
 class Coordinator:
@@ -63,6 +64,7 @@ class Coordinator:
         self.directory, self.http = directory, http
         self.peer = 1 - cfg.party
         self.state = "starting"
+        self._since_prune = 0
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
         self.readings = Counter(
             "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
@@ -214,6 +216,11 @@ class Coordinator:
         )
         self.epochs.inc()
         self.readings.inc(n)
+        self._since_prune += 1
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            cutoff = prop.end_ns - int(self.cfg.retention_s * 1e9)
+            await asyncio.to_thread(self.store.prune_batches, cutoff)
         self.duration.observe(time.perf_counter() - t0)
         self.wm_gauge.set(prop.end_ns / 1e9)
         log.info(

@@ -289,6 +289,18 @@ class ShareStore:
                         for (gw, se), s in states.items()
                     ],
                 )
+                prev = cur.execute(
+                    "SELECT COALESCE(MAX(epoch_ns), 0) FROM epochs WHERE epoch_ns < ?", (end_ns,)
+                ).fetchone()[0]
+                # Keep per stream the latest state at or before the previous watermark (a
+                # rewind never goes further back) and everything newer.
+                cur.execute(
+                    "DELETE FROM stream_state WHERE epoch_ns < (SELECT MAX(t.epoch_ns) FROM "
+                    "stream_state t WHERE t.gateway = stream_state.gateway AND "
+                    "t.sensor = stream_state.sensor AND t.epoch_ns <= ?)",
+                    (prev,),
+                )
+                cur.execute("DELETE FROM epochs WHERE epoch_ns < ?", (prev,))
                 cur.execute("INSERT INTO epochs VALUES (?,?,?)", (end_ns, now_ns, readings))
                 if result is not None:
                     cur.execute("INSERT OR REPLACE INTO outbox VALUES (?,?)", (end_ns, result))
@@ -309,6 +321,24 @@ class ShareStore:
         """Drop a delivered message (unless a recomputation replaced it meanwhile)."""
         with self._wlock:
             self._w.execute("DELETE FROM outbox WHERE epoch_ns=? AND body=?", (epoch_ns, body))
+
+    def prune_batches(self, before_ns: int) -> int:
+        """Delete stored shares of batches whose readings all precede ``before_ns``."""
+        with self._wlock:
+            cur = self._w.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "DELETE FROM segments WHERE (gateway, seq) IN "
+                    "(SELECT gateway, seq FROM batches WHERE max_ts < ?)",
+                    (before_ns,),
+                )
+                n = cur.execute("DELETE FROM batches WHERE max_ts < ?", (before_ns,)).rowcount
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return int(n)
 
     def rewind(self, watermark_ns: int) -> None:
         """Forget epochs computed after ``watermark_ns`` (the leader redoes them)."""

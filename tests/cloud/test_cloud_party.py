@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.errors import IngestError
 from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
 from cloud_tecc.party.ingest import Ingestor
@@ -122,4 +123,24 @@ def test_build_epoch_orders_and_filters(tmp_path: Path) -> None:
     ep = build_epoch(T0 + S, T0 + 2 * S, segs, {})
     (stream,) = ep.streams
     assert list(stream.timestamps_ns) == [T0 + S + i * (S // 10) for i in range(10) for _ in "ab"]
+    store.close()
+
+
+def test_state_versions_are_pruned_but_one_epoch_can_be_redone(tmp_path: Path) -> None:
+    """Old stream states are pruned at commit; a rewind by one epoch still finds its state."""
+    store = ShareStore(tmp_path / "s.db")
+    key = ("gw", "temp")
+    for k in range(1, 6):
+        st = StreamState(
+            np.array([k], np.uint64), np.arange(k, dtype=np.uint64), np.arange(k, dtype=np.uint64)
+        )
+        store.commit_epoch(k * S, {key: st}, 1, T0, result=b"msg%d" % k)
+    rows = store._r.execute("SELECT COUNT(*) FROM stream_state").fetchone()[0]
+    assert rows == 2
+    store.rewind(4 * S)
+    assert store.watermark() == 4 * S
+    assert int(store.load_states([key], 4 * S)[key].centre[0]) == 4
+    assert store.next_outgoing() == (S, b"msg1")
+    store.delivered(S, b"msg1")
+    assert store.next_outgoing() == (2 * S, b"msg2")
     store.close()
