@@ -1,8 +1,8 @@
 """The epoch loop of a party: attested MPC sessions, agreement on epochs, computation.
 
-A session starts by verifying the peer's, the dealer's and the output
-service's quotes; a peer that fails attestation is refused (no MPC link is
-opened). Then the parties open the WebSocket mesh authenticated with the
+A session starts by verifying the peer's and the dealer's quotes; a peer
+that fails attestation is refused (no MPC link is opened). The output
+service is verified before every delivery of results. Then the parties open the WebSocket mesh authenticated with the
 attested keys, connect to the dealer and align their correlation streams.
 
 Each tick the parties exchange watermarks over the mesh and rewind to the
@@ -101,7 +101,6 @@ class Coordinator:
         self.state = "attesting"
         peer = await self.directory.identity(cfg.peers[self.peer], "party")
         dealer = await self.directory.identity(cfg.dealer, "dealer")
-        await self.directory.identity(cfg.output, "output")
         addresses = {
             cfg.party: parse_hostport(cfg.mpc_listen),
             self.peer: cfg.peers[self.peer].mpc_address,

@@ -1,17 +1,25 @@
-"""A party's correlation source on the dealer service, with cursor alignment.
+"""A party's correlation source on the dealer service, with read-ahead and alignment.
 
 Correlations only work if the k-th element of a kind lines up at every party.
 After a restart of a party (or of the dealer) the parties' positions in the
 dealer's batch sequence differ, so every MPC session starts with
 :meth:`DealerLink.align`: both parties drop what they hold, report the
-sequence number of the next batch they will receive, and the one behind
-fetches and discards batches until both stand at the same one.
+sequence number of the next batch they will use, and the one behind skips
+batches until both stand at the same one.
+
+A reader task receives and decodes the next batches ahead of use (network
+and parsing overlap the computation), but the correlation store changes only
+inside :meth:`take`, in program order, so every party's store — including the
+trimming of kinds the program uses less than the dealer's plan provides — is
+a function of the program alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from typing import Final
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -20,9 +28,12 @@ from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.bundle_wire import decode_batch
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind
 from cloud_tecc.mpc.dealer_server import REQUEST
-from cloud_tecc.mpc.errors import CorrelationError
+from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
 from cloud_tecc.mpc.source import CorrelationStore
+
+READ_AHEAD: Final = 2
+_Item = tuple[int, list[Bundle]] | BaseException
 
 
 class DealerLink:
@@ -35,7 +46,8 @@ class DealerLink:
         self.store = CorrelationStore(party, frac_bits)
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
+        self._reader: asyncio.Task[None] | None = None
         self._head: tuple[int, list[Bundle]] | None = None
         self.fetched = 0
 
@@ -69,49 +81,59 @@ class DealerLink:
         except BaseException:
             await self._session.close()
             raise
+        self._reader = asyncio.create_task(self._read_ahead())
         return self
 
-    async def _receive(self) -> tuple[int, list[Bundle]]:
+    async def _read_ahead(self) -> None:
         assert self._ws is not None
-        await self._ws.send_bytes(REQUEST)
-        data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
-        self.fetched += 1
-        return decode_batch(data, party=self.party)
+        try:
+            while True:
+                await self._ws.send_bytes(REQUEST)
+                data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
+                item = await asyncio.to_thread(decode_batch, data, party=self.party)
+                self.fetched += 1
+                await self._queue.put(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._queue.put(exc)
+
+    async def _next(self) -> tuple[int, list[Bundle]]:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)
+            raise PeerLostError(f"dealer link failed: {item}") from item
+        return item
 
     async def next_seq(self) -> int:
-        """Sequence number of the next batch this party will use (fetches it if needed)."""
-        async with self._lock:
-            if self._head is None:
-                self._head = await self._receive()
-            return self._head[0]
+        """Sequence number of the next batch this party will use."""
+        if self._head is None:
+            self._head = await self._next()
+        return self._head[0]
 
     async def align(self, target: int) -> None:
         """Drop everything held and skip batches until the next one is ``target``."""
-        async with self._lock:
-            self.store = CorrelationStore(self.party, self.frac_bits)
-            if self._head is None:
-                self._head = await self._receive()
-            while self._head[0] < target:
-                self._head = await self._receive()
-            if self._head[0] != target:
-                raise CorrelationError(f"dealer is at batch {self._head[0]}, beyond {target}")
+        self.store = CorrelationStore(self.party, self.frac_bits)
+        if self._head is None:
+            self._head = await self._next()
+        while self._head[0] < target:
+            self._head = await self._next()
+        if self._head[0] != target:
+            raise CorrelationError(f"dealer is at batch {self._head[0]}, beyond {target}")
 
     async def _fetch(self) -> None:
-        async with self._lock:
-            if self._head is None:
-                self._head = await self._receive()
-            _, bundles = self._head
-            self._head = None
-            for b in bundles:
-                await asyncio.to_thread(self.store.add_bundle, b)
-                # Kinds the program uses less than the dealer's plan would pile up; drop
-                # the excess. Both parties hold identical stores, so they drop identically.
-                excess = self.store.available(b.kind) - 2 * b.count
-                if excess > 0:
-                    self.store.take(b.kind, excess)
+        head = self._head if self._head is not None else await self._next()
+        self._head = None
+        for b in head[1]:
+            await asyncio.to_thread(self.store.add_bundle, b)
+            # Kinds the program uses less than the dealer's plan would pile up; drop the
+            # excess. Both parties reach this point in the same program state.
+            excess = self.store.available(b.kind) - 2 * b.count
+            if excess > 0:
+                self.store.take(b.kind, excess)
 
     async def take(self, kind: Kind, count: int) -> Batch:
-        """Next ``count`` correlations of ``kind``, fetching batches while short."""
+        """Next ``count`` correlations of ``kind``, using batches while short."""
         while self.store.available(kind) < count:
             before = self.store.available(kind)
             await self._fetch()
@@ -120,7 +142,11 @@ class DealerLink:
         return self.store.take(kind, count)
 
     async def close(self) -> None:
-        """Close the dealer connection."""
+        """Stop reading ahead and close the dealer connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         if self._ws is not None:
             await self._ws.close()
         if self._session is not None:
