@@ -42,7 +42,10 @@ def _since_ns(request: web.Request) -> int:
     try:
         return int(float(raw) * 1e9)
     except ValueError as exc:
-        raise web.HTTPBadRequest(text="since must be Unix seconds") from exc
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "since must be Unix seconds (a number)"}),
+            content_type="application/json",
+        ) from exc
 
 
 class OutputService(ServiceBase):

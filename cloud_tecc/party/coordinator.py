@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -65,6 +66,7 @@ class Coordinator:
         self.peer = 1 - cfg.party
         self.state = "starting"
         self._since_prune = 0
+        self._outbox = asyncio.Event()
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
         self.readings = Counter(
             "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
@@ -213,6 +215,7 @@ class Coordinator:
         await asyncio.to_thread(
             self.store.commit_epoch, prop.end_ns, new_states, n, time.time_ns(), body
         )
+        self._outbox.set()
         self.epochs.inc()
         self.readings.inc(n)
         self._since_prune += 1
@@ -237,12 +240,12 @@ class Coordinator:
 
     async def deliver(self) -> None:
         """Outbox sender: POST committed result messages to the output service, in order."""
-        delay = 0.05
         while True:
+            self._outbox.clear()
             item = await asyncio.to_thread(self.store.next_outgoing)
             if item is None:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox.wait(), timeout=1.0)
                 continue
             epoch_ns, body = item
             try:
@@ -252,7 +255,6 @@ class Coordinator:
                 await asyncio.sleep(1.0)
                 continue
             await asyncio.to_thread(self.store.delivered, epoch_ns, body)
-            delay = 0.005
 
     async def _send(self, body: bytes) -> None:
         out = await self.directory.identity(self.cfg.output, "output")

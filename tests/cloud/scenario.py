@@ -165,3 +165,24 @@ def compare(dep: Deployment, results: list[EpochResult]) -> dict[str, int]:
         "borderline": borderline,
         "z_differences": len(z_diff),
     }
+
+
+def check_api(dep: Deployment) -> None:
+    """The read API's filters and listings agree with the stored rows."""
+    _, health = http_json(dep.url("output") + "/api/v1/health")
+    assert health["status"] == "ok"
+    assert health["clusters_attested"] == 2
+    _, sensors = http_json(dep.url("output") + "/api/v1/sensors")
+    assert {(s["gateway"], s["sensor"]) for s in sensors} == {
+        (g, s) for g in GATEWAYS for s in ("temp1", "press1", "sparse")
+    }
+    assert all(s["windows"] == 3 for s in sensors)
+    since = (T0 + 10 * SECOND) / 1e9
+    _, temps = http_json(dep.url("output") + f"/api/v1/windows?sensor=temp1&since={since}")
+    assert len(temps) == 2 * len(GATEWAYS)
+    assert {w["sensor"] for w in temps} == {"temp1"}
+    assert min(w["start_ns"] for w in temps) == T0 + 10 * SECOND
+    _, alerts = http_json(dep.url("output") + f"/api/v1/alerts?since={since}")
+    assert all(a["ts_ns"] >= T0 + 10 * SECOND for a in alerts)
+    status, _ = http_json(dep.url("output") + "/api/v1/alerts?since=yesterday")
+    assert status == 400

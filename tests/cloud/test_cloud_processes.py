@@ -19,6 +19,7 @@ from tecc_contract.fixedpoint import FixedPoint
 from .scenario import (
     GATEWAYS,
     POLICY,
+    check_api,
     compare,
     gateways,
     make_scenario,
@@ -48,6 +49,7 @@ def test_released_statistics_equal_the_reference(tmp_path: Path) -> None:
         upload_all(gws, scn, range(12, scn.seconds))
         wait_epochs(dep, 3)
         summary = compare(dep, reference(scn))
+        check_api(dep)
     finally:
         dep.stop_all()
     assert summary["windows"] == 3 * 3 * len(GATEWAYS)
