@@ -2,8 +2,9 @@
 
 A session starts by verifying the peer's and the dealer's quotes; a peer
 that fails attestation is refused (no MPC link is opened). The output
-service is verified before every delivery of results. Then the parties open the WebSocket mesh authenticated with the
-attested keys, connect to the dealer and align their correlation streams.
+service is verified before every delivery of results. Then the parties
+open the WebSocket mesh authenticated with the attested keys, connect to the
+dealer and align their correlation streams.
 
 Each tick the parties exchange watermarks over the mesh and rewind to the
 common one (a party that crashed before committing an epoch simply makes the
