@@ -11,12 +11,15 @@ misaddressed frames. Every refusal is counted in
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Counter, Gauge
 
 from cloud_tecc.config import PartyConfig
@@ -28,6 +31,7 @@ from cloud_tecc.party.ingest import REASONS, Ingestor
 from cloud_tecc.party.store import InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
+from tecc_contract.errors import ContractError
 from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger("cloud_tecc.party")
@@ -41,13 +45,22 @@ _STATUS = {
 }
 
 
-def _gateway_keys(cfg: PartyConfig) -> dict[str, Any]:
+def _key_bytes(text: str) -> bytes:
+    if len(text) == 64:
+        return bytes.fromhex(text)
+    return base64.b64decode(text, validate=True)
+
+
+def gateway_keys(cfg: PartyConfig) -> dict[str, Ed25519PublicKey]:
+    """The enrolled gateways' Ed25519 keys (hex or base64 in the config)."""
     keys = {}
     for gw, raw in cfg.gateways.items():
         try:
-            keys[gw] = ed25519_public_from_bytes(bytes.fromhex(raw))
-        except ValueError as exc:
-            raise ConfigError(f"gateway {gw!r}: enrolled key must be 32-byte hex") from exc
+            keys[gw] = ed25519_public_from_bytes(_key_bytes(raw.strip()))
+        except (ValueError, binascii.Error, ContractError) as exc:
+            raise ConfigError(
+                f"gateway {gw!r}: enrolled key must be a raw 32-byte Ed25519 key in hex or base64"
+            ) from exc
     return keys
 
 
@@ -64,7 +77,7 @@ class PartyService(ServiceBase):
             n_parties=cfg.n_parties,
             suite=cfg.suite,
             private_key=enclave.keys.hpke,
-            gateway_keys=_gateway_keys(cfg),
+            gateway_keys=gateway_keys(cfg),
         )
         if enclave.keys.suite is not cfg.suite:
             raise ConfigError(

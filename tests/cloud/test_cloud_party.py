@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.plan import StreamState
-from cloud_tecc.errors import IngestError
+from cloud_tecc.config import load_party
+from cloud_tecc.errors import ConfigError, IngestError
 from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
 from cloud_tecc.party.ingest import Ingestor
+from cloud_tecc.party.server import gateway_keys
 from cloud_tecc.party.store import InsertResult, ShareStore
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
@@ -144,3 +148,27 @@ def test_state_versions_are_pruned_but_one_epoch_can_be_redone(tmp_path: Path) -
     store.delivered(S, b"msg1")
     assert store.next_outgoing() == (2 * S, b"msg2")
     store.close()
+
+
+def test_enrolled_keys_accept_hex_and_base64(tmp_path: Path) -> None:
+    """The gateway allow-list takes hex or base64 keys and names a bad entry."""
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    doc = {
+        "role": "party",
+        "service_id": "p0",
+        "party": 0,
+        "state_dir": "s",
+        "policy": "pol.yaml",
+        "gateways": {"a": raw.hex(), "b": base64.b64encode(raw).decode()},
+        "peers": {1: {"service_id": "p1", "url": "http://127.0.0.1:1", "mpc": "127.0.0.1:2"}},
+        "dealer": {"service_id": "d", "url": "http://127.0.0.1:3", "mpc": "127.0.0.1:4"},
+        "output": {"service_id": "o", "url": "http://127.0.0.1:5"},
+    }
+    (tmp_path / "pol.yaml").write_text("window_s: 5\n")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    keys = gateway_keys(load_party(tmp_path / "p.yaml"))
+    assert keys["a"].public_bytes_raw() == keys["b"].public_bytes_raw() == raw
+    doc["gateways"] = {"bad": "zz"}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="'bad'"):
+        gateway_keys(load_party(tmp_path / "p.yaml"))
