@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cloud_tecc.analytics.policy import AnalyticsPolicy
+from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
 
@@ -74,7 +74,12 @@ def reciprocal(counts: IntArray, bits: int) -> RingArray:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class EpochPlan:
-    """Public index arrays and constants for one epoch."""
+    """Public index arrays and constants for one epoch.
+
+    ``zmask``, ``limit_mask`` and ``rate_mask`` mark the readings whose flag is
+    computed and released: the rule applies, the policy releases that
+    detector and the reading's window has at least ``min_count`` readings.
+    """
 
     n: IntArray
     h: IntArray
@@ -131,6 +136,12 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
     lo, hi, limit_mask, dd, rate_mask = _limits(policy, epoch, codec)
     names = [policy.fleet_class(s.sensor) for s in epoch.streams]
     classes = tuple(sorted({c for c in names if c is not None}))
+    if not policy.allows(Release.FLEET):
+        names, classes = [None] * len(names), ()
+    # Flags are computed only where they can be released: the rule applies, the
+    # policy releases the detector and the window reaches min_count.
+    big = n[stream_of] >= policy.min_count
+    want_mm = policy.allows(Release.MIN) or policy.allows(Release.MAX)
     cls = np.array([classes.index(c) if c is not None else -1 for c in names], dtype=np.int64)
     class_first = np.array([int(np.argmax(cls == k)) for k in range(len(classes))], dtype=np.int64)
     return EpochPlan(
@@ -140,16 +151,16 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
         pos=pos,
         a_off=a_off,
         base_n=base_n,
-        zmask=base_n >= policy.zscore.min_baseline,
+        zmask=(base_n >= policy.zscore.min_baseline) & big & policy.allows(Release.ZSCORE_ALERTS),
         lo=lo,
         hi=hi,
-        limit_mask=limit_mask,
+        limit_mask=limit_mask & big & policy.allows(Release.LIMIT_ALERTS),
         dd=dd,
-        rate_mask=rate_mask & (pos >= 1),
+        rate_mask=rate_mask & (pos >= 1) & big & policy.allows(Release.RATE_ALERTS),
         cls=cls,
         classes=classes,
         class_first=class_first,
-        minmax=np.flatnonzero(n >= policy.min_count).astype(np.int64),
+        minmax=np.flatnonzero((n >= policy.min_count) & want_mm).astype(np.int64),
     )
 
 

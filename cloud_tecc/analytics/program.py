@@ -84,6 +84,12 @@ def _segment_sum(values: RingArray, lengths: IntArray) -> RingArray:
     return out
 
 
+def _scatter(n: int, idx: IntArray, values: RingArray) -> RingArray:
+    out = np.zeros(n, dtype=_U64)
+    out[idx] = values
+    return out
+
+
 def _prefix(a: RingArray) -> RingArray:
     c = np.zeros(len(a) + 1, dtype=_U64)
     np.cumsum(a, out=c[1:])
@@ -118,10 +124,10 @@ class _Run:
         p, ops = self.plan, self.ops
         need_q = [i for i, s in enumerate(self.epoch.streams) if s.q is None]
         q_idx = np.flatnonzero(np.isin(p.stream_of, need_q))
-        prev = np.where(p.pos >= 1, self.a_x[np.maximum(self.g - 1, 0)], self.x)
-        diff = self.x - prev
-        lo = self.x - ops.public(p.lo)
-        hi = self.x - ops.public(p.hi)
+        lim_idx, rate_idx = np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
+        diff = self.x[rate_idx] - self.a_x[self.g[rate_idx] - 1]
+        lo = self.x[lim_idx] - ops.public(p.lo[lim_idx])
+        hi = self.x[lim_idx] - ops.public(p.hi[lim_idx])
         xq = self.x[q_idx]
         left = _cat([self.y, self.yf, xq, lo, diff])
         right = _cat([self.y, self.yf, xq, hi, diff])
@@ -129,7 +135,7 @@ class _Run:
         n, nf, nq = len(self.y), len(self.yf), len(xq)
         small = await ops.trunc(prod[: n + nf + nq])
         yy, yyf, qq = _split(small, [n, nf, nq])
-        lim, diff2 = prod[n + nf + nq : 2 * n + nf + nq], prod[2 * n + nf + nq :]
+        lim, diff2 = _split(prod[n + nf + nq :], [len(lo), len(diff)])
         q = _cat([s.q if s.q is not None else np.zeros(len(s.x), _U64) for s in self.epoch.streams])
         q[q_idx] = qq
         self.q = q
@@ -151,8 +157,9 @@ async def _moments(
     a_y = _cat([v for pair in zip(hist_y, ys, strict=True) for v in pair])
     a_yy = _cat([v for pair in zip(hist_yy, yys, strict=True) for v in pair])
     cy, cyy = _prefix(a_y), _prefix(a_yy)
-    lo_idx = run.g - p.base_n
-    s1p, s2p = cy[run.g] - cy[lo_idx], cyy[run.g] - cyy[lo_idx]
+    z_idx = np.flatnonzero(p.zmask)
+    g, base = run.g[z_idx], p.base_n[z_idx]
+    s1p, s2p = cy[g] - cy[g - base], cyy[g] - cyy[g - base]
     # Fleet: per-class centred sums and per-stream centred sums of fleet streams.
     fleet_streams = np.flatnonzero(p.cls >= 0)
     fleet_lengths = p.n[fleet_streams]
@@ -163,11 +170,11 @@ async def _moments(
     yyf_s = _segment_sum(yyf, fleet_lengths)
     s2_f = np.array([yyf_s[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
     two = [
-        s1p * reciprocal(p.base_n, 2 * f),
+        s1p * reciprocal(base, 2 * f),
         s1_fs * reciprocal(fleet_lengths, 2 * f),
         s1_f * reciprocal(n_f, 2 * f),
     ]
-    one = [s2p * reciprocal(p.base_n, f), s2_f * reciprocal(n_f, f)]
+    one = [s2p * reciprocal(base, f), s2_f * reciprocal(n_f, f)]
     sizes2, sizes1 = [len(a) for a in two], [len(a) for a in one]
     t = await ops.trunc(_cat(two + one))
     t2 = await ops.trunc(t[: sum(sizes2)])
@@ -183,7 +190,8 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     yy, yyf, lim, diff2, q = await run.squares()
     mu, m2, mean_s, mu_f, m2_f, (_, a_yy), n_f = await _moments(run, yy, yyf)
     fleet_streams = np.flatnonzero(p.cls >= 0)
-    d = run.y - mu
+    z_idx, lim_idx, rate_idx = (np.flatnonzero(m) for m in (p.zmask, p.limit_mask, p.rate_mask))
+    d = run.y[z_idx] - mu
     d_f = mean_s - mu_f[p.cls[fleet_streams]]
     sq_in = _cat([mu, mu_f, d, d_f])
     sq = await ops.trunc(await ops.mul(sq_in, sq_in))
@@ -196,7 +204,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     vf = var_f[p.cls[fleet_streams]]
     f_margin = (vf + ops.public(full(len(vf), vminf, _U64))) * _U64(k2f) - d2_f * _U64(K2_DEN)
     lim_margin = _U64(0) - lim
-    rate_margin = ops.public(p.dd) - diff2
+    rate_margin = ops.public(p.dd[rate_idx]) - diff2
     xm = _cat([epoch.streams[i].x for i in p.minmax])
     left, right, dest, c_src, c_dst = segment_pairs(p.n[p.minmax])
     mm_diff = xm[left] - xm[right]
@@ -210,21 +218,27 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     s2 = _segment_sum(q, p.n)
     fleet_s1 = np.array([s1[p.cls == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64)
     fleet_s2 = np.array([s2[p.cls == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64)
+    n_all = p.readings
     return EpochOutput(
         plan=p,
         s1=s1,
         s2=s2,
         mn=mn,
         mx=mx,
-        limit=lim_flag,
-        rate=rate_flag,
-        zscore=z_flag,
+        limit=_scatter(n_all, lim_idx, lim_flag),
+        rate=_scatter(n_all, rate_idx, rate_flag),
+        zscore=_scatter(n_all, z_idx, z_flag),
         fleet_s1=fleet_s1,
         fleet_s2=fleet_s2,
         fleet_n=n_f,
         fleet_dev=fleet_dev,
         states=_new_states(run, a_yy, policy.zscore.window),
-        margins={"zscore": z_margin, "fleet": f_margin, "limit": lim_margin, "rate": rate_margin},
+        margins={
+            "zscore": _scatter(n_all, z_idx, z_margin),
+            "fleet": f_margin,
+            "limit": _scatter(n_all, lim_idx, lim_margin),
+            "rate": _scatter(n_all, rate_idx, rate_margin),
+        },
     )
 
 

@@ -4,8 +4,7 @@ At start the dealer verifies both parties' quotes (retrying until they
 attest) and admits exactly their attested Ed25519 keys to its WebSocket
 (``/dealer`` on ``mpc_listen``); parties in turn verify the dealer's quote
 before they accept its key in the handshake. The batch plan is sized to the
-analytics program's mix per reading (≈ 8 multiplication triples, 7
-truncation pairs and 5 comparisons).
+analytics program's mix per reading, derived from the (measured) policy.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Gauge
 
+from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.config import DealerConfig, parse_hostport
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
@@ -30,9 +30,28 @@ from tecc_contract.keys import ed25519_public_from_bytes
 log = logging.getLogger("cloud_tecc.dealer")
 
 
-def plan_for(readings: int) -> Plan:
-    """A dealer batch sized for ``readings`` readings of the analytics program."""
-    return Plan(triples=8 * readings, truncs=7 * readings, comparisons=5 * readings)
+def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
+    """A dealer batch sized for ``readings`` readings of the analytics program.
+
+    Per reading the program needs: a square and two more products, four
+    truncations (y², mean, second moment, squares of mean and deviation take
+    six) and one z-score comparison; min/max trees about 1.5 comparisons and
+    products; limits, rate of change and fleet statistics one more each
+    (fleet: a product and a truncation). A few percent headroom on top.
+    """
+    triples, truncs, cmps = 3.0, 6.0, 1.0
+    if policy.allows(Release.MIN) or policy.allows(Release.MAX):
+        triples, cmps = triples + 1.5, cmps + 1.5
+    if policy.limits and policy.allows(Release.LIMIT_ALERTS):
+        triples, cmps = triples + 1, cmps + 1
+    if policy.rates and policy.allows(Release.RATE_ALERTS):
+        triples, cmps = triples + 1, cmps + 1
+    if policy.fleet.classes and policy.allows(Release.FLEET):
+        triples, truncs = triples + 1, truncs + 1
+    scale = 1.05 * readings
+    return Plan(
+        triples=int(triples * scale), truncs=int(truncs * scale), comparisons=int(cmps * scale)
+    )
 
 
 class DealerProcess(ServiceBase):
@@ -70,7 +89,7 @@ class DealerProcess(ServiceBase):
                 await asyncio.sleep(1.0)
         self.dealer = DealerService(
             n=len(keys),
-            plan=plan_for(self.dcfg.batch_readings),
+            plan=plan_for(self.cfg.policy, self.dcfg.batch_readings),
             key=self.enclave.keys.sign,
             party_keys=keys,
             depth=self.dcfg.depth,

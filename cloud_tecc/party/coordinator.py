@@ -199,7 +199,9 @@ class Coordinator:
             return
         party = Party(self.cfg.party, 2, mesh, link, frac_bits=16)
         t1 = time.perf_counter()
+        waited = link.wait_s_total
         out, rel = await secure_epoch(party, self.cfg.service.policy, epoch)
+        waited = link.wait_s_total - waited
         t2 = time.perf_counter()
         body = dumps(
             {
@@ -227,7 +229,8 @@ class Coordinator:
         self.duration.observe(time.perf_counter() - t0)
         self.wm_gauge.set(prop.end_ns / 1e9)
         log.info(
-            "epoch %d done: %d streams, %d readings, %d rounds; load %.0f ms, mpc %.0f ms, "
+            "epoch %d done: %d streams, %d readings, %d rounds; load %.0f ms, mpc %.0f ms "
+            "(dealer %.0f ms), "
             "encode %.0f ms, commit %.0f ms",
             prop.start_ns,
             len(epoch.streams),
@@ -235,6 +238,7 @@ class Coordinator:
             party.traffic.rounds,
             1e3 * (t1 - t0),
             1e3 * (t2 - t1),
+            1e3 * waited,
             1e3 * (t3 - t2),
             1e3 * (time.perf_counter() - t3),
         )

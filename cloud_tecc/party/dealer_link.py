@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from typing import Final
 
 import aiohttp
@@ -50,6 +51,8 @@ class DealerLink:
         self._reader: asyncio.Task[None] | None = None
         self._head: tuple[int, list[Bundle]] | None = None
         self.fetched = 0
+        self.wait_s_total = 0.0
+        self._peak: dict[Kind, int] = {}
 
     @classmethod
     async def connect(
@@ -114,6 +117,7 @@ class DealerLink:
     async def align(self, target: int) -> None:
         """Drop everything held and skip batches until the next one is ``target``."""
         self.store = CorrelationStore(self.party, self.frac_bits)
+        self._peak = {}
         if self._head is None:
             self._head = await self._next()
         while self._head[0] < target:
@@ -121,22 +125,28 @@ class DealerLink:
         if self._head[0] != target:
             raise CorrelationError(f"dealer is at batch {self._head[0]}, beyond {target}")
 
-    async def _fetch(self) -> None:
+    async def _fetch(self, wanted: Kind) -> None:
+        t0 = time.perf_counter()
         head = self._head if self._head is not None else await self._next()
         self._head = None
         for b in head[1]:
             await asyncio.to_thread(self.store.add_bundle, b)
-            # Kinds the program uses less than the dealer's plan would pile up; drop the
-            # excess. Both parties reach this point in the same program state.
-            excess = self.store.available(b.kind) - 2 * b.count
-            if excess > 0:
-                self.store.take(b.kind, excess)
+            # Kinds the program uses less than the dealer's plan provides would pile
+            # up; keep at most twice the larger of a batch and the biggest request seen.
+            # Both parties reach this point in the same program state.
+            if b.kind is not wanted:
+                cap = 2 * max(b.count, self._peak.get(b.kind, 0))
+                excess = self.store.available(b.kind) - cap
+                if excess > 0:
+                    self.store.take(b.kind, excess)
+        self.wait_s_total += time.perf_counter() - t0
 
     async def take(self, kind: Kind, count: int) -> Batch:
         """Next ``count`` correlations of ``kind``, using batches while short."""
+        self._peak[kind] = max(self._peak.get(kind, 0), count)
         while self.store.available(kind) < count:
             before = self.store.available(kind)
-            await self._fetch()
+            await self._fetch(kind)
             if self.store.available(kind) == before:
                 raise CorrelationError(f"the dealer's plan has no {kind} correlations")
         return self.store.take(kind, count)
