@@ -98,14 +98,20 @@ class OutputService(ServiceBase):
 
     async def _watch(self) -> None:
         assert self.directory is not None
+        last: dict[str, str] = {}
         while True:
             ok = 0
             for ep in self.ocfg.parties.values():
                 try:
                     await self.directory.identity(ep, "party", force=True)
                     ok += 1
+                    detail = "attested"
                 except PeerError as exc:
-                    log.warning("cluster %s fails attestation: %s", ep.service_id, exc)
+                    detail = str(exc)
+                if detail != last.get(ep.service_id):
+                    level = logging.INFO if detail == "attested" else logging.WARNING
+                    log.log(level, "cluster %s: %s", ep.service_id, detail)
+                    last[ep.service_id] = detail
             self.attested.set(ok)
             await asyncio.sleep(min(self.cfg.trust.refresh_s, 5.0))
 

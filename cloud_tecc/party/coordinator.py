@@ -68,6 +68,7 @@ class Coordinator:
         self.state = "starting"
         self._since_prune = 0
         self._outbox = asyncio.Event()
+        self._waiting_for = 0
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
         self.readings = Counter(
             "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
@@ -95,8 +96,11 @@ class Coordinator:
                 await self._session()
             except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.sessions.labels(type(exc).__name__).inc()
-                self.state = f"waiting: {exc}"
-                log.warning("MPC session ended: %s", exc)
+                state = f"waiting: {exc}"
+                # Repeated identical failures (a peer that keeps failing attestation) are
+                # logged once, then at debug level.
+                (log.warning if state != self.state else log.debug)("MPC session ended: %s", exc)
+                self.state = state
             await asyncio.sleep(1.0)
 
     async def _session(self) -> None:
@@ -172,7 +176,8 @@ class Coordinator:
         missing = await asyncio.to_thread(self.store.has_batches, prop.batches)
         ack = await self._control(mesh, {"ok": not missing})
         if missing or not ack.get("ok"):
-            if missing:
+            if missing and self._waiting_for != prop.start_ns:
+                self._waiting_for = prop.start_ns
                 log.info("waiting for %d batches of epoch %d", len(missing), prop.start_ns)
             return False
         await self._compute(mesh, link, prop)
