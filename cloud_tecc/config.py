@@ -96,6 +96,7 @@ class PartyConfig:
     grace_s: float = 1.0
     tick_s: float = 0.2
     retention_s: float = 86_400.0
+    active_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.party < self.n_parties or self.n_parties != 2:
@@ -202,6 +203,7 @@ def load_party(path: Path) -> PartyConfig:
             grace_s=float(raw.get("grace_s", 1.0)),
             tick_s=float(raw.get("tick_s", 0.2)),
             retention_s=float(raw.get("retention_s", 86_400.0)),
+            active_s=float(raw.get("active_s", 60.0)),
         )
     except KeyError as exc:
         raise ConfigError(f"party config is missing the key {exc.args[0]!r}") from exc

@@ -120,7 +120,7 @@ class Deployment:
                 "peers": {1 - i: self._ep(f"party{1 - i}", mpc=True)},
                 "dealer": self._ep("dealer", mpc=True),
                 "output": self._ep("output"),
-                "grace_s": 0.5,
+                "grace_s": 2.0,
                 "tick_s": 0.1,
                 **self.party_extra,
             }

@@ -188,8 +188,9 @@ class Coordinator:
         if earliest is None:
             return None
         start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
-        activity = self.store.epoch_activity(start, end)
-        if not is_closed(end, activity, time.time_ns(), int(self.cfg.grace_s * 1e9)):
+        now = time.time_ns()
+        activity = self.store.epoch_activity(start, end, now - int(self.cfg.active_s * 1e9))
+        if not is_closed(end, activity, now, int(self.cfg.grace_s * 1e9)):
             return None
         return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
 

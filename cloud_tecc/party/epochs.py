@@ -3,10 +3,10 @@
 An epoch is the window ``[start, start + window)`` of every stream. Party 0
 proposes the earliest epoch after the common watermark that holds data and
 has closed, together with the list of batches it includes. An epoch is closed
-when every gateway that sent readings for it has since sent readings past its
-end, or — for a stalled gateway or replayed history — when its end plus the
-grace period lies in the past and no batch for it arrived within the grace
-period; both parties then build the identical
+when every gateway that sent readings for it or was active recently has since
+sent readings past its end, or — for a stalled gateway or replayed history —
+when its end plus the grace period lies in the past and no batch for it
+arrived within the grace period; both parties then build the identical
 :class:`~cloud_tecc.analytics.plan.EpochInput` from those batches only.
 Readings of a stream are ordered by (timestamp, gateway seq, position).
 """

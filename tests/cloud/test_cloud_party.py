@@ -172,3 +172,21 @@ def test_enrolled_keys_accept_hex_and_base64(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="'bad'"):
         gateway_keys(load_party(tmp_path / "p.yaml"))
+
+
+def test_recently_active_gateways_hold_an_epoch_open(tmp_path: Path) -> None:
+    """A gateway without readings in the epoch yet still counts while it is active."""
+    sealer, ing, _ = _setup()
+    store = ShareStore(tmp_path / "s.db")
+    frames = [sealer.seal(1, _segments(start=0), created_ns=T0)[0]]
+    store.insert_batches([ing[0].prepare(f, received_ns=T0 + 5 * S) for f in frames])
+    # A second gateway, heard from recently, whose batch for the epoch is late:
+    store._w.execute("INSERT INTO gateways VALUES ('gw2', ?, ?)", (T0 - S, T0 + 9 * S))
+    act = store.epoch_activity(T0, T0 + S, active_since_ns=T0 + 8 * S)
+    assert sorted(act) == [("gw", T0 + 5 * S, T0 + 19 * (S // 10)), ("gw2", 0, T0 - S)]
+    assert not is_closed(T0 + S, act, T0 + S + S // 2, S)
+    assert is_closed(T0 + S, act, T0 + 10 * S, S)
+    assert store.epoch_activity(T0, T0 + S, active_since_ns=T0 + 10 * S) == [
+        ("gw", T0 + 5 * S, T0 + 19 * (S // 10))
+    ]
+    store.close()
