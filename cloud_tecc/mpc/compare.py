@@ -17,8 +17,8 @@ narrowest dtype, and the opened bits are packed densely — 3·h bits per elemen
 per level (the two ANDs share the masked ``P_hi``). Levels 32, 16, 8, 4, 2 take
 one round each; the last level (2 → 1 lanes) is fused with the bit-to-
 arithmetic conversion: it opens ``u ⊕ α, v ⊕ β, w ⊕ γ`` for ``z = u ⊕ v∧w``
-and evaluates ``z = u + v·w − 2·u·v·w`` on dealer shares of the products of
-α, β, γ. Total 1 + 5 + 1 = 7 rounds, 8 + 23.6 bytes per element per peer.
+and evaluates ``z = u + v·w − 2·u·v·w`` as a public combination of four
+dealer-shared values. Total 1 + 5 + 1 = 7 rounds, 8 + 23.6 bytes per element per peer.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from cloud_tecc.mpc.bits import U8, bitrev64
 from cloud_tecc.mpc.correlations import CMP_LEVELS, AnyArray, Batch
-from cloud_tecc.mpc.protocol import Ctx, Open, Proto, arith, xor
+from cloud_tecc.mpc.protocol import Ctx, Open, Proto, arith, as_ring, xor
 from tecc_contract.ring import RingArray
 
 ROUNDS = 1 + len(CMP_LEVELS) + 1
@@ -66,25 +66,41 @@ def _level(
     return g_hi, z2
 
 
+def _fused_tables() -> tuple[RingArray, ...]:
+    """Public coefficients of the fused level, indexed by ``4U + 2V + W``."""
+    rows = []
+    for idx in range(8):
+        u, v, w = idx >> 2, (idx >> 1) & 1, idx & 1
+        su, sv, sw = 1 - 2 * u, 1 - 2 * v, 1 - 2 * w
+        t0 = v & w
+        rows.append((su * (1 - 2 * t0), su * w * sv, su * v * sw, su * sv * sw, u ^ t0))
+    return tuple(np.array(col, dtype=np.int64).view(np.uint64) for col in zip(*rows, strict=True))
+
+
+#: Coefficients of m_a, m_b, m_c, m_bc and the constant (party 0), see :func:`_fused_last`.
+_FUSED_TABLES = _fused_tables()
+
+
 def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: dict[str, AnyArray]) -> Proto[RingArray]:
-    """Arithmetic share of ``u ⊕ (v ∧ w)`` for XOR-shared bits, one round."""
+    """Arithmetic share of ``z = u ⊕ (v ∧ w)`` for XOR-shared bits, one round.
+
+    Opens ``U = u⊕α, V = v⊕β, W = w⊕γ``. With ``u = U + (1−2U)α`` (and alike),
+    ``z = u + vw − 2u·vw = (U ⊕ VW) + (1−2U)·[(1−2VW)·α + W(1−2V)·β(1−2α)
+    + V(1−2W)·γ(1−2α) + (1−2V)(1−2W)·βγ(1−2α)]``; the dealer shares the four
+    bracketed randoms, the coefficients are public table look-ups.
+    """
     ou, ov, ow = yield Open((xor(u ^ f["fa"], 1), xor(v ^ f["fb"], 1), xor(w ^ f["fc"], 1)))
-    uu, vv, ww = (o.astype(np.uint64) for o in (ou, ov, ow))
-    su = _ONE - (uu << _ONE)  # 1 − 2U ∈ {1, −1}
-    sv = _ONE - (vv << _ONE)
-    sw = _ONE - (ww << _ONE)
-    t0 = vv & ww
-    tb = ww * sv
-    tc = vv * sw
-    tbc = sv * sw
-    acc = (_ONE - (t0 << _ONE)) * f["m_a"]
-    acc += tb * (f["m_b"] - (f["m_ab"] << _ONE))
-    acc += tc * (f["m_c"] - (f["m_ac"] << _ONE))
-    acc += tbc * (f["m_bc"] - (f["m_abc"] << _ONE))
-    acc *= su
+    idx = ou << np.uint8(2)
+    idx |= ov << np.uint8(1)
+    idx |= ow
+    ca, cb, cc, cbc, const = _FUSED_TABLES
+    z = ca[idx] * f["m_a"]
+    z += cb[idx] * f["m_b"]
+    z += cc[idx] * f["m_c"]
+    z += cbc[idx] * f["m_bc"]
     if ctx.leader:
-        acc += uu + t0 - ((uu & t0) << _ONE)
-    return acc
+        z += const[idx]
+    return as_ring(z)
 
 
 def msb(ctx: Ctx, x: RingArray, cb: Batch) -> Proto[RingArray]:
