@@ -132,12 +132,11 @@ class DealerService:
         return frame
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            ws, peer = await wslink.accept(
-                request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
-            )
-        except MpcError:
-            return web.Response(status=403)
+        ws, peer = await wslink.accept(
+            request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
+        )
+        if peer is None:
+            return ws
         party = int(peer.removeprefix("party-"))
         with contextlib.suppress(MpcError, ConnectionError):
             while True:

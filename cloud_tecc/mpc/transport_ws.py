@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.errors import (
-    AuthenticationError,
     ConfigError,
     MpcError,
     PeerLostError,
@@ -121,16 +120,15 @@ class WsTransport:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}
-        try:
-            ws, peer = await wslink.accept(
-                request,
-                name=party_name(self.cfg.party),
-                key=self.cfg.key,
-                known=known,
-                wait_s=self.cfg.connect_timeout,
-            )
-        except (AuthenticationError, PeerLostError):
-            return web.Response(status=403)
+        ws, peer = await wslink.accept(
+            request,
+            name=party_name(self.cfg.party),
+            key=self.cfg.key,
+            known=known,
+            wait_s=self.cfg.connect_timeout,
+        )
+        if peer is None:
+            return ws
         j = int(peer.removeprefix("party-"))
         if j in self._send:
             await ws.close()
