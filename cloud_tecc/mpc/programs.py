@@ -23,7 +23,9 @@ Program = Callable[[Party, Inputs], Awaitable[tuple[Outputs, dict[str, float]]]]
 
 
 def _timings(times: list[float]) -> dict[str, float]:
-    out = {"best_s": min(times), "mean_s": sum(times) / len(times)}
+    """Best, first and steady-state (all calls but the first) mean call times."""
+    steady = times[1:] or times
+    out = {"best_s": min(times), "first_s": times[0], "mean_s": sum(steady) / len(steady)}
     out |= {f"call{i}_s": t for i, t in enumerate(times)}
     return out
 
