@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -46,8 +47,13 @@ class RemoteSource:
         frac_bits: int = 16,
         wait_s: float = 60.0,
         random_bytes: RandomBytes = os.urandom,
+        tls: ssl.SSLContext | None = None,
     ) -> RemoteSource:
-        """Connect and authenticate to the dealer at ``url`` (``ws`` path ``/dealer``)."""
+        """Connect and authenticate to the dealer at ``url`` (path ``/dealer``).
+
+        Pass ``tls`` (and an ``https://`` URL) outside one host: the dealer link
+        carries the masks, which an eavesdropper could combine with openings.
+        """
         self = cls(party, frac_bits, wait_s)
         self._session = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
@@ -62,6 +68,7 @@ class RemoteSource:
                 server_key=dealer_key,
                 wait_s=wait_s,
                 random_bytes=random_bytes,
+                tls=tls,
             )
         except BaseException:
             await self._session.close()

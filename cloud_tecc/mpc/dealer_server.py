@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -108,13 +109,13 @@ class DealerService:
                 self._changed.notify_all()
             seq += 1
 
-    async def start(self, host: str, port: int) -> None:
-        """Start generating and listening."""
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        """Start generating and listening (HTTPS when ``tls`` is given)."""
         app = web.Application()
         app.router.add_get("/dealer", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=tls).start()
         self._task = asyncio.create_task(self._producer())
 
     async def _next_frame(self, party: int) -> bytes:

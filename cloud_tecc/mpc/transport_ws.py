@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class MeshConfig:
     peer_keys: Mapping[int, Ed25519PublicKey]
     round_timeout: float = 60.0
     connect_timeout: float = 30.0
+    #: TLS for the links (strongly advised outside one host): this party's
+    #: server context (certificate) and the client context that verifies peers.
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ssl.SSLContext | None = None
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +57,8 @@ class MeshConfig:
             raise ConfigError("addresses must name parties 0..n-1 (n >= 2)")
         if not set(range(self.n)) - {self.party} <= set(self.peer_keys):
             raise ConfigError("peer_keys must hold the public key of every other party")
+        if (self.server_tls is None) != (self.client_tls is None):
+            raise ConfigError("give both server_tls and client_tls, or neither")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:
             raise ConfigError("timeouts must be positive")
 
@@ -90,13 +97,14 @@ class WsTransport:
                 host, port = cfg.addresses[j]
                 ws = await wslink.connect_retrying(
                     self._session,
-                    f"http://{host}:{port}/mpc",
+                    f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
                     deadline=deadline,
                     name=party_name(cfg.party),
                     key=cfg.key,
                     server_name=party_name(j),
                     server_key=cfg.peer_keys[j],
                     wait_s=cfg.connect_timeout,
+                    tls=cfg.client_tls,
                 )
                 self._recv[j] = ws
                 self._tasks.append(asyncio.create_task(self._read(j, ws)))
@@ -116,7 +124,7 @@ class WsTransport:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.cfg.addresses[self.cfg.party]
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=self.cfg.server_tls).start()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}

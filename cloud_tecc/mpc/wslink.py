@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -24,6 +25,11 @@ WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 #: No message-size cap: one round of 1 M comparisons is 12 MB. Frames are only
 #: read after the peer authenticated.
 MAX_MSG: Final = 0
+
+
+def scheme(tls: ssl.SSLContext | None) -> str:
+    """``https`` with a TLS context, else ``http``."""
+    return "https" if tls is not None else "http"
 
 
 async def receive_bytes(ws: WebSocket, wait_s: float, what: str) -> bytes:
@@ -80,9 +86,12 @@ async def connect(
     server_key: Ed25519PublicKey,
     wait_s: float,
     random_bytes: RandomBytes = os.urandom,
+    tls: ssl.SSLContext | None = None,
 ) -> aiohttp.ClientWebSocketResponse:
-    """Connect to ``url`` and run the client side of the handshake."""
-    ws = await session.ws_connect(url, max_msg_size=MAX_MSG, compress=0, autoping=True)
+    """Connect to ``url`` (``https://`` when ``tls`` is given) and run the client handshake."""
+    ws = await session.ws_connect(
+        url, max_msg_size=MAX_MSG, compress=0, autoping=True, ssl=tls if tls is not None else True
+    )
     try:
         await _client_handshake(
             ws,
@@ -141,6 +150,8 @@ async def connect_retrying(
     while True:
         try:
             return await connect(session, url, **kwargs)  # type: ignore[arg-type]
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise AuthenticationError(f"TLS to {url} failed: {exc}") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
             if loop.time() + delay > deadline:
                 raise PeerLostError(f"cannot reach {url}: {exc}; is that service running?") from exc

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from cloud_tecc.mpc import (
     AuthenticationError,
@@ -139,3 +148,97 @@ async def test_silent_peer_times_out() -> None:
         await p0.mul(np.zeros(4, np.uint64), np.zeros(4, np.uint64))
     await t0.close()
     await t1.close()
+
+
+def _tls_contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throw-away CA and a certificate for 127.0.0.1: (server context, client context)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tecc test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (tmp / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (tmp / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    client = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
+    return server, client
+
+
+async def test_tls_mesh_and_dealer(tmp_path: Path) -> None:
+    """The mesh and the dealer link run over TLS (wss://) with the same results."""
+    server_tls, client_tls = _tls_contexts(tmp_path)
+    keys, plain = _configs(2)
+    cfgs = [dataclasses.replace(c, server_tls=server_tls, client_tls=client_tls) for c in plain]
+    dealer_key = Ed25519PrivateKey.generate()
+    port = free_port()
+    svc = DealerService(
+        n=2,
+        plan=Plan(comparisons=256),
+        key=dealer_key,
+        party_keys={i: k.public_key() for i, k in enumerate(keys)},
+    )
+    await svc.start("127.0.0.1", port, tls=server_tls)
+    sources = [
+        await RemoteSource.connect(
+            f"https://127.0.0.1:{port}/dealer",
+            party=i,
+            key=keys[i],
+            dealer_key=dealer_key.public_key(),
+            wait_s=10,
+            tls=client_tls,
+        )
+        for i in range(2)
+    ]
+    transports = await asyncio.gather(*(WsTransport.start(c) for c in cfgs))
+    x = FP.encode(np.linspace(-3, 3, 256))
+    xs = share(x, 2)
+    try:
+        parties = [Party(i, 2, transports[i], sources[i]) for i in range(2)]
+        out = reveal(await asyncio.gather(*(p.lt_public(xs[p.index], 0) for p in parties)))
+    finally:
+        for t in transports:
+            await t.close()
+        for s in sources:
+            await s.close()
+        await svc.close()
+    np.testing.assert_array_equal(out, (x.view(np.int64) < 0).astype(np.uint64))
+
+
+async def test_untrusted_certificate_is_refused(tmp_path: Path) -> None:
+    """A client that does not trust the server's CA refuses to connect."""
+    server_tls, _ = _tls_contexts(tmp_path)
+    _, plain = _configs(2, timeout=3.0)
+    other = ssl.create_default_context()  # system roots only
+    cfgs = [dataclasses.replace(c, server_tls=server_tls, client_tls=other) for c in plain]
+    results = await asyncio.gather(*(WsTransport.start(c) for c in cfgs), return_exceptions=True)
+    assert all(isinstance(r, (AuthenticationError, PeerLostError)) for r in results), results
+    assert any(isinstance(r, AuthenticationError) for r in results)
