@@ -37,11 +37,13 @@ _DTYPES = {32: np.uint32, 16: np.uint16, 8: np.uint8, 4: np.uint8, 2: np.uint8, 
 
 
 def _halves(w: AnyArray, h: int) -> tuple[AnyArray, AnyArray]:
+    """High and low ``h``-lane halves of each word (views when ``h`` is a whole dtype)."""
     dt = _DTYPES[h]
-    hi = (w >> w.dtype.type(h)).astype(dt)
-    lo = w.astype(dt)
-    if h < 8:
-        lo &= np.uint8((1 << h) - 1)
+    if h >= 8:  # little-endian: the high half of each word is the odd narrow element
+        narrow = w.view(dt)
+        return narrow[1::2], narrow[0::2]
+    hi = w >> np.uint8(h)
+    lo = w & np.uint8((1 << h) - 1)
     return hi, lo
 
 
@@ -52,7 +54,13 @@ def _level(
     g_hi, g_lo = _halves(g, h)
     p_hi, p_lo = _halves(p, h)
     a, b, bp = f[f"a{h}"], f[f"b{h}"], f[f"bp{h}"]
-    d, e, q = yield Open((xor(p_hi ^ a, h), xor(g_lo ^ b, h), xor(p_lo ^ bp, h)))
+    n = g.shape[0]
+    buf = np.empty(3 * n, dtype=_DTYPES[h])
+    np.bitwise_xor(p_hi, a, out=buf[:n])
+    np.bitwise_xor(g_lo, b, out=buf[n : 2 * n])
+    np.bitwise_xor(p_lo, bp, out=buf[2 * n :])
+    parts = (xor(buf[:n], h), xor(buf[n : 2 * n], h), xor(buf[2 * n :], h))
+    d, e, q = yield Open(parts, wire=buf.view(np.uint8) if h >= 8 else None)
     z1 = d & b
     z1 ^= f[f"c{h}"]
     z1 ^= e & a
@@ -62,8 +70,8 @@ def _level(
     if ctx.leader:
         z1 ^= d & e
         z2 ^= d & q
-    g_hi ^= z1
-    return g_hi, z2
+    z1 ^= g_hi
+    return z1, z2
 
 
 def _fused_tables() -> tuple[RingArray, ...]:
