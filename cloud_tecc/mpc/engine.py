@@ -45,6 +45,12 @@ def _ring(x: RingArray) -> RingArray:
     return np.ascontiguousarray(arr.reshape(-1))
 
 
+def _same(*arrays: RingArray) -> None:
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) != 1:
+        raise ConfigError(f"operands must have the same shape, got {sorted(shapes)}")
+
+
 class Party:
     """Compute party ``index`` of ``n``: the public API the cluster services call.
 
@@ -134,6 +140,7 @@ class Party:
     # --- interactive operations --------------------------------------------
     async def mul(self, x: RingArray, y: RingArray) -> RingArray:
         """Share of ``x·y`` (ring product, no truncation); 1 round."""
+        _same(x, y)
         xs, ys = _ring(x), _ring(y)
         t = await self._take(Kind.TRIPLE, xs.shape[0])
         return (await self.run(arith.mul(self.ctx, xs, ys, t))).reshape(np.shape(x))
@@ -156,6 +163,7 @@ class Party:
 
     async def lt(self, x: RingArray, y: RingArray) -> RingArray:
         """Arithmetic 0/1 share of ``[x < y]``; requires |x − y| < 2^63; 7 rounds."""
+        _same(x, y)
         return await self.msb(x - y)
 
     async def lt_public(self, x: RingArray, c: RingArray | int) -> RingArray:
@@ -175,6 +183,7 @@ class Party:
 
     async def select(self, s: RingArray, x: RingArray, y: RingArray) -> RingArray:
         """Share of ``x`` where bit ``s`` is 1, else ``y`` (arithmetic bit); 1 round."""
+        _same(s, x, y)
         ss, xs, ys = _ring(s), _ring(x), _ring(y)
         t = await self._take(Kind.TRIPLE, xs.shape[0])
         return (await self.run(select.select(self.ctx, ss, xs, ys, t))).reshape(np.shape(x))
@@ -188,6 +197,7 @@ class Party:
         return await self._minmax(x, y, want_max=True)
 
     async def _minmax(self, x: RingArray, y: RingArray, *, want_max: bool) -> RingArray:
+        _same(x, y)
         xs, ys = _ring(x), _ring(y)
         cb = await self._take(Kind.CMP, xs.shape[0])
         t = await self._take(Kind.TRIPLE, xs.shape[0])
