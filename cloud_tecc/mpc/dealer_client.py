@@ -34,7 +34,7 @@ class RemoteSource:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._lock = asyncio.Lock()
-        self._seq = 0
+        self._seq: int | None = None  # next expected batch; a reconnect resumes anywhere
 
     @classmethod
     async def connect(
@@ -82,9 +82,9 @@ class RemoteSource:
             await self._ws.send_bytes(REQUEST)
             data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
             seq, bundles = decode_batch(data, party=self.party)
-            if seq != self._seq:
+            if self._seq is not None and seq != self._seq:
                 raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")
-            self._seq += 1
+            self._seq = seq + 1
             for b in bundles:
                 await asyncio.to_thread(self.store.add_bundle, b)
 

@@ -81,6 +81,7 @@ class DealerService:
         self.stats = DealerStats()
         self._frames: dict[int, list[bytes | None]] = {}
         self._cursor = dict.fromkeys(range(n), 0)
+        self._connected: set[int] = set()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -118,19 +119,29 @@ class DealerService:
         await web.TCPSite(self._runner, host, port, ssl_context=tls).start()
         self._task = asyncio.create_task(self._producer())
 
-    async def _next_frame(self, party: int) -> bytes:
+    async def _next_frame(self, party: int) -> tuple[int, bytes]:
         seq = self._cursor[party]
         async with self._changed:
             await self._changed.wait_for(lambda: seq in self._frames)
+            frame = self._frames[seq][party]
+        assert frame is not None
+        return seq, frame
+
+    async def _delivered(self, party: int, seq: int) -> None:
+        """Advance ``party`` past ``seq`` (only after the frame was sent)."""
+        async with self._changed:
             frames = self._frames[seq]
-            frame = frames[party]
-            assert frame is not None
             frames[party] = None
             self._cursor[party] = seq + 1
             if all(f is None for f in frames):
                 del self._frames[seq]
                 self._changed.notify_all()
-        return frame
+        self.stats.delivered[party] = seq + 1
+        self.stats.last_delivery = time.perf_counter()
+        if self.max_batches is not None and all(
+            self.stats.delivered.get(i, 0) >= self.max_batches for i in range(self.n)
+        ):
+            self.done.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         ws, peer = await wslink.accept(
@@ -139,19 +150,18 @@ class DealerService:
         if peer is None:
             return ws
         party = int(peer.removeprefix("party-"))
-        with contextlib.suppress(MpcError, ConnectionError):
-            while True:
-                req = await wslink.receive_bytes(ws, 24 * 3600.0, "a request")
-                if req != REQUEST:
-                    break
-                frame = await self._next_frame(party)
-                await ws.send_bytes(frame)
-                self.stats.delivered[party] = self.stats.delivered.get(party, 0) + 1
-                self.stats.last_delivery = time.perf_counter()
-                if self.max_batches is not None and all(
-                    self.stats.delivered.get(i, 0) >= self.max_batches for i in range(self.n)
-                ):
-                    self.done.set()
+        if party in self._connected:  # one live connection per party keeps cursors sane
+            await ws.close()
+            return ws
+        self._connected.add(party)
+        try:
+            with contextlib.suppress(MpcError, ConnectionError):
+                while await wslink.receive_bytes(ws, 24 * 3600.0, "a request") == REQUEST:
+                    seq, frame = await self._next_frame(party)
+                    await ws.send_bytes(frame)
+                    await self._delivered(party, seq)
+        finally:
+            self._connected.discard(party)
         await ws.close()
         return ws
 
