@@ -75,23 +75,29 @@ class RemoteSource:
             raise
         return self
 
-    async def fetch(self) -> None:
-        """Fetch one batch and expand it into the store."""
+    async def fetch(self, batches: int = 1) -> None:
+        """Fetch ``batches`` batches and expand them into the store.
+
+        All requests go out first, so the dealer streams the batches while this
+        side expands the earlier ones (expansion runs in a worker thread).
+        """
         async with self._lock:
             assert self._ws is not None
-            await self._ws.send_bytes(REQUEST)
-            data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
-            seq, bundles = decode_batch(data, party=self.party)
-            if self._seq is not None and seq != self._seq:
-                raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")
-            self._seq = seq + 1
-            for b in bundles:
-                await asyncio.to_thread(self.store.add_bundle, b)
+            for _ in range(batches):
+                await self._ws.send_bytes(REQUEST)
+            for _ in range(batches):
+                data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
+                seq, bundles = decode_batch(data, party=self.party)
+                if self._seq is not None and seq != self._seq:
+                    raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")
+                self._seq = seq + 1
+                for b in bundles:
+                    await asyncio.to_thread(self.store.add_bundle, b)
 
     async def prefetch(self, batches: int) -> None:
         """Offline phase: fetch and expand ``batches`` batches now."""
-        for _ in range(batches):
-            await self.fetch()
+        if batches > 0:
+            await self.fetch(batches)
 
     async def take(self, kind: Kind, count: int) -> Batch:
         """Next ``count`` correlations of ``kind``, fetching batches while short."""
