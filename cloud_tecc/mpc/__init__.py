@@ -21,9 +21,11 @@ Public API (stable)::
 
 Shares are uint64 numpy arrays holding fixed-point values with ``frac_bits``
 fraction bits (:class:`tecc_contract.fixedpoint.FixedPoint`). Transports:
-:class:`MemoryNetwork` (in-process) and :mod:`cloud_tecc.mpc.transport_ws`
-(aiohttp WebSocket, Ed25519-authenticated). Correlations: :class:`LocalDealer`
-(in-process) or :mod:`cloud_tecc.mpc.dealer_server` / ``dealer_client``.
+:class:`MemoryNetwork` (in-process) and :class:`cloud_tecc.mpc.transport_ws.WsTransport`
+(aiohttp WebSockets, Ed25519-authenticated, optional TLS). Correlations:
+:class:`LocalDealer` (in-process) or :class:`cloud_tecc.mpc.dealer_client.RemoteSource`
+fetching from :class:`cloud_tecc.mpc.dealer_server.DealerService`. Security
+argument, round counts and figures: ``docs/MPC.md``.
 """
 
 from cloud_tecc.mpc.correlations import Kind, Plan

@@ -142,9 +142,3 @@ def lt_public(ctx: Ctx, x: RingArray, c: RingArray | int, cb: Batch) -> Proto[Ri
     """Share of ``[x < c]`` for a public ``c`` (party 0 subtracts it); 7 rounds."""
     d = x - np.asarray(c).astype(np.uint64) if ctx.leader else x
     return (yield from msb(ctx, d, cb))
-
-
-def gt_public(ctx: Ctx, x: RingArray, c: RingArray | int, cb: Batch) -> Proto[RingArray]:
-    """Share of ``[x > c]`` for a public ``c``: ``msb(c − x)``; 7 rounds."""
-    d = np.asarray(c).astype(np.uint64) - x if ctx.leader else (np.uint64(0) - x)
-    return (yield from msb(ctx, d, cb))

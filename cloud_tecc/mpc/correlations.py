@@ -94,18 +94,6 @@ LAYOUTS: Final[dict[Kind, tuple[Field, ...]]] = {
     Kind.CMP: _cmp_fields(),
 }
 
-#: Ring (arithmetic) fields; every other field is XOR-shared.
-ARITH_FIELDS: Final = frozenset(
-    {"a", "b", "c", "r", "r_msb", "r_t", "b_arith", "r_arith"} | {f"m_{nm}" for nm in FUSED}
-)
-
-
-def is_arith(kind: Kind, name: str) -> bool:
-    """True if field ``name`` of ``kind`` is additively shared mod 2^64."""
-    if kind is Kind.CMP:
-        return name == "r_arith" or name.startswith("m_")
-    return name in ARITH_FIELDS
-
 
 def _segments(kind: Kind, derived: bool, count: int) -> tuple[list[tuple[Field, int]], int]:
     out: list[tuple[Field, int]] = []

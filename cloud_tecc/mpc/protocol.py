@@ -165,14 +165,3 @@ def combine(msg: Open, peers: Sequence[list[AnyArray]]) -> Opened:
             op(acc, peer[k], out=acc)
         out.append(acc)
     return out
-
-
-def run_local(step: Proto[T], opened_for: list[Opened]) -> T:
-    """Drive ``step`` feeding pre-computed openings (for single-party unit checks)."""
-    try:
-        next(step)
-        for o in opened_for:
-            step.send(o)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    raise ProtocolError("step wanted more rounds than were supplied")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 import struct
 from collections.abc import Mapping
@@ -218,8 +217,3 @@ class WsTransport:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def random_key() -> Ed25519PrivateKey:
-    """A fresh Ed25519 party key (for tests and demos; services pass their own)."""
-    return Ed25519PrivateKey.from_private_bytes(os.urandom(32))
