@@ -13,6 +13,7 @@ Public API (stable)::
     # 7 rounds: await party.msb(x); party.lt(x, y); party.lt_public(x, c)  → 0/1 shares
     # 8 rounds: await party.min(x, y); party.max(x, y)
     # 8·⌈log2 k⌉ rounds: await party.tree_min(x); party.tree_max(x)   (over the last axis)
+    #                    await party.segment_min(x, counts); party.segment_max(x, counts)
     # output: party.open_to(x, output_public_key, context=...) → ciphertext
     #         reconstruct_output(ciphertexts, output_private_key, context=...)  (output side)
 

@@ -149,6 +149,26 @@ def test_tree_min_max(n: int, xv: Any, k: int) -> None:
 
 @NS
 @SETTINGS
+@given(xv=values(), cuts=st.lists(st.integers(1, 6), min_size=1, max_size=8))
+def test_segment_min_max(n: int, xv: Any, cuts: list[int]) -> None:
+    """Min/max over ragged segments with public lengths are exact."""
+    counts = np.array(cuts)
+    v = np.resize(xv, int(counts.sum()))
+    vs = share(FP.encode(v), n)
+
+    async def fn(p: Party) -> RingArray:
+        lo = await p.segment_min(vs[p.index], counts)
+        hi = await p.segment_max(vs[p.index], counts)
+        return np.concatenate([lo, hi])
+
+    enc = FP.encode(v).view(np.int64)
+    parts = np.split(enc, np.cumsum(counts)[:-1])
+    want = np.array([s.min() for s in parts] + [s.max() for s in parts])
+    np.testing.assert_array_equal(run(n, fn).view(np.int64), want)
+
+
+@NS
+@SETTINGS
 @given(xv=values(2.0**15), yv=values(2.0**15))
 def test_mul_and_mul_fixed(n: int, xv: Any, yv: Any) -> None:
     """Ring product exact; fixed-point product within one LSB of ⌊xy/2^f⌋."""
