@@ -61,16 +61,18 @@ def _level(
     np.bitwise_xor(p_lo, bp, out=buf[2 * n :])
     parts = (xor(buf[:n], h), xor(buf[n : 2 * n], h), xor(buf[2 * n :], h))
     d, e, q = yield Open(parts, wire=buf.view(np.uint8) if h >= 8 else None)
-    z1 = d & b
+    # z = c ⊕ d∧b ⊕ e∧a ⊕ [party 0] d∧e, with d∧b ⊕ d∧e = d∧(b ⊕ e) for party 0.
+    if ctx.leader:
+        z1 = d & (b ^ e)
+        z2 = d & (bp ^ q)
+    else:
+        z1 = d & b
+        z2 = d & bp
     z1 ^= f[f"c{h}"]
     z1 ^= e & a
-    z2 = d & bp
+    z1 ^= g_hi
     z2 ^= f[f"cp{h}"]
     z2 ^= q & a
-    if ctx.leader:
-        z1 ^= d & e
-        z2 ^= d & q
-    z1 ^= g_hi
     return z1, z2
 
 
