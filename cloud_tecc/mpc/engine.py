@@ -18,7 +18,7 @@ import numpy.typing as npt
 from cloud_tecc.mpc import arith, compare, convert, select
 from cloud_tecc.mpc.bits import U8
 from cloud_tecc.mpc.correlations import Batch, Kind
-from cloud_tecc.mpc.errors import ConfigError
+from cloud_tecc.mpc.errors import ConfigError, ProtocolError
 from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, combine, decode, encode
 from cloud_tecc.mpc.source import CorrelationSource
@@ -73,6 +73,7 @@ class Party:
         self.source = source
         self.traffic = Traffic()
         self._round = 0
+        self._busy = False
 
     @property
     def index(self) -> int:
@@ -98,13 +99,27 @@ class Party:
         return combine(msg, parsed)
 
     async def run(self, step: Proto[T]) -> T:
-        """Drive a protocol step (or a composition of steps) to completion."""
+        """Drive a protocol step (or a composition of steps) to completion.
+
+        One operation at a time per party: the parties must run the same
+        sequence of rounds, so overlapping operations on one :class:`Party` are
+        refused with :class:`ProtocolError` (batch work into one array instead,
+        or use separate parties and transports per session).
+        """
+        if self._busy:
+            step.close()
+            raise ProtocolError(
+                "this party is already running an operation; await it before starting another"
+            )
+        self._busy = True
         try:
             msg = next(step)
             while True:
                 msg = step.send(await self._open(msg))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        finally:
+            self._busy = False
 
     async def sync(self) -> None:
         """A barrier: one empty round with every peer (e.g. before timing a step)."""

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.mpc import AuthenticationError, ConfigError, CorrelationError, Party, Plan
+from cloud_tecc.mpc import (
+    AuthenticationError,
+    ConfigError,
+    CorrelationError,
+    Party,
+    Plan,
+    ProtocolError,
+)
 from cloud_tecc.mpc import handshake as hs
 from cloud_tecc.mpc.bundle_wire import decode_batch, encode_batch
 from cloud_tecc.mpc.correlations import materialise
@@ -126,3 +133,14 @@ def test_bad_operands_are_config_errors() -> None:
             asyncio.run(run_parties(2, fn))
     with pytest.raises(ConfigError):
         Party(2, 2, None, None)  # type: ignore[arg-type]
+
+
+def test_overlapping_operations_are_refused() -> None:
+    """Two operations at once on one party would desynchronise the rounds: refused."""
+
+    async def fn(p: Party) -> object:
+        z = np.zeros(4, np.uint64)
+        return await asyncio.gather(p.mul(z, z), p.mul(z, z))
+
+    with pytest.raises(ProtocolError, match="already running"):
+        asyncio.run(run_parties(2, fn, round_timeout=2.0))
