@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_tecc.mpc import Party, reveal, run_parties, seeded_random_bytes, share
+from cloud_tecc.mpc.programs import bench_zscore
 from tecc_contract.fixedpoint import MAX_ABS_RANGE, FixedPoint
 from tecc_contract.ring import RingArray
 
@@ -293,3 +294,28 @@ def test_shapes_are_kept() -> None:
     got = run(2, fn)
     assert got.shape == (3, 4)
     np.testing.assert_array_equal(got, np.where(x.view(np.int64) < 0, x, 0).astype(np.uint64))
+
+
+@NS
+def test_zscore_program(n: int) -> None:
+    """The z-score flag program matches (x − μ)² > k²σ² on the same fixed-point data."""
+    rng = np.random.default_rng(4)
+    k = 2000
+    xv = rng.normal(10.0, 3.0, k)
+    x, mu, var = FP.encode(xv), FP.encode(np.full(k, 10.0)), FP.encode(np.full(k, 4.0))
+    k2 = np.array([FP.encode_scalar(4.0)], dtype=np.uint64)
+    xs, ms, vs = share(x, n), share(mu, n), share(var, n)
+
+    async def fn(p: Party) -> RingArray:
+        i = p.index
+        inputs = {"x": xs[i], "mu": ms[i], "var": vs[i], "k2": k2, "reps": np.array([1])}
+        out, _ = await bench_zscore(p, inputs)
+        return out["flags"]
+
+    d = x.view(np.int64) - mu.view(np.int64)
+    lhs = (d * d) >> 16
+    rhs = (var.view(np.int64) * int(k2.view(np.int64)[0])) >> 16
+    got = run(n, fn)
+    clear = np.abs(lhs - rhs) > 1  # away from one-LSB ties the flag is exact
+    np.testing.assert_array_equal(got[clear], (lhs > rhs)[clear].astype(np.uint64))
+    assert 0.05 < got.mean() < 0.6
