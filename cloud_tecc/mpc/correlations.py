@@ -68,12 +68,13 @@ def _cmp_fields() -> tuple[Field, ...]:
     fields.append(Field("r_arith", np.uint64, 64, derived=True))
     fields += [Field(f"c{h}", _lane_dtype(h), h, derived=True) for h in CMP_LEVELS]
     fields += [Field(f"cp{h}", _lane_dtype(h), h, derived=True) for h in CMP_LEVELS]
-    fields += [Field(f"m_{nm}", np.uint64, 64, derived=True) for nm in FUSED_PRODUCTS]
+    fields += [Field(f"m_{nm}", np.uint64, 64, derived=True) for nm in FUSED]
     return tuple(fields)
 
 
-#: Arithmetic shares of the products of the three fused-level mask bits α, β, γ.
-FUSED_PRODUCTS: Final = ("a", "b", "c", "ab", "ac", "bc", "abc")
+#: Arithmetic shares for the fused last level, from its XOR mask bits α, β, γ:
+#: ``m_a = α``, ``m_b = β(1−2α)``, ``m_c = γ(1−2α)``, ``m_bc = βγ(1−2α)``.
+FUSED: Final = ("a", "b", "c", "bc")
 
 LAYOUTS: Final[dict[Kind, tuple[Field, ...]]] = {
     Kind.TRIPLE: (
@@ -92,19 +93,6 @@ LAYOUTS: Final[dict[Kind, tuple[Field, ...]]] = {
     ),
     Kind.CMP: _cmp_fields(),
 }
-
-#: Ring (arithmetic) fields; every other field is XOR-shared.
-ARITH_FIELDS: Final = frozenset(
-    {"a", "b", "c", "r", "r_msb", "r_t", "b_arith", "r_arith"}
-    | {f"m_{nm}" for nm in FUSED_PRODUCTS}
-)
-
-
-def is_arith(kind: Kind, name: str) -> bool:
-    """True if field ``name`` of ``kind`` is additively shared mod 2^64."""
-    if kind is Kind.CMP:
-        return name == "r_arith" or name.startswith("m_")
-    return name in ARITH_FIELDS
 
 
 def _segments(kind: Kind, derived: bool, count: int) -> tuple[list[tuple[Field, int]], int]:

@@ -11,8 +11,9 @@ relations follow:
 * Truncation pair: ``Σr`` uniform, ``Σr_msb = msb(Σr)``, ``Σr_t = (Σr mod 2^63) >> f``.
 * daBit: ``⊕b_bool = Σb_arith ∈ {0, 1}``.
 * Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; per tree level
-  ``⊕c = (⊕a) ∧ (⊕b)`` and ``⊕cp = (⊕a) ∧ (⊕bp)``; arithmetic shares of
-  α, β, γ, αβ, αγ, βγ, αβγ for the XOR-shared bits ``α = ⊕fa``, … .
+  ``⊕c = (⊕a) ∧ (⊕b)`` and ``⊕cp = (⊕a) ∧ (⊕bp)``; for the XOR-shared bits
+  ``α = ⊕fa``, ``β = ⊕fb``, ``γ = ⊕fc`` arithmetic shares of α, β(1−2α),
+  γ(1−2α) and βγ(1−2α).
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def _cmp(rnd: list[Fields], oth: list[Fields], _f: int) -> Fields:
         out[f"c{h}"] = _bool_corr(a & _xor([x[f"b{h}"] for x in rnd]), oth, f"c{h}")
         out[f"cp{h}"] = _bool_corr(a & _xor([x[f"bp{h}"] for x in rnd]), oth, f"cp{h}")
     al, be, ga = (_xor([x[nm] for x in rnd]).astype(np.uint64) for nm in ("fa", "fb", "fc"))
-    ab = al & be
-    products = {"a": al, "b": be, "c": ga, "ab": ab, "ac": al & ga, "bc": be & ga, "abc": ab & ga}
-    for nm, val in products.items():
+    sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
+    fused = {"a": al, "b": be * sa, "c": ga * sa, "bc": (be & ga) * sa}
+    for nm, val in fused.items():
         out[f"m_{nm}"] = _arith_corr(val, oth, f"m_{nm}")
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -33,7 +34,7 @@ class RemoteSource:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._lock = asyncio.Lock()
-        self._seq = 0
+        self._seq: int | None = None  # next expected batch; a reconnect resumes anywhere
 
     @classmethod
     async def connect(
@@ -46,8 +47,13 @@ class RemoteSource:
         frac_bits: int = 16,
         wait_s: float = 60.0,
         random_bytes: RandomBytes = os.urandom,
+        tls: ssl.SSLContext | None = None,
     ) -> RemoteSource:
-        """Connect and authenticate to the dealer at ``url`` (``ws`` path ``/dealer``)."""
+        """Connect and authenticate to the dealer at ``url`` (path ``/dealer``).
+
+        Pass ``tls`` (and an ``https://`` URL) outside one host: the dealer link
+        carries the masks, which an eavesdropper could combine with openings.
+        """
         self = cls(party, frac_bits, wait_s)
         self._session = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
@@ -62,29 +68,36 @@ class RemoteSource:
                 server_key=dealer_key,
                 wait_s=wait_s,
                 random_bytes=random_bytes,
+                tls=tls,
             )
         except BaseException:
             await self._session.close()
             raise
         return self
 
-    async def fetch(self) -> None:
-        """Fetch one batch and expand it into the store."""
+    async def fetch(self, batches: int = 1) -> None:
+        """Fetch ``batches`` batches and expand them into the store.
+
+        All requests go out first, so the dealer streams the batches while this
+        side expands the earlier ones (expansion runs in a worker thread).
+        """
         async with self._lock:
             assert self._ws is not None
-            await self._ws.send_bytes(REQUEST)
-            data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
-            seq, bundles = decode_batch(data, party=self.party)
-            if seq != self._seq:
-                raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")
-            self._seq += 1
-            for b in bundles:
-                await asyncio.to_thread(self.store.add_bundle, b)
+            for _ in range(batches):
+                await self._ws.send_bytes(REQUEST)
+            for _ in range(batches):
+                data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
+                seq, bundles = decode_batch(data, party=self.party)
+                if self._seq is not None and seq != self._seq:
+                    raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")
+                self._seq = seq + 1
+                for b in bundles:
+                    await asyncio.to_thread(self.store.add_bundle, b)
 
     async def prefetch(self, batches: int) -> None:
         """Offline phase: fetch and expand ``batches`` batches now."""
-        for _ in range(batches):
-            await self.fetch()
+        if batches > 0:
+            await self.fetch(batches)
 
     async def take(self, kind: Kind, count: int) -> Batch:
         """Next ``count`` correlations of ``kind``, fetching batches while short."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -80,6 +81,7 @@ class DealerService:
         self.stats = DealerStats()
         self._frames: dict[int, list[bytes | None]] = {}
         self._cursor = dict.fromkeys(range(n), 0)
+        self._connected: set[int] = set()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -108,50 +110,58 @@ class DealerService:
                 self._changed.notify_all()
             seq += 1
 
-    async def start(self, host: str, port: int) -> None:
-        """Start generating and listening."""
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        """Start generating and listening (HTTPS when ``tls`` is given)."""
         app = web.Application()
         app.router.add_get("/dealer", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=tls).start()
         self._task = asyncio.create_task(self._producer())
 
-    async def _next_frame(self, party: int) -> bytes:
+    async def _next_frame(self, party: int) -> tuple[int, bytes]:
         seq = self._cursor[party]
         async with self._changed:
             await self._changed.wait_for(lambda: seq in self._frames)
+            frame = self._frames[seq][party]
+        assert frame is not None
+        return seq, frame
+
+    async def _delivered(self, party: int, seq: int) -> None:
+        """Advance ``party`` past ``seq`` (only after the frame was sent)."""
+        async with self._changed:
             frames = self._frames[seq]
-            frame = frames[party]
-            assert frame is not None
             frames[party] = None
             self._cursor[party] = seq + 1
             if all(f is None for f in frames):
                 del self._frames[seq]
                 self._changed.notify_all()
-        return frame
+        self.stats.delivered[party] = seq + 1
+        self.stats.last_delivery = time.perf_counter()
+        if self.max_batches is not None and all(
+            self.stats.delivered.get(i, 0) >= self.max_batches for i in range(self.n)
+        ):
+            self.done.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            ws, peer = await wslink.accept(
-                request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
-            )
-        except MpcError:
-            return web.Response(status=403)
+        ws, peer = await wslink.accept(
+            request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
+        )
+        if peer is None:
+            return ws
         party = int(peer.removeprefix("party-"))
-        with contextlib.suppress(MpcError, ConnectionError):
-            while True:
-                req = await wslink.receive_bytes(ws, 24 * 3600.0, "a request")
-                if req != REQUEST:
-                    break
-                frame = await self._next_frame(party)
-                await ws.send_bytes(frame)
-                self.stats.delivered[party] = self.stats.delivered.get(party, 0) + 1
-                self.stats.last_delivery = time.perf_counter()
-                if self.max_batches is not None and all(
-                    self.stats.delivered.get(i, 0) >= self.max_batches for i in range(self.n)
-                ):
-                    self.done.set()
+        if party in self._connected:  # one live connection per party keeps cursors sane
+            await ws.close()
+            return ws
+        self._connected.add(party)
+        try:
+            with contextlib.suppress(MpcError, ConnectionError):
+                while await wslink.receive_bytes(ws, 24 * 3600.0, "a request") == REQUEST:
+                    seq, frame = await self._next_frame(party)
+                    await ws.send_bytes(frame)
+                    await self._delivered(party, seq)
+        finally:
+            self._connected.discard(party)
         await ws.close()
         return ws
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud_tecc.mpc import arith, compare, convert, select
 from cloud_tecc.mpc.bits import U8
 from cloud_tecc.mpc.correlations import Batch, Kind
-from cloud_tecc.mpc.errors import ConfigError
+from cloud_tecc.mpc.errors import ConfigError, ProtocolError
 from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, combine, decode, encode
 from cloud_tecc.mpc.source import CorrelationSource
@@ -45,6 +46,12 @@ def _ring(x: RingArray) -> RingArray:
     return np.ascontiguousarray(arr.reshape(-1))
 
 
+def _same(*arrays: RingArray) -> None:
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) != 1:
+        raise ConfigError(f"operands must have the same shape, got {sorted(shapes)}")
+
+
 class Party:
     """Compute party ``index`` of ``n``: the public API the cluster services call.
 
@@ -66,6 +73,7 @@ class Party:
         self.source = source
         self.traffic = Traffic()
         self._round = 0
+        self._busy = False
 
     @property
     def index(self) -> int:
@@ -91,13 +99,27 @@ class Party:
         return combine(msg, parsed)
 
     async def run(self, step: Proto[T]) -> T:
-        """Drive a protocol step (or a composition of steps) to completion."""
+        """Drive a protocol step (or a composition of steps) to completion.
+
+        One operation at a time per party: the parties must run the same
+        sequence of rounds, so overlapping operations on one :class:`Party` are
+        refused with :class:`ProtocolError` (batch work into one array instead,
+        or use separate parties and transports per session).
+        """
+        if self._busy:
+            step.close()
+            raise ProtocolError(
+                "this party is already running an operation; await it before starting another"
+            )
+        self._busy = True
         try:
             msg = next(step)
             while True:
                 msg = step.send(await self._open(msg))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        finally:
+            self._busy = False
 
     async def sync(self) -> None:
         """A barrier: one empty round with every peer (e.g. before timing a step)."""
@@ -134,6 +156,7 @@ class Party:
     # --- interactive operations --------------------------------------------
     async def mul(self, x: RingArray, y: RingArray) -> RingArray:
         """Share of ``x·y`` (ring product, no truncation); 1 round."""
+        _same(x, y)
         xs, ys = _ring(x), _ring(y)
         t = await self._take(Kind.TRIPLE, xs.shape[0])
         return (await self.run(arith.mul(self.ctx, xs, ys, t))).reshape(np.shape(x))
@@ -156,6 +179,7 @@ class Party:
 
     async def lt(self, x: RingArray, y: RingArray) -> RingArray:
         """Arithmetic 0/1 share of ``[x < y]``; requires |x − y| < 2^63; 7 rounds."""
+        _same(x, y)
         return await self.msb(x - y)
 
     async def lt_public(self, x: RingArray, c: RingArray | int) -> RingArray:
@@ -175,6 +199,7 @@ class Party:
 
     async def select(self, s: RingArray, x: RingArray, y: RingArray) -> RingArray:
         """Share of ``x`` where bit ``s`` is 1, else ``y`` (arithmetic bit); 1 round."""
+        _same(s, x, y)
         ss, xs, ys = _ring(s), _ring(x), _ring(y)
         t = await self._take(Kind.TRIPLE, xs.shape[0])
         return (await self.run(select.select(self.ctx, ss, xs, ys, t))).reshape(np.shape(x))
@@ -188,6 +213,7 @@ class Party:
         return await self._minmax(x, y, want_max=True)
 
     async def _minmax(self, x: RingArray, y: RingArray, *, want_max: bool) -> RingArray:
+        _same(x, y)
         xs, ys = _ring(x), _ring(y)
         cb = await self._take(Kind.CMP, xs.shape[0])
         t = await self._take(Kind.TRIPLE, xs.shape[0])
@@ -201,6 +227,20 @@ class Party:
     async def tree_max(self, x: RingArray) -> RingArray:
         """Maximum over the last axis of a 1-D or 2-D array; 8·⌈log2 k⌉ rounds."""
         return await self._tree(x, want_max=True)
+
+    async def segment_min(self, x: RingArray, counts: npt.ArrayLike) -> RingArray:
+        """Minimum of each ragged segment of the 1-D ``x``; ``counts`` (public) are their lengths.
+
+        Requires |x| < 2^62; costs a tree over ``max(counts)`` columns (padded cells
+        are compared too): 8·⌈log2 max(counts)⌉ rounds.
+        """
+        grid = select.segment_grid(self.ctx, _ring(x), counts, want_max=False)
+        return await self._tree(grid, want_max=False)
+
+    async def segment_max(self, x: RingArray, counts: npt.ArrayLike) -> RingArray:
+        """Maximum of each ragged segment of the 1-D ``x`` (see :meth:`segment_min`)."""
+        grid = select.segment_grid(self.ctx, _ring(x), counts, want_max=True)
+        return await self._tree(grid, want_max=True)
 
     async def _tree(self, x: RingArray, *, want_max: bool) -> RingArray:
         arr = np.asarray(x)

@@ -112,7 +112,7 @@ class LocalMesh:
         )
 
     def spawn_party(
-        self, i: int, program: str, *, prefetch: int, timeout: float = 60.0
+        self, i: int, program: str, *, prefetch: int, timeout: float = 60.0, profile: bool = False
     ) -> subprocess.Popen[str]:
         """Start party ``i`` on ``in_i.npz``; its output shares go to ``out_i.npz``."""
         return self._popen(
@@ -135,6 +135,7 @@ class LocalMesh:
                 str(prefetch),
                 "--timeout",
                 str(timeout),
+                *(["--profile", str(self.directory / f"prof_{i}.pstats")] if profile else []),
             ]
         )
 

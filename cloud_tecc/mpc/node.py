@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import sys
 import time
@@ -86,12 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output")
     ap.add_argument("--prefetch", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--profile", help="write cProfile statistics of the whole run here")
     args = ap.parse_args(argv)
+    prof = cProfile.Profile() if args.profile else None
     try:
+        if prof is not None:
+            prof.enable()
         report = asyncio.run(run_node(args))
     except MpcError as exc:
         print(f"party {args.party}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.profile)
     print(json.dumps(report))
     return 0
 

@@ -22,6 +22,14 @@ Outputs = dict[str, RingArray]
 Program = Callable[[Party, Inputs], Awaitable[tuple[Outputs, dict[str, float]]]]
 
 
+def _timings(times: list[float]) -> dict[str, float]:
+    """Best, first and steady-state (all calls but the first) mean call times."""
+    steady = times[1:] or times
+    out = {"best_s": min(times), "first_s": times[0], "mean_s": sum(steady) / len(steady)}
+    out |= {f"call{i}_s": t for i, t in enumerate(times)}
+    return out
+
+
 async def suite(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
     """Every operation once on ``x``, ``y`` (equal length, a multiple of 4)."""
     x, y = inp["x"], inp["y"]
@@ -50,7 +58,7 @@ async def bench_lt(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
         t0 = time.perf_counter()
         out = await p.lt(x, y)
         times.append(time.perf_counter() - t0)
-    return {"lt": out}, {"best_s": min(times), "mean_s": sum(times) / len(times)}
+    return {"lt": out}, _timings(times)
 
 
 async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
@@ -74,7 +82,7 @@ async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]
         both = await p.trunc(np.concatenate([sq, p.mul_public(var, k2)]))
         flags = await p.lt(both[x.shape[0] :], both[: x.shape[0]])
         times.append(time.perf_counter() - t0)
-    return {"flags": flags}, {"best_s": min(times), "mean_s": sum(times) / len(times)}
+    return {"flags": flags}, _timings(times)
 
 
 PROGRAMS: dict[str, Program] = {"suite": suite, "bench_lt": bench_lt, "bench_zscore": bench_zscore}

@@ -66,7 +66,7 @@ class Ctx:
 class Part:
     """One array of this party's masked shares to open: live bits and XOR or ring sharing.
 
-    The driver may accumulate the opened value into ``data`` in place.
+    The driver never modifies ``data`` (it may be on its way to a peer).
     """
 
     data: AnyArray
@@ -81,9 +81,14 @@ class Part:
 
 @dataclass(frozen=True, slots=True)
 class Open:
-    """One round's worth of values to open to all parties."""
+    """One round's worth of values to open to all parties.
+
+    ``wire`` optionally holds the parts already encoded back to back (a step
+    that computed its parts into one buffer saves the copy).
+    """
 
     parts: tuple[Part, ...]
+    wire: U8 | None = None
 
     @property
     def nbytes(self) -> int:
@@ -108,6 +113,12 @@ def xor(data: AnyArray, bits: int) -> Part:
 
 def encode(msg: Open) -> U8:
     """The bytes this party sends each peer for ``msg`` (one contiguous buffer)."""
+    if msg.wire is not None:
+        if msg.wire.nbytes != msg.nbytes:
+            raise ProtocolError("pre-encoded round buffer does not match its parts")
+        return msg.wire
+    if len(msg.parts) == 1 and msg.parts[0].bits >= 8:
+        return msg.parts[0].data.view(np.uint8)
     buf = np.empty(msg.nbytes, dtype=np.uint8)
     off = 0
     for p in msg.parts:
@@ -142,25 +153,15 @@ def decode(msg: Open, payload: bytes | bytearray | memoryview) -> list[AnyArray]
 
 
 def combine(msg: Open, peers: Sequence[list[AnyArray]]) -> Opened:
-    """Open: add (ring parts) or XOR (bit parts) the peers' shares into this party's."""
+    """Open: add (ring parts) or XOR (bit parts) the peers' shares to this party's.
+
+    Returns new arrays; the parts' own arrays are left untouched.
+    """
     out: Opened = []
     for k, p in enumerate(msg.parts):
-        acc = p.data
-        for peer in peers:
-            if p.arith:
-                acc += peer[k]
-            else:
-                acc ^= peer[k]
+        op = np.add if p.arith else np.bitwise_xor
+        acc = op(p.data, peers[0][k])
+        for peer in peers[1:]:
+            op(acc, peer[k], out=acc)
         out.append(acc)
     return out
-
-
-def run_local(step: Proto[T], opened_for: list[Opened]) -> T:
-    """Drive ``step`` feeding pre-computed openings (for single-party unit checks)."""
-    try:
-        next(step)
-        for o in opened_for:
-            step.send(o)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    raise ProtocolError("step wanted more rounds than were supplied")

@@ -102,7 +102,8 @@ class LocalDealer:
             for store, bundle in zip(self.stores, per_party, strict=True):
                 store.add_bundle(bundle)
 
-    def _refill(self, kind: Kind, count: int) -> None:
+    def refill(self, kind: Kind, count: int) -> None:
+        """Generate at least ``count`` more correlations of ``kind`` for every party."""
         bundles = deal_kind(
             kind, max(count, self.min_batch), self.n, self.frac_bits, self.random_bytes
         )
@@ -125,5 +126,5 @@ class LocalSource:
         """Next ``count`` correlations; generates on demand if the offline phase fell short."""
         short = count - self._store.available(kind)
         if short > 0:
-            self._dealer._refill(kind, short)
+            self._dealer.refill(kind, short)
         return self._store.take(kind, count)

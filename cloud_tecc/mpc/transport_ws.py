@@ -1,8 +1,8 @@
 """WebSocket transport between compute parties in separate processes (aiohttp).
 
-Party ``i`` serves ``GET /mpc`` on its own address and connects to every party
-``j < i``, so each pair shares one authenticated connection. A data frame is
-``round_id (u64 LE) ‖ payload``; a frame for another round is a
+Party ``i`` serves ``GET /mpc`` on its own address and connects to every other
+party; every connection is authenticated by the Ed25519 handshake. A message
+is two binary frames, ``round_id (u64 LE)`` then the payload; a message for another round is a
 :class:`ProtocolError`, a closed or silent peer a :class:`PeerLostError`.
 """
 
@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import ssl
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.mpc import wslink
-from cloud_tecc.mpc.errors import AuthenticationError, ConfigError, PeerLostError, ProtocolError
+from cloud_tecc.mpc.errors import (
+    ConfigError,
+    MpcError,
+    PeerLostError,
+    ProtocolError,
+)
 from cloud_tecc.mpc.handshake import party_name
 from cloud_tecc.mpc.transport import Payload
 
@@ -39,6 +44,10 @@ class MeshConfig:
     peer_keys: Mapping[int, Ed25519PublicKey]
     round_timeout: float = 60.0
     connect_timeout: float = 30.0
+    #: TLS for the links (strongly advised outside one host): this party's
+    #: server context (certificate) and the client context that verifies peers.
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ssl.SSLContext | None = None
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,20 +56,28 @@ class MeshConfig:
             raise ConfigError("addresses must name parties 0..n-1 (n >= 2)")
         if not set(range(self.n)) - {self.party} <= set(self.peer_keys):
             raise ConfigError("peer_keys must hold the public key of every other party")
+        if (self.server_tls is None) != (self.client_tls is None):
+            raise ConfigError("give both server_tls and client_tls, or neither")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:
             raise ConfigError("timeouts must be positive")
 
 
 class WsTransport:
-    """The party mesh over loopback or LAN WebSockets; create with :meth:`start`."""
+    """The party mesh over loopback or LAN WebSockets; create with :meth:`start`.
+
+    Each ordered pair (i, j) has its own connection, initiated by the receiver
+    ``j`` and served by the sender ``i``: data only ever flows server → client,
+    so no frame is masked (RFC 6455 masks client frames, which costs a copy and
+    an XOR pass over every byte).
+    """
 
     def __init__(self, cfg: MeshConfig) -> None:
         self.cfg = cfg
-        self._queues: dict[int, asyncio.Queue[object]] = {
-            j: asyncio.Queue() for j in range(cfg.n) if j != cfg.party
-        }
-        self._sockets: dict[int, wslink.WebSocket] = {}
-        self._all_connected = asyncio.Event()
+        self._peers = [j for j in range(cfg.n) if j != cfg.party]
+        self._queues: dict[int, asyncio.Queue[object]] = {j: asyncio.Queue() for j in self._peers}
+        self._send: dict[int, web.WebSocketResponse] = {}
+        self._recv: dict[int, aiohttp.ClientWebSocketResponse] = {}
+        self._all_accepted = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -68,33 +85,35 @@ class WsTransport:
 
     @classmethod
     async def start(cls, cfg: MeshConfig) -> WsTransport:
-        """Listen, connect to lower-indexed parties, wait until every peer is connected."""
+        """Listen, connect to every peer, wait until every peer connected back."""
         self = cls(cfg)
         await self._listen()
         self._session = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.connect_timeout
-        known = {party_name(j): k for j, k in cfg.peer_keys.items()}
-        for j in range(cfg.party):
-            host, port = cfg.addresses[j]
-            ws = await wslink.connect_retrying(
-                self._session,
-                f"http://{host}:{port}/mpc",
-                deadline=deadline,
-                name=party_name(cfg.party),
-                key=cfg.key,
-                server_name=party_name(j),
-                server_key=known[party_name(j)],
-                wait_s=cfg.connect_timeout,
-            )
-            self._register(j, ws)
-            self._tasks.append(asyncio.create_task(self._read(j, ws)))
         try:
+            for j in self._peers:
+                host, port = cfg.addresses[j]
+                ws = await wslink.connect_retrying(
+                    self._session,
+                    f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
+                    deadline=deadline,
+                    name=party_name(cfg.party),
+                    key=cfg.key,
+                    server_name=party_name(j),
+                    server_key=cfg.peer_keys[j],
+                    wait_s=cfg.connect_timeout,
+                    tls=cfg.client_tls,
+                )
+                self._recv[j] = ws
+                self._tasks.append(asyncio.create_task(self._read(j, ws)))
             async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
-                await self._all_connected.wait()
-        except TimeoutError as exc:
-            missing = sorted(set(self._queues) - set(self._sockets))
+                await self._all_accepted.wait()
+        except (TimeoutError, MpcError) as exc:
+            missing = sorted(set(self._peers) - set(self._send))
             await self.close()
+            if isinstance(exc, MpcError):
+                raise
             raise PeerLostError(f"parties {missing} did not connect within the timeout") from exc
         return self
 
@@ -104,53 +123,60 @@ class WsTransport:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.cfg.addresses[self.cfg.party]
-        await web.TCPSite(self._runner, host, port).start()
-
-    def _register(self, j: int, ws: wslink.WebSocket) -> None:
-        self._sockets[j] = ws
-        if len(self._sockets) == len(self._queues):
-            self._all_connected.set()
+        await web.TCPSite(self._runner, host, port, ssl_context=self.cfg.server_tls).start()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        known = {party_name(j): k for j, k in self.cfg.peer_keys.items() if j > self.cfg.party}
-        try:
-            ws, peer = await wslink.accept(
-                request,
-                name=party_name(self.cfg.party),
-                key=self.cfg.key,
-                known=known,
-                wait_s=self.cfg.connect_timeout,
-            )
-        except (AuthenticationError, PeerLostError):
-            return web.Response(status=403)
+        known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}
+        ws, peer = await wslink.accept(
+            request,
+            name=party_name(self.cfg.party),
+            key=self.cfg.key,
+            known=known,
+            wait_s=self.cfg.connect_timeout,
+        )
+        if peer is None:
+            return ws
         j = int(peer.removeprefix("party-"))
-        if j in self._sockets:
+        if j in self._send:
             await ws.close()
             return ws
-        self._register(j, ws)
-        await self._read(j, ws)
+        self._send[j] = ws
+        if len(self._send) == len(self._peers):
+            self._all_accepted.set()
+        # This connection only carries our frames to j; reading it serves pings and close.
+        async for _msg in ws:
+            pass
+        self._queues[j].put_nowait(_CLOSED)
         return ws
 
-    async def _read(self, j: int, ws: wslink.WebSocket) -> None:
+    async def _read(self, j: int, ws: aiohttp.ClientWebSocketResponse) -> None:
         q = self._queues[j]
+        rid: int | None = None
         try:
             async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) < _RID.size:
+                if msg.type != aiohttp.WSMsgType.BINARY:
                     break
-                (rid,) = _RID.unpack_from(msg.data)
-                q.put_nowait((rid, memoryview(msg.data)[_RID.size :]))
+                if rid is None:
+                    if len(msg.data) != _RID.size:
+                        break
+                    (rid,) = _RID.unpack(msg.data)
+                else:
+                    q.put_nowait((rid, msg.data))
+                    rid = None
         finally:
             q.put_nowait(_CLOSED)
 
     async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
-        """Send one frame to each peer, then collect each peer's frame for ``round_id``."""
+        """Send a round-id frame and a payload frame to each peer, then collect theirs."""
         head = _RID.pack(round_id)
         sends = []
         for j, payload in outgoing.items():
-            ws = self._sockets.get(j)
+            ws = self._send.get(j)
             if ws is None or ws.closed:
                 raise PeerLostError(f"party {j} is not connected")
-            sends.append(ws.send_bytes(b"".join((head, payload))))
+            sends.append(ws.send_bytes(head))
+            # aiohttp accepts any buffer here; the transport copies what it cannot send at once.
+            sends.append(ws.send_bytes(cast("bytes", payload)))
         try:
             await asyncio.gather(*sends)
         except (ConnectionError, aiohttp.ClientError) as exc:
@@ -178,7 +204,8 @@ class WsTransport:
         if self._closing:
             return
         self._closing = True
-        for ws in list(self._sockets.values()):
+        sockets: list[wslink.WebSocket] = [*self._send.values(), *self._recv.values()]
+        for ws in sockets:
             with contextlib.suppress(Exception):
                 await ws.close()
         for t in self._tasks:
@@ -190,8 +217,3 @@ class WsTransport:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def random_key() -> Ed25519PrivateKey:
-    """A fresh Ed25519 party key (for tests and demos; services pass their own)."""
-    return Ed25519PrivateKey.from_private_bytes(os.urandom(32))

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_tecc.mpc import Party, reveal, run_parties, seeded_random_bytes, share
+from cloud_tecc.mpc.programs import bench_zscore
 from tecc_contract.fixedpoint import MAX_ABS_RANGE, FixedPoint
 from tecc_contract.ring import RingArray
 
@@ -149,6 +150,26 @@ def test_tree_min_max(n: int, xv: Any, k: int) -> None:
 
 @NS
 @SETTINGS
+@given(xv=values(), cuts=st.lists(st.integers(1, 6), min_size=1, max_size=8))
+def test_segment_min_max(n: int, xv: Any, cuts: list[int]) -> None:
+    """Min/max over ragged segments with public lengths are exact."""
+    counts = np.array(cuts)
+    v = np.resize(xv, int(counts.sum()))
+    vs = share(FP.encode(v), n)
+
+    async def fn(p: Party) -> RingArray:
+        lo = await p.segment_min(vs[p.index], counts)
+        hi = await p.segment_max(vs[p.index], counts)
+        return np.concatenate([lo, hi])
+
+    enc = FP.encode(v).view(np.int64)
+    parts = np.split(enc, np.cumsum(counts)[:-1])
+    want = np.array([s.min() for s in parts] + [s.max() for s in parts])
+    np.testing.assert_array_equal(run(n, fn).view(np.int64), want)
+
+
+@NS
+@SETTINGS
 @given(xv=values(2.0**15), yv=values(2.0**15))
 def test_mul_and_mul_fixed(n: int, xv: Any, yv: Any) -> None:
     """Ring product exact; fixed-point product within one LSB of ⌊xy/2^f⌋."""
@@ -273,3 +294,28 @@ def test_shapes_are_kept() -> None:
     got = run(2, fn)
     assert got.shape == (3, 4)
     np.testing.assert_array_equal(got, np.where(x.view(np.int64) < 0, x, 0).astype(np.uint64))
+
+
+@NS
+def test_zscore_program(n: int) -> None:
+    """The z-score flag program matches (x − μ)² > k²σ² on the same fixed-point data."""
+    rng = np.random.default_rng(4)
+    k = 2000
+    xv = rng.normal(10.0, 3.0, k)
+    x, mu, var = FP.encode(xv), FP.encode(np.full(k, 10.0)), FP.encode(np.full(k, 4.0))
+    k2 = np.array([FP.encode_scalar(4.0)], dtype=np.uint64)
+    xs, ms, vs = share(x, n), share(mu, n), share(var, n)
+
+    async def fn(p: Party) -> RingArray:
+        i = p.index
+        inputs = {"x": xs[i], "mu": ms[i], "var": vs[i], "k2": k2, "reps": np.array([1])}
+        out, _ = await bench_zscore(p, inputs)
+        return out["flags"]
+
+    d = x.view(np.int64) - mu.view(np.int64)
+    lhs = (d * d) >> 16
+    rhs = (var.view(np.int64) * int(k2.view(np.int64)[0])) >> 16
+    got = run(n, fn)
+    clear = np.abs(lhs - rhs) > 1  # away from one-LSB ties the flag is exact
+    np.testing.assert_array_equal(got[clear], (lhs > rhs)[clear].astype(np.uint64))
+    assert 0.05 < got.mean() < 0.6

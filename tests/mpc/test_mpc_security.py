@@ -153,8 +153,11 @@ def test_dealer_relations_hold(n: int) -> None:
         np.testing.assert_array_equal(xor(Kind.CMP, f"c{h}"), a & xor(Kind.CMP, f"b{h}"))
         np.testing.assert_array_equal(xor(Kind.CMP, f"cp{h}"), a & xor(Kind.CMP, f"bp{h}"))
     al, be, ga = (xor(Kind.CMP, nm).astype(np.uint64) for nm in ("fa", "fb", "fc"))
-    np.testing.assert_array_equal(add(Kind.CMP, "m_abc"), al & be & ga)
-    np.testing.assert_array_equal(add(Kind.CMP, "m_bc"), be & ga)
+    sa = 1 - 2 * al
+    np.testing.assert_array_equal(add(Kind.CMP, "m_a"), al)
+    np.testing.assert_array_equal(add(Kind.CMP, "m_b"), be * sa)
+    np.testing.assert_array_equal(add(Kind.CMP, "m_c"), ga * sa)
+    np.testing.assert_array_equal(add(Kind.CMP, "m_bc"), (be & ga) * sa)
 
 
 def test_bundle_validation() -> None:
