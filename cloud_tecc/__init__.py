@@ -1,0 +1,1 @@
+"""TECC clusters: MPC engine, simulated enclaves, party and dealer services."""
