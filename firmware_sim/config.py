@@ -1,0 +1,421 @@
+"""The simulator configuration: frozen, validated dataclasses loaded from YAML.
+
+See ``configs/sim.yaml`` for a documented example and ``docs/SIMULATOR.md`` for
+every option. Loading fails with :class:`~firmware_sim.errors.SimConfigError`
+whose message names the YAML path of the bad key.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from firmware_sim.errors import SimConfigError
+from firmware_sim.scenario import AnomalySpec, parse_anomalies
+from firmware_sim.yamlpath import Section, load_yaml
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+
+
+class SensorKind(enum.StrEnum):
+    """Physical kind of a sensor; picks default unit, range and signal model."""
+
+    TEMPERATURE = "temperature"
+    VIBRATION = "vibration"
+    PRESSURE = "pressure"
+    CURRENT = "current"
+    SPEED = "speed"
+    GENERIC = "generic"
+
+
+class Transport(enum.StrEnum):
+    """How a sensor reaches the gateway."""
+
+    OPCUA = "opcua"
+    MQTT = "mqtt"
+
+
+class PayloadFormat(enum.StrEnum):
+    """MQTT payload encodings (see :mod:`firmware_sim.payloads`)."""
+
+    PLAIN = "plain"
+    JSON = "json"
+    JSON_BATCH = "json_batch"
+
+
+class MachineState(enum.StrEnum):
+    """Operating state of a machine; each state has a load level in [0, 1]."""
+
+    IDLE = "idle"
+    RUN = "run"
+    LOAD = "load"
+
+
+class SecurityMode(enum.StrEnum):
+    """OPC-UA endpoint security offered by the server."""
+
+    NONE = "none"
+    SIGN = "basic256sha256_sign"
+    SIGN_AND_ENCRYPT = "basic256sha256_sign_encrypt"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalParams:
+    """Linear signal model: ``offset + load_gain·lag(load) + daily + noise``."""
+
+    offset: float
+    load_gain: float
+    lag_s: float
+    daily_amplitude: float
+    noise_std: float
+    daily_peak_hour: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.lag_s < 0 or self.noise_std < 0 or self.daily_amplitude < 0:
+            raise SimConfigError("lag_s, noise_std and daily_amplitude must be >= 0")
+        if not 0 <= self.daily_peak_hour < 24:
+            raise SimConfigError(f"daily_peak_hour must be in [0, 24), got {self.daily_peak_hour}")
+
+
+@dataclass(frozen=True, slots=True)
+class KindDefaults:
+    """Unit, engineering range and signal model a sensor kind starts from."""
+
+    unit: str
+    low: float
+    high: float
+    signal: SignalParams
+
+
+KIND_DEFAULTS: dict[SensorKind, KindDefaults] = {
+    SensorKind.TEMPERATURE: KindDefaults("°C", 0.0, 150.0, SignalParams(25, 40, 60, 2.0, 0.15)),
+    SensorKind.VIBRATION: KindDefaults("mm/s", 0.0, 50.0, SignalParams(0.8, 6, 0, 0, 0.15)),
+    SensorKind.PRESSURE: KindDefaults("bar", 0.0, 250.0, SignalParams(20, 140, 2, 0, 1.0)),
+    SensorKind.CURRENT: KindDefaults("A", 0.0, 120.0, SignalParams(3, 70, 0.5, 0, 0.5)),
+    SensorKind.SPEED: KindDefaults("rpm", 0.0, 12000.0, SignalParams(0, 10000, 3, 0, 15)),
+    SensorKind.GENERIC: KindDefaults("", 0.0, 100.0, SignalParams(50, 0, 0, 0, 1.0)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """One simulated sensor; ``sensor_id`` is ``<line>.<machine>.<sensor>``."""
+
+    line: str
+    machine: str
+    name: str
+    kind: SensorKind
+    unit: str
+    low: float
+    high: float
+    rate_hz: float
+    transport: Transport
+    signal: SignalParams
+    payload: PayloadFormat = PayloadFormat.JSON
+    qos: int = 1
+
+    def __post_init__(self) -> None:
+        if self.low >= self.high:
+            raise SimConfigError(f"{self.sensor_id}: range low must be < high")
+        if not 0 < self.rate_hz <= 10_000:
+            raise SimConfigError(f"{self.sensor_id}: rate_hz must be in (0, 10000]")
+        if self.qos not in (0, 1):
+            raise SimConfigError(f"{self.sensor_id}: qos must be 0 or 1")
+
+    @property
+    def sensor_id(self) -> str:
+        """Stable id used by the gateway config and the ground truth."""
+        return f"{self.line}.{self.machine}.{self.name}"
+
+    @property
+    def machine_id(self) -> str:
+        """``<line>.<machine>``."""
+        return f"{self.line}.{self.machine}"
+
+    def topic(self, prefix: str) -> str:
+        """MQTT topic ``<prefix>/<line>/<machine>/<sensor>``."""
+        return f"{prefix}/{self.line}/{self.machine}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """Load level of a state and how long the machine dwells in it."""
+
+    level: float
+    mean_dwell_s: float
+    min_dwell_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSpec:
+    """One machine: its state machine and its sensors."""
+
+    line: str
+    name: str
+    states: dict[MachineState, StateSpec]
+    sensors: tuple[SensorSpec, ...]
+    ramp_s: float = 5.0
+    initial_state: MachineState = MachineState.IDLE
+    fixed_state: MachineState | None = None
+
+    @property
+    def machine_id(self) -> str:
+        """``<line>.<machine>``."""
+        return f"{self.line}.{self.name}"
+
+
+DEFAULT_STATES: dict[MachineState, StateSpec] = {
+    MachineState.IDLE: StateSpec(0.05, 30.0),
+    MachineState.RUN: StateSpec(0.6, 60.0),
+    MachineState.LOAD: StateSpec(0.95, 40.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """Broker address and publishing defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    qos: int = 1
+    payload: PayloadFormat = PayloadFormat.JSON
+    batch_size: int = 10
+    topic_prefix: str = "site"
+    client_id: str = "tecc-sim"
+
+
+@dataclass(frozen=True, slots=True)
+class OpcuaSettings:
+    """OPC-UA endpoint; node ids are ``ns=<idx>;s=<sensor_id>`` in ``namespace``."""
+
+    host: str = "127.0.0.1"
+    port: int = 4840
+    path: str = "/tecc/sim"
+    namespace: str = "urn:tecc:sim"
+    security: tuple[SecurityMode, ...] = (
+        SecurityMode.NONE,
+        SecurityMode.SIGN,
+        SecurityMode.SIGN_AND_ENCRYPT,
+    )
+    state_dir: Path = Path("var/sim/opcua")
+
+    @property
+    def endpoint(self) -> str:
+        """The ``opc.tcp://host:port/path`` URL clients connect to."""
+        return f"opc.tcp://{self.host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """A whole simulated line: machines, transports, scenario and seed."""
+
+    line: str
+    seed: int
+    machines: tuple[MachineSpec, ...]
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    opcua: OpcuaSettings = field(default_factory=OpcuaSettings)
+    anomalies: tuple[AnomalySpec, ...] = ()
+    groundtruth: Path = Path("var/sim/groundtruth.jsonl")
+    start_time: float | None = None
+    speed: float = 1.0
+    duration_s: float | None = None
+
+    def __post_init__(self) -> None:
+        ids = [s.sensor_id for s in self.sensors()]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise SimConfigError(f"duplicate sensor ids: {', '.join(dupes)}")
+        for anomaly in self.anomalies:
+            if anomaly.sensor not in ids:
+                raise SimConfigError(
+                    f"scenario anomaly {anomaly.kind} names unknown sensor {anomaly.sensor!r}; "
+                    f"known sensors: {', '.join(ids)}"
+                )
+        if self.speed <= 0:
+            raise SimConfigError(
+                f"speed must be > 0 (use a large number for 'as fast'), got {self.speed}"
+            )
+
+    def sensors(self, transport: Transport | None = None) -> list[SensorSpec]:
+        """All sensors of the line, optionally only those on ``transport``."""
+        return [
+            s
+            for m in self.machines
+            for s in m.sensors
+            if transport is None or s.transport is transport
+        ]
+
+    def sensor(self, sensor_id: str) -> SensorSpec:
+        """The sensor with id ``sensor_id``."""
+        for s in self.sensors():
+            if s.sensor_id == sensor_id:
+                return s
+        raise SimConfigError(f"unknown sensor {sensor_id!r}")
+
+    def with_changes(self, **changes: object) -> SimConfig:
+        """A copy with top-level fields replaced (CLI overrides)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_config(path: Path) -> SimConfig:
+    """Read and validate a simulator YAML file."""
+    root = load_yaml(path)
+    line = _name(root, "line")
+    mqtt = _mqtt(root.section("mqtt", optional=True))
+    base_rate = root.float_("rate_hz", 10.0, positive=True)
+    machines = tuple(_machine(m, line, base_rate, mqtt) for m in root.sections("machines"))
+    if not machines:
+        raise SimConfigError(f"{root.where('machines')} must list at least one machine")
+    scenario = root.section("scenario", optional=True)
+    anomalies = parse_anomalies(scenario)
+    scenario.check_unknown()
+    config = SimConfig(
+        line=line,
+        seed=root.int_("seed", low=0),
+        machines=machines,
+        mqtt=mqtt,
+        opcua=_opcua(root.section("opcua", optional=True)),
+        anomalies=anomalies,
+        groundtruth=Path(root.str_("groundtruth", "var/sim/groundtruth.jsonl")),
+        start_time=root.float_("start_time") if root.has("start_time") else None,
+        speed=root.float_("speed", 1.0, positive=True),
+        duration_s=root.float_("duration_s", positive=True) if root.has("duration_s") else None,
+    )
+    root.check_unknown()
+    return config
+
+
+def _name(sec: Section, key: str, default: object = None) -> str:
+    value = sec.str_(key) if default is None else sec.str_(key, default)
+    if not _NAME.match(value):
+        raise SimConfigError(
+            f"{sec.where(key)} must start with a letter and use only letters, digits, _ or -"
+        )
+    return value
+
+
+def _mqtt(sec: Section) -> MqttSettings:
+    d = MqttSettings()
+    out = MqttSettings(
+        host=sec.str_("host", d.host),
+        port=sec.int_("port", d.port, low=1),
+        qos=sec.int_("qos", d.qos, low=0),
+        payload=sec.choice("payload", PayloadFormat, d.payload),
+        batch_size=sec.int_("batch_size", d.batch_size, low=1),
+        topic_prefix=sec.str_("topic_prefix", d.topic_prefix),
+        client_id=sec.str_("client_id", d.client_id),
+    )
+    if out.qos > 1:
+        raise SimConfigError(f"{sec.where('qos')} must be 0 or 1")
+    sec.check_unknown()
+    return out
+
+
+def _opcua(sec: Section) -> OpcuaSettings:
+    d = OpcuaSettings()
+    security = d.security
+    if sec.has("security"):
+        raw = sec.raw("security")
+        if not isinstance(raw, list) or not raw:
+            raise SimConfigError(f"{sec.where('security')} must be a non-empty list")
+        try:
+            security = tuple(SecurityMode(v) for v in raw)
+        except ValueError:
+            allowed = ", ".join(m.value for m in SecurityMode)
+            raise SimConfigError(f"{sec.where('security')} entries must be {allowed}") from None
+    out = OpcuaSettings(
+        host=sec.str_("host", d.host),
+        port=sec.int_("port", d.port, low=1),
+        path=sec.str_("path", d.path),
+        namespace=sec.str_("namespace", d.namespace),
+        security=security,
+        state_dir=Path(sec.str_("state_dir", str(d.state_dir))),
+    )
+    sec.check_unknown()
+    return out
+
+
+def _states(sec: Section) -> dict[MachineState, StateSpec]:
+    states = dict(DEFAULT_STATES)
+    for state in MachineState:
+        if sec.has(state.value):
+            s = sec.section(state.value)
+            d = DEFAULT_STATES[state]
+            states[state] = StateSpec(
+                level=s.float_("level", d.level, low=0.0),
+                mean_dwell_s=s.float_("mean_dwell_s", d.mean_dwell_s, positive=True),
+                min_dwell_s=s.float_("min_dwell_s", d.min_dwell_s, low=0.0),
+            )
+            s.check_unknown()
+    sec.check_unknown()
+    return states
+
+
+def _machine(sec: Section, line: str, base_rate: float, mqtt: MqttSettings) -> MachineSpec:
+    name = _name(sec, "name")
+    transport = sec.choice("transport", Transport, Transport.OPCUA)
+    rate = sec.float_("rate_hz", base_rate, positive=True)
+    sensors = tuple(
+        _sensor(s, line=line, machine=name, rate=rate, transport=transport, mqtt=mqtt)
+        for s in sec.sections("sensors")
+    )
+    if not sensors:
+        raise SimConfigError(f"{sec.where('sensors')} must list at least one sensor")
+    fixed = sec.choice("fixed_state", MachineState) if sec.has("fixed_state") else None
+    out = MachineSpec(
+        line=line,
+        name=name,
+        states=_states(sec.section("states", optional=True)),
+        sensors=sensors,
+        ramp_s=sec.float_("ramp_s", 5.0, low=0.0),
+        initial_state=sec.choice("initial_state", MachineState, MachineState.IDLE),
+        fixed_state=fixed,
+    )
+    sec.check_unknown()
+    return out
+
+
+def _sensor(
+    sec: Section,
+    *,
+    line: str,
+    machine: str,
+    rate: float,
+    transport: Transport,
+    mqtt: MqttSettings,
+) -> SensorSpec:
+    kind = sec.choice("kind", SensorKind, SensorKind.GENERIC)
+    d = KIND_DEFAULTS[kind]
+    low, high = sec.pair("range", (d.low, d.high))
+    ds = d.signal
+    signal = SignalParams(
+        offset=sec.float_("offset", ds.offset),
+        load_gain=sec.float_("load_gain", ds.load_gain),
+        lag_s=sec.float_("lag_s", ds.lag_s, low=0.0),
+        daily_amplitude=sec.float_("daily_amplitude", ds.daily_amplitude, low=0.0),
+        noise_std=sec.float_("noise_std", ds.noise_std, low=0.0),
+        daily_peak_hour=sec.float_("daily_peak_hour", ds.daily_peak_hour, low=0.0),
+    )
+    qos = sec.int_("qos", mqtt.qos, low=0)
+    if qos > 1:
+        raise SimConfigError(f"{sec.where('qos')} must be 0 or 1")
+    spec = SensorSpec(
+        line=line,
+        machine=machine,
+        name=_name(sec, "name"),
+        kind=kind,
+        unit=sec.raw("unit", d.unit),
+        low=low,
+        high=high,
+        rate_hz=sec.float_("rate_hz", rate, positive=True),
+        transport=sec.choice("transport", Transport, transport),
+        signal=signal,
+        payload=sec.choice("payload", PayloadFormat, mqtt.payload),
+        qos=qos,
+    )
+    if not isinstance(spec.unit, str):
+        raise SimConfigError(f"{sec.where('unit')} must be a string")
+    sec.check_unknown()
+    return spec

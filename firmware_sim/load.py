@@ -1,0 +1,227 @@
+"""Load mode for benchmarks: many MQTT topics or OPC-UA nodes at a total rate.
+
+Readings are spread round-robin over ``nodes`` sensors named
+``load.m<k>.s<i>`` (MQTT topic ``<prefix>/m<k>/s<i>``, 100 sensors per
+machine) and paced so that ``total_rate`` readings per second leave in total.
+MQTT uses paho-mqtt's threaded network loop, because one awaited aiomqtt
+publish per message tops out near 1,700 messages/s; ``batch > 1`` packs that
+many readings of one topic into a ``json_batch`` array per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from firmware_sim.config import (
+    KIND_DEFAULTS,
+    OpcuaSettings,
+    SensorKind,
+    SensorSpec,
+    Transport,
+)
+from firmware_sim.errors import SimConfigError, TransportError
+from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
+from firmware_sim.sample import Sample
+
+ProgressFn = Callable[[int, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What to generate: ``nodes`` sensors, ``total_rate`` readings/s for ``duration_s``."""
+
+    nodes: int
+    total_rate: float
+    duration_s: float
+    qos: int = 0
+    batch: int = 1
+    prefix: str = "site/load"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.total_rate <= 0 or self.duration_s <= 0:
+            raise SimConfigError("load needs nodes >= 1, rate > 0 and duration > 0")
+        if self.qos not in (0, 1) or self.batch < 1:
+            raise SimConfigError("load needs qos 0 or 1 and batch >= 1")
+
+    @property
+    def total_readings(self) -> int:
+        """Readings the run will send."""
+        return round(self.total_rate * self.duration_s)
+
+    def sensor(self, i: int) -> SensorSpec:
+        """The generic sensor behind node ``i``."""
+        d = KIND_DEFAULTS[SensorKind.GENERIC]
+        return SensorSpec(
+            line="load",
+            machine=f"m{i // 100:03d}",
+            name=f"s{i:05d}",
+            kind=SensorKind.GENERIC,
+            unit=d.unit,
+            low=d.low,
+            high=d.high,
+            rate_hz=max(1e-3, min(10_000.0, self.total_rate / self.nodes)),
+            transport=Transport.OPCUA,
+            signal=d.signal,
+        )
+
+    def topic(self, i: int) -> str:
+        """MQTT topic of node ``i``."""
+        return f"{self.prefix}/m{i // 100:03d}/s{i:05d}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What a load run achieved; ``acked`` counts QoS 1 PUBACKs (or sends for QoS 0)."""
+
+    readings: int
+    messages: int
+    acked: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Readings per second achieved."""
+        return self.readings / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> str:
+        """One JSON object with the counters and the achieved rate."""
+        return json.dumps({**asdict(self), "rate": round(self.rate, 1)})
+
+
+def _values(rng: np.random.Generator, base: np.ndarray, idx: np.ndarray) -> list[float]:
+    noisy: np.ndarray = base[idx] + rng.normal(0.0, 1.0, idx.size)
+    return [float(v) for v in np.round(noisy, 4)]
+
+
+def run_mqtt_load(
+    spec: LoadSpec, host: str, port: int, *, progress: ProgressFn | None = None
+) -> LoadReport:
+    """Publish the load to an MQTT broker (blocking); waits for QoS 1 acks at the end."""
+    rng = np.random.default_rng(spec.seed)
+    base = rng.uniform(20.0, 80.0, spec.nodes)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"tecc-sim-load-{spec.seed}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    acked = [0]
+    lock = threading.Lock()
+
+    def on_publish(*_: object) -> None:
+        with lock:
+            acked[0] += 1
+
+    client.on_publish = on_publish
+    try:
+        client.connect(host, port)
+    except OSError as exc:
+        raise TransportError(f"cannot connect to MQTT broker {host}:{port}: {exc}") from exc
+    client.loop_start()
+    try:
+        return _publish_loop(
+            client, spec, rng=rng, base=base, acked=acked, lock=lock, progress=progress
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _publish_loop(
+    client: paho.Client,
+    spec: LoadSpec,
+    *,
+    rng: np.random.Generator,
+    base: np.ndarray,
+    acked: list[int],
+    lock: threading.Lock,
+    progress: ProgressFn | None,
+) -> LoadReport:
+    total_msgs = -(-spec.total_readings // spec.batch)
+    msg_rate = spec.total_rate / spec.batch
+    wall0, t0 = time.time(), time.monotonic()
+    sent = readings = 0
+    last_report = t0
+    while sent < total_msgs:
+        elapsed = time.monotonic() - t0
+        due = min(total_msgs, int(elapsed * msg_rate) + 1) - sent
+        if due <= 0:
+            time.sleep(0.002)
+            continue
+        for m in range(sent, sent + due):
+            topic_i = m % spec.nodes
+            n = min(spec.batch, spec.total_readings - m * spec.batch)
+            values = _values(rng, base, np.full(n, topic_i))
+            ts0 = wall0 + m / msg_rate
+            objs = [{"value": v, "ts": round(ts0 + k * 1e-3, 6)} for k, v in enumerate(values)]
+            payload = json.dumps(objs[0] if spec.batch == 1 else objs, separators=(",", ":"))
+            client.publish(spec.topic(topic_i), payload, qos=spec.qos)
+            readings += n
+        sent += due
+        if progress is not None and time.monotonic() - last_report >= 1.0:
+            last_report = time.monotonic()
+            progress(readings, last_report - t0)
+    seconds = time.monotonic() - t0
+    deadline = time.monotonic() + 30.0
+    while spec.qos and time.monotonic() < deadline:
+        with lock:
+            if acked[0] >= sent:
+                break
+        time.sleep(0.01)
+    with lock:
+        done = acked[0]
+    return LoadReport(readings=readings, messages=sent, acked=done, seconds=seconds)
+
+
+async def run_opcua_load(
+    spec: LoadSpec,
+    settings: OpcuaSettings,
+    *,
+    progress: ProgressFn | None = None,
+    on_ready: Callable[[SimOpcuaServer], None] | None = None,
+) -> LoadReport:
+    """Serve ``spec.nodes`` OPC-UA variables and write them at the total rate."""
+    server = SimOpcuaServer(settings, [spec.sensor(i) for i in range(spec.nodes)])
+    await server.start()
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        return await _write_loop(spec, server, progress)
+    finally:
+        await server.stop()
+
+
+async def _write_loop(
+    spec: LoadSpec, server: SimOpcuaServer, progress: ProgressFn | None
+) -> LoadReport:
+    rng = np.random.default_rng(spec.seed)
+    base = rng.uniform(20.0, 80.0, spec.nodes)
+    sensors = [spec.sensor(i) for i in range(spec.nodes)]
+    sink = OpcuaSink(server)
+    total = spec.total_readings
+    wall0, t0 = time.time(), time.monotonic()
+    sent = 0
+    last_report = t0
+    while sent < total:
+        elapsed = time.monotonic() - t0
+        due = min(total, int(elapsed * spec.total_rate) + 1) - sent
+        if due <= 0:
+            await asyncio.sleep(0.002)
+            continue
+        idx = np.arange(sent, sent + due) % spec.nodes
+        for k, (i, v) in enumerate(zip(idx.tolist(), _values(rng, base, idx), strict=True)):
+            ts = wall0 + (sent + k) / spec.total_rate
+            await sink.publish(sensors[i], Sample(sensors[i].sensor_id, sent + k, ts, v))
+        sent += due
+        await asyncio.sleep(0)
+        if progress is not None and time.monotonic() - last_report >= 1.0:
+            last_report = time.monotonic()
+            progress(sent, last_report - t0)
+    return LoadReport(readings=sent, messages=sent, acked=sent, seconds=time.monotonic() - t0)
