@@ -181,29 +181,29 @@ def _publish_loop(
 
 
 async def run_opcua_load(
-    spec: LoadSpec,
-    settings: OpcuaSettings,
-    *,
-    progress: ProgressFn | None = None,
-    on_ready: Callable[[SimOpcuaServer], None] | None = None,
+    spec: LoadSpec, settings: OpcuaSettings, *, progress: ProgressFn | None = None
 ) -> LoadReport:
     """Serve ``spec.nodes`` OPC-UA variables and write them at the total rate."""
-    server = SimOpcuaServer(settings, [spec.sensor(i) for i in range(spec.nodes)])
+    server = SimOpcuaServer(settings, load_sensors(spec))
     await server.start()
     try:
-        if on_ready is not None:
-            on_ready(server)
-        return await _write_loop(spec, server, progress)
+        return await write_load(spec, server, progress=progress)
     finally:
         await server.stop()
 
 
-async def _write_loop(
-    spec: LoadSpec, server: SimOpcuaServer, progress: ProgressFn | None
+def load_sensors(spec: LoadSpec) -> list[SensorSpec]:
+    """The sensors behind the load's nodes, in node order."""
+    return [spec.sensor(i) for i in range(spec.nodes)]
+
+
+async def write_load(
+    spec: LoadSpec, server: SimOpcuaServer, *, progress: ProgressFn | None = None
 ) -> LoadReport:
+    """Write the load into a running server built from :func:`load_sensors`."""
     rng = np.random.default_rng(spec.seed)
     base = rng.uniform(20.0, 80.0, spec.nodes)
-    sensors = [spec.sensor(i) for i in range(spec.nodes)]
+    sensors = load_sensors(spec)
     sink = OpcuaSink(server)
     total = spec.total_readings
     wall0, t0 = time.time(), time.monotonic()

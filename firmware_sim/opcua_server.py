@@ -12,8 +12,9 @@ Address space (namespace ``urn:tecc:sim`` by default, index ``ns``)::
 
 Browse names of objects and variables are ``<ns>:<name>``. Every written value
 carries the sample's simulated timestamp as SourceTimestamp. A failed sensor's
-value carries StatusCode ``BadSensorFailure`` (value = last good reading);
-before the first sample the status is ``BadWaitingForInitialData``.
+value is null with StatusCode ``BadSensorFailure`` (Part 4 §7.7.1: a Bad
+value is set to null); before the first sample the status is
+``BadWaitingForInitialData``.
 
 Endpoints: security policy None and Basic256Sha256 (Sign, SignAndEncrypt) as
 configured; the server certificate is self-signed and kept in the state dir.
@@ -180,9 +181,10 @@ class OpcuaSink:
         self.published = 0
 
     async def publish(self, spec: SensorSpec, sample: Sample) -> None:
-        """Write ``sample`` with its status code and simulated SourceTimestamp."""
+        """Write ``sample`` with its status code and simulated SourceTimestamp (null if Bad)."""
+        good = sample.status is Status.GOOD
         value = ua.DataValue(
-            ua.Variant(sample.value, ua.VariantType.Double),
+            ua.Variant(sample.value, ua.VariantType.Double) if good else ua.Variant(),
             StatusCode=status(_STATUS[sample.status]),
             SourceTimestamp=ua.DateTime.fromtimestamp(sample.ts, dt.UTC),
             ServerTimestamp=ua.DateTime.now(dt.UTC),

@@ -54,7 +54,7 @@ class RunStats:
 
 
 class Progress:
-    """Prints ``t=+12.0s samples=1800 rate=150.0/s dropped=3 anomalies=2`` periodically."""
+    """Prints ``t=+12.0s samples=1800 rate=150.0 msg/s dropped=3 anomalies=2`` periodically."""
 
     def __init__(self, stats: RunStats, start: float, out: TextIO = sys.stderr) -> None:
         self._stats = stats
@@ -65,7 +65,7 @@ class Progress:
         """The current progress line."""
         s = self._stats
         return (
-            f"t=+{s.sim_time - self._start:.1f}s samples={s.samples} rate={s.rate():.1f}/s "
+            f"t=+{s.sim_time - self._start:.1f}s samples={s.samples} rate={s.rate():.1f} msg/s "
             f"dropped={s.dropped} anomalies={s.anomalies}"
         )
 

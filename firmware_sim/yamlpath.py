@@ -7,6 +7,7 @@ errors too: a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -65,7 +66,9 @@ class Section:
         value = self._data.get(key)
         if value is None:
             if default is _MISSING:
-                raise SimConfigError(f"{self.where(key)} is required")
+                near = difflib.get_close_matches(key, [k for k in self._data if k != key], n=1)
+                hint = f" (found {near[0]!r}: a typo?)" if near else ""
+                raise SimConfigError(f"{self.where(key)} is required{hint}")
             return default
         return value
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.config import SimConfig, load_config
-from tests.support.mosquitto import Broker, start_mosquitto
-
 from tests.sim.simhelpers import ConfigFactory
+from tests.support.mosquitto import Broker, start_mosquitto
 
 
 @pytest.fixture

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
 
-from firmware_sim.config import SimConfig
+from firmware_sim.config import PayloadFormat, SimConfig, Transport
+from firmware_sim.sample import Sample
 
 #: A fixed simulated start (2025-11-27 08:00:00 UTC) so streams are comparable.
 START = 1764230400.0
 
 ConfigFactory = Callable[[str], SimConfig]
+
+
+def expected_messages(
+    config: SimConfig, samples: dict[str, list[Sample]], *, min_qos: int = 0
+) -> int:
+    """How many MQTT messages a run publishes (batches count once), at QoS >= ``min_qos``."""
+    total = 0
+    for spec in config.sensors(Transport.MQTT):
+        if spec.qos < min_qos:
+            continue
+        n = len(samples[spec.sensor_id])
+        batch = config.mqtt.batch_size if spec.payload is PayloadFormat.JSON_BATCH else 1
+        total += -(-n // batch)
+    return total
 
 
 @dataclass
@@ -49,6 +65,7 @@ class Collector:
         self._topic = topic
         self._qos = qos
         self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
 
     async def __aenter__(self) -> Collector:
         await self._client.__aenter__()
@@ -61,18 +78,18 @@ class Collector:
             payload = message.payload
             assert isinstance(payload, bytes | bytearray)
             self.received.payloads.setdefault(message.topic.value, []).append(bytes(payload))
+            self._arrived.set()
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
-        """Wait until ``count`` messages arrived (TimeoutError otherwise)."""
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, count: int, *, within: float = 10.0) -> None:
+        """Wait until ``count`` messages arrived (TimeoutError after ``within`` seconds)."""
+        async with asyncio.timeout(within):
             while self.received.count() < count:
-                await asyncio.sleep(0.02)
+                self._arrived.clear()
+                await self._arrived.wait()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self._client.__aexit__(None, None, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -104,7 +105,9 @@ def test_current_follows_load_and_temperature_lags(make_config: ConfigFactory) -
             temp_before = t.value
         temp_after, current_after = t.value, c.value
     current_target = current_spec.signal.offset + current_spec.signal.load_gain * new
-    assert abs(current_after - current_target) < 0.05 * abs(current_spec.signal.load_gain * (new - old))
+    assert abs(current_after - current_target) < 0.05 * abs(
+        current_spec.signal.load_gain * (new - old)
+    )
     temp_step = temp_spec.signal.load_gain * (new - old)
     moved = (temp_after - temp_before) / temp_step
     assert 0.1 < moved < 0.7
@@ -121,7 +124,7 @@ def test_state_machine_follows_allowed_transitions(make_config: ConfigFactory) -
         (MachineState.RUN, MachineState.IDLE),
         (MachineState.LOAD, MachineState.RUN),
     }
-    pairs = list(zip(segments, segments[1:], strict=False))
+    pairs = list(itertools.pairwise(segments))
     assert len(pairs) > 20
     for (t0, s0), (t1, s1) in pairs:
         assert (s0, s1) in allowed

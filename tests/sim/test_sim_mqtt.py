@@ -1,4 +1,4 @@
-"""End to end over a real mosquitto: values, ground truth and determinism as seen by a subscriber."""
+"""End to end over a real mosquitto: values, ground truth and determinism seen by a subscriber."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from firmware_sim.groundtruth import read_ground_truth
 from firmware_sim.line import simulate
 from firmware_sim.payloads import decode_plain
 from firmware_sim.runner import run_simulation
-from firmware_sim.sample import Sample
-from tests.sim.simhelpers import START, Collector, ConfigFactory, Received
+from tests.sim.simhelpers import START, Collector, ConfigFactory, Received, expected_messages
 from tests.support.mosquitto import Broker
 
 pytestmark = pytest.mark.mqtt
@@ -46,16 +45,6 @@ scenario:
 """
 
 
-def expected_messages(config: SimConfig, samples: dict[str, list[Sample]]) -> int:
-    """How many MQTT messages a run publishes (batches count once)."""
-    total = 0
-    for spec in config.sensors():
-        n = len(samples[spec.sensor_id])
-        batch = config.mqtt.batch_size if spec.payload is PayloadFormat.JSON_BATCH else 1
-        total += -(-n // batch)
-    return total
-
-
 async def run_and_collect(config: SimConfig, broker: Broker) -> Received:
     """Run the line against the broker with a subscriber attached from the start."""
     offline = simulate(config, start=START, duration_s=20)
@@ -65,7 +54,9 @@ async def run_and_collect(config: SimConfig, broker: Broker) -> Received:
     return collector.received
 
 
-def readings(received: Received, config: SimConfig, sensor: str) -> list[tuple[float, float | None]]:
+def readings(
+    received: Received, config: SimConfig, sensor: str
+) -> list[tuple[float, float | None]]:
     """Valid (ts, value) pairs a subscriber decoded for ``sensor`` (value None = failed).
 
     Plain payloads carry no timestamp, so their ts is NaN.
@@ -73,7 +64,7 @@ def readings(received: Received, config: SimConfig, sensor: str) -> list[tuple[f
     spec = config.sensor(sensor)
     topic = spec.topic("site")
     if spec.payload is not PayloadFormat.PLAIN:
-        out = []
+        out: list[tuple[float, float | None]] = []
         for r in received.json_readings(topic):
             value = r["value"]
             ts = r["ts"]
@@ -91,7 +82,7 @@ def readings(received: Received, config: SimConfig, sensor: str) -> list[tuple[f
 async def test_stream_ground_truth_and_statistics(
     make_config: ConfigFactory, broker: Broker, tmp_path: Path
 ) -> None:
-    """The subscriber sees exactly the model's stream, anomalies only where the ground truth says."""
+    """A subscriber sees the exact model stream, anomalies only where ground truth says."""
     gt = tmp_path / "truth.jsonl"
     config = make_config(LINE.format(seed=42, port=broker.port, gt=gt))
     received = await run_and_collect(config, broker)
@@ -100,7 +91,12 @@ async def test_stream_ground_truth_and_statistics(
     truth = read_ground_truth(gt)
     assert sorted(truth, key=lambda r: r.start) == sorted(offline.records, key=lambda r: r.start)
     assert {r.kind for r in truth} == {
-        "spike", "garbage", "dropout", "noise_burst", "sensor_failure", "level_shift",
+        "spike",
+        "garbage",
+        "dropout",
+        "noise_burst",
+        "sensor_failure",
+        "level_shift",
     }
 
     for sensor in ("l1.m1.p", "l1.m1.t"):
@@ -136,7 +132,11 @@ async def test_stream_ground_truth_and_statistics(
 
     windows = [r for r in truth if r.sensor == "l1.m1.p"]
     normal = np.array(
-        [v for ts, v in readings(received, config, "l1.m1.p") if not any(r.covers("l1.m1.p", ts) for r in windows)]
+        [
+            v
+            for ts, v in readings(received, config, "l1.m1.p")
+            if not any(r.covers("l1.m1.p", ts) for r in windows)
+        ]
     )
     assert normal.size == 189
     assert abs(normal.mean() - 80.0) < 4 * 2.5 / math.sqrt(normal.size)

@@ -27,9 +27,9 @@ scenario:
 """
 
 
-def run_with(make_config: ConfigFactory, anomaly: str, seconds: float = 30) -> tuple[
-    SimConfig, list[Sample], list[Sample], list[GroundTruthRecord]
-]:
+def run_with(
+    make_config: ConfigFactory, anomaly: str, seconds: float = 30
+) -> tuple[SimConfig, list[Sample], list[Sample], list[GroundTruthRecord]]:
     """Clean and anomalous streams of SID plus the ground truth of one anomaly."""
     config = make_config(BASE + f"    - {anomaly}\n")
     clean = simulate(config, start=START, duration_s=seconds, clean=True).samples[SID]
@@ -47,14 +47,24 @@ def changed(clean: list[Sample], dirty: list[Sample]) -> list[float]:
     ("anomaly", "kind", "samples"),
     [
         ("{kind: spike, sensor: l1.m1.p, start_s: 5.05, magnitude: 30}", "spike", 1),
-        ("{kind: level_shift, sensor: l1.m1.p, start_s: 5, duration_s: 3, magnitude: 20}",
-         "level_shift", 30),
+        (
+            "{kind: level_shift, sensor: l1.m1.p, start_s: 5, duration_s: 3, magnitude: 20}",
+            "level_shift",
+            30,
+        ),
         ("{kind: drift, sensor: l1.m1.p, start_s: 5, duration_s: 4, magnitude: 10}", "drift", 40),
         ("{kind: stuck, sensor: l1.m1.p, start_s: 5, duration_s: 2}", "stuck", 20),
-        ("{kind: noise_burst, sensor: l1.m1.p, start_s: 5, duration_s: 2, magnitude: 5}",
-         "noise_burst", 20),
+        (
+            "{kind: noise_burst, sensor: l1.m1.p, start_s: 5, duration_s: 2, magnitude: 5}",
+            "noise_burst",
+            20,
+        ),
         ("{kind: dropout, sensor: l1.m1.p, start_s: 5, duration_s: 1.5}", "dropout", 15),
-        ("{kind: sensor_failure, sensor: l1.m1.p, start_s: 5, duration_s: 2}", "sensor_failure", 20),
+        (
+            "{kind: sensor_failure, sensor: l1.m1.p, start_s: 5, duration_s: 2}",
+            "sensor_failure",
+            20,
+        ),
         ("{kind: garbage, sensor: l1.m1.p, start_s: 5, duration_s: 1}", "garbage", 10),
     ],
 )
@@ -79,7 +89,9 @@ def test_kind_specific_effects(make_config: ConfigFactory) -> None:
     _, clean, dirty, rec = run_with(
         make_config, "{kind: drift, sensor: l1.m1.p, start_s: 5, duration_s: 4, magnitude: 10}"
     )
-    offsets = [d.value - c.value for c, d in zip(clean, dirty, strict=True) if rec[0].covers(SID, c.ts)]
+    offsets = [
+        d.value - c.value for c, d in zip(clean, dirty, strict=True) if rec[0].covers(SID, c.ts)
+    ]
     assert offsets == sorted(offsets)
     assert offsets[-1] == pytest.approx(10.0)
     assert offsets[0] == pytest.approx(10.0 / 40, rel=1e-6)
@@ -92,9 +104,12 @@ def test_kind_specific_effects(make_config: ConfigFactory) -> None:
     assert set(stuck) == {before.value}
 
     _, clean, dirty, rec = run_with(
-        make_config, "{kind: level_shift, sensor: l1.m1.p, start_s: 5, duration_s: 3, magnitude: 20}"
+        make_config,
+        "{kind: level_shift, sensor: l1.m1.p, start_s: 5, duration_s: 3, magnitude: 20}",
     )
-    shifted = [d.value - c.value for c, d in zip(clean, dirty, strict=True) if rec[0].covers(SID, c.ts)]
+    shifted = [
+        d.value - c.value for c, d in zip(clean, dirty, strict=True) if rec[0].covers(SID, c.ts)
+    ]
     assert shifted == pytest.approx([20.0] * 30)
 
 
@@ -135,7 +150,8 @@ def test_non_garbage_anomalies_stay_in_range(make_config: ConfigFactory) -> None
 def test_anomaly_running_at_the_end_is_closed(make_config: ConfigFactory) -> None:
     """An anomaly cut off by the end of the run is recorded up to its last sample."""
     _, _, dirty, records = run_with(
-        make_config, "{kind: level_shift, sensor: l1.m1.p, start_s: 25, duration_s: 60, magnitude: 5}"
+        make_config,
+        "{kind: level_shift, sensor: l1.m1.p, start_s: 25, duration_s: 60, magnitude: 5}",
     )
     assert len(records) == 1
     assert records[0].end == dirty[-1].ts

@@ -1,0 +1,100 @@
+"""The ``tecc-sim`` command line, in-process and as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.cli import main
+from firmware_sim.config import load_config
+from firmware_sim.groundtruth import read_ground_truth
+from firmware_sim.line import simulate
+from tests.sim.simhelpers import START, Collector, expected_messages
+from tests.support.mosquitto import Broker
+from tests.support.ports import free_port
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["replay", "--help"], ["load", "--help"]]
+)
+def test_help_works(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every subcommand prints its usage and exits 0."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tecc-sim")
+
+
+def test_module_entry_point_runs() -> None:
+    """``python -m firmware_sim --help`` lists the subcommands."""
+    done = subprocess.run(
+        [sys.executable, "-m", "firmware_sim", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "{run,replay,load}" in done.stdout
+
+
+def test_bad_config_exits_2_with_the_yaml_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the config is reported by path, with exit code 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("line: l1\nseed: 1\nmachines:\n  - name: m\n    sensorz: []\n")
+    assert main(["run", "--config", str(bad), "--quiet"]) == 2
+    assert "machines[0].sensors is required (found 'sensorz': a typo?)" in capsys.readouterr().err
+
+
+@pytest.mark.mqtt
+def test_unreachable_broker_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No broker on the port: exit code 2 and a message that says what to do."""
+    conf = tmp_path / "m.yaml"
+    conf.write_text(
+        "line: l1\nseed: 1\nmachines:\n  - name: m\n    transport: mqtt\n"
+        "    sensors: [{name: t, kind: temperature}]\n"
+    )
+    argv = ["run", "--config", str(conf), "--quiet", "--duration", "1"]
+    argv += ["--mqtt-port", str(free_port()), "--groundtruth", str(tmp_path / "gt.jsonl")]
+    assert main(argv) == 2
+    assert "cannot connect to MQTT broker" in capsys.readouterr().err
+
+
+@pytest.mark.mqtt
+@pytest.mark.opcua
+@pytest.mark.processes
+@pytest.mark.slow
+async def test_run_shipped_config_as_a_process(broker: Broker, tmp_path: Path) -> None:
+    """``tecc-sim run`` on configs/sim.yaml: progress line, full ground truth, MQTT traffic."""
+    gt = tmp_path / "gt.jsonl"
+    config = load_config(Path("configs/sim.yaml"))
+    argv = [sys.executable, "-m", "firmware_sim", "run", "--config", "configs/sim.yaml"]
+    argv += ["--mqtt-port", str(broker.port), "--opcua-port", str(free_port())]
+    argv += ["--state-dir", str(tmp_path / "pki"), "--groundtruth", str(gt)]
+    argv += ["--duration", "120", "--speed", "40", "--start-time", str(START)]
+    async with Collector(broker.host, broker.port, "site/#") as collector:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        offline = simulate(config, start=START, duration_s=120)
+        await collector.wait_for(expected_messages(config, offline.samples, min_qos=1))
+    assert " msg/s " in err.decode()
+    assert "anomalies=10" in err.decode()
+    assert "done: samples=" in out.decode()
+    expected = offline.records
+    assert sorted(read_ground_truth(gt), key=lambda r: (r.start, r.sensor)) == sorted(
+        expected, key=lambda r: (r.start, r.sensor)
+    )
+    topics = set(collector.received.payloads)
+    assert topics == {s.topic("site") for s in config.sensors() if s.transport.value == "mqtt"}
