@@ -12,9 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from firmware_sim.config import (
     KIND_DEFAULTS,
@@ -32,7 +35,7 @@ from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
 from firmware_sim.mqtt_publisher import MqttSink, connect_mqtt
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.replay import read_csv, replay
-from firmware_sim.runner import Sink, run_simulation
+from firmware_sim.runner import RunStats, Sink, run_simulation
 from firmware_sim.scenario import parse_anomalies
 from firmware_sim.yamlpath import load_yaml
 
@@ -127,13 +130,30 @@ def configure_run(args: argparse.Namespace) -> SimConfig:
     return config.with_changes(**changes)
 
 
+async def until_signal(coro: Coroutine[Any, Any, object]) -> bool:
+    """Run ``coro``, cancelling it on SIGINT or SIGTERM; True if it ran to completion."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        return False
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return True
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = configure_run(args)
     progress = None if args.quiet else sys.stderr
-    stats = asyncio.run(run_simulation(config, progress=progress))
+    stats = RunStats()
+    finished = asyncio.run(until_signal(run_simulation(config, progress=progress, stats=stats)))
     print(
-        f"done: samples={stats.samples} dropped={stats.dropped} anomalies={stats.anomalies} "
-        f"groundtruth={config.groundtruth}"
+        f"{'done' if finished else 'stopped'}: samples={stats.samples} dropped={stats.dropped} "
+        f"anomalies={stats.anomalies} groundtruth={config.groundtruth}"
     )
     return 0
 

@@ -134,12 +134,18 @@ async def run_simulation(
     start: float | None = None,
     progress: TextIO | None = None,
     on_ready: Callable[[], None] | None = None,
+    stats: RunStats | None = None,
 ) -> RunStats:
-    """Start the transports ``config`` needs, run the line, then shut them down."""
+    """Start the transports ``config`` needs, run the line, then shut them down.
+
+    Cancelling the task stops the run cleanly: anomalies still running are
+    written to the ground truth, buffered batches are sent, servers stop.
+    """
     start = start if start is not None else config.start_time
     start = round(time.time(), 3) if start is None else start
     clock = SimClock(start, speed=config.speed)
-    stats = RunStats(sim_time=start)
+    stats = stats or RunStats()
+    stats.sim_time = start
     sinks: dict[Transport, Sink] = {}
     async with contextlib.AsyncExitStack() as stack:
         if config.sensors(Transport.OPCUA):

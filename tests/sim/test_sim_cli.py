@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,10 +83,8 @@ async def test_run_shipped_config_as_a_process(broker: Broker, tmp_path: Path) -
     argv += ["--state-dir", str(tmp_path / "pki"), "--groundtruth", str(gt)]
     argv += ["--duration", "120", "--speed", "40", "--start-time", str(START)]
     async with Collector(broker.host, broker.port, "site/#") as collector:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        proc = spawn(argv)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
         assert proc.returncode == 0, err.decode()
         offline = simulate(config, start=START, duration_s=120)
         await collector.wait_for(expected_messages(config, offline.samples, min_qos=1))
@@ -98,3 +97,34 @@ async def test_run_shipped_config_as_a_process(broker: Broker, tmp_path: Path) -
     )
     topics = set(collector.received.payloads)
     assert topics == {s.topic("site") for s in config.sensors() if s.transport.value == "mqtt"}
+
+
+@pytest.mark.mqtt
+@pytest.mark.processes
+async def test_sigterm_stops_cleanly_and_closes_the_running_anomaly(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """SIGTERM mid-anomaly: exit 0, and the cut-off anomaly is in the ground truth."""
+    conf = tmp_path / "m.yaml"
+    conf.write_text(
+        "line: l1\nseed: 1\nmachines:\n  - name: m\n    transport: mqtt\n"
+        "    sensors: [{name: t, kind: temperature}]\n"
+        "scenario:\n  anomalies:\n"
+        "    - {kind: level_shift, sensor: l1.m.t, start_s: 0.5, duration_s: 1000, magnitude: 5}\n"
+    )
+    gt = tmp_path / "gt.jsonl"
+    argv = [sys.executable, "-m", "firmware_sim", "run", "--config", str(conf), "--quiet"]
+    argv += ["--mqtt-port", str(broker.port), "--groundtruth", str(gt), "--speed", "5"]
+    async with Collector(broker.host, broker.port, "site/#") as collector:
+        proc = spawn(argv)
+        try:
+            await collector.wait_for(30, within=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("stopped: samples=")
+    records = read_ground_truth(gt)
+    assert [r.kind for r in records] == ["level_shift"]
+    assert records[0].samples >= 25
+    assert records[0].end - records[0].start == pytest.approx((records[0].samples - 1) * 0.1)
