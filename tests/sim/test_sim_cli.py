@@ -19,6 +19,11 @@ from tests.support.mosquitto import Broker
 from tests.support.ports import free_port
 
 
+def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start a process with captured output (fork/exec returns at once)."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 @pytest.mark.parametrize(
     "argv", [["--help"], ["run", "--help"], ["replay", "--help"], ["load", "--help"]]
 )
