@@ -28,8 +28,8 @@ from firmware_sim.config import (
     SensorSpec,
     SimConfig,
     Transport,
-    load_config,
 )
+from firmware_sim.config_yaml import load_config
 from firmware_sim.errors import SimConfigError, SimError
 from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
 from firmware_sim.mqtt_publisher import MqttSink, connect_mqtt

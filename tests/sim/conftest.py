@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.config import SimConfig, load_config
+from firmware_sim.config import SimConfig
+from firmware_sim.config_yaml import load_config
 from tests.sim.simhelpers import ConfigFactory
 from tests.support.mosquitto import Broker, start_mosquitto
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.cli import main
-from firmware_sim.config import load_config
+from firmware_sim.config_yaml import load_config
 from firmware_sim.groundtruth import read_ground_truth
 from firmware_sim.line import simulate
 from tests.sim.simhelpers import START, Collector, expected_messages

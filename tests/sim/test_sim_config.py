@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.config import SensorKind, Transport, load_config
+from firmware_sim.config import SensorKind, Transport
+from firmware_sim.config_yaml import load_config
 from firmware_sim.errors import SimConfigError
 from firmware_sim.scenario import AnomalyKind
 from tests.sim.simhelpers import ConfigFactory

@@ -14,7 +14,8 @@ from asyncua.ua.status_codes import StatusCodes
 
 from firmware_sim.certs import ensure_certificate
 from firmware_sim.clock import SimClock
-from firmware_sim.config import SecurityMode, SimConfig, Transport, load_config
+from firmware_sim.config import SecurityMode, SimConfig, Transport
+from firmware_sim.config_yaml import load_config
 from firmware_sim.groundtruth import GroundTruthWriter, read_ground_truth
 from firmware_sim.line import simulate
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
