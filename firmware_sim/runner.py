@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
@@ -133,7 +133,6 @@ async def run_simulation(
     *,
     start: float | None = None,
     progress: TextIO | None = None,
-    on_ready: Callable[[], None] | None = None,
     stats: RunStats | None = None,
 ) -> RunStats:
     """Start the transports ``config`` needs, run the line, then shut them down.
@@ -157,8 +156,6 @@ async def run_simulation(
             client = await connect_mqtt(stack, config.mqtt)
             sinks[Transport.MQTT] = MqttSink(client, config.mqtt)
         writer = stack.enter_context(GroundTruthWriter(config.groundtruth))
-        if on_ready is not None:
-            on_ready()
         reporter = None
         if progress is not None:
             reporter = asyncio.create_task(Progress(stats, start, progress).run())

@@ -8,6 +8,7 @@ errors too: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from firmware_sim.errors import SimConfigError
 
-T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 _MISSING: Any = object()
 
 
@@ -109,15 +110,15 @@ class Section:
             raise SimConfigError(f"{self.where(key)} must be > 0, got {out}")
         return out
 
-    def choice(self, key: str, enum: type[T], default: Any = _MISSING) -> T:
+    def choice(self, key: str, enum: type[E], default: Any = _MISSING) -> E:
         """A value of the string enum ``enum``; the error lists the allowed values."""
         value = self.raw(key, default)
         if isinstance(value, enum):
             return value
         try:
-            return enum(value)  # type: ignore[call-arg]
+            return enum(value)
         except ValueError:
-            allowed = ", ".join(str(m.value) for m in enum)  # type: ignore[attr-defined]
+            allowed = ", ".join(str(m.value) for m in enum)
             raise SimConfigError(
                 f"{self.where(key)} must be one of {allowed}; got {value!r}"
             ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -133,3 +134,29 @@ async def test_sigterm_stops_cleanly_and_closes_the_running_anomaly(
     assert [r.kind for r in records] == ["level_shift"]
     assert records[0].samples >= 25
     assert records[0].end - records[0].start == pytest.approx((records[0].samples - 1) * 0.1)
+
+
+@pytest.mark.mqtt
+async def test_replay_command_publishes_the_csv(broker: Broker, tmp_path: Path) -> None:
+    """``tecc-sim replay`` sends each CSV row to the sensor's topic with its timestamp."""
+    csv = tmp_path / "rec.csv"
+    csv.write_text("timestamp,value\n" + "".join(f"{START + i},{i * 1.5}\n" for i in range(6)))
+    argv = ["replay", "--csv", str(csv), "--sensor", "l9.rec.flow", "--speed", "50"]
+    argv += ["--mqtt-port", str(broker.port), "--payload", "json"]
+    async with Collector(broker.host, broker.port, "site/#") as collector:
+        assert await asyncio.to_thread(main, argv) == 0
+        await collector.wait_for(6)
+    got = collector.received.json_readings("site/l9/rec/flow")
+    assert [(g["ts"], g["value"]) for g in got] == [(START + i, i * 1.5) for i in range(6)]
+
+
+@pytest.mark.mqtt
+def test_load_command_prints_one_json_line(
+    broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tecc-sim load`` reports readings, messages and rate as JSON on its last line."""
+    argv = ["load", "--nodes", "20", "--rate", "200", "--duration", "0.5", "--qos", "1"]
+    assert main([*argv, "--mqtt-port", str(broker.port)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["readings"] == report["messages"] == report["acked"] == 100
+    assert report["rate"] > 0
