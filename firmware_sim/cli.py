@@ -32,7 +32,7 @@ from firmware_sim.config import (
 from firmware_sim.config_yaml import load_config
 from firmware_sim.errors import SimConfigError, SimError
 from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
-from firmware_sim.mqtt_publisher import MqttSink, connect_mqtt
+from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.replay import read_csv, replay
 from firmware_sim.runner import RunStats, Sink, run_simulation
@@ -153,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finished = asyncio.run(until_signal(run_simulation(config, progress=progress, stats=stats)))
     print(
         f"{'done' if finished else 'stopped'}: samples={stats.samples} dropped={stats.dropped} "
-        f"anomalies={stats.anomalies} groundtruth={config.groundtruth}"
+        f"lost={stats.lost} anomalies={stats.anomalies} groundtruth={config.groundtruth}"
     )
     return 0
 
@@ -189,8 +189,10 @@ async def _replay(args: argparse.Namespace) -> int:
         sink: Sink
         if spec.transport is Transport.MQTT:
             settings = _mqtt(MqttSettings(client_id="tecc-sim-replay"), args)
-            client = await connect_mqtt(stack, settings)
-            sink = MqttSink(client, settings)
+            link = MqttLink(settings)
+            await link.connect()
+            stack.push_async_callback(link.close)
+            sink = MqttSink(link)
         else:
             server = SimOpcuaServer(_opcua(OpcuaSettings(), args), [spec])
             await server.start()

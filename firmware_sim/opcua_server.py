@@ -179,6 +179,7 @@ class OpcuaSink:
     def __init__(self, server: SimOpcuaServer) -> None:
         self._server = server
         self.published = 0
+        self.lost = 0
 
     async def publish(self, spec: SensorSpec, sample: Sample) -> None:
         """Write ``sample`` with its status code and simulated SourceTimestamp (null if Bad)."""

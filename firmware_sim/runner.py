@@ -22,13 +22,17 @@ from firmware_sim.clock import SimClock
 from firmware_sim.config import SensorSpec, SimConfig, Transport
 from firmware_sim.groundtruth import GroundTruthWriter
 from firmware_sim.line import LineSimulator
-from firmware_sim.mqtt_publisher import MqttSink, connect_mqtt
+from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.sample import Sample
 
 
 class Sink(Protocol):
-    """Where samples of one transport go."""
+    """Where samples of one transport go; ``lost`` counts messages that could not be sent."""
+
+    @property
+    def lost(self) -> int:
+        """Messages dropped because the transport was down."""
 
     async def publish(self, spec: SensorSpec, sample: Sample) -> None:
         """Deliver one sample (may buffer)."""
@@ -43,6 +47,7 @@ class RunStats:
 
     samples: int = 0
     dropped: int = 0
+    lost: int = 0
     anomalies: int = 0
     started: float = field(default_factory=time.monotonic)
     sim_time: float = 0.0
@@ -54,7 +59,10 @@ class RunStats:
 
 
 class Progress:
-    """Prints ``t=+12.0s samples=1800 rate=150.0 msg/s dropped=3 anomalies=2`` periodically."""
+    """Prints a progress line to ``out`` periodically.
+
+    Example: ``t=+12.0s samples=1800 rate=150.0 msg/s dropped=3 lost=0 anomalies=2``.
+    """
 
     def __init__(self, stats: RunStats, start: float, out: TextIO = sys.stderr) -> None:
         self._stats = stats
@@ -66,7 +74,7 @@ class Progress:
         s = self._stats
         return (
             f"t=+{s.sim_time - self._start:.1f}s samples={s.samples} rate={s.rate():.1f} msg/s "
-            f"dropped={s.dropped} anomalies={s.anomalies}"
+            f"dropped={s.dropped} lost={s.lost} anomalies={s.anomalies}"
         )
 
     async def run(self, interval: float = 1.0) -> None:
@@ -113,6 +121,7 @@ async def run_line(
                     continue
                 await sink.publish(spec, step.sample)
                 stats.samples += 1
+                stats.lost = sum(s.lost for s in sinks.values())
         finally:
             for record in sim.finish(sid):
                 groundtruth.write(record)
@@ -153,8 +162,10 @@ async def run_simulation(
             stack.push_async_callback(server.stop)
             sinks[Transport.OPCUA] = OpcuaSink(server)
         if config.sensors(Transport.MQTT):
-            client = await connect_mqtt(stack, config.mqtt)
-            sinks[Transport.MQTT] = MqttSink(client, config.mqtt)
+            link = MqttLink(config.mqtt)
+            await link.connect()
+            stack.push_async_callback(link.close)
+            sinks[Transport.MQTT] = MqttSink(link)
         writer = stack.enter_context(GroundTruthWriter(config.groundtruth))
         reporter = None
         if progress is not None:

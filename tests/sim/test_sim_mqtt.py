@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -13,9 +14,9 @@ from firmware_sim.config import PayloadFormat, SimConfig
 from firmware_sim.groundtruth import read_ground_truth
 from firmware_sim.line import simulate
 from firmware_sim.payloads import decode_plain
-from firmware_sim.runner import run_simulation
+from firmware_sim.runner import RunStats, run_simulation
 from tests.sim.simhelpers import START, Collector, ConfigFactory, Received, expected_messages
-from tests.support.mosquitto import Broker
+from tests.support.mosquitto import Broker, start_mosquitto
 
 pytestmark = pytest.mark.mqtt
 
@@ -154,3 +155,27 @@ async def test_same_seed_same_stream_over_the_wire(
     assert runs[0].payloads == runs[1].payloads
     assert runs[0].payloads != runs[2].payloads
     assert (tmp_path / "gt0.jsonl").read_bytes() == (tmp_path / "gt1.jsonl").read_bytes()
+
+
+async def test_broker_restart_is_survived(
+    make_config: ConfigFactory, broker: Broker, tmp_path: Path
+) -> None:
+    """The broker dies mid-run and comes back: the run finishes, counts lost messages, resumes."""
+    config = make_config(
+        LINE.format(seed=1, port=broker.port, gt=tmp_path / "gt.jsonl").replace(
+            "speed: 25\nduration_s: 20", "speed: 10\nduration_s: 40"
+        )
+    )
+    stats = RunStats()
+    run = asyncio.create_task(run_simulation(config, start=START, stats=stats))
+    async with Collector(broker.host, broker.port, "site/#") as first:
+        await first.wait_for(20)
+    broker.stop()
+    await asyncio.sleep(0.5)
+    with start_mosquitto(tmp_path / "again", port=broker.port) as again:
+        async with Collector(again.host, again.port, "site/#") as second:
+            await second.wait_for(20)
+            await run
+    assert stats.lost > 0
+    assert stats.samples == 3 * 400 - 20
+    assert len(read_ground_truth(tmp_path / "gt.jsonl")) == 6

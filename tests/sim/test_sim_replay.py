@@ -17,7 +17,7 @@ from firmware_sim.config import (
     Transport,
 )
 from firmware_sim.errors import ReplayError
-from firmware_sim.mqtt_publisher import MqttSink, mqtt_client
+from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.replay import ReplayRow, parse_timestamp, read_csv, replay
 from tests.sim.simhelpers import START, Collector
 from tests.support.mosquitto import Broker
@@ -75,10 +75,14 @@ async def test_replay_publishes_rows_in_order_accelerated(broker: Broker) -> Non
     rows = [ReplayRow(START + i * 0.5, float(i % 7)) for i in range(40)]
     settings = MqttSettings(host=broker.host, port=broker.port, client_id="replay-test")
     async with Collector(broker.host, broker.port, "site/#") as collector:
-        async with mqtt_client(settings) as client:
-            sink = MqttSink(client, settings)
+        link = MqttLink(settings)
+        await link.connect()
+        try:
+            sink = MqttSink(link)
             count = await replay(rows, spec=SPEC, sink=sink, clock=SimClock(START, speed=100))
             await replay(rows, spec=SPEC, sink=sink, speed=100, rebase=START + 3600)
+        finally:
+            await link.close()
         await collector.wait_for(2 * count)
     got = [json.loads(p) for p in collector.received.payloads["site/l1/rec/flow"]]
     assert count == 40

@@ -75,14 +75,20 @@ def write_config(directory: Path, port: int, host: str = "127.0.0.1") -> Path:
     return conf
 
 
-def start_mosquitto(tmp_path: Path, *, host: str = "127.0.0.1", timeout: float = 10.0) -> Broker:
-    """Start mosquitto on a free port under ``tmp_path`` and wait until it accepts."""
+def start_mosquitto(
+    tmp_path: Path, *, host: str = "127.0.0.1", port: int | None = None, timeout: float = 10.0
+) -> Broker:
+    """Start mosquitto under ``tmp_path`` and wait until it accepts connections.
+
+    ``port`` defaults to a free one; pass a stopped broker's port to restart it
+    in place (tests of reconnection).
+    """
     exe = MOSQUITTO if Path(MOSQUITTO).exists() else shutil.which("mosquitto")
     if exe is None:
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
     directory = tmp_path / "mosquitto"
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port(host)
+    port = port if port is not None else free_port(host)
     conf = write_config(directory, port, host)
     log = directory / "mosquitto.log"
     with log.open("wb") as out:
