@@ -118,7 +118,9 @@ def configure_run(args: argparse.Namespace) -> SimConfig:
         "opcua": _opcua(config.opcua, args),
     }
     if args.scenario is not None:
-        changes["anomalies"] = parse_anomalies(load_yaml(args.scenario))
+        scenario = load_yaml(args.scenario)
+        changes["anomalies"] = parse_anomalies(scenario)
+        scenario.check_unknown()
     overrides = {
         "duration_s": args.duration,
         "speed": args.speed,
@@ -182,6 +184,8 @@ def _replay_spec(args: argparse.Namespace) -> SensorSpec:
 
 
 async def _replay(args: argparse.Namespace) -> int:
+    if args.speed <= 0:
+        raise SimConfigError(f"--speed must be > 0, got {args.speed}")
     spec = _replay_spec(args)
     rows = read_csv(args.csv)
     rebase = time.time() if args.rebase else None

@@ -228,6 +228,8 @@ class SimConfig:
                     f"scenario anomaly {anomaly.kind} names unknown sensor {anomaly.sensor!r}; "
                     f"known sensors: {', '.join(ids)}"
                 )
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise SimConfigError(f"duration must be > 0 seconds, got {self.duration_s}")
         if self.speed <= 0:
             raise SimConfigError(
                 f"speed must be > 0 (use a large number for 'as fast'), got {self.speed}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import aiomqtt
 
@@ -23,12 +24,16 @@ from firmware_sim.sample import Sample
 _log = logging.getLogger(__name__)
 
 
-def mqtt_client(settings: MqttSettings, *, client_id: str | None = None) -> aiomqtt.Client:
-    """An (unconnected) aiomqtt client for the configured broker."""
+def mqtt_client(settings: MqttSettings) -> aiomqtt.Client:
+    """An (unconnected) aiomqtt client for the configured broker.
+
+    The client id is ``<client_id>-<pid>`` so two simulators on one broker do
+    not take over each other's session.
+    """
     return aiomqtt.Client(
         settings.host,
         settings.port,
-        identifier=client_id or settings.client_id,
+        identifier=f"{settings.client_id}-{os.getpid()}",
         max_inflight_messages=200,
         max_queued_outgoing_messages=0,
     )

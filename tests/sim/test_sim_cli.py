@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.cli import main
+from firmware_sim.cli import build_parser, configure_run, main
 from firmware_sim.config_yaml import load_config
+from firmware_sim.errors import SimConfigError
 from firmware_sim.groundtruth import read_ground_truth
 from firmware_sim.line import simulate
 from tests.sim.simhelpers import START, Collector, expected_messages
@@ -160,3 +161,24 @@ def test_load_command_prints_one_json_line(
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["readings"] == report["messages"] == report["acked"] == 100
     assert report["rate"] > 0
+
+
+def test_run_flags_override_the_config(tmp_path: Path) -> None:
+    """Endpoint, seed, speed, duration and scenario flags replace the config's values."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(
+        "anomalies:\n  - {kind: stuck, sensor: line1.pump1.bearing_temp, start_s: 3, "
+        "duration_s: 2}\n"
+    )
+    argv = ["run", "--config", "configs/sim.yaml", "--scenario", str(scenario)]
+    argv += ["--mqtt-port", "1999", "--opcua-port", "4999", "--seed", "7", "--speed", "3"]
+    argv += ["--duration", "9", "--state-dir", str(tmp_path)]
+    config = configure_run(build_parser().parse_args(argv))
+    assert (config.mqtt.port, config.opcua.port, config.opcua.state_dir) == (1999, 4999, tmp_path)
+    assert (config.seed, config.speed, config.duration_s) == (7, 3.0, 9.0)
+    assert [(a.kind.value, a.sensor) for a in config.anomalies] == [
+        ("stuck", "line1.pump1.bearing_temp")
+    ]
+    scenario.write_text("anomalys: []\n")
+    with pytest.raises(SimConfigError, match="anomalys is not a known option"):
+        configure_run(build_parser().parse_args(argv))
