@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from firmware_sim.errors import SimConfigError
-from firmware_sim.scenario import AnomalySpec
+from firmware_sim.scenario import AnomalyKind, AnomalySpec
 
 
 class SensorKind(enum.StrEnum):
@@ -227,6 +227,18 @@ class SimConfig:
                 raise SimConfigError(
                     f"scenario anomaly {anomaly.kind} names unknown sensor {anomaly.sensor!r}; "
                     f"known sensors: {', '.join(ids)}"
+                )
+            period = 1.0 / self.sensor(anomaly.sensor).rate_hz
+            if 0 < anomaly.duration_s < period:
+                raise SimConfigError(
+                    f"{anomaly.kind} anomaly on {anomaly.sensor} lasts {anomaly.duration_s:g} s, "
+                    f"shorter than one sample period ({period:g} s); use duration_s: 0 for "
+                    "exactly one sample"
+                )
+            if anomaly.kind is AnomalyKind.STUCK and anomaly.start_s < period:
+                raise SimConfigError(
+                    f"stuck anomaly on {anomaly.sensor} freezes the previous reading, so it "
+                    f"must start at least one sample period ({period:g} s) after the run start"
                 )
         if self.duration_s is not None and self.duration_s <= 0:
             raise SimConfigError(f"duration must be > 0 seconds, got {self.duration_s}")

@@ -14,6 +14,7 @@ flushed as soon as the anomaly has ended (or when the run stops mid-anomaly).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -89,6 +90,48 @@ class GroundTruthWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class GroundTruth:
+    """Ground-truth records indexed by sensor, for scoring detectors by (sensor, time)."""
+
+    def __init__(self, records: Iterable[GroundTruthRecord]) -> None:
+        self._by_sensor: dict[str, list[GroundTruthRecord]] = {}
+        for record in records:
+            self._by_sensor.setdefault(record.sensor, []).append(record)
+        for items in self._by_sensor.values():
+            items.sort(key=lambda r: (r.start, r.end))
+
+    @classmethod
+    def load(cls, path: Path) -> GroundTruth:
+        """Index the records of a ground-truth file."""
+        return cls(read_ground_truth(path))
+
+    def sensors(self) -> list[str]:
+        """Sensors with at least one anomaly."""
+        return sorted(self._by_sensor)
+
+    def records(self, sensor: str) -> list[GroundTruthRecord]:
+        """The anomalies of ``sensor`` in start order."""
+        return list(self._by_sensor.get(sensor, ()))
+
+    def at(self, sensor: str, ts: float, *, tolerance: float = 0.0) -> list[GroundTruthRecord]:
+        """Anomalies of ``sensor`` covering ``ts`` (widened by ``tolerance`` seconds each side).
+
+        Use a tolerance below half the sample period for timestamps that went
+        through OPC-UA's microsecond DateTime.
+        """
+        return self.overlapping(sensor, ts, ts, tolerance=tolerance)
+
+    def overlapping(
+        self, sensor: str, start: float, end: float, *, tolerance: float = 0.0
+    ) -> list[GroundTruthRecord]:
+        """Anomalies of ``sensor`` that intersect the closed window [start, end]."""
+        return [
+            r
+            for r in self._by_sensor.get(sensor, ())
+            if r.start - tolerance <= end and start <= r.end + tolerance
+        ]
 
 
 def read_ground_truth(path: Path) -> list[GroundTruthRecord]:

@@ -72,6 +72,15 @@ def test_kind_defaults_fill_unit_range_and_rate(make_config: ConfigFactory) -> N
             "needs a non-zero magnitude",
         ),
         (MINIMAL.replace("seed: 1\n", ""), "seed is required"),
+        (
+            MINIMAL + "scenario: {anomalies: [{kind: stuck, sensor: l1.m1.t, start_s: 0.05}]}\n",
+            "must start at least one sample period (0.1 s) after the run start",
+        ),
+        (
+            MINIMAL + "scenario: {anomalies: [{kind: dropout, sensor: l1.m1.t, start_s: 1, "
+            "duration_s: 0.05}]}\n",
+            "shorter than one sample period (0.1 s); use duration_s: 0",
+        ),
     ],
 )
 def test_bad_config_names_the_key(make_config: ConfigFactory, yaml_text: str, message: str) -> None:

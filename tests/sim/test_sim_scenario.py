@@ -6,9 +6,16 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from firmware_sim.config import SimConfig
-from firmware_sim.groundtruth import GroundTruthRecord, GroundTruthWriter, read_ground_truth
+from firmware_sim.groundtruth import (
+    GroundTruth,
+    GroundTruthRecord,
+    GroundTruthWriter,
+    read_ground_truth,
+)
 from firmware_sim.line import LineSimulator, simulate
 from firmware_sim.sample import Sample, Status
 from firmware_sim.scenario import AnomalyKind
@@ -197,3 +204,63 @@ def test_ground_truth_file_is_flushed_per_record(tmp_path: Path) -> None:
     assert records[1].covers(SID, START + 3.5)
     assert not records[1].covers(SID, START + 3.6)
     assert not records[1].covers("l1.m1.q", START + 3)
+
+
+KINDS = list(AnomalyKind)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=3),
+    starts=st.lists(st.integers(0, 1800).map(lambda c: c / 100), min_size=3, max_size=3),
+    durations=st.lists(st.sampled_from([0.0, 0.1, 0.15, 0.35, 1.0, 4.0]), min_size=3, max_size=3),
+)
+def test_changed_samples_are_exactly_the_ground_truth(
+    make_config: ConfigFactory,
+    kinds: list[AnomalyKind],
+    starts: list[float],
+    durations: list[float],
+) -> None:
+    """For any anomalies on separate sensors, the changed slots are exactly the recorded windows."""
+    sensors = ["a", "b", "c"]
+    text = "line: l1\nseed: 3\nmachines:\n  - name: m1\n    sensors:\n"
+    text += "".join(f"      - {{name: {s}, kind: pressure}}\n" for s in sensors)
+    text += "scenario:\n  anomalies:\n"
+    for kind, sensor, start, duration in zip(kinds, sensors, starts, durations, strict=False):
+        begin = max(start, 0.1) if kind is AnomalyKind.STUCK else start  # needs a prior reading
+        text += (
+            f"    - {{kind: {kind.value}, sensor: l1.m1.{sensor}, start_s: {begin!r}, "
+            f"duration_s: {duration!r}, magnitude: 7}}\n"
+        )
+    config = make_config(text)
+    clean = simulate(config, start=START, duration_s=20, clean=True)
+    run = simulate(config, start=START, duration_s=20)
+    truth = GroundTruth(run.records)
+    assert len(run.records) == len(kinds)
+    for sensor in (f"l1.m1.{s}" for s in sensors):
+        diff = changed(clean.samples[sensor], run.samples[sensor])
+        labelled = [c.ts for c in clean.samples[sensor] if truth.at(sensor, c.ts)]
+        assert diff == labelled, sensor
+        for record in truth.records(sensor):
+            inside = [c.ts for c in clean.samples[sensor] if record.covers(sensor, c.ts)]
+            assert len(inside) == record.samples >= 1
+
+
+def test_ground_truth_index_answers_point_and_window_queries() -> None:
+    """GroundTruth finds the anomalies at a time or overlapping a window, with tolerance."""
+    records = [
+        GroundTruthRecord(SID, "spike", START + 1, START + 1, "l1.m1", 1, 30.0),
+        GroundTruthRecord(SID, "dropout", START + 5, START + 6, "l1.m1", 11, 0.0),
+        GroundTruthRecord("l1.m1.q", "stuck", START, START + 9, "l1.m1", 91, 0.0),
+    ]
+    truth = GroundTruth(reversed(records))
+    assert truth.sensors() == ["l1.m1.p", "l1.m1.q"]
+    assert [r.kind for r in truth.records(SID)] == ["spike", "dropout"]
+    assert [r.kind for r in truth.at(SID, START + 1)] == ["spike"]
+    assert truth.at(SID, START + 1.0000004) == []
+    assert [r.kind for r in truth.at(SID, START + 1.0000004, tolerance=1e-3)] == ["spike"]
+    assert [r.kind for r in truth.overlapping(SID, START + 0.5, START + 5)] == ["spike", "dropout"]
+    assert truth.overlapping(SID, START + 2, START + 4.9) == []
+    assert truth.at("l1.m1.z", START) == []
