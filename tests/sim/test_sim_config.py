@@ -10,7 +10,8 @@ import pytest
 from firmware_sim.config import SensorKind, Transport
 from firmware_sim.config_yaml import load_config
 from firmware_sim.errors import SimConfigError
-from firmware_sim.scenario import AnomalyKind
+from firmware_sim.scenario import AnomalyKind, parse_anomalies
+from firmware_sim.yamlpath import load_yaml
 from tests.sim.simhelpers import ConfigFactory
 
 MINIMAL = """
@@ -100,3 +101,16 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported, not a traceback."""
     with pytest.raises(SimConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_shipped_scenarios_fit_the_shipped_line() -> None:
+    """Every file in configs/scenarios/ is a valid scenario for configs/sim.yaml."""
+    config = load_config(Path("configs/sim.yaml"))
+    files = sorted(Path("configs/scenarios").glob("*.yaml"))
+    assert files
+    for path in files:
+        section = load_yaml(path)
+        anomalies = parse_anomalies(section)
+        section.check_unknown()
+        assert anomalies, path
+        assert config.with_changes(anomalies=anomalies).anomalies == anomalies
