@@ -23,7 +23,6 @@ configured; the server certificate is self-signed and kept in the state dir.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,7 +81,6 @@ class SimOpcuaServer:
 
     async def start(self) -> None:
         """Initialise, build the address space and listen on the endpoint."""
-        logging.getLogger("asyncua").setLevel(logging.WARNING)
         s = self.settings
         server = self.server
         await server.init()
