@@ -1,8 +1,9 @@
-"""Command line: ``tecc-sim run | replay | load`` (also ``python -m firmware_sim``).
+"""Command line: ``tecc-sim run | replay | load | sensors`` (also ``python -m firmware_sim``).
 
 ``run`` plays the configured line with its scenario and writes the ground
 truth; ``replay`` turns a ``timestamp,value`` CSV into one sensor; ``load``
-generates many topics or nodes at a total rate for benchmarks. Broker and
+generates many topics or nodes at a total rate for benchmarks; ``sensors``
+prints the line's sensors as JSON for writing gateway configs. Broker and
 endpoint addresses in the config can be overridden by flags.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -83,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
     rep.add_argument("--rebase", action="store_true", help="stamp the first row with 'now'")
     _endpoint_flags(rep)
+
+    sensors = sub.add_parser(
+        "sensors", help="print the line's sensors as JSON (for gateway configs)"
+    )
+    sensors.add_argument("--config", type=Path, default=Path("configs/sim.yaml"))
 
     load = sub.add_parser("load", help="many topics or nodes at a total rate (benchmarks)")
     load.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
@@ -208,6 +215,35 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe(config: SimConfig) -> list[dict[str, object]]:
+    """One JSON-ready entry per sensor: id, transport, address, unit, range, rate."""
+    out: list[dict[str, object]] = []
+    for spec in config.sensors():
+        entry: dict[str, object] = {
+            "sensor": spec.sensor_id,
+            "machine": spec.machine_id,
+            "kind": spec.kind.value,
+            "unit": spec.unit,
+            "range": [spec.low, spec.high],
+            "rate_hz": spec.rate_hz,
+            "transport": spec.transport.value,
+        }
+        if spec.transport is Transport.MQTT:
+            entry |= {
+                "topic": spec.topic(config.mqtt.topic_prefix),
+                "payload": spec.payload.value,
+                "qos": spec.qos,
+            }
+        else:
+            entry |= {
+                "endpoint": config.opcua.endpoint,
+                "namespace": config.opcua.namespace,
+                "node": f"s={spec.sensor_id}",
+            }
+        out.append(entry)
+    return out
+
+
 def _progress(readings: int, seconds: float) -> None:
     sys.stderr.write(f"load: readings={readings} rate={readings / seconds:.0f}/s\n")
 
@@ -240,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "replay":
             return asyncio.run(_replay(args))
+        if args.command == "sensors":
+            print(json.dumps(describe(load_config(args.config)), indent=2, ensure_ascii=False))
+            return 0
         return _cmd_load(args)
     except SimError as exc:
         print(f"tecc-sim: error: {exc}", file=sys.stderr)

@@ -27,7 +27,14 @@ def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["run", "--help"], ["replay", "--help"], ["load", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["replay", "--help"],
+        ["load", "--help"],
+        ["sensors", "--help"],
+    ],
 )
 def test_help_works(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Every subcommand prints its usage and exits 0."""
@@ -48,7 +55,7 @@ def test_module_entry_point_runs() -> None:
         timeout=60,
     )
     assert done.returncode == 0
-    assert "{run,replay,load}" in done.stdout
+    assert "{run,replay,sensors,load}" in done.stdout
 
 
 def test_bad_config_exits_2_with_the_yaml_path(
@@ -182,3 +189,22 @@ def test_run_flags_override_the_config(tmp_path: Path) -> None:
     scenario.write_text("anomalys: []\n")
     with pytest.raises(SimConfigError, match="anomalys is not a known option"):
         configure_run(build_parser().parse_args(argv))
+
+
+def test_sensors_command_lists_addresses_units_and_ranges(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``tecc-sim sensors`` prints every sensor with its topic or node id, unit and range."""
+    assert main(["sensors", "--config", "configs/sim.yaml"]) == 0
+    entries = {e["sensor"]: e for e in json.loads(capsys.readouterr().out)}
+    assert len(entries) == 15
+    temp = entries["line1.press1.bearing_temp"]
+    assert temp["transport"] == "opcua"
+    assert temp["node"] == "s=line1.press1.bearing_temp"
+    assert (temp["unit"], temp["range"]) == ("°C", [0.0, 150.0])
+    vib = entries["line1.mill1.vibration_rms"]
+    assert (vib["topic"], vib["payload"], vib["qos"]) == (
+        "site/line1/mill1/vibration_rms",
+        "plain",
+        1,
+    )
