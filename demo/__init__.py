@@ -1,0 +1,1 @@
+"""One-machine demonstration of the whole pipeline (the README's main command)."""

@@ -1,0 +1,125 @@
+"""Third-party services the pipeline runs beside itself: mosquitto and swtpm.
+
+Both run as child processes on free loopback ports with their state in a
+directory of the caller's (``var/`` for the demo, a temp dir for tests) —
+never as system services. The same helpers serve the demo, the soak and the
+tests, so every run uses the broker and TPM configuration documented here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from demo.supervisor import ChildSpec
+
+MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_port_pair() -> int:
+    """A port ``p`` such that ``p`` and ``p + 1`` were both free (swtpm server + control)."""
+    for _ in range(100):
+        p = free_port()
+        if p >= 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no pair of adjacent free ports found on 127.0.0.1")
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until ``host:port`` accepts TCP connections, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nothing listens on {host}:{port} after {timeout_s} s"
+                ) from None
+            time.sleep(0.05)
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto broker; a clear error if it is not installed."""
+    for path in MOSQUITTO_CANDIDATES:
+        if Path(path).exists():
+            return path
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "mosquitto is not installed: run ./tecc setup (apt-get install mosquitto)"
+    )
+
+
+def mosquitto_spec(state_dir: Path, port: int, *, name: str = "mosquitto") -> ChildSpec:
+    """A mosquitto broker on 127.0.0.1:``port`` with persistence in ``state_dir``.
+
+    ``max_queued_messages 0`` (unlimited): the default of 1000 per client
+    silently drops QoS 1 messages for a slow or absent persistent subscriber,
+    which would break the gateway's nothing-lost guarantee across restarts.
+    Memory is bounded instead by ``max_queued_bytes`` (256 MiB per client).
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conf = state_dir / "mosquitto.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                f"listener {port} 127.0.0.1",
+                "allow_anonymous true",
+                "persistence true",
+                f"persistence_location {state_dir}/",
+                "autosave_interval 1",
+                "max_queued_messages 0",
+                "max_queued_bytes 268435456",
+                "max_inflight_messages 0",
+                "log_type error",
+                "log_type warning",
+                "",
+            ]
+        )
+    )
+    return ChildSpec(name=name, argv=(mosquitto_binary(), "-c", str(conf)))
+
+
+def swtpm_spec(state_dir: Path, port: int, *, name: str = "swtpm") -> ChildSpec:
+    """A TPM 2.0 emulator: server on ``port``, control channel on ``port + 1``.
+
+    Reach it with the TCTI ``swtpm:host=127.0.0.1,port=<port>``. The TPM state
+    (including sealed objects' hierarchy seeds) persists in ``state_dir``.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    binary = shutil.which("swtpm") or "/usr/bin/swtpm"
+    return ChildSpec(
+        name=name,
+        argv=(
+            binary,
+            "socket",
+            "--tpm2",
+            "--server",
+            f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+            "--flags",
+            "not-need-init,startup-clear",
+            "--tpmstate",
+            f"dir={state_dir}",
+        ),
+    )

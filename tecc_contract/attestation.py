@@ -1,0 +1,216 @@
+"""Attestation evidence: the (simulated) TEE quote format and its verifier.
+
+A quote binds an enclave's *measurement* (SHA-256 of its code bundle and
+analytics policy), its public keys and a verifier-chosen nonce, signed by a
+platform attestation key (Ed25519). Gateways, peer clusters and the output
+service call a :class:`QuoteVerifier` before they trust a service's keys.
+
+Only the simulation lives here: :class:`SimulatedPlatformVerifier` trusts a
+configured set of platform keys. A real SGX/TDX/SEV-SNP verifier implements
+the same :class:`QuoteVerifier` protocol (check the hardware vendor's chain,
+then the same allow-list of measurements), and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tecc_contract.errors import AttestationError
+
+QUOTE_VERSION: Final = 1
+MEASUREMENT_BYTES: Final = 32
+MAX_QUOTE_JSON_BYTES: Final = 64 * 1024
+ROLES: Final = frozenset({"party", "dealer", "output"})
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: object, name: str) -> bytes:
+    if not isinstance(s, str):
+        raise AttestationError(f"quote field {name} must be a base64 string")
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise AttestationError(f"quote field {name} is not valid base64") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """Evidence that a service runs a given measured build with given keys."""
+
+    role: str
+    service_id: str
+    measurement: bytes
+    keys: Mapping[str, bytes]
+    nonce: bytes
+    issued_ns: int
+    platform_key_id: str
+    hpke_suite: str = "x25519"
+    signature: bytes = b""
+    version: int = QUOTE_VERSION
+    claims: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.version != QUOTE_VERSION:
+            raise AttestationError(f"quote version {self.version} is not supported (need 1)")
+        if self.role not in ROLES:
+            raise AttestationError(f"quote role {self.role!r} is not one of {sorted(ROLES)}")
+        if len(self.measurement) != MEASUREMENT_BYTES:
+            raise AttestationError(f"measurement must be {MEASUREMENT_BYTES} bytes")
+        if not self.service_id or not self.platform_key_id:
+            raise AttestationError("quote needs a service id and a platform key id")
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "role": self.role,
+            "service_id": self.service_id,
+            "measurement": self.measurement.hex(),
+            "keys": {k: _b64(v) for k, v in sorted(self.keys.items())},
+            "hpke_suite": self.hpke_suite,
+            "nonce": _b64(self.nonce),
+            "issued_ns": self.issued_ns,
+            "platform_key_id": self.platform_key_id,
+            "claims": dict(sorted(self.claims.items())),
+        }
+
+    def signed_bytes(self) -> bytes:
+        """Canonical bytes the platform key signs (sorted-key compact JSON)."""
+        return json.dumps(self._body(), sort_keys=True, separators=(",", ":")).encode()
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form, as served by ``GET /attestation``."""
+        return {**self._body(), "signature": _b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Quote:
+        """Parse a quote from untrusted JSON; AttestationError if malformed."""
+        if not isinstance(obj, dict):
+            raise AttestationError("quote must be a JSON object")
+        try:
+            keys = obj["keys"]
+            claims = obj.get("claims", {})
+            if not isinstance(keys, dict) or not isinstance(claims, dict):
+                raise AttestationError("quote keys and claims must be objects")
+            measurement = bytes.fromhex(str(obj["measurement"]))
+            fields = (obj["role"], obj["service_id"], obj["platform_key_id"], obj["hpke_suite"])
+            if not all(isinstance(f, str) for f in fields):
+                raise AttestationError("quote role, ids and suite must be strings")
+            version, issued = obj["version"], obj["issued_ns"]
+            if not isinstance(version, int) or not isinstance(issued, int):
+                raise AttestationError("quote version and issued_ns must be integers")
+            return cls(
+                role=str(obj["role"]),
+                service_id=str(obj["service_id"]),
+                measurement=measurement,
+                keys={str(k): _unb64(v, f"keys.{k}") for k, v in keys.items()},
+                nonce=_unb64(obj["nonce"], "nonce"),
+                issued_ns=issued,
+                platform_key_id=str(obj["platform_key_id"]),
+                hpke_suite=str(obj["hpke_suite"]),
+                signature=_unb64(obj["signature"], "signature"),
+                version=version,
+                claims={str(k): str(v) for k, v in claims.items()},
+            )
+        except KeyError as exc:
+            raise AttestationError(f"quote is missing the field {exc.args[0]!r}") from exc
+        except ValueError as exc:
+            raise AttestationError(f"quote field is malformed: {exc}") from exc
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Quote:
+        """Parse a quote from JSON bytes of bounded size."""
+        if len(data) > MAX_QUOTE_JSON_BYTES:
+            raise AttestationError(f"quote of {len(data)} bytes is larger than allowed")
+        try:
+            return cls.from_json(json.loads(data))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AttestationError("quote is not valid JSON") from exc
+
+
+def sign_quote(unsigned: Quote, platform_key: Ed25519PrivateKey) -> Quote:
+    """Return ``unsigned`` with the platform key's signature over its canonical bytes."""
+    return replace(unsigned, signature=platform_key.sign(unsigned.signed_bytes()))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedIdentity:
+    """What a verifier vouches for after checking a quote."""
+
+    role: str
+    service_id: str
+    measurement: bytes
+    keys: Mapping[str, bytes]
+    hpke_suite: str
+    verified_ns: int
+    platform_key_id: str
+
+
+class QuoteVerifier(Protocol):
+    """Checks a quote and returns the identity it proves, or raises AttestationError."""
+
+    def verify(
+        self, quote: Quote, *, nonce: bytes, now_ns: int, role: str | None = None
+    ) -> VerifiedIdentity:
+        """Verify ``quote`` was issued for ``nonce`` by a trusted platform and allowed build."""
+        ...
+
+
+class SimulatedPlatformVerifier:
+    """Verifier for the simulated TEE: trusted platform keys plus a measurement allow-list."""
+
+    def __init__(
+        self,
+        *,
+        platform_keys: Mapping[str, Ed25519PublicKey],
+        allowed_measurements: Collection[bytes],
+        max_age_s: float = 300.0,
+    ) -> None:
+        self._platforms = dict(platform_keys)
+        self._allowed = frozenset(allowed_measurements)
+        self._max_age_ns = int(max_age_s * 1e9)
+
+    def verify(
+        self, quote: Quote, *, nonce: bytes, now_ns: int, role: str | None = None
+    ) -> VerifiedIdentity:
+        """Check platform signature, nonce, freshness, role and allow-listed measurement."""
+        key = self._platforms.get(quote.platform_key_id)
+        if key is None:
+            raise AttestationError(f"quote signed by unknown platform {quote.platform_key_id!r}")
+        try:
+            key.verify(quote.signature, quote.signed_bytes())
+        except InvalidSignature as exc:
+            raise AttestationError(
+                f"quote of {quote.service_id!r} has an invalid platform signature"
+            ) from exc
+        if quote.nonce != nonce:
+            raise AttestationError(f"quote of {quote.service_id!r} answers another nonce (replay?)")
+        age = now_ns - quote.issued_ns
+        if age > self._max_age_ns or age < -self._max_age_ns:
+            raise AttestationError(f"quote of {quote.service_id!r} is stale ({age / 1e9:.0f} s)")
+        if role is not None and quote.role != role:
+            raise AttestationError(f"{quote.service_id!r} attests as {quote.role}, need {role}")
+        if quote.measurement not in self._allowed:
+            raise AttestationError(
+                f"measurement {quote.measurement.hex()[:16]}… of {quote.service_id!r} is not on "
+                "the allow-list: its code or analytics policy differs from the approved build"
+            )
+        return VerifiedIdentity(
+            role=quote.role,
+            service_id=quote.service_id,
+            measurement=quote.measurement,
+            keys=dict(quote.keys),
+            hpke_suite=quote.hpke_suite,
+            verified_ns=now_ns,
+            platform_key_id=quote.platform_key_id,
+        )
