@@ -59,7 +59,7 @@ async def test_opcua_load_writes_every_node(tmp_path: Path) -> None:
     await server.start()
     try:
         report = await write_load(spec, server)
-        async with Client(settings.endpoint) as client:
+        async with Client(settings.endpoint, timeout=30) as client:
             ns = await client.get_namespace_index("urn:tecc:sim")
             values = [
                 await client.get_node(f"ns={ns};s={s.sensor_id}").read_data_value()

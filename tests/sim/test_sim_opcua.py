@@ -63,7 +63,7 @@ async def test_address_space_browses_as_documented(shipped: SimConfig) -> None:
     """Objects/line1/<machine>/<sensor>: AnalogItemType Doubles with EURange and units."""
     server = await started(shipped)
     try:
-        async with Client(shipped.opcua.endpoint) as client:
+        async with Client(shipped.opcua.endpoint, timeout=30) as client:
             ns = await client.get_namespace_index("urn:tecc:sim")
             line = await client.nodes.objects.get_child(f"{ns}:line1")
             assert line.nodeid == ua.NodeId(ua.String("line1"), ua.Int16(ns))
@@ -104,7 +104,7 @@ async def test_endpoints_offer_none_and_basic256sha256(shipped: SimConfig, tmp_p
     """Discovery lists None plus Basic256Sha256 Sign and SignAndEncrypt; a secure session reads."""
     server = await started(shipped)
     try:
-        probe = Client(shipped.opcua.endpoint)
+        probe = Client(shipped.opcua.endpoint, timeout=30)
         endpoints = await probe.connect_and_get_server_endpoints()
         offered = {(e.SecurityPolicyUri.rsplit("#", 1)[-1], e.SecurityMode) for e in endpoints}
         assert offered == {
@@ -116,7 +116,7 @@ async def test_endpoints_offer_none_and_basic256sha256(shipped: SimConfig, tmp_p
         paths = ensure_certificate(
             tmp_path / "client", app_uri=app_uri, common_name="test-client", stem="client"
         )
-        client = Client(shipped.opcua.endpoint)
+        client = Client(shipped.opcua.endpoint, timeout=30)
         client.application_uri = app_uri
         await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{paths.cert},{paths.key}")
         async with client:
@@ -147,7 +147,7 @@ async def test_values_follow_the_model_and_failures_are_bad(
     server = await started(config)
     changes = Changes()
     try:
-        async with Client(config.opcua.endpoint) as client:
+        async with Client(config.opcua.endpoint, timeout=30) as client:
             ns = await client.get_namespace_index("urn:tecc:sim")
             nodes = [client.get_node(f"ns={ns};s={s.sensor_id}") for s in config.sensors()]
             sub = await client.create_subscription(20, changes)
