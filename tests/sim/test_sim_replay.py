@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from asyncua.client.client import Client
 
 from firmware_sim.clock import SimClock
 from firmware_sim.config import (
     KIND_DEFAULTS,
     MqttSettings,
+    OpcuaSettings,
     PayloadFormat,
+    SecurityMode,
     SensorKind,
     SensorSpec,
     Transport,
 )
 from firmware_sim.errors import ReplayError
 from firmware_sim.mqtt_publisher import MqttLink, MqttSink
+from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.replay import ReplayRow, parse_timestamp, read_csv, replay
 from tests.sim.simhelpers import START, Collector
 from tests.support.mosquitto import Broker
+from tests.support.ports import free_port
 
 SPEC = SensorSpec(
     line="l1",
@@ -88,3 +95,39 @@ async def test_replay_publishes_rows_in_order_accelerated(broker: Broker) -> Non
     assert count == 40
     assert [(g["ts"], g["value"]) for g in got[:40]] == [(r.ts, r.value) for r in rows]
     assert [g["ts"] - 3600 for g in got[40:]] == [r.ts for r in rows]
+
+
+@pytest.mark.opcua
+async def test_replay_into_an_opcua_node(tmp_path: Path) -> None:
+    """Replayed rows land in the sensor's OPC-UA node with their SourceTimestamps."""
+    spec = dataclasses.replace(SPEC, transport=Transport.OPCUA)
+    settings = OpcuaSettings(port=free_port(), state_dir=tmp_path, security=(SecurityMode.NONE,))
+    server = SimOpcuaServer(settings, [spec])
+    await server.start()
+    changes: list[tuple[float, float]] = []
+
+    class Handler:
+        """Records (SourceTimestamp, value) of every data change."""
+
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            value = data.monitored_item.Value
+            changes.append((value.SourceTimestamp.timestamp(), value.Value.Value))
+
+    rows = [ReplayRow(START + i * 0.2, 10.0 + i) for i in range(20)]
+    try:
+        async with Client(settings.endpoint, timeout=30) as client:
+            ns = await client.get_namespace_index("urn:tecc:sim")
+            node = client.get_node(f"ns={ns};s=l1.rec.flow")
+            sub = await client.create_subscription(10, Handler())
+            await sub.subscribe_data_change(node, queuesize=100)
+            await replay(rows, spec=spec, sink=OpcuaSink(server), speed=10)
+            last = await node.read_data_value()
+            await sub.delete()
+    finally:
+        await server.stop()
+    assert last.Value is not None
+    assert last.Value.Value == 29.0
+    expected = {round(r.ts, 3): r.value for r in rows}
+    good = [(ts, v) for ts, v in changes if v is not None]
+    assert len(good) >= 10
+    assert all(expected[round(ts, 3)] == v for ts, v in good)
