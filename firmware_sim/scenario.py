@@ -19,7 +19,7 @@ import enum
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -107,7 +107,6 @@ class _Window:
     count: int = 0
     held: float = 0.0
     done: bool = False
-    records: list[GroundTruthRecord] = field(default_factory=list)
 
     def active(self, ts: float) -> bool:
         if self.done or ts < self.start:
