@@ -53,7 +53,7 @@ class RunStats:
     sim_time: float = 0.0
 
     def rate(self) -> float:
-        """Samples handed to sinks per wall-clock second so far."""
+        """Samples handed to sinks per wall-clock second since the run started."""
         elapsed = time.monotonic() - self.started
         return self.samples / elapsed if elapsed > 0 else 0.0
 
@@ -68,12 +68,17 @@ class Progress:
         self._stats = stats
         self._start = start
         self._out = out
+        self._mark = (time.monotonic(), stats.samples)
 
     def line(self) -> str:
-        """The current progress line."""
+        """The current progress line; ``rate`` is over the time since the previous line."""
         s = self._stats
+        now = time.monotonic()
+        then, count = self._mark
+        rate = (s.samples - count) / (now - then) if now > then else 0.0
+        self._mark = (now, s.samples)
         return (
-            f"t=+{s.sim_time - self._start:.1f}s samples={s.samples} rate={s.rate():.1f} msg/s "
+            f"t=+{s.sim_time - self._start:.1f}s samples={s.samples} rate={rate:.1f} msg/s "
             f"dropped={s.dropped} lost={s.lost} anomalies={s.anomalies}"
         )
 
@@ -86,7 +91,12 @@ class Progress:
                 self._out.write(self.line() + end)
                 self._out.flush()
         finally:
-            self._out.write(self.line() + "\n")
+            s = self._stats
+            self._out.write(
+                f"t=+{s.sim_time - self._start:.1f}s samples={s.samples} "
+                f"rate={s.rate():.1f} msg/s (average) dropped={s.dropped} lost={s.lost} "
+                f"anomalies={s.anomalies}\n"
+            )
             self._out.flush()
 
 
