@@ -36,6 +36,8 @@ from cloud_tecc.enclave.trust import AttestedDirectory
 from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
+from cloud_tecc.mpc.source import CorrelationSource
+from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.dealer_link import DealerLink
 from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
@@ -145,7 +147,7 @@ class Coordinator:
             if link is not None:
                 await link.close()
 
-    async def _control(self, mesh: WsTransport, doc: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, mesh: Transport, doc: dict[str, Any]) -> dict[str, Any]:
         got = await mesh.exchange(CONTROL_ROUND, {self.peer: dumps(doc)})
         try:
             reply = json.loads(bytes(got[self.peer]))
@@ -155,7 +157,7 @@ class Coordinator:
             raise PeerError("peer sent a malformed control message")
         return reply
 
-    async def _tick(self, mesh: WsTransport, link: DealerLink) -> bool:
+    async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round; returns True if an epoch was computed."""
         wm = await asyncio.to_thread(self.store.watermark)
         other = await self._control(mesh, {"wm": wm})
@@ -194,7 +196,7 @@ class Coordinator:
             return None
         return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
 
-    async def _compute(self, mesh: WsTransport, link: DealerLink, prop: Proposal) -> None:
+    async def _compute(self, mesh: Transport, link: CorrelationSource, prop: Proposal) -> None:
         t0 = time.perf_counter()
         segments = await asyncio.to_thread(self.store.load_segments, prop.batches)
         keys = sorted({(s.gateway, s.sensor) for s in segments})
@@ -205,9 +207,9 @@ class Coordinator:
             return
         party = Party(self.cfg.party, 2, mesh, link, frac_bits=16)
         t1 = time.perf_counter()
-        waited = link.wait_s_total
+        waited = link.wait_s_total if isinstance(link, DealerLink) else 0.0
         out, rel = await secure_epoch(party, self.cfg.service.policy, epoch)
-        waited = link.wait_s_total - waited
+        waited = (link.wait_s_total if isinstance(link, DealerLink) else 0.0) - waited
         t2 = time.perf_counter()
         body = dumps(
             {
