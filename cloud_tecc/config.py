@@ -124,6 +124,7 @@ class OutputConfig:
 
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
+    gateways: Mapping[str, str] = field(default_factory=dict)  # gateway id → health URL
 
 
 def _endpoint(raw: Any, what: str) -> Endpoint:
@@ -226,8 +227,13 @@ def load_dealer(path: Path) -> DealerConfig:
 def load_output(path: Path) -> OutputConfig:
     """Load an output-service config."""
     raw, _ = load_raw(path)
+    gateways = raw.get("gateways") or {}
+    if not isinstance(gateways, Mapping):
+        raise ConfigError("gateways must map a gateway id to its health URL")
     return OutputConfig(
-        _service(raw, path.parent, Role.OUTPUT), _endpoints(raw.get("parties"), "parties")
+        _service(raw, path.parent, Role.OUTPUT),
+        _endpoints(raw.get("parties"), "parties"),
+        {str(k): str(v) for k, v in gateways.items()},
     )
 
 

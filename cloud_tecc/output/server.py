@@ -25,6 +25,7 @@ from cloud_tecc.config import OutputConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import AnalyticsError, PeerError
+from cloud_tecc.output.dashboard import GatewayHealth, attach_dashboard
 from cloud_tecc.output.collector import try_complete, validate_submission
 from cloud_tecc.output.store import ResultStore
 from cloud_tecc.service.base import ServiceBase
@@ -80,6 +81,10 @@ class OutputService(ServiceBase):
         r.add_get("/api/v1/alerts", self._api_alerts)
         r.add_get("/api/v1/fleet", self._api_fleet)
         r.add_get("/api/v1/epochs", self._api_epochs)
+        self.gateway_health = GatewayHealth(cfg.gateways)
+        attach_dashboard(
+            self.app, change_marker=self.store.change_marker, gateways=self.gateway_health
+        )
 
     async def on_start(self) -> None:
         """Open the HTTP client and start watching the clusters' attestation."""
@@ -89,6 +94,8 @@ class OutputService(ServiceBase):
             verifier, self.session, refresh_s=self.cfg.trust.refresh_s
         )
         self.spawn(self._watch(), "attestation-watch")
+        if self.ocfg.gateways:
+            self.spawn(self.gateway_health.run(self.session), "gateway-health")
 
     async def on_stop(self) -> None:
         """Close client and database."""

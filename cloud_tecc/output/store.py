@@ -177,6 +177,11 @@ class ResultStore:
             "SELECT * FROM fleet WHERE start_ns >= ? ORDER BY start_ns, class", (since_ns,)
         )
 
+    def change_marker(self) -> int:
+        """A number that changes whenever a new epoch of results is stored."""
+        rows = self._query("SELECT COALESCE(MAX(stored_ns), 0) AS m, COUNT(*) AS n FROM epochs", ())
+        return int(rows[0]["m"]) + int(rows[0]["n"])
+
     def epochs(self) -> list[dict[str, Any]]:
         """Stored epochs with the time their results were stored."""
         return self._query("SELECT * FROM epochs ORDER BY start_ns", ())
