@@ -25,8 +25,8 @@ from cloud_tecc.config import OutputConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import AnalyticsError, PeerError
-from cloud_tecc.output.dashboard import GatewayHealth, attach_dashboard
 from cloud_tecc.output.collector import try_complete, validate_submission
+from cloud_tecc.output.dashboard import GatewayHealth, attach_dashboard
 from cloud_tecc.output.store import ResultStore
 from cloud_tecc.service.base import ServiceBase
 from cloud_tecc.service.channel import open_message, sender_of
