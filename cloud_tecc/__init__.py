@@ -1,0 +1,1 @@
+"""TECC clusters: simulated enclaves, share ingest, MPC analytics and the output service."""

@@ -1,0 +1,1 @@
+"""Window statistics and anomaly detectors computed on secret shares."""

@@ -1,0 +1,189 @@
+"""Inputs of one epoch and the public plan derived from them.
+
+Everything in an :class:`EpochPlan` is public metadata the clusters already
+see (gateway and sensor ids, timestamps, counts) combined with the public
+policy: per-reading positions, baseline lengths, limits, masks. Both parties
+derive the identical plan from identical metadata, so their MPC calls line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
+from tecc_contract.fixedpoint import FixedPoint
+from tecc_contract.ring import RingArray
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+Int64Array = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamState:
+    """Secret-shared detector state of one (gateway, sensor) stream.
+
+    ``centre`` (one element) is the stream's first reading ever; the z-score
+    works on values centred on it so that its second moments stay precise.
+    ``hist_x`` holds the previous ≤ W readings (oldest first) and ``hist_yy``
+    ``trunc((x − centre)²)`` of the same readings.
+    """
+
+    centre: RingArray
+    hist_x: RingArray
+    hist_yy: RingArray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamInput:
+    """One stream's readings of the epoch (processing order) and its prior state.
+
+    ``q`` is the gateway's x² column (``None`` if the gateway did not send
+    it; the program then squares in MPC). ``state`` is ``None`` for a new stream.
+    """
+
+    gateway: str
+    sensor: str
+    timestamps_ns: Int64Array
+    x: RingArray
+    q: RingArray | None
+    state: StreamState | None
+
+
+@dataclass(frozen=True, slots=True)
+class EpochInput:
+    """All streams with readings in the epoch ``[start_ns, start_ns + window)``."""
+
+    start_ns: int
+    streams: tuple[StreamInput, ...]
+
+
+def reciprocal(counts: IntArray, bits: int) -> RingArray:
+    """``round(2^bits / n)`` per count, 0 where ``n == 0``."""
+    n = np.asarray(counts, dtype=np.int64)
+    out = np.zeros(n.shape, dtype=np.uint64)
+    nz = n > 0
+    out[nz] = ((np.uint64(1) << np.uint64(bits)) + (n[nz] // 2).astype(np.uint64)) // n[nz].astype(
+        np.uint64
+    )
+    return out
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EpochPlan:
+    """Public index arrays and constants for one epoch.
+
+    ``zmask``, ``limit_mask`` and ``rate_mask`` mark the readings whose flag is
+    computed and released: the rule applies, the policy releases that
+    detector and the reading's window has at least ``min_count`` readings.
+    """
+
+    n: IntArray
+    h: IntArray
+    stream_of: IntArray
+    pos: IntArray
+    a_off: IntArray
+    base_n: IntArray
+    zmask: BoolArray
+    lo: RingArray
+    hi: RingArray
+    limit_mask: BoolArray
+    dd: RingArray
+    rate_mask: BoolArray
+    cls: IntArray
+    classes: tuple[str, ...]
+    class_first: IntArray
+    minmax: IntArray
+
+    @property
+    def readings(self) -> int:
+        """Readings in the epoch."""
+        return int(self.n.sum())
+
+
+def _limits(
+    policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint
+) -> tuple[RingArray, RingArray, BoolArray, RingArray, BoolArray]:
+    lo, hi, has_lim, dd, has_rate = [], [], [], [], []
+    for s in epoch.streams:
+        lim, rate = policy.limit_for(s.sensor), policy.rate_for(s.sensor)
+        k = len(s.x)
+        lo.append(np.full(k, codec.encode_scalar(lim.low) if lim else 0, dtype=np.uint64))
+        hi.append(np.full(k, codec.encode_scalar(lim.high) if lim else 0, dtype=np.uint64))
+        has_lim.append(np.full(k, lim is not None))
+        d = codec.encode_scalar(rate.max_delta) if rate else 0
+        dd.append(np.full(k, (d * d) % (1 << 64), dtype=np.uint64))
+        has_rate.append(np.full(k, rate is not None))
+    cat = np.concatenate
+    return cat(lo), cat(hi), cat(has_lim), cat(dd), cat(has_rate)
+
+
+def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> EpochPlan:
+    """Derive the public plan of an epoch (identical at every party)."""
+    if not epoch.streams:
+        raise ValueError("an epoch plan needs at least one stream")
+    w = policy.zscore.window
+    n = np.array([len(s.x) for s in epoch.streams], dtype=np.int64)
+    h = np.array([len(s.state.hist_x) if s.state else 0 for s in epoch.streams], dtype=np.int64)
+    stream_of = np.repeat(np.arange(len(n)), n)
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    pos = np.arange(int(n.sum())) - np.repeat(starts, n) + h[stream_of]
+    a_off = np.concatenate([[0], np.cumsum(n + h)[:-1]])
+    base_n = np.minimum(pos, w)
+    lo, hi, limit_mask, dd, rate_mask = _limits(policy, epoch, codec)
+    names = [policy.fleet_class(s.sensor) for s in epoch.streams]
+    classes = tuple(sorted({c for c in names if c is not None}))
+    if not policy.allows(Release.FLEET):
+        names, classes = [None] * len(names), ()
+    # Flags are computed only where they can be released: the rule applies, the
+    # policy releases the detector and the window reaches min_count.
+    big = n[stream_of] >= policy.min_count
+    want_mm = policy.allows(Release.MIN) or policy.allows(Release.MAX)
+    cls = np.array([classes.index(c) if c is not None else -1 for c in names], dtype=np.int64)
+    class_first = np.array([int(np.argmax(cls == k)) for k in range(len(classes))], dtype=np.int64)
+    return EpochPlan(
+        n=n,
+        h=h,
+        stream_of=stream_of,
+        pos=pos,
+        a_off=a_off,
+        base_n=base_n,
+        zmask=(base_n >= policy.zscore.min_baseline) & big & policy.allows(Release.ZSCORE_ALERTS),
+        lo=lo,
+        hi=hi,
+        limit_mask=limit_mask & big & policy.allows(Release.LIMIT_ALERTS),
+        dd=dd,
+        rate_mask=rate_mask & (pos >= 1) & big & policy.allows(Release.RATE_ALERTS),
+        cls=cls,
+        classes=classes,
+        class_first=class_first,
+        minmax=np.flatnonzero((n >= policy.min_count) & want_mm).astype(np.int64),
+    )
+
+
+def k2_constants(k: float, min_sigma: float, codec: FixedPoint) -> tuple[int, int]:
+    """``(round(k²·2^8), round(min_sigma²·2^f))``: the public constants of a deviation test."""
+    return round(k * k * 256), round(min_sigma * min_sigma * codec.scale)
+
+
+def segment_pairs(lengths: IntArray) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """One level of a segmented pairwise tree over contiguous segments.
+
+    Returns ``(left, right, dest_pairs, carry_src, carry_dest)`` indices and the
+    next level's segment lengths are ``lengths // 2 + lengths % 2``.
+    """
+    pairs, odd = lengths // 2, lengths % 2
+    off = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    new_len = pairs + odd
+    new_off = np.concatenate([[0], np.cumsum(new_len)[:-1]])
+    seg = np.repeat(np.arange(len(lengths)), pairs)
+    first_pair = np.concatenate([[0], np.cumsum(pairs)[:-1]])
+    k = np.arange(int(pairs.sum())) - np.repeat(first_pair, pairs)
+    left = off[seg] + 2 * k
+    has_carry = np.flatnonzero(odd)
+    carry_src = off[has_carry] + lengths[has_carry] - 1
+    carry_dest = new_off[has_carry] + pairs[has_carry]
+    return left, left + 1, new_off[seg] + k, carry_src, carry_dest

@@ -1,0 +1,245 @@
+"""Service configuration: frozen, validated dataclasses loaded from YAML.
+
+Relative paths in a config file are resolved against the file's directory.
+Attestation trust can name concrete values or ``self``: ``platform_keys:
+[self]`` trusts the local simulated platform, ``allowed_measurements: [self]``
+trusts exactly this service's own build and policy (the usual deployment:
+every service runs the same approved bundle).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
+from cloud_tecc.errors import ConfigError
+from tecc_contract.keys import KemSuite
+
+SELF = "self"
+
+
+class Role(enum.StrEnum):
+    """Which service a config describes."""
+
+    PARTY = "party"
+    DEALER = "dealer"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Another service: its attested id, base URL and (for MPC links) ``host:port``."""
+
+    service_id: str
+    url: str
+    mpc: str = ""
+
+    @property
+    def mpc_address(self) -> tuple[str, int]:
+        """The MPC/dealer socket address as (host, port)."""
+        host, _, port = self.mpc.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"endpoint {self.service_id!r} needs mpc: 'host:port'")
+        return host, int(port)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"endpoint {self.service_id!r}: url must start with http(s)://")
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """Attestation trust anchors: platform keys and allowed measurements (hex or ``self``)."""
+
+    platform_keys: tuple[str, ...] = (SELF,)
+    allowed_measurements: tuple[str, ...] = (SELF,)
+    max_age_s: float = 300.0
+    refresh_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Settings shared by every service."""
+
+    role: Role
+    service_id: str
+    host: str
+    port: int
+    state_dir: Path
+    platform_dir: Path
+    policy_path: Path
+    policy: AnalyticsPolicy
+    trust: Trust = field(default_factory=Trust)
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class PartyConfig:
+    """A cluster party: ingest, MPC peer and result sender."""
+
+    service: ServiceConfig
+    party: int
+    n_parties: int
+    suite: KemSuite
+    gateways: Mapping[str, str]
+    peers: Mapping[int, Endpoint]
+    dealer: Endpoint
+    output: Endpoint
+    mpc_listen: str = "127.0.0.1:0"
+    synchronous: str = "FULL"
+    grace_s: float = 1.0
+    tick_s: float = 0.2
+    retention_s: float = 86_400.0
+    active_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.party < self.n_parties or self.n_parties != 2:
+            raise ConfigError("this release supports exactly 2 parties with party in {0, 1}")
+        if set(self.peers) != set(range(self.n_parties)) - {self.party}:
+            raise ConfigError("peers must list every other party index exactly once")
+        if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ConfigError("synchronous must be FULL, NORMAL or EXTRA")
+
+
+@dataclass(frozen=True, slots=True)
+class DealerConfig:
+    """The dealer of correlated randomness."""
+
+    service: ServiceConfig
+    parties: Mapping[int, Endpoint]
+    mpc_listen: str = "127.0.0.1:0"
+    batch_readings: int = 20_000
+    depth: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """The output service: reconstruction, storage and JSON API."""
+
+    service: ServiceConfig
+    parties: Mapping[int, Endpoint]
+    gateways: Mapping[str, str] = field(default_factory=dict)  # gateway id → health URL
+
+
+def _endpoint(raw: Any, what: str) -> Endpoint:
+    if not isinstance(raw, Mapping) or "url" not in raw or "service_id" not in raw:
+        raise ConfigError(f"{what} must be a mapping with service_id and url")
+    return Endpoint(str(raw["service_id"]), str(raw["url"]).rstrip("/"), str(raw.get("mpc", "")))
+
+
+def _endpoints(raw: Any, what: str) -> dict[int, Endpoint]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{what} must map party index to {{service_id, url}}")
+    return {int(k): _endpoint(v, f"{what}.{k}") for k, v in raw.items()}
+
+
+def _service(raw: Mapping[str, Any], base: Path, role: Role) -> ServiceConfig:
+    try:
+        policy_path = (base / str(raw.get("policy", "policy.yaml"))).resolve()
+        policy = policy_from_mapping(yaml.safe_load(policy_path.read_text()) or {})
+        listen = raw.get("listen") or {}
+        trust_raw = raw.get("attestation") or {}
+        trust = Trust(
+            platform_keys=tuple(str(k) for k in trust_raw.get("platform_keys", [SELF])),
+            allowed_measurements=tuple(
+                str(m) for m in trust_raw.get("allowed_measurements", [SELF])
+            ),
+            max_age_s=float(trust_raw.get("max_age_s", 300.0)),
+            refresh_s=float(trust_raw.get("refresh_s", 30.0)),
+        )
+        return ServiceConfig(
+            role=role,
+            service_id=str(raw["service_id"]),
+            host=str(listen.get("host", "127.0.0.1")),
+            port=int(listen.get("port", 0)),
+            state_dir=(base / str(raw["state_dir"])).resolve(),
+            platform_dir=(base / str(raw.get("platform_dir", "platform"))).resolve(),
+            policy_path=policy_path,
+            policy=policy,
+            trust=trust,
+            log_level=str(raw.get("log_level", "INFO")),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"config is missing the key {exc.args[0]!r}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read the analytics policy: {exc}") from exc
+
+
+def load_raw(path: Path) -> tuple[dict[str, Any], Role]:
+    """Read a YAML config and its ``role``."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping")
+    try:
+        return raw, Role(raw.get("role", ""))
+    except ValueError as exc:
+        raise ConfigError(f"config {path}: role must be one of {[r.value for r in Role]}") from exc
+
+
+def load_party(path: Path) -> PartyConfig:
+    """Load a party config."""
+    raw, _ = load_raw(path)
+    base = path.parent
+    try:
+        return PartyConfig(
+            service=_service(raw, base, Role.PARTY),
+            party=int(raw["party"]),
+            n_parties=int(raw.get("n_parties", 2)),
+            suite=KemSuite(raw.get("suite", "x25519")),
+            gateways={str(k): str(v) for k, v in (raw.get("gateways") or {}).items()},
+            peers=_endpoints(raw.get("peers"), "peers"),
+            dealer=_endpoint(raw.get("dealer"), "dealer"),
+            output=_endpoint(raw.get("output"), "output"),
+            mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
+            synchronous=str(raw.get("synchronous", "FULL")),
+            grace_s=float(raw.get("grace_s", 1.0)),
+            tick_s=float(raw.get("tick_s", 0.2)),
+            retention_s=float(raw.get("retention_s", 86_400.0)),
+            active_s=float(raw.get("active_s", 60.0)),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"party config is missing the key {exc.args[0]!r}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"party config: {exc}") from exc
+
+
+def load_dealer(path: Path) -> DealerConfig:
+    """Load a dealer config."""
+    raw, _ = load_raw(path)
+    return DealerConfig(
+        _service(raw, path.parent, Role.DEALER),
+        _endpoints(raw.get("parties"), "parties"),
+        mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
+        batch_readings=int(raw.get("batch_readings", 20_000)),
+        depth=int(raw.get("depth", 4)),
+    )
+
+
+def load_output(path: Path) -> OutputConfig:
+    """Load an output-service config."""
+    raw, _ = load_raw(path)
+    gateways = raw.get("gateways") or {}
+    if not isinstance(gateways, Mapping):
+        raise ConfigError("gateways must map a gateway id to its health URL")
+    return OutputConfig(
+        _service(raw, path.parent, Role.OUTPUT),
+        _endpoints(raw.get("parties"), "parties"),
+        {str(k): str(v) for k, v in gateways.items()},
+    )
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``"host:port"`` → ``(host, port)``; ConfigError otherwise."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"expected 'host:port', got {value!r}")
+    return host, int(port)

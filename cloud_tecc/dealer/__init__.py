@@ -1,0 +1,1 @@
+"""The dealer service: correlated randomness for the parties over attested links."""

@@ -1,0 +1,116 @@
+"""The dealer process: the MPC engine's dealer service behind an attested identity.
+
+At start the dealer verifies both parties' quotes (retrying until they
+attest) and admits exactly their attested Ed25519 keys to its WebSocket
+(``/dealer`` on ``mpc_listen``); parties in turn verify the dealer's quote
+before they accept its key in the handshake. The batch plan is sized to the
+analytics program's mix per reading, derived from the (measured) policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import Gauge
+
+from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
+from cloud_tecc.config import DealerConfig, parse_hostport
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
+from cloud_tecc.errors import PeerError
+from cloud_tecc.mpc.correlations import Plan
+from cloud_tecc.mpc.dealer_server import DealerService
+from cloud_tecc.service.base import ServiceBase
+from tecc_contract.keys import ed25519_public_from_bytes
+
+log = logging.getLogger("cloud_tecc.dealer")
+
+
+def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
+    """A dealer batch sized for ``readings`` readings of the analytics program.
+
+    Per reading the program needs: a square and two more products, four
+    truncations (y², mean, second moment, squares of mean and deviation take
+    six) and one z-score comparison; min/max trees about 1.5 comparisons and
+    products; limits, rate of change and fleet statistics one more each
+    (fleet: a product and a truncation). A few percent headroom on top.
+    """
+    triples, truncs, cmps = 3.0, 6.0, 1.0
+    if policy.allows(Release.MIN) or policy.allows(Release.MAX):
+        triples, cmps = triples + 1.5, cmps + 1.5
+    if policy.limits and policy.allows(Release.LIMIT_ALERTS):
+        triples, cmps = triples + 1, cmps + 1
+    if policy.rates and policy.allows(Release.RATE_ALERTS):
+        triples, cmps = triples + 1, cmps + 1
+    if policy.fleet.classes and policy.allows(Release.FLEET):
+        triples, truncs = triples + 1, truncs + 1
+    scale = 1.05 * readings
+    return Plan(
+        triples=int(triples * scale), truncs=int(truncs * scale), comparisons=int(cmps * scale)
+    )
+
+
+class DealerProcess(ServiceBase):
+    """Attestation front plus the engine's :class:`DealerService`."""
+
+    def __init__(self, cfg: DealerConfig, enclave: Enclave) -> None:
+        super().__init__(cfg.service, enclave)
+        self.dcfg = cfg
+        self.dealer: DealerService | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.state = "attesting parties"
+        self.batches = Gauge("tecc_dealer_batches", "Batches generated", registry=self.registry)
+
+    async def on_start(self) -> None:
+        """Attest the parties, then start serving."""
+        self.http = aiohttp.ClientSession()
+        self.spawn(self._start_dealer(), "dealer")
+
+    async def _start_dealer(self) -> None:
+        assert self.http is not None
+        verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
+        directory = AttestedDirectory(verifier, self.http, refresh_s=self.cfg.trust.refresh_s)
+        keys: dict[int, Ed25519PublicKey] = {}
+        while len(keys) < len(self.dcfg.parties):
+            for i, ep in self.dcfg.parties.items():
+                if i in keys:
+                    continue
+                try:
+                    ident = await directory.identity(ep, "party")
+                    keys[i] = ed25519_public_from_bytes(ident.keys["sign"])
+                except PeerError as exc:
+                    self.state = f"waiting for attested parties: {exc}"
+                    log.warning("party %s not admitted: %s", ep.service_id, exc)
+            if len(keys) < len(self.dcfg.parties):
+                await asyncio.sleep(1.0)
+        self.dealer = DealerService(
+            n=len(keys),
+            plan=plan_for(self.cfg.policy, self.dcfg.batch_readings),
+            key=self.enclave.keys.sign,
+            party_keys=keys,
+            depth=self.dcfg.depth,
+        )
+        host, port = parse_hostport(self.dcfg.mpc_listen)
+        await self.dealer.start(host, port)
+        self.state = "serving"
+        log.info("dealer serving %d attested parties on %s:%d", len(keys), host, port)
+        while True:
+            self.batches.set(self.dealer.stats.batches)
+            await asyncio.sleep(1.0)
+
+    async def on_stop(self) -> None:
+        """Stop the dealer and the client."""
+        if self.dealer is not None:
+            await self.dealer.close()
+        if self.http is not None:
+            await self.http.close()
+
+    def health(self) -> dict[str, Any]:
+        """Health with the dealer's state."""
+        doc = super().health()
+        doc["dealer"] = self.state
+        return doc

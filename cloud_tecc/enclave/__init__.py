@@ -1,0 +1,1 @@
+"""Simulated TEE: code measurement, platform attestation quotes and sealed storage."""

@@ -1,0 +1,132 @@
+"""A service's enclave identity: measurement, sealed keys and quote generation.
+
+On first start the service generates its signing key (Ed25519) and its HPKE
+key (X25519, or ML-KEM-768+X25519 when configured) and seals them under its
+measurement into ``state_dir``. Every later start unseals them; if the code
+bundle or the policy changed, unsealing fails with :class:`SealError` and the
+service refuses to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
+from tecc_contract.attestation import Quote, sign_quote
+from tecc_contract.keys import (
+    HpkePrivateKey,
+    KemSuite,
+    generate_cluster_keypair_raw,
+    load_private_key,
+)
+
+_SEALED_FILE: Final = "sealed_keys.bin"
+
+
+@dataclass(frozen=True)
+class ServiceKeys:
+    """The private keys of one service: request signing and HPKE decryption."""
+
+    sign: Ed25519PrivateKey
+    suite: KemSuite
+    hpke_private_raw: bytes
+    hpke_public_raw: bytes
+
+    @property
+    def hpke(self) -> HpkePrivateKey:
+        """The HPKE private key as a cryptography object."""
+        return load_private_key(self.suite, self.hpke_private_raw)
+
+    def to_bytes(self) -> bytes:
+        """Serialise for sealing (never written anywhere unsealed)."""
+        doc = {
+            "sign": self.sign.private_bytes_raw().hex(),
+            "suite": self.suite.value,
+            "hpke": self.hpke_private_raw.hex(),
+            "hpke_pub": self.hpke_public_raw.hex(),
+        }
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ServiceKeys:
+        """Parse :meth:`to_bytes` output."""
+        doc = json.loads(data)
+        return cls(
+            Ed25519PrivateKey.from_private_bytes(bytes.fromhex(doc["sign"])),
+            KemSuite(doc["suite"]),
+            bytes.fromhex(doc["hpke"]),
+            bytes.fromhex(doc["hpke_pub"]),
+        )
+
+    @classmethod
+    def generate(cls, suite: KemSuite) -> ServiceKeys:
+        """Fresh keys from the OS CSPRNG."""
+        private_raw, public_raw = generate_cluster_keypair_raw(suite)
+        return cls(Ed25519PrivateKey.generate(), suite, private_raw, public_raw)
+
+
+@dataclass(frozen=True)
+class Enclave:
+    """A running (simulated) enclave: who it is and the keys only it can open."""
+
+    role: str
+    service_id: str
+    measurement: bytes
+    platform: SimulatedPlatform
+    keys: ServiceKeys
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        role: str,
+        service_id: str,
+        measurement: bytes,
+        platform: SimulatedPlatform,
+        state_dir: Path,
+        suite: KemSuite = KemSuite.X25519,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> Enclave:
+        """Unseal the service keys from ``state_dir``, or create and seal them."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / _SEALED_FILE
+        key = sealing_key(platform.sealing_secret, measurement)
+        aad = f"tecc-keys/{role}/{service_id}".encode()
+        if path.exists():
+            keys = ServiceKeys.from_bytes(unseal(key, path.read_bytes(), aad=aad))
+        else:
+            keys = ServiceKeys.generate(suite)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(seal(key, keys.to_bytes(), aad=aad, random_bytes=random_bytes))
+            os.replace(tmp, path)
+        return cls(role, service_id, measurement, platform, keys)
+
+    def public_keys(self) -> dict[str, bytes]:
+        """The public keys a quote binds: ``sign`` (Ed25519) and ``hpke`` (raw HPKE key)."""
+        return {
+            "sign": self.keys.sign.public_key().public_bytes_raw(),
+            "hpke": self.keys.hpke_public_raw,
+        }
+
+    def quote(self, nonce: bytes, now_ns: int) -> Quote:
+        """A platform-signed quote over measurement, public keys and ``nonce``."""
+        unsigned = Quote(
+            role=self.role,
+            service_id=self.service_id,
+            measurement=self.measurement,
+            keys=self.public_keys(),
+            hpke_suite=self.keys.suite.value,
+            nonce=nonce,
+            issued_ns=now_ns,
+            platform_key_id=self.platform.key_id,
+            signature=b"",
+        )
+        return sign_quote(unsigned, self.platform.attestation_key)

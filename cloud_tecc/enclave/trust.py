@@ -1,0 +1,121 @@
+"""Verifying other services: build the verifier, fetch and check quotes over HTTP.
+
+:class:`AttestedDirectory` asks a service for a quote over a fresh random
+nonce (``GET /attestation?nonce=<hex>``), checks it with the configured
+:class:`~tecc_contract.attestation.QuoteVerifier`, and caches the verified
+identity for ``refresh_s``. Callers then trust exactly the keys the quote
+binds. Failures are remembered, so status pages can show why a service is
+refused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from cloud_tecc.config import SELF, Endpoint, Trust
+from cloud_tecc.enclave.platform import SimulatedPlatform, platform_key_id
+from cloud_tecc.errors import ConfigError, PeerError
+from tecc_contract.attestation import (
+    Quote,
+    QuoteVerifier,
+    SimulatedPlatformVerifier,
+    VerifiedIdentity,
+)
+from tecc_contract.errors import AttestationError
+from tecc_contract.keys import ed25519_public_from_bytes
+
+
+def build_verifier(
+    trust: Trust, platform: SimulatedPlatform, own_measurement: bytes
+) -> QuoteVerifier:
+    """A :class:`SimulatedPlatformVerifier` from configured anchors (``self`` expanded)."""
+    keys = {}
+    try:
+        for k in trust.platform_keys:
+            pub = (
+                platform.attestation_key.public_key()
+                if k == SELF
+                else ed25519_public_from_bytes(bytes.fromhex(k))
+            )
+            keys[platform_key_id(pub)] = pub
+        allowed = {
+            own_measurement if m == SELF else bytes.fromhex(m) for m in trust.allowed_measurements
+        }
+    except ValueError as exc:
+        raise ConfigError(f"attestation anchors must be hex or 'self': {exc}") from exc
+    return SimulatedPlatformVerifier(
+        platform_keys=keys, allowed_measurements=allowed, max_age_s=trust.max_age_s
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """Last attestation result of one service."""
+
+    service_id: str
+    url: str
+    ok: bool
+    detail: str
+    checked_ns: int
+    measurement: str
+
+
+class AttestedDirectory:
+    """Fetches, verifies and caches the identities of the services one talks to."""
+
+    def __init__(
+        self,
+        verifier: QuoteVerifier,
+        session: aiohttp.ClientSession,
+        *,
+        refresh_s: float = 30.0,
+        clock_ns: Callable[[], int] = time.time_ns,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._verifier = verifier
+        self._session = session
+        self._refresh_ns = int(refresh_s * 1e9)
+        self._clock = clock_ns
+        self._random = random_bytes
+        self._cache: dict[str, VerifiedIdentity] = {}
+        self.status: dict[str, PeerStatus] = {}
+
+    async def identity(self, ep: Endpoint, role: str, *, force: bool = False) -> VerifiedIdentity:
+        """The verified identity of ``ep``; :class:`PeerError` if it does not attest."""
+        now = self._clock()
+        hit = self._cache.get(ep.service_id)
+        if hit is not None and not force and now - hit.verified_ns < self._refresh_ns:
+            return hit
+        nonce = self._random(32)
+        try:
+            async with self._session.get(
+                f"{ep.url}/attestation",
+                params={"nonce": nonce.hex()},
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:
+                if resp.status != 200:
+                    raise AttestationError(f"GET /attestation answered HTTP {resp.status}")
+                quote = Quote.from_bytes(await resp.read())
+            if quote.service_id != ep.service_id:
+                raise AttestationError(
+                    f"{ep.url} attests as {quote.service_id!r}, expected {ep.service_id!r}"
+                )
+            ident = self._verifier.verify(quote, nonce=nonce, now_ns=self._clock(), role=role)
+        except (AttestationError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._cache.pop(ep.service_id, None)
+            self.status[ep.service_id] = PeerStatus(ep.service_id, ep.url, False, str(exc), now, "")
+            raise PeerError(f"{ep.service_id} refused: {exc}") from exc
+        self._cache[ep.service_id] = ident
+        self.status[ep.service_id] = PeerStatus(
+            ep.service_id, ep.url, True, "attested", now, ident.measurement.hex()
+        )
+        return ident
+
+    def forget(self, service_id: str) -> None:
+        """Drop a cached identity (e.g. after a signature failure)."""
+        self._cache.pop(service_id, None)

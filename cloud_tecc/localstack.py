@@ -1,0 +1,207 @@
+"""A complete local deployment on loopback: 2 parties, dealer and output as processes.
+
+:class:`Deployment` writes configs with free ports into a directory, starts
+``python -m cloud_tecc <role> --config …`` per service, waits for ``/healthz``
+and stops them (SIGTERM, or SIGKILL on request). Used by the process tests,
+the benchmark and demos; all services share one simulated platform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.enclave.measurement import measure
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("party0", "party1", "dealer", "output")
+
+
+def free_port() -> int:
+    """An unused loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, *, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """GET (or POST ``data``) to an ``http://`` URL and parse JSON; returns (status, body)."""
+    if not url.startswith("http://"):
+        raise ValueError(f"only http:// URLs on loopback are used here, got {url!r}")
+    req = urllib.request.Request(  # noqa: S310 - scheme checked above
+        url, data=data, method="POST" if data is not None else "GET"
+    )
+    if data is not None:
+        req.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@dataclass
+class Deployment:
+    """Configs, ports and processes of one test deployment."""
+
+    root: Path
+    policy: dict[str, Any]
+    gateways: dict[str, Ed25519PrivateKey]
+    policy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    party_extra: dict[str, Any] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc"):
+            self.ports[name] = free_port()
+        self.platform_dir = self.root / "platform"
+        self.write_configs()
+
+    def url(self, name: str) -> str:
+        """Base URL of a service."""
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def log_path(self, name: str) -> Path:
+        """Where a service's stderr/stdout go."""
+        return self.root / f"{name}.log"
+
+    def state_dir(self, name: str) -> Path:
+        """A service's state directory."""
+        return self.root / name
+
+    def _policy_file(self, name: str) -> str:
+        doc = self.policy_overrides.get(name, self.policy)
+        path = self.root / f"policy-{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path.name
+
+    def _ep(self, name: str, mpc: bool = False) -> dict[str, str]:
+        ep = {"service_id": name, "url": self.url(name)}
+        if mpc:
+            ep["mpc"] = f"127.0.0.1:{self.ports[name + '_mpc']}"
+        return ep
+
+    def write_configs(self) -> None:
+        """Write every service's YAML config."""
+        common = {
+            "platform_dir": "platform",
+            "log_level": "INFO",
+            "attestation": {"refresh_s": 2.0},
+        }
+        gws = {g: k.public_key().public_bytes_raw().hex() for g, k in self.gateways.items()}
+        for i in (0, 1):
+            name = f"party{i}"
+            cfg = {
+                **common,
+                "role": "party",
+                "service_id": name,
+                "party": i,
+                "n_parties": 2,
+                "listen": {"host": "127.0.0.1", "port": self.ports[name]},
+                "mpc_listen": f"127.0.0.1:{self.ports[name + '_mpc']}",
+                "state_dir": name,
+                "policy": self._policy_file(name),
+                "gateways": gws,
+                "peers": {1 - i: self._ep(f"party{1 - i}", mpc=True)},
+                "dealer": self._ep("dealer", mpc=True),
+                "output": self._ep("output"),
+                "grace_s": 2.0,
+                "tick_s": 0.1,
+                **self.party_extra,
+            }
+            (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        parties = {0: self._ep("party0"), 1: self._ep("party1")}
+        dealer = {
+            **common,
+            "role": "dealer",
+            "service_id": "dealer",
+            "state_dir": "dealer",
+            "listen": {"host": "127.0.0.1", "port": self.ports["dealer"]},
+            "mpc_listen": f"127.0.0.1:{self.ports['dealer_mpc']}",
+            "policy": self._policy_file("dealer"),
+            "parties": parties,
+            "batch_readings": 20000,
+        }
+        (self.root / "dealer.yaml").write_text(yaml.safe_dump(dealer))
+        output = {
+            **common,
+            "role": "output",
+            "service_id": "output",
+            "state_dir": "output",
+            "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
+            "policy": self._policy_file("output"),
+            "parties": parties,
+        }
+        (self.root / "output.yaml").write_text(yaml.safe_dump(output))
+
+    def start(self, name: str) -> None:
+        """Start one service process (appending to its log)."""
+        role = "party" if name.startswith("party") else name
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        log = self.log_path(name).open("ab")
+        self.procs[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, "-m", "cloud_tecc", role, "--config", str(self.root / f"{name}.yaml")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def wait_healthy(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll ``/healthz`` until it answers 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {self.log_path(name).read_text()[-2000:]}")
+            try:
+                status, body = http_json(self.url(name) + "/healthz", timeout=2)
+                if status == 200:
+                    return dict(body)
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{name} did not become healthy")
+
+    def start_all(self) -> None:
+        """Start and wait for every service."""
+        for name in SERVICES:
+            self.start(name)
+        for name in SERVICES:
+            self.wait_healthy(name)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
+        """Stop one service; returns its exit code."""
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        """Stop every running service."""
+        for name in list(self.procs):
+            self.stop(name)
+
+    def measurement(self, name: str = "party0") -> bytes:
+        """The measurement a service of this deployment should have."""
+        doc = self.policy_overrides.get(name, self.policy)
+        return measure(policy_from_mapping(doc).canonical_bytes())

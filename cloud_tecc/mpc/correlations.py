@@ -1,0 +1,207 @@
+"""Dealer correlation types, their field layouts and seed-compressed expansion.
+
+Every correlation kind is a list of per-element *fields*. *Random* fields are
+pure PRG output for every party; *derived* fields (the ones that must satisfy a
+relation, such as ``c = a·b``) are PRG output for parties 1..N−1 and an explicit
+correction array for party 0, chosen by the dealer so the relation holds. So
+per batch every party receives a 32-byte seed and only party 0 receives data
+proportional to the batch size.
+
+Keystream layout: the random fields are consecutive segments of
+``prg.expand_bytes(seed, ·, KIND + b"/random")`` and the derived fields of
+``KIND + b"/derived"``; each segment starts at an 8-byte aligned offset.
+XOR-shared fields of fewer than 8 live bits are masked to their live bits.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_tecc.mpc.errors import CorrelationError
+from tecc_contract import prg
+
+AnyArray = npt.NDArray[Any]  # uint8..uint64
+
+#: Half-widths of the comparison prefix-tree levels with a Beaver AND round
+#: (64 live lanes → 32 → … → 2); the final 2 → 1 level is fused with b2a.
+CMP_LEVELS: Final = (32, 16, 8, 4, 2)
+
+
+class Kind(enum.StrEnum):
+    """Correlation kinds; the value is the PRG domain-separation label."""
+
+    TRIPLE = "triple"  # Beaver multiplication triple a, b, c = a·b
+    TRUNC = "trunc"  # truncation pair r, msb(r), (r mod 2^63) >> f
+    DABIT = "dabit"  # random bit, XOR-shared and arithmetic-shared
+    CMP = "cmp"  # edaBit + prefix-tree AND triples + fused final level
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One per-element field of a correlation: dtype, live bits, derived or random."""
+
+    name: str
+    dtype: type[np.unsignedinteger[Any]]
+    bits: int
+    derived: bool
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element in memory (and on the wire when not packed)."""
+        return int(np.dtype(self.dtype).itemsize)
+
+
+def _lane_dtype(bits: int) -> type[np.unsignedinteger[Any]]:
+    return {32: np.uint32, 16: np.uint16}.get(bits, np.uint8)  # type: ignore[return-value]
+
+
+def _cmp_fields() -> tuple[Field, ...]:
+    fields = [Field("r_bool", np.uint64, 64, derived=False)]
+    for h in CMP_LEVELS:
+        fields += [Field(f"{nm}{h}", _lane_dtype(h), h, derived=False) for nm in ("a", "b", "bp")]
+    fields += [Field(nm, np.uint8, 1, derived=False) for nm in ("fa", "fb", "fc")]
+    fields.append(Field("r_arith", np.uint64, 64, derived=True))
+    fields += [Field(f"c{h}", _lane_dtype(h), h, derived=True) for h in CMP_LEVELS]
+    fields += [Field(f"cp{h}", _lane_dtype(h), h, derived=True) for h in CMP_LEVELS]
+    fields += [Field(f"m_{nm}", np.uint64, 64, derived=True) for nm in FUSED]
+    return tuple(fields)
+
+
+#: Arithmetic shares for the fused last level, from its XOR mask bits α, β, γ:
+#: ``m_a = α``, ``m_b = β(1−2α)``, ``m_c = γ(1−2α)``, ``m_bc = βγ(1−2α)``.
+FUSED: Final = ("a", "b", "c", "bc")
+
+LAYOUTS: Final[dict[Kind, tuple[Field, ...]]] = {
+    Kind.TRIPLE: (
+        Field("a", np.uint64, 64, derived=False),
+        Field("b", np.uint64, 64, derived=False),
+        Field("c", np.uint64, 64, derived=True),
+    ),
+    Kind.TRUNC: (
+        Field("r", np.uint64, 64, derived=False),
+        Field("r_msb", np.uint64, 64, derived=True),
+        Field("r_t", np.uint64, 64, derived=True),
+    ),
+    Kind.DABIT: (
+        Field("b_bool", np.uint8, 1, derived=False),
+        Field("b_arith", np.uint64, 64, derived=True),
+    ),
+    Kind.CMP: _cmp_fields(),
+}
+
+
+def _segments(kind: Kind, derived: bool, count: int) -> tuple[list[tuple[Field, int]], int]:
+    out: list[tuple[Field, int]] = []
+    offset = 0
+    for f in LAYOUTS[kind]:
+        if f.derived == derived:
+            out.append((f, offset))
+            offset += -(-(f.itemsize * count) // 8) * 8
+    return out, offset
+
+
+def expand_fields(kind: Kind, seed: bytes, count: int, *, derived: bool) -> dict[str, AnyArray]:
+    """Expand the random (or derived) fields of ``count`` correlations from ``seed``."""
+    segs, total = _segments(kind, derived, count)
+    if not segs:
+        return {}
+    label = f"{kind.value}/{'derived' if derived else 'random'}".encode()
+    stream = prg.expand_bytes(seed, total, label)
+    out: dict[str, AnyArray] = {}
+    for f, off in segs:
+        arr = np.frombuffer(stream, dtype=f.dtype, count=count, offset=off)
+        if f.bits < 8:
+            arr = arr & np.uint8((1 << f.bits) - 1)
+        out[f.name] = arr
+    return out
+
+
+def correction_fields(kind: Kind) -> tuple[Field, ...]:
+    """The derived fields, in wire order: what party 0 receives explicitly."""
+    return tuple(f for f in LAYOUTS[kind] if f.derived)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How many correlations of each kind one dealer batch holds."""
+
+    triples: int = 0
+    truncs: int = 0
+    dabits: int = 0
+    comparisons: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("triples", "truncs", "dabits", "comparisons"):
+            if getattr(self, name) < 0:
+                raise CorrelationError(f"plan count {name} must be >= 0")
+
+    def counts(self) -> dict[Kind, int]:
+        """Non-zero counts keyed by kind."""
+        all_counts = {
+            Kind.TRIPLE: self.triples,
+            Kind.TRUNC: self.truncs,
+            Kind.DABIT: self.dabits,
+            Kind.CMP: self.comparisons,
+        }
+        return {k: v for k, v in all_counts.items() if v}
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """One party's share of one batch of one kind: a seed, plus corrections for party 0."""
+
+    kind: Kind
+    party: int
+    count: int
+    frac_bits: int
+    seed: bytes
+    corrections: dict[str, AnyArray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != prg.SEED_BYTES:
+            raise CorrelationError(f"bundle seed must be {prg.SEED_BYTES} bytes")
+        want = {f.name for f in correction_fields(self.kind)} if self.party == 0 else set()
+        if set(self.corrections) != want:
+            raise CorrelationError(
+                f"{self.kind} bundle for party {self.party} must carry corrections {sorted(want)}"
+            )
+        for f in correction_fields(self.kind) if self.party == 0 else ():
+            arr = self.corrections[f.name]
+            if arr.dtype != f.dtype or arr.shape != (self.count,):
+                raise CorrelationError(f"correction {f.name} has wrong dtype or length")
+
+
+@dataclass(slots=True)
+class Batch:
+    """Materialised correlations of one kind for one party: field name → array."""
+
+    kind: Kind
+    count: int
+    fields: dict[str, AnyArray]
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """A view of correlations ``start..stop`` (no copy)."""
+        return Batch(self.kind, stop - start, {k: v[start:stop] for k, v in self.fields.items()})
+
+
+def materialise(bundle: Bundle) -> Batch:
+    """Expand a bundle into the arrays the protocol consumes (the offline work of a party)."""
+    fields = expand_fields(bundle.kind, bundle.seed, bundle.count, derived=False)
+    if bundle.party == 0:
+        fields.update(bundle.corrections)
+    else:
+        fields.update(expand_fields(bundle.kind, bundle.seed, bundle.count, derived=True))
+    return Batch(bundle.kind, bundle.count, fields)
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """Join batches of one kind into one (copies)."""
+    kind = batches[0].kind
+    names = batches[0].fields.keys()
+    fields = {k: np.concatenate([b.fields[k] for b in batches]) for k in names}
+    return Batch(kind, sum(b.count for b in batches), fields)

@@ -1,0 +1,235 @@
+"""The dealer as a service: generates batches ahead into a bounded buffer, serves parties.
+
+Parties connect to ``GET /dealer`` (WebSocket, Ed25519 handshake as
+``party-i``; the dealer is ``dealer``), send ``NEXT`` and receive their part
+of the next batch. Every batch is generated once for all parties (in a worker
+thread, so the event loop stays responsive) and dropped when every party has
+fetched it; at most ``depth`` batches wait, so a stalled party stalls
+generation instead of exhausting memory. A party that reconnects continues at
+its own cursor.
+
+Run: ``python -m cloud_tecc.mpc.dealer_server --config mesh.json --comparisons 1000000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import ssl
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cloud_tecc.mpc import wslink
+from cloud_tecc.mpc.bundle_wire import encode_batch
+from cloud_tecc.mpc.config import MeshFile, load_private_key
+from cloud_tecc.mpc.correlations import Plan
+from cloud_tecc.mpc.dealer import RandomBytes, deal
+from cloud_tecc.mpc.errors import ConfigError, MpcError
+from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
+
+REQUEST: Final = b"NEXT"
+
+
+@dataclass(slots=True)
+class DealerStats:
+    """What the dealer did: batches, correlations and the time spent generating."""
+
+    batches: int = 0
+    comparisons: int = 0
+    generate_s: float = 0.0
+    first_start: float | None = None
+    last_delivery: float | None = None
+    delivered: dict[int, int] = field(default_factory=dict)
+
+
+class DealerService:
+    """Serve correlation batches for a standing ``plan`` to ``n`` authenticated parties."""
+
+    def __init__(
+        self,
+        *,
+        n: int,
+        plan: Plan,
+        key: Ed25519PrivateKey,
+        party_keys: Mapping[int, Ed25519PublicKey],
+        frac_bits: int = 16,
+        depth: int = 2,
+        max_batches: int | None = None,
+        wait_s: float = 60.0,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
+        if depth < 1:
+            raise ConfigError("dealer depth must be >= 1")
+        if set(party_keys) != set(range(n)):
+            raise ConfigError("party_keys must hold the key of every party 0..n-1")
+        if not plan.counts():
+            raise ConfigError("the dealer plan is empty")
+        self.n, self.plan, self.key, self.frac_bits = n, plan, key, frac_bits
+        self.depth, self.max_batches, self.wait_s = depth, max_batches, wait_s
+        self.random_bytes = random_bytes
+        self.known = {party_name(i): k for i, k in party_keys.items()}
+        self.stats = DealerStats()
+        self._frames: dict[int, list[bytes | None]] = {}
+        self._cursor = dict.fromkeys(range(n), 0)
+        self._connected: set[int] = set()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.done = asyncio.Event()
+
+    def _generate(self, seq: int) -> list[bytes | None]:
+        per_party = deal(
+            self.plan, self.n, frac_bits=self.frac_bits, random_bytes=self.random_bytes
+        )
+        return [encode_batch(i, seq, b) for i, b in enumerate(per_party)]
+
+    async def _producer(self) -> None:
+        seq = 0
+        while self.max_batches is None or seq < self.max_batches:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self._frames) < self.depth)
+            t0 = time.perf_counter()
+            if self.stats.first_start is None:
+                self.stats.first_start = t0
+            frames = await asyncio.to_thread(self._generate, seq)
+            self.stats.generate_s += time.perf_counter() - t0
+            self.stats.batches += 1
+            self.stats.comparisons += self.plan.comparisons
+            async with self._changed:
+                self._frames[seq] = frames
+                self._changed.notify_all()
+            seq += 1
+
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        """Start generating and listening (HTTPS when ``tls`` is given)."""
+        app = web.Application()
+        app.router.add_get("/dealer", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, ssl_context=tls).start()
+        self._task = asyncio.create_task(self._producer())
+
+    async def _next_frame(self, party: int) -> tuple[int, bytes]:
+        seq = self._cursor[party]
+        async with self._changed:
+            await self._changed.wait_for(lambda: seq in self._frames)
+            frame = self._frames[seq][party]
+        assert frame is not None
+        return seq, frame
+
+    async def _delivered(self, party: int, seq: int) -> None:
+        """Advance ``party`` past ``seq`` (only after the frame was sent)."""
+        async with self._changed:
+            frames = self._frames[seq]
+            frames[party] = None
+            self._cursor[party] = seq + 1
+            if all(f is None for f in frames):
+                del self._frames[seq]
+                self._changed.notify_all()
+        self.stats.delivered[party] = seq + 1
+        self.stats.last_delivery = time.perf_counter()
+        if self.max_batches is not None and all(
+            self.stats.delivered.get(i, 0) >= self.max_batches for i in range(self.n)
+        ):
+            self.done.set()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        ws, peer = await wslink.accept(
+            request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
+        )
+        if peer is None:
+            return ws
+        party = int(peer.removeprefix("party-"))
+        if party in self._connected:  # one live connection per party keeps cursors sane
+            await ws.close()
+            return ws
+        self._connected.add(party)
+        try:
+            with contextlib.suppress(MpcError, ConnectionError):
+                while await wslink.receive_bytes(ws, 24 * 3600.0, "a request") == REQUEST:
+                    seq, frame = await self._next_frame(party)
+                    await ws.send_bytes(frame)
+                    await self._delivered(party, seq)
+        finally:
+            self._connected.discard(party)
+        await ws.close()
+        return ws
+
+    async def close(self) -> None:
+        """Stop generating and serving."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def serve(args: argparse.Namespace) -> DealerStats:
+    """Run the dealer until ``--batches`` batches reached every party (or forever)."""
+    mesh = MeshFile.load(Path(args.config))
+    svc = DealerService(
+        n=mesh.n,
+        plan=Plan(
+            comparisons=args.comparisons,
+            triples=args.triples,
+            truncs=args.truncs,
+            dabits=args.dabits,
+        ),
+        key=load_private_key(Path(args.key)),
+        party_keys={i: p.public_key for i, p in enumerate(mesh.parties)},
+        frac_bits=mesh.frac_bits,
+        depth=args.depth,
+        max_batches=args.batches,
+    )
+    await svc.start(mesh.dealer.host, mesh.dealer.port)
+    try:
+        await svc.done.wait()
+    finally:
+        await svc.close()
+    return svc.stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints the dealer's statistics as one JSON line when done."""
+    ap = argparse.ArgumentParser(description="Serve MPC correlations to authenticated parties.")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--comparisons", type=int, default=0)
+    ap.add_argument("--triples", type=int, default=0)
+    ap.add_argument("--truncs", type=int, default=0)
+    ap.add_argument("--dabits", type=int, default=0)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        stats = asyncio.run(serve(args))
+    except MpcError as exc:
+        print(f"dealer: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    span = (stats.last_delivery or 0.0) - (stats.first_start or 0.0)
+    print(
+        json.dumps(
+            {
+                "batches": stats.batches,
+                "comparisons": stats.comparisons,
+                "generate_s": stats.generate_s,
+                "deliver_span_s": span,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

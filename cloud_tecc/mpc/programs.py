@@ -1,0 +1,102 @@
+"""Small MPC programs run by party processes (tests, benchmarks, demos).
+
+Each program takes a :class:`Party` and this party's input shares (by name) and
+returns its output shares plus timing figures. ``plan_for`` says which
+correlations one run needs, so the dealer can be configured to match.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import numpy as np
+
+from cloud_tecc.mpc.correlations import Plan
+from cloud_tecc.mpc.engine import Party
+from cloud_tecc.mpc.select import tree_pair_counts
+from tecc_contract.ring import RingArray
+
+Inputs = Mapping[str, RingArray]
+Outputs = dict[str, RingArray]
+Program = Callable[[Party, Inputs], Awaitable[tuple[Outputs, dict[str, float]]]]
+
+
+def _timings(times: list[float]) -> dict[str, float]:
+    """Best, first and steady-state (all calls but the first) mean call times."""
+    steady = times[1:] or times
+    out = {"best_s": min(times), "first_s": times[0], "mean_s": sum(steady) / len(steady)}
+    out |= {f"call{i}_s": t for i, t in enumerate(times)}
+    return out
+
+
+async def suite(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
+    """Every operation once on ``x``, ``y`` (equal length, a multiple of 4)."""
+    x, y = inp["x"], inp["y"]
+    out: Outputs = {
+        "lt": await p.lt(x, y),
+        "msb": await p.msb(x),
+        "lt_public": await p.lt_public(x, 0),
+        "min": await p.min(x, y),
+        "max": await p.max(x, y),
+        "mul": await p.mul(x, y),
+        "trunc": await p.trunc(x),
+        "tree_min": await p.tree_min(x.reshape(-1, 4)),
+    }
+    out["select"] = await p.select(out["lt"], y, x)
+    return out, {}
+
+
+async def bench_lt(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
+    """Time ``reps`` secret-vs-secret comparisons of the whole array (online phase only)."""
+    x, y = inp["x"], inp["y"]
+    reps = int(inp["reps"][0])
+    times = []
+    out = np.zeros(0, dtype=np.uint64)
+    for _ in range(reps):
+        await p.sync()
+        t0 = time.perf_counter()
+        out = await p.lt(x, y)
+        times.append(time.perf_counter() - t0)
+    return {"lt": out}, _timings(times)
+
+
+async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
+    """Flag readings with (x − μ)² > k²σ²: one multiply, one truncation, one comparison.
+
+    ``mu`` and ``var`` are secret shares (per reading, e.g. broadcast per
+    sensor); ``k2`` is the public k² in fixed point. The product ``σ²·k²`` is
+    a local multiply by a public value and is truncated in the same round as
+    ``(x − μ)²``.
+    """
+    x, mu, var = inp["x"], inp["mu"], inp["var"]
+    k2 = inp["k2"][0]
+    reps = int(inp["reps"][0])
+    times = []
+    flags = np.zeros(0, dtype=np.uint64)
+    for _ in range(reps):
+        await p.sync()
+        t0 = time.perf_counter()
+        d = p.sub(x, mu)
+        sq = await p.mul(d, d)
+        both = await p.trunc(np.concatenate([sq, p.mul_public(var, k2)]))
+        flags = await p.lt(both[x.shape[0] :], both[: x.shape[0]])
+        times.append(time.perf_counter() - t0)
+    return {"flags": flags}, _timings(times)
+
+
+PROGRAMS: dict[str, Program] = {"suite": suite, "bench_lt": bench_lt, "bench_zscore": bench_zscore}
+
+
+def plan_for(program: str, n_elements: int) -> Plan:
+    """Correlations one run of ``program`` on ``n_elements`` needs (one dealer batch)."""
+    if program == "suite":
+        pairs = sum(tree_pair_counts(n_elements // 4, 4))
+        return Plan(
+            comparisons=5 * n_elements + pairs, triples=4 * n_elements + pairs, truncs=n_elements
+        )
+    if program == "bench_lt":
+        return Plan(comparisons=n_elements)
+    if program == "bench_zscore":
+        return Plan(comparisons=n_elements, triples=n_elements, truncs=2 * n_elements)
+    raise KeyError(program)

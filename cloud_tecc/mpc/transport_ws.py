@@ -1,0 +1,219 @@
+"""WebSocket transport between compute parties in separate processes (aiohttp).
+
+Party ``i`` serves ``GET /mpc`` on its own address and connects to every other
+party; every connection is authenticated by the Ed25519 handshake. A message
+is two binary frames, ``round_id (u64 LE)`` then the payload; a message for another round is a
+:class:`ProtocolError`, a closed or silent peer a :class:`PeerLostError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cloud_tecc.mpc import wslink
+from cloud_tecc.mpc.errors import (
+    ConfigError,
+    MpcError,
+    PeerLostError,
+    ProtocolError,
+)
+from cloud_tecc.mpc.handshake import party_name
+from cloud_tecc.mpc.transport import Payload
+
+_RID: Final = struct.Struct("<Q")
+_CLOSED: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """Where every party listens, this party's key, and every peer's public key."""
+
+    party: int
+    addresses: Mapping[int, tuple[str, int]]
+    key: Ed25519PrivateKey
+    peer_keys: Mapping[int, Ed25519PublicKey]
+    round_timeout: float = 60.0
+    connect_timeout: float = 30.0
+    #: TLS for the links (strongly advised outside one host): this party's
+    #: server context (certificate) and the client context that verifies peers.
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ssl.SSLContext | None = None
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", len(self.addresses))
+        if set(self.addresses) != set(range(self.n)) or self.n < 2:
+            raise ConfigError("addresses must name parties 0..n-1 (n >= 2)")
+        if not set(range(self.n)) - {self.party} <= set(self.peer_keys):
+            raise ConfigError("peer_keys must hold the public key of every other party")
+        if (self.server_tls is None) != (self.client_tls is None):
+            raise ConfigError("give both server_tls and client_tls, or neither")
+        if self.round_timeout <= 0 or self.connect_timeout <= 0:
+            raise ConfigError("timeouts must be positive")
+
+
+class WsTransport:
+    """The party mesh over loopback or LAN WebSockets; create with :meth:`start`.
+
+    Each ordered pair (i, j) has its own connection, initiated by the receiver
+    ``j`` and served by the sender ``i``: data only ever flows server → client,
+    so no frame is masked (RFC 6455 masks client frames, which costs a copy and
+    an XOR pass over every byte).
+    """
+
+    def __init__(self, cfg: MeshConfig) -> None:
+        self.cfg = cfg
+        self._peers = [j for j in range(cfg.n) if j != cfg.party]
+        self._queues: dict[int, asyncio.Queue[object]] = {j: asyncio.Queue() for j in self._peers}
+        self._send: dict[int, web.WebSocketResponse] = {}
+        self._recv: dict[int, aiohttp.ClientWebSocketResponse] = {}
+        self._all_accepted = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @classmethod
+    async def start(cls, cfg: MeshConfig) -> WsTransport:
+        """Listen, connect to every peer, wait until every peer connected back."""
+        self = cls(cfg)
+        await self._listen()
+        self._session = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.connect_timeout
+        try:
+            for j in self._peers:
+                host, port = cfg.addresses[j]
+                ws = await wslink.connect_retrying(
+                    self._session,
+                    f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
+                    deadline=deadline,
+                    name=party_name(cfg.party),
+                    key=cfg.key,
+                    server_name=party_name(j),
+                    server_key=cfg.peer_keys[j],
+                    wait_s=cfg.connect_timeout,
+                    tls=cfg.client_tls,
+                )
+                self._recv[j] = ws
+                self._tasks.append(asyncio.create_task(self._read(j, ws)))
+            async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
+                await self._all_accepted.wait()
+        except (TimeoutError, MpcError) as exc:
+            missing = sorted(set(self._peers) - set(self._send))
+            await self.close()
+            if isinstance(exc, MpcError):
+                raise
+            raise PeerLostError(f"parties {missing} did not connect within the timeout") from exc
+        return self
+
+    async def _listen(self) -> None:
+        app = web.Application()
+        app.router.add_get("/mpc", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = self.cfg.addresses[self.cfg.party]
+        await web.TCPSite(self._runner, host, port, ssl_context=self.cfg.server_tls).start()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}
+        ws, peer = await wslink.accept(
+            request,
+            name=party_name(self.cfg.party),
+            key=self.cfg.key,
+            known=known,
+            wait_s=self.cfg.connect_timeout,
+        )
+        if peer is None:
+            return ws
+        j = int(peer.removeprefix("party-"))
+        if j in self._send:
+            await ws.close()
+            return ws
+        self._send[j] = ws
+        if len(self._send) == len(self._peers):
+            self._all_accepted.set()
+        # This connection only carries our frames to j; reading it serves pings and close.
+        async for _msg in ws:
+            pass
+        self._queues[j].put_nowait(_CLOSED)
+        return ws
+
+    async def _read(self, j: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+        q = self._queues[j]
+        rid: int | None = None
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                if rid is None:
+                    if len(msg.data) != _RID.size:
+                        break
+                    (rid,) = _RID.unpack(msg.data)
+                else:
+                    q.put_nowait((rid, msg.data))
+                    rid = None
+        finally:
+            q.put_nowait(_CLOSED)
+
+    async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
+        """Send a round-id frame and a payload frame to each peer, then collect theirs."""
+        head = _RID.pack(round_id)
+        sends = []
+        for j, payload in outgoing.items():
+            ws = self._send.get(j)
+            if ws is None or ws.closed:
+                raise PeerLostError(f"party {j} is not connected")
+            sends.append(ws.send_bytes(head))
+            # aiohttp accepts any buffer here; the transport copies what it cannot send at once.
+            sends.append(ws.send_bytes(cast("bytes", payload)))
+        try:
+            await asyncio.gather(*sends)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise PeerLostError(f"sending round {round_id} failed: {exc}") from exc
+        got: dict[int, Payload] = {}
+        for j in outgoing:
+            try:
+                async with asyncio.timeout(self.cfg.round_timeout):
+                    item = await self._queues[j].get()
+            except TimeoutError as exc:
+                raise PeerLostError(
+                    f"party {j} sent nothing for round {round_id} within {self.cfg.round_timeout} s"
+                ) from exc
+            if item is _CLOSED:
+                self._queues[j].put_nowait(_CLOSED)
+                raise PeerLostError(f"party {j} disconnected before round {round_id}")
+            assert isinstance(item, tuple)
+            if item[0] != round_id:
+                raise ProtocolError(f"party {j} sent round {item[0]}, this party is at {round_id}")
+            got[j] = item[1]
+        return got
+
+    async def close(self) -> None:
+        """Close every connection and stop listening."""
+        if self._closing:
+            return
+        self._closing = True
+        sockets: list[wslink.WebSocket] = [*self._send.values(), *self._recv.values()]
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,1 @@
+"""The output service: the only place released results are reconstructed."""

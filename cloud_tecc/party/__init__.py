@@ -1,0 +1,1 @@
+"""A cluster party: share ingest, epoch coordination and the MPC peer."""

@@ -1,0 +1,289 @@
+"""The epoch loop of a party: attested MPC sessions, agreement on epochs, computation.
+
+A session starts by verifying the peer's and the dealer's quotes; a peer
+that fails attestation is refused (no MPC link is opened). The output
+service is verified before every delivery of results. Then the parties
+open the WebSocket mesh authenticated with the attested keys, connect to the
+dealer and align their correlation streams.
+
+Each tick the parties exchange watermarks over the mesh and rewind to the
+common one (a party that crashed before committing an epoch simply makes the
+other redo it); party 0 proposes the next due epoch and its batches; party 1
+confirms it holds them all. Then both run the secure program and commit the
+epoch, the new stream states and the result message (shares for the output
+service) in one transaction; :meth:`Coordinator.deliver` drains that outbox,
+encrypting each message to the attested output key. Any fault ends the
+session; the next session starts from the durable state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Final
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cloud_tecc.analytics.secure import secure_epoch
+from cloud_tecc.config import PartyConfig, parse_hostport
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.trust import AttestedDirectory
+from cloud_tecc.errors import CloudError, PeerError
+from cloud_tecc.mpc.engine import Party
+from cloud_tecc.mpc.errors import MpcError
+from cloud_tecc.mpc.source import CorrelationSource
+from cloud_tecc.mpc.transport import Transport
+from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+from cloud_tecc.party.dealer_link import DealerLink
+from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
+from cloud_tecc.party.store import ShareStore
+from cloud_tecc.service.channel import dumps, seal_message
+from tecc_contract.keys import ed25519_public_from_bytes
+
+log = logging.getLogger("cloud_tecc.party.coordinator")
+CONTROL_ROUND: Final = 0
+RESULTS_PURPOSE: Final = "results"
+PRUNE_EVERY: Final = 50
+
+
+class Coordinator:
+    """Runs MPC sessions and epochs for one party."""
+
+    def __init__(
+        self,
+        *,
+        cfg: PartyConfig,
+        enclave: Enclave,
+        store: ShareStore,
+        directory: AttestedDirectory,
+        http: aiohttp.ClientSession,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.cfg, self.enclave, self.store = cfg, enclave, store
+        self.directory, self.http = directory, http
+        self.peer = 1 - cfg.party
+        self.state = "starting"
+        self._since_prune = 0
+        self._outbox = asyncio.Event()
+        self._waiting_for = 0
+        self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
+        self.readings = Counter(
+            "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
+        )
+        self.sessions = Counter(
+            "tecc_party_sessions",
+            "MPC sessions started, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tecc_party_epoch_seconds",
+            "Secure computation time per epoch",
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.wm_gauge = Gauge(
+            "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
+        )
+
+    async def run(self) -> None:
+        """Session loop: never returns; failures are logged and retried."""
+        while True:
+            try:
+                await self._session()
+            except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.sessions.labels(type(exc).__name__).inc()
+                state = f"waiting: {exc}"
+                # Repeated identical failures (a peer that keeps failing attestation) are
+                # logged once, then at debug level.
+                (log.warning if state != self.state else log.debug)("MPC session ended: %s", exc)
+                self.state = state
+            await asyncio.sleep(1.0)
+
+    async def _session(self) -> None:
+        cfg = self.cfg
+        self.state = "attesting"
+        peer = await self.directory.identity(cfg.peers[self.peer], "party")
+        dealer = await self.directory.identity(cfg.dealer, "dealer")
+        addresses = {
+            cfg.party: parse_hostport(cfg.mpc_listen),
+            self.peer: cfg.peers[self.peer].mpc_address,
+        }
+        mesh = await WsTransport.start(
+            MeshConfig(
+                party=cfg.party,
+                addresses=addresses,
+                key=self.enclave.keys.sign,
+                peer_keys={self.peer: ed25519_public_from_bytes(peer.keys["sign"])},
+                round_timeout=60.0,
+                connect_timeout=30.0,
+            )
+        )
+        link: DealerLink | None = None
+        try:
+            host, port = cfg.dealer.mpc_address
+            link = await DealerLink.connect(
+                f"http://{host}:{port}/dealer",
+                party=cfg.party,
+                key=self.enclave.keys.sign,
+                dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
+            )
+            mine = await link.next_seq()
+            theirs = await self._control(mesh, {"seq": mine})
+            await link.align(max(mine, int(theirs["seq"])))
+            self.sessions.labels("started").inc()
+            self.state = "running"
+            log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
+            while True:
+                if not await self._tick(mesh, link):
+                    await asyncio.sleep(cfg.tick_s)
+        finally:
+            await mesh.close()
+            if link is not None:
+                await link.close()
+
+    async def _control(self, mesh: Transport, doc: dict[str, Any]) -> dict[str, Any]:
+        got = await mesh.exchange(CONTROL_ROUND, {self.peer: dumps(doc)})
+        try:
+            reply = json.loads(bytes(got[self.peer]))
+        except ValueError as exc:
+            raise PeerError("peer sent a malformed control message") from exc
+        if not isinstance(reply, dict):
+            raise PeerError("peer sent a malformed control message")
+        return reply
+
+    async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
+        """One agreement round; returns True if an epoch was computed."""
+        wm = await asyncio.to_thread(self.store.watermark)
+        other = await self._control(mesh, {"wm": wm})
+        base = min(wm, int(other["wm"]))
+        if wm > base:
+            log.info("rewinding to the common watermark %d", base)
+            await asyncio.to_thread(self.store.rewind, base)
+        leader = self.cfg.party == 0
+        prop_doc: dict[str, Any] = {}
+        if leader:
+            prop = await asyncio.to_thread(self._propose, base)
+            prop_doc = {"proposal": prop.to_json() if prop else None}
+        got = await self._control(mesh, prop_doc)
+        raw = prop_doc["proposal"] if leader else got.get("proposal")
+        if raw is None:
+            return False
+        prop = Proposal.from_json(raw)
+        missing = await asyncio.to_thread(self.store.has_batches, prop.batches)
+        ack = await self._control(mesh, {"ok": not missing})
+        if missing or not ack.get("ok"):
+            if missing and self._waiting_for != prop.start_ns:
+                self._waiting_for = prop.start_ns
+                log.info("waiting for %d batches of epoch %d", len(missing), prop.start_ns)
+            return False
+        await self._compute(mesh, link, prop)
+        return True
+
+    def _propose(self, base: int) -> Proposal | None:
+        earliest = self.store.earliest_reading_after(base)
+        if earliest is None:
+            return None
+        start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
+        now = time.time_ns()
+        activity = self.store.epoch_activity(start, end, now - int(self.cfg.active_s * 1e9))
+        if not is_closed(end, activity, now, int(self.cfg.grace_s * 1e9)):
+            return None
+        return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
+
+    async def _compute(self, mesh: Transport, link: CorrelationSource, prop: Proposal) -> None:
+        t0 = time.perf_counter()
+        segments = await asyncio.to_thread(self.store.load_segments, prop.batches)
+        keys = sorted({(s.gateway, s.sensor) for s in segments})
+        states = await asyncio.to_thread(self.store.load_states, keys, prop.start_ns)
+        epoch = build_epoch(prop.start_ns, prop.end_ns, segments, states)
+        if not epoch.streams:
+            await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, {}, 0, time.time_ns())
+            return
+        party = Party(self.cfg.party, 2, mesh, link, frac_bits=16)
+        t1 = time.perf_counter()
+        waited = link.wait_s_total if isinstance(link, DealerLink) else 0.0
+        out, rel = await secure_epoch(party, self.cfg.service.policy, epoch)
+        waited = (link.wait_s_total if isinstance(link, DealerLink) else 0.0) - waited
+        t2 = time.perf_counter()
+        body = dumps(
+            {
+                "party": self.cfg.party,
+                "layout": rel.layout,
+                "vector": base64.b64encode(rel.vector.astype("<u8").tobytes()).decode(),
+            }
+        )
+        t3 = time.perf_counter()
+        new_states = {
+            (s.gateway, s.sensor): st for s, st in zip(epoch.streams, out.states, strict=True)
+        }
+        n = out.plan.readings
+        await asyncio.to_thread(
+            self.store.commit_epoch, prop.end_ns, new_states, n, time.time_ns(), body
+        )
+        self._outbox.set()
+        self.epochs.inc()
+        self.readings.inc(n)
+        self._since_prune += 1
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            cutoff = prop.end_ns - int(self.cfg.retention_s * 1e9)
+            await asyncio.to_thread(self.store.prune_batches, cutoff)
+        self.duration.observe(time.perf_counter() - t0)
+        self.wm_gauge.set(prop.end_ns / 1e9)
+        log.info(
+            "epoch %d done: %d streams, %d readings, %d rounds; load %.0f ms, mpc %.0f ms "
+            "(dealer %.0f ms), "
+            "encode %.0f ms, commit %.0f ms",
+            prop.start_ns,
+            len(epoch.streams),
+            n,
+            party.traffic.rounds,
+            1e3 * (t1 - t0),
+            1e3 * (t2 - t1),
+            1e3 * waited,
+            1e3 * (t3 - t2),
+            1e3 * (time.perf_counter() - t3),
+        )
+
+    async def deliver(self) -> None:
+        """Outbox sender: POST committed result messages to the output service, in order."""
+        while True:
+            self._outbox.clear()
+            item = await asyncio.to_thread(self.store.next_outgoing)
+            if item is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox.wait(), timeout=1.0)
+                continue
+            epoch_ns, body = item
+            try:
+                await self._send(body)
+            except (PeerError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("results of epoch %d not delivered yet: %s", epoch_ns, exc)
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.to_thread(self.store.delivered, epoch_ns, body)
+
+    async def _send(self, body: bytes) -> None:
+        out = await self.directory.identity(self.cfg.output, "output")
+        env = seal_message(
+            body,
+            purpose=RESULTS_PURPOSE,
+            sender_id=self.cfg.service.service_id,
+            sign_key=self.enclave.keys.sign,
+            recipient=out,
+        )
+        async with self.http.post(
+            f"{self.cfg.output.url}/v1/results", json=env, timeout=aiohttp.ClientTimeout(total=30)
+        ) as resp:
+            if resp.status in (200, 202):
+                return
+            detail = await resp.text()
+        if resp.status == 403:
+            self.directory.forget(self.cfg.output.service_id)
+        raise PeerError(f"the output service answered HTTP {resp.status}: {detail[:200]}")

@@ -1,0 +1,163 @@
+"""A party's correlation source on the dealer service, with read-ahead and alignment.
+
+Correlations only work if the k-th element of a kind lines up at every party.
+After a restart of a party (or of the dealer) the parties' positions in the
+dealer's batch sequence differ, so every MPC session starts with
+:meth:`DealerLink.align`: both parties drop what they hold, report the
+sequence number of the next batch they will use, and the one behind skips
+batches until both stand at the same one.
+
+A reader task receives and decodes the next batches ahead of use (network
+and parsing overlap the computation), but the correlation store changes only
+inside :meth:`take`, in program order, so every party's store — including the
+trimming of kinds the program uses less than the dealer's plan provides — is
+a function of the program alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Final
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cloud_tecc.mpc import wslink
+from cloud_tecc.mpc.bundle_wire import decode_batch
+from cloud_tecc.mpc.correlations import Batch, Bundle, Kind
+from cloud_tecc.mpc.dealer_server import REQUEST
+from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
+from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
+from cloud_tecc.mpc.source import CorrelationStore
+
+READ_AHEAD: Final = 2
+_Item = tuple[int, list[Bundle]] | BaseException
+
+
+class DealerLink:
+    """Implements the engine's ``CorrelationSource`` over an authenticated dealer socket."""
+
+    def __init__(self, party: int, frac_bits: int, wait_s: float) -> None:
+        self.party = party
+        self.frac_bits = frac_bits
+        self.wait_s = wait_s
+        self.store = CorrelationStore(party, frac_bits)
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
+        self._reader: asyncio.Task[None] | None = None
+        self._head: tuple[int, list[Bundle]] | None = None
+        self.fetched = 0
+        self.wait_s_total = 0.0
+        self._peak: dict[Kind, int] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        party: int,
+        key: Ed25519PrivateKey,
+        dealer_key: Ed25519PublicKey,
+        frac_bits: int = 16,
+        wait_s: float = 60.0,
+    ) -> DealerLink:
+        """Connect and authenticate (the dealer's key comes from its verified quote)."""
+        self = cls(party, frac_bits, wait_s)
+        self._session = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        try:
+            self._ws = await wslink.connect_retrying(
+                self._session,
+                url,
+                deadline=loop.time() + wait_s,
+                name=party_name(party),
+                key=key,
+                server_name=DEALER_NAME,
+                server_key=dealer_key,
+                wait_s=wait_s,
+                random_bytes=os.urandom,
+            )
+        except BaseException:
+            await self._session.close()
+            raise
+        self._reader = asyncio.create_task(self._read_ahead())
+        return self
+
+    async def _read_ahead(self) -> None:
+        assert self._ws is not None
+        try:
+            while True:
+                await self._ws.send_bytes(REQUEST)
+                data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
+                item = await asyncio.to_thread(decode_batch, data, party=self.party)
+                self.fetched += 1
+                await self._queue.put(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._queue.put(exc)
+
+    async def _next(self) -> tuple[int, list[Bundle]]:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)
+            raise PeerLostError(f"dealer link failed: {item}") from item
+        return item
+
+    async def next_seq(self) -> int:
+        """Sequence number of the next batch this party will use."""
+        if self._head is None:
+            self._head = await self._next()
+        return self._head[0]
+
+    async def align(self, target: int) -> None:
+        """Drop everything held and skip batches until the next one is ``target``."""
+        self.store = CorrelationStore(self.party, self.frac_bits)
+        self._peak = {}
+        if self._head is None:
+            self._head = await self._next()
+        while self._head[0] < target:
+            self._head = await self._next()
+        if self._head[0] != target:
+            raise CorrelationError(f"dealer is at batch {self._head[0]}, beyond {target}")
+
+    async def _fetch(self, wanted: Kind) -> None:
+        t0 = time.perf_counter()
+        head = self._head if self._head is not None else await self._next()
+        self._head = None
+        for b in head[1]:
+            await asyncio.to_thread(self.store.add_bundle, b)
+            # Kinds the program uses less than the dealer's plan provides would pile
+            # up; keep at most twice the larger of a batch and the biggest request seen.
+            # Both parties reach this point in the same program state.
+            if b.kind is not wanted:
+                cap = 2 * max(b.count, self._peak.get(b.kind, 0))
+                excess = self.store.available(b.kind) - cap
+                if excess > 0:
+                    self.store.take(b.kind, excess)
+        self.wait_s_total += time.perf_counter() - t0
+
+    async def take(self, kind: Kind, count: int) -> Batch:
+        """Next ``count`` correlations of ``kind``, using batches while short."""
+        self._peak[kind] = max(self._peak.get(kind, 0), count)
+        while self.store.available(kind) < count:
+            before = self.store.available(kind)
+            await self._fetch(kind)
+            if self.store.available(kind) == before:
+                raise CorrelationError(f"the dealer's plan has no {kind} correlations")
+        return self.store.take(kind, count)
+
+    async def close(self) -> None:
+        """Stop reading ahead and close the dealer connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,107 @@
+"""Sans-IO envelope ingest: verify, open and turn a frame into storable shares.
+
+:meth:`Ingestor.prepare` checks the gateway signature against the enrolled
+keys, opens the HPKE envelope addressed to this party and returns a
+:class:`~cloud_tecc.party.store.BatchRow` of share blobs. Every refusal is an
+:class:`IngestError` whose ``reason`` is a metric label. Deduplication by
+(gateway, seq) happens in the store, inside the same transaction as the insert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Final
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cloud_tecc.errors import IngestError
+from cloud_tecc.party.store import BatchRow, SegmentRow
+from tecc_contract.envelope import Opener
+from tecc_contract.errors import (
+    ContractError,
+    DecryptError,
+    FrameError,
+    SignatureError,
+    VersionError,
+)
+from tecc_contract.header import Column
+from tecc_contract.keys import HpkePrivateKey, KemSuite
+
+FRAC_BITS: Final = 16
+REASONS: Final = ("malformed", "version", "signature", "decrypt", "layout", "replay")
+
+
+class Ingestor:
+    """Turns frames into batch rows for one party."""
+
+    def __init__(
+        self,
+        *,
+        party: int,
+        n_parties: int,
+        suite: KemSuite,
+        private_key: HpkePrivateKey,
+        gateway_keys: Mapping[str, Ed25519PublicKey],
+    ) -> None:
+        self._n = n_parties
+        self._opener = Opener(
+            party=party, suite=suite, private_key=private_key, gateway_keys=gateway_keys
+        )
+
+    def prepare(self, frame: bytes, *, received_ns: int) -> BatchRow:
+        """Verify and open ``frame``; raise :class:`IngestError` with a reason label."""
+        try:
+            opened = self._opener.open(frame)
+        except VersionError as exc:
+            raise IngestError("version", str(exc)) from exc
+        except FrameError as exc:
+            raise IngestError("malformed", str(exc)) from exc
+        except SignatureError as exc:
+            raise IngestError("signature", str(exc)) from exc
+        except DecryptError as exc:
+            raise IngestError("decrypt", str(exc)) from exc
+        except ContractError as exc:
+            raise IngestError("malformed", str(exc)) from exc
+        h = opened.header
+        if (
+            h.n_parties != self._n
+            or Column.VALUE not in h.columns
+            or h.count == 0
+            or h.frac_bits != FRAC_BITS
+        ):
+            raise IngestError(
+                "layout",
+                f"batch {h.seq} of {h.gateway_id!r}: need {self._n} parties, a value column, "
+                f"{FRAC_BITS} fraction bits and at least one reading",
+            )
+        x = opened.columns[Column.VALUE]
+        q = opened.columns.get(Column.SQUARE)
+        segs, off = [], 0
+        for i, seg in enumerate(h.segments):
+            k = seg.count
+            segs.append(
+                SegmentRow(
+                    idx=i,
+                    sensor=seg.sensor_id,
+                    ts=np.ascontiguousarray(seg.timestamps_ns, dtype="<i8").tobytes(),
+                    x=np.ascontiguousarray(x[off : off + k], dtype="<u8").tobytes(),
+                    q=None
+                    if q is None
+                    else np.ascontiguousarray(q[off : off + k], "<u8").tobytes(),
+                )
+            )
+            off += k
+        ts = h.timestamps()
+        return BatchRow(
+            gateway=h.gateway_id,
+            seq=h.seq,
+            digest=hashlib.sha256(frame).digest(),
+            received_ns=received_ns,
+            count=h.count,
+            min_ts=int(ts.min()),
+            max_ts=int(ts.max()),
+            has_q=q is not None,
+            segments=tuple(segs),
+        )

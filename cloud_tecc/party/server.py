@@ -1,0 +1,170 @@
+"""The cluster party process: envelope ingest over HTTP plus the epoch coordinator.
+
+``POST /v1/batches`` takes one envelope frame (``application/octet-stream``).
+Answers: 200 ``{"status": "accepted"}`` once the share is durable, 200
+``{"status": "duplicate"}`` for a retry of a stored batch, 409 for a replay
+(used sequence number, different frame), 400/403 for malformed, forged or
+misaddressed frames. Every refusal is counted in
+``tecc_ingest_rejected_total{reason}``; nothing about the payload is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import Counter, Gauge
+
+from cloud_tecc.config import PartyConfig
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
+from cloud_tecc.errors import ConfigError, IngestError
+from cloud_tecc.party.coordinator import Coordinator
+from cloud_tecc.party.ingest import REASONS, Ingestor
+from cloud_tecc.party.store import InsertResult, ShareStore
+from cloud_tecc.party.writer import GroupWriter
+from cloud_tecc.service.base import ServiceBase
+from tecc_contract.errors import ContractError
+from tecc_contract.keys import ed25519_public_from_bytes
+
+log = logging.getLogger("cloud_tecc.party")
+_STATUS = {
+    "malformed": 400,
+    "version": 400,
+    "layout": 400,
+    "signature": 403,
+    "decrypt": 403,
+    "replay": 409,
+}
+
+
+def _key_bytes(text: str) -> bytes:
+    if len(text) == 64:
+        return bytes.fromhex(text)
+    return base64.b64decode(text, validate=True)
+
+
+def gateway_keys(cfg: PartyConfig) -> dict[str, Ed25519PublicKey]:
+    """The enrolled gateways' Ed25519 keys (hex or base64 in the config)."""
+    keys = {}
+    for gw, raw in cfg.gateways.items():
+        try:
+            keys[gw] = ed25519_public_from_bytes(_key_bytes(raw.strip()))
+        except (ValueError, binascii.Error, ContractError) as exc:
+            raise ConfigError(
+                f"gateway {gw!r}: enrolled key must be a raw 32-byte Ed25519 key in hex or base64"
+            ) from exc
+    return keys
+
+
+class PartyService(ServiceBase):
+    """One cluster party."""
+
+    def __init__(self, cfg: PartyConfig, enclave: Enclave) -> None:
+        super().__init__(cfg.service, enclave)
+        self.pcfg = cfg
+        self.store = ShareStore(cfg.service.state_dir / "shares.db", cfg.synchronous)
+        self.writer = GroupWriter(self.store)
+        self.ingestor = Ingestor(
+            party=cfg.party,
+            n_parties=cfg.n_parties,
+            suite=cfg.suite,
+            private_key=enclave.keys.hpke,
+            gateway_keys=gateway_keys(cfg),
+        )
+        if enclave.keys.suite is not cfg.suite:
+            raise ConfigError(
+                f"sealed keys use {enclave.keys.suite}, config asks {cfg.suite}; re-provision"
+            )
+        reg = self.registry
+        self.batches = Counter(
+            "tecc_ingest_batches", "Envelopes by outcome", ["outcome"], registry=reg
+        )
+        self.readings = Counter("tecc_ingest_readings", "Readings accepted", registry=reg)
+        self.rejected = Counter(
+            "tecc_ingest_rejected", "Envelopes refused, by reason", ["reason"], registry=reg
+        )
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.late = Counter(
+            "tecc_ingest_late_readings",
+            "Readings older than the computed watermark (never analysed)",
+            registry=reg,
+        )
+        self.peer_ok = Gauge(
+            "tecc_party_peer_attested", "1 if the peer party attests", registry=reg
+        )
+        self.watermark = self.store.watermark()
+        self.coordinator: Coordinator | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.app.router.add_post("/v1/batches", self._ingest)
+
+    async def on_start(self) -> None:
+        """Start the writer and the coordinator."""
+        self.http = aiohttp.ClientSession()
+        verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
+        directory = AttestedDirectory(verifier, self.http, refresh_s=self.cfg.trust.refresh_s)
+        self.coordinator = Coordinator(
+            cfg=self.pcfg,
+            enclave=self.enclave,
+            store=self.store,
+            directory=directory,
+            http=self.http,
+            registry=self.registry,
+        )
+        self.spawn(self.writer.run(), "group-writer")
+        self.spawn(self.coordinator.run(), "coordinator")
+        self.spawn(self.coordinator.deliver(), "result-delivery")
+
+    async def on_stop(self) -> None:
+        """Close the HTTP client and the database."""
+        if self.http is not None:
+            await self.http.close()
+        self.store.close()
+
+    def health(self) -> dict[str, Any]:
+        """Health with ingest and session state."""
+        doc = super().health()
+        doc["party"] = self.pcfg.party
+        doc["watermark_ns"] = self.store.watermark()
+        doc["batches"] = self.store.batch_count()
+        doc["session"] = self.coordinator.state if self.coordinator else "starting"
+        if self.coordinator is not None:
+            doc["peers"] = {
+                k: {"attested": v.ok, "detail": v.detail}
+                for k, v in self.coordinator.directory.status.items()
+            }
+        return doc
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        frame = await request.read()
+        try:
+            row = self.ingestor.prepare(frame, received_ns=time.time_ns())
+            outcome = await self.writer.submit(row)
+            if outcome == InsertResult.REPLAY:
+                raise IngestError(
+                    "replay",
+                    f"batch {row.seq} of {row.gateway!r} was already stored with different content",
+                )
+        except IngestError as exc:
+            self.rejected.labels(exc.reason).inc()
+            log.warning("envelope refused (%s): %s", exc.reason, exc)
+            return web.json_response(
+                {"status": "rejected", "reason": exc.reason, "error": str(exc)},
+                status=_STATUS.get(exc.reason, 400),
+            )
+        self.batches.labels(outcome).inc()
+        if outcome == InsertResult.ACCEPTED:
+            self.readings.inc(row.count)
+            if row.min_ts < self.watermark:
+                self.watermark = await asyncio.to_thread(self.store.watermark)
+                if row.min_ts < self.watermark:
+                    self.late.inc(row.count)
+        return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})

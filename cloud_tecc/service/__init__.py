@@ -1,0 +1,1 @@
+"""Machinery every service shares: enclave start-up, attestation endpoint, health, metrics."""

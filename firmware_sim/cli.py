@@ -1,0 +1,287 @@
+"""Command line: ``tecc-sim run | replay | load | sensors`` (also ``python -m firmware_sim``).
+
+``run`` plays the configured line with its scenario and writes the ground
+truth; ``replay`` turns a ``timestamp,value`` CSV into one sensor; ``load``
+generates many topics or nodes at a total rate for benchmarks; ``sensors``
+prints the line's sensors as JSON for writing gateway configs. Broker and
+endpoint addresses in the config can be overridden by flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from firmware_sim.config import (
+    KIND_DEFAULTS,
+    MqttSettings,
+    OpcuaSettings,
+    PayloadFormat,
+    SensorKind,
+    SensorSpec,
+    SimConfig,
+    Transport,
+)
+from firmware_sim.config_yaml import load_config
+from firmware_sim.errors import SimConfigError, SimError
+from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
+from firmware_sim.mqtt_publisher import MqttLink, MqttSink
+from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
+from firmware_sim.replay import read_csv, replay
+from firmware_sim.runner import RunStats, Sink, run_simulation
+from firmware_sim.scenario import parse_anomalies
+from firmware_sim.yamlpath import load_yaml
+
+
+def _endpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mqtt-host", help="MQTT broker host (overrides the config)")
+    p.add_argument("--mqtt-port", type=int, help="MQTT broker port (overrides the config)")
+    p.add_argument("--opcua-host", help="OPC-UA listen host (overrides the config)")
+    p.add_argument("--opcua-port", type=int, help="OPC-UA listen port (overrides the config)")
+    p.add_argument("--state-dir", type=Path, help="where the OPC-UA server keeps its certificate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="tecc-sim", description="Simulated factory line: OPC-UA PLC and MQTT sensors."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the configured line and its anomaly scenario")
+    run.add_argument("--config", type=Path, default=Path("configs/sim.yaml"))
+    run.add_argument(
+        "--scenario", type=Path, help="YAML file with 'anomalies:' replacing the config's"
+    )
+    run.add_argument("--duration", type=float, help="simulated seconds to run (default: forever)")
+    run.add_argument("--speed", type=float, help="simulated seconds per wall second")
+    run.add_argument("--seed", type=int, help="override the config seed")
+    run.add_argument(
+        "--start-time", type=float, help="simulated start, epoch seconds (default: now)"
+    )
+    run.add_argument("--groundtruth", type=Path, help="ground-truth JSON-lines file to write")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
+    _endpoint_flags(run)
+
+    rep = sub.add_parser("replay", help="publish a 'timestamp,value' CSV as one sensor")
+    rep.add_argument("--csv", type=Path, required=True)
+    rep.add_argument("--sensor", required=True, help="sensor id <line>.<machine>.<sensor>")
+    rep.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
+    rep.add_argument("--kind", choices=[k.value for k in SensorKind], default="generic")
+    rep.add_argument("--unit", help="engineering unit (default: the kind's)")
+    rep.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    rep.add_argument("--payload", choices=[f.value for f in PayloadFormat], default="json")
+    rep.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    rep.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    rep.add_argument("--rebase", action="store_true", help="stamp the first row with 'now'")
+    _endpoint_flags(rep)
+
+    sensors = sub.add_parser(
+        "sensors", help="print the line's sensors as JSON (for gateway configs)"
+    )
+    sensors.add_argument("--config", type=Path, default=Path("configs/sim.yaml"))
+
+    load = sub.add_parser("load", help="many topics or nodes at a total rate (benchmarks)")
+    load.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
+    load.add_argument("--nodes", type=int, default=1000, help="number of topics or nodes")
+    load.add_argument("--rate", type=float, default=10_000.0, help="total readings per second")
+    load.add_argument("--duration", type=float, default=10.0, help="wall seconds")
+    load.add_argument("--qos", type=int, choices=[0, 1], default=0)
+    load.add_argument("--batch", type=int, default=1, help="readings per MQTT message")
+    load.add_argument("--seed", type=int, default=42)
+    _endpoint_flags(load)
+    return parser
+
+
+def _mqtt(base: MqttSettings, args: argparse.Namespace) -> MqttSettings:
+    return dataclasses.replace(
+        base, host=args.mqtt_host or base.host, port=args.mqtt_port or base.port
+    )
+
+
+def _opcua(base: OpcuaSettings, args: argparse.Namespace) -> OpcuaSettings:
+    return dataclasses.replace(
+        base,
+        host=args.opcua_host or base.host,
+        port=args.opcua_port or base.port,
+        state_dir=args.state_dir or base.state_dir,
+    )
+
+
+def configure_run(args: argparse.Namespace) -> SimConfig:
+    """The config of ``run`` after applying the command-line overrides."""
+    config = load_config(args.config)
+    changes: dict[str, object] = {
+        "mqtt": _mqtt(config.mqtt, args),
+        "opcua": _opcua(config.opcua, args),
+    }
+    if args.scenario is not None:
+        scenario = load_yaml(args.scenario)
+        changes["anomalies"] = parse_anomalies(scenario)
+        scenario.check_unknown()
+    overrides = {
+        "duration_s": args.duration,
+        "speed": args.speed,
+        "seed": args.seed,
+        "start_time": args.start_time,
+        "groundtruth": args.groundtruth,
+    }
+    changes.update({k: v for k, v in overrides.items() if v is not None})
+    return config.with_changes(**changes)
+
+
+async def until_signal(coro: Coroutine[Any, Any, object]) -> bool:
+    """Run ``coro``, cancelling it on SIGINT or SIGTERM; True if it ran to completion."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        return False
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return True
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = configure_run(args)
+    progress = None if args.quiet else sys.stderr
+    stats = RunStats()
+    finished = asyncio.run(until_signal(run_simulation(config, progress=progress, stats=stats)))
+    print(
+        f"{'done' if finished else 'stopped'}: samples={stats.samples} dropped={stats.dropped} "
+        f"lost={stats.lost} anomalies={stats.anomalies} groundtruth={config.groundtruth}"
+    )
+    return 0
+
+
+def _replay_spec(args: argparse.Namespace) -> SensorSpec:
+    parts = args.sensor.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise SimConfigError(f"--sensor must be <line>.<machine>.<sensor>, got {args.sensor!r}")
+    kind = SensorKind(args.kind)
+    d = KIND_DEFAULTS[kind]
+    low, high = args.range or (d.low, d.high)
+    return SensorSpec(
+        line=parts[0],
+        machine=parts[1],
+        name=parts[2],
+        kind=kind,
+        unit=args.unit if args.unit is not None else d.unit,
+        low=low,
+        high=high,
+        rate_hz=1.0,
+        transport=Transport(args.transport),
+        signal=d.signal,
+        payload=PayloadFormat(args.payload),
+        qos=args.qos,
+    )
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    if args.speed <= 0:
+        raise SimConfigError(f"--speed must be > 0, got {args.speed}")
+    spec = _replay_spec(args)
+    rows = read_csv(args.csv)
+    rebase = time.time() if args.rebase else None
+    async with contextlib.AsyncExitStack() as stack:
+        sink: Sink
+        if spec.transport is Transport.MQTT:
+            settings = _mqtt(MqttSettings(client_id="tecc-sim-replay"), args)
+            link = MqttLink(settings)
+            await link.connect()
+            stack.push_async_callback(link.close)
+            sink = MqttSink(link)
+        else:
+            server = SimOpcuaServer(_opcua(OpcuaSettings(), args), [spec])
+            await server.start()
+            stack.push_async_callback(server.stop)
+            sink = OpcuaSink(server)
+        count = await replay(rows, spec=spec, sink=sink, speed=args.speed, rebase=rebase)
+    print(f"replayed {count} rows as {spec.sensor_id}")
+    return 0
+
+
+def describe(config: SimConfig) -> list[dict[str, object]]:
+    """One JSON-ready entry per sensor: id, transport, address, unit, range, rate."""
+    out: list[dict[str, object]] = []
+    for spec in config.sensors():
+        entry: dict[str, object] = {
+            "sensor": spec.sensor_id,
+            "machine": spec.machine_id,
+            "kind": spec.kind.value,
+            "unit": spec.unit,
+            "range": [spec.low, spec.high],
+            "rate_hz": spec.rate_hz,
+            "transport": spec.transport.value,
+        }
+        if spec.transport is Transport.MQTT:
+            entry |= {
+                "topic": spec.topic(config.mqtt.topic_prefix),
+                "payload": spec.payload.value,
+                "qos": spec.qos,
+            }
+        else:
+            entry |= {
+                "endpoint": config.opcua.endpoint,
+                "namespace": config.opcua.namespace,
+                "node": f"s={spec.sensor_id}",
+            }
+        out.append(entry)
+    return out
+
+
+def _progress(readings: int, seconds: float) -> None:
+    sys.stderr.write(f"load: readings={readings} rate={readings / seconds:.0f}/s\n")
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    spec = LoadSpec(
+        nodes=args.nodes,
+        total_rate=args.rate,
+        duration_s=args.duration,
+        qos=args.qos,
+        batch=args.batch,
+        seed=args.seed,
+    )
+    if args.transport == Transport.MQTT.value:
+        settings = _mqtt(MqttSettings(), args)
+        report = run_mqtt_load(spec, settings.host, settings.port, progress=_progress)
+    else:
+        opcua = _opcua(OpcuaSettings(), args)
+        report = asyncio.run(run_opcua_load(spec, opcua, progress=_progress))
+    print(report.to_json())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "replay":
+            return asyncio.run(_replay(args))
+        if args.command == "sensors":
+            print(json.dumps(describe(load_config(args.config)), indent=2, ensure_ascii=False))
+            return 0
+        return _cmd_load(args)
+    except SimError as exc:
+        print(f"tecc-sim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,80 @@
+"""Test helpers: the local deployment plus a gateway stand-in that seals and uploads.
+
+:class:`TestGateway` plays the edge: it verifies the parties' quotes, seals
+batches with the contract's :class:`~tecc_contract.envelope.Sealer` and
+uploads them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.localstack import Deployment, http_json
+from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
+from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite
+
+__all__ = ["Deployment", "TestGateway", "http_json", "metric", "segment"]
+
+
+class TestGateway:
+    """An edge gateway stand-in: attests the parties, seals batches, uploads them."""
+
+    __test__ = False
+
+    def __init__(self, dep: Deployment, gateway_id: str, *, squares: bool = True) -> None:
+        platform = SimulatedPlatform.load_or_create(dep.platform_dir)
+        verifier = SimulatedPlatformVerifier(
+            platform_keys={platform.key_id: platform.attestation_key.public_key()},
+            allowed_measurements={dep.measurement()},
+        )
+        keys = []
+        for i in (0, 1):
+            nonce = os.urandom(32)
+            status, body = http_json(f"{dep.url(f'party{i}')}/attestation?nonce={nonce.hex()}")
+            assert status == 200
+            ident = verifier.verify(
+                Quote.from_json(body), nonce=nonce, now_ns=time.time_ns(), role="party"
+            )
+            keys.append(ClusterKey(i, KemSuite(ident.hpke_suite), ident.keys["hpke"]))
+        cols = (Column.VALUE, Column.SQUARE) if squares else (Column.VALUE,)
+        self.dep = dep
+        self.frames: dict[int, list[bytes]] = {}
+        self.sealer = Sealer(
+            gateway_id=gateway_id, signing_key=dep.gateways[gateway_id], clusters=keys, columns=cols
+        )
+
+    def seal(self, seq: int, segments: list[SensorSegment]) -> list[bytes]:
+        """Frames for both parties (kept, so a retry can resend identical bytes)."""
+        self.frames[seq] = self.sealer.seal(seq, segments, created_ns=time.time_ns())
+        return self.frames[seq]
+
+    def upload(self, frames: list[bytes]) -> list[tuple[int, Any]]:
+        """POST each frame to its party."""
+        return [
+            http_json(f"{self.dep.url(f'party{i}')}/v1/batches", data=f)
+            for i, f in enumerate(frames)
+        ]
+
+
+def segment(sensor: str, ts: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> SensorSegment:
+    """A contract segment from arrays."""
+    return SensorSegment(sensor, np.asarray(ts, dtype=np.int64), np.asarray(values, np.float64))
+
+
+def metric(dep: Deployment, name: str, sample: str) -> float:
+    """Sum of a Prometheus sample (``name{...}`` lines starting with ``sample``)."""
+    with urllib.request.urlopen(dep.url(name) + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(sample) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

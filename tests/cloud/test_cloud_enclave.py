@@ -1,0 +1,128 @@
+"""Simulated enclave: measurement, sealing, quotes and the verifier."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud_tecc.analytics.policy import AnalyticsPolicy, Release, policy_from_mapping
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.measurement import bundle_listing, measure, package_root
+from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
+from cloud_tecc.errors import ConfigError, SealError
+from tecc_contract.attestation import SimulatedPlatformVerifier
+from tecc_contract.errors import AttestationError
+
+
+def test_measurement_depends_on_policy_and_is_stable() -> None:
+    """Same bundle and policy give the same measurement; any policy change alters it."""
+    base = AnalyticsPolicy()
+    assert measure(base.canonical_bytes()) == measure(base.canonical_bytes())
+    fewer = policy_from_mapping({"release": ["count", "mean"]})
+    lower = policy_from_mapping({"min_count": 1})
+    ms = {measure(p.canonical_bytes()) for p in (base, fewer, lower)}
+    assert len(ms) == 3
+
+
+def test_bundle_listing_covers_sources_and_reacts_to_edits(tmp_path: Path) -> None:
+    """The listing names every source file with its digest; editing one changes it."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
+    before = bundle_listing([pkg])
+    assert b"pkg/a.py" in before
+    assert b"pyc" not in before
+    (pkg / "a.py").write_text("x = 2\n")
+    assert bundle_listing([pkg]) != before
+    assert b"cloud_tecc/enclave/measurement.py" in bundle_listing([package_root("cloud_tecc")])
+
+
+def test_sealing_binds_the_measurement() -> None:
+    """Data sealed under one measurement does not open under another."""
+    secret = os.urandom(32)
+    k1, k2 = sealing_key(secret, b"\x01" * 32), sealing_key(secret, b"\x02" * 32)
+    blob = seal(k1, b"private keys", aad=b"ctx")
+    assert unseal(k1, blob, aad=b"ctx") == b"private keys"
+    with pytest.raises(SealError, match="measurement"):
+        unseal(k2, blob, aad=b"ctx")
+    with pytest.raises(SealError):
+        unseal(k1, blob, aad=b"other")
+
+
+def test_enclave_keys_survive_restart_but_not_a_changed_build(tmp_path: Path) -> None:
+    """Reopening with the same measurement unseals the same keys; another one fails."""
+    platform = SimulatedPlatform.load_or_create(tmp_path / "platform")
+    m1, m2 = b"\x11" * 32, b"\x22" * 32
+    e1 = Enclave.open(
+        role="party", service_id="p0", measurement=m1, platform=platform, state_dir=tmp_path / "p0"
+    )
+    again = Enclave.open(
+        role="party", service_id="p0", measurement=m1, platform=platform, state_dir=tmp_path / "p0"
+    )
+    assert again.public_keys() == e1.public_keys()
+    with pytest.raises(SealError):
+        Enclave.open(
+            role="party",
+            service_id="p0",
+            measurement=m2,
+            platform=platform,
+            state_dir=tmp_path / "p0",
+        )
+
+
+def test_quotes_verify_against_the_allow_list(tmp_path: Path) -> None:
+    """A fresh quote verifies; a wrong nonce, platform or measurement is refused."""
+    platform = SimulatedPlatform.load_or_create(tmp_path / "platform")
+    other = SimulatedPlatform.load_or_create(tmp_path / "other")
+    good = measure(AnalyticsPolicy().canonical_bytes())
+    enclave = Enclave.open(
+        role="output",
+        service_id="out",
+        measurement=good,
+        platform=platform,
+        state_dir=tmp_path / "out",
+    )
+    verifier = SimulatedPlatformVerifier(
+        platform_keys={platform.key_id: platform.attestation_key.public_key()},
+        allowed_measurements={good},
+    )
+    nonce, now = os.urandom(32), time.time_ns()
+    ident = verifier.verify(enclave.quote(nonce, now), nonce=nonce, now_ns=now, role="output")
+    assert ident.keys["hpke"] == enclave.public_keys()["hpke"]
+    with pytest.raises(AttestationError, match="nonce"):
+        verifier.verify(enclave.quote(os.urandom(32), now), nonce=nonce, now_ns=now)
+    rogue = Enclave.open(
+        role="output",
+        service_id="out",
+        measurement=good,
+        platform=other,
+        state_dir=tmp_path / "rogue",
+    )
+    with pytest.raises(AttestationError, match="unknown platform"):
+        verifier.verify(rogue.quote(nonce, now), nonce=nonce, now_ns=now)
+    edited = Enclave.open(
+        role="output",
+        service_id="out",
+        measurement=b"\x00" * 32,
+        platform=platform,
+        state_dir=tmp_path / "edited",
+    )
+    with pytest.raises(AttestationError, match="allow-list"):
+        verifier.verify(edited.quote(nonce, now), nonce=nonce, now_ns=now)
+
+
+def test_policy_validation_errors_are_clear() -> None:
+    """Bad policies are refused with a message naming the problem."""
+    with pytest.raises(ConfigError, match="unknown policy keys"):
+        policy_from_mapping({"release_raw": True})
+    with pytest.raises(ConfigError, match="allowed items"):
+        policy_from_mapping({"release": ["values"]})
+    with pytest.raises(ConfigError, match="value_bound_bits"):
+        policy_from_mapping({"limits": [{"sensor": "*", "low": 0, "high": 10_000}]})
+    assert Release.MEAN in AnalyticsPolicy().release

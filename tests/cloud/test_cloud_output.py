@@ -1,0 +1,57 @@
+"""Output collector: reconstruction only from consistent, policy-conforming shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.analytics.reference import StreamReadings, run_reference
+from cloud_tecc.analytics.release import Decoded, build_release
+from cloud_tecc.errors import AnalyticsError
+from cloud_tecc.output.collector import try_complete, validate_submission
+
+T0 = 1_700_000_000_000_000_000
+POLICY = policy_from_mapping(
+    {"window_s": 10, "min_count": 5, "rates": [{"sensor": "*", "max_delta": 1.0}]}
+)
+
+
+def _shares() -> tuple[dict[str, Any], bytes, bytes, Decoded]:
+    ts = T0 + np.arange(50, dtype=np.int64) * 100_000_000
+    vals = np.sin(np.arange(50) / 3.0) * 4.0
+    (res,) = run_reference(POLICY, [StreamReadings("gw", "s", ts, vals)])
+    rel = build_release(POLICY, res.epoch, res.output, 16)
+    mask = np.random.default_rng(3).integers(0, 2**63, rel.vector.size, dtype=np.uint64)
+    v0 = mask.astype("<u8").tobytes()
+    v1 = (rel.vector - mask).astype("<u8").tobytes()
+    return rel.layout, v0, v1, res.released
+
+
+def test_reconstructs_exactly_what_the_reference_released() -> None:
+    """Two consistent submissions reconstruct the reference rows; one alone waits."""
+    layout, v0, v1, released = _shares()
+    validate_submission(POLICY, layout, v0)
+    assert try_complete(POLICY, 2, {0: (layout, v0)}) is None
+    done = try_complete(POLICY, 2, {0: (layout, v0), 1: (layout, v1)})
+    assert done is not None
+    assert done.rows == released
+
+
+def test_refuses_inconsistent_or_excessive_submissions() -> None:
+    """Different layouts, wrong lengths, corrupted flags and policy excess are refused."""
+    layout, v0, v1, _ = _shares()
+    other = {**layout, "epoch_ns": T0 + 1}
+    with pytest.raises(AnalyticsError, match="different layouts"):
+        try_complete(POLICY, 2, {0: (layout, v0), 1: (other, v1)})
+    with pytest.raises(AnalyticsError, match="length"):
+        validate_submission(POLICY, layout, v0[:-8])
+    bad = bytearray(v1)
+    bad[-8] ^= 0x02  # the last element is a rate flag: reconstructs to 2 or 3
+    with pytest.raises(AnalyticsError, match="0/1"):
+        try_complete(POLICY, 2, {0: (layout, v0), 1: (layout, bytes(bad))})
+    strict = policy_from_mapping({"window_s": 10, "min_count": 500})
+    with pytest.raises(AnalyticsError, match="beyond the policy"):
+        validate_submission(strict, layout, v0)

@@ -1,0 +1,146 @@
+"""Sans-IO pieces on their own: dealer frames, the handshake, bad caller input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.mpc import (
+    AuthenticationError,
+    ConfigError,
+    CorrelationError,
+    Party,
+    Plan,
+    ProtocolError,
+)
+from cloud_tecc.mpc import handshake as hs
+from cloud_tecc.mpc.bundle_wire import decode_batch, encode_batch
+from cloud_tecc.mpc.correlations import materialise
+from cloud_tecc.mpc.dealer import deal
+from cloud_tecc.mpc.sim import run_parties
+from cloud_tecc.mpc.source import CorrelationStore
+
+
+def test_dealer_frame_roundtrip_and_size() -> None:
+    """Party 0's frame carries the corrections; the others' only seeds."""
+    plan = Plan(triples=10, truncs=10, dabits=10, comparisons=10)
+    bundles = deal(plan, 3)
+    frames = [encode_batch(i, 7, b) for i, b in enumerate(bundles)]
+    assert len(frames[1]) == len(frames[2]) < 200
+    assert len(frames[0]) > 10 * (8 + 16 + 8 + 58)
+    for i, frame in enumerate(frames):
+        seq, got = decode_batch(frame, party=i)
+        assert seq == 7
+        for a, b in zip(got, bundles[i], strict=True):
+            ma, mb = materialise(a).fields, materialise(b).fields
+            assert ma.keys() == mb.keys()
+            for k in ma:
+                np.testing.assert_array_equal(ma[k], mb[k])
+
+
+def test_bad_dealer_frames_are_refused() -> None:
+    """Truncated, extended, misaddressed or foreign frames are CorrelationError."""
+    frame = encode_batch(0, 0, deal(Plan(triples=4), 2)[0])
+    for bad in (frame[:-1], frame + b"\0", b"XXXX" + frame[4:], frame[:5]):
+        with pytest.raises(CorrelationError):
+            decode_batch(bad, party=0)
+    with pytest.raises(CorrelationError, match="for party 0"):
+        decode_batch(frame, party=1)
+
+
+def test_store_refuses_mismatched_bundles() -> None:
+    """A bundle for another party or another precision does not enter a store."""
+    b0, b1 = (x[0] for x in deal(Plan(triples=4), 2, frac_bits=16))
+    with pytest.raises(CorrelationError, match="party 1"):
+        CorrelationStore(0, 16).add_bundle(b1)
+    with pytest.raises(CorrelationError, match="fraction bits"):
+        CorrelationStore(0, 12).add_bundle(b0)
+    store = CorrelationStore(0, 16)
+    store.add_bundle(b0)
+    with pytest.raises(CorrelationError, match="need 5"):
+        store.take(b0.kind, 5)
+
+
+def _run_handshake(
+    client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey, known_client: Ed25519PrivateKey
+) -> None:
+    nonce_s = bytes(range(32))
+    hello = hs.hello("party-0", nonce_s)
+    auth, state = hs.client_auth(
+        hello, name="party-1", key=client_key, expected_server="party-0", nonce_c=b"c" * 32
+    )
+    _, accept = hs.server_accept(
+        auth,
+        name="party-0",
+        key=server_key,
+        nonce_s=nonce_s,
+        known={"party-1": known_client.public_key()},
+    )
+    hs.client_finish(accept, state, server_key.public_key())
+
+
+def test_handshake_accepts_right_keys_only() -> None:
+    """The handshake completes with the right keys and fails with a wrong one."""
+    c, s = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    _run_handshake(c, s, c)
+    with pytest.raises(AuthenticationError, match="party-1"):
+        _run_handshake(Ed25519PrivateKey.generate(), s, c)
+
+
+def test_handshake_resists_replay_and_reflection() -> None:
+    """An AUTH for one server nonce fails under another; ACCEPT cannot be reflected."""
+    c, s = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    known = {"party-1": c.public_key()}
+    auth, state = hs.client_auth(
+        hs.hello("party-0", b"a" * 32),
+        name="party-1",
+        key=c,
+        expected_server="party-0",
+        nonce_c=b"c" * 32,
+    )
+    with pytest.raises(AuthenticationError):
+        hs.server_accept(auth, name="party-0", key=s, nonce_s=b"b" * 32, known=known)
+    # The client's own signature, sent back as if it were the server's, does not verify.
+    reflected = hs.MAGIC + auth[len(hs.MAGIC) + hs.NONCE : len(hs.MAGIC) + hs.NONCE + hs.SIG]
+    with pytest.raises(AuthenticationError):
+        hs.client_finish(reflected, state, c.public_key())
+    with pytest.raises(AuthenticationError, match="expected"):
+        hs.client_auth(
+            hs.hello("dealer", b"a" * 32),
+            name="party-1",
+            key=c,
+            expected_server="party-0",
+            nonce_c=b"c" * 32,
+        )
+    with pytest.raises(AuthenticationError, match="malformed"):
+        hs.server_accept(b"junk", name="party-0", key=s, nonce_s=b"a" * 32, known=known)
+
+
+def test_bad_operands_are_config_errors() -> None:
+    """Wrong dtype or mismatched shapes fail fast with ConfigError, before any round."""
+
+    async def wrong_dtype(p: Party) -> object:
+        return await p.mul(np.zeros(3, np.int64), np.zeros(3, np.int64))
+
+    async def wrong_shape(p: Party) -> object:
+        return await p.lt(np.zeros(3, np.uint64), np.zeros(4, np.uint64))
+
+    for fn in (wrong_dtype, wrong_shape):
+        with pytest.raises(ConfigError):
+            asyncio.run(run_parties(2, fn))
+    with pytest.raises(ConfigError):
+        Party(2, 2, None, None)  # type: ignore[arg-type]
+
+
+def test_overlapping_operations_are_refused() -> None:
+    """Two operations at once on one party would desynchronise the rounds: refused."""
+
+    async def fn(p: Party) -> object:
+        z = np.zeros(4, np.uint64)
+        return await asyncio.gather(p.mul(z, z), p.mul(z, z))
+
+    with pytest.raises(ProtocolError, match="already running"):
+        asyncio.run(run_parties(2, fn, round_timeout=2.0))

@@ -1,0 +1,1 @@
+"""Reusable helpers for tests that start real services (broker, ports)."""
