@@ -15,23 +15,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.ports import free_port as _free_port
+
 MOSQUITTO = "/usr/sbin/mosquitto"
 SWTPM = "swtpm"
 
 
 def free_port(pairs: int = 1) -> int:
-    """A free TCP port on 127.0.0.1 (with ``pairs`` consecutive free ports from it)."""
+    """A free port on 127.0.0.1 outside the ephemeral range (``pairs`` consecutive ones)."""
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + pairs >= 65535:
-            continue
+        port = _free_port()
         ok = True
         for extra in range(1, pairs):
-            with socket.socket() as s2:
+            with socket.socket() as s:
                 try:
-                    s2.bind(("127.0.0.1", port + extra))
+                    s.bind(("127.0.0.1", port + extra))
                 except OSError:
                     ok = False
         if ok:
