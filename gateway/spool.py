@@ -2,7 +2,10 @@
 
 One batch = one transaction holding its N envelopes (one per cluster) and the
 new sequence counter, so after a crash either the whole batch is there or none
-of it is, and a retry resends byte-identical frames. Each cluster has its own
+of it is, and a retry resends byte-identical frames. A fresh spool starts the
+counter at the current Unix time in milliseconds, so a gateway whose spool was
+lost or moved aside never reuses a seq the clusters already hold (they would
+refuse it as a replay). Each cluster has its own
 cursor (its remaining envelope rows); a batch disappears only once every
 cluster has acknowledged its envelope.
 
@@ -28,6 +31,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,12 +93,14 @@ class Spool:
         spool_key: bytes,
         max_bytes: int,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._gw = gateway_id
         self._n = n_clusters
         self._aead = AESGCM(spool_key)
         self._rand = random_bytes
+        self._now_ns = now_ns
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         try:
@@ -122,7 +128,11 @@ class Spool:
         if not rows:
             self._db.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
-                [("gateway_id", self._gw), ("clusters", str(self._n)), ("last_seq", "0")],
+                [
+                    ("gateway_id", self._gw),
+                    ("clusters", str(self._n)),
+                    ("last_seq", str(self._now_ns() // 1_000_000)),
+                ],
             )
             return
         if rows.get("gateway_id") != self._gw or rows.get("clusters") != str(self._n):
@@ -149,7 +159,7 @@ class Spool:
             ) from exc
 
     def last_seq(self) -> int:
-        """The highest sequence number ever spooled (0 for a fresh spool)."""
+        """The highest sequence number spooled (a fresh spool: its creation time in ms)."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
         return int(row[0])

@@ -10,8 +10,9 @@ Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
   attestation. Only then does the cluster get envelopes. A failure is counted
   and logged, and the cluster gets nothing until a later attestation passes.
 * ``POST {url}/v1/batches`` with the frame bytes as the body
-  (``application/octet-stream``). 200/201/202 or 409 (duplicate) acknowledge
-  the batch; anything else is retried with exponential backoff and full jitter.
+  (``application/octet-stream``). 2xx, or 409 for a duplicate, acknowledges
+  the batch (see :func:`acknowledged`); anything else is retried with
+  exponential backoff and full jitter.
 
 While a cluster answers, its backlog drains back-to-back (no pacing). The
 cluster is re-attested whenever new work arrives after the link was idle,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -41,8 +43,30 @@ from tecc_contract.attestation import Quote, QuoteVerifier
 from tecc_contract.errors import AttestationError
 
 log = logging.getLogger(__name__)
-ACK_STATUSES: Final = frozenset({200, 201, 202, 409})
 _BATCH_READ: Final = 16
+_CONFLICT_HINT: Final = (
+    "; the cluster holds different content under this seq: another gateway uses the "
+    "same gateway_id, or this gateway's identity was reused with a restored spool"
+)
+
+
+def acknowledged(status: int, body: bytes) -> bool:
+    """Whether a ``POST /v1/batches`` answer means the cluster holds this batch.
+
+    2xx (accepted, or an identical duplicate) acknowledges. 409 acknowledges
+    only a duplicate: a body naming the reason ``replay`` means the cluster
+    holds *different* bytes under this seq, which must never be treated as
+    delivered.
+    """
+    if 200 <= status < 300:
+        return True
+    if status != 409:
+        return False
+    try:
+        reason = json.loads(body).get("reason")
+    except (ValueError, AttributeError):
+        return True
+    return bool(reason != "replay")
 
 
 class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
@@ -184,9 +208,13 @@ class ClusterLink:
                     headers={"Content-Type": "application/octet-stream"},
                 ) as resp:
                     status = resp.status
-                    detail = (await resp.read())[:200] if status not in ACK_STATUSES else b""
-                if status not in ACK_STATUSES:
-                    raise _Retry(f"POST /v1/batches seq {seq} answered {status}: {detail!r}")
+                    body = await resp.read() if status != 200 else b""
+                if not acknowledged(status, body):
+                    kind = "conflict" if status == 409 else "refused"
+                    raise _Retry(
+                        f"POST /v1/batches seq {seq} answered {status} ({kind}): {body[:200]!r}"
+                        + (_CONFLICT_HINT if kind == "conflict" else "")
+                    )
                 await asyncio.to_thread(self._spool.ack, self.index, seq)
                 self._metrics.sent.labels(str(self.index)).inc()
                 sent += 1

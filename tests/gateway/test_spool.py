@@ -92,6 +92,32 @@ def test_frames_are_encrypted_at_rest_and_tamper_evident(tmp_path: Path) -> None
     s.close()
 
 
+def test_fresh_spool_never_reuses_old_seqs(tmp_path: Path) -> None:
+    """A spool created later starts above every seq an earlier spool can have used."""
+    old = Spool(
+        tmp_path / "old.db",
+        gateway_id="gw",
+        n_clusters=2,
+        spool_key=KEY,
+        max_bytes=1 << 20,
+        now_ns=lambda: 1_000_000_000_000_000_000,
+    )
+    start = old.last_seq()
+    for i in range(1, 4):
+        old.append(start + i, 1, 1, [b"a", b"b"])
+    new = Spool(
+        tmp_path / "new.db",
+        gateway_id="gw",
+        n_clusters=2,
+        spool_key=KEY,
+        max_bytes=1 << 20,
+        now_ns=lambda: 1_000_000_001_000_000_000,
+    )  # 1 s later
+    assert new.last_seq() > old.last_seq()
+    old.close()
+    new.close()
+
+
 def test_refuses_another_gateways_spool(tmp_path: Path) -> None:
     """Opening a spool with another gateway id is an error that says what to do."""
     _open(tmp_path / "s.db").close()
