@@ -10,16 +10,36 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import yaml
 
-from tests.gateway.receiver import GOOD_MEASUREMENT, FakeCluster, Platform
+from tests.gateway.receiver import GOOD_MEASUREMENT
 from tests.gateway.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MQTT_SENSORS = {"line1.temp": (-50.0, 150.0), "line1.press": (0.0, 1000.0)}
+
+
+class ClusterRef(Protocol):
+    """What a gateway config needs to know of a cluster."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def service_id(self) -> str: ...
+
+
+class PlatformRef(Protocol):
+    """What a gateway config needs to know of the attestation platform."""
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def public_hex(self) -> str: ...
 
 
 def opcua_sensors(n: int) -> dict[str, tuple[float, float]]:
@@ -30,8 +50,8 @@ def opcua_sensors(n: int) -> dict[str, tuple[float, float]]:
 def write_config(
     tmp: Path,
     *,
-    clusters: Sequence[FakeCluster],
-    platform: Platform,
+    clusters: Sequence[ClusterRef],
+    platform: PlatformRef,
     tcti: str = "swtpm:port=1",
     mqtt_port: int | None = None,
     opcua_url: str | None = None,
@@ -42,6 +62,7 @@ def write_config(
     client_id: str = "test-gw",
     opcua_security: dict[str, str] | None = None,
     opcua_explicit: list[dict[str, Any]] | None = None,
+    measurement: bytes = GOOD_MEASUREMENT,
 ) -> Path:
     """Write a gateway YAML for the given services; return its path."""
     sensors = {**MQTT_SENSORS, **opcua_sensors(opcua_nodes)}
@@ -110,7 +131,7 @@ def write_config(
         ],
         "attestation": {
             "platform_keys": {platform.key_id: platform.public_hex},
-            "allowed_measurements": [GOOD_MEASUREMENT.hex()],
+            "allowed_measurements": [measurement.hex()],
         },
         "tpm": {"tcti": tcti, "pcrs": [7, 14]},
         "http": {"host": "127.0.0.1", "port": free_port()},
