@@ -24,6 +24,7 @@ class PayloadFormat(enum.StrEnum):
     NUMBER = "number"  # the payload is the decimal text of one number
     JSON = "json"  # a JSON object; value (and optional timestamp) at configured paths
     JSON_BATCH = "json_batch"  # a JSON array of such objects (or of plain numbers)
+    AUTO = "auto"  # per payload: '[' -> json_batch, '{' -> json, otherwise number
 
 
 class DeadbandType(enum.StrEnum):

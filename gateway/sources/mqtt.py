@@ -48,10 +48,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.config import MqttSourceConfig, PayloadFormat, TopicRule
 from gateway.ingest import AckToken, Ingest
 from gateway.metrics import Metrics
-from gateway.sources.payload import PayloadReject, PayloadSpec, parse_payload
+from gateway.sources.payload import ItemReject, PayloadReject, PayloadSpec, parse_payload
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
+_NUMERIC_FIRST = frozenset({PayloadFormat.NUMBER, PayloadFormat.AUTO})
 _ACK_LOSS_WINDOW_S = 5.0  # PUBACKs this recent may die with a dropped connection
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 5 §3.4)
 _PUBACK_HEADER = 0x40
@@ -253,7 +254,7 @@ class MqttSource:
             self._ingest.reject(UNMATCHED, PayloadReject.WRONG_SHAPE, token)
             return
         sensor, spec = target
-        if spec.format is PayloadFormat.NUMBER and len(payload) <= spec.max_bytes:
+        if spec.format in _NUMERIC_FIRST and len(payload) <= spec.max_bytes:
             try:
                 value = float(payload)
             except ValueError:
@@ -285,7 +286,7 @@ class MqttSource:
             self._resent.clear()
         return False
 
-    def _log_malformed(self, topic: str, reason: PayloadReject, n: int) -> None:
+    def _log_malformed(self, topic: str, reason: ItemReject, n: int) -> None:
         now = time.monotonic()
         if now - self._last_log.get(topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
             self._last_log[topic] = now

@@ -11,7 +11,12 @@ Formats (see :class:`~gateway.config.PayloadFormat`):
 * ``number`` — the payload is the ASCII decimal text of one number;
 * ``json`` — a JSON object; the value (and optionally a timestamp) sit at
   configured dotted field paths;
-* ``json_batch`` — a JSON array whose items are numbers or such objects.
+* ``json_batch`` — a JSON array whose items are numbers or such objects;
+* ``auto`` — decided per payload by its first non-blank byte (``[``, ``{``,
+  anything else: a number), for topics whose publishers mix formats.
+
+An object whose value is ``null`` and that carries a ``status`` field (a
+failed sensor reporting itself) is rejected as ``bad_status``.
 
 Timestamps are Unix seconds (int or float) or RFC 3339 strings; anything
 outside 2000-01-01 .. 2100-01-01 is rejected.
@@ -27,6 +32,7 @@ from datetime import datetime
 from typing import Final
 
 from gateway.config import PayloadFormat
+from tecc_contract.errors import RejectReason
 
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 _MIN_TS_NS: Final = 946_684_800 * 10**9  # 2000-01-01
@@ -57,6 +63,8 @@ class PayloadSpec:
 
 #: One raw reading: (timestamp in ns since the epoch, value as found in the payload).
 RawReading = tuple[int, object]
+#: Why one payload or item was refused.
+ItemReject = PayloadReject | RejectReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +72,10 @@ class Parsed:
     """Outcome of parsing one payload: readings found and per-item rejections."""
 
     readings: list[RawReading]
-    rejects: list[PayloadReject]
+    rejects: list[ItemReject]
 
 
-def _reject(reason: PayloadReject) -> Parsed:
+def _reject(reason: ItemReject) -> Parsed:
     return Parsed([], [reason])
 
 
@@ -110,7 +118,7 @@ def _field(obj: object, path: tuple[str, ...]) -> tuple[bool, object]:
     return True, cur
 
 
-def _item(item: object, spec: PayloadSpec, now_ns: int) -> RawReading | PayloadReject:
+def _item(item: object, spec: PayloadSpec, now_ns: int) -> RawReading | ItemReject:
     if isinstance(item, (int, float)) and not isinstance(item, bool):
         return (now_ns, item)
     if not isinstance(item, dict):
@@ -118,6 +126,8 @@ def _item(item: object, spec: PayloadSpec, now_ns: int) -> RawReading | PayloadR
     found, value = _field(item, spec.value_path)
     if not found:
         return PayloadReject.MISSING_FIELD
+    if value is None and "status" in item:
+        return RejectReason.BAD_STATUS
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return PayloadReject.NOT_NUMERIC
     ts = now_ns
@@ -131,39 +141,57 @@ def _item(item: object, spec: PayloadSpec, now_ns: int) -> RawReading | PayloadR
     return (ts, value)
 
 
+def _number(payload: bytes, now_ns: int) -> Parsed:
+    try:
+        return Parsed([(now_ns, float(payload))], [])
+    except ValueError:
+        pass
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return _reject(PayloadReject.INVALID_UTF8)
+    return _reject(PayloadReject.NOT_NUMERIC)
+
+
+def _batch(doc: object, spec: PayloadSpec, now_ns: int) -> Parsed:
+    if not isinstance(doc, list):
+        return _reject(PayloadReject.WRONG_SHAPE)
+    readings: list[RawReading] = []
+    rejects: list[ItemReject] = []
+    for item in doc:
+        r = _item(item, spec, now_ns)
+        if isinstance(r, (PayloadReject, RejectReason)):
+            rejects.append(r)
+        else:
+            readings.append(r)
+    return Parsed(readings, rejects)
+
+
+def _format(payload: bytes, fmt: PayloadFormat) -> PayloadFormat:
+    if fmt is not PayloadFormat.AUTO:
+        return fmt
+    head = payload.lstrip()[:1]
+    return {b"[": PayloadFormat.JSON_BATCH, b"{": PayloadFormat.JSON}.get(
+        head, PayloadFormat.NUMBER
+    )
+
+
 def parse_payload(payload: bytes, spec: PayloadSpec, now_ns: int) -> Parsed:
     """Parse one MQTT payload according to ``spec``; never raises on bad input."""
     if len(payload) > spec.max_bytes:
         return _reject(PayloadReject.TOO_LARGE)
-    if spec.format is PayloadFormat.NUMBER:
-        try:
-            return Parsed([(now_ns, float(payload))], [])
-        except ValueError:
-            pass
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            return _reject(PayloadReject.INVALID_UTF8)
-        return _reject(PayloadReject.NOT_NUMERIC)
+    fmt = _format(payload, spec.format)
+    if fmt is PayloadFormat.NUMBER:
+        return _number(payload, now_ns)
     try:
         doc = json.loads(payload.decode("utf-8"), parse_constant=_constant)
     except UnicodeDecodeError:
         return _reject(PayloadReject.INVALID_UTF8)
     except (ValueError, RecursionError):
         return _reject(PayloadReject.INVALID_JSON)
-    if spec.format is PayloadFormat.JSON:
-        if not isinstance(doc, dict):
-            return _reject(PayloadReject.WRONG_SHAPE)
-        one = _item(doc, spec, now_ns)
-        return _reject(one) if isinstance(one, PayloadReject) else Parsed([one], [])
-    if not isinstance(doc, list):
+    if fmt is PayloadFormat.JSON_BATCH:
+        return _batch(doc, spec, now_ns)
+    if not isinstance(doc, dict):
         return _reject(PayloadReject.WRONG_SHAPE)
-    readings: list[RawReading] = []
-    rejects: list[PayloadReject] = []
-    for item in doc:
-        r = _item(item, spec, now_ns)
-        if isinstance(r, PayloadReject):
-            rejects.append(r)
-        else:
-            readings.append(r)
-    return Parsed(readings, rejects)
+    one = _item(doc, spec, now_ns)
+    return _reject(one) if isinstance(one, (PayloadReject, RejectReason)) else Parsed([one], [])

@@ -16,9 +16,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "gateway.yaml"
 def test_example_config_loads() -> None:
     """The shipped example is valid and resolves paths against its folder."""
     cfg = load_config(EXAMPLE)
-    assert cfg.gateway_id == "plant-a-gw1"
+    assert cfg.gateway_id == "gw-demo"
     assert [c.index for c in cfg.clusters] == [0, 1]
-    assert cfg.mqtt[0].topics[1].format is PayloadFormat.JSON
+    assert cfg.mqtt[0].topics[0].format is PayloadFormat.AUTO
+    assert len(cfg.sensors) == 15
     assert cfg.tpm.pcrs == (7, 14)
     assert cfg.spool.path.is_absolute()
 
@@ -26,10 +27,10 @@ def test_example_config_loads() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("gateway_id: plant-a-gw1", "gateway_id: plant-a-gw1\ncolour: red"), "unknown keys"),
-        (("range: [0, 1000]", "range: [1000, 0]"), "low must be < high"),
+        (("gateway_id: gw-demo", "gateway_id: gw-demo\ncolour: red"), "unknown keys"),
+        (("range: [0, 250]", "range: [250, 0]"), "low must be < high"),
         (("{index: 1,", "{index: 3,"), "indices 0..N-1"),
-        (('sensor_template: "{0}.{1}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
+        (('sensor_template: "{0}.{1}.{2}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
         (("pcrs: [7, 14]", "pcrs: [7, 99]"), "PCR indices"),
     ],
 )
@@ -46,7 +47,7 @@ def test_bad_config_is_rejected_clearly(
 
 def test_square_column_needs_narrow_ranges(tmp_path: Path) -> None:
     """Sharing x² is refused at load time for ranges whose square overflows the ring."""
-    text = EXAMPLE.read_text().replace("range: [0, 1000]", "range: [0, 10000000]")
+    text = EXAMPLE.read_text().replace("range: [0, 24000]", "range: [0, 10000000]")
     bad = tmp_path / "wide.yaml"
     bad.write_text(text)
     with pytest.raises(ConfigError, match="drop the square column"):

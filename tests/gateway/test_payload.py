@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from gateway.config import PayloadFormat
 from gateway.sources.payload import PayloadReject, PayloadSpec, parse_payload
+from tecc_contract.errors import RejectReason
 
 NOW = 1_764_000_000 * 10**9
 NUM = PayloadSpec(PayloadFormat.NUMBER)
@@ -79,3 +80,17 @@ def test_never_raises(payload: bytes, spec: PayloadSpec) -> None:
     """Arbitrary bytes give readings or rejections, never an exception."""
     p = parse_payload(payload, spec, NOW)
     assert len(p.readings) + len(p.rejects) >= 1 or spec is BATCH
+
+
+def test_auto_format_and_failed_sensor_status() -> None:
+    """`auto` picks the format per payload; a null value with a status is bad_status."""
+    auto = PayloadSpec(PayloadFormat.AUTO, ("value",), ("ts",))
+    assert parse_payload(b"63.25", auto, NOW).readings == [(NOW, 63.25)]
+    assert parse_payload(b' {"value": 1.5, "ts": 1764230400.5}', auto, NOW).readings == [
+        (1_764_230_400_500_000_000, 1.5)
+    ]
+    batch = parse_payload(b'[{"value": 1, "ts": 1764230400}, {"value": 2}]', auto, NOW)
+    assert batch.readings == [(1_764_230_400 * 10**9, 1), (NOW, 2)]
+    failed = b'{"value": null, "ts": 1764230400.1, "status": "BadSensorFailure"}'
+    assert parse_payload(failed, auto, NOW).rejects == [RejectReason.BAD_STATUS]
+    assert parse_payload(b"abc", auto, NOW).rejects == [PayloadReject.NOT_NUMERIC]
