@@ -19,6 +19,34 @@ from tests.gateway.services import free_port, mosquitto
 pytestmark = [pytest.mark.mqtt, pytest.mark.opcua, pytest.mark.processes, pytest.mark.slow]
 
 
+def _start_sim(mqtt_port: int, opc_port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """Run the simulator with configs/sim.yaml against the test broker and port."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "firmware_sim",
+            "run",
+            "--config",
+            str(ROOT / "configs" / "sim.yaml"),
+            "--duration",
+            "30",
+            "--quiet",
+            "--mqtt-port",
+            str(mqtt_port),
+            "--opcua-port",
+            str(opc_port),
+            "--state-dir",
+            str(tmp / "sim"),
+            "--groundtruth",
+            str(tmp / "gt.jsonl"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def test_example_config_ingests_every_simulated_sensor(
     tmp_path: Path, keys: GatewayKeys, platform: Platform
 ) -> None:
@@ -45,30 +73,7 @@ async def test_example_config_ingests_every_simulated_sensor(
             doc["sources"]["mqtt"][0]["port"] = broker.port
             cfg = tmp_path / "gateway.yaml"
             cfg.write_text(yaml.safe_dump(doc))
-            sim = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "firmware_sim",
-                    "run",
-                    "--config",
-                    str(ROOT / "configs" / "sim.yaml"),
-                    "--duration",
-                    "30",
-                    "--quiet",
-                    "--mqtt-port",
-                    str(broker.port),
-                    "--opcua-port",
-                    str(opc_port),
-                    "--state-dir",
-                    str(tmp_path / "sim"),
-                    "--groundtruth",
-                    str(tmp_path / "gt.jsonl"),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            sim = _start_sim(broker.port, opc_port, tmp_path)
             try:
                 async with running(cfg, keys) as agent:
 
