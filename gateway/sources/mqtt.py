@@ -26,6 +26,10 @@ Delivery guarantees (QoS 1, MQTT 5):
 
 Malformed payloads are counted by (sensor, reason) and logged at most once per
 minute per topic; nothing a publisher sends can stop the source.
+
+Two paho internals are used, both checked against the pinned paho-mqtt 2.2:
+the raw topic bytes of a message (no decode per message) and the output queue
+(one buffer for a batch of PUBACKs, see :meth:`MqttSource.ack`).
 """
 
 from __future__ import annotations

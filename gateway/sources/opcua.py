@@ -10,7 +10,9 @@ after an exponential backoff with full jitter.
 Notifications are handled in :class:`_BulkSubscription.publish_callback`,
 which walks a whole PublishResponse synchronously and hands all rows to
 :meth:`~gateway.ingest.Ingest.offer_rows` in one call: no task, no await and
-no object per data change. A node whose status is bad is counted (as a
+no object per data change. (This overrides one method of asyncua's
+``Subscription`` and uses its ``_make_monitored_item_request``; both are
+checked against the pinned asyncua 2.1.) A node whose status is bad is counted (as a
 ``bad_status`` rejection and in ``gateway_opcua_bad_nodes``) and reported;
 the others keep streaming.
 """
