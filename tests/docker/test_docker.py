@@ -11,7 +11,6 @@ compose config variants load with the product's own config loaders.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -281,17 +280,18 @@ def test_referenced_paths_exist() -> None:
 
 def test_dockerfiles_end_with_a_non_root_user() -> None:
     """Every stage a service runs (and every file's last stage) ends as a non-root USER."""
-    targets = {
-        (service["build"]["context"], service["build"].get("target"))
-        for service in _services().values()
-        if isinstance(service.get("build"), dict)
-    }
+    targets: dict[Path, set[str]] = {}
+    for service in _services().values():
+        build = service.get("build")
+        if isinstance(build, dict):
+            path = (DOCKER / build["context"] / build.get("dockerfile", "Dockerfile")).resolve()
+            targets.setdefault(path, set()).add(build.get("target", ""))
+    assert targets, "no service builds an image"
     for dockerfile in _dockerfiles():
         stages = _stages(dockerfile)
-        final = list(stages)[-1]
-        context = os.path.relpath(dockerfile.parent, DOCKER)
-        used = {t for c, t in targets if os.path.relpath(DOCKER / c, DOCKER) in {".", context}}
-        for name in {final} | (used & set(stages)):
+        used = targets.get(dockerfile.resolve(), set()) - {""}
+        assert used <= set(stages), f"{dockerfile}: unknown targets {used - set(stages)}"
+        for name in {list(stages)[-1]} | used:
             user = _effective(stages, name, "user")
             assert not _is_root(user), f"{dockerfile} stage {name} runs as {user or 'root'}"
         last_user = [a for w, a in _instructions(dockerfile) if w == "USER"]
