@@ -255,6 +255,7 @@ def test_dockerfile_base_images_are_pinned() -> None:
 
 def test_referenced_paths_exist() -> None:
     """Build contexts, Dockerfiles and bind-mounted config files exist in the repository."""
+    declared = _compose()["volumes"]
     for name, service in _services().items():
         build = service.get("build")
         if build is not None:
@@ -275,7 +276,7 @@ def test_referenced_paths_exist() -> None:
                 assert path.is_relative_to(ROOT), f"{name}: {source} outside the repository"
                 assert volume.endswith(":ro"), f"{name}: config mount {source} must be :ro"
             else:
-                assert source in _compose()["volumes"], f"{name}: volume {source} undeclared"
+                assert source in declared, f"{name}: volume {source} undeclared"
 
 
 def test_dockerfiles_end_with_a_non_root_user() -> None:

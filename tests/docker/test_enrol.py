@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 CLIS = {"tecc-cluster": "cloud_tecc", "tecc-gateway": "gateway"}
 
-pytestmark = pytest.mark.tpm
+pytestmark = [pytest.mark.tpm, pytest.mark.slow]
 
 
 def _bin_dir(tmp: Path) -> Path:
