@@ -7,8 +7,9 @@ dealer's batch sequence differ, so every MPC session starts with
 sequence number of the next batch they will use, and the one behind skips
 batches until both stand at the same one.
 
-A reader task receives and decodes the next batches ahead of use (network
-and parsing overlap the computation), but the correlation store changes only
+A reader task receives, decodes and expands (seed expansion, in a worker
+thread) the next batches ahead of use, so network, parsing and the party's
+offline work overlap the computation, but the correlation store changes only
 inside :meth:`take`, in program order, so every party's store — including the
 trimming of kinds the program uses less than the dealer's plan provides — is
 a function of the program alone.
@@ -27,14 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.bundle_wire import decode_batch
-from cloud_tecc.mpc.correlations import Batch, Bundle, Kind
+from cloud_tecc.mpc.correlations import Batch, Kind, materialise
 from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
 from cloud_tecc.mpc.source import CorrelationStore
 
-READ_AHEAD: Final = 2
-_Item = tuple[int, list[Bundle]] | BaseException
+#: Batches received and expanded ahead of use (a batch of the default plan for
+#: 20,000 readings expands to about 13 MB).
+READ_AHEAD: Final = 6
+_Item = tuple[int, list[Batch]] | BaseException
 
 
 class DealerLink:
@@ -49,7 +52,7 @@ class DealerLink:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
         self._reader: asyncio.Task[None] | None = None
-        self._head: tuple[int, list[Bundle]] | None = None
+        self._head: tuple[int, list[Batch]] | None = None
         self.fetched = 0
         self.wait_s_total = 0.0
         self._peak: dict[Kind, int] = {}
@@ -93,7 +96,7 @@ class DealerLink:
             while True:
                 await self._ws.send_bytes(REQUEST)
                 data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
-                item = await asyncio.to_thread(decode_batch, data, party=self.party)
+                item = await asyncio.to_thread(self._expand, data)
                 self.fetched += 1
                 await self._queue.put(item)
         except asyncio.CancelledError:
@@ -101,7 +104,13 @@ class DealerLink:
         except Exception as exc:
             await self._queue.put(exc)
 
-    async def _next(self) -> tuple[int, list[Bundle]]:
+    def _expand(self, data: bytes) -> tuple[int, list[Batch]]:
+        seq, bundles = decode_batch(data, party=self.party)
+        for b in bundles:
+            self.store.check(b)
+        return seq, [materialise(b) for b in bundles]
+
+    async def _next(self) -> tuple[int, list[Batch]]:
         item = await self._queue.get()
         if isinstance(item, BaseException):
             self._queue.put_nowait(item)
@@ -130,7 +139,7 @@ class DealerLink:
         head = self._head if self._head is not None else await self._next()
         self._head = None
         for b in head[1]:
-            await asyncio.to_thread(self.store.add_bundle, b)
+            self.store.add_batch(b)
             # Kinds the program uses less than the dealer's plan provides would pile
             # up; keep at most twice the larger of a batch and the biggest request seen.
             # Both parties reach this point in the same program state.
