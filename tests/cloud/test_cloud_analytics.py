@@ -130,7 +130,7 @@ async def _secure(
         for i in range(2):
             for s, st in zip(eps[i].streams, outs[i].states, strict=True):
                 states[i][(s.gateway, s.sensor)] = st
-        rels = [build_release(policy, eps[i], outs[i], 16) for i in range(2)]
+        rels = [build_release(policy, eps[i], outs[i], 16, 2) for i in range(2)]
         assert rels[0].layout == rels[1].layout
         got = decode(rels[0].layout, rels[0].vector + rels[1].vector)
         assert got.windows == r.released.windows
