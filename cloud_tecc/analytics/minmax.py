@@ -41,9 +41,9 @@ def _cat(parts: list[RingArray]) -> RingArray:
 async def _min4(ops: Ops, v: RingArray, lengths: IntArray) -> tuple[RingArray, IntArray]:
     """One four-way level of a segmented min: 9 rounds; returns values and new lengths."""
     groups = -(-lengths // 4)
-    off = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    off = np.cumsum(lengths) - lengths
     seg = np.repeat(np.arange(len(lengths)), groups)
-    first = np.concatenate([[0], np.cumsum(groups)[:-1]])
+    first = np.cumsum(groups) - groups
     k = np.arange(int(groups.sum())) - np.repeat(first, groups)
     lane = 4 * k[:, None] + np.arange(4)
     valid = lane < lengths[seg][:, None]

@@ -231,9 +231,7 @@ def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[
     if not 1 <= parties < 1 << FLAG_LANE_BITS:
         raise AnalyticsError(f"flag lanes carry at most {(1 << FLAG_LANE_BITS) - 1} parties")
     bits = unpack_flags(values[pos : pos + _alert_words(layout)], total, parties)
-    stamps = {
-        (w["gateway"], w["sensor"]): w["ts"] for w in layout["windows"] if "ts" in w
-    }
+    stamps = {(w["gateway"], w["sensor"]): w["ts"] for w in layout["windows"] if "ts" in w}
     counts = {(w["gateway"], w["sensor"]): int(w["count"]) for w in layout["windows"]}
     flagged: list[dict[str, Any]] = []
     off = 0

@@ -143,6 +143,23 @@ async def test_secure_run_equals_reference() -> None:
     await _secure(POLICY, ReferenceAnalytics(POLICY), _streams())
 
 
+async def test_secure_run_handles_epochs_without_released_windows() -> None:
+    """An epoch whose windows all stay below min_count, between full ones, runs and agrees."""
+    rng = np.random.default_rng(5)
+    streams = []
+    for gw in ("g1", "g2"):
+        parts = [
+            np.arange(k, dtype=np.int64) * 10_000_000 + e * 10_000_000_000
+            for e, k in ((0, 97), (1, 4), (2, 13), (3, 1))
+        ]
+        ts = T0 + np.concatenate(parts)
+        streams.append(StreamReadings(gw, "t1", ts, 50.0 + rng.normal(0.0, 1.0, ts.size)))
+    results = await ReferenceAnalytics(POLICY).run(streams)
+    assert [max(w["count"] for w in r.released.windows) for r in results] == [97, 4, 13, 1]
+    assert not results[1].output.plan.minmax.size
+    await _secure(POLICY, ReferenceAnalytics(POLICY), streams)
+
+
 def test_release_withholds_small_windows_and_checks_layouts() -> None:
     """Below min_count only the count is released; a layout beyond policy is refused."""
     results = run_reference(POLICY, _streams(n=60))
