@@ -207,15 +207,23 @@ class Bundle:
 
 @dataclass(slots=True)
 class Batch:
-    """Materialised correlations of one kind for one party: field name → array."""
+    """Materialised correlations of one kind for one party: field name → array.
+
+    A slice remembers the batch it views (``base``, ``start``), so that
+    :func:`concat` of consecutive slices of one batch is again a view.
+    """
 
     kind: Kind
     count: int
     fields: dict[str, AnyArray]
+    base: Batch | None = None
+    start: int = 0
 
     def slice(self, start: int, stop: int) -> Batch:
         """A view of correlations ``start..stop`` (no copy)."""
-        return Batch(self.kind, stop - start, {k: v[start:stop] for k, v in self.fields.items()})
+        fields = {k: v[start:stop] for k, v in self.fields.items()}
+        base = self.base if self.base is not None else self
+        return Batch(self.kind, stop - start, fields, base, self.start + start)
 
 
 def materialise(bundle: Bundle) -> Batch:
@@ -228,8 +236,62 @@ def materialise(bundle: Bundle) -> Batch:
     return Batch(bundle.kind, bundle.count, fields)
 
 
+def _fill(kind: Kind, derived: bool, bundles: list[Bundle], out: dict[str, AnyArray]) -> None:
+    """Write every bundle's keystream segments straight into the joined field arrays."""
+    label = f"{kind.value}/{'derived' if derived else 'random'}".encode()
+    ctr = hashlib.sha256(b"tecc-corr-ctr-v1/" + label).digest()[:16]
+    scratch = np.empty(8 + _AES_BLOCK, dtype=np.uint8)
+    pos = 0
+    for b in bundles:
+        key = hashlib.sha256(b"tecc-corr-key-v1/" + b.seed).digest()[:16]
+        enc = Cipher(algorithms.AES(key), modes.CTR(ctr)).encryptor()
+        for f, _ in _segments(kind, derived, b.count)[0]:
+            dst = out[f.name].view(np.uint8)
+            lo, nb = pos * f.itemsize, b.count * f.itemsize
+            for off in range(0, nb, len(_ZEROS)):
+                k = min(len(_ZEROS), nb - off)
+                enc.update_into(
+                    memoryview(_ZEROS)[:k], dst[lo + off : lo + off + k + _AES_BLOCK - 1]
+                )
+            if pad := -nb % 8:  # segments start 8-byte aligned in the keystream
+                enc.update_into(memoryview(_ZEROS)[:pad], scratch)
+        pos += b.count
+
+
+def materialise_many(bundles: list[Bundle]) -> Batch:
+    """Expand consecutive bundles of one kind into one batch, equal to joining their
+    :func:`materialise` results but without the joining copy (the keystream is
+    written in place)."""
+    kind, party = bundles[0].kind, bundles[0].party
+    if any(b.kind is not kind or b.party != party for b in bundles):
+        raise CorrelationError("materialise_many needs bundles of one kind and party")
+    total = sum(b.count for b in bundles)
+    # _AES_BLOCK spare bytes per field: update_into wants room for a whole block.
+    raw = {f.name: np.empty(total * f.itemsize + _AES_BLOCK, dtype=np.uint8) for f in LAYOUTS[kind]}
+    out = {f.name: raw[f.name][: total * f.itemsize].view(f.dtype) for f in LAYOUTS[kind]}
+    _fill(kind, False, bundles, raw)
+    if party == 0:
+        for f in correction_fields(kind):
+            np.concatenate([b.corrections[f.name] for b in bundles], out=out[f.name])
+    else:
+        _fill(kind, True, bundles, raw)
+    for f in LAYOUTS[kind]:
+        if f.bits < 8:
+            out[f.name] &= np.uint8((1 << f.bits) - 1)
+    return Batch(kind, total, out)
+
+
 def concat(batches: list[Batch]) -> Batch:
-    """Join batches of one kind into one (copies)."""
+    """Join batches of one kind into one: a view if they are consecutive slices of one batch."""
+    base, start = batches[0].base, batches[0].start
+    if base is not None:
+        stop = start
+        for b in batches:
+            if b.base is not base or b.start != stop:
+                break
+            stop += b.count
+        else:
+            return base.slice(start, stop)
     kind = batches[0].kind
     names = batches[0].fields.keys()
     fields = {k: np.concatenate([b.fields[k] for b in batches]) for k in names}

@@ -9,7 +9,10 @@ batches until both stand at the same one.
 
 A reader task receives, decodes and expands (seed expansion, in a worker
 thread) the next batches ahead of use, so network, parsing and the party's
-offline work overlap the computation, but the correlation store changes only
+offline work overlap the computation. It expands :data:`GROUP` batches at a
+time into joined arrays and hands out each batch as a view of them, so a
+``take`` that spans consecutive batches of a group is a view, not a copy.
+The correlation store still changes only
 inside :meth:`take`, in program order, so every party's store — including the
 trimming of kinds the program uses less than the dealer's plan provides — is
 a function of the program alone.
@@ -28,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.bundle_wire import decode_batch
-from cloud_tecc.mpc.correlations import Batch, Kind, materialise
+from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
 from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
@@ -36,7 +39,9 @@ from cloud_tecc.mpc.source import CorrelationStore
 
 #: Batches received and expanded ahead of use (a batch of the default plan for
 #: 20,000 readings expands to about 13 MB).
-READ_AHEAD: Final = 6
+READ_AHEAD: Final = 8
+#: Batches expanded together (a take within them needs no copy).
+GROUP: Final = 4
 _Item = tuple[int, list[Batch]] | BaseException
 
 
@@ -93,22 +98,42 @@ class DealerLink:
     async def _read_ahead(self) -> None:
         assert self._ws is not None
         try:
-            while True:
+            for _ in range(GROUP):
                 await self._ws.send_bytes(REQUEST)
-                data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
-                item = await asyncio.to_thread(self._expand, data)
-                self.fetched += 1
-                await self._queue.put(item)
+            while True:
+                frames = []
+                for _ in range(GROUP):
+                    frames.append(
+                        await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
+                    )
+                    await self._ws.send_bytes(REQUEST)
+                items = await asyncio.to_thread(self._expand, frames)
+                self.fetched += len(items)
+                for item in items:
+                    await self._queue.put(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await self._queue.put(exc)
 
-    def _expand(self, data: bytes) -> tuple[int, list[Batch]]:
-        seq, bundles = decode_batch(data, party=self.party)
-        for b in bundles:
-            self.store.check(b)
-        return seq, [materialise(b) for b in bundles]
+    def _expand(self, frames: list[bytes]) -> list[tuple[int, list[Batch]]]:
+        """Decode consecutive frames and expand each kind of all of them at once."""
+        decoded = [decode_batch(data, party=self.party) for data in frames]
+        by_kind: dict[Kind, list[Bundle]] = {}
+        for _, bundles in decoded:
+            for b in bundles:
+                self.store.check(b)
+                by_kind.setdefault(b.kind, []).append(b)
+        joined = {k: materialise_many(bs) for k, bs in by_kind.items()}
+        pos = dict.fromkeys(joined, 0)
+        out = []
+        for seq, bundles in decoded:
+            views = []
+            for b in bundles:
+                views.append(joined[b.kind].slice(pos[b.kind], pos[b.kind] + b.count))
+                pos[b.kind] += b.count
+            out.append((seq, views))
+        return out
 
     async def _next(self) -> tuple[int, list[Batch]]:
         item = await self._queue.get()
