@@ -36,6 +36,7 @@ from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer import RandomBytes, deal
 from cloud_tecc.mpc.errors import ConfigError, MpcError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
+from cloud_tecc.mpc.memory import retain_freed_memory
 
 REQUEST: Final = b"NEXT"
 
@@ -111,7 +112,12 @@ class DealerService:
             seq += 1
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
-        """Start generating and listening (HTTPS when ``tls`` is given)."""
+        """Start generating and listening (HTTPS when ``tls`` is given).
+
+        Also tunes this process's allocator to reuse freed batch memory
+        (:func:`~cloud_tecc.mpc.memory.retain_freed_memory`).
+        """
+        retain_freed_memory()
         app = web.Application()
         app.router.add_get("/dealer", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
