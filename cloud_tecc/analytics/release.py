@@ -58,11 +58,11 @@ class ReleaseShares:
 
 def pack_flags(flags: RingArray) -> RingArray:
     """Lowest bits of flag shares, ``FLAG_LANE_BITS``-bit lanes, 16 per uint64 word."""
-    lanes = np.zeros(-(-len(flags) // _PER_WORD) * _PER_WORD, dtype=np.uint64)
-    lanes[: len(flags)] = flags & np.uint64(1)
-    lanes = lanes.reshape(-1, _PER_WORD)
+    flat = np.zeros(-(-len(flags) // _PER_WORD) * _PER_WORD, dtype=np.uint64)
+    flat[: len(flags)] = flags & np.uint64(1)
     shifts = np.arange(_PER_WORD, dtype=np.uint64) * np.uint64(FLAG_LANE_BITS)
-    return np.bitwise_or.reduce(lanes << shifts, axis=1)
+    words: RingArray = np.bitwise_or.reduce(flat.reshape(-1, _PER_WORD) << shifts, axis=1)
+    return words
 
 
 def unpack_flags(words: RingArray, n: int, parties: int) -> RingArray:

@@ -130,7 +130,7 @@ def keystream(seed: bytes, nbytes: int, label: bytes) -> npt.NDArray[np.uint8]:
     step = len(_ZEROS)
     for off in range(0, nbytes, step):
         k = min(step, nbytes - off)
-        enc.update_into(memoryview(_ZEROS)[:k], out[off : off + k + _AES_BLOCK - 1])
+        enc.update_into(memoryview(_ZEROS)[:k], out[off : off + k + _AES_BLOCK - 1].data)
     return out[:nbytes]
 
 
@@ -250,11 +250,10 @@ def _fill(kind: Kind, derived: bool, bundles: list[Bundle], out: dict[str, AnyAr
             lo, nb = pos * f.itemsize, b.count * f.itemsize
             for off in range(0, nb, len(_ZEROS)):
                 k = min(len(_ZEROS), nb - off)
-                enc.update_into(
-                    memoryview(_ZEROS)[:k], dst[lo + off : lo + off + k + _AES_BLOCK - 1]
-                )
+                span = dst[lo + off : lo + off + k + _AES_BLOCK - 1].data
+                enc.update_into(memoryview(_ZEROS)[:k], span)
             if pad := -nb % 8:  # segments start 8-byte aligned in the keystream
-                enc.update_into(memoryview(_ZEROS)[:pad], scratch)
+                enc.update_into(memoryview(_ZEROS)[:pad], scratch.data)
         pos += b.count
 
 

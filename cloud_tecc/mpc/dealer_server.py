@@ -5,8 +5,8 @@ Parties connect to ``GET /dealer`` (WebSocket, Ed25519 handshake as
 of the next batch. Every batch is generated once for all parties (in a worker
 thread, so the event loop stays responsive) and dropped when every party has
 fetched it; at most ``depth`` batches wait, so a stalled party stalls
-generation instead of exhausting memory. A party that reconnects continues at
-its own cursor.
+generation instead of exhausting memory. A party that reconnects replaces its
+old connection and continues at its own cursor.
 
 Run: ``python -m cloud_tecc.mpc.dealer_server --config mesh.json --comparisons 1000000``.
 """
@@ -82,7 +82,7 @@ class DealerService:
         self.stats = DealerStats()
         self._frames: dict[int, list[bytes | None]] = {}
         self._cursor = dict.fromkeys(range(n), 0)
-        self._connected: set[int] = set()
+        self._live: dict[int, asyncio.Task[object]] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -156,10 +156,15 @@ class DealerService:
         if peer is None:
             return ws
         party = int(peer.removeprefix("party-"))
-        if party in self._connected:  # one live connection per party keeps cursors sane
-            await ws.close()
-            return ws
-        self._connected.add(party)
+        # One live connection per party keeps cursors sane: a reconnecting party
+        # replaces its stale connection (whose handler may wait for a frame for a
+        # request the party sent before it went away).
+        stale = self._live.pop(party, None)
+        if stale is not None:
+            stale.cancel()
+        me = asyncio.current_task()
+        assert me is not None
+        self._live[party] = me
         try:
             with contextlib.suppress(MpcError, ConnectionError):
                 while await wslink.receive_bytes(ws, 24 * 3600.0, "a request") == REQUEST:
@@ -167,8 +172,9 @@ class DealerService:
                     await ws.send_bytes(frame)
                     await self._delivered(party, seq)
         finally:
-            self._connected.discard(party)
-        await ws.close()
+            if self._live.get(party) is me:
+                del self._live[party]
+            await ws.close()
         return ws
 
     async def close(self) -> None:
@@ -177,6 +183,8 @@ class DealerService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for handler in list(self._live.values()):  # may wait for frames that never come
+            handler.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -18,7 +18,7 @@ from cloud_tecc.mpc import (
 )
 from cloud_tecc.mpc import handshake as hs
 from cloud_tecc.mpc.bundle_wire import decode_batch, encode_batch
-from cloud_tecc.mpc.correlations import Plan, concat, keystream, materialise, materialise_many
+from cloud_tecc.mpc.correlations import concat, keystream, materialise, materialise_many
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.sim import run_parties
 from cloud_tecc.mpc.source import CorrelationStore
@@ -54,12 +54,14 @@ def test_joined_expansion_equals_joined_batches_and_slices_join_as_views() -> No
                 assert got.fields[name].dtype == arr.dtype
                 assert np.array_equal(got.fields[name], arr)
             joined = concat([got.slice(0, 100), got.slice(100, 250), got.slice(250, 260)])
-            assert joined.base is got and joined.count == 260
+            assert joined.base is got
+            assert joined.count == 260
             for name, arr in joined.fields.items():
                 assert np.shares_memory(arr, got.fields[name])
                 assert np.array_equal(arr, want.fields[name][:260])
             apart = concat([got.slice(0, 10), got.slice(20, 30)])
-            assert apart.base is None and apart.count == 20
+            assert apart.base is None
+            assert apart.count == 20
 
 
 def test_keystream_is_deterministic_and_label_separated() -> None:
