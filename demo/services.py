@@ -8,6 +8,7 @@ tests, so every run uses the broker and TPM configuration documented here.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import time
@@ -76,6 +77,8 @@ def mosquitto_spec(state_dir: Path, port: int, *, name: str = "mosquitto") -> Ch
     silently drops QoS 1 messages for a slow or absent persistent subscriber,
     which would break the gateway's nothing-lost guarantee across restarts.
     Memory is bounded instead by ``max_queued_bytes`` (256 MiB per client).
+    ``user`` is the current user: started as root, mosquitto would otherwise
+    switch to the ``mosquitto`` user and fail to write ``state_dir``.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = state_dir / "mosquitto.conf"
@@ -91,6 +94,7 @@ def mosquitto_spec(state_dir: Path, port: int, *, name: str = "mosquitto") -> Ch
                 "max_queued_bytes 268435456",
                 "max_inflight_messages 0",
                 "log_type error",
+                f"user {getpass.getuser()}",
                 "log_type warning",
                 "",
             ]
