@@ -28,6 +28,8 @@ class SimSensor:
     high: float
     transport: str
     topic: str | None
+    payload: str | None = None  # MQTT payload format; "plain" carries no timestamp
+    qos: int | None = None
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> SimSensor:
@@ -41,6 +43,8 @@ class SimSensor:
             high=float(high),
             transport=str(obj["transport"]),
             topic=str(obj["topic"]) if obj.get("topic") else None,
+            payload=str(obj["payload"]) if obj.get("payload") else None,
+            qos=int(obj["qos"]) if obj.get("qos") is not None else None,
         )
 
 

@@ -119,6 +119,7 @@ class Pipeline:
         self.groundtruth_path = self.state_dir / "sim" / "groundtruth.jsonl"
         self.sensors: dict[str, list[SimSensor]] = {}
         self.urls: PipelineUrls | None = None
+        self.sim_start_used: float | None = None  # the simulator's first slot (epoch s)
 
     @property
     def children(self) -> list[str]:
@@ -204,18 +205,23 @@ class Pipeline:
         for name in CLOUD:
             role = "party" if name.startswith("party") else name
             argv = _python("cloud_tecc", role, "--config", str(dep.root / f"{name}.yaml"))
-            await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT))
+            await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
         for name in CLOUD:
             await self._http_ok(name, dep.url(name) + "/healthz", 60)
 
-        for g in self.gateway_ids:
-            argv = _python("gateway", "run", "--config", str(cfgs[g]))
-            await self.supervisor.start(ChildSpec(g, argv, cwd=ROOT))
-        for g in self.gateway_ids:
-            await self._http_ok(g, f"http://127.0.0.1:{gw_http[g]}/healthz", 60)
-            await self._mqtt_connected(g, f"http://127.0.0.1:{gw_http[g]}/healthz")
-
-        await self._up(self._sim_spec(mqtt_port, opcua_port), opcua_port)
+        # Gateways with MQTT sensors hold their broker sessions before the simulator
+        # publishes; OPC-UA-only gateways start after it (nothing to miss, no backoff).
+        early = [g for g in self.gateway_ids if any(s.transport == "mqtt" for s in self.sensors[g])]
+        late = [g for g in self.gateway_ids if g not in early]
+        for group in (early, late):
+            for g in group:
+                argv = _python("gateway", "run", "--config", str(cfgs[g]))
+                await self.supervisor.start(ChildSpec(g, argv, cwd=ROOT, stop_timeout_s=15))
+            for g in group:
+                await self._http_ok(g, f"http://127.0.0.1:{gw_http[g]}/healthz", 60)
+                await self._mqtt_connected(g, f"http://127.0.0.1:{gw_http[g]}/healthz")
+            if group is early:
+                await self._up(self._sim_spec(mqtt_port, opcua_port), opcua_port)
         self.urls = PipelineUrls(
             dashboard=f"http://127.0.0.1:{dash}/",
             output_api=f"http://127.0.0.1:{dash}/api/v1",
@@ -236,11 +242,12 @@ class Pipeline:
         # Slots start on a window boundary, so the first window is a full one.
         start = self.sim_start if self.sim_start is not None else float(math.ceil(time.time()))
         argv += ["--start-time", repr(start)]
+        self.sim_start_used = start
         if self.sim_duration is not None:
             argv += ["--duration", repr(self.sim_duration)]
         if self.sim_scenario is not None:
             argv += ["--scenario", str(self.sim_scenario)]
-        return ChildSpec("sim", tuple(argv), cwd=ROOT, restart=self.sim_start is None)
+        return ChildSpec("sim", tuple(argv), cwd=ROOT, restart=self.sim_duration is None)
 
     async def _up(self, spec: ChildSpec, port: int, timeout_s: float = 30.0) -> None:
         state = await self.supervisor.start(spec)
