@@ -106,6 +106,21 @@ def _clock_offset(port: int, seconds: float = 2.0) -> float:
     return min(offsets)
 
 
+async def _released_until(api: str, until: float, timeout_s: float = 20.0) -> None:
+    """Wait until the output service released the epoch that starts at ``until``."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(f"{api}/epochs") as r:
+                    epochs = await r.json()
+                if any(int(e["start_ns"]) >= _ns(until) - 1 for e in epochs):
+                    return
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+
+
 async def _windows(api: str, sensors: list[str], since: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
@@ -131,12 +146,13 @@ async def run(duration_s: float, state: Path) -> dict[str, Any]:
         sim = p.supervisor.children["sim"]
         while sim.running:
             await asyncio.sleep(0.5)
-        await asyncio.sleep(4.0)  # the last windows close and are released
+        await _released_until(p.urls.output_api, start + duration_s - 1.0)
         stop.set()
         await poller
         # plain payloads carry no timestamp: the gateway stamps them on receipt, so
         # their windows are by receive time and cannot be matched slot by slot
         gw_of = {s.sensor: g for g, ss in p.sensors.items() for s in ss if s.payload != "plain"}
+        opcua = {s.sensor: s.transport == "opcua" for ss in p.sensors.values() for s in ss}
         windows = await _windows(p.urls.output_api, sorted(gw_of), start)
     offline = simulate(_with_scenario(p.sim_config), start=start, duration_s=duration_s)
     policy = policy_from_mapping(yaml.safe_load(p.policy_path.read_text()))
@@ -144,9 +160,10 @@ async def run(duration_s: float, state: Path) -> dict[str, Any]:
     # a reading of sim time ts was published at wall time ts + offset
     seen = {k: v - offset for k, v in seen.items()}
     t0 = max(t0, math.ceil(subscribed - offset) + policy.window_s)
-    scope = Scope(start, t0, start + duration_s, policy.window_ns)
+    # the simulator's last values may not be delivered before it shuts down
+    scope = Scope(start, t0, start + duration_s - policy.window_s, policy.window_ns)
     result = await asyncio.to_thread(
-        score, offline, windows, seen, scope, gw_of, policy, p.groundtruth_path
+        score, offline, windows, seen, scope, gw_of, policy, p.groundtruth_path, opcua
     )
     result["excluded_sensors"] = sorted(
         s.sensor for ss in p.sensors.values() for s in ss if s.payload == "plain"
@@ -196,6 +213,7 @@ def score(
     gw_of: dict[str, str],
     policy: Any,
     gt_path: Path,
+    opcua: dict[str, bool],
 ) -> dict[str, Any]:
     """Compare the released results with the simulator's readings and the reference."""
     wn = scope.window_ns
@@ -209,6 +227,8 @@ def score(
         if sid not in gw_of:
             continue
         spec_range = _range_of(offline, sid)
+        if opcua[sid]:
+            samples = _data_changes(samples)
         valid = [s for s in samples if _valid(s, *spec_range)]
         rejected += sum(1 for s in samples if scope.t0 <= s.ts < scope.t_end) - sum(
             1 for s in valid if scope.t0 <= s.ts < scope.t_end
@@ -244,7 +264,7 @@ def score(
         if not ok:
             mism += 1
             examples.append({"got": w, "ref": rw})
-    got_a = {k for k in seen if scope.inside(k[1])}
+    got_a = {k for k in seen if scope.inside(k[1]) and k[0] in gw_of}
     ref_in = {k for k in ref_a if scope.inside(k[1])}
     mism += len(got_a ^ ref_in)
     examples += [{"alert_only_mpc": list(k)} for k in sorted(got_a - ref_in)]
@@ -257,10 +277,12 @@ def score(
     alert_keys = {(s, t) for s, t, _ in got_a}
     tp = sum(covered(s, t / 1e9) for s, t in alert_keys)
     detectable = [g for g in gt if g.kind not in NOT_DETECTABLE and g.start >= scope.t0]
-    missed = sum(
-        not any(s == g.sensor and g.start <= t / 1e9 <= g.end + 2.0 for s, t in alert_keys)
+    missed_list = [
+        f"{g.kind}:{g.sensor}"
         for g in detectable
-    )
+        if not any(s == g.sensor and g.start <= t / 1e9 <= g.end + 2.0 for s, t in alert_keys)
+    ]
+    missed = len(missed_list)
     lat = [(seen[k] - k[1] / 1e9) * 1000 for k in got_a]
     return {
         "readings_published": n_pub,
@@ -275,8 +297,27 @@ def score(
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat else None,
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat else None,
         "scored_s": scope.t_end - scope.t0,
-        "details": {"mismatches": examples[:8], "count_diffs": dict(list(lost.items())[:8])},
+        "details": {"missed": missed_list, "mismatches": examples[:8], "count_diffs": dict(list(lost.items())[:8])},
     }
+
+
+def _data_changes(samples: list[Sample]) -> list[Sample]:
+    """The writes an OPC-UA subscription reports: value or status differs from the last write.
+
+    The default data-change trigger (StatusValue, OPC-UA Part 4 §7.22.2) does
+    not report a write of the same value with a new source timestamp, so a
+    stuck sensor produces no notifications after its first value.
+    """
+    out: list[Sample] = []
+    prev: Sample | None = None
+    for s in samples:
+        same = prev is not None and prev.status == s.status and (
+            prev.value == s.value or (math.isnan(prev.value) and math.isnan(s.value))
+        )
+        if not same:
+            out.append(s)
+        prev = s
+    return out
 
 
 def _range_of(offline: OfflineRun, sid: str) -> tuple[float, float]:
@@ -286,16 +327,20 @@ def _range_of(offline: OfflineRun, sid: str) -> tuple[float, float]:
 RANGES: dict[str, tuple[float, float]] = {}
 
 
+def load_ranges(sim_config: Path = ROOT / "configs" / "demo" / "sim.yaml") -> None:
+    """Read every sensor's declared range (what the gateway validates against)."""
+    for spec in load_config(sim_config).sensors():
+        RANGES[spec.sensor_id] = (spec.low, spec.high)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, print progress and the JSON line last."""
     ap = argparse.ArgumentParser(prog="bench.e2e", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="40 simulated seconds (under 60 s)")
+    ap.add_argument("--quick", action="store_true", help="30 simulated seconds (under 60 s)")
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
     args = ap.parse_args(argv)
-    duration = args.duration or (40.0 if args.quick else 120.0)
-    cfg = load_config(ROOT / "configs" / "demo" / "sim.yaml")
-    for spec in cfg.sensors():
-        RANGES[spec.sensor_id] = (spec.low, spec.high)
+    duration = args.duration or (30.0 if args.quick else 90.0)
+    load_ranges()
     with tempfile.TemporaryDirectory(prefix="tecc-e2e-") as tmp:
         result = asyncio.run(run(duration, Path(tmp) / "state"))
     print(json.dumps(result))
