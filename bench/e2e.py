@@ -59,10 +59,17 @@ NOT_DETECTABLE = {"garbage", "dropout", "sensor_failure"}
 
 
 def _valid(s: Sample, low: float, high: float) -> bool:
-    return s.status == Status.GOOD and not s.garbage and math.isfinite(s.value) and low <= s.value <= high
+    return (
+        s.status == Status.GOOD
+        and not s.garbage
+        and math.isfinite(s.value)
+        and low <= s.value <= high
+    )
 
 
-async def _poll_alerts(api: str, since: float, seen: dict[tuple[str, int, str], float], stop: asyncio.Event) -> None:
+async def _poll_alerts(
+    api: str, since: float, seen: dict[tuple[str, int, str], float], stop: asyncio.Event
+) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
         while not stop.is_set():
             try:
@@ -82,6 +89,7 @@ def _clock_offset(port: int, seconds: float = 2.0) -> float:
     (the broker's delay makes it an upper bound of the simulator's offset).
     """
     import paho.mqtt.client as mqtt  # noqa: PLC0415 - only the harness needs it
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
     offsets: list[float] = []
 
@@ -93,7 +101,7 @@ def _clock_offset(port: int, seconds: float = 2.0) -> float:
         if isinstance(doc, dict) and isinstance(doc.get("ts"), float):
             offsets.append(time.time() - doc["ts"])
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-tap")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-tap")
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe("site/#", qos=0)
@@ -143,9 +151,9 @@ async def run(duration_s: float, state: Path) -> dict[str, Any]:
         poller = asyncio.create_task(_poll_alerts(p.urls.output_api, start, seen, stop))
         offset = await asyncio.to_thread(_clock_offset, p.urls.mqtt_port)
         subscribed = await p.wait_subscribed()
-        sim = p.supervisor.children["sim"]
-        while sim.running:
-            await asyncio.sleep(0.5)
+        sim = p.supervisor.children["sim"].process
+        assert sim is not None
+        await sim.wait()
         await _released_until(p.urls.output_api, start + duration_s - 1.0)
         stop.set()
         await poller
@@ -226,11 +234,9 @@ def score(
     for sid, samples in offline.samples.items():
         if sid not in gw_of:
             continue
-        spec_range = _range_of(offline, sid)
-        if opcua[sid]:
-            samples = _data_changes(samples)
-        valid = [s for s in samples if _valid(s, *spec_range)]
-        rejected += sum(1 for s in samples if scope.t0 <= s.ts < scope.t_end) - sum(
+        seen_by_gw = _data_changes(samples) if opcua[sid] else samples
+        valid = [s for s in seen_by_gw if _valid(s, *RANGES[sid])]
+        rejected += sum(1 for s in seen_by_gw if scope.t0 <= s.ts < scope.t_end) - sum(
             1 for s in valid if scope.t0 <= s.ts < scope.t_end
         )
         ts = np.array([_ns(s.ts) for s in valid], dtype=np.int64)
@@ -254,8 +260,9 @@ def score(
     ref_a = {(a["sensor"], int(a["ts_ns"]), a["detector"]) for r in ref for a in r.released.alerts}
     mism = 0
     examples: list[dict[str, Any]] = []
-    for k, w in ((k, w) for w in windows for k in [(w["sensor"], int(w["start_ns"]))]):
-        if not scope.inside(k[1]):
+    for w in windows:
+        k = (w["sensor"], int(w["start_ns"]))
+        if k[0] not in gw_of or not scope.inside(k[1]):
             continue
         rw = ref_w.get(k)
         ok = rw is not None and int(rw["count"]) == int(w["count"])
@@ -269,11 +276,17 @@ def score(
     mism += len(got_a ^ ref_in)
     examples += [{"alert_only_mpc": list(k)} for k in sorted(got_a - ref_in)]
     examples += [{"alert_only_ref": list(k)} for k in sorted(ref_in - got_a)]
-    lost = {f"{k[0]}@{k[1]}": (counted.get(k, 0), v) for k, v in published.items() if counted.get(k, 0) != v}
+    lost = {
+        f"{k[0]}@{k[1]}": (counted.get(k, 0), v)
+        for k, v in published.items()
+        if counted.get(k, 0) != v
+    }
     # ground truth
     gt = [g for g in read_ground_truth(gt_path) if g.end >= scope.t0 and g.start < scope.t_end]
+
     def covered(sensor: str, ts: float) -> bool:
         return any(g.sensor == sensor and g.start <= ts <= g.end + 2.0 for g in gt)
+
     alert_keys = {(s, t) for s, t, _ in got_a}
     tp = sum(covered(s, t / 1e9) for s, t in alert_keys)
     detectable = [g for g in gt if g.kind not in NOT_DETECTABLE and g.start >= scope.t0]
@@ -297,7 +310,11 @@ def score(
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat else None,
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat else None,
         "scored_s": scope.t_end - scope.t0,
-        "details": {"missed": missed_list, "mismatches": examples[:8], "count_diffs": dict(list(lost.items())[:8])},
+        "details": {
+            "missed": missed_list,
+            "mismatches": examples[:8],
+            "count_diffs": dict(list(lost.items())[:8]),
+        },
     }
 
 
@@ -311,17 +328,15 @@ def _data_changes(samples: list[Sample]) -> list[Sample]:
     out: list[Sample] = []
     prev: Sample | None = None
     for s in samples:
-        same = prev is not None and prev.status == s.status and (
-            prev.value == s.value or (math.isnan(prev.value) and math.isnan(s.value))
+        same = (
+            prev is not None
+            and prev.status == s.status
+            and (prev.value == s.value or (math.isnan(prev.value) and math.isnan(s.value)))
         )
         if not same:
             out.append(s)
         prev = s
     return out
-
-
-def _range_of(offline: OfflineRun, sid: str) -> tuple[float, float]:
-    return RANGES[sid]
 
 
 RANGES: dict[str, tuple[float, float]] = {}

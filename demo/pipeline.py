@@ -173,7 +173,9 @@ class Pipeline:
 
         await self._up(mosquitto_spec(sd / "mosquitto", mqtt_port), mqtt_port)
         for g in self.gateway_ids:
-            await self._up(swtpm_spec(sd / g / "tpm", tpm_ports[g], name=f"swtpm-{g}"), tpm_ports[g])
+            await self._up(
+                swtpm_spec(sd / g / "tpm", tpm_ports[g], name=f"swtpm-{g}"), tpm_ports[g]
+            )
 
         platform = SimulatedPlatform.load_or_create(sd / "cloud" / "platform")
         policy_doc = yaml.safe_load(self.policy_path.read_text())

@@ -31,7 +31,9 @@ class StatusLine:
 
     async def _get(self, s: aiohttp.ClientSession, url: str) -> Any:
         async with s.get(url) as r:
-            return await (r.json() if url.split("?")[0].endswith(("/clusters", "/alerts")) else r.text())
+            if url.split("?", maxsplit=1)[0].endswith(("/clusters", "/alerts")):
+                return await r.json()
+            return await r.text()
 
     async def render(self) -> str:
         """One line: readings/s, spool depth, alerts, clusters attested, restarts."""

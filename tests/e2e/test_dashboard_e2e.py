@@ -28,7 +28,7 @@ SPIKED = "line1.press1.bearing_temp"  # spiked at 20 s by the scenario
 
 
 def _get(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback http URL
+    with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -76,7 +76,7 @@ def _drive(dashboard: str, api: str, gateways: int) -> list[str]:
 
 
 async def test_dashboard_shows_live_pipeline(tmp_path: Path) -> None:
-    """No console errors, chart drawn, the injected spike alerted, clusters verified, gateways ok."""
+    """No console errors; chart drawn; injected spike alerted; clusters verified; gateways ok."""
     async with Pipeline(
         tmp_path / "state", sim_scenario=SCENARIO, sim_duration=60.0, fresh=True
     ) as p:
