@@ -3,13 +3,21 @@
 ``python -m bench.e2e [--quick]`` runs :class:`demo.pipeline.Pipeline` in a
 fresh temporary state dir with configs/demo/scenario-e2e.yaml and scores:
 
-- ``readings_published``: readings the simulator published (MQTT) or wrote to
-  its OPC-UA server (every write is a data change the gateway's subscription
-  delivers), with a valid value, timestamped inside the scored interval
-  ``[t0, t_end)``: t0 = the first window boundary after every gateway had
-  subscribed to its sources (OPC-UA values before the subscription were never
-  visible to it), t_end = the end of the simulated run. Computed offline with
+- ``readings_published``: readings the simulator published on MQTT (QoS 1
+  and the one QoS 0 sensor: on loopback with a persistent session nothing
+  was lost, so it is kept) or wrote to its OPC-UA server *as data changes*
+  (a write whose value or status differs from the previous one: the default
+  StatusValue trigger of an OPC-UA subscription does not report a repeated
+  value, so a ``stuck`` sensor goes silent), with a valid value, timestamped
+  inside the scored interval ``[t0, t_end)``: t0 = the first window boundary
+  after every gateway had subscribed to its sources (OPC-UA values before
+  the subscription were never visible to it), t_end = one window before the
+  end of the simulated run (the simulator may shut its OPC-UA server down
+  before the last writes are delivered). Computed offline with
   ``firmware_sim.line.simulate`` (same seed and start: identical readings).
+  Sensors with ``plain`` MQTT payloads carry no timestamp (the gateway stamps
+  them on receipt, so their windows cannot be matched slot by slot): they
+  are excluded and listed in ``excluded_sensors``.
 - ``readings_counted``: the sum of released window counts in that interval;
   ``duplicates``: the excess of counted over published per window.
 - ``rejected_by_validation``: garbage and failed-sensor readings (caught at
@@ -26,7 +34,9 @@ fresh temporary state dir with configs/demo/scenario-e2e.yaml and scores:
   one side only counts as a mismatch (z-score flags may legitimately differ
   only for readings within the truncation band of docs/CLOUD.md).
 - ``latency_ms_p99``: alert first seen in the API (polled every 0.2 s) minus
-  the reading's timestamp (its scheduled publish time; an upper bound).
+  the reading's publish time = its simulated timestamp + the simulator's
+  clock offset, measured by an MQTT tap of the harness (smallest receive time
+  minus ``ts``; an upper bound, so the latency is not understated).
 """
 
 from __future__ import annotations
