@@ -302,7 +302,9 @@ class Pipeline:
                 try:
                     async with s.get(url) as r:
                         body = await r.json()
-                    if all(v.get("connected") for v in body["sources"].values()):
+                    # OPC-UA sources report "subscribed"; they wait for the simulator
+                    mqtt = [v for v in body["sources"].values() if "subscribed" not in v]
+                    if all(v.get("connected") for v in mqtt):
                         return
                 except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
                     pass
