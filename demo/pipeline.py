@@ -176,11 +176,13 @@ class Pipeline:
             await self._up(
                 swtpm_spec(sd / g / "tpm", tpm_ports[g], name=f"swtpm-{g}"), tpm_ports[g]
             )
+            await self._reset_lockout(g, tpm_ports[g])
 
         platform = SimulatedPlatform.load_or_create(sd / "cloud" / "platform")
         policy_doc = yaml.safe_load(self.policy_path.read_text())
         # gateway configs first (the TPM provisioning needs one), keys second
-        dep = Deployment(sd / "cloud", policy_doc, {}, ports={"output": dash})
+        ports = {n: free_port() for n in (*CLOUD, "party0_mpc", "party1_mpc", "dealer_mpc")}
+        dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash})
         clusters = [(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         cfgs: dict[str, Path] = {}
         for g in self.gateway_ids:
@@ -264,6 +266,23 @@ class Pipeline:
             except OSError:
                 await asyncio.sleep(0.1)
         raise PipelineError(f"{spec.name} did not listen on {port}; see {self.log_path(spec.name)}")
+
+    async def _reset_lockout(self, gw: str, port: int) -> None:
+        """Clear the emulated TPM's dictionary-attack counter (empty lockout auth).
+
+        Stopping swtpm is an unorderly TPM shutdown, and each one counts as a
+        failed authorisation for DA-protected objects (the sealed gateway
+        keys); swtpm allows 3, so the fourth restart would lock them out.
+        """
+        tool = shutil.which("tpm2_dictionarylockout")
+        if tool is None:
+            return
+        log = self.log_path(f"swtpm-{gw}")
+        with log.open("ab") as fh:
+            proc = await asyncio.create_subprocess_exec(
+                tool, "-c", "-T", f"swtpm:host=127.0.0.1,port={port}", stdout=fh, stderr=fh
+            )
+            await asyncio.wait_for(proc.wait(), 30)
 
     async def _provision(self, gw: str, cfg: Path) -> None:
         if (self.state_dir / gw / "state" / "identity.pub").exists():

@@ -9,6 +9,7 @@ tests, so every run uses the broker and TPM configuration documented here.
 from __future__ import annotations
 
 import getpass
+import random
 import shutil
 import socket
 import time
@@ -17,14 +18,42 @@ from pathlib import Path
 from demo.supervisor import ChildSpec
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 below the kernel's ephemeral range that was free a moment ago.
+
+    A port from ``bind(0)`` lies in the ephemeral range and can be taken as
+    the local port of any outgoing connection before the child binds it.
+    """
+    high = _ephemeral_low() - 1
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(_LOWEST_PORT, max(_LOWEST_PORT, high))
+        if _bindable(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 def free_port_pair() -> int:
