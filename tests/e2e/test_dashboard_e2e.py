@@ -62,12 +62,11 @@ def _drive(dashboard: str, api: str, gateways: int) -> list[str]:
         chart = page.locator("#chart")
         _until(lambda: int(chart.get_attribute("data-points") or 0) > 0, "chart points")
         cards = page.locator("#clusters .card .state")
-        cards.first.wait_for()
-        assert cards.all_inner_texts() == ["verified", "verified"]
+        _until(lambda: cards.all_inner_texts() == ["verified", "verified"], "clusters verified")
         rows = page.locator("#gateways tbody tr")
         _until(lambda: rows.count() == gateways, "gateway rows")
-        health = page.locator("#gateways tbody tr td:nth-child(2)").all_inner_texts()
-        assert health == ["ok"] * gateways, health
+        health = page.locator("#gateways tbody tr td:nth-child(2)")
+        _until(lambda: health.all_inner_texts() == ["ok"] * gateways, "gateways healthy")
         # the spike appears (in the alert list and as a marker) while the page is open
         _wait_alert(api, SPIKED, 60)
         page.wait_for_selector(f"#alerts tbody tr[data-sensor='{SPIKED}']", timeout=10_000)
