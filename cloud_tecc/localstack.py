@@ -56,19 +56,27 @@ def http_json(url: str, *, data: bytes | None = None, timeout: float = 10.0) -> 
 
 @dataclass
 class Deployment:
-    """Configs, ports and processes of one test deployment."""
+    """Configs, ports and processes of one test deployment.
+
+    ``gateways`` maps a gateway id to its identity key: an Ed25519 private key
+    (tests) or the raw public key as hex (a TPM-provisioned gateway's
+    ``identity.pub``). Ports already in ``ports`` are kept (e.g. a fixed
+    dashboard port); the others are chosen free. ``gateway_health`` (gateway
+    id → ``/healthz`` URL) is passed to the output service's dashboard.
+    """
 
     root: Path
     policy: dict[str, Any]
-    gateways: dict[str, Ed25519PrivateKey]
+    gateways: dict[str, Ed25519PrivateKey | str]
     policy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     party_extra: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    gateway_health: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc"):
-            self.ports[name] = free_port()
+            self.ports.setdefault(name, free_port())
         self.platform_dir = self.root / "platform"
         self.write_configs()
 
@@ -103,7 +111,10 @@ class Deployment:
             "log_level": "INFO",
             "attestation": {"refresh_s": 2.0},
         }
-        gws = {g: k.public_key().public_bytes_raw().hex() for g, k in self.gateways.items()}
+        gws = {
+            g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()
+            for g, k in self.gateways.items()
+        }
         for i in (0, 1):
             name = f"party{i}"
             cfg = {
@@ -146,6 +157,7 @@ class Deployment:
             "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
             "policy": self._policy_file("output"),
             "parties": parties,
+            "gateways": dict(self.gateway_health),
         }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
 

@@ -1,68 +1,76 @@
-"""Entry point of ``./tecc demo``: run the pipeline on this machine.
+"""``./tecc demo``: the whole pipeline on this machine, with its dashboard.
 
-This stage exercises the edge↔cloud contract end to end: a simulated sensor's
-readings are validated, split into shares for two clusters, sealed, opened by
-each cluster with its own key, and only an aggregate is reconstructed.
+Starts (or resumes, from ``--state``, default ``var/demo``) the simulator,
+the gateways, both clusters, the dealer and the output service as supervised
+processes, prints the dashboard URL and a status line every two seconds, and
+stops everything cleanly on Ctrl-C / SIGTERM (or after ``--duration``),
+keeping the state for the next run. Children's logs: ``<state>/logs/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
-import time
+from pathlib import Path
 
-import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from demo.pipeline import ROOT, Pipeline, PipelineError
+from demo.status import StatusLine
 
-from tecc_contract.envelope import ClusterKey, Opener, Sealer, SensorSegment
-from tecc_contract.fixedpoint import FixedPoint, SensorRange, validate
-from tecc_contract.header import Column
-from tecc_contract.keys import KemSuite, generate_cluster_keypair
-from tecc_contract.sharing import reconstruct
+
+async def _run(args: argparse.Namespace) -> int:
+    pipeline = Pipeline(
+        Path(args.state),
+        gateways=args.gateways,
+        dashboard_port=args.port,
+        fresh=args.fresh,
+        sim_speed=args.speed,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"starting the pipeline (state in {pipeline.state_dir}) ...", flush=True)
+    try:
+        await pipeline.start()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    assert pipeline.urls is not None
+    print(f"dashboard: {pipeline.urls.dashboard}", flush=True)
+    print(f"output API: {pipeline.urls.output_api}   logs: {pipeline.state_dir / 'logs'}")
+    status = StatusLine(pipeline)
+    deadline = loop.time() + args.duration if args.duration else None
+    tty = sys.stdout.isatty()
+    try:
+        while not stop.is_set():
+            if deadline is not None and loop.time() >= deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+            line = await status.render()
+            print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n", flush=True)
+    finally:
+        print("\nstopping (state kept) ...", flush=True)
+        await pipeline.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Seal a stream of batches for two clusters and release only their means."""
+    """Parse the command line and run until stopped."""
     parser = argparse.ArgumentParser(prog="tecc demo", description=__doc__)
-    parser.add_argument("--batches", type=int, default=5, help="batches to stream")
-    parser.add_argument("--pq", action="store_true", help="use the ML-KEM-768+X25519 KEM")
+    parser.add_argument("--state", default=str(ROOT / "var" / "demo"), help="state directory")
+    parser.add_argument("--fresh", action="store_true", help="wipe the state directory first")
+    parser.add_argument("--gateways", type=int, default=2, help="number of gateways (1-3)")
+    parser.add_argument("--port", type=int, default=None, help="dashboard port (default 8730)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     args = parser.parse_args(argv)
-    suite = KemSuite.MLKEM768_X25519 if args.pq else KemSuite.X25519
-    clusters = [generate_cluster_keypair(suite) for _ in range(2)]
-    gateway_key = Ed25519PrivateKey.generate()
-    sealer = Sealer(
-        gateway_id="gw-demo",
-        signing_key=gateway_key,
-        clusters=[ClusterKey(i, suite, pub) for i, (_, pub) in enumerate(clusters)],
-        columns=(Column.VALUE, Column.SQUARE),
-    )
-    openers = [
-        Opener(
-            party=i, suite=suite, private_key=sk, gateway_keys={"gw-demo": gateway_key.public_key()}
-        )
-        for i, (sk, _) in enumerate(clusters)
-    ]
-    rng = np.random.default_rng()
-    codec = FixedPoint()
-    sensor = SensorRange(0.0, 150.0)
-    for seq in range(args.batches):
-        values = rng.normal(60.0, 2.0, 1000)
-        values[::97] = np.nan  # a failing sensor: rejected, counted, never shared
-        check = validate(values, sensor)
-        ts = time.time_ns() + np.arange(1000, dtype=np.int64) * 10_000_000
-        seg = SensorSegment("line1.m1.bearing_temp", ts[check.accepted], values[check.accepted])
-        frames = sealer.seal(seq, [seg], created_ns=time.time_ns())
-        opened = [o.open(f) for o, f in zip(openers, frames, strict=True)]
-        # Each cluster sums its share locally; only the two sums are combined.
-        sums = [np.array([op.columns[Column.VALUE].sum()], dtype=np.uint64) for op in opened]
-        mean = codec.decode(reconstruct(sums))[0] / seg.values.size
-        rejected = {str(k): v for k, v in check.rejected.items()}
-        print(
-            f"batch {seq}: {seg.values.size} readings shared as {sum(map(len, frames))} bytes, "
-            f"rejected {rejected}, released mean {mean:.4f} "
-            f"(plaintext {float(np.mean(seg.values)):.4f})"
-        )
-    return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_run(args))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ tests, so every run uses the broker and TPM configuration documented here.
 
 from __future__ import annotations
 
+import getpass
+import random
 import shutil
 import socket
 import time
@@ -16,14 +18,42 @@ from pathlib import Path
 from demo.supervisor import ChildSpec
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 below the kernel's ephemeral range that was free a moment ago.
+
+    A port from ``bind(0)`` lies in the ephemeral range and can be taken as
+    the local port of any outgoing connection before the child binds it.
+    """
+    high = _ephemeral_low() - 1
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(_LOWEST_PORT, max(_LOWEST_PORT, high))
+        if _bindable(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 def free_port_pair() -> int:
@@ -69,34 +99,63 @@ def mosquitto_binary() -> str:
     )
 
 
-def mosquitto_spec(state_dir: Path, port: int, *, name: str = "mosquitto") -> ChildSpec:
-    """A mosquitto broker on 127.0.0.1:``port`` with persistence in ``state_dir``.
+def mosquitto_config(
+    state_dir: Path, port: int, *, persistence: bool = True, host: str = "127.0.0.1"
+) -> Path:
+    """Write ``state_dir/mosquitto.conf`` for a broker on ``host:port``; returns its path.
 
     ``max_queued_messages 0`` (unlimited): the default of 1000 per client
     silently drops QoS 1 messages for a slow or absent persistent subscriber,
     which would break the gateway's nothing-lost guarantee across restarts.
     Memory is bounded instead by ``max_queued_bytes`` (256 MiB per client).
+    ``user`` is the current user: started as root, mosquitto would otherwise
+    switch to the ``mosquitto`` user and fail to write ``state_dir``. With
+    persistence, sessions survive a restart on the same ``state_dir``
+    (mosquitto saves them on SIGTERM and every second).
     """
     state_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"listener {port} {host}",
+        "allow_anonymous true",
+        f"user {getpass.getuser()}",
+        "max_queued_messages 0",
+        "max_queued_bytes 268435456",
+        "max_inflight_messages 0",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+    ]
+    if persistence:
+        lines += ["persistence true", f"persistence_location {state_dir}/", "autosave_interval 1"]
+    else:
+        lines.append("persistence false")
     conf = state_dir / "mosquitto.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                f"listener {port} 127.0.0.1",
-                "allow_anonymous true",
-                "persistence true",
-                f"persistence_location {state_dir}/",
-                "autosave_interval 1",
-                "max_queued_messages 0",
-                "max_queued_bytes 268435456",
-                "max_inflight_messages 0",
-                "log_type error",
-                "log_type warning",
-                "",
-            ]
-        )
-    )
+    conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return conf
+
+
+def mosquitto_spec(state_dir: Path, port: int, *, name: str = "mosquitto") -> ChildSpec:
+    """A supervised mosquitto broker on 127.0.0.1:``port`` persisting in ``state_dir``."""
+    conf = mosquitto_config(state_dir, port)
     return ChildSpec(name=name, argv=(mosquitto_binary(), "-c", str(conf)))
+
+
+def swtpm_argv(state_dir: Path, port: int) -> tuple[str, ...]:
+    """The swtpm command line: TPM 2.0 server on ``port``, control on ``port + 1``."""
+    binary = shutil.which("swtpm") or "/usr/bin/swtpm"
+    return (
+        binary,
+        "socket",
+        "--tpm2",
+        "--server",
+        f"type=tcp,port={port},bindaddr=127.0.0.1",
+        "--ctrl",
+        f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+        "--flags",
+        "not-need-init,startup-clear",
+        "--tpmstate",
+        f"dir={state_dir}",
+    )
 
 
 def swtpm_spec(state_dir: Path, port: int, *, name: str = "swtpm") -> ChildSpec:
@@ -106,20 +165,4 @@ def swtpm_spec(state_dir: Path, port: int, *, name: str = "swtpm") -> ChildSpec:
     (including sealed objects' hierarchy seeds) persists in ``state_dir``.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
-    binary = shutil.which("swtpm") or "/usr/bin/swtpm"
-    return ChildSpec(
-        name=name,
-        argv=(
-            binary,
-            "socket",
-            "--tpm2",
-            "--server",
-            f"type=tcp,port={port},bindaddr=127.0.0.1",
-            "--ctrl",
-            f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-            "--flags",
-            "not-need-init,startup-clear",
-            "--tpmstate",
-            f"dir={state_dir}",
-        ),
-    )
+    return ChildSpec(name=name, argv=swtpm_argv(state_dir, port))

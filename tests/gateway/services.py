@@ -7,7 +7,6 @@ directory, waits until it accepts connections, and stops it on exit.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo.services import mosquitto_config, swtpm_argv
 from tests.support.ports import free_port as _free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -76,20 +76,7 @@ def mosquitto(
     """
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    conf = tmp / "mosquitto.conf"
-    lines = [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "max_queued_messages 0",
-        "max_inflight_messages 0",
-        "log_dest stderr",
-        "log_type error",
-    ]
-    if persistence:
-        # run as the current user: started as root, mosquitto would switch to the
-        # "mosquitto" user and then fail to write its database into ``tmp``
-        lines += ["persistence true", f"persistence_location {tmp}/", f"user {getpass.getuser()}"]
-    conf.write_text("\n".join(lines) + "\n")
+    conf = mosquitto_config(tmp, port, persistence=persistence)
     log = (tmp / "mosquitto.log").open("wb")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
     try:
@@ -119,23 +106,7 @@ def swtpm(state: Path) -> Iterator[Swtpm]:
     port = free_port(pairs=2)
     state.mkdir(parents=True, exist_ok=True)
     log = (state / "swtpm.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            SWTPM,
-            "socket",
-            "--tpm2",
-            "--server",
-            f"type=tcp,port={port}",
-            "--ctrl",
-            f"type=tcp,port={port + 1}",
-            "--flags",
-            "not-need-init,startup-clear",
-            "--tpmstate",
-            f"dir={state}",
-        ],
-        stdout=log,
-        stderr=log,
-    )
+    proc = subprocess.Popen(swtpm_argv(state, port), stdout=log, stderr=log)
     try:
         wait_port(port + 1)
         yield Swtpm(port, proc)

@@ -1,9 +1,9 @@
 """Start a real mosquitto broker for a test on a free loopback port.
 
 The broker gets its own config in ``tmp_path``: one listener on 127.0.0.1,
-anonymous access, no persistence and ``max_queued_messages 0`` (unlimited: a
-slow QoS 1 subscriber must not silently lose messages; mosquitto's default
-drops everything past 1,000). Use as a context manager or call ``stop()``::
+anonymous access, no persistence; the rest of the configuration is the
+pipeline's own (:func:`demo.services.mosquitto_config`). Use as a context manager
+or call ``stop()``::
 
     with start_mosquitto(tmp_path) as broker:
         client = aiomqtt.Client(broker.host, broker.port)
@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from demo.services import mosquitto_config
 from tests.support.ports import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -58,24 +59,8 @@ class Broker:
 
 
 def write_config(directory: Path, port: int, host: str = "127.0.0.1") -> Path:
-    """Write the broker config used by :func:`start_mosquitto` and return its path."""
-    conf = directory / "mosquitto.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                f"listener {port} {host}",
-                "allow_anonymous true",
-                "max_queued_messages 0",
-                "persistence false",
-                "log_dest stderr",
-                "log_type error",
-                "log_type warning",
-                "",
-            ]
-        ),
-        encoding="utf-8",
-    )
-    return conf
+    """Write the broker config used by :func:`start_mosquitto` (no persistence)."""
+    return mosquitto_config(directory, port, persistence=False, host=host)
 
 
 def start_mosquitto(

@@ -1,0 +1,145 @@
+"""Which gateway reads which simulated sensor, and the gateway configs that follow.
+
+Pure functions over the simulator's sensor list (``firmware_sim sensors``):
+:func:`assign_sensors` splits the sensors between ``n`` gateways (two
+gateways: OPC-UA sensors on gw1, MQTT sensors on gw2, so every sensor class
+appears on both; otherwise machines round-robin) and :func:`gateway_config`
+writes one gateway's YAML document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OPCUA_NAMESPACE_INDEX = 2  # the simulator registers its namespace first
+
+
+@dataclass(frozen=True, slots=True)
+class SimSensor:
+    """One sensor as the simulator declares it."""
+
+    sensor: str
+    machine: str
+    unit: str
+    low: float
+    high: float
+    transport: str
+    topic: str | None
+    payload: str | None = None  # MQTT payload format; "plain" carries no timestamp
+    qos: int | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SimSensor:
+        """Parse one element of ``firmware_sim sensors`` output."""
+        low, high = obj["range"]
+        return cls(
+            sensor=str(obj["sensor"]),
+            machine=str(obj["machine"]),
+            unit=str(obj["unit"]),
+            low=float(low),
+            high=float(high),
+            transport=str(obj["transport"]),
+            topic=str(obj["topic"]) if obj.get("topic") else None,
+            payload=str(obj["payload"]) if obj.get("payload") else None,
+            qos=int(obj["qos"]) if obj.get("qos") is not None else None,
+        )
+
+
+def gateway_ids(n: int) -> list[str]:
+    """Gateway ids ``gw1`` … ``gwN``."""
+    if n < 1:
+        raise ValueError("the pipeline needs at least one gateway")
+    return [f"gw{i + 1}" for i in range(n)]
+
+
+def assign_sensors(sensors: Sequence[SimSensor], n: int) -> dict[str, list[SimSensor]]:
+    """Split ``sensors`` between ``n`` gateways; every gateway gets at least one."""
+    ids = gateway_ids(n)
+    out: dict[str, list[SimSensor]] = {g: [] for g in ids}
+    if n == 2:
+        for s in sensors:
+            out[ids[0] if s.transport == "opcua" else ids[1]].append(s)
+    else:
+        machines = sorted({s.machine for s in sensors})
+        if n > len(machines):
+            raise ValueError(f"at most {len(machines)} gateways (one per machine) for this line")
+        for s in sensors:
+            out[ids[machines.index(s.machine) % n]].append(s)
+    return out
+
+
+def gateway_config(
+    gateway_id: str,
+    sensors: Sequence[SimSensor],
+    *,
+    state_dir: Path,
+    mqtt_port: int,
+    opcua_port: int,
+    tpm_port: int,
+    http_port: int,
+    clusters: Sequence[tuple[int, str, str]],
+    platform: tuple[str, str],
+    measurement: str,
+) -> dict[str, Any]:
+    """The gateway YAML document (see configs/gateway.yaml for the annotated reference)."""
+    mqtt = [s for s in sensors if s.transport == "mqtt"]
+    opcua = [s for s in sensors if s.transport == "opcua"]
+    sources: dict[str, Any] = {"mqtt": [], "opcua": []}
+    if mqtt:
+        sources["mqtt"].append(
+            {
+                "name": "sensors",
+                "host": "127.0.0.1",
+                "port": mqtt_port,
+                "client_id": f"tecc-{gateway_id}",
+                "session_expiry_s": 604800,
+                "topics": [
+                    {
+                        "filter": s.topic,
+                        "sensor_template": s.sensor,
+                        "format": "auto",
+                        "value_path": "value",
+                        "timestamp_path": "ts",
+                    }
+                    for s in mqtt
+                ],
+            }
+        )
+    if opcua:
+        sources["opcua"].append(
+            {
+                "name": "plc",
+                "url": f"opc.tcp://127.0.0.1:{opcua_port}/tecc/sim",
+                "publishing_ms": 100,
+                "security": {"policy": "None"},
+                "nodes": [
+                    {
+                        "node_id": f"ns={OPCUA_NAMESPACE_INDEX};s={s.sensor}",
+                        "sensor": s.sensor,
+                        "sampling_ms": 0,
+                        "queue_size": 100,
+                    }
+                    for s in opcua
+                ],
+            }
+        )
+    return {
+        "gateway_id": gateway_id,
+        "state_dir": str(state_dir),
+        "sensors": [{"id": s.sensor, "unit": s.unit, "range": [s.low, s.high]} for s in sensors],
+        "sources": sources,
+        "batching": {"max_readings": 20000, "max_delay_s": 0.1, "max_pending": 2000000},
+        "spool": {"path": str(state_dir / "spool.db"), "max_bytes": 1 << 30},
+        "clusters": [{"index": i, "url": u, "service_id": sid} for i, u, sid in clusters],
+        "attestation": {
+            "platform_keys": {platform[0]: platform[1]},
+            "allowed_measurements": [measurement],
+            "max_age_s": 300,
+        },
+        "tpm": {"tcti": f"swtpm:host=127.0.0.1,port={tpm_port}", "pcrs": [7, 14]},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "envelope": {"suite": "x25519", "columns": ["value", "square"]},
+    }

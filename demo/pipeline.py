@@ -1,0 +1,351 @@
+"""The one launcher of the whole pipeline on this machine (demo, e2e bench and tests, soak).
+
+``Pipeline(state_dir)`` brings up, as supervised children: mosquitto, one
+swtpm per gateway, the cloud (two parties, the dealer, the output service
+with its dashboard), the gateways (provisioned in their TPM on first run)
+and the simulator, in that order — the gateways hold their MQTT sessions
+before the simulator publishes. :meth:`Pipeline.stop` stops them in reverse
+order (simulator first, so the gateways drain what they received).
+
+Everything lives under ``state_dir``: configs (rewritten on every start, with
+ports chosen afresh), logs (``logs/<child>.log``), the broker's persistence,
+TPM state and sealed gateway keys, spools, cluster and output databases, the
+simulated platform key and the simulator's ground truth. A second start on
+the same directory resumes (same keys, same TPM state, same data);
+``fresh=True`` wipes it first. The dashboard listens on ``dashboard_port``,
+else on 8730 if that is free, else on a free port.
+
+Children are named ``mosquitto``, ``swtpm-gwK``, ``party0``, ``party1``,
+``dealer``, ``output``, ``gwK`` and ``sim``; :attr:`Pipeline.supervisor`
+kills and restarts them (the chaos soak uses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.localstack import Deployment
+from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids
+from demo.services import free_port, free_port_pair, mosquitto_spec, swtpm_spec
+from demo.supervisor import ChildSpec, Supervisor
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SIM = ROOT / "configs" / "demo" / "sim.yaml"
+DEMO_POLICY = ROOT / "configs" / "demo" / "policy.yaml"
+DEFAULT_DASHBOARD_PORT = 8730
+CLOUD = ("party0", "party1", "dealer", "output")
+
+
+class PipelineError(RuntimeError):
+    """The pipeline could not start; the message names the child and its log."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineUrls:
+    """Where to reach the running pipeline."""
+
+    dashboard: str
+    output_api: str
+    parties: tuple[str, ...]
+    gateways: dict[str, str] = field(default_factory=dict)  # gateway id → /healthz URL
+    gateway_metrics: dict[str, str] = field(default_factory=dict)
+    mqtt_port: int = 0
+    opcua_port: int = 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _python(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", *args)
+
+
+class Pipeline:
+    """Supervised processes of one pipeline; see the module docstring.
+
+    ``sim_start`` (simulated epoch seconds of the first slot) and
+    ``sim_duration`` (simulated seconds) make a run reproducible offline with
+    ``firmware_sim.line.simulate``; with a fixed start the simulator is not
+    restarted after it exits. ``sim_scenario`` replaces the config's scenario.
+    Without ``sim_start`` the simulator starts on the next whole second (a
+    window boundary of the demo policy).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        gateways: int = 2,
+        sim_config: Path = DEMO_SIM,
+        policy: Path = DEMO_POLICY,
+        sim_speed: float = 1.0,
+        sim_start: float | None = None,
+        sim_duration: float | None = None,
+        sim_scenario: Path | None = None,
+        dashboard_port: int | None = None,
+        fresh: bool = False,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        if fresh and self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.gateway_ids = gateway_ids(gateways)
+        self.sim_config = sim_config.resolve()
+        self.policy_path = policy.resolve()
+        self.sim_speed = sim_speed
+        self.sim_start = sim_start
+        self.sim_duration = sim_duration
+        self.sim_scenario = sim_scenario
+        self._dashboard_port = dashboard_port
+        self.supervisor = Supervisor(self.state_dir / "logs")
+        self.groundtruth_path = self.state_dir / "sim" / "groundtruth.jsonl"
+        self.sensors: dict[str, list[SimSensor]] = {}
+        self.urls: PipelineUrls | None = None
+        self.sim_start_used: float | None = None  # the simulator's first slot (epoch s)
+
+    @property
+    def children(self) -> list[str]:
+        """Names of the supervised children, in start order."""
+        return list(self.supervisor.children)
+
+    def log_path(self, name: str) -> Path:
+        """The log file of child ``name``."""
+        return self.state_dir / "logs" / f"{name}.log"
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Write configs, start every child and wait until each answers."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop every child in reverse start order; the state dir is kept."""
+        await self.supervisor.stop()
+
+    async def _sim_sensors(self) -> list[SimSensor]:
+        proc = await asyncio.create_subprocess_exec(
+            *_python("firmware_sim", "sensors", "--config", str(self.sim_config)),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise PipelineError(f"simulator config {self.sim_config}: {err.decode().strip()}")
+        return [SimSensor.from_json(o) for o in json.loads(out)]
+
+    async def _start(self) -> None:
+        sd = self.state_dir
+        self.sensors = assign_sensors(await self._sim_sensors(), len(self.gateway_ids))
+        mqtt_port, opcua_port = free_port(), free_port()
+        dash = self._dashboard_port
+        if dash is None:
+            dash = DEFAULT_DASHBOARD_PORT if _port_free(DEFAULT_DASHBOARD_PORT) else free_port()
+        gw_http = {g: free_port() for g in self.gateway_ids}
+        tpm_ports = {g: free_port_pair() for g in self.gateway_ids}
+
+        await self._up(mosquitto_spec(sd / "mosquitto", mqtt_port), mqtt_port)
+        for g in self.gateway_ids:
+            await self._up(
+                swtpm_spec(sd / g / "tpm", tpm_ports[g], name=f"swtpm-{g}"), tpm_ports[g]
+            )
+            await self._reset_lockout(g, tpm_ports[g])
+
+        platform = SimulatedPlatform.load_or_create(sd / "cloud" / "platform")
+        policy_doc = yaml.safe_load(self.policy_path.read_text())
+        # gateway configs first (the TPM provisioning needs one), keys second
+        ports = {n: free_port() for n in (*CLOUD, "party0_mpc", "party1_mpc", "dealer_mpc")}
+        dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash})
+        clusters = [(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+        cfgs: dict[str, Path] = {}
+        for g in self.gateway_ids:
+            doc = gateway_config(
+                g,
+                self.sensors[g],
+                state_dir=sd / g / "state",
+                mqtt_port=mqtt_port,
+                opcua_port=opcua_port,
+                tpm_port=tpm_ports[g],
+                http_port=gw_http[g],
+                clusters=clusters,
+                platform=(platform.key_id, platform.public_key_hex),
+                measurement=dep.measurement().hex(),
+            )
+            cfgs[g] = sd / g / "gateway.yaml"
+            cfgs[g].write_text(yaml.safe_dump(doc, sort_keys=False))
+            await self._provision(g, cfgs[g])
+        dep.gateways = {
+            g: (sd / g / "state" / "identity.pub").read_text().strip() for g in self.gateway_ids
+        }
+        dep.gateway_health = {g: f"http://127.0.0.1:{gw_http[g]}/healthz" for g in gw_http}
+        dep.write_configs()
+        for name in CLOUD:
+            role = "party" if name.startswith("party") else name
+            argv = _python("cloud_tecc", role, "--config", str(dep.root / f"{name}.yaml"))
+            await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
+        for name in CLOUD:
+            await self._http_ok(name, dep.url(name) + "/healthz", 60)
+
+        # Gateways with MQTT sensors hold their broker sessions before the simulator
+        # publishes; OPC-UA-only gateways start after it (nothing to miss, no backoff).
+        early = [g for g in self.gateway_ids if any(s.transport == "mqtt" for s in self.sensors[g])]
+        late = [g for g in self.gateway_ids if g not in early]
+        for group in (early, late):
+            for g in group:
+                argv = _python("gateway", "run", "--config", str(cfgs[g]))
+                await self.supervisor.start(ChildSpec(g, argv, cwd=ROOT, stop_timeout_s=15))
+            for g in group:
+                await self._http_ok(g, f"http://127.0.0.1:{gw_http[g]}/healthz", 60)
+                await self._mqtt_connected(g, f"http://127.0.0.1:{gw_http[g]}/healthz")
+            if group is early:
+                await self._up(self._sim_spec(mqtt_port, opcua_port), opcua_port)
+        self.urls = PipelineUrls(
+            dashboard=f"http://127.0.0.1:{dash}/",
+            output_api=f"http://127.0.0.1:{dash}/api/v1",
+            parties=(dep.url("party0"), dep.url("party1")),
+            gateways=dict(dep.gateway_health),
+            gateway_metrics={g: f"http://127.0.0.1:{p}/metrics" for g, p in gw_http.items()},
+            mqtt_port=mqtt_port,
+            opcua_port=opcua_port,
+        )
+
+    def _sim_spec(self, mqtt_port: int, opcua_port: int) -> ChildSpec:
+        argv = [
+            *_python("firmware_sim", "run", "--config", str(self.sim_config)),
+            *("--mqtt-port", str(mqtt_port), "--opcua-port", str(opcua_port)),
+            *("--state-dir", str(self.state_dir / "sim"), "--speed", str(self.sim_speed)),
+            *("--groundtruth", str(self.groundtruth_path)),
+        ]
+        # Slots start on a window boundary, so the first window is a full one.
+        start = self.sim_start if self.sim_start is not None else float(math.ceil(time.time()))
+        argv += ["--start-time", repr(start)]
+        self.sim_start_used = start
+        if self.sim_duration is not None:
+            argv += ["--duration", repr(self.sim_duration)]
+        if self.sim_scenario is not None:
+            argv += ["--scenario", str(self.sim_scenario)]
+        return ChildSpec("sim", tuple(argv), cwd=ROOT, restart=self.sim_duration is None)
+
+    async def _up(self, spec: ChildSpec, port: int, timeout_s: float = 30.0) -> None:
+        state = await self.supervisor.start(spec)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not state.running and state.last_exit is not None:
+                break
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise PipelineError(f"{spec.name} did not listen on {port}; see {self.log_path(spec.name)}")
+
+    async def _reset_lockout(self, gw: str, port: int) -> None:
+        """Clear the emulated TPM's dictionary-attack counter (empty lockout auth).
+
+        Stopping swtpm is an unorderly TPM shutdown, and each one counts as a
+        failed authorisation for DA-protected objects (the sealed gateway
+        keys); swtpm allows 3, so the fourth restart would lock them out.
+        """
+        tool = shutil.which("tpm2_dictionarylockout")
+        if tool is None:
+            return
+        log = self.log_path(f"swtpm-{gw}")
+        with log.open("ab") as fh:
+            proc = await asyncio.create_subprocess_exec(
+                tool, "-c", "-T", f"swtpm:host=127.0.0.1,port={port}", stdout=fh, stderr=fh
+            )
+            await asyncio.wait_for(proc.wait(), 30)
+
+    async def _provision(self, gw: str, cfg: Path) -> None:
+        if (self.state_dir / gw / "state" / "identity.pub").exists():
+            return
+        log = self.log_path(f"provision-{gw}")
+        with log.open("ab") as fh:
+            proc = await asyncio.create_subprocess_exec(
+                *_python("gateway", "provision", "--config", str(cfg)),
+                cwd=ROOT,
+                stdout=fh,
+                stderr=fh,
+            )
+            code = await asyncio.wait_for(proc.wait(), 60)
+        if code != 0:
+            raise PipelineError(f"provisioning {gw} in its TPM failed ({code}); see {log}")
+
+    async def _http_ok(self, name: str, url: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+            while time.monotonic() < deadline:
+                try:
+                    async with s.get(url) as r:
+                        if r.status < 500:
+                            return
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.2)
+        raise PipelineError(f"{name} did not answer {url}; see {self.log_path(name)}")
+
+    async def _mqtt_connected(self, gw: str, url: str, timeout_s: float = 30.0) -> None:
+        if not any(s.transport == "mqtt" for s in self.sensors[gw]):
+            return
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+            while time.monotonic() < deadline:
+                try:
+                    async with s.get(url) as r:
+                        body = await r.json()
+                    # OPC-UA sources report "subscribed"; they wait for the simulator
+                    mqtt = [v for v in body["sources"].values() if "subscribed" not in v]
+                    if all(v.get("connected") for v in mqtt):
+                        return
+                except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
+                    pass
+                await asyncio.sleep(0.2)
+        raise PipelineError(f"{gw} did not connect to the broker; see {self.log_path(gw)}")
+
+    async def wait_subscribed(self, timeout_s: float = 60.0) -> float:
+        """Wait until every gateway's sources are connected and subscribed; returns wall time."""
+        assert self.urls is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+            while time.monotonic() < deadline:
+                ok = True
+                for url in self.urls.gateways.values():
+                    try:
+                        async with s.get(url) as r:
+                            body = await r.json()
+                        srcs = body["sources"].values()
+                        ok &= all(v.get("connected") and v.get("subscribed", True) for v in srcs)
+                    except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
+                        ok = False
+                if ok:
+                    return time.time()
+                await asyncio.sleep(0.2)
+        raise PipelineError("gateways did not subscribe to their sources in time")

@@ -1,0 +1,64 @@
+"""Sensor split between gateways and the gateway configs the pipeline writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from demo.layout import SimSensor, assign_sensors, gateway_config
+from demo.pipeline import DEMO_SIM, ROOT
+from gateway.config_yaml import load_config
+
+
+def _sensors() -> list[SimSensor]:
+    out = subprocess.run(
+        [sys.executable, "-m", "firmware_sim", "sensors", "--config", str(DEMO_SIM)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    return [SimSensor.from_json(o) for o in json.loads(out)]
+
+
+def test_two_gateways_split_by_transport_and_share_every_class() -> None:
+    """gw1 gets the OPC-UA sensors, gw2 the MQTT ones; each class appears on both."""
+    split = assign_sensors(_sensors(), 2)
+    assert {s.transport for s in split["gw1"]} == {"opcua"}
+    assert {s.transport for s in split["gw2"]} == {"mqtt"}
+    assert len(split["gw1"]) + len(split["gw2"]) == 15
+    cls = [{s.sensor.rsplit(".", 1)[1] for s in split[g]} for g in ("gw1", "gw2")]
+    assert cls[0] & cls[1] >= {"bearing_temp", "hydraulic_pressure", "spindle_speed"}
+
+
+def test_three_gateways_one_machine_each_and_too_many_refused() -> None:
+    """Machines go round-robin; more gateways than machines is an error."""
+    split = assign_sensors(_sensors(), 3)
+    assert [len({s.machine for s in split[g]}) for g in ("gw1", "gw2", "gw3")] == [1, 1, 1]
+    with pytest.raises(ValueError, match="at most 3 gateways"):
+        assign_sensors(_sensors(), 4)
+
+
+def test_written_gateway_config_loads(tmp_path: Path) -> None:
+    """The generated document passes the gateway's own config validation."""
+    for gw, sensors in assign_sensors(_sensors(), 2).items():
+        doc = gateway_config(
+            gw,
+            sensors,
+            state_dir=tmp_path / gw,
+            mqtt_port=1883,
+            opcua_port=4840,
+            tpm_port=2321,
+            http_port=9100,
+            clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
+            platform=("k", "00" * 32),
+            measurement="11" * 32,
+        )
+        path = tmp_path / f"{gw}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        cfg = load_config(path)
+        assert sorted(cfg.sensors) == sorted(s.sensor for s in sensors)

@@ -1,0 +1,29 @@
+"""The whole pipeline as real processes, scored against the simulator (bench/e2e.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.e2e import load_ranges, run
+
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.mqtt,
+    pytest.mark.tpm,
+    pytest.mark.opcua,
+    pytest.mark.slow,
+]
+
+
+async def test_every_reading_counted_once_and_mpc_equals_plaintext(tmp_path: Path) -> None:
+    """Counted == published, no duplicates, MPC == plaintext reference, anomalies alerted."""
+    load_ranges()
+    result = await run(30.0, tmp_path / "state")
+    assert result["readings_published"] > 1000, result
+    assert result["readings_counted"] == result["readings_published"], result["details"]
+    assert result["duplicates"] == 0, result["details"]
+    assert result["mpc_vs_plaintext_mismatches"] == 0, result["details"]
+    assert result["alerts_true_positive"] > 0, result
+    assert result["rejected_by_validation"] > 0, result
