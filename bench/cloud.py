@@ -69,7 +69,7 @@ def sealer_for(dep: Deployment, gateway: str, parties: tuple[int, ...] = (0, 1))
         keys.append(ClusterKey(1, keys[0].suite, keys[0].public_key))
     return Sealer(
         gateway_id=gateway,
-        signing_key=dep.gateways[gateway],
+        signing_key=dep.signing_key(gateway),
         clusters=keys,
         columns=(Column.VALUE, Column.SQUARE),
     )

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class Deployment:
 
     root: Path
     policy: dict[str, Any]
-    gateways: dict[str, Ed25519PrivateKey | str]
+    gateways: Mapping[str, Ed25519PrivateKey | str]
     policy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     party_extra: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
@@ -79,6 +80,13 @@ class Deployment:
             self.ports.setdefault(name, free_port())
         self.platform_dir = self.root / "platform"
         self.write_configs()
+
+    def signing_key(self, gateway: str) -> Ed25519PrivateKey:
+        """The private identity key of a test gateway (tests that seal envelopes themselves)."""
+        key = self.gateways[gateway]
+        if not isinstance(key, Ed25519PrivateKey):
+            raise TypeError(f"gateway {gateway!r} was given by public key only")
+        return key
 
     def url(self, name: str) -> str:
         """Base URL of a service."""

@@ -48,7 +48,10 @@ class TestGateway:
         self.dep = dep
         self.frames: dict[int, list[bytes]] = {}
         self.sealer = Sealer(
-            gateway_id=gateway_id, signing_key=dep.gateways[gateway_id], clusters=keys, columns=cols
+            gateway_id=gateway_id,
+            signing_key=dep.signing_key(gateway_id),
+            clusters=keys,
+            columns=cols,
         )
 
     def seal(self, seq: int, segments: list[SensorSegment]) -> list[bytes]:
