@@ -123,6 +123,4 @@ def cases(target: Target) -> st.SearchStrategy[bytes]:
         st.integers(0, len(target.seeds) - 1),
         st.integers(0, 2**32),
     )
-    return st.one_of(
-        st.binary(max_size=512), st.sampled_from(list(target.seeds)), mutated, mutated
-    )
+    return st.one_of(st.binary(max_size=512), st.sampled_from(list(target.seeds)), mutated, mutated)
