@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+import pytest
 import yaml
 from hypothesis import given
 
@@ -164,3 +165,22 @@ def test_config_loaders_raise_only_config_errors(data: bytes) -> None:
 def test_shipped_configs_load() -> None:
     """Every seed loads unchanged."""
     assert [TARGET.check(s) for s in _SEEDS] == [False] * len(_SEEDS)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("gateway", b"state_dir: null\n"),
+        ("gateway", b"\xff\xfe not utf-8"),
+        ("party", b"\xff\xfe not utf-8"),
+        ("party", b"role: party\nservice_id: p\nstate_dir: s\nparty: 0\nlisten: 5\n"),
+        ("party", b"role: party\nservice_id: p\nstate_dir: s\nparty: {}\n"),
+        ("dealer", b"role: dealer\nservice_id: d\nstate_dir: s\nparties: {}\ndepth: []\n"),
+        ("output", b"role: output\nservice_id: o\nstate_dir: s\nparties: {x: 1}\n"),
+        ("policy", b"window_s: [1]\n"),
+    ],
+)
+def test_fuzz_findings_are_config_errors(name: str, text: bytes) -> None:
+    """Inputs the fuzzer found crashing a loader now raise its ConfigError."""
+    with pytest.raises(_Refused):
+        run(name.encode() + b"\n" + text)
