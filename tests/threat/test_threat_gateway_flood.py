@@ -48,7 +48,7 @@ async def _deliver(port: int, clusters: list[FakeCluster], start: int) -> float:
 
 
 async def test_gateway_http_port_survives_floods(tmp_path: Path) -> None:
-    """The agent's HTTP port under junk, slow-loris and oversized requests; readings keep flowing."""
+    """Junk, slow-loris and oversized requests on the agent's HTTP port; readings keep flowing."""
     keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
     platform = Platform()
     clusters = [
