@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -144,8 +145,14 @@ async def until_signal(coro: Coroutine[Any, Any, object]) -> bool:
     """Run ``coro``, cancelling it on SIGINT or SIGTERM; True if it ran to completion."""
     task = asyncio.ensure_future(coro)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if task.cancelling():  # a second signal: stop waiting for a clean shutdown
+            os._exit(1)
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     try:
         await task
     except asyncio.CancelledError:

@@ -22,6 +22,8 @@ from firmware_sim.payloads import encode, encode_batch
 from firmware_sim.sample import Sample
 
 _log = logging.getLogger(__name__)
+#: Longest wait for the broker to confirm a disconnect when the simulator stops.
+DISCONNECT_TIMEOUT_S = 5.0
 
 
 def mqtt_client(settings: MqttSettings) -> aiomqtt.Client:
@@ -108,8 +110,13 @@ class MqttLink:
                 await self._reconnect
         if self._up:
             self._up = False
-            with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.__aexit__(None, None, None)
+            # aiomqtt waits for the broker's disconnect without a timeout; bound it so a
+            # stopped simulator always exits (a wedged link is simply dropped).
+            try:
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await self._client.__aexit__(None, None, None)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                _log.warning("MQTT disconnect did not complete (%s); dropping the link", exc)
 
 
 class MqttSink:

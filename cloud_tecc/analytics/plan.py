@@ -176,11 +176,11 @@ def segment_pairs(lengths: IntArray) -> tuple[IntArray, IntArray, IntArray, IntA
     next level's segment lengths are ``lengths // 2 + lengths % 2``.
     """
     pairs, odd = lengths // 2, lengths % 2
-    off = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    off = np.cumsum(lengths) - lengths
     new_len = pairs + odd
-    new_off = np.concatenate([[0], np.cumsum(new_len)[:-1]])
+    new_off = np.cumsum(new_len) - new_len
     seg = np.repeat(np.arange(len(lengths)), pairs)
-    first_pair = np.concatenate([[0], np.cumsum(pairs)[:-1]])
+    first_pair = np.cumsum(pairs) - pairs
     k = np.arange(int(pairs.sum())) - np.repeat(first_pair, pairs)
     left = off[seg] + 2 * k
     has_carry = np.flatnonzero(odd)

@@ -1,8 +1,8 @@
 """The analytics program of one epoch, written once against :class:`Ops`.
 
 Per stream (gateway, sensor) and epoch it computes the sums Σx and Σx² (the
-output service turns released sums into mean and standard deviation), tree
-min/max, and per-reading flags:
+output service turns released sums into mean and standard deviation), exact
+min/max (:mod:`cloud_tecc.analytics.minmax`), and per-reading flags:
 
 * limits: ``(x − low)(x − high) > 0`` — exact, no truncation;
 * rate of change: ``(x_t − x_{t−1})² > d²`` — exact;
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud_tecc.analytics.minmax import segment_minmax
 from cloud_tecc.analytics.ops import Ops
 from cloud_tecc.analytics.plan import (
     EpochInput,
@@ -211,7 +212,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     margins = [z_margin, f_margin, lim_margin, rate_margin, mm_diff]
     bits = await ops.ltz(_cat(margins))
     z_flag, f_flag, lim_flag, rate_flag, c = _split(bits, [len(m) for m in margins])
-    mn, mx = await _minmax(ops, xm, p.n[p.minmax], c, (left, right, dest, c_src, c_dst))
+    mn, mx = await segment_minmax(ops, xm, p.n[p.minmax], c, (left, right, dest, c_src, c_dst))
     fleet_dev = np.zeros(len(p.n), dtype=_U64)
     fleet_dev[fleet_streams] = f_flag
     s1 = _segment_sum(run.x, p.n)
@@ -256,38 +257,3 @@ def _new_states(run: _Run, a_yy: RingArray, window: int) -> tuple[StreamState, .
             )
         )
     return tuple(out)
-
-
-async def _minmax(
-    ops: Ops,
-    xm: RingArray,
-    lengths: IntArray,
-    c: RingArray,
-    level: tuple[IntArray, IntArray, IntArray, IntArray, IntArray],
-) -> tuple[RingArray, RingArray]:
-    """Segmented tree min and max; ``c`` holds the first level's ``[a < b]`` bits."""
-    if not len(lengths):
-        return np.zeros(0, _U64), np.zeros(0, _U64)
-    left, right, dest, c_src, c_dst = level
-    a, b = xm[left], xm[right]
-    t = await ops.mul(c, a - b) if len(c) else np.zeros(0, _U64)
-    size = int((lengths // 2 + lengths % 2).sum())
-    vmin, vmax = np.zeros(size, _U64), np.zeros(size, _U64)
-    vmin[dest] = b + t
-    vmax[dest] = a - t
-    vmin[c_dst] = xm[c_src]
-    vmax[c_dst] = xm[c_src]
-    lengths = lengths // 2 + lengths % 2
-    while int(lengths.max()) > 1:
-        left, right, dest, c_src, c_dst = segment_pairs(lengths)
-        bits = await ops.ltz(_cat([vmin[left] - vmin[right], vmax[right] - vmax[left]]))
-        k = len(left)
-        delta = _cat([vmin[left] - vmin[right], vmax[left] - vmax[right]])
-        t = await ops.mul(bits, delta)
-        size = int((lengths // 2 + lengths % 2).sum())
-        nmin, nmax = np.zeros(size, _U64), np.zeros(size, _U64)
-        nmin[dest] = vmin[right] + t[:k]
-        nmax[dest] = vmax[right] + t[k:]
-        nmin[c_dst], nmax[c_dst] = vmin[c_src], vmax[c_src]
-        vmin, vmax, lengths = nmin, nmax, lengths // 2 + lengths % 2
-    return vmin, vmax

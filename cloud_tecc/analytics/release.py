@@ -6,16 +6,30 @@ in layout order. Only policy-approved items enter the vector; a window with
 fewer than ``min_count`` readings contributes nothing but its count. The output
 service adds the parties' vectors (after checking the layouts are identical)
 and :func:`decode` turns the sum into rows.
+
+Per-reading flags are released compactly. A flag ``b ∈ {0, 1}`` with
+arithmetic shares ``s_i`` satisfies ``b = (Σ lsb(s_i)) mod 2``, so every
+party releases only the lowest bit of its share, packed into
+``FLAG_LANE_BITS``-bit lanes of uint64 words (16 flags per word): the lanes of
+N ≤ 15 parties add without carrying into each other, so the output service's
+ordinary addition mod 2^64 yields the number of odd shares per lane, whose
+parity is the flag. The lowest bit of a uniformly random share is a uniform
+bit, so nothing is released beyond the flag (docs/MPC.md §6). The readings a
+detector flags are public metadata positions: the layout names a contiguous
+range of the window's readings per detector, and the window's timestamps are
+sent once per stream (delta-encoded, zlib-compressed).
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
@@ -24,6 +38,9 @@ from cloud_tecc.errors import AnalyticsError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
 
+#: Bits per packed flag lane (sums of up to 15 parties' bits fit without carry).
+FLAG_LANE_BITS = 4
+_PER_WORD = 64 // FLAG_LANE_BITS
 _DETECTORS = (
     ("limit", Release.LIMIT_ALERTS),
     ("rate", Release.RATE_ALERTS),
@@ -37,6 +54,43 @@ class ReleaseShares:
 
     layout: dict[str, Any]
     vector: RingArray
+
+
+def pack_flags(flags: RingArray) -> RingArray:
+    """Lowest bits of flag shares, ``FLAG_LANE_BITS``-bit lanes, 16 per uint64 word."""
+    flat = np.zeros(-(-len(flags) // _PER_WORD) * _PER_WORD, dtype=np.uint64)
+    flat[: len(flags)] = flags & np.uint64(1)
+    shifts = np.arange(_PER_WORD, dtype=np.uint64) * np.uint64(FLAG_LANE_BITS)
+    words: RingArray = np.bitwise_or.reduce(flat.reshape(-1, _PER_WORD) << shifts, axis=1)
+    return words
+
+
+def unpack_flags(words: RingArray, n: int, parties: int) -> RingArray:
+    """Inverse of :func:`pack_flags` on the sum of ``parties`` parties' words: the flags, 0/1.
+
+    Every lane of a consistent sum is at most ``parties`` and the padding lanes
+    are 0; anything else means the shares disagree (:class:`AnalyticsError`).
+    """
+    shifts = np.arange(_PER_WORD, dtype=np.uint64) * np.uint64(FLAG_LANE_BITS)
+    lanes = ((words[:, None] >> shifts) & np.uint64((1 << FLAG_LANE_BITS) - 1)).reshape(-1)
+    if np.any(lanes[:n] > np.uint64(parties)) or np.any(lanes[n:]):
+        raise AnalyticsError("reconstructed flags are not 0/1: the parties' shares disagree")
+    return lanes[:n] & np.uint64(1)
+
+
+def _pack_ts(ts: npt.NDArray[np.int64]) -> str:
+    deltas = np.diff(ts.astype(np.int64), prepend=np.int64(0))
+    return base64.b64encode(zlib.compress(deltas.astype("<i8").tobytes(), 1)).decode()
+
+
+def _unpack_ts(text: str) -> npt.NDArray[np.int64]:
+    try:
+        raw = zlib.decompress(base64.b64decode(text, validate=True))
+    except (ValueError, zlib.error) as exc:
+        raise AnalyticsError(f"malformed window timestamps: {exc}") from exc
+    if len(raw) % 8:
+        raise AnalyticsError("malformed window timestamps")
+    return np.cumsum(np.frombuffer(raw, dtype="<i8").astype(np.int64))
 
 
 def _window_fields(policy: AnalyticsPolicy) -> list[str]:
@@ -53,9 +107,17 @@ def _window_fields(policy: AnalyticsPolicy) -> list[str]:
 
 
 def build_release(
-    policy: AnalyticsPolicy, epoch: EpochInput, out: EpochOutput, frac_bits: int
+    policy: AnalyticsPolicy,
+    epoch: EpochInput,
+    out: EpochOutput,
+    frac_bits: int,
+    parties: int = 1,
 ) -> ReleaseShares:
-    """Select the policy-approved items of an epoch and lay them out."""
+    """Select the policy-approved items of an epoch and lay them out.
+
+    ``parties`` is the number of share vectors the output service will add
+    (1 for the plaintext reference).
+    """
     p = out.plan
     fields = _window_fields(policy)
     mm_pos = {int(s): i for i, s in enumerate(p.minmax)}
@@ -78,23 +140,30 @@ def build_release(
         for name, item in _DETECTORS:
             m = masks[name]
             if policy.allows(item) and m.any():
-                ts = s.timestamps_ns[m]
+                first = int(np.argmax(m))
+                if not m[first:].all():  # the plan's masks are suffixes of the window
+                    raise AnalyticsError(f"{name} flags of a window are not contiguous")
+                if "ts" not in row:
+                    row["ts"] = _pack_ts(s.timestamps_ns)
                 alerts.append(
                     {
                         "gateway": s.gateway,
                         "sensor": s.sensor,
                         "detector": name,
-                        "n": int(ts.size),
-                        "ts": base64.b64encode(ts.astype("<i8").tobytes()).decode(),
+                        "first": first,
+                        "n": int(p.n[i]) - first,
                     }
                 )
-                alert_parts.append(flags[name][m])
-    parts += alert_parts
+                alert_parts.append(flags[name][first:])
+    if alert_parts:
+        parts.append(pack_flags(np.concatenate(alert_parts)))
     fleet, fleet_dev = _fleet_release(policy, epoch, out, parts)
     layout = {
         "epoch_ns": epoch.start_ns,
         "window_ns": policy.window_ns,
         "frac_bits": frac_bits,
+        "flag_lane_bits": FLAG_LANE_BITS,
+        "parties": parties,
         "windows": windows,
         "alerts": alerts,
         "fleet": fleet,
@@ -149,17 +218,36 @@ def _flag(v: int) -> bool:
     return v == 1
 
 
+def _alert_words(layout: dict[str, Any]) -> int:
+    flags = sum(int(a["n"]) for a in layout["alerts"])
+    return -(-flags // _PER_WORD)
+
+
 def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[dict[str, Any]]:
+    if int(layout.get("flag_lane_bits", 0)) != FLAG_LANE_BITS:
+        raise AnalyticsError(f"release flags must use {FLAG_LANE_BITS}-bit lanes")
+    total = sum(int(a["n"]) for a in layout["alerts"])
+    parties = int(layout["parties"])
+    if not 1 <= parties < 1 << FLAG_LANE_BITS:
+        raise AnalyticsError(f"flag lanes carry at most {(1 << FLAG_LANE_BITS) - 1} parties")
+    bits = unpack_flags(values[pos : pos + _alert_words(layout)], total, parties)
+    stamps = {(w["gateway"], w["sensor"]): w["ts"] for w in layout["windows"] if "ts" in w}
+    counts = {(w["gateway"], w["sensor"]): int(w["count"]) for w in layout["windows"]}
     flagged: list[dict[str, Any]] = []
+    off = 0
+    decoded: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
     for a in layout["alerts"]:
-        n = int(a["n"])
-        bits = values[pos : pos + n]
-        pos += n
-        if not np.all(bits <= 1):
-            raise AnalyticsError("a reconstructed flag is not 0/1: the parties' shares disagree")
-        ts = np.frombuffer(base64.b64decode(a["ts"], validate=True), dtype="<i8")
-        if ts.size != n:
-            raise AnalyticsError("alert timestamps do not match their count")
+        key = (a["gateway"], a["sensor"])
+        first, n = int(a["first"]), int(a["n"])
+        mine = bits[off : off + n]
+        off += n
+        if key not in decoded:
+            if key not in stamps:
+                raise AnalyticsError("an alert's window carries no timestamps")
+            decoded[key] = _unpack_ts(stamps[key])
+        ts = decoded[key]
+        if ts.size != counts[key] or first < 0 or first + n != ts.size:
+            raise AnalyticsError("alert positions do not match their window")
         flagged.extend(
             {
                 "gateway": a["gateway"],
@@ -167,7 +255,7 @@ def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[
                 "ts_ns": int(t),
                 "detector": a["detector"],
             }
-            for t in ts[bits == 1]
+            for t in ts[first:][mine == 1]
         )
     return flagged
 
@@ -175,7 +263,7 @@ def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[
 def expected_length(layout: dict[str, Any]) -> int:
     """Length of the share vector a layout describes."""
     n = sum(len(w["fields"]) for w in layout["windows"])
-    n += sum(int(a["n"]) for a in layout["alerts"])
+    n += _alert_words(layout)
     n += sum(len(f["fields"]) for f in layout["fleet"])
     return n + len(layout["fleet_dev"])
 
@@ -187,7 +275,7 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     codec = FixedPoint(int(layout["frac_bits"]))
     start = int(layout["epoch_ns"])
     n_win = sum(len(w["fields"]) for w in layout["windows"])
-    n_alert = sum(int(a["n"]) for a in layout["alerts"])
+    n_alert = _alert_words(layout)
     it = iter(int(v) for v in values[:n_win])
     windows = []
     for w in layout["windows"]:

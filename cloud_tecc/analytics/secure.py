@@ -59,4 +59,4 @@ async def secure_epoch(
     """Run one epoch on shares; returns the output (new states) and the release shares."""
     ops = MpcOps(party)
     out = await run_epoch(ops, policy, epoch)
-    return out, build_release(policy, epoch, out, ops.frac_bits)
+    return out, build_release(policy, epoch, out, ops.frac_bits, party.n)

@@ -51,15 +51,15 @@ def _sum(arrays: list[AnyArray]) -> AnyArray:
 
 
 def _arith_corr(value: AnyArray, others: list[Fields], name: str) -> AnyArray:
-    out = value.astype(np.uint64, copy=True)
-    for o in others:
+    out = np.subtract(value, others[0][name], dtype=np.uint64)
+    for o in others[1:]:
         out -= o[name]
     return out
 
 
 def _bool_corr(value: AnyArray, others: list[Fields], name: str) -> AnyArray:
-    out = value.copy()
-    for o in others:
+    out = value ^ others[0][name]
+    for o in others[1:]:
         out ^= o[name]
     return out
 

@@ -5,8 +5,8 @@ Parties connect to ``GET /dealer`` (WebSocket, Ed25519 handshake as
 of the next batch. Every batch is generated once for all parties (in a worker
 thread, so the event loop stays responsive) and dropped when every party has
 fetched it; at most ``depth`` batches wait, so a stalled party stalls
-generation instead of exhausting memory. A party that reconnects continues at
-its own cursor.
+generation instead of exhausting memory. A party that reconnects replaces its
+old connection and continues at its own cursor.
 
 Run: ``python -m cloud_tecc.mpc.dealer_server --config mesh.json --comparisons 1000000``.
 """
@@ -36,6 +36,7 @@ from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer import RandomBytes, deal
 from cloud_tecc.mpc.errors import ConfigError, MpcError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
+from cloud_tecc.mpc.memory import retain_freed_memory
 
 REQUEST: Final = b"NEXT"
 
@@ -81,7 +82,7 @@ class DealerService:
         self.stats = DealerStats()
         self._frames: dict[int, list[bytes | None]] = {}
         self._cursor = dict.fromkeys(range(n), 0)
-        self._connected: set[int] = set()
+        self._live: dict[int, asyncio.Task[object]] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -111,7 +112,12 @@ class DealerService:
             seq += 1
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
-        """Start generating and listening (HTTPS when ``tls`` is given)."""
+        """Start generating and listening (HTTPS when ``tls`` is given).
+
+        Also tunes this process's allocator to reuse freed batch memory
+        (:func:`~cloud_tecc.mpc.memory.retain_freed_memory`).
+        """
+        retain_freed_memory()
         app = web.Application()
         app.router.add_get("/dealer", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -150,10 +156,15 @@ class DealerService:
         if peer is None:
             return ws
         party = int(peer.removeprefix("party-"))
-        if party in self._connected:  # one live connection per party keeps cursors sane
-            await ws.close()
-            return ws
-        self._connected.add(party)
+        # One live connection per party keeps cursors sane: a reconnecting party
+        # replaces its stale connection (whose handler may wait for a frame for a
+        # request the party sent before it went away).
+        stale = self._live.pop(party, None)
+        if stale is not None:
+            stale.cancel()
+        me = asyncio.current_task()
+        assert me is not None
+        self._live[party] = me
         try:
             with contextlib.suppress(MpcError, ConnectionError):
                 while await wslink.receive_bytes(ws, 24 * 3600.0, "a request") == REQUEST:
@@ -161,8 +172,9 @@ class DealerService:
                     await ws.send_bytes(frame)
                     await self._delivered(party, seq)
         finally:
-            self._connected.discard(party)
-        await ws.close()
+            if self._live.get(party) is me:
+                del self._live[party]
+            await ws.close()
         return ws
 
     async def close(self) -> None:
@@ -171,6 +183,8 @@ class DealerService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for handler in list(self._live.values()):  # may wait for frames that never come
+            handler.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -40,6 +40,15 @@ class CorrelationStore:
 
     def add_bundle(self, bundle: Bundle) -> None:
         """Expand one bundle (the party's offline work) and queue it."""
+        self.check(bundle)
+        self._queues[bundle.kind].append(materialise(bundle))
+
+    def add_batch(self, batch: Batch) -> None:
+        """Queue a batch already expanded (from a :meth:`check`-ed bundle)."""
+        self._queues[batch.kind].append(batch)
+
+    def check(self, bundle: Bundle) -> None:
+        """:class:`CorrelationError` unless ``bundle`` is for this party and fraction bits."""
         if bundle.party != self.party:
             raise CorrelationError(f"bundle for party {bundle.party} given to party {self.party}")
         if bundle.frac_bits != self.frac_bits:
@@ -47,7 +56,6 @@ class CorrelationStore:
                 f"dealer uses {bundle.frac_bits} fraction bits, this party {self.frac_bits}: "
                 "configure both with the same value"
             )
-        self._queues[bundle.kind].append(materialise(bundle))
 
     def available(self, kind: Kind) -> int:
         """Correlations of ``kind`` ready to take."""

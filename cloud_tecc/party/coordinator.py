@@ -36,6 +36,7 @@ from cloud_tecc.enclave.trust import AttestedDirectory
 from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
+from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
@@ -65,6 +66,7 @@ class Coordinator:
         registry: CollectorRegistry,
     ) -> None:
         self.cfg, self.enclave, self.store = cfg, enclave, store
+        retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
         self.peer = 1 - cfg.party
         self.state = "starting"

@@ -130,7 +130,7 @@ async def _secure(
         for i in range(2):
             for s, st in zip(eps[i].streams, outs[i].states, strict=True):
                 states[i][(s.gateway, s.sensor)] = st
-        rels = [build_release(policy, eps[i], outs[i], 16) for i in range(2)]
+        rels = [build_release(policy, eps[i], outs[i], 16, 2) for i in range(2)]
         assert rels[0].layout == rels[1].layout
         got = decode(rels[0].layout, rels[0].vector + rels[1].vector)
         assert got.windows == r.released.windows
@@ -141,6 +141,23 @@ async def _secure(
 async def test_secure_run_equals_reference() -> None:
     """Two MPC parties (in memory) release exactly what the reference releases."""
     await _secure(POLICY, ReferenceAnalytics(POLICY), _streams())
+
+
+async def test_secure_run_handles_epochs_without_released_windows() -> None:
+    """An epoch whose windows all stay below min_count, between full ones, runs and agrees."""
+    rng = np.random.default_rng(5)
+    streams = []
+    for gw in ("g1", "g2"):
+        parts = [
+            np.arange(k, dtype=np.int64) * 10_000_000 + e * 10_000_000_000
+            for e, k in ((0, 97), (1, 4), (2, 13), (3, 1))
+        ]
+        ts = T0 + np.concatenate(parts)
+        streams.append(StreamReadings(gw, "t1", ts, 50.0 + rng.normal(0.0, 1.0, ts.size)))
+    results = await ReferenceAnalytics(POLICY).run(streams)
+    assert [max(w["count"] for w in r.released.windows) for r in results] == [97, 4, 13, 1]
+    assert not results[1].output.plan.minmax.size
+    await _secure(POLICY, ReferenceAnalytics(POLICY), streams)
 
 
 def test_release_withholds_small_windows_and_checks_layouts() -> None:

@@ -49,7 +49,7 @@ def test_refuses_inconsistent_or_excessive_submissions() -> None:
     with pytest.raises(AnalyticsError, match="length"):
         validate_submission(POLICY, layout, v0[:-8])
     bad = bytearray(v1)
-    bad[-8] ^= 0x02  # the last element is a rate flag: reconstructs to 2 or 3
+    bad[-8] ^= 0x08  # the last word packs rate flags: its first lane reconstructs to ≥ 8
     with pytest.raises(AnalyticsError, match="0/1"):
         try_complete(POLICY, 2, {0: (layout, v0), 1: (layout, bytes(bad))})
     strict = policy_from_mapping({"window_s": 10, "min_count": 500})

@@ -18,7 +18,7 @@ from cloud_tecc.mpc import (
 )
 from cloud_tecc.mpc import handshake as hs
 from cloud_tecc.mpc.bundle_wire import decode_batch, encode_batch
-from cloud_tecc.mpc.correlations import materialise
+from cloud_tecc.mpc.correlations import concat, keystream, materialise, materialise_many
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.sim import run_parties
 from cloud_tecc.mpc.source import CorrelationStore
@@ -39,6 +39,40 @@ def test_dealer_frame_roundtrip_and_size() -> None:
             assert ma.keys() == mb.keys()
             for k in ma:
                 np.testing.assert_array_equal(ma[k], mb[k])
+
+
+def test_joined_expansion_equals_joined_batches_and_slices_join_as_views() -> None:
+    """materialise_many equals concatenating materialise; consecutive slices join without copy."""
+    frames = [deal(Plan(triples=301 + i, truncs=77, comparisons=123 + 5 * i), 2) for i in range(3)]
+    for party in (0, 1):
+        for k in range(3):
+            bundles = [f[party][k] for f in frames]
+            want = concat([materialise(b) for b in bundles])
+            got = materialise_many(bundles)
+            assert got.count == want.count
+            for name, arr in want.fields.items():
+                assert got.fields[name].dtype == arr.dtype
+                assert np.array_equal(got.fields[name], arr)
+            joined = concat([got.slice(0, 100), got.slice(100, 250), got.slice(250, 260)])
+            assert joined.base is got
+            assert joined.count == 260
+            for name, arr in joined.fields.items():
+                assert np.shares_memory(arr, got.fields[name])
+                assert np.array_equal(arr, want.fields[name][:260])
+            apart = concat([got.slice(0, 10), got.slice(20, 30)])
+            assert apart.base is None
+            assert apart.count == 20
+
+
+def test_keystream_is_deterministic_and_label_separated() -> None:
+    """The correlation PRG: same seed and label, same bytes; another label, other bytes."""
+    seed = bytes(range(32))
+    a = keystream(seed, 3_000_001, b"x")
+    assert np.array_equal(a, keystream(seed, 3_000_001, b"x"))
+    assert np.array_equal(a[:1000], keystream(seed, 1000, b"x"))
+    assert not np.array_equal(a[:1000], keystream(seed, 1000, b"y"))
+    counts = np.bincount(a, minlength=256)
+    assert counts.min() > 0.9 * a.size / 256
 
 
 def test_bad_dealer_frames_are_refused() -> None:

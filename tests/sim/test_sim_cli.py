@@ -135,7 +135,12 @@ async def test_sigterm_stops_cleanly_and_closes_the_running_anomaly(
             await collector.wait_for(30, within=30)
         finally:
             proc.send_signal(signal.SIGTERM)
-            out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+            try:
+                out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
     assert proc.returncode == 0, err.decode()
     assert out.decode().startswith("stopped: samples=")
     records = read_ground_truth(gt)

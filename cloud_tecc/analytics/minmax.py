@@ -1,0 +1,119 @@
+"""Exact segmented min and max of every window at once, written against :class:`Ops`.
+
+The first level compares the pairs ``(x_2k, x_2k+1)`` of every window once and
+splits them into the smaller and the larger halves (``[a < b]`` comes from the
+caller's batched comparison round); the min tree then runs on the smaller
+halves and the max tree on the larger ones, about ``3n/2`` comparisons in all.
+
+While the arrays are large, a level is binary: one comparison and one product
+per pair (8 rounds), min and max trees in the same rounds. Once both trees
+together hold at most :data:`FOUR_WAY_MAX` elements, a level reduces groups of
+four instead: all six pairwise comparisons of a group in one comparison round,
+then the winner's value ``Σ_i w_i·x_i`` with ``w_i`` the product of the three
+bits that say ``x_i`` precedes the others in the order (value, position), in
+two product rounds — 9 rounds per factor 4 instead of 16, for a few thousand
+extra comparisons. The max tree runs as a min tree on negated values. Short
+groups are padded with the public constant ``±PAD`` (beyond every value
+``|x| < 2^62``), which never wins. Every step is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cloud_tecc.analytics.ops import Ops
+from cloud_tecc.analytics.plan import IntArray, segment_pairs
+from tecc_contract.ring import RingArray
+
+_U64 = np.uint64
+#: Both trees' elements at or below which levels reduce by four (fewer rounds).
+FOUR_WAY_MAX = 8192
+#: Padding of short groups: above every value a comparison accepts (|x| < 2^62).
+PAD = (1 << 62) - 1
+#: Pairs (i, j), i < j, of a group of four, in comparison order.
+_PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+
+
+def _cat(parts: list[RingArray]) -> RingArray:
+    return np.concatenate(parts).astype(_U64, copy=False)
+
+
+async def _min4(ops: Ops, v: RingArray, lengths: IntArray) -> tuple[RingArray, IntArray]:
+    """One four-way level of a segmented min: 9 rounds; returns values and new lengths."""
+    groups = -(-lengths // 4)
+    off = np.cumsum(lengths) - lengths
+    seg = np.repeat(np.arange(len(lengths)), groups)
+    first = np.cumsum(groups) - groups
+    k = np.arange(int(groups.sum())) - np.repeat(first, groups)
+    lane = 4 * k[:, None] + np.arange(4)
+    valid = lane < lengths[seg][:, None]
+    pos = np.where(valid, off[seg][:, None] + lane, 0)
+    pad = ops.public(np.full(pos.size, PAD, dtype=_U64)).reshape(pos.shape)
+    x = np.where(valid, v[pos], pad)
+    # s[(i, j)] = [x_j < x_i]; x_i wins iff it precedes every other in (value, lane) order.
+    bits = await ops.ltz(_cat([x[:, j] - x[:, i] for i, j in _PAIRS]))
+    g = len(k)
+    s = {pair: bits[n * g : (n + 1) * g] for n, pair in enumerate(_PAIRS)}
+    one = ops.public(np.ones(g, dtype=_U64))
+    terms = [
+        [one - s[(0, 1)], one - s[(0, 2)], one - s[(0, 3)]],
+        [s[(0, 1)], one - s[(1, 2)], one - s[(1, 3)]],
+        [s[(0, 2)], s[(1, 2)], one - s[(2, 3)]],
+        [s[(0, 3)], s[(1, 3)], s[(2, 3)]],
+    ]
+    left = _cat([t[0] for t in terms] + [t[2] for t in terms])
+    right = _cat([t[1] for t in terms] + [x[:, i] for i in range(4)])
+    half = await ops.mul(left, right)
+    w = await ops.mul(half[: 4 * g], half[4 * g :])
+    return w.reshape(4, g).sum(axis=0, dtype=_U64), groups
+
+
+async def _min2(
+    ops: Ops, vmin: RingArray, vmax: RingArray, lengths: IntArray
+) -> tuple[RingArray, RingArray]:
+    """One binary level of the min and the max tree together: 8 rounds."""
+    left, right, dest, c_src, c_dst = segment_pairs(lengths)
+    bits = await ops.ltz(_cat([vmin[left] - vmin[right], vmax[right] - vmax[left]]))
+    k = len(left)
+    delta = _cat([vmin[left] - vmin[right], vmax[left] - vmax[right]])
+    t = await ops.mul(bits, delta)
+    size = int((lengths // 2 + lengths % 2).sum())
+    nmin, nmax = np.zeros(size, _U64), np.zeros(size, _U64)
+    nmin[dest] = vmin[right] + t[:k]
+    nmax[dest] = vmax[right] + t[k:]
+    nmin[c_dst], nmax[c_dst] = vmin[c_src], vmax[c_src]
+    return nmin, nmax
+
+
+async def segment_minmax(
+    ops: Ops,
+    xm: RingArray,
+    lengths: IntArray,
+    c: RingArray,
+    level: tuple[IntArray, IntArray, IntArray, IntArray, IntArray],
+) -> tuple[RingArray, RingArray]:
+    """Min and max of each segment of ``xm``; ``c`` holds the first level's ``[a < b]`` bits.
+
+    ``level`` is :func:`~cloud_tecc.analytics.plan.segment_pairs` of ``lengths``.
+    """
+    if not len(lengths):
+        return np.zeros(0, _U64), np.zeros(0, _U64)
+    left, right, dest, c_src, c_dst = level
+    a, b = xm[left], xm[right]
+    t = await ops.mul(c, a - b) if len(c) else np.zeros(0, _U64)
+    size = int((lengths // 2 + lengths % 2).sum())
+    vmin, vmax = np.zeros(size, _U64), np.zeros(size, _U64)
+    vmin[dest] = b + t
+    vmax[dest] = a - t
+    vmin[c_dst] = xm[c_src]
+    vmax[c_dst] = xm[c_src]
+    lengths = lengths // 2 + lengths % 2
+    while int(lengths.max()) > 1:
+        if 2 * len(vmin) > FOUR_WAY_MAX:
+            vmin, vmax = await _min2(ops, vmin, vmax, lengths)
+            lengths = lengths // 2 + lengths % 2
+            continue
+        both, new = await _min4(ops, _cat([vmin, _U64(0) - vmax]), np.concatenate([lengths] * 2))
+        n = int(new[: len(lengths)].sum())
+        vmin, vmax, lengths = both[:n], _U64(0) - both[n:], new[: len(lengths)]
+    return vmin, vmax
