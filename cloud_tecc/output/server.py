@@ -143,7 +143,7 @@ class OutputService(ServiceBase):
             doc = json.loads(body)
             layout, vector = doc["layout"], base64.b64decode(doc["vector"], validate=True)
             validate_submission(self.cfg.policy, layout, vector)
-        except (PeerError, AnalyticsError, ValueError, KeyError, TypeError) as exc:
+        except (PeerError, AnalyticsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"
             self.errors.labels("results", reason).inc()
             log.warning("refused results: %s", exc)

@@ -94,6 +94,11 @@ def test_tampered_policy_cluster_gets_nothing(tmp_path: Path) -> None:
         assert _submit(dep, "party1", platform) == 403
         assert metric(dep, "output", refused) == before + 1
         assert _submit(dep, "party0", platform) == 400  # attested; only the content is refused
+        malformed = 'tecc_request_errors_total{endpoint="results",reason="malformed"}'
+        before = metric(dep, "output", malformed)
+        status, _ = http_json(dep.url("output") + "/v1/results", data=b"[" * 100_000)
+        assert status == 400  # deeply nested JSON: refused and counted, not a 500
+        assert metric(dep, "output", malformed) == before + 1
         _, epochs = http_json(dep.url("output") + "/api/v1/epochs")
         assert epochs == []
     finally:
