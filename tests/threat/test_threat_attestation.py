@@ -99,6 +99,9 @@ def test_tampered_policy_cluster_gets_nothing(tmp_path: Path) -> None:
         status, _ = http_json(dep.url("output") + "/v1/results", data=b"[" * 100_000)
         assert status == 400  # deeply nested JSON: refused and counted, not a 500
         assert metric(dep, "output", malformed) == before + 1
+        for since in ("inf", "1e300", "nan", "-1e19", "x"):
+            status, _ = http_json(dep.url("output") + f"/api/v1/windows?since={since}")
+            assert status == 400, since
         _, epochs = http_json(dep.url("output") + "/api/v1/epochs")
         assert epochs == []
     finally:
