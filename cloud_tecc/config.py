@@ -169,13 +169,15 @@ def _service(raw: Mapping[str, Any], base: Path, role: Role) -> ServiceConfig:
         raise ConfigError(f"config is missing the key {exc.args[0]!r}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read the analytics policy: {exc}") from exc
+    except (TypeError, AttributeError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{role} config or its policy has a malformed value: {exc}") from exc
 
 
 def load_raw(path: Path) -> tuple[dict[str, Any], Role]:
     """Read a YAML config and its ``role``."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a YAML mapping")
@@ -208,20 +210,23 @@ def load_party(path: Path) -> PartyConfig:
         )
     except KeyError as exc:
         raise ConfigError(f"party config is missing the key {exc.args[0]!r}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"party config: {exc}") from exc
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"party config has a malformed value: {exc}") from exc
 
 
 def load_dealer(path: Path) -> DealerConfig:
     """Load a dealer config."""
     raw, _ = load_raw(path)
-    return DealerConfig(
-        _service(raw, path.parent, Role.DEALER),
-        _endpoints(raw.get("parties"), "parties"),
-        mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
-        batch_readings=int(raw.get("batch_readings", 20_000)),
-        depth=int(raw.get("depth", 4)),
-    )
+    try:
+        return DealerConfig(
+            _service(raw, path.parent, Role.DEALER),
+            _endpoints(raw.get("parties"), "parties"),
+            mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
+            batch_readings=int(raw.get("batch_readings", 20_000)),
+            depth=int(raw.get("depth", 4)),
+        )
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"dealer config has a malformed value: {exc}") from exc
 
 
 def load_output(path: Path) -> OutputConfig:
@@ -230,11 +235,14 @@ def load_output(path: Path) -> OutputConfig:
     gateways = raw.get("gateways") or {}
     if not isinstance(gateways, Mapping):
         raise ConfigError("gateways must map a gateway id to its health URL")
-    return OutputConfig(
-        _service(raw, path.parent, Role.OUTPUT),
-        _endpoints(raw.get("parties"), "parties"),
-        {str(k): str(v) for k, v in gateways.items()},
-    )
+    try:
+        return OutputConfig(
+            _service(raw, path.parent, Role.OUTPUT),
+            _endpoints(raw.get("parties"), "parties"),
+            {str(k): str(v) for k, v in gateways.items()},
+        )
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"output config has a malformed value: {exc}") from exc
 
 
 def parse_hostport(value: str) -> tuple[str, int]:

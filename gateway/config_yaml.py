@@ -47,8 +47,8 @@ def load_config(path: Path | str) -> GatewayConfig:
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {p}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {p} (a UTF-8 YAML file is expected): {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
     try:
@@ -276,7 +276,8 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
     """Build a :class:`GatewayConfig` from a parsed YAML document."""
     o = _obj(raw, "config", _TOP)
     state_dir = _path(base, o.get("state_dir", "var/gateway"))
-    assert state_dir is not None
+    if state_dir is None:
+        raise ConfigError("state_dir must be a directory path (or left out for var/gateway)")
     sensors = _list(_req(o, "sensors", "config"), "sensors", _sensor)
     by_id = {s.id: s for s in sensors}
     if len(by_id) != len(sensors):

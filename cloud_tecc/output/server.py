@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from tecc_contract.keys import KemSuite
 
 log = logging.getLogger("cloud_tecc.output")
 RESULTS_PURPOSE = "results"
+_MAX_SINCE_S = 9.2e9
 
 
 def _since_ns(request: web.Request) -> int:
@@ -41,12 +43,15 @@ def _since_ns(request: web.Request) -> int:
     if not raw:
         return 0
     try:
-        return int(float(raw) * 1e9)
-    except ValueError as exc:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not abs(seconds) < _MAX_SINCE_S:  # NaN, ±inf and values beyond int64 nanoseconds
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "since must be Unix seconds (a number)"}),
             content_type="application/json",
-        ) from exc
+        )
+    return int(seconds * 1e9)
 
 
 class OutputService(ServiceBase):
@@ -143,7 +148,7 @@ class OutputService(ServiceBase):
             doc = json.loads(body)
             layout, vector = doc["layout"], base64.b64decode(doc["vector"], validate=True)
             validate_submission(self.cfg.policy, layout, vector)
-        except (PeerError, AnalyticsError, ValueError, KeyError, TypeError) as exc:
+        except (PeerError, AnalyticsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"
             self.errors.labels("results", reason).inc()
             log.warning("refused results: %s", exc)

@@ -1,0 +1,77 @@
+"""Fuzz the envelope wire format: header decoding, signature check, HPKE open, expansion.
+
+Every case is opened twice: as received (the signature check rejects almost
+all mutations) and re-signed with the gateway's real key, so header parsing,
+layout checks, HPKE and share expansion see the mutated bytes too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+
+from tecc_contract.envelope import SIGNATURE_BYTES, Opener, read_header
+from tecc_contract.errors import ContractError
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite
+from tests.contract.helpers import make_system, regular_segment
+
+from .harness import FUZZ_SETTINGS, Target, cases
+
+
+def _build() -> tuple[list[bytes], list[Opener], Ed25519PrivateKey]:
+    seeds: list[bytes] = []
+    sealer, openers, gw = make_system(
+        KemSuite.X25519, 2, (Column.VALUE, Column.SQUARE, Column.HISTOGRAM), (0.0, 10.0, 20.0)
+    )
+    for seq in range(4):
+        segs = [regular_segment("temp1", 3 + seq), regular_segment("press1", 1 + seq)]
+        seeds += sealer.seal(seq, segs, created_ns=1_700_000_000_000_000_000)
+    return seeds, openers, gw
+
+
+_SEEDS, _OPENERS, _GW = _build()
+
+
+def run(data: bytes) -> None:
+    """Parse ``data`` as a frame and open it as each party, as sent and re-signed.
+
+    Raises a ContractError only if no party opened either form (the case was refused).
+    """
+    opened = 0
+    first: ContractError | None = None
+    try:
+        read_header(data)
+    except ContractError as exc:
+        first = exc
+    for frame in (data, data[:-SIGNATURE_BYTES] + _GW.sign(data[:-SIGNATURE_BYTES])):
+        for opener in _OPENERS:
+            try:
+                share = opener.open(frame)
+            except ContractError as exc:
+                first = first or exc
+                continue
+            opened += 1
+            for arr in share.columns.values():
+                assert arr.dtype == np.uint64
+                assert arr.shape[0] == share.header.count
+    if not opened and first is not None:
+        raise first
+
+
+TARGET = Target("envelope", _SEEDS, run, (ContractError,))
+
+
+@FUZZ_SETTINGS
+@given(cases(TARGET))
+def test_envelope_bytes_raise_only_contract_errors(data: bytes) -> None:
+    """Mutated or random frames: opened correctly or refused with a ContractError."""
+    TARGET.check(data)
+
+
+def test_seeds_open() -> None:
+    """The unmutated seeds are valid frames (the harness is not fuzzing garbage only)."""
+    for seed in _SEEDS:
+        assert read_header(seed).count > 0
+    assert not any(TARGET.check(s) for s in _SEEDS)
