@@ -26,6 +26,8 @@ def load_yaml(path: Path) -> Section:
     """Parse a YAML file whose top level must be a mapping."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SimConfigError(f"config {path} is not UTF-8 text: {exc.reason}") from exc
     except OSError as exc:
         raise SimConfigError(f"cannot read config {path}: {exc.strerror}") from exc
     try:

@@ -163,7 +163,10 @@ class Coordinator:
         """One agreement round; returns True if an epoch was computed."""
         wm = await asyncio.to_thread(self.store.watermark)
         other = await self._control(mesh, {"wm": wm})
-        base = min(wm, int(other["wm"]))
+        peer_wm = other.get("wm")
+        if not isinstance(peer_wm, int) or isinstance(peer_wm, bool):
+            raise PeerError("peer's control message has no integer watermark 'wm'")
+        base = min(wm, peer_wm)
         if wm > base:
             log.info("rewinding to the common watermark %d", base)
             await asyncio.to_thread(self.store.rewind, base)

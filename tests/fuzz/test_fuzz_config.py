@@ -134,10 +134,6 @@ def run(data: bytes) -> None:
     name, body = _split(data)
     filename, load, error = _LOADERS[name]
     path = _DIR / filename
-    if name == "sim":
-        # firmware_sim's loader raises UnicodeDecodeError on non-UTF-8 files (reported,
-        # outside this package's scope to fix); feed it text only.
-        body = body.decode("utf-8", "replace").encode()
     path.write_bytes(body)
     try:
         load(path)
