@@ -1,0 +1,344 @@
+"""Chaos soak: the whole pipeline under seeded kills, scored against the simulator.
+
+``python -m bench.soak [--minutes M] [--quick] [--seed S]`` runs
+:class:`demo.pipeline.Pipeline` (fresh temporary state dir, simulator at its
+steady 10 Hz per sensor for the whole run) while a schedule drawn from
+``random.Random(seed)`` SIGKILLs the gateways, both cluster parties, the
+dealer, the output service and the MQTT broker (the supervisor restarts them
+with its backoff). One cluster-party kill is held down (60 s; 8 s with
+``--quick``) and one party is frozen with SIGSTOP then SIGCONT (a network-cut
+stand-in). Then the chaos stops, the gateways' spools drain and the last
+windows are released; the figures are printed as one JSON object last.
+
+Counting reuses :mod:`bench.e2e` (offline recomputation of what the simulator
+published, windows of the output API). Per (sensor, window) the published and
+counted readings are compared; a reading class is *excluded* (counted and
+reported apart, never hidden) when the system cannot promise it:
+
+- ``plain`` payloads (no timestamp, windows by receive time) and QoS 0
+  sensors (at most once by definition);
+- MQTT readings in a broker-kill interval: from ``AUTOSAVE_MARGIN_S`` before
+  the SIGKILL (mosquitto persists sessions every ``autosave_interval 1`` s: a
+  QoS 1 message it acknowledged to the simulator but had not yet saved is
+  gone with the process) to ``RECONNECT_MARGIN_S`` after the restarted
+  broker listens (the simulator's publishes while it is down fail and are
+  dropped at the source, as with a real sensor; it reconnects every 0.5 s);
+- OPC-UA readings of a gateway while it is not subscribed (killed or
+  restarting, seen on its /healthz): a subscription keeps no history, data
+  changes without a subscriber are never visible to anyone.
+
+``availability`` = the share of windows of the scored interval whose results
+were stored by the output service within ``DEADLINE_S`` of the window's end
+(wall clock; never released counts as unavailable). ``recovery_s_p99`` =
+over restarts of a killed cloud or gateway process, the time from the
+process start to the storing of the first window that began after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import signal
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import yaml
+
+from bench._report import emit
+from bench.e2e import (
+    RANGES,
+    SCENARIO,
+    _clock_offset,
+    _data_changes,
+    _ns,
+    _released_until,
+    _valid,
+    _windows,
+    _with_scenario,
+    load_ranges,
+)
+from cloud_tecc.analytics.policy import policy_from_mapping
+from demo.pipeline import Pipeline
+from firmware_sim.line import simulate
+
+TARGETS = ("gw1", "gw2", "party0", "party1", "dealer", "output", "mosquitto")
+DEADLINE_S = 10.0
+AUTOSAVE_MARGIN_S = 2.0
+RECONNECT_MARGIN_S = 3.0
+OPCUA_MARGIN_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One chaos action at ``at`` seconds after the simulator started."""
+
+    at: float
+    target: str
+    action: str  # "kill" | "hold" | "freeze"
+    hold_s: float = 0.0
+
+
+def schedule(seed: int, run_s: float, *, quick: bool) -> list[Event]:
+    """A deterministic chaos schedule for a run of ``run_s`` simulated seconds."""
+    rng = random.Random(seed)
+    lo, hi = (4.0, run_s - 12.0) if quick else (15.0, run_s - 45.0)
+    hold = 8.0 if quick else 60.0
+    freeze = 4.0 if quick else 20.0
+    if quick:
+        kills = ["gw1" if rng.random() < 0.5 else "gw2", "mosquitto", rng.choice(TARGETS[4:6])]
+    else:
+        n = max(len(TARGETS), round(run_s / 600 * 22))
+        kills = list(TARGETS) + [rng.choice(TARGETS) for _ in range(n - len(TARGETS))]
+        rng.shuffle(kills)
+    party = rng.choice(("party0", "party1"))
+    other = "party1" if party == "party0" else "party0"
+    # held kill and freeze get their own slots so they do not overlap each other
+    times = sorted(rng.uniform(lo, hi) for _ in kills)
+    events = [Event(round(t, 2), k, "kill") for t, k in zip(times, kills, strict=True)]
+    t_hold = rng.uniform(lo, max(lo, hi - hold))
+    events.append(Event(round(t_hold, 2), party, "hold", hold))
+    t_freeze = rng.uniform(lo, max(lo, hi - freeze))
+    events.append(Event(round(t_freeze, 2), other, "freeze", freeze))
+    return sorted(events, key=lambda e: e.at)
+
+
+@dataclass(slots=True)
+class Observed:
+    """What the harness saw during the run (wall clock)."""
+
+    kills: list[tuple[float, str, str]] = field(default_factory=list)  # (t, target, action)
+    not_subscribed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    max_spool: int = 0
+
+
+async def _chaos(p: Pipeline, events: list[Event], t_start: float, obs: Observed) -> None:
+    sup = p.supervisor
+    for ev in events:
+        await asyncio.sleep(max(0.0, t_start + ev.at - time.time()))
+        obs.kills.append((time.time(), ev.target, ev.action))
+        if ev.action == "freeze":
+            sup.signal(ev.target, signal.SIGSTOP)
+            await asyncio.sleep(ev.hold_s)
+            sup.signal(ev.target, signal.SIGCONT)
+        else:
+            sup.kill(ev.target, signal.SIGKILL, hold_s=ev.hold_s)
+
+
+async def _watch_gateways(p: Pipeline, obs: Observed, stop: asyncio.Event) -> None:
+    """Poll every gateway's /healthz: spool depth, and when its OPC-UA is not subscribed."""
+    assert p.urls is not None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s:
+        while not stop.is_set():
+            for gw, url in p.urls.gateways.items():
+                ok = False
+                try:
+                    async with s.get(url) as r:
+                        body = await r.json()
+                    depth = sum(int(c["depth"]) for c in body["clusters"].values())
+                    obs.max_spool = max(obs.max_spool, depth)
+                    ok = all(v.get("subscribed", True) for v in body["sources"].values())
+                except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
+                    pass
+                if not ok:
+                    obs.not_subscribed[gw].append(time.time())
+            await asyncio.sleep(0.25)
+
+
+async def _drain(p: Pipeline, timeout_s: float) -> bool:
+    """Wait until every gateway reports empty spools and no backlog."""
+    assert p.urls is not None
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+        while time.monotonic() < deadline:
+            empty = True
+            for url in p.urls.gateways.values():
+                try:
+                    async with s.get(url) as r:
+                        body = await r.json()
+                    empty &= int(body.get("backlog", 0)) == 0 and all(
+                        int(c["depth"]) == 0 for c in body["clusters"].values()
+                    )
+                except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
+                    empty = False
+            if empty:
+                return True
+            await asyncio.sleep(0.5)
+    return False
+
+
+async def _epochs(api: str) -> list[dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+        s.get(f"{api}/epochs") as r,
+    ):
+        out: list[dict[str, Any]] = await r.json()
+        return out
+
+
+def _intervals(points: list[float], gap: float = 1.0) -> list[tuple[float, float]]:
+    """Merge sample times closer than ``gap`` into intervals."""
+    out: list[tuple[float, float]] = []
+    for t in sorted(points):
+        if out and t - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], t)
+        else:
+            out.append((t, t))
+    return out
+
+
+def _overlaps(a0: float, a1: float, iv: list[tuple[float, float]]) -> bool:
+    return any(a0 < b1 and b0 < a1 for b0, b1 in iv)
+
+
+async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str, Any]:
+    """Soak the pipeline for ``run_s`` simulated seconds under chaos and score it."""
+    load_ranges()
+    events = schedule(seed, run_s, quick=quick)
+    p = Pipeline(state, fresh=True, sim_duration=run_s, sim_scenario=SCENARIO)
+    obs = Observed()
+    stop = asyncio.Event()
+    t_wall = time.time()
+    async with p:
+        assert p.urls is not None and p.sim_start_used is not None
+        start = p.sim_start_used
+        watcher = asyncio.create_task(_watch_gateways(p, obs, stop))
+        offset = await asyncio.to_thread(_clock_offset, p.urls.mqtt_port, 1.0)
+        subscribed = await p.wait_subscribed()
+        await _chaos(p, events, start + offset, obs)
+        sim = p.supervisor.children["sim"].process
+        assert sim is not None
+        await sim.wait()
+        drained = await _drain(p, 30.0 if quick else 120.0)
+        await _released_until(p.urls.output_api, start + run_s - 1.0, 30.0)
+        stop.set()
+        await watcher
+        sensors = [s for ss in p.sensors.values() for s in ss]
+        windows = await _windows(p.urls.output_api, [s.sensor for s in sensors], start)
+        epochs = await _epochs(p.urls.output_api)
+        starts = {n: list(c.starts) for n, c in p.supervisor.children.items()}
+        restarts = {n: c.restarts for n, c in p.supervisor.children.items() if c.restarts}
+    policy = policy_from_mapping(yaml.safe_load(p.policy_path.read_text()))
+    wn, ws = policy.window_ns, policy.window_s
+    t0 = max(math.ceil(subscribed / ws) * ws + ws, math.ceil(subscribed - offset) + ws)
+    t_end = start + run_s - ws
+    offline = await asyncio.to_thread(
+        simulate, _with_scenario(p.sim_config), start=start, duration_s=run_s
+    )
+    # outage intervals in simulated time (wall - offset)
+    broker: list[tuple[float, float]] = []
+    for t, target, _ in obs.kills:
+        if target == "mosquitto":
+            up = min((s for s in starts["mosquitto"] if s > t), default=t + 60.0)
+            broker.append((t - offset - AUTOSAVE_MARGIN_S, up - offset + RECONNECT_MARGIN_S))
+    gw_of = {s.sensor: g for g, ss in p.sensors.items() for s in ss}
+    opcua_down = {
+        g: [
+            (a - offset - OPCUA_MARGIN_S, b - offset + OPCUA_MARGIN_S)
+            for a, b in _intervals(obs.not_subscribed.get(g, []))
+        ]
+        for g in p.sensors
+    }
+    counted_by: dict[tuple[str, int], int] = {
+        (w["sensor"], int(w["start_ns"])): int(w["count"]) for w in windows
+    }
+    classes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for spec in sensors:
+        sid = spec.sensor
+        samples = offline.samples[sid]
+        seen = _data_changes(samples) if spec.transport == "opcua" else samples
+        published: dict[int, int] = defaultdict(int)
+        for smp in seen:
+            if _valid(smp, *RANGES[sid]) and t0 <= smp.ts < t_end:
+                published[_ns(smp.ts) // wn * wn] += 1
+        keys = set(published) | {k[1] for k in counted_by if k[0] == sid}
+        for w0 in keys:
+            a = w0 / 1e9
+            if not t0 <= a < t_end:
+                continue
+            if spec.payload == "plain":
+                cls = "plain_payload"
+            elif spec.transport == "mqtt" and spec.qos == 0:
+                cls = "qos0"
+            elif spec.transport == "mqtt" and _overlaps(a, a + ws, broker):
+                cls = "mqtt_broker_kill_interval"
+            elif spec.transport == "opcua" and _overlaps(a, a + ws, opcua_down[gw_of[sid]]):
+                cls = "opcua_gateway_not_subscribed"
+            else:
+                cls = "counted"
+            pub, cnt = published.get(w0, 0), counted_by.get((sid, w0), 0)
+            c = classes[cls]
+            c["published"] += pub
+            c["counted"] += cnt
+            c["lost"] += max(0, pub - cnt)
+            c["duplicated"] += max(0, cnt - pub)
+            if cls == "counted" and pub != cnt and len(c) < 12:
+                c[f"{sid}@{a:.0f}"] = cnt - pub
+    # availability and recovery from the output service's store times
+    stored = {int(e["start_ns"]): int(e["stored_ns"]) / 1e9 for e in epochs}
+    grid = range(math.ceil(t0 / ws), math.floor(t_end / ws))
+    on_time = sum(
+        1
+        for k in grid
+        if (st := stored.get(_ns(k * ws))) is not None and st - (k * ws + ws + offset) <= DEADLINE_S
+    )
+    recovery: list[float] = []
+    for t, target, action in obs.kills:
+        if action == "freeze":
+            continue
+        up = min((s for s in starts.get(target, []) if s > t), default=None)
+        if up is None:
+            continue
+        first = [st for s0, st in stored.items() if s0 / 1e9 + offset >= up]
+        if first:
+            recovery.append(min(first) - up)
+    main = classes["counted"]
+    return {
+        "seed": seed,
+        "sim_s": run_s,
+        "kills": sum(1 for _, _, a in obs.kills if a != "freeze"),
+        "freezes": sum(1 for _, _, a in obs.kills if a == "freeze"),
+        "schedule": [[e.at, e.target, e.action, e.hold_s] for e in events],
+        "restarts": restarts,
+        "readings_published": main["published"],
+        "readings_counted": main["counted"],
+        "readings_lost": main["lost"],
+        "readings_duplicated": main["duplicated"],
+        "max_spool_depth": obs.max_spool,
+        "spools_drained": drained,
+        "recovery_s_p99": round(float(np.percentile(recovery, 99)), 2) if recovery else None,
+        "recovery_s_max": round(max(recovery), 2) if recovery else None,
+        "availability": round(on_time / max(1, len(grid)), 4),
+        "availability_deadline_s": DEADLINE_S,
+        "windows_scored": len(grid),
+        "excluded": {k: dict(v) for k, v in classes.items() if k != "counted"},
+        "counted_diffs": {k: v for k, v in main.items() if "@" in k},
+        "sim_clock_offset_s": round(offset, 3),
+        "wall_s": round(time.time() - t_wall, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the soak and print the JSON line last."""
+    ap = argparse.ArgumentParser(prog="bench.soak", description=__doc__)
+    ap.add_argument("--minutes", type=float, default=10.0, help="simulated minutes (default 10)")
+    ap.add_argument("--quick", action="store_true", help="about 30 simulated seconds, under 60 s")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    run_s = 30.0 if args.quick else args.minutes * 60.0
+    with tempfile.TemporaryDirectory(prefix="tecc-soak-") as tmp:
+        result = asyncio.run(run(run_s, Path(tmp) / "state", args.seed, quick=args.quick))
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
