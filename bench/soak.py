@@ -299,7 +299,7 @@ def _classify(
                 c["lost"] += max(0, pub - cnt)
                 c["duplicated"] += max(0, cnt - pub)
                 if cls == "counted" and pub != cnt and len(c) < 12:
-                    c[f"{sid}@{a:.0f}"] = cnt - pub
+                    c[f"{sid}@+{a - ctx.start:.0f}s"] = cnt - pub
     return classes
 
 
@@ -371,6 +371,14 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         "freezes": sum(1 for _, _, a in obs.kills if a == "freeze"),
         "schedule": [[e.at, e.target, e.action, e.hold_s] for e in events],
         "restarts": restarts,
+        "events_at_sim_s": [  # when each action happened, in seconds of simulated time
+            [round(t - offset - start, 2), target, action] for t, target, action in obs.kills
+        ],
+        "restarted_at_sim_s": {
+            n: [round(t - offset - start, 2) for t in ts[1:]]
+            for n, ts in starts.items()
+            if len(ts) > 1
+        },
         "readings_published": main["published"],
         "readings_counted": main["counted"],
         "readings_lost": main["lost"],
