@@ -74,8 +74,8 @@ from firmware_sim.sample import Sample
 
 TARGETS = ("gw1", "gw2", "party0", "party1", "dealer", "output", "mosquitto")
 DEADLINE_S = 10.0
-AUTOSAVE_MARGIN_S = 2.0
-RECONNECT_MARGIN_S = 3.0
+AUTOSAVE_MARGIN_S = 3.0
+RECONNECT_MARGIN_S = 5.0
 OPCUA_MARGIN_S = 1.0
 EXCLUDED_WHY = {
     "plain_payload": "no timestamp: windows by gateway receive time, not matchable per slot",
