@@ -207,6 +207,23 @@ async def _epochs(api: str) -> list[dict[str, Any]]:
         return out
 
 
+async def _late_readings(parties: tuple[str, ...]) -> list[float | None]:
+    """Each party's ``tecc_ingest_late_readings_total`` (readings for an already computed epoch)."""
+    out: list[float | None] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        for url in parties:
+            value: float | None = None
+            try:
+                async with s.get(f"{url}/metrics") as r:
+                    for line in (await r.text()).splitlines():
+                        if line.startswith("tecc_ingest_late_readings_total"):
+                            value = float(line.split()[-1])
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                pass
+            out.append(value)
+    return out
+
+
 def _intervals(points: list[float], gap: float = 1.0) -> list[tuple[float, float]]:
     """Merge sample times closer than ``gap`` into intervals."""
     out: list[tuple[float, float]] = []
@@ -352,6 +369,7 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         sensors = [s for ss in p.sensors.values() for s in ss]
         windows = await _windows(p.urls.output_api, [s.sensor for s in sensors], start)
         epochs = await _epochs(p.urls.output_api)
+        late = await _late_readings(p.urls.parties)
         starts = {n: list(c.starts) for n, c in p.supervisor.children.items()}
         restarts = {n: c.restarts for n, c in p.supervisor.children.items() if c.restarts}
     policy = policy_from_mapping(yaml.safe_load(p.policy_path.read_text()))
@@ -383,6 +401,7 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         "readings_counted": main["counted"],
         "readings_lost": main["lost"],
         "readings_duplicated": main["duplicated"],
+        "late_readings_per_party": late,  # arrived after their epoch was computed
         "max_spool_depth": obs.max_spool,
         "spools_drained": drained,
         "recovery_s_p99": round(float(np.percentile(recovery, 99)), 2) if recovery else None,
