@@ -4,12 +4,20 @@ Party ``i`` serves ``GET /mpc`` on its own address and connects to every other
 party; every connection is authenticated by the Ed25519 handshake. A message
 is two binary frames, ``round_id (u64 LE)`` then the payload; a message for another round is a
 :class:`ProtocolError`, a closed or silent peer a :class:`PeerLostError`.
+
+Every transport draws a random session token; after the handshake each side of
+a connection sends its token first. :meth:`WsTransport.start` returns only once,
+for every peer, the connection it opened and the one it accepted belong to the
+same transport of that peer: a restarted or retrying peer can otherwise leave one
+link to its previous transport (whose queued messages and close would then be
+taken for the new session's, and the two sides' sessions never line up again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import struct
 from collections.abc import Mapping
@@ -32,6 +40,7 @@ from cloud_tecc.mpc.transport import Payload
 
 _RID: Final = struct.Struct("<Q")
 _CLOSED: Final = object()
+TOKEN_BYTES: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +86,13 @@ class WsTransport:
         self._queues: dict[int, asyncio.Queue[object]] = {j: asyncio.Queue() for j in self._peers}
         self._send: dict[int, web.WebSocketResponse] = {}
         self._recv: dict[int, aiohttp.ClientWebSocketResponse] = {}
-        self._all_accepted = asyncio.Event()
+        self._token = os.urandom(TOKEN_BYTES)
+        #: Session token of the peer transport behind each connection we opened / accepted.
+        self._recv_token: dict[int, bytes] = {}
+        self._send_token: dict[int, bytes] = {}
+        self._recv_lost: set[int] = set()
+        self._changed = asyncio.Event()
+        self._started = False
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,16 +121,37 @@ class WsTransport:
                     tls=cfg.client_tls,
                 )
                 self._recv[j] = ws
+                await ws.send_bytes(self._token)
+                self._recv_token[j] = await wslink.receive_bytes(
+                    ws, max(deadline - loop.time(), 0.01), "the peer's session token"
+                )
                 self._tasks.append(asyncio.create_task(self._read(j, ws)))
             async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
-                await self._all_accepted.wait()
-        except (TimeoutError, MpcError) as exc:
+                await self._paired()
+            self._started = True
+        except (TimeoutError, MpcError, ConnectionError, aiohttp.ClientError) as exc:
             missing = sorted(set(self._peers) - set(self._send))
             await self.close()
             if isinstance(exc, MpcError):
                 raise
+            if not isinstance(exc, TimeoutError):
+                raise PeerLostError(f"mesh connection failed: {exc}") from exc
             raise PeerLostError(f"parties {missing} did not connect within the timeout") from exc
         return self
+
+    async def _paired(self) -> None:
+        """Wait until each peer's accepted connection comes from the transport we reached."""
+        while True:
+            self._changed.clear()
+            for j in self._peers:
+                if j in self._recv_lost:
+                    raise PeerLostError(f"party {j} closed the connection while the mesh formed")
+            if all(
+                j in self._send and self._send_token.get(j) == self._recv_token[j]
+                for j in self._peers
+            ):
+                return
+            await self._changed.wait()
 
     async def _listen(self) -> None:
         app = web.Application()
@@ -137,16 +173,28 @@ class WsTransport:
         if peer is None:
             return ws
         j = int(peer.removeprefix("party-"))
-        if j in self._send:
+        try:
+            await ws.send_bytes(self._token)
+            token = await wslink.receive_bytes(ws, self.cfg.connect_timeout, "a session token")
+        except (MpcError, ConnectionError):
             await ws.close()
             return ws
+        old = self._send.get(j)
+        if self._started or self._closing:
+            await ws.close()
+            return ws
+        # Before the mesh is up, the newest connection from j replaces an older one
+        # (which may come from a transport j has since abandoned).
         self._send[j] = ws
-        if len(self._send) == len(self._peers):
-            self._all_accepted.set()
+        self._send_token[j] = token
+        self._changed.set()
+        if old is not None:
+            await old.close()
         # This connection only carries our frames to j; reading it serves pings and close.
         async for _msg in ws:
             pass
-        self._queues[j].put_nowait(_CLOSED)
+        if self._send.get(j) is ws:
+            self._queues[j].put_nowait(_CLOSED)
         return ws
 
     async def _read(self, j: int, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -165,6 +213,8 @@ class WsTransport:
                     rid = None
         finally:
             q.put_nowait(_CLOSED)
+            self._recv_lost.add(j)
+            self._changed.set()
 
     async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
         """Send a round-id frame and a payload frame to each peer, then collect theirs."""

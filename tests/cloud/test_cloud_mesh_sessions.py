@@ -1,0 +1,72 @@
+"""A party's new MPC session never pairs with the peer's abandoned session.
+
+Regression: after a SIGKILL and restart under load, a party's mesh could come
+up with its outgoing link to the peer's previous transport and its incoming
+link from the peer's new one. Each side then consumed the other's stale
+messages and close, and their sessions stayed offset forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.mpc import Party, PeerLostError, reveal, share
+from cloud_tecc.mpc.localmesh import free_port
+from cloud_tecc.mpc.source import LocalDealer
+from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+
+
+def _configs() -> list[MeshConfig]:
+    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    addrs = {i: ("127.0.0.1", free_port()) for i in range(2)}
+    return [
+        MeshConfig(
+            party=i,
+            addresses=addrs,
+            key=keys[i],
+            peer_keys={1 - i: keys[1 - i].public_key()},
+            round_timeout=5.0,
+            connect_timeout=5.0,
+        )
+        for i in range(2)
+    ]
+
+
+async def test_mesh_half_connected_to_an_abandoned_peer_session_is_refused() -> None:
+    """Party 0 reaches party 1's old transport, which dies; party 1's new one connects back."""
+    c0, c1 = _configs()
+    # Party 1's old session listens but can never reach party 0, and gives up.
+    nowhere = dataclasses.replace(
+        c1,
+        addresses={0: ("127.0.0.1", free_port()), 1: c1.addresses[1]},
+        connect_timeout=0.5,
+    )
+    old1 = asyncio.create_task(WsTransport.start(nowhere))
+    await asyncio.sleep(0.1)
+    t0 = asyncio.create_task(WsTransport.start(c0))  # connects to the old session of party 1
+    with pytest.raises(PeerLostError):
+        await old1
+    # Party 1's new session connects to party 0, whose link to the old session is gone.
+    new1 = asyncio.create_task(WsTransport.start(dataclasses.replace(c1, connect_timeout=1.0)))
+    done = await asyncio.gather(t0, new1, return_exceptions=True)
+    assert isinstance(done[0], PeerLostError), done[0]
+    for r in done:
+        if isinstance(r, WsTransport):
+            await r.close()
+    # Both retry: the next sessions pair up and compute.
+    m0, m1 = await asyncio.gather(WsTransport.start(c0), WsTransport.start(c1))
+    try:
+        dealer = LocalDealer(2)
+        parties = [Party(i, 2, m, dealer.source(i)) for i, m in enumerate((m0, m1))]
+        x = share(np.arange(4, dtype=np.uint64), 2)
+        y = share(np.full(4, 3, dtype=np.uint64), 2)
+        z = await asyncio.gather(*(p.mul(x[i], y[i]) for i, p in enumerate(parties)))
+        assert (reveal(list(z)) == np.arange(4, dtype=np.uint64) * 3).all()
+    finally:
+        await m0.close()
+        await m1.close()
