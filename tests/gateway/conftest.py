@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from demo.services import free_port
 from gateway.agent import Agent
 from gateway.config_yaml import load_config
 from gateway.keys import GatewayKeys
 from tests.gateway.receiver import FakeCluster, Platform
-from tests.gateway.services import free_port
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import aiohttp
 import yaml
 
+from demo.services import free_port
 from tests.gateway.receiver import GOOD_MEASUREMENT
-from tests.gateway.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MQTT_SENSORS = {"line1.temp": (-50.0, 150.0), "line1.press": (0.0, 1000.0)}

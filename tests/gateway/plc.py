@@ -8,7 +8,7 @@ from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.server.server import Server
 
-from tests.gateway.services import free_port
+from demo.services import free_port
 
 
 class Plc:

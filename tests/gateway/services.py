@@ -14,27 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.services import mosquitto_config, swtpm_argv
-from tests.support.ports import free_port as _free_port
+from demo.services import free_port, free_port_pair, mosquitto_config, swtpm_argv
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 SWTPM = "swtpm"
-
-
-def free_port(pairs: int = 1) -> int:
-    """A free port on 127.0.0.1 outside the ephemeral range (``pairs`` consecutive ones)."""
-    for _ in range(200):
-        port = _free_port()
-        ok = True
-        for extra in range(1, pairs):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + extra))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free port found")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -103,7 +86,7 @@ class Swtpm:
 @contextlib.contextmanager
 def swtpm(state: Path) -> Iterator[Swtpm]:
     """Run swtpm on two consecutive free ports with ``state`` as its state directory."""
-    port = free_port(pairs=2)
+    port = free_port_pair()
     state.mkdir(parents=True, exist_ok=True)
     log = (state / "swtpm.log").open("wb")
     proc = subprocess.Popen(swtpm_argv(state, port), stdout=log, stderr=log)

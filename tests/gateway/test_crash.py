@@ -16,11 +16,12 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from demo.services import free_port
 from gateway.keys import PUBLIC_FILE
 from tests.gateway.harness import cli, kill9, spawn, terminate, wait_for, write_config
 from tests.gateway.plc import Plc
 from tests.gateway.receiver import FakeCluster, Platform, readings
-from tests.gateway.services import free_port, mosquitto, swtpm
+from tests.gateway.services import mosquitto, swtpm
 
 pytestmark = [
     pytest.mark.mqtt,

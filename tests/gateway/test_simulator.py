@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.services import free_port
 from gateway.keys import GatewayKeys
 from tests.gateway.conftest import running
 from tests.gateway.harness import ROOT, wait_for
 from tests.gateway.receiver import GOOD_MEASUREMENT, FakeCluster, Platform, readings
-from tests.gateway.services import free_port, mosquitto
+from tests.gateway.services import mosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.opcua, pytest.mark.processes, pytest.mark.slow]
 

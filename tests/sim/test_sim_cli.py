@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.services import free_port
 from firmware_sim.cli import build_parser, configure_run, main
 from firmware_sim.config_yaml import load_config
 from firmware_sim.errors import SimConfigError
@@ -18,7 +19,6 @@ from firmware_sim.groundtruth import read_ground_truth
 from firmware_sim.line import simulate
 from tests.sim.simhelpers import START, Collector, expected_messages
 from tests.support.mosquitto import Broker
-from tests.support.ports import free_port
 
 
 def spawn(argv: list[str]) -> subprocess.Popen[bytes]:

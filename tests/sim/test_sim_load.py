@@ -10,13 +10,13 @@ import pytest
 from asyncua.client.client import Client
 from asyncua.ua.status_codes import StatusCodes
 
+from demo.services import free_port
 from firmware_sim.config import OpcuaSettings, SecurityMode
 from firmware_sim.errors import SimConfigError
 from firmware_sim.load import LoadSpec, load_sensors, run_mqtt_load, write_load
 from firmware_sim.opcua_server import SimOpcuaServer
 from tests.sim.simhelpers import Collector
 from tests.support.mosquitto import Broker
-from tests.support.ports import free_port
 
 
 def test_load_spec_validates() -> None:

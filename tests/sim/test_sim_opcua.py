@@ -12,6 +12,7 @@ from asyncua.client.client import Client
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
+from demo.services import free_port
 from firmware_sim.certs import ensure_certificate
 from firmware_sim.clock import SimClock
 from firmware_sim.config import SecurityMode, SimConfig, Transport
@@ -22,7 +23,6 @@ from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.runner import run_line
 from firmware_sim.units import unit_id
 from tests.sim.simhelpers import START, ConfigFactory
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.opcua
 

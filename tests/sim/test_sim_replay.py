@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from asyncua.client.client import Client
 
+from demo.services import free_port
 from firmware_sim.clock import SimClock
 from firmware_sim.config import (
     KIND_DEFAULTS,
@@ -27,7 +28,6 @@ from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.replay import ReplayRow, parse_timestamp, read_csv, replay
 from tests.sim.simhelpers import START, Collector
 from tests.support.mosquitto import Broker
-from tests.support.ports import free_port
 
 SPEC = SensorSpec(
     line="l1",

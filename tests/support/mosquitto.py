@@ -20,8 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from demo.services import mosquitto_config
-from tests.support.ports import free_port
+from demo.services import free_port, mosquitto_config
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 _TCP_LISTEN = "0A"  # socket state in /proc/net/tcp
@@ -80,7 +79,7 @@ def start_mosquitto(
     attempts = 1 if port is not None else 3
     failures: list[str] = []
     for _ in range(attempts):
-        chosen = port if port is not None else free_port(host)
+        chosen = port if port is not None else free_port()
         broker = _launch(exe, directory, host, chosen)
         if _wait_ready(broker, timeout):
             return broker

@@ -21,12 +21,13 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from demo.services import free_port
 from gateway.keys import GatewayKeys
 from tests.gateway.conftest import running
 from tests.gateway.harness import wait_for, write_config
 from tests.gateway.publisher import publish
 from tests.gateway.receiver import FakeCluster, Platform, readings
-from tests.gateway.services import free_port, mosquitto
+from tests.gateway.services import mosquitto
 
 from .flood import Flood
 
