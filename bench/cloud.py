@@ -39,6 +39,7 @@ from tecc_contract.attestation import Quote
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
+from tecc_contract.progress import Progress, seal_progress
 
 #: Window statistics (count, mean, std, min, max), rolling z-score (W = 600,
 #: k = 3) and rate of change; 1-second windows.
@@ -154,6 +155,7 @@ def upload_streams(dep: Deployment, streams: list[StreamReadings], per_batch_s: 
             frames.append(sealer.seal(seq, segs, created_ns=T0))
     for i in (0, 1):
         asyncio.run(post_all(f"{dep.url(f'party{i}')}/v1/batches", [f[i] for f in frames], 16))
+    dep.declare(max(int(s.timestamps_ns[-1]) for s in streams) + 1)  # every window complete
 
 
 def wait_epochs(dep: Deployment, n: int, timeout: float) -> list[dict[str, Any]]:
@@ -189,6 +191,12 @@ async def live_stream(
                 for i in (0, 1):
                     async with s.post(f"{dep.url(f'party{i}')}/v1/batches", data=frames[i]) as r:
                         await r.read()
+            for g in dep.gateways:  # as a gateway does: everything before `tick` delivered
+                for i in (0, 1):
+                    notice = Progress(g, f"party{i}", tick, time.time_ns())
+                    frame = seal_progress(notice, dep.signing_key(g))
+                    async with s.post(f"{dep.url(f'party{i}')}/v1/progress", data=frame) as r:
+                        await r.read()
             seq += 1
             await asyncio.sleep(max(0.0, 0.1 - (time.time_ns() - tick) / 1e9))
 
@@ -215,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         result["plaintext_analytics_readings_per_s"] = round(total / (time.perf_counter() - t0))
         (root / "mpc").mkdir()
         gws = {f"gw{g}": Ed25519PrivateKey.generate() for g in range(gateways)}
-        dep = Deployment(root / "mpc", POLICY, gws, party_extra={"grace_s": 0.3, "tick_s": 0.05})
+        dep = Deployment(root / "mpc", POLICY, gws, party_extra={"tick_s": 0.05})
         try:
             for name in ("party0", "party1", "output"):
                 dep.start(name)

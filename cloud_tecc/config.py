@@ -93,7 +93,6 @@ class PartyConfig:
     output: Endpoint
     mpc_listen: str = "127.0.0.1:0"
     synchronous: str = "FULL"
-    grace_s: float = 1.0
     tick_s: float = 0.2
     retention_s: float = 86_400.0
     active_s: float = 60.0
@@ -203,7 +202,6 @@ def load_party(path: Path) -> PartyConfig:
             output=_endpoint(raw.get("output"), "output"),
             mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
             synchronous=str(raw.get("synchronous", "FULL")),
-            grace_s=float(raw.get("grace_s", 1.0)),
             tick_s=float(raw.get("tick_s", 0.2)),
             retention_s=float(raw.get("retention_s", 86_400.0)),
             active_s=float(raw.get("active_s", 60.0)),

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.measurement import measure
+from tecc_contract.progress import Progress, seal_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("party0", "party1", "dealer", "output")
@@ -88,6 +89,23 @@ class Deployment:
             raise TypeError(f"gateway {gateway!r} was given by public key only")
         return key
 
+    def declare(self, through_ns: int, gateways: Sequence[str] | None = None) -> list[int]:
+        """Send each (test) gateway's signed progress notice to both parties; HTTP statuses.
+
+        Tests that seal and upload envelopes themselves play the gateway, so
+        they also say when a window is complete (``tecc_contract.progress``).
+        """
+        statuses = []
+        now = time.time_ns()
+        if gateways is None:
+            gateways = [g for g, k in self.gateways.items() if isinstance(k, Ed25519PrivateKey)]
+        for g in gateways:
+            for i in (0, 1):
+                notice = Progress(g, f"party{i}", min(through_ns, now), now)
+                frame = seal_progress(notice, self.signing_key(g))
+                statuses.append(http_json(f"{self.url(f'party{i}')}/v1/progress", data=frame)[0])
+        return statuses
+
     def url(self, name: str) -> str:
         """Base URL of a service."""
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -139,7 +157,6 @@ class Deployment:
                 "peers": {1 - i: self._ep(f"party{1 - i}", mpc=True)},
                 "dealer": self._ep("dealer", mpc=True),
                 "output": self._ep("output"),
-                "grace_s": 2.0,
                 "tick_s": 0.1,
                 **self.party_extra,
             }

@@ -11,6 +11,17 @@ loaded from the spool, so a restart with clusters down keeps sealing; before
 the first attestation of every cluster, readings wait in the batcher up to
 ``batching.max_pending`` and beyond that are refused (counted).
 
+Progress: every step the agent computes ``edge_through``, the timestamp below
+which every reading it will ever accept is in the spool already: ``now -
+progress.slack_s``, held back by MQTT sources that may still get redeliveries
+(:meth:`~gateway.sources.mqtt.MqttSource.progress_bound`) and by readings
+still in the batcher. Each uplink lowers it further to its own oldest unsent
+reading and declares the result to its cluster in a signed progress notice
+(:mod:`tecc_contract.progress`); that is what lets the clusters close a window
+without ever overtaking a reading still on its way. A reading that arrives
+older than the declared progress is counted in ``gateway_readings_late_total``
+(and still sent).
+
 Overflow: when the spool is full, the batch's readings are refused (counted
 in ``gateway_readings_refused_total{reason="spool_full"}``) and
 ``gateway_spool_overflow_alarm`` is set; spooled batches are never evicted.
@@ -43,6 +54,7 @@ from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
+from tecc_contract.progress import Progress, seal_progress
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +93,7 @@ class Agent:
         self._seq = self.spool.last_seq()
         self.spooled_readings = 0
         self._released: list[int] = []
+        self.edge_through = 0
         self.overflow = False
         self.mqtt = [
             MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
@@ -137,6 +150,7 @@ class Agent:
                 str(link.index): {
                     "attested": link.attested_at is not None,
                     "depth": self.spool.depth(link.index),
+                    "progress_s": link.through_ns / 1e9,
                     "last_error": link.last_error,
                 }
                 for link in self.links
@@ -157,6 +171,9 @@ class Agent:
                     session=session,
                     on_pin=self._on_pin,
                     expected_suite=self.cfg.kem_suite,
+                    edge=lambda: self.edge_through,
+                    notice=self._notice,
+                    notice_interval_s=self.cfg.progress.interval_s,
                 )
                 for c in self.cfg.clusters
             ]
@@ -194,16 +211,46 @@ class Agent:
         await self._step(time.monotonic(), final=True)
 
     async def _step(self, now: float, *, final: bool = False) -> None:
+        now_ns = self._now_ns()
+        pc = self.cfg.progress
+        bounds = [
+            m.progress_bound(now_ns, int(pc.settle_s * 1e9), int(pc.max_hold_s * 1e9))
+            for m in self.mqtt
+        ]
         drained = self.ingest.drain()
+        if drained.timestamps and min(drained.timestamps) < self.edge_through:
+            late = sum(1 for t in drained.timestamps if t < self.edge_through)
+            self.metrics.late.inc(late)
+            log.warning(
+                "%d readings arrived older than the progress already declared (%.3f s); "
+                "they are sent but miss their window: raise progress.slack_s if this repeats",
+                late,
+                self.edge_through / 1e9,
+            )
         backlog = len(self.batcher) + len(drained)
         if self._sealer is None and backlog > self.cfg.batching.max_pending:
             self._refuse(drained, "backlog_full")
         else:
             self.batcher.add(drained, now)
-        if self._sealer is None:
-            return
-        while self.batcher.due(now) or (final and len(self.batcher)):
-            await self._cut(now)
+        if self._sealer is not None:
+            while self.batcher.due(now) or (final and len(self.batcher)):
+                await self._cut(now)
+        self._advance(now_ns, bounds)
+
+    def _advance(self, now_ns: int, bounds: list[int | None]) -> None:
+        """Move ``edge_through`` forward (see the module docstring); never backwards."""
+        limit = min([now_ns, *(b for b in bounds if b is not None)])
+        through = 0 if limit == 0 else limit - int(self.cfg.progress.slack_s * 1e9)
+        if self.batcher.min_ts is not None:
+            through = min(through, self.batcher.min_ts)
+        if through > self.edge_through:
+            self.edge_through = through
+            self.metrics.through.set(through / 1e9)
+
+    def _notice(self, cluster_id: str, through_ns: int, sent_ns: int) -> bytes:
+        return seal_progress(
+            Progress(self.cfg.gateway_id, cluster_id, through_ns, sent_ns), self._keys.identity
+        )
 
     def _refuse(self, drained: Drained, reason: str) -> None:
         if len(drained):
@@ -232,6 +279,7 @@ class Agent:
                     frames,
                     inflight={name: pack_tokens(t) for name, t in tokens.items()},
                     released=self._released,
+                    min_ts=min(int(seg.timestamps_ns[0]) for seg in batch.segments),
                 )
             except (SpoolError, ContractError) as exc:
                 self._refuse_batch(batch.count, exc)

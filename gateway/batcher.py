@@ -38,6 +38,7 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self._buf = Drained()
         self._since: float | None = None
+        self.min_ts: int | None = None  # oldest buffered timestamp
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -49,6 +50,9 @@ class Batcher:
         if self._since is None:
             self._since = now
         buf = self._buf
+        if drained.timestamps:
+            lo = min(drained.timestamps)
+            self.min_ts = lo if self.min_ts is None else min(self.min_ts, lo)
         buf.sensors.extend(drained.sensors)
         buf.timestamps.extend(drained.timestamps)
         buf.values.extend(drained.values)
@@ -76,6 +80,7 @@ class Batcher:
             acks, rest.acks = [], buf.acks
         segments = group(buf.sensors[:n], buf.timestamps[:n], buf.values[:n])
         self._buf = rest
+        self.min_ts = min(rest.timestamps) if rest.timestamps else None
         self._since = now if (rest.values or rest.acks) else None
         return Batch(segments, acks, n)
 

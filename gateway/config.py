@@ -223,6 +223,33 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressConfig:
+    """Progress notices: how the gateway tells each cluster a window is complete.
+
+    The gateway declares to each cluster every ``interval_s`` that it has
+    delivered every reading older than ``now - slack_s`` (and older than
+    anything still buffered or spooled for that cluster). ``slack_s`` must
+    cover the transit delay and clock skew between sensors and gateway: a
+    reading arriving later than that is *late* (counted, never analysed).
+    After an MQTT source (re)connects, the notices stay at the time it went
+    down (at start: at the previous declaration) for ``settle_s`` while the
+    broker redelivers what it held, and at most ``max_hold_s`` in all.
+    """
+
+    slack_s: float = 1.0
+    interval_s: float = 0.25
+    settle_s: float = 2.0
+    max_hold_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        vals = (self.slack_s, self.interval_s, self.settle_s, self.max_hold_s)
+        if not all(math.isfinite(v) and v >= 0 for v in vals) or self.interval_s <= 0:
+            raise ConfigError(
+                "progress: need finite slack_s, settle_s, max_hold_s >= 0 and interval_s > 0"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolConfig:
     """Where the spool lives and how large it may grow (sum of frame bytes)."""
 
@@ -297,6 +324,7 @@ class GatewayConfig:
     mqtt: tuple[MqttSourceConfig, ...] = ()
     opcua: tuple[OpcuaSourceConfig, ...] = ()
     batching: BatchingConfig = BatchingConfig()
+    progress: ProgressConfig = ProgressConfig()
     tpm: TpmConfig = TpmConfig()
     http: HttpConfig = HttpConfig()
     kem_suite: str = "x25519"

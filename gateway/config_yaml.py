@@ -26,6 +26,7 @@ from gateway.config import (
     OpcuaSecurity,
     OpcuaSourceConfig,
     PayloadFormat,
+    ProgressConfig,
     SecurityMode,
     SecurityPolicy,
     SensorConfig,
@@ -263,6 +264,7 @@ _TOP = {
     "sensors",
     "sources",
     "batching",
+    "progress",
     "spool",
     "clusters",
     "attestation",
@@ -284,6 +286,11 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
         raise ConfigError("sensor ids must be unique")
     src = _obj(o.get("sources") or {}, "sources", {"mqtt", "opcua"})
     b = _obj(o.get("batching") or {}, "batching", {"max_readings", "max_delay_s", "max_pending"})
+    pr = _obj(
+        o.get("progress") or {},
+        "progress",
+        {"slack_s", "interval_s", "settle_s", "max_hold_s"},
+    )
     sp = _obj(o.get("spool") or {}, "spool", {"path", "max_bytes"})
     spool_path = _path(base, sp.get("path")) or state_dir / "spool.db"
     t = _obj(o.get("tpm") or {}, "tpm", {"tcti", "pcrs", "pcr_bank"})
@@ -306,6 +313,12 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
             max_readings=int(b.get("max_readings", 20_000)),
             max_delay_s=float(b.get("max_delay_s", 0.25)),
             max_pending=int(b.get("max_pending", 2_000_000)),
+        ),
+        progress=ProgressConfig(
+            slack_s=float(pr.get("slack_s", 1.0)),
+            interval_s=float(pr.get("interval_s", 0.25)),
+            settle_s=float(pr.get("settle_s", 2.0)),
+            max_hold_s=float(pr.get("max_hold_s", 60.0)),
         ),
         tpm=TpmConfig(
             tcti=str(t.get("tcti", "swtpm:port=2321")),

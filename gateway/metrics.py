@@ -50,6 +50,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.late = Counter(
+            "gateway_readings_late",
+            "Readings that arrived with a timestamp older than the progress already declared "
+            "to the clusters (delivered, but too late for their window)",
+            registry=r,
+        )
+        self.through = Gauge(
+            "gateway_progress_through_seconds",
+            "Timestamp up to which every reading has been handed to the spool",
+            registry=r,
+        )
+        self.notices = Counter(
+            "gateway_progress_notices", "Progress notices acknowledged", ["cluster"], registry=r
+        )
         self.batches = Counter(
             "gateway_batches_sealed", "Batches shared, sealed and spooled", registry=r
         )

@@ -46,7 +46,8 @@ from gateway.errors import SpoolError, SpoolFullError
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, readings INTEGER NOT NULL);
+    seq INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, readings INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS envelopes (
     cluster INTEGER NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL,
     PRIMARY KEY (cluster, seq)) WITHOUT ROWID;
@@ -108,6 +109,9 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}
+            if "min_ts" not in cols:  # spools written before progress notices: 0 = unknown
+                self._db.execute("ALTER TABLE batches ADD COLUMN min_ts INTEGER NOT NULL DEFAULT 0")
             self._check_meta()
             self._depth = [0] * n_clusters
             self._bytes = 0
@@ -173,6 +177,7 @@ class Spool:
         *,
         inflight: Mapping[str, bytes] | None = None,
         released: Sequence[int] = (),
+        min_ts: int = 0,
     ) -> None:
         """Durably store one batch's N frames in one transaction (fsync on commit).
 
@@ -181,6 +186,8 @@ class Spool:
         redelivery after a crash between this commit and their acknowledgement
         is recognised; ``released`` are the seqs of earlier batches whose
         acknowledgements have since been sent (their records are dropped).
+        ``min_ts`` is the batch's oldest reading timestamp (it bounds the
+        progress notices, :meth:`pending_min_ts`; 0 holds them back until acked).
         """
         if len(frames) != self._n:
             raise SpoolError(f"expected {self._n} frames, got {len(frames)}")
@@ -195,7 +202,10 @@ class Spool:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("INSERT INTO batches VALUES (?, ?, ?)", (seq, created_ns, readings))
+                db.execute(
+                    "INSERT INTO batches (seq, created_ns, readings, min_ts) VALUES (?, ?, ?, ?)",
+                    (seq, created_ns, readings, min_ts),
+                )
                 db.executemany("INSERT INTO envelopes VALUES (?, ?, ?)", rows)
                 db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (str(seq),))
                 db.executemany("DELETE FROM inflight WHERE seq=?", [(s,) for s in released])
@@ -256,6 +266,16 @@ class Spool:
                 (cluster,),
             ).fetchone()
         return None if row is None else int(row[0])
+
+    def pending_min_ts(self, cluster: int) -> int | None:
+        """Oldest reading timestamp of the batches ``cluster`` has not acknowledged."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(b.min_ts) FROM envelopes e JOIN batches b ON b.seq = e.seq "
+                "WHERE e.cluster=?",
+                (cluster,),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def pin(self, key: PinnedKey) -> None:
         """Persist a pinned cluster key (authenticated with the spool key)."""

@@ -14,6 +14,14 @@ Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
   the batch (see :func:`acknowledged`); anything else is retried with
   exponential backoff and full jitter.
 
+* ``POST {url}/v1/progress`` with a signed progress notice
+  (:mod:`tecc_contract.progress`) every ``notice_interval_s`` while the link
+  is up: "every reading older than T has reached you", where T is the
+  agent's ``edge_through`` lowered to the oldest reading still spooled for
+  this cluster. The edge value is read *before* the spool, and the agent
+  publishes it only after the readings below it are spooled, so the claim
+  never overtakes a reading. 200 acknowledges; anything else is retried.
+
 While a cluster answers, its backlog drains back-to-back (no pacing). The
 cluster is re-attested whenever new work arrives after the link was idle,
 after every failure, and at least every ``reattest_s`` seconds. Frames are
@@ -27,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -92,6 +101,9 @@ class ClusterLink:
         now_ns: Callable[[], int] = time.time_ns,
         rand: Callable[[], float] = random.random,
         nonce_bytes: Callable[[int], bytes] = os.urandom,
+        edge: Callable[[], int] | None = None,
+        notice: Callable[[str, int, int], bytes] | None = None,
+        notice_interval_s: float = 0.25,
     ) -> None:
         self.cfg = cfg
         self.index = cfg.index
@@ -106,6 +118,11 @@ class ClusterLink:
         self._now_ns = now_ns
         self._rand = rand
         self._nonce = nonce_bytes
+        self._edge = edge
+        self._notice = notice
+        self._notice_every = notice_interval_s
+        self._noticed = -math.inf  # monotonic time of the last acknowledged notice
+        self.through_ns = 0  # last progress this cluster acknowledged
         self.wake = asyncio.Event()
         self.attested_at: float | None = None
         self.last_error: str | None = None
@@ -166,6 +183,7 @@ class ClusterLink:
                     self.attested_at = time.monotonic()
                     self._metrics.attested.labels(str(self.index)).set(1)
                 sent = await self._drain()
+                await self._progress()
                 failures = 0
                 self.last_error = None
                 if not sent:
@@ -173,7 +191,7 @@ class ClusterLink:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that races with the event being set.
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
+                        async with asyncio.timeout(min(1.0, self._notice_every)):
                             await self.wake.wait()
                         recheck = True  # new work after idling: prove identity again
                 continue
@@ -201,6 +219,7 @@ class ClusterLink:
             pending = await asyncio.to_thread(self._spool.pending, self.index, _BATCH_READ)
             if not pending:
                 return sent
+            await self._progress()
             for seq, frame in pending:
                 async with self._http.post(
                     f"{self.cfg.url}/v1/batches",
@@ -218,3 +237,26 @@ class ClusterLink:
                 await asyncio.to_thread(self._spool.ack, self.index, seq)
                 self._metrics.sent.labels(str(self.index)).inc()
                 sent += 1
+
+    async def _progress(self) -> None:
+        """Declare this cluster's delivered-through time, at most every ``notice_interval_s``."""
+        if self._edge is None or self._notice is None:
+            return
+        if time.monotonic() - self._noticed < self._notice_every:
+            return
+        edge = self._edge()  # first: readings below it are spooled by now
+        oldest = await asyncio.to_thread(self._spool.pending_min_ts, self.index)
+        now = self._now_ns()
+        through = max(0, min(edge, now) if oldest is None else min(edge, oldest, now))
+        frame = self._notice(self.cfg.service_id, through, now)
+        async with self._http.post(
+            f"{self.cfg.url}/v1/progress",
+            data=frame,
+            headers={"Content-Type": "application/octet-stream"},
+        ) as resp:
+            if resp.status != 200:
+                body = await resp.read()
+                raise _Retry(f"POST /v1/progress answered {resp.status}: {body[:200]!r}")
+        self._noticed = time.monotonic()
+        self.through_ns = max(self.through_ns, through)
+        self._metrics.notices.labels(str(self.index)).inc()

@@ -8,12 +8,16 @@ dealer and align their correlation streams.
 
 Each tick the parties exchange watermarks over the mesh and rewind to the
 common one (a party that crashed before committing an epoch simply makes the
-other redo it); party 0 proposes the next due epoch and its batches; party 1
-confirms it holds them all. Then both run the secure program and commit the
-epoch, the new stream states and the result message (shares for the output
-service) in one transaction; :meth:`Coordinator.deliver` drains that outbox,
-encrypting each message to the attested output key. Any fault ends the
-session; the next session starts from the durable state.
+other redo it); party 0 proposes the next closed epoch and its batches; party
+1 confirms that it holds exactly those batches (none missing, none extra) and
+that the epoch is closed by its own gateways' progress notices too, so a
+party that missed notices or batches while it was down can never make the
+pair compute an epoch without readings the other one holds. Then both run
+the secure program and commit the epoch, the new stream states and the
+result message (shares for the output service) in one transaction;
+:meth:`Coordinator.deliver` drains that outbox, encrypting each message to
+the attested output key. Any fault ends the session; the next session starts
+from the durable state.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.dealer_link import DealerLink
-from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
+from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch, epoch_of
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.keys import ed25519_public_from_bytes
@@ -64,15 +68,17 @@ class Coordinator:
         directory: AttestedDirectory,
         http: aiohttp.ClientSession,
         registry: CollectorRegistry,
+        tracker: ProgressTracker,
     ) -> None:
         self.cfg, self.enclave, self.store = cfg, enclave, store
+        self.tracker = tracker
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
         self.peer = 1 - cfg.party
         self.state = "starting"
         self._since_prune = 0
         self._outbox = asyncio.Event()
-        self._waiting_for = 0
+        self._waiting_for: tuple[int, str] = (0, "")
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
         self.readings = Counter(
             "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
@@ -180,24 +186,37 @@ class Coordinator:
         if raw is None:
             return False
         prop = Proposal.from_json(raw)
-        missing = await asyncio.to_thread(self.store.has_batches, prop.batches)
-        ack = await self._control(mesh, {"ok": not missing})
-        if missing or not ack.get("ok"):
-            if missing and self._waiting_for != prop.start_ns:
-                self._waiting_for = prop.start_ns
-                log.info("waiting for %d batches of epoch %d", len(missing), prop.start_ns)
+        why = await asyncio.to_thread(self._check, prop, leader)
+        ack = await self._control(mesh, {"ok": not why})
+        if why or not ack.get("ok"):
+            if why and self._waiting_for != (prop.start_ns, why):
+                self._waiting_for = (prop.start_ns, why)
+                log.info("epoch %d not agreed yet: %s", prop.start_ns, why)
             return False
         await self._compute(mesh, link, prop)
         return True
+
+    def _check(self, prop: Proposal, leader: bool) -> str:
+        """Why this party cannot compute ``prop`` now ("" if it can)."""
+        missing = self.store.has_batches(prop.batches)
+        if missing:
+            return f"{len(missing)} proposed batches not here yet (first {missing[0]})"
+        if leader:
+            return ""
+        extra = set(self.store.batches_overlapping(prop.start_ns, prop.end_ns))
+        extra.difference_update(prop.batches)
+        if extra:
+            return f"{len(extra)} batches here are not in the proposal (first {min(extra)})"
+        if not self.tracker.closed(prop.end_ns, time.time_ns()):
+            return "not closed by this party's gateway progress notices yet"
+        return ""
 
     def _propose(self, base: int) -> Proposal | None:
         earliest = self.store.earliest_reading_after(base)
         if earliest is None:
             return None
         start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
-        now = time.time_ns()
-        activity = self.store.epoch_activity(start, end, now - int(self.cfg.active_s * 1e9))
-        if not is_closed(end, activity, now, int(self.cfg.grace_s * 1e9)):
+        if not self.tracker.closed(end, time.time_ns()):
             return None
         return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
 

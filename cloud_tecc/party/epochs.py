@@ -1,20 +1,27 @@
-"""Sans-IO epoch bookkeeping: which epoch is due, and its inputs from stored segments.
+"""Sans-IO epoch bookkeeping: when an epoch is closed, and its inputs from stored segments.
 
 An epoch is the window ``[start, start + window)`` of every stream. Party 0
 proposes the earliest epoch after the common watermark that holds data and
-has closed, together with the list of batches it includes. An epoch is closed
-when every gateway that sent readings for it or was active recently has since
-sent readings past its end, or — for a stalled gateway or replayed history —
-when its end plus the grace period lies in the past and no batch for it
-arrived within the grace period; both parties then build the identical
-:class:`~cloud_tecc.analytics.plan.EpochInput` from those batches only.
-Readings of a stream are ordered by (timestamp, gateway seq, position).
+has closed, together with the list of batches it includes; party 1 accepts
+only if it holds exactly those batches and the epoch is closed in its own
+view too.
+
+Closing rule (:class:`ProgressTracker`): an epoch is closed when every *live*
+enrolled gateway has declared, in a signed progress notice
+(:mod:`tecc_contract.progress`), that it has delivered everything before the
+epoch's end. A gateway is live while it has been heard from (a notice or a
+batch) within ``active_s`` of this party running: a restarted party waits up
+to ``active_s`` for gateways it has not heard from yet, so a backlog in a
+gateway's spool is never overtaken. A gateway silent for longer stops holding
+epochs back; whatever it delivers later for a computed epoch is counted as
+late, never analysed. Readings of a stream are ordered by (timestamp,
+gateway seq, position).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,16 +65,53 @@ def epoch_of(earliest_ns: int, window_ns: int) -> tuple[int, int]:
     return start, start + window_ns
 
 
-def is_closed(
-    end_ns: int, activity: Sequence[tuple[str, int, int]], now_ns: int, grace_ns: int
-) -> bool:
-    """Closing rule; ``activity`` is (gateway, last receipt for the epoch, gateway progress)."""
-    if not activity:
-        return False
-    if all(progress >= end_ns for _, _, progress in activity):
-        return True
-    quiet = all(received + grace_ns <= now_ns for _, received, _ in activity)
-    return end_ns + grace_ns <= now_ns and quiet
+class ProgressTracker:
+    """Per-gateway declared progress and liveness, in memory (notices repeat every second).
+
+    ``started_ns`` is when this party started: a gateway not heard from since
+    counts as heard then, so it stays live for ``active_ns`` after a restart.
+    """
+
+    def __init__(self, gateways: Iterable[str], *, started_ns: int, active_ns: int) -> None:
+        self._active_ns = active_ns
+        self._through: dict[str, int] = dict.fromkeys(gateways, 0)
+        self._heard: dict[str, int] = dict.fromkeys(self._through, started_ns)
+
+    def note(self, gateway: str, through_ns: int, heard_ns: int) -> None:
+        """A verified, fresh notice; progress only moves forward."""
+        if gateway not in self._through:
+            return
+        self._through[gateway] = max(self._through[gateway], through_ns)
+        self._heard[gateway] = max(self._heard[gateway], heard_ns)
+
+    def heard(self, gateway: str, heard_ns: int) -> None:
+        """A batch arrived from ``gateway``: it is alive (its progress is unchanged)."""
+        if gateway in self._heard:
+            self._heard[gateway] = max(self._heard[gateway], heard_ns)
+
+    def live(self, now_ns: int) -> dict[str, int]:
+        """Live gateways and their declared progress."""
+        return {
+            g: self._through[g]
+            for g, heard in self._heard.items()
+            if heard + self._active_ns > now_ns
+        }
+
+    def closed(self, end_ns: int, now_ns: int) -> bool:
+        """Whether every live gateway has delivered everything before ``end_ns``."""
+        return all(t >= end_ns for t in self.live(now_ns).values())
+
+    def snapshot(self, now_ns: int) -> dict[str, dict[str, float | bool]]:
+        """For ``/healthz``: per gateway, progress and silence in seconds, and liveness."""
+        live = self.live(now_ns)
+        return {
+            g: {
+                "through_s": self._through[g] / 1e9,
+                "silent_s": round((now_ns - self._heard[g]) / 1e9, 3),
+                "live": g in live,
+            }
+            for g in sorted(self._through)
+        }
 
 
 def build_epoch(

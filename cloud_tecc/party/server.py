@@ -6,6 +6,12 @@ Answers: 200 ``{"status": "accepted"}`` once the share is durable, 200
 (used sequence number, different frame), 400/403 for malformed, forged or
 misaddressed frames. Every refusal is counted in
 ``tecc_ingest_rejected_total{reason}``; nothing about the payload is logged.
+
+``POST /v1/progress`` takes a gateway's signed progress notice
+(:mod:`tecc_contract.progress`): 200 once noted; 400 malformed, 403 forged,
+unenrolled or addressed to another cluster, 409 stale or future-dated
+(counted in ``tecc_progress_rejected_total{reason}``). The notices decide
+when an epoch is closed (:class:`~cloud_tecc.party.epochs.ProgressTracker`).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import ConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
+from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.ingest import REASONS, Ingestor
 from cloud_tecc.party.store import InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
-from tecc_contract.errors import ContractError
+from tecc_contract.errors import ContractError, FrameError, SignatureError
 from tecc_contract.keys import ed25519_public_from_bytes
+from tecc_contract.progress import check_fresh, open_progress
 
 log = logging.getLogger("cloud_tecc.party")
 _STATUS = {
@@ -72,12 +80,16 @@ class PartyService(ServiceBase):
         self.pcfg = cfg
         self.store = ShareStore(cfg.service.state_dir / "shares.db", cfg.synchronous)
         self.writer = GroupWriter(self.store)
+        self._gateway_keys = gateway_keys(cfg)
         self.ingestor = Ingestor(
             party=cfg.party,
             n_parties=cfg.n_parties,
             suite=cfg.suite,
             private_key=enclave.keys.hpke,
-            gateway_keys=gateway_keys(cfg),
+            gateway_keys=self._gateway_keys,
+        )
+        self.tracker = ProgressTracker(
+            self._gateway_keys, started_ns=time.time_ns(), active_ns=int(cfg.active_s * 1e9)
         )
         if enclave.keys.suite is not cfg.suite:
             raise ConfigError(
@@ -98,6 +110,17 @@ class PartyService(ServiceBase):
             "Readings older than the computed watermark (never analysed)",
             registry=reg,
         )
+        self.notices = Counter(
+            "tecc_progress_notices", "Gateway progress notices accepted", registry=reg
+        )
+        self.notices_rejected = Counter(
+            "tecc_progress_rejected",
+            "Progress notices refused, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        for reason in ("malformed", "signature", "misaddressed", "stale"):
+            self.notices_rejected.labels(reason)
         self.peer_ok = Gauge(
             "tecc_party_peer_attested", "1 if the peer party attests", registry=reg
         )
@@ -105,6 +128,7 @@ class PartyService(ServiceBase):
         self.coordinator: Coordinator | None = None
         self.http: aiohttp.ClientSession | None = None
         self.app.router.add_post("/v1/batches", self._ingest)
+        self.app.router.add_post("/v1/progress", self._progress)
 
     async def on_start(self) -> None:
         """Start the writer and the coordinator."""
@@ -118,6 +142,7 @@ class PartyService(ServiceBase):
             directory=directory,
             http=self.http,
             registry=self.registry,
+            tracker=self.tracker,
         )
         self.spawn(self.writer.run(), "group-writer")
         self.spawn(self.coordinator.run(), "coordinator")
@@ -136,6 +161,7 @@ class PartyService(ServiceBase):
         doc["watermark_ns"] = self.store.watermark()
         doc["batches"] = self.store.batch_count()
         doc["session"] = self.coordinator.state if self.coordinator else "starting"
+        doc["gateways"] = self.tracker.snapshot(time.time_ns())
         if self.coordinator is not None:
             doc["peers"] = {
                 k: {"attested": v.ok, "detail": v.detail}
@@ -161,6 +187,7 @@ class PartyService(ServiceBase):
                 status=_STATUS.get(exc.reason, 400),
             )
         self.batches.labels(outcome).inc()
+        self.tracker.heard(row.gateway, row.received_ns)
         if outcome == InsertResult.ACCEPTED:
             self.readings.inc(row.count)
             if row.min_ts < self.watermark:
@@ -168,3 +195,33 @@ class PartyService(ServiceBase):
                 if row.min_ts < self.watermark:
                     self.late.inc(row.count)
         return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        body = await request.content.read(4096)  # a notice is < 600 bytes
+        now = time.time_ns()
+        try:
+            notice = open_progress(body, self._gateway_keys)
+        except SignatureError as exc:
+            return self._refuse_notice("signature", 403, str(exc))
+        except FrameError as exc:
+            return self._refuse_notice("malformed", 400, str(exc))
+        if notice.cluster_id != self.cfg.service_id:
+            return self._refuse_notice(
+                "misaddressed",
+                403,
+                f"notice for cluster {notice.cluster_id!r}, this is {self.cfg.service_id!r}",
+            )
+        try:
+            check_fresh(notice, now)
+        except FrameError as exc:
+            return self._refuse_notice("stale", 409, str(exc))
+        self.tracker.note(notice.gateway_id, notice.through_ns, now)
+        self.notices.inc()
+        return web.json_response({"status": "noted"})
+
+    def _refuse_notice(self, reason: str, status: int, error: str) -> web.Response:
+        self.notices_rejected.labels(reason).inc()
+        log.warning("progress notice refused (%s): %s", reason, error)
+        return web.json_response(
+            {"status": "rejected", "reason": reason, "error": error}, status=status
+        )

@@ -47,8 +47,6 @@ CREATE TABLE IF NOT EXISTS stream_state (
 CREATE TABLE IF NOT EXISTS epochs (
     epoch_ns INTEGER PRIMARY KEY, done_ns INTEGER NOT NULL, readings INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (epoch_ns INTEGER PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS gateways (
-    gateway TEXT PRIMARY KEY, progress_ts INTEGER NOT NULL, last_received_ns INTEGER NOT NULL);
 """
 
 
@@ -162,12 +160,6 @@ class ShareStore:
                             int(row.has_q),
                         ),
                     )
-                    cur.execute(
-                        "INSERT INTO gateways VALUES (?,?,?) ON CONFLICT(gateway) DO UPDATE SET "
-                        "progress_ts = MAX(progress_ts, excluded.progress_ts), "
-                        "last_received_ns = excluded.last_received_ns",
-                        (row.gateway, row.max_ts, row.received_ns),
-                    )
                     cur.executemany(
                         "INSERT INTO segments VALUES (?,?,?,?,?,?,?)",
                         [
@@ -208,31 +200,6 @@ class ShareStore:
                 (start_ns, end_ns),
             ).fetchall()
         return [(str(g), int(s)) for g, s in rows]
-
-    def epoch_activity(
-        self, start_ns: int, end_ns: int, active_since_ns: int
-    ) -> list[tuple[str, int, int]]:
-        """Gateways that matter for closing an epoch, as (id, last receipt for it, progress).
-
-        They are the gateways with readings in the epoch plus those that sent
-        anything since ``active_since_ns`` (their batch for the epoch may be late).
-        """
-        with self._rlock:
-            contrib = dict(
-                self._r.execute(
-                    "SELECT gateway, MAX(received_ns) FROM batches "
-                    "WHERE max_ts >= ? AND min_ts < ? GROUP BY gateway",
-                    (start_ns, end_ns),
-                ).fetchall()
-            )
-            known = self._r.execute(
-                "SELECT gateway, progress_ts, last_received_ns FROM gateways"
-            ).fetchall()
-        return [
-            (str(g), int(contrib.get(g, 0)), int(progress))
-            for g, progress, last in known
-            if g in contrib or last >= active_since_ns
-        ]
 
     def earliest_reading_after(self, watermark_ns: int) -> int | None:
         """Smallest timestamp bound of batches holding readings at or after the watermark."""

@@ -121,6 +121,9 @@ class MqttSource:
         self._maybe_lost: dict[int, int] = {}  # PUBACKs the broker may not have received
         self.duplicates = 0
         self.connected = False
+        self._up_ns: int | None = None  # connected since
+        # Progress hold (see progress_bound): None, or the bound and since when it holds.
+        self._hold: tuple[int, int] | None = None
         self._last_log: dict[str, float] = {}
         self._client = self._make_client()
 
@@ -159,6 +162,8 @@ class MqttSource:
             clean_start=False,
             properties=props,
         )
+        with self._ack_lock:
+            self._hold = (0, time.time_ns())
         self._client.loop_start()
 
     def stop(self) -> None:
@@ -192,6 +197,25 @@ class MqttSource:
         packet = b"".join([pack(_PUBACK_HEADER, 2, mid) for mid, _ in tokens])
         self._client._packet_queue(_PUBACK_HEADER, packet, 0, 0)
 
+    def progress_bound(self, now_ns: int, settle_ns: int, max_hold_ns: int) -> int | None:
+        """The latest time the gateway may declare delivered because of this source.
+
+        ``None``: no bound (connected for ``settle_ns``, or held ``max_hold_ns``
+        already). While the broker may still hold messages for this session
+        (disconnected, or reconnected less than ``settle_ns`` ago), the bound
+        is when the link first went down; after a start it is 0 (no claim),
+        since the previous run's last moment is unknown.
+        """
+        with self._ack_lock:
+            if self._hold is None:
+                return None
+            bound, since = self._hold
+            up = self._up_ns
+            if (up is not None and now_ns - up >= settle_ns) or now_ns - since > max_hold_ns:
+                self._hold = None
+                return None
+            return bound
+
     def _on_connect(self, client: paho.Client, _u: object, flags: Any, rc: Any, _p: object) -> None:
         if rc.is_failure:
             log.error("mqtt %s: broker refused the connection: %s", self.name, rc)
@@ -199,6 +223,7 @@ class MqttSource:
             return
         with self._ack_lock:
             self.connected = True
+            self._up_ns = time.time_ns()
             if flags.session_present:
                 # The broker resends what it did not see acknowledged: either still in
                 # our pipeline (its PUBACK will follow) or acknowledged around the drop.
@@ -217,7 +242,11 @@ class MqttSource:
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
         with self._ack_lock:
+            if self._hold is None:
+                now = time.time_ns()
+                self._hold = (now, now)
             self.connected = False
+            self._up_ns = None
             for _, tokens in self._recent:  # sent shortly before the drop: maybe lost
                 self._maybe_lost.update(tokens)
             self._recent.clear()

@@ -88,7 +88,14 @@ def upload_all(
             results = gw.upload(frames)
             assert [r[0] for r in results] == [200, 200], results
             statuses += [r[1]["status"] for r in results]
+        declare(gws, T0 + (sec + 1) * SECOND)
     return statuses
+
+
+def declare(gws: dict[str, TestGateway], through_ns: int) -> None:
+    """Every gateway tells both parties it delivered everything before ``through_ns``."""
+    dep = next(iter(gws.values())).dep
+    assert set(dep.declare(through_ns, list(gws))) == {200}
 
 
 def wait_epochs(dep: Deployment, n: int, timeout: float = 60.0) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,8 +24,9 @@ from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork
 from cloud_tecc.output.collector import try_complete
 from cloud_tecc.party.coordinator import Coordinator
+from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.ingest import Ingestor
-from cloud_tecc.party.store import ShareStore
+from cloud_tecc.party.store import BatchRow, ShareStore
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite, generate_cluster_keypair_raw, load_private_key
@@ -39,7 +41,7 @@ POLICY = {
 }
 
 
-def _coordinators(tmp: Path) -> list[Coordinator]:
+def _coordinators(tmp: Path, tracked: tuple[str, ...] = ()) -> list[Coordinator]:
     (tmp / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     out = []
     for i in (0, 1):
@@ -54,7 +56,6 @@ def _coordinators(tmp: Path) -> list[Coordinator]:
             "peers": {1 - i: ep},
             "dealer": {"service_id": "d", "url": "http://127.0.0.1:3", "mpc": "127.0.0.1:4"},
             "output": {"service_id": "o", "url": "http://127.0.0.1:5"},
-            "grace_s": 0.1,
         }
         (tmp / f"p{i}.yaml").write_text(yaml.safe_dump(doc))
         out.append(
@@ -65,12 +66,22 @@ def _coordinators(tmp: Path) -> list[Coordinator]:
                 directory=cast(AttestedDirectory, None),
                 http=cast(aiohttp.ClientSession, None),
                 registry=CollectorRegistry(),
+                tracker=ProgressTracker(tracked, started_ns=0, active_ns=60 * S),
             )
         )
     return out
 
 
-def _ingest(coords: list[Coordinator], streams: list[StreamReadings]) -> None:
+def _ingest(
+    coords: list[Coordinator],
+    streams: list[StreamReadings],
+    seconds: dict[int, range] | None = None,
+) -> list[tuple[int, BatchRow]]:
+    """Seal 30 one-second batches; party i stores those of ``seconds[i]`` (default all).
+
+    Returns the (party, row) pairs held back, to be stored later.
+    """
+    held: list[tuple[int, BatchRow]] = []
     gw = Ed25519PrivateKey.generate()
     keys = [generate_cluster_keypair_raw(KemSuite.X25519) for _ in range(2)]
     sealer = Sealer(
@@ -96,7 +107,12 @@ def _ingest(coords: list[Coordinator], streams: list[StreamReadings]) -> None:
             segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
         frames = sealer.seal(sec, segs, created_ns=T0)
         for i, c in enumerate(coords):
-            c.store.insert_batches([ing[i].prepare(frames[i], received_ns=T0)])
+            row = ing[i].prepare(frames[i], received_ns=T0)
+            if seconds is None or sec in seconds[i]:
+                c.store.insert_batches([row])
+            else:
+                held.append((i, row))
+    return held
 
 
 async def _run_until(
@@ -145,5 +161,59 @@ async def test_agreement_computes_epochs_and_redoes_an_uncommitted_one(tmp_path:
     await _run_until(coords, net, dealer, T0 + 30 * S)
     again = _released(coords)
     assert again == {T0 + 20 * S: want[T0 + 20 * S]}
+    for c in coords:
+        c.store.close()
+
+
+async def test_follower_refuses_an_epoch_without_batches_it_holds(tmp_path: Path) -> None:
+    """The leader missed batches (it was down): no epoch is computed without them.
+
+    Party 0 holds the batches of seconds 0-14 only, party 1 all 30. Party 0
+    would propose the epoch [10 s, 20 s) with what it has; party 1 holds 15-19
+    as well and refuses, so nothing is computed until party 0 receives them,
+    and then the results equal the plaintext reference.
+    """
+    rng = np.random.default_rng(5)
+    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
+    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
+    want = {
+        r.epoch.start_ns: r.released
+        for r in await ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams)
+    }
+    coords = _coordinators(tmp_path, tracked=("gw",))
+    for c in coords:
+        c.tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
+    held = _ingest(coords, streams, {0: range(15), 1: range(30)})
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    for _ in range(4):
+        await asyncio.gather(
+            *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+        )
+    assert [c.store.watermark() for c in coords] == [T0 + 10 * S] * 2
+    for i, row in held:
+        coords[i].store.insert_batches([row])
+    await _run_until(coords, net, dealer, T0 + 30 * S)
+    assert _released(coords) == want
+    for c in coords:
+        c.store.close()
+
+
+async def test_an_epoch_waits_for_every_partys_progress_notices(tmp_path: Path) -> None:
+    """Party 1 has not heard the gateway declare the epoch complete: nothing is computed."""
+    rng = np.random.default_rng(6)
+    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
+    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
+    coords = _coordinators(tmp_path, tracked=("gw",))
+    _ingest(coords, streams)
+    coords[0].tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
+    coords[1].tracker.note("gw", T0 + 10 * S, heard_ns=time.time_ns())
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    for _ in range(4):
+        await asyncio.gather(
+            *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+        )
+    assert [c.store.watermark() for c in coords] == [T0 + 10 * S] * 2
+    coords[1].tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
+    await _run_until(coords, net, dealer, T0 + 30 * S)
     for c in coords:
         c.store.close()

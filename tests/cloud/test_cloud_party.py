@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import ConfigError, IngestError
-from cloud_tecc.party.epochs import Proposal, build_epoch, epoch_of, is_closed
+from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch, epoch_of
 from cloud_tecc.party.ingest import Ingestor
 from cloud_tecc.party.server import gateway_keys
 from cloud_tecc.party.store import InsertResult, ShareStore
@@ -104,15 +104,30 @@ def test_store_dedups_and_detects_replays(tmp_path: Path) -> None:
 
 
 def test_epoch_closing_rule() -> None:
-    """Closed once every contributor moved past the end, or after a quiet grace period."""
+    """Closed once every live gateway declared its end; silence of active_s drops a gateway."""
+    end, started = T0 + S, T0
+    tr = ProgressTracker(["a", "b"], started_ns=started, active_ns=60 * S)
+    now = T0 + 2 * S
+    assert not tr.closed(end, now)  # enrolled, never heard: held for active_s after the start
+    tr.note("a", end + 1, heard_ns=now)
+    assert not tr.closed(end, now)
+    tr.note("b", end, heard_ns=now)
+    assert tr.closed(end, now)
+    tr.note("b", end - S, heard_ns=now)  # an older (replayed) notice never moves progress back
+    assert tr.closed(end, now)
+    assert not tr.closed(end + 2, now)
+    tr.heard("b", now + 30 * S)  # a batch: alive, progress unchanged
+    assert not tr.closed(end + 2, now + 80 * S)  # b heard 50 s ago: still live
+    assert tr.closed(end + 2, now + 91 * S)  # b silent for over 60 s: no longer waited for
+    tr.note("x", end * 2, heard_ns=now)  # a gateway that is not enrolled counts for nothing
+    assert set(tr.snapshot(now)) == {"a", "b"}
+    assert ProgressTracker([], started_ns=0, active_ns=S).closed(end, now)
+
+
+def test_epoch_bounds_and_proposal_round_trip() -> None:
+    """The epoch holding a timestamp; a proposal survives its JSON form."""
     start, end = epoch_of(T0 + 3 * S, 10 * S)
     assert (start, end) == (T0, T0 + 10 * S)
-    now = end + 5 * S
-    assert is_closed(end, [("a", now, end + 1), ("b", now, end)], now, S)
-    assert not is_closed(end, [("a", now, end + 1), ("b", now, end - 1)], now, S)
-    assert is_closed(end, [("a", now - 2 * S, end - 1)], now, S)
-    assert not is_closed(end, [("a", end, end - 1)], end + S // 2, S)
-    assert not is_closed(end, [], now, S)
     p = Proposal(start, end, (("a", 1), ("b", 7)))
     assert Proposal.from_json(p.to_json()) == p
 
@@ -172,21 +187,3 @@ def test_enrolled_keys_accept_hex_and_base64(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="'bad'"):
         gateway_keys(load_party(tmp_path / "p.yaml"))
-
-
-def test_recently_active_gateways_hold_an_epoch_open(tmp_path: Path) -> None:
-    """A gateway without readings in the epoch yet still counts while it is active."""
-    sealer, ing, _ = _setup()
-    store = ShareStore(tmp_path / "s.db")
-    frames = [sealer.seal(1, _segments(start=0), created_ns=T0)[0]]
-    store.insert_batches([ing[0].prepare(f, received_ns=T0 + 5 * S) for f in frames])
-    # A second gateway, heard from recently, whose batch for the epoch is late:
-    store._w.execute("INSERT INTO gateways VALUES ('gw2', ?, ?)", (T0 - S, T0 + 9 * S))
-    act = store.epoch_activity(T0, T0 + S, active_since_ns=T0 + 8 * S)
-    assert sorted(act) == [("gw", T0 + 5 * S, T0 + 19 * (S // 10)), ("gw2", 0, T0 - S)]
-    assert not is_closed(T0 + S, act, T0 + S + S // 2, S)
-    assert is_closed(T0 + S, act, T0 + 10 * S, S)
-    assert store.epoch_activity(T0, T0 + S, active_since_ns=T0 + 10 * S) == [
-        ("gw", T0 + 5 * S, T0 + 19 * (S // 10))
-    ]
-    store.close()

@@ -180,6 +180,7 @@ def test_canary_value_never_reaches_cluster_storage_or_logs(tmp_path: Path) -> N
         values = np.linspace(20.0, 30.0, 40)
         values[17] = canary
         assert [r[0] for r in gw.upload(gw.seal(0, [segment("temp1", ts, values)]))] == [200, 200]
+        assert set(dep.declare(time.time_ns())) == {200}
         wait_epochs(dep, 1)
     finally:
         dep.stop_all()

@@ -3,8 +3,10 @@
 It serves ``GET /attestation?nonce=<hex>`` with a quote signed by a test
 platform key and ``POST /v1/batches``, which opens each frame with the real
 contract :class:`~tecc_contract.envelope.Opener` (signature, HPKE) and keeps
-the opened share, answering 409 for a seq it already holds. The test then
-reconstructs readings from all clusters' shares with the contract code.
+the opened share, answering 409 for a seq it already holds, and ``POST
+/v1/progress``, which verifies the gateway's progress notice and records it
+with the batches held at that moment (:func:`progress_violations`). The test
+then reconstructs readings from all clusters' shares with the contract code.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tecc_contract.errors import ContractError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite, generate_cluster_keypair
+from tecc_contract.progress import open_progress
 
 GOOD_MEASUREMENT = hashlib.sha256(b"approved cluster build").digest()
 BAD_MEASUREMENT = hashlib.sha256(b"edited policy: release raw x").digest()
@@ -64,6 +67,8 @@ class FakeCluster:
             party=index, suite=KemSuite.X25519, private_key=self._priv, gateway_keys=gateway_keys
         )
         self.shares: dict[int, OpenedShare] = {}
+        self._gateway_keys = gateway_keys
+        self.notices: list[tuple[int, frozenset[int]]] = []  # (through, seqs held then)
         self.posts = 0
         self.rejected = 0
         self.attestations = 0
@@ -102,11 +107,23 @@ class FakeCluster:
         self.shares[opened.header.seq] = opened
         return web.Response(status=201)
 
+    async def _progress(self, req: web.Request) -> web.Response:
+        try:
+            notice = open_progress(await req.read(), self._gateway_keys)
+        except ContractError as exc:
+            self.rejected += 1
+            return web.Response(status=400, text=str(exc))
+        if notice.cluster_id != self.service_id:
+            return web.Response(status=403, text="misaddressed")
+        self.notices.append((notice.through_ns, frozenset(self.shares)))
+        return web.json_response({"status": "noted"})
+
     async def start(self) -> None:
         """Listen on the fixed port (so a restart looks like the same cluster coming back)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/attestation", self._attestation)
         app.router.add_post("/v1/batches", self._batches)
+        app.router.add_post("/v1/progress", self._progress)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -138,3 +155,18 @@ def readings(clusters: Sequence[FakeCluster]) -> list[tuple[str, int, float]]:
         ts = header.timestamps()
         out.extend(zip(names.tolist(), ts.tolist(), values.tolist(), strict=True))
     return out
+
+
+def progress_violations(cluster: FakeCluster) -> list[tuple[int, int]]:
+    """(notice through, batch seq) pairs where a notice claimed a reading not yet held.
+
+    A notice with ``through`` promises that every reading older than it was
+    already stored; a batch stored later must not hold a reading older than
+    any earlier notice's ``through``.
+    """
+    bad = []
+    for through, held in cluster.notices:
+        for seq, share in cluster.shares.items():
+            if seq not in held and int(share.header.timestamps().min()) < through:
+                bad.append((through, seq))
+    return bad

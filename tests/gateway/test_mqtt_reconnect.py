@@ -12,7 +12,7 @@ from gateway.keys import GatewayKeys
 from tests.gateway.conftest import running
 from tests.gateway.harness import metric, scrape, wait_for, write_config
 from tests.gateway.publisher import publish
-from tests.gateway.receiver import FakeCluster, Platform, readings
+from tests.gateway.receiver import FakeCluster, Platform, progress_violations, readings
 from tests.gateway.services import mosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
@@ -72,3 +72,5 @@ async def test_broker_restart_exactly_once(
     assert max(ids.values()) == 1
     assert metric(text, "gateway_source_errors_total", source="mq") >= 1
     assert agent.mqtt[0].duplicates > 0  # the broker did resend; they were recognised
+    assert all(c.notices for c in clusters)
+    assert progress_violations(clusters[0]) == progress_violations(clusters[1]) == []

@@ -12,7 +12,13 @@ from gateway.keys import GatewayKeys
 from tests.gateway.conftest import running
 from tests.gateway.harness import metric, scrape, wait_for, write_config
 from tests.gateway.publisher import publish
-from tests.gateway.receiver import BAD_MEASUREMENT, FakeCluster, Platform, readings
+from tests.gateway.receiver import (
+    BAD_MEASUREMENT,
+    FakeCluster,
+    Platform,
+    progress_violations,
+    readings,
+)
 from tests.gateway.services import mosquitto
 
 pytestmark = pytest.mark.mqtt
@@ -104,11 +110,18 @@ async def test_cluster_outage_queues_then_drains(
             assert agent.spool.depth(1) > 0
             assert agent.spool.depth(0) == 0
             backlog = agent.spool.depth(1)
+            notices_down = len(clusters[1].notices)
             await clusters[1].start()
             await wait_for(lambda: agent.spool.depth(1) == 0, 30, "spool to drain")
             await wait_for(lambda: len(readings(clusters)) == sent, 10, "all readings")
+            newest = max(t for _, t, _ in readings(clusters))
+            for c in clusters:  # both declare, in the end, everything delivered
+                await wait_for(lambda c=c: c.notices[-1][0] > newest, 10, "progress past the end")
             text = await scrape(agent.cfg.http.port)
     assert _ids(clusters) == list(range(sent))  # nothing lost, nothing twice
+    # Progress notices never overtook a reading, although cluster 1 was away:
+    assert progress_violations(clusters[0]) == progress_violations(clusters[1]) == []
+    assert len(clusters[1].notices) > notices_down > 0
     assert backlog >= 5
     assert metric(text, "gateway_uplink_errors_total", cluster="1", kind="transport") >= 1
     assert metric(text, "gateway_uplink_batches_sent_total", cluster="1") == len(clusters[1].shares)

@@ -28,6 +28,7 @@ from tests.cloud.scenario import (
     T0,
     Scenario,
     compare,
+    declare,
     make_scenario,
     reference,
     wait_epochs,
@@ -77,6 +78,7 @@ def test_attacks_are_refused_counted_and_never_released(proxied: ProxiedDeployme
         for g, gw in gws.items():
             frames = gw.seal(sec, scn.batch(g, sec))
             assert [_post(pd, i, f) for i, f in enumerate(frames)] == [(200, "accepted")] * 2
+        declare(gws, T0 + (sec + 1) * SECOND)
         if sec == 6:
             gw = gws[GATEWAYS[0]]
             bad = scn.batch(GATEWAYS[0], 3)

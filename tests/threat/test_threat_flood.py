@@ -20,8 +20,11 @@ from cloud_tecc.localstack import SERVICES, Deployment
 from tests.cloud.scenario import (
     GATEWAYS,
     POLICY,
+    SECOND,
+    T0,
     Scenario,
     compare,
+    declare,
     make_scenario,
     reference,
     wait_epochs,
@@ -44,6 +47,7 @@ def _upload(gws: dict[str, TestGateway], scn: Scenario, seconds: range) -> float
             results = gw.upload(gw.seal(sec, scn.batch(g, sec)))
             assert [(r[0], r[1]["status"]) for r in results] == [(200, "accepted")] * 2
             n += 2
+        declare(gws, T0 + (sec + 1) * SECOND)
     return n / (time.perf_counter() - start)
 
 
