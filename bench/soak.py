@@ -207,16 +207,16 @@ async def _epochs(api: str) -> list[dict[str, Any]]:
         return out
 
 
-async def _late_readings(parties: tuple[str, ...]) -> list[float | None]:
-    """Each party's ``tecc_ingest_late_readings_total`` (readings for an already computed epoch)."""
+async def _counter(bases: list[str], name: str) -> list[float | None]:
+    """A Prometheus counter from each service's ``/metrics`` (None if unreachable)."""
     out: list[float | None] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-        for url in parties:
+        for base in bases:
             value: float | None = None
             try:
-                async with s.get(f"{url}/metrics") as r:
+                async with s.get(f"{base}/metrics") as r:
                     for line in (await r.text()).splitlines():
-                        if line.startswith("tecc_ingest_late_readings_total"):
+                        if line.startswith(name + " "):
                             value = float(line.split()[-1])
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                 pass
@@ -322,7 +322,7 @@ def _classify(
 
 def _timeliness(
     ctx: _Ctx, obs: Observed, epochs: list[dict[str, Any]]
-) -> tuple[float, int, list[float]]:
+) -> tuple[float, int, list[tuple[str, float]]]:
     """Availability, windows scored and recovery times, from the store times of epochs."""
     stored = {int(e["start_ns"]): int(e["stored_ns"]) / 1e9 for e in epochs}
     ws, off = ctx.ws, ctx.offset
@@ -332,14 +332,14 @@ def _timeliness(
         st = stored.get(_ns(k * ws))
         if st is not None and st - (k * ws + ws + off) <= DEADLINE_S:
             on_time += 1
-    recovery: list[float] = []
+    recovery: list[tuple[str, float]] = []
     for t, target, action in obs.kills:
         up = ctx.up_after(target, t)
         if action == "freeze" or up is None:
             continue
         first = [st for s0, st in stored.items() if s0 / 1e9 + off >= up]
         if first:
-            recovery.append(min(first) - up)
+            recovery.append((target, round(min(first) - up, 2)))
     return round(on_time / max(1, len(grid)), 4), len(grid), recovery
 
 
@@ -369,7 +369,11 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         sensors = [s for ss in p.sensors.values() for s in ss]
         windows = await _windows(p.urls.output_api, [s.sensor for s in sensors], start)
         epochs = await _epochs(p.urls.output_api)
-        late = await _late_readings(p.urls.parties)
+        late = await _counter(list(p.urls.parties), "tecc_ingest_late_readings_total")
+        late_edge = await _counter(
+            [u.removesuffix("/healthz") for u in p.urls.gateways.values()],
+            "gateway_readings_late_total",
+        )
         starts = {n: list(c.starts) for n, c in p.supervisor.children.items()}
         restarts = {n: c.restarts for n, c in p.supervisor.children.items() if c.restarts}
     policy = policy_from_mapping(yaml.safe_load(p.policy_path.read_text()))
@@ -380,7 +384,8 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         simulate, _with_scenario(p.sim_config), start=start, duration_s=run_s
     )
     classes = _classify(ctx, p, obs, offline.samples, windows)
-    availability, n_windows, recovery = _timeliness(ctx, obs, epochs)
+    availability, n_windows, by_target = _timeliness(ctx, obs, epochs)
+    recovery = [r for _, r in by_target]
     main = classes["counted"]
     return {
         "seed": seed,
@@ -402,10 +407,12 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         "readings_lost": main["lost"],
         "readings_duplicated": main["duplicated"],
         "late_readings_per_party": late,  # arrived after their epoch was computed
+        "late_readings_per_gateway": late_edge,  # reached the gateway after its window closed
         "max_spool_depth": obs.max_spool,
         "spools_drained": drained,
         "recovery_s_p99": round(float(np.percentile(recovery, 99)), 2) if recovery else None,
         "recovery_s_max": round(max(recovery), 2) if recovery else None,
+        "recovery_s_by_restart": by_target,
         "availability": availability,
         "availability_deadline_s": DEADLINE_S,
         "windows_scored": n_windows,

@@ -45,7 +45,14 @@ from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.dealer_link import DealerLink
-from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch, epoch_of
+from cloud_tecc.party.epochs import (
+    Key,
+    ProgressTracker,
+    Proposal,
+    build_epoch,
+    epoch_of,
+    keys_from_json,
+)
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.keys import ed25519_public_from_bytes
@@ -79,6 +86,7 @@ class Coordinator:
         self._since_prune = 0
         self._outbox = asyncio.Event()
         self._waiting_for: tuple[int, str] = (0, "")
+        self._skip: set[Key] = set()  # orphaned batches the peer reported (leader only)
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
         self.readings = Counter(
             "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
@@ -94,6 +102,11 @@ class Coordinator:
             "Secure computation time per epoch",
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.orphaned = Counter(
+            "tecc_party_orphaned_batches",
+            "Batches left out because only one party holds them and their gateway is gone",
+            registry=registry,
         )
         self.wm_gauge = Gauge(
             "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
@@ -186,8 +199,10 @@ class Coordinator:
         if raw is None:
             return False
         prop = Proposal.from_json(raw)
-        why = await asyncio.to_thread(self._check, prop, leader)
-        ack = await self._control(mesh, {"ok": not why})
+        why, orphans = await asyncio.to_thread(self._check, prop, leader)
+        ack = await self._control(mesh, {"ok": not why, "orphans": [list(k) for k in orphans]})
+        if leader:
+            self._note_orphans(ack.get("orphans", []))
         if why or not ack.get("ok"):
             if why and self._waiting_for != (prop.start_ns, why):
                 self._waiting_for = (prop.start_ns, why)
@@ -196,20 +211,46 @@ class Coordinator:
         await self._compute(mesh, link, prop)
         return True
 
-    def _check(self, prop: Proposal, leader: bool) -> str:
-        """Why this party cannot compute ``prop`` now ("" if it can)."""
-        missing = self.store.has_batches(prop.batches)
-        if missing:
-            return f"{len(missing)} proposed batches not here yet (first {missing[0]})"
+    def _check(self, prop: Proposal, leader: bool) -> tuple[str, list[Key]]:
+        """Why this party cannot compute ``prop`` now ("" if it can), and orphaned batches.
+
+        A batch this party lacks, or holds but the proposal lacks, is waited
+        for while its gateway is live; once the gateway is gone it is reported
+        as an orphan, and the leader leaves it out of its next proposal.
+        """
+        missing = set(self.store.has_batches(prop.batches))
         if leader:
-            return ""
+            return (f"{len(missing)} proposed batches are gone" if missing else ""), []
+        live = self.tracker.live(time.time_ns())
+        if any(g in live for g, _ in prop.skip):
+            return "the proposal skips batches of a gateway that is live here", []
         extra = set(self.store.batches_overlapping(prop.start_ns, prop.end_ns))
-        extra.difference_update(prop.batches)
+        extra.difference_update(prop.batches, prop.skip)
+        problems = missing | extra
+        orphans = sorted(k for k in problems if k[0] not in live)
+        if missing:
+            return f"{len(missing)} proposed batches not here yet (first {min(missing)})", orphans
         if extra:
-            return f"{len(extra)} batches here are not in the proposal (first {min(extra)})"
+            return f"{len(extra)} batches here are not proposed (first {min(extra)})", orphans
         if not self.tracker.closed(prop.end_ns, time.time_ns()):
-            return "not closed by this party's gateway progress notices yet"
-        return ""
+            return "not closed by this party's gateway progress notices yet", []
+        return "", []
+
+    def _note_orphans(self, raw: Any) -> None:
+        """Leader: skip the reported orphans whose gateway is gone here too."""
+        try:
+            reported = keys_from_json(raw)
+        except (TypeError, ValueError) as exc:
+            raise PeerError(f"peer sent malformed orphan keys: {exc}") from exc
+        live = self.tracker.live(time.time_ns())
+        new = {k for k in reported if k[0] not in live} - self._skip
+        if new:
+            log.warning(
+                "leaving out %d orphaned batches (one share only, gateway gone): %s",
+                len(new),
+                sorted(new)[:5],
+            )
+            self._skip |= new
 
     def _propose(self, base: int) -> Proposal | None:
         earliest = self.store.earliest_reading_after(base)
@@ -218,7 +259,13 @@ class Coordinator:
         start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
         if not self.tracker.closed(end, time.time_ns()):
             return None
-        return Proposal(start, end, tuple(self.store.batches_overlapping(start, end)))
+        held = self.store.batches_overlapping(start, end)
+        return Proposal(
+            start,
+            end,
+            tuple(k for k in held if k not in self._skip),
+            tuple(sorted(self._skip)),
+        )
 
     async def _compute(self, mesh: Transport, link: CorrelationSource, prop: Proposal) -> None:
         t0 = time.perf_counter()
@@ -251,6 +298,9 @@ class Coordinator:
             self.store.commit_epoch, prop.end_ns, new_states, n, time.time_ns(), body
         )
         self._outbox.set()
+        if prop.skip:
+            self.orphaned.inc(len(prop.skip))
+            self._skip.clear()
         self.epochs.inc()
         self.readings.inc(n)
         self._since_prune += 1

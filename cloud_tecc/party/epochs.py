@@ -32,14 +32,22 @@ from cloud_tecc.errors import PeerError
 from cloud_tecc.party.store import StoredSegment
 from tecc_contract.ring import RingArray
 
+Key = tuple[str, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """The leader's choice for the next epoch."""
+    """The leader's choice for the next epoch.
+
+    ``skip`` lists orphaned batches: held by one party only, from a gateway
+    neither party has heard from within ``active_s``, so the other share will
+    never come. Both parties leave them out (and count them).
+    """
 
     start_ns: int
     end_ns: int
-    batches: tuple[tuple[str, int], ...]
+    batches: tuple[Key, ...]
+    skip: tuple[Key, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for the peer channel."""
@@ -47,16 +55,23 @@ class Proposal:
             "start": self.start_ns,
             "end": self.end_ns,
             "batches": [list(b) for b in self.batches],
+            "skip": [list(b) for b in self.skip],
         }
 
     @classmethod
     def from_json(cls, obj: Any) -> Proposal:
         """Parse the peer's JSON; :class:`PeerError` if malformed."""
         try:
-            batches = tuple((str(g), int(s)) for g, s in obj["batches"])
-            return cls(int(obj["start"]), int(obj["end"]), batches)
-        except (KeyError, TypeError, ValueError) as exc:
+            batches = keys_from_json(obj["batches"])
+            skip = keys_from_json(obj.get("skip", []))
+            return cls(int(obj["start"]), int(obj["end"]), batches, skip)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PeerError(f"malformed epoch proposal: {exc}") from exc
+
+
+def keys_from_json(obj: Any) -> tuple[Key, ...]:
+    """Batch keys from their JSON form (pairs); TypeError/ValueError if malformed."""
+    return tuple((str(g), int(s)) for g, s in obj)
 
 
 def epoch_of(earliest_ns: int, window_ns: int) -> tuple[int, int]:

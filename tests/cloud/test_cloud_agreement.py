@@ -217,3 +217,39 @@ async def test_an_epoch_waits_for_every_partys_progress_notices(tmp_path: Path) 
     await _run_until(coords, net, dealer, T0 + 30 * S)
     for c in coords:
         c.store.close()
+
+
+async def test_batches_of_a_gone_gateway_held_by_one_party_are_left_out(tmp_path: Path) -> None:
+    """A gateway died after delivering seconds 15-19 to party 1 only: not a stall forever.
+
+    While the gateway is live both parties wait for the missing shares; once
+    neither has heard from it within active_s, party 1 reports the orphans,
+    party 0 leaves them out, and both compute the epoch from what both hold.
+    """
+    rng = np.random.default_rng(7)
+    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
+    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
+    coords = _coordinators(tmp_path, tracked=("gw",))
+    _ingest(coords, streams, {0: range(15), 1: range(20)})
+    for c in coords:  # live: heard just now, progress past the data
+        c.tracker.note("gw", T0 + 20 * S, heard_ns=time.time_ns())
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+
+    async def ticks(n: int) -> None:
+        for _ in range(n):
+            await asyncio.gather(
+                *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+            )
+
+    await ticks(4)
+    assert [c.store.watermark() for c in coords] == [T0 + 10 * S] * 2  # waiting for 15-19
+    for c in coords:  # the gateway has now been silent for longer than active_s
+        c.tracker._heard["gw"] = time.time_ns() - 61 * S
+    await ticks(4)
+    assert [c.store.watermark() for c in coords] == [T0 + 20 * S] * 2
+    docs = _released(coords)
+    counts = [w["count"] for w in docs[T0 + 10 * S].windows]
+    assert counts == [50]  # seconds 10-14 only
+    assert [c.orphaned._value.get() for c in coords] == [5, 5]
+    for c in coords:
+        c.store.close()
