@@ -32,7 +32,7 @@ class RemoteSource:
         self.store = CorrelationStore(party, frac_bits)
         self.wait_s = wait_s
         self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: wslink.Link | None = None
         self._lock = asyncio.Lock()
         self._seq: int | None = None  # next expected batch; a reconnect resumes anywhere
 
@@ -84,9 +84,9 @@ class RemoteSource:
         async with self._lock:
             assert self._ws is not None
             for _ in range(batches):
-                await self._ws.send_bytes(REQUEST)
+                await self._ws.send(REQUEST)
             for _ in range(batches):
-                data = await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
+                data = await self._ws.receive(self.wait_s, "a dealer batch")
                 seq, bundles = decode_batch(data, party=self.party)
                 if self._seq is not None and seq != self._seq:
                     raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")

@@ -150,12 +150,12 @@ class DealerService:
             self.done.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        ws, peer = await wslink.accept(
+        ws, link = await wslink.accept(
             request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
         )
-        if peer is None:
+        if link is None:
             return ws
-        party = int(peer.removeprefix("party-"))
+        party = int(link.peer.removeprefix("party-"))
         # One live connection per party keeps cursors sane: a reconnecting party
         # replaces its stale connection (whose handler may wait for a frame for a
         # request the party sent before it went away).
@@ -167,9 +167,9 @@ class DealerService:
         self._live[party] = me
         try:
             with contextlib.suppress(MpcError, ConnectionError):
-                while await wslink.receive_bytes(ws, 24 * 3600.0, "a request") == REQUEST:
+                while await link.receive(24 * 3600.0, "a request") == REQUEST:
                     seq, frame = await self._next_frame(party)
-                    await ws.send_bytes(frame)
+                    await link.send(frame)
                     await self._delivered(party, seq)
         finally:
             if self._live.get(party) is me:

@@ -1,9 +1,11 @@
 """WebSocket transport between compute parties in separate processes (aiohttp).
 
 Party ``i`` serves ``GET /mpc`` on its own address and connects to every other
-party; every connection is authenticated by the Ed25519 handshake. A message
-is two binary frames, ``round_id (u64 LE)`` then the payload; a message for another round is a
-:class:`ProtocolError`, a closed or silent peer a :class:`PeerLostError`.
+party; every connection is authenticated by the Ed25519 handshake, which also
+keys an AES-256-GCM channel for every later frame. A message is two binary
+frames, ``round_id (u64 LE)`` then the payload; a message for another round is
+a :class:`ProtocolError`, a closed or silent peer (or a frame that fails to
+decrypt) a :class:`PeerLostError`.
 
 Every transport draws a random session token; after the handshake each side of
 a connection sends its token first. :meth:`WsTransport.start` returns only once,
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.errors import (
+    AuthenticationError,
     ConfigError,
     MpcError,
     PeerLostError,
@@ -84,8 +87,8 @@ class WsTransport:
         self.cfg = cfg
         self._peers = [j for j in range(cfg.n) if j != cfg.party]
         self._queues: dict[int, asyncio.Queue[object]] = {j: asyncio.Queue() for j in self._peers}
-        self._send: dict[int, web.WebSocketResponse] = {}
-        self._recv: dict[int, aiohttp.ClientWebSocketResponse] = {}
+        self._send: dict[int, wslink.Link] = {}
+        self._recv: dict[int, wslink.Link] = {}
         self._token = os.urandom(TOKEN_BYTES)
         #: Session token of the peer transport behind each connection we opened / accepted.
         self._recv_token: dict[int, bytes] = {}
@@ -121,9 +124,9 @@ class WsTransport:
                     tls=cfg.client_tls,
                 )
                 self._recv[j] = ws
-                await ws.send_bytes(self._token)
-                self._recv_token[j] = await wslink.receive_bytes(
-                    ws, max(deadline - loop.time(), 0.01), "the peer's session token"
+                await ws.send(self._token)
+                self._recv_token[j] = await ws.receive(
+                    max(deadline - loop.time(), 0.01), "the peer's session token"
                 )
                 self._tasks.append(asyncio.create_task(self._read(j, ws)))
             async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
@@ -163,19 +166,19 @@ class WsTransport:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}
-        ws, peer = await wslink.accept(
+        ws, link = await wslink.accept(
             request,
             name=party_name(self.cfg.party),
             key=self.cfg.key,
             known=known,
             wait_s=self.cfg.connect_timeout,
         )
-        if peer is None:
+        if link is None:
             return ws
-        j = int(peer.removeprefix("party-"))
+        j = int(link.peer.removeprefix("party-"))
         try:
-            await ws.send_bytes(self._token)
-            token = await wslink.receive_bytes(ws, self.cfg.connect_timeout, "a session token")
+            await link.send(self._token)
+            token = await link.receive(self.cfg.connect_timeout, "a session token")
         except (MpcError, ConnectionError):
             await ws.close()
             return ws
@@ -185,7 +188,7 @@ class WsTransport:
             return ws
         # Before the mesh is up, the newest connection from j replaces an older one
         # (which may come from a transport j has since abandoned).
-        self._send[j] = ws
+        self._send[j] = link
         self._send_token[j] = token
         self._changed.set()
         if old is not None:
@@ -193,24 +196,27 @@ class WsTransport:
         # This connection only carries our frames to j; reading it serves pings and close.
         async for _msg in ws:
             pass
-        if self._send.get(j) is ws:
+        if self._send.get(j) is link:
             self._queues[j].put_nowait(_CLOSED)
         return ws
 
-    async def _read(self, j: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read(self, j: int, link: wslink.Link) -> None:
         q = self._queues[j]
         rid: int | None = None
         try:
-            async for msg in ws:
+            async for msg in link.ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     break
+                data = link.open(msg.data)
                 if rid is None:
-                    if len(msg.data) != _RID.size:
+                    if len(data) != _RID.size:
                         break
-                    (rid,) = _RID.unpack(msg.data)
+                    (rid,) = _RID.unpack(data)
                 else:
-                    q.put_nowait((rid, msg.data))
+                    q.put_nowait((rid, data))
                     rid = None
+        except AuthenticationError:
+            pass  # a forged or reordered frame ends the link: the round sees PeerLostError
         finally:
             q.put_nowait(_CLOSED)
             self._recv_lost.add(j)
@@ -224,9 +230,9 @@ class WsTransport:
             ws = self._send.get(j)
             if ws is None or ws.closed:
                 raise PeerLostError(f"party {j} is not connected")
-            sends.append(ws.send_bytes(head))
-            # aiohttp accepts any buffer here; the transport copies what it cannot send at once.
-            sends.append(ws.send_bytes(cast("bytes", payload)))
+            # Sealed in order here (the channel's counter), then sent concurrently.
+            sends.append(ws.ws.send_bytes(ws.seal(head)))
+            sends.append(ws.ws.send_bytes(ws.seal(cast("bytes", payload))))
         try:
             await asyncio.gather(*sends)
         except (ConnectionError, aiohttp.ClientError) as exc:
@@ -254,7 +260,7 @@ class WsTransport:
         if self._closing:
             return
         self._closing = True
-        sockets: list[wslink.WebSocket] = [*self._send.values(), *self._recv.values()]
+        sockets: list[wslink.Link] = [*self._send.values(), *self._recv.values()]
         for ws in sockets:
             with contextlib.suppress(Exception):
                 await ws.close()

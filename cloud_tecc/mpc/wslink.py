@@ -1,8 +1,10 @@
 """aiohttp WebSocket plumbing shared by the party mesh and the dealer service.
 
 Binary frames only; the handshake of :mod:`cloud_tecc.mpc.handshake` runs first
-on every connection; every wait has a timeout and a lost connection becomes
-:class:`PeerLostError`. Bulk data travels as raw bytes (no JSON, no base64).
+on every connection and keys a :class:`~cloud_tecc.mpc.handshake.Channel`; a
+:class:`Link` then encrypts and authenticates every frame with it. Every wait
+has a timeout and a lost connection becomes :class:`PeerLostError`. Bulk data
+travels as raw bytes (no JSON, no base64).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import handshake
 from cloud_tecc.mpc.errors import AuthenticationError, MpcError, PeerLostError, ProtocolError
@@ -48,6 +51,38 @@ async def receive_bytes(ws: WebSocket, wait_s: float, what: str) -> bytes:
     raise ProtocolError(f"unexpected WebSocket message type {msg.type} while waiting for {what}")
 
 
+class Link:
+    """An authenticated WebSocket whose frames travel through an encrypted channel."""
+
+    def __init__(self, ws: WebSocket, channel: handshake.Channel, peer: str) -> None:
+        self.ws, self.peer, self._channel = ws, peer, channel
+
+    @property
+    def closed(self) -> bool:
+        """Whether the WebSocket is closed."""
+        return self.ws.closed
+
+    def seal(self, data: bytes | memoryview) -> bytes:
+        """Encrypt the next frame (send it on :attr:`ws` in this order)."""
+        return self._channel.seal(data)
+
+    async def send(self, data: bytes | memoryview) -> None:
+        """Encrypt and send one frame."""
+        await self.ws.send_bytes(self._channel.seal(data))
+
+    async def receive(self, wait_s: float, what: str) -> bytes:
+        """Receive and decrypt the next frame (:class:`AuthenticationError` if forged)."""
+        return self._channel.open(await receive_bytes(self.ws, wait_s, what))
+
+    def open(self, data: bytes) -> bytes:
+        """Decrypt a frame read directly from :attr:`ws` (in order)."""
+        return self._channel.open(data)
+
+    async def close(self) -> None:
+        """Close the WebSocket."""
+        await self.ws.close()
+
+
 async def accept(
     request: web.Request,
     *,
@@ -56,24 +91,26 @@ async def accept(
     known: Mapping[str, Ed25519PublicKey],
     wait_s: float,
     random_bytes: RandomBytes = os.urandom,
-) -> tuple[web.WebSocketResponse, str | None]:
+) -> tuple[web.WebSocketResponse, Link | None]:
     """Upgrade ``request`` and run the server side of the handshake.
 
-    Returns ``(ws, peer name)``; the name is None (and ``ws`` already closed)
-    when the peer failed the handshake. The handler returns ``ws`` either way.
+    Returns ``(ws, link)``; the link is None (and ``ws`` already closed) when
+    the peer failed the handshake. The handler returns ``ws`` either way.
     """
     ws = web.WebSocketResponse(max_msg_size=MAX_MSG, compress=False, autoping=True)
     await ws.prepare(request)
-    nonce = random_bytes(handshake.NONCE)
+    nonce, eph = random_bytes(handshake.NONCE), X25519PrivateKey.generate()
     try:
-        await ws.send_bytes(handshake.hello(name, nonce))
+        await ws.send_bytes(handshake.hello(name, nonce, eph))
         auth = await receive_bytes(ws, wait_s, "handshake auth")
-        peer, reply = handshake.server_accept(auth, name=name, key=key, nonce_s=nonce, known=known)
+        peer, reply, channel = handshake.server_accept(
+            auth, name=name, key=key, nonce_s=nonce, eph=eph, known=known
+        )
         await ws.send_bytes(reply)
     except (MpcError, ConnectionError):
         await ws.close()
         return ws, None
-    return ws, peer
+    return ws, Link(ws, channel, peer)
 
 
 async def connect(
@@ -87,13 +124,13 @@ async def connect(
     wait_s: float,
     random_bytes: RandomBytes = os.urandom,
     tls: ssl.SSLContext | None = None,
-) -> aiohttp.ClientWebSocketResponse:
+) -> Link:
     """Connect to ``url`` (``https://`` when ``tls`` is given) and run the client handshake."""
     ws = await session.ws_connect(
         url, max_msg_size=MAX_MSG, compress=0, autoping=True, ssl=tls if tls is not None else True
     )
     try:
-        await _client_handshake(
+        channel = await _client_handshake(
             ws,
             name=name,
             key=key,
@@ -111,7 +148,7 @@ async def connect(
     except BaseException:
         await ws.close()
         raise
-    return ws
+    return Link(ws, channel, server_name)
 
 
 async def _client_handshake(
@@ -123,7 +160,7 @@ async def _client_handshake(
     server_key: Ed25519PublicKey,
     wait_s: float,
     random_bytes: RandomBytes,
-) -> None:
+) -> handshake.Channel:
     hello = await receive_bytes(ws, wait_s, "handshake hello")
     auth, state = handshake.client_auth(
         hello,
@@ -131,10 +168,11 @@ async def _client_handshake(
         key=key,
         expected_server=server_name,
         nonce_c=random_bytes(handshake.NONCE),
+        eph=X25519PrivateKey.generate(),
     )
     await ws.send_bytes(auth)
     accepted = await receive_bytes(ws, wait_s, "handshake accept")
-    handshake.client_finish(accepted, state, server_key)
+    return handshake.client_finish(accepted, state, server_key)
 
 
 async def connect_retrying(
@@ -143,7 +181,7 @@ async def connect_retrying(
     *,
     deadline: float,
     **kwargs: object,
-) -> aiohttp.ClientWebSocketResponse:
+) -> Link:
     """:func:`connect`, retrying refused connections until ``deadline`` (loop time)."""
     loop = asyncio.get_running_loop()
     delay = 0.05

@@ -54,7 +54,7 @@ class DealerLink:
         self.wait_s = wait_s
         self.store = CorrelationStore(party, frac_bits)
         self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: wslink.Link | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
         self._reader: asyncio.Task[None] | None = None
         self._head: tuple[int, list[Batch]] | None = None
@@ -99,14 +99,12 @@ class DealerLink:
         assert self._ws is not None
         try:
             for _ in range(GROUP):
-                await self._ws.send_bytes(REQUEST)
+                await self._ws.send(REQUEST)
             while True:
                 frames = []
                 for _ in range(GROUP):
-                    frames.append(
-                        await wslink.receive_bytes(self._ws, self.wait_s, "a dealer batch")
-                    )
-                    await self._ws.send_bytes(REQUEST)
+                    frames.append(await self._ws.receive(self.wait_s, "a dealer batch"))
+                    await self._ws.send(REQUEST)
                 items = await asyncio.to_thread(self._expand, frames)
                 self.fetched += len(items)
                 for item in items:

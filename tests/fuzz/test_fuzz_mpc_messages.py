@@ -17,6 +17,7 @@ from typing import Final
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 
 from cloud_tecc.errors import PeerError
@@ -38,6 +39,15 @@ def _key(name: str) -> Ed25519PrivateKey:
 
 _P0, _P1 = _key("party-0"), _key("party-1")
 _NONCE_S, _NONCE_C = b"s" * 32, b"c" * 32
+_EPH_S = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"eph-s").digest())
+_EPH_C = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"eph-c").digest())
+
+
+def _CHANNEL() -> handshake.Channel:
+    """A fresh channel (counter 0) with fixed keys, both directions alike."""
+    return handshake.Channel(b"k" * 32, b"k" * 32)
+
+
 _OPEN: Final = protocol.Open(
     (
         protocol.arith(np.arange(5, dtype=np.uint64)),
@@ -74,12 +84,23 @@ def _handshake(body: bytes) -> None:
     errors = 0
     steps = (
         lambda: handshake.client_auth(
-            body, name="party-1", key=_P1, expected_server="party-0", nonce_c=_NONCE_C
+            body,
+            name="party-1",
+            key=_P1,
+            expected_server="party-0",
+            nonce_c=_NONCE_C,
+            eph=_EPH_C,
         ),
         lambda: handshake.server_accept(
-            body, name="party-0", key=_P0, nonce_s=_NONCE_S, known={"party-1": _P1.public_key()}
+            body,
+            name="party-0",
+            key=_P0,
+            nonce_s=_NONCE_S,
+            eph=_EPH_S,
+            known={"party-1": _P1.public_key()},
         ),
         lambda: handshake.client_finish(body, _STATE, _P0.public_key()),
+        lambda: _CHANNEL().open(body),
     )
     for step in steps:
         try:
@@ -116,12 +137,17 @@ def run(data: bytes) -> None:
 
 
 def _seeds() -> tuple[list[bytes], handshake.ClientState]:
-    hello = handshake.hello("party-0", _NONCE_S)
+    hello = handshake.hello("party-0", _NONCE_S, _EPH_S)
     auth, state = handshake.client_auth(
-        hello, name="party-1", key=_P1, expected_server="party-0", nonce_c=_NONCE_C
+        hello, name="party-1", key=_P1, expected_server="party-0", nonce_c=_NONCE_C, eph=_EPH_C
     )
-    _, accept = handshake.server_accept(
-        auth, name="party-0", key=_P0, nonce_s=_NONCE_S, known={"party-1": _P1.public_key()}
+    _, accept, _ = handshake.server_accept(
+        auth,
+        name="party-0",
+        key=_P0,
+        nonce_s=_NONCE_S,
+        eph=_EPH_S,
+        known={"party-1": _P1.public_key()},
     )
     batches = deal(
         Plan(triples=3, truncs=2, dabits=2, comparisons=2),
@@ -142,6 +168,7 @@ def _seeds() -> tuple[list[bytes], handshake.ClientState]:
         bytes([2]) + hello,
         bytes([2]) + auth,
         bytes([2]) + accept,
+        bytes([2]) + _CHANNEL().seal(b"a round frame"),
         bytes([3]) + dumps(msg),
     ], state
 

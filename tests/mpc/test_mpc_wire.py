@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import (
     AuthenticationError,
@@ -100,20 +101,26 @@ def test_store_refuses_mismatched_bundles() -> None:
 
 def _run_handshake(
     client_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey, known_client: Ed25519PrivateKey
-) -> None:
-    nonce_s = bytes(range(32))
-    hello = hs.hello("party-0", nonce_s)
+) -> tuple[hs.Channel, hs.Channel]:
+    nonce_s, eph_s = bytes(range(32)), X25519PrivateKey.generate()
+    hello = hs.hello("party-0", nonce_s, eph_s)
     auth, state = hs.client_auth(
-        hello, name="party-1", key=client_key, expected_server="party-0", nonce_c=b"c" * 32
+        hello,
+        name="party-1",
+        key=client_key,
+        expected_server="party-0",
+        nonce_c=b"c" * 32,
+        eph=X25519PrivateKey.generate(),
     )
-    _, accept = hs.server_accept(
+    _, accept, server = hs.server_accept(
         auth,
         name="party-0",
         key=server_key,
         nonce_s=nonce_s,
+        eph=eph_s,
         known={"party-1": known_client.public_key()},
     )
-    hs.client_finish(accept, state, server_key.public_key())
+    return hs.client_finish(accept, state, server_key.public_key()), server
 
 
 def test_handshake_accepts_right_keys_only() -> None:
@@ -124,33 +131,67 @@ def test_handshake_accepts_right_keys_only() -> None:
         _run_handshake(Ed25519PrivateKey.generate(), s, c)
 
 
+def test_channel_is_confidential_authenticated_and_ordered() -> None:
+    """Frames open only in order, only once, only unmodified; the bytes hide the plaintext."""
+    c, s = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    client, server = _run_handshake(c, s, c)
+    secret = b"masked opening 0123456789" * 4
+    frames = [server.seal(secret), server.seal(b"second")]
+    assert secret not in frames[0]
+    assert len(frames[0]) == len(secret) + 16
+    assert client.open(frames[0]) == secret
+    with pytest.raises(AuthenticationError, match="replayed"):
+        client.open(frames[0])  # a replay (or a reordering) does not open
+    tampered = bytearray(frames[1])
+    tampered[0] ^= 1
+    with pytest.raises(AuthenticationError):
+        client.open(bytes(tampered))
+    assert server.open(client.seal(b"reply")) == b"reply"  # the other direction has its own key
+    other, _ = _run_handshake(c, s, c)  # another connection: other keys
+    with pytest.raises(AuthenticationError):
+        other.open(server.seal(b"x"))
+
+
 def test_handshake_resists_replay_and_reflection() -> None:
     """An AUTH for one server nonce fails under another; ACCEPT cannot be reflected."""
     c, s = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     known = {"party-1": c.public_key()}
+    eph_s = X25519PrivateKey.generate()
     auth, state = hs.client_auth(
-        hs.hello("party-0", b"a" * 32),
+        hs.hello("party-0", b"a" * 32, eph_s),
         name="party-1",
         key=c,
         expected_server="party-0",
         nonce_c=b"c" * 32,
+        eph=X25519PrivateKey.generate(),
     )
     with pytest.raises(AuthenticationError):
-        hs.server_accept(auth, name="party-0", key=s, nonce_s=b"b" * 32, known=known)
+        hs.server_accept(auth, name="party-0", key=s, nonce_s=b"b" * 32, eph=eph_s, known=known)
+    with pytest.raises(AuthenticationError):  # same nonce, another ephemeral key (a MitM's)
+        hs.server_accept(
+            auth,
+            name="party-0",
+            key=s,
+            nonce_s=b"a" * 32,
+            eph=X25519PrivateKey.generate(),
+            known=known,
+        )
     # The client's own signature, sent back as if it were the server's, does not verify.
-    reflected = hs.MAGIC + auth[len(hs.MAGIC) + hs.NONCE : len(hs.MAGIC) + hs.NONCE + hs.SIG]
+    at = len(hs.MAGIC) + hs.NONCE + hs.EPH
+    reflected = hs.MAGIC + auth[at : at + hs.SIG]
     with pytest.raises(AuthenticationError):
         hs.client_finish(reflected, state, c.public_key())
     with pytest.raises(AuthenticationError, match="expected"):
         hs.client_auth(
-            hs.hello("dealer", b"a" * 32),
+            hs.hello("dealer", b"a" * 32, eph_s),
             name="party-1",
             key=c,
             expected_server="party-0",
             nonce_c=b"c" * 32,
+            eph=X25519PrivateKey.generate(),
         )
     with pytest.raises(AuthenticationError, match="malformed"):
-        hs.server_accept(b"junk", name="party-0", key=s, nonce_s=b"a" * 32, known=known)
+        hs.server_accept(b"junk", name="party-0", key=s, nonce_s=b"a" * 32, eph=eph_s, known=known)
 
 
 def test_bad_operands_are_config_errors() -> None:
