@@ -29,6 +29,7 @@ from tests.fuzz import (
     test_fuzz_mpc_messages,
     test_fuzz_mqtt_payload,
     test_fuzz_opcua_value,
+    test_fuzz_progress,
 )
 from tests.fuzz.harness import Target
 
@@ -39,6 +40,7 @@ TARGETS: tuple[Target, ...] = (
     test_fuzz_opcua_value.TARGET,
     test_fuzz_config.TARGET,
     test_fuzz_mpc_messages.TARGET,
+    test_fuzz_progress.TARGET,
 )
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.reference import StreamReadings
 from tecc_contract.envelope import Sealer
+from tecc_contract.progress import Progress, seal_progress
 from tests.cloud.scenario import (
     GATEWAYS,
     SECOND,
@@ -69,6 +70,29 @@ def _post(pd: ProxiedDeployment, party: int, frame: bytes) -> tuple[int, str]:
     return status, str(body.get("reason") or body.get("status"))
 
 
+def _notice_attacks(pd: ProxiedDeployment, gw: TestGateway) -> dict[str, list[tuple[int, str]]]:
+    """Progress notices that would close windows early: forged, foreign, misaddressed, old."""
+    now, gw_id = time.time_ns(), GATEWAYS[0]
+    ahead = Progress(gw_id, "party0", now, now)  # "everything delivered", before it was
+    mallory = Ed25519PrivateKey.generate()
+    frames = {
+        "notice_forged": seal_progress(ahead, mallory),
+        "notice_not_enrolled": seal_progress(Progress("gw-rogue", "party0", now, now), mallory),
+        "notice_other_cluster": seal_progress(
+            Progress(gw_id, "party1", now, now), gw.dep.signing_key(gw_id)
+        ),
+        "notice_stale": seal_progress(
+            Progress(gw_id, "party0", now - 120 * SECOND, now - 120 * SECOND),
+            gw.dep.signing_key(gw_id),
+        ),
+    }
+    out = {}
+    for name, frame in frames.items():
+        status, body = http_json(f"{pd.proxy_url('party0')}/v1/progress", data=frame)
+        out[name] = [(status, str(body.get("reason")))]
+    return out
+
+
 def test_attacks_are_refused_counted_and_never_released(proxied: ProxiedDeployment) -> None:
     """Replay, forgery, wrong cluster and unknown gateway: refused, counted, not in the results."""
     pd, scn = proxied, _scenario()
@@ -96,12 +120,20 @@ def test_attacks_are_refused_counted_and_never_released(proxied: ProxiedDeployme
             )
             rogue = stranger.seal(0, bad, created_ns=time.time_ns())
             attacks["not_enrolled"] = [_post(pd, i, f) for i, f in enumerate(rogue)]
+            attacks.update(_notice_attacks(pd, gw))
     assert attacks == {
         "replay": [(409, "replay"), (409, "replay")],
         "forged": [(403, "signature")],
         "wrong_cluster": [(403, "decrypt")],
         "not_enrolled": [(403, "signature"), (403, "signature")],
+        "notice_forged": [(403, "signature")],
+        "notice_not_enrolled": [(403, "signature")],
+        "notice_other_cluster": [(403, "misaddressed")],
+        "notice_stale": [(409, "stale")],
     }
+    notices = 'tecc_progress_rejected_total{reason="'
+    counted = [metric(pd.dep, "party0", f'{notices}{r}"}}') for r in ("signature", "misaddressed")]
+    assert counted == [2, 1]
     rejected = 'tecc_ingest_rejected_total{reason="'
     for party, want in (("party0", (1, 2, 1)), ("party1", (1, 1, 0))):
         got = tuple(
