@@ -4,6 +4,13 @@ Simulated time starts at ``start`` (epoch seconds) when :meth:`SimClock.begin`
 is called and advances ``speed`` times faster than the wall clock. Samples are
 stamped with simulated time computed from their slot number, never read from
 the wall clock, so timestamps are exact and reproducible.
+
+A live run (speed 1, ``start`` within ``SYNC_WINDOW_S`` of the present) is
+anchored to the wall clock instead, like sensors with synchronised clocks:
+simulated time *is* the time of day, a future ``start`` is waited for, and the
+slots that fell due while the servers were starting are published at once.
+Otherwise every reading would carry a timestamp as old as the simulator's
+start-up time, a clock skew real plants keep far below a second.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import Final
+
+SYNC_WINDOW_S: Final = 300.0
 
 
 class SimClock:
@@ -23,17 +33,22 @@ class SimClock:
         *,
         speed: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.start = start
         self.speed = speed
         self._monotonic = monotonic
+        self._wall = wall
         self._origin: float | None = None
 
     def begin(self) -> None:
-        """Anchor simulated ``start`` to the current wall-clock instant."""
+        """Anchor simulated ``start``: to the wall clock for a live run, else to now."""
         self._origin = self._monotonic()
+        behind = self._wall() - self.start
+        if self.speed == 1.0 and abs(behind) <= SYNC_WINDOW_S:
+            self._origin -= behind
 
     def now(self) -> float:
         """Current simulated time in epoch seconds."""

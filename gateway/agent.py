@@ -218,14 +218,16 @@ class Agent:
             for m in self.mqtt
         ]
         drained = self.ingest.drain()
-        if drained.timestamps and min(drained.timestamps) < self.edge_through:
-            late = sum(1 for t in drained.timestamps if t < self.edge_through)
+        declared = max((link.through_ns for link in self.links), default=0)
+        if drained.timestamps and min(drained.timestamps) < declared:
+            late = sum(1 for t in drained.timestamps if t < declared)
             self.metrics.late.inc(late)
             log.warning(
                 "%d readings arrived older than the progress already declared (%.3f s); "
-                "they are sent but miss their window: raise progress.slack_s if this repeats",
+                "they are sent but may miss their window: raise progress.slack_s if this "
+                "repeats",
                 late,
-                self.edge_through / 1e9,
+                declared / 1e9,
             )
         backlog = len(self.batcher) + len(drained)
         if self._sealer is None and backlog > self.cfg.batching.max_pending:

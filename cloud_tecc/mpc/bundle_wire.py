@@ -3,7 +3,9 @@
 ``MAGIC ‖ u16 party ‖ u64 seq ‖ u8 bundles`` then per bundle
 ``u8 kind ‖ u8 frac_bits ‖ u64 count ‖ seed(32)`` followed, for party 0 only, by
 the raw little-endian correction arrays in layout order. Anything else is a
-:class:`CorrelationError`.
+:class:`CorrelationError`, and so is a bundle of more than ``MAX_COUNT``
+correlations: party 1 receives only a seed, so its count is not bounded by
+the frame size and would otherwise let a dealer make it allocate at will.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ MAGIC: Final = b"TMD1"
 _HEAD: Final = struct.Struct("<4sHQB")
 _BUNDLE: Final = struct.Struct("<BBQ32s")
 _KINDS: Final = tuple(Kind)
+#: Upper bound on one bundle (a dealer batch of 1 M comparisons holds 2^20-scale bundles).
+MAX_COUNT: Final = 1 << 26
 
 
 def encode_batch(party: int, seq: int, bundles: list[Bundle]) -> bytes:
@@ -50,6 +54,8 @@ def decode_batch(data: bytes, *, party: int) -> tuple[int, list[Bundle]]:
         off += _BUNDLE.size
         if k >= len(_KINDS):
             raise CorrelationError(f"unknown correlation kind code {k}")
+        if n > MAX_COUNT:
+            raise CorrelationError(f"dealer bundle of {n} correlations exceeds {MAX_COUNT}")
         kind = _KINDS[k]
         corr = {}
         for f in correction_fields(kind) if party == 0 else ():

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import aiohttp
 import numpy as np
+import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
@@ -20,8 +21,9 @@ from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings
 from cloud_tecc.config import load_party
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory
+from cloud_tecc.errors import PeerError
 from cloud_tecc.mpc.source import LocalDealer
-from cloud_tecc.mpc.transport import MemoryNetwork
+from cloud_tecc.mpc.transport import MemoryNetwork, Transport
 from cloud_tecc.output.collector import try_complete
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
@@ -251,5 +253,21 @@ async def test_batches_of_a_gone_gateway_held_by_one_party_are_left_out(tmp_path
     counts = [w["count"] for w in docs[T0 + 10 * S].windows]
     assert counts == [50]  # seconds 10-14 only
     assert [c.orphaned._value.get() for c in coords] == [5, 5]
+    for c in coords:
+        c.store.close()
+
+
+class _NoWatermark:
+    """A peer whose control message lacks the watermark."""
+
+    async def exchange(self, round_id: int, outgoing: Any) -> dict[int, bytes]:
+        return {1: b"{}"}
+
+
+async def test_control_message_without_watermark_is_a_peer_error(tmp_path: Path) -> None:
+    """A malformed control message ends the session with a PeerError, not a KeyError."""
+    coords = _coordinators(tmp_path)
+    with pytest.raises(PeerError, match="watermark"):
+        await coords[0]._tick(cast(Transport, _NoWatermark()), LocalDealer(2).source(0))
     for c in coords:
         c.store.close()

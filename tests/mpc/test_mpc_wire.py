@@ -84,6 +84,11 @@ def test_bad_dealer_frames_are_refused() -> None:
             decode_batch(bad, party=0)
     with pytest.raises(CorrelationError, match="for party 0"):
         decode_batch(frame, party=1)
+    # Party 1 gets seeds only, so a count is not bounded by the bytes that follow it.
+    seeds_only = bytearray(encode_batch(1, 0, deal(Plan(triples=4), 2)[1]))
+    seeds_only[17:25] = (1 << 40).to_bytes(8, "little")
+    with pytest.raises(CorrelationError, match="exceeds"):
+        decode_batch(bytes(seeds_only), party=1)
 
 
 def test_store_refuses_mismatched_bundles() -> None:
