@@ -87,6 +87,8 @@ class Coordinator:
         self._outbox = asyncio.Event()
         self._waiting_for: tuple[int, str] = (0, "")
         self._skip: set[Key] = set()  # orphaned batches the peer reported (leader only)
+        #: End of the last committed epoch (readings below it are late), kept in memory.
+        self.watermark_ns = store.watermark()
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
         self.readings = Counter(
             "tecc_party_epoch_readings", "Readings through the analytics", registry=registry
@@ -189,6 +191,7 @@ class Coordinator:
         if wm > base:
             log.info("rewinding to the common watermark %d", base)
             await asyncio.to_thread(self.store.rewind, base)
+        self.watermark_ns = base
         leader = self.cfg.party == 0
         prop_doc: dict[str, Any] = {}
         if leader:
@@ -275,6 +278,7 @@ class Coordinator:
         epoch = build_epoch(prop.start_ns, prop.end_ns, segments, states)
         if not epoch.streams:
             await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, {}, 0, time.time_ns())
+            self.watermark_ns = prop.end_ns
             return
         party = Party(self.cfg.party, 2, mesh, link, frac_bits=16)
         t1 = time.perf_counter()
@@ -297,6 +301,7 @@ class Coordinator:
         await asyncio.to_thread(
             self.store.commit_epoch, prop.end_ns, new_states, n, time.time_ns(), body
         )
+        self.watermark_ns = prop.end_ns
         self._outbox.set()
         if prop.skip:
             self.orphaned.inc(len(prop.skip))

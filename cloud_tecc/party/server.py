@@ -16,7 +16,6 @@ when an epoch is closed (:class:`~cloud_tecc.party.epochs.ProgressTracker`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -24,6 +23,7 @@ import time
 from typing import Any
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Counter, Gauge
@@ -35,7 +35,7 @@ from cloud_tecc.errors import ConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.ingest import REASONS, Ingestor
-from cloud_tecc.party.store import InsertResult, ShareStore
+from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
 from tecc_contract.errors import ContractError, FrameError, SignatureError
@@ -57,6 +57,14 @@ def _key_bytes(text: str) -> bytes:
     if len(text) == 64:
         return bytes.fromhex(text)
     return base64.b64decode(text, validate=True)
+
+
+def late_readings(row: BatchRow, watermark_ns: int) -> int:
+    """Readings of ``row`` timestamped before ``watermark_ns`` (their epoch is computed)."""
+    return sum(
+        int(np.count_nonzero(np.frombuffer(seg.ts, dtype="<i8") < watermark_ns))
+        for seg in row.segments
+    )
 
 
 def gateway_keys(cfg: PartyConfig) -> dict[str, Ed25519PublicKey]:
@@ -124,7 +132,6 @@ class PartyService(ServiceBase):
         self.peer_ok = Gauge(
             "tecc_party_peer_attested", "1 if the peer party attests", registry=reg
         )
-        self.watermark = self.store.watermark()
         self.coordinator: Coordinator | None = None
         self.http: aiohttp.ClientSession | None = None
         self.app.router.add_post("/v1/batches", self._ingest)
@@ -190,10 +197,17 @@ class PartyService(ServiceBase):
         self.tracker.heard(row.gateway, row.received_ns)
         if outcome == InsertResult.ACCEPTED:
             self.readings.inc(row.count)
-            if row.min_ts < self.watermark:
-                self.watermark = await asyncio.to_thread(self.store.watermark)
-                if row.min_ts < self.watermark:
-                    self.late.inc(row.count)
+            wm = self.coordinator.watermark_ns if self.coordinator else self.store.watermark()
+            if row.min_ts < wm:
+                late = late_readings(row, wm)
+                self.late.inc(late)
+                log.warning(
+                    "batch %d of %r: %d readings older than the computed watermark (late, "
+                    "not analysed)",
+                    row.seq,
+                    row.gateway,
+                    late,
+                )
         return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})
 
     async def _progress(self, request: web.Request) -> web.Response:
