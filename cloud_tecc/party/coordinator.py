@@ -27,6 +27,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import time
 from typing import Any, Final
 
@@ -268,6 +269,7 @@ class Coordinator:
             end,
             tuple(k for k in held if k not in self._skip),
             tuple(sorted(self._skip)),
+            os.urandom(8).hex(),
         )
 
     async def _compute(self, mesh: Transport, link: CorrelationSource, prop: Proposal) -> None:
@@ -289,7 +291,7 @@ class Coordinator:
         body = dumps(
             {
                 "party": self.cfg.party,
-                "layout": rel.layout,
+                "layout": {**rel.layout, "run": prop.run},
                 "vector": base64.b64encode(rel.vector.astype("<u8").tobytes()).decode(),
             }
         )

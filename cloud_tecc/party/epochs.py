@@ -41,13 +41,18 @@ class Proposal:
 
     ``skip`` lists orphaned batches: held by one party only, from a gateway
     neither party has heard from within ``active_s``, so the other share will
-    never come. Both parties leave them out (and count them).
+    never come. Both parties leave them out (and count them). ``run`` names
+    this computation of the epoch: it goes into the result layout, so the
+    output service never adds a share of one computation to a share of
+    another (an epoch is recomputed when a party lost its commit, with fresh
+    correlations, and the two computations' shares do not sum to the result).
     """
 
     start_ns: int
     end_ns: int
     batches: tuple[Key, ...]
     skip: tuple[Key, ...] = ()
+    run: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for the peer channel."""
@@ -56,6 +61,7 @@ class Proposal:
             "end": self.end_ns,
             "batches": [list(b) for b in self.batches],
             "skip": [list(b) for b in self.skip],
+            "run": self.run,
         }
 
     @classmethod
@@ -64,7 +70,7 @@ class Proposal:
         try:
             batches = keys_from_json(obj["batches"])
             skip = keys_from_json(obj.get("skip", []))
-            return cls(int(obj["start"]), int(obj["end"]), batches, skip)
+            return cls(int(obj["start"]), int(obj["end"]), batches, skip, str(obj.get("run", "")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PeerError(f"malformed epoch proposal: {exc}") from exc
 

@@ -21,7 +21,7 @@ from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings
 from cloud_tecc.config import load_party
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory
-from cloud_tecc.errors import PeerError
+from cloud_tecc.errors import AnalyticsError, PeerError
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork, Transport
 from cloud_tecc.output.collector import try_complete
@@ -269,5 +269,49 @@ async def test_control_message_without_watermark_is_a_peer_error(tmp_path: Path)
     coords = _coordinators(tmp_path)
     with pytest.raises(PeerError, match="watermark"):
         await coords[0]._tick(cast(Transport, _NoWatermark()), LocalDealer(2).source(0))
+    for c in coords:
+        c.store.close()
+
+
+def _outgoing(c: Coordinator) -> dict[int, tuple[dict[str, Any], bytes]]:
+    """Drain a party's outbox: epoch end -> (layout, share vector)."""
+    out = {}
+    while (item := c.store.next_outgoing()) is not None:
+        doc = json.loads(item[1])
+        out[item[0]] = (doc["layout"], base64.b64decode(doc["vector"]))
+        c.store.delivered(*item)
+    return out
+
+
+async def test_shares_of_two_computations_of_an_epoch_never_combine(tmp_path: Path) -> None:
+    """Party 1 lost its commit of the last epoch; party 0 had already sent its share.
+
+    Both recompute it with fresh correlations. Party 0's first share plus
+    party 1's second would reconstruct garbage with the right counts; the run
+    id in the layout makes the output refuse that pair and accept the matching one.
+    """
+    rng = np.random.default_rng(8)
+    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
+    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
+    want = {
+        r.epoch.start_ns: r.released
+        for r in await ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams)
+    }
+    coords = _coordinators(tmp_path)
+    _ingest(coords, streams)
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    await _run_until(coords, net, dealer, T0 + 30 * S)
+    last, end = T0 + 20 * S, T0 + 30 * S
+    first0 = _outgoing(coords[0])[end]
+    _outgoing(coords[1])
+    coords[1].store.rewind(last)
+    await _run_until(coords, net, dealer, end)
+    second0, second1 = _outgoing(coords[0])[end], _outgoing(coords[1])[end]
+    policy = coords[0].cfg.service.policy
+    with pytest.raises(AnalyticsError, match="different layouts"):
+        try_complete(policy, 2, {0: first0, 1: second1})
+    done = try_complete(policy, 2, {0: second0, 1: second1})
+    assert done is not None
+    assert done.rows == want[last]
     for c in coords:
         c.store.close()
