@@ -24,6 +24,9 @@ from firmware_sim.sample import Sample
 _log = logging.getLogger(__name__)
 #: Longest wait for the broker to confirm a disconnect when the simulator stops.
 DISCONNECT_TIMEOUT_S = 5.0
+#: Longest wait for a PUBACK before the link counts as lost (a killed broker does not
+#: always reset the connection at once; waiting longer only delays noticing it).
+PUBLISH_TIMEOUT_S = 3.0
 
 
 def mqtt_client(settings: MqttSettings) -> aiomqtt.Client:
@@ -75,7 +78,7 @@ class MqttLink:
         if not self._up:
             return False
         try:
-            await self._client.publish(topic, payload, qos=qos, timeout=10.0)
+            await self._client.publish(topic, payload, qos=qos, timeout=PUBLISH_TIMEOUT_S)
         except aiomqtt.MqttError as exc:
             self._up = False
             _log.warning(
