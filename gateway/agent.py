@@ -15,10 +15,15 @@ Progress: every step the agent computes ``edge_through``, the timestamp below
 which every reading it will ever accept is in the spool already: ``now -
 progress.slack_s``, held back by MQTT sources that may still get redeliveries
 (:meth:`~gateway.sources.mqtt.MqttSource.progress_bound`) and by readings
-still in the batcher. Each uplink lowers it further to its own oldest unsent
-reading and declares the result to its cluster in a signed progress notice
-(:mod:`tecc_contract.progress`); that is what lets the clusters close a window
-without ever overtaking a reading still on its way. A reading that arrives
+still in the batcher. With ``progress.ordered_sensors`` (each sensor's
+readings arrive in timestamp order, as they do from one publisher or one
+OPC-UA node) a sensor that has just reported lifts its own bound to its
+newest timestamp, so when every declared sensor is reporting the edge
+follows the slowest of them instead of waiting the full slack. Each uplink
+lowers it further to its own oldest unsent reading and declares the result
+to its cluster in a signed progress notice (:mod:`tecc_contract.progress`);
+that is what lets the clusters close a window without ever overtaking a
+reading still on its way. A reading that arrives
 older than the declared progress is counted in ``gateway_readings_late_total``
 (and still sent).
 
@@ -94,6 +99,7 @@ class Agent:
         self.spooled_readings = 0
         self._released: list[int] = []
         self.edge_through = 0
+        self._last_ts: dict[str, int] = {}  # newest timestamp seen per sensor
         self.overflow = False
         self.mqtt = [
             MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
@@ -229,6 +235,11 @@ class Agent:
                 late,
                 declared / 1e9,
             )
+        if self.cfg.progress.ordered_sensors:
+            last = self._last_ts
+            for sensor, ts in zip(drained.sensors, drained.timestamps, strict=True):
+                if ts > last.get(sensor, 0):
+                    last[sensor] = ts
         backlog = len(self.batcher) + len(drained)
         if self._sealer is None and backlog > self.cfg.batching.max_pending:
             self._refuse(drained, "backlog_full")
@@ -241,8 +252,16 @@ class Agent:
 
     def _advance(self, now_ns: int, bounds: list[int | None]) -> None:
         """Move ``edge_through`` forward (see the module docstring); never backwards."""
+        pc = self.cfg.progress
         limit = min([now_ns, *(b for b in bounds if b is not None)])
-        through = 0 if limit == 0 else limit - int(self.cfg.progress.slack_s * 1e9)
+        if limit == 0:
+            return  # an MQTT session may still hold the previous run's backlog: no claim
+        floor = limit - int(pc.slack_s * 1e9)
+        through = floor
+        if pc.ordered_sensors:
+            # A sensor's next reading is newer than its last one, and newer than the floor.
+            last = self._last_ts
+            through = min(max(last.get(s, floor), floor) for s in self.cfg.sensors)
         if self.batcher.min_ts is not None:
             through = min(through, self.batcher.min_ts)
         if through > self.edge_through:

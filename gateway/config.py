@@ -234,12 +234,16 @@ class ProgressConfig:
     After an MQTT source (re)connects, the notices stay at the time it went
     down (at start: at the previous declaration) for ``settle_s`` while the
     broker redelivers what it held, and at most ``max_hold_s`` in all.
+    ``ordered_sensors``: each sensor's readings arrive in timestamp order, so a
+    sensor's bound is its newest timestamp when that is later than the slack
+    (turn it off for sensors fed by several publishers or resent out of order).
     """
 
     slack_s: float = 1.0
     interval_s: float = 0.25
     settle_s: float = 2.0
     max_hold_s: float = 60.0
+    ordered_sensors: bool = True
 
     def __post_init__(self) -> None:
         vals = (self.slack_s, self.interval_s, self.settle_s, self.max_hold_s)

@@ -100,6 +100,12 @@ def _sensor(raw: object, where: str) -> SensorConfig:
     )
 
 
+def _bool(raw: object, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{where} must be true or false, got {raw!r}")
+    return raw
+
+
 def _dotted(raw: object) -> tuple[str, ...]:
     return tuple(str(raw).split("."))
 
@@ -289,7 +295,7 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
     pr = _obj(
         o.get("progress") or {},
         "progress",
-        {"slack_s", "interval_s", "settle_s", "max_hold_s"},
+        {"slack_s", "interval_s", "settle_s", "max_hold_s", "ordered_sensors"},
     )
     sp = _obj(o.get("spool") or {}, "spool", {"path", "max_bytes"})
     spool_path = _path(base, sp.get("path")) or state_dir / "spool.db"
@@ -319,6 +325,7 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
             interval_s=float(pr.get("interval_s", 0.25)),
             settle_s=float(pr.get("settle_s", 2.0)),
             max_hold_s=float(pr.get("max_hold_s", 60.0)),
+            ordered_sensors=_bool(pr.get("ordered_sensors", True), "progress.ordered_sensors"),
         ),
         tpm=TpmConfig(
             tcti=str(t.get("tcti", "swtpm:port=2321")),
