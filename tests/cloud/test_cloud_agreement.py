@@ -117,6 +117,19 @@ def _ingest(
     return held
 
 
+def _streams(seed: int, sensors: int = 1) -> list[StreamReadings]:
+    """30 s of one gateway's readings at 10 Hz per sensor."""
+    rng = np.random.default_rng(seed)
+    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
+    return [StreamReadings("gw", f"s{k}", ts, 20 + rng.normal(0, 1, 300)) for k in range(sensors)]
+
+
+async def _reference(streams: list[StreamReadings]) -> dict[int, Any]:
+    """The plaintext reference's released results per epoch start."""
+    results = await ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams)
+    return {r.epoch.start_ns: r.released for r in results}
+
+
 async def _run_until(
     coords: list[Coordinator], net: MemoryNetwork, dealer: LocalDealer, watermark: int
 ) -> None:
@@ -147,11 +160,8 @@ def _released(coords: list[Coordinator]) -> dict[int, Any]:
 
 async def test_agreement_computes_epochs_and_redoes_an_uncommitted_one(tmp_path: Path) -> None:
     """Both parties compute the same epochs; a party that lost its last commit is caught up."""
-    rng = np.random.default_rng(4)
-    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
-    streams = [StreamReadings("gw", f"s{k}", ts, 20 + rng.normal(0, 1, 300)) for k in range(2)]
-    results = await ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams)
-    want = {r.epoch.start_ns: r.released for r in results}
+    streams = _streams(4, sensors=2)
+    want = await _reference(streams)
     coords = _coordinators(tmp_path)
     _ingest(coords, streams)
     net, dealer = MemoryNetwork(2), LocalDealer(2)
@@ -175,13 +185,8 @@ async def test_follower_refuses_an_epoch_without_batches_it_holds(tmp_path: Path
     as well and refuses, so nothing is computed until party 0 receives them,
     and then the results equal the plaintext reference.
     """
-    rng = np.random.default_rng(5)
-    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
-    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
-    want = {
-        r.epoch.start_ns: r.released
-        for r in await ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams)
-    }
+    streams = _streams(5)
+    want = await _reference(streams)
     coords = _coordinators(tmp_path, tracked=("gw",))
     for c in coords:
         c.tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
@@ -202,9 +207,7 @@ async def test_follower_refuses_an_epoch_without_batches_it_holds(tmp_path: Path
 
 async def test_an_epoch_waits_for_every_partys_progress_notices(tmp_path: Path) -> None:
     """Party 1 has not heard the gateway declare the epoch complete: nothing is computed."""
-    rng = np.random.default_rng(6)
-    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
-    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
+    streams = _streams(6)
     coords = _coordinators(tmp_path, tracked=("gw",))
     _ingest(coords, streams)
     coords[0].tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
@@ -228,9 +231,7 @@ async def test_batches_of_a_gone_gateway_held_by_one_party_are_left_out(tmp_path
     neither has heard from it within active_s, party 1 reports the orphans,
     party 0 leaves them out, and both compute the epoch from what both hold.
     """
-    rng = np.random.default_rng(7)
-    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
-    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
+    streams = _streams(7)
     coords = _coordinators(tmp_path, tracked=("gw",))
     _ingest(coords, streams, {0: range(15), 1: range(20)})
     for c in coords:  # live: heard just now, progress past the data
@@ -290,13 +291,8 @@ async def test_shares_of_two_computations_of_an_epoch_never_combine(tmp_path: Pa
     party 1's second would reconstruct garbage with the right counts; the run
     id in the layout makes the output refuse that pair and accept the matching one.
     """
-    rng = np.random.default_rng(8)
-    ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
-    streams = [StreamReadings("gw", "s0", ts, 20 + rng.normal(0, 1, 300))]
-    want = {
-        r.epoch.start_ns: r.released
-        for r in await ReferenceAnalytics(policy_from_mapping(POLICY)).run(streams)
-    }
+    streams = _streams(8)
+    want = await _reference(streams)
     coords = _coordinators(tmp_path)
     _ingest(coords, streams)
     net, dealer = MemoryNetwork(2), LocalDealer(2)
