@@ -19,7 +19,6 @@ from cloud_tecc.mpc.bundle_wire import decode_batch
 from cloud_tecc.mpc.correlations import Batch, Kind
 from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError
-from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
 from cloud_tecc.mpc.source import CorrelationStore
 from cloud_tecc.mpc.wslink import RandomBytes
 
@@ -55,24 +54,15 @@ class RemoteSource:
         carries the masks, which an eavesdropper could combine with openings.
         """
         self = cls(party, frac_bits, wait_s)
-        self._session = aiohttp.ClientSession()
-        loop = asyncio.get_running_loop()
-        try:
-            self._ws = await wslink.connect_retrying(
-                self._session,
-                url,
-                deadline=loop.time() + wait_s,
-                name=party_name(party),
-                key=key,
-                server_name=DEALER_NAME,
-                server_key=dealer_key,
-                wait_s=wait_s,
-                random_bytes=random_bytes,
-                tls=tls,
-            )
-        except BaseException:
-            await self._session.close()
-            raise
+        self._session, self._ws = await wslink.connect_dealer(
+            url,
+            party=party,
+            key=key,
+            dealer_key=dealer_key,
+            wait_s=wait_s,
+            random_bytes=random_bytes,
+            tls=tls,
+        )
         return self
 
     async def fetch(self, batches: int = 1) -> None:

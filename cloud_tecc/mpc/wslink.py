@@ -195,3 +195,37 @@ async def connect_retrying(
                 raise PeerLostError(f"cannot reach {url}: {exc}; is that service running?") from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+async def connect_dealer(
+    url: str,
+    *,
+    party: int,
+    key: Ed25519PrivateKey,
+    dealer_key: Ed25519PublicKey,
+    wait_s: float,
+    random_bytes: RandomBytes = os.urandom,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[aiohttp.ClientSession, Link]:
+    """Party ``party``'s link to the dealer at ``url``, retried until ``wait_s``.
+
+    Returns the HTTP session the link lives in (the caller closes both).
+    """
+    session = aiohttp.ClientSession()
+    try:
+        link = await connect_retrying(
+            session,
+            url,
+            deadline=asyncio.get_running_loop().time() + wait_s,
+            name=handshake.party_name(party),
+            key=key,
+            server_name=handshake.DEALER_NAME,
+            server_key=dealer_key,
+            wait_s=wait_s,
+            random_bytes=random_bytes,
+            tls=tls,
+        )
+    except BaseException:
+        await session.close()
+        raise
+    return session, link

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from typing import Final
 
@@ -34,7 +33,6 @@ from cloud_tecc.mpc.bundle_wire import decode_batch
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
 from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
-from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
 from cloud_tecc.mpc.source import CorrelationStore
 
 #: Batches received and expanded ahead of use (a batch of the default plan for
@@ -75,23 +73,9 @@ class DealerLink:
     ) -> DealerLink:
         """Connect and authenticate (the dealer's key comes from its verified quote)."""
         self = cls(party, frac_bits, wait_s)
-        self._session = aiohttp.ClientSession()
-        loop = asyncio.get_running_loop()
-        try:
-            self._ws = await wslink.connect_retrying(
-                self._session,
-                url,
-                deadline=loop.time() + wait_s,
-                name=party_name(party),
-                key=key,
-                server_name=DEALER_NAME,
-                server_key=dealer_key,
-                wait_s=wait_s,
-                random_bytes=os.urandom,
-            )
-        except BaseException:
-            await self._session.close()
-            raise
+        self._session, self._ws = await wslink.connect_dealer(
+            url, party=party, key=key, dealer_key=dealer_key, wait_s=wait_s
+        )
         self._reader = asyncio.create_task(self._read_ahead())
         return self
 
