@@ -178,26 +178,11 @@ async def _watch_gateways(p: Pipeline, obs: Observed, stop: asyncio.Event) -> No
             await asyncio.sleep(0.25)
 
 
-async def _drain(p: Pipeline, timeout_s: float) -> bool:
-    """Wait until every gateway reports empty spools and no backlog."""
-    assert p.urls is not None
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
-        while time.monotonic() < deadline:
-            empty = True
-            for url in p.urls.gateways.values():
-                try:
-                    async with s.get(url) as r:
-                        body = await r.json()
-                    empty &= int(body.get("backlog", 0)) == 0 and all(
-                        int(c["depth"]) == 0 for c in body["clusters"].values()
-                    )
-                except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
-                    empty = False
-            if empty:
-                return True
-            await asyncio.sleep(0.5)
-    return False
+def _drained(health: dict[str, Any]) -> bool:
+    """A gateway whose spool is empty for every cluster and that holds no backlog."""
+    return int(health.get("backlog", 0)) == 0 and all(
+        int(c["depth"]) == 0 for c in health["clusters"].values()
+    )
 
 
 async def _epochs(api: str) -> list[dict[str, Any]]:
@@ -364,7 +349,7 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         sim = p.supervisor.children["sim"].process
         assert sim is not None
         await sim.wait()
-        drained = await _drain(p, 30.0 if quick else 120.0)
+        drained = await p.wait_gateways(_drained, 30.0 if quick else 120.0, poll_s=0.5)
         await _released_until(p.urls.output_api, start + run_s - 1.0, 30.0)
         stop.set()
         await watcher

@@ -29,8 +29,10 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -312,40 +314,57 @@ class Pipeline:
                 await asyncio.sleep(0.2)
         raise PipelineError(f"{name} did not answer {url}; see {self.log_path(name)}")
 
-    async def _mqtt_connected(self, gw: str, url: str, timeout_s: float = 30.0) -> None:
-        if not any(s.transport == "mqtt" for s in self.sensors[gw]):
-            return
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
-            while time.monotonic() < deadline:
-                try:
-                    async with s.get(url) as r:
-                        body = await r.json()
-                    # OPC-UA sources report "subscribed"; they wait for the simulator
-                    mqtt = [v for v in body["sources"].values() if "subscribed" not in v]
-                    if all(v.get("connected") for v in mqtt):
-                        return
-                except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
-                    pass
-                await asyncio.sleep(0.2)
-        raise PipelineError(f"{gw} did not connect to the broker; see {self.log_path(gw)}")
+    async def wait_gateways(
+        self,
+        ready: Callable[[dict[str, Any]], bool],
+        timeout_s: float,
+        *,
+        urls: Iterable[str] | None = None,
+        poll_s: float = 0.2,
+    ) -> bool:
+        """Poll gateways' ``/healthz`` (default: all) until ``ready`` holds for each body.
 
-    async def wait_subscribed(self, timeout_s: float = 60.0) -> float:
-        """Wait until every gateway's sources are connected and subscribed; returns wall time."""
-        assert self.urls is not None, "start() first"
+        Returns False if ``timeout_s`` passes first; an unreachable gateway or a
+        body without the expected keys counts as not ready.
+        """
+        if urls is None:
+            assert self.urls is not None, "start() first"
+            urls = self.urls.gateways.values()
+        targets = list(urls)
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
             while time.monotonic() < deadline:
                 ok = True
-                for url in self.urls.gateways.values():
+                for url in targets:
                     try:
                         async with s.get(url) as r:
-                            body = await r.json()
-                        srcs = body["sources"].values()
-                        ok &= all(v.get("connected") and v.get("subscribed", True) for v in srcs)
+                            ok &= ready(await r.json())
                     except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
                         ok = False
                 if ok:
-                    return time.time()
-                await asyncio.sleep(0.2)
+                    return True
+                await asyncio.sleep(poll_s)
+        return False
+
+    async def _mqtt_connected(self, gw: str, url: str, timeout_s: float = 30.0) -> None:
+        if not any(s.transport == "mqtt" for s in self.sensors[gw]):
+            return
+        # OPC-UA sources report "subscribed"; they wait for the simulator
+        if not await self.wait_gateways(_mqtt_up, timeout_s, urls=[url]):
+            raise PipelineError(f"{gw} did not connect to the broker; see {self.log_path(gw)}")
+
+    async def wait_subscribed(self, timeout_s: float = 60.0) -> float:
+        """Wait until every gateway's sources are connected and subscribed; returns wall time."""
+        if await self.wait_gateways(_subscribed, timeout_s):
+            return time.time()
         raise PipelineError("gateways did not subscribe to their sources in time")
+
+
+def _mqtt_up(health: dict[str, Any]) -> bool:
+    """Every MQTT source of a gateway is connected (OPC-UA ones report ``subscribed``)."""
+    return all(v.get("connected") for v in health["sources"].values() if "subscribed" not in v)
+
+
+def _subscribed(health: dict[str, Any]) -> bool:
+    """Every source of a gateway is connected and, for OPC-UA, subscribed."""
+    return all(v.get("connected") and v.get("subscribed", True) for v in health["sources"].values())
