@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from firmware_sim.errors import SimConfigError, SimError
 from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
 from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
-from firmware_sim.replay import read_csv, replay
+from firmware_sim.replay import NUDGE_S, Disorder, Timing, check_timing, read_csv, replay
 from firmware_sim.runner import RunStats, Sink, run_simulation
 from firmware_sim.scenario import parse_anomalies
 from firmware_sim.yamlpath import load_yaml
@@ -74,17 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress line")
     _endpoint_flags(run)
 
-    rep = sub.add_parser("replay", help="publish a 'timestamp,value' CSV as one sensor")
-    rep.add_argument("--csv", type=Path, required=True)
-    rep.add_argument("--sensor", required=True, help="sensor id <line>.<machine>.<sensor>")
-    rep.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
+    rep = sub.add_parser("replay", help="publish a CSV recording as one sensor")
+    replay_flags(rep)
     rep.add_argument("--kind", choices=[k.value for k in SensorKind], default="generic")
     rep.add_argument("--unit", help="engineering unit (default: the kind's)")
     rep.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"))
     rep.add_argument("--payload", choices=[f.value for f in PayloadFormat], default="json")
     rep.add_argument("--qos", type=int, choices=[0, 1], default=1)
-    rep.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
-    rep.add_argument("--rebase", action="store_true", help="stamp the first row with 'now'")
     _endpoint_flags(rep)
 
     sensors = sub.add_parser(
@@ -102,6 +97,47 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=42)
     _endpoint_flags(load)
     return parser
+
+
+def replay_flags(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``tecc-sim replay`` and ``./tecc replay``: file, columns, timing."""
+    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--sensor", required=True, help="sensor id <line>.<machine>.<sensor>")
+    p.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
+    p.add_argument("--time-column", help="header name of the timestamp column")
+    p.add_argument("--column", help="header name of the value column")
+    p.add_argument(
+        "--on-disorder",
+        choices=[d.value for d in Disorder],
+        default=Disorder.REJECT.value,
+        help="a repeated or backwards timestamp: fail with its line (reject) or keep the "
+        f"file order and move it {NUDGE_S * 1e3:g} ms past the previous one (keep)",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="recorded seconds per wall second ('inf': as fast as possible)",
+    )
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument(
+        "--rebase",
+        action="store_true",
+        help="stamp each row with the wall time it is published (spacing divided by --speed)",
+    )
+    timing.add_argument(
+        "--respace",
+        type=float,
+        metavar="SECONDS",
+        help="publish one row every SECONDS, stamped with the wall time it is published",
+    )
+
+
+def replay_timing(args: argparse.Namespace) -> Timing:
+    """The :class:`Timing` the replay flags ask for."""
+    if args.respace is not None:
+        return Timing.RESPACE
+    return Timing.REBASE if args.rebase else Timing.RECORDED
 
 
 def _mqtt(base: MqttSettings, args: argparse.Namespace) -> MqttSettings:
@@ -199,11 +235,16 @@ def _replay_spec(args: argparse.Namespace) -> SensorSpec:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    if args.speed <= 0:
-        raise SimConfigError(f"--speed must be > 0, got {args.speed}")
     spec = _replay_spec(args)
-    rows = read_csv(args.csv)
-    rebase = time.time() if args.rebase else None
+    timing = replay_timing(args)
+    check_timing(timing, args.speed, args.respace)
+    recording = read_csv(
+        args.csv,
+        on_disorder=Disorder(args.on_disorder),
+        time_column=args.time_column,
+        value_column=args.column,
+    )
+    print(f"{args.csv}: {recording.describe()}", file=sys.stderr, flush=True)
     async with contextlib.AsyncExitStack() as stack:
         sink: Sink
         if spec.transport is Transport.MQTT:
@@ -217,8 +258,15 @@ async def _replay(args: argparse.Namespace) -> int:
             await server.start()
             stack.push_async_callback(server.stop)
             sink = OpcuaSink(server)
-        count = await replay(rows, spec=spec, sink=sink, speed=args.speed, rebase=rebase)
-    print(f"replayed {count} rows as {spec.sensor_id}")
+        count = await replay(
+            recording.rows,
+            spec=spec,
+            sink=sink,
+            timing=timing,
+            speed=args.speed,
+            respace_s=args.respace,
+        )
+    print(f"replayed {count} rows as {spec.sensor_id} ({timing.value} stamps)", flush=True)
     return 0
 
 
