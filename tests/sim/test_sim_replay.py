@@ -173,7 +173,9 @@ def test_timeline_keeps_compressed_stamps_apart() -> None:
     """A spacing compressed below NUDGE_S is widened, so stamps stay distinct and ordered."""
     rows = [ReplayRow(START + k * 0.5, 1.0) for k in range(4)]
     slots = timeline(rows, timing=Timing.REBASE, speed=10_000, base=START)
-    assert [s.ts - START for s in slots] == pytest.approx([0, NUDGE_S, 2 * NUDGE_S, 3 * NUDGE_S])
+    assert [s.ts - START for s in slots] == pytest.approx(
+        [0, NUDGE_S, 2 * NUDGE_S, 3 * NUDGE_S], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize(
