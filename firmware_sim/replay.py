@@ -198,7 +198,9 @@ def read_csv(
                 ts, value = _row(path, lineno, cells, cols)
                 if ts <= previous:
                     if on_disorder is Disorder.REJECT:
-                        what = "repeats the previous timestamp" if ts == previous else "goes backwards"
+                        what = (
+                            "repeats the previous timestamp" if ts == previous else "goes backwards"
+                        )
                         raise ReplayError(
                             f"{path}:{lineno}: timestamp {cells[cols.time].strip()!r} {what}; "
                             "pass --on-disorder keep to keep the file order and move such "

@@ -19,7 +19,9 @@ still in the batcher. With ``progress.ordered_sensors`` (each sensor's
 readings arrive in timestamp order, as they do from one publisher or one
 OPC-UA node) a sensor that has just reported lifts its own bound to its
 newest timestamp, so when every declared sensor is reporting the edge
-follows the slowest of them instead of waiting the full slack. Each uplink
+follows the slowest of them instead of waiting the full slack; a
+``progress.backfill_sensors`` sensor (history) bounds it at its own newest
+timestamp however old (:mod:`gateway.eventtime`). Each uplink
 lowers it further to its own oldest unsent reading and declares the result
 to its cluster in a signed progress notice (:mod:`tecc_contract.progress`);
 that is what lets the clusters close a window without ever overtaking a
@@ -46,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, SpoolError, SpoolFullError
+from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
@@ -99,7 +102,14 @@ class Agent:
         self.spooled_readings = 0
         self._released: list[int] = []
         self.edge_through = 0
-        self._last_ts: dict[str, int] = {}  # newest timestamp seen per sensor
+        pc = cfg.progress
+        self.event_time = EventTime(
+            cfg.sensors,
+            ordered=pc.ordered_sensors,
+            backfill=pc.backfill_sensors,
+            backfill_idle_s=pc.backfill_idle_s,
+            started=time.monotonic(),
+        )
         self.overflow = False
         self.mqtt = [
             MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
@@ -145,6 +155,7 @@ class Agent:
             "spool_overflow": self.overflow,
             "last_seq": self._seq,
             "backlog": len(self.batcher) + self.ingest.pending(),
+            "backfilling": self.event_time.backfilling(time.monotonic()),
             "sources": {
                 **{s.name: {"connected": s.connected} for s in self.mqtt},
                 **{
@@ -235,11 +246,7 @@ class Agent:
                 late,
                 declared / 1e9,
             )
-        if self.cfg.progress.ordered_sensors:
-            last = self._last_ts
-            for sensor, ts in zip(drained.sensors, drained.timestamps, strict=True):
-                if ts > last.get(sensor, 0):
-                    last[sensor] = ts
+        self.event_time.observe(drained.sensors, drained.timestamps, now)
         backlog = len(self.batcher) + len(drained)
         if self._sealer is None and backlog > self.cfg.batching.max_pending:
             self._refuse(drained, "backlog_full")
@@ -248,20 +255,16 @@ class Agent:
         if self._sealer is not None:
             while self.batcher.due(now) or (final and len(self.batcher)):
                 await self._cut(now)
-        self._advance(now_ns, bounds)
+        self._advance(now_ns, bounds, now)
 
-    def _advance(self, now_ns: int, bounds: list[int | None]) -> None:
+    def _advance(self, now_ns: int, bounds: list[int | None], now: float) -> None:
         """Move ``edge_through`` forward (see the module docstring); never backwards."""
         pc = self.cfg.progress
         limit = min([now_ns, *(b for b in bounds if b is not None)])
         if limit == 0:
             return  # an MQTT session may still hold the previous run's backlog: no claim
-        floor = limit - int(pc.slack_s * 1e9)
-        through = floor
-        if pc.ordered_sensors:
-            # A sensor's next reading is newer than its last one, and newer than the floor.
-            last = self._last_ts
-            through = min(max(last.get(s, floor), floor) for s in self.cfg.sensors)
+        # Per sensor: the floor, its newest timestamp, or (backfill) its own event time.
+        through = self.event_time.through(limit - int(pc.slack_s * 1e9), now)
         if self.batcher.min_ts is not None:
             through = min(through, self.batcher.min_ts)
         if through > self.edge_through:

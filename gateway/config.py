@@ -237,6 +237,11 @@ class ProgressConfig:
     ``ordered_sensors``: each sensor's readings arrive in timestamp order, so a
     sensor's bound is its newest timestamp when that is later than the slack
     (turn it off for sensors fed by several publishers or resent out of order).
+    ``backfill_sensors``: sensors that deliver history (a replayed recording);
+    their bound is their own newest timestamp however old, never the slack, so
+    windows close on the data's event time; a backfill sensor silent for
+    ``backfill_idle_s`` (also counted from the start) is caught up and falls
+    back to the slack (:mod:`gateway.eventtime`).
     """
 
     slack_s: float = 1.0
@@ -244,12 +249,24 @@ class ProgressConfig:
     settle_s: float = 2.0
     max_hold_s: float = 60.0
     ordered_sensors: bool = True
+    backfill_sensors: tuple[str, ...] = ()
+    backfill_idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         vals = (self.slack_s, self.interval_s, self.settle_s, self.max_hold_s)
         if not all(math.isfinite(v) and v >= 0 for v in vals) or self.interval_s <= 0:
             raise ConfigError(
                 "progress: need finite slack_s, settle_s, max_hold_s >= 0 and interval_s > 0"
+            )
+        if not (math.isfinite(self.backfill_idle_s) and self.backfill_idle_s > 0):
+            raise ConfigError(
+                f"progress.backfill_idle_s must be a number of seconds > 0, "
+                f"got {self.backfill_idle_s}"
+            )
+        if self.backfill_sensors and not self.ordered_sensors:
+            raise ConfigError(
+                "progress.backfill_sensors needs progress.ordered_sensors: true (a backfill "
+                "sensor's progress is its newest timestamp, which holds only for ordered streams)"
             )
 
 
@@ -345,6 +362,12 @@ class GatewayConfig:
         undeclared = {n.sensor for s in self.opcua for n in s.nodes} - set(self.sensors)
         if undeclared:
             raise ConfigError(f"OPC-UA nodes feed undeclared sensors {sorted(undeclared)}")
+        unknown_backfill = set(self.progress.backfill_sensors) - set(self.sensors)
+        if unknown_backfill:
+            raise ConfigError(
+                f"progress.backfill_sensors names undeclared sensors {sorted(unknown_backfill)}; "
+                "list ids from 'sensors'"
+            )
         unknown = set(self.columns) - {"value", "square"}
         if unknown or "value" not in self.columns:
             raise ConfigError(

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import ProgressConfig
+from gateway.errors import ConfigError
+from gateway.eventtime import EventTime
 from gateway.keys import GatewayKeys
 from tests.gateway.conftest import running
 from tests.gateway.harness import metric, scrape, wait_for, write_config
@@ -16,7 +19,6 @@ from tests.gateway.publisher import publish
 from tests.gateway.receiver import FakeCluster, Platform, progress_violations, readings
 from tests.gateway.services import mosquitto
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 TOPIC = "plant/line1/temp/json"
 
 
@@ -26,6 +28,8 @@ def _msgs(start: int, n: int) -> list[tuple[str, bytes]]:
     return [(TOPIC, json.dumps({"v": (start + i) / 100, "ts": now}).encode()) for i in range(n)]
 
 
+@pytest.mark.mqtt
+@pytest.mark.slow
 async def test_backlog_after_a_restart_is_not_overtaken(
     tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
 ) -> None:
@@ -61,3 +65,52 @@ async def test_backlog_after_a_restart_is_not_overtaken(
     assert sorted(round(v * 100) for _, _, v in readings(clusters)) == list(range(3100))
     assert progress_violations(clusters[0]) == progress_violations(clusters[1]) == []
     assert metric(text, "gateway_readings_late_total") == 0
+
+
+S = 1_000_000_000  # ns per second
+HISTORY = 1_386_000_000 * S  # December 2013
+NOW = 1_764_230_400 * S
+
+
+def test_event_time_ordered_sensor_lifts_its_bound_above_the_floor() -> None:
+    """Ordered: max(newest, floor) per sensor; a silent sensor is at the floor."""
+    et = EventTime(["a", "b"], ordered=True)
+    floor = NOW - S
+    assert et.through(floor, 0.0) == floor
+    et.observe(["a", "b"], [NOW - 10, NOW - 20], 0.0)
+    assert et.through(floor, 0.0) == NOW - 20
+    assert EventTime(["a"], ordered=False).through(floor, 0.0) == floor
+
+
+def test_event_time_backfill_sensor_holds_progress_at_its_own_event_time() -> None:
+    """Backfill: no claim before the first reading, then its newest (2013) stamp, not the floor.
+
+    Fails on the code before this change: the floor (now - slack) overtook every
+    historical reading, so all of them were late.
+    """
+    et = EventTime(["live", "hist"], ordered=True, backfill=["hist"], backfill_idle_s=5.0)
+    floor = NOW - S
+    et.observe(["live"], [NOW - 10], 1.0)
+    assert et.through(floor, 1.0) == 0  # history not here yet: every epoch waits
+    et.observe(["hist", "hist"], [HISTORY, HISTORY + 300 * S], 2.0)
+    assert et.through(floor, 2.0) == HISTORY + 300 * S
+    assert et.backfilling(2.0) == ["hist"]
+    et.observe(["hist"], [HISTORY + 600 * S], 6.9)
+    assert et.through(floor, 11.8) == HISTORY + 600 * S  # heard 4.9 s ago: still holding
+    assert et.through(floor, 11.9) == floor  # idle 5 s: caught up, the live rule again
+    assert et.backfilling(11.9) == []
+
+
+def test_event_time_backfill_sensor_silent_from_the_start_stops_holding() -> None:
+    """A declared backfill sensor that never reports holds for ``backfill_idle_s`` only."""
+    et = EventTime(["hist"], ordered=True, backfill=["hist"], backfill_idle_s=5.0, started=100.0)
+    assert et.through(NOW - S, 104.9) == 0
+    assert et.through(NOW - S, 105.0) == NOW - S
+
+
+def test_backfill_config_is_checked() -> None:
+    """Backfill sensors must be declared and ordered; the error names the key."""
+    with pytest.raises(ConfigError, match=r"progress\.backfill_sensors needs progress\.ordered"):
+        ProgressConfig(ordered_sensors=False, backfill_sensors=("a",))
+    with pytest.raises(ConfigError, match=r"progress\.backfill_idle_s must be"):
+        ProgressConfig(backfill_idle_s=0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_csv_accepts_epoch_iso_and_a_header(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("1.0,2.0\n0.5,3.0\n", r"rec.csv:2: timestamp '0.5' goes backwards; pass --on-disorder"),
-        ("1.0,2.0\n1.0,3.0\n", r"rec.csv:2: timestamp '1.0' repeats the previous timestamp"),
+        ("1.0,2.0\n1.0,3.0\n", r"rec.csv:2: timestamp '1.0' repeats the previous one"),
         ("1.0,abc\n", r"rec.csv:1: bad value 'abc'"),
         ("yesterday,1\n", r"rec.csv:1: bad timestamp 'yesterday'"),
         ("1.0,2.0,3.0\n", r"rec.csv:1: expected 'timestamp,value', got 3 fields"),
@@ -121,7 +122,7 @@ def test_disorder_keep_keeps_file_order_and_strictly_increasing_stamps(tmp_path:
     base = parse_timestamp("2013-11-03 01:05:00")
     assert [r.value for r in rec.rows] == [float(v) for v in range(1, 12)]
     stamps = [r.ts for r in rec.rows]
-    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(stamps))
     assert stamps[4:6] == pytest.approx([base + NUDGE_S, base + 2 * NUDGE_S], abs=1e-6)
     assert stamps[6] == parse_timestamp("2013-11-03 01:10:00")
     assert stamps[7] == pytest.approx(stamps[6] + NUDGE_S, abs=1e-6)  # the duplicate
