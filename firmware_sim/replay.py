@@ -198,9 +198,7 @@ def read_csv(
                 ts, value = _row(path, lineno, cells, cols)
                 if ts <= previous:
                     if on_disorder is Disorder.REJECT:
-                        what = (
-                            "repeats the previous timestamp" if ts == previous else "goes backwards"
-                        )
+                        what = "goes backwards" if ts < previous else "repeats the previous one"
                         raise ReplayError(
                             f"{path}:{lineno}: timestamp {cells[cols.time].strip()!r} {what}; "
                             "pass --on-disorder keep to keep the file order and move such "
