@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from demo.pipeline import ROOT, Pipeline, PipelineError
+from demo.pipeline import DEMO_POLICY, DEMO_SIM, ROOT, Pipeline, PipelineError
 from demo.status import StatusLine
 
 
@@ -28,6 +28,8 @@ async def _run(args: argparse.Namespace) -> int:
         dashboard_port=args.port,
         fresh=args.fresh,
         sim_speed=args.speed,
+        sim_config=args.sim_config,
+        policy=args.policy,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="dashboard port (default 8730)")
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    parser.add_argument(
+        "--policy", type=Path, default=DEMO_POLICY, help="analytics policy YAML of the clusters"
+    )
+    parser.add_argument(
+        "--sim-config",
+        type=Path,
+        default=DEMO_SIM,
+        help="simulated line (YAML; any mix of MQTT and OPC-UA sensors)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return asyncio.run(_run(args))

@@ -2,9 +2,10 @@
 
 Pure functions over the simulator's sensor list (``firmware_sim sensors``):
 :func:`assign_sensors` splits the sensors between ``n`` gateways (two
-gateways: OPC-UA sensors on gw1, MQTT sensors on gw2, so every sensor class
-appears on both; otherwise machines round-robin) and :func:`gateway_config`
-writes one gateway's YAML document.
+gateways and both transports: OPC-UA sensors on gw1, MQTT sensors on gw2, so
+every sensor class appears on both; otherwise machines round-robin, or
+sensors round-robin when there are fewer machines than gateways) and
+:func:`gateway_config` writes one gateway's YAML document.
 """
 
 from __future__ import annotations
@@ -61,16 +62,19 @@ def gateway_ids(n: int) -> list[str]:
 def assign_sensors(sensors: Sequence[SimSensor], n: int) -> dict[str, list[SimSensor]]:
     """Split ``sensors`` between ``n`` gateways; every gateway gets at least one."""
     ids = gateway_ids(n)
+    if len(sensors) < n:
+        raise ValueError(f"at most {len(sensors)} gateways (one per sensor) for this line")
     out: dict[str, list[SimSensor]] = {g: [] for g in ids}
-    if n == 2:
+    machines = sorted({s.machine for s in sensors})
+    if n == 2 and {s.transport for s in sensors} == {"opcua", "mqtt"}:
         for s in sensors:
             out[ids[0] if s.transport == "opcua" else ids[1]].append(s)
-    else:
-        machines = sorted({s.machine for s in sensors})
-        if n > len(machines):
-            raise ValueError(f"at most {len(machines)} gateways (one per machine) for this line")
+    elif n <= len(machines):
         for s in sensors:
             out[ids[machines.index(s.machine) % n]].append(s)
+    else:
+        for i, s in enumerate(sensors):
+            out[ids[i % n]].append(s)
     return out
 
 
@@ -86,8 +90,13 @@ def gateway_config(
     clusters: Sequence[tuple[int, str, str]],
     platform: tuple[str, str],
     measurement: str,
+    backfill: Sequence[str] = (),
+    backfill_idle_s: float = 30.0,
 ) -> dict[str, Any]:
-    """The gateway YAML document (see configs/gateway.yaml for the annotated reference)."""
+    """The gateway YAML document (see configs/gateway.yaml for the annotated reference).
+
+    ``backfill`` lists sensors that replay history (``progress.backfill_sensors``).
+    """
     mqtt = [s for s in sensors if s.transport == "mqtt"]
     opcua = [s for s in sensors if s.transport == "opcua"]
     sources: dict[str, Any] = {"mqtt": [], "opcua": []}
@@ -137,7 +146,15 @@ def gateway_config(
         "batching": {"max_readings": 20000, "max_delay_s": 0.1, "max_pending": 2000000},
         # Sensors on loopback with the gateway's clock: the slack covers the slowest
         # publisher (json_batch, 0.3 s per message in configs/demo/sim.yaml) plus transit.
-        "progress": {"slack_s": DEMO_SLACK_S, "interval_s": 0.1},
+        "progress": {
+            "slack_s": DEMO_SLACK_S,
+            "interval_s": 0.1,
+            **(
+                {"backfill_sensors": list(backfill), "backfill_idle_s": backfill_idle_s}
+                if backfill
+                else {}
+            ),
+        },
         "spool": {"path": str(state_dir / "spool.db"), "max_bytes": 1 << 30},
         "clusters": [{"index": i, "url": u, "service_id": sid} for i, u, sid in clusters],
         "attestation": {

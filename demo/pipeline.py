@@ -15,6 +15,11 @@ the same directory resumes (same keys, same TPM state, same data);
 ``fresh=True`` wipes it first. The dashboard listens on ``dashboard_port``,
 else on 8730 if that is free, else on a free port.
 
+The gateways are fed by the simulator (``sim_config``: any mix of MQTT and
+OPC-UA sensors) or, with ``replay``, by ``tecc-sim replay`` publishing a CSV
+as one MQTT sensor (:class:`~demo.feed.ReplayFeed`; with recorded stamps the
+gateway declares it a backfill sensor).
+
 Children are named ``mosquitto``, ``swtpm-gwK``, ``party0``, ``party1``,
 ``dealer``, ``output``, ``gwK`` and ``sim``; :attr:`Pipeline.supervisor`
 kills and restarts them (the chaos soak uses it).
@@ -37,8 +42,11 @@ from typing import Any
 import aiohttp
 import yaml
 
+from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.errors import CloudError
 from cloud_tecc.localstack import Deployment
+from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids
 from demo.services import free_port, free_port_pair, mosquitto_spec, swtpm_spec
 from demo.supervisor import ChildSpec, Supervisor
@@ -76,6 +84,20 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def load_policy(path: Path) -> dict[str, Any]:
+    """The policy document at ``path``, validated; :class:`PipelineError` names what is wrong."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise PipelineError(f"policy {path}: must be a YAML mapping of policy keys")
+        policy_from_mapping(doc)
+    except OSError as exc:
+        raise PipelineError(f"policy {path}: {exc.strerror}; pass an existing file") from exc
+    except (yaml.YAMLError, CloudError) as exc:
+        raise PipelineError(f"policy {path}: {exc}") from exc
+    return doc
+
+
 def _python(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", *args)
 
@@ -104,6 +126,7 @@ class Pipeline:
         sim_scenario: Path | None = None,
         dashboard_port: int | None = None,
         fresh: bool = False,
+        replay: ReplayFeed | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         if fresh and self.state_dir.exists():
@@ -116,6 +139,7 @@ class Pipeline:
         self.sim_start = sim_start
         self.sim_duration = sim_duration
         self.sim_scenario = sim_scenario
+        self.replay = replay
         self._dashboard_port = dashboard_port
         self.supervisor = Supervisor(self.state_dir / "logs")
         self.groundtruth_path = self.state_dir / "sim" / "groundtruth.jsonl"
@@ -152,6 +176,8 @@ class Pipeline:
         await self.supervisor.stop()
 
     async def _sim_sensors(self) -> list[SimSensor]:
+        if self.replay is not None:
+            return [self.replay.sensor]
         proc = await asyncio.create_subprocess_exec(
             *_python("firmware_sim", "sensors", "--config", str(self.sim_config)),
             cwd=ROOT,
@@ -181,7 +207,7 @@ class Pipeline:
             await self._reset_lockout(g, tpm_ports[g])
 
         platform = SimulatedPlatform.load_or_create(sd / "cloud" / "platform")
-        policy_doc = yaml.safe_load(self.policy_path.read_text())
+        policy_doc = load_policy(self.policy_path)
         # gateway configs first (the TPM provisioning needs one), keys second
         ports = {n: free_port() for n in (*CLOUD, "party0_mpc", "party1_mpc", "dealer_mpc")}
         dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash})
@@ -199,6 +225,8 @@ class Pipeline:
                 clusters=clusters,
                 platform=(platform.key_id, platform.public_key_hex),
                 measurement=dep.measurement().hex(),
+                backfill=self.replay.backfill_of(self.sensors[g]) if self.replay else (),
+                backfill_idle_s=REPLAY_BACKFILL_IDLE_S,
             )
             cfgs[g] = sd / g / "gateway.yaml"
             cfgs[g].write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -227,7 +255,7 @@ class Pipeline:
                 await self._http_ok(g, f"http://127.0.0.1:{gw_http[g]}/healthz", 60)
                 await self._mqtt_connected(g, f"http://127.0.0.1:{gw_http[g]}/healthz")
             if group is early:
-                await self._up(self._sim_spec(mqtt_port, opcua_port), opcua_port)
+                await self._start_sim(mqtt_port, opcua_port)
         self.urls = PipelineUrls(
             dashboard=f"http://127.0.0.1:{dash}/",
             output_api=f"http://127.0.0.1:{dash}/api/v1",
@@ -237,6 +265,26 @@ class Pipeline:
             mqtt_port=mqtt_port,
             opcua_port=opcua_port,
         )
+
+    async def _start_sim(self, mqtt_port: int, opcua_port: int) -> None:
+        """Start the feed; wait for its OPC-UA server only if some gateway will connect to it.
+
+        A line without OPC-UA sensors (or a replay) listens on nothing: the
+        gateways already hold their MQTT sessions, so it only has to start.
+        """
+        if self.replay is not None:
+            argv = self.replay.argv(mqtt_port)
+            await self.supervisor.start(ChildSpec("sim", argv, cwd=ROOT, restart=False))
+            self.sim_start_used = time.time()
+            return
+        spec = self._sim_spec(mqtt_port, opcua_port)
+        if any(s.transport == "opcua" for g in self.sensors.values() for s in g):
+            await self._up(spec, opcua_port)
+            return
+        state = await self.supervisor.start(spec)
+        await asyncio.sleep(0.5)
+        if not state.running and state.last_exit not in (None, 0):
+            raise PipelineError(f"sim exited with {state.last_exit}; see {self.log_path('sim')}")
 
     def _sim_spec(self, mqtt_port: int, opcua_port: int) -> ChildSpec:
         argv = [

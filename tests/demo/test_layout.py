@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.feed import ReplayFeed
 from demo.layout import SimSensor, assign_sensors, gateway_config
 from demo.pipeline import DEMO_SIM, ROOT
 from gateway.config_yaml import load_config
@@ -36,11 +38,26 @@ def test_two_gateways_split_by_transport_and_share_every_class() -> None:
 
 
 def test_three_gateways_one_machine_each_and_too_many_refused() -> None:
-    """Machines go round-robin; more gateways than machines is an error."""
+    """Machines go round-robin; more gateways than machines split sensors; than sensors: error."""
     split = assign_sensors(_sensors(), 3)
     assert [len({s.machine for s in split[g]}) for g in ("gw1", "gw2", "gw3")] == [1, 1, 1]
-    with pytest.raises(ValueError, match="at most 3 gateways"):
-        assign_sensors(_sensors(), 4)
+    four = assign_sensors(_sensors(), 4)
+    assert [len(four[f"gw{i}"]) for i in range(1, 5)] == [4, 4, 4, 3]
+    with pytest.raises(ValueError, match="at most 15 gateways"):
+        assign_sensors(_sensors(), 16)
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "opcua"])
+def test_single_transport_lines_give_every_gateway_sensors(transport: str) -> None:
+    """An MQTT-only or OPC-UA-only line still feeds both gateways (machines round-robin).
+
+    Fails on the code before this change: two gateways always split by
+    transport, leaving one gateway without sensors (its config is refused).
+    """
+    only = [dataclasses.replace(s, transport=transport) for s in _sensors()]
+    split = assign_sensors(only, 2)
+    assert all(split[g] for g in ("gw1", "gw2"))
+    assert sum(len(v) for v in split.values()) == 15
 
 
 def test_written_gateway_config_loads(tmp_path: Path) -> None:
@@ -62,3 +79,35 @@ def test_written_gateway_config_loads(tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(doc))
         cfg = load_config(path)
         assert sorted(cfg.sensors) == sorted(s.sensor for s in sensors)
+
+
+def test_replay_feed_gateway_declares_its_sensor_as_backfill(tmp_path: Path) -> None:
+    """A recorded-stamp replay: one MQTT sensor, declared in progress.backfill_sensors."""
+    feed = ReplayFeed(
+        Path("x.csv"), ReplayFeed.mqtt_sensor("hist.m1.temp", unit="F", low=0, high=200)
+    )
+    assert feed.backfill
+    assert feed.sensor.topic == "site/hist/m1/temp"
+    doc = gateway_config(
+        "gw1",
+        [feed.sensor],
+        state_dir=tmp_path / "gw1",
+        mqtt_port=1883,
+        opcua_port=4840,
+        tpm_port=2321,
+        http_port=9100,
+        clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
+        platform=("k", "00" * 32),
+        measurement="11" * 32,
+        backfill=[feed.sensor.sensor],
+        backfill_idle_s=5.0,
+    )
+    path = tmp_path / "gw1.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path)
+    assert cfg.progress.backfill_sensors == ("hist.m1.temp",)
+    assert cfg.progress.backfill_idle_s == 5.0
+    argv = feed.argv(18830)
+    assert argv[argv.index("--on-disorder") + 1] == "reject"
+    assert "--rebase" not in argv
+    assert "--respace" not in argv
