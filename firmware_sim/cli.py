@@ -99,9 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def replay_flags(p: argparse.ArgumentParser) -> None:
+def replay_flags(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     """The options shared by ``tecc-sim replay`` and ``./tecc replay``: file, columns, timing."""
-    p.add_argument("--csv", type=Path, required=True)
+    if positional:
+        p.add_argument("csv", type=Path, metavar="FILE.csv", help="the recording to replay")
+    else:
+        p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--sensor", required=True, help="sensor id <line>.<machine>.<sensor>")
     p.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
     p.add_argument("--time-column", help="header name of the timestamp column")

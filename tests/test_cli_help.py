@@ -25,7 +25,7 @@ def test_console_script_help(script: str) -> None:
     assert "usage:" in out.stdout.lower()
 
 
-@pytest.mark.parametrize("module", ["gateway", "cloud_tecc", "firmware_sim", "demo"])
+@pytest.mark.parametrize("module", ["gateway", "cloud_tecc", "firmware_sim", "demo", "demo.replay"])
 def test_module_help(module: str) -> None:
     """``python -m <package> --help`` prints usage."""
     out = subprocess.run(
