@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from demo.layout import PolicyError
 from demo.pipeline import DEMO_POLICY, DEMO_SIM, ROOT, Pipeline, PipelineError
 from demo.status import StatusLine
 
@@ -38,7 +39,7 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"starting the pipeline (state in {pipeline.state_dir}) ...", flush=True)
     try:
         await pipeline.start()
-    except PipelineError as exc:
+    except (PipelineError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     assert pipeline.urls is not None

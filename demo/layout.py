@@ -5,7 +5,8 @@ Pure functions over the simulator's sensor list (``firmware_sim sensors``):
 gateways and both transports: OPC-UA sensors on gw1, MQTT sensors on gw2, so
 every sensor class appears on both; otherwise machines round-robin, or
 sensors round-robin when there are fewer machines than gateways) and
-:func:`gateway_config` writes one gateway's YAML document.
+:func:`gateway_config` writes one gateway's YAML document; :func:`load_policy`
+reads and validates the clusters' analytics policy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-OPCUA_NAMESPACE_INDEX = 2  # the simulator registers its namespace first
+import yaml
+
+from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.errors import CloudError
+
+OPCUA_NAMESPACE_INDEX = 2
+
+
+class PolicyError(ValueError):
+    """An analytics policy file cannot be used; the message names the file and the problem."""
+
+
+def load_policy(path: Path) -> dict[str, Any]:
+    """The policy document at ``path``, validated; :class:`PolicyError` names what is wrong."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise PolicyError(f"policy {path}: must be a YAML mapping of policy keys")
+        policy_from_mapping(doc)
+    except OSError as exc:
+        raise PolicyError(f"policy {path}: {exc.strerror}; pass an existing file") from exc
+    except (yaml.YAMLError, CloudError) as exc:
+        raise PolicyError(f"policy {path}: {exc}") from exc
+    return doc
+
+
+# the simulator registers its namespace first
 
 
 @dataclass(frozen=True, slots=True)

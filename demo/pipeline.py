@@ -42,12 +42,10 @@ from typing import Any
 import aiohttp
 import yaml
 
-from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.platform import SimulatedPlatform
-from cloud_tecc.errors import CloudError
 from cloud_tecc.localstack import Deployment
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
-from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids
+from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids, load_policy
 from demo.services import free_port, free_port_pair, mosquitto_spec, swtpm_spec
 from demo.supervisor import ChildSpec, Supervisor
 
@@ -82,20 +80,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def load_policy(path: Path) -> dict[str, Any]:
-    """The policy document at ``path``, validated; :class:`PipelineError` names what is wrong."""
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if not isinstance(doc, dict):
-            raise PipelineError(f"policy {path}: must be a YAML mapping of policy keys")
-        policy_from_mapping(doc)
-    except OSError as exc:
-        raise PipelineError(f"policy {path}: {exc.strerror}; pass an existing file") from exc
-    except (yaml.YAMLError, CloudError) as exc:
-        raise PipelineError(f"policy {path}: {exc}") from exc
-    return doc
 
 
 def _python(*args: str) -> tuple[str, ...]:
@@ -191,6 +175,7 @@ class Pipeline:
 
     async def _start(self) -> None:
         sd = self.state_dir
+        policy_doc = load_policy(self.policy_path)  # PolicyError names the file
         self.sensors = assign_sensors(await self._sim_sensors(), len(self.gateway_ids))
         mqtt_port, opcua_port = free_port(), free_port()
         dash = self._dashboard_port
@@ -207,7 +192,6 @@ class Pipeline:
             await self._reset_lockout(g, tpm_ports[g])
 
         platform = SimulatedPlatform.load_or_create(sd / "cloud" / "platform")
-        policy_doc = load_policy(self.policy_path)
         # gateway configs first (the TPM provisioning needs one), keys second
         ports = {n: free_port() for n in (*CLOUD, "party0_mpc", "party1_mpc", "dealer_mpc")}
         dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash})

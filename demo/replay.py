@@ -32,7 +32,8 @@ import aiohttp
 import yaml
 
 from demo.feed import ReplayFeed
-from demo.pipeline import ROOT, Pipeline, PipelineError, load_policy
+from demo.layout import PolicyError, load_policy
+from demo.pipeline import ROOT, Pipeline, PipelineError
 from demo.status import metric_sum
 from firmware_sim.cli import replay_flags, replay_timing
 from firmware_sim.errors import SimError
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except (ReplayUsageError, SimError, PipelineError) as exc:
+    except (ReplayUsageError, SimError, PipelineError, PolicyError) as exc:
         print(f"tecc replay: error: {exc}", file=sys.stderr)
         return 2
 
