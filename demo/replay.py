@@ -43,7 +43,6 @@ REPLAY_POLICY = ROOT / "configs" / "replay" / "policy.yaml"
 NICE_WINDOWS_S: tuple[int, ...] = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800)
 NICE_WINDOWS_S += (3600, 7200, 10800, 21600, 43200, 86400)
 READINGS_PER_WINDOW = 24
-VALUE_BOUND = 4096.0  # value_bound_bits 12: the ring holds |x| < 2^12 (docs/CLOUD.md)
 STALL_S = 60.0
 
 
@@ -69,8 +68,13 @@ def window_for(spacing_s: float) -> float:
     return float(next((w for w in NICE_WINDOWS_S if w >= want), NICE_WINDOWS_S[-1]))
 
 
-def value_range(recording: Recording, given: list[float] | None) -> tuple[float, float]:
-    """The declared range: ``--range``, else the data's span widened by 10 % each side."""
+def value_range(
+    recording: Recording, given: list[float] | None, bound: float
+) -> tuple[float, float]:
+    """The declared range: ``--range``, else the data's span widened by 10 % each side.
+
+    ``bound`` is the policy's promise |x| < 2^value_bound_bits (docs/CLOUD.md).
+    """
     values = [r.value for r in recording.rows if math.isfinite(r.value)]
     if given is not None:
         low, high = given
@@ -79,12 +83,12 @@ def value_range(recording: Recording, given: list[float] | None) -> tuple[float,
     else:
         lo, hi = min(values), max(values)
         pad = max((hi - lo) * 0.1, 1.0)
-        low, high = max(lo - pad, -VALUE_BOUND + 1), min(hi + pad, VALUE_BOUND - 1)
+        low, high = max(lo - pad, -bound + 1), min(hi + pad, bound - 1)
     worst = max((abs(v) for v in values), default=0.0)
-    if worst >= VALUE_BOUND or max(abs(low), abs(high)) >= VALUE_BOUND:
+    if worst >= bound or max(abs(low), abs(high)) >= bound:
         raise ReplayUsageError(
-            f"values reach {worst:g}: the pipeline holds |x| < {VALUE_BOUND:g} in the sensor's "
-            "unit (value_bound_bits 12); replay the column in a larger unit"
+            f"values reach {worst:g}: the policy holds |x| < {bound:g} in the sensor's "
+            "unit (value_bound_bits); replay the column in a larger unit"
         )
     return low, high
 
@@ -234,9 +238,10 @@ def prepare(args: argparse.Namespace) -> tuple[Recording, Timing, ReplayFeed, Pa
         time_column=args.time_column,
         value_column=args.column,
     )
-    low, high = value_range(rec, args.range)
     window = window_for(published_spacing(rec, timing, args.speed, args.respace))
     policy = write_policy(args, args.state / "input", args.sensor, window)
+    bits = int(load_policy(policy).get("value_bound_bits", 12))
+    low, high = value_range(rec, args.range, float(2**bits))
     feed = ReplayFeed(
         args.csv.resolve(),
         ReplayFeed.mqtt_sensor(args.sensor, unit=args.unit, low=low, high=high),
