@@ -5,6 +5,9 @@ the gateways, both clusters, the dealer and the output service as supervised
 processes, prints the dashboard URL and a status line every two seconds, and
 stops everything cleanly on Ctrl-C / SIGTERM (or after ``--duration``),
 keeping the state for the next run. Children's logs: ``<state>/logs/``.
+``--policy`` and ``--sim-config`` choose the clusters' analytics and the
+simulated line (MQTT-only and OPC-UA-only lines work), ``--scenario`` its
+anomalies.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ async def _run(args: argparse.Namespace) -> int:
         sim_speed=args.speed,
         sim_config=args.sim_config,
         policy=args.policy,
+        sim_scenario=args.scenario,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=DEMO_SIM,
         help="simulated line (YAML; any mix of MQTT and OPC-UA sensors)",
+    )
+    parser.add_argument(
+        "--scenario", type=Path, default=None, help="YAML 'anomalies:' list replacing the line's"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
