@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from asyncua.client.client import Client
 
 from demo.services import free_port
+from firmware_sim.cli import main
 from firmware_sim.config import (
     KIND_DEFAULTS,
     MqttSettings,
@@ -249,3 +252,26 @@ async def test_replay_into_an_opcua_node(tmp_path: Path) -> None:
     good = [(ts, v) for ts, v in changes if v is not None]
     assert len(good) >= 10
     assert all(expected[round(ts, 3)] == v for ts, v in good)
+
+
+@pytest.mark.mqtt
+async def test_replay_command_keeps_disorder_and_respaces_onto_the_wall_clock(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """``tecc-sim replay --on-disorder keep --respace``: all rows, in order, stamped now."""
+    path = tmp_path / "dst.csv"
+    path.write_text(DISORDERED)
+    argv = ["replay", "--csv", str(path), "--sensor", "l9.rec.temp", "--on-disorder", "keep"]
+    argv += ["--respace", "0.01", "--mqtt-port", str(broker.port), "--payload", "json"]
+    assert await asyncio.to_thread(main, [*argv[:5], "--mqtt-port", str(broker.port)]) == 2
+    async with Collector(broker.host, broker.port, "site/#") as collector:
+        before = time.time()
+        assert await asyncio.to_thread(main, argv) == 0
+        after = time.time()
+        await collector.wait_for(11)
+    got = collector.received.json_readings("site/l9/rec/temp")
+    assert [g["value"] for g in got] == [float(v) for v in range(1, 12)]
+    stamps = [g["ts"] for g in got]
+    assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in itertools.pairwise(stamps))
+    assert before <= stamps[0]
+    assert stamps[-1] <= after
