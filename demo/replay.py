@@ -10,14 +10,14 @@ time, as fast as they compute; ``--rebase``/``--respace`` replay it live,
 stamped by the replay clock. Once every row is accounted for (counted in a
 released window, rejected at the gateway, or late) it prints a summary and
 one JSON line, then keeps serving the dashboard until Ctrl-C (``--exit``:
-stop at once).
+stop at once). Exit code 0 when every row is accounted for, 1 when the
+replay stalled short of that, 2 for an error before or while starting.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import math
@@ -146,18 +146,21 @@ async def wait_released(pipeline: Pipeline, sensor: str, rows: int) -> dict[str,
     """Poll until every row is counted, rejected or late, or nothing moved for STALL_S."""
     loop = asyncio.get_running_loop()
     last: dict[str, Any] = {}
+    error = "no answer yet"
     moved = loop.time()
     while True:
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        try:
             now = await tally(pipeline, sensor)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
             if now != last:
                 last, moved = now, loop.time()
                 print(
                     f"  released windows {now['windows']}, counted {now['counted']}/{rows}",
                     flush=True,
                 )
-            done = now["counted"] + now["rejected_gateway"] + now["late_gateway"] >= rows
-            if done:
+            if accounted(rows, now):
                 return now
         sim = pipeline.supervisor.children.get("sim")
         if sim is not None and sim.last_exit not in (None, 0):
@@ -165,8 +168,15 @@ async def wait_released(pipeline: Pipeline, sensor: str, rows: int) -> dict[str,
                 f"the replay failed ({sim.last_exit}); see {pipeline.log_path('sim')}"
             )
         if loop.time() - moved > STALL_S and sim is not None and not sim.running:
+            if not last:
+                raise PipelineError(f"could not read the output API ({error})")
             return last
         await asyncio.sleep(1.0)
+
+
+def accounted(rows: int, t: dict[str, Any]) -> bool:
+    """Whether every row ended counted, rejected or late."""
+    return int(t["counted"]) + int(t["rejected_gateway"]) + int(t["late_gateway"]) >= rows
 
 
 def summary_lines(
@@ -297,6 +307,9 @@ async def _run(args: argparse.Namespace) -> int:
             await stop.wait()
     finally:
         await pipeline.stop()
+    if not accounted(len(rec.rows), result):
+        print("incomplete: not every row reached a released window", file=sys.stderr)
+        return 1
     return 0
 
 
