@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.fixedpoint import SensorRange
 
 
@@ -327,6 +328,7 @@ class GatewayConfig:
     spool: SpoolConfig
     mqtt: tuple[MqttSourceConfig, ...] = ()
     opcua: tuple[OpcuaSourceConfig, ...] = ()
+    modbus: tuple[ModbusSourceConfig, ...] = ()
     batching: BatchingConfig = BatchingConfig()
     progress: ProgressConfig = ProgressConfig()
     tpm: TpmConfig = TpmConfig()
@@ -345,6 +347,12 @@ class GatewayConfig:
         undeclared = {n.sensor for s in self.opcua for n in s.nodes} - set(self.sensors)
         if undeclared:
             raise ConfigError(f"OPC-UA nodes feed undeclared sensors {sorted(undeclared)}")
+        undeclared = {x for s in self.modbus for x in s.sensors()} - set(self.sensors)
+        if undeclared:
+            raise ConfigError(
+                f"sources.modbus points feed undeclared sensors {sorted(undeclared)}: "
+                "declare them under sensors"
+            )
         unknown = set(self.columns) - {"value", "square"}
         if unknown or "value" not in self.columns:
             raise ConfigError(
