@@ -23,6 +23,7 @@ both against each other.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import struct
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.sample import Sample, Status
+
+logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
 _TABLE_SIZE: Final = 1024  # addresses 0..1023 of each table exist (others: illegal address)
 _FC_TABLE: Final = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",

@@ -36,7 +36,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from gateway.sources.modbus_config import ModbusGroupConfig, ModbusSourceConfig
-from gateway.sources.registers import Block, RegisterKind, decode_block, plan_reads
+from gateway.sources.registers import Block, BlockDecoder, RegisterKind, plan_reads
 from tecc_contract.errors import RejectReason
 
 if TYPE_CHECKING:
@@ -66,7 +66,14 @@ class ModbusSource:
         self._rand = rand
         self._clock_ns = clock_ns
         self._plans = [
-            (g, plan_reads([p.point() for p in g.points], max_gap=g.max_gap)) for g in cfg.groups
+            (
+                g,
+                [
+                    (b, BlockDecoder(b))
+                    for b in plan_reads([p.point() for p in g.points], max_gap=g.max_gap)
+                ],
+            )
+            for g in cfg.groups
         ]
         self.connected = False
         self.polls = 0
@@ -122,7 +129,10 @@ class ModbusSource:
             client.close()
 
     async def _poll_loop(
-        self, client: AsyncModbusTcpClient, group: ModbusGroupConfig, blocks: list[Block]
+        self,
+        client: AsyncModbusTcpClient,
+        group: ModbusGroupConfig,
+        blocks: list[tuple[Block, BlockDecoder]],
     ) -> None:
         period = group.interval_ms / 1000
         loop = asyncio.get_running_loop()
@@ -138,8 +148,10 @@ class ModbusSource:
                 next_at += missed * period
             await asyncio.sleep(next_at - now)
 
-    async def _poll(self, client: AsyncModbusTcpClient, unit: int, blocks: list[Block]) -> None:
-        for block in blocks:
+    async def _poll(
+        self, client: AsyncModbusTcpClient, unit: int, blocks: list[tuple[Block, BlockDecoder]]
+    ) -> None:
+        for block, decoder in blocks:
             try:
                 values = await self._read(client, unit, block)
             except ModbusException:
@@ -150,7 +162,7 @@ class ModbusSource:
                 continue
             ts = self._clock_ns()
             self._ingest.offer_rows(
-                self.name, [(sensor, ts, value) for sensor, value in decode_block(block, values)]
+                self.name, [(sensor, ts, value) for sensor, value in decoder.decode(values)]
             )
 
     async def _read(

@@ -61,7 +61,7 @@ class ModbusGroupConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     """Points of one unit polled together at one interval."""
 
     unit: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
-    interval_ms: Annotated[int, msgspec.Meta(ge=10, le=3_600_000)] = 1000
+    interval_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
     max_gap: Annotated[int, msgspec.Meta(ge=0, le=100)] = 8
     points: Annotated[tuple[ModbusPointConfig, ...], msgspec.Meta(min_length=1)]
 
