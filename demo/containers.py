@@ -47,7 +47,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 BASE_TAG = "localhost/debian:bookworm"
-BASE_DIR = Path(os.environ.get("TECC_BASE_DIR", "/var/tmp/tecc-base"))
+BASE_DIR = Path(os.environ.get("TECC_BASE_DIR", str(ROOT / "var" / "containers" / "base")))
 MIRROR = os.environ.get("TECC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CA_BUNDLE = Path(os.environ.get("TECC_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 
@@ -88,16 +88,34 @@ def podman_env(state: Path) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
-def _podman(
+def _bin(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise ContainerError(f"{name} is not installed: apt-get install podman runc debootstrap")
+    return found
+
+
+def _run(
+    argv: Sequence[str], env: Mapping[str, str], *, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one host command (absolute executable, no shell), capturing its output."""
+    return subprocess.run(  # noqa: S603 - fixed argv from this module, no shell
+        [_bin(argv[0]), *argv[1:]],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def podman(
     env: Mapping[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        ["podman", *args], env=dict(env), capture_output=True, text=True, check=False
-    )
+    proc = _run(["podman", *args], env)
     if check and proc.returncode != 0:
-        raise ContainerError(
-            f"podman {' '.join(args[:3])} … failed ({proc.returncode}): {proc.stderr.strip()[-800:]}"
-        )
+        what = " ".join(args[:3])
+        raise ContainerError(f"podman {what} … failed ({proc.returncode}): {proc.stderr[-800:]}")
     return proc
 
 
@@ -141,31 +159,23 @@ def _depends(svc: Mapping[str, Any]) -> dict[str, str]:
 
 def base_image(env: Mapping[str, str]) -> str:
     """``localhost/debian:bookworm``, bootstrapped with debootstrap once (about a minute)."""
-    if _podman(env, "image", "exists", BASE_TAG, check=False).returncode == 0:
+    if podman(env, "image", "exists", BASE_TAG, check=False).returncode == 0:
         return BASE_TAG
     root = BASE_DIR / "root"
     if not (root / "etc" / "debian_version").exists():
-        if shutil.which("debootstrap") is None:
-            raise ContainerError("debootstrap is not installed: apt-get install debootstrap")
         shutil.rmtree(root, ignore_errors=True)
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(root), MIRROR],
-            check=True,
-            capture_output=True,
-        )
-    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        boot = _run(["debootstrap", "--variant=minbase", "bookworm", str(root), MIRROR], env)
+        if boot.returncode != 0:
+            raise ContainerError(f"debootstrap failed: {boot.stderr[-800:]}")
+    tarball = BASE_DIR / "bookworm.tar"
+    packed = _run(["tar", "-C", str(root), "-cf", str(tarball), "."], env)
+    if packed.returncode != 0:
+        raise ContainerError(f"tar of the base failed: {packed.stderr[-800:]}")
     try:
-        subprocess.run(
-            ["podman", "import", "-", BASE_TAG],
-            stdin=tar.stdout,
-            env=dict(env),
-            check=True,
-            capture_output=True,
-        )
+        podman(env, "import", str(tarball), BASE_TAG)
     finally:
-        if tar.stdout is not None:
-            tar.stdout.close()
-        tar.wait()
+        tarball.unlink(missing_ok=True)
     return BASE_TAG
 
 
@@ -196,8 +206,8 @@ def build(
         if CA_BUNDLE.is_file():
             args += ["--secret", f"id=ca-bundle,src={CA_BUNDLE}"]
         started = time.monotonic()
-        _podman(env, *args, str(context))
-        size = json.loads(_podman(env, "image", "inspect", image).stdout)[0]["Size"]
+        podman(env, *args, str(context))
+        size = json.loads(podman(env, "image", "inspect", image).stdout)[0]["Size"]
         out.append(Built(image, time.monotonic() - started, int(size)))
     return out
 
@@ -271,13 +281,7 @@ def healthy(project: str, name: str, svc: Mapping[str, Any], env: Mapping[str, s
         raise ContainerError(f"{name}: unsupported healthcheck test {test[0]!r}")
     timeout = _seconds(check.get("timeout"), 30)
     try:
-        proc = subprocess.run(
-            ["podman", "exec", _container(project, name), *cmd],
-            env=dict(env),
-            capture_output=True,
-            timeout=timeout + 5,
-            check=False,
-        )
+        proc = _run(["podman", "exec", _container(project, name), *cmd], env, timeout=timeout + 5)
     except subprocess.TimeoutExpired:
         return False
     return proc.returncode == 0
@@ -288,9 +292,9 @@ def _wait_condition(
 ) -> None:
     name = _container(project, dep)
     if condition == "service_completed_successfully":
-        rc = _podman(env, "wait", name).stdout.strip()
+        rc = podman(env, "wait", name).stdout.strip()
         if rc != "0":
-            logs = _podman(env, "logs", name, check=False).stderr[-1500:]
+            logs = podman(env, "logs", name, check=False).stderr[-1500:]
             raise ContainerError(f"{dep} exited with {rc}; its log ends:\n{logs}")
         return
     if condition != "service_healthy":
@@ -303,10 +307,9 @@ def _wait_condition(
         if healthy(project, dep, svc, env):
             return
         time.sleep(min(1.0, interval))
-    logs = _podman(env, "logs", name, check=False)
-    raise ContainerError(
-        f"{dep} not healthy after {budget:.0f} s; its log ends:\n{(logs.stdout + logs.stderr)[-1500:]}"
-    )
+    log = podman(env, "logs", name, check=False)
+    tail = (log.stdout + log.stderr)[-1500:]
+    raise ContainerError(f"{dep} not healthy after {budget:.0f} s; its log ends:\n{tail}")
 
 
 def up(
@@ -319,16 +322,16 @@ def up(
 ) -> list[str]:
     """Create the network and volumes, then start every service once its dependencies hold."""
     services = doc["services"]
-    if _podman(env, "network", "exists", f"{project}_default", check=False).returncode != 0:
-        _podman(env, "network", "create", f"{project}_default")
+    if podman(env, "network", "exists", f"{project}_default", check=False).returncode != 0:
+        podman(env, "network", "create", f"{project}_default")
     for vol in doc.get("volumes") or {}:
-        if _podman(env, "volume", "exists", f"{project}_{vol}", check=False).returncode != 0:
-            _podman(env, "volume", "create", f"{project}_{vol}")
+        if podman(env, "volume", "exists", f"{project}_{vol}", check=False).returncode != 0:
+            podman(env, "volume", "create", f"{project}_{vol}")
     started: list[str] = []
     for name in order(services):
         for dep, condition in _depends(services[name]).items():
             _wait_condition(project, dep, condition, services[dep], env)
-        _podman(env, *_run_args(project, name, services[name], compose, ports or {}))
+        podman(env, *_run_args(project, name, services[name], compose, ports or {}))
         started.append(name)
     return started
 
@@ -354,11 +357,11 @@ def down(
 ) -> None:
     """Remove the project's containers, network and (by default) volumes."""
     for name in reversed(order(doc["services"])):
-        _podman(env, "rm", "-f", "-t", "5", _container(project, name), check=False)
-    _podman(env, "network", "rm", "-f", f"{project}_default", check=False)
+        podman(env, "rm", "-f", "-t", "5", _container(project, name), check=False)
+    podman(env, "network", "rm", "-f", f"{project}_default", check=False)
     if volumes:
         for vol in doc.get("volumes") or {}:
-            _podman(env, "volume", "rm", "-f", f"{project}_{vol}", check=False)
+            podman(env, "volume", "rm", "-f", f"{project}_{vol}", check=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
