@@ -15,6 +15,9 @@ fsynced); the baseline is a bare paho-mqtt subscriber on the same backlog.
 OPC-UA: the server rewrites all 1,000 variables as fast as it can; the agent
 (OPC-UA source only) and a bare asyncua subscriber (iterator API) each count
 data changes received over the same window.
+
+Modbus TCP: see :mod:`bench.gateway_modbus` (the source against a bare
+pymodbus client polling the same simulated device).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bench import gateway_modbus
 from bench._report import emit
 from demo.services import free_port
 from gateway.agent import Agent
@@ -438,6 +442,8 @@ def main() -> None:
             lines = server.communicate(timeout=10)[0].split()
             rates = [float(x) for x in lines[1::2] if x.replace(".", "").isdigit()]
             out["opcua_server_writes_per_s"] = round(max(rates)) if rates else None
+    out.update(gateway_modbus.measure(window))
+    note("modbus")
     out["nodes"] = N_NODES
     emit(out)
 

@@ -53,6 +53,7 @@ from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
 from gateway.metrics import Metrics
+from gateway.sources.modbus import ModbusSource
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
@@ -119,6 +120,7 @@ class Agent:
         self.opcua = [
             OpcuaSource(c, self.ingest, self.metrics, sensors=declared) for c in cfg.opcua
         ]
+        self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
         self._verifier = SimulatedPlatformVerifier(
             platform_keys={
                 k: Ed25519PublicKey.from_public_bytes(v)
@@ -162,6 +164,7 @@ class Agent:
                     s.name: {"connected": s.connected, "subscribed": s.subscribed}
                     for s in self.opcua
                 },
+                **{s.name: {"connected": s.connected, "polls": s.polls} for s in self.modbus},
             },
             "clusters": {
                 str(link.index): {
@@ -207,6 +210,7 @@ class Agent:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(link.run()) for link in self.links]
                     tasks += [tg.create_task(src.run()) for src in self.opcua]
+                    tasks += [tg.create_task(src.run()) for src in self.modbus]
                     tasks.append(tg.create_task(self._gauges_loop()))
                     batch_task = tg.create_task(self._batch_loop(stop))
                     for m in self.mqtt:

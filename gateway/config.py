@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.fixedpoint import SensorRange
 
 
@@ -344,6 +345,7 @@ class GatewayConfig:
     spool: SpoolConfig
     mqtt: tuple[MqttSourceConfig, ...] = ()
     opcua: tuple[OpcuaSourceConfig, ...] = ()
+    modbus: tuple[ModbusSourceConfig, ...] = ()
     batching: BatchingConfig = BatchingConfig()
     progress: ProgressConfig = ProgressConfig()
     tpm: TpmConfig = TpmConfig()
@@ -367,6 +369,12 @@ class GatewayConfig:
             raise ConfigError(
                 f"progress.backfill_sensors names undeclared sensors {sorted(unknown_backfill)}; "
                 "list ids from 'sensors'"
+            )
+        undeclared = {x for s in self.modbus for x in s.sensors()} - set(self.sensors)
+        if undeclared:
+            raise ConfigError(
+                f"sources.modbus points feed undeclared sensors {sorted(undeclared)}: "
+                "declare them under sensors"
             )
         unknown = set(self.columns) - {"value", "square"}
         if unknown or "value" not in self.columns:

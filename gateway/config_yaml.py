@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import yaml
 
 from gateway.config import (
@@ -36,6 +37,7 @@ from gateway.config import (
     TpmConfig,
 )
 from gateway.errors import ConfigError
+from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.errors import ContractError
 from tecc_contract.fixedpoint import SensorRange
 
@@ -290,7 +292,7 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
     by_id = {s.id: s for s in sensors}
     if len(by_id) != len(sensors):
         raise ConfigError("sensor ids must be unique")
-    src = _obj(o.get("sources") or {}, "sources", {"mqtt", "opcua"})
+    src = _obj(o.get("sources") or {}, "sources", {"mqtt", "opcua", "modbus"})
     b = _obj(o.get("batching") or {}, "batching", {"max_readings", "max_delay_s", "max_pending"})
     pr = _obj(
         o.get("progress") or {},
@@ -323,6 +325,7 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
         spool=SpoolConfig(spool_path, int(sp.get("max_bytes", 1 << 30))),
         mqtt=_list(src.get("mqtt"), "sources.mqtt", _mqtt(base)),
         opcua=_list(src.get("opcua"), "sources.opcua", _opcua(base)),
+        modbus=_modbus(src.get("modbus")),
         batching=BatchingConfig(
             max_readings=int(b.get("max_readings", 20_000)),
             max_delay_s=float(b.get("max_delay_s", 0.25)),
@@ -348,3 +351,13 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
         kem_suite=str(env.get("suite", "x25519")),
         columns=tuple(str(c) for c in env.get("columns", ["value"])),
     )
+
+
+def _modbus(raw: object) -> tuple[ModbusSourceConfig, ...]:
+    """``sources.modbus``: typed and strict (unknown keys, coerced types and ranges refused)."""
+    if raw is None:
+        return ()
+    try:
+        return msgspec.convert(raw, tuple[ModbusSourceConfig, ...], strict=True)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"sources.modbus: {exc}") from None

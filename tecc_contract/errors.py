@@ -54,3 +54,5 @@ class RejectReason(enum.StrEnum):
     MALFORMED = "malformed"
     BAD_STATUS = "bad_status"
     BAD_TIMESTAMP = "bad_timestamp"
+    NO_RESPONSE = "no_response"  # a polled device did not answer in time (Modbus)
+    DEVICE_EXCEPTION = "device_exception"  # a polled device answered with an exception
