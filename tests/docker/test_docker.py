@@ -85,14 +85,26 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def _stages(dockerfile: Path) -> dict[str, dict[str, Any]]:
-    """Per stage: its base (image or stage), last USER and ENTRYPOINT, COPY sources."""
+    """Per stage: its base (image or stage), last USER and ENTRYPOINT, COPY sources.
+
+    A base given as ``${ARG}`` is the default of that global ``ARG`` (before
+    the first FROM), which is what a build without ``--build-arg`` uses.
+    """
     stages: dict[str, dict[str, Any]] = {}
     current: dict[str, Any] | None = None
+    global_args: dict[str, str] = {}
     for index, (word, args) in enumerate(_instructions(dockerfile)):
+        if word == "ARG" and current is None:
+            key, _, default = args.partition("=")
+            global_args[key.strip()] = default.strip()
+            continue
         if word == "FROM":
             parts = args.split()
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else f"#{index}"
-            current = {"base": parts[0], "user": None, "entrypoint": None, "copies": []}
+            base = re.sub(
+                r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), m.group(0)), parts[0]
+            )
+            current = {"base": base, "user": None, "entrypoint": None, "copies": []}
             stages[name] = current
             continue
         assert current is not None, f"{dockerfile}: instruction before FROM"
@@ -301,7 +313,7 @@ def test_dockerfiles_end_with_a_non_root_user() -> None:
 
 
 def test_entry_points_are_console_scripts() -> None:
-    """tecc-* entry points are [project.scripts]; other executables are copied in."""
+    """tecc-* entry points are [project.scripts]; others are copied in or Debian packages."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "scripts"
     ]
@@ -316,7 +328,9 @@ def test_entry_points_are_console_scripts() -> None:
             if exe in scripts:
                 named.add(exe)
             else:
-                assert exe in copied or exe in {"swtpm"}, f"{dockerfile} {name}: {exe}?"
+                assert exe in copied or exe in {"swtpm", "mosquitto"}, (
+                    f"{dockerfile} {name}: {exe}?"
+                )
             for source in (c[:-1] for c in stage["copies"]):
                 for item in source:
                     assert (ROOT / item).exists(), f"{dockerfile}: COPY source {item} missing"
