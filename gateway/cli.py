@@ -18,7 +18,7 @@ from gateway import logs
 from gateway.agent import Agent
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
-from gateway.errors import ConfigError, GatewayError, PcrPolicyError
+from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
 from gateway.keys import GatewayKeys, load_keys, provision
 from gateway.spool import Spool
 from gateway.tpm import Tpm
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return _command(args)
-    except ConfigError as exc:
+    except GatewayConfigError as exc:
         log.critical("configuration error: %s", exc)
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ from cloud_tecc.mpc.correlations import Kind, Plan
 from cloud_tecc.mpc.engine import Party, Traffic
 from cloud_tecc.mpc.errors import (
     AuthenticationError,
-    ConfigError,
+    MpcParameterError,
     CorrelationError,
     MpcError,
     PeerLostError,
@@ -47,7 +47,7 @@ from cloud_tecc.mpc.transport import MemoryNetwork, Transport
 
 __all__ = [
     "AuthenticationError",
-    "ConfigError",
+    "MpcParameterError",
     "CorrelationError",
     "CorrelationSource",
     "CorrelationStore",

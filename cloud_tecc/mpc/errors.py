@@ -12,8 +12,8 @@ class MpcError(Exception):
     """Root of every error raised by :mod:`cloud_tecc.mpc`."""
 
 
-class ConfigError(MpcError):
-    """A party, dealer or transport parameter is invalid (caller's fault)."""
+class MpcParameterError(MpcError):
+    """A party, dealer or transport parameter passed by the caller is invalid (caller's fault)."""
 
 
 class PeerLostError(MpcError):

@@ -54,11 +54,11 @@ def _policy(path: Path) -> object:
 
 
 _LOADERS: Final[dict[str, tuple[str, Callable[[Path], object], type[Exception]]]] = {
-    "gateway": ("gateway.yaml", load_gateway, gateway.errors.ConfigError),
-    "party": ("party-case.yaml", _cloud(load_party), cloud_tecc.errors.ConfigError),
-    "dealer": ("dealer.yaml", _cloud(load_dealer), cloud_tecc.errors.ConfigError),
-    "output": ("output.yaml", _cloud(load_output), cloud_tecc.errors.ConfigError),
-    "policy": ("policy-case.yaml", _policy, cloud_tecc.errors.ConfigError),
+    "gateway": ("gateway.yaml", load_gateway, gateway.errors.GatewayConfigError),
+    "party": ("party-case.yaml", _cloud(load_party), cloud_tecc.errors.CloudConfigError),
+    "dealer": ("dealer.yaml", _cloud(load_dealer), cloud_tecc.errors.CloudConfigError),
+    "output": ("output.yaml", _cloud(load_output), cloud_tecc.errors.CloudConfigError),
+    "policy": ("policy-case.yaml", _policy, cloud_tecc.errors.CloudConfigError),
     "sim": ("sim.yaml", load_sim, firmware_sim.errors.SimConfigError),
 }
 _NAMES: Final = tuple(_LOADERS)
