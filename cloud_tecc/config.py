@@ -109,7 +109,7 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     output: Endpoint
     n_parties: Literal[2] = 2
     suite: KemSuite = KemSuite.X25519
-    gateways: dict[str, str] = {}
+    gateways: dict[str, str] = msgspec.field(default_factory=dict)
     mpc_listen: HostPort = "127.0.0.1:0"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     tick_s: Positive = 0.2
@@ -143,7 +143,8 @@ class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
     """``role: output`` — reconstruction, storage and the JSON API."""
 
     parties: dict[int, Endpoint]
-    gateways: dict[str, Url] = {}  # gateway id → health URL (shown on the dashboard)
+    # gateway id → health URL (shown on the dashboard)
+    gateways: dict[str, Url] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Command line: ``tecc-sim run | replay | load | sensors | check-config`` (also ``python -m firmware_sim``).
+"""Command line: ``tecc-sim run | replay | load | sensors | check-config``.
+
+(also ``python -m firmware_sim``).
 
 ``run`` plays the configured line with its scenario and writes the ground
 truth; ``replay`` turns a ``timestamp,value`` CSV into one sensor; ``load``
@@ -207,7 +209,9 @@ async def _replay(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         sink: Sink
         if spec.transport is Transport.MQTT:
-            settings = _mqtt(dataclasses.replace(mqtt_settings(), client_id="tecc-sim-replay"), args)
+            settings = _mqtt(
+                dataclasses.replace(mqtt_settings(), client_id="tecc-sim-replay"), args
+            )
             link = MqttLink(settings)
             await link.connect()
             stack.push_async_callback(link.close)

@@ -51,8 +51,9 @@ def load_scenario(path: Path) -> tuple[AnomalySpec, ...]:
     return load_file(path, ScenarioDoc, error=SimConfigError).anomalies
 
 
-def mqtt_settings(doc: MqttDoc = MqttDoc()) -> MqttSettings:
+def mqtt_settings(doc: MqttDoc | None = None) -> MqttSettings:
     """The runtime MQTT settings of a ``mqtt`` section (the defaults when omitted)."""
+    doc = doc or MqttDoc()
     return MqttSettings(
         host=doc.host,
         port=doc.port,
@@ -64,8 +65,9 @@ def mqtt_settings(doc: MqttDoc = MqttDoc()) -> MqttSettings:
     )
 
 
-def opcua_settings(doc: OpcuaDoc = OpcuaDoc()) -> OpcuaSettings:
+def opcua_settings(doc: OpcuaDoc | None = None) -> OpcuaSettings:
     """The runtime OPC-UA settings of an ``opcua`` section (the defaults when omitted)."""
+    doc = doc or OpcuaDoc()
     return OpcuaSettings(
         host=doc.host,
         port=doc.port,
@@ -111,7 +113,10 @@ def _machine(doc: MachineDoc, line: str, base_rate: float, mqtt: MqttSettings) -
         line=line,
         name=doc.name,
         states={s: _state(given[s], DEFAULT_STATES[s]) for s in MachineState},
-        sensors=tuple(_sensor(s, line, doc.name, rate, doc.transport, mqtt) for s in doc.sensors),
+        sensors=tuple(
+            _sensor(s, line=line, machine=doc.name, rate=rate, transport=doc.transport, mqtt=mqtt)
+            for s in doc.sensors
+        ),
         ramp_s=doc.ramp_s,
         initial_state=doc.initial_state,
         fixed_state=doc.fixed_state,
@@ -124,6 +129,7 @@ def _pick(value: T | None, default: T) -> T:
 
 def _sensor(
     doc: SensorDoc,
+    *,
     line: str,
     machine: str,
     rate: float,

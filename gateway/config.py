@@ -78,7 +78,6 @@ class SensorConfig:
     unit: str
 
 
-
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     """TLS material for an MQTT connection (paths to PEM files)."""
@@ -105,7 +104,6 @@ class TopicRule:
     timestamp_path: tuple[str, ...] | None
 
 
-
 @dataclass(frozen=True, slots=True)
 class MqttSourceConfig:
     """One MQTT broker connection and its topic rules."""
@@ -122,7 +120,6 @@ class MqttSourceConfig:
     keepalive_s: int
 
 
-
 @dataclass(frozen=True, slots=True)
 class NodeOptions:
     """Monitoring parameters of an OPC-UA node."""
@@ -131,7 +128,6 @@ class NodeOptions:
     queue_size: int
     deadband: DeadbandType
     deadband_value: float
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +159,6 @@ class OpcuaSecurity:
     server_certificate: Path | None
 
 
-
 @dataclass(frozen=True, slots=True)
 class OpcuaSourceConfig:
     """One OPC-UA server connection."""
@@ -179,7 +174,6 @@ class OpcuaSourceConfig:
     reconnect_max_s: float
 
 
-
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
     """When a batch is cut: ``max_readings`` or ``max_delay_s``, whichever first."""
@@ -187,7 +181,6 @@ class BatchingConfig:
     max_readings: int
     max_delay_s: float
     max_pending: int
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +207,12 @@ class ProgressConfig:
     ordered_sensors: bool
 
 
-
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
     """Where the spool lives and how large it may grow (sum of frame bytes)."""
 
     path: Path
     max_bytes: int
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +225,6 @@ class ClusterConfig:
     role: str
 
 
-
 @dataclass(frozen=True, slots=True)
 class AttestationConfig:
     """Allow-list for cluster quotes: platform keys and allowed measurements."""
@@ -244,7 +234,6 @@ class AttestationConfig:
     max_age_s: float
 
 
-
 @dataclass(frozen=True, slots=True)
 class TpmConfig:
     """How to reach the TPM and which PCRs the sealed keys are bound to."""
@@ -252,7 +241,6 @@ class TpmConfig:
     tcti: str
     pcrs: tuple[int, ...]
     pcr_bank: str
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,4 +269,3 @@ class GatewayConfig:
     http: HttpConfig
     kem_suite: str
     columns: tuple[str, ...]
-

@@ -92,7 +92,9 @@ def _mqtt(doc: MqttDoc, base: Path, where: str) -> MqttSourceConfig:
                 sensor_template=t.sensor_template,
                 format=t.format,
                 value_path=tuple(t.value_path.split(".")),
-                timestamp_path=None if t.timestamp_path is None else tuple(t.timestamp_path.split(".")),
+                timestamp_path=None
+                if t.timestamp_path is None
+                else tuple(t.timestamp_path.split(".")),
             )
             for t in doc.topics
         ),
@@ -114,7 +116,8 @@ def _options(doc: NodeDoc | BrowseDoc) -> NodeOptions:
     )
 
 
-def _opcua(doc: OpcuaDoc, base: Path) -> OpcuaSourceConfig:
+def opcua_source(doc: OpcuaDoc, base: Path) -> OpcuaSourceConfig:
+    """The runtime config of one ``sources.opcua`` entry; paths relative to ``base``."""
     s = doc.security
     return OpcuaSourceConfig(
         name=doc.name,
@@ -158,9 +161,11 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
         mqtt=tuple(
             _mqtt(m, base, f"{source}: $.sources.mqtt[{i}]") for i, m in enumerate(f.sources.mqtt)
         ),
-        opcua=tuple(_opcua(o, base) for o in f.sources.opcua),
+        opcua=tuple(opcua_source(o, base) for o in f.sources.opcua),
         batching=BatchingConfig(b.max_readings, b.max_delay_s, b.max_pending),
-        progress=ProgressConfig(p.slack_s, p.interval_s, p.settle_s, p.max_hold_s, p.ordered_sensors),
+        progress=ProgressConfig(
+            p.slack_s, p.interval_s, p.settle_s, p.max_hold_s, p.ordered_sensors
+        ),
         tpm=TpmConfig(f.tpm.tcti, f.tpm.pcrs, f.tpm.pcr_bank),
         http=HttpConfig(f.http.host, f.http.port),
         kem_suite=f.envelope.suite.value,

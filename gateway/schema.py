@@ -237,7 +237,9 @@ class EnvelopeDoc(Schema, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if "value" not in self.columns or len(set(self.columns)) != len(self.columns):
-            raise ValueError(f"columns must include value once and may add square, got {self.columns}")
+            raise ValueError(
+                f"columns must include value once and may add square, got {self.columns}"
+            )
 
 
 class GatewayFile(Schema, frozen=True, kw_only=True):

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from tecc_contract import prg, sharing
 from tecc_contract.errors import (
-    ParameterError,
     DecryptError,
     FrameError,
+    ParameterError,
     ShareError,
     SignatureError,
     VersionError,
@@ -74,7 +74,9 @@ class SensorSegment:
 
     def __post_init__(self) -> None:
         if self.timestamps_ns.shape != self.values.shape or self.values.ndim != 1:
-            raise ParameterError(f"segment {self.sensor_id!r}: timestamps and values differ in shape")
+            raise ParameterError(
+                f"segment {self.sensor_id!r}: timestamps and values differ in shape"
+            )
 
 
 @dataclass(frozen=True, slots=True)

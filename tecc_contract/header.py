@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from tecc_contract.errors import ParameterError, FrameError, VersionError
+from tecc_contract.errors import FrameError, ParameterError, VersionError
 from tecc_contract.keys import KemSuite
 from tecc_contract.wire import Reader, Writer
 

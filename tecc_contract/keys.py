@@ -75,7 +75,9 @@ def load_private_key(suite: KemSuite, raw: bytes) -> HpkePrivateKey:
         if suite is KemSuite.X25519:
             return x25519.X25519PrivateKey.from_private_bytes(raw)
         if len(raw) != 96:
-            raise ParameterError(f"hybrid private key must be 96 bytes (64 seed + 32), got {len(raw)}")
+            raise ParameterError(
+                f"hybrid private key must be 96 bytes (64 seed + 32), got {len(raw)}"
+            )
         m = mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:64])
         x = x25519.X25519PrivateKey.from_private_bytes(raw[64:])
         return hpke.MLKEM768X25519PrivateKey(m, x)

@@ -145,7 +145,9 @@ def _type_at(node: mi.Type | None, path: str) -> mi.Type | None:
             node = node.value_type
         elif isinstance(node, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
             node = node.item_type
-        elif isinstance(node, mi.TupleType) and index.isdigit() and int(index) < len(node.item_types):
+        elif (
+            isinstance(node, mi.TupleType) and index.isdigit() and int(index) < len(node.item_types)
+        ):
             node = node.item_types[int(index)]
         else:
             return None
@@ -174,10 +176,12 @@ _DESCRIBERS: dict[type[Any], Callable[[Any], str]] = {
     mi.ListType: lambda t: f"a list of {describe(t.item_type)}",
     mi.VarTupleType: lambda t: f"a list of {describe(t.item_type)}",
     mi.FrozenSetType: lambda t: f"a list of {describe(t.item_type)}",
-    mi.TupleType: lambda t: f"a list of {len(t.item_types)} items "
-    + "["
-    + ", ".join(describe(x) for x in t.item_types)
-    + "]",
+    mi.TupleType: lambda t: (
+        f"a list of {len(t.item_types)} items "
+        + "["
+        + ", ".join(describe(x) for x in t.item_types)
+        + "]"
+    ),
     mi.UnionType: lambda t: " or ".join(describe(x) for x in t.types),
 }
 

@@ -52,7 +52,9 @@ class LimitRule(FileSchema, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.low < self.high:
-            raise ValueError(f"limit rule {self.sensor!r}: low must be < high, e.g. low: 0, high: 90")
+            raise ValueError(
+                f"limit rule {self.sensor!r}: low must be < high, e.g. low: 0, high: 90"
+            )
 
 
 class RateRule(FileSchema, frozen=True, kw_only=True):
@@ -83,7 +85,7 @@ class ZScoreRule(FileSchema, frozen=True, kw_only=True):
 class FleetRule(FileSchema, frozen=True, kw_only=True):
     """Sensor classes compared across gateways, and the deviation factor ``k``."""
 
-    classes: dict[str, tuple[str, ...]] = {}
+    classes: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
     k: Factor = 3.0
     min_sigma: NonNegative = 0.01
 

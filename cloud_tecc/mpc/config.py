@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from msgspec import Meta
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
+from msgspec import Meta
 
 from cloud_tecc.errors import CloudConfigError
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
@@ -49,7 +48,9 @@ class MeshDoc(FileSchema, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if len(self.parties) != self.n:
-            raise ValueError(f"n is {self.n} but parties lists {len(self.parties)}; make them equal")
+            raise ValueError(
+                f"n is {self.n} but parties lists {len(self.parties)}; make them equal"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from cloud_tecc.mpc.bundle_wire import encode_batch
 from cloud_tecc.mpc.config import MeshFile, load_private_key
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer import RandomBytes, deal
-from cloud_tecc.mpc.errors import MpcParameterError, MpcError
+from cloud_tecc.mpc.errors import MpcError, MpcParameterError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
 

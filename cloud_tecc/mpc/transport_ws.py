@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.errors import (
     AuthenticationError,
-    MpcParameterError,
     MpcError,
+    MpcParameterError,
     PeerLostError,
     ProtocolError,
 )

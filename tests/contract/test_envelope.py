@@ -19,10 +19,10 @@ from tecc_contract.envelope import (
     reconstruct_batch,
 )
 from tecc_contract.errors import (
-    ParameterError,
     ContractError,
     DecryptError,
     FrameError,
+    ParameterError,
     ShareError,
     SignatureError,
 )

@@ -27,11 +27,11 @@ def test_example_config_loads() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("gateway_id: gw-demo", "gateway_id: gw-demo\ncolour: red"), "unknown keys"),
-        (("range: [0, 250]", "range: [250, 0]"), "low must be < high"),
+        (("gateway_id: gw-demo", "gateway_id: gw-demo\ncolour: red"), r"\$\.colour: unknown key"),
+        (("range: [0, 250]", "range: [250, 0]"), r"\$\.sensors\[2\]: range of .* needs low < high"),
         (("{index: 1,", "{index: 3,"), "indices 0..N-1"),
         (('sensor_template: "{0}.{1}.{2}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
-        (("pcrs: [7, 14]", "pcrs: [7, 99]"), "PCR indices"),
+        (("pcrs: [7, 14]", "pcrs: [7, 99]"), r"\$\.tpm\.pcrs\[1\]: Expected `int` <= 23"),
     ],
 )
 def test_bad_config_is_rejected_clearly(

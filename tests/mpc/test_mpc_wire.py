@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import (
     AuthenticationError,
-    MpcParameterError,
     CorrelationError,
+    MpcParameterError,
     Party,
     Plan,
     ProtocolError,
