@@ -121,7 +121,9 @@ def test_policy_validation_errors_are_clear() -> None:
     """Bad policies are refused with a message naming the problem."""
     with pytest.raises(CloudConfigError, match=r"\$\.release_raw: unknown key"):
         policy_from_mapping({"release_raw": True})
-    with pytest.raises(CloudConfigError, match=r"\$\.release\[0\]: Invalid enum value .values.; write one of count"):
+    with pytest.raises(
+        CloudConfigError, match=r"\$\.release\[0\]: Invalid enum value .values.; write one of count"
+    ):
         policy_from_mapping({"release": ["values"]})
     with pytest.raises(CloudConfigError, match="value_bound_bits"):
         policy_from_mapping({"limits": [{"sensor": "*", "low": 0, "high": 10_000}]})

