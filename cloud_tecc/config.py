@@ -101,7 +101,11 @@ class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
 
 
 class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
-    """``role: party`` — a cluster party: ingest, MPC peer and result sender."""
+    """``role: party`` — a cluster party: ingest, MPC peer and result sender.
+
+    Rules: ``peers`` lists every other party index exactly once, each with ``mpc``;
+    ``dealer`` has ``mpc``. The ``policy`` file it names is checked too.
+    """
 
     party: Annotated[int, Meta(ge=0, le=1)]
     peers: dict[int, Endpoint]

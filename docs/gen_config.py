@@ -211,9 +211,9 @@ def _qual(cls: type) -> str:
     return f"{cls.__module__}.{cls.__name__}"
 
 
-def _summary(cls: type) -> str:
+def _summary(cls: type) -> list[str]:
     doc = (cls.__doc__ or "").strip()
-    return " ".join(doc.split("\n\n")[0].split())
+    return [" ".join(par.split()) + "\n" for par in doc.split("\n\n")]
 
 
 def _cell(text: str) -> str:
@@ -221,7 +221,7 @@ def _cell(text: str) -> str:
 
 
 def _table(s: mi.StructType) -> list[str]:
-    lines = [f"#### `{_qual(s.cls)}`", "", _summary(s.cls), ""]
+    lines = [f"#### `{_qual(s.cls)}`", "", *_summary(s.cls)]
     if s.tag_field is not None:
         lines += [f"`{s.tag_field}: {s.tag}` selects this schema.", ""]
     lines += ["| key | type | default |", "| --- | --- | --- |"]

@@ -43,7 +43,11 @@ T = TypeVar("T")
 
 def load_config(path: Path) -> SimConfig:
     """Read and validate a simulator YAML file."""
-    return to_runtime(load_file(path, SimFile, error=SimConfigError))
+    doc = load_file(path, SimFile, error=SimConfigError)
+    try:
+        return to_runtime(doc)
+    except SimConfigError as exc:  # a rule across sections (sensor ids, anomaly timing)
+        raise SimConfigError(f"{path}: {exc}") from exc
 
 
 def load_scenario(path: Path) -> tuple[AnomalySpec, ...]:

@@ -51,6 +51,9 @@ class AnomalySpec(FileSchema, frozen=True, kw_only=True):
 
     ``magnitude`` is the added offset (spike, level shift), the final offset of
     a linear drift, or the standard deviation of extra noise (noise burst).
+
+    Rules: ``spike``, ``level_shift``, ``drift`` and ``noise_burst`` need a non-zero
+    ``magnitude``.
     """
 
     kind: AnomalyKind

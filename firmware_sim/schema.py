@@ -67,7 +67,10 @@ class StatesDoc(FileSchema, frozen=True, kw_only=True):
 
 
 class SensorDoc(FileSchema, frozen=True, kw_only=True):
-    """``machines[i].sensors[j]``: one sensor; ``null`` options come from kind, machine, mqtt."""
+    """``machines[i].sensors[j]``: one sensor; ``null`` options come from kind, machine, mqtt.
+
+    Rules: ``range`` low < high.
+    """
 
     name: Ident
     kind: SensorKind = SensorKind.GENERIC
@@ -109,7 +112,12 @@ class ScenarioDoc(FileSchema, frozen=True, kw_only=True):
 
 
 class SimFile(FileSchema, frozen=True, kw_only=True):
-    """The simulated line (``configs/sim.yaml``)."""
+    """The simulated line (``configs/sim.yaml``).
+
+    Rules: sensor ids unique; every anomaly names a sensor of the line, lasts 0 (one
+    sample) or at least one sample period, and ``stuck`` starts at least one sample
+    period after the start.
+    """
 
     line: Ident
     seed: Annotated[int, Meta(ge=0)]

@@ -43,7 +43,10 @@ class Schema(FileSchema, frozen=True, kw_only=True):
 
 
 class SensorDoc(Schema, frozen=True, kw_only=True):
-    """``sensors[i]``: a declared sensor; readings outside ``range`` are rejected."""
+    """``sensors[i]``: a declared sensor; readings outside ``range`` are rejected.
+
+    Rules: low < high, both within ±2^30.
+    """
 
     id: Name
     range: tuple[Finite, Finite]
@@ -58,7 +61,11 @@ class SensorDoc(Schema, frozen=True, kw_only=True):
 
 
 class TopicDoc(Schema, frozen=True, kw_only=True):
-    """``topics[i]``: MQTT filter -> sensor id template and payload format."""
+    """``topics[i]``: MQTT filter -> sensor id template and payload format.
+
+    Rules: ``+`` and ``#`` stand alone in a level, ``#`` only last; the template uses
+    ``{0}``..``{n-1}`` for the n wildcards.
+    """
 
     filter: Name
     sensor_template: Name
@@ -79,7 +86,10 @@ class TlsDoc(Schema, frozen=True, kw_only=True):
 
 
 class MqttDoc(Schema, frozen=True, kw_only=True):
-    """``sources.mqtt[i]``: one broker connection."""
+    """``sources.mqtt[i]``: one broker connection.
+
+    Rules: ``password`` or ``password_file``, not both; the file must be readable.
+    """
 
     client_id: Name  # fixed, so the broker keeps the session across restarts
     topics: Annotated[tuple[TopicDoc, ...], Meta(min_length=1)]
@@ -126,7 +136,10 @@ class BrowseDoc(Schema, frozen=True, kw_only=True):
 
 
 class SecurityDoc(Schema, frozen=True, kw_only=True):
-    """``security``: OPC-UA policy, mode and the gateway's certificate."""
+    """``security``: OPC-UA policy, mode and the gateway's certificate.
+
+    Rules: ``Basic256Sha256`` needs ``certificate`` and ``private_key``.
+    """
 
     policy: SecurityPolicy = SecurityPolicy.NONE
     mode: SecurityMode = SecurityMode.SIGN_AND_ENCRYPT
@@ -142,7 +155,11 @@ class SecurityDoc(Schema, frozen=True, kw_only=True):
 
 
 class OpcuaDoc(Schema, frozen=True, kw_only=True):
-    """``sources.opcua[i]``: one OPC-UA server."""
+    """``sources.opcua[i]``: one OPC-UA server.
+
+    Rules: ``nodes`` or ``browse`` (or both); ``reconnect_min_s`` <=
+    ``reconnect_max_s``.
+    """
 
     url: Annotated[str, Meta(pattern=r"^opc\.tcp://\S+$")]
     name: Name = "opcua"
@@ -169,7 +186,10 @@ class SourcesDoc(Schema, frozen=True, kw_only=True):
 
 
 class BatchingDoc(Schema, frozen=True, kw_only=True):
-    """``batching``: a batch is cut at ``max_readings`` or ``max_delay_s``, whichever first."""
+    """``batching``: a batch is cut at ``max_readings`` or ``max_delay_s``, whichever first.
+
+    Rules: ``max_pending`` >= ``max_readings``.
+    """
 
     max_readings: Count = 20_000
     max_delay_s: Positive = 0.25
@@ -230,7 +250,10 @@ class HttpDoc(Schema, frozen=True, kw_only=True):
 
 
 class EnvelopeDoc(Schema, frozen=True, kw_only=True):
-    """``envelope``: KEM suite and the columns each reading is shared in."""
+    """``envelope``: KEM suite and the columns each reading is shared in.
+
+    Rules: ``columns`` holds ``value`` once and may add ``square``.
+    """
 
     suite: KemSuite = KemSuite.X25519
     columns: tuple[Literal["value", "square"], ...] = ("value",)
@@ -243,7 +266,11 @@ class EnvelopeDoc(Schema, frozen=True, kw_only=True):
 
 
 class GatewayFile(Schema, frozen=True, kw_only=True):
-    """The gateway agent's config file."""
+    """The gateway agent's config file.
+
+    Rules: sensor ids unique; cluster indices 0..N-1 with N >= 2; OPC-UA ``nodes`` feed
+    declared sensors; with the ``square`` column every sensor range stays within ±2^23.
+    """
 
     gateway_id: Name
     sensors: Annotated[tuple[SensorDoc, ...], Meta(min_length=1)]

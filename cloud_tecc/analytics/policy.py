@@ -44,7 +44,10 @@ class Release(enum.StrEnum):
 
 
 class LimitRule(FileSchema, frozen=True, kw_only=True):
-    """Static limits for sensors whose id matches ``sensor`` (fnmatch pattern)."""
+    """Static limits for sensors whose id matches ``sensor`` (fnmatch pattern).
+
+    Rules: low < high.
+    """
 
     sensor: str
     low: Finite
@@ -68,6 +71,8 @@ class ZScoreRule(FileSchema, frozen=True, kw_only=True):
     """Rolling z-score: flag ``(x − μ)² > k²·(σ² + min_sigma²)`` over the previous W readings.
 
     No flag is raised while fewer than ``min_baseline`` previous readings exist.
+
+    Rules: ``min_baseline`` <= ``window``.
     """
 
     window: Annotated[int, Meta(ge=2, le=100_000)] = 600
@@ -96,6 +101,9 @@ class AnalyticsPolicy(FileSchema, frozen=True, kw_only=True):
     ``value_bound_bits`` is the promise the deployment makes about its sensors:
     every reading satisfies |x| < 2^value_bound_bits in its unit. It sizes the
     fixed-point headroom of the secure z-score (see docs/CLOUD.md).
+
+    Rules: limits within ±2^value_bound_bits; every rate ``max_delta`` <
+    2^(value_bound_bits+1).
     """
 
     window_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 10.0

@@ -39,7 +39,10 @@ class EndpointDoc(FileSchema, frozen=True, kw_only=True):
 
 
 class MeshDoc(FileSchema, frozen=True, kw_only=True):
-    """The mesh file (JSON): every party's and the dealer's address and public key."""
+    """The mesh file (JSON): every party's and the dealer's address and public key.
+
+    Rules: ``n`` equals the number of ``parties``.
+    """
 
     n: Annotated[int, Meta(ge=2, le=16)]
     parties: tuple[EndpointDoc, ...]

@@ -154,7 +154,7 @@ TARGET = Target("config", _SEEDS, run, (_Refused,), mutate)
 @FUZZ_SETTINGS
 @given(cases(TARGET))
 def test_config_loaders_raise_only_config_errors(data: bytes) -> None:
-    """Mutated YAML loads or is refused with the loader's own ConfigError."""
+    """Mutated YAML loads or is refused with the loader's own config error."""
     TARGET.check(data)
 
 
@@ -177,6 +177,6 @@ def test_shipped_configs_load() -> None:
     ],
 )
 def test_fuzz_findings_are_config_errors(name: str, text: bytes) -> None:
-    """Inputs the fuzzer found crashing a loader now raise its ConfigError."""
+    """Inputs the fuzzer found crashing a loader now raise its config error."""
     with pytest.raises(_Refused):
         run(name.encode() + b"\n" + text)
