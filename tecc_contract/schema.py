@@ -58,6 +58,30 @@ def finite(value: float, what: str) -> float:
     return value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[object, object]:
+    loader.flatten_mapping(node)
+    out: dict[object, object] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool | None):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain name or number", key_node.start_mark
+            )
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice; keep one", key_node.start_mark
+            )
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def read_document(path: Path) -> object:
     """Parse ``path`` as YAML (JSON is YAML too); ConfigFileError when it cannot."""
     try:
@@ -69,7 +93,11 @@ def read_document(path: Path) -> object:
     try:
         if path.suffix == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigFileError(f"{path}: not valid YAML: {where}{exc.problem or exc}") from exc
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ConfigFileError(f"{path}: not valid YAML/JSON: {exc}") from exc
 
@@ -167,7 +195,7 @@ _DESCRIBERS: dict[type[Any], Callable[[Any], str]] = {
     mi.BoolType: lambda _: "true or false",
     mi.StrType: lambda t: "a string" + (" (not empty)" if t.min_length else ""),
     mi.IntType: lambda t: f"a whole number{_bounds(t)}, unquoted (not true/false)",
-    mi.FloatType: lambda t: f"a number{_bounds(t)}, unquoted",
+    mi.FloatType: lambda t: f"a finite number{_bounds(t)}, unquoted",
     mi.EnumType: lambda t: "one of " + ", ".join(str(m.value) for m in t.cls),
     mi.LiteralType: lambda t: "one of " + ", ".join(str(v) for v in t.values),
     mi.NoneType: lambda _: "null",
