@@ -52,7 +52,7 @@ def _load(tmp_path: Path, text: str, name: str = "f.yaml") -> Doc:
             "items: [{low: .nan}]\n",
             "$.items[0].low: Expected `float` >= -1e+300; write a finite number",
         ),
-        ("ratio: 1.5\n", "$.ratio: Expected `float` <= 1.0; write a number >= 0 and <= 1"),
+        ("ratio: 1.5\n", "$.ratio: Expected `float` <= 1.0; write a finite number >= 0 and <= 1"),
         ("flag: 1\n", "$.flag: Expected `bool`, got `int`; write true or false"),
         ("port: 1\nport: 2\n", "line 2, column 1: key 'port' is given twice"),
         ("? [1, 2]\n: x\n", "a key must be a plain name or number"),
