@@ -32,6 +32,7 @@ from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.errors import CloudError
 from cloud_tecc.service.base import ServiceBase, open_enclave, setup_logging
+from tecc_contract.errors import ConfigFileError
 
 log = logging.getLogger("cloud_tecc.cli")
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         service = _build(args.command, args.config)
         asyncio.run(service.serve())
-    except CloudError as exc:
+    except (CloudError, ConfigFileError) as exc:
         print(f"tecc-cluster: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -110,9 +110,11 @@ on a bad file (a missing `password_file` included).
 
 Config errors: `tecc_contract.errors.ConfigFileError` is the one base class;
 each package raises its own subclass (`GatewayConfigError`,
-`CloudConfigError`, `SimConfigError`). Invalid arguments passed by code (not
-read from a file) are `tecc_contract.errors.ParameterError` and
-`cloud_tecc.mpc.errors.MpcParameterError`.
+`CloudConfigError`, `MpcConfigError` for the mesh file, `SimConfigError`).
+Invalid arguments passed by code (not read from a file) are
+`tecc_contract.errors.ParameterError` and
+`cloud_tecc.mpc.errors.MpcParameterError`; state on disk that does not open
+(sealed keys, a corrupt spool) has its own errors and is not a config error.
 
 ## Adding a key
 

@@ -22,7 +22,7 @@ class ConfigFileError(ContractError):
     """A config file does not match its schema (operator's fault); the message names the key.
 
     Each package raises its own subclass (``GatewayConfigError``,
-    ``CloudConfigError``, ``SimConfigError``) through
+    ``CloudConfigError``, ``MpcConfigError``, ``SimConfigError``) through
     :func:`tecc_contract.schema.load_file`.
     """
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from msgspec import Meta
 
-from cloud_tecc.errors import CloudConfigError
+from cloud_tecc.mpc.errors import MpcConfigError
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.schema import FileSchema, Name, Port, load_file
 
@@ -101,8 +101,8 @@ class MeshFile:
 
     @classmethod
     def load(cls, path: Path) -> MeshFile:
-        """Read and validate; :class:`CloudConfigError` names the bad key."""
-        doc = load_file(path, MeshDoc, error=CloudConfigError)
+        """Read and validate; :class:`MpcConfigError` names the bad key."""
+        doc = load_file(path, MeshDoc, error=MpcConfigError)
         parties = tuple(Endpoint.from_doc(p) for p in doc.parties)
         return cls(parties, Endpoint.from_doc(doc.dealer), doc.frac_bits)
 
@@ -112,7 +112,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
     except (OSError, ValueError) as exc:
-        raise CloudConfigError(f"cannot read the Ed25519 private key in {path}: {exc}") from exc
+        raise MpcConfigError(f"cannot read the Ed25519 private key in {path}: {exc}") from exc
 
 
 def private_key_hex(key: Ed25519PrivateKey) -> str:
