@@ -113,8 +113,7 @@ each package raises its own subclass (`GatewayConfigError`,
 `CloudConfigError`, `MpcConfigError` for the mesh file, `SimConfigError`).
 Invalid arguments passed by code (not read from a file) are
 `tecc_contract.errors.ParameterError` and
-`cloud_tecc.mpc.errors.MpcParameterError`; state on disk that does not open
-(sealed keys, a corrupt spool) has its own errors and is not a config error.
+`cloud_tecc.mpc.errors.MpcParameterError`.
 
 ## Adding a key
 
