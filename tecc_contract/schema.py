@@ -131,6 +131,7 @@ def explain(message: str, schema: type[Any], raw: object) -> str:
     """Turn a msgspec validation message into ``$.path: reason; write ...``."""
     m = _AT.match(message)
     msg, path = (m.group("msg"), m.group("path") or "$") if m else (message, "$")
+    path = _name_keys(path, message, schema, raw)
     node = _type_at(mi.type_info(schema), path)
     if u := _UNKNOWN.match(msg):
         key = u.group("key")
@@ -146,6 +147,67 @@ def explain(message: str, schema: type[Any], raw: object) -> str:
     if msg.startswith(("Expected", "Invalid enum value")):
         return f"{path}: {msg}; write {describe(node)}"
     return f"{path}: {msg}"
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _steps(path: str) -> list[str | int]:
+    out: list[str | int] = []
+    for name, index in _STEP.findall(path[1:]):
+        if name:
+            out.append(name)
+        elif index.isdigit():
+            out.append(int(index))
+        else:
+            out.append(index.strip("'"))
+    return out
+
+
+def _key_step(key: object) -> str:
+    if isinstance(key, int):
+        return f"[{key}]"
+    text = str(key)
+    return f".{text}" if _PLAIN_KEY.match(text) else f"['{text}']"
+
+
+def _name_keys(path: str, message: str, schema: type[Any], raw: object) -> str:
+    """Replace msgspec's ``[...]`` (a mapping key it does not print) by the offending key.
+
+    Each candidate key is tried alone: the key whose value alone reproduces the
+    same validation message is the one to name.
+    """
+    doc = raw
+    while "[...]" in path:
+        head, _, tail = path.partition("[...]")
+        node: Any = doc
+        for step in _steps(head):
+            if isinstance(node, dict):
+                node = node.get(step)
+            elif isinstance(node, list) and isinstance(step, int) and step < len(node):
+                node = node[step]
+            else:
+                return path
+        if not isinstance(node, dict):
+            return path
+        found = None
+        entries = dict(node)
+        for key, value in entries.items():
+            node.clear()
+            node[key] = value
+            try:
+                msgspec.convert(doc, schema, strict=True)
+            except msgspec.ValidationError as exc:
+                found = key if str(exc) == message else None
+            finally:
+                node.clear()
+                node.update(entries)
+            if found is not None:
+                break
+        if found is None:
+            return path
+        path = head + _key_step(found) + tail
+    return path
 
 
 def _fields(node: mi.Type | None) -> list[str]:
@@ -193,7 +255,11 @@ def _bounds(node: mi.IntType | mi.FloatType) -> str:
 
 _DESCRIBERS: dict[type[Any], Callable[[Any], str]] = {
     mi.BoolType: lambda _: "true or false",
-    mi.StrType: lambda t: "a string" + (" (not empty)" if t.min_length else ""),
+    mi.StrType: lambda t: (
+        f"a string matching {t.pattern}"
+        if t.pattern
+        else "a string" + (" (not empty)" if t.min_length else "")
+    ),
     mi.IntType: lambda t: f"a whole number{_bounds(t)}, unquoted (not true/false)",
     mi.FloatType: lambda t: f"a finite number{_bounds(t)}, unquoted",
     mi.EnumType: lambda t: "one of " + ", ".join(str(m.value) for m in t.cls),

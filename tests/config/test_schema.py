@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import pytest
 from msgspec import Meta
 
@@ -30,6 +31,8 @@ class Doc(FileSchema, frozen=True, kw_only=True):
     ratio: Annotated[float, Meta(ge=0, le=1)] = 0.5
     items: tuple[Inner, ...] = ()
     flag: bool = False
+    ports: dict[str, Port] = msgspec.field(default_factory=dict)
+    peers: dict[int, Inner] = msgspec.field(default_factory=dict)
 
 
 def _load(tmp_path: Path, text: str, name: str = "f.yaml") -> Doc:
@@ -54,6 +57,9 @@ def _load(tmp_path: Path, text: str, name: str = "f.yaml") -> Doc:
         ),
         ("ratio: 1.5\n", "$.ratio: Expected `float` <= 1.0; write a finite number >= 0 and <= 1"),
         ("flag: 1\n", "$.flag: Expected `bool`, got `int`; write true or false"),
+        ("ports: {a: 1, b.c: true}\n", "$.ports['b.c']: Expected `int`, got `bool`"),
+        ("ports: {a: 1, b_c: 0}\n", "$.ports.b_c: Expected `int` >= 1"),
+        ("peers: {0: {low: 0}, 3: {low: 0, x: 1}}\n", "$.peers[3].x: unknown key"),
         ("port: 1\nport: 2\n", "line 2, column 1: key 'port' is given twice"),
         ("? [1, 2]\n: x\n", "a key must be a plain name or number"),
         ("port: [1\n", "not valid YAML: line 2"),
@@ -71,7 +77,7 @@ def test_errors_name_the_path_and_what_to_write(tmp_path: Path, text: str, messa
 def test_valid_file_converts_with_defaults(tmp_path: Path) -> None:
     """Omitted keys take the Struct defaults; ints are accepted where a number belongs."""
     doc = _load(tmp_path, "items: [{low: 0}]\nratio: 1\n")
-    assert doc == Doc(port=80, ratio=1.0, items=(Inner(low=0.0, high=1.0),), flag=False)
+    assert doc == Doc(port=80, ratio=1.0, items=(Inner(low=0.0, high=1.0),), flag=False, ports={})
     assert _load(tmp_path, "") == Doc()
 
 
