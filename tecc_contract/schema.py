@@ -29,7 +29,7 @@ import yaml
 from tecc_contract.errors import ConfigFileError
 
 S = TypeVar("S", bound=msgspec.Struct)
-E = TypeVar("E", bound=Exception)
+E = TypeVar("E", bound=ConfigFileError)
 
 #: A port number.
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port 1..65535")]
