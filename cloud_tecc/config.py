@@ -16,10 +16,10 @@ every service runs the same approved bundle).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -236,8 +236,16 @@ def _clean(ep: Endpoint) -> Endpoint:
     return msgspec.structs.replace(ep, url=ep.url.rstrip("/"))
 
 
+def _policy(f: ServiceFile, base: Path) -> tuple[Path, AnalyticsPolicy]:
+    path = (base / f.policy).resolve()
+    try:
+        return path, load_policy(path)
+    except CloudConfigError as exc:
+        raise CloudConfigError(f"$.policy names an invalid analytics policy: {exc}") from exc
+
+
 def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
-    policy_path = (base / f.policy).resolve()
+    policy_path, policy = _policy(f, base)
     return ServiceConfig(
         role=role,
         service_id=f.service_id,
@@ -246,7 +254,7 @@ def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
         state_dir=(base / f.state_dir).resolve(),
         platform_dir=(base / f.platform_dir).resolve(),
         policy_path=policy_path,
-        policy=load_policy(policy_path),
+        policy=policy,
         trust=f.attestation,
         log_level=f.log_level,
     )
@@ -291,29 +299,41 @@ def output_config(f: OutputFile, base: Path) -> OutputConfig:
     )
 
 
+F = TypeVar("F", PartyFile, DealerFile, OutputFile)
+C = TypeVar("C", PartyConfig, DealerConfig, OutputConfig)
+
+
+def _in(path: Path, build: Callable[[F, Path], C], f: F) -> C:
+    """``build(f, folder)``, with errors of the files it reads prefixed by this file's path."""
+    try:
+        return build(f, path.parent)
+    except CloudConfigError as exc:
+        raise CloudConfigError(f"{path}: {exc}") from exc
+
+
 def load_party(path: Path) -> PartyConfig:
     """Load a party config (``role: party``)."""
     f = convert(_document(path), PartyFile, source=str(path), error=CloudConfigError)
-    return party_config(f, path.parent)
+    return _in(path, party_config, f)
 
 
 def load_dealer(path: Path) -> DealerConfig:
     """Load a dealer config (``role: dealer``)."""
     f = convert(_document(path), DealerFile, source=str(path), error=CloudConfigError)
-    return dealer_config(f, path.parent)
+    return _in(path, dealer_config, f)
 
 
 def load_output(path: Path) -> OutputConfig:
     """Load an output-service config (``role: output``)."""
     f = convert(_document(path), OutputFile, source=str(path), error=CloudConfigError)
-    return output_config(f, path.parent)
+    return _in(path, output_config, f)
 
 
 def load_any(path: Path) -> PartyConfig | DealerConfig | OutputConfig:
     """Load a service config of any role (what ``check-config`` does)."""
     f = parse_file(path)
     if isinstance(f, PartyFile):
-        return party_config(f, path.parent)
+        return _in(path, party_config, f)
     if isinstance(f, DealerFile):
-        return dealer_config(f, path.parent)
-    return output_config(f, path.parent)
+        return _in(path, dealer_config, f)
+    return _in(path, output_config, f)

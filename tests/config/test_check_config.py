@@ -94,3 +94,18 @@ def test_real_command_exit_codes(tmp_path: Path, kind: Kind) -> None:
     assert no.returncode == 2
     assert f"{bad}: {at(kind.number_key)}: Expected" in no.stderr
     assert "Traceback" not in no.stderr
+
+
+def test_service_file_checks_the_policy_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A party file whose policy file is broken fails with both paths named."""
+    kind = BY_NAME["party"]
+    path = kind.write(tmp_path, edit(kind.document(), ("policy",), "broken.yaml"))
+    (tmp_path / "broken.yaml").write_text("window_s: 10\nretention: 3600\n")
+    assert _check(kind, path) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: $.policy names an invalid analytics policy: " in err
+    assert f"{tmp_path / 'broken.yaml'}: $.retention: unknown key" in err
+    (tmp_path / "broken.yaml").write_text("window_s: 10\n")
+    assert _check(kind, path) == 0
