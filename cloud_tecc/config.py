@@ -28,16 +28,22 @@ from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
 from cloud_tecc.errors import CloudConfigError
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.keys import KemSuite
-from tecc_contract.schema import FileSchema, ListenPort, Name, Positive, convert, read_document
+from tecc_contract.schema import (
+    Count,
+    FileSchema,
+    HostPort,
+    ListenPort,
+    Name,
+    Positive,
+    Url,
+    convert,
+    read_document,
+)
 
 SELF = "self"
 
 #: ``self`` or 64 hex digits (a raw Ed25519 key or a SHA-256 measurement).
 Anchor = Annotated[str, Meta(pattern=r"^(self|[0-9a-fA-F]{64})$")]
-#: ``host:port`` of a socket.
-HostPort = Annotated[str, Meta(pattern=r"^[^\s:]+(:[^\s:]+)*:[0-9]{1,5}$")]
-#: An http(s) base URL.
-Url = Annotated[str, Meta(pattern=r"^https?://\S+$")]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -139,7 +145,7 @@ class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
 
     parties: dict[int, Endpoint]
     mpc_listen: HostPort = "127.0.0.1:0"
-    batch_readings: Annotated[int, Meta(ge=1)] = 20_000
+    batch_readings: Count = 20_000
     depth: Annotated[int, Meta(ge=1, le=64)] = 4
 
 

@@ -24,18 +24,17 @@ from gateway.config import (
 from tecc_contract.fixedpoint import MAX_ABS_RANGE
 from tecc_contract.keys import KemSuite
 from tecc_contract.schema import (
+    Count,
     FileSchema,
     Finite,
+    Hex32,
     ListenPort,
     Name,
     NonNegative,
     Port,
     Positive,
+    Url,
 )
-
-Hex32 = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$", description="32 bytes in hex")]
-Url = Annotated[str, Meta(pattern=r"^https?://\S+$")]
-Count = Annotated[int, Meta(ge=1)]
 
 
 class Schema(FileSchema, frozen=True, kw_only=True):

@@ -37,6 +37,14 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port 1..6553
 ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535, description="TCP port, 0 = any free")]
 #: A non-empty string.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+#: 32 bytes in hex (an Ed25519 public key, a SHA-256 digest).
+Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+#: An http(s) base URL.
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
+#: ``host:port`` of a socket.
+HostPort = Annotated[str, msgspec.Meta(pattern=r"^[^\s:]+(:[^\s:]+)*:[0-9]{1,5}$")]
+#: A count of at least one.
+Count = Annotated[int, msgspec.Meta(ge=1)]
 #: A finite number (NaN and infinities are refused through the bounds).
 Finite = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]
 #: A finite number >= 0.

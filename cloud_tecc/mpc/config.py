@@ -24,10 +24,7 @@ from msgspec import Meta
 
 from cloud_tecc.mpc.errors import MpcConfigError
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
-from tecc_contract.schema import FileSchema, Name, Port, load_file
-
-#: A raw 32-byte Ed25519 public key in hex.
-PublicKeyHex = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+from tecc_contract.schema import FileSchema, Hex32, Name, Port, load_file
 
 
 class EndpointDoc(FileSchema, frozen=True, kw_only=True):
@@ -35,7 +32,7 @@ class EndpointDoc(FileSchema, frozen=True, kw_only=True):
 
     host: Name
     port: Port
-    public_key: PublicKeyHex
+    public_key: Hex32  # raw Ed25519 public key
 
 
 class MeshDoc(FileSchema, frozen=True, kw_only=True):
