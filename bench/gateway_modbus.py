@@ -86,7 +86,10 @@ async def _source(port: int, seconds: float) -> float:
         strict=True,
     )
     ingest = Ingest(
-        {f"p{i}": SensorConfig(id=f"p{i}", range=SensorRange(0, 100)) for i in range(N_POINTS)}
+        {
+            f"p{i}": SensorConfig(id=f"p{i}", range=SensorRange(0, 100), unit="")
+            for i in range(N_POINTS)
+        }
     )
     source = ModbusSource(cfg, ingest, Metrics(ingest))
     task = asyncio.create_task(source.run())

@@ -1,4 +1,9 @@
-"""Command line: ``tecc-cluster {party,dealer,output,measure,keygen}``.
+"""Command line: ``tecc-cluster {party,dealer,output,measure,keygen,check-config}``.
+
+``check-config FILE`` validates a party, dealer or output config (told apart
+by ``role``; the policy file it names is checked too), an analytics policy
+(``--kind policy``) or an MPC mesh file (``--kind mesh``, a ``.json`` file):
+exit 0 and one summary line, or exit 2 and the key's path and the reason.
 
 ``measure`` prints the enclave measurement of this installation plus a
 policy, for the allow-lists of gateways, peers and the output service;
@@ -14,14 +19,20 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
-from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.config import load_dealer, load_output, load_party
+from cloud_tecc.analytics.policy import load_policy
+from cloud_tecc.config import (
+    DealerConfig,
+    PartyConfig,
+    load_any,
+    load_dealer,
+    load_output,
+    load_party,
+)
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.errors import CloudError
 from cloud_tecc.service.base import ServiceBase, open_enclave, setup_logging
+from tecc_contract.errors import ConfigFileError
 
 log = logging.getLogger("cloud_tecc.cli")
 
@@ -32,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("party", "dealer", "output"):
         s = sub.add_parser(name, help=f"run the {name} service")
         s.add_argument("--config", type=Path, required=True, help="YAML config file")
+    c = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 + reason")
+    c.add_argument("file", type=Path)
+    c.add_argument(
+        "--kind",
+        choices=("service", "policy", "mesh"),
+        help="file kind (default: mesh for *.json, policy without a role key, else service)",
+    )
     m = sub.add_parser("measure", help="print the measurement for an analytics policy")
     m.add_argument("--policy", type=Path, required=True)
     k = sub.add_parser("keygen", help="create/open a simulated platform, print its public key")
@@ -59,12 +77,51 @@ def _build(command: str, config: Path) -> ServiceBase:
     return OutputService(ocfg, open_enclave(ocfg.service))
 
 
+def _kind(path: Path) -> str:
+    if path.suffix == ".json":
+        return "mesh"
+    try:
+        head = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "service"  # the loader reports the file itself
+    return "service" if any(ln.startswith("role:") for ln in head.splitlines()) else "policy"
+
+
+def _check(path: Path, kind: str | None) -> int:
+    kind = kind or _kind(path)
+    if kind == "mesh":
+        from cloud_tecc.mpc.config import MeshFile  # noqa: PLC0415 - engine import
+
+        mesh = MeshFile.load(path)
+        print(f"{path}: valid mesh file: {mesh.n} parties, frac_bits {mesh.frac_bits}")
+        return 0
+    if kind == "policy":
+        policy = load_policy(path)
+        items = ", ".join(sorted(r.value for r in policy.release))
+        print(f"{path}: valid analytics policy: window {policy.window_s:g} s, releases {items}")
+        return 0
+    cfg = load_any(path)
+    name = cfg.service.role.value
+    detail = ""
+    if isinstance(cfg, PartyConfig):
+        detail = f" party {cfg.party}, {len(cfg.gateways)} gateways,"
+    elif isinstance(cfg, DealerConfig):
+        detail = f" batches of {cfg.batch_readings} readings,"
+    print(
+        f"{path}: valid {name} config {cfg.service.service_id}:{detail} "
+        f"policy {cfg.service.policy_path}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "check-config":
+            return _check(args.file, args.kind)
         if args.command == "measure":
-            policy = policy_from_mapping(yaml.safe_load(args.policy.read_text()) or {})
+            policy = load_policy(args.policy)
             print(measure(policy.canonical_bytes()).hex())
             return 0
         if args.command == "keygen":
@@ -73,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         service = _build(args.command, args.config)
         asyncio.run(service.serve())
-    except CloudError as exc:
+    except (CloudError, ConfigFileError) as exc:
         print(f"tecc-cluster: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

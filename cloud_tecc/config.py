@@ -1,6 +1,12 @@
-"""Service configuration: frozen, validated dataclasses loaded from YAML.
+"""Service configuration: the file schemas (msgspec Structs) and the resolved configs.
 
-Relative paths in a config file are resolved against the file's directory.
+A config file is one of three Structs, told apart by its ``role`` key
+(:class:`PartyFile`, :class:`DealerFile`, :class:`OutputFile`); field defaults
+there are the only defaults. :func:`load_party` / :func:`load_dealer` /
+:func:`load_output` convert a file in one step into the frozen runtime config
+(:class:`PartyConfig` ...): paths resolved against the file's folder, the
+analytics policy file loaded and validated, URLs without a trailing ``/``.
+
 Attestation trust can name concrete values or ``self``: ``platform_keys:
 [self]`` trusts the local simulated platform, ``allowed_measurements: [self]``
 trusts exactly this service's own build and policy (the usual deployment:
@@ -10,18 +16,35 @@ every service runs the same approved bundle).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal, TypeVar
 
-import yaml
+import msgspec
+from msgspec import Meta
 
-from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
-from cloud_tecc.errors import ConfigError
+from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
+from cloud_tecc.errors import CloudConfigError
+from tecc_contract.errors import ConfigFileError
 from tecc_contract.keys import KemSuite
+from tecc_contract.schema import (
+    Count,
+    FileSchema,
+    HostPort,
+    ListenPort,
+    Name,
+    Positive,
+    Url,
+    convert,
+    read_document,
+)
 
 SELF = "self"
+
+#: ``self`` or 64 hex digits (a raw Ed25519 key or a SHA-256 measurement).
+Anchor = Annotated[str, Meta(pattern=r"^(self|[0-9a-fA-F]{64})$")]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Role(enum.StrEnum):
@@ -32,40 +55,111 @@ class Role(enum.StrEnum):
     OUTPUT = "output"
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``"host:port"`` → ``(host, port)``; CloudConfigError otherwise."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise CloudConfigError(f"expected 'host:port' with a port 0..65535, got {value!r}")
+    return host, int(port)
+
+
+class Endpoint(FileSchema, frozen=True, kw_only=True):
     """Another service: its attested id, base URL and (for MPC links) ``host:port``."""
 
-    service_id: str
-    url: str
-    mpc: str = ""
+    service_id: Name
+    url: Url
+    mpc: HostPort | Literal[""] = ""
 
     @property
     def mpc_address(self) -> tuple[str, int]:
         """The MPC/dealer socket address as (host, port)."""
-        host, _, port = self.mpc.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"endpoint {self.service_id!r} needs mpc: 'host:port'")
-        return host, int(port)
+        if not self.mpc:
+            raise CloudConfigError(f"endpoint {self.service_id!r} needs mpc: 'host:port'")
+        return parse_hostport(self.mpc)
+
+
+class Trust(FileSchema, frozen=True, kw_only=True):
+    """``attestation:`` trust anchors: platform keys and allowed measurements (hex or ``self``)."""
+
+    platform_keys: tuple[Anchor, ...] = (SELF,)
+    allowed_measurements: tuple[Anchor, ...] = (SELF,)
+    max_age_s: Positive = 300.0
+    refresh_s: Positive = 30.0
+
+
+class Listen(FileSchema, frozen=True, kw_only=True):
+    """``listen:`` the HTTP address of the service (port 0: any free port)."""
+
+    host: Name = "127.0.0.1"
+    port: ListenPort = 0
+
+
+class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
+    """Keys every service file has."""
+
+    service_id: Name
+    state_dir: Name
+    listen: Listen = Listen()
+    platform_dir: Name = "platform"
+    policy: Name = "policy.yaml"
+    attestation: Trust = Trust()
+    log_level: LogLevel = "INFO"
+
+
+class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
+    """``role: party`` — a cluster party: ingest, MPC peer and result sender.
+
+    Rules: ``peers`` lists every other party index exactly once, each with ``mpc``;
+    ``dealer`` has ``mpc``. The ``policy`` file it names is checked too.
+    """
+
+    party: Annotated[int, Meta(ge=0, le=1)]
+    peers: dict[int, Endpoint]
+    dealer: Endpoint
+    output: Endpoint
+    n_parties: Literal[2] = 2
+    suite: KemSuite = KemSuite.X25519
+    gateways: dict[str, str] = msgspec.field(default_factory=dict)
+    mpc_listen: HostPort = "127.0.0.1:0"
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    tick_s: Positive = 0.2
+    retention_s: Positive = 86_400.0
+    active_s: Positive = 60.0
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"endpoint {self.service_id!r}: url must start with http(s)://")
+        others = set(range(self.n_parties)) - {self.party}
+        if set(self.peers) != others:
+            raise ValueError(
+                f"peers must list every other party index exactly once: {sorted(others)}, "
+                f"got {sorted(self.peers)}"
+            )
+        for i, ep in self.peers.items():
+            if not ep.mpc:
+                raise ValueError(f"peers.{i} needs mpc: 'host:port' (its MPC socket)")
+        if not self.dealer.mpc:
+            raise ValueError("dealer needs mpc: 'host:port' (its /dealer socket)")
 
 
-@dataclass(frozen=True, slots=True)
-class Trust:
-    """Attestation trust anchors: platform keys and allowed measurements (hex or ``self``)."""
+class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
+    """``role: dealer`` — the dealer of correlated randomness."""
 
-    platform_keys: tuple[str, ...] = (SELF,)
-    allowed_measurements: tuple[str, ...] = (SELF,)
-    max_age_s: float = 300.0
-    refresh_s: float = 30.0
+    parties: dict[int, Endpoint]
+    mpc_listen: HostPort = "127.0.0.1:0"
+    batch_readings: Count = 20_000
+    depth: Annotated[int, Meta(ge=1, le=64)] = 4
+
+
+class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
+    """``role: output`` — reconstruction, storage and the JSON API."""
+
+    parties: dict[int, Endpoint]
+    # gateway id → health URL (shown on the dashboard)
+    gateways: dict[str, Url] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """Settings shared by every service."""
+    """Settings shared by every service, resolved (paths absolute, policy loaded)."""
 
     role: Role
     service_id: str
@@ -75,13 +169,13 @@ class ServiceConfig:
     platform_dir: Path
     policy_path: Path
     policy: AnalyticsPolicy
-    trust: Trust = field(default_factory=Trust)
-    log_level: str = "INFO"
+    trust: Trust
+    log_level: str
 
 
 @dataclass(frozen=True, slots=True)
 class PartyConfig:
-    """A cluster party: ingest, MPC peer and result sender."""
+    """A cluster party (from :class:`PartyFile`)."""
 
     service: ServiceConfig
     party: int
@@ -91,161 +185,161 @@ class PartyConfig:
     peers: Mapping[int, Endpoint]
     dealer: Endpoint
     output: Endpoint
-    mpc_listen: str = "127.0.0.1:0"
-    synchronous: str = "FULL"
-    tick_s: float = 0.2
-    retention_s: float = 86_400.0
-    active_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.party < self.n_parties or self.n_parties != 2:
-            raise ConfigError("this release supports exactly 2 parties with party in {0, 1}")
-        if set(self.peers) != set(range(self.n_parties)) - {self.party}:
-            raise ConfigError("peers must list every other party index exactly once")
-        if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
-            raise ConfigError("synchronous must be FULL, NORMAL or EXTRA")
+    mpc_listen: str
+    synchronous: str
+    tick_s: float
+    retention_s: float
+    active_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class DealerConfig:
-    """The dealer of correlated randomness."""
+    """The dealer (from :class:`DealerFile`)."""
 
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
-    mpc_listen: str = "127.0.0.1:0"
-    batch_readings: int = 20_000
-    depth: int = 4
+    mpc_listen: str
+    batch_readings: int
+    depth: int
 
 
 @dataclass(frozen=True, slots=True)
 class OutputConfig:
-    """The output service: reconstruction, storage and JSON API."""
+    """The output service (from :class:`OutputFile`)."""
 
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
-    gateways: Mapping[str, str] = field(default_factory=dict)  # gateway id → health URL
+    gateways: Mapping[str, str]
 
 
-def _endpoint(raw: Any, what: str) -> Endpoint:
-    if not isinstance(raw, Mapping) or "url" not in raw or "service_id" not in raw:
-        raise ConfigError(f"{what} must be a mapping with service_id and url")
-    return Endpoint(str(raw["service_id"]), str(raw["url"]).rstrip("/"), str(raw.get("mpc", "")))
+_SCHEMAS: dict[object, type[PartyFile] | type[DealerFile] | type[OutputFile]] = {
+    Role.PARTY.value: PartyFile,
+    Role.DEALER.value: DealerFile,
+    Role.OUTPUT.value: OutputFile,
+}
 
 
-def _endpoints(raw: Any, what: str) -> dict[int, Endpoint]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{what} must map party index to {{service_id, url}}")
-    return {int(k): _endpoint(v, f"{what}.{k}") for k, v in raw.items()}
-
-
-def _service(raw: Mapping[str, Any], base: Path, role: Role) -> ServiceConfig:
-    try:
-        policy_path = (base / str(raw.get("policy", "policy.yaml"))).resolve()
-        policy = policy_from_mapping(yaml.safe_load(policy_path.read_text()) or {})
-        listen = raw.get("listen") or {}
-        trust_raw = raw.get("attestation") or {}
-        trust = Trust(
-            platform_keys=tuple(str(k) for k in trust_raw.get("platform_keys", [SELF])),
-            allowed_measurements=tuple(
-                str(m) for m in trust_raw.get("allowed_measurements", [SELF])
-            ),
-            max_age_s=float(trust_raw.get("max_age_s", 300.0)),
-            refresh_s=float(trust_raw.get("refresh_s", 30.0)),
+def parse_file(path: Path) -> PartyFile | DealerFile | OutputFile:
+    """Read any service file (its ``role`` picks the schema); CloudConfigError names the key."""
+    raw = _document(path)
+    role = raw.get("role") if isinstance(raw, dict) else None
+    schema = _SCHEMAS.get(role) if isinstance(role, str) else None
+    if schema is None:
+        raise CloudConfigError(
+            f"{path}: $.role: write one of {', '.join(r.value for r in Role)} (got {role!r})"
         )
-        return ServiceConfig(
-            role=role,
-            service_id=str(raw["service_id"]),
-            host=str(listen.get("host", "127.0.0.1")),
-            port=int(listen.get("port", 0)),
-            state_dir=(base / str(raw["state_dir"])).resolve(),
-            platform_dir=(base / str(raw.get("platform_dir", "platform"))).resolve(),
-            policy_path=policy_path,
-            policy=policy,
-            trust=trust,
-            log_level=str(raw.get("log_level", "INFO")),
-        )
-    except KeyError as exc:
-        raise ConfigError(f"config is missing the key {exc.args[0]!r}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read the analytics policy: {exc}") from exc
-    except (TypeError, AttributeError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{role} config or its policy has a malformed value: {exc}") from exc
+    return convert(raw, schema, source=str(path), error=CloudConfigError)
 
 
-def load_raw(path: Path) -> tuple[dict[str, Any], Role]:
-    """Read a YAML config and its ``role``."""
+def _document(path: Path) -> object:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping")
+        return read_document(path)
+    except ConfigFileError as exc:
+        raise CloudConfigError(str(exc)) from exc
+
+
+def _clean(ep: Endpoint) -> Endpoint:
+    return msgspec.structs.replace(ep, url=ep.url.rstrip("/"))
+
+
+def _policy(f: ServiceFile, base: Path) -> tuple[Path, AnalyticsPolicy]:
+    path = (base / f.policy).resolve()
     try:
-        return raw, Role(raw.get("role", ""))
-    except ValueError as exc:
-        raise ConfigError(f"config {path}: role must be one of {[r.value for r in Role]}") from exc
+        return path, load_policy(path)
+    except CloudConfigError as exc:
+        raise CloudConfigError(f"$.policy names an invalid analytics policy: {exc}") from exc
+
+
+def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
+    policy_path, policy = _policy(f, base)
+    return ServiceConfig(
+        role=role,
+        service_id=f.service_id,
+        host=f.listen.host,
+        port=f.listen.port,
+        state_dir=(base / f.state_dir).resolve(),
+        platform_dir=(base / f.platform_dir).resolve(),
+        policy_path=policy_path,
+        policy=policy,
+        trust=f.attestation,
+        log_level=f.log_level,
+    )
+
+
+def party_config(f: PartyFile, base: Path) -> PartyConfig:
+    """The resolved party config of a parsed file whose folder is ``base``."""
+    return PartyConfig(
+        service=_service(f, base, Role.PARTY),
+        party=f.party,
+        n_parties=f.n_parties,
+        suite=f.suite,
+        gateways=dict(f.gateways),
+        peers={i: _clean(ep) for i, ep in f.peers.items()},
+        dealer=_clean(f.dealer),
+        output=_clean(f.output),
+        mpc_listen=f.mpc_listen,
+        synchronous=f.synchronous,
+        tick_s=f.tick_s,
+        retention_s=f.retention_s,
+        active_s=f.active_s,
+    )
+
+
+def dealer_config(f: DealerFile, base: Path) -> DealerConfig:
+    """The resolved dealer config of a parsed file whose folder is ``base``."""
+    return DealerConfig(
+        service=_service(f, base, Role.DEALER),
+        parties={i: _clean(ep) for i, ep in f.parties.items()},
+        mpc_listen=f.mpc_listen,
+        batch_readings=f.batch_readings,
+        depth=f.depth,
+    )
+
+
+def output_config(f: OutputFile, base: Path) -> OutputConfig:
+    """The resolved output config of a parsed file whose folder is ``base``."""
+    return OutputConfig(
+        service=_service(f, base, Role.OUTPUT),
+        parties={i: _clean(ep) for i, ep in f.parties.items()},
+        gateways=dict(f.gateways),
+    )
+
+
+F = TypeVar("F", PartyFile, DealerFile, OutputFile)
+C = TypeVar("C", PartyConfig, DealerConfig, OutputConfig)
+
+
+def _in(path: Path, build: Callable[[F, Path], C], f: F) -> C:
+    """``build(f, folder)``, with errors of the files it reads prefixed by this file's path."""
+    try:
+        return build(f, path.parent)
+    except CloudConfigError as exc:
+        raise CloudConfigError(f"{path}: {exc}") from exc
 
 
 def load_party(path: Path) -> PartyConfig:
-    """Load a party config."""
-    raw, _ = load_raw(path)
-    base = path.parent
-    try:
-        return PartyConfig(
-            service=_service(raw, base, Role.PARTY),
-            party=int(raw["party"]),
-            n_parties=int(raw.get("n_parties", 2)),
-            suite=KemSuite(raw.get("suite", "x25519")),
-            gateways={str(k): str(v) for k, v in (raw.get("gateways") or {}).items()},
-            peers=_endpoints(raw.get("peers"), "peers"),
-            dealer=_endpoint(raw.get("dealer"), "dealer"),
-            output=_endpoint(raw.get("output"), "output"),
-            mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
-            synchronous=str(raw.get("synchronous", "FULL")),
-            tick_s=float(raw.get("tick_s", 0.2)),
-            retention_s=float(raw.get("retention_s", 86_400.0)),
-            active_s=float(raw.get("active_s", 60.0)),
-        )
-    except KeyError as exc:
-        raise ConfigError(f"party config is missing the key {exc.args[0]!r}") from exc
-    except (TypeError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"party config has a malformed value: {exc}") from exc
+    """Load a party config (``role: party``)."""
+    f = convert(_document(path), PartyFile, source=str(path), error=CloudConfigError)
+    return _in(path, party_config, f)
 
 
 def load_dealer(path: Path) -> DealerConfig:
-    """Load a dealer config."""
-    raw, _ = load_raw(path)
-    try:
-        return DealerConfig(
-            _service(raw, path.parent, Role.DEALER),
-            _endpoints(raw.get("parties"), "parties"),
-            mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
-            batch_readings=int(raw.get("batch_readings", 20_000)),
-            depth=int(raw.get("depth", 4)),
-        )
-    except (TypeError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"dealer config has a malformed value: {exc}") from exc
+    """Load a dealer config (``role: dealer``)."""
+    f = convert(_document(path), DealerFile, source=str(path), error=CloudConfigError)
+    return _in(path, dealer_config, f)
 
 
 def load_output(path: Path) -> OutputConfig:
-    """Load an output-service config."""
-    raw, _ = load_raw(path)
-    gateways = raw.get("gateways") or {}
-    if not isinstance(gateways, Mapping):
-        raise ConfigError("gateways must map a gateway id to its health URL")
-    try:
-        return OutputConfig(
-            _service(raw, path.parent, Role.OUTPUT),
-            _endpoints(raw.get("parties"), "parties"),
-            {str(k): str(v) for k, v in gateways.items()},
-        )
-    except (TypeError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"output config has a malformed value: {exc}") from exc
+    """Load an output-service config (``role: output``)."""
+    f = convert(_document(path), OutputFile, source=str(path), error=CloudConfigError)
+    return _in(path, output_config, f)
 
 
-def parse_hostport(value: str) -> tuple[str, int]:
-    """``"host:port"`` → ``(host, port)``; ConfigError otherwise."""
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"expected 'host:port', got {value!r}")
-    return host, int(port)
+def load_any(path: Path) -> PartyConfig | DealerConfig | OutputConfig:
+    """Load a service config of any role (what ``check-config`` does)."""
+    f = parse_file(path)
+    if isinstance(f, PartyFile):
+        return _in(path, party_config, f)
+    if isinstance(f, DealerFile):
+        return _in(path, dealer_config, f)
+    return _in(path, output_config, f)

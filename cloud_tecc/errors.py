@@ -9,13 +9,15 @@ into a service.
 
 from __future__ import annotations
 
+from tecc_contract.errors import ConfigFileError
+
 
 class CloudError(Exception):
     """Root of every error raised by :mod:`cloud_tecc`."""
 
 
-class ConfigError(CloudError):
-    """A service configuration or analytics policy is invalid (operator's fault)."""
+class CloudConfigError(CloudError, ConfigFileError):
+    """A service configuration, analytics policy or mesh file is invalid (operator's fault)."""
 
 
 class SealError(CloudError):

@@ -1,4 +1,6 @@
-"""Command line: ``tecc-sim run | replay | load | sensors`` (also ``python -m firmware_sim``).
+"""Command line: ``tecc-sim run | replay | load | sensors | check-config``.
+
+(also ``python -m firmware_sim``).
 
 ``run`` plays the configured line with its scenario and writes the ground
 truth; ``replay`` turns a ``timestamp,value`` CSV into one sensor; ``load``
@@ -32,15 +34,13 @@ from firmware_sim.config import (
     SimConfig,
     Transport,
 )
-from firmware_sim.config_yaml import load_config
+from firmware_sim.config_yaml import load_config, load_scenario, mqtt_settings, opcua_settings
 from firmware_sim.errors import SimConfigError, SimError
 from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
 from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
 from firmware_sim.replay import NUDGE_S, Disorder, Timing, check_timing, read_csv, replay
 from firmware_sim.runner import RunStats, Sink, run_simulation
-from firmware_sim.scenario import parse_anomalies
-from firmware_sim.yamlpath import load_yaml
 
 
 def _endpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tecc-sim", description="Simulated factory line: OPC-UA PLC and MQTT sensors."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 + reason")
+    check.add_argument("file", type=Path, help="simulator config (or scenario with --scenario)")
+    check.add_argument("--scenario", action="store_true", help="FILE is a scenario file")
 
     run = sub.add_parser("run", help="run the configured line and its anomaly scenario")
     run.add_argument("--config", type=Path, default=Path("configs/sim.yaml"))
@@ -166,9 +170,7 @@ def configure_run(args: argparse.Namespace) -> SimConfig:
         "opcua": _opcua(config.opcua, args),
     }
     if args.scenario is not None:
-        scenario = load_yaml(args.scenario)
-        changes["anomalies"] = parse_anomalies(scenario)
-        scenario.check_unknown()
+        changes["anomalies"] = load_scenario(args.scenario)
     overrides = {
         "duration_s": args.duration,
         "speed": args.speed,
@@ -251,13 +253,15 @@ async def _replay(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         sink: Sink
         if spec.transport is Transport.MQTT:
-            settings = _mqtt(MqttSettings(client_id="tecc-sim-replay"), args)
+            settings = _mqtt(
+                dataclasses.replace(mqtt_settings(), client_id="tecc-sim-replay"), args
+            )
             link = MqttLink(settings)
             await link.connect()
             stack.push_async_callback(link.close)
             sink = MqttSink(link)
         else:
-            server = SimOpcuaServer(_opcua(OpcuaSettings(), args), [spec])
+            server = SimOpcuaServer(_opcua(opcua_settings(), args), [spec])
             await server.start()
             stack.push_async_callback(server.stop)
             sink = OpcuaSink(server)
@@ -316,12 +320,26 @@ def _cmd_load(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.transport == Transport.MQTT.value:
-        settings = _mqtt(MqttSettings(), args)
+        settings = _mqtt(mqtt_settings(), args)
         report = run_mqtt_load(spec, settings.host, settings.port, progress=_progress)
     else:
-        opcua = _opcua(OpcuaSettings(), args)
+        opcua = _opcua(opcua_settings(), args)
         report = asyncio.run(run_opcua_load(spec, opcua, progress=_progress))
     print(report.to_json())
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """``check-config FILE``: exit 0 and one summary line, or 2 and the path + reason."""
+    if args.scenario:
+        anomalies = load_scenario(args.file)
+        print(f"{args.file}: valid simulator scenario, {len(anomalies)} anomalies")
+        return 0
+    config = load_config(args.file)
+    print(
+        f"{args.file}: valid simulator config, line {config.line}: {len(config.machines)} "
+        f"machines, {len(config.sensors())} sensors, {len(config.anomalies)} anomalies"
+    )
     return 0
 
 
@@ -334,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "replay":
             return asyncio.run(_replay(args))
+        if args.command == "check-config":
+            return _cmd_check(args)
         if args.command == "sensors":
             print(json.dumps(describe(load_config(args.config)), indent=2, ensure_ascii=False))
             return 0

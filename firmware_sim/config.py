@@ -1,13 +1,14 @@
 """The simulator configuration: frozen, validated dataclasses and their enums.
 
-:func:`firmware_sim.config_yaml.load_config` builds them from YAML; see
-``configs/sim.yaml`` for an example and ``docs/SIMULATOR.md`` for every option.
+:func:`firmware_sim.config_yaml.load_config` builds them from the file schema
+(:mod:`firmware_sim.schema`, which holds every default); see ``configs/sim.yaml``
+for an example and docs/CONFIG.md for every option.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from firmware_sim.errors import SimConfigError
@@ -140,7 +141,7 @@ class StateSpec:
 
     level: float
     mean_dwell_s: float
-    min_dwell_s: float = 5.0
+    min_dwell_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +152,9 @@ class MachineSpec:
     name: str
     states: dict[MachineState, StateSpec]
     sensors: tuple[SensorSpec, ...]
-    ramp_s: float = 5.0
-    initial_state: MachineState = MachineState.IDLE
-    fixed_state: MachineState | None = None
+    ramp_s: float
+    initial_state: MachineState
+    fixed_state: MachineState | None
 
     @property
     def machine_id(self) -> str:
@@ -162,9 +163,9 @@ class MachineSpec:
 
 
 DEFAULT_STATES: dict[MachineState, StateSpec] = {
-    MachineState.IDLE: StateSpec(0.05, 30.0),
-    MachineState.RUN: StateSpec(0.6, 60.0),
-    MachineState.LOAD: StateSpec(0.95, 40.0),
+    MachineState.IDLE: StateSpec(0.05, 30.0, 5.0),
+    MachineState.RUN: StateSpec(0.6, 60.0, 5.0),
+    MachineState.LOAD: StateSpec(0.95, 40.0, 5.0),
 }
 
 
@@ -172,29 +173,25 @@ DEFAULT_STATES: dict[MachineState, StateSpec] = {
 class MqttSettings:
     """Broker address and publishing defaults."""
 
-    host: str = "127.0.0.1"
-    port: int = 1883
-    qos: int = 1
-    payload: PayloadFormat = PayloadFormat.JSON
-    batch_size: int = 10
-    topic_prefix: str = "site"
-    client_id: str = "tecc-sim"
+    host: str
+    port: int
+    qos: int
+    payload: PayloadFormat
+    batch_size: int
+    topic_prefix: str
+    client_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class OpcuaSettings:
     """OPC-UA endpoint; node ids are ``ns=<idx>;s=<sensor_id>`` in ``namespace``."""
 
-    host: str = "127.0.0.1"
-    port: int = 4840
-    path: str = "/tecc/sim"
-    namespace: str = "urn:tecc:sim"
-    security: tuple[SecurityMode, ...] = (
-        SecurityMode.NONE,
-        SecurityMode.SIGN,
-        SecurityMode.SIGN_AND_ENCRYPT,
-    )
-    state_dir: Path = Path("var/sim/opcua")
+    host: str
+    port: int
+    path: str
+    namespace: str
+    security: tuple[SecurityMode, ...]
+    state_dir: Path
 
     @property
     def endpoint(self) -> str:
@@ -209,13 +206,13 @@ class SimConfig:
     line: str
     seed: int
     machines: tuple[MachineSpec, ...]
-    mqtt: MqttSettings = field(default_factory=MqttSettings)
-    opcua: OpcuaSettings = field(default_factory=OpcuaSettings)
-    anomalies: tuple[AnomalySpec, ...] = ()
-    groundtruth: Path = Path("var/sim/groundtruth.jsonl")
-    start_time: float | None = None
-    speed: float = 1.0
-    duration_s: float | None = None
+    mqtt: MqttSettings
+    opcua: OpcuaSettings
+    anomalies: tuple[AnomalySpec, ...]
+    groundtruth: Path
+    start_time: float | None
+    speed: float
+    duration_s: float | None
 
     def __post_init__(self) -> None:
         ids = [s.sensor_id for s in self.sensors()]

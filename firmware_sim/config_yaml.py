@@ -1,15 +1,16 @@
-"""Load a :class:`~firmware_sim.config.SimConfig` from YAML.
+"""Load a :class:`~firmware_sim.config.SimConfig`: YAML -> :class:`SimFile` -> runtime.
 
-Every option is read through :class:`~firmware_sim.yamlpath.Section`, so a bad
-or unknown key fails with :class:`~firmware_sim.errors.SimConfigError` naming
-its YAML path (``machines[1].sensors[0].range``). Omitted sensor options come
-from the sensor kind's defaults (:data:`~firmware_sim.config.KIND_DEFAULTS`).
+The file is validated once against :mod:`firmware_sim.schema`; a bad or
+unknown key fails with :class:`~firmware_sim.errors.SimConfigError` naming its
+path (``$.machines[1].sensors[0].range``). Omitted sensor options are then
+resolved from the machine, the ``mqtt`` section and the sensor kind's defaults
+(:data:`~firmware_sim.config.KIND_DEFAULTS`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import TypeVar
 
 from firmware_sim.config import (
     DEFAULT_STATES,
@@ -18,9 +19,6 @@ from firmware_sim.config import (
     MachineState,
     MqttSettings,
     OpcuaSettings,
-    PayloadFormat,
-    SecurityMode,
-    SensorKind,
     SensorSpec,
     SignalParams,
     SimConfig,
@@ -28,132 +26,113 @@ from firmware_sim.config import (
     Transport,
 )
 from firmware_sim.errors import SimConfigError
-from firmware_sim.scenario import parse_anomalies
-from firmware_sim.yamlpath import Section, load_yaml
+from firmware_sim.scenario import AnomalySpec
+from firmware_sim.schema import (
+    MachineDoc,
+    MqttDoc,
+    OpcuaDoc,
+    ScenarioDoc,
+    SensorDoc,
+    SimFile,
+    StateDoc,
+)
+from tecc_contract.schema import load_file
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+T = TypeVar("T")
 
 
 def load_config(path: Path) -> SimConfig:
     """Read and validate a simulator YAML file."""
-    root = load_yaml(path)
-    line = _name(root, "line")
-    mqtt = _mqtt(root.section("mqtt", optional=True))
-    base_rate = root.float_("rate_hz", 10.0, positive=True)
-    machines = tuple(_machine(m, line, base_rate, mqtt) for m in root.sections("machines"))
-    if not machines:
-        raise SimConfigError(f"{root.where('machines')} must list at least one machine")
-    scenario = root.section("scenario", optional=True)
-    anomalies = parse_anomalies(scenario)
-    scenario.check_unknown()
-    config = SimConfig(
-        line=line,
-        seed=root.int_("seed", low=0),
-        machines=machines,
+    doc = load_file(path, SimFile, error=SimConfigError)
+    try:
+        return to_runtime(doc)
+    except SimConfigError as exc:  # a rule across sections (sensor ids, anomaly timing)
+        raise SimConfigError(f"{path}: {exc}") from exc
+
+
+def load_scenario(path: Path) -> tuple[AnomalySpec, ...]:
+    """Read a scenario file (``anomalies: [...]``) for ``run --scenario``."""
+    return load_file(path, ScenarioDoc, error=SimConfigError).anomalies
+
+
+def mqtt_settings(doc: MqttDoc | None = None) -> MqttSettings:
+    """The runtime MQTT settings of a ``mqtt`` section (the defaults when omitted)."""
+    doc = doc or MqttDoc()
+    return MqttSettings(
+        host=doc.host,
+        port=doc.port,
+        qos=doc.qos,
+        payload=doc.payload,
+        batch_size=doc.batch_size,
+        topic_prefix=doc.topic_prefix,
+        client_id=doc.client_id,
+    )
+
+
+def opcua_settings(doc: OpcuaDoc | None = None) -> OpcuaSettings:
+    """The runtime OPC-UA settings of an ``opcua`` section (the defaults when omitted)."""
+    doc = doc or OpcuaDoc()
+    return OpcuaSettings(
+        host=doc.host,
+        port=doc.port,
+        path=doc.path,
+        namespace=doc.namespace,
+        security=doc.security,
+        state_dir=Path(doc.state_dir),
+    )
+
+
+def to_runtime(f: SimFile) -> SimConfig:
+    """The one conversion step from the validated file to the simulator's config."""
+    mqtt = mqtt_settings(f.mqtt)
+    return SimConfig(
+        line=f.line,
+        seed=f.seed,
+        machines=tuple(_machine(m, f.line, f.rate_hz, mqtt) for m in f.machines),
         mqtt=mqtt,
-        opcua=_opcua(root.section("opcua", optional=True)),
-        anomalies=anomalies,
-        groundtruth=Path(root.str_("groundtruth", "var/sim/groundtruth.jsonl")),
-        start_time=root.float_("start_time") if root.has("start_time") else None,
-        speed=root.float_("speed", 1.0, positive=True),
-        duration_s=root.float_("duration_s", positive=True) if root.has("duration_s") else None,
+        opcua=opcua_settings(f.opcua),
+        anomalies=f.scenario.anomalies,
+        groundtruth=Path(f.groundtruth),
+        start_time=f.start_time,
+        speed=f.speed,
+        duration_s=f.duration_s,
     )
-    root.check_unknown()
-    return config
 
 
-def _name(sec: Section, key: str, default: object = None) -> str:
-    value = sec.str_(key) if default is None else sec.str_(key, default)
-    if not _NAME.match(value):
-        raise SimConfigError(
-            f"{sec.where(key)} must start with a letter and use only letters, digits, _ or -"
-        )
-    return value
-
-
-def _mqtt(sec: Section) -> MqttSettings:
-    d = MqttSettings()
-    out = MqttSettings(
-        host=sec.str_("host", d.host),
-        port=sec.int_("port", d.port, low=1),
-        qos=sec.int_("qos", d.qos, low=0),
-        payload=sec.choice("payload", PayloadFormat, d.payload),
-        batch_size=sec.int_("batch_size", d.batch_size, low=1),
-        topic_prefix=sec.str_("topic_prefix", d.topic_prefix),
-        client_id=sec.str_("client_id", d.client_id),
+def _state(doc: StateDoc | None, d: StateSpec) -> StateSpec:
+    if doc is None:
+        return d
+    return StateSpec(
+        level=d.level if doc.level is None else doc.level,
+        mean_dwell_s=d.mean_dwell_s if doc.mean_dwell_s is None else doc.mean_dwell_s,
+        min_dwell_s=d.min_dwell_s if doc.min_dwell_s is None else doc.min_dwell_s,
     )
-    if out.qos > 1:
-        raise SimConfigError(f"{sec.where('qos')} must be 0 or 1")
-    sec.check_unknown()
-    return out
 
 
-def _opcua(sec: Section) -> OpcuaSettings:
-    d = OpcuaSettings()
-    security = d.security
-    if sec.has("security"):
-        raw = sec.raw("security")
-        if not isinstance(raw, list) or not raw:
-            raise SimConfigError(f"{sec.where('security')} must be a non-empty list")
-        try:
-            security = tuple(SecurityMode(v) for v in raw)
-        except ValueError:
-            allowed = ", ".join(m.value for m in SecurityMode)
-            raise SimConfigError(f"{sec.where('security')} entries must be {allowed}") from None
-    out = OpcuaSettings(
-        host=sec.str_("host", d.host),
-        port=sec.int_("port", d.port, low=1),
-        path=sec.str_("path", d.path),
-        namespace=sec.str_("namespace", d.namespace),
-        security=security,
-        state_dir=Path(sec.str_("state_dir", str(d.state_dir))),
-    )
-    sec.check_unknown()
-    return out
-
-
-def _states(sec: Section) -> dict[MachineState, StateSpec]:
-    states = dict(DEFAULT_STATES)
-    for state in MachineState:
-        if sec.has(state.value):
-            s = sec.section(state.value)
-            d = DEFAULT_STATES[state]
-            states[state] = StateSpec(
-                level=s.float_("level", d.level, low=0.0),
-                mean_dwell_s=s.float_("mean_dwell_s", d.mean_dwell_s, positive=True),
-                min_dwell_s=s.float_("min_dwell_s", d.min_dwell_s, low=0.0),
-            )
-            s.check_unknown()
-    sec.check_unknown()
-    return states
-
-
-def _machine(sec: Section, line: str, base_rate: float, mqtt: MqttSettings) -> MachineSpec:
-    name = _name(sec, "name")
-    transport = sec.choice("transport", Transport, Transport.OPCUA)
-    rate = sec.float_("rate_hz", base_rate, positive=True)
-    sensors = tuple(
-        _sensor(s, line=line, machine=name, rate=rate, transport=transport, mqtt=mqtt)
-        for s in sec.sections("sensors")
-    )
-    if not sensors:
-        raise SimConfigError(f"{sec.where('sensors')} must list at least one sensor")
-    fixed = sec.choice("fixed_state", MachineState) if sec.has("fixed_state") else None
-    out = MachineSpec(
+def _machine(doc: MachineDoc, line: str, base_rate: float, mqtt: MqttSettings) -> MachineSpec:
+    rate = base_rate if doc.rate_hz is None else doc.rate_hz
+    given = {MachineState.IDLE: doc.states.idle, MachineState.RUN: doc.states.run}
+    given[MachineState.LOAD] = doc.states.load
+    return MachineSpec(
         line=line,
-        name=name,
-        states=_states(sec.section("states", optional=True)),
-        sensors=sensors,
-        ramp_s=sec.float_("ramp_s", 5.0, low=0.0),
-        initial_state=sec.choice("initial_state", MachineState, MachineState.IDLE),
-        fixed_state=fixed,
+        name=doc.name,
+        states={s: _state(given[s], DEFAULT_STATES[s]) for s in MachineState},
+        sensors=tuple(
+            _sensor(s, line=line, machine=doc.name, rate=rate, transport=doc.transport, mqtt=mqtt)
+            for s in doc.sensors
+        ),
+        ramp_s=doc.ramp_s,
+        initial_state=doc.initial_state,
+        fixed_state=doc.fixed_state,
     )
-    sec.check_unknown()
-    return out
+
+
+def _pick(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _sensor(
-    sec: Section,
+    doc: SensorDoc,
     *,
     line: str,
     machine: str,
@@ -161,36 +140,31 @@ def _sensor(
     transport: Transport,
     mqtt: MqttSettings,
 ) -> SensorSpec:
-    kind = sec.choice("kind", SensorKind, SensorKind.GENERIC)
-    d = KIND_DEFAULTS[kind]
-    low, high = sec.pair("range", (d.low, d.high))
+    d = KIND_DEFAULTS[doc.kind]
     ds = d.signal
-    signal = SignalParams(
-        offset=sec.float_("offset", ds.offset),
-        load_gain=sec.float_("load_gain", ds.load_gain),
-        lag_s=sec.float_("lag_s", ds.lag_s, low=0.0),
-        daily_amplitude=sec.float_("daily_amplitude", ds.daily_amplitude, low=0.0),
-        noise_std=sec.float_("noise_std", ds.noise_std, low=0.0),
-        daily_peak_hour=sec.float_("daily_peak_hour", ds.daily_peak_hour, low=0.0),
-    )
-    qos = sec.int_("qos", mqtt.qos, low=0)
-    if qos > 1:
-        raise SimConfigError(f"{sec.where('qos')} must be 0 or 1")
-    spec = SensorSpec(
+    low, high = _pick(doc.range, (d.low, d.high))
+    if not low < high:
+        raise SimConfigError(
+            f"{line}.{machine}.{doc.name}: range [{low:g}, {high:g}] needs low < high"
+        )
+    return SensorSpec(
         line=line,
         machine=machine,
-        name=_name(sec, "name"),
-        kind=kind,
-        unit=sec.raw("unit", d.unit),
+        name=doc.name,
+        kind=doc.kind,
+        unit=_pick(doc.unit, d.unit),
         low=low,
         high=high,
-        rate_hz=sec.float_("rate_hz", rate, positive=True),
-        transport=sec.choice("transport", Transport, transport),
-        signal=signal,
-        payload=sec.choice("payload", PayloadFormat, mqtt.payload),
-        qos=qos,
+        rate_hz=_pick(doc.rate_hz, rate),
+        transport=_pick(doc.transport, transport),
+        signal=SignalParams(
+            offset=_pick(doc.offset, ds.offset),
+            load_gain=_pick(doc.load_gain, ds.load_gain),
+            lag_s=_pick(doc.lag_s, ds.lag_s),
+            daily_amplitude=_pick(doc.daily_amplitude, ds.daily_amplitude),
+            noise_std=_pick(doc.noise_std, ds.noise_std),
+            daily_peak_hour=_pick(doc.daily_peak_hour, ds.daily_peak_hour),
+        ),
+        payload=_pick(doc.payload, mqtt.payload),
+        qos=_pick(doc.qos, mqtt.qos),
     )
-    if not isinstance(spec.unit, str):
-        raise SimConfigError(f"{sec.where('unit')} must be a string")
-    sec.check_unknown()
-    return spec

@@ -6,12 +6,14 @@ catches that class, prints the message and exits non-zero.
 
 from __future__ import annotations
 
+from tecc_contract.errors import ConfigFileError
+
 
 class SimError(Exception):
     """Root of every error raised by :mod:`firmware_sim`."""
 
 
-class SimConfigError(SimError):
+class SimConfigError(SimError, ConfigFileError):
     """A configuration or scenario file is invalid; the message names the YAML path."""
 
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from firmware_sim.errors import SimConfigError
 from firmware_sim.groundtruth import GroundTruthRecord
 from firmware_sim.sample import Sample, Status
-from firmware_sim.yamlpath import Section
+from tecc_contract.schema import FileSchema, Finite, Name, NonNegative
 
 
 class AnomalyKind(enum.StrEnum):
@@ -47,41 +46,25 @@ _NEEDS_MAGNITUDE = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class AnomalySpec:
+class AnomalySpec(FileSchema, frozen=True, kw_only=True):
     """One anomaly: ``kind`` on ``sensor`` from ``start_s`` after the run start.
 
     ``magnitude`` is the added offset (spike, level shift), the final offset of
     a linear drift, or the standard deviation of extra noise (noise burst).
+
+    Rules: ``spike``, ``level_shift``, ``drift`` and ``noise_burst`` need a non-zero
+    ``magnitude``.
     """
 
     kind: AnomalyKind
-    sensor: str
-    start_s: float
-    duration_s: float = 0.0
-    magnitude: float = 0.0
+    sensor: Name
+    start_s: NonNegative
+    duration_s: NonNegative = 0.0
+    magnitude: Finite = 0.0
 
     def __post_init__(self) -> None:
-        if self.start_s < 0 or self.duration_s < 0:
-            raise SimConfigError(f"anomaly on {self.sensor}: start_s and duration_s must be >= 0")
         if self.kind in _NEEDS_MAGNITUDE and self.magnitude == 0:
-            raise SimConfigError(f"{self.kind} anomaly on {self.sensor} needs a non-zero magnitude")
-
-
-def parse_anomalies(sec: Section) -> tuple[AnomalySpec, ...]:
-    """Read ``anomalies: [{kind, sensor, start_s, duration_s, magnitude}]`` of a scenario."""
-    out = []
-    for item in sec.sections("anomalies", optional=True):
-        spec = AnomalySpec(
-            kind=item.choice("kind", AnomalyKind),
-            sensor=item.str_("sensor"),
-            start_s=item.float_("start_s", low=0.0),
-            duration_s=item.float_("duration_s", 0.0, low=0.0),
-            magnitude=item.float_("magnitude", 0.0),
-        )
-        item.check_unknown()
-        out.append(spec)
-    return tuple(out)
+            raise ValueError(f"{self.kind} anomaly on {self.sensor} needs a non-zero magnitude")
 
 
 def garbage_value(index: int, low: float, high: float) -> float:

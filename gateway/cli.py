@@ -1,4 +1,4 @@
-"""Command line: ``gateway provision | run | status | reenrol --config FILE``.
+"""Command line: ``gateway provision | run | status | reenrol --config FILE | check-config FILE``.
 
 Exit codes: 0 success, 2 configuration or usage error, 3 the TPM refused to
 unseal (PCR state changed), 4 other gateway errors (message says what to do).
@@ -18,7 +18,7 @@ from gateway import logs
 from gateway.agent import Agent
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
-from gateway.errors import ConfigError, GatewayError, PcrPolicyError
+from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
 from gateway.keys import GatewayKeys, load_keys, provision
 from gateway.spool import Spool
 from gateway.tpm import Tpm
@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tecc-gateway", description=__doc__.splitlines()[0])
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 + reason")
+    check.add_argument("file", type=Path)
     for name, text in (
         ("provision", "create the identity and spool keys, sealed in the TPM"),
         ("run", "run the agent until SIGTERM/SIGINT"),
@@ -77,7 +79,18 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
     await agent.run(stop)
 
 
+def _check(path: Path) -> int:
+    cfg = load_config(path)
+    print(
+        f"{path}: valid gateway config {cfg.gateway_id}: {len(cfg.sensors)} sensors, "
+        f"{len(cfg.mqtt)} mqtt + {len(cfg.opcua)} opcua sources, {len(cfg.clusters)} clusters"
+    )
+    return 0
+
+
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        return _check(args.file)
     cfg = load_config(args.config)
     if args.command == "provision":
         with Tpm(cfg.tpm.tcti) as tpm:
@@ -122,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return _command(args)
-    except ConfigError as exc:
-        log.critical("configuration error: %s", exc)
+    except GatewayConfigError as exc:
+        if args.command != "check-config":
+            log.critical("configuration error: %s", exc)
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     except PcrPolicyError as exc:

@@ -1,20 +1,19 @@
 """Validated, frozen configuration of the gateway agent, loaded from YAML.
 
-Every section is a frozen dataclass that checks itself in ``__post_init__``;
-a bad value raises :class:`~gateway.errors.ConfigError` naming it. See
-``configs/gateway.yaml`` for an annotated example and
-:mod:`gateway.config_yaml` for loading.
+These are the resolved, in-memory types the agent uses; they have no
+defaults and no validation of their own. The file's schema (defaults, bounds,
+cross-field rules) is :mod:`gateway.schema`, and
+:func:`gateway.config_yaml.load_config` converts a validated file into these
+types in one step. See ``configs/gateway.yaml`` and docs/CONFIG.md.
 """
 
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import ConfigError
 from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.fixedpoint import SensorRange
 
@@ -50,6 +49,23 @@ class SecurityMode(enum.StrEnum):
     SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
+def check_topic(topic_filter: str, sensor_template: str) -> None:
+    """ValueError unless ``topic_filter`` is an MQTT filter that ``sensor_template`` fits."""
+    levels = topic_filter.split("/")
+    if any(("+" in lv or "#" in lv) and len(lv) > 1 for lv in levels):
+        raise ValueError(f"invalid MQTT topic filter {topic_filter!r}: + and # stand alone")
+    if "#" in levels[:-1]:
+        raise ValueError(f"'#' must be the last level of topic filter {topic_filter!r}")
+    n = sum(lv in ("+", "#") for lv in levels)
+    try:
+        sensor_template.format(*(["x"] * n))
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"sensor_template {sensor_template!r} does not fit filter {topic_filter!r} "
+            f"({n} wildcard captures, use {{0}}..{{{max(n - 1, 0)}}})"
+        ) from exc
+
+
 #: |v| bound for sharing x² with 16 fraction bits: (2^23)² · 2^16 = 2^62.
 MAX_SQUARE_ABS = float(2**23)
 
@@ -60,11 +76,7 @@ class SensorConfig:
 
     id: str
     range: SensorRange
-    unit: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.id or len(self.id) > 200:
-            raise ConfigError(f"sensor id must be 1..200 characters, got {self.id!r}")
+    unit: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +84,8 @@ class TlsConfig:
     """TLS material for an MQTT connection (paths to PEM files)."""
 
     ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None
+    key_file: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,24 +100,9 @@ class TopicRule:
 
     filter: str
     sensor_template: str
-    format: PayloadFormat = PayloadFormat.NUMBER
-    value_path: tuple[str, ...] = ("value",)
-    timestamp_path: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        levels = self.filter.split("/")
-        if not self.filter or any(("+" in lv or "#" in lv) and len(lv) > 1 for lv in levels):
-            raise ConfigError(f"invalid MQTT topic filter {self.filter!r}")
-        if "#" in levels[:-1]:
-            raise ConfigError(f"'#' must be the last level of topic filter {self.filter!r}")
-        n = sum(lv in ("+", "#") for lv in levels)
-        try:
-            self.sensor_template.format(*(["x"] * n))
-        except (IndexError, KeyError, ValueError) as exc:
-            raise ConfigError(
-                f"sensor_template {self.sensor_template!r} does not fit filter "
-                f"{self.filter!r} ({n} wildcard captures, use {{0}}..{{{n - 1}}})"
-            ) from exc
+    format: PayloadFormat
+    value_path: tuple[str, ...]
+    timestamp_path: tuple[str, ...] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,37 +114,21 @@ class MqttSourceConfig:
     port: int
     client_id: str
     topics: tuple[TopicRule, ...]
-    username: str | None = None
-    password: str | None = None
-    tls: TlsConfig | None = None
-    session_expiry_s: int = 7 * 24 * 3600
-    keepalive_s: int = 30
-
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"mqtt source {self.name!r}: port out of range")
-        if not self.topics:
-            raise ConfigError(f"mqtt source {self.name!r}: configure at least one topic rule")
-        if not self.client_id:
-            raise ConfigError(f"mqtt source {self.name!r}: a fixed client_id is required")
+    username: str | None
+    password: str | None
+    tls: TlsConfig | None
+    session_expiry_s: int
+    keepalive_s: int
 
 
 @dataclass(frozen=True, slots=True)
 class NodeOptions:
     """Monitoring parameters of an OPC-UA node."""
 
-    sampling_ms: float = 100.0
-    queue_size: int = 10
-    deadband: DeadbandType = DeadbandType.NONE
-    deadband_value: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.sampling_ms < 0 or self.queue_size < 1:
-            raise ConfigError("sampling_ms must be >= 0 and queue_size >= 1")
-        if self.deadband is not DeadbandType.NONE and not (
-            math.isfinite(self.deadband_value) and self.deadband_value >= 0
-        ):
-            raise ConfigError("deadband value must be a finite number >= 0")
+    sampling_ms: float
+    queue_size: int
+    deadband: DeadbandType
+    deadband_value: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +137,7 @@ class OpcuaNode:
 
     node_id: str
     sensor: str
-    options: NodeOptions = NodeOptions()
+    options: NodeOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,25 +145,19 @@ class OpcuaBrowse:
     """A folder whose variable children are subscribed; ids from a template on BrowseName."""
 
     folder: str
-    sensor_template: str = "{name}"
-    options: NodeOptions = NodeOptions()
+    sensor_template: str
+    options: NodeOptions
 
 
 @dataclass(frozen=True, slots=True)
 class OpcuaSecurity:
     """OPC-UA security: policy, mode and the gateway's certificate and key."""
 
-    policy: SecurityPolicy = SecurityPolicy.NONE
-    mode: SecurityMode = SecurityMode.SIGN_AND_ENCRYPT
-    certificate: Path | None = None
-    private_key: Path | None = None
-    server_certificate: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.policy is not SecurityPolicy.NONE and (
-            self.certificate is None or self.private_key is None
-        ):
-            raise ConfigError("OPC-UA Basic256Sha256 needs certificate and private_key paths")
+    policy: SecurityPolicy
+    mode: SecurityMode
+    certificate: Path | None
+    private_key: Path | None
+    server_certificate: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,36 +166,22 @@ class OpcuaSourceConfig:
 
     name: str
     url: str
-    nodes: tuple[OpcuaNode, ...] = ()
-    browse: tuple[OpcuaBrowse, ...] = ()
-    security: OpcuaSecurity = OpcuaSecurity()
-    publishing_ms: float = 100.0
-    subscribe_batch: int = 500
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith("opc.tcp://"):
-            raise ConfigError(f"opcua source {self.name!r}: url must start with opc.tcp://")
-        if not self.nodes and not self.browse:
-            raise ConfigError(f"opcua source {self.name!r}: configure nodes or browse folders")
-        if self.subscribe_batch < 1:
-            raise ConfigError("subscribe_batch must be >= 1")
+    nodes: tuple[OpcuaNode, ...]
+    browse: tuple[OpcuaBrowse, ...]
+    security: OpcuaSecurity
+    publishing_ms: float
+    subscribe_batch: int
+    reconnect_min_s: float
+    reconnect_max_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
     """When a batch is cut: ``max_readings`` or ``max_delay_s``, whichever first."""
 
-    max_readings: int = 20_000
-    max_delay_s: float = 0.25
-    max_pending: int = 2_000_000  # readings held while cluster keys are unknown
-
-    def __post_init__(self) -> None:
-        if self.max_readings < 1 or self.max_delay_s <= 0 or self.max_pending < self.max_readings:
-            raise ConfigError(
-                "batching: need max_readings >= 1, max_delay_s > 0, max_pending >= max_readings"
-            )
+    max_readings: int
+    max_delay_s: float
+    max_pending: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,37 +199,15 @@ class ProgressConfig:
     ``ordered_sensors``: each sensor's readings arrive in timestamp order, so a
     sensor's bound is its newest timestamp when that is later than the slack
     (turn it off for sensors fed by several publishers or resent out of order).
-    ``backfill_sensors``: sensors that deliver history (a replayed recording);
-    their bound is their own newest timestamp however old, never the slack, so
-    windows close on the data's event time; a backfill sensor silent for
-    ``backfill_idle_s`` (also counted from the start) is caught up and falls
-    back to the slack (:mod:`gateway.eventtime`).
     """
 
-    slack_s: float = 1.0
-    interval_s: float = 0.25
-    settle_s: float = 2.0
-    max_hold_s: float = 60.0
-    ordered_sensors: bool = True
-    backfill_sensors: tuple[str, ...] = ()
-    backfill_idle_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        vals = (self.slack_s, self.interval_s, self.settle_s, self.max_hold_s)
-        if not all(math.isfinite(v) and v >= 0 for v in vals) or self.interval_s <= 0:
-            raise ConfigError(
-                "progress: need finite slack_s, settle_s, max_hold_s >= 0 and interval_s > 0"
-            )
-        if not (math.isfinite(self.backfill_idle_s) and self.backfill_idle_s > 0):
-            raise ConfigError(
-                f"progress.backfill_idle_s must be a number of seconds > 0, "
-                f"got {self.backfill_idle_s}"
-            )
-        if self.backfill_sensors and not self.ordered_sensors:
-            raise ConfigError(
-                "progress.backfill_sensors needs progress.ordered_sensors: true (a backfill "
-                "sensor's progress is its newest timestamp, which holds only for ordered streams)"
-            )
+    slack_s: float
+    interval_s: float
+    settle_s: float
+    max_hold_s: float
+    ordered_sensors: bool
+    backfill_sensors: tuple[str, ...]
+    backfill_idle_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,11 +215,7 @@ class SpoolConfig:
     """Where the spool lives and how large it may grow (sum of frame bytes)."""
 
     path: Path
-    max_bytes: int = 1 << 30
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 << 16:
-            raise ConfigError("spool.max_bytes must be at least 65536")
+    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +225,7 @@ class ClusterConfig:
     index: int
     url: str
     service_id: str
-    role: str = "party"
-
-    def __post_init__(self) -> None:
-        if self.index < 0 or not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"cluster {self.index}: need index >= 0 and an http(s) url")
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,34 +234,24 @@ class AttestationConfig:
 
     platform_keys: Mapping[str, bytes]  # key id -> raw Ed25519 public key
     allowed_measurements: frozenset[bytes]
-    max_age_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not self.platform_keys or not self.allowed_measurements:
-            raise ConfigError("attestation: configure platform_keys and allowed_measurements")
-        if any(len(k) != 32 for k in self.platform_keys.values()):
-            raise ConfigError("attestation: platform keys are 32-byte Ed25519 keys in hex")
+    max_age_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class TpmConfig:
     """How to reach the TPM and which PCRs the sealed keys are bound to."""
 
-    tcti: str = "swtpm:port=2321"
-    pcrs: tuple[int, ...] = (7, 14)
-    pcr_bank: str = "sha256"
-
-    def __post_init__(self) -> None:
-        if not self.pcrs or any(not 0 <= p < 24 for p in self.pcrs):
-            raise ConfigError("tpm.pcrs must be a non-empty list of PCR indices 0..23")
+    tcti: str
+    pcrs: tuple[int, ...]
+    pcr_bank: str
 
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """Listen address of ``/healthz`` and ``/metrics``."""
 
-    host: str = "127.0.0.1"
-    port: int = 9100
+    host: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,52 +264,12 @@ class GatewayConfig:
     clusters: tuple[ClusterConfig, ...]
     attestation: AttestationConfig
     spool: SpoolConfig
-    mqtt: tuple[MqttSourceConfig, ...] = ()
-    opcua: tuple[OpcuaSourceConfig, ...] = ()
-    modbus: tuple[ModbusSourceConfig, ...] = ()
-    batching: BatchingConfig = BatchingConfig()
-    progress: ProgressConfig = ProgressConfig()
-    tpm: TpmConfig = TpmConfig()
-    http: HttpConfig = HttpConfig()
-    kem_suite: str = "x25519"
-    columns: tuple[str, ...] = ("value",)
-
-    def __post_init__(self) -> None:
-        if not self.gateway_id:
-            raise ConfigError("gateway_id is required")
-        idx = sorted(c.index for c in self.clusters)
-        if len(idx) < 2 or idx != list(range(len(idx))):
-            raise ConfigError(f"clusters need indices 0..N-1 with N >= 2, got {idx}")
-        if not self.sensors:
-            raise ConfigError("declare at least one sensor")
-        undeclared = {n.sensor for s in self.opcua for n in s.nodes} - set(self.sensors)
-        if undeclared:
-            raise ConfigError(f"OPC-UA nodes feed undeclared sensors {sorted(undeclared)}")
-        unknown_backfill = set(self.progress.backfill_sensors) - set(self.sensors)
-        if unknown_backfill:
-            raise ConfigError(
-                f"progress.backfill_sensors names undeclared sensors {sorted(unknown_backfill)}; "
-                "list ids from 'sensors'"
-            )
-        undeclared = {x for s in self.modbus for x in s.sensors()} - set(self.sensors)
-        if undeclared:
-            raise ConfigError(
-                f"sources.modbus points feed undeclared sensors {sorted(undeclared)}: "
-                "declare them under sensors"
-            )
-        unknown = set(self.columns) - {"value", "square"}
-        if unknown or "value" not in self.columns:
-            raise ConfigError(
-                f"envelope.columns must include value and may add square, got {list(self.columns)}"
-            )
-        if "square" in self.columns:
-            too_wide = [
-                s.id
-                for s in self.sensors.values()
-                if max(abs(s.range.low), abs(s.range.high)) >= MAX_SQUARE_ABS
-            ]
-            if too_wide:
-                raise ConfigError(
-                    f"sensors {too_wide} reach |v| >= 2^23, so x² overflows the ring at 16 "
-                    "fraction bits; rescale their unit or drop the square column"
-                )
+    mqtt: tuple[MqttSourceConfig, ...]
+    opcua: tuple[OpcuaSourceConfig, ...]
+    modbus: tuple[ModbusSourceConfig, ...]
+    batching: BatchingConfig
+    progress: ProgressConfig
+    tpm: TpmConfig
+    http: HttpConfig
+    kem_suite: str
+    columns: tuple[str, ...]

@@ -5,13 +5,15 @@ Every message says what the operator should do about it.
 
 from __future__ import annotations
 
+from tecc_contract.errors import ConfigFileError
+
 
 class GatewayError(Exception):
     """Root of every error raised by :mod:`gateway`."""
 
 
-class ConfigError(GatewayError):
-    """The configuration file is missing, malformed or inconsistent."""
+class GatewayConfigError(GatewayError, ConfigFileError):
+    """The configuration file is missing, malformed or inconsistent (operator's fault)."""
 
 
 class TpmError(GatewayError):

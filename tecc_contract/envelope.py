@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from tecc_contract import prg, sharing
 from tecc_contract.errors import (
-    ConfigError,
     DecryptError,
     FrameError,
+    ParameterError,
     ShareError,
     SignatureError,
     VersionError,
@@ -74,7 +74,9 @@ class SensorSegment:
 
     def __post_init__(self) -> None:
         if self.timestamps_ns.shape != self.values.shape or self.values.ndim != 1:
-            raise ConfigError(f"segment {self.sensor_id!r}: timestamps and values differ in shape")
+            raise ParameterError(
+                f"segment {self.sensor_id!r}: timestamps and values differ in shape"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ def derive_columns(
         elif c is Column.SQUARE:
             sq = values * values
             if sq.size and float(np.max(sq)) * codec.scale >= 2.0**62:
-                raise ConfigError("x² overflows the ring; shrink the sensor range or frac bits")
+                raise ParameterError("x² overflows the ring; shrink the sensor range or frac bits")
             out.append(codec.encode(sq))
         else:
             idx = np.searchsorted(np.asarray(hist_edges, dtype=np.float64), values, side="right")
@@ -137,9 +139,9 @@ class Sealer:
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
         if sorted(c.index for c in clusters) != list(range(len(clusters))):
-            raise ConfigError("cluster indices must be exactly 0..N-1")
+            raise ParameterError("cluster indices must be exactly 0..N-1")
         if len({c.suite for c in clusters}) != 1:
-            raise ConfigError("all clusters must use the same KEM suite")
+            raise ParameterError("all clusters must use the same KEM suite")
         self._gateway_id = gateway_id
         self._key = signing_key
         self._clusters = sorted(clusters, key=lambda c: c.index)

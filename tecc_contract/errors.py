@@ -14,8 +14,17 @@ class ContractError(Exception):
     """Root of every error raised by :mod:`tecc_contract`."""
 
 
-class ConfigError(ContractError):
-    """A codec, sensor or sharing parameter is invalid (caller's fault)."""
+class ParameterError(ContractError):
+    """A codec, sensor or sharing parameter passed by the caller is invalid (caller's fault)."""
+
+
+class ConfigFileError(ContractError):
+    """A config file does not match its schema (operator's fault); the message names the key.
+
+    Each package raises its own subclass (``GatewayConfigError``,
+    ``CloudConfigError``, ``MpcConfigError``, ``SimConfigError``) through
+    :func:`tecc_contract.schema.load_file`.
+    """
 
 
 class FrameError(ContractError):

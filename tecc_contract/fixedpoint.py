@@ -20,7 +20,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from tecc_contract.errors import ConfigError, RejectReason
+from tecc_contract.errors import ParameterError, RejectReason
 from tecc_contract.ring import RingArray
 
 DEFAULT_FRAC_BITS: Final = 16
@@ -41,7 +41,7 @@ class FixedPoint:
 
     def __post_init__(self) -> None:
         if not 0 <= self.frac_bits <= 40:
-            raise ConfigError(f"frac_bits must be in 0..40, got {self.frac_bits}")
+            raise ParameterError(f"frac_bits must be in 0..40, got {self.frac_bits}")
 
     @property
     def scale(self) -> float:
@@ -62,7 +62,7 @@ class FixedPoint:
         arr = np.asarray(values, dtype=np.float64)
         scaled = np.rint(arr * self.scale)
         if scaled.size and not np.all(np.abs(scaled) < 2.0**63):
-            raise ConfigError("value too large for the ring at this precision; validate first")
+            raise ParameterError("value too large for the ring at this precision; validate first")
         return scaled.astype(np.int64).view(np.uint64)
 
     def decode(self, encoded: RingArray) -> FloatArray:
@@ -87,11 +87,11 @@ class SensorRange:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ConfigError(f"sensor range must be finite, got [{self.low}, {self.high}]")
+            raise ParameterError(f"sensor range must be finite, got [{self.low}, {self.high}]")
         if self.low >= self.high:
-            raise ConfigError(f"sensor range low must be < high, got [{self.low}, {self.high}]")
+            raise ParameterError(f"sensor range low must be < high, got [{self.low}, {self.high}]")
         if max(abs(self.low), abs(self.high)) > MAX_ABS_RANGE:
-            raise ConfigError(
+            raise ParameterError(
                 f"sensor range [{self.low}, {self.high}] exceeds ±2^30; rescale the unit "
                 "(e.g. kPa instead of Pa) so sums and products fit the ring"
             )

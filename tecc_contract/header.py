@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from tecc_contract.errors import ConfigError, FrameError, VersionError
+from tecc_contract.errors import FrameError, ParameterError, VersionError
 from tecc_contract.keys import KemSuite
 from tecc_contract.wire import Reader, Writer
 
@@ -245,7 +245,7 @@ def decode_header(data: bytes) -> EnvelopeHeader:
         frac_bits = r.u8("fraction bits")
         codes = [r.u8("column") for _ in range(r.u8("column count"))]
         columns = tuple(list(Column)[c] for c in codes)
-    except (IndexError, ConfigError) as exc:
+    except (IndexError, ParameterError) as exc:
         raise _fail(f"unknown suite or column code ({exc})") from exc
     edges = tuple(
         struct.unpack("<d", r.take(8, "histogram edge"))[0] for _ in range(r.u8("edge count"))

@@ -13,7 +13,7 @@ from typing import Final
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
-from tecc_contract.errors import ConfigError
+from tecc_contract.errors import ParameterError
 
 X25519_PUBLIC_BYTES: Final = 32
 MLKEM768_PUBLIC_BYTES: Final = 1184
@@ -35,10 +35,10 @@ class KemSuite(enum.StrEnum):
 
     @classmethod
     def from_code(cls, code: int) -> KemSuite:
-        """Inverse of :attr:`code`; ConfigError for unknown codes."""
+        """Inverse of :attr:`code`; ParameterError for unknown codes."""
         members = list(cls)
         if not 0 <= code < len(members):
-            raise ConfigError(f"unknown KEM suite code {code}")
+            raise ParameterError(f"unknown KEM suite code {code}")
         return members[code]
 
     def hpke_suite(self) -> hpke.Suite:
@@ -54,19 +54,19 @@ def generate_cluster_keypair(suite: KemSuite) -> tuple[HpkePrivateKey, bytes]:
 
 
 def load_public_key(suite: KemSuite, raw: bytes) -> HpkePublicKey:
-    """Parse a recipient public key from raw bytes; ConfigError if malformed."""
+    """Parse a recipient public key from raw bytes; ParameterError if malformed."""
     try:
         if suite is KemSuite.X25519:
             if len(raw) != X25519_PUBLIC_BYTES:
-                raise ConfigError(f"X25519 public key must be 32 bytes, got {len(raw)}")
+                raise ParameterError(f"X25519 public key must be 32 bytes, got {len(raw)}")
             return x25519.X25519PublicKey.from_public_bytes(raw)
         if len(raw) != MLKEM768_PUBLIC_BYTES + X25519_PUBLIC_BYTES:
-            raise ConfigError(f"ML-KEM-768+X25519 public key must be 1216 bytes, got {len(raw)}")
+            raise ParameterError(f"ML-KEM-768+X25519 public key must be 1216 bytes, got {len(raw)}")
         m = mlkem.MLKEM768PublicKey.from_public_bytes(raw[:MLKEM768_PUBLIC_BYTES])
         x = x25519.X25519PublicKey.from_public_bytes(raw[MLKEM768_PUBLIC_BYTES:])
         return hpke.MLKEM768X25519PublicKey(m, x)
     except ValueError as exc:
-        raise ConfigError(f"malformed {suite} public key: {exc}") from exc
+        raise ParameterError(f"malformed {suite} public key: {exc}") from exc
 
 
 def load_private_key(suite: KemSuite, raw: bytes) -> HpkePrivateKey:
@@ -75,12 +75,14 @@ def load_private_key(suite: KemSuite, raw: bytes) -> HpkePrivateKey:
         if suite is KemSuite.X25519:
             return x25519.X25519PrivateKey.from_private_bytes(raw)
         if len(raw) != 96:
-            raise ConfigError(f"hybrid private key must be 96 bytes (64 seed + 32), got {len(raw)}")
+            raise ParameterError(
+                f"hybrid private key must be 96 bytes (64 seed + 32), got {len(raw)}"
+            )
         m = mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:64])
         x = x25519.X25519PrivateKey.from_private_bytes(raw[64:])
         return hpke.MLKEM768X25519PrivateKey(m, x)
     except ValueError as exc:
-        raise ConfigError(f"malformed {suite} private key: {exc}") from exc
+        raise ParameterError(f"malformed {suite} private key: {exc}") from exc
 
 
 def generate_cluster_keypair_raw(suite: KemSuite) -> tuple[bytes, bytes]:
@@ -100,11 +102,11 @@ def generate_cluster_keypair_raw(suite: KemSuite) -> tuple[bytes, bytes]:
 
 
 def ed25519_public_from_bytes(raw: bytes) -> ed25519.Ed25519PublicKey:
-    """Parse a raw 32-byte Ed25519 public key; ConfigError if malformed."""
+    """Parse a raw 32-byte Ed25519 public key; ParameterError if malformed."""
     try:
         return ed25519.Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as exc:
-        raise ConfigError(f"malformed Ed25519 public key: {exc}") from exc
+        raise ParameterError(f"malformed Ed25519 public key: {exc}") from exc
 
 
 def ed25519_public_bytes(key: ed25519.Ed25519PublicKey) -> bytes:

@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from tecc_contract.errors import ConfigError
+from tecc_contract.errors import ParameterError
 from tecc_contract.ring import RingArray
 
 SEED_BYTES: Final = 32
@@ -28,9 +28,9 @@ def _counter_block(label: bytes) -> bytes:
 def expand(seed: bytes, n: int, label: bytes = b"") -> RingArray:
     """Return ``n`` pseudo-random ring elements from ``seed`` and ``label``."""
     if len(seed) != SEED_BYTES:
-        raise ConfigError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        raise ParameterError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if n < 0:
-        raise ConfigError(f"cannot expand a negative length {n}")
+        raise ParameterError(f"cannot expand a negative length {n}")
     enc = Cipher(algorithms.AES(seed), modes.CTR(_counter_block(label))).encryptor()
     stream = enc.update(bytes(8 * n))
     return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False)
@@ -39,6 +39,6 @@ def expand(seed: bytes, n: int, label: bytes = b"") -> RingArray:
 def expand_bytes(seed: bytes, nbytes: int, label: bytes = b"") -> bytes:
     """Return ``nbytes`` pseudo-random bytes from ``seed`` and ``label``."""
     if len(seed) != SEED_BYTES:
-        raise ConfigError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        raise ParameterError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
     enc = Cipher(algorithms.AES(seed), modes.CTR(_counter_block(label))).encryptor()
     return enc.update(bytes(nbytes))

@@ -11,19 +11,22 @@ from __future__ import annotations
 import enum
 import fnmatch
 import json
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any
 
-from cloud_tecc.errors import ConfigError
+import msgspec
+from msgspec import Meta
 
-_R = TypeVar("_R", "LimitRule", "RateRule")
+from cloud_tecc.errors import CloudConfigError
+from tecc_contract.schema import FileSchema, Finite, NonNegative, convert, load_file
 
 #: Largest supported |x| is 2^MAX_VALUE_BITS: keeps every product below 2^62.
 MAX_VALUE_BITS = 12
 #: Largest detector factor k (k²·2^8 must stay below 2^16).
 MAX_K = 16.0
+
+#: A detector factor k in (0, MAX_K].
+Factor = Annotated[float, Meta(gt=0, le=MAX_K, description=f"detector factor in (0, {MAX_K}]")]
 
 
 class Release(enum.StrEnum):
@@ -40,99 +43,92 @@ class Release(enum.StrEnum):
     FLEET = "fleet"
 
 
-@dataclass(frozen=True, slots=True)
-class LimitRule:
-    """Static limits for sensors whose id matches ``sensor`` (fnmatch pattern)."""
+class LimitRule(FileSchema, frozen=True, kw_only=True):
+    """Static limits for sensors whose id matches ``sensor`` (fnmatch pattern).
+
+    Rules: low < high.
+    """
 
     sensor: str
-    low: float
-    high: float
+    low: Finite
+    high: Finite
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
-            raise ConfigError(f"limit rule {self.sensor!r}: need finite low < high")
+        if not self.low < self.high:
+            raise ValueError(
+                f"limit rule {self.sensor!r}: low must be < high, e.g. low: 0, high: 90"
+            )
 
 
-@dataclass(frozen=True, slots=True)
-class RateRule:
+class RateRule(FileSchema, frozen=True, kw_only=True):
     """Rate-of-change limit ``|x_t − x_{t−1}| > max_delta`` for matching sensors."""
 
     sensor: str
-    max_delta: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.max_delta) and self.max_delta > 0):
-            raise ConfigError(f"rate rule {self.sensor!r}: max_delta must be > 0")
+    max_delta: Annotated[float, Meta(gt=0, le=1e300)]
 
 
-@dataclass(frozen=True, slots=True)
-class ZScoreRule:
+class ZScoreRule(FileSchema, frozen=True, kw_only=True):
     """Rolling z-score: flag ``(x − μ)² > k²·(σ² + min_sigma²)`` over the previous W readings.
 
     No flag is raised while fewer than ``min_baseline`` previous readings exist.
+
+    Rules: ``min_baseline`` <= ``window``.
     """
 
-    window: int = 600
-    k: float = 3.0
-    min_sigma: float = 0.01
-    min_baseline: int = 30
+    window: Annotated[int, Meta(ge=2, le=100_000)] = 600
+    k: Factor = 3.0
+    min_sigma: NonNegative = 0.01
+    min_baseline: Annotated[int, Meta(ge=1)] = 30
 
     def __post_init__(self) -> None:
-        if not 2 <= self.window <= 100_000:
-            raise ConfigError(f"zscore.window must be in 2..100000, got {self.window}")
-        if not (math.isfinite(self.k) and 0 < self.k <= MAX_K):
-            raise ConfigError(f"zscore.k must be in (0, {MAX_K}], got {self.k}")
-        if not (math.isfinite(self.min_sigma) and self.min_sigma >= 0):
-            raise ConfigError("zscore.min_sigma must be >= 0")
-        if not 1 <= self.min_baseline <= self.window:
-            raise ConfigError("zscore.min_baseline must be in 1..window")
+        if self.min_baseline > self.window:
+            raise ValueError(
+                f"min_baseline ({self.min_baseline}) must be <= window ({self.window})"
+            )
 
 
-@dataclass(frozen=True, slots=True)
-class FleetRule:
+class FleetRule(FileSchema, frozen=True, kw_only=True):
     """Sensor classes compared across gateways, and the deviation factor ``k``."""
 
-    classes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    k: float = 3.0
-    min_sigma: float = 0.01
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.k) and 0 < self.k <= MAX_K):
-            raise ConfigError(f"fleet.k must be in (0, {MAX_K}], got {self.k}")
+    classes: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
+    k: Factor = 3.0
+    min_sigma: NonNegative = 0.01
 
 
-@dataclass(frozen=True, slots=True)
-class AnalyticsPolicy:
-    """Validated analytics policy; build with :func:`policy_from_mapping`.
+class AnalyticsPolicy(FileSchema, frozen=True, kw_only=True):
+    """The analytics policy file (``configs/policy.yaml``); load with :func:`load_policy`.
 
     ``value_bound_bits`` is the promise the deployment makes about its sensors:
     every reading satisfies |x| < 2^value_bound_bits in its unit. It sizes the
     fixed-point headroom of the secure z-score (see docs/CLOUD.md).
+
+    Rules: limits within ±2^value_bound_bits; every rate ``max_delta`` <
+    2^(value_bound_bits+1).
     """
 
-    window_s: float = 10.0
-    min_count: int = 10
+    window_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 10.0
+    min_count: Annotated[int, Meta(ge=1)] = 10
     release: frozenset[Release] = frozenset(Release)
-    value_bound_bits: int = 12
+    value_bound_bits: Annotated[int, Meta(ge=1, le=MAX_VALUE_BITS)] = 12
     limits: tuple[LimitRule, ...] = ()
     rates: tuple[RateRule, ...] = ()
     zscore: ZScoreRule = ZScoreRule()
     fleet: FleetRule = FleetRule()
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.window_s) and 0.1 <= self.window_s <= 86_400):
-            raise ConfigError(f"window_s must be in [0.1, 86400], got {self.window_s}")
-        if self.min_count < 1:
-            raise ConfigError("min_count must be >= 1")
-        if not 1 <= self.value_bound_bits <= MAX_VALUE_BITS:
-            raise ConfigError(f"value_bound_bits must be in 1..{MAX_VALUE_BITS} (docs/CLOUD.md)")
         bound = float(2**self.value_bound_bits)
-        for lim in self.limits:
+        for i, lim in enumerate(self.limits):
             if max(abs(lim.low), abs(lim.high)) > bound:
-                raise ConfigError(f"limit rule {lim.sensor!r} exceeds ±2^value_bound_bits")
-        for rate in self.rates:
+                raise ValueError(
+                    f"limits[{i}] ({lim.sensor!r}) exceeds ±2^value_bound_bits = ±{bound:g}; "
+                    "raise value_bound_bits or narrow the limit"
+                )
+        for i, rate in enumerate(self.rates):
             if rate.max_delta >= 2 * bound:
-                raise ConfigError(f"rate rule {rate.sensor!r}: max_delta must be < 2^(bits+1)")
+                raise ValueError(
+                    f"rates[{i}] ({rate.sensor!r}): max_delta must be < 2^(value_bound_bits+1)"
+                    f" = {2 * bound:g}"
+                )
 
     @property
     def window_ns(self) -> int:
@@ -160,47 +156,16 @@ class AnalyticsPolicy:
 
     def canonical_bytes(self) -> bytes:
         """Deterministic bytes of the policy's meaning; input to the measurement."""
-        doc = asdict(self)
+        doc: dict[str, Any] = msgspec.to_builtins(self)
         doc["release"] = sorted(r.value for r in self.release)
-        doc["fleet"]["classes"] = {k: list(v) for k, v in sorted(self.fleet.classes.items())}
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _rules(raw: object, cls: type[_R], what: str) -> tuple[_R, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, Sequence) or isinstance(raw, str):
-        raise ConfigError(f"policy {what} must be a list of mappings")
-    try:
-        return tuple(cls(**item) for item in raw)
-    except TypeError as exc:
-        raise ConfigError(f"policy {what}: {exc}") from exc
+def policy_from_mapping(raw: object, *, source: str = "policy") -> AnalyticsPolicy:
+    """Validate a parsed YAML/JSON policy document; raise :class:`CloudConfigError` on errors."""
+    return convert(raw, AnalyticsPolicy, source=source, error=CloudConfigError)
 
 
-def policy_from_mapping(raw: Mapping[str, Any]) -> AnalyticsPolicy:
-    """Validate a parsed YAML/JSON policy document; raise :class:`ConfigError` on errors."""
-    known = {"window_s", "min_count", "release", "value_bound_bits", "limits", "rates"}
-    known |= {"zscore", "fleet"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"unknown policy keys {sorted(unknown)}; allowed: {sorted(known)}")
-    try:
-        release = frozenset(Release(r) for r in raw.get("release", [r.value for r in Release]))
-    except ValueError as exc:
-        allowed = [r.value for r in Release]
-        raise ConfigError(f"policy release: {exc}; allowed items: {allowed}") from exc
-    fleet_raw = dict(raw.get("fleet") or {})
-    classes = {str(k): tuple(str(p) for p in v) for k, v in (fleet_raw.pop("classes", {})).items()}
-    try:
-        return AnalyticsPolicy(
-            window_s=float(raw.get("window_s", 10.0)),
-            min_count=int(raw.get("min_count", 10)),
-            release=release,
-            value_bound_bits=int(raw.get("value_bound_bits", 12)),
-            limits=_rules(raw.get("limits"), LimitRule, "limits"),
-            rates=_rules(raw.get("rates"), RateRule, "rates"),
-            zscore=ZScoreRule(**(raw.get("zscore") or {})),
-            fleet=FleetRule(classes=classes, **fleet_raw),
-        )
-    except TypeError as exc:
-        raise ConfigError(f"invalid policy: {exc}") from exc
+def load_policy(path: Path) -> AnalyticsPolicy:
+    """Read and validate a policy file; :class:`CloudConfigError` names the bad key."""
+    return load_file(path, AnalyticsPolicy, error=CloudConfigError)

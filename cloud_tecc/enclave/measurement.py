@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
-from cloud_tecc.errors import ConfigError
+from cloud_tecc.errors import CloudConfigError
 
 DEFAULT_PACKAGES: Final = ("cloud_tecc", "tecc_contract")
 _SUFFIXES: Final = frozenset({".py", ".html", ".js", ".css", ".json", ".typed"})
@@ -29,7 +29,7 @@ def package_root(name: str) -> Path:
     """The directory of an importable package."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"package {name!r} is not importable; cannot measure it")
+        raise CloudConfigError(f"package {name!r} is not importable; cannot measure it")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

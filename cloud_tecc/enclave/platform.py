@@ -16,7 +16,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cloud_tecc.errors import ConfigError
+from cloud_tecc.errors import CloudConfigError
 
 _KEY_FILE: Final = "attestation_key"
 _SECRET_FILE: Final = "sealing_secret"  # noqa: S105 - a file name
@@ -65,5 +65,7 @@ class SimulatedPlatform:
             _write_private(secret_path, random_bytes(32))
         key_raw, secret = key_path.read_bytes(), secret_path.read_bytes()
         if len(key_raw) != 32 or len(secret) != 32:
-            raise ConfigError(f"platform state in {state_dir} is corrupt; recreate the directory")
+            raise CloudConfigError(
+                f"platform state in {state_dir} is corrupt; recreate the directory"
+            )
         return cls(Ed25519PrivateKey.from_private_bytes(key_raw), secret)

@@ -19,7 +19,7 @@ import aiohttp
 
 from cloud_tecc.config import SELF, Endpoint, Trust
 from cloud_tecc.enclave.platform import SimulatedPlatform, platform_key_id
-from cloud_tecc.errors import ConfigError, PeerError
+from cloud_tecc.errors import CloudConfigError, PeerError
 from tecc_contract.attestation import (
     Quote,
     QuoteVerifier,
@@ -47,7 +47,7 @@ def build_verifier(
             own_measurement if m == SELF else bytes.fromhex(m) for m in trust.allowed_measurements
         }
     except ValueError as exc:
-        raise ConfigError(f"attestation anchors must be hex or 'self': {exc}") from exc
+        raise CloudConfigError(f"attestation anchors must be hex or 'self': {exc}") from exc
     return SimulatedPlatformVerifier(
         platform_keys=keys, allowed_measurements=allowed, max_age_s=trust.max_age_s
     )

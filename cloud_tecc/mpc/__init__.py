@@ -33,9 +33,9 @@ from cloud_tecc.mpc.correlations import Kind, Plan
 from cloud_tecc.mpc.engine import Party, Traffic
 from cloud_tecc.mpc.errors import (
     AuthenticationError,
-    ConfigError,
     CorrelationError,
     MpcError,
+    MpcParameterError,
     PeerLostError,
     ProtocolError,
 )
@@ -47,7 +47,6 @@ from cloud_tecc.mpc.transport import MemoryNetwork, Transport
 
 __all__ = [
     "AuthenticationError",
-    "ConfigError",
     "CorrelationError",
     "CorrelationSource",
     "CorrelationStore",
@@ -55,6 +54,7 @@ __all__ = [
     "LocalDealer",
     "MemoryNetwork",
     "MpcError",
+    "MpcParameterError",
     "Party",
     "PeerLostError",
     "Plan",

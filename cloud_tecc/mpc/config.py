@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -19,8 +20,37 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
+from msgspec import Meta
 
-from cloud_tecc.mpc.errors import ConfigError
+from cloud_tecc.mpc.errors import MpcConfigError
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
+from tecc_contract.schema import FileSchema, Hex32, Name, Port, load_file
+
+
+class EndpointDoc(FileSchema, frozen=True, kw_only=True):
+    """One ``{"host", "port", "public_key"}`` entry of the mesh file."""
+
+    host: Name
+    port: Port
+    public_key: Hex32  # raw Ed25519 public key
+
+
+class MeshDoc(FileSchema, frozen=True, kw_only=True):
+    """The mesh file (JSON): every party's and the dealer's address and public key.
+
+    Rules: ``n`` equals the number of ``parties``.
+    """
+
+    n: Annotated[int, Meta(ge=2, le=16)]
+    parties: tuple[EndpointDoc, ...]
+    dealer: EndpointDoc
+    frac_bits: Annotated[int, Meta(ge=1, le=32)] = DEFAULT_FRAC_BITS
+
+    def __post_init__(self) -> None:
+        if len(self.parties) != self.n:
+            raise ValueError(
+                f"n is {self.n} but parties lists {len(self.parties)}; make them equal"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +67,10 @@ class Endpoint:
         return {"host": self.host, "port": self.port, "public_key": raw.hex()}
 
     @classmethod
-    def from_json(cls, obj: object) -> Endpoint:
-        """Parse; ConfigError on bad input."""
-        try:
-            assert isinstance(obj, dict)
-            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(obj["public_key"]))
-            return cls(str(obj["host"]), int(obj["port"]), key)
-        except (AssertionError, KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"bad endpoint in mesh config: {exc!r}") from exc
+    def from_doc(cls, doc: EndpointDoc) -> Endpoint:
+        """The endpoint of a validated mesh-file entry."""
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(doc.public_key))
+        return cls(doc.host, doc.port, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +79,7 @@ class MeshFile:
 
     parties: tuple[Endpoint, ...]
     dealer: Endpoint
-    frac_bits: int = 16
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     @property
     def n(self) -> int:
@@ -72,15 +98,10 @@ class MeshFile:
 
     @classmethod
     def load(cls, path: Path) -> MeshFile:
-        """Read and validate."""
-        try:
-            obj = json.loads(path.read_text())
-            parties = tuple(Endpoint.from_json(p) for p in obj["parties"])
-            if len(parties) != int(obj["n"]) or len(parties) < 2:
-                raise ConfigError("mesh config: 'n' must equal the number of parties (>= 2)")
-            return cls(parties, Endpoint.from_json(obj["dealer"]), int(obj.get("frac_bits", 16)))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cannot read mesh config {path}: {exc}") from exc
+        """Read and validate; :class:`MpcConfigError` names the bad key."""
+        doc = load_file(path, MeshDoc, error=MpcConfigError)
+        parties = tuple(Endpoint.from_doc(p) for p in doc.parties)
+        return cls(parties, Endpoint.from_doc(doc.dealer), doc.frac_bits)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -88,7 +109,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the Ed25519 private key in {path}: {exc}") from exc
+        raise MpcConfigError(f"cannot read the Ed25519 private key in {path}: {exc}") from exc
 
 
 def private_key_hex(key: Ed25519PrivateKey) -> str:

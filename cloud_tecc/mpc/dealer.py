@@ -34,7 +34,7 @@ from cloud_tecc.mpc.correlations import (
     Plan,
     expand_fields,
 )
-from cloud_tecc.mpc.errors import ConfigError
+from cloud_tecc.mpc.errors import MpcParameterError
 from tecc_contract import prg
 
 RandomBytes = Callable[[int], bytes]
@@ -111,7 +111,7 @@ def deal_kind(
 ) -> list[Bundle]:
     """Produce the ``n`` bundles of ``count`` correlations of one kind."""
     if n < 2:
-        raise ConfigError(f"the dealer serves at least 2 parties, got {n}")
+        raise MpcParameterError(f"the dealer serves at least 2 parties, got {n}")
     seeds = [random_bytes(prg.SEED_BYTES) for _ in range(n)]
     rnd = [expand_fields(kind, s, count, derived=False) for s in seeds]
     oth = [expand_fields(kind, s, count, derived=True) for s in seeds[1:]]

@@ -34,7 +34,7 @@ from cloud_tecc.mpc.bundle_wire import encode_batch
 from cloud_tecc.mpc.config import MeshFile, load_private_key
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer import RandomBytes, deal
-from cloud_tecc.mpc.errors import ConfigError, MpcError
+from cloud_tecc.mpc.errors import MpcError, MpcParameterError
 from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
 
@@ -70,11 +70,11 @@ class DealerService:
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
         if depth < 1:
-            raise ConfigError("dealer depth must be >= 1")
+            raise MpcParameterError("dealer depth must be >= 1")
         if set(party_keys) != set(range(n)):
-            raise ConfigError("party_keys must hold the key of every party 0..n-1")
+            raise MpcParameterError("party_keys must hold the key of every party 0..n-1")
         if not plan.counts():
-            raise ConfigError("the dealer plan is empty")
+            raise MpcParameterError("the dealer plan is empty")
         self.n, self.plan, self.key, self.frac_bits = n, plan, key, frac_bits
         self.depth, self.max_batches, self.wait_s = depth, max_batches, wait_s
         self.random_bytes = random_bytes

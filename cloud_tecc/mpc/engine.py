@@ -18,7 +18,7 @@ import numpy.typing as npt
 from cloud_tecc.mpc import arith, compare, convert, select
 from cloud_tecc.mpc.bits import U8
 from cloud_tecc.mpc.correlations import Batch, Kind
-from cloud_tecc.mpc.errors import ConfigError, ProtocolError
+from cloud_tecc.mpc.errors import MpcParameterError, ProtocolError
 from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, combine, decode, encode
 from cloud_tecc.mpc.source import CorrelationSource
@@ -42,14 +42,14 @@ class Traffic:
 def _ring(x: RingArray) -> RingArray:
     arr = np.asarray(x)
     if arr.dtype != np.uint64:
-        raise ConfigError(f"shares must be uint64 ring arrays, got {arr.dtype}")
+        raise MpcParameterError(f"shares must be uint64 ring arrays, got {arr.dtype}")
     return np.ascontiguousarray(arr.reshape(-1))
 
 
 def _same(*arrays: RingArray) -> None:
     shapes = {np.shape(a) for a in arrays}
     if len(shapes) != 1:
-        raise ConfigError(f"operands must have the same shape, got {sorted(shapes)}")
+        raise MpcParameterError(f"operands must have the same shape, got {sorted(shapes)}")
 
 
 class Party:
@@ -246,7 +246,7 @@ class Party:
         arr = np.asarray(x)
         two_d = arr.reshape(1, -1) if arr.ndim == 1 else arr
         if two_d.ndim != 2 or two_d.shape[1] == 0:
-            raise ConfigError("tree min/max needs a non-empty 1-D or 2-D share array")
+            raise MpcParameterError("tree min/max needs a non-empty 1-D or 2-D share array")
         levels = [
             (await self._take(Kind.CMP, count), await self._take(Kind.TRIPLE, count))
             for count in select.tree_pair_counts(*two_d.shape)

@@ -7,13 +7,19 @@ run a protocol catch :class:`PeerLostError` to restart a session and treat
 
 from __future__ import annotations
 
+from tecc_contract.errors import ConfigFileError
+
 
 class MpcError(Exception):
     """Root of every error raised by :mod:`cloud_tecc.mpc`."""
 
 
-class ConfigError(MpcError):
-    """A party, dealer or transport parameter is invalid (caller's fault)."""
+class MpcParameterError(MpcError):
+    """A party, dealer or transport parameter passed by the caller is invalid (caller's fault)."""
+
+
+class MpcConfigError(MpcError, ConfigFileError):
+    """The mesh file or a key file is invalid (operator's fault); the message names the key."""
 
 
 class PeerLostError(MpcError):

@@ -25,7 +25,7 @@ import numpy as np
 
 from cloud_tecc.mpc.bits import U8, pack, packed_len, unpack
 from cloud_tecc.mpc.correlations import AnyArray
-from cloud_tecc.mpc.errors import ConfigError, ProtocolError
+from cloud_tecc.mpc.errors import MpcParameterError, ProtocolError
 from tecc_contract.ring import RingArray
 
 T = TypeVar("T")
@@ -50,11 +50,11 @@ class Ctx:
 
     def __post_init__(self) -> None:
         if self.n < 2:
-            raise ConfigError(f"MPC needs at least 2 parties, got {self.n}")
+            raise MpcParameterError(f"MPC needs at least 2 parties, got {self.n}")
         if not 0 <= self.party < self.n:
-            raise ConfigError(f"party index {self.party} is not in 0..{self.n - 1}")
+            raise MpcParameterError(f"party index {self.party} is not in 0..{self.n - 1}")
         if not 0 <= self.frac_bits <= 40:
-            raise ConfigError(f"frac_bits must be in 0..40, got {self.frac_bits}")
+            raise MpcParameterError(f"frac_bits must be in 0..40, got {self.frac_bits}")
 
     @property
     def leader(self) -> bool:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from cloud_tecc.mpc.arith import mul
 from cloud_tecc.mpc.compare import lt
 from cloud_tecc.mpc.correlations import Batch
-from cloud_tecc.mpc.errors import ConfigError
+from cloud_tecc.mpc.errors import MpcParameterError
 from cloud_tecc.mpc.protocol import Ctx, Proto
 from tecc_contract.ring import RingArray
 
@@ -80,7 +80,7 @@ def segment_grid(ctx: Ctx, x: RingArray, counts: npt.ArrayLike, *, want_max: boo
     """
     c = np.asarray(counts, dtype=np.int64).reshape(-1)
     if c.size == 0 or (c < 1).any() or int(c.sum()) != x.shape[0]:
-        raise ConfigError("segment counts must be >= 1 and add up to the number of elements")
+        raise MpcParameterError("segment counts must be >= 1 and add up to the number of elements")
     pad = np.uint64(0)
     if ctx.leader:
         pad = np.int64(-SEGMENT_PAD if want_max else SEGMENT_PAD).astype(np.uint64)

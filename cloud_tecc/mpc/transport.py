@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
-from cloud_tecc.mpc.errors import ConfigError, PeerLostError, ProtocolError
+from cloud_tecc.mpc.errors import MpcParameterError, PeerLostError, ProtocolError
 
 Payload = bytes | bytearray | memoryview
 
@@ -38,7 +38,7 @@ class MemoryNetwork:
 
     def __init__(self, n: int, *, timeout: float = 30.0) -> None:
         if n < 2:
-            raise ConfigError(f"a network needs at least 2 parties, got {n}")
+            raise MpcParameterError(f"a network needs at least 2 parties, got {n}")
         self.n = n
         self.timeout = timeout
         self._queues: dict[tuple[int, int], asyncio.Queue[object]] = {

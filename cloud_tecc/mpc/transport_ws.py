@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.errors import (
     AuthenticationError,
-    ConfigError,
     MpcError,
+    MpcParameterError,
     PeerLostError,
     ProtocolError,
 )
@@ -65,13 +65,13 @@ class MeshConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "n", len(self.addresses))
         if set(self.addresses) != set(range(self.n)) or self.n < 2:
-            raise ConfigError("addresses must name parties 0..n-1 (n >= 2)")
+            raise MpcParameterError("addresses must name parties 0..n-1 (n >= 2)")
         if not set(range(self.n)) - {self.party} <= set(self.peer_keys):
-            raise ConfigError("peer_keys must hold the public key of every other party")
+            raise MpcParameterError("peer_keys must hold the public key of every other party")
         if (self.server_tls is None) != (self.client_tls is None):
-            raise ConfigError("give both server_tls and client_tls, or neither")
+            raise MpcParameterError("give both server_tls and client_tls, or neither")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:
-            raise ConfigError("timeouts must be positive")
+            raise MpcParameterError("timeouts must be positive")
 
 
 class WsTransport:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
 import time
@@ -52,7 +51,14 @@ from cloud_tecc.party.epochs import (
     Proposal,
     build_epoch,
     epoch_of,
-    keys_from_json,
+)
+from cloud_tecc.party.messages import (
+    M,
+    ProposalMessage,
+    SeqMessage,
+    VerdictMessage,
+    WatermarkMessage,
+    decode,
 )
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
@@ -158,8 +164,8 @@ class Coordinator:
                 dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
             )
             mine = await link.next_seq()
-            theirs = await self._control(mesh, {"seq": mine})
-            await link.align(max(mine, int(theirs["seq"])))
+            theirs = await self._control(mesh, {"seq": mine}, SeqMessage)
+            await link.align(max(mine, theirs.seq))
             self.sessions.labels("started").inc()
             self.state = "running"
             log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
@@ -171,43 +177,36 @@ class Coordinator:
             if link is not None:
                 await link.close()
 
-    async def _control(self, mesh: Transport, doc: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, mesh: Transport, doc: dict[str, Any], reply: type[M]) -> M:
         got = await mesh.exchange(CONTROL_ROUND, {self.peer: dumps(doc)})
-        try:
-            reply = json.loads(bytes(got[self.peer]))
-        except ValueError as exc:
-            raise PeerError("peer sent a malformed control message") from exc
-        if not isinstance(reply, dict):
-            raise PeerError("peer sent a malformed control message")
-        return reply
+        return decode(bytes(got[self.peer]), reply)
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round; returns True if an epoch was computed."""
         wm = await asyncio.to_thread(self.store.watermark)
-        other = await self._control(mesh, {"wm": wm})
-        peer_wm = other.get("wm")
-        if not isinstance(peer_wm, int) or isinstance(peer_wm, bool):
-            raise PeerError("peer's control message has no integer watermark 'wm'")
-        base = min(wm, peer_wm)
+        other = await self._control(mesh, {"wm": wm}, WatermarkMessage)
+        base = min(wm, other.wm)
         if wm > base:
             log.info("rewinding to the common watermark %d", base)
             await asyncio.to_thread(self.store.rewind, base)
         self.watermark_ns = base
         leader = self.cfg.party == 0
         prop_doc: dict[str, Any] = {}
+        prop: Proposal | None = None
         if leader:
             prop = await asyncio.to_thread(self._propose, base)
             prop_doc = {"proposal": prop.to_json() if prop else None}
-        got = await self._control(mesh, prop_doc)
-        raw = prop_doc["proposal"] if leader else got.get("proposal")
-        if raw is None:
+        got = await self._control(mesh, prop_doc, ProposalMessage)
+        if not leader:
+            prop = got.proposal.to_proposal() if got.proposal else None
+        if prop is None:
             return False
-        prop = Proposal.from_json(raw)
         why, orphans = await asyncio.to_thread(self._check, prop, leader)
-        ack = await self._control(mesh, {"ok": not why, "orphans": [list(k) for k in orphans]})
+        verdict = {"ok": not why, "orphans": [list(k) for k in orphans]}
+        ack = await self._control(mesh, verdict, VerdictMessage)
         if leader:
-            self._note_orphans(ack.get("orphans", []))
-        if why or not ack.get("ok"):
+            self._note_orphans(ack.orphan_keys)
+        if why or not ack.ok:
             if why and self._waiting_for != (prop.start_ns, why):
                 self._waiting_for = (prop.start_ns, why)
                 log.info("epoch %d not agreed yet: %s", prop.start_ns, why)
@@ -240,12 +239,8 @@ class Coordinator:
             return "not closed by this party's gateway progress notices yet", []
         return "", []
 
-    def _note_orphans(self, raw: Any) -> None:
+    def _note_orphans(self, reported: tuple[Key, ...]) -> None:
         """Leader: skip the reported orphans whose gateway is gone here too."""
-        try:
-            reported = keys_from_json(raw)
-        except (TypeError, ValueError) as exc:
-            raise PeerError(f"peer sent malformed orphan keys: {exc}") from exc
         live = self.tracker.live(time.time_ns())
         new = {k for k in reported if k[0] not in live} - self._skip
         if new:

@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
-from cloud_tecc.errors import ConfigError, IngestError
+from cloud_tecc.errors import CloudConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.ingest import REASONS, Ingestor
@@ -74,7 +74,7 @@ def gateway_keys(cfg: PartyConfig) -> dict[str, Ed25519PublicKey]:
         try:
             keys[gw] = ed25519_public_from_bytes(_key_bytes(raw.strip()))
         except (ValueError, binascii.Error, ContractError) as exc:
-            raise ConfigError(
+            raise CloudConfigError(
                 f"gateway {gw!r}: enrolled key must be a raw 32-byte Ed25519 key in hex or base64"
             ) from exc
     return keys
@@ -100,7 +100,7 @@ class PartyService(ServiceBase):
             self._gateway_keys, started_ns=time.time_ns(), active_ns=int(cfg.active_s * 1e9)
         )
         if enclave.keys.suite is not cfg.suite:
-            raise ConfigError(
+            raise CloudConfigError(
                 f"sealed keys use {enclave.keys.suite}, config asks {cfg.suite}; re-provision"
             )
         reg = self.registry

@@ -13,7 +13,7 @@ from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.measurement import bundle_listing, measure, package_root
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
-from cloud_tecc.errors import ConfigError, SealError
+from cloud_tecc.errors import CloudConfigError, SealError
 from tecc_contract.attestation import SimulatedPlatformVerifier
 from tecc_contract.errors import AttestationError
 
@@ -119,10 +119,12 @@ def test_quotes_verify_against_the_allow_list(tmp_path: Path) -> None:
 
 def test_policy_validation_errors_are_clear() -> None:
     """Bad policies are refused with a message naming the problem."""
-    with pytest.raises(ConfigError, match="unknown policy keys"):
+    with pytest.raises(CloudConfigError, match=r"\$\.release_raw: unknown key"):
         policy_from_mapping({"release_raw": True})
-    with pytest.raises(ConfigError, match="allowed items"):
+    with pytest.raises(
+        CloudConfigError, match=r"\$\.release\[0\]: Invalid enum value .values.; write one of count"
+    ):
         policy_from_mapping({"release": ["values"]})
-    with pytest.raises(ConfigError, match="value_bound_bits"):
+    with pytest.raises(CloudConfigError, match="value_bound_bits"):
         policy_from_mapping({"limits": [{"sensor": "*", "low": 0, "high": 10_000}]})
     assert Release.MEAN in AnalyticsPolicy().release

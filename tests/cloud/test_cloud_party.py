@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.config import load_party
-from cloud_tecc.errors import ConfigError, IngestError
+from cloud_tecc.errors import CloudConfigError, IngestError
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch, epoch_of
 from cloud_tecc.party.ingest import Ingestor
 from cloud_tecc.party.server import gateway_keys
@@ -185,5 +185,5 @@ def test_enrolled_keys_accept_hex_and_base64(tmp_path: Path) -> None:
     assert keys["a"].public_bytes_raw() == keys["b"].public_bytes_raw() == raw
     doc["gateways"] = {"bad": "zz"}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
-    with pytest.raises(ConfigError, match="'bad'"):
+    with pytest.raises(CloudConfigError, match="'bad'"):
         gateway_keys(load_party(tmp_path / "p.yaml"))

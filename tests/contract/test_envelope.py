@@ -19,10 +19,10 @@ from tecc_contract.envelope import (
     reconstruct_batch,
 )
 from tecc_contract.errors import (
-    ConfigError,
     ContractError,
     DecryptError,
     FrameError,
+    ParameterError,
     ShareError,
     SignatureError,
 )
@@ -176,13 +176,13 @@ def test_sealer_configuration_errors() -> None:
     """Bad cluster sets and overflowing squares are refused at the gateway."""
     _, pub = keys_for(KemSuite.X25519, 1)[0]
     gw = ed25519_from_seed(b"g")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ParameterError):
         Sealer(gateway_id="g", signing_key=gw, clusters=[ClusterKey(1, KemSuite.X25519, pub)])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ParameterError):
         Sealer(gateway_id="g", signing_key=gw, clusters=[ClusterKey(0, KemSuite.X25519, b"x")])
     sealer, _, _ = make_system(columns=(Column.VALUE, Column.SQUARE))
     seg = SensorSegment("a", np.array([T0], dtype=np.int64), np.array([2.0**30]))
-    with pytest.raises(ConfigError, match="overflows"):
+    with pytest.raises(ParameterError, match="overflows"):
         sealer.seal(0, [seg], created_ns=T0)
 
 

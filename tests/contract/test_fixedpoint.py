@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tecc_contract.errors import ConfigError, RejectReason
+from tecc_contract.errors import ParameterError, RejectReason
 from tecc_contract.fixedpoint import FixedPoint, SensorRange, classify, validate
 
 RANGE = SensorRange(-1000.0, 1000.0)
@@ -83,11 +83,11 @@ def test_validate_counts_each_reason() -> None:
 )
 def test_bad_ranges_are_config_errors(low: float, high: float) -> None:
     """A sensor range must be finite, ordered and fit the ring's headroom."""
-    with pytest.raises(ConfigError):
+    with pytest.raises(ParameterError):
         SensorRange(low, high)
 
 
 def test_encode_refuses_unvalidated_overflow() -> None:
     """Encoding a value that does not fit the ring raises rather than wrapping."""
-    with pytest.raises(ConfigError):
+    with pytest.raises(ParameterError):
         CODEC.encode(np.array([1e300]))

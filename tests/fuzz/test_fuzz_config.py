@@ -1,4 +1,4 @@
-"""Fuzz configuration loading: gateway, cluster (party, dealer, output, policy) and simulator.
+"""Fuzz config loading: gateway, party, dealer, output, policy, simulator and scenario files.
 
 Seeds are the shipped ``configs/*.yaml``; cases are byte-level mutations of
 the text and structural mutations of the parsed tree (a node replaced by a
@@ -28,6 +28,7 @@ import firmware_sim.errors
 import gateway.errors
 from cloud_tecc.config import load_dealer, load_output, load_party
 from firmware_sim.config_yaml import load_config as load_sim
+from firmware_sim.config_yaml import load_scenario
 from gateway.config_yaml import load_config as load_gateway
 
 from .harness import FUZZ_SETTINGS, Target, cases, mutate_bytes
@@ -54,12 +55,13 @@ def _policy(path: Path) -> object:
 
 
 _LOADERS: Final[dict[str, tuple[str, Callable[[Path], object], type[Exception]]]] = {
-    "gateway": ("gateway.yaml", load_gateway, gateway.errors.ConfigError),
-    "party": ("party-case.yaml", _cloud(load_party), cloud_tecc.errors.ConfigError),
-    "dealer": ("dealer.yaml", _cloud(load_dealer), cloud_tecc.errors.ConfigError),
-    "output": ("output.yaml", _cloud(load_output), cloud_tecc.errors.ConfigError),
-    "policy": ("policy-case.yaml", _policy, cloud_tecc.errors.ConfigError),
+    "gateway": ("gateway.yaml", load_gateway, gateway.errors.GatewayConfigError),
+    "party": ("party-case.yaml", _cloud(load_party), cloud_tecc.errors.CloudConfigError),
+    "dealer": ("dealer.yaml", _cloud(load_dealer), cloud_tecc.errors.CloudConfigError),
+    "output": ("output.yaml", _cloud(load_output), cloud_tecc.errors.CloudConfigError),
+    "policy": ("policy-case.yaml", _policy, cloud_tecc.errors.CloudConfigError),
     "sim": ("sim.yaml", load_sim, firmware_sim.errors.SimConfigError),
+    "scenario": ("scenario.yaml", load_scenario, firmware_sim.errors.SimConfigError),
 }
 _NAMES: Final = tuple(_LOADERS)
 _ODD: Final[tuple[Any, ...]] = (
@@ -143,7 +145,12 @@ def run(data: bytes) -> None:
         raise _Refused(name) from exc
 
 
-_SOURCES: Final = {"policy": "policy.yaml", "party": "cluster0.yaml", "sim": "sim.yaml"}
+_SOURCES: Final = {
+    "policy": "policy.yaml",
+    "party": "cluster0.yaml",
+    "sim": "sim.yaml",
+    "scenario": "scenarios/sensor-faults.yaml",
+}
 _SEEDS = [
     f"{n}\n".encode() + (CONFIGS / _SOURCES.get(n, f)).read_bytes()
     for n, (f, _, _) in _LOADERS.items()
@@ -154,7 +161,7 @@ TARGET = Target("config", _SEEDS, run, (_Refused,), mutate)
 @FUZZ_SETTINGS
 @given(cases(TARGET))
 def test_config_loaders_raise_only_config_errors(data: bytes) -> None:
-    """Mutated YAML loads or is refused with the loader's own ConfigError."""
+    """Mutated YAML loads or is refused with the loader's own config error."""
     TARGET.check(data)
 
 
@@ -177,6 +184,6 @@ def test_shipped_configs_load() -> None:
     ],
 )
 def test_fuzz_findings_are_config_errors(name: str, text: bytes) -> None:
-    """Inputs the fuzzer found crashing a loader now raise its ConfigError."""
+    """Inputs the fuzzer found crashing a loader now raise its config error."""
     with pytest.raises(_Refused):
         run(name.encode() + b"\n" + text)

@@ -44,7 +44,7 @@ _SEEDS = [
 def run(data: bytes) -> None:
     """Parse ``data`` with every spec and validate what comes out."""
     for spec in _SPECS:
-        ingest = Ingest({"s": SensorConfig("s", SensorRange(-1000.0, 1000.0))})
+        ingest = Ingest({"s": SensorConfig("s", SensorRange(-1000.0, 1000.0), "")})
         parsed = parse_payload(data, spec, _NOW)
         for ts, _ in parsed.readings:
             assert isinstance(ts, int)

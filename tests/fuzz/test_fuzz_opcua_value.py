@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
@@ -19,9 +20,11 @@ from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 from hypothesis import given
 
-from gateway.config import OpcuaNode, OpcuaSourceConfig, SensorConfig
+from gateway.config import SensorConfig
+from gateway.config_yaml import opcua_source
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
+from gateway.schema import NodeDoc, OpcuaDoc
 from gateway.sources.opcua import OpcuaSource, _BulkSubscription
 from tecc_contract.fixedpoint import SensorRange
 
@@ -58,9 +61,10 @@ _SEEDS = [
 
 
 def _subscription(ingest: Ingest) -> _BulkSubscription:
-    cfg = OpcuaSourceConfig(
-        name="plc", url="opc.tcp://127.0.0.1:4840", nodes=(OpcuaNode("ns=2;i=1", "s"),)
+    doc = OpcuaDoc(
+        url="opc.tcp://127.0.0.1:4840", name="plc", nodes=(NodeDoc(node_id="ns=2;i=1", sensor="s"),)
     )
+    cfg = opcua_source(doc, Path("."))
     source = OpcuaSource(cfg, ingest, Metrics(ingest), sensors={"s"})
     sub = object.__new__(_BulkSubscription)
     sub._source = source
@@ -104,7 +108,7 @@ def run(data: bytes) -> None:
     assert sum(ingest.rejected.values()) == len(rows) + len(bad) - queued
 
 
-_INGEST = Ingest({"s": SensorConfig("s", SensorRange(-1000.0, 1000.0))})
+_INGEST = Ingest({"s": SensorConfig("s", SensorRange(-1000.0, 1000.0), "")})
 _SUB = _subscription(_INGEST)
 TARGET = Target("opcua_value", _SEEDS, run, (Undeliverable,))
 

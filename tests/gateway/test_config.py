@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import PayloadFormat
 from gateway.config_yaml import load_config
-from gateway.errors import ConfigError
+from gateway.errors import GatewayConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "gateway.yaml"
 
@@ -27,21 +27,21 @@ def test_example_config_loads() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("gateway_id: gw-demo", "gateway_id: gw-demo\ncolour: red"), "unknown keys"),
-        (("range: [0, 250]", "range: [250, 0]"), "low must be < high"),
+        (("gateway_id: gw-demo", "gateway_id: gw-demo\ncolour: red"), r"\$\.colour: unknown key"),
+        (("range: [0, 250]", "range: [250, 0]"), r"\$\.sensors\[2\]: range of .* needs low < high"),
         (("{index: 1,", "{index: 3,"), "indices 0..N-1"),
         (('sensor_template: "{0}.{1}.{2}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
-        (("pcrs: [7, 14]", "pcrs: [7, 99]"), "PCR indices"),
+        (("pcrs: [7, 14]", "pcrs: [7, 99]"), r"\$\.tpm\.pcrs\[1\]: Expected `int` <= 23"),
     ],
 )
 def test_bad_config_is_rejected_clearly(
     tmp_path: Path, edit: tuple[str, str], message: str
 ) -> None:
-    """Each broken setting raises ConfigError with a message naming the problem."""
+    """Each broken setting raises GatewayConfigError with a message naming the problem."""
     text = EXAMPLE.read_text().replace(*edit)
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(GatewayConfigError, match=message):
         load_config(bad)
 
 
@@ -50,7 +50,7 @@ def test_square_column_needs_narrow_ranges(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace("range: [0, 24000]", "range: [0, 10000000]")
     bad = tmp_path / "wide.yaml"
     bad.write_text(text)
-    with pytest.raises(ConfigError, match="drop the square column"):
+    with pytest.raises(GatewayConfigError, match="drop the square column"):
         load_config(bad)
     bad.write_text(text.replace("columns: [value, square]", "columns: [value]"))
     assert load_config(bad).columns == ("value",)

@@ -13,8 +13,8 @@ from tecc_contract.errors import RejectReason
 from tecc_contract.fixedpoint import SensorRange
 
 SENSORS = {
-    "a": SensorConfig("a", SensorRange(0.0, 10.0)),
-    "b": SensorConfig("b", SensorRange(-1, 1)),
+    "a": SensorConfig("a", SensorRange(0.0, 10.0), ""),
+    "b": SensorConfig("b", SensorRange(-1, 1), ""),
 }
 
 
@@ -29,8 +29,8 @@ def test_captures_follow_mqtt_wildcards() -> None:
 def test_route_uses_the_first_matching_rule() -> None:
     """Sensor ids come from the template over the captures of the first matching rule."""
     rules = (
-        TopicRule("p/+/+/json", "{0}.{1}", PayloadFormat.JSON, ("v",)),
-        TopicRule("p/#", "other.{0}"),
+        TopicRule("p/+/+/json", "{0}.{1}", PayloadFormat.JSON, ("v",), None),
+        TopicRule("p/#", "other.{0}", PayloadFormat.NUMBER, ("value",), None),
     )
     sensor, spec = route(rules, "p/l1/temp/json") or ("", None)
     assert sensor == "l1.temp"

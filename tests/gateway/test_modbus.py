@@ -209,7 +209,7 @@ def _source_cfg(
 
 
 def _ingest(sensors: list[str]) -> Ingest:
-    return Ingest({s: SensorConfig(id=s, range=SensorRange(-1e6, 1e7)) for s in sensors})
+    return Ingest({s: SensorConfig(id=s, range=SensorRange(-1e6, 1e7), unit="") for s in sensors})
 
 
 @contextlib.asynccontextmanager

@@ -100,13 +100,11 @@ async def test_bad_status_node_is_counted_and_others_continue(
 
 def test_deadband_filters() -> None:
     """Absolute and percent deadbands become DataChangeFilters; none means no filter."""
-    assert _filter(NodeOptions()) is None
-    f = _filter(NodeOptions(deadband=DeadbandType.PERCENT, deadband_value=2.5))
+    assert _filter(NodeOptions(100.0, 10, DeadbandType.NONE, 0.0)) is None
+    f = _filter(NodeOptions(100.0, 10, DeadbandType.PERCENT, 2.5))
     assert f.DeadbandType == 2
     assert f.DeadbandValue == 2.5
-    assert (
-        _filter(NodeOptions(deadband=DeadbandType.ABSOLUTE, deadband_value=0.1)).DeadbandType == 1
-    )
+    assert _filter(NodeOptions(100.0, 10, DeadbandType.ABSOLUTE, 0.1)).DeadbandType == 1
 
 
 async def _cert(tmp: Path, name: str, uri: str, use: ObjectIdentifier) -> tuple[Path, Path]:

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.config import ProgressConfig
-from gateway.errors import ConfigError
+from gateway.config_yaml import parse_file
+from gateway.errors import GatewayConfigError
 from gateway.eventtime import EventTime
 from gateway.keys import GatewayKeys
 from tests.gateway.conftest import running
@@ -108,9 +109,22 @@ def test_event_time_backfill_sensor_silent_from_the_start_stops_holding() -> Non
     assert et.through(NOW - S, 105.0) == NOW - S
 
 
+def _gateway_doc(**progress: object) -> dict[str, object]:
+    doc: dict[str, object] = yaml.safe_load(
+        (Path(__file__).parents[2] / "configs" / "gateway.yaml").read_text()
+    )
+    doc["progress"] = progress
+    return doc
+
+
 def test_backfill_config_is_checked() -> None:
     """Backfill sensors must be declared and ordered; the error names the key."""
-    with pytest.raises(ConfigError, match=r"progress\.backfill_sensors needs progress\.ordered"):
-        ProgressConfig(ordered_sensors=False, backfill_sensors=("a",))
-    with pytest.raises(ConfigError, match=r"progress\.backfill_idle_s must be"):
-        ProgressConfig(backfill_idle_s=0.0)
+    sensors = _gateway_doc()["sensors"]
+    assert isinstance(sensors, list)
+    first = sensors[0]["id"]
+    with pytest.raises(GatewayConfigError, match=r"progress.*backfill_sensors needs ordered"):
+        parse_file(_gateway_doc(ordered_sensors=False, backfill_sensors=[first]))
+    with pytest.raises(GatewayConfigError, match=r"progress\.backfill_idle_s"):
+        parse_file(_gateway_doc(backfill_idle_s=0.0))
+    with pytest.raises(GatewayConfigError, match=r"backfill_sensors names undeclared"):
+        parse_file(_gateway_doc(backfill_sensors=["no.such.sensor"]))

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import (
     AuthenticationError,
-    ConfigError,
     CorrelationError,
+    MpcParameterError,
     Party,
     Plan,
     ProtocolError,
@@ -200,7 +200,7 @@ def test_handshake_resists_replay_and_reflection() -> None:
 
 
 def test_bad_operands_are_config_errors() -> None:
-    """Wrong dtype or mismatched shapes fail fast with ConfigError, before any round."""
+    """Wrong dtype or mismatched shapes fail fast with MpcParameterError, before any round."""
 
     async def wrong_dtype(p: Party) -> object:
         return await p.mul(np.zeros(3, np.int64), np.zeros(3, np.int64))
@@ -209,9 +209,9 @@ def test_bad_operands_are_config_errors() -> None:
         return await p.lt(np.zeros(3, np.uint64), np.zeros(4, np.uint64))
 
     for fn in (wrong_dtype, wrong_shape):
-        with pytest.raises(ConfigError):
+        with pytest.raises(MpcParameterError):
             asyncio.run(run_parties(2, fn))
-    with pytest.raises(ConfigError):
+    with pytest.raises(MpcParameterError):
         Party(2, 2, None, None)  # type: ignore[arg-type]
 
 

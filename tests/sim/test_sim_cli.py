@@ -55,7 +55,7 @@ def test_module_entry_point_runs() -> None:
         timeout=60,
     )
     assert done.returncode == 0
-    assert "{run,replay,sensors,load}" in done.stdout
+    assert "{check-config,run,replay,sensors,load}" in done.stdout
 
 
 def test_bad_config_exits_2_with_the_yaml_path(
@@ -65,7 +65,8 @@ def test_bad_config_exits_2_with_the_yaml_path(
     bad = tmp_path / "bad.yaml"
     bad.write_text("line: l1\nseed: 1\nmachines:\n  - name: m\n    sensorz: []\n")
     assert main(["run", "--config", str(bad), "--quiet"]) == 2
-    assert "machines[0].sensors is required (found 'sensorz': a typo?)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "$.machines[0].sensorz: unknown key; did you mean `sensors`?" in err
 
 
 @pytest.mark.mqtt
@@ -192,7 +193,9 @@ def test_run_flags_override_the_config(tmp_path: Path) -> None:
         ("stuck", "line1.pump1.bearing_temp")
     ]
     scenario.write_text("anomalys: []\n")
-    with pytest.raises(SimConfigError, match="anomalys is not a known option"):
+    with pytest.raises(
+        SimConfigError, match=r"\$\.anomalys: unknown key; did you mean `anomalies`"
+    ):
         configure_run(build_parser().parse_args(argv))
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.config import SensorKind, Transport
-from firmware_sim.config_yaml import load_config
+from firmware_sim.config_yaml import load_config, load_scenario
 from firmware_sim.errors import SimConfigError
-from firmware_sim.scenario import AnomalyKind, parse_anomalies
-from firmware_sim.yamlpath import load_yaml
+from firmware_sim.scenario import AnomalyKind
 from tests.sim.simhelpers import ConfigFactory
 
 MINIMAL = """
@@ -56,13 +55,22 @@ def test_kind_defaults_fill_unit_range_and_rate(make_config: ConfigFactory) -> N
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        (MINIMAL.replace("{name: t,", "{nme: x, name: t,"), "machines[0].sensors[0].nme"),
-        (MINIMAL.replace("seed: 1", "seed: one"), "seed must be an integer"),
-        (MINIMAL.replace("kind: temperature", "kind: humidity"), "must be one of temperature"),
-        (MINIMAL.replace("kind: temperature", "range: [5, 1]"), "sensors[0].range"),
-        (MINIMAL.replace("line: l1", "line: 1bad"), "line must start with a letter"),
-        (MINIMAL + "mqtt: {qos: 2}\n", "mqtt.qos must be 0 or 1"),
-        (MINIMAL + "opcua: {security: [tls]}\n", "opcua.security entries"),
+        (
+            MINIMAL.replace("{name: t,", "{nme: x, name: t,"),
+            "$.machines[0].sensors[0].nme: unknown key; did you mean `name`?",
+        ),
+        (MINIMAL.replace("seed: 1", "seed: one"), "$.seed: Expected `int`, got `str`"),
+        (
+            MINIMAL.replace("kind: temperature", "kind: humidity"),
+            "$.machines[0].sensors[0].kind: Invalid enum value 'humidity'; write one of temp",
+        ),
+        (
+            MINIMAL.replace("kind: temperature", "range: [5, 1]"),
+            "$.machines[0].sensors[0]: range of sensor 't' needs low < high",
+        ),
+        (MINIMAL.replace("line: l1", "line: 1bad"), "$.line: Expected `str` matching regex"),
+        (MINIMAL + "mqtt: {qos: 2}\n", "$.mqtt.qos: Invalid enum value 2; write one of 0, 1"),
+        (MINIMAL + "opcua: {security: [tls]}\n", "$.opcua.security[0]: Invalid enum value 'tls'"),
         (
             MINIMAL + "scenario: {anomalies: [{kind: spike, sensor: l1.m1.x, start_s: 1, "
             "magnitude: 2}]}\n",
@@ -72,7 +80,7 @@ def test_kind_defaults_fill_unit_range_and_rate(make_config: ConfigFactory) -> N
             MINIMAL + "scenario: {anomalies: [{kind: spike, sensor: l1.m1.t, start_s: 1}]}\n",
             "needs a non-zero magnitude",
         ),
-        (MINIMAL.replace("seed: 1\n", ""), "seed is required"),
+        (MINIMAL.replace("seed: 1\n", ""), "$.seed: required key is missing"),
         (
             MINIMAL + "scenario: {anomalies: [{kind: stuck, sensor: l1.m1.t, start_s: 0.05}]}\n",
             "must start at least one sample period (0.1 s) after the run start",
@@ -99,7 +107,7 @@ def test_duplicate_sensor_ids_are_rejected(make_config: ConfigFactory) -> None:
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported, not a traceback."""
-    with pytest.raises(SimConfigError, match="cannot read config"):
+    with pytest.raises(SimConfigError, match="cannot read the file"):
         load_config(tmp_path / "absent.yaml")
 
 
@@ -109,8 +117,6 @@ def test_shipped_scenarios_fit_the_shipped_line() -> None:
     files = sorted(Path("configs/scenarios").glob("*.yaml"))
     assert files
     for path in files:
-        section = load_yaml(path)
-        anomalies = parse_anomalies(section)
-        section.check_unknown()
+        anomalies = load_scenario(path)
         assert anomalies, path
         assert config.with_changes(anomalies=anomalies).anomalies == anomalies

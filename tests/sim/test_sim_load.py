@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,10 +12,12 @@ from asyncua.client.client import Client
 from asyncua.ua.status_codes import StatusCodes
 
 from demo.services import free_port
-from firmware_sim.config import OpcuaSettings, SecurityMode
+from firmware_sim.config import SecurityMode
+from firmware_sim.config_yaml import opcua_settings
 from firmware_sim.errors import SimConfigError
 from firmware_sim.load import LoadSpec, load_sensors, run_mqtt_load, write_load
 from firmware_sim.opcua_server import SimOpcuaServer
+from firmware_sim.schema import OpcuaDoc
 from tests.sim.simhelpers import Collector
 from tests.support.mosquitto import Broker
 
@@ -54,7 +57,10 @@ async def test_mqtt_load_delivers_every_reading(broker: Broker, batch: int) -> N
 async def test_opcua_load_writes_every_node(tmp_path: Path) -> None:
     """OPC-UA load over 30 nodes: every node ends with a good, in-range value."""
     spec = LoadSpec(nodes=30, total_rate=300, duration_s=0.5)
-    settings = OpcuaSettings(port=free_port(), state_dir=tmp_path, security=(SecurityMode.NONE,))
+    settings = dataclasses.replace(
+        opcua_settings(OpcuaDoc(port=free_port(), security=(SecurityMode.NONE,))),
+        state_dir=tmp_path,
+    )
     server = SimOpcuaServer(settings, load_sensors(spec))
     await server.start()
     try:

@@ -18,14 +18,13 @@ from demo.services import free_port
 from firmware_sim.cli import main
 from firmware_sim.config import (
     KIND_DEFAULTS,
-    MqttSettings,
-    OpcuaSettings,
     PayloadFormat,
     SecurityMode,
     SensorKind,
     SensorSpec,
     Transport,
 )
+from firmware_sim.config_yaml import mqtt_settings, opcua_settings
 from firmware_sim.errors import ReplayError
 from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
@@ -39,6 +38,7 @@ from firmware_sim.replay import (
     replay,
     timeline,
 )
+from firmware_sim.schema import MqttDoc, OpcuaDoc
 from tests.sim.simhelpers import START, Collector
 from tests.support.mosquitto import Broker
 
@@ -199,7 +199,7 @@ def test_timeline_refuses_bad_timing(kwargs: dict[str, Any], message: str) -> No
 async def test_replay_publishes_rows_in_order_accelerated(broker: Broker) -> None:
     """Rows arrive with their values and timestamps; rebase stamps them with the replay clock."""
     rows = [ReplayRow(START + i * 0.5, float(i % 7)) for i in range(40)]
-    settings = MqttSettings(host=broker.host, port=broker.port, client_id="replay-test")
+    settings = mqtt_settings(MqttDoc(host=broker.host, port=broker.port, client_id="replay-test"))
     async with Collector(broker.host, broker.port, "site/#") as collector:
         link = MqttLink(settings)
         await link.connect()
@@ -222,7 +222,10 @@ async def test_replay_publishes_rows_in_order_accelerated(broker: Broker) -> Non
 async def test_replay_into_an_opcua_node(tmp_path: Path) -> None:
     """Replayed rows land in the sensor's OPC-UA node with their SourceTimestamps."""
     spec = dataclasses.replace(SPEC, transport=Transport.OPCUA)
-    settings = OpcuaSettings(port=free_port(), state_dir=tmp_path, security=(SecurityMode.NONE,))
+    settings = dataclasses.replace(
+        opcua_settings(OpcuaDoc(port=free_port(), security=(SecurityMode.NONE,))),
+        state_dir=tmp_path,
+    )
     server = SimOpcuaServer(settings, [spec])
     await server.start()
     changes: list[tuple[float, float]] = []

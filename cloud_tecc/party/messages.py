@@ -1,0 +1,105 @@
+"""The epoch-agreement control messages between the two parties, as msgspec Structs.
+
+The parties exchange one compact JSON object per control round
+(:data:`cloud_tecc.party.coordinator.CONTROL_ROUND`):
+
+- ``{"seq": n}`` once per session, to align the dealer stream;
+- ``{"wm": ns}`` each tick, the party's durable watermark;
+- ``{"proposal": {...} | null}`` from the leader (the follower sends ``{}``);
+- ``{"ok": bool, "orphans": [[gateway, seq], ...]}``, the verdict on it.
+
+:func:`decode` turns the peer's bytes into the Struct once, at the boundary,
+strictly (no unknown keys, ``true`` is not a number): both parties run the same
+attested build, so anything else is a broken or hostile peer
+(:class:`~cloud_tecc.errors.PeerError`). The sender still writes plain dicts;
+:func:`encode` gives the same bytes, so the wire format is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from cloud_tecc.errors import PeerError
+from cloud_tecc.party.epochs import Key, Proposal
+
+M = TypeVar("M", bound="Message")
+
+Ns = Annotated[int, Meta(ge=0)]
+BatchKey = tuple[str, Annotated[int, Meta(ge=0)]]
+
+
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of the control messages."""
+
+
+class SeqMessage(Message, frozen=True, kw_only=True):
+    """``{"seq"}``: the next dealer sequence number this party would use."""
+
+    seq: Annotated[int, Meta(ge=0)]
+
+
+class WatermarkMessage(Message, frozen=True, kw_only=True):
+    """``{"wm"}``: everything before this time (ns) is durably computed here."""
+
+    wm: int
+
+
+class ProposalDoc(Message, frozen=True, kw_only=True):
+    """The leader's proposal for the next epoch (:class:`~cloud_tecc.party.epochs.Proposal`)."""
+
+    start: Ns
+    end: Ns
+    batches: tuple[BatchKey, ...]
+    skip: tuple[BatchKey, ...] = ()
+    run: str = ""
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+
+    def to_proposal(self) -> Proposal:
+        """The in-memory proposal."""
+        return Proposal(self.start, self.end, self.batches, self.skip, self.run)
+
+
+class ProposalMessage(Message, frozen=True, kw_only=True):
+    """``{"proposal"}`` from the leader (``null``: nothing to compute); ``{}`` from the follower."""
+
+    proposal: ProposalDoc | None = None
+
+
+class VerdictMessage(Message, frozen=True, kw_only=True):
+    """``{"ok", "orphans"}``: whether this party can compute the proposal, and orphaned batches."""
+
+    ok: bool
+    orphans: tuple[BatchKey, ...] = ()
+
+    @property
+    def orphan_keys(self) -> tuple[Key, ...]:
+        """The orphaned batch keys."""
+        return self.orphans
+
+
+_WHAT: dict[type[Message], str] = {
+    SeqMessage: "dealer sequence",
+    WatermarkMessage: "watermark",
+    ProposalMessage: "proposal",
+    VerdictMessage: "verdict",
+}
+
+
+def decode(raw: bytes, kind: type[M]) -> M:
+    """Decode the peer's control bytes as ``kind``; PeerError naming the bad field."""
+    try:
+        return msgspec.json.decode(raw, type=kind, strict=True)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        what = _WHAT.get(kind, kind.__name__)
+        raise PeerError(f"peer sent a malformed {what} control message: {exc}") from exc
+
+
+def encode(msg: Message) -> bytes:
+    """The compact JSON bytes of ``msg`` (what ``channel.dumps`` writes for the same dict)."""
+    return msgspec.json.encode(msg)

@@ -1,0 +1,325 @@
+"""The gateway config file (``configs/gateway.yaml``) as msgspec Structs.
+
+These Structs are the schema: their field defaults are the only defaults and
+their bounds and ``__post_init__`` rules the only validation.
+:func:`gateway.config_yaml.load_config` converts a file in one step into the
+runtime :class:`~gateway.config.GatewayConfig` (paths resolved, hex decoded,
+``password_file`` read, sensors keyed by id).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from gateway.config import (
+    MAX_SQUARE_ABS,
+    DeadbandType,
+    PayloadFormat,
+    SecurityMode,
+    SecurityPolicy,
+    check_topic,
+)
+from gateway.sources.modbus_config import ModbusSourceConfig
+from tecc_contract.fixedpoint import MAX_ABS_RANGE
+from tecc_contract.keys import KemSuite
+from tecc_contract.schema import (
+    Count,
+    FileSchema,
+    Finite,
+    Hex32,
+    ListenPort,
+    Name,
+    NonNegative,
+    Port,
+    Positive,
+    Url,
+)
+
+
+class Schema(FileSchema, frozen=True, kw_only=True):
+    """Base of the gateway file's sections."""
+
+
+class SensorDoc(Schema, frozen=True, kw_only=True):
+    """``sensors[i]``: a declared sensor; readings outside ``range`` are rejected.
+
+    Rules: low < high, both within ±2^30.
+    """
+
+    id: Name
+    range: tuple[Finite, Finite]
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        low, high = self.range
+        if not low < high:
+            raise ValueError(f"range of {self.id!r} needs low < high, e.g. [0, 150]")
+        if max(abs(low), abs(high)) > MAX_ABS_RANGE:
+            raise ValueError(f"range of {self.id!r} exceeds ±2^30; rescale the unit")
+
+
+class TopicDoc(Schema, frozen=True, kw_only=True):
+    """``topics[i]``: MQTT filter -> sensor id template and payload format.
+
+    Rules: ``+`` and ``#`` stand alone in a level, ``#`` only last; the template uses
+    ``{0}``..``{n-1}`` for the n wildcards.
+    """
+
+    filter: Name
+    sensor_template: Name
+    format: PayloadFormat = PayloadFormat.NUMBER
+    value_path: Name = "value"  # dotted path into a JSON payload
+    timestamp_path: Name | None = None
+
+    def __post_init__(self) -> None:
+        check_topic(self.filter, self.sensor_template)
+
+
+class TlsDoc(Schema, frozen=True, kw_only=True):
+    """``tls``: PEM files (relative to the config file)."""
+
+    ca_file: Name
+    cert_file: Name | None = None
+    key_file: Name | None = None
+
+
+class MqttDoc(Schema, frozen=True, kw_only=True):
+    """``sources.mqtt[i]``: one broker connection.
+
+    Rules: ``password`` or ``password_file``, not both; the file must be readable.
+    """
+
+    client_id: Name  # fixed, so the broker keeps the session across restarts
+    topics: Annotated[tuple[TopicDoc, ...], Meta(min_length=1)]
+    name: Name = "mqtt"
+    host: Name = "127.0.0.1"
+    port: Port = 1883
+    username: Name | None = None
+    password: str | None = None
+    password_file: Name | None = None
+    tls: TlsDoc | None = None
+    session_expiry_s: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 7 * 24 * 3600
+    keepalive_s: Annotated[int, Meta(ge=1, le=65535)] = 30
+
+    def __post_init__(self) -> None:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+
+
+class DeadbandDoc(Schema, frozen=True, kw_only=True):
+    """``deadband``: OPC-UA data-change filter."""
+
+    type: DeadbandType = DeadbandType.ABSOLUTE
+    value: NonNegative = 0.0
+
+
+class NodeDoc(Schema, frozen=True, kw_only=True):
+    """``nodes[i]``: an explicit OPC-UA node and the sensor it feeds."""
+
+    node_id: Name
+    sensor: Name
+    sampling_ms: NonNegative = 100.0
+    queue_size: Count = 10
+    deadband: DeadbandDoc | None = None
+
+
+class BrowseDoc(Schema, frozen=True, kw_only=True):
+    """``browse[i]``: subscribe every variable below ``folder``."""
+
+    folder: Name
+    sensor_template: Name = "{name}"
+    sampling_ms: NonNegative = 100.0
+    queue_size: Count = 10
+    deadband: DeadbandDoc | None = None
+
+
+class SecurityDoc(Schema, frozen=True, kw_only=True):
+    """``security``: OPC-UA policy, mode and the gateway's certificate.
+
+    Rules: ``Basic256Sha256`` needs ``certificate`` and ``private_key``.
+    """
+
+    policy: SecurityPolicy = SecurityPolicy.NONE
+    mode: SecurityMode = SecurityMode.SIGN_AND_ENCRYPT
+    certificate: Name | None = None
+    private_key: Name | None = None
+    server_certificate: Name | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy is not SecurityPolicy.NONE and (
+            self.certificate is None or self.private_key is None
+        ):
+            raise ValueError("policy Basic256Sha256 needs certificate and private_key paths")
+
+
+class OpcuaDoc(Schema, frozen=True, kw_only=True):
+    """``sources.opcua[i]``: one OPC-UA server.
+
+    Rules: ``nodes`` or ``browse`` (or both); ``reconnect_min_s`` <=
+    ``reconnect_max_s``.
+    """
+
+    url: Annotated[str, Meta(pattern=r"^opc\.tcp://\S+$")]
+    name: Name = "opcua"
+    nodes: tuple[NodeDoc, ...] = ()
+    browse: tuple[BrowseDoc, ...] = ()
+    security: SecurityDoc = SecurityDoc()
+    publishing_ms: NonNegative = 100.0
+    subscribe_batch: Count = 500
+    reconnect_min_s: Positive = 0.5
+    reconnect_max_s: Positive = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.nodes and not self.browse:
+            raise ValueError(f"opcua source {self.name!r}: configure nodes or browse folders")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must be <= reconnect_max_s")
+
+
+class SourcesDoc(Schema, frozen=True, kw_only=True):
+    """``sources``: where readings come from."""
+
+    mqtt: tuple[MqttDoc, ...] = ()
+    opcua: tuple[OpcuaDoc, ...] = ()
+    modbus: tuple[ModbusSourceConfig, ...] = ()  # gateway/sources/modbus_config.py
+
+
+class BatchingDoc(Schema, frozen=True, kw_only=True):
+    """``batching``: a batch is cut at ``max_readings`` or ``max_delay_s``, whichever first.
+
+    Rules: ``max_pending`` >= ``max_readings``.
+    """
+
+    max_readings: Count = 20_000
+    max_delay_s: Positive = 0.25
+    max_pending: Count = 2_000_000  # readings held while cluster keys are unknown
+
+    def __post_init__(self) -> None:
+        if self.max_pending < self.max_readings:
+            raise ValueError("max_pending must be >= max_readings")
+
+
+class ProgressDoc(Schema, frozen=True, kw_only=True):
+    """``progress``: signed notices that let the clusters close a window (docs/GATEWAY.md)."""
+
+    slack_s: NonNegative = 1.0
+    interval_s: Positive = 0.25
+    settle_s: NonNegative = 2.0
+    max_hold_s: NonNegative = 60.0
+    ordered_sensors: bool = True
+    # Sensors that deliver history (a replayed recording): their bound is their own newest
+    # timestamp however old; silent for backfill_idle_s, they count as caught up.
+    backfill_sensors: tuple[Name, ...] = ()
+    backfill_idle_s: Positive = 30.0
+
+    def __post_init__(self) -> None:
+        if self.backfill_sensors and not self.ordered_sensors:
+            raise ValueError(
+                "backfill_sensors needs ordered_sensors: true (a backfill sensor's progress is "
+                "its newest timestamp, which holds only for ordered streams)"
+            )
+
+
+class SpoolDoc(Schema, frozen=True, kw_only=True):
+    """``spool``: the encrypted store-and-forward file; default ``<state_dir>/spool.db``."""
+
+    path: Name | None = None
+    max_bytes: Annotated[int, Meta(ge=1 << 16)] = 1 << 30
+
+
+class ClusterDoc(Schema, frozen=True, kw_only=True):
+    """``clusters[i]``: a TECC cluster, its party index, URL and attested id."""
+
+    index: Annotated[int, Meta(ge=0)]
+    url: Url
+    service_id: Name
+    role: Literal["party"] = "party"
+
+
+class AttestationDoc(Schema, frozen=True, kw_only=True):
+    """``attestation``: platform keys and measurements a cluster quote must match."""
+
+    platform_keys: Annotated[dict[str, Hex32], Meta(min_length=1)]  # id -> Ed25519 key
+    allowed_measurements: Annotated[tuple[Hex32, ...], Meta(min_length=1)]
+    max_age_s: Positive = 300.0
+
+
+class TpmDoc(Schema, frozen=True, kw_only=True):
+    """``tpm``: how to reach the TPM and the PCRs the sealed keys are bound to."""
+
+    tcti: Name = "swtpm:port=2321"
+    pcrs: Annotated[tuple[Annotated[int, Meta(ge=0, le=23)], ...], Meta(min_length=1)] = (7, 14)
+    pcr_bank: Literal["sha1", "sha256", "sha384", "sha512"] = "sha256"
+
+
+class HttpDoc(Schema, frozen=True, kw_only=True):
+    """``http``: listen address of ``/healthz`` and ``/metrics``."""
+
+    host: Name = "127.0.0.1"
+    port: ListenPort = 9100
+
+
+class EnvelopeDoc(Schema, frozen=True, kw_only=True):
+    """``envelope``: KEM suite and the columns each reading is shared in.
+
+    Rules: ``columns`` holds ``value`` once and may add ``square``.
+    """
+
+    suite: KemSuite = KemSuite.X25519
+    columns: tuple[Literal["value", "square"], ...] = ("value",)
+
+    def __post_init__(self) -> None:
+        if "value" not in self.columns or len(set(self.columns)) != len(self.columns):
+            raise ValueError(
+                f"columns must include value once and may add square, got {self.columns}"
+            )
+
+
+class GatewayFile(Schema, frozen=True, kw_only=True):
+    """The gateway agent's config file.
+
+    Rules: sensor ids unique; cluster indices 0..N-1 with N >= 2; OPC-UA ``nodes`` feed
+    declared sensors; with the ``square`` column every sensor range stays within ±2^23.
+    """
+
+    gateway_id: Name
+    sensors: Annotated[tuple[SensorDoc, ...], Meta(min_length=1)]
+    clusters: tuple[ClusterDoc, ...]
+    attestation: AttestationDoc
+    state_dir: Name = "var/gateway"
+    sources: SourcesDoc = SourcesDoc()
+    batching: BatchingDoc = BatchingDoc()
+    progress: ProgressDoc = ProgressDoc()
+    spool: SpoolDoc = SpoolDoc()
+    tpm: TpmDoc = TpmDoc()
+    http: HttpDoc = HttpDoc()
+    envelope: EnvelopeDoc = EnvelopeDoc()
+
+    def __post_init__(self) -> None:
+        ids = [s.id for s in self.sensors]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"sensor ids must be unique; repeated: {dupes}")
+        idx = sorted(c.index for c in self.clusters)
+        if len(idx) < 2 or idx != list(range(len(idx))):
+            raise ValueError(f"clusters need indices 0..N-1 with N >= 2, got {idx}")
+        fed = {n.sensor for s in self.sources.opcua for n in s.nodes}
+        if undeclared := sorted(fed - set(ids)):
+            raise ValueError(f"OPC-UA nodes feed undeclared sensors {undeclared}; declare them")
+        polled = {x for s in self.sources.modbus for x in s.sensors()}
+        if undeclared := sorted(polled - set(ids)):
+            raise ValueError(f"Modbus points feed undeclared sensors {undeclared}; declare them")
+        if unknown := sorted(set(self.progress.backfill_sensors) - set(ids)):
+            raise ValueError(
+                f"progress.backfill_sensors names undeclared sensors {unknown}; "
+                "list ids from 'sensors'"
+            )
+        if "square" in self.envelope.columns:
+            too_wide = [s.id for s in self.sensors if max(map(abs, s.range)) >= MAX_SQUARE_ABS]
+            if too_wide:
+                raise ValueError(
+                    f"sensors {too_wide} reach |v| >= 2^23, so x² overflows the ring at 16 "
+                    "fraction bits; rescale their unit or drop the square column"
+                )
