@@ -79,6 +79,9 @@ class EpochPlan:
     ``zmask``, ``limit_mask`` and ``rate_mask`` mark the readings whose flag is
     computed and released: the rule applies, the policy releases that
     detector and the reading's window has at least ``min_count`` readings.
+    ``cls`` is the fleet class index of a stream whose window enters the fleet
+    statistics (−1: no class, fleet not released, or a withheld window);
+    ``classes`` names every class with a stream in the epoch, released or not.
     """
 
     n: IntArray
@@ -142,7 +145,16 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
     # policy releases the detector and the window reaches min_count.
     big = n[stream_of] >= policy.min_count
     want_mm = policy.allows(Release.MIN) or policy.allows(Release.MAX)
-    cls = np.array([classes.index(c) if c is not None else -1 for c in names], dtype=np.int64)
+    # Fleet statistics cover released windows only (issue 13): a withheld window
+    # (count < min_count, public) enters no class sum, so no released aggregate
+    # differs from a set of released windows by a withheld one.
+    cls = np.array(
+        [
+            classes.index(c) if c is not None and int(k) >= policy.min_count else -1
+            for c, k in zip(names, n, strict=True)
+        ],
+        dtype=np.int64,
+    )
     class_first = np.array([int(np.argmax(cls == k)) for k in range(len(classes))], dtype=np.int64)
     return EpochPlan(
         n=n,

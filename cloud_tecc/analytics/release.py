@@ -322,8 +322,45 @@ def check_layout(policy: AnalyticsPolicy, layout: dict[str, Any]) -> None:
                 raise AnalyticsError(f"detector {a['detector']!r} is not released by the policy")
         if (layout["fleet"] or layout["fleet_dev"]) and not policy.allows(Release.FLEET):
             raise AnalyticsError("fleet statistics are not released by the policy")
-        for f in layout["fleet"]:
-            if f["fields"] and f["count"] < policy.min_count:
-                raise AnalyticsError(f"fleet class {f['class']!r} has too few readings")
-    except (KeyError, TypeError) as exc:
+        counts = {(w["gateway"], w["sensor"]): int(w["count"]) for w in layout["windows"]}
+        for a in layout["alerts"]:
+            if counts[(a["gateway"], a["sensor"])] < policy.min_count:
+                raise AnalyticsError(f"alerts of window {a['sensor']!r} below min_count")
+        _check_fleet(policy, layout, counts)
+    except (KeyError, TypeError, ValueError) as exc:
         raise AnalyticsError(f"malformed release layout: {exc}") from exc
+
+
+def _check_fleet(
+    policy: AnalyticsPolicy, layout: dict[str, Any], counts: dict[tuple[str, str], int]
+) -> None:
+    """Fleet entries cover exactly the released windows of their class (docs/THREAT_MODEL.md).
+
+    A fleet aggregate over a set of windows that differs from the released
+    windows of its class by a withheld window would give that window's sums
+    away (fleet minus the released windows), so the count of every fleet
+    entry must equal the sum of the counts of the class's windows that reach
+    ``min_count`` — counts are public, so this is checked here, in the clear.
+    """
+    released: dict[str, int] = {}
+    for (_, sensor), n in counts.items():
+        name = policy.fleet_class(sensor)
+        if name is not None and n >= policy.min_count:
+            released[name] = released.get(name, 0) + n
+    seen: set[str] = set()
+    for f in layout["fleet"]:
+        name, n = str(f["class"]), int(f["count"])
+        if name in seen:
+            raise AnalyticsError(f"fleet class {name!r} appears twice in one release")
+        seen.add(name)
+        if f["fields"] and n < policy.min_count:
+            raise AnalyticsError(f"fleet class {name!r} has too few readings")
+        if n != released.get(name, 0):
+            raise AnalyticsError(
+                f"fleet class {name!r} counts {n} readings but its released windows hold "
+                f"{released.get(name, 0)}: a fleet aggregate may cover released windows only"
+            )
+    for d in layout["fleet_dev"]:
+        key = (d["gateway"], d["sensor"])
+        if counts[key] < policy.min_count or policy.fleet_class(d["sensor"]) != d["class"]:
+            raise AnalyticsError(f"fleet deviation of window {d['sensor']!r} beyond the policy")
