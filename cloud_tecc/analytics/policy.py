@@ -17,13 +17,26 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from cloud_tecc.errors import ConfigError
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 
-_R = TypeVar("_R", "LimitRule", "RateRule")
+_R = TypeVar("_R", "LimitRule", "RateRule", "ResolutionRule", "FlatlineRule")
 
 #: Largest supported |x| is 2^MAX_VALUE_BITS: keeps every product below 2^62.
 MAX_VALUE_BITS = 12
 #: Largest detector factor k (k²·2^8 must stay below 2^16).
 MAX_K = 16.0
+#: Ring bits the z-score's exact variance ``n·Σu² − (Σu)²`` may use (trunc needs < 2^62).
+ZSCORE_RING_BITS = 62
+
+
+def zscore_bits(value_bits: int, window: int, frac_bits: int = DEFAULT_FRAC_BITS) -> int:
+    """Fraction bits ``g`` of the z-score's quantised values (docs/MPC.md, "Analytics").
+
+    The variance is computed exactly as ``V = n·Σu² − (Σu)²`` on readings
+    quantised to 2^−g, for n ≤ W; V ≤ n²·2^(2B+2g) must stay below 2^62, so
+    ``g = min(f, 31 − B − ⌈log2 W⌉)``. Negative means no resolution fits.
+    """
+    return min(frac_bits, ZSCORE_RING_BITS // 2 - value_bits - (window - 1).bit_length())
 
 
 class Release(enum.StrEnum):
@@ -38,6 +51,7 @@ class Release(enum.StrEnum):
     ZSCORE_ALERTS = "zscore_alerts"
     RATE_ALERTS = "rate_alerts"
     FLEET = "fleet"
+    FLATLINE_ALERTS = "flatline_alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +80,49 @@ class RateRule:
 
 
 @dataclass(frozen=True, slots=True)
-class ZScoreRule:
-    """Rolling z-score: flag ``(x − μ)² > k²·(σ² + min_sigma²)`` over the previous W readings.
+class ResolutionRule:
+    """Declared resolution ``step`` of matching sensors: a noise floor of the z-score.
 
-    No flag is raised while fewer than ``min_baseline`` previous readings exist.
+    ``step²`` is added to the baseline variance, so a change smaller than
+    ``k·step`` (one quantisation step of the sensor) never raises a flag.
+    """
+
+    sensor: str
+    step: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise ConfigError(f"resolutions rule {self.sensor!r}: step must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class FlatlineRule:
+    """Flatline/stuck detector: flag a window whose last ``span`` readings have std < ``min_std``.
+
+    Evaluated once per released window, at its last reading, over the stream's
+    last ``span`` readings (this window and the stored history).
+    """
+
+    sensor: str
+    span: int
+    min_std: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.span, int) and self.span >= 2):
+            raise ConfigError(f"flatline rule {self.sensor!r}: span must be an integer >= 2")
+        if not (math.isfinite(self.min_std) and self.min_std > 0):
+            raise ConfigError(f"flatline rule {self.sensor!r}: min_std must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ZScoreRule:
+    """Rolling z-score: flag ``(x − μ)² > k²·(σ² + min_sigma² + step²)``, previous W readings.
+
+    μ and σ² are the mean and population variance of the previous n = min(p, W)
+    readings (the textbook rule, computed exactly on readings quantised to
+    2^−g, :func:`zscore_bits`); ``step`` is the sensor's declared resolution
+    (:class:`ResolutionRule`, 0 if none). No flag is raised while fewer than
+    ``min_baseline`` previous readings exist.
     """
 
     window: int = 600
@@ -118,6 +171,8 @@ class AnalyticsPolicy:
     rates: tuple[RateRule, ...] = ()
     zscore: ZScoreRule = ZScoreRule()
     fleet: FleetRule = FleetRule()
+    resolutions: tuple[ResolutionRule, ...] = ()
+    flatline: tuple[FlatlineRule, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.window_s) and 0.1 <= self.window_s <= 86_400):
@@ -133,6 +188,35 @@ class AnalyticsPolicy:
         for rate in self.rates:
             if rate.max_delta >= 2 * bound:
                 raise ConfigError(f"rate rule {rate.sensor!r}: max_delta must be < 2^(bits+1)")
+        self._check_zscore_headroom(bound / 2)
+
+    def _check_zscore_headroom(self, half: float) -> None:
+        w, b = self.zscore.window, self.value_bound_bits
+        if zscore_bits(b, w) < 0:
+            raise ConfigError(
+                f"zscore.window {w} with value_bound_bits {b} overflows the ring: the exact "
+                f"variance needs 2·(value_bound_bits + ⌈log2 window⌉) <= {ZSCORE_RING_BITS} "
+                f"bits; write zscore.window <= {2 ** (ZSCORE_RING_BITS // 2 - b)} or a smaller "
+                "value_bound_bits (docs/MPC.md, Analytics)"
+            )
+        if self.zscore.min_sigma > half:
+            raise ConfigError(f"zscore.min_sigma must be <= 2^(value_bound_bits-1) = {half:g}")
+        for res in self.resolutions:
+            if res.step > half:
+                raise ConfigError(f"resolutions rule {res.sensor!r}: step must be <= {half:g}")
+        for fl in self.flatline:
+            if fl.span > w:
+                raise ConfigError(
+                    f"flatline rule {fl.sensor!r}: span {fl.span} must be <= zscore.window {w} "
+                    "(the history the clusters keep)"
+                )
+            if fl.min_std > half:
+                raise ConfigError(f"flatline rule {fl.sensor!r}: min_std must be <= {half:g}")
+
+    @property
+    def zscore_bits(self) -> int:
+        """Fraction bits of the z-score's and flatline detector's quantised readings."""
+        return zscore_bits(self.value_bound_bits, self.zscore.window)
 
     @property
     def window_ns(self) -> int:
@@ -146,6 +230,15 @@ class AnalyticsPolicy:
     def rate_for(self, sensor_id: str) -> RateRule | None:
         """The first rate-of-change rule matching ``sensor_id``, if any."""
         return next((r for r in self.rates if fnmatch.fnmatchcase(sensor_id, r.sensor)), None)
+
+    def resolution_for(self, sensor_id: str) -> float:
+        """The declared resolution of ``sensor_id`` (first matching rule), 0 if none."""
+        rule = next((r for r in self.resolutions if fnmatch.fnmatchcase(sensor_id, r.sensor)), None)
+        return rule.step if rule else 0.0
+
+    def flatline_for(self, sensor_id: str) -> FlatlineRule | None:
+        """The first flatline rule matching ``sensor_id``, if any."""
+        return next((r for r in self.flatline if fnmatch.fnmatchcase(sensor_id, r.sensor)), None)
 
     def fleet_class(self, sensor_id: str) -> str | None:
         """The fleet class of ``sensor_id`` (first class with a matching pattern)."""
@@ -180,7 +273,7 @@ def _rules(raw: object, cls: type[_R], what: str) -> tuple[_R, ...]:
 def policy_from_mapping(raw: Mapping[str, Any]) -> AnalyticsPolicy:
     """Validate a parsed YAML/JSON policy document; raise :class:`ConfigError` on errors."""
     known = {"window_s", "min_count", "release", "value_bound_bits", "limits", "rates"}
-    known |= {"zscore", "fleet"}
+    known |= {"zscore", "fleet", "resolutions", "flatline"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown policy keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -201,6 +294,8 @@ def policy_from_mapping(raw: Mapping[str, Any]) -> AnalyticsPolicy:
             rates=_rules(raw.get("rates"), RateRule, "rates"),
             zscore=ZScoreRule(**(raw.get("zscore") or {})),
             fleet=FleetRule(classes=classes, **fleet_raw),
+            resolutions=_rules(raw.get("resolutions"), ResolutionRule, "resolutions"),
+            flatline=_rules(raw.get("flatline"), FlatlineRule, "flatline"),
         )
     except TypeError as exc:
         raise ConfigError(f"invalid policy: {exc}") from exc

@@ -45,6 +45,7 @@ _DETECTORS = (
     ("limit", Release.LIMIT_ALERTS),
     ("rate", Release.RATE_ALERTS),
     ("zscore", Release.ZSCORE_ALERTS),
+    ("flatline", Release.FLATLINE_ALERTS),
 )
 
 
@@ -135,8 +136,18 @@ def build_release(
             values |= {"min": out.mn[mm_pos[i]], "max": out.mx[mm_pos[i]]}
         parts.append(np.array([values[f] for f in fields], dtype=np.uint64))
         sl = slice(int(starts[i]), int(starts[i] + p.n[i]))
-        masks = {"limit": p.limit_mask[sl], "rate": p.rate_mask[sl], "zscore": p.zmask[sl]}
-        flags = {"limit": out.limit[sl], "rate": out.rate[sl], "zscore": out.zscore[sl]}
+        masks = {
+            "limit": p.limit_mask[sl],
+            "rate": p.rate_mask[sl],
+            "zscore": p.zmask[sl],
+            "flatline": p.flat_mask[sl],
+        }
+        flags = {
+            "limit": out.limit[sl],
+            "rate": out.rate[sl],
+            "zscore": out.zscore[sl],
+            "flatline": out.flatline[sl],
+        }
         for name, item in _DETECTORS:
             m = masks[name]
             if policy.allows(item) and m.any():

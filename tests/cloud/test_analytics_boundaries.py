@@ -74,7 +74,8 @@ async def test_windows_and_fleet_classes_at_exactly_min_count_and_one_short() ->
     for gw in ("g2", "g3"):
         assert win[gw] == {"gateway": gw, "sensor": "m.press", "start_ns": T0, "count": MIN - 1}
     limit = [a for a in rel.alerts if a["detector"] == "limit"]
-    assert limit == [{"gateway": "g1", "sensor": "m.temp", "ts_ns": int(streams[0].timestamps_ns[-1]), "detector": "limit"}]
+    last = int(streams[0].timestamps_ns[-1])
+    assert limit == [{"gateway": "g1", "sensor": "m.temp", "ts_ns": last, "detector": "limit"}]
     fleet = {f["class"]: f for f in rel.fleet}
     assert fleet["temperature"]["count"] == MIN
     assert fleet["temperature"]["mean"] == pytest.approx(_fixed(at).mean(), abs=1e-9)
@@ -105,8 +106,7 @@ def test_output_check_refuses_releases_one_reading_short() -> None:
         check_layout(policy, dict(layout, windows=windows))
     # A class whose windows are all withheld: its entry carries fields but count 0.
     fleet = [
-        dict(f, fields=["sum", "sumsq"]) if f["class"] == "pressure" else f
-        for f in layout["fleet"]
+        dict(f, fields=["sum", "sumsq"]) if f["class"] == "pressure" else f for f in layout["fleet"]
     ]
     assert any(f["class"] == "pressure" and f["count"] == 0 for f in fleet)
     with pytest.raises(AnalyticsError, match="too few readings"):

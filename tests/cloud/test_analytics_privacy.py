@@ -94,10 +94,6 @@ SENSORS = ("a.temp", "b.temp", "c.press", "d.other")
 _counts = st.sampled_from([0, 0, 1, MIN - 1, MIN, MIN + 1, 7])
 
 
-def _windows(layout: dict[str, int]) -> list[tuple[str, str, int]]:
-    return sorted(layout)
-
-
 def _probe_streams(
     counts: dict[tuple[str, str, int], int], hot: tuple[str, str, int] | None
 ) -> list[StreamReadings]:
@@ -110,7 +106,8 @@ def _probe_streams(
             ts_parts.append(T0 + e * S + np.arange(n, dtype=np.int64) * (S // (n + 1)))
             val_parts.append(np.full(n, 1.0 if (g, s, e) == hot else 0.0))
         if ts_parts:
-            out.append(StreamReadings(gw, sensor, np.concatenate(ts_parts), np.concatenate(val_parts)))
+            ts, vals = np.concatenate(ts_parts), np.concatenate(val_parts)
+            out.append(StreamReadings(gw, sensor, ts, vals))
     return out
 
 
@@ -126,7 +123,7 @@ def _aggregate_rows(
             e = (r.epoch.start_ns - T0) // S
             for w in r.released.windows:
                 if "mean" in w:
-                    key = ("w", w["gateway"], w["sensor"], e)
+                    key: tuple[Any, ...] = ("w", w["gateway"], w["sensor"], e)
                     rows.setdefault(key, [0.0] * len(cols))[j] = w["mean"] * w["count"]
             for f in r.released.fleet:
                 if "mean" in f:
