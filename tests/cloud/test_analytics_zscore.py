@@ -71,7 +71,13 @@ def textbook(
 
 
 def _flags(released: Any, stream: StreamReadings, detector: str = "zscore") -> list[bool]:
-    hit = {a["ts_ns"] for r in released for a in r.alerts if a["detector"] == detector}
+    key = (stream.gateway, stream.sensor, detector)
+    hit = {
+        a["ts_ns"]
+        for r in released
+        for a in r.alerts
+        if (a["gateway"], a["sensor"], a["detector"]) == key
+    }
     return [int(t) in hit for t in stream.timestamps_ns]
 
 
@@ -213,13 +219,15 @@ async def test_flatline_flags_a_stuck_sensor_and_secure_equals_reference() -> No
         }
     )
     stream = _stream(v, per_epoch=40)
-    results, decoded, _ = await secure_results(policy, [stream])
-    got = _flags(decoded, stream, "flatline")
-    assert got == _flags([r.released for r in results], stream, "flatline")
-    flagged = [i for i, f in enumerate(got) if f]
-    # windows end at 39, 79, ...; stuck readings are 200..399: spans 60 inside them end at
-    # 279, 319, 359, 399.
-    assert flagged == [279, 319, 359, 399]
+    from_start = StreamReadings("g0", "m.temp", stream.timestamps_ns[:200], stuck.copy())
+    results, decoded, _ = await secure_results(policy, [stream, from_start])
+    for s, want in ((stream, [279, 319, 359, 399]), (from_start, [79, 119, 159, 199])):
+        got = _flags(decoded, s, "flatline")
+        assert got == _flags([r.released for r in results], s, "flatline")
+        # windows end at 39, 79, ...; a span of 60 readings lies inside the stuck
+        # readings (200..399, resp. 0..199) for the windows ending at these readings; the
+        # first window of ``from_start`` holds only 40 (span not filled: no flag).
+        assert [i for i, f in enumerate(got) if f] == want
 
 
 def test_headroom_is_checked_and_named() -> None:
