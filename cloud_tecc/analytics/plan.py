@@ -29,14 +29,31 @@ class StreamState:
     ``centre`` (one element) is the stream's first reading ever; the z-score
     works on values centred on it so that its second moments stay small.
     ``hist_x`` holds the previous ≤ W readings (oldest first) and ``hist_yy``
-    the same readings as the z-score uses them: ``u = ⌊(x − centre)·2^g / 2^f⌋``,
-    centred and quantised to ``g`` = :func:`~cloud_tecc.analytics.policy.zscore_bits`
-    fraction bits (the name is kept for the stored state's column).
+    the same readings as the z-score uses them, ``u = ⌊(x − centre)·2^g / 2^f⌋``
+    (centred and quantised to ``g`` = :func:`~cloud_tecc.analytics.policy.zscore_bits`
+    fraction bits), followed by their exact squares ``u²``: twice as long as
+    ``hist_x`` (the name is kept for the stored state's column). A state of
+    another length comes from an older release and :meth:`compatible` is false.
     """
 
     centre: RingArray
     hist_x: RingArray
     hist_yy: RingArray
+
+    @property
+    def compatible(self) -> bool:
+        """Whether the state has this release's layout (``hist_yy`` = u then u²)."""
+        return len(self.centre) == 1 and len(self.hist_yy) == 2 * len(self.hist_x)
+
+    @property
+    def hist_u(self) -> RingArray:
+        """The quantised centred readings of the history."""
+        return self.hist_yy[: len(self.hist_x)]
+
+    @property
+    def hist_uu(self) -> RingArray:
+        """Their exact squares."""
+        return self.hist_yy[len(self.hist_x) :]
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -24,7 +24,7 @@ and the error band.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -144,8 +144,13 @@ class _Run:
         """Round 1: ``u = ⌊y·2^g / 2^f⌋`` of the epoch's readings, history + epoch per stream."""
         p, ops = self.plan, self.ops
         u = await ops.trunc(self.y * _U64(1 << p.zbits))
-        hist_u = [s.state.hist_yy if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
+        hist_u = [s.state.hist_u if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
         return _interleave(hist_u, _split(u, list(p.n)))
+
+    def with_history_squares(self, uu: RingArray) -> RingArray:
+        """The epoch's u² interleaved with the stored squares of the history."""
+        hist = [s.state.hist_uu if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
+        return _interleave(hist, _split(uu, list(self.plan.n)))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -176,11 +181,14 @@ async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArr
     lo = run.x[lim_idx] - ops.public(p.lo[lim_idx])
     hi = run.x[lim_idx] - ops.public(p.hi[lim_idx])
     xq = run.x[q_idx]
+    u = a_u[run.g]  # this epoch's readings (the history's squares are stored)
     names = ["uu", "s1z2", "s1f2", "yyf", "qq", "lim", "diff2"]
-    left = [a_u, sums.s1z, sums.s1f, run.yf, xq, lo, diff]
-    right = [a_u, sums.s1z, sums.s1f, run.yf, xq, hi, diff]
+    left = [u, sums.s1z, sums.s1f, run.yf, xq, lo, diff]
+    right = [u, sums.s1z, sums.s1f, run.yf, xq, hi, diff]
     prod = await ops.mul(_cat(left), _cat(right))
-    return dict(zip(names, _split(prod, [len(a) for a in left]), strict=True))
+    out = dict(zip(names, _split(prod, [len(a) for a in left]), strict=True))
+    out["a_uu"] = run.with_history_squares(out["uu"])
+    return out
 
 
 async def _fleet_and_variance(
@@ -188,7 +196,7 @@ async def _fleet_and_variance(
 ) -> dict[str, RingArray]:
     """Rounds 3–4: exact variances V, ⌊D/2^8⌋, ⌊V/2^16⌋, fleet means and second moments."""
     p, ops, f = run.plan, run.ops, run.ops.frac_bits
-    cuu = _prefix(pr["uu"])
+    cuu = _prefix(pr["a_uu"])
     gz, nz = run.g[run.z_idx], p.base_n[run.z_idx].astype(_U64)
     vz = nz * (cuu[gz] - cuu[gz - p.base_n[run.z_idx]]) - pr["s1z2"]
     span = p.flat_span[run.fl]
@@ -226,8 +234,23 @@ async def _fleet_and_variance(
     }
 
 
+def _compatible(epoch: EpochInput) -> EpochInput:
+    """The epoch with states of an older layout dropped (those streams start afresh).
+
+    Every party holds states of the same layout, so all drop the same ones.
+    """
+    if all(s.state is None or s.state.compatible for s in epoch.streams):
+        return epoch
+    streams = tuple(
+        s if s.state is None or s.state.compatible else replace(s, state=None)
+        for s in epoch.streams
+    )
+    return EpochInput(epoch.start_ns, streams)
+
+
 async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> EpochOutput:
     """Evaluate the analytics of one epoch; identical call sequence at every party."""
+    epoch = _compatible(epoch)
     run = _Run(ops, policy, epoch)
     p = run.plan
     a_u = await run.quantise()
@@ -284,7 +307,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
         fleet_s2=fleet_s2,
         fleet_n=m["n_f"].view(np.int64),
         fleet_dev=fleet_dev,
-        states=_new_states(run, a_u, policy.zscore.window),
+        states=_new_states(run, a_u, pr["a_uu"], policy.zscore.window),
         margins={
             "zscore": _scatter(n_all, z_idx, z_margin),
             "zscore_band": _scatter(n_all, z_idx, band),
@@ -296,7 +319,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     )
 
 
-def _new_states(run: _Run, a_u: RingArray, window: int) -> tuple[StreamState, ...]:
+def _new_states(run: _Run, a_u: RingArray, a_uu: RingArray, window: int) -> tuple[StreamState, ...]:
     p = run.plan
     out = []
     for i in range(len(p.n)):
@@ -306,7 +329,7 @@ def _new_states(run: _Run, a_u: RingArray, window: int) -> tuple[StreamState, ..
             StreamState(
                 centre=run.c[i : i + 1].copy(),
                 hist_x=run.a_x[start:hi].copy(),
-                hist_yy=a_u[start:hi].copy(),
+                hist_yy=np.concatenate([a_u[start:hi], a_uu[start:hi]]),
             )
         )
     return tuple(out)

@@ -8,6 +8,7 @@ fixed-point readings the gateway encodes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -17,12 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud_tecc.analytics.detectors import zscore_band
+from cloud_tecc.analytics.ops import PlainOps
+from cloud_tecc.analytics.plan import EpochInput, StreamState
 from cloud_tecc.analytics.policy import (
     AnalyticsPolicy,
     policy_from_mapping,
     zscore_bits,
 )
-from cloud_tecc.analytics.reference import StreamReadings, run_reference
+from cloud_tecc.analytics.program import run_epoch
+from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings, run_reference
 from cloud_tecc.errors import ConfigError
 from tests.cloud.secure_run import secure_results
 
@@ -244,3 +248,21 @@ def test_headroom_is_checked_and_named() -> None:
         policy_from_mapping({"flatline": [{"sensor": "*", "span": 700, "min_std": 0.1}]})
     with pytest.raises(ConfigError, match="step must be > 0"):
         policy_from_mapping({"resolutions": [{"sensor": "*", "step": 0}]})
+
+
+async def test_a_state_of_the_older_layout_starts_the_stream_afresh() -> None:
+    """A stored state whose ``hist_yy`` holds one value per reading (the previous release's
+    squares) is not misread as quantised values: the stream restarts its baseline."""
+    policy = _policy(50, 3.0)
+    stream = _stream(np.full(20, 40.0) + np.arange(20) % 3)
+    (r,) = await ReferenceAnalytics(policy).run([stream])
+    (s,) = r.epoch.streams
+    old = StreamState(s.x[:1], s.x[:10], s.x[:10])
+    assert not old.compatible
+    assert r.output.states[0].compatible
+    ops = PlainOps()
+    fresh = await run_epoch(ops, policy, r.epoch)
+    stale = await run_epoch(ops, policy, EpochInput(r.epoch.start_ns, (replace(s, state=old),)))
+    for a, b in zip(fresh.states, stale.states, strict=True):
+        assert np.array_equal(a.hist_yy, b.hist_yy)
+    assert np.array_equal(fresh.zscore, stale.zscore)
