@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
+from cloud_tecc.analytics.policy import AnalyticsPolicy, Release, zscore_bits
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
 
@@ -27,14 +27,33 @@ class StreamState:
     """Secret-shared detector state of one (gateway, sensor) stream.
 
     ``centre`` (one element) is the stream's first reading ever; the z-score
-    works on values centred on it so that its second moments stay precise.
+    works on values centred on it so that its second moments stay small.
     ``hist_x`` holds the previous ≤ W readings (oldest first) and ``hist_yy``
-    ``trunc((x − centre)²)`` of the same readings.
+    the same readings as the z-score uses them, ``u = ⌊(x − centre)·2^g / 2^f⌋``
+    (centred and quantised to ``g`` = :func:`~cloud_tecc.analytics.policy.zscore_bits`
+    fraction bits), followed by their exact squares ``u²``: twice as long as
+    ``hist_x`` (the name is kept for the stored state's column). A state of
+    another length comes from an older release and :meth:`compatible` is false.
     """
 
     centre: RingArray
     hist_x: RingArray
     hist_yy: RingArray
+
+    @property
+    def compatible(self) -> bool:
+        """Whether the state has this release's layout (``hist_yy`` = u then u²)."""
+        return len(self.centre) == 1 and len(self.hist_yy) == 2 * len(self.hist_x)
+
+    @property
+    def hist_u(self) -> RingArray:
+        """The quantised centred readings of the history."""
+        return self.hist_yy[: len(self.hist_x)]
+
+    @property
+    def hist_uu(self) -> RingArray:
+        """Their exact squares."""
+        return self.hist_yy[len(self.hist_x) :]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -79,6 +98,15 @@ class EpochPlan:
     ``zmask``, ``limit_mask`` and ``rate_mask`` mark the readings whose flag is
     computed and released: the rule applies, the policy releases that
     detector and the reading's window has at least ``min_count`` readings.
+    ``zbits`` (g) are the fraction bits of the z-score's quantised readings,
+    ``zfloor`` per reading the public variance floor ``n²·(min_sigma² + step²)``
+    in the units of ``⌊V/2^16⌋`` (V = n·Σu² − (Σu)²). ``flat_mask`` marks the
+    last reading of each window whose flatline flag is computed, ``flat_span``
+    per stream the span (0: none) and ``flat_thr`` its threshold
+    ``span²·min_std²`` in the same units.
+    ``cls`` is the fleet class index of a stream whose window enters the fleet
+    statistics (−1: no class, fleet not released, or a withheld window);
+    ``classes`` names every class with a stream in the epoch, released or not.
     """
 
     n: IntArray
@@ -97,6 +125,11 @@ class EpochPlan:
     classes: tuple[str, ...]
     class_first: IntArray
     minmax: IntArray
+    zbits: int
+    zfloor: RingArray
+    flat_mask: BoolArray
+    flat_span: IntArray
+    flat_thr: RingArray
 
     @property
     def readings(self) -> int:
@@ -121,6 +154,29 @@ def _limits(
     return cat(lo), cat(hi), cat(has_lim), cat(dd), cat(has_rate)
 
 
+def _var_units(count: IntArray, sigma2: npt.NDArray[np.float64], g: int) -> RingArray:
+    """``round(count²·σ²·2^(2g−16))``: a variance σ² (real units) as ⌊V/2^16⌋ of n = count."""
+    c = np.asarray(count, dtype=np.float64)
+    return np.rint(c * c * sigma2 * 2.0 ** (2 * g - 16)).astype(np.uint64)
+
+
+def _flatline(
+    policy: AnalyticsPolicy, epoch: EpochInput, n: IntArray, h: IntArray, *, g: int
+) -> tuple[BoolArray, IntArray, RingArray]:
+    big = n >= policy.min_count
+    span = np.zeros(len(n), dtype=np.int64)
+    thr = np.zeros(len(n), dtype=np.float64)
+    if policy.allows(Release.FLATLINE_ALERTS):
+        for i, s in enumerate(epoch.streams):
+            rule = policy.flatline_for(s.sensor)
+            if rule is not None and big[i] and h[i] + n[i] >= rule.span:
+                span[i], thr[i] = rule.span, rule.min_std**2
+    ends = np.cumsum(n) - 1
+    mask = np.zeros(int(n.sum()), dtype=np.bool_)
+    mask[ends[span > 0]] = True
+    return mask, span, _var_units(span, thr, g)
+
+
 def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> EpochPlan:
     """Derive the public plan of an epoch (identical at every party)."""
     if not epoch.streams:
@@ -142,7 +198,21 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
     # policy releases the detector and the window reaches min_count.
     big = n[stream_of] >= policy.min_count
     want_mm = policy.allows(Release.MIN) or policy.allows(Release.MAX)
-    cls = np.array([classes.index(c) if c is not None else -1 for c in names], dtype=np.int64)
+    g = zscore_bits(policy.value_bound_bits, w, codec.frac_bits)
+    floor2 = np.array(
+        [policy.zscore.min_sigma**2 + policy.resolution_for(s.sensor) ** 2 for s in epoch.streams]
+    )
+    flat_mask, flat_span, flat_thr = _flatline(policy, epoch, n, h, g=g)
+    # Fleet statistics cover released windows only (issue 13): a withheld window
+    # (count < min_count, public) enters no class sum, so no released aggregate
+    # differs from a set of released windows by a withheld one.
+    cls = np.array(
+        [
+            classes.index(c) if c is not None and int(k) >= policy.min_count else -1
+            for c, k in zip(names, n, strict=True)
+        ],
+        dtype=np.int64,
+    )
     class_first = np.array([int(np.argmax(cls == k)) for k in range(len(classes))], dtype=np.int64)
     return EpochPlan(
         n=n,
@@ -161,6 +231,11 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
         classes=classes,
         class_first=class_first,
         minmax=np.flatnonzero((n >= policy.min_count) & want_mm).astype(np.int64),
+        zbits=g,
+        zfloor=_var_units(base_n, floor2[stream_of], g),
+        flat_mask=flat_mask,
+        flat_span=flat_span,
+        flat_thr=flat_thr,
     )
 
 

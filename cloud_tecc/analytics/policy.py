@@ -18,12 +18,27 @@ import msgspec
 from msgspec import Meta
 
 from cloud_tecc.errors import CloudConfigError
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.schema import FileSchema, Finite, NonNegative, convert, load_file
 
 #: Largest supported |x| is 2^MAX_VALUE_BITS: keeps every product below 2^62.
 MAX_VALUE_BITS = 12
 #: Largest detector factor k (k²·2^8 must stay below 2^16).
 MAX_K = 16.0
+
+#: Ring bits the z-score's exact variance ``n·Σu² − (Σu)²`` may use (trunc needs < 2^62).
+ZSCORE_RING_BITS = 62
+
+
+def zscore_bits(value_bits: int, window: int, frac_bits: int = DEFAULT_FRAC_BITS) -> int:
+    """Fraction bits ``g`` of the z-score's quantised values (docs/MPC.md, "Analytics").
+
+    The variance is computed exactly as ``V = n·Σu² − (Σu)²`` on readings
+    quantised to 2^−g, for n ≤ W; V ≤ n²·2^(2B+2g) must stay below 2^62, so
+    ``g = min(f, 31 − B − ⌈log2 W⌉)``. Negative means no resolution fits.
+    """
+    return min(frac_bits, ZSCORE_RING_BITS // 2 - value_bits - (window - 1).bit_length())
+
 
 #: A detector factor k in (0, MAX_K].
 Factor = Annotated[float, Meta(gt=0, le=MAX_K, description=f"detector factor in (0, {MAX_K}]")]
@@ -40,6 +55,7 @@ class Release(enum.StrEnum):
     LIMIT_ALERTS = "limit_alerts"
     ZSCORE_ALERTS = "zscore_alerts"
     RATE_ALERTS = "rate_alerts"
+    FLATLINE_ALERTS = "flatline_alerts"
     FLEET = "fleet"
 
 
@@ -67,10 +83,37 @@ class RateRule(FileSchema, frozen=True, kw_only=True):
     max_delta: Annotated[float, Meta(gt=0, le=1e300)]
 
 
-class ZScoreRule(FileSchema, frozen=True, kw_only=True):
-    """Rolling z-score: flag ``(x − μ)² > k²·(σ² + min_sigma²)`` over the previous W readings.
+class ResolutionRule(FileSchema, frozen=True, kw_only=True):
+    """Declared resolution ``step`` of matching sensors: a noise floor of the z-score.
 
-    No flag is raised while fewer than ``min_baseline`` previous readings exist.
+    ``step²`` is added to the baseline variance, so a change smaller than
+    ``k·step`` (one quantisation step of the sensor) never raises a flag.
+    """
+
+    sensor: str
+    step: Annotated[float, Meta(gt=0, le=1e300)]
+
+
+class FlatlineRule(FileSchema, frozen=True, kw_only=True):
+    """Flatline/stuck detector: flag a window whose last ``span`` readings have std < ``min_std``.
+
+    Evaluated once per released window, at its last reading, over the stream's
+    last ``span`` readings (this window and the stored history).
+    """
+
+    sensor: str
+    span: Annotated[int, Meta(ge=2, le=100_000)]
+    min_std: Annotated[float, Meta(gt=0, le=1e300)]
+
+
+class ZScoreRule(FileSchema, frozen=True, kw_only=True):
+    """Rolling z-score: flag ``(x − μ)² > k²·(σ² + min_sigma² + step²)``, previous W readings.
+
+    μ and σ² are the mean and population variance of the previous n = min(p, W)
+    readings (the textbook rule, computed exactly on readings quantised to
+    2^−g, :func:`zscore_bits`); ``step`` is the sensor's declared resolution
+    (:class:`ResolutionRule`, 0 if none). No flag is raised while fewer than
+    ``min_baseline`` previous readings exist.
 
     Rules: ``min_baseline`` <= ``window``.
     """
@@ -114,6 +157,8 @@ class AnalyticsPolicy(FileSchema, frozen=True, kw_only=True):
     rates: tuple[RateRule, ...] = ()
     zscore: ZScoreRule = ZScoreRule()
     fleet: FleetRule = FleetRule()
+    resolutions: tuple[ResolutionRule, ...] = ()
+    flatline: tuple[FlatlineRule, ...] = ()
 
     def __post_init__(self) -> None:
         bound = float(2**self.value_bound_bits)
@@ -129,6 +174,35 @@ class AnalyticsPolicy(FileSchema, frozen=True, kw_only=True):
                     f"rates[{i}] ({rate.sensor!r}): max_delta must be < 2^(value_bound_bits+1)"
                     f" = {2 * bound:g}"
                 )
+        self._check_zscore_headroom(bound / 2)
+
+    def _check_zscore_headroom(self, half: float) -> None:
+        w, b = self.zscore.window, self.value_bound_bits
+        if zscore_bits(b, w) < 0:
+            raise ValueError(
+                f"zscore.window {w} with value_bound_bits {b} overflows the ring: the exact "
+                f"variance needs 2·(value_bound_bits + ⌈log2 window⌉) <= {ZSCORE_RING_BITS} "
+                f"bits; write zscore.window <= {2 ** (ZSCORE_RING_BITS // 2 - b)} or a smaller "
+                "value_bound_bits (docs/MPC.md, Analytics)"
+            )
+        if self.zscore.min_sigma > half:
+            raise ValueError(f"zscore.min_sigma must be <= 2^(value_bound_bits-1) = {half:g}")
+        for i, res in enumerate(self.resolutions):
+            if res.step > half:
+                raise ValueError(f"resolutions[{i}] ({res.sensor!r}): step must be <= {half:g}")
+        for i, fl in enumerate(self.flatline):
+            if fl.span > w:
+                raise ValueError(
+                    f"flatline[{i}] ({fl.sensor!r}): span {fl.span} must be <= zscore.window "
+                    f"{w} (the history the clusters keep)"
+                )
+            if fl.min_std > half:
+                raise ValueError(f"flatline[{i}] ({fl.sensor!r}): min_std must be <= {half:g}")
+
+    @property
+    def zscore_bits(self) -> int:
+        """Fraction bits of the z-score's and flatline detector's quantised readings."""
+        return zscore_bits(self.value_bound_bits, self.zscore.window)
 
     @property
     def window_ns(self) -> int:
@@ -142,6 +216,15 @@ class AnalyticsPolicy(FileSchema, frozen=True, kw_only=True):
     def rate_for(self, sensor_id: str) -> RateRule | None:
         """The first rate-of-change rule matching ``sensor_id``, if any."""
         return next((r for r in self.rates if fnmatch.fnmatchcase(sensor_id, r.sensor)), None)
+
+    def resolution_for(self, sensor_id: str) -> float:
+        """The declared resolution of ``sensor_id`` (first matching rule), 0 if none."""
+        rule = next((r for r in self.resolutions if fnmatch.fnmatchcase(sensor_id, r.sensor)), None)
+        return rule.step if rule else 0.0
+
+    def flatline_for(self, sensor_id: str) -> FlatlineRule | None:
+        """The first flatline rule matching ``sensor_id``, if any."""
+        return next((r for r in self.flatline if fnmatch.fnmatchcase(sensor_id, r.sensor)), None)
 
     def fleet_class(self, sensor_id: str) -> str | None:
         """The fleet class of ``sensor_id`` (first class with a matching pattern)."""

@@ -6,23 +6,29 @@ min/max (:mod:`cloud_tecc.analytics.minmax`), and per-reading flags:
 
 * limits: ``(x − low)(x − high) > 0`` — exact, no truncation;
 * rate of change: ``(x_t − x_{t−1})² > d²`` — exact;
-* rolling z-score against the previous ``n ≤ W`` readings, on values centred
-  on the stream's first reading (``y = x − c``):
-  ``μ = ⌊Σy · round(2^2f/n) / 2^2f⌋``, ``m₂ = ⌊Σ⌊y²/2^f⌋ · round(2^f/n) / 2^f⌋``,
-  ``σ² = m₂ − ⌊μ²/2^f⌋``, flag iff ``⌊(y − μ)²/2^f⌋·2^8 > (σ² + s²)·round(k²·2^8)``;
-* fleet deviation: the same test with a stream's window mean against the mean
-  and variance of all readings of its sensor class in the epoch.
+* rolling z-score, the textbook rule against the mean and population variance
+  of the previous ``n ≤ W`` readings, in n-scaled integer form on readings
+  centred on the stream's first one and quantised to 2^−g
+  (``u = ⌊(x − c)·2^g⌋``, :func:`~cloud_tecc.analytics.policy.zscore_bits`):
+  ``D = n·u_t − Σu``, ``V = n·Σu² − (Σu)²`` (exact, so V ≥ 0), and the flag is
+  ``⌊D/2^8⌋²·2^8 > round(k²·2^8)·(⌊V/2^16⌋ + floor)`` — no reciprocal;
+* flatline: per window, ``⌊V/2^16⌋ < span²·min_std²`` over the last ``span``
+  readings of the stream (the same exact V);
+* fleet deviation: a stream's window mean against the mean and variance of
+  the released windows of its sensor class in the epoch.
 
 Every truncation is one LSB high at most in MPC and exact (floor) in the
-plaintext reference; see docs/CLOUD.md for the resulting error bounds.
+plaintext reference; docs/MPC.md ("Analytics") gives the headroom argument
+and the error band.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cloud_tecc.analytics.detectors import zscore_band_margin
 from cloud_tecc.analytics.minmax import segment_minmax
 from cloud_tecc.analytics.ops import Ops
 from cloud_tecc.analytics.plan import (
@@ -41,6 +47,8 @@ from tecc_contract.ring import RingArray
 
 _U64 = np.uint64
 K2_DEN = 256
+#: ``D`` is compared as ``⌊D/2^D_SHIFT⌋`` and ``V`` as ``⌊V/2^(2·D_SHIFT)⌋``.
+D_SHIFT = 8
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -49,7 +57,9 @@ class EpochOutput:
 
     ``margins`` are the inputs to the comparisons (positive means "no flag");
     they exist for the plaintext reference's error analysis and are never
-    released or stored.
+    released or stored. ``margins["zscore_band"]`` bounds, per reading, how far
+    from zero the reference's z-score margin can be when the secure flag
+    differs from it (docs/MPC.md).
     """
 
     plan: EpochPlan
@@ -60,6 +70,7 @@ class EpochOutput:
     limit: RingArray
     rate: RingArray
     zscore: RingArray
+    flatline: RingArray
     fleet_s1: RingArray
     fleet_s2: RingArray
     fleet_n: IntArray
@@ -97,10 +108,16 @@ def _prefix(a: RingArray) -> RingArray:
     return c
 
 
+def _interleave(first: list[RingArray], second: list[RingArray]) -> RingArray:
+    return _cat([v for pair in zip(first, second, strict=True) for v in pair])
+
+
 class _Run:
     """One evaluation of the program; holds the intermediate arrays."""
 
     def __init__(self, ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> None:
+        if ops.frac_bits < 2 * D_SHIFT:
+            raise ValueError(f"the analytics need at least {2 * D_SHIFT} fraction bits")
         self.ops, self.policy, self.epoch = ops, policy, epoch
         self.codec = FixedPoint(ops.frac_bits)
         self.plan = make_plan(policy, epoch, self.codec)
@@ -110,108 +127,161 @@ class _Run:
         self.c = _cat(centres)
         self.y = self.x - self.c[p.stream_of]
         hist_x = [s.state.hist_x if s.state else np.zeros(0, _U64) for s in epoch.streams]
-        self.a_x = _cat(
-            [v for pair in zip(hist_x, [s.x for s in epoch.streams], strict=True) for v in pair]
-        )
+        self.a_x = _interleave(hist_x, [s.x for s in epoch.streams])
         self.g = p.a_off[p.stream_of] + p.pos
         fleet_read = p.cls[p.stream_of] >= 0
         self.fleet_idx = np.flatnonzero(fleet_read)
         class_first_x = self.x[np.concatenate([[0], np.cumsum(p.n)[:-1]])[p.class_first]]
         self.cc = class_first_x if len(p.classes) else np.zeros(0, _U64)
         self.yf = self.x[self.fleet_idx] - self.cc[p.cls[p.stream_of][self.fleet_idx]]
+        self.z_idx = np.flatnonzero(p.zmask)
+        self.fl = np.flatnonzero(p.flat_span > 0)
+        self.fl_end = p.a_off[self.fl] + p.h[self.fl] + p.n[self.fl]
+        need_q = [i for i, s in enumerate(epoch.streams) if s.q is None]
+        self.q_idx = np.flatnonzero(np.isin(p.stream_of, need_q))
 
-    async def squares(self) -> tuple[RingArray, RingArray, RingArray, RingArray, RingArray]:
-        """One multiply + one truncation round: y², (x−c_class)², missing x², limits, diffs."""
+    async def quantise(self) -> RingArray:
+        """Round 1: ``u = ⌊y·2^g / 2^f⌋`` of the epoch's readings, history + epoch per stream."""
         p, ops = self.plan, self.ops
-        need_q = [i for i, s in enumerate(self.epoch.streams) if s.q is None]
-        q_idx = np.flatnonzero(np.isin(p.stream_of, need_q))
-        lim_idx, rate_idx = np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
-        diff = self.x[rate_idx] - self.a_x[self.g[rate_idx] - 1]
-        lo = self.x[lim_idx] - ops.public(p.lo[lim_idx])
-        hi = self.x[lim_idx] - ops.public(p.hi[lim_idx])
-        xq = self.x[q_idx]
-        left = _cat([self.y, self.yf, xq, lo, diff])
-        right = _cat([self.y, self.yf, xq, hi, diff])
-        prod = await ops.mul(left, right)
-        n, nf, nq = len(self.y), len(self.yf), len(xq)
-        small = await ops.trunc(prod[: n + nf + nq])
-        yy, yyf, qq = _split(small, [n, nf, nq])
-        lim, diff2 = _split(prod[n + nf + nq :], [len(lo), len(diff)])
-        q = _cat([s.q if s.q is not None else np.zeros(len(s.x), _U64) for s in self.epoch.streams])
-        q[q_idx] = qq
-        self.q = q
-        return yy, yyf, lim, diff2, q
+        u = await ops.trunc(self.y * _U64(1 << p.zbits))
+        hist_u = [s.state.hist_u if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
+        return _interleave(hist_u, _split(u, list(p.n)))
+
+    def with_history_squares(self, uu: RingArray) -> RingArray:
+        """The epoch's u² interleaved with the stored squares of the history."""
+        hist = [s.state.hist_uu if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
+        return _interleave(hist, _split(uu, list(self.plan.n)))
 
 
-async def _moments(
-    run: _Run, yy: RingArray, yyf: RingArray
-) -> tuple[RingArray, RingArray, RingArray, RingArray, RingArray, list[RingArray], IntArray]:
-    """Baseline and fleet means / second moments (three truncation rounds)."""
+@dataclass(frozen=True, slots=True, eq=False)
+class _Sums:
+    s1z: RingArray
+    dz: RingArray
+    s1f: RingArray
+
+
+def _window_sums(run: _Run, a_u: RingArray) -> _Sums:
+    """Σu over each z-score baseline and flatline span, and D = n·u_t − Σu (local)."""
+    p = run.plan
+    cu = _prefix(a_u)
+    gz, nz = run.g[run.z_idx], p.base_n[run.z_idx]
+    s1z = cu[gz] - cu[gz - nz]
+    dz = nz.astype(_U64) * a_u[gz] - s1z
+    span = p.flat_span[run.fl]
+    s1f = cu[run.fl_end] - cu[run.fl_end - span]
+    return _Sums(s1z, dz, s1f)
+
+
+async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArray]:
+    """Round 2: every product of the epoch (u², (Σu)², fleet squares, x², limits, diffs)."""
+    p, ops = run.plan, run.ops
+    q_idx = run.q_idx
+    lim_idx, rate_idx = np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
+    diff = run.x[rate_idx] - run.a_x[run.g[rate_idx] - 1]
+    lo = run.x[lim_idx] - ops.public(p.lo[lim_idx])
+    hi = run.x[lim_idx] - ops.public(p.hi[lim_idx])
+    xq = run.x[q_idx]
+    u = a_u[run.g]  # this epoch's readings (the history's squares are stored)
+    names = ["uu", "s1z2", "s1f2", "yyf", "qq", "lim", "diff2"]
+    left = [u, sums.s1z, sums.s1f, run.yf, xq, lo, diff]
+    right = [u, sums.s1z, sums.s1f, run.yf, xq, hi, diff]
+    prod = await ops.mul(_cat(left), _cat(right))
+    out = dict(zip(names, _split(prod, [len(a) for a in left]), strict=True))
+    out["a_uu"] = run.with_history_squares(out["uu"])
+    return out
+
+
+async def _fleet_and_variance(
+    run: _Run, pr: dict[str, RingArray], sums: _Sums
+) -> dict[str, RingArray]:
+    """Rounds 3–4: exact variances V, ⌊D/2^8⌋, ⌊V/2^16⌋, fleet means and second moments."""
     p, ops, f = run.plan, run.ops, run.ops.frac_bits
-    epoch = run.epoch
-    hist_y = [
-        (s.state.hist_x - s.state.centre) if s.state else np.zeros(0, _U64) for s in epoch.streams
-    ]
-    hist_yy = [s.state.hist_yy if s.state else np.zeros(0, _U64) for s in epoch.streams]
-    ys = _split(run.y, list(p.n))
-    yys = _split(yy, list(p.n))
-    a_y = _cat([v for pair in zip(hist_y, ys, strict=True) for v in pair])
-    a_yy = _cat([v for pair in zip(hist_yy, yys, strict=True) for v in pair])
-    cy, cyy = _prefix(a_y), _prefix(a_yy)
-    z_idx = np.flatnonzero(p.zmask)
-    g, base = run.g[z_idx], p.base_n[z_idx]
-    s1p, s2p = cy[g] - cy[g - base], cyy[g] - cyy[g - base]
-    # Fleet: per-class centred sums and per-stream centred sums of fleet streams.
+    cuu = _prefix(pr["a_uu"])
+    gz, nz = run.g[run.z_idx], p.base_n[run.z_idx].astype(_U64)
+    vz = nz * (cuu[gz] - cuu[gz - p.base_n[run.z_idx]]) - pr["s1z2"]
+    span = p.flat_span[run.fl]
+    vf = span.astype(_U64) * (cuu[run.fl_end] - cuu[run.fl_end - span]) - pr["s1f2"]
     fleet_streams = np.flatnonzero(p.cls >= 0)
     fleet_lengths = p.n[fleet_streams]
     s1_fs = _segment_sum(run.yf, fleet_lengths)
     k = len(p.classes)
     n_f = np.array([int(p.n[p.cls == i].sum()) for i in range(k)], dtype=np.int64)
     s1_f = np.array([s1_fs[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
-    yyf_s = _segment_sum(yyf, fleet_lengths)
-    s2_f = np.array([yyf_s[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
-    two = [
-        s1p * reciprocal(base, 2 * f),
+    v_scale, d_scale = _U64(1 << (f - 2 * D_SHIFT)), _U64(1 << (f - D_SHIFT))
+    first = [
+        pr["yyf"],
+        pr["qq"],
+        sums.dz * d_scale,
+        vz * v_scale,
+        vf * v_scale,
         s1_fs * reciprocal(fleet_lengths, 2 * f),
         s1_f * reciprocal(n_f, 2 * f),
     ]
-    one = [s2p * reciprocal(base, f), s2_f * reciprocal(n_f, f)]
-    sizes2, sizes1 = [len(a) for a in two], [len(a) for a in one]
-    t = await ops.trunc(_cat(two + one))
-    t2 = await ops.trunc(t[: sum(sizes2)])
-    mu, mean_s, mu_f = _split(t2, sizes2)
-    m2, m2_f = _split(t[sum(sizes2) :], sizes1)
-    return mu, m2, mean_s, mu_f, m2_f, [a_y, a_yy], n_f
+    yyf, qq, dt, vt, vft, mean1, mu1 = _split(await ops.trunc(_cat(first)), [len(a) for a in first])
+    yyf_s = _segment_sum(yyf, fleet_lengths)
+    s2_f = np.array([yyf_s[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
+    second = [mean1, mu1, s2_f * reciprocal(n_f, f)]
+    mean_s, mu_f, m2_f = _split(await ops.trunc(_cat(second)), [len(a) for a in second])
+    return {
+        "qq": qq,
+        "dt": dt,
+        "vt": vt,
+        "vft": vft,
+        "mean_s": mean_s,
+        "mu_f": mu_f,
+        "m2_f": m2_f,
+        "n_f": n_f.view(_U64),
+    }
+
+
+def _compatible(epoch: EpochInput) -> EpochInput:
+    """The epoch with states of an older layout dropped (those streams start afresh).
+
+    Every party holds states of the same layout, so all drop the same ones.
+    """
+    if all(s.state is None or s.state.compatible for s in epoch.streams):
+        return epoch
+    streams = tuple(
+        s if s.state is None or s.state.compatible else replace(s, state=None)
+        for s in epoch.streams
+    )
+    return EpochInput(epoch.start_ns, streams)
 
 
 async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> EpochOutput:
     """Evaluate the analytics of one epoch; identical call sequence at every party."""
+    epoch = _compatible(epoch)
     run = _Run(ops, policy, epoch)
     p = run.plan
-    yy, yyf, lim, diff2, q = await run.squares()
-    mu, m2, mean_s, mu_f, m2_f, (_, a_yy), n_f = await _moments(run, yy, yyf)
+    a_u = await run.quantise()
+    sums = _window_sums(run, a_u)
+    pr = await _products(run, a_u, sums)
+    m = await _fleet_and_variance(run, pr, sums)
+    q = _cat([s.q if s.q is not None else np.zeros(len(s.x), _U64) for s in epoch.streams])
+    q[run.q_idx] = m["qq"]
     fleet_streams = np.flatnonzero(p.cls >= 0)
-    z_idx, lim_idx, rate_idx = (np.flatnonzero(m) for m in (p.zmask, p.limit_mask, p.rate_mask))
-    d = run.y[z_idx] - mu
-    d_f = mean_s - mu_f[p.cls[fleet_streams]]
-    sq_in = _cat([mu, mu_f, d, d_f])
-    sq = await ops.trunc(await ops.mul(sq_in, sq_in))
-    mu2, mu2_f, d2, d2_f = _split(sq, [len(mu), len(mu_f), len(d), len(d_f)])
-    var, var_f = m2 - mu2, m2_f - mu2_f
-    k2, vmin = k2_constants(policy.zscore.k, policy.zscore.min_sigma, run.codec)
+    z_idx, lim_idx, rate_idx = run.z_idx, np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
+    d_f = m["mean_s"] - m["mu_f"][p.cls[fleet_streams]]
+    sq_in = [m["mu_f"], d_f, m["dt"]]
+    sq = await ops.mul(_cat(sq_in), _cat(sq_in))
+    mu_sq, d_sq, dt2 = _split(sq, [len(a) for a in sq_in])
+    mu2_f, d2_f = _split(await ops.trunc(_cat([mu_sq, d_sq])), [len(mu_sq), len(d_sq)])
+    var_f = m["m2_f"] - mu2_f
+    k2, _ = k2_constants(policy.zscore.k, 0.0, run.codec)
     k2f, vminf = k2_constants(policy.fleet.k, policy.fleet.min_sigma, run.codec)
     full = np.full
-    z_margin = (var + ops.public(full(len(var), vmin, _U64))) * _U64(k2) - d2 * _U64(K2_DEN)
+    z_margin = (m["vt"] + ops.public(p.zfloor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
+    flat_margin = m["vft"] - ops.public(p.flat_thr[run.fl])
     vf = var_f[p.cls[fleet_streams]]
     f_margin = (vf + ops.public(full(len(vf), vminf, _U64))) * _U64(k2f) - d2_f * _U64(K2_DEN)
-    lim_margin = _U64(0) - lim
-    rate_margin = ops.public(p.dd[rate_idx]) - diff2
+    lim_margin = _U64(0) - pr["lim"]
+    rate_margin = ops.public(p.dd[rate_idx]) - pr["diff2"]
     xm = _cat([epoch.streams[i].x for i in p.minmax])
     left, right, dest, c_src, c_dst = segment_pairs(p.n[p.minmax])
     mm_diff = xm[left] - xm[right]
-    margins = [z_margin, f_margin, lim_margin, rate_margin, mm_diff]
+    margins = [z_margin, flat_margin, f_margin, lim_margin, rate_margin, mm_diff]
     bits = await ops.ltz(_cat(margins))
-    z_flag, f_flag, lim_flag, rate_flag, c = _split(bits, [len(m) for m in margins])
+    z_flag, flat_flag, f_flag, lim_flag, rate_flag, c = _split(bits, [len(a) for a in margins])
     mn, mx = await segment_minmax(ops, xm, p.n[p.minmax], c, (left, right, dest, c_src, c_dst))
     fleet_dev = np.zeros(len(p.n), dtype=_U64)
     fleet_dev[fleet_streams] = f_flag
@@ -220,6 +290,9 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     fleet_s1 = np.array([s1[p.cls == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64)
     fleet_s2 = np.array([s2[p.cls == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64)
     n_all = p.readings
+    band = zscore_band_margin(
+        policy, p.zbits, n=p.base_n[z_idx], dt=m["dt"], vt=m["vt"], floor=p.zfloor[z_idx]
+    )
     return EpochOutput(
         plan=p,
         s1=s1,
@@ -229,13 +302,16 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
         limit=_scatter(n_all, lim_idx, lim_flag),
         rate=_scatter(n_all, rate_idx, rate_flag),
         zscore=_scatter(n_all, z_idx, z_flag),
+        flatline=_scatter(n_all, np.flatnonzero(p.flat_mask), flat_flag),
         fleet_s1=fleet_s1,
         fleet_s2=fleet_s2,
-        fleet_n=n_f,
+        fleet_n=m["n_f"].view(np.int64),
         fleet_dev=fleet_dev,
-        states=_new_states(run, a_yy, policy.zscore.window),
+        states=_new_states(run, a_u, pr["a_uu"], policy.zscore.window),
         margins={
             "zscore": _scatter(n_all, z_idx, z_margin),
+            "zscore_band": _scatter(n_all, z_idx, band),
+            "flatline": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_margin),
             "fleet": f_margin,
             "limit": _scatter(n_all, lim_idx, lim_margin),
             "rate": _scatter(n_all, rate_idx, rate_margin),
@@ -243,7 +319,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     )
 
 
-def _new_states(run: _Run, a_yy: RingArray, window: int) -> tuple[StreamState, ...]:
+def _new_states(run: _Run, a_u: RingArray, a_uu: RingArray, window: int) -> tuple[StreamState, ...]:
     p = run.plan
     out = []
     for i in range(len(p.n)):
@@ -253,7 +329,7 @@ def _new_states(run: _Run, a_yy: RingArray, window: int) -> tuple[StreamState, .
             StreamState(
                 centre=run.c[i : i + 1].copy(),
                 hist_x=run.a_x[start:hi].copy(),
-                hist_yy=a_yy[start:hi].copy(),
+                hist_yy=np.concatenate([a_u[start:hi], a_uu[start:hi]]),
             )
         )
     return tuple(out)

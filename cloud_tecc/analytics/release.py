@@ -45,6 +45,7 @@ _DETECTORS = (
     ("limit", Release.LIMIT_ALERTS),
     ("rate", Release.RATE_ALERTS),
     ("zscore", Release.ZSCORE_ALERTS),
+    ("flatline", Release.FLATLINE_ALERTS),
 )
 
 
@@ -135,8 +136,18 @@ def build_release(
             values |= {"min": out.mn[mm_pos[i]], "max": out.mx[mm_pos[i]]}
         parts.append(np.array([values[f] for f in fields], dtype=np.uint64))
         sl = slice(int(starts[i]), int(starts[i] + p.n[i]))
-        masks = {"limit": p.limit_mask[sl], "rate": p.rate_mask[sl], "zscore": p.zmask[sl]}
-        flags = {"limit": out.limit[sl], "rate": out.rate[sl], "zscore": out.zscore[sl]}
+        masks = {
+            "limit": p.limit_mask[sl],
+            "rate": p.rate_mask[sl],
+            "zscore": p.zmask[sl],
+            "flatline": p.flat_mask[sl],
+        }
+        flags = {
+            "limit": out.limit[sl],
+            "rate": out.rate[sl],
+            "zscore": out.zscore[sl],
+            "flatline": out.flatline[sl],
+        }
         for name, item in _DETECTORS:
             m = masks[name]
             if policy.allows(item) and m.any():
@@ -322,8 +333,45 @@ def check_layout(policy: AnalyticsPolicy, layout: dict[str, Any]) -> None:
                 raise AnalyticsError(f"detector {a['detector']!r} is not released by the policy")
         if (layout["fleet"] or layout["fleet_dev"]) and not policy.allows(Release.FLEET):
             raise AnalyticsError("fleet statistics are not released by the policy")
-        for f in layout["fleet"]:
-            if f["fields"] and f["count"] < policy.min_count:
-                raise AnalyticsError(f"fleet class {f['class']!r} has too few readings")
-    except (KeyError, TypeError) as exc:
+        counts = {(w["gateway"], w["sensor"]): int(w["count"]) for w in layout["windows"]}
+        for a in layout["alerts"]:
+            if counts[(a["gateway"], a["sensor"])] < policy.min_count:
+                raise AnalyticsError(f"alerts of window {a['sensor']!r} below min_count")
+        _check_fleet(policy, layout, counts)
+    except (KeyError, TypeError, ValueError) as exc:
         raise AnalyticsError(f"malformed release layout: {exc}") from exc
+
+
+def _check_fleet(
+    policy: AnalyticsPolicy, layout: dict[str, Any], counts: dict[tuple[str, str], int]
+) -> None:
+    """Fleet entries cover exactly the released windows of their class (docs/THREAT_MODEL.md).
+
+    A fleet aggregate over a set of windows that differs from the released
+    windows of its class by a withheld window would give that window's sums
+    away (fleet minus the released windows), so the count of every fleet
+    entry must equal the sum of the counts of the class's windows that reach
+    ``min_count`` — counts are public, so this is checked here, in the clear.
+    """
+    released: dict[str, int] = {}
+    for (_, sensor), n in counts.items():
+        name = policy.fleet_class(sensor)
+        if name is not None and n >= policy.min_count:
+            released[name] = released.get(name, 0) + n
+    seen: set[str] = set()
+    for f in layout["fleet"]:
+        name, n = str(f["class"]), int(f["count"])
+        if name in seen:
+            raise AnalyticsError(f"fleet class {name!r} appears twice in one release")
+        seen.add(name)
+        if f["fields"] and n < policy.min_count:
+            raise AnalyticsError(f"fleet class {name!r} has too few readings")
+        if n != released.get(name, 0):
+            raise AnalyticsError(
+                f"fleet class {name!r} counts {n} readings but its released windows hold "
+                f"{released.get(name, 0)}: a fleet aggregate may cover released windows only"
+            )
+    for d in layout["fleet_dev"]:
+        key = (d["gateway"], d["sensor"])
+        if counts[key] < policy.min_count or policy.fleet_class(d["sensor"]) != d["class"]:
+            raise AnalyticsError(f"fleet deviation of window {d['sensor']!r} beyond the policy")

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
-from cloud_tecc.analytics.program import run_epoch
 from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings, run_reference
-from cloud_tecc.analytics.release import build_release, check_layout, decode
-from cloud_tecc.analytics.secure import MpcOps
+from cloud_tecc.analytics.release import build_release, check_layout
 from cloud_tecc.errors import AnalyticsError
-from cloud_tecc.mpc.engine import Party
-from cloud_tecc.mpc.source import LocalDealer
-from cloud_tecc.mpc.transport import MemoryNetwork
+from tests.cloud.secure_run import secure_results
 
 T0 = 1_700_000_000_000_000_000
 POLICY = policy_from_mapping(
@@ -94,45 +87,9 @@ def test_reference_matches_float_statistics_and_detectors() -> None:
 async def _secure(
     policy: AnalyticsPolicy, ref: ReferenceAnalytics, streams: list[StreamReadings]
 ) -> None:
-    results = await ref.run(streams)
-    net, dealer = MemoryNetwork(2), LocalDealer(2)
-    parties = [Party(i, 2, net.transport(i), dealer.source(i)) for i in range(2)]
-    states: list[dict[tuple[str, str], StreamState]] = [{}, {}]
-    rng = np.random.default_rng(9)
-    for r in results:
-        masks = [
-            (
-                rng.integers(0, 2**63, len(s.x), dtype=np.uint64),
-                rng.integers(0, 2**63, len(s.x), dtype=np.uint64),
-            )
-            for s in r.epoch.streams
-        ]
-        eps = []
-        for i in range(2):
-            sts = []
-            for s, (m, mq) in zip(r.epoch.streams, masks, strict=True):
-                assert s.q is not None
-                x, q = (m, mq) if i == 0 else (s.x - m, s.q - mq)
-                sts.append(
-                    StreamInput(
-                        s.gateway,
-                        s.sensor,
-                        s.timestamps_ns,
-                        x,
-                        q,
-                        states[i].get((s.gateway, s.sensor)),
-                    )
-                )
-            eps.append(EpochInput(r.epoch.start_ns, tuple(sts)))
-        outs = await asyncio.gather(
-            *(run_epoch(MpcOps(parties[i]), policy, eps[i]) for i in range(2))
-        )
-        for i in range(2):
-            for s, st in zip(eps[i].streams, outs[i].states, strict=True):
-                states[i][(s.gateway, s.sensor)] = st
-        rels = [build_release(policy, eps[i], outs[i], 16, 2) for i in range(2)]
-        assert rels[0].layout == rels[1].layout
-        got = decode(rels[0].layout, rels[0].vector + rels[1].vector)
+    results, decoded, _ = await secure_results(policy, streams)
+    assert ref.policy is policy
+    for r, got in zip(results, decoded, strict=True):
         assert got.windows == r.released.windows
         assert got.fleet == r.released.fleet
         assert sorted(map(str, got.alerts)) == sorted(map(str, r.released.alerts))
