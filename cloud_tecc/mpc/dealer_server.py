@@ -69,6 +69,7 @@ class DealerService:
         wait_s: float = 60.0,
         random_bytes: RandomBytes = os.urandom,
         suite: LinkSuite = LinkSuite.X25519,
+        handshake_s: float = wslink.HANDSHAKE_S,
     ) -> None:
         if depth < 1:
             raise ConfigError("dealer depth must be >= 1")
@@ -79,7 +80,7 @@ class DealerService:
         self.n, self.plan, self.key, self.frac_bits = n, plan, key, frac_bits
         self.depth, self.max_batches, self.wait_s = depth, max_batches, wait_s
         self.random_bytes = random_bytes
-        self.suite = suite
+        self.suite, self.handshake_s = suite, handshake_s
         #: Unauthenticated upgrades in their handshake (capped; refusals counted).
         self.gate = wslink.HandshakeGate()
         self.known = {party_name(i): k for i, k in party_keys.items()}
@@ -162,6 +163,7 @@ class DealerService:
             wait_s=self.wait_s,
             suite=self.suite,
             gate=self.gate,
+            handshake_s=self.handshake_s,
         )
         if link is None or not isinstance(resp, web.WebSocketResponse):
             return resp
