@@ -61,6 +61,18 @@ class Trust:
     allowed_measurements: tuple[str, ...] = (SELF,)
     max_age_s: float = 300.0
     refresh_s: float = 30.0
+    #: One platform root per trust domain: service id -> its platform's public key
+    #: (hex, or ``self`` for this service's own). A quote of a service listed here
+    #: verifies only under its own platform's key.
+    domains: Mapping[str, str] = field(default_factory=dict)
+    #: Peers (and, at the dealer, the parties) are re-attested this often during a session.
+    reattest_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.reattest_s <= 0 or self.refresh_s < 0 or self.max_age_s <= 0:
+            raise ConfigError(
+                "attestation: max_age_s and reattest_s must be positive, refresh_s >= 0"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +127,8 @@ class DealerConfig:
     mpc_listen: str = "127.0.0.1:0"
     batch_readings: int = 20_000
     depth: int = 4
+    #: Link suite of the dealer links: the parties' ``suite`` (x25519 or mlkem768-x25519).
+    suite: KemSuite = KemSuite.X25519
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +158,21 @@ def _service(raw: Mapping[str, Any], base: Path, role: Role) -> ServiceConfig:
         policy = policy_from_mapping(yaml.safe_load(policy_path.read_text()) or {})
         listen = raw.get("listen") or {}
         trust_raw = raw.get("attestation") or {}
+        keys_raw = trust_raw.get("platform_keys", [SELF])
+        # A mapping names each service's own platform root (one per trust domain);
+        # a list trusts its keys for every service (one shared root: not advised).
+        domains = (
+            {str(k): str(v) for k, v in keys_raw.items()} if isinstance(keys_raw, Mapping) else {}
+        )
         trust = Trust(
-            platform_keys=tuple(str(k) for k in trust_raw.get("platform_keys", [SELF])),
+            platform_keys=() if domains else tuple(str(k) for k in keys_raw),
             allowed_measurements=tuple(
                 str(m) for m in trust_raw.get("allowed_measurements", [SELF])
             ),
             max_age_s=float(trust_raw.get("max_age_s", 300.0)),
             refresh_s=float(trust_raw.get("refresh_s", 30.0)),
+            domains=domains,
+            reattest_s=float(trust_raw.get("reattest_s", 60.0)),
         )
         return ServiceConfig(
             role=role,
@@ -222,6 +244,7 @@ def load_dealer(path: Path) -> DealerConfig:
             mpc_listen=str(raw.get("mpc_listen", "127.0.0.1:0")),
             batch_readings=int(raw.get("batch_readings", 20_000)),
             depth=int(raw.get("depth", 4)),
+            suite=KemSuite(raw.get("suite", "x25519")),
         )
     except (TypeError, AttributeError, ValueError) as exc:
         raise ConfigError(f"dealer config has a malformed value: {exc}") from exc

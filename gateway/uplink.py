@@ -48,7 +48,7 @@ from gateway.config import ClusterConfig
 from gateway.errors import AttestationFailedError
 from gateway.metrics import Metrics
 from gateway.spool import PinnedKey, Spool
-from tecc_contract.attestation import Quote, QuoteVerifier
+from tecc_contract.attestation import ClusterRegistry, Quote, QuoteVerifier
 from tecc_contract.errors import AttestationError
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,10 @@ class ClusterLink:
         edge: Callable[[], int] | None = None,
         notice: Callable[[str, int, int], bytes] | None = None,
         notice_interval_s: float = 0.25,
+        registry: ClusterRegistry | None = None,
     ) -> None:
         self.cfg = cfg
+        self._registry = registry
         self.index = cfg.index
         self._spool = spool
         self._verifier = verifier
@@ -147,6 +149,11 @@ class ClusterLink:
                 f"cluster {self.index} attests as {ident.service_id!r}, configured "
                 f"{self.cfg.service_id!r}"
             )
+        if self._registry is not None:
+            try:  # N clusters: N distinct service ids and keys
+                self._registry.claim(self.index, ident)
+            except AttestationError as exc:
+                raise AttestationFailedError(str(exc)) from exc
         hpke = ident.keys.get("hpke")
         if hpke is None or ident.hpke_suite != self._suite:
             raise AttestationFailedError(

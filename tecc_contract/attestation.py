@@ -160,9 +160,18 @@ class QuoteVerifier(Protocol):
     """Checks a quote and returns the identity it proves, or raises AttestationError."""
 
     def verify(
-        self, quote: Quote, *, nonce: bytes, now_ns: int, role: str | None = None
+        self,
+        quote: Quote,
+        *,
+        nonce: bytes,
+        now_ns: int,
+        role: str | None = None,
+        service_id: str | None = None,
     ) -> VerifiedIdentity:
-        """Verify ``quote`` was issued for ``nonce`` by a trusted platform and allowed build."""
+        """Verify ``quote`` was issued for ``nonce`` by a trusted platform and allowed build.
+
+        ``role`` and ``service_id``, when given, must be what the quote names.
+        """
         ...
 
 
@@ -175,18 +184,37 @@ class SimulatedPlatformVerifier:
         platform_keys: Mapping[str, Ed25519PublicKey],
         allowed_measurements: Collection[bytes],
         max_age_s: float = 300.0,
+        platform_services: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self._platforms = dict(platform_keys)
         self._allowed = frozenset(allowed_measurements)
         self._max_age_ns = int(max_age_s * 1e9)
+        #: Trust domains: platform key id -> the service ids that platform may vouch
+        #: for. A key id missing here vouches for any service (a legacy anchor).
+        self._domains = {k: frozenset(v) for k, v in (platform_services or {}).items()}
 
     def verify(
-        self, quote: Quote, *, nonce: bytes, now_ns: int, role: str | None = None
+        self,
+        quote: Quote,
+        *,
+        nonce: bytes,
+        now_ns: int,
+        role: str | None = None,
+        service_id: str | None = None,
     ) -> VerifiedIdentity:
-        """Check platform signature, nonce, freshness, role and allow-listed measurement."""
+        """Check platform signature and trust domain, nonce, freshness, role, service id
+        and allow-listed measurement."""
         key = self._platforms.get(quote.platform_key_id)
         if key is None:
             raise AttestationError(f"quote signed by unknown platform {quote.platform_key_id!r}")
+        domain = self._domains.get(quote.platform_key_id)
+        if domain is not None and quote.service_id not in domain:
+            raise AttestationError(
+                f"platform {quote.platform_key_id!r} is the root of {sorted(domain)}, not of "
+                f"{quote.service_id!r}: a quote may only come from its own service's platform"
+            )
+        if service_id is not None and quote.service_id != service_id:
+            raise AttestationError(f"quote names {quote.service_id!r}, expected {service_id!r}")
         try:
             key.verify(quote.signature, quote.signed_bytes())
         except InvalidSignature as exc:
@@ -214,3 +242,34 @@ class SimulatedPlatformVerifier:
             verified_ns=now_ns,
             platform_key_id=quote.platform_key_id,
         )
+
+
+class ClusterRegistry:
+    """The identities a gateway accepted for its N clusters, kept pairwise distinct.
+
+    Each cluster must attest under its own service id with keys no other
+    cluster presents: otherwise one operator could stand for two clusters and
+    gather every share.
+    A cluster re-attesting (for instance after a key rotation) replaces its
+    own entry.
+    """
+
+    def __init__(self) -> None:
+        self._by_index: dict[int, VerifiedIdentity] = {}
+
+    def claim(self, index: int, ident: VerifiedIdentity) -> None:
+        """Record cluster ``index``'s identity; AttestationError if another cluster shares it."""
+        mine = {("key", bytes(v)) for v in ident.keys.values()}
+        for other_index, other in self._by_index.items():
+            if other_index == index:
+                continue
+            if other.service_id == ident.service_id:
+                raise AttestationError(
+                    f"clusters {other_index} and {index} both attest as {ident.service_id!r}: "
+                    "every cluster needs its own service id"
+                )
+            if mine & {("key", bytes(v)) for v in other.keys.values()}:
+                raise AttestationError(
+                    f"clusters {other_index} and {index} present the same key: refused"
+                )
+        self._by_index[index] = ident

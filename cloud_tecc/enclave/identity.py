@@ -82,6 +82,8 @@ class Enclave:
     measurement: bytes
     platform: SimulatedPlatform
     keys: ServiceKeys
+    #: Digest of the security-relevant config (quote claim ``config``), if measured.
+    config: bytes = b""
 
     @classmethod
     def open(
@@ -94,6 +96,7 @@ class Enclave:
         state_dir: Path,
         suite: KemSuite = KemSuite.X25519,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        config: bytes = b"",
     ) -> Enclave:
         """Unseal the service keys from ``state_dir``, or create and seal them."""
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ class Enclave:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(seal(key, keys.to_bytes(), aad=aad, random_bytes=random_bytes))
             os.replace(tmp, path)
-        return cls(role, service_id, measurement, platform, keys)
+        return cls(role, service_id, measurement, platform, keys, config)
 
     def public_keys(self) -> dict[str, bytes]:
         """The public keys a quote binds: ``sign`` (Ed25519) and ``hpke`` (raw HPKE key)."""
@@ -128,5 +131,6 @@ class Enclave:
             issued_ns=now_ns,
             platform_key_id=self.platform.key_id,
             signature=b"",
+            claims={"config": self.config.hex()} if self.config else {},
         )
         return sign_quote(unsigned, self.platform.attestation_key)

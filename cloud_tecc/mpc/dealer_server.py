@@ -190,6 +190,20 @@ class DealerService:
             await ws.close()
         return ws
 
+    def revoke(self, party: int) -> None:
+        """Stop serving ``party`` (it failed re-attestation) until :meth:`admit` again."""
+        self.known.pop(party_name(party), None)
+        live = self._live.pop(party, None)
+        if live is not None:
+            live.cancel()
+
+    def admit(self, party: int, key: Ed25519PublicKey) -> None:
+        """Serve ``party`` under ``key`` (a changed key also drops its live link)."""
+        name = party_name(party)
+        if self.known.get(name) != key:
+            self.revoke(party)
+            self.known[name] = key
+
     async def close(self) -> None:
         """Stop generating and serving."""
         if self._task is not None:

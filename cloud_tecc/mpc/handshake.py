@@ -76,6 +76,14 @@ class LinkSuite(enum.IntEnum):
         """The config value that selects this suite (the envelope suite's name)."""
         return "x25519" if self is LinkSuite.X25519 else "mlkem768-x25519"
 
+    @classmethod
+    def from_label(cls, label: str) -> LinkSuite:
+        """The suite a config value (``x25519`` or ``mlkem768-x25519``) selects."""
+        for suite in cls:
+            if suite.label == label:
+                return suite
+        raise ValueError(f"unknown link suite {label!r}: write x25519 or mlkem768-x25519")
+
 
 class Channel:
     """AES-256-GCM in both directions, nonce = per-direction frame counter."""
