@@ -69,7 +69,9 @@ class DealerProcess(ServiceBase):
         self.state = "attesting parties"
         self.batches = Gauge("tecc_dealer_batches", "Batches generated", registry=self.registry)
         self.reattested = Counter(
-            "tecc_dealer_reattested", "Periodic party re-attestations passed", registry=self.registry
+            "tecc_dealer_reattested",
+            "Periodic party re-attestations passed",
+            registry=self.registry,
         )
         self.reattest_failures = Counter(
             "tecc_dealer_reattest_failures",

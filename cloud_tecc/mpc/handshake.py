@@ -147,11 +147,7 @@ def _transcript(suite: LinkSuite, nonces: bytes, ephs: bytes, server: str, clien
 
 
 def _strip(msg: bytes, min_len: int, what: str) -> bytes:
-    if (
-        len(msg) > MAX_MESSAGE
-        or len(msg) < len(MAGIC) + min_len
-        or not msg.startswith(MAGIC)
-    ):
+    if len(msg) > MAX_MESSAGE or len(msg) < len(MAGIC) + min_len or not msg.startswith(MAGIC):
         raise AuthenticationError(f"malformed handshake {what}: is the peer a tecc-mpc endpoint?")
     return msg[len(MAGIC) :]
 

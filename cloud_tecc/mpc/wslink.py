@@ -186,7 +186,9 @@ async def accept(
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, compress=False, autoping=True)
         await ws.prepare(request)
         nonce, eph = random_bytes(handshake.NONCE), X25519PrivateKey.generate()
-        kem = MLKEM768PrivateKey.generate() if suite is handshake.LinkSuite.MLKEM768_X25519 else None
+        kem = (
+            MLKEM768PrivateKey.generate() if suite is handshake.LinkSuite.MLKEM768_X25519 else None
+        )
         try:
             await ws.send_bytes(handshake.hello(name, nonce, eph, kem))
             auth = await receive_bytes(ws, min(handshake_s, wait_s), "handshake auth")

@@ -41,10 +41,10 @@ from cloud_tecc.enclave.trust import AttestedDirectory, reattest
 from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
+from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
-from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.dealer_link import DealerLink
 from cloud_tecc.party.epochs import (

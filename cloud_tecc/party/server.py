@@ -16,10 +16,13 @@ when an epoch is closed (:class:`~cloud_tecc.party.epochs.ProgressTracker`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -34,7 +37,7 @@ from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import ConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
-from cloud_tecc.party.ingest import REASONS, Ingestor
+from cloud_tecc.party.ingest import REASONS, Ingestor, public_error
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
@@ -50,6 +53,7 @@ _STATUS = {
     "signature": 403,
     "decrypt": 403,
     "replay": 409,
+    "expired": 409,
 }
 
 
@@ -95,7 +99,10 @@ class PartyService(ServiceBase):
             suite=cfg.suite,
             private_key=enclave.keys.hpke,
             gateway_keys=self._gateway_keys,
+            retention_s=cfg.retention_s,
         )
+        #: Verification and decryption run here, off the event loop that drives the MPC.
+        self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
         self.tracker = ProgressTracker(
             self._gateway_keys, started_ns=time.time_ns(), active_ns=int(cfg.active_s * 1e9)
         )
@@ -159,6 +166,7 @@ class PartyService(ServiceBase):
         """Close the HTTP client and the database."""
         if self.http is not None:
             await self.http.close()
+        self._ingest_pool.shutdown(wait=True)
         self.store.close()
 
     def health(self) -> dict[str, Any]:
@@ -179,7 +187,7 @@ class PartyService(ServiceBase):
     async def _ingest(self, request: web.Request) -> web.Response:
         frame = await request.read()
         try:
-            row = self.ingestor.prepare(frame, received_ns=time.time_ns())
+            row = await self._prepare(frame)
             outcome = await self.writer.submit(row)
             if outcome == InsertResult.REPLAY:
                 raise IngestError(
@@ -190,7 +198,7 @@ class PartyService(ServiceBase):
             self.rejected.labels(exc.reason).inc()
             log.warning("envelope refused (%s): %s", exc.reason, exc)
             return web.json_response(
-                {"status": "rejected", "reason": exc.reason, "error": str(exc)},
+                {"status": "rejected", "reason": exc.reason, "error": public_error(exc)},
                 status=_STATUS.get(exc.reason, 400),
             )
         self.batches.labels(outcome).inc()
@@ -209,6 +217,12 @@ class PartyService(ServiceBase):
                     late,
                 )
         return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})
+
+    async def _prepare(self, frame: bytes) -> BatchRow:
+        """:meth:`Ingestor.prepare` in the ingest pool (signature check, HPKE open, parse)."""
+        loop = asyncio.get_running_loop()
+        prepare = functools.partial(self.ingestor.prepare, frame, received_ns=time.time_ns())
+        return await loop.run_in_executor(self._ingest_pool, prepare)
 
     async def _progress(self, request: web.Request) -> web.Response:
         body = await request.content.read(4096)  # a notice is < 600 bytes

@@ -12,9 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cloud_tecc.mpc import AuthenticationError, Plan
+from cloud_tecc.mpc import AuthenticationError, Plan, wslink
 from cloud_tecc.mpc import handshake as hs
-from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.dealer_server import DealerService
 from cloud_tecc.mpc.localmesh import free_port
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
@@ -68,7 +67,8 @@ async def test_large_round_travels_in_bounded_frames(suite: hs.LinkSuite) -> Non
         assert bytes(got[1][0]) == big
         assert bytes(got[0][1]) == b"small"
         got = await asyncio.gather(t0.exchange(8, {1: b""}), t1.exchange(8, {0: big[:10]}))
-        assert bytes(got[1][0]) == b"" and bytes(got[0][1]) == big[:10]
+        assert bytes(got[1][0]) == b""
+        assert bytes(got[0][1]) == big[:10]
     finally:
         await asyncio.gather(t0.close(), t1.close())
 
