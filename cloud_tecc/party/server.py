@@ -37,7 +37,7 @@ from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import ConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
-from cloud_tecc.party.ingest import REASONS, Ingestor, public_error
+from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
@@ -230,7 +230,8 @@ class PartyService(ServiceBase):
         try:
             notice = open_progress(body, self._gateway_keys)
         except SignatureError as exc:
-            return self._refuse_notice("signature", 403, str(exc))
+            log.warning("progress notice refused (signature): %s", exc)
+            return self._refuse_notice("signature", 403, SIGNATURE_REFUSED)
         except FrameError as exc:
             return self._refuse_notice("malformed", 400, str(exc))
         if notice.cluster_id != self.cfg.service_id:
