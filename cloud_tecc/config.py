@@ -108,8 +108,17 @@ class PartyConfig:
     tick_s: float = 0.2
     retention_s: float = 86_400.0
     active_s: float = 60.0
+    #: Rotate the cluster HPKE key this often (0: never); the previous key keeps
+    #: opening envelopes for ``hpke_overlap_s`` after a rotation.
+    hpke_rotation_s: float = 0.0
+    hpke_overlap_s: float = 3600.0
 
     def __post_init__(self) -> None:
+        if self.hpke_rotation_s < 0 or self.hpke_overlap_s <= 0:
+            raise ConfigError(
+                "hpke_rotation_s must be >= 0 (0: never) and hpke_overlap_s > 0; the overlap "
+                "must exceed the gateways' re-attestation interval"
+            )
         if not 0 <= self.party < self.n_parties or self.n_parties != 2:
             raise ConfigError("this release supports exactly 2 parties with party in {0, 1}")
         if set(self.peers) != set(range(self.n_parties)) - {self.party}:
@@ -227,6 +236,8 @@ def load_party(path: Path) -> PartyConfig:
             tick_s=float(raw.get("tick_s", 0.2)),
             retention_s=float(raw.get("retention_s", 86_400.0)),
             active_s=float(raw.get("active_s", 60.0)),
+            hpke_rotation_s=float(raw.get("hpke_rotation_s", 0.0)),
+            hpke_overlap_s=float(raw.get("hpke_overlap_s", 3600.0)),
         )
     except KeyError as exc:
         raise ConfigError(f"party config is missing the key {exc.args[0]!r}") from exc

@@ -135,6 +135,8 @@ class Agent:
         log.info("all %d cluster keys known; sealing enabled", len(self._pins))
 
     def _on_pin(self, key: PinnedKey) -> None:
+        if self._pins.get(key.cluster, key) != key:
+            self._sealer = None  # a rotated cluster key: seal the next batches to the new one
         self._pins[key.cluster] = key
         self._build_sealer()
 

@@ -48,7 +48,13 @@ from gateway.config import ClusterConfig
 from gateway.errors import AttestationFailedError
 from gateway.metrics import Metrics
 from gateway.spool import PinnedKey, Spool
-from tecc_contract.attestation import ClusterRegistry, Quote, QuoteVerifier
+from tecc_contract.attestation import (
+    ClusterRegistry,
+    Quote,
+    QuoteVerifier,
+    VerifiedIdentity,
+    rotated_from,
+)
 from tecc_contract.errors import AttestationError
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,19 @@ def acknowledged(status: int, body: bytes) -> bool:
 
 class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
     """A transient failure: back off, re-attest, try again."""
+
+
+def follows_rotation(pinned: PinnedKey, key: PinnedKey, ident: VerifiedIdentity) -> bool:
+    """Whether ``key`` is the attested successor of ``pinned`` (same cluster, suite, id).
+
+    The quote names the key it replaced (claim ``hpke_prev``); batches sealed to
+    the old key still open at the cluster during its overlap period.
+    """
+    return (
+        pinned.service_id == key.service_id
+        and pinned.suite == key.suite
+        and rotated_from(ident, pinned.public_key)
+    )
 
 
 class ClusterLink:
@@ -165,6 +184,12 @@ class ClusterLink:
             await asyncio.to_thread(self._spool.pin, key)
             self._on_pin(key)
             log.info("cluster %d (%s): attested, HPKE key pinned", self.index, ident.service_id)
+        elif pinned != key and follows_rotation(pinned, key, ident):
+            await asyncio.to_thread(self._spool.pin, key)
+            self._on_pin(key)
+            log.info(
+                "cluster %d (%s): HPKE key rotated, new key pinned", self.index, key.service_id
+            )
         elif pinned != key:
             raise AttestationFailedError(
                 f"cluster {self.index} ({ident.service_id}) presents a different HPKE key than "

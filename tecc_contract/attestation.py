@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -138,6 +139,16 @@ class Quote:
             raise AttestationError("quote is not valid JSON") from exc
 
 
+def hpke_key_digest(public_raw: bytes) -> str:
+    """The hex SHA-256 a rotated quote names its previous HPKE key by (claim ``hpke_prev``)."""
+    return hashlib.sha256(b"tecc-hpke-key/" + public_raw).hexdigest()
+
+
+def rotated_from(ident: VerifiedIdentity, old_public_raw: bytes) -> bool:
+    """Whether an attested identity's HPKE key directly replaces ``old_public_raw``."""
+    return ident.claims.get("hpke_prev") == hpke_key_digest(old_public_raw)
+
+
 def sign_quote(unsigned: Quote, platform_key: Ed25519PrivateKey) -> Quote:
     """Return ``unsigned`` with the platform key's signature over its canonical bytes."""
     return replace(unsigned, signature=platform_key.sign(unsigned.signed_bytes()))
@@ -154,6 +165,7 @@ class VerifiedIdentity:
     hpke_suite: str
     verified_ns: int
     platform_key_id: str
+    claims: Mapping[str, str] = field(default_factory=dict)
 
 
 class QuoteVerifier(Protocol):
@@ -241,6 +253,7 @@ class SimulatedPlatformVerifier:
             hpke_suite=quote.hpke_suite,
             verified_ns=now_ns,
             platform_key_id=quote.platform_key_id,
+            claims=dict(quote.claims),
         )
 
 

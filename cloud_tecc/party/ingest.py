@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud_tecc.errors import IngestError
 from cloud_tecc.party.store import BatchRow, SegmentRow
-from tecc_contract.envelope import Opener
+from tecc_contract.envelope import OpenedShare, Opener
 from tecc_contract.errors import (
     ContractError,
     DecryptError,
@@ -70,17 +70,34 @@ class Ingestor:
         private_key: HpkePrivateKey,
         gateway_keys: Mapping[str, Ed25519PublicKey],
         retention_s: float | None = None,
+        previous_key: HpkePrivateKey | None = None,
     ) -> None:
         self._n = n_parties
         self._retention_ns = None if retention_s is None else int(retention_s * 1e9)
         self._opener = Opener(
             party=party, suite=suite, private_key=private_key, gateway_keys=gateway_keys
         )
+        #: During a key rotation's overlap: frames sealed to the previous HPKE key.
+        self._previous = (
+            None
+            if previous_key is None
+            else Opener(
+                party=party, suite=suite, private_key=previous_key, gateway_keys=gateway_keys
+            )
+        )
+
+    def _open(self, frame: bytes) -> OpenedShare:
+        try:
+            return self._opener.open(frame)
+        except DecryptError:
+            if self._previous is None:
+                raise
+            return self._previous.open(frame)
 
     def prepare(self, frame: bytes, *, received_ns: int) -> BatchRow:
         """Verify and open ``frame``; raise :class:`IngestError` with a reason label."""
         try:
-            opened = self._opener.open(frame)
+            opened = self._open(frame)
         except VersionError as exc:
             raise IngestError("version", str(exc)) from exc
         except FrameError as exc:

@@ -93,14 +93,7 @@ class PartyService(ServiceBase):
         self.store = ShareStore(cfg.service.state_dir / "shares.db", cfg.synchronous)
         self.writer = GroupWriter(self.store)
         self._gateway_keys = gateway_keys(cfg)
-        self.ingestor = Ingestor(
-            party=cfg.party,
-            n_parties=cfg.n_parties,
-            suite=cfg.suite,
-            private_key=enclave.keys.hpke,
-            gateway_keys=self._gateway_keys,
-            retention_s=cfg.retention_s,
-        )
+        self.ingestor = self._make_ingestor(time.time_ns())
         #: Verification and decryption run here, off the event loop that drives the MPC.
         self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
         self.tracker = ProgressTracker(
@@ -136,6 +129,7 @@ class PartyService(ServiceBase):
         )
         for reason in ("malformed", "signature", "misaddressed", "stale"):
             self.notices_rejected.labels(reason)
+        self.rotations = Counter("tecc_hpke_rotations", "Cluster HPKE key rotations", registry=reg)
         self.peer_ok = Gauge(
             "tecc_party_peer_attested", "1 if the peer party attests", registry=reg
         )
@@ -143,6 +137,42 @@ class PartyService(ServiceBase):
         self.http: aiohttp.ClientSession | None = None
         self.app.router.add_post("/v1/batches", self._ingest)
         self.app.router.add_post("/v1/progress", self._progress)
+
+    def _make_ingestor(self, now_ns: int) -> Ingestor:
+        """An ingestor for the current HPKE key (and the previous one during its overlap)."""
+        keys, cfg = self.enclave.keys, self.pcfg
+        overlap = keys.rotated_ns and now_ns < keys.rotated_ns + int(cfg.hpke_overlap_s * 1e9)
+        return Ingestor(
+            party=cfg.party,
+            n_parties=cfg.n_parties,
+            suite=cfg.suite,
+            private_key=keys.hpke,
+            gateway_keys=self._gateway_keys,
+            retention_s=cfg.retention_s,
+            previous_key=keys.previous_hpke if overlap else None,
+        )
+
+    async def _rotate_keys(self) -> None:
+        """Rotate the HPKE key every ``hpke_rotation_s``; drop the previous after the overlap."""
+        rotate_ns, overlap_ns = (
+            int(x * 1e9) for x in (self.pcfg.hpke_rotation_s, self.pcfg.hpke_overlap_s)
+        )
+        while True:
+            now = time.time_ns()
+            last = self.enclave.keys.rotated_ns or self.started_ns
+            due = last + rotate_ns
+            if self.enclave.keys.rotated_ns and now < self.enclave.keys.rotated_ns + overlap_ns:
+                due = min(due, self.enclave.keys.rotated_ns + overlap_ns)
+            await asyncio.sleep(max(due - now, 0) / 1e9 + 0.01)
+            now = time.time_ns()
+            if now >= last + rotate_ns:
+                self.enclave = await asyncio.to_thread(self.enclave.rotate, self.cfg.state_dir, now)
+                self.rotations.inc()
+                log.info(
+                    "HPKE key rotated; the previous key opens envelopes for %.0f s",
+                    self.pcfg.hpke_overlap_s,
+                )
+            self.ingestor = self._make_ingestor(now)
 
     async def on_start(self) -> None:
         """Start the writer and the coordinator."""
@@ -161,6 +191,8 @@ class PartyService(ServiceBase):
         self.spawn(self.writer.run(), "group-writer")
         self.spawn(self.coordinator.run(), "coordinator")
         self.spawn(self.coordinator.deliver(), "result-delivery")
+        if self.pcfg.hpke_rotation_s > 0:
+            self.spawn(self._rotate_keys(), "hpke-rotation")
 
     async def on_stop(self) -> None:
         """Close the HTTP client and the database."""
