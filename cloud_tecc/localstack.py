@@ -75,6 +75,8 @@ class Deployment:
     gateways: Mapping[str, Ed25519PrivateKey | str]
     policy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     party_extra: dict[str, Any] = field(default_factory=dict)
+    #: Extra keys of every service's ``attestation`` section (e.g. ``reattest_s``).
+    attestation: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     gateway_health: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -145,7 +147,11 @@ class Deployment:
         """Write every service's YAML config."""
         common = {
             "log_level": "INFO",
-            "attestation": {"refresh_s": 2.0, "platform_keys": self.platform_keys()},
+            "attestation": {
+                "refresh_s": 2.0,
+                "platform_keys": self.platform_keys(),
+                **self.attestation,
+            },
         }
         gws = {
             g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()

@@ -211,7 +211,7 @@ class PartyService(ServiceBase):
         doc["gateways"] = self.tracker.snapshot(time.time_ns())
         if self.coordinator is not None:
             doc["peers"] = {
-                k: {"attested": v.ok, "detail": v.detail}
+                k: {"attested": v.ok, "detail": v.detail, "checked_ns": v.checked_ns}
                 for k, v in self.coordinator.directory.status.items()
             }
         return doc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 import aiohttp
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cloud_tecc.mpc import AuthenticationError, Plan, wslink
+from cloud_tecc.mpc import AuthenticationError, PeerLostError, Plan, wslink
 from cloud_tecc.mpc import handshake as hs
 from cloud_tecc.mpc.dealer_server import DealerService
 from cloud_tecc.mpc.localmesh import free_port
@@ -184,5 +185,41 @@ async def test_pending_upgrades_are_capped() -> None:
             assert svc.gate.pending == 0
             async with session.ws_connect(url) as ws:
                 assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.BINARY
+    finally:
+        await svc.close()
+
+
+async def test_dealer_cuts_off_a_revoked_party_until_admitted_again() -> None:
+    """``revoke`` (failed re-attestation) closes the party's link and refuses it; ``admit`` lets
+    it back. Fails on the code before this change (no revocation existed)."""
+    party_key, dealer_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    svc = DealerService(
+        n=2,
+        plan=Plan(triples=10),
+        key=dealer_key,
+        party_keys={0: party_key.public_key(), 1: Ed25519PrivateKey.generate().public_key()},
+    )
+    port = free_port()
+    await svc.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/dealer"
+    kw = {"party": 0, "key": party_key, "dealer_key": dealer_key.public_key(), "wait_s": 2.0}
+    try:
+        session, link = await wslink.connect_dealer(url, **kw)  # type: ignore[arg-type]
+        await link.send(b"NEXT")
+        assert await link.receive(5, "a batch")
+        svc.revoke(0)
+        with contextlib.suppress(ConnectionError):
+            await link.send(b"NEXT")
+        with pytest.raises(PeerLostError):
+            await link.receive(5, "a batch")
+        await session.close()
+        with pytest.raises(AuthenticationError):
+            await wslink.connect_dealer(url, **kw)  # type: ignore[arg-type]
+        svc.admit(0, party_key.public_key())
+        session, link = await wslink.connect_dealer(url, **kw)  # type: ignore[arg-type]
+        await link.send(b"NEXT")
+        assert await link.receive(5, "a batch")
+        await link.close()
+        await session.close()
     finally:
         await svc.close()
