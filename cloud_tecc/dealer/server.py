@@ -73,6 +73,16 @@ class DealerProcess(ServiceBase):
             "Periodic party re-attestations passed",
             registry=self.registry,
         )
+        self.upgrades_refused = Gauge(
+            "tecc_dealer_upgrades_refused",
+            "WebSocket upgrades refused (too many unauthenticated handshakes pending)",
+            registry=self.registry,
+        )
+        self.handshakes_failed = Gauge(
+            "tecc_dealer_handshakes_failed",
+            "Dealer-link handshakes that failed (unknown key, timeout, oversized frame)",
+            registry=self.registry,
+        )
         self.reattest_failures = Counter(
             "tecc_dealer_reattest_failures",
             "Periodic party re-attestations failed (the party's link was closed)",
@@ -117,6 +127,8 @@ class DealerProcess(ServiceBase):
         next_check = loop.time() + self.cfg.trust.reattest_s
         while True:
             self.batches.set(self.dealer.stats.batches)
+            self.upgrades_refused.set(self.dealer.gate.refused)
+            self.handshakes_failed.set(self.dealer.gate.failed)
             if loop.time() >= next_check:
                 await self._reattest(directory, self.dealer)
                 next_check = loop.time() + self.cfg.trust.reattest_s

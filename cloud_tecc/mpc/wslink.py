@@ -19,6 +19,7 @@ get HTTP 503).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cloud_tecc.mpc import handshake
 from cloud_tecc.mpc.errors import AuthenticationError, MpcError, PeerLostError, ProtocolError
 
+log = logging.getLogger("cloud_tecc.mpc.wslink")
 RandomBytes = Callable[[int], bytes]
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 #: Plaintext bytes per frame: a message larger than this travels as several
@@ -179,6 +181,14 @@ async def accept(
     """
     if gate is not None and gate.pending >= gate.max_pending:
         gate.refused += 1
+        if gate.refused % 1000 == 1:  # the first, then every 1000th: a flood must not flood the log
+            log.warning(
+                "%s: %d upgrades refused so far, %d handshakes pending (cap %d)",
+                name,
+                gate.refused,
+                gate.pending,
+                gate.max_pending,
+            )
         return web.Response(status=503, text="too many pending handshakes"), None
     if gate is not None:
         gate.pending += 1
