@@ -219,6 +219,12 @@ class SimulatedPlatformVerifier:
         key = self._platforms.get(quote.platform_key_id)
         if key is None:
             raise AttestationError(f"quote signed by unknown platform {quote.platform_key_id!r}")
+        try:
+            key.verify(quote.signature, quote.signed_bytes())
+        except InvalidSignature as exc:
+            raise AttestationError(
+                f"quote of {quote.service_id!r} has an invalid platform signature"
+            ) from exc
         domain = self._domains.get(quote.platform_key_id)
         if domain is not None and quote.service_id not in domain:
             raise AttestationError(
@@ -227,12 +233,6 @@ class SimulatedPlatformVerifier:
             )
         if service_id is not None and quote.service_id != service_id:
             raise AttestationError(f"quote names {quote.service_id!r}, expected {service_id!r}")
-        try:
-            key.verify(quote.signature, quote.signed_bytes())
-        except InvalidSignature as exc:
-            raise AttestationError(
-                f"quote of {quote.service_id!r} has an invalid platform signature"
-            ) from exc
         if quote.nonce != nonce:
             raise AttestationError(f"quote of {quote.service_id!r} answers another nonce (replay?)")
         age = now_ns - quote.issued_ns

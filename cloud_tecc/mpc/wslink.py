@@ -6,9 +6,11 @@ on every connection and keys a :class:`~cloud_tecc.mpc.handshake.Channel`; a
 has a timeout and a lost connection becomes :class:`PeerLostError`. Bulk data
 travels as raw bytes (no JSON, no base64).
 
-Nothing an unauthenticated peer sends can grow memory without bound: every
-WebSocket frame, during the handshake and after it, is capped at
-:data:`MAX_FRAME` (aiohttp refuses a larger one from its header); messages
+Nothing an unauthenticated peer sends can grow memory without bound: a
+listener caps every frame it receives at :data:`MAX_ACCEPT_FRAME` (4 KiB: the
+connecting side only sends the handshake, a token and requests), a connecting
+side at :data:`MAX_FRAME` (aiohttp refuses a larger frame from its header,
+before buffering it); messages
 larger than one chunk travel as several frames and are reassembled only from
 an authenticated peer, up to a cap; the handshake must complete within
 :data:`HANDSHAKE_S`; and a listener admits at most :data:`MAX_PENDING`
@@ -45,6 +47,12 @@ CHUNK: Final = 1 << 20
 #: before buffering any of it, so an unauthenticated peer can make this side
 #: hold at most one such frame per pending upgrade.
 MAX_FRAME: Final = CHUNK + 64
+#: The frame cap of the listening side of every link, for its whole life. On the
+#: mesh and dealer links data flows server → client only; the client sends
+#: its handshake AUTH, a session token and dealer requests, all < 4 KiB. So an
+#: unauthenticated peer that connects can make a listener hold at most this
+#: much per pending upgrade.
+MAX_ACCEPT_FRAME: Final = handshake.MAX_MESSAGE
 #: Largest reassembled message from an authenticated peer (a round of 1 M
 #: comparisons is 12 MB; a dealer batch for 20,000 readings a few MB).
 MAX_MESSAGE: Final = 1 << 30
@@ -170,6 +178,7 @@ async def accept(
     suite: handshake.LinkSuite = handshake.LinkSuite.X25519,
     gate: HandshakeGate | None = None,
     handshake_s: float = HANDSHAKE_S,
+    max_frame: int = MAX_ACCEPT_FRAME,
 ) -> tuple[web.StreamResponse, Link | None]:
     """Upgrade ``request`` and run the server side of the handshake.
 
@@ -177,7 +186,8 @@ async def accept(
     closed, or a 503 when ``gate`` is full) when the peer failed the handshake.
     The handler returns the response either way. The peer has ``handshake_s``
     (at most ``wait_s``) to authenticate, and every frame it sends before (and
-    after) is capped at :data:`MAX_FRAME` bytes.
+    after) is capped at ``max_frame`` bytes (:data:`MAX_ACCEPT_FRAME`: the
+    connecting side only ever sends small messages).
     """
     if gate is not None and gate.pending >= gate.max_pending:
         gate.refused += 1
@@ -193,7 +203,7 @@ async def accept(
     if gate is not None:
         gate.pending += 1
     try:
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, compress=False, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=max_frame, compress=False, autoping=True)
         await ws.prepare(request)
         nonce, eph = random_bytes(handshake.NONCE), X25519PrivateKey.generate()
         kem = (
