@@ -224,3 +224,45 @@ async def test_dealer_cuts_off_a_revoked_party_until_admitted_again() -> None:
         await session.close()
     finally:
         await svc.close()
+
+
+def test_hostile_hybrid_handshake_bytes_raise_only_authentication_errors() -> None:
+    """Truncated, oversized, random or bit-flipped hybrid messages: AuthenticationError only."""
+    rng = np.random.default_rng(3)
+    c, s = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    eph, kem = X25519PrivateKey.generate(), MLKEM768PrivateKey.generate()
+    hello = hs.hello("dealer", b"n" * 32, eph, kem)
+    auth, _ = hs.client_auth(
+        hello,
+        name="party-0",
+        key=c,
+        expected_server="dealer",
+        nonce_c=b"c" * 32,
+        eph=X25519PrivateKey.generate(),
+        suite=PQ,
+    )
+    known = {"party-0": c.public_key()}
+    for seed in (hello, auth):
+        cases = [seed[:n] for n in (0, 4, 5, 40, 200, len(seed) - 1)]
+        cases += [seed + rng.bytes(hs.MAX_MESSAGE), rng.bytes(len(seed))]
+        for _ in range(50):
+            flipped = bytearray(seed)
+            flipped[int(rng.integers(len(seed)))] ^= 1 << int(rng.integers(8))
+            cases.append(bytes(flipped))
+        for body in cases:
+            if seed is hello:  # a flip in the nonce or the keys may pass; nothing else may escape
+                with contextlib.suppress(AuthenticationError):
+                    hs.client_auth(
+                        body,
+                        name="party-0",
+                        key=c,
+                        expected_server="dealer",
+                        nonce_c=b"c" * 32,
+                        eph=X25519PrivateKey.generate(),
+                        suite=PQ,
+                    )
+                continue
+            with pytest.raises(AuthenticationError):  # every change breaks the signature
+                hs.server_accept(
+                    body, name="dealer", key=s, nonce_s=b"n" * 32, eph=eph, known=known, kem=kem
+                )
