@@ -340,6 +340,12 @@ class GatewayConfig:
         idx = sorted(c.index for c in self.clusters)
         if len(idx) < 2 or idx != list(range(len(idx))):
             raise ConfigError(f"clusters need indices 0..N-1 with N >= 2, got {idx}")
+        ids = [c.service_id for c in self.clusters]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(
+                f"clusters[].service_id must differ per cluster, got {ids}: N clusters are N "
+                "independent trust domains (write each cluster's own service id)"
+            )
         if not self.sensors:
             raise ConfigError("declare at least one sensor")
         undeclared = {n.sensor for s in self.opcua for n in s.nodes} - set(self.sensors)
