@@ -117,7 +117,9 @@ def bench_ingest(root: Path, batches: int) -> float:
         ts = T0 + np.arange(1000, dtype=np.int64) * 1000
         vals = np.linspace(0.0, 100.0, 1000)
         frames = [
-            sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=T0)[0]
+            sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=time.time_ns())[
+                0
+            ]
             for i in range(batches)
         ]
         asyncio.run(post_all(f"{dep.url('party0')}/v1/batches", frames[:20], 8))  # warm-up
@@ -151,7 +153,7 @@ def upload_streams(dep: Deployment, streams: list[StreamReadings], per_batch_s: 
             for s in ss:
                 m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
                 segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
-            frames.append(sealer.seal(seq, segs, created_ns=T0))
+            frames.append(sealer.seal(seq, segs, created_ns=time.time_ns()))
     for i in (0, 1):
         asyncio.run(post_all(f"{dep.url(f'party{i}')}/v1/batches", [f[i] for f in frames], 16))
     dep.declare(max(int(s.timestamps_ns[-1]) for s in streams) + 1)  # every window complete

@@ -9,7 +9,10 @@ generates the correlations, the parties fetch and expand them first (offline),
 then time the online phase of each call over loopback WebSockets.
 Phase 2: z-score flags ``(x − μ)² > k²σ²`` with secret μ, σ²: one multiply, one
 truncation, one comparison. Plaintext numpy baselines run on the same data in
-this process. The last stdout line is one JSON object.
+this process.
+Phase 3 (:mod:`bench.mpc_links`): link handshake and round cost with the
+hybrid ML-KEM-768 + X25519 key agreement vs X25519 alone, as ratios.
+The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.mpc_links import bench_links
 from cloud_tecc.mpc import reveal, share
 from cloud_tecc.mpc.localmesh import LocalMesh, wait_all
 from cloud_tecc.mpc.programs import plan_for
@@ -137,6 +141,7 @@ def main() -> None:
         out: dict[str, Any] = {"parties": args.parties, "elements_per_call": args.elements}
         out |= bench_lt(root, args.parties, args.elements, reps)
         out |= bench_zscore(root, args.parties, args.elements, max(2, reps - 2))
+    out |= bench_links(args.quick)
     out["ratio_comparisons_vs_plaintext"] = (
         out["plaintext_comparisons_per_s"] / out["comparisons_per_s"]
     )

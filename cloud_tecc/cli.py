@@ -63,13 +63,20 @@ def _build(command: str, config: Path) -> ServiceBase:
 
         pcfg = load_party(config)
         setup_logging(pcfg.service.log_level)
-        return PartyService(pcfg, open_enclave(pcfg.service, pcfg.suite))
+        extra = {
+            "gateways": dict(pcfg.gateways),
+            "peers": {str(i): e.service_id for i, e in pcfg.peers.items()},
+            "dealer": pcfg.dealer.service_id,
+            "output": pcfg.output.service_id,
+        }
+        return PartyService(pcfg, open_enclave(pcfg.service, pcfg.suite, extra))
     if command == "dealer":
         from cloud_tecc.dealer.server import DealerProcess  # noqa: PLC0415
 
         dcfg = load_dealer(config)
         setup_logging(dcfg.service.log_level)
-        return DealerProcess(dcfg, open_enclave(dcfg.service))
+        parties = {"parties": {str(i): e.service_id for i, e in dcfg.parties.items()}}
+        return DealerProcess(dcfg, open_enclave(dcfg.service, dcfg.suite, parties))
     from cloud_tecc.output.server import OutputService  # noqa: PLC0415
 
     ocfg = load_output(config)

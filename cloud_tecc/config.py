@@ -34,6 +34,7 @@ from tecc_contract.schema import (
     HostPort,
     ListenPort,
     Name,
+    NonNegative,
     Positive,
     Url,
     convert,
@@ -79,12 +80,30 @@ class Endpoint(FileSchema, frozen=True, kw_only=True):
 
 
 class Trust(FileSchema, frozen=True, kw_only=True):
-    """``attestation:`` trust anchors: platform keys and allowed measurements (hex or ``self``)."""
+    """``attestation:`` trust anchors: platform keys and allowed measurements (hex or ``self``).
 
-    platform_keys: tuple[Anchor, ...] = (SELF,)
+    ``platform_keys`` is either a mapping service id → that service's platform
+    key (one platform root per trust domain: a quote of a listed service
+    verifies only under its own platform's key), or a list of keys trusted for
+    every service (one shared root: not advised). Peers (and, at the dealer,
+    the parties) are re-attested every ``reattest_s`` during a session.
+    """
+
+    platform_keys: tuple[Anchor, ...] | dict[Name, Anchor] = (SELF,)
     allowed_measurements: tuple[Anchor, ...] = (SELF,)
     max_age_s: Positive = 300.0
     refresh_s: Positive = 30.0
+    reattest_s: Positive = 60.0
+
+    @property
+    def anchors(self) -> tuple[str, ...]:
+        """Platform keys trusted for every service (the list form; empty for a mapping)."""
+        return () if isinstance(self.platform_keys, dict) else self.platform_keys
+
+    @property
+    def domains(self) -> Mapping[str, str]:
+        """Service id → its platform key (the mapping form; empty for a list)."""
+        return self.platform_keys if isinstance(self.platform_keys, dict) else {}
 
 
 class Listen(FileSchema, frozen=True, kw_only=True):
@@ -125,6 +144,10 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     tick_s: Positive = 0.2
     retention_s: Positive = 86_400.0
     active_s: Positive = 60.0
+    # Rotate the cluster HPKE key this often (0: never); the previous key keeps opening
+    # envelopes for hpke_overlap_s (longer than the gateways' re-attestation interval).
+    hpke_rotation_s: NonNegative = 0.0
+    hpke_overlap_s: Positive = 3600.0
 
     def __post_init__(self) -> None:
         others = set(range(self.n_parties)) - {self.party}
@@ -147,6 +170,7 @@ class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
     mpc_listen: HostPort = "127.0.0.1:0"
     batch_readings: Count = 20_000
     depth: Annotated[int, Meta(ge=1, le=64)] = 4
+    suite: KemSuite = KemSuite.X25519  # link suite of the dealer links: the parties' suite
 
 
 class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
@@ -190,6 +214,8 @@ class PartyConfig:
     tick_s: float
     retention_s: float
     active_s: float
+    hpke_rotation_s: float
+    hpke_overlap_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +227,7 @@ class DealerConfig:
     mpc_listen: str
     batch_readings: int
     depth: int
+    suite: KemSuite
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +309,8 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
         tick_s=f.tick_s,
         retention_s=f.retention_s,
         active_s=f.active_s,
+        hpke_rotation_s=f.hpke_rotation_s,
+        hpke_overlap_s=f.hpke_overlap_s,
     )
 
 
@@ -293,6 +322,7 @@ def dealer_config(f: DealerFile, base: Path) -> DealerConfig:
         mpc_listen=f.mpc_listen,
         batch_readings=f.batch_readings,
         depth=f.depth,
+        suite=f.suite,
     )
 
 

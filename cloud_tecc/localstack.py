@@ -3,7 +3,9 @@
 :class:`Deployment` writes configs with free ports into a directory, starts
 ``python -m cloud_tecc <role> --config …`` per service, waits for ``/healthz``
 and stops them (SIGTERM, or SIGKILL on request). Used by the process tests,
-the benchmark and demos; all services share one simulated platform.
+the benchmark and demos. Every service has its own simulated platform (one
+trust domain each, ``platform-<name>/``), and every verifier binds each
+service id to its own platform's key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.measurement import measure
+from cloud_tecc.enclave.platform import SimulatedPlatform
 from tecc_contract.progress import Progress, seal_progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +75,8 @@ class Deployment:
     gateways: Mapping[str, Ed25519PrivateKey | str]
     policy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     party_extra: dict[str, Any] = field(default_factory=dict)
+    #: Extra keys of every service's ``attestation`` section (e.g. ``reattest_s``).
+    attestation: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     gateway_health: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -79,8 +84,16 @@ class Deployment:
     def __post_init__(self) -> None:
         for name in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc"):
             self.ports.setdefault(name, free_port())
-        self.platform_dir = self.root / "platform"
+        self.platform_dirs = {name: self.root / f"platform-{name}" for name in SERVICES}
         self.write_configs()
+
+    def platform(self, name: str) -> SimulatedPlatform:
+        """The simulated platform (trust domain) of service ``name``."""
+        return SimulatedPlatform.load_or_create(self.platform_dirs[name])
+
+    def platform_keys(self) -> dict[str, str]:
+        """Service id -> its platform's attestation public key (hex), for verifiers."""
+        return {name: self.platform(name).public_key_hex for name in SERVICES}
 
     def signing_key(self, gateway: str) -> Ed25519PrivateKey:
         """The private identity key of a test gateway (tests that seal envelopes themselves)."""
@@ -133,9 +146,12 @@ class Deployment:
     def write_configs(self) -> None:
         """Write every service's YAML config."""
         common = {
-            "platform_dir": "platform",
             "log_level": "INFO",
-            "attestation": {"refresh_s": 2.0},
+            "attestation": {
+                "refresh_s": 2.0,
+                "platform_keys": self.platform_keys(),
+                **self.attestation,
+            },
         }
         gws = {
             g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()
@@ -147,6 +163,7 @@ class Deployment:
                 **common,
                 "role": "party",
                 "service_id": name,
+                "platform_dir": self.platform_dirs[name].name,
                 "party": i,
                 "n_parties": 2,
                 "listen": {"host": "127.0.0.1", "port": self.ports[name]},
@@ -166,6 +183,8 @@ class Deployment:
             **common,
             "role": "dealer",
             "service_id": "dealer",
+            "platform_dir": self.platform_dirs["dealer"].name,
+            "suite": self.party_extra.get("suite", "x25519"),
             "state_dir": "dealer",
             "listen": {"host": "127.0.0.1", "port": self.ports["dealer"]},
             "mpc_listen": f"127.0.0.1:{self.ports['dealer_mpc']}",
@@ -178,6 +197,7 @@ class Deployment:
             **common,
             "role": "output",
             "service_id": "output",
+            "platform_dir": self.platform_dirs["output"].name,
             "state_dir": "output",
             "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
             "policy": self._policy_file("output"),

@@ -115,7 +115,7 @@ def gateway_config(
     tpm_port: int,
     http_port: int,
     clusters: Sequence[tuple[int, str, str]],
-    platform: tuple[str, str],
+    platforms: Mapping[str, str],
     measurement: str,
     backfill: Sequence[str] = (),
     backfill_idle_s: float = 30.0,
@@ -185,7 +185,7 @@ def gateway_config(
         "spool": {"path": str(state_dir / "spool.db"), "max_bytes": 1 << 30},
         "clusters": [{"index": i, "url": u, "service_id": sid} for i, u, sid in clusters],
         "attestation": {
-            "platform_keys": {platform[0]: platform[1]},
+            "platform_keys": dict(platforms),  # key id -> hex: each cluster's own platform
             "allowed_measurements": [measurement],
             "max_age_s": 300,
         },

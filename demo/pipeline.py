@@ -10,7 +10,7 @@ order (simulator first, so the gateways drain what they received).
 Everything lives under ``state_dir``: configs (rewritten on every start, with
 ports chosen afresh), logs (``logs/<child>.log``), the broker's persistence,
 TPM state and sealed gateway keys, spools, cluster and output databases, the
-simulated platform key and the simulator's ground truth. A second start on
+simulated platform keys (one per cloud service) and the simulator's ground truth. A second start on
 the same directory resumes (same keys, same TPM state, same data);
 ``fresh=True`` wipes it first. The dashboard listens on ``dashboard_port``,
 else on 8730 if that is free, else on a free port.
@@ -42,7 +42,6 @@ from typing import Any
 import aiohttp
 import yaml
 
-from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.localstack import Deployment
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids, load_policy
@@ -191,7 +190,6 @@ class Pipeline:
             )
             await self._reset_lockout(g, tpm_ports[g])
 
-        platform = SimulatedPlatform.load_or_create(sd / "cloud" / "platform")
         # gateway configs first (the TPM provisioning needs one), keys second
         ports = {n: free_port() for n in (*CLOUD, "party0_mpc", "party1_mpc", "dealer_mpc")}
         dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash})
@@ -207,7 +205,10 @@ class Pipeline:
                 tpm_port=tpm_ports[g],
                 http_port=gw_http[g],
                 clusters=clusters,
-                platform=(platform.key_id, platform.public_key_hex),
+                platforms={
+                    dep.platform(f"party{i}").key_id: dep.platform(f"party{i}").public_key_hex
+                    for i in (0, 1)
+                },
                 measurement=dep.measurement().hex(),
                 backfill=self.replay.backfill_of(self.sensors[g]) if self.replay else (),
                 backfill_idle_s=REPLAY_BACKFILL_IDLE_S,

@@ -1,12 +1,13 @@
 #!/bin/sh
 # tecc-enrol: the one-shot first step of the compose deployment.
 #
-#   1. opens (first run: creates) the simulated TEE platform shared by the
-#      cloud services and reads its attestation public key;
+#   1. opens (first run: creates) one simulated TEE platform per cloud service
+#      (one trust domain each: cluster0, cluster1, dealer, output, each its own
+#      volume that only that service mounts) and reads their public keys;
 #   2. computes the enclave measurement of this image's cluster build with the
 #      analytics policy;
-#   3. renders the gateway config with both (the gateway verifies the
-#      clusters' quotes against them);
+#   3. renders the gateway, dealer and output configs with them (every
+#      verifier binds each service id to its own platform's key);
 #   4. provisions the gateway on first start: identity and spool keys sealed
 #      in the TPM (swtpm container); later starts keep the sealed keys;
 #   5. renders the cluster configs with the gateway's public key (the
@@ -28,8 +29,12 @@ log() { printf 'tecc-enrol: %s\n' "$*" >&2; }
 # render TEMPLATE_NAME OUTPUT_NAME: substitute every @NAME@ placeholder.
 render() {
   tmp="$CONFIG_DIR/.$2.tmp"
-  sed -e "s/@PLATFORM_KEY_ID@/$platform_key_id/g" \
-      -e "s/@PLATFORM_PUBLIC_KEY@/$platform_key/g" \
+  sed -e "s/@PLATFORM_CLUSTER0_KEY_ID@/$cluster0_id/g" \
+      -e "s/@PLATFORM_CLUSTER0@/$cluster0_key/g" \
+      -e "s/@PLATFORM_CLUSTER1_KEY_ID@/$cluster1_id/g" \
+      -e "s/@PLATFORM_CLUSTER1@/$cluster1_key/g" \
+      -e "s/@PLATFORM_DEALER@/$dealer_key/g" \
+      -e "s/@PLATFORM_OUTPUT@/$output_key/g" \
       -e "s/@MEASUREMENT@/$measurement/g" \
       -e "s/@GATEWAY_PUBLIC_KEY@/${gateway_key:-@GATEWAY_PUBLIC_KEY@}/g" \
       "$TEMPLATES/$1" > "$tmp"
@@ -39,13 +44,19 @@ render() {
 mkdir -p "$CONFIG_DIR"
 
 # shellcheck disable=SC2046  # keygen prints exactly "<key id> <public key hex>"
-set -- $(tecc-cluster keygen --platform-dir "$PLATFORM_DIR")
-platform_key_id=$1
-platform_key=$2
+set -- $(tecc-cluster keygen --platform-dir "$PLATFORM_DIR/cluster0"); cluster0_id=$1; cluster0_key=$2
+# shellcheck disable=SC2046
+set -- $(tecc-cluster keygen --platform-dir "$PLATFORM_DIR/cluster1"); cluster1_id=$1; cluster1_key=$2
+# shellcheck disable=SC2046
+set -- $(tecc-cluster keygen --platform-dir "$PLATFORM_DIR/dealer"); dealer_key=$2
+# shellcheck disable=SC2046
+set -- $(tecc-cluster keygen --platform-dir "$PLATFORM_DIR/output"); output_key=$2
 measurement=$(tecc-cluster measure --policy "$POLICY")
-log "platform $platform_key_id, measurement $measurement"
+log "platforms cluster0 $cluster0_id, cluster1 $cluster1_id; measurement $measurement"
 
 render gateway.yaml.tmpl gateway.yaml
+render dealer.yaml.tmpl dealer.yaml
+render output.yaml.tmpl output.yaml
 
 if [ -f "$GATEWAY_STATE/identity.sealed" ] && [ -f "$GATEWAY_STATE/spool-key.sealed" ]; then
   log "gateway already provisioned; keeping the keys sealed in $GATEWAY_STATE"

@@ -58,7 +58,7 @@ from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
 from gateway.uplink import ClusterLink
-from tecc_contract.attestation import SimulatedPlatformVerifier
+from tecc_contract.attestation import ClusterRegistry, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
@@ -130,6 +130,8 @@ class Agent:
             max_age_s=cfg.attestation.max_age_s,
         )
         self.links: list[ClusterLink] = []
+        #: The clusters' attested identities, kept distinct (ids and keys).
+        self._registry = ClusterRegistry()
 
     def _build_sealer(self) -> None:
         if len(self._pins) < len(self.cfg.clusters) or self._sealer is not None:
@@ -145,6 +147,8 @@ class Agent:
         log.info("all %d cluster keys known; sealing enabled", len(self._pins))
 
     def _on_pin(self, key: PinnedKey) -> None:
+        if self._pins.get(key.cluster, key) != key:
+            self._sealer = None  # a rotated cluster key: seal the next batches to the new one
         self._pins[key.cluster] = key
         self._build_sealer()
 
@@ -194,6 +198,7 @@ class Agent:
                     edge=lambda: self.edge_through,
                     notice=self._notice,
                     notice_interval_s=self.cfg.progress.interval_s,
+                    registry=self._registry,
                 )
                 for c in self.cfg.clusters
             ]

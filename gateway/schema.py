@@ -305,6 +305,12 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
         idx = sorted(c.index for c in self.clusters)
         if len(idx) < 2 or idx != list(range(len(idx))):
             raise ValueError(f"clusters need indices 0..N-1 with N >= 2, got {idx}")
+        sids = [c.service_id for c in self.clusters]
+        if len(set(sids)) != len(sids):
+            raise ValueError(
+                f"clusters[].service_id must differ per cluster, got {sids}: N clusters are N "
+                "independent trust domains (write each cluster's own service id)"
+            )
         fed = {n.sensor for s in self.sources.opcua for n in s.nodes}
         if undeclared := sorted(fed - set(ids)):
             raise ValueError(f"OPC-UA nodes feed undeclared sensors {undeclared}; declare them")

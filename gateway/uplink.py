@@ -48,7 +48,13 @@ from gateway.config import ClusterConfig
 from gateway.errors import AttestationFailedError
 from gateway.metrics import Metrics
 from gateway.spool import PinnedKey, Spool
-from tecc_contract.attestation import Quote, QuoteVerifier
+from tecc_contract.attestation import (
+    ClusterRegistry,
+    Quote,
+    QuoteVerifier,
+    VerifiedIdentity,
+    rotated_from,
+)
 from tecc_contract.errors import AttestationError
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,19 @@ class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
     """A transient failure: back off, re-attest, try again."""
 
 
+def follows_rotation(pinned: PinnedKey, key: PinnedKey, ident: VerifiedIdentity) -> bool:
+    """Whether ``key`` is the attested successor of ``pinned`` (same cluster, suite, id).
+
+    The quote names the key it replaced (claim ``hpke_prev``); batches sealed to
+    the old key still open at the cluster during its overlap period.
+    """
+    return (
+        pinned.service_id == key.service_id
+        and pinned.suite == key.suite
+        and rotated_from(ident, pinned.public_key)
+    )
+
+
 class ClusterLink:
     """Sends one cluster its envelopes, in seq order, after verifying its quote."""
 
@@ -104,8 +123,10 @@ class ClusterLink:
         edge: Callable[[], int] | None = None,
         notice: Callable[[str, int, int], bytes] | None = None,
         notice_interval_s: float = 0.25,
+        registry: ClusterRegistry | None = None,
     ) -> None:
         self.cfg = cfg
+        self._registry = registry
         self.index = cfg.index
         self._spool = spool
         self._verifier = verifier
@@ -147,6 +168,11 @@ class ClusterLink:
                 f"cluster {self.index} attests as {ident.service_id!r}, configured "
                 f"{self.cfg.service_id!r}"
             )
+        if self._registry is not None:
+            try:  # N clusters: N distinct service ids and keys
+                self._registry.claim(self.index, ident)
+            except AttestationError as exc:
+                raise AttestationFailedError(str(exc)) from exc
         hpke = ident.keys.get("hpke")
         if hpke is None or ident.hpke_suite != self._suite:
             raise AttestationFailedError(
@@ -158,6 +184,12 @@ class ClusterLink:
             await asyncio.to_thread(self._spool.pin, key)
             self._on_pin(key)
             log.info("cluster %d (%s): attested, HPKE key pinned", self.index, ident.service_id)
+        elif pinned != key and follows_rotation(pinned, key, ident):
+            await asyncio.to_thread(self._spool.pin, key)
+            self._on_pin(key)
+            log.info(
+                "cluster %d (%s): HPKE key rotated, new key pinned", self.index, key.service_id
+            )
         elif pinned != key:
             raise AttestationFailedError(
                 f"cluster {self.index} ({ident.service_id}) presents a different HPKE key than "

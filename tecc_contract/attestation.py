@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -138,6 +139,16 @@ class Quote:
             raise AttestationError("quote is not valid JSON") from exc
 
 
+def hpke_key_digest(public_raw: bytes) -> str:
+    """The hex SHA-256 a rotated quote names its previous HPKE key by (claim ``hpke_prev``)."""
+    return hashlib.sha256(b"tecc-hpke-key/" + public_raw).hexdigest()
+
+
+def rotated_from(ident: VerifiedIdentity, old_public_raw: bytes) -> bool:
+    """Whether an attested identity's HPKE key directly replaces ``old_public_raw``."""
+    return ident.claims.get("hpke_prev") == hpke_key_digest(old_public_raw)
+
+
 def sign_quote(unsigned: Quote, platform_key: Ed25519PrivateKey) -> Quote:
     """Return ``unsigned`` with the platform key's signature over its canonical bytes."""
     return replace(unsigned, signature=platform_key.sign(unsigned.signed_bytes()))
@@ -154,15 +165,25 @@ class VerifiedIdentity:
     hpke_suite: str
     verified_ns: int
     platform_key_id: str
+    claims: Mapping[str, str] = field(default_factory=dict)
 
 
 class QuoteVerifier(Protocol):
     """Checks a quote and returns the identity it proves, or raises AttestationError."""
 
     def verify(
-        self, quote: Quote, *, nonce: bytes, now_ns: int, role: str | None = None
+        self,
+        quote: Quote,
+        *,
+        nonce: bytes,
+        now_ns: int,
+        role: str | None = None,
+        service_id: str | None = None,
     ) -> VerifiedIdentity:
-        """Verify ``quote`` was issued for ``nonce`` by a trusted platform and allowed build."""
+        """Verify ``quote`` was issued for ``nonce`` by a trusted platform and allowed build.
+
+        ``role`` and ``service_id``, when given, must be what the quote names.
+        """
         ...
 
 
@@ -175,15 +196,26 @@ class SimulatedPlatformVerifier:
         platform_keys: Mapping[str, Ed25519PublicKey],
         allowed_measurements: Collection[bytes],
         max_age_s: float = 300.0,
+        platform_services: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self._platforms = dict(platform_keys)
         self._allowed = frozenset(allowed_measurements)
         self._max_age_ns = int(max_age_s * 1e9)
+        #: Trust domains: platform key id -> the service ids that platform may vouch
+        #: for. A key id missing here vouches for any service (a legacy anchor).
+        self._domains = {k: frozenset(v) for k, v in (platform_services or {}).items()}
 
     def verify(
-        self, quote: Quote, *, nonce: bytes, now_ns: int, role: str | None = None
+        self,
+        quote: Quote,
+        *,
+        nonce: bytes,
+        now_ns: int,
+        role: str | None = None,
+        service_id: str | None = None,
     ) -> VerifiedIdentity:
-        """Check platform signature, nonce, freshness, role and allow-listed measurement."""
+        """Check platform signature and trust domain, nonce, freshness, role, service id
+        and allow-listed measurement."""
         key = self._platforms.get(quote.platform_key_id)
         if key is None:
             raise AttestationError(f"quote signed by unknown platform {quote.platform_key_id!r}")
@@ -193,6 +225,14 @@ class SimulatedPlatformVerifier:
             raise AttestationError(
                 f"quote of {quote.service_id!r} has an invalid platform signature"
             ) from exc
+        domain = self._domains.get(quote.platform_key_id)
+        if domain is not None and quote.service_id not in domain:
+            raise AttestationError(
+                f"platform {quote.platform_key_id!r} is the root of {sorted(domain)}, not of "
+                f"{quote.service_id!r}: a quote may only come from its own service's platform"
+            )
+        if service_id is not None and quote.service_id != service_id:
+            raise AttestationError(f"quote names {quote.service_id!r}, expected {service_id!r}")
         if quote.nonce != nonce:
             raise AttestationError(f"quote of {quote.service_id!r} answers another nonce (replay?)")
         age = now_ns - quote.issued_ns
@@ -213,4 +253,36 @@ class SimulatedPlatformVerifier:
             hpke_suite=quote.hpke_suite,
             verified_ns=now_ns,
             platform_key_id=quote.platform_key_id,
+            claims=dict(quote.claims),
         )
+
+
+class ClusterRegistry:
+    """The identities a gateway accepted for its N clusters, kept pairwise distinct.
+
+    Each cluster must attest under its own service id with keys no other
+    cluster presents: otherwise one operator could stand for two clusters and
+    gather every share.
+    A cluster re-attesting (for instance after a key rotation) replaces its
+    own entry.
+    """
+
+    def __init__(self) -> None:
+        self._by_index: dict[int, VerifiedIdentity] = {}
+
+    def claim(self, index: int, ident: VerifiedIdentity) -> None:
+        """Record cluster ``index``'s identity; AttestationError if another cluster shares it."""
+        mine = {("key", bytes(v)) for v in ident.keys.values()}
+        for other_index, other in self._by_index.items():
+            if other_index == index:
+                continue
+            if other.service_id == ident.service_id:
+                raise AttestationError(
+                    f"clusters {other_index} and {index} both attest as {ident.service_id!r}: "
+                    "every cluster needs its own service id"
+                )
+            if mine & {("key", bytes(v)) for v in other.keys.values()}:
+                raise AttestationError(
+                    f"clusters {other_index} and {index} present the same key: refused"
+                )
+        self._by_index[index] = ident

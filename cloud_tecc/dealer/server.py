@@ -3,7 +3,10 @@
 At start the dealer verifies both parties' quotes (retrying until they
 attest) and admits exactly their attested Ed25519 keys to its WebSocket
 (``/dealer`` on ``mpc_listen``); parties in turn verify the dealer's quote
-before they accept its key in the handshake. The batch plan is sized to the
+before they accept its key in the handshake. Every
+``attestation.reattest_s`` the dealer asks each party for a fresh quote: a
+party that no longer attests (or attests with other keys) is cut off until it
+does again. The batch plan is sized to the
 analytics program's mix per reading, derived from the (measured) policy.
 """
 
@@ -15,7 +18,7 @@ from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.config import DealerConfig, parse_hostport
@@ -24,6 +27,7 @@ from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import PeerError
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer_server import DealerService
+from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.service.base import ServiceBase
 from tecc_contract.keys import ed25519_public_from_bytes
 
@@ -64,6 +68,26 @@ class DealerProcess(ServiceBase):
         self.http: aiohttp.ClientSession | None = None
         self.state = "attesting parties"
         self.batches = Gauge("tecc_dealer_batches", "Batches generated", registry=self.registry)
+        self.reattested = Counter(
+            "tecc_dealer_reattested",
+            "Periodic party re-attestations passed",
+            registry=self.registry,
+        )
+        self.upgrades_refused = Gauge(
+            "tecc_dealer_upgrades_refused",
+            "WebSocket upgrades refused (too many unauthenticated handshakes pending)",
+            registry=self.registry,
+        )
+        self.handshakes_failed = Gauge(
+            "tecc_dealer_handshakes_failed",
+            "Dealer-link handshakes that failed (unknown key, timeout, oversized frame)",
+            registry=self.registry,
+        )
+        self.reattest_failures = Counter(
+            "tecc_dealer_reattest_failures",
+            "Periodic party re-attestations failed (the party's link was closed)",
+            registry=self.registry,
+        )
 
     async def on_start(self) -> None:
         """Attest the parties, then start serving."""
@@ -93,14 +117,35 @@ class DealerProcess(ServiceBase):
             key=self.enclave.keys.sign,
             party_keys=keys,
             depth=self.dcfg.depth,
+            suite=LinkSuite.from_label(self.dcfg.suite.value),
         )
         host, port = parse_hostport(self.dcfg.mpc_listen)
         await self.dealer.start(host, port)
         self.state = "serving"
         log.info("dealer serving %d attested parties on %s:%d", len(keys), host, port)
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self.cfg.trust.reattest_s
         while True:
             self.batches.set(self.dealer.stats.batches)
-            await asyncio.sleep(1.0)
+            self.upgrades_refused.set(self.dealer.gate.refused)
+            self.handshakes_failed.set(self.dealer.gate.failed)
+            if loop.time() >= next_check:
+                await self._reattest(directory, self.dealer)
+                next_check = loop.time() + self.cfg.trust.reattest_s
+            await asyncio.sleep(min(1.0, self.cfg.trust.reattest_s))
+
+    async def _reattest(self, directory: AttestedDirectory, dealer: DealerService) -> None:
+        """Fresh quotes from every party; one that fails (or changed keys) is cut off."""
+        for i, ep in self.dcfg.parties.items():
+            try:
+                ident = await directory.identity(ep, "party", force=True)
+            except PeerError as exc:
+                self.reattest_failures.inc()
+                log.warning("party %s failed re-attestation, link closed: %s", ep.service_id, exc)
+                dealer.revoke(i)
+                continue
+            self.reattested.inc()
+            dealer.admit(i, ed25519_public_from_bytes(ident.keys["sign"]))
 
     async def on_stop(self) -> None:
         """Stop the dealer and the client."""

@@ -5,6 +5,10 @@ key (X25519, or ML-KEM-768+X25519 when configured) and seals them under its
 measurement into ``state_dir``. Every later start unseals them; if the code
 bundle or the policy changed, unsealing fails with :class:`SealError` and the
 service refuses to start.
+
+The HPKE key can be rotated (:meth:`Enclave.rotate`): the service then holds
+the current and the previous key, quotes carry the current one and a digest
+of the previous one.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -20,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
-from tecc_contract.attestation import Quote, sign_quote
+from tecc_contract.attestation import Quote, hpke_key_digest, sign_quote
 from tecc_contract.keys import (
     HpkePrivateKey,
     KemSuite,
@@ -39,11 +43,35 @@ class ServiceKeys:
     suite: KemSuite
     hpke_private_raw: bytes
     hpke_public_raw: bytes
+    #: The HPKE key before the last rotation (empty if never rotated) and when it was replaced.
+    previous_private_raw: bytes = b""
+    previous_public_raw: bytes = b""
+    rotated_ns: int = 0
 
     @property
     def hpke(self) -> HpkePrivateKey:
         """The HPKE private key as a cryptography object."""
         return load_private_key(self.suite, self.hpke_private_raw)
+
+    @property
+    def previous_hpke(self) -> HpkePrivateKey | None:
+        """The HPKE private key before the last rotation, if any."""
+        if not self.previous_private_raw:
+            return None
+        return load_private_key(self.suite, self.previous_private_raw)
+
+    def rotated(self, now_ns: int) -> ServiceKeys:
+        """A fresh HPKE key; the current one becomes the previous (same signing key)."""
+        private_raw, public_raw = generate_cluster_keypair_raw(self.suite)
+        return ServiceKeys(
+            self.sign,
+            self.suite,
+            private_raw,
+            public_raw,
+            self.hpke_private_raw,
+            self.hpke_public_raw,
+            now_ns,
+        )
 
     def to_bytes(self) -> bytes:
         """Serialise for sealing (never written anywhere unsealed)."""
@@ -52,6 +80,9 @@ class ServiceKeys:
             "suite": self.suite.value,
             "hpke": self.hpke_private_raw.hex(),
             "hpke_pub": self.hpke_public_raw.hex(),
+            "hpke_prev": self.previous_private_raw.hex(),
+            "hpke_prev_pub": self.previous_public_raw.hex(),
+            "rotated_ns": self.rotated_ns,
         }
         return json.dumps(doc).encode()
 
@@ -64,6 +95,9 @@ class ServiceKeys:
             KemSuite(doc["suite"]),
             bytes.fromhex(doc["hpke"]),
             bytes.fromhex(doc["hpke_pub"]),
+            bytes.fromhex(doc.get("hpke_prev", "")),
+            bytes.fromhex(doc.get("hpke_prev_pub", "")),
+            int(doc.get("rotated_ns", 0)),
         )
 
     @classmethod
@@ -71,6 +105,14 @@ class ServiceKeys:
         """Fresh keys from the OS CSPRNG."""
         private_raw, public_raw = generate_cluster_keypair_raw(suite)
         return cls(Ed25519PrivateKey.generate(), suite, private_raw, public_raw)
+
+
+def _store(
+    path: Path, key: bytes, keys: ServiceKeys, aad: bytes, random_bytes: Callable[[int], bytes]
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(seal(key, keys.to_bytes(), aad=aad, random_bytes=random_bytes))
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -82,6 +124,8 @@ class Enclave:
     measurement: bytes
     platform: SimulatedPlatform
     keys: ServiceKeys
+    #: Digest of the security-relevant config (quote claim ``config``), if measured.
+    config: bytes = b""
 
     @classmethod
     def open(
@@ -94,6 +138,7 @@ class Enclave:
         state_dir: Path,
         suite: KemSuite = KemSuite.X25519,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        config: bytes = b"",
     ) -> Enclave:
         """Unseal the service keys from ``state_dir``, or create and seal them."""
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -104,10 +149,26 @@ class Enclave:
             keys = ServiceKeys.from_bytes(unseal(key, path.read_bytes(), aad=aad))
         else:
             keys = ServiceKeys.generate(suite)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(seal(key, keys.to_bytes(), aad=aad, random_bytes=random_bytes))
-            os.replace(tmp, path)
-        return cls(role, service_id, measurement, platform, keys)
+            _store(path, key, keys, aad, random_bytes)
+        return cls(role, service_id, measurement, platform, keys, config)
+
+    def rotate(
+        self,
+        state_dir: Path,
+        now_ns: int,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> Enclave:
+        """Seal a fresh HPKE key (keeping the current one as previous); the rotated enclave.
+
+        Its quotes carry the new key and, as the claim ``hpke_prev``, the
+        SHA-256 of the key it replaces, so a gateway that pinned the old key
+        can follow the rotation under attestation.
+        """
+        keys = self.keys.rotated(now_ns)
+        key = sealing_key(self.platform.sealing_secret, self.measurement)
+        aad = f"tecc-keys/{self.role}/{self.service_id}".encode()
+        _store(state_dir / _SEALED_FILE, key, keys, aad, random_bytes)
+        return replace(self, keys=keys)
 
     def public_keys(self) -> dict[str, bytes]:
         """The public keys a quote binds: ``sign`` (Ed25519) and ``hpke`` (raw HPKE key)."""
@@ -115,6 +176,14 @@ class Enclave:
             "sign": self.keys.sign.public_key().public_bytes_raw(),
             "hpke": self.keys.hpke_public_raw,
         }
+
+    def _claims(self) -> dict[str, str]:
+        claims = {}
+        if self.config:
+            claims["config"] = self.config.hex()
+        if self.keys.previous_public_raw:
+            claims["hpke_prev"] = hpke_key_digest(self.keys.previous_public_raw)
+        return claims
 
     def quote(self, nonce: bytes, now_ns: int) -> Quote:
         """A platform-signed quote over measurement, public keys and ``nonce``."""
@@ -128,5 +197,6 @@ class Enclave:
             issued_ns=now_ns,
             platform_key_id=self.platform.key_id,
             signature=b"",
+            claims=self._claims(),
         )
         return sign_quote(unsigned, self.platform.attestation_key)

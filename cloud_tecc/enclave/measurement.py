@@ -8,15 +8,23 @@ path; ``__pycache__`` and compiled files are excluded. The measurement is::
     SHA-256(b"tecc-measurement-v1\\n" || listing || b"policy\\n" || policy canonical bytes)
 
 so changing any source file or any policy setting changes the identity.
+
+The service's security-relevant configuration (role, service id, trust
+anchors, measurement and gateway allow-lists, the peers it talks to) is
+measured separately by :func:`config_digest` and bound into every quote as
+the ``config`` claim, like a TEE's configuration register (TDX MRCONFIGID,
+SNP HOST_DATA): it differs per service, while the code measurement is the
+one value every service of a deployment shares and the allow-lists name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cloud_tecc.errors import CloudConfigError
 
@@ -57,3 +65,12 @@ def measure(policy_bytes: bytes, packages: Sequence[str] = DEFAULT_PACKAGES) -> 
     """The 32-byte measurement of the installed packages plus a policy."""
     listing = bundle_listing(package_root(p) for p in packages)
     return hashlib.sha256(_DOMAIN + listing + b"policy\n" + policy_bytes).digest()
+
+
+_CONFIG_DOMAIN: Final = b"tecc-config-v1\n"
+
+
+def config_digest(doc: Mapping[str, Any]) -> bytes:
+    """SHA-256 of a security-relevant config document (canonical JSON)."""
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(_CONFIG_DOMAIN + body).digest()

@@ -35,21 +35,28 @@ def build_verifier(
 ) -> QuoteVerifier:
     """A :class:`SimulatedPlatformVerifier` from configured anchors (``self`` expanded)."""
     keys = {}
+    domains: dict[str, set[str]] = {}
+    own = platform.attestation_key.public_key()
     try:
-        for k in trust.platform_keys:
-            pub = (
-                platform.attestation_key.public_key()
-                if k == SELF
-                else ed25519_public_from_bytes(bytes.fromhex(k))
-            )
+        for k in trust.anchors:
+            pub = own if k == SELF else ed25519_public_from_bytes(bytes.fromhex(k))
             keys[platform_key_id(pub)] = pub
+        for service_id, k in trust.domains.items():
+            pub = own if k == SELF else ed25519_public_from_bytes(bytes.fromhex(k))
+            keys[platform_key_id(pub)] = pub
+            domains.setdefault(platform_key_id(pub), set()).add(service_id)
         allowed = {
             own_measurement if m == SELF else bytes.fromhex(m) for m in trust.allowed_measurements
         }
     except ValueError as exc:
-        raise CloudConfigError(f"attestation anchors must be hex or 'self': {exc}") from exc
+        raise CloudConfigError(
+            f"attestation.platform_keys: anchors must be hex Ed25519 keys or 'self': {exc}"
+        ) from exc
     return SimulatedPlatformVerifier(
-        platform_keys=keys, allowed_measurements=allowed, max_age_s=trust.max_age_s
+        platform_keys=keys,
+        allowed_measurements=allowed,
+        max_age_s=trust.max_age_s,
+        platform_services=domains,
     )
 
 
@@ -101,11 +108,9 @@ class AttestedDirectory:
                 if resp.status != 200:
                     raise AttestationError(f"GET /attestation answered HTTP {resp.status}")
                 quote = Quote.from_bytes(await resp.read())
-            if quote.service_id != ep.service_id:
-                raise AttestationError(
-                    f"{ep.url} attests as {quote.service_id!r}, expected {ep.service_id!r}"
-                )
-            ident = self._verifier.verify(quote, nonce=nonce, now_ns=self._clock(), role=role)
+            ident = self._verifier.verify(
+                quote, nonce=nonce, now_ns=self._clock(), role=role, service_id=ep.service_id
+            )
         except (AttestationError, aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._cache.pop(ep.service_id, None)
             self.status[ep.service_id] = PeerStatus(ep.service_id, ep.url, False, str(exc), now, "")
@@ -119,3 +124,18 @@ class AttestedDirectory:
     def forget(self, service_id: str) -> None:
         """Drop a cached identity (e.g. after a signature failure)."""
         self._cache.pop(service_id, None)
+
+
+async def reattest(
+    directory: AttestedDirectory, ep: Endpoint, role: str, sign_key: bytes
+) -> VerifiedIdentity:
+    """A fresh quote from ``ep``; :class:`PeerError` if it fails or its signing key changed.
+
+    Sessions call this every ``attestation.reattest_s``, so a peer whose build,
+    policy or platform stopped attesting is dropped mid-session, not only at
+    the next start.
+    """
+    ident = await directory.identity(ep, role, force=True)
+    if ident.keys.get("sign") != sign_key:
+        raise PeerError(f"{ep.service_id} re-attested with another signing key; session ended")
+    return ident

@@ -35,7 +35,7 @@ from cloud_tecc.mpc.config import MeshFile, load_private_key
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer import RandomBytes, deal
 from cloud_tecc.mpc.errors import MpcError, MpcParameterError
-from cloud_tecc.mpc.handshake import DEALER_NAME, party_name
+from cloud_tecc.mpc.handshake import DEALER_NAME, LinkSuite, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
 
 REQUEST: Final = b"NEXT"
@@ -68,6 +68,8 @@ class DealerService:
         max_batches: int | None = None,
         wait_s: float = 60.0,
         random_bytes: RandomBytes = os.urandom,
+        suite: LinkSuite = LinkSuite.X25519,
+        handshake_s: float = wslink.HANDSHAKE_S,
     ) -> None:
         if depth < 1:
             raise MpcParameterError("dealer depth must be >= 1")
@@ -78,6 +80,9 @@ class DealerService:
         self.n, self.plan, self.key, self.frac_bits = n, plan, key, frac_bits
         self.depth, self.max_batches, self.wait_s = depth, max_batches, wait_s
         self.random_bytes = random_bytes
+        self.suite, self.handshake_s = suite, handshake_s
+        #: Unauthenticated upgrades in their handshake (capped; refusals counted).
+        self.gate = wslink.HandshakeGate()
         self.known = {party_name(i): k for i, k in party_keys.items()}
         self.stats = DealerStats()
         self._frames: dict[int, list[bytes | None]] = {}
@@ -150,11 +155,19 @@ class DealerService:
             self.done.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        ws, link = await wslink.accept(
-            request, name=DEALER_NAME, key=self.key, known=self.known, wait_s=self.wait_s
+        resp, link = await wslink.accept(
+            request,
+            name=DEALER_NAME,
+            key=self.key,
+            known=self.known,
+            wait_s=self.wait_s,
+            suite=self.suite,
+            gate=self.gate,
+            handshake_s=self.handshake_s,
         )
-        if link is None:
-            return ws
+        if link is None or not isinstance(resp, web.WebSocketResponse):
+            return resp
+        ws = resp
         party = int(link.peer.removeprefix("party-"))
         # One live connection per party keeps cursors sane: a reconnecting party
         # replaces its stale connection (whose handler may wait for a frame for a
@@ -176,6 +189,20 @@ class DealerService:
                 del self._live[party]
             await ws.close()
         return ws
+
+    def revoke(self, party: int) -> None:
+        """Stop serving ``party`` (it failed re-attestation) until :meth:`admit` again."""
+        self.known.pop(party_name(party), None)
+        live = self._live.pop(party, None)
+        if live is not None:
+            live.cancel()
+
+    def admit(self, party: int, key: Ed25519PublicKey) -> None:
+        """Serve ``party`` under ``key`` (a changed key also drops its live link)."""
+        name = party_name(party)
+        if self.known.get(name) != key:
+            self.revoke(party)
+            self.known[name] = key
 
     async def close(self) -> None:
         """Stop generating and serving."""

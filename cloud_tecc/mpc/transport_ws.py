@@ -2,8 +2,9 @@
 
 Party ``i`` serves ``GET /mpc`` on its own address and connects to every other
 party; every connection is authenticated by the Ed25519 handshake, which also
-keys an AES-256-GCM channel for every later frame. A message is two binary
-frames, ``round_id (u64 LE)`` then the payload; a message for another round is
+keys an AES-256-GCM channel for every later frame. A round is two link
+messages, ``round_id (u64 LE)`` then the payload (a payload over 1 MiB travels
+as several bounded frames, :class:`~cloud_tecc.mpc.wslink.Link`); a message for another round is
 a :class:`ProtocolError`, a closed or silent peer (or a frame that fails to
 decrypt) a :class:`PeerLostError`.
 
@@ -38,7 +39,7 @@ from cloud_tecc.mpc.errors import (
     PeerLostError,
     ProtocolError,
 )
-from cloud_tecc.mpc.handshake import party_name
+from cloud_tecc.mpc.handshake import LinkSuite, party_name
 from cloud_tecc.mpc.transport import Payload
 
 _RID: Final = struct.Struct("<Q")
@@ -60,6 +61,10 @@ class MeshConfig:
     #: server context (certificate) and the client context that verifies peers.
     server_tls: ssl.SSLContext | None = None
     client_tls: ssl.SSLContext | None = None
+    #: Key agreement of the links (hybrid ML-KEM-768 + X25519 with the PQ suite).
+    suite: LinkSuite = LinkSuite.X25519
+    #: Time an unauthenticated peer has to complete the handshake.
+    handshake_s: float = wslink.HANDSHAKE_S
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,8 +75,13 @@ class MeshConfig:
             raise MpcParameterError("peer_keys must hold the public key of every other party")
         if (self.server_tls is None) != (self.client_tls is None):
             raise MpcParameterError("give both server_tls and client_tls, or neither")
-        if self.round_timeout <= 0 or self.connect_timeout <= 0:
+        if self.round_timeout <= 0 or self.connect_timeout <= 0 or self.handshake_s <= 0:
             raise MpcParameterError("timeouts must be positive")
+
+
+async def _send_all(link: wslink.Link, frames: list[bytes]) -> None:
+    for frame in frames:
+        await link.ws.send_bytes(frame)
 
 
 class WsTransport:
@@ -100,6 +110,8 @@ class WsTransport:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        #: Unauthenticated upgrades in their handshake (capped; refusals counted).
+        self.gate = wslink.HandshakeGate()
 
     @classmethod
     async def start(cls, cfg: MeshConfig) -> WsTransport:
@@ -122,6 +134,7 @@ class WsTransport:
                     server_key=cfg.peer_keys[j],
                     wait_s=cfg.connect_timeout,
                     tls=cfg.client_tls,
+                    suite=cfg.suite,
                 )
                 self._recv[j] = ws
                 await ws.send(self._token)
@@ -166,15 +179,19 @@ class WsTransport:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}
-        ws, link = await wslink.accept(
+        resp, link = await wslink.accept(
             request,
             name=party_name(self.cfg.party),
             key=self.cfg.key,
             known=known,
             wait_s=self.cfg.connect_timeout,
+            suite=self.cfg.suite,
+            gate=self.gate,
+            handshake_s=self.cfg.handshake_s,
         )
-        if link is None:
-            return ws
+        if link is None or not isinstance(resp, web.WebSocketResponse):
+            return resp
+        ws = resp
         j = int(link.peer.removeprefix("party-"))
         try:
             await link.send(self._token)
@@ -208,6 +225,8 @@ class WsTransport:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     break
                 data = link.open(msg.data)
+                if data is None:
+                    continue  # more chunks of this message follow
                 if rid is None:
                     if len(data) != _RID.size:
                         break
@@ -215,24 +234,24 @@ class WsTransport:
                 else:
                     q.put_nowait((rid, data))
                     rid = None
-        except AuthenticationError:
-            pass  # a forged or reordered frame ends the link: the round sees PeerLostError
+        except (AuthenticationError, ProtocolError):
+            pass  # a forged, reordered or oversized message ends the link: PeerLostError
         finally:
             q.put_nowait(_CLOSED)
             self._recv_lost.add(j)
             self._changed.set()
 
     async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
-        """Send a round-id frame and a payload frame to each peer, then collect theirs."""
+        """Send a round-id message and a payload message to each peer, then collect theirs."""
         head = _RID.pack(round_id)
         sends = []
         for j, payload in outgoing.items():
-            ws = self._send.get(j)
-            if ws is None or ws.closed:
+            link = self._send.get(j)
+            if link is None or link.closed:
                 raise PeerLostError(f"party {j} is not connected")
-            # Sealed in order here (the channel's counter), then sent concurrently.
-            sends.append(ws.ws.send_bytes(ws.seal(head)))
-            sends.append(ws.ws.send_bytes(ws.seal(cast("bytes", payload))))
+            # Sealed in order here (the channel's counter); peers are served concurrently.
+            frames = link.seal(head) + link.seal(cast("bytes", payload))
+            sends.append(_send_all(link, frames))
         try:
             await asyncio.gather(*sends)
         except (ConnectionError, aiohttp.ClientError) as exc:

@@ -5,11 +5,23 @@ on every connection and keys a :class:`~cloud_tecc.mpc.handshake.Channel`; a
 :class:`Link` then encrypts and authenticates every frame with it. Every wait
 has a timeout and a lost connection becomes :class:`PeerLostError`. Bulk data
 travels as raw bytes (no JSON, no base64).
+
+Nothing an unauthenticated peer sends can grow memory without bound: a
+listener caps every frame it receives at :data:`MAX_ACCEPT_FRAME` (4 KiB: the
+connecting side only sends the handshake, a token and requests), a connecting
+side at :data:`MAX_FRAME` (aiohttp refuses a larger frame from its header,
+before buffering it); messages
+larger than one chunk travel as several frames and are reassembled only from
+an authenticated peer, up to a cap; the handshake must complete within
+:data:`HANDSHAKE_S`; and a listener admits at most :data:`MAX_PENDING`
+unauthenticated upgrades at a time (:class:`HandshakeGate`, further upgrades
+get HTTP 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -18,16 +30,37 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import handshake
 from cloud_tecc.mpc.errors import AuthenticationError, MpcError, PeerLostError, ProtocolError
 
+log = logging.getLogger("cloud_tecc.mpc.wslink")
 RandomBytes = Callable[[int], bytes]
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-#: No message-size cap: one round of 1 M comparisons is 12 MB. Frames are only
-#: read after the peer authenticated.
-MAX_MSG: Final = 0
+#: Plaintext bytes per frame: a message larger than this travels as several
+#: frames (:meth:`Link.send`), so no WebSocket frame ever exceeds :data:`MAX_FRAME`.
+CHUNK: Final = 1 << 20
+#: The WebSocket message cap of every link, before and after the handshake: one
+#: chunk plus its flag and tag. aiohttp refuses a larger frame from its header,
+#: before buffering any of it, so an unauthenticated peer can make this side
+#: hold at most one such frame per pending upgrade.
+MAX_FRAME: Final = CHUNK + 64
+#: The frame cap of the listening side of every link, for its whole life. On the
+#: mesh and dealer links data flows server → client only; the client sends
+#: its handshake AUTH, a session token and dealer requests, all < 4 KiB. So an
+#: unauthenticated peer that connects can make a listener hold at most this
+#: much per pending upgrade.
+MAX_ACCEPT_FRAME: Final = handshake.MAX_MESSAGE
+#: Largest reassembled message from an authenticated peer (a round of 1 M
+#: comparisons is 12 MB; a dealer batch for 20,000 readings a few MB).
+MAX_MESSAGE: Final = 1 << 30
+#: Time an unauthenticated peer has to complete the handshake.
+HANDSHAKE_S: Final = 5.0
+#: Upgrades that may be in their handshake at once per listener; more are refused (503).
+MAX_PENDING: Final = 16
+_MORE, _LAST = b"\x01", b"\x00"
 
 
 def scheme(tls: ssl.SSLContext | None) -> str:
@@ -52,35 +85,86 @@ async def receive_bytes(ws: WebSocket, wait_s: float, what: str) -> bytes:
 
 
 class Link:
-    """An authenticated WebSocket whose frames travel through an encrypted channel."""
+    """An authenticated WebSocket whose messages travel as encrypted, bounded frames.
 
-    def __init__(self, ws: WebSocket, channel: handshake.Channel, peer: str) -> None:
+    A message is one or more frames ``flag ‖ AES-GCM(chunk)``, the flag (``1``:
+    more follow, ``0``: last) authenticated as associated data; chunks are at
+    most :data:`CHUNK` bytes and a reassembled message at most ``max_message``.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        channel: handshake.Channel,
+        peer: str,
+        max_message: int = MAX_MESSAGE,
+    ) -> None:
         self.ws, self.peer, self._channel = ws, peer, channel
+        self.max_message = max_message
+        self._parts: list[bytes] = []
+        self._held = 0
 
     @property
     def closed(self) -> bool:
         """Whether the WebSocket is closed."""
         return self.ws.closed
 
-    def seal(self, data: bytes | memoryview) -> bytes:
-        """Encrypt the next frame (send it on :attr:`ws` in this order)."""
-        return self._channel.seal(data)
+    def seal(self, data: bytes | memoryview) -> list[bytes]:
+        """Encrypt the next message into its frames (send them on :attr:`ws` in order)."""
+        view = memoryview(data).cast("B")
+        frames = []
+        for at in range(0, max(len(view), 1), CHUNK):
+            flag = _LAST if at + CHUNK >= len(view) else _MORE
+            frames.append(flag + self._channel.seal(view[at : at + CHUNK], flag))
+        return frames
 
     async def send(self, data: bytes | memoryview) -> None:
-        """Encrypt and send one frame."""
-        await self.ws.send_bytes(self._channel.seal(data))
+        """Encrypt and send one message."""
+        for frame in self.seal(data):
+            await self.ws.send_bytes(frame)
 
     async def receive(self, wait_s: float, what: str) -> bytes:
-        """Receive and decrypt the next frame (:class:`AuthenticationError` if forged)."""
-        return self._channel.open(await receive_bytes(self.ws, wait_s, what))
+        """Receive and decrypt the next message (:class:`AuthenticationError` if forged)."""
+        while True:
+            out = self.open(await receive_bytes(self.ws, wait_s, what))
+            if out is not None:
+                return out
 
-    def open(self, data: bytes) -> bytes:
-        """Decrypt a frame read directly from :attr:`ws` (in order)."""
-        return self._channel.open(data)
+    def open(self, frame: bytes) -> bytes | None:
+        """Decrypt a frame read directly from :attr:`ws` (in order): the message once complete."""
+        if len(frame) < 1 or frame[:1] not in (_MORE, _LAST):
+            raise AuthenticationError(f"a frame from {self.peer!r} has no valid chunk flag")
+        flag = frame[:1]
+        part = self._channel.open(memoryview(frame)[1:], flag)
+        self._held += len(part)
+        if self._held > self.max_message:
+            raise ProtocolError(
+                f"{self.peer!r} sent a message over {self.max_message} bytes; refused"
+            )
+        if flag == _MORE:
+            self._parts.append(part)
+            return None
+        if not self._parts:
+            self._held = 0
+            return part
+        self._parts.append(part)
+        out = b"".join(self._parts)
+        self._parts, self._held = [], 0
+        return out
 
     async def close(self) -> None:
         """Close the WebSocket."""
         await self.ws.close()
+
+
+class HandshakeGate:
+    """Caps the upgrades of one listener that have not yet authenticated."""
+
+    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+        self.max_pending = max_pending
+        self.pending = 0
+        self.refused = 0
+        self.failed = 0
 
 
 async def accept(
@@ -91,25 +175,55 @@ async def accept(
     known: Mapping[str, Ed25519PublicKey],
     wait_s: float,
     random_bytes: RandomBytes = os.urandom,
-) -> tuple[web.WebSocketResponse, Link | None]:
+    suite: handshake.LinkSuite = handshake.LinkSuite.X25519,
+    gate: HandshakeGate | None = None,
+    handshake_s: float = HANDSHAKE_S,
+    max_frame: int = MAX_ACCEPT_FRAME,
+) -> tuple[web.StreamResponse, Link | None]:
     """Upgrade ``request`` and run the server side of the handshake.
 
-    Returns ``(ws, link)``; the link is None (and ``ws`` already closed) when
-    the peer failed the handshake. The handler returns ``ws`` either way.
+    Returns ``(response, link)``; the link is None (and the response already
+    closed, or a 503 when ``gate`` is full) when the peer failed the handshake.
+    The handler returns the response either way. The peer has ``handshake_s``
+    (at most ``wait_s``) to authenticate, and every frame it sends before (and
+    after) is capped at ``max_frame`` bytes (:data:`MAX_ACCEPT_FRAME`: the
+    connecting side only ever sends small messages).
     """
-    ws = web.WebSocketResponse(max_msg_size=MAX_MSG, compress=False, autoping=True)
-    await ws.prepare(request)
-    nonce, eph = random_bytes(handshake.NONCE), X25519PrivateKey.generate()
+    if gate is not None and gate.pending >= gate.max_pending:
+        gate.refused += 1
+        if gate.refused % 1000 == 1:  # the first, then every 1000th: a flood must not flood the log
+            log.warning(
+                "%s: %d upgrades refused so far, %d handshakes pending (cap %d)",
+                name,
+                gate.refused,
+                gate.pending,
+                gate.max_pending,
+            )
+        return web.Response(status=503, text="too many pending handshakes"), None
+    if gate is not None:
+        gate.pending += 1
     try:
-        await ws.send_bytes(handshake.hello(name, nonce, eph))
-        auth = await receive_bytes(ws, wait_s, "handshake auth")
-        peer, reply, channel = handshake.server_accept(
-            auth, name=name, key=key, nonce_s=nonce, eph=eph, known=known
+        ws = web.WebSocketResponse(max_msg_size=max_frame, compress=False, autoping=True)
+        await ws.prepare(request)
+        nonce, eph = random_bytes(handshake.NONCE), X25519PrivateKey.generate()
+        kem = (
+            MLKEM768PrivateKey.generate() if suite is handshake.LinkSuite.MLKEM768_X25519 else None
         )
-        await ws.send_bytes(reply)
-    except (MpcError, ConnectionError):
-        await ws.close()
-        return ws, None
+        try:
+            await ws.send_bytes(handshake.hello(name, nonce, eph, kem))
+            auth = await receive_bytes(ws, min(handshake_s, wait_s), "handshake auth")
+            peer, reply, channel = handshake.server_accept(
+                auth, name=name, key=key, nonce_s=nonce, eph=eph, known=known, kem=kem
+            )
+            await ws.send_bytes(reply)
+        except (MpcError, ConnectionError):
+            if gate is not None:
+                gate.failed += 1
+            await ws.close()
+            return ws, None
+    finally:
+        if gate is not None:
+            gate.pending -= 1
     return ws, Link(ws, channel, peer)
 
 
@@ -124,55 +238,36 @@ async def connect(
     wait_s: float,
     random_bytes: RandomBytes = os.urandom,
     tls: ssl.SSLContext | None = None,
+    suite: handshake.LinkSuite = handshake.LinkSuite.X25519,
 ) -> Link:
     """Connect to ``url`` (``https://`` when ``tls`` is given) and run the client handshake."""
     ws = await session.ws_connect(
-        url, max_msg_size=MAX_MSG, compress=0, autoping=True, ssl=tls if tls is not None else True
+        url, max_msg_size=MAX_FRAME, compress=0, autoping=True, ssl=tls if tls is not None else True
     )
     try:
-        channel = await _client_handshake(
-            ws,
+        hello = await receive_bytes(ws, wait_s, "handshake hello")
+        auth, state = handshake.client_auth(
+            hello,
             name=name,
             key=key,
-            server_name=server_name,
-            server_key=server_key,
-            wait_s=wait_s,
-            random_bytes=random_bytes,
+            expected_server=server_name,
+            nonce_c=random_bytes(handshake.NONCE),
+            eph=X25519PrivateKey.generate(),
+            suite=suite,
         )
+        await ws.send_bytes(auth)
+        accepted = await receive_bytes(ws, wait_s, "handshake accept")
+        channel = handshake.client_finish(accepted, state, server_key)
     except PeerLostError as exc:
         await ws.close()
         raise AuthenticationError(
             f"{server_name!r} closed the connection during the handshake: check that it "
-            "has this side's public key"
+            "has this side's public key and the same link suite"
         ) from exc
     except BaseException:
         await ws.close()
         raise
     return Link(ws, channel, server_name)
-
-
-async def _client_handshake(
-    ws: aiohttp.ClientWebSocketResponse,
-    *,
-    name: str,
-    key: Ed25519PrivateKey,
-    server_name: str,
-    server_key: Ed25519PublicKey,
-    wait_s: float,
-    random_bytes: RandomBytes,
-) -> handshake.Channel:
-    hello = await receive_bytes(ws, wait_s, "handshake hello")
-    auth, state = handshake.client_auth(
-        hello,
-        name=name,
-        key=key,
-        expected_server=server_name,
-        nonce_c=random_bytes(handshake.NONCE),
-        eph=X25519PrivateKey.generate(),
-    )
-    await ws.send_bytes(auth)
-    accepted = await receive_bytes(ws, wait_s, "handshake accept")
-    return handshake.client_finish(accepted, state, server_key)
 
 
 async def connect_retrying(
@@ -206,6 +301,7 @@ async def connect_dealer(
     wait_s: float,
     random_bytes: RandomBytes = os.urandom,
     tls: ssl.SSLContext | None = None,
+    suite: handshake.LinkSuite = handshake.LinkSuite.X25519,
 ) -> tuple[aiohttp.ClientSession, Link]:
     """Party ``party``'s link to the dealer at ``url``, retried until ``wait_s``.
 
@@ -224,6 +320,7 @@ async def connect_dealer(
             wait_s=wait_s,
             random_bytes=random_bytes,
             tls=tls,
+            suite=suite,
         )
     except BaseException:
         await session.close()

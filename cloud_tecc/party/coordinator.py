@@ -36,10 +36,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cloud_tecc.analytics.secure import secure_epoch
 from cloud_tecc.config import PartyConfig, parse_hostport
 from cloud_tecc.enclave.identity import Enclave
-from cloud_tecc.enclave.trust import AttestedDirectory
+from cloud_tecc.enclave.trust import AttestedDirectory, reattest
 from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
+from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
@@ -152,6 +153,7 @@ class Coordinator:
                 peer_keys={self.peer: ed25519_public_from_bytes(peer.keys["sign"])},
                 round_timeout=60.0,
                 connect_timeout=30.0,
+                suite=LinkSuite.from_label(cfg.suite.value),
             )
         )
         link: DealerLink | None = None
@@ -162,6 +164,7 @@ class Coordinator:
                 party=cfg.party,
                 key=self.enclave.keys.sign,
                 dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
+                suite=LinkSuite.from_label(cfg.suite.value),
             )
             mine = await link.next_seq()
             theirs = await self._control(mesh, {"seq": mine}, SeqMessage)
@@ -169,7 +172,13 @@ class Coordinator:
             self.sessions.labels("started").inc()
             self.state = "running"
             log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
+            loop = asyncio.get_running_loop()
+            due = loop.time() + cfg.service.trust.reattest_s
             while True:
+                if loop.time() >= due:  # peers re-attest during the session, not only at start
+                    await reattest(self.directory, cfg.peers[self.peer], "party", peer.keys["sign"])
+                    await reattest(self.directory, cfg.dealer, "dealer", dealer.keys["sign"])
+                    due = loop.time() + cfg.service.trust.reattest_s
                 if not await self._tick(mesh, link):
                     await asyncio.sleep(cfg.tick_s)
         finally:

@@ -33,6 +33,7 @@ from cloud_tecc.mpc.bundle_wire import decode_batch
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
 from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
+from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.source import CorrelationStore
 
 #: Batches received and expanded ahead of use (a batch of the default plan for
@@ -70,11 +71,12 @@ class DealerLink:
         dealer_key: Ed25519PublicKey,
         frac_bits: int = 16,
         wait_s: float = 60.0,
+        suite: LinkSuite = LinkSuite.X25519,
     ) -> DealerLink:
         """Connect and authenticate (the dealer's key comes from its verified quote)."""
         self = cls(party, frac_bits, wait_s)
         self._session, self._ws = await wslink.connect_dealer(
-            url, party=party, key=key, dealer_key=dealer_key, wait_s=wait_s
+            url, party=party, key=key, dealer_key=dealer_key, wait_s=wait_s, suite=suite
         )
         self._reader = asyncio.create_task(self._read_ahead())
         return self

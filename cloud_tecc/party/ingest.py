@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud_tecc.errors import IngestError
 from cloud_tecc.party.store import BatchRow, SegmentRow
-from tecc_contract.envelope import Opener
+from tecc_contract.envelope import OpenedShare, Opener
 from tecc_contract.errors import (
     ContractError,
     DecryptError,
@@ -30,7 +30,32 @@ from tecc_contract.header import Column
 from tecc_contract.keys import HpkePrivateKey, KemSuite
 
 FRAC_BITS: Final = 16
-REASONS: Final = ("malformed", "version", "signature", "decrypt", "layout", "replay")
+REASONS: Final = ("malformed", "version", "signature", "decrypt", "layout", "replay", "expired")
+#: What an unauthenticated caller is told for a refused signature: the same for an
+#: unknown gateway and a bad signature, so the answer does not enumerate enrolments.
+SIGNATURE_REFUSED: Final = "the frame's signature does not verify against an enrolled gateway key"
+
+
+def public_error(exc: IngestError) -> str:
+    """The refusal text sent back to the caller (the full reason goes to the log only)."""
+    return SIGNATURE_REFUSED if exc.reason == "signature" else str(exc)
+
+
+def check_retention(
+    gateway: str, seq: int, created_ns: int, now_ns: int, retention_ns: int
+) -> None:
+    """Refuse a frame created longer than ``retention_ns`` ago (``expired``).
+
+    Past retention its shares and its (gateway, seq) record are deleted, so a
+    captured copy would otherwise be stored again as new.
+    """
+    if created_ns < now_ns - retention_ns:
+        raise IngestError(
+            "expired",
+            f"batch {seq} of {gateway!r} was created {(now_ns - created_ns) / 1e9:.0f} s ago, "
+            f"longer than retention_s ({retention_ns / 1e9:.0f} s): refused (a replay, or a "
+            "spool older than the retention)",
+        )
 
 
 class Ingestor:
@@ -44,16 +69,35 @@ class Ingestor:
         suite: KemSuite,
         private_key: HpkePrivateKey,
         gateway_keys: Mapping[str, Ed25519PublicKey],
+        retention_s: float | None = None,
+        previous_key: HpkePrivateKey | None = None,
     ) -> None:
         self._n = n_parties
+        self._retention_ns = None if retention_s is None else int(retention_s * 1e9)
         self._opener = Opener(
             party=party, suite=suite, private_key=private_key, gateway_keys=gateway_keys
         )
+        #: During a key rotation's overlap: frames sealed to the previous HPKE key.
+        self._previous = (
+            None
+            if previous_key is None
+            else Opener(
+                party=party, suite=suite, private_key=previous_key, gateway_keys=gateway_keys
+            )
+        )
+
+    def _open(self, frame: bytes) -> OpenedShare:
+        try:
+            return self._opener.open(frame)
+        except DecryptError:
+            if self._previous is None:
+                raise
+            return self._previous.open(frame)
 
     def prepare(self, frame: bytes, *, received_ns: int) -> BatchRow:
         """Verify and open ``frame``; raise :class:`IngestError` with a reason label."""
         try:
-            opened = self._opener.open(frame)
+            opened = self._open(frame)
         except VersionError as exc:
             raise IngestError("version", str(exc)) from exc
         except FrameError as exc:
@@ -65,6 +109,8 @@ class Ingestor:
         except ContractError as exc:
             raise IngestError("malformed", str(exc)) from exc
         h = opened.header
+        if self._retention_ns is not None:
+            check_retention(h.gateway_id, h.seq, h.created_ns, received_ns, self._retention_ns)
         if (
             h.n_parties != self._n
             or Column.VALUE not in h.columns

@@ -16,10 +16,13 @@ when an epoch is closed (:class:`~cloud_tecc.party.epochs.ProgressTracker`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -34,7 +37,7 @@ from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import CloudConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
-from cloud_tecc.party.ingest import REASONS, Ingestor
+from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
@@ -50,6 +53,7 @@ _STATUS = {
     "signature": 403,
     "decrypt": 403,
     "replay": 409,
+    "expired": 409,
 }
 
 
@@ -89,13 +93,9 @@ class PartyService(ServiceBase):
         self.store = ShareStore(cfg.service.state_dir / "shares.db", cfg.synchronous)
         self.writer = GroupWriter(self.store)
         self._gateway_keys = gateway_keys(cfg)
-        self.ingestor = Ingestor(
-            party=cfg.party,
-            n_parties=cfg.n_parties,
-            suite=cfg.suite,
-            private_key=enclave.keys.hpke,
-            gateway_keys=self._gateway_keys,
-        )
+        self.ingestor = self._make_ingestor(time.time_ns())
+        #: Verification and decryption run here, off the event loop that drives the MPC.
+        self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
         self.tracker = ProgressTracker(
             self._gateway_keys, started_ns=time.time_ns(), active_ns=int(cfg.active_s * 1e9)
         )
@@ -129,6 +129,7 @@ class PartyService(ServiceBase):
         )
         for reason in ("malformed", "signature", "misaddressed", "stale"):
             self.notices_rejected.labels(reason)
+        self.rotations = Counter("tecc_hpke_rotations", "Cluster HPKE key rotations", registry=reg)
         self.peer_ok = Gauge(
             "tecc_party_peer_attested", "1 if the peer party attests", registry=reg
         )
@@ -136,6 +137,42 @@ class PartyService(ServiceBase):
         self.http: aiohttp.ClientSession | None = None
         self.app.router.add_post("/v1/batches", self._ingest)
         self.app.router.add_post("/v1/progress", self._progress)
+
+    def _make_ingestor(self, now_ns: int) -> Ingestor:
+        """An ingestor for the current HPKE key (and the previous one during its overlap)."""
+        keys, cfg = self.enclave.keys, self.pcfg
+        overlap = keys.rotated_ns and now_ns < keys.rotated_ns + int(cfg.hpke_overlap_s * 1e9)
+        return Ingestor(
+            party=cfg.party,
+            n_parties=cfg.n_parties,
+            suite=cfg.suite,
+            private_key=keys.hpke,
+            gateway_keys=self._gateway_keys,
+            retention_s=cfg.retention_s,
+            previous_key=keys.previous_hpke if overlap else None,
+        )
+
+    async def _rotate_keys(self) -> None:
+        """Rotate the HPKE key every ``hpke_rotation_s``; drop the previous after the overlap."""
+        rotate_ns, overlap_ns = (
+            int(x * 1e9) for x in (self.pcfg.hpke_rotation_s, self.pcfg.hpke_overlap_s)
+        )
+        while True:
+            now = time.time_ns()
+            last = self.enclave.keys.rotated_ns or self.started_ns
+            due = last + rotate_ns
+            if self.enclave.keys.rotated_ns and now < self.enclave.keys.rotated_ns + overlap_ns:
+                due = min(due, self.enclave.keys.rotated_ns + overlap_ns)
+            await asyncio.sleep(max(due - now, 0) / 1e9 + 0.01)
+            now = time.time_ns()
+            if now >= last + rotate_ns:
+                self.enclave = await asyncio.to_thread(self.enclave.rotate, self.cfg.state_dir, now)
+                self.rotations.inc()
+                log.info(
+                    "HPKE key rotated; the previous key opens envelopes for %.0f s",
+                    self.pcfg.hpke_overlap_s,
+                )
+            self.ingestor = self._make_ingestor(now)
 
     async def on_start(self) -> None:
         """Start the writer and the coordinator."""
@@ -154,11 +191,14 @@ class PartyService(ServiceBase):
         self.spawn(self.writer.run(), "group-writer")
         self.spawn(self.coordinator.run(), "coordinator")
         self.spawn(self.coordinator.deliver(), "result-delivery")
+        if self.pcfg.hpke_rotation_s > 0:
+            self.spawn(self._rotate_keys(), "hpke-rotation")
 
     async def on_stop(self) -> None:
         """Close the HTTP client and the database."""
         if self.http is not None:
             await self.http.close()
+        self._ingest_pool.shutdown(wait=True)
         self.store.close()
 
     def health(self) -> dict[str, Any]:
@@ -171,7 +211,7 @@ class PartyService(ServiceBase):
         doc["gateways"] = self.tracker.snapshot(time.time_ns())
         if self.coordinator is not None:
             doc["peers"] = {
-                k: {"attested": v.ok, "detail": v.detail}
+                k: {"attested": v.ok, "detail": v.detail, "checked_ns": v.checked_ns}
                 for k, v in self.coordinator.directory.status.items()
             }
         return doc
@@ -179,7 +219,7 @@ class PartyService(ServiceBase):
     async def _ingest(self, request: web.Request) -> web.Response:
         frame = await request.read()
         try:
-            row = self.ingestor.prepare(frame, received_ns=time.time_ns())
+            row = await self._prepare(frame)
             outcome = await self.writer.submit(row)
             if outcome == InsertResult.REPLAY:
                 raise IngestError(
@@ -190,7 +230,7 @@ class PartyService(ServiceBase):
             self.rejected.labels(exc.reason).inc()
             log.warning("envelope refused (%s): %s", exc.reason, exc)
             return web.json_response(
-                {"status": "rejected", "reason": exc.reason, "error": str(exc)},
+                {"status": "rejected", "reason": exc.reason, "error": public_error(exc)},
                 status=_STATUS.get(exc.reason, 400),
             )
         self.batches.labels(outcome).inc()
@@ -210,13 +250,20 @@ class PartyService(ServiceBase):
                 )
         return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})
 
+    async def _prepare(self, frame: bytes) -> BatchRow:
+        """:meth:`Ingestor.prepare` in the ingest pool (signature check, HPKE open, parse)."""
+        loop = asyncio.get_running_loop()
+        prepare = functools.partial(self.ingestor.prepare, frame, received_ns=time.time_ns())
+        return await loop.run_in_executor(self._ingest_pool, prepare)
+
     async def _progress(self, request: web.Request) -> web.Response:
         body = await request.content.read(4096)  # a notice is < 600 bytes
         now = time.time_ns()
         try:
             notice = open_progress(body, self._gateway_keys)
         except SignatureError as exc:
-            return self._refuse_notice("signature", 403, str(exc))
+            log.warning("progress notice refused (signature): %s", exc)
+            return self._refuse_notice("signature", 403, SIGNATURE_REFUSED)
         except FrameError as exc:
             return self._refuse_notice("malformed", 400, str(exc))
         if notice.cluster_id != self.cfg.service_id:

@@ -15,7 +15,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -24,17 +24,38 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cloud_tecc.config import ServiceConfig
 from cloud_tecc.enclave.identity import Enclave
-from cloud_tecc.enclave.measurement import measure
+from cloud_tecc.enclave.measurement import config_digest, measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from tecc_contract.keys import KemSuite
 
 log = logging.getLogger("cloud_tecc.service")
 
 
-def open_enclave(cfg: ServiceConfig, suite: KemSuite = KemSuite.X25519) -> Enclave:
-    """Measure, open the platform and unseal the keys; SealError if the build changed."""
+def open_enclave(
+    cfg: ServiceConfig,
+    suite: KemSuite = KemSuite.X25519,
+    extra: Mapping[str, Any] | None = None,
+) -> Enclave:
+    """Measure, open the platform and unseal the keys; SealError if the build changed.
+
+    The quote's ``config`` claim covers role, service id, trust anchors and
+    ``extra`` (a role's allow-lists and peers).
+    """
     measurement = measure(cfg.policy.canonical_bytes())
     platform = SimulatedPlatform.load_or_create(cfg.platform_dir)
+    trust = cfg.trust
+    doc = {
+        "role": cfg.role.value,
+        "service_id": cfg.service_id,
+        "suite": suite.value,
+        "trust": {
+            "platform_keys": list(trust.anchors),
+            "domains": dict(trust.domains),
+            "allowed_measurements": list(trust.allowed_measurements),
+            "max_age_s": trust.max_age_s,
+        },
+        **(extra or {}),
+    }
     return Enclave.open(
         role=cfg.role.value,
         service_id=cfg.service_id,
@@ -42,6 +63,7 @@ def open_enclave(cfg: ServiceConfig, suite: KemSuite = KemSuite.X25519) -> Encla
         platform=platform,
         state_dir=cfg.state_dir,
         suite=suite,
+        config=config_digest(doc),
     )
 
 

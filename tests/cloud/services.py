@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.localstack import Deployment, http_json
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
@@ -30,10 +29,11 @@ class TestGateway:
     __test__ = False
 
     def __init__(self, dep: Deployment, gateway_id: str, *, squares: bool = True) -> None:
-        platform = SimulatedPlatform.load_or_create(dep.platform_dir)
+        platforms = {f"party{i}": dep.platform(f"party{i}") for i in (0, 1)}
         verifier = SimulatedPlatformVerifier(
-            platform_keys={platform.key_id: platform.attestation_key.public_key()},
+            platform_keys={p.key_id: p.attestation_key.public_key() for p in platforms.values()},
             allowed_measurements={dep.measurement()},
+            platform_services={p.key_id: {name} for name, p in platforms.items()},
         )
         keys = []
         for i in (0, 1):
@@ -41,7 +41,11 @@ class TestGateway:
             status, body = http_json(f"{dep.url(f'party{i}')}/attestation?nonce={nonce.hex()}")
             assert status == 200
             ident = verifier.verify(
-                Quote.from_json(body), nonce=nonce, now_ns=time.time_ns(), role="party"
+                Quote.from_json(body),
+                nonce=nonce,
+                now_ns=time.time_ns(),
+                role="party",
+                service_id=f"party{i}",
             )
             keys.append(ClusterKey(i, KemSuite(ident.hpke_suite), ident.keys["hpke"]))
         cols = (Column.VALUE, Column.SQUARE) if squares else (Column.VALUE,)

@@ -32,7 +32,7 @@ def test_examples_cover_every_yaml_kind() -> None:
     """The list below is not empty and holds every kind of shipped YAML file."""
     kinds = {" ".join(_command(p)) for p in EXAMPLES}
     assert len(kinds) == 5, kinds
-    assert len(EXAMPLES) >= 13
+    assert len(EXAMPLES) >= 12  # the docker templates are rendered and loaded in tests/docker
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])

@@ -72,7 +72,7 @@ def test_written_gateway_config_loads(tmp_path: Path) -> None:
             tpm_port=2321,
             http_port=9100,
             clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
-            platform=("k", "00" * 32),
+            platforms={"k": "00" * 32},
             measurement="11" * 32,
         )
         path = tmp_path / f"{gw}.yaml"
@@ -97,7 +97,7 @@ def test_replay_feed_gateway_declares_its_sensor_as_backfill(tmp_path: Path) -> 
         tpm_port=2321,
         http_port=9100,
         clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
-        platform=("k", "00" * 32),
+        platforms={"k": "00" * 32},
         measurement="11" * 32,
         backfill=[feed.sensor.sensor],
         backfill_idle_s=5.0,

@@ -353,19 +353,18 @@ def _render(template: Path, values: dict[str, str]) -> str:
 def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
     """The compose config variants are valid configs, pointing at container host names."""
     values = {
-        "PLATFORM_KEY_ID": "sim-0123456789abcdef",
-        "PLATFORM_PUBLIC_KEY": HEX64,
+        "PLATFORM_CLUSTER0_KEY_ID": "sim-0123456789abcdef",
+        "PLATFORM_CLUSTER1_KEY_ID": "sim-fedcba9876543210",
+        "PLATFORM_CLUSTER0": "11" * 32,
+        "PLATFORM_CLUSTER1": "22" * 32,
+        "PLATFORM_DEALER": "33" * 32,
+        "PLATFORM_OUTPUT": "44" * 32,
         "MEASUREMENT": HEX64,
         "GATEWAY_PUBLIC_KEY": HEX64,
     }
     (tmp_path / "policy.yaml").write_text((ROOT / "configs/policy.yaml").read_text())
-    for name in ("gateway", "cluster0", "cluster1"):
+    for name in ("gateway", "cluster0", "cluster1", "dealer", "output"):
         text = _render(DOCKER / "configs" / f"{name}.yaml.tmpl", values)
-        (tmp_path / f"{name}.yaml").write_text(
-            text.replace("/etc/tecc/policy.yaml", str(tmp_path / "policy.yaml"))
-        )
-    for name in ("dealer", "output"):
-        text = (DOCKER / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
         (tmp_path / f"{name}.yaml").write_text(
             text.replace("/etc/tecc/policy.yaml", str(tmp_path / "policy.yaml"))
         )
@@ -389,3 +388,6 @@ def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
     }
     output = load_output(tmp_path / "output.yaml")
     assert output.gateways == {"gw-demo": "http://gateway:9100/healthz"}
+    for svc in (dealer.service, output.service):  # one platform root per service
+        assert svc.trust.domains["party-0"] == "11" * 32
+        assert svc.trust.domains["dealer"] == "33" * 32

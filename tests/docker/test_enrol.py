@@ -81,10 +81,13 @@ def test_enrol_provisions_once_and_renders_consistent_configs(tmp_path: Path) ->
         assert "provisioning the gateway" in first.stderr
 
         gw = load_gateway_config(tmp_path / "config/gateway.yaml")
-        platform = SimulatedPlatform.load_or_create(tmp_path / "platform")
+        plats = [
+            SimulatedPlatform.load_or_create(tmp_path / f"platform/cluster{i}") for i in (0, 1)
+        ]
         assert gw.attestation.platform_keys == {
-            platform.key_id: bytes.fromhex(platform.public_key_hex)
+            p.key_id: bytes.fromhex(p.public_key_hex) for p in plats
         }
+        assert plats[0].key_id != plats[1].key_id  # one platform root per cluster
         measured = subprocess.run(
             [bin_dir / "tecc-cluster", "measure", "--policy", ROOT / "configs/policy.yaml"],
             env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -51,7 +51,7 @@ def write_config(
     tmp: Path,
     *,
     clusters: Sequence[ClusterRef],
-    platform: PlatformRef,
+    platform: PlatformRef | Sequence[PlatformRef],
     tcti: str = "swtpm:port=1",
     mqtt_port: int | None = None,
     opcua_url: str | None = None,
@@ -130,7 +130,10 @@ def write_config(
             {"index": c.index, "url": c.url, "service_id": c.service_id} for c in clusters
         ],
         "attestation": {
-            "platform_keys": {platform.key_id: platform.public_hex},
+            "platform_keys": {
+                p.key_id: p.public_hex
+                for p in (platform if isinstance(platform, Sequence) else [platform])
+            },
             "allowed_measurements": [measurement.hex()],
         },
         "tpm": {"tcti": tcti, "pcrs": [7, 14]},

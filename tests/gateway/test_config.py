@@ -32,6 +32,8 @@ def test_example_config_loads() -> None:
         (("{index: 1,", "{index: 3,"), "indices 0..N-1"),
         (('sensor_template: "{0}.{1}.{2}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
         (("pcrs: [7, 14]", "pcrs: [7, 99]"), r"\$\.tpm\.pcrs\[1\]: Expected `int` <= 23"),
+        # two clusters under one service id (fails on the code before this change)
+        (("service_id: party-1}", "service_id: party-0}"), "must differ per cluster"),
     ],
 )
 def test_bad_config_is_rejected_clearly(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from cloud_tecc.enclave.platform import SimulatedPlatform
 from gateway.keys import GatewayKeys
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
@@ -39,10 +38,10 @@ async def test_readings_reach_the_real_parties(tmp_path: Path, keys: GatewayKeys
     dep = Deployment(tmp_path / "cloud", POLICY, {"gw-test": keys.identity})
     try:
         await asyncio.to_thread(dep.start_all)
-        platform = SimulatedPlatform.load_or_create(dep.platform_dir)
-        plat = _Platform(
-            platform.key_id, platform.attestation_key.public_key().public_bytes_raw().hex()
-        )
+        plat = [
+            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
+            for n in ("party0", "party1")
+        ]
         clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         with mosquitto(tmp_path / "mq") as broker:
             cfg = write_config(

@@ -22,7 +22,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.enclave.identity import Enclave
-from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.localstack import Deployment
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier, VerifiedIdentity
@@ -33,7 +32,8 @@ from tests.cloud.services import TestGateway, http_json, metric
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 
-def _output_identity(dep: Deployment, platform: SimulatedPlatform) -> VerifiedIdentity:
+def _output_identity(dep: Deployment) -> VerifiedIdentity:
+    platform = dep.platform("output")
     verifier = SimulatedPlatformVerifier(
         platform_keys={platform.key_id: platform.attestation_key.public_key()},
         allowed_measurements={dep.measurement("output")},
@@ -43,13 +43,13 @@ def _output_identity(dep: Deployment, platform: SimulatedPlatform) -> VerifiedId
     return verifier.verify(Quote.from_json(body), nonce=nonce, now_ns=time.time_ns(), role="output")
 
 
-def _submit(dep: Deployment, party: str, platform: SimulatedPlatform) -> int:
+def _submit(dep: Deployment, party: str) -> int:
     """Sign a results message with ``party``'s real enclave key and POST it to the output."""
     enclave = Enclave.open(
         role="party",
         service_id=party,
         measurement=dep.measurement(party),
-        platform=platform,
+        platform=dep.platform(party),
         state_dir=dep.state_dir(party),
     )
     doc = {"layout": {"epoch_ns": 0}, "vector": ""}
@@ -58,7 +58,7 @@ def _submit(dep: Deployment, party: str, platform: SimulatedPlatform) -> int:
         purpose="results",
         sender_id=party,
         sign_key=enclave.keys.sign,
-        recipient=_output_identity(dep, platform),
+        recipient=_output_identity(dep),
     )
     req = urllib.request.Request(
         dep.url("output") + "/v1/results", data=json.dumps(msg).encode(), method="POST"
@@ -79,7 +79,6 @@ def test_tampered_policy_cluster_gets_nothing(tmp_path: Path) -> None:
     )
     try:
         dep.start_all()
-        platform = SimulatedPlatform.load_or_create(dep.platform_dir)
         with pytest.raises(AttestationError, match="allow-list"):
             TestGateway(dep, GATEWAYS[0])  # the gateway seals nothing for either cluster
         deadline = time.monotonic() + 30
@@ -91,9 +90,9 @@ def test_tampered_policy_cluster_gets_nothing(tmp_path: Path) -> None:
         assert dep.wait_healthy("party0")["session"] != "running"
         refused = 'tecc_request_errors_total{endpoint="results",reason="attestation"}'
         before = metric(dep, "output", refused)
-        assert _submit(dep, "party1", platform) == 403
+        assert _submit(dep, "party1") == 403
         assert metric(dep, "output", refused) == before + 1
-        assert _submit(dep, "party0", platform) == 400  # attested; only the content is refused
+        assert _submit(dep, "party0") == 400  # attested; only the content is refused
         malformed = 'tecc_request_errors_total{endpoint="results",reason="malformed"}'
         before = metric(dep, "output", malformed)
         status, _ = http_json(dep.url("output") + "/v1/results", data=b"[" * 100_000)

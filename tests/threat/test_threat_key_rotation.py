@@ -1,0 +1,129 @@
+"""Cluster HPKE key rotation while a real gateway is sending.
+
+Both parties rotate their HPKE key every 3 s (``hpke_rotation_s``) and keep
+the previous one for ``hpke_overlap_s``; the gateway agent (real MQTT broker,
+real spool) keeps publishing. It follows each rotation under attestation (the
+quote names the key it replaced), and every reading reaches both parties
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.agent import Agent
+from gateway.keys import GatewayKeys
+from tests.cloud.scenario import POLICY
+from tests.cloud.services import Deployment, metric
+from tests.gateway.conftest import running
+from tests.gateway.harness import wait_for, write_config
+from tests.gateway.publisher import publish
+from tests.gateway.services import mosquitto
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    index: int
+    url: str
+    service_id: str
+
+
+@dataclass(frozen=True)
+class _Platform:
+    key_id: str
+    public_hex: str
+
+
+async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """Keys rotate several times during the upload; every reading counted once, none refused.
+
+    Fails on the code before this change: there was no rotation, and a gateway
+    refused any HPKE key other than the one it pinned first.
+    """
+    keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
+    (tmp_path / "cloud").mkdir()
+    dep = Deployment(
+        tmp_path / "cloud",
+        POLICY,
+        {"gw-test": keys.identity},
+        party_extra={"hpke_rotation_s": 3.0, "hpke_overlap_s": 60.0},
+    )
+    bursts, per_burst = 12, 30
+    try:
+        await asyncio.to_thread(dep.start_all)
+        plat = [
+            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
+            for n in ("party0", "party1")
+        ]
+        clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+        with mosquitto(tmp_path / "mq") as broker:
+            cfg = write_config(
+                tmp_path,
+                clusters=clusters,
+                platform=plat,
+                mqtt_port=broker.port,
+                measurement=dep.measurement(),
+            )
+            async with running(cfg, keys) as agent:
+                await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+                first: dict[int, bytes] = {}
+                for b in range(bursts):
+                    msgs = [
+                        ("plant/line1/temp/value", str(20 + (b * per_burst + i) / 100).encode())
+                        for i in range(per_burst)
+                    ]
+                    await asyncio.to_thread(publish, broker.port, msgs)
+                    if not first and len(agent.spool.pins()) == 2:
+                        first = {i: p.public_key for i, p in agent.spool.pins().items()}
+                    await asyncio.sleep(1.0)  # idle: the gateway re-attests on new work
+                total = bursts * per_burst
+
+                def accepted(name: str) -> float:
+                    return metric(dep, name, "tecc_ingest_readings_total")
+
+                await wait_for(
+                    lambda: accepted("party0") == total and accepted("party1") == total,
+                    60,
+                    "both parties to accept every reading",
+                )
+                await wait_for(
+                    lambda: agent.spool.depth(0) == agent.spool.depth(1) == 0, 10, "spool drained"
+                )
+                pins = {i: p.public_key for i, p in agent.spool.pins().items()}
+                sent = metric_gateway(agent)
+        counts = {
+            n: (
+                metric(dep, n, "tecc_hpke_rotations_total"),
+                metric(dep, n, "tecc_ingest_rejected_total"),
+                metric(dep, n, 'tecc_ingest_batches_total{outcome="accepted"}'),
+                accepted(n),
+            )
+            for n in ("party0", "party1")
+        }
+    finally:
+        await asyncio.to_thread(dep.stop_all)
+    print(f"rotations/rejected/batches/readings per party: {counts}; gateway sent {sent}")
+    for n, (rotations, rejected, _batches, readings) in counts.items():
+        assert rotations >= 3, n
+        assert rejected == 0, n
+        assert readings == total, n
+    assert counts["party0"][2] + counts["party1"][2] == sum(sent.values())  # each batch once
+    assert first
+    assert all(pins[i] != first[i] for i in (0, 1))
+
+
+def metric_gateway(agent: Agent) -> dict[int, float]:
+    """Envelopes the gateway's uplinks sent (acknowledged by the cluster), per cluster."""
+    reg = agent.metrics.registry
+    return {
+        i: reg.get_sample_value("gateway_uplink_batches_sent_total", {"cluster": str(i)}) or 0.0
+        for i in (0, 1)
+    }
