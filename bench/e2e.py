@@ -56,6 +56,7 @@ import aiohttp
 import numpy as np
 import yaml
 
+from cloud_tecc.localstack import auth_headers
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from demo.pipeline import ROOT, Pipeline
@@ -80,7 +81,9 @@ def _valid(s: Sample, low: float, high: float) -> bool:
 async def _poll_alerts(
     api: str, since: float, seen: dict[tuple[str, int, str], float], stop: asyncio.Event
 ) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=5)
+    ) as s:
         while not stop.is_set():
             try:
                 async with s.get(f"{api}/alerts?since={since}") as r:
@@ -127,7 +130,9 @@ def _clock_offset(port: int, seconds: float = 2.0) -> float:
 async def _released_until(api: str, until: float, timeout_s: float = 20.0) -> None:
     """Wait until the output service released the epoch that starts at ``until``."""
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=5)
+    ) as s:
         while time.monotonic() < deadline:
             try:
                 async with s.get(f"{api}/epochs") as r:
@@ -141,7 +146,9 @@ async def _released_until(api: str, until: float, timeout_s: float = 20.0) -> No
 
 async def _windows(api: str, sensors: list[str], since: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=10)
+    ) as s:
         for sid in sensors:
             async with s.get(f"{api}/windows", params={"sensor": sid, "since": str(since)}) as r:
                 out.extend(await r.json())

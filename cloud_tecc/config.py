@@ -19,6 +19,7 @@ import yaml
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.errors import ConfigError
+from cloud_tecc.output.incidents import Debounce, IncidentError, Rules
 from tecc_contract.keys import KemSuite
 
 SELF = "self"
@@ -118,12 +119,61 @@ class DealerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IncidentConfig:
+    """``incidents:`` of the output config: debounce per detector, retention, storage caps."""
+
+    rules: Rules = field(default_factory=Rules)
+    retention_s: float = 7 * 86_400.0
+    max_flags_per_incident: int = 1_000
+    max_flag_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.retention_s <= 10 * 365 * 86_400:
+            raise ConfigError("incidents.retention_s must be 60 s .. 10 years")
+        if not 1 <= self.max_flags_per_incident <= self.max_flag_rows <= 100_000_000:
+            raise ConfigError("incidents: need 1 <= max_flags_per_incident <= max_flag_rows <= 1e8")
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """``auth.oidc:`` sign-in with an OpenID Connect issuer (code + PKCE) and bearer JWTs."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = ""
+    audience: str = ""  # of API bearer tokens; default: client_id
+    role_claim: str = "tecc_role"
+    redirect_url: str = ""  # default: https://<host>/auth/oidc/callback of the request
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth:`` of the output config: who may read, and over what transport."""
+
+    allowed_hosts: tuple[str, ...] = ()  # Host values besides the listener's own names
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ops_host: str = ""  # /metrics and /healthz on their own listener when ops_port is set
+    ops_port: int = 0
+    session_ttl_s: float = 12 * 3600.0
+    oidc: OidcConfig | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("auth.tls needs both cert and key (paths to PEM files)")
+        if not 60 <= self.session_ttl_s <= 30 * 86_400:
+            raise ConfigError("auth.session_ttl_s must be 60 s .. 30 days")
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     """The output service: reconstruction, storage and JSON API."""
 
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
     gateways: Mapping[str, str] = field(default_factory=dict)  # gateway id → health URL
+    incidents: IncidentConfig = field(default_factory=IncidentConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 def _endpoint(raw: Any, what: str) -> Endpoint:
@@ -227,6 +277,66 @@ def load_dealer(path: Path) -> DealerConfig:
         raise ConfigError(f"dealer config has a malformed value: {exc}") from exc
 
 
+def _debounce(raw: Any, what: str) -> Debounce:
+    if not isinstance(raw, Mapping) or set(raw) - {"open_after", "within_s", "quiet_s"}:
+        raise ConfigError(f"{what} takes open_after, within_s and quiet_s")
+    try:
+        return Debounce(
+            int(raw.get("open_after", 1)),
+            float(raw.get("within_s", 60.0)),
+            float(raw.get("quiet_s", 30.0)),
+        )
+    except IncidentError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+
+
+def _incidents(raw: Any) -> IncidentConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("incidents must be a mapping")
+    dets = raw.get("detectors") or {}
+    if not isinstance(dets, Mapping):
+        raise ConfigError("incidents.detectors must map a detector name to its debounce")
+    rules = Rules(
+        _debounce(raw.get("default") or {}, "incidents.default"),
+        {str(k): _debounce(v, f"incidents.detectors.{k}") for k, v in dets.items()},
+    )
+    return IncidentConfig(
+        rules,
+        float(raw.get("retention_s", 7 * 86_400.0)),
+        int(raw.get("max_flags_per_incident", 1_000)),
+        int(raw.get("max_flag_rows", 1_000_000)),
+    )
+
+
+def _auth(raw: Any, base: Path) -> AuthConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("auth must be a mapping")
+    tls = raw.get("tls") or {}
+    ops = raw.get("ops_listen") or {}
+    oidc_raw = raw.get("oidc")
+    oidc = None
+    if oidc_raw is not None:
+        if not isinstance(oidc_raw, Mapping) or "issuer" not in oidc_raw:
+            raise ConfigError("auth.oidc needs issuer and client_id")
+        oidc = OidcConfig(
+            issuer=str(oidc_raw["issuer"]).rstrip("/"),
+            client_id=str(oidc_raw["client_id"]),
+            client_secret=str(oidc_raw.get("client_secret", "")),
+            audience=str(oidc_raw.get("audience", "")),
+            role_claim=str(oidc_raw.get("role_claim", "tecc_role")),
+            redirect_url=str(oidc_raw.get("redirect_url", "")),
+        )
+    return AuthConfig(
+        allowed_hosts=tuple(str(h) for h in raw.get("allowed_hosts", ())),
+        tls_cert=(base / str(tls["cert"])).resolve() if "cert" in tls else None,
+        tls_key=(base / str(tls["key"])).resolve() if "key" in tls else None,
+        ops_host=str(ops.get("host", "127.0.0.1")) if ops else "",
+        ops_port=int(ops.get("port", 0)) if ops else 0,
+        session_ttl_s=float(raw.get("session_ttl_s", 12 * 3600.0)),
+        oidc=oidc,
+    )
+
+
 def load_output(path: Path) -> OutputConfig:
     """Load an output-service config."""
     raw, _ = load_raw(path)
@@ -238,8 +348,10 @@ def load_output(path: Path) -> OutputConfig:
             _service(raw, path.parent, Role.OUTPUT),
             _endpoints(raw.get("parties"), "parties"),
             {str(k): str(v) for k, v in gateways.items()},
+            _incidents(raw.get("incidents") or {}),
+            _auth(raw.get("auth") or {}, path.parent),
         )
-    except (TypeError, AttributeError, ValueError) as exc:
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
         raise ConfigError(f"output config has a malformed value: {exc}") from exc
 
 

@@ -29,9 +29,55 @@ class Completed:
     rows: Decoded
 
 
-def validate_submission(policy: AnalyticsPolicy, layout: dict[str, Any], vector: bytes) -> None:
+def check_entries(policy: AnalyticsPolicy, layout: dict[str, Any], n_parties: int) -> None:
+    """The output's own re-check of what the analytics layout check does not cover.
+
+    Alert and fleet-deviation entries must belong to a released window (at
+    least ``min_count`` readings, flags inside the window), a deviation entry
+    to a released fleet class, and the layout must be for the configured
+    number of parties (shares of a different split would decode to noise).
+    """
+    try:
+        if int(layout["parties"]) != n_parties:
+            raise AnalyticsError(
+                f"layout is for {layout['parties']} parties, this output service has "
+                f"{n_parties} (parties in its config)"
+            )
+        released = {
+            (w["gateway"], w["sensor"]): int(w["count"])
+            for w in layout["windows"]
+            if w["fields"] and int(w["count"]) >= policy.min_count
+        }
+        for a in layout["alerts"]:
+            count = released.get((a["gateway"], a["sensor"]))
+            if count is None:
+                raise AnalyticsError(
+                    f"alert entry {a['gateway']}/{a['sensor']} has no released window "
+                    f"(min_count {policy.min_count})"
+                )
+            if not 0 <= int(a["first"]) < int(a["first"]) + int(a["n"]) <= count:
+                raise AnalyticsError(f"alert entry {a['gateway']}/{a['sensor']} exceeds its window")
+        classes = {
+            f["class"]
+            for f in layout["fleet"]
+            if f["fields"] and int(f["count"]) >= policy.min_count
+        }
+        for d in layout["fleet_dev"]:
+            if (d["gateway"], d["sensor"]) not in released or d["class"] not in classes:
+                raise AnalyticsError(
+                    f"fleet-deviation entry {d['gateway']}/{d['sensor']} needs a released window "
+                    f"and a released class (min_count {policy.min_count})"
+                )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnalyticsError(f"malformed release layout: {exc!r}") from exc
+
+
+def validate_submission(
+    policy: AnalyticsPolicy, layout: dict[str, Any], vector: bytes, *, n_parties: int = 2
+) -> None:
     """Check one party's submission before storing it."""
     check_layout(policy, layout)
+    check_entries(policy, layout, n_parties)
     if len(vector) != 8 * expected_length(layout):
         raise AnalyticsError("share vector length does not match the layout")
 
@@ -47,6 +93,7 @@ def try_complete(
         raise AnalyticsError("parties sent different layouts for the same epoch")
     layout = pending[0][0]
     check_layout(policy, layout)
+    check_entries(policy, layout, n_parties)
     total = np.zeros(expected_length(layout), dtype=np.uint64)
     for _, vec in pending.values():
         total += from_bytes(vec)

@@ -116,7 +116,7 @@
     const [fleet, windows] = await Promise.all([getJSON(`api/v1/fleet?since=${since}`), getJSON(`api/v1/windows?since=${since}`)]);
     const deviating = new Map();
     for (const w of windows) {
-      if (w.deviates) {
+      if (w.deviates_from_fleet) {
         const k = `${w.start_ns}`;
         deviating.set(k, [...(deviating.get(k) || []), `${w.gateway}:${w.sensor}`]);
       }
