@@ -56,9 +56,9 @@ import aiohttp
 import numpy as np
 import yaml
 
-from cloud_tecc.localstack import auth_headers
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
+from cloud_tecc.localstack import auth_headers
 from demo.pipeline import ROOT, Pipeline
 from firmware_sim.config_yaml import load_config
 from firmware_sim.groundtruth import read_ground_truth

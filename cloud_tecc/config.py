@@ -174,6 +174,7 @@ class OutputConfig:
     gateways: Mapping[str, str] = field(default_factory=dict)  # gateway id → health URL
     incidents: IncidentConfig = field(default_factory=IncidentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    units: Mapping[str, str] = field(default_factory=dict)  # sensor (glob) → unit for the axes
 
 
 def _endpoint(raw: Any, what: str) -> Endpoint:
@@ -350,6 +351,7 @@ def load_output(path: Path) -> OutputConfig:
             {str(k): str(v) for k, v in gateways.items()},
             _incidents(raw.get("incidents") or {}),
             _auth(raw.get("auth") or {}, path.parent),
+            {str(k): str(v) for k, v in (raw.get("units") or {}).items()},
         )
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         raise ConfigError(f"output config has a malformed value: {exc}") from exc

@@ -98,6 +98,7 @@ class Deployment:
     party_extra: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     gateway_health: dict[str, str] = field(default_factory=dict)
+    output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,6 +213,7 @@ class Deployment:
             "policy": self._policy_file("output"),
             "parties": parties,
             "gateways": dict(self.gateway_health),
+            **self.output_extra,
         }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
 

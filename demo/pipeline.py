@@ -209,6 +209,7 @@ class Pipeline:
             g: (sd / g / "state" / "identity.pub").read_text().strip() for g in self.gateway_ids
         }
         dep.gateway_health = {g: f"http://127.0.0.1:{gw_http[g]}/healthz" for g in gw_http}
+        dep.output_extra["units"] = {s.sensor: s.unit for ss in self.sensors.values() for s in ss}
         dep.write_configs()
         for name in CLOUD:
             role = "party" if name.startswith("party") else name

@@ -11,10 +11,11 @@ Merging released windows releases nothing new.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -125,12 +126,27 @@ def _incident_id(r: web.Request) -> int:
 class ReadApi:
     """The read and incident routes (access rules are in ``auth.RULES``)."""
 
-    def __init__(self, store: ResultStore, changed: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        changed: Callable[[], Awaitable[None]],
+        units: Mapping[str, str] | None = None,
+    ) -> None:
         self.store = store
         self.changed = changed
+        self.units = dict(units or {})
+
+    def unit(self, sensor: str) -> str:
+        """The configured unit of ``sensor`` (exact name first, then glob patterns)."""
+        if sensor in self.units:
+            return self.units[sensor]
+        return next((u for pat, u in self.units.items() if fnmatch.fnmatchcase(sensor, pat)), "")
 
     async def sensors(self, _r: web.Request) -> web.Response:
-        return web.json_response(await _run(self.store.sensors))
+        rows = await _run(self.store.sensors)
+        for row in rows:
+            row["unit"] = self.unit(row["sensor"])
+        return web.json_response(rows)
 
     async def windows(self, r: web.Request) -> web.Response:
         limit = integer(r, "limit", MAX_LIMIT, 1, MAX_LIMIT)

@@ -93,7 +93,7 @@ class OutputService(ServiceBase):
         r.add_get("/api/v1/tokens", self._api_tokens)
         r.add_post("/api/v1/tokens", self._api_new_token)
         self.notifier = ChangeNotifier()
-        ReadApi(self.store, self.notifier.notify).attach(self.app)
+        ReadApi(self.store, self.notifier.notify, cfg.units).attach(self.app)
         SignIn(self.gate).attach(self.app)
         self.gateway_health = GatewayHealth(cfg.gateways)
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)

@@ -23,7 +23,7 @@ def _shares() -> tuple[dict[str, Any], bytes, bytes, Decoded]:
     ts = T0 + np.arange(50, dtype=np.int64) * 100_000_000
     vals = np.sin(np.arange(50) / 3.0) * 4.0
     (res,) = run_reference(POLICY, [StreamReadings("gw", "s", ts, vals)])
-    rel = build_release(POLICY, res.epoch, res.output, 16)
+    rel = build_release(POLICY, res.epoch, res.output, 16, parties=2)
     mask = np.random.default_rng(3).integers(0, 2**63, rel.vector.size, dtype=np.uint64)
     v0 = mask.astype("<u8").tobytes()
     v1 = (rel.vector - mask).astype("<u8").tobytes()
