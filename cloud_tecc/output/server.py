@@ -98,6 +98,7 @@ class OutputService(ServiceBase):
         self.gateway_health = GatewayHealth(cfg.gateways)
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
         self._ops: web.AppRunner | None = None
+        self._completing = asyncio.Lock()  # one reconstruction at a time: an epoch is new once
         self.signin_link()  # before the listener is up: whoever sees it healthy finds the link
 
     def signin_link(self) -> Path:
@@ -196,6 +197,12 @@ class OutputService(ServiceBase):
         if fresh != "new":
             self.errors.labels("results", fresh).inc()
             return web.json_response({"status": fresh})  # 200: the party stops resending it
+        async with self._completing:
+            return await self._complete(epoch, party, layout, vector)
+
+    async def _complete(
+        self, epoch: int, party: int, layout: dict[str, Any], vector: bytes
+    ) -> web.Response:
         await asyncio.to_thread(self.store.put_pending, epoch, party, layout, vector)
         self.received.labels(str(party)).inc()
         try:

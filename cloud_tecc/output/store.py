@@ -65,6 +65,20 @@ def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _alert_set(epoch_ns: int, rows: Decoded) -> list[tuple[Any, ...]]:
+    return sorted(
+        (a["gateway"], a["sensor"], int(a["ts_ns"]), a["detector"], epoch_ns) for a in rows.alerts
+    )
+
+
+def _flag_set(cur: sqlite3.Cursor, epoch_ns: int) -> list[tuple[Any, ...]]:
+    rows = cur.execute(
+        "SELECT gateway, sensor, ts_ns, detector, start_ns FROM flags WHERE start_ns=?",
+        (epoch_ns,),
+    ).fetchall()
+    return sorted(tuple(r) for r in rows)
+
+
 class ResultStore:
     """Released rows and pending shares."""
 
@@ -120,17 +134,15 @@ class ResultStore:
                     is None
                 )
                 self._put_rows(cur, epoch_ns, window_ns, rows, now_ns)
-                cur.execute("DELETE FROM flags WHERE start_ns=?", (epoch_ns,))
                 if new and tracker is not None:
                     write_tracked(cur, epoch_ns, tracker(live_incidents(cur)))
-                else:
+                elif _flag_set(cur, epoch_ns) != _alert_set(epoch_ns, rows):
+                    # a recomputation that changed the flags: replace them, unlinked
+                    cur.execute("DELETE FROM flags WHERE start_ns=?", (epoch_ns,))
                     cur.executemany(
                         "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns) "
                         "VALUES (?,?,?,?,?)",
-                        [
-                            (a["gateway"], a["sensor"], a["ts_ns"], a["detector"], epoch_ns)
-                            for a in rows.alerts
-                        ],
+                        _alert_set(epoch_ns, rows),
                     )
                 cur.execute("DELETE FROM pending WHERE epoch_ns=?", (epoch_ns,))
                 cur.execute("DELETE FROM submissions WHERE epoch_ns=?", (epoch_ns,))

@@ -296,6 +296,7 @@
 
   $("sensor").addEventListener("change", (e) => { state.sensor = e.target.value; loadWindows(); });
   $("detector").addEventListener("change", (e) => { state.detector = e.target.value; loadAlerts(); });
+  // changing the chart's sensor or range is a refresh of everything that depends on it
   $("range").addEventListener("change", (e) => {
     const custom = e.target.value === "custom";
     $("custom-range").hidden = !custom;
@@ -323,6 +324,12 @@
     es.addEventListener("update", () => { state.eventsOk = true; schedule(); });
     es.onerror = () => { state.eventsOk = false; };
   }
-  setInterval(() => { if (!state.eventsOk) refresh(); }, 5000);
+  // Results arrive as events; cluster attestation and gateway health change without one.
+  setInterval(() => {
+    if (!state.eventsOk) { refresh(); return; }
+    Promise.all([loadClusters(), loadGateways()]).catch((e) => {
+      $("live").textContent = `error: ${e.message}`; $("live").className = "bad";
+    });
+  }, 5000);
   loadMe().catch(() => {}).finally(refresh);
 })();
