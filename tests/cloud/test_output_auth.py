@@ -25,7 +25,7 @@ from playwright.sync_api import expect
 
 from cloud_tecc.config import load_output
 from cloud_tecc.localstack import ROOT, free_port
-from cloud_tecc.output.auth import RULES, Access, Role
+from cloud_tecc.output.auth import RULES, Role
 from cloud_tecc.output.server import OutputService
 from cloud_tecc.service.base import open_enclave
 from tests.support.browser import chromium
@@ -63,14 +63,14 @@ def _request(
 def issuer() -> Iterator[str]:
     """A real OIDC issuer process."""
     port = free_port()
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.oidc_issuer", "--port", str(port)], cwd=ROOT
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
         try:
-            urllib.request.urlopen(url + "/jwks", timeout=1).close()  # noqa: S310
+            urllib.request.urlopen(url + "/jwks", timeout=1).close()
             break
         except OSError:
             if time.monotonic() > deadline:
@@ -116,15 +116,15 @@ def _listening(dep: Deployment) -> bool:
 
 def _token(dep: Deployment, role: str) -> str:
     admin = dep.output_token_file.read_text().strip()
-    status, headers, body = _request(dep.url("output") + "/api/v1/tokens", token=admin)
+    status, _, body = _request(dep.url("output") + "/api/v1/tokens", token=admin)
     assert status == 200, body
-    req = urllib.request.Request(  # noqa: S310 - loopback test URL
+    req = urllib.request.Request(
         dep.url("output") + "/api/v1/tokens",
         data=json.dumps({"name": f"t-{role}", "role": role}).encode(),
         headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as r:
         return str(json.loads(r.read())["token"])
 
 
@@ -150,7 +150,7 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
-    """No credential → 401 (the page: redirect to sign-in); a lower role → 403; the role → served."""
+    """No credential → 401 (the page: to sign-in); a lower role → 403; the role → served."""
     tokens = {Role.VIEWER: _token(output, "viewer"), Role.OPERATOR: _token(output, "operator")}
     tokens[Role.ADMIN] = output.output_token_file.read_text().strip()
     checked = 0
@@ -212,12 +212,12 @@ def test_metrics_and_health_live_on_the_ops_listener(output: Deployment) -> None
 def test_bearer_jwts_are_validated_against_the_issuers_jwks(
     output: Deployment, issuer: str
 ) -> None:
-    """A JWT with the right issuer, audience and role is served; wrong aud, expired or no role is not."""
+    """A JWT of the issuer with audience and role is served; wrong aud, expired, no role: not."""
     url = output.url("output") + "/api/v1/sensors"
 
     def mint(**claims: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in claims.items())
-        with urllib.request.urlopen(f"{issuer}/mint?{query}", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(f"{issuer}/mint?{query}", timeout=5) as r:
             return str(r.read().decode())
 
     assert _request(url, token=mint(aud="dashboard", tecc_role="viewer"))[0] == 200
@@ -251,7 +251,7 @@ def test_dashboard_oidc_sign_in_in_chromium(output: Deployment) -> None:
 def test_non_loopback_listener_serves_tls_only(tmp_path: Path) -> None:
     """Listening on 0.0.0.0 serves HTTPS with a generated certificate; plain HTTP gets nothing."""
     dep = Deployment(tmp_path, POLICY, {"gw-a": Ed25519PrivateKey.generate()})
-    dep.output_extra = {"listen": {"host": "0.0.0.0", "port": dep.ports["output"]}}  # noqa: S104
+    dep.output_extra = {"listen": {"host": "0.0.0.0", "port": dep.ports["output"]}}
     dep.write_configs()
     dep.start("output")
     try:

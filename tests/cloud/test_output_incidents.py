@@ -107,7 +107,7 @@ def _epoch(alerts: list[tuple[str, str, int, str]], count: int = 100) -> Decoded
 
 
 def test_track_splits_after_quiet_and_caps_kept_flags() -> None:
-    """A gap ≥ quiet_s inside one epoch closes the first incident; flags beyond the cap are counted only."""
+    """A gap ≥ quiet_s closes the first incident; flags past the cap are only counted."""
     rules = Rules(Debounce(1, 60.0, 5.0))
     flags = [("gw", "temp", T0 + i * SECOND // 10, "zscore") for i in range(10)]
     flags += [("gw", "temp", T0 + 8 * SECOND, "zscore")] * 3  # duplicate timestamps
