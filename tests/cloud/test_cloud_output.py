@@ -55,3 +55,44 @@ def test_refuses_inconsistent_or_excessive_submissions() -> None:
     strict = policy_from_mapping({"window_s": 10, "min_count": 500})
     with pytest.raises(AnalyticsError, match="beyond the policy"):
         validate_submission(strict, layout, v0)
+
+
+def test_refuses_alert_and_deviation_entries_of_withheld_windows() -> None:
+    """Alert and fleet-deviation entries need a released window (min_count) and class.
+
+    Fails on the code before this change: the output checked only detector
+    names, so an alert of a withheld window (fewer than min_count readings)
+    was decoded and stored.
+    """
+    layout, v0, _, _ = _shares()
+    withheld = {"gateway": "gw", "sensor": "few", "count": POLICY.min_count - 1, "fields": []}
+    alert = {"gateway": "gw", "sensor": "few", "detector": "rate", "first": 0, "n": 1}
+    bad = {
+        **layout,
+        "windows": [*layout["windows"], withheld],
+        "alerts": [*layout["alerts"], alert],
+    }
+    with pytest.raises(AnalyticsError, match="no released window"):
+        validate_submission(POLICY, bad, v0)
+    (first,) = [a for a in layout["alerts"] if a["sensor"] == "s"][:1]
+    overlong = {**first, "n": first["n"] + 1}
+    with pytest.raises(AnalyticsError, match="exceeds its window"):
+        validate_submission(POLICY, {**layout, "alerts": [overlong]}, v0)
+    dev = {"gateway": "gw", "sensor": "s", "class": "nowhere"}
+    with pytest.raises(AnalyticsError, match="released class"):
+        validate_submission(POLICY, {**layout, "fleet_dev": [dev]}, v0)
+
+
+def test_refuses_a_layout_for_another_number_of_parties() -> None:
+    """A layout split for 1 or 3 parties is refused by a 2-party output service.
+
+    Fails on the code before this change: ``parties`` was never compared with
+    the configuration.
+    """
+    layout, v0, v1, _ = _shares()
+    for n in (1, 3):
+        other = {**layout, "parties": n}
+        with pytest.raises(AnalyticsError, match="parties"):
+            validate_submission(POLICY, other, v0, n_parties=2)
+        with pytest.raises(AnalyticsError, match="parties"):
+            try_complete(POLICY, 2, {0: (other, v0), 1: (other, v1)})
