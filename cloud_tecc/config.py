@@ -155,6 +155,8 @@ class AuthConfig:
     tls_key: Path | None = None
     ops_host: str = ""  # /metrics and /healthz on their own listener when ops_port is set
     ops_port: int = 0
+    intake_host: str = ""  # /attestation and /v1/results on a plain listener of their own
+    intake_port: int = 0
     session_ttl_s: float = 12 * 3600.0
     oidc: OidcConfig | None = None
 
@@ -314,6 +316,7 @@ def _auth(raw: Any, base: Path) -> AuthConfig:
         raise ConfigError("auth must be a mapping")
     tls = raw.get("tls") or {}
     ops = raw.get("ops_listen") or {}
+    intake = raw.get("intake_listen") or {}
     oidc_raw = raw.get("oidc")
     oidc = None
     if oidc_raw is not None:
@@ -333,6 +336,8 @@ def _auth(raw: Any, base: Path) -> AuthConfig:
         tls_key=(base / str(tls["key"])).resolve() if "key" in tls else None,
         ops_host=str(ops.get("host", "127.0.0.1")) if ops else "",
         ops_port=int(ops.get("port", 0)) if ops else 0,
+        intake_host=str(intake.get("host", "127.0.0.1")) if intake else "",
+        intake_port=int(intake.get("port", 0)) if intake else 0,
         session_ttl_s=float(raw.get("session_ttl_s", 12 * 3600.0)),
         oidc=oidc,
     )

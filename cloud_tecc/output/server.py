@@ -33,7 +33,7 @@ from cloud_tecc.output.dashboard import ChangeNotifier, GatewayHealth, attach_da
 from cloud_tecc.output.gate import Gate, tls_context
 from cloud_tecc.output.incidents import Incident
 from cloud_tecc.output.oidc import OidcClient
-from cloud_tecc.output.ops import serve_ops
+from cloud_tecc.output.ops import serve_intake, serve_ops
 from cloud_tecc.output.signin import SignIn
 from cloud_tecc.output.store import ResultStore
 from cloud_tecc.output.tracking import Key, Tracked, track
@@ -97,7 +97,7 @@ class OutputService(ServiceBase):
         SignIn(self.gate).attach(self.app)
         self.gateway_health = GatewayHealth(cfg.gateways)
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
-        self._ops: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
         self._completing = asyncio.Lock()  # one reconstruction at a time: an epoch is new once
         self.signin_link()  # before the listener is up: whoever sees it healthy finds the link
 
@@ -116,8 +116,15 @@ class OutputService(ServiceBase):
             self.gate.oidc.bind(self.session)
         if self.admin_token is not None:
             log.info("created the admin API token in %s", self.admin_token)
-        if self.ocfg.auth.ops_port:
-            self._ops = await serve_ops(self, self.ocfg.auth.ops_host, self.ocfg.auth.ops_port)
+        auth = self.ocfg.auth
+        if auth.ops_port:
+            self._runners.append(await serve_ops(self, auth.ops_host, auth.ops_port))
+        if auth.intake_port:
+            self._runners.append(
+                await serve_intake(
+                    self._attestation, self._results, auth.intake_host, auth.intake_port
+                )
+            )
         self.spawn(self._prune(), "retention")
         verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
         self.directory = AttestedDirectory(
@@ -129,8 +136,8 @@ class OutputService(ServiceBase):
 
     async def on_stop(self) -> None:
         """Close client, ops listener and database."""
-        if self._ops is not None:
-            await self._ops.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
         if self.session is not None:
             await self.session.close()
         self.store.close()
