@@ -87,11 +87,12 @@ def output(tmp_path_factory: pytest.TempPathFactory, issuer: str) -> Iterator[De
     """The output service alone, with local tokens, OIDC and a separate ops listener."""
     root = tmp_path_factory.mktemp("auth")
     dep = Deployment(root, POLICY, {"gw-a": Ed25519PrivateKey.generate()})
-    dep.ports["ops"] = free_port()
+    dep.ports["ops"], dep.ports["intake"] = free_port(), free_port()
     dep.output_extra = {
         "auth": {
             "oidc": {"issuer": issuer, "client_id": "dashboard"},
             "ops_listen": {"host": "127.0.0.1", "port": dep.ports["ops"]},
+            "intake_listen": {"host": "127.0.0.1", "port": dep.ports["intake"]},
         }
     }
     dep.write_configs()
@@ -207,6 +208,18 @@ def test_metrics_and_health_live_on_the_ops_listener(output: Deployment) -> None
         assert status == 404
         status, _, _ = _request(f"http://127.0.0.1:{output.ports['ops']}{path}")
         assert status == 200
+
+
+def test_intake_listener_serves_only_the_service_routes(output: Deployment) -> None:
+    """The intake port answers /attestation and /v1/results (self-authenticating), nothing else."""
+    intake = f"http://127.0.0.1:{output.ports['intake']}"
+    status, _, _ = _request(intake + "/attestation?nonce=" + "00" * 16)
+    assert status == 200
+    status, _, body = _request(intake + "/v1/results", method="POST")
+    assert status == 403, body  # an envelope without a configured sender
+    admin = output.output_token_file.read_text().strip()
+    for path in ("/api/v1/sensors", "/", "/metrics"):
+        assert _request(intake + path, token=admin)[0] == 404
 
 
 def test_bearer_jwts_are_validated_against_the_issuers_jwks(
