@@ -31,6 +31,7 @@ log = logging.getLogger("cloud_tecc.output.oidc")
 ALGORITHMS: Final = ["RS256", "ES256", "PS256", "EdDSA"]
 MAX_PENDING: Final = 1_000
 LOGIN_TTL_S: Final = 600.0
+JWKS_MIN_REFRESH_S: Final = 60.0
 _TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
 
 
@@ -53,6 +54,7 @@ class OidcClient:
         self.cfg = cfg
         self._meta: dict[str, Any] | None = None
         self._keys: KeySet | None = None
+        self._fetched = 0.0
         self._logins: dict[str, _Login] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -84,7 +86,13 @@ class OidcClient:
         return self._meta
 
     async def _key_set(self, refresh: bool = False) -> KeySet:
+        # a token naming an unknown key refreshes the JWKS, at most once a minute: garbage
+        # tokens must not turn the service into a fetcher of the issuer's endpoint
+        now = time.monotonic()
+        if refresh and now - self._fetched < JWKS_MIN_REFRESH_S and self._keys is not None:
+            return self._keys
         if self._keys is None or refresh:
+            self._fetched = now
             meta = await self.metadata()
             jwks = await self._get(str(meta["jwks_uri"]))
             self._keys = KeySet.import_key_set(cast(KeySetSerialization, jwks))

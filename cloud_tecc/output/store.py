@@ -88,8 +88,29 @@ class ResultStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate_alerts()
         self._lock = threading.Lock()
         self._changes = 0
+
+    def _migrate_alerts(self) -> None:
+        """A results.db of the previous release: move its ``alerts`` rows into ``flags``."""
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alerts'"
+        ).fetchone()
+        if old is None:
+            return
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(
+                "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns) "
+                "SELECT gateway, sensor, ts_ns, detector, start_ns FROM alerts ORDER BY ts_ns"
+            )
+            cur.execute("DROP TABLE alerts")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the database."""

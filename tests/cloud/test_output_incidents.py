@@ -174,3 +174,27 @@ def test_store_refuses_replays_of_result_messages(tmp_path: Path) -> None:
     store.store_epoch(T0, 10 * SECOND, _epoch([]), T0, None)
     assert store.accept_submission(T0, 1, 99) == "stored"
     store.close()
+
+
+def test_store_moves_the_old_alert_table_into_flags(tmp_path: Path) -> None:
+    """A results.db of the previous release keeps its flagged readings (as unlinked flags)."""
+    import sqlite3  # noqa: PLC0415 - only this test builds an old database
+
+    path = tmp_path / "r.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE alerts (gateway TEXT NOT NULL, sensor TEXT NOT NULL, ts_ns INTEGER NOT "
+        "NULL, detector TEXT NOT NULL, start_ns INTEGER NOT NULL, "
+        "PRIMARY KEY (gateway, sensor, ts_ns, detector)) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO alerts VALUES ('gw', 's', ?, 'limit', ?)", (T0 + 1, T0))
+    db.commit()
+    db.close()
+    store = ResultStore(path)
+    assert store.alerts(0, 2**63 - 1, None, 10, 0) == [
+        {"gateway": "gw", "sensor": "s", "ts_ns": T0 + 1, "detector": "limit", "incident": None}
+    ]
+    store.close()
+    again = ResultStore(path)  # reopening does not migrate twice
+    assert len(again.alerts(0, 2**63 - 1, None, 10, 0)) == 1
+    again.close()
