@@ -155,7 +155,7 @@ class Gate:
             raise info.http_exception
         if self._ops_split and route in ("/metrics", "/healthz"):
             raise web.HTTPNotFound
-        rule = RULES.get((request.method, route))
+        rule = RULES.get(("GET" if request.method == "HEAD" else request.method, route))
         if rule is None:
             return _json_error(403, f"no access rule for {request.method} {route}")
         if rule in (Access.PUBLIC, Access.SERVICE):

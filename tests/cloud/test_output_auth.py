@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,22 +133,12 @@ def _token(dep: Deployment, role: str) -> str:
 def test_every_route_has_a_rule(tmp_path: Path, output: Deployment) -> None:
     """The service's router holds no route without an access rule (fail closed)."""
     cfg = load_output(output.root / "output.yaml")
-    cfg = type(cfg)(
-        type(cfg.service)(**{**_fields(cfg.service), "state_dir": tmp_path / "o"}),
-        cfg.parties,
-        cfg.gateways,
-        cfg.incidents,
-        cfg.auth,
-    )
+    cfg = replace(cfg, service=replace(cfg.service, state_dir=tmp_path / "o"))
     svc = OutputService(cfg, open_enclave(cfg.service))
     routes = {(r.method, r.resource.canonical) for r in svc.app.router.routes() if r.resource}
     routes -= {("HEAD", path) for _, path in routes}
     assert routes <= set(RULES), routes - set(RULES)
     svc.store.close()
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
 
 
 def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
