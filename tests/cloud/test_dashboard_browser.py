@@ -210,6 +210,19 @@ def test_dashboard_shows_what_the_api_says(deployment: Deployment, tmp_path: Pat
             "acknowledged in the API",
         )
         expect(page.locator(f"#incidents tr[data-id='{target}']")).to_contain_text("ack: admin")
+        # drill-down: the incident's kept flags, as the API lists them
+        page.locator(f"#incidents tr[data-id='{target}'] button.drill").click()
+        flags = _api(dep, f"incidents/{target}/flags", limit=1000)
+        assert len(flags) == rate[0]["flags"]
+        _until(
+            lambda: (
+                page.locator("#incident-flags tbody tr").evaluate_all(
+                    "rs => rs.map(r => r.dataset.ts)"
+                )
+                == [str(f["ts_ns"]) for f in flags]
+            ),
+            "drill-down rows equal the API's",
+        )
         # the time range picker: 5 min shows the same newest windows, via the same API range
         page.select_option("#range", "300")
         newest = max(w["start_ns"] for w in _api(dep, "windows")) // 1_000_000_000

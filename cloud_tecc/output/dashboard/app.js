@@ -151,6 +151,17 @@
     await loadIncidents();
   }
 
+  async function drill(i) {
+    const flags = await getJSON(`api/v1/incidents/${i.id}/flags?limit=1000`);
+    $("drill").hidden = false;
+    $("drill-h").textContent = `Flagged readings of incident ${i.id} (${i.sensor} @ ${i.gateway}, ${i.detector}): `
+      + `${flags.length} kept of ${i.flags}`;
+    fillTable("incident-flags", flags, (tr, a) => {
+      tr.dataset.ts = String(a.ts_ns);
+      cell(tr, fmtTime(a.ts_ns)); cell(tr, a.gateway); cell(tr, a.sensor); cell(tr, a.detector, "bad");
+    });
+  }
+
   async function loadIncidents() {
     const { since, until } = range();
     const rows = await getJSON(`api/v1/incidents?${q({ ...state.inc, since, until, limit: 200 })}`);
@@ -160,7 +171,12 @@
       tr.dataset.state = i.state;
       cell(tr, i.state, i.state === "closed" ? "" : "bad"); cell(tr, i.gateway); cell(tr, i.sensor); cell(tr, i.detector);
       cell(tr, fmtTime(i.start_ns)); cell(tr, i.state === "closed" ? fmtTime(i.end_ns) : "ongoing");
-      cell(tr, String(i.flags));
+      const n = cell(tr, "");
+      const more = document.createElement("button");
+      more.type = "button"; more.textContent = String(i.flags); more.className = "drill";
+      more.title = "show the flagged readings";
+      more.addEventListener("click", () => drill(i).catch((e) => { $("live").textContent = `error: ${e.message}`; }));
+      n.appendChild(more);
       const w = i.worst_window;
       cell(tr, w ? `mean ${fmt(w.mean, 2)}, max ${fmt(w.max, 2)} (${i.worst_window_flags} flags)` : "—");
       const td = cell(tr, i.acknowledged_by ? `ack: ${i.acknowledged_by}` : "");
