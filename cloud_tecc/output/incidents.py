@@ -9,15 +9,17 @@ detector's name: the rules are looked up per detector, with a default.
 States and events (everything that moves the state lives in
 :data:`TRANSITIONS`, one test row per entry):
 
-- ``pending``: flags seen, fewer than ``open_after`` within ``within_s`` —
+- ``pending``: flags seen, never ``open_after`` of them within ``within_s`` —
   not shown to anyone yet (debounce);
 - ``open``: enough flags; ``end_ns`` follows the newest flag;
 - ``acknowledged``: open, and an operator said they are on it;
 - ``closed``: no flag for ``quiet_s`` of event time (data progress, not the
   wall clock, so a replay closes incidents the same way a live run does).
 
-A flag after ``closed`` starts a new incident. A pending incident that goes
-quiet is dropped.
+An incident is one episode: flags of its key with no gap of ``quiet_s``; it
+starts at the episode's first flag and counts all of them, also those seen
+while it was pending. A flag after ``closed`` starts a new incident. A pending
+incident that goes quiet is dropped.
 """
 
 from __future__ import annotations
@@ -172,10 +174,9 @@ def on_flag(
     horizon = ts_ns - int(rule.within_s * SECOND)
     recent = tuple(t for t in (*inc.recent_ns, ts_ns) if t >= horizon)[-rule.open_after :]
     if len(recent) >= rule.open_after:
-        # the incident starts at the first flag of the debounce span, not a stale earlier one
         state = _move(grown, Event.DEBOUNCED)
-        return replace(grown, state=state or State.OPEN, recent_ns=(), start_ns=recent[0])
-    return replace(grown, recent_ns=recent, start_ns=recent[0])
+        return replace(grown, state=state or State.OPEN, recent_ns=())
+    return replace(grown, recent_ns=recent)
 
 
 def on_progress(inc: Incident, through_ns: int, rule: Debounce) -> Incident | None:

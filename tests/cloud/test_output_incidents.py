@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud_tecc.analytics.release import Decoded
 from cloud_tecc.output.incident_rows import IncidentQuery
@@ -79,14 +82,14 @@ def test_table_covers_every_row_and_refuses_the_rest() -> None:
 
 
 def test_debounce_m_of_span_and_first_ack_stands() -> None:
-    """Two flags 20 s apart stay pending (span 10 s); the opener's start is the span's first."""
+    """Two flags 20 s apart stay pending (span 10 s); the episode starts at its first flag."""
     a = _flag(None, T0)
     b = _flag(a, T0 + 20 * SECOND)
     assert (a.state, b.state, b.recent_ns) == (State.PENDING, State.PENDING, (T0 + 20 * SECOND,))
     c = _flag(b, T0 + 25 * SECOND)
     assert (c.state, c.start_ns, c.end_ns, c.flags) == (
         State.OPEN,
-        T0 + 20 * SECOND,
+        T0,
         T0 + 25 * SECOND,
         3,
     )
@@ -198,3 +201,50 @@ def test_store_moves_the_old_alert_table_into_flags(tmp_path: Path) -> None:
     again = ResultStore(path)  # reopening does not migrate twice
     assert len(again.alerts(0, 2**63 - 1, None, 10, 0)) == 1
     again.close()
+
+
+@given(
+    epochs=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b"]), st.integers(0, 9_999), st.sampled_from(["z", "r"])
+            ),
+            max_size=30,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    open_after=st.integers(1, 4),
+    quiet_s=st.sampled_from([0.5, 2.0, 5.0]),
+)
+@settings(max_examples=150, deadline=None)
+def test_incidents_partition_the_flags(
+    epochs: list[list[tuple[str, int, str]]], open_after: int, quiet_s: float
+) -> None:
+    """Over random epochs of 10 s: every flag is in exactly one incident or a dropped pending one;
+    incidents of one key never overlap and are separated by at least ``quiet_s``."""
+    rules = Rules(Debounce(open_after, 3.0, quiet_s))
+    live: dict[tuple[str, str, str], Incident] = {}
+    done: list[Incident] = []
+    dropped = total = 0
+    for e, flags in enumerate(epochs):
+        start = T0 + e * 10 * SECOND
+        rows = [(g, "s", start + ms * SECOND // 1000, d) for g, ms, d in flags]
+        out = track(_epoch(rows), start + 10 * SECOND, live, rules, max_flags=5)
+        total += len(rows)
+        dropped += sum(i.flags for i in out.dropped)
+        live = {i.key: i for i in out.incidents if i.state is not State.CLOSED}
+        done += [i for i in out.incidents if i.state is State.CLOSED]
+        assert len(live) == sum(1 for i in out.incidents if i.state is not State.CLOSED)
+        for f in out.flags:
+            if f.incident >= 0:
+                inc = out.incidents[f.incident]
+                assert (inc.gateway, inc.detector) == (f.gateway, f.detector)
+                assert inc.start_ns <= f.ts_ns <= inc.end_ns
+    everything = done + list(live.values())
+    assert sum(i.flags for i in everything) + dropped == total
+    for key in {i.key for i in everything}:
+        mine = sorted((i for i in everything if i.key == key), key=lambda i: i.start_ns)
+        for a, b in itertools.pairwise(mine):
+            assert a.state is State.CLOSED
+            assert b.start_ns - a.end_ns >= int(quiet_s * SECOND)
