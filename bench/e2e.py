@@ -84,11 +84,13 @@ async def _poll_alerts(
     async with aiohttp.ClientSession(
         headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=5)
     ) as s:
+        cursor = since  # the API pages (at most 10,000 rows): read on from the newest seen
         while not stop.is_set():
             try:
-                async with s.get(f"{api}/alerts?since={since}") as r:
+                async with s.get(f"{api}/alerts?since={cursor}") as r:
                     for a in await r.json():
                         seen.setdefault((a["sensor"], int(a["ts_ns"]), a["detector"]), time.time())
+                        cursor = max(cursor, int(a["ts_ns"]) / 1e9 - 0.001)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                 pass
             await asyncio.sleep(0.2)
