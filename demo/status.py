@@ -43,7 +43,7 @@ class StatusLine:
 
     async def _get(self, s: aiohttp.ClientSession, url: str) -> Any:
         async with s.get(url, headers=auth_headers(url)) as r:
-            if url.split("?", maxsplit=1)[0].endswith(("/clusters", "/alerts", "/incidents")):
+            if url.split("?", maxsplit=1)[0].endswith(("/clusters", "/summary")):
                 return await r.json()
             return await r.text()
 
@@ -61,9 +61,11 @@ class StatusLine:
                 )
                 for url in p.urls.gateway_metrics.values():
                     depth += metric_sum(await self._get(s, url), "gateway_spool_depth_batches")
-                alerts = str(len(await self._get(s, p.urls.output_api + "/alerts?since=0")))
-                live = await self._get(s, p.urls.output_api + "/incidents?limit=1000")
-                incidents = f"{sum(i['state'] != 'closed' for i in live)}/{len(live)}"
+                summary = await self._get(s, p.urls.output_api + "/summary")
+                alerts = str(summary["flags"])
+                by_state = summary["incidents"]
+                live = by_state["open"] + by_state["acknowledged"]
+                incidents = f"{live}/{live + by_state['closed']}"
                 clusters = await self._get(s, p.urls.output_api + "/clusters")
                 attested = f"{sum(bool(c['attested']) for c in clusters)}/{len(clusters)}"
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):

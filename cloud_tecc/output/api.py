@@ -206,6 +206,9 @@ class ReadApi:
         )
         return _page(await _run(self.store.incidents, q), q.limit, q.offset)
 
+    async def summary(self, _r: web.Request) -> web.Response:
+        return web.json_response(await _run(self.store.summary))
+
     async def flags(self, r: web.Request) -> web.Response:
         limit = integer(r, "limit", 1000, 1, MAX_LIMIT)
         return _page(await _run(self.store.incident_flags, _incident_id(r), limit), limit, 0)
@@ -229,5 +232,6 @@ class ReadApi:
         app.router.add_get("/api/v1/fleet", self.fleet)
         app.router.add_get("/api/v1/epochs", self.epochs)
         app.router.add_get("/api/v1/incidents", self.incidents)
+        app.router.add_get("/api/v1/summary", self.summary)
         app.router.add_get("/api/v1/incidents/{id}/flags", self.flags)
         app.router.add_post("/api/v1/incidents/{id}/acknowledge", self.acknowledge)

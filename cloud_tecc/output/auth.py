@@ -77,6 +77,7 @@ RULES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/api/v1/gateways"): Access.VIEWER,
     ("GET", "/api/v1/events"): Access.VIEWER,
     ("GET", "/api/v1/incidents"): Access.VIEWER,
+    ("GET", "/api/v1/summary"): Access.VIEWER,
     ("GET", "/api/v1/incidents/{id}/flags"): Access.VIEWER,
     ("POST", "/api/v1/incidents/{id}/acknowledge"): Access.OPERATOR,
     ("GET", "/api/v1/tokens"): Access.ADMIN,

@@ -268,6 +268,15 @@ class ResultStore:
         with self._lock:
             return [incident_json(i) for i in query_incidents(self._db.cursor(), q)]
 
+    def summary(self) -> dict[str, Any]:
+        """Counts for a status line: flagged readings stored, incidents by state."""
+        flags = self._query("SELECT COUNT(*) AS n FROM flags", ())[0]["n"]
+        rows = self._query(
+            "SELECT state, COUNT(*) AS n FROM incidents WHERE state != 'pending' GROUP BY state", ()
+        )
+        by_state = {"open": 0, "acknowledged": 0, "closed": 0} | {r["state"]: r["n"] for r in rows}
+        return {"flags": int(flags), "incidents": by_state}
+
     def incident_flags(self, incident_id: int, limit: int) -> list[dict[str, Any]]:
         """The kept flagged readings of one incident (drill-down), oldest first."""
         return self._query(

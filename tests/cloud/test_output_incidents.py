@@ -154,6 +154,10 @@ def test_store_keeps_duplicate_timestamps_and_bounds_flags(tmp_path: Path) -> No
     assert not store.store_epoch(T0, 10 * SECOND, _epoch(dup), T0 + 1, None)
     assert len(store.alerts(0, 2**63 - 1, None, 100, 0)) == 3
     assert store.incidents(IncidentQuery())[0]["flags"] == 3
+    assert store.summary() == {
+        "flags": 3,
+        "incidents": {"open": 1, "acknowledged": 0, "closed": 0},
+    }
     acked = store.acknowledge(inc["id"], "op", T0)
     assert acked is not None
     assert acked["acknowledged_by"] == "op"
