@@ -79,7 +79,6 @@ class Gate:
         cfg: AuthConfig,
         *,
         listen_host: str,
-        listen_port: int,
         tokens: LocalTokens,
         oidc: OidcClient | None,
     ) -> None:
@@ -88,17 +87,21 @@ class Gate:
         self.sessions = Sessions(cfg.session_ttl_s)
         self.oidc = oidc
         self.tls = cfg.tls_cert is not None or not is_loopback(listen_host)
-        self._port = listen_port
         self._names = {*LOOPBACK_NAMES, *(h.lower() for h in cfg.allowed_hosts)}
         self._ops_split = cfg.ops_port != 0
 
     def host_allowed(self, host: str) -> bool:
-        """``Host`` is one of the listener's names (with its port, or none)."""
+        """``Host`` names this machine or a configured name (a rebinding page sends its own).
+
+        A loopback name or a configured name without a port matches on any
+        port (a local proxy or port forward keeps working); a configured
+        ``name:port`` only on that port.
+        """
         host = host.lower()
         if host in self._names:
             return True
         name, sep, port = host.rpartition(":")
-        return bool(sep) and name in self._names and (port == str(self._port) or self._port == 0)
+        return bool(sep) and port.isdigit() and name in self._names
 
     def origin_allowed(self, origin: str) -> bool:
         """A browser's ``Origin`` is this service itself."""

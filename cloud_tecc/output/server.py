@@ -78,7 +78,6 @@ class OutputService(ServiceBase):
         self.gate = Gate(
             cfg.auth,
             listen_host=cfg.service.host,
-            listen_port=cfg.service.port,
             tokens=self.tokens,
             oidc=oidc,
         )
