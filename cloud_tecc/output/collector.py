@@ -22,11 +22,47 @@ from tecc_contract.ring import from_bytes
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A reconstructed epoch."""
+    """A reconstructed epoch; ``withheld_classes`` lost their fleet rows (see balance_fleet)."""
 
     epoch_ns: int
     window_ns: int
     rows: Decoded
+    withheld_classes: tuple[str, ...] = ()
+
+
+def balance_fleet(
+    policy: AnalyticsPolicy, layout: dict[str, Any], rows: Decoded
+) -> tuple[Decoded, tuple[str, ...]]:
+    """Keep a class's fleet statistics only if they cover exactly its released windows.
+
+    A fleet aggregate over a withheld window (fewer than ``min_count``
+    readings) minus the released windows of its class gives the withheld
+    window back (docs/THREAT_MODEL.md). So a fleet row whose count is not the
+    sum of the counts of the class's released windows is not stored, nor are
+    the deviation flags computed against it; the rest of the epoch is.
+    """
+    released: dict[str, int] = {}
+    for w in layout["windows"]:
+        cls = policy.fleet_class(str(w["sensor"]))
+        if cls is not None and w["fields"] and int(w["count"]) >= policy.min_count:
+            released[cls] = released.get(cls, 0) + int(w["count"])
+    bad = tuple(
+        sorted(
+            str(f["class"])
+            for f in rows.fleet
+            if f.get("mean") is not None and int(f["count"]) != released.get(str(f["class"]), 0)
+        )
+    )
+    if not bad:
+        return rows, ()
+    fleet = [f for f in rows.fleet if f["class"] not in bad]
+    windows = []
+    for row in rows.windows:
+        if "deviates_from_fleet" in row and policy.fleet_class(str(row["sensor"])) in bad:
+            windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
+        else:
+            windows.append(row)
+    return Decoded(windows, rows.alerts, fleet), bad
 
 
 def check_entries(policy: AnalyticsPolicy, layout: dict[str, Any], n_parties: int) -> None:
@@ -97,4 +133,5 @@ def try_complete(
     total = np.zeros(expected_length(layout), dtype=np.uint64)
     for _, vec in pending.values():
         total += from_bytes(vec)
-    return Completed(int(layout["epoch_ns"]), int(layout["window_ns"]), decode(layout, total))
+    rows, withheld = balance_fleet(policy, layout, decode(layout, total))
+    return Completed(int(layout["epoch_ns"]), int(layout["window_ns"]), rows, withheld)

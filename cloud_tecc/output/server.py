@@ -221,6 +221,14 @@ class OutputService(ServiceBase):
             self.errors.labels("results", "inconsistent").inc()
             log.warning("epoch %s not reconstructed: %s", epoch, exc)
             return web.json_response({"status": "inconsistent"}, status=202)
+        if done is not None and done.withheld_classes:
+            self.errors.labels("results", "fleet_unbalanced").inc(len(done.withheld_classes))
+            log.warning(
+                "epoch %s: fleet rows of %s not stored: their count is not the sum of the "
+                "released windows (a withheld window would be recoverable)",
+                epoch,
+                ",".join(done.withheld_classes),
+            )
         if done is not None:
             now = time.time_ns()
             inc = self.ocfg.incidents

@@ -96,3 +96,33 @@ def test_refuses_a_layout_for_another_number_of_parties() -> None:
             validate_submission(POLICY, other, v0, n_parties=2)
         with pytest.raises(AnalyticsError, match="parties"):
             try_complete(POLICY, 2, {0: (other, v0), 1: (other, v1)})
+
+
+def test_fleet_rows_cover_exactly_the_released_windows() -> None:
+    """A fleet class over a withheld window is not stored; fleet minus windows gives nothing back.
+
+    Fails on the code before this change (with the analytics of that code):
+    gw-b's single reading (withheld, below min_count) was inside the class
+    total, so class Σ − gw-a's released Σ recovered it exactly.
+    """
+    policy = policy_from_mapping(
+        {"window_s": 10, "min_count": 5, "fleet": {"classes": {"temp": ["t*"]}, "k": 2.0}}
+    )
+    ts = T0 + np.arange(50, dtype=np.int64) * 100_000_000
+    streams = [
+        StreamReadings("gw-a", "t1", ts, 40.0 + np.sin(np.arange(50.0))),
+        StreamReadings("gw-b", "t1", ts[:1], np.array([73.125])),
+    ]
+    (res,) = run_reference(policy, streams)
+    rel = build_release(policy, res.epoch, res.output, 16, parties=2)
+    mask = np.random.default_rng(4).integers(0, 2**63, rel.vector.size, dtype=np.uint64)
+    v0, v1 = mask.astype("<u8").tobytes(), (rel.vector - mask).astype("<u8").tobytes()
+    done = try_complete(policy, 2, {0: (rel.layout, v0), 1: (rel.layout, v1)})
+    assert done is not None
+    released = sum(w["count"] for w in done.rows.windows if w.get("mean") is not None)
+    assert released == 50
+    for f in done.rows.fleet:
+        assert f.get("mean") is None or f["count"] == released
+    if done.withheld_classes:
+        assert done.withheld_classes == ("temp",)
+        assert all("deviates_from_fleet" not in w for w in done.rows.windows)
