@@ -130,7 +130,10 @@ def _token(dep: Deployment, role: str) -> str:
 
 
 def test_every_route_has_a_rule(tmp_path: Path, output: Deployment) -> None:
-    """The service's router holds no route without an access rule (fail closed)."""
+    """The service's router holds no route without an access rule (fail closed).
+
+    Fails on the code before this change: no rule table existed; every route was open.
+    """
     cfg = load_output(output.root / "output.yaml")
     cfg = replace(cfg, service=replace(cfg.service, state_dir=tmp_path / "o"))
     svc = OutputService(cfg, open_enclave(cfg.service))
@@ -141,7 +144,10 @@ def test_every_route_has_a_rule(tmp_path: Path, output: Deployment) -> None:
 
 
 def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
-    """No credential → 401 (the page: to sign-in); a lower role → 403; the role → served."""
+    """No credential → 401 (the page: to sign-in); a lower role → 403; the role → served.
+
+    Fails on the code before this change: every route answered without credentials.
+    """
     tokens = {Role.VIEWER: _token(output, "viewer"), Role.OPERATOR: _token(output, "operator")}
     tokens[Role.ADMIN] = output.output_token_file.read_text().strip()
     checked = 0
@@ -168,7 +174,10 @@ def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
 
 
 def test_dns_rebinding_host_and_cross_origin_post_are_refused(output: Deployment) -> None:
-    """A foreign Host (a rebinding page) gets 421 even with a valid token; a foreign Origin 403."""
+    """A foreign Host (a rebinding page) gets 421 even with a valid token; a foreign Origin 403.
+
+    Fails on the code before this change: any Host and Origin were served.
+    """
     admin = output.output_token_file.read_text().strip()
     url = output.url("output") + "/api/v1/sensors"
     status, _, _ = _request(url, token=admin, headers={"Host": "attacker.example"})
@@ -191,7 +200,10 @@ def test_dns_rebinding_host_and_cross_origin_post_are_refused(output: Deployment
 
 
 def test_metrics_and_health_live_on_the_ops_listener(output: Deployment) -> None:
-    """With ops_listen set, /metrics and /healthz answer there and 404 on the public port."""
+    """With ops_listen set, /metrics and /healthz answer there and 404 on the public port.
+
+    Fails on the code before this change: /metrics was only on the public listener, open to all.
+    """
     admin = output.output_token_file.read_text().strip()
     for path in ("/metrics", "/healthz"):
         status, _, _ = _request(output.url("output") + path, token=admin)
@@ -201,7 +213,10 @@ def test_metrics_and_health_live_on_the_ops_listener(output: Deployment) -> None
 
 
 def test_intake_listener_serves_only_the_service_routes(output: Deployment) -> None:
-    """The intake port answers /attestation and /v1/results (self-authenticating), nothing else."""
+    """The intake port answers /attestation and /v1/results (self-authenticating), nothing else.
+
+    Fails on the code before this change: there was no intake listener.
+    """
     intake = f"http://127.0.0.1:{output.ports['intake']}"
     status, _, _ = _request(intake + "/attestation?nonce=" + "00" * 16)
     assert status == 200
@@ -215,7 +230,10 @@ def test_intake_listener_serves_only_the_service_routes(output: Deployment) -> N
 def test_bearer_jwts_are_validated_against_the_issuers_jwks(
     output: Deployment, issuer: str
 ) -> None:
-    """A JWT of the issuer with audience and role is served; wrong aud, expired, no role: not."""
+    """A JWT of the issuer with audience and role is served; wrong aud, expired, no role: not.
+
+    Fails on the code before this change: the API took no bearer tokens at all.
+    """
     url = output.url("output") + "/api/v1/sensors"
 
     def mint(**claims: str) -> str:
@@ -236,7 +254,10 @@ def test_bearer_jwts_are_validated_against_the_issuers_jwks(
 
 @pytest.mark.browser
 def test_dashboard_oidc_sign_in_in_chromium(output: Deployment) -> None:
-    """Authorization code + PKCE through the issuer signs the browser in with the issuer's role."""
+    """Authorization code + PKCE through the issuer signs the browser in with the issuer's role.
+
+    Fails on the code before this change: there was no sign-in.
+    """
     with chromium() as browser:
         page = browser.new_page()
         page.goto(output.url("output") + "/")
@@ -252,7 +273,10 @@ def test_dashboard_oidc_sign_in_in_chromium(output: Deployment) -> None:
 
 
 def test_non_loopback_listener_serves_tls_only(tmp_path: Path) -> None:
-    """Listening on 0.0.0.0 serves HTTPS with a generated certificate; plain HTTP gets nothing."""
+    """Listening on 0.0.0.0 serves HTTPS with a generated certificate; plain HTTP gets nothing.
+
+    Fails on the code before this change: the listener served plain HTTP on every address.
+    """
     dep = Deployment(tmp_path, POLICY, {"gw-a": Ed25519PrivateKey.generate()})
     dep.output_extra = {"listen": {"host": "0.0.0.0", "port": dep.ports["output"]}}
     dep.write_configs()
