@@ -58,6 +58,7 @@ import yaml
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
+from cloud_tecc.localstack import auth_headers
 from demo.pipeline import ROOT, Pipeline
 from firmware_sim.config_yaml import load_config
 from firmware_sim.groundtruth import read_ground_truth
@@ -80,12 +81,16 @@ def _valid(s: Sample, low: float, high: float) -> bool:
 async def _poll_alerts(
     api: str, since: float, seen: dict[tuple[str, int, str], float], stop: asyncio.Event
 ) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=5)
+    ) as s:
+        cursor = since  # the API pages (at most 10,000 rows): read on from the newest seen
         while not stop.is_set():
             try:
-                async with s.get(f"{api}/alerts?since={since}") as r:
+                async with s.get(f"{api}/alerts?since={cursor}") as r:
                     for a in await r.json():
                         seen.setdefault((a["sensor"], int(a["ts_ns"]), a["detector"]), time.time())
+                        cursor = max(cursor, int(a["ts_ns"]) / 1e9 - 0.001)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                 pass
             await asyncio.sleep(0.2)
@@ -127,7 +132,9 @@ def _clock_offset(port: int, seconds: float = 2.0) -> float:
 async def _released_until(api: str, until: float, timeout_s: float = 20.0) -> None:
     """Wait until the output service released the epoch that starts at ``until``."""
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=5)
+    ) as s:
         while time.monotonic() < deadline:
             try:
                 async with s.get(f"{api}/epochs") as r:
@@ -141,7 +148,9 @@ async def _released_until(api: str, until: float, timeout_s: float = 20.0) -> No
 
 async def _windows(api: str, sensors: list[str], since: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=10)
+    ) as s:
         for sid in sensors:
             async with s.get(f"{api}/windows", params={"sensor": sid, "since": str(since)}) as r:
                 out.extend(await r.json())

@@ -67,6 +67,7 @@ from bench.e2e import (
     load_ranges,
 )
 from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.localstack import auth_headers
 from demo.layout import SimSensor
 from demo.pipeline import Pipeline
 from firmware_sim.line import simulate
@@ -187,7 +188,9 @@ def _drained(health: dict[str, Any]) -> bool:
 
 async def _epochs(api: str) -> list[dict[str, Any]]:
     async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+        aiohttp.ClientSession(
+            headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=10)
+        ) as s,
         s.get(f"{api}/epochs") as r,
     ):
         out: list[dict[str, Any]] = await r.json()

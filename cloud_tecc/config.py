@@ -26,6 +26,7 @@ from msgspec import Meta
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
 from cloud_tecc.errors import CloudConfigError
+from cloud_tecc.output.incidents import Debounce, Rules
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.keys import KemSuite
 from tecc_contract.schema import (
@@ -173,12 +174,76 @@ class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
     suite: KemSuite = KemSuite.X25519  # link suite of the dealer links: the parties' suite
 
 
+class DebounceDoc(FileSchema, frozen=True, kw_only=True):
+    """An incident rule: open after ``open_after`` flags within ``within_s``; close after quiet."""
+
+    open_after: Annotated[int, Meta(ge=1, le=1000)] = 1
+    within_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
+    quiet_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
+
+
+class IncidentsDoc(FileSchema, frozen=True, kw_only=True):
+    """``incidents:`` debounce per detector, retention and storage caps of the output.
+
+    Rules: ``max_flags_per_incident`` <= ``max_flag_rows``.
+    """
+
+    default: DebounceDoc = DebounceDoc()
+    detectors: dict[Name, DebounceDoc] = msgspec.field(default_factory=dict)
+    retention_s: Annotated[float, Meta(ge=60, le=10 * 365 * 86_400)] = 7 * 86_400.0
+    max_flags_per_incident: Annotated[int, Meta(ge=1, le=100_000_000)] = 1_000
+    max_flag_rows: Annotated[int, Meta(ge=1, le=100_000_000)] = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.max_flags_per_incident > self.max_flag_rows:
+            raise ValueError("max_flags_per_incident must be <= max_flag_rows")
+
+
+class TlsDoc(FileSchema, frozen=True, kw_only=True):
+    """``auth.tls``: the certificate and key (PEM files) of a non-loopback listener."""
+
+    cert: Name
+    key: Name
+
+
+class HostPortDoc(FileSchema, frozen=True, kw_only=True):
+    """A separate listener (``host``, ``port``)."""
+
+    host: Name = "127.0.0.1"
+    port: ListenPort
+
+
+class OidcDoc(FileSchema, frozen=True, kw_only=True):
+    """``auth.oidc``: sign-in with an OpenID Connect issuer (code + PKCE), bearer JWTs."""
+
+    issuer: Url
+    client_id: Name
+    client_secret: str = ""
+    audience: str = ""  # of API bearer tokens; default: client_id
+    role_claim: Name = "tecc_role"
+    redirect_url: str = ""  # default: https://<host>/auth/oidc/callback of the request
+
+
+class AuthDoc(FileSchema, frozen=True, kw_only=True):
+    """``auth:`` who may read the output, and over what transport."""
+
+    allowed_hosts: tuple[Name, ...] = ()  # Host values besides the listener's own names
+    tls: TlsDoc | None = None
+    ops_listen: HostPortDoc | None = None  # /metrics and /healthz on their own listener
+    intake_listen: HostPortDoc | None = None  # /attestation and /v1/results apart
+    session_ttl_s: Annotated[float, Meta(ge=60, le=30 * 86_400)] = 12 * 3600.0
+    oidc: OidcDoc | None = None
+
+
 class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
-    """``role: output`` — reconstruction, storage and the JSON API."""
+    """``role: output`` — reconstruction, storage, incidents, delivery and the JSON API."""
 
     parties: dict[int, Endpoint]
     # gateway id → health URL (shown on the dashboard)
     gateways: dict[str, Url] = msgspec.field(default_factory=dict)
+    incidents: IncidentsDoc = IncidentsDoc()
+    auth: AuthDoc = AuthDoc()
+    units: dict[str, str] = msgspec.field(default_factory=dict)  # sensor glob → axis unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +296,52 @@ class DealerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IncidentConfig:
+    """``incidents:`` resolved (from :class:`IncidentsDoc`)."""
+
+    rules: Rules
+    retention_s: float
+    max_flags_per_incident: int
+    max_flag_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """``auth.oidc:`` resolved (from :class:`OidcDoc`)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str
+    audience: str
+    role_claim: str
+    redirect_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth:`` resolved (from :class:`AuthDoc`); an empty host/port 0 means no listener."""
+
+    allowed_hosts: tuple[str, ...]
+    tls_cert: Path | None
+    tls_key: Path | None
+    ops_host: str
+    ops_port: int
+    intake_host: str
+    intake_port: int
+    session_ttl_s: float
+    oidc: OidcConfig | None
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     """The output service (from :class:`OutputFile`)."""
 
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
     gateways: Mapping[str, str]
+    incidents: IncidentConfig
+    auth: AuthConfig
+    units: Mapping[str, str]
 
 
 _SCHEMAS: dict[object, type[PartyFile] | type[DealerFile] | type[OutputFile]] = {
@@ -332,6 +437,41 @@ def output_config(f: OutputFile, base: Path) -> OutputConfig:
         service=_service(f, base, Role.OUTPUT),
         parties={i: _clean(ep) for i, ep in f.parties.items()},
         gateways=dict(f.gateways),
+        incidents=_incidents(f.incidents),
+        auth=_auth(f.auth, base),
+        units=dict(f.units),
+    )
+
+
+def _debounce(d: DebounceDoc) -> Debounce:
+    return Debounce(d.open_after, d.within_s, d.quiet_s)
+
+
+def _incidents(d: IncidentsDoc) -> IncidentConfig:
+    rules = Rules(_debounce(d.default), {k: _debounce(v) for k, v in d.detectors.items()})
+    return IncidentConfig(rules, d.retention_s, d.max_flags_per_incident, d.max_flag_rows)
+
+
+def _auth(d: AuthDoc, base: Path) -> AuthConfig:
+    o = d.oidc
+    oidc = (
+        None
+        if o is None
+        else OidcConfig(
+            o.issuer.rstrip("/"), o.client_id, o.client_secret, o.audience, o.role_claim,
+            o.redirect_url,
+        )
+    )  # fmt: skip
+    return AuthConfig(
+        allowed_hosts=d.allowed_hosts,
+        tls_cert=None if d.tls is None else (base / d.tls.cert).resolve(),
+        tls_key=None if d.tls is None else (base / d.tls.key).resolve(),
+        ops_host=d.ops_listen.host if d.ops_listen else "",
+        ops_port=d.ops_listen.port if d.ops_listen else 0,
+        intake_host=d.intake_listen.host if d.intake_listen else "",
+        intake_port=d.intake_listen.port if d.intake_listen else 0,
+        session_ttl_s=d.session_ttl_s,
+        oidc=oidc,
     )
 
 

@@ -43,12 +43,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_json(url: str, *, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """GET (or POST ``data``) to an ``http://`` URL and parse JSON; returns (status, body)."""
+OUTPUT_TOKENS: dict[str, str] = {}  # output service base URL -> its admin API token
+
+
+def register_output_token(base_url: str, token_file: Path) -> str:
+    """Remember the output service's API token (its ``admin.token``) for its base URL."""
+    token = token_file.read_text().strip()
+    OUTPUT_TOKENS[base_url.rstrip("/")] = token
+    return token
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """``Authorization`` for a URL of a registered output service (else no header)."""
+    for base, token in OUTPUT_TOKENS.items():
+        if url == base or url.startswith(base + "/"):
+            return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def http_json(
+    url: str, *, data: bytes | None = None, timeout: float = 10.0, token: str | None = None
+) -> tuple[int, Any]:
+    """GET (or POST ``data``) to an ``http://`` URL and parse JSON; returns (status, body).
+
+    A registered output service's token is sent along (``token`` overrides it).
+    """
     if not url.startswith("http://"):
         raise ValueError(f"only http:// URLs on loopback are used here, got {url!r}")
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else auth_headers(url)
     req = urllib.request.Request(  # noqa: S310 - scheme checked above
-        url, data=data, method="POST" if data is not None else "GET"
+        url, data=data, method="POST" if data is not None else "GET", headers=headers
     )
     if data is not None:
         req.add_header("Content-Type", "application/octet-stream")
@@ -79,6 +103,7 @@ class Deployment:
     attestation: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     gateway_health: dict[str, str] = field(default_factory=dict)
+    output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,6 +147,11 @@ class Deployment:
     def url(self, name: str) -> str:
         """Base URL of a service."""
         return f"http://127.0.0.1:{self.ports[name]}"
+
+    @property
+    def output_token_file(self) -> Path:
+        """The output service's admin API token (created on its first start)."""
+        return self.state_dir("output") / "admin.token"
 
     def log_path(self, name: str) -> Path:
         """Where a service's stderr/stdout go."""
@@ -203,6 +233,7 @@ class Deployment:
             "policy": self._policy_file("output"),
             "parties": parties,
             "gateways": dict(self.gateway_health),
+            **self.output_extra,
         }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
 
@@ -230,6 +261,8 @@ class Deployment:
             try:
                 status, body = http_json(self.url(name) + "/healthz", timeout=2)
                 if status == 200:
+                    if name == "output":
+                        register_output_token(self.url(name), self.output_token_file)
                     return dict(body)
             except (urllib.error.URLError, OSError):
                 pass

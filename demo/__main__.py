@@ -22,7 +22,7 @@ from pathlib import Path
 
 from demo.layout import PolicyError
 from demo.pipeline import DEMO_POLICY, DEMO_SIM, ROOT, Pipeline, PipelineError
-from demo.status import StatusLine
+from demo.status import StatusLine, signin_hint
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -49,6 +49,7 @@ async def _run(args: argparse.Namespace) -> int:
     assert pipeline.urls is not None
     print(f"dashboard: {pipeline.urls.dashboard}", flush=True)
     print(f"output API: {pipeline.urls.output_api}   logs: {pipeline.state_dir / 'logs'}")
+    print(signin_hint(pipeline.urls), flush=True)
     status = StatusLine(pipeline)
     deadline = loop.time() + args.duration if args.duration else None
     tty = sys.stdout.isatty()

@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from cloud_tecc.localstack import Deployment
+from cloud_tecc.localstack import Deployment, register_output_token
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids, load_policy
 from demo.services import free_port, free_port_pair, mosquitto_spec, swtpm_spec
@@ -70,6 +70,8 @@ class PipelineUrls:
     gateway_metrics: dict[str, str] = field(default_factory=dict)
     mqtt_port: int = 0
     opcua_port: int = 0
+    output_token_file: Path | None = None  # the output service's admin API token
+    signin_link_file: Path | None = None  # a one-time browser sign-in link (10 min)
 
 
 def _port_free(port: int) -> bool:
@@ -220,6 +222,7 @@ class Pipeline:
             g: (sd / g / "state" / "identity.pub").read_text().strip() for g in self.gateway_ids
         }
         dep.gateway_health = {g: f"http://127.0.0.1:{gw_http[g]}/healthz" for g in gw_http}
+        dep.output_extra["units"] = {s.sensor: s.unit for ss in self.sensors.values() for s in ss}
         dep.write_configs()
         for name in CLOUD:
             role = "party" if name.startswith("party") else name
@@ -227,6 +230,7 @@ class Pipeline:
             await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
         for name in CLOUD:
             await self._http_ok(name, dep.url(name) + "/healthz", 60)
+        register_output_token(dep.url("output"), dep.output_token_file)
 
         # Gateways with MQTT sensors hold their broker sessions before the simulator
         # publishes; OPC-UA-only gateways start after it (nothing to miss, no backoff).
@@ -249,6 +253,8 @@ class Pipeline:
             gateway_metrics={g: f"http://127.0.0.1:{p}/metrics" for g, p in gw_http.items()},
             mqtt_port=mqtt_port,
             opcua_port=opcua_port,
+            output_token_file=dep.output_token_file,
+            signin_link_file=dep.state_dir("output") / "signin-link",
         )
 
     async def _start_sim(self, mqtt_port: int, opcua_port: int) -> None:

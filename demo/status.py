@@ -9,7 +9,19 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.pipeline import Pipeline
+from cloud_tecc.localstack import auth_headers
+from demo.pipeline import Pipeline, PipelineUrls
+
+
+def signin_hint(urls: PipelineUrls) -> str:
+    """How to sign the browser in: the one-time link, or the admin token's file."""
+    link = urls.signin_link_file
+    once = link.read_text().strip() if link is not None and link.exists() else ""
+    where = urls.output_token_file
+    return (
+        f"sign in: {once or urls.dashboard} (one-time link, 10 min)\n"
+        f"  or paste the admin API token from {where}; API: Authorization: Bearer <token>"
+    )
 
 
 def metric_sum(text: str, name: str) -> float:
@@ -30,8 +42,8 @@ class StatusLine:
     _last: tuple[float, float] | None = None
 
     async def _get(self, s: aiohttp.ClientSession, url: str) -> Any:
-        async with s.get(url) as r:
-            if url.split("?", maxsplit=1)[0].endswith(("/clusters", "/alerts")):
+        async with s.get(url, headers=auth_headers(url)) as r:
+            if url.split("?", maxsplit=1)[0].endswith(("/clusters", "/summary")):
                 return await r.json()
             return await r.text()
 
@@ -41,7 +53,7 @@ class StatusLine:
         assert p.urls is not None
         restarts = sum(c.restarts for c in p.supervisor.children.values())
         down = [n for n, c in p.supervisor.children.items() if not c.running]
-        accepted, depth, alerts, attested = 0.0, 0.0, "?", "?"
+        accepted, depth, alerts, attested, incidents = 0.0, 0.0, "?", "?", "?"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
                 accepted = metric_sum(
@@ -49,7 +61,11 @@ class StatusLine:
                 )
                 for url in p.urls.gateway_metrics.values():
                     depth += metric_sum(await self._get(s, url), "gateway_spool_depth_batches")
-                alerts = str(len(await self._get(s, p.urls.output_api + "/alerts?since=0")))
+                summary = await self._get(s, p.urls.output_api + "/summary")
+                alerts = str(summary["flags"])
+                by_state = summary["incidents"]
+                live = by_state["open"] + by_state["acknowledged"]
+                incidents = f"{live}/{live + by_state['closed']}"
                 clusters = await self._get(s, p.urls.output_api + "/clusters")
                 attested = f"{sum(bool(c['attested']) for c in clusters)}/{len(clusters)}"
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
@@ -61,6 +77,7 @@ class StatusLine:
         self._last = (now, accepted)
         line = (
             f"readings/s {rate:7.1f} | spool {depth:4.0f} batches | alerts {alerts:>5} | "
+            f"incidents open/all {incidents} | "
             f"clusters attested {attested} | restarts {restarts}"
         )
         return line + (f" | down: {','.join(down)}" if down else "")

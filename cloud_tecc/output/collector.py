@@ -22,16 +22,98 @@ from tecc_contract.ring import from_bytes
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A reconstructed epoch."""
+    """A reconstructed epoch; ``withheld_classes`` lost their fleet rows (see balance_fleet)."""
 
     epoch_ns: int
     window_ns: int
     rows: Decoded
+    withheld_classes: tuple[str, ...] = ()
 
 
-def validate_submission(policy: AnalyticsPolicy, layout: dict[str, Any], vector: bytes) -> None:
+def balance_fleet(
+    policy: AnalyticsPolicy, layout: dict[str, Any], rows: Decoded
+) -> tuple[Decoded, tuple[str, ...]]:
+    """Keep a class's fleet statistics only if they cover exactly its released windows.
+
+    A fleet aggregate over a withheld window (fewer than ``min_count``
+    readings) minus the released windows of its class gives the withheld
+    window back (docs/THREAT_MODEL.md). So a fleet row whose count is not the
+    sum of the counts of the class's released windows is not stored, nor are
+    the deviation flags computed against it; the rest of the epoch is.
+    """
+    released: dict[str, int] = {}
+    for w in layout["windows"]:
+        cls = policy.fleet_class(str(w["sensor"]))
+        if cls is not None and w["fields"] and int(w["count"]) >= policy.min_count:
+            released[cls] = released.get(cls, 0) + int(w["count"])
+    bad = tuple(
+        sorted(
+            str(f["class"])
+            for f in rows.fleet
+            if f.get("mean") is not None and int(f["count"]) != released.get(str(f["class"]), 0)
+        )
+    )
+    if not bad:
+        return rows, ()
+    fleet = [f for f in rows.fleet if f["class"] not in bad]
+    windows = []
+    for row in rows.windows:
+        if "deviates_from_fleet" in row and policy.fleet_class(str(row["sensor"])) in bad:
+            windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
+        else:
+            windows.append(row)
+    return Decoded(windows, rows.alerts, fleet), bad
+
+
+def check_entries(policy: AnalyticsPolicy, layout: dict[str, Any], n_parties: int) -> None:
+    """The output's own re-check of what the analytics layout check does not cover.
+
+    Alert and fleet-deviation entries must belong to a released window (at
+    least ``min_count`` readings, flags inside the window), a deviation entry
+    to a released fleet class, and the layout must be for the configured
+    number of parties (shares of a different split would decode to noise).
+    """
+    try:
+        if int(layout["parties"]) != n_parties:
+            raise AnalyticsError(
+                f"layout is for {layout['parties']} parties, this output service has "
+                f"{n_parties} (parties in its config)"
+            )
+        released = {
+            (w["gateway"], w["sensor"]): int(w["count"])
+            for w in layout["windows"]
+            if w["fields"] and int(w["count"]) >= policy.min_count
+        }
+        for a in layout["alerts"]:
+            count = released.get((a["gateway"], a["sensor"]))
+            if count is None:
+                raise AnalyticsError(
+                    f"alert entry {a['gateway']}/{a['sensor']} has no released window "
+                    f"(min_count {policy.min_count})"
+                )
+            if not 0 <= int(a["first"]) < int(a["first"]) + int(a["n"]) <= count:
+                raise AnalyticsError(f"alert entry {a['gateway']}/{a['sensor']} exceeds its window")
+        classes = {
+            f["class"]
+            for f in layout["fleet"]
+            if f["fields"] and int(f["count"]) >= policy.min_count
+        }
+        for d in layout["fleet_dev"]:
+            if (d["gateway"], d["sensor"]) not in released or d["class"] not in classes:
+                raise AnalyticsError(
+                    f"fleet-deviation entry {d['gateway']}/{d['sensor']} needs a released window "
+                    f"and a released class (min_count {policy.min_count})"
+                )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnalyticsError(f"malformed release layout: {exc!r}") from exc
+
+
+def validate_submission(
+    policy: AnalyticsPolicy, layout: dict[str, Any], vector: bytes, *, n_parties: int = 2
+) -> None:
     """Check one party's submission before storing it."""
     check_layout(policy, layout)
+    check_entries(policy, layout, n_parties)
     if len(vector) != 8 * expected_length(layout):
         raise AnalyticsError("share vector length does not match the layout")
 
@@ -47,7 +129,9 @@ def try_complete(
         raise AnalyticsError("parties sent different layouts for the same epoch")
     layout = pending[0][0]
     check_layout(policy, layout)
+    check_entries(policy, layout, n_parties)
     total = np.zeros(expected_length(layout), dtype=np.uint64)
     for _, vec in pending.values():
         total += from_bytes(vec)
-    return Completed(int(layout["epoch_ns"]), int(layout["window_ns"]), decode(layout, total))
+    rows, withheld = balance_fleet(policy, layout, decode(layout, total))
+    return Completed(int(layout["epoch_ns"]), int(layout["window_ns"]), rows, withheld)

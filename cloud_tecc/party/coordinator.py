@@ -295,6 +295,7 @@ class Coordinator:
         body = dumps(
             {
                 "party": self.cfg.party,
+                "seq": time.time_ns(),  # freshness: the output refuses an older message
                 "layout": {**rel.layout, "run": prop.run},
                 "vector": base64.b64encode(rel.vector.astype("<u8").tobytes()).decode(),
             }

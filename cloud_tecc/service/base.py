@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -111,6 +112,7 @@ class ServiceBase:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         self._tasks: list[asyncio.Task[None]] = []
+        self.ssl_context: ssl.SSLContext | None = None  # set by a service that serves TLS
         self.started_ns = time.time_ns()
 
     def health(self) -> dict[str, Any]:
@@ -130,6 +132,10 @@ class ServiceBase:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response(self.health())
+
+    async def metrics_response(self, request: web.Request) -> web.Response:
+        """The Prometheus text of this service (for a separate listener)."""
+        return await self._metrics(request)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -158,7 +164,7 @@ class ServiceBase:
         """Serve until SIGTERM/SIGINT, then stop cleanly."""
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
+        site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=self.ssl_context)
         await site.start()
         log.info(
             "%s %s listening on %s:%s, measurement %s",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_tecc.localstack import Deployment, http_json
+from cloud_tecc.localstack import Deployment, auth_headers, http_json
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
@@ -78,7 +78,9 @@ def segment(sensor: str, ts: np.ndarray[Any, Any], values: np.ndarray[Any, Any])
 
 def metric(dep: Deployment, name: str, sample: str) -> float:
     """Sum of a Prometheus sample (``name{...}`` lines starting with ``sample``)."""
-    with urllib.request.urlopen(dep.url(name) + "/metrics", timeout=5) as resp:
+    url = dep.url(name) + "/metrics"
+    req = urllib.request.Request(url, headers=auth_headers(url))
+    with urllib.request.urlopen(req, timeout=5) as resp:
         text = resp.read().decode()
     total = 0.0
     for line in text.splitlines():

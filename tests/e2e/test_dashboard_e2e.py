@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from cloud_tecc.localstack import http_json
 from demo.pipeline import ROOT, Pipeline
 from tests.support.browser import chromium
 
@@ -28,8 +27,9 @@ SPIKED = "line1.press1.bearing_temp"  # spiked at 20 s by the scenario
 
 
 def _get(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
+    status, body = http_json(url, timeout=5)  # sends the pipeline's output API token
+    assert status == 200, body
+    return body
 
 
 def _wait_alert(api: str, sensor: str, timeout_s: float) -> None:
@@ -52,12 +52,13 @@ def _until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> Non
         time.sleep(0.2)
 
 
-def _drive(dashboard: str, api: str, gateways: int) -> list[str]:
+def _drive(dashboard: str, api: str, gateways: int, signin: str) -> list[str]:
     errors: list[str] = []
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(signin)  # the one-time link the demo prints
         page.goto(f"{dashboard}?sensor=gw1/{SPIKED}")
         chart = page.locator("#chart")
         _until(lambda: int(chart.get_attribute("data-points") or 0) > 0, "chart points")
@@ -71,15 +72,24 @@ def _drive(dashboard: str, api: str, gateways: int) -> list[str]:
         _wait_alert(api, SPIKED, 60)
         page.wait_for_selector(f"#alerts tbody tr[data-sensor='{SPIKED}']", timeout=10_000)
         _until(lambda: int(chart.get_attribute("data-alerts") or 0) > 0, "alert marker", 10)
+        # ... and as an incident of that sensor, the same one the API lists
+        incidents = _get(f"{api}/incidents?sensor={SPIKED}")
+        assert isinstance(incidents, list)
+        assert incidents
+        page.wait_for_selector(
+            f"#incidents tbody tr[data-id='{incidents[0]['id']}']", timeout=10_000
+        )
     return errors
 
 
 async def test_dashboard_shows_live_pipeline(tmp_path: Path) -> None:
-    """No console errors; chart drawn; injected spike alerted; clusters verified; gateways ok."""
+    """Signed in by the one-time link: chart, spike flagged and an incident, clusters, gateways."""
     async with Pipeline(
         tmp_path / "state", sim_scenario=SCENARIO, sim_duration=60.0, fresh=True
     ) as p:
         assert p.urls is not None
+        assert p.urls.signin_link_file is not None
         await p.wait_subscribed()
-        errors = await asyncio.to_thread(_drive, p.urls.dashboard, p.urls.output_api, 2)
+        signin = p.urls.signin_link_file.read_text().strip()
+        errors = await asyncio.to_thread(_drive, p.urls.dashboard, p.urls.output_api, 2, signin)
     assert errors == []

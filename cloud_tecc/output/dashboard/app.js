@@ -1,18 +1,31 @@
 // Dashboard of released results. Plain JS, no external code: the plant may be offline.
 "use strict";
 (() => {
-  const HISTORY_S = 15 * 60;
-  const state = { sensor: "", windows: [], alerts: [], latestNs: 0, detector: "", eventsOk: false, updates: 0 };
-  // History is anchored at the newest released window, so replayed or delayed data shows too.
-  const sinceS = () => (state.latestNs ? state.latestNs / 1e9 : Date.now() / 1000) - HISTORY_S;
+  const POINTS = 600; // the server merges windows beyond this many per chart
+  const state = {
+    sensor: "", windows: [], alerts: [], units: {}, latestNs: 0, detector: "", eventsOk: false,
+    rangeS: 900, custom: null, role: "viewer", inc: { gateway: "", sensor: "", detector: "" },
+  };
   const $ = (id) => document.getElementById(id);
   const fmtTime = (ns) => new Date(ns / 1e6).toLocaleTimeString();
+  const fmtDate = (ns) => new Date(ns / 1e6).toLocaleString();
   const fmt = (v, d = 3) => (v === null || v === undefined ? "—" : Number(v).toFixed(d));
   const key = (s) => `${s.gateway}/${s.sensor}`;
+  // The time range: a preset is anchored at the newest released window (replayed or delayed
+  // data shows too); a custom range is what the user typed.
+  function range() {
+    if (state.custom) return state.custom;
+    const until = state.latestNs ? state.latestNs / 1e9 + 3600 : Date.now() / 1000;
+    const anchor = state.latestNs ? state.latestNs / 1e9 : Date.now() / 1000;
+    return { since: anchor - state.rangeS, until };
+  }
+  const q = (params) => Object.entries(params).filter(([, v]) => v !== "" && v !== undefined)
+    .map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
 
   async function getJSON(path) {
-    const r = await fetch(path, { cache: "no-store" });
-    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+    const r = await fetch(path, { cache: "no-store", credentials: "same-origin" });
+    if (r.status === 401) { location.assign("/auth/signin"); throw new Error("signed out"); }
+    if (!r.ok) throw new Error(`${path.split("?")[0]}: HTTP ${r.status}`);
     return r.json();
   }
   function cell(tr, text, cls) {
@@ -30,6 +43,22 @@
       render(tr, row);
       body.appendChild(tr);
     }
+  }
+  function addOptions(sel, values) {
+    const have = new Set([...sel.options].map((o) => o.value));
+    for (const v of values) {
+      if (have.has(v)) continue;
+      have.add(v);
+      const o = document.createElement("option");
+      o.value = o.textContent = v;
+      sel.appendChild(o);
+    }
+  }
+
+  async function loadMe() {
+    const me = await getJSON("auth/me");
+    state.role = me.role;
+    $("whoami").textContent = `${me.subject} (${me.role})`;
   }
 
   async function loadClusters() {
@@ -50,9 +79,7 @@
       m.innerHTML = "measurement <code></code>";
       m.querySelector("code").textContent = c.measurement || "—";
       const when = document.createElement("div");
-      when.textContent = c.checked_ns
-        ? `checked by the output service at ${fmtTime(c.checked_ns)}`
-        : "not checked yet";
+      when.textContent = c.checked_ns ? `checked by the output service at ${fmtTime(c.checked_ns)}` : "not checked yet";
       const detail = document.createElement("div");
       detail.className = "summary";
       detail.textContent = c.detail || "";
@@ -63,7 +90,10 @@
 
   async function loadSensors() {
     const sensors = await getJSON("api/v1/sensors");
-    for (const s of sensors) state.latestNs = Math.max(state.latestNs, s.last_start_ns || 0);
+    for (const s of sensors) {
+      state.latestNs = Math.max(state.latestNs, s.last_start_ns || 0);
+      state.units[key(s)] = s.unit || "";
+    }
     const sel = $("sensor");
     const have = new Set([...sel.options].map((o) => o.value));
     for (const s of sensors) {
@@ -77,55 +107,106 @@
     if (!state.sensor && sel.options.length) {
       state.sensor = sel.value = new URLSearchParams(location.search).get("sensor") || sel.options[0].value;
     }
+    addOptions($("inc-gateway"), [...new Set(sensors.map((s) => s.gateway))]);
+    addOptions($("inc-sensor"), [...new Set(sensors.map((s) => s.sensor))]);
+  }
+
+  function split(k) {
+    const [gateway, ...rest] = k.split("/");
+    return { gateway, sensor: rest.join("/") };
   }
 
   async function loadWindows() {
     if (!state.sensor) return;
-    const [gateway, ...rest] = state.sensor.split("/");
-    const sensor = rest.join("/");
-    const since = sinceS();
-    state.windows = await getJSON(
-      `api/v1/windows?sensor=${encodeURIComponent(sensor)}&gateway=${encodeURIComponent(gateway)}&since=${since}`);
+    const { gateway, sensor } = split(state.sensor);
+    const { since, until } = range();
+    const rows = await getJSON(`api/v1/windows?${q({ sensor, gateway, since, until, points: POINTS })}`);
+    state.windows = rows.filter((r) => r.gateway === gateway && r.sensor === sensor);
+    fillTable("chart-data", state.windows, (tr, r) => {
+      tr.dataset.start = String(r.start_ns);
+      cell(tr, fmtDate(r.start_ns)); cell(tr, String(r.count)); cell(tr, fmt(r.mean)); cell(tr, fmt(r.std));
+      cell(tr, fmt(r.min)); cell(tr, fmt(r.max));
+    });
     draw();
   }
 
   async function loadAlerts() {
-    const since = sinceS();
-    state.alerts = await getJSON(`api/v1/alerts?since=${since}`);
-    const dsel = $("detector");
-    const known = new Set([...dsel.options].map((o) => o.value));
-    for (const a of state.alerts) {
-      if (!known.has(a.detector)) {
-        known.add(a.detector);
-        const o = document.createElement("option");
-        o.value = o.textContent = a.detector;
-        dsel.appendChild(o);
-      }
-    }
+    const { since, until } = range();
+    state.alerts = await getJSON(`api/v1/alerts?${q({ since, until })}`);
+    addOptions($("detector"), state.alerts.map((a) => a.detector));
+    addOptions($("inc-detector"), state.alerts.map((a) => a.detector));
     const shown = state.alerts.filter((a) => !state.detector || a.detector === state.detector).slice(-300).reverse();
     fillTable("alerts", shown, (tr, a) => {
       tr.dataset.sensor = a.sensor;
       tr.dataset.detector = a.detector;
+      tr.dataset.ts = String(a.ts_ns);
       cell(tr, fmtTime(a.ts_ns)); cell(tr, a.gateway); cell(tr, a.sensor); cell(tr, a.detector, "bad");
     });
     draw();
   }
 
+  async function acknowledge(id) {
+    const r = await fetch(`api/v1/incidents/${id}/acknowledge`, { method: "POST", credentials: "same-origin" });
+    if (!r.ok) { $("live").textContent = `error: acknowledge: HTTP ${r.status}`; return; }
+    await loadIncidents();
+  }
+
+  async function drill(i) {
+    const flags = await getJSON(`api/v1/incidents/${i.id}/flags?limit=1000`);
+    $("drill").hidden = false;
+    $("drill-h").textContent = `Flagged readings of incident ${i.id} (${i.sensor} @ ${i.gateway}, ${i.detector}): `
+      + `${flags.length} kept of ${i.flags}`;
+    fillTable("incident-flags", flags, (tr, a) => {
+      tr.dataset.ts = String(a.ts_ns);
+      cell(tr, fmtTime(a.ts_ns)); cell(tr, a.gateway); cell(tr, a.sensor); cell(tr, a.detector, "bad");
+    });
+  }
+
+  async function loadIncidents() {
+    const { since, until } = range();
+    const rows = await getJSON(`api/v1/incidents?${q({ ...state.inc, since, until, limit: 200 })}`);
+    addOptions($("inc-detector"), rows.map((i) => i.detector));
+    fillTable("incidents", rows, (tr, i) => {
+      tr.dataset.id = String(i.id);
+      tr.dataset.state = i.state;
+      cell(tr, i.state, i.state === "closed" ? "" : "bad"); cell(tr, i.gateway); cell(tr, i.sensor); cell(tr, i.detector);
+      cell(tr, fmtTime(i.start_ns)); cell(tr, i.state === "closed" ? fmtTime(i.end_ns) : "ongoing");
+      const n = cell(tr, "");
+      const more = document.createElement("button");
+      more.type = "button"; more.textContent = String(i.flags); more.className = "drill";
+      more.title = "show the flagged readings";
+      more.addEventListener("click", () => drill(i).catch((e) => { $("live").textContent = `error: ${e.message}`; }));
+      n.appendChild(more);
+      const w = i.worst_window;
+      cell(tr, w ? `mean ${fmt(w.mean, 2)}, max ${fmt(w.max, 2)} (${i.worst_window_flags} flags)` : "—");
+      const td = cell(tr, i.acknowledged_by ? `ack: ${i.acknowledged_by}` : "");
+      if (!i.acknowledged_by && state.role !== "viewer") {
+        const b = document.createElement("button");
+        b.type = "button"; b.textContent = "Acknowledge"; b.className = "ack";
+        b.addEventListener("click", () => acknowledge(i.id));
+        td.appendChild(b);
+      }
+    });
+  }
+
   async function loadFleet() {
-    const since = sinceS();
-    const [fleet, windows] = await Promise.all([getJSON(`api/v1/fleet?since=${since}`), getJSON(`api/v1/windows?since=${since}`)]);
+    const { since, until } = range();
+    const [fleet, windows] = await Promise.all([
+      getJSON(`api/v1/fleet?${q({ since, until })}`), getJSON(`api/v1/windows?${q({ since, until })}`)]);
     const deviating = new Map();
     for (const w of windows) {
-      if (w.deviates) {
+      if (w.deviates_from_fleet) {
         const k = `${w.start_ns}`;
         deviating.set(k, [...(deviating.get(k) || []), `${w.gateway}:${w.sensor}`]);
       }
     }
     fillTable("fleet", fleet.slice(-60).reverse(), (tr, f) => {
+      tr.dataset.start = String(f.start_ns);
+      tr.dataset.class = f.class;
       cell(tr, f.class); cell(tr, fmtTime(f.start_ns)); cell(tr, String(f.count));
       cell(tr, fmt(f.mean)); cell(tr, fmt(f.std));
       const d = deviating.get(`${f.start_ns}`) || [];
-      cell(tr, d.length ? d.join(", ") : "none", d.length ? "bad" : "");
+      cell(tr, d.length ? d.join(", ") : "none", d.length ? "bad wrap" : "");
     });
   }
 
@@ -153,11 +234,14 @@
     const rows = state.windows.filter((r) => r.mean !== null && r.mean !== undefined);
     const css = getComputedStyle(document.documentElement);
     const color = (n) => css.getPropertyValue(n).trim();
-    const pad = { l: 56, r: 12, t: 10, b: 24 };
+    const pad = { l: 64, r: 12, t: 10, b: 34 };
+    const unit = state.units[state.sensor] || "";
+    canvas.dataset.points = String(rows.length);
+    canvas.dataset.unit = unit;
     if (!rows.length) {
-      g.fillStyle = color("--muted"); g.fillText("waiting for released windows…", pad.l, h / 2);
+      g.fillStyle = color("--muted"); g.fillText("no released windows in this time range", pad.l, h / 2);
       $("chart-summary").textContent = "";
-      canvas.dataset.points = "0";
+      canvas.dataset.alerts = "0";
       return;
     }
     const t0 = rows[0].start_ns, t1 = rows[rows.length - 1].start_ns + rows[rows.length - 1].window_ns;
@@ -177,8 +261,11 @@
       g.beginPath(); g.moveTo(pad.l, y); g.lineTo(w - pad.r, y); g.stroke();
       g.fillText(v.toFixed(2), 4, y + 4);
     }
-    g.fillText(fmtTime(t0), pad.l, h - 6);
-    g.fillText(fmtTime(t1), w - pad.r - 60, h - 6);
+    g.save(); g.translate(12, pad.t + (h - pad.t - pad.b) / 2); g.rotate(-Math.PI / 2);
+    g.fillText(unit ? `value [${unit}]` : "value", -20, 0); g.restore();
+    g.fillText(fmtTime(t0), pad.l, h - 18);
+    g.fillText(fmtTime(t1), w - pad.r - 60, h - 18);
+    g.fillText("time (local)", w / 2 - 30, h - 4);
     g.fillStyle = color("--band"); g.beginPath();
     rows.forEach((r, i) => { const p = [X(mid(r)), Y(r.mean + (r.std || 0))]; i ? g.lineTo(...p) : g.moveTo(...p); });
     [...rows].reverse().forEach((r) => g.lineTo(X(mid(r)), Y(r.mean - (r.std || 0))));
@@ -192,35 +279,54 @@
     g.setLineDash([]); g.strokeStyle = color("--mean"); g.lineWidth = 2; g.beginPath();
     rows.forEach((r, i) => { const p = [X(mid(r)), Y(r.mean)]; i ? g.lineTo(...p) : g.moveTo(...p); });
     g.stroke();
-    const [gateway, ...rest] = state.sensor.split("/");
-    const sensor = rest.join("/");
-    const marks = state.alerts.filter((a) => a.sensor === sensor && a.gateway === gateway && a.ts_ns >= t0 && a.ts_ns <= t1);
+    const { gateway, sensor } = split(state.sensor);
+    const marks = state.alerts.filter((a) => a.sensor === sensor && a.gateway === gateway && a.ts_ns >= t0 && a.ts_ns <= t1
+      && (!state.detector || a.detector === state.detector));
     g.fillStyle = color("--alert");
     for (const a of marks) {
-      const r = rows.find((q) => a.ts_ns >= q.start_ns && a.ts_ns < q.start_ns + q.window_ns);
+      const r = rows.find((x) => a.ts_ns >= x.start_ns && a.ts_ns < x.start_ns + x.window_ns);
       const y = r ? Y(r.max ?? r.mean) - 8 : pad.t + 6;
       g.beginPath(); g.arc(X(a.ts_ns), y, 4, 0, 2 * Math.PI); g.fill();
     }
-    canvas.dataset.points = String(rows.length);
     canvas.dataset.alerts = String(marks.length);
     const last = rows[rows.length - 1];
+    const u = unit ? ` ${unit}` : "";
     $("chart-summary").textContent =
-      `${rows.length} windows; last: mean ${fmt(last.mean)}, std ${fmt(last.std)}, min ${fmt(last.min)}, max ${fmt(last.max)} over ${last.count} readings; ${marks.length} alerts shown`;
+      `${rows.length} points; last: mean ${fmt(last.mean)}${u}, std ${fmt(last.std)}${u}, min ${fmt(last.min)}${u}, max ${fmt(last.max)}${u} over ${last.count} readings; ${marks.length} flags shown`;
   }
 
   async function refresh() {
     try {
       await Promise.all([loadClusters(), loadSensors(), loadGateways()]);
-      await Promise.all([loadWindows(), loadAlerts(), loadFleet()]);
-      state.updates += 1;
+      await Promise.all([loadWindows(), loadAlerts(), loadFleet(), loadIncidents()]);
+      const { since, until } = range();
+      document.body.dataset.since = String(since);
+      document.body.dataset.until = String(until);
       $("live").textContent = `${state.eventsOk ? "live" : "polling"} · updated ${new Date().toLocaleTimeString()}`;
+      $("live").className = "";
     } catch (e) {
       $("live").textContent = `error: ${e.message}`;
+      $("live").className = "bad";
     }
   }
 
   $("sensor").addEventListener("change", (e) => { state.sensor = e.target.value; loadWindows(); });
   $("detector").addEventListener("change", (e) => { state.detector = e.target.value; loadAlerts(); });
+  // changing the chart's sensor or range is a refresh of everything that depends on it
+  $("range").addEventListener("change", (e) => {
+    const custom = e.target.value === "custom";
+    $("custom-range").hidden = !custom;
+    if (!custom) { state.custom = null; state.rangeS = Number(e.target.value); refresh(); }
+  });
+  $("range-apply").addEventListener("click", () => {
+    const from = Date.parse($("range-from").value), to = Date.parse($("range-to").value);
+    if (!(from < to)) { $("live").textContent = "error: the custom range needs from < to"; return; }
+    state.custom = { since: from / 1000, until: to / 1000 };
+    refresh();
+  });
+  for (const f of ["gateway", "sensor", "detector"]) {
+    $(`inc-${f}`).addEventListener("change", (e) => { state.inc[f] = e.target.value; loadIncidents(); });
+  }
   window.addEventListener("resize", draw);
 
   let pending = false;
@@ -234,6 +340,12 @@
     es.addEventListener("update", () => { state.eventsOk = true; schedule(); });
     es.onerror = () => { state.eventsOk = false; };
   }
-  setInterval(() => { if (!state.eventsOk) refresh(); }, 5000);
-  refresh();
+  // Results arrive as events; cluster attestation and gateway health change without one.
+  setInterval(() => {
+    if (!state.eventsOk) { refresh(); return; }
+    Promise.all([loadClusters(), loadGateways()]).catch((e) => {
+      $("live").textContent = `error: ${e.message}`; $("live").className = "bad";
+    });
+  }, 5000);
+  loadMe().catch(() => {}).finally(refresh);
 })();

@@ -1,0 +1,197 @@
+"""Sans-IO incident tracking: flags of one (gateway, sensor, detector) become one incident.
+
+An engineer acts on incidents, not on one row per flagged reading. The
+tracker is pure: :func:`step` takes an incident (or ``None``) and one event and
+returns the new incident plus what changed; the collector feeds it as epochs
+are reconstructed and the store persists the result. Nothing here knows a
+detector's name: the rules are looked up per detector, with a default.
+
+States and events (everything that moves the state lives in
+:data:`TRANSITIONS`, one test row per entry):
+
+- ``pending``: flags seen, never ``open_after`` of them within ``within_s`` —
+  not shown to anyone yet (debounce);
+- ``open``: enough flags; ``end_ns`` follows the newest flag;
+- ``acknowledged``: open, and an operator said they are on it;
+- ``closed``: no flag for ``quiet_s`` of event time (data progress, not the
+  wall clock, so a replay closes incidents the same way a live run does).
+
+An incident is one episode: flags of its key with no gap of ``quiet_s``; it
+starts at the episode's first flag and counts all of them, also those seen
+while it was pending. A flag after ``closed`` starts a new incident. A pending
+incident that goes quiet is dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+SECOND: Final = 1_000_000_000
+
+
+class State(enum.StrEnum):
+    """Lifecycle of an incident."""
+
+    PENDING = "pending"
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    CLOSED = "closed"
+
+
+class Event(enum.StrEnum):
+    """What can happen to an incident."""
+
+    FLAG = "flag"  # a flagged reading of the incident's key
+    DEBOUNCED = "debounced"  # a flag that completes ``open_after`` within ``within_s``
+    QUIET = "quiet"  # data progress passed the last flag by ``quiet_s``
+    ACK = "ack"  # an operator acknowledged it
+
+
+# (state, event) -> next state; ``None`` means the incident is dropped.
+TRANSITIONS: Final[Mapping[tuple[State, Event], State | None]] = {
+    (State.PENDING, Event.FLAG): State.PENDING,
+    (State.PENDING, Event.DEBOUNCED): State.OPEN,
+    (State.PENDING, Event.QUIET): None,
+    (State.OPEN, Event.FLAG): State.OPEN,
+    (State.OPEN, Event.QUIET): State.CLOSED,
+    (State.OPEN, Event.ACK): State.ACKNOWLEDGED,
+    (State.ACKNOWLEDGED, Event.FLAG): State.ACKNOWLEDGED,
+    (State.ACKNOWLEDGED, Event.QUIET): State.CLOSED,
+    (State.ACKNOWLEDGED, Event.ACK): State.ACKNOWLEDGED,
+    (State.CLOSED, Event.ACK): State.CLOSED,
+}
+
+
+class IncidentError(ValueError):
+    """An event that the incident's state does not accept (e.g. acknowledging a pending one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Debounce:
+    """Per-detector rule: open after ``open_after`` flags within ``within_s``; close after quiet."""
+
+    open_after: int = 1
+    within_s: float = 60.0
+    quiet_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.open_after <= 1000:
+            raise IncidentError("incidents.<detector>.open_after must be 1..1000")
+        if not 0 < self.within_s <= 86_400 or not 0 < self.quiet_s <= 86_400:
+            raise IncidentError("incidents.<detector>.within_s and quiet_s must be in (0, 86400]")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Debounce rules by detector name, with a default for detectors not listed."""
+
+    default: Debounce = field(default_factory=Debounce)
+    by_detector: Mapping[str, Debounce] = field(default_factory=dict)
+
+    def of(self, detector: str) -> Debounce:
+        """The rule for ``detector``."""
+        return self.by_detector.get(detector, self.default)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """The released statistics of the window a flag fell in."""
+
+    start_ns: int
+    count: int
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One incident of one (gateway, sensor, detector); ``worst`` is its most-flagged window."""
+
+    gateway: str
+    sensor: str
+    detector: str
+    state: State
+    start_ns: int
+    end_ns: int
+    flags: int
+    recent_ns: tuple[int, ...] = ()  # newest flag times while pending (at most open_after)
+    worst: WindowStats | None = None
+    worst_flags: int = 0
+    acknowledged_by: str = ""
+    acknowledged_ns: int | None = None
+    id: int | None = None  # assigned by the store
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(gateway, sensor, detector)."""
+        return (self.gateway, self.sensor, self.detector)
+
+
+def _move(inc: Incident, event: Event) -> State | None:
+    try:
+        return TRANSITIONS[(inc.state, event)]
+    except KeyError:
+        raise IncidentError(f"a {inc.state.value} incident does not accept {event.value}") from None
+
+
+def on_flag(
+    inc: Incident | None,
+    *,
+    key: tuple[str, str, str],
+    ts_ns: int,
+    window: WindowStats,
+    window_flags: int,
+    rule: Debounce,
+) -> Incident:
+    """Apply one flagged reading; returns the (possibly new) incident.
+
+    ``window_flags`` is how many flags of this key fall in ``window`` so far;
+    the incident's worst window is the one with the most. A flag of a closed
+    incident's key (or with no incident) starts a new pending incident.
+    """
+    if inc is None or inc.state is State.CLOSED:
+        gateway, sensor, detector = key
+        inc = Incident(gateway, sensor, detector, State.PENDING, ts_ns, ts_ns, 0)
+    worst, worst_flags = inc.worst, inc.worst_flags
+    if window_flags > worst_flags or worst is None:
+        worst, worst_flags = window, window_flags
+    start = min(inc.start_ns, ts_ns)
+    grown = replace(
+        inc,
+        start_ns=start,
+        end_ns=max(inc.end_ns, ts_ns),
+        flags=inc.flags + 1,
+        worst=worst,
+        worst_flags=worst_flags,
+    )
+    if grown.state is not State.PENDING:
+        return replace(grown, state=_move(grown, Event.FLAG) or grown.state)
+    horizon = ts_ns - int(rule.within_s * SECOND)
+    recent = tuple(t for t in (*inc.recent_ns, ts_ns) if t >= horizon)[-rule.open_after :]
+    if len(recent) >= rule.open_after:
+        state = _move(grown, Event.DEBOUNCED)
+        return replace(grown, state=state or State.OPEN, recent_ns=())
+    return replace(grown, recent_ns=recent)
+
+
+def on_progress(inc: Incident, through_ns: int, rule: Debounce) -> Incident | None:
+    """Data is complete up to ``through_ns``: close (or drop, if pending) a quiet incident."""
+    if inc.state is State.CLOSED or through_ns - inc.end_ns < int(rule.quiet_s * SECOND):
+        return inc
+    nxt = _move(inc, Event.QUIET)
+    return None if nxt is None else replace(inc, state=nxt, recent_ns=())
+
+
+def on_ack(inc: Incident, operator: str, now_ns: int) -> Incident:
+    """An operator acknowledges; IncidentError for a pending incident (nobody saw it)."""
+    nxt = _move(inc, Event.ACK)
+    if nxt is None:  # pragma: no cover - no ACK transition drops an incident
+        raise IncidentError("acknowledge dropped the incident")
+    if inc.acknowledged_by:
+        return inc  # the first acknowledgement stands
+    return replace(inc, state=nxt, acknowledged_by=operator, acknowledged_ns=now_ns)

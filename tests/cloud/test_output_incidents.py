@@ -1,0 +1,254 @@
+"""Incident tracker: one row per transition, then the epoch feeder and the SQLite store."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud_tecc.analytics.release import Decoded
+from cloud_tecc.output.incident_rows import IncidentQuery
+from cloud_tecc.output.incidents import (
+    SECOND,
+    TRANSITIONS,
+    Debounce,
+    Event,
+    Incident,
+    IncidentError,
+    Rules,
+    State,
+    WindowStats,
+    on_ack,
+    on_flag,
+    on_progress,
+)
+from cloud_tecc.output.store import ResultStore
+from cloud_tecc.output.tracking import track
+
+T0 = 1_700_000_000 * SECOND
+KEY = ("gw", "temp", "zscore")
+W = WindowStats(T0, 100, 1.0, 0.5, 0.0, 3.0)
+RULE = Debounce(open_after=2, within_s=10.0, quiet_s=30.0)
+
+
+def _inc(state: State, **kw: Any) -> Incident:
+    return Incident(*KEY, state=state, start_ns=T0, end_ns=T0, flags=1, **kw)
+
+
+def _flag(inc: Incident | None, ts: int, rule: Debounce = RULE, n: int = 1) -> Incident:
+    return on_flag(inc, key=KEY, ts_ns=ts, window=W, window_flags=n, rule=rule)
+
+
+# (state, event, how to cause it, expected state or None for dropped)
+ROWS = [
+    (State.PENDING, Event.FLAG, lambda i: _flag(i, T0 + 20 * SECOND), State.PENDING),
+    (State.PENDING, Event.DEBOUNCED, lambda i: _flag(i, T0 + 5 * SECOND), State.OPEN),
+    (State.PENDING, Event.QUIET, lambda i: on_progress(i, T0 + 31 * SECOND, RULE), None),
+    (State.OPEN, Event.FLAG, lambda i: _flag(i, T0 + SECOND), State.OPEN),
+    (State.OPEN, Event.QUIET, lambda i: on_progress(i, T0 + 30 * SECOND, RULE), State.CLOSED),
+    (State.OPEN, Event.ACK, lambda i: on_ack(i, "op", T0), State.ACKNOWLEDGED),
+    (State.ACKNOWLEDGED, Event.FLAG, lambda i: _flag(i, T0 + SECOND), State.ACKNOWLEDGED),
+    (
+        State.ACKNOWLEDGED,
+        Event.QUIET,
+        lambda i: on_progress(i, T0 + 60 * SECOND, RULE),
+        State.CLOSED,
+    ),
+    (State.ACKNOWLEDGED, Event.ACK, lambda i: on_ack(i, "op2", T0), State.ACKNOWLEDGED),
+    (State.CLOSED, Event.ACK, lambda i: on_ack(i, "op", T0), State.CLOSED),
+]
+
+
+@pytest.mark.parametrize(("state", "event", "cause", "expected"), ROWS)
+def test_transition(state: State, event: Event, cause: Any, expected: State | None) -> None:
+    """Each row of the transition table, caused by the public functions."""
+    start = _inc(state, recent_ns=(T0,) if state is State.PENDING else ())
+    if state is State.ACKNOWLEDGED:
+        start = _inc(state, acknowledged_by="first")
+    assert TRANSITIONS[(state, event)] == expected
+    after = cause(start)
+    assert (None if after is None else after.state) == expected
+
+
+def test_table_covers_every_row_and_refuses_the_rest() -> None:
+    """The tests cover the whole table; an event a state does not accept raises."""
+    assert {(s, e) for s, e, _, _ in ROWS} == set(TRANSITIONS)
+    with pytest.raises(IncidentError, match="pending incident does not accept ack"):
+        on_ack(_inc(State.PENDING), "op", T0)
+
+
+def test_debounce_m_of_span_and_first_ack_stands() -> None:
+    """Two flags 20 s apart stay pending (span 10 s); the episode starts at its first flag."""
+    a = _flag(None, T0)
+    b = _flag(a, T0 + 20 * SECOND)
+    assert (a.state, b.state, b.recent_ns) == (State.PENDING, State.PENDING, (T0 + 20 * SECOND,))
+    c = _flag(b, T0 + 25 * SECOND)
+    assert (c.state, c.start_ns, c.end_ns, c.flags) == (
+        State.OPEN,
+        T0,
+        T0 + 25 * SECOND,
+        3,
+    )
+    acked = on_ack(c, "alice", T0)
+    assert on_ack(acked, "bob", T0 + 1).acknowledged_by == "alice"
+
+
+def _epoch(alerts: list[tuple[str, str, int, str]], count: int = 100) -> Decoded:
+    windows = [
+        {"gateway": g, "sensor": s, "start_ns": T0, "count": count, "mean": 1.0, "max": 9.0}
+        for g, s in {(a[0], a[1]) for a in alerts}
+    ]
+    return Decoded(
+        windows=windows,
+        alerts=[{"gateway": g, "sensor": s, "ts_ns": t, "detector": d} for g, s, t, d in alerts],
+        fleet=[],
+    )
+
+
+def test_track_splits_after_quiet_and_caps_kept_flags() -> None:
+    """A gap ≥ quiet_s closes the first incident; flags past the cap are only counted."""
+    rules = Rules(Debounce(1, 60.0, 5.0))
+    flags = [("gw", "temp", T0 + i * SECOND // 10, "zscore") for i in range(10)]
+    flags += [("gw", "temp", T0 + 8 * SECOND, "zscore")] * 3  # duplicate timestamps
+    out = track(_epoch(flags), T0 + 9 * SECOND, {}, rules, max_flags=4)
+    assert [(i.state, i.flags) for i in out.incidents] == [(State.CLOSED, 10), (State.OPEN, 3)]
+    kept = [f for f in out.flags if f.kept]
+    assert [f.incident for f in kept] == [0] * 4 + [1] * 3
+    assert len(out.flags) == 13
+
+
+def test_track_is_generic_over_detector_names() -> None:
+    """A detector the tracker never heard of gets the default rule; a listed one its own."""
+    rules = Rules(Debounce(1, 60.0, 30.0), {"flatline": Debounce(3, 60.0, 30.0)})
+    alerts = [("gw", "s", T0 + i * SECOND, d) for i in range(2) for d in ("flatline", "newdet")]
+    out = track(_epoch(alerts), T0 + 2 * SECOND, {}, rules, max_flags=10)
+    states = {i.detector: i.state for i in out.incidents}
+    assert states == {"flatline": State.PENDING, "newdet": State.OPEN}
+
+
+def test_store_keeps_duplicate_timestamps_and_bounds_flags(tmp_path: Path) -> None:
+    """Three flags with one timestamp stay three rows; retention and the row cap prune.
+
+    Fails on the code before this change: the alert table's primary key
+    (gateway, sensor, ts_ns, detector) collapsed them into one.
+    """
+    store = ResultStore(tmp_path / "r.db")
+    rules = Rules(Debounce(1, 60.0, 5.0))
+    dup = [("gw", "temp", T0 + SECOND, "limit")] * 3
+    assert store.store_epoch(
+        T0,
+        10 * SECOND,
+        _epoch(dup),
+        T0,
+        lambda live: track(_epoch(dup), T0, live, rules, max_flags=9),
+    )
+    rows = store.alerts(0, 2**63 - 1, None, 100, 0)
+    assert [r["ts_ns"] for r in rows] == [T0 + SECOND] * 3
+    (inc,) = store.incidents(IncidentQuery())
+    assert (inc["flags"], inc["state"], len(store.incident_flags(inc["id"], 10))) == (3, "open", 3)
+    # storing the same epoch again neither doubles the flags nor the incident's count
+    assert not store.store_epoch(T0, 10 * SECOND, _epoch(dup), T0 + 1, None)
+    assert len(store.alerts(0, 2**63 - 1, None, 100, 0)) == 3
+    assert store.incidents(IncidentQuery())[0]["flags"] == 3
+    assert store.summary() == {
+        "flags": 3,
+        "incidents": {"open": 1, "acknowledged": 0, "closed": 0},
+    }
+    acked = store.acknowledge(inc["id"], "op", T0)
+    assert acked is not None
+    assert acked["acknowledged_by"] == "op"
+    assert store.prune(0, max_flags=1) == 2  # the row cap keeps the newest one
+    assert store.prune(T0 + 2 * SECOND, max_flags=10) == 1
+    assert store.alerts(0, 2**63 - 1, None, 100, 0) == []
+    store.close()
+
+
+def test_store_refuses_replays_of_result_messages(tmp_path: Path) -> None:
+    """An older or repeated seq is stale; any message for a stored epoch is a no-op.
+
+    Fails on the code before this change: an old message replaced a newer one
+    (``INSERT OR REPLACE`` into pending) and parked shares of stored epochs.
+    """
+    store = ResultStore(tmp_path / "r.db")
+    assert store.accept_submission(T0, 0, 5) == "new"
+    assert store.accept_submission(T0, 0, 5) == "stale"
+    assert store.accept_submission(T0, 0, 4) == "stale"
+    assert store.accept_submission(T0, 0, 6) == "new"
+    store.store_epoch(T0, 10 * SECOND, _epoch([]), T0, None)
+    assert store.accept_submission(T0, 1, 99) == "stored"
+    store.close()
+
+
+def test_store_moves_the_old_alert_table_into_flags(tmp_path: Path) -> None:
+    """A results.db of the previous release keeps its flagged readings (as unlinked flags)."""
+    import sqlite3  # noqa: PLC0415 - only this test builds an old database
+
+    path = tmp_path / "r.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE alerts (gateway TEXT NOT NULL, sensor TEXT NOT NULL, ts_ns INTEGER NOT "
+        "NULL, detector TEXT NOT NULL, start_ns INTEGER NOT NULL, "
+        "PRIMARY KEY (gateway, sensor, ts_ns, detector)) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO alerts VALUES ('gw', 's', ?, 'limit', ?)", (T0 + 1, T0))
+    db.commit()
+    db.close()
+    store = ResultStore(path)
+    assert store.alerts(0, 2**63 - 1, None, 10, 0) == [
+        {"gateway": "gw", "sensor": "s", "ts_ns": T0 + 1, "detector": "limit", "incident": None}
+    ]
+    store.close()
+    again = ResultStore(path)  # reopening does not migrate twice
+    assert len(again.alerts(0, 2**63 - 1, None, 10, 0)) == 1
+    again.close()
+
+
+@given(
+    epochs=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b"]), st.integers(0, 9_999), st.sampled_from(["z", "r"])
+            ),
+            max_size=30,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    open_after=st.integers(1, 4),
+    quiet_s=st.sampled_from([0.5, 2.0, 5.0]),
+)
+@settings(max_examples=150, deadline=None)
+def test_incidents_partition_the_flags(
+    epochs: list[list[tuple[str, int, str]]], open_after: int, quiet_s: float
+) -> None:
+    """Over random epochs of 10 s: every flag is in exactly one incident or a dropped pending one;
+    incidents of one key never overlap and are separated by at least ``quiet_s``."""
+    rules = Rules(Debounce(open_after, 3.0, quiet_s))
+    live: dict[tuple[str, str, str], Incident] = {}
+    done: list[Incident] = []
+    dropped = total = 0
+    for e, flags in enumerate(epochs):
+        start = T0 + e * 10 * SECOND
+        rows = [(g, "s", start + ms * SECOND // 1000, d) for g, ms, d in flags]
+        out = track(_epoch(rows), start + 10 * SECOND, live, rules, max_flags=5)
+        total += len(rows)
+        dropped += sum(i.flags for i in out.dropped)
+        live = {i.key: i for i in out.incidents if i.state is not State.CLOSED}
+        done += [i for i in out.incidents if i.state is State.CLOSED]
+        assert len(live) == sum(1 for i in out.incidents if i.state is not State.CLOSED)
+        for f in out.flags:
+            if f.incident >= 0:
+                inc = out.incidents[f.incident]
+                assert (inc.gateway, inc.detector) == (f.gateway, f.detector)
+                assert inc.start_ns <= f.ts_ns <= inc.end_ns
+    everything = done + list(live.values())
+    assert sum(i.flags for i in everything) + dropped == total
+    for key in {i.key for i in everything}:
+        mine = sorted((i for i in everything if i.key == key), key=lambda i: i.start_ns)
+        for a, b in itertools.pairwise(mine):
+            assert a.state is State.CLOSED
+            assert b.start_ns - a.end_ns >= int(quiet_s * SECOND)
