@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 from cloud_tecc.output.incidents import Incident, State, WindowStats
+from cloud_tecc.output.outbox import record_transition
 from cloud_tecc.output.tracking import Key, Tracked
 
 _SELECT: Final = (
@@ -81,8 +82,12 @@ def incident_json(inc: Incident) -> dict[str, Any]:
     }
 
 
-def put_incident(cur: sqlite3.Cursor, inc: Incident) -> int:
-    """Insert or update one incident; its id."""
+def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int) -> int:
+    """Insert or update one incident; its id.
+
+    In the same transaction the incident's state is recorded in the delivery
+    outbox (once per incident and state, :func:`cloud_tecc.output.outbox.record_transition`).
+    """
     vals = (inc.gateway, inc.sensor, inc.detector, inc.state.value, inc.start_ns, inc.end_ns)
     if inc.id is None:
         cur.execute(
@@ -90,13 +95,16 @@ def put_incident(cur: sqlite3.Cursor, inc: Incident) -> int:
             "doc) VALUES (?,?,?,?,?,?,?,?)",
             (*vals, inc.flags, _doc(inc)),
         )
-        return int(cur.lastrowid or 0)
-    cur.execute(
-        "UPDATE incidents SET gateway=?, sensor=?, detector=?, state=?, start_ns=?, end_ns=?, "
-        "flags=?, doc=? WHERE id=?",
-        (*vals, inc.flags, _doc(inc), inc.id),
-    )
-    return inc.id
+        iid = int(cur.lastrowid or 0)
+    else:
+        cur.execute(
+            "UPDATE incidents SET gateway=?, sensor=?, detector=?, state=?, start_ns=?, "
+            "end_ns=?, flags=?, doc=? WHERE id=?",
+            (*vals, inc.flags, _doc(inc), inc.id),
+        )
+        iid = inc.id
+    record_transition(cur, incident_json(replace(inc, id=iid)), now_ns)
+    return iid
 
 
 def live_incidents(cur: sqlite3.Cursor) -> dict[Key, Incident]:
@@ -111,9 +119,9 @@ def get_incident(cur: sqlite3.Cursor, incident_id: int) -> Incident | None:
     return None if row is None else _from_row(row)
 
 
-def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked) -> None:
+def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: int) -> None:
     """Persist what one epoch changed: incidents, drops and the kept flags."""
-    ids = [put_incident(cur, inc) for inc in tracked.incidents]
+    ids = [put_incident(cur, inc, now_ns) for inc in tracked.incidents]
     cur.executemany(
         "DELETE FROM incidents WHERE id=?", [(d.id,) for d in tracked.dropped if d.id is not None]
     )

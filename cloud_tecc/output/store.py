@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud_tecc.analytics.release import Decoded
+from cloud_tecc.output import outbox
 from cloud_tecc.output.incident_rows import (
     IncidentQuery,
     get_incident,
@@ -88,6 +89,7 @@ class ResultStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        outbox.create(self._db)
         self._migrate_alerts()
         self._lock = threading.Lock()
         self._changes = 0
@@ -156,7 +158,7 @@ class ResultStore:
                 )
                 self._put_rows(cur, epoch_ns, window_ns, rows, now_ns)
                 if new and tracker is not None:
-                    write_tracked(cur, epoch_ns, tracker(live_incidents(cur)))
+                    write_tracked(cur, epoch_ns, tracker(live_incidents(cur)), now_ns)
                 elif _flag_set(cur, epoch_ns) != _alert_set(epoch_ns, rows):
                     # a recomputation that changed the flags: replace them, unlinked
                     cur.execute("DELETE FROM flags WHERE start_ns=?", (epoch_ns,))
@@ -239,6 +241,7 @@ class ResultStore:
                     "LIMIT 1 OFFSET ?)",
                     (max_flags,),
                 ).rowcount
+                n += outbox.prune(cur, before_ns)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -255,7 +258,7 @@ class ResultStore:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                put_incident(cur, acked)
+                put_incident(cur, acked, now_ns)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
