@@ -13,7 +13,7 @@ sequence number (what a host sees when a message was lost), and
 death.
 
 Payloads are built with the Sparkplug B schema module the gateway uses
-(:mod:`gateway.sources.sparkplug_schema`, the standard's message layout).
+(:mod:`tecc_contract.sparkplug`, the standard's message layout).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
-from gateway.sources.sparkplug_schema import Payload, SparkplugType
+from tecc_contract.sparkplug import Payload, SparkplugType
 
 NS = "spBv1.0"
 

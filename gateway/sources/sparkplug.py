@@ -43,8 +43,8 @@ from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
-from gateway.sources.sparkplug_schema import Payload, SparkplugType
 from tecc_contract.errors import RejectReason
+from tecc_contract.sparkplug import Payload, SparkplugType
 
 NAMESPACE: Final = "spBv1.0"
 REBIRTH_METRIC: Final = "Node Control/Rebirth"

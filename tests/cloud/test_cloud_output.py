@@ -72,14 +72,14 @@ def test_refuses_alert_and_deviation_entries_of_withheld_windows() -> None:
         "windows": [*layout["windows"], withheld],
         "alerts": [*layout["alerts"], alert],
     }
-    with pytest.raises(AnalyticsError, match="below min_count|no released window"):
+    with pytest.raises(AnalyticsError, match=r"below min_count|no released window"):
         validate_submission(POLICY, bad, v0)
     (first,) = [a for a in layout["alerts"] if a["sensor"] == "s"][:1]
     overlong = {**first, "n": first["n"] + 1}
     with pytest.raises(AnalyticsError, match="exceeds its window"):
         validate_submission(POLICY, {**layout, "alerts": [overlong]}, v0)
     dev = {"gateway": "gw", "sensor": "s", "class": "nowhere"}
-    with pytest.raises(AnalyticsError, match="released class|beyond the policy"):
+    with pytest.raises(AnalyticsError, match=r"released class|beyond the policy"):
         validate_submission(POLICY, {**layout, "fleet_dev": [dev]}, v0)
 
 

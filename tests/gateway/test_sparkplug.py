@@ -14,8 +14,8 @@ from gateway.sources.sparkplug import (
     SparkplugHost,
     rebirth_request,
 )
-from gateway.sources.sparkplug_schema import Payload, SparkplugType
 from tecc_contract.errors import RejectReason
+from tecc_contract.sparkplug import Payload, SparkplugType
 
 T = SparkplugType
 NOW = 1_700_000_000_000_000_000  # ns
