@@ -79,7 +79,9 @@ class Agent:
         self._keys = keys
         self._tick = tick_s
         self._now_ns = now_ns
-        self.ingest = Ingest(cfg.sensors)
+        self.ingest = Ingest(
+            cfg.sensors, max_future_skew_s=cfg.progress.max_future_skew_s, now_ns=now_ns
+        )
         self.metrics = Metrics(self.ingest)
         self.metrics.tpm_ok.set(1)
         self.spool = Spool(
@@ -264,6 +266,7 @@ class Agent:
             through = min(max(last.get(s, floor), floor) for s in self.cfg.sensors)
         if self.batcher.min_ts is not None:
             through = min(through, self.batcher.min_ts)
+        through = min(through, limit)  # never a claim ahead of the gateway's own clock
         if through > self.edge_through:
             self.edge_through = through
             self.metrics.through.set(through / 1e9)

@@ -237,6 +237,9 @@ class ProgressConfig:
     ``ordered_sensors``: each sensor's readings arrive in timestamp order, so a
     sensor's bound is its newest timestamp when that is later than the slack
     (turn it off for sensors fed by several publishers or resent out of order).
+    ``max_future_skew_s``: a reading stamped further than this after the
+    gateway's clock is rejected (``future_timestamp``) and never moves the
+    declared progress.
     """
 
     slack_s: float = 1.0
@@ -244,12 +247,19 @@ class ProgressConfig:
     settle_s: float = 2.0
     max_hold_s: float = 60.0
     ordered_sensors: bool = True
+    max_future_skew_s: float = 5.0
 
     def __post_init__(self) -> None:
         vals = (self.slack_s, self.interval_s, self.settle_s, self.max_hold_s)
         if not all(math.isfinite(v) and v >= 0 for v in vals) or self.interval_s <= 0:
             raise ConfigError(
                 "progress: need finite slack_s, settle_s, max_hold_s >= 0 and interval_s > 0"
+            )
+        if not (math.isfinite(self.max_future_skew_s) and 0 <= self.max_future_skew_s <= 3600):
+            raise ConfigError(
+                "progress.max_future_skew_s must be a number of seconds in 0..3600 "
+                f"(how far ahead of the gateway clock a sensor may stamp), "
+                f"got {self.max_future_skew_s}"
             )
 
 

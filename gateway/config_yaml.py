@@ -295,7 +295,7 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
     pr = _obj(
         o.get("progress") or {},
         "progress",
-        {"slack_s", "interval_s", "settle_s", "max_hold_s", "ordered_sensors"},
+        {"slack_s", "interval_s", "settle_s", "max_hold_s", "ordered_sensors", "max_future_skew_s"},
     )
     sp = _obj(o.get("spool") or {}, "spool", {"path", "max_bytes"})
     spool_path = _path(base, sp.get("path")) or state_dir / "spool.db"
@@ -326,6 +326,7 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
             settle_s=float(pr.get("settle_s", 2.0)),
             max_hold_s=float(pr.get("max_hold_s", 60.0)),
             ordered_sensors=_bool(pr.get("ordered_sensors", True), "progress.ordered_sensors"),
+            max_future_skew_s=float(pr.get("max_future_skew_s", 5.0)),
         ),
         tpm=TpmConfig(
             tcti=str(t.get("tcti", "swtpm:port=2321")),
