@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gateway.atrest import private_dir, write_private
 from gateway.errors import GatewayError, NotProvisionedError
 from gateway.tpm import SealedBlob, Tpm
 
@@ -40,12 +41,7 @@ class GatewayKeys:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_private(path, text.encode("utf-8"))
 
 
 def provision(
@@ -58,7 +54,7 @@ def provision(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> GatewayKeys:
     """Create and seal fresh keys; refuses to overwrite existing ones unless ``force``."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     ident_path, spool_path = state_dir / IDENTITY_FILE, state_dir / SPOOL_KEY_FILE
     if not force and (ident_path.exists() or spool_path.exists()):
         raise GatewayError(
