@@ -74,7 +74,7 @@ def load_keys(tpm: Tpm, state_dir: Path) -> GatewayKeys:
     ident_path, spool_path = state_dir / IDENTITY_FILE, state_dir / SPOOL_KEY_FILE
     if not (ident_path.exists() and spool_path.exists()):
         raise NotProvisionedError(
-            f"no sealed keys in {state_dir}; run `gateway provision --config <file>` first"
+            f"no sealed keys in {state_dir}; run `tecc-gateway provision --config <file>` first"
         )
     seed = tpm.unseal(SealedBlob.from_json(ident_path.read_text(encoding="utf-8")))
     spool_key = tpm.unseal(SealedBlob.from_json(spool_path.read_text(encoding="utf-8")))

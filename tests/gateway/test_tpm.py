@@ -14,6 +14,7 @@ from gateway.tpm import Tpm
 from tests.gateway.harness import cli, write_config
 from tests.gateway.receiver import FakeCluster, Platform
 from tests.gateway.services import swtpm
+from tests.gateway.tpm_link import recorded_link
 
 pytestmark = pytest.mark.tpm
 
@@ -34,6 +35,31 @@ def test_provision_then_load_roundtrip(tmp_path: Path) -> None:
     for secret in (b"\x11" * 32, b"\x22" * 32):
         assert secret not in on_disk
         assert secret.hex().encode() not in on_disk
+
+
+def test_secrets_never_cross_the_tpm_link_in_clear(tmp_path: Path) -> None:
+    """Seed and spool key cross the TSS↔TPM link only encrypted, at provisioning and unseal.
+
+    A recording forwarder sits between the TSS and swtpm. Fails on the code
+    before this change: unsalted sessions with a NULL symmetric sent both
+    secrets in clear in TPM2_Create and got them back in clear from
+    TPM2_Unseal.
+    """
+    seed, spool_key = b"\x5a\xc3" * 16, b"\x3c\xa5" * 16
+    secrets = iter([seed, spool_key])
+    with swtpm(tmp_path / "tpm") as sw, recorded_link(sw.port) as link:
+        with Tpm(link.tcti) as tpm:
+            provision(tpm, tmp_path / "st", [7, 14], random_bytes=lambda n: next(secrets))
+        after_provision = link.data()
+        with Tpm(link.tcti) as tpm:
+            loaded = load_keys(tpm, tmp_path / "st")
+        captured = link.data()
+    assert loaded.spool_key == spool_key
+    assert len(after_provision) > 1000
+    assert len(captured) > len(after_provision)
+    for secret in (seed, spool_key):
+        for part in (secret[:8], secret[8:16], secret[16:24], secret[24:]):
+            assert part not in captured
 
 
 def test_extended_pcr_blocks_unseal(tmp_path: Path) -> None:
