@@ -1,4 +1,8 @@
-"""Command line: ``gateway provision | run | status | reenrol --config FILE``.
+"""Command line: ``tecc-gateway provision | launch | run | status | reenrol --config FILE``.
+
+``launch`` is the start path: it measures the code and config into the TPM
+(:mod:`gateway.launch`) and then execs ``run`` (or the command given after
+the options, e.g. ``launch --config F status``).
 
 Exit codes: 0 success, 2 configuration or usage error, 3 the TPM refused to
 unseal (PCR state changed), 4 other gateway errors (message says what to do).
@@ -20,6 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
 from gateway.errors import ConfigError, GatewayError, PcrPolicyError
 from gateway.keys import GatewayKeys, load_keys, provision
+from gateway.launch import events, exec_agent, explain, measure, predicted
 from gateway.spool import Spool
 from gateway.tpm import Tpm
 
@@ -32,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (
         ("provision", "create the identity and spool keys, sealed in the TPM"),
+        ("launch", "measure code and config into the TPM, then exec `run` (the start path)"),
         ("run", "run the agent until SIGTERM/SIGINT"),
         ("status", "show key, pin and spool state"),
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
@@ -42,12 +48,36 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="replace existing keys")
         if name == "reenrol":
             sp.add_argument("--cluster", required=True, type=int)
+        if name == "launch":
+            sp.add_argument(
+                "then",
+                nargs=argparse.REMAINDER,
+                help="command to exec after measuring (default: run)",
+            )
     return p
 
 
-def _unseal(cfg: GatewayConfig) -> GatewayKeys:
-    with Tpm(cfg.tpm.tcti) as tpm:
-        return load_keys(tpm, cfg.state_dir)
+def _tpm(cfg: GatewayConfig) -> Tpm:
+    auth = None
+    if cfg.tpm.owner_auth_file is not None:
+        try:
+            auth = cfg.tpm.owner_auth_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"tpm.owner_auth_file {cfg.tpm.owner_auth_file} cannot be read ({exc}); "
+                "point it at the file holding the TPM owner authorisation value"
+            ) from exc
+    return Tpm(cfg.tpm.tcti, owner_auth=auth)
+
+
+def _unseal(cfg: GatewayConfig, config: Path) -> GatewayKeys:
+    with _tpm(cfg) as tpm:
+        try:
+            return load_keys(tpm, cfg.state_dir)
+        except PcrPolicyError as exc:
+            if cfg.tpm.measure_pcr is None:
+                raise
+            raise PcrPolicyError(f"{exc} {explain(tpm, cfg.tpm.measure_pcr, config)}") from exc
 
 
 def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
@@ -79,20 +109,37 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
 
 def _command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    pcr = cfg.tpm.measure_pcr
     if args.command == "provision":
-        with Tpm(cfg.tpm.tcti) as tpm:
-            keys = provision(tpm, cfg.state_dir, cfg.tpm.pcrs, cfg.tpm.pcr_bank, force=args.force)
+        launch_value = None if pcr is None else predicted(events(args.config))
+        expected = None if pcr is None or launch_value is None else {pcr: launch_value}
+        with _tpm(cfg) as tpm:
+            keys = provision(
+                tpm,
+                cfg.state_dir,
+                cfg.tpm.pcrs,
+                cfg.tpm.pcr_bank,
+                force=args.force,
+                expected=expected,
+            )
         print(
             json.dumps(
                 {
                     "gateway_id": cfg.gateway_id,
                     "identity_public_key": keys.public_raw.hex(),
                     "pcrs": list(cfg.tpm.pcrs),
+                    "launch_measurement": None if launch_value is None else launch_value.hex(),
                 }
             )
         )
         return 0
-    keys = _unseal(cfg)
+    if args.command == "launch":
+        if pcr is not None:
+            with _tpm(cfg) as tpm:
+                done = measure(tpm, pcr, args.config)
+            log.info("launch measurement into PCR %d: %s", pcr, done)
+        exec_agent(args.config, args.then or ["run"], args.log_level)
+    keys = _unseal(cfg, args.config)
     if args.command == "run":
         asyncio.run(_run(cfg, keys))
         return 0

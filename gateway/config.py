@@ -306,15 +306,37 @@ class AttestationConfig:
 
 @dataclass(frozen=True, slots=True)
 class TpmConfig:
-    """How to reach the TPM and which PCRs the sealed keys are bound to."""
+    """How to reach the TPM and which PCRs the sealed keys are bound to.
+
+    ``measure_pcr``: the PCR the launcher (:mod:`gateway.launch`) extends with
+    the code bundle and the config before the keys are unsealed; it must be
+    one of ``pcrs`` (None: no launch measurement, keys bound to ``pcrs`` as
+    they are at provisioning). ``owner_auth_file``: a file holding the owner
+    hierarchy's authorisation value, when the TPM's owner auth is set.
+    """
 
     tcti: str = "swtpm:port=2321"
     pcrs: tuple[int, ...] = (7, 14)
     pcr_bank: str = "sha256"
+    measure_pcr: int | None = 14
+    owner_auth_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.pcrs or any(not 0 <= p < 24 for p in self.pcrs):
             raise ConfigError("tpm.pcrs must be a non-empty list of PCR indices 0..23")
+        if self.measure_pcr is not None:
+            if self.measure_pcr not in self.pcrs:
+                raise ConfigError(
+                    f"tpm.measure_pcr {self.measure_pcr} must be one of tpm.pcrs "
+                    f"{list(self.pcrs)} (or null to bind the keys without a launch measurement)"
+                )
+            if self.pcr_bank != "sha256":
+                raise ConfigError("tpm.measure_pcr needs tpm.pcr_bank: sha256")
+            if not 8 <= self.measure_pcr <= 15:
+                raise ConfigError(
+                    "tpm.measure_pcr must be a resettable, software-owned PCR in 8..15 "
+                    f"(14 by default), got {self.measure_pcr}"
+                )
 
 
 @dataclass(frozen=True, slots=True)

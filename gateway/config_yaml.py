@@ -299,7 +299,9 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
     )
     sp = _obj(o.get("spool") or {}, "spool", {"path", "max_bytes"})
     spool_path = _path(base, sp.get("path")) or state_dir / "spool.db"
-    t = _obj(o.get("tpm") or {}, "tpm", {"tcti", "pcrs", "pcr_bank"})
+    t = _obj(
+        o.get("tpm") or {}, "tpm", {"tcti", "pcrs", "pcr_bank", "measure_pcr", "owner_auth_file"}
+    )
     h = _obj(o.get("http") or {}, "http", {"host", "port"})
     env = _obj(o.get("envelope") or {}, "envelope", {"suite", "columns"})
     return GatewayConfig(
@@ -332,6 +334,8 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
             tcti=str(t.get("tcti", "swtpm:port=2321")),
             pcrs=tuple(int(x) for x in t.get("pcrs", [7, 14])),
             pcr_bank=str(t.get("pcr_bank", "sha256")),
+            measure_pcr=None if t.get("measure_pcr", 14) is None else int(t.get("measure_pcr", 14)),
+            owner_auth_file=_path(base, t.get("owner_auth_file")),
         ),
         http=HttpConfig(str(h.get("host", "127.0.0.1")), int(h.get("port", 9100))),
         kem_suite=str(env.get("suite", "x25519")),

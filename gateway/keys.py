@@ -11,7 +11,7 @@ touch the disk unsealed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +52,13 @@ def provision(
     *,
     force: bool = False,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    expected: Mapping[int, bytes] | None = None,
 ) -> GatewayKeys:
-    """Create and seal fresh keys; refuses to overwrite existing ones unless ``force``."""
+    """Create and seal fresh keys; refuses to overwrite existing ones unless ``force``.
+
+    ``expected``: predicted values of some of ``pcrs`` (the launch measurement)
+    to seal to instead of their current values.
+    """
     private_dir(state_dir)
     ident_path, spool_path = state_dir / IDENTITY_FILE, state_dir / SPOOL_KEY_FILE
     if not force and (ident_path.exists() or spool_path.exists()):
@@ -63,8 +68,8 @@ def provision(
         )
     seed, spool_key = random_bytes(32), random_bytes(32)
     keys = GatewayKeys(Ed25519PrivateKey.from_private_bytes(seed), spool_key)
-    _write_atomic(ident_path, tpm.seal(seed, pcrs, bank).to_json())
-    _write_atomic(spool_path, tpm.seal(spool_key, pcrs, bank).to_json())
+    _write_atomic(ident_path, tpm.seal(seed, pcrs, bank, expected=expected).to_json())
+    _write_atomic(spool_path, tpm.seal(spool_key, pcrs, bank, expected=expected).to_json())
     _write_atomic(state_dir / PUBLIC_FILE, keys.public_raw.hex() + "\n")
     return keys
 
