@@ -14,12 +14,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from gateway import logs
 from gateway.agent import Agent
+from gateway.atrest import private_dir, write_private
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
 from gateway.errors import ConfigError, GatewayError, PcrPolicyError
@@ -55,6 +57,23 @@ def _parser() -> argparse.ArgumentParser:
                 help="command to exec after measuring (default: run)",
             )
     return p
+
+
+def _take_ownership(cfg: GatewayConfig) -> None:
+    """At provisioning: set a fresh random owner auth if ``tpm.owner_auth_file`` is missing."""
+    path = cfg.tpm.owner_auth_file
+    if path is None or path.exists():
+        return
+    private_dir(path.parent)
+    auth = os.urandom(32).hex().encode()
+    write_private(path, auth + b"\n")
+    try:
+        with Tpm(cfg.tpm.tcti) as tpm:
+            tpm.set_owner_auth(auth)
+    except GatewayError:
+        path.unlink()
+        raise
+    log.info("TPM owner authorisation set; its value is in %s (0600)", path)
 
 
 def _tpm(cfg: GatewayConfig) -> Tpm:
@@ -111,6 +130,7 @@ def _command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     pcr = cfg.tpm.measure_pcr
     if args.command == "provision":
+        _take_ownership(cfg)
         launch_value = None if pcr is None else predicted(events(args.config))
         expected = None if pcr is None or launch_value is None else {pcr: launch_value}
         with _tpm(cfg) as tpm:

@@ -271,6 +271,24 @@ class Tpm:
                 ) from exc
             raise TpmError(f"unsealing failed: {exc}; was the TPM cleared? re-provision") from exc
 
+    def set_owner_auth(self, auth: bytes) -> None:
+        """Set the owner hierarchy's authorisation value (from the current one, usually empty).
+
+        The new value travels in a salted, parameter-encrypted session.
+        """
+        try:
+            with (
+                self._primary() as primary,
+                self._hmac_session(primary, TPMA_SESSION.DECRYPT) as sess,
+            ):
+                self._ctx.hierarchy_change_auth(ESYS_TR.OWNER, auth, session1=sess)
+        except TSS2_Exception as exc:
+            raise TpmError(
+                f"setting the TPM owner authorisation failed ({exc}); if the owner auth is "
+                "already set, put its value in the file tpm.owner_auth_file names"
+            ) from exc
+        self._ctx.tr_set_auth(ESYS_TR.OWNER, auth)
+
     def extend_pcr(self, pcr: int, digest: bytes) -> None:
         """Extend PCR ``pcr`` of the sha256 bank with a 32-byte ``digest`` (measurement)."""
         values = TPML_DIGEST_VALUES(
