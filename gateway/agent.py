@@ -109,7 +109,15 @@ class Agent:
         ]
         declared = set(cfg.sensors)
         self.opcua = [
-            OpcuaSource(c, self.ingest, self.metrics, sensors=declared) for c in cfg.opcua
+            OpcuaSource(
+                c,
+                self.ingest,
+                self.metrics,
+                sensors=declared,
+                state_dir=cfg.state_dir,
+                gateway_id=cfg.gateway_id,
+            )
+            for c in cfg.opcua
         ]
         self._verifier = SimulatedPlatformVerifier(
             platform_keys={

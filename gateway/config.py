@@ -169,13 +169,23 @@ class OpcuaBrowse:
 
 @dataclass(frozen=True, slots=True)
 class OpcuaSecurity:
-    """OPC-UA security: policy, mode and the gateway's certificate and key."""
+    """OPC-UA security: policy, mode, the gateway's certificate and key, server trust.
+
+    ``application_uri`` defaults to the URI in the certificate's SubjectAltName;
+    ``server_certificate`` is an explicit trust list of one; without it and with
+    ``pin_server`` (default) the server certificate is pinned at first use
+    (:mod:`gateway.sources.opcua_trust`). A ``private_key`` ending in
+    ``.sealed`` was imported with ``tecc-gateway import-secret`` and is
+    decrypted in memory at start (:mod:`gateway.secrets`).
+    """
 
     policy: SecurityPolicy = SecurityPolicy.NONE
     mode: SecurityMode = SecurityMode.SIGN_AND_ENCRYPT
     certificate: Path | None = None
     private_key: Path | None = None
     server_certificate: Path | None = None
+    application_uri: str | None = None
+    pin_server: bool = True
 
     def __post_init__(self) -> None:
         if self.policy is not SecurityPolicy.NONE and (

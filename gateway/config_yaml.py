@@ -213,14 +213,25 @@ def _opcua(base: Path) -> Callable[[object, str], OpcuaSourceConfig]:
             s = _obj(
                 o["security"],
                 f"{where}.security",
-                {"policy", "mode", "certificate", "private_key", "server_certificate"},
+                {
+                    "policy",
+                    "mode",
+                    "certificate",
+                    "private_key",
+                    "server_certificate",
+                    "application_uri",
+                    "pin_server",
+                },
             )
+            uri = s.get("application_uri")
             sec = OpcuaSecurity(
                 policy=SecurityPolicy(s.get("policy", "None")),
                 mode=SecurityMode(s.get("mode", "SignAndEncrypt")),
                 certificate=_path(base, s.get("certificate")),
                 private_key=_path(base, s.get("private_key")),
                 server_certificate=_path(base, s.get("server_certificate")),
+                application_uri=None if uri is None else str(uri),
+                pin_server=_bool(s.get("pin_server", True), f"{where}.security.pin_server"),
             )
         return OpcuaSourceConfig(
             name=str(o.get("name", "opcua")),
