@@ -50,6 +50,7 @@ from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
 from gateway.metrics import Metrics
+from gateway.sealed import resolve
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
@@ -75,6 +76,7 @@ class Agent:
         tick_s: float = 0.01,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        cfg, opcua_keys = resolve(cfg, keys.spool_key)  # sealed secrets, decrypted in memory
         self.cfg = cfg
         self._keys = keys
         self._tick = tick_s
@@ -116,6 +118,7 @@ class Agent:
                 sensors=declared,
                 state_dir=cfg.state_dir,
                 gateway_id=cfg.gateway_id,
+                private_key=opcua_keys.get(c.name),
             )
             for c in cfg.opcua
         ]

@@ -14,7 +14,7 @@ Purposes:
   (3 of 3 recovered in 1.3 s); sealed, the file holds nothing derived from a
   reading;
 * ``secret`` — operator secrets imported with ``tecc-gateway import-secret``
-  (OPC-UA client private key, MQTT password), see :mod:`gateway.secrets`.
+  (OPC-UA client private key, MQTT password), see :mod:`gateway.sealed`.
 
 Files and directories written by the gateway are created owner-only (0600 /
 0700), whatever the umask.

@@ -27,6 +27,7 @@ from gateway.config_yaml import load_config
 from gateway.errors import ConfigError, GatewayError, PcrPolicyError
 from gateway.keys import GatewayKeys, load_keys, provision
 from gateway.launch import events, exec_agent, explain, measure, predicted
+from gateway.sealed import import_secret
 from gateway.spool import Spool
 from gateway.tpm import Tpm
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run the agent until SIGTERM/SIGINT"),
         ("status", "show key, pin and spool state"),
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
+        ("import-secret", "seal a clear secret file (OPC-UA key, MQTT password) under the TPM"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", required=True, type=Path)
@@ -50,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="replace existing keys")
         if name == "reenrol":
             sp.add_argument("--cluster", required=True, type=int)
+        if name == "import-secret":
+            sp.add_argument("--file", required=True, type=Path, help="the clear secret file")
+            sp.add_argument(
+                "--to", required=True, type=Path, help="NAME.sealed (relative: in state_dir)"
+            )
+            sp.add_argument("--keep", action="store_true", help="do not remove the clear file")
         if name == "launch":
             sp.add_argument(
                 "then",
@@ -160,6 +168,11 @@ def _command(args: argparse.Namespace) -> int:
             log.info("launch measurement into PCR %d: %s", pcr, done)
         exec_agent(args.config, args.then or ["run"], args.log_level)
     keys = _unseal(cfg, args.config)
+    if args.command == "import-secret":
+        dest = args.to if args.to.is_absolute() else cfg.state_dir / args.to
+        import_secret(keys.spool_key, cfg.gateway_id, args.file, dest, keep=args.keep)
+        print(json.dumps({"sealed": str(dest), "removed": None if args.keep else str(args.file)}))
+        return 0
     if args.command == "run":
         asyncio.run(_run(cfg, keys))
         return 0

@@ -118,6 +118,7 @@ class MqttSourceConfig:
     topics: tuple[TopicRule, ...]
     username: str | None = None
     password: str | None = None
+    password_sealed: Path | None = None  # a sealed password_file, opened at start
     tls: TlsConfig | None = None
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
@@ -176,7 +177,7 @@ class OpcuaSecurity:
     ``pin_server`` (default) the server certificate is pinned at first use
     (:mod:`gateway.sources.opcua_trust`). A ``private_key`` ending in
     ``.sealed`` was imported with ``tecc-gateway import-secret`` and is
-    decrypted in memory at start (:mod:`gateway.secrets`).
+    decrypted in memory at start (:mod:`gateway.sealed`).
     """
 
     policy: SecurityPolicy = SecurityPolicy.NONE

@@ -145,10 +145,17 @@ def _mqtt(base: Path) -> Callable[[object, str], MqttSourceConfig]:
             assert ca is not None
             tls = TlsConfig(ca, _path(base, t.get("cert_file")), _path(base, t.get("key_file")))
         password = o.get("password")
-        if o.get("password_file") is not None:
-            pf = _path(base, o["password_file"])
-            assert pf is not None
-            password = pf.read_text(encoding="utf-8").strip()
+        sealed = None
+        pf = _path(base, o.get("password_file"))
+        if pf is not None and pf.name.endswith(".sealed"):
+            sealed = pf  # opened with the spool key when the agent starts (gateway.sealed)
+        elif pf is not None:
+            try:
+                password = pf.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"{where}.password_file {pf} cannot be read ({exc}); fix the path"
+                ) from exc
         return MqttSourceConfig(
             name=str(o.get("name", "mqtt")),
             host=str(o.get("host", "127.0.0.1")),
@@ -157,6 +164,7 @@ def _mqtt(base: Path) -> Callable[[object, str], MqttSourceConfig]:
             topics=_list(_req(o, "topics", where), f"{where}.topics", _topic),
             username=None if o.get("username") is None else str(o["username"]),
             password=None if password is None else str(password),
+            password_sealed=sealed,
             tls=tls,
             session_expiry_s=int(o.get("session_expiry_s", 7 * 24 * 3600)),
             keepalive_s=int(o.get("keepalive_s", 30)),

@@ -148,7 +148,7 @@ class OpcuaSource:
         metrics: Metrics,
         *,
         sensors: set[str],
-        state_dir: Path,
+        state_dir: Path | None = None,
         gateway_id: str = "gateway",
         private_key: bytes | None = None,
         rand: Callable[[], float] = random.random,

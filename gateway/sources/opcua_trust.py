@@ -84,18 +84,22 @@ def application_uri(sec: OpcuaSecurity, gateway_id: str) -> str:
 class ServerPin:
     """The server certificate a source trusts: configured, pinned at first use, or none."""
 
-    def __init__(self, sec: OpcuaSecurity, state_dir: Path, source: str) -> None:
+    def __init__(self, sec: OpcuaSecurity, state_dir: Path | None, source: str) -> None:
         self._explicit = sec.server_certificate
         self.enabled = sec.policy is not SecurityPolicy.NONE and sec.pin_server
-        self.path = state_dir / f"opcua-{source}-server.der"
+        #: None: no state directory, the pin lives in memory for this process only
+        self.path = None if state_dir is None else state_dir / f"opcua-{source}-server.der"
+        self._memory: bytes | None = None
 
     def expected(self) -> bytes | None:
         """The DER certificate the server must present (None: anything, not pinned yet)."""
         if self._explicit is not None:
             return _load(self._explicit).public_bytes(Encoding.DER)
-        if self.enabled and self.path.exists():
-            return self.path.read_bytes()
-        return None
+        if not self.enabled:
+            return None
+        if self.path is None:
+            return self._memory
+        return self.path.read_bytes() if self.path.exists() else None
 
     def check(self, presented: bytes) -> None:
         """Raise :class:`PinMismatchError` if ``presented`` is not the trusted certificate."""
@@ -105,7 +109,13 @@ class ServerPin:
 
     def record(self, der: bytes | None) -> bool:
         """Pin ``der`` if nothing is pinned yet (trust on first use); True if it was recorded."""
-        if not self.enabled or self._explicit is not None or der is None or self.path.exists():
+        if not self.enabled or self._explicit is not None or der is None:
+            return False
+        if self.path is None:
+            if self._memory is None:
+                self._memory = der
+            return False
+        if self.path.exists():
             return False
         private_dir(self.path.parent)
         write_private(self.path, der)
@@ -115,6 +125,8 @@ class ServerPin:
         """Where the trusted server certificate comes from (for messages)."""
         if self._explicit is not None:
             return f"security.server_certificate ({self._explicit})"
+        if self.path is None:
+            return "the certificate seen at first use by this process"
         return f"the certificate pinned at first use in {self.path}"
 
 

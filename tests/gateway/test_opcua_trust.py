@@ -6,13 +6,15 @@ import asyncio
 import logging
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncua import ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -45,7 +47,7 @@ def _uri_checker(calls: list[str]) -> Any:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         calls.append(app.ApplicationUri)
         if app.ApplicationUri not in san.get_values_for_type(x509.UniformResourceIdentifier):
-            raise ua.uaerrors.BadCertificateUriInvalid()
+            raise ServiceError(StatusCodes.BadCertificateUriInvalid)
 
     return check
 
@@ -111,7 +113,7 @@ async def test_untrusted_client_certificate_says_what_to_do(
     """
 
     async def reject(cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
-        raise ua.uaerrors.BadCertificateUntrusted()
+        raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     plc = Plc(1)
     plc.server.set_certificate_validator(reject)
@@ -192,7 +194,7 @@ async def test_repeated_values_are_reported(
             await wait_for(lambda: agent.opcua[0].subscribed == 1, 15, "subscription")
             for _ in range(4):
                 dv = ua.DataValue(
-                    ua.Variant(7.25, ua.VariantType.Double), SourceTimestamp=datetime.now(UTC)
+                    ua.Variant(7.25, ua.VariantType.Double), SourceTimestamp=ua.DateTime.now(UTC)
                 )
                 await plc.server.write_attribute_value(plc.vars[0].nodeid, dv)
                 await asyncio.sleep(0.15)
