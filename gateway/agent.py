@@ -82,8 +82,19 @@ class Agent:
         self._tick = tick_s
         self._now_ns = now_ns
         self.ingest = Ingest(
-            cfg.sensors, max_future_skew_s=cfg.progress.max_future_skew_s, now_ns=now_ns
+            cfg.sensors,
+            value_bound_bits=cfg.value_bound_bits,
+            max_future_skew_s=cfg.progress.max_future_skew_s,
+            now_ns=now_ns,
         )
+        if wide := cfg.beyond_value_bound():
+            log.warning(
+                "sensors %s declare ranges reaching beyond ±2^%d (envelope.value_bound_bits, "
+                "the analytics policy's bound): their readings beyond it are rejected as "
+                "beyond_value_bound, never wrapped; rescale their unit to use the whole range",
+                wide,
+                cfg.value_bound_bits,
+            )
         self.metrics = Metrics(self.ingest)
         self.metrics.tpm_ok.set(1)
         self.spool = Spool(

@@ -376,6 +376,8 @@ class GatewayConfig:
     http: HttpConfig = HttpConfig()
     kem_suite: str = "x25519"
     columns: tuple[str, ...] = ("value",)
+    #: |x| < 2^value_bound_bits: the analytics policy's promise (its value_bound_bits)
+    value_bound_bits: int | None = 12
 
     def __post_init__(self) -> None:
         if not self.gateway_id:
@@ -393,6 +395,7 @@ class GatewayConfig:
             raise ConfigError(
                 f"envelope.columns must include value and may add square, got {list(self.columns)}"
             )
+        self._check_value_bound()
         if "square" in self.columns:
             too_wide = [
                 s.id
@@ -404,3 +407,32 @@ class GatewayConfig:
                     f"sensors {too_wide} reach |v| >= 2^23, so x² overflows the ring at 16 "
                     "fraction bits; rescale their unit or drop the square column"
                 )
+
+    def _check_value_bound(self) -> None:
+        """A sensor whose whole declared range lies beyond the bound can never report."""
+        bits = self.value_bound_bits
+        if bits is None:
+            return
+        if not 1 <= bits <= 30:
+            raise ConfigError(
+                f"envelope.value_bound_bits must be in 1..30 (the analytics policy's "
+                f"value_bound_bits) or null, got {bits}"
+            )
+        bound = float(2**bits)
+        outside = [
+            s.id for s in self.sensors.values() if s.range.low >= bound or s.range.high <= -bound
+        ]
+        if outside:
+            raise ConfigError(
+                f"sensors {outside} declare ranges entirely beyond ±2^{bits} "
+                "(envelope.value_bound_bits, which must equal the analytics policy's "
+                "value_bound_bits): the clusters' secure comparisons would wrap every "
+                "reading; rescale the sensor's unit so its range fits"
+            )
+
+    def beyond_value_bound(self) -> list[str]:
+        """Sensors whose declared range reaches past the value bound (readings there rejected)."""
+        if self.value_bound_bits is None:
+            return []
+        bound = float(2**self.value_bound_bits)
+        return [s.id for s in self.sensors.values() if max(-s.range.low, s.range.high) >= bound]

@@ -322,7 +322,8 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
         o.get("tpm") or {}, "tpm", {"tcti", "pcrs", "pcr_bank", "measure_pcr", "owner_auth_file"}
     )
     h = _obj(o.get("http") or {}, "http", {"host", "port"})
-    env = _obj(o.get("envelope") or {}, "envelope", {"suite", "columns"})
+    env = _obj(o.get("envelope") or {}, "envelope", {"suite", "columns", "value_bound_bits"})
+    vbits = env.get("value_bound_bits", 12)
     return GatewayConfig(
         gateway_id=str(_req(o, "gateway_id", "config")),
         state_dir=state_dir,
@@ -359,4 +360,5 @@ def parse_config(raw: object, *, base: Path) -> GatewayConfig:
         http=HttpConfig(str(h.get("host", "127.0.0.1")), int(h.get("port", 9100))),
         kem_suite=str(env.get("suite", "x25519")),
         columns=tuple(str(c) for c in env.get("columns", ["value"])),
+        value_bound_bits=None if vbits is None else int(vbits),
     )

@@ -22,12 +22,17 @@ Two checks protect the rest of the pipeline from what outside input can do:
   (a topic template or an OPC-UA node yields any string a publisher chooses)
   is counted under the one label :data:`UNDECLARED`, and a small sample of
   such ids is logged at most once per ``log_every_s``. Nothing keyed by
-  outside input grows without bound.
+  outside input grows without bound;
+* a value inside its declared range but with |v| >= 2^``value_bound_bits``
+  (the bound the clusters' analytics policy promises, ``envelope.value_bound_bits``)
+  is rejected as ``beyond_value_bound``: the secure comparisons would wrap
+  it silently (a reading of 50000 under limits [10, 90] raised no alert).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -38,7 +43,7 @@ from typing import Protocol
 from gateway.config import SensorConfig
 from gateway.sources.payload import PayloadReject, RawReading
 from tecc_contract.errors import RejectReason
-from tecc_contract.fixedpoint import classify
+from tecc_contract.fixedpoint import SensorRange, classify
 
 log = logging.getLogger(__name__)
 Reason = RejectReason | PayloadReject
@@ -80,12 +85,21 @@ class Ingest:
         self,
         sensors: Mapping[str, SensorConfig],
         *,
+        value_bound_bits: int | None = None,
         max_future_skew_s: float = 5.0,
         log_every_s: float = 60.0,
         now_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ranges = {s.id: (s.range.low, s.range.high, s.range) for s in sensors.values()}
+        # per sensor: the accepted interval (declared range within the value bound), the
+        # declared range, and the open value bound
+        bound = math.inf if value_bound_bits is None else float(2**value_bound_bits)
+        inner = math.nextafter(bound, 0.0)
+        self._bound = bound
+        self._ranges = {
+            s.id: (max(s.range.low, -inner), min(s.range.high, inner), s.range)
+            for s in sensors.values()
+        }
         self._lock = threading.Lock()
         self._buf = Drained()
         self.rejected: Counter[tuple[str, str]] = Counter()
@@ -99,6 +113,13 @@ class Ingest:
         self._undeclared_n = 0
         self._future_n = 0
         self._future_example: tuple[str, int] = ("", 0)
+
+    def _classify(self, value: object, srange: SensorRange) -> float | Reason:
+        """Range check, then the value bound (see the module docstring)."""
+        c = classify(value, srange)
+        if isinstance(c, float) and not abs(c) < self._bound:
+            return PayloadReject.BEYOND_VALUE_BOUND
+        return c
 
     def declared(self, sensor_id: str) -> bool:
         """True if ``sensor_id`` is a declared sensor."""
@@ -187,12 +208,12 @@ class Ingest:
                     ts_ok.append(ts)
                     val_ok.append(v)
                     continue
-                c = classify(v, srange)
-                if isinstance(c, RejectReason):
-                    bad.append(c)
-                else:
+                c = self._classify(v, srange)
+                if isinstance(c, float):
                     ts_ok.append(ts)
                     val_ok.append(c)
+                else:
+                    bad.append(c)
         with self._lock:
             if val_ok:
                 buf = self._buf
@@ -266,15 +287,15 @@ class Ingest:
                 future.append((sensor_id, ts))
                 continue
             if type(v) is float and rng[0] <= v <= rng[1]:
-                c: float | RejectReason = v
+                c: float | Reason = v
             else:
-                c = classify(v, rng[2])
-            if isinstance(c, RejectReason):
-                bad.append((sensor_id, c))
-            else:
+                c = self._classify(v, rng[2])
+            if isinstance(c, float):
                 sensors.append(sensor_id)
                 ts_ok.append(ts)
                 val_ok.append(c)
+            else:
+                bad.append((sensor_id, c))
         with self._lock:
             buf = self._buf
             buf.sensors.extend(sensors)

@@ -32,6 +32,9 @@ def test_example_config_loads() -> None:
         (("{index: 1,", "{index: 3,"), "indices 0..N-1"),
         (('sensor_template: "{0}.{1}.{2}"', 'sensor_template: "{0}.{5}"'), "does not fit filter"),
         (("pcrs: [7, 14]", "pcrs: [7, 99]"), "PCR indices"),
+        (("pcrs: [7, 14]", "pcrs: [7]"), "measure_pcr 14 must be one of"),
+        (("range: [0, 24000]", "range: [5000, 100000]"), "envelope.value_bound_bits"),
+        (("slack_s: 1.0", "slack_s: 1.0\n  max_future_skew_s: -1"), "max_future_skew_s"),
     ],
 )
 def test_bad_config_is_rejected_clearly(

@@ -146,3 +146,19 @@ def test_uplink_acknowledgement_rules() -> None:
     assert not acknowledged(409, b'{"status": "rejected", "reason": "replay"}')
     assert not acknowledged(400, b"")
     assert not acknowledged(503, b"")
+
+
+def test_values_beyond_the_ring_bound_are_rejected_not_wrapped() -> None:
+    """An in-range 50000 of a 0–100000 sensor is rejected (beyond_value_bound) at 12 bits.
+
+    Fails on the code before this change: it was accepted and wrapped in the
+    clusters' secure comparisons (limits [10, 90] raised no alert).
+    """
+    wide = {"rpm": SensorConfig("rpm", SensorRange(0.0, 100_000.0))}
+    ing = Ingest(wide, value_bound_bits=12, now_ns=lambda: NOW)
+    ing.offer_one("s", "rpm", NOW, 50_000.0, None)
+    ing.offer_one("s", "rpm", NOW, 4095.5, None)
+    ing.offer("s", "rpm", [(NOW, 4096.0), (NOW, 50.0), (NOW, 50_000)])
+    ing.offer_rows("o", [("rpm", NOW, 99_999.0), ("rpm", NOW, 12)])
+    assert ing.drain().values == [4095.5, 50.0, 12.0]
+    assert ing.rejected == {("rpm", PayloadReject.BEYOND_VALUE_BOUND.value): 4}
