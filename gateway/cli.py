@@ -104,7 +104,7 @@ def _unseal(cfg: GatewayConfig, config: Path) -> GatewayKeys:
         except PcrPolicyError as exc:
             if cfg.tpm.measure_pcr is None:
                 raise
-            raise PcrPolicyError(f"{exc} {explain(tpm, cfg.tpm.measure_pcr, config)}") from exc
+            raise PcrPolicyError(f"{exc} {explain(tpm, cfg.tpm.measure_pcr, cfg, config)}") from exc
 
 
 def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
@@ -139,7 +139,7 @@ def _command(args: argparse.Namespace) -> int:
     pcr = cfg.tpm.measure_pcr
     if args.command == "provision":
         _take_ownership(cfg)
-        launch_value = None if pcr is None else predicted(events(args.config))
+        launch_value = None if pcr is None else predicted(events(cfg))
         expected = None if pcr is None or launch_value is None else {pcr: launch_value}
         with _tpm(cfg) as tpm:
             keys = provision(
@@ -164,7 +164,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "launch":
         if pcr is not None:
             with _tpm(cfg) as tpm:
-                done = measure(tpm, pcr, args.config)
+                done = measure(tpm, pcr, cfg)
             log.info("launch measurement into PCR %d: %s", pcr, done)
         exec_agent(args.config, args.then or ["run"], args.log_level)
     keys = _unseal(cfg, args.config)

@@ -7,7 +7,11 @@ measures
 1. the code bundle — every ``*.py`` file of the ``gateway`` and
    ``tecc_contract`` packages that this interpreter imports, by relative path
    and SHA-256, in sorted order — and
-2. the configuration file's bytes,
+2. the security-relevant configuration (:func:`config_digest`): gateway id,
+   sensors and their ranges, the clusters' service ids and roles, the
+   attestation trust anchors and allow-list, the envelope settings, the TPM
+   policy and the OPC-UA trust settings — not ports, hosts, comments or
+   tuning, so re-rendering a config with new ports needs no re-provisioning,
 
 into ``tpm.measure_pcr`` (default 14) and then replaces itself (``execv``)
 with ``tecc-gateway COMMAND --config FILE`` (``run`` by default). Provisioning
@@ -34,14 +38,17 @@ update does not need re-provisioning.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gateway
 import tecc_contract
+from gateway.config import GatewayConfig
 from gateway.tpm import Tpm
 
 log = logging.getLogger(__name__)
@@ -70,14 +77,45 @@ def code_digest(roots: Sequence[Path] | None = None) -> bytes:
     return h.digest()
 
 
-def config_digest(config: Path) -> bytes:
-    """SHA-256 of the configuration file's bytes."""
-    return hashlib.sha256(_CONFIG_TAG + config.read_bytes()).digest()
+def security_config(cfg: GatewayConfig) -> dict[str, Any]:
+    """The parts of the configuration that decide whom the gateway trusts and what it sends."""
+    return {
+        "gateway_id": cfg.gateway_id,
+        "sensors": sorted([s.id, s.range.low, s.range.high] for s in cfg.sensors.values()),
+        "clusters": [[c.index, c.service_id, c.role] for c in cfg.clusters],
+        "attestation": {
+            "platform_keys": {k: v.hex() for k, v in sorted(cfg.attestation.platform_keys.items())},
+            "allowed_measurements": sorted(m.hex() for m in cfg.attestation.allowed_measurements),
+            "max_age_s": cfg.attestation.max_age_s,
+        },
+        "envelope": [cfg.kem_suite, list(cfg.columns), cfg.value_bound_bits],
+        "tpm": [list(cfg.tpm.pcrs), cfg.tpm.pcr_bank, cfg.tpm.measure_pcr],
+        "opcua": [
+            [
+                o.name,
+                o.security.policy.value,
+                o.security.mode.value,
+                o.security.application_uri,
+                o.security.pin_server,
+                None
+                if o.security.server_certificate is None
+                else str(o.security.server_certificate),
+            ]
+            for o in cfg.opcua
+        ],
+        "mqtt_tls": [[m.name, None if m.tls is None else str(m.tls.ca_file)] for m in cfg.mqtt],
+    }
 
 
-def events(config: Path) -> tuple[bytes, bytes]:
-    """The two measurements, in extend order: code bundle, then config."""
-    return code_digest(), config_digest(config)
+def config_digest(cfg: GatewayConfig) -> bytes:
+    """SHA-256 of the canonical JSON of :func:`security_config`."""
+    canon = json.dumps(security_config(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(_CONFIG_TAG + canon.encode()).digest()
+
+
+def events(cfg: GatewayConfig) -> tuple[bytes, bytes]:
+    """The two measurements, in extend order: code bundle, then configuration."""
+    return code_digest(), config_digest(cfg)
 
 
 def predicted(measurements: Sequence[bytes]) -> bytes:
@@ -88,9 +126,9 @@ def predicted(measurements: Sequence[bytes]) -> bytes:
     return value
 
 
-def measure(tpm: Tpm, pcr: int, config: Path) -> str:
+def measure(tpm: Tpm, pcr: int, cfg: GatewayConfig) -> str:
     """Extend ``pcr`` with the launch measurements if it is reset; say what was done."""
-    ms = events(config)
+    ms = events(cfg)
     current = tpm.read_pcr(pcr)
     if current == predicted(ms):
         return "already measured"
@@ -106,7 +144,7 @@ def measure(tpm: Tpm, pcr: int, config: Path) -> str:
     return "extended"
 
 
-def explain(tpm: Tpm, pcr: int, config: Path) -> str:
+def explain(tpm: Tpm, pcr: int, cfg: GatewayConfig, config: Path) -> str:
     """Why the launch measurement PCR may not match (appended to an unseal refusal)."""
     current = tpm.read_pcr(pcr)
     if current == _ZERO:
@@ -115,7 +153,7 @@ def explain(tpm: Tpm, pcr: int, config: Path) -> str:
             f"`tecc-gateway launch --config {config}`, which measures its code and config "
             "before the keys are unsealed."
         )
-    if current == predicted(events(config)):
+    if current == predicted(events(cfg)):
         return (
             f"PCR {pcr} holds the measurement of the code and config on disk now, so they "
             "differ from what was provisioned."

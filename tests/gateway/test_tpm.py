@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gateway.config_yaml import load_config
 from gateway.errors import GatewayError, NotProvisionedError, PcrPolicyError
 from gateway.keys import IDENTITY_FILE, PUBLIC_FILE, SPOOL_KEY_FILE, load_keys, provision
 from gateway.launch import events, predicted
@@ -173,7 +175,7 @@ def test_a_changed_agent_file_does_not_unseal(tmp_path: Path, change: bool) -> N
             == json.loads(prov.stdout)["identity_public_key"]
         )
         assert pcr14 == bytes.fromhex(json.loads(prov.stdout)["launch_measurement"])
-        assert pcr14 == predicted(events(cfg))  # this tree's code and the copy are the same
+        assert pcr14 == predicted(events(load_config(cfg)))  # this tree's code = the copy
 
 
 @pytest.mark.processes
@@ -199,3 +201,31 @@ def test_cli_provision_status_and_reenrol(tmp_path: Path) -> None:
     assert state.stat().st_mode & 0o777 == 0o700
     for f in state.iterdir():
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+@pytest.mark.processes
+def test_launch_measures_the_security_relevant_config(tmp_path: Path) -> None:
+    """A new allow-list entry makes unseal fail; new ports (a re-rendered config) do not.
+
+    Fails on the code before this change: the config was not measured at all,
+    so a config trusting another platform or measurement unsealed the keys.
+    """
+    platform = Platform()
+    clusters = [FakeCluster(i, 1 + i, platform, {}) for i in range(2)]
+    with swtpm(tmp_path / "tpm") as sw:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, tcti=sw.tcti)
+        assert cli("provision", "--config", str(cfg)).returncode == 0
+        doc = yaml.safe_load(cfg.read_text())
+        doc["http"]["port"] += 1
+        moved = tmp_path / "ports.yaml"
+        moved.write_text(yaml.safe_dump(doc))
+        same = cli("launch", "--config", str(moved), "status")
+    with swtpm(tmp_path / "tpm") as sw:  # a TPM restart: PCR 14 is reset
+        doc["attestation"]["allowed_measurements"].append("ab" * 32)
+        doc["tpm"]["tcti"] = sw.tcti  # the restarted swtpm's port (not measured)
+        widened = tmp_path / "widened.yaml"
+        widened.write_text(yaml.safe_dump(doc))
+        wider = cli("launch", "--config", str(widened), "status")
+    assert same.returncode == 0, same.stderr
+    assert wider.returncode == 3
+    assert "differ from what was provisioned" in wider.stderr
