@@ -6,9 +6,9 @@ fresh temporary state dir with configs/demo/scenario-e2e.yaml and scores:
 - ``readings_published``: readings the simulator published on MQTT (QoS 1
   and the one QoS 0 sensor: on loopback with a persistent session nothing
   was lost, so it is kept) or wrote to its OPC-UA server *as data changes*
-  (a write whose value or status differs from the previous one: the default
-  StatusValue trigger of an OPC-UA subscription does not report a repeated
-  value, so a ``stuck`` sensor goes silent), with a valid value, timestamped
+  (a write whose value, status or source timestamp differs from the previous
+  one: the gateway subscribes with the StatusValueTimestamp trigger, so a
+  ``stuck`` sensor's repeated values are reported), with a valid value, timestamped
   inside the scored interval ``[t0, t_end)``: t0 = the first window boundary
   after every gateway had subscribed to its sources (OPC-UA values before
   the subscription were never visible to it), t_end = one window before the
@@ -338,11 +338,11 @@ def score(
 
 
 def _data_changes(samples: list[Sample]) -> list[Sample]:
-    """The writes an OPC-UA subscription reports: value or status differs from the last write.
+    """The writes an OPC-UA subscription reports: value, status or source timestamp differ.
 
-    The default data-change trigger (StatusValue, OPC-UA Part 4 §7.22.2) does
-    not report a write of the same value with a new source timestamp, so a
-    stuck sensor produces no notifications after its first value.
+    The gateway's monitored items use the StatusValueTimestamp trigger (OPC-UA
+    Part 4 §7.22.2), so a stuck sensor repeating its value with new source
+    timestamps is still reported; only an identical rewrite is not.
     """
     out: list[Sample] = []
     prev: Sample | None = None
@@ -350,6 +350,7 @@ def _data_changes(samples: list[Sample]) -> list[Sample]:
         same = (
             prev is not None
             and prev.status == s.status
+            and prev.ts == s.ts
             and (prev.value == s.value or (math.isnan(prev.value) and math.isnan(s.value)))
         )
         if not same:

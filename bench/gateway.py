@@ -224,6 +224,8 @@ def _config(tmp: Path, *, mqtt_port: int | None, opcua_url: str | None) -> Gatew
         ],
         "attestation": {"platform_keys": {"p": "00" * 32}, "allowed_measurements": ["00" * 32]},
         "http": {"port": free_port()},
+        # throughput only: the generated values exceed the analytics' value bound
+        "envelope": {"value_bound_bits": None},
     }
     return parse_config(doc, base=tmp)
 

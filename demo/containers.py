@@ -219,7 +219,9 @@ def _container(project: str, service: str) -> str:
 def _run_args(
     project: str, name: str, svc: Mapping[str, Any], compose: Path, ports: Mapping[int, int]
 ) -> list[str]:
-    args = ["run", "-d", "--name", _container(project, name), "--network", f"{project}_default"]
+    args = ["run", "-d", "--name", _container(project, name)]
+    for net in svc.get("networks") or ["default"]:
+        args += ["--network", f"{project}_{net}"]
     args += ["--network-alias", name, "--hostname", name]
     restart = svc.get("restart")
     if restart and restart != "no":
@@ -322,8 +324,11 @@ def up(
 ) -> list[str]:
     """Create the network and volumes, then start every service once its dependencies hold."""
     services = doc["services"]
-    if podman(env, "network", "exists", f"{project}_default", check=False).returncode != 0:
-        podman(env, "network", "create", f"{project}_default")
+    networks = {"default": {}, **(doc.get("networks") or {})}
+    for net, spec in networks.items():
+        if podman(env, "network", "exists", f"{project}_{net}", check=False).returncode != 0:
+            internal = ["--internal"] if (spec or {}).get("internal") else []
+            podman(env, "network", "create", *internal, f"{project}_{net}")
     for vol in doc.get("volumes") or {}:
         if podman(env, "volume", "exists", f"{project}_{vol}", check=False).returncode != 0:
             podman(env, "volume", "create", f"{project}_{vol}")
@@ -358,7 +363,8 @@ def down(
     """Remove the project's containers, network and (by default) volumes."""
     for name in reversed(order(doc["services"])):
         podman(env, "rm", "-f", "-t", "5", _container(project, name), check=False)
-    podman(env, "network", "rm", "-f", f"{project}_default", check=False)
+    for net in {"default": {}, **(doc.get("networks") or {})}:
+        podman(env, "network", "rm", "-f", f"{project}_{net}", check=False)
     if volumes:
         for vol in doc.get("volumes") or {}:
             podman(env, "volume", "rm", "-f", f"{project}_{vol}", check=False)

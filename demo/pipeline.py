@@ -238,7 +238,7 @@ class Pipeline:
         late = [g for g in self.gateway_ids if g not in early]
         for group in (early, late):
             for g in group:
-                argv = _python("gateway", "run", "--config", str(cfgs[g]))
+                argv = _python("gateway", "launch", "--config", str(cfgs[g]))
                 await self.supervisor.start(ChildSpec(g, argv, cwd=ROOT, stop_timeout_s=15))
             for g in group:
                 await self._http_ok(g, f"http://127.0.0.1:{gw_http[g]}/healthz", 60)

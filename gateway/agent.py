@@ -53,6 +53,7 @@ from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
 from gateway.metrics import Metrics
+from gateway.sealed import resolve
 from gateway.sources.modbus import ModbusSource
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
@@ -79,11 +80,25 @@ class Agent:
         tick_s: float = 0.01,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        cfg, opcua_keys = resolve(cfg, keys.spool_key)  # sealed secrets, decrypted in memory
         self.cfg = cfg
         self._keys = keys
         self._tick = tick_s
         self._now_ns = now_ns
-        self.ingest = Ingest(cfg.sensors)
+        self.ingest = Ingest(
+            cfg.sensors,
+            value_bound_bits=cfg.value_bound_bits,
+            max_future_skew_s=cfg.progress.max_future_skew_s,
+            now_ns=now_ns,
+        )
+        if wide := cfg.beyond_value_bound():
+            log.warning(
+                "sensors %s declare ranges reaching beyond ±2^%d (envelope.value_bound_bits, "
+                "the analytics policy's bound): their readings beyond it are rejected as "
+                "beyond_value_bound, never wrapped; rescale their unit to use the whole range",
+                wide,
+                cfg.value_bound_bits,
+            )
         self.metrics = Metrics(self.ingest)
         self.metrics.tpm_ok.set(1)
         self.spool = Spool(
@@ -118,7 +133,16 @@ class Agent:
         ]
         declared = set(cfg.sensors)
         self.opcua = [
-            OpcuaSource(c, self.ingest, self.metrics, sensors=declared) for c in cfg.opcua
+            OpcuaSource(
+                c,
+                self.ingest,
+                self.metrics,
+                sensors=declared,
+                state_dir=cfg.state_dir,
+                gateway_id=cfg.gateway_id,
+                private_key=opcua_keys.get(c.name),
+            )
+            for c in cfg.opcua
         ]
         self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
         self._verifier = SimulatedPlatformVerifier(
@@ -276,6 +300,7 @@ class Agent:
         through = self.event_time.through(limit - int(pc.slack_s * 1e9), now)
         if self.batcher.min_ts is not None:
             through = min(through, self.batcher.min_ts)
+        through = min(through, limit)  # never a claim ahead of the gateway's own clock
         if through > self.edge_through:
             self.edge_through = through
             self.metrics.through.set(through / 1e9)

@@ -1,4 +1,8 @@
-"""Command line: ``gateway provision | run | status | reenrol --config FILE | check-config FILE``.
+"""Command line: ``tecc-gateway provision | launch | run | status | reenrol | check-config``.
+
+``launch`` is the start path: it measures the code and config into the TPM
+(:mod:`gateway.launch`) and then execs ``run`` (or the command given after
+the options, e.g. ``launch --config F status``).
 
 Exit codes: 0 success, 2 configuration or usage error, 3 the TPM refused to
 unseal (PCR state changed), 4 other gateway errors (message says what to do).
@@ -10,16 +14,20 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from gateway import logs
 from gateway.agent import Agent
+from gateway.atrest import private_dir, write_private
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
 from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
 from gateway.keys import GatewayKeys, load_keys, provision
+from gateway.launch import events, exec_agent, explain, measure, predicted
+from gateway.sealed import import_secret
 from gateway.spool import Spool
 from gateway.tpm import Tpm
 
@@ -34,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     for name, text in (
         ("provision", "create the identity and spool keys, sealed in the TPM"),
+        ("launch", "measure code and config into the TPM, then exec `run` (the start path)"),
         ("run", "run the agent until SIGTERM/SIGINT"),
         ("status", "show key, pin and spool state"),
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
+        ("import-secret", "seal a clear secret file (OPC-UA key, MQTT password) under the TPM"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", required=True, type=Path)
@@ -44,12 +54,59 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="replace existing keys")
         if name == "reenrol":
             sp.add_argument("--cluster", required=True, type=int)
+        if name == "import-secret":
+            sp.add_argument("--file", required=True, type=Path, help="the clear secret file")
+            sp.add_argument(
+                "--to", required=True, type=Path, help="NAME.sealed (relative: in state_dir)"
+            )
+            sp.add_argument("--keep", action="store_true", help="do not remove the clear file")
+        if name == "launch":
+            sp.add_argument(
+                "then",
+                nargs=argparse.REMAINDER,
+                help="command to exec after measuring (default: run)",
+            )
     return p
 
 
-def _unseal(cfg: GatewayConfig) -> GatewayKeys:
-    with Tpm(cfg.tpm.tcti) as tpm:
-        return load_keys(tpm, cfg.state_dir)
+def _take_ownership(cfg: GatewayConfig) -> None:
+    """At provisioning: set a fresh random owner auth if ``tpm.owner_auth_file`` is missing."""
+    path = cfg.tpm.owner_auth_file
+    if path is None or path.exists():
+        return
+    private_dir(path.parent)
+    auth = os.urandom(32).hex().encode()
+    write_private(path, auth + b"\n")
+    try:
+        with Tpm(cfg.tpm.tcti) as tpm:
+            tpm.set_owner_auth(auth)
+    except GatewayError:
+        path.unlink()
+        raise
+    log.info("TPM owner authorisation set; its value is in %s (0600)", path)
+
+
+def _tpm(cfg: GatewayConfig) -> Tpm:
+    auth = None
+    if cfg.tpm.owner_auth_file is not None:
+        try:
+            auth = cfg.tpm.owner_auth_file.read_bytes().strip()
+        except OSError as exc:
+            raise GatewayConfigError(
+                f"tpm.owner_auth_file {cfg.tpm.owner_auth_file} cannot be read ({exc}); "
+                "point it at the file holding the TPM owner authorisation value"
+            ) from exc
+    return Tpm(cfg.tpm.tcti, owner_auth=auth)
+
+
+def _unseal(cfg: GatewayConfig, config: Path) -> GatewayKeys:
+    with _tpm(cfg) as tpm:
+        try:
+            return load_keys(tpm, cfg.state_dir)
+        except PcrPolicyError as exc:
+            if cfg.tpm.measure_pcr is None:
+                raise
+            raise PcrPolicyError(f"{exc} {explain(tpm, cfg.tpm.measure_pcr, cfg, config)}") from exc
 
 
 def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
@@ -92,20 +149,43 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return _check(args.file)
     cfg = load_config(args.config)
+    pcr = cfg.tpm.measure_pcr
     if args.command == "provision":
-        with Tpm(cfg.tpm.tcti) as tpm:
-            keys = provision(tpm, cfg.state_dir, cfg.tpm.pcrs, cfg.tpm.pcr_bank, force=args.force)
+        _take_ownership(cfg)
+        launch_value = None if pcr is None else predicted(events(cfg))
+        expected = None if pcr is None or launch_value is None else {pcr: launch_value}
+        with _tpm(cfg) as tpm:
+            keys = provision(
+                tpm,
+                cfg.state_dir,
+                cfg.tpm.pcrs,
+                cfg.tpm.pcr_bank,
+                force=args.force,
+                expected=expected,
+            )
         print(
             json.dumps(
                 {
                     "gateway_id": cfg.gateway_id,
                     "identity_public_key": keys.public_raw.hex(),
                     "pcrs": list(cfg.tpm.pcrs),
+                    "launch_measurement": None if launch_value is None else launch_value.hex(),
                 }
             )
         )
         return 0
-    keys = _unseal(cfg)
+    if args.command == "launch":
+        if pcr is not None:
+            with _tpm(cfg) as tpm:
+                done = measure(tpm, pcr, cfg)
+            log.info("launch measurement into PCR %d: %s", pcr, done)
+        exec_agent(args.config, args.then or ["run"], args.log_level)
+    keys = _unseal(cfg, args.config)
+    if args.command == "import-secret":
+        dest = args.to if args.to.is_absolute() else cfg.state_dir / args.to
+        import_secret(keys.spool_key, cfg.gateway_id, args.file, dest, keep=args.keep)
+        print(json.dumps({"sealed": str(dest), "removed": None if args.keep else str(args.file)}))
+        return 0
     if args.command == "run":
         asyncio.run(_run(cfg, keys))
         return 0

@@ -119,6 +119,7 @@ class MqttSourceConfig:
     tls: TlsConfig | None
     session_expiry_s: int
     keepalive_s: int
+    password_sealed: Path | None  # a sealed password_file, opened at start (gateway.sealed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +152,23 @@ class OpcuaBrowse:
 
 @dataclass(frozen=True, slots=True)
 class OpcuaSecurity:
-    """OPC-UA security: policy, mode and the gateway's certificate and key."""
+    """OPC-UA security: policy, mode, the gateway's certificate and key, server trust.
+
+    ``application_uri`` defaults to the URI in the certificate's SubjectAltName;
+    ``server_certificate`` is an explicit trust list of one; without it and with
+    ``pin_server`` the server certificate is pinned at first use
+    (:mod:`gateway.sources.opcua_trust`). A ``private_key`` ending in
+    ``.sealed`` was imported with ``tecc-gateway import-secret`` and is
+    decrypted in memory at start (:mod:`gateway.sealed`).
+    """
 
     policy: SecurityPolicy
     mode: SecurityMode
     certificate: Path | None
     private_key: Path | None
     server_certificate: Path | None
+    application_uri: str | None
+    pin_server: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +210,9 @@ class ProgressConfig:
     ``ordered_sensors``: each sensor's readings arrive in timestamp order, so a
     sensor's bound is its newest timestamp when that is later than the slack
     (turn it off for sensors fed by several publishers or resent out of order).
+    ``max_future_skew_s``: a reading stamped further than this after the
+    gateway's clock is rejected (``future_timestamp``) and never moves the
+    declared progress.
     """
 
     slack_s: float
@@ -208,6 +222,7 @@ class ProgressConfig:
     ordered_sensors: bool
     backfill_sensors: tuple[str, ...]
     backfill_idle_s: float
+    max_future_skew_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +254,19 @@ class AttestationConfig:
 
 @dataclass(frozen=True, slots=True)
 class TpmConfig:
-    """How to reach the TPM and which PCRs the sealed keys are bound to."""
+    """How to reach the TPM and which PCRs the sealed keys are bound to.
+
+    ``measure_pcr``: the PCR the launcher (:mod:`gateway.launch`) extends with
+    the code bundle and the config before the keys are unsealed; one of
+    ``pcrs`` (None: no launch measurement). ``owner_auth_file``: a file holding
+    the owner hierarchy's authorisation value, when the TPM's owner auth is set.
+    """
 
     tcti: str
     pcrs: tuple[int, ...]
     pcr_bank: str
+    measure_pcr: int | None
+    owner_auth_file: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,3 +296,12 @@ class GatewayConfig:
     http: HttpConfig
     kem_suite: str
     columns: tuple[str, ...]
+    #: |x| < 2^value_bound_bits: the analytics policy's promise (its value_bound_bits)
+    value_bound_bits: int | None
+
+    def beyond_value_bound(self) -> list[str]:
+        """Sensors whose declared range reaches past the value bound (readings there rejected)."""
+        if self.value_bound_bits is None:
+            return []
+        bound = float(2**self.value_bound_bits)
+        return [s.id for s in self.sensors.values() if max(-s.range.low, s.range.high) >= bound]

@@ -67,6 +67,8 @@ def _password(doc: MqttDoc, base: Path, where: str) -> str | None:
     pf = _path(base, doc.password_file)
     if pf is None:
         return doc.password
+    if pf.name.endswith(".sealed"):
+        return None  # opened with the spool key when the agent starts (gateway.sealed)
     try:
         return pf.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -103,6 +105,9 @@ def _mqtt(doc: MqttDoc, base: Path, where: str) -> MqttSourceConfig:
         tls=tls,
         session_expiry_s=doc.session_expiry_s,
         keepalive_s=doc.keepalive_s,
+        password_sealed=pf
+        if (pf := _path(base, doc.password_file)) and pf.name.endswith(".sealed")
+        else None,
     )
 
 
@@ -130,6 +135,8 @@ def opcua_source(doc: OpcuaDoc, base: Path) -> OpcuaSourceConfig:
             certificate=_path(base, s.certificate),
             private_key=_path(base, s.private_key),
             server_certificate=_path(base, s.server_certificate),
+            application_uri=s.application_uri,
+            pin_server=s.pin_server,
         ),
         publishing_ms=doc.publishing_ms,
         subscribe_batch=doc.subscribe_batch,
@@ -172,9 +179,17 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
             p.ordered_sensors,
             p.backfill_sensors,
             p.backfill_idle_s,
+            p.max_future_skew_s,
         ),
-        tpm=TpmConfig(f.tpm.tcti, f.tpm.pcrs, f.tpm.pcr_bank),
+        tpm=TpmConfig(
+            f.tpm.tcti,
+            f.tpm.pcrs,
+            f.tpm.pcr_bank,
+            f.tpm.measure_pcr,
+            _path(base, f.tpm.owner_auth_file),
+        ),
         http=HttpConfig(f.http.host, f.http.port),
         kem_suite=f.envelope.suite.value,
         columns=tuple(f.envelope.columns),
+        value_bound_bits=f.envelope.value_bound_bits,
     )

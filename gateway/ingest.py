@@ -10,22 +10,48 @@ reading across the thread boundary is one list append.
 An acknowledgement token (e.g. an MQTT packet id) is released back to its
 source only after every reading offered before it is durably spooled, which is
 what makes QoS 1 delivery survive a crash.
+
+Two checks protect the rest of the pipeline from what outside input can do:
+
+* a reading stamped more than ``max_future_skew_s`` after the gateway's clock
+  is rejected as ``future_timestamp``. It never reaches the batcher, so it
+  can never move the progress the gateway declares (a publisher with a wrong
+  clock would otherwise close every window up to its date and make every
+  other sensor's readings late);
+* rejections are counted per declared sensor; every id that is not declared
+  (a topic template or an OPC-UA node yields any string a publisher chooses)
+  is counted under the one label :data:`UNDECLARED`, and a small sample of
+  such ids is logged at most once per ``log_every_s``. Nothing keyed by
+  outside input grows without bound;
+* a value inside its declared range but with |v| >= 2^``value_bound_bits``
+  (the bound the clusters' analytics policy promises, ``envelope.value_bound_bits``)
+  is rejected as ``beyond_value_bound``: the secure comparisons would wrap
+  it silently (a reading of 50000 under limits [10, 90] raised no alert).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.config import SensorConfig
 from gateway.sources.payload import PayloadReject, RawReading
 from tecc_contract.errors import RejectReason
-from tecc_contract.fixedpoint import classify
+from tecc_contract.fixedpoint import SensorRange, classify
 
+log = logging.getLogger(__name__)
 Reason = RejectReason | PayloadReject
+#: Sensor label of every rejection whose sensor id is not declared (bounded cardinality).
+UNDECLARED = "(undeclared)"
+#: Sensor label of MQTT messages whose topic matches no rule (or is not UTF-8).
+UNMATCHED = "(unmatched)"
+_SAMPLE = 8  # undeclared ids remembered between two log lines
 #: What a source needs back to acknowledge one message: (packet id, content digest).
 AckToken = tuple[int, int]
 
@@ -55,12 +81,101 @@ class Drained:
 class Ingest:
     """Validating, counting, thread-safe buffer between sources and the batcher."""
 
-    def __init__(self, sensors: Mapping[str, SensorConfig]) -> None:
-        self._ranges = {s.id: (s.range.low, s.range.high, s.range) for s in sensors.values()}
+    def __init__(
+        self,
+        sensors: Mapping[str, SensorConfig],
+        *,
+        value_bound_bits: int | None = None,
+        max_future_skew_s: float = 5.0,
+        log_every_s: float = 60.0,
+        now_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # per sensor: the accepted interval (declared range within the value bound), the
+        # declared range, and the open value bound
+        bound = math.inf if value_bound_bits is None else float(2**value_bound_bits)
+        inner = math.nextafter(bound, 0.0)
+        self._bound = bound
+        self._ranges = {
+            s.id: (max(s.range.low, -inner), min(s.range.high, inner), s.range)
+            for s in sensors.values()
+        }
         self._lock = threading.Lock()
         self._buf = Drained()
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.accepted: Counter[str] = Counter()  # by source name
+        self._skew_ns = int(max_future_skew_s * 1e9)
+        self._now_ns = now_ns
+        self._monotonic = monotonic
+        self._log_every = log_every_s
+        self._logged_at: dict[str, float] = {}  # by warning kind (two kinds)
+        self._undeclared: dict[str, None] = {}  # ordered sample, at most _SAMPLE ids
+        self._undeclared_n = 0
+        self._future_n = 0
+        self._future_example: tuple[str, int] = ("", 0)
+
+    def _classify(self, value: object, srange: SensorRange) -> float | Reason:
+        """Range check, then the value bound (see the module docstring)."""
+        c = classify(value, srange)
+        if isinstance(c, float) and not abs(c) < self._bound:
+            return PayloadReject.BEYOND_VALUE_BOUND
+        return c
+
+    def declared(self, sensor_id: str) -> bool:
+        """True if ``sensor_id`` is a declared sensor."""
+        return sensor_id in self._ranges
+
+    def _horizon(self) -> int:
+        """Timestamps above this are in the future beyond the allowed skew."""
+        return self._now_ns() + self._skew_ns
+
+    def _count(self, sensor_id: str, reason: Reason, n: int = 1) -> None:
+        """Count ``n`` rejections; caller holds the lock. Undeclared ids share one label."""
+        if sensor_id in self._ranges or sensor_id == UNMATCHED:
+            self.rejected[(sensor_id, reason.value)] += n
+            return
+        self.rejected[(UNDECLARED, reason.value)] += n
+        self._undeclared_n += n
+        if len(self._undeclared) < _SAMPLE:
+            self._undeclared[sensor_id[:200]] = None
+        if self._due("undeclared"):
+            log.warning(
+                "%d reading(s) for undeclared sensors since the last report, e.g. %s; "
+                "declare them under `sensors` or narrow the source's topic filter / browse "
+                "template (counted as gateway_readings_rejected_total{sensor=%r})",
+                self._undeclared_n,
+                ", ".join(repr(x) for x in self._undeclared),
+                UNDECLARED,
+            )
+            self._undeclared_n = 0
+            self._undeclared.clear()
+
+    def _count_future(self, sensor_id: str, ts: int) -> None:
+        """Count one reading stamped beyond the skew; caller holds the lock."""
+        self._count(sensor_id, PayloadReject.FUTURE_TIMESTAMP)
+        self._future_n += 1
+        self._future_example = (sensor_id, ts)
+        if self._due("future"):
+            sensor, stamp = self._future_example
+            log.warning(
+                "%d reading(s) stamped more than %.1f s in the future since the last report "
+                "(e.g. sensor %r at %.3f, gateway clock %.3f) were rejected as "
+                "future_timestamp: fix the publisher's clock, or raise "
+                "progress.max_future_skew_s if the skew is expected",
+                self._future_n,
+                self._skew_ns / 1e9,
+                sensor[:200],
+                stamp / 1e9,
+                self._now_ns() / 1e9,
+            )
+            self._future_n = 0
+
+    def _due(self, kind: str) -> bool:
+        now = self._monotonic()
+        if now - self._logged_at.get(kind, -self._log_every) >= self._log_every:
+            self._logged_at[kind] = now
+            return True
+        return False
 
     def offer(
         self,
@@ -79,21 +194,26 @@ class Ingest:
         ts_ok: list[int] = []
         val_ok: list[float] = []
         bad: list[Reason] = list(rejects)
+        future: list[int] = []
         if rng is None:
             bad.extend(RejectReason.UNKNOWN_SENSOR for _ in readings)
         else:
             low, high, srange = rng
+            horizon = self._horizon()
             for ts, v in readings:
+                if ts > horizon:
+                    future.append(ts)
+                    continue
                 if type(v) is float and low <= v <= high:  # fast path; NaN fails the compare
                     ts_ok.append(ts)
                     val_ok.append(v)
                     continue
-                c = classify(v, srange)
-                if isinstance(c, RejectReason):
-                    bad.append(c)
-                else:
+                c = self._classify(v, srange)
+                if isinstance(c, float):
                     ts_ok.append(ts)
                     val_ok.append(c)
+                else:
+                    bad.append(c)
         with self._lock:
             if val_ok:
                 buf = self._buf
@@ -102,7 +222,9 @@ class Ingest:
                 buf.values.extend(val_ok)
                 self.accepted[source] += len(val_ok)
             for reason in bad:
-                self.rejected[(sensor_id, reason.value)] += 1
+                self._count(sensor_id, reason)
+            for ts in future:
+                self._count_future(sensor_id, ts)
             if ack is not None:
                 self._buf.acks.append(ack)
         return len(val_ok)
@@ -116,7 +238,7 @@ class Ingest:
     ) -> None:
         """Count ``count`` rejections of ``sensor_id`` for ``reason`` (e.g. a malformed payload)."""
         with self._lock:
-            self.rejected[(sensor_id, reason.value)] += count
+            self._count(sensor_id, reason, count)
             if ack is not None:
                 self._buf.acks.append(ack)
 
@@ -130,7 +252,7 @@ class Ingest:
     ) -> None:
         """Fast path for one float reading (the common single-value MQTT message)."""
         rng = self._ranges.get(sensor_id)
-        if rng is None or not rng[0] <= value <= rng[1]:
+        if rng is None or not rng[0] <= value <= rng[1] or ts > self._horizon():
             self.offer(source, sensor_id, [(ts, value)], ack)
             return
         with self._lock:
@@ -153,22 +275,27 @@ class Ingest:
         ts_ok: list[int] = []
         val_ok: list[float] = []
         bad: list[tuple[str, Reason]] = list(rejects)
+        future: list[tuple[str, int]] = []
         ranges = self._ranges
+        horizon = self._horizon()
         for sensor_id, ts, v in rows:
             rng = ranges.get(sensor_id)
             if rng is None:
                 bad.append((sensor_id, RejectReason.UNKNOWN_SENSOR))
                 continue
+            if ts > horizon:
+                future.append((sensor_id, ts))
+                continue
             if type(v) is float and rng[0] <= v <= rng[1]:
-                c: float | RejectReason = v
+                c: float | Reason = v
             else:
-                c = classify(v, rng[2])
-            if isinstance(c, RejectReason):
-                bad.append((sensor_id, c))
-            else:
+                c = self._classify(v, rng[2])
+            if isinstance(c, float):
                 sensors.append(sensor_id)
                 ts_ok.append(ts)
                 val_ok.append(c)
+            else:
+                bad.append((sensor_id, c))
         with self._lock:
             buf = self._buf
             buf.sensors.extend(sensors)
@@ -177,7 +304,9 @@ class Ingest:
             if val_ok:
                 self.accepted[source] += len(val_ok)
             for sensor_id, reason in bad:
-                self.rejected[(sensor_id, reason.value)] += 1
+                self._count(sensor_id, reason)
+            for sensor_id, ts in future:
+                self._count_future(sensor_id, ts)
         return len(val_ok)
 
     def pass_ack(self, ack: tuple[AckTarget, AckToken]) -> None:

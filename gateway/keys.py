@@ -11,13 +11,14 @@ touch the disk unsealed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gateway.atrest import private_dir, write_private
 from gateway.errors import GatewayError, NotProvisionedError
 from gateway.tpm import SealedBlob, Tpm
 
@@ -40,12 +41,7 @@ class GatewayKeys:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_private(path, text.encode("utf-8"))
 
 
 def provision(
@@ -56,9 +52,14 @@ def provision(
     *,
     force: bool = False,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    expected: Mapping[int, bytes] | None = None,
 ) -> GatewayKeys:
-    """Create and seal fresh keys; refuses to overwrite existing ones unless ``force``."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """Create and seal fresh keys; refuses to overwrite existing ones unless ``force``.
+
+    ``expected``: predicted values of some of ``pcrs`` (the launch measurement)
+    to seal to instead of their current values.
+    """
+    private_dir(state_dir)
     ident_path, spool_path = state_dir / IDENTITY_FILE, state_dir / SPOOL_KEY_FILE
     if not force and (ident_path.exists() or spool_path.exists()):
         raise GatewayError(
@@ -67,8 +68,8 @@ def provision(
         )
     seed, spool_key = random_bytes(32), random_bytes(32)
     keys = GatewayKeys(Ed25519PrivateKey.from_private_bytes(seed), spool_key)
-    _write_atomic(ident_path, tpm.seal(seed, pcrs, bank).to_json())
-    _write_atomic(spool_path, tpm.seal(spool_key, pcrs, bank).to_json())
+    _write_atomic(ident_path, tpm.seal(seed, pcrs, bank, expected=expected).to_json())
+    _write_atomic(spool_path, tpm.seal(spool_key, pcrs, bank, expected=expected).to_json())
     _write_atomic(state_dir / PUBLIC_FILE, keys.public_raw.hex() + "\n")
     return keys
 
@@ -78,7 +79,7 @@ def load_keys(tpm: Tpm, state_dir: Path) -> GatewayKeys:
     ident_path, spool_path = state_dir / IDENTITY_FILE, state_dir / SPOOL_KEY_FILE
     if not (ident_path.exists() and spool_path.exists()):
         raise NotProvisionedError(
-            f"no sealed keys in {state_dir}; run `gateway provision --config <file>` first"
+            f"no sealed keys in {state_dir}; run `tecc-gateway provision --config <file>` first"
         )
     seed = tpm.unseal(SealedBlob.from_json(ident_path.read_text(encoding="utf-8")))
     spool_key = tpm.unseal(SealedBlob.from_json(spool_path.read_text(encoding="utf-8")))

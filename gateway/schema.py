@@ -145,7 +145,9 @@ class SecurityDoc(Schema, frozen=True, kw_only=True):
     mode: SecurityMode = SecurityMode.SIGN_AND_ENCRYPT
     certificate: Name | None = None
     private_key: Name | None = None
-    server_certificate: Name | None = None
+    server_certificate: Name | None = None  # an explicit trust list of one
+    application_uri: Name | None = None  # default: the URI in the certificate
+    pin_server: bool = True  # pin the server certificate at first use (state dir)
 
     def __post_init__(self) -> None:
         if self.policy is not SecurityPolicy.NONE and (
@@ -213,6 +215,9 @@ class ProgressDoc(Schema, frozen=True, kw_only=True):
     # timestamp however old; silent for backfill_idle_s, they count as caught up.
     backfill_sensors: tuple[Name, ...] = ()
     backfill_idle_s: Positive = 30.0
+    # Stamped further ahead of the gateway clock: rejected (future_timestamp), never
+    # moves the progress.
+    max_future_skew_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
 
     def __post_init__(self) -> None:
         if self.backfill_sensors and not self.ordered_sensors:
@@ -252,6 +257,19 @@ class TpmDoc(Schema, frozen=True, kw_only=True):
     tcti: Name = "swtpm:port=2321"
     pcrs: Annotated[tuple[Annotated[int, Meta(ge=0, le=23)], ...], Meta(min_length=1)] = (7, 14)
     pcr_bank: Literal["sha1", "sha256", "sha384", "sha512"] = "sha256"
+    # The PCR the launcher extends with code and config before unsealing (null: none).
+    measure_pcr: Annotated[int, Meta(ge=8, le=15)] | None = 14
+    owner_auth_file: Name | None = None  # the owner hierarchy's auth, when set
+
+    def __post_init__(self) -> None:
+        if self.measure_pcr is not None:
+            if self.measure_pcr not in self.pcrs:
+                raise ValueError(
+                    f"measure_pcr {self.measure_pcr} must be one of pcrs {list(self.pcrs)} "
+                    "(or null to bind the keys without a launch measurement)"
+                )
+            if self.pcr_bank != "sha256":
+                raise ValueError("measure_pcr needs pcr_bank: sha256")
 
 
 class HttpDoc(Schema, frozen=True, kw_only=True):
@@ -269,6 +287,9 @@ class EnvelopeDoc(Schema, frozen=True, kw_only=True):
 
     suite: KemSuite = KemSuite.X25519
     columns: tuple[Literal["value", "square"], ...] = ("value",)
+    # |x| < 2^value_bound_bits: must equal the analytics policy's value_bound_bits; a
+    # reading beyond it is rejected (beyond_value_bound), never wrapped. null: no bound.
+    value_bound_bits: Annotated[int, Meta(ge=1, le=30)] | None = 12
 
     def __post_init__(self) -> None:
         if "value" not in self.columns or len(set(self.columns)) != len(self.columns):
@@ -322,6 +343,17 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
                 f"progress.backfill_sensors names undeclared sensors {unknown}; "
                 "list ids from 'sensors'"
             )
+        bits = self.envelope.value_bound_bits
+        if bits is not None:
+            bound = float(2**bits)
+            outside = [s.id for s in self.sensors if s.range[0] >= bound or s.range[1] <= -bound]
+            if outside:
+                raise ValueError(
+                    f"sensors {outside} declare ranges entirely beyond ±2^{bits} "
+                    "(envelope.value_bound_bits, which must equal the analytics policy's "
+                    "value_bound_bits): every reading would be refused; rescale the sensor's "
+                    "unit so its range fits"
+                )
         if "square" in self.envelope.columns:
             too_wide = [s.id for s in self.sensors if max(map(abs, s.range)) >= MAX_SQUARE_ABS]
             if too_wide:

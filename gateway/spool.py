@@ -13,7 +13,13 @@ At rest every frame is additionally encrypted with the TPM-sealed spool key
 (AES-256-GCM, associated data = gateway id, seq and cluster). The frames are
 already HPKE-sealed to the clusters, so this protects the metadata a frame
 header carries (sensor ids, timestamps, counts) on a stolen disk and detects
-tampering with the spool file.
+tampering with the spool file. A batch's own metadata (creation time, reading
+count, oldest timestamp) and the MQTT in-flight records are sealed the same
+way under purpose keys (:mod:`gateway.atrest`); the plain SQL columns hold 0,
+and the metadata is kept decrypted in memory for the cursors. What stays
+visible: the seq numbers (one per batch, starting at the creation time in ms),
+frame lengths and the gateway id. ``secure_delete`` overwrites deleted rows;
+the file (and its WAL) is created 0600 in a 0700 directory.
 
 Bound: the sum of stored frame bytes may not exceed ``max_bytes``. When a new
 batch would exceed it, :meth:`Spool.append` raises
@@ -41,6 +47,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.atrest import Sealed, pack_meta, private_dir, private_file, unpack_meta
 from gateway.errors import SpoolError, SpoolFullError
 
 _SCHEMA = """
@@ -52,6 +59,7 @@ CREATE TABLE IF NOT EXISTS envelopes (
     cluster INTEGER NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL,
     PRIMARY KEY (cluster, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pins (cluster INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batch_meta (seq INTEGER PRIMARY KEY, sealed BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS inflight (
     seq INTEGER NOT NULL, source TEXT NOT NULL, tokens BLOB NOT NULL,
     PRIMARY KEY (seq, source));
@@ -96,10 +104,13 @@ class Spool:
         random_bytes: Callable[[int], bytes] = os.urandom,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        private_file(path)
         self._gw = gateway_id
         self._n = n_clusters
         self._aead = AESGCM(spool_key)
+        self._meta_aead = Sealed(spool_key, "batch-meta", random_bytes)
+        self._inflight_aead = Sealed(spool_key, "inflight", random_bytes)
         self._rand = random_bytes
         self._now_ns = now_ns
         self.max_bytes = max_bytes
@@ -108,6 +119,7 @@ class Spool:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}
             if "min_ts" not in cols:  # spools written before progress notices: 0 = unknown
@@ -121,6 +133,7 @@ class Spool:
                 if 0 <= cluster < n_clusters:
                     self._depth[cluster] = int(count)
                 self._bytes += int(size)
+            self._load_meta()
         except sqlite3.DatabaseError as exc:
             raise SpoolError(
                 f"spool {path} is unusable ({exc}); move it aside to start "
@@ -145,6 +158,31 @@ class Spool:
                 f"{rows.get('clusters')} clusters, not {self._gw!r} with {self._n}; "
                 "point spool.path elsewhere"
             )
+
+    def _load_meta(self) -> None:
+        """Decrypt every waiting batch's metadata into memory (cursors query it often)."""
+        #: seq -> (created_ns, readings, min_ts), and per cluster the seqs it has not acked
+        self._meta: dict[int, tuple[int, int, int]] = {}
+        self._queued: list[set[int]] = [set() for _ in range(self._n)]
+        sealed = dict(self._db.execute("SELECT seq, sealed FROM batch_meta").fetchall())
+        for seq, created, readings, min_ts in self._db.execute(
+            "SELECT seq, created_ns, readings, min_ts FROM batches"
+        ):
+            blob = sealed.get(seq)
+            self._meta[int(seq)] = (
+                unpack_meta(self._meta_aead.open(blob, self._meta_aad(int(seq))))
+                if blob is not None
+                else (int(created), int(readings), int(min_ts))  # written before sealing
+            )
+        for cluster, seq in self._db.execute("SELECT cluster, seq FROM envelopes"):
+            if 0 <= cluster < self._n:
+                self._queued[cluster].add(int(seq))
+
+    def _meta_aad(self, seq: int) -> bytes:
+        return f"tecc-batch-meta-v1|{self._gw}|{seq}".encode()
+
+    def _inflight_aad(self, seq: int, source: str) -> bytes:
+        return f"tecc-inflight-v1|{self._gw}|{seq}|{source}".encode()
 
     def _aad(self, seq: int, cluster: int) -> bytes:
         return f"tecc-spool-v1|{self._gw}|{seq}|{cluster}".encode()
@@ -193,6 +231,11 @@ class Spool:
             raise SpoolError(f"expected {self._n} frames, got {len(frames)}")
         rows = [(c, seq, self._seal(f, self._aad(seq, c))) for c, f in enumerate(frames)]
         size = sum(len(r[2]) for r in rows)
+        meta = self._meta_aead.seal(pack_meta(created_ns, readings, min_ts), self._meta_aad(seq))
+        records = [
+            (seq, src, self._inflight_aead.seal(blob, self._inflight_aad(seq, src)))
+            for src, blob in (inflight or {}).items()
+        ]
         with self._lock:
             if self._bytes + size > self.max_bytes:
                 raise SpoolFullError(
@@ -203,24 +246,24 @@ class Spool:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
-                    "INSERT INTO batches (seq, created_ns, readings, min_ts) VALUES (?, ?, ?, ?)",
-                    (seq, created_ns, readings, min_ts),
+                    "INSERT INTO batches (seq, created_ns, readings, min_ts) VALUES (?, 0, 0, 0)",
+                    (seq,),
                 )
+                db.execute("INSERT INTO batch_meta VALUES (?, ?)", (seq, meta))
                 db.executemany("INSERT INTO envelopes VALUES (?, ?, ?)", rows)
                 db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (str(seq),))
                 db.executemany("DELETE FROM inflight WHERE seq=?", [(s,) for s in released])
                 db.execute("DELETE FROM inflight WHERE seq < ?", (seq - _INFLIGHT_KEEP,))
-                db.executemany(
-                    "INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)",
-                    [(seq, src, blob) for src, blob in (inflight or {}).items()],
-                )
+                db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?, ?)", records)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 db.execute("ROLLBACK")
                 raise SpoolError(f"could not spool batch {seq}: {exc}") from exc
             self._bytes += size
+            self._meta[seq] = (created_ns, readings, min_ts)
             for c in range(self._n):
                 self._depth[c] += 1
+                self._queued[c].add(seq)
 
     def pending(self, cluster: int, limit: int = 64) -> list[tuple[int, bytes]]:
         """The oldest ``limit`` unacknowledged (seq, frame) pairs for ``cluster``."""
@@ -243,10 +286,14 @@ class Spool:
             left = db.execute("SELECT count(*) FROM envelopes WHERE seq=?", (seq,)).fetchone()
             if left[0] == 0:
                 db.execute("DELETE FROM batches WHERE seq=?", (seq,))
+                db.execute("DELETE FROM batch_meta WHERE seq=?", (seq,))
             db.execute("COMMIT")
             if row is not None:
                 self._bytes -= int(row[0])
                 self._depth[cluster] -= 1
+            self._queued[cluster].discard(seq)
+            if left[0] == 0:
+                self._meta.pop(seq, None)
 
     def depth(self, cluster: int) -> int:
         """Batches still waiting for ``cluster``."""
@@ -260,22 +307,14 @@ class Spool:
     def oldest_created_ns(self, cluster: int) -> int | None:
         """Creation time of the oldest batch ``cluster`` has not acknowledged."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT b.created_ns FROM envelopes e JOIN batches b ON b.seq = e.seq "
-                "WHERE e.cluster=? ORDER BY e.seq LIMIT 1",
-                (cluster,),
-            ).fetchone()
-        return None if row is None else int(row[0])
+            queued = self._queued[cluster]
+            return self._meta[min(queued)][0] if queued else None
 
     def pending_min_ts(self, cluster: int) -> int | None:
         """Oldest reading timestamp of the batches ``cluster`` has not acknowledged."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(b.min_ts) FROM envelopes e JOIN batches b ON b.seq = e.seq "
-                "WHERE e.cluster=?",
-                (cluster,),
-            ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+            meta = self._meta
+            return min((meta[s][2] for s in self._queued[cluster]), default=None)
 
     def pin(self, key: PinnedKey) -> None:
         """Persist a pinned cluster key (authenticated with the spool key)."""
@@ -309,9 +348,13 @@ class Spool:
             n = db.execute("SELECT count(*) FROM envelopes WHERE cluster=?", (cluster,)).fetchone()
             db.execute("DELETE FROM envelopes WHERE cluster=?", (cluster,))
             db.execute("DELETE FROM batches WHERE seq NOT IN (SELECT seq FROM envelopes)")
+            db.execute("DELETE FROM batch_meta WHERE seq NOT IN (SELECT seq FROM envelopes)")
             db.execute("DELETE FROM pins WHERE cluster=?", (cluster,))
             db.execute("COMMIT")
             self._depth[cluster] = 0
+            self._queued[cluster].clear()
+            held = set().union(*self._queued)
+            self._meta = {s: m for s, m in self._meta.items() if s in held}
             self._bytes = int(
                 db.execute("SELECT coalesce(sum(length(frame)), 0) FROM envelopes").fetchone()[0]
             )
@@ -321,11 +364,18 @@ class Spool:
         """Packet ids and digests of spooled messages whose acknowledgement may be lost."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT tokens FROM inflight WHERE source=? ORDER BY seq", (source,)
+                "SELECT seq, tokens FROM inflight WHERE source=? ORDER BY seq", (source,)
             ).fetchall()
         out: dict[int, int] = {}
-        for (blob,) in rows:
-            out.update(unpack_tokens(blob))
+        for seq, blob in rows:
+            try:
+                out.update(
+                    unpack_tokens(self._inflight_aead.open(blob, self._inflight_aad(seq, source)))
+                )
+            except SpoolError:
+                # a record of a spool written before in-flight records were sealed: without
+                # it a message redelivered after that crash is spooled once more (no loss)
+                continue
         return out
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.config import MqttSourceConfig, PayloadFormat, TopicRule
-from gateway.ingest import AckToken, Ingest
+from gateway.ingest import UNMATCHED, AckToken, Ingest
 from gateway.metrics import Metrics
 from gateway.sources.payload import ItemReject, PayloadReject, PayloadSpec, parse_payload
 
@@ -61,7 +61,7 @@ _ACK_LOSS_WINDOW_S = 5.0  # PUBACKs this recent may die with a dropped connectio
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 5 §3.4)
 _PUBACK_HEADER = 0x40
 _ROUTE_CACHE = 100_000
-UNMATCHED = "(unmatched)"
+_LOG_TOPICS = 1000  # topics remembered for log rate limiting (bounded: topics are outside input)
 
 
 def digest(topic: bytes, payload: bytes) -> int:
@@ -280,9 +280,12 @@ class MqttSource:
             except UnicodeDecodeError:
                 self._ingest.reject(UNMATCHED, PayloadReject.INVALID_UTF8, token)
                 return
-            if len(self._routes) > _ROUTE_CACHE:
-                self._routes.clear()
-            target = self._routes[topic_b] = route(self.cfg.topics, topic)
+            target = route(self.cfg.topics, topic)
+            if target is not None and self._ingest.declared(target[0]):
+                # only topics of declared sensors are cached: others are outside input
+                if len(self._routes) > _ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[topic_b] = target
         if target is None:
             self._ingest.reject(UNMATCHED, PayloadReject.WRONG_SHAPE, token)
             return
@@ -322,6 +325,8 @@ class MqttSource:
     def _log_malformed(self, topic: str, reason: ItemReject, n: int) -> None:
         now = time.monotonic()
         if now - self._last_log.get(topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            if len(self._last_log) >= _LOG_TOPICS:
+                self._last_log.clear()
             self._last_log[topic] = now
             log.warning(
                 "mqtt %s: rejected %d item(s) on %r: %s (logged once per minute "

@@ -49,6 +49,10 @@ class PayloadReject(enum.StrEnum):
     NOT_NUMERIC = "not_numeric"
     BAD_TIMESTAMP = "bad_timestamp"
     WRONG_SHAPE = "wrong_shape"
+    #: stamped further into the future than ``progress.max_future_skew_s`` (a wrong clock)
+    FUTURE_TIMESTAMP = "future_timestamp"
+    #: |value| >= 2^envelope.value_bound_bits: the secure analytics would wrap it
+    BEYOND_VALUE_BOUND = "beyond_value_bound"
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,9 +111,11 @@ def test_enrol_provisions_once_and_renders_consistent_configs(tmp_path: Path) ->
         assert (tmp_path / "gateway/identity.sealed").read_bytes() == sealed
         assert load_party(tmp_path / "config/cluster0.yaml").gateways == {"gw-demo": gateway_key}
 
-        # The sealed keys really open in this TPM: the gateway's own status command unseals.
+        # The sealed keys really open in this TPM: the gateway's own status command unseals
+        # (through the measured launcher, as the container starts the agent).
+        cfg = tmp_path / "config/gateway.yaml"
         status = subprocess.run(
-            [bin_dir / "tecc-gateway", "status", "--config", tmp_path / "config/gateway.yaml"],
+            [bin_dir / "tecc-gateway", "launch", "--config", cfg, "status"],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,

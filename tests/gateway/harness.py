@@ -158,11 +158,12 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m gateway run`` as a real subprocess (own process group)."""
+    """Start the agent through its measured launcher (``python -m gateway launch``, which execs
+    ``run``) as a real subprocess in its own process group."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            [sys.executable, "-m", "gateway", "launch", "--config", str(config)],
             cwd=ROOT,
             stdout=fh,
             stderr=fh,

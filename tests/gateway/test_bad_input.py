@@ -70,5 +70,34 @@ async def test_bad_payloads_are_counted_and_excluded(
     expected["missing_field"] += 1  # ... and one object without the field
     for reason, n in expected.items():
         assert metric(text, "gateway_readings_rejected_total", reason=reason) == n, reason
-    assert metric(text, "gateway_readings_rejected_total", sensor="nowhere.thing") == 1
+    assert metric(text, "gateway_readings_rejected_total", sensor="(undeclared)") == 1
     assert metric(text, "gateway_readings_total", source="mq") == 4
+
+
+async def test_undeclared_topics_do_not_grow_the_metrics(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """3,000 distinct topics of undeclared sensors add no metric series and no route entry.
+
+    Fails on the code before this change: each topic became a permanent
+    ``gateway_readings_rejected_total{sensor=...}`` series (85,545 topics grew
+    ``/metrics`` to 10 MB) and a route-cache entry.
+    """
+    with mosquitto(tmp_path / "mq") as broker:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, mqtt_port=broker.port)
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt to connect")
+            before = await scrape(agent.cfg.http.port)
+            junk = [(f"plant/rogue{i}/x{i}/value", b"1.0") for i in range(3000)]
+            await asyncio.to_thread(publish, broker.port, [*junk, (T, b"20.0")])
+            await wait_for(lambda: len(readings(clusters)) == 1, 15, "the good reading")
+            text = await scrape(agent.cfg.http.port)
+            routes = len(agent.mqtt[0]._routes)
+
+    def series(t: str) -> int:
+        return sum(1 for ln in t.splitlines() if ln.startswith("gateway_readings_rejected"))
+
+    assert metric(text, "gateway_readings_rejected_total", sensor="(undeclared)") == 3000
+    assert series(text) - series(before) <= 4  # one label (+ its _created sample)
+    assert len(text) < 20_000
+    assert routes <= 1

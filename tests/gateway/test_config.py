@@ -34,6 +34,9 @@ def test_example_config_loads() -> None:
         (("pcrs: [7, 14]", "pcrs: [7, 99]"), r"\$\.tpm\.pcrs\[1\]: Expected `int` <= 23"),
         # two clusters under one service id (fails on the code before this change)
         (("service_id: party-1}", "service_id: party-0}"), "must differ per cluster"),
+        (("pcrs: [7, 14]", "pcrs: [7]"), "measure_pcr 14 must be one of"),
+        (("range: [0, 24000]", "range: [5000, 100000]"), "envelope.value_bound_bits"),
+        (("max_future_skew_s: 5.0", "max_future_skew_s: -1"), "max_future_skew_s"),
     ],
 )
 def test_bad_config_is_rejected_clearly(

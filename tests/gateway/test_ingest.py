@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
+import pytest
+
 from gateway.config import PayloadFormat, SensorConfig, TopicRule
-from gateway.ingest import AckToken, Ingest, release_acks
+from gateway.ingest import UNDECLARED, AckToken, Ingest, release_acks
 from gateway.sources.mqtt import captures, route
 from gateway.sources.payload import PayloadReject
 from gateway.uplink import acknowledged
@@ -73,7 +76,7 @@ def test_offer_validates_counts_and_keeps_ack_order() -> None:
         ("a", RejectReason.ABOVE_RANGE.value): 1,
         ("a", RejectReason.NOT_NUMERIC.value): 1,
         ("b", RejectReason.ABOVE_RANGE.value): 1,
-        ("zz", RejectReason.UNKNOWN_SENSOR.value): 1,
+        (UNDECLARED, RejectReason.UNKNOWN_SENSOR.value): 1,
         ("b", RejectReason.INFINITE.value): 1,
         ("a", PayloadReject.MISSING_FIELD.value): 1,
         ("a", PayloadReject.TOO_LARGE.value): 1,
@@ -81,6 +84,57 @@ def test_offer_validates_counts_and_keeps_ack_order() -> None:
     release_acks(d.acks)
     assert [mid for mid, _ in target.acked] == [1, 2, 3, 4]
     assert len(ing.drain()) == 0
+
+
+NOW = 1_800_000_000 * 10**9
+Y2099 = 4_070_908_800 * 10**9
+
+
+def test_future_timestamps_are_rejected_and_never_queued() -> None:
+    """Readings stamped beyond the skew are counted as future_timestamp and not queued.
+
+    Fails on the code before this change: a reading stamped in 2099 was queued
+    and moved the declared progress.
+    """
+    ing = Ingest(SENSORS, max_future_skew_s=5.0, now_ns=lambda: NOW)
+    target = _Target()
+    ing.offer("s", "a", [(Y2099, 1.0), (NOW + 4 * 10**9, 2.0)], (target, (1, 0)))
+    ing.offer_one("s", "a", Y2099, 3.0, (target, (2, 0)))
+    ing.offer_rows("o", [("b", NOW + 6 * 10**9, 0.5), ("b", NOW, 0.25)])
+    d = ing.drain()
+    assert d.values == [2.0, 0.25]
+    assert max(d.timestamps) <= NOW + 5 * 10**9
+    assert ing.rejected == {
+        ("a", PayloadReject.FUTURE_TIMESTAMP.value): 2,
+        ("b", PayloadReject.FUTURE_TIMESTAMP.value): 1,
+    }
+    release_acks(d.acks)
+    assert [mid for mid, _ in target.acked] == [1, 2]  # rejected messages are still acked
+
+
+def test_undeclared_sensor_ids_share_one_label(caplog: pytest.LogCaptureFixture) -> None:
+    """10,000 distinct undeclared ids: one counter key, a bounded sample, one log line.
+
+    Fails on the code before this change: every id became its own counter key
+    (a permanent metric series).
+    """
+    clock = [0.0]
+    ing = Ingest(SENSORS, monotonic=lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="gateway.ingest"):
+        for i in range(10_000):
+            ing.offer_one("s", f"site.x{i}", NOW, 1.0, None)
+        ing.offer_rows("o", [(f"opcua:ns=2;i={i}", NOW, 1.0) for i in range(5000)])
+        clock[0] = 61.0
+        ing.reject("site.late", PayloadReject.NOT_NUMERIC)
+    assert ing.rejected == {
+        (UNDECLARED, RejectReason.UNKNOWN_SENSOR.value): 15_000,
+        (UNDECLARED, PayloadReject.NOT_NUMERIC.value): 1,
+    }
+    lines = [r.getMessage() for r in caplog.records if "undeclared" in r.getMessage()]
+    assert len(lines) == 2  # rate-limited: once at the start, once a minute later
+    assert "'site.x0'" in lines[0]
+    assert "15000 reading(s)" in lines[1]
+    assert len(lines[1]) < 1000  # a sample, not the list
 
 
 def test_uplink_acknowledgement_rules() -> None:
@@ -92,3 +146,19 @@ def test_uplink_acknowledgement_rules() -> None:
     assert not acknowledged(409, b'{"status": "rejected", "reason": "replay"}')
     assert not acknowledged(400, b"")
     assert not acknowledged(503, b"")
+
+
+def test_values_beyond_the_ring_bound_are_rejected_not_wrapped() -> None:
+    """An in-range 50000 of a 0–100000 sensor is rejected (beyond_value_bound) at 12 bits.
+
+    Fails on the code before this change: it was accepted and wrapped in the
+    clusters' secure comparisons (limits [10, 90] raised no alert).
+    """
+    wide = {"rpm": SensorConfig("rpm", SensorRange(0.0, 100_000.0), "rpm")}
+    ing = Ingest(wide, value_bound_bits=12, now_ns=lambda: NOW)
+    ing.offer_one("s", "rpm", NOW, 50_000.0, None)
+    ing.offer_one("s", "rpm", NOW, 4095.5, None)
+    ing.offer("s", "rpm", [(NOW, 4096.0), (NOW, 50.0), (NOW, 50_000)])
+    ing.offer_rows("o", [("rpm", NOW, 99_999.0), ("rpm", NOW, 12)])
+    assert ing.drain().values == [4095.5, 50.0, 12.0]
+    assert ing.rejected == {("rpm", PayloadReject.BEYOND_VALUE_BOUND.value): 4}

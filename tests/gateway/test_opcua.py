@@ -99,8 +99,10 @@ async def test_bad_status_node_is_counted_and_others_continue(
 
 
 def test_deadband_filters() -> None:
-    """Absolute and percent deadbands become DataChangeFilters; none means no filter."""
-    assert _filter(NodeOptions(100.0, 10, DeadbandType.NONE, 0.0)) is None
+    """Every item gets a StatusValueTimestamp filter; deadbands set its type and value."""
+    plain = _filter(NodeOptions(100.0, 10, DeadbandType.NONE, 0.0))
+    assert plain.Trigger == ua.DataChangeTrigger.StatusValueTimestamp
+    assert plain.DeadbandType == 0
     f = _filter(NodeOptions(100.0, 10, DeadbandType.PERCENT, 2.5))
     assert f.DeadbandType == 2
     assert f.DeadbandValue == 2.5

@@ -128,3 +128,37 @@ def test_backfill_config_is_checked() -> None:
         parse_file(_gateway_doc(backfill_idle_s=0.0))
     with pytest.raises(GatewayConfigError, match=r"backfill_sensors names undeclared"):
         parse_file(_gateway_doc(backfill_sensors=["no.such.sensor"]))
+
+
+async def test_a_wrong_clock_cannot_push_progress(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """Four messages stamped 2099 are rejected; progress stays at the gateway's clock.
+
+    Both declared MQTT sensors get two readings stamped in 2099, then correctly
+    stamped ones. Fails on the code before this change: the 2099 readings were
+    accepted, the declared progress jumped to 2099 and every later reading of
+    every sensor was late (never analysed).
+    """
+    future = 4_070_908_800.0  # 2099-01-01
+    with mosquitto(tmp_path / "mq") as broker:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, mqtt_port=broker.port)
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+            wrong = [
+                (f"plant/line1/{s}/json", json.dumps({"v": 1.0, "ts": future}).encode())
+                for s in ("temp", "press", "temp", "press")
+            ]
+            await asyncio.to_thread(publish, broker.port, wrong)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(publish, broker.port, _msgs(0, 50))
+            now = time.time()
+            await wait_for(lambda: len(readings(clusters)) == 50, 10, "valid readings")
+            for c in clusters:
+                await wait_for(lambda c=c: c.notices and c.notices[-1][0] > now * 1e9, 10, "notice")
+            text = await scrape(agent.cfg.http.port)
+    assert metric(text, "gateway_readings_rejected_total", reason="future_timestamp") == 4
+    assert metric(text, "gateway_readings_late_total") == 0
+    assert metric(text, "gateway_progress_through_seconds") < time.time() + 1
+    for c in clusters:
+        assert max(t for t, _ in c.notices) < (time.time() + 1) * 1e9

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SpoolError, SpoolFullError
+from gateway.sources.mqtt import digest
 from gateway.spool import PinnedKey, Spool, pack_tokens
 
 KEY = bytes(range(32))
@@ -123,3 +124,63 @@ def test_refuses_another_gateways_spool(tmp_path: Path) -> None:
     _open(tmp_path / "s.db").close()
     with pytest.raises(SpoolError, match=r"point spool\.path elsewhere"):
         _open(tmp_path / "s.db", gw="other")
+
+
+def _raw(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_nothing_derived_from_a_reading_is_at_rest(tmp_path: Path) -> None:
+    """Brute force over likely payloads matches nothing in the raw spool file; files are 0600.
+
+    Fails on the code before this change: the in-flight CRC-32(topic‖payload)
+    of each message was stored in clear (3 of 3 readings recovered from the
+    raw file), batch timestamps and counts sat in plain columns, deleted rows
+    stayed readable and the files were 0644.
+    """
+    topic = b"plant/line1/temp/value"
+    payloads = [b"21.5", b"73.125", b"18.25"]
+    tokens = [(i + 1, digest(topic, p)) for i, p in enumerate(payloads)]
+    min_ts, created = 1_754_000_000_123_456_789, 1_754_000_000_987_654_321
+    path = tmp_path / "state" / "spool.db"
+    s = _open(path)
+    s.append(7, created, 4242, [b"a", b"b"], inflight={"mq": pack_tokens(tokens)}, min_ts=min_ts)
+    assert s.inflight("mq") == dict(tokens)
+    assert s.pending_min_ts(0) == min_ts
+    assert s.oldest_created_ns(1) == created
+    raw = _raw(path)
+    guesses = {f"{v / 1000:.{d}f}".encode() for v in range(0, 100_000, 25) for d in (1, 2, 3)}
+    found = [
+        g
+        for g in guesses
+        if digest(topic, g).to_bytes(4, "little") in raw
+        or digest(topic, g).to_bytes(4, "big") in raw
+    ]
+    assert [g for g in found if g in payloads] == []
+    for secret in (min_ts, created):
+        assert secret.to_bytes(8, "big") not in raw
+    s.close()
+    again = _open(path)  # the metadata is recovered from the sealed rows
+    assert again.pending_min_ts(0) == min_ts
+    assert again.inflight("mq") == dict(tokens)
+    assert again._db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    again.close()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for f in path.parent.glob("spool.db*"):
+        assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_metadata_and_inflight_rows_are_tamper_evident(tmp_path: Path) -> None:
+    """A swapped sealed metadata row fails authentication instead of moving the cursors."""
+    path = tmp_path / "s.db"
+    s = _open(path)
+    s.append(1, 100, 3, [b"a1", b"b1"], min_ts=10)
+    s.append(2, 200, 3, [b"a2", b"b2"], min_ts=20)
+    s.close()
+    db = sqlite3.connect(path)
+    rows = dict(db.execute("SELECT seq, sealed FROM batch_meta").fetchall())
+    db.execute("UPDATE batch_meta SET sealed=? WHERE seq=1", (rows[2],))
+    db.commit()
+    db.close()
+    with pytest.raises(SpoolError, match="failed authentication"):
+        _open(path)
