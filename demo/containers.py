@@ -238,24 +238,38 @@ def _run_args(
         args += ["--user", str(svc["user"])]
     for key, value in (svc.get("environment") or {}).items():
         args += ["-e", f"{key}={value}"]
+    args += _mounts(project, svc, compose)
+    args += _ports(svc, ports)
+    if svc.get("entrypoint"):
+        args += ["--entrypoint", json.dumps(list(svc["entrypoint"]))]
+    args.append(str(svc["image"]))
+    args += [str(c) for c in svc.get("command") or []]
+    return args
+
+
+def _mounts(project: str, svc: Mapping[str, Any], compose: Path) -> list[str]:
+    """``-v`` arguments: bind paths relative to the compose file, named volumes prefixed."""
+    out: list[str] = []
     for vol in svc.get("volumes") or []:
         source, _, rest = str(vol).partition(":")
         if source.startswith((".", "/")):
             source = str((compose.parent / source).resolve())
         else:
             source = f"{project}_{source}"
-        args += ["-v", f"{source}:{rest}"]
+        out += ["-v", f"{source}:{rest}"]
+    return out
+
+
+def _ports(svc: Mapping[str, Any], ports: Mapping[int, int]) -> list[str]:
+    """``-p`` arguments, host ports remapped through ``ports``."""
+    out: list[str] = []
     for port in svc.get("ports") or []:
         host_ip, host_port, inner = (
             str(port).rsplit(":", 2) if str(port).count(":") == 2 else ("", *str(port).split(":"))
         )
         mapped = ports.get(int(host_port), int(host_port))
-        args += ["-p", f"{host_ip + ':' if host_ip else ''}{mapped}:{inner}"]
-    if svc.get("entrypoint"):
-        args += ["--entrypoint", json.dumps(list(svc["entrypoint"]))]
-    args.append(str(svc["image"]))
-    args += [str(c) for c in svc.get("command") or []]
-    return args
+        out += ["-p", f"{host_ip + ':' if host_ip else ''}{mapped}:{inner}"]
+    return out
 
 
 def _seconds(value: object, default: float) -> float:
