@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.dealer_link import DealerLink
 from cloud_tecc.party.epochs import (
     Key,
@@ -62,6 +64,16 @@ log = logging.getLogger("cloud_tecc.party.coordinator")
 CONTROL_ROUND: Final = 0
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
+SHARD: Final = "all"  # one shard per party process today (see agreement.py)
+
+
+class Session(enum.Enum):
+    """The MPC session of a party, as ``/healthz`` shows it."""
+
+    STARTING = "starting"
+    ATTESTING = "attesting"
+    RUNNING = "running"
+    WAITING = "waiting"  # the last session ended; retrying
 
 
 class Coordinator:
@@ -83,7 +95,9 @@ class Coordinator:
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
         self.peer = 1 - cfg.party
-        self.state = "starting"
+        self.session = Session.STARTING
+        self._session_error = ""
+        self.agreement = EpochAgreement(shard=SHARD, party=cfg.party)
         self._since_prune = 0
         self._outbox = asyncio.Event()
         self._waiting_for: tuple[int, str] = (0, "")
@@ -115,6 +129,13 @@ class Coordinator:
             "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
         )
 
+    @property
+    def state(self) -> str:
+        """The session for ``/healthz``: ``running``, or ``waiting: <why>``, ..."""
+        if self.session is Session.WAITING:
+            return f"waiting: {self._session_error}"
+        return str(self.session.value)
+
     async def run(self) -> None:
         """Session loop: never returns; failures are logged and retried."""
         while True:
@@ -122,16 +143,16 @@ class Coordinator:
                 await self._session()
             except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.sessions.labels(type(exc).__name__).inc()
-                state = f"waiting: {exc}"
                 # Repeated identical failures (a peer that keeps failing attestation) are
                 # logged once, then at debug level.
-                (log.warning if state != self.state else log.debug)("MPC session ended: %s", exc)
-                self.state = state
+                again = self.session is Session.WAITING and self._session_error == str(exc)
+                (log.debug if again else log.warning)("MPC session ended: %s", exc)
+                self.session, self._session_error = Session.WAITING, str(exc)
             await asyncio.sleep(1.0)
 
     async def _session(self) -> None:
         cfg = self.cfg
-        self.state = "attesting"
+        self.session = Session.ATTESTING
         peer = await self.directory.identity(cfg.peers[self.peer], "party")
         dealer = await self.directory.identity(cfg.dealer, "dealer")
         addresses = {
@@ -161,7 +182,7 @@ class Coordinator:
             theirs = await self._control(mesh, {"seq": mine})
             await link.align(max(mine, int(theirs["seq"])))
             self.sessions.labels("started").inc()
-            self.state = "running"
+            self.session = Session.RUNNING
             log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
             while True:
                 if not await self._tick(mesh, link):
@@ -182,37 +203,53 @@ class Coordinator:
         return reply
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
-        """One agreement round; returns True if an epoch was computed."""
+        """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.
+
+        A round that raises leaves the agreement FAILED; the next round restarts
+        it from the durable state.
+        """
+        if self.agreement.phase is Phase.FAILED:
+            self.agreement.restart()
+        try:
+            return await self._round(mesh, link)
+        except BaseException:
+            if self.agreement.phase is not Phase.FAILED:
+                self.agreement.fault()
+            raise
+
+    async def _round(self, mesh: Transport, link: CorrelationSource) -> bool:
+        agreement = self.agreement
         wm = await asyncio.to_thread(self.store.watermark)
         other = await self._control(mesh, {"wm": wm})
         peer_wm = other.get("wm")
         if not isinstance(peer_wm, int) or isinstance(peer_wm, bool):
             raise PeerError("peer's control message has no integer watermark 'wm'")
-        base = min(wm, peer_wm)
+        base = agreement.watermarks(wm, peer_wm)
         if wm > base:
             log.info("rewinding to the common watermark %d", base)
             await asyncio.to_thread(self.store.rewind, base)
         self.watermark_ns = base
-        leader = self.cfg.party == 0
         prop_doc: dict[str, Any] = {}
-        if leader:
-            prop = await asyncio.to_thread(self._propose, base)
-            prop_doc = {"proposal": prop.to_json() if prop else None}
+        if agreement.leader:
+            mine = await asyncio.to_thread(self._propose, base)
+            prop_doc = {"proposal": mine.to_json() if mine else None}
         got = await self._control(mesh, prop_doc)
-        raw = prop_doc["proposal"] if leader else got.get("proposal")
-        if raw is None:
+        raw = prop_doc["proposal"] if agreement.leader else got.get("proposal")
+        prop = None if raw is None else Proposal.from_json(raw)
+        agreement.proposed(prop)
+        if prop is None:
             return False
-        prop = Proposal.from_json(raw)
-        why, orphans = await asyncio.to_thread(self._check, prop, leader)
+        why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
         ack = await self._control(mesh, {"ok": not why, "orphans": [list(k) for k in orphans]})
-        if leader:
+        if agreement.leader:
             self._note_orphans(ack.get("orphans", []))
-        if why or not ack.get("ok"):
+        if not agreement.verdicts(mine=not why, theirs=ack.get("ok") is True):
             if why and self._waiting_for != (prop.start_ns, why):
                 self._waiting_for = (prop.start_ns, why)
                 log.info("epoch %d not agreed yet: %s", prop.start_ns, why)
             return False
         await self._compute(mesh, link, prop)
+        agreement.committed(prop.end_ns)
         return True
 
     def _check(self, prop: Proposal, leader: bool) -> tuple[str, list[Key]]:
