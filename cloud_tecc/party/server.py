@@ -2,7 +2,9 @@
 
 ``POST /v1/batches`` takes one envelope frame (``application/octet-stream``).
 Answers: 200 ``{"status": "accepted"}`` once the share is durable, 200
-``{"status": "duplicate"}`` for a retry of a stored batch, 409 for a replay
+``{"status": "duplicate"}`` for a retry of a stored batch, both with ``"ack"``:
+the base64 of the signed acknowledgement of that exact frame
+(:mod:`tecc_contract.ack`; the gateway deletes a frame only on it), 409 for a replay
 (used sequence number, different frame), 400/403 for malformed, forged or
 misaddressed frames. Every refusal is counted in
 ``tecc_ingest_rejected_total{reason}``; nothing about the payload is logged.
@@ -38,6 +40,7 @@ from cloud_tecc.party.ingest import REASONS, Ingestor
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
+from tecc_contract.ack import Outcome
 from tecc_contract.errors import ContractError, FrameError, SignatureError
 from tecc_contract.keys import ed25519_public_from_bytes
 from tecc_contract.progress import check_fresh, open_progress
@@ -95,6 +98,8 @@ class PartyService(ServiceBase):
             suite=cfg.suite,
             private_key=enclave.keys.hpke,
             gateway_keys=self._gateway_keys,
+            service_id=cfg.service.service_id,
+            sign_key=enclave.keys.sign,
         )
         self.tracker = ProgressTracker(
             self._gateway_keys, started_ns=time.time_ns(), active_ns=int(cfg.active_s * 1e9)
@@ -208,7 +213,17 @@ class PartyService(ServiceBase):
                     row.gateway,
                     late,
                 )
-        return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})
+        signed = self.ingestor.acknowledge(
+            row, Outcome.STORED if outcome == InsertResult.ACCEPTED else Outcome.DUPLICATE
+        )
+        return web.json_response(
+            {
+                "status": outcome,
+                "gateway": row.gateway,
+                "seq": row.seq,
+                "ack": base64.b64encode(signed).decode(),
+            }
+        )
 
     async def _progress(self, request: web.Request) -> web.Response:
         body = await request.content.read(4096)  # a notice is < 600 bytes

@@ -8,7 +8,6 @@ from gateway.config import PayloadFormat, SensorConfig, TopicRule
 from gateway.ingest import AckToken, Ingest, release_acks
 from gateway.sources.mqtt import captures, route
 from gateway.sources.payload import PayloadReject
-from gateway.uplink import acknowledged
 from tecc_contract.errors import RejectReason
 from tecc_contract.fixedpoint import SensorRange
 
@@ -81,14 +80,3 @@ def test_offer_validates_counts_and_keeps_ack_order() -> None:
     release_acks(d.acks)
     assert [mid for mid, _ in target.acked] == [1, 2, 3, 4]
     assert len(ing.drain()) == 0
-
-
-def test_uplink_acknowledgement_rules() -> None:
-    """2xx and duplicate-409 acknowledge; a 409 replay (different content) never does."""
-    assert acknowledged(200, b"")
-    assert acknowledged(201, b"")
-    assert acknowledged(409, b"duplicate")
-    assert acknowledged(409, b'{"status": "duplicate"}')
-    assert not acknowledged(409, b'{"status": "rejected", "reason": "replay"}')
-    assert not acknowledged(400, b"")
-    assert not acknowledged(503, b"")
