@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.mesh.localmesh import LocalMesh, wait_all
+from bench.mesh.programs import plan_for
 from cloud_tecc.mpc import reveal, share
-from cloud_tecc.mpc.localmesh import LocalMesh, wait_all
-from cloud_tecc.mpc.programs import plan_for
 from tecc_contract.fixedpoint import FixedPoint
 
 FP = FixedPoint()

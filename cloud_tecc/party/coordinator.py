@@ -40,6 +40,7 @@ from cloud_tecc.config import PartyConfig, parse_hostport
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory
 from cloud_tecc.errors import CloudError, PeerError
+from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
 from cloud_tecc.mpc.memory import retain_freed_memory
@@ -47,7 +48,6 @@ from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
-from cloud_tecc.party.dealer_link import DealerLink
 from cloud_tecc.party.epochs import (
     Key,
     ProgressTracker,

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.mesh.localmesh import LocalMesh, wait_all
+from bench.mesh.programs import plan_for, suite
 from cloud_tecc.mpc import Party, reveal, run_parties, share
-from cloud_tecc.mpc.localmesh import LocalMesh, wait_all
-from cloud_tecc.mpc.programs import plan_for, suite
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
 
