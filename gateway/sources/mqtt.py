@@ -29,9 +29,10 @@ Delivery guarantees (QoS 1, MQTT 5):
 Malformed payloads are counted by (sensor, reason) and logged at most once per
 minute per topic; nothing a publisher sends can stop the source.
 
-Two paho internals are used, both checked against the pinned paho-mqtt 2.2:
-the raw topic bytes of a message (no decode per message) and the output queue
-(one buffer for a batch of PUBACKs, see :meth:`MqttSource.ack`).
+Two paho internals are used, both through :mod:`gateway.sources.upstream`
+(checked against the pinned paho-mqtt): the raw topic bytes of a message (no
+decode per message) and the output queue (one buffer for a batch of PUBACKs,
+see :meth:`MqttSource.ack`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from gateway.ingest import AckToken, Ingest
 from gateway.metrics import Metrics
 from gateway.sources.ledger import Delivery, DeliveryLedger, Link
 from gateway.sources.payload import ItemReject, PayloadReject, PayloadSpec, parse_payload
+from gateway.sources.upstream import queue_packet, raw_topic
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
@@ -194,7 +196,7 @@ class MqttSource:
             self._ledger.acked(tokens, now)
         pack = _PUBACK.pack
         packet = b"".join([pack(_PUBACK_HEADER, 2, mid) for mid, _ in tokens])
-        self._client._packet_queue(_PUBACK_HEADER, packet, 0, 0)
+        queue_packet(self._client, _PUBACK_HEADER, packet)
 
     def progress_bound(self, now_ns: int, settle_ns: int, max_hold_ns: int) -> int | None:
         """The latest time the gateway may declare delivered because of this source.
@@ -255,7 +257,7 @@ class MqttSource:
             )
 
     def _handle(self, msg: paho.MQTTMessage) -> None:
-        topic_b, payload = msg._topic, bytes(msg.payload)  # raw topic: no decode per message
+        topic_b, payload = raw_topic(msg), bytes(msg.payload)  # raw: no decode per message
         dig = digest(topic_b, payload)
         token = (self, (msg.mid, dig)) if msg.qos else None
         with self._ack_lock:
