@@ -12,12 +12,14 @@ other redo it); party 0 proposes the next closed epoch and its batches; party
 1 confirms that it holds exactly those batches (none missing, none extra) and
 that the epoch is closed by its own gateways' progress notices too, so a
 party that missed notices or batches while it was down can never make the
-pair compute an epoch without readings the other one holds. Then both run
-the secure program and commit the epoch, the new stream states and the
-result message (shares for the output service) in one transaction;
-:meth:`Coordinator.deliver` drains that outbox, encrypting each message to
-the attested output key. Any fault ends the session; the next session starts
-from the durable state.
+pair compute an epoch without readings the other one holds. (The order of
+these steps is the state machine
+:class:`~cloud_tecc.party.agreement.EpochAgreement`; this class exchanges the
+messages and feeds it the outcomes.) Then both run the secure program and
+commit the epoch, the new stream states and the result message (shares for
+the output service) in one transaction; :meth:`Coordinator.deliver` drains
+that outbox, encrypting each message to the attested output key. Any fault
+ends the session; the next session starts from the durable state.
 """
 
 from __future__ import annotations
