@@ -1,17 +1,19 @@
-"""The dealer's batch plan, traced from a dry run of the analytics program.
+"""The dealer's batch plan, traced from dry runs of the analytics program.
 
-:func:`plan_for` builds a synthetic epoch of the given number of readings —
-two gateways, one stream for each sensor pattern the policy names (limits,
-rates, fleet classes) plus one it does not, every stream in its steady state
-(a full z-score history of ``zscore.window`` readings) with the gateway's x²
-column, as the shipped gateway config sends it — runs the secure program on
-it once over the in-memory transport (:func:`cloud_tecc.mpc.trace.trace_plan`),
-and takes the correlations it used as one batch. The program is
-data-oblivious, so the zero values of the dry run do not matter, only the
-shapes do. A real epoch with another mix (a gateway without the x² column,
-more short windows) uses the kinds in other proportions: the party's dealer
-client then fetches another batch and trims the kinds it holds too many of
-(:mod:`cloud_tecc.mpc.dealer_client`), so a plan never has to over-provide.
+:func:`plan_for` traces the secure program (:func:`cloud_tecc.mpc.trace.trace_plan`,
+over the in-memory transport) on synthetic epochs of the given number of
+readings and takes, per correlation kind, the most any of them used. The
+epochs (:func:`dry_run_epochs`): for every sensor pattern the policy names
+(limits, rates, fleet classes) and one it does not, all readings on such a
+sensor, once as two long streams and once as many short ones
+(:data:`SHORT_STREAM` readings each), every stream in its steady state (a full
+z-score history of ``zscore.window`` readings) with the gateway's x² column
+as the shipped gateway config sends it. The program is data-oblivious, so
+the zero values of a dry run do not matter, only the shapes do; and a real
+epoch, a mix of such streams, needs per reading no more of a kind than the
+most demanding pure one. Should a mix still use a kind faster (a gateway
+without the x² column), the party's dealer client fetches another batch and
+trims what it holds too much of (:mod:`cloud_tecc.mpc.dealer_client`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.trace import trace_plan
 
 _U64 = np.uint64
-_GATEWAYS = ("dry-gw-0", "dry-gw-1")
 _UNMATCHED = "dry.unmatched-sensor"
 
 
@@ -46,26 +47,52 @@ def dry_run_sensors(policy: AnalyticsPolicy) -> list[str]:
     return sorted({_sample(p) for p in patterns} | {_UNMATCHED})
 
 
-def dry_run_epoch(policy: AnalyticsPolicy, readings: int) -> EpochInput:
-    """A steady-state epoch of ``readings`` zero readings, spread over the sensors."""
-    keys = [(g, s) for g in _GATEWAYS for s in dry_run_sensors(policy)]
-    per, extra = divmod(max(readings, len(keys)), len(keys))
+#: Readings per stream of the "many short streams" dry run.
+SHORT_STREAM = 100
+
+
+def _epoch(policy: AnalyticsPolicy, sensor: str, readings: int, per_stream: int) -> EpochInput:
+    """``readings`` zero readings of ``sensor``, ``per_stream`` per gateway stream."""
+    count = max(2, readings // per_stream)
+    per, extra = divmod(max(readings, count), count)
     w, window = policy.zscore.window, policy.window_ns
     streams = []
-    for i, (gateway, sensor) in enumerate(keys):
+    for i in range(count):
         n = per + (1 if i < extra else 0)
         ts = np.linspace(0, window - 1, n, dtype=np.int64)
         state = StreamState(np.zeros(1, _U64), np.zeros(w, _U64), np.zeros(w, _U64))
         zero = np.zeros(n, _U64)
-        streams.append(StreamInput(gateway, sensor, ts, zero, zero.copy(), state))
+        streams.append(StreamInput(f"dry-gw-{i}", sensor, ts, zero, zero.copy(), state))
     return EpochInput(0, tuple(streams))
 
 
+def dry_run_epochs(policy: AnalyticsPolicy, readings: int) -> list[EpochInput]:
+    """The synthetic epochs the plan is traced on (each of ``readings`` readings)."""
+    lengths = sorted({max(1, readings // 2), max(policy.min_count, SHORT_STREAM)})
+    return [
+        _epoch(policy, sensor, readings, length)
+        for sensor in dry_run_sensors(policy)
+        for length in lengths
+    ]
+
+
 def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
-    """One dealer batch: the correlations the program uses for ``readings`` readings."""
-    epoch = dry_run_epoch(policy, readings)
+    """One dealer batch for ``readings`` readings: per kind, the most a dry run used."""
 
-    async def program(party: Party) -> object:
-        return await secure_epoch(party, policy, epoch)
+    async def trace_all() -> list[Plan]:
+        plans = []
+        for epoch in dry_run_epochs(policy, readings):
 
-    return asyncio.run(trace_plan(program))
+            async def program(party: Party, epoch: EpochInput = epoch) -> object:
+                return await secure_epoch(party, policy, epoch)
+
+            plans.append(await trace_plan(program))
+        return plans
+
+    plans = asyncio.run(trace_all())
+    return Plan(
+        triples=max(p.triples for p in plans),
+        truncs=max(p.truncs for p in plans),
+        dabits=max(p.dabits for p in plans),
+        comparisons=max(p.comparisons for p in plans),
+    )

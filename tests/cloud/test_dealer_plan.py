@@ -12,7 +12,7 @@ import yaml
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.secure import secure_epoch
-from cloud_tecc.dealer.plan import dry_run_epoch, dry_run_sensors, plan_for
+from cloud_tecc.dealer.plan import SHORT_STREAM, dry_run_epochs, dry_run_sensors, plan_for
 from cloud_tecc.mpc.correlations import Kind, Plan
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import CorrelationError
@@ -45,20 +45,38 @@ def test_parties_that_take_differently_are_refused() -> None:
         asyncio.run(trace_plan(program))
 
 
-def test_dry_run_covers_every_rule_and_sums_to_the_readings() -> None:
-    """One stream per pattern (and an unmatched one) per gateway, ``readings`` in all."""
+def test_dry_runs_cover_every_rule_and_shape() -> None:
+    """Per policy pattern (and one unmatched sensor): long and short streams, ``readings`` each."""
     sensors = dry_run_sensors(POLICY)
     assert POLICY.limit_for("line1.tempx") is not None
     assert POLICY.fleet_class("x.temperature") == "temperature"
     assert POLICY.limit_for("dry.unmatched-sensor") is None
-    epoch = dry_run_epoch(POLICY, 1000)
-    assert sum(len(s.x) for s in epoch.streams) == 1000
-    assert len(epoch.streams) == 2 * len(sensors)
+    epochs = dry_run_epochs(POLICY, 1000)
+    assert len(epochs) == 2 * len(sensors)
+    for e in epochs:
+        assert sum(len(s.x) for s in e.streams) == 1000
+        assert len({s.sensor for s in e.streams}) == 1
+    assert {len(e.streams) for e in epochs} == {2, 1000 // SHORT_STREAM}
 
 
-def test_plan_is_what_real_data_of_that_shape_uses() -> None:
+def test_plan_covers_each_dry_run_and_takes_the_most_per_kind() -> None:
+    """The batch is, per kind, the maximum over the traced dry runs."""
+    plans = []
+    for epoch in dry_run_epochs(POLICY, 2000):
+
+        async def program(p: Party, epoch: EpochInput = epoch) -> object:
+            return await secure_epoch(p, POLICY, epoch)
+
+        plans.append(asyncio.run(trace_plan(program)))
+    plan = plan_for(POLICY, 2000)
+    for kind in ("triples", "truncs", "comparisons"):
+        assert getattr(plan, kind) == max(getattr(p, kind) for p in plans)
+    assert len({(p.triples, p.truncs, p.comparisons) for p in plans}) > 1  # the mix matters
+
+
+def test_a_dry_run_uses_what_real_data_of_that_shape_uses() -> None:
     """The program is data-oblivious: random readings of the same shapes take the same."""
-    dry = dry_run_epoch(POLICY, 3000)
+    dry = dry_run_epochs(POLICY, 3000)[0]
     rng = np.random.default_rng(3)
     fp = FixedPoint()
     per_party: list[list[StreamInput]] = [[], []]
@@ -70,10 +88,13 @@ def test_plan_is_what_real_data_of_that_shape_uses() -> None:
             st = StreamState(hist[i][:1].copy(), hist[i], hist[i])
             per_party[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x[i], q[i], st))
 
-    async def program(p: Party) -> object:
+    async def real(p: Party) -> object:
         return await secure_epoch(p, POLICY, EpochInput(0, tuple(per_party[p.index])))
 
-    assert asyncio.run(trace_plan(program)) == plan_for(POLICY, 3000)
+    async def zeros(p: Party) -> object:
+        return await secure_epoch(p, POLICY, dry)
+
+    assert asyncio.run(trace_plan(real)) == asyncio.run(trace_plan(zeros))
 
 
 def test_plan_grows_with_the_readings() -> None:
