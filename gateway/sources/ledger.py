@@ -24,7 +24,7 @@ message without DUP ends the replay: ``resent`` and ``durable`` are cleared.
 
 Bounded: every table is keyed by the 16-bit packet id (1..65535, MQTT 5
 §2.2.1), so none holds more than 65,535 entries whatever a broker sends; a
-packet id outside that range is refused.
+received packet id outside that range is refused (and never tracked).
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class DeliveryLedger:
         self.fire(Event.PUBACK)
         up = self.link is not Link.DOWN
         for mid, dig in tokens:
-            _check_id(mid)
+            if not 1 <= mid <= MAX_PACKET_ID:
+                continue  # never tracked: received() refused it (the PUBACK still goes out)
             self.pending.pop(mid, None)
             if up:
                 self.recent.pop(mid, None)

@@ -143,5 +143,7 @@ def test_tables_are_bounded_by_the_packet_id_space() -> None:
     for bad in (0, MAX_PACKET_ID + 1):
         with pytest.raises(LedgerError, match=r"outside 1\.\.65535"):
             led.received(bad, 0, dup=False, qos=1)
+    led.acked([(0, 0), (MAX_PACKET_ID + 1, 0)], now_s=1.0)  # refused ids: never tracked
+    assert led.sizes()["recent"] == MAX_PACKET_ID
     with pytest.raises(LedgerError, match="outside"):
         DeliveryLedger(durable={70000: 1})
