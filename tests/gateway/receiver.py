@@ -80,6 +80,7 @@ class FakeCluster:
         self._priv, self.public_key = generate_cluster_keypair(KemSuite.X25519)
         self.sign_key = Ed25519PrivateKey.generate()
         self.answers = Answers.GENUINE
+        self.bind_sign_key = True  # False: a quote without the key acks are signed with
         self._opener = Opener(
             party=index, suite=KemSuite.X25519, private_key=self._priv, gateway_keys=gateway_keys
         )
@@ -104,7 +105,12 @@ class FakeCluster:
             role="party",
             service_id=self.service_id,
             measurement=self.measurement,
-            keys={"hpke": self.public_key, "sign": self.sign_key.public_key().public_bytes_raw()},
+            keys={"hpke": self.public_key}
+            | (
+                {"sign": self.sign_key.public_key().public_bytes_raw()}
+                if self.bind_sign_key
+                else {}
+            ),
             nonce=nonce,
             issued_ns=time.time_ns(),
             platform_key_id=self.platform.key_id,

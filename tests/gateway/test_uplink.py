@@ -167,3 +167,22 @@ async def test_unsigned_acknowledgements_never_drop_a_frame(
     assert bad_acks == 0 if answers is Answers.BARE_409 else bad_acks >= 3
     assert metric(text, "gateway_uplink_batches_sent_total", cluster="1") == 0
     assert _ids(clusters) == list(range(30))  # nothing lost, nothing twice
+
+
+async def test_a_quote_without_an_ack_key_gets_nothing(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """A cluster whose quote binds no 'sign' key cannot acknowledge, so it gets no frame."""
+    clusters[1].bind_sign_key = False
+    with mosquitto(tmp_path / "mq") as broker:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, mqtt_port=broker.port)
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+            await asyncio.to_thread(publish, broker.port, _msgs(0, 10))
+            await wait_for(lambda: clusters[1].attestations >= 2, 10, "re-attestation attempts")
+            ok, health = agent.health()
+            pins = agent.spool.pins()
+    assert clusters[1].posts == 0
+    assert "binds no Ed25519 'sign' key" in str(health["clusters"]["1"]["last_error"])
+    assert 1 not in pins  # its key is not pinned: readings wait, unsealed
+    assert ok
