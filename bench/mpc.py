@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.mesh.localmesh import LocalMesh, wait_all
+from bench.mesh.programs import plan_for
 from bench.mpc_links import bench_links
 from cloud_tecc.mpc import reveal, share
-from cloud_tecc.mpc.localmesh import LocalMesh, wait_all
-from cloud_tecc.mpc.programs import plan_for
 from tecc_contract.fixedpoint import FixedPoint
 
 FP = FixedPoint()

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import handshake as hs
-from cloud_tecc.mpc.localmesh import free_port
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+from demo.services import free_port
 
 
 def _handshake_crypto(suite: hs.LinkSuite) -> float:

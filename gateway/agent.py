@@ -58,7 +58,7 @@ from gateway.sources.modbus import ModbusSource
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
-from gateway.uplink import ClusterLink
+from gateway.uplink import ClusterLink, ProgressHooks, UplinkOptions
 from tecc_contract.attestation import ClusterRegistry, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
@@ -218,10 +218,12 @@ class Agent:
                     metrics=self.metrics,
                     session=session,
                     on_pin=self._on_pin,
-                    expected_suite=self.cfg.kem_suite,
-                    edge=lambda: self.edge_through,
-                    notice=self._notice,
-                    notice_interval_s=self.cfg.progress.interval_s,
+                    options=UplinkOptions(
+                        gateway_id=self.cfg.gateway_id,
+                        expected_suite=self.cfg.kem_suite,
+                        notice_interval_s=self.cfg.progress.interval_s,
+                    ),
+                    progress=ProgressHooks(lambda: self.edge_through, self._notice),
                     registry=self._registry,
                 )
                 for c in self.cfg.clusters

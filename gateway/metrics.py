@@ -96,6 +96,12 @@ class Metrics:
         self.uplink_errors = Counter(
             "gateway_uplink_errors", "Failed uplink attempts", ["cluster", "kind"], registry=r
         )
+        self.bad_acks = Counter(
+            "gateway_uplink_bad_acks",
+            "Batch answers without a valid signed acknowledgement (frame kept, retried)",
+            ["cluster"],
+            registry=r,
+        )
         self.attested = Gauge(
             "gateway_cluster_attested",
             "1 when the cluster's quote verified and its key is pinned",

@@ -10,9 +10,13 @@ Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
   attestation. Only then does the cluster get envelopes. A failure is counted
   and logged, and the cluster gets nothing until a later attestation passes.
 * ``POST {url}/v1/batches`` with the frame bytes as the body
-  (``application/octet-stream``). 2xx, or 409 for a duplicate, acknowledges
-  the batch (see :func:`acknowledged`); anything else is retried with
-  exponential backoff and full jitter.
+  (``application/octet-stream``). The frame is deleted from the spool only
+  on a 2xx answer carrying a signed acknowledgement (:mod:`tecc_contract.ack`)
+  of this gateway's seq and this exact frame's digest, signed by the ``sign``
+  key the cluster's verified quote binds (see :func:`judge_answer`). A 2xx
+  without one (an on-path responder, a cluster of an older version) is
+  counted in ``gateway_uplink_bad_acks_total`` and retried like any other
+  failure: exponential backoff, full jitter, attestation again.
 
 * ``POST {url}/v1/progress`` with a signed progress notice
   (:mod:`tecc_contract.progress`) every ``notice_interval_s`` while the link
@@ -21,6 +25,10 @@ Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
   this cluster. The edge value is read *before* the spool, and the agent
   publishes it only after the readings below it are spooled, so the claim
   never overtakes a reading. 200 acknowledges; anything else is retried.
+
+The order of attest, drain, idle and backoff is the sans-IO state machine
+:class:`~gateway.uplink_cycle.UplinkCycle`; :class:`ClusterLink` only does
+the I/O of each step and feeds the outcome back in.
 
 While a cluster answers, its backlog drains back-to-back (no pacing). The
 cluster is re-attested whenever new work arrives after the link was idle,
@@ -32,7 +40,9 @@ gap between two attestations would still be opaque to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import binascii
+import enum
 import json
 import logging
 import math
@@ -40,14 +50,18 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.config import ClusterConfig
 from gateway.errors import AttestationFailedError
 from gateway.metrics import Metrics
 from gateway.spool import PinnedKey, Spool
+from gateway.uplink_cycle import Backoff, Step, UplinkCycle
+from tecc_contract.ack import verify_ack
 from tecc_contract.attestation import (
     ClusterRegistry,
     Quote,
@@ -55,37 +69,113 @@ from tecc_contract.attestation import (
     VerifiedIdentity,
     rotated_from,
 )
-from tecc_contract.errors import AttestationError
+from tecc_contract.errors import AttestationError, ContractError
+from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger(__name__)
 _BATCH_READ: Final = 16
+_MAX_ANSWER: Final = 16 * 1024  # a batch answer is < 1 KiB; read no more
 _CONFLICT_HINT: Final = (
     "; the cluster holds different content under this seq: another gateway uses the "
     "same gateway_id, or this gateway's identity was reused with a restored spool"
 )
 
 
-def acknowledged(status: int, body: bytes) -> bool:
-    """Whether a ``POST /v1/batches`` answer means the cluster holds this batch.
+class Answer(enum.Enum):
+    """What a cluster's answer to ``POST /v1/batches`` means for the spooled frame."""
 
-    2xx (accepted, or an identical duplicate) acknowledges. 409 acknowledges
-    only a duplicate: a body naming the reason ``replay`` means the cluster
-    holds *different* bytes under this seq, which must never be treated as
-    delivered.
-    """
-    if 200 <= status < 300:
-        return True
-    if status != 409:
-        return False
+    ACKED = "acked"  # a valid signed acknowledgement of this exact frame: delete it
+    CONFLICT = "conflict"  # 409 replay: the cluster holds other bytes under this seq
+    REFUSED = "refused"  # any other non-2xx status
+    BAD_ACK = "bad_ack"  # 2xx without a valid acknowledgement of this frame
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckCheck:
+    """Who must have acknowledged what: the identities and key of one batch upload."""
+
+    gateway_id: str
+    cluster_id: str
+    key: Ed25519PublicKey
+
+
+def _reason(body: bytes) -> object:
     try:
-        reason = json.loads(body).get("reason")
-    except (ValueError, AttributeError):
-        return True
-    return bool(reason != "replay")
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc.get("reason") if isinstance(doc, dict) else None
 
 
-class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
-    """A transient failure: back off, re-attest, try again."""
+def judge_answer(
+    status: int, body: bytes, *, check: AckCheck, seq: int, frame: bytes
+) -> tuple[Answer, str]:
+    """Classify an answer to ``POST /v1/batches`` (sans-IO); the str says why.
+
+    Only :attr:`Answer.ACKED` lets the frame go. The body of a 2xx answer is
+    JSON with ``"ack"``: the base64 of a :mod:`tecc_contract.ack` message.
+    """
+    if status == 409 and _reason(body) == "replay":
+        return Answer.CONFLICT, f"409: {body[:200]!r}"
+    if not 200 <= status < 300:
+        return Answer.REFUSED, f"{status}: {body[:200]!r}"
+    try:
+        doc = json.loads(body)
+        raw = base64.b64decode(doc["ack"], validate=True)
+        verify_ack(
+            raw,
+            check.key,
+            gateway_id=check.gateway_id,
+            cluster_id=check.cluster_id,
+            seq=seq,
+            frame=frame,
+        )
+    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+        return Answer.BAD_ACK, f"{status} without a signed acknowledgement ({exc!r:.120})"
+    except ContractError as exc:
+        return Answer.BAD_ACK, f"{status} with an invalid acknowledgement: {exc}"
+    return Answer.ACKED, ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkOptions:
+    """Tunables of every cluster link (the agent builds one from its config)."""
+
+    gateway_id: str
+    expected_suite: str
+    reattest_s: float = 300.0
+    backoff: Backoff = field(default_factory=Backoff)
+    notice_interval_s: float = 0.25
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkClock:
+    """Time, jitter and nonces, passed in so tests are deterministic."""
+
+    now_ns: Callable[[], int] = time.time_ns
+    rand: Callable[[], float] = random.random
+    nonce_bytes: Callable[[int], bytes] = os.urandom
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressHooks:
+    """Where progress notices come from: the agent's edge and its notice signer."""
+
+    edge: Callable[[], int]
+    notice: Callable[[str, int, int], bytes]
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, or its first ``cap`` bytes (an answer is never that long)."""
+    chunks: list[bytes] = []
+    left = cap
+    while left > 0:
+        chunk = await resp.content.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def follows_rotation(pinned: PinnedKey, key: PinnedKey, ident: VerifiedIdentity) -> bool:
@@ -101,6 +191,14 @@ def follows_rotation(pinned: PinnedKey, key: PinnedKey, ident: VerifiedIdentity)
     )
 
 
+class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
+    """A transient failure: back off, re-attest, try again; ``kind`` is the metric label."""
+
+    def __init__(self, message: str, kind: str = "transport") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class ClusterLink:
     """Sends one cluster its envelopes, in seq order, after verifying its quote."""
 
@@ -113,44 +211,37 @@ class ClusterLink:
         metrics: Metrics,
         session: aiohttp.ClientSession,
         on_pin: Callable[[PinnedKey], None],
-        expected_suite: str,
-        reattest_s: float = 300.0,
-        backoff_min_s: float = 0.2,
-        backoff_max_s: float = 30.0,
-        now_ns: Callable[[], int] = time.time_ns,
-        rand: Callable[[], float] = random.random,
-        nonce_bytes: Callable[[int], bytes] = os.urandom,
-        edge: Callable[[], int] | None = None,
-        notice: Callable[[str, int, int], bytes] | None = None,
-        notice_interval_s: float = 0.25,
+        options: UplinkOptions,
+        progress: ProgressHooks | None = None,
+        clock: UplinkClock | None = None,
         registry: ClusterRegistry | None = None,
     ) -> None:
         self.cfg = cfg
-        self._registry = registry
+        self._registry = registry  # N clusters: N distinct service ids and keys
         self.index = cfg.index
         self._spool = spool
         self._verifier = verifier
         self._metrics = metrics
         self._http = session
         self._on_pin = on_pin
-        self._suite = expected_suite
-        self._reattest_s = reattest_s
-        self._bmin, self._bmax = backoff_min_s, backoff_max_s
-        self._now_ns = now_ns
-        self._rand = rand
-        self._nonce = nonce_bytes
-        self._edge = edge
-        self._notice = notice
-        self._notice_every = notice_interval_s
+        self._opts = options
+        self._progress_hooks = progress
+        self._clock = clock or UplinkClock()
+        self.cycle = UplinkCycle(reattest_s=options.reattest_s, backoff=options.backoff)
+        self._ack_check: AckCheck | None = None  # from the last verified quote
         self._noticed = -math.inf  # monotonic time of the last acknowledged notice
         self.through_ns = 0  # last progress this cluster acknowledged
         self.wake = asyncio.Event()
-        self.attested_at: float | None = None
         self.last_error: str | None = None
+
+    @property
+    def attested_at(self) -> float | None:
+        """Monotonic time of the last successful attestation (None while not attested)."""
+        return self.cycle.attested_at
 
     async def attest(self) -> PinnedKey:
         """Fetch and verify a fresh quote; return the (pinned) cluster key."""
-        nonce = self._nonce(32)
+        nonce = self._clock.nonce_bytes(32)
         url = f"{self.cfg.url}/attestation"
         async with self._http.get(url, params={"nonce": nonce.hex()}) as resp:
             if resp.status != 200:
@@ -159,7 +250,11 @@ class ClusterLink:
         try:
             quote = Quote.from_bytes(body)
             ident = self._verifier.verify(
-                quote, nonce=nonce, now_ns=self._now_ns(), role=self.cfg.role
+                quote,
+                nonce=nonce,
+                now_ns=self._clock.now_ns(),
+                role=self.cfg.role,
+                service_id=self.cfg.service_id,
             )
         except AttestationError as exc:
             raise AttestationFailedError(str(exc)) from exc
@@ -169,15 +264,23 @@ class ClusterLink:
                 f"{self.cfg.service_id!r}"
             )
         if self._registry is not None:
-            try:  # N clusters: N distinct service ids and keys
+            try:
                 self._registry.claim(self.index, ident)
             except AttestationError as exc:
                 raise AttestationFailedError(str(exc)) from exc
         hpke = ident.keys.get("hpke")
-        if hpke is None or ident.hpke_suite != self._suite:
+        if hpke is None or ident.hpke_suite != self._opts.expected_suite:
             raise AttestationFailedError(
-                f"cluster {self.index} offers no {self._suite} HPKE key in its quote"
+                f"cluster {self.index} offers no {self._opts.expected_suite} HPKE key in its quote"
             )
+        sign = ident.keys.get("sign")
+        try:
+            ack_key = ed25519_public_from_bytes(b"" if sign is None else sign)
+        except ContractError as exc:
+            raise AttestationFailedError(
+                f"cluster {self.index} binds no Ed25519 'sign' key in its quote, so its "
+                "acknowledgements cannot be verified"
+            ) from exc
         key = PinnedKey(self.index, ident.service_id, ident.hpke_suite, hpke)
         pinned = (await asyncio.to_thread(self._spool.pins)).get(self.index)
         if pinned is None:
@@ -194,52 +297,59 @@ class ClusterLink:
             raise AttestationFailedError(
                 f"cluster {self.index} ({ident.service_id}) presents a different HPKE key than "
                 "the one pinned at enrolment; if the cluster was legitimately re-keyed, run "
-                f"`gateway reenrol --cluster {self.index}` (unsent batches sealed to the old key "
-                "are then dropped)"
+                f"`tecc-gateway reenrol --cluster {self.index}` (unsent batches sealed to the "
+                "old key are then dropped)"
             )
+        self._ack_check = AckCheck(
+            gateway_id=self._opts.gateway_id, cluster_id=ident.service_id, key=ack_key
+        )
         return key
 
     async def run(self) -> None:
-        """Forever: attest, drain, back off on failure. Cancel to stop."""
-        failures = 0
-        recheck = False
+        """Forever: attest, drain, idle, back off on failure (:class:`UplinkCycle`)."""
+        cycle = self.cycle
         while True:
             try:
-                if (
-                    recheck
-                    or self.attested_at is None
-                    or (time.monotonic() - self.attested_at > self._reattest_s)
-                ):
-                    await self.attest()
-                    recheck = False
-                    self.attested_at = time.monotonic()
-                    self._metrics.attested.labels(str(self.index)).set(1)
-                sent = await self._drain()
-                await self._progress()
-                failures = 0
-                self.last_error = None
-                if not sent:
-                    self.wake.clear()
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                    # cancellation that races with the event being set.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(1.0, self._notice_every)):
-                            await self.wake.wait()
-                        recheck = True  # new work after idling: prove identity again
-                continue
+                await self._step(cycle.step)
             except AttestationFailedError as exc:
                 self._fail("attestation", str(exc))
                 self._metrics.attestation_failures.labels(str(self.index)).inc()
                 log.error("cluster %d: attestation failed, sending nothing: %s", self.index, exc)
+                cycle.refused(self._clock.rand())
             except (_Retry, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self._fail("transport", f"{type(exc).__name__}: {exc}")
+                kind = exc.kind if isinstance(exc, _Retry) else "transport"
+                self._fail(kind, f"{type(exc).__name__}: {exc}")
                 log.warning("cluster %d: %s: %s; retrying", self.index, type(exc).__name__, exc)
-            failures += 1
-            delay = min(self._bmax, self._bmin * 2 ** min(failures, 20))
-            await asyncio.sleep(delay * self._rand())
+                cycle.failed(self._clock.rand())
+
+    async def _step(self, step: Step) -> None:
+        """Do the I/O of one step and feed its outcome to the cycle."""
+        cycle = self.cycle
+        if step is Step.ATTEST:
+            await self.attest()
+            cycle.attested(time.monotonic())
+            self._metrics.attested.labels(str(self.index)).set(1)
+        elif step is Step.DRAIN:
+            sent = await self._drain()
+            await self._progress()
+            self.last_error = None
+            cycle.drained(sent, time.monotonic())
+        elif step is Step.IDLE:
+            self.wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that races with the event being set.
+            try:
+                async with asyncio.timeout(min(1.0, self._opts.notice_interval_s)):
+                    await self.wake.wait()
+            except TimeoutError:
+                cycle.timed_out(time.monotonic())
+            else:
+                cycle.woken()  # new work after idling: prove identity again
+        else:
+            await asyncio.sleep(cycle.delay_s)
+            cycle.waited()
 
     def _fail(self, kind: str, message: str) -> None:
-        self.attested_at = None
         self.last_error = message
         self._metrics.attested.labels(str(self.index)).set(0)
         self._metrics.uplink_errors.labels(str(self.index), kind).inc()
@@ -253,34 +363,46 @@ class ClusterLink:
                 return sent
             await self._progress()
             for seq, frame in pending:
-                async with self._http.post(
-                    f"{self.cfg.url}/v1/batches",
-                    data=frame,
-                    headers={"Content-Type": "application/octet-stream"},
-                ) as resp:
-                    status = resp.status
-                    body = await resp.read() if status != 200 else b""
-                if not acknowledged(status, body):
-                    kind = "conflict" if status == 409 else "refused"
-                    raise _Retry(
-                        f"POST /v1/batches seq {seq} answered {status} ({kind}): {body[:200]!r}"
-                        + (_CONFLICT_HINT if kind == "conflict" else "")
-                    )
+                await self._send(seq, frame)
                 await asyncio.to_thread(self._spool.ack, self.index, seq)
                 self._metrics.sent.labels(str(self.index)).inc()
                 sent += 1
 
+    async def _send(self, seq: int, frame: bytes) -> None:
+        """POST one frame; return only if the cluster signed an acknowledgement of it."""
+        check = self._ack_check
+        if check is None:
+            raise _Retry("no attested acknowledgement key yet")
+        async with self._http.post(
+            f"{self.cfg.url}/v1/batches",
+            data=frame,
+            headers={"Content-Type": "application/octet-stream"},
+        ) as resp:
+            status = resp.status
+            body = await _read_capped(resp, _MAX_ANSWER)
+        answer, why = judge_answer(status, body, check=check, seq=seq, frame=frame)
+        if answer is Answer.ACKED:
+            return
+        if answer is Answer.BAD_ACK:
+            self._metrics.bad_acks.labels(str(self.index)).inc()
+        raise _Retry(
+            f"POST /v1/batches seq {seq} answered {why} ({answer.value}); frame kept"
+            + (_CONFLICT_HINT if answer is Answer.CONFLICT else ""),
+            answer.value,
+        )
+
     async def _progress(self) -> None:
         """Declare this cluster's delivered-through time, at most every ``notice_interval_s``."""
-        if self._edge is None or self._notice is None:
+        hooks = self._progress_hooks
+        if hooks is None:
             return
-        if time.monotonic() - self._noticed < self._notice_every:
+        if time.monotonic() - self._noticed < self._opts.notice_interval_s:
             return
-        edge = self._edge()  # first: readings below it are spooled by now
+        edge = hooks.edge()  # first: readings below it are spooled by now
         oldest = await asyncio.to_thread(self._spool.pending_min_ts, self.index)
-        now = self._now_ns()
+        now = self._clock.now_ns()
         through = max(0, min(edge, now) if oldest is None else min(edge, oldest, now))
-        frame = self._notice(self.cfg.service_id, through, now)
+        frame = hooks.notice(self.cfg.service_id, through, now)
         async with self._http.post(
             f"{self.cfg.url}/v1/progress",
             data=frame,

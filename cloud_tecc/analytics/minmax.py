@@ -15,6 +15,11 @@ two product rounds — 9 rounds per factor 4 instead of 16, for a few thousand
 extra comparisons. The max tree runs as a min tree on negated values. Short
 groups are padded with the public constant ``±PAD`` (beyond every value
 ``|x| < 2^62``), which never wins. Every step is exact.
+
+This is the one segmented min/max: the analytics program batches the first
+level's comparison into its shared comparison round (:func:`segment_minmax`);
+:func:`segment_min_max` runs it standalone on any :class:`Ops` (plaintext or
+shares, e.g. :class:`~cloud_tecc.analytics.secure.MpcOps` over a ``Party``).
 """
 
 from __future__ import annotations
@@ -117,3 +122,18 @@ async def segment_minmax(
         n = int(new[: len(lengths)].sum())
         vmin, vmax, lengths = both[:n], _U64(0) - both[n:], new[: len(lengths)]
     return vmin, vmax
+
+
+async def segment_min_max(ops: Ops, x: RingArray, lengths: IntArray) -> tuple[RingArray, RingArray]:
+    """Min and max of each contiguous segment of ``x`` (public ``lengths`` >= 1).
+
+    Requires |x| < 2^62. The first level's comparison runs here (8 rounds);
+    inside a larger program prefer :func:`segment_minmax` and batch it.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if (lengths < 1).any() or int(lengths.sum()) != len(x):
+        raise ValueError("segment lengths must be >= 1 and add up to the number of elements")
+    level = segment_pairs(lengths)
+    left, right = level[0], level[1]
+    c = await ops.ltz(_cat([x[left] - x[right]])) if len(left) else np.zeros(0, _U64)
+    return await segment_minmax(ops, x, lengths, c, level)

@@ -6,8 +6,8 @@ attest) and admits exactly their attested Ed25519 keys to its WebSocket
 before they accept its key in the handshake. Every
 ``attestation.reattest_s`` the dealer asks each party for a fresh quote: a
 party that no longer attests (or attests with other keys) is cut off until it
-does again. The batch plan is sized to the
-analytics program's mix per reading, derived from the (measured) policy.
+does again. The batch plan is traced from a dry run of the analytics program
+under the (measured) policy (:mod:`cloud_tecc.dealer.plan`).
 """
 
 from __future__ import annotations
@@ -20,42 +20,17 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Counter, Gauge
 
-from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.config import DealerConfig, parse_hostport
+from cloud_tecc.dealer.plan import plan_for
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import PeerError
-from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer_server import DealerService
 from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.service.base import ServiceBase
 from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger("cloud_tecc.dealer")
-
-
-def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
-    """A dealer batch sized for ``readings`` readings of the analytics program.
-
-    Per reading the program needs: a square and two more products, four
-    truncations (y², mean, second moment, squares of mean and deviation take
-    six) and one z-score comparison; min/max trees about 1.5 comparisons and
-    products; limits, rate of change and fleet statistics one more each
-    (fleet: a product and a truncation). A few percent headroom on top.
-    """
-    triples, truncs, cmps = 3.0, 6.0, 1.0
-    if policy.allows(Release.MIN) or policy.allows(Release.MAX):
-        triples, cmps = triples + 1.5, cmps + 1.5
-    if policy.limits and policy.allows(Release.LIMIT_ALERTS):
-        triples, cmps = triples + 1, cmps + 1
-    if policy.rates and policy.allows(Release.RATE_ALERTS):
-        triples, cmps = triples + 1, cmps + 1
-    if policy.fleet.classes and policy.allows(Release.FLEET):
-        triples, truncs = triples + 1, truncs + 1
-    scale = 1.05 * readings
-    return Plan(
-        triples=int(triples * scale), truncs=int(truncs * scale), comparisons=int(cmps * scale)
-    )
 
 
 class DealerProcess(ServiceBase):
@@ -111,9 +86,11 @@ class DealerProcess(ServiceBase):
                     log.warning("party %s not admitted: %s", ep.service_id, exc)
             if len(keys) < len(self.dcfg.parties):
                 await asyncio.sleep(1.0)
+        plan = await asyncio.to_thread(plan_for, self.cfg.policy, self.dcfg.batch_readings)
+        log.info("dealer plan traced for %d readings: %s", self.dcfg.batch_readings, plan)
         self.dealer = DealerService(
             n=len(keys),
-            plan=plan_for(self.cfg.policy, self.dcfg.batch_readings),
+            plan=plan,
             key=self.enclave.keys.sign,
             party_keys=keys,
             depth=self.dcfg.depth,

@@ -13,7 +13,7 @@ Public API (stable)::
     # 7 rounds: await party.msb(x); party.lt(x, y); party.lt_public(x, c)  → 0/1 shares
     # 8 rounds: await party.min(x, y); party.max(x, y)
     # 8·⌈log2 k⌉ rounds: await party.tree_min(x); party.tree_max(x)   (over the last axis)
-    #                    await party.segment_min(x, counts); party.segment_max(x, counts)
+    # (segmented min/max over ragged windows: cloud_tecc.analytics.minmax, on MpcOps)
     # output: party.open_to(x, output_public_key, context=...) → ciphertext
     #         reconstruct_output(ciphertexts, output_private_key, context=...)  (output side)
 
@@ -24,7 +24,7 @@ Shares are uint64 numpy arrays holding fixed-point values with ``frac_bits``
 fraction bits (:class:`tecc_contract.fixedpoint.FixedPoint`). Transports:
 :class:`MemoryNetwork` (in-process) and :class:`cloud_tecc.mpc.transport_ws.WsTransport`
 (aiohttp WebSockets, Ed25519-authenticated, optional TLS). Correlations:
-:class:`LocalDealer` (in-process) or :class:`cloud_tecc.mpc.dealer_client.RemoteSource`
+:class:`LocalDealer` (in-process) or :class:`cloud_tecc.mpc.dealer_client.DealerLink`
 fetching from :class:`cloud_tecc.mpc.dealer_server.DealerService`. Security
 argument, round counts and figures: ``docs/MPC.md``.
 """

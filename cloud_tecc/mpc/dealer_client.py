@@ -1,39 +1,70 @@
-"""A party's connection to the dealer service: fetch, expand and store batches.
+"""The one dealer client: a party's correlation source on the dealer service.
 
-``prefetch(k)`` is the offline phase (fetch and materialise ``k`` batches
-before the online phase); ``take`` fetches more on demand if the program needs
-more than was prefetched. Expansion of seeds runs in a worker thread.
+It reads ahead, and it resumes after a restart of either side by alignment.
+Cluster parties (:mod:`cloud_tecc.party.coordinator`) and the benchmark
+deployment (:mod:`bench.mesh.node`) both use it.
+
+Correlations only work if the k-th element of a kind lines up at every party.
+After a restart of a party (or of the dealer) the parties' positions in the
+dealer's batch sequence differ, so every MPC session starts with
+:meth:`DealerLink.align`: both parties drop what they hold, report the
+sequence number of the next batch they will use, and the one behind skips
+batches until both stand at the same one.
+
+A reader task receives, decodes and expands (seed expansion, in a worker
+thread) the next batches ahead of use, so network, parsing and the party's
+offline work overlap the computation. It expands :data:`GROUP` batches at a
+time into joined arrays and hands out each batch as a view of them, so a
+``take`` that spans consecutive batches of a group is a view, not a copy.
+The correlation store still changes only
+inside :meth:`take`, in program order, so every party's store — including the
+trimming of kinds the program uses less than the dealer's plan provides — is
+a function of the program alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import ssl
+import time
+from typing import Final
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.bundle_wire import decode_batch
-from cloud_tecc.mpc.correlations import Batch, Kind
+from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
 from cloud_tecc.mpc.dealer_server import REQUEST
-from cloud_tecc.mpc.errors import CorrelationError
+from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
+from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.source import CorrelationStore
-from cloud_tecc.mpc.wslink import RandomBytes
+
+#: Batches received and expanded ahead of use (a batch of the default plan for
+#: 20,000 readings expands to about 13 MB).
+READ_AHEAD: Final = 8
+#: Batches expanded together (a take within them needs no copy).
+GROUP: Final = 4
+_Item = tuple[int, list[Batch]] | BaseException
 
 
-class RemoteSource:
-    """Correlation source backed by a :class:`~cloud_tecc.mpc.dealer_server.DealerService`."""
+class DealerLink:
+    """Implements the engine's ``CorrelationSource`` over an authenticated dealer socket."""
 
     def __init__(self, party: int, frac_bits: int, wait_s: float) -> None:
         self.party = party
-        self.store = CorrelationStore(party, frac_bits)
+        self.frac_bits = frac_bits
         self.wait_s = wait_s
+        self.store = CorrelationStore(party, frac_bits)
         self._session: aiohttp.ClientSession | None = None
         self._ws: wslink.Link | None = None
-        self._lock = asyncio.Lock()
-        self._seq: int | None = None  # next expected batch; a reconnect resumes anywhere
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=READ_AHEAD)
+        self._reader: asyncio.Task[None] | None = None
+        self._head: tuple[int, list[Batch]] | None = None
+        self.fetched = 0
+        self.wait_s_total = 0.0
+        self._peak: dict[Kind, int] = {}
 
     @classmethod
     async def connect(
@@ -45,63 +76,138 @@ class RemoteSource:
         dealer_key: Ed25519PublicKey,
         frac_bits: int = 16,
         wait_s: float = 60.0,
-        random_bytes: RandomBytes = os.urandom,
         tls: ssl.SSLContext | None = None,
-    ) -> RemoteSource:
-        """Connect and authenticate to the dealer at ``url`` (path ``/dealer``).
+        suite: LinkSuite = LinkSuite.X25519,
+    ) -> DealerLink:
+        """Connect and authenticate (the dealer's key comes from its verified quote).
 
         Pass ``tls`` (and an ``https://`` URL) outside one host: the dealer link
         carries the masks, which an eavesdropper could combine with openings.
         """
         self = cls(party, frac_bits, wait_s)
-        self._session, self._ws = await wslink.connect_dealer(
-            url,
-            party=party,
-            key=key,
-            dealer_key=dealer_key,
-            wait_s=wait_s,
-            random_bytes=random_bytes,
-            tls=tls,
+        self._session, ws = await wslink.connect_dealer(
+            url, party=party, key=key, dealer_key=dealer_key, wait_s=wait_s, tls=tls, suite=suite
         )
+        self._ws = ws
+        self._reader = asyncio.create_task(self._read_ahead(ws))
         return self
 
-    async def fetch(self, batches: int = 1) -> None:
-        """Fetch ``batches`` batches and expand them into the store.
+    async def _read_ahead(self, ws: wslink.Link) -> None:
+        """Receive and expand batches ahead of use; a failure is queued after them.
 
-        All requests go out first, so the dealer streams the batches while this
-        side expands the earlier ones (expansion runs in a worker thread).
+        Batches received before the link failed are still handed out (a dealer
+        that serves a fixed number of batches and closes is not an error until
+        the program asks for more).
         """
-        async with self._lock:
-            assert self._ws is not None
-            for _ in range(batches):
-                await self._ws.send(REQUEST)
-            for _ in range(batches):
-                data = await self._ws.receive(self.wait_s, "a dealer batch")
-                seq, bundles = decode_batch(data, party=self.party)
-                if self._seq is not None and seq != self._seq:
-                    raise CorrelationError(f"dealer sent batch {seq}, expected {self._seq}")
-                self._seq = seq + 1
-                for b in bundles:
-                    await asyncio.to_thread(self.store.add_bundle, b)
+        failure: BaseException | None = None
+        try:
+            for _ in range(GROUP):
+                await ws.send(REQUEST)
+        except Exception as exc:
+            failure = exc
+        while failure is None:
+            frames = []
+            try:
+                for _ in range(GROUP):
+                    frames.append(await ws.receive(self.wait_s, "a dealer batch"))
+                    await ws.send(REQUEST)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = exc
+            try:
+                items = await asyncio.to_thread(self._expand, frames) if frames else []
+            except Exception as exc:
+                items, failure = [], exc
+            self.fetched += len(items)
+            for item in items:
+                await self._queue.put(item)
+        await self._queue.put(failure)
+
+    def _expand(self, frames: list[bytes]) -> list[tuple[int, list[Batch]]]:
+        """Decode consecutive frames and expand each kind of all of them at once."""
+        decoded = [decode_batch(data, party=self.party) for data in frames]
+        by_kind: dict[Kind, list[Bundle]] = {}
+        for _, bundles in decoded:
+            for b in bundles:
+                self.store.check(b)
+                by_kind.setdefault(b.kind, []).append(b)
+        joined = {k: materialise_many(bs) for k, bs in by_kind.items()}
+        pos = dict.fromkeys(joined, 0)
+        out = []
+        for seq, bundles in decoded:
+            views = []
+            for b in bundles:
+                views.append(joined[b.kind].slice(pos[b.kind], pos[b.kind] + b.count))
+                pos[b.kind] += b.count
+            out.append((seq, views))
+        return out
+
+    async def _next(self) -> tuple[int, list[Batch]]:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)
+            raise PeerLostError(f"dealer link failed: {item}") from item
+        return item
+
+    async def next_seq(self) -> int:
+        """Sequence number of the next batch this party will use."""
+        if self._head is None:
+            self._head = await self._next()
+        return self._head[0]
+
+    async def align(self, target: int) -> None:
+        """Drop everything held and skip batches until the next one is ``target``."""
+        self.store = CorrelationStore(self.party, self.frac_bits)
+        self._peak = {}
+        if self._head is None:
+            self._head = await self._next()
+        while self._head[0] < target:
+            self._head = await self._next()
+        if self._head[0] != target:
+            raise CorrelationError(f"dealer is at batch {self._head[0]}, beyond {target}")
 
     async def prefetch(self, batches: int) -> None:
-        """Offline phase: fetch and expand ``batches`` batches now."""
-        if batches > 0:
-            await self.fetch(batches)
+        """Offline phase: move the next ``batches`` batches into the store now.
+
+        Every party calls it at the same point (before the program), so the
+        store stays a function of the program; nothing is trimmed here.
+        """
+        for _ in range(batches):
+            await self._fetch(None)
+
+    async def _fetch(self, wanted: Kind | None) -> None:
+        t0 = time.perf_counter()
+        head = self._head if self._head is not None else await self._next()
+        self._head = None
+        for b in head[1]:
+            self.store.add_batch(b)
+            # Kinds the program uses less than the dealer's plan provides would pile
+            # up; keep at most twice the larger of a batch and the biggest request seen.
+            # Both parties reach this point in the same program state.
+            if wanted is not None and b.kind is not wanted:
+                cap = 2 * max(b.count, self._peak.get(b.kind, 0))
+                excess = self.store.available(b.kind) - cap
+                if excess > 0:
+                    self.store.take(b.kind, excess)
+        self.wait_s_total += time.perf_counter() - t0
 
     async def take(self, kind: Kind, count: int) -> Batch:
-        """Next ``count`` correlations of ``kind``, fetching batches while short."""
+        """Next ``count`` correlations of ``kind``, using batches while short."""
+        self._peak[kind] = max(self._peak.get(kind, 0), count)
         while self.store.available(kind) < count:
             before = self.store.available(kind)
-            await self.fetch()
+            await self._fetch(kind)
             if self.store.available(kind) == before:
-                raise CorrelationError(
-                    f"the dealer's plan has no {kind} correlations; add them to its plan"
-                )
+                raise CorrelationError(f"the dealer's plan has no {kind} correlations")
         return self.store.take(kind, count)
 
     async def close(self) -> None:
-        """Close the dealer connection."""
+        """Stop reading ahead and close the dealer connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         if self._ws is not None:
             await self._ws.close()
         if self._session is not None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
 from cloud_tecc.mpc import arith, compare, convert, select
 from cloud_tecc.mpc.bits import U8
@@ -227,20 +226,6 @@ class Party:
     async def tree_max(self, x: RingArray) -> RingArray:
         """Maximum over the last axis of a 1-D or 2-D array; 8·⌈log2 k⌉ rounds."""
         return await self._tree(x, want_max=True)
-
-    async def segment_min(self, x: RingArray, counts: npt.ArrayLike) -> RingArray:
-        """Minimum of each ragged segment of the 1-D ``x``; ``counts`` (public) are their lengths.
-
-        Requires |x| < 2^62; costs a tree over ``max(counts)`` columns (padded cells
-        are compared too): 8·⌈log2 max(counts)⌉ rounds.
-        """
-        grid = select.segment_grid(self.ctx, _ring(x), counts, want_max=False)
-        return await self._tree(grid, want_max=False)
-
-    async def segment_max(self, x: RingArray, counts: npt.ArrayLike) -> RingArray:
-        """Maximum of each ragged segment of the 1-D ``x`` (see :meth:`segment_min`)."""
-        grid = select.segment_grid(self.ctx, _ring(x), counts, want_max=True)
-        return await self._tree(grid, want_max=True)
 
     async def _tree(self, x: RingArray, *, want_max: bool) -> RingArray:
         arr = np.asarray(x)

@@ -9,12 +9,10 @@ the same rounds: ``8·⌈log2 k⌉`` rounds.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from cloud_tecc.mpc.arith import mul
 from cloud_tecc.mpc.compare import lt
 from cloud_tecc.mpc.correlations import Batch
-from cloud_tecc.mpc.errors import MpcParameterError
 from cloud_tecc.mpc.protocol import Ctx, Proto
 from tecc_contract.ring import RingArray
 
@@ -65,28 +63,3 @@ def tree_reduce(
         red = (yield from op(ctx, lo, hi, cb, t)).reshape(cur.shape[0], half)
         cur = np.concatenate([red, cur[:, 2 * half :]], axis=1) if k % 2 else red
     return cur[:, 0].copy()
-
-
-#: Padding for ragged segments: beyond every value the engine's comparisons accept
-#: (|x| < 2^62), so it never wins a min (or, negated, a max).
-SEGMENT_PAD = (1 << 62) - 1
-
-
-def segment_grid(ctx: Ctx, x: RingArray, counts: npt.ArrayLike, *, want_max: bool) -> RingArray:
-    """Lay ragged segments (public ``counts``) out as rows of an ``(m, max count)`` grid.
-
-    Missing cells hold a share of the public padding (``+SEGMENT_PAD`` for min,
-    ``−SEGMENT_PAD`` for max), so a row's min/max is its segment's.
-    """
-    c = np.asarray(counts, dtype=np.int64).reshape(-1)
-    if c.size == 0 or (c < 1).any() or int(c.sum()) != x.shape[0]:
-        raise MpcParameterError("segment counts must be >= 1 and add up to the number of elements")
-    pad = np.uint64(0)
-    if ctx.leader:
-        pad = np.int64(-SEGMENT_PAD if want_max else SEGMENT_PAD).astype(np.uint64)
-    grid = np.full((c.size, int(c.max())), pad, dtype=np.uint64)
-    starts = np.cumsum(c) - c
-    rows = np.repeat(np.arange(c.size), c)
-    cols = np.arange(x.shape[0]) - np.repeat(starts, c)
-    grid[rows, cols] = x
-    return grid

@@ -49,6 +49,10 @@ class MemoryNetwork:
         """Party ``party``'s transport."""
         return MemoryTransport(self, party)
 
+    def queue(self, src: int, dst: int) -> asyncio.Queue[object]:
+        """The queue of messages from party ``src`` to party ``dst``."""
+        return self._queues[(src, dst)]
+
 
 class MemoryTransport:
     """In-memory transport for tests and single-process runs (no copies of payloads)."""
@@ -60,12 +64,12 @@ class MemoryTransport:
     async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
         """Deliver to each peer's queue, then wait for each peer's message of this round."""
         for dst, data in outgoing.items():
-            self._net._queues[(self.party, dst)].put_nowait((round_id, data))
+            self._net.queue(self.party, dst).put_nowait((round_id, data))
         got: dict[int, Payload] = {}
         for src in outgoing:
             try:
                 async with asyncio.timeout(self._net.timeout):
-                    item = await self._net._queues[(src, self.party)].get()
+                    item = await self._net.queue(src, self.party).get()
             except TimeoutError as exc:
                 raise PeerLostError(
                     f"party {src} sent nothing for round {round_id} within "
@@ -87,4 +91,4 @@ class MemoryTransport:
         """Tell every peer this party is gone."""
         for dst in range(self._net.n):
             if dst != self.party:
-                self._net._queues[(self.party, dst)].put_nowait(_CLOSED)
+                self._net.queue(self.party, dst).put_nowait(_CLOSED)

@@ -12,12 +12,14 @@ other redo it); party 0 proposes the next closed epoch and its batches; party
 1 confirms that it holds exactly those batches (none missing, none extra) and
 that the epoch is closed by its own gateways' progress notices too, so a
 party that missed notices or batches while it was down can never make the
-pair compute an epoch without readings the other one holds. Then both run
-the secure program and commit the epoch, the new stream states and the
-result message (shares for the output service) in one transaction;
-:meth:`Coordinator.deliver` drains that outbox, encrypting each message to
-the attested output key. Any fault ends the session; the next session starts
-from the durable state.
+pair compute an epoch without readings the other one holds. (The order of
+these steps is the state machine
+:class:`~cloud_tecc.party.agreement.EpochAgreement`; this class exchanges the
+messages and feeds it the outcomes.) Then both run the secure program and
+commit the epoch, the new stream states and the result message (shares for
+the output service) in one transaction; :meth:`Coordinator.deliver` drains
+that outbox, encrypting each message to the attested output key. Any fault
+ends the session; the next session starts from the durable state.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import logging
 import os
 import time
@@ -38,6 +41,7 @@ from cloud_tecc.config import PartyConfig, parse_hostport
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, reattest
 from cloud_tecc.errors import CloudError, PeerError
+from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
 from cloud_tecc.mpc.handshake import LinkSuite
@@ -45,7 +49,7 @@ from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
-from cloud_tecc.party.dealer_link import DealerLink
+from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.epochs import (
     Key,
     ProgressTracker,
@@ -69,6 +73,16 @@ log = logging.getLogger("cloud_tecc.party.coordinator")
 CONTROL_ROUND: Final = 0
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
+SHARD: Final = "all"  # one shard per party process today (see agreement.py)
+
+
+class Session(enum.Enum):
+    """The MPC session of a party, as ``/healthz`` shows it."""
+
+    STARTING = "starting"
+    ATTESTING = "attesting"
+    RUNNING = "running"
+    WAITING = "waiting"  # the last session ended; retrying
 
 
 class Coordinator:
@@ -90,7 +104,9 @@ class Coordinator:
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
         self.peer = 1 - cfg.party
-        self.state = "starting"
+        self.session = Session.STARTING
+        self._session_error = ""
+        self.agreement = EpochAgreement(shard=SHARD, party=cfg.party)
         self._since_prune = 0
         self._outbox = asyncio.Event()
         self._waiting_for: tuple[int, str] = (0, "")
@@ -122,6 +138,13 @@ class Coordinator:
             "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
         )
 
+    @property
+    def state(self) -> str:
+        """The session for ``/healthz``: ``running``, or ``waiting: <why>``, ..."""
+        if self.session is Session.WAITING:
+            return f"waiting: {self._session_error}"
+        return str(self.session.value)
+
     async def run(self) -> None:
         """Session loop: never returns; failures are logged and retried."""
         while True:
@@ -129,16 +152,16 @@ class Coordinator:
                 await self._session()
             except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.sessions.labels(type(exc).__name__).inc()
-                state = f"waiting: {exc}"
                 # Repeated identical failures (a peer that keeps failing attestation) are
                 # logged once, then at debug level.
-                (log.warning if state != self.state else log.debug)("MPC session ended: %s", exc)
-                self.state = state
+                again = self.session is Session.WAITING and self._session_error == str(exc)
+                (log.debug if again else log.warning)("MPC session ended: %s", exc)
+                self.session, self._session_error = Session.WAITING, str(exc)
             await asyncio.sleep(1.0)
 
     async def _session(self) -> None:
         cfg = self.cfg
-        self.state = "attesting"
+        self.session = Session.ATTESTING
         peer = await self.directory.identity(cfg.peers[self.peer], "party")
         dealer = await self.directory.identity(cfg.dealer, "dealer")
         addresses = {
@@ -170,7 +193,7 @@ class Coordinator:
             theirs = await self._control(mesh, {"seq": mine}, SeqMessage)
             await link.align(max(mine, theirs.seq))
             self.sessions.labels("started").inc()
-            self.state = "running"
+            self.session = Session.RUNNING
             log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
@@ -191,36 +214,52 @@ class Coordinator:
         return decode(bytes(got[self.peer]), reply)
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
-        """One agreement round; returns True if an epoch was computed."""
+        """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.
+
+        A round that raises leaves the agreement FAILED; the next round restarts
+        it from the durable state.
+        """
+        if self.agreement.phase is Phase.FAILED:
+            self.agreement.restart()
+        try:
+            return await self._round(mesh, link)
+        except BaseException:
+            if self.agreement.phase is not Phase.FAILED:
+                self.agreement.fault()
+            raise
+
+    async def _round(self, mesh: Transport, link: CorrelationSource) -> bool:
+        agreement = self.agreement
         wm = await asyncio.to_thread(self.store.watermark)
         other = await self._control(mesh, {"wm": wm}, WatermarkMessage)
-        base = min(wm, other.wm)
+        base = agreement.watermarks(wm, other.wm)
         if wm > base:
             log.info("rewinding to the common watermark %d", base)
             await asyncio.to_thread(self.store.rewind, base)
         self.watermark_ns = base
-        leader = self.cfg.party == 0
         prop_doc: dict[str, Any] = {}
-        prop: Proposal | None = None
-        if leader:
-            prop = await asyncio.to_thread(self._propose, base)
-            prop_doc = {"proposal": prop.to_json() if prop else None}
+        mine: Proposal | None = None
+        if agreement.leader:
+            mine = await asyncio.to_thread(self._propose, base)
+            prop_doc = {"proposal": mine.to_json() if mine else None}
         got = await self._control(mesh, prop_doc, ProposalMessage)
-        if not leader:
-            prop = got.proposal.to_proposal() if got.proposal else None
+        theirs = got.proposal.to_proposal() if got.proposal else None
+        prop = mine if agreement.leader else theirs
+        agreement.proposed(prop)
         if prop is None:
             return False
-        why, orphans = await asyncio.to_thread(self._check, prop, leader)
+        why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
         verdict = {"ok": not why, "orphans": [list(k) for k in orphans]}
         ack = await self._control(mesh, verdict, VerdictMessage)
-        if leader:
+        if agreement.leader:
             self._note_orphans(ack.orphan_keys)
-        if why or not ack.ok:
+        if not agreement.verdicts(mine=not why, theirs=ack.ok):
             if why and self._waiting_for != (prop.start_ns, why):
                 self._waiting_for = (prop.start_ns, why)
                 log.info("epoch %d not agreed yet: %s", prop.start_ns, why)
             return False
         await self._compute(mesh, link, prop)
+        agreement.committed(prop.end_ns)
         return True
 
     def _check(self, prop: Proposal, leader: bool) -> tuple[str, list[Key]]:

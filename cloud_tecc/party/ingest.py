@@ -5,6 +5,10 @@ keys, opens the HPKE envelope addressed to this party and returns a
 :class:`~cloud_tecc.party.store.BatchRow` of share blobs. Every refusal is an
 :class:`IngestError` whose ``reason`` is a metric label. Deduplication by
 (gateway, seq) happens in the store, inside the same transaction as the insert.
+Once a batch is durable (stored now, or stored before with identical bytes),
+:meth:`Ingestor.acknowledge` signs the acknowledgement the gateway needs before
+it deletes the frame (:mod:`tecc_contract.ack`), with this service's attested
+Ed25519 key.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections.abc import Mapping
 from typing import Final
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.errors import IngestError
 from cloud_tecc.party.store import BatchRow, SegmentRow
+from tecc_contract.ack import Ack, Outcome, seal_ack
 from tecc_contract.envelope import OpenedShare, Opener
 from tecc_contract.errors import (
     ContractError,
@@ -71,9 +76,13 @@ class Ingestor:
         gateway_keys: Mapping[str, Ed25519PublicKey],
         retention_s: float | None = None,
         previous_key: HpkePrivateKey | None = None,
+        service_id: str,
+        sign_key: Ed25519PrivateKey,
     ) -> None:
         self._n = n_parties
         self._retention_ns = None if retention_s is None else int(retention_s * 1e9)
+        self._service_id = service_id
+        self._sign_key = sign_key
         self._opener = Opener(
             party=party, suite=suite, private_key=private_key, gateway_keys=gateway_keys
         )
@@ -151,3 +160,8 @@ class Ingestor:
             has_q=q is not None,
             segments=tuple(segs),
         )
+
+    def acknowledge(self, row: BatchRow, outcome: Outcome) -> bytes:
+        """The signed acknowledgement that ``row`` (its exact frame) is durable here."""
+        ack = Ack(row.gateway, self._service_id, row.seq, row.digest, outcome)
+        return seal_ack(ack, self._sign_key)

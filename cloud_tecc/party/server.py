@@ -2,7 +2,9 @@
 
 ``POST /v1/batches`` takes one envelope frame (``application/octet-stream``).
 Answers: 200 ``{"status": "accepted"}`` once the share is durable, 200
-``{"status": "duplicate"}`` for a retry of a stored batch, 409 for a replay
+``{"status": "duplicate"}`` for a retry of a stored batch, both with ``"ack"``:
+the base64 of the signed acknowledgement of that exact frame
+(:mod:`tecc_contract.ack`; the gateway deletes a frame only on it), 409 for a replay
 (used sequence number, different frame), 400/403 for malformed, forged or
 misaddressed frames. Every refusal is counted in
 ``tecc_ingest_rejected_total{reason}``; nothing about the payload is logged.
@@ -41,6 +43,7 @@ from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
+from tecc_contract.ack import Outcome
 from tecc_contract.errors import ContractError, FrameError, SignatureError
 from tecc_contract.keys import ed25519_public_from_bytes
 from tecc_contract.progress import check_fresh, open_progress
@@ -150,6 +153,8 @@ class PartyService(ServiceBase):
             gateway_keys=self._gateway_keys,
             retention_s=cfg.retention_s,
             previous_key=keys.previous_hpke if overlap else None,
+            service_id=cfg.service.service_id,
+            sign_key=keys.sign,
         )
 
     async def _rotate_keys(self) -> None:
@@ -248,7 +253,17 @@ class PartyService(ServiceBase):
                     row.gateway,
                     late,
                 )
-        return web.json_response({"status": outcome, "gateway": row.gateway, "seq": row.seq})
+        signed = self.ingestor.acknowledge(
+            row, Outcome.STORED if outcome == InsertResult.ACCEPTED else Outcome.DUPLICATE
+        )
+        return web.json_response(
+            {
+                "status": outcome,
+                "gateway": row.gateway,
+                "seq": row.seq,
+                "ack": base64.b64encode(signed).decode(),
+            }
+        )
 
     async def _prepare(self, frame: bytes) -> BatchRow:
         """:meth:`Ingestor.prepare` in the ingest pool (signature check, HPKE open, parse)."""

@@ -15,6 +15,8 @@ Delivery guarantees (QoS 1, MQTT 5):
   broker redeliver;
 * Receive Maximum 65535, so the broker keeps that many unacknowledged
   messages in flight instead of its default 20;
+* which packet ids a redelivery may repeat is kept by one sans-IO state machine,
+  :class:`~gateway.sources.ledger.DeliveryLedger`, fed from paho's callbacks;
 * the packet ids (and a content digest) of spooled-but-not-yet-acknowledged
   messages are stored in the spool in the same transaction as the batch. After
   a crash in that window the broker redelivers them with DUP set; those that
@@ -27,9 +29,10 @@ Delivery guarantees (QoS 1, MQTT 5):
 Malformed payloads are counted by (sensor, reason) and logged at most once per
 minute per topic; nothing a publisher sends can stop the source.
 
-Two paho internals are used, both checked against the pinned paho-mqtt 2.2:
-the raw topic bytes of a message (no decode per message) and the output queue
-(one buffer for a batch of PUBACKs, see :meth:`MqttSource.ack`).
+Two paho internals are used, both through :mod:`gateway.sources.upstream`
+(checked against the pinned paho-mqtt): the raw topic bytes of a message (no
+decode per message) and the output queue (one buffer for a batch of PUBACKs,
+see :meth:`MqttSource.ack`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import struct
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,7 +54,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.config import MqttSourceConfig, PayloadFormat, TopicRule
 from gateway.ingest import UNMATCHED, AckToken, Ingest
 from gateway.metrics import Metrics
+from gateway.sources.ledger import Delivery, DeliveryLedger, Link
 from gateway.sources.payload import ItemReject, PayloadReject, PayloadSpec, parse_payload
+from gateway.sources.upstream import queue_packet, raw_topic
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
@@ -112,15 +116,10 @@ class MqttSource:
         self._ingest = ingest
         self._metrics = metrics
         self._routes: dict[bytes, tuple[str, PayloadSpec] | None] = {}
-        # Redelivery matching (packet id -> digest), see the module docstring:
-        self._candidates = dict(redelivery or {})  # durable; re-acknowledge on redelivery
-        self._unacked: dict[int, int] = {}  # offered, PUBACK not yet sent
-        self._resent: dict[int, int] = {}  # unacked at a reconnect; the pending ack covers them
-        self._ack_lock = threading.Lock()  # guards the two below (loop vs network thread)
-        self._recent: deque[tuple[float, dict[int, int]]] = deque()  # PUBACKs of the last secs
-        self._maybe_lost: dict[int, int] = {}  # PUBACKs the broker may not have received
-        self.duplicates = 0
-        self.connected = False
+        # Redelivery matching, see the module docstring; the lock guards the ledger and
+        # the progress hold (paho's network thread vs the event loop).
+        self._ledger = DeliveryLedger(durable=redelivery, loss_window_s=_ACK_LOSS_WINDOW_S)
+        self._ack_lock = threading.Lock()
         self._up_ns: int | None = None  # connected since
         # Progress hold (see progress_bound): None, or the bound and since when it holds.
         self._hold: tuple[int, int] | None = None
@@ -149,6 +148,16 @@ class MqttSource:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up."""
+        return self._ledger.link is not Link.DOWN
+
+    @property
+    def duplicates(self) -> int:
+        """Redelivered messages recognised and not ingested again."""
+        return self._ledger.duplicates
 
     def start(self) -> None:
         """Connect in the background; paho's thread reconnects with backoff forever."""
@@ -182,20 +191,12 @@ class MqttSource:
         """
         if not tokens:
             return
-        unacked = self._unacked
-        for mid, _ in tokens:
-            unacked.pop(mid, None)
         now = time.monotonic()
         with self._ack_lock:
-            if self.connected:
-                self._recent.append((now, dict(tokens)))
-                while self._recent and now - self._recent[0][0] > _ACK_LOSS_WINDOW_S:
-                    self._recent.popleft()
-            else:  # paho drops queued packets when it reconnects
-                self._maybe_lost.update(tokens)
+            self._ledger.acked(tokens, now)
         pack = _PUBACK.pack
         packet = b"".join([pack(_PUBACK_HEADER, 2, mid) for mid, _ in tokens])
-        self._client._packet_queue(_PUBACK_HEADER, packet, 0, 0)
+        queue_packet(self._client, _PUBACK_HEADER, packet)
 
     def progress_bound(self, now_ns: int, settle_ns: int, max_hold_ns: int) -> int | None:
         """The latest time the gateway may declare delivered because of this source.
@@ -222,14 +223,8 @@ class MqttSource:
             self._metrics.source_errors.labels(self.name).inc()
             return
         with self._ack_lock:
-            self.connected = True
+            self._ledger.connected(session_present=bool(flags.session_present))
             self._up_ns = time.time_ns()
-            if flags.session_present:
-                # The broker resends what it did not see acknowledged: either still in
-                # our pipeline (its PUBACK will follow) or acknowledged around the drop.
-                self._resent = self._unacked.copy()
-                self._candidates.update(self._maybe_lost)
-            self._maybe_lost = {}
         self._metrics.source_up.labels(self.name).set(1)
         log.info(
             "mqtt %s: connected to %s:%d (session present: %s)",
@@ -245,11 +240,8 @@ class MqttSource:
             if self._hold is None:
                 now = time.time_ns()
                 self._hold = (now, now)
-            self.connected = False
+            self._ledger.disconnected()
             self._up_ns = None
-            for _, tokens in self._recent:  # sent shortly before the drop: maybe lost
-                self._maybe_lost.update(tokens)
-            self._recent.clear()
         self._metrics.source_up.labels(self.name).set(0)
         if rc.is_failure:
             self._metrics.source_errors.labels(self.name).inc()
@@ -265,28 +257,22 @@ class MqttSource:
             )
 
     def _handle(self, msg: paho.MQTTMessage) -> None:
-        topic_b, payload = msg._topic, bytes(msg.payload)  # raw topic: no decode per message
+        topic_b, payload = raw_topic(msg), bytes(msg.payload)  # raw: no decode per message
         dig = digest(topic_b, payload)
         token = (self, (msg.mid, dig)) if msg.qos else None
-        if (self._candidates or self._resent) and self._redelivered(msg, dig, token):
+        with self._ack_lock:
+            delivery = self._ledger.received(msg.mid, dig, dup=bool(msg.dup), qos=msg.qos)
+        if delivery is Delivery.DURABLE:
+            if token is not None:
+                self._ingest.pass_ack(token)
             return
-        if msg.qos:
-            self._unacked[msg.mid] = dig
-        if topic_b in self._routes:
-            target = self._routes[topic_b]
-        else:
-            try:
-                topic = topic_b.decode("utf-8")
-            except UnicodeDecodeError:
-                self._ingest.reject(UNMATCHED, PayloadReject.INVALID_UTF8, token)
-                return
-            target = route(self.cfg.topics, topic)
-            if target is not None and self._ingest.declared(target[0]):
-                # only topics of declared sensors are cached: others are outside input
-                if len(self._routes) > _ROUTE_CACHE:
-                    self._routes.clear()
-                self._routes[topic_b] = target
-        if target is None:
+        if delivery is Delivery.IN_PIPELINE:
+            return
+        target = self._lookup(topic_b)
+        if target is PayloadReject.INVALID_UTF8:
+            self._ingest.reject(UNMATCHED, PayloadReject.INVALID_UTF8, token)
+            return
+        if not isinstance(target, tuple):
             self._ingest.reject(UNMATCHED, PayloadReject.WRONG_SHAPE, token)
             return
         sensor, spec = target
@@ -303,24 +289,21 @@ class MqttSource:
             self._log_malformed(topic_b.decode("utf-8"), parsed.rejects[0], len(parsed.rejects))
         self._ingest.offer(self.name, sensor, parsed.readings, token, parsed.rejects)
 
-    def _redelivered(
-        self, msg: paho.MQTTMessage, dig: int, token: tuple[MqttSource, AckToken] | None
-    ) -> bool:
-        """True (and queue its ack) if ``msg`` was spooled before a crash and is resent."""
-        if msg.dup and self._resent.get(msg.mid) == dig:
-            del self._resent[msg.mid]  # still in the pipeline; its PUBACK will follow
-            self.duplicates += 1
-            return True
-        if msg.dup and self._candidates.get(msg.mid) == dig:
-            del self._candidates[msg.mid]  # durable already; acknowledge again
-            self.duplicates += 1
-            if token is not None:
-                self._ingest.pass_ack(token)
-            return True
-        if not msg.dup:  # the broker resends in-flight messages first
-            self._candidates.clear()
-            self._resent.clear()
-        return False
+    def _lookup(self, topic_b: bytes) -> tuple[str, PayloadSpec] | PayloadReject | None:
+        """The topic's (sensor, payload spec), None if no rule matches, or INVALID_UTF8."""
+        if topic_b in self._routes:
+            return self._routes[topic_b]
+        try:
+            topic = topic_b.decode("utf-8")
+        except UnicodeDecodeError:
+            return PayloadReject.INVALID_UTF8
+        target = route(self.cfg.topics, topic)
+        if target is not None and self._ingest.declared(target[0]):
+            # only topics of declared sensors are cached: others are outside input
+            if len(self._routes) > _ROUTE_CACHE:
+                self._routes.clear()
+            self._routes[topic_b] = target
+        return target
 
     def _log_malformed(self, topic: str, reason: ItemReject, n: int) -> None:
         now = time.monotonic()

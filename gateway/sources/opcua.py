@@ -20,8 +20,9 @@ Notifications are handled in :class:`_BulkSubscription.publish_callback`,
 which walks a whole PublishResponse synchronously and hands all rows to
 :meth:`~gateway.ingest.Ingest.offer_rows` in one call: no task, no await and
 no object per data change. (This overrides one method of asyncua's
-``Subscription`` and uses its ``_make_monitored_item_request``; both are
-checked against the pinned asyncua 2.1.) A node whose status is bad is counted (as a
+``Subscription`` and uses its private request builder through
+:mod:`gateway.sources.upstream`; both are checked against the pinned
+asyncua.) A node whose status is bad is counted (as a
 ``bad_status`` rejection and in ``gateway_opcua_bad_nodes``) and reported;
 the others keep streaming.
 """
@@ -62,6 +63,7 @@ from gateway.sources.opcua_trust import (
     endpoint_answers,
     status_name,
 )
+from gateway.sources.upstream import monitored_item_request
 from tecc_contract.errors import RejectReason
 
 log = logging.getLogger(__name__)
@@ -314,13 +316,14 @@ class OpcuaSource:
         for i in range(0, len(targets), step):
             chunk = targets[i : i + step]
             mirs = [
-                sub._make_monitored_item_request(
+                monitored_item_request(
+                    sub,
                     node,
-                    AttributeIds.Value,
-                    _filter(opts),
-                    opts.queue_size,
-                    ua.MonitoringMode.Reporting,
-                    ua.Double(opts.sampling_ms),
+                    attr=AttributeIds.Value,
+                    mfilter=_filter(opts),
+                    queue_size=opts.queue_size,
+                    mode=ua.MonitoringMode.Reporting,
+                    sampling_ms=opts.sampling_ms,
                 )
                 for node, _, opts in chunk
             ]

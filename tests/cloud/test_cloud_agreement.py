@@ -99,6 +99,8 @@ def _ingest(
             suite=KemSuite.X25519,
             private_key=load_private_key(KemSuite.X25519, keys[i][0]),
             gateway_keys={"gw": gw.public_key()},
+            service_id=f"p{i}",
+            sign_key=Ed25519PrivateKey.generate(),
         )
         for i in range(2)
     ]

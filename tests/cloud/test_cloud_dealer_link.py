@@ -9,8 +9,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.mpc.correlations import Batch, Kind, Plan
+from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.dealer_server import DealerService
-from cloud_tecc.party.dealer_link import DealerLink
 
 
 def _port() -> int:

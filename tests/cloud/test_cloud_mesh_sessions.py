@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.mpc import Party, PeerLostError, reveal, share
-from cloud_tecc.mpc.localmesh import free_port
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+from demo.services import free_port
 
 
 def _configs() -> list[MeshConfig]:

@@ -41,6 +41,8 @@ def _setup(suite: KemSuite = KemSuite.X25519) -> tuple[Sealer, list[Ingestor], E
             suite=suite,
             private_key=load_private_key(suite, keys[i][0]),
             gateway_keys={"gw": gw.public_key()},
+            service_id=f"p{i}",
+            sign_key=Ed25519PrivateKey.generate(),
         )
         for i in range(2)
     ]

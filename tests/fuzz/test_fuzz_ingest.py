@@ -37,6 +37,8 @@ _INGESTOR = Ingestor(
     suite=KemSuite.X25519,
     private_key=load_private_key(KemSuite.X25519, _KEYS[0][0]),
     gateway_keys={"gw-f": _GW.public_key()},
+    service_id="p0",
+    sign_key=Ed25519PrivateKey.generate(),
 )
 _DIR = Path(tempfile.mkdtemp(prefix="tecc-fuzz-ingest-"))
 atexit.register(shutil.rmtree, _DIR, True)

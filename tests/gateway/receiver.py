@@ -3,7 +3,9 @@
 It serves ``GET /attestation?nonce=<hex>`` with a quote signed by a test
 platform key and ``POST /v1/batches``, which opens each frame with the real
 contract :class:`~tecc_contract.envelope.Opener` (signature, HPKE) and keeps
-the opened share, answering 409 for a seq it already holds, and ``POST
+the opened share, answering 200 with a signed acknowledgement
+(:mod:`tecc_contract.ack`) for a new or identical frame and 409 for other
+bytes under a seq it already holds, and ``POST
 /v1/progress``, which verifies the gateway's progress notice and records it
 with the batches held at that moment (:func:`progress_violations`). The test
 then reconstructs readings from all clusters' shares with the contract code.
@@ -11,6 +13,8 @@ then reconstructs readings from all clusters' shares with the contract code.
 
 from __future__ import annotations
 
+import base64
+import enum
 import hashlib
 import time
 from collections.abc import Sequence
@@ -20,6 +24,7 @@ import numpy as np
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tecc_contract.ack import Ack, Outcome, frame_digest, seal_ack
 from tecc_contract.attestation import Quote, sign_quote
 from tecc_contract.envelope import OpenedShare, Opener, reconstruct_batch
 from tecc_contract.errors import ContractError
@@ -45,6 +50,16 @@ class Platform:
         return self.key.public_key().public_bytes_raw().hex()
 
 
+class Answers(enum.Enum):
+    """How a :class:`FakeCluster` answers batch uploads (an on-path forger for some)."""
+
+    GENUINE = "genuine"  # 200 + a valid signed acknowledgement
+    BARE_200 = "bare_200"  # 200 without an acknowledgement
+    BARE_409 = "bare_409"  # 409 with a non-JSON body (today's "duplicate")
+    FORGED = "forged"  # 200 + an acknowledgement signed by a key not in the quote
+    WRONG_DIGEST = "wrong_digest"  # 200 + a genuine signature over another frame's digest
+
+
 class FakeCluster:
     """One cluster party; start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -63,10 +78,14 @@ class FakeCluster:
         self.platform = platform
         self.measurement = measurement
         self._priv, self.public_key = generate_cluster_keypair(KemSuite.X25519)
+        self.sign_key = Ed25519PrivateKey.generate()
+        self.answers = Answers.GENUINE
+        self.bind_sign_key = True  # False: a quote without the key acks are signed with
         self._opener = Opener(
             party=index, suite=KemSuite.X25519, private_key=self._priv, gateway_keys=gateway_keys
         )
         self.shares: dict[int, OpenedShare] = {}
+        self._digests: dict[int, bytes] = {}
         self._gateway_keys = gateway_keys
         self.notices: list[tuple[int, frozenset[int]]] = []  # (through, seqs held then)
         self.posts = 0
@@ -86,7 +105,12 @@ class FakeCluster:
             role="party",
             service_id=self.service_id,
             measurement=self.measurement,
-            keys={"hpke": self.public_key},
+            keys={"hpke": self.public_key}
+            | (
+                {"sign": self.sign_key.public_key().public_bytes_raw()}
+                if self.bind_sign_key
+                else {}
+            ),
             nonce=nonce,
             issued_ns=time.time_ns(),
             platform_key_id=self.platform.key_id,
@@ -102,10 +126,29 @@ class FakeCluster:
         except ContractError as exc:
             self.rejected += 1
             return web.Response(status=400, text=str(exc))
-        if opened.header.seq in self.shares:
+        h = opened.header
+        if self.answers is Answers.BARE_200:
+            return web.Response(status=200)
+        if self.answers is Answers.BARE_409:
             return web.Response(status=409, text="duplicate")
-        self.shares[opened.header.seq] = opened
-        return web.Response(status=201)
+        outcome = Outcome.STORED
+        if h.seq in self._digests:
+            if self._digests[h.seq] != frame_digest(body):
+                return web.json_response({"reason": "replay"}, status=409)
+            outcome = Outcome.DUPLICATE
+        digest = frame_digest(body)
+        key = self.sign_key
+        if self.answers is Answers.FORGED:
+            key = Ed25519PrivateKey.generate()
+        elif self.answers is Answers.WRONG_DIGEST:
+            digest = frame_digest(body + b"other")
+        else:
+            self.shares[h.seq] = opened
+            self._digests[h.seq] = digest
+        ack = seal_ack(Ack(h.gateway_id, self.service_id, h.seq, digest, outcome), key)
+        return web.json_response(
+            {"status": outcome.name.lower(), "ack": base64.b64encode(ack).decode()}
+        )
 
     async def _progress(self, req: web.Request) -> web.Response:
         try:

@@ -11,7 +11,6 @@ from gateway.config import PayloadFormat, SensorConfig, TopicRule
 from gateway.ingest import UNDECLARED, AckToken, Ingest, release_acks
 from gateway.sources.mqtt import captures, route
 from gateway.sources.payload import PayloadReject
-from gateway.uplink import acknowledged
 from tecc_contract.errors import RejectReason
 from tecc_contract.fixedpoint import SensorRange
 
@@ -135,17 +134,6 @@ def test_undeclared_sensor_ids_share_one_label(caplog: pytest.LogCaptureFixture)
     assert "'site.x0'" in lines[0]
     assert "15000 reading(s)" in lines[1]
     assert len(lines[1]) < 1000  # a sample, not the list
-
-
-def test_uplink_acknowledgement_rules() -> None:
-    """2xx and duplicate-409 acknowledge; a 409 replay (different content) never does."""
-    assert acknowledged(200, b"")
-    assert acknowledged(201, b"")
-    assert acknowledged(409, b"duplicate")
-    assert acknowledged(409, b'{"status": "duplicate"}')
-    assert not acknowledged(409, b'{"status": "rejected", "reason": "replay"}')
-    assert not acknowledged(400, b"")
-    assert not acknowledged(503, b"")
 
 
 def test_values_beyond_the_ring_bound_are_rejected_not_wrapped() -> None:

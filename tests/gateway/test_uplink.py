@@ -14,6 +14,7 @@ from tests.gateway.harness import metric, scrape, wait_for, write_config
 from tests.gateway.publisher import publish
 from tests.gateway.receiver import (
     BAD_MEASUREMENT,
+    Answers,
     FakeCluster,
     Platform,
     progress_violations,
@@ -125,3 +126,63 @@ async def test_cluster_outage_queues_then_drains(
     assert backlog >= 5
     assert metric(text, "gateway_uplink_errors_total", cluster="1", kind="transport") >= 1
     assert metric(text, "gateway_uplink_batches_sent_total", cluster="1") == len(clusters[1].shares)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [Answers.BARE_200, Answers.BARE_409, Answers.FORGED, Answers.WRONG_DIGEST],
+    ids=lambda a: a.value,
+)
+async def test_unsigned_acknowledgements_never_drop_a_frame(
+    tmp_path: Path,
+    keys: GatewayKeys,
+    platform: Platform,
+    clusters: list[FakeCluster],
+    answers: Answers,
+) -> None:
+    """An on-path responder answering 200/409 without a valid signed ack loses nothing.
+
+    Fails on the code before this change: there any 2xx, or a 409 with a non-JSON
+    body, deleted the frame from the spool, and the readings were never delivered.
+    The frames stay spooled, each answer is counted as a bad acknowledgement, and
+    once the genuine cluster answers again every reading arrives exactly once.
+    """
+    clusters[1].answers = answers
+    with mosquitto(tmp_path / "mq") as broker:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, mqtt_port=broker.port)
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+            await asyncio.to_thread(publish, broker.port, _msgs(0, 30))
+            await wait_for(lambda: clusters[1].posts >= 3, 10, "answers from the forger")
+            await wait_for(lambda: len(clusters[0].shares) >= 1, 10, "cluster 0 served")
+            text = await scrape(agent.cfg.http.port)
+            depth = agent.spool.depth(1)
+            clusters[1].answers = Answers.GENUINE
+            await wait_for(lambda: agent.spool.depth(1) == 0, 30, "spool to drain")
+            await wait_for(lambda: len(readings(clusters)) == 30, 10, "all readings")
+    assert depth >= 1  # nothing deleted on the forged answers
+    kind = "refused" if answers is Answers.BARE_409 else "bad_ack"
+    assert metric(text, "gateway_uplink_errors_total", cluster="1", kind=kind) >= 3
+    bad_acks = metric(text, "gateway_uplink_bad_acks_total", cluster="1")
+    assert bad_acks == 0 if answers is Answers.BARE_409 else bad_acks >= 3
+    assert metric(text, "gateway_uplink_batches_sent_total", cluster="1") == 0
+    assert _ids(clusters) == list(range(30))  # nothing lost, nothing twice
+
+
+async def test_a_quote_without_an_ack_key_gets_nothing(
+    tmp_path: Path, keys: GatewayKeys, platform: Platform, clusters: list[FakeCluster]
+) -> None:
+    """A cluster whose quote binds no 'sign' key cannot acknowledge, so it gets no frame."""
+    clusters[1].bind_sign_key = False
+    with mosquitto(tmp_path / "mq") as broker:
+        cfg = write_config(tmp_path, clusters=clusters, platform=platform, mqtt_port=broker.port)
+        async with running(cfg, keys) as agent:
+            await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+            await asyncio.to_thread(publish, broker.port, _msgs(0, 10))
+            await wait_for(lambda: clusters[1].attestations >= 2, 10, "re-attestation attempts")
+            ok, health = agent.health()
+            pins = agent.spool.pins()
+    assert clusters[1].posts == 0
+    assert "binds no Ed25519 'sign' key" in str(health["clusters"]["1"]["last_error"])
+    assert 1 not in pins  # its key is not pinned: readings wait, unsealed
+    assert ok

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.mesh.programs import bench_zscore
+from cloud_tecc.analytics.minmax import segment_min_max
+from cloud_tecc.analytics.secure import MpcOps
 from cloud_tecc.mpc import Party, reveal, run_parties, seeded_random_bytes, share
-from cloud_tecc.mpc.programs import bench_zscore
 from tecc_contract.fixedpoint import MAX_ABS_RANGE, FixedPoint
 from tecc_contract.ring import RingArray
 
@@ -152,14 +154,13 @@ def test_tree_min_max(n: int, xv: Any, k: int) -> None:
 @SETTINGS
 @given(xv=values(), cuts=st.lists(st.integers(1, 6), min_size=1, max_size=8))
 def test_segment_min_max(n: int, xv: Any, cuts: list[int]) -> None:
-    """Min/max over ragged segments with public lengths are exact."""
+    """Min/max over ragged segments with public lengths are exact (the analytics' one)."""
     counts = np.array(cuts)
     v = np.resize(xv, int(counts.sum()))
     vs = share(FP.encode(v), n)
 
     async def fn(p: Party) -> RingArray:
-        lo = await p.segment_min(vs[p.index], counts)
-        hi = await p.segment_max(vs[p.index], counts)
+        lo, hi = await segment_min_max(MpcOps(p), vs[p.index], counts)
         return np.concatenate([lo, hi])
 
     enc = FP.encode(v).view(np.int64)

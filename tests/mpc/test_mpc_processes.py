@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_tecc.mpc import Party, reveal, run_parties, share
-from cloud_tecc.mpc.localmesh import LocalMesh, wait_all
-from cloud_tecc.mpc.programs import plan_for, suite
+from bench.mesh.localmesh import LocalMesh, wait_all
+from bench.mesh.programs import plan_for, suite
+from cloud_tecc.mpc import Party, Plan, reveal, run_parties, share
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
 
@@ -73,3 +73,14 @@ def test_lost_peer_is_reported(tmp_path: Path) -> None:
     dealer.communicate()
     assert lone.returncode == 2
     assert "PeerLostError" in err
+
+
+def test_traced_bench_plans_match_the_programs_by_hand() -> None:
+    """One product, two truncations, one comparison per reading: the z-score's trace."""
+    assert plan_for("bench_zscore", 8192) == Plan(comparisons=8192, triples=8192, truncs=16384)
+    assert plan_for("bench_lt", 1000) == Plan(comparisons=1000)
+    # suite: lt, msb, lt_public, min, max compare; min, max, mul, select multiply;
+    # the 4-wide tree min adds 3 comparisons and products per group of four.
+    assert plan_for("suite", 400) == Plan(
+        comparisons=5 * 400 + 300, triples=4 * 400 + 300, truncs=400
+    )

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cloud_tecc.mpc import AuthenticationError, PeerLostError, Plan, wslink
 from cloud_tecc.mpc import handshake as hs
 from cloud_tecc.mpc.dealer_server import DealerService
-from cloud_tecc.mpc.localmesh import free_port
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
+from demo.services import free_port
 
 PQ = hs.LinkSuite.MLKEM768_X25519
 

@@ -165,6 +165,8 @@ def test_a_frame_older_than_retention_is_refused_as_expired() -> None:
         private_key=load_private_key(KemSuite.X25519, priv),
         gateway_keys={"gw": gw.public_key()},
         retention_s=3600.0,
+        service_id="party-0",
+        sign_key=Ed25519PrivateKey.generate(),
     )
     with pytest.raises(IngestError) as info:
         ing.prepare(frame, received_ns=now)
@@ -177,6 +179,8 @@ def test_a_frame_older_than_retention_is_refused_as_expired() -> None:
         private_key=load_private_key(KemSuite.X25519, priv2),
         gateway_keys={"gw": gw.public_key()},
         retention_s=3600.0,
+        service_id="party-0",
+        sign_key=Ed25519PrivateKey.generate(),
     )
     assert ing2.prepare(fresh, received_ns=now).count == 3
 
@@ -196,6 +200,8 @@ def test_unknown_gateway_and_bad_signature_get_the_same_answer() -> None:
             suite=KemSuite.X25519,
             private_key=load_private_key(KemSuite.X25519, priv),
             gateway_keys=keys,
+            service_id="party-0",
+            sign_key=Ed25519PrivateKey.generate(),
         )
         with pytest.raises(IngestError) as info:
             ing.prepare(frame, received_ns=time.time_ns())

@@ -1,12 +1,13 @@
 """Small MPC programs run by party processes (tests, benchmarks, demos).
 
 Each program takes a :class:`Party` and this party's input shares (by name) and
-returns its output shares plus timing figures. ``plan_for`` says which
+returns its output shares plus timing figures. ``plan_for`` traces which
 correlations one run needs, so the dealer can be configured to match.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -14,12 +15,14 @@ import numpy as np
 
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.engine import Party
-from cloud_tecc.mpc.select import tree_pair_counts
+from cloud_tecc.mpc.trace import trace_plan
 from tecc_contract.ring import RingArray
 
 Inputs = Mapping[str, RingArray]
 Outputs = dict[str, RingArray]
 Program = Callable[[Party, Inputs], Awaitable[tuple[Outputs, dict[str, float]]]]
+#: Elements of the small dry runs plan_for scales from.
+_PROBE = 4096
 
 
 def _timings(times: list[float]) -> dict[str, float]:
@@ -88,15 +91,29 @@ async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]
 PROGRAMS: dict[str, Program] = {"suite": suite, "bench_lt": bench_lt, "bench_zscore": bench_zscore}
 
 
+def _traced(program: str, n_elements: int) -> Plan:
+    zero = np.zeros(n_elements, dtype=np.uint64)
+    one = np.ones(1, dtype=np.uint64)
+    inputs = {"x": zero, "y": zero, "mu": zero, "var": zero, "k2": one, "reps": one}
+
+    async def run(p: Party) -> object:
+        return await PROGRAMS[program](p, inputs)
+
+    return asyncio.run(trace_plan(run))
+
+
 def plan_for(program: str, n_elements: int) -> Plan:
-    """Correlations one run of ``program`` on ``n_elements`` needs (one dealer batch)."""
-    if program == "suite":
-        pairs = sum(tree_pair_counts(n_elements // 4, 4))
-        return Plan(
-            comparisons=5 * n_elements + pairs, triples=4 * n_elements + pairs, truncs=n_elements
-        )
-    if program == "bench_lt":
-        return Plan(comparisons=n_elements)
-    if program == "bench_zscore":
-        return Plan(comparisons=n_elements, triples=n_elements, truncs=2 * n_elements)
-    raise KeyError(program)
+    """Correlations one run of ``program`` on ``n_elements`` needs (one dealer batch).
+
+    Traced from dry runs (:func:`cloud_tecc.mpc.trace.trace_plan`), not
+    counted by hand: on 4096 and 8192 elements, and scaled when the counts are
+    linear in the size (the programs here are), else traced at full size.
+    """
+    if program not in PROGRAMS:
+        raise KeyError(program)
+    small, double = _traced(program, _PROBE), _traced(program, 2 * _PROBE)
+    fields = ("triples", "truncs", "dabits", "comparisons")
+    if n_elements % _PROBE or any(getattr(double, f) != 2 * getattr(small, f) for f in fields):
+        return _traced(program, n_elements)
+    scale = n_elements // _PROBE
+    return Plan(**{f: getattr(small, f) * scale for f in fields})

@@ -1,6 +1,6 @@
 """Run one compute party as a process: mesh over WebSockets, dealer over WebSocket.
 
-``python -m cloud_tecc.mpc.node --config mesh.json --party I --key I.key
+``python -m bench.mesh.node --config mesh.json --party I --key I.key
 --program suite --inputs in_I.npz --output out_I.npz [--prefetch B]``
 
 Offline phase: connect to the dealer and fetch ``B`` batches; then connect the
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.mesh.programs import PROGRAMS
 from cloud_tecc.mpc.config import MeshFile, load_private_key
-from cloud_tecc.mpc.dealer_client import RemoteSource
+from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
-from cloud_tecc.mpc.programs import PROGRAMS
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 
 
@@ -36,7 +36,7 @@ async def run_node(args: argparse.Namespace) -> dict[str, object]:
     with np.load(args.inputs) as z:
         inputs = {k: np.ascontiguousarray(z[k]) for k in z.files}
     d = mesh.dealer
-    source = await RemoteSource.connect(
+    source = await DealerLink.connect(
         f"http://{d.host}:{d.port}/dealer",
         party=i,
         key=key,

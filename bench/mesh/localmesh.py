@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,17 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_tecc.mpc.config import Endpoint, MeshFile, private_key_hex
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.errors import MpcError
+from demo.services import free_port
 from tecc_contract.ring import RingArray
 
 _ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +69,7 @@ class LocalMesh:
 
     def _popen(self, args: list[str]) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=str(_ROOT))
-        return subprocess.Popen(  # noqa: S603 - fixed argv, the running interpreter
+        return subprocess.Popen(
             [sys.executable, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -118,7 +110,7 @@ class LocalMesh:
         return self._popen(
             [
                 "-m",
-                "cloud_tecc.mpc.node",
+                "bench.mesh.node",
                 "--config",
                 str(self.config),
                 "--party",

@@ -1,0 +1,104 @@
+"""The dealer's plan is traced from a dry run of the program, and it is exact."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
+from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.analytics.secure import secure_epoch
+from cloud_tecc.dealer.plan import SHORT_STREAM, dry_run_epochs, dry_run_sensors, plan_for
+from cloud_tecc.mpc.correlations import Kind, Plan
+from cloud_tecc.mpc.engine import Party
+from cloud_tecc.mpc.errors import CorrelationError
+from cloud_tecc.mpc.shares import share
+from cloud_tecc.mpc.trace import trace_plan
+from tecc_contract.fixedpoint import FixedPoint
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = policy_from_mapping(yaml.safe_load((ROOT / "configs/policy.yaml").read_text()))
+
+
+def test_trace_counts_exactly_what_a_program_takes() -> None:
+    """Ten products and a comparison of five: ten triples and five comparisons."""
+
+    async def program(p: Party) -> object:
+        x = np.zeros(10, np.uint64)
+        await p.mul(x, x)
+        return await p.lt(x[:5], x[5:])
+
+    assert asyncio.run(trace_plan(program)) == Plan(triples=10, comparisons=5)
+
+
+def test_parties_that_take_differently_are_refused() -> None:
+    """A program whose correlation use depends on the party would misalign: refused."""
+
+    async def program(p: Party) -> object:
+        return await p._take(Kind.TRIPLE, 3 + p.index)  # no round: nothing waits
+
+    with pytest.raises(CorrelationError, match="different correlations"):
+        asyncio.run(trace_plan(program))
+
+
+def test_dry_runs_cover_every_rule_and_shape() -> None:
+    """Per policy pattern (and one unmatched sensor): long and short streams, ``readings`` each."""
+    sensors = dry_run_sensors(POLICY)
+    assert POLICY.limit_for("line1.tempx") is not None
+    assert POLICY.fleet_class("x.temperature") == "temperature"
+    assert POLICY.limit_for("dry.unmatched-sensor") is None
+    epochs = dry_run_epochs(POLICY, 1000)
+    assert len(epochs) == 2 * len(sensors)
+    for e in epochs:
+        assert sum(len(s.x) for s in e.streams) == 1000
+        assert len({s.sensor for s in e.streams}) == 1
+    assert {len(e.streams) for e in epochs} == {2, 1000 // SHORT_STREAM}
+
+
+def test_plan_covers_each_dry_run_and_takes_the_most_per_kind() -> None:
+    """The batch is, per kind, the maximum over the traced dry runs."""
+    plans = []
+    for epoch in dry_run_epochs(POLICY, 2000):
+
+        async def program(p: Party, epoch: EpochInput = epoch) -> object:
+            return await secure_epoch(p, POLICY, epoch)
+
+        plans.append(asyncio.run(trace_plan(program)))
+    plan = plan_for(POLICY, 2000)
+    for kind in ("triples", "truncs", "comparisons"):
+        assert getattr(plan, kind) == max(getattr(p, kind) for p in plans)
+    assert len({(p.triples, p.truncs, p.comparisons) for p in plans}) > 1  # the mix matters
+
+
+def test_a_dry_run_uses_what_real_data_of_that_shape_uses() -> None:
+    """The program is data-oblivious: random readings of the same shapes take the same."""
+    dry = dry_run_epochs(POLICY, 3000)[0]
+    rng = np.random.default_rng(3)
+    fp = FixedPoint()
+    per_party: list[list[StreamInput]] = [[], []]
+    for s in dry.streams:
+        x = share(fp.encode(rng.uniform(10, 90, len(s.x))), 2)
+        q = share(fp.encode(rng.uniform(100, 8100, len(s.x))), 2)
+        hist = share(fp.encode(rng.uniform(10, 90, len(s.state.hist_x) if s.state else 0)), 2)
+        for i in (0, 1):
+            st = StreamState(hist[i][:1].copy(), hist[i], hist[i])
+            per_party[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x[i], q[i], st))
+
+    async def real(p: Party) -> object:
+        return await secure_epoch(p, POLICY, EpochInput(0, tuple(per_party[p.index])))
+
+    async def zeros(p: Party) -> object:
+        return await secure_epoch(p, POLICY, dry)
+
+    assert asyncio.run(trace_plan(real)) == asyncio.run(trace_plan(zeros))
+
+
+def test_plan_grows_with_the_readings() -> None:
+    """More readings per batch, more of every kind the program uses."""
+    small, large = plan_for(POLICY, 1000), plan_for(POLICY, 4000)
+    for kind in ("triples", "truncs", "comparisons"):
+        assert getattr(large, kind) > getattr(small, kind) > 0
