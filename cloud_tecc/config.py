@@ -26,6 +26,7 @@ from msgspec import Meta
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
 from cloud_tecc.errors import CloudConfigError
+from cloud_tecc.output.delivery import DeliveryConfig
 from cloud_tecc.output.incidents import Debounce, Rules
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.keys import KemSuite
@@ -244,6 +245,8 @@ class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
     incidents: IncidentsDoc = IncidentsDoc()
     auth: AuthDoc = AuthDoc()
     units: dict[str, str] = msgspec.field(default_factory=dict)  # sensor glob → axis unit
+    # Incident transitions to Alertmanager, webhooks and MQTT (docs/CLOUD.md, "Delivery")
+    delivery: DeliveryConfig = DeliveryConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +345,8 @@ class OutputConfig:
     incidents: IncidentConfig
     auth: AuthConfig
     units: Mapping[str, str]
+    delivery: DeliveryConfig
+    config_dir: Path  # the config file's folder (delivery secret files are relative to it)
 
 
 _SCHEMAS: dict[object, type[PartyFile] | type[DealerFile] | type[OutputFile]] = {
@@ -440,6 +445,8 @@ def output_config(f: OutputFile, base: Path) -> OutputConfig:
         incidents=_incidents(f.incidents),
         auth=_auth(f.auth, base),
         units=dict(f.units),
+        delivery=f.delivery,
+        config_dir=base.resolve(),
     )
 
 

@@ -82,6 +82,10 @@ RULES: Final[Mapping[tuple[str, str], Access]] = {
     ("POST", "/api/v1/incidents/{id}/acknowledge"): Access.OPERATOR,
     ("GET", "/api/v1/tokens"): Access.ADMIN,
     ("POST", "/api/v1/tokens"): Access.ADMIN,
+    ("GET", "/api/v1/deliveries"): Access.OPERATOR,
+    ("POST", "/api/v1/deliveries/{target}/replay"): Access.ADMIN,
+    ("GET", "/api/v1/export/windows.csv"): Access.VIEWER,
+    ("GET", "/api/v1/export/incidents.csv"): Access.VIEWER,
 }
 TOKEN_PREFIX: Final = "tecc_"  # noqa: S105 - a prefix, not a secret
 SESSION_COOKIE: Final = "tecc_session"

@@ -30,8 +30,11 @@ from cloud_tecc.output.api import ReadApi
 from cloud_tecc.output.auth import LocalTokens, Principal, Role, write_signin_link
 from cloud_tecc.output.collector import try_complete, validate_submission
 from cloud_tecc.output.dashboard import ChangeNotifier, GatewayHealth, attach_dashboard
+from cloud_tecc.output.delivery import Deliverer
+from cloud_tecc.output.export_api import ExportApi
 from cloud_tecc.output.gate import Gate, tls_context
-from cloud_tecc.output.incidents import Incident
+from cloud_tecc.output.incident_rows import IncidentQuery
+from cloud_tecc.output.incidents import Incident, State
 from cloud_tecc.output.oidc import OidcClient
 from cloud_tecc.output.ops import serve_intake, serve_ops
 from cloud_tecc.output.signin import SignIn
@@ -92,7 +95,20 @@ class OutputService(ServiceBase):
         r.add_get("/api/v1/tokens", self._api_tokens)
         r.add_post("/api/v1/tokens", self._api_new_token)
         self.notifier = ChangeNotifier()
-        ReadApi(self.store, self.notifier.notify, cfg.units).attach(self.app)
+        d = cfg.delivery
+        self.deliverer = (
+            Deliverer(
+                d,
+                cfg.service.state_dir / "results.db",
+                self.registry,
+                base=cfg.config_dir,
+                live_incidents=self._live_incidents,
+            )
+            if (d.alertmanager or d.webhooks or d.mqtt)
+            else None
+        )
+        ReadApi(self.store, self._changed, cfg.units).attach(self.app)
+        ExportApi(self.store, self.deliverer).attach(self.app)
         SignIn(self.gate).attach(self.app)
         self.gateway_health = GatewayHealth(cfg.gateways)
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
@@ -125,6 +141,8 @@ class OutputService(ServiceBase):
                 )
             )
         self.spawn(self._prune(), "retention")
+        if self.deliverer is not None:
+            self.spawn(self.deliverer.run(), "delivery")
         verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
         self.directory = AttestedDirectory(
             verifier, self.session, refresh_s=self.cfg.trust.refresh_s
@@ -139,6 +157,8 @@ class OutputService(ServiceBase):
             await runner.cleanup()
         if self.session is not None:
             await self.session.close()
+        if self.deliverer is not None:
+            self.deliverer.close()
         self.store.close()
 
     async def _prune(self) -> None:
@@ -246,10 +266,23 @@ class OutputService(ServiceBase):
             await asyncio.to_thread(
                 self.store.store_epoch, done.epoch_ns, done.window_ns, done.rows, now, tracker
             )
-            await self.notifier.notify()
+            await self._changed()
             self.epochs.inc()
             self.latency.observe(max(now - done.epoch_ns - done.window_ns, 0) / 1e9)
         return web.json_response({"status": "stored" if done else "pending"})
+
+    async def _changed(self) -> None:
+        """Results or incidents changed: tell the dashboards and the deliverer."""
+        await self.notifier.notify()
+        if self.deliverer is not None:
+            self.deliverer.wake()
+
+    def _live_incidents(self) -> list[dict[str, Any]]:
+        """Open and acknowledged incidents (re-sent to Alertmanager every refresh)."""
+        out: list[dict[str, Any]] = []
+        for state in (State.OPEN, State.ACKNOWLEDGED):
+            out += self.store.incidents(IncidentQuery(state=state, limit=1000))
+        return out
 
     def health(self) -> dict[str, Any]:
         """Health plus attestation summary."""

@@ -241,7 +241,7 @@ class ResultStore:
                     "LIMIT 1 OFFSET ?)",
                     (max_flags,),
                 ).rowcount
-                n += outbox.prune(cur, before_ns)
+                outbox.prune(cur, before_ns)  # delivery history: not counted as result rows
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
