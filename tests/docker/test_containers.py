@@ -12,6 +12,7 @@ windows. Tears everything down, volumes included.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,9 +27,25 @@ from demo.services import free_port
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
 
-def _get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return json.loads(r.read())
+class Output:
+    """The containerised output service: HTTPS with its generated certificate pinned, a token."""
+
+    def __init__(self, env: dict[str, str], project: str, port: int) -> None:
+        name = f"{project}_output_1"
+        cert = containers.podman(env, "exec", name, "cat", "/var/lib/tecc/output/tls/cert.pem")
+        token = containers.podman(env, "exec", name, "cat", "/var/lib/tecc/output/admin.token")
+        self.ctx = ssl.create_default_context(cadata=cert.stdout)
+        self.ctx.check_hostname = False  # the pinned certificate itself is the trust anchor
+        self.token = token.stdout.strip()
+        self.port = port
+
+    def get(self, path: str) -> Any:
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{self.port}{path}",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(req, timeout=5, context=self.ctx) as r:
+            return json.loads(r.read())
 
 
 def _gateway_metric(env: dict[str, str], project: str, name: str) -> float:
@@ -45,10 +62,10 @@ def _gateway_metric(env: dict[str, str], project: str, name: str) -> float:
     )
 
 
-def _counted(port: int) -> int:
+def _counted(out: Output) -> int:
     total = 0
-    for s in _get(port, "/api/v1/sensors"):
-        windows = _get(port, f"/api/v1/windows?sensor={s['sensor']}&gateway={s['gateway']}&since=0")
+    for s in out.get("/api/v1/sensors"):
+        windows = out.get(f"/api/v1/windows?sensor={s['sensor']}&gateway={s['gateway']}&since=0")
         total += sum(int(w["count"]) for w in windows)
     return total
 
@@ -80,20 +97,21 @@ def test_stack_attests_releases_and_counts_every_reading_once(
 ) -> None:
     """Attested clusters, windows for every sensor, an alert, and counted == accepted."""
     env, project, port = stack
-    clusters = _get(port, "/api/v1/clusters")
+    out = Output(env, project, port)
+    clusters = out.get("/api/v1/clusters")
     assert [c["attested"] for c in clusters] == [True, True]
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        sensors = _get(port, "/api/v1/sensors")
+        sensors = out.get("/api/v1/sensors")
         if (
             len(sensors) == 15
             and all(s["windows"] >= 2 for s in sensors)
-            and _get(port, "/api/v1/alerts?since=0")
+            and out.get("/api/v1/alerts?since=0")
         ):
             break
         time.sleep(2)
     else:
-        pytest.fail(f"windows or alerts missing after 180 s: {_get(port, '/api/v1/sensors')}")
+        pytest.fail(f"windows or alerts missing after 180 s: {out.get('/api/v1/sensors')}")
     containers.podman(env, "stop", "-t", "10", f"{project}_sim_1")
     deadline = time.monotonic() + 120
     accepted = counted = -1.0
@@ -101,7 +119,7 @@ def test_stack_attests_releases_and_counts_every_reading_once(
         accepted = _gateway_metric(env, project, "gateway_readings_total") - _gateway_metric(
             env, project, "gateway_readings_late_total"
         )
-        counted = _counted(port)
+        counted = _counted(out)
         if accepted > 0 and counted == accepted:
             break
         time.sleep(3)

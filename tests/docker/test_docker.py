@@ -228,13 +228,13 @@ def test_every_service_has_a_healthcheck() -> None:
 
 
 def test_health_probes_hit_the_documented_endpoints() -> None:
-    """Services probe /healthz, the output service /api/v1/health, on their config ports."""
+    """Services probe /healthz on their config ports (the output on its ops listener)."""
     expected = {
         "cluster0": "http://127.0.0.1:8701/healthz",
         "cluster1": "http://127.0.0.1:8702/healthz",
         "dealer": "http://127.0.0.1:8720/healthz",
         "gateway": "http://127.0.0.1:9100/healthz",
-        "output": "http://127.0.0.1:8730/api/v1/health",
+        "output": "http://127.0.0.1:8731/healthz",  # its ops listener (the API needs a token)
     }
     services = _services()
     for name, url in expected.items():
