@@ -25,6 +25,7 @@ class PayloadFormat(enum.StrEnum):
     JSON = "json"  # a JSON object; value (and optional timestamp) at configured paths
     JSON_BATCH = "json_batch"  # a JSON array of such objects (or of plain numbers)
     AUTO = "auto"  # per payload: '[' -> json_batch, '{' -> json, otherwise number
+    SPARKPLUG_B = "sparkplug_b"  # Sparkplug B (spBv1.0 topics): births, aliases, seq, deaths
 
 
 class DeadbandType(enum.StrEnum):

@@ -129,6 +129,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.sparkplug_rebirths = Counter(
+            "gateway_sparkplug_rebirth_requests",
+            "NCMD Node Control/Rebirth requests sent (sequence gap, unknown alias, no birth)",
+            ["source"],
+            registry=r,
+        )
+        self.sparkplug_stale = Gauge(
+            "gateway_sparkplug_stale_sensors",
+            "Sensors whose Sparkplug node or device is dead (NDEATH/DDEATH) until its rebirth",
+            ["source"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

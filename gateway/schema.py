@@ -74,6 +74,19 @@ class TopicDoc(Schema, frozen=True, kw_only=True):
     timestamp_path: Name | None = None
 
     def __post_init__(self) -> None:
+        if self.format is PayloadFormat.SPARKPLUG_B:
+            # the sensor id comes from the metric: {group}, {node}, {device}, {metric}
+            try:
+                self.sensor_template.format(group="g", node="n", device="d", metric="m")
+            except (IndexError, KeyError, ValueError) as exc:
+                raise ValueError(
+                    f"a sparkplug_b sensor_template names {{group}}, {{node}}, {{device}} and "
+                    f"{{metric}}, e.g. '{{node}}.{{device}}.{{metric}}'; got "
+                    f"{self.sensor_template!r}"
+                ) from exc
+            if not self.filter.startswith(("spBv1.0/", "#", "+")):
+                raise ValueError("a sparkplug_b filter covers spBv1.0/..., e.g. spBv1.0/plant/#")
+            return
         check_topic(self.filter, self.sensor_template)
 
 

@@ -56,6 +56,7 @@ from gateway.ingest import UNMATCHED, AckToken, Ingest
 from gateway.metrics import Metrics
 from gateway.sources.ledger import Delivery, DeliveryLedger, Link
 from gateway.sources.payload import ItemReject, PayloadReject, PayloadSpec, parse_payload
+from gateway.sources.sparkplug import SparkplugHost, rebirth_request
 from gateway.sources.upstream import queue_packet, raw_topic
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ def route(rules: tuple[TopicRule, ...], topic: str) -> tuple[str, PayloadSpec] |
         caps = captures(rule.filter, topic)
         if caps is not None:
             spec = PayloadSpec(rule.format, rule.value_path, rule.timestamp_path)
+            if rule.format is PayloadFormat.SPARKPLUG_B:  # ids come from the metrics
+                return rule.sensor_template, spec
             return rule.sensor_template.format(*caps), spec
     return None
 
@@ -124,6 +127,7 @@ class MqttSource:
         # Progress hold (see progress_bound): None, or the bound and since when it holds.
         self._hold: tuple[int, int] | None = None
         self._last_log: dict[str, float] = {}
+        self._sparkplug: dict[str, SparkplugHost] = {}  # by sensor template (one per rule)
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -276,6 +280,9 @@ class MqttSource:
             self._ingest.reject(UNMATCHED, PayloadReject.WRONG_SHAPE, token)
             return
         sensor, spec = target
+        if spec.format is PayloadFormat.SPARKPLUG_B:
+            self._sparkplug_message(sensor, topic_b, payload, token)
+            return
         if spec.format in _NUMERIC_FIRST and len(payload) <= spec.max_bytes:
             try:
                 value = float(payload)
@@ -289,6 +296,29 @@ class MqttSource:
             self._log_malformed(topic_b.decode("utf-8"), parsed.rejects[0], len(parsed.rejects))
         self._ingest.offer(self.name, sensor, parsed.readings, token, parsed.rejects)
 
+    def _sparkplug_message(
+        self, template: str, topic_b: bytes, payload: bytes, token: tuple[Any, AckToken] | None
+    ) -> None:
+        """One Sparkplug B message: readings, rejects, rebirth requests, stale sensors."""
+        host = self._sparkplug.get(template)
+        if host is None:
+            host = self._sparkplug[template] = SparkplugHost(sensor_template=template)
+        now = time.time_ns()
+        got = host.receive(topic_b.decode("utf-8", errors="replace"), payload, now)
+        self._ingest.offer_rows(self.name, got.rows, got.rejects)
+        if token is not None:
+            self._ingest.pass_ack(token)
+        for node in got.rebirth:
+            ncmd_topic, body = rebirth_request(node, now // 1_000_000)
+            self._client.publish(ncmd_topic, body, qos=0)
+            self._metrics.sparkplug_rebirths.labels(self.name).inc()
+            log.info(
+                "mqtt %s: asked Sparkplug node %s/%s to rebirth: %s", self.name, *node, got.reason
+            )
+        if got.stale or got.live:
+            stale = sum(len(h.stale) for h in self._sparkplug.values())
+            self._metrics.sparkplug_stale.labels(self.name).set(stale)
+
     def _lookup(self, topic_b: bytes) -> tuple[str, PayloadSpec] | PayloadReject | None:
         """The topic's (sensor, payload spec), None if no rule matches, or INVALID_UTF8."""
         if topic_b in self._routes:
@@ -298,7 +328,9 @@ class MqttSource:
         except UnicodeDecodeError:
             return PayloadReject.INVALID_UTF8
         target = route(self.cfg.topics, topic)
-        if target is not None and self._ingest.declared(target[0]):
+        if target is not None and (
+            self._ingest.declared(target[0]) or target[1].format is PayloadFormat.SPARKPLUG_B
+        ):
             # only topics of declared sensors are cached: others are outside input
             if len(self._routes) > _ROUTE_CACHE:
                 self._routes.clear()
