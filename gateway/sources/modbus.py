@@ -4,7 +4,8 @@ One :class:`pymodbus.client.AsyncModbusTcpClient` per source, connected by
 this loop (pymodbus' own reconnect is off: ``reconnect_delay=0``) so that the
 backoff is ours and bounded (``reconnect_min_s`` doubling up to
 ``reconnect_max_s``, with jitter). Each group polls on a fixed-rate schedule;
-a poll that overruns skips the missed ticks (counted) instead of bursting.
+a poll that overruns skips the missed ticks (counted) and polls again at once,
+never in a burst.
 
 Each block read (see :func:`~gateway.sources.registers.plan_reads`) yields
 one reading per point stamped with the gateway's clock at the response (the
@@ -142,10 +143,9 @@ class ModbusSource:
             self.polls += 1
             next_at += period
             now = loop.time()
-            if now > next_at:  # overran: skip the missed ticks instead of bursting
-                missed = int((now - next_at) / period) + 1
-                self.skipped_ticks += missed
-                next_at += missed * period
+            if now > next_at:  # overran: skip the missed ticks, poll again at once
+                self.skipped_ticks += int((now - next_at) / period) + 1
+                next_at = now
             await asyncio.sleep(next_at - now)
 
     async def _poll(
