@@ -201,13 +201,46 @@ def test_random_bytes_raise_only_contract_errors(data: bytes) -> None:
 
 @settings(max_examples=1500)
 @given(st.lists(st.tuples(st.integers(0, len(_FRAME) - 1), st.integers(0, 255)), max_size=6))
-def test_mutated_frames_raise_only_contract_errors(edits: list[tuple[int, int]]) -> None:
-    """Byte edits of a valid frame either still open (no edit) or raise a ContractError."""
+def test_mutated_frames_are_rejected_unless_unchanged(edits: list[tuple[int, int]]) -> None:
+    """A byte-edited frame opens only if it is byte-identical to the original; else ContractError.
+
+    Fails on the code before this change's test, which also passed a tampered frame that opened.
+    """
     b = bytearray(_FRAME)
     for pos, val in edits:
         b[pos] = val
-    for decode in (read_header, _OPENERS[0].open):
-        try:
-            decode(bytes(b))
-        except ContractError:
-            assert bytes(b) != _FRAME
+    edited = bytes(b)
+    with contextlib.suppress(ContractError):
+        read_header(edited)  # no cryptography: may parse an edited frame, must not crash
+    try:
+        opened = _OPENERS[0].open(edited)
+    except ContractError:
+        assert edited != _FRAME, "the unmodified frame must open"
+        return
+    assert edited == _FRAME, "a tampered frame opened"
+    assert opened.header.seq == 5
+
+
+def test_gateway_a_cannot_sign_as_gateway_b() -> None:
+    """With several gateways enrolled, a frame naming B but signed by A's key is refused.
+
+    Kills the mutant that accepts a signature by any enrolled gateway key.
+    """
+    keys = keys_for(KemSuite.X25519, 2)
+    key_a, key_b = ed25519_from_seed(b"gw-a"), ed25519_from_seed(b"gw-b")
+    enrolled = {"gw-a": key_a.public_key(), "gw-b": key_b.public_key()}
+    opener = Opener(
+        party=0, suite=KemSuite.X25519, private_key=keys[0][0], gateway_keys=enrolled
+    )
+    clusters = [ClusterKey(i, KemSuite.X25519, pub) for i, (_, pub) in enumerate(keys)]
+    honest = Sealer(gateway_id="gw-b", signing_key=key_b, clusters=clusters)
+    forged = Sealer(gateway_id="gw-b", signing_key=key_a, clusters=clusters)
+    seg = [regular_segment("a", 10)]
+    assert opener.open(honest.seal(1, seg, created_ns=T0)[0]).header.gateway_id == "gw-b"
+    with pytest.raises(SignatureError, match="'gw-b' on batch 1 is invalid"):
+        opener.open(forged.seal(1, seg, created_ns=T0)[0])
+    # Re-signing an honest frame of B with A's key is refused likewise.
+    frame = honest.seal(2, seg, created_ns=T0)[0]
+    body = frame[:-64]
+    with pytest.raises(SignatureError):
+        opener.open(body + key_a.sign(body))

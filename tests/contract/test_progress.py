@@ -6,7 +6,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tecc_contract.errors import FrameError, SignatureError, VersionError
-from tecc_contract.progress import MAX_AGE_NS, Progress, check_fresh, open_progress, seal_progress
+from tecc_contract.progress import (
+    MAX_AGE_NS,
+    MAX_AHEAD_NS,
+    Progress,
+    check_fresh,
+    open_progress,
+    seal_progress,
+)
 
 NOW = 1_800_000_000_000_000_000
 
@@ -53,3 +60,29 @@ def test_freshness_window() -> None:
         check_fresh(Progress("g", "c", 0, NOW - MAX_AGE_NS - 1), NOW)
     with pytest.raises(FrameError, match="skew"):
         check_fresh(Progress("g", "c", 0, NOW + 10**10 + 1), NOW)
+
+
+def test_gateway_a_cannot_sign_as_gateway_b() -> None:
+    """With several gateways enrolled, a notice naming B signed by A's key is refused.
+
+    Kills the mutant that accepts a signature by any enrolled gateway key.
+    """
+    a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keys = {"gw-a": a.public_key(), "gw-b": b.public_key()}
+    p = Progress("gw-b", "party0", NOW - 5, NOW)
+    assert open_progress(seal_progress(p, b), keys) == p
+    with pytest.raises(SignatureError, match="'gw-b'"):
+        open_progress(seal_progress(p, a), keys)
+    assert open_progress(seal_progress(Progress("gw-a", "party0", 0, NOW), a), keys).gateway_id == (
+        "gw-a"
+    )
+
+
+def test_freshness_boundaries_exact() -> None:
+    """The freshness bounds are inclusive to the nanosecond on both sides."""
+    check_fresh(Progress("g", "c", 0, NOW + MAX_AHEAD_NS), NOW)
+    with pytest.raises(FrameError):
+        check_fresh(Progress("g", "c", 0, NOW + MAX_AHEAD_NS + 1), NOW)
+    check_fresh(Progress("g", "c", 0, NOW - MAX_AGE_NS), NOW)
+    with pytest.raises(FrameError):
+        check_fresh(Progress("g", "c", 0, NOW - MAX_AGE_NS - 1), NOW)

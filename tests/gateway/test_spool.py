@@ -123,3 +123,55 @@ def test_refuses_another_gateways_spool(tmp_path: Path) -> None:
     _open(tmp_path / "s.db").close()
     with pytest.raises(SpoolError, match=r"point spool\.path elsewhere"):
         _open(tmp_path / "s.db", gw="other")
+
+
+def test_spool_commits_with_synchronous_full(tmp_path: Path) -> None:
+    """The spool's connection runs WAL with synchronous=FULL: a PUBACK follows an fsync.
+
+    Kills the mutant that opens the spool with synchronous=OFF.
+    """
+    s = _open(tmp_path / "s.db")
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s.close()
+
+
+def test_reopened_spool_near_max_bytes_still_refuses(tmp_path: Path) -> None:
+    """The byte count is reloaded on reopen, so max_bytes holds across a restart.
+
+    Kills the mutant that starts a reopened spool at 0 bytes used.
+    """
+    s = _open(tmp_path / "s.db", max_bytes=70_000)
+    s.append(1, 1, 1, [b"a" * 30_000, b"b" * 30_000])
+    used = s.bytes_used
+    assert 60_000 < used < 70_000
+    s.close()
+    s = _open(tmp_path / "s.db", max_bytes=70_000)
+    assert s.bytes_used == used
+    assert (s.depth(0), s.depth(1)) == (1, 1)
+    with pytest.raises(SpoolFullError):
+        s.append(2, 1, 1, [b"a" * 5_000, b"b" * 5_000])
+    s.append(2, 1, 1, [b"a" * 2_000, b"b" * 2_000])  # what still fits is taken
+    s.ack(0, 1)
+    s.ack(1, 1)
+    s.close()
+    s = _open(tmp_path / "s.db", max_bytes=70_000)
+    assert s.bytes_used == 2 * (2_000 + 12 + 16)  # nonce + GCM tag per frame
+    s.close()
+
+
+def test_inflight_records_survive_reopen_and_are_released(tmp_path: Path) -> None:
+    """Redelivery records are durable with their batch, and dropped once released.
+
+    A crash between the spool commit and the PUBACK leaves the records; the next
+    batch's ``released`` list removes them (and only them).
+    """
+    s = _open(tmp_path / "s.db")
+    s.append(1, 1, 1, [b"a", b"b"], inflight={"mq": pack_tokens([(11, 0xAA)])})
+    s.append(2, 1, 1, [b"a", b"b"], inflight={"mq": pack_tokens([(12, 0xBB)])})
+    s.close()
+    s = _open(tmp_path / "s.db")  # the crash window: both batches' acks may be lost
+    assert s.inflight("mq") == {11: 0xAA, 12: 0xBB}
+    s.append(3, 1, 1, [b"a", b"b"], released=[1])
+    assert s.inflight("mq") == {12: 0xBB}
+    s.close()
