@@ -3,9 +3,13 @@
 It serves ``GET /attestation?nonce=<hex>`` with a quote signed by a test
 platform key and ``POST /v1/batches``, which opens each frame with the real
 contract :class:`~tecc_contract.envelope.Opener` (signature, HPKE) and keeps
-the opened share, answering 409 for a seq it already holds, and ``POST
-/v1/progress``, which verifies the gateway's progress notice and records it
-with the batches held at that moment (:func:`progress_violations`). The test
+the opened share. Replays follow the real party (cloud_tecc/party/server.py):
+the identical frame again is a ``duplicate`` (200), different bytes under a
+seq it holds are a ``replay`` (409 with that reason, never acknowledged by
+the gateway) and counted in :attr:`FakeCluster.replays`. ``POST
+/v1/progress`` verifies the gateway's progress notice, refuses it like the
+real party when stale or future-dated (409) or misaddressed (403), and
+records it with the batches held at that moment (:func:`progress_violations`). The test
 then reconstructs readings from all clusters' shares with the contract code.
 """
 
@@ -26,7 +30,7 @@ from tecc_contract.errors import ContractError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite, generate_cluster_keypair
-from tecc_contract.progress import open_progress
+from tecc_contract.progress import check_fresh, open_progress
 
 GOOD_MEASUREMENT = hashlib.sha256(b"approved cluster build").digest()
 BAD_MEASUREMENT = hashlib.sha256(b"edited policy: release raw x").digest()
@@ -67,6 +71,10 @@ class FakeCluster:
             party=index, suite=KemSuite.X25519, private_key=self._priv, gateway_keys=gateway_keys
         )
         self.shares: dict[int, OpenedShare] = {}
+        self.digests: dict[int, bytes] = {}  # seq -> SHA-256 of the frame stored
+        self.replays = 0  # different bytes under a held seq (refused)
+        self.duplicates = 0  # the identical frame again (acknowledged)
+        self.stale_notices = 0
         self._gateway_keys = gateway_keys
         self.notices: list[tuple[int, frozenset[int]]] = []  # (through, seqs held then)
         self.posts = 0
@@ -102,10 +110,20 @@ class FakeCluster:
         except ContractError as exc:
             self.rejected += 1
             return web.Response(status=400, text=str(exc))
-        if opened.header.seq in self.shares:
-            return web.Response(status=409, text="duplicate")
-        self.shares[opened.header.seq] = opened
-        return web.Response(status=201)
+        seq, digest = opened.header.seq, hashlib.sha256(body).digest()
+        held = self.digests.get(seq)
+        if held == digest:
+            self.duplicates += 1
+            return web.json_response({"status": "duplicate", "seq": seq})
+        if held is not None:
+            self.replays += 1
+            return web.json_response(
+                {"status": "rejected", "reason": "replay", "error": f"batch {seq} differs"},
+                status=409,
+            )
+        self.shares[seq] = opened
+        self.digests[seq] = digest
+        return web.json_response({"status": "accepted", "seq": seq})
 
     async def _progress(self, req: web.Request) -> web.Response:
         try:
@@ -115,6 +133,13 @@ class FakeCluster:
             return web.Response(status=400, text=str(exc))
         if notice.cluster_id != self.service_id:
             return web.Response(status=403, text="misaddressed")
+        try:
+            check_fresh(notice, time.time_ns())
+        except ContractError as exc:
+            self.stale_notices += 1
+            return web.json_response(
+                {"status": "rejected", "reason": "stale", "error": str(exc)}, status=409
+            )
         self.notices.append((notice.through_ns, frozenset(self.shares)))
         return web.json_response({"status": "noted"})
 
