@@ -62,7 +62,16 @@ from pathlib import Path
 from bench._report import emit
 
 ROOT = Path(__file__).resolve().parent.parent
-COPY_DIRS = ("tecc_contract", "cloud_tecc", "gateway", "firmware_sim", "demo", "tests", "bench")
+COPY_DIRS = (
+    "tecc_contract",
+    "cloud_tecc",
+    "gateway",
+    "firmware_sim",
+    "demo",
+    "tests",
+    "bench",
+    "configs",
+)
 COPY_FILES = ("pyproject.toml",)
 
 

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Counter, Gauge
 
 from cloud_tecc.config import PartyConfig
+from cloud_tecc.crashpoint import crash_point
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import ConfigError, IngestError
@@ -181,6 +182,7 @@ class PartyService(ServiceBase):
         try:
             row = self.ingestor.prepare(frame, received_ns=time.time_ns())
             outcome = await self.writer.submit(row)
+            crash_point("party.after_persist")  # test hook, inert in production
             if outcome == InsertResult.REPLAY:
                 raise IngestError(
                     "replay",
