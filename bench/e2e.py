@@ -31,10 +31,15 @@ fresh temporary state dir with configs/demo/scenario-e2e.yaml and scores:
   reference analytics (cloud_tecc/analytics/reference.py) over the readings
   the simulator published from the moment every gateway reported its sources
   subscribed (``Scope.seen_from``; built from the simulator's output only,
-  never from a count the product released), compared with what the output service released: counts exact,
-  mean/min/max within 2^-14, std within 1e-3 relative; an alert present on
-  one side only counts as a mismatch (z-score flags may legitimately differ
-  only for readings within the truncation band of docs/CLOUD.md).
+  never from a count the product released), compared with what the output
+  service released: counts exact, mean/min/max within 2^-14, std within 1e-3
+  relative; an alert present on one side only counts as a mismatch (z-score
+  flags may legitimately differ only for readings within the truncation band
+  of docs/CLOUD.md). History-dependent alerts (z-score, rate) on which the
+  reference from ``seen_from`` and the reference from the first published
+  reading disagree depend on which earlier readings the gateway happened to
+  catch at its start: they are not scored and are reported as
+  ``alerts_start_dependent``.
 - ``latency_ms_p99``: alert first seen in the API (polled every 0.2 s) minus
   the reading's publish time = its simulated timestamp + the simulator's
   clock offset, measured by an MQTT tap of the harness (smallest receive time
@@ -341,7 +346,9 @@ def score(
 
 
 def _alert_keys(results: list[Any]) -> set[tuple[str, int, str]]:
-    return {(a["sensor"], int(a["ts_ns"]), a["detector"]) for r in results for a in r.released.alerts}
+    return {
+        (a["sensor"], int(a["ts_ns"]), a["detector"]) for r in results for a in r.released.alerts
+    }
 
 
 def _data_changes(samples: list[Sample]) -> list[Sample]:

@@ -91,3 +91,14 @@ def test_encode_refuses_unvalidated_overflow() -> None:
     """Encoding a value that does not fit the ring raises rather than wrapping."""
     with pytest.raises(ConfigError):
         CODEC.encode(np.array([1e300]))
+
+
+def test_default_and_bounds_of_frac_bits() -> None:
+    """16 fraction bits by default (docs/ARCHITECTURE.md); 0 and 40 allowed, -1 and 41 not."""
+    assert FixedPoint().frac_bits == 16
+    assert int(FixedPoint().encode(np.array([1.0]))[0]) == 2**16
+    assert FixedPoint(0).scale == 1.0
+    assert FixedPoint(40).scale == 2.0**40
+    for bad in (-1, 41):
+        with pytest.raises(ConfigError, match=r"frac_bits must be in 0\.\.40"):
+            FixedPoint(bad)
