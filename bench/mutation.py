@@ -51,21 +51,22 @@ not as survivors, and the score is killed / (mutants − equivalent).
 from __future__ import annotations
 
 import argparse
-import ast
+import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench._report import emit
+from bench.mutants import ROOT, Mutant, mutants
 
-ROOT = Path(__file__).resolve().parent.parent
 COPY_DIRS = (
     "tecc_contract",
     "cloud_tecc",
@@ -86,6 +87,7 @@ class Target:
     module: str
     tests: tuple[str, ...]
     functions: tuple[str, ...] = ()
+    keyword: str = ""  # pytest -k expression (quick mode: leave out the slowest tests)
 
 
 TARGETS: tuple[Target, ...] = (
@@ -136,241 +138,30 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("cloud_tecc/output/collector.py", ("tests/cloud/test_cloud_output.py",)),
 )
-QUICK: dict[str, tuple[tuple[str, ...], int]] = {
-    "cloud_tecc/analytics/release.py": (("build_release", "_fleet_release", "check_layout"), 9),
-    "tecc_contract/envelope.py": (("Opener.open", "_parse_frame", "_expand_payload"), 7),
-}
-_FLIP = {
-    ast.Lt: ast.GtE,
-    ast.GtE: ast.Lt,
-    ast.Gt: ast.LtE,
-    ast.LtE: ast.Gt,
-    ast.Eq: ast.NotEq,
-    ast.NotEq: ast.Eq,
-    ast.In: ast.NotIn,
-    ast.NotIn: ast.In,
-    ast.Is: ast.IsNot,
-    ast.IsNot: ast.Is,
-}
-_BOUNDARY = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt}
-#: Survivors shown equivalent (no test can tell them from the original), keyed by
-#: (module, the stripped source line, replacement) so that moved lines keep their entry.
-#: Each reason is repeated in docs/BENCHMARKS.md ("Mutation testing").
-EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("tecc_contract/envelope.py", "self._suite = self._clusters[0].suite", "1"): (
-        "all clusters have the same suite (checked in __init__), so any index gives it"
+#: --quick: (target with its quick test selection, sample size); a fixed seeded sample.
+QUICK: tuple[tuple[Target, int], ...] = (
+    (
+        Target(
+            "cloud_tecc/analytics/release.py",
+            (
+                "tests/cloud/test_cloud_analytics.py",
+                "tests/cloud/test_cloud_output.py",
+                "*release*",
+            ),
+            ("build_release", "_fleet_release", "check_layout"),
+        ),
+        9,
     ),
     (
-        "tecc_contract/envelope.py",
-        "np.concatenate([s.values for s in segments]) if segments else np.zeros(0, np.float64)",
-        "1",
-    ): "a batch without segments is refused by the header check before the values are used",
-    (
-        "tecc_contract/envelope.py",
-        "for col, arr in zip(self._columns, plain, strict=True):",
-        "False",
-    ): "derive_columns returns one array per column: the lengths are equal by construction",
-    (
-        "tecc_contract/envelope.py",
-        "for col, width in zip(header.columns, widths, strict=True):",
-        "False",
-    ): "widths is computed from header.columns: equal lengths by construction",
-    (
-        "tecc_contract/envelope.py",
-        'vector_payload = b"".join(c.astype("<u8", copy=False).tobytes() for c in corrections)',
-        "True",
-    ): "copy=True yields the same bytes (one more copy)",
-}
-
-
-@dataclass(frozen=True)
-class Mutant:
-    """One change: replace the source span of a node with ``replacement``."""
-
-    module: str
-    line: int
-    col: int
-    end_line: int
-    end_col: int
-    operator: str
-    original: str
-    replacement: str
-    context: str = ""  # the stripped source line the mutant starts on
-
-    @property
-    def ident(self) -> str:
-        """Stable name: module, line and operator."""
-        return f"{self.module}:{self.line}:{self.col}:{self.operator}"
-
-    @property
-    def equivalence(self) -> str | None:
-        """The recorded reason this mutant is equivalent, if it is."""
-        return EQUIVALENT.get((self.module, self.context, self.replacement))
-
-    def describe(self) -> str:
-        """One line for the report: ``original → replacement``."""
-        first = self.original.splitlines()[0] if self.original else ""
-        return f"{self.ident}: {first.strip()[:80]} -> {self.replacement[:80]}"
-
-    def apply(self, source: str) -> str:
-        """The mutated module text."""
-        lines = source.splitlines(keepends=True)
-        offsets = [0]
-        for line in lines:
-            offsets.append(offsets[-1] + len(line.encode()))
-        data = source.encode()
-        start = offsets[self.line - 1] + self.col
-        end = offsets[self.end_line - 1] + self.end_col
-        return (data[:start] + self.replacement.encode() + data[end:]).decode()
-
-
-Span = tuple[tuple[int, int], tuple[int, int]]
-
-
-def _span(node: ast.expr | ast.stmt) -> Span:
-    return (node.lineno, node.col_offset), (
-        node.end_lineno or node.lineno,
-        node.end_col_offset or 0,
-    )
-
-
-def _skipped_spans(tree: ast.Module) -> list[Span]:
-    """Spans never mutated inside: docstrings, annotations, f-strings, logging calls."""
-    out: list[Span] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Call) and _is_logging(node)):
-            out.append(_span(node))
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            out.extend(_span(d) for d in node.decorator_list)
-            if node.returns is not None:
-                out.append(_span(node.returns))
-            out.extend(
-                _span(a.annotation)
-                for a in ast.walk(node.args)
-                if isinstance(a, ast.arg) and a.annotation is not None
-            )
-        elif isinstance(node, ast.ClassDef):  # @dataclass(frozen=True, slots=True) flags
-            out.extend(_span(d) for d in node.decorator_list)
-        elif isinstance(node, ast.AnnAssign):
-            out.append(_span(node.annotation))
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                out.append(_span(body[0]))
-    return out
-
-
-def _is_logging(call: ast.Call) -> bool:
-    f = call.func
-    return (
-        isinstance(f, ast.Attribute)
-        and isinstance(f.value, ast.Name)
-        and f.value.id in {"log", "logger", "logging", "warnings"}
-    )
-
-
-def _regions(tree: ast.Module, functions: Sequence[str]) -> list[ast.AST]:
-    """The whole module, or only the named (``Class.method`` or ``function``) functions."""
-    if not functions:
-        return [tree]
-    found: dict[str, ast.AST] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            found[node.name] = node
-        elif isinstance(node, ast.ClassDef):
-            for sub in node.body:
-                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    found[f"{node.name}.{sub.name}"] = sub
-    missing = [f for f in functions if f not in found]
-    if missing:  # renamed by a refactor: say so, mutate what is still there
-        print(f"bench.mutation: {missing} not found; update TARGETS", file=sys.stderr)
-    return [found[f] for f in functions if f in found]
-
-
-def _inside(span: Span, spans: Sequence[Span]) -> bool:
-    return any(s[0] <= span[0] and span[1] <= s[1] for s in spans)
-
-
-def _expr(node: ast.expr) -> str:
-    return f"({ast.unparse(node)})"
-
-
-def _variants(node: ast.AST) -> Iterator[tuple[str, ast.expr | ast.stmt, str]]:
-    """(operator, node whose span is replaced, replacement text) for one node."""
-    if isinstance(node, ast.expr):
-        yield from _expr_variants(node)
-    elif isinstance(node, (ast.If, ast.While)):
-        yield "negate_if", node.test, f"not {_expr(node.test)}"
-    elif isinstance(node, ast.Return) and node.value is not None:
-        v = node.value
-        if isinstance(v, ast.Constant) and type(v.value) is bool:
-            yield "return_flip", node, f"return {not v.value!r}"
-        elif not (isinstance(v, ast.Constant) and v.value is None):
-            yield "return_none", node, "return None"
-    elif isinstance(node, ast.stmt) and (isinstance(node, ast.Raise) or _deletable(node)):
-        yield "delete", node, "pass"
-
-
-def _expr_variants(node: ast.expr) -> Iterator[tuple[str, ast.expr | ast.stmt, str]]:
-    if isinstance(node, ast.Compare):
-        for i, op in enumerate(node.ops):
-            for name, table in (("flip", _FLIP), ("boundary", _BOUNDARY)):
-                new = table.get(type(op))
-                if new is not None:
-                    ops = list(node.ops)
-                    ops[i] = new()
-                    yield f"{name}{i}", node, _expr(ast.Compare(node.left, ops, node.comparators))
-    elif isinstance(node, ast.BoolOp):
-        other: ast.boolop = ast.Or() if isinstance(node.op, ast.And) else ast.And()
-        yield "boolop", node, _expr(ast.BoolOp(other, node.values))
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        yield "drop_not", node, _expr(node.operand)
-    elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
-        arith: ast.operator = ast.Sub() if isinstance(node.op, ast.Add) else ast.Add()
-        yield "arith", node, _expr(ast.BinOp(node.left, arith, node.right))
-    elif isinstance(node, ast.Constant) and type(node.value) is bool:
-        yield "bool_const", node, repr(not node.value)
-    elif isinstance(node, ast.Constant) and type(node.value) is int:
-        yield "int_plus1", node, repr(node.value + 1)
-
-
-def _deletable(node: ast.AST) -> bool:
-    if isinstance(node, ast.Expr):
-        return isinstance(node.value, (ast.Call, ast.Await))
-    if isinstance(node, ast.AugAssign):
-        return True
-    if isinstance(node, ast.Assign):
-        return any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in node.targets)
-    return False
-
-
-def mutants(target: Target, source: str | None = None) -> list[Mutant]:
-    """Every mutant of ``target``'s module, in source order."""
-    text = (ROOT / target.module).read_text() if source is None else source
-    tree = ast.parse(text)
-    lines = text.splitlines()
-    skip = _skipped_spans(tree)
-    out: dict[str, Mutant] = {}
-    for region in _regions(tree, target.functions):
-        for node in ast.walk(region):
-            for op, at, replacement in _variants(node):
-                span = _span(at)
-                if _inside(span, skip):
-                    continue
-                m = Mutant(
-                    target.module,
-                    span[0][0],
-                    span[0][1],
-                    span[1][0],
-                    span[1][1],
-                    op,
-                    ast.get_source_segment(text, at) or "",
-                    replacement,
-                    lines[span[0][0] - 1].strip(),
-                )
-                if m.replacement != m.original:
-                    out.setdefault(m.ident, m)
-    return sorted(out.values(), key=lambda m: (m.line, m.col, m.operator))
+        Target(
+            "tecc_contract/envelope.py",
+            ("tests/contract/test_envelope.py", "tests/contract/test_envelope_boundaries.py"),
+            ("Opener.open", "_parse_frame", "_expand_payload"),
+            "not random_bytes and not mutated_frames and not exactly_the_limit",
+        ),
+        7,
+    ),
+)
 
 
 def _copy_tree(dest: Path) -> None:
@@ -393,11 +184,15 @@ def _test_files(copy: Path, target: Target) -> list[str]:
     return sorted(set(files))
 
 
-def _pytest(copy: Path, files: Sequence[str], timeout_s: float) -> tuple[bool, float]:
+def _pytest(
+    copy: Path, files: Sequence[str], timeout_s: float, keyword: str = ""
+) -> tuple[bool, float]:
     """Run the files against the copy; (passed, seconds). A timeout counts as failed."""
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     env["TECC_FUZZ_EXAMPLES"] = env.get("TECC_FUZZ_EXAMPLES", "300")
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files]
+    if keyword:
+        cmd += ["-k", keyword]
     start = time.monotonic()
     try:
         done = subprocess.run(
@@ -422,17 +217,18 @@ class ModuleResult:
 
 def _select(quick: bool, only: Sequence[str]) -> list[tuple[Target, list[Mutant]]]:
     chosen = []
-    for t in TARGETS:
-        if only and not any(o in t.module for o in only):
-            continue
-        if quick:
-            if t.module not in QUICK:
-                continue
-            functions, k = QUICK[t.module]
-            pool = mutants(Target(t.module, t.tests, functions))
-            chosen.append((t, sorted(random.Random(19).sample(pool, min(k, len(pool))), key=_key)))
-        else:
-            chosen.append((t, mutants(t)))
+    if quick:
+        for t, k in QUICK:
+            if not only or any(o in t.module for o in only):
+                pool = mutants(t.module, t.functions)
+                sample = random.Random(19).sample(pool, min(k, len(pool)))
+                chosen.append((t, sorted(sample, key=_key)))
+        return chosen
+    chosen.extend(
+        (t, mutants(t.module, t.functions))
+        for t in TARGETS
+        if not only or any(o in t.module for o in only)
+    )
     return chosen
 
 
@@ -440,10 +236,43 @@ def _key(m: Mutant) -> tuple[int, int, str]:
     return (m.line, m.col, m.operator)
 
 
+def _recheck_plan(
+    prev_path: Path, only: Sequence[str]
+) -> tuple[list[tuple[Target, list[Mutant]]], dict[str, ModuleResult], int]:
+    """Only the survivors of an earlier full run (its JSON line), on top of its figures.
+
+    Valid while the product modules are unchanged since that run: added tests can
+    only kill more, so the earlier kills stand. Survivors that the operators no
+    longer generate (a new exclusion) leave the totals.
+    """
+    prev = json.loads(prev_path.read_text().strip().splitlines()[-1])
+    idents = {s.split(": ", 1)[0] for s in prev["survivors"]}
+    plan: list[tuple[Target, list[Mutant]]] = []
+    base: dict[str, ModuleResult] = {}
+    for t, current in _select(False, only):
+        old = prev["modules"].get(t.module)
+        if old is None:  # not in the earlier run: run it in full
+            plan.append((t, current))
+            continue
+        mine = {i for i in idents if i.startswith(t.module + ":")}
+        todo = [m for m in current if m.ident in mine]
+        dropped = len(mine) - len(todo)
+        base[t.module] = ModuleResult(
+            mutants=old["mutants"] - dropped - len(todo),
+            killed=old["killed"],
+            equivalent=old.get("equivalent", 0),
+            timeouts=old["timeouts"],
+        )
+        plan.append((t, todo))
+    return plan, base, int(prev.get("not_run", 0))
+
+
 def run(
-    quick: bool, only: Sequence[str], time_limit_s: float
+    plan: Sequence[tuple[Target, list[Mutant]]],
+    time_limit_s: float,
+    base: dict[str, ModuleResult] | None = None,
 ) -> tuple[dict[str, ModuleResult], list[Mutant], int]:
-    """Run the selected mutants; (per-module results, survivors, mutants not run)."""
+    """Run the planned mutants; (per-module results, survivors, mutants not run)."""
     start = time.monotonic()
     results: dict[str, ModuleResult] = {}
     survivors: list[Mutant] = []
@@ -451,12 +280,12 @@ def run(
     with tempfile.TemporaryDirectory(prefix="tecc-mutation-") as tmp:
         copy = Path(tmp)
         _copy_tree(copy)
-        for target, todo in _select(quick, only):
-            res = results[target.module] = ModuleResult()
+        for target, todo in plan:
+            res = results[target.module] = (base or {}).get(target.module, ModuleResult())
             files = _test_files(copy, target)
             path = copy / target.module
             original = path.read_text()
-            ok, clean_s = _pytest(copy, files, 600)
+            ok, clean_s = _pytest(copy, files, 600, target.keyword)
             res.clean_s = round(clean_s, 2)
             if not ok or not files:
                 res.broken = True
@@ -469,7 +298,7 @@ def run(
                     continue
                 path.write_text(m.apply(original))
                 try:
-                    passed, took = _pytest(copy, files, limit)
+                    passed, took = _pytest(copy, files, limit, target.keyword)
                 finally:
                     path.write_text(original)
                 res.mutants += 1
@@ -498,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--module", action="append", default=[], help="only modules containing this")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--time-limit", type=float, default=3300.0, help="stop starting mutants (s)")
+    ap.add_argument(
+        "--recheck",
+        type=Path,
+        help="output of an earlier full run: rerun only its survivors (product unchanged)",
+    )
     args = ap.parse_args(argv)
     if args.list:
         for _, ms in _select(args.quick, args.module):
@@ -505,7 +339,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(m.describe())
         return
     t0 = time.monotonic()
-    results, survivors, not_run = run(args.quick, args.module, args.time_limit)
+    if args.recheck is not None:
+        plan, base, earlier_not_run = _recheck_plan(args.recheck, args.module)
+        results, survivors, not_run = run(plan, args.time_limit, base)
+        not_run += earlier_not_run
+    else:
+        results, survivors, not_run = run(_select(args.quick, args.module), args.time_limit)
     total = sum(r.mutants for r in results.values())
     killed = sum(r.killed for r in results.values())
     equivalent = sum(r.equivalent for r in results.values())
@@ -513,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     emit(
         {
             "bench": "mutation",
-            "mode": "quick" if args.quick else "full",
+            "mode": "quick" if args.quick else ("recheck" if args.recheck else "full"),
             "mutants": total,
             "killed": killed,
             "survived": scored - killed,
@@ -521,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "score": round(killed / scored, 4) if scored else 0.0,
             "not_run": not_run,
             "seconds": round(time.monotonic() - t0, 1),
+            # CPU of the test runs: the wall time above grows with the machine's load
+            "cpu_s": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime, 1),
             "modules": {
                 k: {
                     "mutants": r.mutants,

@@ -1,0 +1,35 @@
+"""Surviving mutants shown equivalent (no test can tell them from the original).
+
+Keyed by (module, the stripped source line the mutant starts on, replacement
+text) so an entry survives edits that only move lines. Each reason is
+repeated in docs/BENCHMARKS.md ("Mutation testing"). A mutant listed here
+counts as ``equivalent`` in :mod:`bench.mutation`, not as a survivor.
+"""
+
+from __future__ import annotations
+
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("tecc_contract/envelope.py", "self._suite = self._clusters[0].suite", "1"): (
+        "all clusters have the same suite (checked in __init__), so any index gives it"
+    ),
+    (
+        "tecc_contract/envelope.py",
+        "np.concatenate([s.values for s in segments]) if segments else np.zeros(0, np.float64)",
+        "1",
+    ): "a batch without segments is refused by the header check before the values are used",
+    (
+        "tecc_contract/envelope.py",
+        "for col, arr in zip(self._columns, plain, strict=True):",
+        "False",
+    ): "derive_columns returns one array per column: the lengths are equal by construction",
+    (
+        "tecc_contract/envelope.py",
+        "for col, width in zip(header.columns, widths, strict=True):",
+        "False",
+    ): "widths is computed from header.columns: equal lengths by construction",
+    (
+        "tecc_contract/envelope.py",
+        'vector_payload = b"".join(c.astype("<u8", copy=False).tobytes() for c in corrections)',
+        "True",
+    ): "copy=True yields the same bytes (one more copy)",
+}
