@@ -32,4 +32,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         'vector_payload = b"".join(c.astype("<u8", copy=False).tobytes() for c in corrections)',
         "True",
     ): "copy=True yields the same bytes (one more copy)",
+    (
+        "tecc_contract/fixedpoint.py",
+        "return RejectReason.ABOVE_RANGE if int(value) > 0 else RejectReason.BELOW_RANGE",
+        "(int(value) >= 0)",
+    ): "only an int too large for a float gets here; 0 is never one",
+    (
+        "tecc_contract/fixedpoint.py",
+        "return RejectReason.ABOVE_RANGE if int(value) > 0 else RejectReason.BELOW_RANGE",
+        "1",
+    ): "only an int too large for a float gets here; 1 is never one",
 }

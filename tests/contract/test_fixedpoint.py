@@ -102,3 +102,27 @@ def test_default_and_bounds_of_frac_bits() -> None:
     for bad in (-1, 41):
         with pytest.raises(ConfigError, match=r"frac_bits must be in 0\.\.40"):
             FixedPoint(bad)
+
+
+def test_encode_refuses_exactly_2_pow_63() -> None:
+    """|v| · 2^16 reaching 2^63 does not fit the signed ring: 2^47 fails, 2^47 − 1 encodes."""
+    codec = FixedPoint()
+    with pytest.raises(ConfigError, match="too large"):
+        codec.encode(np.array([2.0**47]))
+    with pytest.raises(ConfigError, match="too large"):
+        codec.encode(np.array([-(2.0**47)]))
+    assert codec.decode(codec.encode(np.array([2.0**47 - 1])))[0] == 2.0**47 - 1
+
+
+def test_range_limit_and_edges_are_inclusive() -> None:
+    """A range may reach ±2^30 exactly; a reading equal to low or high is accepted."""
+    SensorRange(-(2.0**30), 2.0**30)
+    with pytest.raises(ConfigError, match="exceeds"):
+        SensorRange(0.0, 2.0**30 + 1)
+    rng = SensorRange(-1.0, 1.0)
+    check = validate(np.array([-1.0, 1.0, -1.0000001, 1.0000001]), rng)
+    assert check.accepted.tolist() == [True, True, False, False]
+    assert check.rejected == {RejectReason.BELOW_RANGE: 1, RejectReason.ABOVE_RANGE: 1}
+    assert (classify(-1.0, rng), classify(1.0, rng)) == (-1.0, 1.0)
+    assert classify(10**400, rng) is RejectReason.ABOVE_RANGE
+    assert classify(-(10**400), rng) is RejectReason.BELOW_RANGE

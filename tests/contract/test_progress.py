@@ -9,6 +9,7 @@ from tecc_contract.errors import FrameError, SignatureError, VersionError
 from tecc_contract.progress import (
     MAX_AGE_NS,
     MAX_AHEAD_NS,
+    MAX_BYTES,
     Progress,
     check_fresh,
     open_progress,
@@ -86,3 +87,30 @@ def test_freshness_boundaries_exact() -> None:
     check_fresh(Progress("g", "c", 0, NOW - MAX_AGE_NS), NOW)
     with pytest.raises(FrameError):
         check_fresh(Progress("g", "c", 0, NOW - MAX_AGE_NS - 1), NOW)
+
+
+def test_documented_limits() -> None:
+    """A notice is at most 597 bytes (two 255-byte ids); fresh means 60 s back, 10 s ahead.
+
+    Sealer and opener share these constants, so only fixed expectations catch an edit.
+    """
+    assert MAX_BYTES == 4 + 1 + 256 + 256 + 16 + 64 == 597
+    assert (MAX_AGE_NS, MAX_AHEAD_NS) == (60 * 10**9, 10 * 10**9)
+
+
+def test_largest_notice_opens_and_one_byte_more_is_refused() -> None:
+    """Two 255-character ids give exactly MAX_BYTES, which opens; 598 bytes exceed."""
+    gw = Ed25519PrivateKey.generate()
+    gid, cid = "g" * 255, "c" * 255
+    frame = seal_progress(Progress(gid, cid, NOW, NOW), gw)
+    assert len(frame) == 597
+    assert open_progress(frame, {gid: gw.public_key()}).cluster_id == cid
+    with pytest.raises(FrameError, match="exceeds"):
+        open_progress(frame + b"\x00", {gid: gw.public_key()})
+
+
+def test_sent_ns_must_fit_a_signed_64_bit_integer() -> None:
+    """sent_ns = 2^63 − 1 is valid, 2^63 is not (the wire field is an i64)."""
+    assert Progress("g", "c", 0, 2**63 - 1).sent_ns == 2**63 - 1
+    with pytest.raises(FrameError, match="2\\^63"):
+        Progress("g", "c", 0, 2**63)
