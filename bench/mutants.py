@@ -45,6 +45,7 @@ class Mutant:
     original: str
     replacement: str
     context: str = ""  # the stripped source line the mutant starts on
+    previous: str = ""  # the stripped line before it (to tell identical lines apart)
 
     @property
     def ident(self) -> str:
@@ -54,7 +55,11 @@ class Mutant:
     @property
     def equivalence(self) -> str | None:
         """The recorded reason this mutant is equivalent, if it is."""
-        return EQUIVALENT.get((self.module, self.context, self.replacement))
+        two_lines = f"{self.previous} / {self.context}"
+        return EQUIVALENT.get(
+            (self.module, two_lines, self.replacement),
+            EQUIVALENT.get((self.module, self.context, self.replacement)),
+        )
 
     def describe(self) -> str:
         """One line for the report: ``original → replacement``."""
@@ -216,6 +221,7 @@ def mutants(module: str, functions: Sequence[str] = (), source: str | None = Non
                     ast.get_source_segment(text, at) or "",
                     replacement,
                     lines[span[0][0] - 1].strip(),
+                    lines[span[0][0] - 2].strip() if span[0][0] > 1 else "",
                 )
                 if m.replacement != m.original:
                     out.setdefault(m.ident, m)

@@ -128,7 +128,11 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "cloud_tecc/party/ingest.py",
-        ("tests/cloud/test_cloud_party.py", "tests/fuzz/test_fuzz_ingest.py"),
+        (
+            "tests/cloud/test_party_ingest.py",
+            "tests/cloud/test_cloud_party.py",
+            "tests/fuzz/test_fuzz_ingest.py",
+        ),
     ),
     Target("gateway/spool.py", ("tests/gateway/test_spool.py",)),
     Target(

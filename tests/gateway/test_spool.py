@@ -175,3 +175,17 @@ def test_inflight_records_survive_reopen_and_are_released(tmp_path: Path) -> Non
     s.append(3, 1, 1, [b"a", b"b"], released=[1])
     assert s.inflight("mq") == {12: 0xBB}
     s.close()
+
+
+def test_spool_in_a_new_directory_and_old_inflight_records_purged(tmp_path: Path) -> None:
+    """The spool creates its directory; redelivery records older than 1000 batches go.
+
+    Kills the mutants that skip the mkdir or move the purge boundary.
+    """
+    s = _open(tmp_path / "new" / "dir" / "s.db")
+    s.append(1, 1, 1, [b"a", b"b"], inflight={"mq": pack_tokens([(1, 11)])})
+    s.append(1001, 1, 1, [b"a", b"b"], inflight={"mq": pack_tokens([(2, 22)])})
+    assert s.inflight("mq") == {1: 11, 2: 22}  # seq 1 is exactly 1000 batches back: kept
+    s.append(1002, 1, 1, [b"a", b"b"])
+    assert s.inflight("mq") == {2: 22}
+    s.close()
