@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -188,4 +189,14 @@ def test_spool_in_a_new_directory_and_old_inflight_records_purged(tmp_path: Path
     assert s.inflight("mq") == {1: 11, 2: 22}  # seq 1 is exactly 1000 batches back: kept
     s.append(1002, 1, 1, [b"a", b"b"])
     assert s.inflight("mq") == {2: 22}
+    s.close()
+
+
+def test_spool_is_usable_from_a_worker_thread(tmp_path: Path) -> None:
+    """The agent runs the fsyncing append in a worker thread; reads stay on the loop thread."""
+    s = _open(tmp_path / "s.db")
+    worker = threading.Thread(target=s.append, args=(1, 1, 1, [b"a", b"b"]))
+    worker.start()
+    worker.join()
+    assert s.pending(0) == [(1, b"a")]
     s.close()
