@@ -64,4 +64,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "statement changes nothing here; test_spool_commits_with_synchronous_full asserts the "
         "value and fails on a build with another default, and FULL -> OFF is killed"
     ),
+    ("gateway/spool.py", "if 0 <= cluster < n_clusters:", "(0 <= cluster <= n_clusters)"): (
+        "rows exist only for clusters 0..n-1: a spool with another cluster count is refused "
+        "by the meta check before this loop"
+    ),
 }

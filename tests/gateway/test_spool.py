@@ -200,3 +200,21 @@ def test_spool_is_usable_from_a_worker_thread(tmp_path: Path) -> None:
     worker.join()
     assert s.pending(0) == [(1, b"a")]
     s.close()
+
+
+def test_spool_from_before_progress_notices_is_migrated(tmp_path: Path) -> None:
+    """A spool whose batches table has no min_ts column gets it (0 = unknown) and works on."""
+    path = tmp_path / "s.db"
+    s = _open(path)
+    s.close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE batches; CREATE TABLE batches (seq INTEGER PRIMARY KEY, "
+        "created_ns INTEGER NOT NULL, readings INTEGER NOT NULL);"
+        "INSERT INTO batches VALUES (5, 1, 1);"
+    )
+    db.close()
+    s = _open(path)
+    s.append(6, 1, 1, [b"a", b"b"], min_ts=42)
+    assert s.pending_min_ts(0) == 42
+    s.close()
