@@ -218,3 +218,49 @@ def test_spool_from_before_progress_notices_is_migrated(tmp_path: Path) -> None:
     s.append(6, 1, 1, [b"a", b"b"], min_ts=42)
     assert s.pending_min_ts(0) == 42
     s.close()
+
+
+def test_rows_are_bound_to_their_seq_and_cluster(tmp_path: Path) -> None:
+    """An authentic row moved to another cluster or seq fails authentication (AAD binds both)."""
+    path = tmp_path / "s.db"
+    s = _open(path)
+    s.append(1, 1, 1, [b"for-cluster-0", b"for-cluster-1"])
+    s.append(2, 1, 1, [b"second-0", b"second-1"])
+    s.close()
+    db = sqlite3.connect(path)
+    (row0,) = db.execute("SELECT frame FROM envelopes WHERE cluster=0 AND seq=1").fetchone()
+    db.execute("UPDATE envelopes SET frame=? WHERE cluster=1 AND seq=1", (row0,))
+    db.execute("UPDATE envelopes SET frame=? WHERE cluster=0 AND seq=2", (row0,))
+    db.commit()
+    db.close()
+    s = _open(path)
+    assert s.pending(0, limit=1) == [(1, b"for-cluster-0")]
+    with pytest.raises(SpoolError, match="failed authentication"):
+        s.pending(1)
+    with pytest.raises(SpoolError, match="failed authentication"):
+        s.pending(0)
+    s.close()
+
+
+def test_inputs_and_defaults_are_checked(tmp_path: Path) -> None:
+    """A wrong frame count is refused; min_ts defaults to 0 (hold notices); the first seq is
+    the creation time in ms; an unreadable file says what to do."""
+    s = Spool(
+        tmp_path / "s.db",
+        gateway_id="gw",
+        n_clusters=2,
+        spool_key=KEY,
+        max_bytes=1 << 20,
+        now_ns=lambda: 1_234_567_890_123_456_789,
+    )
+    assert s.last_seq() == 1_234_567_890_123
+    with pytest.raises(SpoolError, match="expected 2 frames, got 1"):
+        s.append(1, 1, 1, [b"only-one"])
+    assert s.depth(0) == 0
+    s.append(1, 1, 1, [b"a", b"b"])
+    assert s.pending_min_ts(0) == 0
+    s.close()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SpoolError, match="move it aside"):
+        _open(junk)
