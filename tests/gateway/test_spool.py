@@ -264,3 +264,35 @@ def test_inputs_and_defaults_are_checked(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(SpoolError, match="move it aside"):
         _open(junk)
+
+
+def test_bound_is_inclusive_and_acked_batches_leave_the_file(tmp_path: Path) -> None:
+    """A batch that fills max_bytes exactly is taken; fully acked batches leave no row."""
+    per_frame = 100 + 12 + 16  # payload + GCM nonce + tag
+    s = _open(tmp_path / "s.db", max_bytes=2 * per_frame)
+    s.append(1, 1, 1, [b"a" * 100, b"b" * 100])
+    assert s.bytes_used == s.max_bytes
+    with pytest.raises(SpoolFullError):
+        s.append(2, 1, 1, [b"a", b"b"])
+    s.ack(0, 1)
+    assert s._db.execute("SELECT count(*) FROM batches").fetchone()[0] == 1  # cluster 1 waits
+    s.ack(1, 1)
+    assert s._db.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    assert s.bytes_used == 0
+    s.close()
+
+
+def test_failed_append_rolls_back_and_pending_pages_by_64(tmp_path: Path) -> None:
+    """A seq used twice is refused without a trace; pending() returns 64 rows by default."""
+    s = _open(tmp_path / "s.db")
+    for seq in range(1, 71):
+        s.append(seq, 1, 1, [b"a", b"b"])
+    with pytest.raises(SpoolError, match="could not spool batch 5"):
+        s.append(5, 1, 1, [b"x", b"y"], inflight={"mq": pack_tokens([(9, 9)])})
+    assert s.inflight("mq") == {}
+    assert s.depth(0) == 70
+    assert s.last_seq() == 70
+    assert [seq for seq, _ in s.pending(0)] == list(range(1, 65))
+    s.append(71, 1, 1, [b"a", b"b"])  # the connection is not left inside a transaction
+    assert s.last_seq() == 71
+    s.close()
