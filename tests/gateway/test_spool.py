@@ -296,3 +296,27 @@ def test_failed_append_rolls_back_and_pending_pages_by_64(tmp_path: Path) -> Non
     s.append(71, 1, 1, [b"a", b"b"])  # the connection is not left inside a transaction
     assert s.last_seq() == 71
     s.close()
+
+
+def test_unpin_drops_a_clusters_queue_and_pin(tmp_path: Path) -> None:
+    """unpin forgets the key, drops that cluster's envelopes and fixes depth and bytes."""
+    s = _open(tmp_path / "s.db")
+    assert s.pending_min_ts(0) is None  # nothing pending: no bound
+    s.pin(PinnedKey(0, "party-0", "x25519", b"k" * 32))
+    s.pin(PinnedKey(1, "party-1", "x25519", b"m" * 32))
+    s.append(1, 1, 1, [b"a" * 10, b"b" * 20], min_ts=7)
+    s.append(2, 1, 1, [b"a" * 10, b"b" * 20], min_ts=9)
+    s.ack(1, 1)  # batch 1 now waits only for cluster 0
+    assert s.unpin(0) == 2
+    assert (s.depth(0), s.depth(1)) == (0, 1)
+    assert s.pending(0) == []
+    assert s.pending_min_ts(0) is None
+    assert s.pending_min_ts(1) == 9
+    assert s.bytes_used == 20 + 12 + 16  # batch 2's frame for cluster 1 is all that is left
+    assert set(s.pins()) == {1}
+    assert s._db.execute("SELECT seq FROM batches").fetchall() == [(2,)]
+    s.append(3, 1, 1, [b"c", b"d"])  # no transaction left open
+    s.close()
+    s = _open(tmp_path / "s.db")
+    assert (s.depth(0), s.depth(1), s.bytes_used) == (1, 2, 20 + 12 + 16 + 2 * (1 + 12 + 16))
+    s.close()
