@@ -138,7 +138,13 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "gateway/sources/mqtt.py",
         ("tests/gateway/test_mqtt_ledger.py",),
-        ("MqttSource.ack", "MqttSource._redelivered", "MqttSource._handle"),
+        (
+            "MqttSource.ack",
+            "MqttSource._redelivered",
+            "MqttSource._handle",
+            "MqttSource._on_connect",
+            "MqttSource._on_disconnect",
+        ),
     ),
     Target("cloud_tecc/output/collector.py", ("tests/cloud/test_cloud_output.py",)),
 )

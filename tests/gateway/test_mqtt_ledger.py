@@ -92,3 +92,86 @@ def test_unacked_messages_resent_after_reconnect_are_dropped_once(tmp_path: Path
     src._handle(_msg(7, b"30.0", dup=True))
     assert len(ingest.drain()) == 0
     assert src.duplicates == 1
+
+
+class _Flags:
+    def __init__(self, session_present: bool) -> None:
+        self.session_present = session_present
+
+
+class _Rc:
+    is_failure = False
+
+
+def _queued(src: MqttSource) -> bytes:
+    return b"".join(bytes(p["packet"]) for p in src._client._out_packet)
+
+
+def test_acks_are_one_buffer_of_pubacks_and_remembered_across_a_drop() -> None:
+    """ack() queues exactly the PUBACK bytes; acks sent just before a drop are re-acked.
+
+    The broker may never have received PUBACKs written shortly before the
+    connection died; when it resends those messages (DUP) after the session
+    resumes, they are acknowledged again without being ingested twice.
+    """
+    src, ingest = _source({})
+    src.connected = True
+    assert src.ack([]) is None
+    assert _queued(src) == b""
+    src._handle(_msg(1, b"20.5", dup=False))
+    src._handle(_msg(2, b"21.5", dup=False))
+    tokens = [tok for _, tok in ingest.drain().acks]
+    src.ack(tokens)
+    assert _queued(src) == b"\x40\x02\x00\x01\x40\x02\x00\x02"  # MQTT 5 §3.4, one buffer
+    assert src._unacked == {}
+    src._on_disconnect(src._client, None, None, _Rc(), None)  # the PUBACKs may be lost
+    src._on_connect(src._client, None, _Flags(session_present=True), _Rc(), None)
+    src._handle(_msg(1, b"20.5", dup=True))
+    src._handle(_msg(2, b"21.5", dup=True))
+    again = ingest.drain()
+    assert len(again) == 0
+    assert [tok for _, tok in again.acks] == tokens
+    assert src.duplicates == 2
+
+
+def test_acks_while_disconnected_are_kept_for_the_resend() -> None:
+    """PUBACKs queued while down are dropped by paho; the resent messages are re-acked."""
+    src, ingest = _source({})
+    src.connected = True
+    src._handle(_msg(5, b"30.0", dup=False))
+    tokens = [tok for _, tok in ingest.drain().acks]
+    src._on_disconnect(src._client, None, None, _Rc(), None)
+    src.ack(tokens)  # written while disconnected: lost on reconnect
+    src._on_connect(src._client, None, _Flags(session_present=True), _Rc(), None)
+    src._handle(_msg(5, b"30.0", dup=True))
+    again = ingest.drain()
+    assert (len(again), [tok for _, tok in again.acks]) == (0, tokens)
+
+
+def test_old_acks_leave_the_loss_window_and_a_new_session_forgets() -> None:
+    """Acks older than the loss window are not suspected; a fresh session clears everything."""
+    src, ingest = _source({})
+    src.connected = True
+    src._handle(_msg(1, b"20.5", dup=False))
+    tokens = [tok for _, tok in ingest.drain().acks]
+    src.ack(tokens)
+    src._recent[0] = (src._recent[0][0] - 60.0, src._recent[0][1])  # a minute ago
+    src._handle(_msg(2, b"21.5", dup=False))
+    src.ack([tok for _, tok in ingest.drain().acks])  # prunes entries older than the window
+    assert [list(t) for _, t in src._recent] == [[2]]
+    src._on_disconnect(src._client, None, None, _Rc(), None)
+    src._on_connect(src._client, None, _Flags(session_present=True), _Rc(), None)
+    src._handle(_msg(1, b"20.5", dup=True))  # acked long ago: a genuinely new delivery
+    assert len(ingest.drain()) == 1
+
+
+def test_topic_that_is_not_utf8_is_rejected_and_acked() -> None:
+    """A non-UTF-8 topic is counted as invalid_utf8 and its message still acknowledged."""
+    src, ingest = _source({})
+    msg = paho.MQTTMessage(mid=9, topic=b"plant/\xff/value")
+    msg.payload, msg.qos = b"1.0", 1
+    src._handle(msg)
+    d = ingest.drain()
+    assert len(d) == 0
+    assert [tok[0] for _, tok in d.acks] == [9]
+    assert sum(n for (_, reason), n in ingest.rejected.items() if reason == "invalid_utf8") == 1
