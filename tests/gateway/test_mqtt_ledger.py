@@ -116,7 +116,7 @@ def test_acks_are_one_buffer_of_pubacks_and_remembered_across_a_drop() -> None:
     """
     src, ingest = _source({})
     src.connected = True
-    assert src.ack([]) is None
+    src.ack([])
     assert _queued(src) == b""
     src._handle(_msg(1, b"20.5", dup=False))
     src._handle(_msg(2, b"21.5", dup=False))
