@@ -12,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 
 from gateway.config import MqttSourceConfig, SensorConfig, TopicRule
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
+from gateway.sources import mqtt as mqtt_module
 from gateway.sources.mqtt import MqttSource, digest
 from gateway.spool import Spool, pack_tokens
 from tecc_contract.fixedpoint import SensorRange
@@ -175,3 +177,16 @@ def test_topic_that_is_not_utf8_is_rejected_and_acked() -> None:
     assert len(d) == 0
     assert [tok[0] for _, tok in d.acks] == [9]
     assert sum(n for (_, reason), n in ingest.rejected.items() if reason == "invalid_utf8") == 1
+
+
+def test_route_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishers choose topics: the route cache is cleared once it exceeds its bound."""
+    monkeypatch.setattr(mqtt_module, "_ROUTE_CACHE", 3)
+    src, _ = _source({})
+    sizes = []
+    for i in range(5):
+        msg = paho.MQTTMessage(mid=i + 1, topic=f"plant/t{i}/value".encode())
+        msg.payload, msg.qos = b"1.0", 1
+        src._handle(msg)
+        sizes.append(len(src._routes))
+    assert sizes == [1, 2, 3, 4, 1]  # cleared when a 5th topic finds 4 > 3 cached
