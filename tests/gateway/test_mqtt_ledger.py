@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.config import MqttSourceConfig, SensorConfig, TopicRule
+from gateway.config import MqttSourceConfig, PayloadFormat, SensorConfig, TopicRule
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
 from gateway.sources import mqtt as mqtt_module
@@ -190,3 +190,26 @@ def test_route_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         src._handle(msg)
         sizes.append(len(src._routes))
     assert sizes == [1, 2, 3, 4, 1]  # cleared when a 5th topic finds 4 > 3 cached
+
+
+def test_unmatched_topics_and_json_rules_take_the_right_path() -> None:
+    """An unmatched topic is rejected and acked; a JSON rule never takes the number fast path."""
+    rules = (
+        TopicRule("plant/+/json", "{0}", PayloadFormat.JSON, ("v",)),
+        TopicRule("plant/+/value", "{0}"),
+    )
+    cfg = MqttSourceConfig("mq", "127.0.0.1", 1883, "gw-ledger", rules)
+    ingest = Ingest({"temp": SensorConfig("temp", SensorRange(0.0, 100.0))})
+    src = MqttSource(cfg, ingest, Metrics(ingest))
+    for mid, topic, payload in (
+        (1, b"elsewhere/temp", b"1.0"),
+        (2, b"plant/temp/json", b'{"v": 2.5}'),
+        (3, b"plant/temp/json", b"3.5"),  # a bare number is not this rule's JSON object
+    ):
+        msg = paho.MQTTMessage(mid=mid, topic=topic)
+        msg.payload, msg.qos = payload, 1
+        src._handle(msg)
+    d = ingest.drain()
+    assert d.values == [2.5]
+    assert sorted(tok[0] for _, tok in d.acks) == [1, 2, 3]  # every message acknowledged
+    assert ingest.rejected[("(unmatched)", "wrong_shape")] == 1
