@@ -68,4 +68,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "rows exist only for clusters 0..n-1: a spool with another cluster count is refused "
         "by the meta check before this loop"
     ),
+    (
+        "gateway/sources/mqtt.py",
+        "if spec.format in _NUMERIC_FIRST and len(payload) <= spec.max_bytes:",
+        "(len(payload) < spec.max_bytes)",
+    ): (
+        "a number of exactly max_bytes then takes parse_payload instead of the fast path, "
+        "which accepts it with the same value and timestamp (the fast path is an optimisation)"
+    ),
 }

@@ -9,6 +9,7 @@ without being ingested again; anything else must be ingested.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -19,6 +20,7 @@ from gateway.ingest import Ingest
 from gateway.metrics import Metrics
 from gateway.sources import mqtt as mqtt_module
 from gateway.sources.mqtt import MqttSource, digest
+from gateway.sources.payload import MAX_PAYLOAD_BYTES
 from gateway.spool import Spool, pack_tokens
 from tecc_contract.fixedpoint import SensorRange
 
@@ -213,3 +215,20 @@ def test_unmatched_topics_and_json_rules_take_the_right_path() -> None:
     assert d.values == [2.5]
     assert sorted(tok[0] for _, tok in d.acks) == [1, 2, 3]  # every message acknowledged
     assert ingest.rejected[("(unmatched)", "wrong_shape")] == 1
+
+
+def test_oversized_number_is_refused_and_malformed_payloads_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A numeric payload over max_bytes never takes the fast path; malformed ones are logged
+    once per minute per topic."""
+    src, ingest = _source({})
+    long_number = b"0" * MAX_PAYLOAD_BYTES + b"1.5"  # parses as 1.5, but is too large
+    with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
+        for mid, payload in ((1, long_number), (2, b"not a number"), (3, b"12.0")):
+            src._handle(_msg(mid, payload, dup=False))
+    d = ingest.drain()
+    assert d.values == [12.0]
+    assert ingest.rejected[("temp", "too_large")] == 1
+    warnings = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(warnings) == 1  # the second malformed payload on the topic is not logged
