@@ -146,7 +146,10 @@ TARGETS: tuple[Target, ...] = (
             "MqttSource._on_disconnect",
         ),
     ),
-    Target("cloud_tecc/output/collector.py", ("tests/cloud/test_cloud_output.py",)),
+    Target(
+        "cloud_tecc/output/collector.py",
+        ("tests/cloud/test_cloud_output.py", "tests/cloud/test_collector_checks.py"),
+    ),
 )
 #: --quick: (target with its quick test selection, sample size); a fixed seeded sample.
 QUICK: tuple[tuple[Target, int], ...] = (

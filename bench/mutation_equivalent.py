@@ -76,4 +76,7 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "a number of exactly max_bytes then takes parse_payload instead of the fast path, "
         "which accepts it with the same value and timestamp (the fast path is an optimisation)"
     ),
+    ("cloud_tecc/output/collector.py", "layout = pending[0][0]", "1"): (
+        "all pending layouts were just checked to be identical: any party's is the same"
+    ),
 }

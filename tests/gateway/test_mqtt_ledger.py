@@ -232,3 +232,15 @@ def test_oversized_number_is_refused_and_malformed_payloads_logged_once(
     assert ingest.rejected[("temp", "too_large")] == 1
     warnings = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert len(warnings) == 1  # the second malformed payload on the topic is not logged
+
+
+def test_fresh_traffic_ends_the_reconnect_resend_phase() -> None:
+    """Once a non-DUP message arrives, an old in-pipeline id resent with DUP is new again."""
+    src, ingest = _source({})
+    src._handle(_msg(7, b"30.0", dup=False))
+    ingest.drain()
+    src._resent = src._unacked.copy()  # what _on_connect does with session_present
+    src._handle(_msg(8, b"31.0", dup=False))  # the broker's resend phase is over
+    src._handle(_msg(7, b"30.0", dup=True))
+    assert ingest.drain().values == [31.0, 30.0]
+    assert src.duplicates == 0
