@@ -114,3 +114,24 @@ def test_sent_ns_must_fit_a_signed_64_bit_integer() -> None:
     assert Progress("g", "c", 0, 2**63 - 1).sent_ns == 2**63 - 1
     with pytest.raises(FrameError, match="2\\^63"):
         Progress("g", "c", 0, 2**63)
+
+
+def test_short_foreign_and_padded_notices_are_refused() -> None:
+    """68 bytes (magic + signature) is the floor; other magic and trailing bytes are refused.
+
+    The padded notice is re-signed by the gateway key, so only the parser can refuse it.
+    """
+    gw = Ed25519PrivateKey.generate()
+    keys = {"gw-1": gw.public_key()}
+    frame = seal_progress(Progress("gw-1", "party0", NOW, NOW), gw)
+    body = frame[:-64]
+    with pytest.raises(FrameError, match="truncated"):
+        open_progress(frame[: 4 + 64 - 1], keys)
+    with pytest.raises(FrameError, match="version needs 1 bytes"):
+        open_progress(frame[:4] + bytes(64), keys)  # long enough: refused by the reader
+    other = b"TECC" + body[4:]
+    with pytest.raises(FrameError, match="bad magic"):
+        open_progress(other + gw.sign(other), keys)
+    padded = body + b"\x00"
+    with pytest.raises(FrameError):
+        open_progress(padded + gw.sign(padded), keys)
