@@ -54,11 +54,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("gateway/spool.py", "return dict(zip(flat[0::2], flat[1::2], strict=True))", "False"): (
         "blobs are written only by pack_tokens, which always packs pairs"
     ),
-    (
-        "cloud_tecc/party/store.py",
-        '"sensor=? AND epoch_ns<=? ORDER BY epoch_ns DESC LIMIT 1",',
-        "2",
-    ): "fetchone() reads the first row either way",
     ("gateway/spool.py", 'self._db.execute("PRAGMA synchronous=FULL")', "pass"): (
         "FULL is this SQLite build's default (SQLITE_DEFAULT_SYNCHRONOUS=2), so dropping the "
         "statement changes nothing here; test_spool_commits_with_synchronous_full asserts the "

@@ -153,7 +153,8 @@ def test_epochs_recommit_prune_rewind_and_roll_back(tmp_path: Path) -> None:
     assert _epochs(store) == [20, 30]  # epochs before the previous watermark are pruned
     store.commit_epoch(30, {key: _state(31)}, 5, 2, result=b"again")  # recomputed
     assert _epochs(store) == [20, 30]
-    assert int(store.load_states([key], 30)[key].centre[0]) == 31
+    st = store.load_states([key], 30)[key]
+    assert (int(st.centre[0]), st.hist_x.tolist(), st.hist_yy.tolist()) == (31, [31, 31], [0, 0])
     bad = StreamState(np.array([1], np.uint64), cast(Any, object()), np.zeros(1, np.uint64))
     with pytest.raises(TypeError):
         store.commit_epoch(40, {key: bad}, 5, 3)

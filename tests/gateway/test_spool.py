@@ -320,3 +320,11 @@ def test_unpin_drops_a_clusters_queue_and_pin(tmp_path: Path) -> None:
     s = _open(tmp_path / "s.db")
     assert (s.depth(0), s.depth(1), s.bytes_used) == (1, 2, 20 + 12 + 16 + 2 * (1 + 12 + 16))
     s.close()
+
+
+def test_closed_spool_refuses_use(tmp_path: Path) -> None:
+    """close() really closes the database (a later call fails instead of writing)."""
+    s = _open(tmp_path / "s.db")
+    s.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        s.last_seq()
