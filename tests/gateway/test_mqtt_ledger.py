@@ -10,6 +10,7 @@ without being ingested again; anything else must be ingested.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -244,3 +245,19 @@ def test_fresh_traffic_ends_the_reconnect_resend_phase() -> None:
     src._handle(_msg(7, b"30.0", dup=True))
     assert ingest.drain().values == [31.0, 30.0]
     assert src.duplicates == 0
+
+
+def test_reconnect_with_session_marks_the_pipeline_as_resent() -> None:
+    """After a resumed session the in-pipeline message resent with DUP is not ingested again;
+    the source reports itself connected since that moment."""
+    src, ingest = _source({})
+    src._handle(_msg(4, b"40.0", dup=False))
+    ingest.drain()
+    before = time.time_ns()
+    src._on_connect(src._client, None, _Flags(session_present=True), _Rc(), None)
+    assert src.connected
+    assert src._up_ns is not None
+    assert src._up_ns >= before
+    src._handle(_msg(4, b"40.0", dup=True))
+    assert len(ingest.drain()) == 0
+    assert src.duplicates == 1
