@@ -44,6 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench import gateway_modbus
 from bench._report import emit
+from bench._services import mosquitto
 from demo.services import free_port
 from gateway.agent import Agent
 from gateway.config import GatewayConfig
@@ -51,7 +52,6 @@ from gateway.config_yaml import parse_config
 from gateway.keys import GatewayKeys
 from gateway.spool import PinnedKey, Spool
 from tecc_contract.keys import KemSuite, generate_cluster_keypair
-from tests.gateway.services import mosquitto
 
 SINGLE = "plant/line1/temp/value"
 BATCH = "plant/line1/temp/batch"

@@ -263,7 +263,7 @@ def _class_of(spec: SimSensor, a: float, ws: float, broker: Iv, opcua: Iv) -> st
 
 def _classify(
     ctx: _Ctx,
-    p: Pipeline,
+    sensors: Mapping[str, list[SimSensor]],
     obs: Observed,
     samples: Mapping[str, list[Sample]],
     windows: list[dict[str, Any]],
@@ -280,11 +280,11 @@ def _classify(
             (a - off - OPCUA_MARGIN_S, b - off + OPCUA_MARGIN_S)
             for a, b in _intervals(obs.not_subscribed.get(g, []))
         ]
-        for g in p.sensors
+        for g in sensors
     }
     counted_by = {(w["sensor"], int(w["start_ns"])): int(w["count"]) for w in windows}
     classes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for gw, specs in p.sensors.items():
+    for gw, specs in sensors.items():
         for spec in specs:
             sid = spec.sensor
             seen = samples[sid]
@@ -312,14 +312,19 @@ def _classify(
 
 def _timeliness(
     ctx: _Ctx, obs: Observed, epochs: list[dict[str, Any]]
-) -> tuple[float, int, list[tuple[str, float]]]:
-    """Availability, windows scored and recovery times, from the store times of epochs."""
+) -> tuple[float, int, int, list[tuple[str, float]]]:
+    """Availability, windows scored, windows released and recovery times (epoch store times).
+
+    ``windows scored`` is the number of windows in the scored interval;
+    ``windows released`` how many of them the output service stored at all.
+    """
     stored = {int(e["start_ns"]): int(e["stored_ns"]) / 1e9 for e in epochs}
     ws, off = ctx.ws, ctx.offset
     grid = range(math.ceil(ctx.t0 / ws), math.floor(ctx.t_end / ws))
-    on_time = 0
+    on_time = released = 0
     for k in grid:
         st = stored.get(_ns(k * ws))
+        released += st is not None
         if st is not None and st - (k * ws + ws + off) <= DEADLINE_S:
             on_time += 1
     recovery: list[tuple[str, float]] = []
@@ -330,7 +335,7 @@ def _timeliness(
         first = [st for s0, st in stored.items() if s0 / 1e9 + off >= up]
         if first:
             recovery.append((target, round(min(first) - up, 2)))
-    return round(on_time / max(1, len(grid)), 4), len(grid), recovery
+    return round(on_time / max(1, len(grid)), 4), len(grid), released, recovery
 
 
 async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str, Any]:
@@ -373,8 +378,8 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
     offline = await asyncio.to_thread(
         simulate, _with_scenario(p.sim_config), start=start, duration_s=run_s
     )
-    classes = _classify(ctx, p, obs, offline.samples, windows)
-    availability, n_windows, by_target = _timeliness(ctx, obs, epochs)
+    classes = _classify(ctx, p.sensors, obs, offline.samples, windows)
+    availability, n_windows, n_released, by_target = _timeliness(ctx, obs, epochs)
     recovery = [r for _, r in by_target]
     main = classes["counted"]
     return {
@@ -406,6 +411,7 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         "availability": availability,
         "availability_deadline_s": DEADLINE_S,
         "windows_scored": n_windows,
+        "windows_released": n_released,
         "excluded": {
             k: {**v, "why": EXCLUDED_WHY[k]} for k, v in classes.items() if k != "counted"
         },

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
+from gateway.crashpoint import crash_point
 from gateway.errors import GatewayError, SpoolError, SpoolFullError
 from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
@@ -345,6 +346,7 @@ class Agent:
                 self._refuse_batch(batch.count, exc)
                 release_acks(batch.acks)
                 return
+            crash_point("gateway.after_spool_commit")  # test hook, inert in production
             self._seq = seq
             self.spooled_readings += batch.count
             self._released = [seq]

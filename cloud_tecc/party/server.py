@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Counter, Gauge
 
 from cloud_tecc.config import PartyConfig
+from cloud_tecc.crashpoint import crash_point
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import CloudConfigError, IngestError
@@ -226,6 +227,7 @@ class PartyService(ServiceBase):
         try:
             row = await self._prepare(frame)
             outcome = await self.writer.submit(row)
+            crash_point("party.after_persist")  # test hook, inert in production
             if outcome == InsertResult.REPLAY:
                 raise IngestError(
                     "replay",

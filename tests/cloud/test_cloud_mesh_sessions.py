@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,16 @@ from cloud_tecc.mpc import Party, PeerLostError, reveal, share
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from demo.services import free_port
+
+
+def _listening(port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` (Linux /proc; state 0A is LISTEN)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
 
 
 def _configs() -> list[MeshConfig]:
@@ -47,7 +58,9 @@ async def test_mesh_half_connected_to_an_abandoned_peer_session_is_refused() -> 
         connect_timeout=0.5,
     )
     old1 = asyncio.create_task(WsTransport.start(nowhere))
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):  # until the old session listens (no probe connection)
+        while not _listening(c1.addresses[1][1]):
+            await asyncio.sleep(0.01)
     t0 = asyncio.create_task(WsTransport.start(c0))  # connects to the old session of party 1
     with pytest.raises(PeerLostError):
         await old1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import numpy as np
 import pytest
@@ -201,13 +202,74 @@ def test_random_bytes_raise_only_contract_errors(data: bytes) -> None:
 
 @settings(max_examples=1500)
 @given(st.lists(st.tuples(st.integers(0, len(_FRAME) - 1), st.integers(0, 255)), max_size=6))
-def test_mutated_frames_raise_only_contract_errors(edits: list[tuple[int, int]]) -> None:
-    """Byte edits of a valid frame either still open (no edit) or raise a ContractError."""
+def test_mutated_frames_are_rejected_unless_unchanged(edits: list[tuple[int, int]]) -> None:
+    """A byte-edited frame opens only if it is byte-identical to the original; else ContractError.
+
+    Fails on the code before this change's test, which also passed a tampered frame that opened.
+    """
     b = bytearray(_FRAME)
     for pos, val in edits:
         b[pos] = val
-    for decode in (read_header, _OPENERS[0].open):
-        try:
-            decode(bytes(b))
-        except ContractError:
-            assert bytes(b) != _FRAME
+    edited = bytes(b)
+    with contextlib.suppress(ContractError):
+        read_header(edited)  # no cryptography: may parse an edited frame, must not crash
+    try:
+        opened = _OPENERS[0].open(edited)
+    except ContractError:
+        assert edited != _FRAME, "the unmodified frame must open"
+        return
+    assert edited == _FRAME, "a tampered frame opened"
+    assert opened.header.seq == 5
+
+
+def test_gateway_a_cannot_sign_as_gateway_b() -> None:
+    """With several gateways enrolled, a frame naming B but signed by A's key is refused.
+
+    Kills the mutant that accepts a signature by any enrolled gateway key.
+    """
+    keys = keys_for(KemSuite.X25519, 2)
+    key_a, key_b = ed25519_from_seed(b"gw-a"), ed25519_from_seed(b"gw-b")
+    enrolled = {"gw-a": key_a.public_key(), "gw-b": key_b.public_key()}
+    opener = Opener(party=0, suite=KemSuite.X25519, private_key=keys[0][0], gateway_keys=enrolled)
+    clusters = [ClusterKey(i, KemSuite.X25519, pub) for i, (_, pub) in enumerate(keys)]
+    honest = Sealer(gateway_id="gw-b", signing_key=key_b, clusters=clusters)
+    forged = Sealer(gateway_id="gw-b", signing_key=key_a, clusters=clusters)
+    seg = [regular_segment("a", 10)]
+    assert opener.open(honest.seal(1, seg, created_ns=T0)[0]).header.gateway_id == "gw-b"
+    with pytest.raises(SignatureError, match="'gw-b' on batch 1 is invalid"):
+        opener.open(forged.seal(1, seg, created_ns=T0)[0])
+    # Re-signing an honest frame of B with A's key is refused likewise.
+    frame = honest.seal(2, seg, created_ns=T0)[0]
+    body = frame[:-64]
+    with pytest.raises(SignatureError):
+        opener.open(body + key_a.sign(body))
+
+
+def test_frame_length_and_type_boundaries() -> None:
+    """Non-bytes and frames one byte under the minimum say so; the minimum parses further.
+
+    Kills the mutants that drop the type check or move the minimum-length boundary.
+    """
+    minimum = b"TECC\x01" + bytes(8) + bytes(64)  # magic, version, two empty blobs, signature
+    with pytest.raises(FrameError, match="must be bytes"):
+        read_header(cast(bytes, "TECC"))
+    with pytest.raises(FrameError, match="too short"):
+        read_header(minimum[:-1])
+    with pytest.raises(FrameError) as exc:
+        read_header(minimum)  # long enough: refused by the header decoder instead
+    assert "too short" not in str(exc.value)
+
+
+def test_other_kem_suite_is_refused_by_name() -> None:
+    """An X25519 envelope at a hybrid-KEM cluster is refused for its suite, not by HPKE."""
+    sealer, _, gw = make_system(KemSuite.X25519)
+    frame = sealer.seal(0, [regular_segment("a", 5)], created_ns=T0)[0]
+    hybrid_key = keys_for(KemSuite.MLKEM768_X25519, 1)[0][0]
+    opener = Opener(
+        party=0,
+        suite=KemSuite.MLKEM768_X25519,
+        private_key=hybrid_key,
+        gateway_keys={"gw-1": gw.public_key()},
+    )
+    with pytest.raises(DecryptError, match="uses KEM"):
+        opener.open(frame)

@@ -91,3 +91,38 @@ def test_encode_refuses_unvalidated_overflow() -> None:
     """Encoding a value that does not fit the ring raises rather than wrapping."""
     with pytest.raises(ParameterError):
         CODEC.encode(np.array([1e300]))
+
+
+def test_default_and_bounds_of_frac_bits() -> None:
+    """16 fraction bits by default (docs/ARCHITECTURE.md); 0 and 40 allowed, -1 and 41 not."""
+    assert FixedPoint().frac_bits == 16
+    assert int(FixedPoint().encode(np.array([1.0]))[0]) == 2**16
+    assert FixedPoint(0).scale == 1.0
+    assert FixedPoint(40).scale == 2.0**40
+    for bad in (-1, 41):
+        with pytest.raises(ParameterError, match=r"frac_bits must be in 0\.\.40"):
+            FixedPoint(bad)
+
+
+def test_encode_refuses_exactly_2_pow_63() -> None:
+    """|v| · 2^16 reaching 2^63 does not fit the signed ring: 2^47 fails, 2^47 − 1 encodes."""
+    codec = FixedPoint()
+    with pytest.raises(ParameterError, match="too large"):
+        codec.encode(np.array([2.0**47]))
+    with pytest.raises(ParameterError, match="too large"):
+        codec.encode(np.array([-(2.0**47)]))
+    assert codec.decode(codec.encode(np.array([2.0**47 - 1])))[0] == 2.0**47 - 1
+
+
+def test_range_limit_and_edges_are_inclusive() -> None:
+    """A range may reach ±2^30 exactly; a reading equal to low or high is accepted."""
+    SensorRange(-(2.0**30), 2.0**30)
+    with pytest.raises(ParameterError, match="exceeds"):
+        SensorRange(0.0, 2.0**30 + 1)
+    rng = SensorRange(-1.0, 1.0)
+    check = validate(np.array([-1.0, 1.0, -1.0000001, 1.0000001]), rng)
+    assert check.accepted.tolist() == [True, True, False, False]
+    assert check.rejected == {RejectReason.BELOW_RANGE: 1, RejectReason.ABOVE_RANGE: 1}
+    assert (classify(-1.0, rng), classify(1.0, rng)) == (-1.0, 1.0)
+    assert classify(10**400, rng) is RejectReason.ABOVE_RANGE
+    assert classify(-(10**400), rng) is RejectReason.BELOW_RANGE

@@ -81,3 +81,21 @@ def test_split_argument_errors() -> None:
         reconstruct([secret])
     with pytest.raises(ShareError):
         reconstruct([secret, np.zeros(4, dtype=np.uint64)])
+
+
+def test_expand_share_checks_the_vector_shape_and_handles_scalars() -> None:
+    """A correction of the wrong shape is a ShareError; a seed expands to a 0-d scalar too.
+
+    Kills the mutants that drop the shape check or expand a scalar to two elements.
+    """
+    shares = split(
+        np.arange(6, dtype=np.uint64), 2, vector_party=0, random_bytes=seeded_random_bytes(b"s")
+    )
+    vector = next(s for s in shares if s.vector is not None)
+    seed = next(s for s in shares if s.seed is not None)
+    with pytest.raises(ShareError, match=r"shape \(6,\), expected \(7,\)"):
+        expand_share(vector, 7)
+    assert expand_share(vector, 6).shape == (6,)
+    scalar = expand_share(seed, ())
+    assert scalar.shape == ()
+    assert int(scalar) == int(expand_share(seed, 1)[0])

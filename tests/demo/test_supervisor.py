@@ -46,23 +46,25 @@ async def test_hold_keeps_a_child_down(tmp_path: Path) -> None:
     sup = Supervisor(tmp_path, backoff_initial_s=0.05)
     state = await sup.start(ChildSpec("sleeper", SLEEPER))
     sup.kill("sleeper", hold_s=0.6)
-    await asyncio.sleep(0.4)
-    assert not state.running
-    await _until(lambda: state.running)
+    await _until(lambda: state.last_exit == -signal.SIGKILL)  # it did go down
+    await _until(lambda: state.running and len(state.starts) == 2)
     assert state.starts[1] - state.starts[0] >= 0.6
     await sup.stop()
 
 
 async def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     """A child that ignores SIGTERM is killed after its stop timeout."""
+    ready = tmp_path / "handler-installed"
     stubborn = (
         sys.executable,
         "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "pathlib.Path(sys.argv[1]).touch(); time.sleep(600)",
+        str(ready),
     )
     sup = Supervisor(tmp_path)
     state = await sup.start(ChildSpec("stubborn", stubborn, stop_timeout_s=0.5))
-    await asyncio.sleep(0.3)  # let it install its handler
+    await _until(ready.exists)  # its SIGTERM handler is installed
     await sup.stop()
     assert state.process is not None
     assert state.process.returncode == -signal.SIGKILL

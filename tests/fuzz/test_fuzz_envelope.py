@@ -7,11 +7,15 @@ layout checks, HPKE and share expansion see the mutated bytes too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 
-from tecc_contract.envelope import SIGNATURE_BYTES, Opener, read_header
+from tecc_contract.envelope import SIGNATURE_BYTES, OpenedShare, Opener, read_header
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
@@ -32,12 +36,18 @@ def _build() -> tuple[list[bytes], list[Opener], Ed25519PrivateKey]:
 
 
 _SEEDS, _OPENERS, _GW = _build()
+_SEED_SET = frozenset(_SEEDS)
 
 
-def run(data: bytes) -> None:
+class _Opens(Protocol):
+    def open(self, frame: bytes) -> OpenedShare: ...
+
+
+def run(data: bytes, openers: Sequence[_Opens] = _OPENERS) -> None:
     """Parse ``data`` as a frame and open it as each party, as sent and re-signed.
 
-    Raises a ContractError only if no party opened either form (the case was refused).
+    Raises a ContractError only if no party opened either form (the case was refused);
+    an AssertionError (a finding) if ``data`` opened as sent without being a seed.
     """
     opened = 0
     first: ContractError | None = None
@@ -45,13 +55,17 @@ def run(data: bytes) -> None:
         read_header(data)
     except ContractError as exc:
         first = exc
-    for frame in (data, data[:-SIGNATURE_BYTES] + _GW.sign(data[:-SIGNATURE_BYTES])):
-        for opener in _OPENERS:
+    resigned = data[:-SIGNATURE_BYTES] + _GW.sign(data[:-SIGNATURE_BYTES])
+    for frame in (data, resigned):
+        for opener in openers:
             try:
                 share = opener.open(frame)
             except ContractError as exc:
                 first = first or exc
                 continue
+            # As received, only an untouched seed may open: a tampered frame that still
+            # opens is a finding (the signature covers every byte), not a pass.
+            assert frame is resigned or frame in _SEED_SET, "a tampered frame opened"
             opened += 1
             for arr in share.columns.values():
                 assert arr.dtype == np.uint64
@@ -75,3 +89,22 @@ def test_seeds_open() -> None:
     for seed in _SEEDS:
         assert read_header(seed).count > 0
     assert not any(TARGET.check(s) for s in _SEEDS)
+
+
+def test_tampered_frame_that_opens_is_a_finding() -> None:
+    """The oracle itself: an edited frame that opened as sent would fail the target.
+
+    Opening is simulated by an opener that accepts anything (the mutant "signature
+    not checked"); the target must raise, not count it as refused or accepted.
+    """
+    edited = bytearray(_SEEDS[0])
+    edited[20] ^= 1
+    fake = _OPENERS[0].open(_SEEDS[0])
+
+    class _AcceptAll:
+        def open(self, frame: bytes) -> OpenedShare:
+            return fake
+
+    with pytest.raises(AssertionError, match="tampered"):
+        run(bytes(edited), [_AcceptAll()])
+    run(_SEEDS[0], [_AcceptAll()])

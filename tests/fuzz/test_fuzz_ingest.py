@@ -62,14 +62,21 @@ def _seeds() -> list[bytes]:
 
 
 def run(data: bytes) -> None:
-    """Ingest ``data`` as sent and re-signed; IngestError if both forms were refused."""
+    """Ingest ``data`` as sent and re-signed; IngestError if both forms were refused.
+
+    AssertionError (a finding) if ``data`` was accepted as sent without being a seed.
+    """
     refusals: list[str] = []
-    for frame in (data, data[:-SIGNATURE_BYTES] + _GW.sign(data[:-SIGNATURE_BYTES])):
+    resigned = data[:-SIGNATURE_BYTES] + _GW.sign(data[:-SIGNATURE_BYTES])
+    for frame in (data, resigned):
         try:
             row = _INGESTOR.prepare(frame, received_ns=1)
         except IngestError as exc:
             refusals.append(exc.reason)
             continue
+        # As received, only an untouched seed may be accepted: a tampered frame that
+        # passes verification is a finding, not a pass.
+        assert frame is resigned or frame in _SEED_SET, "a tampered frame was accepted"
         assert row.count == sum(len(s.ts) // 8 for s in row.segments)
         assert all(len(s.x) == len(s.ts) for s in row.segments)
         (outcome,) = _STORE.insert_batches([row])
@@ -78,7 +85,9 @@ def run(data: bytes) -> None:
         raise IngestError(refusals[0], "refused")
 
 
-TARGET = Target("batch_ingest", _seeds(), run, (IngestError,))
+_SEED_LIST = _seeds()
+_SEED_SET = frozenset(_SEED_LIST)
+TARGET = Target("batch_ingest", _SEED_LIST, run, (IngestError,))
 
 
 @FUZZ_SETTINGS

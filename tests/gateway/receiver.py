@@ -4,10 +4,13 @@ It serves ``GET /attestation?nonce=<hex>`` with a quote signed by a test
 platform key and ``POST /v1/batches``, which opens each frame with the real
 contract :class:`~tecc_contract.envelope.Opener` (signature, HPKE) and keeps
 the opened share, answering 200 with a signed acknowledgement
-(:mod:`tecc_contract.ack`) for a new or identical frame and 409 for other
-bytes under a seq it already holds, and ``POST
-/v1/progress``, which verifies the gateway's progress notice and records it
-with the batches held at that moment (:func:`progress_violations`). The test
+(:mod:`tecc_contract.ack`) for a new or identical frame (the identical frame
+again is a ``duplicate``, as at the real party, cloud_tecc/party/server.py)
+and 409 ``replay`` for other bytes under a seq it already holds (counted in
+:attr:`FakeCluster.replays`). ``POST /v1/progress`` verifies the gateway's
+progress notice, refuses it like the real party when stale or future-dated
+(409) or misaddressed (403), and records it with the batches held at that
+moment (:func:`progress_violations`). The test
 then reconstructs readings from all clusters' shares with the contract code.
 """
 
@@ -31,7 +34,7 @@ from tecc_contract.errors import ContractError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite, generate_cluster_keypair
-from tecc_contract.progress import open_progress
+from tecc_contract.progress import check_fresh, open_progress
 
 GOOD_MEASUREMENT = hashlib.sha256(b"approved cluster build").digest()
 BAD_MEASUREMENT = hashlib.sha256(b"edited policy: release raw x").digest()
@@ -85,7 +88,10 @@ class FakeCluster:
             party=index, suite=KemSuite.X25519, private_key=self._priv, gateway_keys=gateway_keys
         )
         self.shares: dict[int, OpenedShare] = {}
-        self._digests: dict[int, bytes] = {}
+        self.digests: dict[int, bytes] = {}  # seq -> SHA-256 of the frame stored
+        self.replays = 0  # different bytes under a held seq (refused)
+        self.duplicates = 0  # the identical frame again (acknowledged)
+        self.stale_notices = 0
         self._gateway_keys = gateway_keys
         self.notices: list[tuple[int, frozenset[int]]] = []  # (through, seqs held then)
         self.posts = 0
@@ -132,9 +138,14 @@ class FakeCluster:
         if self.answers is Answers.BARE_409:
             return web.Response(status=409, text="duplicate")
         outcome = Outcome.STORED
-        if h.seq in self._digests:
-            if self._digests[h.seq] != frame_digest(body):
-                return web.json_response({"reason": "replay"}, status=409)
+        if h.seq in self.digests:
+            if self.digests[h.seq] != frame_digest(body):
+                self.replays += 1
+                return web.json_response(
+                    {"status": "rejected", "reason": "replay", "error": f"batch {h.seq} differs"},
+                    status=409,
+                )
+            self.duplicates += 1
             outcome = Outcome.DUPLICATE
         digest = frame_digest(body)
         key = self.sign_key
@@ -144,7 +155,7 @@ class FakeCluster:
             digest = frame_digest(body + b"other")
         else:
             self.shares[h.seq] = opened
-            self._digests[h.seq] = digest
+            self.digests[h.seq] = digest
         ack = seal_ack(Ack(h.gateway_id, self.service_id, h.seq, digest, outcome), key)
         return web.json_response(
             {"status": outcome.name.lower(), "ack": base64.b64encode(ack).decode()}
@@ -158,6 +169,13 @@ class FakeCluster:
             return web.Response(status=400, text=str(exc))
         if notice.cluster_id != self.service_id:
             return web.Response(status=403, text="misaddressed")
+        try:
+            check_fresh(notice, time.time_ns())
+        except ContractError as exc:
+            self.stale_notices += 1
+            return web.json_response(
+                {"status": "rejected", "reason": "stale", "error": str(exc)}, status=409
+            )
         self.notices.append((notice.through_ns, frozenset(self.shares)))
         return web.json_response({"status": "noted"})
 

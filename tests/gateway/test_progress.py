@@ -53,8 +53,14 @@ async def test_backlog_after_a_restart_is_not_overtaken(
             await asyncio.to_thread(publish, port, _msgs(0, 100))
             await wait_for(lambda: len(readings(clusters)) == 100, 10, "first readings")
         await asyncio.to_thread(publish, port, _msgs(100, 3000))  # queued for the session
+    held = [len(c.notices) for c in clusters]
     async with running(cfg, keys) as agent:
-        await asyncio.sleep(3.0)  # broker down: notices go out, the backlog is not here
+        # broker down: a dozen notices (3 s at one per 0.25 s) go out, the backlog is not here
+        await wait_for(
+            lambda: all(len(c.notices) >= n + 12 for c, n in zip(clusters, held, strict=True)),
+            30,
+            "notices while the broker is down",
+        )
         assert not agent.mqtt[0].connected
         assert all(c.notices for c in clusters)
         with mosquitto(mq, port=port):

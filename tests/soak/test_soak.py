@@ -31,4 +31,6 @@ async def test_chaos_loses_and_doubles_no_acknowledged_reading(tmp_path: Path) -
     assert result["readings_lost"] == 0, result["counted_diffs"]
     assert result["readings_duplicated"] == 0, result["counted_diffs"]
     assert result["spools_drained"], result
-    assert result["windows_scored"] > 0, result
+    # Every window of the scored interval was released (not just: the interval is non-empty).
+    assert result["windows_scored"] >= 10, result
+    assert result["windows_released"] == result["windows_scored"], result

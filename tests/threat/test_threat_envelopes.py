@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,23 @@ def _notice_attacks(pd: ProxiedDeployment, gw: TestGateway) -> dict[str, list[tu
     return out
 
 
-def test_attacks_are_refused_counted_and_never_released(proxied: ProxiedDeployment) -> None:
-    """Replay, forgery, wrong cluster and unknown gateway: refused, counted, not in the results."""
-    pd, scn = proxied, _scenario()
+@dataclass(frozen=True)
+class Streamed:
+    """The deployment after the scenario (with attacks at second 6) was uploaded."""
+
+    pd: ProxiedDeployment
+    scn: Scenario
+    attacks: dict[str, list[tuple[int, str]]]
+
+
+@pytest.fixture(scope="module")
+def streamed(proxied: ProxiedDeployment) -> Streamed:
+    """Upload the scenario once per module, whichever test asks first (any order, or alone)."""
+    scn = _scenario()
+    return Streamed(proxied, scn, _stream_with_attacks(proxied, scn))
+
+
+def _stream_with_attacks(pd: ProxiedDeployment, scn: Scenario) -> dict[str, list[tuple[int, str]]]:
     gws = {g: TestGateway(pd.dep, g) for g in GATEWAYS}
     attacks: dict[str, list[tuple[int, str]]] = {}
     for sec in range(scn.seconds):
@@ -121,6 +136,12 @@ def test_attacks_are_refused_counted_and_never_released(proxied: ProxiedDeployme
             rogue = stranger.seal(0, bad, created_ns=time.time_ns())
             attacks["not_enrolled"] = [_post(pd, i, f) for i, f in enumerate(rogue)]
             attacks.update(_notice_attacks(pd, gw))
+    return attacks
+
+
+def test_attacks_are_refused_counted_and_never_released(streamed: Streamed) -> None:
+    """Replay, forgery, wrong cluster and unknown gateway: refused, counted, not in the results."""
+    pd, scn, attacks = streamed.pd, streamed.scn, streamed.attacks
     assert attacks == {
         "replay": [(409, "replay"), (409, "replay")],
         "forged": [(403, "signature")],
@@ -148,8 +169,9 @@ def test_attacks_are_refused_counted_and_never_released(proxied: ProxiedDeployme
     assert not any(w["gateway"] == "gw-rogue" for w in windows)
 
 
-def test_small_windows_release_only_their_count(proxied: ProxiedDeployment) -> None:
+def test_small_windows_release_only_their_count(streamed: Streamed) -> None:
     """A window under the policy's min_count (the sparse sensor: 5 < 10) releases no statistic."""
+    proxied = streamed.pd
     wait_epochs(proxied.dep, 3)
     _, sparse = http_json(proxied.dep.url("output") + "/api/v1/windows?sensor=sparse")
     assert sparse
@@ -159,8 +181,9 @@ def test_small_windows_release_only_their_count(proxied: ProxiedDeployment) -> N
     assert all(w["count"] >= 10 and w["mean"] is not None for w in temps)
 
 
-def test_canary_is_in_no_cloud_file_log_or_link(proxied: ProxiedDeployment) -> None:
+def test_canary_is_in_no_cloud_file_log_or_link(streamed: Streamed) -> None:
     """The canary reading reached the statistics but no cluster/dealer byte, on disk or wire."""
+    proxied = streamed.pd
     dep = proxied.dep
     wait_epochs(dep, 3)
     _, windows = http_json(dep.url("output") + "/api/v1/windows?sensor=canary1")

@@ -69,7 +69,9 @@ def test_services_survive_floods_and_keep_serving(tmp_path: Path) -> None:
         quiet = _upload(gws, scn, range(10))
         flood.start()
         time.sleep(3.0)  # slow-loris sockets open, junk and oversized uploads under way
-        loud = _upload(gws, scn, range(10, 20))
+        junk_before = flood.sent_connections
+        loud = _upload(gws, scn, range(10, 20))  # asserts every envelope is accepted
+        junk_during = flood.sent_connections - junk_before
         time.sleep(1.0)
         flood.stop()
         rss_after = _rss(dep)
@@ -90,5 +92,7 @@ def test_services_survive_floods_and_keep_serving(tmp_path: Path) -> None:
         f"RSS growth MiB {growth}; oversized answers {answers}"
     )
     assert flood.sent_connections > 500
-    assert loud > 0  # legitimate traffic keeps flowing; the ratio is measured, not asserted
+    # Legitimate traffic flowed *under* the flood: all 10 s of envelopes were accepted
+    # (checked in _upload) while junk connections kept arriving. The rate is printed only.
+    assert junk_during > 50, f"the flood was not running during the loud phase: {junk_during}"
     assert all(g < _RSS_BOUND_MIB for g in growth.values()), growth

@@ -73,7 +73,9 @@ async def test_gateway_http_port_survives_floods(tmp_path: Path) -> None:
                 flood.start()
                 try:
                     await asyncio.sleep(2.0)
+                    junk_before = flood.sent_connections
                     loud = await _deliver(broker.port, clusters, _N)
+                    junk_during = flood.sent_connections - junk_before
                     async with aiohttp.ClientSession() as s:
                         for path in ("/healthz", "/metrics"):
                             async with s.get(f"http://127.0.0.1:{port}{path}") as r:
@@ -92,5 +94,7 @@ async def test_gateway_http_port_survives_floods(tmp_path: Path) -> None:
         f"junk connections {flood.sent_connections}; RSS growth {growth:.1f} MiB"
     )
     assert flood.sent_connections > 100
-    assert loud > 0  # legitimate traffic keeps flowing; the ratio is measured, not asserted
+    # Legitimate traffic flowed *under* the flood: the second _N readings all arrived
+    # (checked above) while junk connections kept arriving. The rate is printed only.
+    assert junk_during > 10, f"the flood was not running during the loud phase: {junk_during}"
     assert growth < 300
