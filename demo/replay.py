@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from cloud_tecc.localstack import auth_headers
 from demo.feed import ReplayFeed
 from demo.layout import PolicyError, load_policy
 from demo.pipeline import ROOT, Pipeline, PipelineError
@@ -111,10 +112,10 @@ def write_policy(args: argparse.Namespace, state: Path, sensor: str, window_s: f
 async def _get(session: aiohttp.ClientSession, url: str) -> Any:
     """One GET of the pipeline's HTTP endpoints (JSON for the output API, text otherwise).
 
-    The output API is read the same way ``demo/status.py`` reads it; if the
-    output service starts requiring a token, both need it.
+    The output API needs the output's token, registered by the pipeline
+    (:func:`cloud_tecc.localstack.register_output_token`).
     """
-    async with session.get(url) as r:
+    async with session.get(url, headers=auth_headers(url)) as r:
         r.raise_for_status()
         return await r.json() if "/api/" in url else await r.text()
 

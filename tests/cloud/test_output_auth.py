@@ -154,7 +154,9 @@ def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
     for (method, path), access in RULES.items():
         if not isinstance(access.value, Role) or path in ("/metrics",):
             continue
-        url = output.url("output") + path.replace("{id}", "1").replace("{name}", "app.js")
+        url = output.url("output") + path.replace("{id}", "1").replace("{name}", "app.js").replace(
+            "{target}", "ops"
+        )
         if path == "/api/v1/events":
             continue  # a stream: checked for 401 below
         status, _, _ = _request(url, method=method, headers={"Origin": output.url("output")})

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
+from cloud_tecc.localstack import auth_headers
 from demo.pipeline import DEMO_SIM, ROOT, Pipeline
 from demo.replay import window_for
 from firmware_sim.replay import Disorder, read_csv
@@ -92,8 +93,9 @@ def _line(tmp_path: Path, machine: str) -> Path:
 async def _windows(url: str) -> list[dict[str, Any]]:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
-        s.get(url + "/windows") as r,
+        s.get(url + "/windows", headers=auth_headers(url)) as r,
     ):
+        r.raise_for_status()
         rows: list[dict[str, Any]] = await r.json()
         return rows
 
