@@ -62,7 +62,19 @@ if [ -f "$GATEWAY_STATE/identity.sealed" ] && [ -f "$GATEWAY_STATE/spool-key.sea
   log "gateway already provisioned; keeping the keys sealed in $GATEWAY_STATE"
 else
   log "provisioning the gateway: keys sealed in the TPM"
-  tecc-gateway provision --config "$CONFIG_DIR/gateway.yaml" >&2
+  # The TPM container may be healthy a moment before its name resolves and its port
+  # answers on the tpm network: exit 4 (TPM unreachable) is retried for up to 30 s.
+  tries=0
+  until tecc-gateway provision --config "$CONFIG_DIR/gateway.yaml" >&2; do
+    rc=$?
+    tries=$((tries + 1))
+    if [ "$rc" -ne 4 ] || [ "$tries" -ge 30 ]; then
+      log "provisioning failed (exit $rc)"
+      exit "$rc"
+    fi
+    log "TPM not reachable yet; retrying in 1 s"
+    sleep 1
+  done
 fi
 gateway_key=$(tr -d '[:space:]' < "$GATEWAY_STATE/identity.pub")
 log "gateway public key $gateway_key"
