@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +189,19 @@ def test_delivery_panel_tells_a_viewer_it_needs_the_operator_role(deployment: De
         status = page.request.get(dep.url("output") + "/api/v1/deliveries").status
         assert status == 403
     assert errors == []
+
+
+def test_delivery_panel_is_hidden_without_targets(tmp_path: Path) -> None:
+    """No ``delivery:`` section → the API lists no target and the page shows no panel."""
+    dep = Deployment(tmp_path, POLICY, {g: Ed25519PrivateKey.generate() for g in GATEWAYS})
+    try:
+        dep.start_all()
+        assert _deliveries(dep) == {}
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto((dep.state_dir("output") / "signin-link").read_text().strip())
+            expect(page.locator("#live")).to_have_text(re.compile(r"^(live|polling) · updated"))
+            expect(page.locator("#delivery-section")).to_be_hidden()
+            assert page.locator("#deliveries tbody tr").count() == 0
+    finally:
+        dep.stop_all()
