@@ -150,7 +150,7 @@ def test_delivery_panel_equals_the_api(deployment: Deployment) -> None:
 
         def settled() -> bool:
             s = _deliveries(dep)
-            return (
+            return bool(
                 s["ops"]["delivered"] >= len(incidents)
                 and s["refuser"]["dead"] >= len(incidents)
                 and s["ops"]["pending"] == s["refuser"]["pending"] == 0
