@@ -4,7 +4,7 @@
   const POINTS = 600; // the server merges windows beyond this many per chart
   const state = {
     sensor: "", windows: [], alerts: [], units: {}, latestNs: 0, detector: "", eventsOk: false,
-    rangeS: 900, custom: null, role: "viewer", inc: { gateway: "", sensor: "", detector: "" },
+    rangeS: 900, custom: null, role: "viewer", inc: { gateway: "", sensor: "", detector: "" }, deliveryDenied: false,
   };
   const $ = (id) => document.getElementById(id);
   const fmtTime = (ns) => new Date(ns / 1e6).toLocaleTimeString();
@@ -25,7 +25,7 @@
   async function getJSON(path) {
     const r = await fetch(path, { cache: "no-store", credentials: "same-origin" });
     if (r.status === 401) { location.assign("/auth/signin"); throw new Error("signed out"); }
-    if (!r.ok) throw new Error(`${path.split("?")[0]}: HTTP ${r.status}`);
+    if (!r.ok) throw Object.assign(new Error(`${path.split("?")[0]}: HTTP ${r.status}`), { status: r.status });
     return r.json();
   }
   function cell(tr, text, cls) {
@@ -223,6 +223,31 @@
     });
   }
 
+  // Delivery status is for operators: a 403 says so once, and the page stops asking.
+  async function loadDeliveries() {
+    if (state.deliveryDenied) return;
+    let stats;
+    try { stats = await getJSON("api/v1/deliveries"); } catch (e) {
+      if (e.status !== 403) throw e;
+      state.deliveryDenied = true;
+      $("delivery-note").textContent = "operator role needed to see delivery status";
+      $("delivery-note").hidden = false;
+      $("deliveries").hidden = true;
+      $("delivery-section").hidden = false;
+      return;
+    }
+    const rows = Object.entries(stats);
+    $("delivery-section").hidden = rows.length === 0;
+    fillTable("deliveries", rows, (tr, [target, s]) => {
+      tr.dataset.target = target;
+      const dead = s.dead_letters && s.dead_letters.length ? s.dead_letters[0] : null;
+      cell(tr, target); cell(tr, String(s.pending ?? 0), s.pending ? "bad" : "");
+      cell(tr, String(s.delivered ?? 0)); cell(tr, String(s.dead ?? 0), s.dead ? "bad" : "");
+      const td = cell(tr, dead ? dead.last_error || "—" : "—", dead ? "wrap" : "");
+      if (dead) td.title = `${dead.key} (${dead.transition}), ${dead.attempts} attempts, ${fmtDate(dead.updated_ns)}`;
+    });
+  }
+
   function draw() {
     const canvas = $("chart");
     const dpr = window.devicePixelRatio || 1;
@@ -297,7 +322,7 @@
 
   async function refresh() {
     try {
-      await Promise.all([loadClusters(), loadSensors(), loadGateways()]);
+      await Promise.all([loadClusters(), loadSensors(), loadGateways(), loadDeliveries()]);
       await Promise.all([loadWindows(), loadAlerts(), loadFleet(), loadIncidents()]);
       const { since, until } = range();
       document.body.dataset.since = String(since);
@@ -340,10 +365,10 @@
     es.addEventListener("update", () => { state.eventsOk = true; schedule(); });
     es.onerror = () => { state.eventsOk = false; };
   }
-  // Results arrive as events; cluster attestation and gateway health change without one.
+  // Results arrive as events; attestation, gateway health and delivery change without one.
   setInterval(() => {
     if (!state.eventsOk) { refresh(); return; }
-    Promise.all([loadClusters(), loadGateways()]).catch((e) => {
+    Promise.all([loadClusters(), loadGateways(), loadDeliveries()]).catch((e) => {
       $("live").textContent = `error: ${e.message}`; $("live").className = "bad";
     });
   }, 5000);
