@@ -159,7 +159,7 @@ def measure(quick: bool, rounds: int = 3) -> dict[str, float]:
     """The agent's and both baselines' rates and the ratio, against one broker."""
     from bench.gateway import agent_mqtt, bare_paho  # noqa: PLC0415
 
-    n_msgs = 5_000 if quick else 20_000
+    n_msgs = 15_000 if quick else 40_000
     n_readings = n_msgs * N_METRICS  # NBIRTH values + NDATA values
     raw: list[float] = []
     decoded: list[float] = []
