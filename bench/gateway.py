@@ -17,7 +17,9 @@ OPC-UA: the server rewrites all 1,000 variables as fast as it can; the agent
 data changes received over the same window.
 
 Modbus TCP: see :mod:`bench.gateway_modbus` (the source against a bare
-pymodbus client polling the same simulated device).
+pymodbus client polling the same simulated device). Sparkplug B: see
+:mod:`bench.gateway_sparkplug` (the MQTT method, against a bare paho client
+that decodes each payload).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bench import gateway_modbus
+from bench import gateway_modbus, gateway_sparkplug
 from bench._report import emit
 from bench._services import mosquitto
 from demo.services import free_port
@@ -446,6 +448,8 @@ def main() -> None:
             out["opcua_server_writes_per_s"] = round(max(rates)) if rates else None
     out.update(gateway_modbus.measure(window))
     note("modbus")
+    out.update(gateway_sparkplug.measure(quick))
+    note("sparkplug")
     out["nodes"] = N_NODES
     emit(out)
 
