@@ -47,7 +47,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig
-from gateway.crashpoint import crash_point
 from gateway.errors import GatewayError, SpoolError, SpoolFullError
 from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
@@ -61,6 +60,7 @@ from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
 from gateway.uplink import ClusterLink, ProgressHooks, UplinkOptions
 from tecc_contract.attestation import ClusterRegistry, SimulatedPlatformVerifier
+from tecc_contract.crashpoint import crash_point
 from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column

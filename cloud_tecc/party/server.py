@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Counter, Gauge
 
 from cloud_tecc.config import PartyConfig
-from cloud_tecc.crashpoint import crash_point
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import CloudConfigError, IngestError
@@ -45,6 +44,7 @@ from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
 from tecc_contract.ack import Outcome
+from tecc_contract.crashpoint import crash_point
 from tecc_contract.errors import ContractError, FrameError, SignatureError
 from tecc_contract.keys import ed25519_public_from_bytes
 from tecc_contract.progress import check_fresh, open_progress

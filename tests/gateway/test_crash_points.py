@@ -27,10 +27,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud_tecc.crashpoint import CRASH_EXIT_CODE as PARTY_CRASH
 from demo.services import free_port
-from gateway.crashpoint import CRASH_EXIT_CODE
 from gateway.keys import PUBLIC_FILE, GatewayKeys
+from tecc_contract.crashpoint import CRASH_EXIT_CODE
+from tecc_contract.crashpoint import CRASH_EXIT_CODE as PARTY_CRASH
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
 from tests.gateway.conftest import running

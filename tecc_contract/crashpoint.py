@@ -3,10 +3,12 @@
 ``TECC_CRASH_AT=<point>`` (or ``<point>@<n>``: on the n-th arrival) makes
 :func:`crash_point` end the process at once with :data:`CRASH_EXIT_CODE`
 (``os._exit``: no cleanup, no flush, no PUBACK, as a SIGKILL would), exactly
-between two steps whose order matters. Points of the gateway:
+between two steps whose order matters (shared by the gateway and the parties). Points:
 
 - ``gateway.after_spool_commit``: a batch is durable in the spool, its MQTT
-  PUBACKs not yet sent (the crash window of the redelivery ledger).
+  PUBACKs not yet sent (the crash window of the redelivery ledger);
+- ``party.after_persist``: a batch's share is durable in the store, the HTTP
+  answer (the gateway's acknowledgement) not yet sent.
 
 Production never sets the variable; the check is one dictionary lookup.
 """
