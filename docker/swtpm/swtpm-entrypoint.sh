@@ -1,9 +1,12 @@
 #!/bin/sh
 # The swtpm container's entry point: a TPM that only the gateway can use.
 #
-#   * the command port listens on SWTPM_BIND (0.0.0.0 in the container, which
-#     compose attaches to the internal `tpm` network shared with the gateway
-#     only); the control port (power, reset, state) on 127.0.0.1 only;
+#   * the command port and the control port (power, reset) listen on
+#     SWTPM_BIND (0.0.0.0 in the container, which compose attaches only to the
+#     internal `tpm` network shared with the gateway and enrol): the gateway's
+#     TSS (TCTI swtpm) opens both, so a loopback-only control port would lock
+#     the gateway out; no other service can reach either, and TPM2_Clear is
+#     disabled below, so the control port cannot clear the TPM;
 #   * at every start, before the health check passes: TPM2_Clear is disabled
 #     and the platform hierarchy's auth is set to a random value nobody keeps
 #     (what platform firmware does at boot), so no client can clear the TPM;
@@ -32,7 +35,7 @@ log() { printf 'swtpm-entrypoint: %s\n' "$*" >&2; }
 rm -f "$STATE/.ready"
 swtpm socket --tpm2 \
   --server "type=tcp,port=$PORT,bindaddr=$BIND" \
-  --ctrl "type=tcp,port=$CTRL,bindaddr=127.0.0.1" \
+  --ctrl "type=tcp,port=$CTRL,bindaddr=$BIND" \
   --flags not-need-init,startup-clear \
   --tpmstate "dir=$STATE" &
 pid=$!
