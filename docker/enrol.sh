@@ -63,12 +63,12 @@ if [ -f "$GATEWAY_STATE/identity.sealed" ] && [ -f "$GATEWAY_STATE/spool-key.sea
 else
   log "provisioning the gateway: keys sealed in the TPM"
   # The TPM container may be healthy a moment before its name resolves and its port
-  # answers on the tpm network: exit 4 (TPM unreachable) is retried for up to 30 s.
+  # answers on the tpm network: exit 4 (TPM unreachable) is retried for up to 10 s.
   tries=0
   until tecc-gateway provision --config "$CONFIG_DIR/gateway.yaml" >&2; do
     rc=$?
     tries=$((tries + 1))
-    if [ "$rc" -ne 4 ] || [ "$tries" -ge 30 ]; then
+    if [ "$rc" -ne 4 ] || [ "$tries" -ge 10 ]; then
       log "provisioning failed (exit $rc)"
       exit "$rc"
     fi
