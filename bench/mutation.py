@@ -110,7 +110,12 @@ TARGETS: tuple[Target, ...] = (
     Target("tecc_contract/progress.py", ("tests/contract/test_progress.py",)),
     Target(
         "cloud_tecc/analytics/release.py",
-        ("tests/cloud/test_cloud_analytics.py", "tests/cloud/test_cloud_output.py", "*release*"),
+        (
+            "tests/cloud/test_cloud_analytics.py",
+            "tests/cloud/test_cloud_output.py",
+            "tests/cloud/test_analytics_boundaries.py",
+            "*release*",
+        ),
     ),
     Target(
         "cloud_tecc/analytics/policy.py",
@@ -140,11 +145,15 @@ TARGETS: tuple[Target, ...] = (
         ("tests/gateway/test_mqtt_ledger.py",),
         (
             "MqttSource.ack",
-            "MqttSource._redelivered",
             "MqttSource._handle",
+            "MqttSource._lookup",
             "MqttSource._on_connect",
             "MqttSource._on_disconnect",
         ),
+    ),
+    Target(
+        "gateway/sources/ledger.py",
+        ("tests/gateway/test_ledger.py", "tests/gateway/test_mqtt_ledger.py"),
     ),
     Target(
         "cloud_tecc/output/collector.py",
@@ -159,6 +168,7 @@ QUICK: tuple[tuple[Target, int], ...] = (
             (
                 "tests/cloud/test_cloud_analytics.py",
                 "tests/cloud/test_cloud_output.py",
+                "tests/cloud/test_analytics_boundaries.py",
                 "*release*",
             ),
             ("build_release", "_fleet_release", "check_layout"),
