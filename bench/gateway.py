@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,14 @@ def _client(client_id: str) -> paho.Client:
     return paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
 
 
-def make_session(port: int, client_id: str) -> None:
-    """Create a persistent session subscribed to the bench topics, then leave."""
+def make_session(port: int, client_id: str, topic_filter: str = "plant/#") -> None:
+    """Create a persistent session subscribed to ``topic_filter``, then leave."""
     c = _client(client_id)
     done = threading.Event()
     c.on_subscribe = lambda *_a: done.set()
     c.connect("127.0.0.1", port, clean_start=False, properties=_props())
     c.loop_start()
-    c.subscribe([("plant/#", SubscribeOptions(qos=1))])
+    c.subscribe([(topic_filter, SubscribeOptions(qos=1))])
     done.wait(10)
     c.disconnect()
     c.loop_stop()
@@ -129,17 +130,21 @@ def preload(port: int, topic: str, payloads: list[bytes]) -> None:
         sock.sendall(b"\xe0\x00")
 
 
-def bare_paho(port: int, client_id: str, n: int) -> float:
-    """Messages/s a bare paho subscriber drains from a preloaded session."""
+def bare_paho(
+    port: int, client_id: str, n: int, decode: Callable[[bytes], object] | None = None
+) -> float:
+    """Messages/s a bare paho subscriber drains (and ``decode``s) from a preloaded session."""
     c = _client(client_id)
     got = 0
     first = last = 0.0
     done = threading.Event()
 
-    def on_message(*_a: Any) -> None:
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
         nonlocal got, first, last
         if got == 0:
             first = time.perf_counter()
+        if decode is not None:
+            decode(msg.payload)
         got += 1
         if got == n:
             last = time.perf_counter()

@@ -30,12 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
-
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench._services import mosquitto
 from demo.services import free_port
@@ -65,59 +61,29 @@ def backlog(n_msgs: int) -> tuple[tuple[str, bytes], tuple[str, list[bytes]]]:
     return birth, (topic, data)
 
 
-def make_session(port: int, client_id: str) -> None:
-    """Create a persistent session subscribed to ``spBv1.0/#``, then leave."""
-    from bench.gateway import _client, _props  # noqa: PLC0415 (bench.gateway imports this module)
-
-    c = _client(client_id)
-    done = threading.Event()
-    c.on_subscribe = lambda *_a: done.set()
-    c.connect("127.0.0.1", port, clean_start=False, properties=_props())
-    c.loop_start()
-    c.subscribe([("spBv1.0/#", SubscribeOptions(qos=1))])
-    done.wait(10)
-    c.disconnect()
-    c.loop_stop()
-
-
 def _load(port: int, client_id: str, n_msgs: int) -> None:
-    from bench.gateway import preload  # noqa: PLC0415
+    from bench.gateway import make_session, preload  # noqa: PLC0415
 
     (birth_topic, birth), (data_topic, data) = backlog(n_msgs)
-    make_session(port, client_id)
+    make_session(port, client_id, "spBv1.0/#")
     preload(port, birth_topic, [birth])
     preload(port, data_topic, data)
 
 
 def bare_paho_decode(port: int, client_id: str, n: int) -> float:
     """Messages/s a bare paho subscriber drains and decodes from a preloaded session."""
-    from bench.gateway import _client, _props  # noqa: PLC0415
+    from bench.gateway import bare_paho  # noqa: PLC0415
 
-    c = _client(client_id)
-    got = metrics = 0
-    first = last = 0.0
-    done = threading.Event()
-    from_string = Payload.FromString
+    metrics = 0
 
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        nonlocal got, metrics, first, last
-        if got == 0:
-            first = time.perf_counter()
-        metrics += len(from_string(msg.payload).metrics)
-        got += 1
-        if got == n:
-            last = time.perf_counter()
-            done.set()
+    def decode(payload: bytes) -> None:
+        nonlocal metrics
+        metrics += len(Payload.FromString(payload).metrics)
 
-    c.on_message = on_message
-    c.connect("127.0.0.1", port, clean_start=False, properties=_props())
-    c.loop_start()
-    done.wait(120)
-    c.disconnect()
-    c.loop_stop()
+    rate = bare_paho(port, client_id, n, decode)
     if metrics < (n - 1) * N_METRICS:
         raise RuntimeError(f"bare client decoded {metrics} metrics from {n} messages")
-    return (n - 1) / (last - first)
+    return rate
 
 
 def _config(
