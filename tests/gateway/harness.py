@@ -9,14 +9,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import yaml
 
 from demo.services import free_port
 from tests.gateway.receiver import GOOD_MEASUREMENT
+
+if TYPE_CHECKING:
+    from cloud_tecc.localstack import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 MQTT_SENSORS = {"line1.temp": (-50.0, 150.0), "line1.press": (0.0, 1000.0)}
@@ -222,3 +226,28 @@ async def wait_for(pred: Any, within: float, what: str) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {within} s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    index: int
+    url: str
+    service_id: str
+
+
+@dataclass(frozen=True)
+class _Platform:
+    key_id: str
+    public_hex: str
+
+
+def real_cluster_config(tmp: Path, dep: Deployment, mqtt_port: int) -> Path:
+    """A gateway config for the real parties of ``dep`` (their platforms and measurement)."""
+    plat = [
+        _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
+        for n in ("party0", "party1")
+    ]
+    clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+    return write_config(
+        tmp, clusters=clusters, platform=plat, mqtt_port=mqtt_port, measurement=dep.measurement()
+    )

@@ -18,7 +18,6 @@ import asyncio
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,15 @@ from tecc_contract.crashpoint import CRASH_EXIT_CODE as PARTY_CRASH
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
 from tests.gateway.conftest import running
-from tests.gateway.harness import cli, kill9, spawn, terminate, wait_for, write_config
+from tests.gateway.harness import (
+    cli,
+    kill9,
+    real_cluster_config,
+    spawn,
+    terminate,
+    wait_for,
+    write_config,
+)
 from tests.gateway.publisher import publish
 from tests.gateway.receiver import FakeCluster, Platform, readings
 from tests.gateway.services import mosquitto, swtpm
@@ -127,19 +134,6 @@ async def test_gateway_crash_between_spool_commit_and_puback(
     assert all(c.replays == 0 for c in clusters)
 
 
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
-
-
 async def test_party_crash_between_persist_and_ack(
     tmp_path: Path, keys: GatewayKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,19 +147,8 @@ async def test_party_crash_between_persist_and_ack(
         await asyncio.to_thread(dep.start, "party0")
         monkeypatch.delenv("TECC_CRASH_AT")
         await asyncio.to_thread(dep.wait_healthy, "party0")
-        plat = [
-            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
-            for n in ("party0", "party1")
-        ]
-        clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         with mosquitto(tmp_path / "mq") as broker:
-            cfg = write_config(
-                tmp_path,
-                clusters=clusters,
-                platform=plat,
-                mqtt_port=broker.port,
-                measurement=dep.measurement(),
-            )
+            cfg = real_cluster_config(tmp_path, dep, broker.port)
             async with running(cfg, keys) as agent:
                 await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
                 first = agent.spool.last_seq()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +21,11 @@ from gateway.uplink import AckCheck, Answer, judge_answer
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, TestGateway, metric, segment
 from tests.gateway.conftest import running
-from tests.gateway.harness import wait_for, write_config
+from tests.gateway.harness import real_cluster_config, wait_for
 from tests.gateway.publisher import publish
 from tests.gateway.services import mosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 async def test_readings_reach_the_real_parties(tmp_path: Path, keys: GatewayKeys) -> None:
@@ -48,19 +34,8 @@ async def test_readings_reach_the_real_parties(tmp_path: Path, keys: GatewayKeys
     dep = Deployment(tmp_path / "cloud", POLICY, {"gw-test": keys.identity})
     try:
         await asyncio.to_thread(dep.start_all)
-        plat = [
-            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
-            for n in ("party0", "party1")
-        ]
-        clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         with mosquitto(tmp_path / "mq") as broker:
-            cfg = write_config(
-                tmp_path,
-                clusters=clusters,
-                platform=plat,
-                mqtt_port=broker.port,
-                measurement=dep.measurement(),
-            )
+            cfg = real_cluster_config(tmp_path, dep, broker.port)
             async with running(cfg, keys) as agent:
                 await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
                 msgs = [("plant/line1/temp/value", str(20 + i / 100).encode()) for i in range(300)]

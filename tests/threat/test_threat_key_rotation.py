@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,11 @@ from gateway.keys import GatewayKeys
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
 from tests.gateway.conftest import running
-from tests.gateway.harness import wait_for, write_config
+from tests.gateway.harness import real_cluster_config, wait_for
 from tests.gateway.publisher import publish
 from tests.gateway.services import mosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -59,19 +45,8 @@ async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) 
     bursts, per_burst = 12, 30
     try:
         await asyncio.to_thread(dep.start_all)
-        plat = [
-            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
-            for n in ("party0", "party1")
-        ]
-        clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         with mosquitto(tmp_path / "mq") as broker:
-            cfg = write_config(
-                tmp_path,
-                clusters=clusters,
-                platform=plat,
-                mqtt_port=broker.port,
-                measurement=dep.measurement(),
-            )
+            cfg = real_cluster_config(tmp_path, dep, broker.port)
             async with running(cfg, keys) as agent:
                 await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
                 first: dict[int, bytes] = {}
