@@ -30,8 +30,8 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from tecc_contract.errors import FrameError, SignatureError, VersionError
-from tecc_contract.wire import Reader, Writer
+from tecc_contract.errors import FrameError, SignatureError
+from tecc_contract.wire import Writer, open_signed
 
 MAGIC: Final = b"TACK"
 VERSION: Final = 1
@@ -93,17 +93,14 @@ def seal_ack(a: Ack, key: Ed25519PrivateKey) -> bytes:
 
 def decode_ack(data: bytes) -> tuple[Ack, bytes, bytes]:
     """Parse without verifying: ``(ack, signed bytes, signature)``; :class:`FrameError`."""
-    if len(data) > MAX_BYTES:
-        raise FrameError(f"acknowledgement of {len(data)} bytes exceeds {MAX_BYTES}")
-    if len(data) < len(MAGIC) + SIG_BYTES:
-        raise FrameError("acknowledgement truncated")
-    body, sig = data[:-SIG_BYTES], data[-SIG_BYTES:]
-    r = Reader(body, "acknowledgement")
-    if r.take(len(MAGIC), "magic") != MAGIC:
-        raise FrameError("not an acknowledgement (bad magic)")
-    version = r.u8("version")
-    if version != VERSION:
-        raise VersionError(f"acknowledgement version {version} is not supported (need 1)")
+    r, body, sig = open_signed(
+        data,
+        magic=MAGIC,
+        version=VERSION,
+        what="acknowledgement",
+        article="an",
+        max_bytes=MAX_BYTES,
+    )
     gateway = r.short_str("gateway id")
     cluster = r.short_str("cluster id")
     seq = r.u64("seq")

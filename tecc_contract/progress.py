@@ -34,8 +34,8 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from tecc_contract.errors import FrameError, SignatureError, VersionError
-from tecc_contract.wire import Reader, Writer
+from tecc_contract.errors import FrameError, SignatureError
+from tecc_contract.wire import Writer, open_signed
 
 MAGIC: Final = b"TPRG"
 VERSION: Final = 1
@@ -79,17 +79,14 @@ def seal_progress(p: Progress, key: Ed25519PrivateKey) -> bytes:
 
 def open_progress(frame: bytes, gateway_keys: Mapping[str, Ed25519PublicKey]) -> Progress:
     """Parse and verify a notice; :class:`FrameError` or :class:`SignatureError` otherwise."""
-    if len(frame) > MAX_BYTES:
-        raise FrameError(f"progress notice of {len(frame)} bytes exceeds {MAX_BYTES}")
-    if len(frame) < len(MAGIC) + SIG_BYTES:
-        raise FrameError("progress notice truncated")
-    body, sig = frame[:-SIG_BYTES], frame[-SIG_BYTES:]
-    r = Reader(body, "progress notice")
-    if r.take(len(MAGIC), "magic") != MAGIC:
-        raise FrameError("not a progress notice (bad magic)")
-    version = r.u8("version")
-    if version != VERSION:
-        raise VersionError(f"progress notice version {version} is not supported (need 1)")
+    r, body, sig = open_signed(
+        frame,
+        magic=MAGIC,
+        version=VERSION,
+        what="progress notice",
+        article="a",
+        max_bytes=MAX_BYTES,
+    )
     gateway = r.short_str("gateway id")
     cluster = r.short_str("cluster id")
     through, sent = r.i64("through_ns"), r.i64("sent_ns")

@@ -10,13 +10,15 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from tecc_contract.errors import FrameError
+from tecc_contract.errors import FrameError, VersionError
 
 _U8: Final = struct.Struct("<B")
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
 _I64: Final = struct.Struct("<q")
+#: Ed25519 signature length.
+SIGNATURE_BYTES: Final = 64
 
 
 class Writer:
@@ -134,3 +136,26 @@ class Reader:
         """Fail if any bytes are left over."""
         if self.remaining:
             raise FrameError(f"{self._what}: {self.remaining} unexpected trailing bytes")
+
+
+def open_signed(
+    data: bytes, *, magic: bytes, version: int, what: str, article: str, max_bytes: int
+) -> tuple[Reader, bytes, bytes]:
+    """Split a small signed message ``magic | version | fields | Ed25519 signature``.
+
+    Checks the size bounds, the magic and the version; returns a reader over
+    the fields (positioned after the version), the signed bytes and the
+    64-byte signature. ``article`` is "a" or "an" for ``what`` in the messages.
+    """
+    if len(data) > max_bytes:
+        raise FrameError(f"{what} of {len(data)} bytes exceeds {max_bytes}")
+    if len(data) < len(magic) + SIGNATURE_BYTES:
+        raise FrameError(f"{what} truncated")
+    body, sig = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+    r = Reader(body, what)
+    if r.take(len(magic), "magic") != magic:
+        raise FrameError(f"not {article} {what} (bad magic)")
+    got = r.u8("version")
+    if got != version:
+        raise VersionError(f"{what} version {got} is not supported (need {version})")
+    return r, body, sig
