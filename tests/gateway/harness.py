@@ -251,3 +251,12 @@ def real_cluster_config(tmp: Path, dep: Deployment, mqtt_port: int) -> Path:
     return write_config(
         tmp, clusters=clusters, platform=plat, mqtt_port=mqtt_port, measurement=dep.measurement()
     )
+
+
+async def health(port: int) -> dict[str, Any]:
+    """The agent's ``/healthz`` document, or ``{}`` while it does not answer."""
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+            return dict(await r.json())
+    except (aiohttp.ClientError, OSError):
+        return {}

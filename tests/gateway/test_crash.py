@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import paho.mqtt.client as paho
 import pytest
 import yaml
@@ -18,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.services import free_port
 from gateway.keys import PUBLIC_FILE
-from tests.gateway.harness import cli, kill9, spawn, terminate, wait_for, write_config
+from tests.gateway.harness import cli, health, kill9, spawn, terminate, wait_for, write_config
 from tests.gateway.plc import Plc
 from tests.gateway.receiver import FakeCluster, Platform, readings
 from tests.gateway.services import mosquitto, swtpm
@@ -67,16 +66,8 @@ class Stream:
         return self.sent
 
 
-async def _health(port: int) -> dict[str, Any]:
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
-            return dict(await r.json())
-    except (aiohttp.ClientError, OSError):
-        return {}
-
-
 async def _ready(port: int) -> bool:
-    h = await _health(port)
+    h = await health(port)
     if not h:
         return False
     clusters = h["clusters"].values()

@@ -19,9 +19,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -35,6 +33,7 @@ from tests.cloud.services import Deployment, metric
 from tests.gateway.conftest import running
 from tests.gateway.harness import (
     cli,
+    health,
     kill9,
     real_cluster_config,
     spawn,
@@ -54,16 +53,8 @@ def _msgs(start: int, n: int) -> list[tuple[str, bytes]]:
     return [(TOPIC, str(i / 100).encode()) for i in range(start, start + n)]
 
 
-async def _health(port: int) -> dict[str, Any]:
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
-            return dict(await r.json())
-    except (aiohttp.ClientError, OSError):
-        return {}
-
-
 async def _ready(port: int) -> bool:
-    h = await _health(port)
+    h = await health(port)
     return bool(
         h
         and h["sources"]["mq"]["connected"]
