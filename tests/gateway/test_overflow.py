@@ -50,9 +50,13 @@ async def test_full_spool_refuses_counts_and_recovers(
                 await c.stop()
             await asyncio.to_thread(publish, broker.port, _msgs(5, 400))
             await wait_for(
-                lambda: agent.ingest.accepted["mq"] == 405 and len(agent.batcher) == 0,
+                lambda: (
+                    agent.ingest.accepted["mq"] == 405
+                    and len(agent.batcher) == 0
+                    and agent.overflow  # the alarm is raised after the last batch is refused
+                ),
                 20,
-                "all offered",
+                "all offered and the spool full",
             )
             during = await scrape(port)
             during_status = await _status(port)
