@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import ssl
@@ -27,6 +26,7 @@ from cloud_tecc.config import ServiceConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.measurement import config_digest, measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
+from tecc_contract import logfmt
 from tecc_contract.keys import KemSuite
 
 log = logging.getLogger("cloud_tecc.service")
@@ -68,30 +68,10 @@ def open_enclave(
     )
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line; never pass share values or payloads to a logger."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as JSON."""
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["exc"] = record.exc_info[0].__name__
-        return json.dumps(doc)
-
-
 def setup_logging(level: str) -> None:
-    """Structured logging to stderr."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    """Structured logging to stderr, the format every service shares; exceptions by
+    type name only (no message can carry a share out of the enclave)."""
+    logfmt.setup(level, tracebacks=False, quiet=("aiohttp.access",))
 
 
 class ServiceBase:
