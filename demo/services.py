@@ -9,11 +9,16 @@ tests, so every run uses the broker and TPM configuration documented here.
 from __future__ import annotations
 
 import getpass
+import os
 import random
 import shutil
 import socket
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from demo.supervisor import ChildSpec
 
@@ -138,6 +143,110 @@ def mosquitto_spec(state_dir: Path, port: int, *, name: str = "mosquitto") -> Ch
     """A supervised mosquitto broker on 127.0.0.1:``port`` persisting in ``state_dir``."""
     conf = mosquitto_config(state_dir, port)
     return ChildSpec(name=name, argv=(mosquitto_binary(), "-c", str(conf)))
+
+
+@dataclass
+class Broker:
+    """A running mosquitto process listening on ``host:port`` (a context manager)."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        """Terminate the broker and wait for it (kill after 5 s); it saves its sessions."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_mosquitto(
+    state_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    persistence: bool = False,
+    timeout: float = 10.0,
+) -> Broker:
+    """Start mosquitto with its config and log in ``state_dir``; wait until it listens.
+
+    The one launcher of tests and benchmarks (the demo supervises
+    :func:`mosquitto_spec` instead). ``port`` defaults to a free one, retried
+    up to three times if another process takes it first; pass a stopped
+    broker's port (and ``persistence=True``) to restart it in place with its
+    sessions. Ready means the broker process itself listens on the port, not
+    merely that something does.
+    """
+    exe = mosquitto_binary()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    for _ in range(1 if port is not None else 3):
+        chosen = port if port is not None else free_port()
+        conf = mosquitto_config(state_dir, chosen, persistence=persistence, host=host)
+        log = state_dir / f"mosquitto-{chosen}.log"
+        with log.open("wb") as out:
+            argv = [exe, "-c", str(conf)]
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+        broker = Broker(host, chosen, proc, log)
+        if _wait_listening(broker, timeout):
+            return broker
+        broker.stop()
+        failures.append(f"{host}:{chosen}: {log.read_text(errors='replace').strip()}")
+    raise TimeoutError("mosquitto did not start: " + "; ".join(failures))
+
+
+_TCP_LISTEN = "0A"  # socket state in /proc/net/tcp
+
+
+def _wait_listening(broker: Broker, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if broker.process.poll() is not None:
+            return False
+        if _listens(broker.process.pid, broker.port):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a TCP socket listening on ``port`` (Linux /proc)."""
+    try:
+        fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    inodes = {fd[len("socket:[") : -1] for fd in fds if fd.startswith("socket:[")}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if (
+                state == _TCP_LISTEN
+                and int(local.rsplit(":", 1)[1], 16) == port
+                and inode in inodes
+            ):
+                return True
+    return False
 
 
 def swtpm_argv(state_dir: Path, port: int) -> tuple[str, ...]:

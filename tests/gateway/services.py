@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.services import free_port, free_port_pair, mosquitto_config, swtpm_argv
+from demo.services import Broker, free_port_pair, start_mosquitto, swtpm_argv
 
-MOSQUITTO = "/usr/sbin/mosquitto"
 SWTPM = "swtpm"
 
 
@@ -40,34 +39,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-@dataclass
-class Mosquitto:
-    """A running mosquitto broker."""
-
-    port: int
-    proc: subprocess.Popen[bytes]
+Mosquitto = Broker
 
 
 @contextlib.contextmanager
-def mosquitto(
-    tmp: Path, *, persistence: bool = True, port: int | None = None
-) -> Iterator[Mosquitto]:
+def mosquitto(tmp: Path, *, persistence: bool = True, port: int | None = None) -> Iterator[Broker]:
     """Run mosquitto (on a free port unless given); unlimited queues, optional persistence.
 
     With persistence, a broker restarted on the same ``tmp`` and port keeps its
     sessions (mosquitto saves them when it is stopped with SIGTERM).
     """
-    port = port or free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    conf = mosquitto_config(tmp, port, persistence=persistence)
-    log = (tmp / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
-    try:
-        wait_port(port)
-        yield Mosquitto(port, proc)
-    finally:
-        _stop(proc)
-        log.close()
+    with start_mosquitto(tmp, port=port, persistence=persistence) as broker:
+        yield broker
 
 
 @dataclass

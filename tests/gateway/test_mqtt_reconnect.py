@@ -58,8 +58,8 @@ async def test_broker_restart_exactly_once(
         async with running(cfg, keys) as agent:
             await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
             await asyncio.to_thread(publish, port, _msgs(0, 3000))
-            broker.proc.terminate()  # mid-stream: some offered, some spooled, some in flight
-            broker.proc.wait(10)
+            broker.process.terminate()  # mid-stream: some offered, some spooled, some in flight
+            broker.process.wait(10)
             await wait_for(lambda: not agent.mqtt[0].connected, 10, "disconnect noticed")
             with mosquitto(tmp_path / "mq", port=port):
                 await wait_for(lambda: agent.mqtt[0].connected, 20, "reconnected")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from demo.services import free_port
+from demo.services import free_port, mosquitto_binary
 from gateway.config_yaml import load_config
 from gateway.errors import GatewayError
 from gateway.keys import load_keys
@@ -24,7 +24,7 @@ from tests.gateway.conftest import running
 from tests.gateway.harness import cli, wait_for, write_config
 from tests.gateway.plc import Plc
 from tests.gateway.receiver import FakeCluster, Platform, readings
-from tests.gateway.services import MOSQUITTO, swtpm, wait_port
+from tests.gateway.services import swtpm, wait_port
 from tests.gateway.test_opcua_trust import _cert
 
 KEY = bytes(range(32))
@@ -64,7 +64,7 @@ def _secured_broker(tmp: Path, user: str, password: str) -> tuple[subprocess.Pop
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pwfile}\n"
         f"user {getpass.getuser()}\npersistence false\nlog_dest stderr\n"
     )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
 
