@@ -22,7 +22,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-STATIC_DIR: Final = Path(__file__).with_name("dashboard")
+STATIC_DIR: Final = Path(__file__).with_name("static")  # the page, its script and styles
 _TYPES: Final = {
     "app.js": "text/javascript",
     "app.css": "text/css",
