@@ -50,7 +50,7 @@ def pair(draw_x: np.ndarray[Any, Any], draw_y: np.ndarray[Any, Any]) -> tuple[An
     return draw_x[:k], draw_y[:k]
 
 
-NS = pytest.mark.parametrize("n", [2, 3])
+NS = pytest.mark.parametrize("n", [2, 3, 4])
 
 
 @NS
