@@ -80,7 +80,7 @@ async def secure_run_n(
 
 
 def streams_fixture(n: int = 120, seed: int = 1) -> list[StreamReadings]:
-    """Three gateways of one temperature sensor with a spike and a drop, plus a sparse stream."""
+    """Three gateways of a temperature sensor (a spike, a drop), a stuck sensor, a sparse one."""
     t0 = 1_700_000_000_000_000_000
     rng = np.random.default_rng(seed)
     out = []
@@ -90,5 +90,6 @@ def streams_fixture(n: int = 120, seed: int = 1) -> list[StreamReadings]:
         v[n // 2] = 90.0
         v[2 * n // 3] = 40.0
         out.append(StreamReadings(gw, "t1", ts, v))
+    out.append(StreamReadings("g2", "t_stuck", out[0].timestamps_ns, np.full(n, 20.0)))
     out.append(StreamReadings("g1", "sparse", t0 + np.arange(3, dtype=np.int64), np.ones(3)))
     return out
