@@ -86,7 +86,8 @@ def test_rounds_and_per_peer_bytes_do_not_depend_on_n(name: str) -> None:
     if name == "open_to":
         assert base.rounds == 0  # the result goes to the output party, not the peers
     else:
-        assert base.rounds >= 1 and base.bytes_sent > 0
+        assert base.rounds >= 1
+        assert base.bytes_sent > 0
     for n in NS:
         for t in _traffic(n, op):
             assert t.rounds == base.rounds, (n, t.rounds, base.rounds)
@@ -147,7 +148,8 @@ def test_wraparound_ring_arithmetic(n: int) -> None:
 
     got = reveal(asyncio.run(run_parties(n, fn)))
     np.testing.assert_array_equal(got, np.concatenate([x * y, x + y, x - y]))
-    assert got[0] == 1 and got[1] == 0  # (−1)·(−1) = 1 and 2^63·2 = 0 mod 2^64
+    assert got[0] == 1
+    assert got[1] == 0
 
 
 def _frame_sizes(n: int, count: int) -> list[int]:
@@ -169,7 +171,8 @@ def test_dealer_sends_seeds_to_parties_1_to_n_minus_1_and_one_correction() -> No
     for n in NS:
         assert small[n][1:] == [seeds_only] * (n - 1)
         assert large[n][1:] == [seeds_only] * (n - 1)
-        assert small[n][0] == small[2][0] and large[n][0] == large[2][0]
+        assert small[n][0] == small[2][0]
+        assert large[n][0] == large[2][0]
     assert large[2][0] - small[2][0] == 4000 * per_element
 
 

@@ -109,7 +109,8 @@ def compare(a: U8, b: U8, *, alpha: float = 1e-3) -> Result:
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError("samples must be (runs, coordinates) of the same shape")
-    parts = {"high": (a >> 4, b >> 4), "low": (a & 15, b & 15)}
+    four, low = np.uint8(4), np.uint8(15)
+    parts = {"high": (a >> four, b >> four), "low": (a & low, b & low)}
     n_tests = 2 * a.shape[1]
     p = alpha / n_tests
     crit = {d: chi2_critical(p, d) for d in range(1, 16)}
