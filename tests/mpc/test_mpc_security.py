@@ -75,7 +75,7 @@ def _run_recorded(n: int, x: RingArray, y: RingArray) -> tuple[list[Recorder], R
     return recorders, reveal(out)
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 4])
 def test_received_messages_are_uniform(n: int) -> None:
     """Every message a party receives passes a fixed-seed χ² test on its byte values."""
     k = 8192
@@ -122,7 +122,7 @@ def test_comparison_traffic_and_rounds() -> None:
     assert sent / k == pytest.approx(8 + 3 * sum(CMP_LEVELS) / 8 + 3 / 8)
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 4])
 def test_dealer_relations_hold(n: int) -> None:
     """Reconstructed correlations satisfy their relations; only party 0 gets corrections."""
     plan = Plan(triples=100, truncs=100, dabits=100, comparisons=100)
