@@ -156,6 +156,10 @@ def bench_zscore(root: Path, n: int, k: int, reps: int) -> dict[str, Any]:
         )
         / reps
         / k,
+        "zscore_dealer_bytes_per_batch_other": max(
+            int(p["dealer_bytes_received"]) for p in parties[1:]
+        )
+        / reps,
     }
 
 
@@ -174,13 +178,14 @@ def _summary(per_n: dict[int, dict[str, Any]]) -> dict[str, Any]:
         ]
         out[f"dealer_bytes_per_element_party0_n{n}"] = r["zscore_dealer_bytes_per_element_party0"]
         out[f"dealer_bytes_per_element_other_n{n}"] = r["zscore_dealer_bytes_per_element_other"]
+        out[f"dealer_bytes_per_batch_other_n{n}"] = r["zscore_dealer_bytes_per_batch_other"]
         out[f"comparisons_per_s_n{n}"] = r["comparisons_per_s"]
         out[f"zscore_readings_per_s_n{n}"] = r["zscore_readings_per_s"]
         out[f"correct_n{n}"] = r["comparison_correct"] and r["zscore_mismatches_vs_plaintext"] <= 2
     base = min(per_n)
-    for n in per_n:
+    b = per_n[base]
+    for n, r in per_n.items():
         if n != base:
-            b, r = per_n[base], per_n[n]
             out[f"cpu_ratio_n{n}_n{base}"] = (
                 r["zscore_cpu_us_per_reading_all_parties"]
                 / b["zscore_cpu_us_per_reading_all_parties"]
@@ -200,7 +205,12 @@ def main() -> None:
     """Run both phases and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (< 60 s)")
-    ap.add_argument("--elements", type=int, default=1_000_000)
+    ap.add_argument(
+        "--elements",
+        type=int,
+        default=None,
+        help="elements per call (default 1,000,000; 250,000 with --quick and several --parties)",
+    )
     ap.add_argument(
         "--parties", default="2", help="party counts to run, comma-separated (e.g. 2,3,4)"
     )
@@ -208,6 +218,8 @@ def main() -> None:
     counts = [int(c) for c in str(args.parties).split(",")]
     if any(c < 2 for c in counts) or len(set(counts)) != len(counts):
         ap.error("--parties: write distinct party counts >= 2, e.g. 2,3,4")
+    if args.elements is None:
+        args.elements = 250_000 if args.quick and len(counts) > 1 else 1_000_000
     reps = 3 if args.quick else 7  # the first call of each phase is reported apart
     t0 = time.perf_counter()
     per_n: dict[int, dict[str, Any]] = {}
