@@ -1,6 +1,16 @@
 """MPC engine benchmark: comparisons and z-score flags, parties and dealer as processes.
 
-``python -m bench.mpc [--quick] [--elements N] [--parties N]``
+``python -m bench.mpc [--quick] [--elements N] [--parties 2,3,4]``
+
+Phases 1 and 2 run once per party count in the list (one run, same data).
+Per party count ``n`` the JSON carries ``cpu_us_per_reading_n{n}`` (the
+z-score program's online CPU per reading, summed over the ``n`` party
+processes, every thread of each: ``time.process_time`` around each call),
+``rounds_n{n}``, ``bytes_per_element_per_party_n{n}`` (what one party sends on
+the mesh per reading, to all its peers together) and
+``bytes_per_element_per_peer_n{n}``, ``dealer_bytes_per_element_party0_n{n}``
+and ``..._other_n{n}`` (dealer frames received, per reading), the comparison's
+``cpu_us_per_comparison_n{n}``, and the ratios against the first count.
 
 Phase 1: secret-vs-secret less-than on N elements per call, repeated; the rate
 is the mean over all calls but the first (the first call of a fresh process
@@ -89,7 +99,18 @@ def bench_lt(root: Path, n: int, k: int, reps: int) -> dict[str, Any]:
         "comparison_rounds": int(parties[0]["rounds"]) // reps,
         "comparison_bytes_per_element_per_party": int(parties[0]["bytes_sent"]) / reps / k,
         "comparison_correct": ok,
+        "comparison_cpu_us_per_element_all_parties": _cpu_us(parties, k),
     }
+
+
+def _cpu_us(parties: list[dict[str, Any]], k: int) -> float:
+    """Online CPU per element in µs, summed over the party processes."""
+    return sum(float(p["cpu_mean_s"]) for p in parties) / k * 1e6
+
+
+def _per_element(parties: list[dict[str, Any]], key: str, reps: int, k: int) -> float:
+    """Mean over parties of ``key`` bytes per element per call."""
+    return sum(int(p[key]) for p in parties) / len(parties) / reps / k
 
 
 def bench_zscore(root: Path, n: int, k: int, reps: int) -> dict[str, Any]:
@@ -124,23 +145,94 @@ def bench_zscore(root: Path, n: int, k: int, reps: int) -> dict[str, Any]:
         "zscore_flag_rate": float(want.mean()),
         # Truncation may be one LSB off, which can flip a flag only at a tie.
         "zscore_mismatches_vs_plaintext": mismatch,
+        "zscore_cpu_us_per_reading_all_parties": _cpu_us(parties, k),
+        "zscore_bytes_per_element_per_party_mean": _per_element(parties, "bytes_sent", reps, k),
+        "zscore_bytes_per_element_per_peer": int(parties[0]["per_round_total"]) / reps / k,
+        "zscore_dealer_bytes_per_element_party0": int(parties[0]["dealer_bytes_received"])
+        / reps
+        / k,
+        "zscore_dealer_bytes_per_element_other": max(
+            int(p["dealer_bytes_received"]) for p in parties[1:]
+        )
+        / reps
+        / k,
+        "zscore_dealer_bytes_per_batch_other": max(
+            int(p["dealer_bytes_received"]) for p in parties[1:]
+        )
+        / reps,
     }
+
+
+def _summary(per_n: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The figures per party count, suffixed ``_n{N}``, and ratios against the first count."""
+    out: dict[str, Any] = {}
+    for n, r in per_n.items():
+        out[f"cpu_us_per_reading_n{n}"] = r["zscore_cpu_us_per_reading_all_parties"]
+        out[f"cpu_us_per_comparison_n{n}"] = r["comparison_cpu_us_per_element_all_parties"]
+        out[f"rounds_n{n}"] = r["zscore_rounds"]
+        out[f"comparison_rounds_n{n}"] = r["comparison_rounds"]
+        out[f"bytes_per_element_per_party_n{n}"] = r["zscore_bytes_per_element_per_party_mean"]
+        out[f"bytes_per_element_per_peer_n{n}"] = r["zscore_bytes_per_element_per_peer"]
+        out[f"comparison_bytes_per_element_per_party_n{n}"] = r[
+            "comparison_bytes_per_element_per_party"
+        ]
+        out[f"dealer_bytes_per_element_party0_n{n}"] = r["zscore_dealer_bytes_per_element_party0"]
+        out[f"dealer_bytes_per_element_other_n{n}"] = r["zscore_dealer_bytes_per_element_other"]
+        out[f"dealer_bytes_per_batch_other_n{n}"] = r["zscore_dealer_bytes_per_batch_other"]
+        out[f"comparisons_per_s_n{n}"] = r["comparisons_per_s"]
+        out[f"zscore_readings_per_s_n{n}"] = r["zscore_readings_per_s"]
+        out[f"correct_n{n}"] = r["comparison_correct"] and r["zscore_mismatches_vs_plaintext"] <= 2
+    base = min(per_n)
+    b = per_n[base]
+    for n, r in per_n.items():
+        if n != base:
+            out[f"cpu_ratio_n{n}_n{base}"] = (
+                r["zscore_cpu_us_per_reading_all_parties"]
+                / b["zscore_cpu_us_per_reading_all_parties"]
+            )
+            out[f"bytes_ratio_n{n}_n{base}"] = (
+                r["zscore_bytes_per_element_per_party_mean"]
+                / b["zscore_bytes_per_element_per_party_mean"]
+            )
+            out[f"rounds_equal_n{n}_n{base}"] = (
+                r["zscore_rounds"] == b["zscore_rounds"]
+                and r["comparison_rounds"] == b["comparison_rounds"]
+            )
+    return out
 
 
 def main() -> None:
     """Run both phases and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (< 60 s)")
-    ap.add_argument("--elements", type=int, default=1_000_000)
-    ap.add_argument("--parties", type=int, default=2)
+    ap.add_argument(
+        "--elements",
+        type=int,
+        default=None,
+        help="elements per call (default 1,000,000; 250,000 with --quick and several --parties)",
+    )
+    ap.add_argument(
+        "--parties", default="2", help="party counts to run, comma-separated (e.g. 2,3,4)"
+    )
     args = ap.parse_args()
+    counts = [int(c) for c in str(args.parties).split(",")]
+    if any(c < 2 for c in counts) or len(set(counts)) != len(counts):
+        ap.error("--parties: write distinct party counts >= 2, e.g. 2,3,4")
+    if args.elements is None:
+        args.elements = 250_000 if args.quick and len(counts) > 1 else 1_000_000
     reps = 3 if args.quick else 7  # the first call of each phase is reported apart
     t0 = time.perf_counter()
+    per_n: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-mpc-") as tmp:
-        root = Path(tmp)
-        out: dict[str, Any] = {"parties": args.parties, "elements_per_call": args.elements}
-        out |= bench_lt(root, args.parties, args.elements, reps)
-        out |= bench_zscore(root, args.parties, args.elements, max(2, reps - 2))
+        for n in counts:
+            root = Path(tmp) / f"n{n}"
+            root.mkdir()
+            r = bench_lt(root, n, args.elements, reps)
+            per_n[n] = r | bench_zscore(root, n, args.elements, max(2, reps - 2))
+    # The unsuffixed figures are those of the first party count (as before).
+    out: dict[str, Any] = {"parties": counts[0], "party_counts": counts}
+    out |= {"elements_per_call": args.elements, "cpu_measure": "process_time, all threads"}
+    out |= per_n[counts[0]] | _summary(per_n)
     out |= bench_links(args.quick)
     out["ratio_comparisons_vs_plaintext"] = (
         out["plaintext_comparisons_per_s"] / out["comparisons_per_s"]

@@ -71,7 +71,10 @@ async def run_node(args: argparse.Namespace) -> dict[str, object]:
         "offline_s": offline_s,
         "rounds": t.rounds,
         "bytes_sent": t.bytes_sent,
+        "bytes_received": t.bytes_received,
+        "dealer_bytes_received": source.bytes_received,
         "per_round": t.per_round,
+        "per_round_total": sum(t.per_round),
         **timings,
     }
 

@@ -25,10 +25,16 @@ Program = Callable[[Party, Inputs], Awaitable[tuple[Outputs, dict[str, float]]]]
 _PROBE = 4096
 
 
-def _timings(times: list[float]) -> dict[str, float]:
-    """Best, first and steady-state (all calls but the first) mean call times."""
+def _timings(times: list[float], cpu: list[float]) -> dict[str, float]:
+    """Best, first and steady-state (all calls but the first) mean call times.
+
+    ``cpu`` holds each call's CPU time of this whole process (every thread:
+    ``time.process_time``); ``cpu_mean_s`` is its steady-state mean.
+    """
     steady = times[1:] or times
     out = {"best_s": min(times), "first_s": times[0], "mean_s": sum(steady) / len(steady)}
+    steady_cpu = cpu[1:] or cpu
+    out["cpu_mean_s"] = sum(steady_cpu) / len(steady_cpu)
     out |= {f"call{i}_s": t for i, t in enumerate(times)}
     return out
 
@@ -54,14 +60,15 @@ async def bench_lt(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
     """Time ``reps`` secret-vs-secret comparisons of the whole array (online phase only)."""
     x, y = inp["x"], inp["y"]
     reps = int(inp["reps"][0])
-    times = []
+    times, cpu = [], []
     out = np.zeros(0, dtype=np.uint64)
     for _ in range(reps):
         await p.sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = await p.lt(x, y)
         times.append(time.perf_counter() - t0)
-    return {"lt": out}, _timings(times)
+        cpu.append(time.process_time() - c0)
+    return {"lt": out}, _timings(times, cpu)
 
 
 async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
@@ -75,17 +82,18 @@ async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]
     x, mu, var = inp["x"], inp["mu"], inp["var"]
     k2 = inp["k2"][0]
     reps = int(inp["reps"][0])
-    times = []
+    times, cpu = [], []
     flags = np.zeros(0, dtype=np.uint64)
     for _ in range(reps):
         await p.sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         d = p.sub(x, mu)
         sq = await p.mul(d, d)
         both = await p.trunc(np.concatenate([sq, p.mul_public(var, k2)]))
         flags = await p.lt(both[x.shape[0] :], both[: x.shape[0]])
         times.append(time.perf_counter() - t0)
-    return {"flags": flags}, _timings(times)
+        cpu.append(time.process_time() - c0)
+    return {"flags": flags}, _timings(times, cpu)
 
 
 PROGRAMS: dict[str, Program] = {"suite": suite, "bench_lt": bench_lt, "bench_zscore": bench_zscore}

@@ -63,6 +63,8 @@ class DealerLink:
         self._reader: asyncio.Task[None] | None = None
         self._head: tuple[int, list[Batch]] | None = None
         self.fetched = 0
+        #: Bytes of dealer frames received (seeds; party 0 also its corrections).
+        self.bytes_received = 0
         self.wait_s_total = 0.0
         self._peak: dict[Kind, int] = {}
 
@@ -110,6 +112,7 @@ class DealerLink:
             try:
                 for _ in range(GROUP):
                     frames.append(await ws.receive(self.wait_s, "a dealer batch"))
+                    self.bytes_received += len(frames[-1])
                     await ws.send(REQUEST)
             except asyncio.CancelledError:
                 raise

@@ -50,7 +50,7 @@ def pair(draw_x: np.ndarray[Any, Any], draw_y: np.ndarray[Any, Any]) -> tuple[An
     return draw_x[:k], draw_y[:k]
 
 
-NS = pytest.mark.parametrize("n", [2, 3])
+NS = pytest.mark.parametrize("n", [2, 3, 4])
 
 
 @NS
@@ -218,15 +218,16 @@ def test_trunc_bound(n: int, raw: list[int], f: int) -> None:
     assert set(np.unique(err).tolist()) <= {0, 1}
 
 
-def test_trunc_error_is_sometimes_one() -> None:
+@NS
+def test_trunc_error_is_sometimes_one(n: int) -> None:
     """The +1 case occurs (the bound is tight, not vacuous)."""
     x = np.arange(1, 5001, dtype=np.int64) * 12345
-    xs = share(x.view(np.uint64), 2)
+    xs = share(x.view(np.uint64), n)
 
     async def fn(p: Party) -> RingArray:
         return await p.trunc(xs[p.index])
 
-    err = run(2, fn).view(np.int64) - (x >> 16)
+    err = run(n, fn).view(np.int64) - (x >> 16)
     assert set(np.unique(err).tolist()) == {0, 1}
 
 
@@ -283,16 +284,17 @@ def test_local_ops(n: int, xv: Any, yv: Any, c: int) -> None:
     np.testing.assert_array_equal(run(n, fn), want)
 
 
-def test_shapes_are_kept() -> None:
+@NS
+def test_shapes_are_kept(n: int) -> None:
     """2-D inputs give 2-D results."""
     x = FP.encode(np.arange(12, dtype=np.float64).reshape(3, 4) - 6)
-    xs = share(x, 2)
+    xs = share(x, n)
 
     async def fn(p: Party) -> RingArray:
         s = await p.lt_public(xs[p.index], 0)
         return await p.mul(s, xs[p.index])
 
-    got = run(2, fn)
+    got = run(n, fn)
     assert got.shape == (3, 4)
     np.testing.assert_array_equal(got, np.where(x.view(np.int64) < 0, x, 0).astype(np.uint64))
 

@@ -75,7 +75,7 @@ def _run_recorded(n: int, x: RingArray, y: RingArray) -> tuple[list[Recorder], R
     return recorders, reveal(out)
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 4])
 def test_received_messages_are_uniform(n: int) -> None:
     """Every message a party receives passes a fixed-seed χ² test on its byte values."""
     k = 8192
@@ -122,7 +122,7 @@ def test_comparison_traffic_and_rounds() -> None:
     assert sent / k == pytest.approx(8 + 3 * sum(CMP_LEVELS) / 8 + 3 / 8)
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 4])
 def test_dealer_relations_hold(n: int) -> None:
     """Reconstructed correlations satisfy their relations; only party 0 gets corrections."""
     plan = Plan(triples=100, truncs=100, dabits=100, comparisons=100)
@@ -223,17 +223,18 @@ def test_closed_peer_is_peer_lost() -> None:
         asyncio.run(run_parties(2, fn))
 
 
-def test_open_to_output_party_only() -> None:
-    """Result shares go HPKE-encrypted to the output key; others cannot open them."""
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_open_to_output_party_only(n: int) -> None:
+    """Result shares go HPKE-encrypted to the output key; others cannot open them; N of N."""
     key = X25519PrivateKey.generate()
     x = FP.encode(np.array([1.5, -2.25, 3e4]))
-    xs = share(x, 3)
+    xs = share(x, n)
 
     async def fn(p: Party) -> bytes:
         m = p.mul_public(xs[p.index], 2)
         return p.open_to(m, key.public_key(), context=b"window-7")
 
-    cts = asyncio.run(run_parties(3, fn))
+    cts = asyncio.run(run_parties(n, fn))
     np.testing.assert_array_equal(reconstruct_output(cts, key, context=b"window-7"), x * 2)
     for ct in cts:
         assert (x * 2).tobytes()[:8] not in ct
@@ -242,4 +243,6 @@ def test_open_to_output_party_only() -> None:
     with pytest.raises(ProtocolError, match="decrypt"):
         reconstruct_output(cts, key, context=b"window-8")
     with pytest.raises(ProtocolError, match="need one share"):
-        reconstruct_output(cts[:2], key, context=b"window-7")
+        reconstruct_output(cts[:-1], key, context=b"window-7")
+    with pytest.raises(ProtocolError, match="two result shares"):
+        reconstruct_output([*cts[:-1], cts[0]], key, context=b"window-7")
