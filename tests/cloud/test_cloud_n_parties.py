@@ -56,9 +56,7 @@ def _release(dep: Deployment) -> dict[str, Any]:
             for w in windows
         },
         "alerts": sorted((a["gateway"], a["sensor"], a["ts_ns"], a["detector"]) for a in alerts),
-        "fleet": {
-            (f["class"], f["start_ns"]): (f["count"], f["mean"], f["std"]) for f in fleet
-        },
+        "fleet": {(f["class"], f["start_ns"]): (f["count"], f["mean"], f["std"]) for f in fleet},
     }
 
 
