@@ -130,6 +130,16 @@ class Coordinator:
         )
         for i in self.peers:
             self.peer_attested.labels(cfg.peers[i].service_id)
+        self.mpc_rounds = Counter(
+            "tecc_party_mpc_rounds",
+            "MPC communication rounds of the computed epochs",
+            registry=registry,
+        )
+        self.mpc_sent = Counter(
+            "tecc_party_mpc_bytes_sent",
+            "MPC mesh payload bytes this party sent, to all its peers together",
+            registry=registry,
+        )
         self.wm_gauge = Gauge(
             "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
         )
@@ -284,6 +294,8 @@ class Coordinator:
         self.round.committed(prop)
         self.epochs.inc()
         self.readings.inc(n)
+        self.mpc_rounds.inc(party.traffic.rounds)
+        self.mpc_sent.inc(party.traffic.bytes_sent)
         self._since_prune += 1
         if self._since_prune >= PRUNE_EVERY:
             self._since_prune = 0
