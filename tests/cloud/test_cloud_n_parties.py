@@ -20,6 +20,7 @@ z-score flags included.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from .scenario import (
     upload_all,
     wait_epochs,
 )
-from .services import Deployment, http_json
+from .services import Deployment, http_json, metric
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
@@ -99,3 +100,38 @@ def test_same_release_for_two_three_and_four_clusters(tmp_path: Path) -> None:
     assert released[4] == released[2]
     detectors = {a[3] for a in released[2]["alerts"]}
     assert {"limit", "rate", "zscore"} <= detectors, detectors
+
+
+def test_one_of_three_clusters_failing_attestation_stops_all(tmp_path: Path) -> None:
+    """N = 3, party 2 runs an edited policy: both others name it and compute nothing.
+
+    Every peer is attested, not only one: parties 0 and 1 attest each other
+    but refuse party 2, so no session runs anywhere and no epoch is released
+    (no 2-of-3 fallback); the dealer admits only the parties that attest.
+    """
+    keys = {g: Ed25519PrivateKey.generate() for g in GATEWAYS}
+    edited = {**POLICY, "min_count": 1}
+    dep = Deployment(tmp_path, POLICY, keys, n_parties=3, policy_overrides={"party2": edited})
+    try:
+        dep.start_all()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            health = [dep.wait_healthy(p) for p in ("party0", "party1")]
+            if all("allow-list" in h.get("peers", {}).get("party2", {}).get("detail", "")
+                   for h in health):  # fmt: skip
+                break
+            time.sleep(0.3)
+        for name, h in zip(("party0", "party1"), health, strict=True):
+            other = "party1" if name == "party0" else "party0"
+            assert h["peers"][other]["attested"] is True, (name, h["peers"])
+            assert h["peers"]["party2"]["attested"] is False, (name, h["peers"])
+            assert "allow-list" in h["peers"]["party2"]["detail"]
+            assert h["session"] != "running"
+            assert "party2" in h["session"], h["session"]
+        assert metric(dep, "party0", 'tecc_party_peer_attested{peer="party2"}') == 0
+        dealer = dep.wait_healthy("dealer")
+        assert dealer["parties"]["party2"] is False
+        _, epochs = http_json(dep.url("output") + "/api/v1/epochs")
+        assert epochs == []
+    finally:
+        dep.stop_all()
