@@ -14,6 +14,12 @@ line of stdout, one JSON object:
   algorithm on the same data, in this process;
 * ``window_latency_ms_p99`` — end of a window to its results stored at the
   output service, for a live stream with 1-second windows.
+
+``python -m bench.cloud --parties 2,3,4 [--quick]`` instead runs the same
+readings through a deployment of each N (N parties, dealer and output as
+processes; :mod:`bench.cloud_parties`) and reports, per N, the CPU time per
+reading of all cloud processes together (from ``/proc``), MPC rounds per
+epoch and mesh bytes per reading per party, with the ratios against N = 2.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,79 +37,23 @@ import aiohttp
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.cloud_data import (
+    POLICY,
+    SECOND,
+    T0,
+    data,
+    log,
+    metric,
+    post_all,
+    sealer_for,
+    upload_streams,
+    wait_epochs,
+)
+from bench.cloud_parties import run_parties
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.analytics.reference import StreamReadings, run_reference
-from cloud_tecc.localstack import Deployment, http_json
-from tecc_contract.attestation import Quote
-from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
-from tecc_contract.header import Column
-from tecc_contract.keys import KemSuite
-
-#: Window statistics (count, mean, std, min, max), rolling z-score (W = 600,
-#: k = 3) and rate of change; 1-second windows.
-POLICY: dict[str, Any] = {
-    "window_s": 1.0,
-    "min_count": 10,
-    "release": ["count", "mean", "std", "min", "max", "zscore_alerts", "rate_alerts"],
-    "rates": [{"sensor": "s*", "max_delta": 20.0}],
-    "zscore": {"window": 600, "k": 3.0, "min_baseline": 30},
-}
-T0 = 1_700_000_000_000_000_000
-SECOND = 1_000_000_000
-
-
-def log(msg: str) -> None:
-    """Progress to stderr."""
-    print(f"[bench.cloud] {msg}", file=sys.stderr, flush=True)
-
-
-def sealer_for(dep: Deployment, gateway: str, parties: tuple[int, ...] = (0, 1)) -> Sealer:
-    """A sealer for the parties' quoted HPKE keys (quotes parsed, trust assumed)."""
-    keys = []
-    for i in parties:
-        _, body = http_json(f"{dep.url(f'party{i}')}/attestation?nonce={'00' * 32}")
-        q = Quote.from_json(body)
-        keys.append(ClusterKey(i, KemSuite(q.hpke_suite), q.keys["hpke"]))
-    if len(keys) == 1:  # ingest phase: a second, throw-away recipient
-        keys.append(ClusterKey(1, keys[0].suite, keys[0].public_key))
-    return Sealer(
-        gateway_id=gateway,
-        signing_key=dep.signing_key(gateway),
-        clusters=keys,
-        columns=(Column.VALUE, Column.SQUARE),
-    )
-
-
-def data(
-    gateways: int, sensors: int, rate_hz: int, seconds: int, seed: int = 3
-) -> list[StreamReadings]:
-    """Random-walk sensor streams with occasional spikes."""
-    rng = np.random.default_rng(seed)
-    out = []
-    n = rate_hz * seconds
-    ts = T0 + np.arange(n, dtype=np.int64) * (SECOND // rate_hz)
-    for g in range(gateways):
-        for s in range(sensors):
-            v = 50.0 + np.cumsum(rng.normal(0, 0.05, n)) + rng.normal(0, 1.0, n)
-            v[rng.integers(0, n, max(1, n // 1000))] += 15.0
-            out.append(StreamReadings(f"gw{g}", f"s{s}", ts, np.round(v, 3)))
-    return out
-
-
-async def post_all(url: str, frames: list[bytes], concurrency: int) -> float:
-    """POST frames with bounded concurrency; returns elapsed seconds."""
-    sem = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
-
-        async def one(f: bytes) -> None:
-            async with sem, s.post(url, data=f) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"upload failed: {r.status} {await r.text()}")
-                await r.read()
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(f) for f in frames))
-        return time.perf_counter() - t0
+from cloud_tecc.analytics.reference import run_reference
+from cloud_tecc.localstack import Deployment
+from tecc_contract.envelope import SensorSegment
 
 
 def bench_ingest(root: Path, batches: int) -> float:
@@ -129,52 +78,10 @@ def bench_ingest(root: Path, batches: int) -> float:
         dep.stop_all()
 
 
-def metric(dep: Deployment, name: str, sample: str) -> float:
-    """A Prometheus sample value from a service."""
-    with urllib.request.urlopen(dep.url(name) + "/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split(" ")[1])
-    return 0.0
-
-
-def upload_streams(dep: Deployment, streams: list[StreamReadings], per_batch_s: float) -> None:
-    """Seal per-gateway batches (all sensors, ``per_batch_s`` of data) and upload them."""
-    by_gw: dict[str, list[StreamReadings]] = {}
-    for s in streams:
-        by_gw.setdefault(s.gateway, []).append(s)
-    frames: list[list[bytes]] = []
-    for gw, ss in by_gw.items():
-        sealer = sealer_for(dep, gw)
-        end = int(ss[0].timestamps_ns[-1])
-        step = int(per_batch_s * SECOND)
-        for seq, start in enumerate(range(T0, end + 1, step)):
-            segs = []
-            for s in ss:
-                m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
-                segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
-            frames.append(sealer.seal(seq, segs, created_ns=time.time_ns()))
-    for i in (0, 1):
-        asyncio.run(post_all(f"{dep.url(f'party{i}')}/v1/batches", [f[i] for f in frames], 16))
-    dep.declare(max(int(s.timestamps_ns[-1]) for s in streams) + 1)  # every window complete
-
-
-def wait_epochs(dep: Deployment, n: int, timeout: float) -> list[dict[str, Any]]:
-    """Wait for ``n`` epochs at the output service."""
-    deadline = time.monotonic() + timeout
-    epochs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        _, epochs = http_json(dep.url("output") + "/api/v1/epochs")
-        if len(epochs) >= n:
-            break
-        time.sleep(0.2)
-    return epochs
-
-
 async def live_stream(
     dep: Deployment, seconds: float, gateways: int, sensors: int, hz: int
 ) -> None:
-    """Send current-time readings every 100 ms from each gateway to both parties."""
+    """Send current-time readings every 100 ms from each gateway to every party."""
     sealers = {f"gw{g}": sealer_for(dep, f"gw{g}") for g in range(gateways)}
     rng = np.random.default_rng(1)
     per = hz // 10
@@ -189,7 +96,7 @@ async def live_stream(
                     SensorSegment(f"s{k}", ts, 50.0 + rng.normal(0, 1, per)) for k in range(sensors)
                 ]
                 frames = sealer.seal(seq, segs, created_ns=tick)
-                for i in (0, 1):
+                for i in range(dep.n_parties):
                     async with s.post(f"{dep.url(f'party{i}')}/v1/batches", data=frames[i]) as r:
                         await r.read()
             # as a gateway does: every reading before `tick` is delivered
@@ -203,8 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
     ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    ap.add_argument(
+        "--parties",
+        default="",
+        help="compare N-party deployments instead, e.g. 2,3,4 (CPU, rounds, bytes per N)",
+    )
     args = ap.parse_args(argv)
     q = args.quick
+    if args.parties:
+        ns = [int(x) for x in args.parties.split(",") if x.strip()]
+        print(json.dumps(run_parties(ns, quick=q, keep=args.keep)))
+        return 0
     result: dict[str, Any] = {"quick": q}
     with tempfile.TemporaryDirectory(prefix="bench-cloud-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)

@@ -29,6 +29,7 @@ from cloud_tecc.errors import CloudConfigError
 from cloud_tecc.output.delivery import DeliveryConfig
 from cloud_tecc.output.incidents import Debounce, Rules
 from tecc_contract.errors import ConfigFileError
+from tecc_contract.header import MAX_PARTIES
 from tecc_contract.keys import KemSuite
 from tecc_contract.schema import (
     Count,
@@ -130,15 +131,16 @@ class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
 class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     """``role: party`` — a cluster party: ingest, MPC peer and result sender.
 
-    Rules: ``peers`` lists every other party index exactly once, each with ``mpc``;
-    ``dealer`` has ``mpc``. The ``policy`` file it names is checked too.
+    Rules: ``party`` < ``n_parties``; ``peers`` lists every other party index
+    (0..n_parties-1 except ``party``) exactly once, each with ``mpc``; ``dealer``
+    has ``mpc``. The ``policy`` file it names is checked too.
     """
 
-    party: Annotated[int, Meta(ge=0, le=1)]
+    party: Annotated[int, Meta(ge=0, lt=MAX_PARTIES)]
     peers: dict[int, Endpoint]
     dealer: Endpoint
     output: Endpoint
-    n_parties: Literal[2] = 2
+    n_parties: Annotated[int, Meta(ge=2, le=MAX_PARTIES)] = 2
     suite: KemSuite = KemSuite.X25519
     gateways: dict[str, str] = msgspec.field(default_factory=dict)
     mpc_listen: HostPort = "127.0.0.1:0"
@@ -152,11 +154,19 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     hpke_overlap_s: Positive = 3600.0
 
     def __post_init__(self) -> None:
+        if self.party >= self.n_parties:
+            raise ValueError(
+                f"party {self.party} is not below n_parties {self.n_parties}: write a party "
+                f"index 0..{self.n_parties - 1}, or raise n_parties"
+            )
         others = set(range(self.n_parties)) - {self.party}
         if set(self.peers) != others:
+            missing, extra = sorted(others - set(self.peers)), sorted(set(self.peers) - others)
             raise ValueError(
-                f"peers must list every other party index exactly once: {sorted(others)}, "
-                f"got {sorted(self.peers)}"
+                f"peers must name every other party of the {self.n_parties} "
+                f"(n_parties) exactly once: write entries for {sorted(others)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; not another party here: {extra}" if extra else "")
             )
         for i, ep in self.peers.items():
             if not ep.mpc:
@@ -165,14 +175,31 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
             raise ValueError("dealer needs mpc: 'host:port' (its /dealer socket)")
 
 
+def check_parties(parties: Mapping[int, Endpoint]) -> None:
+    """``parties`` names the N >= 2 parties 0..N-1, each once (dealer and output files)."""
+    n = len(parties)
+    if n < 2 or n > MAX_PARTIES or set(parties) != set(range(n)):
+        raise ValueError(
+            f"parties must name the parties 0..N-1 (2 <= N <= {MAX_PARTIES}), each once: "
+            f"got {sorted(parties)}; write one entry per party, e.g. {{0: ..., 1: ..., 2: ...}} "
+            "for three clusters"
+        )
+
+
 class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
-    """``role: dealer`` — the dealer of correlated randomness."""
+    """``role: dealer`` — the dealer of correlated randomness.
+
+    Rules: ``parties`` names the N >= 2 parties 0..N-1 (N = the parties' ``n_parties``).
+    """
 
     parties: dict[int, Endpoint]
     mpc_listen: HostPort = "127.0.0.1:0"
     batch_readings: Count = 20_000
     depth: Annotated[int, Meta(ge=1, le=64)] = 4
     suite: KemSuite = KemSuite.X25519  # link suite of the dealer links: the parties' suite
+
+    def __post_init__(self) -> None:
+        check_parties(self.parties)
 
 
 class DebounceDoc(FileSchema, frozen=True, kw_only=True):
@@ -237,7 +264,11 @@ class AuthDoc(FileSchema, frozen=True, kw_only=True):
 
 
 class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
-    """``role: output`` — reconstruction, storage, incidents, delivery and the JSON API."""
+    """``role: output`` — reconstruction, storage, incidents, delivery and the JSON API.
+
+    Rules: ``parties`` names the N >= 2 parties 0..N-1; an epoch is reconstructed
+    from all N.
+    """
 
     parties: dict[int, Endpoint]
     # gateway id → health URL (shown on the dashboard)
@@ -247,6 +278,9 @@ class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
     units: dict[str, str] = msgspec.field(default_factory=dict)  # sensor glob → axis unit
     # Incident transitions to Alertmanager, webhooks and MQTT (docs/CLOUD.md, "Delivery")
     delivery: DeliveryConfig = DeliveryConfig()
+
+    def __post_init__(self) -> None:
+        check_parties(self.parties)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A complete local deployment on loopback: 2 parties, dealer and output as processes.
+"""A complete local deployment on loopback: N parties, dealer and output as processes.
 
 :class:`Deployment` writes configs with free ports into a directory, starts
 ``python -m cloud_tecc <role> --config …`` per service, waits for ``/healthz``
@@ -33,7 +33,12 @@ from cloud_tecc.enclave.platform import SimulatedPlatform
 from tecc_contract.progress import Progress, seal_progress
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("party0", "party1", "dealer", "output")
+SERVICES = ("party0", "party1", "dealer", "output")  # the default deployment (N = 2)
+
+
+def services(n_parties: int = 2) -> tuple[str, ...]:
+    """The service names of a deployment with ``n_parties`` parties."""
+    return (*(f"party{i}" for i in range(n_parties)), "dealer", "output")
 
 
 def free_port() -> int:
@@ -92,6 +97,8 @@ class Deployment:
     ``identity.pub``). Ports already in ``ports`` are kept (e.g. a fixed
     dashboard port); the others are chosen free. ``gateway_health`` (gateway
     id → ``/healthz`` URL) is passed to the output service's dashboard.
+    ``n_parties`` clusters ``party0`` … ``party{N-1}`` (default 2), each its
+    own trust domain.
     """
 
     root: Path
@@ -105,12 +112,30 @@ class Deployment:
     gateway_health: dict[str, str] = field(default_factory=dict)
     output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    n_parties: int = 2
 
     def __post_init__(self) -> None:
-        for name in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc"):
+        if self.n_parties < 2:
+            raise ValueError(f"a deployment needs n_parties >= 2, got {self.n_parties}")
+        for name in self.port_names:
             self.ports.setdefault(name, free_port())
-        self.platform_dirs = {name: self.root / f"platform-{name}" for name in SERVICES}
+        self.platform_dirs = {name: self.root / f"platform-{name}" for name in self.services}
         self.write_configs()
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """The party service names, ``party0`` … ``party{N-1}``."""
+        return tuple(f"party{i}" for i in range(self.n_parties))
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Every service name, in start order (parties, dealer, output)."""
+        return services(self.n_parties)
+
+    @property
+    def port_names(self) -> tuple[str, ...]:
+        """Every port this deployment listens on (HTTP per service, MPC per party and dealer)."""
+        return (*self.services, *(f"{p}_mpc" for p in self.parties), "dealer_mpc")
 
     def platform(self, name: str) -> SimulatedPlatform:
         """The simulated platform (trust domain) of service ``name``."""
@@ -118,7 +143,7 @@ class Deployment:
 
     def platform_keys(self) -> dict[str, str]:
         """Service id -> its platform's attestation public key (hex), for verifiers."""
-        return {name: self.platform(name).public_key_hex for name in SERVICES}
+        return {name: self.platform(name).public_key_hex for name in self.services}
 
     def signing_key(self, gateway: str) -> Ed25519PrivateKey:
         """The private identity key of a test gateway (tests that seal envelopes themselves)."""
@@ -128,7 +153,7 @@ class Deployment:
         return key
 
     def declare(self, through_ns: int, gateways: Sequence[str] | None = None) -> list[int]:
-        """Send each (test) gateway's signed progress notice to both parties; HTTP statuses.
+        """Send each (test) gateway's signed progress notice to every party; HTTP statuses.
 
         Tests that seal and upload envelopes themselves play the gateway, so
         they also say when a window is complete (``tecc_contract.progress``).
@@ -138,10 +163,10 @@ class Deployment:
         if gateways is None:
             gateways = [g for g, k in self.gateways.items() if isinstance(k, Ed25519PrivateKey)]
         for g in gateways:
-            for i in (0, 1):
-                notice = Progress(g, f"party{i}", min(through_ns, now), now)
+            for p in self.parties:
+                notice = Progress(g, p, min(through_ns, now), now)
                 frame = seal_progress(notice, self.signing_key(g))
-                statuses.append(http_json(f"{self.url(f'party{i}')}/v1/progress", data=frame)[0])
+                statuses.append(http_json(f"{self.url(p)}/v1/progress", data=frame)[0])
         return statuses
 
     def url(self, name: str) -> str:
@@ -187,28 +212,28 @@ class Deployment:
             g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()
             for g, k in self.gateways.items()
         }
-        for i in (0, 1):
-            name = f"party{i}"
+        n = self.n_parties
+        for i, name in enumerate(self.parties):
             cfg = {
                 **common,
                 "role": "party",
                 "service_id": name,
                 "platform_dir": self.platform_dirs[name].name,
                 "party": i,
-                "n_parties": 2,
+                "n_parties": n,
                 "listen": {"host": "127.0.0.1", "port": self.ports[name]},
                 "mpc_listen": f"127.0.0.1:{self.ports[name + '_mpc']}",
                 "state_dir": name,
                 "policy": self._policy_file(name),
                 "gateways": gws,
-                "peers": {1 - i: self._ep(f"party{1 - i}", mpc=True)},
+                "peers": {j: self._ep(f"party{j}", mpc=True) for j in range(n) if j != i},
                 "dealer": self._ep("dealer", mpc=True),
                 "output": self._ep("output"),
                 "tick_s": 0.1,
                 **self.party_extra,
             }
             (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        parties = {0: self._ep("party0"), 1: self._ep("party1")}
+        parties = {i: self._ep(p) for i, p in enumerate(self.parties)}
         dealer = {
             **common,
             "role": "dealer",
@@ -271,9 +296,9 @@ class Deployment:
 
     def start_all(self) -> None:
         """Start and wait for every service."""
-        for name in SERVICES:
+        for name in self.services:
             self.start(name)
-        for name in SERVICES:
+        for name in self.services:
             self.wait_healthy(name)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> int:

@@ -1,10 +1,11 @@
 """``./tecc demo``: the whole pipeline on this machine, with its dashboard.
 
 Starts (or resumes, from ``--state``, default ``var/demo``) the simulator,
-the gateways, both clusters, the dealer and the output service as supervised
-processes, prints the dashboard URL and a status line every two seconds, and
-stops everything cleanly on Ctrl-C / SIGTERM (or after ``--duration``),
-keeping the state for the next run. Children's logs: ``<state>/logs/``.
+the gateways, the clusters (``--clusters N``, default 2: N independent trust
+domains), the dealer and the output service as supervised processes,
+prints the dashboard URL and a status line every two seconds, and stops
+everything cleanly on Ctrl-C / SIGTERM (or after ``--duration``), keeping
+the state for the next run. Children's logs: ``<state>/logs/``.
 ``--policy`` and ``--sim-config`` choose the clusters' analytics and the
 simulated line (MQTT-only and OPC-UA-only lines work), ``--scenario`` its
 anomalies.
@@ -29,6 +30,7 @@ async def _run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         Path(args.state),
         gateways=args.gateways,
+        clusters=args.clusters,
         dashboard_port=args.port,
         fresh=args.fresh,
         sim_speed=args.speed,
@@ -67,12 +69,25 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clusters(text: str) -> int:
+    n = int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"write a number of clusters >= 2 (got {n})")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run until stopped."""
     parser = argparse.ArgumentParser(prog="tecc demo", description=__doc__)
     parser.add_argument("--state", default=str(ROOT / "var" / "demo"), help="state directory")
     parser.add_argument("--fresh", action="store_true", help="wipe the state directory first")
     parser.add_argument("--gateways", type=int, default=2, help="number of gateways (1-3)")
+    parser.add_argument(
+        "--clusters",
+        type=_clusters,
+        default=2,
+        help="number of TECC clusters (MPC parties, each its own trust domain; >= 2)",
+    )
     parser.add_argument("--port", type=int, default=None, help="dashboard port (default 8730)")
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")

@@ -1,8 +1,9 @@
 """The one launcher of the whole pipeline on this machine (demo, e2e bench and tests, soak).
 
 ``Pipeline(state_dir)`` brings up, as supervised children: mosquitto, one
-swtpm per gateway, the cloud (two parties, the dealer, the output service
-with its dashboard), the gateways (provisioned in their TPM on first run)
+swtpm per gateway, the cloud (``clusters`` parties, default two, the dealer,
+the output service with its dashboard), the gateways (one envelope per
+cluster per batch) (provisioned in their TPM on first run)
 and the simulator, in that order — the gateways hold their MQTT sessions
 before the simulator publishes. :meth:`Pipeline.stop` stops them in reverse
 order (simulator first, so the gateways drain what they received).
@@ -20,7 +21,7 @@ OPC-UA sensors) or, with ``replay``, by ``tecc-sim replay`` publishing a CSV
 as one MQTT sensor (:class:`~demo.feed.ReplayFeed`; with recorded stamps the
 gateway declares it a backfill sensor).
 
-Children are named ``mosquitto``, ``swtpm-gwK``, ``party0``, ``party1``,
+Children are named ``mosquitto``, ``swtpm-gwK``, ``party0`` … ``party{N-1}``,
 ``dealer``, ``output``, ``gwK`` and ``sim``; :attr:`Pipeline.supervisor`
 kills and restarts them (the chaos soak uses it).
 """
@@ -42,7 +43,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from cloud_tecc.localstack import Deployment, register_output_token
+from cloud_tecc.localstack import Deployment, register_output_token, services
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids, load_policy
 from demo.services import free_port, free_port_pair, mosquitto_spec, swtpm_spec
@@ -52,7 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_SIM = ROOT / "configs" / "demo" / "sim.yaml"
 DEMO_POLICY = ROOT / "configs" / "demo" / "policy.yaml"
 DEFAULT_DASHBOARD_PORT = 8730
-CLOUD = ("party0", "party1", "dealer", "output")
 
 
 class PipelineError(RuntimeError):
@@ -103,6 +103,7 @@ class Pipeline:
         state_dir: Path,
         *,
         gateways: int = 2,
+        clusters: int = 2,
         sim_config: Path = DEMO_SIM,
         policy: Path = DEMO_POLICY,
         sim_speed: float = 1.0,
@@ -118,6 +119,9 @@ class Pipeline:
             shutil.rmtree(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.gateway_ids = gateway_ids(gateways)
+        if clusters < 2:
+            raise PipelineError(f"--clusters must be at least 2 (got {clusters})")
+        self.n_clusters = clusters
         self.sim_config = sim_config.resolve()
         self.policy_path = policy.resolve()
         self.sim_speed = sim_speed
@@ -174,8 +178,20 @@ class Pipeline:
             raise PipelineError(f"simulator config {self.sim_config}: {err.decode().strip()}")
         return [SimSensor.from_json(o) for o in json.loads(out)]
 
+    def _check_clusters(self) -> None:
+        """A state dir keeps its cluster count (gateway spools and shares are per cluster)."""
+        mark = self.state_dir / "clusters"
+        if mark.exists() and mark.read_text().strip() != str(self.n_clusters):
+            raise PipelineError(
+                f"{self.state_dir} holds a pipeline with {mark.read_text().strip()} clusters, "
+                f"not {self.n_clusters}: pass --clusters {mark.read_text().strip()}, or --fresh "
+                "(wipes it)"
+            )
+        mark.write_text(f"{self.n_clusters}\n")
+
     async def _start(self) -> None:
         sd = self.state_dir
+        self._check_clusters()
         policy_doc = load_policy(self.policy_path)  # PolicyError names the file
         self.sensors = assign_sensors(await self._sim_sensors(), len(self.gateway_ids))
         mqtt_port, opcua_port = free_port(), free_port()
@@ -193,9 +209,11 @@ class Pipeline:
             await self._reset_lockout(g, tpm_ports[g])
 
         # gateway configs first (the TPM provisioning needs one), keys second
-        ports = {n: free_port() for n in (*CLOUD, "party0_mpc", "party1_mpc", "dealer_mpc")}
-        dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash})
-        clusters = [(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+        n = self.n_clusters
+        names = (*services(n), *(f"party{i}_mpc" for i in range(n)), "dealer_mpc")
+        ports = {name: free_port() for name in names}
+        dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash}, n_parties=n)
+        clusters = [(i, dep.url(p), p) for i, p in enumerate(dep.parties)]
         cfgs: dict[str, Path] = {}
         for g in self.gateway_ids:
             doc = gateway_config(
@@ -208,8 +226,7 @@ class Pipeline:
                 http_port=gw_http[g],
                 clusters=clusters,
                 platforms={
-                    dep.platform(f"party{i}").key_id: dep.platform(f"party{i}").public_key_hex
-                    for i in (0, 1)
+                    dep.platform(p).key_id: dep.platform(p).public_key_hex for p in dep.parties
                 },
                 measurement=dep.measurement().hex(),
                 backfill=self.replay.backfill_of(self.sensors[g]) if self.replay else (),
@@ -224,11 +241,11 @@ class Pipeline:
         dep.gateway_health = {g: f"http://127.0.0.1:{gw_http[g]}/healthz" for g in gw_http}
         dep.output_extra["units"] = {s.sensor: s.unit for ss in self.sensors.values() for s in ss}
         dep.write_configs()
-        for name in CLOUD:
+        for name in dep.services:
             role = "party" if name.startswith("party") else name
             argv = _python("cloud_tecc", role, "--config", str(dep.root / f"{name}.yaml"))
             await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
-        for name in CLOUD:
+        for name in dep.services:
             await self._http_ok(name, dep.url(name) + "/healthz", 60)
         register_output_token(dep.url("output"), dep.output_token_file)
 
@@ -248,7 +265,7 @@ class Pipeline:
         self.urls = PipelineUrls(
             dashboard=f"http://127.0.0.1:{dash}/",
             output_api=f"http://127.0.0.1:{dash}/api/v1",
-            parties=(dep.url("party0"), dep.url("party1")),
+            parties=tuple(dep.url(p) for p in dep.parties),
             gateways=dict(dep.gateway_health),
             gateway_metrics={g: f"http://127.0.0.1:{p}/metrics" for g, p in gw_http.items()},
             mqtt_port=mqtt_port,

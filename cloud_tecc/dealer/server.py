@@ -1,6 +1,6 @@
 """The dealer process: the MPC engine's dealer service behind an attested identity.
 
-At start the dealer verifies both parties' quotes (retrying until they
+At start the dealer verifies every party's quote (all N) (retrying until they
 attest) and admits exactly their attested Ed25519 keys to its WebSocket
 (``/dealer`` on ``mpc_listen``); parties in turn verify the dealer's quote
 before they accept its key in the handshake. Every
@@ -42,6 +42,8 @@ class DealerProcess(ServiceBase):
         self.dealer: DealerService | None = None
         self.http: aiohttp.ClientSession | None = None
         self.state = "attesting parties"
+        #: Party service id -> whether its attested key is admitted to the dealer link.
+        self.admitted: dict[str, bool] = {ep.service_id: False for ep in cfg.parties.values()}
         self.batches = Gauge("tecc_dealer_batches", "Batches generated", registry=self.registry)
         self.reattested = Counter(
             "tecc_dealer_reattested",
@@ -81,6 +83,7 @@ class DealerProcess(ServiceBase):
                 try:
                     ident = await directory.identity(ep, "party")
                     keys[i] = ed25519_public_from_bytes(ident.keys["sign"])
+                    self.admitted[ep.service_id] = True
                 except PeerError as exc:
                     self.state = f"waiting for attested parties: {exc}"
                     log.warning("party %s not admitted: %s", ep.service_id, exc)
@@ -120,7 +123,9 @@ class DealerProcess(ServiceBase):
                 self.reattest_failures.inc()
                 log.warning("party %s failed re-attestation, link closed: %s", ep.service_id, exc)
                 dealer.revoke(i)
+                self.admitted[ep.service_id] = False
                 continue
+            self.admitted[ep.service_id] = True
             self.reattested.inc()
             dealer.admit(i, ed25519_public_from_bytes(ident.keys["sign"]))
 
@@ -135,4 +140,5 @@ class DealerProcess(ServiceBase):
         """Health with the dealer's state."""
         doc = super().health()
         doc["dealer"] = self.state
+        doc["parties"] = dict(self.admitted)
         return doc

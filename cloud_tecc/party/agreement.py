@@ -1,4 +1,4 @@
-"""Sans-IO epoch agreement between two parties: one state machine per shard.
+"""Sans-IO epoch agreement between N >= 2 parties: one state machine per shard.
 
 Everything that affects the agreement's state lives here, in the style of
 h11's ``_state.py``: an explicit :class:`Phase`, the :class:`Event` inputs and
@@ -19,12 +19,16 @@ One round (a "tick")::
 Any phase --fault--> FAILED (the session ends); FAILED --restart--> WATERMARKS
 (a new session starts from the durable state).
 
-* ``watermarks``: both parties' committed watermarks are known; the round
-  continues from the common (lower) one, the party ahead rewinds to it.
-* ``proposal`` / ``no_proposal``: the leader's choice for the next epoch (or
-  nothing closed yet). A proposal must start at or after the common watermark.
-* ``agreed`` / ``refused``: both parties' verdicts on the proposal; the epoch
-  is computed only if both confirm it.
+* ``watermarks``: every party's committed watermark is known (one all-to-all
+  control round); the round continues from the common (lowest) one, every
+  party ahead rewinds to it.
+* ``proposal`` / ``no_proposal``: the leader's (party 0's) choice for the next
+  epoch (or nothing closed yet), sent to every follower. A proposal must start
+  at or after the common watermark.
+* ``agreed`` / ``refused``: every party's verdict on the proposal, exchanged
+  all-to-all, so every party holds the same N verdicts and takes the same
+  decision: the epoch is computed only if all N confirm it (one refusal is
+  enough to wait).
 * ``committed``: the epoch, its stream states and its results are durable;
   the epoch's end must be the proposal's end.
 
@@ -92,12 +96,23 @@ class RemoteAgreementError(AgreementError):
 
 
 class EpochAgreement:
-    """The agreement state of one shard between this party and its peer."""
+    """The agreement state of one shard between this party and its N - 1 peers."""
 
-    def __init__(self, *, shard: str, party: int, leader: int = 0) -> None:
+    def __init__(self, *, shard: str, party: int, n_parties: int = 2, leader: int = 0) -> None:
+        if not (n_parties >= 2 and 0 <= party < n_parties and 0 <= leader < n_parties):
+            raise LocalAgreementError(
+                f"epoch agreement of shard {shard!r}: party {party} and leader {leader} must be "
+                f"below n_parties {n_parties} (>= 2)"
+            )
         self.shard = shard
         self.party = party
+        self.n_parties = n_parties
+        self.leader_index = leader
         self.leader = party == leader
+        #: Every other party, in order (the peers whose messages each round needs).
+        self.peers = tuple(p for p in range(n_parties) if p != party)
+        #: The parties that refused the last refused proposal (for the log).
+        self.refused_by: tuple[int, ...] = ()
         self.phase = Phase.WATERMARKS
         #: Common watermark of the current round (valid from PROPOSAL on).
         self.base_ns: int | None = None
@@ -114,10 +129,18 @@ class EpochAgreement:
             )
         self.phase = nxt
 
-    def watermarks(self, mine: int, theirs: int) -> int:
-        """Both committed watermarks are known; return the common one to continue from."""
+    def _from_every_peer(self, what: str, theirs: Mapping[int, object]) -> None:
+        if set(theirs) != set(self.peers):
+            raise LocalAgreementError(
+                f"epoch agreement of shard {self.shard!r}: {what} of parties {sorted(theirs)}, "
+                f"need exactly the peers {list(self.peers)}"
+            )
+
+    def watermarks(self, mine: int, theirs: Mapping[int, int]) -> int:
+        """Every peer's committed watermark is known; return the common (lowest) one."""
+        self._from_every_peer("watermarks", theirs)
         self.fire(Event.WATERMARKS)
-        self.base_ns = min(mine, theirs)
+        self.base_ns = min(mine, *theirs.values())
         self.proposal = None
         return self.base_ns
 
@@ -140,9 +163,12 @@ class EpochAgreement:
         self.fire(Event.PROPOSAL)
         self.proposal = proposal
 
-    def verdicts(self, *, mine: bool, theirs: bool) -> bool:
-        """Both verdicts on the proposal; True if the epoch is to be computed."""
-        agreed = mine and theirs
+    def verdicts(self, *, mine: bool, theirs: Mapping[int, bool]) -> bool:
+        """Every party's verdict on the proposal; True iff all N confirm it (then compute)."""
+        self._from_every_peer("verdicts", theirs)
+        every = {self.party: mine, **theirs}
+        self.refused_by = tuple(sorted(p for p, ok in every.items() if not ok))
+        agreed = not self.refused_by
         self.fire(Event.AGREED if agreed else Event.REFUSED)
         if not agreed:
             self.proposal = None

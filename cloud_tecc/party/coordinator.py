@@ -1,25 +1,26 @@
 """The epoch loop of a party: attested MPC sessions, agreement on epochs, computation.
 
-A session starts by verifying the peer's and the dealer's quotes; a peer
-that fails attestation is refused (no MPC link is opened). The output
-service is verified before every delivery of results. Then the parties
-open the WebSocket mesh authenticated with the attested keys, connect to the
-dealer and align their correlation streams.
+A session starts by verifying every peer's (all N - 1 other parties') and
+the dealer's quotes; a peer that fails attestation is refused (no MPC link is
+opened, the session waits and names it). The output service is verified
+before every delivery of results. Then the parties open the WebSocket mesh
+(every pair of parties linked, authenticated with the attested keys), connect
+to the dealer and align their correlation streams to the furthest party's.
 
-Each tick the parties exchange watermarks over the mesh and rewind to the
-common one (a party that crashed before committing an epoch simply makes the
-other redo it); party 0 proposes the next closed epoch and its batches; party
-1 confirms that it holds exactly those batches (none missing, none extra) and
-that the epoch is closed by its own gateways' progress notices too, so a
-party that missed notices or batches while it was down can never make the
-pair compute an epoch without readings the other one holds. (The order of
-these steps is the state machine
-:class:`~cloud_tecc.party.agreement.EpochAgreement`; this class exchanges the
-messages and feeds it the outcomes.) Then both run the secure program and
-commit the epoch, the new stream states and the result message (shares for
-the output service) in one transaction; :meth:`Coordinator.deliver` drains
-that outbox, encrypting each message to the attested output key. Any fault
-ends the session; the next session starts from the durable state.
+Each tick runs one agreement round (:mod:`~cloud_tecc.party.rounds`): all N
+exchange watermarks and rewind to the lowest (a party that crashed before
+committing an epoch simply makes the others redo it); party 0 proposes the
+next closed epoch and its batches; every follower confirms that it holds
+exactly those batches (none missing, none extra) and that the epoch is closed
+by its own gateways' progress notices too, so a party that missed notices or
+batches while it was down can never make the others compute an epoch without
+readings it holds. Every party learns all N verdicts and all compute iff all
+confirm. Then all run the secure program and commit the epoch, the new stream
+states and the result message (shares for the output service) in one
+transaction; :meth:`Coordinator.deliver` drains that outbox, encrypting each
+message to the attested output key. Any fault ends the session (one party
+down stops the analytics of all until it is back); the next session starts
+from the durable state.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import base64
 import contextlib
 import enum
 import logging
-import os
 import time
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -50,27 +50,14 @@ from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
-from cloud_tecc.party.epochs import (
-    Key,
-    ProgressTracker,
-    Proposal,
-    build_epoch,
-    epoch_of,
-)
-from cloud_tecc.party.messages import (
-    M,
-    ProposalMessage,
-    SeqMessage,
-    VerdictMessage,
-    WatermarkMessage,
-    decode,
-)
+from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
+from cloud_tecc.party.messages import SeqMessage
+from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger("cloud_tecc.party.coordinator")
-CONTROL_ROUND: Final = 0
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
 SHARD: Final = "all"  # one shard per party process today (see agreement.py)
@@ -103,14 +90,15 @@ class Coordinator:
         self.tracker = tracker
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
-        self.peer = 1 - cfg.party
         self.session = Session.STARTING
         self._session_error = ""
-        self.agreement = EpochAgreement(shard=SHARD, party=cfg.party)
+        self.agreement = EpochAgreement(shard=SHARD, party=cfg.party, n_parties=cfg.n_parties)
+        #: Every other party, in order.
+        self.peers = self.agreement.peers
+        self.round = AgreementRound(cfg=cfg, store=store, tracker=tracker, agreement=self.agreement)
         self._since_prune = 0
         self._outbox = asyncio.Event()
-        self._waiting_for: tuple[int, str] = (0, "")
-        self._skip: set[Key] = set()  # orphaned batches the peer reported (leader only)
+        self._peer_keys: dict[int, bytes] = {}  # attested signing key of every peer
         #: End of the last committed epoch (readings below it are late), kept in memory.
         self.watermark_ns = store.watermark()
         self.epochs = Counter("tecc_party_epochs", "Epochs computed", registry=registry)
@@ -131,7 +119,25 @@ class Coordinator:
         )
         self.orphaned = Counter(
             "tecc_party_orphaned_batches",
-            "Batches left out because only one party holds them and their gateway is gone",
+            "Batches left out because not every party holds them and their gateway is gone",
+            registry=registry,
+        )
+        self.peer_attested = Gauge(
+            "tecc_party_peer_attested",
+            "1 if the peer party attested at the last check, by peer service id",
+            ["peer"],
+            registry=registry,
+        )
+        for i in self.peers:
+            self.peer_attested.labels(cfg.peers[i].service_id)
+        self.mpc_rounds = Counter(
+            "tecc_party_mpc_rounds",
+            "MPC communication rounds of the computed epochs",
+            registry=registry,
+        )
+        self.mpc_sent = Counter(
+            "tecc_party_mpc_bytes_sent",
+            "MPC mesh payload bytes this party sent, to all its peers together",
             registry=registry,
         )
         self.wm_gauge = Gauge(
@@ -159,21 +165,36 @@ class Coordinator:
                 self.session, self._session_error = Session.WAITING, str(exc)
             await asyncio.sleep(1.0)
 
+    async def _attest_peers(self, *, force: bool = False) -> dict[int, bytes]:
+        """Every peer's attested signing key; PeerError naming the first that fails."""
+        keys: dict[int, bytes] = {}
+        for i in self.peers:
+            ep = self.cfg.peers[i]
+            try:
+                if force:
+                    ident = await reattest(self.directory, ep, "party", self._peer_keys[i])
+                else:
+                    ident = await self.directory.identity(ep, "party")
+            except PeerError:
+                self.peer_attested.labels(ep.service_id).set(0)
+                raise
+            self.peer_attested.labels(ep.service_id).set(1)
+            keys[i] = ident.keys["sign"]
+        return keys
+
     async def _session(self) -> None:
         cfg = self.cfg
         self.session = Session.ATTESTING
-        peer = await self.directory.identity(cfg.peers[self.peer], "party")
+        self._peer_keys = await self._attest_peers()
         dealer = await self.directory.identity(cfg.dealer, "dealer")
-        addresses = {
-            cfg.party: parse_hostport(cfg.mpc_listen),
-            self.peer: cfg.peers[self.peer].mpc_address,
-        }
+        addresses = {cfg.party: parse_hostport(cfg.mpc_listen)}
+        addresses.update({i: cfg.peers[i].mpc_address for i in self.peers})
         mesh = await WsTransport.start(
             MeshConfig(
                 party=cfg.party,
                 addresses=addresses,
                 key=self.enclave.keys.sign,
-                peer_keys={self.peer: ed25519_public_from_bytes(peer.keys["sign"])},
+                peer_keys={i: ed25519_public_from_bytes(k) for i, k in self._peer_keys.items()},
                 round_timeout=60.0,
                 connect_timeout=30.0,
                 suite=LinkSuite.from_label(cfg.suite.value),
@@ -190,16 +211,19 @@ class Coordinator:
                 suite=LinkSuite.from_label(cfg.suite.value),
             )
             mine = await link.next_seq()
-            theirs = await self._control(mesh, {"seq": mine}, SeqMessage)
-            await link.align(max(mine, theirs.seq))
+            theirs = await control(mesh, self.peers, {"seq": mine}, SeqMessage)
+            await link.align(max(mine, *(m.seq for m in theirs.values())))
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
-            log.info("MPC session with %s up", cfg.peers[self.peer].service_id)
+            log.info(
+                "MPC session with %s up",
+                ", ".join(cfg.peers[i].service_id for i in self.peers),
+            )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
             while True:
                 if loop.time() >= due:  # peers re-attest during the session, not only at start
-                    await reattest(self.directory, cfg.peers[self.peer], "party", peer.keys["sign"])
+                    await self._attest_peers(force=True)
                     await reattest(self.directory, cfg.dealer, "dealer", dealer.keys["sign"])
                     due = loop.time() + cfg.service.trust.reattest_s
                 if not await self._tick(mesh, link):
@@ -208,10 +232,6 @@ class Coordinator:
             await mesh.close()
             if link is not None:
                 await link.close()
-
-    async def _control(self, mesh: Transport, doc: dict[str, Any], reply: type[M]) -> M:
-        got = await mesh.exchange(CONTROL_ROUND, {self.peer: dumps(doc)})
-        return decode(bytes(got[self.peer]), reply)
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.
@@ -222,98 +242,18 @@ class Coordinator:
         if self.agreement.phase is Phase.FAILED:
             self.agreement.restart()
         try:
-            return await self._round(mesh, link)
+            prop = await self.round.run(mesh)
+            if self.agreement.base_ns is not None:
+                self.watermark_ns = self.agreement.base_ns
+            if prop is None:
+                return False
+            await self._compute(mesh, link, prop)
+            self.agreement.committed(prop.end_ns)
+            return True
         except BaseException:
             if self.agreement.phase is not Phase.FAILED:
                 self.agreement.fault()
             raise
-
-    async def _round(self, mesh: Transport, link: CorrelationSource) -> bool:
-        agreement = self.agreement
-        wm = await asyncio.to_thread(self.store.watermark)
-        other = await self._control(mesh, {"wm": wm}, WatermarkMessage)
-        base = agreement.watermarks(wm, other.wm)
-        if wm > base:
-            log.info("rewinding to the common watermark %d", base)
-            await asyncio.to_thread(self.store.rewind, base)
-        self.watermark_ns = base
-        prop_doc: dict[str, Any] = {}
-        mine: Proposal | None = None
-        if agreement.leader:
-            mine = await asyncio.to_thread(self._propose, base)
-            prop_doc = {"proposal": mine.to_json() if mine else None}
-        got = await self._control(mesh, prop_doc, ProposalMessage)
-        theirs = got.proposal.to_proposal() if got.proposal else None
-        prop = mine if agreement.leader else theirs
-        agreement.proposed(prop)
-        if prop is None:
-            return False
-        why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
-        verdict = {"ok": not why, "orphans": [list(k) for k in orphans]}
-        ack = await self._control(mesh, verdict, VerdictMessage)
-        if agreement.leader:
-            self._note_orphans(ack.orphan_keys)
-        if not agreement.verdicts(mine=not why, theirs=ack.ok):
-            if why and self._waiting_for != (prop.start_ns, why):
-                self._waiting_for = (prop.start_ns, why)
-                log.info("epoch %d not agreed yet: %s", prop.start_ns, why)
-            return False
-        await self._compute(mesh, link, prop)
-        agreement.committed(prop.end_ns)
-        return True
-
-    def _check(self, prop: Proposal, leader: bool) -> tuple[str, list[Key]]:
-        """Why this party cannot compute ``prop`` now ("" if it can), and orphaned batches.
-
-        A batch this party lacks, or holds but the proposal lacks, is waited
-        for while its gateway is live; once the gateway is gone it is reported
-        as an orphan, and the leader leaves it out of its next proposal.
-        """
-        missing = set(self.store.has_batches(prop.batches))
-        if leader:
-            return (f"{len(missing)} proposed batches are gone" if missing else ""), []
-        live = self.tracker.live(time.time_ns())
-        if any(g in live for g, _ in prop.skip):
-            return "the proposal skips batches of a gateway that is live here", []
-        extra = set(self.store.batches_overlapping(prop.start_ns, prop.end_ns))
-        extra.difference_update(prop.batches, prop.skip)
-        problems = missing | extra
-        orphans = sorted(k for k in problems if k[0] not in live)
-        if missing:
-            return f"{len(missing)} proposed batches not here yet (first {min(missing)})", orphans
-        if extra:
-            return f"{len(extra)} batches here are not proposed (first {min(extra)})", orphans
-        if not self.tracker.closed(prop.end_ns, time.time_ns()):
-            return "not closed by this party's gateway progress notices yet", []
-        return "", []
-
-    def _note_orphans(self, reported: tuple[Key, ...]) -> None:
-        """Leader: skip the reported orphans whose gateway is gone here too."""
-        live = self.tracker.live(time.time_ns())
-        new = {k for k in reported if k[0] not in live} - self._skip
-        if new:
-            log.warning(
-                "leaving out %d orphaned batches (one share only, gateway gone): %s",
-                len(new),
-                sorted(new)[:5],
-            )
-            self._skip |= new
-
-    def _propose(self, base: int) -> Proposal | None:
-        earliest = self.store.earliest_reading_after(base)
-        if earliest is None:
-            return None
-        start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
-        if not self.tracker.closed(end, time.time_ns()):
-            return None
-        held = self.store.batches_overlapping(start, end)
-        return Proposal(
-            start,
-            end,
-            tuple(k for k in held if k not in self._skip),
-            tuple(sorted(self._skip)),
-            os.urandom(8).hex(),
-        )
 
     async def _compute(self, mesh: Transport, link: CorrelationSource, prop: Proposal) -> None:
         t0 = time.perf_counter()
@@ -325,7 +265,7 @@ class Coordinator:
             await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, {}, 0, time.time_ns())
             self.watermark_ns = prop.end_ns
             return
-        party = Party(self.cfg.party, 2, mesh, link, frac_bits=16)
+        party = Party(self.cfg.party, self.cfg.n_parties, mesh, link, frac_bits=16)
         t1 = time.perf_counter()
         waited = link.wait_s_total if isinstance(link, DealerLink) else 0.0
         out, rel = await secure_epoch(party, self.cfg.service.policy, epoch)
@@ -351,9 +291,11 @@ class Coordinator:
         self._outbox.set()
         if prop.skip:
             self.orphaned.inc(len(prop.skip))
-            self._skip.clear()
+        self.round.committed(prop)
         self.epochs.inc()
         self.readings.inc(n)
+        self.mpc_rounds.inc(party.traffic.rounds)
+        self.mpc_sent.inc(party.traffic.bytes_sent)
         self._since_prune += 1
         if self._since_prune >= PRUNE_EVERY:
             self._since_prune = 0

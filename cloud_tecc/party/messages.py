@@ -1,15 +1,15 @@
-"""The epoch-agreement control messages between the two parties, as msgspec Structs.
+"""The epoch-agreement control messages between the N parties, as msgspec Structs.
 
-The parties exchange one compact JSON object per control round
-(:data:`cloud_tecc.party.coordinator.CONTROL_ROUND`):
+Every party sends one compact JSON object to every other party per control
+round (:data:`cloud_tecc.party.rounds.CONTROL_ROUND`):
 
 - ``{"seq": n}`` once per session, to align the dealer stream;
 - ``{"wm": ns}`` each tick, the party's durable watermark;
-- ``{"proposal": {...} | null}`` from the leader (the follower sends ``{}``);
+- ``{"proposal": {...} | null}`` from the leader (the followers send ``{}``);
 - ``{"ok": bool, "orphans": [[gateway, seq], ...]}``, the verdict on it.
 
 :func:`decode` turns the peer's bytes into the Struct once, at the boundary,
-strictly (no unknown keys, ``true`` is not a number): both parties run the same
+strictly (no unknown keys, ``true`` is not a number): all parties run the same
 attested build, so anything else is a broken or hostile peer
 (:class:`~cloud_tecc.errors.PeerError`). The sender still writes plain dicts;
 :func:`encode` gives the same bytes, so the wire format is unchanged.
@@ -91,13 +91,14 @@ _WHAT: dict[type[Message], str] = {
 }
 
 
-def decode(raw: bytes, kind: type[M]) -> M:
-    """Decode the peer's control bytes as ``kind``; PeerError naming the bad field."""
+def decode(raw: bytes, kind: type[M], *, sender: int | None = None) -> M:
+    """Decode a peer's control bytes as ``kind``; PeerError naming the peer and the bad field."""
     try:
         return msgspec.json.decode(raw, type=kind, strict=True)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         what = _WHAT.get(kind, kind.__name__)
-        raise PeerError(f"peer sent a malformed {what} control message: {exc}") from exc
+        who = "peer" if sender is None else f"party {sender}"
+        raise PeerError(f"{who} sent a malformed {what} control message: {exc}") from exc
 
 
 def encode(msg: Message) -> bytes:

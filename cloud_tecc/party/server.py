@@ -31,7 +31,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
@@ -134,9 +134,6 @@ class PartyService(ServiceBase):
         for reason in ("malformed", "signature", "misaddressed", "stale"):
             self.notices_rejected.labels(reason)
         self.rotations = Counter("tecc_hpke_rotations", "Cluster HPKE key rotations", registry=reg)
-        self.peer_ok = Gauge(
-            "tecc_party_peer_attested", "1 if the peer party attests", registry=reg
-        )
         self.coordinator: Coordinator | None = None
         self.http: aiohttp.ClientSession | None = None
         self.app.router.add_post("/v1/batches", self._ingest)
@@ -211,6 +208,7 @@ class PartyService(ServiceBase):
         """Health with ingest and session state."""
         doc = super().health()
         doc["party"] = self.pcfg.party
+        doc["n_parties"] = self.pcfg.n_parties
         doc["watermark_ns"] = self.store.watermark()
         doc["batches"] = self.store.batch_count()
         doc["session"] = self.coordinator.state if self.coordinator else "starting"

@@ -29,14 +29,14 @@ class TestGateway:
     __test__ = False
 
     def __init__(self, dep: Deployment, gateway_id: str, *, squares: bool = True) -> None:
-        platforms = {f"party{i}": dep.platform(f"party{i}") for i in (0, 1)}
+        platforms = {name: dep.platform(name) for name in dep.parties}
         verifier = SimulatedPlatformVerifier(
             platform_keys={p.key_id: p.attestation_key.public_key() for p in platforms.values()},
             allowed_measurements={dep.measurement()},
             platform_services={p.key_id: {name} for name, p in platforms.items()},
         )
         keys = []
-        for i in (0, 1):
+        for i in range(dep.n_parties):
             nonce = os.urandom(32)
             status, body = http_json(f"{dep.url(f'party{i}')}/attestation?nonce={nonce.hex()}")
             assert status == 200
@@ -59,7 +59,7 @@ class TestGateway:
         )
 
     def seal(self, seq: int, segments: list[SensorSegment]) -> list[bytes]:
-        """Frames for both parties (kept, so a retry can resend identical bytes)."""
+        """Frames for every party (kept, so a retry can resend identical bytes)."""
         self.frames[seq] = self.sealer.seal(seq, segments, created_ns=time.time_ns())
         return self.frames[seq]
 

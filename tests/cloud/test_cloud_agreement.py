@@ -1,4 +1,4 @@
-"""Two coordinators over an in-memory mesh: epoch agreement, computation and rewind."""
+"""N coordinators over an in-memory mesh: epoch agreement, computation and rewind."""
 
 from __future__ import annotations
 
@@ -43,19 +43,24 @@ POLICY = {
 }
 
 
-def _coordinators(tmp: Path, tracked: tuple[str, ...] = ()) -> list[Coordinator]:
+def _coordinators(tmp: Path, tracked: tuple[str, ...] = (), n: int = 2) -> list[Coordinator]:
     (tmp / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     out = []
-    for i in (0, 1):
-        ep = {"service_id": f"p{1 - i}", "url": "http://127.0.0.1:1", "mpc": "127.0.0.1:2"}
+    for i in range(n):
+        peers = {
+            j: {"service_id": f"p{j}", "url": "http://127.0.0.1:1", "mpc": "127.0.0.1:2"}
+            for j in range(n)
+            if j != i
+        }
         doc = {
             "role": "party",
             "service_id": f"p{i}",
             "party": i,
+            "n_parties": n,
             "state_dir": f"s{i}",
             "policy": "policy.yaml",
             "gateways": {},
-            "peers": {1 - i: ep},
+            "peers": peers,
             "dealer": {"service_id": "d", "url": "http://127.0.0.1:3", "mpc": "127.0.0.1:4"},
             "output": {"service_id": "o", "url": "http://127.0.0.1:5"},
         }
@@ -84,8 +89,9 @@ def _ingest(
     Returns the (party, row) pairs held back, to be stored later.
     """
     held: list[tuple[int, BatchRow]] = []
+    n = len(coords)
     gw = Ed25519PrivateKey.generate()
-    keys = [generate_cluster_keypair_raw(KemSuite.X25519) for _ in range(2)]
+    keys = [generate_cluster_keypair_raw(KemSuite.X25519) for _ in range(n)]
     sealer = Sealer(
         gateway_id="gw",
         signing_key=gw,
@@ -95,14 +101,14 @@ def _ingest(
     ing = [
         Ingestor(
             party=i,
-            n_parties=2,
+            n_parties=n,
             suite=KemSuite.X25519,
             private_key=load_private_key(KemSuite.X25519, keys[i][0]),
             gateway_keys={"gw": gw.public_key()},
             service_id=f"p{i}",
             sign_key=Ed25519PrivateKey.generate(),
         )
-        for i in range(2)
+        for i in range(n)
     ]
     for sec in range(30):
         segs = []
@@ -112,7 +118,7 @@ def _ingest(
         frames = sealer.seal(sec, segs, created_ns=T0)
         for i, c in enumerate(coords):
             row = ing[i].prepare(frames[i], received_ns=T0)
-            if seconds is None or sec in seconds[i]:
+            if seconds is None or sec in seconds.get(i, range(30)):
                 c.store.insert_batches([row])
             else:
                 held.append((i, row))
@@ -147,31 +153,34 @@ async def _run_until(
 def _released(coords: list[Coordinator]) -> dict[int, Any]:
     out = {}
     while (item := coords[0].store.next_outgoing()) is not None:
-        other = coords[1].store.next_outgoing()
-        assert other is not None
-        assert other[0] == item[0]
-        docs = [json.loads(item[1]), json.loads(other[1])]
+        items = [item] + [c.store.next_outgoing() for c in coords[1:]]
+        assert all(o is not None and o[0] == item[0] for o in items)
+        docs = [json.loads(o[1]) for o in items if o is not None]
         pending = {d["party"]: (d["layout"], base64.b64decode(d["vector"])) for d in docs}
-        done = try_complete(coords[0].cfg.service.policy, 2, pending)
+        done = try_complete(coords[0].cfg.service.policy, len(coords), pending)
         assert done is not None
         out[done.epoch_ns] = done.rows
-        coords[0].store.delivered(*item)
-        coords[1].store.delivered(*other)
+        for c, o in zip(coords, items, strict=True):
+            assert o is not None
+            c.store.delivered(*o)
     return out
 
 
-async def test_agreement_computes_epochs_and_redoes_an_uncommitted_one(tmp_path: Path) -> None:
-    """Both parties compute the same epochs; a party that lost its last commit is caught up."""
+@pytest.mark.parametrize("n", [2, 3])
+async def test_agreement_computes_epochs_and_redoes_an_uncommitted_one(
+    tmp_path: Path, n: int
+) -> None:
+    """All parties compute the same epochs; a party that lost its last commit is caught up."""
     streams = _streams(4, sensors=2)
     want = await _reference(streams)
-    coords = _coordinators(tmp_path)
+    coords = _coordinators(tmp_path, n=n)
     _ingest(coords, streams)
-    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    net, dealer = MemoryNetwork(n), LocalDealer(n)
     await _run_until(coords, net, dealer, T0 + 30 * S)
     got = _released(coords)
     assert got == want
-    # Party 1 "crashed" before committing the last epoch: it lost that commit.
-    coords[1].store.rewind(T0 + 20 * S)
+    # The last party "crashed" before committing the last epoch: it lost that commit.
+    coords[-1].store.rewind(T0 + 20 * S)
     await _run_until(coords, net, dealer, T0 + 30 * S)
     again = _released(coords)
     assert again == {T0 + 20 * S: want[T0 + 20 * S]}
@@ -179,26 +188,27 @@ async def test_agreement_computes_epochs_and_redoes_an_uncommitted_one(tmp_path:
         c.store.close()
 
 
-async def test_follower_refuses_an_epoch_without_batches_it_holds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n", [2, 3])
+async def test_follower_refuses_an_epoch_without_batches_it_holds(tmp_path: Path, n: int) -> None:
     """The leader missed batches (it was down): no epoch is computed without them.
 
-    Party 0 holds the batches of seconds 0-14 only, party 1 all 30. Party 0
-    would propose the epoch [10 s, 20 s) with what it has; party 1 holds 15-19
-    as well and refuses, so nothing is computed until party 0 receives them,
-    and then the results equal the plaintext reference.
+    Party 0 holds the batches of seconds 0-14 only, the others all 30. Party 0
+    would propose the epoch [10 s, 20 s) with what it has; the followers hold
+    15-19 as well and refuse, so nothing is computed until party 0 receives
+    them, and then the results equal the plaintext reference.
     """
     streams = _streams(5)
     want = await _reference(streams)
-    coords = _coordinators(tmp_path, tracked=("gw",))
+    coords = _coordinators(tmp_path, tracked=("gw",), n=n)
     for c in coords:
         c.tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
-    held = _ingest(coords, streams, {0: range(15), 1: range(30)})
-    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    held = _ingest(coords, streams, {0: range(15)})
+    net, dealer = MemoryNetwork(n), LocalDealer(n)
     for _ in range(4):
         await asyncio.gather(
             *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
         )
-    assert [c.store.watermark() for c in coords] == [T0 + 10 * S] * 2
+    assert [c.store.watermark() for c in coords] == [T0 + 10 * S] * n
     for i, row in held:
         coords[i].store.insert_batches([row])
     await _run_until(coords, net, dealer, T0 + 30 * S)
@@ -311,5 +321,59 @@ async def test_shares_of_two_computations_of_an_epoch_never_combine(tmp_path: Pa
     done = try_complete(policy, 2, {0: second0, 1: second1})
     assert done is not None
     assert done.rows == want[last]
+    for c in coords:
+        c.store.close()
+
+
+async def test_three_parties_one_follower_missing_batches_of_a_gone_gateway(
+    tmp_path: Path,
+) -> None:
+    """N = 3: party 2 never got seconds 15-19, parties 0 and 1 did; then the gateway is gone.
+
+    While the gateway is live party 2 refuses and nobody computes (one refusal
+    is enough); once it is gone party 2 reports the orphans, the leader leaves
+    them out (party 1 does not count them as extra: they are in the skip list)
+    and all three compute the epoch from what all three hold.
+    """
+    streams = _streams(9)
+    coords = _coordinators(tmp_path, tracked=("gw",), n=3)
+    _ingest(coords, streams, {0: range(20), 1: range(20), 2: range(15)})
+    for c in coords:
+        c.tracker.note("gw", T0 + 20 * S, heard_ns=time.time_ns())
+    net, dealer = MemoryNetwork(3), LocalDealer(3)
+
+    async def ticks(k: int) -> None:
+        for _ in range(k):
+            await asyncio.gather(
+                *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+            )
+
+    await ticks(4)
+    assert [c.store.watermark() for c in coords] == [T0 + 10 * S] * 3
+    for c in coords:
+        c.tracker._heard["gw"] = time.time_ns() - 61 * S
+    await ticks(4)
+    assert [c.store.watermark() for c in coords] == [T0 + 20 * S] * 3
+    docs = _released(coords)
+    assert [w["count"] for w in docs[T0 + 10 * S].windows] == [50]
+    assert [c.orphaned._value.get() for c in coords] == [5, 5, 5]
+    for c in coords:
+        c.store.close()
+
+
+async def test_three_parties_a_follower_proposing_is_a_peer_error(tmp_path: Path) -> None:
+    """Only party 0 proposes: a proposal from party 2 ends the round at party 1."""
+    coords = _coordinators(tmp_path, n=3)
+    prop = {"start": T0, "end": T0 + 10 * S, "batches": []}
+
+    class _Mesh:
+        async def exchange(self, round_id: int, outgoing: Any) -> dict[int, bytes]:
+            if "wm" in json.loads(next(iter(outgoing.values()))):
+                return {0: b'{"wm": 0}', 2: b'{"wm": 0}'}
+            return {0: b'{"proposal": null}', 2: json.dumps({"proposal": prop}).encode()}
+
+    with pytest.raises(PeerError, match="party 2 sent a proposal"):
+        await coords[1]._tick(cast(Transport, _Mesh()), LocalDealer(3).source(1))
+    assert coords[1].agreement.phase.value == "failed"
     for c in coords:
         c.store.close()

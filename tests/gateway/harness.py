@@ -243,11 +243,8 @@ class _Platform:
 
 def real_cluster_config(tmp: Path, dep: Deployment, mqtt_port: int) -> Path:
     """A gateway config for the real parties of ``dep`` (their platforms and measurement)."""
-    plat = [
-        _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
-        for n in ("party0", "party1")
-    ]
-    clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+    plat = [_Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex) for n in dep.parties]
+    clusters = [_Cluster(i, dep.url(n), n) for i, n in enumerate(dep.parties)]
     return write_config(
         tmp, clusters=clusters, platform=plat, mqtt_port=mqtt_port, measurement=dep.measurement()
     )

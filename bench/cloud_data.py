@@ -1,0 +1,138 @@
+"""Shared parts of the cloud benchmarks: the policy, the readings, sealing and uploading.
+
+Used by :mod:`bench.cloud` (ingest, analytics, latency) and
+:mod:`bench.cloud_parties` (N = 2, 3, 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from cloud_tecc.analytics.reference import StreamReadings
+from cloud_tecc.localstack import Deployment, http_json
+from tecc_contract.attestation import Quote
+from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite
+
+#: Window statistics (count, mean, std, min, max), rolling z-score (W = 600,
+#: k = 3) and rate of change; 1-second windows.
+POLICY: dict[str, Any] = {
+    "window_s": 1.0,
+    "min_count": 10,
+    "release": ["count", "mean", "std", "min", "max", "zscore_alerts", "rate_alerts"],
+    "rates": [{"sensor": "s*", "max_delta": 20.0}],
+    "zscore": {"window": 600, "k": 3.0, "min_baseline": 30},
+}
+T0 = 1_700_000_000_000_000_000
+SECOND = 1_000_000_000
+
+
+def log(msg: str) -> None:
+    """Progress to stderr."""
+    print(f"[bench.cloud] {msg}", file=sys.stderr, flush=True)
+
+
+def sealer_for(dep: Deployment, gateway: str, parties: tuple[int, ...] | None = None) -> Sealer:
+    """A sealer for the parties' quoted HPKE keys (quotes parsed, trust assumed; default all)."""
+    keys = []
+    for i in range(dep.n_parties) if parties is None else parties:
+        _, body = http_json(f"{dep.url(f'party{i}')}/attestation?nonce={'00' * 32}")
+        q = Quote.from_json(body)
+        keys.append(ClusterKey(i, KemSuite(q.hpke_suite), q.keys["hpke"]))
+    if len(keys) == 1:  # ingest phase: a second, throw-away recipient
+        keys.append(ClusterKey(1, keys[0].suite, keys[0].public_key))
+    return Sealer(
+        gateway_id=gateway,
+        signing_key=dep.signing_key(gateway),
+        clusters=keys,
+        columns=(Column.VALUE, Column.SQUARE),
+    )
+
+
+def data(
+    gateways: int, sensors: int, rate_hz: int, seconds: int, seed: int = 3
+) -> list[StreamReadings]:
+    """Random-walk sensor streams with occasional spikes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    n = rate_hz * seconds
+    ts = T0 + np.arange(n, dtype=np.int64) * (SECOND // rate_hz)
+    for g in range(gateways):
+        for s in range(sensors):
+            v = 50.0 + np.cumsum(rng.normal(0, 0.05, n)) + rng.normal(0, 1.0, n)
+            v[rng.integers(0, n, max(1, n // 1000))] += 15.0
+            out.append(StreamReadings(f"gw{g}", f"s{s}", ts, np.round(v, 3)))
+    return out
+
+
+async def post_all(url: str, frames: list[bytes], concurrency: int) -> float:
+    """POST frames with bounded concurrency; returns elapsed seconds."""
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+
+        async def one(f: bytes) -> None:
+            async with sem, s.post(url, data=f) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"upload failed: {r.status} {await r.text()}")
+                await r.read()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(f) for f in frames))
+        return time.perf_counter() - t0
+
+
+def metric(dep: Deployment, name: str, sample: str) -> float:
+    """A Prometheus sample value from a service."""
+    with urllib.request.urlopen(dep.url(name) + "/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split(" ")[1])
+    return 0.0
+
+
+def upload_streams(
+    dep: Deployment, streams: list[StreamReadings], per_batch_s: float, *, declare: bool = True
+) -> None:
+    """Seal per-gateway batches (all sensors, ``per_batch_s`` of data) and upload them.
+
+    With ``declare`` every gateway then says all windows are complete (else the
+    epochs stay open until the caller declares).
+    """
+    by_gw: dict[str, list[StreamReadings]] = {}
+    for s in streams:
+        by_gw.setdefault(s.gateway, []).append(s)
+    frames: list[list[bytes]] = []
+    for gw, ss in by_gw.items():
+        sealer = sealer_for(dep, gw)
+        end = int(ss[0].timestamps_ns[-1])
+        step = int(per_batch_s * SECOND)
+        for seq, start in enumerate(range(T0, end + 1, step)):
+            segs = []
+            for s in ss:
+                m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
+                segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
+            frames.append(sealer.seal(seq, segs, created_ns=time.time_ns()))
+    for i in range(dep.n_parties):
+        asyncio.run(post_all(f"{dep.url(f'party{i}')}/v1/batches", [f[i] for f in frames], 16))
+    if declare:
+        dep.declare(max(int(s.timestamps_ns[-1]) for s in streams) + 1)  # every window complete
+
+
+def wait_epochs(dep: Deployment, n: int, timeout: float) -> list[dict[str, Any]]:
+    """Wait for ``n`` epochs at the output service."""
+    deadline = time.monotonic() + timeout
+    epochs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        _, epochs = http_json(dep.url("output") + "/api/v1/epochs")
+        if len(epochs) >= n:
+            break
+        time.sleep(0.2)
+    return epochs

@@ -1,0 +1,172 @@
+"""One agreement round of N parties over the mesh: watermarks, proposal, verdicts.
+
+The I/O half of :class:`~cloud_tecc.party.agreement.EpochAgreement` (which
+holds the order of the steps): each step is one all-to-all control round
+(:data:`CONTROL_ROUND`; every party sends one compact JSON object to every
+other party and receives one from each):
+
+1. ``{"wm"}``: the common watermark is the lowest of all N; every party above
+   it rewinds (it committed an epoch another party did not).
+2. ``{"proposal"}``: the leader (party 0) proposes the next closed epoch with
+   its batch list; the followers send ``{}``.
+3. ``{"ok", "orphans"}``: every follower checks the proposal against its own
+   store and its own gateways' progress notices; every party learns all N
+   verdicts, and all compute iff all confirm, so the decision is the same at
+   every party. A batch some party holds and another lacks, whose gateway is
+   gone, is reported as an orphan by the follower that sees it; the leader
+   leaves every reported orphan (whose gateway is gone at the leader too) out
+   of its next proposal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from cloud_tecc.config import PartyConfig
+from cloud_tecc.mpc.transport import Transport
+from cloud_tecc.party.agreement import EpochAgreement, RemoteAgreementError
+from cloud_tecc.party.epochs import Key, ProgressTracker, Proposal, epoch_of
+from cloud_tecc.party.messages import (
+    M,
+    ProposalMessage,
+    VerdictMessage,
+    WatermarkMessage,
+    decode,
+)
+from cloud_tecc.party.store import ShareStore
+from cloud_tecc.service.channel import dumps
+
+log = logging.getLogger("cloud_tecc.party.rounds")
+CONTROL_ROUND: Final = 0
+
+
+async def control(
+    mesh: Transport, peers: tuple[int, ...], doc: dict[str, Any], reply: type[M]
+) -> dict[int, M]:
+    """Send ``doc`` to every peer and decode each peer's message of the same control round."""
+    raw = dumps(doc)
+    got = await mesh.exchange(CONTROL_ROUND, dict.fromkeys(peers, raw))
+    return {p: decode(bytes(got[p]), reply, sender=p) for p in peers}
+
+
+class AgreementRound:
+    """Drives one party's :class:`EpochAgreement` over the mesh (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        cfg: PartyConfig,
+        store: ShareStore,
+        tracker: ProgressTracker,
+        agreement: EpochAgreement,
+    ) -> None:
+        self.cfg, self.store, self.tracker, self.agreement = cfg, store, tracker, agreement
+        self._waiting_for: tuple[int, str] = (0, "")
+        self.skip: set[Key] = set()  # orphaned batches the followers reported (leader only)
+
+    async def run(self, mesh: Transport) -> Proposal | None:
+        """One round; the agreed proposal to compute now, or None (nothing, or refused)."""
+        agreement, peers = self.agreement, self.agreement.peers
+        wm = await asyncio.to_thread(self.store.watermark)
+        others = await control(mesh, peers, {"wm": wm}, WatermarkMessage)
+        base = agreement.watermarks(wm, {p: m.wm for p, m in others.items()})
+        if wm > base:
+            log.info("rewinding to the common watermark %d", base)
+            await asyncio.to_thread(self.store.rewind, base)
+        prop_doc: dict[str, Any] = {}
+        mine: Proposal | None = None
+        if agreement.leader:
+            mine = await asyncio.to_thread(self._propose, base)
+            prop_doc = {"proposal": mine.to_json() if mine else None}
+        got = await control(mesh, peers, prop_doc, ProposalMessage)
+        prop = mine if agreement.leader else self._leaders(got)
+        agreement.proposed(prop)
+        if prop is None:
+            return None
+        why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
+        verdict = {"ok": not why, "orphans": [list(k) for k in orphans]}
+        acks = await control(mesh, peers, verdict, VerdictMessage)
+        if agreement.leader:
+            self._note_orphans([k for a in acks.values() for k in a.orphan_keys])
+        if not agreement.verdicts(mine=not why, theirs={p: a.ok for p, a in acks.items()}):
+            note = why or f"refused by parties {list(agreement.refused_by)}"
+            if self._waiting_for != (prop.start_ns, note):
+                self._waiting_for = (prop.start_ns, note)
+                log.info("epoch %d not agreed yet: %s", prop.start_ns, note)
+            return None
+        return prop
+
+    def _leaders(self, got: Mapping[int, ProposalMessage]) -> Proposal | None:
+        """The leader's proposal; a follower that proposes breaks the protocol."""
+        lead = self.agreement.leader_index
+        for p, msg in got.items():
+            if p != lead and msg.proposal is not None:
+                self.agreement.fault()
+                raise RemoteAgreementError(
+                    f"party {p} sent a proposal, but only party {lead} proposes epochs"
+                )
+        doc = got[lead].proposal
+        return doc.to_proposal() if doc else None
+
+    def committed(self, prop: Proposal) -> None:
+        """The epoch is durable: the orphans it left out are done with."""
+        if prop.skip:
+            self.skip.clear()
+
+    def _check(self, prop: Proposal, leader: bool) -> tuple[str, list[Key]]:
+        """Why this party cannot compute ``prop`` now ("" if it can), and orphaned batches.
+
+        A batch this party lacks, or holds but the proposal lacks, is waited
+        for while its gateway is live; once the gateway is gone it is reported
+        as an orphan, and the leader leaves it out of its next proposal.
+        """
+        missing = set(self.store.has_batches(prop.batches))
+        if leader:
+            return (f"{len(missing)} proposed batches are gone" if missing else ""), []
+        live = self.tracker.live(time.time_ns())
+        if any(g in live for g, _ in prop.skip):
+            return "the proposal skips batches of a gateway that is live here", []
+        extra = set(self.store.batches_overlapping(prop.start_ns, prop.end_ns))
+        extra.difference_update(prop.batches, prop.skip)
+        problems = missing | extra
+        orphans = sorted(k for k in problems if k[0] not in live)
+        if missing:
+            return f"{len(missing)} proposed batches not here yet (first {min(missing)})", orphans
+        if extra:
+            return f"{len(extra)} batches here are not proposed (first {min(extra)})", orphans
+        if not self.tracker.closed(prop.end_ns, time.time_ns()):
+            return "not closed by this party's gateway progress notices yet", []
+        return "", []
+
+    def _note_orphans(self, reported: list[Key]) -> None:
+        """Leader: skip the reported orphans whose gateway is gone here too."""
+        live = self.tracker.live(time.time_ns())
+        new = {k for k in reported if k[0] not in live} - self.skip
+        if new:
+            log.warning(
+                "leaving out %d orphaned batches (not held by every party, gateway gone): %s",
+                len(new),
+                sorted(new)[:5],
+            )
+            self.skip |= new
+
+    def _propose(self, base: int) -> Proposal | None:
+        earliest = self.store.earliest_reading_after(base)
+        if earliest is None:
+            return None
+        start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
+        if not self.tracker.closed(end, time.time_ns()):
+            return None
+        held = self.store.batches_overlapping(start, end)
+        return Proposal(
+            start,
+            end,
+            tuple(k for k in held if k not in self.skip),
+            tuple(sorted(self.skip)),
+            os.urandom(8).hex(),
+        )
