@@ -45,7 +45,7 @@ from gateway.sources.sparkplug import SparkplugHost, rebirth_request
 MAX_TOPICS = 10_000
 MAX_PATHS = 64
 SPARKPLUG_TEMPLATE = "{node}.{device}.{metric}"
-_TS_KEYS = ("ts", "timestamp", "time")
+_TS_KEYS = ("ts", "timestamp", "time", "t")
 
 
 @dataclass(slots=True)
