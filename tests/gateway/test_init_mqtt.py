@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from tests.gateway.services import mosquitto
 T = SparkplugType
 
 
-def _sparkplug(seq: int, metrics: list[dict[str, object]]) -> bytes:
+def _sparkplug(seq: int, metrics: list[dict[str, Any]]) -> bytes:
     p = Payload()
     p.timestamp = int(time.time() * 1000)
     p.seq = seq
@@ -42,13 +43,15 @@ def _round(i: int) -> list[tuple[str, bytes]]:
         ("plant/line1/state", b"running"),
     ]
     if i == 0:
-        birth = [
+        birth: list[dict[str, Any]] = [
             {"name": "bdSeq", "datatype": T.INT64, "long_value": 0},
             {"name": "Oil/Temp", "alias": 1, "datatype": T.DOUBLE, "double_value": 41.5},
         ]
         msgs.append(("spBv1.0/plant/NBIRTH/press1", _sparkplug(0, birth)))
     else:
-        data = [{"alias": 1, "datatype": T.DOUBLE, "double_value": 40.0 + i % 3}]
+        data: list[dict[str, Any]] = [
+            {"alias": 1, "datatype": T.DOUBLE, "double_value": 40.0 + i % 3}
+        ]
         msgs.append(("spBv1.0/plant/NDATA/press1", _sparkplug(i % 256, data)))
     return msgs
 
