@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("provision", "create the identity and spool keys, sealed in the TPM"),
         ("launch", "measure code and config into the TPM, then exec `run` (the start path)"),
-        ("run", "run the agent until SIGTERM/SIGINT"),
+        ("run", "run the agent until SIGTERM/SIGINT; SIGHUP reloads sensors and sources"),
         ("status", "show key, pin and spool state"),
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
         ("import-secret", "seal a clear secret file (OPC-UA key, MQTT password) under the TPM"),
@@ -124,12 +124,13 @@ def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
     )
 
 
-async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
-    agent = Agent(cfg, keys)
+async def _run(cfg: GatewayConfig, keys: GatewayKeys, config: Path) -> None:
+    agent = Agent(cfg, keys, config_path=config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     log.info(
         "gateway %s running: %d sensors, %d mqtt, %d opcua sources, %d clusters",
         cfg.gateway_id,
@@ -194,7 +195,7 @@ def _command(args: argparse.Namespace) -> int:
         print(json.dumps({"sealed": str(dest), "removed": None if args.keep else str(args.file)}))
         return 0
     if args.command == "run":
-        asyncio.run(_run(cfg, keys))
+        asyncio.run(_run(cfg, keys, args.config))
         return 0
     spool = _open_spool(cfg, keys)
     try:
