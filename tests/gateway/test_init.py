@@ -103,3 +103,12 @@ async def test_init_without_clusters_writes_placeholders_check_config_names(
     assert "$.clusters[0].url" in checked.stderr
     assert "--trust" in checked.stderr
     assert len(yaml.safe_load(out.read_text())["sensors"]) == len(expected)
+
+
+def test_init_against_nothing_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    """No server at the URL: exit 4 with the URL and the reason, no file written."""
+    url = f"opc.tcp://127.0.0.1:{free_port()}/nothing"
+    done = cli("init", "--opcua", url, "--out", str(tmp_path / "gateway.yaml"))
+    assert done.returncode == 4
+    assert url in done.stderr
+    assert not (tmp_path / "gateway.yaml").exists()

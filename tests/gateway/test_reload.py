@@ -4,7 +4,9 @@ The clusters are down while the config changes, so the spool holds frames
 across the reload; an MQTT publisher streams throughout, so messages are in
 flight when the MQTT source reconnects with its new topics. Afterwards every
 reading arrives exactly once, the new sensor's readings too, and a broken file
-is refused while the agent keeps running.
+is refused while the agent keeps running. (A reconnect that starts the MQTT
+source with a fresh delivery ledger fails the exactly-once assertion: values
+counted twice.)
 """
 
 from __future__ import annotations
