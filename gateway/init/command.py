@@ -169,6 +169,11 @@ def _failure(
     args: argparse.Namespace, exc: Exception, secure: Secure | None, sec: SecurityDoc
 ) -> str:
     """What to do about a failed session (the gateway source's advice, plus what to trust)."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return (
+            f"OPC-UA {args.opcua}: {type(exc).__name__}: {exc}; check the endpoint URL (host, "
+            "port, path) and that this machine reaches the server's port"
+        )
     if secure is None:
         runtime = OpcuaSecurity(
             SecurityPolicy.NONE, SecurityMode.SIGN, None, None, None, None, False
