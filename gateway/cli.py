@@ -28,7 +28,7 @@ from gateway.atrest import private_dir, write_private
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
 from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
-from gateway.init import command as init_command
+from gateway.init.args import add_parser as add_init_parser
 from gateway.keys import GatewayKeys, load_keys, provision
 from gateway.launch import events, exec_agent, explain, measure, predicted
 from gateway.sealed import import_secret
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 + reason")
     check.add_argument("file", type=Path)
-    init_command.add_parser(sub)
+    add_init_parser(sub)
     for name, text in (
         ("provision", "create the identity and spool keys, sealed in the TPM"),
         ("launch", "measure code and config into the TPM, then exec `run` (the start path)"),
@@ -155,7 +155,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return _check(args.file)
     if args.command == "init":
-        return init_command.run(args)
+        from gateway.init.command import run as init  # noqa: PLC0415 - asyncua client, paho
+
+        return init(args)
     cfg = load_config(args.config)
     pcr = cfg.tpm.measure_pcr
     if args.command == "provision":
