@@ -24,6 +24,7 @@ from cloud_tecc.analytics.policy import AnalyticsPolicy  # noqa: E402
 from cloud_tecc.config import DealerFile, OutputFile, PartyFile  # noqa: E402
 from cloud_tecc.mpc.config import MeshDoc  # noqa: E402
 from firmware_sim.schema import ScenarioDoc, SimFile  # noqa: E402
+from gateway.init.writer import TrustDoc  # noqa: E402
 from gateway.schema import GatewayFile  # noqa: E402
 
 OUT = ROOT / "docs" / "CONFIG.md"
@@ -31,6 +32,12 @@ OUT = ROOT / "docs" / "CONFIG.md"
 #: (title, schema, example file, command that checks it)
 KINDS: list[tuple[str, type[msgspec.Struct], str, str]] = [
     ("Gateway", GatewayFile, "configs/gateway.yaml", "tecc-gateway check-config FILE"),
+    (
+        "Gateway trust file",
+        TrustDoc,
+        "written by python -m demo.cloud prepare (docs/QUICKSTART-own-plant.md)",
+        "tecc-gateway init --trust FILE",
+    ),
     ("Cluster party", PartyFile, "configs/cluster0.yaml", "tecc-cluster check-config FILE"),
     ("Dealer", DealerFile, "configs/dealer.yaml", "tecc-cluster check-config FILE"),
     ("Output service", OutputFile, "configs/output.yaml", "tecc-cluster check-config FILE"),

@@ -40,19 +40,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.batcher import Batcher
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, MqttSourceConfig, OpcuaSourceConfig
 from gateway.errors import GatewayError, SpoolError, SpoolFullError
 from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
 from gateway.metrics import Metrics
+from gateway.reloader import reload_config
 from gateway.sealed import resolve
 from gateway.sources.modbus import ModbusSource
 from gateway.sources.mqtt import MqttSource
@@ -80,9 +82,16 @@ class Agent:
         *,
         tick_s: float = 0.01,
         now_ns: Callable[[], int] = time.time_ns,
+        config_path: Path | None = None,
     ) -> None:
+        #: the config as read from the file (before sealed secrets are opened): reloads
+        #: compare the new file with this one
+        self.file_cfg = cfg
+        self.config_path = config_path
+        self.reload_wanted = False
         cfg, opcua_keys = resolve(cfg, keys.spool_key)  # sealed secrets, decrypted in memory
         self.cfg = cfg
+        self.opcua_keys = opcua_keys
         self._keys = keys
         self._tick = tick_s
         self._now_ns = now_ns
@@ -128,24 +137,11 @@ class Agent:
             started=time.monotonic(),
         )
         self.overflow = False
-        self.mqtt = [
-            MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
-            for c in cfg.mqtt
-        ]
-        declared = set(cfg.sensors)
-        self.opcua = [
-            OpcuaSource(
-                c,
-                self.ingest,
-                self.metrics,
-                sensors=declared,
-                state_dir=cfg.state_dir,
-                gateway_id=cfg.gateway_id,
-                private_key=opcua_keys.get(c.name),
-            )
-            for c in cfg.opcua
-        ]
+        self.mqtt = [self.mqtt_source(c) for c in cfg.mqtt]
+        self.opcua = [self.opcua_source(c) for c in cfg.opcua]
         self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
+        self.source_tasks: dict[str, asyncio.Task[None]] = {}  # OPC-UA and Modbus, by name
+        self._tg: asyncio.TaskGroup | None = None
         self._verifier = SimulatedPlatformVerifier(
             platform_keys={
                 k: Ed25519PublicKey.from_public_bytes(v)
@@ -157,6 +153,37 @@ class Agent:
         self.links: list[ClusterLink] = []
         #: The clusters' attested identities, kept distinct (ids and keys).
         self._registry = ClusterRegistry()
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file at the next step (:mod:`gateway.reloader`)."""
+        self.reload_wanted = True
+
+    @property
+    def spool_key(self) -> bytes:
+        """The unsealed spool key (sealed secrets of a reloaded config open with it)."""
+        return self._keys.spool_key
+
+    def mqtt_source(self, c: MqttSourceConfig) -> MqttSource:
+        """A new MQTT source; its ledger starts from the spool's in-flight record."""
+        return MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
+
+    def opcua_source(self, c: OpcuaSourceConfig) -> OpcuaSource:
+        """A new OPC-UA source for the currently declared sensors."""
+        return OpcuaSource(
+            c,
+            self.ingest,
+            self.metrics,
+            sensors=set(self.cfg.sensors),
+            state_dir=self.cfg.state_dir,
+            gateway_id=self.cfg.gateway_id,
+            private_key=self.opcua_keys.get(c.name),
+        )
+
+    def start_task(self, name: str, source: OpcuaSource | ModbusSource) -> None:
+        """Run a polled/subscribed source in the agent's task group (after ``run`` began)."""
+        if self._tg is None:
+            raise GatewayError("start_task before run")
+        self.source_tasks[name] = self._tg.create_task(source.run())
 
     def _build_sealer(self) -> None:
         if len(self._pins) < len(self.cfg.clusters) or self._sealer is not None:
@@ -240,9 +267,12 @@ class Agent:
                 ) from exc
             try:
                 async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
                     tasks = [tg.create_task(link.run()) for link in self.links]
-                    tasks += [tg.create_task(src.run()) for src in self.opcua]
-                    tasks += [tg.create_task(src.run()) for src in self.modbus]
+                    for o in self.opcua:
+                        self.start_task(o.name, o)
+                    for mb in self.modbus:
+                        self.start_task(mb.name, mb)
                     tasks.append(tg.create_task(self._gauges_loop()))
                     batch_task = tg.create_task(self._batch_loop(stop))
                     for m in self.mqtt:
@@ -250,7 +280,7 @@ class Agent:
                     await batch_task
                     for m in self.mqtt:
                         m.stop()
-                    for t in tasks:
+                    for t in [*tasks, *self.source_tasks.values()]:
                         t.cancel()
             finally:
                 await runner.cleanup()
@@ -260,6 +290,9 @@ class Agent:
     async def _batch_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self._tick)
+            if self.reload_wanted:
+                self.reload_wanted = False
+                await reload_config(self)
             await self._step(time.monotonic())
         await self._step(time.monotonic(), final=True)
 

@@ -1,4 +1,7 @@
-"""Command line: ``tecc-gateway provision | launch | run | status | reenrol | check-config``.
+"""Command line: ``tecc-gateway init | provision | launch | run | status | reenrol | check-config``.
+
+``init`` writes a config from an OPC-UA server and/or MQTT topics
+(:mod:`gateway.init.command`).
 
 ``launch`` is the start path: it measures the code and config into the TPM
 (:mod:`gateway.launch`) and then execs ``run`` (or the command given after
@@ -25,6 +28,7 @@ from gateway.atrest import private_dir, write_private
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
 from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
+from gateway.init.args import add_parser as add_init_parser
 from gateway.keys import GatewayKeys, load_keys, provision
 from gateway.launch import events, exec_agent, explain, measure, predicted
 from gateway.sealed import import_secret
@@ -40,10 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 + reason")
     check.add_argument("file", type=Path)
+    add_init_parser(sub)
     for name, text in (
         ("provision", "create the identity and spool keys, sealed in the TPM"),
         ("launch", "measure code and config into the TPM, then exec `run` (the start path)"),
-        ("run", "run the agent until SIGTERM/SIGINT"),
+        ("run", "run the agent until SIGTERM/SIGINT; SIGHUP reloads sensors and sources"),
         ("status", "show key, pin and spool state"),
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
         ("import-secret", "seal a clear secret file (OPC-UA key, MQTT password) under the TPM"),
@@ -119,12 +124,13 @@ def _open_spool(cfg: GatewayConfig, keys: GatewayKeys) -> Spool:
     )
 
 
-async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
-    agent = Agent(cfg, keys)
+async def _run(cfg: GatewayConfig, keys: GatewayKeys, config: Path) -> None:
+    agent = Agent(cfg, keys, config_path=config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     log.info(
         "gateway %s running: %d sensors, %d mqtt, %d opcua sources, %d clusters",
         cfg.gateway_id,
@@ -148,6 +154,10 @@ def _check(path: Path) -> int:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return _check(args.file)
+    if args.command == "init":
+        from gateway.init.command import run as init  # noqa: PLC0415 - asyncua client, paho
+
+        return init(args)
     cfg = load_config(args.config)
     pcr = cfg.tpm.measure_pcr
     if args.command == "provision":
@@ -187,7 +197,7 @@ def _command(args: argparse.Namespace) -> int:
         print(json.dumps({"sealed": str(dest), "removed": None if args.keep else str(args.file)}))
         return 0
     if args.command == "run":
-        asyncio.run(_run(cfg, keys))
+        asyncio.run(_run(cfg, keys, args.config))
         return 0
     spool = _open_spool(cfg, keys)
     try:

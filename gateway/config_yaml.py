@@ -30,6 +30,7 @@ from gateway.config import (
     TpmConfig,
 )
 from gateway.errors import GatewayConfigError
+from gateway.init.writer import check_placeholders
 from gateway.schema import BrowseDoc, GatewayFile, MqttDoc, NodeDoc, OpcuaDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.fixedpoint import SensorRange
@@ -52,8 +53,14 @@ def parse_file(raw: object, *, source: str = "config") -> GatewayFile:
 
 
 def parse_config(raw: object, *, base: Path, source: str = "config") -> GatewayConfig:
-    """Build a :class:`GatewayConfig` from a parsed YAML document."""
-    return to_runtime(parse_file(raw, source=source), base=base, source=source)
+    """Build a :class:`GatewayConfig` from a parsed YAML document.
+
+    A file still holding the placeholders ``tecc-gateway init`` writes for unknown
+    clusters is refused, naming each key (:func:`gateway.init.writer.check_placeholders`).
+    """
+    doc = parse_file(raw, source=source)
+    check_placeholders(doc, source)
+    return to_runtime(doc, base=base, source=source)
 
 
 def _path(base: Path, raw: str | None) -> Path | None:

@@ -48,6 +48,11 @@ class EventTime:
         self._newest: dict[str, int] = {}
         self._heard: dict[str, float] = dict.fromkeys(self._backfill, started)
 
+    def set_sensors(self, sensors: Iterable[str]) -> None:
+        """The declared sensors after a config reload (a removed one no longer holds progress)."""
+        self._sensors = tuple(sensors)
+        self._newest = {s: t for s, t in self._newest.items() if s in self._sensors}
+
     def observe(self, sensors: Sequence[str], timestamps: Sequence[int], now: float) -> None:
         """Readings drained at monotonic time ``now`` (parallel sequences)."""
         if not self._ordered:

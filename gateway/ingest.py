@@ -93,13 +93,8 @@ class Ingest:
     ) -> None:
         # per sensor: the accepted interval (declared range within the value bound), the
         # declared range, and the open value bound
-        bound = math.inf if value_bound_bits is None else float(2**value_bound_bits)
-        inner = math.nextafter(bound, 0.0)
-        self._bound = bound
-        self._ranges = {
-            s.id: (max(s.range.low, -inner), min(s.range.high, inner), s.range)
-            for s in sensors.values()
-        }
+        self._bound = math.inf if value_bound_bits is None else float(2**value_bound_bits)
+        self._ranges = self._accepted_ranges(sensors)
         self._lock = threading.Lock()
         self._buf = Drained()
         self.rejected: Counter[tuple[str, str]] = Counter()
@@ -113,6 +108,23 @@ class Ingest:
         self._undeclared_n = 0
         self._future_n = 0
         self._future_example: tuple[str, int] = ("", 0)
+
+    def _accepted_ranges(
+        self, sensors: Mapping[str, SensorConfig]
+    ) -> dict[str, tuple[float, float, SensorRange]]:
+        inner = math.nextafter(self._bound, 0.0)
+        return {
+            s.id: (max(s.range.low, -inner), min(s.range.high, inner), s.range)
+            for s in sensors.values()
+        }
+
+    def set_sensors(self, sensors: Mapping[str, SensorConfig]) -> None:
+        """Declare a new set of sensors (a config reload); later offers use it.
+
+        The table is replaced by one reference assignment, so a source thread
+        offering at the same moment uses either the old or the new table whole.
+        """
+        self._ranges = self._accepted_ranges(sensors)
 
     def _classify(self, value: object, srange: SensorRange) -> float | Reason:
         """Range check, then the value bound (see the module docstring)."""

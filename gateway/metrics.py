@@ -50,6 +50,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.reloads = Counter(
+            "gateway_config_reloads",
+            "Config reloads on SIGHUP by outcome: ok (applied) or refused (old config kept)",
+            ["outcome"],
+            registry=r,
+        )
         self.late = Counter(
             "gateway_readings_late",
             "Readings that arrived with a timestamp older than the progress already declared "

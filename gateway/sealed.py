@@ -53,7 +53,11 @@ def open_secret(spool_key: bytes, gateway_id: str, path: Path) -> bytes:
     try:
         blob = path.read_bytes()
     except OSError as exc:
-        raise GatewayError(f"cannot read sealed secret {path} ({exc}); fix the path") from exc
+        raise GatewayError(
+            f"cannot read sealed secret {path} ({exc}); fix the path, or seal the clear file "
+            f"(e.g. the key `tecc-gateway init` wrote) with `tecc-gateway launch --config FILE "
+            f"import-secret --file CLEAR --to {path.name}`"
+        ) from exc
     if not blob.startswith(_MAGIC):
         raise GatewayError(
             f"{path} is not a sealed secret; seal it with `tecc-gateway launch --config FILE "

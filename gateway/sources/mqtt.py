@@ -165,6 +165,26 @@ class MqttSource:
 
     def start(self) -> None:
         """Connect in the background; paho's thread reconnects with backoff forever."""
+        with self._ack_lock:
+            self._hold = (0, time.time_ns())
+        self._connect()
+
+    def reconfigure(self, cfg: MqttSourceConfig) -> None:
+        """Reconnect with new topics (same broker and client id), keeping the ledger.
+
+        The broker keeps the session across the reconnect and resends what was
+        in flight; the ledger recognises those messages as it does after a
+        broker restart, so each is spooled exactly once. Progress is held from
+        the disconnect until the link settled again.
+        """
+        self.stop()
+        self.cfg = cfg
+        self._routes = {}
+        self._sparkplug = {}
+        self._client = self._make_client()
+        self._connect()
+
+    def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = 65535
@@ -175,8 +195,6 @@ class MqttSource:
             clean_start=False,
             properties=props,
         )
-        with self._ack_lock:
-            self._hold = (0, time.time_ns())
         self._client.loop_start()
 
     def stop(self) -> None:
