@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,8 @@ class TpmEvidence:
         self._keys = keys
         self._open = open_tpm
         self._ak: AkBlob | None = None
+        #: One TPM operation at a time: the clusters' tasks share the TPM's few object slots.
+        self._lock = threading.Lock()
 
     def _ak_blob(self, tpm: Tpm) -> AkBlob:
         if self._ak is None:
@@ -67,7 +70,7 @@ class TpmEvidence:
 
     def request(self) -> dict[str, Any]:
         """Step 1's body: identity key, EK certificate, EK and AK public areas."""
-        with self._open() as tpm:
+        with self._lock, self._open() as tpm:
             cert, ek_public = endorsement(tpm)
             ak = self._ak_blob(tpm)
         return {
@@ -85,7 +88,7 @@ class TpmEvidence:
         gid = self._cfg.gateway_id
         qualifying = qualifying_data(tag, gid, self._keys.public_raw, nonce)
         body: dict[str, Any] = {"gateway_id": gid, "nonce": nonce.hex()}
-        with self._open() as tpm:
+        with self._lock, self._open() as tpm:
             ak = self._ak_blob(tpm)
             if "credential" in challenge:
                 blob = base64.b64decode(str(challenge["credential"]))
