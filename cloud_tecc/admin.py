@@ -1,9 +1,11 @@
-"""``tecc-admin``: the operator's view of one party's gateway enrolment (live, no restart).
+"""``tecc-cluster admin``: the operator's view of one party's gateway enrolment (live).
 
-    tecc-admin --config party0.yaml list [--state pending]
-    tecc-admin --config party0.yaml approve GATEWAY
-    tecc-admin --config party0.yaml revoke GATEWAY [--reason TEXT]
-    tecc-admin --config party0.yaml forget GATEWAY
+    tecc-cluster admin --config party0.yaml list [--state pending]
+    tecc-cluster admin --config party0.yaml approve GATEWAY
+    tecc-cluster admin --config party0.yaml revoke GATEWAY [--reason TEXT]
+    tecc-cluster admin --config party0.yaml forget GATEWAY
+
+(``python -m cloud_tecc.admin`` is the same.)
 
 It writes the party's ``state_dir/enrolment.db`` directly (run it on the
 party's host, as the operator of that trust domain: there is no network admin
@@ -31,7 +33,7 @@ from tecc_contract.errors import ConfigFileError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tecc-admin", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="tecc-cluster admin", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="the party's config file")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="gateways known to this party, with their state")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             state = "unknown" if rec is None else rec.state
             raise CloudError(
                 f"gateway {args.gateway!r} is {state}: only pending or suspended gateways can "
-                "be approved (`tecc-admin list` shows them)"
+                "be approved (`tecc-cluster admin list` shows them)"
             )
         return reg.set_state(
             args.gateway, "enrolled", "approved by the operator", now, operator=True
@@ -76,12 +78,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``tecc-admin``; returns the exit code."""
+    """Entry point of ``tecc-cluster admin``; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
         print(json.dumps(run(args), indent=1))
     except (CloudError, ConfigFileError, OSError) as exc:
-        print(f"tecc-admin: {exc}", file=sys.stderr)
+        print(f"tecc-cluster admin: {exc}", file=sys.stderr)
         return 2
     return 0
 

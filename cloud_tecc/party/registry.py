@@ -2,8 +2,8 @@
 
 Persisted in ``state_dir/enrolment.db`` (SQLite, WAL), read into memory and
 replaced as a whole on every change, so the ingest threads read a consistent
-snapshot without a lock. The operator tool (``tecc-admin``, :mod:`cloud_tecc.admin`)
-writes the same file; the running party notices a commit by another
+snapshot without a lock. The operator tool (``tecc-cluster admin``,
+:mod:`cloud_tecc.admin`) writes the same file; the running party notices a commit by another
 connection (``PRAGMA data_version``) within :data:`REFRESH_S` and reloads —
 approval and revocation take effect without a restart or a config edit.
 
@@ -140,7 +140,7 @@ class Registry:
 
         Only the operator (``operator=True``) can change a revoked record: a
         party write computed from a snapshot taken before a concurrent
-        ``tecc-admin revoke`` keeps the revocation instead of overwriting it.
+        ``tecc-cluster admin revoke`` keeps the revocation instead of overwriting it.
         """
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -244,8 +244,8 @@ class LiveKeys(Mapping[str, Ed25519PublicKey]):
         if rec is None or rec.state == "enrolled":
             return
         hint = {
-            "pending": "awaits approval: `tecc-admin approve` on this party, or a PCR value "
-            "the enrolment policy lists",
+            "pending": "awaits approval (`tecc-cluster admin approve` on this party) or a "
+            "PCR value the enrolment policy lists",
             "suspended": "is suspended until it attests again with its enrolled PCR values",
             "revoked": "was revoked by the operator",
         }[rec.state]

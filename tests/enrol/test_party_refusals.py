@@ -5,7 +5,7 @@ swtpm; the verifier is a real ``python -m cloud_tecc party`` with its own
 enrolment policy. Refused: an EK certificate from an unknown CA, a replayed and
 a stale nonce, a quote over PCR values the policy does not list, an AK that is
 not in the EK's TPM. A genuine gateway is enrolled and the operator's
-``tecc-admin revoke`` takes effect on the running party.
+``tecc-cluster admin revoke`` takes effect on the running party.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def _admin(rig: Rig, *args: str) -> dict[str, Any]:
         [
             sys.executable,
             "-m",
-            "cloud_tecc.admin",
+            "cloud_tecc",
+            "admin",
             "--config",
             str(rig.dep.root / "party0.yaml"),
             *args,
