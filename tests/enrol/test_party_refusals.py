@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import ROOT, Deployment
+from cloud_tecc.localstack import ROOT, Deployment, http_json
 from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys
@@ -35,7 +35,7 @@ from gateway.tpm import Tpm
 from tecc_contract.tpm_evidence import ENROL_TAG
 from tests.cloud.scenario import POLICY
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import write_config
+from tests.gateway.harness import cli, write_config
 from tests.gateway.services import Swtpm
 
 pytestmark = [pytest.mark.tpm, pytest.mark.processes]
@@ -100,6 +100,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             "pcrs": [14],
             "pcr_values": {14: [bytes(32).hex()]},  # the reset value: nothing launched yet
             "nonce_ttl_s": 1.0,
+            "requote_s": 2.0,
+            "grace_s": 2.0,
         }
         (tmp_path / "cloud").mkdir()
         dep = Deployment(tmp_path / "cloud", POLICY, {}, party_extra={"enrolment": enrolment})
@@ -195,3 +197,33 @@ def test_revocation_is_live(rig: Rig) -> None:
     assert (status, doc["reason"]) == (403, "revoked"), doc
     status, challenge = rig.post("/v1/enrol/challenge", ev.request())
     assert (status, challenge["reason"]) == (403, "revoked")
+
+
+def test_a_silent_gateway_is_suspended(rig: Rig) -> None:
+    """No re-quote within requote_s + grace_s (4 s here): the running party suspends it."""
+    _, (_, doc) = _enrol(rig, rig.evidence(rig.good, "gw"))
+    assert doc["status"] == "enrolled"
+    deadline = time.monotonic() + 15
+    state = None
+    while time.monotonic() < deadline and state != "suspended":
+        time.sleep(0.2)
+        state = http_json(rig.dep.url("party0") + "/healthz")[1]["enrolment"]["gw-test"]
+    assert state == "suspended"
+    (rec,) = _admin(rig, "list", "--state", "suspended")["gateways"]
+    assert rec["reason"].startswith("silent")
+
+
+def test_the_enrol_command_reports_each_clusters_answer(rig: Rig) -> None:
+    """`tecc-gateway launch --config F enrol`: party0 refuses (its policy lists the reset
+    PCR 14, the launch measured the agent into it), party1 is not running; exit 4."""
+    plat = _Platform("p", "00" * 32)
+    (rig.tmp / "cli").mkdir()
+    clusters = [_Cluster(i, rig.dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+    cfg = write_config(rig.tmp / "cli", clusters=clusters, platform=plat, tcti=rig.good.tcti)
+    assert cli("provision", "--config", str(cfg)).returncode == 0
+    out = cli("launch", "--config", str(cfg), "enrol")
+    assert out.returncode == 4, out.stderr
+    answers = json.loads(out.stdout)
+    assert answers["0"]["reason"] == "pcr"
+    assert "enrolment.pcr_values does not list" in answers["0"]["error"]
+    assert answers["1"]["status"] == "unreachable"
