@@ -184,7 +184,8 @@ class Attestor:
             except EnrolmentRefusedError as exc:
                 st.status, st.reason = "refused", exc.reason
                 st.failures += 1
-                enrolled = enrolled and exc.reason not in ("unknown",)
+                enrolled = False  # re-enrol next time: idempotent, and the cluster may
+                # have forgotten us (it says so only as a refused quote, to not enumerate)
                 log.warning("%s", exc)
                 delay = min(_RETRY_S[1], _RETRY_S[0] * 2**st.failures)
             except (GatewayError, aiohttp.ClientError, TimeoutError, OSError) as exc:

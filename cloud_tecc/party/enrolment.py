@@ -62,6 +62,10 @@ from tecc_contract.schema import Count, FileSchema, Hex32, Name, Positive
 
 log = logging.getLogger("cloud_tecc.party.enrolment")
 _MAX_BODY = 16 * 1024
+_NOT_ENROLLED = (
+    "the quote or the identity signature does not verify under an AK and key enrolled "
+    "here: enrol again"
+)
 Pcr = Annotated[int, Meta(ge=0, le=23)]
 
 
@@ -151,7 +155,7 @@ class Enrolment:
             ["reason"],
             registry=metrics,
         )
-        for reason in (*ev.REASONS, "revoked", "conflict", "unknown"):
+        for reason in (*ev.REASONS, "revoked", "conflict"):
             self.refused.labels(reason)
         self.outcomes = Counter(
             "tecc_enrolment_outcomes",
@@ -265,15 +269,15 @@ class Enrolment:
     # -- continuous attestation ------------------------------------------------------------
 
     def requote_challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
-        """A nonce for the periodic quote of an enrolled (or suspended) gateway."""
+        """A nonce for the periodic quote, for any gateway id.
+
+        The answer is the same whether the gateway is known, so this
+        unauthenticated endpoint does not enumerate enrolments; the quote
+        decides.
+        """
         gid = _gateway_id(doc)
-        rec = self.registry.get(gid)
-        if rec is None or rec.ak_public is None:
-            raise ev.EvidenceError("unknown", f"gateway {gid!r} is not enrolled here: enrol first")
-        if rec.state == "revoked":
-            raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
         ch = self.challenges.issue(gid, ev.REQUOTE_TAG, now_ns)
-        return {"nonce": ch.nonce.hex(), "pcrs": sorted(rec.golden)}
+        return {"nonce": ch.nonce.hex(), "pcrs": sorted(self.doc.pcrs)}
 
     def requote(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Verify a periodic quote; suspend on changed PCRs, reinstate on the enrolled ones."""
@@ -282,11 +286,17 @@ class Enrolment:
         self.challenges.consume(nonce, gid, ev.REQUOTE_TAG, now_ns)
         rec = self.registry.get(gid)
         if rec is None or rec.identity_key is None or rec.ak_public is None:
-            raise ev.EvidenceError("unknown", f"gateway {gid!r} is not enrolled here")
-        if rec.state == "revoked":
-            raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
+            # the same answer as a bad signature: no enumeration (the gateway enrols again)
+            raise ev.EvidenceError("quote_signature", _NOT_ENROLLED)
         ak = ev.check_ak(rec.ak_public)
-        values = self._quoted(doc, ak, rec.identity_key, ev.REQUOTE_TAG)
+        try:
+            values = self._quoted(doc, ak, rec.identity_key, ev.REQUOTE_TAG)
+        except ev.EvidenceError as exc:
+            if exc.reason in ("quote_signature", "identity"):
+                raise ev.EvidenceError("quote_signature", _NOT_ENROLLED) from exc
+            raise
+        if rec.state == "revoked":  # told only to the holder of the enrolled keys
+            raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
         seen = {p: values[p] for p in rec.golden if p in values}
         rec = replace(rec, seen=seen, updated_ns=now_ns)
         if seen != dict(rec.golden):

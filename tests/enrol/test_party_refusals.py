@@ -32,7 +32,7 @@ from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys
 from gateway.tpm import Tpm
-from tecc_contract.tpm_evidence import ENROL_TAG
+from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG
 from tests.cloud.scenario import POLICY
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
 from tests.gateway.harness import cli, write_config
@@ -193,8 +193,14 @@ def test_revocation_is_live(rig: Rig) -> None:
     _, (status, doc) = _enrol(rig, ev)
     assert doc["status"] == "enrolled"
     assert _admin(rig, "revoke", "gw-test", "--reason", "stolen")["state"] == "revoked"
-    status, doc = rig.post("/v1/attest/challenge", {"gateway_id": "gw-test"})
+    status, challenge = rig.post("/v1/attest/challenge", {"gateway_id": "gw-test"})
+    assert status == 200  # a nonce for anyone: the quote decides
+    status, doc = rig.post("/v1/attest/quote", ev.answer(challenge, REQUOTE_TAG))
     assert (status, doc["reason"]) == (403, "revoked"), doc
+    status, challenge = rig.post("/v1/attest/challenge", {"gateway_id": "nobody"})
+    forged = {**ev.answer(challenge, REQUOTE_TAG), "gateway_id": "nobody"}
+    status, doc = rig.post("/v1/attest/quote", forged)
+    assert (status, doc["reason"]) == (403, "quote_signature"), doc
     status, challenge = rig.post("/v1/enrol/challenge", ev.request())
     assert (status, challenge["reason"]) == (403, "revoked")
 
