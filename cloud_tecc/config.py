@@ -28,7 +28,7 @@ from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
 from cloud_tecc.errors import CloudConfigError
 from cloud_tecc.output.delivery import DeliveryConfig
 from cloud_tecc.output.incidents import Debounce, Rules
-from cloud_tecc.party.enrolment import EnrolmentDoc
+from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.keys import KemSuite
 from tecc_contract.schema import (

@@ -47,18 +47,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import msgspec
 from aiohttp import web
 from cryptography import x509
-from msgspec import Meta
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.errors import CloudConfigError
+from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from cloud_tecc.party.registry import STATES, GatewayRecord, Registry
 from tecc_contract import tpm_evidence as ev
-from tecc_contract.schema import Count, FileSchema, Hex32, Name, Positive
 
 log = logging.getLogger("cloud_tecc.party.enrolment")
 _MAX_BODY = 16 * 1024
@@ -66,25 +64,6 @@ _NOT_ENROLLED = (
     "the quote or the identity signature does not verify under an AK and key enrolled "
     "here: enrol again"
 )
-Pcr = Annotated[int, Meta(ge=0, le=23)]
-
-
-class EnrolmentDoc(FileSchema, frozen=True, kw_only=True):
-    """``enrolment``: this party's own policy for gateways enrolling by TPM attestation.
-
-    ``ek_ca_files``: PEM bundles of the TPM manufacturers' CAs (none: TPM
-    enrolment is off). ``pcrs``: the PCRs every quote must cover. ``pcr_values``:
-    PCR → accepted sha256 values (hex). ``approval``: ``auto`` or ``operator``.
-    """
-
-    ek_ca_files: list[Name] = msgspec.field(default_factory=list)
-    pcrs: Annotated[list[Pcr], Meta(min_length=1)] = msgspec.field(default_factory=lambda: [14])
-    pcr_values: dict[Pcr, list[Hex32]] = msgspec.field(default_factory=dict)
-    approval: Literal["auto", "operator"] = "auto"
-    requote_s: Positive = 300.0
-    grace_s: Positive = 60.0
-    nonce_ttl_s: Positive = 60.0
-    max_pending: Count = 1000
 
 
 def _b64(doc: Mapping[str, Any], key: str) -> bytes:
