@@ -128,6 +128,8 @@ class Agent:
             started=time.monotonic(),
         )
         self.overflow = False
+        #: Per-cluster TPM enrolment state for /healthz (set when ``tpm.enrol`` is on).
+        self.enrolment: Callable[[], dict[str, Any]] | None = None
         self.mqtt = [
             MqttSource(c, self.ingest, self.metrics, redelivery=self.spool.inflight(c.name))
             for c in cfg.mqtt
@@ -205,6 +207,8 @@ class Agent:
                 for link in self.links
             },
         }
+        if self.enrolment is not None:
+            details["enrolment"] = self.enrolment()
         return not self.overflow, details
 
     async def run(self, stop: asyncio.Event) -> None:

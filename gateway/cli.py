@@ -142,6 +142,7 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys) -> None:
         await agent.run(stop)
         return
     attestor = Attestor(cfg, TpmEvidence(cfg, keys, lambda: _tpm(cfg)))
+    agent.enrolment = attestor.snapshot
     async with aiohttp.ClientSession() as http:
         task = asyncio.create_task(attestor.run(http))
         try:

@@ -161,6 +161,13 @@ class Attestor:
         self._tpm = tpm
         self.state = {c.index: ClusterAttestation() for c in cfg.clusters}
 
+    def snapshot(self) -> dict[str, Any]:
+        """For ``/healthz``: per cluster index, what it last said."""
+        return {
+            str(i): {"status": s.status, "reason": s.reason, "failures": s.failures}
+            for i, s in self.state.items()
+        }
+
     async def run(self, http: aiohttp.ClientSession) -> None:
         """Run until cancelled."""
         async with asyncio.TaskGroup() as tg:

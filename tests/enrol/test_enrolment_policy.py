@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
 from cloud_tecc.errors import IngestError
-from cloud_tecc.party.enrolment import Enrolment, EnrolmentDoc
+from cloud_tecc.party.enrolment import Enrolment
+from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from cloud_tecc.party.registry import LiveKeys, Registry
 from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence

@@ -35,7 +35,7 @@ from gateway.tpm import Tpm
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import TestGateway, metric, segment
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import cli, spawn, terminate, wait_for, write_config
+from tests.gateway.harness import cli, health, spawn, terminate, wait_for, write_config
 from tests.gateway.publisher import publish
 from tests.gateway.services import mosquitto
 
@@ -143,6 +143,9 @@ async def test_unnamed_gateway_enrols_is_approved_revoked_and_suspended(tmp_path
         try:
             await wait_for(lambda: _state(dep, "party0") == "enrolled", 30, "party0 enrols")
             await wait_for(lambda: _state(dep, "party1") == "pending", 30, "party1 parks it")
+            gw_health = await health(doc["http"]["port"])
+            assert gw_health["enrolment"]["0"]["status"] == "enrolled", gw_health
+            assert gw_health["enrolment"]["1"]["status"] == "pending", gw_health
             await asyncio.sleep(1.0)  # the MQTT session is up
             await asyncio.to_thread(publish, broker.port, [(TOPIC, b"21.5")] * 100)
             await wait_for(
