@@ -220,15 +220,17 @@ class LiveKeys(Mapping[str, Ed25519PublicKey]):
     def __init__(self, static: Mapping[str, Ed25519PublicKey], registry: Registry) -> None:
         self._static = dict(static)
         self._registry = registry
-        self._cache: dict[bytes, Ed25519PublicKey] = {}
+        #: gateway id → (raw key, parsed key): one entry per record, replaced on re-enrolment.
+        self._cache: dict[str, tuple[bytes, Ed25519PublicKey]] = {}
 
     def __getitem__(self, gateway_id: str) -> Ed25519PublicKey:
         rec = self._registry.get(gateway_id)
         if rec is not None and rec.identity_key is not None:
-            key = self._cache.get(rec.identity_key)
-            if key is None:
-                key = Ed25519PublicKey.from_public_bytes(rec.identity_key)
-                self._cache = {**self._cache, rec.identity_key: key}
+            hit = self._cache.get(gateway_id)
+            if hit is not None and hit[0] == rec.identity_key:
+                return hit[1]
+            key = Ed25519PublicKey.from_public_bytes(rec.identity_key)
+            self._cache = {**self._cache, gateway_id: (rec.identity_key, key)}
             return key
         return self._static[gateway_id]
 
