@@ -85,6 +85,11 @@ def _count(dep: Deployment, party: str, sample: str) -> float:
     return metric(dep, party, sample)
 
 
+def _released(dep: Deployment, readings: int) -> bool:
+    status, windows = http_json(dep.url("output") + "/api/v1/windows?gateway=gw-test&since=0")
+    return status == 200 and sum(w["count"] for w in windows) == readings
+
+
 def _quotes(dep: Deployment, party: str, at_least: int) -> bool:
     return _count(dep, party, 'tecc_enrolment_outcomes_total{outcome="quoted"}') >= at_least
 
@@ -170,6 +175,11 @@ async def test_unnamed_gateway_enrols_is_approved_revoked_and_suspended(tmp_path
                 await wait_for(
                     functools.partial(_quotes, dep, party, 2), 30, f"{party} gets re-quotes"
                 )
+            await wait_for(
+                functools.partial(_released, dep, 100),
+                90,
+                "the output to release windows holding all 100 readings",
+            )
 
             assert _admin(dep, "party1", "revoke", "gw-test")["state"] == "revoked"
             await asyncio.sleep(1.0)
