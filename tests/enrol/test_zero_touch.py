@@ -6,10 +6,11 @@ TPM attestation with each party, each deciding under its own policy: party0
 enrols it automatically (its PCR 14 holds the launch measurement party0
 lists), party1 wants its operator's approval. Then, without restarting any
 service: party0 accepts the readings while party1 refuses them as pending;
-``tecc-cluster admin approve`` on party1 makes it accept the spooled batches; the
-gateway re-quotes every second; ``tecc-cluster admin revoke`` on party1 refuses its
-batches from then on (counted); extending PCR 14 suspends it at party0 at the
-next re-quote and its batches there are refused and counted.
+``tecc-cluster admin approve`` on party1 makes it accept the spooled batches
+and the output releases windows holding every reading; the gateway re-quotes
+every second; ``tecc-cluster admin revoke`` on party1 refuses its batches and
+notices from then on (counted); extending PCR 14 suspends it at party0 at the
+next re-quote and its data there is refused and counted.
 """
 
 from __future__ import annotations
