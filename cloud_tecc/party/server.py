@@ -23,6 +23,7 @@ import base64
 import binascii
 import functools
 import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -217,8 +218,11 @@ class PartyService(ServiceBase):
         """Pick up operator changes to enrolment.db; suspend gateways that stopped quoting."""
         while True:
             await asyncio.sleep(REFRESH_S)
-            self.gateways.refresh()
-            self.enrolment.sweep(time.time_ns())
+            try:
+                self.gateways.refresh()
+                self.enrolment.sweep(time.time_ns())
+            except sqlite3.Error as exc:  # e.g. locked by a long operator transaction
+                log.warning("enrolment.db not readable now (%s); retrying", exc)
 
     async def on_stop(self) -> None:
         """Close the HTTP client and the database."""

@@ -7,6 +7,7 @@ revocation written by the operator tool is never overwritten by the party.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import time
@@ -166,3 +167,23 @@ def test_another_tpm_cannot_take_over_an_enrolled_gateway_id(rig: Rig, tmp_path:
         with pytest.raises(EvidenceError, match="enrolled with another TPM") as err:
             party.challenge({**other.request()}, at(101))
     assert err.value.reason == "conflict"
+
+
+def test_hostile_fields_raise_only_evidence_errors(rig: Rig) -> None:
+    """Every field of both steps replaced by junk: a refusal with a reason, never a crash."""
+    party = rig.party(pcr_values=ZERO)
+    request = rig.evidence.request()
+    junk: list[object] = [None, 7, "", "%%%", "AAAA", base64.b64encode(os.urandom(300)).decode()]
+    for field in request:
+        values = [None, 7, "", "x" * 201] if field == "gateway_id" else junk
+        for value in values:
+            with pytest.raises(EvidenceError):
+                party.challenge({**request, field: value}, at(1))
+    challenge = party.challenge(request, at(2))
+    answer = rig.evidence.answer(challenge, ENROL_TAG)
+    for field in answer:
+        for value in [*junk, {"14": "zz"}, {"x": "00"}, ["a"]]:
+            ch = party.challenge(request, at(3))
+            good = rig.evidence.answer(ch, ENROL_TAG)
+            with pytest.raises(EvidenceError):
+                party.finish({**good, field: value}, at(3))
