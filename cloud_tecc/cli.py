@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     m = sub.add_parser("measure", help="print the measurement for an analytics policy")
     m.add_argument("--policy", type=Path, required=True)
+    sub.add_parser(
+        "admin",
+        help="gateway enrolment at a party: admin --config P list|approve|revoke|forget",
+        add_help=False,
+    )
     k = sub.add_parser("keygen", help="create/open a simulated platform, print its public key")
     k.add_argument("--platform-dir", type=Path, required=True)
     return p
@@ -123,6 +128,11 @@ def _check(path: Path, kind: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["admin"]:
+        from cloud_tecc.admin import main as admin_main  # noqa: PLC0415 - own CLI
+
+        return admin_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -28,6 +28,7 @@ from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
 from cloud_tecc.errors import CloudConfigError
 from cloud_tecc.output.delivery import DeliveryConfig
 from cloud_tecc.output.incidents import Debounce, Rules
+from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.header import MAX_PARTIES
 from tecc_contract.keys import KemSuite
@@ -152,6 +153,8 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     # envelopes for hpke_overlap_s (longer than the gateways' re-attestation interval).
     hpke_rotation_s: NonNegative = 0.0
     hpke_overlap_s: Positive = 3600.0
+    # Gateways enrolling by TPM attestation (docs/CLOUD.md, "Gateway enrolment")
+    enrolment: EnrolmentDoc = EnrolmentDoc()
 
     def __post_init__(self) -> None:
         if self.party >= self.n_parties:
@@ -318,6 +321,8 @@ class PartyConfig:
     active_s: float
     hpke_rotation_s: float
     hpke_overlap_s: float
+    # ek_ca_files resolved to absolute paths
+    enrolment: EnrolmentDoc = field(default_factory=EnrolmentDoc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +460,9 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
         active_s=f.active_s,
         hpke_rotation_s=f.hpke_rotation_s,
         hpke_overlap_s=f.hpke_overlap_s,
+        enrolment=msgspec.structs.replace(
+            f.enrolment, ek_ca_files=[str(base / p) for p in f.enrolment.ek_ca_files]
+        ),
     )
 
 

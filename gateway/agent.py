@@ -137,6 +137,8 @@ class Agent:
             started=time.monotonic(),
         )
         self.overflow = False
+        #: Per-cluster TPM enrolment state for /healthz (set when ``tpm.enrol`` is on).
+        self.enrolment: Callable[[], dict[str, Any]] | None = None
         self.mqtt = [self.mqtt_source(c) for c in cfg.mqtt]
         self.opcua = [self.opcua_source(c) for c in cfg.opcua]
         self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
@@ -232,6 +234,8 @@ class Agent:
                 for link in self.links
             },
         }
+        if self.enrolment is not None:
+            details["enrolment"] = self.enrolment()
         return not self.overflow, details
 
     async def run(self, stop: asyncio.Event) -> None:

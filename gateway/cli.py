@@ -1,4 +1,5 @@
-"""Command line: ``tecc-gateway init | provision | launch | run | status | reenrol | check-config``.
+"""Command line: ``tecc-gateway init | provision | launch | run | status | reenrol | enrol |
+check-config``.
 
 ``init`` writes a config from an OPC-UA server and/or MQTT topics
 (:mod:`gateway.init.command`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,11 +24,14 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from gateway import logs
 from gateway.agent import Agent
 from gateway.atrest import private_dir, write_private
 from gateway.config import GatewayConfig
 from gateway.config_yaml import load_config
+from gateway.enrol import Attestor, EnrolmentRefusedError, TpmEvidence, enrol
 from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
 from gateway.init.args import add_parser as add_init_parser
 from gateway.keys import GatewayKeys, load_keys, provision
@@ -52,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "show key, pin and spool state"),
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
         ("import-secret", "seal a clear secret file (OPC-UA key, MQTT password) under the TPM"),
+        ("enrol", "enrol with every cluster by TPM attestation once and print the answers"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", required=True, type=Path)
@@ -139,7 +145,33 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys, config: Path) -> None:
         len(cfg.opcua),
         len(cfg.clusters),
     )
-    await agent.run(stop)
+    if not cfg.tpm.enrol:
+        await agent.run(stop)
+        return
+    attestor = Attestor(cfg, TpmEvidence(cfg, keys, lambda: _tpm(cfg)))
+    agent.enrolment = attestor.snapshot
+    async with aiohttp.ClientSession() as http:
+        task = asyncio.create_task(attestor.run(http))
+        try:
+            await agent.run(stop)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _enrol_once(cfg: GatewayConfig, keys: GatewayKeys) -> dict[int, dict[str, object]]:
+    evidence = TpmEvidence(cfg, keys, lambda: _tpm(cfg))
+    out: dict[int, dict[str, object]] = {}
+    async with aiohttp.ClientSession() as http:
+        for c in cfg.clusters:
+            try:
+                out[c.index] = await enrol(http, c, evidence)
+            except EnrolmentRefusedError as exc:
+                out[c.index] = {"status": "refused", "reason": exc.reason, "error": str(exc)}
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                out[c.index] = {"status": "unreachable", "error": str(exc)}
+    return out
 
 
 def _check(path: Path) -> int:
@@ -199,6 +231,10 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         asyncio.run(_run(cfg, keys, args.config))
         return 0
+    if args.command == "enrol":
+        answers = asyncio.run(_enrol_once(cfg, keys))
+        print(json.dumps(answers))
+        return 0 if all(a.get("status") in ("enrolled", "pending") for a in answers.values()) else 4
     spool = _open_spool(cfg, keys)
     try:
         if args.command == "reenrol":

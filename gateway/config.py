@@ -268,6 +268,7 @@ class TpmConfig:
     pcr_bank: str
     measure_pcr: int | None
     owner_auth_file: Path | None
+    enrol: bool = False  # enrol by TPM attestation and re-quote (gateway/enrol.py)
 
 
 @dataclass(frozen=True, slots=True)

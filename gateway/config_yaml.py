@@ -194,6 +194,7 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
             f.tpm.pcr_bank,
             f.tpm.measure_pcr,
             _path(base, f.tpm.owner_auth_file),
+            f.tpm.enrol,
         ),
         http=HttpConfig(f.http.host, f.http.port),
         kem_suite=f.envelope.suite.value,

@@ -273,6 +273,8 @@ class TpmDoc(Schema, frozen=True, kw_only=True):
     # The PCR the launcher extends with code and config before unsealing (null: none).
     measure_pcr: Annotated[int, Meta(ge=8, le=15)] | None = 14
     owner_auth_file: Name | None = None  # the owner hierarchy's auth, when set
+    # Enrol with the clusters by TPM attestation (EK certificate, AK, quotes) and re-quote.
+    enrol: bool = False
 
     def __post_init__(self) -> None:
         if self.measure_pcr is not None:

@@ -137,6 +137,15 @@ class Tpm:
         """Close the TCTI connection."""
         self._ctx.close()
 
+    @property
+    def esapi(self) -> Any:
+        """The ESAPI context (for :mod:`gateway.tpm_identity`)."""
+        return self._ctx
+
+    def storage_primary(self) -> Any:
+        """Context manager: the owner hierarchy's storage primary, flushed on exit."""
+        return self._primary()
+
     @contextmanager
     def _primary(self) -> Iterator[Any]:
         pub = TPM2B_PUBLIC.parse(

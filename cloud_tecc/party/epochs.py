@@ -105,6 +105,12 @@ class ProgressTracker:
         self._through[gateway] = max(self._through[gateway], through_ns)
         self._heard[gateway] = max(self._heard[gateway], heard_ns)
 
+    def add(self, gateway: str, heard_ns: int) -> None:
+        """Track a gateway enrolled while running (no-op if tracked already)."""
+        if gateway not in self._through:
+            self._through[gateway] = 0
+            self._heard[gateway] = heard_ns
+
     def heard(self, gateway: str, heard_ns: int) -> None:
         """A batch arrived from ``gateway``: it is alive (its progress is unchanged)."""
         if gateway in self._heard:

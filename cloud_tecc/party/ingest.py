@@ -14,7 +14,7 @@ Ed25519 key.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import numpy as np
@@ -35,7 +35,18 @@ from tecc_contract.header import Column
 from tecc_contract.keys import HpkePrivateKey, KemSuite
 
 FRAC_BITS: Final = 16
-REASONS: Final = ("malformed", "version", "signature", "decrypt", "layout", "replay", "expired")
+REASONS: Final = (
+    "malformed",
+    "version",
+    "signature",
+    "decrypt",
+    "layout",
+    "replay",
+    "expired",
+    "pending",
+    "suspended",
+    "revoked",
+)
 #: What an unauthenticated caller is told for a refused signature: the same for an
 #: unknown gateway and a bad signature, so the answer does not enumerate enrolments.
 SIGNATURE_REFUSED: Final = "the frame's signature does not verify against an enrolled gateway key"
@@ -78,8 +89,11 @@ class Ingestor:
         previous_key: HpkePrivateKey | None = None,
         service_id: str,
         sign_key: Ed25519PrivateKey,
+        admit: Callable[[str], None] | None = None,
     ) -> None:
         self._n = n_parties
+        #: The live allow-list's check (enrolment state), after the signature verified.
+        self._admit = admit
         self._retention_ns = None if retention_s is None else int(retention_s * 1e9)
         self._service_id = service_id
         self._sign_key = sign_key
@@ -118,6 +132,8 @@ class Ingestor:
         except ContractError as exc:
             raise IngestError("malformed", str(exc)) from exc
         h = opened.header
+        if self._admit is not None:
+            self._admit(h.gateway_id)
         if self._retention_ns is not None:
             check_retention(h.gateway_id, h.seq, h.created_ns, received_ns, self._retention_ns)
         if (

@@ -23,6 +23,7 @@ import base64
 import binascii
 import functools
 import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,8 +39,10 @@ from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import CloudConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
+from cloud_tecc.party.enrolment import Enrolment
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
+from cloud_tecc.party.registry import REFRESH_S, LiveKeys, Registry
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.base import ServiceBase
@@ -58,6 +61,9 @@ _STATUS = {
     "decrypt": 403,
     "replay": 409,
     "expired": 409,
+    "pending": 403,
+    "suspended": 403,
+    "revoked": 403,
 }
 
 
@@ -96,7 +102,9 @@ class PartyService(ServiceBase):
         self.pcfg = cfg
         self.store = ShareStore(cfg.service.state_dir / "shares.db", cfg.synchronous)
         self.writer = GroupWriter(self.store)
-        self._gateway_keys = gateway_keys(cfg)
+        #: The live allow-list: config keys plus the gateways enrolled here (enrolment.db).
+        self.gateways = Registry(cfg.service.state_dir)
+        self._gateway_keys = LiveKeys(gateway_keys(cfg), self.gateways)
         self.ingestor = self._make_ingestor(time.time_ns())
         #: Verification and decryption run here, off the event loop that drives the MPC.
         self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
@@ -131,13 +139,17 @@ class PartyService(ServiceBase):
             ["reason"],
             registry=reg,
         )
-        for reason in ("malformed", "signature", "misaddressed", "stale"):
+        for reason in ("malformed", "signature", "misaddressed", "stale", *REASONS[-3:]):
             self.notices_rejected.labels(reason)
         self.rotations = Counter("tecc_hpke_rotations", "Cluster HPKE key rotations", registry=reg)
         self.coordinator: Coordinator | None = None
         self.http: aiohttp.ClientSession | None = None
         self.app.router.add_post("/v1/batches", self._ingest)
         self.app.router.add_post("/v1/progress", self._progress)
+        self.enrolment = Enrolment(
+            cfg.enrolment, cfg.service.state_dir, self.gateways, self.registry
+        )
+        self.enrolment.routes(self.app, time.time_ns)
 
     def _make_ingestor(self, now_ns: int) -> Ingestor:
         """An ingestor for the current HPKE key (and the previous one during its overlap)."""
@@ -153,6 +165,7 @@ class PartyService(ServiceBase):
             previous_key=keys.previous_hpke if overlap else None,
             service_id=cfg.service.service_id,
             sign_key=keys.sign,
+            admit=self._gateway_keys.admit,
         )
 
     async def _rotate_keys(self) -> None:
@@ -196,6 +209,17 @@ class PartyService(ServiceBase):
         self.spawn(self.coordinator.deliver(), "result-delivery")
         if self.pcfg.hpke_rotation_s > 0:
             self.spawn(self._rotate_keys(), "hpke-rotation")
+        self.spawn(self._watch_gateways(), "gateway-registry")
+
+    async def _watch_gateways(self) -> None:
+        """Pick up operator changes to enrolment.db; suspend gateways that stopped quoting."""
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                self.gateways.refresh()
+                self.enrolment.sweep(time.time_ns())
+            except sqlite3.Error as exc:  # e.g. locked by a long operator transaction
+                log.warning("enrolment.db not readable now (%s); retrying", exc)
 
     async def on_stop(self) -> None:
         """Close the HTTP client and the database."""
@@ -203,6 +227,7 @@ class PartyService(ServiceBase):
             await self.http.close()
         self._ingest_pool.shutdown(wait=True)
         self.store.close()
+        self.gateways.close()
 
     def health(self) -> dict[str, Any]:
         """Health with ingest and session state."""
@@ -213,6 +238,7 @@ class PartyService(ServiceBase):
         doc["batches"] = self.store.batch_count()
         doc["session"] = self.coordinator.state if self.coordinator else "starting"
         doc["gateways"] = self.tracker.snapshot(time.time_ns())
+        doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
         if self.coordinator is not None:
             doc["peers"] = {
                 k: {"attested": v.ok, "detail": v.detail, "checked_ns": v.checked_ns}
@@ -281,6 +307,10 @@ class PartyService(ServiceBase):
             return self._refuse_notice("signature", 403, SIGNATURE_REFUSED)
         except FrameError as exc:
             return self._refuse_notice("malformed", 400, str(exc))
+        try:
+            self._gateway_keys.admit(notice.gateway_id)
+        except IngestError as exc:
+            return self._refuse_notice(exc.reason, 403, str(exc))
         if notice.cluster_id != self.cfg.service_id:
             return self._refuse_notice(
                 "misaddressed",
@@ -291,6 +321,7 @@ class PartyService(ServiceBase):
             check_fresh(notice, now)
         except FrameError as exc:
             return self._refuse_notice("stale", 409, str(exc))
+        self.tracker.add(notice.gateway_id, now)
         self.tracker.note(notice.gateway_id, notice.through_ns, now)
         self.notices.inc()
         return web.json_response({"status": "noted"})

@@ -1,0 +1,92 @@
+"""``tecc-cluster admin``: the operator's view of one party's gateway enrolment (live).
+
+    tecc-cluster admin --config party0.yaml list [--state pending]
+    tecc-cluster admin --config party0.yaml approve GATEWAY
+    tecc-cluster admin --config party0.yaml revoke GATEWAY [--reason TEXT]
+    tecc-cluster admin --config party0.yaml forget GATEWAY
+
+(``python -m cloud_tecc.admin`` is the same.)
+
+It writes the party's ``state_dir/enrolment.db`` directly (run it on the
+party's host, as the operator of that trust domain: there is no network admin
+API to attack); the running party picks the change up within half a second
+(:mod:`cloud_tecc.party.registry`). ``approve`` enrols a pending gateway or
+reinstates a suspended one with the PCR values it last quoted (an authorised
+update); ``revoke`` refuses the gateway's batches and notices from then on;
+``forget`` deletes the record (a replaced device may then enrol afresh).
+Every command prints JSON. Exit codes: 0 ok, 2 configuration error or unknown
+gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from cloud_tecc.config import load_party
+from cloud_tecc.errors import CloudError
+from cloud_tecc.party.registry import STATES, Registry
+from tecc_contract.errors import ConfigFileError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tecc-cluster admin", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="the party's config file")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="gateways known to this party, with their state")
+    ls.add_argument("--state", choices=STATES)
+    for name, text in (
+        ("approve", "enrol a pending gateway, or reinstate a suspended one"),
+        ("revoke", "refuse a gateway's data from now on"),
+        ("forget", "delete a gateway's record"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("gateway")
+        if name == "revoke":
+            sp.add_argument("--reason", default="revoked by the operator")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Execute one command; the JSON answer."""
+    cfg = load_party(args.config)
+    reg = Registry(cfg.service.state_dir)
+    now = time.time_ns()
+    try:
+        if args.command == "list":
+            recs = [r for r in reg.records() if args.state in (None, r.state)]
+            return {"gateways": [r.summary() for r in recs]}
+        if args.command == "revoke":
+            return reg.revoke(args.gateway, args.reason, now).summary()
+        if args.command == "forget":
+            return {"gateway_id": args.gateway, "forgotten": reg.forget(args.gateway)}
+        rec = reg.get(args.gateway)
+        if rec is None or rec.state not in ("pending", "suspended"):
+            state = "unknown" if rec is None else rec.state
+            raise CloudError(
+                f"gateway {args.gateway!r} is {state}: only pending or suspended gateways can "
+                "be approved (`tecc-cluster admin list` shows them)"
+            )
+        return reg.set_state(
+            args.gateway, "enrolled", "approved by the operator", now, operator=True
+        ).summary()
+    finally:
+        reg.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tecc-cluster admin``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        print(json.dumps(run(args), indent=1))
+    except (CloudError, ConfigFileError, OSError) as exc:
+        print(f"tecc-cluster admin: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

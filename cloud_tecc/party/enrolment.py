@@ -1,0 +1,353 @@
+"""Zero-touch gateway enrolment and continuous attestation at one party (its own policy).
+
+Each party verifies the TPM evidence itself (:mod:`tecc_contract.tpm_evidence`)
+against its own ``enrolment`` policy — no registrar shared between trust
+domains can enrol a gateway into all of them. Endpoints (JSON bodies, at most
+16 KiB):
+
+- ``POST /v1/enrol/challenge`` ``{gateway_id, identity_key, ek_cert, ek_public,
+  ak_public}`` → ``{nonce, credential, secret, pcrs, ttl_s}``: the EK
+  certificate is checked against ``enrolment.ek_ca_files`` and the AK's
+  attributes; the answer is a fresh nonce and a credential only the TPM
+  holding that EK and AK can activate.
+- ``POST /v1/enrol/finish`` ``{gateway_id, nonce, activated, attest,
+  signature, pcrs, possession}`` → ``{status: enrolled | pending, requote_s}``:
+  the activated secret, the quote over ``enrolment.pcrs`` with the nonce and
+  identity key in its qualifying data, the identity key's signature.
+- ``POST /v1/attest/challenge`` ``{gateway_id}`` → ``{nonce, pcrs}`` and
+  ``POST /v1/attest/quote`` ``{gateway_id, nonce, attest, signature, pcrs,
+  possession}`` → ``{status, requote_s}``: the periodic re-quote, compared
+  with the PCR values accepted at enrolment.
+
+Binary fields are base64, keys and digests hex. Refusals are 403 ``{status:
+refused, reason, error}`` (``reason`` from
+:data:`tecc_contract.tpm_evidence.REASONS` or ``revoked`` / ``conflict``),
+counted in ``tecc_enrolment_refused_total{reason}``.
+
+Policy: the EK must chain to a configured CA; a gateway whose every quoted
+PCR holds a value ``enrolment.pcr_values`` lists is enrolled at once
+(``approval: auto``); a PCR whose value is not listed refuses the enrolment if
+values are listed for it, and leaves the gateway ``pending`` for the operator
+if none are; ``approval: operator`` makes every new gateway pending. An
+enrolled gateway must re-quote within ``requote_s + grace_s``; a quote over
+other PCR values or silence suspends it (its batches are refused and counted)
+until it attests again with the enrolled values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from cloud_tecc.errors import CloudConfigError
+from cloud_tecc.party.enrolment_doc import EnrolmentDoc
+from cloud_tecc.party.registry import STATES, GatewayRecord, Registry
+from tecc_contract import tpm_evidence as ev
+
+log = logging.getLogger("cloud_tecc.party.enrolment")
+_MAX_BODY = 16 * 1024
+_NOT_ENROLLED = (
+    "the quote or the identity signature does not verify under an AK and key enrolled "
+    "here: enrol again"
+)
+
+
+def _b64(doc: Mapping[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(str(doc[key]), validate=True)
+    except (KeyError, binascii.Error, ValueError) as exc:
+        raise ev.EvidenceError("malformed", f"field {key!r} must be base64") from exc
+
+
+def _hex(doc: Mapping[str, Any], key: str, size: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(str(doc[key]))
+    except (KeyError, ValueError) as exc:
+        raise ev.EvidenceError("malformed", f"field {key!r} must be hex") from exc
+    if size is not None and len(raw) != size:
+        raise ev.EvidenceError("malformed", f"field {key!r} must be {size} bytes")
+    return raw
+
+
+def _gateway_id(doc: Mapping[str, Any]) -> str:
+    gid = doc.get("gateway_id")
+    if not isinstance(gid, str) or not 0 < len(gid) <= 200:
+        raise ev.EvidenceError("malformed", "field 'gateway_id' must be a string of 1..200 chars")
+    return gid
+
+
+def _pcr_values(doc: Mapping[str, Any]) -> dict[int, bytes]:
+    raw = doc.get("pcrs")
+    if not isinstance(raw, dict) or not 0 < len(raw) <= 24:
+        raise ev.EvidenceError("malformed", "field 'pcrs' must map PCR indices to hex values")
+    try:
+        return {int(k): bytes.fromhex(str(v)) for k, v in raw.items()}
+    except ValueError as exc:
+        raise ev.EvidenceError("malformed", "field 'pcrs' must map PCR indices to hex") from exc
+
+
+class Enrolment:
+    """The enrolment policy, verifier state and metrics of one party."""
+
+    def __init__(
+        self,
+        doc: EnrolmentDoc,
+        base: Path,
+        registry: Registry,
+        metrics: CollectorRegistry,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.doc = doc
+        self.registry = registry
+        self.cas: list[x509.Certificate] = []
+        for name in doc.ek_ca_files:
+            path = Path(name) if Path(name).is_absolute() else base / name
+            try:
+                self.cas += ev.load_cas(path.read_bytes())
+            except (OSError, ev.EvidenceError) as exc:
+                raise CloudConfigError(
+                    f"enrolment.ek_ca_files: {path} is not a readable PEM CA bundle ({exc}); "
+                    "write the TPM vendor's CA certificates there"
+                ) from exc
+        self.allowed = {p: [bytes.fromhex(v) for v in vs] for p, vs in doc.pcr_values.items()}
+        self.challenges = ev.Challenges(
+            ttl_ns=int(doc.nonce_ttl_s * 1e9), limit=doc.max_pending, random=random
+        )
+        self.refused = Counter(
+            "tecc_enrolment_refused",
+            "Enrolment and attestation requests refused, by reason",
+            ["reason"],
+            registry=metrics,
+        )
+        for reason in (*ev.REASONS, "revoked", "conflict"):
+            self.refused.labels(reason)
+        self.outcomes = Counter(
+            "tecc_enrolment_outcomes",
+            "Enrolments and re-quotes by outcome",
+            ["outcome"],
+            registry=metrics,
+        )
+        self.states = Gauge("tecc_gateways", "Known gateways by state", ["state"], registry=metrics)
+        for state in STATES:
+            self.states.labels(state).set_function(functools.partial(registry.count, state))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether TPM enrolment is configured (at least one manufacturer CA)."""
+        return bool(self.cas)
+
+    # -- enrolment -------------------------------------------------------------------------
+
+    def challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+        """Step 1: check EK certificate and AK, answer a nonce and a credential."""
+        gid = _gateway_id(doc)
+        identity = _hex(doc, "identity_key", 32)
+        ek_cert = _b64(doc, "ek_cert")
+        now = datetime.fromtimestamp(now_ns / 1e9, UTC)
+        ek = ev.verify_ek(ek_cert, _b64(doc, "ek_public"), self.cas, now)
+        ak_raw = _b64(doc, "ak_public")
+        ak = ev.check_ak(ak_raw)
+        fingerprint = hashlib.sha256(ek_cert).hexdigest()
+        rec = self.registry.get(gid)
+        if rec is not None and rec.state == "revoked":
+            raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
+        if rec is not None and rec.ek_fingerprint not in (None, fingerprint):
+            raise ev.EvidenceError(
+                "conflict",
+                f"gateway id {gid!r} is enrolled with another TPM; revoke and forget it "
+                "first if the device was replaced",
+            )
+        context = (identity, fingerprint, ak_raw, ak)
+        ch = self.challenges.issue(gid, ev.ENROL_TAG, now_ns, context)
+        cred = ev.make_challenge(ek, ak, ch.secret)
+        return {
+            "nonce": ch.nonce.hex(),
+            "credential": base64.b64encode(cred.blob).decode(),
+            "secret": base64.b64encode(cred.secret).decode(),
+            "pcrs": sorted(self.doc.pcrs),
+            "ttl_s": self.doc.nonce_ttl_s,
+        }
+
+    @staticmethod
+    def _quoted(doc: Mapping[str, Any], ak: Any, identity: bytes, tag: bytes) -> dict[int, bytes]:
+        values = _pcr_values(doc)
+        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
+        qualifying = ev.qualifying_data(tag, _gateway_id(doc), identity, nonce)
+        ev.verify_quote(ak, _b64(doc, "attest"), _b64(doc, "signature"), values, qualifying)
+        ev.verify_possession(identity, _hex(doc, "possession", 64), qualifying)
+        return values
+
+    def finish(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+        """Step 2: activated secret, quote and identity proof; enrol, park or refuse."""
+        gid = _gateway_id(doc)
+        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
+        ch = self.challenges.consume(nonce, gid, ev.ENROL_TAG, now_ns)
+        identity, fingerprint, ak_raw, ak = ch.context
+        ev.check_activation(ch.secret, _hex(doc, "activated"))
+        values = self._quoted(doc, ak, identity, ev.ENROL_TAG)
+        unmatched = ev.check_pcrs(values, self.allowed, self.doc.pcrs)
+        refused = [p for p in unmatched if self.allowed.get(p)]
+        quoted = {p: values[p] for p in self.doc.pcrs}
+        rec = self.registry.get(gid)
+        if refused:
+            if rec is not None and rec.state == "enrolled":
+                self.registry.set_state(gid, "suspended", "pcr", now_ns)
+            raise ev.EvidenceError(
+                "pcr",
+                f"PCR(s) {refused} hold values enrolment.pcr_values does not list: the "
+                "gateway runs other software than this party accepts",
+            )
+        same = (
+            rec is not None
+            and rec.state in ("enrolled", "suspended")
+            and rec.identity_key == identity
+            and dict(rec.golden) == quoted
+        )
+        if same or (not unmatched and self.doc.approval == "auto"):
+            state, reason = "enrolled", "attested" if not same else "re-enrolled"
+        else:
+            state = "pending"
+            reason = "operator approval" if not unmatched else f"PCR(s) {unmatched} not listed"
+        full = self.registry.count("pending") >= self.doc.max_pending
+        if rec is None and state == "pending" and full:
+            raise ev.EvidenceError("malformed", "too many gateways await approval; try later")
+        state = self.registry.put(
+            GatewayRecord(
+                gid,
+                state,
+                reason,
+                identity,
+                fingerprint,
+                ak_raw,
+                quoted,
+                quoted,
+                now_ns if rec is None else rec.enrolled_ns or now_ns,
+                now_ns,
+                now_ns,
+            )
+        ).state
+        self.outcomes.labels(state).inc()
+        log.info("gateway %r enrolment: %s (%s)", gid, state, reason)
+        return {"status": state, "reason": reason, "requote_s": self.doc.requote_s}
+
+    # -- continuous attestation ------------------------------------------------------------
+
+    def requote_challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+        """A nonce for the periodic quote, for any gateway id.
+
+        The answer is the same whether the gateway is known, so this
+        unauthenticated endpoint does not enumerate enrolments; the quote
+        decides.
+        """
+        gid = _gateway_id(doc)
+        ch = self.challenges.issue(gid, ev.REQUOTE_TAG, now_ns)
+        return {"nonce": ch.nonce.hex(), "pcrs": sorted(self.doc.pcrs)}
+
+    def requote(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+        """Verify a periodic quote; suspend on changed PCRs, reinstate on the enrolled ones."""
+        gid = _gateway_id(doc)
+        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
+        self.challenges.consume(nonce, gid, ev.REQUOTE_TAG, now_ns)
+        rec = self.registry.get(gid)
+        if rec is None or rec.identity_key is None or rec.ak_public is None:
+            # the same answer as a bad signature: no enumeration (the gateway enrols again)
+            raise ev.EvidenceError("quote_signature", _NOT_ENROLLED)
+        ak = ev.check_ak(rec.ak_public)
+        try:
+            values = self._quoted(doc, ak, rec.identity_key, ev.REQUOTE_TAG)
+        except ev.EvidenceError as exc:
+            if exc.reason in ("quote_signature", "identity"):
+                raise ev.EvidenceError("quote_signature", _NOT_ENROLLED) from exc
+            raise
+        if rec.state == "revoked":  # told only to the holder of the enrolled keys
+            raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
+        seen = {p: values[p] for p in rec.golden if p in values}
+        rec = replace(rec, seen=seen, updated_ns=now_ns)
+        if seen != dict(rec.golden):
+            changed = sorted(p for p in rec.golden if seen.get(p) != rec.golden[p])
+            if rec.state != "suspended":
+                log.warning("gateway %r suspended: PCR(s) %s changed since enrolment", gid, changed)
+            rec = replace(rec, state="suspended" if rec.state != "pending" else "pending")
+            rec = replace(rec, reason=f"PCR(s) {changed} changed since enrolment")
+            self.outcomes.labels("suspended").inc()
+        else:
+            if rec.state == "suspended":
+                log.info("gateway %r attests again with its enrolled PCRs: reinstated", gid)
+                rec = replace(rec, state="enrolled", reason="attests again")
+            rec = replace(rec, last_quote_ns=now_ns)
+            self.outcomes.labels("quoted").inc()
+        rec = self.registry.put(rec)
+        return {"status": rec.state, "reason": rec.reason, "requote_s": self.doc.requote_s}
+
+    def sweep(self, now_ns: int) -> list[str]:
+        """Suspend enrolled gateways that have not re-quoted in time; their ids."""
+        limit = int((self.doc.requote_s + self.doc.grace_s) * 1e9)
+        silent = [
+            r.gateway_id
+            for r in self.registry.records()
+            if r.state == "enrolled"
+            and r.ak_public is not None
+            and r.last_quote_ns + limit < now_ns
+        ]
+        for gid in silent:
+            self.registry.set_state(gid, "suspended", "silent: no quote in time", now_ns)
+            log.warning("gateway %r suspended: no quote within requote_s + grace_s", gid)
+        return silent
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def routes(self, app: web.Application, now_ns: Callable[[], int]) -> None:
+        """Mount the four endpoints on ``app``."""
+        for path, step in (
+            ("/v1/enrol/challenge", self.challenge),
+            ("/v1/enrol/finish", self.finish),
+            ("/v1/attest/challenge", self.requote_challenge),
+            ("/v1/attest/quote", self.requote),
+        ):
+            app.router.add_post(path, self._handler(step, now_ns))
+
+    def _handler(
+        self,
+        step: Callable[[Mapping[str, Any], int], dict[str, Any]],
+        now_ns: Callable[[], int],
+    ) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.content.read(_MAX_BODY + 1)
+            try:
+                if not self.enabled:
+                    raise ev.EvidenceError(
+                        "ek_ca", "TPM enrolment is off at this party (no enrolment.ek_ca_files)"
+                    )
+                if len(body) > _MAX_BODY:
+                    raise ev.EvidenceError("malformed", f"body over {_MAX_BODY} bytes")
+                try:
+                    doc = json.loads(body)
+                except ValueError as exc:
+                    raise ev.EvidenceError("malformed", "body is not JSON") from exc
+                if not isinstance(doc, dict):
+                    raise ev.EvidenceError("malformed", "body must be a JSON object")
+                self.registry.refresh()  # decide on the operator's latest word
+                return web.json_response(step(doc, now_ns()))
+            except ev.EvidenceError as exc:
+                self.refused.labels(exc.reason).inc()
+                log.warning("%s refused (%s): %s", request.path, exc.reason, exc)
+                return web.json_response(
+                    {"status": "refused", "reason": exc.reason, "error": str(exc)}, status=403
+                )
+
+        return handle

@@ -1,0 +1,254 @@
+"""The party's live gateway allow-list: enrolled, pending, suspended and revoked gateways.
+
+Persisted in ``state_dir/enrolment.db`` (SQLite, WAL), read into memory and
+replaced as a whole on every change, so the ingest threads read a consistent
+snapshot without a lock. The operator tool (``tecc-cluster admin``,
+:mod:`cloud_tecc.admin`) writes the same file; the running party notices a commit by another
+connection (``PRAGMA data_version``) within :data:`REFRESH_S` and reloads —
+approval and revocation take effect without a restart or a config edit.
+
+States: ``pending`` (evidence verified, waiting for the operator or for a PCR
+value the policy does not list), ``enrolled`` (its batches are accepted),
+``suspended`` (its PCRs changed or it stopped re-quoting: its batches are
+refused and counted until it attests again), ``revoked`` (refused until the
+operator forgets it). Gateways named in the config's ``gateways`` map are
+accepted without a record unless revoked here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cloud_tecc.errors import IngestError
+
+DB_FILE: Final = "enrolment.db"
+REFRESH_S: Final = 0.5
+STATES: Final = ("pending", "enrolled", "suspended", "revoked")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateways (
+    gateway_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    identity_key BLOB,
+    ek_fingerprint TEXT,
+    ak_public BLOB,
+    golden TEXT NOT NULL,
+    seen TEXT NOT NULL,
+    enrolled_ns INTEGER NOT NULL,
+    last_quote_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRecord:
+    """One gateway known to this party's enrolment."""
+
+    gateway_id: str
+    state: str
+    reason: str
+    identity_key: bytes | None  # raw Ed25519 public key; None for a revoked config gateway
+    ek_fingerprint: str | None  # SHA-256 of the EK certificate
+    ak_public: bytes | None  # marshalled TPM2B_PUBLIC
+    golden: Mapping[int, bytes]  # PCR values accepted at enrolment (or approval)
+    seen: Mapping[int, bytes]  # PCR values of the latest verified quote
+    enrolled_ns: int
+    last_quote_ns: int
+    updated_ns: int
+
+    def summary(self) -> dict[str, object]:
+        """JSON-friendly view for operators (no key material beyond public fingerprints)."""
+        return {
+            "gateway_id": self.gateway_id,
+            "state": self.state,
+            "reason": self.reason,
+            "identity_key": None if self.identity_key is None else self.identity_key.hex(),
+            "ek_fingerprint": self.ek_fingerprint,
+            "golden": {str(k): v.hex() for k, v in sorted(self.golden.items())},
+            "seen": {str(k): v.hex() for k, v in sorted(self.seen.items())},
+            "enrolled_ns": self.enrolled_ns,
+            "last_quote_ns": self.last_quote_ns,
+        }
+
+
+def _pcrs_json(values: Mapping[int, bytes]) -> str:
+    return json.dumps({str(k): v.hex() for k, v in sorted(values.items())})
+
+
+def _pcrs_from(text: str) -> dict[int, bytes]:
+    return {int(k): bytes.fromhex(v) for k, v in json.loads(text).items()}
+
+
+class Registry:
+    """The gateway records of one party; the database is the source of truth."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_FILE
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self._version = -1
+        self._records: dict[str, GatewayRecord] = {}
+        self.refresh()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def refresh(self) -> bool:
+        """Reload if another connection committed since the last load; True if it did."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._version:
+            return False
+        self._version = version
+        rows = self._db.execute(
+            "SELECT gateway_id, state, reason, identity_key, ek_fingerprint, ak_public, golden, "
+            "seen, enrolled_ns, last_quote_ns, updated_ns FROM gateways"
+        ).fetchall()
+        self._records = {
+            r[0]: GatewayRecord(
+                r[0], r[1], r[2], r[3], r[4], r[5], _pcrs_from(r[6]), _pcrs_from(r[7]), *r[8:]
+            )
+            for r in rows
+        }
+        return True
+
+    def get(self, gateway_id: str) -> GatewayRecord | None:
+        """The record of ``gateway_id`` (from the last load)."""
+        return self._records.get(gateway_id)
+
+    def records(self) -> list[GatewayRecord]:
+        """Every record, by gateway id."""
+        return [self._records[k] for k in sorted(self._records)]
+
+    def count(self, state: str) -> int:
+        """How many records are in ``state``."""
+        return sum(1 for r in self._records.values() if r.state == state)
+
+    def put(self, rec: GatewayRecord, *, operator: bool = False) -> GatewayRecord:
+        """Insert or replace ``rec`` (durable before it returns) and publish it; the result.
+
+        Only the operator (``operator=True``) can change a revoked record: a
+        party write computed from a snapshot taken before a concurrent
+        ``tecc-cluster admin revoke`` keeps the revocation instead of overwriting it.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(
+                "SELECT state FROM gateways WHERE gateway_id = ?", (rec.gateway_id,)
+            ).fetchone()
+            if not operator and row is not None and row[0] == "revoked":
+                self._db.execute("ROLLBACK")
+                self._version = -1
+                self.refresh()
+                return self._records[rec.gateway_id]
+            self._write(rec)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        records = dict(self._records)
+        records[rec.gateway_id] = rec
+        self._records = records
+        return rec
+
+    def _write(self, rec: GatewayRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO gateways VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                rec.gateway_id,
+                rec.state,
+                rec.reason,
+                rec.identity_key,
+                rec.ek_fingerprint,
+                rec.ak_public,
+                _pcrs_json(rec.golden),
+                _pcrs_json(rec.seen),
+                rec.enrolled_ns,
+                rec.last_quote_ns,
+                rec.updated_ns,
+            ),
+        )
+
+    def forget(self, gateway_id: str) -> bool:
+        """Delete the record of ``gateway_id``; True if there was one."""
+        cur = self._db.execute("DELETE FROM gateways WHERE gateway_id = ?", (gateway_id,))
+        records = dict(self._records)
+        records.pop(gateway_id, None)
+        self._records = records
+        return cur.rowcount > 0
+
+    def set_state(
+        self, gateway_id: str, state: str, reason: str, now_ns: int, *, operator: bool = False
+    ) -> GatewayRecord:
+        """Move an existing record to ``state`` (KeyError if unknown); the result."""
+        rec = self._records[gateway_id]
+        new = replace(rec, state=state, reason=reason, updated_ns=now_ns)
+        if state == "enrolled" and rec.state != "enrolled":
+            new = replace(new, golden=rec.seen or rec.golden, last_quote_ns=now_ns)
+        return self.put(new, operator=operator)
+
+    def revoke(self, gateway_id: str, reason: str, now_ns: int) -> GatewayRecord:
+        """Revoke ``gateway_id`` (a record is created for a gateway known only to the config)."""
+        rec = self._records.get(gateway_id)
+        if rec is None:
+            rec = GatewayRecord(gateway_id, "revoked", reason, None, None, None, {}, {}, 0, 0, 0)
+        return self.put(
+            replace(rec, state="revoked", reason=reason, updated_ns=now_ns), operator=True
+        )
+
+
+class LiveKeys(Mapping[str, Ed25519PublicKey]):
+    """The gateway keys the party verifies signatures with: the config's plus the registry's.
+
+    A key is returned for every known gateway, whatever its state, so a frame
+    of a suspended or revoked gateway verifies and is then refused by
+    :meth:`admit` with its real reason (the caller proved it holds the key).
+    """
+
+    def __init__(self, static: Mapping[str, Ed25519PublicKey], registry: Registry) -> None:
+        self._static = dict(static)
+        self._registry = registry
+        #: gateway id → (raw key, parsed key): one entry per record, replaced on re-enrolment.
+        self._cache: dict[str, tuple[bytes, Ed25519PublicKey]] = {}
+
+    def __getitem__(self, gateway_id: str) -> Ed25519PublicKey:
+        rec = self._registry.get(gateway_id)
+        if rec is not None and rec.identity_key is not None:
+            hit = self._cache.get(gateway_id)
+            if hit is not None and hit[0] == rec.identity_key:
+                return hit[1]
+            key = Ed25519PublicKey.from_public_bytes(rec.identity_key)
+            self._cache = {**self._cache, gateway_id: (rec.identity_key, key)}
+            return key
+        return self._static[gateway_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self._static) | {r.gateway_id for r in self._registry.records()})
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def admit(self, gateway_id: str) -> None:
+        """Raise :class:`IngestError` unless ``gateway_id``'s data may be accepted now."""
+        rec = self._registry.get(gateway_id)
+        if rec is None or rec.state == "enrolled":
+            return
+        hint = {
+            "pending": "awaits approval (`tecc-cluster admin approve` on this party) or a "
+            "PCR value the enrolment policy lists",
+            "suspended": "is suspended until it attests again with its enrolled PCR values",
+            "revoked": "was revoked by the operator",
+        }[rec.state]
+        raise IngestError(rec.state, f"gateway {gateway_id!r} {hint} ({rec.reason})")

@@ -1,0 +1,189 @@
+"""The party's enrolment policy and state machine, in process (real swtpm, no HTTP).
+
+Silence suspends, a good quote reinstates, changed PCRs suspend until the
+operator approves the new values, operator approval parks new gateways, and a
+revocation written by the operator tool is never overwritten by the party.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
+
+from cloud_tecc.errors import IngestError
+from cloud_tecc.party.enrolment import Enrolment
+from cloud_tecc.party.enrolment_doc import EnrolmentDoc
+from cloud_tecc.party.registry import LiveKeys, Registry
+from gateway.config_yaml import load_config
+from gateway.enrol import TpmEvidence
+from gateway.keys import GatewayKeys
+from gateway.tpm import Tpm
+from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG, EvidenceError
+from tests.enrol.tpms import ca_bundle, manufactured_swtpm
+from tests.gateway.harness import write_config
+from tests.gateway.services import Swtpm
+
+pytestmark = pytest.mark.tpm
+S = 1_000_000_000
+BASE = time.time_ns() + 3600 * S  # after the EK certificates of the tests are issued
+
+
+def at(seconds: int) -> int:
+    """A test clock reading (ns)."""
+    return BASE + seconds * S
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    index: int
+    url: str
+    service_id: str
+
+
+@dataclass(frozen=True)
+class _Platform:
+    key_id: str
+    public_hex: str
+
+
+@dataclass
+class Rig:
+    sw: Swtpm
+    evidence: TpmEvidence
+    bundle: Path
+    state: Path
+
+    def party(self, **policy: Any) -> Enrolment:
+        doc = EnrolmentDoc(ek_ca_files=[str(self.bundle)], **policy)
+        return Enrolment(doc, self.state, Registry(self.state), CollectorRegistry())
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with manufactured_swtpm(tmp_path / "tpm", tmp_path / "ca") as sw:
+        bundle = tmp_path / "ca.pem"
+        bundle.write_bytes(ca_bundle(tmp_path / "ca"))
+        (tmp_path / "gw").mkdir()
+        clusters = [_Cluster(i, f"http://127.0.0.1:{i + 1}", f"party{i}") for i in (0, 1)]
+        cfg = write_config(
+            tmp_path / "gw", clusters=clusters, platform=_Platform("p", "00" * 32), tcti=sw.tcti
+        )
+        keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
+        ev = TpmEvidence(load_config(cfg), keys, lambda: Tpm(sw.tcti))
+        yield Rig(sw, ev, bundle, tmp_path / "party")
+
+
+def _enrol(party: Enrolment, ev: TpmEvidence, now: int) -> dict[str, Any]:
+    return party.finish(ev.answer(party.challenge(ev.request(), now), ENROL_TAG), now)
+
+
+def _requote(party: Enrolment, ev: TpmEvidence, now: int) -> dict[str, Any]:
+    ch = party.requote_challenge({"gateway_id": "gw-test"}, now)
+    return party.requote(ev.answer(ch, REQUOTE_TAG), now)
+
+
+ZERO = {14: [bytes(32).hex()]}
+
+
+def test_silence_suspends_and_a_good_quote_reinstates(rig: Rig) -> None:
+    party = rig.party(pcr_values=ZERO, requote_s=10.0, grace_s=5.0)
+    keys = LiveKeys({}, party.registry)
+    assert _enrol(party, rig.evidence, at(100))["status"] == "enrolled"
+    keys.admit("gw-test")
+    assert party.sweep(at(114)) == []  # within requote_s + grace_s
+    assert party.sweep(at(116)) == ["gw-test"]
+    with pytest.raises(IngestError, match="suspended") as err:
+        keys.admit("gw-test")
+    assert err.value.reason == "suspended"
+    assert _requote(party, rig.evidence, at(117))["status"] == "enrolled"
+    keys.admit("gw-test")
+
+
+def test_changed_pcrs_suspend_until_the_operator_approves_the_new_values(rig: Rig) -> None:
+    party = rig.party(requote_s=10.0)  # no listed values: the operator decides
+    first = _enrol(party, rig.evidence, at(100))
+    assert (first["status"], first["reason"]) == ("pending", "PCR(s) [14] not listed")
+    party.registry.set_state("gw-test", "enrolled", "approved", at(101), operator=True)
+    assert _requote(party, rig.evidence, at(102))["status"] == "enrolled"
+    with Tpm(rig.sw.tcti) as tpm:
+        tpm.extend_pcr(14, hashlib.sha256(b"update").digest())
+    answer = _requote(party, rig.evidence, at(103))
+    assert answer["status"] == "suspended"
+    assert "PCR(s) [14] changed" in answer["reason"]
+    rec = party.registry.set_state("gw-test", "enrolled", "update approved", at(104), operator=True)
+    assert rec.golden != {14: bytes(32)}  # the approved update's value
+    assert _requote(party, rig.evidence, at(105))["status"] == "enrolled"
+
+
+def test_operator_approval_parks_even_matching_gateways(rig: Rig) -> None:
+    party = rig.party(pcr_values=ZERO, approval="operator")
+    assert _enrol(party, rig.evidence, at(100))["status"] == "pending"
+    with pytest.raises(IngestError) as err:
+        LiveKeys({}, party.registry).admit("gw-test")
+    assert err.value.reason == "pending"
+    # re-enrolling changes nothing until approved
+    assert _enrol(party, rig.evidence, at(101))["status"] == "pending"
+
+
+def test_a_concurrent_revocation_is_not_overwritten_by_the_party(rig: Rig) -> None:
+    """The party's snapshot predates the operator's revoke; its next write keeps it revoked.
+
+    Fails without the check in Registry.put: the re-quote wrote ``enrolled`` back.
+    """
+    party = rig.party(pcr_values=ZERO)
+    assert _enrol(party, rig.evidence, at(100))["status"] == "enrolled"
+    ch = party.requote_challenge({"gateway_id": "gw-test"}, at(101))
+    admin = Registry(rig.state)
+    admin.revoke("gw-test", "stolen", at(101))
+    admin.close()
+    record = party.registry.get("gw-test")
+    assert record is not None
+    assert record.state == "enrolled"  # stale: not refreshed yet
+    answer = party.requote(rig.evidence.answer(ch, REQUOTE_TAG), at(102))
+    assert answer["status"] == "revoked"
+    party.registry.refresh()
+    record = party.registry.get("gw-test")
+    assert record is not None
+    assert record.state == "revoked"
+
+
+def test_another_tpm_cannot_take_over_an_enrolled_gateway_id(rig: Rig, tmp_path: Path) -> None:
+    party = rig.party(pcr_values=ZERO)
+    assert _enrol(party, rig.evidence, at(100))["status"] == "enrolled"
+    with manufactured_swtpm(tmp_path / "tpm2", tmp_path / "ca") as sw2:  # same vendor CA
+        cfg = load_config(tmp_path / "gw" / "gateway.yaml")
+        keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
+        other = TpmEvidence(cfg, keys, lambda: Tpm(sw2.tcti))
+        with pytest.raises(EvidenceError, match="enrolled with another TPM") as err:
+            party.challenge({**other.request()}, at(101))
+    assert err.value.reason == "conflict"
+
+
+def test_hostile_fields_raise_only_evidence_errors(rig: Rig) -> None:
+    """Every field of both steps replaced by junk: a refusal with a reason, never a crash."""
+    party = rig.party(pcr_values=ZERO)
+    request = rig.evidence.request()
+    junk: list[object] = [None, 7, "", "%%%", "AAAA", base64.b64encode(os.urandom(300)).decode()]
+    for field in request:
+        values = [None, 7, "", "x" * 201] if field == "gateway_id" else junk
+        for value in values:
+            with pytest.raises(EvidenceError):
+                party.challenge({**request, field: value}, at(1))
+    challenge = party.challenge(request, at(2))
+    answer = rig.evidence.answer(challenge, ENROL_TAG)
+    for field in answer:
+        for value in [*junk, {"14": "zz"}, {"x": "00"}, ["a"]]:
+            ch = party.challenge(request, at(3))
+            good = rig.evidence.answer(ch, ENROL_TAG)
+            with pytest.raises(EvidenceError):
+                party.finish({**good, field: value}, at(3))
