@@ -94,9 +94,9 @@ class Agent:
         )
         if wide := cfg.beyond_value_bound():
             log.warning(
-                "sensors %s declare ranges reaching beyond ±2^%d (envelope.value_bound_bits, "
-                "the analytics policy's bound): their readings beyond it are rejected as "
-                "beyond_value_bound, never wrapped; rescale their unit to use the whole range",
+                "sensors %s declare ranges reaching beyond what their scale_range holds at "
+                "value_bound_bits %s (the analytics policy's bound): their readings there are "
+                "rejected as beyond_value_bound, never wrapped; widen scale_range to cover range",
                 wide,
                 cfg.value_bound_bits,
             )
@@ -168,6 +168,7 @@ class Agent:
                 ClusterKey(p.cluster, KemSuite(p.suite), p.public_key) for p in self._pins.values()
             ],
             columns=tuple(Column(c) for c in self.cfg.columns),
+            scales=self.cfg.scales(),
         )
         log.info("all %d cluster keys known; sealing enabled", len(self._pins))
 
