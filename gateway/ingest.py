@@ -103,7 +103,9 @@ class Ingest:
         for s in sensors.values():
             scale = s.scale(value_bound_bits)
             low, high = (
-                scale.inner(value_bound_bits) if value_bound_bits is not None else (-math.inf, math.inf)
+                scale.inner(value_bound_bits)
+                if value_bound_bits is not None
+                else (-math.inf, math.inf)
             )
             self._ranges[s.id] = (max(s.range.low, low), min(s.range.high, high), s.range, scale)
         self._lock = threading.Lock()

@@ -369,6 +369,10 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
                 f"progress.backfill_sensors names undeclared sensors {unknown}; "
                 "list ids from 'sensors'"
             )
+        self._check_scales()
+
+    def _check_scales(self) -> None:
+        """Scales reach the declared ranges; x² of a shared value fits the ring."""
         bits = self.envelope.value_bound_bits
         if bits is not None:
             outside = []

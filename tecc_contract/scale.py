@@ -70,7 +70,7 @@ class Scale:
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ParameterError(f"a scale needs a finite range low < high, got [{low}, {high}]")
         span = high - low
-        cap = float(2**bits - 1)
+        cap = float((1 << bits) - 1)
 
         def fits(e: int) -> bool:
             return span <= math.ldexp(cap, e + 1)
@@ -92,7 +92,9 @@ class Scale:
 
     def scaled(self, values: FloatArray) -> FloatArray:
         """``(x − offset)·2^−e`` in float64 (exact but for the subtraction's rounding)."""
-        out: FloatArray = np.ldexp(np.asarray(values, dtype=np.float64) - self.offset, -self.exponent)
+        out: FloatArray = np.ldexp(
+            np.asarray(values, dtype=np.float64) - self.offset, -self.exponent
+        )
         return out
 
     def encode(self, values: FloatArray, codec: FixedPoint) -> RingArray:
@@ -105,11 +107,13 @@ class Scale:
 
     def fits(self, value: float, bits: int, codec: FixedPoint) -> bool:
         """Whether ``value``'s encoding lies strictly inside ±2^(bits+f) (no wrap)."""
-        return abs(round(self.fixed(value, codec))) < 2 ** (bits + codec.frac_bits)
+        if abs(value - self.offset) >= math.ldexp(1.0, bits + self.exponent + 1):
+            return False
+        return abs(round(self.fixed(value, codec))) < 1 << (bits + codec.frac_bits)
 
     def inner(self, bits: int) -> tuple[float, float]:
         """An interval of values that certainly fit: ``offset ± (2^bits − 1)·2^e``."""
-        half = math.ldexp(float(2**bits - 1), self.exponent)
+        half = math.ldexp(float((1 << bits) - 1), self.exponent)
         return self.offset - half, self.offset + half
 
     def value(self, scaled: float) -> float:

@@ -35,8 +35,10 @@ from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.analytics.program import EpochOutput
 from cloud_tecc.errors import AnalyticsError
+from tecc_contract.errors import ParameterError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
+from tecc_contract.scale import Scale
 
 #: Bits per packed flag lane (sums of up to 15 parties' bits fit without carry).
 FLAG_LANE_BITS = 4
@@ -128,6 +130,7 @@ def build_release(
         ok = int(p.n[i]) >= policy.min_count
         row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.n[i])}
         row["fields"] = fields if ok else []
+        row["scale"] = s.scale.to_json()
         windows.append(row)
         if not ok:
             continue
@@ -195,7 +198,9 @@ def _fleet_release(
     for k, name in enumerate(p.classes):
         n = int(out.fleet_n[k])
         ok = n >= policy.min_count
-        fleet.append({"class": name, "count": n, "fields": ["sum", "sumsq"] if ok else []})
+        scale = epoch.streams[int(p.class_first[k])].scale.to_json()
+        fields = ["sum", "sumsq"] if ok else []
+        fleet.append({"class": name, "count": n, "fields": fields, "scale": scale})
         if ok:
             parts.append(np.array([out.fleet_s1[k], out.fleet_s2[k]], dtype=np.uint64))
     for i, s in enumerate(epoch.streams):
@@ -215,12 +220,33 @@ class Decoded:
     fleet: list[dict[str, Any]]
 
 
-def _moments(total: int, total_sq: int | None, n: int, codec: FixedPoint) -> tuple[float, float]:
-    mean = codec.decode_scalar(total) / n
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _moments(
+    total: int, total_sq: int | None, n: int, codec: FixedPoint, scale: Scale
+) -> tuple[float, float]:
+    """Mean and population std in the sensor's unit, from the scaled sums.
+
+    The variance is formed exactly in integers, ``n·Σq·2^f − (Σx)²`` over
+    ``n²·2^(2f)`` (q = round(X²/2^f), the gateway's square column), so no
+    float cancellation can magnify a rounding; then the scale is undone.
+    """
+    s1 = _signed(total)
+    mean = scale.value(s1 / (n * codec.scale))
     if total_sq is None:
         return mean, math.nan
-    var = codec.decode_scalar(total_sq) / n - mean * mean
-    return mean, math.sqrt(max(var, 0.0))
+    num = n * _signed(total_sq) * (1 << codec.frac_bits) - s1 * s1
+    var = max(num, 0) / (n * n * codec.scale * codec.scale)
+    return mean, scale.spread(math.sqrt(var))
+
+
+def _scale(obj: dict[str, Any]) -> Scale:
+    try:
+        return Scale.from_json(obj.get("scale"))
+    except ParameterError as exc:
+        raise AnalyticsError(f"malformed scale in release layout: {exc}") from exc
 
 
 def _flag(v: int) -> bool:
@@ -297,14 +323,15 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
             "count": w["count"],
         }
         got = {f: next(it) for f in w["fields"]}
+        scale = _scale(w)
         if "sum" in got:
-            mean, std = _moments(got["sum"], got.get("sumsq"), w["count"], codec)
+            mean, std = _moments(got["sum"], got.get("sumsq"), w["count"], codec, scale)
             row["mean"] = mean
             if "sumsq" in got:
                 row["std"] = std
         for f in ("min", "max"):
             if f in got:
-                row[f] = codec.decode_scalar(got[f])
+                row[f] = scale.value(codec.decode_scalar(got[f]))
         windows.append(row)
     alerts = _decode_alerts(layout, values, n_win)
     it = iter(int(v) for v in values[n_win + n_alert :])
@@ -312,7 +339,7 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     for fl in layout["fleet"]:
         frow: dict[str, Any] = {"class": fl["class"], "start_ns": start, "count": fl["count"]}
         if fl["fields"]:
-            frow["mean"], frow["std"] = _moments(next(it), next(it), fl["count"], codec)
+            frow["mean"], frow["std"] = _moments(next(it), next(it), fl["count"], codec, _scale(fl))
         fleet.append(frow)
     by_key = {(w["gateway"], w["sensor"]): w for w in windows}
     for d in layout["fleet_dev"]:
@@ -353,11 +380,12 @@ def _check_fleet(
     entry must equal the sum of the counts of the class's windows that reach
     ``min_count`` — counts are public, so this is checked here, in the clear.
     """
+    in_class = class_members(policy, layout["windows"])
     released: dict[str, int] = {}
-    for (_, sensor), n in counts.items():
-        name = policy.fleet_class(sensor)
-        if name is not None and n >= policy.min_count:
-            released[name] = released.get(name, 0) + n
+    for w in layout["windows"]:
+        if (w["gateway"], w["sensor"]) in in_class:
+            name = str(policy.fleet_class(w["sensor"]))
+            released[name] = released.get(name, 0) + int(w["count"])
     seen: set[str] = set()
     for f in layout["fleet"]:
         name, n = str(f["class"]), int(f["count"])
@@ -373,5 +401,27 @@ def _check_fleet(
             )
     for d in layout["fleet_dev"]:
         key = (d["gateway"], d["sensor"])
-        if counts[key] < policy.min_count or policy.fleet_class(d["sensor"]) != d["class"]:
+        if (
+            counts[key] < policy.min_count
+            or policy.fleet_class(d["sensor"]) != d["class"]
+            or key not in in_class
+        ):
             raise AnalyticsError(f"fleet deviation of window {d['sensor']!r} beyond the policy")
+
+
+def class_members(policy: AnalyticsPolicy, windows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The (gateway, sensor) windows that enter their fleet class's sums.
+
+    A released window (≥ ``min_count``) of a class, in the scale of the
+    class's first released window in layout order — the plan's rule: a
+    class's sums are meaningful in one scale only.
+    """
+    scales: dict[str, Scale] = {}
+    out: set[tuple[str, str]] = set()
+    for w in windows:
+        name = policy.fleet_class(w["sensor"])
+        if name is None or int(w["count"]) < policy.min_count:
+            continue
+        if scales.setdefault(name, _scale(w)) == _scale(w):
+            out.add((w["gateway"], w["sensor"]))
+    return out

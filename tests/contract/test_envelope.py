@@ -17,8 +17,8 @@ from tecc_contract.envelope import (
     Sealer,
     SensorSegment,
     read_header,
-    square_column,
     reconstruct_batch,
+    square_column,
 )
 from tecc_contract.errors import (
     ContractError,
