@@ -130,7 +130,8 @@ def build_release(
         ok = int(p.n[i]) >= policy.min_count
         row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.n[i])}
         row["fields"] = fields if ok else []
-        row["scale"] = s.scale.to_json()
+        if not s.scale.is_identity:  # absent: the identity (as in older layouts)
+            row["scale"] = s.scale.to_json()
         windows.append(row)
         if not ok:
             continue
@@ -198,9 +199,11 @@ def _fleet_release(
     for k, name in enumerate(p.classes):
         n = int(out.fleet_n[k])
         ok = n >= policy.min_count
-        scale = epoch.streams[int(p.class_first[k])].scale.to_json()
-        fields = ["sum", "sumsq"] if ok else []
-        fleet.append({"class": name, "count": n, "fields": fields, "scale": scale})
+        scale = epoch.streams[int(p.class_first[k])].scale
+        row: dict[str, Any] = {"class": name, "count": n, "fields": ["sum", "sumsq"] if ok else []}
+        if not scale.is_identity:
+            row["scale"] = scale.to_json()
+        fleet.append(row)
         if ok:
             parts.append(np.array([out.fleet_s1[k], out.fleet_s2[k]], dtype=np.uint64))
     for i, s in enumerate(epoch.streams):
