@@ -90,7 +90,7 @@ async def secure_cpu(policy: AnalyticsPolicy, results: list[EpochResult]) -> lis
             mq = rng.integers(0, 2**63, len(s.x), dtype=np.uint64)
             for i, (x, q) in enumerate(((m, mq), (s.x - m, s.q - mq))):
                 st = states[i].get((s.gateway, s.sensor))
-                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, st))
+                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, st, s.scale))
         inputs = [EpochInput(r.epoch.start_ns, tuple(e)) for e in eps]
         t = time.process_time()
         outs = await asyncio.gather(
