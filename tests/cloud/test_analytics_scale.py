@@ -202,7 +202,8 @@ async def test_a_reading_of_50000_in_0_100000_raises_the_limit_alert() -> None:
     assert flagged == [int(ts[2]), int(ts[6]), int(ts[7])]
     (w,) = dec.windows
     tol = RESOLUTION * 100_000
-    assert abs(w["mean"] - values.mean()) <= tol and abs(w["std"] - values.std()) <= tol
+    assert abs(w["mean"] - values.mean()) <= tol
+    assert abs(w["std"] - values.std()) <= tol
     assert (w["min"], w["max"]) == (0.0, 99_999.0)
 
 
@@ -239,4 +240,5 @@ def test_fleet_class_across_sensors_of_one_scale() -> None:
     rel = build_release(policy, r.epoch, r.output, 16)
     check_layout(policy, rel.layout)
     kept, dropped = balance_fleet(policy, rel.layout, r.released)
-    assert dropped == () and kept.fleet == r.released.fleet
+    assert dropped == ()
+    assert kept.fleet == r.released.fleet
