@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.errors import CloudError
 from tecc_contract.scale import Scale
 
@@ -107,7 +107,7 @@ def assign_sensors(sensors: Sequence[SimSensor], n: int) -> dict[str, list[SimSe
 
 
 def class_scale_ranges(
-    policy_doc: Mapping[str, Any], ranges: Mapping[str, tuple[float, float]]
+    policy: AnalyticsPolicy, ranges: Mapping[str, tuple[float, float]]
 ) -> dict[str, tuple[float, float]]:
     """Per sensor of a fleet class whose members' ranges differ: the union of their ranges.
 
@@ -116,7 +116,6 @@ def class_scale_ranges(
     class's declared ranges (e.g. spindles of 0–12,000 and 0–24,000 rpm share
     the scale of 0–24,000).
     """
-    policy = policy_from_mapping(dict(policy_doc))
     members: dict[str, list[str]] = {}
     for sid in ranges:
         name = policy.fleet_class(sid)
@@ -132,11 +131,11 @@ def class_scale_ranges(
 
 
 def sensor_scales(
-    policy_doc: Mapping[str, Any], ranges: Mapping[str, tuple[float, float]]
+    policy: AnalyticsPolicy, ranges: Mapping[str, tuple[float, float]]
 ) -> dict[str, Scale]:
     """The scale each sensor is shared in by the demo's gateways (for the reference)."""
-    bits = policy_from_mapping(dict(policy_doc)).value_bound_bits
-    shared = class_scale_ranges(policy_doc, ranges)
+    bits = policy.value_bound_bits
+    shared = class_scale_ranges(policy, ranges)
     return {s: Scale.for_range(*shared.get(s, r), bits) for s, r in ranges.items()}
 
 

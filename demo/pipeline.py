@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.localstack import Deployment, register_output_token
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import (
@@ -205,7 +206,7 @@ class Pipeline:
         clusters = [(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         cfgs: dict[str, Path] = {}
         ranges = {s.sensor: (s.low, s.high) for ss in self.sensors.values() for s in ss}
-        shared = class_scale_ranges(policy_doc, ranges)  # one scale per fleet class
+        shared = class_scale_ranges(policy_from_mapping(policy_doc), ranges)  # a class: one scale
         for g in self.gateway_ids:
             doc = gateway_config(
                 g,

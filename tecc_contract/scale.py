@@ -82,8 +82,17 @@ class Scale:
             if e == MAX_EXPONENT:
                 raise ParameterError(f"range [{low}, {high}] is too wide for a scale")
             e += 1
-        mid = low / 2 + high / 2
-        return cls(e, math.ldexp(round(math.ldexp(mid, -e)), e))
+        codec = FixedPoint()
+        while True:
+            # the midpoint on the 2^e grid; a range only a few float steps wide can round
+            # it off by more than 2^(e-1), so the ends are checked and e raised if needed
+            mid = low / 2 + high / 2
+            scale = cls(e, math.ldexp(round(math.ldexp(mid, -e)), e))
+            if scale.fits(low, bits, codec) and scale.fits(high, bits, codec):
+                return scale
+            if e == MAX_EXPONENT:
+                raise ParameterError(f"range [{low}, {high}] is too wide for a scale")
+            e += 1
 
     @property
     def is_identity(self) -> bool:
