@@ -23,7 +23,6 @@ sent once per stream (delta-encoded, zlib-compressed).
 from __future__ import annotations
 
 import base64
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +33,10 @@ import numpy.typing as npt
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.analytics.program import EpochOutput
+from cloud_tecc.analytics.units import class_members, moments, window_scale
 from cloud_tecc.errors import AnalyticsError
-from tecc_contract.errors import ParameterError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
-from tecc_contract.scale import Scale
 
 #: Bits per packed flag lane (sums of up to 15 parties' bits fit without carry).
 FLAG_LANE_BITS = 4
@@ -223,35 +221,6 @@ class Decoded:
     fleet: list[dict[str, Any]]
 
 
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _moments(
-    total: int, total_sq: int | None, n: int, codec: FixedPoint, scale: Scale
-) -> tuple[float, float]:
-    """Mean and population std in the sensor's unit, from the scaled sums.
-
-    The variance is formed exactly in integers, ``n·Σq·2^f − (Σx)²`` over
-    ``n²·2^(2f)`` (q = round(X²/2^f), the gateway's square column), so no
-    float cancellation can magnify a rounding; then the scale is undone.
-    """
-    s1 = _signed(total)
-    mean = scale.value(s1 / (n * codec.scale))
-    if total_sq is None:
-        return mean, math.nan
-    num = n * _signed(total_sq) * (1 << codec.frac_bits) - s1 * s1
-    var = max(num, 0) / (n * n * codec.scale * codec.scale)
-    return mean, scale.spread(math.sqrt(var))
-
-
-def _scale(obj: dict[str, Any]) -> Scale:
-    try:
-        return Scale.from_json(obj.get("scale"))
-    except ParameterError as exc:
-        raise AnalyticsError(f"malformed scale in release layout: {exc}") from exc
-
-
 def _flag(v: int) -> bool:
     if v not in (0, 1):
         raise AnalyticsError("a reconstructed flag is not 0/1: the parties' shares disagree")
@@ -326,9 +295,9 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
             "count": w["count"],
         }
         got = {f: next(it) for f in w["fields"]}
-        scale = _scale(w)
+        scale = window_scale(w)
         if "sum" in got:
-            mean, std = _moments(got["sum"], got.get("sumsq"), w["count"], codec, scale)
+            mean, std = moments(got["sum"], got.get("sumsq"), w["count"], codec, scale)
             row["mean"] = mean
             if "sumsq" in got:
                 row["std"] = std
@@ -342,7 +311,9 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     for fl in layout["fleet"]:
         frow: dict[str, Any] = {"class": fl["class"], "start_ns": start, "count": fl["count"]}
         if fl["fields"]:
-            frow["mean"], frow["std"] = _moments(next(it), next(it), fl["count"], codec, _scale(fl))
+            frow["mean"], frow["std"] = moments(
+                next(it), next(it), fl["count"], codec, window_scale(fl)
+            )
         fleet.append(frow)
     by_key = {(w["gateway"], w["sensor"]): w for w in windows}
     for d in layout["fleet_dev"]:
@@ -410,21 +381,3 @@ def _check_fleet(
             or key not in in_class
         ):
             raise AnalyticsError(f"fleet deviation of window {d['sensor']!r} beyond the policy")
-
-
-def class_members(policy: AnalyticsPolicy, windows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """The (gateway, sensor) windows that enter their fleet class's sums.
-
-    A released window (≥ ``min_count``) of a class, in the scale of the
-    class's first released window in layout order — the plan's rule: a
-    class's sums are meaningful in one scale only.
-    """
-    scales: dict[str, Scale] = {}
-    out: set[tuple[str, str]] = set()
-    for w in windows:
-        name = policy.fleet_class(w["sensor"])
-        if name is None or int(w["count"]) < policy.min_count:
-            continue
-        if scales.setdefault(name, _scale(w)) == _scale(w):
-            out.add((w["gateway"], w["sensor"]))
-    return out

@@ -1,4 +1,6 @@
-"""Policy thresholds in a stream's ring units (its sensor :class:`~tecc_contract.scale.Scale`).
+"""Policy thresholds in a stream's scale, and released sums back in the sensor's unit.
+
+A stream's scale is its sensor's :class:`~tecc_contract.scale.Scale`.
 
 The policy states limits, rates and noise floors in the sensor's unit; the
 ring holds ``X = round((x − offset)·2^(f−e))`` (|X| < 2^(B+f), B =
@@ -19,15 +21,24 @@ the encoded readings:
   ``σ²·2^(−2e)``, clamped to 2^(2B−2) (a floor of half the scaled range,
   where the headroom argument of docs/MPC.md §9 stops; such a floor means
   the detector can hardly fire anyway).
+
+The way back: :func:`moments` turns released scaled sums into mean and std
+in the sensor's unit (the variance exactly in integers), and
+:func:`class_members` is the one rule for which windows enter a fleet class
+(one scale per class), shared by the layout check and the output service.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from cloud_tecc.analytics.policy import AnalyticsPolicy
+from cloud_tecc.errors import AnalyticsError
+from tecc_contract.errors import ParameterError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.scale import Scale
 
@@ -63,3 +74,51 @@ def variance_floor(sigmas: tuple[float, ...], scale: Scale, bits: int) -> float:
 def to_ring(signed: int) -> int:
     """A signed integer as a ring element (two's complement)."""
     return signed % (1 << 64)
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def moments(
+    total: int, total_sq: int | None, n: int, codec: FixedPoint, scale: Scale
+) -> tuple[float, float]:
+    """Released scaled sums (ring ints) to mean and population std in the sensor's unit.
+
+    The variance is formed exactly in integers, ``n·Σq·2^f − (Σx)²`` over
+    ``n²·2^(2f)`` (q = round(X²/2^f), the gateway's square column), so no
+    float cancellation can magnify a rounding; then the scale is undone.
+    """
+    s1 = _signed(total)
+    mean = scale.value(s1 / (n * codec.scale))
+    if total_sq is None:
+        return mean, math.nan
+    num = n * _signed(total_sq) * (1 << codec.frac_bits) - s1 * s1
+    var = max(num, 0) / (n * n * codec.scale * codec.scale)
+    return mean, scale.spread(math.sqrt(var))
+
+
+def window_scale(obj: dict[str, Any]) -> Scale:
+    """The scale a release-layout entry names (``"scale": [e, offset]``; absent: identity)."""
+    try:
+        return Scale.from_json(obj.get("scale"))
+    except ParameterError as exc:
+        raise AnalyticsError(f"malformed scale in release layout: {exc}") from exc
+
+
+def class_members(policy: AnalyticsPolicy, windows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The (gateway, sensor) windows that enter their fleet class's sums.
+
+    A released window (≥ ``min_count``) of a class, in the scale of the
+    class's first released window in layout order — the plan's rule: a
+    class's sums are meaningful in one scale only.
+    """
+    scales: dict[str, Scale] = {}
+    out: set[tuple[str, str]] = set()
+    for w in windows:
+        name = policy.fleet_class(w["sensor"])
+        if name is None or int(w["count"]) < policy.min_count:
+            continue
+        if scales.setdefault(name, window_scale(w)) == window_scale(w):
+            out.add((w["gateway"], w["sensor"]))
+    return out

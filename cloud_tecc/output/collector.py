@@ -15,13 +15,8 @@ from typing import Any
 import numpy as np
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
-from cloud_tecc.analytics.release import (
-    Decoded,
-    check_layout,
-    class_members,
-    decode,
-    expected_length,
-)
+from cloud_tecc.analytics.release import Decoded, check_layout, decode, expected_length
+from cloud_tecc.analytics.units import class_members
 from cloud_tecc.errors import AnalyticsError
 from tecc_contract.ring import from_bytes
 
