@@ -40,6 +40,7 @@ from cloud_tecc.analytics.secure import MpcOps
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork
+from tecc_contract.scale import Scale
 
 BASE: dict[str, Any] = {
     "window_s": 1.0,
@@ -54,6 +55,8 @@ FLATLINE: dict[str, Any] = BASE | {
     "resolutions": [{"sensor": "s*", "step": 0.01}],
 }
 T0 = 1_700_000_000_000_000_000
+#: Every sensor declares 0–100 and is shared scaled from it, as a gateway does.
+SCALE = Scale.for_range(0.0, 100.0, 12)
 PER_EPOCH = 2500
 
 
@@ -68,7 +71,7 @@ def data(epochs: int, seed: int = 1) -> list[StreamReadings]:
     n = PER_EPOCH * epochs
     ts = T0 + np.arange(n, dtype=np.int64) * (1_000_000_000 // PER_EPOCH)
     return [
-        StreamReadings(f"gw{g}", f"s{s}", ts, 50 + rng.normal(0, 1, n))
+        StreamReadings(f"gw{g}", f"s{s}", ts, 50 + rng.normal(0, 1, n), SCALE)
         for g in range(4)
         for s in range(10)
     ]
@@ -90,7 +93,7 @@ async def secure_cpu(policy: AnalyticsPolicy, results: list[EpochResult]) -> lis
             mq = rng.integers(0, 2**63, len(s.x), dtype=np.uint64)
             for i, (x, q) in enumerate(((m, mq), (s.x - m, s.q - mq))):
                 st = states[i].get((s.gateway, s.sensor))
-                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, st))
+                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, st, s.scale))
         inputs = [EpochInput(r.epoch.start_ns, tuple(e)) for e in eps]
         t = time.process_time()
         outs = await asyncio.gather(

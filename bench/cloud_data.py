@@ -21,6 +21,7 @@ from tecc_contract.attestation import Quote
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
+from tecc_contract.scale import Scale
 
 #: Window statistics (count, mean, std, min, max), rolling z-score (W = 600,
 #: k = 3) and rate of change; 1-second windows.
@@ -33,6 +34,9 @@ POLICY: dict[str, Any] = {
 }
 T0 = 1_700_000_000_000_000_000
 SECOND = 1_000_000_000
+#: Every sensor declares 0–150 and is shared scaled from it, as a gateway does.
+SCALE = Scale.for_range(0.0, 150.0, 12)
+MAX_SENSORS = 1000
 
 
 def log(msg: str) -> None:
@@ -54,6 +58,7 @@ def sealer_for(dep: Deployment, gateway: str, parties: tuple[int, ...] | None = 
         signing_key=dep.signing_key(gateway),
         clusters=keys,
         columns=(Column.VALUE, Column.SQUARE),
+        scales={f"s{i}": SCALE for i in range(MAX_SENSORS)},
     )
 
 
@@ -69,7 +74,7 @@ def data(
         for s in range(sensors):
             v = 50.0 + np.cumsum(rng.normal(0, 0.05, n)) + rng.normal(0, 1.0, n)
             v[rng.integers(0, n, max(1, n // 1000))] += 15.0
-            out.append(StreamReadings(f"gw{g}", f"s{s}", ts, np.round(v, 3)))
+            out.append(StreamReadings(f"gw{g}", f"s{s}", ts, np.round(v, 3), SCALE))
     return out
 
 

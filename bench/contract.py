@@ -16,9 +16,12 @@ from bench._report import emit, parse_args, rate
 from tecc_contract.envelope import ClusterKey, Opener, Sealer, SensorSegment
 from tecc_contract.fixedpoint import FixedPoint, SensorRange, validate
 from tecc_contract.keys import KemSuite, generate_cluster_keypair
+from tecc_contract.scale import Scale
 
 BATCH = 1000
 T0 = 1_700_000_000_000_000_000
+#: The benchmark sensor's declared range -50..200 and the scale it is shared in.
+SCALE = Scale.for_range(-50.0, 200.0, 12)
 
 
 def _system(n: int, suite: KemSuite = KemSuite.X25519) -> tuple[Sealer, list[Opener]]:
@@ -28,6 +31,7 @@ def _system(n: int, suite: KemSuite = KemSuite.X25519) -> tuple[Sealer, list[Ope
         gateway_id="gw-bench",
         signing_key=gw,
         clusters=[ClusterKey(i, suite, pub) for i, (_, pub) in enumerate(keys)],
+        scales=dict.fromkeys(("s", "line1.m1.bearing_temp"), SCALE),  # as a gateway shares
     )
     openers = [
         Opener(party=i, suite=suite, private_key=sk, gateway_keys={"gw-bench": gw.public_key()})

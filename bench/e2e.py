@@ -66,6 +66,7 @@ import yaml
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from cloud_tecc.localstack import auth_headers
+from demo.layout import sensor_scales
 from demo.pipeline import ROOT, Pipeline
 from firmware_sim.config_yaml import load_config
 from firmware_sim.groundtruth import read_ground_truth
@@ -261,6 +262,7 @@ def score(
     rejected = 0
     streams: list[StreamReadings] = []
     all_published: list[StreamReadings] = []
+    scales = sensor_scales(policy, RANGES)  # as the demo's gateways share each sensor
     for sid, samples in offline.samples.items():
         if sid not in gw_of:
             continue
@@ -278,8 +280,8 @@ def score(
         # truth and the published readings only, never a count the product released)
         keep = ts >= _ns(scope.seen_from)
         if keep.any():
-            streams.append(StreamReadings(gw_of[sid], sid, ts[keep], vals[keep]))
-            all_published.append(StreamReadings(gw_of[sid], sid, ts, vals))
+            streams.append(StreamReadings(gw_of[sid], sid, ts[keep], vals[keep], scales[sid]))
+            all_published.append(StreamReadings(gw_of[sid], sid, ts, vals, scales[sid]))
     n_pub = sum(published.values())
     n_cnt = sum(c for k, c in counted.items() if scope.inside(k[1]))
     dups = sum(max(0, c - published.get(k, 0)) for k, c in counted.items() if scope.inside(k[1]))

@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.errors import CloudError
+from tecc_contract.scale import Scale
 
 OPCUA_NAMESPACE_INDEX = 2
 
@@ -105,6 +106,46 @@ def assign_sensors(sensors: Sequence[SimSensor], n: int) -> dict[str, list[SimSe
     return out
 
 
+def class_scale_ranges(
+    policy: AnalyticsPolicy, ranges: Mapping[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """Per sensor of a fleet class whose members' ranges differ: the union of their ranges.
+
+    The sensors of one class must share one scale (their class sums are
+    meaningful only then), so each gets ``scale_range`` = the union of the
+    class's declared ranges (e.g. spindles of 0–12,000 and 0–24,000 rpm share
+    the scale of 0–24,000).
+    """
+    members: dict[str, list[str]] = {}
+    for sid in ranges:
+        name = policy.fleet_class(sid)
+        if name is not None:
+            members.setdefault(name, []).append(sid)
+    out: dict[str, tuple[float, float]] = {}
+    for sids in members.values():
+        spans = {ranges[s] for s in sids}
+        if len(spans) > 1:
+            union = (min(lo for lo, _ in spans), max(hi for _, hi in spans))
+            out.update(dict.fromkeys(sids, union))
+    return out
+
+
+def sensor_scales(
+    policy: AnalyticsPolicy, ranges: Mapping[str, tuple[float, float]]
+) -> dict[str, Scale]:
+    """The scale each sensor is shared in by the demo's gateways (for the reference)."""
+    bits = policy.value_bound_bits
+    shared = class_scale_ranges(policy, ranges)
+    return {s: Scale.for_range(*shared.get(s, r), bits) for s, r in ranges.items()}
+
+
+def _sensor_doc(s: SimSensor, scale_ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": s.sensor, "unit": s.unit, "range": [s.low, s.high]}
+    if s.sensor in scale_ranges:
+        doc["scale_range"] = list(scale_ranges[s.sensor])
+    return doc
+
+
 def gateway_config(
     gateway_id: str,
     sensors: Sequence[SimSensor],
@@ -119,6 +160,7 @@ def gateway_config(
     measurement: str,
     backfill: Sequence[str] = (),
     backfill_idle_s: float = 30.0,
+    scale_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """The gateway YAML document (see configs/gateway.yaml for the annotated reference).
 
@@ -168,7 +210,7 @@ def gateway_config(
     return {
         "gateway_id": gateway_id,
         "state_dir": str(state_dir),
-        "sensors": [{"id": s.sensor, "unit": s.unit, "range": [s.low, s.high]} for s in sensors],
+        "sensors": [_sensor_doc(s, scale_ranges or {}) for s in sensors],
         "sources": sources,
         "batching": {"max_readings": 20000, "max_delay_s": 0.1, "max_pending": 2000000},
         # Sensors on loopback with the gateway's clock: the slack covers the slowest

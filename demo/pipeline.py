@@ -43,9 +43,17 @@ from typing import Any
 import aiohttp
 import yaml
 
+from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.localstack import Deployment, register_output_token, services
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
-from demo.layout import SimSensor, assign_sensors, gateway_config, gateway_ids, load_policy
+from demo.layout import (
+    SimSensor,
+    assign_sensors,
+    class_scale_ranges,
+    gateway_config,
+    gateway_ids,
+    load_policy,
+)
 from demo.services import free_port, free_port_pair, mosquitto_spec, swtpm_spec
 from demo.supervisor import ChildSpec, Supervisor
 
@@ -215,6 +223,8 @@ class Pipeline:
         dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash}, n_parties=n)
         clusters = [(i, dep.url(p), p) for i, p in enumerate(dep.parties)]
         cfgs: dict[str, Path] = {}
+        ranges = {s.sensor: (s.low, s.high) for ss in self.sensors.values() for s in ss}
+        shared = class_scale_ranges(policy_from_mapping(policy_doc), ranges)  # a class: one scale
         for g in self.gateway_ids:
             doc = gateway_config(
                 g,
@@ -231,6 +241,7 @@ class Pipeline:
                 measurement=dep.measurement().hex(),
                 backfill=self.replay.backfill_of(self.sensors[g]) if self.replay else (),
                 backfill_idle_s=REPLAY_BACKFILL_IDLE_S,
+                scale_ranges=shared,
             )
             cfgs[g] = sd / g / "gateway.yaml"
             cfgs[g].write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -39,6 +39,7 @@ from demo.status import metric_sum
 from firmware_sim.cli import replay_flags, replay_timing
 from firmware_sim.errors import SimError
 from firmware_sim.replay import Disorder, Recording, Timing, check_timing, read_csv
+from tecc_contract.fixedpoint import MAX_ABS_RANGE
 
 REPLAY_POLICY = ROOT / "configs" / "replay" / "policy.yaml"
 NICE_WINDOWS_S: tuple[int, ...] = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800)
@@ -74,7 +75,8 @@ def value_range(
 ) -> tuple[float, float]:
     """The declared range: ``--range``, else the data's span widened by 10 % each side.
 
-    ``bound`` is the policy's promise |x| < 2^value_bound_bits (docs/CLOUD.md).
+    ``bound`` is the largest magnitude a declared range may reach (±2^30; the
+    gateway shares any such range scaled, docs/GATEWAY.md).
     """
     values = [r.value for r in recording.rows if math.isfinite(r.value)]
     if given is not None:
@@ -88,8 +90,8 @@ def value_range(
     worst = max((abs(v) for v in values), default=0.0)
     if worst >= bound or max(abs(low), abs(high)) >= bound:
         raise ReplayUsageError(
-            f"values reach {worst:g}: the policy holds |x| < {bound:g} in the sensor's "
-            "unit (value_bound_bits); replay the column in a larger unit"
+            f"values reach {worst:g}: a declared range holds |x| < {bound:g} in the "
+            "sensor's unit; replay the column in a larger unit"
         )
     return low, high
 
@@ -251,8 +253,7 @@ def prepare(args: argparse.Namespace) -> tuple[Recording, Timing, ReplayFeed, Pa
     )
     window = window_for(published_spacing(rec, timing, args.speed, args.respace))
     policy = write_policy(args, args.state / "input", args.sensor, window)
-    bits = int(load_policy(policy).get("value_bound_bits", 12))
-    low, high = value_range(rec, args.range, float(2**bits))
+    low, high = value_range(rec, args.range, MAX_ABS_RANGE)
     feed = ReplayFeed(
         args.csv.resolve(),
         ReplayFeed.mqtt_sensor(args.sensor, unit=args.unit, low=low, high=high),

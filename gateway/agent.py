@@ -68,6 +68,7 @@ from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
 from tecc_contract.progress import Progress, seal_progress
+from tecc_contract.scale import Scale
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ class Agent:
         )
         if wide := cfg.beyond_value_bound():
             log.warning(
-                "sensors %s declare ranges reaching beyond ±2^%d (envelope.value_bound_bits, "
-                "the analytics policy's bound): their readings beyond it are rejected as "
-                "beyond_value_bound, never wrapped; rescale their unit to use the whole range",
+                "sensors %s declare ranges reaching beyond what their scale_range holds at "
+                "value_bound_bits %s (the analytics policy's bound): their readings there are "
+                "rejected as beyond_value_bound, never wrapped; widen scale_range to cover range",
                 wide,
                 cfg.value_bound_bits,
             )
@@ -197,8 +198,14 @@ class Agent:
                 ClusterKey(p.cluster, KemSuite(p.suite), p.public_key) for p in self._pins.values()
             ],
             columns=tuple(Column(c) for c in self.cfg.columns),
+            scales=self.cfg.scales(),
         )
         log.info("all %d cluster keys known; sealing enabled", len(self._pins))
+
+    def set_scales(self, scales: dict[str, Scale]) -> None:
+        """The sensors' scales after a config reload (new sensors; see gateway.reload)."""
+        if self._sealer is not None:
+            self._sealer.set_scales(scales)
 
     def _on_pin(self, key: PinnedKey) -> None:
         if self._pins.get(key.cluster, key) != key:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.fixedpoint import SensorRange
+from tecc_contract.scale import IDENTITY, Scale
 
 
 class PayloadFormat(enum.StrEnum):
@@ -73,11 +74,24 @@ MAX_SQUARE_ABS = float(2**23)
 
 @dataclass(frozen=True, slots=True)
 class SensorConfig:
-    """A declared sensor: id, physical range and unit."""
+    """A declared sensor: id, physical range and unit.
+
+    ``scale_range`` is the range its affine scale derives from
+    (:meth:`tecc_contract.scale.Scale.for_range`; ``None``: ``range``). Sensors
+    of one fleet class share one scale, so they declare one ``scale_range``.
+    """
 
     id: str
     range: SensorRange
     unit: str
+    scale_range: SensorRange | None = None
+
+    def scale(self, value_bound_bits: int | None) -> Scale:
+        """The scale its readings are shared in (identity when there is no value bound)."""
+        if value_bound_bits is None:
+            return IDENTITY
+        r = self.scale_range or self.range
+        return Scale.for_range(r.low, r.high, value_bound_bits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,9 +315,18 @@ class GatewayConfig:
     #: |x| < 2^value_bound_bits: the analytics policy's promise (its value_bound_bits)
     value_bound_bits: int | None
 
+    def scales(self) -> dict[str, Scale]:
+        """Per sensor the scale its readings are shared in (the envelope header carries it)."""
+        return {s.id: s.scale(self.value_bound_bits) for s in self.sensors.values()}
+
     def beyond_value_bound(self) -> list[str]:
-        """Sensors whose declared range reaches past the value bound (readings there rejected)."""
-        if self.value_bound_bits is None:
+        """Sensors whose declared range reaches past what their scale holds (rejected there)."""
+        bits = self.value_bound_bits
+        if bits is None:
             return []
-        bound = float(2**self.value_bound_bits)
-        return [s.id for s in self.sensors.values() if max(-s.range.low, s.range.high) >= bound]
+        out = []
+        for s in self.sensors.values():
+            low, high = s.scale(bits).inner(bits)
+            if s.range.low < low or s.range.high > high:
+                out.append(s.id)
+        return out

@@ -159,7 +159,15 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
     return GatewayConfig(
         gateway_id=f.gateway_id,
         state_dir=state_dir,
-        sensors={s.id: SensorConfig(s.id, SensorRange(*s.range), s.unit) for s in f.sensors},
+        sensors={
+            s.id: SensorConfig(
+                s.id,
+                SensorRange(*s.range),
+                s.unit,
+                SensorRange(*s.scale_range) if s.scale_range else None,
+            )
+            for s in f.sensors
+        },
         clusters=tuple(
             ClusterConfig(c.index, c.url.rstrip("/"), c.service_id, c.role)
             for c in sorted(f.clusters, key=lambda c: c.index)

@@ -23,10 +23,13 @@ Two checks protect the rest of the pipeline from what outside input can do:
   is counted under the one label :data:`UNDECLARED`, and a small sample of
   such ids is logged at most once per ``log_every_s``. Nothing keyed by
   outside input grows without bound;
-* a value inside its declared range but with |v| >= 2^``value_bound_bits``
-  (the bound the clusters' analytics policy promises, ``envelope.value_bound_bits``)
-  is rejected as ``beyond_value_bound``: the secure comparisons would wrap
-  it silently (a reading of 50000 under limits [10, 90] raised no alert).
+* a value inside its declared range whose *scaled* encoding (the sensor's
+  :class:`~tecc_contract.scale.Scale`, derived from its ``scale_range``) would
+  reach ±2^(``value_bound_bits`` + f) — the bound the clusters' analytics
+  policy promises, ``envelope.value_bound_bits`` — is rejected as
+  ``beyond_value_bound``: the secure comparisons would wrap it silently (a
+  reading of 50000 under limits [10, 90] once raised no alert). With the
+  default ``scale_range`` (the declared range) no accepted value comes near it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from typing import Protocol
 from gateway.config import SensorConfig
 from gateway.sources.payload import PayloadReject, RawReading
 from tecc_contract.errors import RejectReason
-from tecc_contract.fixedpoint import SensorRange, classify
+from tecc_contract.fixedpoint import FixedPoint, SensorRange, classify
+from tecc_contract.scale import Scale
 
 log = logging.getLogger(__name__)
 Reason = RejectReason | PayloadReject
@@ -91,9 +95,10 @@ class Ingest:
         now_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        # per sensor: the accepted interval (declared range within the value bound), the
-        # declared range, and the open value bound
-        self._bound = math.inf if value_bound_bits is None else float(2**value_bound_bits)
+        # per sensor: an interval certainly accepted (declared range within what its
+        # scale holds: the fast path), the declared range and the scale
+        self._bits = value_bound_bits
+        self._codec = FixedPoint()
         self._ranges = self._accepted_ranges(sensors)
         self._lock = threading.Lock()
         self._buf = Drained()
@@ -111,12 +116,14 @@ class Ingest:
 
     def _accepted_ranges(
         self, sensors: Mapping[str, SensorConfig]
-    ) -> dict[str, tuple[float, float, SensorRange]]:
-        inner = math.nextafter(self._bound, 0.0)
-        return {
-            s.id: (max(s.range.low, -inner), min(s.range.high, inner), s.range)
-            for s in sensors.values()
-        }
+    ) -> dict[str, tuple[float, float, SensorRange, Scale]]:
+        bits = self._bits
+        out: dict[str, tuple[float, float, SensorRange, Scale]] = {}
+        for s in sensors.values():
+            scale = s.scale(bits)
+            low, high = scale.inner(bits) if bits is not None else (-math.inf, math.inf)
+            out[s.id] = (max(s.range.low, low), min(s.range.high, high), s.range, scale)
+        return out
 
     def set_sensors(self, sensors: Mapping[str, SensorConfig]) -> None:
         """Declare a new set of sensors (a config reload); later offers use it.
@@ -126,10 +133,11 @@ class Ingest:
         """
         self._ranges = self._accepted_ranges(sensors)
 
-    def _classify(self, value: object, srange: SensorRange) -> float | Reason:
-        """Range check, then the value bound (see the module docstring)."""
+    def _classify(self, value: object, srange: SensorRange, scale: Scale) -> float | Reason:
+        """Range check, then the value bound of the scaled value (module docstring)."""
         c = classify(value, srange)
-        if isinstance(c, float) and not abs(c) < self._bound:
+        bits = self._bits
+        if isinstance(c, float) and bits is not None and not scale.fits(c, bits, self._codec):
             return PayloadReject.BEYOND_VALUE_BOUND
         return c
 
@@ -210,7 +218,7 @@ class Ingest:
         if rng is None:
             bad.extend(RejectReason.UNKNOWN_SENSOR for _ in readings)
         else:
-            low, high, srange = rng
+            low, high, srange, scale = rng
             horizon = self._horizon()
             for ts, v in readings:
                 if ts > horizon:
@@ -220,7 +228,7 @@ class Ingest:
                     ts_ok.append(ts)
                     val_ok.append(v)
                     continue
-                c = self._classify(v, srange)
+                c = self._classify(v, srange, scale)
                 if isinstance(c, float):
                     ts_ok.append(ts)
                     val_ok.append(c)
@@ -301,7 +309,7 @@ class Ingest:
             if type(v) is float and rng[0] <= v <= rng[1]:
                 c: float | Reason = v
             else:
-                c = self._classify(v, rng[2])
+                c = self._classify(v, rng[2], rng[3])
             if isinstance(c, float):
                 sensors.append(sensor_id)
                 ts_ok.append(ts)

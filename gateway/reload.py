@@ -16,6 +16,11 @@ to keep, restart, stop or start, by source name:
   declared sensors); there is nothing in flight, a subscription is resent the
   current values;
 * Modbus: restarted when its config changed.
+
+A sensor whose new range or ``scale_range`` changes the scale it is shared
+in (:mod:`tecc_contract.scale`) is refused: readings validated under the old
+scale may still wait in the batcher. A new sensor's scale reaches the sealer
+(:meth:`~tecc_contract.envelope.Sealer.set_scales`).
 """
 
 from __future__ import annotations
@@ -101,6 +106,17 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
     added = tuple(s for s in new.sensors if s not in olds)
     removed = tuple(s for s in olds if s not in new.sensors)
     changed = tuple(s for s in new.sensors if s in olds and olds[s] != new.sensors[s])
+    bits = new.value_bound_bits
+    rescaled = [s for s in changed if old.sensors[s].scale(bits) != new.sensors[s].scale(bits)]
+    if rescaled:
+        # Readings accepted under the old scale may be waiting in the batcher, and the
+        # clusters keep each stream's baseline in its scale: a new scale needs a restart.
+        raise ReloadRefused(
+            f"sensors {', '.join(rescaled)}: the new range or scale_range changes the scale "
+            "the sensor is shared in; keep its range and scale_range for a reload (a narrower "
+            "range within the same scale_range is fine), or restart the agent "
+            "(tecc-gateway launch) to rescale it"
+        )
     keep, restart, stop, start = _plan(old.mqtt, new.mqtt)
     a, b = _by_name(old.mqtt), _by_name(new.mqtt)
     moved = [n for n in restart if not _same_session(a[n], b[n])]

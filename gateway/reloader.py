@@ -8,8 +8,9 @@ the reason, counted (``gateway_config_reloads_total{outcome="refused"}``) and
 the running config kept. Otherwise the new sensors are declared to the
 ingest validator and the progress tracker, and only the affected sources are
 restarted (:mod:`gateway.reload` says how each kind keeps its data). The
-spool, its sequence numbers, the uplinks, the pinned cluster keys and the
-sealer are not touched: everything spooled stays spooled and is sent as before.
+spool, its sequence numbers, the uplinks and the pinned cluster keys are not
+touched (the sealer only learns the new sensors' scales): everything spooled
+stays spooled and is sent as before.
 
 The launch measurement (:mod:`gateway.launch`) covers the sensors and the
 OPC-UA trust settings. A reload that changes them runs on (the keys are
@@ -78,6 +79,7 @@ async def _apply(
     agent.opcua_keys = keys
     agent.ingest.set_sensors(cfg.sensors)
     agent.event_time.set_sensors(cfg.sensors)
+    agent.set_scales(cfg.scales())
     mqtt_new = {c.name: c for c in cfg.mqtt}
     by_name = {m.name: m for m in agent.mqtt}
     for name in plan.mqtt.stop:

@@ -24,6 +24,7 @@ from gateway.config import (
 from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.fixedpoint import MAX_ABS_RANGE
 from tecc_contract.keys import KemSuite
+from tecc_contract.scale import Scale
 from tecc_contract.schema import (
     Count,
     FileSchema,
@@ -45,19 +46,30 @@ class Schema(FileSchema, frozen=True, kw_only=True):
 class SensorDoc(Schema, frozen=True, kw_only=True):
     """``sensors[i]``: a declared sensor; readings outside ``range`` are rejected.
 
-    Rules: low < high, both within ±2^30.
+    Readings are shared scaled, ``(x − offset)/2^e``, with ``offset`` and ``e``
+    derived from ``scale_range`` (default: ``range``) and
+    ``envelope.value_bound_bits``, so any range keeps about 2^−28 of its width
+    as resolution (docs/GATEWAY.md). Sensors compared as one fleet class must
+    share one scale: give them the same ``scale_range`` (e.g. the union of
+    their ranges).
+
+    Rules: low < high, both within ±2^30 (``range`` and ``scale_range``).
     """
 
     id: Name
     range: tuple[Finite, Finite]
     unit: str = ""
+    scale_range: tuple[Finite, Finite] | None = None
 
     def __post_init__(self) -> None:
-        low, high = self.range
-        if not low < high:
-            raise ValueError(f"range of {self.id!r} needs low < high, e.g. [0, 150]")
-        if max(abs(low), abs(high)) > MAX_ABS_RANGE:
-            raise ValueError(f"range of {self.id!r} exceeds ±2^30; rescale the unit")
+        for key, pair in (("range", self.range), ("scale_range", self.scale_range)):
+            if pair is None:
+                continue
+            low, high = pair
+            if not low < high:
+                raise ValueError(f"{key} of {self.id!r} needs low < high, e.g. [0, 150]")
+            if max(abs(low), abs(high)) > MAX_ABS_RANGE:
+                raise ValueError(f"{key} of {self.id!r} exceeds ±2^30; rescale the unit")
 
 
 class TopicDoc(Schema, frozen=True, kw_only=True):
@@ -302,8 +314,9 @@ class EnvelopeDoc(Schema, frozen=True, kw_only=True):
 
     suite: KemSuite = KemSuite.X25519
     columns: tuple[Literal["value", "square"], ...] = ("value",)
-    # |x| < 2^value_bound_bits: must equal the analytics policy's value_bound_bits; a
-    # reading beyond it is rejected (beyond_value_bound), never wrapped. null: no bound.
+    # scaled |x'| < 2^value_bound_bits: must equal the analytics policy's value_bound_bits;
+    # each sensor's scale derives from it, a reading beyond it is rejected
+    # (beyond_value_bound), never wrapped. null: no bound and no scaling (benchmarks only).
     value_bound_bits: Annotated[int, Meta(ge=1, le=30)] | None = 12
 
     def __post_init__(self) -> None:
@@ -317,7 +330,7 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
     """The gateway agent's config file.
 
     Rules: sensor ids unique; cluster indices 0..N-1 with N >= 2; OPC-UA ``nodes`` feed
-    declared sensors; with the ``square`` column every sensor range stays within ±2^23.
+    declared sensors; with the ``square`` column every scaled value stays within ±2^23.
     """
 
     gateway_id: Name
@@ -358,21 +371,33 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
                 f"progress.backfill_sensors names undeclared sensors {unknown}; "
                 "list ids from 'sensors'"
             )
+        self._check_scales()
+
+    def _check_scales(self) -> None:
+        """Scales reach the declared ranges; x² of a shared value fits the ring."""
         bits = self.envelope.value_bound_bits
         if bits is not None:
-            bound = float(2**bits)
-            outside = [s.id for s in self.sensors if s.range[0] >= bound or s.range[1] <= -bound]
+            outside = []
+            for s in self.sensors:
+                low, high = Scale.for_range(*(s.scale_range or s.range), bits).inner(bits)
+                if s.range[0] >= high or s.range[1] <= low:
+                    outside.append(s.id)
             if outside:
                 raise ValueError(
-                    f"sensors {outside} declare ranges entirely beyond ±2^{bits} "
-                    "(envelope.value_bound_bits, which must equal the analytics policy's "
-                    "value_bound_bits): every reading would be refused; rescale the sensor's "
-                    "unit so its range fits"
+                    f"sensors {outside} declare a scale_range disjoint from their range: "
+                    "every reading would be refused as beyond_value_bound; write a scale_range "
+                    "that covers the range (or drop it)"
                 )
         if "square" in self.envelope.columns:
-            too_wide = [s.id for s in self.sensors if max(map(abs, s.range)) >= MAX_SQUARE_ABS]
+            too_wide = [
+                s.id
+                for s in self.sensors
+                if (bits is None and max(map(abs, s.range)) >= MAX_SQUARE_ABS)
+                or (bits is not None and 2.0**bits >= MAX_SQUARE_ABS)
+            ]
             if too_wide:
                 raise ValueError(
-                    f"sensors {too_wide} reach |v| >= 2^23, so x² overflows the ring at 16 "
-                    "fraction bits; rescale their unit or drop the square column"
+                    f"sensors {too_wide} reach |v| >= 2^23 as shared, so x² overflows the ring "
+                    "at 16 fraction bits; set envelope.value_bound_bits <= 22 (it scales every "
+                    "range) or drop the square column"
                 )

@@ -41,6 +41,7 @@ from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.header import Column, EnvelopeHeader, SegmentMeta, decode_header
 from tecc_contract.keys import HpkePrivateKey, KemSuite, load_public_key
 from tecc_contract.ring import RingArray
+from tecc_contract.scale import IDENTITY, Scale
 from tecc_contract.wire import Reader, Writer
 
 MAGIC: Final = b"TECC"
@@ -96,26 +97,44 @@ def _column_widths(columns: Sequence[Column], hist_edges: Sequence[float]) -> li
     return [len(hist_edges) + 1 if c is Column.HISTOGRAM else 1 for c in columns]
 
 
+def square_column(encoded: RingArray, codec: FixedPoint) -> RingArray:
+    """``round(X²/2^f)`` of fixed-point encodings X: the square of the *encoded* value.
+
+    Squaring the encoding (not the float) keeps Σx² consistent with Σx, so the
+    released variance is that of the encoded readings, off by at most 2^−(f+1)
+    per reading (the cancellation in Σx²/n − mean² never magnifies a rounding
+    of x). Requires |X|²/2^f < 2^62.
+    """
+    xf = encoded.view(np.int64).astype(np.float64)
+    sq = np.rint(np.ldexp(xf * xf, -codec.frac_bits))
+    if sq.size and float(np.max(sq)) >= 2.0**62:
+        raise ParameterError("x² overflows the ring; shrink the sensor range or frac bits")
+    return sq.astype(np.int64).view(np.uint64)
+
+
 def derive_columns(
     values: FloatArray,
     columns: Sequence[Column],
     codec: FixedPoint,
     hist_edges: Sequence[float] = (),
+    *,
+    scaled: FloatArray | None = None,
 ) -> list[RingArray]:
     """Encode the plaintext columns of a batch (Prio-style derived values included).
 
-    ``SQUARE`` is x² in fixed point; it requires |x|² · 2^f < 2^62. ``HISTOGRAM``
-    is a one-hot row over buckets (-inf, e0), [e0, e1), …, [e_last, inf).
+    ``scaled`` are the values as the ring carries them (each sensor's
+    :class:`~tecc_contract.scale.Scale` applied; default: ``values``).
+    ``VALUE`` is their fixed-point encoding, ``SQUARE`` its square
+    (:func:`square_column`). ``HISTOGRAM`` is a one-hot row over buckets of the
+    unscaled values: (-inf, e0), [e0, e1), …, [e_last, inf).
     """
     out: list[RingArray] = []
+    enc = codec.encode(values if scaled is None else scaled)
     for c in columns:
         if c is Column.VALUE:
-            out.append(codec.encode(values))
+            out.append(enc)
         elif c is Column.SQUARE:
-            sq = values * values
-            if sq.size and float(np.max(sq)) * codec.scale >= 2.0**62:
-                raise ParameterError("x² overflows the ring; shrink the sensor range or frac bits")
-            out.append(codec.encode(sq))
+            out.append(square_column(enc, codec))
         else:
             idx = np.searchsorted(np.asarray(hist_edges, dtype=np.float64), values, side="right")
             onehot = np.zeros((values.shape[0], len(hist_edges) + 1), dtype=np.uint64)
@@ -136,8 +155,10 @@ class Sealer:
         codec: FixedPoint | None = None,
         columns: tuple[Column, ...] = (Column.VALUE,),
         hist_edges: tuple[float, ...] = (),
+        scales: Mapping[str, Scale] | None = None,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
+        """``scales``: per sensor id the scale its values are shared in (default identity)."""
         if sorted(c.index for c in clusters) != list(range(len(clusters))):
             raise ParameterError("cluster indices must be exactly 0..N-1")
         if len({c.suite for c in clusters}) != 1:
@@ -152,6 +173,11 @@ class Sealer:
         self._columns = columns
         self._edges = hist_edges
         self._rand = random_bytes
+        self._scales = dict(scales or {})
+
+    def set_scales(self, scales: Mapping[str, Scale]) -> None:
+        """Use ``scales`` for the next batches (a gateway's config reload adds sensors)."""
+        self._scales = dict(scales)
 
     @property
     def n_parties(self) -> int:
@@ -162,11 +188,19 @@ class Sealer:
         """Share batch ``seq`` and return one signed frame per cluster (index order)."""
         n = self.n_parties
         vector_party = seq % n
-        metas = tuple(SegmentMeta(s.sensor_id, s.timestamps_ns) for s in segments)
-        values = (
-            np.concatenate([s.values for s in segments]) if segments else np.zeros(0, np.float64)
+        scales = [self._scales.get(s.sensor_id, IDENTITY) for s in segments]
+        metas = tuple(
+            SegmentMeta(s.sensor_id, s.timestamps_ns, sc)
+            for s, sc in zip(segments, scales, strict=True)
         )
-        plain = derive_columns(values, self._columns, self._codec, self._edges)
+        cat = np.concatenate
+        values = cat([s.values for s in segments]) if segments else np.zeros(0, np.float64)
+        scaled = (
+            cat([sc.scaled(s.values) for s, sc in zip(segments, scales, strict=True)])
+            if segments
+            else values
+        )
+        plain = derive_columns(values, self._columns, self._codec, self._edges, scaled=scaled)
         seeds = {p: self._rand(prg.SEED_BYTES) for p in range(n) if p != vector_party}
         corrections = []
         for col, arr in zip(self._columns, plain, strict=True):

@@ -5,6 +5,11 @@ gateway signature), so it carries only metadata the trust model allows the
 cloud to learn: gateway id, sensor ids, sequence number, timestamps, counts and
 the share layout — never a value.
 
+Since version 2 each segment also carries the sensor's affine scale
+(:mod:`tecc_contract.scale`: ``i8`` exponent, ``f64`` offset), so the clusters
+compare limits in the units the gateway encoded and the output service
+undoes the scale; a version-1 header (no scale) decodes with the identity.
+
 Timestamps are encoded per sensor segment in the most compact exact form:
 ``REGULAR`` (first timestamp and a constant step, 16 bytes for any count),
 ``DELTA32`` (first timestamp and signed 32-bit nanosecond deltas) or ``RAW64``.
@@ -23,9 +28,12 @@ import numpy.typing as npt
 
 from tecc_contract.errors import FrameError, ParameterError, VersionError
 from tecc_contract.keys import KemSuite
+from tecc_contract.scale import IDENTITY, Scale
 from tecc_contract.wire import Reader, Writer
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: Header versions this code decodes (1: segments without a scale, read as the identity).
+READ_VERSIONS: Final = (1, 2)
 MAX_PARTIES: Final = 16
 MAX_READINGS: Final = 1 << 20
 MAX_SEGMENTS: Final = 4096
@@ -61,10 +69,11 @@ class TsEncoding(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SegmentMeta:
-    """One sensor's readings in a batch: its id, count and timestamps (ns since epoch)."""
+    """One sensor's readings in a batch: id, timestamps (ns since epoch) and value scale."""
 
     sensor_id: str
     timestamps_ns: Int64Array
+    scale: Scale = IDENTITY
 
     @property
     def count(self) -> int:
@@ -74,8 +83,10 @@ class SegmentMeta:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SegmentMeta):
             return NotImplemented
-        return self.sensor_id == other.sensor_id and np.array_equal(
-            self.timestamps_ns, other.timestamps_ns
+        return (
+            self.sensor_id == other.sensor_id
+            and self.scale == other.scale
+            and np.array_equal(self.timestamps_ns, other.timestamps_ns)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -141,6 +152,8 @@ class EnvelopeHeader:
         for seg in self.segments:
             w.short_str(seg.sensor_id)
             w.u32(seg.count)
+            if self.version >= 2:
+                w.raw(struct.pack("<bd", seg.scale.exponent, seg.scale.offset))
             _write_timestamps(w, seg.timestamps_ns)
         return w.getvalue()
 
@@ -150,8 +163,8 @@ def _fail(msg: str) -> FrameError:
 
 
 def _check_header(h: EnvelopeHeader) -> None:
-    if h.version != FORMAT_VERSION:
-        raise VersionError(f"envelope format version {h.version} is not supported (need 1)")
+    if h.version not in READ_VERSIONS:
+        raise VersionError(f"envelope format version {h.version} is not supported (need 2)")
     if not h.gateway_id:
         raise _fail("empty gateway id")
     if not 0 <= h.seq < 2**64:
@@ -184,6 +197,8 @@ def _check_layout(h: EnvelopeHeader) -> None:
     for s in h.segments:
         if not s.sensor_id or s.count < 1:
             raise _fail(f"segment {s.sensor_id!r} is empty")
+        if h.version < 2 and not s.scale.is_identity:
+            raise _fail(f"segment {s.sensor_id!r}: a version-1 header has no scale")
     if h.count > MAX_READINGS:
         raise _fail(f"{h.count} readings exceed the per-batch limit {MAX_READINGS}")
 
@@ -231,12 +246,20 @@ def _read_timestamps(r: Reader, count: int) -> Int64Array:
     raise _fail(f"unknown timestamp encoding {kind}")
 
 
+def _read_scale(r: Reader, sensor_id: str) -> Scale:
+    exponent, offset = struct.unpack("<bd", r.take(9, "scale"))
+    try:
+        return Scale(exponent, offset)
+    except ParameterError as exc:
+        raise _fail(f"segment {sensor_id!r}: {exc}") from exc
+
+
 def decode_header(data: bytes) -> EnvelopeHeader:
     """Parse header bytes; FrameError/VersionError on anything malformed."""
     r = Reader(data, "envelope header")
     version = r.u8("version")
-    if version != FORMAT_VERSION:
-        raise VersionError(f"envelope format version {version} is not supported (need 1)")
+    if version not in READ_VERSIONS:
+        raise VersionError(f"envelope format version {version} is not supported (need 2)")
     gateway_id = r.short_str("gateway id")
     seq = r.u64("sequence number")
     n_parties, party, vector_party = r.u8("party count"), r.u8("party"), r.u8("vector party")
@@ -259,7 +282,8 @@ def decode_header(data: bytes) -> EnvelopeHeader:
         total += count
         if count < 1 or total > MAX_READINGS:
             raise _fail(f"segment {sensor_id!r} declares {count} readings (limit {MAX_READINGS})")
-        segments.append(SegmentMeta(sensor_id, _read_timestamps(r, count)))
+        scale = _read_scale(r, sensor_id) if version >= 2 else IDENTITY
+        segments.append(SegmentMeta(sensor_id, _read_timestamps(r, count), scale))
     r.expect_end()
     return EnvelopeHeader(
         gateway_id=gateway_id,

@@ -14,8 +14,10 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release, zscore_bits
+from cloud_tecc.analytics.units import limit_threshold, rate_threshold, to_ring, variance_floor
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
+from tecc_contract.scale import IDENTITY, Scale
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -34,11 +36,14 @@ class StreamState:
     fraction bits), followed by their exact squares ``u²``: twice as long as
     ``hist_x`` (the name is kept for the stored state's column). A state of
     another length comes from an older release and :meth:`compatible` is false.
+    ``scale`` is the sensor scale its values are in (a stream whose scale
+    changed starts afresh).
     """
 
     centre: RingArray
     hist_x: RingArray
     hist_yy: RingArray
+    scale: Scale = IDENTITY
 
     @property
     def compatible(self) -> bool:
@@ -62,6 +67,8 @@ class StreamInput:
 
     ``q`` is the gateway's x² column (``None`` if the gateway did not send
     it; the program then squares in MPC). ``state`` is ``None`` for a new stream.
+    ``scale`` is the sensor scale of ``x`` (from the envelope headers): limits
+    and thresholds are mapped into it, the release undoes it.
     """
 
     gateway: str
@@ -70,6 +77,7 @@ class StreamInput:
     x: RingArray
     q: RingArray | None
     state: StreamState | None
+    scale: Scale = IDENTITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,10 @@ class EpochPlan:
     ``cls`` is the fleet class index of a stream whose window enters the fleet
     statistics (−1: no class, fleet not released, or a withheld window);
     ``classes`` names every class with a stream in the epoch, released or not.
+    A stream whose scale differs from its class's first released stream has
+    ``cls`` −1 too. ``fleet_floor`` per class is ``round(min_sigma²·2^f)`` in
+    the class's scaled units. Limits, rates and floors are in each stream's
+    scaled units (:mod:`cloud_tecc.analytics.units`).
     """
 
     n: IntArray
@@ -130,6 +142,7 @@ class EpochPlan:
     flat_mask: BoolArray
     flat_span: IntArray
     flat_thr: RingArray
+    fleet_floor: RingArray
 
     @property
     def readings(self) -> int:
@@ -140,15 +153,19 @@ class EpochPlan:
 def _limits(
     policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint
 ) -> tuple[RingArray, RingArray, BoolArray, RingArray, BoolArray]:
+    """Per reading: limit and rate thresholds in its stream's ring units (:mod:`.units`)."""
     lo, hi, has_lim, dd, has_rate = [], [], [], [], []
+    bits = policy.value_bound_bits
     for s in epoch.streams:
         lim, rate = policy.limit_for(s.sensor), policy.rate_for(s.sensor)
-        k = len(s.x)
-        lo.append(np.full(k, codec.encode_scalar(lim.low) if lim else 0, dtype=np.uint64))
-        hi.append(np.full(k, codec.encode_scalar(lim.high) if lim else 0, dtype=np.uint64))
+        k, sc = len(s.x), s.scale
+        t_lo = limit_threshold(lim.low, sc, bits, codec) if lim else 0
+        t_hi = limit_threshold(lim.high, sc, bits, codec) if lim else 0
+        lo.append(np.full(k, to_ring(t_lo), dtype=np.uint64))
+        hi.append(np.full(k, to_ring(t_hi), dtype=np.uint64))
         has_lim.append(np.full(k, lim is not None))
-        d = codec.encode_scalar(rate.max_delta) if rate else 0
-        dd.append(np.full(k, (d * d) % (1 << 64), dtype=np.uint64))
+        d = rate_threshold(rate.max_delta, sc, bits, codec) if rate else 0
+        dd.append(np.full(k, to_ring(d * d), dtype=np.uint64))
         has_rate.append(np.full(k, rate is not None))
     cat = np.concatenate
     return cat(lo), cat(hi), cat(has_lim), cat(dd), cat(has_rate)
@@ -170,7 +187,8 @@ def _flatline(
         for i, s in enumerate(epoch.streams):
             rule = policy.flatline_for(s.sensor)
             if rule is not None and big[i] and h[i] + n[i] >= rule.span:
-                span[i], thr[i] = rule.span, rule.min_std**2
+                floor = variance_floor((rule.min_std,), s.scale, policy.value_bound_bits)
+                span[i], thr[i] = rule.span, floor
     ends = np.cumsum(n) - 1
     mask = np.zeros(int(n.sum()), dtype=np.bool_)
     mask[ends[span > 0]] = True
@@ -200,7 +218,14 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
     want_mm = policy.allows(Release.MIN) or policy.allows(Release.MAX)
     g = zscore_bits(policy.value_bound_bits, w, codec.frac_bits)
     floor2 = np.array(
-        [policy.zscore.min_sigma**2 + policy.resolution_for(s.sensor) ** 2 for s in epoch.streams]
+        [
+            variance_floor(
+                (policy.zscore.min_sigma, policy.resolution_for(s.sensor)),
+                s.scale,
+                policy.value_bound_bits,
+            )
+            for s in epoch.streams
+        ]
     )
     flat_mask, flat_span, flat_thr = _flatline(policy, epoch, n, h, g=g)
     # Fleet statistics cover released windows only (issue 13): a withheld window
@@ -214,6 +239,19 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
         dtype=np.int64,
     )
     class_first = np.array([int(np.argmax(cls == k)) for k in range(len(classes))], dtype=np.int64)
+    cls = _one_scale_per_class(epoch, cls, class_first)
+    fleet_floor = np.array(
+        [
+            round(
+                variance_floor(
+                    (policy.fleet.min_sigma,), epoch.streams[i].scale, policy.value_bound_bits
+                )
+                * codec.scale
+            )
+            for i in class_first
+        ],
+        dtype=np.uint64,
+    )
     return EpochPlan(
         n=n,
         h=h,
@@ -236,7 +274,25 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
         flat_mask=flat_mask,
         flat_span=flat_span,
         flat_thr=flat_thr,
+        fleet_floor=fleet_floor,
     )
+
+
+def _one_scale_per_class(epoch: EpochInput, cls: IntArray, class_first: IntArray) -> IntArray:
+    """Leave out of its class every stream whose scale differs from the class's first one.
+
+    Class sums are meaningful only in one scale (docs/CLOUD.md, "fleet"): the
+    class's scale is that of its first released stream in (gateway, sensor)
+    order; the output service applies the same rule to the layout
+    (:func:`cloud_tecc.analytics.release.class_scales`).
+    """
+    out = cls.copy()
+    for k, first in enumerate(class_first):
+        want = epoch.streams[int(first)].scale
+        for i in np.flatnonzero(cls == k):
+            if epoch.streams[int(i)].scale != want:
+                out[i] = -1
+    return out
 
 
 def k2_constants(k: float, min_sigma: float, codec: FixedPoint) -> tuple[int, int]:

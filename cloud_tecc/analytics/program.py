@@ -35,6 +35,7 @@ from cloud_tecc.analytics.plan import (
     EpochInput,
     EpochPlan,
     IntArray,
+    StreamInput,
     StreamState,
     k2_constants,
     make_plan,
@@ -235,16 +236,18 @@ async def _fleet_and_variance(
 
 
 def _compatible(epoch: EpochInput) -> EpochInput:
-    """The epoch with states of an older layout dropped (those streams start afresh).
+    """The epoch with states of an older layout or scale dropped (those streams start afresh).
 
-    Every party holds states of the same layout, so all drop the same ones.
+    Every party holds states of the same layout and the same headers, so all
+    drop the same ones.
     """
-    if all(s.state is None or s.state.compatible for s in epoch.streams):
+
+    def ok(s: StreamInput) -> bool:
+        return s.state is None or (s.state.compatible and s.state.scale == s.scale)
+
+    if all(ok(s) for s in epoch.streams):
         return epoch
-    streams = tuple(
-        s if s.state is None or s.state.compatible else replace(s, state=None)
-        for s in epoch.streams
-    )
+    streams = tuple(s if ok(s) else replace(s, state=None) for s in epoch.streams)
     return EpochInput(epoch.start_ns, streams)
 
 
@@ -268,12 +271,12 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     mu2_f, d2_f = _split(await ops.trunc(_cat([mu_sq, d_sq])), [len(mu_sq), len(d_sq)])
     var_f = m["m2_f"] - mu2_f
     k2, _ = k2_constants(policy.zscore.k, 0.0, run.codec)
-    k2f, vminf = k2_constants(policy.fleet.k, policy.fleet.min_sigma, run.codec)
-    full = np.full
+    k2f, _ = k2_constants(policy.fleet.k, 0.0, run.codec)
     z_margin = (m["vt"] + ops.public(p.zfloor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
     flat_margin = m["vft"] - ops.public(p.flat_thr[run.fl])
     vf = var_f[p.cls[fleet_streams]]
-    f_margin = (vf + ops.public(full(len(vf), vminf, _U64))) * _U64(k2f) - d2_f * _U64(K2_DEN)
+    vminf = p.fleet_floor[p.cls[fleet_streams]]  # min_sigma² in each class's scale
+    f_margin = (vf + ops.public(vminf)) * _U64(k2f) - d2_f * _U64(K2_DEN)
     lim_margin = _U64(0) - pr["lim"]
     rate_margin = ops.public(p.dd[rate_idx]) - pr["diff2"]
     xm = _cat([epoch.streams[i].x for i in p.minmax])
@@ -330,6 +333,7 @@ def _new_states(run: _Run, a_u: RingArray, a_uu: RingArray, window: int) -> tupl
                 centre=run.c[i : i + 1].copy(),
                 hist_x=run.a_x[start:hi].copy(),
                 hist_yy=np.concatenate([a_u[start:hi], a_uu[start:hi]]),
+                scale=run.epoch.streams[i].scale,
             )
         )
     return tuple(out)

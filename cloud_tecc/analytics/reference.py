@@ -26,16 +26,25 @@ from cloud_tecc.analytics.release import Decoded, build_release, decode
 from tecc_contract.envelope import derive_columns
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.header import Column
+from tecc_contract.scale import IDENTITY, Scale
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class StreamReadings:
-    """Plaintext readings of one stream (any order; sorted by timestamp here)."""
+    """Plaintext readings of one stream (any order; sorted by timestamp here).
+
+    ``scale`` is the sensor's scale, as the gateway would derive it from the
+    declared range (:meth:`tecc_contract.scale.Scale.for_range`).
+    """
 
     gateway: str
     sensor: str
     timestamps_ns: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
+    scale: Scale = IDENTITY
+
+
+_Row = tuple[str, str, npt.NDArray[np.int64], npt.NDArray[np.float64], Scale]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -59,10 +68,15 @@ class ReferenceAnalytics:
         self.states: dict[tuple[str, str], StreamState] = {}
 
     def _stream(
-        self, gw: str, sensor: str, ts: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
+        self,
+        gw: str,
+        sensor: str,
+        ts: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        scale: Scale,
     ) -> StreamInput:
         cols = (Column.VALUE, Column.SQUARE) if self.squares else (Column.VALUE,)
-        enc = derive_columns(values, cols, self.codec)
+        enc = derive_columns(values, cols, self.codec, scaled=scale.scaled(values))
         return StreamInput(
             gateway=gw,
             sensor=sensor,
@@ -70,12 +84,12 @@ class ReferenceAnalytics:
             x=enc[0],
             q=enc[1] if self.squares else None,
             state=self.states.get((gw, sensor)),
+            scale=scale,
         )
 
     async def run(self, streams: Iterable[StreamReadings]) -> list[EpochResult]:
         """Process all readings epoch by epoch (ascending), updating the state."""
-        by_epoch: dict[int, list[tuple[str, str, npt.NDArray[np.int64], npt.NDArray[np.float64]]]]
-        by_epoch = defaultdict(list)
+        by_epoch: dict[int, list[_Row]] = defaultdict(list)
         wn = self.policy.window_ns
         for s in sorted(streams, key=lambda s: (s.gateway, s.sensor)):
             order = np.argsort(s.timestamps_ns, kind="stable")
@@ -83,7 +97,7 @@ class ReferenceAnalytics:
             ep = (ts // wn) * wn
             for e in np.unique(ep):
                 m = ep == e
-                by_epoch[int(e)].append((s.gateway, s.sensor, ts[m], vals[m]))
+                by_epoch[int(e)].append((s.gateway, s.sensor, ts[m], vals[m], s.scale))
         results = []
         ops = PlainOps(self.codec.frac_bits)
         for start in sorted(by_epoch):

@@ -23,7 +23,6 @@ sent once per stream (delta-encoded, zlib-compressed).
 from __future__ import annotations
 
 import base64
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ import numpy.typing as npt
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.analytics.program import EpochOutput
+from cloud_tecc.analytics.units import class_members, moments, window_scale
 from cloud_tecc.errors import AnalyticsError
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
@@ -128,6 +128,8 @@ def build_release(
         ok = int(p.n[i]) >= policy.min_count
         row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.n[i])}
         row["fields"] = fields if ok else []
+        if not s.scale.is_identity:  # absent: the identity (as in older layouts)
+            row["scale"] = s.scale.to_json()
         windows.append(row)
         if not ok:
             continue
@@ -195,7 +197,11 @@ def _fleet_release(
     for k, name in enumerate(p.classes):
         n = int(out.fleet_n[k])
         ok = n >= policy.min_count
-        fleet.append({"class": name, "count": n, "fields": ["sum", "sumsq"] if ok else []})
+        scale = epoch.streams[int(p.class_first[k])].scale
+        row: dict[str, Any] = {"class": name, "count": n, "fields": ["sum", "sumsq"] if ok else []}
+        if not scale.is_identity:
+            row["scale"] = scale.to_json()
+        fleet.append(row)
         if ok:
             parts.append(np.array([out.fleet_s1[k], out.fleet_s2[k]], dtype=np.uint64))
     for i, s in enumerate(epoch.streams):
@@ -213,14 +219,6 @@ class Decoded:
     windows: list[dict[str, Any]]
     alerts: list[dict[str, Any]]
     fleet: list[dict[str, Any]]
-
-
-def _moments(total: int, total_sq: int | None, n: int, codec: FixedPoint) -> tuple[float, float]:
-    mean = codec.decode_scalar(total) / n
-    if total_sq is None:
-        return mean, math.nan
-    var = codec.decode_scalar(total_sq) / n - mean * mean
-    return mean, math.sqrt(max(var, 0.0))
 
 
 def _flag(v: int) -> bool:
@@ -297,14 +295,15 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
             "count": w["count"],
         }
         got = {f: next(it) for f in w["fields"]}
+        scale = window_scale(w)
         if "sum" in got:
-            mean, std = _moments(got["sum"], got.get("sumsq"), w["count"], codec)
+            mean, std = moments(got["sum"], got.get("sumsq"), w["count"], codec, scale)
             row["mean"] = mean
             if "sumsq" in got:
                 row["std"] = std
         for f in ("min", "max"):
             if f in got:
-                row[f] = codec.decode_scalar(got[f])
+                row[f] = scale.value(codec.decode_scalar(got[f]))
         windows.append(row)
     alerts = _decode_alerts(layout, values, n_win)
     it = iter(int(v) for v in values[n_win + n_alert :])
@@ -312,7 +311,9 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     for fl in layout["fleet"]:
         frow: dict[str, Any] = {"class": fl["class"], "start_ns": start, "count": fl["count"]}
         if fl["fields"]:
-            frow["mean"], frow["std"] = _moments(next(it), next(it), fl["count"], codec)
+            frow["mean"], frow["std"] = moments(
+                next(it), next(it), fl["count"], codec, window_scale(fl)
+            )
         fleet.append(frow)
     by_key = {(w["gateway"], w["sensor"]): w for w in windows}
     for d in layout["fleet_dev"]:
@@ -353,11 +354,12 @@ def _check_fleet(
     entry must equal the sum of the counts of the class's windows that reach
     ``min_count`` — counts are public, so this is checked here, in the clear.
     """
+    in_class = class_members(policy, layout["windows"])
     released: dict[str, int] = {}
-    for (_, sensor), n in counts.items():
-        name = policy.fleet_class(sensor)
-        if name is not None and n >= policy.min_count:
-            released[name] = released.get(name, 0) + n
+    for w in layout["windows"]:
+        if (w["gateway"], w["sensor"]) in in_class:
+            name = str(policy.fleet_class(w["sensor"]))
+            released[name] = released.get(name, 0) + int(w["count"])
     seen: set[str] = set()
     for f in layout["fleet"]:
         name, n = str(f["class"]), int(f["count"])
@@ -373,5 +375,9 @@ def _check_fleet(
             )
     for d in layout["fleet_dev"]:
         key = (d["gateway"], d["sensor"])
-        if counts[key] < policy.min_count or policy.fleet_class(d["sensor"]) != d["class"]:
+        if (
+            counts[key] < policy.min_count
+            or policy.fleet_class(d["sensor"]) != d["class"]
+            or key not in in_class
+        ):
             raise AnalyticsError(f"fleet deviation of window {d['sensor']!r} beyond the policy")

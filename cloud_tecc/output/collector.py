@@ -16,6 +16,7 @@ import numpy as np
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.release import Decoded, check_layout, decode, expected_length
+from cloud_tecc.analytics.units import class_members
 from cloud_tecc.errors import AnalyticsError
 from tecc_contract.ring import from_bytes
 
@@ -42,9 +43,10 @@ def balance_fleet(
     the deviation flags computed against it; the rest of the epoch is.
     """
     released: dict[str, int] = {}
+    members = class_members(policy, layout["windows"])  # one scale per class
     for w in layout["windows"]:
         cls = policy.fleet_class(str(w["sensor"]))
-        if cls is not None and w["fields"] and int(w["count"]) >= policy.min_count:
+        if cls is not None and w["fields"] and (w["gateway"], w["sensor"]) in members:
             released[cls] = released.get(cls, 0) + int(w["count"])
     bad = tuple(
         sorted(

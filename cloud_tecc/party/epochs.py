@@ -20,6 +20,7 @@ gateway seq, position).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from cloud_tecc.party.store import StoredSegment
 from tecc_contract.ring import RingArray
 
 Key = tuple[str, int]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,27 @@ class ProgressTracker:
         }
 
 
+def _one_scale(key: tuple[str, str], segs: list[StoredSegment]) -> list[StoredSegment]:
+    """The segments in the scale of the stream's newest batch; others are dropped and logged.
+
+    Values in two scales cannot share one window (a gateway whose sensor's
+    scale_range changed mid-window); every party holds the same headers, so
+    all drop the same readings.
+    """
+    newest = max(segs, key=lambda s: s.seq).scale
+    keep = [s for s in segs if s.scale == newest]
+    if len(keep) < len(segs):
+        dropped = sum(len(s.ts) for s in segs if s.scale != newest)
+        log.warning(
+            "stream %s/%s changed its scale within an epoch; %d reading(s) in the older "
+            "scale left out (a sensor's scale_range was edited at the gateway)",
+            key[0],
+            key[1],
+            dropped,
+        )
+    return keep
+
+
 def build_epoch(
     start_ns: int,
     end_ns: int,
@@ -148,16 +171,20 @@ def build_epoch(
     states: Mapping[tuple[str, str], StreamState],
 ) -> EpochInput:
     """Group the epoch's readings into streams sorted by (gateway, sensor)."""
+    by_key: dict[tuple[str, str], list[StoredSegment]] = defaultdict(list)
+    for seg in segments:
+        by_key[(seg.gateway, seg.sensor)].append(seg)
     parts: dict[tuple[str, str], list[tuple[Int64Array, Int64Array, RingArray, RingArray | None]]]
     parts = defaultdict(list)
-    for seg in segments:
-        m = (seg.ts >= start_ns) & (seg.ts < end_ns)
-        if not m.any():
-            continue
-        order_key = np.full(int(m.sum()), seg.seq, dtype=np.int64)
-        parts[(seg.gateway, seg.sensor)].append(
-            (seg.ts[m], order_key, seg.x[m], None if seg.q is None else seg.q[m])
-        )
+    scales = {}
+    for key, segs in by_key.items():
+        for seg in _one_scale(key, segs):
+            m = (seg.ts >= start_ns) & (seg.ts < end_ns)
+            if not m.any():
+                continue
+            scales[key] = seg.scale
+            order_key = np.full(int(m.sum()), seg.seq, dtype=np.int64)
+            parts[key].append((seg.ts[m], order_key, seg.x[m], None if seg.q is None else seg.q[m]))
     streams = []
     for key in sorted(parts):
         rows = parts[key]
@@ -175,6 +202,7 @@ def build_epoch(
                 x=x[order],
                 q=None if q is None else q[order],
                 state=states.get(key),
+                scale=scales[key],
             )
         )
     return EpochInput(start_ns, tuple(streams))

@@ -161,6 +161,7 @@ class Ingestor:
                     q=None
                     if q is None
                     else np.ascontiguousarray(q[off : off + k], "<u8").tobytes(),
+                    scale=seg.scale,
                 )
             )
             off += k

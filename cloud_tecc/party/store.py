@@ -28,6 +28,7 @@ import numpy as np
 
 from cloud_tecc.analytics.plan import Int64Array, StreamState
 from tecc_contract.ring import RingArray
+from tecc_contract.scale import IDENTITY, Scale
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -39,10 +40,12 @@ CREATE INDEX IF NOT EXISTS batches_max_ts ON batches (max_ts);
 CREATE TABLE IF NOT EXISTS segments (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
     sensor TEXT NOT NULL, ts BLOB NOT NULL, x BLOB NOT NULL, q BLOB,
+    scale_exp INTEGER NOT NULL DEFAULT 0, scale_off REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (gateway, seq, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stream_state (
     gateway TEXT NOT NULL, sensor TEXT NOT NULL, epoch_ns INTEGER NOT NULL,
     centre BLOB NOT NULL, hist_x BLOB NOT NULL, hist_yy BLOB NOT NULL,
+    scale_exp INTEGER NOT NULL DEFAULT 0, scale_off REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (gateway, sensor, epoch_ns)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (
     epoch_ns INTEGER PRIMARY KEY, done_ns INTEGER NOT NULL, readings INTEGER NOT NULL);
@@ -59,6 +62,7 @@ class SegmentRow:
     ts: bytes
     x: bytes
     q: bytes | None
+    scale: Scale = IDENTITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,7 @@ class StoredSegment:
     ts: Int64Array
     x: RingArray
     q: RingArray | None
+    scale: Scale = IDENTITY
 
 
 def _ring(b: bytes) -> RingArray:
@@ -113,6 +118,11 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.executescript(_SCHEMA)
+    for table in ("segments", "stream_state"):  # stores written before the per-sensor scale
+        cols = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for col, kind in (("scale_exp", "INTEGER"), ("scale_off", "REAL")):
+            if col not in cols:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind} NOT NULL DEFAULT 0")
     return conn
 
 
@@ -161,9 +171,19 @@ class ShareStore:
                         ),
                     )
                     cur.executemany(
-                        "INSERT INTO segments VALUES (?,?,?,?,?,?,?)",
+                        "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
                         [
-                            (row.gateway, row.seq, s.idx, s.sensor, s.ts, s.x, s.q)
+                            (
+                                row.gateway,
+                                row.seq,
+                                s.idx,
+                                s.sensor,
+                                s.ts,
+                                s.x,
+                                s.q,
+                                s.scale.exponent,
+                                s.scale.offset,
+                            )
                             for s in row.segments
                         ],
                     )
@@ -216,11 +236,11 @@ class ShareStore:
         with self._rlock:
             for gw, seq in keys:
                 rows = self._r.execute(
-                    "SELECT idx, sensor, ts, x, q FROM segments WHERE gateway=? AND seq=? "
-                    "ORDER BY idx",
+                    "SELECT idx, sensor, ts, x, q, scale_exp, scale_off FROM segments "
+                    "WHERE gateway=? AND seq=? ORDER BY idx",
                     (gw, seq),
                 ).fetchall()
-                for idx, sensor, ts, x, q in rows:
+                for idx, sensor, ts, x, q, exp, off in rows:
                     out.append(
                         StoredSegment(
                             gw,
@@ -230,6 +250,7 @@ class ShareStore:
                             np.frombuffer(ts, dtype="<i8").astype(np.int64),
                             _ring(x),
                             None if q is None else _ring(q),
+                            Scale(int(exp), float(off)),
                         )
                     )
         return out
@@ -248,12 +269,15 @@ class ShareStore:
         with self._rlock:
             for gw, sensor in streams:
                 row = self._r.execute(
-                    "SELECT centre, hist_x, hist_yy FROM stream_state WHERE gateway=? AND "
-                    "sensor=? AND epoch_ns<=? ORDER BY epoch_ns DESC LIMIT 1",
+                    "SELECT centre, hist_x, hist_yy, scale_exp, scale_off FROM stream_state "
+                    "WHERE gateway=? AND sensor=? AND epoch_ns<=? ORDER BY epoch_ns DESC LIMIT 1",
                     (gw, sensor, before_ns),
                 ).fetchone()
                 if row is not None:
-                    out[(gw, sensor)] = StreamState(_ring(row[0]), _ring(row[1]), _ring(row[2]))
+                    scale = Scale(int(row[3]), float(row[4]))
+                    out[(gw, sensor)] = StreamState(
+                        _ring(row[0]), _ring(row[1]), _ring(row[2]), scale
+                    )
         return out
 
     def commit_epoch(
@@ -272,9 +296,18 @@ class ShareStore:
                 cur.execute("DELETE FROM epochs WHERE epoch_ns >= ?", (end_ns,))
                 cur.execute("DELETE FROM stream_state WHERE epoch_ns >= ?", (end_ns,))
                 cur.executemany(
-                    "INSERT INTO stream_state VALUES (?,?,?,?,?,?)",
+                    "INSERT INTO stream_state VALUES (?,?,?,?,?,?,?,?)",
                     [
-                        (gw, se, end_ns, _blob(s.centre), _blob(s.hist_x), _blob(s.hist_yy))
+                        (
+                            gw,
+                            se,
+                            end_ns,
+                            _blob(s.centre),
+                            _blob(s.hist_x),
+                            _blob(s.hist_yy),
+                            s.scale.exponent,
+                            s.scale.offset,
+                        )
                         for (gw, se), s in states.items()
                     ],
                 )

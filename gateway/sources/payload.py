@@ -51,7 +51,7 @@ class PayloadReject(enum.StrEnum):
     WRONG_SHAPE = "wrong_shape"
     #: stamped further into the future than ``progress.max_future_skew_s`` (a wrong clock)
     FUTURE_TIMESTAMP = "future_timestamp"
-    #: |value| >= 2^envelope.value_bound_bits: the secure analytics would wrap it
+    #: scaled |value| >= 2^envelope.value_bound_bits: the secure analytics would wrap it
     BEYOND_VALUE_BOUND = "beyond_value_bound"
 
 

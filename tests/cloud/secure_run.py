@@ -41,7 +41,7 @@ async def secure_results(
             mq = rng.integers(0, 2**64 - 1, len(s.x), dtype=np.uint64, endpoint=True)
             for i, (x, q) in enumerate(((m, mq), (s.x - m, s.q - mq))):
                 st = states[i].get((s.gateway, s.sensor))
-                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, st))
+                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, st, s.scale))
         inputs = [EpochInput(r.epoch.start_ns, tuple(e)) for e in eps]
         outs = await asyncio.gather(
             *(run_epoch(MpcOps(parties[i]), policy, inputs[i]) for i in range(2))

@@ -242,8 +242,8 @@ def test_headroom_is_checked_and_named() -> None:
     assert zscore_bits(12, 1025) == 8
     assert zscore_bits(4, 7) == 16
     assert zscore_bits(20, 100_000) < 0
-    with pytest.raises(CloudConfigError, match=r"zscore\.min_sigma"):
-        policy_from_mapping({"value_bound_bits": 4, "zscore": {"min_sigma": 9.0}})
+    # min_sigma is in the sensor's unit now (mapped into each stream's scale, clamped)
+    assert policy_from_mapping({"value_bound_bits": 4, "zscore": {"min_sigma": 9.0}})
     with pytest.raises(CloudConfigError, match=r"span 700 must be <= zscore\.window 600"):
         policy_from_mapping({"flatline": [{"sensor": "*", "span": 700, "min_std": 0.1}]})
     with pytest.raises(CloudConfigError, match=r"\$\.resolutions\[0\]\.step"):

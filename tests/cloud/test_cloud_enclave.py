@@ -126,5 +126,7 @@ def test_policy_validation_errors_are_clear() -> None:
     ):
         policy_from_mapping({"release": ["values"]})
     with pytest.raises(CloudConfigError, match="value_bound_bits"):
-        policy_from_mapping({"limits": [{"sensor": "*", "low": 0, "high": 10_000}]})
+        policy_from_mapping({"value_bound_bits": 13})
+    # limits are in the sensor's unit, any magnitude (the gateway scales each range)
+    assert policy_from_mapping({"limits": [{"sensor": "*", "low": 0, "high": 10_000}]})
     assert Release.MEAN in AnalyticsPolicy().release

@@ -33,17 +33,21 @@ def test_window_and_count_bounds_are_inclusive() -> None:
     _refused({"min_count": 0}, r"\$\.min_count: Expected `int` >= 1")
 
 
-def test_value_bits_limits_and_rates_bounds() -> None:
-    """value_bound_bits 1..max; limits may reach ±2^bits; max_delta must stay < 2^(bits+1)."""
+def test_value_bits_bound_the_scaled_values_not_the_units() -> None:
+    """value_bound_bits 1..max; limits and rates are in the sensor's unit, any magnitude.
+
+    Fails on the code before this change: limits beyond ±2^bits and rates beyond
+    2^(bits+1) were refused (a 0–24,000 rpm limit could not be written).
+    """
     policy_from_mapping({"value_bound_bits": 1})
     policy_from_mapping({"value_bound_bits": MAX_VALUE_BITS})
     for bad in (0, MAX_VALUE_BITS + 1):
         _refused({"value_bound_bits": bad}, r"\$\.value_bound_bits")
-    bits = {"value_bound_bits": 4}  # bound 16
-    policy_from_mapping({**bits, "limits": [{"sensor": "*", "low": -16.0, "high": 16.0}]})
-    _refused({**bits, "limits": [{"sensor": "*", "low": 0.0, "high": 16.5}]}, "exceeds")
-    policy_from_mapping({**bits, "rates": [{"sensor": "*", "max_delta": 31.5}]})
-    _refused({**bits, "rates": [{"sensor": "*", "max_delta": 32.0}]}, "max_delta must be <")
+    bits = {"value_bound_bits": 4}
+    p = policy_from_mapping({**bits, "limits": [{"sensor": "*", "low": 0.0, "high": 22_000.0}]})
+    assert p.limits[0].high == 22_000.0
+    p = policy_from_mapping({**bits, "rates": [{"sensor": "*", "max_delta": 1e9}]})
+    assert p.rates[0].max_delta == 1e9
 
 
 def test_bad_rule_arguments_are_config_errors() -> None:

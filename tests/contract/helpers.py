@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +15,7 @@ from tecc_contract import prg
 from tecc_contract.envelope import ClusterKey, Opener, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import HpkePrivateKey, KemSuite, load_private_key
+from tecc_contract.scale import Scale
 
 
 def seeded_random_bytes(seed: bytes) -> Callable[[int], bytes]:
@@ -57,6 +58,7 @@ def make_system(
     columns: tuple[Column, ...] = (Column.VALUE,),
     hist_edges: tuple[float, ...] = (),
     gateway_id: str = "gw-1",
+    scales: Mapping[str, Scale] | None = None,
 ) -> tuple[Sealer, list[Opener], Ed25519PrivateKey]:
     """A sealer and one opener per party, all keys deterministic."""
     gw = ed25519_from_seed(gateway_id.encode())
@@ -67,6 +69,7 @@ def make_system(
         clusters=[ClusterKey(i, suite, pub) for i, (_, pub) in enumerate(keys)],
         columns=columns,
         hist_edges=hist_edges,
+        scales=scales,
         random_bytes=seeded_random_bytes(b"sealer"),
     )
     openers = [

@@ -11,10 +11,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cloud_tecc.analytics.policy import policy_from_mapping
 from demo.feed import ReplayFeed
-from demo.layout import SimSensor, assign_sensors, gateway_config
-from demo.pipeline import DEMO_SIM, ROOT
+from demo.layout import (
+    SimSensor,
+    assign_sensors,
+    class_scale_ranges,
+    gateway_config,
+    load_policy,
+    sensor_scales,
+)
+from demo.pipeline import DEMO_POLICY, DEMO_SIM, ROOT
 from gateway.config_yaml import load_config
+from tecc_contract.scale import Scale
 
 
 def _sensors() -> list[SimSensor]:
@@ -111,3 +120,23 @@ def test_replay_feed_gateway_declares_its_sensor_as_backfill(tmp_path: Path) -> 
     assert argv[argv.index("--on-disorder") + 1] == "reject"
     assert "--rebase" not in argv
     assert "--respace" not in argv
+
+
+def test_demo_spindles_are_in_rpm_and_share_one_fleet_scale() -> None:
+    """The demo line reports spindle speed in rpm (no krpm unit hack); its fleet class
+    `speed` spans 0–12,000 and 0–24,000 rpm, so every spindle gets the union as
+    scale_range (one scale per class) and the other classes keep their own range.
+
+    Fails on the code before this change (spindles in krpm, no per-sensor scale).
+    """
+    sensors = _sensors()
+    spindles = [s for s in sensors if s.sensor.endswith(".spindle_speed")]
+    assert {s.unit for s in spindles} == {"rpm"}
+    assert {(s.low, s.high) for s in spindles} == {(0.0, 12_000.0), (0.0, 24_000.0)}
+    policy = policy_from_mapping(load_policy(DEMO_POLICY))
+    ranges = {s.sensor: (s.low, s.high) for s in sensors}
+    shared = class_scale_ranges(policy, ranges)
+    assert shared == {s.sensor: (0.0, 24_000.0) for s in spindles}
+    scales = sensor_scales(policy, ranges)
+    assert len({scales[s.sensor] for s in spindles}) == 1
+    assert scales["line1.press1.bearing_temp"] == Scale.for_range(0.0, 150.0, 12)

@@ -19,6 +19,7 @@ from tecc_contract.envelope import SIGNATURE_BYTES, OpenedShare, Opener, read_he
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
+from tecc_contract.scale import Scale
 from tests.contract.helpers import make_system, regular_segment
 
 from .harness import FUZZ_SETTINGS, Target, cases
@@ -26,8 +27,13 @@ from .harness import FUZZ_SETTINGS, Target, cases
 
 def _build() -> tuple[list[bytes], list[Opener], Ed25519PrivateKey]:
     seeds: list[bytes] = []
+    # temp1 in a scale (header version 2 carries it per segment), press1 in the identity
     sealer, openers, gw = make_system(
-        KemSuite.X25519, 2, (Column.VALUE, Column.SQUARE, Column.HISTOGRAM), (0.0, 10.0, 20.0)
+        KemSuite.X25519,
+        2,
+        (Column.VALUE, Column.SQUARE, Column.HISTOGRAM),
+        (0.0, 10.0, 20.0),
+        scales={"temp1": Scale.for_range(-40.0, 125.0, 12)},
     )
     for seq in range(4):
         segs = [regular_segment("temp1", 3 + seq), regular_segment("press1", 1 + seq)]

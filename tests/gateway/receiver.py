@@ -206,8 +206,20 @@ def readings(clusters: Sequence[FakeCluster]) -> list[tuple[str, int, float]]:
     for seq in sorted(common):
         shares = [c.shares[seq] for c in clusters]
         cols = reconstruct_batch(shares)
-        values = codec.decode(cols[Column.VALUE])
         header = shares[0].header
+        # the value column is in each sensor's scale; undo it segment by segment
+        scaled = codec.decode(cols[Column.VALUE])
+        values = np.concatenate(
+            [np.zeros(0)]
+            + [
+                seg.scale.offset + np.ldexp(part, seg.scale.exponent)
+                for seg, part in zip(
+                    header.segments,
+                    np.split(scaled, np.cumsum([s.count for s in header.segments])[:-1]),
+                    strict=True,
+                )
+            ]
+        )
         names = (
             np.concatenate([[s.sensor_id] * s.count for s in header.segments])
             if header.segments

@@ -35,7 +35,10 @@ def test_example_config_loads() -> None:
         # two clusters under one service id (fails on the code before this change)
         (("service_id: party-1}", "service_id: party-0}"), "must differ per cluster"),
         (("pcrs: [7, 14]", "pcrs: [7]"), "measure_pcr 14 must be one of"),
-        (("range: [0, 24000]", "range: [5000, 100000]"), "envelope.value_bound_bits"),
+        (
+            ("range: [0, 24000]", "range: [0, 24000], scale_range: [30000, 40000]"),
+            "scale_range disjoint from their range",
+        ),
         (("max_future_skew_s: 5.0", "max_future_skew_s: -1"), "max_future_skew_s"),
     ],
 )
@@ -50,12 +53,16 @@ def test_bad_config_is_rejected_clearly(
         load_config(bad)
 
 
-def test_square_column_needs_narrow_ranges(tmp_path: Path) -> None:
-    """Sharing x² is refused at load time for ranges whose square overflows the ring."""
+def test_square_column_fits_any_range_once_scaled(tmp_path: Path) -> None:
+    """x² of a scaled reading always fits; only unscaled (no value bound) wide ranges are refused.
+
+    Fails on the code before this change: a 0–10^7 sensor with the square column was refused.
+    """
     text = EXAMPLE.read_text().replace("range: [0, 24000]", "range: [0, 10000000]")
-    bad = tmp_path / "wide.yaml"
-    bad.write_text(text)
+    ok = tmp_path / "wide.yaml"
+    ok.write_text(text)
+    assert load_config(ok).columns == ("value", "square")
+    bad = tmp_path / "unscaled.yaml"
+    bad.write_text(text.replace("value_bound_bits: 12", "value_bound_bits: null"))
     with pytest.raises(GatewayConfigError, match="drop the square column"):
         load_config(bad)
-    bad.write_text(text.replace("columns: [value, square]", "columns: [value]"))
-    assert load_config(bad).columns == ("value",)

@@ -12,7 +12,7 @@ from gateway.ingest import UNDECLARED, AckToken, Ingest, release_acks
 from gateway.sources.mqtt import captures, route
 from gateway.sources.payload import PayloadReject
 from tecc_contract.errors import RejectReason
-from tecc_contract.fixedpoint import SensorRange
+from tecc_contract.fixedpoint import FixedPoint, SensorRange
 
 SENSORS = {
     "a": SensorConfig("a", SensorRange(0.0, 10.0), ""),
@@ -136,17 +136,37 @@ def test_undeclared_sensor_ids_share_one_label(caplog: pytest.LogCaptureFixture)
     assert len(lines[1]) < 1000  # a sample, not the list
 
 
-def test_values_beyond_the_ring_bound_are_rejected_not_wrapped() -> None:
-    """An in-range 50000 of a 0–100000 sensor is rejected (beyond_value_bound) at 12 bits.
+def test_a_wide_range_is_accepted_whole_at_12_bits() -> None:
+    """Every reading of a 0–100000 sensor is accepted: it is shared scaled, not in its unit.
 
-    Fails on the code before this change: it was accepted and wrapped in the
-    clusters' secure comparisons (limits [10, 90] raised no alert).
+    Fails on the code before this change: 50000 (and all above 4096) was refused as
+    beyond_value_bound, so a declared range wider than ±2^12 lost its readings.
     """
     wide = {"rpm": SensorConfig("rpm", SensorRange(0.0, 100_000.0), "rpm")}
     ing = Ingest(wide, value_bound_bits=12, now_ns=lambda: NOW)
     ing.offer_one("s", "rpm", NOW, 50_000.0, None)
-    ing.offer_one("s", "rpm", NOW, 4095.5, None)
-    ing.offer("s", "rpm", [(NOW, 4096.0), (NOW, 50.0), (NOW, 50_000)])
+    ing.offer("s", "rpm", [(NOW, 4096.0), (NOW, 100_000.0), (NOW, 0)])
     ing.offer_rows("o", [("rpm", NOW, 99_999.0), ("rpm", NOW, 12)])
-    assert ing.drain().values == [4095.5, 50.0, 12.0]
+    assert ing.drain().values == [50_000.0, 4096.0, 100_000.0, 0.0, 99_999.0, 12.0]
+    assert not ing.rejected
+    scale = wide["rpm"].scale(12)
+    assert all(scale.fits(v, 12, FixedPoint()) for v in (0.0, 100_000.0))
+
+
+def test_values_beyond_the_ring_bound_are_rejected_not_wrapped() -> None:
+    """A reading its scale cannot hold is rejected and counted, at the exact ring edge.
+
+    ``scale_range`` [0, 4000] gives x' = (x − 2000)·2: the ring holds
+    round(x'·2^16) < 2^28, i.e. x < 4048 − 2^−18 (half-even rounding), so
+    4048 − 2^−17 is accepted and 4048 − 2^−18 rejected, in every offer path.
+    """
+    narrow = SensorRange(0.0, 4000.0)
+    cfg = {"rpm": SensorConfig("rpm", SensorRange(-10_000.0, 100_000.0), "rpm", narrow)}
+    ing = Ingest(cfg, value_bound_bits=12, now_ns=lambda: NOW)
+    edge_in, edge_out = 4048.0 - 2.0**-17, 4048.0 - 2.0**-18
+    ing.offer_one("s", "rpm", NOW, 50_000.0, None)
+    ing.offer_one("s", "rpm", NOW, edge_in, None)
+    ing.offer("s", "rpm", [(NOW, edge_out), (NOW, 50.0), (NOW, -48.0), (NOW, -47)])
+    ing.offer_rows("o", [("rpm", NOW, 99_999.0), ("rpm", NOW, 12)])
+    assert ing.drain().values == [edge_in, 50.0, -47.0, 12.0]
     assert ing.rejected == {("rpm", PayloadReject.BEYOND_VALUE_BOUND.value): 4}

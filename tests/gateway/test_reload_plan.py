@@ -49,13 +49,27 @@ def test_sensor_added_restarts_browsing_sources_only() -> None:
 
 
 def test_changed_range_keeps_every_source() -> None:
-    """A range edit changes validation only."""
-    new = copy.deepcopy(BASE)
+    """A range edit within the same scale_range changes validation only."""
+    old = copy.deepcopy(BASE)
+    old["sensors"][1]["scale_range"] = [0, 8]
+    new = copy.deepcopy(old)
     new["sensors"][1]["range"] = [0, 5]
-    plan = plan_reload(_cfg(BASE), _cfg(new))
+    plan = plan_reload(_cfg(old), _cfg(new))
     assert plan.changed == ("b",)
     assert not plan.opcua.restart
     assert not plan.mqtt.restart
+
+
+def test_a_range_that_changes_the_sensors_scale_is_refused() -> None:
+    """Readings accepted under the old scale may wait in the batcher: no rescale by reload.
+
+    Fails on the code before this change: the reload was applied and the sealer
+    went on sharing the sensor in its old scale (or, for a new sensor, unscaled).
+    """
+    new = copy.deepcopy(BASE)
+    new["sensors"][1]["range"] = [0, 24000]
+    with pytest.raises(ReloadRefused, match=r"sensors b: .*scale_range"):
+        plan_reload(_cfg(BASE), _cfg(new))
 
 
 def test_new_topics_reconnect_in_place_but_a_new_broker_is_stop_and_start() -> None:

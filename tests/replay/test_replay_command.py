@@ -40,7 +40,7 @@ def test_declared_range_pads_the_data_and_refuses_what_the_ring_cannot_hold() ->
     assert value_range(_rec(1.0, [10.0, 20.0]), None, 4096.0) == (9.0, 21.0)
     assert value_range(_rec(1.0, [5.0, 5.0]), None, 4096.0) == (4.0, 6.0)
     assert value_range(_rec(1.0, [5.0]), [0.0, 100.0], 4096.0) == (0.0, 100.0)
-    with pytest.raises(ReplayUsageError, match="values reach 5000: the policy holds"):
+    with pytest.raises(ReplayUsageError, match="values reach 5000: a declared range holds"):
         value_range(_rec(1.0, [5000.0]), None, 4096.0)
 
 

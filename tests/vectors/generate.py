@@ -20,11 +20,17 @@ from tecc_contract.envelope import reconstruct_batch
 from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.header import Column, EnvelopeHeader, SegmentMeta
 from tecc_contract.keys import KemSuite
+from tecc_contract.scale import Scale
 from tecc_contract.sharing import expand_share, split
 from tests.contract.helpers import make_system, regular_segment, seeded_random_bytes
 
 PATH = Path(__file__).with_name("contract_vectors.json")
 T0 = 1_700_000_000_000_000_000
+#: A version-1 header (no per-segment scale), as gateways before version 2 wrote it.
+V1_HEADER_HEX = (
+    "010467772d310700000000000000020101001001000000002a36fe9c971701000d6c696e65312e6d312e"
+    "74656d70030000000000002a36fe9c971700e1f50500000000"
+)
 
 
 def _u64(a: np.ndarray) -> list[str]:
@@ -72,8 +78,28 @@ def build() -> dict[str, Any]:
         columns=(Column.VALUE,),
         frac_bits=16,
         created_ns=T0,
-        segments=(SegmentMeta("line1.m1.temp", T0 + np.arange(3, dtype=np.int64) * 10**8),),
+        segments=(
+            SegmentMeta(
+                "line1.m1.temp",
+                T0 + np.arange(3, dtype=np.int64) * 10**8,
+                Scale.for_range(-40.0, 125.0, 12),
+            ),
+        ),
     )
+    scales = []
+    for low, high in ((0.0, 24_000.0), (-40.0, 125.0), (0.0, 1e7), (0.0, 1e9), (0.0, 150.0)):
+        sc = Scale.for_range(low, high, 12)
+        probe = [low, (low + high) / 2, high]
+        scales.append(
+            {
+                "range": [low, high],
+                "value_bound_bits": 12,
+                "exponent": sc.exponent,
+                "offset": sc.offset,
+                "values": probe,
+                "encoded": _u64(sc.encode(np.array(probe), FixedPoint())),
+            }
+        )
     envelopes = []
     for suite, n in ((KemSuite.X25519, 2), (KemSuite.X25519, 3), (KemSuite.MLKEM768_X25519, 2)):
         sealer, openers, _ = make_system(suite, n, (Column.VALUE, Column.SQUARE))
@@ -97,6 +123,8 @@ def build() -> dict[str, Any]:
         "prg": prg_vec,
         "sharing": {"secret": _u64(secret), "cases": shares},
         "header": {"hex": header.encode().hex()},
+        "header_v1": {"hex": V1_HEADER_HEX},
+        "scale": scales,
         "envelopes": envelopes,
     }
 
