@@ -36,8 +36,8 @@ from cloud_tecc.mpc.correlations import (
 )
 from cloud_tecc.mpc.errors import MpcParameterError
 from tecc_contract import prg
+from tecc_contract.types import RandomBytes
 
-RandomBytes = Callable[[int], bytes]
 Fields = dict[str, AnyArray]
 _MASK63 = np.uint64((1 << 63) - 1)
 

@@ -33,10 +33,11 @@ from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.bundle_wire import encode_batch
 from cloud_tecc.mpc.config import MeshFile, load_private_key
 from cloud_tecc.mpc.correlations import Plan
-from cloud_tecc.mpc.dealer import RandomBytes, deal
+from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.errors import MpcError, MpcParameterError
 from cloud_tecc.mpc.handshake import DEALER_NAME, LinkSuite, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
+from tecc_contract.types import RandomBytes
 
 REQUEST: Final = b"NEXT"
 

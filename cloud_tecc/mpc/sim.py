@@ -9,9 +9,9 @@ from typing import TypeVar
 
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.engine import Party
-from cloud_tecc.mpc.shares import RandomBytes
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork, Transport
+from tecc_contract.types import RandomBytes
 
 T = TypeVar("T")
 

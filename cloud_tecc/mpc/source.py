@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, Plan, concat, materialise
 from cloud_tecc.mpc.dealer import deal, deal_kind
 from cloud_tecc.mpc.errors import CorrelationError
-
-RandomBytes = Callable[[int], bytes]
+from tecc_contract.types import RandomBytes
 
 
 class CorrelationSource(Protocol):

@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from cloud_tecc.mpc.correlations import Batch, Kind, Plan
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import CorrelationError
-from cloud_tecc.mpc.shares import RandomBytes
 from cloud_tecc.mpc.source import CorrelationSource, LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork
+from tecc_contract.types import RandomBytes
 
 
 class TracingSource:
