@@ -37,6 +37,7 @@ from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.errors import MpcError, MpcParameterError
 from cloud_tecc.mpc.handshake import DEALER_NAME, LinkSuite, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
 
 REQUEST: Final = b"NEXT"
@@ -64,7 +65,7 @@ class DealerService:
         plan: Plan,
         key: Ed25519PrivateKey,
         party_keys: Mapping[int, Ed25519PublicKey],
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
         depth: int = 2,
         max_batches: int | None = None,
         wait_s: float = 60.0,

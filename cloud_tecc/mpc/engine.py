@@ -22,6 +22,7 @@ from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, combine, decode, encode
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.keys import HpkePublicKey, KemSuite
 from tecc_contract.ring import RingArray
 
@@ -65,7 +66,7 @@ class Party:
         transport: Transport,
         source: CorrelationSource,
         *,
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
     ) -> None:
         self.ctx = Ctx(index, n, frac_bits)
         self.transport = transport

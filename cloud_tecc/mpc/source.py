@@ -17,6 +17,7 @@ from typing import Protocol
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, Plan, concat, materialise
 from cloud_tecc.mpc.dealer import deal, deal_kind
 from cloud_tecc.mpc.errors import CorrelationError
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
 
 
@@ -89,7 +90,7 @@ class LocalDealer:
         self,
         n: int,
         *,
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
         random_bytes: RandomBytes = os.urandom,
         min_batch: int = 1024,
     ) -> None:

@@ -23,6 +23,7 @@ from cloud_tecc.mpc.correlations import concat, keystream, materialise, material
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.sim import run_parties
 from cloud_tecc.mpc.source import CorrelationStore
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 
 
 def test_dealer_frame_roundtrip_and_size() -> None:
@@ -93,7 +94,7 @@ def test_bad_dealer_frames_are_refused() -> None:
 
 def test_store_refuses_mismatched_bundles() -> None:
     """A bundle for another party or another precision does not enter a store."""
-    b0, b1 = (x[0] for x in deal(Plan(triples=4), 2, frac_bits=16))
+    b0, b1 = (x[0] for x in deal(Plan(triples=4), 2, frac_bits=DEFAULT_FRAC_BITS))
     with pytest.raises(CorrelationError, match="party 1"):
         CorrelationStore(0, 16).add_bundle(b1)
     with pytest.raises(CorrelationError, match="fraction bits"):
