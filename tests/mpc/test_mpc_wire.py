@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,10 +20,18 @@ from cloud_tecc.mpc import (
 )
 from cloud_tecc.mpc import handshake as hs
 from cloud_tecc.mpc.bundle_wire import decode_batch, encode_batch
-from cloud_tecc.mpc.correlations import concat, keystream, materialise, materialise_many
+from cloud_tecc.mpc.correlations import (
+    Batch,
+    Kind,
+    concat,
+    keystream,
+    materialise,
+    materialise_many,
+)
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.sim import run_parties
 from cloud_tecc.mpc.source import CorrelationStore
+from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 
 
@@ -90,6 +99,43 @@ def test_bad_dealer_frames_are_refused() -> None:
     seeds_only[17:25] = (1 << 40).to_bytes(8, "little")
     with pytest.raises(CorrelationError, match="exceeds"):
         decode_batch(bytes(seeds_only), party=1)
+
+
+def _arrays(record: object) -> list[np.ndarray]:
+    """Every array a typed record holds, nested records and tuples included."""
+    out: list[np.ndarray] = []
+    for name in getattr(record, "__slots__", ()):
+        value = getattr(record, name)
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            out += [item] if isinstance(item, np.ndarray) else _arrays(item)
+    return out
+
+
+VIEWS: dict[Kind, Callable[[Batch], object]] = {
+    Kind.TRIPLE: Triples.of,
+    Kind.TRUNC: TruncPairs.of,
+    Kind.DABIT: DaBits.of,
+    Kind.CMP: Comparisons.of,
+}
+
+
+@pytest.mark.parametrize("party", [0, 1])
+def test_typed_views_cover_the_layout_without_copies(party: int) -> None:
+    """Each kind's record holds exactly its batch's arrays, once each, as the same objects."""
+    plan = Plan(triples=5, truncs=5, dabits=5, comparisons=5)
+    for bundle in deal(plan, 2)[party]:
+        batch = materialise(bundle).slice(1, 4)
+        arrays = _arrays(VIEWS[bundle.kind](batch))
+        assert len(arrays) == len(batch.fields)
+        assert {id(a) for a in arrays} == {id(a) for a in batch.fields.values()}
+
+
+def test_typed_view_of_the_wrong_kind_is_refused() -> None:
+    """A batch of one kind read as another is a CorrelationError naming both."""
+    batch = materialise(deal(Plan(triples=2), 2)[0][0])
+    with pytest.raises(CorrelationError, match="cmp batch was expected, got triple"):
+        Comparisons.of(batch)
 
 
 def test_store_refuses_mismatched_bundles() -> None:
