@@ -34,9 +34,8 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.mpc import wslink
-from cloud_tecc.mpc.bundle_wire import decode_batch
+from cloud_tecc.mpc.bundle_wire import REQUEST, decode_batch
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
-from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
 from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.source import CorrelationStore
