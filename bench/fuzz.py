@@ -1,6 +1,6 @@
 """Fuzz every outside-bytes parser with a seeded mutation loop; report failures and cost.
 
-``python -m bench.fuzz`` runs each target of ``tests/fuzz`` for 100,000 cases
+``python -m bench.fuzz`` runs each target of the ``fuzzing`` package for 100,000 cases
 (``--cases N`` to change); ``--quick`` gives each target a few seconds (the
 case counts are reported) and stays under 60 s. A failure is any exception
 outside the target's own error types; there must be none. Per target it
@@ -22,25 +22,25 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 
 from bench._report import emit
-from tests.fuzz import (
-    test_fuzz_config,
-    test_fuzz_envelope,
-    test_fuzz_ingest,
-    test_fuzz_mpc_messages,
-    test_fuzz_mqtt_payload,
-    test_fuzz_opcua_value,
-    test_fuzz_progress,
+from fuzzing import (
+    config,
+    envelope,
+    ingest,
+    mpc_messages,
+    mqtt_payload,
+    opcua_value,
+    progress,
 )
-from tests.fuzz.harness import Target
+from fuzzing.harness import Target
 
 TARGETS: tuple[Target, ...] = (
-    test_fuzz_envelope.TARGET,
-    test_fuzz_ingest.TARGET,
-    test_fuzz_mqtt_payload.TARGET,
-    test_fuzz_opcua_value.TARGET,
-    test_fuzz_config.TARGET,
-    test_fuzz_mpc_messages.TARGET,
-    test_fuzz_progress.TARGET,
+    envelope.TARGET,
+    ingest.TARGET,
+    mqtt_payload.TARGET,
+    opcua_value.TARGET,
+    config.TARGET,
+    mpc_messages.TARGET,
+    progress.TARGET,
 )
 
 

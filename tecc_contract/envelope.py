@@ -19,7 +19,7 @@ bytes and the clusters never see two different sharings of one batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,6 +42,7 @@ from tecc_contract.header import Column, EnvelopeHeader, SegmentMeta, decode_hea
 from tecc_contract.keys import HpkePrivateKey, KemSuite, load_public_key
 from tecc_contract.ring import RingArray
 from tecc_contract.scale import IDENTITY, Scale
+from tecc_contract.types import RandomBytes
 from tecc_contract.wire import Reader, Writer
 
 MAGIC: Final = b"TECC"
@@ -53,7 +54,6 @@ INFO_PREFIX: Final = b"tecc-envelope/v1"
 
 FloatArray = npt.NDArray[np.float64]
 Int64Array = npt.NDArray[np.int64]
-RandomBytes = Callable[[int], bytes]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ The caller chooses the vector party; the gateway rotates it per batch
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +22,7 @@ import numpy as np
 from tecc_contract import prg
 from tecc_contract.errors import ShareError
 from tecc_contract.ring import RingArray
-
-RandomBytes = Callable[[int], bytes]
+from tecc_contract.types import RandomBytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,11 @@ class DealerProcess(ServiceBase):
             "Dealer-link handshakes that failed (unknown key, timeout, oversized frame)",
             registry=self.registry,
         )
+        self.requests_refused = Gauge(
+            "tecc_dealer_requests_refused",
+            "Dealer requests that were not NEXT (each closed that party's link)",
+            registry=self.registry,
+        )
         self.reattest_failures = Counter(
             "tecc_dealer_reattest_failures",
             "Periodic party re-attestations failed (the party's link was closed)",
@@ -109,6 +114,7 @@ class DealerProcess(ServiceBase):
             self.batches.set(self.dealer.stats.batches)
             self.upgrades_refused.set(self.dealer.gate.refused)
             self.handshakes_failed.set(self.dealer.gate.failed)
+            self.requests_refused.set(self.dealer.stats.refused_requests)
             if loop.time() >= next_check:
                 await self._reattest(directory, self.dealer)
                 next_check = loop.time() + self.cfg.trust.reattest_s

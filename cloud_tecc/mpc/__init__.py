@@ -5,7 +5,7 @@ Public API (stable)::
     from cloud_tecc.mpc import Party, run_parties, share, reveal
 
     # one party (cluster service): a transport to the peers and a correlation source
-    party = Party(index, n, transport, source, frac_bits=16)
+    party = Party(index, n, transport, source, frac_bits=DEFAULT_FRAC_BITS)  # 16, fixedpoint
     # local: party.add, sub, add_public, mul_public, sum
     # 1 round: await party.mul(x, y); await party.trunc(x); await party.select(s, x, y)
     #          await party.b2a(xor_bits)

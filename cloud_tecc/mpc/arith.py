@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cloud_tecc.mpc.correlations import Batch
 from cloud_tecc.mpc.protocol import Ctx, Open, Proto, arith, as_ring
+from cloud_tecc.mpc.tuples import Triples, TruncPairs
 from tecc_contract.ring import RingArray
 
 _ONE = np.uint64(1)
@@ -33,9 +33,9 @@ def add_public(ctx: Ctx, x: RingArray, c: RingArray | int) -> RingArray:
     return x.copy()
 
 
-def mul(ctx: Ctx, x: RingArray, y: RingArray, t: Batch) -> Proto[RingArray]:
+def mul(ctx: Ctx, x: RingArray, y: RingArray, t: Triples) -> Proto[RingArray]:
     """Beaver multiplication, one round: share of ``x·y`` (no truncation)."""
-    a, b, c = t.fields["a"], t.fields["b"], t.fields["c"]
+    a, b, c = t.a, t.b, t.c
     d, e = yield Open((arith(x - a), arith(y - b)))
     z = c + d * b
     z += e * a
@@ -44,10 +44,10 @@ def mul(ctx: Ctx, x: RingArray, y: RingArray, t: Batch) -> Proto[RingArray]:
     return as_ring(z)
 
 
-def trunc(ctx: Ctx, x: RingArray, tp: Batch) -> Proto[RingArray]:
+def trunc(ctx: Ctx, x: RingArray, tp: TruncPairs) -> Proto[RingArray]:
     """Probabilistic-free truncation by ``frac_bits``, one round; requires |x| < 2^62."""
     f = ctx.frac_bits
-    r, r_msb, r_t = tp.fields["r"], tp.fields["r_msb"], tp.fields["r_t"]
+    r, r_msb, r_t = tp.r, tp.r_msb, tp.r_low_shifted
     masked = x + r
     if ctx.leader:
         masked += _HALF62
@@ -65,7 +65,7 @@ def trunc(ctx: Ctx, x: RingArray, tp: Batch) -> Proto[RingArray]:
     return as_ring(y)
 
 
-def mul_fixed(ctx: Ctx, x: RingArray, y: RingArray, t: Batch, tp: Batch) -> Proto[RingArray]:
+def mul_fixed(ctx: Ctx, x: RingArray, y: RingArray, t: Triples, tp: TruncPairs) -> Proto[RingArray]:
     """Fixed-point product (two rounds): Beaver multiply, then truncate by ``frac_bits``."""
     z = yield from mul(ctx, x, y, t)
     return (yield from trunc(ctx, z, tp))

@@ -26,8 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from cloud_tecc.mpc.bits import U8, bitrev64
-from cloud_tecc.mpc.correlations import CMP_LEVELS, AnyArray, Batch
+from cloud_tecc.mpc.correlations import CMP_LEVELS, AnyArray
 from cloud_tecc.mpc.protocol import Ctx, Open, Proto, arith, as_ring, xor
+from cloud_tecc.mpc.tuples import AndLevel, Comparisons, FusedLevel
 from tecc_contract.ring import RingArray
 
 ROUNDS = 1 + len(CMP_LEVELS) + 1
@@ -47,13 +48,12 @@ def _halves(w: AnyArray, h: int) -> tuple[AnyArray, AnyArray]:
     return hi, lo
 
 
-def _level(
-    ctx: Ctx, g: AnyArray, p: AnyArray, h: int, f: dict[str, AnyArray]
-) -> Proto[tuple[AnyArray, AnyArray]]:
+def _level(ctx: Ctx, g: AnyArray, p: AnyArray, lv: AndLevel) -> Proto[tuple[AnyArray, AnyArray]]:
     """One prefix-tree level, 2h → h lanes, one round of two ANDs sharing ``P_hi``."""
+    h = lv.lanes
     g_hi, g_lo = _halves(g, h)
     p_hi, p_lo = _halves(p, h)
-    a, b, bp = f[f"a{h}"], f[f"b{h}"], f[f"bp{h}"]
+    a, b, bp = lv.a, lv.b, lv.bp
     n = g.shape[0]
     buf = np.empty(3 * n, dtype=_DTYPES[h])
     np.bitwise_xor(p_hi, a, out=buf[:n])
@@ -68,10 +68,10 @@ def _level(
     else:
         z1 = d & b
         z2 = d & bp
-    z1 ^= f[f"c{h}"]
+    z1 ^= lv.c
     z1 ^= e & a
     z1 ^= g_hi
-    z2 ^= f[f"cp{h}"]
+    z2 ^= lv.cp
     z2 ^= q & a
     return z1, z2
 
@@ -91,7 +91,7 @@ def _fused_tables() -> tuple[RingArray, ...]:
 _FUSED_TABLES = _fused_tables()
 
 
-def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: dict[str, AnyArray]) -> Proto[RingArray]:
+def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: FusedLevel) -> Proto[RingArray]:
     """Arithmetic share of ``z = u ⊕ (v ∧ w)`` for XOR-shared bits, one round.
 
     Opens ``U = u⊕α, V = v⊕β, W = w⊕γ``. With ``u = U + (1−2U)α`` (and alike),
@@ -99,27 +99,26 @@ def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: dict[str, AnyArray]) -> Proto[
     + V(1−2W)·γ(1−2α) + (1−2V)(1−2W)·βγ(1−2α)]``; the dealer shares the four
     bracketed randoms, the coefficients are public table look-ups.
     """
-    ou, ov, ow = yield Open((xor(u ^ f["fa"], 1), xor(v ^ f["fb"], 1), xor(w ^ f["fc"], 1)))
+    ou, ov, ow = yield Open((xor(u ^ f.alpha, 1), xor(v ^ f.beta, 1), xor(w ^ f.gamma, 1)))
     idx = ou << np.uint8(2)
     idx |= ov << np.uint8(1)
     idx |= ow
     ca, cb, cc, cbc, const = _FUSED_TABLES
-    z = ca[idx] * f["m_a"]
-    z += cb[idx] * f["m_b"]
-    z += cc[idx] * f["m_c"]
-    z += cbc[idx] * f["m_bc"]
+    z = ca[idx] * f.m_a
+    z += cb[idx] * f.m_b
+    z += cc[idx] * f.m_c
+    z += cbc[idx] * f.m_bc
     if ctx.leader:
         z += const[idx]
     return as_ring(z)
 
 
-def msb(ctx: Ctx, x: RingArray, cb: Batch) -> Proto[RingArray]:
+def msb(ctx: Ctx, x: RingArray, cb: Comparisons) -> Proto[RingArray]:
     """Arithmetic 0/1 share of the sign bit of ``x`` (1 iff x < 0 as signed), 7 rounds."""
-    f = cb.fields
-    (c,) = yield Open((arith(x + f["r_arith"]),))
+    (c,) = yield Open((arith(x + cb.r_arith),))
     not_c = bitrev64(c)
     np.invert(not_c, out=not_c)
-    r_bool = f["r_bool"]
+    r_bool = cb.r_bits
     g = not_c & r_bool
     p = r_bool ^ not_c if ctx.leader else r_bool.copy()
     # Bit 63 sits at position rev6(63) = 63: make it the neutral element (g, p) = (0, 1).
@@ -127,20 +126,20 @@ def msb(ctx: Ctx, x: RingArray, cb: Batch) -> Proto[RingArray]:
     p &= ~_TOP
     if ctx.leader:
         p |= _TOP
-    for h in CMP_LEVELS:
-        g, p = yield from _level(ctx, g, p, h, f)
+    for lv in cb.levels:
+        g, p = yield from _level(ctx, g, p, lv)
     u = (g >> np.uint8(1)) ^ (r_bool >> np.uint64(63)).astype(np.uint8)
     if ctx.leader:
         u ^= (c >> np.uint64(63)).astype(np.uint8)
-    return (yield from _fused_last(ctx, u, p >> np.uint8(1), g & np.uint8(1), f))
+    return (yield from _fused_last(ctx, u, p >> np.uint8(1), g & np.uint8(1), cb.fused))
 
 
-def lt(ctx: Ctx, x: RingArray, y: RingArray, cb: Batch) -> Proto[RingArray]:
+def lt(ctx: Ctx, x: RingArray, y: RingArray, cb: Comparisons) -> Proto[RingArray]:
     """Share of ``[x < y]`` (signed), requires ``|x − y| < 2^63``; 7 rounds."""
     return (yield from msb(ctx, x - y, cb))
 
 
-def lt_public(ctx: Ctx, x: RingArray, c: RingArray | int, cb: Batch) -> Proto[RingArray]:
+def lt_public(ctx: Ctx, x: RingArray, c: RingArray | int, cb: Comparisons) -> Proto[RingArray]:
     """Share of ``[x < c]`` for a public ``c`` (party 0 subtracts it); 7 rounds."""
     d = x - np.asarray(c).astype(np.uint64) if ctx.leader else x
     return (yield from msb(ctx, d, cb))

@@ -9,18 +9,18 @@ from __future__ import annotations
 import numpy as np
 
 from cloud_tecc.mpc.bits import U8
-from cloud_tecc.mpc.correlations import Batch
 from cloud_tecc.mpc.protocol import Ctx, Open, Proto, xor
+from cloud_tecc.mpc.tuples import DaBits
 from tecc_contract.ring import RingArray
 
 _ONE = np.uint64(1)
 
 
-def b2a(ctx: Ctx, bits: U8, db: Batch) -> Proto[RingArray]:
+def b2a(ctx: Ctx, bits: U8, db: DaBits) -> Proto[RingArray]:
     """Arithmetic share of the XOR-shared bits ``bits`` (uint8, each 0 or 1)."""
-    (c,) = yield Open((xor((bits & np.uint8(1)) ^ db.fields["b_bool"], 1),))
+    (c,) = yield Open((xor((bits & np.uint8(1)) ^ db.bit_xor, 1),))
     c64 = c.astype(np.uint64)
-    y = (_ONE - (c64 << _ONE)) * db.fields["b_arith"]
+    y = (_ONE - (c64 << _ONE)) * db.bit_arith
     if ctx.leader:
         y += c64
     return y

@@ -36,8 +36,9 @@ from cloud_tecc.mpc.correlations import (
 )
 from cloud_tecc.mpc.errors import MpcParameterError
 from tecc_contract import prg
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
+from tecc_contract.types import RandomBytes
 
-RandomBytes = Callable[[int], bytes]
 Fields = dict[str, AnyArray]
 _MASK63 = np.uint64((1 << 63) - 1)
 
@@ -122,7 +123,11 @@ def deal_kind(
 
 
 def deal(
-    plan: Plan, n: int, *, frac_bits: int = 16, random_bytes: RandomBytes = os.urandom
+    plan: Plan,
+    n: int,
+    *,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    random_bytes: RandomBytes = os.urandom,
 ) -> list[list[Bundle]]:
     """Produce one batch for ``plan``: ``result[i]`` is party ``i``'s list of bundles.
 

@@ -34,12 +34,12 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.mpc import wslink
-from cloud_tecc.mpc.bundle_wire import decode_batch
+from cloud_tecc.mpc.bundle_wire import REQUEST, decode_batch
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
-from cloud_tecc.mpc.dealer_server import REQUEST
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
 from cloud_tecc.mpc.handshake import LinkSuite
 from cloud_tecc.mpc.source import CorrelationStore
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 
 #: Batches received and expanded ahead of use (a batch of the default plan for
 #: 20,000 readings expands to about 13 MB).
@@ -76,7 +76,7 @@ class DealerLink:
         party: int,
         key: Ed25519PrivateKey,
         dealer_key: Ed25519PublicKey,
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
         wait_s: float = 60.0,
         tls: ssl.SSLContext | None = None,
         suite: LinkSuite = LinkSuite.X25519,

@@ -2,7 +2,10 @@
 
 Parties connect to ``GET /dealer`` (WebSocket, Ed25519 handshake as
 ``party-i``; the dealer is ``dealer``), send ``NEXT`` and receive their part
-of the next batch. Every batch is generated once for all parties (in a worker
+of the next batch (:mod:`cloud_tecc.mpc.bundle_wire`). A request that is not
+``NEXT`` is logged and counted (``DealerStats.refused_requests``) and ends that
+party's link; the party may reconnect and continue at its cursor.
+Every batch is generated once for all parties (in a worker
 thread, so the event loop stays responsive) and dropped when every party has
 fetched it; at most ``depth`` batches wait, so a stalled party stalls
 generation instead of exhausting memory. A party that reconnects replaces its
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import ssl
 import sys
@@ -24,21 +28,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.mpc import wslink
-from cloud_tecc.mpc.bundle_wire import encode_batch
+from cloud_tecc.mpc.bundle_wire import decode_request, encode_batch
 from cloud_tecc.mpc.config import MeshFile, load_private_key
 from cloud_tecc.mpc.correlations import Plan
-from cloud_tecc.mpc.dealer import RandomBytes, deal
-from cloud_tecc.mpc.errors import MpcError, MpcParameterError
+from cloud_tecc.mpc.dealer import deal
+from cloud_tecc.mpc.errors import MpcError, MpcParameterError, ProtocolError
 from cloud_tecc.mpc.handshake import DEALER_NAME, LinkSuite, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
+from tecc_contract.types import RandomBytes
 
-REQUEST: Final = b"NEXT"
+log = logging.getLogger("cloud_tecc.mpc.dealer")
 
 
 @dataclass(slots=True)
@@ -51,6 +56,8 @@ class DealerStats:
     first_start: float | None = None
     last_delivery: float | None = None
     delivered: dict[int, int] = field(default_factory=dict)
+    #: Requests that were not ``NEXT`` (each ended its party's link).
+    refused_requests: int = 0
 
 
 class DealerService:
@@ -63,7 +70,7 @@ class DealerService:
         plan: Plan,
         key: Ed25519PrivateKey,
         party_keys: Mapping[int, Ed25519PublicKey],
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
         depth: int = 2,
         max_batches: int | None = None,
         wait_s: float = 60.0,
@@ -180,7 +187,7 @@ class DealerService:
         self._live[party] = me
         try:
             with contextlib.suppress(MpcError, ConnectionError):
-                while await link.receive(24 * 3600.0, "a request") == REQUEST:
+                while await self._request(party, link):
                     seq, frame = await self._next_frame(party)
                     await link.send(frame)
                     await self._delivered(party, seq)
@@ -189,6 +196,17 @@ class DealerService:
                 del self._live[party]
             await ws.close()
         return ws
+
+    async def _request(self, party: int, link: wslink.Link) -> bool:
+        """Wait for the party's next request: True for ``NEXT``; False (logged, counted) else."""
+        data = await link.receive(24 * 3600.0, "a request")
+        try:
+            decode_request(data)
+        except ProtocolError as exc:
+            self.stats.refused_requests += 1
+            log.warning("party %d sent a bad dealer request, link closed: %s", party, exc)
+            return False
+        return True
 
     def revoke(self, party: int) -> None:
         """Stop serving ``party`` (it failed re-attestation) until :meth:`admit` again."""

@@ -22,6 +22,8 @@ from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, combine, decode, encode
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
+from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.keys import HpkePublicKey, KemSuite
 from tecc_contract.ring import RingArray
 
@@ -65,7 +67,7 @@ class Party:
         transport: Transport,
         source: CorrelationSource,
         *,
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
     ) -> None:
         self.ctx = Ctx(index, n, frac_bits)
         self.transport = transport
@@ -131,6 +133,19 @@ class Party:
     async def _take(self, kind: Kind, count: int) -> Batch:
         return await self.source.take(kind, count)
 
+    # Typed views of what the protocol steps consume (no copies: cloud_tecc.mpc.tuples).
+    async def _triples(self, count: int) -> Triples:
+        return Triples.of(await self._take(Kind.TRIPLE, count))
+
+    async def _truncs(self, count: int) -> TruncPairs:
+        return TruncPairs.of(await self._take(Kind.TRUNC, count))
+
+    async def _dabits(self, count: int) -> DaBits:
+        return DaBits.of(await self._take(Kind.DABIT, count))
+
+    async def _comparisons(self, count: int) -> Comparisons:
+        return Comparisons.of(await self._take(Kind.CMP, count))
+
     # --- local operations -------------------------------------------------
     def add(self, x: RingArray, y: RingArray) -> RingArray:
         """Share of ``x + y``."""
@@ -157,13 +172,13 @@ class Party:
         """Share of ``x·y`` (ring product, no truncation); 1 round."""
         _same(x, y)
         xs, ys = _ring(x), _ring(y)
-        t = await self._take(Kind.TRIPLE, xs.shape[0])
+        t = await self._triples(xs.shape[0])
         return (await self.run(arith.mul(self.ctx, xs, ys, t))).reshape(np.shape(x))
 
     async def trunc(self, x: RingArray) -> RingArray:
         """Share of ``x / 2^f`` within one LSB; requires |x| < 2^62; 1 round."""
         xs = _ring(x)
-        tp = await self._take(Kind.TRUNC, xs.shape[0])
+        tp = await self._truncs(xs.shape[0])
         return (await self.run(arith.trunc(self.ctx, xs, tp))).reshape(np.shape(x))
 
     async def mul_fixed(self, x: RingArray, y: RingArray) -> RingArray:
@@ -173,7 +188,7 @@ class Party:
     async def msb(self, x: RingArray) -> RingArray:
         """Arithmetic 0/1 share of ``[x < 0]``; 7 rounds."""
         xs = _ring(x)
-        cb = await self._take(Kind.CMP, xs.shape[0])
+        cb = await self._comparisons(xs.shape[0])
         return (await self.run(compare.msb(self.ctx, xs, cb))).reshape(np.shape(x))
 
     async def lt(self, x: RingArray, y: RingArray) -> RingArray:
@@ -184,7 +199,7 @@ class Party:
     async def lt_public(self, x: RingArray, c: RingArray | int) -> RingArray:
         """Arithmetic 0/1 share of ``[x < c]`` for public ring-encoded ``c``; 7 rounds."""
         xs = _ring(x)
-        cb = await self._take(Kind.CMP, xs.shape[0])
+        cb = await self._comparisons(xs.shape[0])
         out = await self.run(
             compare.lt_public(self.ctx, xs, np.asarray(c).reshape(-1) if np.ndim(c) else c, cb)
         )
@@ -193,14 +208,14 @@ class Party:
     async def b2a(self, bits: U8) -> RingArray:
         """Arithmetic shares of XOR-shared bits (uint8 0/1 per element); 1 round."""
         bs = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).reshape(-1))
-        db = await self._take(Kind.DABIT, bs.shape[0])
+        db = await self._dabits(bs.shape[0])
         return (await self.run(convert.b2a(self.ctx, bs, db))).reshape(np.shape(bits))
 
     async def select(self, s: RingArray, x: RingArray, y: RingArray) -> RingArray:
         """Share of ``x`` where bit ``s`` is 1, else ``y`` (arithmetic bit); 1 round."""
         _same(s, x, y)
         ss, xs, ys = _ring(s), _ring(x), _ring(y)
-        t = await self._take(Kind.TRIPLE, xs.shape[0])
+        t = await self._triples(xs.shape[0])
         return (await self.run(select.select(self.ctx, ss, xs, ys, t))).reshape(np.shape(x))
 
     async def min(self, x: RingArray, y: RingArray) -> RingArray:
@@ -214,8 +229,8 @@ class Party:
     async def _minmax(self, x: RingArray, y: RingArray, *, want_max: bool) -> RingArray:
         _same(x, y)
         xs, ys = _ring(x), _ring(y)
-        cb = await self._take(Kind.CMP, xs.shape[0])
-        t = await self._take(Kind.TRIPLE, xs.shape[0])
+        cb = await self._comparisons(xs.shape[0])
+        t = await self._triples(xs.shape[0])
         op = select.maximum if want_max else select.minimum
         return (await self.run(op(self.ctx, xs, ys, cb, t))).reshape(np.shape(x))
 
@@ -233,7 +248,7 @@ class Party:
         if two_d.ndim != 2 or two_d.shape[1] == 0:
             raise MpcParameterError("tree min/max needs a non-empty 1-D or 2-D share array")
         levels = [
-            (await self._take(Kind.CMP, count), await self._take(Kind.TRIPLE, count))
+            (await self._comparisons(count), await self._triples(count))
             for count in select.tree_pair_counts(*two_d.shape)
         ]
         out = await self.run(select.tree_reduce(self.ctx, two_d, levels, want_max=want_max))

@@ -26,6 +26,7 @@ import numpy as np
 from cloud_tecc.mpc.bits import U8, pack, packed_len, unpack
 from cloud_tecc.mpc.correlations import AnyArray
 from cloud_tecc.mpc.errors import MpcParameterError, ProtocolError
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.ring import RingArray
 
 T = TypeVar("T")
@@ -46,7 +47,7 @@ class Ctx:
 
     party: int
     n: int
-    frac_bits: int = 16
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def __post_init__(self) -> None:
         if self.n < 2:

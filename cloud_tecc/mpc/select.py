@@ -12,25 +12,25 @@ import numpy as np
 
 from cloud_tecc.mpc.arith import mul
 from cloud_tecc.mpc.compare import lt
-from cloud_tecc.mpc.correlations import Batch
 from cloud_tecc.mpc.protocol import Ctx, Proto
+from cloud_tecc.mpc.tuples import Comparisons, Triples
 from tecc_contract.ring import RingArray
 
 
-def select(ctx: Ctx, s: RingArray, x: RingArray, y: RingArray, t: Batch) -> Proto[RingArray]:
+def select(ctx: Ctx, s: RingArray, x: RingArray, y: RingArray, t: Triples) -> Proto[RingArray]:
     """Share of ``x`` where the bit ``s`` is 1, else ``y``; one round."""
     z = yield from mul(ctx, s, x - y, t)
     z += y
     return z
 
 
-def minimum(ctx: Ctx, x: RingArray, y: RingArray, cb: Batch, t: Batch) -> Proto[RingArray]:
+def minimum(ctx: Ctx, x: RingArray, y: RingArray, cb: Comparisons, t: Triples) -> Proto[RingArray]:
     """Elementwise minimum, 8 rounds."""
     s = yield from lt(ctx, x, y, cb)
     return (yield from select(ctx, s, x, y, t))
 
 
-def maximum(ctx: Ctx, x: RingArray, y: RingArray, cb: Batch, t: Batch) -> Proto[RingArray]:
+def maximum(ctx: Ctx, x: RingArray, y: RingArray, cb: Comparisons, t: Triples) -> Proto[RingArray]:
     """Elementwise maximum, 8 rounds."""
     s = yield from lt(ctx, x, y, cb)
     return (yield from select(ctx, s, y, x, t))
@@ -46,7 +46,7 @@ def tree_pair_counts(m: int, k: int) -> list[int]:
 
 
 def tree_reduce(
-    ctx: Ctx, x: RingArray, levels: list[tuple[Batch, Batch]], *, want_max: bool
+    ctx: Ctx, x: RingArray, levels: list[tuple[Comparisons, Triples]], *, want_max: bool
 ) -> Proto[RingArray]:
     """Min (or max) over the last axis of a 2-D ``(m, k)`` share array → ``(m,)``.
 

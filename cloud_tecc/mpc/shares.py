@@ -8,14 +8,13 @@ simulations, with randomness from ``random_bytes`` (``os.urandom`` by default).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from tecc_contract import prg, sharing
 from tecc_contract.ring import RingArray
-
-RandomBytes = Callable[[int], bytes]
+from tecc_contract.types import RandomBytes
 
 
 def share(x: RingArray, n: int, *, random_bytes: RandomBytes = os.urandom) -> list[RingArray]:

@@ -9,9 +9,10 @@ from typing import TypeVar
 
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.engine import Party
-from cloud_tecc.mpc.shares import RandomBytes
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork, Transport
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
+from tecc_contract.types import RandomBytes
 
 T = TypeVar("T")
 
@@ -20,7 +21,7 @@ async def run_parties(
     n: int,
     fn: Callable[[Party], Awaitable[T]],
     *,
-    frac_bits: int = 16,
+    frac_bits: int = DEFAULT_FRAC_BITS,
     random_bytes: RandomBytes = os.urandom,
     plan: Plan | None = None,
     round_timeout: float = 30.0,

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, Plan, concat, materialise
 from cloud_tecc.mpc.dealer import deal, deal_kind
 from cloud_tecc.mpc.errors import CorrelationError
-
-RandomBytes = Callable[[int], bytes]
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
+from tecc_contract.types import RandomBytes
 
 
 class CorrelationSource(Protocol):
@@ -91,7 +90,7 @@ class LocalDealer:
         self,
         n: int,
         *,
-        frac_bits: int = 16,
+        frac_bits: int = DEFAULT_FRAC_BITS,
         random_bytes: RandomBytes = os.urandom,
         min_batch: int = 1024,
     ) -> None:

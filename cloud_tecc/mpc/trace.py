@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 from cloud_tecc.mpc.correlations import Batch, Kind, Plan
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import CorrelationError
-from cloud_tecc.mpc.shares import RandomBytes
 from cloud_tecc.mpc.source import CorrelationSource, LocalDealer
 from cloud_tecc.mpc.transport import MemoryNetwork
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
+from tecc_contract.types import RandomBytes
 
 
 class TracingSource:
@@ -56,7 +57,7 @@ async def trace_plan(
     program: Callable[[Party], Awaitable[object]],
     *,
     n: int = 2,
-    frac_bits: int = 16,
+    frac_bits: int = DEFAULT_FRAC_BITS,
     random_bytes: RandomBytes = os.urandom,
 ) -> Plan:
     """Run ``program`` once for ``n`` parties; return the correlations it used.

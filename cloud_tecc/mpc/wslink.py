@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
@@ -35,9 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import handshake
 from cloud_tecc.mpc.errors import AuthenticationError, MpcError, PeerLostError, ProtocolError
+from tecc_contract.types import RandomBytes
 
 log = logging.getLogger("cloud_tecc.mpc.wslink")
-RandomBytes = Callable[[int], bytes]
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 #: Plaintext bytes per frame: a message larger than this travels as several
 #: frames (:meth:`Link.send`), so no WebSocket frame ever exceeds :data:`MAX_FRAME`.

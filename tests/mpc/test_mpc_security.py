@@ -28,7 +28,7 @@ from cloud_tecc.mpc.bits import bitrev64, pack, unpack
 from cloud_tecc.mpc.correlations import CMP_LEVELS, Bundle, materialise
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.transport import Payload, Transport
-from tecc_contract.fixedpoint import FixedPoint
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS, FixedPoint
 from tecc_contract.ring import RingArray
 
 FP = FixedPoint()
@@ -126,7 +126,9 @@ def test_comparison_traffic_and_rounds() -> None:
 def test_dealer_relations_hold(n: int) -> None:
     """Reconstructed correlations satisfy their relations; only party 0 gets corrections."""
     plan = Plan(triples=100, truncs=100, dabits=100, comparisons=100)
-    bundles = deal(plan, n, frac_bits=16, random_bytes=seeded_random_bytes(bytes(32)))
+    bundles = deal(
+        plan, n, frac_bits=DEFAULT_FRAC_BITS, random_bytes=seeded_random_bytes(bytes(32))
+    )
     for party_bundles in bundles[1:]:
         assert all(not b.corrections for b in party_bundles)
     per_kind: dict[Kind, list[dict[str, Any]]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -18,11 +19,26 @@ from cloud_tecc.mpc import (
     ProtocolError,
 )
 from cloud_tecc.mpc import handshake as hs
-from cloud_tecc.mpc.bundle_wire import decode_batch, encode_batch
-from cloud_tecc.mpc.correlations import concat, keystream, materialise, materialise_many
+from cloud_tecc.mpc.bundle_wire import (
+    REQUEST,
+    DealerRequest,
+    decode_batch,
+    decode_request,
+    encode_batch,
+)
+from cloud_tecc.mpc.correlations import (
+    Batch,
+    Kind,
+    concat,
+    keystream,
+    materialise,
+    materialise_many,
+)
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.sim import run_parties
 from cloud_tecc.mpc.source import CorrelationStore
+from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 
 
 def test_dealer_frame_roundtrip_and_size() -> None:
@@ -91,9 +107,96 @@ def test_bad_dealer_frames_are_refused() -> None:
         decode_batch(bytes(seeds_only), party=1)
 
 
+def _arrays(record: object) -> list[np.ndarray]:
+    """Every array a typed record holds, nested records and tuples included."""
+    out: list[np.ndarray] = []
+    for name in getattr(record, "__slots__", ()):
+        value = getattr(record, name)
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            out += [item] if isinstance(item, np.ndarray) else _arrays(item)
+    return out
+
+
+VIEWS: dict[Kind, Callable[[Batch], object]] = {
+    Kind.TRIPLE: Triples.of,
+    Kind.TRUNC: TruncPairs.of,
+    Kind.DABIT: DaBits.of,
+    Kind.CMP: Comparisons.of,
+}
+
+
+@pytest.mark.parametrize("party", [0, 1])
+def test_typed_views_cover_the_layout_without_copies(party: int) -> None:
+    """Each kind's record holds exactly its batch's arrays, once each, as the same objects."""
+    plan = Plan(triples=5, truncs=5, dabits=5, comparisons=5)
+    for bundle in deal(plan, 2)[party]:
+        batch = materialise(bundle).slice(1, 4)
+        arrays = _arrays(VIEWS[bundle.kind](batch))
+        assert len(arrays) == len(batch.fields)
+        assert {id(a) for a in arrays} == {id(a) for a in batch.fields.values()}
+
+
+def test_typed_view_of_the_wrong_kind_is_refused() -> None:
+    """A batch of one kind read as another is a CorrelationError naming both."""
+    batch = materialise(deal(Plan(triples=2), 2)[0][0])
+    with pytest.raises(CorrelationError, match="cmp batch was expected, got triple"):
+        Comparisons.of(batch)
+
+
+def test_the_dealer_request_decodes_once_at_the_boundary() -> None:
+    """``NEXT`` is the one request; the decoded value is the enum, not the bytes."""
+    assert decode_request(REQUEST) is DealerRequest.NEXT
+    assert decode_request(b"NEXT") is DealerRequest.NEXT
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",  # missing
+        b"NEXT\0",  # an unknown trailing field
+        b"NEX",  # truncated
+        b"next",  # another token
+        b'{"next": 1}',  # JSON where the token belongs (wrong type)
+        bytes(4096),
+    ],
+)
+def test_malformed_dealer_requests_are_protocol_errors(bad: bytes) -> None:
+    """Anything but ``NEXT`` is a ProtocolError that says what was expected and what came.
+
+    Fails on the code before this change (no decoder: the server compared bytes and
+    silently ended the link)."""
+    with pytest.raises(
+        ProtocolError, match=r"dealer request must be the 4 bytes b'NEXT', got"
+    ) as e:
+        decode_request(bad)
+    assert f"got {len(bad)} bytes" in str(e.value)
+
+
+def test_dealer_frame_errors_name_the_field() -> None:
+    """Each way a batch frame can be wrong names its field: party, kind, count, a correction."""
+    frame = bytearray(encode_batch(0, 3, deal(Plan(triples=4), 2)[0]))
+    kind_at = 4 + 2 + 8 + 1  # magic, party, seq, bundle count; then the first bundle's kind
+    bad_kind = bytearray(frame)
+    bad_kind[kind_at] = 9
+    with pytest.raises(CorrelationError, match=r"bundle 0: kind = 9 is not a correlation kind"):
+        decode_batch(bytes(bad_kind), party=0)
+    huge = bytearray(frame)
+    huge[kind_at + 2 : kind_at + 10] = (1 << 40).to_bytes(8, "little")
+    with pytest.raises(CorrelationError, match=r"bundle 0: count = 1099511627776 exceeds"):
+        decode_batch(bytes(huge), party=0)
+    with pytest.raises(CorrelationError, match=r"truncated in bundle 0's correction c"):
+        decode_batch(bytes(frame[:-1]), party=0)
+    with pytest.raises(CorrelationError, match=r"\(field party\) arrived at party 1"):
+        decode_batch(bytes(frame), party=1)
+    with pytest.raises(CorrelationError, match="1 trailing bytes"):
+        decode_batch(bytes(frame) + b"\0", party=0)
+    assert decode_batch(bytes(frame), party=0)[0] == 3
+
+
 def test_store_refuses_mismatched_bundles() -> None:
     """A bundle for another party or another precision does not enter a store."""
-    b0, b1 = (x[0] for x in deal(Plan(triples=4), 2, frac_bits=16))
+    b0, b1 = (x[0] for x in deal(Plan(triples=4), 2, frac_bits=DEFAULT_FRAC_BITS))
     with pytest.raises(CorrelationError, match="party 1"):
         CorrelationStore(0, 16).add_bundle(b1)
     with pytest.raises(CorrelationError, match="fraction bits"):

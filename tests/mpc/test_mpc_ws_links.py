@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cloud_tecc.mpc import AuthenticationError, PeerLostError, Plan, wslink
 from cloud_tecc.mpc import handshake as hs
+from cloud_tecc.mpc.bundle_wire import decode_batch
 from cloud_tecc.mpc.dealer_server import DealerService
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from demo.services import free_port
@@ -222,6 +223,49 @@ async def test_dealer_cuts_off_a_revoked_party_until_admitted_again() -> None:
         assert await link.receive(5, "a batch")
         await link.close()
         await session.close()
+    finally:
+        await svc.close()
+
+
+@pytest.mark.parametrize("bad", [b"", b"NEXT\0", b'{"next": true}', b"MORE"])
+async def test_bad_dealer_request_ends_only_that_link_and_is_counted(bad: bytes) -> None:
+    """A request that is not ``NEXT`` closes that party's link and is counted; the party
+    reconnects at its cursor and the other party is served throughout. Fails on the code
+    before this change (bad requests were not counted: no ``refused_requests``)."""
+    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    dealer_key = Ed25519PrivateKey.generate()
+    svc = DealerService(
+        n=2,
+        plan=Plan(triples=10),
+        key=dealer_key,
+        party_keys={i: k.public_key() for i, k in enumerate(keys)},
+    )
+    port = free_port()
+    await svc.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/dealer"
+
+    async def connect(i: int) -> tuple[aiohttp.ClientSession, wslink.Link]:
+        return await wslink.connect_dealer(
+            url, party=i, key=keys[i], dealer_key=dealer_key.public_key(), wait_s=5.0
+        )
+
+    try:
+        s0, bad_link = await connect(0)
+        s1, good = await connect(1)
+        await bad_link.send(bad)
+        with pytest.raises(PeerLostError):
+            await bad_link.receive(5, "a batch")
+        assert svc.stats.refused_requests == 1
+        await good.send(b"NEXT")
+        assert decode_batch(await good.receive(5, "a batch"), party=1)[0] == 0
+        await s0.close()
+        s0, again = await connect(0)
+        await again.send(b"NEXT")
+        assert decode_batch(await again.receive(5, "a batch"), party=0)[0] == 0
+        for link in (again, good):
+            await link.close()
+        for session in (s0, s1):
+            await session.close()
     finally:
         await svc.close()
 

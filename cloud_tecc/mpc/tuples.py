@@ -1,0 +1,125 @@
+"""Typed views of correlation batches: one frozen record per kind, fields as attributes.
+
+A :class:`~cloud_tecc.mpc.correlations.Batch` stores its arrays by field name
+(the generic code — expansion, slicing, joining, the wire format — walks the
+layout in :data:`~cloud_tecc.mpc.correlations.LAYOUTS`). The protocol steps
+read them through these records instead, so mypy checks every field they
+use. ``of(batch)`` picks the arrays out of the batch: the attributes are the
+batch's own arrays (no copy), and the string keys of the layout appear only
+here. ``tests/mpc/test_mpc_wire.py`` checks that each record covers exactly
+its kind's layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloud_tecc.mpc.bits import U8
+from cloud_tecc.mpc.correlations import CMP_LEVELS, FUSED, AnyArray, Batch, Kind
+from cloud_tecc.mpc.errors import CorrelationError
+from tecc_contract.ring import RingArray
+
+
+def _fields(batch: Batch, kind: Kind) -> dict[str, AnyArray]:
+    if batch.kind is not kind:
+        raise CorrelationError(f"a {kind} batch was expected, got {batch.kind}")
+    return batch.fields
+
+
+@dataclass(frozen=True, slots=True)
+class Triples:
+    """Beaver triples: shares of random ``a``, ``b`` and of ``c = a·b``."""
+
+    a: RingArray
+    b: RingArray
+    c: RingArray
+
+    @classmethod
+    def of(cls, batch: Batch) -> Triples:
+        """The triples of a :attr:`Kind.TRIPLE` batch (views of its arrays)."""
+        f = _fields(batch, Kind.TRIPLE)
+        return cls(a=f["a"], b=f["b"], c=f["c"])
+
+
+@dataclass(frozen=True, slots=True)
+class TruncPairs:
+    """Truncation pairs: shares of random ``r``, of ``msb(r)`` and of ``(r mod 2^63) >> f``."""
+
+    r: RingArray
+    r_msb: RingArray
+    r_low_shifted: RingArray
+
+    @classmethod
+    def of(cls, batch: Batch) -> TruncPairs:
+        """The pairs of a :attr:`Kind.TRUNC` batch (views of its arrays)."""
+        f = _fields(batch, Kind.TRUNC)
+        return cls(r=f["r"], r_msb=f["r_msb"], r_low_shifted=f["r_t"])
+
+
+@dataclass(frozen=True, slots=True)
+class DaBits:
+    """daBits: one random bit, XOR-shared (``bit_xor``) and arithmetic-shared (``bit_arith``)."""
+
+    bit_xor: U8
+    bit_arith: RingArray
+
+    @classmethod
+    def of(cls, batch: Batch) -> DaBits:
+        """The daBits of a :attr:`Kind.DABIT` batch (views of its arrays)."""
+        f = _fields(batch, Kind.DABIT)
+        return cls(bit_xor=f["b_bool"], bit_arith=f["b_arith"])
+
+
+@dataclass(frozen=True, slots=True)
+class AndLevel:
+    """The XOR-shared AND triples of one prefix-tree level of ``lanes`` lanes per element.
+
+    ``c = a ∧ b`` and ``cp = a ∧ bp``: the two ANDs of the level share the mask ``a``.
+    """
+
+    lanes: int
+    a: AnyArray
+    b: AnyArray
+    bp: AnyArray
+    c: AnyArray
+    cp: AnyArray
+
+
+@dataclass(frozen=True, slots=True)
+class FusedLevel:
+    """The fused last level: XOR mask bits α, β, γ and arithmetic shares derived from them.
+
+    ``m_a = α``, ``m_b = β(1−2α)``, ``m_c = γ(1−2α)``, ``m_bc = βγ(1−2α)``
+    (:func:`cloud_tecc.mpc.compare._fused_last`).
+    """
+
+    alpha: U8
+    beta: U8
+    gamma: U8
+    m_a: RingArray
+    m_b: RingArray
+    m_c: RingArray
+    m_bc: RingArray
+
+
+@dataclass(frozen=True, slots=True)
+class Comparisons:
+    """Comparison correlations: an edaBit ``r`` (XOR bits, bit-reversed, and arithmetic),
+    one :class:`AndLevel` per entry of :data:`CMP_LEVELS`, and the fused last level."""
+
+    r_bits: RingArray
+    r_arith: RingArray
+    levels: tuple[AndLevel, ...]
+    fused: FusedLevel
+
+    @classmethod
+    def of(cls, batch: Batch) -> Comparisons:
+        """The comparison correlations of a :attr:`Kind.CMP` batch (views of its arrays)."""
+        f = _fields(batch, Kind.CMP)
+        levels = tuple(
+            AndLevel(h, f[f"a{h}"], f[f"b{h}"], f[f"bp{h}"], f[f"c{h}"], f[f"cp{h}"])
+            for h in CMP_LEVELS
+        )
+        m_a, m_b, m_c, m_bc = (f[f"m_{nm}"] for nm in FUSED)
+        fused = FusedLevel(f["fa"], f["fb"], f["fc"], m_a, m_b, m_c, m_bc)
+        return cls(r_bits=f["r_bool"], r_arith=f["r_arith"], levels=levels, fused=fused)
