@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.ring import RingArray
 
 
@@ -46,7 +47,7 @@ class Ops(Protocol):
 class PlainOps:
     """:class:`Ops` on plaintext ring values: exact floor truncation, exact sign."""
 
-    def __init__(self, frac_bits: int = 16) -> None:
+    def __init__(self, frac_bits: int = DEFAULT_FRAC_BITS) -> None:
         self._f = frac_bits
 
     @property

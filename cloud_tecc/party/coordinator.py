@@ -55,6 +55,7 @@ from cloud_tecc.party.messages import SeqMessage
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
+from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger("cloud_tecc.party.coordinator")
@@ -265,7 +266,7 @@ class Coordinator:
             await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, {}, 0, time.time_ns())
             self.watermark_ns = prop.end_ns
             return
-        party = Party(self.cfg.party, self.cfg.n_parties, mesh, link, frac_bits=16)
+        party = Party(self.cfg.party, self.cfg.n_parties, mesh, link, frac_bits=DEFAULT_FRAC_BITS)
         t1 = time.perf_counter()
         waited = link.wait_s_total if isinstance(link, DealerLink) else 0.0
         out, rel = await secure_epoch(party, self.cfg.service.policy, epoch)
