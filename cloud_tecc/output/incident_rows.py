@@ -92,15 +92,15 @@ def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int) -> int:
     if inc.id is None:
         cur.execute(
             "INSERT INTO incidents (gateway, sensor, detector, state, start_ns, end_ns, flags, "
-            "doc) VALUES (?,?,?,?,?,?,?,?)",
-            (*vals, inc.flags, _doc(inc)),
+            "doc, updated_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+            (*vals, inc.flags, _doc(inc), now_ns),
         )
         iid = int(cur.lastrowid or 0)
     else:
         cur.execute(
             "UPDATE incidents SET gateway=?, sensor=?, detector=?, state=?, start_ns=?, "
-            "end_ns=?, flags=?, doc=? WHERE id=?",
-            (*vals, inc.flags, _doc(inc), inc.id),
+            "end_ns=?, flags=?, doc=?, updated_ns=? WHERE id=?",
+            (*vals, inc.flags, _doc(inc), now_ns, inc.id),
         )
         iid = inc.id
     record_transition(cur, incident_json(replace(inc, id=iid)), now_ns)
@@ -126,8 +126,8 @@ def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: 
         "DELETE FROM incidents WHERE id=?", [(d.id,) for d in tracked.dropped if d.id is not None]
     )
     cur.executemany(
-        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, incident) "
-        "VALUES (?,?,?,?,?,?)",
+        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, incident, stored_ns) "
+        "VALUES (?,?,?,?,?,?,?)",
         [
             (
                 f.gateway,
@@ -136,6 +136,7 @@ def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: 
                 f.detector,
                 epoch_ns,
                 ids[f.incident] if f.incident >= 0 else None,
+                now_ns,
             )
             for f in tracked.flags
             if f.kept

@@ -252,3 +252,35 @@ def test_incidents_partition_the_flags(
         for a, b in itertools.pairwise(mine):
             assert a.state is State.CLOSED
             assert b.start_ns - a.end_ns >= int(quiet_s * SECOND)
+
+
+def test_retention_prunes_by_arrival_not_by_event_time(tmp_path: Path) -> None:
+    """A backfilled recording's flags and incidents survive the next retention sweep.
+
+    Fails on the code before this change: ``prune`` compared the flags' event
+    timestamps (2013 here) with the wall clock minus ``retention_s``, so every
+    flag and closed incident of a history replay was deleted at once.
+    """
+    store = ResultStore(tmp_path / "r.db")
+    old = 1_383_400_000 * SECOND  # November 2013
+    now = T0  # the wall clock when the backfill is analysed
+    rules = Rules(Debounce(1, 60.0, 5.0))
+    flags = [("gw", "temp", old + i * SECOND, "limit") for i in range(3)]
+    store.store_epoch(
+        old,
+        10 * SECOND,
+        _epoch(flags),
+        now,
+        lambda live: track(_epoch(flags), old + 60 * SECOND, live, rules, max_flags=9),
+    )
+    (inc,) = store.incidents(IncidentQuery())
+    assert inc["state"] == "closed"
+    week = 7 * 86_400 * SECOND
+    assert store.prune(now + 60 * SECOND - week, max_flags=100) == 0  # a sweep a minute later
+    assert len(store.alerts(0, 2**63 - 1, None, 100, 0)) == 3
+    assert len(store.incidents(IncidentQuery())) == 1
+    # once they have been stored for longer than the retention, they go
+    assert store.prune(now + SECOND, max_flags=100) == 4
+    assert store.alerts(0, 2**63 - 1, None, 100, 0) == []
+    assert store.incidents(IncidentQuery()) == []
+    store.close()
