@@ -187,6 +187,8 @@ class AnalyticsPolicy(FileSchema, frozen=True, kw_only=True):
             )
         if self.zscore.min_sigma > half:
             raise ValueError(f"zscore.min_sigma must be <= 2^(value_bound_bits-1) = {half:g}")
+        if self.fleet.min_sigma > half:
+            raise ValueError(f"fleet.min_sigma must be <= 2^(value_bound_bits-1) = {half:g}")
         for i, res in enumerate(self.resolutions):
             if res.step > half:
                 raise ValueError(f"resolutions[{i}] ({res.sensor!r}): step must be <= {half:g}")
