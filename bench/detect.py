@@ -83,7 +83,7 @@ def log(msg: str) -> None:
 
 
 def _debounce(d: DebounceDoc) -> Debounce:
-    return Debounce(d.open_after, d.within_s, d.quiet_s)
+    return Debounce(d.open_after, d.within_s, d.quiet_s, d.of_readings)
 
 
 def _alert_set(rows: Decoded) -> set[tuple[Any, ...]]:

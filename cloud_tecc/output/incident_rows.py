@@ -35,6 +35,7 @@ def _doc(inc: Incident) -> str:
     return json.dumps(
         {
             "recent_ns": list(inc.recent_ns),
+            "recent_pos": list(inc.recent_pos),
             "worst": None if inc.worst is None else asdict(inc.worst),
             "worst_flags": inc.worst_flags,
             "acknowledged_by": inc.acknowledged_by,
@@ -56,6 +57,7 @@ def _from_row(row: tuple[Any, ...]) -> Incident:
         end_ns=int(end),
         flags=int(flags),
         recent_ns=tuple(int(t) for t in doc.get("recent_ns", [])),
+        recent_pos=tuple(int(p) for p in doc.get("recent_pos", [])),
         worst=worst,
         worst_flags=int(doc.get("worst_flags", 0)),
         acknowledged_by=str(doc.get("acknowledged_by", "")),

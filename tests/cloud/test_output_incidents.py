@@ -284,3 +284,56 @@ def test_retention_prunes_by_arrival_not_by_event_time(tmp_path: Path) -> None:
     assert store.alerts(0, 2**63 - 1, None, 100, 0) == []
     assert store.incidents(IncidentQuery()) == []
     store.close()
+
+
+def _mofn_epoch(start: int, idx: list[int], evaluated: int = 10) -> Decoded:
+    """One epoch of 10 evaluated readings 0.1 s apart; flags at positions ``idx``."""
+    alerts = [
+        {
+            "gateway": "gw",
+            "sensor": "temp",
+            "ts_ns": start + i * SECOND // 10,
+            "detector": "zscore",
+            "index": i,
+        }
+        for i in idx
+    ]
+    w = [{"gateway": "gw", "sensor": "temp", "start_ns": start, "count": evaluated}]
+    return Decoded(w, alerts, [], {KEY: evaluated})
+
+
+def test_m_of_n_counts_evaluated_readings_across_epochs(tmp_path: Path) -> None:
+    """open_after 3 of_readings 10: opens only once 3 of the last 10 evaluated readings
+    are flagged, counting readings (also of epochs without a flag), not seconds.
+
+    Fails on the code before this change: there was no of_readings rule, and the
+    time rule (3 flags within within_s) opened at the third flag whatever lay between.
+    """
+    rule = Rules(Debounce(open_after=3, within_s=60.0, quiet_s=30.0, of_readings=10))
+    store = ResultStore(tmp_path / "r.db")
+    epochs = [
+        _mofn_epoch(T0, [0, 5]),  # two flags 5 readings apart: pending
+        _mofn_epoch(T0 + SECOND, []),  # 10 quiet readings
+        _mofn_epoch(T0 + 2 * SECOND, [3]),  # reading 23, 18 after the 2nd flag: pending
+        _mofn_epoch(T0 + 3 * SECOND, [0, 2]),  # readings 30, 32 with 23: 3 of 10: open
+    ]
+    states: list[str | None] = []
+    for k, rows in enumerate(epochs):
+        through = T0 + (k + 1) * SECOND
+
+        def tracker(live: dict[Any, Incident], r: Decoded = rows, t: int = through) -> Any:
+            return track(r, t, live, rule, max_flags=100)
+
+        store.store_epoch(T0 + k * SECOND, SECOND, rows, through, tracker)
+        shown = store.incidents(IncidentQuery())
+        states.append(shown[0]["state"] if shown else None)
+    assert states == [None, None, None, "open"]
+    (inc,) = store.incidents(IncidentQuery())
+    assert inc["flags"] == 5  # the episode (no quiet_s gap) counts its pending flags too
+    store.close()
+
+
+def test_m_of_n_rule_is_checked() -> None:
+    """of_readings below open_after is refused with the key and a correct example."""
+    with pytest.raises(IncidentError, match="of_readings"):
+        Debounce(open_after=5, of_readings=3)
