@@ -12,8 +12,8 @@ min/max (:mod:`cloud_tecc.analytics.minmax`), and per-reading flags:
   (``u = ⌊(x − c)·2^g⌋``, :func:`~cloud_tecc.analytics.policy.zscore_bits`):
   ``D = n·u_t − Σu``, ``V = n·Σu² − (Σu)²`` (exact, so V ≥ 0), and the flag is
   ``⌊D/2^8⌋²·2^8 > round(k²·2^8)·(⌊V/2^16⌋ + floor)`` — no reciprocal;
-* flatline: per window, ``⌊V/2^16⌋ < span²·min_std²`` over the last ``span``
-  readings of the stream (the same exact V);
+* flatline: per window, ``V < round(span²·min_std²·2^2g)`` over the last
+  ``span`` readings of the stream (the same exact V, compared untruncated);
 * fleet deviation: a stream's window mean against the mean and variance of
   the released windows of its sensor class in the epoch, in the same exact
   n-scaled form (:mod:`cloud_tecc.analytics.fleet`): the exact ``N·S_s − m·S``
@@ -225,9 +225,11 @@ async def _fleet_and_variance(
     v_c = fp.n.astype(_U64) * q_c - pr["fc2"]
     e_s = fleet.scaled_deviation(sums.fs, sums.fc, fp, run.fcls)
     v_scale, d_scale = _U64(1 << (f - 2 * D_SHIFT)), _U64(1 << (f - D_SHIFT))
-    first = [pr["qq"], sums.dz * d_scale, vz * v_scale, vf * v_scale, e_s, v_c * v_scale]
-    qq, dt, vt, vft, e1, fv = _split(await ops.trunc(_cat(first)), [len(a) for a in first])
-    return {"qq": qq, "dt": dt, "vt": vt, "vft": vft, "ft": await ops.trunc(e1), "fv": fv}
+    first = [pr["qq"], sums.dz * d_scale, vz * v_scale, e_s, v_c * v_scale]
+    qq, dt, vt, e1, fv = _split(await ops.trunc(_cat(first)), [len(a) for a in first])
+    # the flatline's V (< 2^62) is compared as it is: a truncation one LSB high would
+    # hide a stuck sensor whose threshold is a few units of ⌊V/2^16⌋
+    return {"qq": qq, "dt": dt, "vt": vt, "vft": vf, "ft": await ops.trunc(e1), "fv": fv}
 
 
 def _compatible(epoch: EpochInput) -> EpochInput:
