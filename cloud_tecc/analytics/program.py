@@ -265,6 +265,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     k2f, _ = k2_constants(policy.fleet.k, 0.0, run.codec)
     z_margin = (m["vt"] + ops.public(p.zfloor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
     flat_margin = m["vft"] - ops.public(p.flat_thr[run.fl])
+    flat_band = _flatline_band(m["vft"], p.flat_span[run.fl])
     fp_pub = replace(run.fp, floor=ops.public(run.fp.floor))
     f_margin, f_band = fleet.margin(m["ft"], t_sq, m["fv"], fp_pub, cls=run.fcls, k2=k2f)
     lim_margin = _U64(0) - pr["lim"]
@@ -305,12 +306,24 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
             "zscore": _scatter(n_all, z_idx, z_margin),
             "zscore_band": _scatter(n_all, z_idx, band),
             "flatline": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_margin),
+            "flatline_band": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_band),
             "fleet": f_margin,
             "fleet_band": f_band,
             "limit": _scatter(n_all, lim_idx, lim_margin),
             "rate": _scatter(n_all, rate_idx, rate_margin),
         },
     )
+
+
+def _flatline_band(v: RingArray, span: IntArray) -> RingArray:
+    """Bound on |V_MPC − V_reference| of the flatline test (plaintext only; docs/MPC.md §9).
+
+    MPC's quantised readings are u + e with e ∈ {0, 1}, which moves
+    V = s·Σu² − (Σu)² by at most ``2·s·sqrt(V) + s²/4`` (s = span).
+    """
+    s = span.astype(np.float64)
+    root = np.sqrt(np.maximum(v.view(np.int64).astype(np.float64), 0.0))
+    return np.minimum(np.ceil(2 * s * root + s * s / 4), 2.0**62).astype(_U64)
 
 
 def _new_states(run: _Run, a_u: RingArray, a_uu: RingArray, window: int) -> tuple[StreamState, ...]:
