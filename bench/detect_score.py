@@ -13,6 +13,8 @@ readings are judged against a baseline that still holds anomalous readings.
   during a real fault is not false), over incidents (1.0 when there are none);
 * false incidents per line-hour — incidents matching none, per simulated hour
   of the whole line;
+* ``unmatched_without_grace`` — incidents that meet no anomaly's own span
+  (grace 0), to show how much the grace decides;
 * time to detect — per detected detectable anomaly, the earliest start of a
   matching incident minus the anomaly's start (0 if the incident began
   earlier); the median is ``ttd_s_p50``.
@@ -71,6 +73,10 @@ def score(
         else:
             missed.append({"sensor": a.sensor, "kind": a.kind, "start": a.start})
     false = [i for i in found if not any(matches(i, a, grace_s) for a in truths)]
+    strict = [i for i in found if not any(matches(i, a, 0.0) for a in truths)]
+    by_detector: dict[str, int] = {}
+    for i in found:
+        by_detector[i.detector] = by_detector.get(i.detector, 0) + 1
     by_kind: dict[str, list[int]] = {}
     for a in detectable:
         row = by_kind.setdefault(a.kind, [0, 0])
@@ -82,6 +88,8 @@ def score(
         "false_incidents_per_line_hour": round(len(false) / hours, 3),
         "incidents": len(found),
         "false_incidents": len(false),
+        "unmatched_without_grace": len(strict),
+        "incidents_by_detector": dict(sorted(by_detector.items())),
         "anomalies": len(truths),
         "detectable_anomalies": len(detectable),
         "detected_anomalies": len(hit),

@@ -91,3 +91,12 @@ def test_detectable_follows_the_configured_thresholds() -> None:
         )
     assert not detectable(rec("noise_burst", 100, 0.5), cfg, policy, np.zeros(100), 0.0)[0]
     assert detectable(rec("noise_burst", 100, 8.0), cfg, policy, np.zeros(100), 0.0)[0]
+
+
+def test_grace_is_reported_and_detectors_counted() -> None:
+    """An incident on an anomaly's return (inside the grace) is true but counted as
+    unmatched without grace; incidents are counted per detector."""
+    found = [Found("a", "zscore", 120.0, 121.0), Found("a", "rate", 100.0, 100.0)]
+    got = score([Truth("a", "spike", 100.0, 100.0, True)], found, hours=1, grace_s=GRACE)
+    assert (got["false_incidents"], got["unmatched_without_grace"]) == (0, 1)
+    assert got["incidents_by_detector"] == {"rate": 1, "zscore": 1}
