@@ -206,11 +206,25 @@ class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
 
 
 class DebounceDoc(FileSchema, frozen=True, kw_only=True):
-    """An incident rule: open after ``open_after`` flags within ``within_s``; close after quiet."""
+    """An incident rule: open after ``open_after`` flags within ``within_s``; close after quiet.
+
+    ``of_readings`` = n > 0 replaces ``within_s`` by a count: open once
+    ``open_after`` = m of the last n readings the detector evaluated were
+    flagged (m of n).
+
+    Rules: ``of_readings`` is 0 or >= ``open_after``.
+    """
 
     open_after: Annotated[int, Meta(ge=1, le=1000)] = 1
     within_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
     quiet_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
+    of_readings: Annotated[int, Meta(ge=0, le=100_000)] = 0
+
+    def __post_init__(self) -> None:
+        if self.of_readings and self.of_readings < self.open_after:
+            raise ValueError(
+                f"of_readings ({self.of_readings}) must be 0 or >= open_after ({self.open_after})"
+            )
 
 
 class IncidentsDoc(FileSchema, frozen=True, kw_only=True):
@@ -493,7 +507,7 @@ def output_config(f: OutputFile, base: Path) -> OutputConfig:
 
 
 def _debounce(d: DebounceDoc) -> Debounce:
-    return Debounce(d.open_after, d.within_s, d.quiet_s)
+    return Debounce(d.open_after, d.within_s, d.quiet_s, d.of_readings)
 
 
 def _incidents(d: IncidentsDoc) -> IncidentConfig:

@@ -67,10 +67,15 @@ class SignalParams:
     daily_amplitude: float
     noise_std: float
     daily_peak_hour: float = 15.0
+    daily_period_s: float = 86_400.0  # shorter: a time-compressed day (accelerated scenarios)
 
     def __post_init__(self) -> None:
         if self.lag_s < 0 or self.noise_std < 0 or self.daily_amplitude < 0:
             raise SimConfigError("lag_s, noise_std and daily_amplitude must be >= 0")
+        if not 60 <= self.daily_period_s <= 86_400:
+            raise SimConfigError(
+                f"daily_period_s must be in [60, 86400], got {self.daily_period_s}"
+            )
         if not 0 <= self.daily_peak_hour < 24:
             raise SimConfigError(f"daily_peak_hour must be in [0, 24), got {self.daily_peak_hour}")
 
@@ -145,6 +150,29 @@ class StateSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Operations:
+    """A machine's planned operation, on top of its random state machine.
+
+    ``cold_start``: the machine starts switched off and cold — every sensor's
+    lagged load starts at 0, so a temperature warms up over its ``lag_s``.
+    Every ``shift_s`` (0: no shifts) the machine stands idle for
+    ``shift_break_s`` (a shift change); each ``stops`` entry ``(start_s,
+    duration_s)`` is a maintenance stop at load 0. Times are from the run start.
+    """
+
+    cold_start: bool = False
+    shift_s: float = 0.0
+    shift_break_s: float = 0.0
+    stops: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.shift_s < 0 or self.shift_break_s < 0 or self.shift_break_s > self.shift_s:
+            raise SimConfigError("operations: need 0 <= shift_break_s <= shift_s")
+        if any(start < 0 or dur <= 0 for start, dur in self.stops):
+            raise SimConfigError("operations.stops: start_s >= 0 and duration_s > 0")
+
+
+@dataclass(frozen=True, slots=True)
 class MachineSpec:
     """One machine: its state machine and its sensors."""
 
@@ -155,6 +183,7 @@ class MachineSpec:
     ramp_s: float
     initial_state: MachineState
     fixed_state: MachineState | None
+    operations: Operations = Operations()
 
     @property
     def machine_id(self) -> str:

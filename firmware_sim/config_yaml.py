@@ -19,6 +19,7 @@ from firmware_sim.config import (
     MachineState,
     MqttSettings,
     OpcuaSettings,
+    Operations,
     SensorSpec,
     SignalParams,
     SimConfig,
@@ -124,6 +125,12 @@ def _machine(doc: MachineDoc, line: str, base_rate: float, mqtt: MqttSettings) -
         ramp_s=doc.ramp_s,
         initial_state=doc.initial_state,
         fixed_state=doc.fixed_state,
+        operations=Operations(
+            cold_start=doc.operations.cold_start,
+            shift_s=doc.operations.shift_s,
+            shift_break_s=doc.operations.shift_break_s,
+            stops=tuple((s.start_s, s.duration_s) for s in doc.operations.stops),
+        ),
     )
 
 
@@ -164,6 +171,7 @@ def _sensor(
             daily_amplitude=_pick(doc.daily_amplitude, ds.daily_amplitude),
             noise_std=_pick(doc.noise_std, ds.noise_std),
             daily_peak_hour=_pick(doc.daily_peak_hour, ds.daily_peak_hour),
+            daily_period_s=_pick(doc.daily_period_s, ds.daily_period_s),
         ),
         payload=_pick(doc.payload, mqtt.payload),
         qos=_pick(doc.qos, mqtt.qos),

@@ -86,10 +86,40 @@ class SensorDoc(FileSchema, frozen=True, kw_only=True):
     daily_amplitude: NonNegative | None = None
     noise_std: NonNegative | None = None
     daily_peak_hour: Annotated[float, Meta(ge=0, lt=24)] | None = None
+    daily_period_s: Annotated[float, Meta(ge=60, le=86_400)] | None = None  # a compressed day
 
     def __post_init__(self) -> None:
         if self.range is not None and not self.range[0] < self.range[1]:
             raise ValueError(f"range of sensor {self.name!r} needs low < high, e.g. [0, 150]")
+
+
+class StopDoc(FileSchema, frozen=True, kw_only=True):
+    """``operations.stops[i]``: a maintenance stop (load 0) from ``start_s`` after the run start."""
+
+    start_s: NonNegative
+    duration_s: Positive
+
+
+class OperationsDoc(FileSchema, frozen=True, kw_only=True):
+    """``machines[i].operations``: planned operation on top of the random states.
+
+    ``cold_start``: starts switched off and cold (sensors warm up over their
+    ``lag_s``); every ``shift_s`` (0: none) an idle break of ``shift_break_s``
+    (a shift change); ``stops``: maintenance stops at load 0.
+
+    Rules: ``shift_break_s`` <= ``shift_s``.
+    """
+
+    cold_start: bool = False
+    shift_s: NonNegative = 0.0
+    shift_break_s: NonNegative = 0.0
+    stops: tuple[StopDoc, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.shift_break_s > self.shift_s:
+            raise ValueError(
+                "shift_break_s must be <= shift_s, e.g. shift_s: 28800, shift_break_s: 600"
+            )
 
 
 class MachineDoc(FileSchema, frozen=True, kw_only=True):
@@ -103,6 +133,7 @@ class MachineDoc(FileSchema, frozen=True, kw_only=True):
     ramp_s: NonNegative = 5.0
     initial_state: MachineState = MachineState.IDLE
     fixed_state: MachineState | None = None
+    operations: OperationsDoc = OperationsDoc()
 
 
 class ScenarioDoc(FileSchema, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from tecc_contract.scale import IDENTITY, Scale
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 Int64Array = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -111,13 +112,14 @@ class EpochPlan:
     in the units of ``⌊V/2^16⌋`` (V = n·Σu² − (Σu)²). ``flat_mask`` marks the
     last reading of each window whose flatline flag is computed, ``flat_span``
     per stream the span (0: none) and ``flat_thr`` its threshold
-    ``span²·min_std²`` in the same units.
+    ``round(span²·min_std²·2^2g)`` in the units of V itself (compared untruncated).
     ``cls`` is the fleet class index of a stream whose window enters the fleet
     statistics (−1: no class, fleet not released, or a withheld window);
     ``classes`` names every class with a stream in the epoch, released or not.
     A stream whose scale differs from its class's first released stream has
-    ``cls`` −1 too. ``fleet_floor`` per class is ``round(min_sigma²·2^f)`` in
-    the class's scaled units. Limits, rates and floors are in each stream's
+    ``cls`` −1 too. ``fleet_floor`` per class is ``min_sigma²`` as a variance of
+    the class's scaled values (a float; :mod:`~cloud_tecc.analytics.fleet` turns it into
+    its integer floor). Limits, rates and floors are in each stream's
     scaled units (:mod:`cloud_tecc.analytics.units`).
     """
 
@@ -142,7 +144,7 @@ class EpochPlan:
     flat_mask: BoolArray
     flat_span: IntArray
     flat_thr: RingArray
-    fleet_floor: RingArray
+    fleet_floor: FloatArray
 
     @property
     def readings(self) -> int:
@@ -171,10 +173,12 @@ def _limits(
     return cat(lo), cat(hi), cat(has_lim), cat(dd), cat(has_rate)
 
 
-def _var_units(count: IntArray, sigma2: npt.NDArray[np.float64], g: int) -> RingArray:
-    """``round(count²·σ²·2^(2g−16))``: a variance σ² (real units) as ⌊V/2^16⌋ of n = count."""
+def _var_units(
+    count: IntArray, sigma2: npt.NDArray[np.float64], g: int, shift: int = 16
+) -> RingArray:
+    """``round(count²·σ²·2^(2g−shift))``: a variance σ² (real units) as ⌊V/2^shift⌋, n = count."""
     c = np.asarray(count, dtype=np.float64)
-    return np.rint(c * c * sigma2 * 2.0 ** (2 * g - 16)).astype(np.uint64)
+    return np.rint(c * c * sigma2 * 2.0 ** (2 * g - shift)).astype(np.uint64)
 
 
 def _flatline(
@@ -192,7 +196,8 @@ def _flatline(
     ends = np.cumsum(n) - 1
     mask = np.zeros(int(n.sum()), dtype=np.bool_)
     mask[ends[span > 0]] = True
-    return mask, span, _var_units(span, thr, g)
+    # the flatline test compares the exact V (no truncation): its threshold in units of V
+    return mask, span, _var_units(span, thr, g, shift=0)
 
 
 def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> EpochPlan:
@@ -242,15 +247,12 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
     cls = _one_scale_per_class(epoch, cls, class_first)
     fleet_floor = np.array(
         [
-            round(
-                variance_floor(
-                    (policy.fleet.min_sigma,), epoch.streams[i].scale, policy.value_bound_bits
-                )
-                * codec.scale
+            variance_floor(
+                (policy.fleet.min_sigma,), epoch.streams[i].scale, policy.value_bound_bits
             )
             for i in class_first
         ],
-        dtype=np.uint64,
+        dtype=np.float64,
     )
     return EpochPlan(
         n=n,

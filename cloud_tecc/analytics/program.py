@@ -12,10 +12,13 @@ min/max (:mod:`cloud_tecc.analytics.minmax`), and per-reading flags:
   (``u = ⌊(x − c)·2^g⌋``, :func:`~cloud_tecc.analytics.policy.zscore_bits`):
   ``D = n·u_t − Σu``, ``V = n·Σu² − (Σu)²`` (exact, so V ≥ 0), and the flag is
   ``⌊D/2^8⌋²·2^8 > round(k²·2^8)·(⌊V/2^16⌋ + floor)`` — no reciprocal;
-* flatline: per window, ``⌊V/2^16⌋ < span²·min_std²`` over the last ``span``
-  readings of the stream (the same exact V);
+* flatline: per window, ``V < round(span²·min_std²·2^2g)`` over the last
+  ``span`` readings of the stream (the same exact V, compared untruncated);
 * fleet deviation: a stream's window mean against the mean and variance of
-  the released windows of its sensor class in the epoch.
+  the released windows of its sensor class in the epoch, in the same exact
+  n-scaled form (:mod:`cloud_tecc.analytics.fleet`): the exact ``N·S_s − m·S``
+  scaled to N·(x̄ − μ) against the exact ``N·Q − S²`` — no reciprocal enters
+  the variance.
 
 Every truncation is one LSB high at most in MPC and exact (floor) in the
 plaintext reference; docs/MPC.md ("Analytics") gives the headroom argument
@@ -28,6 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cloud_tecc.analytics import fleet
 from cloud_tecc.analytics.detectors import zscore_band_margin
 from cloud_tecc.analytics.minmax import segment_minmax
 from cloud_tecc.analytics.ops import Ops
@@ -39,7 +43,6 @@ from cloud_tecc.analytics.plan import (
     StreamState,
     k2_constants,
     make_plan,
-    reciprocal,
     segment_pairs,
 )
 from cloud_tecc.analytics.policy import AnalyticsPolicy
@@ -134,7 +137,11 @@ class _Run:
         self.fleet_idx = np.flatnonzero(fleet_read)
         class_first_x = self.x[np.concatenate([[0], np.cumsum(p.n)[:-1]])[p.class_first]]
         self.cc = class_first_x if len(p.classes) else np.zeros(0, _U64)
-        self.yf = self.x[self.fleet_idx] - self.cc[p.cls[p.stream_of][self.fleet_idx]]
+        self.fcls_read = p.cls[p.stream_of][self.fleet_idx]
+        self.yf = self.x[self.fleet_idx] - self.cc[self.fcls_read]
+        self.fp = fleet.fleet_plan(policy, p, ops.frac_bits)
+        self.fcls = p.cls[self.fp.streams]
+        self.uf = np.zeros(0, _U64)
         self.z_idx = np.flatnonzero(p.zmask)
         self.fl = np.flatnonzero(p.flat_span > 0)
         self.fl_end = p.a_off[self.fl] + p.h[self.fl] + p.n[self.fl]
@@ -142,9 +149,19 @@ class _Run:
         self.q_idx = np.flatnonzero(np.isin(p.stream_of, need_q))
 
     async def quantise(self) -> RingArray:
-        """Round 1: ``u = ⌊y·2^g / 2^f⌋`` of the epoch's readings, history + epoch per stream."""
+        """Round 1: ``u = ⌊y·2^g / 2^f⌋`` of the epoch's readings, history + epoch per stream.
+
+        In the same round the fleet readings are quantised to their class's g
+        (:attr:`uf`; a class with g < 0 takes a second truncation).
+        """
         p, ops = self.plan, self.ops
-        u = await ops.trunc(self.y * _U64(1 << p.zbits))
+        factor, steps = fleet.quantise_factor(self.fp, self.fcls_read)
+        zq = self.y * _U64(1 << p.zbits)
+        u, uf = _split(await ops.trunc(_cat([zq, self.yf * factor])), [len(zq), len(self.yf)])
+        two = np.flatnonzero(steps == 2)
+        if len(two):
+            uf[two] = await ops.trunc(uf[two])
+        self.uf = uf
         hist_u = [s.state.hist_u if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
         return _interleave(hist_u, _split(u, list(p.n)))
 
@@ -159,6 +176,8 @@ class _Sums:
     s1z: RingArray
     dz: RingArray
     s1f: RingArray
+    fs: RingArray  # Σu of each fleet stream's window (class quantisation)
+    fc: RingArray  # Σu of each class
 
 
 def _window_sums(run: _Run, a_u: RingArray) -> _Sums:
@@ -170,11 +189,12 @@ def _window_sums(run: _Run, a_u: RingArray) -> _Sums:
     dz = nz.astype(_U64) * a_u[gz] - s1z
     span = p.flat_span[run.fl]
     s1f = cu[run.fl_end] - cu[run.fl_end - span]
-    return _Sums(s1z, dz, s1f)
+    fs = _segment_sum(run.uf, p.n[run.fp.streams])
+    return _Sums(s1z, dz, s1f, fs, fleet.class_sums(fs, run.fp, run.fcls))
 
 
 async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArray]:
-    """Round 2: every product of the epoch (u², (Σu)², fleet squares, x², limits, diffs)."""
+    """Round 2: every product of the epoch (u², (Σu)², fleet u² and S², x², limits, diffs)."""
     p, ops = run.plan, run.ops
     q_idx = run.q_idx
     lim_idx, rate_idx = np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
@@ -183,9 +203,9 @@ async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArr
     hi = run.x[lim_idx] - ops.public(p.hi[lim_idx])
     xq = run.x[q_idx]
     u = a_u[run.g]  # this epoch's readings (the history's squares are stored)
-    names = ["uu", "s1z2", "s1f2", "yyf", "qq", "lim", "diff2"]
-    left = [u, sums.s1z, sums.s1f, run.yf, xq, lo, diff]
-    right = [u, sums.s1z, sums.s1f, run.yf, xq, hi, diff]
+    names = ["uu", "s1z2", "s1f2", "ufuf", "fc2", "qq", "lim", "diff2"]
+    left = [u, sums.s1z, sums.s1f, run.uf, sums.fc, xq, lo, diff]
+    right = [u, sums.s1z, sums.s1f, run.uf, sums.fc, xq, hi, diff]
     prod = await ops.mul(_cat(left), _cat(right))
     out = dict(zip(names, _split(prod, [len(a) for a in left]), strict=True))
     out["a_uu"] = run.with_history_squares(out["uu"])
@@ -195,44 +215,22 @@ async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArr
 async def _fleet_and_variance(
     run: _Run, pr: dict[str, RingArray], sums: _Sums
 ) -> dict[str, RingArray]:
-    """Rounds 3–4: exact variances V, ⌊D/2^8⌋, ⌊V/2^16⌋, fleet means and second moments."""
-    p, ops, f = run.plan, run.ops, run.ops.frac_bits
+    """Rounds 3–4: exact variances V, ⌊D/2^8⌋, ⌊V/2^16⌋; the fleet's ⌊E_s/2^8⌋ and ⌊V/2^16⌋."""
+    p, ops, f, fp = run.plan, run.ops, run.ops.frac_bits, run.fp
     cuu = _prefix(pr["a_uu"])
     gz, nz = run.g[run.z_idx], p.base_n[run.z_idx].astype(_U64)
     vz = nz * (cuu[gz] - cuu[gz - p.base_n[run.z_idx]]) - pr["s1z2"]
     span = p.flat_span[run.fl]
     vf = span.astype(_U64) * (cuu[run.fl_end] - cuu[run.fl_end - span]) - pr["s1f2"]
-    fleet_streams = np.flatnonzero(p.cls >= 0)
-    fleet_lengths = p.n[fleet_streams]
-    s1_fs = _segment_sum(run.yf, fleet_lengths)
-    k = len(p.classes)
-    n_f = np.array([int(p.n[p.cls == i].sum()) for i in range(k)], dtype=np.int64)
-    s1_f = np.array([s1_fs[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
+    q_c = fleet.class_sums(_segment_sum(pr["ufuf"], fp.lengths), fp, run.fcls)
+    v_c = fp.n.astype(_U64) * q_c - pr["fc2"]
+    e_s = fleet.scaled_deviation(sums.fs, sums.fc, fp, run.fcls)
     v_scale, d_scale = _U64(1 << (f - 2 * D_SHIFT)), _U64(1 << (f - D_SHIFT))
-    first = [
-        pr["yyf"],
-        pr["qq"],
-        sums.dz * d_scale,
-        vz * v_scale,
-        vf * v_scale,
-        s1_fs * reciprocal(fleet_lengths, 2 * f),
-        s1_f * reciprocal(n_f, 2 * f),
-    ]
-    yyf, qq, dt, vt, vft, mean1, mu1 = _split(await ops.trunc(_cat(first)), [len(a) for a in first])
-    yyf_s = _segment_sum(yyf, fleet_lengths)
-    s2_f = np.array([yyf_s[p.cls[fleet_streams] == i].sum(dtype=_U64) for i in range(k)], _U64)
-    second = [mean1, mu1, s2_f * reciprocal(n_f, f)]
-    mean_s, mu_f, m2_f = _split(await ops.trunc(_cat(second)), [len(a) for a in second])
-    return {
-        "qq": qq,
-        "dt": dt,
-        "vt": vt,
-        "vft": vft,
-        "mean_s": mean_s,
-        "mu_f": mu_f,
-        "m2_f": m2_f,
-        "n_f": n_f.view(_U64),
-    }
+    first = [pr["qq"], sums.dz * d_scale, vz * v_scale, e_s, v_c * v_scale]
+    qq, dt, vt, e1, fv = _split(await ops.trunc(_cat(first)), [len(a) for a in first])
+    # the flatline's V (< 2^62) is compared as it is: a truncation one LSB high would
+    # hide a stuck sensor whose threshold is a few units of ⌊V/2^16⌋
+    return {"qq": qq, "dt": dt, "vt": vt, "vft": vf, "ft": await ops.trunc(e1), "fv": fv}
 
 
 def _compatible(epoch: EpochInput) -> EpochInput:
@@ -262,21 +260,17 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     m = await _fleet_and_variance(run, pr, sums)
     q = _cat([s.q if s.q is not None else np.zeros(len(s.x), _U64) for s in epoch.streams])
     q[run.q_idx] = m["qq"]
-    fleet_streams = np.flatnonzero(p.cls >= 0)
+    fleet_streams = run.fp.streams
     z_idx, lim_idx, rate_idx = run.z_idx, np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
-    d_f = m["mean_s"] - m["mu_f"][p.cls[fleet_streams]]
-    sq_in = [m["mu_f"], d_f, m["dt"]]
-    sq = await ops.mul(_cat(sq_in), _cat(sq_in))
-    mu_sq, d_sq, dt2 = _split(sq, [len(a) for a in sq_in])
-    mu2_f, d2_f = _split(await ops.trunc(_cat([mu_sq, d_sq])), [len(mu_sq), len(d_sq)])
-    var_f = m["m2_f"] - mu2_f
+    sq_in = [m["ft"], m["dt"]]
+    t_sq, dt2 = _split(await ops.mul(_cat(sq_in), _cat(sq_in)), [len(a) for a in sq_in])
     k2, _ = k2_constants(policy.zscore.k, 0.0, run.codec)
     k2f, _ = k2_constants(policy.fleet.k, 0.0, run.codec)
     z_margin = (m["vt"] + ops.public(p.zfloor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
     flat_margin = m["vft"] - ops.public(p.flat_thr[run.fl])
-    vf = var_f[p.cls[fleet_streams]]
-    vminf = p.fleet_floor[p.cls[fleet_streams]]  # min_sigma² in each class's scale
-    f_margin = (vf + ops.public(vminf)) * _U64(k2f) - d2_f * _U64(K2_DEN)
+    flat_band = _flatline_band(m["vft"], p.flat_span[run.fl])
+    fp_pub = replace(run.fp, floor=ops.public(run.fp.floor))
+    f_margin, f_band = fleet.margin(m["ft"], t_sq, m["fv"], fp_pub, cls=run.fcls, k2=k2f)
     lim_margin = _U64(0) - pr["lim"]
     rate_margin = ops.public(p.dd[rate_idx]) - pr["diff2"]
     xm = _cat([epoch.streams[i].x for i in p.minmax])
@@ -308,18 +302,31 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
         flatline=_scatter(n_all, np.flatnonzero(p.flat_mask), flat_flag),
         fleet_s1=fleet_s1,
         fleet_s2=fleet_s2,
-        fleet_n=m["n_f"].view(np.int64),
+        fleet_n=run.fp.n,
         fleet_dev=fleet_dev,
         states=_new_states(run, a_u, pr["a_uu"], policy.zscore.window),
         margins={
             "zscore": _scatter(n_all, z_idx, z_margin),
             "zscore_band": _scatter(n_all, z_idx, band),
             "flatline": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_margin),
+            "flatline_band": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_band),
             "fleet": f_margin,
+            "fleet_band": f_band,
             "limit": _scatter(n_all, lim_idx, lim_margin),
             "rate": _scatter(n_all, rate_idx, rate_margin),
         },
     )
+
+
+def _flatline_band(v: RingArray, span: IntArray) -> RingArray:
+    """Bound on |V_MPC − V_reference| of the flatline test (plaintext only; docs/MPC.md §9).
+
+    MPC's quantised readings are u + e with e ∈ {0, 1}, which moves
+    V = s·Σu² − (Σu)² by at most ``2·s·sqrt(V) + s²/4`` (s = span).
+    """
+    s = span.astype(np.float64)
+    root = np.sqrt(np.maximum(v.view(np.int64).astype(np.float64), 0.0))
+    return np.minimum(np.ceil(2 * s * root + s * s / 4), 2.0**62).astype(_U64)
 
 
 def _new_states(run: _Run, a_u: RingArray, a_uu: RingArray, window: int) -> tuple[StreamState, ...]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -219,6 +219,9 @@ class Decoded:
     windows: list[dict[str, Any]]
     alerts: list[dict[str, Any]]
     fleet: list[dict[str, Any]]
+    #: readings each (gateway, sensor, detector) evaluated in the epoch; an alert's
+    #: ``index`` is its position among them (the incident tracker's m-of-n rule)
+    evaluated: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 def _flag(v: int) -> bool:
@@ -261,10 +264,11 @@ def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[
             {
                 "gateway": a["gateway"],
                 "sensor": a["sensor"],
-                "ts_ns": int(t),
+                "ts_ns": int(ts[first + i]),
                 "detector": a["detector"],
+                "index": int(i),
             }
-            for t in ts[first:][mine == 1]
+            for i in np.flatnonzero(mine == 1)
         )
     return flagged
 
@@ -306,6 +310,10 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
                 row[f] = scale.value(codec.decode_scalar(got[f]))
         windows.append(row)
     alerts = _decode_alerts(layout, values, n_win)
+    evaluated: dict[tuple[str, str, str], int] = {}
+    for a in layout["alerts"]:
+        k3 = (str(a["gateway"]), str(a["sensor"]), str(a["detector"]))
+        evaluated[k3] = evaluated.get(k3, 0) + int(a["n"])
     it = iter(int(v) for v in values[n_win + n_alert :])
     fleet = []
     for fl in layout["fleet"]:
@@ -318,7 +326,7 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
     by_key = {(w["gateway"], w["sensor"]): w for w in windows}
     for d in layout["fleet_dev"]:
         by_key[(d["gateway"], d["sensor"])]["deviates_from_fleet"] = _flag(next(it))
-    return Decoded(windows, alerts, fleet)
+    return Decoded(windows, alerts, fleet, evaluated)
 
 
 def check_layout(policy: AnalyticsPolicy, layout: dict[str, Any]) -> None:

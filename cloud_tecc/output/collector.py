@@ -64,7 +64,7 @@ def balance_fleet(
             windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
         else:
             windows.append(row)
-    return Decoded(windows, rows.alerts, fleet), bad
+    return Decoded(windows, rows.alerts, fleet, rows.evaluated), bad
 
 
 def check_entries(policy: AnalyticsPolicy, layout: dict[str, Any], n_parties: int) -> None:

@@ -35,6 +35,7 @@ def _doc(inc: Incident) -> str:
     return json.dumps(
         {
             "recent_ns": list(inc.recent_ns),
+            "recent_pos": list(inc.recent_pos),
             "worst": None if inc.worst is None else asdict(inc.worst),
             "worst_flags": inc.worst_flags,
             "acknowledged_by": inc.acknowledged_by,
@@ -56,6 +57,7 @@ def _from_row(row: tuple[Any, ...]) -> Incident:
         end_ns=int(end),
         flags=int(flags),
         recent_ns=tuple(int(t) for t in doc.get("recent_ns", [])),
+        recent_pos=tuple(int(p) for p in doc.get("recent_pos", [])),
         worst=worst,
         worst_flags=int(doc.get("worst_flags", 0)),
         acknowledged_by=str(doc.get("acknowledged_by", "")),
@@ -92,15 +94,15 @@ def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int) -> int:
     if inc.id is None:
         cur.execute(
             "INSERT INTO incidents (gateway, sensor, detector, state, start_ns, end_ns, flags, "
-            "doc) VALUES (?,?,?,?,?,?,?,?)",
-            (*vals, inc.flags, _doc(inc)),
+            "doc, updated_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+            (*vals, inc.flags, _doc(inc), now_ns),
         )
         iid = int(cur.lastrowid or 0)
     else:
         cur.execute(
             "UPDATE incidents SET gateway=?, sensor=?, detector=?, state=?, start_ns=?, "
-            "end_ns=?, flags=?, doc=? WHERE id=?",
-            (*vals, inc.flags, _doc(inc), inc.id),
+            "end_ns=?, flags=?, doc=?, updated_ns=? WHERE id=?",
+            (*vals, inc.flags, _doc(inc), now_ns, inc.id),
         )
         iid = inc.id
     record_transition(cur, incident_json(replace(inc, id=iid)), now_ns)
@@ -126,8 +128,8 @@ def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: 
         "DELETE FROM incidents WHERE id=?", [(d.id,) for d in tracked.dropped if d.id is not None]
     )
     cur.executemany(
-        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, incident) "
-        "VALUES (?,?,?,?,?,?)",
+        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, incident, stored_ns) "
+        "VALUES (?,?,?,?,?,?,?)",
         [
             (
                 f.gateway,
@@ -136,6 +138,7 @@ def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: 
                 f.detector,
                 epoch_ns,
                 ids[f.incident] if f.incident >= 0 else None,
+                now_ns,
             )
             for f in tracked.flags
             if f.kept

@@ -9,8 +9,9 @@ detector's name: the rules are looked up per detector, with a default.
 States and events (everything that moves the state lives in
 :data:`TRANSITIONS`, one test row per entry):
 
-- ``pending``: flags seen, never ``open_after`` of them within ``within_s`` —
-  not shown to anyone yet (debounce);
+- ``pending``: flags seen, never ``open_after`` of them within ``within_s`` (or,
+  with ``of_readings`` = n > 0, never ``open_after`` = m among the last n
+  readings the detector evaluated: "m of n") — not shown to anyone yet (debounce);
 - ``open``: enough flags; ``end_ns`` follows the newest flag;
 - ``acknowledged``: open, and an operator said they are on it;
 - ``closed``: no flag for ``quiet_s`` of event time (data progress, not the
@@ -71,15 +72,26 @@ class IncidentError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Debounce:
-    """Per-detector rule: open after ``open_after`` flags within ``within_s``; close after quiet."""
+    """Per-detector rule: open after ``open_after`` flags within ``within_s``; close after quiet.
+
+    With ``of_readings`` = n > 0 the opening rule counts readings instead of
+    time: open once ``open_after`` = m of the last n readings the detector
+    evaluated were flagged (m of n), whatever the sample rate.
+    """
 
     open_after: int = 1
     within_s: float = 60.0
     quiet_s: float = 30.0
+    of_readings: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.open_after <= 1000:
             raise IncidentError("incidents.<detector>.open_after must be 1..1000")
+        if self.of_readings and not self.open_after <= self.of_readings <= 100_000:
+            raise IncidentError(
+                "incidents.<detector>.of_readings must be 0 (time rule) or in "
+                f"[open_after, 100000], e.g. of_readings: {max(10, 2 * self.open_after)}"
+            )
         if not 0 < self.within_s <= 86_400 or not 0 < self.quiet_s <= 86_400:
             raise IncidentError("incidents.<detector>.within_s and quiet_s must be in (0, 86400]")
 
@@ -120,6 +132,9 @@ class Incident:
     end_ns: int
     flags: int
     recent_ns: tuple[int, ...] = ()  # newest flag times while pending (at most open_after)
+    # m of n: positions of the newest flags while pending, in readings the detector
+    # evaluated, relative to the end of the last epoch (so <= 0; at most open_after)
+    recent_pos: tuple[int, ...] = ()
     worst: WindowStats | None = None
     worst_flags: int = 0
     acknowledged_by: str = ""
@@ -147,9 +162,12 @@ def on_flag(
     window: WindowStats,
     window_flags: int,
     rule: Debounce,
+    pos: int = 0,
 ) -> Incident:
     """Apply one flagged reading; returns the (possibly new) incident.
 
+    ``pos`` is the reading's position among those the detector evaluated,
+    relative to the end of the current epoch (the m-of-n rule's clock).
     ``window_flags`` is how many flags of this key fall in ``window`` so far;
     the incident's worst window is the one with the most. A flag of a closed
     incident's key (or with no incident) starts a new pending incident.
@@ -171,6 +189,13 @@ def on_flag(
     )
     if grown.state is not State.PENDING:
         return replace(grown, state=_move(grown, Event.FLAG) or grown.state)
+    if rule.of_readings:
+        near = tuple(p for p in (*inc.recent_pos, pos) if p > pos - rule.of_readings)
+        recent_pos = near[-rule.open_after :]
+        if len(recent_pos) >= rule.open_after:
+            state = _move(grown, Event.DEBOUNCED)
+            return replace(grown, state=state or State.OPEN, recent_ns=(), recent_pos=())
+        return replace(grown, recent_pos=recent_pos)
     horizon = ts_ns - int(rule.within_s * SECOND)
     recent = tuple(t for t in (*inc.recent_ns, ts_ns) if t >= horizon)[-rule.open_after :]
     if len(recent) >= rule.open_after:
@@ -179,12 +204,19 @@ def on_flag(
     return replace(grown, recent_ns=recent)
 
 
+def shift_positions(inc: Incident, readings: int) -> Incident:
+    """A new epoch in which the incident's detector evaluated ``readings`` more readings."""
+    if not inc.recent_pos or not readings:
+        return inc
+    return replace(inc, recent_pos=tuple(p - readings for p in inc.recent_pos))
+
+
 def on_progress(inc: Incident, through_ns: int, rule: Debounce) -> Incident | None:
     """Data is complete up to ``through_ns``: close (or drop, if pending) a quiet incident."""
     if inc.state is State.CLOSED or through_ns - inc.end_ns < int(rule.quiet_s * SECOND):
         return inc
     nxt = _move(inc, Event.QUIET)
-    return None if nxt is None else replace(inc, state=nxt, recent_ns=())
+    return None if nxt is None else replace(inc, state=nxt, recent_ns=(), recent_pos=())
 
 
 def on_ack(inc: Incident, operator: str, now_ns: int) -> Incident:

@@ -38,14 +38,15 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE TABLE IF NOT EXISTS flags (
     id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT NULL,
     ts_ns INTEGER NOT NULL, detector TEXT NOT NULL, start_ns INTEGER NOT NULL,
-    incident INTEGER);
+    incident INTEGER, stored_ns INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS flags_ts ON flags (ts_ns);
 CREATE INDEX IF NOT EXISTS flags_epoch ON flags (start_ns);
 CREATE INDEX IF NOT EXISTS flags_incident ON flags (incident);
 CREATE TABLE IF NOT EXISTS incidents (
     id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT NULL,
     detector TEXT NOT NULL, state TEXT NOT NULL, start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL, flags INTEGER NOT NULL, doc TEXT NOT NULL);
+    end_ns INTEGER NOT NULL, flags INTEGER NOT NULL, doc TEXT NOT NULL,
+    updated_ns INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS incidents_end ON incidents (end_ns);
 CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state);
 CREATE TABLE IF NOT EXISTS submissions (
@@ -88,11 +89,41 @@ class ResultStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._add_arrival_columns()
         self._db.executescript(_SCHEMA)
+        self._db.execute("CREATE INDEX IF NOT EXISTS flags_stored ON flags (stored_ns)")
         outbox.create(self._db)
         self._migrate_alerts()
         self._lock = threading.Lock()
         self._changes = 0
+
+    def _add_arrival_columns(self) -> None:
+        """A results.db of the previous release: add the arrival times retention prunes by.
+
+        Rows stored before have no arrival time; they get their event time
+        (the old rule), so nothing changes for them.
+        """
+        migrations = (
+            (
+                "flags",
+                "stored_ns",
+                "ALTER TABLE flags ADD COLUMN stored_ns INTEGER NOT NULL DEFAULT 0",
+                "UPDATE flags SET stored_ns = ts_ns",
+            ),
+            (
+                "incidents",
+                "updated_ns",
+                "ALTER TABLE incidents ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0",
+                "UPDATE incidents SET updated_ns = end_ns",
+            ),
+        )
+        for table, column, add, fill in migrations:
+            cols = [
+                r[0] for r in self._db.execute("SELECT name FROM pragma_table_info(?)", (table,))
+            ]
+            if cols and column not in cols:
+                self._db.execute(add)
+                self._db.execute(fill)
 
     def _migrate_alerts(self) -> None:
         """A results.db of the previous release: move its ``alerts`` rows into ``flags``."""
@@ -105,8 +136,9 @@ class ResultStore:
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.execute(
-                "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns) "
-                "SELECT gateway, sensor, ts_ns, detector, start_ns FROM alerts ORDER BY ts_ns"
+                "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, stored_ns) "
+                "SELECT gateway, sensor, ts_ns, detector, start_ns, ts_ns FROM alerts "
+                "ORDER BY ts_ns"
             )
             cur.execute("DROP TABLE alerts")
             cur.execute("COMMIT")
@@ -163,9 +195,9 @@ class ResultStore:
                     # a recomputation that changed the flags: replace them, unlinked
                     cur.execute("DELETE FROM flags WHERE start_ns=?", (epoch_ns,))
                     cur.executemany(
-                        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns) "
-                        "VALUES (?,?,?,?,?)",
-                        _alert_set(epoch_ns, rows),
+                        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, "
+                        "stored_ns) VALUES (?,?,?,?,?,?)",
+                        [(*a, now_ns) for a in _alert_set(epoch_ns, rows)],
                     )
                 cur.execute("DELETE FROM pending WHERE epoch_ns=?", (epoch_ns,))
                 cur.execute("DELETE FROM submissions WHERE epoch_ns=?", (epoch_ns,))
@@ -227,14 +259,20 @@ class ResultStore:
             return "new"
 
     def prune(self, before_ns: int, max_flags: int) -> int:
-        """Retention: drop flags and closed incidents older than ``before_ns``; cap flag rows."""
+        """Retention: drop flags and closed incidents that *arrived* before ``before_ns``.
+
+        Arrival (the wall-clock time a flag was stored, or an incident last
+        written) and not event time: a backfilled recording of 2013 is kept
+        ``retention_s`` after it was analysed like live data, instead of being
+        pruned by the next sweep. The row cap bounds storage whatever the times.
+        """
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                n = cur.execute("DELETE FROM flags WHERE ts_ns < ?", (before_ns,)).rowcount
+                n = cur.execute("DELETE FROM flags WHERE stored_ns < ?", (before_ns,)).rowcount
                 n += cur.execute(
-                    "DELETE FROM incidents WHERE state='closed' AND end_ns < ?", (before_ns,)
+                    "DELETE FROM incidents WHERE state='closed' AND updated_ns < ?", (before_ns,)
                 ).rowcount
                 n += cur.execute(
                     "DELETE FROM flags WHERE id <= (SELECT id FROM flags ORDER BY id DESC "

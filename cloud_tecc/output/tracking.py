@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_tecc.analytics.release import Decoded
-from cloud_tecc.output.incidents import Incident, Rules, WindowStats, on_flag, on_progress
+from cloud_tecc.output.incidents import (
+    Incident,
+    Rules,
+    WindowStats,
+    on_flag,
+    on_progress,
+    shift_positions,
+)
 
 Key = tuple[str, str, str]
 
@@ -70,7 +77,8 @@ def track(
     index: dict[Key, int] = {}
     for live_key, inc in live.items():
         index[live_key] = len(out.incidents)
-        out.incidents.append(inc)
+        # m of n: a pending incident's flag positions count from this epoch's end
+        out.incidents.append(shift_positions(inc, rows.evaluated.get(live_key, 0)))
     windows = {(w["gateway"], w["sensor"]): w for w in rows.windows}
     per_window: Counter[Key] = Counter()
     for a in sorted(rows.alerts, key=lambda a: (int(a["ts_ns"]), a["gateway"], a["sensor"])):
@@ -93,6 +101,7 @@ def track(
             window=_window_of(windows, key[0], key[1]),
             window_flags=per_window[key],
             rule=rule,
+            pos=int(a.get("index", 0)) - rows.evaluated.get(key, 0),
         )
         if before is None:
             index[key] = len(out.incidents)

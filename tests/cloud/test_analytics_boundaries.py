@@ -75,7 +75,8 @@ async def test_windows_and_fleet_classes_at_exactly_min_count_and_one_short() ->
         assert win[gw] == {"gateway": gw, "sensor": "m.press", "start_ns": T0, "count": MIN - 1}
     limit = [a for a in rel.alerts if a["detector"] == "limit"]
     last = int(streams[0].timestamps_ns[-1])
-    assert limit == [{"gateway": "g1", "sensor": "m.temp", "ts_ns": last, "detector": "limit"}]
+    want = {"gateway": "g1", "sensor": "m.temp", "ts_ns": last, "detector": "limit"}
+    assert limit == [want | {"index": MIN - 1}]  # the last of the window's MIN readings
     fleet = {f["class"]: f for f in rel.fleet}
     assert fleet["temperature"]["count"] == MIN
     assert fleet["temperature"]["mean"] == pytest.approx(_fixed(at).mean(), abs=1e-9)

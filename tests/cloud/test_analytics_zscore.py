@@ -266,3 +266,25 @@ async def test_a_state_of_the_older_layout_starts_the_stream_afresh() -> None:
     for a, b in zip(fresh.states, stale.states, strict=True):
         assert np.array_equal(a.hist_yy, b.hist_yy)
     assert np.array_equal(fresh.zscore, stale.zscore)
+
+
+async def test_flatline_of_a_small_threshold_is_flagged_by_the_secure_run_too() -> None:
+    """A stuck reading with min_std 0.002 (threshold ≈ 1 unit of ⌊V/2^16⌋ at g = 10) is
+    flagged by MPC exactly as by the reference, window after window.
+
+    Fails on the code before this change: V was truncated by 2^16 first, one LSB
+    high at random in MPC, so ⌊V/2^16⌋ = 0 became 1 and the stuck window was missed.
+    """
+    policy = _policy(
+        300,
+        6.0,
+        release=["count", "flatline_alerts"],
+        flatline=[{"sensor": "*", "span": 100, "min_std": 0.002}],
+    )
+    rng = np.random.default_rng(5)
+    values = np.concatenate([7 + rng.normal(0, 0.02, 400), np.full(2000, 7.0676)])
+    results, decoded, _ = await secure_results(policy, [_stream(values)])
+    ref = [len(r.released.alerts) for r in results]
+    sec = [len(d.alerts) for d in decoded]
+    assert ref == sec
+    assert sum(sec) >= 4  # the stuck epochs flag

@@ -252,3 +252,88 @@ def test_incidents_partition_the_flags(
         for a, b in itertools.pairwise(mine):
             assert a.state is State.CLOSED
             assert b.start_ns - a.end_ns >= int(quiet_s * SECOND)
+
+
+def test_retention_prunes_by_arrival_not_by_event_time(tmp_path: Path) -> None:
+    """A backfilled recording's flags and incidents survive the next retention sweep.
+
+    Fails on the code before this change: ``prune`` compared the flags' event
+    timestamps (2013 here) with the wall clock minus ``retention_s``, so every
+    flag and closed incident of a history replay was deleted at once.
+    """
+    store = ResultStore(tmp_path / "r.db")
+    old = 1_383_400_000 * SECOND  # November 2013
+    now = T0  # the wall clock when the backfill is analysed
+    rules = Rules(Debounce(1, 60.0, 5.0))
+    flags = [("gw", "temp", old + i * SECOND, "limit") for i in range(3)]
+    store.store_epoch(
+        old,
+        10 * SECOND,
+        _epoch(flags),
+        now,
+        lambda live: track(_epoch(flags), old + 60 * SECOND, live, rules, max_flags=9),
+    )
+    (inc,) = store.incidents(IncidentQuery())
+    assert inc["state"] == "closed"
+    week = 7 * 86_400 * SECOND
+    assert store.prune(now + 60 * SECOND - week, max_flags=100) == 0  # a sweep a minute later
+    assert len(store.alerts(0, 2**63 - 1, None, 100, 0)) == 3
+    assert len(store.incidents(IncidentQuery())) == 1
+    # once they have been stored for longer than the retention, they go
+    assert store.prune(now + SECOND, max_flags=100) == 4
+    assert store.alerts(0, 2**63 - 1, None, 100, 0) == []
+    assert store.incidents(IncidentQuery()) == []
+    store.close()
+
+
+def _mofn_epoch(start: int, idx: list[int], evaluated: int = 10) -> Decoded:
+    """One epoch of 10 evaluated readings 0.1 s apart; flags at positions ``idx``."""
+    alerts = [
+        {
+            "gateway": "gw",
+            "sensor": "temp",
+            "ts_ns": start + i * SECOND // 10,
+            "detector": "zscore",
+            "index": i,
+        }
+        for i in idx
+    ]
+    w = [{"gateway": "gw", "sensor": "temp", "start_ns": start, "count": evaluated}]
+    return Decoded(w, alerts, [], {KEY: evaluated})
+
+
+def test_m_of_n_counts_evaluated_readings_across_epochs(tmp_path: Path) -> None:
+    """open_after 3 of_readings 10: opens only once 3 of the last 10 evaluated readings
+    are flagged, counting readings (also of epochs without a flag), not seconds.
+
+    Fails on the code before this change: there was no of_readings rule, and the
+    time rule (3 flags within within_s) opened at the third flag whatever lay between.
+    """
+    rule = Rules(Debounce(open_after=3, within_s=60.0, quiet_s=30.0, of_readings=10))
+    store = ResultStore(tmp_path / "r.db")
+    epochs = [
+        _mofn_epoch(T0, [0, 5]),  # two flags 5 readings apart: pending
+        _mofn_epoch(T0 + SECOND, []),  # 10 quiet readings
+        _mofn_epoch(T0 + 2 * SECOND, [3]),  # reading 23, 18 after the 2nd flag: pending
+        _mofn_epoch(T0 + 3 * SECOND, [0, 2]),  # readings 30, 32 with 23: 3 of 10: open
+    ]
+    states: list[str | None] = []
+    for k, rows in enumerate(epochs):
+        through = T0 + (k + 1) * SECOND
+
+        def tracker(live: dict[Any, Incident], r: Decoded = rows, t: int = through) -> Any:
+            return track(r, t, live, rule, max_flags=100)
+
+        store.store_epoch(T0 + k * SECOND, SECOND, rows, through, tracker)
+        shown = store.incidents(IncidentQuery())
+        states.append(shown[0]["state"] if shown else None)
+    assert states == [None, None, None, "open"]
+    (inc,) = store.incidents(IncidentQuery())
+    assert inc["flags"] == 5  # the episode (no quiet_s gap) counts its pending flags too
+    store.close()
+
+
+def test_m_of_n_rule_is_checked() -> None:
+    """of_readings below open_after is refused with the key and a correct example."""
+    with pytest.raises(IncidentError, match="of_readings"):
+        Debounce(open_after=5, of_readings=3)

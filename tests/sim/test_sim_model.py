@@ -153,3 +153,70 @@ def test_daily_cycle_peaks_at_the_configured_hour(make_config: ConfigFactory) ->
     assert model.value(day + 3 * 3600) == 17.0
     assert model.value(day + 15 * 3600) == 23.0
     assert abs(model.value(day + 9 * 3600) - 20.0) < 1e-9
+
+
+OPS_LINE = """
+line: l1
+seed: 3
+machines:
+  - name: m
+    initial_state: run
+    ramp_s: 1
+    states:
+      idle: {level: 0.1, mean_dwell_s: 30, min_dwell_s: 10}
+      run: {level: 0.6, mean_dwell_s: 30, min_dwell_s: 10}
+      load: {level: 0.9, mean_dwell_s: 30, min_dwell_s: 10}
+    operations:
+      cold_start: true
+      shift_s: 600
+      shift_break_s: 60
+      stops: [{start_s: 900, duration_s: 120}]
+    sensors:
+      - {name: temp, kind: temperature, offset: 20, load_gain: 40, lag_s: 60,
+         daily_amplitude: 0, noise_std: 0}
+      - {name: current, kind: current, offset: 2, load_gain: 50, lag_s: 0, noise_std: 0}
+"""
+
+
+def test_planned_operation_warm_up_shift_breaks_and_stops(make_config: ConfigFactory) -> None:
+    """A cold start warms the temperature up from its offset; every shift_s the machine is
+    idle for shift_break_s; a maintenance stop holds load 0 for its duration, then runs."""
+    config = make_config(OPS_LINE)
+    machine = config.machines[0]
+    schedule = StateSchedule(machine, seed=3, start=START)
+    assert schedule.load_at(START) == 0.0  # switched off at the start
+    for t in (600, 1200):  # shift changes
+        assert schedule.state_at(START + t + 30) is MachineState.IDLE
+        assert abs(schedule.load_at(START + t + 30) - 0.1) < 1e-6
+        assert schedule.state_at(START + t + 61) is MachineState.RUN
+    assert abs(schedule.load_at(START + 1000)) < 1e-9  # the stop, at load 0
+    assert schedule.state_at(START + 1021) is MachineState.RUN
+    streams = build_streams(config.machines, seed=3, start=START)
+    temps = [streams["l1.m.temp"].next().value for _ in range(1200)]  # 120 s at 10 Hz
+    assert temps[0] == 20.0  # cold
+    assert 20.0 < temps[300] < temps[600] < temps[1199]  # warming over the lag
+    current = streams["l1.m.current"]
+    while current.next_ts() < START + 1000:
+        current.next()
+    assert current.next().value == 2.0  # stopped: offset only
+
+
+def test_a_compressed_day(make_config: ConfigFactory) -> None:
+    """daily_period_s 3600: the cycle repeats every hour, peaking at 15/24 of it."""
+    config = make_config(
+        """
+        line: l1
+        seed: 1
+        machines:
+          - name: m
+            fixed_state: idle
+            ramp_s: 0
+            sensors:
+              - {name: t, kind: temperature, offset: 20, load_gain: 0, daily_amplitude: 3,
+                 daily_peak_hour: 15, noise_std: 0, daily_period_s: 3600}
+        """
+    )
+    machine = config.machines[0]
+    model = SensorModel(machine.sensors[0], StateSchedule(machine, seed=1, start=0), seed=1)
+    assert abs(model.value(3600 * 1000 + 2250) - 23.0) < 1e-9
+    assert abs(model.value(3600 * 1001 + 450) - 17.0) < 1e-9
