@@ -69,12 +69,14 @@ from cloud_tecc.output.incident_rows import IncidentQuery
 from cloud_tecc.output.incidents import Debounce, Rules
 from cloud_tecc.output.store import ResultStore
 from cloud_tecc.output.tracking import track
+from demo.layout import sensor_scales
 from firmware_sim.line import simulate
 from firmware_sim.sample import Status
 from tecc_contract.envelope import derive_columns
 from tecc_contract.fixedpoint import FixedPoint, SensorRange, validate
 from tecc_contract.header import Column
 from tecc_contract.ring import to_bytes
+from tecc_contract.scale import Scale
 
 POLICY = ROOT / "configs" / "demo" / "policy.yaml"
 GATEWAY = "gw1"
@@ -124,8 +126,10 @@ def _within_band(item: tuple[Any, ...], epoch: EpochInput, out: EpochOutput) -> 
 class Pipeline:
     """Secure + reference analytics epoch by epoch, into the output's store and tracker."""
 
-    def __init__(self, policy: AnalyticsPolicy, store: ResultStore, seed: int) -> None:
-        self.policy, self.store = policy, store
+    def __init__(
+        self, policy: AnalyticsPolicy, store: ResultStore, seed: int, scales: dict[str, Scale]
+    ) -> None:
+        self.policy, self.store, self.scales = policy, store, scales
         self.codec = FixedPoint()
         self.ref_states: dict[str, StreamState] = {}
         net, dealer = MemoryNetwork(2), LocalDealer(2)
@@ -144,9 +148,10 @@ class Pipeline:
         cols = (Column.VALUE, Column.SQUARE)
         streams = []
         for sensor, ts, v in rows:
-            x, q = derive_columns(v, cols, self.codec)
+            sc = self.scales[sensor]  # as the demo's gateways share it
+            x, q = derive_columns(v, cols, self.codec, scaled=sc.scaled(v))
             st = self.ref_states.get(sensor)
-            streams.append(StreamInput(GATEWAY, sensor, ts, x, q, st))
+            streams.append(StreamInput(GATEWAY, sensor, ts, x, q, st, sc))
         ref_in = EpochInput(start_ns, tuple(streams))
         ref_out = await run_epoch(PlainOps(), self.policy, ref_in)
         for s, new in zip(ref_in.streams, ref_out.states, strict=True):
@@ -159,7 +164,7 @@ class Pipeline:
             mq = self.rng.integers(0, 2**64 - 1, len(s.x), dtype=np.uint64, endpoint=True)
             for i, (x, q) in enumerate(((m, mq), (s.x - m, s.q - mq))):
                 own = self.states[i].get((s.gateway, s.sensor))
-                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, own))
+                eps[i].append(StreamInput(s.gateway, s.sensor, s.timestamps_ns, x, q, own, s.scale))
         inputs = [EpochInput(start_ns, tuple(e)) for e in eps]
         outs = await asyncio.gather(
             *(run_epoch(MpcOps(self.parties[i]), self.policy, inputs[i]) for i in range(2))
@@ -230,7 +235,8 @@ async def run(seed: int, duration_s: float, policy: AnalyticsPolicy) -> dict[str
             by_epoch.setdefault(int(e), []).append((sensor, ts[m], v[m]))
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "results.db")
-        pipe = Pipeline(policy, store, seed)
+        ranges = {spec.sensor_id: (spec.low, spec.high) for spec in cfg.sensors()}
+        pipe = Pipeline(policy, store, seed, sensor_scales(policy, ranges))
         for k, start in enumerate(sorted(by_epoch)):
             await pipe.epoch(start, by_epoch[start])
             if k % 600 == 599:
