@@ -40,6 +40,7 @@ from tecc_contract.schema import (
     Positive,
     Url,
     convert,
+    is_loopback_host,
     read_document,
 )
 
@@ -150,8 +151,22 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     # envelopes for hpke_overlap_s (longer than the gateways' re-attestation interval).
     hpke_rotation_s: NonNegative = 0.0
     hpke_overlap_s: Positive = 3600.0
+    # HTTPS on `listen` (the gateways' uplink): true = a key generated in the enclave, its
+    # SPKI digest in every quote; {cert, key} = the operator's PEM pair; off = plain HTTP,
+    # loopback only unless insecure_plain_http: true.
+    tls: bool | TlsDoc = True
+    insecure_plain_http: bool = False
 
     def __post_init__(self) -> None:
+        plain = self.tls is False and not self.insecure_plain_http
+        if plain and not is_loopback_host(self.listen.host):
+            raise ValueError(
+                f"tls: off on the non-loopback listen.host {self.listen.host!r} would take "
+                "the gateways' uploads in clear: remove tls (HTTPS is the default), or add "
+                "insecure_plain_http: true to accept plain HTTP off this host"
+            )
+        if self.insecure_plain_http and self.tls is not False:
+            raise ValueError("insecure_plain_http: true needs tls: off (or remove it)")
         others = set(range(self.n_parties)) - {self.party}
         if set(self.peers) != others:
             raise ValueError(
@@ -201,7 +216,7 @@ class IncidentsDoc(FileSchema, frozen=True, kw_only=True):
 
 
 class TlsDoc(FileSchema, frozen=True, kw_only=True):
-    """``auth.tls``: the certificate and key (PEM files) of a non-loopback listener."""
+    """``auth.tls`` / a party's ``tls``: a certificate and key (PEM files) for a listener."""
 
     cert: Name
     key: Name
@@ -284,6 +299,9 @@ class PartyConfig:
     active_s: float
     hpke_rotation_s: float
     hpke_overlap_s: float
+    #: HTTPS on the listener; ``tls_files``: the operator's (cert, key), else the enclave's key.
+    tls: bool = True
+    tls_files: tuple[Path, Path] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +439,12 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
         active_s=f.active_s,
         hpke_rotation_s=f.hpke_rotation_s,
         hpke_overlap_s=f.hpke_overlap_s,
+        tls=f.tls is not False,
+        tls_files=(
+            ((base / f.tls.cert).resolve(), (base / f.tls.key).resolve())
+            if isinstance(f.tls, TlsDoc)
+            else None
+        ),
     )
 
 

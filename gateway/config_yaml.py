@@ -154,7 +154,9 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
         state_dir=state_dir,
         sensors={s.id: SensorConfig(s.id, SensorRange(*s.range), s.unit) for s in f.sensors},
         clusters=tuple(
-            ClusterConfig(c.index, c.url.rstrip("/"), c.service_id, c.role)
+            ClusterConfig(
+                c.index, c.url.rstrip("/"), c.service_id, c.role, c.tls, _path(base, c.tls_ca_file)
+            )
             for c in sorted(f.clusters, key=lambda c: c.index)
         ),
         attestation=AttestationConfig(
