@@ -105,6 +105,7 @@ class FakeCluster:
         self.posts = 0
         self.rejected = 0
         self.attestations = 0
+        self.plain_requests = 0  # requests that did not arrive over TLS
         self._runner: web.AppRunner | None = None
 
     @property
@@ -114,6 +115,7 @@ class FakeCluster:
 
     async def _attestation(self, req: web.Request) -> web.Response:
         self.attestations += 1
+        self.plain_requests += not req.secure
         nonce = bytes.fromhex(req.query["nonce"])
         quote = Quote(
             role="party",
@@ -135,6 +137,7 @@ class FakeCluster:
 
     async def _batches(self, req: web.Request) -> web.Response:
         self.posts += 1
+        self.plain_requests += not req.secure
         body = await req.read()
         try:
             opened = self._opener.open(body)
