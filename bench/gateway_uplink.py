@@ -152,7 +152,7 @@ async def _drain(tmp: Path, tls: bool, frames: list[list[bytes]], hpke: list[byt
 
 def measure(quick: bool) -> dict[str, Any]:
     """``uplink_tls_batches_per_s``, ``uplink_plain_batches_per_s`` and their ratio."""
-    n, rounds = (300, 3) if quick else (1500, 4)
+    n, rounds = (1000, 2) if quick else (3000, 3)
     hpke = [generate_cluster_keypair(KemSuite.X25519)[1] for _ in range(2)]
     frames = _frames(n, hpke)
     best: dict[bool, float] = {True: 0.0, False: 0.0}
