@@ -132,7 +132,9 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     """``role: party`` — a cluster party: ingest, MPC peer and result sender.
 
     Rules: ``peers`` lists every other party index exactly once, each with ``mpc``;
-    ``dealer`` has ``mpc``. The ``policy`` file it names is checked too.
+    ``dealer`` has ``mpc``. The ``policy`` file it names is checked too. ``listen``
+    serves HTTPS (``tls``); ``tls: off`` only on a loopback ``listen.host``, or with
+    ``insecure_plain_http: true``.
     """
 
     party: Annotated[int, Meta(ge=0, le=1)]
