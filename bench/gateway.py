@@ -286,6 +286,9 @@ async def agent_opcua(cfg: GatewayConfig, seconds: float) -> tuple[float, float]
     while True:
         if agent.opcua[0].subscribed >= N_NODES:
             break
+        if task.done():
+            task.result()  # the agent stopped: raise its error instead of waiting forever
+            raise RuntimeError("the agent stopped before subscribing")
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
     n0, t0, c0 = agent.ingest.accepted.get("plc", 0), time.perf_counter(), time.process_time()
