@@ -45,7 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bench import gateway_modbus, gateway_sparkplug
+from bench import gateway_modbus, gateway_protect, gateway_sparkplug, gateway_uplink
 from bench._report import emit
 from bench._services import mosquitto
 from demo.services import free_port
@@ -227,7 +227,8 @@ def _config(tmp: Path, *, mqtt_port: int | None, opcua_url: str | None) -> Gatew
         "batching": {"max_readings": 50_000, "max_delay_s": 0.25},
         "spool": {"path": str(tmp / "spool.db")},
         "clusters": [
-            {"index": i, "url": f"http://127.0.0.1:{dead}", "service_id": f"p{i}"} for i in range(2)
+            {"index": i, "url": f"http://127.0.0.1:{dead}", "service_id": f"p{i}", "tls": False}
+            for i in range(2)
         ],
         "attestation": {"platform_keys": {"p": "00" * 32}, "allowed_measurements": ["00" * 32]},
         "http": {"port": free_port()},
@@ -285,6 +286,9 @@ async def agent_opcua(cfg: GatewayConfig, seconds: float) -> tuple[float, float]
     while True:
         if agent.opcua[0].subscribed >= N_NODES:
             break
+        if task.done():
+            task.result()  # the agent stopped: raise its error instead of waiting forever
+            raise RuntimeError("the agent stopped before subscribing")
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
     n0, t0, c0 = agent.ingest.accepted.get("plc", 0), time.perf_counter(), time.process_time()
@@ -455,6 +459,10 @@ def main() -> None:
     note("modbus")
     out.update(gateway_sparkplug.measure(quick))
     note("sparkplug")
+    out.update(gateway_uplink.measure(quick))
+    note("uplink TLS vs plain")
+    out.update(gateway_protect.measure(quick))
+    note("spool at rest, TPM sessions")
     out["nodes"] = N_NODES
     emit(out)
 

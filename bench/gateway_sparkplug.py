@@ -114,7 +114,8 @@ def _config(
         "batching": {"max_readings": batching[0], "max_delay_s": batching[1]},
         "spool": {"path": str(tmp / "spool.db")},
         "clusters": [
-            {"index": i, "url": f"http://127.0.0.1:{dead}", "service_id": f"p{i}"} for i in range(2)
+            {"index": i, "url": f"http://127.0.0.1:{dead}", "service_id": f"p{i}", "tls": False}
+            for i in range(2)
         ],
         "attestation": {"platform_keys": {"p": "00" * 32}, "allowed_measurements": ["00" * 32]},
         "http": {"port": free_port()},

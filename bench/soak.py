@@ -204,7 +204,7 @@ async def _counter(bases: list[str], name: str) -> list[float | None]:
         for base in bases:
             value: float | None = None
             try:
-                async with s.get(f"{base}/metrics") as r:
+                async with s.get(f"{base}/metrics", ssl=False) as r:  # loopback parties
                     for line in (await r.text()).splitlines():
                         if line.startswith(name + " "):
                             value = float(line.split()[-1])

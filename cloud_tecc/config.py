@@ -42,6 +42,7 @@ from tecc_contract.schema import (
     Positive,
     Url,
     convert,
+    is_loopback_host,
     read_document,
 )
 
@@ -134,7 +135,9 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
 
     Rules: ``party`` < ``n_parties``; ``peers`` lists every other party index
     (0..n_parties-1 except ``party``) exactly once, each with ``mpc``; ``dealer``
-    has ``mpc``. The ``policy`` file it names is checked too.
+    has ``mpc``. The ``policy`` file it names is checked too. ``listen`` serves
+    HTTPS (``tls``); ``tls: off`` only on a loopback ``listen.host``, or with
+    ``insecure_plain_http: true``.
     """
 
     party: Annotated[int, Meta(ge=0, lt=MAX_PARTIES)]
@@ -156,12 +159,27 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     # Gateways enrolling by TPM attestation (docs/CLOUD.md, "Gateway enrolment")
     enrolment: EnrolmentDoc = EnrolmentDoc()
 
+    # HTTPS on `listen` (the gateways' uplink): true = a key generated in the enclave, its
+    # SPKI digest in every quote; {cert, key} = the operator's PEM pair; off = plain HTTP,
+    # loopback only unless insecure_plain_http: true.
+    tls: bool | TlsDoc = True
+    insecure_plain_http: bool = False
+
     def __post_init__(self) -> None:
         if self.party >= self.n_parties:
             raise ValueError(
                 f"party {self.party} is not below n_parties {self.n_parties}: write a party "
                 f"index 0..{self.n_parties - 1}, or raise n_parties"
             )
+        plain = self.tls is False and not self.insecure_plain_http
+        if plain and not is_loopback_host(self.listen.host):
+            raise ValueError(
+                f"tls: off on the non-loopback listen.host {self.listen.host!r} would take "
+                "the gateways' uploads in clear: remove tls (HTTPS is the default), or add "
+                "insecure_plain_http: true to accept plain HTTP off this host"
+            )
+        if self.insecure_plain_http and self.tls is not False:
+            raise ValueError("insecure_plain_http: true needs tls: off (or remove it)")
         others = set(range(self.n_parties)) - {self.party}
         if set(self.peers) != others:
             missing, extra = sorted(others - set(self.peers)), sorted(set(self.peers) - others)
@@ -245,7 +263,7 @@ class IncidentsDoc(FileSchema, frozen=True, kw_only=True):
 
 
 class TlsDoc(FileSchema, frozen=True, kw_only=True):
-    """``auth.tls``: the certificate and key (PEM files) of a non-loopback listener."""
+    """``auth.tls`` / a party's ``tls``: a certificate and key (PEM files) for a listener."""
 
     cert: Name
     key: Name
@@ -337,6 +355,9 @@ class PartyConfig:
     hpke_overlap_s: float
     # ek_ca_files resolved to absolute paths
     enrolment: EnrolmentDoc = field(default_factory=EnrolmentDoc)
+    #: HTTPS on the listener; ``tls_files``: the operator's (cert, key), else the enclave's key.
+    tls: bool = True
+    tls_files: tuple[Path, Path] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +497,12 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
         hpke_overlap_s=f.hpke_overlap_s,
         enrolment=msgspec.structs.replace(
             f.enrolment, ek_ca_files=[str(base / p) for p in f.enrolment.ek_ca_files]
+        ),
+        tls=f.tls is not False,
+        tls_files=(
+            ((base / f.tls.cert).resolve(), (base / f.tls.key).resolve())
+            if isinstance(f.tls, TlsDoc)
+            else None
         ),
     )
 

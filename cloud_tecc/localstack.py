@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,6 +49,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: A client context for the loopback test deployment's HTTPS (the parties' enclave-issued
+#: certificates are trusted by their attested key, which gateways pin; tools here do not).
+LOOPBACK_TLS = ssl.create_default_context()
+LOOPBACK_TLS.check_hostname = False
+LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
+
 OUTPUT_TOKENS: dict[str, str] = {}  # output service base URL -> its admin API token
 
 
@@ -69,12 +76,14 @@ def auth_headers(url: str) -> dict[str, str]:
 def http_json(
     url: str, *, data: bytes | None = None, timeout: float = 10.0, token: str | None = None
 ) -> tuple[int, Any]:
-    """GET (or POST ``data``) to an ``http://`` URL and parse JSON; returns (status, body).
+    """GET (or POST ``data``) to a loopback URL and parse JSON; returns (status, body).
 
     A registered output service's token is sent along (``token`` overrides it).
+    ``https://`` is the parties' listener: its certificate is the enclave's own
+    (attested, not CA-signed), so this local test client does not verify it.
     """
-    if not url.startswith("http://"):
-        raise ValueError(f"only http:// URLs on loopback are used here, got {url!r}")
+    if not url.startswith(("http://", "https://127.0.0.1:")):
+        raise ValueError(f"only http:// and https:// URLs on loopback are used here, got {url!r}")
     headers = {"Authorization": f"Bearer {token}"} if token is not None else auth_headers(url)
     req = urllib.request.Request(  # noqa: S310 - scheme checked above
         url, data=data, method="POST" if data is not None else "GET", headers=headers
@@ -82,7 +91,7 @@ def http_json(
     if data is not None:
         req.add_header("Content-Type", "application/octet-stream")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=LOOPBACK_TLS) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
@@ -170,8 +179,9 @@ class Deployment:
         return statuses
 
     def url(self, name: str) -> str:
-        """Base URL of a service."""
-        return f"http://127.0.0.1:{self.ports[name]}"
+        """Base URL of a service (the parties serve HTTPS unless ``party_extra`` says tls: off)."""
+        tls = name.startswith("party") and self.party_extra.get("tls", True) is not False
+        return f"{'https' if tls else 'http'}://127.0.0.1:{self.ports[name]}"
 
     @property
     def output_token_file(self) -> Path:

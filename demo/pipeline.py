@@ -373,7 +373,8 @@ class Pipeline:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
             while time.monotonic() < deadline:
                 try:
-                    async with s.get(url) as r:
+                    # loopback probe; the parties' HTTPS certificate is pinned by gateways
+                    async with s.get(url, ssl=False) as r:
                         if r.status < 500:
                             return
                 except (aiohttp.ClientError, OSError, TimeoutError):

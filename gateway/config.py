@@ -256,6 +256,10 @@ class ClusterConfig:
     url: str
     service_id: str
     role: str
+    #: HTTPS with the attested key pinned (False: plain HTTP, explicitly configured).
+    tls: bool = True
+    #: Also verify the certificate chain and host name against this CA.
+    tls_ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

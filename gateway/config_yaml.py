@@ -169,7 +169,9 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
             for s in f.sensors
         },
         clusters=tuple(
-            ClusterConfig(c.index, c.url.rstrip("/"), c.service_id, c.role)
+            ClusterConfig(
+                c.index, c.url.rstrip("/"), c.service_id, c.role, c.tls, _path(base, c.tls_ca_file)
+            )
             for c in sorted(f.clusters, key=lambda c: c.index)
         ),
         attestation=AttestationConfig(

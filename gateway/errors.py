@@ -38,3 +38,7 @@ class SpoolFullError(SpoolError):
 
 class AttestationFailedError(GatewayError):
     """A cluster's attestation quote did not verify; it receives nothing."""
+
+
+class TlsPinError(AttestationFailedError):
+    """The cluster's TLS server key is not the one its verified quote binds."""

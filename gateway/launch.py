@@ -104,6 +104,10 @@ def security_config(cfg: GatewayConfig) -> dict[str, Any]:
             for o in cfg.opcua
         ],
         "mqtt_tls": [[m.name, None if m.tls is None else str(m.tls.ca_file)] for m in cfg.mqtt],
+        "uplink_tls": [
+            [c.index, c.tls, None if c.tls_ca_file is None else str(c.tls_ca_file)]
+            for c in cfg.clusters
+        ],
     }
 
 

@@ -114,6 +114,12 @@ class Metrics:
             ["cluster"],
             registry=r,
         )
+        self.tls_refused = Counter(
+            "gateway_uplink_tls_refused",
+            "TLS servers refused: a key other than the one the cluster's quote binds",
+            ["cluster"],
+            registry=r,
+        )
         self.attestation_failures = Counter(
             "gateway_attestation_failures",
             "Quotes that failed verification",

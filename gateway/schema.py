@@ -10,6 +10,7 @@ runtime :class:`~gateway.config.GatewayConfig` (paths resolved, hex decoded,
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from msgspec import Meta
 
@@ -36,6 +37,7 @@ from tecc_contract.schema import (
     Port,
     Positive,
     Url,
+    is_loopback_host,
 )
 
 
@@ -260,12 +262,46 @@ class SpoolDoc(Schema, frozen=True, kw_only=True):
 
 
 class ClusterDoc(Schema, frozen=True, kw_only=True):
-    """``clusters[i]``: a TECC cluster, its party index, URL and attested id."""
+    """``clusters[i]``: a TECC cluster, its party index, URL and attested id.
+
+    Rules: with ``tls`` on (the default) the URL is ``https://`` and the
+    server's key must be the one the cluster's quote binds (claim
+    ``tls_spki``); ``tls_ca_file`` additionally verifies the certificate chain
+    and host name against that CA. ``tls: off`` needs an ``http://`` URL on a
+    loopback host, or ``insecure_plain_http: true`` for any other host.
+    """
 
     index: Annotated[int, Meta(ge=0)]
     url: Url
     service_id: Name
     role: Literal["party"] = "party"
+    tls: bool = True
+    tls_ca_file: Name | None = None
+    insecure_plain_http: bool = False
+
+    def __post_init__(self) -> None:
+        scheme, _, rest = self.url.partition("://")
+        host = urlsplit(self.url).hostname or rest
+        if self.tls:
+            if scheme != "https":
+                raise ValueError(
+                    f"url {self.url!r} is plain HTTP but tls is on (the default): write "
+                    "https://… (the party's listener serves TLS), or tls: off for a loopback "
+                    "cluster without TLS"
+                )
+            if self.insecure_plain_http:
+                raise ValueError("insecure_plain_http: true needs tls: off (or remove it)")
+            return
+        if self.tls_ca_file is not None:
+            raise ValueError("tls_ca_file needs tls on: remove tls: off or tls_ca_file")
+        if scheme != "http":
+            raise ValueError(f"url {self.url!r} is https:// but tls: off: write http://…")
+        if not is_loopback_host(host) and not self.insecure_plain_http:
+            raise ValueError(
+                f"tls: off to the non-loopback host {host!r} would send the uplink in clear "
+                "(readable and delayable on the path): remove tls: off (TLS is the default), or "
+                "add insecure_plain_http: true to this cluster to accept that"
+            )
 
 
 class AttestationDoc(Schema, frozen=True, kw_only=True):

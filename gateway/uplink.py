@@ -1,6 +1,7 @@
 """Uplink to one TECC cluster: attest first, then drain that cluster's spool cursor.
 
-Protocol (HTTP, one :class:`aiohttp.ClientSession` per agent):
+Protocol (HTTPS by default, one :class:`aiohttp.ClientSession` per agent; the
+server's key is the one the verified quote binds, :mod:`gateway.uplink_tls`):
 
 * ``GET {url}/attestation?nonce=<hex>`` returns the cluster's quote as JSON
   (:meth:`tecc_contract.attestation.Quote.to_json`). The gateway checks it with
@@ -40,10 +41,6 @@ gap between two attestations would still be opaque to it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import enum
-import json
 import logging
 import math
 import os
@@ -54,14 +51,14 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.config import ClusterConfig
-from gateway.errors import AttestationFailedError
+from gateway.errors import AttestationFailedError, TlsPinError
 from gateway.metrics import Metrics
 from gateway.spool import PinnedKey, Spool
+from gateway.uplink_ack import AckCheck, Answer, judge_answer
 from gateway.uplink_cycle import Backoff, Step, UplinkCycle
-from tecc_contract.ack import verify_ack
+from gateway.uplink_tls import TlsPin, fetch_ssl, pin, server_certificate
 from tecc_contract.attestation import (
     ClusterRegistry,
     Quote,
@@ -79,62 +76,6 @@ _CONFLICT_HINT: Final = (
     "; the cluster holds different content under this seq: another gateway uses the "
     "same gateway_id, or this gateway's identity was reused with a restored spool"
 )
-
-
-class Answer(enum.Enum):
-    """What a cluster's answer to ``POST /v1/batches`` means for the spooled frame."""
-
-    ACKED = "acked"  # a valid signed acknowledgement of this exact frame: delete it
-    CONFLICT = "conflict"  # 409 replay: the cluster holds other bytes under this seq
-    REFUSED = "refused"  # any other non-2xx status
-    BAD_ACK = "bad_ack"  # 2xx without a valid acknowledgement of this frame
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AckCheck:
-    """Who must have acknowledged what: the identities and key of one batch upload."""
-
-    gateway_id: str
-    cluster_id: str
-    key: Ed25519PublicKey
-
-
-def _reason(body: bytes) -> object:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    return doc.get("reason") if isinstance(doc, dict) else None
-
-
-def judge_answer(
-    status: int, body: bytes, *, check: AckCheck, seq: int, frame: bytes
-) -> tuple[Answer, str]:
-    """Classify an answer to ``POST /v1/batches`` (sans-IO); the str says why.
-
-    Only :attr:`Answer.ACKED` lets the frame go. The body of a 2xx answer is
-    JSON with ``"ack"``: the base64 of a :mod:`tecc_contract.ack` message.
-    """
-    if status == 409 and _reason(body) == "replay":
-        return Answer.CONFLICT, f"409: {body[:200]!r}"
-    if not 200 <= status < 300:
-        return Answer.REFUSED, f"{status}: {body[:200]!r}"
-    try:
-        doc = json.loads(body)
-        raw = base64.b64decode(doc["ack"], validate=True)
-        verify_ack(
-            raw,
-            check.key,
-            gateway_id=check.gateway_id,
-            cluster_id=check.cluster_id,
-            seq=seq,
-            frame=frame,
-        )
-    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
-        return Answer.BAD_ACK, f"{status} without a signed acknowledgement ({exc!r:.120})"
-    except ContractError as exc:
-        return Answer.BAD_ACK, f"{status} with an invalid acknowledgement: {exc}"
-    return Answer.ACKED, ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +170,7 @@ class ClusterLink:
         self._clock = clock or UplinkClock()
         self.cycle = UplinkCycle(reattest_s=options.reattest_s, backoff=options.backoff)
         self._ack_check: AckCheck | None = None  # from the last verified quote
+        self._tls: TlsPin | None = None  # the uploads' pin, from the last verified quote
         self._noticed = -math.inf  # monotonic time of the last acknowledged notice
         self.through_ns = 0  # last progress this cluster acknowledged
         self.wake = asyncio.Event()
@@ -243,7 +185,8 @@ class ClusterLink:
         """Fetch and verify a fresh quote; return the (pinned) cluster key."""
         nonce = self._clock.nonce_bytes(32)
         url = f"{self.cfg.url}/attestation"
-        async with self._http.get(url, params={"nonce": nonce.hex()}) as resp:
+        cert = await server_certificate(self.cfg)  # its key is checked against the quote
+        async with self._http.get(url, params={"nonce": nonce.hex()}, ssl=fetch_ssl(cert)) as resp:
             if resp.status != 200:
                 raise _Retry(f"GET /attestation answered {resp.status}")
             body = await resp.read()
@@ -268,6 +211,11 @@ class ClusterLink:
                 self._registry.claim(self.index, ident)
             except AttestationError as exc:
                 raise AttestationFailedError(str(exc)) from exc
+        try:
+            tls = pin(self.cfg, ident, cert)
+        except TlsPinError:
+            self._metrics.tls_refused.labels(str(self.index)).inc()
+            raise
         hpke = ident.keys.get("hpke")
         if hpke is None or ident.hpke_suite != self._opts.expected_suite:
             raise AttestationFailedError(
@@ -303,6 +251,7 @@ class ClusterLink:
         self._ack_check = AckCheck(
             gateway_id=self._opts.gateway_id, cluster_id=ident.service_id, key=ack_key
         )
+        self._tls = tls
         return key
 
     async def run(self) -> None:
@@ -316,6 +265,12 @@ class ClusterLink:
                 self._metrics.attestation_failures.labels(str(self.index)).inc()
                 log.error("cluster %d: attestation failed, sending nothing: %s", self.index, exc)
                 cycle.refused(self._clock.rand())
+            except aiohttp.ServerFingerprintMismatch as exc:
+                self._tls = None  # attest again before anything is sent
+                self._metrics.tls_refused.labels(str(self.index)).inc()
+                self._fail("tls", f"the TLS server's certificate is not the attested one: {exc}")
+                log.error("cluster %d: TLS server is not the attested one; retrying", self.index)
+                cycle.failed(self._clock.rand())
             except (_Retry, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 kind = exc.kind if isinstance(exc, _Retry) else "transport"
                 self._fail(kind, f"{type(exc).__name__}: {exc}")
@@ -370,13 +325,14 @@ class ClusterLink:
 
     async def _send(self, seq: int, frame: bytes) -> None:
         """POST one frame; return only if the cluster signed an acknowledgement of it."""
-        check = self._ack_check
-        if check is None:
-            raise _Retry("no attested acknowledgement key yet")
+        check, tls = self._ack_check, self._tls
+        if check is None or tls is None:
+            raise _Retry("no attested acknowledgement key or TLS pin yet")
         async with self._http.post(
             f"{self.cfg.url}/v1/batches",
             data=frame,
             headers={"Content-Type": "application/octet-stream"},
+            ssl=tls.upload,
         ) as resp:
             status = resp.status
             body = await _read_capped(resp, _MAX_ANSWER)
@@ -394,7 +350,7 @@ class ClusterLink:
     async def _progress(self) -> None:
         """Declare this cluster's delivered-through time, at most every ``notice_interval_s``."""
         hooks = self._progress_hooks
-        if hooks is None:
+        if hooks is None or self._tls is None:
             return
         if time.monotonic() - self._noticed < self._opts.notice_interval_s:
             return
@@ -407,6 +363,7 @@ class ClusterLink:
             f"{self.cfg.url}/v1/progress",
             data=frame,
             headers={"Content-Type": "application/octet-stream"},
+            ssl=self._tls.upload,
         ) as resp:
             if resp.status != 200:
                 body = await resp.read()
@@ -414,3 +371,15 @@ class ClusterLink:
         self._noticed = time.monotonic()
         self.through_ns = max(self.through_ns, through)
         self._metrics.notices.labels(str(self.index)).inc()
+
+
+__all__ = [
+    "AckCheck",
+    "Answer",
+    "ClusterLink",
+    "ProgressHooks",
+    "UplinkClock",
+    "UplinkOptions",
+    "follows_rotation",
+    "judge_answer",
+]

@@ -21,7 +21,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from tecc_contract.errors import AttestationError
@@ -137,6 +139,28 @@ class Quote:
             return cls.from_json(json.loads(data))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AttestationError("quote is not valid JSON") from exc
+
+
+#: Quote claim: hex SHA-256 of the DER SubjectPublicKeyInfo of the TLS certificate the
+#: service's HTTPS listener presents (the key generated in its enclave, or the operator's).
+TLS_CLAIM: Final = "tls_spki"
+
+
+def tls_spki_digest(cert_der: bytes) -> str:
+    """The hex SHA-256 of a DER certificate's SubjectPublicKeyInfo (claim ``tls_spki``).
+
+    The key, not the certificate, is pinned: a service may re-issue its
+    certificate for the same enclave key. AttestationError if ``cert_der`` is
+    not a certificate.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+    except ValueError as exc:
+        raise AttestationError("the TLS peer certificate is not a valid DER certificate") from exc
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
 
 
 def hpke_key_digest(public_raw: bytes) -> str:

@@ -15,6 +15,7 @@ Defaults live in exactly one place: the field defaults of the Structs.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import re
@@ -57,6 +58,17 @@ class FileSchema(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=False
 ):
     """Base of every config-file Struct: frozen, keyword-only, unknown keys refused."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """True if ``host`` (a name or an address, IPv6 with or without brackets) is this machine."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def finite(value: float, what: str) -> float:

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
-from tecc_contract.attestation import Quote, hpke_key_digest, sign_quote
+from cloud_tecc.enclave.tls import generate_tls_key
+from tecc_contract.attestation import TLS_CLAIM, Quote, hpke_key_digest, sign_quote
 from tecc_contract.keys import (
     HpkePrivateKey,
     KemSuite,
@@ -47,6 +48,8 @@ class ServiceKeys:
     previous_private_raw: bytes = b""
     previous_public_raw: bytes = b""
     rotated_ns: int = 0
+    #: The HTTPS listener's private key (P-256, PKCS#8 DER; cloud_tecc/enclave/tls.py).
+    tls_der: bytes = b""
 
     @property
     def hpke(self) -> HpkePrivateKey:
@@ -71,6 +74,7 @@ class ServiceKeys:
             self.hpke_private_raw,
             self.hpke_public_raw,
             now_ns,
+            self.tls_der,
         )
 
     def to_bytes(self) -> bytes:
@@ -83,6 +87,7 @@ class ServiceKeys:
             "hpke_prev": self.previous_private_raw.hex(),
             "hpke_prev_pub": self.previous_public_raw.hex(),
             "rotated_ns": self.rotated_ns,
+            "tls": self.tls_der.hex(),
         }
         return json.dumps(doc).encode()
 
@@ -98,13 +103,16 @@ class ServiceKeys:
             bytes.fromhex(doc.get("hpke_prev", "")),
             bytes.fromhex(doc.get("hpke_prev_pub", "")),
             int(doc.get("rotated_ns", 0)),
+            bytes.fromhex(doc.get("tls", "")),
         )
 
     @classmethod
     def generate(cls, suite: KemSuite) -> ServiceKeys:
         """Fresh keys from the OS CSPRNG."""
         private_raw, public_raw = generate_cluster_keypair_raw(suite)
-        return cls(Ed25519PrivateKey.generate(), suite, private_raw, public_raw)
+        return cls(
+            Ed25519PrivateKey.generate(), suite, private_raw, public_raw, tls_der=generate_tls_key()
+        )
 
 
 def _store(
@@ -126,6 +134,8 @@ class Enclave:
     keys: ServiceKeys
     #: Digest of the security-relevant config (quote claim ``config``), if measured.
     config: bytes = b""
+    #: SHA-256 (hex) of the SPKI its HTTPS listener presents (claim ``tls_spki``), if any.
+    tls_spki: str = ""
 
     @classmethod
     def open(
@@ -147,6 +157,9 @@ class Enclave:
         aad = f"tecc-keys/{role}/{service_id}".encode()
         if path.exists():
             keys = ServiceKeys.from_bytes(unseal(key, path.read_bytes(), aad=aad))
+            if not keys.tls_der:  # sealed before the listener served TLS
+                keys = replace(keys, tls_der=generate_tls_key())
+                _store(path, key, keys, aad, random_bytes)
         else:
             keys = ServiceKeys.generate(suite)
             _store(path, key, keys, aad, random_bytes)
@@ -183,6 +196,8 @@ class Enclave:
             claims["config"] = self.config.hex()
         if self.keys.previous_public_raw:
             claims["hpke_prev"] = hpke_key_digest(self.keys.previous_public_raw)
+        if self.tls_spki:
+            claims[TLS_CLAIM] = self.tls_spki
         return claims
 
     def quote(self, nonce: bytes, now_ns: int) -> Quote:

@@ -1,4 +1,9 @@
-"""The cluster party process: envelope ingest over HTTP plus the epoch coordinator.
+"""The cluster party process: envelope ingest over HTTPS plus the epoch coordinator.
+
+The listener serves TLS by default with a key generated in the enclave; every
+quote names that key's SPKI digest (claim ``tls_spki``), which the gateways
+pin after verifying the quote (``tls: off`` in the config: plain HTTP, on
+loopback only unless ``insecure_plain_http: true``).
 
 ``POST /v1/batches`` takes one envelope frame (``application/octet-stream``).
 Answers: 200 ``{"status": "accepted"}`` once the share is durable, 200
@@ -26,6 +31,7 @@ import logging
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -36,6 +42,7 @@ from prometheus_client import Counter
 
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.tls import listener_tls
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import CloudConfigError, IngestError
 from cloud_tecc.party.coordinator import Coordinator
@@ -100,6 +107,12 @@ class PartyService(ServiceBase):
     def __init__(self, cfg: PartyConfig, enclave: Enclave) -> None:
         super().__init__(cfg.service, enclave)
         self.pcfg = cfg
+        if cfg.tls:  # HTTPS with the enclave's key; quotes carry its SPKI digest
+            self.ssl_context, spki = listener_tls(
+                enclave.keys.tls_der, cfg.service.service_id, [cfg.service.host], cfg.tls_files
+            )
+            self.enclave = replace(enclave, tls_spki=spki)
+            log.info("ingest listener serves TLS, attested SPKI SHA-256 %s", spki)
         self.store = ShareStore(cfg.service.state_dir / "shares.db", cfg.synchronous)
         self.writer = GroupWriter(self.store)
         #: The live allow-list: config keys plus the gateways enrolled here (enrolment.db).

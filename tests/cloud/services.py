@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_tecc.localstack import Deployment, auth_headers, http_json
+from cloud_tecc.localstack import LOOPBACK_TLS, Deployment, auth_headers, http_json
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
@@ -80,7 +80,7 @@ def metric(dep: Deployment, name: str, sample: str) -> float:
     """Sum of a Prometheus sample (``name{...}`` lines starting with ``sample``)."""
     url = dep.url(name) + "/metrics"
     req = urllib.request.Request(url, headers=auth_headers(url))
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    with urllib.request.urlopen(req, timeout=5, context=LOOPBACK_TLS) as resp:
         text = resp.read().decode()
     total = 0.0
     for line in text.splitlines():

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import ssl
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release, policy_from_mapping
+from cloud_tecc.config import load_party
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.measurement import bundle_listing, measure, package_root
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from cloud_tecc.enclave.sealing import seal, sealing_key, unseal
+from cloud_tecc.enclave.tls import listener_tls, self_signed
 from cloud_tecc.errors import CloudConfigError, SealError
-from tecc_contract.attestation import SimulatedPlatformVerifier
+from tecc_contract.attestation import TLS_CLAIM, SimulatedPlatformVerifier, tls_spki_digest
 from tecc_contract.errors import AttestationError
 
 
@@ -130,3 +136,55 @@ def test_policy_validation_errors_are_clear() -> None:
     # limits are in the sensor's unit, any magnitude (the gateway scales each range)
     assert policy_from_mapping({"limits": [{"sensor": "*", "low": 0, "high": 10_000}]})
     assert Release.MEAN in AnalyticsPolicy().release
+
+
+def test_the_tls_key_is_the_enclaves_and_its_quotes_name_it(tmp_path: Path) -> None:
+    """The listener key is sealed with the service keys, stable, and bound in every quote.
+
+    Fails on the code before this change: services had no TLS key and quotes
+    no ``tls_spki`` claim, so a gateway could not authenticate a party's TLS.
+    """
+    platform = SimulatedPlatform.load_or_create(tmp_path / "platform")
+    m = b"\x11" * 32
+    opened = [
+        Enclave.open(
+            role="party", service_id="p0", measurement=m, platform=platform, state_dir=tmp_path
+        )
+        for _ in range(2)
+    ]
+    key = opened[0].keys.tls_der
+    assert key == opened[1].keys.tls_der
+    assert len(key) > 100
+    assert key not in (tmp_path / "sealed_keys.bin").read_bytes()  # sealed, not in clear
+    ctx, spki = listener_tls(key, "p0", ["127.0.0.1"])
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    cert = x509.load_pem_x509_certificate(self_signed(key, "p0", []))
+    assert spki == tls_spki_digest(cert.public_bytes(serialization.Encoding.DER))
+    quote = replace(opened[0], tls_spki=spki).quote(os.urandom(32), time.time_ns())
+    assert quote.claims[TLS_CLAIM] == spki
+    assert TLS_CLAIM not in opened[0].quote(os.urandom(32), time.time_ns()).claims
+
+
+def test_party_plain_http_is_explicit(tmp_path: Path) -> None:
+    """A party serves TLS by default; tls: off only on loopback or with insecure_plain_http.
+
+    Fails on the code before this change (no ``tls`` key: every party served plain HTTP).
+    """
+    example = (package_root("cloud_tecc").parent / "configs" / "cluster0.yaml").read_text()
+    path = tmp_path / "configs" / "cluster0.yaml"
+    path.parent.mkdir()
+    (path.parent / "policy.yaml").write_text(
+        (package_root("cloud_tecc").parent / "configs" / "policy.yaml").read_text()
+    )
+    path.write_text(example)
+    assert load_party(path).tls
+    path.write_text(example.replace("\ntls: true", "\ntls: off"))
+    assert not load_party(path).tls
+    remote = example.replace("\ntls: true", "\ntls: off").replace(
+        "host: 127.0.0.1", "host: 0.0.0.0"
+    )
+    path.write_text(remote)
+    with pytest.raises(CloudConfigError, match=r"tls: off on the non-loopback .*insecure_plain"):
+        load_party(path)
+    path.write_text(remote.replace("\ntls: off", "\ntls: off\ninsecure_plain_http: true"))
+    assert not load_party(path).tls

@@ -80,7 +80,7 @@ def test_written_gateway_config_loads(tmp_path: Path) -> None:
             opcua_port=4840,
             tpm_port=2321,
             http_port=9100,
-            clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
+            clusters=[(0, "https://127.0.0.1:1", "party0"), (1, "https://127.0.0.1:2", "party1")],
             platforms={"k": "00" * 32},
             measurement="11" * 32,
         )
@@ -105,7 +105,7 @@ def test_replay_feed_gateway_declares_its_sensor_as_backfill(tmp_path: Path) -> 
         opcua_port=4840,
         tpm_port=2321,
         http_port=9100,
-        clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
+        clusters=[(0, "https://127.0.0.1:1", "party0"), (1, "https://127.0.0.1:2", "party1")],
         platforms={"k": "00" * 32},
         measurement="11" * 32,
         backfill=[feed.sensor.sensor],

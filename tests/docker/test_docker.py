@@ -230,8 +230,8 @@ def test_every_service_has_a_healthcheck() -> None:
 def test_health_probes_hit_the_documented_endpoints() -> None:
     """Services probe /healthz on their config ports (the output on its ops listener)."""
     expected = {
-        "cluster0": "http://127.0.0.1:8701/healthz",
-        "cluster1": "http://127.0.0.1:8702/healthz",
+        "cluster0": "https://127.0.0.1:8701/healthz",  # the parties serve TLS
+        "cluster1": "https://127.0.0.1:8702/healthz",
         "dealer": "http://127.0.0.1:8720/healthz",
         "gateway": "http://127.0.0.1:9100/healthz",
         "output": "http://127.0.0.1:8731/healthz",  # its ops listener (the API needs a token)
@@ -370,7 +370,7 @@ def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
         )
     gw = load_gateway_config(tmp_path / "gateway.yaml")
     assert gw.tpm.tcti == "swtpm:host=swtpm,port=2321"
-    assert [c.url for c in gw.clusters] == ["http://cluster0:8701", "http://cluster1:8702"]
+    assert [c.url for c in gw.clusters] == ["https://cluster0:8701", "https://cluster1:8702"]
     assert gw.attestation.allowed_measurements == frozenset({bytes.fromhex(HEX64)})
     reference = yaml.safe_load((ROOT / "configs/gateway.yaml").read_text(encoding="utf-8"))
     compose_gw = yaml.safe_load((tmp_path / "gateway.yaml").read_text(encoding="utf-8"))
@@ -379,12 +379,13 @@ def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
         party = load_party(tmp_path / f"cluster{index}.yaml")
         assert party.gateways == {"gw-demo": HEX64}
         assert party.service.host == "0.0.0.0"
-        assert party.peers[1 - index].url == f"http://cluster{1 - index}:870{2 - index}"
+        assert party.peers[1 - index].url == f"https://cluster{1 - index}:870{2 - index}"
+        assert party.tls  # the gateways' uplink is HTTPS (the default)
         assert party.dealer.mpc == "dealer:8721"
     dealer = load_dealer(tmp_path / "dealer.yaml")
     assert {p.url for p in dealer.parties.values()} == {
-        "http://cluster0:8701",
-        "http://cluster1:8702",
+        "https://cluster0:8701",
+        "https://cluster1:8702",
     }
     output = load_output(tmp_path / "output.yaml")
     assert output.gateways == {"gw-demo": "http://gateway:9100/healthz"}

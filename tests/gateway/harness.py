@@ -131,7 +131,9 @@ def write_config(
         "batching": {"max_readings": max_readings, "max_delay_s": max_delay_s},
         "spool": {"path": str(tmp / "state" / "spool.db"), "max_bytes": spool_max_bytes},
         "clusters": [
-            {"index": c.index, "url": c.url, "service_id": c.service_id} for c in clusters
+            {"index": c.index, "url": c.url, "service_id": c.service_id}
+            | ({} if c.url.startswith("https://") else {"tls": False})  # plain: loopback only
+            for c in clusters
         ],
         "attestation": {
             "platform_keys": {

@@ -10,7 +10,8 @@ and 409 ``replay`` for other bytes under a seq it already holds (counted in
 :attr:`FakeCluster.replays`). ``POST /v1/progress`` verifies the gateway's
 progress notice, refuses it like the real party when stale or future-dated
 (409) or misaddressed (403), and records it with the batches held at that
-moment (:func:`progress_violations`). The test
+moment (:func:`progress_violations`). It serves HTTPS with a key of its own,
+which its quotes name (claim ``tls_spki``) as a party's do. The test
 then reconstructs readings from all clusters' shares with the contract code.
 """
 
@@ -27,8 +28,9 @@ import numpy as np
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cloud_tecc.enclave.tls import generate_tls_key, listener_tls
 from tecc_contract.ack import Ack, Outcome, frame_digest, seal_ack
-from tecc_contract.attestation import Quote, sign_quote
+from tecc_contract.attestation import TLS_CLAIM, Quote, sign_quote
 from tecc_contract.envelope import OpenedShare, Opener, reconstruct_batch
 from tecc_contract.errors import ContractError
 from tecc_contract.fixedpoint import FixedPoint
@@ -74,8 +76,14 @@ class FakeCluster:
         gateway_keys: dict[str, Ed25519PublicKey],
         *,
         measurement: bytes = GOOD_MEASUREMENT,
+        tls: bool = True,
     ) -> None:
         self.index = index
+        #: HTTPS with a key of its own, attested as claim ``tls_spki`` (False: plain HTTP).
+        self.tls = tls
+        self._tls_key = generate_tls_key()
+        self.tls_context, self.tls_spki = listener_tls(self._tls_key, f"party-{index}", [])
+        self.claimed_spki: str | None = None  # set: quotes name this key instead
         self.port = port
         self.service_id = f"party-{index}"
         self.platform = platform
@@ -97,15 +105,17 @@ class FakeCluster:
         self.posts = 0
         self.rejected = 0
         self.attestations = 0
+        self.plain_requests = 0  # requests that did not arrive over TLS
         self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         """Base URL for the gateway config."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def _attestation(self, req: web.Request) -> web.Response:
         self.attestations += 1
+        self.plain_requests += not req.secure
         nonce = bytes.fromhex(req.query["nonce"])
         quote = Quote(
             role="party",
@@ -121,11 +131,13 @@ class FakeCluster:
             issued_ns=time.time_ns(),
             platform_key_id=self.platform.key_id,
             hpke_suite="x25519",
+            claims={TLS_CLAIM: self.claimed_spki or self.tls_spki} if self.tls else {},
         )
         return web.json_response(sign_quote(quote, self.platform.key).to_json())
 
     async def _batches(self, req: web.Request) -> web.Response:
         self.posts += 1
+        self.plain_requests += not req.secure
         body = await req.read()
         try:
             opened = self._opener.open(body)
@@ -187,7 +199,9 @@ class FakeCluster:
         app.router.add_post("/v1/progress", self._progress)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(
+            self._runner, "127.0.0.1", self.port, ssl_context=self.tls_context if self.tls else None
+        ).start()
 
     async def stop(self) -> None:
         """Stop listening (connections are refused until :meth:`start` again)."""

@@ -40,6 +40,27 @@ def test_example_config_loads() -> None:
             "scale_range disjoint from their range",
         ),
         (("max_future_skew_s: 5.0", "max_future_skew_s: -1"), "max_future_skew_s"),
+        # TLS on the uplink is the default (fails on the code before this change)
+        (
+            ('url: "https://127.0.0.1:8702"', 'url: "http://10.0.0.7:8702"'),
+            r"\$\.clusters\[1\]: url 'http://10\.0\.0\.7:8702' is plain HTTP but tls is on",
+        ),
+        (
+            ('url: "https://127.0.0.1:8702"', 'url: "http://10.0.0.7:8702", tls: off'),
+            r"\$\.clusters\[1\]: tls: off to the non-loopback host '10\.0\.0\.7' .*"
+            "insecure_plain_http: true",
+        ),
+        (
+            ('url: "https://127.0.0.1:8702"', 'url: "https://party1:8702", tls: off'),
+            r"is https:// but tls: off",
+        ),
+        (
+            (
+                'url: "https://127.0.0.1:8702"',
+                'url: "https://party1:8702", insecure_plain_http: true',
+            ),
+            r"insecure_plain_http: true needs tls: off",
+        ),
     ],
 )
 def test_bad_config_is_rejected_clearly(
@@ -66,3 +87,23 @@ def test_square_column_fits_any_range_once_scaled(tmp_path: Path) -> None:
     bad.write_text(text.replace("value_bound_bits: 12", "value_bound_bits: null"))
     with pytest.raises(GatewayConfigError, match="drop the square column"):
         load_config(bad)
+
+
+def test_plain_http_is_explicit(tmp_path: Path) -> None:
+    """tls: off works on loopback; off the host only with insecure_plain_http: true.
+
+    Fails on the code before this change: plain HTTP was the only transport and
+    these keys did not exist.
+    """
+    url = 'url: "https://127.0.0.1:8702"'
+    good = tmp_path / "plain.yaml"
+    good.write_text(EXAMPLE.read_text().replace(url, 'url: "http://localhost:8702", tls: off'))
+    assert [c.tls for c in load_config(good).clusters] == [True, False]
+    remote = 'url: "http://party1:8702", tls: off, insecure_plain_http: true'
+    good.write_text(EXAMPLE.read_text().replace(url, remote))
+    assert load_config(good).clusters[1].url == "http://party1:8702"
+    ca = tmp_path / "ca.pem"
+    good.write_text(
+        EXAMPLE.read_text().replace(url, f'url: "https://party1:8702", tls_ca_file: {ca}')
+    )
+    assert load_config(good).clusters[1].tls_ca_file == ca

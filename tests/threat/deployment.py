@@ -49,7 +49,8 @@ class ProxiedDeployment:
 
     def proxy_url(self, name: str) -> str:
         """The proxied base URL of a service."""
-        return f"http://127.0.0.1:{self.proxies[name].port}"
+        scheme = self.dep.url(name).partition("://")[0]  # the parties serve HTTPS
+        return f"{scheme}://127.0.0.1:{self.proxies[name].port}"
 
     def traffic(self) -> dict[str, bytes]:
         """Bytes recorded per link so far."""
