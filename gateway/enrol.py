@@ -33,6 +33,7 @@ from gateway.errors import GatewayError
 from gateway.keys import GatewayKeys
 from gateway.tpm import Tpm
 from gateway.tpm_identity import AkBlob, activate, endorsement, load_or_create_ak, quote
+from gateway.uplink_tls import probe_context
 from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG, qualifying_data
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,14 @@ class TpmEvidence:
 async def _post(
     http: aiohttp.ClientSession, cluster: ClusterConfig, path: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    async with http.post(f"{cluster.url}{path}", json=body, timeout=_TIMEOUT) as resp:
+    # Over the cluster's HTTPS listener, encrypted but not yet authenticated by the attested
+    # key (that pin belongs to the uplink): the evidence is bound to the party's fresh nonce
+    # and the gateway's identity key, and no reading is sent on this exchange, so an
+    # interceptor could only relay it to the real party or fake an answer the uplink's
+    # attestation then ignores (docs/THREAT_MODEL.md).
+    tls = probe_context(cluster) if cluster.tls else False
+    url = f"{cluster.url}{path}"
+    async with http.post(url, json=body, timeout=_TIMEOUT, ssl=tls) as resp:
         try:
             doc = await resp.json(content_type=None)
         except (ValueError, aiohttp.ContentTypeError) as exc:
