@@ -161,9 +161,8 @@ class ModbusSource:
                 self._reject(block, RejectReason.DEVICE_EXCEPTION)
                 continue
             ts = self._clock_ns()
-            self._ingest.offer_rows(
-                self.name, [(sensor, ts, value) for sensor, value in decoder.decode(values)]
-            )
+            sensors, decoded = decoder.decode_columns(values)
+            self._ingest.offer_columns(self.name, sensors, [ts] * len(decoded), decoded)
 
     async def _read(
         self, client: AsyncModbusTcpClient, unit: int, block: Block
