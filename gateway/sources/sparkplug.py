@@ -324,7 +324,8 @@ class SparkplugHost:
                 continue
             if m.WhichOneof("value") == "double_value" and not m.is_null:  # a float already
                 add_sensor(entry[0])
-                add_stamp(m.timestamp * 1_000_000 if m.HasField("timestamp") else ts)
+                t = m.timestamp  # 0 when absent: only then is HasField needed
+                add_stamp(t * 1_000_000 if t or m.HasField("timestamp") else ts)
                 add_value(m.double_value)
             else:
                 self._emit(entry[0], m, entry[1], ts, out)
