@@ -70,8 +70,8 @@ def test_generated_gateway_config_reads_the_plant_transport(tmp_path: Path, tran
         cfg = parse_config(yaml.safe_load(yaml.safe_dump(doc)), base=tmp_path)
         ids = {s.sensor for s in mine}
         if transport == "modbus":
-            [src] = cfg.modbus
-            assert src.sensors() == ids
+            [regs] = cfg.modbus
+            assert regs.sensors() == ids
             assert cfg.mqtt == ()
         else:
             [src] = cfg.mqtt
