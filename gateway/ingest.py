@@ -271,17 +271,43 @@ class Ingest:
         rejects: Iterable[tuple[str, Reason]] = (),
     ) -> int:
         """Validate (sensor, timestamp, value) rows of many sensors; queue the accepted ones."""
-        cols = list(zip(*rows, strict=True))
-        if not cols:
-            return self.offer_columns(source, [], [], [], rejects)
-        sensors, stamps, values = cols
-        return self.offer_columns(
-            source,
-            cast("tuple[str, ...]", sensors),
-            cast("tuple[int, ...]", stamps),
-            values,
-            rejects,
-        )
+        sensors: list[str] = []
+        ts_ok: list[int] = []
+        val_ok: list[float] = []
+        bad: list[tuple[str, Reason]] = list(rejects)
+        future: list[tuple[str, int]] = []
+        ranges = self._ranges
+        horizon = self._horizon()
+        for sensor_id, ts, v in rows:
+            rng = ranges.get(sensor_id)
+            if rng is None:
+                bad.append((sensor_id, RejectReason.UNKNOWN_SENSOR))
+                continue
+            if ts > horizon:
+                future.append((sensor_id, ts))
+                continue
+            if type(v) is float and rng[0] <= v <= rng[1]:
+                c: float | Reason = v
+            else:
+                c = self._classify(v, rng[2])
+            if isinstance(c, float):
+                sensors.append(sensor_id)
+                ts_ok.append(ts)
+                val_ok.append(c)
+            else:
+                bad.append((sensor_id, c))
+        with self._lock:
+            buf = self._buf
+            buf.sensors.extend(sensors)
+            buf.timestamps.extend(ts_ok)
+            buf.values.extend(val_ok)
+            if val_ok:
+                self.accepted[source] += len(val_ok)
+            for sensor_id, reason in bad:
+                self._count(sensor_id, reason)
+            for sensor_id, ts in future:
+                self._count_future(sensor_id, ts)
+        return len(val_ok)
 
     def offer_columns(
         self,
