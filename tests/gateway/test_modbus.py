@@ -355,3 +355,40 @@ def test_block_decoder_equals_the_reference_decoder_for_mixed_layouts() -> None:
             words[i : i + p.dtype.registers], p.dtype, p.byte_order, p.word_order
         )
         assert got[p.sensor] == ref * 0.5 + 1.0, p
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        DataType.INT16,
+        DataType.UINT16,
+        DataType.INT32,
+        DataType.UINT32,
+        DataType.FLOAT32,
+        DataType.FLOAT64,
+    ],
+)
+def test_block_decoder_whole_block_path_equals_the_reference(dtype: DataType, scaled: bool) -> None:
+    """Back-to-back points of one type (one unpack per block) decode like decode_registers."""
+    width = dtype.registers
+    points = [
+        Point(
+            sensor=f"s{k}",
+            kind=RegisterKind.INPUT,
+            address=10 + k * width,
+            dtype=dtype,
+            scale=0.25 if scaled else 1.0,
+            offset=-3.0 if scaled else 0.0,
+        )
+        for k in range(7)
+    ]
+    words = [(0x8001 + 0x1F3 * i) % 0x10000 for i in range(7 * width)]
+    (block,) = plan_reads(points, max_gap=0)
+    sensors, got = BlockDecoder(block).decode_columns(words)
+    assert sensors == tuple(p.sensor for p in points)
+    for p, value in zip(points, got, strict=True):
+        i = p.address - 10
+        ref = decode_registers(words[i : i + width], dtype, Order.BIG, Order.BIG)
+        want = ref * p.scale + p.offset
+        assert value == want or (math.isnan(value) and math.isnan(want)), (p, value, want)
