@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from pymodbus.exceptions import ModbusException
 
 from demo.services import free_port
 from firmware_sim.modbus_server import RegisterMapping, RegType, SimModbusServer
@@ -392,3 +393,54 @@ def test_block_decoder_whole_block_path_equals_the_reference(dtype: DataType, sc
         ref = decode_registers(words[i : i + width], dtype, Order.BIG, Order.BIG)
         want = ref * p.scale + p.offset
         assert value == want or (math.isnan(value) and math.isnan(want)), (p, value, want)
+
+
+async def test_a_cancel_that_surfaces_as_a_modbus_error_still_stops_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled mid-request, pymodbus may raise its own error instead of CancelledError.
+
+    Fails on the code before this change: the source took that error for a
+    lost device, reconnected, and never stopped (the bench's Modbus part hung
+    with the readings piling up, and the agent's shutdown would wait forever).
+    """
+    point = {"sensor": "p", "kind": "holding", "address": 0, "type": "int16"}
+    cfg = msgspec.convert(
+        {
+            "host": "127.0.0.1",
+            "port": 1,
+            "reconnect_min_s": 0.01,
+            "reconnect_max_s": 0.02,
+            "groups": [{"points": [point]}],
+        },
+        ModbusSourceConfig,
+        strict=True,
+    )
+    ingest = Ingest({"p": SensorConfig(id="p", range=SensorRange(0, 100), unit="")})
+    source = ModbusSource(cfg, ingest, Metrics(ingest))
+    sessions = 0
+    over = False
+
+    async def session() -> None:  # a request in flight that turns the cancel into an error
+        nonlocal sessions
+        sessions += 1
+        if over:
+            raise RuntimeError("test over")  # ends a source that ignored the cancel
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ModbusException("request cancelled") from None
+
+    monkeypatch.setattr(source, "_session", session)
+    task = asyncio.create_task(source.run())
+    await wait_for(lambda: sessions == 1, 5, "the first session")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    if not done:
+        over = True
+        task.cancel()  # wakes the next session, which then ends the task
+        with contextlib.suppress(BaseException):
+            await task
+    assert done, "the source reconnected instead of stopping"
+    assert task.cancelled()
+    assert sessions == 1, "the source reconnected instead of stopping"
