@@ -32,6 +32,7 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench._services import mosquitto
 from demo.services import free_port
@@ -39,6 +40,9 @@ from firmware_sim.sparkplug_node import EdgeNode
 from gateway.config import GatewayConfig
 from gateway.config_yaml import parse_config
 from tecc_contract.sparkplug import Payload
+
+if TYPE_CHECKING:
+    from bench.gateway import Drain
 
 N_METRICS = 10
 NODE = "n1"
@@ -70,9 +74,9 @@ def _load(port: int, client_id: str, n_msgs: int) -> None:
     preload(port, data_topic, data)
 
 
-def bare_paho_decode(port: int, client_id: str, n: int) -> float:
-    """Messages/s a bare paho subscriber drains and decodes from a preloaded session."""
-    from bench.gateway import bare_paho  # noqa: PLC0415
+def bare_paho_decode(port: int, client_id: str, n: int) -> Drain:
+    """A bare paho subscriber draining and decoding a preloaded session: rate and CPU."""
+    from bench.gateway import bare_paho_drain  # noqa: PLC0415
 
     metrics = 0
 
@@ -80,10 +84,10 @@ def bare_paho_decode(port: int, client_id: str, n: int) -> float:
         nonlocal metrics
         metrics += len(Payload.FromString(payload).metrics)
 
-    rate = bare_paho(port, client_id, n, decode)
+    drain = bare_paho_drain(port, client_id, n, decode)
     if metrics < (n - 1) * N_METRICS:
         raise RuntimeError(f"bare client decoded {metrics} metrics from {n} messages")
-    return rate
+    return drain
 
 
 def _config(
@@ -131,29 +135,34 @@ def measure(quick: bool) -> dict[str, float]:
     The agent's figure includes the commit of its last batch after the last
     message (as in ``bench.gateway.agent_mqtt``), which a larger backlog amortises.
     """
-    from bench.gateway import agent_mqtt, bare_paho  # noqa: PLC0415
+    from bench.gateway import agent_mqtt_drain, bare_paho_drain  # noqa: PLC0415
 
     n_msgs, rounds = (15_000, 2) if quick else (40_000, 3)
     n_readings = n_msgs * N_METRICS  # NBIRTH values + NDATA values
-    raw: list[float] = []
-    decoded: list[float] = []
-    agent: list[float] = []
+    raw: list[Drain] = []
+    decoded: list[Drain] = []
+    agent: list[Drain] = []
     with tempfile.TemporaryDirectory() as td, mosquitto(Path(td) / "mq", persistence=False) as b:
         for r in range(rounds):
             _load(b.port, f"bare-spb-raw{r}", n_msgs)
-            raw.append(bare_paho(b.port, f"bare-spb-raw{r}", n_msgs))
+            raw.append(bare_paho_drain(b.port, f"bare-spb-raw{r}", n_msgs))
             _load(b.port, f"bare-spb-dec{r}", n_msgs)
             decoded.append(bare_paho_decode(b.port, f"bare-spb-dec{r}", n_msgs))
             _load(b.port, f"bench-spb-gw{r}", n_msgs)  # a fresh session and spool per round
             cfg = _config(Path(td) / f"a{r}", b.port, f"bench-spb-gw{r}")
-            agent.append(asyncio.run(agent_mqtt(cfg, n_readings)))
-    best_decoded = max(decoded) * N_METRICS
-    best_agent = max(agent)
+            agent.append(asyncio.run(agent_mqtt_drain(cfg, n_readings)))
+    best_decoded = max(d.rate for d in decoded) * N_METRICS
+    best_agent = max(d.rate for d in agent)
+    cpu_decoded = min(d.cpu_us_per(n_msgs) for d in decoded)
+    cpu_agent = min(d.cpu_us_per(n_msgs) for d in agent)
     return {
         "sparkplug_readings_per_s": round(best_agent),
         "sparkplug_msgs_per_s": round(best_agent / N_METRICS),
-        "baseline_paho_sparkplug_msgs_per_s": round(max(raw)),
+        "baseline_paho_sparkplug_msgs_per_s": round(max(d.rate for d in raw)),
         "baseline_paho_sparkplug_decoded_readings_per_s": round(best_decoded),
         "sparkplug_ratio_vs_paho_decode": round(best_agent / best_decoded, 3),
+        "sparkplug_cpu_us_per_msg": round(cpu_agent, 2),
+        "baseline_paho_sparkplug_decode_cpu_us_per_msg": round(cpu_decoded, 2),
+        "sparkplug_cpu_ratio_vs_paho_decode": round(cpu_decoded / cpu_agent, 3),
         "sparkplug_metrics_per_msg": N_METRICS,
     }

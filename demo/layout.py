@@ -59,6 +59,7 @@ class SimSensor:
     topic: str | None
     payload: str | None = None  # MQTT payload format; "plain" carries no timestamp
     qos: int | None = None
+    modbus: Mapping[str, Any] | None = None  # register address, type, orders, scale
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> SimSensor:
@@ -74,10 +75,15 @@ class SimSensor:
             topic=str(obj["topic"]) if obj.get("topic") else None,
             payload=str(obj["payload"]) if obj.get("payload") else None,
             qos=int(obj["qos"]) if obj.get("qos") is not None else None,
+            modbus=dict(obj["modbus"]) if obj.get("modbus") else None,
         )
 
 
 DEMO_SLACK_S = 0.6
+#: Modbus poll period of the demo's gateways (the simulator's sensors sample at 10 Hz).
+MODBUS_POLL_MS = 100
+#: Sparkplug B sensor ids: the simulator's group is the line, its edge node the machine.
+SPARKPLUG_TEMPLATE = "{group}.{node}.{metric}"
 
 
 def gateway_ids(n: int) -> list[str]:
@@ -161,10 +167,12 @@ def gateway_config(
     backfill: Sequence[str] = (),
     backfill_idle_s: float = 30.0,
     scale_ranges: Mapping[str, tuple[float, float]] | None = None,
+    modbus_port: int = 0,
 ) -> dict[str, Any]:
     """The gateway YAML document (see configs/gateway.yaml for the annotated reference).
 
     ``backfill`` lists sensors that replay history (``progress.backfill_sensors``).
+    Modbus and Sparkplug B sensors get their sources from :func:`plant_sources`.
     """
     mqtt = [s for s in sensors if s.transport == "mqtt"]
     opcua = [s for s in sensors if s.transport == "opcua"]
@@ -207,6 +215,8 @@ def gateway_config(
                 ],
             }
         )
+    for kind, extra in plant_sources(gateway_id, sensors, mqtt_port, modbus_port).items():
+        sources.setdefault(kind, []).extend(extra)
     return {
         "gateway_id": gateway_id,
         "state_dir": str(state_dir),
@@ -235,3 +245,59 @@ def gateway_config(
         "http": {"host": "127.0.0.1", "port": http_port},
         "envelope": {"suite": "x25519", "columns": ["value", "square"]},
     }
+
+
+def plant_sources(
+    gateway_id: str, sensors: Sequence[SimSensor], mqtt_port: int, modbus_port: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``sources.modbus`` and Sparkplug ``sources.mqtt`` entries for ``sensors``.
+
+    Modbus: one source on the simulated device, one group per unit polled at
+    the fastest sensor's period, each sensor's point as ``tecc-sim sensors``
+    describes it. Sparkplug B: one MQTT source of its own (its own session),
+    one topic rule per edge node (machine), ids ``{group}.{node}.{metric}``.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    regs = [s for s in sensors if s.transport == "modbus" and s.modbus is not None]
+    if regs:
+        units: dict[int, list[dict[str, Any]]] = {}
+        for s in regs:
+            m = s.modbus or {}
+            units.setdefault(int(m["unit_id"]), []).append(
+                {
+                    "sensor": s.sensor,
+                    "kind": m["table"],
+                    "address": int(m["address"]),
+                    "type": m["type"],
+                    "byte_order": m["byte_order"],
+                    "word_order": m["word_order"],
+                    "scale": float(m["scale"]),
+                }
+            )
+        out["modbus"] = [
+            {
+                "name": "modbus",
+                "host": "127.0.0.1",
+                "port": modbus_port,
+                "groups": [
+                    {"unit": unit, "interval_ms": MODBUS_POLL_MS, "points": points}
+                    for unit, points in sorted(units.items())
+                ],
+            }
+        ]
+    filters = sorted({s.topic for s in sensors if s.transport == "sparkplug" and s.topic})
+    if filters:
+        out["mqtt"] = [
+            {
+                "name": "sparkplug",
+                "host": "127.0.0.1",
+                "port": mqtt_port,
+                "client_id": f"tecc-{gateway_id}-sparkplug",
+                "session_expiry_s": 604800,
+                "topics": [
+                    {"filter": f, "sensor_template": SPARKPLUG_TEMPLATE, "format": "sparkplug_b"}
+                    for f in filters
+                ],
+            }
+        ]
+    return out

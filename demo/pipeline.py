@@ -141,6 +141,7 @@ class Pipeline:
         self.supervisor = Supervisor(self.state_dir / "logs")
         self.groundtruth_path = self.state_dir / "sim" / "groundtruth.jsonl"
         self.sensors: dict[str, list[SimSensor]] = {}
+        self.modbus_port = 0  # chosen at start
         self.urls: PipelineUrls | None = None
         self.sim_start_used: float | None = None  # the simulator's first slot (epoch s)
 
@@ -203,6 +204,7 @@ class Pipeline:
         policy_doc = load_policy(self.policy_path)  # PolicyError names the file
         self.sensors = assign_sensors(await self._sim_sensors(), len(self.gateway_ids))
         mqtt_port, opcua_port = free_port(), free_port()
+        self.modbus_port = free_port()  # the simulated Modbus TCP device, if the line has one
         dash = self._dashboard_port
         if dash is None:
             dash = DEFAULT_DASHBOARD_PORT if _port_free(DEFAULT_DASHBOARD_PORT) else free_port()
@@ -242,6 +244,7 @@ class Pipeline:
                 backfill=self.replay.backfill_of(self.sensors[g]) if self.replay else (),
                 backfill_idle_s=REPLAY_BACKFILL_IDLE_S,
                 scale_ranges=shared,
+                modbus_port=self.modbus_port,
             )
             cfgs[g] = sd / g / "gateway.yaml"
             cfgs[g].write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -262,7 +265,7 @@ class Pipeline:
 
         # Gateways with MQTT sensors hold their broker sessions before the simulator
         # publishes; OPC-UA-only gateways start after it (nothing to miss, no backoff).
-        early = [g for g in self.gateway_ids if any(s.transport == "mqtt" for s in self.sensors[g])]
+        early = [g for g in self.gateway_ids if any(_on_broker(s) for s in self.sensors[g])]
         late = [g for g in self.gateway_ids if g not in early]
         for group in (early, late):
             for g in group:
@@ -297,8 +300,9 @@ class Pipeline:
             self.sim_start_used = time.time()
             return
         spec = self._sim_spec(mqtt_port, opcua_port)
-        if any(s.transport == "opcua" for g in self.sensors.values() for s in g):
-            await self._up(spec, opcua_port)
+        transports = {s.transport for g in self.sensors.values() for s in g}
+        if "opcua" in transports or "modbus" in transports:
+            await self._up(spec, opcua_port if "opcua" in transports else self.modbus_port)
             return
         state = await self.supervisor.start(spec)
         await asyncio.sleep(0.5)
@@ -309,6 +313,7 @@ class Pipeline:
         argv = [
             *_python("firmware_sim", "run", "--config", str(self.sim_config)),
             *("--mqtt-port", str(mqtt_port), "--opcua-port", str(opcua_port)),
+            *("--modbus-port", str(self.modbus_port)),
             *("--state-dir", str(self.state_dir / "sim"), "--speed", str(self.sim_speed)),
             *("--groundtruth", str(self.groundtruth_path)),
         ]
@@ -415,7 +420,7 @@ class Pipeline:
         return False
 
     async def _mqtt_connected(self, gw: str, url: str, timeout_s: float = 30.0) -> None:
-        if not any(s.transport == "mqtt" for s in self.sensors[gw]):
+        if not any(_on_broker(s) for s in self.sensors[gw]):
             return
         # OPC-UA sources report "subscribed"; they wait for the simulator
         if not await self.wait_gateways(_mqtt_up, timeout_s, urls=[url]):
@@ -428,9 +433,19 @@ class Pipeline:
         raise PipelineError("gateways did not subscribe to their sources in time")
 
 
+def _on_broker(sensor: SimSensor) -> bool:
+    """Whether the gateway reads ``sensor`` from the MQTT broker (plain MQTT or Sparkplug B)."""
+    return sensor.transport in ("mqtt", "sparkplug")
+
+
 def _mqtt_up(health: dict[str, Any]) -> bool:
-    """Every MQTT source of a gateway is connected (OPC-UA ones report ``subscribed``)."""
-    return all(v.get("connected") for v in health["sources"].values() if "subscribed" not in v)
+    """Every MQTT source of a gateway is connected (OPC-UA ones report ``subscribed``,
+    Modbus ones ``polls``: both wait for the simulator)."""
+    return all(
+        v.get("connected")
+        for v in health["sources"].values()
+        if "subscribed" not in v and "polls" not in v
+    )
 
 
 def _subscribed(health: dict[str, Any]) -> bool:

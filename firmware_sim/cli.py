@@ -39,8 +39,12 @@ from firmware_sim.errors import SimConfigError, SimError
 from firmware_sim.load import LoadSpec, run_mqtt_load, run_opcua_load
 from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
+from firmware_sim.plant import describe_modbus, sparkplug_filter
 from firmware_sim.replay import NUDGE_S, Disorder, Timing, check_timing, read_csv, replay
 from firmware_sim.runner import RunStats, Sink, run_simulation
+
+#: Transports ``replay`` and ``load`` can publish on.
+_STREAMING = [Transport.MQTT.value, Transport.OPCUA.value]
 
 
 def _endpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -54,7 +58,8 @@ def _endpoint_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all subcommands."""
     parser = argparse.ArgumentParser(
-        prog="tecc-sim", description="Simulated factory line: OPC-UA PLC and MQTT sensors."
+        prog="tecc-sim",
+        description="Simulated factory line: OPC-UA PLC, MQTT, Modbus TCP and Sparkplug B sensors.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -76,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--groundtruth", type=Path, help="ground-truth JSON-lines file to write")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     _endpoint_flags(run)
+    run.add_argument("--modbus-host", help="Modbus TCP listen host (overrides the config)")
+    run.add_argument(
+        "--modbus-port", type=int, help="Modbus TCP listen port (overrides the config)"
+    )
 
     rep = sub.add_parser("replay", help="publish a CSV recording as one sensor")
     replay_flags(rep)
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensors.add_argument("--config", type=Path, default=Path("configs/sim.yaml"))
 
     load = sub.add_parser("load", help="many topics or nodes at a total rate (benchmarks)")
-    load.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
+    load.add_argument("--transport", choices=_STREAMING, default="mqtt")
     load.add_argument("--nodes", type=int, default=1000, help="number of topics or nodes")
     load.add_argument("--rate", type=float, default=10_000.0, help="total readings per second")
     load.add_argument("--duration", type=float, default=10.0, help="wall seconds")
@@ -110,7 +119,7 @@ def replay_flags(p: argparse.ArgumentParser, *, positional: bool = False) -> Non
     else:
         p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--sensor", required=True, help="sensor id <line>.<machine>.<sensor>")
-    p.add_argument("--transport", choices=[t.value for t in Transport], default="mqtt")
+    p.add_argument("--transport", choices=_STREAMING, default="mqtt")
     p.add_argument("--time-column", help="header name of the timestamp column")
     p.add_argument("--column", help="header name of the value column")
     p.add_argument(
@@ -168,6 +177,11 @@ def configure_run(args: argparse.Namespace) -> SimConfig:
     changes: dict[str, object] = {
         "mqtt": _mqtt(config.mqtt, args),
         "opcua": _opcua(config.opcua, args),
+        "modbus": dataclasses.replace(
+            config.modbus,
+            host=args.modbus_host or config.modbus.host,
+            port=args.modbus_port or config.modbus.port,
+        ),
     }
     if args.scenario is not None:
         changes["anomalies"] = load_scenario(args.scenario)
@@ -280,6 +294,7 @@ async def _replay(args: argparse.Namespace) -> int:
 def describe(config: SimConfig) -> list[dict[str, object]]:
     """One JSON-ready entry per sensor: id, transport, address, unit, range, rate."""
     out: list[dict[str, object]] = []
+    registers = describe_modbus(config)
     for spec in config.sensors():
         entry: dict[str, object] = {
             "sensor": spec.sensor_id,
@@ -295,6 +310,13 @@ def describe(config: SimConfig) -> list[dict[str, object]]:
                 "topic": spec.topic(config.mqtt.topic_prefix),
                 "payload": spec.payload.value,
                 "qos": spec.qos,
+            }
+        elif spec.transport is Transport.MODBUS:
+            entry["modbus"] = registers[spec.sensor_id]
+        elif spec.transport is Transport.SPARKPLUG:
+            entry |= {
+                "topic": sparkplug_filter(spec),
+                "sparkplug": {"group": spec.line, "node": spec.machine, "metric": spec.name},
             }
         else:
             entry |= {

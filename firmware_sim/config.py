@@ -31,6 +31,8 @@ class Transport(enum.StrEnum):
 
     OPCUA = "opcua"
     MQTT = "mqtt"
+    MODBUS = "modbus"  # registers of the simulated Modbus TCP device (``modbus`` section)
+    SPARKPLUG = "sparkplug"  # Sparkplug B edge node per machine, on the ``mqtt`` broker
 
 
 class PayloadFormat(enum.StrEnum):
@@ -229,6 +231,25 @@ class OpcuaSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModbusSettings:
+    """The simulated Modbus TCP device and how it lays out its sensors' registers.
+
+    Sensors on ``modbus`` get consecutive addresses from ``base_address`` in
+    config order, each as many registers as ``type`` needs.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1502
+    unit: int = 1
+    table: str = "holding"  # holding | input
+    type: str = "float32"  # int16 | uint16 | int32 | uint32 | float32 | float64
+    byte_order: str = "big"
+    word_order: str = "big"
+    scale: float = 1.0  # integer types: the device stores round(value / scale)
+    base_address: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     """A whole simulated line: machines, transports, scenario and seed."""
 
@@ -242,6 +263,7 @@ class SimConfig:
     start_time: float | None
     speed: float
     duration_s: float | None
+    modbus: ModbusSettings = ModbusSettings()
 
     def __post_init__(self) -> None:
         ids = [s.sensor_id for s in self.sensors()]

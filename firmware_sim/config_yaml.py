@@ -17,6 +17,7 @@ from firmware_sim.config import (
     KIND_DEFAULTS,
     MachineSpec,
     MachineState,
+    ModbusSettings,
     MqttSettings,
     OpcuaSettings,
     Operations,
@@ -27,6 +28,7 @@ from firmware_sim.config import (
     Transport,
 )
 from firmware_sim.errors import SimConfigError
+from firmware_sim.plant import modbus_mappings
 from firmware_sim.scenario import AnomalySpec
 from firmware_sim.schema import (
     MachineDoc,
@@ -46,7 +48,9 @@ def load_config(path: Path) -> SimConfig:
     """Read and validate a simulator YAML file."""
     doc = load_file(path, SimFile, error=SimConfigError)
     try:
-        return to_runtime(doc)
+        config = to_runtime(doc)
+        modbus_mappings(config)  # the register layout must fit the device
+        return config
     except SimConfigError as exc:  # a rule across sections (sensor ids, anomaly timing)
         raise SimConfigError(f"{path}: {exc}") from exc
 
@@ -92,6 +96,17 @@ def to_runtime(f: SimFile) -> SimConfig:
         machines=tuple(_machine(m, f.line, f.rate_hz, mqtt) for m in f.machines),
         mqtt=mqtt,
         opcua=opcua_settings(f.opcua),
+        modbus=ModbusSettings(
+            host=f.modbus.host,
+            port=f.modbus.port,
+            unit=f.modbus.unit,
+            table=f.modbus.table,
+            type=f.modbus.type,
+            byte_order=f.modbus.byte_order,
+            word_order=f.modbus.word_order,
+            scale=f.modbus.scale,
+            base_address=f.modbus.base_address,
+        ),
         anomalies=f.scenario.anomalies,
         groundtruth=Path(f.groundtruth),
         start_time=f.start_time,

@@ -4,8 +4,9 @@ One asyncio task per sensor sleeps until its next slot is due on the
 :class:`~firmware_sim.clock.SimClock`, asks the pure
 :class:`~firmware_sim.line.LineSimulator` for the sample, writes any ended
 anomaly to the ground truth and passes the sample to the sink of the sensor's
-transport. :func:`run_simulation` also starts and stops the OPC-UA server and
-the MQTT client the configuration needs.
+transport. :func:`run_simulation` also starts and stops the OPC-UA server, the
+MQTT client, the Modbus TCP device and the Sparkplug B edge nodes the
+configuration needs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+import aiomqtt
+
 from firmware_sim.clock import SimClock
 from firmware_sim.config import SensorSpec, SimConfig, Transport
+from firmware_sim.errors import TransportError
 from firmware_sim.groundtruth import GroundTruthWriter
 from firmware_sim.line import LineSimulator
+from firmware_sim.modbus_server import ModbusSink, SimModbusServer
 from firmware_sim.mqtt_publisher import MqttLink, MqttSink
 from firmware_sim.opcua_server import OpcuaSink, SimOpcuaServer
+from firmware_sim.plant import SparkplugSink, modbus_mappings
 from firmware_sim.sample import Sample
 
 
@@ -176,6 +182,30 @@ async def run_simulation(
             await link.connect()
             stack.push_async_callback(link.close)
             sinks[Transport.MQTT] = MqttSink(link)
+        if config.sensors(Transport.MODBUS):
+            device = SimModbusServer(
+                config.modbus.host, config.modbus.port, modbus_mappings(config)
+            )
+            try:
+                await device.start()
+            except OSError as exc:
+                raise TransportError(
+                    f"cannot listen for Modbus TCP on {config.modbus.host}:{config.modbus.port} "
+                    f"({exc}); free the port or pass --modbus-port"
+                ) from exc
+            stack.push_async_callback(device.stop)
+            sinks[Transport.MODBUS] = ModbusSink(device)
+        if config.sensors(Transport.SPARKPLUG):
+            nodes = SparkplugSink(config)
+            try:
+                await nodes.start()
+            except aiomqtt.MqttError as exc:
+                raise TransportError(
+                    f"cannot connect the Sparkplug edge nodes to MQTT broker {config.mqtt.host}:"
+                    f"{config.mqtt.port}: {exc}; start it or pass --mqtt-host/--mqtt-port"
+                ) from exc
+            stack.push_async_callback(nodes.close)
+            sinks[Transport.SPARKPLUG] = nodes
         writer = stack.enter_context(GroundTruthWriter(config.groundtruth))
         reporter = None
         if progress is not None:

@@ -50,6 +50,26 @@ class OpcuaDoc(FileSchema, frozen=True, kw_only=True):
     state_dir: Name = "var/sim/opcua"
 
 
+class ModbusDoc(FileSchema, frozen=True, kw_only=True):
+    """``modbus``: the simulated Modbus TCP device of sensors with ``transport: modbus``.
+
+    Each such sensor gets the next free addresses of ``table`` from
+    ``base_address`` on (config order), stored as ``type`` with the given byte
+    and word order; integer types store ``round(value / scale)``.
+    ``tecc-sim sensors`` prints every sensor's address.
+    """
+
+    host: Name = "127.0.0.1"
+    port: Port = 1502
+    unit: Annotated[int, Meta(ge=1, le=247)] = 1
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "float64"] = "float32"
+    byte_order: Literal["big", "little"] = "big"
+    word_order: Literal["big", "little"] = "big"
+    scale: Annotated[float, Meta(gt=0)] = 1.0
+    base_address: Annotated[int, Meta(ge=0, le=1000)] = 0
+
+
 class StateDoc(FileSchema, frozen=True, kw_only=True):
     """``states.<state>``: load level and dwell times; omitted keys keep the state's default."""
 
@@ -156,6 +176,7 @@ class SimFile(FileSchema, frozen=True, kw_only=True):
     rate_hz: Rate = 10.0
     mqtt: MqttDoc = MqttDoc()
     opcua: OpcuaDoc = OpcuaDoc()
+    modbus: ModbusDoc = ModbusDoc()
     scenario: ScenarioDoc = ScenarioDoc()
     groundtruth: Name = "var/sim/groundtruth.jsonl"
     start_time: Finite | None = None

@@ -90,15 +90,20 @@ class EdgeNode:
             out.append((self.topic("DBIRTH", device), bytes(d.SerializeToString())))
         return out
 
-    def data(self, device: str, samples: Iterable[tuple[str, float, float]]) -> tuple[str, bytes]:
-        """NDATA (device "") or DDATA of (metric, timestamp s, value) samples, by alias."""
+    def data(
+        self, device: str, samples: Iterable[tuple[str, float, float | None]]
+    ) -> tuple[str, bytes]:
+        """NDATA (device "") or DDATA of (metric, timestamp s, value) samples, by alias.
+
+        A value of ``None`` is sent as ``is_null`` (a failed sensor, bad quality).
+        """
         p = Payload(timestamp=_ms(), seq=self._next_seq())
         for name, ts, value in samples:
-            p.metrics.add(
-                alias=self._aliases[(device, name)],
-                timestamp=round(ts * 1000),
-                double_value=value,
-            )
+            m = p.metrics.add(alias=self._aliases[(device, name)], timestamp=round(ts * 1000))
+            if value is None:
+                m.is_null = True
+            else:
+                m.double_value = value
         return self.topic("DDATA" if device else "NDATA", device), bytes(p.SerializeToString())
 
     def ddeath(self, device: str) -> tuple[str, bytes]:
@@ -163,11 +168,14 @@ class SparkplugLink:
         await self._publish_births()
         self._task = asyncio.create_task(self._commands())
 
-    async def publish_data(self, device: str, samples: Sequence[tuple[str, float, float]]) -> None:
+    async def publish_data(
+        self, device: str, samples: Sequence[tuple[str, float, float | None]]
+    ) -> None:
         """Publish one NDATA/DDATA message of ``samples``; remember the newest values."""
         async with self._lock:
             for name, _ts, value in samples:
-                self.values[(device, name)] = value
+                if value is not None:
+                    self.values[(device, name)] = value
             topic, payload = self.node.data(device, samples)
             await self._client.publish(topic, payload, qos=1)
             self.published += 1

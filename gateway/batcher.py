@@ -91,7 +91,7 @@ def group(sensors: list[str], timestamps: list[int], values: list[float]) -> lis
         return []
     ids = {s: i for i, s in enumerate(sorted(set(sensors)))}
     names = list(ids)
-    idx = np.fromiter((ids[s] for s in sensors), dtype=np.int64, count=len(sensors))
+    idx = np.fromiter(map(ids.__getitem__, sensors), dtype=np.int64, count=len(sensors))
     ts = np.asarray(timestamps, dtype=np.int64)
     vals = np.asarray(values, dtype=np.float64)
     order = np.lexsort((ts, idx))

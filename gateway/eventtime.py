@@ -58,7 +58,10 @@ class EventTime:
         if not self._ordered:
             return
         newest = self._newest
-        for sensor, ts in zip(sensors, timestamps, strict=True):
+        # The last timestamp of each sensor in the drain (one C-level pass). For an
+        # ordered sensor that is its newest; if one arrived out of order the last is
+        # older than the newest, which only claims less (never more) progress.
+        for sensor, ts in dict(zip(sensors, timestamps, strict=True)).items():
             if ts > newest.get(sensor, 0):
                 newest[sensor] = ts
         if self._backfill:

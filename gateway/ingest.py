@@ -39,9 +39,9 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from gateway.config import SensorConfig
 from gateway.sources.payload import PayloadReject, RawReading
@@ -328,6 +328,73 @@ class Ingest:
             for sensor_id, ts in future:
                 self._count_future(sensor_id, ts)
         return len(val_ok)
+
+    def offer_columns(
+        self,
+        source: str,
+        sensors: Sequence[str],
+        timestamps: Sequence[int],
+        values: Sequence[object],
+        rejects: Iterable[tuple[str, Reason]] = (),
+    ) -> int:
+        """Validate parallel columns of readings of many sensors; queue the accepted ones.
+
+        The common case (every reading a float inside its declared range, none
+        stamped in the future) is one pass over the columns and one ``extend``
+        of each buffer column under the lock: no per-reading tuple or list.
+        """
+        ranges = self._ranges
+        horizon = self._horizon()
+        n = len(values)
+        clean = True
+        for sensor_id, ts, v in zip(sensors, timestamps, values, strict=True):
+            rng = ranges.get(sensor_id)
+            if rng is None or ts > horizon or type(v) is not float or not rng[0] <= v <= rng[1]:
+                clean = False
+                break
+        bad: list[tuple[str, Reason]] = list(rejects)
+        future: list[tuple[str, int]] = []
+        ok_s: Sequence[str] = sensors
+        ok_t: Sequence[int] = timestamps
+        ok_v: Sequence[float] = cast("Sequence[float]", values)  # all floats when clean
+        if not clean:
+            acc_s: list[str] = []
+            acc_t: list[int] = []
+            acc_v: list[float] = []
+            for sensor_id, ts, v in zip(sensors, timestamps, values, strict=True):
+                c = self._check(sensor_id, ts, v, horizon)
+                if isinstance(c, float):
+                    acc_s.append(sensor_id)
+                    acc_t.append(ts)
+                    acc_v.append(c)
+                elif c is PayloadReject.FUTURE_TIMESTAMP:
+                    future.append((sensor_id, ts))
+                else:
+                    bad.append((sensor_id, c))
+            ok_s, ok_t, ok_v, n = acc_s, acc_t, acc_v, len(acc_v)
+        with self._lock:
+            if n:
+                buf = self._buf
+                buf.sensors.extend(ok_s)
+                buf.timestamps.extend(ok_t)
+                buf.values.extend(ok_v)
+                self.accepted[source] += n
+            for sensor_id, reason in bad:
+                self._count(sensor_id, reason)
+            for sensor_id, ts in future:
+                self._count_future(sensor_id, ts)
+        return n
+
+    def _check(self, sensor_id: str, ts: int, v: object, horizon: int) -> float | Reason:
+        """One reading's verdict: the accepted float, or why it is rejected."""
+        rng = self._ranges.get(sensor_id)
+        if rng is None:
+            return RejectReason.UNKNOWN_SENSOR
+        if ts > horizon:
+            return PayloadReject.FUTURE_TIMESTAMP
+        if type(v) is float and rng[0] <= v <= rng[1]:
+            return v
+        return self._classify(v, rng[2], rng[3])
 
     def pass_ack(self, ack: tuple[AckTarget, AckToken]) -> None:
         """Queue an ack token that carries no reading (e.g. a recognised redelivery)."""

@@ -95,6 +95,12 @@ class ModbusSource:
             except asyncio.CancelledError:
                 raise
             except (ModbusException, OSError, ConnectionError) as exc:
+                # A cancel that lands while a request is in flight can come out of
+                # pymodbus (or the poll TaskGroup) as one of these: the source must
+                # still stop, or the agent's shutdown waits for it forever.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 self._metrics.source_errors.labels(self.name).inc()
                 log.warning("modbus %s: %s: %s; reconnecting", self.name, type(exc).__name__, exc)
             finally:
@@ -119,15 +125,34 @@ class ModbusSource:
             self.connected = True
             self._metrics.source_up.labels(self.name).set(1)
             log.info("modbus %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
-            async with asyncio.TaskGroup() as tg:
-                for group, blocks in self._plans:
-                    tg.create_task(self._poll_loop(client, group, blocks))
-        except* ConnectionError as eg:
-            raise eg.exceptions[0] from None
-        except* ModbusException as eg:
-            raise eg.exceptions[0] from None
+            await self._poll_groups(client)
         finally:
             client.close()
+
+    async def _poll_groups(self, client: AsyncModbusTcpClient) -> None:
+        """Poll every group until one fails (its error is raised) or the task is cancelled.
+
+        Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails while the
+        parent waits in its exit leaves the parent's cancel request counted
+        (``Task.cancelling()`` stays 1), and a TaskGroup drops an outside
+        cancel when a child fails with another error at the same time — which
+        pymodbus does when a request in flight is cancelled. Here an outside
+        cancel always ends the source.
+        """
+        tasks = [
+            asyncio.create_task(self._poll_loop(client, group, blocks))
+            for group, blocks in self._plans
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
 
     async def _poll_loop(
         self,
@@ -161,9 +186,8 @@ class ModbusSource:
                 self._reject(block, RejectReason.DEVICE_EXCEPTION)
                 continue
             ts = self._clock_ns()
-            self._ingest.offer_rows(
-                self.name, [(sensor, ts, value) for sensor, value in decoder.decode(values)]
-            )
+            sensors, decoded = decoder.decode_columns(values)
+            self._ingest.offer_columns(self.name, sensors, [ts] * len(decoded), decoded)
 
     async def _read(
         self, client: AsyncModbusTcpClient, unit: int, block: Block

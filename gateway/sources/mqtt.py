@@ -57,7 +57,7 @@ from gateway.metrics import Metrics
 from gateway.sources.ledger import Delivery, DeliveryLedger, Link
 from gateway.sources.payload import ItemReject, PayloadReject, PayloadSpec, parse_payload
 from gateway.sources.sparkplug import SparkplugHost, rebirth_request
-from gateway.sources.upstream import queue_packet, raw_topic
+from gateway.sources.upstream import buffer_reads, lean_publish, queue_packet, raw_topic
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0
@@ -151,6 +151,7 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        lean_publish(client, lambda msg: self._on_message(client, None, msg))
         return client
 
     @property
@@ -244,6 +245,7 @@ class MqttSource:
             log.error("mqtt %s: broker refused the connection: %s", self.name, rc)
             self._metrics.source_errors.labels(self.name).inc()
             return
+        buffer_reads(client)
         with self._ack_lock:
             self._ledger.connected(session_present=bool(flags.session_present))
             self._up_ns = time.time_ns()
@@ -323,7 +325,7 @@ class MqttSource:
             host = self._sparkplug[template] = SparkplugHost(sensor_template=template)
         now = time.time_ns()
         got = host.receive(topic_b.decode("utf-8", errors="replace"), payload, now)
-        self._ingest.offer_rows(self.name, got.rows, got.rejects)
+        self._ingest.offer_columns(self.name, got.sensors, got.stamps, got.values, got.rejects)
         if token is not None:
             self._ingest.pass_ack(token)
         for node in got.rebirth:

@@ -194,11 +194,38 @@ class BlockDecoder:
     :func:`decode_registers` point by point (tested).
     """
 
-    __slots__ = ("_any_swap", "_bits", "_count", "_points")
+    __slots__ = (
+        "_any_swap",
+        "_bits",
+        "_count",
+        "_identity",
+        "_pack",
+        "_points",
+        "_whole",
+        "sensors",
+    )
 
     def __init__(self, block: Block) -> None:
         self._bits = block.kind.is_bit
         self._count = block.count
+        self._pack = struct.Struct(f">{block.count}H")
+        #: The block's sensor ids, in the order :meth:`decode_columns` returns values.
+        self.sensors: tuple[str, ...] = tuple(p.sensor for p in block.points)
+        #: One layout for the whole block when its points tile it back to back with one
+        #: type in big-endian byte and word order (the common register map): one
+        #: ``unpack`` per response instead of one per point.
+        self._whole: struct.Struct | None = None
+        self._identity = all(p.scale == 1.0 and p.offset == 0.0 for p in block.points)
+        pts = block.points
+        if pts and not self._bits and all(p.dtype is pts[0].dtype for p in pts):
+            width = pts[0].dtype.registers
+            if all(
+                p.byte_order is Order.BIG
+                and (p.word_order is Order.BIG or width == 1)
+                and p.address == block.start + k * width
+                for k, p in enumerate(pts)
+            ):
+                self._whole = struct.Struct(">" + _STRUCT[pts[0].dtype][1] * len(pts))
         self._any_swap = any(p.byte_order is Order.LITTLE for p in block.points)
         #: (sensor, register index, value layout, word layout if word-swapped, swap, scale, offset)
         self._points: list[
@@ -223,26 +250,42 @@ class BlockDecoder:
 
     def decode(self, values: Sequence[int] | Sequence[bool]) -> list[tuple[str, float]]:
         """Per-sensor physical values; pre-condition as :func:`decode_block`."""
+        sensors, decoded = self.decode_columns(values)
+        return list(zip(sensors, decoded, strict=True))
+
+    def decode_columns(
+        self, values: Sequence[int] | Sequence[bool]
+    ) -> tuple[tuple[str, ...], list[float]]:
+        """The block's sensor ids and their physical values (one list, no tuple per point)."""
         if self._bits:
-            return [
-                (sensor, (1.0 if values[i] else 0.0) * scale + offset)
-                for sensor, i, _, _, _, scale, offset in self._points
+            return self.sensors, [
+                (1.0 if values[i] else 0.0) * scale + offset
+                for _, i, _, _, _, scale, offset in self._points
             ]
-        raw = struct.pack(f">{self._count}H", *(int(v) for v in values[: self._count]))
+        raw = self._pack.pack(*values[: self._count])
+        if self._whole is not None:
+            whole = self._whole.unpack_from(raw, 0)
+            if self._identity:
+                return self.sensors, [float(v) for v in whole]
+            return self.sensors, [
+                float(v) * scale + offset
+                for v, (_, _, _, _, _, scale, offset) in zip(whole, self._points, strict=True)
+            ]
         swapped = (
             b"".join(raw[k + 1 : k + 2] + raw[k : k + 1] for k in range(0, len(raw), 2))
             if self._any_swap
             else raw
         )
-        out: list[tuple[str, float]] = []
-        for sensor, i, layout, words, swap, scale, offset in self._points:
+        out: list[float] = []
+        add = out.append
+        for _, i, layout, words, swap, scale, offset in self._points:
             buf = swapped if swap else raw
             if words is None:
                 v = float(layout.unpack_from(buf, 2 * i)[0])
             else:  # word-swapped: reverse the words, then read the value
                 v = float(layout.unpack(words.pack(*reversed(words.unpack_from(buf, 2 * i))))[0])
-            out.append((sensor, v * scale + offset))
-        return out
+            add(v * scale + offset)
+        return self.sensors, out
 
 
 def decode_block(block: Block, values: Sequence[int] | Sequence[bool]) -> list[tuple[str, float]]:

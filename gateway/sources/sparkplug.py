@@ -99,14 +99,21 @@ class _Msg:
 
 @dataclass(slots=True)
 class Received:
-    """What one message meant."""
+    """What one message meant; readings as parallel columns (no tuple per reading)."""
 
-    rows: list[tuple[str, int, float]] = field(default_factory=list)
+    sensors: list[str] = field(default_factory=list)
+    stamps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
     rejects: list[tuple[str, RejectReason]] = field(default_factory=list)
     rebirth: list[NodeKey] = field(default_factory=list)
     stale: set[str] = field(default_factory=set)
     live: set[str] = field(default_factory=set)
     reason: str = ""  # why a rebirth was asked or the message ignored (for the log)
+
+    @property
+    def rows(self) -> list[tuple[str, int, float]]:
+        """The readings as (sensor, timestamp ns, value) rows."""
+        return list(zip(self.sensors, self.stamps, self.values, strict=True))
 
 
 def rebirth_request(node: NodeKey, now_ms: int) -> tuple[str, bytes]:
@@ -295,7 +302,11 @@ class SparkplugHost:
     def _data(self, node: _Node, metrics: Iterable[Any], c: _Msg) -> None:
         """The hot path: one dict lookup per metric (ids precomputed at birth), Doubles inline."""
         out = c.out
-        append = out.rows.append
+        add_sensor, add_stamp, add_value = (
+            out.sensors.append,
+            out.stamps.append,
+            out.values.append,
+        )
         by_name = node.by_name.get(c.device, {})
         by_alias = node.by_alias.get(c.device, {})
         ts = c.ts
@@ -312,8 +323,10 @@ class SparkplugHost:
                 self._ask_rebirth(c.key, c.now_ns, out, "metric not in the birth certificate")
                 continue
             if m.WhichOneof("value") == "double_value" and not m.is_null:  # a float already
-                stamp = m.timestamp * 1_000_000 if m.HasField("timestamp") else ts
-                append((entry[0], stamp, m.double_value))
+                add_sensor(entry[0])
+                t = m.timestamp  # 0 when absent: only then is HasField needed
+                add_stamp(t * 1_000_000 if t or m.HasField("timestamp") else ts)
+                add_value(m.double_value)
             else:
                 self._emit(entry[0], m, entry[1], ts, out)
 
@@ -323,8 +336,9 @@ class SparkplugHost:
         if isinstance(v, RejectReason):
             out.rejects.append((sensor, v))
             return
-        stamp = int(m.timestamp) * 1_000_000 if m.HasField("timestamp") else ts
-        out.rows.append((sensor, stamp, v))
+        out.sensors.append(sensor)
+        out.stamps.append(int(m.timestamp) * 1_000_000 if m.HasField("timestamp") else ts)
+        out.values.append(v)
 
     def _ask_rebirth(self, key: NodeKey, now_ns: int, out: Received, why: str) -> None:
         node = self._nodes.get(key)

@@ -170,3 +170,45 @@ def test_values_beyond_the_ring_bound_are_rejected_not_wrapped() -> None:
     ing.offer_rows("o", [("rpm", NOW, 99_999.0), ("rpm", NOW, 12)])
     assert ing.drain().values == [edge_in, 50.0, -47.0, 12.0]
     assert ing.rejected == {("rpm", PayloadReject.BEYOND_VALUE_BOUND.value): 4}
+
+
+def test_offer_columns_equals_offer_rows_on_clean_and_mixed_columns() -> None:
+    """The columnar hand-off queues and counts exactly what the row hand-off does.
+
+    Covers the clean fast path (columns appended whole) and the slow path taken
+    as soon as one reading is bad: undeclared, NaN, out of range, not a float,
+    beyond the value bound, in the future.
+    """
+    now = 10**18
+    cases = [
+        [("a", 1, 1.0), ("b", 2, 0.5), ("a", 3, 9.5)],
+        [
+            ("a", 1, 1.0),
+            ("zz", 2, 0.0),
+            ("a", 3, math.nan),
+            ("b", 4, 2.0),
+            ("a", 5, 3),
+            ("a", 6, 20.0 * 10**9),
+            ("b", now * 2, 0.1),
+            ("b", 7, -0.5),
+        ],
+    ]
+    for rows in cases:
+        by_rows, by_cols = (Ingest(SENSORS, now_ns=lambda: now) for _ in range(2))
+        by_rows.offer_rows("s", rows, [("a", PayloadReject.MISSING_FIELD)])
+        n = by_cols.offer_columns(
+            "s",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [("a", PayloadReject.MISSING_FIELD)],
+        )
+        want, got = by_rows.drain(), by_cols.drain()
+        assert (got.sensors, got.timestamps, got.values) == (
+            want.sensors,
+            want.timestamps,
+            want.values,
+        )
+        assert n == len(want.values)
+        assert by_cols.rejected == by_rows.rejected
+        assert by_cols.accepted == by_rows.accepted

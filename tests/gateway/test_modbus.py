@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from pymodbus.exceptions import ModbusException
 
 from demo.services import free_port
 from firmware_sim.modbus_server import RegisterMapping, RegType, SimModbusServer
@@ -355,3 +356,91 @@ def test_block_decoder_equals_the_reference_decoder_for_mixed_layouts() -> None:
             words[i : i + p.dtype.registers], p.dtype, p.byte_order, p.word_order
         )
         assert got[p.sensor] == ref * 0.5 + 1.0, p
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        DataType.INT16,
+        DataType.UINT16,
+        DataType.INT32,
+        DataType.UINT32,
+        DataType.FLOAT32,
+        DataType.FLOAT64,
+    ],
+)
+def test_block_decoder_whole_block_path_equals_the_reference(dtype: DataType, scaled: bool) -> None:
+    """Back-to-back points of one type (one unpack per block) decode like decode_registers."""
+    width = dtype.registers
+    points = [
+        Point(
+            sensor=f"s{k}",
+            kind=RegisterKind.INPUT,
+            address=10 + k * width,
+            dtype=dtype,
+            scale=0.25 if scaled else 1.0,
+            offset=-3.0 if scaled else 0.0,
+        )
+        for k in range(7)
+    ]
+    words = [(0x8001 + 0x1F3 * i) % 0x10000 for i in range(7 * width)]
+    (block,) = plan_reads(points, max_gap=0)
+    sensors, got = BlockDecoder(block).decode_columns(words)
+    assert sensors == tuple(p.sensor for p in points)
+    for p, value in zip(points, got, strict=True):
+        i = p.address - 10
+        ref = decode_registers(words[i : i + width], dtype, Order.BIG, Order.BIG)
+        want = ref * p.scale + p.offset
+        assert value == want or (math.isnan(value) and math.isnan(want)), (p, value, want)
+
+
+async def test_a_cancel_that_surfaces_as_a_modbus_error_still_stops_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled mid-request, pymodbus may raise its own error instead of CancelledError.
+
+    Fails on the code before this change: the source took that error for a
+    lost device, reconnected, and never stopped (the bench's Modbus part hung
+    with the readings piling up, and the agent's shutdown would wait forever).
+    """
+    point = {"sensor": "p", "kind": "holding", "address": 0, "type": "int16"}
+    cfg = msgspec.convert(
+        {
+            "host": "127.0.0.1",
+            "port": 1,
+            "reconnect_min_s": 0.01,
+            "reconnect_max_s": 0.02,
+            "groups": [{"points": [point]}],
+        },
+        ModbusSourceConfig,
+        strict=True,
+    )
+    ingest = Ingest({"p": SensorConfig(id="p", range=SensorRange(0, 100), unit="")})
+    source = ModbusSource(cfg, ingest, Metrics(ingest))
+    sessions = 0
+    over = False
+
+    async def session() -> None:  # a request in flight that turns the cancel into an error
+        nonlocal sessions
+        sessions += 1
+        if over:
+            raise RuntimeError("test over")  # ends a source that ignored the cancel
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ModbusException("request cancelled") from None
+
+    monkeypatch.setattr(source, "_session", session)
+    task = asyncio.create_task(source.run())
+    await wait_for(lambda: sessions == 1, 5, "the first session")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    if not done:
+        over = True
+        task.cancel()  # wakes the next session, which then ends the task
+        with contextlib.suppress(BaseException):
+            await task
+    assert done, "the source reconnected instead of stopping"
+    assert task.cancelled()
+    assert sessions == 1, "the source reconnected instead of stopping"

@@ -30,7 +30,7 @@ def test_shipped_config_describes_the_documented_line() -> None:
     assert config.seed == 42
     assert len(config.machines) == 3
     assert all(len(m.sensors) == 5 for m in config.machines)
-    assert {s.transport for s in config.sensors()} == set(Transport)
+    assert {s.transport for s in config.sensors()} == {Transport.OPCUA, Transport.MQTT}
     assert {a.kind for a in config.anomalies} == set(AnomalyKind)
     assert all(a.start_s + a.duration_s <= 120 for a in config.anomalies)
     assert config.sensor("line1.press1.bearing_temp").unit == "°C"
