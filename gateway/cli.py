@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -156,8 +155,12 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys, config: Path) -> None:
             await agent.run(stop)
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # logged, not raised: the agent's own shutdown comes first
+                log.exception("the attestation task had stopped")
 
 
 async def _enrol_once(cfg: GatewayConfig, keys: GatewayKeys) -> dict[int, dict[str, object]]:
