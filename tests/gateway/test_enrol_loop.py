@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from demo.services import free_port
+from gateway.cli import _enrol_once
 from gateway.config_yaml import load_config
 from gateway.enrol import Attestor, TpmEvidence, _requote_s
 from tests.gateway.harness import wait_for, write_config
@@ -53,7 +54,12 @@ def _app(calls: dict[str, int]) -> web.Application:
         return web.json_response({"status": "enrolled", "requote_s": 0})  # clamped to 1 s
 
     app = web.Application()
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>bad gateway</html>")
+
     app.router.add_post("/c0/v1/enrol/challenge", junk)
+    app.router.add_post("/c2/v1/enrol/challenge", broken)
     app.router.add_post("/c0/v1/attest/challenge", junk)
     app.router.add_post("/c1/v1/enrol/challenge", challenge)
     app.router.add_post("/c1/v1/attest/challenge", challenge)
@@ -106,3 +112,26 @@ def test_requote_interval_is_clamped() -> None:
     assert _requote_s(None, 300.0) == 300.0
     assert _requote_s([1], 300.0) == 300.0
     assert _requote_s(True, 300.0) == 300.0
+
+
+async def test_enrol_once_goes_on_after_a_cluster_error(tmp_path: Path) -> None:
+    """``tecc-gateway enrol``: a cluster answering HTTP 502 / non-JSON or a malformed challenge
+    is recorded as an error and the next cluster is still enrolled (fails on the code before
+    this change: the first GatewayError / KeyError ended the command)."""
+    calls = {"junk": 0, "good": 0}
+    port = free_port()
+    runner = web.AppRunner(_app(calls))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    refs = [_Ref(0, f"{base}/c2", "p0"), _Ref(1, f"{base}/c0", "p1"), _Ref(2, f"{base}/c1", "p2")]
+    cfg = load_config(write_config(tmp_path, clusters=refs, platform=Platform()))
+    try:
+        out = await _enrol_once(cfg, _FakeEvidence())
+    finally:
+        await runner.cleanup()
+    assert out[0]["status"] == "error"
+    assert "non-JSON" in str(out[0]["error"])
+    assert out[1]["status"] == "error"
+    assert "KeyError" in str(out[1]["error"])
+    assert out[2]["status"] == "enrolled"
