@@ -124,6 +124,10 @@ class Agent:
         )
         self._pins = self.spool.pins()
         self._sealer: Sealer | None = None
+        #: Every sensor's scale this process has known: a reload adds or replaces entries but
+        #: never drops one, so readings of a removed sensor still pending in the batcher are
+        #: sealed in the scale they were accepted for (not the identity).
+        self._scales: dict[str, Scale] = cfg.scales()
         self._build_sealer()
         self._seq = self.spool.last_seq()
         self.spooled_readings = 0
@@ -198,14 +202,15 @@ class Agent:
                 ClusterKey(p.cluster, KemSuite(p.suite), p.public_key) for p in self._pins.values()
             ],
             columns=tuple(Column(c) for c in self.cfg.columns),
-            scales=self.cfg.scales(),
+            scales=self._scales,
         )
         log.info("all %d cluster keys known; sealing enabled", len(self._pins))
 
     def set_scales(self, scales: dict[str, Scale]) -> None:
-        """The sensors' scales after a config reload (new sensors; see gateway.reload)."""
+        """The sensors' scales after a config reload, merged into those known (never dropped)."""
+        self._scales |= scales
         if self._sealer is not None:
-            self._sealer.set_scales(scales)
+            self._sealer.set_scales(self._scales)
 
     def _on_pin(self, key: PinnedKey) -> None:
         if self._pins.get(key.cluster, key) != key:

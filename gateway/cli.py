@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -156,12 +155,15 @@ async def _run(cfg: GatewayConfig, keys: GatewayKeys, config: Path) -> None:
             await agent.run(stop)
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # logged, not raised: the agent's own shutdown comes first
+                log.exception("the attestation task had stopped")
 
 
-async def _enrol_once(cfg: GatewayConfig, keys: GatewayKeys) -> dict[int, dict[str, object]]:
-    evidence = TpmEvidence(cfg, keys, lambda: _tpm(cfg))
+async def _enrol_once(cfg: GatewayConfig, evidence: TpmEvidence) -> dict[int, dict[str, object]]:
     out: dict[int, dict[str, object]] = {}
     async with aiohttp.ClientSession() as http:
         for c in cfg.clusters:
@@ -171,6 +173,9 @@ async def _enrol_once(cfg: GatewayConfig, keys: GatewayKeys) -> dict[int, dict[s
                 out[c.index] = {"status": "refused", "reason": exc.reason, "error": str(exc)}
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 out[c.index] = {"status": "unreachable", "error": str(exc)}
+            except (GatewayError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                # an HTTP error, non-JSON or a malformed challenge: this cluster only
+                out[c.index] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
     return out
 
 
@@ -232,7 +237,7 @@ def _command(args: argparse.Namespace) -> int:
         asyncio.run(_run(cfg, keys, args.config))
         return 0
     if args.command == "enrol":
-        answers = asyncio.run(_enrol_once(cfg, keys))
+        answers = asyncio.run(_enrol_once(cfg, TpmEvidence(cfg, keys, lambda: _tpm(cfg))))
         print(json.dumps(answers))
         return 0 if all(a.get("status") in ("enrolled", "pending") for a in answers.values()) else 4
     spool = _open_spool(cfg, keys)

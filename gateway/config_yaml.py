@@ -7,6 +7,7 @@ converted in one step. Relative paths resolve against the config file's folder.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from gateway.config import (
@@ -83,6 +84,21 @@ def _password(doc: MqttDoc, base: Path, where: str) -> str | None:
             f"{where}.password_file: cannot read {pf} ({exc}); write the path of a UTF-8 file "
             "holding the broker password, relative to the config file"
         ) from exc
+
+
+def _cluster_ca(base: Path, raw: str | None, where: str) -> Path | None:
+    """``tls_ca_file`` resolved and loaded once, so a bad one is named now, not at connect."""
+    path = _path(base, raw)
+    if path is not None:
+        try:
+            ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise GatewayConfigError(
+                f"{where}.tls_ca_file: cannot load {path} as CA certificates ({exc}); write the "
+                "path of a PEM file holding the CA that signed the party's certificate, "
+                "relative to the config file (or remove the key to rely on the attested pin)"
+            ) from exc
+    return path
 
 
 def _mqtt(doc: MqttDoc, base: Path, where: str) -> MqttSourceConfig:
@@ -170,7 +186,12 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
         },
         clusters=tuple(
             ClusterConfig(
-                c.index, c.url.rstrip("/"), c.service_id, c.role, c.tls, _path(base, c.tls_ca_file)
+                c.index,
+                c.url.rstrip("/"),
+                c.service_id,
+                c.role,
+                c.tls,
+                _cluster_ca(base, c.tls_ca_file, f"{source}: $.clusters[{f.clusters.index(c)}]"),
             )
             for c in sorted(f.clusters, key=lambda c: c.index)
         ),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,6 +151,22 @@ async def requote(
     return await _post(http, cluster, "/v1/attest/quote", answer)
 
 
+_REQUOTE_BOUNDS_S = (1.0, 86400.0)
+
+
+def _requote_s(raw: object, default: float) -> float:
+    """The cluster's ``requote_s``, clamped to [1 s, 1 day]; ``default`` if absent or not finite."""
+    if not isinstance(raw, int | float | str) or isinstance(raw, bool):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    if not math.isfinite(value):
+        return default
+    return min(_REQUOTE_BOUNDS_S[1], max(_REQUOTE_BOUNDS_S[0], value))
+
+
 @dataclass
 class ClusterAttestation:
     """What one cluster last said about this gateway (for ``/healthz``)."""
@@ -193,7 +210,7 @@ class Attestor:
                     doc = await enrol(http, cluster, self._tpm)
                     enrolled = True
                 st.status, st.reason = str(doc.get("status")), str(doc.get("reason", ""))
-                st.requote_s = float(doc.get("requote_s", st.requote_s))
+                st.requote_s = _requote_s(doc.get("requote_s"), st.requote_s)
                 st.failures = 0
                 delay = st.requote_s
             except EnrolmentRefusedError as exc:
@@ -206,5 +223,14 @@ class Attestor:
             except (GatewayError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 st.failures += 1
                 log.warning("attestation to cluster %d failed: %s", cluster.index, exc)
+                delay = min(_RETRY_S[1], _RETRY_S[0] * 2**st.failures)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                # a malformed answer (missing field, bad hex/base64): this cluster only,
+                # counted and retried; never let it end the other clusters' tasks
+                st.failures += 1
+                st.reason = f"malformed answer: {type(exc).__name__}: {exc}"
+                log.warning(
+                    "cluster %d sent a malformed attestation answer: %s", cluster.index, st.reason
+                )
                 delay = min(_RETRY_S[1], _RETRY_S[0] * 2**st.failures)
             await asyncio.sleep(delay)

@@ -81,7 +81,11 @@ def security_config(cfg: GatewayConfig) -> dict[str, Any]:
     """The parts of the configuration that decide whom the gateway trusts and what it sends."""
     return {
         "gateway_id": cfg.gateway_id,
-        "sensors": sorted([s.id, s.range.low, s.range.high] for s in cfg.sensors.values()),
+        # the scale too: a changed scale_range changes what the clusters receive
+        "sensors": sorted(
+            [s.id, s.range.low, s.range.high, s.scale(cfg.value_bound_bits).to_json()]
+            for s in cfg.sensors.values()
+        ),
         "clusters": [[c.index, c.service_id, c.role] for c in cfg.clusters],
         "attestation": {
             "platform_keys": {k: v.hex() for k, v in sorted(cfg.attestation.platform_keys.items())},

@@ -9,7 +9,8 @@ the running config kept. Otherwise the new sensors are declared to the
 ingest validator and the progress tracker, and only the affected sources are
 restarted (:mod:`gateway.reload` says how each kind keeps its data). The
 spool, its sequence numbers, the uplinks and the pinned cluster keys are not
-touched (the sealer only learns the new sensors' scales): everything spooled
+touched (the sealer learns the new sensors' scales and keeps those of removed
+sensors, whose readings may still be pending): everything spooled
 stays spooled and is sent as before.
 
 The launch measurement (:mod:`gateway.launch`) covers the sensors and the

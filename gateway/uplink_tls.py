@@ -11,10 +11,12 @@ caught here. Uploads and progress notices then go only to a server whose
 certificate is that one (:class:`aiohttp.Fingerprint`, checked at every new
 connection before a byte of the request is sent).
 
-With ``tls_ca_file`` the chain and host name are verified against the
-operator's CA on every connection as well; the attested key is still
-required. ``tls: off`` (plain HTTP) skips all of this and is refused at
-config load for a non-loopback host unless ``insecure_plain_http: true``.
+With ``tls_ca_file`` the chain and host name of the certificate fetched at
+each attestation are verified against the operator's CA as well; uploads
+then pin that same attested certificate, so the attested key is always
+required (a certificate merely signed by the CA is not enough). ``tls: off``
+(plain HTTP) skips all of this and is refused at config load for a
+non-loopback host unless ``insecure_plain_http: true``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,6 @@ def pin(cfg: ClusterConfig, ident: VerifiedIdentity, cert_der: bytes | None) -> 
             f"{seen[:16]}…, the cluster's quote binds {claim[:16]}…: something on the path "
             "terminates TLS (a proxy or an impostor); nothing is sent to it"
         )
-    if cfg.tls_ca_file is not None:
-        return TlsPin(probe_context(cfg), claim)  # CA + host name on every connection
+    # exactly the attested certificate; with tls_ca_file the probe that fetched it has
+    # already verified it against the CA and the host name
     return TlsPin(fetch_ssl(cert_der), claim)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import math
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,9 @@ from gateway.schema import (
     TpmDoc,
 )
 from gateway.sources.opcua_trust import ServerPin, advice
+from tecc_contract.errors import ParameterError
+from tecc_contract.fixedpoint import MAX_ABS_RANGE
+from tecc_contract.scale import Scale
 
 
 @dataclass(slots=True)
@@ -62,11 +66,26 @@ class Plan:
         self.notes[doc.id] = note
 
 
-def _bound(bits: int | None) -> float:
-    return float(2 ** (bits if bits is not None else 30))
+#: A Float/Double variable without EURange gets this range: a guess to review, not a limit
+#: of the uplink (any range within ±2^30 is shared at its own scale, tecc_contract.scale).
+_GUESS = 4096.0
 
 
-def _opcua_sensor(f: Found, bound: float, plan: Plan) -> bool:
+def _unshareable(low: float, high: float, bits: int | None) -> str | None:
+    """Why ``[low, high]`` cannot be declared as a sensor range (None: it can)."""
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        return f"range [{low:g}, {high:g}] is not a finite low < high"
+    if max(abs(low), abs(high)) > MAX_ABS_RANGE:
+        return f"range [{low:g}, {high:g}] exceeds ±2^30 (the config's limit): rescale"
+    if bits is not None:
+        try:
+            Scale.for_range(low, high, bits)
+        except ParameterError as exc:
+            return f"{exc}: rescale"
+    return None
+
+
+def _opcua_sensor(f: Found, bits: int | None, plan: Plan) -> bool:
     """Add the sensor of one discovered variable; False (and a skip line) if it cannot be."""
     from gateway.init.opcua import NUMERIC  # noqa: PLC0415 - the table lives with the browse
 
@@ -75,16 +94,16 @@ def _opcua_sensor(f: Found, bound: float, plan: Plan) -> bool:
         note = f"EURange of {f.node_id}"
     else:
         t_low, t_high = next((lo, hi) for n, lo, hi in NUMERIC.values() if n == f.data_type)
-        low, high = max(t_low, -bound), min(t_high, bound)
-        note = f"{f.node_id} has no EURange: range = {f.data_type} within ±{bound:g}, review"
-    if low >= bound or high <= -bound:
-        plan.skipped.append(
-            f"{f.path} ({f.node_id}): EURange [{low:g}, {high:g}] lies beyond ±{bound:g} "
-            "(envelope.value_bound_bits): every reading would be refused; rescale on the server"
-        )
+        if math.isinf(t_low) or math.isinf(t_high):
+            low, high = -_GUESS, _GUESS
+            note = f"{f.node_id} has no EURange: range ±{_GUESS:g} is a guess, review"
+        else:
+            low, high = max(t_low, -MAX_ABS_RANGE), min(t_high, MAX_ABS_RANGE)
+            note = f"{f.node_id} has no EURange: range = {f.data_type}'s (within ±2^30), review"
+    why = _unshareable(low, high, bits)
+    if why is not None:
+        plan.skipped.append(f"{f.path} ({f.node_id}): {why}")
         return False
-    if max(-low, high) >= bound:
-        note += f"; readings beyond ±{bound:g} are refused (value bound)"
     plan.add(SensorDoc(id=f.sensor_id, range=(low, high), unit=f.unit), note)
     return True
 
@@ -189,11 +208,11 @@ def _opcua_plan(
     ids: SensorIds,
     plan: Plan,
 ) -> None:
-    bound = _bound(EnvelopeDoc().value_bound_bits)
+    bits = EnvelopeDoc().value_bound_bits
     nodes = []
     for f in found.found:
         ids.take(f.sensor_id.split("."))  # reserve the id for the MQTT part
-        if _opcua_sensor(f, bound, plan):
+        if _opcua_sensor(f, bits, plan):
             nodes.append(NodeDoc(node_id=f.node_id, sensor=f.sensor_id))
     plan.skipped += [f"{s.path} ({s.node_id}): {s.reason}" for s in found.skipped]
     plan.lines.append(
@@ -222,7 +241,7 @@ def _run_mqtt(args: argparse.Namespace, gateway_id: str, ids: SensorIds, plan: P
         raise GatewayConfigError("--mqtt needs at least one --topic FILTER, e.g. --topic 'site/#'")
     got, summary = mqtt_init.sample(host, port, args.topic, args.sample_s)
     rules, skipped = mqtt_init.propose(got, ids)
-    bound = _bound(EnvelopeDoc().value_bound_bits)
+    bits = EnvelopeDoc().value_bound_bits
     topics = []
     for r in rules:
         for sid, span in r.sensors.items():
@@ -231,10 +250,15 @@ def _run_mqtt(args: argparse.Namespace, gateway_id: str, ids: SensorIds, plan: P
                 f"observed {span.low:g}..{span.high:g} in {span.count} readings, widened: "
                 f"review; {r.note}"
             )
-            if low >= bound or high <= -bound:
-                plan.skipped.append(f"{sid}: observed values lie beyond ±{bound:g}; rescale")
+            if low >= MAX_ABS_RANGE or high <= -MAX_ABS_RANGE:
+                plan.skipped.append(f"{sid}: observed values lie beyond ±2^30; rescale")
                 continue
-            plan.add(SensorDoc(id=sid, range=(max(low, -(2.0**30)), min(high, 2.0**30))), note)
+            low, high = max(low, -MAX_ABS_RANGE), min(high, MAX_ABS_RANGE)
+            why = _unshareable(low, high, bits)
+            if why is not None:
+                plan.skipped.append(f"{sid}: observed values {why}")
+                continue
+            plan.add(SensorDoc(id=sid, range=(low, high)), note)
         topics.append(
             TopicDoc(
                 filter=r.filter,

@@ -61,7 +61,7 @@ def placeholder_clusters(n: int = 2) -> tuple[tuple[ClusterDoc, ...], Attestatio
     clusters = tuple(
         ClusterDoc(
             index=i,
-            url=f"http://{PLACEHOLDER}-cluster-{i}.invalid:{8701 + i}",
+            url=f"https://{PLACEHOLDER}-cluster-{i}.invalid:{8701 + i}",
             service_id=f"{PLACEHOLDER}-party{i}",
         )
         for i in range(n)
@@ -86,9 +86,12 @@ def cluster_flags(values: Sequence[str]) -> tuple[ClusterDoc, ...]:
         url, sep, sid = v.rpartition("=")
         if not sep or not url or not sid:
             raise GatewayConfigError(
-                f"--cluster {v!r}: write URL=SERVICE_ID, e.g. http://10.0.0.5:8701=party0"
+                f"--cluster {v!r}: write URL=SERVICE_ID, e.g. https://10.0.0.5:8701=party0"
             )
-        out.append(ClusterDoc(index=i, url=url, service_id=sid))
+        try:
+            out.append(ClusterDoc(index=i, url=url, service_id=sid))
+        except ValueError as exc:
+            raise GatewayConfigError(f"--cluster {v!r}: {exc}") from exc
     return tuple(out)
 
 

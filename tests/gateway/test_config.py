@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_tecc.enclave.tls import generate_tls_key, self_signed
 from gateway.config import PayloadFormat
 from gateway.config_yaml import load_config
 from gateway.errors import GatewayConfigError
@@ -103,7 +104,29 @@ def test_plain_http_is_explicit(tmp_path: Path) -> None:
     good.write_text(EXAMPLE.read_text().replace(url, remote))
     assert load_config(good).clusters[1].url == "http://party1:8702"
     ca = tmp_path / "ca.pem"
+    ca.write_text(_pem_cert())
     good.write_text(
         EXAMPLE.read_text().replace(url, f'url: "https://party1:8702", tls_ca_file: {ca}')
     )
     assert load_config(good).clusters[1].tls_ca_file == ca
+
+
+def _pem_cert() -> str:
+    return self_signed(generate_tls_key(), "party1", ["party1"]).decode()
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_a_bad_tls_ca_file_is_named_at_load(tmp_path: Path, content: str | None) -> None:
+    """A missing or unreadable ``tls_ca_file`` is a config error naming the key and the path
+    (fails on the code before this change: found only at the first connection, naming
+    neither)."""
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    path = tmp_path / "gateway.yaml"
+    url = 'url: "https://127.0.0.1:8702"'
+    path.write_text(EXAMPLE.read_text().replace(url, f"{url}, tls_ca_file: {ca}"))
+    with pytest.raises(GatewayConfigError) as err:
+        load_config(path)
+    assert "$.clusters[1].tls_ca_file" in str(err.value)
+    assert str(ca) in str(err.value)

@@ -11,6 +11,7 @@ from cryptography import x509
 
 from demo.services import free_port
 from gateway.init.certs import uris
+from gateway.init.writer import cluster_flags
 from gateway.keys import GatewayKeys
 from gateway.sealed import import_secret
 from tests.gateway.conftest import running
@@ -112,3 +113,24 @@ def test_init_against_nothing_says_so_and_writes_nothing(tmp_path: Path) -> None
     assert done.returncode == 4
     assert url in done.stderr
     assert not (tmp_path / "gateway.yaml").exists()
+
+
+def test_init_cluster_flag_checks_the_url(tmp_path: Path) -> None:
+    """``--cluster URL=ID``: an https:// URL is taken, plain http:// to a non-loopback host
+    is refused with exit 2 naming the flag (fails on the code before this change: the
+    ClusterDoc ValueError escaped as a traceback)."""
+    good = cluster_flags(["https://10.0.0.5:8701=party0", "https://10.0.0.6:8702=party1"])
+    assert [(c.index, c.url, c.service_id) for c in good] == [
+        (0, "https://10.0.0.5:8701", "party0"),
+        (1, "https://10.0.0.6:8702", "party1"),
+    ]
+    url = f"opc.tcp://127.0.0.1:{free_port()}/nothing"
+    out = tmp_path / "gateway.yaml"
+    done = cli(
+        "init", "--opcua", url, "--cluster", "http://10.0.0.5:8701=party0", "--out", str(out)
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--cluster 'http://10.0.0.5:8701=party0'" in done.stderr
+    assert "https://" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()

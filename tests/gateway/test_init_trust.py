@@ -59,6 +59,13 @@ async def test_untrusted_then_trusted_by_the_printed_thumbprint(tmp_path: Path) 
     folder = plc.server.get_node(ua.NodeId(ua.String("Line2"), ua.Int16(2)))
     await folder.add_variable(ua.NodeId(ua.String("Line2.label"), ua.Int16(2)), "label", "x")
     await folder.add_variable(ua.NodeId(ua.String("Line2.curve"), ua.Int16(2)), "curve", [1.0, 2.0])
+    count = ua.Variant(0, ua.VariantType.Int32)
+    await folder.add_variable(ua.NodeId(ua.String("Line2.count"), ua.Int16(2)), "count", count)
+    flow = await folder.add_variable(ua.NodeId(ua.String("Line2.flow"), ua.Int16(2)), "flow", 0.0)
+    wide = ua.Range(Low=1e5, High=2e5)  # beyond the old raw-unit bound ±4096: a scale holds it
+    await flow.add_property(
+        ua.NodeId(ua.String("Line2.flow.EURange"), ua.Int16(2)), "EURange", wide
+    )
     out = tmp_path / "gw" / "gateway.yaml"
     args = ["--opcua", plc.url, "--security", "SignAndEncrypt", "--out", str(out),
             "--gateway-id", "gw-t"]  # fmt: skip
@@ -81,8 +88,14 @@ async def test_untrusted_then_trusted_by_the_printed_thumbprint(tmp_path: Path) 
     assert all(uri in sans for uri, sans in announced)  # the URI the server checks matches
     assert {u for u, _ in announced} == {"urn:tecc:gateway:gw-t"}
     doc = yaml.safe_load(out.read_text())
-    assert [s["id"] for s in doc["sensors"]] == ["Line2.v0", "Line2.v1"]
-    assert doc["sensors"][0]["range"] == [-4096.0, 4096.0]  # no EURange: the value bound
+    ranges = {s["id"]: s["range"] for s in doc["sensors"]}
+    assert list(ranges) == ["Line2.v0", "Line2.v1", "Line2.count", "Line2.flow"]
+    assert ranges["Line2.v0"] == [-4096.0, 4096.0]  # Double, no EURange: a guess to review
+    # per-sensor scaling: the Int32's type range (within ±2^30) and an EURange beyond ±4096
+    # are kept (fails on the code before this change: clamped to ±4096, flow skipped)
+    assert ranges["Line2.count"] == [-(2.0**30), 2.0**30]
+    assert ranges["Line2.flow"] == [1e5, 2e5]
+    assert "is a guess, review" in out.read_text()
     assert "no EURange" in out.read_text()
     assert "Line2/label (ns=2;s=Line2.label): not numeric" in text
     assert "Line2/curve (ns=2;s=Line2.curve): not a scalar" in text

@@ -19,8 +19,8 @@ BASE: dict[str, Any] = {
     "gateway_id": "gw",
     "sensors": [{"id": "a", "range": [0, 1]}, {"id": "b", "range": [0, 1]}],
     "clusters": [
-        {"index": 0, "url": "http://127.0.0.1:1", "service_id": "p0"},
-        {"index": 1, "url": "http://127.0.0.1:2", "service_id": "p1"},
+        {"index": 0, "url": "https://127.0.0.1:1", "service_id": "p0"},
+        {"index": 1, "url": "https://127.0.0.1:2", "service_id": "p1"},
     ],
     "attestation": {"platform_keys": {"k": KEY}, "allowed_measurements": [KEY]},
     "sources": {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -153,6 +155,20 @@ def test_pin_needs_the_attested_key() -> None:
         pin(cfg, _ident({TLS_CLAIM: b.spki}), cert_a)
     plain = ClusterConfig(1, "http://127.0.0.1:1", "party-1", "party", tls=False)
     assert pin(plain, _ident({}), None).upload is True
+
+
+def test_pin_with_a_ca_file_is_still_the_attested_certificate(tmp_path: Path) -> None:
+    """With ``tls_ca_file`` uploads pin the attested certificate, not any certificate the CA
+    signed for the host (fails on the code before this change: the upload context was the
+    CA-verifying probe context)."""
+    a = TlsInterceptor(0, "")
+    cert_a = _der(a)
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(ssl.DER_cert_to_PEM_cert(cert_a).encode())
+    cfg = ClusterConfig(1, "https://127.0.0.1:1", "party-1", "party", tls_ca_file=ca)
+    upload = pin(cfg, _ident({TLS_CLAIM: a.spki}), cert_a).upload
+    assert isinstance(upload, aiohttp.Fingerprint)
+    assert upload.fingerprint == hashlib.sha256(cert_a).digest()
 
 
 def _der(proxy: TlsInterceptor) -> bytes:
