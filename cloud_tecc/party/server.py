@@ -160,7 +160,11 @@ class PartyService(ServiceBase):
         self.app.router.add_post("/v1/batches", self._ingest)
         self.app.router.add_post("/v1/progress", self._progress)
         self.enrolment = Enrolment(
-            cfg.enrolment, cfg.service.state_dir, self.gateways, self.registry
+            cfg.enrolment,
+            cfg.service.state_dir,
+            self.gateways,
+            self.registry,
+            static=gateway_keys(cfg),
         )
         self.enrolment.routes(self.app, time.time_ns)
 
