@@ -242,6 +242,10 @@ class LiveKeys(Mapping[str, Ed25519PublicKey]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def refused(self) -> list[str]:
+        """The gateways :meth:`admit` refuses now (a record not ``enrolled``), sorted."""
+        return [r.gateway_id for r in self._registry.records() if r.state != "enrolled"]
+
     def admit(self, gateway_id: str) -> None:
         """Raise :class:`IngestError` unless ``gateway_id``'s data may be accepted now."""
         rec = self._registry.get(gateway_id)

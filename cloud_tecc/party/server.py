@@ -220,6 +220,7 @@ class PartyService(ServiceBase):
             http=self.http,
             registry=self.registry,
             tracker=self.tracker,
+            refusing=self._gateway_keys.refused,
         )
         self.spawn(self.writer.run(), "group-writer")
         self.spawn(self.coordinator.run(), "coordinator")
