@@ -283,6 +283,8 @@ class PartyService(ServiceBase):
                 status=_STATUS.get(exc.reason, 400),
             )
         self.batches.labels(outcome).inc()
+        # admitted: track a gateway enrolled while running from its first batch on
+        self.tracker.add(row.gateway, row.received_ns)
         self.tracker.heard(row.gateway, row.received_ns)
         if outcome == InsertResult.ACCEPTED:
             self.readings.inc(row.count)
