@@ -122,8 +122,17 @@ class ResultStore:
                 r[0] for r in self._db.execute("SELECT name FROM pragma_table_info(?)", (table,))
             ]
             if cols and column not in cols:
-                self._db.execute(add)
-                self._db.execute(fill)
+                # one transaction: a crash never leaves the column at 0 (the next prune
+                # would take every old row for ancient and delete it)
+                cur = self._db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    cur.execute(add)
+                    cur.execute(fill)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
 
     def _migrate_alerts(self) -> None:
         """A results.db of the previous release: move its ``alerts`` rows into ``flags``."""

@@ -31,6 +31,7 @@ import contextlib
 import enum
 import logging
 import time
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import aiohttp
@@ -86,6 +87,7 @@ class Coordinator:
         http: aiohttp.ClientSession,
         registry: CollectorRegistry,
         tracker: ProgressTracker,
+        refusing: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.cfg, self.enclave, self.store = cfg, enclave, store
         self.tracker = tracker
@@ -96,7 +98,9 @@ class Coordinator:
         self.agreement = EpochAgreement(shard=SHARD, party=cfg.party, n_parties=cfg.n_parties)
         #: Every other party, in order.
         self.peers = self.agreement.peers
-        self.round = AgreementRound(cfg=cfg, store=store, tracker=tracker, agreement=self.agreement)
+        self.round = AgreementRound(
+            cfg=cfg, store=store, tracker=tracker, agreement=self.agreement, refusing=refusing
+        )
         self._since_prune = 0
         self._outbox = asyncio.Event()
         self._peer_keys: dict[int, bytes] = {}  # attested signing key of every peer
@@ -120,7 +124,8 @@ class Coordinator:
         )
         self.orphaned = Counter(
             "tecc_party_orphaned_batches",
-            "Batches left out because not every party holds them and their gateway is gone",
+            "Batches left out because not every party holds them and their gateway is gone, "
+            "or some party does not admit their gateway",
             registry=registry,
         )
         self.peer_attested = Gauge(

@@ -22,7 +22,10 @@ domains can enrol a gateway into all of them. Endpoints (JSON bodies, at most
 Binary fields are base64, keys and digests hex. Refusals are 403 ``{status:
 refused, reason, error}`` (``reason`` from
 :data:`tecc_contract.tpm_evidence.REASONS` or ``revoked`` / ``conflict``),
-counted in ``tecc_enrolment_refused_total{reason}``.
+counted in ``tecc_enrolment_refused_total{reason}``. A gateway id the party
+config's ``gateways:`` lists enrols only with the configured identity key
+(``conflict`` otherwise), and the configured key is the one its batches verify
+with.
 
 Policy: the EK must chain to a configured CA; a gateway whose every quoted
 PCR holds a value ``enrolment.pcr_values`` lists is enrolled at once
@@ -51,6 +54,7 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.errors import CloudConfigError
@@ -110,10 +114,14 @@ class Enrolment:
         registry: Registry,
         metrics: CollectorRegistry,
         *,
+        static: Mapping[str, Ed25519PublicKey] | None = None,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.doc = doc
         self.registry = registry
+        #: The identity keys the party config's ``gateways:`` names: those ids are not
+        #: free for enrolment (only the configured key may enrol under them).
+        self.static = {g: k.public_bytes_raw() for g, k in (static or {}).items()}
         self.cas: list[x509.Certificate] = []
         for name in doc.ek_ca_files:
             path = Path(name) if Path(name).is_absolute() else base / name
@@ -146,6 +154,15 @@ class Enrolment:
         for state in STATES:
             self.states.labels(state).set_function(functools.partial(registry.count, state))
 
+    def _check_static(self, gid: str, identity: bytes) -> None:
+        configured = self.static.get(gid)
+        if configured is not None and configured != identity:
+            raise ev.EvidenceError(
+                "conflict",
+                f"gateway id {gid!r} is configured with another identity key in this "
+                "party's `gateways:`; enrol under another gateway_id or remove it from the config",
+            )
+
     @property
     def enabled(self) -> bool:
         """Whether TPM enrolment is configured (at least one manufacturer CA)."""
@@ -166,6 +183,7 @@ class Enrolment:
         rec = self.registry.get(gid)
         if rec is not None and rec.state == "revoked":
             raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
+        self._check_static(gid, identity)
         if rec is not None and rec.ek_fingerprint not in (None, fingerprint):
             raise ev.EvidenceError(
                 "conflict",
@@ -198,6 +216,7 @@ class Enrolment:
         nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
         ch = self.challenges.consume(nonce, gid, ev.ENROL_TAG, now_ns)
         identity, fingerprint, ak_raw, ak = ch.context
+        self._check_static(gid, identity)  # the config may have changed since the challenge
         ev.check_activation(ch.secret, _hex(doc, "activated"))
         values = self._quoted(doc, ak, identity, ev.ENROL_TAG)
         unmatched = ev.check_pcrs(values, self.allowed, self.doc.pcrs)

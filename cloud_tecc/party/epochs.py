@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,9 +126,9 @@ class ProgressTracker:
             if heard + self._active_ns > now_ns
         }
 
-    def closed(self, end_ns: int, now_ns: int) -> bool:
-        """Whether every live gateway has delivered everything before ``end_ns``."""
-        return all(t >= end_ns for t in self.live(now_ns).values())
+    def closed(self, end_ns: int, now_ns: int, ignore: Collection[str] = ()) -> bool:
+        """Whether every live gateway not in ``ignore`` delivered everything before ``end_ns``."""
+        return all(t >= end_ns for g, t in self.live(now_ns).items() if g not in ignore)
 
     def snapshot(self, now_ns: int) -> dict[str, dict[str, float | bool]]:
         """For ``/healthz``: per gateway, progress and silence in seconds, and liveness."""

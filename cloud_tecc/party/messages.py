@@ -6,7 +6,8 @@ round (:data:`cloud_tecc.party.rounds.CONTROL_ROUND`):
 - ``{"seq": n}`` once per session, to align the dealer stream;
 - ``{"wm": ns}`` each tick, the party's durable watermark;
 - ``{"proposal": {...} | null}`` from the leader (the followers send ``{}``);
-- ``{"ok": bool, "orphans": [[gateway, seq], ...]}``, the verdict on it.
+- ``{"ok": bool, "orphans": [[gateway, seq], ...], "refused": [gateway, ...]}``, the
+  verdict on it (``refused`` only when this party does not admit some gateway).
 
 :func:`decode` turns the peer's bytes into the Struct once, at the boundary,
 strictly (no unknown keys, ``true`` is not a number): all parties run the same
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from cloud_tecc.errors import PeerError
 from cloud_tecc.party.epochs import Key, Proposal
@@ -72,15 +73,27 @@ class ProposalMessage(Message, frozen=True, kw_only=True):
 
 
 class VerdictMessage(Message, frozen=True, kw_only=True):
-    """``{"ok", "orphans"}``: whether this party can compute the proposal, and orphaned batches."""
+    """``{"ok", "orphans", "refused"}``: the verdict on the proposal.
+
+    Whether this party can compute it, the orphaned batches it saw, and the
+    gateways it does not admit (pending, suspended or revoked here; absent when
+    none, so the message is unchanged for a party that admits every gateway).
+    """
 
     ok: bool
     orphans: tuple[BatchKey, ...] = ()
+    #: UNSET (not encoded) when absent, so a decoded message encodes to the same bytes.
+    refused: tuple[Annotated[str, Meta(min_length=1, max_length=200)], ...] | UnsetType = UNSET
 
     @property
     def orphan_keys(self) -> tuple[Key, ...]:
         """The orphaned batch keys."""
         return self.orphans
+
+    @property
+    def refused_gateways(self) -> tuple[str, ...]:
+        """The gateways the sender does not admit (empty if it sent none)."""
+        return () if isinstance(self.refused, UnsetType) else self.refused
 
 
 _WHAT: dict[type[Message], str] = {

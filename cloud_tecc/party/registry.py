@@ -224,6 +224,8 @@ class LiveKeys(Mapping[str, Ed25519PublicKey]):
         self._cache: dict[str, tuple[bytes, Ed25519PublicKey]] = {}
 
     def __getitem__(self, gateway_id: str) -> Ed25519PublicKey:
+        if gateway_id in self._static:  # the config's key wins: an enrolment cannot replace it
+            return self._static[gateway_id]
         rec = self._registry.get(gateway_id)
         if rec is not None and rec.identity_key is not None:
             hit = self._cache.get(gateway_id)
@@ -232,13 +234,17 @@ class LiveKeys(Mapping[str, Ed25519PublicKey]):
             key = Ed25519PublicKey.from_public_bytes(rec.identity_key)
             self._cache = {**self._cache, gateway_id: (rec.identity_key, key)}
             return key
-        return self._static[gateway_id]
+        raise KeyError(gateway_id)
 
     def __iter__(self) -> Iterator[str]:
         return iter(set(self._static) | {r.gateway_id for r in self._registry.records()})
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def refused(self) -> list[str]:
+        """The gateways :meth:`admit` refuses now (a record not ``enrolled``), sorted."""
+        return [r.gateway_id for r in self._registry.records() if r.state != "enrolled"]
 
     def admit(self, gateway_id: str) -> None:
         """Raise :class:`IngestError` unless ``gateway_id``'s data may be accepted now."""

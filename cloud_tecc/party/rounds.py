@@ -16,6 +16,14 @@ other party and receives one from each):
    gone, is reported as an orphan by the follower that sees it; the leader
    leaves every reported orphan (whose gateway is gone at the leader too) out
    of its next proposal.
+
+Admission is per party (each party enrols gateways under its own policy), so
+a batch enters an epoch only if every party admits its gateway: every verdict
+lists the gateways its party refuses (``refused``), every party learns the
+union of all N lists, and in the next round the leader skips the batches of
+those gateways it holds, the followers accept that skip and ignore the
+batches of those gateways they hold, and nobody waits for their progress. A
+gateway refused by one party so never stalls the others' windows.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from cloud_tecc.config import PartyConfig
@@ -64,10 +72,19 @@ class AgreementRound:
         store: ShareStore,
         tracker: ProgressTracker,
         agreement: EpochAgreement,
+        refusing: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.cfg, self.store, self.tracker, self.agreement = cfg, store, tracker, agreement
         self._waiting_for: tuple[int, str] = (0, "")
         self.skip: set[Key] = set()  # orphaned batches the followers reported (leader only)
+        #: The gateways this party does not admit now (its registry; read each round).
+        self._refusing = refusing
+        #: The gateways some party refused, as all N verdicts of the last round said.
+        self.refused: frozenset[str] = frozenset()
+
+    def _excluded(self) -> frozenset[str]:
+        """Gateways whose batches enter no epoch now: refused here or by any party."""
+        return self.refused | frozenset(self._refusing())
 
     async def run(self, mesh: Transport) -> Proposal | None:
         """One round; the agreed proposal to compute now, or None (nothing, or refused)."""
@@ -88,9 +105,16 @@ class AgreementRound:
         agreement.proposed(prop)
         if prop is None:
             return None
+        own = frozenset(self._refusing())
         why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
-        verdict = {"ok": not why, "orphans": [list(k) for k in orphans]}
+        verdict: dict[str, Any] = {"ok": not why, "orphans": [list(k) for k in orphans]}
+        if own:
+            verdict["refused"] = sorted(own)
         acks = await control(mesh, peers, verdict, VerdictMessage)
+        refused = own.union(*(a.refused_gateways for a in acks.values()))
+        if refused != self.refused:
+            log.info("gateways refused by some party (left out of epochs): %s", sorted(refused))
+            self.refused = refused
         if agreement.leader:
             self._note_orphans([k for a in acks.values() for k in a.orphan_keys])
         if not agreement.verdicts(mine=not why, theirs={p: a.ok for p, a in acks.items()}):
@@ -128,10 +152,17 @@ class AgreementRound:
         missing = set(self.store.has_batches(prop.batches))
         if leader:
             return (f"{len(missing)} proposed batches are gone" if missing else ""), []
+        excluded = self._excluded()
+        if refused := sorted({g for g, _ in prop.batches if g in excluded}):
+            return f"the proposal holds batches of gateways refused by a party: {refused[:5]}", []
         live = self.tracker.live(time.time_ns())
-        if any(g in live for g, _ in prop.skip):
+        if any(g in live and g not in excluded for g, _ in prop.skip):
             return "the proposal skips batches of a gateway that is live here", []
-        extra = set(self.store.batches_overlapping(prop.start_ns, prop.end_ns))
+        extra = {
+            k
+            for k in self.store.batches_overlapping(prop.start_ns, prop.end_ns)
+            if k[0] not in excluded
+        }
         extra.difference_update(prop.batches, prop.skip)
         problems = missing | extra
         orphans = sorted(k for k in problems if k[0] not in live)
@@ -139,7 +170,7 @@ class AgreementRound:
             return f"{len(missing)} proposed batches not here yet (first {min(missing)})", orphans
         if extra:
             return f"{len(extra)} batches here are not proposed (first {min(extra)})", orphans
-        if not self.tracker.closed(prop.end_ns, time.time_ns()):
+        if not self.tracker.closed(prop.end_ns, time.time_ns(), excluded):
             return "not closed by this party's gateway progress notices yet", []
         return "", []
 
@@ -160,13 +191,15 @@ class AgreementRound:
         if earliest is None:
             return None
         start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
-        if not self.tracker.closed(end, time.time_ns()):
+        excluded = self._excluded()
+        if not self.tracker.closed(end, time.time_ns(), excluded):
             return None
         held = self.store.batches_overlapping(start, end)
+        skip = self.skip | {k for k in held if k[0] in excluded}
         return Proposal(
             start,
             end,
-            tuple(k for k in held if k not in self.skip),
-            tuple(sorted(self.skip)),
+            tuple(k for k in held if k not in skip),
+            tuple(sorted(skip)),
             os.urandom(8).hex(),
         )

@@ -160,7 +160,11 @@ class PartyService(ServiceBase):
         self.app.router.add_post("/v1/batches", self._ingest)
         self.app.router.add_post("/v1/progress", self._progress)
         self.enrolment = Enrolment(
-            cfg.enrolment, cfg.service.state_dir, self.gateways, self.registry
+            cfg.enrolment,
+            cfg.service.state_dir,
+            self.gateways,
+            self.registry,
+            static=gateway_keys(cfg),
         )
         self.enrolment.routes(self.app, time.time_ns)
 
@@ -216,6 +220,7 @@ class PartyService(ServiceBase):
             http=self.http,
             registry=self.registry,
             tracker=self.tracker,
+            refusing=self._gateway_keys.refused,
         )
         self.spawn(self.writer.run(), "group-writer")
         self.spawn(self.coordinator.run(), "coordinator")
@@ -278,6 +283,8 @@ class PartyService(ServiceBase):
                 status=_STATUS.get(exc.reason, 400),
             )
         self.batches.labels(outcome).inc()
+        # admitted: track a gateway enrolled while running from its first batch on
+        self.tracker.add(row.gateway, row.received_ns)
         self.tracker.heard(row.gateway, row.received_ns)
         if outcome == InsertResult.ACCEPTED:
             self.readings.inc(row.count)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 from pathlib import Path
@@ -43,7 +44,12 @@ POLICY = {
 }
 
 
-def _coordinators(tmp: Path, tracked: tuple[str, ...] = (), n: int = 2) -> list[Coordinator]:
+def _coordinators(
+    tmp: Path,
+    tracked: tuple[str, ...] = (),
+    n: int = 2,
+    refusing: dict[int, tuple[str, ...]] | None = None,
+) -> list[Coordinator]:
     (tmp / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     out = []
     for i in range(n):
@@ -74,6 +80,7 @@ def _coordinators(tmp: Path, tracked: tuple[str, ...] = (), n: int = 2) -> list[
                 http=cast(aiohttp.ClientSession, None),
                 registry=CollectorRegistry(),
                 tracker=ProgressTracker(tracked, started_ns=0, active_ns=60 * S),
+                refusing=functools.partial(tuple, (refusing or {}).get(i, ())),
             )
         )
     return out
@@ -83,6 +90,7 @@ def _ingest(
     coords: list[Coordinator],
     streams: list[StreamReadings],
     seconds: dict[int, range] | None = None,
+    gateway: str = "gw",
 ) -> list[tuple[int, BatchRow]]:
     """Seal 30 one-second batches; party i stores those of ``seconds[i]`` (default all).
 
@@ -93,7 +101,7 @@ def _ingest(
     gw = Ed25519PrivateKey.generate()
     keys = [generate_cluster_keypair_raw(KemSuite.X25519) for _ in range(n)]
     sealer = Sealer(
-        gateway_id="gw",
+        gateway_id=gateway,
         signing_key=gw,
         columns=(Column.VALUE, Column.SQUARE),
         clusters=[ClusterKey(i, KemSuite.X25519, k[1]) for i, k in enumerate(keys)],
@@ -104,7 +112,7 @@ def _ingest(
             n_parties=n,
             suite=KemSuite.X25519,
             private_key=load_private_key(KemSuite.X25519, keys[i][0]),
-            gateway_keys={"gw": gw.public_key()},
+            gateway_keys={gateway: gw.public_key()},
             service_id=f"p{i}",
             sign_key=Ed25519PrivateKey.generate(),
         )
@@ -125,11 +133,13 @@ def _ingest(
     return held
 
 
-def _streams(seed: int, sensors: int = 1) -> list[StreamReadings]:
+def _streams(seed: int, sensors: int = 1, gateway: str = "gw") -> list[StreamReadings]:
     """30 s of one gateway's readings at 10 Hz per sensor."""
     rng = np.random.default_rng(seed)
     ts = T0 + np.arange(300, dtype=np.int64) * (S // 10)
-    return [StreamReadings("gw", f"s{k}", ts, 20 + rng.normal(0, 1, 300)) for k in range(sensors)]
+    return [
+        StreamReadings(gateway, f"s{k}", ts, 20 + rng.normal(0, 1, 300)) for k in range(sensors)
+    ]
 
 
 async def _reference(streams: list[StreamReadings]) -> dict[int, Any]:
@@ -375,5 +385,34 @@ async def test_three_parties_a_follower_proposing_is_a_peer_error(tmp_path: Path
     with pytest.raises(PeerError, match="party 2 sent a proposal"):
         await coords[1]._tick(cast(Transport, _Mesh()), LocalDealer(3).source(1))
     assert coords[1].agreement.phase.value == "failed"
+    for c in coords:
+        c.store.close()
+
+
+@pytest.mark.parametrize(("n", "refuser"), [(2, 1), (3, 1), (2, 0), (3, 0)])
+async def test_a_gateway_one_party_refuses_does_not_stall_the_others(
+    tmp_path: Path, n: int, refuser: int
+) -> None:
+    """Party ``refuser`` does not admit gateway B (pending there); A's windows are agreed.
+
+    The refusing party never stored B's batches and never hears B's progress,
+    while B is live everywhere. Its verdict names B, every party leaves B's
+    batches out, and the released results are A's alone (the plaintext
+    reference of A's readings). Fails on the code before this change: the
+    refusing party lacked batches of a live gateway, so no epoch was agreed.
+    """
+    a, b = _streams(10, gateway="A"), _streams(11, gateway="B")
+    want = await _reference(a)
+    coords = _coordinators(tmp_path, tracked=("A", "B"), n=n, refusing={refuser: ("B",)})
+    now = time.time_ns()
+    for i, c in enumerate(coords):
+        c.tracker.note("A", T0 + 30 * S, heard_ns=now)
+        c.tracker.note("B", 0 if i == refuser else T0 + 30 * S, heard_ns=now)
+    _ingest(coords, a, gateway="A")
+    _ingest(coords, b, {refuser: range(0)}, gateway="B")
+    net, dealer = MemoryNetwork(n), LocalDealer(n)
+    await _run_until(coords, net, dealer, T0 + 30 * S)
+    assert _released(coords) == want
+    assert all(c.round.refused == {"B"} for c in coords)
     for c in coords:
         c.store.close()

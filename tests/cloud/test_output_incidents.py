@@ -207,6 +207,64 @@ def test_store_moves_the_old_alert_table_into_flags(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_failed_arrival_column_migration_leaves_no_zero_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between adding ``flags.stored_ns`` and filling it: the column is not left at 0.
+
+    Fails on the code before this change: the ALTER TABLE and the UPDATE were
+    separate autocommit statements, so the column stayed, all zeros, and the
+    next prune would have deleted every old flag. Now the migration rolls back
+    and the next open adds and fills it.
+    """
+    import sqlite3  # noqa: PLC0415 - only these tests build an old database
+
+    path = tmp_path / "r.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE flags (id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT "
+        "NULL, ts_ns INTEGER NOT NULL, detector TEXT NOT NULL, start_ns INTEGER NOT NULL, "
+        "incident INTEGER)"
+    )
+    db.execute("INSERT INTO flags VALUES (1, 'gw', 's', ?, 'limit', ?, NULL)", (T0 + 1, T0))
+    db.commit()
+    db.close()
+
+    def crash(sql: str) -> None:
+        if sql.startswith("UPDATE flags SET stored_ns"):
+            raise sqlite3.OperationalError("injected crash before the fill")
+
+    class _Crashing:
+        """A connection or cursor that fails at the fill statement, else delegates."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            crash(sql)
+            return self._inner.execute(sql, *args)
+
+        def cursor(self) -> _Crashing:
+            return _Crashing(self._inner.cursor())
+
+    real = sqlite3.connect
+    with monkeypatch.context() as m:
+        m.setattr(sqlite3, "connect", lambda *a, **k: _Crashing(real(*a, **k)))
+        with pytest.raises(sqlite3.OperationalError, match="injected"):
+            ResultStore(path)
+    db = sqlite3.connect(path)
+    cols = [r[0] for r in db.execute("SELECT name FROM pragma_table_info('flags')")]
+    db.close()
+    assert "stored_ns" not in cols  # rolled back, not added and left at 0
+    ResultStore(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT stored_ns FROM flags").fetchall() == [(T0 + 1,)]
+    db.close()
+
+
 @given(
     epochs=st.lists(
         st.lists(

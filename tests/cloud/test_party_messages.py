@@ -31,6 +31,7 @@ PROPOSAL = Proposal(10, 20, (("gw", 1), ("gw", 2)), (("old", 7),), "ab12")
         ({"proposal": None}, ProposalMessage),
         ({"ok": True, "orphans": [["gw", 3]]}, VerdictMessage),
         ({"ok": False, "orphans": []}, VerdictMessage),
+        ({"ok": False, "orphans": [], "refused": ["gw-b"]}, VerdictMessage),
     ],
 )
 def test_decoded_message_encodes_to_the_same_bytes(doc: dict[str, Any], kind: type[Any]) -> None:
@@ -59,6 +60,7 @@ def test_proposal_round_trips_into_the_in_memory_type() -> None:
         (b'{"ok": 1}', VerdictMessage, "Expected `bool`, got `int` - at `$.ok`"),
         (b'{"ok": true, "orphans": [["g"]]}', VerdictMessage, "at `$.orphans[0]`"),
         (b'{"ok": true, "orphans": [["g", -1]]}', VerdictMessage, "at `$.orphans[0][1]`"),
+        (b'{"ok": true, "refused": [""]}', VerdictMessage, "at `$.refused[0]`"),
         (
             b'{"proposal": {"start": 5, "end": 5, "batches": []}}',
             ProposalMessage,

@@ -187,3 +187,50 @@ def test_hostile_fields_raise_only_evidence_errors(rig: Rig) -> None:
             good = rig.evidence.answer(ch, ENROL_TAG)
             with pytest.raises(EvidenceError):
                 party.finish({**good, field: value}, at(3))
+
+
+def test_a_tpm_cannot_enrol_under_a_gateway_id_the_config_names(rig: Rig) -> None:
+    """An id in the party's ``gateways:`` is not free: another identity key is a conflict.
+
+    Fails on the code before this change: only registry records were checked, so
+    the genuine TPM enrolled ``gw-test`` with its own identity key, and the
+    registry's key then verified the batches of the configured gateway's id.
+    """
+    configured = Ed25519PrivateKey.generate().public_key()
+    party = rig.party(pcr_values=ZERO)
+    party.static = {"gw-test": configured.public_bytes_raw()}
+    with pytest.raises(EvidenceError, match="configured with another identity key") as err:
+        party.challenge(rig.evidence.request(), at(100))
+    assert err.value.reason == "conflict"
+    # the config names the id after the challenge was issued: finish refuses too
+    party.static = {}
+    challenge = party.challenge(rig.evidence.request(), at(101))
+    party.static = {"gw-test": configured.public_bytes_raw()}
+    with pytest.raises(EvidenceError, match="configured with another identity key") as err:
+        party.finish(rig.evidence.answer(challenge, ENROL_TAG), at(101))
+    assert err.value.reason == "conflict"
+    assert party.registry.get("gw-test") is None
+    # the constructor takes the configured keys
+    built = Enrolment(
+        EnrolmentDoc(ek_ca_files=[str(rig.bundle)], pcr_values=ZERO),
+        rig.state,
+        party.registry,
+        CollectorRegistry(),
+        static={"gw-test": configured},
+    )
+    with pytest.raises(EvidenceError, match="configured with another identity key"):
+        built.challenge(rig.evidence.request(), at(102))
+
+
+def test_the_configured_key_wins_over_an_enrolled_one(rig: Rig) -> None:
+    """A registry record for a configured id (enrolled before the config named it) is ignored.
+
+    Fails on the code before this change: LiveKeys preferred the registry's key.
+    """
+    party = rig.party(pcr_values=ZERO)
+    assert _enrol(party, rig.evidence, at(100))["status"] == "enrolled"
+    configured = Ed25519PrivateKey.generate().public_key()
+    keys = LiveKeys({"gw-test": configured}, party.registry)
+    assert keys["gw-test"].public_bytes_raw() == configured.public_bytes_raw()
+    with pytest.raises(KeyError):
+        keys["gw-unknown"]

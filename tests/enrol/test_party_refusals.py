@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import ROOT, Deployment, http_json
+from cloud_tecc.localstack import LOOPBACK_TLS, ROOT, Deployment, http_json
 from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys
@@ -81,7 +81,7 @@ class Rig:
             self.dep.url("party0") + path, data=json.dumps(body).encode(), method="POST"
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10, context=LOOPBACK_TLS) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())

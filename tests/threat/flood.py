@@ -3,8 +3,11 @@
 :class:`Flood` runs, until stopped (and never past ``max_s``), per port: a
 junk sender (random bytes, or HTTP requests with garbage bodies), a set of
 slow-loris connections that trickle header lines, and on HTTP ports an
-oversized upload that declares 1 GiB and sends a few MiB. Everything goes to
-127.0.0.1 only, and the number of connections is capped.
+oversized upload that declares 1 GiB and sends a few MiB. On the ``tls``
+ports (the parties serve HTTPS) the HTTP-shaped attacks run inside TLS
+(:data:`cloud_tecc.localstack.LOOPBACK_TLS`), so they reach the HTTP limits
+rather than dying in the handshake; raw junk still hits the TLS parser.
+Everything goes to 127.0.0.1 only, and the number of connections is capped.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+
+from cloud_tecc.localstack import LOOPBACK_TLS
 
 _JUNK_CONNECTIONS_PER_PORT = 3000
 _LORIS_PER_PORT = 30
@@ -28,8 +34,12 @@ class Flood:
     ports: dict[str, int]
     http: set[str]
     max_s: float = 60.0
+    #: names whose port serves TLS: HTTP-shaped attacks are wrapped in it
+    tls: set[str] = field(default_factory=set)
     sent_connections: int = 0
     oversized_answers: list[bytes] = field(default_factory=list)
+    #: per name, how many hostile requests got an HTTP answer (reached the HTTP layer)
+    http_answers: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -42,7 +52,8 @@ class Flood:
             if name in self.http:
                 targets.append(self._oversized)
             for fn in targets:
-                t = threading.Thread(target=fn, args=(port, name in self.http, i), daemon=True)
+                args = (name, port, name in self.http, i)
+                t = threading.Thread(target=fn, args=args, daemon=True)
                 t.start()
                 self._threads.append(t)
 
@@ -55,34 +66,48 @@ class Flood:
     def _running(self) -> bool:
         return not self._stop.is_set() and time.monotonic() < self._deadline
 
-    def _junk(self, port: int, http: bool, seed: int) -> None:
+    def _connect(self, name: str, port: int, timeout: float, http: bool = True) -> socket.socket:
+        """A connection to ``port``, inside TLS if ``name`` serves it and the attack is HTTP."""
+        s = socket.create_connection(("127.0.0.1", port), timeout)
+        if not (http and name in self.tls):
+            return s
+        try:
+            return LOOPBACK_TLS.wrap_socket(s)
+        except BaseException:
+            s.close()
+            raise
+
+    def _answered(self, name: str, answer: bytes) -> None:
+        if answer.startswith(b"HTTP/1."):
+            with self._lock:
+                self.http_answers[name] += 1
+
+    def _junk(self, name: str, port: int, http: bool, seed: int) -> None:
         rng = random.Random(seed)
         for _ in range(_JUNK_CONNECTIONS_PER_PORT):
             if not self._running():
                 return
             body = rng.randbytes(rng.choice((16, 512, 4096)))
-            if http and rng.random() < 0.5:
+            shaped = http and rng.random() < 0.5
+            if shaped:
                 path = rng.choice((b"/v1/batches", b"/v1/results", b"/healthz", b"/mpc", b"/x"))
                 head = b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
                 body = head + str(len(body)).encode() + b"\r\n\r\n" + body
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), 2) as s,
-            ):
+            with contextlib.suppress(OSError), self._connect(name, port, 2, shaped) as s:
                 s.settimeout(1.0)
                 s.sendall(body)
                 with contextlib.suppress(OSError):
-                    s.recv(4096)
+                    self._answered(name, s.recv(4096))
             with self._lock:
                 self.sent_connections += 1
             time.sleep(0.005)
 
-    def _loris(self, port: int, _http: bool, _seed: int) -> None:
+    def _loris(self, name: str, port: int, _http: bool, _seed: int) -> None:
         socks: list[socket.socket] = []
         try:
             for _ in range(_LORIS_PER_PORT):
                 with contextlib.suppress(OSError):
-                    s = socket.create_connection(("127.0.0.1", port), 2)
+                    s = self._connect(name, port, 2)
                     s.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                     socks.append(s)
             n = 0
@@ -96,7 +121,7 @@ class Flood:
             for s in socks:
                 s.close()
 
-    def _oversized(self, port: int, _http: bool, seed: int) -> None:
+    def _oversized(self, name: str, port: int, _http: bool, seed: int) -> None:
         chunk = random.Random(seed).randbytes(1 << 20)
         for _ in range(_OVERSIZED_ROUNDS):
             if not self._running():
@@ -105,15 +130,16 @@ class Flood:
                 b"POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n\r\n"
             )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), 2) as s,
-            ):
+            with contextlib.suppress(OSError), self._connect(name, port, 2) as s:
                 s.settimeout(5.0)
-                s.sendall(head)
-                for _ in range(8):
-                    s.sendall(chunk)
-                s.shutdown(socket.SHUT_WR)
+                with contextlib.suppress(OSError):  # the service may answer and close early
+                    s.sendall(head)
+                    for _ in range(8):
+                        s.sendall(chunk)
+                    if name not in self.tls:
+                        s.shutdown(socket.SHUT_WR)
                 with contextlib.suppress(OSError):
-                    self.oversized_answers.append(s.recv(64))
+                    answer = s.recv(64)
+                    self.oversized_answers.append(answer)
+                    self._answered(name, answer)
             self._stop.wait(0.5)

@@ -56,12 +56,20 @@ def _rss(dep: Deployment) -> dict[str, float]:
 
 
 def test_services_survive_floods_and_keep_serving(tmp_path: Path) -> None:
-    """Junk, slow-loris and 1 GiB uploads on all 7 ports: up, bounded, flowing, no loss."""
+    """Junk, slow-loris and 1 GiB uploads on all 7 ports: up, bounded, flowing, no loss.
+
+    The parties serve HTTPS, so the HTTP-shaped attacks on them run inside TLS
+    and must get HTTP answers. Fails on the code before this change: they were
+    sent in plaintext, died in the TLS handshake, and the parties' HTTP layer
+    answered none of them.
+    """
     keys = {g: Ed25519PrivateKey.generate() for g in GATEWAYS}
     dep = Deployment(tmp_path, POLICY, keys)
     scn = make_scenario()
     ports = {n: dep.ports[n] for n in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc")}
-    flood = Flood(ports, _HTTP, max_s=60.0)
+    tls = {n for n in _HTTP if dep.url(n).startswith("https://")}
+    assert tls == {"party0", "party1"}  # the parties serve HTTPS by default
+    flood = Flood(ports, _HTTP, max_s=60.0, tls=tls)
     try:
         dep.start_all()
         gws = {g: TestGateway(dep, g) for g in GATEWAYS}
@@ -89,9 +97,13 @@ def test_services_survive_floods_and_keep_serving(tmp_path: Path) -> None:
     print(
         f"legitimate envelopes/s: quiet {quiet:.1f}, under flood {loud:.1f} "
         f"({loud / quiet:.0%}), after {after:.1f}; junk connections {flood.sent_connections}; "
-        f"RSS growth MiB {growth}; oversized answers {answers}"
+        f"RSS growth MiB {growth}; oversized answers {answers}; "
+        f"HTTP answers to hostile requests {dict(flood.http_answers)}"
     )
     assert flood.sent_connections > 500
+    # The hostile requests reached every HTTP service's HTTP layer (inside TLS on the
+    # parties), so its limits were exercised, not only the TLS handshake.
+    assert all(flood.http_answers[n] > 0 for n in _HTTP), dict(flood.http_answers)
     # Legitimate traffic flowed *under* the flood: all 10 s of envelopes were accepted
     # (checked in _upload) while junk connections kept arriving. The rate is printed only.
     assert junk_during > 50, f"the flood was not running during the loud phase: {junk_during}"
