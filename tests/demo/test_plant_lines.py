@@ -62,7 +62,7 @@ def test_generated_gateway_config_reads_the_plant_transport(tmp_path: Path, tran
             opcua_port=4840,
             tpm_port=2321,
             http_port=8000,
-            clusters=[(0, "http://127.0.0.1:1", "party0"), (1, "http://127.0.0.1:2", "party1")],
+            clusters=[(0, "https://127.0.0.1:1", "party0"), (1, "https://127.0.0.1:2", "party1")],
             platforms={"p": "00" * 32},
             measurement="00" * 32,
             modbus_port=1502,
