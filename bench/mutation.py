@@ -36,7 +36,7 @@ and each mutant is written into the copy (other processes import the working
 tree). Each mutant runs ``pytest -x -q`` on its module's test files with that
 copy first on ``PYTHONPATH`` and bytecode writing off. Killed = the tests
 fail or exceed 4 × the clean run + 10 s; survived = they pass. A module whose
-tests fail unmutated is reported as broken and not scored.
+tests fail unmutated is reported as broken and not scored, and the run exits 1.
 
 ``--quick`` (< 60 s): a fixed sample (seeded) of mutants of the release and
 envelope checks. The full run covers every target below; run it in the
@@ -69,6 +69,7 @@ from bench.mutants import ROOT, Mutant, mutants
 
 COPY_DIRS = (
     "tecc_contract",
+    "fuzzing",
     "cloud_tecc",
     "gateway",
     "firmware_sim",
@@ -400,6 +401,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "survivors": [m.describe() for m in survivors],
         }
     )
+    broken = sorted(k for k, r in results.items() if r.broken)
+    if broken:
+        # A module whose tests fail unmutated scores nothing: the run must not pass for it.
+        print(f"tests fail on the unmutated tree for: {', '.join(broken)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -151,3 +151,20 @@ async def test_released_fleet_statistics_equal_float_maths_over_released_windows
     assert fleet["count"] == every.size
     assert fleet["mean"] == pytest.approx(every.mean(), abs=1e-9)
     assert fleet["std"] == pytest.approx(every.std(), abs=1e-4)
+
+
+async def test_a_policy_releasing_max_without_min_releases_the_max() -> None:
+    """``release: [count, max]`` (no ``min``): the window's maximum is released alone.
+
+    Kills ``"min" in fields or "max" in fields`` → ``… or "max" not in fields`` in
+    ``build_release`` (the extrema would be left out when only ``max`` is released).
+    """
+    rng = np.random.default_rng(9)
+    values = 50.0 + rng.normal(0.0, 1.0, MIN + 2)
+    policy = _policy(release=["count", "max"])
+    _, decoded, _ = await secure_results(policy, [_stream("g1", "m.temp", values)])
+    (rel,) = decoded
+    (win,) = rel.windows
+    assert win["count"] == MIN + 2
+    assert win["max"] == _fixed(values).max()
+    assert "min" not in win
