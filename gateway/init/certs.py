@@ -11,7 +11,6 @@ with ``tecc-gateway import-secret``).
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.atrest import private_dir, write_private
+from tecc_contract.opcua_cert import application_certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,34 +68,8 @@ def ensure_client_certificate(
     )
     host = socket.gethostname() or "localhost"
     alt = [x509.UniformResourceIdentifier(application_uri), x509.DNSName(host)]
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=True,
-                data_encipherment=True,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    cert = application_certificate(
+        key, name=name, alt=alt, days=days, usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
     )
     der = cert.public_bytes(serialization.Encoding.DER)
     pem = key.private_bytes(
