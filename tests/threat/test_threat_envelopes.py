@@ -36,7 +36,7 @@ from tests.cloud.scenario import (
     wait_epochs,
 )
 from tests.cloud.services import TestGateway, http_json, metric
-from tests.cloud.test_cloud_processes import _encodings
+from tests.cloud.test_cloud_processes import _encodings, leaks
 
 from .deployment import ProxiedDeployment
 
@@ -202,7 +202,7 @@ def test_canary_is_in_no_cloud_file_log_or_link(streamed: Streamed) -> None:
     blobs = {str(p): p.read_bytes() for p in files}
     blobs.update({f"link:{name}": data for name, data in traffic.items()})
     needles = [*_encodings(CANARY), *_encodings(released), b"3141.59"]
-    found = [(where, n) for where, data in blobs.items() for n in needles if n in data]
+    found = leaks(blobs, needles)
     assert not found, found[:5]
 
 
