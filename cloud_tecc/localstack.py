@@ -305,7 +305,8 @@ class Deployment:
         role = "party" if name.startswith("party") else name
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path(name).open("ab")
-        argv = [sys.executable, "-m", "cloud_tecc", role, "--config", str(self.root / f"{name}.yaml")]
+        config = str(self.root / f"{name}.yaml")
+        argv = [sys.executable, "-m", "cloud_tecc", role, "--config", config]
         self.procs[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [*self.launch.get(name, ()), *argv],
             cwd=ROOT,

@@ -22,6 +22,7 @@ import asyncio
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -108,7 +109,7 @@ class Children:
 
     def start(self, name: str, argv: tuple[str, ...]) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv
+            proc = subprocess.Popen(
                 argv, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT
             )
         self.procs[name] = proc
@@ -194,7 +195,9 @@ def _reference_streams(sent: list[tuple[str, bytes]]) -> list[StreamReadings]:
     for sensor, payload in sent:
         parsed = parse_payload(payload, spec, time.time_ns())
         assert not parsed.rejects, parsed
-        rows[sensor] += [(int(t), float(v)) for t, v in parsed.readings]
+        numbers = [(t, v) for t, v in parsed.readings if isinstance(v, float)]
+        assert len(numbers) == len(parsed.readings), parsed
+        rows[sensor] += numbers
     return [
         StreamReadings(
             GATEWAY,
@@ -243,6 +246,14 @@ async def _impostor(dep: Deployment) -> str:
         return "accepted"
 
 
+def _loopback_reaches(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_each_trust_domain_on_its_own_host(net: Hosts, tmp_path: Path) -> None:
     """Released windows equal the reference with every service on its own network host."""
     ip = net.addrs
@@ -284,7 +295,7 @@ def test_each_trust_domain_on_its_own_host(net: Hosts, tmp_path: Path) -> None:
         cfg = gw_dir / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
         py = (sys.executable, "-m", "gateway")
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             net.argv("gateway", *py, "provision", "--config", str(cfg)),
             cwd=ROOT,
             env=_env(),
@@ -300,7 +311,8 @@ def test_each_trust_domain_on_its_own_host(net: Hosts, tmp_path: Path) -> None:
         cloud_yaml = "".join(
             (dep.root / f"{n}.yaml").read_text() for n in dep.services
         ) + json.dumps(doc["clusters"])
-        assert "127.0.0.1" not in cloud_yaml and "localhost" not in cloud_yaml
+        assert "127.0.0.1" not in cloud_yaml
+        assert "localhost" not in cloud_yaml
 
         net.inside("cloud", dep.start_all)
         kids.start("gateway", net.argv("gateway", *py, "launch", "--config", str(cfg)))
@@ -309,7 +321,6 @@ def test_each_trust_domain_on_its_own_host(net: Hosts, tmp_path: Path) -> None:
             net.inside("gateway", _gateway_health, health_url, 30.0)
         except TimeoutError:
             pytest.fail(kids.log("gateway"))
-        before = {r: net.port_bytes(r) for r in ROLES}
         sent = net.inside("gateway", _publish, ip["gateway"], mqtt_port)
         ref = run_reference(policy_from_mapping(POLICY), _reference_streams(sent))
         want = {(w["gateway"], w["sensor"], w["start_ns"]) for r in ref for w in r.released.windows}
@@ -320,16 +331,22 @@ def test_each_trust_domain_on_its_own_host(net: Hosts, tmp_path: Path) -> None:
             logs = {n: dep.log_path(n).read_text()[-1500:] for n in dep.services}
             pytest.fail(f"{exc}\n{kids.log('gateway')}\n{logs}")
         summary = net.inside("cloud", compare, dep, ref)
-        after = {r: net.port_bytes(r) for r in ROLES}
+        moved = {r: net.port_bytes(r) for r in ROLES}
         verdict = net.inside("party1", asyncio.run, _impostor(dep))
+        shared = net.inside("party1", _loopback_reaches, dep.ports["party0"])
         clusters = net.inside("cloud", http_json, dep.url("output") + "/api/v1/clusters")[1]
+        gateways = net.inside("cloud", http_json, dep.url("output") + "/api/v1/gateways")[1]
     finally:
         kids.stop_all()
         dep.stop_all()
     assert summary["windows"] == len(want)
     assert [c["attested"] for c in clusters] == [True, True]
-    # Every host's traffic crossed its bridge port: the gateway's uploads, both parties'
-    # MPC with each other and the dealer, their results to the output service.
-    moved = {r: (after[r][0] - before[r][0], after[r][1] - before[r][1]) for r in ROLES}
+    assert [(g["gateway_id"], g["reachable"]) for g in gateways] == [(GATEWAY, True)]
+    # Every host's traffic crossed its bridge port (the only way out of its namespace):
+    # the gateway's uploads, both parties' MPC with each other and the dealer's
+    # correlations, their results to the output service.
     assert all(rx > 20_000 and tx > 20_000 for rx, tx in moved.values()), moved
+    # party1's host shares no loopback with party0's: its ingest port is not there
+    assert not shared
+    # party0's MPC listener, reached from party1's own host, refuses a key no quote attests
     assert verdict.startswith("refused"), verdict

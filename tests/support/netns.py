@@ -43,7 +43,7 @@ class NetnsError(RuntimeError):
 
 
 def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)  # noqa: S607
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
 
@@ -84,8 +84,8 @@ class Hosts:
 
     def port_bytes(self, role: str) -> tuple[int, int]:
         """Bytes the switch received from and sent to ``role``'s host (its bridge port)."""
-        done = subprocess.run(  # noqa: S603
-            ["ip", "-j", "-s", "-n", self.switch, "link", "show", "dev", self._port(role)],  # noqa: S607
+        done = subprocess.run(
+            ["ip", "-j", "-s", "-n", self.switch, "link", "show", "dev", self._port(role)],
             capture_output=True,
             text=True,
             check=True,
@@ -104,8 +104,8 @@ class Hosts:
 
 
 def _kill_inside(ns: str) -> None:
-    done = subprocess.run(  # noqa: S603
-        ["ip", "netns", "pids", ns],  # noqa: S607
+    done = subprocess.run(
+        ["ip", "netns", "pids", ns],
         capture_output=True,
         text=True,
         check=False,
@@ -121,8 +121,8 @@ def _delete(names: Sequence[str]) -> list[str]:
         _kill_inside(ns)
     time.sleep(0.05)
     for ns in names:
-        done = subprocess.run(  # noqa: S603
-            ["ip", "netns", "del", ns],  # noqa: S607
+        done = subprocess.run(
+            ["ip", "netns", "del", ns],
             capture_output=True,
             text=True,
             check=False,
