@@ -1,11 +1,14 @@
-"""A complete local deployment on loopback: N parties, dealer and output as processes.
+"""A complete local deployment: N parties, dealer and output as processes.
 
 :class:`Deployment` writes configs with free ports into a directory, starts
 ``python -m cloud_tecc <role> --config …`` per service, waits for ``/healthz``
 and stops them (SIGTERM, or SIGKILL on request). Used by the process tests,
 the benchmark and demos. Every service has its own simulated platform (one
 trust domain each, ``platform-<name>/``), and every verifier binds each
-service id to its own platform's key.
+service id to its own platform's key. By default everything is on loopback;
+``hosts`` gives a service its own address (and ``launch`` a command prefix,
+e.g. ``ip netns exec NS``), so the same deployment runs one host per trust
+domain (tests/e2e/test_netns.py, docs/CLOUD.md "Separate hosts").
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from tecc_contract.progress import Progress, seal_progress
+from tecc_contract.schema import is_loopback_host
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("party0", "party1", "dealer", "output")  # the default deployment (N = 2)
@@ -56,6 +61,9 @@ LOOPBACK_TLS.check_hostname = False
 LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
 
 OUTPUT_TOKENS: dict[str, str] = {}  # output service base URL -> its admin API token
+#: Non-loopback hosts of deployments built here (``Deployment.hosts``): :func:`http_json`
+#: talks HTTPS without certificate checks to these and to loopback only.
+DEPLOYMENT_HOSTS: set[str] = set()
 
 
 def register_output_token(base_url: str, token_file: Path) -> str:
@@ -82,8 +90,15 @@ def http_json(
     ``https://`` is the parties' listener: its certificate is the enclave's own
     (attested, not CA-signed), so this local test client does not verify it.
     """
-    if not url.startswith(("http://", "https://127.0.0.1:")):
-        raise ValueError(f"only http:// and https:// URLs on loopback are used here, got {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" and not (
+        parts.scheme == "https" and (is_loopback_host(host) or host in DEPLOYMENT_HOSTS)
+    ):
+        raise ValueError(
+            f"only http:// and https:// URLs on loopback or a Deployment's hosts are used "
+            f"here, got {url!r}"
+        )
     headers = {"Authorization": f"Bearer {token}"} if token is not None else auth_headers(url)
     req = urllib.request.Request(  # noqa: S310 - scheme checked above
         url, data=data, method="POST" if data is not None else "GET", headers=headers
@@ -107,7 +122,9 @@ class Deployment:
     dashboard port); the others are chosen free. ``gateway_health`` (gateway
     id → ``/healthz`` URL) is passed to the output service's dashboard.
     ``n_parties`` clusters ``party0`` … ``party{N-1}`` (default 2), each its
-    own trust domain.
+    own trust domain. ``hosts`` (service name → address, default 127.0.0.1)
+    is where each service listens and is reached; ``launch`` (service name →
+    argv prefix) starts it, e.g. ``("ip", "netns", "exec", NS)``.
     """
 
     root: Path
@@ -122,10 +139,13 @@ class Deployment:
     output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     n_parties: int = 2
+    hosts: dict[str, str] = field(default_factory=dict)
+    launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
             raise ValueError(f"a deployment needs n_parties >= 2, got {self.n_parties}")
+        DEPLOYMENT_HOSTS.update(h for h in self.hosts.values() if not is_loopback_host(h))
         for name in self.port_names:
             self.ports.setdefault(name, free_port())
         self.platform_dirs = {name: self.root / f"platform-{name}" for name in self.services}
@@ -178,10 +198,18 @@ class Deployment:
                 statuses.append(http_json(f"{self.url(p)}/v1/progress", data=frame)[0])
         return statuses
 
+    def host(self, name: str) -> str:
+        """The address service ``name`` listens on and is reached at (default loopback)."""
+        return self.hosts.get(name, "127.0.0.1")
+
     def url(self, name: str) -> str:
-        """Base URL of a service (the parties serve HTTPS unless ``party_extra`` says tls: off)."""
-        tls = name.startswith("party") and self.party_extra.get("tls", True) is not False
-        return f"{'https' if tls else 'http'}://127.0.0.1:{self.ports[name]}"
+        """Base URL of a service (the parties serve HTTPS unless ``party_extra`` says tls: off;
+        the output service serves HTTPS on any listener that is not loopback)."""
+        if name.startswith("party"):
+            tls = self.party_extra.get("tls", True) is not False
+        else:
+            tls = name == "output" and not is_loopback_host(self.host(name))
+        return f"{'https' if tls else 'http'}://{self.host(name)}:{self.ports[name]}"
 
     @property
     def output_token_file(self) -> Path:
@@ -205,7 +233,7 @@ class Deployment:
     def _ep(self, name: str, mpc: bool = False) -> dict[str, str]:
         ep = {"service_id": name, "url": self.url(name)}
         if mpc:
-            ep["mpc"] = f"127.0.0.1:{self.ports[name + '_mpc']}"
+            ep["mpc"] = f"{self.host(name)}:{self.ports[name + '_mpc']}"
         return ep
 
     def write_configs(self) -> None:
@@ -231,8 +259,8 @@ class Deployment:
                 "platform_dir": self.platform_dirs[name].name,
                 "party": i,
                 "n_parties": n,
-                "listen": {"host": "127.0.0.1", "port": self.ports[name]},
-                "mpc_listen": f"127.0.0.1:{self.ports[name + '_mpc']}",
+                "listen": {"host": self.host(name), "port": self.ports[name]},
+                "mpc_listen": f"{self.host(name)}:{self.ports[name + '_mpc']}",
                 "state_dir": name,
                 "policy": self._policy_file(name),
                 "gateways": gws,
@@ -251,8 +279,8 @@ class Deployment:
             "platform_dir": self.platform_dirs["dealer"].name,
             "suite": self.party_extra.get("suite", "x25519"),
             "state_dir": "dealer",
-            "listen": {"host": "127.0.0.1", "port": self.ports["dealer"]},
-            "mpc_listen": f"127.0.0.1:{self.ports['dealer_mpc']}",
+            "listen": {"host": self.host("dealer"), "port": self.ports["dealer"]},
+            "mpc_listen": f"{self.host('dealer')}:{self.ports['dealer_mpc']}",
             "policy": self._policy_file("dealer"),
             "parties": parties,
             "batch_readings": 20000,
@@ -264,7 +292,7 @@ class Deployment:
             "service_id": "output",
             "platform_dir": self.platform_dirs["output"].name,
             "state_dir": "output",
-            "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
+            "listen": {"host": self.host("output"), "port": self.ports["output"]},
             "policy": self._policy_file("output"),
             "parties": parties,
             "gateways": dict(self.gateway_health),
@@ -277,8 +305,10 @@ class Deployment:
         role = "party" if name.startswith("party") else name
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path(name).open("ab")
+        config = str(self.root / f"{name}.yaml")
+        argv = [sys.executable, "-m", "cloud_tecc", role, "--config", config]
         self.procs[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-m", "cloud_tecc", role, "--config", str(self.root / f"{name}.yaml")],
+            [*self.launch.get(name, ()), *argv],
             cwd=ROOT,
             env=env,
             stdout=log,
