@@ -91,7 +91,8 @@ async def test_an_interceptor_with_its_own_certificate_gets_nothing(
             try:
                 await asyncio.to_thread(publish, broker.port, _msgs(10, 20))
                 await wait_for(lambda: len(clusters[0].shares) > held0, 15, "cluster 0 continues")
-                await wait_for(lambda: mitm.relayed["/attestation"] >= 2, 15, "quotes relayed")
+                # a third quote is fetched only after the second was judged (and counted)
+                await wait_for(lambda: mitm.relayed["/attestation"] >= 3, 15, "quotes relayed")
                 text = await scrape(agent.cfg.http.port)
                 depth = agent.spool.depth(1)
                 error = str(agent.health()[1]["clusters"]["1"]["last_error"])
