@@ -188,7 +188,7 @@ class ClusterLink:
         eps = self.endpoints
         before = eps.failovers
         if eps.choose(time.monotonic()) is None:  # the backoff step waited; rarely needed
-            await asyncio.sleep(eps.wait_s(time.monotonic()))
+            await asyncio.sleep(eps.wait_s(time.monotonic()) + 0.001)  # a timer may fire early
             if eps.choose(time.monotonic()) is None:
                 raise _Retry("every endpoint of the cluster is held back")
         if eps.failovers > before:
