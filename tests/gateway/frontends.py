@@ -13,6 +13,7 @@ status and body.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from dataclasses import dataclass
@@ -142,3 +143,53 @@ class RelayFrontend:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+class TcpForwarder:
+    """A plain TCP forwarder (TLS passes through: the party's own key answers) that can die.
+
+    :meth:`kill` closes the listener and every open connection at once, as a
+    crashed load balancer or frontend host would.
+    """
+
+    def __init__(self, port: int, upstream: int) -> None:
+        self.port = port
+        self.url = f"https://127.0.0.1:{port}"
+        self.upstream = upstream
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+        await asyncio.gather(self._pump(reader, up_w), self._pump(up_r, writer))
+        self._writers -= {writer, up_w}
+
+    async def start(self) -> None:
+        """Start listening."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def kill(self) -> None:
+        """Stop listening and cut every open connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()

@@ -27,7 +27,7 @@ from gateway.keys import GatewayKeys
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
 from tests.gateway.conftest import running
-from tests.gateway.frontends import PartyTls, RelayFrontend
+from tests.gateway.frontends import PartyTls, RelayFrontend, TcpForwarder
 from tests.gateway.harness import metric as gw_metric
 from tests.gateway.harness import real_cluster_config, scrape, wait_for
 from tests.gateway.mitm import TlsInterceptor
@@ -35,7 +35,7 @@ from tests.gateway.publisher import publish
 from tests.gateway.services import mosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
-GATEWAYS = ("gw-dead", "gw-busy", "gw-full", "gw-mitm")
+GATEWAYS = ("gw-dead", "gw-cut", "gw-busy", "gw-full", "gw-mitm")
 N = 200
 ACCEPTED = "tecc_ingest_readings_total"
 DUPLICATE = 'tecc_ingest_batches_total{outcome="duplicate"}'
@@ -83,15 +83,17 @@ def _config(tmp: Path, cloud: _Cloud, gateway: str, mqtt_port: int, urls: list[s
     return path
 
 
-async def _deliver(cloud: _Cloud, agent: Agent, port: int, before: list[float]) -> list[float]:
-    """Publish N readings; wait until both parties hold N more and the spool is empty."""
+async def _deliver(
+    cloud: _Cloud, agent: Agent, port: int, before: list[float], first: int = 0, n: int = N
+) -> list[float]:
+    """Publish readings first … n-1; wait until both parties hold n more than ``before``."""
     await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
-    msgs = [("plant/line1/temp/value", str(20 + i / 100).encode()) for i in range(N)]
+    msgs = [("plant/line1/temp/value", str(20 + i / 100).encode()) for i in range(first, n)]
     await asyncio.to_thread(publish, port, msgs)
 
     def arrived() -> bool:
         now = cloud.counts()
-        return now[0] - before[0] >= N and now[2] - before[2] >= N
+        return now[0] - before[0] >= n and now[2] - before[2] >= n
 
     await wait_for(arrived, 60, "both parties to accept every reading")
     await wait_for(lambda: agent.spool.depth(0) == agent.spool.depth(1) == 0, 20, "spool drained")
@@ -118,6 +120,37 @@ async def test_a_dead_first_endpoint_fails_over_to_the_next(tmp_path: Path, clou
     assert gw_metric(text, "gateway_uplink_endpoint_up", cluster="0", endpoint=dead) == 0
     assert gw_metric(text, "gateway_uplink_endpoint_up", cluster="0", endpoint=good) == 1
     assert gw_metric(text, "gateway_uplink_errors_total", cluster="0", kind="transport") >= 1
+
+
+async def test_a_proxy_dying_mid_stream_fails_over_to_the_other_proxy(
+    tmp_path: Path, cloud: _Cloud
+) -> None:
+    """Two TCP proxies in front of today's party (TLS passes through); the one in use is cut
+    mid-stream with connections open: the rest goes via the other, each reading once."""
+    party = cloud.dep.ports["party0"]
+    one, two = TcpForwarder(free_port(), party), TcpForwarder(free_port(), party)
+    await one.start()
+    await two.start()
+    before = cloud.counts()
+    try:
+        with mosquitto(tmp_path / "mq") as broker:
+            cfg = _config(tmp_path, cloud, "gw-cut", broker.port, [one.url, two.url])
+            async with running(cfg, cloud.keys["gw-cut"]) as agent:
+                await _deliver(cloud, agent, broker.port, before, 0, N // 2)
+                used_two = two.connections
+                await one.kill()
+                delta = await _deliver(cloud, agent, broker.port, before, N // 2, N)
+                text = await scrape(agent.cfg.http.port)
+                health = agent.health()[1]["clusters"]["0"]
+    finally:
+        await one.kill()
+        await two.kill()
+    assert used_two == 0  # the first proxy carried everything until it died
+    assert two.connections >= 1
+    assert delta[0] == delta[2] == N  # every reading at each party, none counted twice
+    assert health["endpoint"] == two.url
+    assert gw_metric(text, "gateway_uplink_failovers_total", cluster="0") >= 1
+    assert gw_metric(text, "gateway_uplink_endpoint_up", cluster="0", endpoint=one.url) == 0
 
 
 async def test_an_overloaded_endpoint_keeps_the_frames_until_retry_after(
