@@ -74,6 +74,7 @@ class Stored:
 
     revision: int
     value: bytes | None
+    marker: bytes = b""  # the body of a delete marker (a released lease's record)
 
 
 R = TypeVar("R", bound=msgspec.Struct)
@@ -115,7 +116,8 @@ class Bucket:
         deleted = _KV_OP in headers or _MARKER_REASON in headers
         if msg.seq is None:
             raise KVError(f"{self.name}/{key}: the server answered without a sequence")
-        return Stored(msg.seq, None if deleted else (msg.data or b""))
+        data = msg.data or b""
+        return Stored(msg.seq, None, data) if deleted else Stored(msg.seq, data)
 
     async def write(
         self,

@@ -221,7 +221,7 @@ class Lease:
                     return True
                 self._seen_other = other
                 return False
-            self.previous_end_ns = self._released_at(stored.value)
+            self.previous_end_ns = self._released_at(stored.marker)
         elif self._seen_other is not None:
             self.previous_end_ns = self._seen_other.renewed_ns + self._seen_other.ttl_s * 10**9
         now = self._wall_ns()
@@ -241,7 +241,7 @@ class Lease:
     def _pending_ns(self) -> int:
         return -1 if self._pending is None else self._pending.acquired_ns
 
-    def _released_at(self, raw: bytes | None) -> int | None:
+    def _released_at(self, raw: bytes) -> int | None:
         if raw:
             with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
                 rec = msgspec.json.decode(raw, type=LeaseRecord)
