@@ -163,7 +163,7 @@ async def test_foreign_value_is_waited_out_not_trusted(
     await bucket.write(shard_key(7), b'{"owner": "someone"}', expected=0, ttl_s=1)
     async with Lease(nc.jetstream(), shard=7, worker_id="a", ttl_s=1) as lease:
         assert not await lease.try_acquire()
-        with pytest.raises(KVError, match="tecc_leases/shard.7 holds no valid LeaseRecord"):
+        with pytest.raises(KVError, match=r"tecc_leases/shard\.7 holds no valid LeaseRecord"):
             await lease.holder()
         await asyncio.wait_for(lease.acquire(), 5)  # once the server expired it
 
