@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
+import nats
+import nats.aio.client
 import nats.errors
 import nats.js.errors
 from msgspec import Meta
@@ -152,6 +155,29 @@ class Bucket:
                 ) from exc
             raise
         return int(ack.seq)
+
+
+async def connect(servers: list[str], **options: Any) -> nats.aio.client.Client:
+    """Connect to the party's JetStream with the credential as options, not only in URLs.
+
+    nats-py adds the cluster's gossiped client URLs (``host:port``, no credential)
+    to its server pool and, after a node dies, may reconnect through one of them
+    with no user: "Authorization Violation". Passing user/password as options
+    makes every reconnect authenticate.
+    """
+    parsed = [urllib.parse.urlsplit(url) for url in servers]
+    users = {(p.username, p.password) for p in parsed if p.username}
+    if len(users) > 1:
+        raise KVError("jetstream.servers: every URL must carry the same party credential")
+    if users:
+        user, password = users.pop()
+        options.setdefault("user", urllib.parse.unquote(user or ""))
+        options.setdefault("password", urllib.parse.unquote(password or ""))
+    bare = [p._replace(netloc=p.netloc.rpartition("@")[2]).geturl() for p in parsed]
+    options.setdefault("connect_timeout", 2)
+    options.setdefault("reconnect_time_wait", 0.2)
+    options.setdefault("max_reconnect_attempts", -1)
+    return await nats.connect(servers=bare, **options)
 
 
 async def open_bucket(

@@ -27,10 +27,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-import nats
-
 from cloud_tecc.jetstream.commits import CommittedState
-from cloud_tecc.jetstream.kv import TRANSIENT, FencedError
+from cloud_tecc.jetstream.kv import TRANSIENT, FencedError, connect
 from cloud_tecc.jetstream.lease import Lease
 from cloud_tecc.jetstream.standby import run_while_leased
 
@@ -50,9 +48,7 @@ class Events:
 async def main(args: argparse.Namespace) -> None:
     events = Events(args.events)
     servers = json.loads(os.environ["TECC_TEST_NATS_SERVERS"])
-    nc = await nats.connect(
-        servers=servers, connect_timeout=2, reconnect_time_wait=0.2, max_reconnect_attempts=-1
-    )
+    nc = await connect(servers)
     js = nc.jetstream()
     committed = await CommittedState.open(js, shard=args.shard, replicas=args.replicas)
     lease = Lease(
