@@ -178,10 +178,14 @@ class Lease:
             self._lose("renewal overdue: no renewal succeeded within the TTL")
         return self.state is LeaseState.HELD
 
+    def valid(self) -> bool:
+        """Like :attr:`held` but without ending the term (safe from a metrics thread)."""
+        return self.state is LeaseState.HELD and self._clock() < self._deadline
+
     @property
     def age_s(self) -> float:
         """Seconds since this worker acquired the lease (0 when not held)."""
-        return self._clock() - self._acquired_at if self.held else 0.0
+        return self._clock() - self._acquired_at if self.valid() else 0.0
 
     async def wait_lost(self) -> str:
         """Wait until the current term ends (lost or released); the reason."""

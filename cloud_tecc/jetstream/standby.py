@@ -63,7 +63,7 @@ class LeaseMetrics:
         """Export ``lease``'s age and ownership (read at scrape time)."""
         shard = str(lease.shard)
         self.lease_age.labels(shard).set_function(lambda: lease.age_s)
-        self.owner.labels(shard).set_function(lambda: 1.0 if lease.held else 0.0)
+        self.owner.labels(shard).set_function(lambda: 1.0 if lease.valid() else 0.0)
 
 
 async def run_while_leased(
