@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from cloud_tecc.jetstream.commits import CommittedState
-from cloud_tecc.jetstream.kv import LEASES_BUCKET, connect
+from cloud_tecc.jetstream.kv import LEASES_BUCKET, TRANSIENT, connect
 from cloud_tecc.jetstream.server import NatsDeployment, start_cluster, start_node
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
@@ -219,14 +219,21 @@ def test_sigterm_releases_so_the_standby_need_not_wait_for_the_ttl(
 
 
 async def kv_leader(dep: NatsDeployment) -> str:
+    """The lease bucket's stream leader (retried while the meta leader is elected)."""
     nc = await connect(dep.servers)
     try:
-        info = await nc.jetstream().stream_info(f"KV_{LEASES_BUCKET}")
+        for _ in range(60):
+            try:
+                info = await asyncio.wait_for(nc.jetstream().stream_info(f"KV_{LEASES_BUCKET}"), 2)
+            except TRANSIENT:
+                await asyncio.sleep(0.5)
+                continue
+            if info.cluster is not None and info.cluster.leader:
+                return info.cluster.leader
+            await asyncio.sleep(0.5)
     finally:
         await nc.close()
-    assert info.cluster is not None
-    assert info.cluster.leader is not None
-    return info.cluster.leader
+    raise AssertionError("the lease bucket has no leader")
 
 
 def test_r3_cluster_survives_the_kv_leader_node_kill(tmp_path: Path, workers: list[Worker]) -> None:
