@@ -211,6 +211,7 @@ class Lease:
             return True
         stored = await self.bucket.get(self.key)
         expected = 0
+        previous_end_ns: int | None = None
         if stored is not None:
             expected = stored.revision
             if stored.value is not None:
@@ -222,12 +223,13 @@ class Lease:
                 if other.worker_id == self.worker_id and other.acquired_ns == self._pending_ns():
                     # Our acquiring write landed but its reply was lost: adopt it.
                     self._became_held(stored.revision, other, self._pending_sent)
+                    self.previous_end_ns = None
                     return True
                 self._seen_other = other
                 return False
-            self.previous_end_ns = self._released_at(stored.marker)
-        elif self._seen_other is not None:
-            self.previous_end_ns = self._seen_other.renewed_ns + self._seen_other.ttl_s * 10**9
+            previous_end_ns = self._released_at(stored.marker)
+        elif self._seen_other is not None:  # it expired since we saw it
+            previous_end_ns = self._seen_other.renewed_ns + self._seen_other.ttl_s * 10**9
         now = self._wall_ns()
         record = LeaseRecord(
             worker_id=self.worker_id, acquired_ns=now, renewed_ns=now, ttl_s=self.ttl_s
@@ -240,6 +242,7 @@ class Lease:
         except RevisionChangedError:
             return False
         self._became_held(revision, record, self._pending_sent)
+        self.previous_end_ns = previous_end_ns
         return True
 
     def _pending_ns(self) -> int:
@@ -283,7 +286,10 @@ class Lease:
         self._ended.set()
         log.warning("shard %d: lease lost by %s: %s", self.shard, self.worker_id, reason)
         for callback in self._on_lost:
-            callback(reason)
+            try:
+                callback(reason)
+            except Exception:  # a failing observer must not keep the holder acting
+                log.exception("shard %d: on_lost callback failed", self.shard)
 
     async def _renew(self) -> None:
         next_at = self._clock() + self.renew_s

@@ -193,3 +193,29 @@ async def test_unreachable_bucket_past_the_ttl_loses_the_lease(tmp_path: Path) -
                 assert not lease.held
         finally:
             await nc.close()
+
+
+async def test_renewal_whose_reply_was_lost_keeps_the_term(
+    deployment: NatsDeployment, connect: list[Client]
+) -> None:
+    """The stored record is still our term at a newer revision: adopt it, stay held.
+
+    This is what a renewal looks like whose write landed but whose reply was lost.
+    """
+    a, b = [await _nc(deployment, connect) for _ in range(2)]
+    async with Lease(a.jetstream(), shard=8, worker_id="a", ttl_s=3) as lease:
+        await lease.acquire()
+        holder = await lease.holder()
+        assert holder is not None
+        other = await open_bucket(b.jetstream(), LEASES_BUCKET)
+        landed = await other.write(
+            shard_key(8),
+            msgspec.json.encode(msgspec.structs.replace(holder, renewed_ns=holder.renewed_ns + 1)),
+            expected=lease.revision,
+            ttl_s=3,
+        )
+        for _ in range(12):  # 3 s: at least two renewals after the foreign one
+            await asyncio.sleep(0.25)
+            assert lease.held
+        assert lease.revision > landed
+        assert lease.token < landed
