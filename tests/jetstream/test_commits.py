@@ -9,6 +9,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
 from prometheus_client import CollectorRegistry
 
 from cloud_tecc.jetstream.commits import CommittedState
@@ -195,3 +196,10 @@ async def test_supervisor_hands_over_on_clean_stop_and_records_the_takeover(
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_bucket_with_other_settings_is_refused_with_the_fix(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.create_key_value(KeyValueConfig(bucket="tecc_other", history=5))
+    with pytest.raises(KVError, match=r"history 5 .* \(nats kv rm tecc_other\)"):
+        await open_bucket(js, "tecc_other")
