@@ -9,7 +9,8 @@ policy (which must allow everything in the layout).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,34 @@ class Completed:
     window_ns: int
     rows: Decoded
     withheld_classes: tuple[str, ...] = ()
+    #: Fleet class -> its (gateway, sensor) windows in this layout (the shard's classes).
+    classes: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+
+def fleet_members(
+    policy: AnalyticsPolicy, layout: dict[str, Any]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Fleet class -> the streams of the layout in it (every window, released or not)."""
+    out: dict[str, set[tuple[str, str]]] = {}
+    for w in layout["windows"]:
+        cls = policy.fleet_class(str(w["sensor"]))
+        if cls is not None:
+            out.setdefault(cls, set()).add((str(w["gateway"]), str(w["sensor"])))
+    return {c: tuple(sorted(m)) for c, m in out.items()}
+
+
+def withhold_fleet(policy: AnalyticsPolicy, rows: Decoded, bad: Collection[str]) -> Decoded:
+    """``rows`` without the fleet rows of classes ``bad`` and their windows' deviation flags."""
+    if not bad:
+        return rows
+    fleet = [f for f in rows.fleet if f["class"] not in bad]
+    windows = []
+    for row in rows.windows:
+        if "deviates_from_fleet" in row and policy.fleet_class(str(row["sensor"])) in bad:
+            windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
+        else:
+            windows.append(row)
+    return Decoded(windows, rows.alerts, fleet, rows.evaluated)
 
 
 def balance_fleet(
@@ -55,16 +84,7 @@ def balance_fleet(
             if f.get("mean") is not None and int(f["count"]) != released.get(str(f["class"]), 0)
         )
     )
-    if not bad:
-        return rows, ()
-    fleet = [f for f in rows.fleet if f["class"] not in bad]
-    windows = []
-    for row in rows.windows:
-        if "deviates_from_fleet" in row and policy.fleet_class(str(row["sensor"])) in bad:
-            windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
-        else:
-            windows.append(row)
-    return Decoded(windows, rows.alerts, fleet, rows.evaluated), bad
+    return withhold_fleet(policy, rows, bad), bad
 
 
 def check_entries(policy: AnalyticsPolicy, layout: dict[str, Any], n_parties: int) -> None:
@@ -136,4 +156,10 @@ def try_complete(
     for _, vec in pending.values():
         total += from_bytes(vec)
     rows, withheld = balance_fleet(policy, layout, decode(layout, total))
-    return Completed(int(layout["epoch_ns"]), int(layout["window_ns"]), rows, withheld)
+    return Completed(
+        int(layout["epoch_ns"]),
+        int(layout["window_ns"]),
+        rows,
+        withheld,
+        fleet_members(policy, layout),
+    )
