@@ -8,18 +8,49 @@ policy (which must allow everything in the layout).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.release import Decoded, check_layout, decode, expected_length
 from cloud_tecc.analytics.units import class_members
+from cloud_tecc.config import MAX_SHARDS
 from cloud_tecc.errors import AnalyticsError
 from tecc_contract.ring import from_bytes
+
+
+class ResultMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A party's result message (the body inside the signed HPKE envelope), decoded strictly.
+
+    ``seq`` is the party's commit time (freshness); ``shard`` the shard worker
+    that computed it (absent: shard 0, a party of the release before shards);
+    ``vector`` the base64 of the little-endian uint64 share vector.
+    """
+
+    layout: dict[str, Any]
+    vector: str
+    seq: Annotated[int, Meta(ge=0)]
+    shard: Annotated[int, Meta(ge=0, lt=MAX_SHARDS)] = 0
+    party: Annotated[int, Meta(ge=0)] | None = None
+
+    def shares(self) -> bytes:
+        """The share vector's bytes (ValueError if ``vector`` is not base64)."""
+        return base64.b64decode(self.vector, validate=True)
+
+
+def decode_result(body: bytes) -> ResultMessage:
+    """Decode a result message; ValueError naming the field (``$.shard`` ...) otherwise."""
+    try:
+        return msgspec.json.decode(body, type=ResultMessage)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"result message: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

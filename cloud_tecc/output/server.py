@@ -11,9 +11,7 @@ incidents only, to authenticated readers (``gate.py``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,13 +21,18 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from cloud_tecc.config import MAX_SHARDS, OutputConfig
+from cloud_tecc.config import OutputConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import AnalyticsError, PeerError
 from cloud_tecc.output.api import ReadApi
 from cloud_tecc.output.auth import LocalTokens, Principal, Role, write_signin_link
-from cloud_tecc.output.collector import try_complete, validate_submission, withhold_fleet
+from cloud_tecc.output.collector import (
+    decode_result,
+    try_complete,
+    validate_submission,
+    withhold_fleet,
+)
 from cloud_tecc.output.dashboard import ChangeNotifier, GatewayHealth, attach_dashboard
 from cloud_tecc.output.delivery import Deliverer
 from cloud_tecc.output.export_api import ExportApi
@@ -208,14 +211,8 @@ class OutputService(ServiceBase):
                 suite=KemSuite(self.enclave.keys.suite),
                 private_key=self.enclave.keys.hpke,
             )
-            doc = json.loads(body)
-            layout, vector = doc["layout"], base64.b64decode(doc["vector"], validate=True)
-            seq = doc.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                raise ValueError("result message needs an integer seq (freshness)")
-            shard = doc.get("shard", 0)  # absent: a party of the release before shards
-            if not isinstance(shard, int) or isinstance(shard, bool) or not 0 <= shard < MAX_SHARDS:
-                raise ValueError(f"result message needs an integer shard 0..{MAX_SHARDS - 1}")
+            msg = decode_result(body)
+            layout, vector, seq, shard = msg.layout, msg.shares(), msg.seq, msg.shard
             validate_submission(self.cfg.policy, layout, vector, n_parties=len(self.ocfg.parties))
         except (PeerError, AnalyticsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"

@@ -12,7 +12,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cloud_tecc.analytics.release import Decoded
+from cloud_tecc.output.collector import decode_result
 from cloud_tecc.output.incident_rows import IncidentQuery
 from cloud_tecc.output.incidents import SECOND, Debounce, Rules, State
 from cloud_tecc.output.store import ResultStore
@@ -215,3 +218,16 @@ def test_migration_of_a_results_db_before_shards(tmp_path: Path) -> None:
     again = ResultStore(path)  # reopening does not migrate twice
     assert [(e["shard"], e["start_ns"]) for e in again.epochs()] == [(0, T0), (1, T0)]
     again.close()
+
+
+def test_result_messages_carry_the_shard() -> None:
+    """``shard`` is typed: absent is shard 0 (an older party); out of range or a bool refused."""
+    base = b'{"party": 1, "seq": 5, "layout": {"epoch_ns": 0}, "vector": "AAAAAAAAAAA="'
+    assert decode_result(base + b"}").shard == 0
+    msg = decode_result(base + b', "shard": 63}')
+    assert (msg.shard, msg.seq, msg.shares()) == (63, 5, bytes(8))
+    for bad in (b"64", b"-1", b"true", b'"1"'):
+        with pytest.raises(ValueError, match=r"\$\.shard"):
+            decode_result(base + b', "shard": ' + bad + b"}")
+    with pytest.raises(ValueError, match=r"\$\.seq"):
+        decode_result(b'{"seq": true, "layout": {}, "vector": ""}')
