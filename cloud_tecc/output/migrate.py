@@ -6,7 +6,8 @@
 - shards: results are keyed by (shard, epoch). ``flags``, ``incidents`` and
   ``fleet`` gain a ``shard`` column (default 0); ``epochs``, ``submissions``
   and ``pending``, whose primary key gains the shard, are rebuilt with every
-  old row in shard 0 — a deployment of one shard is shard 0 of 1.
+  old row in shard 0 — a deployment of one shard is shard 0 of 1; the
+  per-shard progress (``shards``) is derived once from ``epochs``.
 """
 
 from __future__ import annotations
@@ -121,5 +122,18 @@ def migrate_alerts(db: sqlite3.Connection) -> None:
             "SELECT gateway, sensor, ts_ns, detector, start_ns, ts_ns FROM alerts "
             "ORDER BY ts_ns",
             "DROP TABLE alerts",
+        ),
+    )
+
+
+def fill_shard_progress(db: sqlite3.Connection) -> None:
+    """A results.db without per-shard progress rows: derive them once from ``epochs``."""
+    if db.execute("SELECT 1 FROM shards LIMIT 1").fetchone() is not None:
+        return
+    _atomic(
+        db,
+        (
+            "INSERT INTO shards SELECT shard, MAX(start_ns), MAX(start_ns + window_ns), "
+            "MAX(stored_ns) FROM epochs GROUP BY shard",
         ),
     )

@@ -27,6 +27,7 @@ from cloud_tecc.output.incident_rows import (
     write_tracked,
 )
 from cloud_tecc.output.incidents import Incident, State, on_ack
+from cloud_tecc.output.store_reads import StoreReads
 from cloud_tecc.output.tracking import Key, Tracked
 
 _SCHEMA: Final = """
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS pending (
     shard INTEGER NOT NULL DEFAULT 0, epoch_ns INTEGER NOT NULL, party INTEGER NOT NULL,
     layout TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (shard, epoch_ns, party));
+CREATE TABLE IF NOT EXISTS shards (
+    shard INTEGER PRIMARY KEY, last_epoch_ns INTEGER NOT NULL, through_ns INTEGER NOT NULL,
+    stored_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_claims (
     start_ns INTEGER NOT NULL, class TEXT NOT NULL, shard INTEGER NOT NULL,
     members TEXT NOT NULL, PRIMARY KEY (start_ns, class, shard)) WITHOUT ROWID;
@@ -86,8 +90,8 @@ def _flag_set(cur: sqlite3.Cursor, shard: int, epoch_ns: int) -> list[tuple[Any,
     return sorted(tuple(r) for r in rows)
 
 
-class ResultStore:
-    """Released rows and pending shares."""
+class ResultStore(StoreReads):
+    """Released rows and pending shares (the read queries: :class:`StoreReads`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +104,7 @@ class ResultStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS flags_stored ON flags (stored_ns)")
         outbox.create(self._db)
         migrate.migrate_alerts(self._db)
+        migrate.fill_shard_progress(self._db)
         self._lock = threading.Lock()
         self._changes = 0
 
@@ -229,6 +234,12 @@ class ResultStore:
             "VALUES (?,?,?,?)",
             (shard, epoch_ns, window_ns, now_ns),
         )
+        cur.execute(
+            "INSERT INTO shards VALUES (?,?,?,?) ON CONFLICT (shard) DO UPDATE SET "
+            "last_epoch_ns = MAX(last_epoch_ns, excluded.last_epoch_ns), "
+            "through_ns = MAX(through_ns, excluded.through_ns), stored_ns = excluded.stored_ns",
+            (shard, epoch_ns, epoch_ns + window_ns, now_ns),
+        )
 
     def claim_fleet(
         self, shard: int, epoch_ns: int, members: Mapping[str, Sequence[tuple[str, str]]]
@@ -343,85 +354,6 @@ class ResultStore:
             (incident_id, limit),
         )
 
-    def _query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-    def windows(
-        self,
-        sensor: str | None,
-        gateway: str | None,
-        since_ns: int,
-        until_ns: int = 2**63 - 1,
-        limit: int = 1_000_000,
-    ) -> list[dict[str, Any]]:
-        """Window rows, oldest first."""
-        sql = "SELECT * FROM windows WHERE start_ns >= ? AND start_ns < ?"
-        args: list[Any] = [since_ns, until_ns]
-        if sensor:
-            sql += " AND sensor = ?"
-            args.append(sensor)
-        if gateway:
-            sql += " AND gateway = ?"
-            args.append(gateway)
-        return self._query(sql + " ORDER BY start_ns, gateway, sensor LIMIT ?", (*args, limit))
-
-    def alerts(
-        self, since_ns: int, until_ns: int, detector: str | None, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
-        """Flagged readings (one row each, duplicates of a timestamp included), oldest first."""
-        sql = (
-            "SELECT gateway, sensor, ts_ns, detector, incident FROM flags "
-            "WHERE ts_ns >= ? AND ts_ns < ?"
-        )
-        args: list[Any] = [since_ns, until_ns]
-        if detector:
-            sql += " AND detector = ?"
-            args.append(detector)
-        sql += " ORDER BY ts_ns, gateway, sensor, detector, id LIMIT ? OFFSET ?"
-        return self._query(sql, (*args, limit, offset))
-
-    def sensors(self) -> list[dict[str, Any]]:
-        """Known (gateway, sensor) pairs with window counts."""
-        return self._query(
-            "SELECT gateway, sensor, COUNT(*) AS windows, MAX(start_ns) AS last_start_ns "
-            "FROM windows GROUP BY gateway, sensor ORDER BY gateway, sensor",
-            (),
-        )
-
-    def fleet(
-        self, cls: str | None, since_ns: int, until_ns: int, limit: int
-    ) -> list[dict[str, Any]]:
-        """Fleet rows, oldest first."""
-        sql = (
-            "SELECT class, start_ns, count, mean, std FROM fleet "
-            "WHERE start_ns >= ? AND start_ns < ?"
-        )
-        args: list[Any] = [since_ns, until_ns]
-        if cls:
-            sql += " AND class = ?"
-            args.append(cls)
-        return self._query(sql + " ORDER BY start_ns, class LIMIT ?", (*args, limit))
-
     def change_marker(self) -> int:
         """A number that changes whenever results or incidents change (in this process)."""
         return self._changes
-
-    def epochs(self, limit: int = 1_000_000) -> list[dict[str, Any]]:
-        """Stored epochs with the time their results were stored."""
-        return self._query(
-            "SELECT start_ns, window_ns, stored_ns, shard FROM epochs "
-            "ORDER BY start_ns, shard LIMIT ?",
-            (limit,),
-        )
-
-    def shard_progress(self) -> list[dict[str, Any]]:
-        """Per shard: the newest epoch released (start and end) and when it was stored."""
-        return self._query(
-            "SELECT shard, MAX(start_ns) AS last_epoch_ns, MAX(start_ns + window_ns) AS "
-            "through_ns, MAX(stored_ns) AS stored_ns, COUNT(*) AS epochs FROM epochs "
-            "GROUP BY shard ORDER BY shard",
-            (),
-        )

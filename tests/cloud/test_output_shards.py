@@ -204,6 +204,7 @@ def test_migration_of_a_results_db_before_shards(tmp_path: Path) -> None:
     db.close()
     store = ResultStore(path)
     assert [(e["shard"], e["start_ns"]) for e in store.epochs()] == [(0, T0)]
+    assert [(p["shard"], p["last_epoch_ns"]) for p in store.shard_progress()] == [(0, T0)]
     assert store.accept_submission(T0, 1, 9) == "stored"  # shard 0 is the old deployment
     assert store.accept_submission(T0 + SECOND, 0, 7) == "stale"  # its seq kept
     assert store.pending(T0 + SECOND) == {0: ({}, b"\x01")}
@@ -217,6 +218,10 @@ def test_migration_of_a_results_db_before_shards(tmp_path: Path) -> None:
     assert "shard" in [c[0] for c in cols]
     again = ResultStore(path)  # reopening does not migrate twice
     assert [(e["shard"], e["start_ns"]) for e in again.epochs()] == [(0, T0), (1, T0)]
+    assert [(p["shard"], p["through_ns"]) for p in again.shard_progress()] == [
+        (0, T0 + SECOND),
+        (1, T0 + SECOND),
+    ]
     again.close()
 
 
