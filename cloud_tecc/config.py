@@ -51,6 +51,19 @@ SELF = "self"
 #: ``self`` or 64 hex digits (a raw Ed25519 key or a SHA-256 measurement).
 Anchor = Annotated[str, Meta(pattern=r"^(self|[0-9a-fA-F]{64})$")]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: Most shard workers per party (``shards``); ``shard`` is 0..shards-1.
+MAX_SHARDS = 64
+Shards = Annotated[int, Meta(ge=1, le=MAX_SHARDS)]
+ShardIndex = Annotated[int, Meta(ge=0, lt=MAX_SHARDS)]
+
+
+def check_shard(shard: int, shards: int) -> None:
+    """``shard`` < ``shards`` (party and dealer files); ValueError naming the keys."""
+    if shard >= shards:
+        raise ValueError(
+            f"shard {shard} is not below shards {shards}: write a shard index "
+            f"0..{shards - 1}, or raise shards"
+        )
 
 
 class Role(enum.StrEnum):
@@ -164,8 +177,13 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     # loopback only unless insecure_plain_http: true.
     tls: bool | TlsDoc = True
     insecure_plain_http: bool = False
+    # K shard workers per party: this worker's shard; its peers and dealer are shard k's
+    # (docs/CLOUD.md, "Shards")
+    shards: Shards = 1
+    shard: ShardIndex = 0
 
     def __post_init__(self) -> None:
+        check_shard(self.shard, self.shards)
         if self.party >= self.n_parties:
             raise ValueError(
                 f"party {self.party} is not below n_parties {self.n_parties}: write a party "
@@ -218,8 +236,11 @@ class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
     batch_readings: Count = 20_000
     depth: Annotated[int, Meta(ge=1, le=64)] = 4
     suite: KemSuite = KemSuite.X25519  # link suite of the dealer links: the parties' suite
+    shards: Shards = 1  # the dealer of shard `shard` of `shards` (one dealer per shard)
+    shard: ShardIndex = 0
 
     def __post_init__(self) -> None:
+        check_shard(self.shard, self.shards)
         check_parties(self.parties)
 
 
@@ -358,6 +379,8 @@ class PartyConfig:
     #: HTTPS on the listener; ``tls_files``: the operator's (cert, key), else the enclave's key.
     tls: bool = True
     tls_files: tuple[Path, Path] | None = None
+    shards: int = 1
+    shard: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +393,8 @@ class DealerConfig:
     batch_readings: int
     depth: int
     suite: KemSuite
+    shards: int = 1
+    shard: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +529,8 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
             if isinstance(f.tls, TlsDoc)
             else None
         ),
+        shards=f.shards,
+        shard=f.shard,
     )
 
 
@@ -516,6 +543,8 @@ def dealer_config(f: DealerFile, base: Path) -> DealerConfig:
         batch_readings=f.batch_readings,
         depth=f.depth,
         suite=f.suite,
+        shards=f.shards,
+        shard=f.shard,
     )
 
 

@@ -9,12 +9,23 @@ service id to its own platform's key. By default everything is on loopback;
 ``hosts`` gives a service its own address (and ``launch`` a command prefix,
 e.g. ``ip netns exec NS``), so the same deployment runs one host per trust
 domain (tests/e2e/test_netns.py, docs/CLOUD.md "Separate hosts").
+
+service id to its own platform's key.
+
+``shards=K`` runs K shard workers per party (``party<i>`` is shard 0,
+``party<i>-s<k>`` shard k) and one dealer per shard (``dealer``,
+``dealer-s<k>``). Every worker of a party runs under the party's service id,
+platform and sealed keys (shard k > 0 starts with a copy of shard 0's
+``sealed_keys.bin``, as a provisioning step would give it) with its own state
+directory; worker k's peers and dealer are shard k's. The output service
+reaches party i at its shard-0 worker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -141,15 +152,38 @@ class Deployment:
     n_parties: int = 2
     hosts: dict[str, str] = field(default_factory=dict)
     launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shards: int = 1  # shard workers per party (and dealers)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
             raise ValueError(f"a deployment needs n_parties >= 2, got {self.n_parties}")
         DEPLOYMENT_HOSTS.update(h for h in self.hosts.values() if not is_loopback_host(h))
+        if not 1 <= self.shards <= 64:
+            raise ValueError(f"a deployment needs 1 <= shards <= 64, got {self.shards}")
         for name in self.port_names:
             self.ports.setdefault(name, free_port())
-        self.platform_dirs = {name: self.root / f"platform-{name}" for name in self.services}
+        domains = services(self.n_parties)
+        self.platform_dirs = {name: self.root / f"platform-{name}" for name in domains}
         self.write_configs()
+
+    def worker(self, party: int, shard: int) -> str:
+        """The service name of party ``party``'s worker of ``shard`` (shard 0: ``party<i>``)."""
+        return f"party{party}" if shard == 0 else f"party{party}-s{shard}"
+
+    def dealer_of(self, shard: int) -> str:
+        """The service name of the dealer of ``shard`` (shard 0: ``dealer``)."""
+        return "dealer" if shard == 0 else f"dealer-s{shard}"
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """Every party worker, shard 0 of every party first."""
+        k, n = range(self.shards), range(self.n_parties)
+        return tuple(self.worker(i, s) for s in k for i in n)
+
+    @staticmethod
+    def domain(name: str) -> str:
+        """The service id (trust domain) a service name runs as: ``party0-s1`` → ``party0``."""
+        return name.partition("-s")[0]
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -157,22 +191,28 @@ class Deployment:
         return tuple(f"party{i}" for i in range(self.n_parties))
 
     @property
+    def dealers(self) -> tuple[str, ...]:
+        """The dealer of every shard."""
+        return tuple(self.dealer_of(k) for k in range(self.shards))
+
+    @property
     def services(self) -> tuple[str, ...]:
-        """Every service name, in start order (parties, dealer, output)."""
-        return services(self.n_parties)
+        """Every service name, in start order (party workers, dealers, output)."""
+        return (*self.workers, *self.dealers, "output")
 
     @property
     def port_names(self) -> tuple[str, ...]:
         """Every port this deployment listens on (HTTP per service, MPC per party and dealer)."""
-        return (*self.services, *(f"{p}_mpc" for p in self.parties), "dealer_mpc")
+        mpc = (*self.workers, *self.dealers)
+        return (*self.services, *(f"{p}_mpc" for p in mpc))
 
     def platform(self, name: str) -> SimulatedPlatform:
         """The simulated platform (trust domain) of service ``name``."""
-        return SimulatedPlatform.load_or_create(self.platform_dirs[name])
+        return SimulatedPlatform.load_or_create(self.platform_dirs[self.domain(name)])
 
     def platform_keys(self) -> dict[str, str]:
         """Service id -> its platform's attestation public key (hex), for verifiers."""
-        return {name: self.platform(name).public_key_hex for name in self.services}
+        return {name: self.platform(name).public_key_hex for name in self.platform_dirs}
 
     def signing_key(self, gateway: str) -> Ed25519PrivateKey:
         """The private identity key of a test gateway (tests that seal envelopes themselves)."""
@@ -192,8 +232,8 @@ class Deployment:
         if gateways is None:
             gateways = [g for g, k in self.gateways.items() if isinstance(k, Ed25519PrivateKey)]
         for g in gateways:
-            for p in self.parties:
-                notice = Progress(g, p, min(through_ns, now), now)
+            for p in self.workers:  # every worker of every party tracks every gateway
+                notice = Progress(g, self.domain(p), min(through_ns, now), now)
                 frame = seal_progress(notice, self.signing_key(g))
                 statuses.append(http_json(f"{self.url(p)}/v1/progress", data=frame)[0])
         return statuses
@@ -231,7 +271,7 @@ class Deployment:
         return path.name
 
     def _ep(self, name: str, mpc: bool = False) -> dict[str, str]:
-        ep = {"service_id": name, "url": self.url(name)}
+        ep = {"service_id": self.domain(name), "url": self.url(name)}
         if mpc:
             ep["mpc"] = f"{self.host(name)}:{self.ports[name + '_mpc']}"
         return ep
@@ -250,42 +290,47 @@ class Deployment:
             g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()
             for g, k in self.gateways.items()
         }
-        n = self.n_parties
-        for i, name in enumerate(self.parties):
-            cfg = {
+        n, k_all = self.n_parties, self.shards
+        for k in range(k_all):
+            for i in range(n):
+                name = self.worker(i, k)
+                cfg = {
+                    **common,
+                    "role": "party",
+                    "service_id": self.domain(name),
+                    "platform_dir": self.platform_dirs[self.domain(name)].name,
+                    "party": i,
+                    "n_parties": n,
+                    "listen": {"host": self.host(name), "port": self.ports[name]},
+                    "mpc_listen": f"{self.host(name)}:{self.ports[name + '_mpc']}",
+                    "state_dir": name,
+                    "policy": self._policy_file(name),
+                    "gateways": gws,
+                    "peers": {j: self._ep(self.worker(j, k), mpc=True) for j in range(n) if j != i},
+                    "dealer": self._ep(self.dealer_of(k), mpc=True),
+                    "output": self._ep("output"),
+                    "tick_s": 0.1,
+                    **({"shards": k_all, "shard": k} if k_all > 1 else {}),
+                    **self.party_extra,
+                }
+                (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+            dname = self.dealer_of(k)
+            dealer = {
                 **common,
-                "role": "party",
-                "service_id": name,
-                "platform_dir": self.platform_dirs[name].name,
-                "party": i,
-                "n_parties": n,
-                "listen": {"host": self.host(name), "port": self.ports[name]},
-                "mpc_listen": f"{self.host(name)}:{self.ports[name + '_mpc']}",
-                "state_dir": name,
-                "policy": self._policy_file(name),
-                "gateways": gws,
-                "peers": {j: self._ep(f"party{j}", mpc=True) for j in range(n) if j != i},
-                "dealer": self._ep("dealer", mpc=True),
-                "output": self._ep("output"),
-                "tick_s": 0.1,
-                **self.party_extra,
+                "role": "dealer",
+                "service_id": "dealer",
+                "platform_dir": self.platform_dirs["dealer"].name,
+                "suite": self.party_extra.get("suite", "x25519"),
+                "state_dir": dname,
+                "listen": {"host": self.host(dname), "port": self.ports[dname]},
+                "mpc_listen": f"{self.host(dname)}:{self.ports[dname + '_mpc']}",
+                "policy": self._policy_file("dealer"),
+                "parties": {i: self._ep(self.worker(i, k)) for i in range(n)},
+                "batch_readings": 20000,
+                **({"shards": k_all, "shard": k} if k_all > 1 else {}),
             }
-            (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+            (self.root / f"{dname}.yaml").write_text(yaml.safe_dump(dealer))
         parties = {i: self._ep(p) for i, p in enumerate(self.parties)}
-        dealer = {
-            **common,
-            "role": "dealer",
-            "service_id": "dealer",
-            "platform_dir": self.platform_dirs["dealer"].name,
-            "suite": self.party_extra.get("suite", "x25519"),
-            "state_dir": "dealer",
-            "listen": {"host": self.host("dealer"), "port": self.ports["dealer"]},
-            "mpc_listen": f"{self.host('dealer')}:{self.ports['dealer_mpc']}",
-            "policy": self._policy_file("dealer"),
-            "parties": parties,
-            "batch_readings": 20000,
-        }
-        (self.root / "dealer.yaml").write_text(yaml.safe_dump(dealer))
         output = {
             **common,
             "role": "output",
@@ -302,7 +347,9 @@ class Deployment:
 
     def start(self, name: str) -> None:
         """Start one service process (appending to its log)."""
-        role = "party" if name.startswith("party") else name
+        role = "party" if name.startswith("party") else self.domain(name)
+        if role == "party" and name != self.domain(name):
+            self._provision_keys(name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path(name).open("ab")
         config = str(self.root / f"{name}.yaml")
@@ -315,6 +362,20 @@ class Deployment:
             stderr=subprocess.STDOUT,
         )
         log.close()
+
+    def _provision_keys(self, name: str, timeout: float = 30.0) -> None:
+        """Give shard worker ``name`` its party's sealed keys (those of the shard-0 worker)."""
+        mine = self.state_dir(name) / "sealed_keys.bin"
+        if mine.exists():
+            return
+        first = self.state_dir(self.domain(name)) / "sealed_keys.bin"
+        deadline = time.monotonic() + timeout
+        while not first.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.domain(name)} sealed no keys for {name} to share")
+            time.sleep(0.05)
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(first, mine)
 
     def wait_healthy(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll ``/healthz`` until it answers 200."""
