@@ -32,6 +32,7 @@ from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.header import MAX_PARTIES
 from tecc_contract.keys import KemSuite
+from tecc_contract.platforms import DEFAULT_PLATFORM, check_platform
 from tecc_contract.schema import (
     Count,
     FileSchema,
@@ -99,6 +100,11 @@ class Trust(FileSchema, frozen=True, kw_only=True):
     max_age_s: Positive = 300.0
     refresh_s: Positive = 30.0
     reattest_s: Positive = 60.0
+    # the TEE platform verifier (tecc_contract.platforms): simulated is the only one built in
+    platform: Name = DEFAULT_PLATFORM
+
+    def __post_init__(self) -> None:
+        check_platform(self.platform, "platform")
 
     @property
     def anchors(self) -> tuple[str, ...]:
@@ -128,6 +134,8 @@ class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
     policy: Name = "policy.yaml"
     attestation: Trust = Trust()
     log_level: LogLevel = "INFO"
+    # the owner-signed release manifest served at GET /v1/manifest (cloud_tecc/service/manifest.py)
+    release_manifest: Name | None = None
 
 
 class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
@@ -332,6 +340,7 @@ class ServiceConfig:
     policy: AnalyticsPolicy
     trust: Trust
     log_level: str
+    release_manifest: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +483,7 @@ def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
         policy=policy,
         trust=f.attestation,
         log_level=f.log_level,
+        release_manifest=None if f.release_manifest is None else base / f.release_manifest,
     )
 
 

@@ -37,6 +37,7 @@ in ``gateway_readings_refused_total{reason="spool_full"}``) and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
+from gateway.manifests import ManifestTrust
 from gateway.metrics import Metrics
 from gateway.reloader import reload_config
 from gateway.sealed import resolve
@@ -61,12 +63,13 @@ from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
 from gateway.uplink import ClusterLink, ProgressHooks, UplinkOptions
-from tecc_contract.attestation import ClusterRegistry, SimulatedPlatformVerifier
+from tecc_contract.attestation import ClusterRegistry
 from tecc_contract.crashpoint import crash_point
 from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
+from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 from tecc_contract.progress import Progress, seal_progress
 from tecc_contract.scale import Scale
 
@@ -149,13 +152,29 @@ class Agent:
         self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
         self.source_tasks: dict[str, asyncio.Task[None]] = {}  # OPC-UA and Modbus, by name
         self._tg: asyncio.TaskGroup | None = None
-        self._verifier = SimulatedPlatformVerifier(
-            platform_keys={
-                k: Ed25519PublicKey.from_public_bytes(v)
-                for k, v in cfg.attestation.platform_keys.items()
-            },
-            allowed_measurements=cfg.attestation.allowed_measurements,
-            max_age_s=cfg.attestation.max_age_s,
+        #: The owner-signed release manifest in force (``trust.owner_key``), if trusted.
+        self.manifests = (
+            None
+            if cfg.trust is None
+            else ManifestTrust(
+                Ed25519PublicKey.from_public_bytes(cfg.trust.owner_key),
+                cfg.state_dir,
+                self.metrics.registry,
+                refresh_s=cfg.trust.refresh_s,
+                max_skew_s=cfg.trust.max_skew_s,
+            )
+        )
+        self._verifier = build_quote_verifier(
+            cfg.attestation.platform,
+            VerifierSettings(
+                platform_keys={
+                    k: Ed25519PublicKey.from_public_bytes(v)
+                    for k, v in cfg.attestation.platform_keys.items()
+                },
+                allowed_measurements=cfg.attestation.allowed_measurements,
+                max_age_s=cfg.attestation.max_age_s,
+                releases=self.manifests,
+            ),
         )
         self.links: list[ClusterLink] = []
         #: The clusters' attested identities, kept distinct (ids and keys).
@@ -269,6 +288,11 @@ class Agent:
                     ),
                     progress=ProgressHooks(lambda: self.edge_through, self._notice),
                     registry=self._registry,
+                    before_verify=(
+                        None
+                        if self.manifests is None
+                        else functools.partial(self.manifests.refresh, session)
+                    ),
                 )
                 for c in self.cfg.clusters
             ]
