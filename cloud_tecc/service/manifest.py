@@ -3,8 +3,8 @@
 The operator puts the file the plant owner signed (``tecc-cluster admin
 sign-manifest``) at the path of the config key ``release_manifest``;
 gateways that trust the owner's key fetch it from here before they verify a
-quote (:mod:`gateway.manifests`). The file is read again whenever it changes
-on disk, so a new manifest is served without a restart. The service cannot
+quote (:mod:`gateway.manifests`). The file is read at every request, so a new
+manifest is served without a restart. The service cannot
 and need not vouch for it: the owner's signature does. It only refuses to
 serve a file that is not a well-formed manifest (503, counted in
 ``tecc_manifest_unavailable_total{reason}`` and logged).
@@ -32,21 +32,20 @@ log = logging.getLogger("cloud_tecc.manifest")
 class _Served:
     path: Path
     unavailable: Counter
-    stamp: tuple[int, int] = (-1, -1)
     body: bytes = b""
 
     def read(self) -> bytes:
-        """The file's bytes if it holds a well-formed manifest; ManifestError/OSError if not."""
-        st = self.path.stat()
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self.stamp:
-            if st.st_size > MAX_MANIFEST_BYTES:
-                raise ManifestError("malformed", f"{self.path} is larger than a manifest may be")
-            body = self.path.read_bytes()
-            ReleaseManifest.from_bytes(body)
-            self.stamp, self.body = stamp, body
+        """The file's bytes if it holds a well-formed manifest; ManifestError/OSError if not.
+
+        Read at every request (a few KiB at most), so a replaced file is served at once.
+        """
+        with self.path.open("rb") as fh:
+            body = fh.read(MAX_MANIFEST_BYTES + 1)
+        if body != self.body:
+            ReleaseManifest.from_bytes(body)  # too large or malformed: refused
+            self.body = body
             log.info("serving the release manifest %s", self.path)
-        return self.body
+        return body
 
     async def handle(self, _request: web.Request) -> web.Response:
         try:
