@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config_yaml import load_config
 from gateway.errors import GatewayConfigError
+from gateway.init.writer import Proposed, build, load_trust, write
 from gateway.manifests import STATE_FILE, ManifestTrust
+from gateway.schema import SensorDoc, SourcesDoc
 from tests.contract.test_manifest import DAY, OTHER, OWNER, T0, M, P, manifest
 from tests.gateway.harness import write_config
 
@@ -146,3 +148,33 @@ def test_config_errors_name_the_keys(tmp_path: Path) -> None:
     doc = _doc(tmp_path, platform="tdx")
     with pytest.raises(GatewayConfigError, match=r"\$\.attestation.*platform.*'tdx'.*simulated"):
         _load(tmp_path, doc)
+
+
+def test_init_copies_the_owner_key_from_the_trust_file(tmp_path: Path) -> None:
+    """A --trust file with trust.owner_key and no measurements yields a config that loads."""
+    raw = OWNER.public_key().public_bytes_raw()
+    (tmp_path / "trust.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [
+                    {"index": i, "url": f"https://127.0.0.1:{9000 + i}", "service_id": f"p{i}"}
+                    for i in range(2)
+                ],
+                "attestation": {"platform_keys": {"sim-1": "ab" * 32}},
+                "trust": {"owner_key": base64.b64encode(raw).decode()},
+            }
+        )
+    )
+    doc = build(
+        gateway_id="gw",
+        sensors=[Proposed(SensorDoc(id="s1", range=(0.0, 1.0)), "")],
+        sources=SourcesDoc(),
+        trust=load_trust(tmp_path / "trust.yaml"),
+        extra={},
+    )
+    path = tmp_path / "gw.yaml"
+    write(path, doc, {}, [])
+    cfg = load_config(path)
+    assert cfg.trust is not None
+    assert cfg.trust.owner_key == raw
+    assert cfg.attestation.allowed_measurements == frozenset()
