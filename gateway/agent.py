@@ -265,6 +265,8 @@ class Agent:
                 for link in self.links
             },
         }
+        if self.manifests is not None:  # the owner-signed release manifest in force
+            details["release_manifest"] = self.manifests.summary()
         if self.enrolment is not None:
             details["enrolment"] = self.enrolment()
         return not self.overflow, details

@@ -179,6 +179,17 @@ class ManifestTrust:
             return
         self.offer(data, base_url)
 
+    def summary(self) -> dict[str, object]:
+        """The manifest in force, for ``/healthz`` (``None`` fields while there is none)."""
+        m = self.current
+        return {
+            "owner_key_id": self.key_id,
+            "issued_ns": None if m is None else m.issued_ns,
+            "not_after_ns": None if m is None else m.not_after_ns,
+            "entries": 0 if m is None else len(m.entries),
+            "expired": m is not None and self._now_ns() > m.not_after_ns,
+        }
+
     def refusal(self, measurement: bytes, claims: Mapping[str, str], role: str) -> str | None:
         """None if the manifest in force lists this build for ``role``; else why not.
 

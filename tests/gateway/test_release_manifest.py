@@ -130,6 +130,7 @@ async def test_owner_signed_manifest_gates_the_uplink(tmp_path: Path, keys: Gate
                     lambda: agent.spool.depth(0) == agent.spool.depth(1) == 0, 10, "spool drained"
                 )
                 good = agent.manifests.current if agent.manifests else None
+                health = agent.health()[1]["release_manifest"]
                 # party0 restarts serving a tampered manifest: refused, the good one stays
                 doc = json.loads(served.read_text())
                 doc["entries"][0]["services"] = ["dealer", "party"]
@@ -149,5 +150,7 @@ async def test_owner_signed_manifest_gates_the_uplink(tmp_path: Path, keys: Gate
     assert all("release manifest" in e for e in refused_errors), refused_errors
     assert good is not None
     assert good.owner_key_id == made["owner_key_id"]
+    assert health["owner_key_id"] == made["owner_key_id"]
+    assert health["issued_ns"] == good.issued_ns
     assert tampered >= 1
     assert still == good
