@@ -483,7 +483,9 @@ def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
         policy=policy,
         trust=f.attestation,
         log_level=f.log_level,
-        release_manifest=None if f.release_manifest is None else base / f.release_manifest,
+        release_manifest=(
+            None if f.release_manifest is None else (base / f.release_manifest).resolve()
+        ),
     )
 
 

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig, MqttSourceConfig, OpcuaSourceConfig
@@ -54,7 +53,7 @@ from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
-from gateway.manifests import ManifestTrust
+from gateway.manifests import quote_verifier
 from gateway.metrics import Metrics
 from gateway.reloader import reload_config
 from gateway.sealed import resolve
@@ -69,7 +68,6 @@ from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
-from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 from tecc_contract.progress import Progress, seal_progress
 from tecc_contract.scale import Scale
 
@@ -152,30 +150,8 @@ class Agent:
         self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
         self.source_tasks: dict[str, asyncio.Task[None]] = {}  # OPC-UA and Modbus, by name
         self._tg: asyncio.TaskGroup | None = None
-        #: The owner-signed release manifest in force (``trust.owner_key``), if trusted.
-        self.manifests = (
-            None
-            if cfg.trust is None
-            else ManifestTrust(
-                Ed25519PublicKey.from_public_bytes(cfg.trust.owner_key),
-                cfg.state_dir,
-                self.metrics.registry,
-                refresh_s=cfg.trust.refresh_s,
-                max_skew_s=cfg.trust.max_skew_s,
-            )
-        )
-        self._verifier = build_quote_verifier(
-            cfg.attestation.platform,
-            VerifierSettings(
-                platform_keys={
-                    k: Ed25519PublicKey.from_public_bytes(v)
-                    for k, v in cfg.attestation.platform_keys.items()
-                },
-                allowed_measurements=cfg.attestation.allowed_measurements,
-                max_age_s=cfg.attestation.max_age_s,
-                releases=self.manifests,
-            ),
-        )
+        #: The platform verifier; with ``trust.owner_key`` also the release manifest in force.
+        self._verifier, self.manifests = quote_verifier(cfg, self.metrics.registry)
         self.links: list[ClusterLink] = []
         #: The clusters' attested identities, kept distinct (ids and keys).
         self._registry = ClusterRegistry()

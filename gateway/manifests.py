@@ -35,7 +35,9 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gateway.config import GatewayConfig
 from gateway.uplink_tls import SslArg
+from tecc_contract.attestation import QuoteVerifier
 from tecc_contract.manifest import (
     MAX_MANIFEST_BYTES,
     POLICY_CLAIM,
@@ -46,6 +48,7 @@ from tecc_contract.manifest import (
     owner_key_id,
     verify_manifest,
 )
+from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 
 log = logging.getLogger(__name__)
 STATE_FILE: Final = "release_manifest.json"
@@ -221,3 +224,31 @@ class ManifestTrust:
                 f"measurement and policy digest {policy.hex()[:16]}…"
             )
         return None
+
+
+def quote_verifier(
+    cfg: GatewayConfig, registry: CollectorRegistry
+) -> tuple[QuoteVerifier, ManifestTrust | None]:
+    """The configured platform verifier (``attestation.platform``) and, with
+    ``trust.owner_key``, the release manifest it also accepts builds from."""
+    att = cfg.attestation
+    manifests = (
+        None
+        if cfg.trust is None
+        else ManifestTrust(
+            Ed25519PublicKey.from_public_bytes(cfg.trust.owner_key),
+            cfg.state_dir,
+            registry,
+            refresh_s=cfg.trust.refresh_s,
+            max_skew_s=cfg.trust.max_skew_s,
+        )
+    )
+    settings = VerifierSettings(
+        platform_keys={
+            k: Ed25519PublicKey.from_public_bytes(v) for k, v in att.platform_keys.items()
+        },
+        allowed_measurements=att.allowed_measurements,
+        max_age_s=att.max_age_s,
+        releases=manifests,
+    )
+    return build_quote_verifier(att.platform, settings), manifests
