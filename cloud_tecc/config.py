@@ -93,6 +93,8 @@ class Trust(FileSchema, frozen=True, kw_only=True):
     verifies only under its own platform's key), or a list of keys trusted for
     every service (one shared root: not advised). Peers (and, at the dealer,
     the parties) are re-attested every ``reattest_s`` during a session.
+    ``platform`` names the TEE platform verifier (``simulated``, the only one
+    built in; :mod:`tecc_contract.platforms`).
     """
 
     platform_keys: tuple[Anchor, ...] | dict[Name, Anchor] = (SELF,)
@@ -125,7 +127,12 @@ class Listen(FileSchema, frozen=True, kw_only=True):
 
 
 class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
-    """Keys every service file has."""
+    """Keys every service file has.
+
+    ``release_manifest``: the file the plant owner signed (``tecc-cluster admin
+    sign-manifest``), served at ``GET /v1/manifest`` to gateways that trust the
+    owner's key (null: 404).
+    """
 
     service_id: Name
     state_dir: Name
