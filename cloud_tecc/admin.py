@@ -4,6 +4,7 @@
     tecc-cluster admin --config party0.yaml approve GATEWAY
     tecc-cluster admin --config party0.yaml revoke GATEWAY [--reason TEXT]
     tecc-cluster admin --config party0.yaml forget GATEWAY
+    tecc-cluster admin owner-key init | sign-manifest ... | verify-manifest ...
 
 (``python -m cloud_tecc.admin`` is the same.)
 
@@ -14,8 +15,9 @@ API to attack); the running party picks the change up within half a second
 reinstates a suspended one with the PCR values it last quoted (an authorised
 update); ``revoke`` refuses the gateway's batches and notices from then on;
 ``forget`` deletes the record (a replaced device may then enrol afresh).
-Every command prints JSON. Exit codes: 0 ok, 2 configuration error or unknown
-gateway.
+The plant owner's release-manifest commands (no ``--config``) are in
+:mod:`cloud_tecc.release_admin`. Every command prints JSON. Exit codes: 0
+ok, 2 configuration error or unknown gateway.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from cloud_tecc import release_admin
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import CloudError
 from cloud_tecc.party.registry import STATES, Registry
@@ -34,7 +37,7 @@ from tecc_contract.errors import ConfigFileError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tecc-cluster admin", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, type=Path, help="the party's config file")
+    p.add_argument("--config", type=Path, help="the party's config file (enrolment commands)")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="gateways known to this party, with their state")
     ls.add_argument("--state", choices=STATES)
@@ -47,11 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("gateway")
         if name == "revoke":
             sp.add_argument("--reason", default="revoked by the operator")
+    release_admin.add_parsers(sub)
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Execute one command; the JSON answer."""
+    if args.command in release_admin.COMMANDS:
+        return release_admin.run(args)
+    if args.config is None:
+        raise CloudError(f"{args.command} needs --config PARTY.yaml (the party's config file)")
     cfg = load_party(args.config)
     reg = Registry(cfg.service.state_dir)
     now = time.time_ns()

@@ -32,6 +32,7 @@ from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.header import MAX_PARTIES
 from tecc_contract.keys import KemSuite
+from tecc_contract.platforms import DEFAULT_PLATFORM, check_platform
 from tecc_contract.schema import (
     Count,
     FileSchema,
@@ -105,6 +106,8 @@ class Trust(FileSchema, frozen=True, kw_only=True):
     verifies only under its own platform's key), or a list of keys trusted for
     every service (one shared root: not advised). Peers (and, at the dealer,
     the parties) are re-attested every ``reattest_s`` during a session.
+    ``platform`` names the TEE platform verifier (``simulated``, the only one
+    built in; :mod:`tecc_contract.platforms`).
     """
 
     platform_keys: tuple[Anchor, ...] | dict[Name, Anchor] = (SELF,)
@@ -112,6 +115,11 @@ class Trust(FileSchema, frozen=True, kw_only=True):
     max_age_s: Positive = 300.0
     refresh_s: Positive = 30.0
     reattest_s: Positive = 60.0
+    # the TEE platform verifier (tecc_contract.platforms): simulated is the only one built in
+    platform: Name = DEFAULT_PLATFORM
+
+    def __post_init__(self) -> None:
+        check_platform(self.platform, "platform")
 
     @property
     def anchors(self) -> tuple[str, ...]:
@@ -132,7 +140,12 @@ class Listen(FileSchema, frozen=True, kw_only=True):
 
 
 class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
-    """Keys every service file has."""
+    """Keys every service file has.
+
+    ``release_manifest``: the file the plant owner signed (``tecc-cluster admin
+    sign-manifest``), served at ``GET /v1/manifest`` to gateways that trust the
+    owner's key (null: 404).
+    """
 
     service_id: Name
     state_dir: Name
@@ -141,6 +154,8 @@ class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
     policy: Name = "policy.yaml"
     attestation: Trust = Trust()
     log_level: LogLevel = "INFO"
+    # the owner-signed release manifest served at GET /v1/manifest (cloud_tecc/service/manifest.py)
+    release_manifest: Name | None = None
 
 
 class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
@@ -353,6 +368,7 @@ class ServiceConfig:
     policy: AnalyticsPolicy
     trust: Trust
     log_level: str
+    release_manifest: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +515,9 @@ def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
         policy=policy,
         trust=f.attestation,
         log_level=f.log_level,
+        release_manifest=(
+            None if f.release_manifest is None else (base / f.release_manifest).resolve()
+        ),
     )
 
 

@@ -54,8 +54,14 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _deployment(state: dict[str, Any], root: Path, gateways: dict[str, str]) -> Deployment:
+    manifest = state.get("release_manifest")
     return Deployment(
-        root, load_policy(Path(state["policy"])), gateways, ports=dict(state["ports"])
+        root,
+        load_policy(Path(state["policy"])),
+        gateways,
+        ports=dict(state["ports"]),
+        # every party serves the owner-signed manifest at GET /v1/manifest
+        party_extra={} if manifest is None else {"release_manifest": manifest},
     )
 
 
@@ -66,7 +72,9 @@ def prepare(args: argparse.Namespace) -> int:
     ports = {n: free_port() for n in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc")}
     if args.dashboard_port:
         ports["output"] = args.dashboard_port
-    state = {"policy": str(Path(args.policy).resolve()), "ports": ports}
+    state: dict[str, Any] = {"policy": str(Path(args.policy).resolve()), "ports": ports}
+    if args.release_manifest:
+        state["release_manifest"] = str(Path(args.release_manifest).resolve())
     dep = _deployment(state, root, {})
     trust = {
         "clusters": [
@@ -185,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--state", required=True)
     pre.add_argument("--policy", default=str(DEMO_POLICY), help="analytics policy YAML")
     pre.add_argument("--dashboard-port", type=int, default=0)
+    pre.add_argument(
+        "--release-manifest", help="the owner-signed manifest file the parties serve (optional)"
+    )
     st = sub.add_parser("start", help="enrol the gateways and run the services until stopped")
     st.add_argument("--state", required=True)
     st.add_argument("--gateway", action="append", required=True, help="gateway config file")

@@ -37,6 +37,7 @@ in ``gateway_readings_refused_total{reason="spool_full"}``) and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig, MqttSourceConfig, OpcuaSourceConfig
@@ -53,6 +53,7 @@ from gateway.eventtime import EventTime
 from gateway.http import make_app, start_http
 from gateway.ingest import Drained, Ingest, release_acks
 from gateway.keys import GatewayKeys
+from gateway.manifests import quote_verifier
 from gateway.metrics import Metrics
 from gateway.reloader import reload_config
 from gateway.sealed import resolve
@@ -61,7 +62,7 @@ from gateway.sources.mqtt import MqttSource
 from gateway.sources.opcua import OpcuaSource
 from gateway.spool import PinnedKey, Spool, pack_tokens
 from gateway.uplink import ClusterLink, ProgressHooks, UplinkOptions
-from tecc_contract.attestation import ClusterRegistry, SimulatedPlatformVerifier
+from tecc_contract.attestation import ClusterRegistry
 from tecc_contract.crashpoint import crash_point
 from tecc_contract.envelope import ClusterKey, Sealer
 from tecc_contract.errors import ContractError
@@ -149,14 +150,8 @@ class Agent:
         self.modbus = [ModbusSource(c, self.ingest, self.metrics) for c in cfg.modbus]
         self.source_tasks: dict[str, asyncio.Task[None]] = {}  # OPC-UA and Modbus, by name
         self._tg: asyncio.TaskGroup | None = None
-        self._verifier = SimulatedPlatformVerifier(
-            platform_keys={
-                k: Ed25519PublicKey.from_public_bytes(v)
-                for k, v in cfg.attestation.platform_keys.items()
-            },
-            allowed_measurements=cfg.attestation.allowed_measurements,
-            max_age_s=cfg.attestation.max_age_s,
-        )
+        #: The platform verifier; with ``trust.owner_key`` also the release manifest in force.
+        self._verifier, self.manifests = quote_verifier(cfg, self.metrics.registry)
         self.links: list[ClusterLink] = []
         #: The clusters' attested identities, kept distinct (ids and keys).
         self._registry = ClusterRegistry()
@@ -250,6 +245,8 @@ class Agent:
                 for link in self.links
             },
         }
+        if self.manifests is not None:  # the owner-signed release manifest in force
+            details["release_manifest"] = self.manifests.summary()
         if self.enrolment is not None:
             details["enrolment"] = self.enrolment()
         return not self.overflow, details
@@ -273,6 +270,11 @@ class Agent:
                     ),
                     progress=ProgressHooks(lambda: self.edge_through, self._notice),
                     registry=self._registry,
+                    before_verify=(
+                        None
+                        if self.manifests is None
+                        else functools.partial(self.manifests.refresh, session)
+                    ),
                 )
                 for c in self.cfg.clusters
             ]

@@ -280,6 +280,16 @@ class AttestationConfig:
     platform_keys: Mapping[str, bytes]  # key id -> raw Ed25519 public key
     allowed_measurements: frozenset[bytes]
     max_age_s: float
+    platform: str = "simulated"  # the platform verifier (tecc_contract.platforms)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerTrustConfig:
+    """The plant owner's key, whose release manifests allow cluster builds (gateway.manifests)."""
+
+    owner_key: bytes  # raw Ed25519 public key
+    refresh_s: float
+    max_skew_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +339,8 @@ class GatewayConfig:
     columns: tuple[str, ...]
     #: |x| < 2^value_bound_bits: the analytics policy's promise (its value_bound_bits)
     value_bound_bits: int | None
+    #: ``trust:``: accept the builds the owner's release manifest lists (None: fixed list only)
+    trust: OwnerTrustConfig | None = None
 
     def scales(self) -> dict[str, Scale]:
         """Per sensor the scale its readings are shared in (the envelope header carries it)."""

@@ -23,6 +23,7 @@ from gateway.config import (
     OpcuaNode,
     OpcuaSecurity,
     OpcuaSourceConfig,
+    OwnerTrustConfig,
     ProgressConfig,
     SensorConfig,
     SpoolConfig,
@@ -32,9 +33,10 @@ from gateway.config import (
 )
 from gateway.errors import GatewayConfigError
 from gateway.init.writer import check_placeholders
-from gateway.schema import BrowseDoc, GatewayFile, MqttDoc, NodeDoc, OpcuaDoc
+from gateway.schema import BrowseDoc, GatewayFile, MqttDoc, NodeDoc, OpcuaDoc, OwnerTrustDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.fixedpoint import SensorRange
+from tecc_contract.manifest import load_owner_public
 from tecc_contract.schema import convert, read_document
 
 
@@ -168,6 +170,25 @@ def opcua_source(doc: OpcuaDoc, base: Path) -> OpcuaSourceConfig:
     )
 
 
+def _owner_trust(t: OwnerTrustDoc, base: Path, source: str) -> OwnerTrustConfig:
+    """``trust.owner_key`` inline (base64 / hex) or as a file, as a raw public key."""
+    text = t.owner_key
+    try:
+        key = load_owner_public(text)
+    except ValueError:
+        path = base / text
+        try:
+            text = path.read_text(encoding="utf-8")
+            key = load_owner_public(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise GatewayConfigError(
+                f"{source}: $.trust.owner_key: {t.owner_key!r} is neither an inline owner key "
+                f"nor a readable key file ({path}: {exc}); write the base64 key or the path of "
+                "owner.pub (`tecc-cluster admin owner-key init`)"
+            ) from exc
+    return OwnerTrustConfig(key.public_bytes_raw(), t.refresh_s, t.max_skew_s)
+
+
 def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> GatewayConfig:
     """The one conversion step from the validated file to the agent's config."""
     state_dir = base / f.state_dir
@@ -202,7 +223,9 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
                 bytes.fromhex(m) for m in f.attestation.allowed_measurements
             ),
             max_age_s=f.attestation.max_age_s,
+            platform=f.attestation.platform,
         ),
+        trust=None if f.trust is None else _owner_trust(f.trust, base, source),
         spool=SpoolConfig(_path(base, f.spool.path) or state_dir / "spool.db", f.spool.max_bytes),
         mqtt=tuple(
             _mqtt(m, base, f"{source}: $.sources.mqtt[{i}]") for i, m in enumerate(f.sources.mqtt)

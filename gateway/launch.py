@@ -91,6 +91,13 @@ def security_config(cfg: GatewayConfig) -> dict[str, Any]:
             "platform_keys": {k: v.hex() for k, v in sorted(cfg.attestation.platform_keys.items())},
             "allowed_measurements": sorted(m.hex() for m in cfg.attestation.allowed_measurements),
             "max_age_s": cfg.attestation.max_age_s,
+            # only when set, so the digest of configs without them stays what it was
+            **({} if cfg.trust is None else {"owner_key": cfg.trust.owner_key.hex()}),
+            **(
+                {}
+                if cfg.attestation.platform == "simulated"
+                else {"platform": cfg.attestation.platform}
+            ),
         },
         "envelope": [cfg.kem_suite, list(cfg.columns), cfg.value_bound_bits],
         "tpm": [list(cfg.tpm.pcrs), cfg.tpm.pcr_bank, cfg.tpm.measure_pcr],

@@ -25,6 +25,7 @@ from gateway.config import (
 from gateway.sources.modbus_config import ModbusSourceConfig
 from tecc_contract.fixedpoint import MAX_ABS_RANGE
 from tecc_contract.keys import KemSuite
+from tecc_contract.platforms import DEFAULT_PLATFORM, check_platform
 from tecc_contract.scale import Scale
 from tecc_contract.schema import (
     Count,
@@ -331,11 +332,36 @@ class ClusterDoc(Schema, frozen=True, kw_only=True):
 
 
 class AttestationDoc(Schema, frozen=True, kw_only=True):
-    """``attestation``: platform keys and measurements a cluster quote must match."""
+    """``attestation``: platform keys and measurements a cluster quote must match.
+
+    ``allowed_measurements`` may be empty when ``trust.owner_key`` is set (the
+    builds the plant owner signs are allowed; both set: either is enough).
+    ``platform``: the TEE platform verifier (``simulated``).
+    """
 
     platform_keys: Annotated[dict[str, Hex32], Meta(min_length=1)]  # id -> Ed25519 key
-    allowed_measurements: Annotated[tuple[Hex32, ...], Meta(min_length=1)]
+    allowed_measurements: tuple[Hex32, ...] = ()
     max_age_s: Positive = 300.0
+    platform: Name = DEFAULT_PLATFORM
+
+    def __post_init__(self) -> None:
+        check_platform(self.platform, "platform")
+
+
+class OwnerTrustDoc(Schema, frozen=True, kw_only=True):
+    """``trust``: accept the cluster builds the plant owner's release manifest lists.
+
+    ``owner_key``: the owner's Ed25519 public key, inline (base64 of the 32
+    raw bytes, or 64 hex digits) or the path of a file holding it (PEM or
+    base64; ``tecc-cluster admin owner-key init`` writes ``owner.pub``).
+    Each cluster's ``GET /v1/manifest`` is fetched at most every
+    ``refresh_s``; a manifest issued more than ``max_skew_s`` ahead of the
+    gateway's clock is refused.
+    """
+
+    owner_key: Name
+    refresh_s: Positive = 30.0
+    max_skew_s: Positive = 300.0
 
 
 class TpmDoc(Schema, frozen=True, kw_only=True):
@@ -399,6 +425,7 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
     sensors: Annotated[tuple[SensorDoc, ...], Meta(min_length=1)]
     clusters: tuple[ClusterDoc, ...]
     attestation: AttestationDoc
+    trust: OwnerTrustDoc | None = None
     state_dir: Name = "var/gateway"
     sources: SourcesDoc = SourcesDoc()
     batching: BatchingDoc = BatchingDoc()
@@ -409,6 +436,13 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
     envelope: EnvelopeDoc = EnvelopeDoc()
 
     def __post_init__(self) -> None:
+        if not self.attestation.allowed_measurements and self.trust is None:
+            raise ValueError(
+                "attestation.allowed_measurements is empty and trust.owner_key is not set, so "
+                "no cluster build would be accepted: list the measurements (`tecc-cluster "
+                "measure`), or add trust: {owner_key: owner.pub} to accept the builds the "
+                "plant owner signs"
+            )
         ids = [s.id for s in self.sensors]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

@@ -58,7 +58,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -72,7 +72,7 @@ from gateway.uplink_ack import AckCheck, Answer, judge_answer, overload_wait_s, 
 from gateway.uplink_attest import checked_identity, follows_rotation
 from gateway.uplink_cycle import Backoff, Step, UplinkCycle
 from gateway.uplink_endpoints import Endpoints, SpkiPin
-from gateway.uplink_tls import TlsPin, fetch_ssl, pin, server_certificate
+from gateway.uplink_tls import SslArg, TlsPin, fetch_ssl, pin, server_certificate
 from tecc_contract.attestation import (
     ClusterRegistry,
     Quote,
@@ -117,6 +117,10 @@ class ProgressHooks:
     notice: Callable[[str, int, int], bytes]
 
 
+async def _nothing_before_verify(_url: str, _ssl: SslArg) -> None:
+    return None
+
+
 class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
     """A transient failure: back off, re-attest, try again; ``kind`` is the metric label."""
 
@@ -156,8 +160,12 @@ class ClusterLink:
         progress: ProgressHooks | None = None,
         clock: UplinkClock | None = None,
         registry: ClusterRegistry | None = None,
+        before_verify: Callable[[str, SslArg], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: Run before each quote is verified, with the cluster URL and the quote fetch's ssl=
+        #: (the agent fetches the owner-signed release manifest there: gateway.manifests).
+        self._before_verify = before_verify or _nothing_before_verify
         self._registry = registry  # N clusters: N distinct service ids and keys
         self.index = cfg.index
         self._spool = spool
@@ -208,6 +216,7 @@ class ClusterLink:
             if resp.status != 200:
                 raise _Retry(f"GET /attestation answered {resp.status}")
             body = await resp.read()
+        await self._before_verify(url.removesuffix("/attestation"), fetch_ssl(cert))
         try:
             quote = Quote.from_bytes(body)
             ident = self._verifier.verify(

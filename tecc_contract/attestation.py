@@ -211,8 +211,20 @@ class QuoteVerifier(Protocol):
         ...
 
 
+class ReleaseCheck(Protocol):
+    """A live source of allowed builds besides the fixed list (an owner-signed manifest)."""
+
+    def refusal(self, measurement: bytes, claims: Mapping[str, str], role: str) -> str | None:
+        """None if the build is allowed now, else why not (for the refusal message)."""
+        ...
+
+
 class SimulatedPlatformVerifier:
-    """Verifier for the simulated TEE: trusted platform keys plus a measurement allow-list."""
+    """Verifier for the simulated TEE: trusted platform keys plus a measurement allow-list.
+
+    A quote's measurement passes if it is in ``allowed_measurements`` or
+    ``releases`` allows it (the union of both).
+    """
 
     def __init__(
         self,
@@ -221,13 +233,30 @@ class SimulatedPlatformVerifier:
         allowed_measurements: Collection[bytes],
         max_age_s: float = 300.0,
         platform_services: Mapping[str, Collection[str]] | None = None,
+        releases: ReleaseCheck | None = None,
     ) -> None:
         self._platforms = dict(platform_keys)
         self._allowed = frozenset(allowed_measurements)
+        self._releases = releases
         self._max_age_ns = int(max_age_s * 1e9)
         #: Trust domains: platform key id -> the service ids that platform may vouch
         #: for. A key id missing here vouches for any service (a legacy anchor).
         self._domains = {k: frozenset(v) for k, v in (platform_services or {}).items()}
+
+    def _check_release(self, quote: Quote) -> None:
+        """AttestationError unless the release manifest allows a measurement not listed."""
+        refusal = (
+            None
+            if self._releases is None
+            else self._releases.refusal(quote.measurement, quote.claims, quote.role)
+        )
+        if self._releases is None or refusal is not None:
+            more = "" if refusal is None else f" and the release manifest refuses it ({refusal})"
+            raise AttestationError(
+                f"measurement {quote.measurement.hex()[:16]}… of {quote.service_id!r} is not on "
+                f"the allow-list{more}: its code or analytics policy differs from the approved "
+                "build"
+            )
 
     def verify(
         self,
@@ -265,10 +294,7 @@ class SimulatedPlatformVerifier:
         if role is not None and quote.role != role:
             raise AttestationError(f"{quote.service_id!r} attests as {quote.role}, need {role}")
         if quote.measurement not in self._allowed:
-            raise AttestationError(
-                f"measurement {quote.measurement.hex()[:16]}… of {quote.service_id!r} is not on "
-                "the allow-list: its code or analytics policy differs from the approved build"
-            )
+            self._check_release(quote)
         return VerifiedIdentity(
             role=quote.role,
             service_id=quote.service_id,

@@ -32,6 +32,7 @@ from tecc_contract.keys import (
     generate_cluster_keypair_raw,
     load_private_key,
 )
+from tecc_contract.manifest import POLICY_CLAIM
 
 _SEALED_FILE: Final = "sealed_keys.bin"
 
@@ -136,6 +137,8 @@ class Enclave:
     config: bytes = b""
     #: SHA-256 (hex) of the SPKI its HTTPS listener presents (claim ``tls_spki``), if any.
     tls_spki: str = ""
+    #: Digest of its analytics policy (claim ``policy``, what release manifests name), if set.
+    policy: bytes = b""
 
     @classmethod
     def open(
@@ -149,6 +152,7 @@ class Enclave:
         suite: KemSuite = KemSuite.X25519,
         random_bytes: Callable[[int], bytes] = os.urandom,
         config: bytes = b"",
+        policy: bytes = b"",
     ) -> Enclave:
         """Unseal the service keys from ``state_dir``, or create and seal them."""
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +167,7 @@ class Enclave:
         else:
             keys = ServiceKeys.generate(suite)
             _store(path, key, keys, aad, random_bytes)
-        return cls(role, service_id, measurement, platform, keys, config)
+        return cls(role, service_id, measurement, platform, keys, config, policy=policy)
 
     def rotate(
         self,
@@ -198,6 +202,8 @@ class Enclave:
             claims["hpke_prev"] = hpke_key_digest(self.keys.previous_public_raw)
         if self.tls_spki:
             claims[TLS_CLAIM] = self.tls_spki
+        if self.policy:
+            claims[POLICY_CLAIM] = self.policy.hex()
         return claims
 
     def quote(self, nonce: bytes, now_ns: int) -> Quote:

@@ -20,20 +20,16 @@ import aiohttp
 from cloud_tecc.config import SELF, Endpoint, Trust
 from cloud_tecc.enclave.platform import SimulatedPlatform, platform_key_id
 from cloud_tecc.errors import CloudConfigError, PeerError
-from tecc_contract.attestation import (
-    Quote,
-    QuoteVerifier,
-    SimulatedPlatformVerifier,
-    VerifiedIdentity,
-)
-from tecc_contract.errors import AttestationError
+from tecc_contract.attestation import Quote, QuoteVerifier, VerifiedIdentity
+from tecc_contract.errors import AttestationError, ParameterError
 from tecc_contract.keys import ed25519_public_from_bytes
+from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 
 
 def build_verifier(
     trust: Trust, platform: SimulatedPlatform, own_measurement: bytes
 ) -> QuoteVerifier:
-    """A :class:`SimulatedPlatformVerifier` from configured anchors (``self`` expanded)."""
+    """The ``attestation.platform`` verifier from configured anchors (``self`` expanded)."""
     keys = {}
     domains: dict[str, set[str]] = {}
     own = platform.attestation_key.public_key()
@@ -52,12 +48,16 @@ def build_verifier(
         raise CloudConfigError(
             f"attestation.platform_keys: anchors must be hex Ed25519 keys or 'self': {exc}"
         ) from exc
-    return SimulatedPlatformVerifier(
+    settings = VerifierSettings(
         platform_keys=keys,
         allowed_measurements=allowed,
         max_age_s=trust.max_age_s,
         platform_services=domains,
     )
+    try:
+        return build_quote_verifier(trust.platform, settings)
+    except ParameterError as exc:
+        raise CloudConfigError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,10 @@ from cloud_tecc.config import ServiceConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.measurement import config_digest, measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.service import manifest
 from tecc_contract import logfmt
 from tecc_contract.keys import KemSuite
+from tecc_contract.manifest import policy_digest
 
 log = logging.getLogger("cloud_tecc.service")
 
@@ -42,7 +44,8 @@ def open_enclave(
     The quote's ``config`` claim covers role, service id, trust anchors and
     ``extra`` (a role's allow-lists and peers).
     """
-    measurement = measure(cfg.policy.canonical_bytes())
+    policy = cfg.policy.canonical_bytes()
+    measurement = measure(policy)
     platform = SimulatedPlatform.load_or_create(cfg.platform_dir)
     trust = cfg.trust
     doc = {
@@ -65,6 +68,7 @@ def open_enclave(
         state_dir=cfg.state_dir,
         suite=suite,
         config=config_digest(doc),
+        policy=policy_digest(policy),
     )
 
 
@@ -91,6 +95,7 @@ class ServiceBase:
         self.app.router.add_get("/attestation", self._attestation)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
+        manifest.routes(self.app, cfg.release_manifest, self.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.ssl_context: ssl.SSLContext | None = None  # set by a service that serves TLS
         self.started_ns = time.time_ns()

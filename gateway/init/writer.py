@@ -30,6 +30,7 @@ from gateway.schema import (
     AttestationDoc,
     ClusterDoc,
     GatewayFile,
+    OwnerTrustDoc,
     Schema,
     SensorDoc,
     SourcesDoc,
@@ -42,10 +43,16 @@ _ZERO = "0" * 64
 
 
 class TrustDoc(Schema, frozen=True, kw_only=True):
-    """``--trust FILE``: the clusters a gateway uploads to and how their quotes verify."""
+    """``--trust FILE``: the clusters a gateway uploads to and how their quotes verify.
+
+    ``trust`` (the owner key whose release manifests allow cluster builds) is
+    copied into the gateway config as it stands (an inline key, or a path
+    relative to the config written).
+    """
 
     clusters: tuple[ClusterDoc, ...]
     attestation: AttestationDoc
+    trust: OwnerTrustDoc | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,16 +202,18 @@ def build(
     extra: Mapping[str, Any],
 ) -> GatewayFile:
     """The whole file; ``extra`` holds other top-level sections (tpm, http, state_dir)."""
+    owner = None
     if trust is None:
         clusters, att = placeholder_clusters()
     else:
-        clusters, att = trust.clusters, trust.attestation
+        clusters, att, owner = trust.clusters, trust.attestation, trust.trust
     try:
         return GatewayFile(
             gateway_id=gateway_id,
             sensors=tuple(p.doc for p in sensors),
             clusters=clusters,
             attestation=att,
+            trust=owner,
             sources=sources,
             **extra,
         )
