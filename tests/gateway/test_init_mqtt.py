@@ -42,7 +42,7 @@ def _round(i: int) -> list[tuple[str, bytes]]:
         ("plant/line1/flow", json.dumps([{"v": 1.5, "t": now}, {"v": 2.5, "t": now}]).encode()),
         ("plant/line1/state", b"running"),
     ]
-    if i == 0:
+    if i % 20 == 0:  # a birth now and then: the sampler may subscribe late
         birth: list[dict[str, Any]] = [
             {"name": "bdSeq", "datatype": T.INT64, "long_value": 0},
             {"name": "Oil/Temp", "alias": 1, "datatype": T.DOUBLE, "double_value": 41.5},
@@ -52,7 +52,7 @@ def _round(i: int) -> list[tuple[str, bytes]]:
         data: list[dict[str, Any]] = [
             {"alias": 1, "datatype": T.DOUBLE, "double_value": 40.0 + i % 3}
         ]
-        msgs.append(("spBv1.0/plant/NDATA/press1", _sparkplug(i % 256, data)))
+        msgs.append(("spBv1.0/plant/NDATA/press1", _sparkplug(i % 20, data)))
     return msgs
 
 
@@ -72,11 +72,14 @@ async def test_init_samples_topics_and_proposes_sensors(
             "--trust", str(trust_file(tmp_path / "trust.yaml", clusters, platform)),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        await asyncio.sleep(1.5)
-        for i in range(20):
+        # publish until the sampler is done (it may subscribe late on a loaded machine)
+        done = asyncio.ensure_future(proc.communicate())
+        i = 0
+        while not done.done() and i < 2000:
             await asyncio.to_thread(publish, broker.port, _round(i))
             await asyncio.sleep(0.05)
-        out_b, err_b = await asyncio.wait_for(proc.communicate(), 30)
+            i += 1
+        out_b, err_b = await asyncio.wait_for(done, 30)
     stdout, stderr = out_b.decode(), err_b.decode()
     assert proc.returncode == 0, stderr
     assert "plant/line1/state: no numeric payload" in stdout
