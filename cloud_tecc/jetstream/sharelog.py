@@ -61,8 +61,8 @@ RETRY_DOWN_S: Final = 2
 _STORE_FAILED: Final = 10077
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
-U64 = Annotated[int, msgspec.Meta(ge=0, lt=1 << 64)]
-I64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), lt=1 << 63)]
+U64 = Annotated[int, msgspec.Meta(ge=0)]
+I64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 
 class Overloaded(CloudError):  # noqa: N818 - the name the layout fixes
