@@ -122,6 +122,10 @@ class Deployment:
     output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     n_parties: int = 2
+    #: Per-party extra keys on top of ``party_extra`` (e.g. one party's ``jetstream``).
+    party_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Ingest frontends: ``<party>-ingest<j>`` → its party (configs by :meth:`add_frontend`).
+    frontends: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
@@ -241,8 +245,11 @@ class Deployment:
                 "output": self._ep("output"),
                 "tick_s": 0.1,
                 **self.party_extra,
+                **self.party_overrides.get(name, {}),
             }
             (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        for fe, party in self.frontends.items():
+            self._write_frontend(fe, party)
         parties = {i: self._ep(p) for i, p in enumerate(self.parties)}
         dealer = {
             **common,
@@ -272,9 +279,23 @@ class Deployment:
         }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
 
+    def add_frontend(self, party: str) -> str:
+        """Configure one more ingest frontend of ``party`` (its config, own port); its name."""
+        name = f"{party}-ingest{sum(p == party for p in self.frontends.values())}"
+        self.frontends[name] = party
+        self.ports.setdefault(name, free_port())
+        self._write_frontend(name, party)
+        return name
+
+    def _write_frontend(self, name: str, party: str) -> None:
+        cfg = yaml.safe_load((self.root / f"{party}.yaml").read_text())
+        cfg["listen"] = {"host": "127.0.0.1", "port": self.ports[name]}
+        (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+
     def start(self, name: str) -> None:
         """Start one service process (appending to its log)."""
-        role = "party" if name.startswith("party") else name
+        role = "ingest" if name in self.frontends else name
+        role = "party" if role.startswith("party") else role
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path(name).open("ab")
         self.procs[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell

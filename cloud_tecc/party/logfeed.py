@@ -221,6 +221,8 @@ class LogFeed:
                     self.lag.set(0)
                     self._apply_notices()
                     continue
+                if not msgs:
+                    continue
                 await self._store(msgs)
                 pending = msgs[-1].metadata.num_pending
                 self.lag.set(pending)
@@ -229,6 +231,10 @@ class LogFeed:
                 self._apply_notices()
             except _NATS_ERRORS as exc:
                 log.warning("share consumer: %s %s; retrying", type(exc).__name__, exc)
+                await asyncio.sleep(_RETRY_S)
+            except Exception as exc:  # a defect must not stop the shard: log, resubscribe
+                log.error("share consumer failed (%s); resubscribing", type(exc).__name__)
+                sub = None
                 await asyncio.sleep(_RETRY_S)
 
     async def _store(self, msgs: list[Msg]) -> None:
@@ -278,6 +284,9 @@ class LogFeed:
                     self._notice(msg)
             except _NATS_ERRORS as exc:
                 log.warning("progress consumer: %s %s; retrying", type(exc).__name__, exc)
+                await asyncio.sleep(_RETRY_S)
+            except Exception as exc:  # a defect must not stop the shard: log, resubscribe
+                log.error("progress consumer failed (%s); resubscribing", type(exc).__name__)
                 await asyncio.sleep(_RETRY_S)
 
     def _notice(self, msg: Msg) -> None:
