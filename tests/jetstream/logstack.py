@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import ssl
@@ -76,17 +77,13 @@ def frame(s: Sealer, seq: int, n: int = 10) -> bytes:
 
 def post(url: str, data: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
     """POST a frame; (status, JSON body, headers)."""
-    req = urllib.request.Request(url, data=data, method="POST")  # noqa: S310 - loopback
+    req = urllib.request.Request(url, data=data, method="POST")
     req.add_header("Content-Type", "application/octet-stream")
     ctx: ssl.SSLContext = LOOPBACK_TLS
     try:
-        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:  # noqa: S310
-            import json  # noqa: PLC0415
-
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
             return resp.status, json.loads(resp.read()), dict(resp.headers)
     except urllib.error.HTTPError as exc:
-        import json  # noqa: PLC0415
-
         return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
 
 

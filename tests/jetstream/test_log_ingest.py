@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 import nats
@@ -44,6 +45,10 @@ def _messages(nd: NatsDeployment) -> int:
     return asyncio.run(go())
 
 
+def _connected(url: str) -> bool:
+    return bool(http_json(url + "/healthz")[1]["log_connected"])
+
+
 def _start(dep: Deployment, frontends: int) -> list[str]:
     """The worker first (it creates the sealed keys), then the frontends, log connected."""
     dep.start("party0")
@@ -53,10 +58,7 @@ def _start(dep: Deployment, frontends: int) -> list[str]:
         dep.start(fe)
     for fe in names:
         dep.wait_healthy(fe)
-        wait_for(
-            lambda fe=fe: bool(http_json(dep.url(fe) + "/healthz")[1]["log_connected"]),
-            what=f"{fe} connected to the log",
-        )
+        wait_for(partial(_connected, dep.url(fe)), what=f"{fe} on the log")
     return names
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -60,7 +62,5 @@ def test_one_shard_keeps_the_row_and_fleet_classes_stay_together() -> None:
 
 def test_the_hash_rule_is_the_documented_one() -> None:
     """SHA-256 over b"stream\\0" + gateway + b"\\0" + sensor, first 8 bytes big-endian, mod K."""
-    import hashlib  # noqa: PLC0415
-
     h = int.from_bytes(hashlib.sha256(b"stream\0gw-a\0s1").digest()[:8], "big")
     assert ShardMap(7).shard_of("gw-a", "s1") == h % 7
