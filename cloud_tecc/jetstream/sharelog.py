@@ -260,6 +260,28 @@ class ShareLog:
             raise overloaded(exc) from exc
         return cls(nc, cfg)
 
+    @classmethod
+    async def open(
+        cls, cfg: JetStreamConfig, state_dir: Path, name: str, retry_s: float = 0.5
+    ) -> ShareLog:
+        """Connect and ensure both streams, retrying (logged) until the log answers."""
+        while True:
+            try:
+                servers, password = client_servers(cfg, state_dir)
+                sharelog = await cls.connect(servers, password, cfg, name)
+            except Overloaded as exc:
+                log.warning("share log not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(retry_s)
+                continue
+            try:
+                await sharelog.ensure_streams()
+            except Overloaded as exc:
+                log.warning("share log streams not ready (%s); retrying", exc)
+                await sharelog.close()
+                await asyncio.sleep(retry_s)
+                continue
+            return sharelog
+
     def shares_config(self) -> StreamConfig:
         """TECC_SHARES at the configured limits."""
         c = self.cfg

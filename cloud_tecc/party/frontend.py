@@ -43,7 +43,6 @@ from cloud_tecc.jetstream.sharelog import (
     Overloaded,
     Published,
     ShareLog,
-    client_servers,
     decode_part,
     encode_part,
 )
@@ -52,7 +51,6 @@ from cloud_tecc.party.store import BatchRow, InsertResult
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService
 
 log = logging.getLogger("cloud_tecc.party.frontend")
-_RETRY_S = 0.5
 
 
 class IngestFrontend(UplinkService):
@@ -78,17 +76,8 @@ class IngestFrontend(UplinkService):
         self.spawn(self._connect(), "share-log")
 
     async def _connect(self) -> None:
-        while self.log is None:
-            try:
-                servers, password = client_servers(self.js_cfg, self.cfg.state_dir)
-                sharelog = await ShareLog.connect(
-                    servers, password, self.js_cfg, f"ingest-{self.cfg.service_id}"
-                )
-                await sharelog.ensure_streams()
-                self.log = sharelog
-            except Overloaded as exc:
-                log.warning("share log not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(_RETRY_S)
+        name = f"ingest-{self.cfg.service_id}"
+        self.log = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
         log.info("publishing to the share log (%d shards)", self.shard_map.k)
 
     async def on_stop(self) -> None:

@@ -47,9 +47,7 @@ from cloud_tecc.jetstream.sharelog import (
     PROGRESS,
     SHARES,
     MalformedPartError,
-    Overloaded,
     ShareLog,
-    client_servers,
     decode_part,
 )
 from cloud_tecc.party.epochs import ProgressTracker
@@ -169,17 +167,8 @@ class LogFeed:
 
     async def run(self) -> None:
         """Connect (retrying), ensure the streams, then consume for ever."""
-        while self.log is None:
-            try:
-                servers, password = client_servers(self.cfg, self.state_dir)
-                sharelog = await ShareLog.connect(
-                    servers, password, self.cfg, f"worker-{self.service_id}-{self.shard}"
-                )
-                await sharelog.ensure_streams()
-                self.log = sharelog
-            except Overloaded as exc:
-                log.warning("share log not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(_RETRY_S)
+        name = f"worker-{self.service_id}-{self.shard}"
+        self.log = await ShareLog.open(self.cfg, self.state_dir, name, _RETRY_S)
         await asyncio.gather(self._consume_shares(self.log), self._consume_progress(self.log))
 
     async def close(self) -> None:
