@@ -238,25 +238,34 @@ class ShareLog:
 
     @classmethod
     async def connect(
-        cls, servers: list[str], password: str | None, cfg: JetStreamConfig, name: str
+        cls,
+        servers: list[str],
+        password: str | None,
+        cfg: JetStreamConfig,
+        name: str,
+        wait_s: float = 10.0,
     ) -> ShareLog:
-        """Dial the party's JetStream (reconnecting for ever); Overloaded if unreachable now."""
+        """Dial the party's JetStream (then reconnecting for ever); Overloaded if not within
+        ``wait_s`` (nats-py itself would keep trying the first connect for ever)."""
 
         async def quiet(exc: Exception) -> None:
             log.debug("jetstream connection: %s %s", type(exc).__name__, exc)
 
         try:
-            nc = await nats.connect(
-                servers=servers,
-                user=USER if password is not None else None,
-                password=password,
-                name=name,
-                connect_timeout=2,
-                reconnect_time_wait=0.25,
-                max_reconnect_attempts=-1,
-                error_cb=quiet,
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=servers,
+                    user=USER if password is not None else None,
+                    password=password,
+                    name=name,
+                    connect_timeout=2,
+                    reconnect_time_wait=0.25,
+                    max_reconnect_attempts=-1,
+                    error_cb=quiet,
+                ),
+                wait_s,
             )
-        except (*_DOWN, OSError) as exc:
+        except (*_DOWN, OSError, asyncio.TimeoutError) as exc:
             raise overloaded(exc) from exc
         return cls(nc, cfg)
 

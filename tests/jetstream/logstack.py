@@ -84,7 +84,12 @@ def post(url: str, data: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
         with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
             return resp.status, json.loads(resp.read()), dict(resp.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
+        raw = exc.read()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = {"text": raw.decode(errors="replace")}
+        return exc.code, body, dict(exc.headers)
 
 
 def stored(dep: Deployment) -> dict[tuple[str, int], int]:
