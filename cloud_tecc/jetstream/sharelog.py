@@ -265,7 +265,7 @@ class ShareLog:
                 ),
                 wait_s,
             )
-        except (*_DOWN, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, *_DOWN, OSError) as exc:
             raise overloaded(exc) from exc
         return cls(nc, cfg)
 
