@@ -189,3 +189,31 @@ def test_malformed_log_messages_are_counted_and_skipped(tmp_path: Path) -> None:
             assert dep.procs["party0"].poll() is None
         finally:
             dep.stop_all()
+
+
+def test_embedded_node_outlives_a_killed_worker_and_is_replaced_on_restart(
+    tmp_path: Path,
+) -> None:
+    dep = deployment(tmp_path, {"embedded": True})
+    try:
+        (fe,) = _start(dep, 1)
+        s = sealer(dep, dep.url(fe))
+        node_dir = dep.state_dir("party0") / "nats"
+        port = (node_dir / "embedded.port").read_text()
+        old = int((node_dir / "embedded.pid").read_text())
+        for seq in range(1, 6):
+            assert post_until_acked(f"{dep.url(fe)}/v1/batches", frame(s, seq))["ack"]
+        dep.stop("party0", signal.SIGKILL)
+        for seq in range(6, 11):  # the orphaned node still takes the frontend's parts
+            assert post_until_acked(f"{dep.url(fe)}/v1/batches", frame(s, seq))["ack"]
+        dep.start("party0")
+        dep.wait_healthy("party0")
+        wait_for(lambda: int((node_dir / "embedded.pid").read_text()) != old, what="new node")
+        assert (node_dir / "embedded.port").read_text() == port  # frontends keep their URL
+        assert not Path(f"/proc/{old}").exists()
+        for seq in range(11, 16):
+            assert post_until_acked(f"{dep.url(fe)}/v1/batches", frame(s, seq))["ack"]
+        want = {(GW, seq): 20 for seq in range(1, 16)}
+        wait_for(lambda: stored(dep) == want, what="every batch stored")
+    finally:
+        dep.stop_all()
