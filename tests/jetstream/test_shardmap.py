@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_tecc.party.shardmap import ShardMap, split_row
@@ -30,6 +30,7 @@ rows = st.lists(
 ).map(_row)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows, st.integers(1, 6))
 def test_parts_remerge_to_the_row_and_each_segment_is_in_one_part(row: BatchRow, k: int) -> None:
     smap = ShardMap(k)
