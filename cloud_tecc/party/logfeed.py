@@ -12,11 +12,13 @@ no uploads itself. :class:`LogFeed`:
   per gateway), re-verifies each notice and feeds the
   :class:`~cloud_tecc.party.epochs.ProgressTracker` — but only once every share
   part published before the notice reached it is in the store: a notice
-  received at (monotonic) time *w* waits until the share consumer has seen
-  "nothing pending" at a moment after *w* (a gateway sends its notice only
-  after the acks of the batches it covers, so their parts are in the log
-  before the notice). Without that gate a lagging consumer would let an epoch
-  close before its data arrived.
+  received at (monotonic) time *w* waits until, at a moment after *w*, the
+  shard had nothing pending and everything delivered was committed: a fetch
+  came back empty or left nothing pending, or the consumer's info (asked when
+  a notice arrives) shows no pending and no unacked message. A gateway sends
+  its notice only after the acks of the batches it covers, so their parts are
+  in the log before the notice; without the gate a lagging consumer would let
+  an epoch close before its data was stored.
 
 Malformed log messages are counted (``tecc_log_malformed_total``), logged
 and terminated (never redelivered); the worker carries on.
@@ -271,12 +273,26 @@ class LogFeed:
                 )
                 async for msg in sub.messages:
                     self._notice(msg)
+                    if self._notices:
+                        await self._check_caught_up(sharelog)
             except _NATS_ERRORS as exc:
                 log.warning("progress consumer: %s %s; retrying", type(exc).__name__, exc)
                 await asyncio.sleep(_RETRY_S)
             except Exception as exc:  # a defect must not stop the shard: log, resubscribe
                 log.error("progress consumer failed (%s); resubscribing", type(exc).__name__)
                 await asyncio.sleep(_RETRY_S)
+
+    async def _check_caught_up(self, sharelog: ShareLog) -> None:
+        """Ask the consumer now: nothing pending and nothing unacked → caught up (no wait
+        for the share consumer's next idle fetch)."""
+        asked = time.monotonic()
+        try:
+            info = await sharelog.js.consumer_info(SHARES, durable_name(self.shard))
+        except _NATS_ERRORS:
+            return  # the share consumer's own fetches still move the gate
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            self.caught_up = max(self.caught_up, asked)
+            self._apply_notices()
 
     def _notice(self, msg: Msg) -> None:
         try:
