@@ -131,6 +131,8 @@ def _check(path: Path, kind: str | None) -> int:
     detail = ""
     if isinstance(cfg, PartyConfig):
         detail = f" party {cfg.party}, {len(cfg.gateways)} gateways,"
+        if cfg.jetstream is not None:
+            detail += f" JetStream shard {cfg.shard} of {cfg.shards},"
     elif isinstance(cfg, DealerConfig):
         detail = f" batches of {cfg.batch_readings} readings,"
     print(
