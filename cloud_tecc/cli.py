@@ -33,7 +33,7 @@ from cloud_tecc.config import (
 )
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
-from cloud_tecc.errors import CloudError
+from cloud_tecc.errors import CloudConfigError, CloudError
 from cloud_tecc.service.base import ServiceBase, open_enclave, setup_logging
 from tecc_contract.errors import ConfigFileError
 
@@ -87,6 +87,11 @@ def _build(command: str, config: Path) -> ServiceBase:
         from cloud_tecc.party.frontend import IngestFrontend  # noqa: PLC0415
 
         pcfg = load_party(config)
+        if pcfg.jetstream is None:
+            raise CloudConfigError(
+                f"{config}: $.jetstream is missing: an ingest frontend publishes to the "
+                "party's log; add jetstream: (servers, or embedded: true)"
+            )
         setup_logging(pcfg.service.log_level)
         return IngestFrontend(pcfg, open_enclave(pcfg.service, pcfg.suite, party_claims(pcfg)))
     if command == "dealer":

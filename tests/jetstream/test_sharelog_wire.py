@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from cloud_tecc.cli import main
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import CloudConfigError
 from cloud_tecc.jetstream.sharelog import (
@@ -106,3 +107,11 @@ def test_config_accepts_the_planned_keys(tmp_path: Path) -> None:
     )
     assert cfg.jetstream is not None
     assert (cfg.jetstream.replicas, cfg.shards, cfg.shard) == (3, 4, 3)
+
+
+def test_ingest_without_jetstream_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", "--config", str(_party(tmp_path, ""))]) == 2
+    assert "$.jetstream is missing" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before any key was created
