@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import nats
-from nats.aio.client import Client
 import pytest
+from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.js.api import StreamConfig
 
