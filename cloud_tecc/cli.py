@@ -1,4 +1,7 @@
-"""Command line: ``tecc-cluster {party,dealer,output,measure,keygen,check-config}``.
+"""Command line: ``tecc-cluster {party,ingest,dealer,output,measure,keygen,check-config}``.
+
+``ingest --config party.yaml`` runs an ingest frontend of that party (its
+config needs ``jetstream:``); ``party`` with ``jetstream:`` runs a shard worker.
 
 ``check-config FILE`` validates a party, dealer or output config (told apart
 by ``role``; the policy file it names is checked too), an analytics policy
@@ -30,7 +33,7 @@ from cloud_tecc.config import (
 )
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
-from cloud_tecc.errors import CloudError
+from cloud_tecc.errors import CloudConfigError, CloudError
 from cloud_tecc.service.base import ServiceBase, open_enclave, setup_logging
 from tecc_contract.errors import ConfigFileError
 
@@ -40,8 +43,9 @@ log = logging.getLogger("cloud_tecc.cli")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tecc-cluster", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("party", "dealer", "output"):
-        s = sub.add_parser(name, help=f"run the {name} service")
+    for name in ("party", "ingest", "dealer", "output"):
+        what = "an ingest frontend of a party" if name == "ingest" else f"the {name} service"
+        s = sub.add_parser(name, help=f"run {what}")
         s.add_argument("--config", type=Path, required=True, help="YAML config file")
     c = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 + reason")
     c.add_argument("file", type=Path)
@@ -62,19 +66,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def party_claims(pcfg: PartyConfig) -> dict[str, object]:
+    """The config claims of a party's quote (the same for its workers and frontends)."""
+    return {
+        "gateways": dict(pcfg.gateways),
+        "peers": {str(i): e.service_id for i, e in pcfg.peers.items()},
+        "dealer": pcfg.dealer.service_id,
+        "output": pcfg.output.service_id,
+    }
+
+
 def _build(command: str, config: Path) -> ServiceBase:
     if command == "party":
         from cloud_tecc.party.server import PartyService  # noqa: PLC0415 - heavy import
 
         pcfg = load_party(config)
         setup_logging(pcfg.service.log_level)
-        extra = {
-            "gateways": dict(pcfg.gateways),
-            "peers": {str(i): e.service_id for i, e in pcfg.peers.items()},
-            "dealer": pcfg.dealer.service_id,
-            "output": pcfg.output.service_id,
-        }
-        return PartyService(pcfg, open_enclave(pcfg.service, pcfg.suite, extra))
+        return PartyService(pcfg, open_enclave(pcfg.service, pcfg.suite, party_claims(pcfg)))
+    if command == "ingest":
+        from cloud_tecc.party.frontend import IngestFrontend  # noqa: PLC0415
+
+        pcfg = load_party(config)
+        if pcfg.jetstream is None:
+            raise CloudConfigError(
+                f"{config}: $.jetstream is missing: an ingest frontend publishes to the "
+                "party's log; add jetstream: (servers, or embedded: true)"
+            )
+        setup_logging(pcfg.service.log_level)
+        return IngestFrontend(pcfg, open_enclave(pcfg.service, pcfg.suite, party_claims(pcfg)))
     if command == "dealer":
         from cloud_tecc.dealer.server import DealerProcess  # noqa: PLC0415
 
@@ -117,6 +136,8 @@ def _check(path: Path, kind: str | None) -> int:
     detail = ""
     if isinstance(cfg, PartyConfig):
         detail = f" party {cfg.party}, {len(cfg.gateways)} gateways,"
+        if cfg.jetstream is not None:
+            detail += f" JetStream shard {cfg.shard} of {cfg.shards},"
     elif isinstance(cfg, DealerConfig):
         detail = f" batches of {cfg.batch_readings} readings,"
     print(

@@ -158,6 +158,41 @@ class ServiceFile(FileSchema, frozen=True, kw_only=True, tag_field="role"):
     release_manifest: Name | None = None
 
 
+class JetStreamConfig(FileSchema, frozen=True, kw_only=True):
+    """``jetstream:`` the party's durable share log (docs/CLOUD.md, "JetStream layout").
+
+    ``servers``: the party's NATS URLs (the credential comes from
+    ``<state_dir>/nats/nats.password`` unless a URL carries one); or ``embedded:
+    true``: the party process starts one node under its state dir (on the port of
+    ``servers[0]`` if given). ``max_bytes``: the share stream's limit (full → the
+    frontends answer 503); ``max_age_s`` ≥ the party's ``retention_s``.
+    """
+
+    servers: tuple[Annotated[str, Meta(pattern=r"^(nats|tls)://\S+$")], ...] = ()
+    embedded: bool = False
+    replicas: Literal[1, 3] = 1
+    max_bytes: Annotated[int, Meta(ge=1 << 20)] = 1 << 30
+    max_age_s: Positive = 86_400.0
+    duplicate_window_s: Positive = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.servers and not self.embedded:
+            raise ValueError(
+                "servers is empty: list the party's NATS URLs (nats://host:port), "
+                "or write embedded: true to start one node with the party"
+            )
+        if self.embedded and self.replicas != 1:
+            raise ValueError(
+                "replicas: 3 needs a 3-node cluster: an embedded node holds one replica; "
+                "write replicas: 1, or embedded: false with the cluster's servers"
+            )
+        if self.duplicate_window_s > self.max_age_s:
+            raise ValueError(
+                f"duplicate_window_s ({self.duplicate_window_s:g}) exceeds max_age_s "
+                f"({self.max_age_s:g}): write a window no longer than the stream's age limit"
+            )
+
+
 class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     """``role: party`` — a cluster party: ingest, MPC peer and result sender.
 
@@ -192,6 +227,8 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     # loopback only unless insecure_plain_http: true.
     tls: bool | TlsDoc = True
     insecure_plain_http: bool = False
+    # The durable share log (absent: this process ingests into its own SQLite store)
+    jetstream: JetStreamConfig | None = None
     # K shard workers per party: this worker's shard; its peers and dealer are shard k's
     # (docs/CLOUD.md, "Shards")
     shards: Shards = 1
@@ -199,6 +236,17 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
 
     def __post_init__(self) -> None:
         check_shard(self.shard, self.shards)
+        if self.jetstream is not None and self.hpke_rotation_s > 0:
+            raise ValueError(
+                "hpke_rotation_s > 0 with jetstream: every ingest frontend would rotate its "
+                "own key; write hpke_rotation_s: 0 (rotate by re-provisioning the party)"
+            )
+        if self.jetstream is not None and self.jetstream.max_age_s < self.retention_s:
+            raise ValueError(
+                f"jetstream.max_age_s ({self.jetstream.max_age_s:g}) is below retention_s "
+                f"({self.retention_s:g}): the log would drop shares the party still keeps; "
+                "raise jetstream.max_age_s to at least retention_s"
+            )
         if self.party >= self.n_parties:
             raise ValueError(
                 f"party {self.party} is not below n_parties {self.n_parties}: write a party "
@@ -395,6 +443,8 @@ class PartyConfig:
     #: HTTPS on the listener; ``tls_files``: the operator's (cert, key), else the enclave's key.
     tls: bool = True
     tls_files: tuple[Path, Path] | None = None
+    #: The durable share log (None: the all-in-one party with its own /v1/batches).
+    jetstream: JetStreamConfig | None = None
     shards: int = 1
     shard: int = 0
 
@@ -548,6 +598,7 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
             if isinstance(f.tls, TlsDoc)
             else None
         ),
+        jetstream=f.jetstream,
         shards=f.shards,
         shard=f.shard,
     )

@@ -153,6 +153,10 @@ class Deployment:
     hosts: dict[str, str] = field(default_factory=dict)
     launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shards: int = 1  # shard workers per party (and dealers)
+    #: Per-party extra keys on top of ``party_extra`` (e.g. one party's ``jetstream``).
+    party_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Ingest frontends: ``<party>-ingest<j>`` → its party (configs by :meth:`add_frontend`).
+    frontends: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
@@ -312,6 +316,7 @@ class Deployment:
                     "tick_s": 0.1,
                     **({"shards": k_all, "shard": k} if k_all > 1 else {}),
                     **self.party_extra,
+                    **self.party_overrides.get(name, {}),
                 }
                 (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
             dname = self.dealer_of(k)
@@ -330,6 +335,8 @@ class Deployment:
                 **({"shards": k_all, "shard": k} if k_all > 1 else {}),
             }
             (self.root / f"{dname}.yaml").write_text(yaml.safe_dump(dealer))
+        for fe, party in self.frontends.items():
+            self._write_frontend(fe, party)
         parties = {i: self._ep(p) for i, p in enumerate(self.parties)}
         output = {
             **common,
@@ -345,9 +352,25 @@ class Deployment:
         }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
 
+    def add_frontend(self, party: str) -> str:
+        """Configure one more ingest frontend of ``party`` (its config, own port); its name."""
+        name = f"{party}-ingest{sum(p == party for p in self.frontends.values())}"
+        self.frontends[name] = party
+        self.ports.setdefault(name, free_port())
+        self._write_frontend(name, party)
+        return name
+
+    def _write_frontend(self, name: str, party: str) -> None:
+        cfg = yaml.safe_load((self.root / f"{party}.yaml").read_text())
+        cfg["listen"] = {"host": self.host(name), "port": self.ports[name]}
+        (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+
     def start(self, name: str) -> None:
         """Start one service process (appending to its log)."""
-        role = "party" if name.startswith("party") else self.domain(name)
+        if name in self.frontends:
+            role = "ingest"
+        else:
+            role = "party" if name.startswith("party") else self.domain(name)
         if role == "party" and name != self.domain(name):
             self._provision_keys(name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

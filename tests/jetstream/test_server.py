@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.js.api import StreamConfig
 
@@ -28,13 +29,17 @@ def test_node_requires_the_party_credential(tmp_path: Path) -> None:
             assert ack.seq == 1
             await nc.close()
             bare = f"nats://{node.spec.host}:{node.spec.port}"
-            with pytest.raises((NoServersError, nats.errors.Error, OSError)):
-                await nats.connect(
-                    servers=[bare],
-                    connect_timeout=2,
-                    max_reconnect_attempts=0,
-                    allow_reconnect=False,
-                )
+            refused = Client()
+            try:
+                with pytest.raises((NoServersError, nats.errors.Error, OSError)):
+                    await refused.connect(
+                        servers=[bare],
+                        connect_timeout=2,
+                        max_reconnect_attempts=0,
+                        allow_reconnect=False,
+                    )
+            finally:  # the refused attempt's socket, else a ResourceWarning in a later test
+                await refused.close()
 
         asyncio.run(go())
     mode = stat.S_IMODE((tmp_path / "nats" / "nats.password").stat().st_mode)

@@ -1,0 +1,168 @@
+"""A stateless ingest frontend of one party: verify, open, split by shard, publish to the log.
+
+``tecc-cluster ingest --config party.yaml`` (the party's own config, with
+``jetstream:``) runs one; a party runs any number. Each serves the gateways'
+uplink exactly like the all-in-one party (HTTPS with the party's enclave TLS
+key, the same quote, ``/attestation``, ``/healthz``, ``/metrics``, the
+enrolment endpoints):
+
+* ``POST /v1/batches``: :meth:`Ingestor.prepare` in a thread pool, the opened
+  batch split into one part per shard (:func:`~cloud_tecc.party.shardmap.split_row`),
+  every part published to ``TECC_SHARES``; the signed ack (same JSON as the
+  party's) only after every part's PubAck. All parts already in the stream →
+  ``"duplicate"`` with an ack; a part stored under the same (gateway, seq)
+  with another frame's digest → 409 ``replay``.
+* ``POST /v1/progress``: checked like the party's, then published to
+  ``TECC_PROGRESS`` (the shard workers read it); 200 ``noted`` after the PubAck.
+
+When JetStream refuses (stream full, no quorum, unreachable, timeout) the
+answer is 503 with ``Retry-After`` and ``{"status": "rejected", "reason":
+"overloaded"}``, counted in ``tecc_ingest_rejected_total{reason="overloaded"}``
+(``tecc_progress_rejected_total`` for notices); the gateway keeps the frame.
+
+The frontend keeps no state of its own: it reads the party's sealed keys and
+enrolment.db from the party's state dir (stage 1: the same host as the
+worker that created them; the worker starts first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cloud_tecc.config import PartyConfig
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.jetstream.sharelog import (
+    MAX_PART_BYTES,
+    MalformedPartError,
+    Overloaded,
+    Published,
+    ShareLog,
+    decode_part,
+    encode_part,
+)
+from cloud_tecc.party.shardmap import ShardMap, split_row
+from cloud_tecc.party.store import BatchRow, InsertResult
+from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService
+
+log = logging.getLogger("cloud_tecc.party.frontend")
+
+
+class IngestFrontend(UplinkService):
+    """One ingest frontend of a party in the JetStream layout."""
+
+    def __init__(self, cfg: PartyConfig, enclave: Enclave) -> None:
+        super().__init__(cfg, enclave)
+        if cfg.jetstream is None:
+            raise CloudConfigError(
+                "jetstream: is missing: an ingest frontend publishes to the party's log; "
+                "add a jetstream: section (servers, or embedded: true) to the party config"
+            )
+        self.js_cfg = cfg.jetstream
+        self.shard_map = ShardMap.for_policy(cfg.shards, cfg.service.policy)
+        self.log: ShareLog | None = None
+        self.rejected.labels("overloaded")
+        self.notices_rejected.labels("overloaded")
+        self.app.router.add_post("/v1/batches", self._ingest)
+        self.app.router.add_post("/v1/progress", self._progress)
+
+    async def on_start(self) -> None:
+        """Connect to the log in the background (503 until connected)."""
+        self.spawn(self._connect(), "share-log")
+
+    async def _connect(self) -> None:
+        name = f"ingest-{self.cfg.service_id}"
+        self.log = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
+        log.info("publishing to the share log (%d shards)", self.shard_map.k)
+
+    async def on_stop(self) -> None:
+        """Close the log connection, then the shared resources."""
+        if self.log is not None:
+            await self.log.close()
+        await super().on_stop()
+
+    def health(self) -> dict[str, Any]:
+        """Health with the log connection."""
+        doc = super().health()
+        doc["party"] = self.pcfg.party
+        doc["frontend"] = True
+        doc["shards"] = self.shard_map.k
+        doc["log_connected"] = self.log is not None and self.log.nc.is_connected
+        return doc
+
+    def _sharelog(self) -> ShareLog:
+        if self.log is None:
+            raise Overloaded("not connected to the share log yet")
+        return self.log
+
+    def _overloaded(self, exc: Overloaded, counter: str) -> web.Response:
+        if counter == "batches":
+            self.rejected.labels("overloaded").inc()
+        else:
+            self.notices_rejected.labels("overloaded").inc()
+        log.warning("%s refused (overloaded): %s", counter, exc)
+        return web.json_response(
+            {"status": "rejected", "reason": "overloaded"},
+            status=503,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        frame = await request.read()
+        try:
+            row = await self._prepare(frame)
+            outcome = await self._publish(row)
+        except IngestError as exc:
+            return self.refuse_batch(exc)
+        except Overloaded as exc:
+            return self._overloaded(exc, "batches")
+        if outcome == InsertResult.ACCEPTED:
+            self.readings.inc(row.count)
+        return self.ack_response(row, outcome, stored=outcome == InsertResult.ACCEPTED)
+
+    async def _publish(self, row: BatchRow) -> str:
+        """Every shard part in the log; ``accepted``, or ``duplicate`` if all were there."""
+        parts = {k: encode_part(p, k) for k, p in split_row(row, self.shard_map).items()}
+        big = max(len(d) for d in parts.values())
+        if big > MAX_PART_BYTES:
+            raise IngestError(
+                "layout",
+                f"batch {row.seq} of {row.gateway!r}: a shard part of {big} bytes exceeds the "
+                f"log's message limit ({MAX_PART_BYTES}); lower the gateway's batch size",
+            )
+        sharelog = self._sharelog()
+        acks: list[Published] = await asyncio.gather(
+            *(sharelog.publish_encoded(row.gateway, row.seq, k, d) for k, d in parts.items())
+        )
+        for ack in acks:
+            if ack.duplicate and not await self._same_frame(sharelog, ack.seq, row):
+                raise IngestError(
+                    "replay",
+                    f"batch {row.seq} of {row.gateway!r} was already stored with different content",
+                )
+        return InsertResult.DUPLICATE if all(a.duplicate for a in acks) else InsertResult.ACCEPTED
+
+    @staticmethod
+    async def _same_frame(sharelog: ShareLog, seq: int, row: BatchRow) -> bool:
+        try:
+            _, stored = decode_part(await sharelog.stored_part(seq))
+        except MalformedPartError:
+            return False
+        return stored.digest == row.digest
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        body = await request.content.read(MAX_NOTICE)
+        notice = self.check_notice(body, time.time_ns())
+        if isinstance(notice, web.Response):
+            return notice
+        try:
+            await self._sharelog().publish_progress(notice.gateway_id, body)
+        except Overloaded as exc:
+            return self._overloaded(exc, "progress")
+        self.notices.inc()
+        return web.json_response({"status": "noted"})

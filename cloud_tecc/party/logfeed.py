@@ -1,0 +1,335 @@
+"""A shard worker's input from the party's log: share parts into its store, progress notices.
+
+With ``jetstream:`` set, the party process is shard worker ``shard`` and takes
+no uploads itself. :class:`LogFeed`:
+
+* pulls its shard's parts through the durable consumer ``tecc-shard-<k>``
+  (filter ``tecc.shares.<k>.>``), inserts them through the
+  :class:`~cloud_tecc.party.writer.GroupWriter` (group commit) and acks each
+  message only after its SQLite transaction committed; a redelivery after a
+  crash finds the (gateway, seq) in the store and stores nothing twice;
+* reads ``TECC_PROGRESS`` (an ordered consumer starting at the newest notice
+  per gateway), re-verifies each notice and feeds the
+  :class:`~cloud_tecc.party.epochs.ProgressTracker` — but only once every share
+  part published before the notice reached it is in the store: a notice
+  received at (monotonic) time *w* waits until, at a moment after *w*, the
+  shard had nothing pending and everything delivered was committed: a fetch
+  came back empty or left nothing pending, or the consumer's info (asked when
+  a notice arrives) shows no pending and no unacked message. A gateway sends
+  its notice only after the acks of the batches it covers, so their parts are
+  in the log before the notice; without the gate a lagging consumer would let
+  an epoch close before its data was stored.
+
+Malformed log messages are counted (``tecc_log_malformed_total``), logged
+and terminated (never redelivered); the worker carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from cloud_tecc.config import JetStreamConfig
+from cloud_tecc.jetstream.server import NatsDeployment, start_node
+from cloud_tecc.jetstream.sharelog import (
+    PROGRESS,
+    SHARES,
+    MalformedPartError,
+    ShareLog,
+    decode_part,
+)
+from cloud_tecc.party.epochs import ProgressTracker
+from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
+from cloud_tecc.party.writer import GroupWriter
+from tecc_contract.errors import FrameError, SignatureError
+from tecc_contract.progress import open_progress
+
+log = logging.getLogger("cloud_tecc.party.logfeed")
+FETCH: Final = 256
+ACK_WAIT_S: Final = 30.0
+#: Notices kept per gateway while its shares are still being read.
+MAX_WAITING: Final = 64
+_RETRY_S: Final = 0.5
+_NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+def durable_name(shard: int) -> str:
+    """The durable consumer of shard ``shard``."""
+    return f"tecc-shard-{shard}"
+
+
+def embedded_port_file(state_dir: Path) -> Path:
+    """Where the embedded node's client port is kept (frontends on this host read it)."""
+    return state_dir / "nats" / "embedded.port"
+
+
+def _stop_stale(node_dir: Path) -> None:
+    """SIGKILL the embedded node a killed party process left behind (its pid file names it)."""
+    pid_file = node_dir / "embedded.pid"
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(node_dir).encode() not in cmdline:  # not ours (the pid was reused)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.05)
+
+
+def start_embedded(cfg: JetStreamConfig, state_dir: Path) -> NatsDeployment:
+    """Start the party's one embedded node under ``<state_dir>/nats`` (same port every run)."""
+    node_dir = state_dir / "nats"
+    port_file = embedded_port_file(state_dir)
+    port: int | None = None
+    if cfg.servers:
+        port = nats_port(cfg.servers[0])
+    elif port_file.exists():
+        port = int(port_file.read_text())
+    _stop_stale(node_dir)
+    dep = start_node(node_dir, port=port)
+    node = dep.nodes[0]
+    port_file.write_text(str(node.spec.port))
+    if node.process is not None:
+        (node_dir / "embedded.pid").write_text(str(node.process.pid))
+    log.info("embedded JetStream node on %s:%d", node.spec.host, node.spec.port)
+    return dep
+
+
+def nats_port(url: str) -> int:
+    """The port of a ``nats://`` URL (4222 when it names none)."""
+    tail = url.rsplit("@", 1)[-1].split("//", 1)[-1]
+    _, _, port = tail.partition(":")
+    return int(port.split("/")[0]) if port else 4222
+
+
+class LogFeed:
+    """Feeds one shard worker from the party's JetStream."""
+
+    def __init__(
+        self,
+        *,
+        cfg: JetStreamConfig,
+        state_dir: Path,
+        shard: int,
+        service_id: str,
+        store: ShareStore,
+        writer: GroupWriter,
+        tracker: ProgressTracker,
+        keys: Mapping[str, Ed25519PublicKey],
+        stored: Callable[[BatchRow, str], None],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.cfg, self.state_dir, self.shard = cfg, state_dir, shard
+        self.service_id = service_id
+        self.store, self.writer, self.tracker = store, writer, tracker
+        self.keys, self.stored = keys, stored
+        self.log: ShareLog | None = None
+        #: monotonic time at which the share consumer last had nothing pending
+        self.caught_up = 0.0
+        #: per gateway, notices waiting for their shares: (through, heard, seen at)
+        self._notices: dict[str, list[tuple[int, int, float]]] = {}
+        self.malformed = Counter(
+            "tecc_log_malformed",
+            "Log messages that are not a valid share part or notice (skipped)",
+            ["stream"],
+            registry=registry,
+        )
+        self.replays = Counter(
+            "tecc_log_replays",
+            "Share parts whose (gateway, seq) was stored with different content (skipped)",
+            registry=registry,
+        )
+        self.parts = Counter(
+            "tecc_log_parts", "Share parts consumed, by outcome", ["outcome"], registry=registry
+        )
+        self.lag = Gauge(
+            "tecc_log_pending", "Share parts of this shard not yet consumed", registry=registry
+        )
+        for stream in ("shares", "progress"):
+            self.malformed.labels(stream)
+
+    async def run(self) -> None:
+        """Connect (retrying), ensure the streams, then consume for ever."""
+        name = f"worker-{self.service_id}-{self.shard}"
+        self.log = await ShareLog.open(self.cfg, self.state_dir, name, _RETRY_S)
+        await asyncio.gather(self._consume_shares(self.log), self._consume_progress(self.log))
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self.log is not None:
+            await self.log.close()
+
+    async def _subscription(self, sharelog: ShareLog) -> nats.js.JetStreamContext.PullSubscription:
+        js, name = sharelog.js, durable_name(self.shard)
+        if self.store.batch_count() == 0 and self.store.watermark() == 0:
+            # a new store (a fresh host): read the shard from the start of the log
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                info = await js.consumer_info(SHARES, name)
+                if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) > 0:
+                    log.warning("empty share store: replaying shard %d from the log", self.shard)
+                    await js.delete_consumer(SHARES, name)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=4 * FETCH,
+            max_deliver=-1,
+        )
+        return await js.pull_subscribe(
+            f"tecc.shares.{self.shard}.>", durable=name, stream=SHARES, config=config
+        )
+
+    async def _consume_shares(self, sharelog: ShareLog) -> None:
+        sub = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self._subscription(sharelog)
+                issued = time.monotonic()
+                try:
+                    msgs = await sub.fetch(FETCH, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    self.caught_up = issued  # nothing pending when the request was served
+                    self.lag.set(0)
+                    self._apply_notices()
+                    continue
+                if not msgs:
+                    continue
+                await self._store(msgs)
+                pending = msgs[-1].metadata.num_pending
+                self.lag.set(pending)
+                if pending == 0:
+                    self.caught_up = issued
+                self._apply_notices()
+            except _NATS_ERRORS as exc:
+                log.warning("share consumer: %s %s; retrying", type(exc).__name__, exc)
+                await asyncio.sleep(_RETRY_S)
+            except Exception as exc:  # a defect must not stop the shard: log, resubscribe
+                log.error("share consumer failed (%s); resubscribing", type(exc).__name__)
+                sub = None
+                await asyncio.sleep(_RETRY_S)
+
+    async def _store(self, msgs: list[Msg]) -> None:
+        """Insert the valid parts in one group commit; ack each after the commit."""
+        rows: list[tuple[Msg, BatchRow]] = []
+        for msg in msgs:
+            try:
+                shard, row = decode_part(msg.data)
+                if shard != self.shard:
+                    raise MalformedPartError(f"a part of shard {shard} on shard {self.shard}")
+            except MalformedPartError as exc:
+                self.malformed.labels("shares").inc()
+                log.warning("log message %s skipped: %s", msg.subject, exc)
+                await msg.term()
+                continue
+            rows.append((msg, row))
+        results = await asyncio.gather(
+            *(self.writer.submit(row) for _, row in rows), return_exceptions=True
+        )
+        for (msg, row), outcome in zip(rows, results, strict=True):
+            if isinstance(outcome, BaseException):  # not stored: redelivered later
+                log.warning("share part not stored (%s); redelivery", type(outcome).__name__)
+                await msg.nak(delay=1.0)
+                continue
+            self.parts.labels(outcome).inc()
+            if outcome == InsertResult.REPLAY:
+                self.replays.inc()
+                log.warning(
+                    "batch %d of %r: stored with other content; this part skipped (replay)",
+                    row.seq,
+                    row.gateway,
+                )
+            else:
+                self.stored(row, outcome)
+            await msg.ack()
+
+    async def _consume_progress(self, sharelog: ShareLog) -> None:
+        while True:
+            try:
+                sub = await sharelog.js.subscribe(
+                    "tecc.progress.>",
+                    stream=PROGRESS,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                )
+                async for msg in sub.messages:
+                    self._notice(msg)
+                    if self._notices:
+                        await self._check_caught_up(sharelog)
+            except _NATS_ERRORS as exc:
+                log.warning("progress consumer: %s %s; retrying", type(exc).__name__, exc)
+                await asyncio.sleep(_RETRY_S)
+            except Exception as exc:  # a defect must not stop the shard: log, resubscribe
+                log.error("progress consumer failed (%s); resubscribing", type(exc).__name__)
+                await asyncio.sleep(_RETRY_S)
+
+    async def _check_caught_up(self, sharelog: ShareLog) -> None:
+        """Ask the consumer now: nothing pending and nothing unacked → caught up (no wait
+        for the share consumer's next idle fetch)."""
+        asked = time.monotonic()
+        try:
+            info = await sharelog.js.consumer_info(SHARES, durable_name(self.shard))
+        except _NATS_ERRORS:
+            return  # the share consumer's own fetches still move the gate
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            self.caught_up = max(self.caught_up, asked)
+            self._apply_notices()
+
+    def _notice(self, msg: Msg) -> None:
+        try:
+            notice = open_progress(msg.data, self.keys)
+        except (SignatureError, FrameError) as exc:
+            self.malformed.labels("progress").inc()
+            log.warning("progress log message skipped: %s", exc)
+            return
+        if notice.cluster_id != self.service_id:
+            self.malformed.labels("progress").inc()
+            log.warning("progress log message for cluster %r skipped", notice.cluster_id)
+            return
+        heard = int(msg.metadata.timestamp.timestamp() * 1e9)
+        waiting = self._notices.setdefault(notice.gateway_id, [])
+        waiting.append((notice.through_ns, heard, time.monotonic()))
+        del waiting[:-MAX_WAITING]  # older ones are covered by the newer notices
+        self._apply_notices()
+
+    def _apply_notices(self) -> None:
+        """Feed the tracker the notices whose share parts are all in the store."""
+        for gw, waiting in list(self._notices.items()):
+            ready = [n for n in waiting if n[2] <= self.caught_up]
+            if ready:
+                through, heard = max(n[0] for n in ready), max(n[1] for n in ready)
+                self.tracker.add(gw, heard)
+                self.tracker.note(gw, through, heard)
+                waiting[:] = [n for n in waiting if n[2] > self.caught_up]
+            if not waiting:
+                del self._notices[gw]
+
+    def health(self) -> dict[str, object]:
+        """For ``/healthz``: shard, connection, notices waiting for their shares."""
+        return {
+            "shard": self.shard,
+            "connected": self.log is not None and self.log.nc.is_connected,
+            "notices_waiting": sum(len(w) for w in self._notices.values()),
+            "caught_up_s_ago": round(time.monotonic() - self.caught_up, 3)
+            if self.caught_up
+            else None,
+        }

@@ -1,0 +1,210 @@
+"""What every service on a party's gateway uplink shares: TLS, keys, ingest, progress checks.
+
+:class:`UplinkService` is the base of the all-in-one party
+(:class:`~cloud_tecc.party.server.PartyService`) and of the stateless ingest
+frontend (:class:`~cloud_tecc.party.frontend.IngestFrontend`): HTTPS with the
+enclave's TLS key (its SPKI digest in every quote), the live allow-list of
+gateways (config keys plus enrolment.db), the :class:`Ingestor` of the
+current HPKE key, the gateway enrolment endpoints, the ingest and progress
+counters, and the checks of a progress notice and the answers to the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Final
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import Counter
+
+from cloud_tecc.config import PartyConfig
+from cloud_tecc.enclave.identity import Enclave
+from cloud_tecc.enclave.tls import listener_tls
+from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.party.enrolment import Enrolment
+from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
+from cloud_tecc.party.registry import LiveKeys, Registry
+from cloud_tecc.party.store import BatchRow
+from cloud_tecc.service.base import ServiceBase
+from tecc_contract.ack import Outcome
+from tecc_contract.errors import ContractError, FrameError, SignatureError
+from tecc_contract.keys import ed25519_public_from_bytes
+from tecc_contract.progress import Progress, check_fresh, open_progress
+
+log = logging.getLogger("cloud_tecc.party")
+STATUS: Final = {
+    "malformed": 400,
+    "version": 400,
+    "layout": 400,
+    "signature": 403,
+    "decrypt": 403,
+    "replay": 409,
+    "expired": 409,
+    "pending": 403,
+    "suspended": 403,
+    "revoked": 403,
+}
+#: A progress notice is < 600 bytes.
+MAX_NOTICE: Final = 4096
+
+
+def _key_bytes(text: str) -> bytes:
+    if len(text) == 64:
+        return bytes.fromhex(text)
+    return base64.b64decode(text, validate=True)
+
+
+def gateway_keys(cfg: PartyConfig) -> dict[str, Ed25519PublicKey]:
+    """The enrolled gateways' Ed25519 keys (hex or base64 in the config)."""
+    keys = {}
+    for gw, raw in cfg.gateways.items():
+        try:
+            keys[gw] = ed25519_public_from_bytes(_key_bytes(raw.strip()))
+        except (ValueError, binascii.Error, ContractError) as exc:
+            raise CloudConfigError(
+                f"gateway {gw!r}: enrolled key must be a raw 32-byte Ed25519 key in hex or base64"
+            ) from exc
+    return keys
+
+
+class UplinkService(ServiceBase):
+    """A party service that takes the gateways' envelopes and progress notices."""
+
+    def __init__(self, cfg: PartyConfig, enclave: Enclave) -> None:
+        super().__init__(cfg.service, enclave)
+        self.pcfg = cfg
+        if cfg.tls:  # HTTPS with the enclave's key; quotes carry its SPKI digest
+            self.ssl_context, spki = listener_tls(
+                enclave.keys.tls_der, cfg.service.service_id, [cfg.service.host], cfg.tls_files
+            )
+            self.enclave = replace(enclave, tls_spki=spki)
+            log.info("ingest listener serves TLS, attested SPKI SHA-256 %s", spki)
+        if enclave.keys.suite is not cfg.suite:
+            raise CloudConfigError(
+                f"sealed keys use {enclave.keys.suite}, config asks {cfg.suite}; re-provision"
+            )
+        #: The live allow-list: config keys plus the gateways enrolled here (enrolment.db).
+        self.gateways = Registry(cfg.service.state_dir)
+        self._gateway_keys = LiveKeys(gateway_keys(cfg), self.gateways)
+        self.ingestor = self._make_ingestor(time.time_ns())
+        #: Verification and decryption run here, off the event loop.
+        self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
+        reg = self.registry
+        self.batches = Counter(
+            "tecc_ingest_batches", "Envelopes by outcome", ["outcome"], registry=reg
+        )
+        self.readings = Counter("tecc_ingest_readings", "Readings accepted", registry=reg)
+        self.rejected = Counter(
+            "tecc_ingest_rejected", "Envelopes refused, by reason", ["reason"], registry=reg
+        )
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.notices = Counter(
+            "tecc_progress_notices", "Gateway progress notices accepted", registry=reg
+        )
+        self.notices_rejected = Counter(
+            "tecc_progress_rejected",
+            "Progress notices refused, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        for reason in ("malformed", "signature", "misaddressed", "stale", *REASONS[-3:]):
+            self.notices_rejected.labels(reason)
+        self.enrolment = Enrolment(
+            cfg.enrolment,
+            cfg.service.state_dir,
+            self.gateways,
+            self.registry,
+            static=gateway_keys(cfg),
+        )
+        self.enrolment.routes(self.app, time.time_ns)
+
+    def _make_ingestor(self, now_ns: int) -> Ingestor:
+        """An ingestor for the current HPKE key (and the previous one during its overlap)."""
+        keys, cfg = self.enclave.keys, self.pcfg
+        overlap = keys.rotated_ns and now_ns < keys.rotated_ns + int(cfg.hpke_overlap_s * 1e9)
+        return Ingestor(
+            party=cfg.party,
+            n_parties=cfg.n_parties,
+            suite=cfg.suite,
+            private_key=keys.hpke,
+            gateway_keys=self._gateway_keys,
+            retention_s=cfg.retention_s,
+            previous_key=keys.previous_hpke if overlap else None,
+            service_id=cfg.service.service_id,
+            sign_key=keys.sign,
+            admit=self._gateway_keys.admit,
+        )
+
+    async def _prepare(self, frame: bytes) -> BatchRow:
+        """:meth:`Ingestor.prepare` in the ingest pool (signature check, HPKE open, parse)."""
+        loop = asyncio.get_running_loop()
+        prepare = functools.partial(self.ingestor.prepare, frame, received_ns=time.time_ns())
+        return await loop.run_in_executor(self._ingest_pool, prepare)
+
+    def refuse_batch(self, exc: IngestError) -> web.Response:
+        """Count and answer a refused envelope."""
+        self.rejected.labels(exc.reason).inc()
+        log.warning("envelope refused (%s): %s", exc.reason, exc)
+        return web.json_response(
+            {"status": "rejected", "reason": exc.reason, "error": public_error(exc)},
+            status=STATUS.get(exc.reason, 400),
+        )
+
+    def ack_response(self, row: BatchRow, outcome: str, stored: bool) -> web.Response:
+        """The 200 answer carrying the signed acknowledgement of ``row``'s exact frame."""
+        self.batches.labels(outcome).inc()
+        signed = self.ingestor.acknowledge(row, Outcome.STORED if stored else Outcome.DUPLICATE)
+        return web.json_response(
+            {
+                "status": outcome,
+                "gateway": row.gateway,
+                "seq": row.seq,
+                "ack": base64.b64encode(signed).decode(),
+            }
+        )
+
+    def check_notice(self, body: bytes, now_ns: int) -> Progress | web.Response:
+        """The verified, admitted, fresh notice of ``body``, or the refusal to answer."""
+        try:
+            notice = open_progress(body, self._gateway_keys)
+        except SignatureError as exc:
+            log.warning("progress notice refused (signature): %s", exc)
+            return self._refuse_notice("signature", 403, SIGNATURE_REFUSED)
+        except FrameError as exc:
+            return self._refuse_notice("malformed", 400, str(exc))
+        try:
+            self._gateway_keys.admit(notice.gateway_id)
+        except IngestError as exc:
+            return self._refuse_notice(exc.reason, 403, str(exc))
+        if notice.cluster_id != self.cfg.service_id:
+            return self._refuse_notice(
+                "misaddressed",
+                403,
+                f"notice for cluster {notice.cluster_id!r}, this is {self.cfg.service_id!r}",
+            )
+        try:
+            check_fresh(notice, now_ns)
+        except FrameError as exc:
+            return self._refuse_notice("stale", 409, str(exc))
+        return notice
+
+    def _refuse_notice(self, reason: str, status: int, error: str) -> web.Response:
+        self.notices_rejected.labels(reason).inc()
+        log.warning("progress notice refused (%s): %s", reason, error)
+        return web.json_response(
+            {"status": "rejected", "reason": reason, "error": error}, status=status
+        )
+
+    async def on_stop(self) -> None:
+        """Finish the ingest pool, close enrolment.db."""
+        self._ingest_pool.shutdown(wait=True)
+        self.gateways.close()

@@ -1,0 +1,131 @@
+"""Helpers of the JetStream process tests: one party's worker, frontends and log on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_tecc.localstack import LOOPBACK_TLS, Deployment, http_json
+from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
+from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
+from tecc_contract.header import Column
+from tecc_contract.keys import KemSuite, generate_cluster_keypair_raw
+
+POLICY: dict[str, Any] = {"window_s": 10, "min_count": 1}
+T0 = 1_700_000_000_000_000_000
+GW = "gw-1"
+
+
+def deployment(root: Path, jetstream: dict[str, Any]) -> Deployment:
+    """A deployment whose party0 is a JetStream shard worker (party1 is never started)."""
+    return Deployment(
+        root,
+        POLICY,
+        {GW: Ed25519PrivateKey.generate()},
+        party_overrides={"party0": {"jetstream": jetstream}},
+    )
+
+
+def sealer(dep: Deployment, url: str) -> Sealer:
+    """A gateway sealer for party0 (attested at ``url``); party1 gets a throwaway key."""
+    platform = dep.platform("party0")
+    verifier = SimulatedPlatformVerifier(
+        platform_keys={platform.key_id: platform.attestation_key.public_key()},
+        allowed_measurements={dep.measurement()},
+        platform_services={platform.key_id: {"party0"}},
+    )
+    nonce = os.urandom(32)
+    status, body = http_json(f"{url}/attestation?nonce={nonce.hex()}")
+    assert status == 200
+    ident = verifier.verify(
+        Quote.from_json(body), nonce=nonce, now_ns=time.time_ns(), role="party",
+        service_id="party0",
+    )  # fmt: skip
+    other = generate_cluster_keypair_raw(KemSuite.X25519)[1]
+    keys = [
+        ClusterKey(0, KemSuite(ident.hpke_suite), ident.keys["hpke"]),
+        ClusterKey(1, KemSuite.X25519, other),
+    ]
+    return Sealer(
+        gateway_id=GW,
+        signing_key=dep.signing_key(GW),
+        clusters=keys,
+        columns=(Column.VALUE, Column.SQUARE),
+    )
+
+
+def frame(s: Sealer, seq: int, n: int = 10) -> bytes:
+    """Party0's frame of batch ``seq``: ``n`` readings of two sensors."""
+    ts = T0 + seq * 1_000_000_000 + np.arange(n, dtype=np.int64) * 1000
+    segs = [
+        SensorSegment("temp", ts, np.linspace(20, 30, n)),
+        SensorSegment("press", ts + 1, np.linspace(900, 1000, n)),
+    ]
+    return s.seal(seq, segs, created_ns=time.time_ns())[0]
+
+
+def post(url: str, data: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST a frame; (status, JSON body, headers)."""
+    req = urllib.request.Request(url, data=data, method="POST")
+    req.add_header("Content-Type", "application/octet-stream")
+    ctx: ssl.SSLContext = LOOPBACK_TLS
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = {"text": raw.decode(errors="replace")}
+        return exc.code, body, dict(exc.headers)
+
+
+def stored(dep: Deployment) -> dict[tuple[str, int], int]:
+    """(gateway, seq) → readings in party0's share store."""
+    path = dep.state_dir("party0") / "shares.db"
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        rows = conn.execute("SELECT gateway, seq, count FROM batches").fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    finally:
+        conn.close()
+    return {(str(g), int(s)): int(c) for g, s, c in rows}
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``pred`` until true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached within {timeout} s")
+
+
+def post_until_acked(url: str, data: bytes, timeout: float = 60.0) -> dict[str, Any]:
+    """POST until 200 (503 + Retry-After is waited out, 0.2 s at most here); the body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body, headers = post(url, data)
+        if status == 200:
+            return body
+        assert status == 503, (status, body)
+        assert int(headers["Retry-After"]) >= 1
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} kept answering 503")
+        time.sleep(0.2)
