@@ -372,7 +372,7 @@ class Deployment:
         else:
             role = "party" if name.startswith("party") else self.domain(name)
         if role == "party" and name != self.domain(name):
-            self._provision_keys(name)
+            self.provision_keys(name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path(name).open("ab")
         config = str(self.root / f"{name}.yaml")
@@ -386,7 +386,7 @@ class Deployment:
         )
         log.close()
 
-    def _provision_keys(self, name: str, timeout: float = 30.0) -> None:
+    def provision_keys(self, name: str, timeout: float = 30.0) -> None:
         """Give shard worker ``name`` its party's sealed keys (those of the shard-0 worker)."""
         mine = self.state_dir(name) / "sealed_keys.bin"
         if mine.exists():

@@ -8,7 +8,9 @@ everything cleanly on Ctrl-C / SIGTERM (or after ``--duration``), keeping
 the state for the next run. Children's logs: ``<state>/logs/``.
 ``--policy`` and ``--sim-config`` choose the clusters' analytics and the
 simulated line (MQTT-only and OPC-UA-only lines work), ``--scenario`` its
-anomalies.
+anomalies. ``--workers K`` runs each cluster in the JetStream layout: its
+own NATS JetStream node, an ingest frontend, and K shard workers (with a
+dealer per shard; docs/CLOUD.md, "JetStream layout" and "Shards").
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ async def _run(args: argparse.Namespace) -> int:
         sim_config=args.sim_config,
         policy=args.policy,
         sim_scenario=args.scenario,
+        workers=args.workers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         type=_clusters,
         default=2,
         help="number of TECC clusters (MPC parties, each its own trust domain; >= 2)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="run each cluster as JetStream + an ingest frontend + K shard workers "
+        "(default: one all-in-one process per cluster)",
     )
     parser.add_argument("--port", type=int, default=None, help="dashboard port (default 8730)")
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")

@@ -45,6 +45,7 @@ import yaml
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.localstack import Deployment, register_output_token, services
+from demo import jetstream_layout
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import (
     SimSensor,
@@ -121,6 +122,7 @@ class Pipeline:
         dashboard_port: int | None = None,
         fresh: bool = False,
         replay: ReplayFeed | None = None,
+        workers: int | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         if fresh and self.state_dir.exists():
@@ -130,6 +132,10 @@ class Pipeline:
         if clusters < 2:
             raise PipelineError(f"--clusters must be at least 2 (got {clusters})")
         self.n_clusters = clusters
+        if workers is not None and not 1 <= workers <= 64:
+            raise PipelineError(f"--workers must be 1..64 (got {workers})")
+        #: None: one all-in-one process per party; K: the JetStream layout with K shard workers
+        self.workers = workers
         self.sim_config = sim_config.resolve()
         self.policy_path = policy.resolve()
         self.sim_speed = sim_speed
@@ -222,8 +228,16 @@ class Pipeline:
         n = self.n_clusters
         names = (*services(n), *(f"party{i}_mpc" for i in range(n)), "dealer_mpc")
         ports = {name: free_port() for name in names}
-        dep = Deployment(sd / "cloud", policy_doc, {}, ports={**ports, "output": dash}, n_parties=n)
-        clusters = [(i, dep.url(p), p) for i, p in enumerate(dep.parties)]
+        dep = Deployment(
+            sd / "cloud",
+            policy_doc,
+            {},
+            ports={**ports, "output": dash},
+            n_parties=n,
+            shards=self.workers or 1,
+        )
+        nodes, ingest = jetstream_layout.configure(dep, sd / "cloud") if self.workers else ([], {})
+        clusters = [(i, dep.url(ingest.get(i, p)), p) for i, p in enumerate(dep.parties)]
         cfgs: dict[str, Path] = {}
         ranges = {s.sensor: (s.low, s.high) for ss in self.sensors.values() for s in ss}
         shared = class_scale_ranges(policy_from_mapping(policy_doc), ranges)  # a class: one scale
@@ -255,12 +269,7 @@ class Pipeline:
         dep.gateway_health = {g: f"http://127.0.0.1:{gw_http[g]}/healthz" for g in gw_http}
         dep.output_extra["units"] = {s.sensor: s.unit for ss in self.sensors.values() for s in ss}
         dep.write_configs()
-        for name in dep.services:
-            role = "party" if name.startswith("party") else name
-            argv = _python("cloud_tecc", role, "--config", str(dep.root / f"{name}.yaml"))
-            await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
-        for name in dep.services:
-            await self._http_ok(name, dep.url(name) + "/healthz", 60)
+        await self._start_cloud(dep, nodes, ingest)
         register_output_token(dep.url("output"), dep.output_token_file)
 
         # Gateways with MQTT sensors hold their broker sessions before the simulator
@@ -287,6 +296,30 @@ class Pipeline:
             output_token_file=dep.output_token_file,
             signin_link_file=dep.state_dir("output") / "signin-link",
         )
+
+    async def _start_cloud(
+        self, dep: Deployment, nodes: list[jetstream_layout.NodeChild], ingest: dict[int, str]
+    ) -> None:
+        """Each party's JetStream node, the workers, dealers and output, then the frontends."""
+        for node in nodes:  # each party's JetStream before its workers
+            await self.supervisor.start(
+                ChildSpec(node.name, node.argv, cwd=ROOT, stop_timeout_s=10)
+            )
+        for node in nodes:
+            await self._http_ok(node.name, node.monitor_url, 60)
+        for name in dep.services:
+            if name.startswith("party") and name != dep.domain(name):
+                await asyncio.to_thread(dep.provision_keys, name)  # its party's sealed keys
+            role = "party" if name.startswith("party") else dep.domain(name)
+            argv = _python("cloud_tecc", role, "--config", str(dep.root / f"{name}.yaml"))
+            await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
+        for name in dep.services:
+            await self._http_ok(name, dep.url(name) + "/healthz", 60)
+        for name in ingest.values():  # frontends read their party's sealed keys: after it
+            argv = _python("cloud_tecc", "ingest", "--config", str(dep.root / f"{name}.yaml"))
+            await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
+        for name in ingest.values():
+            await self._http_ok(name, dep.url(name) + "/healthz", 60)
 
     async def _start_sim(self, mqtt_port: int, opcua_port: int) -> None:
         """Start the feed; wait for its OPC-UA server only if some gateway will connect to it.

@@ -230,7 +230,27 @@ class NatsDeployment:
         self.stop()
 
 
+def prepare_node(
+    state_dir: Path, *, name: str, port: int, monitor_port: int, host: str = "127.0.0.1"
+) -> NatsNode:
+    """One node's config written under ``state_dir``, not started (for a supervisor to run).
+
+    ``[nats_server_binary(), "-c", str(node.config_path)]`` runs it; the
+    same ports and store on every start.
+    """
+    spec = NodeSpec(
+        name=name,
+        host=host,
+        port=port,
+        monitor_port=monitor_port,
+        store_dir=state_dir / f"{name}-store",
+        password=credential(state_dir),
+    )
+    return _prepare(spec, state_dir)
+
+
 def _prepare(spec: NodeSpec, state_dir: Path) -> NatsNode:
+    state_dir.mkdir(parents=True, exist_ok=True)
     spec.store_dir.mkdir(parents=True, exist_ok=True)
     conf = state_dir / f"{spec.name}.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the credential
