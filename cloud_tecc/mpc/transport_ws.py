@@ -5,9 +5,9 @@ party; every connection is authenticated by the Ed25519 handshake, which also
 keys an AES-256-GCM channel for every later frame. A round is one link
 message per peer whose frames carry the round id and length as authenticated
 header (:meth:`~cloud_tecc.mpc.wslink.Link.seal_round`; a payload over 1 MiB
-travels as several bounded frames, decrypted in place into one buffer); a message for another round is
-a :class:`ProtocolError`, a closed or silent peer (or a frame that fails to
-decrypt) a :class:`PeerLostError`.
+travels as several bounded frames, decrypted in place into one buffer); a
+message for another round is a :class:`ProtocolError`, a closed or silent
+peer (or a frame that fails to decrypt) a :class:`PeerLostError`.
 
 Every transport draws a random session token; after the handshake each side of
 a connection sends its token first. :meth:`WsTransport.start` returns only once,
@@ -80,7 +80,7 @@ class MeshConfig:
 
 async def _send_all(link: wslink.Link, frames: list[memoryview]) -> None:
     for frame in frames:
-        await link.ws.send_bytes(frame)
+        await link.ws.send_bytes(cast("bytes", frame))  # aiohttp takes any buffer
 
 
 class WsTransport:

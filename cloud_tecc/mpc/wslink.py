@@ -176,7 +176,7 @@ class Link:
             flag = _LAST if at + CHUNK >= size else _MORE
             head = flag + _ROUND_HEAD.pack(round_id, size)
             frame = np.empty(ROUND_HEAD + len(chunk) + handshake.TAG, dtype=np.uint8)
-            out = memoryview(frame).cast("B")
+            out = frame.data
             out[:ROUND_HEAD] = head
             self._channel.seal_into(chunk, head, out[ROUND_HEAD:])
             frames.append(out)
@@ -192,7 +192,7 @@ class Link:
             raise AuthenticationError(f"a round frame from {self.peer!r} has no valid header")
         head, flag = frame[:ROUND_HEAD], frame[:1]
         if self._round is None:
-            round_id, size = _ROUND_HEAD.unpack_from(head, 1)
+            size = _ROUND_HEAD.unpack_from(head, 1)[1]
             if size > self.max_message:
                 raise ProtocolError(
                     f"{self.peer!r} announced a message of {size} bytes, over "
@@ -202,8 +202,10 @@ class Link:
         want, buf, pos = self._round
         n = len(frame) - ROUND_HEAD - handshake.TAG
         if head[1:] != want or pos + n > buf.shape[0] or (flag == _MORE and n == 0):
-            raise ProtocolError(f"{self.peer!r} sent a round frame that does not continue its message")
-        out = memoryview(buf).cast("B")
+            raise ProtocolError(
+                f"{self.peer!r} sent a round frame that does not continue its message"
+            )
+        out = buf.data
         self._channel.open_into(memoryview(frame)[ROUND_HEAD:], head, out[pos : pos + n])
         pos += n
         if flag == _MORE:
