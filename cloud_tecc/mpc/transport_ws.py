@@ -248,9 +248,13 @@ class WsTransport:
             raise PeerLostError(f"sending round {round_id} failed: {exc}") from exc
         got: dict[int, Payload] = {}
         for j in outgoing:
+            q = self._queues[j]
             try:
-                async with asyncio.timeout(self.cfg.round_timeout):
-                    item = await self._queues[j].get()
+                if q.empty():
+                    async with asyncio.timeout(self.cfg.round_timeout):
+                        item = await q.get()
+                else:  # the peer's message is here already: no timer to arm
+                    item = q.get_nowait()
             except TimeoutError as exc:
                 raise PeerLostError(
                     f"party {j} sent nothing for round {round_id} within {self.cfg.round_timeout} s"
