@@ -121,32 +121,62 @@ def keystream(seed: bytes, nbytes: int, label: bytes) -> npt.NDArray[np.uint8]:
     ``SHA-256("tecc-corr-ctr-v1/" ‖ label)[:16]``: distinct labels start the
     counter at independent 128-bit points, so their streams do not overlap.
     """
+    out = np.empty(nbytes + _AES_BLOCK, dtype=np.uint8)
+    keystream_into(seed, label, out)
+    return out[:nbytes]
+
+
+def keystream_into(seed: bytes, label: bytes, out: npt.NDArray[np.uint8]) -> None:
+    """:func:`keystream` written into ``out[: len(out) − 16]`` (``out`` has 16 spare bytes)."""
     if len(seed) != prg.SEED_BYTES:
         raise CorrelationError(f"correlation seed must be {prg.SEED_BYTES} bytes")
+    nbytes = out.shape[0] - _AES_BLOCK
     key = hashlib.sha256(b"tecc-corr-key-v1/" + seed).digest()[:16]
     ctr = hashlib.sha256(b"tecc-corr-ctr-v1/" + label).digest()[:16]
     enc = Cipher(algorithms.AES(key), modes.CTR(ctr)).encryptor()
-    out = np.empty(nbytes + _AES_BLOCK, dtype=np.uint8)
     step = len(_ZEROS)
     for off in range(0, nbytes, step):
         k = min(step, nbytes - off)
         enc.update_into(memoryview(_ZEROS)[:k], out[off : off + k + _AES_BLOCK - 1].data)
-    return out[:nbytes]
 
 
 def expand_fields(kind: Kind, seed: bytes, count: int, *, derived: bool) -> dict[str, AnyArray]:
     """Expand the random (or derived) fields of ``count`` correlations from ``seed``."""
+    return combined_fields(kind, [seed], count, derived=derived)
+
+
+def xor_shared(kind: Kind, f: Field) -> bool:
+    """Whether field ``f`` of ``kind`` is XOR-shared (else additively shared mod 2^64)."""
+    return kind in (Kind.DABIT, Kind.CMP) and not (f.derived and f.dtype == np.uint64)
+
+
+def combined_fields(
+    kind: Kind, seeds: list[bytes], count: int, *, derived: bool
+) -> dict[str, AnyArray]:
+    """The random (or derived) fields of ``count`` correlations summed (or XORed, per
+    :func:`xor_shared`) over the parties of ``seeds``: what they reconstruct to.
+
+    One pass: the first seed's keystream is the accumulator, every further one
+    is written into one reused scratch buffer and added in place, so N seeds
+    cost N keystreams and N − 1 in-place passes, and no per-party arrays.
+    """
     segs, total = _segments(kind, derived, count)
     if not segs:
         return {}
     label = f"{kind.value}/{'derived' if derived else 'random'}".encode()
-    stream = keystream(seed, total, label)
+    stream = keystream(seeds[0], total, label)
+    scratch = np.empty(total + _AES_BLOCK, dtype=np.uint8) if len(seeds) > 1 else stream
     out: dict[str, AnyArray] = {}
     for f, off in segs:
-        arr = stream[off : off + f.itemsize * count].view(f.dtype)
+        out[f.name] = stream[off : off + f.itemsize * count].view(f.dtype)
+    for seed in seeds[1:]:
+        keystream_into(seed, label, scratch)
+        for f, off in segs:
+            other = scratch[off : off + f.itemsize * count].view(f.dtype)
+            (np.bitwise_xor if xor_shared(kind, f) else np.add)(out[f.name], other, out=out[f.name])
+    for f, _ in segs:
         if f.bits < 8:
-            arr &= np.uint8((1 << f.bits) - 1)
-        out[f.name] = arr
+            out[f.name] &= np.uint8((1 << f.bits) - 1)
     return out
 
 

@@ -2,9 +2,11 @@
 
 The dealer never sees a share of a party's input or an opened value; it only
 draws correlated randomness. For each kind in the plan it draws one seed per
-party, expands every party's random fields exactly as the party will, computes
-the value each relation requires (``c = a·b``, ``msb(r)``, products of mask
-bits, …) and hands party 0 the correction that makes the shares add up. The
+party, expands every party's random fields exactly as the party will (summed,
+or XORed, over the parties in one pass:
+:func:`~cloud_tecc.mpc.correlations.combined_fields`), computes the value
+each relation requires (``c = a·b``, ``msb(r)``, products of mask bits, …)
+and hands party 0 the correction that makes the shares add up. The
 relations follow:
 
 * Beaver triple: ``Σc = (Σa)(Σb)``.
@@ -18,8 +20,6 @@ relations follow:
 
 from __future__ import annotations
 
-import functools
-import operator
 import os
 from collections.abc import Callable
 
@@ -32,7 +32,7 @@ from cloud_tecc.mpc.correlations import (
     Bundle,
     Kind,
     Plan,
-    expand_fields,
+    combined_fields,
 )
 from cloud_tecc.mpc.errors import MpcParameterError
 from tecc_contract import prg
@@ -43,55 +43,37 @@ Fields = dict[str, AnyArray]
 _MASK63 = np.uint64((1 << 63) - 1)
 
 
-def _xor(arrays: list[AnyArray]) -> AnyArray:
-    return functools.reduce(operator.xor, arrays)
+def _arith_corr(value: AnyArray, oth: Fields, name: str) -> AnyArray:
+    return np.subtract(value, oth[name], dtype=np.uint64)
 
 
-def _sum(arrays: list[AnyArray]) -> AnyArray:
-    return functools.reduce(operator.add, arrays)
+def _bool_corr(value: AnyArray, oth: Fields, name: str) -> AnyArray:
+    return np.bitwise_xor(value, oth[name], out=value)
 
 
-def _arith_corr(value: AnyArray, others: list[Fields], name: str) -> AnyArray:
-    out = np.subtract(value, others[0][name], dtype=np.uint64)
-    for o in others[1:]:
-        out -= o[name]
-    return out
+def _triple(tot: Fields, oth: Fields, _f: int) -> Fields:
+    return {"c": _arith_corr(tot["a"] * tot["b"], oth, "c")}
 
 
-def _bool_corr(value: AnyArray, others: list[Fields], name: str) -> AnyArray:
-    out = value ^ others[0][name]
-    for o in others[1:]:
-        out ^= o[name]
-    return out
-
-
-def _triple(rnd: list[Fields], oth: list[Fields], _f: int) -> Fields:
-    a = _sum([r["a"] for r in rnd])
-    b = _sum([r["b"] for r in rnd])
-    return {"c": _arith_corr(a * b, oth, "c")}
-
-
-def _trunc(rnd: list[Fields], oth: list[Fields], frac_bits: int) -> Fields:
-    r = _sum([x["r"] for x in rnd])
+def _trunc(tot: Fields, oth: Fields, frac_bits: int) -> Fields:
+    r = tot["r"]
     msb = r >> np.uint64(63)
     rt = (r & _MASK63) >> np.uint64(frac_bits)
     return {"r_msb": _arith_corr(msb, oth, "r_msb"), "r_t": _arith_corr(rt, oth, "r_t")}
 
 
-def _dabit(rnd: list[Fields], oth: list[Fields], _f: int) -> Fields:
-    bit = _xor([x["b_bool"] for x in rnd]).astype(np.uint64)
-    return {"b_arith": _arith_corr(bit, oth, "b_arith")}
+def _dabit(tot: Fields, oth: Fields, _f: int) -> Fields:
+    return {"b_arith": _arith_corr(tot["b_bool"].astype(np.uint64), oth, "b_arith")}
 
 
-def _cmp(rnd: list[Fields], oth: list[Fields], _f: int) -> Fields:
+def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
     out: Fields = {}
-    r = bitrev64(_xor([x["r_bool"] for x in rnd]))
-    out["r_arith"] = _arith_corr(r, oth, "r_arith")
+    out["r_arith"] = _arith_corr(bitrev64(tot["r_bool"]), oth, "r_arith")
     for h in CMP_LEVELS:
-        a = _xor([x[f"a{h}"] for x in rnd])
-        out[f"c{h}"] = _bool_corr(a & _xor([x[f"b{h}"] for x in rnd]), oth, f"c{h}")
-        out[f"cp{h}"] = _bool_corr(a & _xor([x[f"bp{h}"] for x in rnd]), oth, f"cp{h}")
-    al, be, ga = (_xor([x[nm] for x in rnd]).astype(np.uint64) for nm in ("fa", "fb", "fc"))
+        a = tot[f"a{h}"]
+        out[f"c{h}"] = _bool_corr(a & tot[f"b{h}"], oth, f"c{h}")
+        out[f"cp{h}"] = _bool_corr(a & tot[f"bp{h}"], oth, f"cp{h}")
+    al, be, ga = (tot[nm].astype(np.uint64) for nm in ("fa", "fb", "fc"))
     sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
     fused = {"a": al, "b": be * sa, "c": ga * sa, "bc": (be & ga) * sa}
     for nm, val in fused.items():
@@ -99,7 +81,7 @@ def _cmp(rnd: list[Fields], oth: list[Fields], _f: int) -> Fields:
     return out
 
 
-_DERIVE: dict[Kind, Callable[[list[Fields], list[Fields], int], Fields]] = {
+_DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {
     Kind.TRIPLE: _triple,
     Kind.TRUNC: _trunc,
     Kind.DABIT: _dabit,
@@ -114,9 +96,11 @@ def deal_kind(
     if n < 2:
         raise MpcParameterError(f"the dealer serves at least 2 parties, got {n}")
     seeds = [random_bytes(prg.SEED_BYTES) for _ in range(n)]
-    rnd = [expand_fields(kind, s, count, derived=False) for s in seeds]
-    oth = [expand_fields(kind, s, count, derived=True) for s in seeds[1:]]
-    corrections = _DERIVE[kind](rnd, oth, frac_bits)
+    # The reconstructed random fields (all n seeds) and the derived shares of
+    # parties 1..n-1, each accumulated in one pass over the seeds.
+    tot = combined_fields(kind, seeds, count, derived=False)
+    oth = combined_fields(kind, seeds[1:], count, derived=True)
+    corrections = _DERIVE[kind](tot, oth, frac_bits)
     return [
         Bundle(kind, i, count, frac_bits, seeds[i], corrections if i == 0 else {}) for i in range(n)
     ]

@@ -19,7 +19,7 @@ from cloud_tecc.mpc.bits import U8
 from cloud_tecc.mpc.correlations import Batch, Kind
 from cloud_tecc.mpc.errors import MpcParameterError, ProtocolError
 from cloud_tecc.mpc.output import open_to
-from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, combine, decode, encode
+from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, encode, open_peers
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
@@ -92,12 +92,12 @@ class Party:
         peers = [p for p in range(self.n) if p != self.index]
         self._round += 1
         got = await self.transport.exchange(self._round, dict.fromkeys(peers, view))
-        parsed = [decode(msg, got[p]) for p in peers]
+        opened = open_peers(msg, [got[p] for p in peers])
         self.traffic.rounds += 1
         self.traffic.bytes_sent += buf.nbytes * len(peers)
         self.traffic.bytes_received += sum(len(got[p]) for p in peers)
         self.traffic.per_round.append(buf.nbytes)
-        return combine(msg, parsed)
+        return opened
 
     async def run(self, step: Proto[T]) -> T:
         """Drive a protocol step (or a composition of steps) to completion.

@@ -62,6 +62,8 @@ KEM_PK: Final = 1184
 KEM_CT: Final = 1088
 #: Largest handshake message either side accepts (a hybrid HELLO is ~1.3 KB).
 MAX_MESSAGE: Final = 4096
+#: AES-GCM tag bytes at the end of every sealed frame.
+TAG: Final = 16
 _GCM_NONCE: Final = struct.Struct("<4xQ")
 
 
@@ -108,6 +110,26 @@ class Channel:
             ) from exc
         self._n_rx += 1
         return out
+
+    def seal_into(self, data: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """:meth:`seal` into ``out`` (exactly ``len(data)`` + :data:`TAG` bytes): no new buffer."""
+        nonce = _GCM_NONCE.pack(self._n_tx)
+        self._n_tx += 1
+        self._tx.encrypt_into(nonce, data, aad, out)
+
+    def open_into(self, data: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """:meth:`open` into ``out`` (exactly ``len(data)`` − :data:`TAG` bytes).
+
+        On :class:`AuthenticationError` ``out`` may hold garbage and the counter
+        does not advance (the link is then closed).
+        """
+        try:
+            self._rx.decrypt_into(_GCM_NONCE.pack(self._n_rx), data, aad, out)
+        except (InvalidTag, ValueError) as exc:
+            raise AuthenticationError(
+                "a frame failed authentication: modified, replayed, reordered or dropped"
+            ) from exc
+        self._n_rx += 1
 
 
 def _channel(secret: bytes, transcript: bytes, *, server: bool) -> Channel:

@@ -132,14 +132,19 @@ def encode(msg: Open) -> U8:
     return buf
 
 
-def decode(msg: Open, payload: bytes | bytearray | memoryview) -> list[AnyArray]:
-    """Parse a peer's message for ``msg`` into arrays shaped like this party's parts."""
+def _raw(msg: Open, payload: bytes | bytearray | memoryview) -> U8:
     raw = np.frombuffer(payload, dtype=np.uint8)
     if raw.shape[0] != msg.nbytes:
         raise ProtocolError(
             f"peer message has {raw.shape[0]} bytes, expected {msg.nbytes}: "
             "the parties run different programs or inputs of different sizes"
         )
+    return raw
+
+
+def decode(msg: Open, payload: bytes | bytearray | memoryview) -> list[AnyArray]:
+    """Parse a peer's message for ``msg`` into arrays shaped like this party's parts."""
+    raw = _raw(msg, payload)
     out: list[AnyArray] = []
     off = 0
     for p in msg.parts:
@@ -164,5 +169,46 @@ def combine(msg: Open, peers: Sequence[list[AnyArray]]) -> Opened:
         acc = op(p.data, peers[0][k])
         for peer in peers[1:]:
             op(acc, peer[k], out=acc)
+        out.append(acc)
+    return out
+
+
+def open_peers(msg: Open, payloads: Sequence[bytes | bytearray | memoryview]) -> Opened:
+    """The peers' messages decoded and combined (:func:`decode`, :func:`combine`), faster.
+
+    Every peer's part is read in place from its message and added (or XORed)
+    into one new array per part. A packed XOR part (1, 2 or 4 live bits) is
+    XORed across the peers while still packed, then unpacked once: packing only
+    moves bits, so it commutes with XOR, and the result equals :func:`combine`
+    exactly.
+    """
+    raws = [_raw(msg, p) for p in payloads]
+    out: Opened = []
+    off = 0
+    for p in msg.parts:
+        nb = p.nbytes
+        segs = [r[off : off + nb] for r in raws]
+        off += nb
+        if p.bits < 8 and not p.arith:
+            packed = segs[0]
+            if len(segs) > 1:
+                packed = np.bitwise_xor(segs[0], segs[1])
+                for seg in segs[2:]:
+                    packed ^= seg
+            acc = unpack(packed, p.bits, p.data.shape[0])
+            if acc.dtype == p.data.dtype:
+                acc ^= p.data
+            else:
+                acc = np.bitwise_xor(p.data, acc)
+            out.append(acc)
+            continue
+        op = np.add if p.arith else np.bitwise_xor
+        views = [
+            seg.view(p.data.dtype) if p.bits >= 8 else unpack(seg, p.bits, p.data.shape[0])
+            for seg in segs
+        ]
+        acc = op(p.data, views[0])
+        for v in views[1:]:
+            op(acc, v, out=acc)
         out.append(acc)
     return out

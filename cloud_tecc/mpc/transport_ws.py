@@ -2,11 +2,12 @@
 
 Party ``i`` serves ``GET /mpc`` on its own address and connects to every other
 party; every connection is authenticated by the Ed25519 handshake, which also
-keys an AES-256-GCM channel for every later frame. A round is two link
-messages, ``round_id (u64 LE)`` then the payload (a payload over 1 MiB travels
-as several bounded frames, :class:`~cloud_tecc.mpc.wslink.Link`); a message for another round is
-a :class:`ProtocolError`, a closed or silent peer (or a frame that fails to
-decrypt) a :class:`PeerLostError`.
+keys an AES-256-GCM channel for every later frame. A round is one link
+message per peer whose frames carry the round id and length as authenticated
+header (:meth:`~cloud_tecc.mpc.wslink.Link.seal_round`; a payload over 1 MiB
+travels as several bounded frames, decrypted in place into one buffer); a
+message for another round is a :class:`ProtocolError`, a closed or silent
+peer (or a frame that fails to decrypt) a :class:`PeerLostError`.
 
 Every transport draws a random session token; after the handshake each side of
 a connection sends its token first. :meth:`WsTransport.start` returns only once,
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import ssl
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, cast
@@ -42,7 +42,6 @@ from cloud_tecc.mpc.errors import (
 from cloud_tecc.mpc.handshake import LinkSuite, party_index, party_name
 from cloud_tecc.mpc.transport import Payload
 
-_RID: Final = struct.Struct("<Q")
 _CLOSED: Final = object()
 TOKEN_BYTES: Final = 16
 
@@ -82,9 +81,9 @@ class MeshConfig:
             raise MpcParameterError("timeouts must be positive")
 
 
-async def _send_all(link: wslink.Link, frames: list[bytes]) -> None:
+async def _send_all(link: wslink.Link, frames: list[memoryview]) -> None:
     for frame in frames:
-        await link.ws.send_bytes(frame)
+        await link.ws.send_bytes(cast("bytes", frame))  # aiohttp takes any buffer
 
 
 class WsTransport:
@@ -222,21 +221,13 @@ class WsTransport:
 
     async def _read(self, j: int, link: wslink.Link) -> None:
         q = self._queues[j]
-        rid: int | None = None
         try:
             async for msg in link.ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     break
-                data = link.open(msg.data)
-                if data is None:
-                    continue  # more chunks of this message follow
-                if rid is None:
-                    if len(data) != _RID.size:
-                        break
-                    (rid,) = _RID.unpack(data)
-                else:
-                    q.put_nowait((rid, data))
-                    rid = None
+                got = link.open_round(msg.data)
+                if got is not None:  # else more chunks of this message follow
+                    q.put_nowait(got)
         except (AuthenticationError, ProtocolError):
             pass  # a forged, reordered or oversized message ends the link: PeerLostError
         finally:
@@ -245,15 +236,14 @@ class WsTransport:
             self._changed.set()
 
     async def exchange(self, round_id: int, outgoing: Mapping[int, Payload]) -> dict[int, Payload]:
-        """Send a round-id message and a payload message to each peer, then collect theirs."""
-        head = _RID.pack(round_id)
+        """Send the round's message to each peer (its frames carry the round id), collect theirs."""
         sends = []
         for j, payload in outgoing.items():
             link = self._send.get(j)
             if link is None or link.closed:
                 raise PeerLostError(f"party {j} is not connected")
             # Sealed in order here (the channel's counter); peers are served concurrently.
-            frames = link.seal(head) + link.seal(cast("bytes", payload))
+            frames = link.seal_round(round_id, cast("bytes", payload))
             sends.append(_send_all(link, frames))
         try:
             await asyncio.gather(*sends)
@@ -261,9 +251,13 @@ class WsTransport:
             raise PeerLostError(f"sending round {round_id} failed: {exc}") from exc
         got: dict[int, Payload] = {}
         for j in outgoing:
+            q = self._queues[j]
             try:
-                async with asyncio.timeout(self.cfg.round_timeout):
-                    item = await self._queues[j].get()
+                if q.empty():
+                    async with asyncio.timeout(self.cfg.round_timeout):
+                        item = await q.get()
+                else:  # the peer's message is here already: no timer to arm
+                    item = q.get_nowait()
             except TimeoutError as exc:
                 raise PeerLostError(
                     f"party {j} sent nothing for round {round_id} within {self.cfg.round_timeout} s"

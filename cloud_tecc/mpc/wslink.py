@@ -24,10 +24,12 @@ import asyncio
 import logging
 import os
 import ssl
+import struct
 from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
@@ -61,6 +63,9 @@ HANDSHAKE_S: Final = 5.0
 #: Upgrades that may be in their handshake at once per listener; more are refused (503).
 MAX_PENDING: Final = 16
 _MORE, _LAST = b"\x01", b"\x00"
+#: Header of a round frame after its flag: round id and message length (u64 LE each).
+_ROUND_HEAD: Final = struct.Struct("<QQ")
+ROUND_HEAD: Final = 1 + _ROUND_HEAD.size
 
 
 def scheme(tls: ssl.SSLContext | None) -> str:
@@ -103,6 +108,8 @@ class Link:
         self.max_message = max_message
         self._parts: list[bytes] = []
         self._held = 0
+        #: The round message being reassembled: header, buffer, bytes so far.
+        self._round: tuple[bytes, np.ndarray[tuple[int], np.dtype[np.uint8]], int] | None = None
 
     @property
     def closed(self) -> bool:
@@ -151,6 +158,63 @@ class Link:
         out = b"".join(self._parts)
         self._parts, self._held = [], 0
         return out
+
+    def seal_round(self, round_id: int, data: bytes | memoryview) -> list[memoryview]:
+        """Encrypt one round message into frames ``flag ‖ round_id ‖ length ‖ AES-GCM(chunk)``.
+
+        The 17-byte header is the associated data of its chunk, so the round id
+        travels in the payload's own frames (no separate message) and a changed
+        id, length or flag fails to open, as does a replayed or reordered frame
+        (the channel's counter nonce). Each chunk is encrypted straight into its
+        frame buffer: one AES-GCM pass, no concatenation.
+        """
+        view = memoryview(data).cast("B")
+        size = len(view)
+        frames = []
+        for at in range(0, max(size, 1), CHUNK):
+            chunk = view[at : at + CHUNK]
+            flag = _LAST if at + CHUNK >= size else _MORE
+            head = flag + _ROUND_HEAD.pack(round_id, size)
+            frame = np.empty(ROUND_HEAD + len(chunk) + handshake.TAG, dtype=np.uint8)
+            out = frame.data
+            out[:ROUND_HEAD] = head
+            self._channel.seal_into(chunk, head, out[ROUND_HEAD:])
+            frames.append(out)
+        return frames
+
+    def open_round(self, frame: bytes) -> tuple[int, memoryview] | None:
+        """Decrypt a round frame (in order): ``(round_id, message)`` once complete.
+
+        The message is decrypted chunk by chunk into one buffer of the announced
+        length (at most ``max_message``), so a large round is never joined.
+        """
+        if len(frame) < ROUND_HEAD + handshake.TAG or frame[:1] not in (_MORE, _LAST):
+            raise AuthenticationError(f"a round frame from {self.peer!r} has no valid header")
+        head, flag = frame[:ROUND_HEAD], frame[:1]
+        if self._round is None:
+            size = _ROUND_HEAD.unpack_from(head, 1)[1]
+            if size > self.max_message:
+                raise ProtocolError(
+                    f"{self.peer!r} announced a message of {size} bytes, over "
+                    f"{self.max_message}; refused"
+                )
+            self._round = head[1:], np.empty(size, dtype=np.uint8), 0
+        want, buf, pos = self._round
+        n = len(frame) - ROUND_HEAD - handshake.TAG
+        if head[1:] != want or pos + n > buf.shape[0] or (flag == _MORE and n == 0):
+            raise ProtocolError(
+                f"{self.peer!r} sent a round frame that does not continue its message"
+            )
+        out = buf.data
+        self._channel.open_into(memoryview(frame)[ROUND_HEAD:], head, out[pos : pos + n])
+        pos += n
+        if flag == _MORE:
+            self._round = want, buf, pos
+            return None
+        self._round = None
+        if pos != buf.shape[0]:
+            raise ProtocolError(f"{self.peer!r} ended a round message short of its length")
+        return _ROUND_HEAD.unpack_from(head, 1)[0], out
 
     async def close(self) -> None:
         """Close the WebSocket."""
