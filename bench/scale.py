@@ -99,7 +99,7 @@ def upload_sharded(
             for s in ss:
                 m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
                 segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
-            for status, body in send_sharded(dep, sealer, gw, seq, segs, shard_of):
+            for status, body in send_sharded(dep, sealer, gw, seq, segs, shard_of=shard_of):
                 if status != 200:
                     raise RuntimeError(f"upload of {gw} seq {seq} failed: {status} {body}")
                 posts += 1

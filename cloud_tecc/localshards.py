@@ -67,6 +67,7 @@ def send_sharded(
     gateway: str,
     seq: int,
     segments: Sequence[SensorSegment],
+    *,
     shard_of: ShardOf,
 ) -> list[tuple[int, Any]]:
     """Seal each shard's part of a batch and POST it to that shard's worker of every party.

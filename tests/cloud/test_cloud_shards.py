@@ -53,7 +53,9 @@ def _run(root: Path, scn: Scenario, shards: int, wrong: ShardOf | None = None) -
         gws = gateways(dep)
         for sec in range(scn.seconds):
             for g, gw in gws.items():
-                for status, body in send_sharded(dep, gw.sealer, g, sec, scn.batch(g, sec), smap):
+                for status, body in send_sharded(
+                    dep, gw.sealer, g, sec, scn.batch(g, sec), shard_of=smap
+                ):
                     assert (status, body["status"]) == (200, "accepted"), body
             assert set(dep.declare(T0 + (sec + 1) * SECOND, list(gws))) == {200}
         epochs = wait_epochs(dep, scn.seconds // 10 * shards)
