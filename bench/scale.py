@@ -47,23 +47,25 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cloud import analytics_deployment, measure_analytics
-from bench.cloud_data import POLICY, SECOND, T0, data, log, metric, sealer_for, wait_epochs
+from bench.cloud_data import POLICY, SECOND, T0, data, metric, sealer_for, wait_epochs
 from bench.cloud_parties import cpu_all, sessions_running
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings
 from cloud_tecc.localshards import ShardOf, send_sharded, shard_map
 from cloud_tecc.localstack import Deployment, http_json
-from tecc_contract.envelope import SensorSegment
+from tecc_contract.envelope import Sealer, SensorSegment
 
 KS = (1, 2, 4)
 SCALE_POLICY: dict[str, Any] = {
     **POLICY,
+    "release": [*POLICY["release"], "fleet"],
     # one class in each shard at K = 4, two in each at K = 2 (hash(class) mod K)
     "fleet": {
         "classes": {"fleet-a": ["s0"], "fleet-b": ["s1"], "fleet-c": ["s2"], "fleet-e": ["s3"]},
@@ -74,6 +76,13 @@ SCALE_POLICY: dict[str, Any] = {
 VOLATILE = frozenset({"stored_ns", "incident", "shard"})
 RESULTS = ("windows", "alerts", "fleet")
 PAGE = 10_000  # the output API's largest page (cloud_tecc/output/api.py MAX_LIMIT)
+IDLE_S = 2.0  # CPU of the idle deployment (sessions up, no data) is read over this long
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    """Progress to stderr, with the seconds since the start."""
+    print(f"[bench.scale] {time.monotonic() - _T0:6.1f} s  {msg}", file=sys.stderr, flush=True)
 
 
 def sizes(quick: bool) -> tuple[int, int, int, int]:
@@ -89,8 +98,8 @@ def upload_sharded(
     by_gw: dict[str, list[StreamReadings]] = {}
     for s in streams:
         by_gw.setdefault(s.gateway, []).append(s)
-    posts = 0
     step = int(per_batch_s * SECOND)
+    jobs = []
     for gw, ss in by_gw.items():
         sealer = sealer_for(dep, gw)
         end = int(ss[0].timestamps_ns[-1])
@@ -99,11 +108,18 @@ def upload_sharded(
             for s in ss:
                 m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
                 segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
-            for status, body in send_sharded(dep, sealer, gw, seq, segs, shard_of=shard_of):
-                if status != 200:
-                    raise RuntimeError(f"upload of {gw} seq {seq} failed: {status} {body}")
-                posts += 1
-    return posts
+            jobs.append((sealer, gw, seq, segs))
+
+    def one(job: tuple[Sealer, str, int, list[SensorSegment]]) -> int:
+        sealer, gw, seq, segs = job
+        answers = send_sharded(dep, sealer, gw, seq, segs, shard_of=shard_of)
+        for status, body in answers:
+            if status != 200:
+                raise RuntimeError(f"upload of {gw} seq {seq} failed: {status} {body}")
+        return len(answers)
+
+    with ThreadPoolExecutor(8) as pool:  # as many gateways uploading at once
+        return sum(pool.map(one, jobs))
 
 
 def fetch_results(base_url: str) -> dict[str, list[dict[str, Any]]]:
@@ -158,6 +174,9 @@ def bench_k(
     try:
         dep.start_all()
         sessions_running(dep)
+        idle0 = cpu_all(dep)
+        time.sleep(IDLE_S)
+        idle = cpu_all(dep)
         total = sum(len(s.values) for s in streams)
         log(f"K = {k}: uploading {total} readings to {len(dep.workers)} workers")
         posts = upload_sharded(dep, streams, 0.5, shard_of)
@@ -171,6 +190,7 @@ def bench_k(
             raise RuntimeError(f"K = {k}: only {len(epochs)} of {secs * k} epochs reached output")
         shard0 = [dep.worker(0, s) for s in range(k)]
         readings = sum(metric(dep, w, "tecc_party_epoch_readings_total") for w in shard0)
+        rounds = sum(metric(dep, w, "tecc_party_mpc_rounds_total") for w in shard0)
         busy = metric(dep, "party0", "tecc_party_epoch_seconds_sum")
         shard0_readings = metric(dep, "party0", "tecc_party_epoch_readings_total")
         results = fetch_results(dep.url("output"))
@@ -183,6 +203,11 @@ def bench_k(
         "wall_s": round(wall, 2),
         "cpu_s": {name: round(v, 3) for name, v in cpu.items()},
         "cpu_us_per_reading": round(1e6 * sum(cpu.values()) / readings, 3),
+        "cpu_us_per_reading_with_ingest": round(
+            1e6 * sum(after[n] - idle[n] for n in after) / readings, 3
+        ),
+        "idle_cpu_per_s": round(sum(idle[n] - idle0[n] for n in idle) / IDLE_S, 3),
+        "mpc_rounds": int(rounds),
         "readings_per_s": round(readings / wall),
         "epoch_readings_per_s": round(shard0_readings / busy) if busy else 0,
         "rows": {what: len(rows) for what, rows in results.items()},
@@ -222,7 +247,7 @@ def run(*, quick: bool, keep: str = "") -> dict[str, Any]:
         for k in KS:
             (root / f"k{k}").mkdir(parents=True, exist_ok=True)
             figs[k], res[k] = bench_k(root / f"k{k}", k, streams, secs)
-            log(f"K = {k}: {figs[k]}")
+            log(f"K = {k}: {json.dumps(figs[k])}")
         log("bench.cloud's analytics measurement on the same readings")
         (root / "cloud").mkdir(parents=True, exist_ok=True)
         dep = analytics_deployment(root / "cloud", gateways, SCALE_POLICY)
