@@ -67,7 +67,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cloud import analytics_deployment, measure_analytics
-from bench.cloud_data import POLICY, SECOND, T0, data, metric, sealer_for, wait_epochs
+from bench.cloud_data import (
+    POLICY,
+    SECOND,
+    T0,
+    data,
+    gateway_batches,
+    metric,
+    sealer_for,
+    wait_epochs,
+)
 from bench.cloud_parties import cpu_all, sessions_running
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings
@@ -108,20 +117,8 @@ def upload_sharded(
 ) -> int:
     """Every gateway's batches (all its sensors, ``per_batch_s`` of data each) through the
     shard map to every party's workers, windows left open; the number of POSTs."""
-    by_gw: dict[str, list[StreamReadings]] = {}
-    for s in streams:
-        by_gw.setdefault(s.gateway, []).append(s)
-    step = int(per_batch_s * SECOND)
-    jobs = []
-    for gw, ss in by_gw.items():
-        sealer = sealer_for(dep, gw)
-        end = int(ss[0].timestamps_ns[-1])
-        for seq, start in enumerate(range(T0, end + 1, step)):
-            segs = []
-            for s in ss:
-                m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
-                segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
-            jobs.append((sealer, gw, seq, segs))
+    sealers = {gw: sealer_for(dep, gw) for gw in dict.fromkeys(s.gateway for s in streams)}
+    jobs = [(sealers[gw], gw, seq, segs) for gw, seq, segs in gateway_batches(streams, per_batch_s)]
 
     def one(job: tuple[Sealer, str, int, list[SensorSegment]]) -> int:
         sealer, gw, seq, segs = job
