@@ -47,8 +47,9 @@ Further per-K figures: ``cpu_us_per_reading_with_ingest`` (CPU from the end
 of the idle reading through the end, so also ingest of K sealed parts per
 batch and the dealers' batches generated ahead, which the dealer does
 ``depth`` batches in advance and so partly before the declaration),
-``idle_cpu_per_s`` (cores the deployment uses with its sessions up and no
-data: ticks, heartbeats), ``mpc_rounds`` (over all shards, party 0).
+``idle_cpu_per_s`` (cores the workers and the output use with the sessions
+up and no data: ticks, heartbeats; the dealers are left out, as right after
+the sessions start they generate their first batches), ``mpc_rounds`` (over all shards, party 0).
 """
 
 from __future__ import annotations
@@ -216,7 +217,9 @@ def bench_k(
         "cpu_us_per_reading_with_ingest": round(
             1e6 * sum(after[n] - idle[n] for n in after) / readings, 3
         ),
-        "idle_cpu_per_s": round(sum(idle[n] - idle0[n] for n in idle) / IDLE_S, 3),
+        "idle_cpu_per_s": round(
+            sum(idle[n] - idle0[n] for n in idle if n not in dep.dealers) / IDLE_S, 3
+        ),
         "mpc_rounds": int(rounds),
         "readings_per_s": round(readings / wall),
         "epoch_readings_per_s": round(shard0_readings / busy) if busy else 0,
