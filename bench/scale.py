@@ -99,6 +99,7 @@ SCALE_POLICY: dict[str, Any] = {
 VOLATILE = frozenset({"stored_ns", "incident", "shard"})
 RESULTS = ("windows", "alerts", "fleet")
 PAGE = 10_000  # the output API's largest page (cloud_tecc/output/api.py MAX_LIMIT)
+TICK_S = 0.05  # the parties' agreement tick, as in bench.cloud (the product default is 0.2)
 IDLE_S = 2.0  # CPU of the idle deployment (sessions up, no data) is read over this long
 _T0 = time.monotonic()
 
@@ -173,7 +174,7 @@ def differences(
 
 
 def bench_k(
-    root: Path, k: int, streams: list[StreamReadings], secs: int
+    root: Path, k: int, streams: list[StreamReadings], secs: int, tick_s: float = TICK_S
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """One deployment of K shard workers per party over ``streams``; its figures and results."""
     shard_of = shard_map(policy_from_mapping(SCALE_POLICY), k)
@@ -181,7 +182,7 @@ def bench_k(
     if used != set(range(k)):
         raise RuntimeError(f"K = {k}: streams reach shards {sorted(used)} only; add streams")
     gws = {g: Ed25519PrivateKey.generate() for g in sorted({s.gateway for s in streams})}
-    dep = Deployment(root, SCALE_POLICY, gws, party_extra={"tick_s": 0.05}, shards=k)
+    dep = Deployment(root, SCALE_POLICY, gws, party_extra={"tick_s": tick_s}, shards=k)
     try:
         dep.start_all()
         sessions_running(dep)
@@ -249,7 +250,7 @@ def summarise(figs: dict[int, dict[str, Any]], diffs: dict[int, dict[str, int]])
     return out
 
 
-def run(*, quick: bool, keep: str = "") -> dict[str, Any]:
+def run(*, quick: bool, keep: str = "", tick_s: float = TICK_S) -> dict[str, Any]:
     """bench.cloud's analytics measurement (full run only), then every K, in one run."""
     gateways, sensors, hz, secs = sizes(quick)
     streams = data(gateways, sensors, hz, secs)
@@ -269,12 +270,13 @@ def run(*, quick: bool, keep: str = "") -> dict[str, Any]:
             source = "separate_run"
         for k in KS:
             (root / f"k{k}").mkdir(parents=True, exist_ok=True)
-            figs[k], res[k] = bench_k(root / f"k{k}", k, streams, secs)
+            figs[k], res[k] = bench_k(root / f"k{k}", k, streams, secs, tick_s)
             log(f"K = {k}: {json.dumps(figs[k])}")
         if quick:  # the K = 1 deployment is bench.cloud's (2 parties, 1 dealer, output)
             cloud = figs[1]["epoch_readings_per_s"]
     diffs = {k: differences(res[1], res[k]) for k in KS if k != 1}
-    result: dict[str, Any] = {"quick": quick, "shards": list(KS), **summarise(figs, diffs)}
+    result: dict[str, Any] = {"quick": quick, "shards": list(KS), "tick_s": tick_s}
+    result.update(summarise(figs, diffs))
     result["bench_cloud_analytics_readings_per_s"] = cloud
     result["bench_cloud_source"] = source
     result["k1_epoch_readings_per_s"] = figs[1]["epoch_readings_per_s"]
@@ -290,8 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
     ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    ap.add_argument(
+        "--tick-s",
+        type=float,
+        default=TICK_S,
+        help=f"the workers' agreement tick (default {TICK_S}, as bench.cloud)",
+    )
     args = ap.parse_args(argv)
-    result = run(quick=args.quick, keep=args.keep)
+    if args.tick_s <= 0:
+        raise SystemExit("--tick-s: write a positive number of seconds, e.g. 0.2")
+    result = run(quick=args.quick, keep=args.keep, tick_s=args.tick_s)
     print(json.dumps(result))
     if not result["results_identical"]:
         log(
