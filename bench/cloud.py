@@ -24,7 +24,6 @@ epoch and mesh bytes per reading per party, with the ratios against N = 2.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -41,6 +40,7 @@ from bench.cloud_data import (
     POLICY,
     SECOND,
     T0,
+    cloud_args,
     data,
     log,
     metric,
@@ -143,9 +143,7 @@ async def live_stream(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON result is the last stdout line."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
-    ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    ap = cloud_args(__doc__)
     ap.add_argument(
         "--parties",
         default="",

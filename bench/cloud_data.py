@@ -6,6 +6,7 @@ Used by :mod:`bench.cloud` (ingest, analytics, latency) and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -38,6 +39,14 @@ SECOND = 1_000_000_000
 #: Every sensor declares 0–150 and is shared scaled from it, as a gateway does.
 SCALE = Scale.for_range(0.0, 150.0, 12)
 MAX_SENSORS = 1000
+
+
+def cloud_args(description: str | None) -> argparse.ArgumentParser:
+    """The flags of every cloud benchmark: ``--quick`` and ``--keep DIR``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
+    ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    return ap
 
 
 def log(msg: str) -> None:

@@ -54,7 +54,6 @@ the sessions start they generate their first batches), ``mpc_rounds`` (over all 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -72,6 +71,7 @@ from bench.cloud_data import (
     POLICY,
     SECOND,
     T0,
+    cloud_args,
     data,
     gateway_batches,
     metric,
@@ -289,9 +289,7 @@ def run(*, quick: bool, keep: str = "", tick_s: float = TICK_S) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON result is the last stdout line; 1 if results differ."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
-    ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    ap = cloud_args(__doc__)
     ap.add_argument(
         "--tick-s",
         type=float,
