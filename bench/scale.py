@@ -1,7 +1,9 @@
 """Scale benchmark: the same readings through K = 1, 2 and 4 shard workers per party.
 
-``python -m bench.scale [--quick] [--keep DIR]`` prints progress to stderr and,
-as the last line of stdout, one JSON object. Per K, a deployment of 2 parties
+``python -m bench.scale [--quick] [--keep DIR] [--tick-s S]`` prints progress to
+stderr and, as the last line of stdout, one JSON object. ``--tick-s`` is the
+workers' agreement tick (default 0.05 s as in bench.cloud; the product's
+default is 0.2 s). Per K, a deployment of 2 parties
 × K shard workers, K dealers (one per shard) and the output service, all as
 processes (:class:`~cloud_tecc.localstack.Deployment` with ``shards=K``),
 every MPC session running before any data arrives. The bench plays the
