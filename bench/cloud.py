@@ -24,7 +24,6 @@ epoch and mesh bytes per reading per party, with the ratios against N = 2.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -41,6 +40,7 @@ from bench.cloud_data import (
     POLICY,
     SECOND,
     T0,
+    cloud_args,
     data,
     log,
     metric,
@@ -51,7 +51,7 @@ from bench.cloud_data import (
 )
 from bench.cloud_parties import run_parties
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.analytics.reference import run_reference
+from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from cloud_tecc.localstack import Deployment
 from tecc_contract.envelope import SensorSegment
 
@@ -83,6 +83,37 @@ def bench_ingest(root: Path, batches: int, *, tls: bool = True) -> float:
         dep.stop_all()
 
 
+def analytics_deployment(
+    root: Path, gateways: int, policy: dict[str, Any] | None = None
+) -> Deployment:
+    """The deployment of the analytics measurement: 2 parties, dealer, output (not started)."""
+    gws = {f"gw{g}": Ed25519PrivateKey.generate() for g in range(gateways)}
+    return Deployment(root, policy or POLICY, gws, party_extra={"tick_s": 0.05})
+
+
+def measure_analytics(dep: Deployment, streams: list[StreamReadings], secs: int) -> tuple[int, int]:
+    """``analytics_readings_per_s`` and the readings analysed, on a deployment not yet started.
+
+    The parties and the output service start, every reading is uploaded and
+    declared, then the dealer starts (sessions, and computation, begin once it
+    attests); the rate is party 0's readings over its own epoch seconds
+    (``tecc_party_epoch_seconds_sum``). The caller stops the deployment.
+    """
+    for name in ("party0", "party1", "output"):
+        dep.start(name)
+    for name in ("party0", "party1", "output"):
+        dep.wait_healthy(name)
+    log(f"uploading {sum(len(s.values) for s in streams)} readings")
+    upload_streams(dep, streams, 0.5)
+    dep.start("dealer")
+    dep.wait_healthy("dealer")
+    log("waiting for the secure analytics")
+    wait_epochs(dep, secs, 120)
+    busy = metric(dep, "party0", "tecc_party_epoch_seconds_sum")
+    done = metric(dep, "party0", "tecc_party_epoch_readings_total")
+    return (round(done / busy) if busy else 0), int(done)
+
+
 async def live_stream(
     dep: Deployment, seconds: float, gateways: int, sensors: int, hz: int
 ) -> None:
@@ -112,9 +143,7 @@ async def live_stream(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON result is the last stdout line."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
-    ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    ap = cloud_args(__doc__)
     ap.add_argument(
         "--parties",
         default="",
@@ -146,23 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         run_reference(policy_from_mapping(POLICY), streams)
         result["plaintext_analytics_readings_per_s"] = round(total / (time.perf_counter() - t0))
         (root / "mpc").mkdir()
-        gws = {f"gw{g}": Ed25519PrivateKey.generate() for g in range(gateways)}
-        dep = Deployment(root / "mpc", POLICY, gws, party_extra={"tick_s": 0.05})
+        dep = analytics_deployment(root / "mpc", gateways)
         try:
-            for name in ("party0", "party1", "output"):
-                dep.start(name)
-            for name in ("party0", "party1", "output"):
-                dep.wait_healthy(name)
-            log(f"uploading {total} readings")
-            upload_streams(dep, streams, 0.5)
-            dep.start("dealer")  # sessions (and computation) start once the dealer attests
-            dep.wait_healthy("dealer")
-            log("waiting for the secure analytics")
-            wait_epochs(dep, secs, 120)
-            busy = metric(dep, "party0", "tecc_party_epoch_seconds_sum")
-            done = metric(dep, "party0", "tecc_party_epoch_readings_total")
-            result["analytics_readings_per_s"] = round(done / busy) if busy else 0
-            result["analytics_readings"] = int(done)
+            rate, done = measure_analytics(dep, streams, secs)
+            result["analytics_readings_per_s"] = rate
+            result["analytics_readings"] = done
             log("live stream for window latency")
             before = len(wait_epochs(dep, 0, 1))
             asyncio.run(live_stream(dep, 8.0 if q else 30.0, 4, 5, 200))

@@ -6,10 +6,12 @@ Used by :mod:`bench.cloud` (ingest, analytics, latency) and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -37,6 +39,14 @@ SECOND = 1_000_000_000
 #: Every sensor declares 0–150 and is shared scaled from it, as a gateway does.
 SCALE = Scale.for_range(0.0, 150.0, 12)
 MAX_SENSORS = 1000
+
+
+def cloud_args(description: str | None) -> argparse.ArgumentParser:
+    """The flags of every cloud benchmark: ``--quick`` and ``--keep DIR``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="small sizes, under 60 s")
+    ap.add_argument("--keep", default="", help="directory to keep configs and logs in")
+    return ap
 
 
 def log(msg: str) -> None:
@@ -107,6 +117,25 @@ def metric(dep: Deployment, name: str, sample: str) -> float:
     return 0.0
 
 
+def gateway_batches(
+    streams: list[StreamReadings], per_batch_s: float
+) -> Iterator[tuple[str, int, list[SensorSegment]]]:
+    """``(gateway, seq, segments)`` per batch: all of a gateway's sensors, ``per_batch_s`` of
+    data each, from T0 on."""
+    by_gw: dict[str, list[StreamReadings]] = {}
+    for s in streams:
+        by_gw.setdefault(s.gateway, []).append(s)
+    step = int(per_batch_s * SECOND)
+    for gw, ss in by_gw.items():
+        end = int(ss[0].timestamps_ns[-1])
+        for seq, start in enumerate(range(T0, end + 1, step)):
+            segs = []
+            for s in ss:
+                m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
+                segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
+            yield gw, seq, segs
+
+
 def upload_streams(
     dep: Deployment, streams: list[StreamReadings], per_batch_s: float, *, declare: bool = True
 ) -> None:
@@ -115,20 +144,11 @@ def upload_streams(
     With ``declare`` every gateway then says all windows are complete (else the
     epochs stay open until the caller declares).
     """
-    by_gw: dict[str, list[StreamReadings]] = {}
-    for s in streams:
-        by_gw.setdefault(s.gateway, []).append(s)
-    frames: list[list[bytes]] = []
-    for gw, ss in by_gw.items():
-        sealer = sealer_for(dep, gw)
-        end = int(ss[0].timestamps_ns[-1])
-        step = int(per_batch_s * SECOND)
-        for seq, start in enumerate(range(T0, end + 1, step)):
-            segs = []
-            for s in ss:
-                m = (s.timestamps_ns >= start) & (s.timestamps_ns < start + step)
-                segs.append(SensorSegment(s.sensor, s.timestamps_ns[m], s.values[m]))
-            frames.append(sealer.seal(seq, segs, created_ns=time.time_ns()))
+    sealers = {gw: sealer_for(dep, gw) for gw in dict.fromkeys(s.gateway for s in streams)}
+    frames = [
+        sealers[gw].seal(seq, segs, created_ns=time.time_ns())
+        for gw, seq, segs in gateway_batches(streams, per_batch_s)
+    ]
     for i in range(dep.n_parties):
         asyncio.run(post_all(f"{dep.url(f'party{i}')}/v1/batches", [f[i] for f in frames], 16))
     if declare:

@@ -46,14 +46,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK_HZ
 
 
-def _cpu(dep: Deployment) -> dict[str, float]:
+def cpu_all(dep: Deployment) -> dict[str, float]:
+    """CPU seconds so far of every process of the deployment, by service name."""
     return {name: cpu_seconds(proc.pid) for name, proc in dep.procs.items()}
 
 
-def _sessions_running(dep: Deployment, timeout: float = 60.0) -> None:
+def sessions_running(dep: Deployment, timeout: float = 60.0) -> None:
+    """Wait until every party worker's MPC session runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = [http_json(dep.url(p) + "/healthz")[1].get("session") for p in dep.parties]
+        states = [http_json(dep.url(p) + "/healthz")[1].get("session") for p in dep.workers]
         if all(s == "running" for s in states):
             return
         time.sleep(0.2)
@@ -69,15 +71,15 @@ def bench_n(root: Path, n: int, quick: bool) -> dict[str, Any]:
     dep = Deployment(root, POLICY, gws, party_extra={"tick_s": 0.05}, n_parties=n)
     try:
         dep.start_all()
-        _sessions_running(dep)
+        sessions_running(dep)
         log(f"N = {n}: uploading {total} readings")
         upload_streams(dep, streams, 0.5, declare=False)
-        before = _cpu(dep)
+        before = cpu_all(dep)
         t0 = time.perf_counter()
         dep.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
         epochs = wait_epochs(dep, secs, 300)
         wall = time.perf_counter() - t0
-        after = _cpu(dep)
+        after = cpu_all(dep)
         if len(epochs) < secs:
             raise RuntimeError(f"N = {n}: only {len(epochs)} of {secs} epochs reached the output")
         readings = metric(dep, "party0", "tecc_party_epoch_readings_total")

@@ -11,9 +11,6 @@ and the K = 1 run of the same readings.
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.localshards import ShardOf, send_sharded, shard_map
 
 from .scenario import (
     GATEWAYS,
@@ -39,41 +37,30 @@ from .services import Deployment, http_json, metric
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 KEYS = {g: Ed25519PrivateKey.generate() for g in GATEWAYS}
-ShardMap = Callable[[str, str, int], int]
 
 
-def _hash(*parts: str) -> int:
-    """The shard map's hash (docs/CLOUD.md): first 8 bytes of SHA-256, big-endian."""
-    return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:8], "big")
+def shard_of(shards: int) -> ShardOf:
+    """The default map (fleet-class streams at hash(class) mod K) under the scenario policy."""
+    return shard_map(policy_from_mapping(POLICY), shards)
 
 
-def shard_of(gateway: str, sensor: str, shards: int) -> int:
-    """Fleet-class streams go to hash(class) mod K (the whole class in one session)."""
-    cls = policy_from_mapping(POLICY).fleet_class(sensor)
-    return _hash(cls) % shards if cls is not None else _hash(gateway, sensor) % shards
-
-
-def _run(root: Path, scn: Scenario, shards: int, shard_map: ShardMap = shard_of) -> dict[str, Any]:
+def _run(root: Path, scn: Scenario, shards: int, wrong: ShardOf | None = None) -> dict[str, Any]:
     """Upload the scenario through ``shards`` workers per party; what the output serves."""
     dep = Deployment(root, POLICY, KEYS, shards=shards)
+    smap = wrong or shard_of(shards)
     try:
         dep.start_all()
         gws = gateways(dep)
         for sec in range(scn.seconds):
             for g, gw in gws.items():
-                parts: dict[int, list[Any]] = {}
-                for seg in scn.batch(g, sec):
-                    parts.setdefault(shard_map(g, seg.sensor_id, shards), []).append(seg)
-                for k, segs in sorted(parts.items()):
-                    frames = gw.sealer.seal(sec, segs, created_ns=time.time_ns())
-                    for i, frame in enumerate(frames):
-                        url = f"{dep.url(dep.worker(i, k))}/v1/batches"
-                        status, body = http_json(url, data=frame)
-                        assert (status, body["status"]) == (200, "accepted"), body
+                for status, body in send_sharded(
+                    dep, gw.sealer, g, sec, scn.batch(g, sec), shard_of=smap
+                ):
+                    assert (status, body["status"]) == (200, "accepted"), body
             assert set(dep.declare(T0 + (sec + 1) * SECOND, list(gws))) == {200}
         epochs = wait_epochs(dep, scn.seconds // 10 * shards)
         out: dict[str, Any] = {"epochs": epochs}
-        if shard_map is shard_of:
+        if wrong is None:
             out["summary"] = compare(dep, reference(scn))
         for what in ("windows", "alerts", "fleet", "incidents", "health", "clusters"):
             status, out[what] = http_json(f"{dep.url('output')}/api/v1/{what}")
@@ -99,7 +86,7 @@ def _windows(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str,
 def test_two_shards_equal_one_shard_and_the_reference(tmp_path: Path) -> None:
     """2 parties × 2 workers: every window, flag and fleet row as with K = 1."""
     scn = make_scenario()
-    shards = {(s.gateway, s.sensor): shard_of(s.gateway, s.sensor, 2) for s in scn.streams}
+    shards = {(s.gateway, s.sensor): shard_of(2)(s.gateway, s.sensor) for s in scn.streams}
     assert set(shards.values()) == {0, 1}, "the scenario must put streams in both shards"
     two = _run(tmp_path / "k2", scn, 2)
     one = _run(tmp_path / "k1", scn, 1)
@@ -158,10 +145,10 @@ def test_a_fleet_class_split_over_shards_is_refused_and_counted(tmp_path: Path) 
     """A wrong shard map puts the temperature class in both shards: no fleet row is stored,
     no window keeps a deviation flag, each epoch is counted; the windows stay exact."""
 
-    def wrong(gateway: str, sensor: str, shards: int) -> int:
+    def wrong(gateway: str, sensor: str) -> int:
         if sensor.startswith("temp"):
-            return GATEWAYS.index(gateway) % shards  # the class split by gateway
-        return shard_of(gateway, sensor, shards)
+            return GATEWAYS.index(gateway) % 2  # the class split by gateway
+        return shard_of(2)(gateway, sensor)
 
     scn = make_scenario(seconds=20)
     out = _run(tmp_path, scn, 2, wrong)
