@@ -17,38 +17,28 @@ of SHA-256 over ``b"fleet\\0" + class`` or ``b"stream\\0" + gateway + b"\\0"
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.localstack import Deployment, http_json
+from cloud_tecc.party.shardmap import ShardMap
 from tecc_contract.envelope import Sealer, SensorSegment
 
 #: ``(gateway, sensor) -> shard``.
 ShardOf = Callable[[str, str], int]
 
 
-def _hash(*parts: str, kind: bytes) -> int:
-    digest = hashlib.sha256(kind + b"\0" + b"\0".join(p.encode() for p in parts)).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
 def shard_map(policy: AnalyticsPolicy, shards: int) -> ShardOf:
-    """The default shard map of ``shards`` workers under ``policy``'s fleet classes."""
+    """The default shard map of ``shards`` workers under ``policy``'s fleet classes.
+
+    The frontends' own map (:class:`~cloud_tecc.party.shardmap.ShardMap`), so a
+    test or benchmark that plays the frontend routes exactly as they do.
+    """
     if shards < 1:
         raise ValueError(f"a shard map needs shards >= 1, got {shards}")
-
-    def shard_of(gateway: str, sensor: str) -> int:
-        if shards == 1:
-            return 0
-        klass = policy.fleet_class(sensor)
-        if klass is not None:
-            return _hash(klass, kind=b"fleet") % shards
-        return _hash(gateway, sensor, kind=b"stream") % shards
-
-    return shard_of
+    return ShardMap.for_policy(shards, policy).shard_of
 
 
 def split_segments(
