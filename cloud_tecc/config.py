@@ -51,6 +51,19 @@ SELF = "self"
 #: ``self`` or 64 hex digits (a raw Ed25519 key or a SHA-256 measurement).
 Anchor = Annotated[str, Meta(pattern=r"^(self|[0-9a-fA-F]{64})$")]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: Most shard workers per party (``shards``); ``shard`` is 0..shards-1.
+MAX_SHARDS = 64
+Shards = Annotated[int, Meta(ge=1, le=MAX_SHARDS)]
+ShardIndex = Annotated[int, Meta(ge=0, lt=MAX_SHARDS)]
+
+
+def check_shard(shard: int, shards: int) -> None:
+    """``shard`` < ``shards`` (party and dealer files); ValueError naming the keys."""
+    if shard >= shards:
+        raise ValueError(
+            f"shard {shard} is not below shards {shards}: write a shard index "
+            f"0..{shards - 1}, or raise shards"
+        )
 
 
 class Role(enum.StrEnum):
@@ -201,15 +214,13 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     insecure_plain_http: bool = False
     # The durable share log (absent: this process ingests into its own SQLite store)
     jetstream: JetStreamConfig | None = None
-    shards: Annotated[int, Meta(ge=1, le=1024)] = 1
-    shard: Annotated[int, Meta(ge=0, lt=1024)] = 0
+    # K shard workers per party: this worker's shard; its peers and dealer are shard k's
+    # (docs/CLOUD.md, "Shards")
+    shards: Shards = 1
+    shard: ShardIndex = 0
 
     def __post_init__(self) -> None:
-        if self.shard >= self.shards:
-            raise ValueError(
-                f"shard {self.shard} is not below shards {self.shards}: write a shard "
-                f"index 0..{self.shards - 1}, or raise shards"
-            )
+        check_shard(self.shard, self.shards)
         if self.jetstream is not None and self.hpke_rotation_s > 0:
             raise ValueError(
                 "hpke_rotation_s > 0 with jetstream: every ingest frontend would rotate its "
@@ -273,8 +284,11 @@ class DealerFile(ServiceFile, frozen=True, kw_only=True, tag="dealer"):
     batch_readings: Count = 20_000
     depth: Annotated[int, Meta(ge=1, le=64)] = 4
     suite: KemSuite = KemSuite.X25519  # link suite of the dealer links: the parties' suite
+    shards: Shards = 1  # the dealer of shard `shard` of `shards` (one dealer per shard)
+    shard: ShardIndex = 0
 
     def __post_init__(self) -> None:
+        check_shard(self.shard, self.shards)
         check_parties(self.parties)
 
 
@@ -429,6 +443,8 @@ class DealerConfig:
     batch_readings: int
     depth: int
     suite: KemSuite
+    shards: int = 1
+    shard: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +594,8 @@ def dealer_config(f: DealerFile, base: Path) -> DealerConfig:
         batch_readings=f.batch_readings,
         depth=f.depth,
         suite=f.suite,
+        shards=f.shards,
+        shard=f.shard,
     )
 
 

@@ -1,17 +1,31 @@
-"""A complete local deployment on loopback: N parties, dealer and output as processes.
+"""A complete local deployment: N parties, dealer and output as processes.
 
 :class:`Deployment` writes configs with free ports into a directory, starts
 ``python -m cloud_tecc <role> --config …`` per service, waits for ``/healthz``
 and stops them (SIGTERM, or SIGKILL on request). Used by the process tests,
 the benchmark and demos. Every service has its own simulated platform (one
 trust domain each, ``platform-<name>/``), and every verifier binds each
+service id to its own platform's key. By default everything is on loopback;
+``hosts`` gives a service its own address (and ``launch`` a command prefix,
+e.g. ``ip netns exec NS``), so the same deployment runs one host per trust
+domain (tests/e2e/test_netns.py, docs/CLOUD.md "Separate hosts").
+
 service id to its own platform's key.
+
+``shards=K`` runs K shard workers per party (``party<i>`` is shard 0,
+``party<i>-s<k>`` shard k) and one dealer per shard (``dealer``,
+``dealer-s<k>``). Every worker of a party runs under the party's service id,
+platform and sealed keys (shard k > 0 starts with a copy of shard 0's
+``sealed_keys.bin``, as a provisioning step would give it) with its own state
+directory; worker k's peers and dealer are shard k's. The output service
+reaches party i at its shard-0 worker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -19,6 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +47,7 @@ from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
 from tecc_contract.progress import Progress, seal_progress
+from tecc_contract.schema import is_loopback_host
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("party0", "party1", "dealer", "output")  # the default deployment (N = 2)
@@ -56,6 +72,9 @@ LOOPBACK_TLS.check_hostname = False
 LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
 
 OUTPUT_TOKENS: dict[str, str] = {}  # output service base URL -> its admin API token
+#: Non-loopback hosts of deployments built here (``Deployment.hosts``): :func:`http_json`
+#: talks HTTPS without certificate checks to these and to loopback only.
+DEPLOYMENT_HOSTS: set[str] = set()
 
 
 def register_output_token(base_url: str, token_file: Path) -> str:
@@ -82,8 +101,15 @@ def http_json(
     ``https://`` is the parties' listener: its certificate is the enclave's own
     (attested, not CA-signed), so this local test client does not verify it.
     """
-    if not url.startswith(("http://", "https://127.0.0.1:")):
-        raise ValueError(f"only http:// and https:// URLs on loopback are used here, got {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" and not (
+        parts.scheme == "https" and (is_loopback_host(host) or host in DEPLOYMENT_HOSTS)
+    ):
+        raise ValueError(
+            f"only http:// and https:// URLs on loopback or a Deployment's hosts are used "
+            f"here, got {url!r}"
+        )
     headers = {"Authorization": f"Bearer {token}"} if token is not None else auth_headers(url)
     req = urllib.request.Request(  # noqa: S310 - scheme checked above
         url, data=data, method="POST" if data is not None else "GET", headers=headers
@@ -107,7 +133,9 @@ class Deployment:
     dashboard port); the others are chosen free. ``gateway_health`` (gateway
     id → ``/healthz`` URL) is passed to the output service's dashboard.
     ``n_parties`` clusters ``party0`` … ``party{N-1}`` (default 2), each its
-    own trust domain.
+    own trust domain. ``hosts`` (service name → address, default 127.0.0.1)
+    is where each service listens and is reached; ``launch`` (service name →
+    argv prefix) starts it, e.g. ``("ip", "netns", "exec", NS)``.
     """
 
     root: Path
@@ -126,14 +154,40 @@ class Deployment:
     party_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Ingest frontends: ``<party>-ingest<j>`` → its party (configs by :meth:`add_frontend`).
     frontends: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
+    launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shards: int = 1  # shard workers per party (and dealers)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
             raise ValueError(f"a deployment needs n_parties >= 2, got {self.n_parties}")
+        DEPLOYMENT_HOSTS.update(h for h in self.hosts.values() if not is_loopback_host(h))
+        if not 1 <= self.shards <= 64:
+            raise ValueError(f"a deployment needs 1 <= shards <= 64, got {self.shards}")
         for name in self.port_names:
             self.ports.setdefault(name, free_port())
-        self.platform_dirs = {name: self.root / f"platform-{name}" for name in self.services}
+        domains = services(self.n_parties)
+        self.platform_dirs = {name: self.root / f"platform-{name}" for name in domains}
         self.write_configs()
+
+    def worker(self, party: int, shard: int) -> str:
+        """The service name of party ``party``'s worker of ``shard`` (shard 0: ``party<i>``)."""
+        return f"party{party}" if shard == 0 else f"party{party}-s{shard}"
+
+    def dealer_of(self, shard: int) -> str:
+        """The service name of the dealer of ``shard`` (shard 0: ``dealer``)."""
+        return "dealer" if shard == 0 else f"dealer-s{shard}"
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """Every party worker, shard 0 of every party first."""
+        k, n = range(self.shards), range(self.n_parties)
+        return tuple(self.worker(i, s) for s in k for i in n)
+
+    @staticmethod
+    def domain(name: str) -> str:
+        """The service id (trust domain) a service name runs as: ``party0-s1`` → ``party0``."""
+        return name.partition("-s")[0]
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -141,22 +195,28 @@ class Deployment:
         return tuple(f"party{i}" for i in range(self.n_parties))
 
     @property
+    def dealers(self) -> tuple[str, ...]:
+        """The dealer of every shard."""
+        return tuple(self.dealer_of(k) for k in range(self.shards))
+
+    @property
     def services(self) -> tuple[str, ...]:
-        """Every service name, in start order (parties, dealer, output)."""
-        return services(self.n_parties)
+        """Every service name, in start order (party workers, dealers, output)."""
+        return (*self.workers, *self.dealers, "output")
 
     @property
     def port_names(self) -> tuple[str, ...]:
         """Every port this deployment listens on (HTTP per service, MPC per party and dealer)."""
-        return (*self.services, *(f"{p}_mpc" for p in self.parties), "dealer_mpc")
+        mpc = (*self.workers, *self.dealers)
+        return (*self.services, *(f"{p}_mpc" for p in mpc))
 
     def platform(self, name: str) -> SimulatedPlatform:
         """The simulated platform (trust domain) of service ``name``."""
-        return SimulatedPlatform.load_or_create(self.platform_dirs[name])
+        return SimulatedPlatform.load_or_create(self.platform_dirs[self.domain(name)])
 
     def platform_keys(self) -> dict[str, str]:
         """Service id -> its platform's attestation public key (hex), for verifiers."""
-        return {name: self.platform(name).public_key_hex for name in self.services}
+        return {name: self.platform(name).public_key_hex for name in self.platform_dirs}
 
     def signing_key(self, gateway: str) -> Ed25519PrivateKey:
         """The private identity key of a test gateway (tests that seal envelopes themselves)."""
@@ -176,16 +236,24 @@ class Deployment:
         if gateways is None:
             gateways = [g for g, k in self.gateways.items() if isinstance(k, Ed25519PrivateKey)]
         for g in gateways:
-            for p in self.parties:
-                notice = Progress(g, p, min(through_ns, now), now)
+            for p in self.workers:  # every worker of every party tracks every gateway
+                notice = Progress(g, self.domain(p), min(through_ns, now), now)
                 frame = seal_progress(notice, self.signing_key(g))
                 statuses.append(http_json(f"{self.url(p)}/v1/progress", data=frame)[0])
         return statuses
 
+    def host(self, name: str) -> str:
+        """The address service ``name`` listens on and is reached at (default loopback)."""
+        return self.hosts.get(name, "127.0.0.1")
+
     def url(self, name: str) -> str:
-        """Base URL of a service (the parties serve HTTPS unless ``party_extra`` says tls: off)."""
-        tls = name.startswith("party") and self.party_extra.get("tls", True) is not False
-        return f"{'https' if tls else 'http'}://127.0.0.1:{self.ports[name]}"
+        """Base URL of a service (the parties serve HTTPS unless ``party_extra`` says tls: off;
+        the output service serves HTTPS on any listener that is not loopback)."""
+        if name.startswith("party"):
+            tls = self.party_extra.get("tls", True) is not False
+        else:
+            tls = name == "output" and not is_loopback_host(self.host(name))
+        return f"{'https' if tls else 'http'}://{self.host(name)}:{self.ports[name]}"
 
     @property
     def output_token_file(self) -> Path:
@@ -207,9 +275,9 @@ class Deployment:
         return path.name
 
     def _ep(self, name: str, mpc: bool = False) -> dict[str, str]:
-        ep = {"service_id": name, "url": self.url(name)}
+        ep = {"service_id": self.domain(name), "url": self.url(name)}
         if mpc:
-            ep["mpc"] = f"127.0.0.1:{self.ports[name + '_mpc']}"
+            ep["mpc"] = f"{self.host(name)}:{self.ports[name + '_mpc']}"
         return ep
 
     def write_configs(self) -> None:
@@ -226,52 +294,57 @@ class Deployment:
             g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()
             for g, k in self.gateways.items()
         }
-        n = self.n_parties
-        for i, name in enumerate(self.parties):
-            cfg = {
+        n, k_all = self.n_parties, self.shards
+        for k in range(k_all):
+            for i in range(n):
+                name = self.worker(i, k)
+                cfg = {
+                    **common,
+                    "role": "party",
+                    "service_id": self.domain(name),
+                    "platform_dir": self.platform_dirs[self.domain(name)].name,
+                    "party": i,
+                    "n_parties": n,
+                    "listen": {"host": self.host(name), "port": self.ports[name]},
+                    "mpc_listen": f"{self.host(name)}:{self.ports[name + '_mpc']}",
+                    "state_dir": name,
+                    "policy": self._policy_file(name),
+                    "gateways": gws,
+                    "peers": {j: self._ep(self.worker(j, k), mpc=True) for j in range(n) if j != i},
+                    "dealer": self._ep(self.dealer_of(k), mpc=True),
+                    "output": self._ep("output"),
+                    "tick_s": 0.1,
+                    **({"shards": k_all, "shard": k} if k_all > 1 else {}),
+                    **self.party_extra,
+                    **self.party_overrides.get(name, {}),
+                }
+                (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+            dname = self.dealer_of(k)
+            dealer = {
                 **common,
-                "role": "party",
-                "service_id": name,
-                "platform_dir": self.platform_dirs[name].name,
-                "party": i,
-                "n_parties": n,
-                "listen": {"host": "127.0.0.1", "port": self.ports[name]},
-                "mpc_listen": f"127.0.0.1:{self.ports[name + '_mpc']}",
-                "state_dir": name,
-                "policy": self._policy_file(name),
-                "gateways": gws,
-                "peers": {j: self._ep(f"party{j}", mpc=True) for j in range(n) if j != i},
-                "dealer": self._ep("dealer", mpc=True),
-                "output": self._ep("output"),
-                "tick_s": 0.1,
-                **self.party_extra,
-                **self.party_overrides.get(name, {}),
+                "role": "dealer",
+                "service_id": "dealer",
+                "platform_dir": self.platform_dirs["dealer"].name,
+                "suite": self.party_extra.get("suite", "x25519"),
+                "state_dir": dname,
+                "listen": {"host": self.host(dname), "port": self.ports[dname]},
+                "mpc_listen": f"{self.host(dname)}:{self.ports[dname + '_mpc']}",
+                "policy": self._policy_file("dealer"),
+                "parties": {i: self._ep(self.worker(i, k)) for i in range(n)},
+                "batch_readings": 20000,
+                **({"shards": k_all, "shard": k} if k_all > 1 else {}),
             }
-            (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+            (self.root / f"{dname}.yaml").write_text(yaml.safe_dump(dealer))
         for fe, party in self.frontends.items():
             self._write_frontend(fe, party)
         parties = {i: self._ep(p) for i, p in enumerate(self.parties)}
-        dealer = {
-            **common,
-            "role": "dealer",
-            "service_id": "dealer",
-            "platform_dir": self.platform_dirs["dealer"].name,
-            "suite": self.party_extra.get("suite", "x25519"),
-            "state_dir": "dealer",
-            "listen": {"host": "127.0.0.1", "port": self.ports["dealer"]},
-            "mpc_listen": f"127.0.0.1:{self.ports['dealer_mpc']}",
-            "policy": self._policy_file("dealer"),
-            "parties": parties,
-            "batch_readings": 20000,
-        }
-        (self.root / "dealer.yaml").write_text(yaml.safe_dump(dealer))
         output = {
             **common,
             "role": "output",
             "service_id": "output",
             "platform_dir": self.platform_dirs["output"].name,
             "state_dir": "output",
-            "listen": {"host": "127.0.0.1", "port": self.ports["output"]},
+            "listen": {"host": self.host("output"), "port": self.ports["output"]},
             "policy": self._policy_file("output"),
             "parties": parties,
             "gateways": dict(self.gateway_health),
@@ -289,23 +362,43 @@ class Deployment:
 
     def _write_frontend(self, name: str, party: str) -> None:
         cfg = yaml.safe_load((self.root / f"{party}.yaml").read_text())
-        cfg["listen"] = {"host": "127.0.0.1", "port": self.ports[name]}
+        cfg["listen"] = {"host": self.host(name), "port": self.ports[name]}
         (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
 
     def start(self, name: str) -> None:
         """Start one service process (appending to its log)."""
-        role = "ingest" if name in self.frontends else name
-        role = "party" if role.startswith("party") else role
+        if name in self.frontends:
+            role = "ingest"
+        else:
+            role = "party" if name.startswith("party") else self.domain(name)
+        if role == "party" and name != self.domain(name):
+            self._provision_keys(name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path(name).open("ab")
+        config = str(self.root / f"{name}.yaml")
+        argv = [sys.executable, "-m", "cloud_tecc", role, "--config", config]
         self.procs[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-m", "cloud_tecc", role, "--config", str(self.root / f"{name}.yaml")],
+            [*self.launch.get(name, ()), *argv],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
+
+    def _provision_keys(self, name: str, timeout: float = 30.0) -> None:
+        """Give shard worker ``name`` its party's sealed keys (those of the shard-0 worker)."""
+        mine = self.state_dir(name) / "sealed_keys.bin"
+        if mine.exists():
+            return
+        first = self.state_dir(self.domain(name)) / "sealed_keys.bin"
+        deadline = time.monotonic() + timeout
+        while not first.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.domain(name)} sealed no keys for {name} to share")
+            time.sleep(0.05)
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(first, mine)
 
     def wait_healthy(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll ``/healthz`` until it answers 200."""

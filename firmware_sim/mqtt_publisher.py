@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 
 import aiomqtt
@@ -27,6 +28,23 @@ DISCONNECT_TIMEOUT_S = 5.0
 #: Longest wait for a PUBACK before the link counts as lost (a killed broker does not
 #: always reset the connection at once; waiting longer only delays noticing it).
 PUBLISH_TIMEOUT_S = 3.0
+
+
+async def publish_acked(
+    client: aiomqtt.Client, topic: str, payload: bytes, qos: int, timeout_s: float
+) -> None:
+    """``client.publish`` bounded by ``timeout_s`` without losing a cancellation.
+
+    aiomqtt bounds the wait for a PUBACK with ``asyncio.wait_for``, which on
+    Python 3.11 swallows a cancellation arriving as the PUBACK completes: a
+    SIGTERM then left the simulator running. ``asyncio.timeout`` does not; a
+    timeout is raised as :class:`aiomqtt.MqttError`, as aiomqtt's own is.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.publish(topic, payload, qos=qos, timeout=math.inf)
+    except TimeoutError:
+        raise aiomqtt.MqttError("Operation timed out") from None
 
 
 def mqtt_client(settings: MqttSettings) -> aiomqtt.Client:
@@ -78,7 +96,7 @@ class MqttLink:
         if not self._up:
             return False
         try:
-            await self._client.publish(topic, payload, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+            await publish_acked(self._client, topic, payload, qos, PUBLISH_TIMEOUT_S)
         except aiomqtt.MqttError as exc:
             self._up = False
             _log.warning(

@@ -26,7 +26,11 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from firmware_sim.mqtt_publisher import publish_acked
 from tecc_contract.sparkplug import Payload, SparkplugType
+
+#: Longest wait for a PUBACK (aiomqtt's default client timeout).
+NODE_PUBLISH_TIMEOUT_S = 10.0
 
 NS = "spBv1.0"
 
@@ -177,13 +181,13 @@ class SparkplugLink:
                 if value is not None:
                     self.values[(device, name)] = value
             topic, payload = self.node.data(device, samples)
-            await self._client.publish(topic, payload, qos=1)
+            await publish_acked(self._client, topic, payload, 1, NODE_PUBLISH_TIMEOUT_S)
             self.published += 1
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish raw bytes (a death, a malformed payload in tests)."""
         async with self._lock:
-            await self._client.publish(topic, payload, qos=1)
+            await publish_acked(self._client, topic, payload, 1, NODE_PUBLISH_TIMEOUT_S)
 
     async def stop(self) -> None:
         """Publish NDEATH cleanly and disconnect."""
@@ -193,14 +197,14 @@ class SparkplugLink:
                 await self._task
         topic, payload = self.node.ndeath()
         with contextlib.suppress(aiomqtt.MqttError):
-            await self._client.publish(topic, payload, qos=1)
+            await publish_acked(self._client, topic, payload, 1, NODE_PUBLISH_TIMEOUT_S)
         with contextlib.suppress(aiomqtt.MqttError):
             await self._client.__aexit__(None, None, None)
 
     async def _publish_births(self) -> None:
         async with self._lock:
             for topic, payload in self.node.births(self.values):
-                await self._client.publish(topic, payload, qos=1)
+                await publish_acked(self._client, topic, payload, 1, NODE_PUBLISH_TIMEOUT_S)
 
     async def _commands(self) -> None:
         async for message in self._client.messages:

@@ -242,6 +242,10 @@ class Agent:
                     "depth": self.spool.depth(link.index),
                     "progress_s": link.through_ns / 1e9,
                     "last_error": link.last_error,
+                    "endpoint": link.endpoints.url,
+                    "endpoints": {
+                        e.url: {"up": e.up, "held_back": e.why or None} for e in link.endpoints.all
+                    },
                 }
                 for link in self.links
             },

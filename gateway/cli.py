@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -167,15 +168,18 @@ async def _enrol_once(cfg: GatewayConfig, evidence: TpmEvidence) -> dict[int, di
     out: dict[int, dict[str, object]] = {}
     async with aiohttp.ClientSession() as http:
         for c in cfg.clusters:
-            try:
-                out[c.index] = await enrol(http, c, evidence)
-            except EnrolmentRefusedError as exc:
-                out[c.index] = {"status": "refused", "reason": exc.reason, "error": str(exc)}
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                out[c.index] = {"status": "unreachable", "error": str(exc)}
-            except (GatewayError, KeyError, ValueError, TypeError, AttributeError) as exc:
-                # an HTTP error, non-JSON or a malformed challenge: this cluster only
-                out[c.index] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            for url in c.endpoints:  # the next endpoint only if this one is unreachable
+                try:
+                    out[c.index] = await enrol(http, replace(c, url=url), evidence)
+                except EnrolmentRefusedError as exc:
+                    out[c.index] = {"status": "refused", "reason": exc.reason, "error": str(exc)}
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    out[c.index] = {"status": "unreachable", "error": f"{url}: {exc}"}
+                    continue
+                except (GatewayError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                    # an HTTP error, non-JSON or a malformed challenge: this cluster only
+                    out[c.index] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+                break
     return out
 
 

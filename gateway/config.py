@@ -250,7 +250,11 @@ class SpoolConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """A TECC compute cluster: its party index, URL and expected identity."""
+    """A TECC compute cluster: its party index, ingest URL(s) and expected identity.
+
+    ``url`` is the first ingest endpoint; ``urls`` all of them in configured
+    order when the file gave a list (empty: ``url`` is the only one).
+    """
 
     index: int
     url: str
@@ -260,6 +264,13 @@ class ClusterConfig:
     tls: bool = True
     #: Also verify the certificate chain and host name against this CA.
     tls_ca_file: Path | None = None
+    #: Every ingest endpoint of this cluster (``urls:``); empty: just ``url``.
+    urls: tuple[str, ...] = ()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The ingest base URLs, in configured order (at least one)."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True, slots=True)

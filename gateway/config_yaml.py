@@ -187,11 +187,12 @@ def to_runtime(f: GatewayFile, *, base: Path, source: str = "config") -> Gateway
         clusters=tuple(
             ClusterConfig(
                 c.index,
-                c.url.rstrip("/"),
+                c.endpoints()[0].rstrip("/"),
                 c.service_id,
                 c.role,
                 c.tls,
                 _cluster_ca(base, c.tls_ca_file, f"{source}: $.clusters[{f.clusters.index(c)}]"),
+                tuple(u.rstrip("/") for u in c.urls or ()),
             )
             for c in sorted(f.clusters, key=lambda c: c.index)
         ),

@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -202,12 +202,15 @@ class Attestor:
     async def _cluster(self, http: aiohttp.ClientSession, cluster: ClusterConfig) -> None:
         st = self.state[cluster.index]
         enrolled = False
+        turn = 0  # which of the cluster's endpoints: the next one after a transport failure
         while True:
+            # a challenge and its answer go to one endpoint; the next exchange may use another
+            target = replace(cluster, url=cluster.endpoints[turn % len(cluster.endpoints)])
             try:
                 if enrolled:
-                    doc = await requote(http, cluster, self._tpm, self._cfg.gateway_id)
+                    doc = await requote(http, target, self._tpm, self._cfg.gateway_id)
                 else:
-                    doc = await enrol(http, cluster, self._tpm)
+                    doc = await enrol(http, target, self._tpm)
                     enrolled = True
                 st.status, st.reason = str(doc.get("status")), str(doc.get("reason", ""))
                 st.requote_s = _requote_s(doc.get("requote_s"), st.requote_s)
@@ -222,7 +225,10 @@ class Attestor:
                 delay = min(_RETRY_S[1], _RETRY_S[0] * 2**st.failures)
             except (GatewayError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 st.failures += 1
-                log.warning("attestation to cluster %d failed: %s", cluster.index, exc)
+                turn += 1
+                log.warning(
+                    "attestation to cluster %d at %s failed: %s", cluster.index, target.url, exc
+                )
                 delay = min(_RETRY_S[1], _RETRY_S[0] * 2**st.failures)
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 # a malformed answer (missing field, bad hex/base64): this cluster only,

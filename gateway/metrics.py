@@ -120,6 +120,25 @@ class Metrics:
             ["cluster"],
             registry=r,
         )
+        self.failovers = Counter(
+            "gateway_uplink_failovers",
+            "Moves of a cluster's uplink from one ingest endpoint to another (failure, "
+            "overload or refusal of the one in use)",
+            ["cluster"],
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "gateway_uplink_overloaded",
+            "Answers 503/429 with Retry-After (endpoint held back that long, frames kept)",
+            ["cluster"],
+            registry=r,
+        )
+        self.endpoint_up = Gauge(
+            "gateway_uplink_endpoint_up",
+            "1 while an ingest endpoint of the cluster is attested and not held back",
+            ["cluster", "endpoint"],
+            registry=r,
+        )
         self.attestation_failures = Counter(
             "gateway_attestation_failures",
             "Quotes that failed verification",

@@ -262,45 +262,71 @@ class SpoolDoc(Schema, frozen=True, kw_only=True):
 
 
 class ClusterDoc(Schema, frozen=True, kw_only=True):
-    """``clusters[i]``: a TECC cluster, its party index, URL and attested id.
+    """``clusters[i]``: a TECC cluster, its party index, ingest URL(s) and attested id.
 
-    Rules: with ``tls`` on (the default) the URL is ``https://`` and the
+    ``url`` names the cluster's one ingest endpoint; ``urls`` lists several
+    (the ingest frontends of one party, tried in turn on failure or overload:
+    docs/GATEWAY.md, "Several ingest endpoints"). Exactly one of the two.
+    Rules: with ``tls`` on (the default) every URL is ``https://`` and the
     server's key must be the one the cluster's quote binds (claim
-    ``tls_spki``); ``tls_ca_file`` additionally verifies the certificate chain
-    and host name against that CA. ``tls: off`` needs an ``http://`` URL on a
-    loopback host, or ``insecure_plain_http: true`` for any other host.
+    ``tls_spki``, the same key on every endpoint); ``tls_ca_file``
+    additionally verifies the certificate chain and host name against that
+    CA. ``tls: off`` needs ``http://`` URLs on loopback hosts, or
+    ``insecure_plain_http: true`` for any other host.
     """
 
     index: Annotated[int, Meta(ge=0)]
-    url: Url
+    url: Url | None = None
+    urls: Annotated[tuple[Url, ...], Meta(min_length=1, max_length=64)] | None = None
     service_id: Name
     role: Literal["party"] = "party"
     tls: bool = True
     tls_ca_file: Name | None = None
     insecure_plain_http: bool = False
 
+    def endpoints(self) -> tuple[str, ...]:
+        """The ingest base URLs in configured order (``url`` alone or ``urls``)."""
+        if self.urls is not None:
+            return self.urls
+        return () if self.url is None else (self.url,)
+
     def __post_init__(self) -> None:
-        scheme, _, rest = self.url.partition("://")
-        host = urlsplit(self.url).hostname or rest
+        if (self.url is None) == (self.urls is None):
+            raise ValueError(
+                "give exactly one of url (one ingest endpoint) and urls (a list of the "
+                "cluster's ingest endpoints)"
+                + (": remove one of them" if self.url is not None else "")
+            )
+        key = "url" if self.urls is None else "urls"
+        seen = [u.rstrip("/") for u in self.endpoints()]
+        dup = sorted({u for u in seen if seen.count(u) > 1})
+        if dup:
+            raise ValueError(f"urls lists {dup[0]!r} twice: give each endpoint once")
+        if not self.tls and self.tls_ca_file is not None:
+            raise ValueError("tls_ca_file needs tls on: remove tls: off or tls_ca_file")
+        if self.tls and self.insecure_plain_http:
+            raise ValueError("insecure_plain_http: true needs tls: off (or remove it)")
+        for url in self.endpoints():
+            self._check(key, url)
+
+    def _check(self, key: str, url: str) -> None:
+        scheme, _, rest = url.partition("://")
+        host = urlsplit(url).hostname or rest
         if self.tls:
             if scheme != "https":
                 raise ValueError(
-                    f"url {self.url!r} is plain HTTP but tls is on (the default): write "
+                    f"{key} {url!r} is plain HTTP but tls is on (the default): write "
                     "https://… (the party's listener serves TLS), or tls: off for a loopback "
                     "cluster without TLS"
                 )
-            if self.insecure_plain_http:
-                raise ValueError("insecure_plain_http: true needs tls: off (or remove it)")
             return
-        if self.tls_ca_file is not None:
-            raise ValueError("tls_ca_file needs tls on: remove tls: off or tls_ca_file")
         if scheme != "http":
-            raise ValueError(f"url {self.url!r} is https:// but tls: off: write http://…")
+            raise ValueError(f"{key} {url!r} is https:// but tls: off: write http://…")
         if not is_loopback_host(host) and not self.insecure_plain_http:
             raise ValueError(
-                f"tls: off to the non-loopback host {host!r} would send the uplink in clear "
-                "(readable and delayable on the path): remove tls: off (TLS is the default), or "
-                "add insecure_plain_http: true to this cluster to accept that"
+                f"tls: off to the non-loopback host {host!r} ({key}) would send the uplink in "
+                "clear (readable and delayable on the path): remove tls: off (TLS is the "
+                "default), or add insecure_plain_http: true to this cluster to accept that"
             )
 
 

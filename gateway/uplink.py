@@ -31,6 +31,18 @@ The order of attest, drain, idle and backoff is the sans-IO state machine
 :class:`~gateway.uplink_cycle.UplinkCycle`; :class:`ClusterLink` only does
 the I/O of each step and feeds the outcome back in.
 
+Several endpoints (``urls:``, the ingest frontends of one party): every
+request goes to the *current* endpoint, chosen by the sans-IO
+:class:`~gateway.uplink_endpoints.Endpoints` at each attestation (so each
+endpoint is attested before it gets any batch or notice). A connection
+error, timeout, 5xx or bad acknowledgement holds that endpoint back
+(backoff of its own) and the link attests the next one at once; ``503`` or
+``429`` with ``Retry-After`` holds it back that long (≤ 60 s), counted in
+``gateway_uplink_overloaded_total``; a refused quote or TLS key holds it
+back and counts it. The cluster's TLS key is one pin for all its endpoints
+(:class:`~gateway.uplink_endpoints.SpkiPin`). The spool is untouched by all
+of this: a frame leaves it only on the signed acknowledgement of that frame.
+
 While a cluster answers, its backlog drains back-to-back (no pacing). The
 cluster is re-attested whenever new work arrives after the link was idle,
 after every failure, and at least every ``reattest_s`` seconds. Frames are
@@ -56,18 +68,17 @@ from gateway.config import ClusterConfig
 from gateway.errors import AttestationFailedError, TlsPinError
 from gateway.metrics import Metrics
 from gateway.spool import PinnedKey, Spool
-from gateway.uplink_ack import AckCheck, Answer, judge_answer
+from gateway.uplink_ack import AckCheck, Answer, judge_answer, overload_wait_s, read_capped
+from gateway.uplink_attest import checked_identity, follows_rotation
 from gateway.uplink_cycle import Backoff, Step, UplinkCycle
+from gateway.uplink_endpoints import Endpoints, SpkiPin
 from gateway.uplink_tls import TlsPin, fetch_ssl, pin, server_certificate
 from tecc_contract.attestation import (
     ClusterRegistry,
     Quote,
     QuoteVerifier,
-    VerifiedIdentity,
-    rotated_from,
 )
-from tecc_contract.errors import AttestationError, ContractError
-from tecc_contract.keys import ed25519_public_from_bytes
+from tecc_contract.errors import AttestationError
 
 log = logging.getLogger(__name__)
 _BATCH_READ: Final = 16
@@ -106,38 +117,27 @@ class ProgressHooks:
     notice: Callable[[str, int, int], bytes]
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The body, or its first ``cap`` bytes (an answer is never that long)."""
-    chunks: list[bytes] = []
-    left = cap
-    while left > 0:
-        chunk = await resp.content.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def follows_rotation(pinned: PinnedKey, key: PinnedKey, ident: VerifiedIdentity) -> bool:
-    """Whether ``key`` is the attested successor of ``pinned`` (same cluster, suite, id).
-
-    The quote names the key it replaced (claim ``hpke_prev``); batches sealed to
-    the old key still open at the cluster during its overlap period.
-    """
-    return (
-        pinned.service_id == key.service_id
-        and pinned.suite == key.suite
-        and rotated_from(ident, pinned.public_key)
-    )
-
-
 class _Retry(Exception):  # noqa: N818 - internal control flow, never escapes
     """A transient failure: back off, re-attest, try again; ``kind`` is the metric label."""
 
     def __init__(self, message: str, kind: str = "transport") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class _Overloaded(_Retry):
+    """The endpoint answered 503/429 with ``Retry-After``: hold it back ``wait_s``."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message, "overloaded")
+        self.wait_s = wait_s
+
+
+def _check_overload(what: str, resp: aiohttp.ClientResponse) -> None:
+    """Raise :class:`_Overloaded` if ``resp`` says "overloaded, retry after"."""
+    wait = overload_wait_s(resp.status, resp.headers, time.time())
+    if wait is not None:
+        raise _Overloaded(f"{what} answered {resp.status}, Retry-After {wait:g} s", wait)
 
 
 class ClusterLink:
@@ -169,6 +169,8 @@ class ClusterLink:
         self._progress_hooks = progress
         self._clock = clock or UplinkClock()
         self.cycle = UplinkCycle(reattest_s=options.reattest_s, backoff=options.backoff)
+        self.endpoints = Endpoints(cfg.endpoints, backoff=options.backoff)
+        self._spki = SpkiPin(hold_s=options.reattest_s)  # one TLS key for all endpoints
         self._ack_check: AckCheck | None = None  # from the last verified quote
         self._tls: TlsPin | None = None  # the uploads' pin, from the last verified quote
         self._noticed = -math.inf  # monotonic time of the last acknowledged notice
@@ -181,12 +183,28 @@ class ClusterLink:
         """Monotonic time of the last successful attestation (None while not attested)."""
         return self.cycle.attested_at
 
+    async def _choose(self) -> str:
+        """Make a free endpoint current (waiting if all are held back); return its URL."""
+        eps = self.endpoints
+        before = eps.failovers
+        if eps.choose(time.monotonic()) is None:  # the backoff step waited; rarely needed
+            await asyncio.sleep(eps.wait_s(time.monotonic()) + 0.001)  # a timer may fire early
+            if eps.choose(time.monotonic()) is None:
+                raise _Retry("every endpoint of the cluster is held back")
+        if eps.failovers > before:
+            self._metrics.failovers.labels(str(self.index)).inc(eps.failovers - before)
+            log.warning("cluster %d: failing over to endpoint %s", self.index, eps.url)
+        return eps.url
+
     async def attest(self) -> PinnedKey:
-        """Fetch and verify a fresh quote; return the (pinned) cluster key."""
+        """Fetch and verify a fresh quote on the current endpoint; return the cluster key."""
+        self._tls = None  # this endpoint gets nothing until its own quote verified
+        base = await self._choose()
         nonce = self._clock.nonce_bytes(32)
-        url = f"{self.cfg.url}/attestation"
-        cert = await server_certificate(self.cfg)  # its key is checked against the quote
+        url = f"{base}/attestation"
+        cert = await server_certificate(self.cfg, base)  # its key is checked against the quote
         async with self._http.get(url, params={"nonce": nonce.hex()}, ssl=fetch_ssl(cert)) as resp:
+            _check_overload("GET /attestation", resp)
             if resp.status != 200:
                 raise _Retry(f"GET /attestation answered {resp.status}")
             body = await resp.read()
@@ -201,35 +219,21 @@ class ClusterLink:
             )
         except AttestationError as exc:
             raise AttestationFailedError(str(exc)) from exc
-        if ident.service_id != self.cfg.service_id:
-            raise AttestationFailedError(
-                f"cluster {self.index} attests as {ident.service_id!r}, configured "
-                f"{self.cfg.service_id!r}"
-            )
-        if self._registry is not None:
-            try:
-                self._registry.claim(self.index, ident)
-            except AttestationError as exc:
-                raise AttestationFailedError(str(exc)) from exc
+        key, ack_key = checked_identity(self.cfg, ident, self._opts.expected_suite, self._registry)
         try:
             tls = pin(self.cfg, ident, cert)
+            if self.cfg.tls and not self._spki.allows(
+                tls.spki, time.monotonic(), endpoints=len(self.endpoints.all)
+            ):
+                raise TlsPinError(
+                    f"cluster {self.index}: endpoint {base} presents TLS key {tls.spki[:16]}…, "
+                    f"the cluster's other endpoints present {str(self._spki.spki)[:16]}…: all "
+                    "frontends of a party serve the party's key; this endpoint gets nothing, "
+                    "the others are used"
+                )
         except TlsPinError:
             self._metrics.tls_refused.labels(str(self.index)).inc()
             raise
-        hpke = ident.keys.get("hpke")
-        if hpke is None or ident.hpke_suite != self._opts.expected_suite:
-            raise AttestationFailedError(
-                f"cluster {self.index} offers no {self._opts.expected_suite} HPKE key in its quote"
-            )
-        sign = ident.keys.get("sign")
-        try:
-            ack_key = ed25519_public_from_bytes(b"" if sign is None else sign)
-        except ContractError as exc:
-            raise AttestationFailedError(
-                f"cluster {self.index} binds no Ed25519 'sign' key in its quote, so its "
-                "acknowledgements cannot be verified"
-            ) from exc
-        key = PinnedKey(self.index, ident.service_id, ident.hpke_suite, hpke)
         pinned = (await asyncio.to_thread(self._spool.pins)).get(self.index)
         if pinned is None:
             await asyncio.to_thread(self._spool.pin, key)
@@ -251,31 +255,58 @@ class ClusterLink:
         self._ack_check = AckCheck(
             gateway_id=self._opts.gateway_id, cluster_id=ident.service_id, key=ack_key
         )
+        self._spki.confirm(tls.spki, time.monotonic())
         self._tls = tls
         return key
 
     async def run(self) -> None:
         """Forever: attest, drain, idle, back off on failure (:class:`UplinkCycle`)."""
         cycle = self.cycle
+        eps = self.endpoints
         while True:
             try:
                 await self._step(cycle.step)
             except AttestationFailedError as exc:
                 self._fail("attestation", str(exc))
                 self._metrics.attestation_failures.labels(str(self.index)).inc()
-                log.error("cluster %d: attestation failed, sending nothing: %s", self.index, exc)
-                cycle.refused(self._clock.rand())
+                log.error(
+                    "cluster %d: attestation failed at %s, sending it nothing: %s",
+                    self.index,
+                    eps.url,
+                    exc,
+                )
+                now, rand = time.monotonic(), self._clock.rand()
+                eps.refused(eps.current, now, rand)
+                cycle.refused(rand, eps.wait_s(now))
             except aiohttp.ServerFingerprintMismatch as exc:
                 self._tls = None  # attest again before anything is sent
                 self._metrics.tls_refused.labels(str(self.index)).inc()
                 self._fail("tls", f"the TLS server's certificate is not the attested one: {exc}")
                 log.error("cluster %d: TLS server is not the attested one; retrying", self.index)
-                cycle.failed(self._clock.rand())
+                now, rand = time.monotonic(), self._clock.rand()
+                eps.refused(eps.current, now, rand)
+                cycle.failed(rand, eps.wait_s(now))
+            except _Overloaded as exc:
+                self._fail(exc.kind, str(exc))
+                self._metrics.overloaded.labels(str(self.index)).inc()
+                log.warning("cluster %d: %s is overloaded: %s", self.index, eps.url, exc)
+                now = time.monotonic()
+                eps.overloaded(eps.current, now, exc.wait_s)
+                cycle.failed(self._clock.rand(), eps.wait_s(now))
             except (_Retry, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 kind = exc.kind if isinstance(exc, _Retry) else "transport"
                 self._fail(kind, f"{type(exc).__name__}: {exc}")
-                log.warning("cluster %d: %s: %s; retrying", self.index, type(exc).__name__, exc)
-                cycle.failed(self._clock.rand())
+                log.warning(
+                    "cluster %d: %s: %s: %s; retrying", self.index, eps.url, type(exc).__name__, exc
+                )
+                now, rand = time.monotonic(), self._clock.rand()
+                eps.failed(eps.current, now, rand)
+                cycle.failed(rand, eps.wait_s(now))
+            self._endpoint_gauges()
+
+    def _endpoint_gauges(self) -> None:
+        for e in self.endpoints.all:
+            self._metrics.endpoint_up.labels(str(self.index), e.url).set(1 if e.up else 0)
 
     async def _step(self, step: Step) -> None:
         """Do the I/O of one step and feed its outcome to the cycle."""
@@ -283,11 +314,13 @@ class ClusterLink:
         if step is Step.ATTEST:
             await self.attest()
             cycle.attested(time.monotonic())
+            self.endpoints.attested(self.endpoints.current)
             self._metrics.attested.labels(str(self.index)).set(1)
         elif step is Step.DRAIN:
             sent = await self._drain()
             await self._progress()
             self.last_error = None
+            self.endpoints.succeeded(self.endpoints.current)
             cycle.drained(sent, time.monotonic())
         elif step is Step.IDLE:
             self.wake.clear()
@@ -329,13 +362,14 @@ class ClusterLink:
         if check is None or tls is None:
             raise _Retry("no attested acknowledgement key or TLS pin yet")
         async with self._http.post(
-            f"{self.cfg.url}/v1/batches",
+            f"{self.endpoints.url}/v1/batches",
             data=frame,
             headers={"Content-Type": "application/octet-stream"},
             ssl=tls.upload,
         ) as resp:
+            _check_overload(f"POST /v1/batches seq {seq} (frame kept)", resp)
             status = resp.status
-            body = await _read_capped(resp, _MAX_ANSWER)
+            body = await read_capped(resp, _MAX_ANSWER)
         answer, why = judge_answer(status, body, check=check, seq=seq, frame=frame)
         if answer is Answer.ACKED:
             return
@@ -360,11 +394,12 @@ class ClusterLink:
         through = max(0, min(edge, now) if oldest is None else min(edge, oldest, now))
         frame = hooks.notice(self.cfg.service_id, through, now)
         async with self._http.post(
-            f"{self.cfg.url}/v1/progress",
+            f"{self.endpoints.url}/v1/progress",
             data=frame,
             headers={"Content-Type": "application/octet-stream"},
             ssl=self._tls.upload,
         ) as resp:
+            _check_overload("POST /v1/progress", resp)
             if resp.status != 200:
                 body = await resp.read()
                 raise _Retry(f"POST /v1/progress answered {resp.status}: {body[:200]!r}")

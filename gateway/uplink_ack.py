@@ -12,12 +12,42 @@ import base64
 import binascii
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.uplink_endpoints import retry_after_s
 from tecc_contract.ack import verify_ack
 from tecc_contract.errors import ContractError
+
+#: Statuses that, with ``Retry-After``, mean "overloaded, come back then" (not a failure).
+OVERLOAD_STATUSES = frozenset({429, 503})
+
+
+def overload_wait_s(status: int, headers: Mapping[str, str], now_s: float) -> float | None:
+    """The wait an overloaded endpoint asks for (``503``/``429`` + ``Retry-After``), else None.
+
+    A 503 without a usable ``Retry-After`` is an ordinary failure (backoff).
+    ``now_s``: Unix time, for a ``Retry-After`` given as an HTTP-date.
+    """
+    if status not in OVERLOAD_STATUSES:
+        return None
+    return retry_after_s(headers.get("Retry-After"), now_s)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, or its first ``cap`` bytes (an answer is never that long)."""
+    chunks: list[bytes] = []
+    left = cap
+    while left > 0:
+        chunk = await resp.content.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 class Answer(enum.Enum):

@@ -133,19 +133,24 @@ class UplinkCycle:
         self.fire(Event.TIMED_OUT)
         self._expire(now_s)
 
-    def refused(self, rand: float) -> float:
-        """Attestation failed; return the backoff delay in seconds."""
-        return self._fail(Event.REFUSED, rand)
+    def refused(self, rand: float, delay_s: float | None = None) -> float:
+        """Attestation failed; return the backoff delay in seconds.
 
-    def failed(self, rand: float) -> float:
+        ``delay_s``: the wait decided elsewhere (the endpoint choice of a
+        cluster with several endpoints, :mod:`gateway.uplink_endpoints`);
+        None: this cycle's own exponential backoff.
+        """
+        return self._fail(Event.REFUSED, rand, delay_s)
+
+    def failed(self, rand: float, delay_s: float | None = None) -> float:
         """A transport error or an unacknowledged frame; return the backoff delay."""
-        return self._fail(Event.FAILED, rand)
+        return self._fail(Event.FAILED, rand, delay_s)
 
-    def _fail(self, event: Event, rand: float) -> float:
+    def _fail(self, event: Event, rand: float, delay_s: float | None) -> float:
         self.fire(event)
         self.failures += 1
         self.attested_at = None
-        self.delay_s = self._backoff.delay(self.failures, rand)
+        self.delay_s = self._backoff.delay(self.failures, rand) if delay_s is None else delay_s
         return self.delay_s
 
     def waited(self) -> None:

@@ -50,15 +50,18 @@ def probe_context(cfg: ClusterConfig) -> ssl.SSLContext:
     return ctx
 
 
-async def server_certificate(cfg: ClusterConfig, timeout_s: float = 5.0) -> bytes | None:
-    """The DER certificate the cluster's server presents now (None without TLS).
+async def server_certificate(
+    cfg: ClusterConfig, url: str | None = None, timeout_s: float = 5.0
+) -> bytes | None:
+    """The DER certificate the server at ``url`` presents now (None without TLS).
 
-    One TLS handshake, then the connection is closed; the quote is fetched
-    next over a connection required to present this same certificate.
+    ``url``: one of the cluster's endpoints (default: its first). One TLS
+    handshake, then the connection is closed; the quote is fetched next over
+    a connection required to present this same certificate.
     """
     if not cfg.tls:
         return None
-    parts = urlsplit(cfg.url)
+    parts = urlsplit(url or cfg.url)
     host, port = parts.hostname or "", parts.port or 443
     ctx = probe_context(cfg)
     async with asyncio.timeout(timeout_s):

@@ -26,7 +26,7 @@ from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import PeerError
 from cloud_tecc.mpc.dealer_server import DealerService
-from cloud_tecc.mpc.handshake import LinkSuite
+from cloud_tecc.mpc.handshake import LinkSuite, shard_session
 from cloud_tecc.service.base import ServiceBase
 from tecc_contract.keys import ed25519_public_from_bytes
 
@@ -103,6 +103,7 @@ class DealerProcess(ServiceBase):
             party_keys=keys,
             depth=self.dcfg.depth,
             suite=LinkSuite.from_label(self.dcfg.suite.value),
+            session=shard_session(self.dcfg.shard, self.dcfg.shards),
         )
         host, port = parse_hostport(self.dcfg.mpc_listen)
         await self.dealer.start(host, port)
@@ -147,4 +148,5 @@ class DealerProcess(ServiceBase):
         doc = super().health()
         doc["dealer"] = self.state
         doc["parties"] = dict(self.admitted)
+        doc["shard"], doc["shards"] = self.dcfg.shard, self.dcfg.shards
         return doc

@@ -115,6 +115,9 @@ def node_config(spec: NodeSpec) -> str:
             f'  name: "{spec.cluster_name}"',
             f'  listen: "{spec.host}:{spec.cluster_port}"',
             f'  authorization {{ user: "route", password: "{spec.password}" }}',
+            # clients keep the configured URLs (with the credential), never learn
+            # credential-less advertised ones to reconnect through
+            "  no_advertise: true",
             "  routes: [",
             *(f'    "{r}"' for r in spec.routes),
             "  ]",
@@ -236,40 +239,81 @@ def _prepare(spec: NodeSpec, state_dir: Path) -> NatsNode:
     return NatsNode(spec, conf, state_dir / f"{spec.name}.log")
 
 
+ATTEMPTS = 3
+
+
 def start_node(
     state_dir: Path, *, name: str = "nats", host: str = "127.0.0.1", port: int | None = None
 ) -> NatsDeployment:
-    """Start one embedded JetStream node (R=1 streams) under ``state_dir``; wait until ready."""
+    """Start one embedded JetStream node (R=1 streams) under ``state_dir``; wait until ready.
+
+    Ports are chosen free; if another process takes one before the server
+    binds it, the start is retried with new ports (up to ``ATTEMPTS``).
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
-    spec = NodeSpec(
-        name=name,
-        host=host,
-        port=port or _free_port(host),
-        monitor_port=_free_port(host),
-        store_dir=state_dir / f"{name}-store",
-        password=credential(state_dir),
-    )
-    node = _prepare(spec, state_dir)
-    node.start()
-    dep = NatsDeployment([node])
-    try:
-        node.wait_ready()
-    except BaseException:
-        dep.stop()
-        raise
-    return dep
+    failures: list[str] = []
+    for _ in range(1 if port is not None else ATTEMPTS):
+        spec = NodeSpec(
+            name=name,
+            host=host,
+            port=port or _free_port(host),
+            monitor_port=_free_port(host),
+            store_dir=state_dir / f"{name}-store",
+            password=credential(state_dir),
+        )
+        node = _prepare(spec, state_dir)
+        node.start()
+        dep = NatsDeployment([node])
+        try:
+            node.wait_ready()
+        except TimeoutError as exc:
+            dep.stop()
+            failures.append(str(exc))
+            continue
+        except BaseException:
+            dep.stop()
+            raise
+        return dep
+    raise TimeoutError("; ".join(failures))
 
 
 def start_cluster(
     state_dir: Path, *, size: int = 3, name: str = "nats", host: str = "127.0.0.1"
 ) -> NatsDeployment:
-    """Start a ``size``-node JetStream cluster (R=3 streams when size ≥ 3); wait until ready."""
+    """Start a ``size``-node JetStream cluster (R=3 streams when size ≥ 3); wait until ready.
+
+    Retried with new ports (up to ``ATTEMPTS``) if a node cannot bind its own.
+    """
     if size < 3:
         raise ValueError(f"a JetStream cluster needs at least 3 nodes for quorum, got {size}")
     state_dir.mkdir(parents=True, exist_ok=True)
     password = credential(state_dir)
+    failures: list[str] = []
+    for _ in range(ATTEMPTS):
+        dep = NatsDeployment(
+            [_prepare(s, state_dir) for s in _cluster_specs(state_dir, size, name, host, password)]
+        )
+        for node in dep.nodes:
+            node.start()
+        try:
+            for node in dep.nodes:
+                node.wait_ready(timeout=30.0)
+        except TimeoutError as exc:
+            dep.stop()
+            failures.append(str(exc))
+            continue
+        except BaseException:
+            dep.stop()
+            raise
+        return dep
+    raise TimeoutError("; ".join(failures))
+
+
+def _cluster_specs(
+    state_dir: Path, size: int, name: str, host: str, password: str
+) -> list[NodeSpec]:
     cports = [_free_port(host) for _ in range(size)]
-    specs = [
+    return [
         NodeSpec(
             name=f"{name}{i}",
             host=host,
@@ -285,13 +329,3 @@ def start_cluster(
         )
         for i in range(size)
     ]
-    dep = NatsDeployment([_prepare(s, state_dir) for s in specs])
-    for node in dep.nodes:
-        node.start()
-    try:
-        for node in dep.nodes:
-            node.wait_ready(timeout=30.0)
-    except BaseException:
-        dep.stop()
-        raise
-    return dep

@@ -80,6 +80,7 @@ class DealerLink:
         wait_s: float = 60.0,
         tls: ssl.SSLContext | None = None,
         suite: LinkSuite = LinkSuite.X25519,
+        mpc_session: str = "",
     ) -> DealerLink:
         """Connect and authenticate (the dealer's key comes from its verified quote).
 
@@ -88,7 +89,14 @@ class DealerLink:
         """
         self = cls(party, frac_bits, wait_s)
         self._session, ws = await wslink.connect_dealer(
-            url, party=party, key=key, dealer_key=dealer_key, wait_s=wait_s, tls=tls, suite=suite
+            url,
+            party=party,
+            key=key,
+            dealer_key=dealer_key,
+            wait_s=wait_s,
+            tls=tls,
+            suite=suite,
+            mpc_session=mpc_session,
         )
         self._ws = ws
         self._reader = asyncio.create_task(self._read_ahead(ws))

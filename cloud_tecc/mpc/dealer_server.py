@@ -38,7 +38,7 @@ from cloud_tecc.mpc.config import MeshFile, load_private_key
 from cloud_tecc.mpc.correlations import Plan
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.errors import MpcError, MpcParameterError, ProtocolError
-from cloud_tecc.mpc.handshake import DEALER_NAME, LinkSuite, party_name
+from cloud_tecc.mpc.handshake import LinkSuite, dealer_name, party_index, party_name
 from cloud_tecc.mpc.memory import retain_freed_memory
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
@@ -77,6 +77,7 @@ class DealerService:
         random_bytes: RandomBytes = os.urandom,
         suite: LinkSuite = LinkSuite.X25519,
         handshake_s: float = wslink.HANDSHAKE_S,
+        session: str = "",
     ) -> None:
         if depth < 1:
             raise MpcParameterError("dealer depth must be >= 1")
@@ -90,7 +91,9 @@ class DealerService:
         self.suite, self.handshake_s = suite, handshake_s
         #: Unauthenticated upgrades in their handshake (capped; refusals counted).
         self.gate = wslink.HandshakeGate()
-        self.known = {party_name(i): k for i, k in party_keys.items()}
+        #: The MPC session served (one dealer per shard): in every handshake name.
+        self.session = session
+        self.known = {party_name(i, session): k for i, k in party_keys.items()}
         self.stats = DealerStats()
         self._frames: dict[int, list[bytes | None]] = {}
         self._cursor = dict.fromkeys(range(n), 0)
@@ -164,7 +167,7 @@ class DealerService:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         resp, link = await wslink.accept(
             request,
-            name=DEALER_NAME,
+            name=dealer_name(self.session),
             key=self.key,
             known=self.known,
             wait_s=self.wait_s,
@@ -175,7 +178,7 @@ class DealerService:
         if link is None or not isinstance(resp, web.WebSocketResponse):
             return resp
         ws = resp
-        party = int(link.peer.removeprefix("party-"))
+        party = party_index(link.peer)
         # One live connection per party keeps cursors sane: a reconnecting party
         # replaces its stale connection (whose handler may wait for a frame for a
         # request the party sent before it went away).
@@ -210,14 +213,14 @@ class DealerService:
 
     def revoke(self, party: int) -> None:
         """Stop serving ``party`` (it failed re-attestation) until :meth:`admit` again."""
-        self.known.pop(party_name(party), None)
+        self.known.pop(party_name(party, self.session), None)
         live = self._live.pop(party, None)
         if live is not None:
             live.cancel()
 
     def admit(self, party: int, key: Ed25519PublicKey) -> None:
         """Serve ``party`` under ``key`` (a changed key also drops its live link)."""
-        name = party_name(party)
+        name = party_name(party, self.session)
         if self.known.get(name) != key:
             self.revoke(party)
             self.known[name] = key

@@ -132,9 +132,30 @@ def _eph_bytes(eph: X25519PrivateKey) -> bytes:
     return eph.public_key().public_bytes_raw()
 
 
-def party_name(index: int) -> str:
-    """The handshake identity of compute party ``index``."""
-    return f"party-{index}"
+def party_name(index: int, session: str = "") -> str:
+    """The handshake identity of compute party ``index`` (in MPC session ``session``).
+
+    A party of K > 1 shard workers runs one session per shard, all under the
+    party's one attested key: the session (:func:`shard_session`) is part of
+    the name and so of the signed transcript, and worker k of one party can
+    never pair with worker j != k of another (nor with shard j's dealer).
+    """
+    return f"party-{index}/{session}" if session else f"party-{index}"
+
+
+def party_index(name: str) -> int:
+    """The party index of a handshake identity made by :func:`party_name`."""
+    return int(name.partition("/")[0].removeprefix("party-"))
+
+
+def dealer_name(session: str = "") -> str:
+    """The handshake identity of the dealer of MPC session ``session``."""
+    return f"{DEALER_NAME}/{session}" if session else DEALER_NAME
+
+
+def shard_session(shard: int, shards: int) -> str:
+    """The session label of shard ``shard`` of ``shards`` ("" for one shard: today's names)."""
+    return "" if shards == 1 else f"shard-{shard}-of-{shards}"
 
 
 DEALER_NAME: Final = "dealer"

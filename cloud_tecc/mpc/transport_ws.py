@@ -39,7 +39,7 @@ from cloud_tecc.mpc.errors import (
     PeerLostError,
     ProtocolError,
 )
-from cloud_tecc.mpc.handshake import LinkSuite, party_name
+from cloud_tecc.mpc.handshake import LinkSuite, party_index, party_name
 from cloud_tecc.mpc.transport import Payload
 
 _RID: Final = struct.Struct("<Q")
@@ -65,6 +65,9 @@ class MeshConfig:
     suite: LinkSuite = LinkSuite.X25519
     #: Time an unauthenticated peer has to complete the handshake.
     handshake_s: float = wslink.HANDSHAKE_S
+    #: The MPC session (one per shard, :func:`~cloud_tecc.mpc.handshake.shard_session`):
+    #: in every handshake name, so links of different sessions never pair.
+    session: str = ""
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,9 +131,9 @@ class WsTransport:
                     self._session,
                     f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
                     deadline=deadline,
-                    name=party_name(cfg.party),
+                    name=party_name(cfg.party, cfg.session),
                     key=cfg.key,
-                    server_name=party_name(j),
+                    server_name=party_name(j, cfg.session),
                     server_key=cfg.peer_keys[j],
                     wait_s=cfg.connect_timeout,
                     tls=cfg.client_tls,
@@ -178,10 +181,10 @@ class WsTransport:
         await web.TCPSite(self._runner, host, port, ssl_context=self.cfg.server_tls).start()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        known = {party_name(j): k for j, k in self.cfg.peer_keys.items()}
+        known = {party_name(j, self.cfg.session): k for j, k in self.cfg.peer_keys.items()}
         resp, link = await wslink.accept(
             request,
-            name=party_name(self.cfg.party),
+            name=party_name(self.cfg.party, self.cfg.session),
             key=self.cfg.key,
             known=known,
             wait_s=self.cfg.connect_timeout,
@@ -192,7 +195,7 @@ class WsTransport:
         if link is None or not isinstance(resp, web.WebSocketResponse):
             return resp
         ws = resp
-        j = int(link.peer.removeprefix("party-"))
+        j = party_index(link.peer)
         try:
             await link.send(self._token)
             token = await link.receive(self.cfg.connect_timeout, "a session token")

@@ -302,8 +302,12 @@ async def connect_dealer(
     random_bytes: RandomBytes = os.urandom,
     tls: ssl.SSLContext | None = None,
     suite: handshake.LinkSuite = handshake.LinkSuite.X25519,
+    mpc_session: str = "",
 ) -> tuple[aiohttp.ClientSession, Link]:
     """Party ``party``'s link to the dealer at ``url``, retried until ``wait_s``.
+
+    ``mpc_session`` (one per shard) is in both handshake names: only the dealer of
+    the same session accepts the link, and the party accepts only it.
 
     Returns the HTTP session the link lives in (the caller closes both).
     """
@@ -313,9 +317,9 @@ async def connect_dealer(
             session,
             url,
             deadline=asyncio.get_running_loop().time() + wait_s,
-            name=handshake.party_name(party),
+            name=handshake.party_name(party, mpc_session),
             key=key,
-            server_name=handshake.DEALER_NAME,
+            server_name=handshake.dealer_name(mpc_session),
             server_key=dealer_key,
             wait_s=wait_s,
             random_bytes=random_bytes,

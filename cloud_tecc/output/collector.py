@@ -8,17 +8,49 @@ policy (which must allow everything in the layout).
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.release import Decoded, check_layout, decode, expected_length
 from cloud_tecc.analytics.units import class_members
+from cloud_tecc.config import MAX_SHARDS
 from cloud_tecc.errors import AnalyticsError
 from tecc_contract.ring import from_bytes
+
+
+class ResultMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A party's result message (the body inside the signed HPKE envelope), decoded strictly.
+
+    ``seq`` is the party's commit time (freshness); ``shard`` the shard worker
+    that computed it (absent: shard 0, a party of the release before shards);
+    ``vector`` the base64 of the little-endian uint64 share vector.
+    """
+
+    layout: dict[str, Any]
+    vector: str
+    seq: Annotated[int, Meta(ge=0)]
+    shard: Annotated[int, Meta(ge=0, lt=MAX_SHARDS)] = 0
+    party: Annotated[int, Meta(ge=0)] | None = None
+
+    def shares(self) -> bytes:
+        """The share vector's bytes (ValueError if ``vector`` is not base64)."""
+        return base64.b64decode(self.vector, validate=True)
+
+
+def decode_result(body: bytes) -> ResultMessage:
+    """Decode a result message; ValueError naming the field (``$.shard`` ...) otherwise."""
+    try:
+        return msgspec.json.decode(body, type=ResultMessage)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"result message: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +61,34 @@ class Completed:
     window_ns: int
     rows: Decoded
     withheld_classes: tuple[str, ...] = ()
+    #: Fleet class -> its (gateway, sensor) windows in this layout (the shard's classes).
+    classes: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+
+def fleet_members(
+    policy: AnalyticsPolicy, layout: dict[str, Any]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Fleet class -> the streams of the layout in it (every window, released or not)."""
+    out: dict[str, set[tuple[str, str]]] = {}
+    for w in layout["windows"]:
+        cls = policy.fleet_class(str(w["sensor"]))
+        if cls is not None:
+            out.setdefault(cls, set()).add((str(w["gateway"]), str(w["sensor"])))
+    return {c: tuple(sorted(m)) for c, m in out.items()}
+
+
+def withhold_fleet(policy: AnalyticsPolicy, rows: Decoded, bad: Collection[str]) -> Decoded:
+    """``rows`` without the fleet rows of classes ``bad`` and their windows' deviation flags."""
+    if not bad:
+        return rows
+    fleet = [f for f in rows.fleet if f["class"] not in bad]
+    windows = []
+    for row in rows.windows:
+        if "deviates_from_fleet" in row and policy.fleet_class(str(row["sensor"])) in bad:
+            windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
+        else:
+            windows.append(row)
+    return Decoded(windows, rows.alerts, fleet, rows.evaluated)
 
 
 def balance_fleet(
@@ -55,16 +115,7 @@ def balance_fleet(
             if f.get("mean") is not None and int(f["count"]) != released.get(str(f["class"]), 0)
         )
     )
-    if not bad:
-        return rows, ()
-    fleet = [f for f in rows.fleet if f["class"] not in bad]
-    windows = []
-    for row in rows.windows:
-        if "deviates_from_fleet" in row and policy.fleet_class(str(row["sensor"])) in bad:
-            windows.append({k: v for k, v in row.items() if k != "deviates_from_fleet"})
-        else:
-            windows.append(row)
-    return Decoded(windows, rows.alerts, fleet, rows.evaluated), bad
+    return withhold_fleet(policy, rows, bad), bad
 
 
 def check_entries(policy: AnalyticsPolicy, layout: dict[str, Any], n_parties: int) -> None:
@@ -136,4 +187,10 @@ def try_complete(
     for _, vec in pending.values():
         total += from_bytes(vec)
     rows, withheld = balance_fleet(policy, layout, decode(layout, total))
-    return Completed(int(layout["epoch_ns"]), int(layout["window_ns"]), rows, withheld)
+    return Completed(
+        int(layout["epoch_ns"]),
+        int(layout["window_ns"]),
+        rows,
+        withheld,
+        fleet_members(policy, layout),
+    )

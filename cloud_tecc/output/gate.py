@@ -1,7 +1,8 @@
 """The output service's front door: Host/Origin allow-list, sign-in, roles, headers, TLS.
 
 One aiohttp middleware runs before every handler: it refuses a Host that is
-not one of the listener's names (DNS rebinding: a web page on another origin
+not one of the listener's names (loopback, its own ``listen.host``,
+``auth.allowed_hosts``) (DNS rebinding: a web page on another origin
 that resolves its own name to 127.0.0.1 arrives with its own Host), refuses a
 cross-origin POST, authenticates the request (API token, OIDC bearer JWT or
 session cookie) and checks the route's rule in :data:`auth.RULES`. Every
@@ -67,6 +68,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def listener_names(host: str) -> tuple[str, ...]:
+    """The ``Host`` values naming the listener's own address (none for a wildcard).
+
+    A listener on its LAN address (its own host, docs/CLOUD.md "Separate
+    hosts") is reached by that address: the parties post their results to
+    it, a browser opens it. An IPv6 address appears in brackets in ``Host``.
+    """
+    host = host.strip().strip("[]").lower()
+    if not host or host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard names no one host
+        return ()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return (host,)
+    return (f"[{ip.compressed}]",) if ip.version == 6 else (ip.compressed,)
+
+
 def _json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -87,7 +105,11 @@ class Gate:
         self.sessions = Sessions(cfg.session_ttl_s)
         self.oidc = oidc
         self.tls = cfg.tls_cert is not None or not is_loopback(listen_host)
-        self._names = {*LOOPBACK_NAMES, *(h.lower() for h in cfg.allowed_hosts)}
+        self._names = {
+            *LOOPBACK_NAMES,
+            *listener_names(listen_host),
+            *(h.lower() for h in cfg.allowed_hosts),
+        }
         self._ops_split = cfg.ops_port != 0
 
     def host_allowed(self, host: str) -> bool:

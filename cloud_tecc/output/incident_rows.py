@@ -84,8 +84,8 @@ def incident_json(inc: Incident) -> dict[str, Any]:
     }
 
 
-def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int) -> int:
-    """Insert or update one incident; its id.
+def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int, shard: int = 0) -> int:
+    """Insert or update one incident (a new one in ``shard``, its stream's); its id.
 
     In the same transaction the incident's state is recorded in the delivery
     outbox (once per incident and state, :func:`cloud_tecc.output.outbox.record_transition`).
@@ -94,8 +94,8 @@ def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int) -> int:
     if inc.id is None:
         cur.execute(
             "INSERT INTO incidents (gateway, sensor, detector, state, start_ns, end_ns, flags, "
-            "doc, updated_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-            (*vals, inc.flags, _doc(inc), now_ns),
+            "doc, updated_ns, shard) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (*vals, inc.flags, _doc(inc), now_ns, shard),
         )
         iid = int(cur.lastrowid or 0)
     else:
@@ -109,9 +109,16 @@ def put_incident(cur: sqlite3.Cursor, inc: Incident, now_ns: int) -> int:
     return iid
 
 
-def live_incidents(cur: sqlite3.Cursor) -> dict[Key, Incident]:
-    """Pending, open and acknowledged incidents by key (at most one each)."""
-    rows = cur.execute(_SELECT + "WHERE state IN (?,?,?) ORDER BY id", _LIVE).fetchall()
+def live_incidents(cur: sqlite3.Cursor, shard: int = 0) -> dict[Key, Incident]:
+    """Pending, open and acknowledged incidents of ``shard`` by key (at most one each).
+
+    A stream lives in one shard, so do its incidents: a shard's epoch moves
+    only its own incidents on (one shard ahead of another never closes the
+    other's incidents early).
+    """
+    rows = cur.execute(
+        _SELECT + "WHERE state IN (?,?,?) AND shard=? ORDER BY id", (*_LIVE, shard)
+    ).fetchall()
     return {inc.key: inc for inc in map(_from_row, rows)}
 
 
@@ -121,15 +128,17 @@ def get_incident(cur: sqlite3.Cursor, incident_id: int) -> Incident | None:
     return None if row is None else _from_row(row)
 
 
-def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: int) -> None:
-    """Persist what one epoch changed: incidents, drops and the kept flags."""
-    ids = [put_incident(cur, inc, now_ns) for inc in tracked.incidents]
+def write_tracked(
+    cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: int, shard: int = 0
+) -> None:
+    """Persist what one shard's epoch changed: incidents, drops and the kept flags."""
+    ids = [put_incident(cur, inc, now_ns, shard) for inc in tracked.incidents]
     cur.executemany(
         "DELETE FROM incidents WHERE id=?", [(d.id,) for d in tracked.dropped if d.id is not None]
     )
     cur.executemany(
-        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, incident, stored_ns) "
-        "VALUES (?,?,?,?,?,?,?)",
+        "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, incident, stored_ns, "
+        "shard) VALUES (?,?,?,?,?,?,?,?)",
         [
             (
                 f.gateway,
@@ -139,6 +148,7 @@ def write_tracked(cur: sqlite3.Cursor, epoch_ns: int, tracked: Tracked, now_ns: 
                 epoch_ns,
                 ids[f.incident] if f.incident >= 0 else None,
                 now_ns,
+                shard,
             )
             for f in tracked.flags
             if f.kept

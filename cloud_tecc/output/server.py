@@ -11,8 +11,7 @@ incidents only, to authenticated readers (``gate.py``).
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import functools
 import logging
 import time
 from pathlib import Path
@@ -28,7 +27,12 @@ from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import AnalyticsError, PeerError
 from cloud_tecc.output.api import ReadApi
 from cloud_tecc.output.auth import LocalTokens, Principal, Role, write_signin_link
-from cloud_tecc.output.collector import try_complete, validate_submission
+from cloud_tecc.output.collector import (
+    decode_result,
+    try_complete,
+    validate_submission,
+    withhold_fleet,
+)
 from cloud_tecc.output.dashboard import ChangeNotifier, GatewayHealth, attach_dashboard
 from cloud_tecc.output.delivery import Deliverer
 from cloud_tecc.output.export_api import ExportApi
@@ -114,6 +118,8 @@ class OutputService(ServiceBase):
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
         self._runners: list[web.AppRunner] = []
         self._completing = asyncio.Lock()  # one reconstruction at a time: an epoch is new once
+        #: (party, shard) -> newest epoch that party's worker of that shard released (memory).
+        self.releases: dict[tuple[int, int], int] = {}
         self.signin_link()  # before the listener is up: whoever sees it healthy finds the link
 
     def signin_link(self) -> Path:
@@ -205,11 +211,8 @@ class OutputService(ServiceBase):
                 suite=KemSuite(self.enclave.keys.suite),
                 private_key=self.enclave.keys.hpke,
             )
-            doc = json.loads(body)
-            layout, vector = doc["layout"], base64.b64decode(doc["vector"], validate=True)
-            seq = doc.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                raise ValueError("result message needs an integer seq (freshness)")
+            msg = decode_result(body)
+            layout, vector, seq, shard = msg.layout, msg.shares(), msg.seq, msg.shard
             validate_submission(self.cfg.policy, layout, vector, n_parties=len(self.ocfg.parties))
         except (PeerError, AnalyticsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"
@@ -219,23 +222,24 @@ class OutputService(ServiceBase):
                 {"error": str(exc)}, status=403 if reason == "attestation" else 400
             )
         epoch = int(layout["epoch_ns"])
-        fresh = await asyncio.to_thread(self.store.accept_submission, epoch, party, seq)
+        fresh = await asyncio.to_thread(self.store.accept_submission, epoch, party, seq, shard)
+        self.releases[(party, shard)] = max(epoch, self.releases.get((party, shard), epoch))
         if fresh != "new":
             self.errors.labels("results", fresh).inc()
             return web.json_response({"status": fresh})  # 200: the party stops resending it
         async with self._completing:
-            return await self._complete(epoch, party, layout, vector)
+            return await self._complete(shard, epoch, party, layout, vector)
 
     async def _complete(
-        self, epoch: int, party: int, layout: dict[str, Any], vector: bytes
+        self, shard: int, epoch: int, party: int, layout: dict[str, Any], vector: bytes
     ) -> web.Response:
-        await asyncio.to_thread(self.store.put_pending, epoch, party, layout, vector)
+        await asyncio.to_thread(self.store.put_pending, epoch, party, layout, vector, shard)
         self.received.labels(str(party)).inc()
         try:
             done = try_complete(
                 self.cfg.policy,
                 len(self.ocfg.parties),
-                await asyncio.to_thread(self.store.pending, epoch),
+                await asyncio.to_thread(self.store.pending, epoch, shard),
             )
         except AnalyticsError as exc:
             self.errors.labels("results", "inconsistent").inc()
@@ -250,21 +254,38 @@ class OutputService(ServiceBase):
                 ",".join(done.withheld_classes),
             )
         if done is not None:
+            rows = done.rows
+            clash = await asyncio.to_thread(
+                self.store.claim_fleet, shard, done.epoch_ns, done.classes
+            )
+            if clash:
+                self.errors.labels("results", "fleet_cross_shard").inc(len(clash))
+                log.warning(
+                    "epoch %s of shard %d: fleet rows of %s not stored: the class is in the "
+                    "layouts of two shards (the shard map must keep a fleet class in one)",
+                    epoch,
+                    shard,
+                    ",".join(clash),
+                )
+                rows = withhold_fleet(self.cfg.policy, rows, clash)
             now = time.time_ns()
             inc = self.ocfg.incidents
             through = done.epoch_ns + done.window_ns
 
             def tracker(live: dict[Key, Incident]) -> Tracked:
-                out = track(
-                    done.rows, through, live, inc.rules, max_flags=inc.max_flags_per_incident
-                )
+                out = track(rows, through, live, inc.rules, max_flags=inc.max_flags_per_incident)
                 for i in out.incidents:
                     if live.get(i.key) is not i:
                         self.incidents_opened.labels(i.state.value).inc()
                 return out
 
             await asyncio.to_thread(
-                self.store.store_epoch, done.epoch_ns, done.window_ns, done.rows, now, tracker
+                functools.partial(self.store.store_epoch, shard=shard),
+                done.epoch_ns,
+                done.window_ns,
+                rows,
+                now,
+                tracker,
             )
             await self._changed()
             self.epochs.inc()
@@ -289,6 +310,11 @@ class OutputService(ServiceBase):
         doc = super().health()
         statuses = self.directory.status.values() if self.directory else []
         doc["clusters_attested"] = sum(1 for s in statuses if s.ok)
+        now = time.time_ns()
+        doc["shards"] = [
+            {**p, "lag_s": round(max(now - int(p["through_ns"]), 0) / 1e9, 3)}
+            for p in self.store.shard_progress()
+        ]
         return doc
 
     async def _api_health(self, _r: web.Request) -> web.Response:
@@ -308,6 +334,11 @@ class OutputService(ServiceBase):
                     "detail": st.detail if st else "not checked yet",
                     "measurement": st.measurement if st else "",
                     "checked_ns": st.checked_ns if st else None,
+                    "shards": [
+                        {"shard": k, "last_epoch_ns": e}
+                        for (p, k), e in sorted(self.releases.items())
+                        if p == i
+                    ],
                 }
             )
         return web.json_response(out)

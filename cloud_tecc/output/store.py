@@ -11,12 +11,12 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from cloud_tecc.analytics.release import Decoded
-from cloud_tecc.output import outbox
+from cloud_tecc.output import fleet_claims, migrate, outbox
 from cloud_tecc.output.incident_rows import (
     IncidentQuery,
     get_incident,
@@ -27,6 +27,7 @@ from cloud_tecc.output.incident_rows import (
     write_tracked,
 )
 from cloud_tecc.output.incidents import Incident, State, on_ack
+from cloud_tecc.output.store_reads import StoreReads
 from cloud_tecc.output.tracking import Key, Tracked
 
 _SCHEMA: Final = """
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE TABLE IF NOT EXISTS flags (
     id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT NULL,
     ts_ns INTEGER NOT NULL, detector TEXT NOT NULL, start_ns INTEGER NOT NULL,
-    incident INTEGER, stored_ns INTEGER NOT NULL DEFAULT 0);
+    incident INTEGER, stored_ns INTEGER NOT NULL DEFAULT 0, shard INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS flags_ts ON flags (ts_ns);
 CREATE INDEX IF NOT EXISTS flags_epoch ON flags (start_ns);
 CREATE INDEX IF NOT EXISTS flags_incident ON flags (incident);
@@ -46,20 +47,28 @@ CREATE TABLE IF NOT EXISTS incidents (
     id INTEGER PRIMARY KEY, gateway TEXT NOT NULL, sensor TEXT NOT NULL,
     detector TEXT NOT NULL, state TEXT NOT NULL, start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL, flags INTEGER NOT NULL, doc TEXT NOT NULL,
-    updated_ns INTEGER NOT NULL DEFAULT 0);
+    updated_ns INTEGER NOT NULL DEFAULT 0, shard INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS incidents_end ON incidents (end_ns);
 CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state);
 CREATE TABLE IF NOT EXISTS submissions (
-    epoch_ns INTEGER NOT NULL, party INTEGER NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (epoch_ns, party)) WITHOUT ROWID;
+    shard INTEGER NOT NULL DEFAULT 0, epoch_ns INTEGER NOT NULL, party INTEGER NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (shard, epoch_ns, party)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fleet (
     class TEXT NOT NULL, start_ns INTEGER NOT NULL, count INTEGER NOT NULL,
-    mean REAL, std REAL, PRIMARY KEY (class, start_ns)) WITHOUT ROWID;
+    mean REAL, std REAL, shard INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (class, start_ns)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (
-    start_ns INTEGER PRIMARY KEY, window_ns INTEGER NOT NULL, stored_ns INTEGER NOT NULL);
+    shard INTEGER NOT NULL DEFAULT 0, start_ns INTEGER NOT NULL, window_ns INTEGER NOT NULL,
+    stored_ns INTEGER NOT NULL, PRIMARY KEY (shard, start_ns)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending (
-    epoch_ns INTEGER NOT NULL, party INTEGER NOT NULL, layout TEXT NOT NULL,
-    vector BLOB NOT NULL, PRIMARY KEY (epoch_ns, party));
+    shard INTEGER NOT NULL DEFAULT 0, epoch_ns INTEGER NOT NULL, party INTEGER NOT NULL,
+    layout TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (shard, epoch_ns, party));
+CREATE TABLE IF NOT EXISTS shards (
+    shard INTEGER PRIMARY KEY, last_epoch_ns INTEGER NOT NULL, through_ns INTEGER NOT NULL,
+    stored_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_claims (
+    start_ns INTEGER NOT NULL, class TEXT NOT NULL, shard INTEGER NOT NULL,
+    members TEXT NOT NULL, PRIMARY KEY (start_ns, class, shard)) WITHOUT ROWID;
 """
 
 
@@ -73,105 +82,53 @@ def _alert_set(epoch_ns: int, rows: Decoded) -> list[tuple[Any, ...]]:
     )
 
 
-def _flag_set(cur: sqlite3.Cursor, epoch_ns: int) -> list[tuple[Any, ...]]:
+def _flag_set(cur: sqlite3.Cursor, shard: int, epoch_ns: int) -> list[tuple[Any, ...]]:
     rows = cur.execute(
-        "SELECT gateway, sensor, ts_ns, detector, start_ns FROM flags WHERE start_ns=?",
-        (epoch_ns,),
+        "SELECT gateway, sensor, ts_ns, detector, start_ns FROM flags WHERE shard=? AND start_ns=?",
+        (shard, epoch_ns),
     ).fetchall()
     return sorted(tuple(r) for r in rows)
 
 
-class ResultStore:
-    """Released rows and pending shares."""
+class ResultStore(StoreReads):
+    """Released rows and pending shares (the read queries: :class:`StoreReads`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._add_arrival_columns()
+        migrate.add_arrival_columns(self._db)
+        migrate.add_shard_columns(self._db)
         self._db.executescript(_SCHEMA)
         self._db.execute("CREATE INDEX IF NOT EXISTS flags_stored ON flags (stored_ns)")
         outbox.create(self._db)
-        self._migrate_alerts()
+        migrate.migrate_alerts(self._db)
+        migrate.fill_shard_progress(self._db)
         self._lock = threading.Lock()
         self._changes = 0
-
-    def _add_arrival_columns(self) -> None:
-        """A results.db of the previous release: add the arrival times retention prunes by.
-
-        Rows stored before have no arrival time; they get their event time
-        (the old rule), so nothing changes for them.
-        """
-        migrations = (
-            (
-                "flags",
-                "stored_ns",
-                "ALTER TABLE flags ADD COLUMN stored_ns INTEGER NOT NULL DEFAULT 0",
-                "UPDATE flags SET stored_ns = ts_ns",
-            ),
-            (
-                "incidents",
-                "updated_ns",
-                "ALTER TABLE incidents ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0",
-                "UPDATE incidents SET updated_ns = end_ns",
-            ),
-        )
-        for table, column, add, fill in migrations:
-            cols = [
-                r[0] for r in self._db.execute("SELECT name FROM pragma_table_info(?)", (table,))
-            ]
-            if cols and column not in cols:
-                # one transaction: a crash never leaves the column at 0 (the next prune
-                # would take every old row for ancient and delete it)
-                cur = self._db.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    cur.execute(add)
-                    cur.execute(fill)
-                    cur.execute("COMMIT")
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-
-    def _migrate_alerts(self) -> None:
-        """A results.db of the previous release: move its ``alerts`` rows into ``flags``."""
-        old = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alerts'"
-        ).fetchone()
-        if old is None:
-            return
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            cur.execute(
-                "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, stored_ns) "
-                "SELECT gateway, sensor, ts_ns, detector, start_ns, ts_ns FROM alerts "
-                "ORDER BY ts_ns"
-            )
-            cur.execute("DROP TABLE alerts")
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
-    def put_pending(self, epoch_ns: int, party: int, layout: dict[str, Any], vector: bytes) -> None:
-        """Store (replace) one party's share vector of an epoch."""
+    def put_pending(
+        self, epoch_ns: int, party: int, layout: dict[str, Any], vector: bytes, shard: int = 0
+    ) -> None:
+        """Store (replace) one party's share vector of a shard's epoch."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO pending VALUES (?,?,?,?)",
-                (epoch_ns, party, json.dumps(layout, sort_keys=True), vector),
+                "INSERT OR REPLACE INTO pending (shard, epoch_ns, party, layout, vector) "
+                "VALUES (?,?,?,?,?)",
+                (shard, epoch_ns, party, json.dumps(layout, sort_keys=True), vector),
             )
 
-    def pending(self, epoch_ns: int) -> dict[int, tuple[dict[str, Any], bytes]]:
-        """All parties' pending shares of an epoch."""
+    def pending(self, epoch_ns: int, shard: int = 0) -> dict[int, tuple[dict[str, Any], bytes]]:
+        """All parties' pending shares of a shard's epoch."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT party, layout, vector FROM pending WHERE epoch_ns=?", (epoch_ns,)
+                "SELECT party, layout, vector FROM pending WHERE shard=? AND epoch_ns=?",
+                (shard, epoch_ns),
             ).fetchall()
         return {int(p): (json.loads(lay), bytes(vec)) for p, lay, vec in rows}
 
@@ -182,34 +139,45 @@ class ResultStore:
         rows: Decoded,
         now_ns: int,
         tracker: Callable[[dict[Key, Incident]], Tracked] | None = None,
+        *,
+        shard: int = 0,
     ) -> bool:
-        """Upsert the released rows of an epoch, drop its pending shares; True if new.
+        """Upsert the released rows of a shard's epoch, drop its pending shares; True if new.
 
-        A new epoch's flags go through ``tracker`` (given the live incidents)
-        and are stored with the incident they belong to; a recomputed epoch
-        replaces its rows and flags but is not counted into incidents twice.
+        Results are keyed by (shard, epoch): the same epoch of two shards is
+        two releases. A new one's flags go through ``tracker`` (given the live
+        incidents of this shard) and are stored with the incident they belong
+        to; a recomputed one replaces its own rows and flags (never another
+        shard's) but is not counted into incidents twice.
         """
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 new = (
-                    cur.execute("SELECT 1 FROM epochs WHERE start_ns=?", (epoch_ns,)).fetchone()
+                    cur.execute(
+                        "SELECT 1 FROM epochs WHERE shard=? AND start_ns=?", (shard, epoch_ns)
+                    ).fetchone()
                     is None
                 )
-                self._put_rows(cur, epoch_ns, window_ns, rows, now_ns)
+                self._put_rows(
+                    cur, shard=shard, epoch_ns=epoch_ns, window_ns=window_ns, rows=rows,
+                    now_ns=now_ns,
+                )  # fmt: skip
                 if new and tracker is not None:
-                    write_tracked(cur, epoch_ns, tracker(live_incidents(cur)), now_ns)
-                elif _flag_set(cur, epoch_ns) != _alert_set(epoch_ns, rows):
+                    live = live_incidents(cur, shard)
+                    write_tracked(cur, epoch_ns, tracker(live), now_ns, shard)
+                elif _flag_set(cur, shard, epoch_ns) != _alert_set(epoch_ns, rows):
                     # a recomputation that changed the flags: replace them, unlinked
-                    cur.execute("DELETE FROM flags WHERE start_ns=?", (epoch_ns,))
+                    cur.execute("DELETE FROM flags WHERE shard=? AND start_ns=?", (shard, epoch_ns))
                     cur.executemany(
                         "INSERT INTO flags (gateway, sensor, ts_ns, detector, start_ns, "
-                        "stored_ns) VALUES (?,?,?,?,?,?)",
-                        [(*a, now_ns) for a in _alert_set(epoch_ns, rows)],
+                        "stored_ns, shard) VALUES (?,?,?,?,?,?,?)",
+                        [(*a, now_ns, shard) for a in _alert_set(epoch_ns, rows)],
                     )
-                cur.execute("DELETE FROM pending WHERE epoch_ns=?", (epoch_ns,))
-                cur.execute("DELETE FROM submissions WHERE epoch_ns=?", (epoch_ns,))
+                key = (shard, epoch_ns)
+                cur.execute("DELETE FROM pending WHERE shard=? AND epoch_ns=?", key)
+                cur.execute("DELETE FROM submissions WHERE shard=? AND epoch_ns=?", key)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -218,7 +186,14 @@ class ResultStore:
         return new
 
     def _put_rows(
-        self, cur: sqlite3.Cursor, epoch_ns: int, window_ns: int, rows: Decoded, now_ns: int
+        self,
+        cur: sqlite3.Cursor,
+        *,
+        shard: int,
+        epoch_ns: int,
+        window_ns: int,
+        rows: Decoded,
+        now_ns: int,
     ) -> None:
         cur.executemany(
             "INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -240,30 +215,74 @@ class ResultStore:
             ],
         )
         cur.executemany(
-            "INSERT OR REPLACE INTO fleet VALUES (?,?,?,?,?)",
+            "INSERT OR REPLACE INTO fleet (class, start_ns, count, mean, std, shard) "
+            "VALUES (?,?,?,?,?,?)",
             [
-                (f["class"], f["start_ns"], f["count"], _num(f.get("mean")), _num(f.get("std")))
+                (
+                    f["class"],
+                    f["start_ns"],
+                    f["count"],
+                    _num(f.get("mean")),
+                    _num(f.get("std")),
+                    shard,
+                )
                 for f in rows.fleet
             ],
         )
-        cur.execute("INSERT OR REPLACE INTO epochs VALUES (?,?,?)", (epoch_ns, window_ns, now_ns))
+        cur.execute(
+            "INSERT OR REPLACE INTO epochs (shard, start_ns, window_ns, stored_ns) "
+            "VALUES (?,?,?,?)",
+            (shard, epoch_ns, window_ns, now_ns),
+        )
+        cur.execute(
+            "INSERT INTO shards VALUES (?,?,?,?) ON CONFLICT (shard) DO UPDATE SET "
+            "last_epoch_ns = MAX(last_epoch_ns, excluded.last_epoch_ns), "
+            "through_ns = MAX(through_ns, excluded.through_ns), stored_ns = excluded.stored_ns",
+            (shard, epoch_ns, epoch_ns + window_ns, now_ns),
+        )
 
-    def accept_submission(self, epoch_ns: int, party: int, seq: int) -> str:
+    def claim_fleet(
+        self, shard: int, epoch_ns: int, members: Mapping[str, Sequence[tuple[str, str]]]
+    ) -> tuple[str, ...]:
+        """Record the fleet classes of a shard's epoch; those another shard holds too.
+
+        See :func:`cloud_tecc.output.fleet_claims.claim` (one transaction).
+        """
+        if not members:
+            return ()
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                clash = fleet_claims.claim(cur, shard, epoch_ns, members)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        if clash:
+            self._changes += 1
+        return clash
+
+    def accept_submission(self, epoch_ns: int, party: int, seq: int, shard: int = 0) -> str:
         """Freshness of one party's message: ``new``, ``stale`` (older seq) or ``stored``.
 
         A replayed or older message can neither replace a newer one of the same
-        epoch (roll back) nor park shares of an epoch already stored (block).
+        (shard, epoch) (roll back) nor park shares of one already stored (block).
         """
+        key = (shard, epoch_ns)
         with self._lock:
-            if self._db.execute("SELECT 1 FROM epochs WHERE start_ns=?", (epoch_ns,)).fetchone():
+            db = self._db
+            if db.execute("SELECT 1 FROM epochs WHERE shard=? AND start_ns=?", key).fetchone():
                 return "stored"
-            row = self._db.execute(
-                "SELECT seq FROM submissions WHERE epoch_ns=? AND party=?", (epoch_ns, party)
+            row = db.execute(
+                "SELECT seq FROM submissions WHERE shard=? AND epoch_ns=? AND party=?",
+                (*key, party),
             ).fetchone()
             if row is not None and int(row[0]) >= seq:
                 return "stale"
-            self._db.execute(
-                "INSERT OR REPLACE INTO submissions VALUES (?,?,?)", (epoch_ns, party, seq)
+            db.execute(
+                "INSERT OR REPLACE INTO submissions (shard, epoch_ns, party, seq) VALUES (?,?,?,?)",
+                (*key, party, seq),
             )
             return "new"
 
@@ -335,69 +354,6 @@ class ResultStore:
             (incident_id, limit),
         )
 
-    def _query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-    def windows(
-        self,
-        sensor: str | None,
-        gateway: str | None,
-        since_ns: int,
-        until_ns: int = 2**63 - 1,
-        limit: int = 1_000_000,
-    ) -> list[dict[str, Any]]:
-        """Window rows, oldest first."""
-        sql = "SELECT * FROM windows WHERE start_ns >= ? AND start_ns < ?"
-        args: list[Any] = [since_ns, until_ns]
-        if sensor:
-            sql += " AND sensor = ?"
-            args.append(sensor)
-        if gateway:
-            sql += " AND gateway = ?"
-            args.append(gateway)
-        return self._query(sql + " ORDER BY start_ns, gateway, sensor LIMIT ?", (*args, limit))
-
-    def alerts(
-        self, since_ns: int, until_ns: int, detector: str | None, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
-        """Flagged readings (one row each, duplicates of a timestamp included), oldest first."""
-        sql = (
-            "SELECT gateway, sensor, ts_ns, detector, incident FROM flags "
-            "WHERE ts_ns >= ? AND ts_ns < ?"
-        )
-        args: list[Any] = [since_ns, until_ns]
-        if detector:
-            sql += " AND detector = ?"
-            args.append(detector)
-        sql += " ORDER BY ts_ns, gateway, sensor, detector, id LIMIT ? OFFSET ?"
-        return self._query(sql, (*args, limit, offset))
-
-    def sensors(self) -> list[dict[str, Any]]:
-        """Known (gateway, sensor) pairs with window counts."""
-        return self._query(
-            "SELECT gateway, sensor, COUNT(*) AS windows, MAX(start_ns) AS last_start_ns "
-            "FROM windows GROUP BY gateway, sensor ORDER BY gateway, sensor",
-            (),
-        )
-
-    def fleet(
-        self, cls: str | None, since_ns: int, until_ns: int, limit: int
-    ) -> list[dict[str, Any]]:
-        """Fleet rows, oldest first."""
-        sql = "SELECT * FROM fleet WHERE start_ns >= ? AND start_ns < ?"
-        args: list[Any] = [since_ns, until_ns]
-        if cls:
-            sql += " AND class = ?"
-            args.append(cls)
-        return self._query(sql + " ORDER BY start_ns, class LIMIT ?", (*args, limit))
-
     def change_marker(self) -> int:
         """A number that changes whenever results or incidents change (in this process)."""
         return self._changes
-
-    def epochs(self, limit: int = 1_000_000) -> list[dict[str, Any]]:
-        """Stored epochs with the time their results were stored."""
-        return self._query("SELECT * FROM epochs ORDER BY start_ns LIMIT ?", (limit,))

@@ -32,7 +32,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,7 +45,7 @@ from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
-from cloud_tecc.mpc.handshake import LinkSuite
+from cloud_tecc.mpc.handshake import LinkSuite, shard_session
 from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
@@ -62,7 +62,6 @@ from tecc_contract.keys import ed25519_public_from_bytes
 log = logging.getLogger("cloud_tecc.party.coordinator")
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
-SHARD: Final = "all"  # one shard per party process today (see agreement.py)
 
 
 class Session(enum.Enum):
@@ -95,7 +94,11 @@ class Coordinator:
         self.directory, self.http = directory, http
         self.session = Session.STARTING
         self._session_error = ""
-        self.agreement = EpochAgreement(shard=SHARD, party=cfg.party, n_parties=cfg.n_parties)
+        #: This worker's MPC session: shard ``cfg.shard`` of ``cfg.shards`` (docs/CLOUD.md).
+        self.mpc_session = shard_session(cfg.shard, cfg.shards)
+        self.agreement = EpochAgreement(
+            shard=str(cfg.shard), party=cfg.party, n_parties=cfg.n_parties
+        )
         #: Every other party, in order.
         self.peers = self.agreement.peers
         self.round = AgreementRound(
@@ -204,6 +207,7 @@ class Coordinator:
                 round_timeout=60.0,
                 connect_timeout=30.0,
                 suite=LinkSuite.from_label(cfg.suite.value),
+                session=self.mpc_session,
             )
         )
         link: DealerLink | None = None
@@ -215,6 +219,7 @@ class Coordinator:
                 key=self.enclave.keys.sign,
                 dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
                 suite=LinkSuite.from_label(cfg.suite.value),
+                mpc_session=self.mpc_session,
             )
             mine = await link.next_seq()
             theirs = await control(mesh, self.peers, {"seq": mine}, SeqMessage)
@@ -280,6 +285,7 @@ class Coordinator:
         body = dumps(
             {
                 "party": self.cfg.party,
+                "shard": self.cfg.shard,  # the output keys results by (shard, epoch)
                 "seq": time.time_ns(),  # freshness: the output refuses an older message
                 "layout": {**rel.layout, "run": prop.run},
                 "vector": base64.b64encode(rel.vector.astype("<u8").tobytes()).decode(),
@@ -351,12 +357,30 @@ class Coordinator:
             sign_key=self.enclave.keys.sign,
             recipient=out,
         )
-        async with self.http.post(
-            f"{self.cfg.output.url}/v1/results", json=env, timeout=aiohttp.ClientTimeout(total=30)
-        ) as resp:
-            if resp.status in (200, 202):
-                return
-            detail = await resp.text()
-        if resp.status == 403:
+        status, detail = await post_results(self.http, self.cfg.output.url, env)
+        if status in (200, 202):
+            return
+        if status == 403:
             self.directory.forget(self.cfg.output.service_id)
-        raise PeerError(f"the output service answered HTTP {resp.status}: {detail[:200]}")
+        raise PeerError(f"the output service answered HTTP {status}: {detail[:200]}")
+
+
+async def post_results(
+    http: aiohttp.ClientSession, base_url: str, envelope: dict[str, Any]
+) -> tuple[int, str]:
+    """POST a sealed result message to the output service; (HTTP status, body if refused).
+
+    An output service on a non-loopback address serves HTTPS with its own
+    certificate, which no public CA signed. The message is HPKE-sealed to the
+    output's attested key and signed by this party's, so trust comes from the
+    attestation, as for every quote fetch (:mod:`cloud_tecc.enclave.trust`),
+    not from the certificate: it is not verified (docs/THREAT_MODEL.md,
+    "Metadata").
+    """
+    async with http.post(
+        f"{base_url}/v1/results",
+        json=envelope,
+        timeout=aiohttp.ClientTimeout(total=30),
+        ssl=False,
+    ) as resp:
+        return resp.status, "" if resp.status in (200, 202) else await resp.text()

@@ -178,6 +178,7 @@ class PartyService(UplinkService):
         doc = super().health()
         doc["party"] = self.pcfg.party
         doc["n_parties"] = self.pcfg.n_parties
+        doc["shard"], doc["shards"] = self.pcfg.shard, self.pcfg.shards
         doc["watermark_ns"] = self.store.watermark()
         doc["batches"] = self.store.batch_count()
         doc["session"] = self.coordinator.state if self.coordinator else "starting"

@@ -100,7 +100,11 @@ def placeholders(f: GatewayFile) -> list[str]:
     out = [
         f"$.clusters[{i}].{key}"
         for i, c in enumerate(f.clusters)
-        for key, value in (("url", c.url), ("service_id", c.service_id))
+        for key, value in (
+            *(("url", u) for u in ([] if c.url is None else [c.url])),
+            *((f"urls[{j}]", u) for j, u in enumerate(c.urls or ())),
+            ("service_id", c.service_id),
+        )
         if PLACEHOLDER in value
     ]
     out += [

@@ -187,7 +187,7 @@ def chance_free(needle: bytes, data: bytes) -> bool:
     4-byte needle in a 40 MB link, about 1 %). A needle is searched only where
     that chance is below ``CHANCE_BOUND``; the 8-byte encodings are always.
     """
-    return bool(len(data) / 256 ** len(needle) < CHANCE_BOUND)
+    return len(data) / float(256 ** len(needle)) < CHANCE_BOUND
 
 
 def leaks(blobs: dict[str, bytes], needles: list[bytes]) -> list[tuple[str, bytes]]:

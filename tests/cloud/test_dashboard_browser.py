@@ -165,6 +165,23 @@ def _check_incidents(page: Page, dep: Deployment, **filters: str) -> list[dict[s
     return list(api)
 
 
+def _check_clusters(page: Page, dep: Deployment) -> None:
+    """Each cluster card names the shards the API lists for it, with their newest epoch."""
+    api = _api(dep, "clusters")
+    expected = [",".join(f"{s['shard']}:{s['last_epoch_ns']}" for s in c["shards"]) for c in api]
+    assert all(expected), "every cluster released at least one shard's epoch"
+    _until(
+        lambda: (
+            page.locator("#clusters .card .shards").evaluate_all(
+                "es => es.map(e => e.dataset.shards)"
+            )
+            == expected
+        ),
+        "cluster cards name the API's shards",
+    )
+    expect(page.locator("#clusters .card .shards").first).to_contain_text("#0 released")
+
+
 def test_dashboard_shows_what_the_api_says(deployment: Deployment, tmp_path: Path) -> None:
     """Chart points, flag rows, incidents and the fleet table equal the API's, after each control.
 
@@ -183,6 +200,7 @@ def test_dashboard_shows_what_the_api_says(deployment: Deployment, tmp_path: Pat
         expect(page.locator("#whoami")).to_have_text("admin (admin)")
         expect(page.locator("#chart")).to_have_attribute("data-unit", "°C")
         _check_chart(page, dep, "gw-d", "temp1")
+        _check_clusters(page, dep)
         _check_fleet(page, dep)
         _check_alerts(page, dep, None)
         # the detector filter

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 from demo.services import free_port
@@ -135,3 +136,57 @@ async def test_enrol_once_goes_on_after_a_cluster_error(tmp_path: Path) -> None:
     assert out[1]["status"] == "error"
     assert "KeyError" in str(out[1]["error"])
     assert out[2]["status"] == "enrolled"
+
+
+async def test_the_attestation_loop_moves_to_the_next_endpoint(tmp_path: Path) -> None:
+    """Cluster 1's first endpoint is dead: the loop enrols through its second one (fails on
+    the code before this change: a cluster had one URL)."""
+    calls = {"junk": 0, "good": 0}
+    port = free_port()
+    runner = web.AppRunner(_app(calls))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    refs = [_Ref(0, f"{base}/c1", "party0"), _Ref(1, f"{base}/c1", "party1")]
+    path = write_config(tmp_path, clusters=refs, platform=Platform())
+    doc = yaml.safe_load(path.read_text())
+    doc["clusters"][1]["urls"] = [f"http://127.0.0.1:{free_port()}", doc["clusters"][1].pop("url")]
+    path.write_text(yaml.safe_dump(doc))
+    attestor = Attestor(load_config(path), _FakeEvidence())
+    try:
+        async with aiohttp.ClientSession() as http:
+            task = asyncio.create_task(attestor.run(http))
+            await wait_for(
+                lambda: attestor.state[1].status == "enrolled" or task.done(), 15, "cluster 1"
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await runner.cleanup()
+    assert attestor.state[1].status == "enrolled"
+
+
+async def test_enrol_once_tries_the_next_endpoint_when_one_is_unreachable(tmp_path: Path) -> None:
+    """``tecc-gateway enrol``: a dead first endpoint, the second enrols (fails on the code before
+    this change: a cluster had one URL)."""
+    calls = {"junk": 0, "good": 0}
+    port = free_port()
+    runner = web.AppRunner(_app(calls))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    refs = [_Ref(0, f"{base}/c1", "p0"), _Ref(1, f"{base}/c1", "p1")]
+    path = write_config(tmp_path, clusters=refs, platform=Platform())
+    doc = yaml.safe_load(path.read_text())
+    dead = f"http://127.0.0.1:{free_port()}"
+    doc["clusters"][0]["urls"] = [dead, doc["clusters"][0].pop("url")]
+    del doc["clusters"][1]["url"]
+    doc["clusters"][1]["urls"] = [dead, f"http://127.0.0.1:{free_port()}"]
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        out = await _enrol_once(load_config(path), _FakeEvidence())
+    finally:
+        await runner.cleanup()
+    assert out[0]["status"] == "enrolled"
+    assert out[1]["status"] == "unreachable"  # both endpoints dead: the last error is kept

@@ -109,7 +109,8 @@ async def test_cluster_outage_queues_then_drains(
                 sent += 50
                 await asyncio.sleep(0.2)
             assert agent.spool.depth(1) > 0
-            assert agent.spool.depth(0) == 0
+            # cluster 0 keeps up (its spool empties; the last batch may still be in flight)
+            await wait_for(lambda: agent.spool.depth(0) == 0, 10, "cluster 0 drained")
             backlog = agent.spool.depth(1)
             notices_down = len(clusters[1].notices)
             await clusters[1].start()

@@ -87,6 +87,18 @@ def test_failures_back_off_exponentially_with_jitter_and_reset() -> None:
     assert c.failures == 0
 
 
+def test_a_delay_decided_by_the_endpoint_choice_replaces_the_backoff() -> None:
+    """Several endpoints: after a failure the wait is the endpoint choice's (0 when another
+    endpoint is free, a Retry-After when all are overloaded), not the cycle's own backoff."""
+    c = UplinkCycle(reattest_s=300.0, backoff=Backoff(min_s=0.5, max_s=4.0))
+    assert c.refused(0.5, 0.0) == 0.0  # another endpoint is free: attest it at once
+    c.waited()
+    assert c.failed(0.5, 7.0) == 7.0  # every endpoint asked to wait 7 s
+    assert c.delay_s == 7.0
+    c.waited()
+    assert c.failed(0.5) == 2.0  # none given: the own backoff, min(4, 0.5 · 2^3) · 0.5
+
+
 GW, CL, SEQ, FRAME = "gw-1", "party-0", 42, b"the exact frame bytes"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from demo.services import free_port
 from gateway.config import ClusterConfig
@@ -91,7 +92,8 @@ async def test_an_interceptor_with_its_own_certificate_gets_nothing(
             try:
                 await asyncio.to_thread(publish, broker.port, _msgs(10, 20))
                 await wait_for(lambda: len(clusters[0].shares) > held0, 15, "cluster 0 continues")
-                await wait_for(lambda: mitm.relayed["/attestation"] >= 2, 15, "quotes relayed")
+                # a third quote is fetched only after the second was judged (and counted)
+                await wait_for(lambda: mitm.relayed["/attestation"] >= 3, 15, "quotes relayed")
                 text = await scrape(agent.cfg.http.port)
                 depth = agent.spool.depth(1)
                 error = str(agent.health()[1]["clusters"]["1"]["last_error"])
@@ -186,3 +188,51 @@ def _der(proxy: TlsInterceptor) -> bytes:
 
     proxy.port = free_port()
     return asyncio.run(fetch())
+
+
+@pytest.mark.mqtt
+async def test_an_endpoint_serving_another_tls_key_of_the_cluster_is_refused(
+    tmp_path: Path,
+    keys: GatewayKeys,
+    platform: Platform,
+    clusters: list[FakeCluster],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cluster 1 lists two endpoints; the second holds the cluster's enclave keys (its quote
+    is genuine and binds the key it serves) but another TLS key than the first. While the
+    first's key is confirmed, the second is refused (counted), gets nothing, and the readings
+    wait for the first. Fails on the code before this change (one URL per cluster; nothing
+    compared the TLS keys of a cluster's endpoints)."""
+    a = clusters[1]
+    b = FakeCluster(1, free_port(), platform, {"gw-test": keys.identity.public_key()})
+    b._priv, b.public_key, b.sign_key, b._opener = a._priv, a.public_key, a.sign_key, a._opener
+    assert b.tls_spki != a.tls_spki
+    await b.start()
+    try:
+        with mosquitto(tmp_path / "mq") as broker:
+            cfg = write_config(
+                tmp_path, clusters=clusters, platform=platform, mqtt_port=broker.port
+            )
+            doc = yaml.safe_load(cfg.read_text())
+            doc["clusters"][1]["urls"] = [doc["clusters"][1].pop("url"), b.url]
+            cfg.write_text(yaml.safe_dump(doc))
+            async with running(cfg, keys) as agent:
+                await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+                await asyncio.to_thread(publish, broker.port, _msgs(0, 10))
+                await wait_for(lambda: len(readings(clusters)) == 10, 15, "via the first")
+                await a.stop()
+                await asyncio.to_thread(publish, broker.port, _msgs(10, 10))
+                await wait_for(lambda: b.attestations >= 2, 15, "the second endpoint tried")
+                depth = agent.spool.depth(1)
+                await a.start()
+                await wait_for(lambda: agent.spool.depth(1) == 0, 30, "spool to drain")
+                await wait_for(lambda: len(readings(clusters)) == 20, 10, "all readings")
+                text = await scrape(agent.cfg.http.port)
+    finally:
+        await b.stop()
+    assert b.posts == 0
+    assert depth >= 1
+    assert "the cluster's other endpoints present" in caplog.text
+    assert metric(text, "gateway_uplink_tls_refused_total", cluster="1") >= 2
+    assert metric(text, "gateway_uplink_failovers_total", cluster="1") >= 2
+    assert _ids(clusters) == list(range(20))

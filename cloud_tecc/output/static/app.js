@@ -80,10 +80,17 @@
       m.querySelector("code").textContent = c.measurement || "—";
       const when = document.createElement("div");
       when.textContent = c.checked_ns ? `checked by the output service at ${fmtTime(c.checked_ns)}` : "not checked yet";
+      const shards = document.createElement("div");
+      shards.className = "shards";
+      const released = c.shards || [];
+      shards.dataset.shards = released.map((s) => `${s.shard}:${s.last_epoch_ns}`).join(",");
+      shards.textContent = released.length
+        ? `shards: ${released.map((s) => `#${s.shard} released ${fmtTime(s.last_epoch_ns)}`).join(", ")}`
+        : "shards: no results released since the output service started";
       const detail = document.createElement("div");
       detail.className = "summary";
       detail.textContent = c.detail || "";
-      card.append(title, m, when, detail);
+      card.append(title, m, when, shards, detail);
       box.appendChild(card);
     }
   }
