@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 import struct
@@ -42,6 +43,7 @@ from cloud_tecc.mpc.errors import (
 from cloud_tecc.mpc.handshake import LinkSuite, party_index, party_name
 from cloud_tecc.mpc.transport import Payload
 
+log = logging.getLogger(__name__)
 _RID: Final = struct.Struct("<Q")
 _CLOSED: Final = object()
 TOKEN_BYTES: Final = 16
@@ -68,6 +70,11 @@ class MeshConfig:
     #: The MPC session (one per shard, :func:`~cloud_tecc.mpc.handshake.shard_session`):
     #: in every handshake name, so links of different sessions never pair.
     session: str = ""
+    #: More addresses of a peer, dialled in turn after ``addresses[j]`` (a peer party
+    #: whose shard has standbys: only its lease holder listens, docs/CLOUD.md).
+    alternates: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    #: How long one address of several is tried before the next.
+    attempt_s: float = 2.0
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,19 +133,7 @@ class WsTransport:
         deadline = loop.time() + cfg.connect_timeout
         try:
             for j in self._peers:
-                host, port = cfg.addresses[j]
-                ws = await wslink.connect_retrying(
-                    self._session,
-                    f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
-                    deadline=deadline,
-                    name=party_name(cfg.party, cfg.session),
-                    key=cfg.key,
-                    server_name=party_name(j, cfg.session),
-                    server_key=cfg.peer_keys[j],
-                    wait_s=cfg.connect_timeout,
-                    tls=cfg.client_tls,
-                    suite=cfg.suite,
-                )
+                ws = await self._dial(j, deadline)
                 self._recv[j] = ws
                 await ws.send(self._token)
                 self._recv_token[j] = await ws.receive(
@@ -157,6 +152,37 @@ class WsTransport:
                 raise PeerLostError(f"mesh connection failed: {exc}") from exc
             raise PeerLostError(f"parties {missing} did not connect within the timeout") from exc
         return self
+
+    async def _dial(self, j: int, deadline: float) -> wslink.Link:
+        """Connect to peer ``j``: its one address, or each of its addresses in turn."""
+        cfg, loop = self.cfg, asyncio.get_running_loop()
+        addresses = [cfg.addresses[j], *cfg.alternates.get(j, ())]
+        session = self._session
+        if session is None:
+            raise PeerLostError("the mesh is not started")
+        while True:
+            for host, port in addresses:
+                several = len(addresses) > 1
+                until = min(deadline, loop.time() + cfg.attempt_s) if several else deadline
+                try:
+                    # a frozen listener accepts TCP and never answers: bound each attempt
+                    async with asyncio.timeout(max(until - loop.time(), 0.01) + 1.0):
+                        return await wslink.connect_retrying(
+                            session,
+                            f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
+                            deadline=until,
+                            name=party_name(cfg.party, cfg.session),
+                            key=cfg.key,
+                            server_name=party_name(j, cfg.session),
+                            server_key=cfg.peer_keys[j],
+                            wait_s=cfg.connect_timeout,
+                            tls=cfg.client_tls,
+                            suite=cfg.suite,
+                        )
+                except (PeerLostError, TimeoutError):
+                    if not several or loop.time() >= deadline:
+                        raise
+                    log.debug("party %d not at %s:%d; trying its next address", j, host, port)
 
     async def _paired(self) -> None:
         """Wait until each peer's accepted connection comes from the transport we reached."""
