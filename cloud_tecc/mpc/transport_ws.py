@@ -229,6 +229,15 @@ class WsTransport:
             await ws.close()
             return ws
         old = self._send.get(j)
+        if self._started and not self._closing and token != self._send_token.get(j):
+            # An authenticated new transport of party j while ours runs: j restarted, or
+            # another worker of it took its shard over (the old one may be frozen and
+            # never close). End this session now instead of after a round timeout; the
+            # next session pairs with the new transport.
+            log.warning("party %d connected from a new session; ending this one", j)
+            self._recv_lost.add(j)
+            self._queues[j].put_nowait(_CLOSED)
+            self._changed.set()
         if self._started or self._closing:
             await ws.close()
             return ws
