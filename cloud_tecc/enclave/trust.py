@@ -103,7 +103,7 @@ class AttestedDirectory:
         urls = ep.base_urls
         for n, url in enumerate(urls):
             try:
-                ident = await self._fetch(url, ep, role)
+                ident = await self._fetch(url, ep, role, 5.0 if len(urls) == 1 else 2.0)
             except (AttestationError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if n + 1 < len(urls) and not isinstance(exc, AttestationError):
                     continue  # unreachable: the next worker
@@ -119,12 +119,12 @@ class AttestedDirectory:
             return ident
         raise PeerError(f"{ep.service_id}: no url to fetch its quote from")
 
-    async def _fetch(self, url: str, ep: Endpoint, role: str) -> VerifiedIdentity:
+    async def _fetch(self, url: str, ep: Endpoint, role: str, timeout_s: float) -> VerifiedIdentity:
         nonce = self._random(32)
         async with self._session.get(
             f"{url}/attestation",
             params={"nonce": nonce.hex()},
-            timeout=aiohttp.ClientTimeout(total=5),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),  # shorter with more workers to ask
             # The quote is nonce-fresh and platform-signed; trust comes from it, not from
             # the (enclave-issued) certificate of a party's HTTPS listener.
             ssl=False,

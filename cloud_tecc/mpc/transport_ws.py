@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _RID: Final = struct.Struct("<Q")
 _CLOSED: Final = object()
 TOKEN_BYTES: Final = 16
+#: How long closing the mesh waits for the peers' closing handshakes.
+CLOSE_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,7 @@ class MeshConfig:
     #: whose shard has standbys: only its lease holder listens, docs/CLOUD.md).
     alternates: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
     #: How long one address of several is tried before the next.
-    attempt_s: float = 2.0
+    attempt_s: float = 1.5
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -166,7 +168,7 @@ class WsTransport:
                 until = min(deadline, loop.time() + cfg.attempt_s) if several else deadline
                 try:
                     # a frozen listener accepts TCP and never answers: bound each attempt
-                    async with asyncio.timeout(max(until - loop.time(), 0.01) + 1.0):
+                    async with asyncio.timeout(max(until - loop.time(), 0.01) + 0.5):
                         return await wslink.connect_retrying(
                             session,
                             f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
@@ -318,9 +320,14 @@ class WsTransport:
             return
         self._closing = True
         sockets: list[wslink.Link] = [*self._send.values(), *self._recv.values()]
-        for ws in sockets:
-            with contextlib.suppress(Exception):
-                await ws.close()
+        # Concurrently and bounded: a frozen peer never answers the closing handshake
+        # (aiohttp would wait 10 s for each link); a peer that does is closed cleanly.
+        closing = [asyncio.create_task(ws.close()) for ws in sockets]
+        if closing:
+            _, stuck = await asyncio.wait(closing, timeout=CLOSE_S)
+            for t in stuck:
+                t.cancel()
+            await asyncio.gather(*closing, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
