@@ -142,6 +142,12 @@ def test_standby_takes_over_a_killed_owner(
 
 
 def test_frozen_owner_stands_down(tmp_path: Path) -> None:
+    """The woken owner stands down; party 1 leaves its session with the frozen one at once.
+
+    Fails on the code before this change (party 1 held the session with the frozen
+    owner until the 60 s round timeout; meanwhile the gateways counted as gone and
+    the window at 30 s was released without their readings).
+    """
     scn = make_scenario(seconds=SECONDS)
     dep, nodes, fes = _start(tmp_path)
     try:
