@@ -115,11 +115,22 @@ class ActiveShard:
         self.role = "standby"
         watcher = asyncio.create_task(self._watch_owner(), name="lease-owner")
         try:
-            async with self.lease:
-                await run_while_leased(self.lease, self._start, self._stop, metrics=self.metrics)
+            while True:
+                try:
+                    async with self.lease:
+                        await run_while_leased(
+                            self.lease, self._start, self._stop, metrics=self.metrics
+                        )
+                except (*TRANSIENT, CloudError) as exc:
+                    # start() could not claim or replay (JetStream away): the lease was
+                    # released; contend again once the party's JetStream answers
+                    log.warning("shard %d: not active (%r); contending again", self.cfg.shard, exc)
+                    self.role = "standby"
+                    await asyncio.sleep(_RETRY_S)
         finally:
             watcher.cancel()
-            await self.nc.close()
+            with contextlib.suppress(*TRANSIENT):
+                await self.nc.close()
 
     async def _connect(self) -> Client:
         while True:
@@ -206,7 +217,11 @@ class ActiveShard:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.feed.close()
+        try:
+            await self.feed.close()
+        except (*TRANSIENT, CloudError) as exc:  # the connection is gone anyway
+            log.info("shard %d: log connection closed with %r", self.cfg.shard, exc)
+        self.feed.log = None
         log.warning("shard %d: active part stopped", self.cfg.shard)
 
     # -- the coordinator's EpochFence -------------------------------------------------------
