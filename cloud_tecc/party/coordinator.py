@@ -31,8 +31,8 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -53,6 +53,7 @@ from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
+from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.messages import SeqMessage
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
@@ -63,28 +64,6 @@ from tecc_contract.keys import ed25519_public_from_bytes
 log = logging.getLogger("cloud_tecc.party.coordinator")
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
-
-
-class EpochFence(Protocol):
-    """Where a shard worker with a lease records each epoch before committing it locally.
-
-    :class:`~cloud_tecc.party.takeover.ActiveShard` (JetStream mode): the epoch goes
-    to the party's log and the committed state, fenced by the lease token; a stale
-    owner gets ``FencedError`` and commits nothing.
-    """
-
-    async def commit(
-        self,
-        end_ns: int,
-        states: Mapping[tuple[str, str], StreamState],
-        readings: int,
-        done_ns: int,
-        body: bytes | None,
-    ) -> None:
-        """Record the epoch durably for a successor (raises if this worker is fenced)."""
-
-    async def released(self, end_ns: int) -> None:
-        """The output service accepted the results of the epoch ending at ``end_ns``."""
 
 
 class Session(enum.Enum):

@@ -76,6 +76,7 @@ class ActiveShard:
         self.nc: Client | None = None
         self.role = "starting"
         self.owner = ""  # the holder this worker saw last
+        self._owner_since_ns = 0  # when that holder acquired (its wall clock)
         self.released_ns = 0
         self._takeover_from: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,6 +152,7 @@ class ActiveShard:
                 with contextlib.suppress(*TRANSIENT, KVError):
                     rec = await lease.holder()
                     self.owner = rec.worker_id if rec is not None else ""
+                    self._owner_since_ns = rec.acquired_ns if rec is not None else 0
             await asyncio.sleep(1.0)
 
     def _need(self) -> tuple[Lease, CommittedState, Coordinator, Client]:
@@ -300,5 +302,8 @@ class ActiveShard:
             "worker_id": self.cfg.worker_id,
             "owner": self.owner,
             "lease_age_s": round(lease.age_s, 3) if lease is not None else 0.0,
+            "owner_lease_age_s": round(max(0, time.time_ns() - self._owner_since_ns) / 1e9, 3)
+            if self._owner_since_ns
+            else None,
             "token": lease.token if lease is not None and lease.valid() else 0,
         }
