@@ -155,10 +155,16 @@ class ActiveShard:
                     self._owner_since_ns = rec.acquired_ns if rec is not None else 0
             await asyncio.sleep(1.0)
 
-    def _need(self) -> tuple[Lease, CommittedState, Coordinator, Client]:
-        if self.lease is None or self.commits is None or self.coordinator is None or not self.nc:
+    def _fenced(self) -> tuple[Lease, CommittedState, Client]:
+        if self.lease is None or self.commits is None or self.nc is None:
             raise CloudError("the shard's active part started before its lease was opened")
-        return self.lease, self.commits, self.coordinator, self.nc
+        return self.lease, self.commits, self.nc
+
+    def _need(self) -> tuple[Lease, CommittedState, Coordinator, Client]:
+        lease, commits, nc = self._fenced()
+        if self.coordinator is None:
+            raise CloudError("the shard's active part started without its coordinator")
+        return lease, commits, self.coordinator, nc
 
     async def _start(self) -> None:
         lease, commits, coordinator, nc = self._need()
@@ -237,7 +243,7 @@ class ActiveShard:
         body: bytes | None,
     ) -> None:
         """Publish the epoch, then the fenced commit record (see the module docstring)."""
-        lease, commits, _, nc = self._need()
+        lease, commits, nc = self._fenced()
         if not lease.held:
             raise FencedError(f"shard {self.cfg.shard}: lease lost ({lease.lost_reason})")
         epoch = epochlog.EpochWire(
@@ -275,7 +281,7 @@ class ActiveShard:
 
     async def released(self, end_ns: int) -> None:
         """Record the output's acceptance (fenced; a failure only means a re-send later)."""
-        lease, commits, _, _ = self._need()
+        lease, commits, _ = self._fenced()
         if end_ns <= self.released_ns:
             return
         try:
