@@ -16,6 +16,9 @@ every service runs the same approved bundle).
 from __future__ import annotations
 
 import enum
+import os
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 MAX_SHARDS = 64
 Shards = Annotated[int, Meta(ge=1, le=MAX_SHARDS)]
 ShardIndex = Annotated[int, Meta(ge=0, lt=MAX_SHARDS)]
+#: A worker's id in its shard's lease (cloud_tecc/jetstream/lease.py accepts exactly these).
+WorkerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 
 
 def check_shard(shard: int, shards: int) -> None:
@@ -84,18 +89,38 @@ def parse_hostport(value: str) -> tuple[str, int]:
 
 
 class Endpoint(FileSchema, frozen=True, kw_only=True):
-    """Another service: its attested id, base URL and (for MPC links) ``host:port``."""
+    """Another service: its attested id, base URL and (for MPC links) ``host:port``.
+
+    A party served by several workers (a shard's owner and its standbys,
+    docs/CLOUD.md "Leases and takeover") is listed with every worker: ``urls``
+    (more base URLs, tried after ``url`` for its quote) and ``mpc`` as a list of
+    ``host:port`` (dialled in turn; only the shard's lease holder listens).
+    """
 
     service_id: Name
     url: Url
-    mpc: HostPort | Literal[""] = ""
+    urls: tuple[Url, ...] = ()
+    mpc: HostPort | tuple[HostPort, ...] | Literal[""] = ""
 
     @property
     def mpc_address(self) -> tuple[str, int]:
-        """The MPC/dealer socket address as (host, port)."""
-        if not self.mpc:
-            raise CloudConfigError(f"endpoint {self.service_id!r} needs mpc: 'host:port'")
-        return parse_hostport(self.mpc)
+        """The (first) MPC/dealer socket address as (host, port)."""
+        return self.mpc_candidates[0]
+
+    @property
+    def mpc_candidates(self) -> tuple[tuple[str, int], ...]:
+        """Every MPC socket address of this endpoint, in the order to try them."""
+        listed = (self.mpc,) if isinstance(self.mpc, str) else self.mpc
+        if not listed or not listed[0]:
+            raise CloudConfigError(
+                f"endpoint {self.service_id!r} needs mpc: 'host:port' (or a list of them)"
+            )
+        return tuple(parse_hostport(a) for a in listed)
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """``url`` then ``urls``: every base URL of the service, in the order to try them."""
+        return tuple(dict.fromkeys((self.url, *self.urls)))
 
 
 class Trust(FileSchema, frozen=True, kw_only=True):
@@ -174,6 +199,9 @@ class JetStreamConfig(FileSchema, frozen=True, kw_only=True):
     max_bytes: Annotated[int, Meta(ge=1 << 20)] = 1 << 30
     max_age_s: Positive = 86_400.0
     duplicate_window_s: Positive = 600.0
+    #: TTL of the shard lease this worker writes (whole seconds, docs/CLOUD.md
+    #: "Leases and takeover"): the longest a dead owner holds its shard.
+    lease_ttl_s: Annotated[int, Meta(ge=1, le=600)] = 3
 
     def __post_init__(self) -> None:
         if not self.servers and not self.embedded:
@@ -233,6 +261,8 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     # (docs/CLOUD.md, "Shards")
     shards: Shards = 1
     shard: ShardIndex = 0
+    # This worker's id in the shard's lease (jetstream: only); "" = <service_id>-<host>-<pid>
+    worker_id: WorkerId | Literal[""] = ""
 
     def __post_init__(self) -> None:
         check_shard(self.shard, self.shards)
@@ -447,6 +477,8 @@ class PartyConfig:
     jetstream: JetStreamConfig | None = None
     shards: int = 1
     shard: int = 0
+    #: The shard lease's worker id (resolved: never empty).
+    worker_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +573,9 @@ def _document(path: Path) -> object:
 
 
 def _clean(ep: Endpoint) -> Endpoint:
-    return msgspec.structs.replace(ep, url=ep.url.rstrip("/"))
+    return msgspec.structs.replace(
+        ep, url=ep.url.rstrip("/"), urls=tuple(u.rstrip("/") for u in ep.urls)
+    )
 
 
 def _policy(f: ServiceFile, base: Path) -> tuple[Path, AnalyticsPolicy]:
@@ -601,7 +635,14 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
         jetstream=f.jetstream,
         shards=f.shards,
         shard=f.shard,
+        worker_id=f.worker_id or default_worker_id(f.service_id),
     )
+
+
+def default_worker_id(service_id: str) -> str:
+    """``<service_id>-<hostname>-<pid>``, reduced to the characters a lease accepts."""
+    raw = f"{service_id}-{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", raw)[:128]
 
 
 def dealer_config(f: DealerFile, base: Path) -> DealerConfig:

@@ -19,6 +19,11 @@ platform and sealed keys (shard k > 0 starts with a copy of shard 0's
 ``sealed_keys.bin``, as a provisioning step would give it) with its own state
 directory; worker k's peers and dealer are shard k's. The output service
 reaches party i at its shard-0 worker.
+
+``standbys=S`` (JetStream mode: every worker of a shard contends for its lease)
+adds S more workers per party and shard, ``<worker>-b<j>`` (``party0-b1``), each
+with its own ports and state directory; every peer, dealer and output endpoint of
+that worker lists them all (``urls``, ``mpc`` as a list).
 """
 
 from __future__ import annotations
@@ -150,13 +155,14 @@ class Deployment:
     output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     n_parties: int = 2
-    hosts: dict[str, str] = field(default_factory=dict)
-    launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    shards: int = 1  # shard workers per party (and dealers)
     #: Per-party extra keys on top of ``party_extra`` (e.g. one party's ``jetstream``).
     party_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Ingest frontends: ``<party>-ingest<j>`` → its party (configs by :meth:`add_frontend`).
     frontends: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
+    launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shards: int = 1  # shard workers per party (and dealers)
+    standbys: int = 0  # more workers per party and shard (lease standbys, JetStream mode)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
@@ -178,16 +184,21 @@ class Deployment:
         """The service name of the dealer of ``shard`` (shard 0: ``dealer``)."""
         return "dealer" if shard == 0 else f"dealer-s{shard}"
 
+    def replicas(self, party: int, shard: int) -> tuple[str, ...]:
+        """Every worker of ``party`` for ``shard``: the first, then its standbys."""
+        first = self.worker(party, shard)
+        return (first, *(f"{first}-b{j}" for j in range(1, self.standbys + 1)))
+
     @property
     def workers(self) -> tuple[str, ...]:
-        """Every party worker, shard 0 of every party first."""
+        """Every party worker, shard 0 of every party first (standbys after their first)."""
         k, n = range(self.shards), range(self.n_parties)
-        return tuple(self.worker(i, s) for s in k for i in n)
+        return tuple(w for s in k for i in n for w in self.replicas(i, s))
 
     @staticmethod
     def domain(name: str) -> str:
         """The service id (trust domain) a service name runs as: ``party0-s1`` → ``party0``."""
-        return name.partition("-s")[0]
+        return name.partition("-s")[0].partition("-b")[0]
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -280,6 +291,16 @@ class Deployment:
             ep["mpc"] = f"{self.host(name)}:{self.ports[name + '_mpc']}"
         return ep
 
+    def _party_ep(self, party: int, shard: int, mpc: bool = False) -> dict[str, Any]:
+        """Party ``party``'s endpoint for ``shard``: every worker of it (standbys too)."""
+        names = self.replicas(party, shard)
+        ep: dict[str, Any] = self._ep(names[0], mpc=mpc)
+        if len(names) > 1:
+            ep["urls"] = [self.url(n) for n in names[1:]]
+            if mpc:
+                ep["mpc"] = [f"{self.host(n)}:{self.ports[n + '_mpc']}" for n in names]
+        return ep
+
     def write_configs(self) -> None:
         """Write every service's YAML config."""
         common = {
@@ -296,8 +317,7 @@ class Deployment:
         }
         n, k_all = self.n_parties, self.shards
         for k in range(k_all):
-            for i in range(n):
-                name = self.worker(i, k)
+            for i, name in ((p, w) for p in range(n) for w in self.replicas(p, k)):
                 cfg = {
                     **common,
                     "role": "party",
@@ -310,7 +330,7 @@ class Deployment:
                     "state_dir": name,
                     "policy": self._policy_file(name),
                     "gateways": gws,
-                    "peers": {j: self._ep(self.worker(j, k), mpc=True) for j in range(n) if j != i},
+                    "peers": {j: self._party_ep(j, k, mpc=True) for j in range(n) if j != i},
                     "dealer": self._ep(self.dealer_of(k), mpc=True),
                     "output": self._ep("output"),
                     "tick_s": 0.1,
@@ -330,14 +350,14 @@ class Deployment:
                 "listen": {"host": self.host(dname), "port": self.ports[dname]},
                 "mpc_listen": f"{self.host(dname)}:{self.ports[dname + '_mpc']}",
                 "policy": self._policy_file("dealer"),
-                "parties": {i: self._ep(self.worker(i, k)) for i in range(n)},
+                "parties": {i: self._party_ep(i, k) for i in range(n)},
                 "batch_readings": 20000,
                 **({"shards": k_all, "shard": k} if k_all > 1 else {}),
             }
             (self.root / f"{dname}.yaml").write_text(yaml.safe_dump(dealer))
         for fe, party in self.frontends.items():
             self._write_frontend(fe, party)
-        parties = {i: self._ep(p) for i, p in enumerate(self.parties)}
+        parties = {i: self._party_ep(i, 0) for i in range(n)}
         output = {
             **common,
             "role": "output",

@@ -98,31 +98,43 @@ class AttestedDirectory:
         hit = self._cache.get(ep.service_id)
         if hit is not None and not force and now - hit.verified_ns < self._refresh_ns:
             return hit
-        nonce = self._random(32)
-        try:
-            async with self._session.get(
-                f"{ep.url}/attestation",
-                params={"nonce": nonce.hex()},
-                timeout=aiohttp.ClientTimeout(total=5),
-                # The quote is nonce-fresh and platform-signed; trust comes from it, not from
-                # the (enclave-issued) certificate of a party's HTTPS listener.
-                ssl=False,
-            ) as resp:
-                if resp.status != 200:
-                    raise AttestationError(f"GET /attestation answered HTTP {resp.status}")
-                quote = Quote.from_bytes(await resp.read())
-            ident = self._verifier.verify(
-                quote, nonce=nonce, now_ns=self._clock(), role=role, service_id=ep.service_id
+        # A service served by several workers (ep.urls) is asked at each in turn: every
+        # worker of it presents the same attested keys, so any one's quote will do.
+        urls = ep.base_urls
+        for n, url in enumerate(urls):
+            try:
+                ident = await self._fetch(url, ep, role, 5.0 if len(urls) == 1 else 2.0)
+            except (AttestationError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if n + 1 < len(urls) and not isinstance(exc, AttestationError):
+                    continue  # unreachable: the next worker
+                self._cache.pop(ep.service_id, None)
+                self.status[ep.service_id] = PeerStatus(
+                    ep.service_id, url, False, str(exc), now, ""
+                )
+                raise PeerError(f"{ep.service_id} refused: {exc}") from exc
+            self._cache[ep.service_id] = ident
+            self.status[ep.service_id] = PeerStatus(
+                ep.service_id, url, True, "attested", now, ident.measurement.hex()
             )
-        except (AttestationError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._cache.pop(ep.service_id, None)
-            self.status[ep.service_id] = PeerStatus(ep.service_id, ep.url, False, str(exc), now, "")
-            raise PeerError(f"{ep.service_id} refused: {exc}") from exc
-        self._cache[ep.service_id] = ident
-        self.status[ep.service_id] = PeerStatus(
-            ep.service_id, ep.url, True, "attested", now, ident.measurement.hex()
+            return ident
+        raise PeerError(f"{ep.service_id}: no url to fetch its quote from")
+
+    async def _fetch(self, url: str, ep: Endpoint, role: str, timeout_s: float) -> VerifiedIdentity:
+        nonce = self._random(32)
+        async with self._session.get(
+            f"{url}/attestation",
+            params={"nonce": nonce.hex()},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),  # shorter with more workers to ask
+            # The quote is nonce-fresh and platform-signed; trust comes from it, not from
+            # the (enclave-issued) certificate of a party's HTTPS listener.
+            ssl=False,
+        ) as resp:
+            if resp.status != 200:
+                raise AttestationError(f"GET /attestation answered HTTP {resp.status}")
+            quote = Quote.from_bytes(await resp.read())
+        return self._verifier.verify(
+            quote, nonce=nonce, now_ns=self._clock(), role=role, service_id=ep.service_id
         )
-        return ident
 
     def forget(self, service_id: str) -> None:
         """Drop a cached identity (e.g. after a signature failure)."""

@@ -110,6 +110,13 @@ class CommittedState:
             change["log_seq"] = log_seq
         return await self._write(fence=fence, worker_id=worker_id, now_ns=now_ns, change=change)
 
+    async def release(
+        self, *, fence: int, worker_id: str, now_ns: int, released_ns: int
+    ) -> CommitRecord:
+        """Store that the output accepted the epochs through ``released_ns`` (fenced)."""
+        change = {"released_ns": released_ns}
+        return await self._write(fence=fence, worker_id=worker_id, now_ns=now_ns, change=change)
+
     async def _write(
         self, *, fence: int, worker_id: str, now_ns: int, change: dict[str, int]
     ) -> CommitRecord:

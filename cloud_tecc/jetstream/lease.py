@@ -169,6 +169,10 @@ class Lease:
         """Call ``callback(reason)`` synchronously the moment a held lease is lost."""
         self._on_lost.append(callback)
 
+    def abandon(self, reason: str) -> None:
+        """End the current term here and now (e.g. a fenced write showed a newer owner)."""
+        self._lose(reason)
+
     # -- what the holder asks ---------------------------------------------------------
 
     @property

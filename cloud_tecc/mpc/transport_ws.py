@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 from collections.abc import Mapping
@@ -42,8 +43,11 @@ from cloud_tecc.mpc.errors import (
 from cloud_tecc.mpc.handshake import LinkSuite, party_index, party_name
 from cloud_tecc.mpc.transport import Payload
 
+log = logging.getLogger(__name__)
 _CLOSED: Final = object()
 TOKEN_BYTES: Final = 16
+#: How long closing the mesh waits for the peers' closing handshakes.
+CLOSE_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,11 @@ class MeshConfig:
     #: The MPC session (one per shard, :func:`~cloud_tecc.mpc.handshake.shard_session`):
     #: in every handshake name, so links of different sessions never pair.
     session: str = ""
+    #: More addresses of a peer, dialled in turn after ``addresses[j]`` (a peer party
+    #: whose shard has standbys: only its lease holder listens, docs/CLOUD.md).
+    alternates: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    #: How long one address of several is tried before the next.
+    attempt_s: float = 1.5
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,19 +134,7 @@ class WsTransport:
         deadline = loop.time() + cfg.connect_timeout
         try:
             for j in self._peers:
-                host, port = cfg.addresses[j]
-                ws = await wslink.connect_retrying(
-                    self._session,
-                    f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
-                    deadline=deadline,
-                    name=party_name(cfg.party, cfg.session),
-                    key=cfg.key,
-                    server_name=party_name(j, cfg.session),
-                    server_key=cfg.peer_keys[j],
-                    wait_s=cfg.connect_timeout,
-                    tls=cfg.client_tls,
-                    suite=cfg.suite,
-                )
+                ws = await self._dial(j, deadline)
                 self._recv[j] = ws
                 await ws.send(self._token)
                 self._recv_token[j] = await ws.receive(
@@ -156,6 +153,37 @@ class WsTransport:
                 raise PeerLostError(f"mesh connection failed: {exc}") from exc
             raise PeerLostError(f"parties {missing} did not connect within the timeout") from exc
         return self
+
+    async def _dial(self, j: int, deadline: float) -> wslink.Link:
+        """Connect to peer ``j``: its one address, or each of its addresses in turn."""
+        cfg, loop = self.cfg, asyncio.get_running_loop()
+        addresses = [cfg.addresses[j], *cfg.alternates.get(j, ())]
+        session = self._session
+        if session is None:
+            raise PeerLostError("the mesh is not started")
+        while True:
+            for host, port in addresses:
+                several = len(addresses) > 1
+                until = min(deadline, loop.time() + cfg.attempt_s) if several else deadline
+                try:
+                    # a frozen listener accepts TCP and never answers: bound each attempt
+                    async with asyncio.timeout(max(until - loop.time(), 0.01) + 0.5):
+                        return await wslink.connect_retrying(
+                            session,
+                            f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
+                            deadline=until,
+                            name=party_name(cfg.party, cfg.session),
+                            key=cfg.key,
+                            server_name=party_name(j, cfg.session),
+                            server_key=cfg.peer_keys[j],
+                            wait_s=cfg.connect_timeout,
+                            tls=cfg.client_tls,
+                            suite=cfg.suite,
+                        )
+                except (PeerLostError, TimeoutError):
+                    if not several or loop.time() >= deadline:
+                        raise
+                    log.debug("party %d not at %s:%d; trying its next address", j, host, port)
 
     async def _paired(self) -> None:
         """Wait until each peer's accepted connection comes from the transport we reached."""
@@ -202,6 +230,15 @@ class WsTransport:
             await ws.close()
             return ws
         old = self._send.get(j)
+        if self._started and not self._closing and token != self._send_token.get(j):
+            # An authenticated new transport of party j while ours runs: j restarted, or
+            # another worker of it took its shard over (the old one may be frozen and
+            # never close). End this session now instead of after a round timeout; the
+            # next session pairs with the new transport.
+            log.warning("party %d connected from a new session; ending this one", j)
+            self._recv_lost.add(j)
+            self._queues[j].put_nowait(_CLOSED)
+            self._changed.set()
         if self._started or self._closing:
             await ws.close()
             return ws
@@ -277,9 +314,14 @@ class WsTransport:
             return
         self._closing = True
         sockets: list[wslink.Link] = [*self._send.values(), *self._recv.values()]
-        for ws in sockets:
-            with contextlib.suppress(Exception):
-                await ws.close()
+        # Concurrently and bounded: a frozen peer never answers the closing handshake
+        # (aiohttp would wait 10 s for each link); a peer that does is closed cleanly.
+        closing = [asyncio.create_task(ws.close()) for ws in sockets]
+        if closing:
+            _, stuck = await asyncio.wait(closing, timeout=CLOSE_S)
+            for t in stuck:
+                t.cancel()
+            await asyncio.gather(*closing, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -37,6 +37,7 @@ from typing import Any, Final
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.analytics.secure import secure_epoch
 from cloud_tecc.config import PartyConfig, parse_hostport
 from cloud_tecc.enclave.identity import Enclave
@@ -52,6 +53,7 @@ from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
+from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.messages import SeqMessage
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
@@ -87,8 +89,10 @@ class Coordinator:
         registry: CollectorRegistry,
         tracker: ProgressTracker,
         refusing: Callable[[], Iterable[str]] = tuple,
+        fence: EpochFence | None = None,
     ) -> None:
         self.cfg, self.enclave, self.store = cfg, enclave, store
+        self.fence = fence
         self.tracker = tracker
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
@@ -153,6 +157,25 @@ class Coordinator:
             "tecc_party_watermark_seconds", "End of the last computed epoch", registry=registry
         )
 
+    def resume(self) -> None:
+        """Start over from the (rebuilt) store: a worker that just took its shard over."""
+        self.watermark_ns = self.store.watermark()
+        if self.agreement.phase is not Phase.FAILED:
+            self.agreement.fault()
+        self.session, self._session_error = Session.STARTING, ""
+
+    async def _commit(
+        self,
+        end_ns: int,
+        states: dict[tuple[str, str], StreamState],
+        readings: int,
+        body: bytes | None = None,
+    ) -> None:
+        done_ns = time.time_ns()
+        if self.fence is not None:  # first the fenced record a successor resumes from
+            await self.fence.commit(end_ns, states, readings, done_ns, body)
+        await asyncio.to_thread(self.store.commit_epoch, end_ns, states, readings, done_ns, body)
+
     @property
     def state(self) -> str:
         """The session for ``/healthz``: ``running``, or ``waiting: <why>``, ..."""
@@ -198,6 +221,8 @@ class Coordinator:
         dealer = await self.directory.identity(cfg.dealer, "dealer")
         addresses = {cfg.party: parse_hostport(cfg.mpc_listen)}
         addresses.update({i: cfg.peers[i].mpc_address for i in self.peers})
+        # a peer with standbys: every worker's address, dialled in turn (only its owner listens)
+        alternates = {i: cfg.peers[i].mpc_candidates[1:] for i in self.peers}
         mesh = await WsTransport.start(
             MeshConfig(
                 party=cfg.party,
@@ -208,6 +233,7 @@ class Coordinator:
                 connect_timeout=30.0,
                 suite=LinkSuite.from_label(cfg.suite.value),
                 session=self.mpc_session,
+                alternates={i: a for i, a in alternates.items() if a},
             )
         )
         link: DealerLink | None = None
@@ -273,7 +299,7 @@ class Coordinator:
         states = await asyncio.to_thread(self.store.load_states, keys, prop.start_ns)
         epoch = build_epoch(prop.start_ns, prop.end_ns, segments, states)
         if not epoch.streams:
-            await asyncio.to_thread(self.store.commit_epoch, prop.end_ns, {}, 0, time.time_ns())
+            await self._commit(prop.end_ns, {}, 0)
             self.watermark_ns = prop.end_ns
             return
         party = Party(self.cfg.party, self.cfg.n_parties, mesh, link, frac_bits=DEFAULT_FRAC_BITS)
@@ -296,9 +322,7 @@ class Coordinator:
             (s.gateway, s.sensor): st for s, st in zip(epoch.streams, out.states, strict=True)
         }
         n = out.plan.readings
-        await asyncio.to_thread(
-            self.store.commit_epoch, prop.end_ns, new_states, n, time.time_ns(), body
-        )
+        await self._commit(prop.end_ns, new_states, n, body)
         self.watermark_ns = prop.end_ns
         self._outbox.set()
         if prop.skip:
@@ -347,6 +371,8 @@ class Coordinator:
                 await asyncio.sleep(1.0)
                 continue
             await asyncio.to_thread(self.store.delivered, epoch_ns, body)
+            if self.fence is not None:
+                await self.fence.released(epoch_ns)
 
     async def _send(self, body: bytes) -> None:
         out = await self.directory.identity(self.cfg.output, "output")

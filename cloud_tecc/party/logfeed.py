@@ -20,6 +20,16 @@ no uploads itself. :class:`LogFeed`:
   in the log before the notice; without the gate a lagging consumer would let
   an epoch close before its data was stored.
 
+With a shard lease (docs/CLOUD.md "Leases and takeover") the feed runs only while
+this worker holds the lease, and each term reads through its own consumer
+``tecc-shard-<k>-t<token>`` from the start of the stream's retention: the worker's
+store may be empty or stale (another worker consumed meanwhile) and the store's
+dedup drops what it holds; a consumer of an earlier term, left by a frozen owner,
+can never take a message from this term's, and the server removes it after
+:data:`INACTIVE_S`. Parts published before the term began are history: stored
+without counting them as new or late readings (their epochs were computed by the
+previous owner).
+
 Malformed log messages are counted (``tecc_log_malformed_total``), logged
 and terminated (never redelivered); the worker carries on.
 """
@@ -65,6 +75,8 @@ ACK_WAIT_S: Final = 30.0
 MAX_WAITING: Final = 64
 _RETRY_S: Final = 0.5
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+#: A term's consumer left behind (its owner died or stood down) is removed after this.
+INACTIVE_S: Final = 120.0
 
 
 def durable_name(shard: int) -> str:
@@ -143,6 +155,10 @@ class LogFeed:
         self.store, self.writer, self.tracker = store, writer, tracker
         self.keys, self.stored = keys, stored
         self.log: ShareLog | None = None
+        #: The lease token of the current term (0: no lease, the shared durable consumer).
+        self.term = 0
+        #: Last TECC_SHARES sequence when the term began (history up to it).
+        self.history_seq = 0
         #: monotonic time at which the share consumer last had nothing pending
         self.caught_up = 0.0
         #: per gateway, notices waiting for their shares: (through, heard, seen at)
@@ -167,10 +183,23 @@ class LogFeed:
         for stream in ("shares", "progress"):
             self.malformed.labels(stream)
 
-    async def run(self) -> None:
-        """Connect (retrying), ensure the streams, then consume for ever."""
+    async def run(self, term: int = 0) -> None:
+        """Connect (retrying), ensure the streams, then consume for ever.
+
+        ``term`` > 0: a lease term (its token); consume from the start of the log.
+        """
+        self.term, self.caught_up, self._notices = term, 0.0, {}
         name = f"worker-{self.service_id}-{self.shard}"
         self.log = await ShareLog.open(self.cfg, self.state_dir, name, _RETRY_S)
+        if term:
+            while True:
+                try:
+                    info = await self.log.js.stream_info(SHARES)
+                    self.history_seq = int(info.state.last_seq or 0)
+                    break
+                except _NATS_ERRORS as exc:
+                    log.warning("share stream info: %s; retrying", type(exc).__name__)
+                    await asyncio.sleep(_RETRY_S)
         await asyncio.gather(self._consume_shares(self.log), self._consume_progress(self.log))
 
     async def close(self) -> None:
@@ -180,6 +209,20 @@ class LogFeed:
 
     async def _subscription(self, sharelog: ShareLog) -> nats.js.JetStreamContext.PullSubscription:
         js, name = sharelog.js, durable_name(self.shard)
+        if self.term:
+            return await js.pull_subscribe(
+                f"tecc.shares.{self.shard}.>",
+                durable=f"{name}-t{self.term}",
+                stream=SHARES,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=ACK_WAIT_S,
+                    max_ack_pending=4 * FETCH,
+                    max_deliver=-1,
+                    inactive_threshold=INACTIVE_S,
+                ),
+            )
         if self.store.batch_count() == 0 and self.store.watermark() == 0:
             # a new store (a fresh host): read the shard from the start of the log
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -242,10 +285,11 @@ class LogFeed:
                 await msg.term()
                 continue
             rows.append((msg, row))
+        history = [msg.metadata.sequence.stream <= self.history_seq for msg, _ in rows]
         results = await asyncio.gather(
             *(self.writer.submit(row) for _, row in rows), return_exceptions=True
         )
-        for (msg, row), outcome in zip(rows, results, strict=True):
+        for (msg, row), outcome, old in zip(rows, results, history, strict=True):
             if isinstance(outcome, BaseException):  # not stored: redelivered later
                 log.warning("share part not stored (%s); redelivery", type(outcome).__name__)
                 await msg.nak(delay=1.0)
@@ -258,8 +302,8 @@ class LogFeed:
                     row.seq,
                     row.gateway,
                 )
-            else:
-                self.stored(row, outcome)
+            else:  # history: the previous owner counted it (and computed its epochs)
+                self.stored(row, InsertResult.DUPLICATE if old else outcome)
             await msg.ack()
 
     async def _consume_progress(self, sharelog: ShareLog) -> None:

@@ -23,7 +23,10 @@ when an epoch is closed (:class:`~cloud_tecc.party.epochs.ProgressTracker`).
 With ``jetstream:`` in the config the process is a shard worker: no
 ``/v1/batches`` or ``/v1/progress`` here (the ingest frontends take them,
 :mod:`cloud_tecc.party.frontend`); its shard's parts and the progress notices
-come from the party's log (:mod:`cloud_tecc.party.logfeed`).
+come from the party's log (:mod:`cloud_tecc.party.logfeed`), and every worker
+of the shard contends for its lease: only the holder runs the log consumer, the
+coordinator and the result delivery (:mod:`cloud_tecc.party.takeover`); the
+others are standbys serving ``/healthz`` (``"role": "standby"``) and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.logfeed import LogFeed, start_embedded
 from cloud_tecc.party.registry import REFRESH_S
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
+from cloud_tecc.party.takeover import ActiveShard
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService, gateway_keys
 from cloud_tecc.party.writer import GroupWriter
 from tecc_contract.crashpoint import crash_point
@@ -86,6 +90,7 @@ class PartyService(UplinkService):
         self.http: aiohttp.ClientSession | None = None
         self.nats: NatsDeployment | None = None
         self.feed: LogFeed | None = None
+        self.active: ActiveShard | None = None
         if cfg.jetstream is None:
             self.app.router.add_post("/v1/batches", self._ingest)
             self.app.router.add_post("/v1/progress", self._progress)
@@ -101,6 +106,9 @@ class PartyService(UplinkService):
                 keys=self._gateway_keys,
                 stored=self.stored,
                 registry=self.registry,
+            )
+            self.active = ActiveShard(
+                cfg=cfg, store=self.store, feed=self.feed, registry=self.registry
             )
 
     async def _rotate_keys(self) -> None:
@@ -142,15 +150,18 @@ class PartyService(UplinkService):
             registry=self.registry,
             tracker=self.tracker,
             refusing=self._gateway_keys.refused,
+            fence=self.active,
         )
         self.spawn(self.writer.run(), "group-writer")
-        self.spawn(self.coordinator.run(), "coordinator")
-        self.spawn(self.coordinator.deliver(), "result-delivery")
+        if self.active is not None:  # the lease decides when the active part runs
+            self.active.coordinator = self.coordinator
+            self.spawn(self.active.run(), "shard-lease")
+        else:
+            self.spawn(self.coordinator.run(), "coordinator")
+            self.spawn(self.coordinator.deliver(), "result-delivery")
         if self.pcfg.hpke_rotation_s > 0:
             self.spawn(self._rotate_keys(), "hpke-rotation")
         self.spawn(self._watch_gateways(), "gateway-registry")
-        if self.feed is not None:
-            self.spawn(self.feed.run(), "log-feed")
 
     async def _watch_gateways(self) -> None:
         """Pick up operator changes to enrolment.db; suspend gateways that stopped quoting."""
@@ -182,6 +193,11 @@ class PartyService(UplinkService):
         doc["watermark_ns"] = self.store.watermark()
         doc["batches"] = self.store.batch_count()
         doc["session"] = self.coordinator.state if self.coordinator else "starting"
+        if self.active is not None:
+            doc["role"] = self.active.role
+            doc["lease"] = self.active.health()
+            if self.active.role != "owner":
+                doc["session"] = self.active.role
         doc["gateways"] = self.tracker.snapshot(time.time_ns())
         doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
         if self.feed is not None:

@@ -1,0 +1,315 @@
+"""A JetStream shard worker's active part, run exactly while it holds the shard's lease.
+
+Every worker of a shard (``jetstream:`` set) contends for the lease
+``tecc_leases/shard.<k>`` under its ``worker_id``. :class:`ActiveShard` is the
+supervisor of :func:`~cloud_tecc.jetstream.standby.run_while_leased`:
+
+- **standby**: nothing runs but ``/healthz`` (``"role": "standby"``, the owner it
+  sees) and ``/metrics``; no log consumer, no MPC listener, no dealer link.
+- **on acquiring** (token *t*): ``CommittedState.claim(fence=t)``, then the store is
+  rebuilt from the party's log — the committed epochs up to the record's
+  ``log_seq`` (:mod:`cloud_tecc.jetstream.epochlog`: states, epochs, result
+  messages not yet released) and the shard's share parts from the start of the
+  stream (:class:`~cloud_tecc.party.logfeed.LogFeed`, the store dedups) — and the
+  coordinator starts from the committed watermark, with the log consumer and the
+  result delivery.
+- **every epoch** is published to ``TECC_EPOCHS`` and written to the fenced commit
+  record before the local commit (:meth:`commit`): a ``FencedError`` ends the
+  term at once (nothing of it is committed or delivered).
+- **on losing** the lease: the coordinator (its MPC mesh and dealer link close
+  with it), the feed and the delivery are cancelled at once.
+
+Takeover time (``tecc_shard_takeover_commit_seconds``): from the end of the
+previous owner's term (its lease's expiry or release, wall clock of the party's
+hosts) to the first epoch this owner commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from prometheus_client import CollectorRegistry, Histogram
+
+from cloud_tecc.analytics.plan import StreamState
+from cloud_tecc.config import PartyConfig
+from cloud_tecc.errors import CloudError
+from cloud_tecc.jetstream import epochlog
+from cloud_tecc.jetstream.commits import CommittedState
+from cloud_tecc.jetstream.kv import TRANSIENT, FencedError, KVError, connect
+from cloud_tecc.jetstream.lease import Lease
+from cloud_tecc.jetstream.server import USER
+from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
+from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_while_leased
+from cloud_tecc.party.coordinator import Coordinator
+from cloud_tecc.party.logfeed import LogFeed
+from cloud_tecc.party.store import ShareStore
+
+log = logging.getLogger("cloud_tecc.party.takeover")
+_RETRY_S = 0.5
+
+
+class ActiveShard:
+    """Lease, committed state and the active part of one shard worker."""
+
+    def __init__(
+        self,
+        *,
+        cfg: PartyConfig,
+        store: ShareStore,
+        feed: LogFeed,
+        registry: CollectorRegistry,
+    ) -> None:
+        if cfg.jetstream is None:
+            raise CloudError("a shard lease needs jetstream: in the party config")
+        self.cfg, self.js_cfg, self.store, self.feed = cfg, cfg.jetstream, store, feed
+        self.state_dir: Path = cfg.service.state_dir
+        self.coordinator: Coordinator | None = None
+        self.lease: Lease | None = None
+        self.commits: CommittedState | None = None
+        self.nc: Client | None = None
+        self.role = "starting"
+        self.owner = ""  # the holder this worker saw last
+        self._owner_since_ns = 0  # when that holder acquired (its wall clock)
+        self.released_ns = 0
+        self._takeover_from: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = LeaseMetrics(registry)
+        self.takeover_commit = Histogram(
+            "tecc_shard_takeover_commit_seconds",
+            "End of the previous owner's lease term to this owner's first committed epoch",
+            buckets=TAKEOVER_BUCKETS,
+            registry=registry,
+        )
+
+    # -- the supervisor ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, open the lease and the commit record, then standby/active for ever."""
+        self.nc = await self._connect()
+        js = self.nc.jetstream(timeout=5.0)
+        replicas = self.js_cfg.replicas
+        while True:
+            try:
+                self.lease = Lease(
+                    js,
+                    shard=self.cfg.shard,
+                    worker_id=self.cfg.worker_id,
+                    ttl_s=self.js_cfg.lease_ttl_s,
+                    replicas=replicas,
+                )
+                await self.lease.open()
+                self.commits = await CommittedState.open(
+                    js, shard=self.cfg.shard, replicas=replicas
+                )
+                await epochlog.ensure_stream(js, self.js_cfg)
+                break
+            except (*TRANSIENT, KVError) as exc:
+                log.warning("lease and commit buckets not ready (%s); retrying", exc)
+                await asyncio.sleep(_RETRY_S)
+        self.role = "standby"
+        watcher = asyncio.create_task(self._watch_owner(), name="lease-owner")
+        try:
+            while True:
+                try:
+                    async with self.lease:
+                        await run_while_leased(
+                            self.lease, self._start, self._stop, metrics=self.metrics
+                        )
+                except (*TRANSIENT, CloudError) as exc:
+                    # start() could not claim or replay (JetStream away): the lease was
+                    # released; contend again once the party's JetStream answers
+                    log.warning("shard %d: not active (%r); contending again", self.cfg.shard, exc)
+                    self.role = "standby"
+                    await asyncio.sleep(_RETRY_S)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(*TRANSIENT):
+                await self.nc.close()
+
+    async def _connect(self) -> Client:
+        while True:
+            try:
+                servers, password = client_servers(self.js_cfg, self.state_dir)
+                options: dict[str, Any] = {"name": f"lease-{self.cfg.worker_id}"}
+                if password is not None:
+                    options.update(user=USER, password=password)
+                return await asyncio.wait_for(connect(servers, **options), 10.0)
+            except (*TRANSIENT, Overloaded, KVError) as exc:
+                log.warning("party JetStream not reachable for the lease (%s); retrying", exc)
+                await asyncio.sleep(_RETRY_S)
+
+    async def _watch_owner(self) -> None:
+        while True:
+            lease = self.lease
+            if lease is not None:
+                with contextlib.suppress(*TRANSIENT, KVError):
+                    rec = await lease.holder()
+                    self.owner = rec.worker_id if rec is not None else ""
+                    self._owner_since_ns = rec.acquired_ns if rec is not None else 0
+            await asyncio.sleep(1.0)
+
+    def _fenced(self) -> tuple[Lease, CommittedState, Client]:
+        if self.lease is None or self.commits is None or self.nc is None:
+            raise CloudError("the shard's active part started before its lease was opened")
+        return self.lease, self.commits, self.nc
+
+    def _need(self) -> tuple[Lease, CommittedState, Coordinator, Client]:
+        lease, commits, nc = self._fenced()
+        if self.coordinator is None:
+            raise CloudError("the shard's active part started without its coordinator")
+        return lease, commits, self.coordinator, nc
+
+    async def _start(self) -> None:
+        lease, commits, coordinator, nc = self._need()
+        token = lease.token
+        record = await commits.claim(
+            fence=token, worker_id=self.cfg.worker_id, now_ns=time.time_ns()
+        )
+        self.released_ns = record.released_ns
+
+        async def apply(epoch: epochlog.EpochWire) -> None:
+            body = epoch.body if epoch.end_ns > record.released_ns else None
+            states = epochlog.store_states(epoch.states)
+            await asyncio.to_thread(
+                self.store.commit_epoch, epoch.end_ns, states, epoch.readings, epoch.done_ns, body
+            )
+
+        t0 = time.monotonic()
+        n = await epochlog.replay(nc.jetstream(timeout=5.0), self.cfg.shard, record.log_seq, apply)
+        if self.store.watermark() != record.watermark_ns:
+            log.warning(
+                "shard %d: store at watermark %d after the replay, committed %d (epochs older "
+                "than the log's max_age_s are gone)",
+                self.cfg.shard,
+                self.store.watermark(),
+                record.watermark_ns,
+            )
+        log.info(
+            "shard %d: owner with token %d; %d committed epochs replayed in %.3f s, resuming "
+            "at watermark %d",
+            self.cfg.shard,
+            token,
+            n,
+            time.monotonic() - t0,
+            record.watermark_ns,
+        )
+        coordinator.resume()
+        self._takeover_from = lease.previous_end_ns
+        self.role, self.owner = "owner", self.cfg.worker_id
+        for coro, name in (
+            (self.feed.run(term=token), "log-feed"),
+            (coordinator.run(), "coordinator"),
+            (coordinator.deliver(), "result-delivery"),
+        ):
+            self._tasks.append(asyncio.create_task(self._guard(coro, name), name=name))
+
+    @staticmethod
+    async def _guard(coro: Any, name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("active task %s failed", name)
+
+    async def _stop(self) -> None:
+        self.role = "standby"
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.feed.close()
+        except (*TRANSIENT, CloudError) as exc:  # the connection is gone anyway
+            log.info("shard %d: log connection closed with %r", self.cfg.shard, exc)
+        self.feed.log = None
+        log.warning("shard %d: active part stopped", self.cfg.shard)
+
+    # -- the coordinator's EpochFence -------------------------------------------------------
+
+    async def commit(
+        self,
+        end_ns: int,
+        states: Mapping[tuple[str, str], StreamState],
+        readings: int,
+        done_ns: int,
+        body: bytes | None,
+    ) -> None:
+        """Publish the epoch, then the fenced commit record (see the module docstring)."""
+        lease, commits, nc = self._fenced()
+        if not lease.held:
+            raise FencedError(f"shard {self.cfg.shard}: lease lost ({lease.lost_reason})")
+        epoch = epochlog.EpochWire(
+            shard=self.cfg.shard,
+            end_ns=end_ns,
+            readings=readings,
+            done_ns=done_ns,
+            fence=lease.token,
+            states=epochlog.wire_states(states),
+            body=body,
+        )
+        try:
+            seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch)
+            await commits.commit(
+                fence=lease.token,
+                worker_id=self.cfg.worker_id,
+                now_ns=time.time_ns(),
+                watermark_ns=end_ns,
+                log_seq=seq,
+            )
+        except FencedError as exc:
+            lease.abandon(f"fenced: {exc}")
+            raise
+        except TRANSIENT as exc:
+            raise KVError(f"epoch {end_ns} not recorded in the party's JetStream: {exc!r}") from exc
+        if self._takeover_from is not None:
+            took = max(0.0, (time.time_ns() - self._takeover_from) / 1e9)
+            self._takeover_from = None
+            self.takeover_commit.observe(took)
+            log.warning(
+                "shard %d: first epoch committed %.3f s after the previous owner's term ended",
+                self.cfg.shard,
+                took,
+            )
+
+    async def released(self, end_ns: int) -> None:
+        """Record the output's acceptance (fenced; a failure only means a re-send later)."""
+        lease, commits, _ = self._fenced()
+        if end_ns <= self.released_ns:
+            return
+        try:
+            await commits.release(
+                fence=lease.token,
+                worker_id=self.cfg.worker_id,
+                now_ns=time.time_ns(),
+                released_ns=end_ns,
+            )
+        except FencedError as exc:
+            lease.abandon(f"fenced: {exc}")
+            return
+        except (*TRANSIENT, KVError) as exc:
+            log.warning(
+                "released epoch %d not recorded (%r); re-sent after a takeover", end_ns, exc
+            )
+            return
+        self.released_ns = end_ns
+
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz``: role, owner, lease age and token."""
+        lease = self.lease
+        return {
+            "worker_id": self.cfg.worker_id,
+            "owner": self.owner,
+            "lease_age_s": round(lease.age_s, 3) if lease is not None else 0.0,
+            "owner_lease_age_s": round(max(0, time.time_ns() - self._owner_since_ns) / 1e9, 3)
+            if self._owner_since_ns
+            else None,
+            "token": lease.token if lease is not None and lease.valid() else 0,
+        }
