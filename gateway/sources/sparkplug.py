@@ -31,6 +31,16 @@ Sensor ids come from ``sensor_template`` over ``group``, ``node``, ``device``
 (empty for node metrics) and ``metric`` (the metric name with ``/`` turned
 into ``.``). Memory is bounded: at most ``max_nodes`` nodes and
 ``max_aliases`` aliases per node; anything beyond is rejected and counted.
+
+The steady state — a node repeating the same NDATA/DDATA shape — is decoded
+without the protobuf library's per-metric objects: the first such message is
+decoded by the library and its wire layout compiled and bound to the birth
+(:mod:`gateway.sources.sparkplug_wire`, :mod:`gateway.sources.sparkplug_columns`);
+the next ones of that shape come out as columns from one ``struct`` unpack.
+Both paths give the same result for the same payload (tests check it on
+random messages); sequence checks, rebirth requests and rejects are shared.
+At most four layouts are kept per (node, device) with a birth, dropped at
+its next birth.
 """
 
 from __future__ import annotations
@@ -147,8 +157,11 @@ class SparkplugHost:
         max_nodes: int = 10_000,
         max_aliases: int = 100_000,
         rebirth_holdoff_ns: int = 5_000_000_000,
+        columnar: bool = True,
     ) -> None:
+        """``columnar=False``: every message through the protobuf library (the reference)."""
         self.template = sensor_template
+        self._columnar = columnar
         self.max_nodes = max_nodes
         self.max_aliases = max_aliases
         self.holdoff_ns = rebirth_holdoff_ns
@@ -187,7 +200,7 @@ class SparkplugHost:
             out.reason = where.reason
             return out
         data = kind is MessageType.NDATA or kind is MessageType.DDATA
-        if data and self._columns(key, device, payload, now_ns, out):
+        if data and self._columnar and self._columns(key, device, payload, now_ns, out):
             return out
         try:
             msg = Payload.FromString(payload)
@@ -205,7 +218,8 @@ class SparkplugHost:
                 self._node_message(kind, msg, _Msg(key, device, ts_default, now_ns, out))
                 if data:
                     self.by_library += 1
-                    self._compile(key, device, payload)
+                    if self._columnar:
+                        self._compile(key, device, payload)
         return out
 
     # -- columnar DATA (gateway/sources/sparkplug_columns.py) ----------------------------
@@ -316,6 +330,9 @@ class SparkplugHost:
         by_alias = node.by_alias.setdefault(c.device, {})
         for m in metrics:
             name: str = m.name
+            if type(name) is not str:  # not UTF-8: the library hands over the raw bytes
+                out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
+                continue
             if not name or name.startswith(NOT_SENSORS):
                 continue
             if node.known >= self.max_aliases:
@@ -348,6 +365,9 @@ class SparkplugHost:
         for m in metrics:
             name: str = m.name
             if name:
+                if type(name) is not str:  # not UTF-8 (raw bytes from the library)
+                    out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
+                    continue
                 if name.startswith(NOT_SENSORS):
                     continue
                 entry = by_name.get(name)
