@@ -61,7 +61,7 @@ def _same(a: Received, b: Received) -> None:
     assert list(a.sensors) == list(b.sensors), (a.sensors, b.sensors)
     assert a.stamps == b.stamps
     assert all(type(v) is float for v in (*a.values, *b.values))
-    assert [x if x == x else "nan" for x in a.values] == [x if x == x else "nan" for x in b.values]
+    assert [repr(x) for x in a.values] == [repr(x) for x in b.values]  # nan == nan here
     assert (a.rejects, a.rebirth, a.stale, a.live, a.reason) == (
         b.rejects,
         b.rebirth,

@@ -26,8 +26,8 @@ G, N = "plant", "press1"
 NOW = 1_700_000_000_000_000_000
 BIRTH_TYPES = [T.DOUBLE, T.FLOAT, T.INT8, T.INT16, T.INT32, T.INT64, T.UINT32, T.UINT64]
 BIRTH_TYPES += [T.BOOLEAN, T.STRING, T.DATETIME]
-KINDS = ["double_value", "float_value", "int_value", "long_value", "boolean_value"]
-KINDS += ["string_value", None]
+KINDS: list[str | None] = ["double_value", "float_value", "int_value", "long_value"]
+KINDS += ["boolean_value", "string_value", None]
 
 
 def _payload(seq: int | None, metrics: list[dict[str, Any]], ts_ms: int | None) -> bytes:
@@ -97,17 +97,14 @@ def scenario(draw: st.DrawFn) -> tuple[str, list[tuple[str, bytes]]]:
     device = draw(st.sampled_from(["", "pump"]))
     types = [draw(st.sampled_from(BIRTH_TYPES)) for _ in range(n)]
     birth = [{"name": f"m/{i}", "alias": i + 1, "datatype": t} for i, t in enumerate(types)]
-    addresses = [(None, i + 1) for i in range(n)] + [(f"m/{i}", None) for i in range(n)]
+    addresses: list[tuple[str | None, int | None]] = [(None, i + 1) for i in range(n)]
+    addresses += [(f"m/{i}", None) for i in range(n)]
     addresses += [(None, 99), ("nope", None), ("bdSeq", None), ("Properties/x", None)]
-    specs = [
-        Spec(
-            *draw(st.sampled_from(addresses)),
-            kind=draw(st.sampled_from(KINDS)),
-            ts=draw(st.booleans()),
-            null=draw(st.sampled_from([False, False, True])),
-        )
-        for _ in range(draw(st.integers(0, 6)))
-    ]
+    specs = []
+    for _ in range(draw(st.integers(0, 6))):
+        name, alias = draw(st.sampled_from(addresses))
+        kind, ts = draw(st.sampled_from(KINDS)), draw(st.booleans())
+        specs.append(Spec(name, alias, kind, ts, draw(st.sampled_from([False, False, True]))))
     has_ts, has_seq = draw(st.booleans()), draw(st.sampled_from([True, True, True, False]))
     stamp = st.integers(1_600_000_000_000, 1_800_000_000_000)
     node_metrics = [{"name": "bdSeq", "datatype": T.INT64, "long_value": 0}]
@@ -235,7 +232,7 @@ def test_steady_stream_is_decoded_as_columns_after_the_first_message() -> None:
         {"name": "e", "alias": 4, "datatype": T.DOUBLE},
         {"name": "b", "alias": 5, "datatype": T.BOOLEAN},
     ]
-    metrics = [
+    metrics: list[dict[str, Any]] = [
         {"alias": 1, "timestamp": 1_700_000_000_500, "double_value": 20.5},
         {"alias": 2, "int_value": 0xFFFE},
         {"alias": 3, "is_null": True},
