@@ -132,8 +132,8 @@ def scenario(draw: st.DrawFn) -> tuple[str, list[tuple[str, bytes]]]:
             if sp.kind is not None:
                 m[sp.kind] = draw(_value(sp.kind))
             metrics.append(m)
-        ts = draw(stamp) if has_ts else None
-        msgs.append((topic, _payload(seq if has_seq else None, metrics, ts)))
+        payload_ts = draw(stamp) if has_ts else None
+        msgs.append((topic, _payload(seq if has_seq else None, metrics, payload_ts)))
     return topic, msgs
 
 
