@@ -30,6 +30,7 @@ from fuzzing import (
     mqtt_payload,
     opcua_value,
     progress,
+    sparkplug,
 )
 from fuzzing.harness import Target
 
@@ -41,6 +42,7 @@ TARGETS: tuple[Target, ...] = (
     config.TARGET,
     mpc_messages.TARGET,
     progress.TARGET,
+    sparkplug.TARGET,
 )
 
 

@@ -41,6 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import le
 from typing import Protocol, cast
 
 from gateway.config import SensorConfig
@@ -56,8 +57,11 @@ UNDECLARED = "(undeclared)"
 #: Sensor label of MQTT messages whose topic matches no rule (or is not UTF-8).
 UNMATCHED = "(unmatched)"
 _SAMPLE = 8  # undeclared ids remembered between two log lines
+_INTERVALS = 1024  # sequences of sensor ids whose intervals offer_columns remembers
+_FLOAT_TYPE = {float}
 #: What a source needs back to acknowledge one message: (packet id, content digest).
 AckToken = tuple[int, int]
+_Bounds = tuple[tuple[float, ...], tuple[float, ...]]  # lower and upper ends, per reading
 
 
 class AckTarget(Protocol):
@@ -100,6 +104,8 @@ class Ingest:
         self._bits = value_bound_bits
         self._codec = FixedPoint()
         self._ranges = self._accepted_ranges(sensors)
+        # offer_columns: the intervals of sensor-id sequences, for the table they came from
+        self._intervals: tuple[object, dict[tuple[str, ...], _Bounds]] = (self._ranges, {})
         self._lock = threading.Lock()
         self._buf = Drained()
         self.rejected: Counter[tuple[str, str]] = Counter()
@@ -336,22 +342,22 @@ class Ingest:
         timestamps: Sequence[int],
         values: Sequence[object],
         rejects: Iterable[tuple[str, Reason]] = (),
+        *,
+        ack: tuple[AckTarget, AckToken] | None = None,
     ) -> int:
         """Validate parallel columns of readings of many sensors; queue the accepted ones.
 
-        The common case (every reading a float inside its declared range, none
-        stamped in the future) is one pass over the columns and one ``extend``
-        of each buffer column under the lock: no per-reading tuple or list.
+        ``ack`` (optional) is queued under the same lock, after the readings. The
+        common case — every value a float inside its sensor's accepted interval,
+        no timestamp beyond the horizon — is checked with C-level passes over
+        the columns (the intervals of a sequence of sensor ids, as a source
+        repeats it message after message, are looked up once and remembered),
+        then each buffer column is extended once: no per-reading Python step.
+        Anything else goes through the per-reading checks of :meth:`_check`.
         """
-        ranges = self._ranges
         horizon = self._horizon()
         n = len(values)
-        clean = True
-        for sensor_id, ts, v in zip(sensors, timestamps, values, strict=True):
-            rng = ranges.get(sensor_id)
-            if rng is None or ts > horizon or type(v) is not float or not rng[0] <= v <= rng[1]:
-                clean = False
-                break
+        clean = not n or self._clean(sensors, timestamps, values, horizon)
         bad: list[tuple[str, Reason]] = list(rejects)
         future: list[tuple[str, int]] = []
         ok_s: Sequence[str] = sensors
@@ -373,8 +379,8 @@ class Ingest:
                     bad.append((sensor_id, c))
             ok_s, ok_t, ok_v, n = acc_s, acc_t, acc_v, len(acc_v)
         with self._lock:
+            buf = self._buf
             if n:
-                buf = self._buf
                 buf.sensors.extend(ok_s)
                 buf.timestamps.extend(ok_t)
                 buf.values.extend(ok_v)
@@ -383,7 +389,44 @@ class Ingest:
                 self._count(sensor_id, reason)
             for sensor_id, ts in future:
                 self._count_future(sensor_id, ts)
+            if ack is not None:
+                buf.acks.append(ack)
         return n
+
+    def _clean(
+        self,
+        sensors: Sequence[str],
+        timestamps: Sequence[int],
+        values: Sequence[object],
+        horizon: int,
+    ) -> bool:
+        """True if every reading is a declared sensor's float within its interval, none future.
+
+        NaN fails the comparisons, a bool or int is not ``float``: both go the
+        per-reading way (and are rejected or converted there).
+        """
+        if len(sensors) != len(values) or len(timestamps) != len(values):
+            return False  # the per-reading pass reports the mismatch (zip strict)
+        key = tuple(sensors)
+        ranges = self._ranges
+        owner, known = self._intervals
+        if owner is not ranges:  # the sensors were redeclared (a reload): start afresh
+            known = {}
+            self._intervals = (ranges, known)
+        bounds = known.get(key)
+        if bounds is None:
+            if len(known) >= _INTERVALS:
+                known.clear()
+            rngs = [ranges.get(s) for s in key]
+            if None in rngs:
+                return False
+            found = cast("list[tuple[float, float, SensorRange, Scale]]", rngs)
+            bounds = known[key] = (tuple(r[0] for r in found), tuple(r[1] for r in found))
+        if max(timestamps) > horizon or set(map(type, values)) != _FLOAT_TYPE:
+            return False
+        lows, highs = bounds
+        floats = cast("Sequence[float]", values)
+        return all(map(le, lows, floats)) and all(map(le, floats, highs))
 
     def _check(self, sensor_id: str, ts: int, v: object, horizon: int) -> float | Reason:
         """One reading's verdict: the accepted float, or why it is rejected."""

@@ -325,9 +325,9 @@ class MqttSource:
             host = self._sparkplug[template] = SparkplugHost(sensor_template=template)
         now = time.time_ns()
         got = host.receive(topic_b.decode("utf-8", errors="replace"), payload, now)
-        self._ingest.offer_columns(self.name, got.sensors, got.stamps, got.values, got.rejects)
-        if token is not None:
-            self._ingest.pass_ack(token)
+        self._ingest.offer_columns(
+            self.name, got.sensors, got.stamps, got.values, got.rejects, ack=token
+        )
         for node in got.rebirth:
             ncmd_topic, body = rebirth_request(node, now // 1_000_000)
             self._client.publish(ncmd_topic, body, qos=0)

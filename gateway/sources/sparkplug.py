@@ -31,46 +31,55 @@ Sensor ids come from ``sensor_template`` over ``group``, ``node``, ``device``
 (empty for node metrics) and ``metric`` (the metric name with ``/`` turned
 into ``.``). Memory is bounded: at most ``max_nodes`` nodes and
 ``max_aliases`` aliases per node; anything beyond is rejected and counted.
+
+The steady state — a node repeating the same NDATA/DDATA shape — is decoded
+without the protobuf library's per-metric objects: the first such message is
+decoded by the library and its wire layout compiled and bound to the birth
+(:mod:`gateway.sources.sparkplug_wire`, :mod:`gateway.sources.sparkplug_columns`);
+the next ones of that shape come out as columns from one ``struct`` unpack.
+Both paths give the same result for the same payload (tests check it on
+random messages); sequence checks, rebirth requests and rejects are shared.
+At most four layouts are kept per (node, device) with a birth, dropped at
+its next birth.
 """
 
 from __future__ import annotations
 
-import enum
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
+from gateway.sources.sparkplug_columns import NOT_SENSORS, BoundLayout, bind, integer_reading
+from gateway.sources.sparkplug_topic import (
+    NAMESPACE,
+    REBIRTH_METRIC,
+    MessageType,
+    NodeKey,
+    Topic,
+    parse_topic,
+    rebirth_request,
+)
+from gateway.sources.sparkplug_wire import Varints, compile_layout
 from tecc_contract.errors import RejectReason
-from tecc_contract.sparkplug import Payload, SparkplugType
+from tecc_contract.sparkplug import Payload
 
-NAMESPACE: Final = "spBv1.0"
-REBIRTH_METRIC: Final = "Node Control/Rebirth"
+__all__ = [
+    "NAMESPACE",
+    "REBIRTH_METRIC",
+    "UNATTRIBUTED",
+    "MessageType",
+    "NodeKey",
+    "Received",
+    "SparkplugHost",
+    "rebirth_request",
+]
+
 #: The sensor label under which rejects that name no sensor are counted (bounded cardinality).
 UNATTRIBUTED: Final = "sparkplug"
-_NOT_SENSORS: Final = ("bdSeq", "Node Control/", "Properties/")
-_SIGNED_BITS: Final[dict[int, int]] = {
-    SparkplugType.INT8: 8,
-    SparkplugType.INT16: 16,
-    SparkplugType.INT32: 32,
-}
-
-
-class MessageType(enum.StrEnum):
-    """The Sparkplug message types a host consumes."""
-
-    NBIRTH = "NBIRTH"
-    NDEATH = "NDEATH"
-    DBIRTH = "DBIRTH"
-    DDEATH = "DDEATH"
-    NDATA = "NDATA"
-    DDATA = "DDATA"
-
-
-_TYPES: Final = {t.value: t for t in MessageType}
-NodeKey = tuple[str, str]  # (group id, edge node id)
+_LAYOUTS_PER_DEVICE: Final = 4  # compiled payload layouts kept per (node, device)
+_TOPICS: Final = 10_000  # parsed topics remembered (outside input: bounded, then cleared)
 
 
 @dataclass(slots=True)
@@ -84,6 +93,15 @@ class _Node:
     devices: set[str] = field(default_factory=set)
     sensors: dict[str, set[str]] = field(default_factory=dict)  # device ("" = node) -> sensor ids
     last_rebirth_ns: int | None = None
+    shapes: dict[str, _Shapes] = field(default_factory=dict)  # device -> compiled layouts
+
+
+@dataclass(slots=True)
+class _Shapes:
+    """A device's DATA payload layouts, bound to its birth, by payload size."""
+
+    by_size: dict[int, BoundLayout] = field(default_factory=dict)
+    misses: int = 0  # DATA messages decoded by the library since the last columnar one
 
 
 @dataclass(slots=True)
@@ -116,41 +134,16 @@ class Received:
         return list(zip(self.sensors, self.stamps, self.values, strict=True))
 
 
-def rebirth_request(node: NodeKey, now_ms: int) -> tuple[str, bytes]:
-    """The NCMD topic and payload asking ``node`` to publish its births again (§6.4.8)."""
-    group, edge = node
-    p = Payload(timestamp=now_ms)
-    p.metrics.add(
-        name=REBIRTH_METRIC,
-        timestamp=now_ms,
-        datatype=SparkplugType.BOOLEAN,
-        boolean_value=True,
-    )
-    return f"{NAMESPACE}/{group}/NCMD/{edge}", p.SerializeToString()
-
-
 def _value(m: Any, datatype: int) -> float | RejectReason:
     kind = m.WhichOneof("value")
     if m.is_null:
         return RejectReason.BAD_STATUS
     if kind is None:
         return RejectReason.MALFORMED
-    if kind == "int_value":
-        v = int(m.int_value)
-        bits = _SIGNED_BITS.get(datatype)
-        if bits is not None:  # two's complement in the low ``bits`` bits
-            v &= (1 << bits) - 1
-            v -= (1 << bits) if v >> (bits - 1) else 0
-        return float(v)
-    if kind == "long_value":
-        v = int(m.long_value)
-        if datatype == SparkplugType.INT64:
-            v = struct.unpack(">q", struct.pack(">Q", v))[0]
-        return float(v)
     if kind in ("float_value", "double_value"):
         return float(getattr(m, kind))
-    if kind == "boolean_value":
-        return 1.0 if m.boolean_value else 0.0
+    if kind in ("int_value", "long_value", "boolean_value"):
+        return integer_reading(kind, int(getattr(m, kind)), datatype)
     return RejectReason.NOT_NUMERIC
 
 
@@ -164,13 +157,21 @@ class SparkplugHost:
         max_nodes: int = 10_000,
         max_aliases: int = 100_000,
         rebirth_holdoff_ns: int = 5_000_000_000,
+        columnar: bool = True,
     ) -> None:
+        """``columnar=False``: every message through the protobuf library (the reference)."""
         self.template = sensor_template
+        self._columnar = columnar
         self.max_nodes = max_nodes
         self.max_aliases = max_aliases
         self.holdoff_ns = rebirth_holdoff_ns
         self._nodes: dict[NodeKey, _Node] = {}
+        self._topics: dict[str, Topic] = {}
+        self._varints = Varints()
         self.stale: set[str] = set()
+        #: DATA messages decoded as columns from a compiled layout / by the protobuf library
+        self.columnar = 0
+        self.by_library = 0
 
     @property
     def node_count(self) -> int:
@@ -187,22 +188,20 @@ class SparkplugHost:
     def receive(self, topic: str, payload: bytes, now_ns: int) -> Received:
         """Interpret one message; never raises on untrusted input."""
         out = Received()
-        parts = topic.split("/")
-        if len(parts) not in (4, 5) or parts[0] != NAMESPACE or not all(parts):
-            out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
-            out.reason = "not a Sparkplug B topic"
-            return out
-        group, mtype, edge = parts[1], parts[2], parts[3]
-        device = parts[4] if len(parts) == 5 else ""
-        kind = _TYPES.get(mtype)
+        where = self._topics.get(topic)
+        if where is None:
+            if len(self._topics) >= _TOPICS:
+                self._topics.clear()
+            where = self._topics[topic] = parse_topic(topic)
+        kind, key, device = where.kind, where.key, where.device
         if kind is None:
-            out.reason = f"{mtype} ignored"
+            if where.malformed:
+                out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
+            out.reason = where.reason
             return out
-        if (kind in (MessageType.DBIRTH, MessageType.DDATA, MessageType.DDEATH)) != bool(device):
-            out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
-            out.reason = "device topic shape does not match the message type"
+        data = kind is MessageType.NDATA or kind is MessageType.DDATA
+        if data and self._columnar and self._columns(key, device, payload, now_ns, out):
             return out
-        key = (group, edge)
         try:
             msg = Payload.FromString(payload)
         except (DecodeError, RuntimeWarning, ValueError):
@@ -217,7 +216,60 @@ class SparkplugHost:
                 self._ndeath(key, msg, out)
             case _:
                 self._node_message(kind, msg, _Msg(key, device, ts_default, now_ns, out))
+                if data:
+                    self.by_library += 1
+                    if self._columnar:
+                        self._compile(key, device, payload)
         return out
+
+    # -- columnar DATA (gateway/sources/sparkplug_columns.py) ----------------------------
+
+    def _columns(
+        self, key: NodeKey, device: str, payload: bytes, now_ns: int, out: Received
+    ) -> bool:
+        """Decode a DATA message with its device's compiled layout; False if there is none."""
+        node = self._nodes.get(key)
+        if node is None or node.seq is None:
+            return False
+        shapes = node.shapes.get(device)
+        bound = None if shapes is None else shapes.by_size.get(len(payload))
+        got = None if bound is None else bound.decode(payload, self._varints, now_ns)
+        if shapes is None or bound is None or got is None:
+            return False
+        shapes.misses = 0
+        self.columnar += 1
+        seq, out.stamps, out.values = got
+        self._check_seq(node, seq, key, now_ns, out)
+        out.sensors = list(bound.sensors)
+        if bound.rejects:
+            out.rejects.extend(bound.rejects)
+        return True
+
+    def _compile(self, key: NodeKey, device: str, payload: bytes) -> None:
+        """After a DATA message the library decoded: compile and bind its layout.
+
+        Only for a device with a birth (so the table is bounded by the births),
+        and backing off exponentially (the 1st, 2nd, 4th, 8th … miss in a row)
+        for a node whose payloads change shape all the time.
+        """
+        node = self._nodes.get(key)
+        if node is None or node.seq is None or device not in node.by_name:
+            return
+        shapes = node.shapes.get(device)
+        if shapes is None:
+            shapes = node.shapes[device] = _Shapes()
+        shapes.misses += 1
+        if shapes.misses & (shapes.misses - 1):
+            return
+        layout = compile_layout(payload)
+        if layout is None:
+            return
+        bound = bind(layout, node.by_name[device], node.by_alias.get(device, {}))
+        if bound is None:
+            return
+        if len(shapes.by_size) >= _LAYOUTS_PER_DEVICE:
+            shapes.by_size.clear()
+        shapes.by_size[layout.size] = bound
 
     # -- message kinds ------------------------------------------------------------------
 
@@ -258,13 +310,10 @@ class SparkplugHost:
             self._ask_rebirth(c.key, c.now_ns, out, f"{kind} before the node's NBIRTH")
             return
         seq = int(msg.seq) if msg.HasField("seq") else -1
-        want = (node.seq + 1) % 256
-        if seq != want:
-            self._ask_rebirth(c.key, c.now_ns, out, f"sequence gap: expected {want}, got {seq}")
-        if 0 <= seq <= 255:
-            node.seq = seq
+        self._check_seq(node, seq, c.key, c.now_ns, out)
         if kind is MessageType.DBIRTH:
             node.devices.add(c.device)
+            node.shapes.pop(c.device, None)  # the birth may reassign aliases and datatypes
             self._learn(node, msg.metrics, c)
         elif kind is MessageType.DDEATH:
             out.stale |= node.sensors.get(c.device, set())
@@ -281,7 +330,10 @@ class SparkplugHost:
         by_alias = node.by_alias.setdefault(c.device, {})
         for m in metrics:
             name: str = m.name
-            if not name or name.startswith(_NOT_SENSORS):
+            if type(name) is not str:  # not UTF-8: the library hands over the raw bytes
+                out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
+                continue
+            if not name or name.startswith(NOT_SENSORS):
                 continue
             if node.known >= self.max_aliases:
                 out.rejects.append((UNATTRIBUTED, RejectReason.UNKNOWN_SENSOR))
@@ -313,7 +365,10 @@ class SparkplugHost:
         for m in metrics:
             name: str = m.name
             if name:
-                if name.startswith(_NOT_SENSORS):
+                if type(name) is not str:  # not UTF-8 (raw bytes from the library)
+                    out.rejects.append((UNATTRIBUTED, RejectReason.MALFORMED))
+                    continue
+                if name.startswith(NOT_SENSORS):
                     continue
                 entry = by_name.get(name)
             else:
@@ -339,6 +394,14 @@ class SparkplugHost:
         out.sensors.append(sensor)
         out.stamps.append(int(m.timestamp) * 1_000_000 if m.HasField("timestamp") else ts)
         out.values.append(v)
+
+    def _check_seq(self, node: _Node, seq: int, key: NodeKey, now_ns: int, out: Received) -> None:
+        """§7.1: ``seq`` must follow the node's last one (mod 256); a gap asks for a rebirth."""
+        want = (-1 if node.seq is None else node.seq + 1) % 256
+        if seq != want:
+            self._ask_rebirth(key, now_ns, out, f"sequence gap: expected {want}, got {seq}")
+        if 0 <= seq <= 255:
+            node.seq = seq
 
     def _ask_rebirth(self, key: NodeKey, now_ns: int, out: Received, why: str) -> None:
         node = self._nodes.get(key)

@@ -280,3 +280,16 @@ def test_fuzz_any_bytes_never_raise(topic: str, payload: bytes) -> None:
     _nbirth(host)
     r = host.receive(topic, payload, NOW)
     assert all(isinstance(v, float) for _, _, v in r.rows)
+
+
+@pytest.mark.parametrize("kind", ["NBIRTH", "NDATA"])
+def test_a_metric_name_that_is_not_utf8_is_a_malformed_reject(kind: str) -> None:
+    """protobuf hands a non-UTF-8 string over as bytes: one malformed reject, no exception,
+    the other metrics still decode (fails on the code before this change: TypeError)."""
+    host = SparkplugHost()
+    _nbirth(host)
+    good = _payload(1, [{"alias": 1, "double_value": 7.0}], 1_700_000_000_000)
+    bad_metric = bytes.fromhex("1204") + bytes.fromhex("0a02") + b"\x80x"  # name b"\x80x"
+    r = host.receive(f"spBv1.0/{G}/{kind}/{N}", good + bad_metric, NOW)
+    assert (UNATTRIBUTED, RejectReason.MALFORMED) in r.rejects
+    assert [v for _, _, v in r.rows] == ([] if kind == "NBIRTH" else [7.0])
