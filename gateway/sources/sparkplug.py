@@ -29,8 +29,9 @@ sections cited below).
 
 Sensor ids come from ``sensor_template`` over ``group``, ``node``, ``device``
 (empty for node metrics) and ``metric`` (the metric name with ``/`` turned
-into ``.``). Memory is bounded: at most ``max_nodes`` nodes and
-``max_aliases`` aliases per node; anything beyond is rejected and counted.
+into ``.``). Memory is bounded: at most ``max_nodes`` nodes,
+``max_devices`` devices and ``max_aliases`` aliases per node; anything
+beyond is rejected and counted.
 
 The steady state — a node repeating the same NDATA/DDATA shape — is decoded
 without the protobuf library's per-metric objects: the first such message is
@@ -156,6 +157,7 @@ class SparkplugHost:
         sensor_template: str = "{node}.{device}.{metric}",
         max_nodes: int = 10_000,
         max_aliases: int = 100_000,
+        max_devices: int = 10_000,
         rebirth_holdoff_ns: int = 5_000_000_000,
         columnar: bool = True,
     ) -> None:
@@ -164,6 +166,7 @@ class SparkplugHost:
         self._columnar = columnar
         self.max_nodes = max_nodes
         self.max_aliases = max_aliases
+        self.max_devices = max_devices
         self.holdoff_ns = rebirth_holdoff_ns
         self._nodes: dict[NodeKey, _Node] = {}
         self._topics: dict[str, Topic] = {}
@@ -312,6 +315,13 @@ class SparkplugHost:
         seq = int(msg.seq) if msg.HasField("seq") else -1
         self._check_seq(node, seq, c.key, c.now_ns, out)
         if kind is MessageType.DBIRTH:
+            if c.device not in node.devices and len(node.devices) >= self.max_devices:
+                out.rejects.append((UNATTRIBUTED, RejectReason.UNKNOWN_SENSOR))
+                out.reason = (
+                    f"more than {self.max_devices} devices on node {c.key}: "
+                    f"birth of {c.device!r} ignored"
+                )
+                return
             node.devices.add(c.device)
             node.shapes.pop(c.device, None)  # the birth may reassign aliases and datatypes
             self._learn(node, msg.metrics, c)

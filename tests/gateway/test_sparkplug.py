@@ -259,6 +259,23 @@ def test_node_table_is_bounded() -> None:
     assert host.node_count == 3
 
 
+def test_device_table_is_bounded() -> None:
+    """DBIRTHs of new devices beyond max_devices are refused and counted.
+
+    Fails on the code before this change (metric-less DBIRTHs of fresh device
+    names grew the node's device table without limit).
+    """
+    host = SparkplugHost(max_devices=3)
+    host.receive(f"spBv1.0/{G}/NBIRTH/{N}", _payload(0, []), NOW)
+    refused = []
+    for i in range(10):
+        r = host.receive(f"spBv1.0/{G}/DBIRTH/{N}/d{i}", _payload(i + 1, []), NOW)
+        refused.append(bool(r.rejects))
+    assert refused == [False] * 3 + [True] * 7
+    again = host.receive(f"spBv1.0/{G}/DBIRTH/{N}/d0", _payload(11, []), NOW)
+    assert not again.rejects  # a known device is reborn as usual
+
+
 def test_rebirth_request_is_an_ncmd_with_the_rebirth_metric() -> None:
     """The request is NCMD on the node's topic with Node Control/Rebirth = true."""
     topic, raw = rebirth_request((G, N), 1_700_000_000_000)
