@@ -64,6 +64,8 @@ RULES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/auth/oidc/callback"): Access.PUBLIC,
     ("GET", "/auth/me"): Access.VIEWER,
     ("GET", "/attestation"): Access.SERVICE,
+    # the owner-signed release manifest: verified by its signature, like a quote
+    ("GET", "/v1/manifest"): Access.SERVICE,
     ("POST", "/v1/results"): Access.SERVICE,
     ("GET", "/healthz"): Access.PUBLIC,
     ("GET", "/metrics"): Access.ADMIN,
