@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -270,31 +271,16 @@ def start_node(
     Ports are chosen free; if another process takes one before the server
     binds it, the start is retried with new ports (up to ``ATTEMPTS``).
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    failures: list[str] = []
-    for _ in range(1 if port is not None else ATTEMPTS):
-        spec = NodeSpec(
-            name=name,
-            host=host,
-            port=port or _free_port(host),
-            monitor_port=_free_port(host),
-            store_dir=state_dir / f"{name}-store",
-            password=credential(state_dir),
-        )
-        node = _prepare(spec, state_dir)
-        node.start()
-        dep = NatsDeployment([node])
-        try:
-            node.wait_ready()
-        except TimeoutError as exc:
-            dep.stop()
-            failures.append(str(exc))
-            continue
-        except BaseException:
-            dep.stop()
-            raise
-        return dep
-    raise TimeoutError("; ".join(failures))
+
+    def nodes() -> list[NatsNode]:
+        chosen = port or _free_port(host)
+        return [
+            prepare_node(
+                state_dir, name=name, port=chosen, monitor_port=_free_port(host), host=host
+            )
+        ]
+
+    return _launch(nodes, attempts=1 if port is not None else ATTEMPTS, timeout=20.0)
 
 
 def start_cluster(
@@ -308,16 +294,26 @@ def start_cluster(
         raise ValueError(f"a JetStream cluster needs at least 3 nodes for quorum, got {size}")
     state_dir.mkdir(parents=True, exist_ok=True)
     password = credential(state_dir)
+
+    def nodes() -> list[NatsNode]:
+        specs = _cluster_specs(state_dir, size, name, host, password)
+        return [_prepare(s, state_dir) for s in specs]
+
+    return _launch(nodes, attempts=ATTEMPTS, timeout=30.0)
+
+
+def _launch(
+    nodes: Callable[[], list[NatsNode]], *, attempts: int, timeout: float
+) -> NatsDeployment:
+    """Start the nodes ``nodes()`` prepares and wait for all; new ones on a failed start."""
     failures: list[str] = []
-    for _ in range(ATTEMPTS):
-        dep = NatsDeployment(
-            [_prepare(s, state_dir) for s in _cluster_specs(state_dir, size, name, host, password)]
-        )
+    for _ in range(attempts):
+        dep = NatsDeployment(nodes())
         for node in dep.nodes:
             node.start()
         try:
             for node in dep.nodes:
-                node.wait_ready(timeout=30.0)
+                node.wait_ready(timeout=timeout)
         except TimeoutError as exc:
             dep.stop()
             failures.append(str(exc))
