@@ -21,6 +21,10 @@ from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite, generate_cluster_keypair_raw
+from tecc_contract.progress import Progress, seal_progress
+from tests.cloud import scenario as cloud_scenario
+from tests.cloud.scenario import SECOND, Scenario
+from tests.cloud.services import TestGateway
 
 POLICY: dict[str, Any] = {"window_s": 10, "min_count": 1}
 T0 = 1_700_000_000_000_000_000
@@ -129,3 +133,29 @@ def post_until_acked(url: str, data: bytes, timeout: float = 60.0) -> dict[str, 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} kept answering 503")
         time.sleep(0.2)
+
+
+def upload_through(
+    dep: Deployment, fes: list[str], gws: dict[str, TestGateway], scn: Scenario, secs: range
+) -> set[str]:
+    """Each second of ``secs``: every gateway's frames to the frontends, then progress notices.
+
+    A second already sealed is sent again as the same frames (a retry); the
+    statuses the frontends answered.
+    """
+    statuses = set()
+    for sec in secs:
+        for g, gw in gws.items():
+            frames = gw.frames.get(sec) or gw.seal(sec, scn.batch(g, sec))
+            for fe, f in zip(fes, frames, strict=True):
+                status, body = http_json(f"{dep.url(fe)}/v1/batches", data=f)
+                assert status == 200, body
+                statuses.add(body["status"])
+        now = time.time_ns()
+        for g in gws:
+            for i, fe in enumerate(fes):
+                end = cloud_scenario.T0 + (sec + 1) * SECOND
+                notice = Progress(g, f"party{i}", min(end, now), now)
+                frame = seal_progress(notice, dep.signing_key(g))
+                assert http_json(f"{dep.url(fe)}/v1/progress", data=frame)[0] == 200
+    return statuses

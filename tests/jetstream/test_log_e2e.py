@@ -13,44 +13,20 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tecc_contract.progress import Progress, seal_progress
 from tests.cloud.scenario import (
     GATEWAYS,
     POLICY,
-    SECOND,
-    T0,
-    Scenario,
     compare,
     gateways,
     make_scenario,
     reference,
     wait_epochs,
 )
-from tests.cloud.services import Deployment, TestGateway, http_json
+from tests.cloud.services import Deployment, http_json
 
-from .logstack import post
+from .logstack import post, upload_through
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
-
-
-def _upload(
-    dep: Deployment, fes: list[str], gws: dict[str, TestGateway], scn: Scenario, secs: range
-) -> set[str]:
-    statuses = set()
-    for sec in secs:
-        for g, gw in gws.items():
-            frames = gw.frames.get(sec) or gw.seal(sec, scn.batch(g, sec))
-            for fe, f in zip(fes, frames, strict=True):
-                status, body = http_json(f"{dep.url(fe)}/v1/batches", data=f)
-                assert status == 200, body
-                statuses.add(body["status"])
-        now = time.time_ns()
-        for g in gws:
-            for i, fe in enumerate(fes):
-                notice = Progress(g, f"party{i}", min(T0 + (sec + 1) * SECOND, now), now)
-                frame = seal_progress(notice, dep.signing_key(g))
-                assert http_json(f"{dep.url(fe)}/v1/progress", data=frame)[0] == 200
-    return statuses
 
 
 def test_jetstream_parties_release_the_reference(tmp_path: Path) -> None:
@@ -69,9 +45,9 @@ def test_jetstream_parties_release_the_reference(tmp_path: Path) -> None:
         while not all(http_json(dep.url(fe) + "/healthz")[1]["log_connected"] for fe in fes):
             assert time.monotonic() < deadline, "frontends not on their party's log"
             time.sleep(0.1)
-        assert _upload(dep, fes, gws, scn, range(12)) == {"accepted"}
-        assert _upload(dep, fes, gws, scn, range(5, 12)) == {"duplicate"}
-        _upload(dep, fes, gws, scn, range(12, scn.seconds))
+        assert upload_through(dep, fes, gws, scn, range(12)) == {"accepted"}
+        assert upload_through(dep, fes, gws, scn, range(5, 12)) == {"duplicate"}
+        upload_through(dep, fes, gws, scn, range(12, scn.seconds))
         wait_epochs(dep, 3, timeout=90)
         summary = compare(dep, reference(scn))
         # a worker takes no uploads itself: everything above went through its log

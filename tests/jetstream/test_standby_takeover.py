@@ -20,12 +20,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
-from tecc_contract.progress import Progress, seal_progress
 from tests.cloud.scenario import (
     GATEWAYS,
     POLICY,
-    SECOND,
-    T0,
     Scenario,
     compare,
     gateways,
@@ -33,27 +30,13 @@ from tests.cloud.scenario import (
     reference,
     wait_epochs,
 )
-from tests.cloud.services import Deployment, TestGateway, http_json, metric
+from tests.cloud.services import Deployment, http_json, metric
+
+from .logstack import upload_through
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 TTL_S = 2
 SECONDS = 50  # 5 windows of 10 s
-
-
-def _upload(
-    dep: Deployment, fes: list[str], gws: dict[str, TestGateway], scn: Scenario, secs: range
-) -> None:
-    for sec in secs:
-        for g, gw in gws.items():
-            for fe, f in zip(fes, gw.seal(sec, scn.batch(g, sec)), strict=True):
-                status, body = http_json(f"{dep.url(fe)}/v1/batches", data=f)
-                assert status == 200, body
-        now = time.time_ns()
-        for g in gws:
-            for i, fe in enumerate(fes):
-                notice = Progress(g, f"party{i}", min(T0 + (sec + 1) * SECOND, now), now)
-                assert http_json(f"{dep.url(fe)}/v1/progress", data=seal_progress(
-                    notice, dep.signing_key(g)))[0] == 200  # fmt: skip
 
 
 def _health(dep: Deployment, name: str) -> dict[str, object]:
@@ -121,11 +104,11 @@ def test_standby_takes_over_a_killed_owner(
         lease = _health(dep, standby)["lease"]
         assert isinstance(lease, dict)
         assert lease["owner"] == owner
-        _upload(dep, fes, gws, scn, range(22))
+        upload_through(dep, fes, gws, scn, range(22))
         wait_epochs(dep, 2, timeout=90)
         dep.stop(owner, signal.SIGKILL)
         killed = time.time()
-        _upload(dep, fes, gws, scn, range(22, SECONDS))
+        upload_through(dep, fes, gws, scn, range(22, SECONDS))
         assert _owner(dep, 0)[0] == standby
         summary = _check_once(dep, scn, SECONDS // 10)
         took = metric(dep, standby, "tecc_shard_takeover_commit_seconds_sum")
@@ -153,7 +136,7 @@ def test_frozen_owner_stands_down(tmp_path: Path) -> None:
     try:
         gws = gateways(dep)
         owner, standby = _owner(dep, 0)
-        _upload(dep, fes, gws, scn, range(22))
+        upload_through(dep, fes, gws, scn, range(22))
         wait_epochs(dep, 2, timeout=90)
         dep.procs[owner].send_signal(signal.SIGSTOP)
         try:
@@ -161,7 +144,7 @@ def test_frozen_owner_stands_down(tmp_path: Path) -> None:
             while _health(dep, standby)["role"] != "owner":
                 assert time.monotonic() < deadline, "the standby did not take the lease"
                 time.sleep(0.2)
-            _upload(dep, fes, gws, scn, range(22, 36))
+            upload_through(dep, fes, gws, scn, range(22, 36))
             wait_epochs(dep, 3, timeout=90)
         finally:
             dep.procs[owner].send_signal(signal.SIGCONT)
@@ -169,7 +152,7 @@ def test_frozen_owner_stands_down(tmp_path: Path) -> None:
         while _health(dep, owner)["role"] != "standby":
             assert time.monotonic() < deadline, "the woken owner did not stand down"
             time.sleep(0.2)
-        _upload(dep, fes, gws, scn, range(36, SECONDS))
+        upload_through(dep, fes, gws, scn, range(36, SECONDS))
         summary = _check_once(dep, scn, SECONDS // 10)
         assert _owner(dep, 0) == (standby, owner)
     finally:
