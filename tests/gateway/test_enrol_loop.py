@@ -69,16 +69,21 @@ def _app(calls: dict[str, int]) -> web.Application:
     return app
 
 
+async def _serve(calls: dict[str, int]) -> tuple[web.AppRunner, str]:
+    """The fake clusters on a free loopback port: the runner (clean up after) and base URL."""
+    port = free_port()
+    runner = web.AppRunner(_app(calls))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
 async def test_a_malformed_answer_does_not_stop_the_other_clusters(tmp_path: Path) -> None:
     """Cluster 0 answers ``{}``; cluster 1 keeps being re-quoted and cluster 0's failures are
     counted (fails on the code before this change: the KeyError ended the TaskGroup, which
     cancelled cluster 1's task)."""
     calls = {"junk": 0, "good": 0}
-    port = free_port()
-    runner = web.AppRunner(_app(calls))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    base = f"http://127.0.0.1:{port}"
+    runner, base = await _serve(calls)
     refs = [_Ref(0, f"{base}/c0", "party0"), _Ref(1, f"{base}/c1", "party1")]
     cfg = load_config(write_config(tmp_path, clusters=refs, platform=Platform()))
     attestor = Attestor(cfg, _FakeEvidence())
@@ -120,11 +125,7 @@ async def test_enrol_once_goes_on_after_a_cluster_error(tmp_path: Path) -> None:
     is recorded as an error and the next cluster is still enrolled (fails on the code before
     this change: the first GatewayError / KeyError ended the command)."""
     calls = {"junk": 0, "good": 0}
-    port = free_port()
-    runner = web.AppRunner(_app(calls))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    base = f"http://127.0.0.1:{port}"
+    runner, base = await _serve(calls)
     refs = [_Ref(0, f"{base}/c2", "p0"), _Ref(1, f"{base}/c0", "p1"), _Ref(2, f"{base}/c1", "p2")]
     cfg = load_config(write_config(tmp_path, clusters=refs, platform=Platform()))
     try:
@@ -142,11 +143,7 @@ async def test_the_attestation_loop_moves_to_the_next_endpoint(tmp_path: Path) -
     """Cluster 1's first endpoint is dead: the loop enrols through its second one (fails on
     the code before this change: a cluster had one URL)."""
     calls = {"junk": 0, "good": 0}
-    port = free_port()
-    runner = web.AppRunner(_app(calls))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    base = f"http://127.0.0.1:{port}"
+    runner, base = await _serve(calls)
     refs = [_Ref(0, f"{base}/c1", "party0"), _Ref(1, f"{base}/c1", "party1")]
     path = write_config(tmp_path, clusters=refs, platform=Platform())
     doc = yaml.safe_load(path.read_text())
@@ -171,11 +168,7 @@ async def test_enrol_once_tries_the_next_endpoint_when_one_is_unreachable(tmp_pa
     """``tecc-gateway enrol``: a dead first endpoint, the second enrols (fails on the code before
     this change: a cluster had one URL)."""
     calls = {"junk": 0, "good": 0}
-    port = free_port()
-    runner = web.AppRunner(_app(calls))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    base = f"http://127.0.0.1:{port}"
+    runner, base = await _serve(calls)
     refs = [_Ref(0, f"{base}/c1", "p0"), _Ref(1, f"{base}/c1", "p1")]
     path = write_config(tmp_path, clusters=refs, platform=Platform())
     doc = yaml.safe_load(path.read_text())
