@@ -14,13 +14,27 @@ from typing import Any
 
 import numpy as np
 
+from cloud_tecc.config import AuthConfig
 from cloud_tecc.localstack import LOOPBACK_TLS, Deployment, auth_headers, http_json
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column
 from tecc_contract.keys import KemSuite
 
-__all__ = ["Deployment", "TestGateway", "http_json", "metric", "segment"]
+__all__ = ["NO_AUTH_LISTENERS", "Deployment", "TestGateway", "http_json", "metric", "segment"]
+
+#: An output ``auth:`` with nothing configured: no extra hosts, listeners, TLS files or OIDC.
+NO_AUTH_LISTENERS = AuthConfig(
+    allowed_hosts=(),
+    tls_cert=None,
+    tls_key=None,
+    ops_host="",
+    ops_port=0,
+    intake_host="",
+    intake_port=0,
+    session_ttl_s=3600.0,
+    oidc=None,
+)
 
 
 class TestGateway:

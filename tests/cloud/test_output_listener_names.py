@@ -10,21 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cloud_tecc.config import AuthConfig
 from cloud_tecc.output.auth import LocalTokens
 from cloud_tecc.output.gate import Gate, listener_names
+from tests.cloud.services import NO_AUTH_LISTENERS
 
-AUTH = AuthConfig(
-    allowed_hosts=(),
-    tls_cert=None,
-    tls_key=None,
-    ops_host="",
-    ops_port=0,
-    intake_host="",
-    intake_port=0,
-    session_ttl_s=3600.0,
-    oidc=None,
-)
+AUTH = NO_AUTH_LISTENERS
 
 
 def _gate(tmp_path: Path, listen_host: str) -> Gate:

@@ -14,22 +14,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from cloud_tecc.config import AuthConfig
 from cloud_tecc.localstack import free_port
 from cloud_tecc.output.gate import tls_context
 from cloud_tecc.party.coordinator import post_results
+from tests.cloud.services import NO_AUTH_LISTENERS
 
-AUTH = AuthConfig(
-    allowed_hosts=(),
-    tls_cert=None,
-    tls_key=None,
-    ops_host="",
-    ops_port=0,
-    intake_host="",
-    intake_port=0,
-    session_ttl_s=3600.0,
-    oidc=None,
-)
+AUTH = NO_AUTH_LISTENERS
 
 
 async def test_results_reach_an_output_with_its_generated_certificate(tmp_path: Path) -> None:
