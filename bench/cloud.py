@@ -38,10 +38,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cloud_data import (
     POLICY,
-    SECOND,
-    T0,
     cloud_args,
     data,
+    ingest_frames,
     log,
     metric,
     post_all,
@@ -67,15 +66,7 @@ def bench_ingest(root: Path, batches: int, *, tls: bool = True) -> float:
     dep.start("party0")
     try:
         dep.wait_healthy("party0")
-        sealer = sealer_for(dep, "gw0", (0,))
-        ts = T0 + np.arange(1000, dtype=np.int64) * 1000
-        vals = np.linspace(0.0, 100.0, 1000)
-        frames = [
-            sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=time.time_ns())[
-                0
-            ]
-            for i in range(batches)
-        ]
+        frames = ingest_frames(dep, batches)
         asyncio.run(post_all(f"{dep.url('party0')}/v1/batches", frames[:20], 8))  # warm-up
         dt = asyncio.run(post_all(f"{dep.url('party0')}/v1/batches", frames[20:], 32))
         return (batches - 20) * 1000 / dt

@@ -72,6 +72,17 @@ def sealer_for(dep: Deployment, gateway: str, parties: tuple[int, ...] | None = 
     )
 
 
+def ingest_frames(dep: Deployment, batches: int) -> list[bytes]:
+    """``batches`` envelopes of 1000 readings of gateway ``gw0`` for party 0 (x² column)."""
+    sealer = sealer_for(dep, "gw0", (0,))
+    ts = T0 + np.arange(1000, dtype=np.int64) * 1000
+    vals = np.linspace(0.0, 100.0, 1000)
+    return [
+        sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=time.time_ns())[0]
+        for i in range(batches)
+    ]
+
+
 def data(
     gateways: int, sensors: int, rate_hz: int, seconds: int, seed: int = 3
 ) -> list[StreamReadings]:

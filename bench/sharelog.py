@@ -23,13 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cloud import bench_ingest
-from bench.cloud_data import POLICY, SECOND, T0, log, post_all, sealer_for
+from bench.cloud_data import POLICY, ingest_frames, log, post_all
 from cloud_tecc.localstack import Deployment, http_json
-from tecc_contract.envelope import SensorSegment
 
 
 def _stored(dep: Deployment) -> int:
@@ -59,15 +57,7 @@ def bench_frontends(root: Path, batches: int, frontends: int) -> tuple[float, fl
             dep.wait_healthy(fe)
             while not http_json(dep.url(fe) + "/healthz")[1]["log_connected"]:
                 time.sleep(0.1)
-        sealer = sealer_for(dep, "gw0", (0,))
-        ts = T0 + np.arange(1000, dtype=np.int64) * 1000
-        vals = np.linspace(0.0, 100.0, 1000)
-        frames = [
-            sealer.seal(i, [SensorSegment("s0", ts + i * SECOND, vals)], created_ns=time.time_ns())[
-                0
-            ]
-            for i in range(batches)
-        ]
+        frames = ingest_frames(dep, batches)
 
         async def upload(part: list[bytes], concurrency: int) -> float:
             jobs = [
