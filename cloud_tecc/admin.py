@@ -4,6 +4,7 @@
     tecc-cluster admin --config party0.yaml approve GATEWAY
     tecc-cluster admin --config party0.yaml revoke GATEWAY [--reason TEXT]
     tecc-cluster admin --config party0.yaml forget GATEWAY
+    tecc-cluster admin --config party0.yaml operator-key add|remove|list [NAME]
     tecc-cluster admin owner-key init | sign-manifest ... | verify-manifest ...
 
 (``python -m cloud_tecc.admin`` is the same.)
@@ -15,6 +16,11 @@ API to attack); the running party picks the change up within half a second
 reinstates a suspended one with the PCR values it last quoted (an authorised
 update); ``revoke`` refuses the gateway's batches and notices from then on;
 ``forget`` deletes the record (a replaced device may then enrol afresh).
+``operator-key add NAME`` creates one of this party's operator keys
+(``state_dir/operator-keys.json``, 0600; printed once): with it an admin of the
+output's dashboard can approve or revoke at *this* party, each action MACed
+in the browser and checked here (:mod:`cloud_tecc.party.admin_api`);
+``remove`` withdraws it, ``list`` names the keys.
 The plant owner's release-manifest commands (no ``--config``) are in
 :mod:`cloud_tecc.release_admin`. Every command prints JSON. Exit codes: 0
 ok, 2 configuration error or unknown gateway.
@@ -31,6 +37,7 @@ from pathlib import Path
 from cloud_tecc import release_admin
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import CloudError
+from cloud_tecc.party.admin_api import OperatorKeys
 from cloud_tecc.party.registry import STATES, Registry
 from tecc_contract.errors import ConfigFileError
 
@@ -50,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("gateway")
         if name == "revoke":
             sp.add_argument("--reason", default="revoked by the operator")
+    ok = sub.add_parser("operator-key", help="this party's keys for dashboard approvals")
+    ok.add_argument("op", choices=("add", "remove", "list"))
+    ok.add_argument("name", nargs="?", default="")
     release_admin.add_parsers(sub)
     return p
 
@@ -61,6 +71,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.config is None:
         raise CloudError(f"{args.command} needs --config PARTY.yaml (the party's config file)")
     cfg = load_party(args.config)
+    if args.command == "operator-key":
+        return _operator_key(OperatorKeys(cfg.service.state_dir), args.op, args.name)
     reg = Registry(cfg.service.state_dir)
     now = time.time_ns()
     try:
@@ -83,6 +95,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         ).summary()
     finally:
         reg.close()
+
+
+def _operator_key(keys: OperatorKeys, op: str, name: str) -> dict[str, object]:
+    if op == "list":
+        return {"operator_keys": sorted(keys.load())}
+    if not name:
+        raise CloudError(f"operator-key {op} needs a NAME (e.g. the operator's login)")
+    if op == "remove":
+        return {"name": name, "removed": keys.remove(name)}
+    try:
+        key = keys.add(name)
+    except ValueError as exc:
+        raise CloudError(f"operator-key add {name!r}: {exc}") from exc
+    return {"name": name, "key": key, "file": str(keys.path)}
 
 
 def main(argv: list[str] | None = None) -> int:

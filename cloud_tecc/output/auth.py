@@ -77,6 +77,9 @@ RULES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/api/v1/fleet"): Access.VIEWER,
     ("GET", "/api/v1/epochs"): Access.VIEWER,
     ("GET", "/api/v1/gateways"): Access.VIEWER,
+    ("GET", "/api/v1/enrolment"): Access.VIEWER,
+    # relayed to one party with its operator's MAC; the party decides (enrolment_view.py)
+    ("POST", "/api/v1/enrolment/{party}/{action}"): Access.ADMIN,
     ("GET", "/api/v1/events"): Access.VIEWER,
     ("GET", "/api/v1/incidents"): Access.VIEWER,
     ("GET", "/api/v1/summary"): Access.VIEWER,

@@ -15,6 +15,9 @@ _SELECT: Final = (
     "SELECT id, gateway, sensor, detector, state, start_ns, end_ns, flags, doc FROM incidents "
 )
 _LIVE: Final = ("pending", "open", "acknowledged")
+#: The ``shard`` of gateway attestation incidents: outside every data shard, so no epoch's
+#: progress closes them (only the clusters' enrolment states do).
+ATTESTATION_SHARD: Final = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,12 @@ States and events (everything that moves the state lives in
 - ``closed``: no flag for ``quiet_s`` of event time (data progress, not the
   wall clock, so a replay closes incidents the same way a live run does).
 
+A gateway's **attestation incident** (detector :data:`ATTESTATION`, no
+sensor) follows the clusters' enrolment states instead of flags
+(:func:`on_attestation`): it opens at once when any cluster suspends the
+gateway, and closes when none does any more (it attests again, is approved,
+or is revoked). One per gateway, however many clusters suspend it.
+
 An incident is one episode: flags of its key with no gap of ``quiet_s``; it
 starts at the episode's first flag and counts all of them, also those seen
 while it was pending. A flag after ``closed`` starts a new incident. A pending
@@ -31,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 SECOND: Final = 1_000_000_000
+#: The detector name of a gateway's attestation incident (its sensor is "").
+ATTESTATION: Final = "attestation"
 
 
 class State(enum.StrEnum):
@@ -49,6 +57,8 @@ class Event(enum.StrEnum):
     DEBOUNCED = "debounced"  # a flag that completes ``open_after`` within ``within_s``
     QUIET = "quiet"  # data progress passed the last flag by ``quiet_s``
     ACK = "ack"  # an operator acknowledged it
+    SUSPENDED = "suspended"  # more clusters than before suspend the gateway (attestation)
+    REINSTATED = "reinstated"  # no cluster suspends the gateway any more (attestation)
 
 
 # (state, event) -> next state; ``None`` means the incident is dropped.
@@ -63,6 +73,10 @@ TRANSITIONS: Final[Mapping[tuple[State, Event], State | None]] = {
     (State.ACKNOWLEDGED, Event.QUIET): State.CLOSED,
     (State.ACKNOWLEDGED, Event.ACK): State.ACKNOWLEDGED,
     (State.CLOSED, Event.ACK): State.CLOSED,
+    (State.OPEN, Event.SUSPENDED): State.OPEN,
+    (State.ACKNOWLEDGED, Event.SUSPENDED): State.ACKNOWLEDGED,
+    (State.OPEN, Event.REINSTATED): State.CLOSED,
+    (State.ACKNOWLEDGED, Event.REINSTATED): State.CLOSED,
 }
 
 
@@ -227,3 +241,26 @@ def on_ack(inc: Incident, operator: str, now_ns: int) -> Incident:
     if inc.acknowledged_by:
         return inc  # the first acknowledgement stands
     return replace(inc, state=nxt, acknowledged_by=operator, acknowledged_ns=now_ns)
+
+
+def on_attestation(
+    inc: Incident | None, *, gateway: str, suspending: int, now_ns: int
+) -> Incident | None:
+    """The gateway's attestation incident after one look at every cluster; None if unchanged.
+
+    ``suspending`` is how many clusters hold ``gateway`` suspended now. An
+    incident opens (no debounce: a suspension is already a decision of a
+    cluster) when the first does; ``flags`` is the most clusters that
+    suspended it at once; it closes when none does. ``inc`` is the gateway's
+    live attestation incident, or None.
+    """
+    if suspending > 0:
+        if inc is None or inc.state is State.CLOSED:
+            return Incident(gateway, "", ATTESTATION, State.OPEN, now_ns, now_ns, suspending)
+        if suspending <= inc.flags:
+            return None
+        nxt = _move(inc, Event.SUSPENDED) or inc.state
+        return replace(inc, state=nxt, flags=suspending, end_ns=now_ns)
+    if inc is None or inc.state is State.CLOSED:
+        return None
+    return replace(inc, state=_move(inc, Event.REINSTATED) or State.CLOSED, end_ns=now_ns)

@@ -35,10 +35,11 @@ from cloud_tecc.output.collector import (
 )
 from cloud_tecc.output.dashboard import ChangeNotifier, GatewayHealth, attach_dashboard
 from cloud_tecc.output.delivery import Deliverer
+from cloud_tecc.output.enrolment_view import EnrolmentView
 from cloud_tecc.output.export_api import ExportApi
 from cloud_tecc.output.gate import Gate, tls_context
 from cloud_tecc.output.incident_rows import IncidentQuery
-from cloud_tecc.output.incidents import Incident, State
+from cloud_tecc.output.incidents import Incident, State, on_attestation
 from cloud_tecc.output.oidc import OidcClient
 from cloud_tecc.output.ops import serve_intake, serve_ops
 from cloud_tecc.output.signin import SignIn
@@ -116,6 +117,10 @@ class OutputService(ServiceBase):
         SignIn(self.gate).attach(self.app)
         self.gateway_health = GatewayHealth(cfg.gateways)
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
+        self.enrolment = EnrolmentView(
+            cfg.parties, service_id=cfg.service.service_id, enclave=enclave
+        )
+        self.enrolment.attach(self.app)
         self._runners: list[web.AppRunner] = []
         self._completing = asyncio.Lock()  # one reconstruction at a time: an epoch is new once
         #: (party, shard) -> newest epoch that party's worker of that shard released (memory).
@@ -154,6 +159,8 @@ class OutputService(ServiceBase):
             verifier, self.session, refresh_s=self.cfg.trust.refresh_s
         )
         self.spawn(self._watch(), "attestation-watch")
+        self.enrolment.session, self.enrolment.directory = self.session, self.directory
+        self.spawn(self.enrolment.run(self._attestation_incidents), "gateway-enrolment")
         if self.ocfg.gateways:
             self.spawn(self.gateway_health.run(self.session), "gateway-health")
 
@@ -291,6 +298,27 @@ class OutputService(ServiceBase):
             self.epochs.inc()
             self.latency.observe(max(now - done.epoch_ns - done.window_ns, 0) / 1e9)
         return web.json_response({"status": "stored" if done else "pending"})
+
+    async def _attestation_incidents(self, suspending: dict[str, int]) -> None:
+        """One attestation incident per gateway that any cluster suspends (docs/CLOUD.md)."""
+        now = time.time_ns()
+
+        def step(live: dict[str, Incident]) -> list[Incident]:
+            out = []
+            for gid in sorted(set(suspending) | set(live)):
+                inc = on_attestation(
+                    live.get(gid), gateway=gid, suspending=suspending.get(gid, 0), now_ns=now
+                )
+                if inc is not None:
+                    out.append(inc)
+            return out
+
+        written = await asyncio.to_thread(self.store.attestation_incidents, step, now)
+        for row in written:
+            self.incidents_opened.labels(row["state"]).inc()
+            log.warning("gateway %s attestation incident %s", row["gateway"], row["state"])
+        if written:
+            await self._changed()
 
     async def _changed(self) -> None:
         """Results or incidents changed: tell the dashboards and the deliverer."""

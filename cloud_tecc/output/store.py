@@ -12,12 +12,14 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
 from cloud_tecc.analytics.release import Decoded
 from cloud_tecc.output import fleet_claims, migrate, outbox
 from cloud_tecc.output.incident_rows import (
+    ATTESTATION_SHARD,
     IncidentQuery,
     get_incident,
     incident_json,
@@ -331,6 +333,29 @@ class ResultStore(StoreReads):
                 raise
         self._changes += 1
         return incident_json(acked)
+
+    def attestation_incidents(
+        self, step: Callable[[dict[str, Incident]], list[Incident]], now_ns: int
+    ) -> list[dict[str, Any]]:
+        """Apply ``step`` (live attestation incidents by gateway → changed ones) atomically.
+
+        The incidents and their delivery transitions are written in one
+        transaction; the API rows written are returned.
+        """
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                live = live_incidents(cur, ATTESTATION_SHARD)
+                changed = step({k[0]: v for k, v in live.items()})
+                ids = [put_incident(cur, i, now_ns, ATTESTATION_SHARD) for i in changed]
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        if changed:
+            self._changes += 1
+        return [incident_json(replace(i, id=n)) for i, n in zip(changed, ids, strict=True)]
 
     def incidents(self, q: IncidentQuery) -> list[dict[str, Any]]:
         """Incidents (never pending ones): open and acknowledged first, then newest first."""

@@ -76,6 +76,7 @@ class GatewayRecord:
             "seen": {str(k): v.hex() for k, v in sorted(self.seen.items())},
             "enrolled_ns": self.enrolled_ns,
             "last_quote_ns": self.last_quote_ns,
+            "updated_ns": self.updated_ns,
         }
 
 

@@ -47,6 +47,7 @@ from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import IngestError
 from cloud_tecc.jetstream.server import NatsDeployment
+from cloud_tecc.party.admin_api import AdminApi
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.logfeed import LogFeed, start_embedded
@@ -91,6 +92,10 @@ class PartyService(UplinkService):
         self.nats: NatsDeployment | None = None
         self.feed: LogFeed | None = None
         self.active: ActiveShard | None = None
+        self.directory: AttestedDirectory | None = None
+        AdminApi(cfg, lambda: self.enclave, self.gateways, lambda: self.directory, reg).attach(
+            self.app
+        )
         if cfg.jetstream is None:
             self.app.router.add_post("/v1/batches", self._ingest)
             self.app.router.add_post("/v1/progress", self._progress)
@@ -141,6 +146,7 @@ class PartyService(UplinkService):
         self.http = aiohttp.ClientSession()
         verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
         directory = AttestedDirectory(verifier, self.http, refresh_s=self.cfg.trust.refresh_s)
+        self.directory = directory
         self.coordinator = Coordinator(
             cfg=self.pcfg,
             enclave=self.enclave,
