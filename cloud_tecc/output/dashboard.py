@@ -25,6 +25,7 @@ from aiohttp import web
 STATIC_DIR: Final = Path(__file__).with_name("static")  # the page, its script and styles
 _TYPES: Final = {
     "app.js": "text/javascript",
+    "enrolment.js": "text/javascript",
     "app.css": "text/css",
 }
 MAX_SSE_CLIENTS: Final = 200

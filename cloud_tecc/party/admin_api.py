@@ -210,9 +210,12 @@ class AdminApi:
         }
 
     def _act(self, doc: dict[str, Any], now_ns: int) -> dict[str, Any]:
+        me = self.cfg.service.service_id
         action, gid = str(doc.get("action")), str(doc.get("gateway_id", ""))
         if action not in ga.ACTIONS:
             raise RefusedError("malformed", f"action must be one of {', '.join(ga.ACTIONS)}")
+        if not gid or "\n" in gid:
+            raise RefusedError("malformed", "gateway_id must be one line")
         operator, nonce = str(doc.get("operator", "")), str(doc.get("nonce", ""))
         identity, issued_ms = str(doc.get("identity_key", "")), int(doc.get("issued_ms", 0))
         keys = self.keys.load()
@@ -234,9 +237,10 @@ class AdminApi:
         key = keys.get(operator)
         if key is None or not ga.mac_ok(key, message, str(doc.get("mac", ""))):
             raise RefusedError(
-                "operator", f"not signed by an operator key of {self.cfg.service.service_id}: check "
-                "the key name and key its operator gave you",
-            )  # fmt: skip
+                "operator",
+                f"not signed by an operator key of {me}: check the key name and the key "
+                "its operator gave you",
+            )
         if abs(issued_ms * 1_000_000 - now_ns) > ga.MAX_SKEW_NS or len(nonce) != 32:
             raise RefusedError("stale", "the operator's statement is not fresh: sign it again")
         self._use_nonce(nonce, now_ns)
@@ -250,7 +254,7 @@ class AdminApi:
         by = f"{action}d by operator {operator!r} (dashboard)"
         if action == "revoke":
             if rec is None and gid not in self.cfg.gateways:
-                raise RefusedError("unknown", f"gateway {gid!r} is not known at {self.cfg.service.service_id}")
+                raise RefusedError("unknown", f"gateway {gid!r} is not known at {me}")
             new = self._gateways.revoke(gid, by, now_ns)
             self.requests.labels("revoked").inc()
         else:

@@ -23,6 +23,7 @@ from cloud_tecc.output.incidents import (
     State,
     WindowStats,
     on_ack,
+    on_attestation,
     on_flag,
     on_progress,
 )
@@ -43,6 +44,10 @@ def _flag(inc: Incident | None, ts: int, rule: Debounce = RULE, n: int = 1) -> I
     return on_flag(inc, key=KEY, ts_ns=ts, window=W, window_flags=n, rule=rule)
 
 
+def _attest(inc: Incident, suspending: int) -> Incident | None:
+    return on_attestation(inc, gateway="gw", suspending=suspending, now_ns=T0 + SECOND)
+
+
 # (state, event, how to cause it, expected state or None for dropped)
 ROWS = [
     (State.PENDING, Event.FLAG, lambda i: _flag(i, T0 + 20 * SECOND), State.PENDING),
@@ -60,6 +65,10 @@ ROWS = [
     ),
     (State.ACKNOWLEDGED, Event.ACK, lambda i: on_ack(i, "op2", T0), State.ACKNOWLEDGED),
     (State.CLOSED, Event.ACK, lambda i: on_ack(i, "op", T0), State.CLOSED),
+    (State.OPEN, Event.SUSPENDED, lambda i: _attest(i, 2), State.OPEN),
+    (State.ACKNOWLEDGED, Event.SUSPENDED, lambda i: _attest(i, 2), State.ACKNOWLEDGED),
+    (State.OPEN, Event.REINSTATED, lambda i: _attest(i, 0), State.CLOSED),
+    (State.ACKNOWLEDGED, Event.REINSTATED, lambda i: _attest(i, 0), State.CLOSED),
 ]
 
 
