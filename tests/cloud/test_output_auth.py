@@ -154,9 +154,15 @@ def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
     for (method, path), access in RULES.items():
         if not isinstance(access.value, Role) or path in ("/metrics",):
             continue
-        url = output.url("output") + path.replace("{id}", "1").replace("{name}", "app.js").replace(
-            "{target}", "ops"
-        )
+        for name, value in (
+            ("{id}", "1"),
+            ("{name}", "app.js"),
+            ("{target}", "ops"),
+            ("{party}", "0"),
+            ("{action}", "approve"),
+        ):
+            path = path.replace(name, value)
+        url = output.url("output") + path
         if path == "/api/v1/events":
             continue  # a stream: checked for 401 below
         status, _, _ = _request(url, method=method, headers={"Origin": output.url("output")})

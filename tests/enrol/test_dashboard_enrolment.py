@@ -32,6 +32,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from cloud_tecc.localstack import Deployment, http_json
+from cloud_tecc.service import gateway_admin as ga
 from demo.services import free_port
 from gateway.tpm import Tpm
 from tests.cloud.services import metric
@@ -111,6 +112,29 @@ def _forged(dep: Deployment, token: str) -> tuple[int, Any]:
     return _post(dep, "/api/v1/enrolment/1/approve", body, token)
 
 
+def _signed(
+    dep: Deployment, token: str, key: str, *, identity: str, issued_ms: int, nonce: str
+) -> tuple[int, Any]:
+    """An approve of party1 MACed with party1's operator key ``alice`` (as the page does)."""
+    message = ga.statement(
+        party="party1",
+        action="approve",
+        gateway_id=GATEWAY,
+        identity_key=identity,
+        issued_ms=issued_ms,
+        nonce=nonce,
+    )
+    body = {
+        "gateway_id": GATEWAY,
+        "identity_key": identity,
+        "operator": "alice",
+        "issued_ms": issued_ms,
+        "nonce": nonce,
+        "mac": ga.mac(ga.parse_key(key), message),
+    }
+    return _post(dep, "/api/v1/enrolment/1/approve", body, token)
+
+
 def test_dashboard_approves_revokes_and_raises_attestation_incidents(tmp_path: Any) -> None:
     hooks: list[dict[str, Any]] = []
     port = free_port()
@@ -176,6 +200,29 @@ def test_dashboard_approves_revokes_and_raises_attestation_incidents(tmp_path: A
             _until(lambda: refused(dep, "party1", "revoked") > 0, "party1 refuses, counted")
             assert _readings(dep, "party1") == 100
             assert _attestation_incidents(dep) == []
+            _, view = http_json(dep.url("output") + "/api/v1/enrolment")
+            identity = next(g for g in view["gateways"] if g["gateway_id"] == GATEWAY)["clusters"][
+                "1"
+            ]["identity_key"]
+            now_ms = int(time.time() * 1000)
+            old = _signed(
+                dep,
+                admin,
+                keys["party1"],
+                identity=identity,
+                issued_ms=now_ms - 600_000,
+                nonce="ab" * 16,
+            )
+            assert (old[0], old[1]["reason"]) == (403, "stale")
+            first = _signed(
+                dep, admin, keys["party1"], identity=identity, issued_ms=now_ms, nonce="cd" * 16
+            )
+            assert (first[0], first[1]["reason"]) == (403, "state")  # revoked stays revoked
+            again = _signed(
+                dep, admin, keys["party1"], identity=identity, issued_ms=now_ms, nonce="cd" * 16
+            )
+            assert (again[0], again[1]["reason"]) == (403, "replay")  # a recorded request
+            assert state(dep, "party1") == "revoked"
 
             with Tpm(stack.tpm.tcti) as tpm:  # other software "launched" after enrolment
                 tpm.extend_pcr(14, hashlib.sha256(b"other software").digest())

@@ -18,68 +18,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import ROOT, Deployment, http_json
+from cloud_tecc.localstack import Deployment, http_json
 from gateway.tpm import Tpm
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import TestGateway, metric, segment
-from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import cli, health, spawn, terminate, wait_for, write_config
+from tests.enrol.stack import TOPIC, admin, enrolling_stack, refused, state
+from tests.gateway.harness import health, wait_for
 from tests.gateway.publisher import publish
-from tests.gateway.services import mosquitto
 
 pytestmark = [pytest.mark.tpm, pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
-TOPIC = "plant/line1/temp/value"
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
-
-
-def _admin(dep: Deployment, party: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloud_tecc",
-            "admin",
-            "--config",
-            str(dep.root / f"{party}.yaml"),
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
-def _state(dep: Deployment, party: str) -> str | None:
-    status, body = http_json(dep.url(party) + "/healthz")
-    return body.get("enrolment", {}).get("gw-test") if status == 200 else None
 
 
 def _count(dep: Deployment, party: str, sample: str) -> float:
@@ -95,124 +49,71 @@ def _quotes(dep: Deployment, party: str, at_least: int) -> bool:
     return _count(dep, party, 'tecc_enrolment_outcomes_total{outcome="quoted"}') >= at_least
 
 
-def _refused(dep: Deployment, party: str, reason: str) -> float:
-    """Batches and progress notices refused for ``reason`` (the uplink stops at either)."""
-    return sum(
-        metric(dep, party, f'{name}{{reason="{reason}"}}')
-        for name in ("tecc_ingest_rejected_total", "tecc_progress_rejected_total")
-    )
-
-
 async def test_unnamed_gateway_enrols_is_approved_revoked_and_suspended(tmp_path: Path) -> None:
-    (tmp_path / "cloud").mkdir()
-    dep = Deployment(tmp_path / "cloud", POLICY, {})
-    with (
-        manufactured_swtpm(tmp_path / "tpm", tmp_path / "ca") as sw,
-        mosquitto(tmp_path / "mq") as broker,
-    ):
-        plat = [
-            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
-            for n in ("party0", "party1")
-        ]
-        clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
-        (tmp_path / "gw").mkdir()
-        cfg = write_config(
-            tmp_path / "gw",
-            clusters=clusters,
-            platform=plat,
-            mqtt_port=broker.port,
-            measurement=dep.measurement(),
-            tcti=sw.tcti,
+    with enrolling_stack(tmp_path, policies={"party1": {"approval": "operator"}}) as (stack, _):
+        dep, doc, sw = stack.dep, stack.gateway_doc, stack.tpm
+        broker_port = stack.broker_port
+        await wait_for(lambda: state(dep, "party0") == "enrolled", 30, "party0 enrols")
+        await wait_for(lambda: state(dep, "party1") == "pending", 30, "party1 parks it")
+        gw_health = await health(doc["http"]["port"])
+        assert gw_health["enrolment"]["0"]["status"] == "enrolled", gw_health
+        assert gw_health["enrolment"]["1"]["status"] == "pending", gw_health
+        await asyncio.sleep(1.0)  # the MQTT session is up
+        await asyncio.to_thread(publish, broker_port, [(TOPIC, b"21.5")] * 100)
+        await wait_for(
+            lambda: _count(dep, "party0", "tecc_ingest_readings_total") == 100,
+            60,
+            "party0 accepts every reading of a gateway no config names",
         )
-        doc = yaml.safe_load(cfg.read_text())
-        doc["tpm"]["enrol"] = True
-        cfg.write_text(yaml.safe_dump(doc))
-        prov = cli("provision", "--config", str(cfg))
-        assert prov.returncode == 0, prov.stderr
-        launch = json.loads(prov.stdout)["launch_measurement"]
-        bundle = tmp_path / "vendor.pem"
-        bundle.write_bytes(ca_bundle(tmp_path / "ca"))
-        dep.party_extra = {
-            "enrolment": {
-                "ek_ca_files": [str(bundle)],
-                "pcr_values": {14: [launch]},
-                "requote_s": 1.0,
-                "grace_s": 5.0,
-            }
-        }
-        dep.write_configs()
-        p1 = yaml.safe_load((dep.root / "party1.yaml").read_text())
-        p1["enrolment"]["approval"] = "operator"  # party1's own, stricter policy
-        (dep.root / "party1.yaml").write_text(yaml.safe_dump(p1))
-        await asyncio.to_thread(dep.start_all)
-        agent = spawn(cfg, tmp_path / "gw" / "agent.log")
-        try:
-            await wait_for(lambda: _state(dep, "party0") == "enrolled", 30, "party0 enrols")
-            await wait_for(lambda: _state(dep, "party1") == "pending", 30, "party1 parks it")
-            gw_health = await health(doc["http"]["port"])
-            assert gw_health["enrolment"]["0"]["status"] == "enrolled", gw_health
-            assert gw_health["enrolment"]["1"]["status"] == "pending", gw_health
-            await asyncio.sleep(1.0)  # the MQTT session is up
-            await asyncio.to_thread(publish, broker.port, [(TOPIC, b"21.5")] * 100)
-            await wait_for(
-                lambda: _count(dep, "party0", "tecc_ingest_readings_total") == 100,
-                60,
-                "party0 accepts every reading of a gateway no config names",
-            )
-            await wait_for(
-                lambda: _refused(dep, "party1", "pending") > 0,
-                30,
-                "party1 refuses the pending gateway's batches",
-            )
-            assert _count(dep, "party1", "tecc_ingest_readings_total") == 0
+        await wait_for(
+            lambda: refused(dep, "party1", "pending") > 0,
+            30,
+            "party1 refuses the pending gateway's batches",
+        )
+        assert _count(dep, "party1", "tecc_ingest_readings_total") == 0
 
-            assert _admin(dep, "party1", "approve", "gw-test")["state"] == "enrolled"
-            await wait_for(
-                lambda: _count(dep, "party1", "tecc_ingest_readings_total") == 100,
-                90,
-                "party1 accepts the spooled batches after approval, without a restart",
-            )
-            for party in ("party0", "party1"):
-                await wait_for(
-                    functools.partial(_quotes, dep, party, 2), 30, f"{party} gets re-quotes"
-                )
-            await wait_for(
-                functools.partial(_released, dep, 100),
-                90,
-                "the output to release windows holding all 100 readings",
-            )
+        assert admin(dep, "party1", "approve", "gw-test")["state"] == "enrolled"
+        await wait_for(
+            lambda: _count(dep, "party1", "tecc_ingest_readings_total") == 100,
+            90,
+            "party1 accepts the spooled batches after approval, without a restart",
+        )
+        for party in ("party0", "party1"):
+            await wait_for(functools.partial(_quotes, dep, party, 2), 30, f"{party} gets re-quotes")
+        await wait_for(
+            functools.partial(_released, dep, 100),
+            90,
+            "the output to release windows holding all 100 readings",
+        )
 
-            assert _admin(dep, "party1", "revoke", "gw-test")["state"] == "revoked"
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(publish, broker.port, [(TOPIC, b"22.5")] * 50)
-            await wait_for(
-                lambda: _count(dep, "party0", "tecc_ingest_readings_total") == 150,
-                60,
-                "party0 (its own trust domain) still accepts",
-            )
-            await wait_for(
-                lambda: _refused(dep, "party1", "revoked") > 0,
-                60,
-                "party1 refuses the revoked gateway's batches",
-            )
-            assert _count(dep, "party1", "tecc_ingest_readings_total") == 100
+        assert admin(dep, "party1", "revoke", "gw-test")["state"] == "revoked"
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(publish, broker_port, [(TOPIC, b"22.5")] * 50)
+        await wait_for(
+            lambda: _count(dep, "party0", "tecc_ingest_readings_total") == 150,
+            60,
+            "party0 (its own trust domain) still accepts",
+        )
+        await wait_for(
+            lambda: refused(dep, "party1", "revoked") > 0,
+            60,
+            "party1 refuses the revoked gateway's batches",
+        )
+        assert _count(dep, "party1", "tecc_ingest_readings_total") == 100
 
-            with Tpm(sw.tcti) as tpm:  # other software "launched" after enrolment
-                tpm.extend_pcr(14, hashlib.sha256(b"other software").digest())
-            await wait_for(
-                lambda: _state(dep, "party0") == "suspended", 30, "party0 suspends at the re-quote"
-            )
-            await asyncio.to_thread(publish, broker.port, [(TOPIC, b"23.5")] * 50)
-            await wait_for(
-                lambda: _refused(dep, "party0", "suspended") > 0,
-                60,
-                "party0 refuses the suspended gateway's batches",
-            )
-            assert _count(dep, "party0", "tecc_ingest_readings_total") == 150
-            assert _state(dep, "party1") == "revoked"
-        finally:
-            terminate(agent)
-            await asyncio.to_thread(dep.stop_all)
+        with Tpm(sw.tcti) as tpm:  # other software "launched" after enrolment
+            tpm.extend_pcr(14, hashlib.sha256(b"other software").digest())
+        await wait_for(
+            lambda: state(dep, "party0") == "suspended", 30, "party0 suspends at the re-quote"
+        )
+        await asyncio.to_thread(publish, broker_port, [(TOPIC, b"23.5")] * 50)
+        await wait_for(
+            lambda: refused(dep, "party0", "suspended") > 0,
+            60,
+            "party0 refuses the suspended gateway's batches",
+        )
+        assert _count(dep, "party0", "tecc_ingest_readings_total") == 150
+        assert state(dep, "party1") == "revoked"
 
 
 async def test_revoking_a_config_gateway_refuses_its_batches_live(tmp_path: Path) -> None:
@@ -227,7 +128,7 @@ async def test_revoking_a_config_gateway_refuses_its_batches_live(tmp_path: Path
         now = time.time_ns()
         seg = [segment("temp1", np.array([now, now + 1]), np.array([20.0, 21.0]))]
         first = await asyncio.to_thread(gw.upload, gw.seal(1, seg))
-        _admin(dep, "party0", "revoke", "gw-static", "--reason", "decommissioned")
+        admin(dep, "party0", "revoke", "gw-static", "--reason", "decommissioned")
         await asyncio.sleep(1.0)  # the party re-reads enrolment.db every 0.5 s
         second = await asyncio.to_thread(gw.upload, gw.seal(2, seg))
         refused = _count(dep, "party0", 'tecc_ingest_rejected_total{reason="revoked"}')
