@@ -2,7 +2,8 @@
 
 * **Alertmanager** (API v2, ``POST /api/v2/alerts``): one alert per incident,
   labels ``alertname=TeccIncident`` plus gateway, sensor, detector and the
-  incident id, so Alertmanager groups, routes and silences by them. An open or
+  incident id, so Alertmanager groups, routes and silences by them (a
+  gateway's attestation incident: detector ``attestation``, sensor ""). An open or
   acknowledged incident is sent with ``endsAt`` ``hold_s`` ahead and re-sent
   every ``refresh_s`` (Alertmanager resolves an alert that is not refreshed);
   a closed one with ``endsAt`` = its end, which resolves it.
@@ -26,6 +27,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 
+from cloud_tecc.output.incidents import ATTESTATION
 from tecc_contract.sparkplug import Payload, SparkplugType
 
 ALERTNAME: Final = "TeccIncident"
@@ -45,6 +47,18 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
+def _summary(incident: Mapping[str, Any]) -> str:
+    if incident["detector"] == ATTESTATION:
+        return (
+            f"gateway {incident['gateway']} suspended by {incident['flags']} cluster(s): its "
+            "TPM quote changed or stopped; its data is refused there"
+        )
+    return (
+        f"{incident['detector']} on {incident['sensor']} ({incident['gateway']}): "
+        f"{incident['flags']} flagged readings"
+    )
+
+
 def alert(
     incident: Mapping[str, Any], now_ns: int, *, hold_s: float, dashboard: str = ""
 ) -> dict[str, Any]:
@@ -61,10 +75,7 @@ def alert(
             "incident": str(incident["id"]),
         },
         "annotations": {
-            "summary": (
-                f"{incident['detector']} on {incident['sensor']} ({incident['gateway']}): "
-                f"{incident['flags']} flagged readings"
-            ),
+            "summary": _summary(incident),
             "state": str(incident["state"]),
             "flags": str(incident["flags"]),
             "acknowledged_by": str(incident.get("acknowledged_by") or ""),

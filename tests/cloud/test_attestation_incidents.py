@@ -15,6 +15,7 @@ from cloud_tecc.output.enrolment_view import merge, suspensions
 from cloud_tecc.output.incident_rows import IncidentQuery
 from cloud_tecc.output.incidents import ATTESTATION, SECOND, Incident, Rules, on_attestation
 from cloud_tecc.output.store import ResultStore
+from cloud_tecc.output.targets import alert
 from cloud_tecc.output.tracking import Key, Tracked, track
 
 T0 = 1_700_000_000 * SECOND
@@ -110,3 +111,13 @@ def test_data_progress_never_closes_an_attestation_incident(tmp_path: Path) -> N
     shown = store.incidents(IncidentQuery())
     assert [(i["gateway"], i["sensor"], i["state"]) for i in shown] == [("gw", "", "open")]
     store.close()
+
+
+def test_the_alert_of_an_attestation_incident_says_what_happened(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "r.db")
+    [row] = _apply(store, {"gw": 2}, T0)
+    store.close()
+    doc = alert(row, T0, hold_s=60)
+    assert doc["labels"]["detector"] == "attestation"
+    assert doc["labels"]["gateway"] == "gw"
+    assert doc["annotations"]["summary"].startswith("gateway gw suspended by 2 cluster(s)")

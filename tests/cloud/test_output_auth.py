@@ -154,6 +154,7 @@ def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
     for (method, path), access in RULES.items():
         if not isinstance(access.value, Role) or path in ("/metrics",):
             continue
+        route = path
         for name, value in (
             ("{id}", "1"),
             ("{name}", "app.js"),
@@ -161,8 +162,8 @@ def test_every_route_refuses_the_wrong_role(output: Deployment) -> None:
             ("{party}", "0"),
             ("{action}", "approve"),
         ):
-            path = path.replace(name, value)
-        url = output.url("output") + path
+            route = route.replace(name, value)
+        url = output.url("output") + route
         if path == "/api/v1/events":
             continue  # a stream: checked for 401 below
         status, _, _ = _request(url, method=method, headers={"Origin": output.url("output")})
