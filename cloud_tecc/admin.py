@@ -10,8 +10,9 @@
 (``python -m cloud_tecc.admin`` is the same.)
 
 It writes the party's ``state_dir/enrolment.db`` directly (run it on the
-party's host, as the operator of that trust domain: there is no network admin
-API to attack); the running party picks the change up within half a second
+party's host, as the operator of that trust domain; the only network path to
+it is an action relayed by the output's dashboard with a MAC by one of this
+party's operator keys, see below); the running party picks the change up within half a second
 (:mod:`cloud_tecc.party.registry`). ``approve`` enrols a pending gateway or
 reinstates a suspended one with the PCR values it last quoted (an authorised
 update); ``revoke`` refuses the gateway's batches and notices from then on;

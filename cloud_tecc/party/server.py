@@ -20,6 +20,11 @@ unenrolled or addressed to another cluster, 409 stale or future-dated
 (counted in ``tecc_progress_rejected_total{reason}``). The notices decide
 when an epoch is closed (:class:`~cloud_tecc.party.epochs.ProgressTracker`).
 
+``POST /v1/admin/gateways`` answers the attested output service's sealed
+request for this party's gateway records and applies an approve or revoke
+only with a MAC by one of this party's operator keys
+(:mod:`cloud_tecc.party.admin_api`).
+
 With ``jetstream:`` in the config the process is a shard worker: no
 ``/v1/batches`` or ``/v1/progress`` here (the ingest frontends take them,
 :mod:`cloud_tecc.party.frontend`); its shard's parts and the progress notices
