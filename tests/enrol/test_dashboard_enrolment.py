@@ -172,6 +172,16 @@ def test_dashboard_approves_revokes_and_raises_attestation_incidents(tmp_path: A
             expect(_cell(page, 0).locator(".gstate")).to_have_text("enrolled", timeout=15_000)
             expect(_cell(page, 1).locator(".gstate")).to_have_text("pending")
 
+            for sender in ("mallory", "output"):  # not the output / not sealed by it
+                forged = {"sender": sender, "purpose": ga.LIST, "ct": "AAAA", "sig": "AAAA"}
+                status, body = http_json(
+                    dep.url("party1") + "/v1/admin/gateways", data=json.dumps(forged).encode()
+                )
+                assert status == 403, body
+                assert GATEWAY not in json.dumps(body)
+            unauthenticated = 'tecc_gateway_admin_requests_total{outcome="unauthenticated"}'
+            assert metric(dep, "party1", unauthenticated) == 2
+
             admin = dep.output_token_file.read_text().strip()
             st, viewer = _post(dep, "/api/v1/tokens", {"name": "wall", "role": "viewer"}, admin)
             assert st == 200
