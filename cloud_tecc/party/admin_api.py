@@ -147,7 +147,7 @@ class AdminApi:
                 answer: dict[str, Any] = self._listing()
                 self.requests.labels("listed").inc()
             else:
-                answer = self._act(doc, now)
+                answer = self.act(doc, now)
         except (RefusedError, ValueError, TypeError) as exc:
             reason = exc.reason if isinstance(exc, RefusedError) else "malformed"
             self.requests.labels("refused").inc()
@@ -209,7 +209,8 @@ class AdminApi:
             "gateways": [r.summary() for r in self._gateways.records()],
         }
 
-    def _act(self, doc: dict[str, Any], now_ns: int) -> dict[str, Any]:
+    def act(self, doc: dict[str, Any], now_ns: int) -> dict[str, Any]:
+        """Apply one relayed operator action; its answer, or RefusedError naming the reason."""
         me = self.cfg.service.service_id
         action, gid = str(doc.get("action")), str(doc.get("gateway_id", ""))
         if action not in ga.ACTIONS:
