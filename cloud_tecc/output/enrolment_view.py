@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -38,6 +39,8 @@ from tecc_contract.keys import KemSuite
 
 log = logging.getLogger("cloud_tecc.output.enrolment")
 POLL_S: Final = 2.0
+#: The largest answer read from a party (about 10,000 gateway records).
+MAX_ANSWER: Final = 16 << 20
 #: A gateway configured in a party's ``gateways:`` with no enrolment record there.
 CONFIGURED: Final = "configured"
 _FIELDS: Final = {
@@ -119,7 +122,10 @@ class EnrolmentView:
         """Poll forever; after each round ``on_poll(suspensions)`` (cancel to stop)."""
         while True:
             await asyncio.gather(*(self.poll(i) for i in self._parties))
-            await on_poll(suspensions(self._listings))
+            try:
+                await on_poll(suspensions(self._listings))
+            except sqlite3.Error as exc:  # e.g. the store is busy: the next round retries
+                log.warning("attestation incidents not updated now: %s", exc)
             await asyncio.sleep(self._poll_s)
 
     async def poll(self, party: int) -> None:
@@ -127,12 +133,23 @@ class EnrolmentView:
         now = time.time_ns()
         try:
             status, doc = await self._ask(party, ga.LIST, {"issued_ns": now})
+            if not isinstance(doc, dict):
+                raise PeerError(f"HTTP {status}: the answer is not a JSON object")
             if status != 200 or doc.get("status") != "ok":
                 raise PeerError(str(doc.get("error", f"HTTP {status}")))
         except PeerError as exc:
             if self._status[party].get("error") != str(exc):
                 log.warning("gateway records of party %d: %s", party, exc)
             self._status[party] = {"reachable": False, "error": str(exc), "checked_ns": now}
+            return
+        if not isinstance(doc.get("gateways"), list) or not all(
+            isinstance(r, dict) and isinstance(r.get("gateway_id"), str) for r in doc["gateways"]
+        ):
+            self._status[party] = {
+                "reachable": False,
+                "error": "answer without a list of gateway records",
+                "checked_ns": now,
+            }
             return
         self._listings[party] = doc
         self._status[party] = {"reachable": True, "error": "", "checked_ns": now}
@@ -180,10 +197,16 @@ class EnrolmentView:
                     timeout=aiohttp.ClientTimeout(total=5.0),
                     ssl=False,  # trust comes from the sealed, attested answer, not the cert
                 ) as resp:
-                    status, reply = resp.status, await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    status, raw = resp.status, await resp.content.read(MAX_ANSWER + 1)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 last = exc
                 continue
+            if len(raw) > MAX_ANSWER:
+                raise PeerError(f"answer over {MAX_ANSWER} bytes")
+            try:
+                reply = json.loads(raw)
+            except ValueError as exc:
+                raise PeerError(f"HTTP {status}: the answer is not JSON") from exc
             if not isinstance(reply, dict) or "ct" not in reply:
                 raise PeerError(
                     f"HTTP {status}: {reply.get('error') if isinstance(reply, dict) else reply}"
@@ -195,7 +218,10 @@ class EnrolmentView:
                 suite=KemSuite(keys.suite),
                 private_key=keys.hpke,
             )
-            return status, json.loads(opened)
+            try:
+                return status, json.loads(opened)
+            except ValueError as exc:
+                raise PeerError("the party's sealed answer is not JSON") from exc
         raise PeerError(f"unreachable ({type(last).__name__})")
 
     def attach(self, app: web.Application) -> None:
