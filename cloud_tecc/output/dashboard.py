@@ -7,6 +7,9 @@ clients wait on one :class:`ChangeNotifier` that the collector signals (no
 database poll per client); their number is capped.
 ``/api/v1/gateways`` relays the configured gateways' health documents
 (spool depth and age, rejected readings by reason — metadata only).
+``enrolment.js`` draws the gateway enrolment panel from
+:mod:`cloud_tecc.output.enrolment_view` and MACs an admin's approve or revoke
+with the cluster operator's key in the browser.
 """
 
 from __future__ import annotations
