@@ -115,9 +115,9 @@ def _within_band(item: tuple[Any, ...], epoch: EpochInput, out: EpochOutput) -> 
     names = [s.sensor for s in epoch.streams]
     i = names.index(sensor)
     if det == "fleet":
-        k = int(np.flatnonzero(np.flatnonzero(out.plan.cls >= 0) == i)[0])
+        k = int(np.flatnonzero(np.flatnonzero(out.plan.fleet_class >= 0) == i)[0])
     else:
-        offset = int(out.plan.n[:i].sum())
+        offset = int(out.plan.count[:i].sum())
         k = offset + int(np.searchsorted(epoch.streams[i].timestamps_ns, ts))
     margin = int(out.margins[det].view(np.int64)[k])
     return abs(margin) <= int(out.margins[f"{det}_band"][k])

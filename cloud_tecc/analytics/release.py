@@ -121,28 +121,28 @@ def build_release(
     """
     p = out.plan
     fields = _window_fields(policy)
-    mm_pos = {int(s): i for i, s in enumerate(p.minmax)}
+    mm_pos = {int(s): i for i, s in enumerate(p.minmax_streams)}
     windows, alerts, parts, alert_parts = [], [], [], []
-    starts = np.concatenate([[0], np.cumsum(p.n)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(p.count)[:-1]])
     for i, s in enumerate(epoch.streams):
-        ok = int(p.n[i]) >= policy.min_count
-        row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.n[i])}
+        ok = int(p.count[i]) >= policy.min_count
+        row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.count[i])}
         row["fields"] = fields if ok else []
         if not s.scale.is_identity:  # absent: the identity (as in older layouts)
             row["scale"] = s.scale.to_json()
         windows.append(row)
         if not ok:
             continue
-        values = {"sum": out.s1[i], "sumsq": out.s2[i]}
+        values = {"sum": out.sum[i], "sumsq": out.sum_sq[i]}
         if "min" in fields or "max" in fields:
-            values |= {"min": out.mn[mm_pos[i]], "max": out.mx[mm_pos[i]]}
+            values |= {"min": out.min[mm_pos[i]], "max": out.max[mm_pos[i]]}
         parts.append(np.array([values[f] for f in fields], dtype=np.uint64))
-        sl = slice(int(starts[i]), int(starts[i] + p.n[i]))
+        sl = slice(int(starts[i]), int(starts[i] + p.count[i]))
         masks = {
             "limit": p.limit_mask[sl],
             "rate": p.rate_mask[sl],
-            "zscore": p.zmask[sl],
-            "flatline": p.flat_mask[sl],
+            "zscore": p.zscore_mask[sl],
+            "flatline": p.flatline_mask[sl],
         }
         flags = {
             "limit": out.limit[sl],
@@ -164,7 +164,7 @@ def build_release(
                         "sensor": s.sensor,
                         "detector": name,
                         "first": first,
-                        "n": int(p.n[i]) - first,
+                        "n": int(p.count[i]) - first,
                     }
                 )
                 alert_parts.append(flags[name][first:])
@@ -195,20 +195,24 @@ def _fleet_release(
     if not policy.allows(Release.FLEET):
         return fleet, dev
     for k, name in enumerate(p.classes):
-        n = int(out.fleet_n[k])
+        n = int(out.fleet_count[k])
         ok = n >= policy.min_count
-        scale = epoch.streams[int(p.class_first[k])].scale
+        scale = epoch.streams[int(p.class_first_stream[k])].scale
         row: dict[str, Any] = {"class": name, "count": n, "fields": ["sum", "sumsq"] if ok else []}
         if not scale.is_identity:
             row["scale"] = scale.to_json()
         fleet.append(row)
         if ok:
-            parts.append(np.array([out.fleet_s1[k], out.fleet_s2[k]], dtype=np.uint64))
+            parts.append(np.array([out.fleet_sum[k], out.fleet_sum_sq[k]], dtype=np.uint64))
     for i, s in enumerate(epoch.streams):
-        k = int(p.cls[i])
-        if k >= 0 and int(out.fleet_n[k]) >= policy.min_count and p.n[i] >= policy.min_count:
+        k = int(p.fleet_class[i])
+        if (
+            k >= 0
+            and int(out.fleet_count[k]) >= policy.min_count
+            and p.count[i] >= policy.min_count
+        ):
             dev.append({"gateway": s.gateway, "sensor": s.sensor, "class": p.classes[k]})
-            parts.append(out.fleet_dev[i : i + 1])
+            parts.append(out.fleet_deviates[i : i + 1])
     return fleet, dev
 
 

@@ -113,7 +113,7 @@ async def test_secure_run_handles_epochs_without_released_windows() -> None:
         streams.append(StreamReadings(gw, "t1", ts, 50.0 + rng.normal(0.0, 1.0, ts.size)))
     results = await ReferenceAnalytics(POLICY).run(streams)
     assert [max(w["count"] for w in r.released.windows) for r in results] == [97, 4, 13, 1]
-    assert not results[1].output.plan.minmax.size
+    assert not results[1].output.plan.minmax_streams.size
     await _secure(POLICY, ReferenceAnalytics(POLICY), streams)
 
 
