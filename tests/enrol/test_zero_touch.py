@@ -31,7 +31,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import ROOT, Deployment, http_json
+from demo.devstack.deployment import ROOT, Deployment, http_json
 from gateway.tpm import Tpm
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import TestGateway, metric, segment
