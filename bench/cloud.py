@@ -51,7 +51,7 @@ from bench.cloud_data import (
 from bench.cloud_parties import run_parties
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
-from cloud_tecc.localstack import Deployment
+from demo.devstack.deployment import Deployment
 from tecc_contract.envelope import SensorSegment
 
 

@@ -18,7 +18,7 @@ import aiohttp
 import numpy as np
 
 from cloud_tecc.analytics.reference import StreamReadings
-from cloud_tecc.localstack import LOOPBACK_TLS, Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
 from tecc_contract.attestation import Quote
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column

@@ -1,7 +1,7 @@
 """The cloud benchmark for N = 2, 3, 4 clusters: the same readings through each deployment.
 
 ``python -m bench.cloud --parties 2,3,4 [--quick]``. Per N: N parties, the
-dealer and the output service as processes (:class:`~cloud_tecc.localstack.Deployment`),
+dealer and the output service as processes (:class:`~demo.devstack.deployment.Deployment`),
 every MPC session running before any data arrives. The readings are uploaded
 to every party with the windows still open (no progress notice yet), then
 the CPU time (user + system, ``/proc/<pid>/stat``) of every cloud process is
@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cloud_data import POLICY, SECOND, T0, data, log, metric, upload_streams, wait_epochs
-from cloud_tecc.localstack import Deployment, http_json
+from demo.devstack.deployment import Deployment, http_json
 
 TICK_HZ = os.sysconf("SC_CLK_TCK")
 

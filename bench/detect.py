@@ -54,6 +54,7 @@ import numpy as np
 
 from bench.detect_scenario import ROOT, detectable, line_config
 from bench.detect_score import Found, Truth, score
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.ops import PlainOps
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy, load_policy
@@ -115,9 +116,9 @@ def _within_band(item: tuple[Any, ...], epoch: EpochInput, out: EpochOutput) -> 
     names = [s.sensor for s in epoch.streams]
     i = names.index(sensor)
     if det == "fleet":
-        k = int(np.flatnonzero(np.flatnonzero(out.plan.cls >= 0) == i)[0])
+        k = int(np.flatnonzero(np.flatnonzero(out.plan.fleet_class >= 0) == i)[0])
     else:
-        offset = int(out.plan.n[:i].sum())
+        offset = int(out.plan.count[:i].sum())
         k = offset + int(np.searchsorted(epoch.streams[i].timestamps_ns, ts))
     margin = int(out.margins[det].view(np.int64)[k])
     return abs(margin) <= int(out.margins[f"{det}_band"][k])
@@ -174,11 +175,15 @@ class Pipeline:
                 self.states[i][(s.gateway, s.sensor)] = new
         rels = [build_release(self.policy, inputs[i], outs[i], 16, 2) for i in range(2)]
         done = try_complete(
-            self.policy, 2, {i: (rels[i].layout, to_bytes(rels[i].vector)) for i in range(2)}
+            self.policy,
+            2,
+            {i: (as_layout(rels[i].layout), to_bytes(rels[i].vector)) for i in range(2)},
         )
         if done is None:
             raise RuntimeError("the output could not reconstruct an epoch")
-        ref_done = try_complete(self.policy, 1, {0: (ref_rel.layout, to_bytes(ref_rel.vector))})
+        ref_done = try_complete(
+            self.policy, 1, {0: (as_layout(ref_rel.layout), to_bytes(ref_rel.vector))}
+        )
         assert ref_done is not None
         for item in sorted(_alert_set(done.rows) ^ _alert_set(ref_done.rows)):
             if _within_band(item, ref_in, ref_out):

@@ -65,7 +65,7 @@ import yaml
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
-from cloud_tecc.localstack import auth_headers
+from demo.devstack.deployment import auth_headers
 from demo.layout import sensor_scales
 from demo.pipeline import ROOT, Pipeline
 from firmware_sim.config_yaml import load_config

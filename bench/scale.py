@@ -5,9 +5,9 @@ stderr and, as the last line of stdout, one JSON object. ``--tick-s`` is the
 workers' agreement tick (default 0.05 s as in bench.cloud; the product's
 default is 0.2 s). Per K, a deployment of 2 parties
 × K shard workers, K dealers (one per shard) and the output service, all as
-processes (:class:`~cloud_tecc.localstack.Deployment` with ``shards=K``),
+processes (:class:`~demo.devstack.deployment.Deployment` with ``shards=K``),
 every MPC session running before any data arrives. The bench plays the
-gateways with today's direct ingest (:mod:`cloud_tecc.localshards`): each
+gateways with today's direct ingest (:mod:`demo.devstack.shards`): each
 batch is split by the shard map and each shard's part is sealed and sent to
 that shard's worker of every party, with the windows still open. Then, as in
 :mod:`bench.cloud_parties`, the CPU time of every cloud process is read from
@@ -83,8 +83,8 @@ from bench.cloud_data import (
 from bench.cloud_parties import cpu_all, sessions_running
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings
-from cloud_tecc.localshards import ShardOf, send_sharded, shard_map
-from cloud_tecc.localstack import Deployment, http_json
+from demo.devstack.deployment import Deployment, http_json
+from demo.devstack.shards import ShardOf, send_sharded, shard_map
 from tecc_contract.envelope import Sealer, SensorSegment
 
 KS = (1, 2, 4)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cloud import bench_ingest
 from bench.cloud_data import POLICY, ingest_frames, log, post_all
-from cloud_tecc.localstack import Deployment, http_json
+from demo.devstack.deployment import Deployment, http_json
 
 
 def _stored(dep: Deployment) -> int:

@@ -67,7 +67,7 @@ from bench.e2e import (
     load_ranges,
 )
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.localstack import auth_headers
+from demo.devstack.deployment import auth_headers
 from demo.layout import SimSensor
 from demo.pipeline import Pipeline
 from firmware_sim.line import simulate

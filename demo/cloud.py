@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from cloud_tecc.localstack import Deployment, http_json, register_output_token
+from demo.devstack.deployment import Deployment, http_json, register_output_token
 from demo.layout import load_policy
 from demo.pipeline import DEMO_POLICY
 from demo.services import free_port

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_tecc.jetstream.server import nats_server_binary, prepare_node
-from cloud_tecc.localstack import Deployment, free_port
+from demo.devstack.deployment import Deployment, free_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,8 @@ import aiohttp
 import yaml
 
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.localstack import Deployment, register_output_token, services
 from demo import jetstream_layout
+from demo.devstack.deployment import Deployment, register_output_token, services
 from demo.feed import REPLAY_BACKFILL_IDLE_S, ReplayFeed
 from demo.layout import (
     SimSensor,

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from cloud_tecc.localstack import auth_headers
+from demo.devstack.deployment import auth_headers
 from demo.feed import ReplayFeed
 from demo.layout import PolicyError, load_policy
 from demo.pipeline import ROOT, Pipeline, PipelineError
@@ -115,7 +115,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> Any:
     """One GET of the pipeline's HTTP endpoints (JSON for the output API, text otherwise).
 
     The output API needs the output's token, registered by the pipeline
-    (:func:`cloud_tecc.localstack.register_output_token`).
+    (:func:`demo.devstack.deployment.register_output_token`).
     """
     async with session.get(url, headers=auth_headers(url), ssl=False) as r:  # loopback
         r.raise_for_status()

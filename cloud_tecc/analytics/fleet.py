@@ -44,25 +44,25 @@ MAX_WINDOW = 1 << 24
 class FleetPlan:
     """Public per-class constants of the fleet test (index = class) and its streams."""
 
-    n: IntArray  # N: readings of the class's released windows
-    g: IntArray  # quantisation bits of the class
+    class_count: IntArray  # N: readings of the class's released windows
+    quant_bits: IntArray  # g: quantisation bits of the class
     floor: RingArray  # F = round(N²·σ₀²·2^(2g−16))
-    streams: IntArray  # the streams whose window enters a class (plan.cls >= 0)
-    lengths: IntArray  # their window counts m
-    scale: RingArray  # round(2^24/m) per stream
+    streams: IntArray  # the streams whose window enters a class (plan.fleet_class >= 0)
+    window_count: IntArray  # m: their window counts
+    recip: RingArray  # round(2^24/m) per stream
 
 
 def fleet_plan(policy: AnalyticsPolicy, plan: EpochPlan, frac_bits: int) -> FleetPlan:
     """The public constants of every class of the epoch (identical at every party)."""
     k = len(plan.classes)
-    streams = np.flatnonzero(plan.cls >= 0).astype(np.int64)
-    lengths = plan.n[streams]
+    streams = np.flatnonzero(plan.fleet_class >= 0).astype(np.int64)
+    lengths = plan.count[streams]
     if (lengths > MAX_WINDOW).any():
         raise AnalyticsError(
             f"a fleet class has a window of more than {MAX_WINDOW} readings of one stream; "
             "shorten window_s"
         )
-    n = np.array([int(plan.n[plan.cls == i].sum()) for i in range(k)], dtype=np.int64)
+    n = np.array([int(plan.count[plan.fleet_class == i].sum()) for i in range(k)], dtype=np.int64)
     log_n = np.array([(int(v) - 1).bit_length() for v in n], dtype=np.int64)
     g = np.minimum(frac_bits, 31 - policy.value_bound_bits - log_n)
     if (g < -frac_bits).any():
@@ -71,7 +71,14 @@ def fleet_plan(policy: AnalyticsPolicy, plan: EpochPlan, frac_bits: int) -> Flee
     # min_sigma² in each class's scale (plan.fleet_floor, from the class's first stream)
     floor = np.rint(nf * nf * plan.fleet_floor * np.exp2(2.0 * g - 16)).astype(_U64)
     scale = reciprocal(lengths, RECIP_BITS)
-    return FleetPlan(n=n, g=g, floor=floor, streams=streams, lengths=lengths, scale=scale)
+    return FleetPlan(
+        class_count=n,
+        quant_bits=g,
+        floor=floor,
+        streams=streams,
+        window_count=lengths,
+        recip=scale,
+    )
 
 
 def quantise_factor(fp: FleetPlan, cls_of_reading: IntArray) -> tuple[RingArray, IntArray]:
@@ -80,14 +87,14 @@ def quantise_factor(fp: FleetPlan, cls_of_reading: IntArray) -> tuple[RingArray,
     ``u = ⌊y·2^g / 2^f⌋`` is one truncation of ``y·2^g`` for g ≥ 0 and two of
     ``y·2^(f+g)`` for g < 0 (f = 16).
     """
-    g = fp.g[cls_of_reading]
+    g = fp.quant_bits[cls_of_reading]
     factor = np.where(g >= 0, np.exp2(g), np.exp2(16 + g)).astype(_U64)
     return factor, np.where(g >= 0, 1, 2).astype(np.int64)
 
 
 def class_sums(values: RingArray, fp: FleetPlan, cls_of_stream: IntArray) -> RingArray:
     """Per class the sum of per-stream values (mod 2^64)."""
-    out = np.zeros(len(fp.n), dtype=_U64)
+    out = np.zeros(len(fp.class_count), dtype=_U64)
     np.add.at(out, cls_of_stream, values)
     return out
 
@@ -96,9 +103,9 @@ def scaled_deviation(
     s_stream: RingArray, s_class: RingArray, fp: FleetPlan, cls: IntArray
 ) -> RingArray:
     """``D_s·round(2^24/m)`` per fleet stream (local); two truncations give ⌊E_s/2^8⌋."""
-    n = fp.n[cls].astype(_U64)
-    d = n * s_stream - fp.lengths.astype(_U64) * s_class[cls]
-    out: RingArray = d * fp.scale
+    n = fp.class_count[cls].astype(_U64)
+    d = n * s_stream - fp.window_count.astype(_U64) * s_class[cls]
+    out: RingArray = d * fp.recip
     return out
 
 

@@ -104,52 +104,65 @@ def reciprocal(counts: IntArray, bits: int) -> RingArray:
 class EpochPlan:
     """Public index arrays and constants for one epoch.
 
-    ``zmask``, ``limit_mask`` and ``rate_mask`` mark the readings whose flag is
+    Per stream (index = stream, in ``epoch.streams`` order): ``count`` readings
+    in the epoch's window, ``history_len`` stored readings of its history, and
+    ``series_offset``, where the stream's history-then-epoch series starts in
+    the concatenation of all streams' series. Per reading (processing order):
+    ``stream_of`` its stream, ``position`` its index in its stream's series
+    and ``baseline_len`` the length of its z-score baseline (≤ W previous
+    readings).
+
+    ``zscore_mask``, ``limit_mask`` and ``rate_mask`` mark the readings whose flag is
     computed and released: the rule applies, the policy releases that
     detector and the reading's window has at least ``min_count`` readings.
-    ``zbits`` (g) are the fraction bits of the z-score's quantised readings,
-    ``zfloor`` per reading the public variance floor ``n²·(min_sigma² + step²)``
-    in the units of ``⌊V/2^16⌋`` (V = n·Σu² − (Σu)²). ``flat_mask`` marks the
-    last reading of each window whose flatline flag is computed, ``flat_span``
-    per stream the span (0: none) and ``flat_thr`` its threshold
+    ``limit_low``/``limit_high`` are the limits and ``rate_delta_sq_max`` the
+    square of the largest allowed step per reading.
+    ``zscore_frac_bits`` (g) are the fraction bits of the z-score's quantised readings,
+    ``zscore_floor`` per reading the public variance floor ``n²·(min_sigma² + step²)``
+    in the units of ``⌊V/2^16⌋`` (V = n·Σu² − (Σu)², n = ``baseline_len``).
+    ``flatline_mask`` marks the last reading of each window whose flatline flag
+    is computed, ``flatline_span`` per stream the span (0: none) and
+    ``flatline_threshold`` its threshold
     ``round(span²·min_std²·2^2g)`` in the units of V itself (compared untruncated).
-    ``cls`` is the fleet class index of a stream whose window enters the fleet
+    ``fleet_class`` is the fleet class index of a stream whose window enters the fleet
     statistics (−1: no class, fleet not released, or a withheld window);
-    ``classes`` names every class with a stream in the epoch, released or not.
+    ``classes`` names every class with a stream in the epoch, released or not,
+    and ``class_first_stream`` is each class's first stream.
     A stream whose scale differs from its class's first released stream has
-    ``cls`` −1 too. ``fleet_floor`` per class is ``min_sigma²`` as a variance of
+    ``fleet_class`` −1 too. ``fleet_floor`` per class is ``min_sigma²`` as a variance of
     the class's scaled values (a float; :mod:`~cloud_tecc.analytics.fleet` turns it into
-    its integer floor). Limits, rates and floors are in each stream's
+    its integer floor). ``minmax_streams`` lists the streams whose min and max are
+    computed. Limits, rates and floors are in each stream's
     scaled units (:mod:`cloud_tecc.analytics.units`).
     """
 
-    n: IntArray
-    h: IntArray
+    count: IntArray
+    history_len: IntArray
     stream_of: IntArray
-    pos: IntArray
-    a_off: IntArray
-    base_n: IntArray
-    zmask: BoolArray
-    lo: RingArray
-    hi: RingArray
+    position: IntArray
+    series_offset: IntArray
+    baseline_len: IntArray
+    zscore_mask: BoolArray
+    limit_low: RingArray
+    limit_high: RingArray
     limit_mask: BoolArray
-    dd: RingArray
+    rate_delta_sq_max: RingArray
     rate_mask: BoolArray
-    cls: IntArray
+    fleet_class: IntArray
     classes: tuple[str, ...]
-    class_first: IntArray
-    minmax: IntArray
-    zbits: int
-    zfloor: RingArray
-    flat_mask: BoolArray
-    flat_span: IntArray
-    flat_thr: RingArray
+    class_first_stream: IntArray
+    minmax_streams: IntArray
+    zscore_frac_bits: int
+    zscore_floor: RingArray
+    flatline_mask: BoolArray
+    flatline_span: IntArray
+    flatline_threshold: RingArray
     fleet_floor: FloatArray
 
     @property
     def readings(self) -> int:
         """Readings in the epoch."""
-        return int(self.n.sum())
+        return int(self.count.sum())
 
 
 def _limits(
@@ -255,27 +268,29 @@ def make_plan(policy: AnalyticsPolicy, epoch: EpochInput, codec: FixedPoint) -> 
         dtype=np.float64,
     )
     return EpochPlan(
-        n=n,
-        h=h,
+        count=n,
+        history_len=h,
         stream_of=stream_of,
-        pos=pos,
-        a_off=a_off,
-        base_n=base_n,
-        zmask=(base_n >= policy.zscore.min_baseline) & big & policy.allows(Release.ZSCORE_ALERTS),
-        lo=lo,
-        hi=hi,
+        position=pos,
+        series_offset=a_off,
+        baseline_len=base_n,
+        zscore_mask=(base_n >= policy.zscore.min_baseline)
+        & big
+        & policy.allows(Release.ZSCORE_ALERTS),
+        limit_low=lo,
+        limit_high=hi,
         limit_mask=limit_mask & big & policy.allows(Release.LIMIT_ALERTS),
-        dd=dd,
+        rate_delta_sq_max=dd,
         rate_mask=rate_mask & (pos >= 1) & big & policy.allows(Release.RATE_ALERTS),
-        cls=cls,
+        fleet_class=cls,
         classes=classes,
-        class_first=class_first,
-        minmax=np.flatnonzero((n >= policy.min_count) & want_mm).astype(np.int64),
-        zbits=g,
-        zfloor=_var_units(base_n, floor2[stream_of], g),
-        flat_mask=flat_mask,
-        flat_span=flat_span,
-        flat_thr=flat_thr,
+        class_first_stream=class_first,
+        minmax_streams=np.flatnonzero((n >= policy.min_count) & want_mm).astype(np.int64),
+        zscore_frac_bits=g,
+        zscore_floor=_var_units(base_n, floor2[stream_of], g),
+        flatline_mask=flat_mask,
+        flatline_span=flat_span,
+        flatline_threshold=flat_thr,
         fleet_floor=fleet_floor,
     )
 

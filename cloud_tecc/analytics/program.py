@@ -59,6 +59,14 @@ D_SHIFT = 8
 class EpochOutput:
     """Shares (plaintext in the reference) of everything an epoch computed.
 
+    Per stream: ``sum`` (Σx) and ``sum_sq`` (Σx²) of its window, and
+    ``fleet_deviates`` (its fleet-deviation flag; 0 outside a class); per
+    stream of ``plan.minmax_streams``: ``min`` and ``max``. Per reading: the
+    ``limit``, ``rate``, ``zscore`` and ``flatline`` flags (0 where the plan
+    computes none). Per fleet class: ``fleet_sum``, ``fleet_sum_sq`` and
+    ``fleet_count`` (readings) over its released windows. ``states`` are the
+    streams' new detector states.
+
     ``margins`` are the inputs to the comparisons (positive means "no flag");
     they exist for the plaintext reference's error analysis and are never
     released or stored. ``margins["zscore_band"]`` bounds, per reading, how far
@@ -67,18 +75,18 @@ class EpochOutput:
     """
 
     plan: EpochPlan
-    s1: RingArray
-    s2: RingArray
-    mn: RingArray
-    mx: RingArray
+    sum: RingArray
+    sum_sq: RingArray
+    min: RingArray
+    max: RingArray
     limit: RingArray
     rate: RingArray
     zscore: RingArray
     flatline: RingArray
-    fleet_s1: RingArray
-    fleet_s2: RingArray
-    fleet_n: IntArray
-    fleet_dev: RingArray
+    fleet_sum: RingArray
+    fleet_sum_sq: RingArray
+    fleet_count: IntArray
+    fleet_deviates: RingArray
     states: tuple[StreamState, ...]
     margins: dict[str, RingArray]
 
@@ -132,19 +140,19 @@ class _Run:
         self.y = self.x - self.c[p.stream_of]
         hist_x = [s.state.hist_x if s.state else np.zeros(0, _U64) for s in epoch.streams]
         self.a_x = _interleave(hist_x, [s.x for s in epoch.streams])
-        self.g = p.a_off[p.stream_of] + p.pos
-        fleet_read = p.cls[p.stream_of] >= 0
+        self.g = p.series_offset[p.stream_of] + p.position
+        fleet_read = p.fleet_class[p.stream_of] >= 0
         self.fleet_idx = np.flatnonzero(fleet_read)
-        class_first_x = self.x[np.concatenate([[0], np.cumsum(p.n)[:-1]])[p.class_first]]
+        class_first_x = self.x[np.concatenate([[0], np.cumsum(p.count)[:-1]])[p.class_first_stream]]
         self.cc = class_first_x if len(p.classes) else np.zeros(0, _U64)
-        self.fcls_read = p.cls[p.stream_of][self.fleet_idx]
+        self.fcls_read = p.fleet_class[p.stream_of][self.fleet_idx]
         self.yf = self.x[self.fleet_idx] - self.cc[self.fcls_read]
         self.fp = fleet.fleet_plan(policy, p, ops.frac_bits)
-        self.fcls = p.cls[self.fp.streams]
+        self.fcls = p.fleet_class[self.fp.streams]
         self.uf = np.zeros(0, _U64)
-        self.z_idx = np.flatnonzero(p.zmask)
-        self.fl = np.flatnonzero(p.flat_span > 0)
-        self.fl_end = p.a_off[self.fl] + p.h[self.fl] + p.n[self.fl]
+        self.z_idx = np.flatnonzero(p.zscore_mask)
+        self.fl = np.flatnonzero(p.flatline_span > 0)
+        self.fl_end = p.series_offset[self.fl] + p.history_len[self.fl] + p.count[self.fl]
         need_q = [i for i, s in enumerate(epoch.streams) if s.q is None]
         self.q_idx = np.flatnonzero(np.isin(p.stream_of, need_q))
 
@@ -156,19 +164,19 @@ class _Run:
         """
         p, ops = self.plan, self.ops
         factor, steps = fleet.quantise_factor(self.fp, self.fcls_read)
-        zq = self.y * _U64(1 << p.zbits)
+        zq = self.y * _U64(1 << p.zscore_frac_bits)
         u, uf = _split(await ops.trunc(_cat([zq, self.yf * factor])), [len(zq), len(self.yf)])
         two = np.flatnonzero(steps == 2)
         if len(two):
             uf[two] = await ops.trunc(uf[two])
         self.uf = uf
         hist_u = [s.state.hist_u if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
-        return _interleave(hist_u, _split(u, list(p.n)))
+        return _interleave(hist_u, _split(u, list(p.count)))
 
     def with_history_squares(self, uu: RingArray) -> RingArray:
         """The epoch's u² interleaved with the stored squares of the history."""
         hist = [s.state.hist_uu if s.state else np.zeros(0, _U64) for s in self.epoch.streams]
-        return _interleave(hist, _split(uu, list(self.plan.n)))
+        return _interleave(hist, _split(uu, list(self.plan.count)))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -184,12 +192,12 @@ def _window_sums(run: _Run, a_u: RingArray) -> _Sums:
     """Σu over each z-score baseline and flatline span, and D = n·u_t − Σu (local)."""
     p = run.plan
     cu = _prefix(a_u)
-    gz, nz = run.g[run.z_idx], p.base_n[run.z_idx]
+    gz, nz = run.g[run.z_idx], p.baseline_len[run.z_idx]
     s1z = cu[gz] - cu[gz - nz]
     dz = nz.astype(_U64) * a_u[gz] - s1z
-    span = p.flat_span[run.fl]
+    span = p.flatline_span[run.fl]
     s1f = cu[run.fl_end] - cu[run.fl_end - span]
-    fs = _segment_sum(run.uf, p.n[run.fp.streams])
+    fs = _segment_sum(run.uf, p.count[run.fp.streams])
     return _Sums(s1z, dz, s1f, fs, fleet.class_sums(fs, run.fp, run.fcls))
 
 
@@ -199,8 +207,8 @@ async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArr
     q_idx = run.q_idx
     lim_idx, rate_idx = np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
     diff = run.x[rate_idx] - run.a_x[run.g[rate_idx] - 1]
-    lo = run.x[lim_idx] - ops.public(p.lo[lim_idx])
-    hi = run.x[lim_idx] - ops.public(p.hi[lim_idx])
+    lo = run.x[lim_idx] - ops.public(p.limit_low[lim_idx])
+    hi = run.x[lim_idx] - ops.public(p.limit_high[lim_idx])
     xq = run.x[q_idx]
     u = a_u[run.g]  # this epoch's readings (the history's squares are stored)
     names = ["uu", "s1z2", "s1f2", "ufuf", "fc2", "qq", "lim", "diff2"]
@@ -218,12 +226,12 @@ async def _fleet_and_variance(
     """Rounds 3–4: exact variances V, ⌊D/2^8⌋, ⌊V/2^16⌋; the fleet's ⌊E_s/2^8⌋ and ⌊V/2^16⌋."""
     p, ops, f, fp = run.plan, run.ops, run.ops.frac_bits, run.fp
     cuu = _prefix(pr["a_uu"])
-    gz, nz = run.g[run.z_idx], p.base_n[run.z_idx].astype(_U64)
-    vz = nz * (cuu[gz] - cuu[gz - p.base_n[run.z_idx]]) - pr["s1z2"]
-    span = p.flat_span[run.fl]
+    gz, nz = run.g[run.z_idx], p.baseline_len[run.z_idx].astype(_U64)
+    vz = nz * (cuu[gz] - cuu[gz - p.baseline_len[run.z_idx]]) - pr["s1z2"]
+    span = p.flatline_span[run.fl]
     vf = span.astype(_U64) * (cuu[run.fl_end] - cuu[run.fl_end - span]) - pr["s1f2"]
-    q_c = fleet.class_sums(_segment_sum(pr["ufuf"], fp.lengths), fp, run.fcls)
-    v_c = fp.n.astype(_U64) * q_c - pr["fc2"]
+    q_c = fleet.class_sums(_segment_sum(pr["ufuf"], fp.window_count), fp, run.fcls)
+    v_c = fp.class_count.astype(_U64) * q_c - pr["fc2"]
     e_s = fleet.scaled_deviation(sums.fs, sums.fc, fp, run.fcls)
     v_scale, d_scale = _U64(1 << (f - 2 * D_SHIFT)), _U64(1 << (f - D_SHIFT))
     first = [pr["qq"], sums.dz * d_scale, vz * v_scale, e_s, v_c * v_scale]
@@ -266,50 +274,61 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     t_sq, dt2 = _split(await ops.mul(_cat(sq_in), _cat(sq_in)), [len(a) for a in sq_in])
     k2, _ = k2_constants(policy.zscore.k, 0.0, run.codec)
     k2f, _ = k2_constants(policy.fleet.k, 0.0, run.codec)
-    z_margin = (m["vt"] + ops.public(p.zfloor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
-    flat_margin = m["vft"] - ops.public(p.flat_thr[run.fl])
-    flat_band = _flatline_band(m["vft"], p.flat_span[run.fl])
+    z_margin = (m["vt"] + ops.public(p.zscore_floor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
+    flat_margin = m["vft"] - ops.public(p.flatline_threshold[run.fl])
+    flat_band = _flatline_band(m["vft"], p.flatline_span[run.fl])
     fp_pub = replace(run.fp, floor=ops.public(run.fp.floor))
     f_margin, f_band = fleet.margin(m["ft"], t_sq, m["fv"], fp_pub, cls=run.fcls, k2=k2f)
     lim_margin = _U64(0) - pr["lim"]
-    rate_margin = ops.public(p.dd[rate_idx]) - pr["diff2"]
-    xm = _cat([epoch.streams[i].x for i in p.minmax])
-    left, right, dest, c_src, c_dst = segment_pairs(p.n[p.minmax])
+    rate_margin = ops.public(p.rate_delta_sq_max[rate_idx]) - pr["diff2"]
+    xm = _cat([epoch.streams[i].x for i in p.minmax_streams])
+    left, right, dest, c_src, c_dst = segment_pairs(p.count[p.minmax_streams])
     mm_diff = xm[left] - xm[right]
     margins = [z_margin, flat_margin, f_margin, lim_margin, rate_margin, mm_diff]
     bits = await ops.ltz(_cat(margins))
     z_flag, flat_flag, f_flag, lim_flag, rate_flag, c = _split(bits, [len(a) for a in margins])
-    mn, mx = await segment_minmax(ops, xm, p.n[p.minmax], c, (left, right, dest, c_src, c_dst))
-    fleet_dev = np.zeros(len(p.n), dtype=_U64)
+    mn, mx = await segment_minmax(
+        ops, xm, p.count[p.minmax_streams], c, (left, right, dest, c_src, c_dst)
+    )
+    fleet_dev = np.zeros(len(p.count), dtype=_U64)
     fleet_dev[fleet_streams] = f_flag
-    s1 = _segment_sum(run.x, p.n)
-    s2 = _segment_sum(q, p.n)
-    fleet_s1 = np.array([s1[p.cls == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64)
-    fleet_s2 = np.array([s2[p.cls == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64)
+    s1 = _segment_sum(run.x, p.count)
+    s2 = _segment_sum(q, p.count)
+    fleet_s1 = np.array(
+        [s1[p.fleet_class == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64
+    )
+    fleet_s2 = np.array(
+        [s2[p.fleet_class == i].sum(dtype=_U64) for i in range(len(p.classes))], _U64
+    )
     n_all = p.readings
     band = zscore_band_margin(
-        policy, p.zbits, n=p.base_n[z_idx], dt=m["dt"], vt=m["vt"], floor=p.zfloor[z_idx]
+        policy,
+        p.zscore_frac_bits,
+        n=p.baseline_len[z_idx],
+        dt=m["dt"],
+        vt=m["vt"],
+        floor=p.zscore_floor[z_idx],
     )
     return EpochOutput(
         plan=p,
-        s1=s1,
-        s2=s2,
-        mn=mn,
-        mx=mx,
+        sum=s1,
+        sum_sq=s2,
+        min=mn,
+        max=mx,
         limit=_scatter(n_all, lim_idx, lim_flag),
         rate=_scatter(n_all, rate_idx, rate_flag),
         zscore=_scatter(n_all, z_idx, z_flag),
-        flatline=_scatter(n_all, np.flatnonzero(p.flat_mask), flat_flag),
-        fleet_s1=fleet_s1,
-        fleet_s2=fleet_s2,
-        fleet_n=run.fp.n,
-        fleet_dev=fleet_dev,
+        flatline=_scatter(n_all, np.flatnonzero(p.flatline_mask), flat_flag),
+        fleet_sum=fleet_s1,
+        fleet_sum_sq=fleet_s2,
+        fleet_count=run.fp.class_count,
+        fleet_deviates=fleet_dev,
         states=_new_states(run, a_u, pr["a_uu"], policy.zscore.window),
         margins={
             "zscore": _scatter(n_all, z_idx, z_margin),
             "zscore_band": _scatter(n_all, z_idx, band),
-            "flatline": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_margin),
-            "flatline_band": _scatter(n_all, np.flatnonzero(p.flat_mask), flat_band),
+            "flatline": _scatter(n_all, np.flatnonzero(p.flatline_mask), flat_margin),
+            "flatline_band": _scatter(n_all, np.flatnonzero(p.flatline_mask), flat_band),
             "fleet": f_margin,
             "fleet_band": f_band,
             "limit": _scatter(n_all, lim_idx, lim_margin),
@@ -332,8 +351,8 @@ def _flatline_band(v: RingArray, span: IntArray) -> RingArray:
 def _new_states(run: _Run, a_u: RingArray, a_uu: RingArray, window: int) -> tuple[StreamState, ...]:
     p = run.plan
     out = []
-    for i in range(len(p.n)):
-        lo, hi = int(p.a_off[i]), int(p.a_off[i] + p.h[i] + p.n[i])
+    for i in range(len(p.count)):
+        lo, hi = int(p.series_offset[i]), int(p.series_offset[i] + p.history_len[i] + p.count[i])
         start = max(lo, hi - window)
         out.append(
             StreamState(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.ops import PlainOps
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy
@@ -106,7 +107,7 @@ class ReferenceAnalytics:
             for sin, st in zip(epoch.streams, out.states, strict=True):
                 self.states[(sin.gateway, sin.sensor)] = st
             rel = build_release(self.policy, epoch, out, self.codec.frac_bits)
-            results.append(EpochResult(epoch, out, decode(rel.layout, rel.vector)))
+            results.append(EpochResult(epoch, out, decode(as_layout(rel.layout), rel.vector)))
         return results
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud_tecc.analytics.layout import ReleaseLayout
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, Release
 from cloud_tecc.analytics.program import EpochOutput
@@ -51,7 +52,11 @@ _DETECTORS = (
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ReleaseShares:
-    """One party's released shares of one epoch: public layout plus share vector."""
+    """One party's released shares of one epoch: public layout plus share vector.
+
+    ``layout`` is the JSON object the party sends (the output decodes it into
+    a :class:`~cloud_tecc.analytics.layout.ReleaseLayout`).
+    """
 
     layout: dict[str, Any]
     vector: RingArray
@@ -121,28 +126,28 @@ def build_release(
     """
     p = out.plan
     fields = _window_fields(policy)
-    mm_pos = {int(s): i for i, s in enumerate(p.minmax)}
+    mm_pos = {int(s): i for i, s in enumerate(p.minmax_streams)}
     windows, alerts, parts, alert_parts = [], [], [], []
-    starts = np.concatenate([[0], np.cumsum(p.n)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(p.count)[:-1]])
     for i, s in enumerate(epoch.streams):
-        ok = int(p.n[i]) >= policy.min_count
-        row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.n[i])}
+        ok = int(p.count[i]) >= policy.min_count
+        row: dict[str, Any] = {"gateway": s.gateway, "sensor": s.sensor, "count": int(p.count[i])}
         row["fields"] = fields if ok else []
         if not s.scale.is_identity:  # absent: the identity (as in older layouts)
             row["scale"] = s.scale.to_json()
         windows.append(row)
         if not ok:
             continue
-        values = {"sum": out.s1[i], "sumsq": out.s2[i]}
+        values = {"sum": out.sum[i], "sumsq": out.sum_sq[i]}
         if "min" in fields or "max" in fields:
-            values |= {"min": out.mn[mm_pos[i]], "max": out.mx[mm_pos[i]]}
+            values |= {"min": out.min[mm_pos[i]], "max": out.max[mm_pos[i]]}
         parts.append(np.array([values[f] for f in fields], dtype=np.uint64))
-        sl = slice(int(starts[i]), int(starts[i] + p.n[i]))
+        sl = slice(int(starts[i]), int(starts[i] + p.count[i]))
         masks = {
             "limit": p.limit_mask[sl],
             "rate": p.rate_mask[sl],
-            "zscore": p.zmask[sl],
-            "flatline": p.flat_mask[sl],
+            "zscore": p.zscore_mask[sl],
+            "flatline": p.flatline_mask[sl],
         }
         flags = {
             "limit": out.limit[sl],
@@ -164,7 +169,7 @@ def build_release(
                         "sensor": s.sensor,
                         "detector": name,
                         "first": first,
-                        "n": int(p.n[i]) - first,
+                        "n": int(p.count[i]) - first,
                     }
                 )
                 alert_parts.append(flags[name][first:])
@@ -195,20 +200,24 @@ def _fleet_release(
     if not policy.allows(Release.FLEET):
         return fleet, dev
     for k, name in enumerate(p.classes):
-        n = int(out.fleet_n[k])
+        n = int(out.fleet_count[k])
         ok = n >= policy.min_count
-        scale = epoch.streams[int(p.class_first[k])].scale
+        scale = epoch.streams[int(p.class_first_stream[k])].scale
         row: dict[str, Any] = {"class": name, "count": n, "fields": ["sum", "sumsq"] if ok else []}
         if not scale.is_identity:
             row["scale"] = scale.to_json()
         fleet.append(row)
         if ok:
-            parts.append(np.array([out.fleet_s1[k], out.fleet_s2[k]], dtype=np.uint64))
+            parts.append(np.array([out.fleet_sum[k], out.fleet_sum_sq[k]], dtype=np.uint64))
     for i, s in enumerate(epoch.streams):
-        k = int(p.cls[i])
-        if k >= 0 and int(out.fleet_n[k]) >= policy.min_count and p.n[i] >= policy.min_count:
+        k = int(p.fleet_class[i])
+        if (
+            k >= 0
+            and int(out.fleet_count[k]) >= policy.min_count
+            and p.count[i] >= policy.min_count
+        ):
             dev.append({"gateway": s.gateway, "sensor": s.sensor, "class": p.classes[k]})
-            parts.append(out.fleet_dev[i : i + 1])
+            parts.append(out.fleet_deviates[i : i + 1])
     return fleet, dev
 
 
@@ -230,42 +239,42 @@ def _flag(v: int) -> bool:
     return v == 1
 
 
-def _alert_words(layout: dict[str, Any]) -> int:
-    flags = sum(int(a["n"]) for a in layout["alerts"])
+def _alert_words(layout: ReleaseLayout) -> int:
+    flags = sum(a.count for a in layout.alerts)
     return -(-flags // _PER_WORD)
 
 
-def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[dict[str, Any]]:
-    if int(layout.get("flag_lane_bits", 0)) != FLAG_LANE_BITS:
+def _decode_alerts(layout: ReleaseLayout, values: RingArray, pos: int) -> list[dict[str, Any]]:
+    if layout.flag_lane_bits != FLAG_LANE_BITS:
         raise AnalyticsError(f"release flags must use {FLAG_LANE_BITS}-bit lanes")
-    total = sum(int(a["n"]) for a in layout["alerts"])
-    parties = int(layout["parties"])
+    total = sum(a.count for a in layout.alerts)
+    parties = layout.parties
     if not 1 <= parties < 1 << FLAG_LANE_BITS:
         raise AnalyticsError(f"flag lanes carry at most {(1 << FLAG_LANE_BITS) - 1} parties")
     bits = unpack_flags(values[pos : pos + _alert_words(layout)], total, parties)
-    stamps = {(w["gateway"], w["sensor"]): w["ts"] for w in layout["windows"] if "ts" in w}
-    counts = {(w["gateway"], w["sensor"]): int(w["count"]) for w in layout["windows"]}
+    windows = {(w.gateway, w.sensor): w for w in layout.windows}
     flagged: list[dict[str, Any]] = []
     off = 0
     decoded: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
-    for a in layout["alerts"]:
-        key = (a["gateway"], a["sensor"])
-        first, n = int(a["first"]), int(a["n"])
+    for a in layout.alerts:
+        key = (a.gateway, a.sensor)
+        first, n = a.first, a.count
         mine = bits[off : off + n]
         off += n
         if key not in decoded:
-            if key not in stamps:
+            w = windows.get(key)
+            if w is None or w.timestamps is None:
                 raise AnalyticsError("an alert's window carries no timestamps")
-            decoded[key] = _unpack_ts(stamps[key])
+            decoded[key] = _unpack_ts(w.timestamps)
         ts = decoded[key]
-        if ts.size != counts[key] or first < 0 or first + n != ts.size:
+        if ts.size != windows[key].count or first + n != ts.size:
             raise AnalyticsError("alert positions do not match their window")
         flagged.extend(
             {
-                "gateway": a["gateway"],
-                "sensor": a["sensor"],
+                "gateway": a.gateway,
+                "sensor": a.sensor,
                 "ts_ns": int(ts[first + i]),
-                "detector": a["detector"],
+                "detector": a.detector,
                 "index": int(i),
             }
             for i in np.flatnonzero(mine == 1)
@@ -273,35 +282,38 @@ def _decode_alerts(layout: dict[str, Any], values: RingArray, pos: int) -> list[
     return flagged
 
 
-def expected_length(layout: dict[str, Any]) -> int:
+def expected_length(layout: ReleaseLayout) -> int:
     """Length of the share vector a layout describes."""
-    n = sum(len(w["fields"]) for w in layout["windows"])
+    n = sum(len(w.fields) for w in layout.windows)
     n += _alert_words(layout)
-    n += sum(len(f["fields"]) for f in layout["fleet"])
-    return n + len(layout["fleet_dev"])
+    n += sum(len(f.fields) for f in layout.fleet)
+    return n + len(layout.fleet_deviates)
 
 
-def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
-    """Turn a reconstructed vector into window, alert and fleet rows."""
-    if len(values) != expected_length(layout):
+def decode(layout: ReleaseLayout, values: RingArray, *, length: int | None = None) -> Decoded:
+    """Turn a reconstructed vector into window, alert and fleet rows.
+
+    ``length`` is :func:`expected_length` of ``layout`` if the caller has it.
+    """
+    if len(values) != (expected_length(layout) if length is None else length):
         raise AnalyticsError("release vector length does not match its layout")
-    codec = FixedPoint(int(layout["frac_bits"]))
-    start = int(layout["epoch_ns"])
-    n_win = sum(len(w["fields"]) for w in layout["windows"])
+    codec = FixedPoint(layout.frac_bits)
+    start = layout.epoch_ns
+    n_win = sum(len(w.fields) for w in layout.windows)
     n_alert = _alert_words(layout)
     it = iter(int(v) for v in values[:n_win])
     windows = []
-    for w in layout["windows"]:
+    for w in layout.windows:
         row: dict[str, Any] = {
-            "gateway": w["gateway"],
-            "sensor": w["sensor"],
+            "gateway": w.gateway,
+            "sensor": w.sensor,
             "start_ns": start,
-            "count": w["count"],
+            "count": w.count,
         }
-        got = {f: next(it) for f in w["fields"]}
+        got = {f: next(it) for f in w.fields}
         scale = window_scale(w)
         if "sum" in got:
-            mean, std = moments(got["sum"], got.get("sumsq"), w["count"], codec, scale)
+            mean, std = moments(got["sum"], got.get("sumsq"), w.count, codec, scale)
             row["mean"] = mean
             if "sumsq" in got:
                 row["std"] = std
@@ -311,48 +323,48 @@ def decode(layout: dict[str, Any], values: RingArray) -> Decoded:
         windows.append(row)
     alerts = _decode_alerts(layout, values, n_win)
     evaluated: dict[tuple[str, str, str], int] = {}
-    for a in layout["alerts"]:
-        k3 = (str(a["gateway"]), str(a["sensor"]), str(a["detector"]))
-        evaluated[k3] = evaluated.get(k3, 0) + int(a["n"])
+    for a in layout.alerts:
+        k3 = (a.gateway, a.sensor, a.detector)
+        evaluated[k3] = evaluated.get(k3, 0) + a.count
     it = iter(int(v) for v in values[n_win + n_alert :])
     fleet = []
-    for fl in layout["fleet"]:
-        frow: dict[str, Any] = {"class": fl["class"], "start_ns": start, "count": fl["count"]}
-        if fl["fields"]:
+    for fl in layout.fleet:
+        frow: dict[str, Any] = {"class": fl.fleet_class, "start_ns": start, "count": fl.count}
+        if fl.fields:
             frow["mean"], frow["std"] = moments(
-                next(it), next(it), fl["count"], codec, window_scale(fl)
+                next(it), next(it), fl.count, codec, window_scale(fl)
             )
         fleet.append(frow)
     by_key = {(w["gateway"], w["sensor"]): w for w in windows}
-    for d in layout["fleet_dev"]:
-        by_key[(d["gateway"], d["sensor"])]["deviates_from_fleet"] = _flag(next(it))
+    for d in layout.fleet_deviates:
+        by_key[(d.gateway, d.sensor)]["deviates_from_fleet"] = _flag(next(it))
     return Decoded(windows, alerts, fleet, evaluated)
 
 
-def check_layout(policy: AnalyticsPolicy, layout: dict[str, Any]) -> None:
+def check_layout(policy: AnalyticsPolicy, layout: ReleaseLayout) -> None:
     """Refuse a layout that releases more than ``policy`` allows (defence in depth)."""
     try:
         allowed = set(_window_fields(policy))
-        for w in layout["windows"]:
-            if w["fields"] and (w["count"] < policy.min_count or not set(w["fields"]) <= allowed):
-                raise AnalyticsError(f"window {w['sensor']!r} releases beyond the policy")
+        for w in layout.windows:
+            if w.fields and (w.count < policy.min_count or not set(w.fields) <= allowed):
+                raise AnalyticsError(f"window {w.sensor!r} releases beyond the policy")
         names = {name for name, item in _DETECTORS if policy.allows(item)}
-        for a in layout["alerts"]:
-            if a["detector"] not in names:
-                raise AnalyticsError(f"detector {a['detector']!r} is not released by the policy")
-        if (layout["fleet"] or layout["fleet_dev"]) and not policy.allows(Release.FLEET):
+        for a in layout.alerts:
+            if a.detector not in names:
+                raise AnalyticsError(f"detector {a.detector!r} is not released by the policy")
+        if (layout.fleet or layout.fleet_deviates) and not policy.allows(Release.FLEET):
             raise AnalyticsError("fleet statistics are not released by the policy")
-        counts = {(w["gateway"], w["sensor"]): int(w["count"]) for w in layout["windows"]}
-        for a in layout["alerts"]:
-            if counts[(a["gateway"], a["sensor"])] < policy.min_count:
-                raise AnalyticsError(f"alerts of window {a['sensor']!r} below min_count")
+        counts = {(w.gateway, w.sensor): w.count for w in layout.windows}
+        for a in layout.alerts:
+            if counts[(a.gateway, a.sensor)] < policy.min_count:
+                raise AnalyticsError(f"alerts of window {a.sensor!r} below min_count")
         _check_fleet(policy, layout, counts)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AnalyticsError(f"malformed release layout: {exc}") from exc
+    except KeyError as exc:
+        raise AnalyticsError(f"malformed release layout: no window {exc}") from exc
 
 
 def _check_fleet(
-    policy: AnalyticsPolicy, layout: dict[str, Any], counts: dict[tuple[str, str], int]
+    policy: AnalyticsPolicy, layout: ReleaseLayout, counts: dict[tuple[str, str], int]
 ) -> None:
     """Fleet entries cover exactly the released windows of their class (docs/THREAT_MODEL.md).
 
@@ -362,30 +374,30 @@ def _check_fleet(
     entry must equal the sum of the counts of the class's windows that reach
     ``min_count`` — counts are public, so this is checked here, in the clear.
     """
-    in_class = class_members(policy, layout["windows"])
+    in_class = class_members(policy, layout.windows)
     released: dict[str, int] = {}
-    for w in layout["windows"]:
-        if (w["gateway"], w["sensor"]) in in_class:
-            name = str(policy.fleet_class(w["sensor"]))
-            released[name] = released.get(name, 0) + int(w["count"])
+    for w in layout.windows:
+        if (w.gateway, w.sensor) in in_class:
+            name = str(policy.fleet_class(w.sensor))
+            released[name] = released.get(name, 0) + w.count
     seen: set[str] = set()
-    for f in layout["fleet"]:
-        name, n = str(f["class"]), int(f["count"])
+    for f in layout.fleet:
+        name, n = f.fleet_class, f.count
         if name in seen:
             raise AnalyticsError(f"fleet class {name!r} appears twice in one release")
         seen.add(name)
-        if f["fields"] and n < policy.min_count:
+        if f.fields and n < policy.min_count:
             raise AnalyticsError(f"fleet class {name!r} has too few readings")
         if n != released.get(name, 0):
             raise AnalyticsError(
                 f"fleet class {name!r} counts {n} readings but its released windows hold "
                 f"{released.get(name, 0)}: a fleet aggregate may cover released windows only"
             )
-    for d in layout["fleet_dev"]:
-        key = (d["gateway"], d["sensor"])
+    for d in layout.fleet_deviates:
+        key = (d.gateway, d.sensor)
         if (
             counts[key] < policy.min_count
-            or policy.fleet_class(d["sensor"]) != d["class"]
+            or policy.fleet_class(d.sensor) != d.fleet_class
             or key not in in_class
         ):
-            raise AnalyticsError(f"fleet deviation of window {d['sensor']!r} beyond the policy")
+            raise AnalyticsError(f"fleet deviation of window {d.sensor!r} beyond the policy")

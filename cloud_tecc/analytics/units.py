@@ -31,16 +31,17 @@ in the sensor's unit (the variance exactly in integers), and
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
+from cloud_tecc.analytics.layout import FleetEntry, WindowEntry
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.errors import AnalyticsError
 from tecc_contract.errors import ParameterError
 from tecc_contract.fixedpoint import FixedPoint
-from tecc_contract.scale import Scale
+from tecc_contract.scale import IDENTITY, Scale
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -98,15 +99,15 @@ def moments(
     return mean, scale.spread(math.sqrt(var))
 
 
-def window_scale(obj: dict[str, Any]) -> Scale:
+def window_scale(entry: WindowEntry | FleetEntry) -> Scale:
     """The scale a release-layout entry names (``"scale": [e, offset]``; absent: identity)."""
     try:
-        return Scale.from_json(obj.get("scale"))
+        return IDENTITY if entry.scale is None else Scale(*entry.scale)
     except ParameterError as exc:
         raise AnalyticsError(f"malformed scale in release layout: {exc}") from exc
 
 
-def class_members(policy: AnalyticsPolicy, windows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+def class_members(policy: AnalyticsPolicy, windows: Iterable[WindowEntry]) -> set[tuple[str, str]]:
     """The (gateway, sensor) windows that enter their fleet class's sums.
 
     A released window (≥ ``min_count``) of a class, in the scale of the
@@ -116,9 +117,9 @@ def class_members(policy: AnalyticsPolicy, windows: list[dict[str, Any]]) -> set
     scales: dict[str, Scale] = {}
     out: set[tuple[str, str]] = set()
     for w in windows:
-        name = policy.fleet_class(w["sensor"])
-        if name is None or int(w["count"]) < policy.min_count:
+        name = policy.fleet_class(w.sensor)
+        if name is None or w.count < policy.min_count:
             continue
         if scales.setdefault(name, window_scale(w)) == window_scale(w):
-            out.add((w["gateway"], w["sensor"]))
+            out.add((w.gateway, w.sensor))
     return out

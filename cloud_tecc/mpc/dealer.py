@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from cloud_tecc.mpc.bits import bitrev64
 from cloud_tecc.mpc.correlations import (
-    CMP_LEVELS,
     AnyArray,
     Bundle,
     Kind,
@@ -35,6 +35,7 @@ from cloud_tecc.mpc.correlations import (
     combined_fields,
 )
 from cloud_tecc.mpc.errors import MpcParameterError
+from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
 from tecc_contract import prg
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
@@ -43,42 +44,60 @@ Fields = dict[str, AnyArray]
 _MASK63 = np.uint64((1 << 63) - 1)
 
 
-def _arith_corr(value: AnyArray, oth: Fields, name: str) -> AnyArray:
-    return np.subtract(value, oth[name], dtype=np.uint64)
+def _arith_corr(value: AnyArray, others: AnyArray) -> AnyArray:
+    """Party 0's share of ``value`` given the other parties' sum ``others``."""
+    return np.subtract(value, others, dtype=np.uint64)
 
 
-def _bool_corr(value: AnyArray, oth: Fields, name: str) -> AnyArray:
-    return np.bitwise_xor(value, oth[name], out=value)
+def _bool_corr(value: AnyArray, others: AnyArray) -> AnyArray:
+    """Party 0's XOR share of ``value`` given the other parties' XOR ``others``."""
+    return np.bitwise_xor(value, others, out=value)
+
+
+# Each derivation reads ``tot`` (the random fields, reconstructed) and ``oth``
+# (the derived fields, summed over parties 1..N−1) through the typed record of
+# its kind (:mod:`cloud_tecc.mpc.tuples`) and returns party 0's corrections.
 
 
 def _triple(tot: Fields, oth: Fields, _f: int) -> Fields:
-    return {"c": _arith_corr(tot["a"] * tot["b"], oth, "c")}
+    t = Triples.from_fields(tot | oth)
+    return replace(t, c=_arith_corr(t.a * t.b, t.c)).derived()
 
 
 def _trunc(tot: Fields, oth: Fields, frac_bits: int) -> Fields:
-    r = tot["r"]
-    msb = r >> np.uint64(63)
-    rt = (r & _MASK63) >> np.uint64(frac_bits)
-    return {"r_msb": _arith_corr(msb, oth, "r_msb"), "r_t": _arith_corr(rt, oth, "r_t")}
+    t = TruncPairs.from_fields(tot | oth)
+    msb = t.r >> np.uint64(63)
+    low = (t.r & _MASK63) >> np.uint64(frac_bits)
+    return replace(
+        t,
+        r_msb=_arith_corr(msb, t.r_msb),
+        r_low_shifted=_arith_corr(low, t.r_low_shifted),
+    ).derived()
 
 
 def _dabit(tot: Fields, oth: Fields, _f: int) -> Fields:
-    return {"b_arith": _arith_corr(tot["b_bool"].astype(np.uint64), oth, "b_arith")}
+    t = DaBits.from_fields(tot | oth)
+    return replace(t, bit_arith=_arith_corr(t.bit_xor.astype(np.uint64), t.bit_arith)).derived()
 
 
 def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
-    out: Fields = {}
-    out["r_arith"] = _arith_corr(bitrev64(tot["r_bool"]), oth, "r_arith")
-    for h in CMP_LEVELS:
-        a = tot[f"a{h}"]
-        out[f"c{h}"] = _bool_corr(a & tot[f"b{h}"], oth, f"c{h}")
-        out[f"cp{h}"] = _bool_corr(a & tot[f"bp{h}"], oth, f"cp{h}")
-    al, be, ga = (tot[nm].astype(np.uint64) for nm in ("fa", "fb", "fc"))
+    t = Comparisons.from_fields(tot | oth)
+    levels = tuple(
+        replace(lv, c=_bool_corr(lv.a & lv.b, lv.c), cp=_bool_corr(lv.a & lv.bp, lv.cp))
+        for lv in t.levels
+    )
+    fu = t.fused
+    al, be, ga = (v.astype(np.uint64) for v in (fu.alpha, fu.beta, fu.gamma))
     sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
-    fused = {"a": al, "b": be * sa, "c": ga * sa, "bc": (be & ga) * sa}
-    for nm, val in fused.items():
-        out[f"m_{nm}"] = _arith_corr(val, oth, f"m_{nm}")
-    return out
+    fused = replace(
+        fu,
+        m_a=_arith_corr(al, fu.m_a),
+        m_b=_arith_corr(be * sa, fu.m_b),
+        m_c=_arith_corr(ga * sa, fu.m_c),
+        m_bc=_arith_corr((be & ga) * sa, fu.m_bc),
+    )
+    r_arith = _arith_corr(bitrev64(t.r_bits), t.r_arith)
+    return replace(t, r_arith=r_arith, levels=levels, fused=fused).derived()
 
 
 _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {

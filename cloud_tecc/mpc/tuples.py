@@ -6,18 +6,24 @@ layout in :data:`~cloud_tecc.mpc.correlations.LAYOUTS`). The protocol steps
 read them through these records instead, so mypy checks every field they
 use. ``of(batch)`` picks the arrays out of the batch: the attributes are the
 batch's own arrays (no copy), and the string keys of the layout appear only
-here. ``tests/mpc/test_mpc_wire.py`` checks that each record covers exactly
+here. The dealer reads the reconstructed random fields and the other
+parties' derived shares through the same records (``from_fields``) and
+hands back party 0's corrections with ``derived()``.
+``tests/mpc/test_mpc_wire.py`` checks that each record covers exactly
 its kind's layout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloud_tecc.mpc.bits import U8
 from cloud_tecc.mpc.correlations import CMP_LEVELS, FUSED, AnyArray, Batch, Kind
 from cloud_tecc.mpc.errors import CorrelationError
 from tecc_contract.ring import RingArray
+
+Fields = Mapping[str, AnyArray]
 
 
 def _fields(batch: Batch, kind: Kind) -> dict[str, AnyArray]:
@@ -37,8 +43,16 @@ class Triples:
     @classmethod
     def of(cls, batch: Batch) -> Triples:
         """The triples of a :attr:`Kind.TRIPLE` batch (views of its arrays)."""
-        f = _fields(batch, Kind.TRIPLE)
+        return cls.from_fields(_fields(batch, Kind.TRIPLE))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Triples:
+        """The record over a :attr:`Kind.TRIPLE` field mapping."""
         return cls(a=f["a"], b=f["b"], c=f["c"])
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        return {"c": self.c}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +66,16 @@ class TruncPairs:
     @classmethod
     def of(cls, batch: Batch) -> TruncPairs:
         """The pairs of a :attr:`Kind.TRUNC` batch (views of its arrays)."""
-        f = _fields(batch, Kind.TRUNC)
+        return cls.from_fields(_fields(batch, Kind.TRUNC))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> TruncPairs:
+        """The record over a :attr:`Kind.TRUNC` field mapping."""
         return cls(r=f["r"], r_msb=f["r_msb"], r_low_shifted=f["r_t"])
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        return {"r_msb": self.r_msb, "r_t": self.r_low_shifted}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +88,16 @@ class DaBits:
     @classmethod
     def of(cls, batch: Batch) -> DaBits:
         """The daBits of a :attr:`Kind.DABIT` batch (views of its arrays)."""
-        f = _fields(batch, Kind.DABIT)
+        return cls.from_fields(_fields(batch, Kind.DABIT))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> DaBits:
+        """The record over a :attr:`Kind.DABIT` field mapping."""
         return cls(bit_xor=f["b_bool"], bit_arith=f["b_arith"])
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        return {"b_arith": self.bit_arith}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +145,11 @@ class Comparisons:
     @classmethod
     def of(cls, batch: Batch) -> Comparisons:
         """The comparison correlations of a :attr:`Kind.CMP` batch (views of its arrays)."""
-        f = _fields(batch, Kind.CMP)
+        return cls.from_fields(_fields(batch, Kind.CMP))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Comparisons:
+        """The record over a :attr:`Kind.CMP` field mapping."""
         levels = tuple(
             AndLevel(h, f[f"a{h}"], f[f"b{h}"], f[f"bp{h}"], f[f"c{h}"], f[f"cp{h}"])
             for h in CMP_LEVELS
@@ -123,3 +157,12 @@ class Comparisons:
         m_a, m_b, m_c, m_bc = (f[f"m_{nm}"] for nm in FUSED)
         fused = FusedLevel(f["fa"], f["fb"], f["fc"], m_a, m_b, m_c, m_bc)
         return cls(r_bits=f["r_bool"], r_arith=f["r_arith"], levels=levels, fused=fused)
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        out: dict[str, AnyArray] = {"r_arith": self.r_arith}
+        for lv in self.levels:
+            out[f"c{lv.lanes}"], out[f"cp{lv.lanes}"] = lv.c, lv.cp
+        fu = self.fused
+        out |= {"m_a": fu.m_a, "m_b": fu.m_b, "m_c": fu.m_c, "m_bc": fu.m_bc}
+        return out

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
+from cloud_tecc.analytics.layout import ReleaseLayout, as_layout, layout_doc
 from cloud_tecc.config import OutputConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
@@ -28,6 +29,7 @@ from cloud_tecc.errors import AnalyticsError, PeerError
 from cloud_tecc.output.api import ReadApi
 from cloud_tecc.output.auth import LocalTokens, Principal, Role, write_signin_link
 from cloud_tecc.output.collector import (
+    LayoutChecks,
     decode_result,
     try_complete,
     validate_submission,
@@ -61,6 +63,7 @@ class OutputService(ServiceBase):
         super().__init__(cfg.service, enclave)
         self.ocfg = cfg
         self.store = ResultStore(cfg.service.state_dir / "results.db")
+        self.layout_checks = LayoutChecks(cfg.service.policy, len(cfg.parties))
         self.session: aiohttp.ClientSession | None = None
         self.directory: AttestedDirectory | None = None
         reg = self.registry
@@ -220,7 +223,13 @@ class OutputService(ServiceBase):
             )
             msg = decode_result(body)
             layout, vector, seq, shard = msg.layout, msg.shares(), msg.seq, msg.shard
-            validate_submission(self.cfg.policy, layout, vector, n_parties=len(self.ocfg.parties))
+            validate_submission(
+                self.cfg.policy,
+                layout,
+                vector,
+                n_parties=len(self.ocfg.parties),
+                checks=self.layout_checks,
+            )
         except (PeerError, AnalyticsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = "attestation" if isinstance(exc, PeerError) else "malformed"
             self.errors.labels("results", reason).inc()
@@ -228,7 +237,7 @@ class OutputService(ServiceBase):
             return web.json_response(
                 {"error": str(exc)}, status=403 if reason == "attestation" else 400
             )
-        epoch = int(layout["epoch_ns"])
+        epoch = layout.epoch_ns
         fresh = await asyncio.to_thread(self.store.accept_submission, epoch, party, seq, shard)
         self.releases[(party, shard)] = max(epoch, self.releases.get((party, shard), epoch))
         if fresh != "new":
@@ -238,15 +247,22 @@ class OutputService(ServiceBase):
             return await self._complete(shard, epoch, party, layout, vector)
 
     async def _complete(
-        self, shard: int, epoch: int, party: int, layout: dict[str, Any], vector: bytes
+        self, shard: int, epoch: int, party: int, layout: ReleaseLayout, vector: bytes
     ) -> web.Response:
-        await asyncio.to_thread(self.store.put_pending, epoch, party, layout, vector, shard)
+        doc = layout_doc(layout)
+        await asyncio.to_thread(self.store.put_pending, epoch, party, doc, vector, shard)
         self.received.labels(str(party)).inc()
         try:
             done = try_complete(
                 self.cfg.policy,
                 len(self.ocfg.parties),
-                await asyncio.to_thread(self.store.pending, epoch, shard),
+                {
+                    p: (layout if p == party else as_layout(lay), vec)
+                    for p, (lay, vec) in (
+                        await asyncio.to_thread(self.store.pending, epoch, shard)
+                    ).items()
+                },
+                checks=self.layout_checks,
             )
         except AnalyticsError as exc:
             self.errors.labels("results", "inconsistent").inc()

@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.scale import KS, SCALE_POLICY, differences, sizes, summarise
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.localshards import shard_map, split_segments
+from demo.devstack.shards import shard_map, split_segments
 from tecc_contract.envelope import SensorSegment
 
 WINDOW = {"gateway": "gw0", "sensor": "s4", "start_ns": 10, "count": 5, "mean": 1.5}

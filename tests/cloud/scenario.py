@@ -116,9 +116,9 @@ def _margin_map(results: list[EpochResult], kind: str) -> dict[tuple[str, str, i
         m = r.output.margins[kind].view(np.int64)
         if kind in ("zscore", "zscore_band"):
             keys = [(s.gateway, s.sensor, int(t)) for s in r.epoch.streams for t in s.timestamps_ns]
-            out.update({k: int(v) for k, v, ok in zip(keys, m, p.zmask, strict=True) if ok})
+            out.update({k: int(v) for k, v, ok in zip(keys, m, p.zscore_mask, strict=True) if ok})
         else:
-            fleet = [i for i in range(len(p.n)) if p.cls[i] >= 0]
+            fleet = [i for i in range(len(p.count)) if p.fleet_class[i] >= 0]
             for i, v in zip(fleet, m, strict=True):
                 s = r.epoch.streams[i]
                 out[(s.gateway, s.sensor, r.epoch.start_ns)] = int(v)

@@ -11,6 +11,7 @@ import asyncio
 
 import numpy as np
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.program import EpochOutput, run_epoch
@@ -52,7 +53,7 @@ async def secure_results(
         rels = [build_release(policy, inputs[i], outs[i], 16, 2) for i in range(2)]
         if rels[0].layout != rels[1].layout:
             raise AssertionError("the parties built different layouts")
-        check_layout(policy, rels[0].layout)
-        decoded.append(decode(rels[0].layout, rels[0].vector + rels[1].vector))
+        check_layout(policy, as_layout(rels[0].layout))
+        decoded.append(decode(as_layout(rels[0].layout), rels[0].vector + rels[1].vector))
         outputs.append(outs[0])
     return results, decoded, outputs

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cloud_tecc.config import AuthConfig
-from cloud_tecc.localstack import LOOPBACK_TLS, Deployment, auth_headers, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, Deployment, auth_headers, http_json
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column

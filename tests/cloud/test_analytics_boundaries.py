@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from cloud_tecc.analytics.release import build_release, check_layout
@@ -100,24 +101,24 @@ def test_output_check_refuses_releases_one_reading_short() -> None:
     streams = [_stream("g1", "m.temp", np.full(MIN, 50.0)), _stream("g2", "m.press", [50.0])]
     r = run_reference(policy, streams)[0]
     layout = build_release(policy, r.epoch, r.output, 16).layout
-    check_layout(policy, layout)
+    check_layout(policy, as_layout(layout))
     windows = [dict(w) for w in layout["windows"]]
     windows[0]["count"] = MIN - 1
     with pytest.raises(AnalyticsError, match="beyond the policy"):
-        check_layout(policy, dict(layout, windows=windows))
+        check_layout(policy, as_layout(dict(layout, windows=windows)))
     # A class whose windows are all withheld: its entry carries fields but count 0.
     fleet = [
         dict(f, fields=["sum", "sumsq"]) if f["class"] == "pressure" else f for f in layout["fleet"]
     ]
     assert any(f["class"] == "pressure" and f["count"] == 0 for f in fleet)
     with pytest.raises(AnalyticsError, match="too few readings"):
-        check_layout(policy, dict(layout, fleet=fleet))
+        check_layout(policy, as_layout(dict(layout, fleet=fleet)))
     alerts = [{"gateway": "g2", "sensor": "m.press", "detector": "limit", "first": 0, "n": 1}]
     with pytest.raises(AnalyticsError, match="below min_count"):
-        check_layout(policy, dict(layout, alerts=alerts))
+        check_layout(policy, as_layout(dict(layout, alerts=alerts)))
     dev = [{"gateway": "g2", "sensor": "m.press", "class": "pressure"}]
     with pytest.raises(AnalyticsError, match="fleet deviation"):
-        check_layout(policy, dict(layout, fleet_dev=dev))
+        check_layout(policy, as_layout(dict(layout, fleet_dev=dev)))
 
 
 async def test_constant_stream_does_not_fire_the_zscore_below_the_variance_floor() -> None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from cloud_tecc.analytics.release import build_release, check_layout
@@ -77,14 +78,14 @@ def test_output_refuses_a_fleet_count_that_includes_a_withheld_window() -> None:
     streams = [_stream("gw-A", "line1.temp", [60.0] * 100), _stream("gw-B", "line1.temp", [73.0])]
     r = run_reference(policy, streams)[0]
     layout = build_release(policy, r.epoch, r.output, 16).layout
-    check_layout(policy, layout)
+    check_layout(policy, as_layout(layout))
     assert layout["fleet"] == [{"class": "temperature", "count": 100, "fields": ["sum", "sumsq"]}]
     forged = dict(layout, fleet=[dict(layout["fleet"][0], count=101)])
     with pytest.raises(AnalyticsError, match="released windows"):
-        check_layout(policy, forged)
+        check_layout(policy, as_layout(forged))
     twice = dict(layout, fleet=layout["fleet"] * 2)
     with pytest.raises(AnalyticsError, match="twice"):
-        check_layout(policy, twice)
+        check_layout(policy, as_layout(twice))
 
 
 # -- property: the released aggregates span no withheld window --------------------------
@@ -170,4 +171,4 @@ def test_no_combination_of_released_aggregates_isolates_a_withheld_window(
     # and every fleet class total is the sum of its released windows' totals
     for r in run_reference(policy, _probe_streams(counts, None)):
         lay = build_release(policy, r.epoch, r.output, 16).layout
-        check_layout(policy, lay)
+        check_layout(policy, as_layout(lay))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cloud_tecc.analytics.detectors import zscore_band
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.plan import EpochInput
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
@@ -168,8 +169,8 @@ async def _secure_from_frames(
 
     (_, r0), (_, r1) = await asyncio.gather(*(run(i, e) for i, e in enumerate(epochs)))
     assert r0.layout == r1.layout
-    check_layout(policy, r0.layout)
-    return decode(r0.layout, r0.vector + r1.vector)
+    check_layout(policy, as_layout(r0.layout))
+    return decode(as_layout(r0.layout), r0.vector + r1.vector)
 
 
 async def test_a_reading_of_50000_in_0_100000_raises_the_limit_alert() -> None:
@@ -238,7 +239,7 @@ def test_fleet_class_across_sensors_of_one_scale() -> None:
     dev = {w["gateway"]: w.get("deviates_from_fleet") for w in r.released.windows}
     assert dev == {"gw-a": False, "gw-b": False, "gw-c": None}
     rel = build_release(policy, r.epoch, r.output, 16)
-    check_layout(policy, rel.layout)
-    kept, dropped = balance_fleet(policy, rel.layout, r.released)
+    check_layout(policy, as_layout(rel.layout))
+    kept, dropped = balance_fleet(policy, as_layout(rel.layout), r.released)
     assert dropped == ()
     assert kept.fleet == r.released.fleet

@@ -17,6 +17,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
+from cloud_tecc.analytics.layout import ReleaseLayout, as_layout
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings
 from cloud_tecc.config import load_party
@@ -166,7 +167,9 @@ def _released(coords: list[Coordinator]) -> dict[int, Any]:
         items = [item] + [c.store.next_outgoing() for c in coords[1:]]
         assert all(o is not None and o[0] == item[0] for o in items)
         docs = [json.loads(o[1]) for o in items if o is not None]
-        pending = {d["party"]: (d["layout"], base64.b64decode(d["vector"])) for d in docs}
+        pending = {
+            d["party"]: (as_layout(d["layout"]), base64.b64decode(d["vector"])) for d in docs
+        }
         done = try_complete(coords[0].cfg.service.policy, len(coords), pending)
         assert done is not None
         out[done.epoch_ns] = done.rows
@@ -296,12 +299,12 @@ async def test_control_message_without_watermark_is_a_peer_error(tmp_path: Path)
         c.store.close()
 
 
-def _outgoing(c: Coordinator) -> dict[int, tuple[dict[str, Any], bytes]]:
+def _outgoing(c: Coordinator) -> dict[int, tuple[ReleaseLayout, bytes]]:
     """Drain a party's outbox: epoch end -> (layout, share vector)."""
     out = {}
     while (item := c.store.next_outgoing()) is not None:
         doc = json.loads(item[1])
-        out[item[0]] = (doc["layout"], base64.b64decode(doc["vector"]))
+        out[item[0]] = (as_layout(doc["layout"]), base64.b64decode(doc["vector"]))
         c.store.delivered(*item)
     return out
 

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.policy import AnalyticsPolicy, policy_from_mapping
 from cloud_tecc.analytics.reference import ReferenceAnalytics, StreamReadings, run_reference
 from cloud_tecc.analytics.release import build_release, check_layout
@@ -113,7 +114,7 @@ async def test_secure_run_handles_epochs_without_released_windows() -> None:
         streams.append(StreamReadings(gw, "t1", ts, 50.0 + rng.normal(0.0, 1.0, ts.size)))
     results = await ReferenceAnalytics(POLICY).run(streams)
     assert [max(w["count"] for w in r.released.windows) for r in results] == [97, 4, 13, 1]
-    assert not results[1].output.plan.minmax.size
+    assert not results[1].output.plan.minmax_streams.size
     await _secure(POLICY, ReferenceAnalytics(POLICY), streams)
 
 
@@ -124,10 +125,10 @@ def test_release_withholds_small_windows_and_checks_layouts() -> None:
     rel = build_release(POLICY, r.epoch, r.output, 16)
     sparse = [w for w in rel.layout["windows"] if w["sensor"] == "sparse"]
     assert sparse == [{"gateway": "g1", "sensor": "sparse", "count": 3, "fields": []}]
-    check_layout(POLICY, rel.layout)
+    check_layout(POLICY, as_layout(rel.layout))
     strict = policy_from_mapping({"min_count": 1000})
     with pytest.raises(AnalyticsError, match="beyond the policy"):
-        check_layout(strict, rel.layout)
+        check_layout(strict, as_layout(rel.layout))
     no_alerts = policy_from_mapping({"release": ["count", "mean"]})
     with pytest.raises(AnalyticsError):
-        check_layout(no_alerts, rel.layout)
+        check_layout(no_alerts, as_layout(rel.layout))

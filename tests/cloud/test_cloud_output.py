@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from cloud_tecc.analytics.release import Decoded, build_release
@@ -33,9 +34,9 @@ def _shares() -> tuple[dict[str, Any], bytes, bytes, Decoded]:
 def test_reconstructs_exactly_what_the_reference_released() -> None:
     """Two consistent submissions reconstruct the reference rows; one alone waits."""
     layout, v0, v1, released = _shares()
-    validate_submission(POLICY, layout, v0)
-    assert try_complete(POLICY, 2, {0: (layout, v0)}) is None
-    done = try_complete(POLICY, 2, {0: (layout, v0), 1: (layout, v1)})
+    validate_submission(POLICY, as_layout(layout), v0)
+    assert try_complete(POLICY, 2, {0: (as_layout(layout), v0)}) is None
+    done = try_complete(POLICY, 2, {0: (as_layout(layout), v0), 1: (as_layout(layout), v1)})
     assert done is not None
     assert done.rows == released
 
@@ -45,16 +46,16 @@ def test_refuses_inconsistent_or_excessive_submissions() -> None:
     layout, v0, v1, _ = _shares()
     other = {**layout, "epoch_ns": T0 + 1}
     with pytest.raises(AnalyticsError, match="different layouts"):
-        try_complete(POLICY, 2, {0: (layout, v0), 1: (other, v1)})
+        try_complete(POLICY, 2, {0: (as_layout(layout), v0), 1: (as_layout(other), v1)})
     with pytest.raises(AnalyticsError, match="length"):
-        validate_submission(POLICY, layout, v0[:-8])
+        validate_submission(POLICY, as_layout(layout), v0[:-8])
     bad = bytearray(v1)
     bad[-8] ^= 0x08  # the last word packs rate flags: its first lane reconstructs to ≥ 8
     with pytest.raises(AnalyticsError, match="0/1"):
-        try_complete(POLICY, 2, {0: (layout, v0), 1: (layout, bytes(bad))})
+        try_complete(POLICY, 2, {0: (as_layout(layout), v0), 1: (as_layout(layout), bytes(bad))})
     strict = policy_from_mapping({"window_s": 10, "min_count": 500})
     with pytest.raises(AnalyticsError, match="beyond the policy"):
-        validate_submission(strict, layout, v0)
+        validate_submission(strict, as_layout(layout), v0)
 
 
 def test_refuses_alert_and_deviation_entries_of_withheld_windows() -> None:
@@ -73,14 +74,14 @@ def test_refuses_alert_and_deviation_entries_of_withheld_windows() -> None:
         "alerts": [*layout["alerts"], alert],
     }
     with pytest.raises(AnalyticsError, match=r"below min_count|no released window"):
-        validate_submission(POLICY, bad, v0)
+        validate_submission(POLICY, as_layout(bad), v0)
     (first,) = [a for a in layout["alerts"] if a["sensor"] == "s"][:1]
     overlong = {**first, "n": first["n"] + 1}
     with pytest.raises(AnalyticsError, match="exceeds its window"):
-        validate_submission(POLICY, {**layout, "alerts": [overlong]}, v0)
+        validate_submission(POLICY, as_layout({**layout, "alerts": [overlong]}), v0)
     dev = {"gateway": "gw", "sensor": "s", "class": "nowhere"}
     with pytest.raises(AnalyticsError, match=r"released class|beyond the policy"):
-        validate_submission(POLICY, {**layout, "fleet_dev": [dev]}, v0)
+        validate_submission(POLICY, as_layout({**layout, "fleet_dev": [dev]}), v0)
 
 
 def test_refuses_a_layout_for_another_number_of_parties() -> None:
@@ -93,9 +94,9 @@ def test_refuses_a_layout_for_another_number_of_parties() -> None:
     for n in (1, 3):
         other = {**layout, "parties": n}
         with pytest.raises(AnalyticsError, match="parties"):
-            validate_submission(POLICY, other, v0, n_parties=2)
+            validate_submission(POLICY, as_layout(other), v0, n_parties=2)
         with pytest.raises(AnalyticsError, match="parties"):
-            try_complete(POLICY, 2, {0: (other, v0), 1: (other, v1)})
+            try_complete(POLICY, 2, {0: (as_layout(other), v0), 1: (as_layout(other), v1)})
 
 
 def test_fleet_rows_cover_exactly_the_released_windows() -> None:
@@ -117,7 +118,7 @@ def test_fleet_rows_cover_exactly_the_released_windows() -> None:
     rel = build_release(policy, res.epoch, res.output, 16, parties=2)
     mask = np.random.default_rng(4).integers(0, 2**63, rel.vector.size, dtype=np.uint64)
     v0, v1 = mask.astype("<u8").tobytes(), (rel.vector - mask).astype("<u8").tobytes()
-    done = try_complete(policy, 2, {0: (rel.layout, v0), 1: (rel.layout, v1)})
+    done = try_complete(policy, 2, {0: (as_layout(rel.layout), v0), 1: (as_layout(rel.layout), v1)})
     assert done is not None
     released = sum(w["count"] for w in done.rows.windows if w.get("mean") is not None)
     assert released == 50

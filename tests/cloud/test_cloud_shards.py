@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.localshards import ShardOf, send_sharded, shard_map
+from demo.devstack.shards import ShardOf, send_sharded, shard_map
 
 from .scenario import (
     GATEWAYS,

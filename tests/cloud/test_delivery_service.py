@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import auth_headers
 from cloud_tecc.output import targets
+from demo.devstack.deployment import auth_headers
 from demo.services import free_port
 
 from .scenario import GATEWAYS, POLICY, gateways, make_scenario, upload_all, wait_epochs

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.sync_api import expect
 
 from cloud_tecc.config import load_output
-from cloud_tecc.localstack import ROOT, free_port
 from cloud_tecc.output.auth import RULES, Role
 from cloud_tecc.output.server import OutputService
 from cloud_tecc.service.base import open_enclave
+from demo.devstack.deployment import ROOT, free_port
 from tests.support.browser import chromium
 
 from .scenario import POLICY

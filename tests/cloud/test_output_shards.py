@@ -227,7 +227,11 @@ def test_migration_of_a_results_db_before_shards(tmp_path: Path) -> None:
 
 def test_result_messages_carry_the_shard() -> None:
     """``shard`` is typed: absent is shard 0 (an older party); out of range or a bool refused."""
-    base = b'{"party": 1, "seq": 5, "layout": {"epoch_ns": 0}, "vector": "AAAAAAAAAAA="'
+    layout = (
+        b'{"epoch_ns": 0, "window_ns": 1, "frac_bits": 16, "flag_lane_bits": 4, "parties": 2, '
+        b'"windows": [], "alerts": [], "fleet": [], "fleet_dev": []}'
+    )
+    base = b'{"party": 1, "seq": 5, "layout": ' + layout + b', "vector": "AAAAAAAAAAA="'
     assert decode_result(base + b"}").shard == 0
     msg = decode_result(base + b', "shard": 63}')
     assert (msg.shard, msg.seq, msg.shares()) == (63, 5, bytes(8))

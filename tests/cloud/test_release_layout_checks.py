@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
 from cloud_tecc.analytics.release import build_release, check_layout, decode
@@ -46,37 +47,45 @@ def _release() -> tuple[dict[str, Any], RingArray]:
 def test_layout_beyond_the_policy_is_refused() -> None:
     """A withheld detector, withheld fleet statistics or fleet flags, a malformed layout."""
     layout, _ = _release()
-    check_layout(POLICY, layout)
+    check_layout(POLICY, as_layout(layout))
     everything_but = [
         "count", "mean", "std", "min", "max", "limit_alerts", "zscore_alerts", "fleet"
     ]  # fmt: skip
     no_rate = policy_from_mapping({**RULES, "release": everything_but})
     with pytest.raises(AnalyticsError, match="detector 'rate' is not released"):
-        check_layout(no_rate, layout)
+        check_layout(no_rate, as_layout(layout))
     no_fleet = policy_from_mapping({**RULES, "release": ["count", "mean", "rate_alerts"]})
     quiet = {**layout, "windows": [], "alerts": []}
     with_fleet = {**quiet, "fleet": [{"class": "c", "count": 100, "fields": ["sum"]}]}
     with pytest.raises(AnalyticsError, match="fleet statistics are not released"):
-        check_layout(no_fleet, with_fleet)
-    only_flags = {**quiet, "fleet": [], "fleet_dev": [{"gateway": "gw", "sensor": "s"}]}
+        check_layout(no_fleet, as_layout(with_fleet))
+    only_flags = {
+        **quiet,
+        "fleet": [],
+        "fleet_dev": [{"gateway": "gw", "sensor": "s", "class": "c"}],
+    }
     with pytest.raises(AnalyticsError, match="fleet statistics are not released"):
-        check_layout(no_fleet, only_flags)
+        check_layout(no_fleet, as_layout(only_flags))
     with pytest.raises(AnalyticsError, match="malformed release layout"):
-        check_layout(POLICY, {k: v for k, v in layout.items() if k != "alerts"})
+        check_layout(POLICY, as_layout({k: v for k, v in layout.items() if k != "alerts"}))
 
 
 def test_vector_length_and_flag_lanes_are_checked() -> None:
     """Wrong length, other lane width and party counts outside 1..15 are refused."""
     layout, vector = _release()
-    decode(layout, vector)
+    decode(as_layout(layout), vector)
     with pytest.raises(AnalyticsError, match="length"):
-        decode(layout, vector[:-1])
+        decode(as_layout(layout), vector[:-1])
     with pytest.raises(AnalyticsError, match="4-bit lanes"):
-        decode({**layout, "flag_lane_bits": 8}, vector)
-    for parties in (0, 16):
-        with pytest.raises(AnalyticsError, match="at most 15 parties"):
-            decode({**layout, "parties": parties}, vector)
-    assert decode({**layout, "parties": 15}, vector).alerts == decode(layout, vector).alerts
+        decode(as_layout({**layout, "flag_lane_bits": 8}), vector)
+    with pytest.raises(AnalyticsError, match="at most 15 parties"):
+        decode(as_layout({**layout, "parties": 16}), vector)
+    with pytest.raises(AnalyticsError, match=r"malformed release layout: .* `\$.parties`"):
+        as_layout({**layout, "parties": 0})  # refused where the layout is decoded
+    assert (
+        decode(as_layout({**layout, "parties": 15}), vector).alerts
+        == decode(as_layout(layout), vector).alerts
+    )
 
 
 def test_alerts_must_fit_their_window() -> None:
@@ -85,15 +94,15 @@ def test_alerts_must_fit_their_window() -> None:
     no_ts = copy.deepcopy(layout)
     del no_ts["windows"][0]["ts"]
     with pytest.raises(AnalyticsError, match="carries no timestamps"):
-        decode(no_ts, vector)
+        decode(as_layout(no_ts), vector)
     recount = copy.deepcopy(layout)
     recount["windows"][0]["count"] += 1  # only the count disagrees
     with pytest.raises(AnalyticsError, match="do not match their window"):
-        decode(recount, vector)
+        decode(as_layout(recount), vector)
     shifted = copy.deepcopy(layout)
-    shifted["alerts"][0]["first"] = -1
-    with pytest.raises(AnalyticsError, match="do not match their window"):
-        decode(shifted, vector)
+    shifted["alerts"][0]["first"] = -1  # refused where the layout is decoded
+    with pytest.raises(AnalyticsError, match=r"`\$.alerts\[0\].first`"):
+        as_layout(shifted)
 
 
 def test_malformed_timestamps_are_refused() -> None:
@@ -103,7 +112,7 @@ def test_malformed_timestamps_are_refused() -> None:
         broken = copy.deepcopy(layout)
         broken["windows"][0]["ts"] = bad
         with pytest.raises(AnalyticsError, match="malformed window timestamps"):
-            decode(broken, vector)
+            decode(as_layout(broken), vector)
 
 
 def test_fleet_rows_and_deviation_flags_decode_and_flags_must_be_0_or_1() -> None:
@@ -113,12 +122,12 @@ def test_fleet_rows_and_deviation_flags_decode_and_flags_must_be_0_or_1() -> Non
     fleet = {
         **layout,
         "fleet": [{"class": "c", "count": 4, "fields": ["sum", "sumsq"]}],
-        "fleet_dev": [{"gateway": "gw", "sensor": "s"}],
+        "fleet_dev": [{"gateway": "gw", "sensor": "s", "class": "c"}],
     }
     extra = [CODEC.encode_scalar(8.0), CODEC.encode_scalar(20.0)]  # mean 2, var 5 - 4 = 1
     for flag, deviates in ((1, True), (0, False)):
         values = np.concatenate([vector, np.array([*extra, flag], dtype=np.uint64)])
-        out = decode(fleet, values)
+        out = decode(as_layout(fleet), values)
         assert out.fleet == [
             {"class": "c", "start_ns": layout["epoch_ns"], "count": 4, "mean": 2.0, "std": 1.0}
         ]
@@ -126,4 +135,4 @@ def test_fleet_rows_and_deviation_flags_decode_and_flags_must_be_0_or_1() -> Non
     values = np.concatenate([vector, np.array([*extra, 2], dtype=np.uint64)])
     assert len(values) == n + 3
     with pytest.raises(AnalyticsError, match="not 0/1"):
-        decode(fleet, values)
+        decode(as_layout(fleet), values)

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from cloud_tecc.localstack import auth_headers
+from demo.devstack.deployment import auth_headers
 from demo.layout import SimSensor, assign_sensors, gateway_config
 from demo.pipeline import ROOT, Pipeline
 from gateway.config_yaml import parse_config

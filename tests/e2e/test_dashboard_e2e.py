@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_tecc.localstack import http_json
+from demo.devstack.deployment import http_json
 from demo.pipeline import ROOT, Pipeline
 from tests.support.browser import chromium
 

@@ -44,10 +44,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings, run_reference
-from cloud_tecc.localstack import Deployment, http_json
 from cloud_tecc.mpc import wslink
 from cloud_tecc.mpc.errors import MpcError
 from cloud_tecc.mpc.handshake import party_name
+from demo.devstack.deployment import Deployment, http_json
 from demo.layout import SimSensor, gateway_config, sensor_scales
 from demo.services import free_port, free_port_pair, mosquitto_binary, mosquitto_config, swtpm_argv
 from demo.services import wait_for_port as _wait_for_port

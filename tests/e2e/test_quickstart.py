@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_tecc.localstack import http_json, register_output_token
+from demo.devstack.deployment import http_json, register_output_token
 from demo.services import free_port, free_port_pair
 from tests.gateway.harness import ROOT
 from tests.gateway.initsupport import opcua_line, start_sim

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from cloud_tecc.localstack import ROOT, Deployment, http_json
+from demo.devstack.deployment import ROOT, Deployment, http_json
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import metric
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm

@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from cloud_tecc.config import load_party
 from cloud_tecc.enclave.identity import Enclave
-from cloud_tecc.localstack import Deployment
 from cloud_tecc.party.admin_api import AdminApi, OperatorKeys, RefusedError
 from cloud_tecc.party.registry import GatewayRecord, Registry
 from cloud_tecc.service import gateway_admin as ga
+from demo.devstack.deployment import Deployment
 from tests.cloud.scenario import POLICY
 
 IDENTITY = bytes(range(32))

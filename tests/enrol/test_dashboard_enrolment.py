@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from cloud_tecc.localstack import Deployment, http_json
 from cloud_tecc.service import gateway_admin as ga
+from demo.devstack.deployment import Deployment, http_json
 from demo.services import free_port
 from gateway.tpm import Tpm
 from tests.cloud.services import metric

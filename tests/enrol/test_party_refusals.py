@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import LOOPBACK_TLS, ROOT, Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, ROOT, Deployment, http_json
 from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import Deployment, http_json
+from demo.devstack.deployment import Deployment, http_json
 from gateway.tpm import Tpm
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import TestGateway, metric, segment

@@ -20,7 +20,7 @@ from demo.services import free_port
 from tests.gateway.receiver import GOOD_MEASUREMENT
 
 if TYPE_CHECKING:
-    from cloud_tecc.localstack import Deployment
+    from demo.devstack.deployment import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 MQTT_SENSORS = {"line1.temp": (-50.0, 150.0), "line1.press": (0.0, 1000.0)}

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud_tecc.localstack import ROOT, http_json
+from demo.devstack.deployment import ROOT, http_json
 from gateway.agent import Agent
 from gateway.keys import GatewayKeys
 from tests.cloud.scenario import POLICY

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import LOOPBACK_TLS, Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier
 from tecc_contract.envelope import ClusterKey, Sealer, SensorSegment
 from tecc_contract.header import Column

@@ -16,12 +16,12 @@ from cloud_tecc.jetstream.commits import CommittedState
 from cloud_tecc.jetstream.kv import FencedError, connect
 from cloud_tecc.jetstream.lease import Lease, LeaseState
 from cloud_tecc.jetstream.server import start_node
-from cloud_tecc.localstack import Deployment
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.party.takeover import ActiveShard
 from cloud_tecc.party.writer import GroupWriter
+from demo.devstack.deployment import Deployment
 
 
 def test_a_fenced_commit_ends_the_term_and_lands_nothing(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from cloud_tecc.config import JetStreamConfig, load_party
 from cloud_tecc.errors import CloudConfigError
 from cloud_tecc.jetstream import epochlog
 from cloud_tecc.jetstream.server import start_node
-from cloud_tecc.localstack import Deployment
 from cloud_tecc.party.store import ShareStore
+from demo.devstack.deployment import Deployment
 from tecc_contract.scale import Scale
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from cloud_tecc.jetstream.server import NatsDeployment, start_cluster, start_node
 from cloud_tecc.jetstream.sharelog import SHARES
-from cloud_tecc.localstack import Deployment, http_json
+from demo.devstack.deployment import Deployment, http_json
 from tecc_contract.progress import Progress, seal_progress
 from tests.cloud.services import metric
 

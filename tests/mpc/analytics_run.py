@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud_tecc.analytics.layout import as_layout
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.program import run_epoch
@@ -74,8 +75,8 @@ async def secure_run_n(
         rels = [build_release(policy, inputs[i], outs[i], 16, n) for i in range(n)]
         if any(rel.layout != rels[0].layout for rel in rels):
             raise AssertionError("the parties built different layouts")
-        check_layout(policy, rels[0].layout)
-        decoded.append(decode(rels[0].layout, reveal([rel.vector for rel in rels])))
+        check_layout(policy, as_layout(rels[0].layout))
+        decoded.append(decode(as_layout(rels[0].layout), reveal([rel.vector for rel in rels])))
     return SecureRun(results, decoded, [p.traffic for p in parties])
 
 

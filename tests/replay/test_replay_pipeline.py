@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
-from cloud_tecc.localstack import auth_headers
+from demo.devstack.deployment import auth_headers
 from demo.pipeline import DEMO_SIM, ROOT, Pipeline
 from demo.replay import window_for
 from firmware_sim.replay import Disorder, read_csv

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import Deployment
+from demo.devstack.deployment import Deployment
 from tests.cloud.scenario import GATEWAYS, POLICY
 
 from .proxy import RecordingProxy

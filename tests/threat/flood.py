@@ -5,7 +5,7 @@ junk sender (random bytes, or HTTP requests with garbage bodies), a set of
 slow-loris connections that trickle header lines, and on HTTP ports an
 oversized upload that declares 1 GiB and sends a few MiB. On the ``tls``
 ports (the parties serve HTTPS) the HTTP-shaped attacks run inside TLS
-(:data:`cloud_tecc.localstack.LOOPBACK_TLS`), so they reach the HTTP limits
+(:data:`demo.devstack.deployment.LOOPBACK_TLS`), so they reach the HTTP limits
 rather than dying in the handshake; raw junk still hits the TLS parser.
 Everything goes to 127.0.0.1 only, and the number of connections is capped.
 """
@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cloud_tecc.localstack import LOOPBACK_TLS
+from demo.devstack.deployment import LOOPBACK_TLS
 
 _JUNK_CONNECTIONS_PER_PORT = 3000
 _LORIS_PER_PORT = 30

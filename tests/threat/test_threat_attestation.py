@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.enclave.identity import Enclave
-from cloud_tecc.localstack import Deployment
 from cloud_tecc.service.channel import dumps, seal_message
+from demo.devstack.deployment import Deployment
 from tecc_contract.attestation import Quote, SimulatedPlatformVerifier, VerifiedIdentity
 from tecc_contract.errors import AttestationError
 from tests.cloud.scenario import GATEWAYS, POLICY

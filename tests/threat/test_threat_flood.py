@@ -16,7 +16,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import SERVICES, Deployment
+from demo.devstack.deployment import SERVICES, Deployment
 from tests.cloud.scenario import (
     GATEWAYS,
     POLICY,

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import Deployment
 from cloud_tecc.mpc import handshake as hs
+from demo.devstack.deployment import Deployment
 from tests.cloud.scenario import (
     GATEWAYS,
     POLICY,

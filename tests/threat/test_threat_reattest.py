@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import Deployment
+from demo.devstack.deployment import Deployment
 from tests.cloud.scenario import GATEWAYS, POLICY
 from tests.cloud.services import metric
 

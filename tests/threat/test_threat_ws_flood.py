@@ -23,7 +23,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_tecc.localstack import Deployment
+from demo.devstack.deployment import Deployment
 from tests.cloud.scenario import (
     GATEWAYS,
     POLICY,

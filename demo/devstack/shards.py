@@ -1,6 +1,6 @@
 """Playing the gateways of a sharded local deployment with today's direct ingest.
 
-A :class:`~cloud_tecc.localstack.Deployment` with ``shards=K`` runs K workers
+A :class:`~demo.devstack.deployment.Deployment` with ``shards=K`` runs K workers
 per party, each with its own ``/v1/batches``. A process test or benchmark that
 seals envelopes itself does what an ingest frontend will do: split each batch
 by the shard map and send each shard's part, sealed on its own, to that
@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
-from cloud_tecc.localstack import Deployment, http_json
 from cloud_tecc.party.shardmap import ShardMap
+from demo.devstack.deployment import Deployment, http_json
 from tecc_contract.envelope import Sealer, SensorSegment
 
 #: ``(gateway, sensor) -> shard``.
