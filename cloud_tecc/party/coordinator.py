@@ -54,6 +54,7 @@ from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
+from cloud_tecc.party.maprecord import static_maps
 from cloud_tecc.party.messages import SeqMessage
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
@@ -90,8 +91,11 @@ class Coordinator:
         tracker: ProgressTracker,
         refusing: Callable[[], Iterable[str]] = tuple,
         fence: EpochFence | None = None,
+        map_id: Callable[[int], str | None] | None = None,
     ) -> None:
         self.cfg, self.enclave, self.store = cfg, enclave, store
+        if map_id is None:  # no KV map (all-in-one party): the config's map, one version
+            map_id = static_maps(cfg.shards, cfg.service.policy).id_at
         self.fence = fence
         self.tracker = tracker
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
@@ -105,8 +109,19 @@ class Coordinator:
         )
         #: Every other party, in order.
         self.peers = self.agreement.peers
+        self.map_mismatch = Counter(
+            "tecc_party_map_mismatch",
+            "Epochs refused because a peer routes them by another shard map version",
+            registry=registry,
+        )
         self.round = AgreementRound(
-            cfg=cfg, store=store, tracker=tracker, agreement=self.agreement, refusing=refusing
+            cfg=cfg,
+            store=store,
+            tracker=tracker,
+            agreement=self.agreement,
+            refusing=refusing,
+            map_id=map_id,
+            mismatch=self.map_mismatch.inc,
         )
         self._since_prune = 0
         self._outbox = asyncio.Event()
