@@ -4,6 +4,8 @@
     tecc-cluster admin --config party0.yaml approve GATEWAY
     tecc-cluster admin --config party0.yaml revoke GATEWAY [--reason TEXT]
     tecc-cluster admin --config party0.yaml forget GATEWAY
+    tecc-cluster admin --config party0.yaml shard-map show
+    tecc-cluster admin --config party0.yaml shard-map set --stream gw-1/press=1 [--at NS]
     tecc-cluster admin owner-key init | sign-manifest ... | verify-manifest ...
 
 (``python -m cloud_tecc.admin`` is the same.)
@@ -16,7 +18,8 @@ reinstates a suspended one with the PCR values it last quoted (an authorised
 update); ``revoke`` refuses the gateway's batches and notices from then on;
 ``forget`` deletes the record (a replaced device may then enrol afresh).
 The plant owner's release-manifest commands (no ``--config``) are in
-:mod:`cloud_tecc.release_admin`. Every command prints JSON. Exit codes: 0
+:mod:`cloud_tecc.release_admin`; ``shard-map`` (the party's shard map in its
+JetStream KV) in :mod:`cloud_tecc.shardmap_admin`. Every command prints JSON. Exit codes: 0
 ok, 2 configuration error or unknown gateway.
 """
 
@@ -28,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from cloud_tecc import release_admin
+from cloud_tecc import release_admin, shardmap_admin
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import CloudError
 from cloud_tecc.party.registry import STATES, Registry
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "revoke":
             sp.add_argument("--reason", default="revoked by the operator")
     release_admin.add_parsers(sub)
+    shardmap_admin.add_parsers(sub)
     return p
 
 
@@ -61,6 +65,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.config is None:
         raise CloudError(f"{args.command} needs --config PARTY.yaml (the party's config file)")
     cfg = load_party(args.config)
+    if args.command in shardmap_admin.COMMANDS:
+        return shardmap_admin.run(args, cfg)
     reg = Registry(cfg.service.state_dir)
     now = time.time_ns()
     try:
