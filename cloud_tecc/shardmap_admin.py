@@ -4,7 +4,7 @@
     tecc-cluster admin --config party0.yaml shard-map set \\
         [--stream GATEWAY/SENSOR=K]... [--class CLASS=K]... \\
         [--unset-stream GATEWAY/SENSOR]... [--unset-class CLASS]... \\
-        [--at NS] [--version N] [--lead-s S]
+        [--at NS] [--version N] [--lead-s S] [--replace]
 
 ``show`` prints the stored record (every version with its id and boundary), the
 version in force now and each shard's committed watermark. ``set`` writes the
@@ -16,6 +16,11 @@ from now. The boundary must not be before any shard's committed watermark
 reading already delivered: readings are routed by the version in force at
 their timestamp, and a frontend must have read the new version before the
 first reading at or after the boundary arrives (frontends poll every second).
+
+``--replace`` rewrites the current version instead of adding one (its
+boundary and overrides, with a higher version): allowed only while no shard
+has committed an epoch under it, e.g. to cancel a pending change or to give a
+party the very version its peers hold.
 
 Every party keeps its own map (each is its own trust domain): run the same
 ``set`` with the same ``--at`` and ``--version`` against every party (the
@@ -60,6 +65,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sm.add_argument("--at", type=int, help="effective from this epoch boundary (ns)")
     sm.add_argument("--version", type=int, help="the new version (default: stored + 1)")
     sm.add_argument("--lead-s", type=float, default=60.0, help="default boundary: now + this")
+    sm.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the current version (not yet in force for a committed epoch)",
+    )
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, int]:
@@ -165,7 +175,15 @@ async def _set(
     marks: dict[str, int],
 ) -> dict[str, Any]:
     at = _boundary(cfg, args.at, args.lead_s, now)
-    if at <= record.effective_ns:
+    if args.replace:
+        used = {k: w for k, w in marks.items() if w > record.effective_ns}
+        if used:
+            raise CloudError(
+                f"--replace: version {record.version} is in force for epochs shards "
+                f"{sorted(used)} committed already (up to {max(used.values())}); make a new "
+                "version from a later boundary instead"
+            )
+    elif at <= record.effective_ns:
         raise CloudError(
             f"--at {at} is not after the current version's boundary ({record.effective_ns}); "
             "a change applies from a later epoch boundary"
@@ -183,7 +201,13 @@ async def _set(
     for name in args.unset_class:
         classes.pop(name, None)
     try:
-        new = with_change(record, effective_ns=at, overrides=streams, class_overrides=classes)
+        new = with_change(
+            record,
+            effective_ns=at,
+            overrides=streams,
+            class_overrides=classes,
+            replace=args.replace,
+        )
     except ValueError as exc:
         raise CloudError(f"shard-map set: {exc}") from exc
     if args.version is not None:
@@ -204,6 +228,7 @@ async def _set(
     same += [f"--class {k}={v}" for k, v in _pairs(args.klass, "--class").items()]
     same += [f"--unset-stream {k}" for k in args.unset_stream]
     same += [f"--unset-class {k}" for k in args.unset_class]
+    same += ["--replace"] if args.replace else []
     return {
         "key": WHERE,
         "revision": new_rev,

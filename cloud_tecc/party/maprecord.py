@@ -196,13 +196,16 @@ def with_change(
     effective_ns: int,
     overrides: dict[str, int],
     class_overrides: dict[str, int],
+    replace: bool = False,
 ) -> ShardMapRecord:
     """The next version: ``record``'s current one moves to the history (oldest dropped).
 
-    ValueError (from the record's checks) when ``effective_ns`` is not after the
-    current version's.
+    ``replace``: the next version takes the current one's place instead (the
+    history stays). ValueError (from the record's checks) when ``effective_ns``
+    is not after the version before it.
     """
-    history = [*record.history, record.spec()][-MAX_HISTORY:]
+    history = list(record.history) if replace else [*record.history, record.spec()]
+    history = history[-MAX_HISTORY:]
     return ShardMapRecord(
         version=record.version + 1,
         shards=record.shards,
