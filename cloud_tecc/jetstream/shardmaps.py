@@ -12,13 +12,16 @@ to a shard ≥ K, another K than the config's, an override splitting a fleet
 class) is refused: logged with the reason, counted in
 ``tecc_shard_map_rejected_total{reason}``, shown in ``/healthz``; the version
 in use stays (a process that has none yet routes nothing: a frontend answers
-503, a worker computes no epoch). Nothing crashes.
+503, a worker computes no epoch). Nothing crashes. A frontend routes only by a
+map it read within :data:`FRESH_S` (:meth:`MapFollower.fresh`), so one that was
+cut off from the KV cannot route by a version that was replaced meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,6 +56,8 @@ from cloud_tecc.party.shardmap import ShardMaps
 log = logging.getLogger("cloud_tecc.jetstream.shardmaps")
 WHERE: Final = f"{SHARDS_BUCKET}/{SHARD_MAP_KEY}"
 REASONS: Final = ("malformed", "shards", "invalid")
+#: A frontend publishes only with a map read this recently (the poll is every second).
+FRESH_S: Final = 5.0
 _RETRY_S: Final = 0.5
 
 
@@ -152,6 +157,8 @@ class MapFollower:
         self.maps: ShardMaps | None = None
         self.error = ""
         self._seen = 0  # the revision last looked at
+        #: monotonic time of the last successful read of the key (0: never)
+        self.checked = 0.0
         self.nc: Client | None = None
         self.rejected = Counter(
             "tecc_shard_map_rejected",
@@ -184,6 +191,7 @@ class MapFollower:
         while True:
             try:
                 got = await store.raw()
+                self.checked = time.monotonic()
             except TRANSIENT:
                 got = None
             if got is not None and got[1] != self._seen:
@@ -220,6 +228,21 @@ class MapFollower:
         kept = f"; still using version {self.maps.current.version}" if self.maps else ""
         log.error("shard map not applied: %s%s", detail, kept)
         return False
+
+    def fresh(self, max_age_s: float) -> ShardMaps:
+        """The map in use if the key was read within ``max_age_s``; else Overloaded (503).
+
+        A frontend routes only by a map it confirmed recently: one that was cut off
+        from its JetStream (and so may have missed a new version) publishes nothing
+        until its next successful read.
+        """
+        if self.maps is None:
+            why = self.error or "not read from the party's JetStream yet"
+            raise Overloaded(f"no usable shard map: {why}")
+        age = time.monotonic() - self.checked
+        if age > max_age_s:
+            raise Overloaded(f"shard map not confirmed for {age:.1f} s (limit {max_age_s} s)")
+        return self.maps
 
     def map_id(self, ts_ns: int) -> str | None:
         """The id of the version in force at ``ts_ns`` (None: no usable map yet)."""

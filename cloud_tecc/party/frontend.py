@@ -39,7 +39,7 @@ from aiohttp import web
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.errors import CloudConfigError, IngestError
-from cloud_tecc.jetstream.shardmaps import MapFollower
+from cloud_tecc.jetstream.shardmaps import FRESH_S, MapFollower
 from cloud_tecc.jetstream.sharelog import (
     MAX_PART_BYTES,
     MalformedPartError,
@@ -49,7 +49,7 @@ from cloud_tecc.jetstream.sharelog import (
     decode_part,
     encode_part,
 )
-from cloud_tecc.party.shardmap import ShardMaps, split_row
+from cloud_tecc.party.shardmap import split_row
 from cloud_tecc.party.store import BatchRow, InsertResult
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService
 
@@ -113,13 +113,6 @@ class IngestFrontend(UplinkService):
             raise Overloaded("not connected to the share log yet")
         return self.log
 
-    def _maps(self) -> ShardMaps:
-        maps = self.shard_map.maps
-        if maps is None:
-            why = self.shard_map.error or "not read from the party's JetStream yet"
-            raise Overloaded(f"no usable shard map: {why}")
-        return maps
-
     def _overloaded(self, exc: Overloaded, counter: str) -> web.Response:
         if counter == "batches":
             self.rejected.labels("overloaded").inc()
@@ -147,7 +140,9 @@ class IngestFrontend(UplinkService):
 
     async def _publish(self, row: BatchRow) -> str:
         """Every shard part in the log; ``accepted``, or ``duplicate`` if all were there."""
-        parts = {k: encode_part(p, k) for k, p in split_row(row, self._maps()).items()}
+        parts = {
+            k: encode_part(p, k) for k, p in split_row(row, self.shard_map.fresh(FRESH_S)).items()
+        }
         big = max(len(d) for d in parts.values())
         if big > MAX_PART_BYTES:
             raise IngestError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cloud_tecc.config import JetStreamConfig
 from cloud_tecc.jetstream.kv import SHARD_MAP_KEY, KVError, RevisionChangedError
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from cloud_tecc.jetstream.shardmaps import MapFollower, ShardMapStore
+from cloud_tecc.jetstream.sharelog import Overloaded
 from cloud_tecc.party.maprecord import ShardMapRecord, with_change
 from tests.cloud.scenario import POLICY, SECOND, T0
 
@@ -91,6 +93,8 @@ async def test_follower_applies_new_versions_and_refuses_bad_records(
     each refused with its reason and counted; the version in use stays; no crash."""
     registry = CollectorRegistry()
     follower = _follower(node, tmp_path, registry)
+    with pytest.raises(Overloaded, match="no usable shard map"):
+        follower.fresh(5.0)
     task = asyncio.create_task(follower.run())
     try:
         await _until(lambda: follower.maps is not None, "map created and applied")
@@ -138,6 +142,16 @@ async def test_follower_applies_new_versions_and_refuses_bad_records(
         assert follower.map_id(T0) != follower.map_id(T0 + 20 * SECOND)
         assert maps.shard_of("gw-9", "temp7", T0 + 20 * SECOND) == 1  # the class, placed
         assert registry.get_sample_value("tecc_shard_map_version") == 2
+        # cut off from its JetStream, the follower stops vouching for its map (503)
+        assert follower.fresh(0.5) is maps
+        node.nodes[0].stop()
+        await asyncio.sleep(1.0)
+        with pytest.raises(Overloaded, match="not confirmed"):
+            follower.fresh(0.5)
+        node.nodes[0].start()
+        node.nodes[0].wait_ready()
+        await _until(lambda: time.monotonic() - follower.checked < 0.5, "confirmed again")
+        assert follower.fresh(0.5) is maps
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
