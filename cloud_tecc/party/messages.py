@@ -58,8 +58,9 @@ class ProposalDoc(Message, frozen=True, kw_only=True):
     batches: tuple[BatchKey, ...]
     skip: tuple[BatchKey, ...] = ()
     run: str = ""
-    #: The shard map version of the epoch (``<version>:<digest16>``); "" from no map.
-    map: Annotated[str, Meta(max_length=64)] = ""
+    #: The shard map version of the epoch (``<version>:<digest16>``); UNSET (not encoded)
+    #: when the leader sent none, so a decoded message encodes to the same bytes.
+    map: Annotated[str, Meta(min_length=1, max_length=64)] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         if self.end <= self.start:
@@ -67,7 +68,8 @@ class ProposalDoc(Message, frozen=True, kw_only=True):
 
     def to_proposal(self) -> Proposal:
         """The in-memory proposal."""
-        return Proposal(self.start, self.end, self.batches, self.skip, self.run, self.map)
+        smap = "" if isinstance(self.map, UnsetType) else self.map
+        return Proposal(self.start, self.end, self.batches, self.skip, self.run, smap)
 
 
 class ProposalMessage(Message, frozen=True, kw_only=True):
