@@ -171,10 +171,15 @@ def _route(
     """The shard(s) of one segment: whole, or its readings split at a version boundary."""
     if isinstance(shard_map, ShardMap):
         return [(shard_map.shard_of(gateway, seg.sensor), seg)]
+    if len(shard_map.versions) == 1:
+        return [(shard_map.versions[0].map.shard_of(gateway, seg.sensor), seg)]
     shards = [v.map.shard_of(gateway, seg.sensor) for v in shard_map.versions]
     if len(set(shards)) == 1:
         return [(shards[0], seg)]
     ts = np.frombuffer(seg.ts, dtype="<i8")
+    lo, hi = shard_map.at(int(ts.min())), shard_map.at(int(ts.max()))
+    if lo is hi:  # the segment lies within one version (the usual case)
+        return [(lo.map.shard_of(gateway, seg.sensor), seg)]
     bounds = np.array([v.effective_ns for v in shard_map.versions[1:]], dtype=np.int64)
     per_reading = np.asarray(shards, dtype=np.int64)[np.searchsorted(bounds, ts, side="right")]
     present = np.unique(per_reading)
