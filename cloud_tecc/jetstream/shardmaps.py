@@ -56,8 +56,9 @@ from cloud_tecc.party.shardmap import ShardMaps
 log = logging.getLogger("cloud_tecc.jetstream.shardmaps")
 WHERE: Final = f"{SHARDS_BUCKET}/{SHARD_MAP_KEY}"
 REASONS: Final = ("malformed", "shards", "invalid")
-#: A frontend publishes only with a map read this recently (the poll is every second).
-FRESH_S: Final = 5.0
+#: A frontend publishes only with a map read this recently (the poll is every second;
+#: a KV leader election in a 3-node cluster takes a few seconds).
+FRESH_S: Final = 10.0
 _RETRY_S: Final = 0.5
 
 

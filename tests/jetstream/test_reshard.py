@@ -78,6 +78,18 @@ def _readings(dep: Deployment, worker: str, stream: tuple[str, str]) -> list[int
     return sorted(int(t) for (blob,) in rows for t in np.frombuffer(blob, "<i8"))
 
 
+def _state_epochs(dep: Deployment, worker: str, stream: tuple[str, str]) -> list[int]:
+    """Epochs after which a worker holds detector state of ``stream`` (it analysed them)."""
+    con = sqlite3.connect(dep.state_dir(worker) / "shares.db", timeout=10)
+    try:
+        rows = con.execute(
+            "SELECT epoch_ns FROM stream_state WHERE gateway = ? AND sensor = ?", stream
+        ).fetchall()
+    finally:
+        con.close()
+    return sorted(int(e) for (e,) in rows)
+
+
 def _released(dep: Deployment, before_ns: int) -> tuple[dict[Any, Any], dict[Any, Any]]:
     _, windows = http_json(dep.url("output") + "/api/v1/windows")
     _, fleet = http_json(dep.url("output") + "/api/v1/fleet")
@@ -163,6 +175,9 @@ def test_a_map_change_moves_a_stream_and_a_mismatch_is_refused(
             assert max(before) < at, "the old shard holds the stream until 20 s"
             assert after
             assert min(after) >= at, "the new shard holds it from 20 s"
+            # ... and analysed it: its detector state there is of the epochs after 20 s
+            assert min(_state_epochs(dep, dep.worker(i, 1 - home), MOVED)) > at
+            assert max(_state_epochs(dep, dep.worker(i, home), MOVED)) <= at
             temps = _readings(dep, dep.worker(i, 1 - class_home), ("gw-c", "temp1"))
             assert temps
             assert min(temps) >= at
