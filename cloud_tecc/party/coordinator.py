@@ -109,11 +109,6 @@ class Coordinator:
         )
         #: Every other party, in order.
         self.peers = self.agreement.peers
-        self.map_mismatch = Counter(
-            "tecc_party_map_mismatch",
-            "Epochs refused because a peer routes them by another shard map version",
-            registry=registry,
-        )
         self.round = AgreementRound(
             cfg=cfg,
             store=store,
@@ -121,7 +116,7 @@ class Coordinator:
             agreement=self.agreement,
             refusing=refusing,
             map_id=map_id,
-            mismatch=self.map_mismatch.inc,
+            registry=registry,
         )
         self._since_prune = 0
         self._outbox = asyncio.Event()

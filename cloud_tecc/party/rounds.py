@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+from prometheus_client import CollectorRegistry, Counter
+
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.party.agreement import EpochAgreement, RemoteAgreementError
@@ -74,13 +76,18 @@ class AgreementRound:
         agreement: EpochAgreement,
         refusing: Callable[[], Iterable[str]] = tuple,
         map_id: Callable[[int], str | None] = lambda _start: "",
-        mismatch: Callable[[], None] = lambda: None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.cfg, self.store, self.tracker, self.agreement = cfg, store, tracker, agreement
         #: The shard map version in force at an epoch's start here (None: no usable map).
         self._map_id = map_id
-        #: Counts one epoch refused for a shard map mismatch (tecc_party_map_mismatch_total).
-        self._mismatch = mismatch
+        self.map_mismatch = Counter(
+            "tecc_party_map_mismatch",
+            "Epochs refused because a party routes them by another shard map version "
+            "(once per epoch)",
+            registry=registry,
+        )
+        self._mismatched: int | None = None  # the epoch last counted
         self._waiting_for: tuple[int, str] = (0, "")
         self.skip: set[Key] = set()  # orphaned batches the followers reported (leader only)
         #: The gateways this party does not admit now (its registry; read each round).
@@ -127,7 +134,7 @@ class AgreementRound:
         theirs = {p: a.map for p, a in acks.items() if isinstance(a.map, str)}
         map_note = ""
         if theirs and agreement.leader:
-            self._mismatch()
+            self._mismatch(prop.start_ns)
             map_note = (
                 f"shard map mismatch for epoch {prop.start_ns}: this party (the leader) uses "
                 f"version {prop.map}, {', '.join(f'party {p} {m}' for p, m in theirs.items())}; "
@@ -148,9 +155,14 @@ class AgreementRound:
             return None
         return prop
 
+    def _mismatch(self, start_ns: int) -> None:
+        if self._mismatched != start_ns:
+            self._mismatched = start_ns
+            self.map_mismatch.inc()
+
     def _map_refusal(self, prop: Proposal, here: str | None) -> str:
         """Why a follower refuses an epoch routed by another shard map version (counted)."""
-        self._mismatch()
+        self._mismatch(prop.start_ns)
         lead = self.agreement.leader_index
         return (
             f"shard map mismatch for epoch {prop.start_ns}: party {lead} uses version "
