@@ -180,10 +180,11 @@ class Coordinator:
         states: dict[tuple[str, str], StreamState],
         readings: int,
         body: bytes | None = None,
+        map_id: str = "",
     ) -> None:
         done_ns = time.time_ns()
         if self.fence is not None:  # first the fenced record a successor resumes from
-            await self.fence.commit(end_ns, states, readings, done_ns, body)
+            await self.fence.commit(end_ns, states, readings, done_ns, body, map_id=map_id)
         await asyncio.to_thread(self.store.commit_epoch, end_ns, states, readings, done_ns, body)
 
     @property
@@ -309,7 +310,7 @@ class Coordinator:
         states = await asyncio.to_thread(self.store.load_states, keys, prop.start_ns)
         epoch = build_epoch(prop.start_ns, prop.end_ns, segments, states)
         if not epoch.streams:
-            await self._commit(prop.end_ns, {}, 0)
+            await self._commit(prop.end_ns, {}, 0, map_id=prop.map)
             self.watermark_ns = prop.end_ns
             return
         party = Party(self.cfg.party, self.cfg.n_parties, mesh, link, frac_bits=DEFAULT_FRAC_BITS)
@@ -332,7 +333,7 @@ class Coordinator:
             (s.gateway, s.sensor): st for s, st in zip(epoch.streams, out.states, strict=True)
         }
         n = out.plan.readings
-        await self._commit(prop.end_ns, new_states, n, body)
+        await self._commit(prop.end_ns, new_states, n, body, map_id=prop.map)
         self.watermark_ns = prop.end_ns
         self._outbox.set()
         if prop.skip:

@@ -15,17 +15,20 @@ logged) until party 0 is given the very version party 1 holds
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import nats
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc import admin
 from cloud_tecc.analytics.policy import policy_from_mapping
+from cloud_tecc.jetstream import epochlog
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from cloud_tecc.party.shardmap import ShardMap
 from tests.cloud.scenario import (
@@ -88,6 +91,25 @@ def _state_epochs(dep: Deployment, worker: str, stream: tuple[str, str]) -> list
     finally:
         con.close()
     return sorted(int(e) for (e,) in rows)
+
+
+def _logged_maps(node: NatsDeployment, shard: int) -> dict[int, str]:
+    """Epoch end → the shard map version recorded with it in the party's epoch log."""
+
+    async def read() -> dict[int, str]:
+        nc = await nats.connect(servers=node.servers, connect_timeout=2)
+        try:
+            got: dict[int, str] = {}
+
+            async def keep(epoch: epochlog.EpochWire) -> None:
+                got[epoch.end_ns] = epoch.map
+
+            await epochlog.replay(nc.jetstream(), shard, 10**9, keep)
+            return got
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
 
 
 def _released(dep: Deployment, before_ns: int) -> tuple[dict[Any, Any], dict[Any, Any]]:
@@ -207,6 +229,16 @@ def test_a_map_change_moves_a_stream_and_a_mismatch_is_refused(
         fixed = _set(dep, 0, capsys, "set", "--replace", *same[-4:])
         assert fixed["id"] == fourth["id"]
         assert _check(dep, want, T0 + SECONDS * SECOND) == 5 * 12
+        # the epoch log of each party names the version every epoch was computed under
+        ids = {1: None, 2: done[0]["id"], 4: fourth["id"]}
+        for i in range(2):
+            for k in range(2):
+                logged = _logged_maps(nodes[i], k)
+                assert logged, (i, k)
+                for end, map_id in logged.items():
+                    version = 1 if end <= at else 2 if end <= at2 else 4
+                    assert map_id.startswith(f"{version}:"), (i, k, end, map_id)
+                    assert ids[version] in (None, map_id)
     finally:
         dep.stop_all()
         for n in nodes:
