@@ -177,16 +177,15 @@ class MapFollower:
         """Connect, create the map if absent, then follow it for ever."""
         self.nc = await party_client(self.cfg, self.state_dir, self.name)
         js = self.nc.jetstream(timeout=5.0)
-        while True:
+        store: ShardMapStore | None = None
+        while store is None:
             try:
                 store = await ShardMapStore.open(js, replicas=self.cfg.replicas)
                 await store.ensure(self.shards)
-                break
-            except ShardMapError as exc:  # a broken record is there: follow, report
-                store = ShardMapStore(await open_bucket(js, SHARDS_BUCKET))
-                self._refuse("malformed", str(exc))
-                break
+            except ShardMapError:
+                pass  # a broken record is there: the loop below reports it, and follows
             except (*TRANSIENT, KVError) as exc:
+                store = None
                 log.warning("shard map bucket not ready (%s); retrying", exc)
                 await asyncio.sleep(_RETRY_S)
         while True:
@@ -208,7 +207,7 @@ class MapFollower:
             return self._refuse("malformed", str(exc))
         try:
             maps = build_maps(record, shards=self.shards, policy=self.policy, where=WHERE)
-        except ShardMapError as exc:
+        except (ShardMapError, ValueError) as exc:
             reason = "shards" if record.shards != self.shards else "invalid"
             return self._refuse(reason, str(exc))
         old = self.maps

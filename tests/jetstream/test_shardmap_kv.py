@@ -198,3 +198,34 @@ def test_admin_shows_and_sets_the_map(
     code, out = _admin(cfg, "shard-map", "set", "--unset-stream", f"{GW}/press", "--at", str(at))
     assert code == 2
     assert "not after the current version's boundary" in str(out["error"])
+
+
+async def test_a_follower_started_on_a_broken_record_routes_nothing_until_it_is_fixed(
+    node: NatsDeployment, nc: Client, tmp_path: Path
+) -> None:
+    """Fresh start over an invalid map: no map (a frontend answers 503), the reason shown
+    and counted once; a valid record written later is applied without a restart."""
+    store = await ShardMapStore.open(nc.jetstream())
+    await store.bucket.write(SHARD_MAP_KEY, b'{"version": 3, "shards": 2, "x": 1}', expected=0)
+    registry = CollectorRegistry()
+    follower = _follower(node, tmp_path, registry)
+    task = asyncio.create_task(follower.run())
+    try:
+        await _until(lambda: _rejected(registry, "malformed") == 1, "the broken record refused")
+        await asyncio.sleep(0.3)  # polled again: the same revision is not refused twice
+        assert _rejected(registry, "malformed") == 1
+        assert follower.maps is None
+        assert "unknown field" in str(follower.health()["error"])
+        assert follower.map_id(T0) is None  # a worker proposes and confirms nothing
+        with pytest.raises(Overloaded, match="unknown field"):
+            follower.fresh(5.0)
+        got = await store.raw()
+        assert got is not None
+        fixed = ShardMapRecord(version=4, shards=2, class_overrides={"temperature": 0})
+        await store.save(fixed, expected=got[1])
+        await _until(lambda: follower.health()["version"] == 4, "the fixed record applied")
+        assert follower.fresh(5.0).shard_of("gw-x", "temp3", T0) == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await follower.close()
