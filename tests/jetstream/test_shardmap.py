@@ -15,6 +15,7 @@ from cloud_tecc.party.maprecord import (
     ShardMapError,
     ShardMapRecord,
     build_maps,
+    decode_record,
     initial_record,
     spec_digest,
     static_maps,
@@ -201,3 +202,41 @@ def test_a_change_keeps_the_old_version_and_a_bounded_history() -> None:
     assert spec_digest(record) != spec_digest(
         msgspec.structs.replace(record, effective_ns=record.effective_ns + W)
     )
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    ["version", "shards", "rule", "effective_ns", "overrides", "class_overrides", "history"]
+)
+_records = st.dictionaries(_keys, _json) | st.fixed_dictionaries(
+    {"version": st.integers(-2, 5), "shards": st.integers(-1, 4)},
+    optional={
+        "overrides": st.dictionaries(st.sampled_from(["gw/temp-1", "gw/x", "x", ""]), _json),
+        "class_overrides": st.dictionaries(st.sampled_from(["temperature", "nope"]), _json),
+        "effective_ns": st.integers(-1, 3 * W),
+        "history": st.lists(
+            st.fixed_dictionaries({"version": st.integers(0, 3), "shards": st.integers(0, 3)})
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_records.map(msgspec.json.encode), st.binary(max_size=64)))
+def test_any_stored_bytes_build_a_map_or_are_refused_with_a_shard_map_error(raw: bytes) -> None:
+    """What the KV holds is outside input to a frontend: it builds, or ShardMapError says why."""
+    why = ""
+    try:
+        record = decode_record(raw, where="tecc_shards/map")
+        maps = build_maps(record, shards=2, policy=POLICY)
+    except ShardMapError as exc:
+        why = str(exc)
+    if why:
+        assert "tecc_shards/map" in why
+        return
+    assert maps.k == 2
+    assert all(0 <= maps.shard_of("gw", s, t) < 2 for s in ("temp-1", "x") for t in (0, 5 * W))
