@@ -58,13 +58,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     """Add ``shard-map show|set`` to ``tecc-cluster admin``."""
     sm = sub.add_parser("shard-map", help="show or change the party's shard map (its KV)")
     sm.add_argument("action", choices=("show", "set"))
-    sm.add_argument("--stream", action="append", default=[], metavar="GATEWAY/SENSOR=K")
-    sm.add_argument("--class", dest="klass", action="append", default=[], metavar="CLASS=K")
-    sm.add_argument("--unset-stream", action="append", default=[], metavar="GATEWAY/SENSOR")
-    sm.add_argument("--unset-class", action="append", default=[], metavar="CLASS")
-    sm.add_argument("--at", type=int, help="effective from this epoch boundary (ns)")
-    sm.add_argument("--version", type=int, help="the new version (default: stored + 1)")
-    sm.add_argument("--lead-s", type=float, default=60.0, help="default boundary: now + this")
+    for flag, dest, metavar, text in (
+        ("--stream", "stream", "GATEWAY/SENSOR=K", "place one stream (not of a fleet class)"),
+        ("--class", "klass", "CLASS=K", "place a whole fleet class"),
+        ("--unset-stream", "unset_stream", "GATEWAY/SENSOR", "drop a stream's override"),
+        ("--unset-class", "unset_class", "CLASS", "drop a class's override"),
+    ):
+        sm.add_argument(flag, dest=dest, action="append", default=[], metavar=metavar, help=text)
+    sm.add_argument("--at", type=int, metavar="NS", help="effective from this epoch boundary")
+    sm.add_argument("--version", type=int, metavar="N", help="the new version (default: +1)")
+    sm.add_argument(
+        "--lead-s", type=float, default=60.0, metavar="S", help="default --at: now + S (60)"
+    )
     sm.add_argument(
         "--replace",
         action="store_true",
