@@ -169,17 +169,10 @@ async def _run(args: argparse.Namespace, cfg: PartyConfig) -> dict[str, Any]:
         await nc.close()
 
 
-async def _set(
-    args: argparse.Namespace,
-    cfg: PartyConfig,
-    *,
-    store: ShardMapStore,
-    record: ShardMapRecord,
-    rev: int,
-    now: int,
-    marks: dict[str, int],
-) -> dict[str, Any]:
-    at = _boundary(cfg, args.at, args.lead_s, now)
+def _check_boundary(
+    args: argparse.Namespace, record: ShardMapRecord, at: int, marks: dict[str, int]
+) -> None:
+    """CloudError when ``at`` would contradict epochs computed (or a version in force)."""
     if args.replace:
         used = {k: w for k, w in marks.items() if w > record.effective_ns}
         if used:
@@ -199,6 +192,20 @@ async def _set(
             f"--at {at}: shards {sorted(ahead)} committed epochs up to {max(ahead.values())} "
             "under the current map already; choose a boundary at or after that"
         )
+
+
+async def _set(
+    args: argparse.Namespace,
+    cfg: PartyConfig,
+    *,
+    store: ShardMapStore,
+    record: ShardMapRecord,
+    rev: int,
+    now: int,
+    marks: dict[str, int],
+) -> dict[str, Any]:
+    at = _boundary(cfg, args.at, args.lead_s, now)
+    _check_boundary(args, record, at, marks)
     streams = {**record.overrides, **_pairs(args.stream, "--stream")}
     classes = {**record.class_overrides, **_pairs(args.klass, "--class")}
     for name in args.unset_stream:
@@ -234,7 +241,7 @@ async def _set(
     same += [f"--unset-stream {k}" for k in args.unset_stream]
     same += [f"--unset-class {k}" for k in args.unset_class]
     same += ["--replace"] if args.replace else []
-    return {
+    out: dict[str, Any] = {
         "key": WHERE,
         "revision": new_rev,
         "version": new.version,
@@ -245,6 +252,15 @@ async def _set(
             f"{' '.join(same)} --at {at} --version {new.version}"
         ),
     }
+    ahead_s = (at - now) / 1e9
+    if ahead_s < args.lead_s:
+        out["warning"] = (
+            f"the boundary is {ahead_s:.0f} s from now (less than --lead-s {args.lead_s:.0f}): "
+            "readings at or after it that reached a frontend before it read this version were "
+            "routed by the old one, and a party that applies the change later routes them "
+            "differently (its epochs from the boundary are then refused)"
+        )
+    return out
 
 
 def _fields(record: ShardMapRecord) -> dict[str, Any]:

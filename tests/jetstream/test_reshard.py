@@ -229,6 +229,11 @@ def test_a_map_change_moves_a_stream_and_a_mismatch_is_refused(
         fixed = _set(dep, 0, capsys, "set", "--replace", *same[-4:])
         assert fixed["id"] == fourth["id"]
         assert _check(dep, want, T0 + SECONDS * SECOND) == 5 * 12
+        # the operator tool refuses to replace a version epochs were committed under
+        code = admin.main(["--config", str(dep.root / "party0.yaml"), "shard-map", "set",
+                           "--stream", "gw-c/press1=0", "--replace", "--at", str(at2)])  # fmt: skip
+        assert code == 2
+        assert "committed already" in capsys.readouterr().err
         # the epoch log of each party names the version every epoch was computed under
         ids = {1: None, 2: done[0]["id"], 4: fourth["id"]}
         for i in range(2):

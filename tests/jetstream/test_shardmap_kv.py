@@ -187,6 +187,7 @@ def test_admin_shows_and_sets_the_map(
     assert code == 0, out
     assert out["version"] == 2
     assert out["effective_ns"] == at
+    assert "less than --lead-s" in str(out["warning"])  # a boundary in the past
     assert f"--at {at} --version 2" in str(out["every_other_party"])
     code, shown = _admin(cfg, "shard-map", "show")
     versions = shown["versions"]
