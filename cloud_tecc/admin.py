@@ -5,6 +5,8 @@
     tecc-cluster admin --config party0.yaml revoke GATEWAY [--reason TEXT]
     tecc-cluster admin --config party0.yaml forget GATEWAY
     tecc-cluster admin --config party0.yaml operator-key add|remove|list [NAME]
+    tecc-cluster admin --config party0.yaml shard-map show
+    tecc-cluster admin --config party0.yaml shard-map set --stream gw-1/press=1 [--at NS]
     tecc-cluster admin owner-key init | sign-manifest ... | verify-manifest ...
 
 (``python -m cloud_tecc.admin`` is the same.)
@@ -23,7 +25,8 @@ output's dashboard can approve or revoke at *this* party, each action MACed
 in the browser and checked here (:mod:`cloud_tecc.party.admin_api`);
 ``remove`` withdraws it, ``list`` names the keys.
 The plant owner's release-manifest commands (no ``--config``) are in
-:mod:`cloud_tecc.release_admin`. Every command prints JSON. Exit codes: 0
+:mod:`cloud_tecc.release_admin`; ``shard-map`` (the party's shard map in its
+JetStream KV) in :mod:`cloud_tecc.shardmap_admin`. Every command prints JSON. Exit codes: 0
 ok, 2 configuration error or unknown gateway.
 """
 
@@ -35,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from cloud_tecc import release_admin
+from cloud_tecc import release_admin, shardmap_admin
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import CloudError
 from cloud_tecc.party.admin_api import OperatorKeys
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ok.add_argument("op", choices=("add", "remove", "list"))
     ok.add_argument("name", nargs="?", default="")
     release_admin.add_parsers(sub)
+    shardmap_admin.add_parsers(sub)
     return p
 
 
@@ -74,6 +78,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     cfg = load_party(args.config)
     if args.command == "operator-key":
         return _operator_key(OperatorKeys(cfg.service.state_dir), args.op, args.name)
+    if args.command in shardmap_admin.COMMANDS:
+        return shardmap_admin.run(args, cfg)
     reg = Registry(cfg.service.state_dir)
     now = time.time_ns()
     try:

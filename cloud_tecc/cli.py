@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--policy", type=Path, required=True)
     sub.add_parser(
         "admin",
-        help="gateway enrolment at a party: admin --config P list|approve|revoke|forget",
+        help="a party's gateway enrolment and shard map: admin --config P "
+        "list|approve|revoke|forget|shard-map",
         add_help=False,
     )
     k = sub.add_parser("keygen", help="create/open a simulated platform, print its public key")

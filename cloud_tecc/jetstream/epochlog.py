@@ -68,6 +68,9 @@ class EpochWire(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fie
     fence: int
     states: tuple[StateWire, ...]
     body: bytes | None
+    #: The shard map version the epoch was agreed and computed under (``<version>:<digest16>``;
+    #: "" in records written before the map was versioned).
+    map: str = ""
 
 
 def subject(shard: int) -> str:

@@ -5,7 +5,7 @@ takeover"):
 
 - ``tecc_leases``: one key per shard, the owner record of :mod:`.lease`;
 - ``tecc_commits``: one key per shard, the committed state of :mod:`.commits`;
-- ``tecc_shards``: one key, the shard map (:class:`ShardMapRecord`, this module).
+- ``tecc_shards``: one key, the shard map (:mod:`.shardmaps`).
 
 Every value is a msgspec JSON record with unknown fields forbidden, so a value
 written by another version or by hand is refused with the bucket and key named,
@@ -23,16 +23,14 @@ import asyncio
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 import nats
 import nats.aio.client
 import nats.errors
 import nats.js.errors
-from msgspec import Meta
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RawStreamMsg
 
@@ -227,95 +225,3 @@ async def open_bucket(
             f"TTL: delete it (nats kv rm {name}) and restart the workers"
         )
     return Bucket(js, name)
-
-
-# -- the shard map ---------------------------------------------------------------------
-
-ShardIndex = Annotated[int, Meta(ge=0, le=65535)]
-
-
-class ShardMapRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The stored shard map: its version, K, and per-stream overrides ``"gateway/sensor"``."""
-
-    version: Annotated[int, Meta(ge=1)]
-    shards: Annotated[int, Meta(ge=1, le=65536)]
-    overrides: dict[str, ShardIndex] = msgspec.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for stream, shard in self.overrides.items():
-            gateway, sep, sensor = stream.partition("/")
-            if not sep or not gateway or not sensor:
-                raise ValueError(
-                    f"overrides: key {stream!r} must be 'gateway/sensor' (e.g. 'gw-1/temp')"
-                )
-            if shard >= self.shards:
-                raise ValueError(
-                    f"overrides[{stream!r}] = {shard} is not a shard of {self.shards}; "
-                    f"write a shard from 0 to {self.shards - 1}"
-                )
-
-
-class ShardMapStore:
-    """The shard map in ``tecc_shards``: load, save (versioned compare-and-set), watch."""
-
-    def __init__(self, bucket: Bucket, *, poll_s: float = 1.0) -> None:
-        self.bucket = bucket
-        self.poll_s = poll_s
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> ShardMapStore:
-        """The store over the party's ``tecc_shards`` bucket (created if missing)."""
-        return cls(await open_bucket(js, SHARDS_BUCKET, replicas=replicas))
-
-    async def load(self) -> tuple[ShardMapRecord, int] | None:
-        """The stored map and its revision, or None before the first save."""
-        stored = await self.bucket.get(SHARD_MAP_KEY)
-        if stored is None or stored.value is None:
-            return None
-        record = decode(stored.value, ShardMapRecord, bucket=self.bucket.name, key=SHARD_MAP_KEY)
-        return record, stored.revision
-
-    async def save(self, record: ShardMapRecord) -> int:
-        """Store ``record`` if its version is above the stored one; the new revision.
-
-        Two writers racing with the same version: one wins, the other gets
-        RevisionChangedError. A version not above the stored one raises KVError.
-        """
-        stored = await self.bucket.get(SHARD_MAP_KEY)
-        expected = 0 if stored is None else stored.revision
-        if stored is not None and stored.value is not None:
-            current = decode(
-                stored.value, ShardMapRecord, bucket=self.bucket.name, key=SHARD_MAP_KEY
-            )
-            if record.version <= current.version:
-                raise KVError(
-                    f"shard map version {record.version} is not above the stored "
-                    f"{current.version}; write version {current.version + 1}"
-                )
-        return await self.bucket.write(
-            SHARD_MAP_KEY, msgspec.json.encode(record), expected=expected
-        )
-
-    async def watch(self) -> AsyncIterator[ShardMapRecord]:
-        """Yield the map now (once stored), then each newer version (polled every poll_s).
-
-        A stored value that does not decode is logged and skipped until it
-        changes; transient errors are retried at the next poll.
-        """
-        seen = 0
-        while True:
-            try:
-                stored = await self.bucket.get(SHARD_MAP_KEY)
-            except TRANSIENT:
-                stored = None
-            if stored is not None and stored.value is not None and stored.revision != seen:
-                seen = stored.revision
-                try:
-                    record = decode(
-                        stored.value, ShardMapRecord, bucket=self.bucket.name, key=SHARD_MAP_KEY
-                    )
-                except KVError as exc:
-                    log.error("shard map not applied: %s", exc)
-                else:
-                    yield record
-            await asyncio.sleep(self.poll_s)

@@ -54,6 +54,7 @@ from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
+from cloud_tecc.party.maprecord import static_maps
 from cloud_tecc.party.messages import SeqMessage
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
@@ -90,8 +91,11 @@ class Coordinator:
         tracker: ProgressTracker,
         refusing: Callable[[], Iterable[str]] = tuple,
         fence: EpochFence | None = None,
+        map_id: Callable[[int], str | None] | None = None,
     ) -> None:
         self.cfg, self.enclave, self.store = cfg, enclave, store
+        if map_id is None:  # no KV map (all-in-one party): the config's map, one version
+            map_id = static_maps(cfg.shards, cfg.service.policy).id_at
         self.fence = fence
         self.tracker = tracker
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
@@ -106,7 +110,13 @@ class Coordinator:
         #: Every other party, in order.
         self.peers = self.agreement.peers
         self.round = AgreementRound(
-            cfg=cfg, store=store, tracker=tracker, agreement=self.agreement, refusing=refusing
+            cfg=cfg,
+            store=store,
+            tracker=tracker,
+            agreement=self.agreement,
+            refusing=refusing,
+            map_id=map_id,
+            registry=registry,
         )
         self._since_prune = 0
         self._outbox = asyncio.Event()
@@ -170,10 +180,11 @@ class Coordinator:
         states: dict[tuple[str, str], StreamState],
         readings: int,
         body: bytes | None = None,
+        map_id: str = "",
     ) -> None:
         done_ns = time.time_ns()
         if self.fence is not None:  # first the fenced record a successor resumes from
-            await self.fence.commit(end_ns, states, readings, done_ns, body)
+            await self.fence.commit(end_ns, states, readings, done_ns, body, map_id=map_id)
         await asyncio.to_thread(self.store.commit_epoch, end_ns, states, readings, done_ns, body)
 
     @property
@@ -299,7 +310,7 @@ class Coordinator:
         states = await asyncio.to_thread(self.store.load_states, keys, prop.start_ns)
         epoch = build_epoch(prop.start_ns, prop.end_ns, segments, states)
         if not epoch.streams:
-            await self._commit(prop.end_ns, {}, 0)
+            await self._commit(prop.end_ns, {}, 0, map_id=prop.map)
             self.watermark_ns = prop.end_ns
             return
         party = Party(self.cfg.party, self.cfg.n_parties, mesh, link, frac_bits=DEFAULT_FRAC_BITS)
@@ -322,7 +333,7 @@ class Coordinator:
             (s.gateway, s.sensor): st for s, st in zip(epoch.streams, out.states, strict=True)
         }
         n = out.plan.readings
-        await self._commit(prop.end_ns, new_states, n, body)
+        await self._commit(prop.end_ns, new_states, n, body, map_id=prop.map)
         self.watermark_ns = prop.end_ns
         self._outbox.set()
         if prop.skip:

@@ -55,16 +55,22 @@ class Proposal:
     batches: tuple[Key, ...]
     skip: tuple[Key, ...] = ()
     run: str = ""
+    #: The shard map version in force for the epoch (``MapVersion.id``): every party must
+    #: route by the same one, or the shards' share columns would not belong together.
+    map: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form for the peer channel."""
-        return {
+        """JSON form for the peer channel (``map`` only when set)."""
+        doc: dict[str, Any] = {
             "start": self.start_ns,
             "end": self.end_ns,
             "batches": [list(b) for b in self.batches],
             "skip": [list(b) for b in self.skip],
             "run": self.run,
         }
+        if self.map:
+            doc["map"] = self.map
+        return doc
 
     @classmethod
     def from_json(cls, obj: Any) -> Proposal:
@@ -72,7 +78,8 @@ class Proposal:
         try:
             batches = keys_from_json(obj["batches"])
             skip = keys_from_json(obj.get("skip", []))
-            return cls(int(obj["start"]), int(obj["end"]), batches, skip, str(obj.get("run", "")))
+            run, smap = str(obj.get("run", "")), str(obj.get("map", ""))
+            return cls(int(obj["start"]), int(obj["end"]), batches, skip, run, smap)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PeerError(f"malformed epoch proposal: {exc}") from exc
 

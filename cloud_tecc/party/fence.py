@@ -23,8 +23,13 @@ class EpochFence(Protocol):
         readings: int,
         done_ns: int,
         body: bytes | None,
+        *,
+        map_id: str = "",
     ) -> None:
-        """Record the epoch durably for a successor (raises if this worker is fenced)."""
+        """Record the epoch durably for a successor (raises if this worker is fenced).
+
+        ``map_id``: the shard map version the parties agreed for the epoch.
+        """
 
     async def released(self, end_ns: int) -> None:
         """The output service accepted the results of the epoch ending at ``end_ns``."""

@@ -7,7 +7,9 @@ key, the same quote, ``/attestation``, ``/healthz``, ``/metrics``, the
 enrolment endpoints):
 
 * ``POST /v1/batches``: :meth:`Ingestor.prepare` in a thread pool, the opened
-  batch split into one part per shard (:func:`~cloud_tecc.party.shardmap.split_row`),
+  batch split into one part per shard (:func:`~cloud_tecc.party.shardmap.split_row`,
+  by the party's shard map in its KV, followed live:
+  :class:`~cloud_tecc.jetstream.shardmaps.MapFollower`; 503 while there is none),
   every part published to ``TECC_SHARES``; the signed ack (same JSON as the
   party's) only after every part's PubAck. All parts already in the stream →
   ``"duplicate"`` with an ack; a part stored under the same (gateway, seq)
@@ -37,6 +39,7 @@ from aiohttp import web
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.jetstream.shardmaps import FRESH_S, MapFollower
 from cloud_tecc.jetstream.sharelog import (
     MAX_PART_BYTES,
     MalformedPartError,
@@ -46,7 +49,7 @@ from cloud_tecc.jetstream.sharelog import (
     decode_part,
     encode_part,
 )
-from cloud_tecc.party.shardmap import ShardMap, split_row
+from cloud_tecc.party.shardmap import split_row
 from cloud_tecc.party.store import BatchRow, InsertResult
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService
 
@@ -64,7 +67,14 @@ class IngestFrontend(UplinkService):
                 "add a jetstream: section (servers, or embedded: true) to the party config"
             )
         self.js_cfg = cfg.jetstream
-        self.shard_map = ShardMap.for_policy(cfg.shards, cfg.service.policy)
+        self.shard_map = MapFollower(
+            cfg=cfg.jetstream,
+            state_dir=cfg.service.state_dir,
+            shards=cfg.shards,
+            policy=cfg.service.policy,
+            registry=self.registry,
+            name=f"ingest-map-{cfg.service.service_id}",
+        )
         self.log: ShareLog | None = None
         self.rejected.labels("overloaded")
         self.notices_rejected.labels("overloaded")
@@ -74,16 +84,18 @@ class IngestFrontend(UplinkService):
     async def on_start(self) -> None:
         """Connect to the log in the background (503 until connected)."""
         self.spawn(self._connect(), "share-log")
+        self.spawn(self.shard_map.run(), "shard-map")
 
     async def _connect(self) -> None:
         name = f"ingest-{self.cfg.service_id}"
         self.log = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
-        log.info("publishing to the share log (%d shards)", self.shard_map.k)
+        log.info("publishing to the share log (%d shards)", self.pcfg.shards)
 
     async def on_stop(self) -> None:
         """Close the log connection, then the shared resources."""
         if self.log is not None:
             await self.log.close()
+        await self.shard_map.close()
         await super().on_stop()
 
     def health(self) -> dict[str, Any]:
@@ -91,7 +103,8 @@ class IngestFrontend(UplinkService):
         doc = super().health()
         doc["party"] = self.pcfg.party
         doc["frontend"] = True
-        doc["shards"] = self.shard_map.k
+        doc["shards"] = self.pcfg.shards
+        doc["shard_map"] = self.shard_map.health()
         doc["log_connected"] = self.log is not None and self.log.nc.is_connected
         return doc
 
@@ -127,7 +140,9 @@ class IngestFrontend(UplinkService):
 
     async def _publish(self, row: BatchRow) -> str:
         """Every shard part in the log; ``accepted``, or ``duplicate`` if all were there."""
-        parts = {k: encode_part(p, k) for k, p in split_row(row, self.shard_map).items()}
+        parts = {
+            k: encode_part(p, k) for k, p in split_row(row, self.shard_map.fresh(FRESH_S)).items()
+        }
         big = max(len(d) for d in parts.values())
         if big > MAX_PART_BYTES:
             raise IngestError(

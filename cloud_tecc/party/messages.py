@@ -6,8 +6,10 @@ round (:data:`cloud_tecc.party.rounds.CONTROL_ROUND`):
 - ``{"seq": n}`` once per session, to align the dealer stream;
 - ``{"wm": ns}`` each tick, the party's durable watermark;
 - ``{"proposal": {...} | null}`` from the leader (the followers send ``{}``);
-- ``{"ok": bool, "orphans": [[gateway, seq], ...], "refused": [gateway, ...]}``, the
-  verdict on it (``refused`` only when this party does not admit some gateway).
+- ``{"ok": bool, "orphans": [[gateway, seq], ...], "refused": [gateway, ...], "map": id}``,
+  the verdict on it (``refused`` only when this party does not admit some gateway,
+  ``map`` only when this party's shard map version for the epoch is not the
+  proposal's ``map``).
 
 :func:`decode` turns the peer's bytes into the Struct once, at the boundary,
 strictly (no unknown keys, ``true`` is not a number): all parties run the same
@@ -56,6 +58,9 @@ class ProposalDoc(Message, frozen=True, kw_only=True):
     batches: tuple[BatchKey, ...]
     skip: tuple[BatchKey, ...] = ()
     run: str = ""
+    #: The shard map version of the epoch (``<version>:<digest16>``); UNSET (not encoded)
+    #: when the leader sent none, so a decoded message encodes to the same bytes.
+    map: Annotated[str, Meta(min_length=1, max_length=64)] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         if self.end <= self.start:
@@ -63,7 +68,8 @@ class ProposalDoc(Message, frozen=True, kw_only=True):
 
     def to_proposal(self) -> Proposal:
         """The in-memory proposal."""
-        return Proposal(self.start, self.end, self.batches, self.skip, self.run)
+        smap = "" if isinstance(self.map, UnsetType) else self.map
+        return Proposal(self.start, self.end, self.batches, self.skip, self.run, smap)
 
 
 class ProposalMessage(Message, frozen=True, kw_only=True):
@@ -84,6 +90,8 @@ class VerdictMessage(Message, frozen=True, kw_only=True):
     orphans: tuple[BatchKey, ...] = ()
     #: UNSET (not encoded) when absent, so a decoded message encodes to the same bytes.
     refused: tuple[Annotated[str, Meta(min_length=1, max_length=200)], ...] | UnsetType = UNSET
+    #: The sender's shard map version for the epoch, sent only when it is not the proposal's.
+    map: Annotated[str, Meta(max_length=64)] | UnsetType = UNSET
 
     @property
     def orphan_keys(self) -> tuple[Key, ...]:

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+from prometheus_client import CollectorRegistry, Counter
+
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.party.agreement import EpochAgreement, RemoteAgreementError
@@ -73,8 +75,19 @@ class AgreementRound:
         tracker: ProgressTracker,
         agreement: EpochAgreement,
         refusing: Callable[[], Iterable[str]] = tuple,
+        map_id: Callable[[int], str | None] = lambda _start: "",
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.cfg, self.store, self.tracker, self.agreement = cfg, store, tracker, agreement
+        #: The shard map version in force at an epoch's start here (None: no usable map).
+        self._map_id = map_id
+        self.map_mismatch = Counter(
+            "tecc_party_map_mismatch",
+            "Epochs refused because a party routes them by another shard map version "
+            "(once per epoch)",
+            registry=registry,
+        )
+        self._mismatched: int | None = None  # the epoch last counted
         self._waiting_for: tuple[int, str] = (0, "")
         self.skip: set[Key] = set()  # orphaned batches the followers reported (leader only)
         #: The gateways this party does not admit now (its registry; read each round).
@@ -106,11 +119,27 @@ class AgreementRound:
         if prop is None:
             return None
         own = frozenset(self._refusing())
-        why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
+        here = self._map_id(prop.start_ns)
+        orphans: list[Key]
+        if here != prop.map:
+            why, orphans = self._map_refusal(prop, here), []
+        else:
+            why, orphans = await asyncio.to_thread(self._check, prop, agreement.leader)
         verdict: dict[str, Any] = {"ok": not why, "orphans": [list(k) for k in orphans]}
         if own:
             verdict["refused"] = sorted(own)
+        if here != prop.map:
+            verdict["map"] = here or "none"
         acks = await control(mesh, peers, verdict, VerdictMessage)
+        theirs = {p: a.map for p, a in acks.items() if isinstance(a.map, str)}
+        map_note = ""
+        if theirs and agreement.leader:
+            self._mismatch(prop.start_ns)
+            map_note = (
+                f"shard map mismatch for epoch {prop.start_ns}: this party (the leader) uses "
+                f"version {prop.map}, {', '.join(f'party {p} {m}' for p, m in theirs.items())}; "
+                "make the same shard-map change in every party"
+            )
         refused = own.union(*(a.refused_gateways for a in acks.values()))
         if refused != self.refused:
             log.info("gateways refused by some party (left out of epochs): %s", sorted(refused))
@@ -118,12 +147,28 @@ class AgreementRound:
         if agreement.leader:
             self._note_orphans([k for a in acks.values() for k in a.orphan_keys])
         if not agreement.verdicts(mine=not why, theirs={p: a.ok for p, a in acks.items()}):
-            note = why or f"refused by parties {list(agreement.refused_by)}"
+            note = why or map_note or f"refused by parties {list(agreement.refused_by)}"
             if self._waiting_for != (prop.start_ns, note):
                 self._waiting_for = (prop.start_ns, note)
-                log.info("epoch %d not agreed yet: %s", prop.start_ns, note)
+                level = logging.WARNING if "shard map mismatch" in note else logging.INFO
+                log.log(level, "epoch %d not agreed yet: %s", prop.start_ns, note)
             return None
         return prop
+
+    def _mismatch(self, start_ns: int) -> None:
+        if self._mismatched != start_ns:
+            self._mismatched = start_ns
+            self.map_mismatch.inc()
+
+    def _map_refusal(self, prop: Proposal, here: str | None) -> str:
+        """Why a follower refuses an epoch routed by another shard map version (counted)."""
+        self._mismatch(prop.start_ns)
+        lead = self.agreement.leader_index
+        return (
+            f"shard map mismatch for epoch {prop.start_ns}: party {lead} uses version "
+            f"{prop.map or 'none'}, this party {here or 'none (no usable map here)'}; make the "
+            "same change in every party (tecc-cluster admin shard-map show|set)"
+        )
 
     def _leaders(self, got: Mapping[int, ProposalMessage]) -> Proposal | None:
         """The leader's proposal; a follower that proposes breaks the protocol."""
@@ -191,6 +236,9 @@ class AgreementRound:
         if earliest is None:
             return None
         start, end = epoch_of(earliest, self.cfg.service.policy.window_ns)
+        smap = self._map_id(start)
+        if smap is None:  # no usable shard map here yet: nothing to agree on
+            return None
         excluded = self._excluded()
         if not self.tracker.closed(end, time.time_ns(), excluded):
             return None
@@ -202,4 +250,5 @@ class AgreementRound:
             tuple(k for k in held if k not in skip),
             tuple(sorted(skip)),
             os.urandom(8).hex(),
+            smap,
         )

@@ -52,6 +52,7 @@ from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import IngestError
 from cloud_tecc.jetstream.server import NatsDeployment
+from cloud_tecc.jetstream.shardmaps import MapFollower
 from cloud_tecc.party.admin_api import AdminApi
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
@@ -101,6 +102,7 @@ class PartyService(UplinkService):
         AdminApi(cfg, lambda: self.enclave, self.gateways, lambda: self.directory, reg).attach(
             self.app
         )
+        self.shard_map: MapFollower | None = None
         if cfg.jetstream is None:
             self.app.router.add_post("/v1/batches", self._ingest)
             self.app.router.add_post("/v1/progress", self._progress)
@@ -119,6 +121,14 @@ class PartyService(UplinkService):
             )
             self.active = ActiveShard(
                 cfg=cfg, store=self.store, feed=self.feed, registry=self.registry
+            )
+            self.shard_map = MapFollower(
+                cfg=cfg.jetstream,
+                state_dir=cfg.service.state_dir,
+                shards=cfg.shards,
+                policy=cfg.service.policy,
+                registry=self.registry,
+                name=f"worker-map-{cfg.worker_id}",
             )
 
     async def _rotate_keys(self) -> None:
@@ -162,8 +172,11 @@ class PartyService(UplinkService):
             tracker=self.tracker,
             refusing=self._gateway_keys.refused,
             fence=self.active,
+            map_id=None if self.shard_map is None else self.shard_map.map_id,
         )
         self.spawn(self.writer.run(), "group-writer")
+        if self.shard_map is not None:
+            self.spawn(self.shard_map.run(), "shard-map")
         if self.active is not None:  # the lease decides when the active part runs
             self.active.coordinator = self.coordinator
             self.spawn(self.active.run(), "shard-lease")
@@ -190,6 +203,8 @@ class PartyService(UplinkService):
             await self.http.close()
         if self.feed is not None:
             await self.feed.close()
+        if self.shard_map is not None:
+            await self.shard_map.close()
         await super().on_stop()
         self.store.close()
         if self.nats is not None:
@@ -213,6 +228,8 @@ class PartyService(UplinkService):
         doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
         if self.feed is not None:
             doc["log"] = self.feed.health()
+        if self.shard_map is not None:
+            doc["shard_map"] = self.shard_map.health()
         if self.coordinator is not None:
             doc["peers"] = {
                 k: {"attested": v.ok, "detail": v.detail, "checked_ns": v.checked_ns}

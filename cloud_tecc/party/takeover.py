@@ -241,6 +241,8 @@ class ActiveShard:
         readings: int,
         done_ns: int,
         body: bytes | None,
+        *,
+        map_id: str = "",
     ) -> None:
         """Publish the epoch, then the fenced commit record (see the module docstring)."""
         lease, commits, nc = self._fenced()
@@ -254,6 +256,7 @@ class ActiveShard:
             fence=lease.token,
             states=epochlog.wire_states(states),
             body=body,
+            map=map_id,
         )
         try:
             seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch)

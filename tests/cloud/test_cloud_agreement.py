@@ -7,6 +7,7 @@ import base64
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,6 +51,7 @@ def _coordinators(
     tracked: tuple[str, ...] = (),
     n: int = 2,
     refusing: dict[int, tuple[str, ...]] | None = None,
+    map_ids: dict[int, Callable[[int], str | None]] | None = None,
 ) -> list[Coordinator]:
     (tmp / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     out = []
@@ -82,6 +84,7 @@ def _coordinators(
                 registry=CollectorRegistry(),
                 tracker=ProgressTracker(tracked, started_ns=0, active_ns=60 * S),
                 refusing=functools.partial(tuple, (refusing or {}).get(i, ())),
+                map_id=(map_ids or {}).get(i),
             )
         )
     return out
@@ -417,5 +420,63 @@ async def test_a_gateway_one_party_refuses_does_not_stall_the_others(
     await _run_until(coords, net, dealer, T0 + 30 * S)
     assert _released(coords) == want
     assert all(c.round.refused == {"B"} for c in coords)
+    for c in coords:
+        c.store.close()
+
+
+def _mismatches(c: Coordinator) -> float:
+    samples = [s for m in c.round.map_mismatch.collect() for s in m.samples]
+    return float(next(s.value for s in samples if s.name.endswith("_total")))
+
+
+async def test_an_epoch_routed_by_another_shard_map_version_is_refused_and_counted(
+    tmp_path: Path,
+) -> None:
+    """Party 1 has not applied map version 2 (from 20 s on): that epoch waits, counted at both.
+
+    The epochs before the boundary (both parties at version 1) are computed; the
+    one after it is refused with the reason and counted in
+    ``tecc_party_map_mismatch_total`` at the leader and the follower, until party 1
+    holds the same version; then it is computed and equals the reference.
+    """
+    streams = _streams(8)
+    want = await _reference(streams)
+    boundary = T0 + 20 * S
+    party1 = {"version": "1:aaaa"}
+
+    def leader(start_ns: int) -> str:
+        return "1:aaaa" if start_ns < boundary else "2:bbbb"
+
+    def follower(start_ns: int) -> str:
+        return "1:aaaa" if start_ns < boundary else party1["version"]
+
+    coords = _coordinators(tmp_path, map_ids={0: leader, 1: follower})
+    _ingest(coords, streams)
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    for _ in range(6):
+        await asyncio.gather(
+            *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+        )
+    assert [c.store.watermark() for c in coords] == [boundary] * 2
+    counts = [_mismatches(c) for c in coords]
+    assert counts == [1, 1], counts  # once per epoch, however many rounds refused it
+    party1["version"] = "2:bbbb"  # the operator made the same change at party 1
+    await _run_until(coords, net, dealer, T0 + 30 * S)
+    assert _released(coords) == want
+    for c in coords:
+        c.store.close()
+
+
+async def test_a_follower_without_a_usable_map_refuses(tmp_path: Path) -> None:
+    """A follower whose map record is unusable (None) computes nothing, and says why."""
+    coords = _coordinators(tmp_path, map_ids={0: lambda _s: "1:aaaa", 1: lambda _s: None})
+    _ingest(coords, _streams(9))
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+    for _ in range(3):
+        await asyncio.gather(
+            *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+        )
+    assert [c.store.watermark() for c in coords] == [0, 0]
+    assert _mismatches(coords[1]) >= 1
     for c in coords:
         c.store.close()

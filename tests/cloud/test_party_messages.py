@@ -20,6 +20,7 @@ from cloud_tecc.party.messages import (
 from cloud_tecc.service.channel import dumps
 
 PROPOSAL = Proposal(10, 20, (("gw", 1), ("gw", 2)), (("old", 7),), "ab12")
+MAPPED = Proposal(10, 20, (("gw", 1),), (), "ab12", "2:00112233aabbccdd")
 
 
 @pytest.mark.parametrize(
@@ -29,9 +30,11 @@ PROPOSAL = Proposal(10, 20, (("gw", 1), ("gw", 2)), (("old", 7),), "ab12")
         ({"wm": 1_700_000_000_000_000_000}, WatermarkMessage),
         ({"proposal": PROPOSAL.to_json()}, ProposalMessage),
         ({"proposal": None}, ProposalMessage),
+        ({"proposal": MAPPED.to_json()}, ProposalMessage),
         ({"ok": True, "orphans": [["gw", 3]]}, VerdictMessage),
         ({"ok": False, "orphans": []}, VerdictMessage),
         ({"ok": False, "orphans": [], "refused": ["gw-b"]}, VerdictMessage),
+        ({"ok": False, "orphans": [], "map": "2:00112233aabbccdd"}, VerdictMessage),
     ],
 )
 def test_decoded_message_encodes_to_the_same_bytes(doc: dict[str, Any], kind: type[Any]) -> None:
@@ -45,6 +48,9 @@ def test_proposal_round_trips_into_the_in_memory_type() -> None:
     got = decode(dumps({"proposal": PROPOSAL.to_json()}), ProposalMessage)
     assert got.proposal is not None
     assert got.proposal.to_proposal() == PROPOSAL
+    mapped = decode(dumps({"proposal": MAPPED.to_json()}), ProposalMessage).proposal
+    assert mapped is not None
+    assert mapped.to_proposal() == MAPPED  # the shard map version travels with the epoch
     assert decode(b"{}", ProposalMessage).proposal is None  # the follower's side of the round
 
 

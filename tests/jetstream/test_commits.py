@@ -1,11 +1,11 @@
-"""Committed state fenced by lease tokens, the shard map store and the standby supervisor."""
+"""Committed state fenced by lease tokens and the standby supervisor (the shard map store:
+test_shardmap_kv.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -17,9 +17,6 @@ from cloud_tecc.jetstream.kv import (
     COMMITS_BUCKET,
     FencedError,
     KVError,
-    RevisionChangedError,
-    ShardMapRecord,
-    ShardMapStore,
     open_bucket,
     shard_key,
 )
@@ -98,51 +95,6 @@ async def test_shard_mismatch_and_garbage_are_refused_with_the_key(nc: Client) -
         await CommittedState(bucket, shard=8).commit(
             fence=0, worker_id="w", now_ns=0, watermark_ns=0
         )
-
-
-async def test_shard_map_versions_only_go_up(nc: Client) -> None:
-    store = await ShardMapStore.open(nc.jetstream())
-    first = ShardMapRecord(version=1, shards=2, overrides={"gw-1/temp": 1})
-    rev = await store.save(first)
-    assert await store.load() == (first, rev)
-    with pytest.raises(KVError, match="write version 2"):
-        await store.save(ShardMapRecord(version=1, shards=4))
-    racing = await asyncio.gather(
-        store.save(ShardMapRecord(version=2, shards=4)),
-        store.save(ShardMapRecord(version=2, shards=8)),
-        return_exceptions=True,
-    )
-    assert sum(isinstance(r, (RevisionChangedError, KVError)) for r in racing) == 1
-    loaded = await store.load()
-    assert loaded is not None
-    assert loaded[0].version == 2
-
-
-async def test_shard_map_watch_yields_each_new_version(nc: Client) -> None:
-    store = ShardMapStore((await ShardMapStore.open(nc.jetstream())).bucket, poll_s=0.05)
-    loaded = await store.load()
-    base = 0 if loaded is None else loaded[0].version
-    seen: list[int] = []
-
-    async def follow() -> None:
-        async for record in store.watch():
-            seen.append(record.version)
-            if record.version == base + 2:
-                return
-
-    watcher = asyncio.create_task(follow())
-    await store.save(ShardMapRecord(version=base + 1, shards=3))
-    await asyncio.sleep(0.3)
-    await store.save(ShardMapRecord(version=base + 2, shards=3))
-    await asyncio.wait_for(watcher, 5)
-    assert seen[-2:] == [base + 1, base + 2]
-
-
-def test_shard_map_record_names_the_bad_override() -> None:
-    with pytest.raises(msgspec.ValidationError, match="overrides"):
-        msgspec.json.decode(b'{"version":1,"shards":2,"overrides":{"gw":0}}', type=ShardMapRecord)
-    with pytest.raises(msgspec.ValidationError, match="write a shard from 0 to 1"):
-        msgspec.json.decode(b'{"version":1,"shards":2,"overrides":{"gw/t":2}}', type=ShardMapRecord)
 
 
 async def test_supervisor_hands_over_on_clean_stop_and_records_the_takeover(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import nats
 import numpy as np
 import pytest
@@ -121,3 +122,14 @@ def test_worker_id_and_several_worker_addresses_in_the_config(tmp_path: Path) ->
     ep = load_party(one.root / "party0.yaml").peers[1]
     assert ep.mpc_candidates == (ep.mpc_address,)
     assert ep.base_urls == (one.url("party1"),)
+
+
+def test_an_epoch_records_its_shard_map_version_and_older_records_still_read() -> None:
+    """The epoch log names the map version each epoch was agreed under; records written
+    before the field existed (seven fields) decode with ``map`` empty."""
+    epoch = epochlog.EpochWire(
+        shard=1, end_ns=20, readings=0, done_ns=21, fence=2, states=(), body=None, map="2:ab"
+    )
+    assert epochlog.decode_epoch(epochlog.encode_epoch(epoch)).map == "2:ab"
+    old = bytes([epochlog.EPOCH_VERSION]) + msgspec.msgpack.encode([1, 20, 0, 21, 2, [], None])
+    assert epochlog.decode_epoch(old).map == ""
