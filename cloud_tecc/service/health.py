@@ -7,7 +7,7 @@ polls every party process it knows (``workers:`` in its config, default every
 (:func:`decode_party_health`), into the same Struct; the cluster cards of the
 dashboard and ``/api/v1/clusters`` are built from those values
 (:mod:`cloud_tecc.output.clusterhealth`). The gateway's ``/healthz``, which the
-output relays to the dashboard, is :class:`GatewayHealth`.
+output relays to the dashboard, is :class:`GatewayHealthDoc`.
 
 **Unknown fields are ignored, on purpose** (unlike the configs and the control
 messages, which refuse them). A health document crosses a version boundary in
@@ -139,7 +139,7 @@ class GatewayLinkHealth(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: str | None = None
 
 
-class GatewayHealth(msgspec.Struct, frozen=True, kw_only=True):
+class GatewayHealthDoc(msgspec.Struct, frozen=True, kw_only=True):
     """The fields of an edge gateway's ``/healthz`` the output relays (unknown ones ignored)."""
 
     gateway_id: str
@@ -159,9 +159,9 @@ def decode_party_health(raw: bytes) -> PartyHealth:
     return _decode(raw, PartyHealth)
 
 
-def decode_gateway_health(raw: bytes) -> GatewayHealth:
+def decode_gateway_health(raw: bytes) -> GatewayHealthDoc:
     """A gateway's ``/healthz`` body, decoded once (HealthDecodeError otherwise)."""
-    return _decode(raw, GatewayHealth)
+    return _decode(raw, GatewayHealthDoc)
 
 
 def _decode(raw: bytes, kind: type[T]) -> T:
