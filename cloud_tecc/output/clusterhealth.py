@@ -146,15 +146,16 @@ class ClusterHealth:
         return max(marks) if marks else None
 
     def workers(self, party: int) -> list[WorkerRow]:
-        """The rows of ``party``'s processes: workers by shard (owner first), then frontends."""
+        """The rows of ``party``'s processes: workers by shard (owner first), frontends, then
+        the processes that do not answer."""
         furthest = self._furthest()
         rows = [self._row(u, self._seen[u], furthest) for u in self.urls.get(party, ())]
         order = {"owner": 0, "party": 0, "starting": 1, "standby": 2}
         return sorted(
             rows,
             key=lambda r: (
-                r.kind == "frontend",
                 not r.reachable,
+                r.kind == "frontend",
                 r.shard if r.shard is not None else -1,
                 order.get(r.role or "", 3),
                 r.url,

@@ -24,7 +24,7 @@ from playwright.sync_api import Page, expect
 
 from cloud_tecc.jetstream.server import start_node
 from tests.cloud.scenario import GATEWAYS, POLICY, SECOND, T0, gateways, make_scenario, wait_epochs
-from tests.cloud.services import Deployment, http_json
+from tests.cloud.services import Deployment, http_json, metric
 from tests.support.browser import chromium
 
 from .logstack import upload_through
@@ -129,6 +129,17 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
             )
             assert shard["last_epoch_ns"] == T0 + 10 * SECOND  # the newest epoch's start
             owners[i] = owner
+            # the same figures in each worker's /metrics, labelled by shard and worker
+            for w in (owner, standby):
+                name = w["worker_id"]  # the worker ids are the service names here
+                labels = f'shard="0",worker="{name}"'
+                role = f'tecc_shard_worker_role{{role="{w["role"]}",{labels}}}'
+                assert metric(dep, name, role) == 1.0
+                wm = metric(dep, name, f"tecc_shard_committed_watermark_seconds{{{labels}}}")
+                # a standby's own store is not fed (it rebuilds from the log on takeover)
+                assert wm == ((T0 + 20 * SECOND) / 1e9 if w is owner else 0.0)
+            pending = f'tecc_shard_log_pending_parts{{shard="0",worker="{owner["worker_id"]}"}}'
+            assert metric(dep, owner["worker_id"], pending) == 0.0
 
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, timezone_id="UTC")
