@@ -185,7 +185,7 @@ class ClusterHealth:
             checked_ns=seen.checked_ns,
             service_id=doc.service_id,
             worker_id=doc.worker_id,
-            shard=None if kind == "frontend" else doc.shard,
+            shard=None if kind == "frontend" else doc.shard or 0,
             role="frontend" if kind == "frontend" else doc.role,
             owner=lease.owner if lease is not None else None,
             lease_age_s=lease.lease_age_s if lease is not None else None,

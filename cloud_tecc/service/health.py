@@ -37,10 +37,15 @@ Seconds = Annotated[float, Meta(ge=0)]
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-class HealthDoc(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
-    """Fields every cloud service's ``/healthz`` carries. Unknown fields are ignored (above)."""
+class HealthDoc(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Fields every cloud service's ``/healthz`` carries. Unknown fields are ignored (above).
 
-    status: str = "ok"
+    Optional fields whose value is ``None`` (or ``False``) are left out of the
+    encoded document: a process has only the keys of its kind, as before these
+    Structs (a reader's ``doc.get(key, default)`` keeps working).
+    """
+
+    status: str
     #: The service kind (``party``, ``dealer``, ``output``); a JetStream shard worker
     #: puts its lease role here instead: ``owner`` (the active worker), ``standby``
     #: or ``starting``.
@@ -97,19 +102,19 @@ class GatewayProgress(msgspec.Struct, frozen=True, kw_only=True):
     live: bool
 
 
-class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=False):
+class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     """``GET /healthz`` of a party process: all-in-one party, shard worker or frontend.
 
-    A frontend sets ``frontend`` and ``log_connected``; a shard worker
-    (``jetstream:``) sets ``worker_id``, ``lease`` and ``log``. Every field is in
-    every document, ``null`` where the process's kind has none, so a reader sees
-    the same keys from every party process.
+    A frontend sets ``frontend``, ``shards`` and ``log_connected``; a party or
+    shard worker ``shard``, ``shards``, its store and session; a shard worker
+    (``jetstream:``) also ``worker_id``, ``lease`` and ``log``. The fields a kind
+    does not have are left out of its document.
     """
 
     party: Annotated[int, Meta(ge=0)]
     n_parties: Annotated[int, Meta(ge=1)] | None = None
-    shard: Annotated[int, Meta(ge=0)] = 0
-    shards: Annotated[int, Meta(ge=1)] = 1
+    shard: Annotated[int, Meta(ge=0)] | None = None
+    shards: Annotated[int, Meta(ge=1)] | None = None
     frontend: bool = False
     log_connected: bool | None = None
     worker_id: str | None = None

@@ -29,6 +29,7 @@ def _worker(
     shard: int, wid: str, role: str, owner: str, wm: int, pending: int | None
 ) -> PartyHealth:
     return PartyHealth(
+        status="ok",
         role=role,
         service_id="party0",
         party=0,
@@ -57,9 +58,19 @@ def test_a_document_round_trips_and_every_field_is_in_it() -> None:
     doc = _worker(2, "w2", "owner", "w2", 3 * W, 12)
     body = json.dumps(to_json(doc)).encode()
     assert decode_party_health(body) == doc
-    frontend = to_json(PartyHealth(role="party", service_id="p", party=1, frontend=True))
-    assert frontend["shard"] == 0  # the same keys from every process, null where none
-    assert frontend["lease"] is None
+    frontend = to_json(
+        PartyHealth(status="ok", role="party", service_id="p", party=1, frontend=True, shards=2)
+    )
+    # a kind's own keys only: no shard, store, lease or log on a frontend
+    assert frontend == {
+        "status": "ok",
+        "role": "party",
+        "service_id": "p",
+        "party": 1,
+        "shards": 2,
+        "frontend": True,
+    }
+    assert to_json(doc)["shard"] == 2
 
 
 def test_unknown_fields_of_a_newer_release_are_ignored() -> None:
@@ -144,7 +155,7 @@ def test_many_workers_and_shards_become_one_row_each() -> None:
                 f"https://w{k}-{j}", _worker(k, f"w{k}-{j}", role, f"w{k}-1", wm, pending), 1
             )
     for j in range(3):
-        fe = PartyHealth(role="party", service_id="party0", party=0, frontend=True,
+        fe = PartyHealth(status="ok", role="party", service_id="party0", party=0, frontend=True,
                          shards=4, log_connected=j != 2)  # fmt: skip
         health.accept(f"https://fe{j}", fe, 1)
     rows = health.workers(0)

@@ -60,11 +60,11 @@ def _shown(page: Page, service: str) -> list[tuple[str, str, str]]:
 def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
     """Owner, standby and frontend rows of every party, as the API says; then a takeover."""
     nodes = [start_node(tmp_path / f"nats-party{i}") for i in range(2)]
-    overrides = {}
+    overrides: dict[str, dict[str, Any]] = {}
     for i in range(2):
         for w in (f"party{i}", f"party{i}-b1"):
-            overrides[w] = {"jetstream": {"servers": nodes[i].servers, "lease_ttl_s": 2}}
-            overrides[w]["worker_id"] = w
+            js = {"servers": nodes[i].servers, "lease_ttl_s": 2}
+            overrides[w] = {"jetstream": js, "worker_id": w}
     dep = Deployment(
         tmp_path,
         POLICY,
@@ -151,7 +151,11 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
             for i, card in enumerate(cards):
                 sid = card["service_id"]
                 want = [(w["url"], w["role"] or "", w["worker_id"] or "") for w in card["workers"]]
-                _until(lambda sid=sid, want=want: _shown(page, sid) == want, f"rows of {sid}")
+
+                def rows_shown(sid: str = sid, want: list[tuple[str, str, str]] = want) -> bool:
+                    return _shown(page, sid) == want
+
+                _until(rows_shown, f"rows of {sid}")
                 shard_row = page.locator(f"#clusters .card[data-service='{sid}'] tr.shard-row")
                 expect(shard_row).to_have_attribute("data-owner", owners[i]["worker_id"])
                 owner_row = page.locator(
