@@ -50,7 +50,8 @@ class GatewayView(msgspec.Struct, frozen=True, kw_only=True):
     checked_s: float | None = None
     sealing: bool | None = None
     backlog: int | None = None
-    backfilling: bool | None = None
+    #: Backfill sensors still holding the gateway's progress at their event time.
+    backfilling: tuple[str, ...] = ()
     #: Frames spooled for all clusters together.
     spool_depth: int | None = None
     clusters_attested: int | None = None

@@ -151,7 +151,8 @@ class GatewayHealthDoc(msgspec.Struct, frozen=True, kw_only=True):
     sealing: bool | None = None
     spool_overflow: bool | None = None
     backlog: Annotated[int, Meta(ge=0)] | None = None
-    backfilling: bool | None = None
+    #: The backfill sensors still holding progress at their own event time.
+    backfilling: tuple[str, ...] = ()
     clusters: dict[str, GatewayLinkHealth] = msgspec.field(default_factory=dict)
 
 

@@ -111,6 +111,7 @@ def test_gateway_health_relays_typed_fields_only() -> None:
         "sealing": True,
         "backlog": 3,
         "spool_overflow": False,
+        "backfilling": ["temp3"],
         "clusters": {"0": {"attested": True, "depth": 4}, "1": {"attested": False, "depth": 1}},
         "sources": {"mqtt": {"connected": True}},  # not relayed
     }
@@ -122,7 +123,7 @@ def test_gateway_health_relays_typed_fields_only() -> None:
         "checked_s": 1.0,
         "sealing": True,
         "backlog": 3,
-        "backfilling": None,
+        "backfilling": ("temp3",),
         "spool_depth": 5,
         "clusters_attested": 1,
         "clusters": 2,
