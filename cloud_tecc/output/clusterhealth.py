@@ -61,6 +61,7 @@ class WorkerRow(msgspec.Struct, frozen=True, kw_only=True):
     pending_parts: int | None = None
     lag_s: float | None = None
     watermark_ns: int | None = None
+    readings_waiting: int | None = None
     epochs_behind_peers: int | None = None
     epochs_behind: int | None = None
     session: str | None = None
@@ -81,6 +82,7 @@ class ShardRow(msgspec.Struct, frozen=True, kw_only=True):
     pending_parts: int | None = None
     lag_s: float | None = None
     watermark_ns: int | None = None
+    readings_waiting: int | None = None
     epochs_behind: int | None = None
 
 
@@ -193,6 +195,7 @@ class ClusterHealth:
             pending_parts=log.pending_parts if log is not None else None,
             lag_s=log.lag_s if log is not None else None,
             watermark_ns=None if kind == "frontend" else doc.watermark_ns,
+            readings_waiting=doc.readings_waiting,
             epochs_behind_peers=doc.epochs_behind_peers,
             epochs_behind=behind,
             session=doc.session,
@@ -220,6 +223,7 @@ class ClusterHealth:
                     pending_parts=active.pending_parts if active is not None else None,
                     lag_s=active.lag_s if active is not None else None,
                     watermark_ns=active.watermark_ns if active is not None else None,
+                    readings_waiting=active.readings_waiting if active is not None else None,
                     epochs_behind=active.epochs_behind if active is not None else None,
                 )
             )

@@ -220,6 +220,7 @@ class PartyService(UplinkService):
             worker_id=self.pcfg.worker_id if self.active is not None else None,
             watermark_ns=self.store.watermark(),
             batches=self.store.batch_count(),
+            readings_waiting=self._readings_waiting(),
             session=session,
             peers_watermark_ns=max(peer_wm.values()) if peer_wm else None,
             epochs_behind_peers=self._behind(),
@@ -243,6 +244,12 @@ class PartyService(UplinkService):
             return {}
         return self.coordinator.round.peer_watermarks
 
+    def _readings_waiting(self) -> int | None:
+        """Readings stored that no committed epoch covers (None on a standby)."""
+        if self.active is not None and self.active.role != "owner":
+            return None
+        return self.store.readings_from(self.store.watermark())
+
     def _behind(self) -> int | None:
         own = self.coordinator.watermark_ns if self.coordinator else self.store.watermark()
         return epochs_behind(own, self._peer_watermarks(), self.pcfg.service.policy.window_ns)
@@ -260,6 +267,7 @@ class PartyService(UplinkService):
                 self.coordinator.watermark_ns if self.coordinator else self.store.watermark()
             ),
             behind=self._behind,
+            waiting=self._readings_waiting,
             owner_lease_age_s=lambda: (
                 None if active is None else active.owner_lease_age_s(time.time_ns())
             ),

@@ -13,6 +13,8 @@ worker of a party gets one series per worker and never more:
   of the part consumed last (NaN as above);
 - ``tecc_shard_committed_watermark_seconds{shard, worker}``: end of the last
   committed epoch;
+- ``tecc_shard_readings_waiting{shard, worker}``: the lag in readings — readings
+  stored that no committed epoch covers yet (NaN on a standby);
 - ``tecc_shard_epochs_behind_peers{shard, worker}``: whole epochs between this
   worker's watermark and the furthest one the peers (worker ``shard`` of every
   other party) sent in the last agreement round (NaN before a round);
@@ -60,6 +62,7 @@ class WorkerMetrics:
         lag_s: Callable[[], float | None],
         watermark_ns: Callable[[], int],
         behind: Callable[[], int | None],
+        waiting: Callable[[], int | None],
         owner_lease_age_s: Callable[[], float | None],
     ) -> None:
         labels = {"shard": str(shard), "worker": worker}
@@ -96,6 +99,11 @@ class WorkerMetrics:
             "tecc_shard_committed_watermark_seconds",
             "End of the last committed epoch of this worker's store",
             lambda: watermark_ns() / 1e9,
+        )
+        gauge(
+            "tecc_shard_readings_waiting",
+            "Readings stored that no committed epoch covers yet (NaN on a standby)",
+            lambda: _or_nan(waiting()),
         )
         gauge(
             "tecc_shard_epochs_behind_peers",

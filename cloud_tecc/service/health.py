@@ -121,6 +121,9 @@ class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     #: End of the last committed epoch (ns; 0 before the first).
     watermark_ns: Annotated[int, Meta(ge=0)] | None = None
     batches: Annotated[int, Meta(ge=0)] | None = None
+    #: Lag in readings: readings stored here that no committed epoch covers yet (batches
+    #: with a reading at or after ``watermark_ns``; None on a standby).
+    readings_waiting: Annotated[int, Meta(ge=0)] | None = None
     session: str | None = None
     #: The furthest watermark the peers (the same shard's workers of the other parties)
     #: sent in the last agreement round, and how many whole epochs this worker is behind

@@ -101,6 +101,11 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
 
         _until(settled, "every party's owner, standby and frontend in /api/v1/clusters")
         cards = _clusters(dep)
+        lo, hi = T0 + 20 * SECOND, T0 + 22 * SECOND
+        waiting = sum(
+            int(((t >= lo) & (t < hi)).sum()) for t in (s.timestamps_ns for s in scn.streams)
+        )
+        assert waiting > 0
         owners = {}
         for i, card in enumerate(cards):
             rows = {w["role"]: w for w in card["workers"]}
@@ -118,6 +123,9 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
             assert owner["lag_s"] == 0
             assert owner["pending_parts"] == 0
             assert standby["pending_parts"] is None  # no consumer runs on a standby
+            # lag in readings: those of the 2 s uploaded after the last committed epoch
+            assert owner["readings_waiting"] == waiting
+            assert standby["readings_waiting"] is None
             assert owner["epochs_behind"] == 0
             assert owner["epochs_behind_peers"] == 0
             (shard,) = card["shards"]
@@ -163,6 +171,9 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
                 )
                 expect(owner_row.locator("td").nth(2)).to_have_text("owner")
                 expect(owner_row.locator("td").nth(5)).to_have_text("0")  # pending parts
+                expect(owner_row.locator("td").nth(7)).to_have_text(
+                    str(owners[i]["readings_waiting"])
+                )
 
             # the owner of party 0 dies: its row turns unreachable, the standby owns shard 0
             killed = owners[0]["url"]

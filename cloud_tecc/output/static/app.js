@@ -114,7 +114,7 @@
     const t = document.createElement("table");
     t.className = "worker-rows";
     t.innerHTML = "<thead><tr><th>shard</th><th>worker</th><th>role</th><th>lease owner</th>"
-      + "<th>lease age</th><th>pending parts</th><th>lag</th><th>epoch</th><th>behind</th></tr></thead><tbody></tbody>";
+      + "<th>lease age</th><th>pending parts</th><th>lag</th><th>readings waiting</th><th>epoch</th><th>behind</th></tr></thead><tbody></tbody>";
     const body = t.querySelector("tbody");
     for (const s of shards) {
       const tr = document.createElement("tr");
@@ -123,7 +123,7 @@
       tr.dataset.owner = s.owner || "";
       cell(tr, `#${s.shard}`); cell(tr, `${s.workers} workers, ${s.standbys} standby`); cell(tr, "shard");
       cell(tr, s.owner || "none", s.owner ? "" : "bad"); cell(tr, sec(s.lease_age_s));
-      cell(tr, num(s.pending_parts)); cell(tr, sec(s.lag_s));
+      cell(tr, num(s.pending_parts)); cell(tr, sec(s.lag_s)); cell(tr, num(s.readings_waiting));
       cell(tr, s.watermark_ns ? fmtTime(s.watermark_ns) : "—"); cell(tr, num(s.epochs_behind), s.epochs_behind ? "bad" : "");
       body.appendChild(tr);
     }
@@ -137,12 +137,13 @@
       cell(tr, w.worker_id || w.service_id || w.url).title = w.url;
       if (!w.reachable) {
         cell(tr, "unreachable", "bad");
-        cell(tr, w.detail || "").colSpan = 6;
+        cell(tr, w.detail || "").colSpan = 7;
       } else {
         cell(tr, w.role || w.kind, w.role === "owner" ? "verified" : "");
         cell(tr, w.kind === "frontend" ? (w.log_connected ? "log connected" : "log not connected") : (w.owner || "—"),
           w.kind === "frontend" && !w.log_connected ? "bad" : "");
         cell(tr, sec(w.lease_age_s)); cell(tr, num(w.pending_parts)); cell(tr, sec(w.lag_s));
+        cell(tr, num(w.readings_waiting));
         cell(tr, w.watermark_ns ? fmtTime(w.watermark_ns) : "—");
       }
       cell(tr, num(w.epochs_behind), w.epochs_behind ? "bad" : "");
