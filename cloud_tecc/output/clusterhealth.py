@@ -15,9 +15,12 @@ how many epochs it is behind; per shard its owner, standbys and lag.
 "Epochs behind" is counted twice: ``epochs_behind_peers`` is the worker's own
 figure (its watermark against the furthest of its peers of the last agreement
 round); ``epochs_behind`` is the output's, against the furthest committed
-watermark of any worker of any party and shard it polls, in whole epochs of
-the policy's window. The party processes serve HTTPS with their enclave key;
-these polls do not check the certificate (the documents are unauthenticated
+watermark of any active worker (owner or all-in-one party) of any party and
+shard it polls, in whole epochs of the policy's window. A standby's store is
+stale until it takes over: its row has neither.
+
+The party processes serve HTTPS with their enclave key; these polls do not
+check the certificate (the documents are unauthenticated
 metadata shown to operators, never used for a decision) and read at most
 :data:`~cloud_tecc.service.health.MAX_HEALTH_BYTES` per answer.
 """
@@ -92,6 +95,14 @@ class _Seen:
     detail: str
     checked_ns: int | None
     doc: PartyHealth | None = None
+    #: The last document this URL answered (names the process while it is down).
+    last: PartyHealth | None = None
+
+
+def _computes(doc: PartyHealth) -> bool:
+    """Whether ``doc``'s store is its shard's live state: an all-in-one party or an owner
+    (a standby's store is stale until it takes over, a frontend has none)."""
+    return not doc.frontend and doc.role in ("party", "owner")
 
 
 def _kind(doc: PartyHealth) -> str:
@@ -129,21 +140,26 @@ class ClusterHealth:
                 ssl=False,  # the enclave's own certificate; see the module docstring
             ) as resp:
                 raw = await resp.content.read(MAX_HEALTH_BYTES + 1)
-            self._seen[url] = _Seen(True, "ok", now, decode_party_health(raw))
+            self.accept(url, decode_party_health(raw), now)
         except HealthDecodeError as exc:
-            self._seen[url] = _Seen(False, str(exc)[:300], now)
+            self.failed(url, str(exc)[:300], now)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._seen[url] = _Seen(False, f"unreachable: {type(exc).__name__}", now)
+            self.failed(url, f"unreachable: {type(exc).__name__}", now)
 
     def accept(self, url: str, doc: PartyHealth, now_ns: int) -> None:
         """Record a decoded document for ``url`` (what :meth:`poll` does after decoding)."""
-        self._seen[url] = _Seen(True, "ok", now_ns, doc)
+        self._seen[url] = _Seen(True, "ok", now_ns, doc, doc)
+
+    def failed(self, url: str, detail: str, now_ns: int) -> None:
+        """``url`` did not answer a valid document (its last one still names it)."""
+        prev = self._seen.get(url)
+        self._seen[url] = _Seen(False, detail, now_ns, None, prev.last if prev else None)
 
     def _furthest(self) -> int | None:
         marks = [
             s.doc.watermark_ns
             for s in self._seen.values()
-            if s.doc is not None and s.doc.watermark_ns and _kind(s.doc) != "frontend"
+            if s.doc is not None and s.doc.watermark_ns and _computes(s.doc)
         ]
         return max(marks) if marks else None
 
@@ -167,16 +183,20 @@ class ClusterHealth:
     def _row(self, url: str, seen: _Seen, furthest: int | None) -> WorkerRow:
         doc = seen.doc
         if doc is None or not seen.reachable:
+            last = seen.last  # what it was when it last answered
             return WorkerRow(
                 url=url,
                 reachable=False,
-                kind="unknown",
+                kind="unknown" if last is None else _kind(last),
                 detail=seen.detail,
                 checked_ns=seen.checked_ns,
+                service_id=None if last is None else last.service_id,
+                worker_id=None if last is None else last.worker_id,
+                shard=None if last is None or last.frontend else last.shard or 0,
             )
         kind = _kind(doc)
         behind = None
-        if kind != "frontend" and doc.watermark_ns is not None and furthest is not None:
+        if _computes(doc) and doc.watermark_ns is not None and furthest is not None:
             behind = max(0, (furthest - doc.watermark_ns) // self.window_ns)
         lease, log = doc.lease, doc.log
         return WorkerRow(
@@ -194,7 +214,7 @@ class ClusterHealth:
             owner_lease_age_s=lease.owner_lease_age_s if lease is not None else None,
             pending_parts=log.pending_parts if log is not None else None,
             lag_s=log.lag_s if log is not None else None,
-            watermark_ns=None if kind == "frontend" else doc.watermark_ns,
+            watermark_ns=doc.watermark_ns if _computes(doc) else None,
             readings_waiting=doc.readings_waiting,
             epochs_behind_peers=doc.epochs_behind_peers,
             epochs_behind=behind,

@@ -166,6 +166,8 @@ def test_many_workers_and_shards_become_one_row_each() -> None:
     assert rows[-1].reachable is False
     owners = [r for r in rows if r.role == "owner"]
     assert [r.epochs_behind for r in owners] == [0, 1, 2, 3]  # against the furthest shard
+    standbys = [r for r in rows if r.role == "standby"]
+    assert {(r.epochs_behind, r.watermark_ns) for r in standbys} == {(None, None)}  # stale store
     shards = health.shards(0, released={0: 9 * W, 5: 1})
     assert [(s.shard, s.owner, s.workers, s.standbys, s.pending_parts) for s in shards] == [
         (0, "w0-1", 3, 2, 0),
@@ -176,3 +178,12 @@ def test_many_workers_and_shards_become_one_row_each() -> None:
     ]
     assert shards[0].last_epoch_ns == 9 * W
     assert shards[1].lag_s == 3.5
+    # shard 2's owner stops answering: its row still names it; the shard has no owner
+    health.failed("https://w2-1", "unreachable: ClientConnectorError", 2)
+    down = [r for r in health.workers(0) if not r.reachable]
+    assert [(r.url, r.worker_id, r.shard, r.kind) for r in down] == [
+        ("https://gone", None, None, "unknown"),
+        ("https://w2-1", "w2-1", 2, "worker"),
+    ]
+    two = next(s for s in health.shards(0, released={}) if s.shard == 2)
+    assert (two.owner, two.workers, two.standbys) == ("w2-1", 2, 2)  # as the standbys see it

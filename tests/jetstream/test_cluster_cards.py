@@ -126,6 +126,7 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
             # lag in readings: those of the 2 s uploaded after the last committed epoch
             assert owner["readings_waiting"] == waiting
             assert standby["readings_waiting"] is None
+            assert standby["epochs_behind"] is None  # its store is stale until a takeover
             assert owner["epochs_behind"] == 0
             assert owner["epochs_behind_peers"] == 0
             (shard,) = card["shards"]

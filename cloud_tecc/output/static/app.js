@@ -89,6 +89,7 @@
         ? `shards: ${released.map((s) => `#${s.shard} released ${fmtTime(s.last_epoch_ns)}`).join(", ")}`
         : "shards: no results released since the output service started";
       const workers = workerTable(c.workers || [], all);
+      card.classList.add("with-workers");
       const detail = document.createElement("div");
       detail.className = "summary";
       detail.textContent = c.detail || "";
@@ -121,7 +122,7 @@
       tr.className = "shard-row";
       tr.dataset.shard = String(s.shard);
       tr.dataset.owner = s.owner || "";
-      cell(tr, `#${s.shard}`); cell(tr, `${s.workers} workers, ${s.standbys} standby`); cell(tr, "shard");
+      cell(tr, `#${s.shard}`); cell(tr, `${s.workers} worker${s.workers === 1 ? "" : "s"}, ${s.standbys} standby`); cell(tr, "shard");
       cell(tr, s.owner || "none", s.owner ? "" : "bad"); cell(tr, sec(s.lease_age_s));
       cell(tr, num(s.pending_parts)); cell(tr, sec(s.lag_s)); cell(tr, num(s.readings_waiting));
       cell(tr, s.watermark_ns ? fmtTime(s.watermark_ns) : "—"); cell(tr, num(s.epochs_behind), s.epochs_behind ? "bad" : "");
@@ -134,10 +135,11 @@
       tr.dataset.role = w.role || "";
       tr.dataset.worker = w.worker_id || "";
       cell(tr, w.shard === null || w.shard === undefined ? "—" : `#${w.shard}`);
-      cell(tr, w.worker_id || w.service_id || w.url).title = w.url;
+      const host = (() => { try { return new URL(w.url).host; } catch (e) { return w.url; } })();
+      cell(tr, w.worker_id || (w.kind === "frontend" ? `frontend ${host}` : host)).title = w.url;
       if (!w.reachable) {
         cell(tr, "unreachable", "bad");
-        cell(tr, w.detail || "").colSpan = 7;
+        cell(tr, w.detail || "").colSpan = 6;
       } else {
         cell(tr, w.role || w.kind, w.role === "owner" ? "verified" : "");
         cell(tr, w.kind === "frontend" ? (w.log_connected ? "log connected" : "log not connected") : (w.owner || "—"),
