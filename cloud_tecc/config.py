@@ -422,6 +422,9 @@ class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
     parties: dict[int, Endpoint]
     # gateway id → health URL (shown on the dashboard)
     gateways: dict[str, Url] = msgspec.field(default_factory=dict)
+    # party index → base URLs of its shard workers, standbys and ingest frontends, whose
+    # /healthz the cluster cards show (a party not listed: its url and urls)
+    workers: dict[int, tuple[Url, ...]] = msgspec.field(default_factory=dict)
     incidents: IncidentsDoc = IncidentsDoc()
     auth: AuthDoc = AuthDoc()
     units: dict[str, str] = msgspec.field(default_factory=dict)  # sensor glob → axis unit
@@ -430,6 +433,12 @@ class OutputFile(ServiceFile, frozen=True, kw_only=True, tag="output"):
 
     def __post_init__(self) -> None:
         check_parties(self.parties)
+        unknown = sorted(set(self.workers) - set(self.parties))
+        if unknown:
+            raise ValueError(
+                f"workers names parties {unknown} that parties does not: write one entry per "
+                f"party index of parties ({sorted(self.parties)}), or remove it"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +548,8 @@ class OutputConfig:
     service: ServiceConfig
     parties: Mapping[int, Endpoint]
     gateways: Mapping[str, str]
+    #: party index → the base URLs whose /healthz the cluster cards show (every party)
+    workers: Mapping[int, tuple[str, ...]]
     incidents: IncidentConfig
     auth: AuthConfig
     units: Mapping[str, str]
@@ -665,6 +676,10 @@ def output_config(f: OutputFile, base: Path) -> OutputConfig:
         service=_service(f, base, Role.OUTPUT),
         parties={i: _clean(ep) for i, ep in f.parties.items()},
         gateways=dict(f.gateways),
+        workers={
+            i: tuple(u.rstrip("/") for u in f.workers.get(i, ())) or _clean(ep).base_urls
+            for i, ep in f.parties.items()
+        },
         incidents=_incidents(f.incidents),
         auth=_auth(f.auth, base),
         units=dict(f.units),

@@ -11,7 +11,12 @@
 #   4. provisions the gateway on first start: identity and spool keys sealed
 #      in the TPM (swtpm container); later starts keep the sealed keys;
 #   5. renders the cluster configs with the gateway's public key (the
-#      operator allow-list).
+#      operator allow-list): per party its shard-0 worker (`cluster<i>.yaml`, which
+#      the ingest frontend runs with too), the standby of shard 0 and the worker of
+#      shard 1, and the dealer of shard 1;
+#   6. creates, once, each party's JetStream credential (a random password) in that
+#      party's own volume cluster<i>-nats-auth and renders its nats-server config there
+#      (only that party's node, workers and frontend mount it).
 #
 # Idempotent: every start re-renders the configs from the read-only templates
 # and re-reads the keys, so editing a template or the policy takes effect on
@@ -23,6 +28,8 @@ POLICY=${TECC_POLICY:-/etc/tecc/policy.yaml}
 CONFIG_DIR=${TECC_CONFIG_DIR:-/var/lib/tecc/config}
 PLATFORM_DIR=${TECC_PLATFORM_DIR:-/var/lib/tecc/platform}
 GATEWAY_STATE=${TECC_GATEWAY_STATE:-/var/lib/tecc/gateway}
+# Beside the platforms by default: /var/lib/tecc/nats-auth/cluster<i> (one volume each).
+NATS_AUTH_DIR=${TECC_NATS_AUTH_DIR:-$(dirname "$PLATFORM_DIR")/nats-auth}
 
 log() { printf 'tecc-enrol: %s\n' "$*" >&2; }
 
@@ -79,6 +86,25 @@ fi
 gateway_key=$(tr -d '[:space:]' < "$GATEWAY_STATE/identity.pub")
 log "gateway public key $gateway_key"
 
-render cluster0.yaml.tmpl cluster0.yaml
-render cluster1.yaml.tmpl cluster1.yaml
-log "configs rendered to $CONFIG_DIR"
+for i in 0 1; do
+  render "cluster$i.yaml.tmpl" "cluster$i.yaml"
+  render "cluster$i-shard0-standby.yaml.tmpl" "cluster$i-shard0-standby.yaml"
+  render "cluster$i-shard1.yaml.tmpl" "cluster$i-shard1.yaml"
+done
+render dealer-shard1.yaml.tmpl dealer-shard1.yaml
+
+# Each party's JetStream credential: created once in its own volume, kept afterwards.
+for i in 0 1; do
+  auth="$NATS_AUTH_DIR/cluster$i"
+  mkdir -p "$auth"
+  if [ ! -s "$auth/nats.password" ]; then
+    (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > "$auth/nats.password.tmp")
+    mv "$auth/nats.password.tmp" "$auth/nats.password"
+    log "created the JetStream credential of cluster$i"
+  fi
+  password=$(cat "$auth/nats.password")
+  (umask 077 && sed -e "s/@NATS_PASSWORD@/$password/g" -e "s/@NATS_NAME@/cluster$i-nats/g" \
+    "$TEMPLATES/nats.conf.tmpl" > "$auth/.nats.conf.tmp")
+  mv "$auth/.nats.conf.tmp" "$auth/nats.conf"
+done
+log "configs rendered to $CONFIG_DIR, JetStream configs to $NATS_AUTH_DIR"

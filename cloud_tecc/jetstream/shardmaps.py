@@ -52,6 +52,7 @@ from cloud_tecc.party.maprecord import (
     initial_record,
 )
 from cloud_tecc.party.shardmap import ShardMaps
+from cloud_tecc.service.health import ShardMapHealth
 
 log = logging.getLogger("cloud_tecc.jetstream.shardmaps")
 WHERE: Final = f"{SHARDS_BUCKET}/{SHARD_MAP_KEY}"
@@ -248,15 +249,15 @@ class MapFollower:
         """The id of the version in force at ``ts_ns`` (None: no usable map yet)."""
         return None if self.maps is None else self.maps.at(ts_ns).id
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> ShardMapHealth:
         """For ``/healthz``: the version in use, from when, and the last refusal."""
         cur = None if self.maps is None else self.maps.current
-        return {
-            "version": cur.version if cur else None,
-            "id": cur.id if cur else None,
-            "effective_ns": cur.effective_ns if cur else None,
-            "error": self.error or None,
-        }
+        return ShardMapHealth(
+            version=cur.version if cur else None,
+            id=cur.id if cur else None,
+            effective_ns=cur.effective_ns if cur else None,
+            error=self.error or None,
+        )
 
     async def close(self) -> None:
         """Close the connection."""

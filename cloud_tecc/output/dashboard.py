@@ -5,8 +5,10 @@ updates use server-sent events on ``/api/v1/events``: an ``update`` event each
 time results or incidents change, so the page refetches without a reload. All
 clients wait on one :class:`ChangeNotifier` that the collector signals (no
 database poll per client); their number is capped.
-``/api/v1/gateways`` relays the configured gateways' health documents
-(spool depth and age, rejected readings by reason — metadata only).
+``/api/v1/gateways`` relays the configured gateways' health documents,
+decoded once into :class:`~cloud_tecc.service.health.GatewayHealthDoc` (unknown
+fields ignored, see that module) and served as :class:`GatewayView` rows
+(spool depth, backlog, clusters attested — metadata only).
 ``enrolment.js`` draws the gateway enrolment panel from
 :mod:`cloud_tecc.output.enrolment_view` and MACs an admin's approve or revoke
 with the cluster operator's key in the browser.
@@ -23,7 +25,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import msgspec
 from aiohttp import web
+
+from cloud_tecc.service.health import (
+    MAX_HEALTH_BYTES,
+    GatewayHealthDoc,
+    HealthDecodeError,
+    decode_gateway_health,
+)
 
 STATIC_DIR: Final = Path(__file__).with_name("static")  # the page, its script and styles
 _TYPES: Final = {
@@ -34,19 +44,55 @@ _TYPES: Final = {
 MAX_SSE_CLIENTS: Final = 200
 
 
+class GatewayView(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``/api/v1/gateways``: what the gateway's ``/healthz`` said, typed."""
+
+    gateway_id: str
+    reachable: bool
+    #: ``ok``, ``spool full`` (the gateway answers 503), or why it was not reachable.
+    status: str
+    checked_s: float | None = None
+    sealing: bool | None = None
+    backlog: int | None = None
+    #: Backfill sensors still holding the gateway's progress at their event time.
+    backfilling: tuple[str, ...] = ()
+    #: Frames spooled for all clusters together.
+    spool_depth: int | None = None
+    clusters_attested: int | None = None
+    clusters: int | None = None
+
+
+def gateway_view(gid: str, status: int, doc: GatewayHealthDoc, now_s: float) -> GatewayView:
+    """The row of a decoded gateway health document (``status``: its HTTP status)."""
+    links = doc.clusters.values()
+    full = status == 503 or bool(doc.spool_overflow)
+    return GatewayView(
+        gateway_id=gid,
+        reachable=True,
+        status="spool full" if full else "ok",
+        checked_s=now_s,
+        sealing=doc.sealing,
+        backlog=doc.backlog,
+        backfilling=doc.backfilling,
+        spool_depth=sum(link.depth for link in links),
+        clusters_attested=sum(link.attested for link in links),
+        clusters=len(doc.clusters),
+    )
+
+
 class GatewayHealth:
-    """Polls each configured gateway's ``/healthz`` and keeps the latest document."""
+    """Polls each configured gateway's ``/healthz``; keeps the latest, decoded once."""
 
     def __init__(self, gateways: Mapping[str, str], *, interval_s: float = 2.0) -> None:
         self._urls = dict(gateways)
         self._interval = interval_s
-        self._latest: dict[str, dict[str, Any]] = {
-            g: {"gateway_id": g, "reachable": False, "status": "not polled yet"} for g in gateways
+        self._latest: dict[str, GatewayView] = {
+            g: GatewayView(gateway_id=g, reachable=False, status="not polled yet") for g in gateways
         }
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Latest health of every gateway, sorted by id."""
-        return [self._latest[g] for g in sorted(self._latest)]
+        return [msgspec.to_builtins(self._latest[g]) for g in sorted(self._latest)]
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Poll forever (cancel to stop)."""
@@ -55,17 +101,17 @@ class GatewayHealth:
             for gid, url in self._urls.items():
                 try:
                     async with session.get(url, timeout=timeout) as resp:
-                        doc = await resp.json(content_type=None)
-                    if not isinstance(doc, dict):
-                        raise ValueError("health document is not an object")
-                    self._latest[gid] = {**doc, "gateway_id": gid, "reachable": True}
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    self._latest[gid] = {
-                        "gateway_id": gid,
-                        "reachable": False,
-                        "status": f"unreachable: {type(exc).__name__}",
-                        "checked_s": time.time(),
-                    }
+                        raw = await resp.content.read(MAX_HEALTH_BYTES + 1)
+                        code = resp.status
+                    view = gateway_view(gid, code, decode_gateway_health(raw), time.time())
+                except (aiohttp.ClientError, TimeoutError, HealthDecodeError) as exc:
+                    view = GatewayView(
+                        gateway_id=gid,
+                        reachable=False,
+                        status=f"unreachable: {type(exc).__name__}",
+                        checked_s=time.time(),
+                    )
+                self._latest[gid] = view
             await asyncio.sleep(self._interval)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -28,6 +29,7 @@ from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import AnalyticsError, PeerError
 from cloud_tecc.output.api import ReadApi
 from cloud_tecc.output.auth import LocalTokens, Principal, Role, write_signin_link
+from cloud_tecc.output.clusterhealth import ClusterHealth
 from cloud_tecc.output.collector import (
     LayoutChecks,
     decode_result,
@@ -119,6 +121,7 @@ class OutputService(ServiceBase):
         ExportApi(self.store, self.deliverer).attach(self.app)
         SignIn(self.gate).attach(self.app)
         self.gateway_health = GatewayHealth(cfg.gateways)
+        self.cluster_health = ClusterHealth(cfg.workers, window_ns=cfg.service.policy.window_ns)
         attach_dashboard(self.app, notifier=self.notifier, gateways=self.gateway_health)
         self.enrolment = EnrolmentView(
             cfg.parties, service_id=cfg.service.service_id, enclave=enclave
@@ -166,6 +169,7 @@ class OutputService(ServiceBase):
         self.spawn(self.enrolment.run(self._attestation_incidents), "gateway-enrolment")
         if self.ocfg.gateways:
             self.spawn(self.gateway_health.run(self.session), "gateway-health")
+        self.spawn(self.cluster_health.run(self.session), "cluster-health")
 
     async def on_stop(self) -> None:
         """Close client, ops listener and database."""
@@ -369,6 +373,7 @@ class OutputService(ServiceBase):
         status = self.directory.status if self.directory else {}
         for i, ep in sorted(self.ocfg.parties.items()):
             st = status.get(ep.service_id)
+            rel = {k: e for (p, k), e in self.releases.items() if p == i}
             out.append(
                 {
                     "party": i,
@@ -378,11 +383,8 @@ class OutputService(ServiceBase):
                     "detail": st.detail if st else "not checked yet",
                     "measurement": st.measurement if st else "",
                     "checked_ns": st.checked_ns if st else None,
-                    "shards": [
-                        {"shard": k, "last_epoch_ns": e}
-                        for (p, k), e in sorted(self.releases.items())
-                        if p == i
-                    ],
+                    "shards": [msgspec.to_builtins(r) for r in self.cluster_health.shards(i, rel)],
+                    "workers": [msgspec.to_builtins(r) for r in self.cluster_health.workers(i)],
                 }
             )
         return web.json_response(out)

@@ -52,6 +52,7 @@ from cloud_tecc.jetstream.sharelog import (
 from cloud_tecc.party.shardmap import split_row
 from cloud_tecc.party.store import BatchRow, InsertResult
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService
+from cloud_tecc.service.health import PartyHealth, to_json
 
 log = logging.getLogger("cloud_tecc.party.frontend")
 
@@ -99,14 +100,20 @@ class IngestFrontend(UplinkService):
         await super().on_stop()
 
     def health(self) -> dict[str, Any]:
-        """Health with the log connection."""
-        doc = super().health()
-        doc["party"] = self.pcfg.party
-        doc["frontend"] = True
-        doc["shards"] = self.pcfg.shards
-        doc["shard_map"] = self.shard_map.health()
-        doc["log_connected"] = self.log is not None and self.log.nc.is_connected
-        return doc
+        """Health with the log connection (:class:`PartyHealth` with ``frontend``)."""
+        base = super().health()
+        return to_json(
+            PartyHealth(
+                status=base["status"],
+                role=base["role"],
+                service_id=base["service_id"],
+                party=self.pcfg.party,
+                frontend=True,
+                shards=self.pcfg.shards,
+                log_connected=self.log is not None and self.log.nc.is_connected,
+                shard_map=self.shard_map.health(),
+            )
+        )
 
     def _sharelog(self) -> ShareLog:
         if self.log is None:

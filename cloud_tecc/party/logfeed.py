@@ -65,6 +65,7 @@ from cloud_tecc.jetstream.sharelog import (
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
+from cloud_tecc.service.health import LogHealth
 from tecc_contract.errors import FrameError, SignatureError
 from tecc_contract.progress import open_progress
 
@@ -161,6 +162,12 @@ class LogFeed:
         self.history_seq = 0
         #: monotonic time at which the share consumer last had nothing pending
         self.caught_up = 0.0
+        #: The shard's parts not consumed yet, as the last fetch or consumer info said
+        #: (None before the first answer of this term).
+        self.pending: int | None = None
+        #: Log timestamp (ns) of the part consumed last, and when this term began.
+        self.last_part_ns: int | None = None
+        self.started_ns = 0
         #: per gateway, notices waiting for their shares: (through, heard, seen at)
         self._notices: dict[str, list[tuple[int, int, float]]] = {}
         self.malformed = Counter(
@@ -189,6 +196,7 @@ class LogFeed:
         ``term`` > 0: a lease term (its token); consume from the start of the log.
         """
         self.term, self.caught_up, self._notices = term, 0.0, {}
+        self.pending, self.last_part_ns, self.started_ns = None, None, time.time_ns()
         name = f"worker-{self.service_id}-{self.shard}"
         self.log = await ShareLog.open(self.cfg, self.state_dir, name, _RETRY_S)
         if term:
@@ -253,6 +261,7 @@ class LogFeed:
                 except nats.errors.TimeoutError:
                     self.caught_up = issued  # nothing pending when the request was served
                     self.lag.set(0)
+                    self.pending = 0
                     self._apply_notices()
                     continue
                 if not msgs:
@@ -260,6 +269,8 @@ class LogFeed:
                 await self._store(msgs)
                 pending = msgs[-1].metadata.num_pending
                 self.lag.set(pending)
+                self.pending = pending
+                self.last_part_ns = int(msgs[-1].metadata.timestamp.timestamp() * 1e9)
                 if pending == 0:
                     self.caught_up = issued
                 self._apply_notices()
@@ -334,6 +345,8 @@ class LogFeed:
             info = await sharelog.js.consumer_info(SHARES, durable_name(self.shard))
         except _NATS_ERRORS:
             return  # the share consumer's own fetches still move the gate
+        if not self.term:  # this is the shard's durable consumer, the one consuming now
+            self.pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             self.caught_up = max(self.caught_up, asked)
             self._apply_notices()
@@ -367,13 +380,26 @@ class LogFeed:
             if not waiting:
                 del self._notices[gw]
 
-    def health(self) -> dict[str, object]:
-        """For ``/healthz``: shard, connection, notices waiting for their shares."""
-        return {
-            "shard": self.shard,
-            "connected": self.log is not None and self.log.nc.is_connected,
-            "notices_waiting": sum(len(w) for w in self._notices.values()),
-            "caught_up_s_ago": round(time.monotonic() - self.caught_up, 3)
-            if self.caught_up
-            else None,
-        }
+    def lag_s(self, now_ns: int) -> float | None:
+        """Consumer lag in seconds: 0 with nothing pending, else the age of the part consumed
+        last (or of the term, before the first); None while no consumer runs."""
+        if self.log is None or self.pending is None:
+            return None
+        if self.pending == 0:
+            return 0.0
+        since = self.last_part_ns if self.last_part_ns is not None else self.started_ns
+        return round(max(0, now_ns - since) / 1e9, 3)
+
+    def health(self, now_ns: int | None = None) -> LogHealth:
+        """For ``/healthz``: shard, connection, notices waiting, consumer lag."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        running = self.log is not None
+        return LogHealth(
+            shard=self.shard,
+            connected=self.log is not None and self.log.nc.is_connected,
+            notices_waiting=sum(len(w) for w in self._notices.values()),
+            caught_up_s_ago=round(time.monotonic() - self.caught_up, 3) if self.caught_up else None,
+            pending_parts=self.pending if running else None,
+            lag_s=self.lag_s(now_ns),
+            last_part_ns=self.last_part_ns,
+        )

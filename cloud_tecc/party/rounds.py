@@ -94,6 +94,8 @@ class AgreementRound:
         self._refusing = refusing
         #: The gateways some party refused, as all N verdicts of the last round said.
         self.refused: frozenset[str] = frozenset()
+        #: The watermark each peer sent in the last round (for ``/healthz``: epochs behind).
+        self.peer_watermarks: dict[int, int] = {}
 
     def _excluded(self) -> frozenset[str]:
         """Gateways whose batches enter no epoch now: refused here or by any party."""
@@ -104,7 +106,8 @@ class AgreementRound:
         agreement, peers = self.agreement, self.agreement.peers
         wm = await asyncio.to_thread(self.store.watermark)
         others = await control(mesh, peers, {"wm": wm}, WatermarkMessage)
-        base = agreement.watermarks(wm, {p: m.wm for p, m in others.items()})
+        self.peer_watermarks = {p: m.wm for p, m in others.items()}
+        base = agreement.watermarks(wm, self.peer_watermarks)
         if wm > base:
             log.info("rewinding to the common watermark %d", base)
             await asyncio.to_thread(self.store.rewind, base)

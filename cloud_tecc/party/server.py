@@ -61,7 +61,9 @@ from cloud_tecc.party.registry import REFRESH_S
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.takeover import ActiveShard
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService, gateway_keys
+from cloud_tecc.party.workerhealth import WorkerMetrics, epochs_behind
 from cloud_tecc.party.writer import GroupWriter
+from cloud_tecc.service.health import GatewayProgress, PartyHealth, PeerHealth, to_json
 from tecc_contract.crashpoint import crash_point
 
 __all__ = ["PartyService", "gateway_keys", "late_readings"]
@@ -130,6 +132,7 @@ class PartyService(UplinkService):
                 registry=self.registry,
                 name=f"worker-map-{cfg.worker_id}",
             )
+        self._worker_metrics()
 
     async def _rotate_keys(self) -> None:
         """Rotate the HPKE key every ``hpke_rotation_s``; drop the previous after the overlap."""
@@ -211,31 +214,91 @@ class PartyService(UplinkService):
             await asyncio.to_thread(self.nats.stop)
 
     def health(self) -> dict[str, Any]:
-        """Health with ingest and session state."""
-        doc = super().health()
-        doc["party"] = self.pcfg.party
-        doc["n_parties"] = self.pcfg.n_parties
-        doc["shard"], doc["shards"] = self.pcfg.shard, self.pcfg.shards
-        doc["watermark_ns"] = self.store.watermark()
-        doc["batches"] = self.store.batch_count()
-        doc["session"] = self.coordinator.state if self.coordinator else "starting"
+        """Health with ingest and session state (:class:`PartyHealth`)."""
+        return to_json(self.health_doc(time.time_ns()))
+
+    def health_doc(self, now_ns: int) -> PartyHealth:
+        """The typed health document (:mod:`cloud_tecc.service.health`)."""
+        base = super().health()
+        role, session = base["role"], self.coordinator.state if self.coordinator else "starting"
+        lease = log_doc = None
         if self.active is not None:
-            doc["role"] = self.active.role
-            doc["lease"] = self.active.health()
+            role, lease = self.active.role, self.active.health(now_ns)
             if self.active.role != "owner":
-                doc["session"] = self.active.role
-        doc["gateways"] = self.tracker.snapshot(time.time_ns())
-        doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
+                session = self.active.role
         if self.feed is not None:
-            doc["log"] = self.feed.health()
-        if self.shard_map is not None:
-            doc["shard_map"] = self.shard_map.health()
+            log_doc = self.feed.health(now_ns)
+        peers = None
         if self.coordinator is not None:
-            doc["peers"] = {
-                k: {"attested": v.ok, "detail": v.detail, "checked_ns": v.checked_ns}
+            peers = {
+                k: PeerHealth(attested=v.ok, detail=v.detail, checked_ns=v.checked_ns)
                 for k, v in self.coordinator.directory.status.items()
             }
-        return doc
+        peer_wm = self._peer_watermarks()
+        return PartyHealth(
+            status=base["status"],
+            role=role,
+            service_id=base["service_id"],
+            party=self.pcfg.party,
+            n_parties=self.pcfg.n_parties,
+            shard=self.pcfg.shard,
+            shards=self.pcfg.shards,
+            worker_id=self.pcfg.worker_id if self.active is not None else None,
+            watermark_ns=self.store.watermark(),
+            batches=self.store.batch_count(),
+            readings_waiting=self._readings_waiting(),
+            session=session,
+            peers_watermark_ns=max(peer_wm.values()) if peer_wm else None,
+            epochs_behind_peers=self._behind(),
+            lease=lease,
+            log=log_doc,
+            gateways={
+                g: GatewayProgress(
+                    through_s=float(v["through_s"]),
+                    silent_s=float(v["silent_s"]),
+                    live=bool(v["live"]),
+                )
+                for g, v in self.tracker.snapshot(now_ns).items()
+            },
+            enrolment={r.gateway_id: r.state for r in self.gateways.records()},
+            peers=peers,
+            shard_map=None if self.shard_map is None else self.shard_map.health(),
+        )
+
+    def _peer_watermarks(self) -> dict[int, int]:
+        """The peers' watermarks of the last round, while this process runs the shard."""
+        if self.coordinator is None or (self.active is not None and self.active.role != "owner"):
+            return {}
+        return self.coordinator.round.peer_watermarks
+
+    def _readings_waiting(self) -> int | None:
+        """Readings stored that no committed epoch covers (None on a standby)."""
+        if self.active is not None and self.active.role != "owner":
+            return None
+        return self.store.readings_from(self.store.watermark())
+
+    def _behind(self) -> int | None:
+        own = self.coordinator.watermark_ns if self.coordinator else self.store.watermark()
+        return epochs_behind(own, self._peer_watermarks(), self.pcfg.service.policy.window_ns)
+
+    def _worker_metrics(self) -> None:
+        active, feed = self.active, self.feed
+        WorkerMetrics(
+            self.registry,
+            shard=self.pcfg.shard,
+            worker=self.pcfg.worker_id,
+            role=(lambda: active.role) if active is not None else None,
+            pending=lambda: None if feed is None or feed.log is None else feed.pending,
+            lag_s=lambda: None if feed is None else feed.lag_s(time.time_ns()),
+            watermark_ns=lambda: (
+                self.coordinator.watermark_ns if self.coordinator else self.store.watermark()
+            ),
+            behind=self._behind,
+            waiting=self._readings_waiting,
+            owner_lease_age_s=lambda: (
+                None if active is None else active.owner_lease_age_s(time.time_ns())
+            ),
+        )
 
     async def _ingest(self, request: web.Request) -> web.Response:
         frame = await request.read()

@@ -255,6 +255,15 @@ class ShareStore:
                     )
         return out
 
+    def readings_from(self, ts_ns: int) -> int:
+        """Readings of the stored batches with a reading at or after ``ts_ns`` (the lag in
+        readings behind the watermark; a batch straddling it counts whole)."""
+        with self._rlock:
+            row = self._r.execute(
+                "SELECT COALESCE(SUM(count), 0) FROM batches WHERE max_ts >= ?", (ts_ns,)
+            ).fetchone()
+        return int(row[0])
+
     def watermark(self) -> int:
         """End of the last computed epoch (0 before the first)."""
         with self._rlock:

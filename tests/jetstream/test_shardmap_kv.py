@@ -123,8 +123,8 @@ async def test_follower_applies_new_versions_and_refuses_bad_records(
             await write(raw)
             await _until(lambda r=reason, b=before: _rejected(registry, r) > b, f"{raw!r}")
             assert text in follower.error, (raw, follower.error)
-            assert follower.health()["version"] == 1  # kept
-            assert follower.health()["error"] == follower.error
+            assert follower.health().version == 1  # kept
+            assert follower.health().error == follower.error
         assert not task.done()  # nothing crashed the follower
         good = with_change(
             ShardMapRecord(version=1, shards=2),
@@ -133,7 +133,7 @@ async def test_follower_applies_new_versions_and_refuses_bad_records(
             class_overrides={"temperature": 1},
         )
         await write(msgspec.json.encode(good))
-        await _until(lambda: follower.health()["version"] == 2, "version 2 applied")
+        await _until(lambda: follower.health().version == 2, "version 2 applied")
         maps = follower.maps
         assert maps is not None
         assert follower.error == ""
@@ -216,7 +216,7 @@ async def test_a_follower_started_on_a_broken_record_routes_nothing_until_it_is_
         await asyncio.sleep(0.3)  # polled again: the same revision is not refused twice
         assert _rejected(registry, "malformed") == 1
         assert follower.maps is None
-        assert "unknown field" in str(follower.health()["error"])
+        assert "unknown field" in str(follower.health().error)
         assert follower.map_id(T0) is None  # a worker proposes and confirms nothing
         with pytest.raises(Overloaded, match="unknown field"):
             follower.fresh(5.0)
@@ -224,7 +224,7 @@ async def test_a_follower_started_on_a_broken_record_routes_nothing_until_it_is_
         assert got is not None
         fixed = ShardMapRecord(version=4, shards=2, class_overrides={"temperature": 0})
         await store.save(fixed, expected=got[1])
-        await _until(lambda: follower.health()["version"] == 4, "the fixed record applied")
+        await _until(lambda: follower.health().version == 4, "the fixed record applied")
         assert follower.fresh(5.0).shard_of("gw-x", "temp3", T0) == 0
     finally:
         task.cancel()

@@ -82,17 +82,78 @@
       when.textContent = c.checked_ns ? `checked by the output service at ${fmtTime(c.checked_ns)}` : "not checked yet";
       const shards = document.createElement("div");
       shards.className = "shards";
-      const released = c.shards || [];
+      const all = c.shards || [];
+      const released = all.filter((s) => s.last_epoch_ns !== null && s.last_epoch_ns !== undefined);
       shards.dataset.shards = released.map((s) => `${s.shard}:${s.last_epoch_ns}`).join(",");
       shards.textContent = released.length
         ? `shards: ${released.map((s) => `#${s.shard} released ${fmtTime(s.last_epoch_ns)}`).join(", ")}`
         : "shards: no results released since the output service started";
+      const workers = workerTable(c.workers || [], all);
+      card.classList.add("with-workers");
       const detail = document.createElement("div");
       detail.className = "summary";
       detail.textContent = c.detail || "";
-      card.append(title, m, when, shards, detail);
+      card.append(title, m, when, shards, workers, detail);
       box.appendChild(card);
     }
+  }
+
+  // One row per shard (its owner, standbys, lag) and one per process of the party
+  // (workers, standbys, frontends); a long list scrolls inside the card.
+  const sec = (v) => (v === null || v === undefined ? "—" : `${fmt(v, 1)} s`);
+  const num = (v) => (v === null || v === undefined ? "—" : String(v));
+  function workerTable(workers, shards) {
+    const box = document.createElement("details");
+    box.className = "workers";
+    box.open = workers.length <= 12;
+    const sum = document.createElement("summary");
+    const up = workers.filter((w) => w.reachable).length;
+    sum.textContent = `${workers.length} processes (${up} answering), ${shards.length} shards`;
+    box.appendChild(sum);
+    const wrap = document.createElement("div");
+    wrap.className = "scroll";
+    const t = document.createElement("table");
+    t.className = "worker-rows";
+    t.innerHTML = "<thead><tr><th>shard</th><th>worker</th><th>role</th><th>lease owner</th>"
+      + "<th>lease age</th><th>pending parts</th><th>lag</th><th>readings waiting</th><th>epoch</th><th>behind</th></tr></thead><tbody></tbody>";
+    const body = t.querySelector("tbody");
+    for (const s of shards) {
+      const tr = document.createElement("tr");
+      tr.className = "shard-row";
+      tr.dataset.shard = String(s.shard);
+      tr.dataset.owner = s.owner || "";
+      cell(tr, `#${s.shard}`); cell(tr, `${s.workers} worker${s.workers === 1 ? "" : "s"}, ${s.standbys} standby`); cell(tr, "shard");
+      cell(tr, s.owner || "none", s.owner ? "" : "bad"); cell(tr, sec(s.lease_age_s));
+      cell(tr, num(s.pending_parts)); cell(tr, sec(s.lag_s)); cell(tr, num(s.readings_waiting));
+      cell(tr, s.watermark_ns ? fmtTime(s.watermark_ns) : "—"); cell(tr, num(s.epochs_behind), s.epochs_behind ? "bad" : "");
+      body.appendChild(tr);
+    }
+    for (const w of workers) {
+      const tr = document.createElement("tr");
+      tr.className = "worker-row";
+      tr.dataset.url = w.url;
+      tr.dataset.role = w.role || "";
+      tr.dataset.worker = w.worker_id || "";
+      cell(tr, w.shard === null || w.shard === undefined ? "—" : `#${w.shard}`);
+      const host = (() => { try { return new URL(w.url).host; } catch (e) { return w.url; } })();
+      cell(tr, w.worker_id || (w.kind === "frontend" ? `frontend ${host}` : host)).title = w.url;
+      if (!w.reachable) {
+        cell(tr, "unreachable", "bad");
+        cell(tr, w.detail || "").colSpan = 6;
+      } else {
+        cell(tr, w.role || w.kind, w.role === "owner" ? "verified" : "");
+        cell(tr, w.kind === "frontend" ? (w.log_connected ? "log connected" : "log not connected") : (w.owner || "—"),
+          w.kind === "frontend" && !w.log_connected ? "bad" : "");
+        cell(tr, sec(w.lease_age_s)); cell(tr, num(w.pending_parts)); cell(tr, sec(w.lag_s));
+        cell(tr, num(w.readings_waiting));
+        cell(tr, w.watermark_ns ? fmtTime(w.watermark_ns) : "—");
+      }
+      cell(tr, num(w.epochs_behind), w.epochs_behind ? "bad" : "");
+      body.appendChild(tr);
+    }
+    wrap.appendChild(t);
+    box.appendChild(wrap);
+    return box;
   }
 
   async function loadSensors() {
@@ -221,12 +282,11 @@
     let gws = [];
     try { gws = await getJSON("api/v1/gateways"); } catch (e) { gws = []; }
     fillTable("gateways", gws, (tr, g) => {
-      cell(tr, g.gateway_id || g.gateway || "?");
-      cell(tr, g.reachable === false ? "unreachable" : (g.status || "ok"), g.reachable === false ? "bad" : "");
-      cell(tr, String(g.spool_depth ?? "—"));
-      cell(tr, g.spool_oldest_age_s === undefined || g.spool_oldest_age_s === null ? "—" : `${fmt(g.spool_oldest_age_s, 1)} s`);
-      const rej = g.rejected || {};
-      cell(tr, Object.keys(rej).length ? Object.entries(rej).map(([k, v]) => `${k}: ${v}`).join(", ") : "none");
+      cell(tr, g.gateway_id || "?");
+      cell(tr, g.reachable === false ? g.status || "unreachable" : g.status || "ok", g.reachable === false || g.status !== "ok" ? "bad" : "");
+      cell(tr, num(g.spool_depth));
+      cell(tr, num(g.backlog));
+      cell(tr, g.clusters ? `${g.clusters_attested}/${g.clusters}` : "—", g.clusters && g.clusters_attested < g.clusters ? "bad" : "");
     });
   }
 
