@@ -158,7 +158,11 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "cloud_tecc/output/collector.py",
-        ("tests/cloud/test_cloud_output.py", "tests/cloud/test_collector_checks.py"),
+        (
+            "tests/cloud/test_cloud_output.py",
+            "tests/cloud/test_collector_checks.py",
+            "tests/cloud/test_release_layout_wire.py",
+        ),
     ),
 )
 #: --quick: (target with its quick test selection, sample size); a fixed seeded sample.
