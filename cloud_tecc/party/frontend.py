@@ -20,9 +20,14 @@ answer is 503 with ``Retry-After`` and ``{"status": "rejected", "reason":
 "overloaded"}``, counted in ``tecc_ingest_rejected_total{reason="overloaded"}``
 (``tecc_progress_rejected_total`` for notices); the gateway keeps the frame.
 
-The frontend keeps no state of its own: it reads the party's sealed keys and
-enrolment.db from the party's state dir (stage 1: the same host as the
-worker that created them; the worker starts first).
+The frontend keeps no state of its own: it reads the party's sealed keys from
+its state dir (provisioned there like a worker's), and the gateway enrolment
+registry and pending challenges from the party's JetStream KV
+(:mod:`cloud_tecc.jetstream.enrolkv`, :mod:`cloud_tecc.jetstream.enrolnonces`):
+a revocation or suspension written anywhere in the party is applied here
+live, and a challenge issued here may be finished at any other frontend.
+Until the first snapshot of the registry is loaded, batches and notices are
+answered 503 (``overloaded``) with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class IngestFrontend(UplinkService):
     async def on_start(self) -> None:
         """Connect to the log in the background (503 until connected)."""
         self.spawn(self._connect(), "share-log")
+        self.spawn(self.run_enrolment_kv(), "enrolment-kv")
 
     async def _connect(self) -> None:
         name = f"ingest-{self.cfg.service_id}"
@@ -93,6 +99,7 @@ class IngestFrontend(UplinkService):
         doc["frontend"] = True
         doc["shards"] = self.shard_map.k
         doc["log_connected"] = self.log is not None and self.log.nc.is_connected
+        doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
         return doc
 
     def _sharelog(self) -> ShareLog:
