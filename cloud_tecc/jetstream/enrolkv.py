@@ -367,6 +367,14 @@ def _value(entry: KeyValue.Entry) -> bytes | None:
     return None if entry.operation in ("DEL", "PURGE") else (entry.value or b"")
 
 
+def _read_sqlite(state_dir: Path) -> list[GatewayRecord]:
+    old = Registry(state_dir)
+    try:
+        return old.records()
+    finally:
+        old.close()
+
+
 async def import_sqlite(registry: GatewayRegistry, state_dir: Path) -> int:
     """Import ``state_dir/enrolment.db`` into the KV once; the records imported.
 
@@ -379,11 +387,7 @@ async def import_sqlite(registry: GatewayRegistry, state_dir: Path) -> int:
     path = state_dir / DB_FILE
     if not path.exists():
         return 0
-    old = await asyncio.to_thread(Registry, state_dir)
-    try:
-        records = old.records()
-    finally:
-        old.close()
+    records = await asyncio.to_thread(_read_sqlite, state_dir)
 
     def merge(file: GatewayRecord) -> Change:
         def apply(cur: GatewayRecord | None) -> GatewayRecord | None:
