@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import statistics
 import time
@@ -72,20 +73,20 @@ async def watched(nc: Client) -> AsyncIterator[tuple[KvRegistry, CollectorRegist
         await asyncio.gather(task, return_exceptions=True)
 
 
-def enrolled(gid: str, **kw: object) -> GatewayRecord:
-    rec = GatewayRecord(
-        gid, "enrolled", "attested", IDENTITY, "ab" * 32, b"ak", {14: bytes(32)}, {}, 1, 1, 1
-    )
-    return replace(rec, **kw)  # type: ignore[arg-type]
+def enrolled(gid: str, *, last_quote_ns: int = 1) -> GatewayRecord:
+    """An enrolled gateway's record."""
+    return GatewayRecord(
+        gid, "enrolled", "attested", IDENTITY, "ab" * 32, b"ak", {14: bytes(32)}, {}, 1,
+        last_quote_ns, 1,
+    )  # fmt: skip
 
 
-async def until(pred: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Seconds until ``pred()`` holds (polled every millisecond)."""
+async def until(pred: Callable[[], bool]) -> float:
+    """Seconds until ``pred()`` holds (polled every millisecond, at most 10 s)."""
     t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.001)
+    async with asyncio.timeout(10.0):
+        while not pred():
+            await asyncio.sleep(0.001)
     return time.monotonic() - t0
 
 
@@ -99,7 +100,7 @@ async def test_a_revocation_at_one_process_is_enforced_by_the_other(
         for i in range(20):
             gid = f"gw-prop-{i}"
             await a.put(enrolled(gid))
-            await until(lambda g=gid: b.get(g) is not None)  # type: ignore[misc]
+            await until(functools.partial(lambda g: b.get(g) is not None, gid))
             keys_b.admit(gid)
             t0 = time.monotonic()
             await a.revoke(gid, "stolen", time.time_ns())
@@ -161,15 +162,17 @@ async def test_malformed_records_are_refused_and_counted(clients: tuple[Client, 
             assert stored is not None
             await raw.write(record_key("gw-bad"), value, expected=stored.revision)
         await raw.write("junk", b"x", expected=0)
-        await until(lambda: (metrics.get_sample_value(
-            "tecc_enrolment_kv_malformed_total", {"bucket": ENROLMENT_BUCKET}) or 0) >= 4)  # fmt: skip
+        labels = {"bucket": ENROLMENT_BUCKET}
+        name = "tecc_enrolment_kv_malformed_total"
+        await until(lambda: (metrics.get_sample_value(name, labels) or 0) >= 4)
         with pytest.raises(IngestError) as err:
             keys.admit("gw-bad")
         assert err.value.reason == "suspended"
         assert "malformed" in str(err.value)
         # a party write refuses to build on it; the operator's revoke overwrites it
         out = await a.update("gw-bad", lambda cur: enrolled("gw-bad"))
-        assert out is not None and out.state == "suspended"
+        assert out is not None
+        assert out.state == "suspended"
         await a.revoke("gw-bad", "repaired", 3)
         await until(lambda: (r := a.get("gw-bad")) is not None and r.state == "revoked")
 
@@ -241,5 +244,7 @@ async def test_enrolment_db_is_imported_once(
         assert (tmp_path / "enrolment.db.imported").exists()
         assert await import_sqlite(kv, tmp_path) == 0
         one, two = kv.get("gw-imp-1"), kv.get("gw-imp-2")
-        assert one is not None and one.state == "enrolled"
-        assert two is not None and two.state == "revoked"
+        assert one is not None
+        assert one.state == "enrolled"
+        assert two is not None
+        assert two.state == "revoked"
