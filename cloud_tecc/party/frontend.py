@@ -42,6 +42,7 @@ from aiohttp import web
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.jetstream.enrolkv import KvRegistry
 from cloud_tecc.jetstream.sharelog import (
     MAX_PART_BYTES,
     MalformedPartError,
@@ -83,7 +84,10 @@ class IngestFrontend(UplinkService):
 
     async def _connect(self) -> None:
         name = f"ingest-{self.cfg.service_id}"
-        self.log = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
+        sharelog = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
+        if isinstance(self.gateways, KvRegistry):  # admit nothing before it is loaded
+            await self.gateways.wait_ready()
+        self.log = sharelog
         log.info("publishing to the share log (%d shards)", self.shard_map.k)
 
     async def on_stop(self) -> None:
