@@ -40,7 +40,6 @@ until it attests again with the enrolled values.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import json
@@ -65,6 +64,14 @@ from cloud_tecc.party.challenges import (
     secret_digest,
 )
 from cloud_tecc.party.enrolment_doc import EnrolmentDoc
+from cloud_tecc.party.enrolment_fields import (
+    NOT_ENROLLED,
+    after_quote,
+    b64,
+    gateway_id,
+    hexfield,
+    pcr_values,
+)
 from cloud_tecc.party.registry import (
     STATES,
     GatewayRecord,
@@ -75,72 +82,6 @@ from tecc_contract import tpm_evidence as ev
 
 log = logging.getLogger("cloud_tecc.party.enrolment")
 _MAX_BODY = 16 * 1024
-_NOT_ENROLLED = (
-    "the quote or the identity signature does not verify under an AK and key enrolled "
-    "here: enrol again"
-)
-
-
-def _b64(doc: Mapping[str, Any], key: str) -> bytes:
-    try:
-        return base64.b64decode(str(doc[key]), validate=True)
-    except (KeyError, binascii.Error, ValueError) as exc:
-        raise ev.EvidenceError("malformed", f"field {key!r} must be base64") from exc
-
-
-def _hex(doc: Mapping[str, Any], key: str, size: int | None = None) -> bytes:
-    try:
-        raw = bytes.fromhex(str(doc[key]))
-    except (KeyError, ValueError) as exc:
-        raise ev.EvidenceError("malformed", f"field {key!r} must be hex") from exc
-    if size is not None and len(raw) != size:
-        raise ev.EvidenceError("malformed", f"field {key!r} must be {size} bytes")
-    return raw
-
-
-def _gateway_id(doc: Mapping[str, Any]) -> str:
-    gid = doc.get("gateway_id")
-    if not isinstance(gid, str) or not 0 < len(gid) <= 200:
-        raise ev.EvidenceError("malformed", "field 'gateway_id' must be a string of 1..200 chars")
-    return gid
-
-
-def _pcr_values(doc: Mapping[str, Any]) -> dict[int, bytes]:
-    raw = doc.get("pcrs")
-    if not isinstance(raw, dict) or not 0 < len(raw) <= 24:
-        raise ev.EvidenceError("malformed", "field 'pcrs' must map PCR indices to hex values")
-    try:
-        return {int(k): bytes.fromhex(str(v)) for k, v in raw.items()}
-    except ValueError as exc:
-        raise ev.EvidenceError("malformed", "field 'pcrs' must map PCR indices to hex") from exc
-
-
-def _after_quote(
-    cur: GatewayRecord | None, verified: GatewayRecord, values: Mapping[int, bytes], now_ns: int
-) -> tuple[GatewayRecord, str]:
-    """The record after a verified quote (over ``verified``'s keys) and what happened.
-
-    Applied to the *current* record, which may have changed since the quote
-    was checked (an operator approved new values, another frontend took a
-    quote); a record re-enrolled or forgotten meanwhile refuses the quote.
-    """
-    if cur is None or (cur.identity_key, cur.ak_public) != (
-        verified.identity_key,
-        verified.ak_public,
-    ):
-        raise ev.EvidenceError("quote_signature", _NOT_ENROLLED)
-    seen = {p: values[p] for p in cur.golden if p in values}
-    new = replace(cur, seen=seen, updated_ns=now_ns)
-    if seen != dict(cur.golden):
-        changed = sorted(p for p in cur.golden if seen.get(p) != cur.golden[p])
-        outcome = "suspended" if cur.state != "suspended" else "still-suspended"
-        new = replace(new, state="suspended" if cur.state != "pending" else "pending")
-        return replace(new, reason=f"PCR(s) {changed} changed since enrolment"), outcome
-    if cur.state == "suspended":
-        return replace(new, state="enrolled", reason="attests again", last_quote_ns=now_ns), (
-            "reinstated"
-        )
-    return replace(new, last_quote_ns=now_ns), "quoted"
 
 
 class Enrolment:
@@ -213,12 +154,12 @@ class Enrolment:
 
     async def challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Step 1: check EK certificate and AK, answer a nonce and a credential."""
-        gid = _gateway_id(doc)
-        identity = _hex(doc, "identity_key", 32)
-        ek_cert = _b64(doc, "ek_cert")
+        gid = gateway_id(doc)
+        identity = hexfield(doc, "identity_key", 32)
+        ek_cert = b64(doc, "ek_cert")
         now = datetime.fromtimestamp(now_ns / 1e9, UTC)
-        ek = ev.verify_ek(ek_cert, _b64(doc, "ek_public"), self.cas, now)
-        ak_raw = _b64(doc, "ak_public")
+        ek = ev.verify_ek(ek_cert, b64(doc, "ek_public"), self.cas, now)
+        ak_raw = b64(doc, "ak_public")
         ak = ev.check_ak(ak_raw)
         fingerprint = hashlib.sha256(ek_cert).hexdigest()
         rec = self.registry.get(gid)
@@ -244,17 +185,17 @@ class Enrolment:
 
     @staticmethod
     def _quoted(doc: Mapping[str, Any], ak: Any, identity: bytes, tag: bytes) -> dict[int, bytes]:
-        values = _pcr_values(doc)
-        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
-        qualifying = ev.qualifying_data(tag, _gateway_id(doc), identity, nonce)
-        ev.verify_quote(ak, _b64(doc, "attest"), _b64(doc, "signature"), values, qualifying)
-        ev.verify_possession(identity, _hex(doc, "possession", 64), qualifying)
+        values = pcr_values(doc)
+        nonce = hexfield(doc, "nonce", ev.NONCE_BYTES)
+        qualifying = ev.qualifying_data(tag, gateway_id(doc), identity, nonce)
+        ev.verify_quote(ak, b64(doc, "attest"), b64(doc, "signature"), values, qualifying)
+        ev.verify_possession(identity, hexfield(doc, "possession", 64), qualifying)
         return values
 
     async def finish(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Step 2: activated secret, quote and identity proof; enrol, park or refuse."""
-        gid = _gateway_id(doc)
-        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
+        gid = gateway_id(doc)
+        nonce = hexfield(doc, "nonce", ev.NONCE_BYTES)
         ch = await self.challenges.consume(nonce, gid, ev.ENROL_TAG, now_ns)
         if not isinstance(ch.context, EnrolContext):
             raise ev.EvidenceError("nonce", "this nonce was not issued for an enrolment")
@@ -265,7 +206,7 @@ class Enrolment:
         )
         ak = ev.check_ak(ak_raw)
         self._check_static(gid, identity)  # the config may have changed since the challenge
-        ev.check_activation(ch.secret, secret_digest(_hex(doc, "activated")))
+        ev.check_activation(ch.secret, secret_digest(hexfield(doc, "activated")))
         values = self._quoted(doc, ak, identity, ev.ENROL_TAG)
         unmatched = ev.check_pcrs(values, self.allowed, self.doc.pcrs)
         refused = [p for p in unmatched if self.allowed.get(p)]
@@ -321,25 +262,25 @@ class Enrolment:
         unauthenticated endpoint does not enumerate enrolments; the quote
         decides.
         """
-        gid = _gateway_id(doc)
+        gid = gateway_id(doc)
         ch = await self.challenges.issue(gid, ev.REQUOTE_TAG, now_ns)
         return {"nonce": ch.nonce.hex(), "pcrs": sorted(self.doc.pcrs)}
 
     async def requote(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Verify a periodic quote; suspend on changed PCRs, reinstate on the enrolled ones."""
-        gid = _gateway_id(doc)
-        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
+        gid = gateway_id(doc)
+        nonce = hexfield(doc, "nonce", ev.NONCE_BYTES)
         await self.challenges.consume(nonce, gid, ev.REQUOTE_TAG, now_ns)
         rec = self.registry.get(gid)
         if rec is None or rec.identity_key is None or rec.ak_public is None:
             # the same answer as a bad signature: no enumeration (the gateway enrols again)
-            raise ev.EvidenceError("quote_signature", _NOT_ENROLLED)
+            raise ev.EvidenceError("quote_signature", NOT_ENROLLED)
         ak = ev.check_ak(rec.ak_public)
         try:
             values = self._quoted(doc, ak, rec.identity_key, ev.REQUOTE_TAG)
         except ev.EvidenceError as exc:
             if exc.reason in ("quote_signature", "identity"):
-                raise ev.EvidenceError("quote_signature", _NOT_ENROLLED) from exc
+                raise ev.EvidenceError("quote_signature", NOT_ENROLLED) from exc
             raise
         if rec.state == "revoked":  # told only to the holder of the enrolled keys
             raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
@@ -348,12 +289,12 @@ class Enrolment:
 
         def after(cur: GatewayRecord | None) -> GatewayRecord:
             nonlocal outcome
-            new, outcome = _after_quote(cur, verified, values, now_ns)
+            new, outcome = after_quote(cur, verified, values, now_ns)
             return new
 
         out = await self.registry.update(gid, after)
         if out is None:
-            raise ev.EvidenceError("quote_signature", _NOT_ENROLLED)
+            raise ev.EvidenceError("quote_signature", NOT_ENROLLED)
         if outcome == "suspended":
             log.warning("gateway %r suspended: %s", gid, out.reason)
         elif outcome == "reinstated":
