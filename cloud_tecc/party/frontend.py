@@ -104,6 +104,8 @@ class IngestFrontend(UplinkService):
         doc["shards"] = self.shard_map.k
         doc["log_connected"] = self.log is not None and self.log.nc.is_connected
         doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
+        if isinstance(self.gateways, KvRegistry) and self.gateways.ready:
+            doc["enrolment_sync_age_s"] = round(self.gateways.age_s(), 3)
         return doc
 
     def _sharelog(self) -> ShareLog:

@@ -223,6 +223,8 @@ class PartyService(UplinkService):
                 doc["session"] = self.active.role
         doc["gateways"] = self.tracker.snapshot(time.time_ns())
         doc["enrolment"] = {r.gateway_id: r.state for r in self.gateways.records()}
+        if isinstance(self.gateways, KvRegistry) and self.gateways.ready:
+            doc["enrolment_sync_age_s"] = round(self.gateways.age_s(), 3)
         if self.feed is not None:
             doc["log"] = self.feed.health()
         if self.coordinator is not None:

@@ -3,7 +3,8 @@
 Two ingest frontends with state dirs of their own (as on two hosts: each has
 the party's sealed keys and nothing else) and a shard worker share one party
 JetStream. A TPM challenge issued by frontend A is finished at frontend B
-(and its replay refused at A); a revocation written by the operator tool
+(and its replay refused at A); a re-quote over changed PCRs at B suspends
+the gateway at A; a revocation written by the operator tool
 from A's host is enforced by B without a restart, its batches and notices
 refused and counted; an enrolment.db left from the all-in-one layout is
 imported once.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -35,7 +37,7 @@ from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys
 from gateway.tpm import Tpm
 from tecc_contract.progress import Progress, seal_progress
-from tecc_contract.tpm_evidence import ENROL_TAG
+from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG
 from tests.cloud.services import metric
 from tests.enrol.stack import admin
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
@@ -148,6 +150,15 @@ def test_enrolment_and_revocation_are_party_wide(tmp_path: Path) -> None:
             wait_for(lambda: http_json(a + "/healthz")[1]["enrolment"].get("gw-test") == "pending")
             approved = admin(dep, fes[0], "approve", "gw-test")
             assert approved["state"] == "enrolled"
+            # -- a re-quote over changed PCRs at B suspends the gateway at A too
+            wait_for(functools.partial(_state_is, a, "gw-test", "enrolled"))
+            with Tpm(sw.tcti) as tpm:
+                tpm.extend_pcr(14, hashlib.sha256(b"update").digest())
+            status, ch = _post_json(f"{a}/v1/attest/challenge", {"gateway_id": "gw-test"})
+            assert status == 200, ch
+            status, quoted = _post_json(f"{b}/v1/attest/quote", evidence.answer(ch, REQUOTE_TAG))
+            assert (status, quoted["status"]) == (200, "suspended"), quoted
+            wait_for(functools.partial(_state_is, a, "gw-test", "suspended"))
 
             # -- a revocation written from A's host is enforced by B, live
             s = sealer(dep, b)
