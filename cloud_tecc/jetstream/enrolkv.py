@@ -337,11 +337,12 @@ class KvRegistry(GatewayRegistry):
                             return _damaged(gateway_id, exc)
                 new = apply(cur)
                 expected = 0 if stored is None else stored.revision
+                present = stored is not None and stored.value is not None  # valid or damaged
                 try:
-                    if new is cur:
+                    if new is cur and (cur is not None or not present):
                         return cur
                     if new is None:
-                        if cur is None:
+                        if not present:
                             return None
                         revision = await bucket.write(key, b"", expected=expected, delete=True)
                     else:

@@ -33,7 +33,7 @@ from cloud_tecc.jetstream.enrolkv import (
     record_key,
 )
 from cloud_tecc.jetstream.enrolnonces import NONCE_PREFIX, KvChallenges, open_nonce_bucket
-from cloud_tecc.jetstream.kv import open_bucket
+from cloud_tecc.jetstream.kv import Bucket, open_bucket
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from cloud_tecc.party.challenges import EnrolContext, secret_digest
 from cloud_tecc.party.registry import GatewayRecord, LiveKeys, Registry
@@ -79,6 +79,13 @@ def enrolled(gid: str, *, last_quote_ns: int = 1) -> GatewayRecord:
         gid, "enrolled", "attested", IDENTITY, "ab" * 32, b"ak", {14: bytes(32)}, {}, 1,
         last_quote_ns, 1,
     )  # fmt: skip
+
+
+async def a_rev(bucket: Bucket, gateway: str) -> int:
+    """The current revision of ``gateway``'s key."""
+    stored = await bucket.get(record_key(gateway))
+    assert stored is not None
+    return stored.revision
 
 
 async def until(pred: Callable[[], bool]) -> float:
@@ -175,6 +182,14 @@ async def test_malformed_records_are_refused_and_counted(clients: tuple[Client, 
         assert out.state == "suspended"
         await a.revoke("gw-bad", "repaired", 3)
         await until(lambda: (r := a.get("gw-bad")) is not None and r.state == "revoked")
+        # the operator's forget deletes a damaged value too
+        await raw.write(record_key("gw-bad"), b"garbage", expected=(await a_rev(raw, "gw-bad")))
+        await until(lambda: (r := a.get("gw-bad")) is not None and "malformed" in r.reason)
+        assert await a.forget("gw-bad") is False  # nothing valid was there
+        await until(lambda: a.get("gw-bad") is None)
+        stored = await raw.get(record_key("gw-bad"))
+        assert stored is not None
+        assert stored.value is None
 
 
 async def test_a_challenge_of_one_frontend_is_finished_once_at_another(
