@@ -15,7 +15,12 @@ It writes the party's ``state_dir/enrolment.db`` directly (run it on the
 party's host, as the operator of that trust domain; the only network path to
 it is an action relayed by the output's dashboard with a MAC by one of this
 party's operator keys, see below); the running party picks the change up within half a second
-(:mod:`cloud_tecc.party.registry`). ``approve`` enrols a pending gateway or
+(:mod:`cloud_tecc.party.registry`). With ``jetstream:`` in the config it reads
+and writes the party's enrolment KV instead (``tecc_enrolment``, with the
+party's JetStream credential: ``jetstream.servers`` or the state dir's
+``nats/``), compare-and-set like every frontend and worker, which apply the
+change live (:mod:`cloud_tecc.jetstream.enrolkv`); it works from any host that
+reaches the party's JetStream. ``approve`` enrols a pending gateway or
 reinstates a suspended one with the PCR values it last quoted (an authorised
 update); ``revoke`` refuses the gateway's batches and notices from then on;
 ``forget`` deletes the record (a replaced device may then enrol afresh).
@@ -33,16 +38,22 @@ ok, 2 configuration error or unknown gateway.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from cloud_tecc import release_admin, shardmap_admin
-from cloud_tecc.config import load_party
+from cloud_tecc.config import PartyConfig, load_party
 from cloud_tecc.errors import CloudError
+from cloud_tecc.jetstream.enrolkv import KvRegistry
+from cloud_tecc.jetstream.kv import TRANSIENT, KVError, connect
+from cloud_tecc.jetstream.server import USER
+from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
 from cloud_tecc.party.admin_api import OperatorKeys
-from cloud_tecc.party.registry import STATES, Registry
+from cloud_tecc.party.registry import STATES, GatewayRegistry, Registry
 from tecc_contract.errors import ConfigFileError
 
 
@@ -80,28 +91,63 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         return _operator_key(OperatorKeys(cfg.service.state_dir), args.op, args.name)
     if args.command in shardmap_admin.COMMANDS:
         return shardmap_admin.run(args, cfg)
-    reg = Registry(cfg.service.state_dir)
-    now = time.time_ns()
+    if cfg.jetstream is None:
+        reg = Registry(cfg.service.state_dir)
+        try:
+            return asyncio.run(_enrolment(reg, args))
+        finally:
+            reg.close()
+    return asyncio.run(_with_kv(cfg, args))
+
+
+async def _with_kv(cfg: PartyConfig, args: argparse.Namespace) -> dict[str, object]:
+    """The command against the party's enrolment KV (the clustered layout)."""
+    js_cfg = cfg.jetstream
+    if js_cfg is None:
+        raise CloudError("jetstream: is not configured")
     try:
-        if args.command == "list":
-            recs = [r for r in reg.records() if args.state in (None, r.state)]
-            return {"gateways": [r.summary() for r in recs]}
-        if args.command == "revoke":
-            return reg.revoke(args.gateway, args.reason, now).summary()
-        if args.command == "forget":
-            return {"gateway_id": args.gateway, "forgotten": reg.forget(args.gateway)}
-        rec = reg.get(args.gateway)
-        if rec is None or rec.state not in ("pending", "suspended"):
-            state = "unknown" if rec is None else rec.state
-            raise CloudError(
-                f"gateway {args.gateway!r} is {state}: only pending or suspended gateways can "
-                "be approved (`tecc-cluster admin list` shows them)"
-            )
-        return reg.set_state(
-            args.gateway, "enrolled", "approved by the operator", now, operator=True
-        ).summary()
+        servers, password = client_servers(js_cfg, cfg.service.state_dir)
+        options: dict[str, object] = {"name": "tecc-admin", "max_reconnect_attempts": 0}
+        if password is not None:
+            options.update(user=USER, password=password)
+        nc = await asyncio.wait_for(connect(servers, **options), 10.0)
+    except (*TRANSIENT, Overloaded, KVError) as exc:
+        raise CloudError(
+            f"jetstream.servers: the party's JetStream is not reachable ({exc!r}); run this "
+            "where it is, with the party's credential in the URLs or in state_dir/nats/"
+        ) from exc
+    try:
+        reg = KvRegistry()
+        await reg.open(nc.jetstream(timeout=5.0), replicas=js_cfg.replicas)
+        await reg.load()
+        return await _enrolment(reg, args)
+    except (*TRANSIENT, KVError) as exc:
+        raise CloudError(f"the party's enrolment KV did not answer: {exc!r}") from exc
     finally:
-        reg.close()
+        with contextlib.suppress(*TRANSIENT):
+            await nc.close()
+
+
+async def _enrolment(reg: GatewayRegistry, args: argparse.Namespace) -> dict[str, object]:
+    now = time.time_ns()
+    if args.command == "list":
+        recs = [r for r in reg.records() if args.state in (None, r.state)]
+        return {"gateways": [r.summary() for r in recs]}
+    if args.command == "revoke":
+        return (await reg.revoke(args.gateway, args.reason, now)).summary()
+    if args.command == "forget":
+        return {"gateway_id": args.gateway, "forgotten": await reg.forget(args.gateway)}
+    rec = reg.get(args.gateway)
+    if rec is None or rec.state not in ("pending", "suspended"):
+        state = "unknown" if rec is None else rec.state
+        raise CloudError(
+            f"gateway {args.gateway!r} is {state}: only pending or suspended gateways can "
+            "be approved (`tecc-cluster admin list` shows them)"
+        )
+    approved = await reg.set_state(
+        args.gateway, "enrolled", "approved by the operator", now, operator=True
+    )
+    return approved.summary()
 
 
 def _operator_key(keys: OperatorKeys, op: str, name: str) -> dict[str, object]:

@@ -41,7 +41,7 @@ from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory
 from cloud_tecc.errors import PeerError
-from cloud_tecc.party.registry import Registry
+from cloud_tecc.party.registry import GatewayRegistry, RegistryUnavailableError
 from cloud_tecc.service import gateway_admin as ga
 from cloud_tecc.service.channel import open_message, seal_message, sender_of
 from tecc_contract.attestation import VerifiedIdentity
@@ -106,7 +106,7 @@ class AdminApi:
         self,
         cfg: PartyConfig,
         enclave: Callable[[], Enclave],
-        gateways: Registry,
+        gateways: GatewayRegistry,
         directory: Callable[[], AttestedDirectory | None],
         metrics: CollectorRegistry,
     ) -> None:
@@ -147,7 +147,11 @@ class AdminApi:
                 answer: dict[str, Any] = self._listing()
                 self.requests.labels("listed").inc()
             else:
-                answer = self.act(doc, now)
+                answer = await self.act(doc, now)
+        except RegistryUnavailableError as exc:
+            self.requests.labels("refused").inc()
+            log.warning("gateway admin request not served (registry away): %s", exc)
+            answer, status = {"status": "refused", "reason": "busy", "error": str(exc)}, 403
         except (RefusedError, ValueError, TypeError) as exc:
             reason = exc.reason if isinstance(exc, RefusedError) else "malformed"
             self.requests.labels("refused").inc()
@@ -209,7 +213,7 @@ class AdminApi:
             "gateways": [r.summary() for r in self._gateways.records()],
         }
 
-    def act(self, doc: dict[str, Any], now_ns: int) -> dict[str, Any]:
+    async def act(self, doc: dict[str, Any], now_ns: int) -> dict[str, Any]:
         """Apply one relayed operator action; its answer, or RefusedError naming the reason."""
         me = self.cfg.service.service_id
         action, gid = str(doc.get("action")), str(doc.get("gateway_id", ""))
@@ -256,7 +260,7 @@ class AdminApi:
         if action == "revoke":
             if rec is None and gid not in self.cfg.gateways:
                 raise RefusedError("unknown", f"gateway {gid!r} is not known at {me}")
-            new = self._gateways.revoke(gid, by, now_ns)
+            new = await self._gateways.revoke(gid, by, now_ns)
             self.requests.labels("revoked").inc()
         else:
             if rec is None or rec.state not in ("pending", "suspended"):
@@ -265,7 +269,7 @@ class AdminApi:
                     "state", f"gateway {gid!r} is {state}: only pending or suspended gateways "
                     "can be approved",
                 )  # fmt: skip
-            new = self._gateways.set_state(gid, "enrolled", by, now_ns, operator=True)
+            new = await self._gateways.set_state(gid, "enrolled", by, now_ns, operator=True)
             self.requests.labels("approved").inc()
         log.info("gateway %r %s by operator %r via the output service", gid, action, operator)
         return {"status": "ok", "gateway": new.summary()}

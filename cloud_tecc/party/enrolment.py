@@ -40,13 +40,12 @@ until it attests again with the enrolled values.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,50 +57,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.errors import CloudConfigError
+from cloud_tecc.party.challenges import (
+    ChallengeStore,
+    EnrolContext,
+    LocalChallenges,
+    secret_digest,
+)
 from cloud_tecc.party.enrolment_doc import EnrolmentDoc
-from cloud_tecc.party.registry import STATES, GatewayRecord, Registry
+from cloud_tecc.party.enrolment_fields import (
+    NOT_ENROLLED,
+    after_quote,
+    b64,
+    gateway_id,
+    hexfield,
+    pcr_values,
+)
+from cloud_tecc.party.registry import (
+    STATES,
+    GatewayRecord,
+    GatewayRegistry,
+    RegistryUnavailableError,
+)
 from tecc_contract import tpm_evidence as ev
 
 log = logging.getLogger("cloud_tecc.party.enrolment")
 _MAX_BODY = 16 * 1024
-_NOT_ENROLLED = (
-    "the quote or the identity signature does not verify under an AK and key enrolled "
-    "here: enrol again"
-)
-
-
-def _b64(doc: Mapping[str, Any], key: str) -> bytes:
-    try:
-        return base64.b64decode(str(doc[key]), validate=True)
-    except (KeyError, binascii.Error, ValueError) as exc:
-        raise ev.EvidenceError("malformed", f"field {key!r} must be base64") from exc
-
-
-def _hex(doc: Mapping[str, Any], key: str, size: int | None = None) -> bytes:
-    try:
-        raw = bytes.fromhex(str(doc[key]))
-    except (KeyError, ValueError) as exc:
-        raise ev.EvidenceError("malformed", f"field {key!r} must be hex") from exc
-    if size is not None and len(raw) != size:
-        raise ev.EvidenceError("malformed", f"field {key!r} must be {size} bytes")
-    return raw
-
-
-def _gateway_id(doc: Mapping[str, Any]) -> str:
-    gid = doc.get("gateway_id")
-    if not isinstance(gid, str) or not 0 < len(gid) <= 200:
-        raise ev.EvidenceError("malformed", "field 'gateway_id' must be a string of 1..200 chars")
-    return gid
-
-
-def _pcr_values(doc: Mapping[str, Any]) -> dict[int, bytes]:
-    raw = doc.get("pcrs")
-    if not isinstance(raw, dict) or not 0 < len(raw) <= 24:
-        raise ev.EvidenceError("malformed", "field 'pcrs' must map PCR indices to hex values")
-    try:
-        return {int(k): bytes.fromhex(str(v)) for k, v in raw.items()}
-    except ValueError as exc:
-        raise ev.EvidenceError("malformed", "field 'pcrs' must map PCR indices to hex") from exc
 
 
 class Enrolment:
@@ -111,11 +91,12 @@ class Enrolment:
         self,
         doc: EnrolmentDoc,
         base: Path,
-        registry: Registry,
+        registry: GatewayRegistry,
         metrics: CollectorRegistry,
         *,
         static: Mapping[str, Ed25519PublicKey] | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        challenges: ChallengeStore | None = None,
     ) -> None:
         self.doc = doc
         self.registry = registry
@@ -133,7 +114,8 @@ class Enrolment:
                     "write the TPM vendor's CA certificates there"
                 ) from exc
         self.allowed = {p: [bytes.fromhex(v) for v in vs] for p, vs in doc.pcr_values.items()}
-        self.challenges = ev.Challenges(
+        #: Outstanding nonces: this process's memory, or the party's KV (any frontend).
+        self.challenges: ChallengeStore = challenges or LocalChallenges(
             ttl_ns=int(doc.nonce_ttl_s * 1e9), limit=doc.max_pending, random=random
         )
         self.refused = Counter(
@@ -170,14 +152,14 @@ class Enrolment:
 
     # -- enrolment -------------------------------------------------------------------------
 
-    def challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+    async def challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Step 1: check EK certificate and AK, answer a nonce and a credential."""
-        gid = _gateway_id(doc)
-        identity = _hex(doc, "identity_key", 32)
-        ek_cert = _b64(doc, "ek_cert")
+        gid = gateway_id(doc)
+        identity = hexfield(doc, "identity_key", 32)
+        ek_cert = b64(doc, "ek_cert")
         now = datetime.fromtimestamp(now_ns / 1e9, UTC)
-        ek = ev.verify_ek(ek_cert, _b64(doc, "ek_public"), self.cas, now)
-        ak_raw = _b64(doc, "ak_public")
+        ek = ev.verify_ek(ek_cert, b64(doc, "ek_public"), self.cas, now)
+        ak_raw = b64(doc, "ak_public")
         ak = ev.check_ak(ak_raw)
         fingerprint = hashlib.sha256(ek_cert).hexdigest()
         rec = self.registry.get(gid)
@@ -190,8 +172,8 @@ class Enrolment:
                 f"gateway id {gid!r} is enrolled with another TPM; revoke and forget it "
                 "first if the device was replaced",
             )
-        context = (identity, fingerprint, ak_raw, ak)
-        ch = self.challenges.issue(gid, ev.ENROL_TAG, now_ns, context)
+        context = EnrolContext(identity, fingerprint, ak_raw)
+        ch = await self.challenges.issue(gid, ev.ENROL_TAG, now_ns, context)
         cred = ev.make_challenge(ek, ak, ch.secret)
         return {
             "nonce": ch.nonce.hex(),
@@ -203,130 +185,149 @@ class Enrolment:
 
     @staticmethod
     def _quoted(doc: Mapping[str, Any], ak: Any, identity: bytes, tag: bytes) -> dict[int, bytes]:
-        values = _pcr_values(doc)
-        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
-        qualifying = ev.qualifying_data(tag, _gateway_id(doc), identity, nonce)
-        ev.verify_quote(ak, _b64(doc, "attest"), _b64(doc, "signature"), values, qualifying)
-        ev.verify_possession(identity, _hex(doc, "possession", 64), qualifying)
+        values = pcr_values(doc)
+        nonce = hexfield(doc, "nonce", ev.NONCE_BYTES)
+        qualifying = ev.qualifying_data(tag, gateway_id(doc), identity, nonce)
+        ev.verify_quote(ak, b64(doc, "attest"), b64(doc, "signature"), values, qualifying)
+        ev.verify_possession(identity, hexfield(doc, "possession", 64), qualifying)
         return values
 
-    def finish(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+    async def finish(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Step 2: activated secret, quote and identity proof; enrol, park or refuse."""
-        gid = _gateway_id(doc)
-        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
-        ch = self.challenges.consume(nonce, gid, ev.ENROL_TAG, now_ns)
-        identity, fingerprint, ak_raw, ak = ch.context
+        gid = gateway_id(doc)
+        nonce = hexfield(doc, "nonce", ev.NONCE_BYTES)
+        ch = await self.challenges.consume(nonce, gid, ev.ENROL_TAG, now_ns)
+        if not isinstance(ch.context, EnrolContext):
+            raise ev.EvidenceError("nonce", "this nonce was not issued for an enrolment")
+        identity, fingerprint, ak_raw = (
+            ch.context.identity_key,
+            ch.context.ek_fingerprint,
+            ch.context.ak_public,
+        )
+        ak = ev.check_ak(ak_raw)
         self._check_static(gid, identity)  # the config may have changed since the challenge
-        ev.check_activation(ch.secret, _hex(doc, "activated"))
+        ev.check_activation(ch.secret, secret_digest(hexfield(doc, "activated")))
         values = self._quoted(doc, ak, identity, ev.ENROL_TAG)
         unmatched = ev.check_pcrs(values, self.allowed, self.doc.pcrs)
         refused = [p for p in unmatched if self.allowed.get(p)]
         quoted = {p: values[p] for p in self.doc.pcrs}
-        rec = self.registry.get(gid)
         if refused:
-            if rec is not None and rec.state == "enrolled":
-                self.registry.set_state(gid, "suspended", "pcr", now_ns)
+
+            def suspend(rec: GatewayRecord | None) -> GatewayRecord | None:
+                if rec is None or rec.state != "enrolled":
+                    return rec
+                return replace(rec, state="suspended", reason="pcr", updated_ns=now_ns)
+
+            await self.registry.update(gid, suspend)
             raise ev.EvidenceError(
                 "pcr",
                 f"PCR(s) {refused} hold values enrolment.pcr_values does not list: the "
                 "gateway runs other software than this party accepts",
             )
-        same = (
-            rec is not None
-            and rec.state in ("enrolled", "suspended")
-            and rec.identity_key == identity
-            and dict(rec.golden) == quoted
-        )
-        if same or (not unmatched and self.doc.approval == "auto"):
-            state, reason = "enrolled", "attested" if not same else "re-enrolled"
-        else:
-            state = "pending"
-            reason = "operator approval" if not unmatched else f"PCR(s) {unmatched} not listed"
         full = self.registry.count("pending") >= self.doc.max_pending
-        if rec is None and state == "pending" and full:
-            raise ev.EvidenceError("malformed", "too many gateways await approval; try later")
-        state = self.registry.put(
-            GatewayRecord(
-                gid,
-                state,
-                reason,
-                identity,
-                fingerprint,
-                ak_raw,
-                quoted,
-                quoted,
-                now_ns if rec is None else rec.enrolled_ns or now_ns,
-                now_ns,
-                now_ns,
+
+        def enrol(rec: GatewayRecord | None) -> GatewayRecord:
+            same = (
+                rec is not None
+                and rec.state in ("enrolled", "suspended")
+                and rec.identity_key == identity
+                and dict(rec.golden) == quoted
             )
-        ).state
-        self.outcomes.labels(state).inc()
-        log.info("gateway %r enrolment: %s (%s)", gid, state, reason)
-        return {"status": state, "reason": reason, "requote_s": self.doc.requote_s}
+            if same or (not unmatched and self.doc.approval == "auto"):
+                state, reason = "enrolled", "attested" if not same else "re-enrolled"
+            else:
+                state = "pending"
+                reason = "operator approval" if not unmatched else f"PCR(s) {unmatched} not listed"
+            if rec is None and state == "pending" and full:
+                raise ev.EvidenceError("malformed", "too many gateways await approval; try later")
+            first = now_ns if rec is None else rec.enrolled_ns or now_ns
+            return GatewayRecord(
+                gid, state, reason, identity, fingerprint, ak_raw, quoted, quoted, first, now_ns,
+                now_ns,
+            )  # fmt: skip
+
+        stored = await self.registry.update(gid, enrol)
+        if stored is None:  # enrol never deletes; a backend that did is a bug
+            raise RegistryUnavailableError(f"gateway {gid!r}: the enrolment was not stored")
+        self.outcomes.labels(stored.state).inc()
+        log.info("gateway %r enrolment: %s (%s)", gid, stored.state, stored.reason)
+        return {"status": stored.state, "reason": stored.reason, "requote_s": self.doc.requote_s}
 
     # -- continuous attestation ------------------------------------------------------------
 
-    def requote_challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+    async def requote_challenge(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """A nonce for the periodic quote, for any gateway id.
 
         The answer is the same whether the gateway is known, so this
         unauthenticated endpoint does not enumerate enrolments; the quote
         decides.
         """
-        gid = _gateway_id(doc)
-        ch = self.challenges.issue(gid, ev.REQUOTE_TAG, now_ns)
+        gid = gateway_id(doc)
+        ch = await self.challenges.issue(gid, ev.REQUOTE_TAG, now_ns)
         return {"nonce": ch.nonce.hex(), "pcrs": sorted(self.doc.pcrs)}
 
-    def requote(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
+    async def requote(self, doc: Mapping[str, Any], now_ns: int) -> dict[str, Any]:
         """Verify a periodic quote; suspend on changed PCRs, reinstate on the enrolled ones."""
-        gid = _gateway_id(doc)
-        nonce = _hex(doc, "nonce", ev.NONCE_BYTES)
-        self.challenges.consume(nonce, gid, ev.REQUOTE_TAG, now_ns)
+        gid = gateway_id(doc)
+        nonce = hexfield(doc, "nonce", ev.NONCE_BYTES)
+        await self.challenges.consume(nonce, gid, ev.REQUOTE_TAG, now_ns)
         rec = self.registry.get(gid)
         if rec is None or rec.identity_key is None or rec.ak_public is None:
             # the same answer as a bad signature: no enumeration (the gateway enrols again)
-            raise ev.EvidenceError("quote_signature", _NOT_ENROLLED)
+            raise ev.EvidenceError("quote_signature", NOT_ENROLLED)
         ak = ev.check_ak(rec.ak_public)
         try:
             values = self._quoted(doc, ak, rec.identity_key, ev.REQUOTE_TAG)
         except ev.EvidenceError as exc:
             if exc.reason in ("quote_signature", "identity"):
-                raise ev.EvidenceError("quote_signature", _NOT_ENROLLED) from exc
+                raise ev.EvidenceError("quote_signature", NOT_ENROLLED) from exc
             raise
         if rec.state == "revoked":  # told only to the holder of the enrolled keys
             raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
-        seen = {p: values[p] for p in rec.golden if p in values}
-        rec = replace(rec, seen=seen, updated_ns=now_ns)
-        if seen != dict(rec.golden):
-            changed = sorted(p for p in rec.golden if seen.get(p) != rec.golden[p])
-            if rec.state != "suspended":
-                log.warning("gateway %r suspended: PCR(s) %s changed since enrolment", gid, changed)
-            rec = replace(rec, state="suspended" if rec.state != "pending" else "pending")
-            rec = replace(rec, reason=f"PCR(s) {changed} changed since enrolment")
-            self.outcomes.labels("suspended").inc()
-        else:
-            if rec.state == "suspended":
-                log.info("gateway %r attests again with its enrolled PCRs: reinstated", gid)
-                rec = replace(rec, state="enrolled", reason="attests again")
-            rec = replace(rec, last_quote_ns=now_ns)
-            self.outcomes.labels("quoted").inc()
-        rec = self.registry.put(rec)
-        return {"status": rec.state, "reason": rec.reason, "requote_s": self.doc.requote_s}
+        verified = rec
+        outcome = ""
 
-    def sweep(self, now_ns: int) -> list[str]:
+        def after(cur: GatewayRecord | None) -> GatewayRecord:
+            nonlocal outcome
+            new, outcome = after_quote(cur, verified, values, now_ns)
+            return new
+
+        out = await self.registry.update(gid, after)
+        if out is None:
+            raise ev.EvidenceError("quote_signature", NOT_ENROLLED)
+        if outcome == "suspended":
+            log.warning("gateway %r suspended: %s", gid, out.reason)
+        elif outcome == "reinstated":
+            log.info("gateway %r attests again with its enrolled PCRs: reinstated", gid)
+        if outcome:
+            self.outcomes.labels("suspended" if "suspended" in outcome else "quoted").inc()
+        return {"status": out.state, "reason": out.reason, "requote_s": self.doc.requote_s}
+
+    async def sweep(self, now_ns: int) -> list[str]:
         """Suspend enrolled gateways that have not re-quoted in time; their ids."""
         limit = int((self.doc.requote_s + self.doc.grace_s) * 1e9)
-        silent = [
-            r.gateway_id
-            for r in self.registry.records()
-            if r.state == "enrolled"
-            and r.ak_public is not None
-            and r.last_quote_ns + limit < now_ns
-        ]
-        for gid in silent:
-            self.registry.set_state(gid, "suspended", "silent: no quote in time", now_ns)
-            log.warning("gateway %r suspended: no quote within requote_s + grace_s", gid)
-        return silent
+
+        def is_silent(r: GatewayRecord | None) -> bool:
+            return (
+                r is not None
+                and r.state == "enrolled"
+                and r.ak_public is not None
+                and r.last_quote_ns + limit < now_ns
+            )
+
+        def silence(cur: GatewayRecord | None) -> GatewayRecord | None:
+            if cur is None or not is_silent(cur):  # quoted meanwhile (perhaps elsewhere)
+                return cur
+            reason = "silent: no quote in time"
+            return replace(cur, state="suspended", reason=reason, updated_ns=now_ns)
+
+        done = []
+        for gid in [r.gateway_id for r in self.registry.records() if is_silent(r)]:
+            out = await self.registry.update(gid, silence)
+            if out is not None and out.state == "suspended" and out.updated_ns == now_ns:
+                done.append(gid)
+                log.warning("gateway %r suspended: no quote within requote_s + grace_s", gid)
+        return done
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -342,7 +343,7 @@ class Enrolment:
 
     def _handler(
         self,
-        step: Callable[[Mapping[str, Any], int], dict[str, Any]],
+        step: Callable[[Mapping[str, Any], int], Awaitable[dict[str, Any]]],
         now_ns: Callable[[], int],
     ) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
@@ -360,8 +361,19 @@ class Enrolment:
                     raise ev.EvidenceError("malformed", "body is not JSON") from exc
                 if not isinstance(doc, dict):
                     raise ev.EvidenceError("malformed", "body must be a JSON object")
+                if not self.registry.ready:
+                    raise RegistryUnavailableError(
+                        "the party's enrolment registry is not loaded yet"
+                    )
                 self.registry.refresh()  # decide on the operator's latest word
-                return web.json_response(step(doc, now_ns()))
+                return web.json_response(await step(doc, now_ns()))
+            except RegistryUnavailableError as exc:
+                log.warning("%s not served now: %s", request.path, exc)
+                return web.json_response(
+                    {"status": "rejected", "reason": "overloaded", "error": str(exc)},
+                    status=503,
+                    headers={"Retry-After": "2"},
+                )
             except ev.EvidenceError as exc:
                 self.refused.labels(exc.reason).inc()
                 log.warning("%s refused (%s): %s", request.path, exc.reason, exc)

@@ -22,9 +22,14 @@ answer is 503 with ``Retry-After`` and ``{"status": "rejected", "reason":
 "overloaded"}``, counted in ``tecc_ingest_rejected_total{reason="overloaded"}``
 (``tecc_progress_rejected_total`` for notices); the gateway keeps the frame.
 
-The frontend keeps no state of its own: it reads the party's sealed keys and
-enrolment.db from the party's state dir (stage 1: the same host as the
-worker that created them; the worker starts first).
+The frontend keeps no state of its own: it reads the party's sealed keys from
+its state dir (provisioned there like a worker's), and the gateway enrolment
+registry and pending challenges from the party's JetStream KV
+(:mod:`cloud_tecc.jetstream.enrolkv`, :mod:`cloud_tecc.jetstream.enrolnonces`):
+a revocation or suspension written anywhere in the party is applied here
+live, and a challenge issued here may be finished at any other frontend.
+Until the first snapshot of the registry is loaded, batches and notices are
+answered 503 (``overloaded``) with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from aiohttp import web
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.jetstream.enrolkv import KvRegistry
 from cloud_tecc.jetstream.shardmaps import FRESH_S, MapFollower
 from cloud_tecc.jetstream.sharelog import (
     MAX_PART_BYTES,
@@ -86,10 +92,14 @@ class IngestFrontend(UplinkService):
         """Connect to the log in the background (503 until connected)."""
         self.spawn(self._connect(), "share-log")
         self.spawn(self.shard_map.run(), "shard-map")
+        self.spawn(self.run_enrolment_kv(), "enrolment-kv")
 
     async def _connect(self) -> None:
         name = f"ingest-{self.cfg.service_id}"
-        self.log = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
+        sharelog = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
+        if isinstance(self.gateways, KvRegistry):  # admit nothing before it is loaded
+            await self.gateways.wait_ready()
+        self.log = sharelog
         log.info("publishing to the share log (%d shards)", self.pcfg.shards)
 
     async def on_stop(self) -> None:
@@ -112,6 +122,8 @@ class IngestFrontend(UplinkService):
                 shards=self.pcfg.shards,
                 log_connected=self.log is not None and self.log.nc.is_connected,
                 shard_map=self.shard_map.health(),
+                enrolment={r.gateway_id: r.state for r in self.gateways.records()},
+                enrolment_sync_age_s=self._enrolment_age(),
             )
         )
 

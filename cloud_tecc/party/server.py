@@ -51,13 +51,14 @@ from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, build_verifier
 from cloud_tecc.errors import IngestError
+from cloud_tecc.jetstream.enrolkv import KvRegistry
 from cloud_tecc.jetstream.server import NatsDeployment
 from cloud_tecc.jetstream.shardmaps import MapFollower
 from cloud_tecc.party.admin_api import AdminApi
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.logfeed import LogFeed, start_embedded
-from cloud_tecc.party.registry import REFRESH_S
+from cloud_tecc.party.registry import REFRESH_S, RegistryUnavailableError
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.takeover import ActiveShard
 from cloud_tecc.party.uplink import MAX_NOTICE, UplinkService, gateway_keys
@@ -182,7 +183,8 @@ class PartyService(UplinkService):
             self.spawn(self.shard_map.run(), "shard-map")
         if self.active is not None:  # the lease decides when the active part runs
             self.active.coordinator = self.coordinator
-            self.spawn(self.active.run(), "shard-lease")
+            self.spawn(self.run_enrolment_kv(), "enrolment-kv")
+            self.spawn(self._when_gateways_loaded(self.active), "shard-lease")
         else:
             self.spawn(self.coordinator.run(), "coordinator")
             self.spawn(self.coordinator.deliver(), "result-delivery")
@@ -190,15 +192,25 @@ class PartyService(UplinkService):
             self.spawn(self._rotate_keys(), "hpke-rotation")
         self.spawn(self._watch_gateways(), "gateway-registry")
 
+    async def _when_gateways_loaded(self, active: ActiveShard) -> None:
+        """Contend for the shard only once the party's enrolment records are loaded."""
+        if isinstance(self.gateways, KvRegistry):
+            await self.gateways.wait_ready()
+        await active.run()
+
     async def _watch_gateways(self) -> None:
         """Pick up operator changes to enrolment.db; suspend gateways that stopped quoting."""
         while True:
             await asyncio.sleep(REFRESH_S)
+            if not self.gateways.ready:
+                continue
             try:
                 self.gateways.refresh()
-                self.enrolment.sweep(time.time_ns())
+                await self.enrolment.sweep(time.time_ns())
             except sqlite3.Error as exc:  # e.g. locked by a long operator transaction
                 log.warning("enrolment.db not readable now (%s); retrying", exc)
+            except RegistryUnavailableError as exc:  # the party's KV is away
+                log.warning("enrolment registry not writable now (%s); retrying", exc)
 
     async def on_stop(self) -> None:
         """Close the HTTP client and the database."""
@@ -261,6 +273,7 @@ class PartyService(UplinkService):
                 for g, v in self.tracker.snapshot(now_ns).items()
             },
             enrolment={r.gateway_id: r.state for r in self.gateways.records()},
+            enrolment_sync_age_s=self._enrolment_age(),
             peers=peers,
             shard_map=None if self.shard_map is None else self.shard_map.health(),
         )

@@ -4,8 +4,9 @@
 (:class:`~cloud_tecc.party.server.PartyService`) and of the stateless ingest
 frontend (:class:`~cloud_tecc.party.frontend.IngestFrontend`): HTTPS with the
 enclave's TLS key (its SPKI digest in every quote), the live allow-list of
-gateways (config keys plus enrolment.db), the :class:`Ingestor` of the
-current HPKE key, the gateway enrolment endpoints, the ingest and progress
+gateways (config keys plus the enrolment registry: enrolment.db, or with
+``jetstream:`` the party's KV, shared by all its frontends and workers), the
+:class:`Ingestor` of the current HPKE key, the gateway enrolment endpoints, the ingest and progress
 counters, and the checks of a progress notice and the answers to the gateway.
 """
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,9 +32,19 @@ from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.tls import listener_tls
 from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.jetstream.enrolkv import KvRegistry, import_sqlite
+from cloud_tecc.jetstream.enrolnonces import KvChallenges, open_nonce_bucket
+from cloud_tecc.jetstream.kv import TRANSIENT, KVError, connect
+from cloud_tecc.jetstream.server import USER
+from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
 from cloud_tecc.party.enrolment import Enrolment
 from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
-from cloud_tecc.party.registry import LiveKeys, Registry
+from cloud_tecc.party.registry import (
+    GatewayRegistry,
+    LiveKeys,
+    Registry,
+    RegistryUnavailableError,
+)
 from cloud_tecc.party.store import BatchRow
 from cloud_tecc.service.base import ServiceBase
 from tecc_contract.ack import Outcome
@@ -51,6 +64,7 @@ STATUS: Final = {
     "pending": 403,
     "suspended": 403,
     "revoked": 403,
+    "overloaded": 503,
 }
 #: A progress notice is < 600 bytes.
 MAX_NOTICE: Final = 4096
@@ -91,8 +105,18 @@ class UplinkService(ServiceBase):
             raise CloudConfigError(
                 f"sealed keys use {enclave.keys.suite}, config asks {cfg.suite}; re-provision"
             )
-        #: The live allow-list: config keys plus the gateways enrolled here (enrolment.db).
-        self.gateways = Registry(cfg.service.state_dir)
+        #: The live allow-list: config keys plus the gateways enrolled at this party
+        #: (enrolment.db; with jetstream: the party's KV, see run_enrolment_kv).
+        self.gateways: GatewayRegistry
+        self.kv_challenges: KvChallenges | None = None
+        self._enrolment_nc: Any = None
+        if cfg.jetstream is None:
+            self.gateways = Registry(cfg.service.state_dir)
+        else:
+            self.gateways = KvRegistry(self.registry)
+            self.kv_challenges = KvChallenges(
+                ttl_s=cfg.enrolment.nonce_ttl_s, random=os.urandom, metrics=self.registry
+            )
         self._gateway_keys = LiveKeys(gateway_keys(cfg), self.gateways)
         self.ingestor = self._make_ingestor(time.time_ns())
         #: Verification and decryption run here, off the event loop.
@@ -124,8 +148,43 @@ class UplinkService(ServiceBase):
             self.gateways,
             self.registry,
             static=gateway_keys(cfg),
+            challenges=self.kv_challenges,
         )
         self.enrolment.routes(self.app, time.time_ns)
+
+    def _enrolment_age(self) -> float | None:
+        """Seconds since the enrolment KV copy was confirmed (None: SQLite or not loaded)."""
+        if isinstance(self.gateways, KvRegistry) and self.gateways.ready:
+            return round(self.gateways.age_s(), 3)
+        return None
+
+    async def run_enrolment_kv(self) -> None:
+        """With ``jetstream:``: open the enrolment buckets, import enrolment.db once, watch."""
+        js_cfg, registry, nonces = self.pcfg.jetstream, self.gateways, self.kv_challenges
+        if js_cfg is None or not isinstance(registry, KvRegistry) or nonces is None:
+            return
+        while True:
+            nc = None
+            try:
+                servers, password = client_servers(js_cfg, self.cfg.state_dir)
+                options: dict[str, Any] = {"name": f"enrolment-{self.cfg.service_id}"}
+                if password is not None:
+                    options.update(user=USER, password=password)
+                nc = await asyncio.wait_for(connect(servers, **options), 10.0)
+                js = nc.jetstream(timeout=5.0)
+                await registry.open(js, replicas=js_cfg.replicas)
+                nonces.bucket = await open_nonce_bucket(
+                    js, replicas=js_cfg.replicas, max_pending=self.pcfg.enrolment.max_pending
+                )
+                await import_sqlite(registry, self.cfg.state_dir)
+                break
+            except (*TRANSIENT, Overloaded, KVError, RegistryUnavailableError) as exc:
+                log.warning("enrolment registry: party JetStream not ready (%r); retrying", exc)
+                if nc is not None:
+                    await nc.close()
+                await asyncio.sleep(0.5)
+        self._enrolment_nc = nc
+        await registry.run()
 
     def _make_ingestor(self, now_ns: int) -> Ingestor:
         """An ingestor for the current HPKE key (and the previous one during its overlap)."""
@@ -154,9 +213,11 @@ class UplinkService(ServiceBase):
         """Count and answer a refused envelope."""
         self.rejected.labels(exc.reason).inc()
         log.warning("envelope refused (%s): %s", exc.reason, exc)
+        status = STATUS.get(exc.reason, 400)
         return web.json_response(
             {"status": "rejected", "reason": exc.reason, "error": public_error(exc)},
-            status=STATUS.get(exc.reason, 400),
+            status=status,
+            headers={"Retry-After": "2"} if status == 503 else None,
         )
 
     def ack_response(self, row: BatchRow, outcome: str, stored: bool) -> web.Response:
@@ -184,7 +245,7 @@ class UplinkService(ServiceBase):
         try:
             self._gateway_keys.admit(notice.gateway_id)
         except IngestError as exc:
-            return self._refuse_notice(exc.reason, 403, str(exc))
+            return self._refuse_notice(exc.reason, STATUS.get(exc.reason, 403), str(exc))
         if notice.cluster_id != self.cfg.service_id:
             return self._refuse_notice(
                 "misaddressed",
@@ -201,10 +262,15 @@ class UplinkService(ServiceBase):
         self.notices_rejected.labels(reason).inc()
         log.warning("progress notice refused (%s): %s", reason, error)
         return web.json_response(
-            {"status": "rejected", "reason": reason, "error": error}, status=status
+            {"status": "rejected", "reason": reason, "error": error},
+            status=status,
+            headers={"Retry-After": "2"} if status == 503 else None,
         )
 
     async def on_stop(self) -> None:
-        """Finish the ingest pool, close enrolment.db."""
+        """Finish the ingest pool, close the enrolment registry."""
         self._ingest_pool.shutdown(wait=True)
         self.gateways.close()
+        if self._enrolment_nc is not None:
+            with contextlib.suppress(*TRANSIENT):
+                await self._enrolment_nc.close()

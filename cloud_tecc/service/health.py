@@ -144,6 +144,9 @@ class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     log: LogHealth | None = None
     gateways: dict[str, GatewayProgress] | None = None
     enrolment: dict[str, str] | None = None
+    #: Seconds since this process last confirmed its copy of the party's enrolment KV
+    #: (JetStream layout only).
+    enrolment_sync_age_s: Annotated[float, Meta(ge=0)] | None = None
     peers: dict[str, PeerHealth] | None = None
     shard_map: ShardMapHealth | None = None
 

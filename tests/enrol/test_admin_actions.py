@@ -6,6 +6,7 @@ the sealed transport is tested end to end in test_dashboard_enrolment.py).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def _api(tmp_path: Path) -> tuple[AdminApi, Registry]:
     rec = GatewayRecord(
         "gw-new", "pending", "operator approval", IDENTITY, "fp", b"ak", {}, {}, 1, 1, 1
     )
-    reg.put(rec)
+    asyncio.run(reg.put(rec))
     return AdminApi(cfg, _no_enclave, reg, lambda: None, CollectorRegistry()), reg
 
 
@@ -77,7 +78,7 @@ def _doc(
 
 def _reason(api: AdminApi, doc: dict[str, Any]) -> str:
     with pytest.raises(RefusedError) as info:
-        api.act(doc, time.time_ns())
+        asyncio.run(api.act(doc, time.time_ns()))
     return info.value.reason
 
 
@@ -95,7 +96,7 @@ def test_each_check_refuses_with_its_reason_and_a_good_action_applies(tmp_path: 
     assert _reason(api, _doc(key, gateway="a\nb", nonce="02" * 16)) == "malformed"
     assert _state(reg, "gw-new") == "pending"
 
-    done = api.act(_doc(key, nonce="03" * 16), time.time_ns())
+    done = asyncio.run(api.act(_doc(key, nonce="03" * 16), time.time_ns()))
     assert done["gateway"]["state"] == "enrolled"
     assert "alice" in done["gateway"]["reason"]
     assert _reason(api, _doc(key, nonce="03" * 16)) == "replay"
@@ -104,7 +105,7 @@ def test_each_check_refuses_with_its_reason_and_a_good_action_applies(tmp_path: 
     gone = _doc(key, action="revoke", gateway="gw-unknown", identity="", nonce="05" * 16)
     assert _reason(api, gone) == "unknown"
     static = _doc(key, action="revoke", gateway="gw-static", identity="", nonce="06" * 16)
-    assert api.act(static, time.time_ns())["gateway"]["state"] == "revoked"
+    assert asyncio.run(api.act(static, time.time_ns()))["gateway"]["state"] == "revoked"
     assert _state(reg, "gw-static") == "revoked"
     assert OperatorKeys(api.cfg.service.state_dir).remove("alice")
     assert _reason(api, _doc(key, action="revoke", nonce="07" * 16)) == "no_operator_keys"

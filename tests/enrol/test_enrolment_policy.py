@@ -7,14 +7,15 @@ revocation written by the operator tool is never overwritten by the party.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,6 +36,7 @@ from tests.gateway.services import Swtpm
 
 pytestmark = pytest.mark.tpm
 S = 1_000_000_000
+T = TypeVar("T")
 BASE = time.time_ns() + 3600 * S  # after the EK certificates of the tests are issued
 
 
@@ -83,13 +85,18 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         yield Rig(sw, ev, bundle, tmp_path / "party")
 
 
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """One enrolment step (a coroutine) to completion."""
+    return asyncio.run(coro)
+
+
 def _enrol(party: Enrolment, ev: TpmEvidence, now: int) -> dict[str, Any]:
-    return party.finish(ev.answer(party.challenge(ev.request(), now), ENROL_TAG), now)
+    return run(party.finish(ev.answer(run(party.challenge(ev.request(), now)), ENROL_TAG), now))
 
 
 def _requote(party: Enrolment, ev: TpmEvidence, now: int) -> dict[str, Any]:
-    ch = party.requote_challenge({"gateway_id": "gw-test"}, now)
-    return party.requote(ev.answer(ch, REQUOTE_TAG), now)
+    ch = run(party.requote_challenge({"gateway_id": "gw-test"}, now))
+    return run(party.requote(ev.answer(ch, REQUOTE_TAG), now))
 
 
 ZERO = {14: [bytes(32).hex()]}
@@ -100,8 +107,8 @@ def test_silence_suspends_and_a_good_quote_reinstates(rig: Rig) -> None:
     keys = LiveKeys({}, party.registry)
     assert _enrol(party, rig.evidence, at(100))["status"] == "enrolled"
     keys.admit("gw-test")
-    assert party.sweep(at(114)) == []  # within requote_s + grace_s
-    assert party.sweep(at(116)) == ["gw-test"]
+    assert run(party.sweep(at(114))) == []  # within requote_s + grace_s
+    assert run(party.sweep(at(116))) == ["gw-test"]
     with pytest.raises(IngestError, match="suspended") as err:
         keys.admit("gw-test")
     assert err.value.reason == "suspended"
@@ -113,14 +120,16 @@ def test_changed_pcrs_suspend_until_the_operator_approves_the_new_values(rig: Ri
     party = rig.party(requote_s=10.0)  # no listed values: the operator decides
     first = _enrol(party, rig.evidence, at(100))
     assert (first["status"], first["reason"]) == ("pending", "PCR(s) [14] not listed")
-    party.registry.set_state("gw-test", "enrolled", "approved", at(101), operator=True)
+    run(party.registry.set_state("gw-test", "enrolled", "approved", at(101), operator=True))
     assert _requote(party, rig.evidence, at(102))["status"] == "enrolled"
     with Tpm(rig.sw.tcti) as tpm:
         tpm.extend_pcr(14, hashlib.sha256(b"update").digest())
     answer = _requote(party, rig.evidence, at(103))
     assert answer["status"] == "suspended"
     assert "PCR(s) [14] changed" in answer["reason"]
-    rec = party.registry.set_state("gw-test", "enrolled", "update approved", at(104), operator=True)
+    rec = run(
+        party.registry.set_state("gw-test", "enrolled", "update approved", at(104), operator=True)
+    )
     assert rec.golden != {14: bytes(32)}  # the approved update's value
     assert _requote(party, rig.evidence, at(105))["status"] == "enrolled"
 
@@ -142,14 +151,14 @@ def test_a_concurrent_revocation_is_not_overwritten_by_the_party(rig: Rig) -> No
     """
     party = rig.party(pcr_values=ZERO)
     assert _enrol(party, rig.evidence, at(100))["status"] == "enrolled"
-    ch = party.requote_challenge({"gateway_id": "gw-test"}, at(101))
+    ch = run(party.requote_challenge({"gateway_id": "gw-test"}, at(101)))
     admin = Registry(rig.state)
-    admin.revoke("gw-test", "stolen", at(101))
+    run(admin.revoke("gw-test", "stolen", at(101)))
     admin.close()
     record = party.registry.get("gw-test")
     assert record is not None
     assert record.state == "enrolled"  # stale: not refreshed yet
-    answer = party.requote(rig.evidence.answer(ch, REQUOTE_TAG), at(102))
+    answer = run(party.requote(rig.evidence.answer(ch, REQUOTE_TAG), at(102)))
     assert answer["status"] == "revoked"
     party.registry.refresh()
     record = party.registry.get("gw-test")
@@ -165,7 +174,7 @@ def test_another_tpm_cannot_take_over_an_enrolled_gateway_id(rig: Rig, tmp_path:
         keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
         other = TpmEvidence(cfg, keys, lambda: Tpm(sw2.tcti))
         with pytest.raises(EvidenceError, match="enrolled with another TPM") as err:
-            party.challenge({**other.request()}, at(101))
+            run(party.challenge({**other.request()}, at(101)))
     assert err.value.reason == "conflict"
 
 
@@ -178,15 +187,15 @@ def test_hostile_fields_raise_only_evidence_errors(rig: Rig) -> None:
         values = [None, 7, "", "x" * 201] if field == "gateway_id" else junk
         for value in values:
             with pytest.raises(EvidenceError):
-                party.challenge({**request, field: value}, at(1))
-    challenge = party.challenge(request, at(2))
+                run(party.challenge({**request, field: value}, at(1)))
+    challenge = run(party.challenge(request, at(2)))
     answer = rig.evidence.answer(challenge, ENROL_TAG)
     for field in answer:
         for value in [*junk, {"14": "zz"}, {"x": "00"}, ["a"]]:
-            ch = party.challenge(request, at(3))
+            ch = run(party.challenge(request, at(3)))
             good = rig.evidence.answer(ch, ENROL_TAG)
             with pytest.raises(EvidenceError):
-                party.finish({**good, field: value}, at(3))
+                run(party.finish({**good, field: value}, at(3)))
 
 
 def test_a_tpm_cannot_enrol_under_a_gateway_id_the_config_names(rig: Rig) -> None:
@@ -200,14 +209,14 @@ def test_a_tpm_cannot_enrol_under_a_gateway_id_the_config_names(rig: Rig) -> Non
     party = rig.party(pcr_values=ZERO)
     party.static = {"gw-test": configured.public_bytes_raw()}
     with pytest.raises(EvidenceError, match="configured with another identity key") as err:
-        party.challenge(rig.evidence.request(), at(100))
+        run(party.challenge(rig.evidence.request(), at(100)))
     assert err.value.reason == "conflict"
     # the config names the id after the challenge was issued: finish refuses too
     party.static = {}
-    challenge = party.challenge(rig.evidence.request(), at(101))
+    challenge = run(party.challenge(rig.evidence.request(), at(101)))
     party.static = {"gw-test": configured.public_bytes_raw()}
     with pytest.raises(EvidenceError, match="configured with another identity key") as err:
-        party.finish(rig.evidence.answer(challenge, ENROL_TAG), at(101))
+        run(party.finish(rig.evidence.answer(challenge, ENROL_TAG), at(101)))
     assert err.value.reason == "conflict"
     assert party.registry.get("gw-test") is None
     # the constructor takes the configured keys
@@ -219,7 +228,7 @@ def test_a_tpm_cannot_enrol_under_a_gateway_id_the_config_names(rig: Rig) -> Non
         static={"gw-test": configured},
     )
     with pytest.raises(EvidenceError, match="configured with another identity key"):
-        built.challenge(rig.evidence.request(), at(102))
+        run(built.challenge(rig.evidence.request(), at(102)))
 
 
 def test_the_configured_key_wins_over_an_enrolled_one(rig: Rig) -> None:
