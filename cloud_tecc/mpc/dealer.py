@@ -12,7 +12,8 @@ relations follow:
 * Beaver triple: ``Σc = (Σa)(Σb)``.
 * Truncation pair: ``Σr`` uniform, ``Σr_msb = msb(Σr)``, ``Σr_t = (Σr mod 2^63) >> f``.
 * daBit: ``⊕b_bool = Σb_arith ∈ {0, 1}``.
-* Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; per tree level
+* Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; ``⊕q32 = r_hi ∧ r_lo`` (the
+  high and low 32-bit halves of ``⊕r_bool``, lane by lane); per tree level
   ``⊕c = (⊕a) ∧ (⊕b)`` and ``⊕cp = (⊕a) ∧ (⊕bp)``; for the XOR-shared bits
   ``α = ⊕fa``, ``β = ⊕fb``, ``γ = ⊕fc`` arithmetic shares of α, β(1−2α),
   γ(1−2α) and βγ(1−2α).
@@ -28,6 +29,7 @@ import numpy as np
 from cloud_tecc.mpc.bits import bitrev64
 from cloud_tecc.mpc.correlations import (
     CMP_LEVELS,
+    FIRST_LANES,
     AnyArray,
     Bundle,
     Kind,
@@ -69,6 +71,9 @@ def _dabit(tot: Fields, oth: Fields, _f: int) -> Fields:
 def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
     out: Fields = {}
     out["r_arith"] = _arith_corr(bitrev64(tot["r_bool"]), oth, "r_arith")
+    halves = tot["r_bool"].view(np.uint32)  # little-endian: the high half is the odd element
+    q = f"q{FIRST_LANES}"
+    out[q] = _bool_corr(halves[1::2] & halves[0::2], oth, q)
     for h in CMP_LEVELS:
         a = tot[f"a{h}"]
         out[f"c{h}"] = _bool_corr(a & tot[f"b{h}"], oth, f"c{h}")
