@@ -53,6 +53,7 @@ def _halves(w: AnyArray, h: int) -> tuple[AnyArray, AnyArray]:
 
 
 _LANE31 = np.uint32(1 << 31)
+_BELOW31 = np.uint32((1 << 31) - 1)
 
 
 def _first_level(
@@ -75,12 +76,13 @@ def _first_level(
     p ^= q
     if ctx.leader:
         p ^= both
-    g_lo = cl & rl  # position 31 alone (the neutral slot passes it through)
-    p_lo = rl ^ cl if ctx.leader else rl.copy()
-    g &= ~_LANE31
-    g |= g_lo & _LANE31
-    p &= ~_LANE31
-    p |= p_lo & _LANE31
+    # lane 31: position 31 alone (the neutral slot passes it through)
+    g_31: AnyArray = cl & rl & _LANE31
+    p_31: AnyArray = (rl ^ cl if ctx.leader else rl) & _LANE31
+    np.bitwise_and(g, _BELOW31, out=g)
+    np.bitwise_or(g, g_31, out=g)
+    np.bitwise_and(p, _BELOW31, out=p)
+    np.bitwise_or(p, p_31, out=p)
     return g, p
 
 
