@@ -6,12 +6,12 @@ caller's batched comparison round); the min tree then runs on the smaller
 halves and the max tree on the larger ones, about ``3n/2`` comparisons in all.
 
 While the arrays are large, a level is binary: one comparison and one product
-per pair (8 rounds), min and max trees in the same rounds. Once both trees
+per pair (7 rounds), min and max trees in the same rounds. Once both trees
 together hold at most :data:`FOUR_WAY_MAX` elements, a level reduces groups of
 four instead: all six pairwise comparisons of a group in one comparison round,
 then the winner's value ``Σ_i w_i·x_i`` with ``w_i`` the product of the three
 bits that say ``x_i`` precedes the others in the order (value, position), in
-two product rounds — 9 rounds per factor 4 instead of 16, for a few thousand
+two product rounds — 8 rounds per factor 4 instead of 14, for a few thousand
 extra comparisons. The max tree runs as a min tree on negated values. Short
 groups are padded with the public constant ``±PAD`` (beyond every value
 ``|x| < 2^62``), which never wins. Every step is exact.
@@ -44,7 +44,7 @@ def _cat(parts: list[RingArray]) -> RingArray:
 
 
 async def _min4(ops: Ops, v: RingArray, lengths: IntArray) -> tuple[RingArray, IntArray]:
-    """One four-way level of a segmented min: 9 rounds; returns values and new lengths."""
+    """One four-way level of a segmented min: 8 rounds; returns values and new lengths."""
     groups = -(-lengths // 4)
     off = np.cumsum(lengths) - lengths
     seg = np.repeat(np.arange(len(lengths)), groups)
@@ -76,7 +76,7 @@ async def _min4(ops: Ops, v: RingArray, lengths: IntArray) -> tuple[RingArray, I
 async def _min2(
     ops: Ops, vmin: RingArray, vmax: RingArray, lengths: IntArray
 ) -> tuple[RingArray, RingArray]:
-    """One binary level of the min and the max tree together: 8 rounds."""
+    """One binary level of the min and the max tree together: 7 rounds."""
     left, right, dest, c_src, c_dst = segment_pairs(lengths)
     bits = await ops.ltz(_cat([vmin[left] - vmin[right], vmax[right] - vmax[left]]))
     k = len(left)
@@ -127,7 +127,7 @@ async def segment_minmax(
 async def segment_min_max(ops: Ops, x: RingArray, lengths: IntArray) -> tuple[RingArray, RingArray]:
     """Min and max of each contiguous segment of ``x`` (public ``lengths`` >= 1).
 
-    Requires |x| < 2^62. The first level's comparison runs here (8 rounds);
+    Requires |x| < 2^62. The first level's comparison runs here (7 rounds);
     inside a larger program prefer :func:`segment_minmax` and batch it.
     """
     lengths = np.asarray(lengths, dtype=np.int64)

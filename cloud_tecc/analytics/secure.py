@@ -47,7 +47,7 @@ class MpcOps:
         return await self.party.trunc(a)
 
     async def ltz(self, a: RingArray) -> RingArray:
-        """Sign bit as an arithmetic 0/1 share (seven rounds)."""
+        """Sign bit as an arithmetic 0/1 share (six rounds)."""
         if not len(a):
             return np.zeros(0, dtype=np.uint64)
         return await self.party.msb(a)

@@ -10,7 +10,7 @@ Public API (stable)::
     # 1 round: await party.mul(x, y); await party.trunc(x); await party.select(s, x, y)
     #          await party.b2a(xor_bits)
     # 2 rounds: await party.mul_fixed(x, y)
-    # 7 rounds: await party.msb(x); party.lt(x, y); party.lt_public(x, c)  → 0/1 shares
+    # 6 rounds: await party.msb(x); party.lt(x, y); party.lt_public(x, c)  → 0/1 shares
     # 8 rounds: await party.min(x, y); party.max(x, y)
     # 8·⌈log2 k⌉ rounds: await party.tree_min(x); party.tree_max(x)   (over the last axis)
     # (segmented min/max over ragged windows: cloud_tecc.analytics.minmax, on MpcOps)

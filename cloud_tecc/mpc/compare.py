@@ -1,4 +1,4 @@
-"""Secure sign bit (MSB) and less-than: 7 rounds, an arithmetic 0/1 share out.
+"""Secure sign bit (MSB) and less-than: 6 rounds, an arithmetic 0/1 share out.
 
 Round 1 opens ``c = x + r`` for a dealer edaBit ``r`` (arithmetic shares of
 ``r`` and XOR shares of its bits). Then ``x = c − r`` and
@@ -14,11 +14,16 @@ dealer's XOR shares of ``r`` are already in that order, ``c`` is permuted
 locally), so each level pairs the high half of a
 word with its low half: level ``h`` keeps ``h`` lanes per element in the
 narrowest dtype, and the opened bits are packed densely — 3·h bits per element
-per level (the two ANDs share the masked ``P_hi``). Levels 32, 16, 8, 4, 2 take
+per level (the two ANDs share the masked ``P_hi``). The first level (64 → 32
+lanes) needs no round: with ``C = ¬c`` public, its outputs
+``G = C_hi∧r_hi ⊕ C_hi∧C_lo∧r_lo ⊕ C_lo∧(r_hi∧r_lo)`` and
+``P = C_hi∧C_lo ⊕ C_hi∧r_lo ⊕ C_lo∧r_hi ⊕ r_hi∧r_lo`` are linear in the bits of
+``r`` and in ``r_hi ∧ r_lo``, which the dealer XOR-shares with the edaBit
+(it draws ``r``, so it learns nothing new). Levels 16, 8, 4, 2 take
 one round each; the last level (2 → 1 lanes) is fused with the bit-to-
 arithmetic conversion: it opens ``u ⊕ α, v ⊕ β, w ⊕ γ`` for ``z = u ⊕ v∧w``
 and evaluates ``z = u + v·w − 2·u·v·w`` as a public combination of four
-dealer-shared values. Total 1 + 5 + 1 = 7 rounds, 8 + 23.6 bytes per element per peer.
+dealer-shared values. Total 1 + 4 + 1 = 6 rounds, 8 + 11.6 bytes per element per peer.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from tecc_contract.ring import RingArray
 
 ROUNDS = 1 + len(CMP_LEVELS) + 1
 _ONE = np.uint64(1)
-_TOP = np.uint64(1 << 63)
 _DTYPES = {32: np.uint32, 16: np.uint16, 8: np.uint8, 4: np.uint8, 2: np.uint8, 1: np.uint8}
 
 
@@ -46,6 +50,40 @@ def _halves(w: AnyArray, h: int) -> tuple[AnyArray, AnyArray]:
     hi = w >> np.uint8(h)
     lo = w & np.uint8((1 << h) - 1)
     return hi, lo
+
+
+_LANE31 = np.uint32(1 << 31)
+_BELOW31 = np.uint32((1 << 31) - 1)
+
+
+def _first_level(
+    ctx: Ctx, not_c: RingArray, r_bits: RingArray, q: AnyArray
+) -> tuple[AnyArray, AnyArray]:
+    """The local first level, 64 → 32 lanes: this party's XOR shares of ``(G, P)``.
+
+    ``not_c`` is ``¬c`` (public, bit-reversed), ``r_bits`` this party's share of
+    the bits of ``r`` and ``q`` of ``r_hi ∧ r_lo``; lane 31 pairs the neutral
+    slot (position 63) with position 31, so there ``(G, P) = (g, p)`` of position 31.
+    """
+    ch, cl = _halves(not_c, 32)
+    rh, rl = _halves(r_bits, 32)
+    both = ch & cl
+    g = ch & rh
+    g ^= both & rl
+    g ^= cl & q
+    p = ch & rl
+    p ^= cl & rh
+    p ^= q
+    if ctx.leader:
+        p ^= both
+    # lane 31: position 31 alone (the neutral slot passes it through)
+    g_31: AnyArray = cl & rl & _LANE31
+    p_31: AnyArray = (rl ^ cl if ctx.leader else rl) & _LANE31
+    np.bitwise_and(g, _BELOW31, out=g)
+    np.bitwise_or(g, g_31, out=g)
+    np.bitwise_and(p, _BELOW31, out=p)
+    np.bitwise_or(p, p_31, out=p)
+    return g, p
 
 
 def _level(ctx: Ctx, g: AnyArray, p: AnyArray, lv: AndLevel) -> Proto[tuple[AnyArray, AnyArray]]:
@@ -114,18 +152,14 @@ def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: FusedLevel) -> Proto[RingArray
 
 
 def msb(ctx: Ctx, x: RingArray, cb: Comparisons) -> Proto[RingArray]:
-    """Arithmetic 0/1 share of the sign bit of ``x`` (1 iff x < 0 as signed), 7 rounds."""
+    """Arithmetic 0/1 share of the sign bit of ``x`` (1 iff x < 0 as signed), 6 rounds."""
     (c,) = yield Open((arith(x + cb.r_arith),))
     not_c = bitrev64(c)
     np.invert(not_c, out=not_c)
     r_bool = cb.r_bits
-    g = not_c & r_bool
-    p = r_bool ^ not_c if ctx.leader else r_bool.copy()
-    # Bit 63 sits at position rev6(63) = 63: make it the neutral element (g, p) = (0, 1).
-    g &= ~_TOP
-    p &= ~_TOP
-    if ctx.leader:
-        p |= _TOP
+    # Bit 63 sits at position rev6(63) = 63, the neutral element (g, p) = (0, 1):
+    # lane 31 of the first level.
+    g, p = _first_level(ctx, not_c, r_bool, cb.r_pairs)
     for lv in cb.levels:
         g, p = yield from _level(ctx, g, p, lv)
     u = (g >> np.uint8(1)) ^ (r_bool >> np.uint64(63)).astype(np.uint8)
@@ -135,11 +169,11 @@ def msb(ctx: Ctx, x: RingArray, cb: Comparisons) -> Proto[RingArray]:
 
 
 def lt(ctx: Ctx, x: RingArray, y: RingArray, cb: Comparisons) -> Proto[RingArray]:
-    """Share of ``[x < y]`` (signed), requires ``|x − y| < 2^63``; 7 rounds."""
+    """Share of ``[x < y]`` (signed), requires ``|x − y| < 2^63``; 6 rounds."""
     return (yield from msb(ctx, x - y, cb))
 
 
 def lt_public(ctx: Ctx, x: RingArray, c: RingArray | int, cb: Comparisons) -> Proto[RingArray]:
-    """Share of ``[x < c]`` for a public ``c`` (party 0 subtracts it); 7 rounds."""
+    """Share of ``[x < c]`` for a public ``c`` (party 0 subtracts it); 6 rounds."""
     d = x - np.asarray(c).astype(np.uint64) if ctx.leader else x
     return (yield from msb(ctx, d, cb))

@@ -32,9 +32,12 @@ from tecc_contract import prg
 
 AnyArray = npt.NDArray[Any]  # uint8..uint64
 
+#: Lanes after the comparison's first prefix-tree level (64 → 32): local, no
+#: round, from the dealer's XOR shares of ``r_hi ∧ r_lo`` per lane (field ``q32``).
+FIRST_LANES: Final = 32
 #: Half-widths of the comparison prefix-tree levels with a Beaver AND round
-#: (64 live lanes → 32 → … → 2); the final 2 → 1 level is fused with b2a.
-CMP_LEVELS: Final = (32, 16, 8, 4, 2)
+#: (32 live lanes → 16 → … → 2); the final 2 → 1 level is fused with b2a.
+CMP_LEVELS: Final = (16, 8, 4, 2)
 
 
 class Kind(enum.StrEnum):
@@ -71,6 +74,7 @@ def _cmp_fields() -> tuple[Field, ...]:
         fields += [Field(f"{nm}{h}", _lane_dtype(h), h, derived=False) for nm in ("a", "b", "bp")]
     fields += [Field(nm, np.uint8, 1, derived=False) for nm in ("fa", "fb", "fc")]
     fields.append(Field("r_arith", np.uint64, 64, derived=True))
+    fields.append(Field(f"q{FIRST_LANES}", np.uint32, FIRST_LANES, derived=True))
     fields += [Field(f"c{h}", _lane_dtype(h), h, derived=True) for h in CMP_LEVELS]
     fields += [Field(f"cp{h}", _lane_dtype(h), h, derived=True) for h in CMP_LEVELS]
     fields += [Field(f"m_{nm}", np.uint64, 64, derived=True) for nm in FUSED]

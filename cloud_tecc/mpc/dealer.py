@@ -12,7 +12,8 @@ relations follow:
 * Beaver triple: ``Σc = (Σa)(Σb)``.
 * Truncation pair: ``Σr`` uniform, ``Σr_msb = msb(Σr)``, ``Σr_t = (Σr mod 2^63) >> f``.
 * daBit: ``⊕b_bool = Σb_arith ∈ {0, 1}``.
-* Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; per tree level
+* Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; ``⊕q32 = r_hi ∧ r_lo`` (the
+  high and low 32-bit halves of ``⊕r_bool``, lane by lane); per tree level
   ``⊕c = (⊕a) ∧ (⊕b)`` and ``⊕cp = (⊕a) ∧ (⊕bp)``; for the XOR-shared bits
   ``α = ⊕fa``, ``β = ⊕fb``, ``γ = ⊕fc`` arithmetic shares of α, β(1−2α),
   γ(1−2α) and βγ(1−2α).
@@ -86,6 +87,8 @@ def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
         replace(lv, c=_bool_corr(lv.a & lv.b, lv.c), cp=_bool_corr(lv.a & lv.bp, lv.cp))
         for lv in t.levels
     )
+    halves = t.r_bits.view(np.uint32)  # little-endian: the high half is the odd element
+    r_pairs = _bool_corr(halves[1::2] & halves[0::2], t.r_pairs)
     fu = t.fused
     al, be, ga = (v.astype(np.uint64) for v in (fu.alpha, fu.beta, fu.gamma))
     sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
@@ -97,7 +100,7 @@ def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
         m_bc=_arith_corr((be & ga) * sa, fu.m_bc),
     )
     r_arith = _arith_corr(bitrev64(t.r_bits), t.r_arith)
-    return replace(t, r_arith=r_arith, levels=levels, fused=fused).derived()
+    return replace(t, r_arith=r_arith, r_pairs=r_pairs, levels=levels, fused=fused).derived()
 
 
 _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {

@@ -186,18 +186,18 @@ class Party:
         return await self.trunc(await self.mul(x, y))
 
     async def msb(self, x: RingArray) -> RingArray:
-        """Arithmetic 0/1 share of ``[x < 0]``; 7 rounds."""
+        """Arithmetic 0/1 share of ``[x < 0]``; 6 rounds."""
         xs = _ring(x)
         cb = await self._comparisons(xs.shape[0])
         return (await self.run(compare.msb(self.ctx, xs, cb))).reshape(np.shape(x))
 
     async def lt(self, x: RingArray, y: RingArray) -> RingArray:
-        """Arithmetic 0/1 share of ``[x < y]``; requires |x − y| < 2^63; 7 rounds."""
+        """Arithmetic 0/1 share of ``[x < y]``; requires |x − y| < 2^63; 6 rounds."""
         _same(x, y)
         return await self.msb(x - y)
 
     async def lt_public(self, x: RingArray, c: RingArray | int) -> RingArray:
-        """Arithmetic 0/1 share of ``[x < c]`` for public ring-encoded ``c``; 7 rounds."""
+        """Arithmetic 0/1 share of ``[x < c]`` for public ring-encoded ``c``; 6 rounds."""
         xs = _ring(x)
         cb = await self._comparisons(xs.shape[0])
         out = await self.run(

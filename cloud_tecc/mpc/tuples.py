@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloud_tecc.mpc.bits import U8
-from cloud_tecc.mpc.correlations import CMP_LEVELS, FUSED, AnyArray, Batch, Kind
+from cloud_tecc.mpc.correlations import CMP_LEVELS, FIRST_LANES, FUSED, AnyArray, Batch, Kind
 from cloud_tecc.mpc.errors import CorrelationError
 from tecc_contract.ring import RingArray
 
@@ -135,10 +135,13 @@ class FusedLevel:
 @dataclass(frozen=True, slots=True)
 class Comparisons:
     """Comparison correlations: an edaBit ``r`` (XOR bits, bit-reversed, and arithmetic),
-    one :class:`AndLevel` per entry of :data:`CMP_LEVELS`, and the fused last level."""
+    XOR shares of ``r_hi ∧ r_lo`` for the local first level (``r_pairs``, one uint32
+    per element: the high and low halves of ``r_bits`` lane by lane), one
+    :class:`AndLevel` per entry of :data:`CMP_LEVELS`, and the fused last level."""
 
     r_bits: RingArray
     r_arith: RingArray
+    r_pairs: AnyArray
     levels: tuple[AndLevel, ...]
     fused: FusedLevel
 
@@ -156,11 +159,17 @@ class Comparisons:
         )
         m_a, m_b, m_c, m_bc = (f[f"m_{nm}"] for nm in FUSED)
         fused = FusedLevel(f["fa"], f["fb"], f["fc"], m_a, m_b, m_c, m_bc)
-        return cls(r_bits=f["r_bool"], r_arith=f["r_arith"], levels=levels, fused=fused)
+        return cls(
+            r_bits=f["r_bool"],
+            r_arith=f["r_arith"],
+            r_pairs=f[f"q{FIRST_LANES}"],
+            levels=levels,
+            fused=fused,
+        )
 
     def derived(self) -> dict[str, AnyArray]:
         """The derived fields by layout name (the dealer's corrections)."""
-        out: dict[str, AnyArray] = {"r_arith": self.r_arith}
+        out: dict[str, AnyArray] = {"r_arith": self.r_arith, f"q{FIRST_LANES}": self.r_pairs}
         for lv in self.levels:
             out[f"c{lv.lanes}"], out[f"cp{lv.lanes}"] = lv.c, lv.cp
         fu = self.fused

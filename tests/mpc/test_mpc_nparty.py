@@ -193,7 +193,8 @@ def _true_values(kind: Kind, bundles: list[Any]) -> dict[str, Any]:
         return {"r_msb": r >> np.uint64(63), "r_t": (r << np.uint64(1)) >> np.uint64(17)}
     if kind is Kind.DABIT:
         return {"b_arith": xor("b_bool").astype(np.uint64)}
-    out = {"r_arith": bitrev64(xor("r_bool"))}
+    halves = xor("r_bool").view(np.uint32)
+    out = {"r_arith": bitrev64(xor("r_bool")), "q32": halves[1::2] & halves[0::2]}
     for h in CMP_LEVELS:
         out[f"c{h}"] = xor(f"a{h}") & xor(f"b{h}")
         out[f"cp{h}"] = xor(f"a{h}") & xor(f"bp{h}")

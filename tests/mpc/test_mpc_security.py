@@ -83,7 +83,7 @@ def test_received_messages_are_uniform(n: int) -> None:
     y = FP.encode(np.full(k, 1.0))
     recorders, _ = _run_recorded(n, x, y)
     msgs = recorders[1].received
-    assert len(msgs) == (n - 1) * (7 + 2 + 1)
+    assert len(msgs) == (n - 1) * (6 + 2 + 1)  # comparison, mul_fixed, b2a
     for msg in msgs:
         counts = np.bincount(np.frombuffer(msg, dtype=np.uint8), minlength=256)
         expected = len(msg) / 256
@@ -109,7 +109,7 @@ def test_no_message_carries_an_input() -> None:
 
 
 def test_comparison_traffic_and_rounds() -> None:
-    """A comparison takes 7 rounds and about 31.6 bytes per element per peer."""
+    """A comparison takes 6 rounds and about 19.6 bytes per element per peer."""
     k = 1 << 12
     xs = share(FP.encode(np.linspace(-5, 5, k)), 2)
 
@@ -118,7 +118,7 @@ def test_comparison_traffic_and_rounds() -> None:
         return p.traffic.rounds, p.traffic.bytes_sent
 
     (rounds, sent), _ = asyncio.run(run_parties(2, fn))
-    assert rounds == 7
+    assert rounds == 6
     assert sent / k == pytest.approx(8 + 3 * sum(CMP_LEVELS) / 8 + 3 / 8)
 
 
@@ -150,6 +150,8 @@ def test_dealer_relations_hold(n: int) -> None:
     np.testing.assert_array_equal(add(Kind.TRUNC, "r_t"), (r << np.uint64(1)) >> np.uint64(17))
     np.testing.assert_array_equal(add(Kind.DABIT, "b_arith"), xor(Kind.DABIT, "b_bool"))
     np.testing.assert_array_equal(add(Kind.CMP, "r_arith"), bitrev64(xor(Kind.CMP, "r_bool")))
+    halves = xor(Kind.CMP, "r_bool").view(np.uint32)
+    np.testing.assert_array_equal(xor(Kind.CMP, "q32"), halves[1::2] & halves[0::2])
     for h in CMP_LEVELS:
         a = xor(Kind.CMP, f"a{h}")
         np.testing.assert_array_equal(xor(Kind.CMP, f"c{h}"), a & xor(Kind.CMP, f"b{h}"))

@@ -51,7 +51,7 @@ def test_dealer_frame_roundtrip_and_size() -> None:
     bundles = deal(plan, 3)
     frames = [encode_batch(i, 7, b) for i, b in enumerate(bundles)]
     assert len(frames[1]) == len(frames[2]) < 200
-    assert len(frames[0]) > 10 * (8 + 16 + 8 + 58)
+    assert len(frames[0]) > 10 * (8 + 16 + 8 + 54)
     for i, frame in enumerate(frames):
         seq, got = decode_batch(frame, party=i)
         assert seq == 7
