@@ -24,24 +24,11 @@ from demo.devstack.deployment import ROOT, Deployment, http_json
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import metric
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import cli, spawn, terminate, write_config
+from tests.gateway.harness import ClusterSpec, PlatformSpec, cli, spawn, terminate, write_config
 from tests.gateway.services import Swtpm, mosquitto
 
 TOPIC = "plant/line1/temp/value"
 GATEWAY = "gw-test"
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 @dataclass(frozen=True)
@@ -104,10 +91,10 @@ def enrolling_stack(
         mosquitto(tmp_path / "mq") as broker,
     ):
         plat = [
-            _Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex)
+            PlatformSpec(dep.platform(n).key_id, dep.platform(n).public_key_hex)
             for n in ("party0", "party1")
         ]
-        clusters = [_Cluster(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+        clusters = [ClusterSpec(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
         (tmp_path / "gw").mkdir()
         cfg = write_config(
             tmp_path / "gw",

@@ -31,7 +31,7 @@ from gateway.keys import GatewayKeys
 from gateway.tpm import Tpm
 from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG, EvidenceError
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import write_config
+from tests.gateway.harness import ClusterSpec, PlatformSpec, write_config
 from tests.gateway.services import Swtpm
 
 pytestmark = pytest.mark.tpm
@@ -43,19 +43,6 @@ BASE = time.time_ns() + 3600 * S  # after the EK certificates of the tests are i
 def at(seconds: int) -> int:
     """A test clock reading (ns)."""
     return BASE + seconds * S
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 @dataclass
@@ -76,9 +63,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         bundle = tmp_path / "ca.pem"
         bundle.write_bytes(ca_bundle(tmp_path / "ca"))
         (tmp_path / "gw").mkdir()
-        clusters = [_Cluster(i, f"http://127.0.0.1:{i + 1}", f"party{i}") for i in (0, 1)]
+        clusters = [ClusterSpec(i, f"http://127.0.0.1:{i + 1}", f"party{i}") for i in (0, 1)]
         cfg = write_config(
-            tmp_path / "gw", clusters=clusters, platform=_Platform("p", "00" * 32), tcti=sw.tcti
+            tmp_path / "gw", clusters=clusters, platform=PlatformSpec("p", "00" * 32), tcti=sw.tcti
         )
         keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
         ev = TpmEvidence(load_config(cfg), keys, lambda: Tpm(sw.tcti))

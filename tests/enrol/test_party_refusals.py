@@ -35,23 +35,10 @@ from gateway.tpm import Tpm
 from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG
 from tests.cloud.scenario import POLICY
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import cli, write_config
+from tests.gateway.harness import ClusterSpec, PlatformSpec, cli, write_config
 from tests.gateway.services import Swtpm
 
 pytestmark = [pytest.mark.tpm, pytest.mark.processes]
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 @dataclass
@@ -63,11 +50,11 @@ class Rig:
 
     def evidence(self, sw: Swtpm, name: str) -> TpmEvidence:
         """A gateway ``name`` with fresh identity keys on TPM ``sw``."""
-        plat = _Platform("p", "00" * 32)
+        plat = PlatformSpec("p", "00" * 32)
         (self.tmp / name).mkdir(exist_ok=True)
         cfg_path = write_config(
             self.tmp / name,
-            clusters=[_Cluster(i, self.dep.url(f"party{i}"), f"party{i}") for i in (0, 1)],
+            clusters=[ClusterSpec(i, self.dep.url(f"party{i}"), f"party{i}") for i in (0, 1)],
             platform=plat,
             tcti=sw.tcti,
         )
@@ -222,9 +209,9 @@ def test_a_silent_gateway_is_suspended(rig: Rig) -> None:
 def test_the_enrol_command_reports_each_clusters_answer(rig: Rig) -> None:
     """`tecc-gateway launch --config F enrol`: party0 refuses (its policy lists the reset
     PCR 14, the launch measured the agent into it), party1 is not running; exit 4."""
-    plat = _Platform("p", "00" * 32)
+    plat = PlatformSpec("p", "00" * 32)
     (rig.tmp / "cli").mkdir()
-    clusters = [_Cluster(i, rig.dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+    clusters = [ClusterSpec(i, rig.dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
     cfg = write_config(rig.tmp / "cli", clusters=clusters, platform=plat, tcti=rig.good.tcti)
     assert cli("provision", "--config", str(cfg)).returncode == 0
     out = cli("launch", "--config", str(cfg), "enrol")

@@ -46,6 +46,23 @@ class PlatformRef(Protocol):
     def public_hex(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A cluster as a test gateway config names it (satisfies :class:`ClusterRef`)."""
+
+    index: int
+    url: str
+    service_id: str
+
+
+@dataclass(frozen=True)
+class PlatformSpec:
+    """An attestation platform as a test config names it (satisfies :class:`PlatformRef`)."""
+
+    key_id: str
+    public_hex: str
+
+
 def opcua_sensors(n: int) -> dict[str, tuple[float, float]]:
     """Sensor ids the test OPC-UA server's variables map to."""
     return {f"line2.v{i}": (-1e6, 1e6) for i in range(n)}
@@ -230,23 +247,12 @@ async def wait_for(pred: Any, within: float, what: str) -> None:
     raise AssertionError(f"timed out after {within} s waiting for {what}")
 
 
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
-
-
 def real_cluster_config(tmp: Path, dep: Deployment, mqtt_port: int) -> Path:
     """A gateway config for the real parties of ``dep`` (their platforms and measurement)."""
-    plat = [_Platform(dep.platform(n).key_id, dep.platform(n).public_key_hex) for n in dep.parties]
-    clusters = [_Cluster(i, dep.url(n), n) for i, n in enumerate(dep.parties)]
+    plat = [
+        PlatformSpec(dep.platform(n).key_id, dep.platform(n).public_key_hex) for n in dep.parties
+    ]
+    clusters = [ClusterSpec(i, dep.url(n), n) for i, n in enumerate(dep.parties)]
     return write_config(
         tmp, clusters=clusters, platform=plat, mqtt_port=mqtt_port, measurement=dep.measurement()
     )

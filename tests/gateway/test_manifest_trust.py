@@ -4,7 +4,6 @@ the config keys ``trust`` and ``attestation.platform``."""
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,9 @@ from gateway.init.writer import Proposed, build, load_trust, write
 from gateway.manifests import STATE_FILE, ManifestTrust
 from gateway.schema import SensorDoc, SourcesDoc
 from tests.contract.test_manifest import DAY, OTHER, OWNER, T0, M, P, manifest
-from tests.gateway.harness import write_config
+from tests.gateway.harness import ClusterSpec, PlatformSpec, write_config
 
 CLAIMS = {"policy": P.hex()}
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 class Clock:
@@ -110,8 +96,8 @@ def test_a_stored_manifest_of_another_owner_is_ignored(tmp_path: Path) -> None:
 def _doc(tmp: Path, **attestation: Any) -> dict[str, Any]:
     path = write_config(
         tmp,
-        clusters=[_Cluster(i, f"https://127.0.0.1:{9000 + i}", f"party{i}") for i in range(2)],
-        platform=_Platform("sim-1", "ab" * 32),
+        clusters=[ClusterSpec(i, f"https://127.0.0.1:{9000 + i}", f"party{i}") for i in range(2)],
+        platform=PlatformSpec("sim-1", "ab" * 32),
     )
     doc: dict[str, Any] = yaml.safe_load(path.read_text())
     doc["attestation"].update(attestation)

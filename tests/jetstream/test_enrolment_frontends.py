@@ -21,7 +21,6 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +40,11 @@ from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG
 from tests.cloud.services import metric
 from tests.enrol.stack import admin
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
-from tests.gateway.harness import write_config
+from tests.gateway.harness import ClusterSpec, PlatformSpec, write_config
 
 from .logstack import GW, POLICY, frame, post, sealer, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.tpm]
-
-
-@dataclass(frozen=True)
-class _Cluster:
-    index: int
-    url: str
-    service_id: str
-
-
-@dataclass(frozen=True)
-class _Platform:
-    key_id: str
-    public_hex: str
 
 
 def _post_json(url: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -133,9 +119,9 @@ def test_enrolment_and_revocation_are_party_wide(tmp_path: Path) -> None:
 
             # -- a challenge issued at A is finished at B; its replay refused at A
             (tmp_path / "gw").mkdir()
-            clusters = [_Cluster(i, f"http://127.0.0.1:{i + 1}", f"party{i}") for i in (0, 1)]
+            clusters = [ClusterSpec(i, f"http://127.0.0.1:{i + 1}", f"party{i}") for i in (0, 1)]
             gcfg = write_config(
-                tmp_path / "gw", clusters=clusters, platform=_Platform("p", "00" * 32),
+                tmp_path / "gw", clusters=clusters, platform=PlatformSpec("p", "00" * 32),
                 tcti=sw.tcti,
             )  # fmt: skip
             keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
