@@ -264,3 +264,21 @@ def on_attestation(
     if inc is None or inc.state is State.CLOSED:
         return None
     return replace(inc, state=_move(inc, Event.REINSTATED) or State.CLOSED, end_ns=now_ns)
+
+
+def attestation_changes(
+    live: Mapping[str, Incident], suspending: Mapping[str, int], now_ns: int
+) -> list[Incident]:
+    """Every gateway's :func:`on_attestation` that changes, in gateway order.
+
+    ``live`` is each gateway's live attestation incident, ``suspending`` how
+    many clusters hold each gateway suspended now; a gateway in either is looked at.
+    """
+    out = []
+    for gid in sorted(set(suspending) | set(live)):
+        inc = on_attestation(
+            live.get(gid), gateway=gid, suspending=suspending.get(gid, 0), now_ns=now_ns
+        )
+        if inc is not None:
+            out.append(inc)
+    return out

@@ -43,7 +43,7 @@ from cloud_tecc.output.enrolment_view import EnrolmentView
 from cloud_tecc.output.export_api import ExportApi
 from cloud_tecc.output.gate import Gate, tls_context
 from cloud_tecc.output.incident_rows import IncidentQuery
-from cloud_tecc.output.incidents import Incident, State, on_attestation
+from cloud_tecc.output.incidents import Incident, State, attestation_changes
 from cloud_tecc.output.oidc import OidcClient
 from cloud_tecc.output.ops import serve_intake, serve_ops
 from cloud_tecc.output.signin import SignIn
@@ -324,14 +324,7 @@ class OutputService(ServiceBase):
         now = time.time_ns()
 
         def step(live: dict[str, Incident]) -> list[Incident]:
-            out = []
-            for gid in sorted(set(suspending) | set(live)):
-                inc = on_attestation(
-                    live.get(gid), gateway=gid, suspending=suspending.get(gid, 0), now_ns=now
-                )
-                if inc is not None:
-                    out.append(inc)
-            return out
+            return attestation_changes(live, suspending, now)
 
         written = await asyncio.to_thread(self.store.attestation_incidents, step, now)
         for row in written:

@@ -13,7 +13,13 @@ from typing import Any
 from cloud_tecc.analytics.release import Decoded
 from cloud_tecc.output.enrolment_view import merge, suspensions
 from cloud_tecc.output.incident_rows import IncidentQuery
-from cloud_tecc.output.incidents import ATTESTATION, SECOND, Incident, Rules, on_attestation
+from cloud_tecc.output.incidents import (
+    ATTESTATION,
+    SECOND,
+    Incident,
+    Rules,
+    attestation_changes,
+)
 from cloud_tecc.output.store import ResultStore
 from cloud_tecc.output.targets import alert
 from cloud_tecc.output.tracking import Key, Tracked, track
@@ -47,14 +53,7 @@ def test_merge_shows_every_gateway_in_every_cluster_and_counts_suspensions() -> 
 
 def _apply(store: ResultStore, suspending: dict[str, int], now: int) -> list[dict[str, Any]]:
     def step(live: dict[str, Incident]) -> list[Incident]:
-        out = []
-        for gid in sorted(set(suspending) | set(live)):
-            inc = on_attestation(
-                live.get(gid), gateway=gid, suspending=suspending.get(gid, 0), now_ns=now
-            )
-            if inc is not None:
-                out.append(inc)
-        return out
+        return attestation_changes(live, suspending, now)
 
     return store.attestation_incidents(step, now)
 
