@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
-from cloud_tecc.config import JetStreamConfig
+from cloud_tecc.config import JetStreamConfig, PartyConfig
 from cloud_tecc.jetstream.kv import (
     SHARD_MAP_KEY,
     SHARDS_BUCKET,
@@ -172,6 +172,20 @@ class MapFollower:
             self.rejected.labels(reason)
         self.version = Gauge(
             "tecc_shard_map_version", "Version of the shard map in use (0: none)", registry=registry
+        )
+
+    @classmethod
+    def of_party(
+        cls, cfg: PartyConfig, js: JetStreamConfig, registry: CollectorRegistry, name: str
+    ) -> MapFollower:
+        """The follower of party ``cfg``'s map on its JetStream ``js`` (``cfg.jetstream``)."""
+        return cls(
+            cfg=js,
+            state_dir=cfg.service.state_dir,
+            shards=cfg.shards,
+            policy=cfg.service.policy,
+            registry=registry,
+            name=name,
         )
 
     async def run(self) -> None:

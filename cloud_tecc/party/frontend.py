@@ -74,13 +74,8 @@ class IngestFrontend(UplinkService):
                 "add a jetstream: section (servers, or embedded: true) to the party config"
             )
         self.js_cfg = cfg.jetstream
-        self.shard_map = MapFollower(
-            cfg=cfg.jetstream,
-            state_dir=cfg.service.state_dir,
-            shards=cfg.shards,
-            policy=cfg.service.policy,
-            registry=self.registry,
-            name=f"ingest-map-{cfg.service.service_id}",
+        self.shard_map = MapFollower.of_party(
+            cfg, cfg.jetstream, self.registry, f"ingest-map-{cfg.service.service_id}"
         )
         self.log: ShareLog | None = None
         self.rejected.labels("overloaded")

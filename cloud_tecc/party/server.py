@@ -125,13 +125,8 @@ class PartyService(UplinkService):
             self.active = ActiveShard(
                 cfg=cfg, store=self.store, feed=self.feed, registry=self.registry
             )
-            self.shard_map = MapFollower(
-                cfg=cfg.jetstream,
-                state_dir=cfg.service.state_dir,
-                shards=cfg.shards,
-                policy=cfg.service.policy,
-                registry=self.registry,
-                name=f"worker-map-{cfg.worker_id}",
+            self.shard_map = MapFollower.of_party(
+                cfg, cfg.jetstream, self.registry, f"worker-map-{cfg.worker_id}"
             )
         self._worker_metrics()
 
