@@ -48,10 +48,9 @@ from pathlib import Path
 from cloud_tecc import release_admin, shardmap_admin
 from cloud_tecc.config import PartyConfig, load_party
 from cloud_tecc.errors import CloudError
+from cloud_tecc.jetstream.client import UNREACHABLE, party_connect
 from cloud_tecc.jetstream.enrolkv import KvRegistry
-from cloud_tecc.jetstream.kv import TRANSIENT, KVError, connect
-from cloud_tecc.jetstream.server import USER
-from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
+from cloud_tecc.jetstream.kv import TRANSIENT, KVError
 from cloud_tecc.party.admin_api import OperatorKeys
 from cloud_tecc.party.registry import STATES, GatewayRegistry, Registry
 from tecc_contract.errors import ConfigFileError
@@ -106,12 +105,10 @@ async def _with_kv(cfg: PartyConfig, args: argparse.Namespace) -> dict[str, obje
     if js_cfg is None:
         raise CloudError("jetstream: is not configured")
     try:
-        servers, password = client_servers(js_cfg, cfg.service.state_dir)
-        options: dict[str, object] = {"name": "tecc-admin", "max_reconnect_attempts": 0}
-        if password is not None:
-            options.update(user=USER, password=password)
-        nc = await asyncio.wait_for(connect(servers, **options), 10.0)
-    except (*TRANSIENT, Overloaded, KVError) as exc:
+        nc = await party_connect(
+            js_cfg, cfg.service.state_dir, "tecc-admin", max_reconnect_attempts=0
+        )
+    except UNREACHABLE as exc:
         raise CloudError(
             f"jetstream.servers: the party's JetStream is not reachable ({exc!r}); run this "
             "where it is, with the party's credential in the URLs or in state_dir/nats/"

@@ -39,9 +39,10 @@ from typing import Any, Final
 
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.errors import CloudError
+from cloud_tecc.jetstream.client import party_client
 from cloud_tecc.jetstream.commits import CommittedState
 from cloud_tecc.jetstream.kv import TRANSIENT, RevisionChangedError
-from cloud_tecc.jetstream.shardmaps import WHERE, ShardMapStore, party_client
+from cloud_tecc.jetstream.shardmaps import WHERE, ShardMapStore
 from cloud_tecc.party.maprecord import (
     ShardMapError,
     ShardMapRecord,

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from nats.aio.client import Client
@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.config import JetStreamConfig, PartyConfig
+from cloud_tecc.jetstream.client import party_client
 from cloud_tecc.jetstream.kv import (
     SHARD_MAP_KEY,
     SHARDS_BUCKET,
@@ -39,11 +40,9 @@ from cloud_tecc.jetstream.kv import (
     Bucket,
     KVError,
     RevisionChangedError,
-    connect,
     open_bucket,
 )
-from cloud_tecc.jetstream.server import USER
-from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
+from cloud_tecc.jetstream.sharelog import Overloaded
 from cloud_tecc.party.maprecord import (
     ShardMapError,
     ShardMapRecord,
@@ -124,20 +123,6 @@ class ShardMapStore:
         return await self.bucket.write(
             SHARD_MAP_KEY, msgspec.json.encode(record), expected=expected
         )
-
-
-async def party_client(cfg: JetStreamConfig, state_dir: Path, name: str) -> Client:
-    """A connection to the party's JetStream (retried until it answers)."""
-    while True:
-        try:
-            servers, password = client_servers(cfg, state_dir)
-            options: dict[str, Any] = {"name": name}
-            if password is not None:
-                options.update(user=USER, password=password)
-            return await asyncio.wait_for(connect(servers, **options), 10.0)
-        except (*TRANSIENT, Overloaded, KVError) as exc:
-            log.warning("party JetStream not reachable for the shard map (%s); retrying", exc)
-            await asyncio.sleep(_RETRY_S)
 
 
 class MapFollower:

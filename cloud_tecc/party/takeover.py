@@ -41,11 +41,10 @@ from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.config import PartyConfig
 from cloud_tecc.errors import CloudError
 from cloud_tecc.jetstream import epochlog
+from cloud_tecc.jetstream.client import party_client
 from cloud_tecc.jetstream.commits import CommittedState
-from cloud_tecc.jetstream.kv import TRANSIENT, FencedError, KVError, connect
+from cloud_tecc.jetstream.kv import TRANSIENT, FencedError, KVError
 from cloud_tecc.jetstream.lease import Lease
-from cloud_tecc.jetstream.server import USER
-from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
 from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_while_leased
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.logfeed import LogFeed
@@ -93,7 +92,9 @@ class ActiveShard:
 
     async def run(self) -> None:
         """Connect, open the lease and the commit record, then standby/active for ever."""
-        self.nc = await self._connect()
+        self.nc = await party_client(
+            self.js_cfg, self.state_dir, f"lease-{self.cfg.worker_id}", "the lease"
+        )
         js = self.nc.jetstream(timeout=5.0)
         replicas = self.js_cfg.replicas
         while True:
@@ -133,18 +134,6 @@ class ActiveShard:
             watcher.cancel()
             with contextlib.suppress(*TRANSIENT):
                 await self.nc.close()
-
-    async def _connect(self) -> Client:
-        while True:
-            try:
-                servers, password = client_servers(self.js_cfg, self.state_dir)
-                options: dict[str, Any] = {"name": f"lease-{self.cfg.worker_id}"}
-                if password is not None:
-                    options.update(user=USER, password=password)
-                return await asyncio.wait_for(connect(servers, **options), 10.0)
-            except (*TRANSIENT, Overloaded, KVError) as exc:
-                log.warning("party JetStream not reachable for the lease (%s); retrying", exc)
-                await asyncio.sleep(_RETRY_S)
 
     async def _watch_owner(self) -> None:
         while True:

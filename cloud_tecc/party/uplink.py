@@ -32,11 +32,11 @@ from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.tls import listener_tls
 from cloud_tecc.errors import CloudConfigError, IngestError
+from cloud_tecc.jetstream.client import party_connect
 from cloud_tecc.jetstream.enrolkv import KvRegistry, import_sqlite
 from cloud_tecc.jetstream.enrolnonces import KvChallenges, open_nonce_bucket
-from cloud_tecc.jetstream.kv import TRANSIENT, KVError, connect
-from cloud_tecc.jetstream.server import USER
-from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
+from cloud_tecc.jetstream.kv import TRANSIENT, KVError
+from cloud_tecc.jetstream.sharelog import Overloaded
 from cloud_tecc.party.enrolment import Enrolment
 from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
 from cloud_tecc.party.registry import (
@@ -166,11 +166,9 @@ class UplinkService(ServiceBase):
         while True:
             nc = None
             try:
-                servers, password = client_servers(js_cfg, self.cfg.state_dir)
-                options: dict[str, Any] = {"name": f"enrolment-{self.cfg.service_id}"}
-                if password is not None:
-                    options.update(user=USER, password=password)
-                nc = await asyncio.wait_for(connect(servers, **options), 10.0)
+                nc = await party_connect(
+                    js_cfg, self.cfg.state_dir, f"enrolment-{self.cfg.service_id}"
+                )
                 js = nc.jetstream(timeout=5.0)
                 await registry.open(js, replicas=js_cfg.replicas)
                 nonces.bucket = await open_nonce_bucket(
