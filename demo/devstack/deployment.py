@@ -54,7 +54,7 @@ from cloud_tecc.enclave.platform import SimulatedPlatform
 from tecc_contract.progress import Progress, seal_progress
 from tecc_contract.schema import is_loopback_host
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (demo/devstack/ is two below)
 SERVICES = ("party0", "party1", "dealer", "output")  # the default deployment (N = 2)
 
 
