@@ -121,6 +121,28 @@ def wait_for(pred: Callable[[], bool], timeout: float = 30.0, what: str = "condi
     raise TimeoutError(f"{what} not reached within {timeout} s")
 
 
+def health(dep: Deployment, name: str) -> dict[str, Any]:
+    """``name``'s ``/healthz`` (it must answer 200)."""
+    status, body = http_json(dep.url(name) + "/healthz", timeout=3)
+    assert status == 200
+    return dict(body)
+
+
+def start_frontends(dep: Deployment, fes: list[str], *, on_log: bool = True) -> None:
+    """Start the frontends ``fes`` and wait until each is healthy (and, with ``on_log``,
+    connected to its party's log)."""
+    for fe in fes:
+        dep.start(fe)
+    for fe in fes:
+        dep.wait_healthy(fe)
+    if on_log:
+        wait_for(
+            lambda: all(http_json(dep.url(fe) + "/healthz")[1]["log_connected"] for fe in fes),
+            30,
+            "frontends on their party's log",
+        )
+
+
 def post_until_acked(url: str, data: bytes, timeout: float = 60.0) -> dict[str, Any]:
     """POST until 200 (503 + Retry-After is waited out, 0.2 s at most here); the body."""
     deadline = time.monotonic() + timeout

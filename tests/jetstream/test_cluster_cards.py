@@ -27,7 +27,7 @@ from tests.cloud.scenario import GATEWAYS, POLICY, SECOND, T0, gateways, make_sc
 from tests.cloud.services import Deployment, http_json, metric
 from tests.support.browser import chromium
 
-from .logstack import upload_through
+from .logstack import start_frontends, upload_through
 
 pytestmark = [pytest.mark.processes, pytest.mark.browser, pytest.mark.slow]
 
@@ -77,14 +77,7 @@ def test_cluster_cards_list_workers_and_shards(tmp_path: Path) -> None:
     scn = make_scenario(seconds=30)
     try:
         dep.start_all()
-        for fe in fes:
-            dep.start(fe)
-        for fe in fes:
-            dep.wait_healthy(fe)
-        _until(
-            lambda: all(http_json(dep.url(fe) + "/healthz")[1]["log_connected"] for fe in fes),
-            "frontends on their party's log",
-        )
+        start_frontends(dep, fes)
         upload_through(dep, fes, gateways(dep), scn, range(22))
         wait_epochs(dep, 2, timeout=90)
 

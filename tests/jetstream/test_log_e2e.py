@@ -22,9 +22,9 @@ from tests.cloud.scenario import (
     reference,
     wait_epochs,
 )
-from tests.cloud.services import Deployment, http_json
+from tests.cloud.services import Deployment
 
-from .logstack import post, upload_through
+from .logstack import post, start_frontends, upload_through
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
@@ -36,15 +36,8 @@ def test_jetstream_parties_release_the_reference(tmp_path: Path) -> None:
     try:
         dep.start_all()
         fes = [dep.add_frontend(p) for p in dep.parties]
-        for fe in fes:
-            dep.start(fe)
-        for fe in fes:
-            dep.wait_healthy(fe)
+        start_frontends(dep, fes)
         gws = gateways(dep)  # attested at the workers: the frontends show the same quote
-        deadline = time.monotonic() + 30
-        while not all(http_json(dep.url(fe) + "/healthz")[1]["log_connected"] for fe in fes):
-            assert time.monotonic() < deadline, "frontends not on their party's log"
-            time.sleep(0.1)
         assert upload_through(dep, fes, gws, scn, range(12)) == {"accepted"}
         assert upload_through(dep, fes, gws, scn, range(5, 12)) == {"duplicate"}
         upload_through(dep, fes, gws, scn, range(12, scn.seconds))

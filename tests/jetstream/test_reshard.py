@@ -42,7 +42,7 @@ from tests.cloud.scenario import (
 )
 from tests.cloud.services import Deployment, http_json, metric
 
-from .logstack import upload_through, wait_for
+from .logstack import health, start_frontends, upload_through, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 SECONDS = 50
@@ -50,14 +50,8 @@ MOVED = ("gw-a", "press1")
 CLASS = "temperature"
 
 
-def _health(dep: Deployment, name: str) -> dict[str, Any]:
-    status, body = http_json(dep.url(name) + "/healthz", timeout=3)
-    assert status == 200
-    return dict(body)
-
-
 def _map_version(dep: Deployment, names: list[str], version: int) -> bool:
-    return all(_health(dep, n)["shard_map"]["version"] == version for n in names)
+    return all(health(dep, n)["shard_map"]["version"] == version for n in names)
 
 
 def _set(
@@ -69,28 +63,26 @@ def _set(
     return dict(json.loads(out))
 
 
-def _readings(dep: Deployment, worker: str, stream: tuple[str, str]) -> list[int]:
-    """Timestamps of ``stream``'s readings in a worker's share store."""
+def _stream_rows(dep: Deployment, worker: str, sql: str, stream: tuple[str, str]) -> list[Any]:
+    """Rows of ``sql`` (parameters: gateway, sensor) in a worker's share store."""
     con = sqlite3.connect(dep.state_dir(worker) / "shares.db", timeout=10)
     try:
-        rows = con.execute(
-            "SELECT ts FROM segments WHERE gateway = ? AND sensor = ?", stream
-        ).fetchall()
+        return con.execute(sql, stream).fetchall()
     finally:
         con.close()
+
+
+def _readings(dep: Deployment, worker: str, stream: tuple[str, str]) -> list[int]:
+    """Timestamps of ``stream``'s readings in a worker's share store."""
+    sql = "SELECT ts FROM segments WHERE gateway = ? AND sensor = ?"
+    rows = _stream_rows(dep, worker, sql, stream)
     return sorted(int(t) for (blob,) in rows for t in np.frombuffer(blob, "<i8"))
 
 
 def _state_epochs(dep: Deployment, worker: str, stream: tuple[str, str]) -> list[int]:
     """Epochs after which a worker holds detector state of ``stream`` (it analysed them)."""
-    con = sqlite3.connect(dep.state_dir(worker) / "shares.db", timeout=10)
-    try:
-        rows = con.execute(
-            "SELECT epoch_ns FROM stream_state WHERE gateway = ? AND sensor = ?", stream
-        ).fetchall()
-    finally:
-        con.close()
-    return sorted(int(e) for (e,) in rows)
+    sql = "SELECT epoch_ns FROM stream_state WHERE gateway = ? AND sensor = ?"
+    return sorted(int(e) for (e,) in _stream_rows(dep, worker, sql, stream))
 
 
 def _logged_maps(node: NatsDeployment, shard: int) -> dict[int, str]:
@@ -168,10 +160,7 @@ def test_a_map_change_moves_a_stream_and_a_mismatch_is_refused(
     try:
         dep.start_all()
         fes = [dep.add_frontend(p) for p in dep.parties]
-        for fe in fes:
-            dep.start(fe)
-        for fe in fes:
-            dep.wait_healthy(fe)
+        start_frontends(dep, fes, on_log=False)
         everyone = [*fes, *dep.workers]
         wait_for(lambda: _map_version(dep, everyone, 1), 30, "map version 1 everywhere")
         gws = gateways(dep)

@@ -32,17 +32,11 @@ from tests.cloud.scenario import (
 )
 from tests.cloud.services import Deployment, http_json, metric
 
-from .logstack import upload_through
+from .logstack import health, start_frontends, upload_through
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 TTL_S = 2
 SECONDS = 50  # 5 windows of 10 s
-
-
-def _health(dep: Deployment, name: str) -> dict[str, object]:
-    status, body = http_json(dep.url(name) + "/healthz", timeout=3)
-    assert status == 200
-    return dict(body)
 
 
 def _owner(dep: Deployment, party: int, timeout: float = 30.0) -> tuple[str, str]:
@@ -50,7 +44,7 @@ def _owner(dep: Deployment, party: int, timeout: float = 30.0) -> tuple[str, str
     names = dep.replicas(party, 0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        roles = {n: _health(dep, n)["role"] for n in names if n in dep.procs}
+        roles = {n: health(dep, n)["role"] for n in names if n in dep.procs}
         owners = [n for n, r in roles.items() if r == "owner"]
         if len(owners) == 1:
             return owners[0], next(n for n in names if n != owners[0])
@@ -69,14 +63,7 @@ def _start(tmp_path: Path) -> tuple[Deployment, list[NatsDeployment], list[str]]
     dep = Deployment(tmp_path, POLICY, keys, party_overrides=overrides, standbys=1)
     dep.start_all()
     fes = [dep.add_frontend(p) for p in dep.parties]
-    for fe in fes:
-        dep.start(fe)
-    for fe in fes:
-        dep.wait_healthy(fe)
-    deadline = time.monotonic() + 30
-    while not all(http_json(dep.url(fe) + "/healthz")[1]["log_connected"] for fe in fes):
-        assert time.monotonic() < deadline, "frontends not on their party's log"
-        time.sleep(0.1)
+    start_frontends(dep, fes)
     return dep, nodes, fes
 
 
@@ -100,8 +87,8 @@ def test_standby_takes_over_a_killed_owner(
     try:
         gws = gateways(dep)
         owner, standby = _owner(dep, 0)
-        assert _health(dep, standby)["session"] == "standby"
-        lease = _health(dep, standby)["lease"]
+        assert health(dep, standby)["session"] == "standby"
+        lease = health(dep, standby)["lease"]
         assert isinstance(lease, dict)
         assert lease["owner"] == owner
         upload_through(dep, fes, gws, scn, range(22))
@@ -141,7 +128,7 @@ def test_frozen_owner_stands_down(tmp_path: Path) -> None:
         dep.procs[owner].send_signal(signal.SIGSTOP)
         try:
             deadline = time.monotonic() + 30
-            while _health(dep, standby)["role"] != "owner":
+            while health(dep, standby)["role"] != "owner":
                 assert time.monotonic() < deadline, "the standby did not take the lease"
                 time.sleep(0.2)
             upload_through(dep, fes, gws, scn, range(22, 36))
@@ -149,7 +136,7 @@ def test_frozen_owner_stands_down(tmp_path: Path) -> None:
         finally:
             dep.procs[owner].send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 30
-        while _health(dep, owner)["role"] != "standby":
+        while health(dep, owner)["role"] != "standby":
             assert time.monotonic() < deadline, "the woken owner did not stand down"
             time.sleep(0.2)
         upload_through(dep, fes, gws, scn, range(36, SECONDS))
