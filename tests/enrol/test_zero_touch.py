@@ -49,6 +49,24 @@ def _quotes(dep: Deployment, party: str, at_least: int) -> bool:
     return _count(dep, party, 'tecc_enrolment_outcomes_total{outcome="quoted"}') >= at_least
 
 
+async def _party0_accepts_party1_refuses(
+    dep: Deployment, broker_port: int, value: bytes, n: int, total: int, why: str, held: int
+) -> None:
+    """Publish ``n`` readings ``value``: party0 accepts them (``total`` readings in all),
+    party1 refuses the batches of the gateway it holds ``why`` (it keeps ``held``)."""
+    await asyncio.sleep(1.0)  # the MQTT session is up
+    await asyncio.to_thread(publish, broker_port, [(TOPIC, value)] * n)
+    await wait_for(
+        lambda: _count(dep, "party0", "tecc_ingest_readings_total") == total,
+        60,
+        f"party0 accepts the {n} readings ({total} in all)",
+    )
+    await wait_for(
+        lambda: refused(dep, "party1", why) > 0, 60, f"party1 refuses the {why} gateway's batches"
+    )
+    assert _count(dep, "party1", "tecc_ingest_readings_total") == held
+
+
 async def test_unnamed_gateway_enrols_is_approved_revoked_and_suspended(tmp_path: Path) -> None:
     with enrolling_stack(tmp_path, policies={"party1": {"approval": "operator"}}) as (stack, _):
         dep, doc, sw = stack.dep, stack.gateway_doc, stack.tpm
@@ -58,19 +76,8 @@ async def test_unnamed_gateway_enrols_is_approved_revoked_and_suspended(tmp_path
         gw_health = await health(doc["http"]["port"])
         assert gw_health["enrolment"]["0"]["status"] == "enrolled", gw_health
         assert gw_health["enrolment"]["1"]["status"] == "pending", gw_health
-        await asyncio.sleep(1.0)  # the MQTT session is up
-        await asyncio.to_thread(publish, broker_port, [(TOPIC, b"21.5")] * 100)
-        await wait_for(
-            lambda: _count(dep, "party0", "tecc_ingest_readings_total") == 100,
-            60,
-            "party0 accepts every reading of a gateway no config names",
-        )
-        await wait_for(
-            lambda: refused(dep, "party1", "pending") > 0,
-            30,
-            "party1 refuses the pending gateway's batches",
-        )
-        assert _count(dep, "party1", "tecc_ingest_readings_total") == 0
+        # party0 accepts every reading of a gateway no config names; party1 parks it
+        await _party0_accepts_party1_refuses(dep, broker_port, b"21.5", 100, 100, "pending", 0)
 
         assert admin(dep, "party1", "approve", "gw-test")["state"] == "enrolled"
         await wait_for(
@@ -87,19 +94,8 @@ async def test_unnamed_gateway_enrols_is_approved_revoked_and_suspended(tmp_path
         )
 
         assert admin(dep, "party1", "revoke", "gw-test")["state"] == "revoked"
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(publish, broker_port, [(TOPIC, b"22.5")] * 50)
-        await wait_for(
-            lambda: _count(dep, "party0", "tecc_ingest_readings_total") == 150,
-            60,
-            "party0 (its own trust domain) still accepts",
-        )
-        await wait_for(
-            lambda: refused(dep, "party1", "revoked") > 0,
-            60,
-            "party1 refuses the revoked gateway's batches",
-        )
-        assert _count(dep, "party1", "tecc_ingest_readings_total") == 100
+        # party0 (its own trust domain) still accepts
+        await _party0_accepts_party1_refuses(dep, broker_port, b"22.5", 50, 150, "revoked", 100)
 
         with Tpm(sw.tcti) as tpm:  # other software "launched" after enrolment
             tpm.extend_pcr(14, hashlib.sha256(b"other software").digest())
