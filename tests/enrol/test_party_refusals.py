@@ -14,8 +14,6 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,13 +25,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from demo.devstack.deployment import LOOPBACK_TLS, ROOT, Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
 from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys
 from gateway.tpm import Tpm
 from tecc_contract.tpm_evidence import ENROL_TAG, REQUOTE_TAG
 from tests.cloud.scenario import POLICY
+from tests.enrol.stack import admin
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
 from tests.gateway.harness import ClusterSpec, PlatformSpec, cli, write_config
 from tests.gateway.services import Swtpm
@@ -107,26 +106,6 @@ def _enrol(rig: Rig, ev: TpmEvidence) -> tuple[dict[str, Any], tuple[int, dict[s
     return answer, rig.post("/v1/enrol/finish", answer)
 
 
-def _admin(rig: Rig, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloud_tecc",
-            "admin",
-            "--config",
-            str(rig.dep.root / "party0.yaml"),
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
 def test_genuine_gateway_enrols_and_a_replay_of_its_answer_is_refused(rig: Rig) -> None:
     answer, (status, doc) = _enrol(rig, rig.evidence(rig.good, "gw"))
     assert (status, doc["status"]) == (200, "enrolled"), doc
@@ -134,7 +113,7 @@ def test_genuine_gateway_enrols_and_a_replay_of_its_answer_is_refused(rig: Rig) 
     assert again[0] == 403
     assert again[1]["reason"] == "nonce"
     assert "already used" in again[1]["error"]
-    listed = _admin(rig, "list")["gateways"]
+    listed = admin(rig.dep, "party0", "list")["gateways"]
     assert [(g["gateway_id"], g["state"]) for g in listed] == [("gw-test", "enrolled")]
 
 
@@ -179,7 +158,7 @@ def test_revocation_is_live(rig: Rig) -> None:
     ev = rig.evidence(rig.good, "gw")
     _, (status, doc) = _enrol(rig, ev)
     assert doc["status"] == "enrolled"
-    assert _admin(rig, "revoke", "gw-test", "--reason", "stolen")["state"] == "revoked"
+    assert admin(rig.dep, "party0", "revoke", "gw-test", "--reason", "stolen")["state"] == "revoked"
     status, challenge = rig.post("/v1/attest/challenge", {"gateway_id": "gw-test"})
     assert status == 200  # a nonce for anyone: the quote decides
     status, doc = rig.post("/v1/attest/quote", ev.answer(challenge, REQUOTE_TAG))
@@ -202,7 +181,7 @@ def test_a_silent_gateway_is_suspended(rig: Rig) -> None:
         time.sleep(0.2)
         state = http_json(rig.dep.url("party0") + "/healthz")[1]["enrolment"]["gw-test"]
     assert state == "suspended"
-    (rec,) = _admin(rig, "list", "--state", "suspended")["gateways"]
+    (rec,) = admin(rig.dep, "party0", "list", "--state", "suspended")["gateways"]
     assert rec["reason"].startswith("silent")
 
 
