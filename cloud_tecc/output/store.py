@@ -7,11 +7,12 @@ was told was received.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
@@ -154,8 +155,7 @@ class ResultStore(StoreReads):
         """
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(cur):
                 new = (
                     cur.execute(
                         "SELECT 1 FROM epochs WHERE shard=? AND start_ns=?", (shard, epoch_ns)
@@ -180,10 +180,6 @@ class ResultStore(StoreReads):
                 key = (shard, epoch_ns)
                 cur.execute("DELETE FROM pending WHERE shard=? AND epoch_ns=?", key)
                 cur.execute("DELETE FROM submissions WHERE shard=? AND epoch_ns=?", key)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
         self._changes += 1
         return new
 
@@ -254,13 +250,8 @@ class ResultStore(StoreReads):
             return ()
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(cur):
                 clash = fleet_claims.claim(cur, shard, epoch_ns, members)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
         if clash:
             self._changes += 1
         return clash
@@ -298,8 +289,7 @@ class ResultStore(StoreReads):
         """
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(cur):
                 n = cur.execute("DELETE FROM flags WHERE stored_ns < ?", (before_ns,)).rowcount
                 n += cur.execute(
                     "DELETE FROM incidents WHERE state='closed' AND updated_ns < ?", (before_ns,)
@@ -310,10 +300,6 @@ class ResultStore(StoreReads):
                     (max_flags,),
                 ).rowcount
                 outbox.prune(cur, before_ns)  # delivery history: not counted as result rows
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
         return n
 
     def acknowledge(self, incident_id: int, operator: str, now_ns: int) -> dict[str, Any] | None:
@@ -324,13 +310,8 @@ class ResultStore(StoreReads):
                 return None
             acked = on_ack(inc, operator, now_ns)
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(cur):
                 put_incident(cur, acked, now_ns)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
         self._changes += 1
         return incident_json(acked)
 
@@ -344,15 +325,10 @@ class ResultStore(StoreReads):
         """
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(cur):
                 live = live_incidents(cur, ATTESTATION_SHARD)
                 changed = step({k[0]: v for k, v in live.items()})
                 ids = [put_incident(cur, i, now_ns, ATTESTATION_SHARD) for i in changed]
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
         if changed:
             self._changes += 1
         return [incident_json(replace(i, id=n)) for i, n in zip(changed, ids, strict=True)]
@@ -382,3 +358,15 @@ class ResultStore(StoreReads):
     def change_marker(self) -> int:
         """A number that changes whenever results or incidents change (in this process)."""
         return self._changes
+
+
+@contextlib.contextmanager
+def _immediate(cur: sqlite3.Cursor) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction on ``cur``: committed, or rolled back on any error."""
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
