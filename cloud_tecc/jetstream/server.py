@@ -290,16 +290,27 @@ def start_cluster(
 
     Retried with new ports (up to ``ATTEMPTS``) if a node cannot bind its own.
     """
+    return _launch(
+        lambda: prepare_cluster(state_dir, size=size, name=name, host=host),
+        attempts=ATTEMPTS,
+        timeout=30.0,
+    )
+
+
+def prepare_cluster(
+    state_dir: Path, *, size: int = 3, name: str = "nats", host: str = "127.0.0.1"
+) -> list[NatsNode]:
+    """A ``size``-node cluster's configs written under ``state_dir`` (free ports), not started.
+
+    For a supervisor to run (each node: ``[nats_server_binary(), "-c",
+    str(node.config_path)]``, the same ports and store on every start).
+    """
     if size < 3:
         raise ValueError(f"a JetStream cluster needs at least 3 nodes for quorum, got {size}")
     state_dir.mkdir(parents=True, exist_ok=True)
     password = credential(state_dir)
-
-    def nodes() -> list[NatsNode]:
-        specs = _cluster_specs(state_dir, size, name, host, password)
-        return [_prepare(s, state_dir) for s in specs]
-
-    return _launch(nodes, attempts=ATTEMPTS, timeout=30.0)
+    specs = _cluster_specs(state_dir, size, name, host, password)
+    return [_prepare(s, state_dir) for s in specs]
 
 
 def _launch(

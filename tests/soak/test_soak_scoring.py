@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.e2e import RANGES
-from bench.soak import DEADLINE_S, Observed, _classify, _Ctx, _timeliness
+from bench.soak_score import DEADLINE_S, Observed, _classify, _Ctx, _timeliness
 from demo.layout import SimSensor
 from firmware_sim.sample import Sample
 
