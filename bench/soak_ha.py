@@ -212,28 +212,40 @@ async def _chaos(
         seen.takeovers.append((name, await task))
 
 
-def _late_by_kind(
+BLAME_S = 30.0  # a kill longer ago than this before a window's end is not its cause
+
+
+def _blame(
     delays: dict[tuple[int, int], float | None],
     streams: Counter[int],
     kills: list[tuple[float, str, str]],
     ws: float,
     offset: float,
-) -> tuple[dict[str, int], list[list[Any]]]:
-    """Late stream windows blamed on the last kill before each window's deadline."""
-    by_kind: Counter[str] = Counter()
+) -> tuple[dict[str, int], dict[str, float], list[list[Any]]]:
+    """Per kind of kill: late stream windows, and the slowest release after such a kill.
+
+    A window is blamed on the last kill before it was stored (before its
+    deadline if it was late or never released) and at most ``BLAME_S``
+    before its end; ``none`` if there is no such kill. Also the late epochs
+    as [shard, window, delay s, kind, process, seconds from kill to window end].
+    """
+    late: Counter[str] = Counter()
+    worst: dict[str, float] = {}
     listed: list[list[Any]] = []
     for (sh, k), d in sorted(delays.items(), key=lambda x: x[0][1]):
+        end = (k + 1) * ws + offset
+        cut = end + (DEADLINE_S if d is None else min(d, DEADLINE_S))
+        before = [(t, kind, name) for t, kind, name in kills if end - BLAME_S <= t <= cut]
+        last = max(before) if before else (end, "none", "")
+        if d is not None:
+            worst[last[1]] = round(max(worst.get(last[1], 0.0), d), 2)
         if d is not None and d <= DEADLINE_S:
             continue
-        due = (k + 1) * ws + offset + DEADLINE_S
-        before = [(t, kind, name) for t, kind, name in kills if t <= due]
-        cause = max(before)[1] if before else "none"
-        by_kind[cause] += streams[sh]
+        late[last[1]] += streams[sh]
         if len(listed) < 30:
-            last = max(before) if before else (0.0, "none", "")
-            listed.append([sh, k, None if d is None else round(d, 2), cause, last[2],
-                           round(due - DEADLINE_S - last[0], 2) if before else None])  # fmt: skip
-    return dict(by_kind), listed
+            listed.append([sh, k, None if d is None else round(d, 2), last[1], last[2],
+                           round(end - last[0], 2)])  # fmt: skip
+    return dict(late), worst, listed
 
 
 async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str, Any]:
@@ -264,7 +276,7 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
     n_windows = len({k for _, k in delays})
     on_time = sum(streams[sh] for (sh, _), d in delays.items() if d is not None and d <= DEADLINE_S)
     stream_windows = sum(streams.values()) * n_windows
-    late_by_kind, late = _late_by_kind(delays, streams, seen.kills, done.ctx.ws, done.ctx.offset)
+    late_by_kind, worst, late = _blame(delays, streams, seen.kills, done.ctx.ws, done.ctx.offset)
     took = [t for _, t in seen.takeovers if t is not None]
     known = [d for d in delays.values() if d is not None]
     t0 = p.sim_start_used or 0.0
@@ -288,6 +300,7 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         "release_delay_s_p99": round(float(np.percentile(known, 99)), 2) if known else None,
         "release_delay_s_max": round(max(known), 2) if known else None,
         "late_stream_windows_by_kind": late_by_kind,
+        "release_delay_s_max_by_kind": worst,  # the slowest release after each kind of kill
         "late_epochs": late,  # [shard, window, delay s, blamed kind, process, kill → window end]
         "takeover_s_p99": round(float(np.percentile(took, 99)), 2) if took else None,
         "takeover_s": seen.takeovers,
