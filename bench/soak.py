@@ -339,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ha", action="store_true", help="the HA JetStream layout under single-process kills"
     )
+    ap.add_argument("--keep", type=Path, help="state directory to keep (logs, configs, stores)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tecc-soak-") as tmp:
-        state = Path(tmp) / "state"
+        state = args.keep if args.keep is not None else Path(tmp) / "state"
         if args.ha:
             from bench import soak_ha  # noqa: PLC0415 - it imports this module
 

@@ -248,10 +248,20 @@ def _blame(
     return dict(late), worst, listed
 
 
-async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str, Any]:
-    """Soak the HA layout for ``run_s`` simulated seconds under single-process kills."""
+async def run(
+    run_s: float,
+    state: Path,
+    seed: int,
+    *,
+    quick: bool,
+    plan: tuple[list[HaEvent], list[Event]] | None = None,
+) -> dict[str, Any]:
+    """Soak the HA layout for ``run_s`` simulated seconds under single-process kills.
+
+    ``plan``: these kills instead of :func:`schedule`'s (a test's fixed choice).
+    """
     load_ranges()
-    ha, others = schedule(seed, run_s, quick=quick)
+    ha, others = plan if plan is not None else schedule(seed, run_s, quick=quick)
     p = Pipeline(
         state, fresh=True, sim_duration=run_s, sim_scenario=SCENARIO, workers=SHARDS, ha=LAYOUT
     )
