@@ -80,7 +80,7 @@ async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path
     tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
     store = ShareStore(tmp_path / "shares.db")
     with start_node(tmp_path / "nats") as nd:
-        cfg = JetStreamConfig(servers=nd.servers)
+        cfg = JetStreamConfig(servers=tuple(nd.servers))
         feed = LogFeed(
             cfg=cfg,
             state_dir=tmp_path,
