@@ -49,7 +49,7 @@ from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
 from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_while_leased
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.logfeed import LogFeed
-from cloud_tecc.party.store import ShareStore
+from cloud_tecc.party.store import CommittedEpoch, ShareStore
 
 log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
@@ -174,12 +174,13 @@ class ActiveShard:
         )
         self.released_ns = record.released_ns
 
-        async def apply(epoch: epochlog.EpochWire) -> None:
-            body = epoch.body if epoch.end_ns > record.released_ns else None
-            states = epochlog.store_states(epoch.states)
-            await asyncio.to_thread(
-                self.store.commit_epoch, epoch.end_ns, states, epoch.readings, epoch.done_ns, body
-            )
+        async def apply(batch: list[epochlog.EpochWire]) -> None:
+            rows: list[CommittedEpoch] = [
+                (e.end_ns, epochlog.store_states(e.states), e.readings, e.done_ns,
+                 e.body if e.end_ns > record.released_ns else None)
+                for e in batch
+            ]  # fmt: skip
+            await asyncio.to_thread(self.store.commit_epochs, rows)
 
         t0 = time.monotonic()
         n = await epochlog.replay(nc.jetstream(timeout=5.0), self.cfg.shard, record.log_seq, apply)
