@@ -161,9 +161,18 @@ async def ensure_stream(js: JetStreamContext, cfg: JetStreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def publish_epoch(js: JetStreamContext, epoch: EpochWire, timeout_s: float = 5.0) -> int:
-    """Publish one committed epoch; its stream sequence (once stored, all replicas)."""
-    ack = await js.publish(subject(epoch.shard), encode_epoch(epoch), timeout=timeout_s)
+async def publish_epoch(
+    js: JetStreamContext, epoch: EpochWire, msg_id: str | None = None, timeout_s: float = 5.0
+) -> int:
+    """Publish one committed epoch; its stream sequence (once stored, all replicas).
+
+    ``msg_id`` (``Nats-Msg-Id``): a retry of the same epoch whose first attempt
+    was stored (its ack lost) is answered with the stored message's sequence.
+    """
+    headers = {"Nats-Msg-Id": msg_id} if msg_id is not None else None
+    ack = await js.publish(
+        subject(epoch.shard), encode_epoch(epoch), timeout=timeout_s, headers=headers
+    )
     return int(ack.seq)
 
 

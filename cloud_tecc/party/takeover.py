@@ -53,6 +53,8 @@ from cloud_tecc.party.store import CommittedEpoch, ShareStore
 
 log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
+#: Pause between attempts to record an epoch while the party's JetStream elects a leader.
+COMMIT_RETRY_S = 0.25
 
 
 class ActiveShard:
@@ -256,20 +258,32 @@ class ActiveShard:
             states=epochlog.wire_states(states),
             body=body,
         )
-        try:
-            seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch)
-            await commits.commit(
-                fence=lease.token,
-                worker_id=self.cfg.worker_id,
-                now_ns=time.time_ns(),
-                watermark_ns=end_ns,
-                log_seq=seq,
-            )
-        except FencedError as exc:
-            lease.abandon(f"fenced: {exc}")
-            raise
-        except TRANSIENT as exc:
-            raise KVError(f"epoch {end_ns} not recorded in the party's JetStream: {exc!r}") from exc
+        msg_id = f"{self.cfg.shard}:{lease.token}:{end_ns}:{done_ns}"
+        while True:
+            try:
+                seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch, msg_id)
+                await commits.commit(
+                    fence=lease.token,
+                    worker_id=self.cfg.worker_id,
+                    now_ns=time.time_ns(),
+                    watermark_ns=end_ns,
+                    log_seq=seq,
+                )
+                break
+            except FencedError as exc:
+                lease.abandon(f"fenced: {exc}")
+                raise
+            except TRANSIENT as exc:
+                # a stream or bucket leader lost (a JetStream node died): retry in place,
+                # the session and the computed epoch kept, while the lease holds
+                if not lease.held:
+                    raise KVError(
+                        f"epoch {end_ns} not recorded in the party's JetStream ({exc!r}) "
+                        f"and the lease is lost ({lease.lost_reason})"
+                    ) from exc
+                log.warning("shard %d: epoch %d not recorded yet (%r); retrying",
+                            self.cfg.shard, end_ns, exc)  # fmt: skip
+                await asyncio.sleep(COMMIT_RETRY_S)
         if self._takeover_from is not None:
             took = max(0.0, (time.time_ns() - self._takeover_from) / 1e9)
             self._takeover_from = None
