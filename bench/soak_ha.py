@@ -49,7 +49,7 @@ from cloud_tecc.party.shardmap import ShardMap
 from demo.pipeline import HaLayout, Pipeline
 
 SHARDS = 2
-LAYOUT = HaLayout(standbys=1, nats_nodes=3, frontends=2)
+LAYOUT = HaLayout(standbys=1, nats_nodes=3, frontends=2, lease_ttl_s=2)
 INTERVAL_S = 20.0
 QUICK_INTERVAL_S = 10.0
 QUICK_S = 75.0  # simulated seconds of --quick: 7 kills of the HA kinds
