@@ -3,8 +3,9 @@
 Per party (trust domain): K = 2 shard workers plus one standby of each shard
 (every worker of a shard contends for its lease), a 3-node JetStream cluster
 with R=3 streams and buckets, two ingest frontends the gateways list as the
-cluster's ``urls:``; a dealer per shard, the output service, the simulator,
-two gateways and the broker as in :mod:`bench.soak`.
+cluster's ``urls:``, ``jetstream.lease_ttl_s`` 2; a dealer per shard, the
+output service, the simulator, two gateways and the broker as in
+:mod:`bench.soak`.
 
 Every ``INTERVAL_S`` (20 s; ``QUICK_INTERVAL_S`` with ``--quick``) one process
 of a random party is SIGKILLed, drawn from ``random.Random(seed)``: the
