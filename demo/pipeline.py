@@ -23,7 +23,11 @@ gateway declares it a backfill sensor).
 
 Children are named ``mosquitto``, ``swtpm-gwK``, ``party0`` … ``party{N-1}``,
 ``dealer``, ``output``, ``gwK`` and ``sim``; :attr:`Pipeline.supervisor`
-kills and restarts them (the chaos soak uses it).
+kills and restarts them (the chaos soak uses it). With ``workers=K`` each
+party runs the JetStream layout (:mod:`demo.jetstream_layout`: its node(s)
+``party<i>-nats…``, frontends ``party<i>-ingest<j>``, workers
+``party<i>[-s<k>][-b<j>]``, dealers ``dealer[-s<k>]``); ``ha=HaLayout(...)``
+adds standbys, a 3-node cluster and more frontends (``bench.soak --ha``).
 """
 
 from __future__ import annotations
