@@ -12,6 +12,7 @@ other child.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from cloud_tecc.jetstream.server import (
     prepare_cluster,
     prepare_node,
 )
-from cloud_tecc.localstack import Deployment, free_port
+from cloud_tecc.localstack import Deployment
+from demo.services import free_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,22 @@ def _child(node: NatsNode, party: str) -> NodeChild:
         monitor_url=f"http://{spec.host}:{spec.monitor_port}/healthz",
         party=party,
     )
+
+
+def assign_ports(dep: Deployment, frontends: int = 1, keep: Collection[str] = ()) -> None:
+    """Every port of ``dep`` (workers, standbys, dealers, output, ``frontends`` per party)
+    below the kernel's ephemeral range (:func:`demo.services.free_port`), but ``keep``'s.
+
+    The supervisor restarts killed processes on the same ports; a port from
+    ``bind(0)`` may meanwhile be the local port of an outgoing connection (a lease
+    holder killed and restarted then never listened for its MPC peers again:
+    "address already in use").
+    """
+    names = [*dep.port_names, *(f"{p}-ingest{j}" for p in dep.parties for j in range(frontends))]
+    for name in names:
+        if name not in keep:
+            dep.ports[name] = free_port()
+    dep.write_configs()
 
 
 def configure(
@@ -74,7 +92,8 @@ def configure(
             mine = [prepare_node(root / f"{party}-nats", name=f"{party}-nats", port=port,
                                  monitor_port=monitor)]  # fmt: skip
         else:
-            mine = prepare_cluster(root / f"{party}-nats", size=3, name=f"{party}-nats")
+            mine = prepare_cluster(root / f"{party}-nats", size=3, name=f"{party}-nats",
+                                   free_port=lambda _host: free_port())  # fmt: skip
         nodes += [_child(n, party) for n in mine]
         js: dict[str, Any] = {"servers": [n.url for n in mine]}
         if nats_nodes == 3:

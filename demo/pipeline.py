@@ -255,6 +255,8 @@ class Pipeline:
             shards=self.workers or 1,
             standbys=self.ha.standbys if self.workers else 0,
         )
+        if self.workers:  # restarted children keep their ports: none in the ephemeral range
+            jetstream_layout.assign_ports(dep, self.ha.frontends, keep=("output", *ports))
         nodes, ingest = (
             jetstream_layout.configure(
                 dep,
