@@ -1,6 +1,6 @@
 """Chaos soak: the whole pipeline under seeded kills, scored against the simulator.
 
-``python -m bench.soak [--minutes M] [--quick] [--seed S]`` runs
+``python -m bench.soak [--minutes M] [--quick] [--seed S] [--ha]`` runs
 :class:`demo.pipeline.Pipeline` (fresh temporary state dir, simulator at its
 steady 10 Hz per sensor for the whole run) while a schedule drawn from
 ``random.Random(seed)`` SIGKILLs the gateways, both cluster parties, the
@@ -10,10 +10,15 @@ with its backoff). One cluster-party kill is held down (60 s; 8 s with
 stand-in). Then the chaos stops, the gateways' spools drain and the last
 windows are released; the figures are printed as one JSON object last.
 
-Counting reuses :mod:`bench.e2e` (offline recomputation of what the simulator
-published, windows of the output API). Per (sensor, window) the published and
-counted readings are compared; a reading class is *excluded* (counted and
-reported apart, never hidden) when the system cannot promise it:
+``--ha`` soaks the highly available JetStream layout instead (K = 2 shard
+workers + 1 standby per party, 3-node JetStream with R=3, two ingest
+frontends per party) under single-process kills: :mod:`bench.soak_ha`.
+
+Counting (:mod:`bench.soak_score`) reuses :mod:`bench.e2e` (offline
+recomputation of what the simulator published, windows of the output API).
+Per (sensor, window) the published and counted readings are compared; a
+reading class is *excluded* (counted and reported apart, never hidden) when
+the system cannot promise it:
 
 - ``plain`` payloads (no timestamp, windows by receive time) and QoS 0
   sensors (at most once by definition);
@@ -43,9 +48,8 @@ import random
 import signal
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,44 +59,27 @@ import yaml
 
 from bench._report import emit
 from bench.e2e import (
-    RANGES,
     SCENARIO,
     _clock_offset,
-    _data_changes,
     _ns,
-    _released_until,
-    _valid,
     _windows,
     _with_scenario,
     load_ranges,
 )
+from bench.soak_score import (
+    DEADLINE_S,
+    EXCLUDED_WHY,
+    Observed,
+    _classify,
+    _Ctx,
+    _timeliness,
+)
 from cloud_tecc.analytics.policy import policy_from_mapping
 from demo.devstack.deployment import auth_headers
-from demo.layout import SimSensor
 from demo.pipeline import Pipeline
 from firmware_sim.line import simulate
-from firmware_sim.sample import Sample
 
 TARGETS = ("gw1", "gw2", "party0", "party1", "dealer", "output", "mosquitto")
-DEADLINE_S = 10.0
-AUTOSAVE_MARGIN_S = 3.0
-RECONNECT_MARGIN_S = 5.0
-OPCUA_MARGIN_S = 1.0
-EXCLUDED_WHY = {
-    "plain_payload": "no timestamp: windows by gateway receive time, not matchable per slot",
-    "qos0": "QoS 0 is at most once: a broker or gateway kill may drop it by contract",
-    "mqtt_broker_kill_interval": (
-        f"broker SIGKILL: QoS 1 messages acknowledged in the last autosave interval "
-        f"(1 s; margin {AUTOSAVE_MARGIN_S} s) are not on disk, and the simulator drops "
-        f"publishes while the broker is down (margin {RECONNECT_MARGIN_S} s after restart); "
-        "messages it restores and delivers later than the gateways' progress.slack_s after "
-        "their timestamp arrive late"
-    ),
-    "opcua_gateway_not_subscribed": (
-        "OPC-UA data changes while the gateway is not subscribed are seen by no one "
-        f"(a subscription keeps no history; margin {OPCUA_MARGIN_S} s)"
-    ),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +114,6 @@ def schedule(seed: int, run_s: float, *, quick: bool) -> list[Event]:
     t_freeze = rng.uniform(lo, max(lo, hi - freeze))
     events.append(Event(round(t_freeze, 2), other, "freeze", freeze))
     return sorted(events, key=lambda e: e.at)
-
-
-@dataclass(slots=True)
-class Observed:
-    """What the harness saw during the run (wall clock)."""
-
-    kills: list[tuple[float, str, str]] = field(default_factory=list)  # (t, target, action)
-    not_subscribed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    max_spool: int = 0
 
 
 async def _freeze(p: Pipeline, name: str, seconds: float) -> None:
@@ -214,163 +192,81 @@ async def _counter(bases: list[str], name: str) -> list[float | None]:
     return out
 
 
-def _intervals(points: list[float], gap: float = 1.0) -> list[tuple[float, float]]:
-    """Merge sample times closer than ``gap`` into intervals."""
-    out: list[tuple[float, float]] = []
-    for t in sorted(points):
-        if out and t - out[-1][1] <= gap:
-            out[-1] = (out[-1][0], t)
-        else:
-            out.append((t, t))
-    return out
-
-
-Iv = list[tuple[float, float]]
-
-
-def _overlaps(a0: float, a1: float, iv: Iv) -> bool:
-    return any(a0 < b1 and b0 < a1 for b0, b1 in iv)
+async def _released_until(api: str, until: float, shards: int, timeout_s: float) -> None:
+    """Wait until the output service released every shard's epoch that starts at ``until``."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(
+        headers=auth_headers(api), timeout=aiohttp.ClientTimeout(total=5)
+    ) as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(f"{api}/epochs") as r:
+                    epochs = await r.json()
+                done = {
+                    int(e.get("shard") or 0) for e in epochs if int(e["start_ns"]) >= _ns(until) - 1
+                }
+                if len(done) >= shards:
+                    return
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
 
 
 @dataclass(frozen=True, slots=True)
-class _Ctx:
-    """The scored interval [t0, t_end) in simulated time and the clocks' relation."""
+class Soaked:
+    """A finished soak: the figures both soaks report, and what they were computed from."""
 
-    start: float
-    t0: float
-    t_end: float
-    ws: float
-    wn: int
-    offset: float  # wall clock minus simulated time
-    starts: dict[str, list[float]]  # child → its start times (wall)
-
-    def up_after(self, name: str, t: float) -> float | None:
-        """The first start of child ``name`` after wall time ``t``."""
-        return min((s for s in self.starts.get(name, []) if s > t), default=None)
+    result: dict[str, Any]
+    ctx: _Ctx
+    epochs: list[dict[str, Any]]
+    obs: Observed
 
 
-def _class_of(spec: SimSensor, a: float, ws: float, broker: Iv, opcua: Iv) -> str:
-    if spec.payload == "plain":
-        return "plain_payload"
-    if spec.transport == "mqtt" and spec.qos == 0:
-        return "qos0"
-    if spec.transport == "mqtt" and _overlaps(a, a + ws, broker):
-        return "mqtt_broker_kill_interval"
-    if spec.transport == "opcua" and _overlaps(a, a + ws, opcua):
-        return "opcua_gateway_not_subscribed"
-    return "counted"
+#: Plays the chaos, given the wall time of the simulator's first slot; returns when done.
+Chaos = Callable[[float], Awaitable[None]]
 
 
-def _classify(
-    ctx: _Ctx,
-    sensors: Mapping[str, list[SimSensor]],
+async def soak(
+    p: Pipeline,
+    run_s: float,
+    chaos: Chaos,
     obs: Observed,
-    samples: Mapping[str, list[Sample]],
-    windows: list[dict[str, Any]],
-) -> dict[str, dict[str, int]]:
-    """Published vs counted readings per reading class (see the module docstring)."""
-    off = ctx.offset
-    broker: Iv = []
-    for t, target, _ in obs.kills:
-        if target == "mosquitto":
-            up = ctx.up_after("mosquitto", t) or t + 60.0
-            broker.append((t - off - AUTOSAVE_MARGIN_S, up - off + RECONNECT_MARGIN_S))
-    opcua_down = {
-        g: [
-            (a - off - OPCUA_MARGIN_S, b - off + OPCUA_MARGIN_S)
-            for a, b in _intervals(obs.not_subscribed.get(g, []))
-        ]
-        for g in sensors
-    }
-    counted_by = {(w["sensor"], int(w["start_ns"])): int(w["count"]) for w in windows}
-    classes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for gw, specs in sensors.items():
-        for spec in specs:
-            sid = spec.sensor
-            seen = samples[sid]
-            seen = _data_changes(seen) if spec.transport == "opcua" else seen
-            published: dict[int, int] = defaultdict(int)
-            for smp in seen:
-                if _valid(smp, *RANGES[sid]) and ctx.t0 <= smp.ts < ctx.t_end:
-                    published[_ns(smp.ts) // ctx.wn * ctx.wn] += 1
-            keys = set(published) | {k[1] for k in counted_by if k[0] == sid}
-            for w0 in sorted(keys):
-                a = w0 / 1e9
-                if not ctx.t0 <= a < ctx.t_end:
-                    continue
-                cls = _class_of(spec, a, ctx.ws, broker, opcua_down[gw])
-                pub, cnt = published.get(w0, 0), counted_by.get((sid, w0), 0)
-                c = classes[cls]
-                c["published"] += pub
-                c["counted"] += cnt
-                c["lost"] += max(0, pub - cnt)
-                c["duplicated"] += max(0, cnt - pub)
-                if cls == "counted" and pub != cnt and len(c) < 12:
-                    c[f"{sid}@+{a - ctx.start:.0f}s"] = cnt - pub
-    return classes
+    *,
+    quick: bool,
+    shards: int = 1,
+    workers: list[str] | None = None,
+) -> Soaked:
+    """Run the started pipeline ``p`` under ``chaos`` to its end, drain it and score it.
 
-
-def _timeliness(
-    ctx: _Ctx, obs: Observed, epochs: list[dict[str, Any]]
-) -> tuple[float, int, int, list[tuple[str, float]]]:
-    """Availability, windows scored, windows released and recovery times (epoch store times).
-
-    ``windows scored`` is the number of windows in the scored interval;
-    ``windows released`` how many of them the output service stored at all.
+    ``workers``: base URLs of the party processes whose late-reading counters
+    are reported (default: the pipeline's parties).
     """
-    stored = {int(e["start_ns"]): int(e["stored_ns"]) / 1e9 for e in epochs}
-    ws, off = ctx.ws, ctx.offset
-    grid = range(math.ceil(ctx.t0 / ws), math.floor(ctx.t_end / ws))
-    on_time = released = 0
-    for k in grid:
-        st = stored.get(_ns(k * ws))
-        released += st is not None
-        if st is not None and st - (k * ws + ws + off) <= DEADLINE_S:
-            on_time += 1
-    recovery: list[tuple[str, float]] = []
-    for t, target, action in obs.kills:
-        up = ctx.up_after(target, t)
-        if action == "freeze" or up is None:
-            continue
-        first = [st for s0, st in stored.items() if s0 / 1e9 + off >= up]
-        if first:
-            recovery.append((target, round(min(first) - up, 2)))
-    return round(on_time / max(1, len(grid)), 4), len(grid), released, recovery
-
-
-async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str, Any]:
-    """Soak the pipeline for ``run_s`` simulated seconds under chaos and score it."""
-    load_ranges()
-    events = schedule(seed, run_s, quick=quick)
-    p = Pipeline(state, fresh=True, sim_duration=run_s, sim_scenario=SCENARIO)
-    obs = Observed()
-    stop = asyncio.Event()
     t_wall = time.time()
-    async with p:
-        assert p.urls is not None
-        assert p.sim_start_used is not None
-        start = p.sim_start_used
-        watcher = asyncio.create_task(_watch_gateways(p, obs, stop))
-        offset = await asyncio.to_thread(_clock_offset, p.urls.mqtt_port, 1.0)
-        subscribed = await p.wait_subscribed()
-        await _chaos(p, events, start + offset, obs)
-        sim = p.supervisor.children["sim"].process
-        assert sim is not None
-        await sim.wait()
-        drained = await p.wait_gateways(_drained, 30.0 if quick else 120.0, poll_s=0.5)
-        await _released_until(p.urls.output_api, start + run_s - 1.0, 30.0)
-        stop.set()
-        await watcher
-        sensors = [s for ss in p.sensors.values() for s in ss]
-        windows = await _windows(p.urls.output_api, [s.sensor for s in sensors], start)
-        epochs = await _epochs(p.urls.output_api)
-        late = await _counter(list(p.urls.parties), "tecc_ingest_late_readings_total")
-        late_edge = await _counter(
-            [u.removesuffix("/healthz") for u in p.urls.gateways.values()],
-            "gateway_readings_late_total",
-        )
-        starts = {n: list(c.starts) for n, c in p.supervisor.children.items()}
-        restarts = {n: c.restarts for n, c in p.supervisor.children.items() if c.restarts}
+    stop = asyncio.Event()
+    assert p.urls is not None
+    assert p.sim_start_used is not None
+    start = p.sim_start_used
+    watcher = asyncio.create_task(_watch_gateways(p, obs, stop))
+    offset = await asyncio.to_thread(_clock_offset, p.urls.mqtt_port, 1.0)
+    subscribed = await p.wait_subscribed()
+    await chaos(start + offset)
+    sim = p.supervisor.children["sim"].process
+    assert sim is not None
+    await sim.wait()
+    drained = await p.wait_gateways(_drained, 30.0 if quick else 120.0, poll_s=0.5)
+    await _released_until(p.urls.output_api, start + run_s - 1.0, shards, 30.0)
+    stop.set()
+    await watcher
+    sensors = [s for ss in p.sensors.values() for s in ss]
+    windows = await _windows(p.urls.output_api, [s.sensor for s in sensors], start)
+    epochs = await _epochs(p.urls.output_api)
+    late = await _counter(workers or list(p.urls.parties), "tecc_ingest_late_readings_total")
+    late_edge = await _counter(
+        [u.removesuffix("/healthz") for u in p.urls.gateways.values()],
+        "gateway_readings_late_total",
+    )
+    starts = {n: list(c.starts) for n, c in p.supervisor.children.items()}
+    restarts = {n: c.restarts for n, c in p.supervisor.children.items() if c.restarts}
     policy = policy_from_mapping(yaml.safe_load(p.policy_path.read_text()))
     ws = float(policy.window_s)
     t0 = max(math.ceil(subscribed / ws) * ws + ws, math.ceil(subscribed - offset) + ws)
@@ -379,15 +275,13 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         simulate, _with_scenario(p.sim_config), start=start, duration_s=run_s
     )
     classes = _classify(ctx, p.sensors, obs, offline.samples, windows)
-    availability, n_windows, n_released, by_target = _timeliness(ctx, obs, epochs)
+    availability, n_windows, n_released, by_target = _timeliness(ctx, obs, epochs, shards)
     recovery = [r for _, r in by_target]
     main = classes["counted"]
-    return {
-        "seed": seed,
+    result = {
         "sim_s": run_s,
         "kills": sum(1 for _, _, a in obs.kills if a != "freeze"),
         "freezes": sum(1 for _, _, a in obs.kills if a == "freeze"),
-        "schedule": [[e.at, e.target, e.action, e.hold_s] for e in events],
         "restarts": restarts,
         "events_at_sim_s": [  # when each action happened, in seconds of simulated time
             [round(t - offset - start, 2), target, action] for t, target, action in obs.kills
@@ -419,18 +313,44 @@ async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str,
         "sim_clock_offset_s": round(offset, 3),
         "wall_s": round(time.time() - t_wall, 1),
     }
+    return Soaked(result, ctx, epochs, obs)
+
+
+async def run(run_s: float, state: Path, seed: int, *, quick: bool) -> dict[str, Any]:
+    """Soak the pipeline for ``run_s`` simulated seconds under chaos and score it."""
+    load_ranges()
+    events = schedule(seed, run_s, quick=quick)
+    p = Pipeline(state, fresh=True, sim_duration=run_s, sim_scenario=SCENARIO)
+    obs = Observed()
+    async with p:
+        done = await soak(p, run_s, lambda t: _chaos(p, events, t, obs), obs, quick=quick)
+    schedule_doc = [[e.at, e.target, e.action, e.hold_s] for e in events]
+    return {"seed": seed, **done.result, "schedule": schedule_doc}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the soak and print the JSON line last."""
     ap = argparse.ArgumentParser(prog="bench.soak", description=__doc__)
     ap.add_argument("--minutes", type=float, default=10.0, help="simulated minutes (default 10)")
-    ap.add_argument("--quick", action="store_true", help="about 30 simulated seconds, under 60 s")
+    ap.add_argument(
+        "--quick", action="store_true", help="about 30 simulated seconds (--ha: 75), under 2 min"
+    )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--ha", action="store_true", help="the HA JetStream layout under single-process kills"
+    )
+    ap.add_argument("--keep", type=Path, help="state directory to keep (logs, configs, stores)")
     args = ap.parse_args(argv)
-    run_s = 30.0 if args.quick else args.minutes * 60.0
     with tempfile.TemporaryDirectory(prefix="tecc-soak-") as tmp:
-        result = asyncio.run(run(run_s, Path(tmp) / "state", args.seed, quick=args.quick))
+        state = args.keep if args.keep is not None else Path(tmp) / "state"
+        if args.ha:
+            from bench import soak_ha  # noqa: PLC0415 - it imports this module
+
+            run_s = soak_ha.QUICK_S if args.quick else args.minutes * 60.0
+            result = asyncio.run(soak_ha.run(run_s, state, args.seed, quick=args.quick))
+        else:
+            run_s = 30.0 if args.quick else args.minutes * 60.0
+            result = asyncio.run(run(run_s, state, args.seed, quick=args.quick))
     emit(result)
     return 0
 

@@ -161,7 +161,7 @@ def gateway_config(
     opcua_port: int,
     tpm_port: int,
     http_port: int,
-    clusters: Sequence[tuple[int, str, str]],
+    clusters: Sequence[tuple[int, str | Sequence[str], str]],
     platforms: Mapping[str, str],
     measurement: str,
     backfill: Sequence[str] = (),
@@ -235,7 +235,7 @@ def gateway_config(
             ),
         },
         "spool": {"path": str(state_dir / "spool.db"), "max_bytes": 1 << 30},
-        "clusters": [{"index": i, "url": u, "service_id": sid} for i, u, sid in clusters],
+        "clusters": [_cluster_doc(i, u, sid) for i, u, sid in clusters],
         "attestation": {
             "platform_keys": dict(platforms),  # key id -> hex: each cluster's own platform
             "allowed_measurements": [measurement],
@@ -245,6 +245,13 @@ def gateway_config(
         "http": {"host": "127.0.0.1", "port": http_port},
         "envelope": {"suite": "x25519", "columns": ["value", "square"]},
     }
+
+
+def _cluster_doc(index: int, urls: str | Sequence[str], service_id: str) -> dict[str, Any]:
+    """A ``clusters:`` entry: ``url:`` for one ingest endpoint, ``urls:`` for several."""
+    many = [urls] if isinstance(urls, str) else list(urls)
+    where: dict[str, Any] = {"url": many[0]} if len(many) == 1 else {"urls": many}
+    return {"index": index, **where, "service_id": service_id}
 
 
 def plant_sources(

@@ -23,7 +23,11 @@ gateway declares it a backfill sensor).
 
 Children are named ``mosquitto``, ``swtpm-gwK``, ``party0`` … ``party{N-1}``,
 ``dealer``, ``output``, ``gwK`` and ``sim``; :attr:`Pipeline.supervisor`
-kills and restarts them (the chaos soak uses it).
+kills and restarts them (the chaos soak uses it). With ``workers=K`` each
+party runs the JetStream layout (:mod:`demo.jetstream_layout`: its node(s)
+``party<i>-nats…``, frontends ``party<i>-ingest<j>``, workers
+``party<i>[-s<k>][-b<j>]``, dealers ``dealer[-s<k>]``); ``ha=HaLayout(...)``
+adds standbys, a 3-node cluster and more frontends (``bench.soak --ha``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_SIM = ROOT / "configs" / "demo" / "sim.yaml"
 DEMO_POLICY = ROOT / "configs" / "demo" / "policy.yaml"
 DEFAULT_DASHBOARD_PORT = 8730
+
+
+@dataclass(frozen=True, slots=True)
+class HaLayout:
+    """The JetStream layout's redundancy per party (with ``workers``): ``bench.soak --ha``."""
+
+    standbys: int = 1  # more workers per shard, contending for its lease
+    nats_nodes: int = 3  # 1, or a 3-node cluster with R=3
+    frontends: int = 2  # ingest endpoints the gateways fail over between
+    lease_ttl_s: int | None = None  # None: the config default
 
 
 class PipelineError(RuntimeError):
@@ -123,6 +137,7 @@ class Pipeline:
         fresh: bool = False,
         replay: ReplayFeed | None = None,
         workers: int | None = None,
+        ha: HaLayout | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         if fresh and self.state_dir.exists():
@@ -136,6 +151,8 @@ class Pipeline:
             raise PipelineError(f"--workers must be 1..64 (got {workers})")
         #: None: one all-in-one process per party; K: the JetStream layout with K shard workers
         self.workers = workers
+        #: with ``workers``: standbys, NATS nodes and frontends per party (default: none, 1, 1)
+        self.ha = ha if ha is not None else HaLayout(standbys=0, nats_nodes=1, frontends=1)
         self.sim_config = sim_config.resolve()
         self.policy_path = policy.resolve()
         self.sim_speed = sim_speed
@@ -149,6 +166,7 @@ class Pipeline:
         self.sensors: dict[str, list[SimSensor]] = {}
         self.modbus_port = 0  # chosen at start
         self.urls: PipelineUrls | None = None
+        self.deployment: Deployment | None = None  # the cloud side, once started
         self.sim_start_used: float | None = None  # the simulator's first slot (epoch s)
 
     @property
@@ -235,9 +253,24 @@ class Pipeline:
             ports={**ports, "output": dash},
             n_parties=n,
             shards=self.workers or 1,
+            standbys=self.ha.standbys if self.workers else 0,
         )
-        nodes, ingest = jetstream_layout.configure(dep, sd / "cloud") if self.workers else ([], {})
-        clusters = [(i, dep.url(ingest.get(i, p)), p) for i, p in enumerate(dep.parties)]
+        if self.workers:  # restarted children keep their ports: none in the ephemeral range
+            jetstream_layout.assign_ports(dep, self.ha.frontends, keep=("output", *ports))
+        nodes, ingest = (
+            jetstream_layout.configure(
+                dep,
+                sd / "cloud",
+                nats_nodes=self.ha.nats_nodes,
+                frontends=self.ha.frontends,
+                lease_ttl_s=self.ha.lease_ttl_s,
+            )
+            if self.workers
+            else ([], {})
+        )
+        clusters = [
+            (i, [dep.url(f) for f in ingest.get(i, [p])], p) for i, p in enumerate(dep.parties)
+        ]
         cfgs: dict[str, Path] = {}
         ranges = {s.sensor: (s.low, s.high) for ss in self.sensors.values() for s in ss}
         shared = class_scale_ranges(policy_from_mapping(policy_doc), ranges)  # a class: one scale
@@ -298,7 +331,10 @@ class Pipeline:
         )
 
     async def _start_cloud(
-        self, dep: Deployment, nodes: list[jetstream_layout.NodeChild], ingest: dict[int, str]
+        self,
+        dep: Deployment,
+        nodes: list[jetstream_layout.NodeChild],
+        ingest: dict[int, list[str]],
     ) -> None:
         """Each party's JetStream node, the workers, dealers and output, then the frontends."""
         for node in nodes:  # each party's JetStream before its workers
@@ -315,11 +351,13 @@ class Pipeline:
             await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
         for name in dep.services:
             await self._http_ok(name, dep.url(name) + "/healthz", 60)
-        for name in ingest.values():  # frontends read their party's sealed keys: after it
+        fronts = [f for fs in ingest.values() for f in fs]
+        for name in fronts:  # frontends read their party's sealed keys: after it
             argv = _python("cloud_tecc", "ingest", "--config", str(dep.root / f"{name}.yaml"))
             await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
-        for name in ingest.values():
+        for name in fronts:
             await self._http_ok(name, dep.url(name) + "/healthz", 60)
+        self.deployment = dep
 
     async def _start_sim(self, mqtt_port: int, opcua_port: int) -> None:
         """Start the feed; wait for its OPC-UA server only if some gateway will connect to it.

@@ -19,15 +19,24 @@ values are shares (uniformly random), inside the party's own JetStream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import numpy as np
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.config import JetStreamConfig
@@ -155,33 +164,75 @@ async def ensure_stream(js: JetStreamContext, cfg: JetStreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def publish_epoch(js: JetStreamContext, epoch: EpochWire, timeout_s: float = 5.0) -> int:
-    """Publish one committed epoch; its stream sequence (once stored, all replicas)."""
-    ack = await js.publish(subject(epoch.shard), encode_epoch(epoch), timeout=timeout_s)
+async def publish_epoch(
+    js: JetStreamContext, epoch: EpochWire, msg_id: str | None = None, timeout_s: float = 5.0
+) -> int:
+    """Publish one committed epoch; its stream sequence (once stored, all replicas).
+
+    ``msg_id`` (``Nats-Msg-Id``): a retry of the same epoch whose first attempt
+    was stored (its ack lost) is answered with the stored message's sequence.
+    """
+    headers = {"Nats-Msg-Id": msg_id} if msg_id is not None else None
+    ack = await js.publish(
+        subject(epoch.shard), encode_epoch(epoch), timeout=timeout_s, headers=headers
+    )
     return int(ack.seq)
+
+
+#: Epochs fetched and applied together while a successor replays (one SQLite transaction).
+REPLAY_BATCH: Final = 128
+_REPLAY_WAIT_S: Final = 2.0
 
 
 async def replay(
     js: JetStreamContext,
     shard: int,
     through_seq: int,
-    apply: Callable[[EpochWire], Awaitable[None]],
+    apply: Callable[[list[EpochWire]], Awaitable[None]],
 ) -> int:
-    """Apply ``shard``'s epochs with sequence ≤ ``through_seq`` in order; how many."""
-    seq, n = 1, 0
-    while seq <= through_seq:
-        try:
-            msg = await js.get_msg(EPOCHS, seq, subject=subject(shard), next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        if msg.seq is None or msg.seq > through_seq:
-            break
-        try:
-            epoch = decode_epoch(msg.data or b"")
-        except EpochLogError as exc:
-            log.error("shard %d: epoch message %d skipped: %s", shard, msg.seq, exc)
-        else:
-            await apply(epoch)
-            n += 1
-        seq = msg.seq + 1
+    """Apply ``shard``'s epochs with sequence ≤ ``through_seq`` in order, in batches; how many.
+
+    Read through an ephemeral pull consumer (``REPLAY_BATCH`` messages a fetch,
+    ``apply`` once per batch) rather than one request per message: a
+    successor's replay is linear in the committed epochs still in the stream.
+    """
+    if through_seq <= 0:
+        return 0
+    sub = await js.pull_subscribe(
+        subject(shard),
+        stream=EPOCHS,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=30.0,
+            max_waiting=1,
+        ),
+    )
+    n = 0
+    try:
+        if (await sub.consumer_info()).num_pending == 0:
+            return 0
+        done = False
+        while not done:
+            try:
+                msgs = await sub.fetch(REPLAY_BATCH, timeout=_REPLAY_WAIT_S)
+            except nats.errors.TimeoutError:
+                break  # nothing more of this shard in the stream
+            batch: list[EpochWire] = []
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                if seq > through_seq:  # after the record: an owner whose record write failed
+                    done = True
+                    break
+                try:
+                    batch.append(decode_epoch(msg.data or b""))
+                except EpochLogError as exc:
+                    log.error("shard %d: epoch message %d skipped: %s", shard, seq, exc)
+                done = seq == through_seq or msg.metadata.num_pending == 0
+            if batch:
+                await apply(batch)
+                n += len(batch)
+    finally:
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            await sub.unsubscribe()
     return n

@@ -290,16 +290,35 @@ def start_cluster(
 
     Retried with new ports (up to ``ATTEMPTS``) if a node cannot bind its own.
     """
+    return _launch(
+        lambda: prepare_cluster(state_dir, size=size, name=name, host=host),
+        attempts=ATTEMPTS,
+        timeout=30.0,
+    )
+
+
+def prepare_cluster(
+    state_dir: Path,
+    *,
+    size: int = 3,
+    name: str = "nats",
+    host: str = "127.0.0.1",
+    free_port: Callable[[str], int] | None = None,
+) -> list[NatsNode]:
+    """A ``size``-node cluster's configs written under ``state_dir`` (free ports), not started.
+
+    For a supervisor to run (each node: ``[nats_server_binary(), "-c",
+    str(node.config_path)]``, the same ports and store on every start).
+    ``free_port(host)`` picks the ports (default: the kernel's, ``bind(0)``; a
+    supervisor that restarts nodes wants ports outside the ephemeral range, or an
+    outgoing connection may hold a killed node's port when it restarts).
+    """
     if size < 3:
         raise ValueError(f"a JetStream cluster needs at least 3 nodes for quorum, got {size}")
     state_dir.mkdir(parents=True, exist_ok=True)
     password = credential(state_dir)
-
-    def nodes() -> list[NatsNode]:
-        specs = _cluster_specs(state_dir, size, name, host, password)
-        return [_prepare(s, state_dir) for s in specs]
-
-    return _launch(nodes, attempts=ATTEMPTS, timeout=30.0)
+    specs = _cluster_specs(state_dir, size, name, host, password, free=free_port or _free_port)
+    return [_prepare(s, state_dir) for s in specs]
 
 
 def _launch(
@@ -326,15 +345,15 @@ def _launch(
 
 
 def _cluster_specs(
-    state_dir: Path, size: int, name: str, host: str, password: str
+    state_dir: Path, size: int, name: str, host: str, password: str, *, free: Callable[[str], int]
 ) -> list[NodeSpec]:
-    cports = [_free_port(host) for _ in range(size)]
+    cports = [free(host) for _ in range(size)]
     return [
         NodeSpec(
             name=f"{name}{i}",
             host=host,
-            port=_free_port(host),
-            monitor_port=_free_port(host),
+            port=free(host),
+            monitor_port=free(host),
             store_dir=state_dir / f"{name}{i}-store",
             password=password,
             cluster_port=cports[i],

@@ -215,12 +215,17 @@ class LogFeed:
         if self.log is not None:
             await self.log.close()
 
+    def consumer(self) -> str:
+        """The share consumer this feed reads through: the term's own, or the shard's durable."""
+        name = durable_name(self.shard)
+        return f"{name}-t{self.term}" if self.term else name
+
     async def _subscription(self, sharelog: ShareLog) -> nats.js.JetStreamContext.PullSubscription:
         js, name = sharelog.js, durable_name(self.shard)
         if self.term:
             return await js.pull_subscribe(
                 f"tecc.shares.{self.shard}.>",
-                durable=f"{name}-t{self.term}",
+                durable=self.consumer(),
                 stream=SHARES,
                 config=ConsumerConfig(
                     ack_policy=AckPolicy.EXPLICIT,
@@ -342,7 +347,7 @@ class LogFeed:
         for the share consumer's next idle fetch)."""
         asked = time.monotonic()
         try:
-            info = await sharelog.js.consumer_info(SHARES, durable_name(self.shard))
+            info = await sharelog.js.consumer_info(SHARES, self.consumer())
         except _NATS_ERRORS:
             return  # the share consumer's own fetches still move the gate
         if not self.term:  # this is the shard's durable consumer, the one consuming now

@@ -30,6 +30,10 @@ from cloud_tecc.analytics.plan import Int64Array, StreamState
 from tecc_contract.ring import RingArray
 from tecc_contract.scale import IDENTITY, Scale
 
+#: One epoch as :meth:`ShareStore.commit_epochs` takes it: (end_ns, states, readings,
+#: done_ns, result message or None).
+CommittedEpoch = tuple[int, dict[tuple[str, str], StreamState], int, int, bytes | None]
+
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL,
@@ -298,43 +302,16 @@ class ShareStore:
         result: bytes | None = None,
     ) -> None:
         """Record a computed epoch (ending at ``end_ns``), its states and its result message."""
+        self.commit_epochs([(end_ns, states, readings, now_ns, result)])
+
+    def commit_epochs(self, epochs: Sequence[CommittedEpoch]) -> None:
+        """:meth:`commit_epoch` of each epoch in order, in one transaction (a takeover's replay)."""
         with self._wlock:
             cur = self._w.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                cur.execute("DELETE FROM epochs WHERE epoch_ns >= ?", (end_ns,))
-                cur.execute("DELETE FROM stream_state WHERE epoch_ns >= ?", (end_ns,))
-                cur.executemany(
-                    "INSERT INTO stream_state VALUES (?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            gw,
-                            se,
-                            end_ns,
-                            _blob(s.centre),
-                            _blob(s.hist_x),
-                            _blob(s.hist_yy),
-                            s.scale.exponent,
-                            s.scale.offset,
-                        )
-                        for (gw, se), s in states.items()
-                    ],
-                )
-                prev = cur.execute(
-                    "SELECT COALESCE(MAX(epoch_ns), 0) FROM epochs WHERE epoch_ns < ?", (end_ns,)
-                ).fetchone()[0]
-                # Keep per stream the latest state at or before the previous watermark (a
-                # rewind never goes further back) and everything newer.
-                cur.execute(
-                    "DELETE FROM stream_state WHERE epoch_ns < (SELECT MAX(t.epoch_ns) FROM "
-                    "stream_state t WHERE t.gateway = stream_state.gateway AND "
-                    "t.sensor = stream_state.sensor AND t.epoch_ns <= ?)",
-                    (prev,),
-                )
-                cur.execute("DELETE FROM epochs WHERE epoch_ns < ?", (prev,))
-                cur.execute("INSERT INTO epochs VALUES (?,?,?)", (end_ns, now_ns, readings))
-                if result is not None:
-                    cur.execute("INSERT OR REPLACE INTO outbox VALUES (?,?)", (end_ns, result))
+                for epoch in epochs:
+                    _commit_one(cur, epoch)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -376,3 +353,41 @@ class ShareStore:
         with self._wlock:
             self._w.execute("DELETE FROM epochs WHERE epoch_ns > ?", (watermark_ns,))
             self._w.execute("DELETE FROM stream_state WHERE epoch_ns > ?", (watermark_ns,))
+
+
+def _commit_one(cur: sqlite3.Cursor, epoch: CommittedEpoch) -> None:
+    """One epoch's rows, inside the caller's transaction (see :meth:`ShareStore.commit_epoch`)."""
+    end_ns, states, readings, now_ns, result = epoch
+    cur.execute("DELETE FROM epochs WHERE epoch_ns >= ?", (end_ns,))
+    cur.execute("DELETE FROM stream_state WHERE epoch_ns >= ?", (end_ns,))
+    cur.executemany(
+        "INSERT INTO stream_state VALUES (?,?,?,?,?,?,?,?)",
+        [
+            (
+                gw,
+                se,
+                end_ns,
+                _blob(s.centre),
+                _blob(s.hist_x),
+                _blob(s.hist_yy),
+                s.scale.exponent,
+                s.scale.offset,
+            )
+            for (gw, se), s in states.items()
+        ],
+    )
+    prev = cur.execute(
+        "SELECT COALESCE(MAX(epoch_ns), 0) FROM epochs WHERE epoch_ns < ?", (end_ns,)
+    ).fetchone()[0]
+    # Keep per stream the latest state at or before the previous watermark (a
+    # rewind never goes further back) and everything newer.
+    cur.execute(
+        "DELETE FROM stream_state WHERE epoch_ns < (SELECT MAX(t.epoch_ns) FROM "
+        "stream_state t WHERE t.gateway = stream_state.gateway AND "
+        "t.sensor = stream_state.sensor AND t.epoch_ns <= ?)",
+        (prev,),
+    )
+    cur.execute("DELETE FROM epochs WHERE epoch_ns < ?", (prev,))
+    cur.execute("INSERT INTO epochs VALUES (?,?,?)", (end_ns, now_ns, readings))
+    if result is not None:
+        cur.execute("INSERT OR REPLACE INTO outbox VALUES (?,?)", (end_ns, result))

@@ -48,11 +48,13 @@ from cloud_tecc.jetstream.lease import Lease
 from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_while_leased
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.logfeed import LogFeed
-from cloud_tecc.party.store import ShareStore
+from cloud_tecc.party.store import CommittedEpoch, ShareStore
 from cloud_tecc.service.health import LeaseHealth
 
 log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
+#: Pause between attempts to record an epoch while the party's JetStream elects a leader.
+COMMIT_RETRY_S = 0.25
 
 
 class ActiveShard:
@@ -164,12 +166,13 @@ class ActiveShard:
         )
         self.released_ns = record.released_ns
 
-        async def apply(epoch: epochlog.EpochWire) -> None:
-            body = epoch.body if epoch.end_ns > record.released_ns else None
-            states = epochlog.store_states(epoch.states)
-            await asyncio.to_thread(
-                self.store.commit_epoch, epoch.end_ns, states, epoch.readings, epoch.done_ns, body
-            )
+        async def apply(batch: list[epochlog.EpochWire]) -> None:
+            rows: list[CommittedEpoch] = [
+                (e.end_ns, epochlog.store_states(e.states), e.readings, e.done_ns,
+                 e.body if e.end_ns > record.released_ns else None)
+                for e in batch
+            ]  # fmt: skip
+            await asyncio.to_thread(self.store.commit_epochs, rows)
 
         t0 = time.monotonic()
         n = await epochlog.replay(nc.jetstream(timeout=5.0), self.cfg.shard, record.log_seq, apply)
@@ -248,20 +251,32 @@ class ActiveShard:
             body=body,
             map=map_id,
         )
-        try:
-            seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch)
-            await commits.commit(
-                fence=lease.token,
-                worker_id=self.cfg.worker_id,
-                now_ns=time.time_ns(),
-                watermark_ns=end_ns,
-                log_seq=seq,
-            )
-        except FencedError as exc:
-            lease.abandon(f"fenced: {exc}")
-            raise
-        except TRANSIENT as exc:
-            raise KVError(f"epoch {end_ns} not recorded in the party's JetStream: {exc!r}") from exc
+        msg_id = f"{self.cfg.shard}:{lease.token}:{end_ns}:{done_ns}"
+        while True:
+            try:
+                seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch, msg_id)
+                await commits.commit(
+                    fence=lease.token,
+                    worker_id=self.cfg.worker_id,
+                    now_ns=time.time_ns(),
+                    watermark_ns=end_ns,
+                    log_seq=seq,
+                )
+                break
+            except FencedError as exc:
+                lease.abandon(f"fenced: {exc}")
+                raise
+            except TRANSIENT as exc:
+                # a stream or bucket leader lost (a JetStream node died): retry in place,
+                # the session and the computed epoch kept, while the lease holds
+                if not lease.held:
+                    raise KVError(
+                        f"epoch {end_ns} not recorded in the party's JetStream ({exc!r}) "
+                        f"and the lease is lost ({lease.lost_reason})"
+                    ) from exc
+                log.warning("shard %d: epoch %d not recorded yet (%r); retrying",
+                            self.cfg.shard, end_ns, exc)  # fmt: skip
+                await asyncio.sleep(COMMIT_RETRY_S)
         if self._takeover_from is not None:
             took = max(0.0, (time.time_ns() - self._takeover_from) / 1e9)
             self._takeover_from = None

@@ -122,6 +122,30 @@ def test_replay_feed_gateway_declares_its_sensor_as_backfill(tmp_path: Path) -> 
     assert "--respace" not in argv
 
 
+def test_a_cluster_with_several_frontends_is_written_as_urls(tmp_path: Path) -> None:
+    """The HA layout's clusters list every ingest frontend (``urls:``); one stays ``url:``."""
+    feed = ReplayFeed(Path("x.csv"), ReplayFeed.mqtt_sensor("h.m1.t", unit="C", low=0, high=9))
+    fronts = ["https://127.0.0.1:1", "https://127.0.0.1:3"]
+    doc = gateway_config(
+        "gw1",
+        [feed.sensor],
+        state_dir=tmp_path / "gw1",
+        mqtt_port=1883,
+        opcua_port=4840,
+        tpm_port=2321,
+        http_port=9100,
+        clusters=[(0, fronts, "party0"), (1, ["https://127.0.0.1:2"], "party1")],
+        platforms={"k": "00" * 32},
+        measurement="11" * 32,
+    )
+    assert doc["clusters"][0] == {"index": 0, "urls": fronts, "service_id": "party0"}
+    assert doc["clusters"][1] == {"index": 1, "url": "https://127.0.0.1:2", "service_id": "party1"}
+    path = tmp_path / "gw1.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path)
+    assert [c.endpoints for c in cfg.clusters] == [tuple(fronts), ("https://127.0.0.1:2",)]
+
+
 def test_demo_spindles_are_in_rpm_and_share_one_fleet_scale() -> None:
     """The demo line reports spindle speed in rpm (no krpm unit hack); its fleet class
     `speed` spans 0–12,000 and 0–24,000 rpm, so every spindle gets the union as

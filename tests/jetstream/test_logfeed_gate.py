@@ -15,6 +15,8 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from cloud_tecc.config import JetStreamConfig
+from cloud_tecc.jetstream.server import start_node
+from cloud_tecc.jetstream.sharelog import ShareLog
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import ShareStore
@@ -64,3 +66,44 @@ def test_notice_waits_for_the_shares_before_it(tmp_path: Path) -> None:
         assert registry.get_sample_value("tecc_log_malformed_total", {"stream": "progress"}) == 2
     finally:
         store.close()
+
+
+async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path: Path) -> None:
+    """With a lease term the gate asks the term's consumer (``tecc-shard-0-t<token>``).
+
+    Fails on the code before this change: it asked the shard's shared durable
+    consumer, which a term never creates (not found), so every notice waited for
+    the share consumer's next fetch instead of being applied when it arrived.
+    """
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    with start_node(tmp_path / "nats") as nd:
+        cfg = JetStreamConfig(servers=tuple(nd.servers))
+        feed = LogFeed(
+            cfg=cfg,
+            state_dir=tmp_path,
+            shard=0,
+            service_id="party0",
+            store=store,
+            writer=GroupWriter(store),
+            tracker=tracker,
+            keys={GW: key.public_key()},
+            stored=lambda _row, _outcome: None,
+            registry=CollectorRegistry(),
+        )
+        sharelog = await ShareLog.open(cfg, tmp_path, "test")
+        try:
+            feed.term = 7
+            await feed._subscription(sharelog)  # the term's consumer, nothing pending
+            assert feed.consumer() == "tecc-shard-0-t7"
+            through = now - 10**9
+            feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+            assert feed.health(time.time_ns()).notices_waiting == 1  # no fetch has run since
+            await feed._check_caught_up(sharelog)
+            assert feed.health(time.time_ns()).notices_waiting == 0
+            assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+        finally:
+            await sharelog.close()
+            store.close()

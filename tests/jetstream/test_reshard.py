@@ -93,8 +93,8 @@ def _logged_maps(node: NatsDeployment, shard: int) -> dict[int, str]:
         try:
             got: dict[int, str] = {}
 
-            async def keep(epoch: epochlog.EpochWire) -> None:
-                got[epoch.end_ns] = epoch.map
+            async def keep(epochs: list[epochlog.EpochWire]) -> None:
+                got.update((epoch.end_ns, epoch.map) for epoch in epochs)
 
             await epochlog.replay(nc.jetstream(), shard, 10**9, keep)
             return got

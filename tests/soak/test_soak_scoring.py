@@ -8,10 +8,12 @@ late and a never-released window, and readings inside a broker-kill interval
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from bench.e2e import RANGES
-from bench.soak import DEADLINE_S, Observed, _classify, _Ctx, _timeliness
+from bench.soak_ha import _blame
+from bench.soak_score import DEADLINE_S, Observed, _classify, _Ctx, _timeliness, shard_delays
 from demo.layout import SimSensor
 from firmware_sim.sample import Sample
 
@@ -93,3 +95,34 @@ def test_timeliness_counts_late_and_unreleased_windows() -> None:
     assert scored == 6  # windows +2 s … +7 s
     assert released == 5  # +7 s was never stored
     assert availability == round(4 / 6, 4)  # +5 s was late
+
+
+def test_sharded_windows_are_on_time_only_when_every_shard_is() -> None:
+    """Two shards: a window counts once, on time only if both shards' epochs were stored in time;
+    a late shard-1 window is blamed on the last kill before its deadline."""
+
+    def stored(shard: int, k: int, after_end_s: float) -> dict[str, int]:
+        return {
+            "shard": shard,
+            "start_ns": round((T + k) * 1e9),
+            "stored_ns": round((T + k + 1 + OFFSET + after_end_s) * 1e9),
+        }
+
+    epochs = [stored(0, k, 1.0) for k in range(2, 8)]
+    epochs += [stored(1, k, 1.0) for k in (2, 3, 5, 6)] + [stored(1, 4, DEADLINE_S + 2)]
+    delays = shard_delays(CTX, epochs, 2)
+    assert len(delays) == 12  # 6 windows x 2 shards
+    assert delays[(1, int(T) + 7)] is None  # never released
+    assert abs((delays[(1, int(T) + 4)] or 0.0) - (DEADLINE_S + 2)) < 1e-3
+    availability, scored, released, _ = _timeliness(CTX, Observed(), epochs, shards=2)
+    assert (scored, released) == (6, 5)
+    assert availability == round(4 / 6, 4)
+    kills = [(T + 1 + OFFSET, "frontend", "party0-ingest0"), (T + 4 + OFFSET, "nats", "n1")]
+    streams = Counter({0: 3, 1: 2})
+    late, worst, listed = _blame(delays, streams, kills, CTX.ws, OFFSET)
+    assert late == {"nats": 4}  # two late shard-1 windows of 2 streams each, after the node kill
+    assert worst == {"frontend": 1.0, "nats": DEADLINE_S + 2}
+    assert [row[:4] for row in listed] == [
+        [1, int(T) + 4, DEADLINE_S + 2, "nats"],
+        [1, int(T) + 7, None, "nats"],
+    ]
