@@ -13,7 +13,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ def enrolling_stack(
     policies: dict[str, dict[str, Any]],
     output_extra: dict[str, Any] | None = None,
     operator_keys: dict[str, str] | None = None,
+    gateway_url: Callable[[Deployment, int], str] | None = None,
+    party_extra: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Stack, dict[str, str]]]:
     """Everything running; yields the stack and the operator keys created (party → key).
 
@@ -83,9 +85,18 @@ def enrolling_stack(
     common one (CA bundle, PCR 14 = the launch measurement, re-quote every
     second, suspended after 5 s of silence). ``operator_keys``: party → key
     name to create with ``tecc-cluster admin operator-key add`` before start.
+    ``gateway_url``: the URL the gateway's config gives cluster ``i`` (default
+    the party's own; a test may put a proxy in between); ``party_extra``: keys
+    of both party configs (e.g. ``tls: off`` for a proxy that reads paths).
     """
     (tmp_path / "cloud").mkdir()
-    dep = Deployment(tmp_path / "cloud", POLICY, {}, output_extra=output_extra or {})
+    dep = Deployment(
+        tmp_path / "cloud",
+        POLICY,
+        {},
+        output_extra=output_extra or {},
+        party_extra=party_extra or {},
+    )
     with (
         manufactured_swtpm(tmp_path / "tpm", tmp_path / "ca") as sw,
         mosquitto(tmp_path / "mq") as broker,
@@ -94,7 +105,8 @@ def enrolling_stack(
             PlatformSpec(dep.platform(n).key_id, dep.platform(n).public_key_hex)
             for n in ("party0", "party1")
         ]
-        clusters = [ClusterSpec(i, dep.url(f"party{i}"), f"party{i}") for i in (0, 1)]
+        url = gateway_url or (lambda d, i: d.url(f"party{i}"))
+        clusters = [ClusterSpec(i, url(dep, i), f"party{i}") for i in (0, 1)]
         (tmp_path / "gw").mkdir()
         cfg = write_config(
             tmp_path / "gw",
