@@ -17,6 +17,7 @@ incident closes.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import threading
 import time
@@ -118,6 +119,14 @@ def _readings(dep: Deployment, party: str) -> float:
     return metric(dep, party, "tecc_ingest_readings_total")
 
 
+def _in_state(dep: Deployment, party: str, want: str) -> bool:
+    return state(dep, party) == want
+
+
+def _has(dep: Deployment, party: str, readings: int) -> bool:
+    return _readings(dep, party) == readings
+
+
 def _incidents(dep: Deployment) -> list[dict[str, Any]]:
     status, rows = http_json(dep.url("output") + "/api/v1/incidents?detector=attestation")
     assert status == 200, rows
@@ -138,11 +147,11 @@ def test_a_gateway_that_stops_quoting_is_suspended_refused_and_reinstated(
     ):
         dep = stack.dep
         for party in ("party0", "party1"):
-            _until(lambda p=party: state(dep, p) == "enrolled", f"{party} enrols", 30)
+            _until(functools.partial(_in_state, dep, party, "enrolled"), f"{party} enrols", 30)
         time.sleep(1.0)  # the MQTT session is up
         publish(stack.broker_port, [(TOPIC, b"21.5")] * 40)
         for party in ("party0", "party1"):
-            _until(lambda p=party: _readings(dep, p) == 40, f"{party} accepts 40 readings", 60)
+            _until(functools.partial(_has, dep, party, 40), f"{party} accepts 40 readings", 60)
         assert _incidents(dep) == []
         assert refused(dep, "party0", "suspended") == 0
 
