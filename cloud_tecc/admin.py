@@ -25,7 +25,8 @@ reinstates a suspended one with the PCR values it last quoted (an authorised
 update); ``revoke`` refuses the gateway's batches and notices from then on;
 ``forget`` deletes the record (a replaced device may then enrol afresh).
 ``operator-key add NAME`` creates one of this party's operator keys
-(``state_dir/operator-keys.json``, 0600; printed once): with it an admin of the
+(``state_dir/operator-keys.json``, 0600; with ``jetstream:`` the party's KV
+``tecc_operator_keys``, shared by every worker; printed once): with it an admin of the
 output's dashboard can approve or revoke at *this* party, each action MACed
 in the browser and checked here (:mod:`cloud_tecc.party.admin_api`);
 ``remove`` withdraws it, ``list`` names the keys.
@@ -51,8 +52,9 @@ from cloud_tecc.errors import CloudError
 from cloud_tecc.jetstream.client import UNREACHABLE, party_connect
 from cloud_tecc.jetstream.enrolkv import KvRegistry
 from cloud_tecc.jetstream.kv import TRANSIENT, KVError
-from cloud_tecc.party.admin_api import OperatorKeys
-from cloud_tecc.party.registry import STATES, GatewayRegistry, Registry
+from cloud_tecc.jetstream.operatorkv import KvOperators
+from cloud_tecc.party.operators import FileOperators, OperatorStore
+from cloud_tecc.party.registry import STATES, GatewayRegistry, Registry, RegistryUnavailableError
 from tecc_contract.errors import ConfigFileError
 
 
@@ -86,11 +88,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.config is None:
         raise CloudError(f"{args.command} needs --config PARTY.yaml (the party's config file)")
     cfg = load_party(args.config)
-    if args.command == "operator-key":
-        return _operator_key(OperatorKeys(cfg.service.state_dir), args.op, args.name)
     if args.command in shardmap_admin.COMMANDS:
         return shardmap_admin.run(args, cfg)
     if cfg.jetstream is None:
+        if args.command == "operator-key":
+            store = FileOperators(cfg.service.state_dir)
+            return asyncio.run(_operator_key(store, args.op, args.name))
         reg = Registry(cfg.service.state_dir)
         try:
             return asyncio.run(_enrolment(reg, args))
@@ -114,8 +117,13 @@ async def _with_kv(cfg: PartyConfig, args: argparse.Namespace) -> dict[str, obje
             "where it is, with the party's credential in the URLs or in state_dir/nats/"
         ) from exc
     try:
+        js = nc.jetstream(timeout=5.0)
+        if args.command == "operator-key":
+            ops = KvOperators()
+            await ops.open(js, replicas=js_cfg.replicas)
+            return await _operator_key(ops, args.op, args.name)
         reg = KvRegistry()
-        await reg.open(nc.jetstream(timeout=5.0), replicas=js_cfg.replicas)
+        await reg.open(js, replicas=js_cfg.replicas)
         await reg.load()
         return await _enrolment(reg, args)
     except (*TRANSIENT, KVError) as exc:
@@ -147,18 +155,20 @@ async def _enrolment(reg: GatewayRegistry, args: argparse.Namespace) -> dict[str
     return approved.summary()
 
 
-def _operator_key(keys: OperatorKeys, op: str, name: str) -> dict[str, object]:
+async def _operator_key(keys: OperatorStore, op: str, name: str) -> dict[str, object]:
     if op == "list":
-        return {"operator_keys": sorted(keys.load())}
+        return {"operator_keys": await keys.names(), "where": keys.where}
     if not name:
         raise CloudError(f"operator-key {op} needs a NAME (e.g. the operator's login)")
-    if op == "remove":
-        return {"name": name, "removed": keys.remove(name)}
     try:
-        key = keys.add(name)
+        if op == "remove":
+            return {"name": name, "removed": await keys.remove(name), "where": keys.where}
+        key = await keys.add(name)
     except ValueError as exc:
-        raise CloudError(f"operator-key add {name!r}: {exc}") from exc
-    return {"name": name, "key": key, "file": str(keys.path)}
+        raise CloudError(f"operator-key {op} {name!r}: {exc}") from exc
+    except RegistryUnavailableError as exc:
+        raise CloudError(f"operator-key {op}: the party's KV did not answer: {exc}") from exc
+    return {"name": name, "key": key, "file": keys.where, "where": keys.where}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,12 +69,32 @@ async def open_nonce_bucket(
     js: JetStreamContext, *, replicas: int = 1, max_pending: int = 1000, timeout_s: float = 30.0
 ) -> Bucket:
     """Create ``tecc_enrol_nonces`` if missing (idempotent: an existing one is used)."""
+    return await open_ttl_bucket(
+        js, NONCES_BUCKET, replicas=replicas, max_bytes=max(4 << 20, max_pending * 4096),
+        timeout_s=timeout_s,
+    )  # fmt: skip
+
+
+async def open_ttl_bucket(
+    js: JetStreamContext,
+    name: str,
+    *,
+    replicas: int = 1,
+    max_bytes: int,
+    max_value_size: int = 4096,
+    timeout_s: float = 30.0,
+) -> Bucket:
+    """Create the bounded single-use bucket ``name`` if missing (history 1, per-message TTL).
+
+    Idempotent: an existing bucket with other limits is used; one without history 1
+    and per-message TTL is refused (single use and expiry depend on both).
+    """
     cfg = KeyValueConfig(
-        bucket=NONCES_BUCKET,
+        bucket=name,
         history=1,
         replicas=replicas,
-        max_bytes=max(4 << 20, max_pending * 4096),
-        max_value_size=4096,
+        max_bytes=max_bytes,
+        max_value_size=max_value_size,
     )
     deadline = time.monotonic() + timeout_s
     while True:
@@ -85,15 +105,15 @@ async def open_nonce_bucket(
             break  # exists with other limits (another max_pending): use it
         except TRANSIENT as exc:
             if time.monotonic() > deadline:
-                raise KVError(f"bucket {NONCES_BUCKET} could not be created ({exc!r})") from exc
+                raise KVError(f"bucket {name} could not be created ({exc!r})") from exc
             await asyncio.sleep(0.2)
-    info = await js.stream_info(f"KV_{NONCES_BUCKET}")
+    info = await js.stream_info(f"KV_{name}")
     if info.config.max_msgs_per_subject != 1 or not info.config.allow_msg_ttl:
         raise KVError(
-            f"bucket {NONCES_BUCKET} exists without history 1 and per-message TTL: delete it "
-            f"(nats kv rm {NONCES_BUCKET}) and restart the frontends"
+            f"bucket {name} exists without history 1 and per-message TTL: delete it "
+            f"(nats kv rm {name}) and restart the frontends"
         )
-    return Bucket(js, NONCES_BUCKET)
+    return Bucket(js, name)
 
 
 class KvChallenges:

@@ -11,10 +11,12 @@ a party's enrolment decisions besides the TPM evidence itself:
   (:meth:`GatewayRecord.summary`, metadata and public fingerprints only),
   sealed to the output's attested key;
 * ``gateway-admin/action`` (approve or revoke) is applied only with a MAC by
-  one of **this party's** operator keys (``state_dir/operator-keys.json``,
-  mode 0600, written by ``tecc-cluster admin operator-key add`` on this host)
-  over the exact party, action, gateway, identity key, time and a nonce used
-  once. The output service relays it; it holds no key and cannot decide.
+  one of **this party's** operator keys (:mod:`cloud_tecc.party.operators`:
+  ``state_dir/operator-keys.json``, mode 0600, or with ``jetstream:`` the
+  party's KV, :mod:`cloud_tecc.jetstream.operatorkv`; written by
+  ``tecc-cluster admin operator-key add``) over the exact party, action,
+  gateway, identity key, time and a nonce used once (party-wide with
+  ``jetstream:``). The output service relays it; it holds no key and cannot decide.
 
 Refusals before the sender is authenticated are 403 ``{"error"}`` naming no
 gateway; after it, the sealed reply carries ``{"status": "refused",
@@ -27,11 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -41,62 +40,23 @@ from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory
 from cloud_tecc.errors import PeerError
+from cloud_tecc.party.operators import (
+    KEYS_FILE,
+    FileOperators,
+    OperatorKeys,
+    OperatorStore,
+    RefusedError,
+)
 from cloud_tecc.party.registry import GatewayRegistry, RegistryUnavailableError
 from cloud_tecc.service import gateway_admin as ga
 from cloud_tecc.service.channel import open_message, seal_message, sender_of
 from tecc_contract.attestation import VerifiedIdentity
 from tecc_contract.keys import KemSuite
 
+__all__ = ["KEYS_FILE", "AdminApi", "OperatorKeys", "RefusedError"]
+
 log = logging.getLogger("cloud_tecc.party.admin")
-KEYS_FILE: Final = "operator-keys.json"
-MAX_NONCES: Final = 10_000
 OUTCOMES: Final = ("listed", "approved", "revoked", "refused", "unauthenticated")
-
-
-class RefusedError(Exception):
-    """An authenticated request this party does not carry out (``reason``, message)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class OperatorKeys:
-    """This party's operator keys (name → 32-byte key) in ``state_dir/operator-keys.json``."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / KEYS_FILE
-
-    def load(self) -> dict[str, bytes]:
-        """The keys now (the file is read on every use: adding one needs no restart)."""
-        if not self.path.exists():
-            return {}
-        doc = json.loads(self.path.read_text())
-        return {str(k): bytes.fromhex(str(v)) for k, v in dict(doc.get("keys", {})).items()}
-
-    def add(self, name: str) -> str:
-        """Create the key ``name`` (replacing one of that name); the printable key, once."""
-        if not 0 < len(name) <= 64 or not name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("an operator key name is 1..64 letters, digits, '-' or '_'")
-        keys = self.load()
-        keys[name] = secrets.token_bytes(32)
-        self._write(keys)
-        return ga.KEY_PREFIX + keys[name].hex()
-
-    def remove(self, name: str) -> bool:
-        """Delete the key ``name``; True if there was one."""
-        keys = self.load()
-        found = keys.pop(name, None) is not None
-        self._write(keys)
-        return found
-
-    def _write(self, keys: dict[str, bytes]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"keys": {k: v.hex() for k, v in keys.items()}}, fh, indent=1)
-        tmp.replace(self.path)
 
 
 class AdminApi:
@@ -109,13 +69,15 @@ class AdminApi:
         gateways: GatewayRegistry,
         directory: Callable[[], AttestedDirectory | None],
         metrics: CollectorRegistry,
+        *,
+        operators: OperatorStore | None = None,
     ) -> None:
         self.cfg = cfg
         self._enclave = enclave
         self._gateways = gateways
         self._directory = directory
-        self.keys = OperatorKeys(cfg.service.state_dir)
-        self._nonces: dict[str, int] = {}  # nonce -> expiry (ns)
+        #: Without jetstream: the key file and this process's nonces; with it, the KV.
+        self.operators = operators or FileOperators(cfg.service.state_dir)
         self.requests = Counter(
             "tecc_gateway_admin_requests",
             "Gateway view and operator action requests from the output service, by outcome",
@@ -144,7 +106,7 @@ class AdminApi:
                 raise RefusedError("stale", "request is not fresh: check the output host's clock")
             self._gateways.refresh()
             if purpose == ga.LIST:
-                answer: dict[str, Any] = self._listing()
+                answer: dict[str, Any] = await self._listing()
                 self.requests.labels("listed").inc()
             else:
                 answer = await self.act(doc, now)
@@ -201,14 +163,14 @@ class AdminApi:
             raise PeerError("sealed body must be a JSON object")
         return ident, str(purpose), doc
 
-    def _listing(self) -> dict[str, Any]:
+    async def _listing(self) -> dict[str, Any]:
         return {
             "status": "ok",
             "party": self.cfg.party,
             "service_id": self.cfg.service.service_id,
             "approval": self.cfg.enrolment.approval,
             "requote_s": self.cfg.enrolment.requote_s,
-            "operator_keys": bool(self.keys.load()),
+            "operator_keys": bool(await self.operators.names()),
             "config_gateways": sorted(self.cfg.gateways),
             "gateways": [r.summary() for r in self._gateways.records()],
         }
@@ -223,8 +185,8 @@ class AdminApi:
             raise RefusedError("malformed", "gateway_id must be one line")
         operator, nonce = str(doc.get("operator", "")), str(doc.get("nonce", ""))
         identity, issued_ms = str(doc.get("identity_key", "")), int(doc.get("issued_ms", 0))
-        keys = self.keys.load()
-        if not keys:
+        key = await self.operators.key(operator)
+        if key is None and not await self.operators.names():
             raise RefusedError(
                 "no_operator_keys",
                 f"{self.cfg.service.service_id} has no operator keys: its operator runs "
@@ -239,7 +201,6 @@ class AdminApi:
             issued_ms=issued_ms,
             nonce=nonce,
         )
-        key = keys.get(operator)
         if key is None or not ga.mac_ok(key, message, str(doc.get("mac", ""))):
             raise RefusedError(
                 "operator",
@@ -248,7 +209,7 @@ class AdminApi:
             )
         if abs(issued_ms * 1_000_000 - now_ns) > ga.MAX_SKEW_NS or len(nonce) != 32:
             raise RefusedError("stale", "the operator's statement is not fresh: sign it again")
-        self._use_nonce(nonce, now_ns)
+        await self.operators.use_nonce(nonce, now_ns, f"{operator} {action} {gid}"[:300])
         rec = self._gateways.get(gid)
         current = "" if rec is None or rec.identity_key is None else rec.identity_key.hex()
         if identity != current:
@@ -273,11 +234,3 @@ class AdminApi:
             self.requests.labels("approved").inc()
         log.info("gateway %r %s by operator %r via the output service", gid, action, operator)
         return {"status": "ok", "gateway": new.summary()}
-
-    def _use_nonce(self, nonce: str, now_ns: int) -> None:
-        self._nonces = {n: t for n, t in self._nonces.items() if t > now_ns}
-        if nonce in self._nonces:
-            raise RefusedError("replay", "this operator statement was used already: sign it again")
-        if len(self._nonces) >= MAX_NONCES:
-            raise RefusedError("busy", "too many operator statements in flight: try again later")
-        self._nonces[nonce] = now_ns + 2 * ga.MAX_SKEW_NS

@@ -102,9 +102,14 @@ class PartyService(UplinkService):
         self.feed: LogFeed | None = None
         self.active: ActiveShard | None = None
         self.directory: AttestedDirectory | None = None
-        AdminApi(cfg, lambda: self.enclave, self.gateways, lambda: self.directory, reg).attach(
-            self.app
-        )
+        AdminApi(
+            cfg,
+            lambda: self.enclave,
+            self.gateways,
+            lambda: self.directory,
+            reg,
+            operators=self.kv_operators,
+        ).attach(self.app)
         self.shard_map: MapFollower | None = None
         if cfg.jetstream is None:
             self.app.router.add_post("/v1/batches", self._ingest)

@@ -36,6 +36,7 @@ from cloud_tecc.jetstream.client import party_connect
 from cloud_tecc.jetstream.enrolkv import KvRegistry, import_sqlite
 from cloud_tecc.jetstream.enrolnonces import KvChallenges, open_nonce_bucket
 from cloud_tecc.jetstream.kv import TRANSIENT, KVError
+from cloud_tecc.jetstream.operatorkv import KvOperators
 from cloud_tecc.jetstream.sharelog import Overloaded
 from cloud_tecc.party.enrolment import Enrolment
 from cloud_tecc.party.ingest import REASONS, SIGNATURE_REFUSED, Ingestor, public_error
@@ -109,6 +110,8 @@ class UplinkService(ServiceBase):
         #: (enrolment.db; with jetstream: the party's KV, see run_enrolment_kv).
         self.gateways: GatewayRegistry
         self.kv_challenges: KvChallenges | None = None
+        #: With jetstream: the operator keys and action nonces of the whole party.
+        self.kv_operators: KvOperators | None = None
         self._enrolment_nc: Any = None
         if cfg.jetstream is None:
             self.gateways = Registry(cfg.service.state_dir)
@@ -117,6 +120,7 @@ class UplinkService(ServiceBase):
             self.kv_challenges = KvChallenges(
                 ttl_s=cfg.enrolment.nonce_ttl_s, random=os.urandom, metrics=self.registry
             )
+            self.kv_operators = KvOperators(self.registry)
         self._gateway_keys = LiveKeys(gateway_keys(cfg), self.gateways)
         self.ingestor = self._make_ingestor(time.time_ns())
         #: Verification and decryption run here, off the event loop.
@@ -175,6 +179,9 @@ class UplinkService(ServiceBase):
                     js, replicas=js_cfg.replicas, max_pending=self.pcfg.enrolment.max_pending
                 )
                 await import_sqlite(registry, self.cfg.state_dir)
+                if self.kv_operators is not None:
+                    await self.kv_operators.open(js, replicas=js_cfg.replicas)
+                    await self.kv_operators.import_file(self.cfg.state_dir)
                 break
             except (*TRANSIENT, Overloaded, KVError, RegistryUnavailableError) as exc:
                 log.warning("enrolment registry: party JetStream not ready (%r); retrying", exc)

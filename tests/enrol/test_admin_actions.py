@@ -86,7 +86,7 @@ def test_each_check_refuses_with_its_reason_and_a_good_action_applies(tmp_path: 
     api, reg = _api(tmp_path)
     other = OperatorKeys(tmp_path / "elsewhere").add("alice")  # a key of another party
     assert _reason(api, _doc(other)) == "no_operator_keys"
-    key = api.keys.add("alice")
+    key = asyncio.run(api.operators.add("alice"))
     assert _reason(api, _doc(other)) == "operator"
     assert _reason(api, _doc(key, operator="bob")) == "operator"
     tampered = {**_doc(key), "gateway_id": "gw-static"}  # the MAC is for gw-new
