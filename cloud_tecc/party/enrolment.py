@@ -97,8 +97,12 @@ class Enrolment:
         static: Mapping[str, Ed25519PublicKey] | None = None,
         random: Callable[[int], bytes] = os.urandom,
         challenges: ChallengeStore | None = None,
+        started_ns: int = 0,
     ) -> None:
         self.doc = doc
+        #: When this process began answering quotes: silence is counted from here at
+        #: the earliest, so a party's own downtime is not its gateways' silence.
+        self.started_ns = started_ns
         self.registry = registry
         #: The identity keys the party config's ``gateways:`` names: those ids are not
         #: free for enrolment (only the configured key may enrol under them).
@@ -304,15 +308,21 @@ class Enrolment:
         return {"status": out.state, "reason": out.reason, "requote_s": self.doc.requote_s}
 
     async def sweep(self, now_ns: int) -> list[str]:
-        """Suspend enrolled gateways that have not re-quoted in time; their ids."""
+        """Suspend enrolled gateways that have not re-quoted in time; their ids.
+
+        In time: within ``requote_s + grace_s`` of its last quote, or of this
+        process's start if that is later (a party that was down could not hear
+        the quotes; a gateway silent since is suspended one interval later).
+        """
         limit = int((self.doc.requote_s + self.doc.grace_s) * 1e9)
+        started = self.started_ns
 
         def is_silent(r: GatewayRecord | None) -> bool:
             return (
                 r is not None
                 and r.state == "enrolled"
                 and r.ak_public is not None
-                and r.last_quote_ns + limit < now_ns
+                and max(r.last_quote_ns, started) + limit < now_ns
             )
 
         def silence(cur: GatewayRecord | None) -> GatewayRecord | None:

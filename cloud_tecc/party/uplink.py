@@ -153,6 +153,7 @@ class UplinkService(ServiceBase):
             self.registry,
             static=gateway_keys(cfg),
             challenges=self.kv_challenges,
+            started_ns=time.time_ns(),
         )
         self.enrolment.routes(self.app, time.time_ns)
 

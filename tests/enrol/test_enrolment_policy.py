@@ -103,6 +103,24 @@ def test_silence_suspends_and_a_good_quote_reinstates(rig: Rig) -> None:
     keys.admit("gw-test")
 
 
+def test_a_restarted_party_does_not_count_its_downtime_as_silence(rig: Rig) -> None:
+    """A party that was down for longer than ``requote_s + grace_s`` gives its gateways
+    one interval from its start to quote again before it suspends them for silence
+    (fails on the code before this change: every TPM gateway was suspended, and an
+    attestation incident raised for each, at the first sweep after the restart)."""
+    before = rig.party(pcr_values=ZERO, requote_s=10.0, grace_s=5.0)
+    assert _enrol(before, rig.evidence, at(100))["status"] == "enrolled"
+    doc = EnrolmentDoc(ek_ca_files=[str(rig.bundle)], pcr_values=ZERO, requote_s=10.0, grace_s=5.0)
+    after = Enrolment(  # the same state dir, started 10 minutes later
+        doc, rig.state, Registry(rig.state), CollectorRegistry(), started_ns=at(700)
+    )
+    assert run(after.sweep(at(701))) == []
+    assert run(after.sweep(at(714))) == []  # within requote_s + grace_s of the start
+    assert _requote(after, rig.evidence, at(714))["status"] == "enrolled"
+    assert run(after.sweep(at(729))) == []  # quoted at 714
+    assert run(after.sweep(at(731))) == ["gw-test"]  # silent since 714: suspended
+
+
 def test_changed_pcrs_suspend_until_the_operator_approves_the_new_values(rig: Rig) -> None:
     party = rig.party(requote_s=10.0)  # no listed values: the operator decides
     first = _enrol(party, rig.evidence, at(100))
