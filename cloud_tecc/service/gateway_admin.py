@@ -6,8 +6,9 @@ messages (:mod:`cloud_tecc.service.channel`): a party answers only the
 attested output service its config names, and seals the answer to that
 output's attested key. The output cannot *decide* anything at a party: an
 action carries a MAC by one of **that party's operator keys**
-(``state_dir/operator-keys.json``, created on the party's host by
-``tecc-cluster admin operator-key add``), computed in the admin's browser
+(``state_dir/operator-keys.json``, or with ``jetstream:`` the party's KV
+``tecc_operator_keys``; created by ``tecc-cluster admin operator-key add``),
+computed in the admin's browser
 over :func:`statement`. The output service sees the MAC, never the key: a
 recorded request approves one gateway (with the identity key the operator
 saw), at one party, once, within :data:`MAX_SKEW_NS`.
