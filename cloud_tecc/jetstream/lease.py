@@ -34,6 +34,17 @@ expiry stamps compared by the contender (see docs/CLOUD.md "Leases and takeover"
 The fencing token is the revision of the acquiring write: JetStream sequences
 only grow, so each new owner's token is above every earlier owner's. Writers of
 committed state pass it along (:mod:`.commits`) and the store refuses older ones.
+
+Grace (``grace_s``, docs/CLOUD.md "Riding out a leader election"): when every
+renewal since the last success failed *transiently* (timeout, no responders, no
+stream leader — not a refused compare-and-set), the term lasts ``grace_s``
+longer than the deadline. Meanwhile the key may expire on the server (the TTL
+counts from the stored timestamp; a newly elected leader removes it). A renewal
+then refused is answered by a *rejoin*: the key written again with the
+compare-and-set on its absent state, the record and the token unchanged — so it
+lands only if no other worker's record is there. Safety does not rest on the
+grace: whoever acquired the key in between (its token is above ours) fences us
+at its ``claim``, and commits stay the compare-and-set of :mod:`.commits`.
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ from cloud_tecc.jetstream.kv import (
 
 log = logging.getLogger(__name__)
 
+_GRACE_RETRY_S = 0.05  # renewal retries past the deadline: be first once a leader serves
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -97,6 +109,7 @@ class Lease:
         ttl_s: int = 3,
         replicas: int = 1,
         poll_s: float = 0.2,
+        grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -107,6 +120,11 @@ class Lease:
             )
         if shard < 0:
             raise ValueError(f"shard: {shard} must be >= 0")
+        if not 0 <= grace_s <= 600:
+            raise ValueError(
+                f"grace_s: {grace_s!r} must be 0-600 seconds (0 = stand down at the "
+                "deadline); write e.g. 6, about a JetStream leader election"
+            )
         if not _WORKER_ID.fullmatch(worker_id):
             raise ValueError(
                 f"worker_id: {worker_id!r} must be 1-128 of A-Z a-z 0-9 _ . : - "
@@ -118,6 +136,8 @@ class Lease:
         self.ttl_s = ttl_s
         self.replicas = replicas
         self.poll_s = poll_s
+        self.grace_s = grace_s
+        self.rejoins = 0  # terms kept by a rejoin after the key expired in the grace
         self.renew_s = ttl_s / 3
         self.guard_s = max(0.1, ttl_s / 10)
         self.key = shard_key(shard)
@@ -131,6 +151,7 @@ class Lease:
         self.previous_end_ns: int | None = None  # wall ns the previous term ended (if seen)
         self._record: LeaseRecord | None = None
         self._deadline = 0.0
+        self._unreachable = False  # every renewal since the last success failed transiently
         self._acquired_at = 0.0
         self._ended = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
@@ -175,16 +196,28 @@ class Lease:
 
     # -- what the holder asks ---------------------------------------------------------
 
+    def _end(self) -> float:
+        """When the term ends on our clock: the deadline, plus the grace while unreachable."""
+        return self._deadline + (self.grace_s if self._unreachable else 0.0)
+
     @property
     def held(self) -> bool:
         """Whether this worker owns the shard *now* (an overdue renewal loses it here)."""
-        if self.state is LeaseState.HELD and self._clock() >= self._deadline:
-            self._lose("renewal overdue: no renewal succeeded within the TTL")
+        if self.state is LeaseState.HELD and self._clock() >= self._end():
+            if self._unreachable:
+                self._lose(f"lease bucket unreachable beyond the TTL and grace {self.grace_s} s")
+            else:
+                self._lose("renewal overdue: no renewal succeeded within the TTL")
         return self.state is LeaseState.HELD
 
     def valid(self) -> bool:
         """Like :attr:`held` but without ending the term (safe from a metrics thread)."""
-        return self.state is LeaseState.HELD and self._clock() < self._deadline
+        return self.state is LeaseState.HELD and self._clock() < self._end()
+
+    @property
+    def in_grace(self) -> bool:
+        """Held past the deadline because the bucket is unreachable (a leader election)."""
+        return self.valid() and self._clock() >= self._deadline
 
     @property
     def age_s(self) -> float:
@@ -194,7 +227,7 @@ class Lease:
     async def wait_lost(self) -> str:
         """Wait until the current term ends (lost or released); the reason."""
         while self.state is LeaseState.HELD:
-            remaining = self._deadline - self._clock()
+            remaining = self._end() - self._clock()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._ended.wait(), max(remaining, 0.0) + 0.001)
             _ = self.held  # a frozen renewer still ends the term at the deadline
@@ -276,6 +309,7 @@ class Lease:
         self._pending = None
         self._acquired_at = self._clock()
         self._deadline = sent_at + self.ttl_s - self.guard_s
+        self._unreachable = False
         self.lost_reason = ""
         self._seen_other = None
         self._ended = asyncio.Event()
@@ -298,7 +332,7 @@ class Lease:
     async def _renew(self) -> None:
         next_at = self._clock() + self.renew_s
         while self.held:
-            await asyncio.sleep(max(0.0, min(next_at, self._deadline) - self._clock()))
+            await asyncio.sleep(max(0.0, min(next_at, self._end()) - self._clock()))
             if not self.held:
                 return
             sent_at = self._clock()
@@ -309,22 +343,78 @@ class Lease:
                     msgspec.json.encode(record),
                     expected=self.revision,
                     ttl_s=self.ttl_s,
-                    timeout_s=max(0.05, self._deadline - sent_at),
+                    timeout_s=self._write_timeout(sent_at),
                 )
             except RevisionChangedError:
-                if not await self._adopt_own_write():
+                try:
+                    kept = await self._adopt_own_write() or await self._rejoin()
+                except TRANSIENT as exc:
+                    next_at = self._unreachable_now(exc)
+                    continue
+                if not kept:
                     self._lose("revision changed: another worker owns the shard, or it expired")
                     return
                 continue
             except TRANSIENT as exc:
-                log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
-                next_at = self._clock() + min(self.poll_s, self.renew_s)
+                next_at = self._unreachable_now(exc)
                 continue
             if self.state is not LeaseState.HELD:
                 return
-            self.revision, self._record = revision, record
-            self._deadline = sent_at + self.ttl_s - self.guard_s
+            self._renewed(revision, record, sent_at)
             next_at = sent_at + self.renew_s
+
+    def _write_timeout(self, sent_at: float) -> float:
+        """Up to the deadline; in the grace at most a second a try (a new leader is used soon)."""
+        if sent_at < self._deadline:
+            return max(0.05, self._deadline - sent_at)
+        return max(0.05, min(1.0, self._end() - sent_at))
+
+    def _unreachable_now(self, exc: BaseException) -> float:
+        """A transient failure: the grace applies; when to try again."""
+        self._unreachable = True
+        log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
+        past = self._clock() >= self._deadline
+        return self._clock() + (_GRACE_RETRY_S if past else min(self.poll_s, self.renew_s))
+
+    def _renewed(self, revision: int, record: LeaseRecord, sent_at: float) -> None:
+        self.revision, self._record = revision, record
+        self._deadline = sent_at + self.ttl_s - self.guard_s
+        self._unreachable = False
+
+    async def _rejoin(self) -> bool:
+        """In the grace the key expired: write it again iff nobody else's record is there.
+
+        The compare-and-set expects the key absent (or its expiry marker), as an
+        acquire does; the record (``acquired_ns``) and the token stay ours. A
+        release marker means another worker held a term in between: not ours.
+        """
+        if not self._unreachable:
+            return False
+        stored = await self.bucket.get(self.key)
+        if stored is not None and (stored.value is not None or self._released_at(stored.marker)):
+            return False
+        sent_at = self._clock()
+        record = msgspec.structs.replace(self._record_or_fail(), renewed_ns=self._wall_ns())
+        try:
+            revision = await self.bucket.write(
+                self.key,
+                msgspec.json.encode(record),
+                expected=0 if stored is None else stored.revision,
+                ttl_s=self.ttl_s,
+                timeout_s=self._write_timeout(sent_at),
+            )
+        except RevisionChangedError:
+            return await self._adopt_own_write()  # ours after all (a lost reply) or not
+        if self.state is not LeaseState.HELD:
+            return False
+        self._renewed(revision, record, sent_at)
+        self.rejoins += 1
+        log.warning(
+            "shard %d: lease key expired while its bucket was unreachable; rejoined by %s "
+            "(token %d kept, revision %d)",
+            self.shard, self.worker_id, self.token, revision,
+        )  # fmt: skip
+        return True
 
     def _record_or_fail(self) -> LeaseRecord:
         if self._record is None:
