@@ -93,10 +93,13 @@ async def test_past_the_ttl_within_the_grace_the_owner_keeps_its_role() -> None:
     lease, bucket = await _holder()
     token = lease.token
     await _outage(lease, bucket, 1.6)  # past the 0.9 s deadline, inside 0.9 + 1.5 s
-    assert lease.held and lease.in_grace
+    assert lease.held
+    assert lease.in_grace
     await asyncio.sleep(0.2)
-    assert lease.held and not lease.in_grace
-    assert lease.token == token and lease.rejoins == 0
+    assert lease.held
+    assert not lease.in_grace
+    assert lease.token == token
+    assert lease.rejoins == 0
     stored = bucket.keys[lease.key]
     assert stored.revision == lease.revision > token
     await lease.release()
@@ -111,10 +114,12 @@ async def test_a_key_that_expired_in_the_grace_is_rejoined_with_the_same_token()
     bucket.expire(lease.key)
     bucket.down = False
     await asyncio.sleep(0.2)
-    assert lease.held and lease.state is LeaseState.HELD
+    assert lease.held
+    assert lease.state is LeaseState.HELD
     assert (lease.token, lease.rejoins) == (token, 1)
     rec = await lease.holder()
-    assert rec is not None and acquired is not None
+    assert rec is not None
+    assert acquired is not None
     assert (rec.worker_id, rec.acquired_ns) == ("owner", acquired.acquired_ns)
     await lease.release()
 
@@ -130,7 +135,8 @@ async def test_another_workers_record_after_the_outage_ends_the_term() -> None:
     assert lease.state is LeaseState.LOST
     assert "another worker" in reason
     rec = await lease.holder()
-    assert rec is not None and rec.worker_id == "other"
+    assert rec is not None
+    assert rec.worker_id == "other"
 
 
 async def test_a_release_marker_of_another_term_is_not_rejoined() -> None:
@@ -157,7 +163,7 @@ async def test_an_outage_longer_than_ttl_and_grace_ends_the_term() -> None:
 
 async def test_a_frozen_renewer_gets_no_grace() -> None:
     """Row 6: no renewal was tried (a SIGSTOPped owner): lost at the deadline, as before."""
-    lease, bucket = await _holder()
+    lease, _bucket = await _holder()
     renewer = lease._renewer
     assert renewer is not None
     renewer.cancel()
