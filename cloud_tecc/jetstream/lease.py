@@ -371,8 +371,9 @@ class Lease:
 
     def _unreachable_now(self, exc: BaseException) -> float:
         """A transient failure: the grace applies; when to try again."""
+        if not self._unreachable:
+            log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
         self._unreachable = True
-        log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
         past = self._clock() >= self._deadline
         return self._clock() + (_GRACE_RETRY_S if past else min(self.poll_s, self.renew_s))
 
