@@ -6,45 +6,28 @@ Usage (the supervisor of :mod:`.standby` does the rest)::
         token = await lease.acquire()       # waits as standby until this worker owns shard k
         ... act only while lease.held ...   # await lease.wait_lost() to learn of a loss
 
-Why per-message TTL and not the bucket's ``ttl`` (the KV stream's max_age) nor
-expiry stamps compared by the contender (see docs/CLOUD.md "Leases and takeover"):
+The argument in full is docs/CLOUD.md "Leases and takeover"; in short:
 
-- The key's value carries ``Nats-TTL: <ttl_s>s`` on every write (NATS 2.11 per-message
-  TTL, ADR-43/ADR-48; the KV stream allows it). The stream leader deletes the
-  message ``ttl_s`` after *its* timestamp, so "expired" means "absent" and one clock
-  decides it, whatever the workers' clocks say. Renewal is a new message with
-  its own TTL; the bucket keeps one value per key (history 1), so no older
-  revision can come back when a TTL ends (ADR-48's reason to refuse TTL on Put).
-  A bucket-wide max_age would do the same, but fixes one TTL into the bucket's
-  config for every worker; per-message TTL lets ``ttl_s`` be a worker setting.
-- Measured on nats-server 2.15.1: TTLs are whole seconds (``1500ms`` expires
-  after 1.0 s, below 1 s is refused), hence ``ttl_s: int``; expiry lands within
-  ~10 ms of the deadline.
+- Every write carries ``Nats-TTL: <ttl_s>s`` (NATS 2.11 per-message TTL, ADR-43/48):
+  the stream leader removes the key ``ttl_s`` after *its* timestamp, so "expired"
+  means "absent" and one clock decides it. History 1: no older revision comes
+  back. TTLs are whole seconds (nats-server 2.15.1), hence ``ttl_s: int``.
 - Acquire and renew are compare-and-set on the key's revision
-  (``Nats-Expected-Last-Subject-Sequence``: 0 when absent, the delete marker's or
-  our last revision otherwise). Two contenders that both saw the key absent
-  write with the same expectation; the stream leader serialises them and
-  refuses the second. No interleaving gives two owners.
-- The holder needs no clock agreement either: it counts its TTL from the moment
-  it *sent* its last successful renewal (monotonic clock), minus a guard, so it
-  stops before the server (which stamps the message later) can expire the key.
-  A holder that is frozen (SIGSTOP, GC pause, VM stall) finds its deadline passed
-  when it wakes, and ``held`` turns false before anything else runs.
-
-The fencing token is the revision of the acquiring write: JetStream sequences
-only grow, so each new owner's token is above every earlier owner's. Writers of
-committed state pass it along (:mod:`.commits`) and the store refuses older ones.
-
-Grace (``grace_s``, docs/CLOUD.md "Riding out a leader election"): when every
-renewal since the last success failed *transiently* (timeout, no responders, no
-stream leader — not a refused compare-and-set), the term lasts ``grace_s``
-longer than the deadline. Meanwhile the key may expire on the server (the TTL
-counts from the stored timestamp; a newly elected leader removes it). A renewal
-then refused is answered by a *rejoin*: the key written again with the
-compare-and-set on its absent state, the record and the token unchanged — so it
-lands only if no other worker's record is there. Safety does not rest on the
-grace: whoever acquired the key in between (its token is above ours) fences us
-at its ``claim``, and commits stay the compare-and-set of :mod:`.commits`.
+  (``Nats-Expected-Last-Subject-Sequence``): of two contenders that saw the key
+  absent the stream leader refuses the second. No interleaving gives two owners.
+- The holder counts its TTL from *sending* its last successful renewal
+  (monotonic), minus a guard, so it stops before the server can expire the key;
+  one woken from SIGSTOP finds ``held`` false before anything else runs.
+- The fencing token is the revision of the acquiring write (sequences only
+  grow); committed state refuses older tokens (:mod:`.commits`).
+- Grace (``grace_s``, "Riding out a leader election"): while every renewal since
+  the last success failed *transiently* (timeout, no stream leader — not a
+  refused compare-and-set) the term lasts ``grace_s`` past the deadline. If the
+  key expired meanwhile, the refused renewal is answered by a *rejoin*: the same
+  record written with the compare-and-set on the key's absent state, the token
+  unchanged, so it lands only if no other worker's record is there. Safety does
+  not rest on the grace: whoever acquired in between has a higher token and
+  fences us at its ``claim``; commits stay the compare-and-set of :mod:`.commits`.
 """
 
 from __future__ import annotations
