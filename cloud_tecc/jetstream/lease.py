@@ -347,16 +347,21 @@ class Lease:
             next_at = sent_at + self.renew_s
 
     def _write_timeout(self, sent_at: float) -> float:
-        """Up to the deadline; in the grace at most a second a try (a new leader is used soon)."""
+        """Before the deadline up to a renewal period (so a timeout is seen before it and
+        opens the grace); in the grace at most a second a try (a new leader is used soon)."""
         if sent_at < self._deadline:
-            return max(0.05, self._deadline - sent_at)
+            return max(0.05, min(self._deadline - sent_at, self.renew_s))
         return max(0.05, min(1.0, self._end() - sent_at))
 
     def _unreachable_now(self, exc: BaseException) -> float:
-        """A transient failure: the grace applies; when to try again."""
+        """A transient failure: the grace applies; when to try again.
+
+        Only a failure seen before the deadline opens the grace: one that shows up
+        after it (a renewal in flight when the process was frozen) is overdue.
+        """
         if not self._unreachable:
             log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
-        self._unreachable = True
+            self._unreachable = self._clock() < self._deadline
         past = self._clock() >= self._deadline
         return self._clock() + (_GRACE_RETRY_S if past else min(self.poll_s, self.renew_s))
 

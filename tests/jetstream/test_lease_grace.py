@@ -193,3 +193,17 @@ async def test_grace_zero_stands_down_at_the_deadline() -> None:
 def test_grace_is_checked() -> None:
     with pytest.raises(ValueError, match="grace_s"):
         Lease(cast(JetStreamContext, None), shard=0, worker_id="w", grace_s=-1)
+
+
+async def test_a_failure_first_seen_after_the_deadline_opens_no_grace() -> None:
+    """Row 9: a renewal that was in flight while the process was frozen fails after the
+    deadline: that is an overdue renewal, not an outage — lost, no grace."""
+    lease, bucket = await _holder()
+    renewer = lease._renewer
+    assert renewer is not None
+    renewer.cancel()
+    await asyncio.sleep(1.0)  # past the 0.9 s deadline, nothing tried (frozen)
+    lease._unreachable_now(TimeoutError("the reply of a write sent before the freeze"))
+    assert not lease.held
+    assert "renewal overdue" in lease.lost_reason
+    assert bucket.keys[lease.key].revision == lease.token
