@@ -13,10 +13,12 @@ from typing import cast
 
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry
 from nats.js import JetStreamContext
 
 from cloud_tecc.jetstream.kv import Bucket, RevisionChangedError, Stored
 from cloud_tecc.jetstream.lease import Lease, LeaseRecord, LeaseState
+from cloud_tecc.jetstream.standby import LeaseMetrics
 
 TTL_S = 1  # deadline 0.9 s after the last renewal was sent
 GRACE_S = 1.5
@@ -108,15 +110,20 @@ async def test_past_the_ttl_within_the_grace_the_owner_keeps_its_role() -> None:
 async def test_a_key_that_expired_in_the_grace_is_rejoined_with_the_same_token() -> None:
     """Row 2: the new leader expired the key; the renewal is refused, the rejoin lands."""
     lease, bucket = await _holder()
+    registry = CollectorRegistry()
+    LeaseMetrics(registry).track(lease)
     token, acquired = lease.token, (await lease.holder())
     bucket.down = True
     await asyncio.sleep(1.6)
+    assert registry.get_sample_value("tecc_shard_lease_in_grace", {"shard": "0"}) == 1.0
     bucket.expire(lease.key)
     bucket.down = False
     await asyncio.sleep(0.2)
     assert lease.held
     assert lease.state is LeaseState.HELD
     assert (lease.token, lease.rejoins) == (token, 1)
+    assert registry.get_sample_value("tecc_shard_lease_in_grace", {"shard": "0"}) == 0.0
+    assert registry.get_sample_value("tecc_shard_lease_rejoins", {"shard": "0"}) == 1.0
     rec = await lease.holder()
     assert rec is not None
     assert acquired is not None
