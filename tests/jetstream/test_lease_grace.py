@@ -13,8 +13,8 @@ from typing import cast
 
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from cloud_tecc.jetstream.kv import Bucket, RevisionChangedError, Stored
 from cloud_tecc.jetstream.lease import Lease, LeaseRecord, LeaseState
