@@ -187,7 +187,7 @@ class Lease:
     def held(self) -> bool:
         """Whether this worker owns the shard *now* (an overdue renewal loses it here)."""
         if self.state is LeaseState.HELD and self._clock() >= self._end():
-            if self._unreachable:
+            if self._unreachable and self.grace_s > 0:
                 self._lose(f"lease bucket unreachable beyond the TTL and grace {self.grace_s} s")
             else:
                 self._lose("renewal overdue: no renewal succeeded within the TTL")
