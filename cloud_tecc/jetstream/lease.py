@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import re
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -54,30 +52,13 @@ from cloud_tecc.jetstream.kv import (
     open_bucket,
     shard_key,
 )
+from cloud_tecc.jetstream.leaserecord import LeaseRecord, LeaseState, check_lease_args
+
+__all__ = ["Lease", "LeaseRecord", "LeaseState"]
 
 log = logging.getLogger(__name__)
 
 _GRACE_RETRY_S = 0.05  # renewal retries past the deadline: be first once a leader serves
-_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-
-
-class LeaseRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The value of a shard's lease key: who owns it, since when, last renewed when."""
-
-    worker_id: str
-    acquired_ns: int  # the owner's wall clock when it acquired (identifies the term)
-    renewed_ns: int  # the owner's wall clock at its last renewal
-    ttl_s: int  # the TTL the owner wrote (Nats-TTL)
-    released_ns: int = 0  # set only in the delete marker of a voluntary release
-
-
-class LeaseState(enum.Enum):
-    """Where this worker stands with the shard."""
-
-    STANDBY = "standby"  # not the owner (yet)
-    HELD = "held"  # the owner, renewing
-    LOST = "lost"  # was the owner; renewal refused or overdue
-    RELEASED = "released"  # was the owner; handed over voluntarily
 
 
 class Lease:
@@ -96,23 +77,7 @@ class Lease:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not isinstance(ttl_s, int) or ttl_s < 1:
-            raise ValueError(
-                f"ttl_s: {ttl_s!r} is not a whole number of seconds >= 1 (NATS per-message "
-                "TTLs are whole seconds); write e.g. 3"
-            )
-        if shard < 0:
-            raise ValueError(f"shard: {shard} must be >= 0")
-        if not 0 <= grace_s <= 600:
-            raise ValueError(
-                f"grace_s: {grace_s!r} must be 0-600 seconds (0 = stand down at the "
-                "deadline); write e.g. 6, about a JetStream leader election"
-            )
-        if not _WORKER_ID.fullmatch(worker_id):
-            raise ValueError(
-                f"worker_id: {worker_id!r} must be 1-128 of A-Z a-z 0-9 _ . : - "
-                "(e.g. the host name and process id)"
-            )
+        check_lease_args(shard=shard, worker_id=worker_id, ttl_s=ttl_s, grace_s=grace_s)
         self.js = js
         self.shard = shard
         self.worker_id = worker_id
