@@ -202,6 +202,12 @@ class JetStreamConfig(FileSchema, frozen=True, kw_only=True):
     #: TTL of the shard lease this worker writes (whole seconds, docs/CLOUD.md
     #: "Leases and takeover"): the longest a dead owner holds its shard.
     lease_ttl_s: Annotated[int, Meta(ge=1, le=600)] = 3
+    #: How long an owner whose lease renewals fail *transiently* (timeouts, no stream
+    #: leader: a JetStream node died) keeps its role past the TTL, retrying, before it
+    #: stands down (docs/CLOUD.md "Riding out a leader election"); about one Raft
+    #: election. Safety rests on the fenced commits, not on this; 0 = stand down at
+    #: the TTL. A refused renewal (another owner) ends the term at once regardless.
+    lease_grace_s: Annotated[float, Meta(ge=0, le=600)] = 6.0
 
     def __post_init__(self) -> None:
         if not self.servers and not self.embedded:

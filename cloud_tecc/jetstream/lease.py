@@ -6,43 +6,35 @@ Usage (the supervisor of :mod:`.standby` does the rest)::
         token = await lease.acquire()       # waits as standby until this worker owns shard k
         ... act only while lease.held ...   # await lease.wait_lost() to learn of a loss
 
-Why per-message TTL and not the bucket's ``ttl`` (the KV stream's max_age) nor
-expiry stamps compared by the contender (see docs/CLOUD.md "Leases and takeover"):
+The argument in full is docs/CLOUD.md "Leases and takeover"; in short:
 
-- The key's value carries ``Nats-TTL: <ttl_s>s`` on every write (NATS 2.11 per-message
-  TTL, ADR-43/ADR-48; the KV stream allows it). The stream leader deletes the
-  message ``ttl_s`` after *its* timestamp, so "expired" means "absent" and one clock
-  decides it, whatever the workers' clocks say. Renewal is a new message with
-  its own TTL; the bucket keeps one value per key (history 1), so no older
-  revision can come back when a TTL ends (ADR-48's reason to refuse TTL on Put).
-  A bucket-wide max_age would do the same, but fixes one TTL into the bucket's
-  config for every worker; per-message TTL lets ``ttl_s`` be a worker setting.
-- Measured on nats-server 2.15.1: TTLs are whole seconds (``1500ms`` expires
-  after 1.0 s, below 1 s is refused), hence ``ttl_s: int``; expiry lands within
-  ~10 ms of the deadline.
+- Every write carries ``Nats-TTL: <ttl_s>s`` (NATS 2.11 per-message TTL, ADR-43/48):
+  the stream leader removes the key ``ttl_s`` after *its* timestamp, so "expired"
+  means "absent" and one clock decides it. History 1: no older revision comes
+  back. TTLs are whole seconds (nats-server 2.15.1), hence ``ttl_s: int``.
 - Acquire and renew are compare-and-set on the key's revision
-  (``Nats-Expected-Last-Subject-Sequence``: 0 when absent, the delete marker's or
-  our last revision otherwise). Two contenders that both saw the key absent
-  write with the same expectation; the stream leader serialises them and
-  refuses the second. No interleaving gives two owners.
-- The holder needs no clock agreement either: it counts its TTL from the moment
-  it *sent* its last successful renewal (monotonic clock), minus a guard, so it
-  stops before the server (which stamps the message later) can expire the key.
-  A holder that is frozen (SIGSTOP, GC pause, VM stall) finds its deadline passed
-  when it wakes, and ``held`` turns false before anything else runs.
-
-The fencing token is the revision of the acquiring write: JetStream sequences
-only grow, so each new owner's token is above every earlier owner's. Writers of
-committed state pass it along (:mod:`.commits`) and the store refuses older ones.
+  (``Nats-Expected-Last-Subject-Sequence``): of two contenders that saw the key
+  absent the stream leader refuses the second. No interleaving gives two owners.
+- The holder counts its TTL from *sending* its last successful renewal
+  (monotonic), minus a guard, so it stops before the server can expire the key;
+  one woken from SIGSTOP finds ``held`` false before anything else runs.
+- The fencing token is the revision of the acquiring write (sequences only
+  grow); committed state refuses older tokens (:mod:`.commits`).
+- Grace (``grace_s``, "Riding out a leader election"): while every renewal since
+  the last success failed *transiently* (timeout, no stream leader — not a
+  refused compare-and-set) the term lasts ``grace_s`` past the deadline. If the
+  key expired meanwhile, the refused renewal is answered by a *rejoin*: the same
+  record written with the compare-and-set on the key's absent state, the token
+  unchanged, so it lands only if no other worker's record is there. Safety does
+  not rest on the grace: whoever acquired in between has a higher token and
+  fences us at its ``claim``; commits stay the compare-and-set of :mod:`.commits`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import re
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -60,29 +52,13 @@ from cloud_tecc.jetstream.kv import (
     open_bucket,
     shard_key,
 )
+from cloud_tecc.jetstream.leaserecord import LeaseRecord, LeaseState, check_lease_args
+
+__all__ = ["Lease", "LeaseRecord", "LeaseState"]
 
 log = logging.getLogger(__name__)
 
-_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-
-
-class LeaseRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The value of a shard's lease key: who owns it, since when, last renewed when."""
-
-    worker_id: str
-    acquired_ns: int  # the owner's wall clock when it acquired (identifies the term)
-    renewed_ns: int  # the owner's wall clock at its last renewal
-    ttl_s: int  # the TTL the owner wrote (Nats-TTL)
-    released_ns: int = 0  # set only in the delete marker of a voluntary release
-
-
-class LeaseState(enum.Enum):
-    """Where this worker stands with the shard."""
-
-    STANDBY = "standby"  # not the owner (yet)
-    HELD = "held"  # the owner, renewing
-    LOST = "lost"  # was the owner; renewal refused or overdue
-    RELEASED = "released"  # was the owner; handed over voluntarily
+_GRACE_RETRY_S = 0.05  # renewal retries past the deadline: be first once a leader serves
 
 
 class Lease:
@@ -97,27 +73,19 @@ class Lease:
         ttl_s: int = 3,
         replicas: int = 1,
         poll_s: float = 0.2,
+        grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not isinstance(ttl_s, int) or ttl_s < 1:
-            raise ValueError(
-                f"ttl_s: {ttl_s!r} is not a whole number of seconds >= 1 (NATS per-message "
-                "TTLs are whole seconds); write e.g. 3"
-            )
-        if shard < 0:
-            raise ValueError(f"shard: {shard} must be >= 0")
-        if not _WORKER_ID.fullmatch(worker_id):
-            raise ValueError(
-                f"worker_id: {worker_id!r} must be 1-128 of A-Z a-z 0-9 _ . : - "
-                "(e.g. the host name and process id)"
-            )
+        check_lease_args(shard=shard, worker_id=worker_id, ttl_s=ttl_s, grace_s=grace_s)
         self.js = js
         self.shard = shard
         self.worker_id = worker_id
         self.ttl_s = ttl_s
         self.replicas = replicas
         self.poll_s = poll_s
+        self.grace_s = grace_s
+        self.rejoins = 0  # terms kept by a rejoin after the key expired in the grace
         self.renew_s = ttl_s / 3
         self.guard_s = max(0.1, ttl_s / 10)
         self.key = shard_key(shard)
@@ -131,6 +99,7 @@ class Lease:
         self.previous_end_ns: int | None = None  # wall ns the previous term ended (if seen)
         self._record: LeaseRecord | None = None
         self._deadline = 0.0
+        self._unreachable = False  # every renewal since the last success failed transiently
         self._acquired_at = 0.0
         self._ended = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
@@ -175,16 +144,28 @@ class Lease:
 
     # -- what the holder asks ---------------------------------------------------------
 
+    def _end(self) -> float:
+        """When the term ends on our clock: the deadline, plus the grace while unreachable."""
+        return self._deadline + (self.grace_s if self._unreachable else 0.0)
+
     @property
     def held(self) -> bool:
         """Whether this worker owns the shard *now* (an overdue renewal loses it here)."""
-        if self.state is LeaseState.HELD and self._clock() >= self._deadline:
-            self._lose("renewal overdue: no renewal succeeded within the TTL")
+        if self.state is LeaseState.HELD and self._clock() >= self._end():
+            if self._unreachable and self.grace_s > 0:
+                self._lose(f"lease bucket unreachable beyond the TTL and grace {self.grace_s} s")
+            else:
+                self._lose("renewal overdue: no renewal succeeded within the TTL")
         return self.state is LeaseState.HELD
 
     def valid(self) -> bool:
         """Like :attr:`held` but without ending the term (safe from a metrics thread)."""
-        return self.state is LeaseState.HELD and self._clock() < self._deadline
+        return self.state is LeaseState.HELD and self._clock() < self._end()
+
+    @property
+    def in_grace(self) -> bool:
+        """Held past the deadline because the bucket is unreachable (a leader election)."""
+        return self.valid() and self._clock() >= self._deadline
 
     @property
     def age_s(self) -> float:
@@ -194,7 +175,7 @@ class Lease:
     async def wait_lost(self) -> str:
         """Wait until the current term ends (lost or released); the reason."""
         while self.state is LeaseState.HELD:
-            remaining = self._deadline - self._clock()
+            remaining = self._end() - self._clock()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._ended.wait(), max(remaining, 0.0) + 0.001)
             _ = self.held  # a frozen renewer still ends the term at the deadline
@@ -276,6 +257,7 @@ class Lease:
         self._pending = None
         self._acquired_at = self._clock()
         self._deadline = sent_at + self.ttl_s - self.guard_s
+        self._unreachable = False
         self.lost_reason = ""
         self._seen_other = None
         self._ended = asyncio.Event()
@@ -298,7 +280,7 @@ class Lease:
     async def _renew(self) -> None:
         next_at = self._clock() + self.renew_s
         while self.held:
-            await asyncio.sleep(max(0.0, min(next_at, self._deadline) - self._clock()))
+            await asyncio.sleep(max(0.0, min(next_at, self._end()) - self._clock()))
             if not self.held:
                 return
             sent_at = self._clock()
@@ -309,22 +291,84 @@ class Lease:
                     msgspec.json.encode(record),
                     expected=self.revision,
                     ttl_s=self.ttl_s,
-                    timeout_s=max(0.05, self._deadline - sent_at),
+                    timeout_s=self._write_timeout(sent_at),
                 )
             except RevisionChangedError:
-                if not await self._adopt_own_write():
+                try:
+                    kept = await self._adopt_own_write() or await self._rejoin()
+                except TRANSIENT as exc:
+                    next_at = self._unreachable_now(exc)
+                    continue
+                if not kept:
                     self._lose("revision changed: another worker owns the shard, or it expired")
                     return
                 continue
             except TRANSIENT as exc:
-                log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
-                next_at = self._clock() + min(self.poll_s, self.renew_s)
+                next_at = self._unreachable_now(exc)
                 continue
             if self.state is not LeaseState.HELD:
                 return
-            self.revision, self._record = revision, record
-            self._deadline = sent_at + self.ttl_s - self.guard_s
+            self._renewed(revision, record, sent_at)
             next_at = sent_at + self.renew_s
+
+    def _write_timeout(self, sent_at: float) -> float:
+        """Before the deadline up to a renewal period (so a timeout is seen before it and
+        opens the grace); in the grace at most a second a try (a new leader is used soon)."""
+        if sent_at < self._deadline:
+            return max(0.05, min(self._deadline - sent_at, self.renew_s))
+        return max(0.05, min(1.0, self._end() - sent_at))
+
+    def _unreachable_now(self, exc: BaseException) -> float:
+        """A transient failure: the grace applies; when to try again.
+
+        Only a failure seen before the deadline opens the grace: one that shows up
+        after it (a renewal in flight when the process was frozen) is overdue.
+        """
+        if not self._unreachable:
+            log.warning("shard %d: renewal failed (%r); retrying", self.shard, exc)
+            self._unreachable = self._clock() < self._deadline
+        past = self._clock() >= self._deadline
+        return self._clock() + (_GRACE_RETRY_S if past else min(self.poll_s, self.renew_s))
+
+    def _renewed(self, revision: int, record: LeaseRecord, sent_at: float) -> None:
+        self.revision, self._record = revision, record
+        self._deadline = sent_at + self.ttl_s - self.guard_s
+        self._unreachable = False
+
+    async def _rejoin(self) -> bool:
+        """In the grace the key expired: write it again iff nobody else's record is there.
+
+        The compare-and-set expects the key absent (or its expiry marker), as an
+        acquire does; the record (``acquired_ns``) and the token stay ours. A
+        release marker means another worker held a term in between: not ours.
+        """
+        if not self._unreachable:
+            return False
+        stored = await self.bucket.get(self.key)
+        if stored is not None and (stored.value is not None or self._released_at(stored.marker)):
+            return False
+        sent_at = self._clock()
+        record = msgspec.structs.replace(self._record_or_fail(), renewed_ns=self._wall_ns())
+        try:
+            revision = await self.bucket.write(
+                self.key,
+                msgspec.json.encode(record),
+                expected=0 if stored is None else stored.revision,
+                ttl_s=self.ttl_s,
+                timeout_s=self._write_timeout(sent_at),
+            )
+        except RevisionChangedError:
+            return await self._adopt_own_write()  # ours after all (a lost reply) or not
+        if self.state is not LeaseState.HELD:
+            return False
+        self._renewed(revision, record, sent_at)
+        self.rejoins += 1
+        log.warning(
+            "shard %d: lease key expired while its bucket was unreachable; rejoined by %s "
+            "(token %d kept, revision %d)",
+            self.shard, self.worker_id, self.token, revision,
+        )  # fmt: skip
+        return True
 
     def _record_or_fail(self) -> LeaseRecord:
         if self._record is None:

@@ -12,12 +12,18 @@ and releases the lease, so a standby takes over at once instead of after the
 TTL. The active part itself should still check ``lease.held`` before each
 externally visible action and pass ``lease.token`` to fenced writes
 (:mod:`.commits`): ``stop()`` runs asynchronously, the token check does not.
+In the lease's grace (a leader election of the lease bucket) ``held`` stays
+true while the key may already have expired on the server: only the fenced
+writes are safe then, and they are the only writes that matter.
 
 Metrics (one registry per worker): ``tecc_shard_takeover_seconds`` (end of the
 previous owner's term — its lease's expiry, or its release — to this worker
 active; only observed when the previous term was seen), and per shard
 ``tecc_shard_lease_age_seconds`` (since this worker acquired it, 0 if not
-owned) and ``tecc_shard_owner`` (1 while this worker owns the shard).
+owned) and ``tecc_shard_owner`` (1 while this worker owns the shard),
+``tecc_shard_lease_in_grace`` (1 while it owns it past the TTL because the lease
+bucket is unreachable) and ``tecc_shard_lease_rejoins`` (terms kept by a rejoin
+after the key expired in the grace, since the worker started).
 """
 
 from __future__ import annotations
@@ -59,11 +65,26 @@ class LeaseMetrics:
             registry=registry,
         )
 
+        self.in_grace = Gauge(
+            "tecc_shard_lease_in_grace",
+            "1 while this worker owns the shard past the TTL, its lease bucket unreachable",
+            ["shard"],
+            registry=registry,
+        )
+        self.rejoins = Gauge(
+            "tecc_shard_lease_rejoins",
+            "Lease terms kept by a rejoin after the key expired in the grace",
+            ["shard"],
+            registry=registry,
+        )
+
     def track(self, lease: Lease) -> None:
         """Export ``lease``'s age and ownership (read at scrape time)."""
         shard = str(lease.shard)
         self.lease_age.labels(shard).set_function(lambda: lease.age_s)
         self.owner.labels(shard).set_function(lambda: 1.0 if lease.valid() else 0.0)
+        self.in_grace.labels(shard).set_function(lambda: 1.0 if lease.in_grace else 0.0)
+        self.rejoins.labels(shard).set_function(lambda: float(lease.rejoins))
 
 
 async def run_while_leased(

@@ -106,6 +106,7 @@ class ActiveShard:
                     shard=self.cfg.shard,
                     worker_id=self.cfg.worker_id,
                     ttl_s=self.js_cfg.lease_ttl_s,
+                    grace_s=self.js_cfg.lease_grace_s,
                     replicas=replicas,
                 )
                 await self.lease.open()

@@ -1,0 +1,54 @@
+"""The lease key's record, a worker's standing with its shard, and the lease's arguments.
+
+See :mod:`cloud_tecc.jetstream.lease` (the lease itself) and docs/CLOUD.md
+"Leases and takeover".
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import msgspec
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+class LeaseRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The value of a shard's lease key: who owns it, since when, last renewed when."""
+
+    worker_id: str
+    acquired_ns: int  # the owner's wall clock when it acquired (identifies the term)
+    renewed_ns: int  # the owner's wall clock at its last renewal
+    ttl_s: int  # the TTL the owner wrote (Nats-TTL)
+    released_ns: int = 0  # set only in the delete marker of a voluntary release
+
+
+class LeaseState(enum.Enum):
+    """Where this worker stands with the shard."""
+
+    STANDBY = "standby"  # not the owner (yet)
+    HELD = "held"  # the owner, renewing
+    LOST = "lost"  # was the owner; renewal refused or overdue
+    RELEASED = "released"  # was the owner; handed over voluntarily
+
+
+def check_lease_args(*, shard: int, worker_id: str, ttl_s: int, grace_s: float) -> None:
+    """ValueError naming the argument and what to write instead, if one is out of range."""
+    if not isinstance(ttl_s, int) or ttl_s < 1:
+        raise ValueError(
+            f"ttl_s: {ttl_s!r} is not a whole number of seconds >= 1 (NATS per-message "
+            "TTLs are whole seconds); write e.g. 3"
+        )
+    if shard < 0:
+        raise ValueError(f"shard: {shard} must be >= 0")
+    if not 0 <= grace_s <= 600:
+        raise ValueError(
+            f"grace_s: {grace_s!r} must be 0-600 seconds (0 = stand down at the "
+            "deadline); write e.g. 6, about a JetStream leader election"
+        )
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise ValueError(
+            f"worker_id: {worker_id!r} must be 1-128 of A-Z a-z 0-9 _ . : - "
+            "(e.g. the host name and process id)"
+        )
