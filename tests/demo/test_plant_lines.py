@@ -25,6 +25,7 @@ import yaml
 from demo.devstack.deployment import auth_headers
 from demo.layout import SimSensor, assign_sensors, gateway_config
 from demo.pipeline import ROOT, Pipeline
+from demo.services import free_port
 from gateway.config_yaml import parse_config
 
 pytestmark = [pytest.mark.processes, pytest.mark.mqtt, pytest.mark.tpm, pytest.mark.slow]
@@ -100,7 +101,9 @@ async def test_plant_line_releases_windows_for_every_sensor(tmp_path: Path, tran
     """
     config = CONFIGS[transport]
     want = {s.sensor for s in _sensors(config)}
-    async with Pipeline(tmp_path / "state", gateways=2, sim_config=config) as p:
+    async with Pipeline(
+        tmp_path / "state", gateways=2, sim_config=config, dashboard_port=free_port()
+    ) as p:
         assert p.urls is not None
         deadline = time.monotonic() + 60
         rows: list[dict[str, Any]] = []

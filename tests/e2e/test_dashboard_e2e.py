@@ -11,6 +11,7 @@ import pytest
 
 from demo.devstack.deployment import http_json
 from demo.pipeline import ROOT, Pipeline
+from demo.services import free_port
 from tests.support.browser import chromium
 
 pytestmark = [
@@ -85,7 +86,11 @@ def _drive(dashboard: str, api: str, gateways: int, signin: str) -> list[str]:
 async def test_dashboard_shows_live_pipeline(tmp_path: Path) -> None:
     """Signed in by the one-time link: chart, spike flagged and an incident, clusters, gateways."""
     async with Pipeline(
-        tmp_path / "state", sim_scenario=SCENARIO, sim_duration=60.0, fresh=True
+        tmp_path / "state",
+        sim_scenario=SCENARIO,
+        sim_duration=60.0,
+        fresh=True,
+        dashboard_port=free_port(),
     ) as p:
         assert p.urls is not None
         assert p.urls.signin_link_file is not None

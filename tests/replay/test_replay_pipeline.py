@@ -22,6 +22,7 @@ import yaml
 from demo.devstack.deployment import auth_headers
 from demo.pipeline import DEMO_SIM, ROOT, Pipeline
 from demo.replay import window_for
+from demo.services import free_port
 from firmware_sim.replay import Disorder, read_csv
 
 pytestmark = [pytest.mark.processes, pytest.mark.mqtt, pytest.mark.tpm, pytest.mark.slow]
@@ -113,7 +114,9 @@ async def test_single_transport_line_releases_windows_on_both_gateways(
     gateway without sensors.
     """
     config = _line(tmp_path, machine)
-    async with Pipeline(tmp_path / "state", gateways=2, sim_config=config) as p:
+    async with Pipeline(
+        tmp_path / "state", gateways=2, sim_config=config, dashboard_port=free_port()
+    ) as p:
         assert p.urls is not None
         deadline = time.monotonic() + 90
         rows: list[dict[str, Any]] = []
