@@ -27,6 +27,7 @@ accepted without a record unless revoked here.
 
 from __future__ import annotations
 
+import abc
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
@@ -118,7 +119,7 @@ class RegistryUnavailableError(CloudError):
 Change = Callable[[GatewayRecord | None], GatewayRecord | None]
 
 
-class GatewayRegistry:
+class GatewayRegistry(abc.ABC):
     """The interface of both backends: snapshot reads, atomic writes, operator helpers."""
 
     def get(self, gateway_id: str) -> GatewayRecord | None:
@@ -142,9 +143,10 @@ class GatewayRegistry:
         """Whether the snapshot holds the party's records (False until a KV's first sync)."""
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a backend without resources keeps this
         """Release the backend."""
 
+    @abc.abstractmethod
     async def update(
         self, gateway_id: str, change: Change, *, operator: bool = False
     ) -> GatewayRecord | None:
@@ -154,7 +156,6 @@ class GatewayRegistry:
         write computed while a concurrent ``revoke`` landed keeps the
         revocation (``change`` is not called; the revoked record is returned).
         """
-        raise NotImplementedError
 
     _records: dict[str, GatewayRecord]
 
