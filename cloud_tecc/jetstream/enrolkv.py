@@ -49,7 +49,14 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from cloud_tecc.jetstream.kv import TRANSIENT, Bucket, KVError, RevisionChangedError, open_bucket
+from cloud_tecc.jetstream.kv import (
+    TRANSIENT,
+    Bucket,
+    KVError,
+    RevisionChangedError,
+    contention_pause,
+    open_bucket,
+)
 from cloud_tecc.jetstream.sharelog import gateway_token
 from cloud_tecc.party.registry import (
     DB_FILE,
@@ -324,7 +331,7 @@ class KvRegistry(GatewayRegistry):
         bucket, key = self._need(), record_key(gateway_id)
         apply = self._guarded(change, operator)
         try:
-            for _ in range(_TRIES):
+            for attempt in range(_TRIES):
                 stored = await bucket.get(key)
                 cur: GatewayRecord | None = None
                 if stored is not None and stored.value is not None:
@@ -344,11 +351,12 @@ class KvRegistry(GatewayRegistry):
                     if new is None:
                         if not present:
                             return None
-                        revision = await bucket.write(key, b"", expected=expected, delete=True)
+                        revision = await self._cas(bucket, key, b"", expected, delete=True)
                     else:
-                        revision = await bucket.write(key, encode_record(new), expected=expected)
+                        revision = await self._cas(bucket, key, encode_record(new), expected)
                 except RevisionChangedError:
                     self.conflicts.inc()
+                    await contention_pause(attempt)
                     continue
                 self._apply_own(gateway_id, revision, new)
                 return new
@@ -357,6 +365,12 @@ class KvRegistry(GatewayRegistry):
                 f"{ENROLMENT_BUCKET}/{key} not written: {exc!r}"
             ) from exc
         raise RegistryUnavailableError(f"{ENROLMENT_BUCKET}/{key} kept changing; try again")
+
+    async def _cas(
+        self, bucket: Bucket, key: str, value: bytes, expected: int, *, delete: bool = False
+    ) -> int:
+        """The one compare-and-set write of :meth:`update` (a seam for the race tests)."""
+        return await bucket.write(key, value, expected=expected, delete=delete)
 
     def _apply_own(self, gateway_id: str, revision: int, rec: GatewayRecord | None) -> None:
         if self._revisions.get(gateway_id, 0) < revision:

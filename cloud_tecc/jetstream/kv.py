@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -58,6 +59,25 @@ class KVError(CloudError):
 
 class RevisionChangedError(KVError):
     """A compare-and-set write found the key at another revision (someone else wrote)."""
+
+
+#: Full-jitter exponential backoff of a compare-and-set loop that lost a race:
+#: without it two writers that re-read in lockstep can starve one of them (the
+#: same one wins every round), and a burst of N writers costs N² writes.
+CAS_BACKOFF_BASE_S: Final = 0.002
+CAS_BACKOFF_CAP_S: Final = 0.25
+_JITTER: Final = random.SystemRandom()
+
+
+async def contention_pause(attempt: int, *, rng: random.Random = _JITTER) -> None:
+    """Sleep before compare-and-set retry ``attempt`` (0 = after the first loss).
+
+    The delay is uniform in [0, min(cap, base * 2**attempt)] ("full jitter"),
+    so concurrent losers spread out instead of colliding again; it is timing,
+    not a secret, but the generator is the OS one like every other draw here.
+    """
+    ceiling = min(CAS_BACKOFF_CAP_S, CAS_BACKOFF_BASE_S * (2 ** min(attempt, 16)))
+    await asyncio.sleep(rng.uniform(0.0, ceiling))
 
 
 class FencedError(KVError):

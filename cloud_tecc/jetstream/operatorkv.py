@@ -41,7 +41,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter
 
 from cloud_tecc.jetstream.enrolnonces import open_ttl_bucket
-from cloud_tecc.jetstream.kv import TRANSIENT, Bucket, RevisionChangedError
+from cloud_tecc.jetstream.kv import TRANSIENT, Bucket, RevisionChangedError, contention_pause
 from cloud_tecc.party import operators as ops
 from cloud_tecc.party.registry import RegistryUnavailableError
 from cloud_tecc.service import gateway_admin as ga
@@ -156,7 +156,7 @@ class KvOperators:
     async def _replace(self, name: str, value: bytes, *, delete: bool) -> bool:
         """Write ``op.<name>`` compare-and-set on its revision; whether a key was there."""
         keys, _ = self._need()
-        for _ in range(_TRIES):
+        for attempt in range(_TRIES):
             stored = await keys.get(KEY_PREFIX + name)
             present = stored is not None and stored.value is not None
             if delete and not present:
@@ -169,8 +169,9 @@ class KvOperators:
                     delete=delete,
                 )
                 return present
-            except RevisionChangedError:
-                continue  # another operator command wrote meanwhile: apply to the newer
+            except RevisionChangedError:  # another operator command wrote meanwhile
+                await contention_pause(attempt)
+                continue
         raise RegistryUnavailableError(f"{KEYS_BUCKET}/{KEY_PREFIX}{name} kept changing")
 
     async def use_nonce(self, nonce: str, now_ns: int, what: str) -> None:

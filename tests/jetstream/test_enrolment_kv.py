@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,7 +34,13 @@ from cloud_tecc.jetstream.enrolkv import (
     record_key,
 )
 from cloud_tecc.jetstream.enrolnonces import NONCE_PREFIX, KvChallenges, open_nonce_bucket
-from cloud_tecc.jetstream.kv import Bucket, open_bucket
+from cloud_tecc.jetstream.kv import (
+    CAS_BACKOFF_BASE_S,
+    CAS_BACKOFF_CAP_S,
+    Bucket,
+    contention_pause,
+    open_bucket,
+)
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from cloud_tecc.party.challenges import EnrolContext, secret_digest
 from cloud_tecc.party.registry import GatewayRecord, LiveKeys, Registry
@@ -59,10 +66,12 @@ async def clients(deployment: NatsDeployment) -> AsyncIterator[tuple[Client, Cli
 
 
 @contextlib.asynccontextmanager
-async def watched(nc: Client) -> AsyncIterator[tuple[KvRegistry, CollectorRegistry]]:
+async def watched(
+    nc: Client, kind: type[KvRegistry] = KvRegistry
+) -> AsyncIterator[tuple[KvRegistry, CollectorRegistry]]:
     """A KvRegistry on ``nc`` with its watch running (as a frontend runs it)."""
     metrics = CollectorRegistry()
-    reg = KvRegistry(metrics)
+    reg = kind(metrics)
     await reg.open(nc.jetstream(timeout=5.0))
     task = asyncio.create_task(reg.run())
     await reg.wait_ready()
@@ -128,29 +137,52 @@ async def test_a_revocation_at_one_process_is_enforced_by_the_other(
         assert b.age_s() < 5.0  # the currency check ran and found B current
 
 
+def bump(cur: GatewayRecord | None) -> GatewayRecord | None:
+    """One more re-quote counted into the record."""
+    assert cur is not None
+    return replace(cur, last_quote_ns=cur.last_quote_ns + 1)
+
+
+class Overtaken(KvRegistry):
+    """A registry whose rival writes between its read and its compare-and-set ``times`` times.
+
+    The rival's write goes through its own connection at exactly the moment a
+    blind read-then-put would lose it, so the race is certain, not timing luck.
+    """
+
+    rival: KvRegistry | None = None
+    times = 0
+
+    async def _cas(
+        self, bucket: Bucket, key: str, value: bytes, expected: int, *, delete: bool = False
+    ) -> int:
+        if self.times > 0 and self.rival is not None:
+            self.times -= 1
+            await self.rival.update("gw-cas", bump)
+        return await super()._cas(bucket, key, value, expected, delete=delete)
+
+
 async def test_concurrent_updates_lose_no_change(clients: tuple[Client, Client]) -> None:
-    """Two processes each count 25 re-quotes into one record at once: all 50 land.
+    """A write overtaken by another process is re-applied on top of it; 2 x 25 at once all land.
 
     A blind write (read, then put without the revision check) loses the
     increments of whichever process wrote second on every overlap.
     """
-    async with watched(clients[0]) as (a, ma), watched(clients[1]) as (b, mb):
+    async with watched(clients[0], Overtaken) as (a, ma), watched(clients[1]) as (b, _):
         await a.put(enrolled("gw-cas", last_quote_ns=0))
-
-        def bump(cur: GatewayRecord | None) -> GatewayRecord | None:
-            assert cur is not None
-            return replace(cur, last_quote_ns=cur.last_quote_ns + 1)
+        assert isinstance(a, Overtaken)
+        a.rival, a.times = b, 3
+        out = await a.update("gw-cas", bump)
+        assert out is not None
+        assert out.last_quote_ns == 4  # the rival's three and this one
+        assert ma.get_sample_value("tecc_enrolment_kv_conflicts_total") == 3.0
 
         async def many(reg: KvRegistry) -> None:
             for _ in range(25):
                 await reg.update("gw-cas", bump)
 
         await asyncio.gather(many(a), many(b))
-        await until(lambda: (r := a.get("gw-cas")) is not None and r.last_quote_ns == 50)
-        conflicts = sum(
-            m.get_sample_value("tecc_enrolment_kv_conflicts_total") or 0.0 for m in (ma, mb)
-        )
-        assert conflicts > 0  # they did race, and the losers re-applied
+        await until(lambda: (r := a.get("gw-cas")) is not None and r.last_quote_ns == 54)
         # a re-quote computed before a concurrent revocation keeps the revocation
         await b.revoke("gw-cas", "stolen", 2)
         out = await a.update("gw-cas", lambda cur: replace(enrolled("gw-cas"), reason="quoted"))
@@ -263,3 +295,22 @@ async def test_enrolment_db_is_imported_once(
         assert one.state == "enrolled"
         assert two is not None
         assert two.state == "revoked"
+
+
+async def test_losers_back_off_with_full_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost race waits uniform [0, base * 2**attempt] capped, so lockstep losers spread out."""
+    slept: list[float] = []
+
+    async def record(delay: float) -> None:
+        slept.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", record)
+    rng = random.Random(7)
+    for attempt in range(12):
+        for _ in range(50):
+            await contention_pause(attempt, rng=rng)
+    ceilings = [min(CAS_BACKOFF_CAP_S, CAS_BACKOFF_BASE_S * 2**a) for a in range(12)]
+    per = [slept[i * 50 : (i + 1) * 50] for i in range(12)]
+    assert all(0.0 <= d <= c for ds, c in zip(per, ceilings, strict=True) for d in ds)
+    assert all(max(ds) > c / 2 for ds, c in zip(per, ceilings, strict=True))  # not a constant
+    assert max(per[-1]) <= CAS_BACKOFF_CAP_S < sum(per[-1]) / 50 * 4
