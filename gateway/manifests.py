@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,23 +36,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import GatewayConfig
 from gateway.uplink_tls import SslArg
 from tecc_contract.attestation import QuoteVerifier
-from tecc_contract.manifest import (
-    MAX_MANIFEST_BYTES,
-    POLICY_CLAIM,
-    REASONS,
-    ManifestError,
-    ReleaseManifest,
-    check_signed,
-    owner_key_id,
-    verify_manifest,
-)
+from tecc_contract.manifest import MAX_MANIFEST_BYTES, REASONS, ReleaseManifest
+from tecc_contract.manifest_state import STATE_FILE, ManifestState
 from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 
 log = logging.getLogger(__name__)
-STATE_FILE: Final = "release_manifest.json"
+__all__ = ["STATE_FILE", "ManifestTrust", "quote_verifier"]
 
 
-class ManifestTrust:
+class ManifestTrust(ManifestState):
     """Fetches, verifies and keeps the newest owner-signed manifest; answers quote checks."""
 
     def __init__(
@@ -67,12 +57,7 @@ class ManifestTrust:
         max_skew_s: float = 300.0,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._key = owner_key
-        self.key_id = owner_key_id(owner_key)
-        self._path = state_dir / STATE_FILE
         self._refresh_s = refresh_s
-        self._skew_ns = int(max_skew_s * 1e9)
-        self._now_ns = now_ns
         self._fetched: dict[str, float] = {}  # cluster base URL -> monotonic time of last GET
         self.rejected = Counter(
             "gateway_manifest_rejected",
@@ -87,71 +72,15 @@ class ManifestTrust:
             "issued time of the release manifest in force (0: none)",
             registry=registry,
         )
-        self.current: ReleaseManifest | None = None
-        self._load()
+        super().__init__(owner_key, state_dir, max_skew_s=max_skew_s, now_ns=now_ns)
 
-    def _load(self) -> None:
-        """The manifest accepted before this start, if the same owner signed it."""
-        try:
-            data = self._path.read_bytes()
-        except FileNotFoundError:
-            return
-        try:
-            manifest = ReleaseManifest.from_bytes(data)
-            check_signed(manifest, self._key)
-        except ManifestError as exc:
-            log.warning(
-                "%s is not a manifest of owner key %s (%s); starting without one",
-                self._path,
-                self.key_id,
-                exc,
-            )
-            return
-        self._install(manifest, persist=False)
+    def rejected_reason(self, reason: str) -> None:
+        """Count a refused manifest."""
+        self.rejected.labels(reason).inc()
 
-    def _install(self, manifest: ReleaseManifest, *, persist: bool) -> None:
-        if persist:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            with tmp.open("wb") as fh:
-                fh.write(manifest.to_bytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path)
-        self.current = manifest
+    def installed(self, manifest: ReleaseManifest) -> None:
+        """Export the issued time of the manifest in force."""
         self.issued.set(manifest.issued_ns / 1e9)
-
-    def offer(self, data: bytes, source: str) -> bool:
-        """Verify manifest bytes from ``source``; True if they are (now) the manifest in force."""
-        try:
-            manifest = verify_manifest(
-                data,
-                self._key,
-                now_ns=self._now_ns(),
-                current=self.current,
-                max_skew_ns=self._skew_ns,
-            )
-        except ManifestError as exc:
-            self.rejected.labels(exc.reason).inc()
-            log.error(
-                "release manifest from %s refused (%s): %s; the manifest in force stays",
-                source,
-                exc.reason,
-                exc,
-            )
-            return False
-        current = self.current
-        if current is None or manifest.issued_ns > current.issued_ns:
-            self._install(manifest, persist=True)
-            log.info(
-                "release manifest issued %d by %s accepted from %s: %d entries, valid until %d",
-                manifest.issued_ns,
-                manifest.owner_key_id,
-                source,
-                len(manifest.entries),
-                manifest.not_after_ns,
-            )
-        return True
 
     async def refresh(
         self, session: aiohttp.ClientSession, base_url: str, ssl: SslArg, *, force: bool = False
@@ -182,48 +111,15 @@ class ManifestTrust:
             return
         self.offer(data, base_url)
 
-    def summary(self) -> dict[str, object]:
-        """The manifest in force, for ``/healthz`` (``None`` fields while there is none)."""
-        m = self.current
-        return {
-            "owner_key_id": self.key_id,
-            "issued_ns": None if m is None else m.issued_ns,
-            "not_after_ns": None if m is None else m.not_after_ns,
-            "entries": 0 if m is None else len(m.entries),
-            "expired": m is not None and self._now_ns() > m.not_after_ns,
-        }
-
     def refusal(self, measurement: bytes, claims: Mapping[str, str], role: str) -> str | None:
         """None if the manifest in force lists this build for ``role``; else why not.
 
         A refusal makes the next attestation fetch the manifests again at once.
         """
-        why = self._why_not(measurement, claims, role)
+        why = super().refusal(measurement, claims, role)
         if why is not None:
             self._fetched.clear()
         return why
-
-    def _why_not(self, measurement: bytes, claims: Mapping[str, str], role: str) -> str | None:
-        manifest = self.current
-        if manifest is None:
-            return f"no valid release manifest signed by {self.key_id} has been accepted yet"
-        if self._now_ns() > manifest.not_after_ns:
-            return (
-                f"the release manifest in force (issued {manifest.issued_ns}) has expired: the "
-                "owner must sign a new one"
-            )
-        try:
-            policy = bytes.fromhex(claims.get(POLICY_CLAIM, ""))
-        except ValueError:
-            policy = b""
-        if len(policy) != 32:
-            return f"the quote carries no policy digest (claim {POLICY_CLAIM!r})"
-        if not manifest.allows(measurement, policy, role):
-            return (
-                f"the manifest issued {manifest.issued_ns} lists no {role} build with this "
-                f"measurement and policy digest {policy.hex()[:16]}…"
-            )
-        return None
 
 
 def quote_verifier(
