@@ -35,6 +35,7 @@ from cloud_tecc.party.enrolment_doc import EnrolmentDoc
 from tecc_contract.errors import ConfigFileError
 from tecc_contract.header import MAX_PARTIES
 from tecc_contract.keys import KemSuite
+from tecc_contract.manifest import load_owner_public
 from tecc_contract.platforms import DEFAULT_PLATFORM, check_platform
 from tecc_contract.schema import (
     Count,
@@ -133,10 +134,18 @@ class Trust(FileSchema, frozen=True, kw_only=True):
     the parties) are re-attested every ``reattest_s`` during a session.
     ``platform`` names the TEE platform verifier (``simulated``, the only one
     built in; :mod:`tecc_contract.platforms`).
+
+    ``owner_key``: a file with the plant owner's public key (``owner.pub``);
+    then a quote also passes if the owner-signed manifest at the service's
+    ``release_manifest`` lists its measurement, policy digest and role
+    (:mod:`cloud_tecc.enclave.releases`). ``allowed_measurements`` unset means
+    ``[self]`` without ``owner_key`` and no fixed list with it; set with it,
+    both are accepted (the union).
     """
 
     platform_keys: tuple[Anchor, ...] | dict[Name, Anchor] = (SELF,)
-    allowed_measurements: tuple[Anchor, ...] = (SELF,)
+    allowed_measurements: tuple[Anchor, ...] | None = None
+    owner_key: Name | None = None
     max_age_s: Positive = 300.0
     refresh_s: Positive = 30.0
     reattest_s: Positive = 60.0
@@ -145,6 +154,13 @@ class Trust(FileSchema, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_platform(self.platform, "platform")
+
+    @property
+    def fixed_measurements(self) -> tuple[str, ...]:
+        """The fixed allow-list: as written, else ``[self]`` unless ``owner_key`` is set."""
+        if self.allowed_measurements is not None:
+            return self.allowed_measurements
+        return () if self.owner_key is not None else (SELF,)
 
     @property
     def anchors(self) -> tuple[str, ...]:
@@ -462,6 +478,7 @@ class ServiceConfig:
     trust: Trust
     log_level: str
     release_manifest: Path | None = None
+    owner_key: bytes | None = None  # raw Ed25519 public key (attestation.owner_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,6 +620,26 @@ def _policy(f: ServiceFile, base: Path) -> tuple[Path, AnalyticsPolicy]:
         raise CloudConfigError(f"$.policy names an invalid analytics policy: {exc}") from exc
 
 
+def _owner_key(f: ServiceFile, base: Path) -> bytes | None:
+    """The raw owner key of ``attestation.owner_key``; CloudConfigError saying what to write."""
+    name = f.attestation.owner_key
+    if name is None:
+        return None
+    if f.release_manifest is None:
+        raise CloudConfigError(
+            "attestation.owner_key needs release_manifest: write the path of the manifest file "
+            "the owner signed (tecc-cluster admin sign-manifest), or remove owner_key"
+        )
+    path = (base / name).resolve()
+    try:
+        return load_owner_public(path.read_text(encoding="utf-8")).public_bytes_raw()
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CloudConfigError(
+            f"attestation.owner_key: {path} is not a readable owner public key ({exc}); write "
+            "the path of owner.pub (tecc-cluster admin owner-key init)"
+        ) from exc
+
+
 def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
     policy_path, policy = _policy(f, base)
     return ServiceConfig(
@@ -619,6 +656,7 @@ def _service(f: ServiceFile, base: Path, role: Role) -> ServiceConfig:
         release_manifest=(
             None if f.release_manifest is None else (base / f.release_manifest).resolve()
         ),
+        owner_key=_owner_key(f, base),
     )
 
 

@@ -78,7 +78,9 @@ class DealerProcess(ServiceBase):
 
     async def _start_dealer(self) -> None:
         assert self.http is not None
-        verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
+        verifier = build_verifier(
+            self.cfg.trust, self.enclave.platform, self.enclave.measurement, self.owner_releases
+        )
         directory = AttestedDirectory(verifier, self.http, refresh_s=self.cfg.trust.refresh_s)
         keys: dict[int, Ed25519PublicKey] = {}
         while len(keys) < len(self.dcfg.parties):

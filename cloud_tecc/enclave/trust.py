@@ -20,16 +20,24 @@ import aiohttp
 from cloud_tecc.config import SELF, Endpoint, Trust
 from cloud_tecc.enclave.platform import SimulatedPlatform, platform_key_id
 from cloud_tecc.errors import CloudConfigError, PeerError
-from tecc_contract.attestation import Quote, QuoteVerifier, VerifiedIdentity
+from tecc_contract.attestation import Quote, QuoteVerifier, ReleaseCheck, VerifiedIdentity
 from tecc_contract.errors import AttestationError, ParameterError
 from tecc_contract.keys import ed25519_public_from_bytes
 from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 
 
 def build_verifier(
-    trust: Trust, platform: SimulatedPlatform, own_measurement: bytes
+    trust: Trust,
+    platform: SimulatedPlatform,
+    own_measurement: bytes,
+    releases: ReleaseCheck | None = None,
 ) -> QuoteVerifier:
-    """The ``attestation.platform`` verifier from configured anchors (``self`` expanded)."""
+    """The ``attestation.platform`` verifier from configured anchors (``self`` expanded).
+
+    A quote passes if its measurement is on the fixed list
+    (``Trust.fixed_measurements``) or ``releases`` (the owner-signed manifest,
+    :mod:`cloud_tecc.enclave.releases`) allows its build.
+    """
     keys = {}
     domains: dict[str, set[str]] = {}
     own = platform.attestation_key.public_key()
@@ -42,7 +50,7 @@ def build_verifier(
             keys[platform_key_id(pub)] = pub
             domains.setdefault(platform_key_id(pub), set()).add(service_id)
         allowed = {
-            own_measurement if m == SELF else bytes.fromhex(m) for m in trust.allowed_measurements
+            own_measurement if m == SELF else bytes.fromhex(m) for m in trust.fixed_measurements
         }
     except ValueError as exc:
         raise CloudConfigError(
@@ -53,6 +61,7 @@ def build_verifier(
         allowed_measurements=allowed,
         max_age_s=trust.max_age_s,
         platform_services=domains,
+        releases=releases,
     )
     try:
         return build_quote_verifier(trust.platform, settings)

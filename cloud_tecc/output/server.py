@@ -160,7 +160,9 @@ class OutputService(ServiceBase):
         self.spawn(self._prune(), "retention")
         if self.deliverer is not None:
             self.spawn(self.deliverer.run(), "delivery")
-        verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
+        verifier = build_verifier(
+            self.cfg.trust, self.enclave.platform, self.enclave.measurement, self.owner_releases
+        )
         self.directory = AttestedDirectory(
             verifier, self.session, refresh_s=self.cfg.trust.refresh_s
         )

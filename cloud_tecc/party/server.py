@@ -163,7 +163,9 @@ class PartyService(UplinkService):
         if js is not None and js.embedded:
             self.nats = await asyncio.to_thread(start_embedded, js, self.cfg.state_dir)
         self.http = aiohttp.ClientSession()
-        verifier = build_verifier(self.cfg.trust, self.enclave.platform, self.enclave.measurement)
+        verifier = build_verifier(
+            self.cfg.trust, self.enclave.platform, self.enclave.measurement, self.owner_releases
+        )
         directory = AttestedDirectory(verifier, self.http, refresh_s=self.cfg.trust.refresh_s)
         self.directory = directory
         self.coordinator = Coordinator(

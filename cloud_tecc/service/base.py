@@ -26,6 +26,7 @@ from cloud_tecc.config import ServiceConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.measurement import config_digest, measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
+from cloud_tecc.enclave.releases import service_releases
 from cloud_tecc.service import manifest
 from tecc_contract import logfmt
 from tecc_contract.keys import KemSuite
@@ -55,8 +56,10 @@ def open_enclave(
         "trust": {
             "platform_keys": list(trust.anchors),
             "domains": dict(trust.domains),
-            "allowed_measurements": list(trust.allowed_measurements),
+            "allowed_measurements": list(trust.fixed_measurements),
             "max_age_s": trust.max_age_s,
+            # the owner key whose release manifests this service trusts (absent: none)
+            **({} if cfg.owner_key is None else {"owner_key": cfg.owner_key.hex()}),
         },
         **(extra or {}),
     }
@@ -96,6 +99,8 @@ class ServiceBase:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         manifest.routes(self.app, cfg.release_manifest, self.registry)
+        #: the owner-signed manifest this service trusts builds from (attestation.owner_key)
+        self.owner_releases = service_releases(cfg, self.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self.ssl_context: ssl.SSLContext | None = None  # set by a service that serves TLS
         self.started_ns = time.time_ns()
@@ -165,6 +170,8 @@ class ServiceBase:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.owner_releases is not None:
+            self.spawn(self.owner_releases.run(self.cfg.trust.refresh_s), "release-manifest")
         await self.on_start()
         try:
             await stop.wait()
