@@ -150,6 +150,8 @@ class Deployment:
     party_extra: dict[str, Any] = field(default_factory=dict)
     #: Extra keys of every service's ``attestation`` section (e.g. ``reattest_s``).
     attestation: dict[str, Any] = field(default_factory=dict)
+    #: Extra top-level keys of every service's config (e.g. ``release_manifest``).
+    service_extra: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     gateway_health: dict[str, str] = field(default_factory=dict)
     output_extra: dict[str, Any] = field(default_factory=dict)  # e.g. units, incidents, auth
@@ -310,6 +312,7 @@ class Deployment:
                 "platform_keys": self.platform_keys(),
                 **self.attestation,
             },
+            **self.service_extra,
         }
         gws = {
             g: k if isinstance(k, str) else k.public_key().public_bytes_raw().hex()
