@@ -135,12 +135,15 @@ class Trust(FileSchema, frozen=True, kw_only=True):
     ``platform`` names the TEE platform verifier (``simulated``, the only one
     built in; :mod:`tecc_contract.platforms`).
 
-    ``owner_key``: a file with the plant owner's public key (``owner.pub``);
-    then a quote also passes if the owner-signed manifest at the service's
-    ``release_manifest`` lists its measurement, policy digest and role
-    (:mod:`cloud_tecc.enclave.releases`). ``allowed_measurements`` unset means
-    ``[self]`` without ``owner_key`` and no fixed list with it; set with it,
-    both are accepted (the union).
+    ``owner_key``: the path (relative to this file) of the plant owner's public
+    key (``owner.pub`` of ``tecc-cluster admin owner-key init``); a quote then
+    also passes if the owner-signed manifest at the service's
+    ``release_manifest`` (re-read when the file changes, at least every
+    ``refresh_s``) lists its measurement, policy digest and role
+    (:mod:`cloud_tecc.enclave.releases`). ``allowed_measurements`` unset (null)
+    means ``[self]`` without ``owner_key`` and no fixed list with it; both set:
+    a quote passes if either allows it (the union), so list a build there only
+    to pin it whatever the manifest says.
     """
 
     platform_keys: tuple[Anchor, ...] | dict[Name, Anchor] = (SELF,)
