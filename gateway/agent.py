@@ -296,6 +296,8 @@ class Agent:
                     for mb in self.modbus:
                         self.start_task(mb.name, mb)
                     tasks.append(tg.create_task(self._gauges_loop()))
+                    if self.manifests is not None:  # new manifests between attestations too
+                        tasks.append(tg.create_task(self.manifests.follow(session, self.links)))
                     batch_task = tg.create_task(self._batch_loop(stop))
                     for m in self.mqtt:
                         m.start()

@@ -6,6 +6,10 @@ uplink fetches ``GET {cluster}/v1/manifest`` over the same TLS connection
 settings it fetches the quote with (the certificate just seen, whose key
 the quote must then bind; :mod:`gateway.uplink_tls`), at most every
 ``trust.refresh_s`` per cluster and at once after a quote was refused.
+Between attestations :meth:`ManifestTrust.follow` fetches it from every
+attested cluster each ``trust.refresh_s`` too (a busy link re-attests only
+every few minutes), and a newer manifest in force makes every link attest
+again at its next step, so a build the owner withdrew gets nothing more.
 :func:`tecc_contract.manifest.verify_manifest` decides; a manifest issued
 later than the one in force replaces it (no restart), and the newest
 accepted one is kept in ``state_dir/release_manifest.json`` so a restart
@@ -23,11 +27,13 @@ the manifest in force, and that manifest must not have expired.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -42,6 +48,16 @@ from tecc_contract.platforms import VerifierSettings, build_quote_verifier
 
 log = logging.getLogger(__name__)
 __all__ = ["STATE_FILE", "ManifestTrust", "quote_verifier"]
+
+
+class ManifestFollower(Protocol):
+    """A cluster link as :meth:`ManifestTrust.follow` sees it (``gateway.uplink.ClusterLink``)."""
+
+    def manifest_source(self) -> tuple[str, SslArg] | None:
+        """The attested base URL and its ``ssl=``; None while not attested."""
+
+    def recheck(self) -> None:
+        """Attest again at the next step."""
 
 
 class ManifestTrust(ManifestState):
@@ -110,6 +126,24 @@ class ManifestTrust(ManifestState):
             )
             return
         self.offer(data, base_url)
+
+    async def follow(
+        self, session: aiohttp.ClientSession, links: Sequence[ManifestFollower]
+    ) -> None:
+        """Forever: every ``refresh_s``, fetch the manifest of each attested cluster, so a
+        healthy link that does not re-attest still picks up a new one. A newer manifest in
+        force makes every link attest again at its next step: a build it no longer lists
+        gets nothing more, whatever link brought the manifest."""
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            before = self.current
+            for link in links:
+                source = link.manifest_source()
+                if source is not None:
+                    await self.refresh(session, *source)
+            if self.current is not before:
+                for link in links:
+                    link.recheck()
 
     def refusal(self, measurement: bytes, claims: Mapping[str, str], role: str) -> str | None:
         """None if the manifest in force lists this build for ``role``; else why not.

@@ -354,8 +354,9 @@ class OwnerTrustDoc(Schema, frozen=True, kw_only=True):
     ``owner_key``: the owner's Ed25519 public key, inline (base64 of the 32
     raw bytes, or 64 hex digits) or the path of a file holding it (PEM or
     base64; ``tecc-cluster admin owner-key init`` writes ``owner.pub``).
-    Each cluster's ``GET /v1/manifest`` is fetched at most every
-    ``refresh_s``; a manifest issued more than ``max_skew_s`` ahead of the
+    Each attested cluster's ``GET /v1/manifest`` is fetched every
+    ``refresh_s`` (and at its attestations, at most that often); a newer
+    manifest makes every cluster re-attest; one issued more than ``max_skew_s`` ahead of the
     gateway's clock is refused.
     """
 

@@ -191,6 +191,17 @@ class ClusterLink:
         """Monotonic time of the last successful attestation (None while not attested)."""
         return self.cycle.attested_at
 
+    def manifest_source(self) -> tuple[str, SslArg] | None:
+        """The attested endpoint and its pinned ``ssl=`` (None while not attested), where
+        the agent fetches the release manifest between attestations."""
+        tls = self._tls
+        return None if tls is None else (self.endpoints.url, tls.upload)
+
+    def recheck(self) -> None:
+        """Attest again at the next step (a new release manifest is in force)."""
+        self.cycle.stale()
+        self.wake.set()
+
     async def _choose(self) -> str:
         """Make a free endpoint current (waiting if all are held back); return its URL."""
         eps = self.endpoints

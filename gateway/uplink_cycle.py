@@ -98,6 +98,7 @@ class UplinkCycle:
         self.delay_s = 0.0
         self._reattest_s = reattest_s
         self._backoff = backoff or Backoff()
+        self._stale = False  # attest again at the next chance (stale())
 
     def fire(self, event: Event) -> None:
         """Apply one event (the table); :class:`CycleError` if illegal here."""
@@ -109,13 +110,19 @@ class UplinkCycle:
         self.step = nxt
 
     def _expire(self, now_s: float) -> None:
-        if self.attested_at is None or now_s - self.attested_at > self._reattest_s:
+        if self._stale or self.attested_at is None or now_s - self.attested_at > self._reattest_s:
             self.fire(Event.EXPIRED)
+
+    def stale(self) -> None:
+        """The last attestation no longer counts (a new release manifest is in force): the
+        next drain round or idle interval ends in ``expired``."""
+        self._stale = True
 
     def attested(self, now_s: float) -> None:
         """The cluster proved its identity and key."""
         self.fire(Event.ATTESTED)
         self.attested_at = now_s
+        self._stale = False
 
     def drained(self, sent: int, now_s: float) -> None:
         """A drain round succeeded, delivering ``sent`` frames."""
