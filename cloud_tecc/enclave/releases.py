@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.config import ServiceConfig
+from cloud_tecc.service.health import ManifestHealth
 from tecc_contract.manifest import MAX_MANIFEST_BYTES, REASONS, ReleaseManifest
 from tecc_contract.manifest_state import ManifestState
 
@@ -103,6 +104,17 @@ class ServiceReleases(ManifestState):
         """Re-read a changed manifest file, then check the build against the one in force."""
         self.poll()
         return super().refusal(measurement, claims, role)
+
+    def health(self) -> ManifestHealth:
+        """The manifest in force, for ``/healthz``."""
+        m = self.current
+        return ManifestHealth(
+            owner_key_id=self.key_id,
+            issued_ns=None if m is None else m.issued_ns,
+            not_after_ns=None if m is None else m.not_after_ns,
+            entries=0 if m is None else len(m.entries),
+            expired=m is not None and time.time_ns() > m.not_after_ns,
+        )
 
     async def run(self, interval_s: float) -> None:
         """Forever: pick up a replaced manifest file every ``interval_s``."""

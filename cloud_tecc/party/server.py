@@ -253,6 +253,9 @@ class PartyService(UplinkService):
             status=base["status"],
             role=role,
             service_id=base["service_id"],
+            release_manifest=(
+                None if self.owner_releases is None else self.owner_releases.health()
+            ),
             party=self.pcfg.party,
             n_parties=self.pcfg.n_parties,
             shard=self.pcfg.shard,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -107,7 +108,14 @@ class ServiceBase:
 
     def health(self) -> dict[str, Any]:
         """Health document; subclasses extend it."""
-        return {"status": "ok", "role": self.cfg.role.value, "service_id": self.cfg.service_id}
+        doc: dict[str, Any] = {
+            "status": "ok",
+            "role": self.cfg.role.value,
+            "service_id": self.cfg.service_id,
+        }
+        if self.owner_releases is not None:
+            doc["release_manifest"] = msgspec.to_builtins(self.owner_releases.health())
+        return doc
 
     async def _attestation(self, request: web.Request) -> web.Response:
         try:

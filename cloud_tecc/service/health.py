@@ -51,6 +51,18 @@ class HealthDoc(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: or ``starting``.
     role: str
     service_id: str
+    #: The owner-signed release manifest in force (with ``attestation.owner_key``).
+    release_manifest: ManifestHealth | None = None
+
+
+class ManifestHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """The release manifest a service trusts builds from (:mod:`cloud_tecc.enclave.releases`)."""
+
+    owner_key_id: str
+    issued_ns: int | None = None
+    not_after_ns: int | None = None
+    entries: Annotated[int, Meta(ge=0)] = 0
+    expired: bool = False
 
 
 class LeaseHealth(msgspec.Struct, frozen=True, kw_only=True):

@@ -39,14 +39,15 @@ def sign(owner: Path, out: Path, *policies: Path) -> dict[str, Any]:
     return admin(*args, "--valid-days", "1", "--out", out)
 
 
-def wait(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``check`` until true; TimeoutError naming ``what``."""
+def wait(dep: Deployment, check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    """Poll ``check`` until true; TimeoutError naming ``what`` with every service's health."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}")
+    states = {n: health(dep, n) for n in dep.services}
+    raise TimeoutError(f"timed out waiting for {what}: {states}")
 
 
 def peer(dep: Deployment, party: str, other: str) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def test_a_policy_rollout_is_one_signed_manifest(tmp_path: Path) -> None:
     try:
         dep.start_all()
         wait(
+            dep,
             lambda: "release manifest" in str(peer(dep, "party0", "party1").get("detail")),
             "refusal",
         )
@@ -102,7 +104,7 @@ def test_a_policy_rollout_is_one_signed_manifest(tmp_path: Path) -> None:
         foreign_output = health(dep, "output").get("clusters_attested")
         # the owner signs the build; the operator replaces the file; nobody restarts
         sign(owner, served, old_policy)
-        wait(lambda: paired(dep), "the services to pair under the owner's manifest")
+        wait(dep, lambda: paired(dep), "the services to pair under the owner's manifest")
         issued = metric(dep, "party0", "tecc_manifest_issued_seconds")
         # party1 upgrades to a new policy the manifest does not list yet
         dep.stop("party1")
@@ -112,16 +114,18 @@ def test_a_policy_rollout_is_one_signed_manifest(tmp_path: Path) -> None:
         (dep.state_dir("party1") / "sealed_keys.bin").unlink()
         dep.start("party1")
         wait(
+            dep,
             lambda: "lists no party build" in str(peer(dep, "party0", "party1").get("detail")),
             "party0 to refuse the unlisted build",
         )
         unlisted_session = health(dep, "party0").get("session")
         # the owner lists old and new build; the file is replaced; only party1 ever restarted
         sign(owner, served, old_policy, new_policy)
-        wait(lambda: paired(dep), "the old and the new build to pair")
+        wait(dep, lambda: paired(dep), "the old and the new build to pair")
         new_peer = peer(dep, "party0", "party1")
         issued_after = metric(dep, "party0", "tecc_manifest_issued_seconds")
         status, manifest_doc = http_json(dep.url("party0") + "/v1/manifest")
+        in_force = {n: health(dep, n).get("release_manifest") for n in ("party0", "dealer")}
     finally:
         dep.stop_all()
     assert all(v >= 1 for v in foreign_refused.values()), foreign_refused
@@ -135,3 +139,8 @@ def test_a_policy_rollout_is_one_signed_manifest(tmp_path: Path) -> None:
     assert status == 200
     assert manifest_doc["owner_key_id"] == made["owner_key_id"]
     assert len(manifest_doc["entries"]) == 2
+    for doc in in_force.values():  # /healthz shows the manifest in force
+        assert doc is not None
+        assert doc["owner_key_id"] == made["owner_key_id"]
+        assert doc["issued_ns"] == manifest_doc["issued_ns"]
+        assert doc["entries"] == 2
