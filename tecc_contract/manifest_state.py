@@ -85,7 +85,8 @@ class ManifestState:
     def _install(self, manifest: ReleaseManifest, *, persist: bool) -> None:
         if persist:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
+            # per process: processes sharing a state dir (a party and its frontends) each write
+            tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
             with tmp.open("wb") as fh:
                 fh.write(manifest.to_bytes())
                 fh.flush()
