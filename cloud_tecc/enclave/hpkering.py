@@ -55,7 +55,7 @@ class RingWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     version: Annotated[int, Meta(ge=1)]
     since_ns: Annotated[int, Meta(ge=0)]
     current: Hex64  # hpke_key_digest of the current public key
-    previous: Hex64 | Literal[""]  # of the previous one ("" = none)
+    previous: Annotated[str, Meta(pattern="^([0-9a-f]{64})?$")]  # of the previous ("" = none)
     sealed: str  # base64 of seal(ring secret)
 
 

@@ -21,9 +21,10 @@ key in the KV). :class:`RingFollower` is what each frontend runs:
   previous) over the revision it read. JetStream's compare-and-set lets
   exactly one writer of that revision through; a loser backs off
   (:func:`~cloud_tecc.jetstream.kv.contention_pause`), re-reads and adopts
-  the winner's ring, which is not due any more. ``tecc_hpke_rotations_total``
-  counts the rotations this process wrote, ``tecc_hpke_ring_adopted_total``
-  every new version it took into use, ``tecc_hpke_ring_version`` the one in use.
+  the winner's ring, which is not due any more (``tecc_hpke_ring_conflicts_total``).
+  ``tecc_hpke_rotations_total`` counts the rotations this process wrote,
+  ``tecc_hpke_ring_adopted_total`` every new version it took into use,
+  ``tecc_hpke_ring_version`` the one in use.
 
 The previous key keeps opening envelopes until ``since_ns + hpke_overlap_s``
 of the current key; :attr:`RingFollower.on_change` is called on every new
@@ -102,6 +103,11 @@ class RingFollower:
         self.rotations = Counter(
             "tecc_hpke_rotations", "HPKE key rotations this process wrote", registry=registry
         )
+        self.conflicts = Counter(
+            "tecc_hpke_ring_conflicts",
+            "Ring writes that lost the compare-and-set to another frontend's",
+            registry=registry,
+        )
         self.adopted = Counter(
             "tecc_hpke_ring_adopted", "New HPKE ring versions taken into use", registry=registry
         )
@@ -156,19 +162,29 @@ class RingFollower:
     # -- the KV ----------------------------------------------------------------------------
 
     async def open(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        """Open (create) the bucket and load the ring, creating version 1 when absent."""
-        self.bucket = await open_bucket(js, HPKE_BUCKET, replicas=replicas)
+        """Open (create) the bucket and load the ring, creating version 1 when absent.
+
+        A stored ring that is refused leaves :attr:`ring` None (the frontend answers
+        503) until the watch brings a good one: the provisioned key is never used
+        in place of the party's ring, which may have rotated past it.
+        """
+        bucket = await open_bucket(js, HPKE_BUCKET, replicas=replicas)
+        await self._load(bucket)
+        self.bucket = bucket
+
+    async def _load(self, bucket: Bucket) -> None:
         for attempt in range(_TRIES):
-            stored = await self.bucket.get(RING_KEY)
+            stored = await bucket.get(RING_KEY)
             if stored is not None and stored.value is not None:
-                self.apply(stored.value, stored.revision)
+                self.apply(stored.value, stored.revision)  # refused: no ring until a good one
                 return
             try:
-                rev = await self.bucket.write(
+                rev = await bucket.write(
                     RING_KEY, self.sealer.encode(self.initial), expected=0 if stored is None
                     else stored.revision,
                 )  # fmt: skip
             except RevisionChangedError:  # another frontend created it first: read theirs
+                self.conflicts.inc()
                 await contention_pause(attempt)
                 continue
             self._seen = rev
@@ -195,6 +211,7 @@ class RingFollower:
                     expected=0 if stored is None else stored.revision,
                 )
             except RevisionChangedError:  # another frontend rotated first: adopt theirs
+                self.conflicts.inc()
                 await contention_pause(attempt)
                 continue
             self._seen = rev
@@ -224,7 +241,7 @@ class RingFollower:
         """Connect, load or create the ring, then follow (and rotate) for ever."""
         self.nc = await party_client(cfg, state_dir, name, "the HPKE key ring")
         js = self.nc.jetstream(timeout=5.0)
-        while self.bucket is None or self.ring is None:
+        while self.bucket is None:  # (a refused stored ring: wait for a good one below)
             try:
                 await self.open(js, replicas=cfg.replicas)
             except (*TRANSIENT, KVError) as exc:
@@ -270,8 +287,10 @@ class RingFollower:
         overlap_told = 0  # the version whose overlap end was announced
         while True:
             ring = self.ring
-            if ring is None:
-                return
+            if ring is None:  # none usable yet: the watch will bring one
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             now = time.time_ns()
             wakes = []
             if self.rotation_ns > 0:
