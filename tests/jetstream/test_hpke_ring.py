@@ -118,6 +118,10 @@ async def _until(pred: Callable[[], bool], what: str) -> None:
     assert pred(), what
 
 
+def _at(fe: Frontend, version: int) -> bool:
+    return fe.ring.version == version
+
+
 def _refused(fe: Frontend, reason: str) -> bool:
     return fe.metric("tecc_hpke_ring_rejected_total", reason=reason) == 1
 
@@ -139,7 +143,7 @@ async def test_a_rotation_at_one_frontend_is_adopted_by_the_other(tmp_path: Path
                 old = b.ring
                 t0 = time.perf_counter()
                 assert await a.follower.rotate_once(_due(a))
-                await _until(lambda old=old: b.ring.version == old.version + 1, "B adopts")
+                await _until(functools.partial(_at, b, old.version + 1), "B adopts")
                 latencies.append(time.perf_counter() - t0)
                 assert b.ring == a.ring  # the same keys, the same times
                 assert b.ring.previous_public == old.current_public
