@@ -234,7 +234,10 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     (0..n_parties-1 except ``party``) exactly once, each with ``mpc``; ``dealer``
     has ``mpc``. The ``policy`` file it names is checked too. ``listen`` serves
     HTTPS (``tls``); ``tls: off`` only on a loopback ``listen.host``, or with
-    ``insecure_plain_http: true``.
+    ``insecure_plain_http: true``. ``hpke_rotation_s`` > 0 rotates the HPKE key
+    in both layouts: with ``jetstream:`` the party's ingest frontends share one
+    sealed key ring in its KV (``tecc_hpke``) and exactly one of them writes each
+    rotation (docs/CLOUD.md, "HPKE key rotation in the JetStream layout").
     """
 
     party: Annotated[int, Meta(ge=0, lt=MAX_PARTIES)]

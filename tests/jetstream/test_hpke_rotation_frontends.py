@@ -134,6 +134,7 @@ def test_frontends_share_one_rotating_ring(tmp_path: Path) -> None:
             for seq, fe in ((5, a), (6, b)):
                 status, body, _ = post(f"{dep.url(fe)}/v1/batches", frame(old, seq))
                 assert (status, body["reason"]) == (403, "decrypt"), (fe, body)
+                assert "was retired at" in body["error"]
                 assert metric(dep, fe, 'tecc_ingest_rejected_total{reason="decrypt"}') == 1
             status, body, _ = post(f"{dep.url(b)}/v1/batches", frame(new, 7))
             assert (status, body["status"]) == (200, "accepted"), body
