@@ -265,7 +265,7 @@ class RingFollower:
                     if entry is None:  # the watch's initial value is delivered
                         continue
                     if entry.operation is not None:  # a delete or purge
-                        log.error("%s was deleted; the ring in use stays", WHERE)
+                        await self._deleted()
                         continue
                     if (entry.revision or 0) > self._seen:
                         self.apply(entry.value or b"", entry.revision or 0)
@@ -276,6 +276,19 @@ class RingFollower:
                 if watcher is not None:
                     with contextlib.suppress(*TRANSIENT):
                         await watcher.stop()
+
+    async def _deleted(self) -> None:
+        """The key was deleted: keep the ring in use; without one, write version 1.
+
+        A frontend whose stored ring was unusable at its start holds none; the
+        operator's remedy is ``nats kv del tecc_hpke ring`` with every frontend in
+        that state (see docs/CLOUD.md).
+        """
+        if self.ring is not None:
+            log.error("%s was deleted; ring version %d in use stays", WHERE, self.ring.version)
+            return
+        log.warning("%s was deleted and no ring is in use here: creating version 1", WHERE)
+        await self._load(self._bucket())
 
     async def _check(self) -> None:
         stored = await self._bucket().get(RING_KEY)
