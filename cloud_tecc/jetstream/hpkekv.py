@@ -178,11 +178,10 @@ class RingFollower:
             if stored is not None and stored.value is not None:
                 self.apply(stored.value, stored.revision)  # refused: no ring until a good one
                 return
+            expected = 0 if stored is None else stored.revision  # absent, or a delete marker
+            value = self.sealer.encode(self.initial)
             try:
-                rev = await bucket.write(
-                    RING_KEY, self.sealer.encode(self.initial), expected=0 if stored is None
-                    else stored.revision,
-                )  # fmt: skip
+                rev = await bucket.write(RING_KEY, value, expected=expected)
             except RevisionChangedError:  # another frontend created it first: read theirs
                 self.conflicts.inc()
                 await contention_pause(attempt)
