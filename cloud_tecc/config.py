@@ -253,7 +253,10 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     (0..n_parties-1 except ``party``) exactly once, each with ``mpc``; ``dealer``
     has ``mpc``. The ``policy`` file it names is checked too. ``listen`` serves
     HTTPS (``tls``); ``tls: off`` only on a loopback ``listen.host``, or with
-    ``insecure_plain_http: true``.
+    ``insecure_plain_http: true``. ``hpke_rotation_s`` > 0 rotates the HPKE key
+    in both layouts: with ``jetstream:`` the party's ingest frontends share one
+    sealed key ring in its KV (``tecc_hpke``) and exactly one of them writes each
+    rotation (docs/CLOUD.md, "HPKE key rotation in the JetStream layout").
     """
 
     party: Annotated[int, Meta(ge=0, lt=MAX_PARTIES)]
@@ -270,6 +273,8 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
     active_s: Positive = 60.0
     # Rotate the cluster HPKE key this often (0: never); the previous key keeps opening
     # envelopes for hpke_overlap_s (longer than the gateways' re-attestation interval).
+    # With jetstream: the party's ingest frontends share one key ring in its KV
+    # (tecc_hpke/ring) and one of them rotates it (docs/CLOUD.md "HPKE key rotation").
     hpke_rotation_s: NonNegative = 0.0
     hpke_overlap_s: Positive = 3600.0
     # Gateways enrolling by TPM attestation (docs/CLOUD.md, "Gateway enrolment")
@@ -291,11 +296,6 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
 
     def __post_init__(self) -> None:
         check_shard(self.shard, self.shards)
-        if self.jetstream is not None and self.hpke_rotation_s > 0:
-            raise ValueError(
-                "hpke_rotation_s > 0 with jetstream: every ingest frontend would rotate its "
-                "own key; write hpke_rotation_s: 0 (rotate by re-provisioning the party)"
-            )
         if self.jetstream is not None and self.jetstream.max_age_s < self.retention_s:
             raise ValueError(
                 f"jetstream.max_age_s ({self.jetstream.max_age_s:g}) is below retention_s "

@@ -30,6 +30,14 @@ a revocation or suspension written anywhere in the party is applied here
 live, and a challenge issued here may be finished at any other frontend.
 Until the first snapshot of the registry is loaded, batches and notices are
 answered 503 (``overloaded``) with ``Retry-After``.
+
+The HPKE keys come from the party's key ring in its KV
+(:mod:`cloud_tecc.jetstream.hpkekv`), sealed under the party's sealing key:
+every frontend opens envelopes under the ring's current and (during
+``hpke_overlap_s``) previous key and quotes the current one with the claim
+``hpke_prev``; with ``hpke_rotation_s`` > 0 whichever frontend first finds the
+ring due writes the next version and the others adopt it from their watch.
+Until a ring is in use, ``/attestation`` and batches answer 503.
 """
 
 from __future__ import annotations
@@ -37,14 +45,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from cloud_tecc.config import PartyConfig
+from cloud_tecc.enclave.hpkering import HpkeRing, RingSealer
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.errors import CloudConfigError, IngestError
 from cloud_tecc.jetstream.enrolkv import KvRegistry
+from cloud_tecc.jetstream.hpkekv import RingFollower
 from cloud_tecc.jetstream.shardmaps import FRESH_S, MapFollower
 from cloud_tecc.jetstream.sharelog import (
     MAX_PART_BYTES,
@@ -78,6 +89,14 @@ class IngestFrontend(UplinkService):
             cfg, cfg.jetstream, self.registry, f"ingest-map-{cfg.service.service_id}"
         )
         self.log: ShareLog | None = None
+        self.ring = RingFollower(
+            sealer=RingSealer.of(self.enclave),
+            initial=HpkeRing.of_keys(self.enclave.keys, time.time_ns()),
+            rotation_s=cfg.hpke_rotation_s,
+            overlap_s=cfg.hpke_overlap_s,
+            registry=self.registry,
+            on_change=self._use_ring,
+        )
         self.rejected.labels("overloaded")
         self.notices_rejected.labels("overloaded")
         self.app.router.add_post("/v1/batches", self._ingest)
@@ -86,6 +105,8 @@ class IngestFrontend(UplinkService):
     async def on_start(self) -> None:
         """Connect to the log in the background (503 until connected)."""
         self.spawn(self._connect(), "share-log")
+        name = f"ingest-hpke-{self.cfg.service_id}"
+        self.spawn(self.ring.run(self.js_cfg, self.cfg.state_dir, name), "hpke-ring")
         self.spawn(self.shard_map.run(), "shard-map")
         self.spawn(self.run_enrolment_kv(), "enrolment-kv")
 
@@ -94,6 +115,7 @@ class IngestFrontend(UplinkService):
         sharelog = await ShareLog.open(self.js_cfg, self.cfg.state_dir, name)
         if isinstance(self.gateways, KvRegistry):  # admit nothing before it is loaded
             await self.gateways.wait_ready()
+        await self.ring.ready.wait()  # open and quote only by the party's ring
         self.log = sharelog
         log.info("publishing to the share log (%d shards)", self.pcfg.shards)
 
@@ -102,7 +124,24 @@ class IngestFrontend(UplinkService):
         if self.log is not None:
             await self.log.close()
         await self.shard_map.close()
+        await self.ring.close()
         await super().on_stop()
+
+    def _use_ring(self, ring: HpkeRing) -> None:
+        """Quote and open by ``ring`` from now on (called on every new version, and when
+        its previous key's overlap ends)."""
+        self.enclave = replace(self.enclave, keys=ring.applied_to(self.enclave.keys))
+        self.ingestor = self._make_ingestor(time.time_ns())
+
+    async def _attestation(self, request: web.Request) -> web.Response:
+        if not self.ring.ready.is_set():  # no quote of a key the party may have replaced
+            self.errors.labels("attestation", "no_ring").inc()
+            return web.json_response(
+                {"error": "the party's HPKE key ring is not loaded yet; retry"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        return await super()._attestation(request)
 
     def health(self) -> dict[str, Any]:
         """Health with the log connection (:class:`PartyHealth` with ``frontend``)."""
@@ -119,6 +158,7 @@ class IngestFrontend(UplinkService):
                 shard_map=self.shard_map.health(),
                 enrolment={r.gateway_id: r.state for r in self.gateways.records()},
                 enrolment_sync_age_s=self._enrolment_age(),
+                hpke=self.ring.health(),
             )
         )
 

@@ -90,8 +90,11 @@ class Ingestor:
         service_id: str,
         sign_key: Ed25519PrivateKey,
         admit: Callable[[str], None] | None = None,
+        retired_note: str = "",
     ) -> None:
         self._n = n_parties
+        #: Appended to a ``decrypt`` refusal once a rotation's previous key is retired.
+        self._retired_note = retired_note
         #: The live allow-list's check (enrolment state), after the signature verified.
         self._admit = admit
         self._retention_ns = None if retention_s is None else int(retention_s * 1e9)
@@ -128,7 +131,7 @@ class Ingestor:
         except SignatureError as exc:
             raise IngestError("signature", str(exc)) from exc
         except DecryptError as exc:
-            raise IngestError("decrypt", str(exc)) from exc
+            raise IngestError("decrypt", str(exc) + self._retired_note) from exc
         except ContractError as exc:
             raise IngestError("malformed", str(exc)) from exc
         h = opened.header

@@ -190,7 +190,7 @@ class PartyService(UplinkService):
         else:
             self.spawn(self.coordinator.run(), "coordinator")
             self.spawn(self.coordinator.deliver(), "result-delivery")
-        if self.pcfg.hpke_rotation_s > 0:
+        if self.pcfg.hpke_rotation_s > 0 and js is None:  # else: the frontends' ring
             self.spawn(self._rotate_keys(), "hpke-rotation")
         self.spawn(self._watch_gateways(), "gateway-registry")
 

@@ -22,6 +22,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiohttp import web
@@ -195,7 +196,15 @@ class UplinkService(ServiceBase):
     def _make_ingestor(self, now_ns: int) -> Ingestor:
         """An ingestor for the current HPKE key (and the previous one during its overlap)."""
         keys, cfg = self.enclave.keys, self.pcfg
-        overlap = keys.rotated_ns and now_ns < keys.rotated_ns + int(cfg.hpke_overlap_s * 1e9)
+        retire_ns = keys.rotated_ns + int(cfg.hpke_overlap_s * 1e9)
+        overlap = keys.rotated_ns and now_ns < retire_ns
+        note = ""
+        if keys.rotated_ns and not overlap:
+            when = datetime.fromtimestamp(retire_ns / 1e9, UTC).isoformat(timespec="seconds")
+            note = (
+                f"; the key before this party's last rotation was retired at {when} "
+                "(hpke_overlap_s after the rotation): a frame sealed to it no longer opens"
+            )
         return Ingestor(
             party=cfg.party,
             n_parties=cfg.n_parties,
@@ -207,6 +216,7 @@ class UplinkService(ServiceBase):
             service_id=cfg.service.service_id,
             sign_key=keys.sign,
             admit=self._gateway_keys.admit,
+            retired_note=note,
         )
 
     async def _prepare(self, frame: bytes) -> BatchRow:

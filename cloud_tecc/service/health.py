@@ -124,6 +124,19 @@ class ShardMapHealth(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class HpkeRingHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """The HPKE key ring a frontend opens and quotes by (:mod:`cloud_tecc.jetstream.hpkekv`)."""
+
+    version: int | None = None
+    #: hpke_key_digest of the current key (what the quotes carry, hashed).
+    current: str | None = None
+    since_ns: int | None = None
+    #: Whether the previous key still opens envelopes.
+    overlap: bool = False
+    #: The last refused value's reason (None: the stored ring is in use).
+    error: str | None = None
+
+
 class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     """``GET /healthz`` of a party process: all-in-one party, shard worker or frontend.
 
@@ -161,6 +174,7 @@ class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     enrolment_sync_age_s: Annotated[float, Meta(ge=0)] | None = None
     peers: dict[str, PeerHealth] | None = None
     shard_map: ShardMapHealth | None = None
+    hpke: HpkeRingHealth | None = None
 
 
 class GatewayLinkHealth(msgspec.Struct, frozen=True, kw_only=True):
