@@ -81,11 +81,14 @@ class DealerLink:
         tls: ssl.SSLContext | None = None,
         suite: LinkSuite = LinkSuite.X25519,
         mpc_session: str = "",
+        connect_s: float | None = None,
     ) -> DealerLink:
         """Connect and authenticate (the dealer's key comes from its verified quote).
 
         Pass ``tls`` (and an ``https://`` URL) outside one host: the dealer link
         carries the masks, which an eavesdropper could combine with openings.
+        ``connect_s``: how long to retry the connection (default ``wait_s``, which
+        also bounds every wait for a batch).
         """
         self = cls(party, frac_bits, wait_s)
         self._session, ws = await wslink.connect_dealer(
@@ -93,7 +96,7 @@ class DealerLink:
             party=party,
             key=key,
             dealer_key=dealer_key,
-            wait_s=wait_s,
+            wait_s=wait_s if connect_s is None else connect_s,
             tls=tls,
             suite=suite,
             mpc_session=mpc_session,
