@@ -256,7 +256,7 @@ class Coordinator:
         link: DealerLink | None = None
         try:
             # one dealer for all N (party 0 chooses), streams aligned (dealer_choice.py)
-            used = await self.dealer.start(mesh, self.peers, self.directory, self._link_dealer)
+            used = await self.dealer.start(mesh, self.peers, self._attest_dealer, self._link_dealer)
             link = used.link
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
@@ -279,6 +279,10 @@ class Coordinator:
             await mesh.close()
             if link is not None:
                 await link.close()
+
+    async def _attest_dealer(self, ep: Endpoint, fresh: bool) -> VerifiedIdentity:
+        """The dealer's verified identity (``fresh``: a new quote, not the cached one)."""
+        return await self.directory.identity(ep, "dealer", force=fresh)
 
     async def _link_dealer(self, ep: Endpoint, ident: VerifiedIdentity) -> DealerLink:
         """This party's link to the dealer ``ep``, whose quote gave ``ident``."""

@@ -35,7 +35,6 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud_tecc.config import Endpoint
-from cloud_tecc.enclave.trust import AttestedDirectory
 from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.errors import MpcError
@@ -51,6 +50,8 @@ AVOID_S: Final = 30.0
 #: What a dealer that fails to attest or to link raises here.
 DEALER_FAULTS: Final = (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError)
 
+#: The verified identity of a dealer (``True``: a fresh quote, not a cached one).
+Attest = Callable[[Endpoint, bool], Awaitable[VerifiedIdentity]]
 #: Opens this party's link to a dealer whose identity was just verified.
 Connect = Callable[[Endpoint, VerifiedIdentity], Awaitable[DealerLink]]
 
@@ -161,7 +162,7 @@ class DealerChoice:
         self,
         mesh: Transport,
         peers: tuple[int, ...],
-        directory: AttestedDirectory,
+        attest: Attest,
         connect: Connect,
     ) -> InUse:
         """Agree on this session's dealer with every peer and link to it, aligned.
@@ -169,16 +170,18 @@ class DealerChoice:
         Raises (ending the session) when party 0 finds no dealer, when a party
         cannot link to the announced one, or when the parties name different ones.
         """
-        if self.party == 0:
-            att = await self._choose(directory, connect)
-            got = await control(mesh, peers, {"dealer": att.announcement()}, DealerMessage)
-        else:
-            got = await control(mesh, peers, {}, DealerMessage)
-            att = await self._follow(got[0], directory, connect)
-        ep, link = att.endpoint, att.link
-        mine: dict[str, Any] = {"dealer": ep.service_id, "generation": att.generation}
+        att: _Attempt | None = None
         try:
-            mine["seq"] = 0 if link is None else await link.next_seq()
+            if self.party == 0:
+                att = await self._choose(attest, connect)
+                await control(mesh, peers, {"dealer": att.announcement()}, DealerMessage)
+            else:
+                got = await control(mesh, peers, {}, DealerMessage)
+                att = await self._follow(got[0], attest, connect)
+            ep, link = att.endpoint, att.link
+            seq = 0 if link is None else await link.next_seq()
+            mine: dict[str, Any] = {"seq": seq, "dealer": ep.service_id}
+            mine["generation"] = att.generation
             if att.error:
                 mine["error"] = att.error[:500]
             theirs = await control(mesh, peers, mine, SeqMessage)
@@ -187,19 +190,19 @@ class DealerChoice:
                 raise PeerError(f"no link to dealer {ep.service_id}")
             await link.align(max(mine["seq"], *(m.seq for m in theirs.values())))
         except BaseException:
-            if link is not None:
-                await link.close()
+            if att is not None and att.link is not None:
+                await att.link.close()
             raise
         self.use(att.index, att.generation)
         return InUse(att.index, ep, att.identity, link, att.generation)
 
-    async def _choose(self, directory: AttestedDirectory, connect: Connect) -> _Attempt:
+    async def _choose(self, attest: Attest, connect: Connect) -> _Attempt:
         """Party 0: the first dealer (in :meth:`order`) that attests now and links."""
         failures = []
         for index in self.order():
             ep = self.dealers[index]
             try:
-                ident = await directory.identity(ep, "dealer", force=True)
+                ident = await attest(ep, True)  # a fresh quote: is it up now?
                 link = await connect(ep, ident)
             except DEALER_FAULTS as exc:
                 failures.append(f"{ep.service_id}: {exc}")
@@ -208,9 +211,7 @@ class DealerChoice:
             return _Attempt(index, ep, self.generation, ident, link)
         raise PeerError("no dealer of the shard answers: " + "; ".join(failures))
 
-    async def _follow(
-        self, msg: DealerMessage, directory: AttestedDirectory, connect: Connect
-    ) -> _Attempt:
+    async def _follow(self, msg: DealerMessage, attest: Attest, connect: Connect) -> _Attempt:
         """A follower: the announced dealer, checked against this party's list, linked."""
         doc = msg.dealer
         if doc is None:
@@ -224,7 +225,7 @@ class DealerChoice:
             )
         ep = self.dealers[doc.index]
         try:
-            ident = await directory.identity(ep, "dealer")
+            ident = await attest(ep, False)
             link = await connect(ep, ident)
         except DEALER_FAULTS as exc:
             log.warning("cannot use dealer %s that party 0 chose: %s", ep.service_id, exc)

@@ -42,7 +42,7 @@ class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Base of the control messages."""
 
 
-class SeqMessage(Message, frozen=True, kw_only=True):
+class SeqMessage(Message, frozen=True, kw_only=True, omit_defaults=True):
     """``{"seq", "dealer", "generation"}``: the next batch this party would use, and of whom.
 
     ``dealer`` and ``generation`` repeat party 0's announcement as this party
@@ -65,7 +65,7 @@ class DealerDoc(Message, frozen=True, kw_only=True):
     generation: Annotated[int, Meta(ge=1)]
 
 
-class DealerMessage(Message, frozen=True, kw_only=True):
+class DealerMessage(Message, frozen=True, kw_only=True, omit_defaults=True):
     """``{"dealer": {...}}`` from party 0; ``{}`` from the followers."""
 
     dealer: DealerDoc | None = None
