@@ -212,6 +212,12 @@ class Deployment:
         """The service id (trust domain) a service name runs as: ``party0-s1`` → ``party0``."""
         return name.partition("-s")[0].partition("-b")[0]
 
+    def role(self, name: str) -> str:
+        """The ``python -m cloud_tecc <role>`` of service ``name`` (party, dealer, output)."""
+        if name.startswith("party"):
+            return "party"
+        return "dealer" if name.startswith("dealer") else self.domain(name)
+
     @property
     def parties(self) -> tuple[str, ...]:
         """The party service names, ``party0`` … ``party{N-1}``."""
@@ -417,11 +423,7 @@ class Deployment:
 
     def start(self, name: str) -> None:
         """Start one service process (appending to its log)."""
-        if name in self.frontends:
-            role = "ingest"
-        else:
-            role = "party" if name.startswith("party") else self.domain(name)
-            role = "dealer" if role.startswith("dealer") else role
+        role = "ingest" if name in self.frontends else self.role(name)
         if role == "party" and name != self.domain(name):
             self.provision_keys(name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
