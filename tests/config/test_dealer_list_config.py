@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cloud_tecc.cli import party_claims
 from cloud_tecc.config import load_party
 from cloud_tecc.errors import CloudConfigError
 
@@ -39,6 +40,10 @@ def test_one_dealer_or_a_list(tmp_path: Path) -> None:
     assert [ep.service_id for ep in many.dealers] == ["dealer", "dealer2"]
     assert many.dealers[1].mpc_address == ("127.0.0.1", 8723)
     assert many.dealer.service_id == "dealer"
+    # the quote's config claim names the standbys too; one dealer's claim is unchanged
+    assert party_claims(many)["dealers"] == ["dealer", "dealer2"]
+    assert "dealers" not in party_claims(one)
+    assert party_claims(one)["dealer"] == "dealer"
 
 
 @pytest.mark.parametrize(
