@@ -157,6 +157,11 @@ class DealerLink:
             out.append((seq, views))
         return out
 
+    @property
+    def lost(self) -> bool:
+        """The link failed (the dealer went away): what is still queued is all there is."""
+        return self._reader is not None and self._reader.done() and not self._reader.cancelled()
+
     async def _next(self) -> tuple[int, list[Batch]]:
         item = await self._queue.get()
         if isinstance(item, BaseException):

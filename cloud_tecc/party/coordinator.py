@@ -70,6 +70,8 @@ RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
 #: How long a party tries to link to a dealer that just attested (then the next one).
 DEALER_CONNECT_S: Final = 5.0
+#: The pause before the next session when the last one lost its dealer (else 1 s).
+DEALER_LOST_PAUSE_S: Final = 0.2
 
 
 class Session(enum.Enum):
@@ -125,6 +127,7 @@ class Coordinator:
         )
         #: The shard's dealers: which one this session uses (party 0 chooses).
         self.dealer = DealerChoice(cfg.dealers, party=cfg.party, registry=registry)
+        self._dealer_lost = False  # the last session ended with its dealer link failed
         self._since_prune = 0
         self._outbox = asyncio.Event()
         self._peer_keys: dict[int, bytes] = {}  # attested signing key of every peer
@@ -213,7 +216,9 @@ class Coordinator:
                 again = self.session is Session.WAITING and self._session_error == str(exc)
                 (log.debug if again else log.warning)("MPC session ended: %s", exc)
                 self.session, self._session_error = Session.WAITING, str(exc)
-            await asyncio.sleep(1.0)
+            # a lost dealer is not this session's peers' fault: choose again (the standby) soon
+            lost, self._dealer_lost = self._dealer_lost, False
+            await asyncio.sleep(DEALER_LOST_PAUSE_S if lost else 1.0)
 
     async def _attest_peers(self, *, force: bool = False) -> dict[int, bytes]:
         """Every peer's attested signing key; PeerError naming the first that fails."""
@@ -278,6 +283,7 @@ class Coordinator:
         finally:
             await mesh.close()
             if link is not None:
+                self._dealer_lost = link.lost
                 await link.close()
 
     async def _attest_dealer(self, ep: Endpoint, fresh: bool) -> VerifiedIdentity:

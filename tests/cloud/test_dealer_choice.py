@@ -193,3 +193,31 @@ def test_a_peer_on_another_generation_is_refused() -> None:
         choice._check(att, {1: SeqMessage(seq=4, dealer="dealer", generation=2)})
     with pytest.raises(PeerError, match="would not match"):
         choice._check(att, {1: SeqMessage(seq=4, dealer="dealer2", generation=3)})
+
+
+async def _drain(link: DealerLink) -> None:
+    """Take until the link fails: the batches read ahead, then the failure."""
+    for _ in range(1000):
+        await link.take(Kind.TRIPLE, 50)
+
+
+async def test_a_link_whose_dealer_died_says_lost() -> None:
+    """``DealerLink.lost``: false while linked and after a close, true once the dealer died."""
+    dealers = Dealers(["dealer"])
+    await dealers.start("dealer")
+    ep = dealers.endpoint("dealer")
+    ident = await dealers.attest(0)(ep, True)
+    link = await dealers.connect(0)(ep, ident)
+    healthy = await dealers.connect(1)(ep, ident)
+    try:
+        await link.next_seq()
+        assert not link.lost
+        await healthy.close()
+        assert not healthy.lost  # closed here, not lost
+        await dealers.stop("dealer")
+        with pytest.raises(MpcError, match="dealer link failed"):
+            await _drain(link)
+        assert link.lost
+    finally:
+        await link.close()
+        await dealers.close()
