@@ -3,14 +3,16 @@
 Per party (trust domain): K = 2 shard workers plus one standby of each shard
 (every worker of a shard contends for its lease), a 3-node JetStream cluster
 with R=3 streams and buckets, two ingest frontends the gateways list as the
-cluster's ``urls:``, ``jetstream.lease_ttl_s`` 2; a dealer per shard, the
+cluster's ``urls:``, ``jetstream.lease_ttl_s`` 2; a dealer per shard and a
+standby dealer of each (``dealer2[-s<k>]``, docs/CLOUD.md "Dealer standby"), the
 output service, the simulator, two gateways and the broker as in
 :mod:`bench.soak`.
 
 Every ``INTERVAL_S`` (20 s; ``QUICK_INTERVAL_S`` with ``--quick``) one process
 of a random party is SIGKILLed, drawn from ``random.Random(seed)``: the
 shard's lease holder (resolved when the kill is due, from the workers'
-``/healthz``), a standby, a frontend, a JetStream node or a dealer; the
+``/healthz``), a standby, a frontend, a JetStream node or the dealer the shard
+uses (party 0's ``/healthz`` ``dealer.in_use``); the
 supervisor restarts it after ``RESTART_DELAY_S`` (a restarted worker comes
 back under a new worker id and is a standby if its lease was taken). One
 kill at a time; between them, as in the plain soak, a gateway and the broker
@@ -51,6 +53,8 @@ from demo.pipeline import HaLayout, Pipeline
 
 SHARDS = 2
 LAYOUT = HaLayout(standbys=1, nats_nodes=3, frontends=2, lease_ttl_s=2)
+#: A standby dealer per shard: a dealer kill (of the one in use) moves the shard to it.
+DEALER_STANDBYS = 1
 INTERVAL_S = 20.0
 QUICK_INTERVAL_S = 10.0
 QUICK_S = 75.0  # simulated seconds of --quick: 7 kills of the HA kinds
@@ -151,6 +155,18 @@ async def _successor_commit(
     return None
 
 
+async def _dealer_in_use(s: aiohttp.ClientSession, dep: Deployment, ev: HaEvent) -> str:
+    """The dealer process the shard's session uses now (party 0's owner says; else any)."""
+    tail = "" if ev.shard == 0 else f"-s{ev.shard}"
+    for w in dep.replicas(0, ev.shard):
+        health, _ = await _get(s, dep.url(w))
+        in_use = ((health or {}).get("dealer") or {}).get("in_use")
+        if in_use and f"{in_use}{tail}" in dep.dealers_of(ev.shard):
+            return f"{in_use}{tail}"
+    listed = dep.dealers_of(ev.shard)
+    return listed[int(ev.pick * len(listed))]
+
+
 async def _victim(
     s: aiohttp.ClientSession, p: Pipeline, dep: Deployment, ev: HaEvent
 ) -> tuple[str, str, dict[str, float]]:
@@ -163,7 +179,7 @@ async def _victim(
         nodes = sorted(n for n in p.supervisor.children if n.startswith(f"{party}-nats"))
         return ev.kind, nodes[int(ev.pick * len(nodes))], {}
     if ev.kind == "dealer":
-        return ev.kind, dep.dealers[int(ev.pick * len(dep.dealers))], {}
+        return ev.kind, await _dealer_in_use(s, dep, ev), {}
     roles: dict[str, tuple[str, float]] = {}
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:  # a shard in the middle of a takeover: wait for it
@@ -264,7 +280,13 @@ async def run(
     load_ranges()
     ha, others = plan if plan is not None else schedule(seed, run_s, quick=quick)
     p = Pipeline(
-        state, fresh=True, sim_duration=run_s, sim_scenario=SCENARIO, workers=SHARDS, ha=LAYOUT
+        state,
+        fresh=True,
+        sim_duration=run_s,
+        sim_scenario=SCENARIO,
+        workers=SHARDS,
+        ha=LAYOUT,
+        dealer_standbys=DEALER_STANDBYS,
     )
     obs, seen = Observed(), HaObserved([], [])
     async with p:

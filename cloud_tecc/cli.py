@@ -69,12 +69,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def party_claims(pcfg: PartyConfig) -> dict[str, object]:
     """The config claims of a party's quote (the same for its workers and frontends)."""
-    return {
+    claims: dict[str, object] = {
         "gateways": dict(pcfg.gateways),
         "peers": {str(i): e.service_id for i, e in pcfg.peers.items()},
         "dealer": pcfg.dealer.service_id,
         "output": pcfg.output.service_id,
     }
+    if len(pcfg.dealers) > 1:  # the standby dealers too (docs/CLOUD.md "Dealer standby")
+        claims["dealers"] = [e.service_id for e in pcfg.dealers]
+    return claims
 
 
 def _build(command: str, config: Path) -> ServiceBase:

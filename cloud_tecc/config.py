@@ -60,6 +60,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 MAX_SHARDS = 64
 Shards = Annotated[int, Meta(ge=1, le=MAX_SHARDS)]
 ShardIndex = Annotated[int, Meta(ge=0, lt=MAX_SHARDS)]
+#: Most dealers a party lists for its shard (``dealer:`` as a list: the active one and standbys).
+MAX_DEALERS = 8
 #: A worker's id in its shard's lease (cloud_tecc/jetstream/lease.py accepts exactly these).
 WorkerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 
@@ -251,7 +253,10 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
 
     Rules: ``party`` < ``n_parties``; ``peers`` lists every other party index
     (0..n_parties-1 except ``party``) exactly once, each with ``mpc``; ``dealer``
-    has ``mpc``. The ``policy`` file it names is checked too. ``listen`` serves
+    is one endpoint with ``mpc``, or a list of up to 8 (the shard's dealer and its
+    standbys, in the order party 0 tries them; docs/CLOUD.md "Dealer standby"),
+    each with ``mpc`` and its own ``service_id``. The ``policy`` file it names is
+    checked too. ``listen`` serves
     HTTPS (``tls``); ``tls: off`` only on a loopback ``listen.host``, or with
     ``insecure_plain_http: true``. ``hpke_rotation_s`` > 0 rotates the HPKE key
     in both layouts: with ``jetstream:`` the party's ingest frontends share one
@@ -261,7 +266,9 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
 
     party: Annotated[int, Meta(ge=0, lt=MAX_PARTIES)]
     peers: dict[int, Endpoint]
-    dealer: Endpoint
+    # one dealer, or the shard's dealers in the order party 0 tries them (all parties of a
+    # shard list the same ones, in the same order)
+    dealer: Endpoint | Annotated[tuple[Endpoint, ...], Meta(min_length=1, max_length=MAX_DEALERS)]
     output: Endpoint
     n_parties: Annotated[int, Meta(ge=2, le=MAX_PARTIES)] = 2
     suite: KemSuite = KemSuite.X25519
@@ -328,8 +335,29 @@ class PartyFile(ServiceFile, frozen=True, kw_only=True, tag="party"):
         for i, ep in self.peers.items():
             if not ep.mpc:
                 raise ValueError(f"peers.{i} needs mpc: 'host:port' (its MPC socket)")
-        if not self.dealer.mpc:
-            raise ValueError("dealer needs mpc: 'host:port' (its /dealer socket)")
+        check_dealers(self.dealer)
+
+
+def dealer_list(dealer: Endpoint | tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """A party file's ``dealer:`` (one endpoint or a list) as the list of dealers."""
+    return (dealer,) if isinstance(dealer, Endpoint) else dealer
+
+
+def check_dealers(dealer: Endpoint | tuple[Endpoint, ...]) -> None:
+    """Every dealer has ``mpc`` and its own service id; ValueError naming the key."""
+    dealers = dealer_list(dealer)
+    seen: dict[str, int] = {}
+    for n, ep in enumerate(dealers):
+        key = "dealer" if isinstance(dealer, Endpoint) else f"dealer[{n}]"
+        if not ep.mpc:
+            raise ValueError(f"{key} needs mpc: 'host:port' (its /dealer socket)")
+        if ep.service_id in seen:
+            raise ValueError(
+                f"{key}.service_id {ep.service_id!r} repeats dealer[{seen[ep.service_id]}]'s: "
+                "every dealer is its own attested trust domain; write the service_id its "
+                "quote names (e.g. dealer, dealer2)"
+            )
+        seen[ep.service_id] = n
 
 
 def check_parties(parties: Mapping[int, Endpoint]) -> None:
@@ -494,7 +522,8 @@ class PartyConfig:
     suite: KemSuite
     gateways: Mapping[str, str]
     peers: Mapping[int, Endpoint]
-    dealer: Endpoint
+    #: The shard's dealers in the order party 0 tries them (the file's one ``dealer`` or list).
+    dealers: tuple[Endpoint, ...]
     output: Endpoint
     mpc_listen: str
     synchronous: str
@@ -514,6 +543,11 @@ class PartyConfig:
     shard: int = 0
     #: The shard lease's worker id (resolved: never empty).
     worker_id: str = ""
+
+    @property
+    def dealer(self) -> Endpoint:
+        """The first dealer of the list (the one used while it answers)."""
+        return self.dealers[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -672,7 +706,7 @@ def party_config(f: PartyFile, base: Path) -> PartyConfig:
         suite=f.suite,
         gateways=dict(f.gateways),
         peers={i: _clean(ep) for i, ep in f.peers.items()},
-        dealer=_clean(f.dealer),
+        dealers=tuple(_clean(ep) for ep in dealer_list(f.dealer)),
         output=_clean(f.output),
         mpc_listen=f.mpc_listen,
         synchronous=f.synchronous,

@@ -40,6 +40,7 @@ async def _run(args: argparse.Namespace) -> int:
         policy=args.policy,
         sim_scenario=args.scenario,
         workers=args.workers,
+        dealer_standbys=args.dealer_standbys,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="run each cluster as JetStream + an ingest frontend + K shard workers "
         "(default: one all-in-one process per cluster)",
+    )
+    parser.add_argument(
+        "--dealer-standbys",
+        type=int,
+        default=0,
+        metavar="D",
+        help="standby dealers per shard (0-7): party 0 moves the shard to the next one "
+        "when its dealer dies (default 0)",
     )
     parser.add_argument("--port", type=int, default=None, help="dashboard port (default 8730)")
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")

@@ -28,6 +28,8 @@ party runs the JetStream layout (:mod:`demo.jetstream_layout`: its node(s)
 ``party<i>-nats…``, frontends ``party<i>-ingest<j>``, workers
 ``party<i>[-s<k>][-b<j>]``, dealers ``dealer[-s<k>]``); ``ha=HaLayout(...)``
 adds standbys, a 3-node cluster and more frontends (``bench.soak --ha``).
+``dealer_standbys=D`` adds D standby dealers per shard (``dealer2[-s<k>]`` …,
+each its own trust domain) that party 0 moves the shard to when its dealer dies.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class Pipeline:
         replay: ReplayFeed | None = None,
         workers: int | None = None,
         ha: HaLayout | None = None,
+        dealer_standbys: int = 0,
     ) -> None:
         self.state_dir = state_dir.resolve()
         if fresh and self.state_dir.exists():
@@ -153,6 +156,10 @@ class Pipeline:
         self.workers = workers
         #: with ``workers``: standbys, NATS nodes and frontends per party (default: none, 1, 1)
         self.ha = ha if ha is not None else HaLayout(standbys=0, nats_nodes=1, frontends=1)
+        if not 0 <= dealer_standbys <= 7:
+            raise PipelineError(f"--dealer-standbys must be 0..7 (got {dealer_standbys})")
+        #: standby dealers per shard (``dealer2`` …), each its own trust domain
+        self.dealer_standbys = dealer_standbys
         self.sim_config = sim_config.resolve()
         self.policy_path = policy.resolve()
         self.sim_speed = sim_speed
@@ -254,6 +261,7 @@ class Pipeline:
             n_parties=n,
             shards=self.workers or 1,
             standbys=self.ha.standbys if self.workers else 0,
+            dealer_standbys=self.dealer_standbys,
         )
         if self.workers:  # restarted children keep their ports: none in the ephemeral range
             jetstream_layout.assign_ports(dep, self.ha.frontends, keep=("output", *ports))
@@ -346,8 +354,7 @@ class Pipeline:
         for name in dep.services:
             if name.startswith("party") and name != dep.domain(name):
                 await asyncio.to_thread(dep.provision_keys, name)  # its party's sealed keys
-            role = "party" if name.startswith("party") else dep.domain(name)
-            argv = _python("cloud_tecc", role, "--config", str(dep.root / f"{name}.yaml"))
+            argv = _python("cloud_tecc", dep.role(name), "--config", str(dep.root / f"{name}.yaml"))
             await self.supervisor.start(ChildSpec(name, argv, cwd=ROOT, stop_timeout_s=5))
         for name in dep.services:
             await self._http_ok(name, dep.url(name) + "/healthz", 60)

@@ -81,11 +81,14 @@ class DealerLink:
         tls: ssl.SSLContext | None = None,
         suite: LinkSuite = LinkSuite.X25519,
         mpc_session: str = "",
+        connect_s: float | None = None,
     ) -> DealerLink:
         """Connect and authenticate (the dealer's key comes from its verified quote).
 
         Pass ``tls`` (and an ``https://`` URL) outside one host: the dealer link
         carries the masks, which an eavesdropper could combine with openings.
+        ``connect_s``: how long to retry the connection (default ``wait_s``, which
+        also bounds every wait for a batch).
         """
         self = cls(party, frac_bits, wait_s)
         self._session, ws = await wslink.connect_dealer(
@@ -93,7 +96,7 @@ class DealerLink:
             party=party,
             key=key,
             dealer_key=dealer_key,
-            wait_s=wait_s,
+            wait_s=wait_s if connect_s is None else connect_s,
             tls=tls,
             suite=suite,
             mpc_session=mpc_session,
@@ -153,6 +156,11 @@ class DealerLink:
                 pos[b.kind] += b.count
             out.append((seq, views))
         return out
+
+    @property
+    def lost(self) -> bool:
+        """The link failed (the dealer went away): what is still queued is all there is."""
+        return self._reader is not None and self._reader.done() and not self._reader.cancelled()
 
     async def _next(self) -> tuple[int, list[Batch]]:
         item = await self._queue.get()

@@ -4,8 +4,10 @@ A session starts by verifying every peer's (all N - 1 other parties') and
 the dealer's quotes; a peer that fails attestation is refused (no MPC link is
 opened, the session waits and names it). The output service is verified
 before every delivery of results. Then the parties open the WebSocket mesh
-(every pair of parties linked, authenticated with the attested keys), connect
-to the dealer and align their correlation streams to the furthest party's.
+(every pair of parties linked, authenticated with the attested keys), agree on
+the shard's dealer (party 0 chooses among the listed ones and announces it,
+:mod:`~cloud_tecc.party.dealer_choice`), connect to it and align their
+correlation streams to the furthest party's.
 
 Each tick runs one agreement round (:mod:`~cloud_tecc.party.rounds`): all N
 exchange watermarks and rewind to the lowest (a party that crashed before
@@ -39,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.analytics.secure import secure_epoch
-from cloud_tecc.config import PartyConfig, parse_hostport
+from cloud_tecc.config import Endpoint, PartyConfig, parse_hostport
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, reattest
 from cloud_tecc.errors import CloudError, PeerError
@@ -52,19 +54,24 @@ from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
+from cloud_tecc.party.dealer_choice import DealerChoice
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
-from cloud_tecc.party.messages import SeqMessage
-from cloud_tecc.party.rounds import AgreementRound, control
+from cloud_tecc.party.rounds import AgreementRound
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
+from tecc_contract.attestation import VerifiedIdentity
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger("cloud_tecc.party.coordinator")
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
+#: How long a party tries to link to a dealer that just attested (then the next one).
+DEALER_CONNECT_S: Final = 5.0
+#: The pause before the next session when the last one lost its dealer (else 1 s).
+DEALER_LOST_PAUSE_S: Final = 0.2
 
 
 class Session(enum.Enum):
@@ -118,6 +125,9 @@ class Coordinator:
             map_id=map_id,
             registry=registry,
         )
+        #: The shard's dealers: which one this session uses (party 0 chooses).
+        self.dealer = DealerChoice(cfg.dealers, party=cfg.party, registry=registry)
+        self._dealer_lost = False  # the last session ended with its dealer link failed
         self._since_prune = 0
         self._outbox = asyncio.Event()
         self._peer_keys: dict[int, bytes] = {}  # attested signing key of every peer
@@ -206,7 +216,9 @@ class Coordinator:
                 again = self.session is Session.WAITING and self._session_error == str(exc)
                 (log.debug if again else log.warning)("MPC session ended: %s", exc)
                 self.session, self._session_error = Session.WAITING, str(exc)
-            await asyncio.sleep(1.0)
+            # a lost dealer is not this session's peers' fault: choose again (the standby) soon
+            lost, self._dealer_lost = self._dealer_lost, False
+            await asyncio.sleep(DEALER_LOST_PAUSE_S if lost else 1.0)
 
     async def _attest_peers(self, *, force: bool = False) -> dict[int, bytes]:
         """Every peer's attested signing key; PeerError naming the first that fails."""
@@ -229,7 +241,6 @@ class Coordinator:
         cfg = self.cfg
         self.session = Session.ATTESTING
         self._peer_keys = await self._attest_peers()
-        dealer = await self.directory.identity(cfg.dealer, "dealer")
         addresses = {cfg.party: parse_hostport(cfg.mpc_listen)}
         addresses.update({i: cfg.peers[i].mpc_address for i in self.peers})
         # a peer with standbys: every worker's address, dialled in turn (only its owner listens)
@@ -249,18 +260,9 @@ class Coordinator:
         )
         link: DealerLink | None = None
         try:
-            host, port = cfg.dealer.mpc_address
-            link = await DealerLink.connect(
-                f"http://{host}:{port}/dealer",
-                party=cfg.party,
-                key=self.enclave.keys.sign,
-                dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
-                suite=LinkSuite.from_label(cfg.suite.value),
-                mpc_session=self.mpc_session,
-            )
-            mine = await link.next_seq()
-            theirs = await control(mesh, self.peers, {"seq": mine}, SeqMessage)
-            await link.align(max(mine, *(m.seq for m in theirs.values())))
+            # one dealer for all N (party 0 chooses), streams aligned (dealer_choice.py)
+            used = await self.dealer.start(mesh, self.peers, self._attest_dealer, self._link_dealer)
+            link = used.link
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
             log.info(
@@ -272,14 +274,34 @@ class Coordinator:
             while True:
                 if loop.time() >= due:  # peers re-attest during the session, not only at start
                     await self._attest_peers(force=True)
-                    await reattest(self.directory, cfg.dealer, "dealer", dealer.keys["sign"])
+                    await reattest(
+                        self.directory, used.endpoint, "dealer", used.identity.keys["sign"]
+                    )
                     due = loop.time() + cfg.service.trust.reattest_s
                 if not await self._tick(mesh, link):
                     await asyncio.sleep(cfg.tick_s)
         finally:
             await mesh.close()
             if link is not None:
+                self._dealer_lost = link.lost
                 await link.close()
+
+    async def _attest_dealer(self, ep: Endpoint, fresh: bool) -> VerifiedIdentity:
+        """The dealer's verified identity (``fresh``: a new quote, not the cached one)."""
+        return await self.directory.identity(ep, "dealer", force=fresh)
+
+    async def _link_dealer(self, ep: Endpoint, ident: VerifiedIdentity) -> DealerLink:
+        """This party's link to the dealer ``ep``, whose quote gave ``ident``."""
+        host, port = ep.mpc_address
+        return await DealerLink.connect(
+            f"http://{host}:{port}/dealer",
+            party=self.cfg.party,
+            key=self.enclave.keys.sign,
+            dealer_key=ed25519_public_from_bytes(ident.keys["sign"]),
+            suite=LinkSuite.from_label(self.cfg.suite.value),
+            mpc_session=self.mpc_session,
+            connect_s=DEALER_CONNECT_S,
+        )
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.

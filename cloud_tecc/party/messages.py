@@ -3,7 +3,11 @@
 Every party sends one compact JSON object to every other party per control
 round (:data:`cloud_tecc.party.rounds.CONTROL_ROUND`):
 
-- ``{"seq": n}`` once per session, to align the dealer stream;
+- ``{"dealer": {"index", "service_id", "generation"}}`` once per session from
+  party 0 (the followers send ``{}``): the shard's dealer for this session
+  (:mod:`cloud_tecc.party.dealer_choice`);
+- ``{"seq": n, "dealer": id, "generation": g}`` once per session, to align the
+  dealer stream (and, with ``error``, that this party could not reach the dealer);
 - ``{"wm": ns}`` each tick, the party's durable watermark;
 - ``{"proposal": {...} | null}`` from the leader (the followers send ``{}``);
 - ``{"ok": bool, "orphans": [[gateway, seq], ...], "refused": [gateway, ...], "map": id}``,
@@ -38,10 +42,33 @@ class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Base of the control messages."""
 
 
-class SeqMessage(Message, frozen=True, kw_only=True):
-    """``{"seq"}``: the next dealer sequence number this party would use."""
+class SeqMessage(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """``{"seq", "dealer", "generation"}``: the next batch this party would use, and of whom.
+
+    ``dealer`` and ``generation`` repeat party 0's announcement as this party
+    follows it; a session computes only if all N name the same (correlations of
+    two dealers never meet). ``error``: this party could not link to that
+    dealer (``seq`` is then 0 and meaningless).
+    """
 
     seq: Annotated[int, Meta(ge=0)]
+    dealer: Annotated[str, Meta(max_length=200)] = ""
+    generation: Annotated[int, Meta(ge=0)] = 0
+    error: Annotated[str, Meta(max_length=500)] = ""
+
+
+class DealerDoc(Message, frozen=True, kw_only=True):
+    """Party 0's choice: ``dealer[index]`` of the party files, by its service id."""
+
+    index: Annotated[int, Meta(ge=0, lt=64)]
+    service_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    generation: Annotated[int, Meta(ge=1)]
+
+
+class DealerMessage(Message, frozen=True, kw_only=True, omit_defaults=True):
+    """``{"dealer": {...}}`` from party 0; ``{}`` from the followers."""
+
+    dealer: DealerDoc | None = None
 
 
 class WatermarkMessage(Message, frozen=True, kw_only=True):
@@ -106,6 +133,7 @@ class VerdictMessage(Message, frozen=True, kw_only=True):
 
 _WHAT: dict[type[Message], str] = {
     SeqMessage: "dealer sequence",
+    DealerMessage: "dealer choice",
     WatermarkMessage: "watermark",
     ProposalMessage: "proposal",
     VerdictMessage: "verdict",

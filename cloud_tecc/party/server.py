@@ -281,6 +281,7 @@ class PartyService(UplinkService):
             enrolment_sync_age_s=self._enrolment_age(),
             peers=peers,
             shard_map=None if self.shard_map is None else self.shard_map.health(),
+            dealer=None if self.coordinator is None else self.coordinator.dealer.health(),
         )
 
     def _peer_watermarks(self) -> dict[int, int]:

@@ -137,6 +137,17 @@ class HpkeRingHealth(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class DealerUseHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """Which of the shard's dealers the session uses (:mod:`cloud_tecc.party.dealer_choice`)."""
+
+    #: The dealer's service id (None before the first session).
+    in_use: str | None = None
+    generation: Annotated[int, Meta(ge=0)] = 0
+    #: Sessions that started on another dealer than the one before.
+    failovers: Annotated[int, Meta(ge=0)] = 0
+    listed: tuple[str, ...] = ()
+
+
 class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     """``GET /healthz`` of a party process: all-in-one party, shard worker or frontend.
 
@@ -175,6 +186,7 @@ class PartyHealth(HealthDoc, frozen=True, kw_only=True, omit_defaults=True):
     peers: dict[str, PeerHealth] | None = None
     shard_map: ShardMapHealth | None = None
     hpke: HpkeRingHealth | None = None
+    dealer: DealerUseHealth | None = None
 
 
 class GatewayLinkHealth(msgspec.Struct, frozen=True, kw_only=True):

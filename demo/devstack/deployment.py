@@ -20,6 +20,12 @@ platform and sealed keys (shard k > 0 starts with a copy of shard 0's
 directory; worker k's peers and dealer are shard k's. The output service
 reaches party i at its shard-0 worker.
 
+``dealer_standbys=D`` adds D standby dealers per shard, ``dealer2`` … (shard k:
+``dealer2-s<k>``), each its own trust domain (service id ``dealer2``, its own
+platform and keys); every worker of the shard lists the shard's dealers in
+that order (``dealer:`` as a list, docs/CLOUD.md "Dealer standby").
+``dealer_extra`` adds keys to every dealer file (e.g. ``batch_readings``).
+
 ``standbys=S`` (JetStream mode: every worker of a shard contends for its lease)
 adds S more workers per party and shard, ``<worker>-b<j>`` (``party0-b1``), each
 with its own ports and state directory; every peer, dealer and output endpoint of
@@ -165,6 +171,9 @@ class Deployment:
     launch: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shards: int = 1  # shard workers per party (and dealers)
     standbys: int = 0  # more workers per party and shard (lease standbys, JetStream mode)
+    dealer_standbys: int = 0  # more dealers per shard (standbys party 0 moves to)
+    #: Extra keys of every dealer's file (e.g. a small ``batch_readings``).
+    dealer_extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_parties < 2:
@@ -174,7 +183,10 @@ class Deployment:
             raise ValueError(f"a deployment needs 1 <= shards <= 64, got {self.shards}")
         for name in self.port_names:
             self.ports.setdefault(name, free_port())
-        domains = services(self.n_parties)
+        if not 0 <= self.dealer_standbys <= 7:
+            raise ValueError(f"a shard has at most 8 dealers, got {1 + self.dealer_standbys}")
+        standby_dealers = tuple(f"dealer{j}" for j in range(2, self.dealer_standbys + 2))
+        domains = (*services(self.n_parties), *standby_dealers)
         self.platform_dirs = {name: self.root / f"platform-{name}" for name in domains}
         self.write_configs()
 
@@ -202,15 +214,27 @@ class Deployment:
         """The service id (trust domain) a service name runs as: ``party0-s1`` → ``party0``."""
         return name.partition("-s")[0].partition("-b")[0]
 
+    def role(self, name: str) -> str:
+        """The ``python -m cloud_tecc <role>`` of service ``name`` (party, dealer, output)."""
+        if name.startswith("party"):
+            return "party"
+        return "dealer" if name.startswith("dealer") else self.domain(name)
+
     @property
     def parties(self) -> tuple[str, ...]:
         """The party service names, ``party0`` … ``party{N-1}``."""
         return tuple(f"party{i}" for i in range(self.n_parties))
 
+    def dealers_of(self, shard: int) -> tuple[str, ...]:
+        """Every dealer of ``shard``: the first, then its standbys (``dealer2`` …)."""
+        tail = "" if shard == 0 else f"-s{shard}"
+        standbys = (f"dealer{j}{tail}" for j in range(2, self.dealer_standbys + 2))
+        return (self.dealer_of(shard), *standbys)
+
     @property
     def dealers(self) -> tuple[str, ...]:
-        """The dealer of every shard."""
-        return tuple(self.dealer_of(k) for k in range(self.shards))
+        """Every dealer of every shard (shard by shard, the first before its standbys)."""
+        return tuple(d for k in range(self.shards) for d in self.dealers_of(k))
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -334,7 +358,11 @@ class Deployment:
                     "policy": self._policy_file(name),
                     "gateways": gws,
                     "peers": {j: self._party_ep(j, k, mpc=True) for j in range(n) if j != i},
-                    "dealer": self._ep(self.dealer_of(k), mpc=True),
+                    "dealer": (
+                        [self._ep(d, mpc=True) for d in self.dealers_of(k)]
+                        if self.dealer_standbys
+                        else self._ep(self.dealer_of(k), mpc=True)
+                    ),
                     "output": self._ep("output"),
                     "tick_s": 0.1,
                     **({"shards": k_all, "shard": k} if k_all > 1 else {}),
@@ -342,22 +370,23 @@ class Deployment:
                     **self.party_overrides.get(name, {}),
                 }
                 (self.root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-            dname = self.dealer_of(k)
-            dealer = {
-                **common,
-                "role": "dealer",
-                "service_id": "dealer",
-                "platform_dir": self.platform_dirs["dealer"].name,
-                "suite": self.party_extra.get("suite", "x25519"),
-                "state_dir": dname,
-                "listen": {"host": self.host(dname), "port": self.ports[dname]},
-                "mpc_listen": f"{self.host(dname)}:{self.ports[dname + '_mpc']}",
-                "policy": self._policy_file("dealer"),
-                "parties": {i: self._party_ep(i, k) for i in range(n)},
-                "batch_readings": 20000,
-                **({"shards": k_all, "shard": k} if k_all > 1 else {}),
-            }
-            (self.root / f"{dname}.yaml").write_text(yaml.safe_dump(dealer))
+            for dname in self.dealers_of(k):
+                dealer = {
+                    **common,
+                    "role": "dealer",
+                    "service_id": self.domain(dname),
+                    "platform_dir": self.platform_dirs[self.domain(dname)].name,
+                    "suite": self.party_extra.get("suite", "x25519"),
+                    "state_dir": dname,
+                    "listen": {"host": self.host(dname), "port": self.ports[dname]},
+                    "mpc_listen": f"{self.host(dname)}:{self.ports[dname + '_mpc']}",
+                    "policy": self._policy_file("dealer"),
+                    "parties": {i: self._party_ep(i, k) for i in range(n)},
+                    "batch_readings": 20000,
+                    **({"shards": k_all, "shard": k} if k_all > 1 else {}),
+                    **self.dealer_extra,
+                }
+                (self.root / f"{dname}.yaml").write_text(yaml.safe_dump(dealer))
         for fe, party in self.frontends.items():
             self._write_frontend(fe, party)
         parties = {i: self._party_ep(i, 0) for i in range(n)}
@@ -397,10 +426,7 @@ class Deployment:
 
     def start(self, name: str) -> None:
         """Start one service process (appending to its log)."""
-        if name in self.frontends:
-            role = "ingest"
-        else:
-            role = "party" if name.startswith("party") else self.domain(name)
+        role = "ingest" if name in self.frontends else self.role(name)
         if role == "party" and name != self.domain(name):
             self.provision_keys(name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -10,6 +10,7 @@ import pytest
 from cloud_tecc.errors import PeerError
 from cloud_tecc.party.epochs import Proposal
 from cloud_tecc.party.messages import (
+    DealerMessage,
     ProposalMessage,
     SeqMessage,
     VerdictMessage,
@@ -27,6 +28,10 @@ MAPPED = Proposal(10, 20, (("gw", 1),), (), "ab12", "2:00112233aabbccdd")
     ("doc", "kind"),
     [
         ({"seq": 4}, SeqMessage),
+        ({"seq": 4, "dealer": "dealer2", "generation": 3}, SeqMessage),
+        ({"seq": 0, "dealer": "dealer2", "generation": 3, "error": "refused"}, SeqMessage),
+        ({"dealer": {"index": 1, "service_id": "dealer2", "generation": 3}}, DealerMessage),
+        ({}, DealerMessage),
         ({"wm": 1_700_000_000_000_000_000}, WatermarkMessage),
         ({"proposal": PROPOSAL.to_json()}, ProposalMessage),
         ({"proposal": None}, ProposalMessage),
@@ -63,6 +68,8 @@ def test_proposal_round_trips_into_the_in_memory_type() -> None:
         (b'{"wm": 1, "x": 2}', WatermarkMessage, "unknown field `x`"),
         (b"[1]", SeqMessage, "Expected `object`, got `array`"),
         (b"not json", SeqMessage, "malformed dealer sequence control message"),
+        (b'{"dealer": {"index": 1, "service_id": ""}}', DealerMessage, "at `$.dealer.service_id`"),
+        (b'{"seq": 1, "generation": -1}', SeqMessage, "at `$.generation`"),
         (b'{"ok": 1}', VerdictMessage, "Expected `bool`, got `int` - at `$.ok`"),
         (b'{"ok": true, "orphans": [["g"]]}', VerdictMessage, "at `$.orphans[0]`"),
         (b'{"ok": true, "orphans": [["g", -1]]}', VerdictMessage, "at `$.orphans[0][1]`"),
