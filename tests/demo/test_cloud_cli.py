@@ -1,0 +1,95 @@
+"""``python -m demo.cloud`` (the cloud half of docs/QUICKSTART-own-plant.md): first-run errors.
+
+A port another program holds, a stale window count from an earlier run and a
+foreign web server on the dashboard port each end with a message that names
+the port or the sensors and what to do, never with a traceback or a false
+"released windows".
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demo import cloud
+from demo.services import free_port
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield int(s.getsockname()[1])
+
+
+def test_prepare_refuses_a_dashboard_port_in_use(
+    tmp_path: Path, held_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fails on the code before this change: prepare accepted it and `start` died later."""
+    rc = cloud.main(["prepare", "--state", str(tmp_path), "--dashboard-port", str(held_port)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"--dashboard-port {held_port}" in err
+    assert "pick a free port" in err
+    assert not (tmp_path / "cloud.json").exists()  # nothing half-prepared
+
+
+def test_start_names_the_service_ports_another_program_holds(
+    tmp_path: Path, held_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fails on the code before this change: it tried the gateways, then the services died."""
+    ports = {"party0": free_port(), "party1": free_port(), "dealer": free_port()}
+    ports["output"] = held_port
+    (tmp_path / "cloud.json").write_text(json.dumps({"policy": "unused", "ports": ports}))
+    rc = cloud.main(["start", "--state", str(tmp_path), "--gateway", "absent.yaml"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{held_port} (output)" in err
+    assert "party0" not in err
+
+
+def test_windows_of_an_earlier_run_do_not_count() -> None:
+    """A resumed run whose gateway sends nothing must not look done (fails before this change:
+    `wait --windows` accepted any window count above zero, old ones included)."""
+    wanted = {"a", "b"}
+    before = {"a": 171, "b": 171}
+    assert cloud.missing_windows(wanted, before, {"a": 171, "b": 171}) == ["a", "b"]
+    assert cloud.missing_windows(wanted, before, {"a": 172, "b": 171}) == ["b"]
+    assert cloud.missing_windows(wanted, {}, {"a": 1, "b": 1}) == []
+    assert cloud.missing_windows(wanted, {}, {"a": 1}) == ["b"]
+
+
+class _Foreign(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.end_headers()
+        self.wfile.write(b"<html>not here</html>")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_wait_reports_another_program_on_the_dashboard_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fails on the code before this change: a JSONDecodeError traceback."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Foreign)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ports = {"output": server.server_address[1]}
+        (tmp_path / "cloud.json").write_text(json.dumps({"policy": "unused", "ports": ports}))
+        rc = cloud.main(["wait", "--state", str(tmp_path), "--timeout", "1.5"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "another program answered" in out
