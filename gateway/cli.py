@@ -185,6 +185,16 @@ async def _enrol_once(cfg: GatewayConfig, evidence: TpmEvidence) -> dict[int, di
 
 def _check(path: Path) -> int:
     cfg = load_config(path)
+    if cfg.opcua and not cfg.mqtt and not any(o.browse for o in cfg.opcua):
+        fed = {n.sensor for o in cfg.opcua for n in o.nodes}
+        fed |= {x for m in cfg.modbus for x in m.sensors()}
+        if unfed := sorted(set(cfg.sensors) - fed):
+            print(
+                f"{path}: warning: sensors {unfed} have no sources.opcua[].nodes entry, so "
+                "they never get a reading (and no window): add a nodes entry for each or "
+                "delete its sensors line",
+                file=sys.stderr,
+            )
     print(
         f"{path}: valid gateway config {cfg.gateway_id}: {len(cfg.sensors)} sensors, "
         f"{len(cfg.mqtt)} mqtt + {len(cfg.opcua)} opcua sources, {len(cfg.clusters)} clusters"
