@@ -73,6 +73,8 @@ def _deployment(state: dict[str, Any], root: Path, gateways: dict[str, str]) -> 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True if another program holds ``host:port`` (the services bind loopback)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the services bind: a port whose last connections linger in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -93,3 +93,25 @@ def test_wait_reports_another_program_on_the_dashboard_port(
     out = capsys.readouterr().out
     assert rc == 1
     assert "another program answered" in out
+
+
+def test_a_port_whose_connections_linger_in_time_wait_is_free() -> None:
+    """Resuming right after a stop (step 10): the services' closed connections leave their
+    ports in TIME_WAIT, which the services' own bind allows (SO_REUSEADDR). Fails on the
+    first version of this check: it called those ports held and `start` refused to resume."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = int(listener.getsockname()[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server side closes first: its end stays in TIME_WAIT
+    client.close()
+    listener.close()
+    assert not cloud.port_in_use(port)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("0.0.0.0", port))  # a program listening on every address
+        other.listen(1)
+        assert cloud.port_in_use(port)

@@ -3,7 +3,10 @@
 The commands are the page's own: every fenced block marked ``sh quickstart``
 runs, in order, in one bash script (so the page and the test cannot drift);
 the ``sh quickstart-env`` block's variables are replaced by this test's
-values (the names must match). The simulated PLC (``python -m firmware_sim``,
+values (the names must match). Then step 10: the ``sh quickstart-stop`` block
+stops everything and the blocks of steps 2, 8 and 9 run again, as the page
+says to resume; the resumed run must release new windows (old ones do not
+count). The simulated PLC (``python -m firmware_sim``,
 OPC-UA only, SignAndEncrypt offered) stands in for the plant's server. The
 test ends when every discovered sensor has a released window, checked again
 through the output API, and reports its wall time.
@@ -28,19 +31,26 @@ from tests.gateway.initsupport import opcua_line, start_sim
 
 pytestmark = [pytest.mark.opcua, pytest.mark.tpm, pytest.mark.processes, pytest.mark.slow]
 DOC = ROOT / "docs" / "QUICKSTART-own-plant.md"
-_BLOCK = re.compile(r"^```sh (quickstart(?:-env)?)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(r"^```sh (quickstart(?:-env|-stop)?)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+#: what identifies the run blocks of steps 2, 8 and 9, which step 10 says to run again
+_RESUME = ("swtpm socket", "demo.cloud start", "--windows")
 
 
 def blocks() -> tuple[list[str], str]:
-    """The env block's variable names and the script of the run blocks, in page order."""
+    """The env block's variable names and the script: run blocks in page order, then step 10
+    (the stop block, then the run blocks of steps 2, 8 and 9 again)."""
     names: list[str] = []
-    script: list[str] = []
+    run: list[str] = []
+    stop: list[str] = []
     for kind, body in _BLOCK.findall(DOC.read_text()):
         if kind == "quickstart-env":
             names += re.findall(r"^export (\w+)=", body, re.MULTILINE)
+        elif kind == "quickstart-stop":
+            stop.append(body)
         else:
-            script.append(body)
-    return names, "\n".join(script)
+            run.append(body)
+    resume = [b for b in run if any(mark in b for mark in _RESUME)]
+    return names, "\n".join([*run, *stop, *resume])
 
 
 def test_the_page_has_the_steps_the_test_runs() -> None:
@@ -49,8 +59,12 @@ def test_the_page_has_the_steps_the_test_runs() -> None:
     assert names == ["PLC_URL", "TPM_PORT", "GATEWAY_PORT", "DASHBOARD_PORT"]
     for step in ("swtpm socket", "demo.cloud prepare", "tecc-gateway init", "check-config",
                  "provision", "import-secret", "demo.cloud start", "launch --config",
-                 "--windows"):  # fmt: skip
+                 "--windows", "kill %1 %2 %3"):  # fmt: skip
         assert step in script
+    stop = script.index("kill %1 %2 %3")
+    for mark in _RESUME:  # each resumed step once before the stop and once after it
+        assert mark in script[:stop]
+        assert mark in script[stop:]
 
 
 def test_quickstart_against_the_simulator(tmp_path: Path) -> None:
@@ -97,7 +111,7 @@ def test_quickstart_against_the_simulator(tmp_path: Path) -> None:
     assert set(windows) == set(expected)  # every OPC-UA sensor of the server, nothing else
     assert all(n > 0 for n in windows.values())
     assert "pinned now" in out  # the server certificate, trust on first use
-    assert "released windows:" in out
+    assert out.count("released windows:") == 2  # the first run and the resumed one
     print(json.dumps({"quickstart_wall_s": round(elapsed, 1), "sensors": len(windows)}))
 
 
