@@ -9,7 +9,9 @@ init`` against your own plant:
   ``DIR/trust.yaml``: the ``clusters`` and ``attestation`` sections a gateway
   needs (``tecc-gateway init --trust DIR/trust.yaml``): each party's URL and
   service id, its platform's attestation key and the measurement of this
-  build with the analytics policy (``--policy``, default configs/demo/policy.yaml);
+  build with the analytics policy (``--policy``, default configs/demo/policy.yaml),
+  or with ``--owner-key owner.pub --release-manifest FILE`` the owner's key
+  instead of the measurement (the parties serve FILE at ``GET /v1/manifest``);
 * ``start --state DIR --gateway FILE ...`` enrols each gateway (its id and the
   ``identity.pub`` that ``tecc-gateway provision`` wrote into its state_dir),
   writes the services' configs and runs them until Ctrl-C / SIGTERM;
@@ -43,6 +45,7 @@ from demo.devstack.deployment import Deployment, http_json, register_output_toke
 from demo.layout import load_policy
 from demo.pipeline import DEMO_POLICY
 from demo.services import free_port
+from tecc_contract.manifest import load_owner_public
 
 SERVICES = ("party0", "party1", "dealer", "output")
 
@@ -98,6 +101,9 @@ def prepare(args: argparse.Namespace) -> int:
     ports = {n: free_port() for n in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc")}
     if args.dashboard_port:
         ports["output"] = args.dashboard_port
+    owner = _owner_key(args)
+    if owner is None and args.owner_key:
+        return 2
     state: dict[str, Any] = {"policy": str(Path(args.policy).resolve()), "ports": ports}
     if args.release_manifest:
         state["release_manifest"] = str(Path(args.release_manifest).resolve())
@@ -111,13 +117,39 @@ def prepare(args: argparse.Namespace) -> int:
                 dep.platform(f"party{i}").key_id: dep.platform(f"party{i}").public_key_hex
                 for i in (0, 1)
             },
-            "allowed_measurements": [dep.measurement().hex()],
+            # with the owner's key: the builds its signed manifest lists, no fixed measurement
+            "allowed_measurements": [dep.measurement().hex()] if owner is None else [],
         },
     }
+    if owner is not None:
+        trust["trust"] = {"owner_key": owner}
     (root / "cloud.json").write_text(json.dumps(state, indent=1))
     (root / "trust.yaml").write_text(yaml.safe_dump(trust, sort_keys=False))
     print(f"wrote {root / 'trust.yaml'}: pass it to `tecc-gateway init --trust`")
     return 0
+
+
+def _owner_key(args: argparse.Namespace) -> str | None:
+    """``--owner-key FILE`` as the inline hex key for trust.yaml (None: not given or bad)."""
+    if not args.owner_key:
+        return None
+    if not args.release_manifest:
+        print(
+            "error: --owner-key needs --release-manifest FILE too: the parties serve that "
+            "manifest at GET /v1/manifest, which is how gateways learn the signed builds",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        key = load_owner_public(Path(args.owner_key).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(
+            f"error: --owner-key {args.owner_key}: {exc}; write the owner.pub that "
+            "`tecc-cluster admin owner-key init --out var/owner` creates",
+            file=sys.stderr,
+        )
+        return None
+    return key.public_bytes_raw().hex()
 
 
 def _gateway(path: Path) -> tuple[str, str, dict[str, str], str]:
@@ -282,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--dashboard-port", type=int, default=0)
     pre.add_argument(
         "--release-manifest", help="the owner-signed manifest file the parties serve (optional)"
+    )
+    pre.add_argument(
+        "--owner-key",
+        help="owner.pub: trust.yaml names this key instead of the build's measurement "
+        "(needs --release-manifest)",
     )
     st = sub.add_parser("start", help="enrol the gateways and run the services until stopped")
     st.add_argument("--state", required=True)

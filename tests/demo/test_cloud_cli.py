@@ -8,6 +8,7 @@ the port or the sensors and what to do, never with a traceback or a false
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import socket
@@ -16,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from demo import cloud
 from demo.services import free_port
+from gateway.init.writer import load_trust
 
 
 @pytest.fixture
@@ -115,3 +118,38 @@ def test_a_port_whose_connections_linger_in_time_wait_is_free() -> None:
         other.bind(("0.0.0.0", port))  # a program listening on every address
         other.listen(1)
         assert cloud.port_in_use(port)
+
+
+def test_prepare_with_the_owner_key_writes_a_trust_file_init_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Quickstart step 3 without hand edits: trust.yaml names the owner's key instead of the
+    measurement, so `init --trust` writes a gateway.yaml that needs no edit (fails on the code
+    before this change: there was no --owner-key, and the page said to edit gateway.yaml)."""
+    key = Ed25519PrivateKey.generate().public_key()
+    pub = tmp_path / "owner.pub"
+    pub.write_text(base64.b64encode(key.public_bytes_raw()).decode() + "\n")
+    state = tmp_path / "cloud"
+    args = ["prepare", "--state", str(state), "--owner-key", str(pub)]
+    assert cloud.main(args) == 2  # without the manifest the parties would serve
+    assert "--owner-key needs --release-manifest" in capsys.readouterr().err
+    assert cloud.main([*args, "--release-manifest", str(state / "manifest.json")]) == 0
+    doc = load_trust(state / "trust.yaml")
+    assert doc.attestation.allowed_measurements == ()
+    assert doc.trust is not None
+    assert doc.trust.owner_key == key.public_bytes_raw().hex()
+
+
+def test_prepare_names_an_unreadable_owner_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "owner.pub"
+    bad.write_text("not a key\n")
+    rc = cloud.main(
+        ["prepare", "--state", str(tmp_path / "c"), "--owner-key", str(bad),
+         "--release-manifest", str(tmp_path / "m.json")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"--owner-key {bad}" in err
+    assert "tecc-cluster admin owner-key init" in err
