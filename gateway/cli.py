@@ -274,22 +274,29 @@ def _command(args: argparse.Namespace) -> int:
         spool.close()
 
 
+#: commands a person runs at a terminal: their error is the one plain line, not also a log line
+_INTERACTIVE = frozenset({"check-config", "init"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tecc-gateway`` and ``python -m gateway``; returns the exit code."""
     args = _parser().parse_args(argv)
     logs.setup(args.log_level)
+    quiet = args.command in _INTERACTIVE
     try:
         return _command(args)
     except GatewayConfigError as exc:
-        if args.command != "check-config":
+        if not quiet:
             log.critical("configuration error: %s", exc)
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     except PcrPolicyError as exc:
-        log.critical("refusing to start: %s", exc)
+        if not quiet:
+            log.critical("refusing to start: %s", exc)
         print(f"gateway: refusing to start: {exc}", file=sys.stderr)
         return 3
     except GatewayError as exc:
-        log.critical("%s", exc)
+        if not quiet:
+            log.critical("%s", exc)
         print(f"gateway: {exc}", file=sys.stderr)
         return 4

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.services import free_port
 from gateway.cli import main
 
 _INIT_STYLE = """\
@@ -72,3 +73,17 @@ def test_a_sensor_line_left_behind_is_warned_about(
     rc, err = _check(tmp_path, edited, capsys)
     assert rc == 0  # a warning: still a loadable config
     assert "warning: sensors ['line1.mill1.spindle_speed'] have no sources.opcua[].nodes" in err
+
+
+def test_init_on_a_wrong_url_says_it_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Step 4 with a typo in the port: one plain line naming the URL and what to check.
+    Fails on the code before this change: a JSON log line said it first, then the same again."""
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    rc = main(["init", "--opcua", url, "--out", str(tmp_path / "gateway.yaml")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 4
+    assert len(err) == 1, err
+    assert err[0].startswith(f"gateway: OPC-UA {url}: ")
+    assert "check the endpoint URL" in err[0]
