@@ -9,15 +9,21 @@ init`` against your own plant:
   ``DIR/trust.yaml``: the ``clusters`` and ``attestation`` sections a gateway
   needs (``tecc-gateway init --trust DIR/trust.yaml``): each party's URL and
   service id, its platform's attestation key and the measurement of this
-  build with the analytics policy (``--policy``, default configs/demo/policy.yaml);
+  build with the analytics policy (``--policy``, default configs/demo/policy.yaml),
+  or with ``--owner-key owner.pub --release-manifest FILE`` the owner's key
+  instead of the measurement (the parties serve FILE at ``GET /v1/manifest``);
 * ``start --state DIR --gateway FILE ...`` enrols each gateway (its id and the
   ``identity.pub`` that ``tecc-gateway provision`` wrote into its state_dir),
   writes the services' configs and runs them until Ctrl-C / SIGTERM;
 * ``wait --state DIR [--windows]`` waits until the services answer (and, with
-  ``--windows``, until every sensor of the enrolled gateways has a released
-  window) and prints the dashboard URL and a one-time sign-in link.
+  ``--windows``, until every sensor of the enrolled gateways has a window
+  released *while it waits*, so windows of an earlier run do not count) and
+  prints the dashboard URL and a one-time sign-in link; when it gives up it
+  says which sensors are missing and what each gateway's ``/healthz`` says.
 
 State (keys, databases, logs, configs) stays in DIR; a second ``start`` resumes.
+A port that another program holds is refused up front (``prepare
+--dashboard-port``, and every service port at ``start``), naming the port.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,6 +45,7 @@ from demo.devstack.deployment import Deployment, http_json, register_output_toke
 from demo.layout import load_policy
 from demo.pipeline import DEMO_POLICY
 from demo.services import free_port
+from tecc_contract.manifest import load_owner_public
 
 SERVICES = ("party0", "party1", "dealer", "output")
 
@@ -65,13 +73,37 @@ def _deployment(state: dict[str, Any], root: Path, gateways: dict[str, str]) -> 
     )
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True if another program holds ``host:port`` (the services bind loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the services bind: a port whose last connections linger in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def prepare(args: argparse.Namespace) -> int:
     """Create platforms and ports; write trust.yaml for ``tecc-gateway init --trust``."""
     root = Path(args.state).resolve()
+    if args.dashboard_port and port_in_use(args.dashboard_port):
+        print(
+            f"error: --dashboard-port {args.dashboard_port}: another program already listens "
+            f"on 127.0.0.1:{args.dashboard_port} (`ss -ltnp | grep :{args.dashboard_port}`); "
+            f"pick a free port, e.g. --dashboard-port {free_port()} (export DASHBOARD_PORT=...), "
+            "and run prepare again",
+            file=sys.stderr,
+        )
+        return 2
     root.mkdir(parents=True, exist_ok=True)
     ports = {n: free_port() for n in (*SERVICES, "party0_mpc", "party1_mpc", "dealer_mpc")}
     if args.dashboard_port:
         ports["output"] = args.dashboard_port
+    owner = _owner_key(args)
+    if owner is None and args.owner_key:
+        return 2
     state: dict[str, Any] = {"policy": str(Path(args.policy).resolve()), "ports": ports}
     if args.release_manifest:
         state["release_manifest"] = str(Path(args.release_manifest).resolve())
@@ -85,13 +117,39 @@ def prepare(args: argparse.Namespace) -> int:
                 dep.platform(f"party{i}").key_id: dep.platform(f"party{i}").public_key_hex
                 for i in (0, 1)
             },
-            "allowed_measurements": [dep.measurement().hex()],
+            # with the owner's key: the builds its signed manifest lists, no fixed measurement
+            "allowed_measurements": [dep.measurement().hex()] if owner is None else [],
         },
     }
+    if owner is not None:
+        trust["trust"] = {"owner_key": owner}
     (root / "cloud.json").write_text(json.dumps(state, indent=1))
     (root / "trust.yaml").write_text(yaml.safe_dump(trust, sort_keys=False))
     print(f"wrote {root / 'trust.yaml'}: pass it to `tecc-gateway init --trust`")
     return 0
+
+
+def _owner_key(args: argparse.Namespace) -> str | None:
+    """``--owner-key FILE`` as the inline hex key for trust.yaml (None: not given or bad)."""
+    if not args.owner_key:
+        return None
+    if not args.release_manifest:
+        print(
+            "error: --owner-key needs --release-manifest FILE too: the parties serve that "
+            "manifest at GET /v1/manifest, which is how gateways learn the signed builds",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        key = load_owner_public(Path(args.owner_key).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(
+            f"error: --owner-key {args.owner_key}: {exc}; write the owner.pub that "
+            "`tecc-cluster admin owner-key init --out var/owner` creates",
+            file=sys.stderr,
+        )
+        return None
+    return key.public_bytes_raw().hex()
 
 
 def _gateway(path: Path) -> tuple[str, str, dict[str, str], str]:
@@ -112,6 +170,16 @@ def start(args: argparse.Namespace) -> int:
     """Enrol the gateways, start the four services and keep them running."""
     root = Path(args.state).resolve()
     state = _state(args)
+    busy = sorted((p, name) for name, p in state["ports"].items() if port_in_use(int(p)))
+    if busy:
+        held = ", ".join(f"{p} ({name})" for p, name in busy)
+        print(
+            f"error: ports {held} from {root / 'cloud.json'} are held by another program: "
+            "stop it (an earlier `demo.cloud start` still running? `ss -ltnp | grep :PORT` "
+            "names the process), then run start again",
+            file=sys.stderr,
+        )
+        return 2
     gateways, units, health = {}, {}, {}
     for g in args.gateway:
         gid, key, u, url = _gateway(Path(g))
@@ -119,6 +187,7 @@ def start(args: argparse.Namespace) -> int:
         units.update(u)
     state["gateways"] = sorted(gateways)
     state["units"] = units
+    state["gateway_health"] = health
     (root / "cloud.json").write_text(json.dumps(state, indent=1))
     dep = _deployment(state, root, gateways)
     dep.gateway_health = health
@@ -140,44 +209,94 @@ def start(args: argparse.Namespace) -> int:
 def _sensors(url: str) -> dict[str, int]:
     try:
         status, rows = http_json(f"{url}/api/v1/sensors", timeout=5)
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, ValueError):
         return {}
-    if status != 200:
+    if status != 200 or not isinstance(rows, list):
         return {}
     return {r["sensor"]: int(r["windows"]) for r in rows}
 
 
+def missing_windows(wanted: set[str], before: dict[str, int], now: dict[str, int]) -> list[str]:
+    """Sensors of ``wanted`` without a window released since ``before`` was read."""
+    return sorted(s for s in wanted if now.get(s, 0) <= before.get(s, 0))
+
+
+def _gateway_report(health: dict[str, str]) -> list[str]:
+    """One line per gateway: what its ``/healthz`` says (or that it does not answer)."""
+    lines = []
+    for gid, url in sorted(health.items()):
+        try:
+            _, h = http_json(url, timeout=3)
+        except (urllib.error.URLError, OSError, ValueError):
+            lines.append(
+                f"  gateway {gid}: nothing answers at {url}: is `tecc-gateway launch` running? "
+                "its log (var/gateway.log in the quickstart) says why it stopped"
+            )
+            continue
+        if not isinstance(h, dict):
+            lines.append(f"  gateway {gid}: {url} answered {h!r}")
+            continue
+        sources = {
+            n: (v.get("connected"), v.get("subscribed")) for n, v in h.get("sources", {}).items()
+        }
+        clusters = {
+            i: (c.get("attested"), c.get("last_error")) for i, c in h.get("clusters", {}).items()
+        }
+        lines.append(
+            f"  gateway {gid}: sources (connected, subscribed) {sources}; "
+            f"clusters (attested, last error) {clusters}"
+        )
+    return lines
+
+
+def _wait_healthy(url: str, token: Path, deadline: float) -> str | None:
+    """None once the output service answers at ``url``, else what answered instead."""
+    seen = "nothing answered"
+    while time.monotonic() < deadline:
+        try:
+            status = http_json(url + "/healthz", timeout=2)[0]
+            if status == 200 and token.exists():
+                return None
+            seen = f"it answered HTTP {status}"
+        except ValueError:  # not JSON: another program holds the port
+            seen = "another program answered (not the output service)"
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return seen
+
+
 def wait(args: argparse.Namespace) -> int:
-    """Wait for the services (and released windows); print how to open the dashboard."""
+    """Wait for the services (and new released windows); print how to open the dashboard."""
     root = Path(args.state).resolve()
     state = _state(args)
     url = f"http://127.0.0.1:{state['ports']['output']}"
     deadline = time.monotonic() + args.timeout
     token = root / "output" / "admin.token"
-    while time.monotonic() < deadline:
-        try:
-            if http_json(url + "/healthz", timeout=2)[0] == 200 and token.exists():
-                break
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    else:
-        print(f"error: the output service did not answer at {url}; see {root}/*.log")
+    seen = _wait_healthy(url, token, deadline)
+    if seen is not None:
+        print(f"error: the output service did not answer at {url} ({seen}); see {root}/*.log")
         return 1
     register_output_token(url, token)
     wanted = set(state.get("units", {}))
     if args.windows:
+        before = _sensors(url)  # windows of an earlier run do not count
         counts: dict[str, int] = {}
         while time.monotonic() < deadline:
             counts = _sensors(url)
-            if wanted and all(counts.get(s, 0) > 0 for s in wanted):
+            if wanted and not missing_windows(wanted, before, counts):
                 break
             time.sleep(1.0)
         else:
-            missing = sorted(s for s in wanted if not counts.get(s))
-            print(f"error: no released window yet for {missing}; see {root}/*.log")
+            missing = missing_windows(wanted, before, counts)
+            print(
+                f"error: no window released in {args.timeout:.0f} s for {missing}; "
+                f"see {root}/*.log",
+            )
+            print("\n".join(_gateway_report(state.get("gateway_health", {}))))
             return 1
-        print(f"released windows: {sum(counts.values())} for {len(counts)} sensors")
+        new = sum(counts.values()) - sum(before.values())
+        print(f"released windows: {new} new for {len(counts)} sensors")
     link = root / "output" / "signin-link"
     print(f"dashboard: {url}/")
     print(f"sign in: {link.read_text().strip() if link.exists() else url} (one-time link)")
@@ -195,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--dashboard-port", type=int, default=0)
     pre.add_argument(
         "--release-manifest", help="the owner-signed manifest file the parties serve (optional)"
+    )
+    pre.add_argument(
+        "--owner-key",
+        help="owner.pub: trust.yaml names this key instead of the build's measurement "
+        "(needs --release-manifest)",
     )
     st = sub.add_parser("start", help="enrol the gateways and run the services until stopped")
     st.add_argument("--state", required=True)

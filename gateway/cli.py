@@ -185,6 +185,16 @@ async def _enrol_once(cfg: GatewayConfig, evidence: TpmEvidence) -> dict[int, di
 
 def _check(path: Path) -> int:
     cfg = load_config(path)
+    if cfg.opcua and not cfg.mqtt and not any(o.browse for o in cfg.opcua):
+        fed = {n.sensor for o in cfg.opcua for n in o.nodes}
+        fed |= {x for m in cfg.modbus for x in m.sensors()}
+        if unfed := sorted(set(cfg.sensors) - fed):
+            print(
+                f"{path}: warning: sensors {unfed} have no sources.opcua[].nodes entry, so "
+                "they never get a reading (and no window): add a nodes entry for each or "
+                "delete its sensors line",
+                file=sys.stderr,
+            )
     print(
         f"{path}: valid gateway config {cfg.gateway_id}: {len(cfg.sensors)} sensors, "
         f"{len(cfg.mqtt)} mqtt + {len(cfg.opcua)} opcua sources, {len(cfg.clusters)} clusters"
@@ -264,22 +274,29 @@ def _command(args: argparse.Namespace) -> int:
         spool.close()
 
 
+#: commands a person runs at a terminal: their error is the one plain line, not also a log line
+_INTERACTIVE = frozenset({"check-config", "init"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tecc-gateway`` and ``python -m gateway``; returns the exit code."""
     args = _parser().parse_args(argv)
     logs.setup(args.log_level)
+    quiet = args.command in _INTERACTIVE
     try:
         return _command(args)
     except GatewayConfigError as exc:
-        if args.command != "check-config":
+        if not quiet:
             log.critical("configuration error: %s", exc)
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     except PcrPolicyError as exc:
-        log.critical("refusing to start: %s", exc)
+        if not quiet:
+            log.critical("refusing to start: %s", exc)
         print(f"gateway: refusing to start: {exc}", file=sys.stderr)
         return 3
     except GatewayError as exc:
-        log.critical("%s", exc)
+        if not quiet:
+            log.critical("%s", exc)
         print(f"gateway: {exc}", file=sys.stderr)
         return 4

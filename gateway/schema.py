@@ -457,9 +457,17 @@ class GatewayFile(Schema, frozen=True, kw_only=True):
                 f"clusters[].service_id must differ per cluster, got {sids}: N clusters are N "
                 "independent trust domains (write each cluster's own service id)"
             )
-        fed = {n.sensor for s in self.sources.opcua for n in s.nodes}
-        if undeclared := sorted(fed - set(ids)):
-            raise ValueError(f"OPC-UA nodes feed undeclared sensors {undeclared}; declare them")
+        if undeclared := [
+            f"sources.opcua[{i}].nodes[{j}].sensor: {n.sensor!r}"
+            for i, s in enumerate(self.sources.opcua)
+            for j, n in enumerate(s.nodes)
+            if n.sensor not in ids
+        ]:
+            raise ValueError(
+                f"{'; '.join(undeclared)} is not under sensors: add it there (- {{id: ID, "
+                "range: [LOW, HIGH], unit: UNIT}), or delete that nodes entry too (removing "
+                "a sensor means removing its sensors line and its nodes entry)"
+            )
         polled = {x for s in self.sources.modbus for x in s.sensors()}
         if undeclared := sorted(polled - set(ids)):
             raise ValueError(f"Modbus points feed undeclared sensors {undeclared}; declare them")

@@ -3,7 +3,12 @@
 The commands are the page's own: every fenced block marked ``sh quickstart``
 runs, in order, in one bash script (so the page and the test cannot drift);
 the ``sh quickstart-env`` block's variables are replaced by this test's
-values (the names must match). The simulated PLC (``python -m firmware_sim``,
+values (the names must match). Then step 10: the ``sh quickstart-stop`` block
+stops everything and the blocks of steps 2, 8 and 9 run again, as the page
+says to resume; the resumed run must release new windows (old ones do not
+count). The owner-key variant runs the ``sh quickstart-owner`` block instead of
+the page's ``prepare`` block; its gateway.yaml must trust the owner's key and
+list no measurement, with no hand edit. The simulated PLC (``python -m firmware_sim``,
 OPC-UA only, SignAndEncrypt offered) stands in for the plant's server. The
 test ends when every discovered sensor has a released window, checked again
 through the output API, and reports its wall time.
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from demo.devstack.deployment import http_json, register_output_token
 from demo.services import free_port, free_port_pair
@@ -28,32 +34,55 @@ from tests.gateway.initsupport import opcua_line, start_sim
 
 pytestmark = [pytest.mark.opcua, pytest.mark.tpm, pytest.mark.processes, pytest.mark.slow]
 DOC = ROOT / "docs" / "QUICKSTART-own-plant.md"
-_BLOCK = re.compile(r"^```sh (quickstart(?:-env)?)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+_KINDS = r"quickstart(?:-env|-stop|-owner)?"
+_BLOCK = re.compile(rf"^```sh ({_KINDS})\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+#: what identifies the run blocks of steps 2, 8 and 9, which step 10 says to run again
+_RESUME = ("swtpm socket", "demo.cloud start", "--windows")
 
 
-def blocks() -> tuple[list[str], str]:
-    """The env block's variable names and the script of the run blocks, in page order."""
+def blocks(*, owner: bool = False) -> tuple[list[str], str]:
+    """The env block's variable names and the script: run blocks in page order, then step 10
+    (the stop block, then the run blocks of steps 2, 8 and 9 again). ``owner``: the
+    ``quickstart-owner`` block replaces the block that runs ``demo.cloud prepare``."""
     names: list[str] = []
-    script: list[str] = []
+    run: list[str] = []
+    stop: list[str] = []
+    owner_blocks: list[str] = []
     for kind, body in _BLOCK.findall(DOC.read_text()):
         if kind == "quickstart-env":
             names += re.findall(r"^export (\w+)=", body, re.MULTILINE)
+        elif kind == "quickstart-stop":
+            stop.append(body)
+        elif kind == "quickstart-owner":
+            owner_blocks.append(body)
         else:
-            script.append(body)
-    return names, "\n".join(script)
+            run.append(body)
+    if owner:
+        assert len(owner_blocks) == 1, "the page has one quickstart-owner block"
+        run = [owner_blocks[0] if "demo.cloud prepare" in b else b for b in run]
+    resume = [b for b in run if any(mark in b for mark in _RESUME)]
+    return names, "\n".join([*run, *stop, *resume])
 
 
 def test_the_page_has_the_steps_the_test_runs() -> None:
     """The page keeps an env block and the run blocks of every step (parsing can fail)."""
     names, script = blocks()
+    assert "demo.cloud prepare" in blocks(owner=True)[1]  # the owner block's own prepare
+    assert "owner-key init" in blocks(owner=True)[1]
+    assert "owner-key init" not in script
     assert names == ["PLC_URL", "TPM_PORT", "GATEWAY_PORT", "DASHBOARD_PORT"]
     for step in ("swtpm socket", "demo.cloud prepare", "tecc-gateway init", "check-config",
                  "provision", "import-secret", "demo.cloud start", "launch --config",
-                 "--windows"):  # fmt: skip
+                 "--windows", "kill %1 %2 %3"):  # fmt: skip
         assert step in script
+    stop = script.index("kill %1 %2 %3")
+    for mark in _RESUME:  # each resumed step once before the stop and once after it
+        assert mark in script[:stop]
+        assert mark in script[stop:]
 
 
-def test_quickstart_against_the_simulator(tmp_path: Path) -> None:
+@pytest.mark.parametrize("owner", [False, True], ids=["measurement", "owner-key"])
+def test_quickstart_against_the_simulator(tmp_path: Path, owner: bool) -> None:
     """Every quickstart command runs; each discovered sensor gets released windows."""
     started = time.monotonic()
     sim_cfg, expected = opcua_line(tmp_path)
@@ -61,7 +90,8 @@ def test_quickstart_against_the_simulator(tmp_path: Path) -> None:
     sim = start_sim(sim_cfg, opc_port, tmp_path / "sim.log")
     work = tmp_path / "site"
     work.mkdir()
-    names, script = blocks()
+    (work / "configs").symlink_to(ROOT / "configs")  # the page runs in the checkout
+    names, script = blocks(owner=owner)
     env_values = {
         "PLC_URL": f"opc.tcp://127.0.0.1:{opc_port}/tecc/sim",
         "TPM_PORT": str(free_port_pair()),
@@ -97,7 +127,14 @@ def test_quickstart_against_the_simulator(tmp_path: Path) -> None:
     assert set(windows) == set(expected)  # every OPC-UA sensor of the server, nothing else
     assert all(n > 0 for n in windows.values())
     assert "pinned now" in out  # the server certificate, trust on first use
-    assert "released windows:" in out
+    written = yaml.safe_load((work / "gateway.yaml").read_text())
+    if owner:  # the owner's key, no measurement, and nobody edited the file
+        assert written["trust"]["owner_key"]
+        assert not written["attestation"].get("allowed_measurements")
+    else:
+        assert "trust" not in written
+        assert len(written["attestation"]["allowed_measurements"]) == 1
+    assert out.count("released windows:") == 2  # the first run and the resumed one
     print(json.dumps({"quickstart_wall_s": round(elapsed, 1), "sensors": len(windows)}))
 
 
