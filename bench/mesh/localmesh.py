@@ -96,6 +96,8 @@ class LocalMesh:
                 str(plan.truncs),
                 "--dabits",
                 str(plan.dabits),
+                "--squares",
+                str(plan.squares),
                 "--batches",
                 str(batches),
                 "--depth",

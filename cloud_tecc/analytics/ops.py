@@ -1,4 +1,4 @@
-"""The four non-linear operations the analytics program needs, and their plaintext form.
+"""The five non-linear operations the analytics program needs, and their plaintext form.
 
 The analytics program (:mod:`cloud_tecc.analytics.program`) is written once
 against :class:`Ops`. Run with :class:`PlainOps` on plaintext ring values it is
@@ -35,6 +35,10 @@ class Ops(Protocol):
         """Elementwise ring product (no truncation)."""
         ...
 
+    async def square(self, a: RingArray) -> RingArray:
+        """Elementwise ring square ``a·a`` (no truncation); cheaper than ``mul(a, a)`` in MPC."""
+        ...
+
     async def trunc(self, a: RingArray) -> RingArray:
         """Arithmetic shift right by :attr:`frac_bits`; may be one LSB high. Needs |a| < 2^62."""
         ...
@@ -62,6 +66,10 @@ class PlainOps:
     async def mul(self, a: RingArray, b: RingArray) -> RingArray:
         """Elementwise ring product."""
         return a * b
+
+    async def square(self, a: RingArray) -> RingArray:
+        """Elementwise ring square."""
+        return a * a
 
     async def trunc(self, a: RingArray) -> RingArray:
         """Floor division by 2^f (arithmetic shift)."""

@@ -40,6 +40,12 @@ class MpcOps:
             return np.zeros(0, dtype=np.uint64)
         return await self.party.mul(a, b)
 
+    async def square(self, a: RingArray) -> RingArray:
+        """Square from a dealer square pair (one round, one opening per element)."""
+        if not len(a):
+            return np.zeros(0, dtype=np.uint64)
+        return await self.party.square(a)
+
     async def trunc(self, a: RingArray) -> RingArray:
         """Truncation by the engine's fraction bits (one round)."""
         if not len(a):

@@ -95,4 +95,5 @@ def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
         truncs=max(p.truncs for p in plans),
         dabits=max(p.dabits for p in plans),
         comparisons=max(p.comparisons for p in plans),
+        squares=max(p.squares for p in plans),
     )

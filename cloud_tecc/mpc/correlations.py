@@ -47,6 +47,7 @@ class Kind(enum.StrEnum):
     TRUNC = "trunc"  # truncation pair r, msb(r), (r mod 2^63) >> f
     DABIT = "dabit"  # random bit, XOR-shared and arithmetic-shared
     CMP = "cmp"  # edaBit + prefix-tree AND triples + fused final level
+    SQUARE = "square"  # square pair a, aa = a² (last: the wire numbers kinds in this order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,10 @@ LAYOUTS: Final[dict[Kind, tuple[Field, ...]]] = {
         Field("b_arith", np.uint64, 64, derived=True),
     ),
     Kind.CMP: _cmp_fields(),
+    Kind.SQUARE: (
+        Field("a", np.uint64, 64, derived=False),
+        Field("aa", np.uint64, 64, derived=True),
+    ),
 }
 
 
@@ -197,9 +202,10 @@ class Plan:
     truncs: int = 0
     dabits: int = 0
     comparisons: int = 0
+    squares: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("triples", "truncs", "dabits", "comparisons"):
+        for name in ("triples", "truncs", "dabits", "comparisons", "squares"):
             if getattr(self, name) < 0:
                 raise CorrelationError(f"plan count {name} must be >= 0")
 
@@ -210,6 +216,7 @@ class Plan:
             Kind.TRUNC: self.truncs,
             Kind.DABIT: self.dabits,
             Kind.CMP: self.comparisons,
+            Kind.SQUARE: self.squares,
         }
         return {k: v for k, v in all_counts.items() if v}
 

@@ -10,6 +10,7 @@ and hands party 0 the correction that makes the shares add up. The
 relations follow:
 
 * Beaver triple: ``Σc = (Σa)(Σb)``.
+* Square pair: ``Σaa = (Σa)²``.
 * Truncation pair: ``Σr`` uniform, ``Σr_msb = msb(Σr)``, ``Σr_t = (Σr mod 2^63) >> f``.
 * daBit: ``⊕b_bool = Σb_arith ∈ {0, 1}``.
 * Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; ``⊕q32 = r_hi ∧ r_lo`` (the
@@ -36,7 +37,7 @@ from cloud_tecc.mpc.correlations import (
     combined_fields,
 )
 from cloud_tecc.mpc.errors import MpcParameterError
-from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from cloud_tecc.mpc.tuples import Comparisons, DaBits, Squares, Triples, TruncPairs
 from tecc_contract import prg
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
@@ -63,6 +64,11 @@ def _bool_corr(value: AnyArray, others: AnyArray) -> AnyArray:
 def _triple(tot: Fields, oth: Fields, _f: int) -> Fields:
     t = Triples.from_fields(tot | oth)
     return replace(t, c=_arith_corr(t.a * t.b, t.c)).derived()
+
+
+def _square(tot: Fields, oth: Fields, _f: int) -> Fields:
+    t = Squares.from_fields(tot | oth)
+    return replace(t, aa=_arith_corr(t.a * t.a, t.aa)).derived()
 
 
 def _trunc(tot: Fields, oth: Fields, frac_bits: int) -> Fields:
@@ -108,6 +114,7 @@ _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {
     Kind.TRUNC: _trunc,
     Kind.DABIT: _dabit,
     Kind.CMP: _cmp,
+    Kind.SQUARE: _square,
 }
 
 

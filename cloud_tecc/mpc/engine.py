@@ -22,7 +22,7 @@ from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, encode, open_peers
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
-from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from cloud_tecc.mpc.tuples import Comparisons, DaBits, Squares, Triples, TruncPairs
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.keys import HpkePublicKey, KemSuite
 from tecc_contract.ring import RingArray
@@ -137,6 +137,9 @@ class Party:
     async def _triples(self, count: int) -> Triples:
         return Triples.of(await self._take(Kind.TRIPLE, count))
 
+    async def _squares(self, count: int) -> Squares:
+        return Squares.of(await self._take(Kind.SQUARE, count))
+
     async def _truncs(self, count: int) -> TruncPairs:
         return TruncPairs.of(await self._take(Kind.TRUNC, count))
 
@@ -174,6 +177,12 @@ class Party:
         xs, ys = _ring(x), _ring(y)
         t = await self._triples(xs.shape[0])
         return (await self.run(arith.mul(self.ctx, xs, ys, t))).reshape(np.shape(x))
+
+    async def square(self, x: RingArray) -> RingArray:
+        """Share of ``x²`` (ring product, no truncation); 1 round, half the bytes of ``mul``."""
+        xs = _ring(x)
+        sq = await self._squares(xs.shape[0])
+        return (await self.run(arith.square(self.ctx, xs, sq))).reshape(np.shape(x))
 
     async def trunc(self, x: RingArray) -> RingArray:
         """Share of ``x / 2^f`` within one LSB; requires |x| < 2^62; 1 round."""

@@ -50,6 +50,7 @@ class TracingSource:
             truncs=c[Kind.TRUNC],
             dabits=c[Kind.DABIT],
             comparisons=c[Kind.CMP],
+            squares=c[Kind.SQUARE],
         )
 
 

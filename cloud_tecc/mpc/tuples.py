@@ -56,6 +56,28 @@ class Triples:
 
 
 @dataclass(frozen=True, slots=True)
+class Squares:
+    """Square pairs: shares of random ``a`` and of ``aa = a²`` (a Beaver triple with b = a)."""
+
+    a: RingArray
+    aa: RingArray
+
+    @classmethod
+    def of(cls, batch: Batch) -> Squares:
+        """The pairs of a :attr:`Kind.SQUARE` batch (views of its arrays)."""
+        return cls.from_fields(_fields(batch, Kind.SQUARE))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Squares:
+        """The record over a :attr:`Kind.SQUARE` field mapping."""
+        return cls(a=f["a"], aa=f["aa"])
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        return {"aa": self.aa}
+
+
+@dataclass(frozen=True, slots=True)
 class TruncPairs:
     """Truncation pairs: shares of random ``r``, of ``msb(r)`` and of ``(r mod 2^63) >> f``."""
 
