@@ -98,6 +98,8 @@ class LocalMesh:
                 str(plan.dabits),
                 "--squares",
                 str(plan.squares),
+                "--compare-selects",
+                str(plan.compare_selects),
                 "--batches",
                 str(batches),
                 "--depth",

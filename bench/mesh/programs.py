@@ -121,7 +121,7 @@ def plan_for(program: str, n_elements: int) -> Plan:
     if program not in PROGRAMS:
         raise KeyError(program)
     small, double = _traced(program, _PROBE), _traced(program, 2 * _PROBE)
-    fields = ("triples", "truncs", "dabits", "comparisons", "squares")
+    fields = ("triples", "truncs", "dabits", "comparisons", "squares", "compare_selects")
     if n_elements % _PROBE or any(getattr(double, f) != 2 * getattr(small, f) for f in fields):
         return _traced(program, n_elements)
     scale = n_elements // _PROBE

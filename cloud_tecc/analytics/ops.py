@@ -1,4 +1,4 @@
-"""The five non-linear operations the analytics program needs, and their plaintext form.
+"""The six non-linear operations the analytics program needs, and their plaintext form.
 
 The analytics program (:mod:`cloud_tecc.analytics.program`) is written once
 against :class:`Ops`. Run with :class:`PlainOps` on plaintext ring values it is
@@ -47,6 +47,12 @@ class Ops(Protocol):
         """0/1 ring vector: 1 where ``a < 0`` as a signed value. Needs |a| < 2^63."""
         ...
 
+    async def ltz_times(
+        self, plain: RingArray, x: RingArray
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """``ltz(plain)``, ``ltz(x)`` and ``ltz(x)·x`` (the select of a min/max) at once."""
+        ...
+
 
 class PlainOps:
     """:class:`Ops` on plaintext ring values: exact floor truncation, exact sign."""
@@ -78,3 +84,10 @@ class PlainOps:
     async def ltz(self, a: RingArray) -> RingArray:
         """1 where ``a`` is negative."""
         return (a >> np.uint64(63)).astype(np.uint64)
+
+    async def ltz_times(
+        self, plain: RingArray, x: RingArray
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """Sign bits of ``plain`` and ``x``, and ``x`` where it is negative (else 0)."""
+        bx = await self.ltz(x)
+        return await self.ltz(plain), bx, bx * x

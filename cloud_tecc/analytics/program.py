@@ -291,11 +291,11 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     xm = _cat([epoch.streams[i].x for i in p.minmax_streams])
     left, right, dest, c_src, c_dst = segment_pairs(p.count[p.minmax_streams])
     mm_diff = xm[left] - xm[right]
-    margins = [z_margin, flat_margin, f_margin, lim_margin, rate_margin, mm_diff]
-    bits = await ops.ltz(_cat(margins))
-    z_flag, flat_flag, f_flag, lim_flag, rate_flag, c = _split(bits, [len(a) for a in margins])
+    margins = [z_margin, flat_margin, f_margin, lim_margin, rate_margin]
+    bits, _, mm_t = await ops.ltz_times(_cat(margins), mm_diff)
+    z_flag, flat_flag, f_flag, lim_flag, rate_flag = _split(bits, [len(a) for a in margins])
     mn, mx = await segment_minmax(
-        ops, xm, p.count[p.minmax_streams], c, (left, right, dest, c_src, c_dst)
+        ops, xm, p.count[p.minmax_streams], mm_t, (left, right, dest, c_src, c_dst)
     )
     fleet_dev = np.zeros(len(p.count), dtype=_U64)
     fleet_dev[fleet_streams] = f_flag

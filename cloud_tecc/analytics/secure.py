@@ -58,6 +58,15 @@ class MpcOps:
             return np.zeros(0, dtype=np.uint64)
         return await self.party.msb(a)
 
+    async def ltz_times(
+        self, plain: RingArray, x: RingArray
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """Sign bits of both and ``[x < 0]·x``, in the six rounds of one comparison."""
+        if not len(x):
+            return await self.ltz(plain), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        bp, bx, prod = await self.party.msb_times(x, plain)
+        return bp, bx, prod
+
 
 async def secure_epoch(
     party: Party, policy: AnalyticsPolicy, epoch: EpochInput

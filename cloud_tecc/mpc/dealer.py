@@ -11,6 +11,8 @@ relations follow:
 
 * Beaver triple: ``Σc = (Σa)(Σb)``.
 * Square pair: ``Σaa = (Σa)²``.
+* Comparison with select: a comparison's relations, and ``Σp_· = (Σm_·)·r`` for
+  each of the four fused-level values (``r`` the edaBit).
 * Truncation pair: ``Σr`` uniform, ``Σr_msb = msb(Σr)``, ``Σr_t = (Σr mod 2^63) >> f``.
 * daBit: ``⊕b_bool = Σb_arith ∈ {0, 1}``.
 * Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; ``⊕q32 = r_hi ∧ r_lo`` (the
@@ -37,7 +39,7 @@ from cloud_tecc.mpc.correlations import (
     combined_fields,
 )
 from cloud_tecc.mpc.errors import MpcParameterError
-from cloud_tecc.mpc.tuples import Comparisons, DaBits, Squares, Triples, TruncPairs
+from cloud_tecc.mpc.tuples import CompareSelects, Comparisons, DaBits, Squares, Triples, TruncPairs
 from tecc_contract import prg
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
@@ -87,6 +89,29 @@ def _dabit(tot: Fields, oth: Fields, _f: int) -> Fields:
     return replace(t, bit_arith=_arith_corr(t.bit_xor.astype(np.uint64), t.bit_arith)).derived()
 
 
+def _fused_values(t: Comparisons) -> tuple[AnyArray, AnyArray, AnyArray, AnyArray]:
+    """The true α, β(1−2α), γ(1−2α), βγ(1−2α) of the fused level (uint64)."""
+    fu = t.fused
+    al, be, ga = (v.astype(np.uint64) for v in (fu.alpha, fu.beta, fu.gamma))
+    sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
+    return al, be * sa, ga * sa, (be & ga) * sa
+
+
+def _cmp_select(tot: Fields, oth: Fields, f: int) -> Fields:
+    t = CompareSelects.from_fields(tot | oth)
+    r = bitrev64(t.cmp.r_bits)
+    m_a, m_b, m_c, m_bc = _fused_values(t.cmp)
+    products = replace(
+        t,
+        cmp=Comparisons.from_fields(tot | _cmp(tot, oth, f)),
+        p_a=_arith_corr(m_a * r, t.p_a),
+        p_b=_arith_corr(m_b * r, t.p_b),
+        p_c=_arith_corr(m_c * r, t.p_c),
+        p_bc=_arith_corr(m_bc * r, t.p_bc),
+    )
+    return products.derived()
+
+
 def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
     t = Comparisons.from_fields(tot | oth)
     levels = tuple(
@@ -96,14 +121,13 @@ def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
     halves = t.r_bits.view(np.uint32)  # little-endian: the high half is the odd element
     r_pairs = _bool_corr(halves[1::2] & halves[0::2], t.r_pairs)
     fu = t.fused
-    al, be, ga = (v.astype(np.uint64) for v in (fu.alpha, fu.beta, fu.gamma))
-    sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
+    m_a, m_b, m_c, m_bc = _fused_values(t)
     fused = replace(
         fu,
-        m_a=_arith_corr(al, fu.m_a),
-        m_b=_arith_corr(be * sa, fu.m_b),
-        m_c=_arith_corr(ga * sa, fu.m_c),
-        m_bc=_arith_corr((be & ga) * sa, fu.m_bc),
+        m_a=_arith_corr(m_a, fu.m_a),
+        m_b=_arith_corr(m_b, fu.m_b),
+        m_c=_arith_corr(m_c, fu.m_c),
+        m_bc=_arith_corr(m_bc, fu.m_bc),
     )
     r_arith = _arith_corr(bitrev64(t.r_bits), t.r_arith)
     return replace(t, r_arith=r_arith, r_pairs=r_pairs, levels=levels, fused=fused).derived()
@@ -115,6 +139,7 @@ _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {
     Kind.DABIT: _dabit,
     Kind.CMP: _cmp,
     Kind.SQUARE: _square,
+    Kind.CMP_SELECT: _cmp_select,
 }
 
 

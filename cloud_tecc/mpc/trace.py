@@ -51,6 +51,7 @@ class TracingSource:
             dabits=c[Kind.DABIT],
             comparisons=c[Kind.CMP],
             squares=c[Kind.SQUARE],
+            compare_selects=c[Kind.CMP_SELECT],
         )
 
 

@@ -47,6 +47,7 @@ PROTOCOLS: dict[str, Op] = {
     "trunc": lambda p, x, y, s: p.trunc(x),
     "mul_fixed": lambda p, x, y, s: p.mul_fixed(x, y),
     "msb": lambda p, x, y, s: p.msb(x),
+    "msb_times": lambda p, x, y, s: p.msb_times(x, y),
     "lt": lambda p, x, y, s: p.lt(x, y),
     "lt_public": lambda p, x, y, s: p.lt_public(x, FP.encode_scalar(2.0)),
     "b2a": lambda p, x, y, s: p.b2a((x & np.uint64(1)).astype(np.uint8)),
@@ -154,7 +155,14 @@ def test_wraparound_ring_arithmetic(n: int) -> None:
 
 
 def _frame_sizes(n: int, count: int) -> list[int]:
-    plan = Plan(triples=count, truncs=count, dabits=count, comparisons=count, squares=count)
+    plan = Plan(
+        triples=count,
+        truncs=count,
+        dabits=count,
+        comparisons=count,
+        squares=count,
+        compare_selects=count,
+    )
     bundles = deal(plan, n, random_bytes=seeded_random_bytes(bytes(32)))
     return [len(encode_batch(i, 0, b)) for i, b in enumerate(bundles)]
 
@@ -205,6 +213,8 @@ def _true_values(kind: Kind, bundles: list[Any]) -> dict[str, Any]:
     sa = np.uint64(1) - (al << np.uint64(1))
     be, ga = xor("fb").astype(np.uint64), xor("fc").astype(np.uint64)
     out |= {"m_a": al, "m_b": be * sa, "m_c": ga * sa, "m_bc": (be & ga) * sa}
+    if kind is Kind.CMP_SELECT:
+        out |= {f"p_{k}": out[f"m_{k}"] * out["r_arith"] for k in ("a", "b", "c", "bc")}
     return out
 
 

@@ -75,6 +75,43 @@ def test_lt_and_msb_are_exact(n: int, xv: Any, yv: Any) -> None:
 @NS
 @SETTINGS
 @given(
+    xv=values(),
+    raw=st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**62, -(2**62)]),
+        ),
+        min_size=0,
+        max_size=40,
+    ),
+)
+def test_msb_times_is_exact(n: int, xv: Any, raw: list[int]) -> None:
+    """[x < 0] and [x < 0]·x exact over the whole ring, with other comparisons in the same
+    rounds (``plain``); the products add no round and no byte to the comparison's."""
+    x = np.concatenate([FP.encode(xv), np.array(raw, dtype=np.int64).view(np.uint64)])
+    plain = FP.encode(xv[::-1])
+    ps = share(plain, n)
+    xs = share(x, n, random_bytes=seeded_random_bytes(bytes([3]) * 32))
+
+    async def fn(p: Party) -> RingArray:
+        bp, bx, prod = await p.msb_times(xs[p.index], ps[p.index])
+        with_products = list(p.traffic.per_round)
+        again = await p.msb(np.concatenate([ps[p.index], xs[p.index]]))
+        assert with_products == p.traffic.per_round[len(with_products) :]
+        return np.concatenate([bp, bx, prod, again])
+
+    got = run(n, fn)
+    xi, pi = x.view(np.int64), plain.view(np.int64)
+    m, k = len(plain), len(x)
+    np.testing.assert_array_equal(got[:m], (pi < 0).astype(np.uint64))
+    np.testing.assert_array_equal(got[m : m + k], (xi < 0).astype(np.uint64))
+    np.testing.assert_array_equal(got[m + k : m + 2 * k], np.where(xi < 0, x, np.uint64(0)))
+    np.testing.assert_array_equal(got[m + 2 * k :], got[: m + k])
+
+
+@NS
+@SETTINGS
+@given(
     raw=st.lists(
         st.one_of(
             st.integers(-(2**63), 2**63 - 1),

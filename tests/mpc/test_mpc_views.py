@@ -71,6 +71,7 @@ async def _suite(p: Party, x: RingArray, y: RingArray, b: RingArray, leak: bool)
     ]
     out.append(await p.select(out[0], x, y))
     out.append(await p.square(x))
+    out += await p.msb_times(x, y)
     if leak:
         out.append(await p.run(_unmasked_open(p.ctx, x)))
     return out
