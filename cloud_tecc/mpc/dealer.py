@@ -97,23 +97,8 @@ def _fused_values(t: Comparisons) -> tuple[AnyArray, AnyArray, AnyArray, AnyArra
     return al, be * sa, ga * sa, (be & ga) * sa
 
 
-def _cmp_select(tot: Fields, oth: Fields, f: int) -> Fields:
-    t = CompareSelects.from_fields(tot | oth)
-    r = bitrev64(t.cmp.r_bits)
-    m_a, m_b, m_c, m_bc = _fused_values(t.cmp)
-    products = replace(
-        t,
-        cmp=Comparisons.from_fields(tot | _cmp(tot, oth, f)),
-        p_a=_arith_corr(m_a * r, t.p_a),
-        p_b=_arith_corr(m_b * r, t.p_b),
-        p_c=_arith_corr(m_c * r, t.p_c),
-        p_bc=_arith_corr(m_bc * r, t.p_bc),
-    )
-    return products.derived()
-
-
-def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
-    t = Comparisons.from_fields(tot | oth)
+def _cmp_derive(t: Comparisons) -> tuple[Comparisons, AnyArray, tuple[AnyArray, ...]]:
+    """Party 0's corrections of a comparison, and the true ``r`` and fused-level values."""
     levels = tuple(
         replace(lv, c=_bool_corr(lv.a & lv.b, lv.c), cp=_bool_corr(lv.a & lv.bp, lv.cp))
         for lv in t.levels
@@ -121,7 +106,8 @@ def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
     halves = t.r_bits.view(np.uint32)  # little-endian: the high half is the odd element
     r_pairs = _bool_corr(halves[1::2] & halves[0::2], t.r_pairs)
     fu = t.fused
-    m_a, m_b, m_c, m_bc = _fused_values(t)
+    values = _fused_values(t)
+    m_a, m_b, m_c, m_bc = values
     fused = replace(
         fu,
         m_a=_arith_corr(m_a, fu.m_a),
@@ -129,8 +115,27 @@ def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
         m_c=_arith_corr(m_c, fu.m_c),
         m_bc=_arith_corr(m_bc, fu.m_bc),
     )
-    r_arith = _arith_corr(bitrev64(t.r_bits), t.r_arith)
-    return replace(t, r_arith=r_arith, r_pairs=r_pairs, levels=levels, fused=fused).derived()
+    r = bitrev64(t.r_bits)
+    r_arith = _arith_corr(r, t.r_arith)
+    out = replace(t, r_arith=r_arith, r_pairs=r_pairs, levels=levels, fused=fused)
+    return out, r, values
+
+
+def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
+    return _cmp_derive(Comparisons.from_fields(tot | oth))[0].derived()
+
+
+def _cmp_select(tot: Fields, oth: Fields, _f: int) -> Fields:
+    t = CompareSelects.from_fields(tot | oth)
+    cmp, r, (m_a, m_b, m_c, m_bc) = _cmp_derive(t.cmp)
+    return replace(
+        t,
+        cmp=cmp,
+        p_a=_arith_corr(m_a * r, t.p_a),
+        p_b=_arith_corr(m_b * r, t.p_b),
+        p_c=_arith_corr(m_c * r, t.p_c),
+        p_bc=_arith_corr(m_bc * r, t.p_bc),
+    ).derived()
 
 
 _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {
