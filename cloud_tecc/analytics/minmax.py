@@ -40,6 +40,18 @@ PAD = (1 << 62) - 1
 _PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
 
+def max_selects(readings: int) -> int:
+    """The most comparisons with select (:meth:`Ops.ltz_times` elements) any epoch of
+    ``readings`` min/max readings takes: ``⌊n/2⌋`` in the first level of a stream of n,
+    at most ``2(⌈n/2⌉ − 1)`` in the binary levels of its two trees, so ≤ 1.5 per reading.
+
+    The share that binary levels take grows with the epoch (they run while both trees
+    hold more than :data:`FOUR_WAY_MAX` elements), so a dry run on a smaller epoch
+    would under-count; the dealer plans this bound instead.
+    """
+    return (3 * readings + 1) // 2
+
+
 def _cat(parts: list[RingArray]) -> RingArray:
     return np.concatenate(parts).astype(_U64, copy=False)
 
