@@ -49,6 +49,7 @@ async def suite(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
         "min": await p.min(x, y),
         "max": await p.max(x, y),
         "mul": await p.mul(x, y),
+        "square": await p.square(x),
         "trunc": await p.trunc(x),
         "tree_min": await p.tree_min(x.reshape(-1, 4)),
     }
@@ -72,7 +73,7 @@ async def bench_lt(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
 
 
 async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]]:
-    """Flag readings with (x − μ)² > k²σ²: one multiply, one truncation, one comparison.
+    """Flag readings with (x − μ)² > k²σ²: one square, one truncation, one comparison.
 
     ``mu`` and ``var`` are secret shares (per reading, e.g. broadcast per
     sensor); ``k2`` is the public k² in fixed point. The product ``σ²·k²`` is
@@ -88,7 +89,7 @@ async def bench_zscore(p: Party, inp: Inputs) -> tuple[Outputs, dict[str, float]
         await p.sync()
         t0, c0 = time.perf_counter(), time.process_time()
         d = p.sub(x, mu)
-        sq = await p.mul(d, d)
+        sq = await p.square(d)
         both = await p.trunc(np.concatenate([sq, p.mul_public(var, k2)]))
         flags = await p.lt(both[x.shape[0] :], both[: x.shape[0]])
         times.append(time.perf_counter() - t0)
@@ -120,7 +121,7 @@ def plan_for(program: str, n_elements: int) -> Plan:
     if program not in PROGRAMS:
         raise KeyError(program)
     small, double = _traced(program, _PROBE), _traced(program, 2 * _PROBE)
-    fields = ("triples", "truncs", "dabits", "comparisons")
+    fields = ("triples", "truncs", "dabits", "comparisons", "squares", "compare_selects")
     if n_elements % _PROBE or any(getattr(double, f) != 2 * getattr(small, f) for f in fields):
         return _traced(program, n_elements)
     scale = n_elements // _PROBE

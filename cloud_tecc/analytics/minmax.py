@@ -5,13 +5,14 @@ splits them into the smaller and the larger halves (``[a < b]`` comes from the
 caller's batched comparison round); the min tree then runs on the smaller
 halves and the max tree on the larger ones, about ``3n/2`` comparisons in all.
 
-While the arrays are large, a level is binary: one comparison and one product
-per pair (7 rounds), min and max trees in the same rounds. Once both trees
+While the arrays are large, a level is binary: one comparison per pair whose
+output bit times its input is the select (:meth:`Ops.ltz_times`: no product
+round, 6 rounds), min and max trees in the same rounds. Once both trees
 together hold at most :data:`FOUR_WAY_MAX` elements, a level reduces groups of
 four instead: all six pairwise comparisons of a group in one comparison round,
 then the winner's value ``Σ_i w_i·x_i`` with ``w_i`` the product of the three
 bits that say ``x_i`` precedes the others in the order (value, position), in
-two product rounds — 8 rounds per factor 4 instead of 14, for a few thousand
+two product rounds — 8 rounds per factor 4 instead of 12, for a few thousand
 extra comparisons. The max tree runs as a min tree on negated values. Short
 groups are padded with the public constant ``±PAD`` (beyond every value
 ``|x| < 2^62``), which never wins. Every step is exact.
@@ -37,6 +38,18 @@ FOUR_WAY_MAX = 8192
 PAD = (1 << 62) - 1
 #: Pairs (i, j), i < j, of a group of four, in comparison order.
 _PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+
+
+def max_selects(readings: int) -> int:
+    """The most comparisons with select (:meth:`Ops.ltz_times` elements) any epoch of
+    ``readings`` min/max readings takes: ``⌊n/2⌋`` in the first level of a stream of n,
+    at most ``2(⌈n/2⌉ − 1)`` in the binary levels of its two trees, so ≤ 1.5 per reading.
+
+    The share that binary levels take grows with the epoch (they run while both trees
+    hold more than :data:`FOUR_WAY_MAX` elements), so a dry run on a smaller epoch
+    would under-count; the dealer plans this bound instead.
+    """
+    return (3 * readings + 1) // 2
 
 
 def _cat(parts: list[RingArray]) -> RingArray:
@@ -76,16 +89,19 @@ async def _min4(ops: Ops, v: RingArray, lengths: IntArray) -> tuple[RingArray, I
 async def _min2(
     ops: Ops, vmin: RingArray, vmax: RingArray, lengths: IntArray
 ) -> tuple[RingArray, RingArray]:
-    """One binary level of the min and the max tree together: 7 rounds."""
+    """One binary level of the min and the max tree together: 6 rounds.
+
+    ``t = [d < 0]·d`` for ``d = l − r`` of the min tree (``r − l`` of the max
+    tree) is the select: ``min = r + t``, ``max = r − t``.
+    """
     left, right, dest, c_src, c_dst = segment_pairs(lengths)
-    bits = await ops.ltz(_cat([vmin[left] - vmin[right], vmax[right] - vmax[left]]))
+    none = np.zeros(0, _U64)
+    _, _, t = await ops.ltz_times(none, _cat([vmin[left] - vmin[right], vmax[right] - vmax[left]]))
     k = len(left)
-    delta = _cat([vmin[left] - vmin[right], vmax[left] - vmax[right]])
-    t = await ops.mul(bits, delta)
     size = int((lengths // 2 + lengths % 2).sum())
     nmin, nmax = np.zeros(size, _U64), np.zeros(size, _U64)
     nmin[dest] = vmin[right] + t[:k]
-    nmax[dest] = vmax[right] + t[k:]
+    nmax[dest] = vmax[right] - t[k:]
     nmin[c_dst], nmax[c_dst] = vmin[c_src], vmax[c_src]
     return nmin, nmax
 
@@ -94,10 +110,11 @@ async def segment_minmax(
     ops: Ops,
     xm: RingArray,
     lengths: IntArray,
-    c: RingArray,
+    t: RingArray,
     level: tuple[IntArray, IntArray, IntArray, IntArray, IntArray],
 ) -> tuple[RingArray, RingArray]:
-    """Min and max of each segment of ``xm``; ``c`` holds the first level's ``[a < b]`` bits.
+    """Min and max of each segment of ``xm``; ``t`` holds the first level's selects
+    ``[a < b]·(a − b)`` for the pairs ``(a, b)`` of ``level`` (:meth:`Ops.ltz_times`).
 
     ``level`` is :func:`~cloud_tecc.analytics.plan.segment_pairs` of ``lengths``.
     """
@@ -105,7 +122,6 @@ async def segment_minmax(
         return np.zeros(0, _U64), np.zeros(0, _U64)
     left, right, dest, c_src, c_dst = level
     a, b = xm[left], xm[right]
-    t = await ops.mul(c, a - b) if len(c) else np.zeros(0, _U64)
     size = int((lengths // 2 + lengths % 2).sum())
     vmin, vmax = np.zeros(size, _U64), np.zeros(size, _U64)
     vmin[dest] = b + t
@@ -127,7 +143,7 @@ async def segment_minmax(
 async def segment_min_max(ops: Ops, x: RingArray, lengths: IntArray) -> tuple[RingArray, RingArray]:
     """Min and max of each contiguous segment of ``x`` (public ``lengths`` >= 1).
 
-    Requires |x| < 2^62. The first level's comparison runs here (7 rounds);
+    Requires |x| < 2^62. The first level's comparison runs here (6 rounds);
     inside a larger program prefer :func:`segment_minmax` and batch it.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -135,5 +151,6 @@ async def segment_min_max(ops: Ops, x: RingArray, lengths: IntArray) -> tuple[Ri
         raise ValueError("segment lengths must be >= 1 and add up to the number of elements")
     level = segment_pairs(lengths)
     left, right = level[0], level[1]
-    c = await ops.ltz(_cat([x[left] - x[right]])) if len(left) else np.zeros(0, _U64)
-    return await segment_minmax(ops, x, lengths, c, level)
+    none = np.zeros(0, _U64)
+    _, _, t = await ops.ltz_times(none, _cat([x[left] - x[right]])) if len(left) else (none,) * 3
+    return await segment_minmax(ops, x, lengths, t, level)

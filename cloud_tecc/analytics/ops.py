@@ -1,4 +1,4 @@
-"""The four non-linear operations the analytics program needs, and their plaintext form.
+"""The six non-linear operations the analytics program needs, and their plaintext form.
 
 The analytics program (:mod:`cloud_tecc.analytics.program`) is written once
 against :class:`Ops`. Run with :class:`PlainOps` on plaintext ring values it is
@@ -35,12 +35,22 @@ class Ops(Protocol):
         """Elementwise ring product (no truncation)."""
         ...
 
+    async def square(self, a: RingArray) -> RingArray:
+        """Elementwise ring square ``a·a`` (no truncation); cheaper than ``mul(a, a)`` in MPC."""
+        ...
+
     async def trunc(self, a: RingArray) -> RingArray:
         """Arithmetic shift right by :attr:`frac_bits`; may be one LSB high. Needs |a| < 2^62."""
         ...
 
     async def ltz(self, a: RingArray) -> RingArray:
         """0/1 ring vector: 1 where ``a < 0`` as a signed value. Needs |a| < 2^63."""
+        ...
+
+    async def ltz_times(
+        self, plain: RingArray, x: RingArray
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """``ltz(plain)``, ``ltz(x)`` and ``ltz(x)·x`` (the select of a min/max) at once."""
         ...
 
 
@@ -63,6 +73,10 @@ class PlainOps:
         """Elementwise ring product."""
         return a * b
 
+    async def square(self, a: RingArray) -> RingArray:
+        """Elementwise ring square."""
+        return a * a
+
     async def trunc(self, a: RingArray) -> RingArray:
         """Floor division by 2^f (arithmetic shift)."""
         return (a.view(np.int64) >> np.int64(self._f)).view(np.uint64)
@@ -70,3 +84,10 @@ class PlainOps:
     async def ltz(self, a: RingArray) -> RingArray:
         """1 where ``a`` is negative."""
         return (a >> np.uint64(63)).astype(np.uint64)
+
+    async def ltz_times(
+        self, plain: RingArray, x: RingArray
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """Sign bits of ``plain`` and ``x``, and ``x`` where it is negative (else 0)."""
+        bx = await self.ltz(x)
+        return await self.ltz(plain), bx, bx * x

@@ -4,7 +4,8 @@ Per stream (gateway, sensor) and epoch it computes the sums Σx and Σx² (the
 output service turns released sums into mean and standard deviation), exact
 min/max (:mod:`cloud_tecc.analytics.minmax`), and per-reading flags:
 
-* limits: ``(x − low)(x − high) > 0`` — exact, no truncation;
+* limits: ``(x − low)(x − high) > 0`` — exact, no truncation (computed as
+  ``(x − low)² + (low − high)(x − low)``: every product of the program is a square);
 * rate of change: ``(x_t − x_{t−1})² > d²`` — exact;
 * rolling z-score, the textbook rule against the mean and population variance
   of the previous ``n ≤ W`` readings, in n-scaled integer form on readings
@@ -202,20 +203,26 @@ def _window_sums(run: _Run, a_u: RingArray) -> _Sums:
 
 
 async def _products(run: _Run, a_u: RingArray, sums: _Sums) -> dict[str, RingArray]:
-    """Round 2: every product of the epoch (u², (Σu)², fleet u² and S², x², limits, diffs)."""
+    """Round 2: every product of the epoch (u², (Σu)², fleet u² and S², x², limits, diffs).
+
+    All of them are squares (:meth:`Ops.square`: one opening per element
+    instead of a Beaver product's two), the limits' too:
+    ``(x − lo)(x − hi) = (x − lo)² + (lo − hi)·(x − lo)``, the second term a
+    public multiple of a share, so the product is the same ring value.
+    """
     p, ops = run.plan, run.ops
     q_idx = run.q_idx
     lim_idx, rate_idx = np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
     diff = run.x[rate_idx] - run.a_x[run.g[rate_idx] - 1]
-    lo = run.x[lim_idx] - ops.public(p.limit_low[lim_idx])
-    hi = run.x[lim_idx] - ops.public(p.limit_high[lim_idx])
+    low = p.limit_low[lim_idx]
+    lo = run.x[lim_idx] - ops.public(low)
     xq = run.x[q_idx]
     u = a_u[run.g]  # this epoch's readings (the history's squares are stored)
     names = ["uu", "s1z2", "s1f2", "ufuf", "fc2", "qq", "lim", "diff2"]
-    left = [u, sums.s1z, sums.s1f, run.uf, sums.fc, xq, lo, diff]
-    right = [u, sums.s1z, sums.s1f, run.uf, sums.fc, xq, hi, diff]
-    prod = await ops.mul(_cat(left), _cat(right))
-    out = dict(zip(names, _split(prod, [len(a) for a in left]), strict=True))
+    base = [u, sums.s1z, sums.s1f, run.uf, sums.fc, xq, lo, diff]
+    sq = await ops.square(_cat(base))
+    out = dict(zip(names, _split(sq, [len(a) for a in base]), strict=True))
+    out["lim"] += (low - p.limit_high[lim_idx]) * lo
     out["a_uu"] = run.with_history_squares(out["uu"])
     return out
 
@@ -271,7 +278,7 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     fleet_streams = run.fp.streams
     z_idx, lim_idx, rate_idx = run.z_idx, np.flatnonzero(p.limit_mask), np.flatnonzero(p.rate_mask)
     sq_in = [m["ft"], m["dt"]]
-    t_sq, dt2 = _split(await ops.mul(_cat(sq_in), _cat(sq_in)), [len(a) for a in sq_in])
+    t_sq, dt2 = _split(await ops.square(_cat(sq_in)), [len(a) for a in sq_in])
     k2, _ = k2_constants(policy.zscore.k, 0.0, run.codec)
     k2f, _ = k2_constants(policy.fleet.k, 0.0, run.codec)
     z_margin = (m["vt"] + ops.public(p.zscore_floor[z_idx])) * _U64(k2) - dt2 * _U64(K2_DEN)
@@ -284,11 +291,11 @@ async def run_epoch(ops: Ops, policy: AnalyticsPolicy, epoch: EpochInput) -> Epo
     xm = _cat([epoch.streams[i].x for i in p.minmax_streams])
     left, right, dest, c_src, c_dst = segment_pairs(p.count[p.minmax_streams])
     mm_diff = xm[left] - xm[right]
-    margins = [z_margin, flat_margin, f_margin, lim_margin, rate_margin, mm_diff]
-    bits = await ops.ltz(_cat(margins))
-    z_flag, flat_flag, f_flag, lim_flag, rate_flag, c = _split(bits, [len(a) for a in margins])
+    margins = [z_margin, flat_margin, f_margin, lim_margin, rate_margin]
+    bits, _, mm_t = await ops.ltz_times(_cat(margins), mm_diff)
+    z_flag, flat_flag, f_flag, lim_flag, rate_flag = _split(bits, [len(a) for a in margins])
     mn, mx = await segment_minmax(
-        ops, xm, p.count[p.minmax_streams], c, (left, right, dest, c_src, c_dst)
+        ops, xm, p.count[p.minmax_streams], mm_t, (left, right, dest, c_src, c_dst)
     )
     fleet_dev = np.zeros(len(p.count), dtype=_U64)
     fleet_dev[fleet_streams] = f_flag

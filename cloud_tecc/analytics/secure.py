@@ -40,6 +40,12 @@ class MpcOps:
             return np.zeros(0, dtype=np.uint64)
         return await self.party.mul(a, b)
 
+    async def square(self, a: RingArray) -> RingArray:
+        """Square from a dealer square pair (one round, one opening per element)."""
+        if not len(a):
+            return np.zeros(0, dtype=np.uint64)
+        return await self.party.square(a)
+
     async def trunc(self, a: RingArray) -> RingArray:
         """Truncation by the engine's fraction bits (one round)."""
         if not len(a):
@@ -51,6 +57,15 @@ class MpcOps:
         if not len(a):
             return np.zeros(0, dtype=np.uint64)
         return await self.party.msb(a)
+
+    async def ltz_times(
+        self, plain: RingArray, x: RingArray
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """Sign bits of both and ``[x < 0]·x``, in the six rounds of one comparison."""
+        if not len(x):
+            return await self.ltz(plain), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        bp, bx, prod = await self.party.msb_times(x, plain)
+        return bp, bx, prod
 
 
 async def secure_epoch(

@@ -23,6 +23,7 @@ import re
 
 import numpy as np
 
+from cloud_tecc.analytics.minmax import max_selects
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.secure import secure_epoch
@@ -77,7 +78,14 @@ def dry_run_epochs(policy: AnalyticsPolicy, readings: int) -> list[EpochInput]:
 
 
 def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
-    """One dealer batch for ``readings`` readings: per kind, the most a dry run used."""
+    """One dealer batch for ``readings`` readings: per kind, the most a dry run used.
+
+    Comparisons with select (the min/max) are planned at their bound
+    (:func:`~cloud_tecc.analytics.minmax.max_selects`) when the program uses
+    them: their share per reading grows with the epoch, beyond what a dry run
+    of ``readings`` shows, and a short kind makes every party fetch a whole
+    extra batch.
+    """
 
     async def trace_all() -> list[Plan]:
         plans = []
@@ -95,4 +103,6 @@ def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
         truncs=max(p.truncs for p in plans),
         dabits=max(p.dabits for p in plans),
         comparisons=max(p.comparisons for p in plans),
+        squares=max(p.squares for p in plans),
+        compare_selects=max(p.compare_selects for p in plans) and max_selects(readings),
     )

@@ -7,7 +7,8 @@ Public API (stable)::
     # one party (cluster service): a transport to the peers and a correlation source
     party = Party(index, n, transport, source, frac_bits=DEFAULT_FRAC_BITS)  # 16, fixedpoint
     # local: party.add, sub, add_public, mul_public, sum
-    # 1 round: await party.mul(x, y); await party.trunc(x); await party.select(s, x, y)
+    # 1 round: await party.mul(x, y); await party.square(x); await party.trunc(x)
+    #          await party.select(s, x, y)
     #          await party.b2a(xor_bits)
     # 2 rounds: await party.mul_fixed(x, y)
     # 6 rounds: await party.msb(x); party.lt(x, y); party.lt_public(x, c)  → 0/1 shares

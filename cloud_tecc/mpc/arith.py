@@ -1,7 +1,12 @@
-"""Ring arithmetic on additive shares: local linear ops, Beaver multiply, truncation.
+"""Ring arithmetic on additive shares: local linear ops, Beaver multiply and square, truncation.
 
 Shares are uint64 arrays; party ``i`` holds ``x_i`` with ``Σ x_i = x (mod 2^64)``.
 Public constants are added by party 0 only.
+
+Square (one round, one opening): with a dealer pair ``[a], [a²]`` the parties
+open ``e = x − a`` and take ``[x²] = [a²] + 2e·[a] + e²`` (``e²`` by party 0):
+half the opened bytes of a Beaver product ``x·x``, and ``e`` is masked by the
+fresh uniform ``a`` exactly as a Beaver opening is.
 
 Truncation (one round, SecretFlow SPU semi2k ``TruncAPr`` style): requires
 ``−2^62 ≤ x < 2^62`` as a signed value. Party 0 adds 2^62 so ``x' ∈ [0, 2^63)``;
@@ -18,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from cloud_tecc.mpc.protocol import Ctx, Open, Proto, arith, as_ring
-from cloud_tecc.mpc.tuples import Triples, TruncPairs
+from cloud_tecc.mpc.tuples import Squares, Triples, TruncPairs
 from tecc_contract.ring import RingArray
 
 _ONE = np.uint64(1)
@@ -41,6 +46,16 @@ def mul(ctx: Ctx, x: RingArray, y: RingArray, t: Triples) -> Proto[RingArray]:
     z += e * a
     if ctx.leader:
         z += d * e
+    return as_ring(z)
+
+
+def square(ctx: Ctx, x: RingArray, s: Squares) -> Proto[RingArray]:
+    """Share of ``x²`` from a square pair, one round opening ``x − a`` only (no truncation)."""
+    a = s.a
+    (e,) = yield Open((arith(x - a),))
+    z = s.aa + (e << _ONE) * a
+    if ctx.leader:
+        z += e * e
     return as_ring(z)
 
 

@@ -24,6 +24,12 @@ one round each; the last level (2 → 1 lanes) is fused with the bit-to-
 arithmetic conversion: it opens ``u ⊕ α, v ⊕ β, w ⊕ γ`` for ``z = u ⊕ v∧w``
 and evaluates ``z = u + v·w − 2·u·v·w`` as a public combination of four
 dealer-shared values. Total 1 + 4 + 1 = 6 rounds, 8 + 11.6 bytes per element per peer.
+
+:func:`msb_times` also returns ``b·x`` for the output bit ``b``, in the same
+6 rounds and bytes: ``x = c − r`` with ``c`` opened, so ``b·x = c·b − b·r``,
+and ``b·r`` is the same public combination of the dealer's ``m_·r`` (and
+``r``) as ``b`` is of the ``m_·`` (:class:`~cloud_tecc.mpc.tuples.CompareSelects`).
+A min/max select ``b·(x − y)`` after ``b = [x < y]`` needs no Beaver round.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 from cloud_tecc.mpc.bits import U8, bitrev64
 from cloud_tecc.mpc.correlations import CMP_LEVELS, AnyArray
 from cloud_tecc.mpc.protocol import Ctx, Open, Proto, arith, as_ring, xor
-from cloud_tecc.mpc.tuples import AndLevel, Comparisons, FusedLevel
+from cloud_tecc.mpc.tuples import AndLevel, CompareSelects, Comparisons, FusedLevel
 from tecc_contract.ring import RingArray
 
 ROUNDS = 1 + len(CMP_LEVELS) + 1
@@ -129,13 +135,14 @@ def _fused_tables() -> tuple[RingArray, ...]:
 _FUSED_TABLES = _fused_tables()
 
 
-def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: FusedLevel) -> Proto[RingArray]:
+def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: FusedLevel) -> Proto[tuple[RingArray, AnyArray]]:
     """Arithmetic share of ``z = u ⊕ (v ∧ w)`` for XOR-shared bits, one round.
 
     Opens ``U = u⊕α, V = v⊕β, W = w⊕γ``. With ``u = U + (1−2U)α`` (and alike),
     ``z = u + vw − 2u·vw = (U ⊕ VW) + (1−2U)·[(1−2VW)·α + W(1−2V)·β(1−2α)
     + V(1−2W)·γ(1−2α) + (1−2V)(1−2W)·βγ(1−2α)]``; the dealer shares the four
-    bracketed randoms, the coefficients are public table look-ups.
+    bracketed randoms, the coefficients are public table look-ups (``idx``,
+    returned with the share).
     """
     ou, ov, ow = yield Open((xor(u ^ f.alpha, 1), xor(v ^ f.beta, 1), xor(w ^ f.gamma, 1)))
     idx = ou << np.uint8(2)
@@ -148,11 +155,40 @@ def _fused_last(ctx: Ctx, u: U8, v: U8, w: U8, f: FusedLevel) -> Proto[RingArray
     z += cbc[idx] * f.m_bc
     if ctx.leader:
         z += const[idx]
-    return as_ring(z)
+    return as_ring(z), idx
 
 
 def msb(ctx: Ctx, x: RingArray, cb: Comparisons) -> Proto[RingArray]:
     """Arithmetic 0/1 share of the sign bit of ``x`` (1 iff x < 0 as signed), 6 rounds."""
+    z, _, _ = yield from _msb(ctx, x, cb)
+    return z
+
+
+def msb_times(
+    ctx: Ctx, x: RingArray, cb: Comparisons, cs: CompareSelects
+) -> Proto[tuple[RingArray, RingArray]]:
+    """Shares of ``b = [x < 0]`` and, for the last ``k`` elements, of ``b·x``; 6 rounds.
+
+    ``cb`` holds the comparison correlations of every element of ``x`` (those
+    of the last ``k`` being ``cs.cmp``) and ``cs`` the ``k`` products ``m_·r``.
+    """
+    z, c, idx = yield from _msb(ctx, x, cb)
+    k = cs.p_a.shape[0]
+    tail = slice(z.shape[0] - k, None)
+    ix = idx[tail]
+    ca, cbb, cc, cbc, const = _FUSED_TABLES
+    br = ca[ix] * cs.p_a
+    br += cbb[ix] * cs.p_b
+    br += cc[ix] * cs.p_c
+    br += cbc[ix] * cs.p_bc
+    br += const[ix] * cs.cmp.r_arith
+    zx = c[tail] * z[tail]
+    zx -= br
+    return z, as_ring(zx)
+
+
+def _msb(ctx: Ctx, x: RingArray, cb: Comparisons) -> Proto[tuple[RingArray, RingArray, AnyArray]]:
+    """:func:`msb`'s share, the opened ``c = x + r`` and the fused level's table index."""
     (c,) = yield Open((arith(x + cb.r_arith),))
     not_c = bitrev64(c)
     np.invert(not_c, out=not_c)
@@ -165,7 +201,8 @@ def msb(ctx: Ctx, x: RingArray, cb: Comparisons) -> Proto[RingArray]:
     u = (g >> np.uint8(1)) ^ (r_bool >> np.uint64(63)).astype(np.uint8)
     if ctx.leader:
         u ^= (c >> np.uint64(63)).astype(np.uint8)
-    return (yield from _fused_last(ctx, u, p >> np.uint8(1), g & np.uint8(1), cb.fused))
+    z, idx = yield from _fused_last(ctx, u, p >> np.uint8(1), g & np.uint8(1), cb.fused)
+    return z, c, idx
 
 
 def lt(ctx: Ctx, x: RingArray, y: RingArray, cb: Comparisons) -> Proto[RingArray]:

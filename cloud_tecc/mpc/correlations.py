@@ -47,6 +47,8 @@ class Kind(enum.StrEnum):
     TRUNC = "trunc"  # truncation pair r, msb(r), (r mod 2^63) >> f
     DABIT = "dabit"  # random bit, XOR-shared and arithmetic-shared
     CMP = "cmp"  # edaBit + prefix-tree AND triples + fused final level
+    SQUARE = "square"  # square pair a, aa = a² (the wire numbers kinds in this order)
+    CMP_SELECT = "cmpsel"  # a comparison's correlations + its output bit times its input
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,17 @@ LAYOUTS: Final[dict[Kind, tuple[Field, ...]]] = {
         Field("b_arith", np.uint64, 64, derived=True),
     ),
     Kind.CMP: _cmp_fields(),
+    Kind.SQUARE: (
+        Field("a", np.uint64, 64, derived=False),
+        Field("aa", np.uint64, 64, derived=True),
+    ),
+    Kind.CMP_SELECT: (
+        *_cmp_fields(),
+        *(Field(f"p_{nm}", np.uint64, 64, derived=True) for nm in FUSED),
+    ),
 }
+#: The products ``m_·r`` of a :attr:`Kind.CMP_SELECT` correlation, after its comparison fields.
+PRODUCTS: Final = tuple(f"p_{nm}" for nm in FUSED)
 
 
 def _segments(kind: Kind, derived: bool, count: int) -> tuple[list[tuple[Field, int]], int]:
@@ -151,7 +163,9 @@ def expand_fields(kind: Kind, seed: bytes, count: int, *, derived: bool) -> dict
 
 def xor_shared(kind: Kind, f: Field) -> bool:
     """Whether field ``f`` of ``kind`` is XOR-shared (else additively shared mod 2^64)."""
-    return kind in (Kind.DABIT, Kind.CMP) and not (f.derived and f.dtype == np.uint64)
+    return kind in (Kind.DABIT, Kind.CMP, Kind.CMP_SELECT) and not (
+        f.derived and f.dtype == np.uint64
+    )
 
 
 def combined_fields(
@@ -197,9 +211,11 @@ class Plan:
     truncs: int = 0
     dabits: int = 0
     comparisons: int = 0
+    squares: int = 0
+    compare_selects: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("triples", "truncs", "dabits", "comparisons"):
+        for name in ("triples", "truncs", "dabits", "comparisons", "squares", "compare_selects"):
             if getattr(self, name) < 0:
                 raise CorrelationError(f"plan count {name} must be >= 0")
 
@@ -210,6 +226,8 @@ class Plan:
             Kind.TRUNC: self.truncs,
             Kind.DABIT: self.dabits,
             Kind.CMP: self.comparisons,
+            Kind.SQUARE: self.squares,
+            Kind.CMP_SELECT: self.compare_selects,
         }
         return {k: v for k, v in all_counts.items() if v}
 

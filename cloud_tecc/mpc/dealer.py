@@ -10,6 +10,9 @@ and hands party 0 the correction that makes the shares add up. The
 relations follow:
 
 * Beaver triple: ``Σc = (Σa)(Σb)``.
+* Square pair: ``Σaa = (Σa)²``.
+* Comparison with select: a comparison's relations, and ``Σp_· = (Σm_·)·r`` for
+  each of the four fused-level values (``r`` the edaBit).
 * Truncation pair: ``Σr`` uniform, ``Σr_msb = msb(Σr)``, ``Σr_t = (Σr mod 2^63) >> f``.
 * daBit: ``⊕b_bool = Σb_arith ∈ {0, 1}``.
 * Comparison: ``r = bitrev(⊕r_bool) = Σr_arith``; ``⊕q32 = r_hi ∧ r_lo`` (the
@@ -36,7 +39,7 @@ from cloud_tecc.mpc.correlations import (
     combined_fields,
 )
 from cloud_tecc.mpc.errors import MpcParameterError
-from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from cloud_tecc.mpc.tuples import CompareSelects, Comparisons, DaBits, Squares, Triples, TruncPairs
 from tecc_contract import prg
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.types import RandomBytes
@@ -65,6 +68,11 @@ def _triple(tot: Fields, oth: Fields, _f: int) -> Fields:
     return replace(t, c=_arith_corr(t.a * t.b, t.c)).derived()
 
 
+def _square(tot: Fields, oth: Fields, _f: int) -> Fields:
+    t = Squares.from_fields(tot | oth)
+    return replace(t, aa=_arith_corr(t.a * t.a, t.aa)).derived()
+
+
 def _trunc(tot: Fields, oth: Fields, frac_bits: int) -> Fields:
     t = TruncPairs.from_fields(tot | oth)
     msb = t.r >> np.uint64(63)
@@ -81,8 +89,16 @@ def _dabit(tot: Fields, oth: Fields, _f: int) -> Fields:
     return replace(t, bit_arith=_arith_corr(t.bit_xor.astype(np.uint64), t.bit_arith)).derived()
 
 
-def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
-    t = Comparisons.from_fields(tot | oth)
+def _fused_values(t: Comparisons) -> tuple[AnyArray, AnyArray, AnyArray, AnyArray]:
+    """The true α, β(1−2α), γ(1−2α), βγ(1−2α) of the fused level (uint64)."""
+    fu = t.fused
+    al, be, ga = (v.astype(np.uint64) for v in (fu.alpha, fu.beta, fu.gamma))
+    sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
+    return al, be * sa, ga * sa, (be & ga) * sa
+
+
+def _cmp_derive(t: Comparisons) -> tuple[Comparisons, AnyArray, tuple[AnyArray, ...]]:
+    """Party 0's corrections of a comparison, and the true ``r`` and fused-level values."""
     levels = tuple(
         replace(lv, c=_bool_corr(lv.a & lv.b, lv.c), cp=_bool_corr(lv.a & lv.bp, lv.cp))
         for lv in t.levels
@@ -90,17 +106,36 @@ def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
     halves = t.r_bits.view(np.uint32)  # little-endian: the high half is the odd element
     r_pairs = _bool_corr(halves[1::2] & halves[0::2], t.r_pairs)
     fu = t.fused
-    al, be, ga = (v.astype(np.uint64) for v in (fu.alpha, fu.beta, fu.gamma))
-    sa = np.uint64(1) - (al << np.uint64(1))  # 1 − 2α ∈ {1, −1}
+    values = _fused_values(t)
+    m_a, m_b, m_c, m_bc = values
     fused = replace(
         fu,
-        m_a=_arith_corr(al, fu.m_a),
-        m_b=_arith_corr(be * sa, fu.m_b),
-        m_c=_arith_corr(ga * sa, fu.m_c),
-        m_bc=_arith_corr((be & ga) * sa, fu.m_bc),
+        m_a=_arith_corr(m_a, fu.m_a),
+        m_b=_arith_corr(m_b, fu.m_b),
+        m_c=_arith_corr(m_c, fu.m_c),
+        m_bc=_arith_corr(m_bc, fu.m_bc),
     )
-    r_arith = _arith_corr(bitrev64(t.r_bits), t.r_arith)
-    return replace(t, r_arith=r_arith, r_pairs=r_pairs, levels=levels, fused=fused).derived()
+    r = bitrev64(t.r_bits)
+    r_arith = _arith_corr(r, t.r_arith)
+    out = replace(t, r_arith=r_arith, r_pairs=r_pairs, levels=levels, fused=fused)
+    return out, r, values
+
+
+def _cmp(tot: Fields, oth: Fields, _f: int) -> Fields:
+    return _cmp_derive(Comparisons.from_fields(tot | oth))[0].derived()
+
+
+def _cmp_select(tot: Fields, oth: Fields, _f: int) -> Fields:
+    t = CompareSelects.from_fields(tot | oth)
+    cmp, r, (m_a, m_b, m_c, m_bc) = _cmp_derive(t.cmp)
+    return replace(
+        t,
+        cmp=cmp,
+        p_a=_arith_corr(m_a * r, t.p_a),
+        p_b=_arith_corr(m_b * r, t.p_b),
+        p_c=_arith_corr(m_c * r, t.p_c),
+        p_bc=_arith_corr(m_bc * r, t.p_bc),
+    ).derived()
 
 
 _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {
@@ -108,6 +143,8 @@ _DERIVE: dict[Kind, Callable[[Fields, Fields, int], Fields]] = {
     Kind.TRUNC: _trunc,
     Kind.DABIT: _dabit,
     Kind.CMP: _cmp,
+    Kind.SQUARE: _square,
+    Kind.CMP_SELECT: _cmp_select,
 }
 
 

@@ -247,6 +247,8 @@ async def serve(args: argparse.Namespace) -> DealerStats:
             triples=args.triples,
             truncs=args.truncs,
             dabits=args.dabits,
+            squares=args.squares,
+            compare_selects=args.compare_selects,
         ),
         key=load_private_key(Path(args.key)),
         party_keys={i: p.public_key for i, p in enumerate(mesh.parties)},
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--triples", type=int, default=0)
     ap.add_argument("--truncs", type=int, default=0)
     ap.add_argument("--dabits", type=int, default=0)
+    ap.add_argument("--squares", type=int, default=0)
+    ap.add_argument("--compare-selects", type=int, default=0)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--batches", type=int, default=None)
     args = ap.parse_args(argv)

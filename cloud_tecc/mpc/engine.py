@@ -16,13 +16,20 @@ import numpy as np
 
 from cloud_tecc.mpc import arith, compare, convert, select
 from cloud_tecc.mpc.bits import U8
-from cloud_tecc.mpc.correlations import Batch, Kind
+from cloud_tecc.mpc.correlations import LAYOUTS, Batch, Kind
 from cloud_tecc.mpc.errors import MpcParameterError, ProtocolError
 from cloud_tecc.mpc.output import open_to
 from cloud_tecc.mpc.protocol import Ctx, Open, Opened, Proto, encode, open_peers
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
-from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from cloud_tecc.mpc.tuples import (
+    CompareSelects,
+    Comparisons,
+    DaBits,
+    Squares,
+    Triples,
+    TruncPairs,
+)
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 from tecc_contract.keys import HpkePublicKey, KemSuite
 from tecc_contract.ring import RingArray
@@ -137,6 +144,9 @@ class Party:
     async def _triples(self, count: int) -> Triples:
         return Triples.of(await self._take(Kind.TRIPLE, count))
 
+    async def _squares(self, count: int) -> Squares:
+        return Squares.of(await self._take(Kind.SQUARE, count))
+
     async def _truncs(self, count: int) -> TruncPairs:
         return TruncPairs.of(await self._take(Kind.TRUNC, count))
 
@@ -175,6 +185,12 @@ class Party:
         t = await self._triples(xs.shape[0])
         return (await self.run(arith.mul(self.ctx, xs, ys, t))).reshape(np.shape(x))
 
+    async def square(self, x: RingArray) -> RingArray:
+        """Share of ``x²`` (ring product, no truncation); 1 round, half the bytes of ``mul``."""
+        xs = _ring(x)
+        sq = await self._squares(xs.shape[0])
+        return (await self.run(arith.square(self.ctx, xs, sq))).reshape(np.shape(x))
+
     async def trunc(self, x: RingArray) -> RingArray:
         """Share of ``x / 2^f`` within one LSB; requires |x| < 2^62; 1 round."""
         xs = _ring(x)
@@ -190,6 +206,30 @@ class Party:
         xs = _ring(x)
         cb = await self._comparisons(xs.shape[0])
         return (await self.run(compare.msb(self.ctx, xs, cb))).reshape(np.shape(x))
+
+    async def msb_times(
+        self, x: RingArray, plain: RingArray | None = None
+    ) -> tuple[RingArray, RingArray, RingArray]:
+        """``[x < 0]`` and ``[x < 0]·x`` of 1-D ``x`` (and ``[plain < 0]``) in 6 rounds.
+
+        Returns ``(bits of plain, bits of x, products)``; the products need no
+        round of their own (:func:`cloud_tecc.mpc.compare.msb_times`), so a
+        min/max select after a comparison costs nothing beyond it.
+        """
+        xs = _ring(x)
+        ps = _ring(plain) if plain is not None else np.zeros(0, np.uint64)
+        m = ps.shape[0]
+        cs_batch = await self._take(Kind.CMP_SELECT, xs.shape[0])
+        cs = CompareSelects.of(cs_batch)
+        if m:
+            head = await self._take(Kind.CMP, m)
+            names = [f.name for f in LAYOUTS[Kind.CMP]]
+            joined = {k: np.concatenate([head.fields[k], cs_batch.fields[k]]) for k in names}
+            cb = Comparisons.from_fields(joined)
+        else:
+            cb = cs.cmp
+        bits, prod = await self.run(compare.msb_times(self.ctx, np.concatenate([ps, xs]), cb, cs))
+        return bits[:m], bits[m:], prod
 
     async def lt(self, x: RingArray, y: RingArray) -> RingArray:
         """Arithmetic 0/1 share of ``[x < y]``; requires |x − y| < 2^63; 6 rounds."""

@@ -50,6 +50,8 @@ class TracingSource:
             truncs=c[Kind.TRUNC],
             dabits=c[Kind.DABIT],
             comparisons=c[Kind.CMP],
+            squares=c[Kind.SQUARE],
+            compare_selects=c[Kind.CMP_SELECT],
         )
 
 

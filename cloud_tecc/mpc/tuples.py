@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloud_tecc.mpc.bits import U8
-from cloud_tecc.mpc.correlations import CMP_LEVELS, FIRST_LANES, FUSED, AnyArray, Batch, Kind
+from cloud_tecc.mpc.correlations import (
+    CMP_LEVELS,
+    FIRST_LANES,
+    FUSED,
+    PRODUCTS,
+    AnyArray,
+    Batch,
+    Kind,
+)
 from cloud_tecc.mpc.errors import CorrelationError
 from tecc_contract.ring import RingArray
 
@@ -53,6 +61,28 @@ class Triples:
     def derived(self) -> dict[str, AnyArray]:
         """The derived fields by layout name (the dealer's corrections)."""
         return {"c": self.c}
+
+
+@dataclass(frozen=True, slots=True)
+class Squares:
+    """Square pairs: shares of random ``a`` and of ``aa = a²`` (a Beaver triple with b = a)."""
+
+    a: RingArray
+    aa: RingArray
+
+    @classmethod
+    def of(cls, batch: Batch) -> Squares:
+        """The pairs of a :attr:`Kind.SQUARE` batch (views of its arrays)."""
+        return cls.from_fields(_fields(batch, Kind.SQUARE))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Squares:
+        """The record over a :attr:`Kind.SQUARE` field mapping."""
+        return cls(a=f["a"], aa=f["aa"])
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        return {"aa": self.aa}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,3 +205,34 @@ class Comparisons:
         fu = self.fused
         out |= {"m_a": fu.m_a, "m_b": fu.m_b, "m_c": fu.m_c, "m_bc": fu.m_bc}
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class CompareSelects:
+    """A comparison's correlations (``cmp``) and shares of each fused-level value times the
+    edaBit ``r``: ``p_a = m_a·r``, ``p_b = m_b·r``, ``p_c = m_c·r``, ``p_bc = m_bc·r``.
+
+    With them the comparison's output bit ``b`` times its own input ``x`` is local
+    after the last round (:func:`cloud_tecc.mpc.compare.msb_times`)."""
+
+    cmp: Comparisons
+    p_a: RingArray
+    p_b: RingArray
+    p_c: RingArray
+    p_bc: RingArray
+
+    @classmethod
+    def of(cls, batch: Batch) -> CompareSelects:
+        """The correlations of a :attr:`Kind.CMP_SELECT` batch (views of its arrays)."""
+        return cls.from_fields(_fields(batch, Kind.CMP_SELECT))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> CompareSelects:
+        """The record over a :attr:`Kind.CMP_SELECT` field mapping."""
+        p_a, p_b, p_c, p_bc = (f[name] for name in PRODUCTS)
+        return cls(Comparisons.from_fields(f), p_a, p_b, p_c, p_bc)
+
+    def derived(self) -> dict[str, AnyArray]:
+        """The derived fields by layout name (the dealer's corrections)."""
+        products = (self.p_a, self.p_b, self.p_c, self.p_bc)
+        return self.cmp.derived() | dict(zip(PRODUCTS, products, strict=True))

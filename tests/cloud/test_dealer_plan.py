@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 import yaml
 
+from cloud_tecc.analytics.minmax import max_selects
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.secure import secure_epoch
-from cloud_tecc.dealer.plan import SHORT_STREAM, dry_run_epochs, dry_run_sensors, plan_for
+from cloud_tecc.dealer.plan import (
+    SHORT_STREAM,
+    _epoch,
+    dry_run_epochs,
+    dry_run_sensors,
+    plan_for,
+)
 from cloud_tecc.mpc.correlations import Kind, Plan
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import CorrelationError
@@ -102,3 +109,26 @@ def test_plan_grows_with_the_readings() -> None:
     small, large = plan_for(POLICY, 1000), plan_for(POLICY, 4000)
     for kind in ("triples", "truncs", "comparisons"):
         assert getattr(large, kind) > getattr(small, kind) > 0
+
+
+def test_comparisons_with_select_are_planned_for_any_epoch_size() -> None:
+    """An epoch larger than the batch takes more min/max selects per reading than a dry
+    run of the batch's size (more binary levels); the plan holds the bound, 1.5 per reading,
+    which covers both. Fails on the code before this change (the plan took the dry runs')."""
+    small = plan_for(POLICY, 2000)
+    assert small.compare_selects == 3000
+    big = _epoch(POLICY, "t1", 12_000, 6_000)
+
+    async def program(p: Party) -> object:
+        return await secure_epoch(p, POLICY, big)
+
+    used = asyncio.run(trace_plan(program)).compare_selects
+    traced = []
+    for epoch in dry_run_epochs(POLICY, 2000):
+
+        async def dry(p: Party, epoch: EpochInput = epoch) -> object:
+            return await secure_epoch(p, POLICY, epoch)
+
+        traced.append(asyncio.run(trace_plan(dry)).compare_selects)
+    assert used / 12_000 > max(traced) / 2000  # the dry runs alone would fall short
+    assert used <= max_selects(12_000)

@@ -43,9 +43,11 @@ OUT_KEY = X25519PrivateKey.generate()
 Op = Callable[[Party, RingArray, RingArray, RingArray], Awaitable[object]]
 PROTOCOLS: dict[str, Op] = {
     "mul": lambda p, x, y, s: p.mul(x, y),
+    "square": lambda p, x, y, s: p.square(x),
     "trunc": lambda p, x, y, s: p.trunc(x),
     "mul_fixed": lambda p, x, y, s: p.mul_fixed(x, y),
     "msb": lambda p, x, y, s: p.msb(x),
+    "msb_times": lambda p, x, y, s: p.msb_times(x, y),
     "lt": lambda p, x, y, s: p.lt(x, y),
     "lt_public": lambda p, x, y, s: p.lt_public(x, FP.encode_scalar(2.0)),
     "b2a": lambda p, x, y, s: p.b2a((x & np.uint64(1)).astype(np.uint8)),
@@ -153,13 +155,20 @@ def test_wraparound_ring_arithmetic(n: int) -> None:
 
 
 def _frame_sizes(n: int, count: int) -> list[int]:
-    plan = Plan(triples=count, truncs=count, dabits=count, comparisons=count)
+    plan = Plan(
+        triples=count,
+        truncs=count,
+        dabits=count,
+        comparisons=count,
+        squares=count,
+        compare_selects=count,
+    )
     bundles = deal(plan, n, random_bytes=seeded_random_bytes(bytes(32)))
     return [len(encode_batch(i, 0, b)) for i, b in enumerate(bundles)]
 
 
 def test_dealer_sends_seeds_to_parties_1_to_n_minus_1_and_one_correction() -> None:
-    """Parties 1..N−1: a frame whose size depends on neither the batch nor N (four seeds).
+    """Parties 1..N−1: a frame whose size depends on neither the batch nor N (a seed per kind).
 
     Party 0: the same frame size for N = 2, 3, 4, growing with the batch by
     exactly the derived fields' bytes per correlation.
@@ -167,7 +176,7 @@ def test_dealer_sends_seeds_to_parties_1_to_n_minus_1_and_one_correction() -> No
     per_element = sum(f.itemsize for k in Kind for f in correction_fields(k))
     small, large = {n: _frame_sizes(n, 1000) for n in NS}, {n: _frame_sizes(n, 5000) for n in NS}
     seeds_only = small[2][1]
-    assert seeds_only <= 15 + 4 * (10 + 32)  # header + (kind, frac, count, seed) per kind
+    assert seeds_only <= 15 + len(Kind) * (10 + 32)  # header + (kind, frac, count, seed) per kind
     for n in NS:
         assert small[n][1:] == [seeds_only] * (n - 1)
         assert large[n][1:] == [seeds_only] * (n - 1)
@@ -188,6 +197,8 @@ def _true_values(kind: Kind, bundles: list[Any]) -> dict[str, Any]:
 
     if kind is Kind.TRIPLE:
         return {"c": add("a") * add("b")}
+    if kind is Kind.SQUARE:
+        return {"aa": add("a") * add("a")}
     if kind is Kind.TRUNC:
         r = add("r")
         return {"r_msb": r >> np.uint64(63), "r_t": (r << np.uint64(1)) >> np.uint64(17)}
@@ -202,6 +213,8 @@ def _true_values(kind: Kind, bundles: list[Any]) -> dict[str, Any]:
     sa = np.uint64(1) - (al << np.uint64(1))
     be, ga = xor("fb").astype(np.uint64), xor("fc").astype(np.uint64)
     out |= {"m_a": al, "m_b": be * sa, "m_c": ga * sa, "m_bc": (be & ga) * sa}
+    if kind is Kind.CMP_SELECT:
+        out |= {f"p_{k}": out[f"m_{k}"] * out["r_arith"] for k in ("a", "b", "c", "bc")}
     return out
 
 

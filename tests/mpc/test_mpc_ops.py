@@ -75,6 +75,43 @@ def test_lt_and_msb_are_exact(n: int, xv: Any, yv: Any) -> None:
 @NS
 @SETTINGS
 @given(
+    xv=values(),
+    raw=st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**62, -(2**62)]),
+        ),
+        min_size=0,
+        max_size=40,
+    ),
+)
+def test_msb_times_is_exact(n: int, xv: Any, raw: list[int]) -> None:
+    """[x < 0] and [x < 0]·x exact over the whole ring, with other comparisons in the same
+    rounds (``plain``); the products add no round and no byte to the comparison's."""
+    x = np.concatenate([FP.encode(xv), np.array(raw, dtype=np.int64).view(np.uint64)])
+    plain = FP.encode(xv[::-1])
+    ps = share(plain, n)
+    xs = share(x, n, random_bytes=seeded_random_bytes(bytes([3]) * 32))
+
+    async def fn(p: Party) -> RingArray:
+        bp, bx, prod = await p.msb_times(xs[p.index], ps[p.index])
+        with_products = list(p.traffic.per_round)
+        again = await p.msb(np.concatenate([ps[p.index], xs[p.index]]))
+        assert with_products == p.traffic.per_round[len(with_products) :]
+        return np.concatenate([bp, bx, prod, again])
+
+    got = run(n, fn)
+    xi, pi = x.view(np.int64), plain.view(np.int64)
+    m, k = len(plain), len(x)
+    np.testing.assert_array_equal(got[:m], (pi < 0).astype(np.uint64))
+    np.testing.assert_array_equal(got[m : m + k], (xi < 0).astype(np.uint64))
+    np.testing.assert_array_equal(got[m + k : m + 2 * k], np.where(xi < 0, x, np.uint64(0)))
+    np.testing.assert_array_equal(got[m + 2 * k :], got[: m + k])
+
+
+@NS
+@SETTINGS
+@given(
     raw=st.lists(
         st.one_of(
             st.integers(-(2**63), 2**63 - 1),
@@ -190,6 +227,32 @@ def test_mul_and_mul_fixed(n: int, xv: Any, yv: Any) -> None:
     floor = (xe * ye).view(np.int64) >> 16
     err = got[k:].view(np.int64) - floor
     assert set(np.unique(err).tolist()) <= {0, 1}
+
+
+@NS
+@SETTINGS
+@given(
+    xv=values(2.0**15),
+    raw=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40),
+)
+def test_square_is_exact(n: int, xv: Any, raw: list[int]) -> None:
+    """The square-pair protocol gives x² exactly (mod 2^64) for readings and full-ring values,
+    equal to the Beaver product x·x, with one 8-byte opening per element per peer (half)."""
+    ring = np.array([*raw, 0, 1, 2**63, 2**64 - 1, 2**32], dtype=np.uint64)
+    x = np.concatenate([FP.encode(xv), ring])
+    xs = share(x, n, random_bytes=seeded_random_bytes(bytes([7]) * 32))
+
+    async def fn(p: Party) -> RingArray:
+        sq = await p.square(xs[p.index])
+        sq_traffic = p.traffic.per_round[-1]
+        prod = await p.mul(xs[p.index], xs[p.index])
+        assert 2 * sq_traffic == p.traffic.per_round[-1] == 16 * len(x)
+        return np.concatenate([sq, prod])
+
+    got = run(n, fn)
+    k = x.shape[0]
+    np.testing.assert_array_equal(got[:k], x * x)
+    np.testing.assert_array_equal(got[k:], x * x)
 
 
 @NS

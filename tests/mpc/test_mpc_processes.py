@@ -16,7 +16,7 @@ from tecc_contract.fixedpoint import FixedPoint
 from tecc_contract.ring import RingArray
 
 FP = FixedPoint()
-EXACT = ("lt", "msb", "lt_public", "min", "max", "mul", "tree_min", "select")
+EXACT = ("lt", "msb", "lt_public", "min", "max", "mul", "square", "tree_min", "select")
 
 
 def _inputs(k: int) -> tuple[RingArray, RingArray]:
@@ -52,6 +52,7 @@ def test_processes_match_memory(tmp_path: Path, n: int) -> None:
         np.testing.assert_array_equal(remote[name], local[name], err_msg=name)
     xi, yi = x.view(np.int64), y.view(np.int64)
     np.testing.assert_array_equal(remote["lt"], (xi < yi).astype(np.uint64))
+    np.testing.assert_array_equal(remote["square"], x * x)
     np.testing.assert_array_equal(remote["min"].view(np.int64), np.minimum(xi, yi))
     np.testing.assert_array_equal(remote["tree_min"].view(np.int64), xi.reshape(-1, 4).min(1))
     for out in (remote, local):
@@ -76,11 +77,11 @@ def test_lost_peer_is_reported(tmp_path: Path) -> None:
 
 
 def test_traced_bench_plans_match_the_programs_by_hand() -> None:
-    """One product, two truncations, one comparison per reading: the z-score's trace."""
-    assert plan_for("bench_zscore", 8192) == Plan(comparisons=8192, triples=8192, truncs=16384)
+    """One square, two truncations, one comparison per reading: the z-score's trace."""
+    assert plan_for("bench_zscore", 8192) == Plan(comparisons=8192, squares=8192, truncs=16384)
     assert plan_for("bench_lt", 1000) == Plan(comparisons=1000)
     # suite: lt, msb, lt_public, min, max compare; min, max, mul, select multiply;
-    # the 4-wide tree min adds 3 comparisons and products per group of four.
+    # square squares; the 4-wide tree min adds 3 comparisons and products per group of four.
     assert plan_for("suite", 400) == Plan(
-        comparisons=5 * 400 + 300, triples=4 * 400 + 300, truncs=400
+        comparisons=5 * 400 + 300, triples=4 * 400 + 300, truncs=400, squares=400
     )

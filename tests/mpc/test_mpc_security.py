@@ -125,7 +125,9 @@ def test_comparison_traffic_and_rounds() -> None:
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_dealer_relations_hold(n: int) -> None:
     """Reconstructed correlations satisfy their relations; only party 0 gets corrections."""
-    plan = Plan(triples=100, truncs=100, dabits=100, comparisons=100)
+    plan = Plan(
+        triples=100, truncs=100, dabits=100, comparisons=100, squares=100, compare_selects=100
+    )
     bundles = deal(
         plan, n, frac_bits=DEFAULT_FRAC_BITS, random_bytes=seeded_random_bytes(bytes(32))
     )
@@ -145,6 +147,14 @@ def test_dealer_relations_hold(n: int) -> None:
     np.testing.assert_array_equal(
         add(Kind.TRIPLE, "c"), add(Kind.TRIPLE, "a") * add(Kind.TRIPLE, "b")
     )
+    np.testing.assert_array_equal(add(Kind.SQUARE, "aa"), add(Kind.SQUARE, "a") ** 2)
+    cs_r = add(Kind.CMP_SELECT, "r_arith")
+    np.testing.assert_array_equal(cs_r, bitrev64(xor(Kind.CMP_SELECT, "r_bool")))
+    cs_alpha = xor(Kind.CMP_SELECT, "fa").astype(np.uint64)
+    np.testing.assert_array_equal(add(Kind.CMP_SELECT, "m_a"), cs_alpha)
+    for nm in ("a", "b", "c", "bc"):
+        want = add(Kind.CMP_SELECT, f"m_{nm}") * cs_r
+        np.testing.assert_array_equal(add(Kind.CMP_SELECT, f"p_{nm}"), want)
     r = add(Kind.TRUNC, "r")
     np.testing.assert_array_equal(add(Kind.TRUNC, "r_msb"), r >> np.uint64(63))
     np.testing.assert_array_equal(add(Kind.TRUNC, "r_t"), (r << np.uint64(1)) >> np.uint64(17))

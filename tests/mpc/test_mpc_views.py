@@ -70,6 +70,8 @@ async def _suite(p: Party, x: RingArray, y: RingArray, b: RingArray, leak: bool)
         await p.b2a(b.astype(np.uint8)),
     ]
     out.append(await p.select(out[0], x, y))
+    out.append(await p.square(x))
+    out += await p.msb_times(x, y)
     if leak:
         out.append(await p.run(_unmasked_open(p.ctx, x)))
     return out
@@ -79,7 +81,16 @@ def _seed(*parts: object) -> bytes:
     return hashlib.sha256(repr(parts).encode()).digest()
 
 
-async def _run_once(n: int, values: tuple[Any, Any], seed: bytes, leak: bool) -> list[PartyView]:
+async def _square_only(
+    p: Party, x: RingArray, y: RingArray, b: RingArray, leak: bool
+) -> list[RingArray]:
+    """The square-pair protocol alone (its one opening, ``x − a``), on both inputs."""
+    return [await p.square(x), await p.square(y)]
+
+
+async def _run_once(
+    n: int, values: tuple[Any, Any], seed: bytes, leak: bool, suite: Any = _suite
+) -> list[PartyView]:
     x, y = FP.encode(values[0]), FP.encode(values[1])
     secret_bits = (x.view(np.int64) > 0).astype(np.uint64)
     draw = seeded_random_bytes(_seed("inputs", seed))
@@ -94,10 +105,15 @@ async def _run_once(n: int, values: tuple[Any, Any], seed: bytes, leak: bool) ->
     recs = [Recorder(net.transport(i)) for i in range(n)]
     parties = [ViewParty(i, n, recs[i], dealer.source(i)) for i in range(n)]
     outs = await asyncio.gather(
-        *(_suite(p, xs[p.index], ys[p.index], bits[p.index], leak) for p in parties)
+        *(suite(p, xs[p.index], ys[p.index], bits[p.index], leak) for p in parties)
     )
     results = [reveal([o[j] for o in outs]) for j in range(len(outs[0]))]
-    assert results[5].tolist() == (x * y).tolist()  # the runs compute the right thing
+    # the runs compute the right thing
+    if suite is _suite:
+        assert results[5].tolist() == (x * y).tolist()
+        assert results[11].tolist() == (x * x).tolist()
+    else:
+        assert [r.tolist() for r in results] == [(x * x).tolist(), (y * y).tolist()]
     return [
         PartyView(
             [xs[i], ys[i]], bits[i], dealer.frames[i], recs[i].received, parties[i].opened, outs[i]
@@ -106,8 +122,14 @@ async def _run_once(n: int, values: tuple[Any, Any], seed: bytes, leak: bool) ->
     ]
 
 
-async def _views(n: int, values: tuple[Any, Any], label: str, runs: int, leak: bool) -> list[Any]:
-    return [await _run_once(n, values, _seed(label, n, r, leak), leak) for r in range(runs)]
+async def _views(
+    n: int, values: tuple[Any, Any], label: str, runs: int, leak: bool, suite: Any = _suite
+) -> list[Any]:
+    names = () if suite is _suite else (suite.__name__,)
+    return [
+        await _run_once(n, values, _seed(label, n, r, leak, *names), leak, suite)
+        for r in range(runs)
+    ]
 
 
 def _sample(runs: list[list[PartyView]], coalition: Sequence[int]) -> np.ndarray[Any, Any]:
@@ -139,3 +161,18 @@ async def test_one_unmasked_opening_is_detected(n: int) -> None:
     for coalition in itertools.combinations(range(n), n - 1):
         res = compare(_sample(runs_a, coalition), _sample(runs_b, coalition))
         assert res.distinguishable, coalition
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+async def test_square_opening_cannot_tell_input_sets_apart(n: int) -> None:
+    """The square pair's one opening ``x − a`` (and its messages, dealer frames, result
+    shares) seen by any N − 1 parties does not separate set A from set B, for N = 2, 3, 4;
+    all N parties together do."""
+    runs_a = await _views(n, SET_A, "A", RUNS, leak=False, suite=_square_only)
+    runs_b = await _views(n, SET_B, "B", RUNS, leak=False, suite=_square_only)
+    for coalition in itertools.combinations(range(n), n - 1):
+        res = compare(_sample(runs_a, coalition), _sample(runs_b, coalition))
+        assert res.tests > 100
+        assert not res.distinguishable, (coalition, res.rejected[:5])
+    everyone = compare(_sample(runs_a, range(n)), _sample(runs_b, range(n)))
+    assert everyone.distinguishable

@@ -41,7 +41,14 @@ from cloud_tecc.mpc.correlations import (
 from cloud_tecc.mpc.dealer import deal
 from cloud_tecc.mpc.sim import run_parties
 from cloud_tecc.mpc.source import CorrelationStore
-from cloud_tecc.mpc.tuples import Comparisons, DaBits, Triples, TruncPairs
+from cloud_tecc.mpc.tuples import (
+    CompareSelects,
+    Comparisons,
+    DaBits,
+    Squares,
+    Triples,
+    TruncPairs,
+)
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
 
 
@@ -127,13 +134,16 @@ VIEWS: dict[Kind, Callable[[Batch], object]] = {
     Kind.TRUNC: TruncPairs.of,
     Kind.DABIT: DaBits.of,
     Kind.CMP: Comparisons.of,
+    Kind.SQUARE: Squares.of,
+    Kind.CMP_SELECT: CompareSelects.of,
 }
 
 
 @pytest.mark.parametrize("party", [0, 1])
 def test_typed_views_cover_the_layout_without_copies(party: int) -> None:
     """Each kind's record holds exactly its batch's arrays, once each, as the same objects."""
-    plan = Plan(triples=5, truncs=5, dabits=5, comparisons=5)
+    plan = Plan(triples=5, truncs=5, dabits=5, comparisons=5, squares=5, compare_selects=5)
+    assert set(VIEWS) == set(Kind)
     for bundle in deal(plan, 2)[party]:
         batch = materialise(bundle).slice(1, 4)
         arrays = _arrays(VIEWS[bundle.kind](batch))
