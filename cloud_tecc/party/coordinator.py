@@ -56,6 +56,7 @@ from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
 from cloud_tecc.party.messages import SeqMessage
+from cloud_tecc.party.pacing import IdlePacer
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
@@ -120,6 +121,10 @@ class Coordinator:
         )
         self._since_prune = 0
         self._outbox = asyncio.Event()
+        #: Set on a batch or a progress notice: the loop's idle wait ends (party.pacing).
+        self._news = asyncio.Event()
+        tracker.on_news = self._news.set
+        self.pacer = IdlePacer(cfg.tick_s)
         self._peer_keys: dict[int, bytes] = {}  # attested signing key of every peer
         #: End of the last committed epoch (readings below it are late), kept in memory.
         self.watermark_ns = store.watermark()
@@ -269,17 +274,39 @@ class Coordinator:
             )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
+            self.pacer.news()  # a new session starts at the full tick rate
             while True:
                 if loop.time() >= due:  # peers re-attest during the session, not only at start
                     await self._attest_peers(force=True)
                     await reattest(self.directory, cfg.dealer, "dealer", dealer.keys["sign"])
                     due = loop.time() + cfg.service.trust.reattest_s
                 if not await self._tick(mesh, link):
-                    await asyncio.sleep(cfg.tick_s)
+                    await self._pause(
+                        min(due - loop.time(), self.pacer.after_round(idle=not self.round.proposed))
+                    )
         finally:
             await mesh.close()
             if link is not None:
                 await link.close()
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait before the next round: ``tick_s``, or up to ``delay_s`` while idle, ended by
+        news (a batch or notice) or the next liveness expiry (:mod:`~cloud_tecc.party.pacing`)."""
+        await asyncio.sleep(self.cfg.tick_s)
+        rest = (
+            self.pacer.wait_s(
+                delay_s,
+                now_ns=time.time_ns(),
+                expiry_ns=self.tracker.next_expiry_ns(time.time_ns()),
+            )
+            - self.cfg.tick_s
+        )
+        if rest > 0 and not self._news.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), rest)
+        if self._news.is_set():
+            self._news.clear()
+            self.pacer.news()
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.

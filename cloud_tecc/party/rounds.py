@@ -96,6 +96,8 @@ class AgreementRound:
         self.refused: frozenset[str] = frozenset()
         #: The watermark each peer sent in the last round (for ``/healthz``: epochs behind).
         self.peer_watermarks: dict[int, int] = {}
+        #: Whether the leader proposed an epoch in the last round (False: nothing closed).
+        self.proposed = False
 
     def _excluded(self) -> frozenset[str]:
         """Gateways whose batches enter no epoch now: refused here or by any party."""
@@ -104,6 +106,7 @@ class AgreementRound:
     async def run(self, mesh: Transport) -> Proposal | None:
         """One round; the agreed proposal to compute now, or None (nothing, or refused)."""
         agreement, peers = self.agreement, self.agreement.peers
+        self.proposed = False
         wm = await asyncio.to_thread(self.store.watermark)
         others = await control(mesh, peers, {"wm": wm}, WatermarkMessage)
         self.peer_watermarks = {p: m.wm for p, m in others.items()}
@@ -119,6 +122,7 @@ class AgreementRound:
         got = await control(mesh, peers, prop_doc, ProposalMessage)
         prop = mine if agreement.leader else self._leaders(got)
         agreement.proposed(prop)
+        self.proposed = prop is not None
         if prop is None:
             return None
         own = frozenset(self._refusing())
