@@ -121,7 +121,7 @@ class Coordinator:
         )
         self._since_prune = 0
         self._outbox = asyncio.Event()
-        #: Set on a batch or a progress notice: the loop's idle wait ends (party.pacing).
+        #: Set when a progress notice moves a gateway forward: the idle wait ends (pacing).
         self._news = asyncio.Event()
         tracker.on_news = self._news.set
         self.pacer = IdlePacer(cfg.tick_s)
@@ -291,7 +291,7 @@ class Coordinator:
 
     async def _pause(self, delay_s: float) -> None:
         """Wait before the next round: ``tick_s``, or up to ``delay_s`` while idle, ended by
-        news (a batch or notice) or the next liveness expiry (:mod:`~cloud_tecc.party.pacing`)."""
+        news (progress) or the next liveness expiry (:mod:`~cloud_tecc.party.pacing`)."""
         await asyncio.sleep(self.cfg.tick_s)
         rest = (
             self.pacer.wait_s(

@@ -106,8 +106,10 @@ class ProgressTracker:
         self._active_ns = active_ns
         self._through: dict[str, int] = dict.fromkeys(gateways, 0)
         self._heard: dict[str, int] = dict.fromkeys(self._through, started_ns)
-        #: Called when an epoch may have become closable: a gateway's progress moved
-        #: forward, a gateway was added, a batch arrived (the epoch loop's wake-up).
+        #: Called when the closing rule's inputs change: a gateway's progress moved forward
+        #: or a gateway was added (the epoch loop's wake-up, :mod:`~cloud_tecc.party.pacing`).
+        #: A batch alone never makes an epoch closable (its gateway declares it delivered
+        #: afterwards, in a notice), so batches do not call it.
         self.on_news: Callable[[], None] | None = None
 
     def _news(self) -> None:
@@ -134,7 +136,6 @@ class ProgressTracker:
         """A batch arrived from ``gateway``: it is alive (its progress is unchanged)."""
         if gateway in self._heard:
             self._heard[gateway] = max(self._heard[gateway], heard_ns)
-            self._news()
 
     def next_expiry_ns(self, now_ns: int) -> int | None:
         """When the next live gateway stops being live if not heard from (None: none live);

@@ -10,11 +10,13 @@ agree on. A party of K shard workers pays it K times, so with every round at
   agreed yet (a party still lacks batches or progress: something is pending);
 * after a round in which the leader proposed nothing, twice as long as the
   last wait, up to ``idle_max_s`` (:data:`IDLE_MAX_S`, never below
-  ``tick_s``) — but it wakes as soon as there is news (a batch, a gateway's
-  progress moving forward, a gateway added: the only inputs that can make an
-  epoch closable at the leader) or a live gateway's liveness expires (the only
-  change of the closing rule that nothing announces), and it waits at least
-  ``tick_s`` between rounds, as before.
+  ``tick_s``) — but it wakes as soon as there is news (a gateway's progress
+  moving forward or a gateway added: the inputs of the closing rule, see
+  :class:`~cloud_tecc.party.epochs.ProgressTracker`; a batch alone never
+  closes an epoch, as its gateway declares it delivered only afterwards) or a
+  live gateway's liveness expires (the only change of the closing rule that
+  nothing announces), and it waits at least ``tick_s`` between rounds, as
+  before.
 
 News resets the wait to ``tick_s``. A computed epoch is followed by the next
 round at once (the loop does not wait at all). Every party of a shard gets the
@@ -44,7 +46,7 @@ class IdlePacer:
         return self.delay_s
 
     def news(self) -> None:
-        """A batch or notice arrived: the next idle wait starts again from ``tick_s``."""
+        """A notice moved progress: the next idle wait starts again from ``tick_s``."""
         self.delay_s = self.tick_s
 
     def wait_s(self, delay_s: float, *, now_ns: int, expiry_ns: int | None) -> float:
