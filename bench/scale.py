@@ -56,11 +56,13 @@ the sessions start they generate their first batches), ``mpc_rounds`` (over all 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,9 +85,10 @@ from bench.cloud_data import (
 from bench.cloud_parties import cpu_all, sessions_running
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings
-from demo.devstack.deployment import Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
 from demo.devstack.shards import ShardOf, send_sharded, shard_map
 from tecc_contract.envelope import Sealer, SensorSegment
+from tecc_contract.progress import Progress, seal_progress
 
 KS = (1, 2, 4)
 SCALE_POLICY: dict[str, Any] = {
@@ -134,6 +137,53 @@ def upload_sharded(
 
     with ThreadPoolExecutor(8) as pool:  # as many gateways uploading at once
         return sum(pool.map(one, jobs))
+
+
+class NoticeLinks:
+    """One kept-alive HTTPS connection per worker, opened before the measurement, for the
+    gateways' progress notices: a gateway's uplink is one long-lived session per endpoint
+    (``gateway/uplink.py``), so the declaration costs the workers no TLS handshake per
+    notice (:meth:`Deployment.declare` opens a connection per notice)."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.conns: dict[str, http.client.HTTPConnection] = {}
+        for w in dep.workers:
+            url = urllib.parse.urlsplit(dep.url(w))
+            host, port = url.hostname or "127.0.0.1", url.port
+            if url.scheme == "https":
+                self.conns[w] = http.client.HTTPSConnection(
+                    host, port, timeout=30, context=LOOPBACK_TLS
+                )
+            else:
+                self.conns[w] = http.client.HTTPConnection(host, port, timeout=30)
+            self._ask(w, "GET", "/healthz", None)  # the session is up, as a gateway's would be
+
+    def _ask(self, worker: str, method: str, path: str, body: bytes | None) -> None:
+        conn = self.conns[worker]
+        conn.request(method, path, body=body, headers={"Content-Type": "application/octet-stream"})
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {worker}{path}: {resp.status} {answer[:200]!r}")
+
+    def declare(self, through_ns: int) -> None:
+        """Every gateway's signed notice to every worker (the workers in parallel)."""
+        now = time.time_ns()
+        gws = [g for g, k in self.dep.gateways.items() if isinstance(k, Ed25519PrivateKey)]
+
+        def one(worker: str) -> None:
+            for g in gws:
+                notice = Progress(g, self.dep.domain(worker), min(through_ns, now), now)
+                frame = seal_progress(notice, self.dep.signing_key(g))
+                self._ask(worker, "POST", "/v1/progress", frame)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, self.conns))
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
 
 
 def fetch_results(base_url: str) -> dict[str, list[dict[str, Any]]]:
@@ -194,9 +244,11 @@ def bench_k(
         total = sum(len(s.values) for s in streams)
         log(f"K = {k}: uploading {total} readings to {len(dep.workers)} workers")
         posts = upload_sharded(dep, streams, 0.5, shard_of)
+        links = NoticeLinks(dep)
         before = cpu_all(dep)
         t0 = time.perf_counter()
-        dep.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
+        links.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
+        links.close()
         epochs = wait_epochs(dep, secs * k, 600)
         wall = time.perf_counter() - t0
         after = cpu_all(dep)
