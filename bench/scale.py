@@ -11,8 +11,12 @@ gateways with today's direct ingest (:mod:`demo.devstack.shards`): each
 batch is split by the shard map and each shard's part is sealed and sent to
 that shard's worker of every party, with the windows still open. Then, as in
 :mod:`bench.cloud_parties`, the CPU time of every cloud process is read from
-``/proc``, the gateways declare every window complete, and once the output
-service holds every epoch of every shard the CPU time is read again:
+``/proc``, the gateways declare every window complete (over one kept-alive
+connection per worker, opened before the first reading, as a gateway's uplink
+session: :class:`NoticeLinks`), and once the output service holds every epoch
+of every shard the CPU time is read again. Process start-up (interpreter,
+imports, attestation, MPC sessions) falls outside that window, so do the
+upload and the idle reading:
 
 * ``cpu_us_per_reading_kK`` — CPU µs of every process (workers, dealers,
   output) together per reading analysed (the shards' party-0 workers'
