@@ -55,7 +55,9 @@ batch and the dealers' batches generated ahead, which the dealer does
 ``depth`` batches in advance and so partly before the declaration),
 ``idle_cpu_per_s`` (cores the workers and the output use with the sessions
 up and no data: ticks, heartbeats; the dealers are left out, as right after
-the sessions start they generate their first batches), ``mpc_rounds`` (over all shards, party 0).
+the sessions start they generate their first batches), ``mpc_rounds`` (over all shards, party 0),
+``idle_rounds`` (agreement rounds in which nothing was proposed, all workers of every party
+together, in the measured window).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ RESULTS = ("windows", "alerts", "fleet")
 PAGE = 10_000  # the output API's largest page (cloud_tecc/output/api.py MAX_LIMIT)
 TICK_S = 0.05  # the parties' agreement tick, as in bench.cloud (the product default is 0.2)
 IDLE_S = 2.0  # CPU of the idle deployment (sessions up, no data) is read over this long
+#: Agreement rounds in which the leader proposed nothing (cloud_tecc/party/pacing.py).
+IDLE_ROUNDS = 'tecc_party_agreement_rounds_total{outcome="idle"}'
 _T0 = time.monotonic()
 
 
@@ -249,6 +253,7 @@ def bench_k(
         log(f"K = {k}: uploading {total} readings to {len(dep.workers)} workers")
         posts = upload_sharded(dep, streams, 0.5, shard_of)
         links = NoticeLinks(dep)
+        idle_rounds0 = sum(metric(dep, w, IDLE_ROUNDS) for w in dep.workers)
         before = cpu_all(dep)
         t0 = time.perf_counter()
         links.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
@@ -256,6 +261,7 @@ def bench_k(
         epochs = wait_epochs(dep, secs * k, 600)
         wall = time.perf_counter() - t0
         after = cpu_all(dep)
+        idle_rounds = sum(metric(dep, w, IDLE_ROUNDS) for w in dep.workers) - idle_rounds0
         if len(epochs) < secs * k:
             raise RuntimeError(f"K = {k}: only {len(epochs)} of {secs * k} epochs reached output")
         shard0 = [dep.worker(0, s) for s in range(k)]
@@ -280,6 +286,7 @@ def bench_k(
             sum(idle[n] - idle0[n] for n in idle if n not in dep.dealers) / IDLE_S, 3
         ),
         "mpc_rounds": int(rounds),
+        "idle_rounds": int(idle_rounds),
         "readings_per_s": round(readings / wall),
         "epoch_readings_per_s": round(shard0_readings / busy) if busy else 0,
         "rows": {what: len(rows) for what, rows in results.items()},

@@ -87,6 +87,15 @@ class AgreementRound:
             "(once per epoch)",
             registry=registry,
         )
+        self.rounds = Counter(
+            "tecc_party_agreement_rounds",
+            "Agreement rounds run, by outcome: agreed (the epoch is computed), refused "
+            "(proposed, not agreed yet), idle (nothing proposed)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("agreed", "refused", "idle"):
+            self.rounds.labels(outcome)
         self._mismatched: int | None = None  # the epoch last counted
         self._waiting_for: tuple[int, str] = (0, "")
         self.skip: set[Key] = set()  # orphaned batches the followers reported (leader only)
@@ -105,6 +114,12 @@ class AgreementRound:
 
     async def run(self, mesh: Transport) -> Proposal | None:
         """One round; the agreed proposal to compute now, or None (nothing, or refused)."""
+        prop = await self._run(mesh)
+        outcome = "agreed" if prop is not None else "refused" if self.proposed else "idle"
+        self.rounds.labels(outcome).inc()
+        return prop
+
+    async def _run(self, mesh: Transport) -> Proposal | None:
         agreement, peers = self.agreement, self.agreement.peers
         self.proposed = False
         wm = await asyncio.to_thread(self.store.watermark)

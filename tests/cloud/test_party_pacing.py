@@ -7,11 +7,15 @@ These fail on the code before this change (every round followed by one fixed
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+from cloud_tecc.mpc.source import LocalDealer
+from cloud_tecc.mpc.transport import MemoryNetwork
+from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.pacing import IdlePacer
-from tests.cloud.test_cloud_agreement import T0, S, _coordinators
+from tests.cloud.test_cloud_agreement import T0, S, _coordinators, _ingest, _streams
 
 
 def test_idle_rounds_back_off_to_the_cap_and_a_pending_epoch_keeps_the_tick() -> None:
@@ -73,3 +77,46 @@ async def test_an_idle_wait_ends_when_a_progress_notice_arrives(tmp_path: Path) 
     coord.tracker.note("gw", T0 + S, 2)
     await asyncio.wait_for(pause, 30.0)  # without the news the wait would last 600 s
     assert coord.pacer.delay_s == coord.cfg.tick_s  # the backoff starts again
+
+
+def _rounds(coord: Coordinator, outcome: str) -> float:
+    """``tecc_party_agreement_rounds_total{outcome}`` of one coordinator."""
+    return next(
+        s.value
+        for m in coord.round.rounds.collect()
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels == {"outcome": outcome}
+    )
+
+
+async def test_rounds_are_counted_agreed_refused_or_idle_and_only_idle_ones_back_off(
+    tmp_path: Path,
+) -> None:
+    """A proposal a follower refuses keeps the tick (something is pending); nothing
+    proposed is idle and backs off."""
+    coords = _coordinators(tmp_path, tracked=("gw",))
+    _ingest(coords, _streams(6))
+    coords[0].tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
+    coords[1].tracker.note("gw", T0 + 10 * S, heard_ns=time.time_ns())
+    net, dealer = MemoryNetwork(2), LocalDealer(2)
+
+    async def tick() -> None:
+        await asyncio.gather(
+            *(c._tick(net.transport(i), dealer.source(i)) for i, c in enumerate(coords))
+        )
+
+    await tick()  # [0, 10 s) is closed for both: computed
+    await tick()  # [10 s, 20 s): party 1 has no notice for it yet
+    for c in coords:
+        assert (_rounds(c, "agreed"), _rounds(c, "refused"), _rounds(c, "idle")) == (1, 1, 0)
+        assert c.round.proposed
+        assert c.pacer.after_round(idle=not c.round.proposed) == c.cfg.tick_s
+    coords[1].tracker.note("gw", T0 + 30 * S, heard_ns=time.time_ns())
+    await tick()
+    await tick()  # both remaining epochs computed
+    await tick()  # nothing left
+    for c in coords:
+        assert (_rounds(c, "agreed"), _rounds(c, "idle")) == (3, 1)
+        assert not c.round.proposed
+        assert c.pacer.after_round(idle=not c.round.proposed) == 2 * c.cfg.tick_s
+        c.store.close()
