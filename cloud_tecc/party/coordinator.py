@@ -56,7 +56,7 @@ from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
 from cloud_tecc.party.messages import SeqMessage
-from cloud_tecc.party.pacing import IdlePacer
+from cloud_tecc.party.pacing import IdlePacer, Incoming
 from cloud_tecc.party.rounds import AgreementRound, control
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
@@ -282,28 +282,34 @@ class Coordinator:
                     due = loop.time() + cfg.service.trust.reattest_s
                 if not await self._tick(mesh, link):
                     await self._pause(
-                        min(due - loop.time(), self.pacer.after_round(idle=not self.round.proposed))
+                        min(
+                            due - loop.time(), self.pacer.after_round(idle=not self.round.proposed)
+                        ),
+                        mesh,
                     )
         finally:
             await mesh.close()
             if link is not None:
                 await link.close()
 
-    async def _pause(self, delay_s: float) -> None:
+    async def _pause(self, delay_s: float, mesh: object = None) -> None:
         """Wait before the next round: ``tick_s``, or up to ``delay_s`` while idle, ended by
-        news (progress) or the next liveness expiry (:mod:`~cloud_tecc.party.pacing`)."""
-        await asyncio.sleep(self.cfg.tick_s)
-        rest = (
-            self.pacer.wait_s(
-                delay_s,
-                now_ns=time.time_ns(),
-                expiry_ns=self.tracker.next_expiry_ns(time.time_ns()),
-            )
-            - self.cfg.tick_s
+        news (progress), a peer's round (``mesh``) or the next liveness expiry
+        (:mod:`~cloud_tecc.party.pacing`)."""
+        tick = self.cfg.tick_s
+        await asyncio.sleep(tick)
+        loop = asyncio.get_running_loop()
+        now = time.time_ns()
+        end = (
+            loop.time()
+            + self.pacer.wait_s(delay_s, now_ns=now, expiry_ns=self.tracker.next_expiry_ns(now))
+            - tick
         )
-        if rest > 0 and not self._news.is_set():
+        while not self._news.is_set() and (left := end - loop.time()) > 0:
+            if isinstance(mesh, Incoming) and mesh.has_incoming():
+                break  # a peer began a round: join it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._news.wait(), rest)
+                await asyncio.wait_for(self._news.wait(), min(tick, left))
         if self._news.is_set():
             self._news.clear()
             self.pacer.news()

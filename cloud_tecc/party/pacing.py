@@ -20,13 +20,26 @@ agree on. A party of K shard workers pays it K times, so with every round at
 
 News resets the wait to ``tick_s``. A computed epoch is followed by the next
 round at once (the loop does not wait at all). Every party of a shard gets the
-same batches and notices from the gateways, so they wake together; a party
-that wakes alone waits in the round's exchange (no CPU) for the others.
+same notices from the gateways, so they mostly wake together; a party that
+had no news of its own (it saw the notice a round earlier) joins a peer's
+round within ``tick_s``: the idle wait also ends once a peer's first message
+of a round is queued (:class:`Incoming`, the MPC mesh), checked every
+``tick_s`` — a loop wake-up, not a round.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Incoming(Protocol):
+    """A mesh that tells whether a peer's message is waiting (a peer began a round)."""
+
+    def has_incoming(self) -> bool:
+        """True if a peer's message (or a lost link) is queued."""
+        ...
+
 
 #: The longest wait between two idle agreement rounds (seconds), unless ``tick_s`` is longer.
 IDLE_MAX_S: Final = 1.0

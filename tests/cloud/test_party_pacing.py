@@ -120,3 +120,25 @@ async def test_rounds_are_counted_agreed_refused_or_idle_and_only_idle_ones_back
         assert not c.round.proposed
         assert c.pacer.after_round(idle=not c.round.proposed) == 2 * c.cfg.tick_s
         c.store.close()
+
+
+class _Mesh:
+    """A mesh stub: whether a peer's message is queued."""
+
+    def __init__(self) -> None:
+        self.queued = False
+
+    def has_incoming(self) -> bool:
+        return self.queued
+
+
+async def test_an_idle_wait_ends_when_a_peer_begins_a_round(tmp_path: Path) -> None:
+    """A party without news of its own joins the round of a peer that has some (else the
+    peer's round would wait out this party's whole backoff)."""
+    coord = _coordinators(tmp_path)[0]
+    mesh = _Mesh()
+    pause = asyncio.create_task(coord._pause(600.0, mesh))
+    await asyncio.sleep(4 * coord.cfg.tick_s)
+    assert not pause.done()
+    mesh.queued = True
+    await asyncio.wait_for(pause, 30.0)  # without the check the wait would last 600 s
