@@ -11,8 +11,12 @@ gateways with today's direct ingest (:mod:`demo.devstack.shards`): each
 batch is split by the shard map and each shard's part is sealed and sent to
 that shard's worker of every party, with the windows still open. Then, as in
 :mod:`bench.cloud_parties`, the CPU time of every cloud process is read from
-``/proc``, the gateways declare every window complete, and once the output
-service holds every epoch of every shard the CPU time is read again:
+``/proc``, the gateways declare every window complete (over one kept-alive
+connection per worker, opened before the first reading, as a gateway's uplink
+session: :class:`NoticeLinks`), and once the output service holds every epoch
+of every shard the CPU time is read again. Process start-up (interpreter,
+imports, attestation, MPC sessions) falls outside that window, so do the
+upload and the idle reading:
 
 * ``cpu_us_per_reading_kK`` — CPU µs of every process (workers, dealers,
   output) together per reading analysed (the shards' party-0 workers'
@@ -51,16 +55,20 @@ batch and the dealers' batches generated ahead, which the dealer does
 ``depth`` batches in advance and so partly before the declaration),
 ``idle_cpu_per_s`` (cores the workers and the output use with the sessions
 up and no data: ticks, heartbeats; the dealers are left out, as right after
-the sessions start they generate their first batches), ``mpc_rounds`` (over all shards, party 0).
+the sessions start they generate their first batches), ``mpc_rounds`` (over all shards, party 0),
+``idle_rounds`` (agreement rounds in which nothing was proposed, all workers of every party
+together, in the measured window).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,9 +91,10 @@ from bench.cloud_data import (
 from bench.cloud_parties import cpu_all, sessions_running
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.analytics.reference import StreamReadings
-from demo.devstack.deployment import Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
 from demo.devstack.shards import ShardOf, send_sharded, shard_map
 from tecc_contract.envelope import Sealer, SensorSegment
+from tecc_contract.progress import Progress, seal_progress
 
 KS = (1, 2, 4)
 SCALE_POLICY: dict[str, Any] = {
@@ -103,6 +112,8 @@ RESULTS = ("windows", "alerts", "fleet")
 PAGE = 10_000  # the output API's largest page (cloud_tecc/output/api.py MAX_LIMIT)
 TICK_S = 0.05  # the parties' agreement tick, as in bench.cloud (the product default is 0.2)
 IDLE_S = 2.0  # CPU of the idle deployment (sessions up, no data) is read over this long
+#: Agreement rounds in which the leader proposed nothing (cloud_tecc/party/pacing.py).
+IDLE_ROUNDS = 'tecc_party_agreement_rounds_total{outcome="idle"}'
 _T0 = time.monotonic()
 
 
@@ -134,6 +145,53 @@ def upload_sharded(
 
     with ThreadPoolExecutor(8) as pool:  # as many gateways uploading at once
         return sum(pool.map(one, jobs))
+
+
+class NoticeLinks:
+    """One kept-alive HTTPS connection per worker, opened before the measurement, for the
+    gateways' progress notices: a gateway's uplink is one long-lived session per endpoint
+    (``gateway/uplink.py``), so the declaration costs the workers no TLS handshake per
+    notice (:meth:`Deployment.declare` opens a connection per notice)."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.conns: dict[str, http.client.HTTPConnection] = {}
+        for w in dep.workers:
+            url = urllib.parse.urlsplit(dep.url(w))
+            host, port = url.hostname or "127.0.0.1", url.port
+            if url.scheme == "https":
+                self.conns[w] = http.client.HTTPSConnection(
+                    host, port, timeout=30, context=LOOPBACK_TLS
+                )
+            else:
+                self.conns[w] = http.client.HTTPConnection(host, port, timeout=30)
+            self._ask(w, "GET", "/healthz", None)  # the session is up, as a gateway's would be
+
+    def _ask(self, worker: str, method: str, path: str, body: bytes | None) -> None:
+        conn = self.conns[worker]
+        conn.request(method, path, body=body, headers={"Content-Type": "application/octet-stream"})
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {worker}{path}: {resp.status} {answer[:200]!r}")
+
+    def declare(self, through_ns: int) -> None:
+        """Every gateway's signed notice to every worker (the workers in parallel)."""
+        now = time.time_ns()
+        gws = [g for g, k in self.dep.gateways.items() if isinstance(k, Ed25519PrivateKey)]
+
+        def one(worker: str) -> None:
+            for g in gws:
+                notice = Progress(g, self.dep.domain(worker), min(through_ns, now), now)
+                frame = seal_progress(notice, self.dep.signing_key(g))
+                self._ask(worker, "POST", "/v1/progress", frame)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, self.conns))
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
 
 
 def fetch_results(base_url: str) -> dict[str, list[dict[str, Any]]]:
@@ -194,12 +252,16 @@ def bench_k(
         total = sum(len(s.values) for s in streams)
         log(f"K = {k}: uploading {total} readings to {len(dep.workers)} workers")
         posts = upload_sharded(dep, streams, 0.5, shard_of)
+        links = NoticeLinks(dep)
+        idle_rounds0 = sum(metric(dep, w, IDLE_ROUNDS) for w in dep.workers)
         before = cpu_all(dep)
         t0 = time.perf_counter()
-        dep.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
+        links.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
+        links.close()
         epochs = wait_epochs(dep, secs * k, 600)
         wall = time.perf_counter() - t0
         after = cpu_all(dep)
+        idle_rounds = sum(metric(dep, w, IDLE_ROUNDS) for w in dep.workers) - idle_rounds0
         if len(epochs) < secs * k:
             raise RuntimeError(f"K = {k}: only {len(epochs)} of {secs * k} epochs reached output")
         shard0 = [dep.worker(0, s) for s in range(k)]
@@ -224,6 +286,7 @@ def bench_k(
             sum(idle[n] - idle0[n] for n in idle if n not in dep.dealers) / IDLE_S, 3
         ),
         "mpc_rounds": int(rounds),
+        "idle_rounds": int(idle_rounds),
         "readings_per_s": round(readings / wall),
         "epoch_readings_per_s": round(shard0_readings / busy) if busy else 0,
         "rows": {what: len(rows) for what, rows in results.items()},

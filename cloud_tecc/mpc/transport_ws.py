@@ -308,6 +308,10 @@ class WsTransport:
             got[j] = item[1]
         return got
 
+    def has_incoming(self) -> bool:
+        """Whether a peer's message (or a lost link) is queued: a peer has begun a round."""
+        return any(not q.empty() for q in self._queues.values())
+
     async def close(self) -> None:
         """Close every connection and stop listening."""
         if self._closing:

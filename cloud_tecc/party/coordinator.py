@@ -58,6 +58,7 @@ from cloud_tecc.party.dealer_choice import DealerChoice
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
+from cloud_tecc.party.pacing import IdlePacer, Incoming
 from cloud_tecc.party.rounds import AgreementRound
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
@@ -130,6 +131,10 @@ class Coordinator:
         self._dealer_lost = False  # the last session ended with its dealer link failed
         self._since_prune = 0
         self._outbox = asyncio.Event()
+        #: Set when a progress notice moves a gateway forward: the idle wait ends (pacing).
+        self._news = asyncio.Event()
+        tracker.on_news = self._news.set
+        self.pacer = IdlePacer(cfg.tick_s)
         self._peer_keys: dict[int, bytes] = {}  # attested signing key of every peer
         #: End of the last committed epoch (readings below it are late), kept in memory.
         self.watermark_ns = store.watermark()
@@ -271,6 +276,7 @@ class Coordinator:
             )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
+            self.pacer.news()  # a new session starts at the full tick rate
             while True:
                 if loop.time() >= due:  # peers re-attest during the session, not only at start
                     await self._attest_peers(force=True)
@@ -279,7 +285,12 @@ class Coordinator:
                     )
                     due = loop.time() + cfg.service.trust.reattest_s
                 if not await self._tick(mesh, link):
-                    await asyncio.sleep(cfg.tick_s)
+                    await self._pause(
+                        min(
+                            due - loop.time(), self.pacer.after_round(idle=not self.round.proposed)
+                        ),
+                        mesh,
+                    )
         finally:
             await mesh.close()
             if link is not None:
@@ -302,6 +313,28 @@ class Coordinator:
             mpc_session=self.mpc_session,
             connect_s=DEALER_CONNECT_S,
         )
+
+    async def _pause(self, delay_s: float, mesh: object = None) -> None:
+        """Wait before the next round: ``tick_s``, or up to ``delay_s`` while idle, ended by
+        news (progress), a peer's round (``mesh``) or the next liveness expiry
+        (:mod:`~cloud_tecc.party.pacing`)."""
+        tick = self.cfg.tick_s
+        await asyncio.sleep(tick)
+        loop = asyncio.get_running_loop()
+        now = time.time_ns()
+        end = (
+            loop.time()
+            + self.pacer.wait_s(delay_s, now_ns=now, expiry_ns=self.tracker.next_expiry_ns(now))
+            - tick
+        )
+        while not self._news.is_set() and (left := end - loop.time()) > 0:
+            if isinstance(mesh, Incoming) and mesh.has_incoming():
+                break  # a peer began a round: join it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), min(tick, left))
+        if self._news.is_set():
+            self._news.clear()
+            self.pacer.news()
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.

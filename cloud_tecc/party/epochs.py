@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,12 +106,23 @@ class ProgressTracker:
         self._active_ns = active_ns
         self._through: dict[str, int] = dict.fromkeys(gateways, 0)
         self._heard: dict[str, int] = dict.fromkeys(self._through, started_ns)
+        #: Called when the closing rule's inputs change: a gateway's progress moved forward
+        #: or a gateway was added (the epoch loop's wake-up, :mod:`~cloud_tecc.party.pacing`).
+        #: A batch alone never makes an epoch closable (its gateway declares it delivered
+        #: afterwards, in a notice), so batches do not call it.
+        self.on_news: Callable[[], None] | None = None
+
+    def _news(self) -> None:
+        if self.on_news is not None:
+            self.on_news()
 
     def note(self, gateway: str, through_ns: int, heard_ns: int) -> None:
         """A verified, fresh notice; progress only moves forward."""
         if gateway not in self._through:
             return
-        self._through[gateway] = max(self._through[gateway], through_ns)
+        if through_ns > self._through[gateway]:
+            self._through[gateway] = through_ns
+            self._news()
         self._heard[gateway] = max(self._heard[gateway], heard_ns)
 
     def add(self, gateway: str, heard_ns: int) -> None:
@@ -119,11 +130,18 @@ class ProgressTracker:
         if gateway not in self._through:
             self._through[gateway] = 0
             self._heard[gateway] = heard_ns
+            self._news()
 
     def heard(self, gateway: str, heard_ns: int) -> None:
         """A batch arrived from ``gateway``: it is alive (its progress is unchanged)."""
         if gateway in self._heard:
             self._heard[gateway] = max(self._heard[gateway], heard_ns)
+
+    def next_expiry_ns(self, now_ns: int) -> int | None:
+        """When the next live gateway stops being live if not heard from (None: none live);
+        the only change of :meth:`closed` that no notice or batch announces."""
+        ends = [h + self._active_ns for h in self._heard.values() if h + self._active_ns > now_ns]
+        return min(ends, default=None)
 
     def live(self, now_ns: int) -> dict[str, int]:
         """Live gateways and their declared progress."""

@@ -87,6 +87,15 @@ class AgreementRound:
             "(once per epoch)",
             registry=registry,
         )
+        self.rounds = Counter(
+            "tecc_party_agreement_rounds",
+            "Agreement rounds run, by outcome: agreed (the epoch is computed), refused "
+            "(proposed, not agreed yet), idle (nothing proposed)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("agreed", "refused", "idle"):
+            self.rounds.labels(outcome)
         self._mismatched: int | None = None  # the epoch last counted
         self._waiting_for: tuple[int, str] = (0, "")
         self.skip: set[Key] = set()  # orphaned batches the followers reported (leader only)
@@ -96,6 +105,8 @@ class AgreementRound:
         self.refused: frozenset[str] = frozenset()
         #: The watermark each peer sent in the last round (for ``/healthz``: epochs behind).
         self.peer_watermarks: dict[int, int] = {}
+        #: Whether the leader proposed an epoch in the last round (False: nothing closed).
+        self.proposed = False
 
     def _excluded(self) -> frozenset[str]:
         """Gateways whose batches enter no epoch now: refused here or by any party."""
@@ -103,7 +114,14 @@ class AgreementRound:
 
     async def run(self, mesh: Transport) -> Proposal | None:
         """One round; the agreed proposal to compute now, or None (nothing, or refused)."""
+        prop = await self._run(mesh)
+        outcome = "agreed" if prop is not None else "refused" if self.proposed else "idle"
+        self.rounds.labels(outcome).inc()
+        return prop
+
+    async def _run(self, mesh: Transport) -> Proposal | None:
         agreement, peers = self.agreement, self.agreement.peers
+        self.proposed = False
         wm = await asyncio.to_thread(self.store.watermark)
         others = await control(mesh, peers, {"wm": wm}, WatermarkMessage)
         self.peer_watermarks = {p: m.wm for p, m in others.items()}
@@ -119,6 +137,7 @@ class AgreementRound:
         got = await control(mesh, peers, prop_doc, ProposalMessage)
         prop = mine if agreement.leader else self._leaders(got)
         agreement.proposed(prop)
+        self.proposed = prop is not None
         if prop is None:
             return None
         own = frozenset(self._refusing())

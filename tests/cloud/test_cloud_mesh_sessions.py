@@ -83,3 +83,25 @@ async def test_mesh_half_connected_to_an_abandoned_peer_session_is_refused() -> 
     finally:
         await m0.close()
         await m1.close()
+
+
+async def test_the_mesh_tells_when_a_peer_has_begun_a_round() -> None:
+    """``has_incoming``: what ends a party's idle wait (cloud_tecc/party/pacing.py)."""
+    c0, c1 = _configs()
+    m0, m1 = await asyncio.gather(WsTransport.start(c0), WsTransport.start(c1))
+    try:
+        assert not m0.has_incoming()
+        assert not m1.has_incoming()
+        first = asyncio.create_task(m1.exchange(0, {0: b"wm"}))  # party 1 begins a round
+        for _ in range(200):
+            if m0.has_incoming():
+                break
+            await asyncio.sleep(0.01)
+        assert m0.has_incoming()
+        got = await m0.exchange(0, {1: b"wm"})  # party 0 joins; the message is consumed
+        assert bytes(got[1]) == b"wm"
+        assert bytes((await first)[0]) == b"wm"
+        assert not m0.has_incoming()
+    finally:
+        await m0.close()
+        await m1.close()
