@@ -31,7 +31,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -65,6 +65,9 @@ from tecc_contract.keys import ed25519_public_from_bytes
 log = logging.getLogger("cloud_tecc.party.coordinator")
 RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
+#: Pause before the next session after one that ran; doubled per failure in a row, up to the max.
+SESSION_RETRY_S: Final = 0.05
+SESSION_RETRY_MAX_S: Final = 1.0
 
 
 class Session(enum.Enum):
@@ -194,24 +197,64 @@ class Coordinator:
             return f"waiting: {self._session_error}"
         return str(self.session.value)
 
-    async def run(self) -> None:
-        """Session loop: never returns; failures are logged and retried."""
+    async def run(self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Session loop: never returns; failures are logged and retried.
+
+        The first retry after a session that ran comes after ``SESSION_RETRY_S``
+        (a peer's worker was replaced: its successor listens within a second);
+        each further failure in a row doubles the pause up to ``SESSION_RETRY_MAX_S``.
+        """
+        pause, last = SESSION_RETRY_S, ""
         while True:
             try:
                 await self._session()
             except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                ran = self.session is Session.RUNNING
+                if ran:
+                    pause, last = SESSION_RETRY_S, ""
                 self.sessions.labels(type(exc).__name__).inc()
                 # Repeated identical failures (a peer that keeps failing attestation) are
                 # logged once, then at debug level.
-                again = self.session is Session.WAITING and self._session_error == str(exc)
-                (log.debug if again else log.warning)("MPC session ended: %s", exc)
-                self.session, self._session_error = Session.WAITING, str(exc)
-            await asyncio.sleep(1.0)
+                (log.debug if last == str(exc) else log.warning)("MPC session ended: %s", exc)
+                last = str(exc)
+                self.session, self._session_error = Session.WAITING, last
+            await sleep(pause)
+            pause = min(2 * pause, SESSION_RETRY_MAX_S)
+
+    async def prewarm(self) -> None:
+        """Verify every peer's, the dealer's and the output's quote now, over fresh nonces.
+
+        A standby calls this every half ``attestation.refresh_s``, so its directory
+        always holds identities verified less than ``refresh_s`` ago: the session of
+        a takeover starts from them (as any new session within ``refresh_s`` of a
+        check does) instead of fetching quotes. :class:`PeerError` naming one that
+        fails (the others are verified all the same).
+        """
+        cfg = self.cfg
+
+        async def peer(i: int) -> None:
+            ep = cfg.peers[i]
+            try:
+                await self.directory.identity(ep, "party", force=True)
+            except PeerError:
+                self.peer_attested.labels(ep.service_id).set(0)
+                raise
+            self.peer_attested.labels(ep.service_id).set(1)
+
+        done = await asyncio.gather(
+            *(peer(i) for i in self.peers),
+            self.directory.identity(cfg.dealer, "dealer", force=True),
+            self.directory.identity(cfg.output, "output", force=True),
+            return_exceptions=True,
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _attest_peers(self, *, force: bool = False) -> dict[int, bytes]:
-        """Every peer's attested signing key; PeerError naming the first that fails."""
-        keys: dict[int, bytes] = {}
-        for i in self.peers:
+        """Every peer's attested signing key (fetched together); PeerError naming one that fails."""
+
+        async def one(i: int) -> bytes:
             ep = self.cfg.peers[i]
             try:
                 if force:
@@ -222,35 +265,42 @@ class Coordinator:
                 self.peer_attested.labels(ep.service_id).set(0)
                 raise
             self.peer_attested.labels(ep.service_id).set(1)
-            keys[i] = ident.keys["sign"]
-        return keys
+            return ident.keys["sign"]
+
+        keys = await asyncio.gather(*(one(i) for i in self.peers))
+        return dict(zip(self.peers, keys, strict=True))
 
     async def _session(self) -> None:
         cfg = self.cfg
         self.session = Session.ATTESTING
-        self._peer_keys = await self._attest_peers()
-        dealer = await self.directory.identity(cfg.dealer, "dealer")
+        t0 = time.perf_counter()
+        self._peer_keys, dealer = await asyncio.gather(
+            self._attest_peers(), self.directory.identity(cfg.dealer, "dealer")
+        )
+        t1 = time.perf_counter()
         addresses = {cfg.party: parse_hostport(cfg.mpc_listen)}
         addresses.update({i: cfg.peers[i].mpc_address for i in self.peers})
         # a peer with standbys: every worker's address, dialled in turn (only its owner listens)
         alternates = {i: cfg.peers[i].mpc_candidates[1:] for i in self.peers}
-        mesh = await WsTransport.start(
-            MeshConfig(
-                party=cfg.party,
-                addresses=addresses,
-                key=self.enclave.keys.sign,
-                peer_keys={i: ed25519_public_from_bytes(k) for i, k in self._peer_keys.items()},
-                round_timeout=60.0,
-                connect_timeout=30.0,
-                suite=LinkSuite.from_label(cfg.suite.value),
-                session=self.mpc_session,
-                alternates={i: a for i, a in alternates.items() if a},
+        host, port = cfg.dealer.mpc_address
+        # the mesh and the dealer link form together (neither needs the other)
+        mesh_up = asyncio.create_task(
+            WsTransport.start(
+                MeshConfig(
+                    party=cfg.party,
+                    addresses=addresses,
+                    key=self.enclave.keys.sign,
+                    peer_keys={i: ed25519_public_from_bytes(k) for i, k in self._peer_keys.items()},
+                    round_timeout=60.0,
+                    connect_timeout=30.0,
+                    suite=LinkSuite.from_label(cfg.suite.value),
+                    session=self.mpc_session,
+                    alternates={i: a for i, a in alternates.items() if a},
+                )
             )
         )
-        link: DealerLink | None = None
-        try:
-            host, port = cfg.dealer.mpc_address
-            link = await DealerLink.connect(
+        link_up = asyncio.create_task(
+            DealerLink.connect(
                 f"http://{host}:{port}/dealer",
                 party=cfg.party,
                 key=self.enclave.keys.sign,
@@ -258,14 +308,26 @@ class Coordinator:
                 suite=LinkSuite.from_label(cfg.suite.value),
                 mpc_session=self.mpc_session,
             )
+        )
+        try:
+            mesh, link = await asyncio.gather(mesh_up, link_up)
+        except BaseException:
+            await _discard(mesh_up, link_up)
+            raise
+        t2 = time.perf_counter()
+        try:
             mine = await link.next_seq()
             theirs = await control(mesh, self.peers, {"seq": mine}, SeqMessage)
             await link.align(max(mine, *(m.seq for m in theirs.values())))
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
             log.info(
-                "MPC session with %s up",
+                "MPC session with %s up: attested in %.0f ms, mesh and dealer link in %.0f ms, "
+                "aligned in %.0f ms",
                 ", ".join(cfg.peers[i].service_id for i in self.peers),
+                1e3 * (t1 - t0),
+                1e3 * (t2 - t1),
+                1e3 * (time.perf_counter() - t2),
             )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
@@ -278,8 +340,7 @@ class Coordinator:
                     await asyncio.sleep(cfg.tick_s)
         finally:
             await mesh.close()
-            if link is not None:
-                await link.close()
+            await link.close()
 
     async def _tick(self, mesh: Transport, link: CorrelationSource) -> bool:
         """One agreement round (see :mod:`~cloud_tecc.party.agreement`); True if computed.
@@ -400,6 +461,15 @@ class Coordinator:
         if status == 403:
             self.directory.forget(self.cfg.output.service_id)
         raise PeerError(f"the output service answered HTTP {status}: {detail[:200]}")
+
+
+async def _discard(mesh_up: asyncio.Task[WsTransport], link_up: asyncio.Task[DealerLink]) -> None:
+    """Cancel a session's mesh and dealer link in formation; close whichever formed."""
+    for task in (mesh_up, link_up):
+        task.cancel()
+    for done in await asyncio.gather(mesh_up, link_up, return_exceptions=True):
+        if isinstance(done, (WsTransport, DealerLink)):
+            await done.close()
 
 
 async def post_results(
