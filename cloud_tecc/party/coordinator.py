@@ -317,17 +317,25 @@ class Coordinator:
         t2 = time.perf_counter()
         try:
             mine = await link.next_seq()
+            t3 = time.perf_counter()
             theirs = await control(mesh, self.peers, {"seq": mine}, SeqMessage)
-            await link.align(max(mine, *(m.seq for m in theirs.values())))
+            t4 = time.perf_counter()
+            target = max(mine, *(m.seq for m in theirs.values()))
+            await link.align(target)
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
             log.info(
                 "MPC session with %s up: attested in %.0f ms, mesh and dealer link in %.0f ms, "
-                "aligned in %.0f ms",
+                "first dealer batch in %.0f ms, batch numbers exchanged in %.0f ms, aligned "
+                "(%d to %d) in %.0f ms",
                 ", ".join(cfg.peers[i].service_id for i in self.peers),
                 1e3 * (t1 - t0),
                 1e3 * (t2 - t1),
-                1e3 * (time.perf_counter() - t2),
+                1e3 * (t3 - t2),
+                1e3 * (t4 - t3),
+                mine,
+                target,
+                1e3 * (time.perf_counter() - t4),
             )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
