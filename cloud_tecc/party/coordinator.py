@@ -39,28 +39,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.analytics.secure import secure_epoch
-from cloud_tecc.config import PartyConfig, parse_hostport
+from cloud_tecc.config import PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, reattest
 from cloud_tecc.errors import CloudError, PeerError
 from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.engine import Party
 from cloud_tecc.mpc.errors import MpcError
-from cloud_tecc.mpc.handshake import LinkSuite, shard_session
+from cloud_tecc.mpc.handshake import shard_session
 from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
-from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
-from cloud_tecc.party.messages import SeqMessage
-from cloud_tecc.party.rounds import AgreementRound, control
+from cloud_tecc.party.rounds import AgreementRound
+from cloud_tecc.party.session import align, open_links
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.fixedpoint import DEFAULT_FRAC_BITS
-from tecc_contract.keys import ed25519_public_from_bytes
 
 log = logging.getLogger("cloud_tecc.party.coordinator")
 RESULTS_PURPOSE: Final = "results"
@@ -278,64 +276,20 @@ class Coordinator:
             self._attest_peers(), self.directory.identity(cfg.dealer, "dealer")
         )
         t1 = time.perf_counter()
-        addresses = {cfg.party: parse_hostport(cfg.mpc_listen)}
-        addresses.update({i: cfg.peers[i].mpc_address for i in self.peers})
-        # a peer with standbys: every worker's address, dialled in turn (only its owner listens)
-        alternates = {i: cfg.peers[i].mpc_candidates[1:] for i in self.peers}
-        host, port = cfg.dealer.mpc_address
-        # the mesh and the dealer link form together (neither needs the other)
-        mesh_up = asyncio.create_task(
-            WsTransport.start(
-                MeshConfig(
-                    party=cfg.party,
-                    addresses=addresses,
-                    key=self.enclave.keys.sign,
-                    peer_keys={i: ed25519_public_from_bytes(k) for i, k in self._peer_keys.items()},
-                    round_timeout=60.0,
-                    connect_timeout=30.0,
-                    suite=LinkSuite.from_label(cfg.suite.value),
-                    session=self.mpc_session,
-                    alternates={i: a for i, a in alternates.items() if a},
-                )
-            )
+        mesh, link = await open_links(
+            cfg, self.enclave, self._peer_keys, dealer.keys["sign"], self.mpc_session
         )
-        link_up = asyncio.create_task(
-            DealerLink.connect(
-                f"http://{host}:{port}/dealer",
-                party=cfg.party,
-                key=self.enclave.keys.sign,
-                dealer_key=ed25519_public_from_bytes(dealer.keys["sign"]),
-                suite=LinkSuite.from_label(cfg.suite.value),
-                mpc_session=self.mpc_session,
-            )
-        )
-        try:
-            mesh, link = await asyncio.gather(mesh_up, link_up)
-        except BaseException:
-            await _discard(mesh_up, link_up)
-            raise
         t2 = time.perf_counter()
         try:
-            mine = await link.next_seq()
-            t3 = time.perf_counter()
-            theirs = await control(mesh, self.peers, {"seq": mine}, SeqMessage)
-            t4 = time.perf_counter()
-            target = max(mine, *(m.seq for m in theirs.values()))
-            await link.align(target)
+            aligned = await align(mesh, link, self.peers)
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
             log.info(
-                "MPC session with %s up: attested in %.0f ms, mesh and dealer link in %.0f ms, "
-                "first dealer batch in %.0f ms, batch numbers exchanged in %.0f ms, aligned "
-                "(%d to %d) in %.0f ms",
+                "MPC session with %s up: attested in %.0f ms, mesh and dealer link in %.0f ms, %s",
                 ", ".join(cfg.peers[i].service_id for i in self.peers),
                 1e3 * (t1 - t0),
                 1e3 * (t2 - t1),
-                1e3 * (t3 - t2),
-                1e3 * (t4 - t3),
-                mine,
-                target,
-                1e3 * (time.perf_counter() - t4),
+                aligned,
             )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
@@ -469,15 +423,6 @@ class Coordinator:
         if status == 403:
             self.directory.forget(self.cfg.output.service_id)
         raise PeerError(f"the output service answered HTTP {status}: {detail[:200]}")
-
-
-async def _discard(mesh_up: asyncio.Task[WsTransport], link_up: asyncio.Task[DealerLink]) -> None:
-    """Cancel a session's mesh and dealer link in formation; close whichever formed."""
-    for task in (mesh_up, link_up):
-        task.cancel()
-    for done in await asyncio.gather(mesh_up, link_up, return_exceptions=True):
-        if isinstance(done, (WsTransport, DealerLink)):
-            await done.close()
 
 
 async def post_results(
