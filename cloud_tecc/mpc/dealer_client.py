@@ -83,6 +83,7 @@ class DealerLink:
         self._first.add_done_callback(_retrieved)
         self._taken = False  # whether any batch was handed out of the queue yet
         self._go = asyncio.Event()  # set by align() or a first use: expand from here on
+        self._expect: int | None = None  # the batch the next one must be (a lazy align)
         #: Frames dropped unexpanded by an alignment.
         self.skipped = 0
 
@@ -184,10 +185,16 @@ class DealerLink:
     async def _next(self) -> tuple[int, list[Batch]]:
         self._taken = True
         self._go.set()
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            self._queue.put_nowait(item)
-            raise PeerLostError(f"dealer link failed: {item}") from item
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                self._queue.put_nowait(item)
+                raise PeerLostError(f"dealer link failed: {item}") from item
+            if item[0] >= self._skip_below:  # below: expanded before an alignment
+                break
+        expect, self._expect = self._expect, None
+        if expect is not None and item[0] != expect:
+            raise CorrelationError(f"dealer is at batch {item[0]}, beyond {expect}")
         return item
 
     async def next_seq(self) -> int:
@@ -206,11 +213,21 @@ class DealerLink:
         """Drop everything held and skip batches until the next one is ``target``.
 
         Frames below ``target`` not yet received are dropped by the reader unexpanded.
+        On a fresh link this returns without waiting for any batch: the first frame's
+        header says whether ``target`` is still to come (else :class:`CorrelationError`),
+        and the first :meth:`take` waits for its expansion, so the session's first
+        agreement round runs meanwhile.
         """
         self.store = CorrelationStore(self.party, self.frac_bits)
         self._peak = {}
         self._skip_below = max(self._skip_below, target)
         self._go.set()
+        if self._head is None and not self._taken:
+            first = await asyncio.shield(self._first)
+            if first > target:
+                raise CorrelationError(f"dealer is at batch {first}, beyond {target}")
+            self._expect = target
+            return
         if self._head is None:
             self._head = await self._next()
         while self._head[0] < target:

@@ -77,8 +77,9 @@ async def test_alignment_drops_skipped_batches_unexpanded() -> None:
     """A link far behind skips to the other party's batch without expanding the gap.
 
     Fails on the code before this change (every skipped batch was received, expanded
-    and then dropped, and the first sequence number waited for a whole expanded
-    group: the CPU-bound part of a takeover's session start).
+    and then dropped, the first sequence number waited for a whole expanded group
+    and the alignment for the target's expansion: the CPU-bound part of a
+    takeover's session start).
     """
     dealer_key = Ed25519PrivateKey.generate()
     keys = [Ed25519PrivateKey.generate() for _ in range(2)]
@@ -108,6 +109,7 @@ async def test_alignment_drops_skipped_batches_unexpanded() -> None:
         assert seqs[1] == 0, seqs
         for lk in (ahead, behind):
             await lk.align(seqs[0])
+        assert behind.fetched == 0  # the alignment waited for no expansion
         got = await asyncio.gather(*(lk.take(Kind.TRIPLE, 120) for lk in (ahead, behind)))
         assert _triples_hold(*got)
         assert behind.skipped == seqs[0]  # batches 0 .. seqs[0] - 1, none expanded
