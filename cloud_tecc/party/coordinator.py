@@ -250,9 +250,9 @@ class Coordinator:
                 raise outcome
 
     async def _attest_peers(self, *, force: bool = False) -> dict[int, bytes]:
-        """Every peer's attested signing key (fetched together); PeerError naming one that fails."""
-
-        async def one(i: int) -> bytes:
+        """Every peer's attested signing key; PeerError naming the first that fails."""
+        keys: dict[int, bytes] = {}
+        for i in self.peers:
             ep = self.cfg.peers[i]
             try:
                 if force:
@@ -263,18 +263,16 @@ class Coordinator:
                 self.peer_attested.labels(ep.service_id).set(0)
                 raise
             self.peer_attested.labels(ep.service_id).set(1)
-            return ident.keys["sign"]
-
-        keys = await asyncio.gather(*(one(i) for i in self.peers))
-        return dict(zip(self.peers, keys, strict=True))
+            keys[i] = ident.keys["sign"]
+        return keys
 
     async def _session(self) -> None:
         cfg = self.cfg
         self.session = Session.ATTESTING
         t0 = time.perf_counter()
-        self._peer_keys, dealer = await asyncio.gather(
-            self._attest_peers(), self.directory.identity(cfg.dealer, "dealer")
-        )
+        # in turn, so /healthz shows the first that fails (a warm standby: all cached)
+        self._peer_keys = await self._attest_peers()
+        dealer = await self.directory.identity(cfg.dealer, "dealer")
         t1 = time.perf_counter()
         mesh, link = await open_links(
             cfg, self.enclave, self._peer_keys, dealer.keys["sign"], self.mpc_session
