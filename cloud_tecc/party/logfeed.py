@@ -264,10 +264,9 @@ class LogFeed:
                 try:
                     msgs = await sub.fetch(FETCH, timeout=1.0)
                 except nats.errors.TimeoutError:
-                    self.caught_up = issued  # nothing pending when the request was served
                     self.lag.set(0)
                     self.pending = 0
-                    self._apply_notices()
+                    await self._drained(sharelog, issued)  # nothing pending when served
                     continue
                 if not msgs:
                     continue
@@ -277,8 +276,9 @@ class LogFeed:
                 self.pending = pending
                 self.last_part_ns = int(msgs[-1].metadata.timestamp.timestamp() * 1e9)
                 if pending == 0:
-                    self.caught_up = issued
-                self._apply_notices()
+                    await self._drained(sharelog, issued)
+                else:
+                    self._apply_notices()
             except _NATS_ERRORS as exc:
                 log.warning("share consumer: %s %s; retrying", type(exc).__name__, exc)
                 await asyncio.sleep(_RETRY_S)
@@ -341,6 +341,16 @@ class LogFeed:
             except Exception as exc:  # a defect must not stop the shard: log, resubscribe
                 log.error("progress consumer failed (%s); resubscribing", type(exc).__name__)
                 await asyncio.sleep(_RETRY_S)
+
+    async def _drained(self, sharelog: ShareLog, issued: float) -> None:
+        """A fetch issued at ``issued`` left nothing pending: apply the notices that
+        arrived before it; for any that arrived since (a takeover's notices come while
+        its history is read) ask the consumer now instead of waiting for the next
+        fetch's 1 s timeout or the next notice."""
+        self.caught_up = max(self.caught_up, issued)
+        self._apply_notices()
+        if self._notices:
+            await self._check_caught_up(sharelog)
 
     async def _check_caught_up(self, sharelog: ShareLog) -> None:
         """Ask the consumer now: nothing pending and nothing unacked → caught up (no wait

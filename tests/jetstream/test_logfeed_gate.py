@@ -107,3 +107,46 @@ async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path
         finally:
             await sharelog.close()
             store.close()
+
+
+async def test_notice_during_the_history_is_applied_when_a_fetch_drains_it(
+    tmp_path: Path,
+) -> None:
+    """A takeover's notices arrive while its history is fetched: the fetch that drains
+    it asks the consumer at once, the notices apply then (not a fetch timeout later).
+
+    Fails on the code before this change: such a notice arrived after the draining
+    fetch was issued, so it waited for the next fetch's 1 s timeout (or the next
+    notice) — up to a second of every takeover's first epoch.
+    """
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    with start_node(tmp_path / "nats") as nd:
+        cfg = JetStreamConfig(servers=tuple(nd.servers))
+        feed = LogFeed(
+            cfg=cfg,
+            state_dir=tmp_path,
+            shard=0,
+            service_id="party0",
+            store=store,
+            writer=GroupWriter(store),
+            tracker=tracker,
+            keys={GW: key.public_key()},
+            stored=lambda _row, _outcome: None,
+            registry=CollectorRegistry(),
+        )
+        sharelog = await ShareLog.open(cfg, tmp_path, "test")
+        try:
+            feed.term = 3
+            await feed._subscription(sharelog)  # the term's consumer, nothing pending
+            issued = time.monotonic()  # the draining fetch's request went out here
+            through = now - 10**9
+            feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+            await feed._drained(sharelog, issued)
+            assert feed.health(time.time_ns()).notices_waiting == 0
+            assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+        finally:
+            await sharelog.close()
+            store.close()
