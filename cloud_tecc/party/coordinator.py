@@ -207,8 +207,7 @@ class Coordinator:
             try:
                 await self._session()
             except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                ran = self.session is Session.RUNNING
-                if ran:
+                if self.session is Session.RUNNING:  # it ran: the next one starts soon
                     pause, last = SESSION_RETRY_S, ""
                 self.sessions.labels(type(exc).__name__).inc()
                 # Repeated identical failures (a peer that keeps failing attestation) are

@@ -160,16 +160,20 @@ class ActiveShard:
         """While standby: verify the peers', the dealer's and the output's quotes every
         half ``attestation.refresh_s`` (every ``WARM_RETRY_S`` while one fails), so a
         takeover's session starts from verified identities instead of fetching quotes."""
-        every = self.cfg.service.trust.refresh_s / 2
+        every, last = self.cfg.service.trust.refresh_s / 2, ""
         while True:
             pause = every
             coordinator = self.coordinator
             if coordinator is not None and self.role == "standby":
                 try:
                     await coordinator.prewarm()
+                    last = ""
                 except (CloudError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.info("shard %d: standby could not verify %s", self.cfg.shard, exc)
-                    pause = min(every, WARM_RETRY_S)
+                    # logged once per distinct failure, then at debug level
+                    (log.debug if str(exc) == last else log.info)(
+                        "shard %d: standby could not verify %s", self.cfg.shard, exc
+                    )
+                    last, pause = str(exc), min(every, WARM_RETRY_S)
             await asyncio.sleep(pause)
 
     def _fenced(self) -> tuple[Lease, CommittedState, Client]:
