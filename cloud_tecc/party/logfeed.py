@@ -162,6 +162,7 @@ class LogFeed:
         self.history_seq = 0
         #: monotonic time at which the share consumer last had nothing pending
         self.caught_up = 0.0
+        self._t0, self._connected_s, self._told = 0.0, 0.0, True  # a term's start (run)
         #: The shard's parts not consumed yet, as the last fetch or consumer info said
         #: (None before the first answer of this term).
         self.pending: int | None = None
@@ -198,7 +199,9 @@ class LogFeed:
         self.term, self.caught_up, self._notices = term, 0.0, {}
         self.pending, self.last_part_ns, self.started_ns = None, None, time.time_ns()
         name = f"worker-{self.service_id}-{self.shard}"
+        self._t0, self._told = time.monotonic(), not term
         self.log = await ShareLog.open(self.cfg, self.state_dir, name, _RETRY_S)
+        self._connected_s = time.monotonic() - self._t0
         if term:
             while True:
                 try:
@@ -351,6 +354,17 @@ class LogFeed:
         self._apply_notices()
         if self._notices:
             await self._check_caught_up(sharelog)
+        if not self._told:  # a term's feed, once: how long its start took (docs/CLOUD.md)
+            self._told = True
+            log.info(
+                "shard %d: term %d's log feed caught up %.3f s after its start (connected in "
+                "%.3f s; the share stream was at sequence %d)",
+                self.shard,
+                self.term,
+                time.monotonic() - self._t0,
+                self._connected_s,
+                self.history_seq,
+            )
 
     async def _check_caught_up(self, sharelog: ShareLog) -> None:
         """Ask the consumer now: nothing pending and nothing unacked → caught up (no wait
