@@ -266,7 +266,11 @@ class LogFeed:
                 issued = time.monotonic()
                 try:
                     msgs = await sub.fetch(FETCH, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # nats.errors.TimeoutError (the lingering pull expired, as before),
+                    # or the plain one nats-py raises when its no-wait probe was answered
+                    # "no messages" and the deadline ran out before the lingering pull
+                    # (nats/js/client.py _fetch_n): nothing pending when it was served
                     self.lag.set(0)
                     self.pending = 0
                     await self._drained(sharelog, issued)  # nothing pending when served

@@ -6,10 +6,12 @@ let the epoch close before its data was stored (its readings then late).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -150,3 +152,61 @@ async def test_notice_during_the_history_is_applied_when_a_fetch_drains_it(
         finally:
             await sharelog.close()
             store.close()
+
+
+class _ProbeAnsweredNothing:
+    """A pull subscription whose fetch ends as nats-py's does when its no-wait probe
+    was answered "no messages" and the deadline ran out: a *plain* TimeoutError."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def fetch(self, batch: int, **_: float) -> list[Msg]:
+        self.fetches += 1
+        if self.fetches > 1:
+            await asyncio.Event().wait()  # the next fetch never returns (cancelled)
+        raise TimeoutError
+
+
+async def test_a_plain_fetch_timeout_opens_the_gate_like_nats_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fails on the code before this change: the plain TimeoutError was taken for a
+    consumer error (logged, 0.5 s pause, the gate left shut), so notices waited for a
+    fetch that ended in nats' own TimeoutError — 1-3 s of a takeover's first epoch."""
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    feed = LogFeed(
+        cfg=JetStreamConfig(servers=("nats://127.0.0.1:1",)),
+        state_dir=tmp_path,
+        shard=0,
+        service_id="party0",
+        store=store,
+        writer=GroupWriter(store),
+        tracker=tracker,
+        keys={GW: key.public_key()},
+        stored=lambda _row, _outcome: None,
+        registry=CollectorRegistry(),
+    )
+    through = now - 10**9
+    feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+    sub = _ProbeAnsweredNothing()
+
+    async def subscription(_sharelog: object) -> _ProbeAnsweredNothing:
+        return sub
+
+    monkeypatch.setattr(feed, "_subscription", subscription)
+    task = asyncio.create_task(feed._consume_shares(cast(ShareLog, None)))
+    try:
+        for _ in range(100):
+            if sub.fetches >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sub.fetches == 2
+        assert feed.health(time.time_ns()).notices_waiting == 0
+        assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+    finally:
+        task.cancel()
+        store.close()
