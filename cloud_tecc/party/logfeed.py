@@ -75,6 +75,9 @@ ACK_WAIT_S: Final = 30.0
 #: Notices kept per gateway while its shares are still being read.
 MAX_WAITING: Final = 64
 _RETRY_S: Final = 0.5
+#: How long a fetch waits for new parts; while progress notices wait for the gate.
+FETCH_S: Final = 1.0
+NOTICE_FETCH_S: Final = 0.1
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 #: A term's consumer left behind (its owner died or stood down) is removed after this.
 INACTIVE_S: Final = 120.0
@@ -264,8 +267,12 @@ class LogFeed:
                 if sub is None:
                     sub = await self._subscription(sharelog)
                 issued = time.monotonic()
+                # notices waiting while nothing is pending (their arrival raced the last
+                # drained fetch, whose acks the consumer had not counted yet): the next
+                # fetch that finds nothing applies them, so let it end soon
+                wait_s = NOTICE_FETCH_S if self._notices else FETCH_S
                 try:
-                    msgs = await sub.fetch(FETCH, timeout=1.0)
+                    msgs = await sub.fetch(FETCH, timeout=wait_s)
                 except TimeoutError:
                     # nats.errors.TimeoutError (the lingering pull expired, as before),
                     # or the plain one nats-py raises when its no-wait probe was answered

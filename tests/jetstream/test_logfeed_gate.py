@@ -210,3 +210,76 @@ async def test_a_plain_fetch_timeout_opens_the_gate_like_nats_one(
     finally:
         task.cancel()
         store.close()
+
+
+class _Sub:
+    """A pull subscription that records each fetch's timeout; ``arrive`` runs during the
+    first (a notice arriving while it is out), every fetch finds nothing."""
+
+    def __init__(self, arrive: Any) -> None:
+        self.timeouts: list[float] = []
+        self.arrive = arrive
+
+    async def fetch(self, batch: int, **kw: float) -> list[Msg]:
+        self.timeouts.append(kw["timeout"])
+        if len(self.timeouts) == 1:
+            self.arrive()
+        elif len(self.timeouts) > 2:
+            await asyncio.Event().wait()
+        raise TimeoutError
+
+
+class _NoInfo:
+    """A share log whose consumer info does not answer (as while acks are in flight)."""
+
+    class js:  # noqa: N801 - stands in for the attribute
+        @staticmethod
+        async def consumer_info(*_: object) -> None:
+            raise TimeoutError
+
+
+async def test_notice_racing_a_drained_fetch_is_applied_by_a_short_next_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notice that arrives while the draining fetch is out (and the consumer's info
+    cannot confirm it) is applied by the next fetch, which waits 0.1 s, not 1 s.
+
+    Fails on the code before this change (every fetch waited 1 s: the notices of a
+    takeover waited up to a second after its history was read).
+    """
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    feed = LogFeed(
+        cfg=JetStreamConfig(servers=("nats://127.0.0.1:1",)),
+        state_dir=tmp_path,
+        shard=0,
+        service_id="party0",
+        store=store,
+        writer=GroupWriter(store),
+        tracker=tracker,
+        keys={GW: key.public_key()},
+        stored=lambda _row, _outcome: None,
+        registry=CollectorRegistry(),
+    )
+    through = now - 10**9
+    notice = _msg(seal_progress(Progress(GW, "party0", through, now), key), 1)
+    sub = _Sub(lambda: feed._notice(notice))
+
+    async def subscription(_sharelog: object) -> _Sub:
+        return sub
+
+    monkeypatch.setattr(feed, "_subscription", subscription)
+    task = asyncio.create_task(feed._consume_shares(cast(ShareLog, _NoInfo())))
+    try:
+        for _ in range(100):
+            if len(sub.timeouts) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sub.timeouts[:2] == [1.0, 0.1]
+        assert feed.health(time.time_ns()).notices_waiting == 0  # applied by the second
+        assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+    finally:
+        task.cancel()
+        store.close()
