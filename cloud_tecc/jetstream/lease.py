@@ -52,7 +52,12 @@ from cloud_tecc.jetstream.kv import (
     open_bucket,
     shard_key,
 )
-from cloud_tecc.jetstream.leaserecord import LeaseRecord, LeaseState, check_lease_args
+from cloud_tecc.jetstream.leaserecord import (
+    LeaseRecord,
+    LeaseState,
+    check_lease_args,
+    standby_poll_s,
+)
 
 __all__ = ["Lease", "LeaseRecord", "LeaseState"]
 
@@ -248,7 +253,7 @@ class Lease:
                     return self.token
             except TRANSIENT as exc:
                 log.debug("shard %d: lease bucket unreachable (%r)", self.shard, exc)
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(standby_poll_s(self._seen_other, self.poll_s, self._wall_ns()))
 
     def _became_held(self, revision: int, record: LeaseRecord, sent_at: float) -> None:
         self.state = LeaseState.HELD

@@ -12,6 +12,8 @@ import re
 import msgspec
 
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+#: A standby's poll while the holder it saw is due to expire (:func:`standby_poll_s`).
+FAST_POLL_S = 0.05
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -52,3 +54,21 @@ def check_lease_args(*, shard: int, worker_id: str, ttl_s: int, grace_s: float) 
             f"worker_id: {worker_id!r} must be 1-128 of A-Z a-z 0-9 _ . : - "
             "(e.g. the host name and process id)"
         )
+
+
+def standby_poll_s(holder: LeaseRecord | None, poll_s: float, now_ns: int) -> float:
+    """A standby's pause before its next look at the key: ``poll_s``, or
+    :data:`FAST_POLL_S` from ``poll_s`` before the ``holder`` it saw is due to expire
+    (its last renewal + its TTL, on this host's wall clock ``now_ns``) until a second
+    after.
+
+    A live holder renews every TTL / 3, so its due time stays far ahead and the fast
+    polls start only once it missed renewals (it died or froze). The server still
+    decides the expiry; this only looks sooner.
+    """
+    if holder is None:
+        return poll_s
+    due_ns = holder.renewed_ns + holder.ttl_s * 10**9
+    if due_ns - poll_s * 1e9 <= now_ns <= due_ns + 1e9:
+        return min(poll_s, FAST_POLL_S)
+    return poll_s

@@ -66,6 +66,18 @@ def encode_batch(party: int, seq: int, bundles: list[Bundle]) -> bytes:
     return b"".join(parts)
 
 
+def batch_seq(data: bytes, *, party: int) -> int:
+    """The sequence number of a frame addressed to ``party`` (its header only)."""
+    if len(data) < _HEAD.size:
+        raise CorrelationError(
+            f"dealer frame is truncated: {len(data)} bytes, the header alone is {_HEAD.size}"
+        )
+    magic, to, seq, _ = _HEAD.unpack_from(data)
+    if magic != MAGIC or to != party:
+        raise CorrelationError(f"not a dealer frame for party {party} (magic {magic!r}, to {to})")
+    return int(seq)
+
+
 def decode_batch(data: bytes, *, party: int) -> tuple[int, list[Bundle]]:
     """Parse a frame addressed to ``party``; return (seq, bundles)."""
     if len(data) < _HEAD.size:

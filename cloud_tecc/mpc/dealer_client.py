@@ -16,10 +16,13 @@ thread) the next batches ahead of use, so network, parsing and the party's
 offline work overlap the computation. It expands :data:`GROUP` batches at a
 time into joined arrays and hands out each batch as a view of them, so a
 ``take`` that spans consecutive batches of a group is a view, not a copy.
-The correlation store still changes only
-inside :meth:`take`, in program order, so every party's store — including the
-trimming of kinds the program uses less than the dealer's plan provides — is
-a function of the program alone.
+A fresh link expands nothing before :meth:`align` (or a first use):
+:meth:`next_seq` reads the first batch's number from its frame header, and
+batches below the alignment's target are dropped unexpanded, so a session's
+start does not wait for the expansion of batches it skips. The correlation
+store still changes only inside :meth:`take`, in program order, so every
+party's store — including the trimming of kinds the program uses less than the
+dealer's plan provides — is a function of the program alone.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_tecc.mpc import wslink
-from cloud_tecc.mpc.bundle_wire import REQUEST, decode_batch
+from cloud_tecc.mpc.bundle_wire import REQUEST, batch_seq, decode_batch
 from cloud_tecc.mpc.correlations import Batch, Bundle, Kind, materialise_many
 from cloud_tecc.mpc.errors import CorrelationError, PeerLostError
 from cloud_tecc.mpc.handshake import LinkSuite
@@ -47,6 +50,12 @@ READ_AHEAD: Final = 8
 #: Batches expanded together (a take within them needs no copy).
 GROUP: Final = 4
 _Item = tuple[int, list[Batch]] | BaseException
+
+
+def _retrieved(first: asyncio.Future[int]) -> None:
+    """Mark a failed first-frame future's exception as seen (a link nobody aligned)."""
+    if not first.cancelled():
+        first.exception()
 
 
 class DealerLink:
@@ -67,6 +76,16 @@ class DealerLink:
         self.bytes_received = 0
         self.wait_s_total = 0.0
         self._peak: dict[Kind, int] = {}
+        #: Frames below this sequence number are dropped unexpanded (set by :meth:`align`).
+        self._skip_below = 0
+        #: Sequence number of the link's first frame, from its header (before expansion).
+        self._first: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._first.add_done_callback(_retrieved)
+        self._taken = False  # whether any batch was handed out of the queue yet
+        self._go = asyncio.Event()  # set by align() or a first use: expand from here on
+        self._expect: int | None = None  # the batch the next one must be (a lazy align)
+        #: Frames dropped unexpanded by an alignment.
+        self.skipped = 0
 
     @classmethod
     async def connect(
@@ -124,13 +143,22 @@ class DealerLink:
                 for _ in range(GROUP):
                     frames.append(await ws.receive(self.wait_s, "a dealer batch"))
                     self.bytes_received += len(frames[-1])
+                    if not self._first.done():
+                        self._first.set_result(batch_seq(frames[-1], party=self.party))
                     await ws.send(REQUEST)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failure = exc
+                if not self._first.done():
+                    self._first.set_exception(PeerLostError(f"dealer link failed: {exc}"))
+            # nothing is expanded before the session's alignment (or a first use) says
+            # from which batch on: those below it are dropped as they are
+            await self._go.wait()
             try:
-                items = await asyncio.to_thread(self._expand, frames) if frames else []
+                kept = [f for f in frames if batch_seq(f, party=self.party) >= self._skip_below]
+                self.skipped += len(frames) - len(kept)
+                items = await asyncio.to_thread(self._expand, kept) if kept else []
             except Exception as exc:
                 items, failure = [], exc
             self.fetched += len(items)
@@ -163,22 +191,51 @@ class DealerLink:
         return self._reader is not None and self._reader.done() and not self._reader.cancelled()
 
     async def _next(self) -> tuple[int, list[Batch]]:
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            self._queue.put_nowait(item)
-            raise PeerLostError(f"dealer link failed: {item}") from item
+        self._taken = True
+        self._go.set()
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                self._queue.put_nowait(item)
+                raise PeerLostError(f"dealer link failed: {item}") from item
+            if item[0] >= self._skip_below:  # below: expanded before an alignment
+                break
+        expect, self._expect = self._expect, None
+        if expect is not None and item[0] != expect:
+            raise CorrelationError(f"dealer is at batch {item[0]}, beyond {expect}")
         return item
 
     async def next_seq(self) -> int:
-        """Sequence number of the next batch this party will use."""
+        """Sequence number of the next batch this party will use.
+
+        On a fresh link that is the first frame's, read from its header: the session's
+        alignment need not wait for the first group's expansion.
+        """
+        if self._head is None and not self._taken:
+            return await asyncio.shield(self._first)
         if self._head is None:
             self._head = await self._next()
         return self._head[0]
 
     async def align(self, target: int) -> None:
-        """Drop everything held and skip batches until the next one is ``target``."""
+        """Drop everything held and skip batches until the next one is ``target``.
+
+        Frames below ``target`` not yet received are dropped by the reader unexpanded.
+        On a fresh link this returns without waiting for any batch: the first frame's
+        header says whether ``target`` is still to come (else :class:`CorrelationError`),
+        and the first :meth:`take` waits for its expansion, so the session's first
+        agreement round runs meanwhile.
+        """
         self.store = CorrelationStore(self.party, self.frac_bits)
         self._peak = {}
+        self._skip_below = max(self._skip_below, target)
+        self._go.set()
+        if self._head is None and not self._taken:
+            first = await asyncio.shield(self._first)
+            if first > target:
+                raise CorrelationError(f"dealer is at batch {first}, beyond {target}")
+            self._expect = target
+            return
         if self._head is None:
             self._head = await self._next()
         while self._head[0] < target:

@@ -48,6 +48,9 @@ _CLOSED: Final = object()
 TOKEN_BYTES: Final = 16
 #: How long closing the mesh waits for the peers' closing handshakes.
 CLOSE_S: Final = 1.0
+#: Pause after a round over a peer's addresses in which none answered, doubling up to the max.
+DIAL_PAUSE_S: Final = 0.05
+DIAL_PAUSE_MAX_S: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,8 @@ class MeshConfig:
     #: More addresses of a peer, dialled in turn after ``addresses[j]`` (a peer party
     #: whose shard has standbys: only its lease holder listens, docs/CLOUD.md).
     alternates: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
-    #: How long one address of several is tried before the next.
+    #: The longest one attempt at an address of several may take (a listener that
+    #: accepts and never answers); a refused address is left at once for the next.
     attempt_s: float = 1.5
     n: int = field(init=False)
 
@@ -155,19 +159,31 @@ class WsTransport:
         return self
 
     async def _dial(self, j: int, deadline: float) -> wslink.Link:
-        """Connect to peer ``j``: its one address, or each of its addresses in turn."""
+        """Connect to peer ``j``: its one address, or its addresses in turn until one answers.
+
+        With several addresses (a peer shard with standbys: only its lease holder
+        listens) each round tries every address once and moves on at a refusal, so
+        a dead or standby worker listed first costs a refused connect, not
+        ``attempt_s``; a listener that accepts and never answers (frozen) is given
+        ``attempt_s``. Between rounds ``DIAL_PAUSE_S``, doubling up to ``DIAL_PAUSE_MAX_S``.
+        """
         cfg, loop = self.cfg, asyncio.get_running_loop()
         addresses = [cfg.addresses[j], *cfg.alternates.get(j, ())]
         session = self._session
         if session is None:
             raise PeerLostError("the mesh is not started")
+        several = len(addresses) > 1
+        pause = DIAL_PAUSE_S
         while True:
             for host, port in addresses:
-                several = len(addresses) > 1
-                until = min(deadline, loop.time() + cfg.attempt_s) if several else deadline
+                # several: one attempt (deadline now); one: retried until the deadline
+                until = loop.time() if several else deadline
+                bound = (
+                    min(cfg.attempt_s, deadline - loop.time()) if several else until - loop.time()
+                )
                 try:
                     # a frozen listener accepts TCP and never answers: bound each attempt
-                    async with asyncio.timeout(max(until - loop.time(), 0.01) + 0.5):
+                    async with asyncio.timeout(max(bound, 0.01) + 0.5):
                         return await wslink.connect_retrying(
                             session,
                             f"{wslink.scheme(cfg.client_tls)}://{host}:{port}/mpc",
@@ -184,6 +200,8 @@ class WsTransport:
                     if not several or loop.time() >= deadline:
                         raise
                     log.debug("party %d not at %s:%d; trying its next address", j, host, port)
+            await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+            pause = min(2 * pause, DIAL_PAUSE_MAX_S)
 
     async def _paired(self) -> None:
         """Wait until each peer's accepted connection comes from the transport we reached."""

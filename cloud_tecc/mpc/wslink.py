@@ -60,6 +60,8 @@ MAX_ACCEPT_FRAME: Final = handshake.MAX_MESSAGE
 MAX_MESSAGE: Final = 1 << 30
 #: Time an unauthenticated peer has to complete the handshake.
 HANDSHAKE_S: Final = 5.0
+#: Longest pause between two attempts of :func:`connect_retrying` (refused connections).
+RETRY_MAX_S: Final = 0.2
 #: Upgrades that may be in their handshake at once per listener; more are refused (503).
 MAX_PENDING: Final = 16
 _MORE, _LAST = b"\x01", b"\x00"
@@ -341,7 +343,11 @@ async def connect_retrying(
     deadline: float,
     **kwargs: object,
 ) -> Link:
-    """:func:`connect`, retrying refused connections until ``deadline`` (loop time)."""
+    """:func:`connect`, retrying refused connections until ``deadline`` (loop time).
+
+    Pauses 50 ms after the first refusal, doubling up to ``RETRY_MAX_S``: a peer
+    that is between two sessions listens again within a few hundred ms.
+    """
     loop = asyncio.get_running_loop()
     delay = 0.05
     while True:
@@ -353,7 +359,7 @@ async def connect_retrying(
             if loop.time() + delay > deadline:
                 raise PeerLostError(f"cannot reach {url}: {exc}; is that service running?") from exc
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, RETRY_MAX_S)
 
 
 async def connect_dealer(

@@ -33,7 +33,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.analytics.secure import secure_epoch
-from cloud_tecc.config import Endpoint, PartyConfig, parse_hostport
+from cloud_tecc.config import Endpoint, PartyConfig
 from cloud_tecc.enclave.identity import Enclave
 from cloud_tecc.enclave.trust import AttestedDirectory, reattest
 from cloud_tecc.errors import CloudError, PeerError
@@ -52,7 +52,6 @@ from cloud_tecc.mpc.handshake import LinkSuite, shard_session
 from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
-from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
 from cloud_tecc.party.dealer_choice import DealerChoice
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
@@ -60,6 +59,7 @@ from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
 from cloud_tecc.party.pacing import IdlePacer, Incoming
 from cloud_tecc.party.rounds import AgreementRound
+from cloud_tecc.party.session import open_mesh
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.channel import dumps, seal_message
 from tecc_contract.attestation import VerifiedIdentity
@@ -71,8 +71,9 @@ RESULTS_PURPOSE: Final = "results"
 PRUNE_EVERY: Final = 50
 #: How long a party tries to link to a dealer that just attested (then the next one).
 DEALER_CONNECT_S: Final = 5.0
-#: The pause before the next session when the last one lost its dealer (else 1 s).
-DEALER_LOST_PAUSE_S: Final = 0.2
+#: Pause before the next session after one that ran; doubled per failure in a row, up to the max.
+SESSION_RETRY_S: Final = 0.05
+SESSION_RETRY_MAX_S: Final = 1.0
 
 
 class Session(enum.Enum):
@@ -128,7 +129,6 @@ class Coordinator:
         )
         #: The shard's dealers: which one this session uses (party 0 chooses).
         self.dealer = DealerChoice(cfg.dealers, party=cfg.party, registry=registry)
-        self._dealer_lost = False  # the last session ended with its dealer link failed
         self._since_prune = 0
         self._outbox = asyncio.Event()
         #: Set when a progress notice moves a gateway forward: the idle wait ends (pacing).
@@ -209,21 +209,58 @@ class Coordinator:
             return f"waiting: {self._session_error}"
         return str(self.session.value)
 
-    async def run(self) -> None:
-        """Session loop: never returns; failures are logged and retried."""
+    async def run(self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Session loop: never returns; failures are logged and retried.
+
+        The first retry after a session that ran comes after ``SESSION_RETRY_S``
+        (a peer's worker was replaced: its successor listens within a second);
+        each further failure in a row doubles the pause up to ``SESSION_RETRY_MAX_S``.
+        """
+        pause, last = SESSION_RETRY_S, ""
         while True:
             try:
                 await self._session()
             except (CloudError, MpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if self.session is Session.RUNNING:  # it ran: the next one starts soon
+                    pause, last = SESSION_RETRY_S, ""
                 self.sessions.labels(type(exc).__name__).inc()
                 # Repeated identical failures (a peer that keeps failing attestation) are
                 # logged once, then at debug level.
-                again = self.session is Session.WAITING and self._session_error == str(exc)
-                (log.debug if again else log.warning)("MPC session ended: %s", exc)
-                self.session, self._session_error = Session.WAITING, str(exc)
-            # a lost dealer is not this session's peers' fault: choose again (the standby) soon
-            lost, self._dealer_lost = self._dealer_lost, False
-            await asyncio.sleep(DEALER_LOST_PAUSE_S if lost else 1.0)
+                (log.debug if last == str(exc) else log.warning)("MPC session ended: %s", exc)
+                last = str(exc)
+                self.session, self._session_error = Session.WAITING, last
+            await sleep(pause)
+            pause = min(2 * pause, SESSION_RETRY_MAX_S)
+
+    async def prewarm(self) -> None:
+        """Verify every peer's, every listed dealer's and the output's quote now, over fresh nonces.
+
+        A standby calls this every half ``attestation.refresh_s``, so its directory
+        always holds identities verified less than ``refresh_s`` ago: the session of
+        a takeover starts from them (as any new session within ``refresh_s`` of a
+        check does) instead of fetching quotes. :class:`PeerError` naming one that
+        fails (the others are verified all the same).
+        """
+        cfg = self.cfg
+
+        async def peer(i: int) -> None:
+            ep = cfg.peers[i]
+            try:
+                await self.directory.identity(ep, "party", force=True)
+            except PeerError:
+                self.peer_attested.labels(ep.service_id).set(0)
+                raise
+            self.peer_attested.labels(ep.service_id).set(1)
+
+        done = await asyncio.gather(
+            *(peer(i) for i in self.peers),
+            *(self.directory.identity(ep, "dealer", force=True) for ep in cfg.dealers),
+            self.directory.identity(cfg.output, "output", force=True),
+            return_exceptions=True,
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _attest_peers(self, *, force: bool = False) -> dict[int, bytes]:
         """Every peer's attested signing key; PeerError naming the first that fails."""
@@ -245,24 +282,12 @@ class Coordinator:
     async def _session(self) -> None:
         cfg = self.cfg
         self.session = Session.ATTESTING
+        t0 = time.perf_counter()
+        # in turn, so /healthz shows the first that fails (a warm standby: all cached)
         self._peer_keys = await self._attest_peers()
-        addresses = {cfg.party: parse_hostport(cfg.mpc_listen)}
-        addresses.update({i: cfg.peers[i].mpc_address for i in self.peers})
-        # a peer with standbys: every worker's address, dialled in turn (only its owner listens)
-        alternates = {i: cfg.peers[i].mpc_candidates[1:] for i in self.peers}
-        mesh = await WsTransport.start(
-            MeshConfig(
-                party=cfg.party,
-                addresses=addresses,
-                key=self.enclave.keys.sign,
-                peer_keys={i: ed25519_public_from_bytes(k) for i, k in self._peer_keys.items()},
-                round_timeout=60.0,
-                connect_timeout=30.0,
-                suite=LinkSuite.from_label(cfg.suite.value),
-                session=self.mpc_session,
-                alternates={i: a for i, a in alternates.items() if a},
-            )
-        )
+        t1 = time.perf_counter()
+        mesh = await open_mesh(cfg, self.enclave, self._peer_keys, self.mpc_session)
+        t2 = time.perf_counter()
         link: DealerLink | None = None
         try:
             # one dealer for all N (party 0 chooses), streams aligned (dealer_choice.py)
@@ -271,8 +296,13 @@ class Coordinator:
             self.sessions.labels("started").inc()
             self.session = Session.RUNNING
             log.info(
-                "MPC session with %s up",
+                "MPC session with %s up on dealer %s: attested in %.0f ms, mesh in %.0f ms, "
+                "dealer chosen, linked and aligned in %.0f ms",
                 ", ".join(cfg.peers[i].service_id for i in self.peers),
+                used.endpoint.service_id,
+                1e3 * (t1 - t0),
+                1e3 * (t2 - t1),
+                1e3 * (time.perf_counter() - t2),
             )
             loop = asyncio.get_running_loop()
             due = loop.time() + cfg.service.trust.reattest_s
@@ -294,7 +324,6 @@ class Coordinator:
         finally:
             await mesh.close()
             if link is not None:
-                self._dealer_lost = link.lost
                 await link.close()
 
     async def _attest_dealer(self, ep: Endpoint, fresh: bool) -> VerifiedIdentity:

@@ -75,6 +75,9 @@ ACK_WAIT_S: Final = 30.0
 #: Notices kept per gateway while its shares are still being read.
 MAX_WAITING: Final = 64
 _RETRY_S: Final = 0.5
+#: How long a fetch waits for new parts; while progress notices wait for the gate.
+FETCH_S: Final = 1.0
+NOTICE_FETCH_S: Final = 0.1
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 #: A term's consumer left behind (its owner died or stood down) is removed after this.
 INACTIVE_S: Final = 120.0
@@ -162,6 +165,7 @@ class LogFeed:
         self.history_seq = 0
         #: monotonic time at which the share consumer last had nothing pending
         self.caught_up = 0.0
+        self._t0, self._connected_s, self._told = 0.0, 0.0, True  # a term's start (run)
         #: The shard's parts not consumed yet, as the last fetch or consumer info said
         #: (None before the first answer of this term).
         self.pending: int | None = None
@@ -198,7 +202,9 @@ class LogFeed:
         self.term, self.caught_up, self._notices = term, 0.0, {}
         self.pending, self.last_part_ns, self.started_ns = None, None, time.time_ns()
         name = f"worker-{self.service_id}-{self.shard}"
+        self._t0, self._told = time.monotonic(), not term
         self.log = await ShareLog.open(self.cfg, self.state_dir, name, _RETRY_S)
+        self._connected_s = time.monotonic() - self._t0
         if term:
             while True:
                 try:
@@ -261,13 +267,20 @@ class LogFeed:
                 if sub is None:
                     sub = await self._subscription(sharelog)
                 issued = time.monotonic()
+                # notices waiting while nothing is pending (their arrival raced the last
+                # drained fetch, whose acks the consumer had not counted yet): the next
+                # fetch that finds nothing applies them, so let it end soon
+                wait_s = NOTICE_FETCH_S if self._notices else FETCH_S
                 try:
-                    msgs = await sub.fetch(FETCH, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    self.caught_up = issued  # nothing pending when the request was served
+                    msgs = await sub.fetch(FETCH, timeout=wait_s)
+                except TimeoutError:
+                    # nats.errors.TimeoutError (the lingering pull expired, as before),
+                    # or the plain one nats-py raises when its no-wait probe was answered
+                    # "no messages" and the deadline ran out before the lingering pull
+                    # (nats/js/client.py _fetch_n): nothing pending when it was served
                     self.lag.set(0)
                     self.pending = 0
-                    self._apply_notices()
+                    await self._drained(sharelog, issued)  # nothing pending when served
                     continue
                 if not msgs:
                     continue
@@ -277,8 +290,9 @@ class LogFeed:
                 self.pending = pending
                 self.last_part_ns = int(msgs[-1].metadata.timestamp.timestamp() * 1e9)
                 if pending == 0:
-                    self.caught_up = issued
-                self._apply_notices()
+                    await self._drained(sharelog, issued)
+                else:
+                    self._apply_notices()
             except _NATS_ERRORS as exc:
                 log.warning("share consumer: %s %s; retrying", type(exc).__name__, exc)
                 await asyncio.sleep(_RETRY_S)
@@ -341,6 +355,27 @@ class LogFeed:
             except Exception as exc:  # a defect must not stop the shard: log, resubscribe
                 log.error("progress consumer failed (%s); resubscribing", type(exc).__name__)
                 await asyncio.sleep(_RETRY_S)
+
+    async def _drained(self, sharelog: ShareLog, issued: float) -> None:
+        """A fetch issued at ``issued`` left nothing pending: apply the notices that
+        arrived before it; for any that arrived since (a takeover's notices come while
+        its history is read) ask the consumer now instead of waiting for the next
+        fetch's 1 s timeout or the next notice."""
+        self.caught_up = max(self.caught_up, issued)
+        self._apply_notices()
+        if self._notices:
+            await self._check_caught_up(sharelog)
+        if not self._told:  # a term's feed, once: how long its start took (docs/CLOUD.md)
+            self._told = True
+            log.info(
+                "shard %d: term %d's log feed caught up %.3f s after its start (connected in "
+                "%.3f s; the share stream was at sequence %d)",
+                self.shard,
+                self.term,
+                time.monotonic() - self._t0,
+                self._connected_s,
+                self.history_seq,
+            )
 
     async def _check_caught_up(self, sharelog: ShareLog) -> None:
         """Ask the consumer now: nothing pending and nothing unacked → caught up (no wait

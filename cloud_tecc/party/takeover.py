@@ -5,7 +5,10 @@ Every worker of a shard (``jetstream:`` set) contends for the lease
 supervisor of :func:`~cloud_tecc.jetstream.standby.run_while_leased`:
 
 - **standby**: nothing runs but ``/healthz`` (``"role": "standby"``, the owner it
-  sees) and ``/metrics``; no log consumer, no MPC listener, no dealer link.
+  sees), ``/metrics`` and the quote checks of the peers, the dealer and the
+  output every half ``attestation.refresh_s`` (a warm standby: a takeover's
+  session starts from verified identities); no log consumer, no MPC listener,
+  no dealer link.
 - **on acquiring** (token *t*): ``CommittedState.claim(fence=t)``, then the store is
   rebuilt from the party's log — the committed epochs up to the record's
   ``log_seq`` (:mod:`cloud_tecc.jetstream.epochlog`: states, epochs, result
@@ -34,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -55,6 +59,8 @@ log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
 #: Pause between attempts to record an epoch while the party's JetStream elects a leader.
 COMMIT_RETRY_S = 0.25
+#: A standby's next quote check after one failed (a peer down): sooner than refresh_s / 2.
+WARM_RETRY_S = 2.0
 
 
 class ActiveShard:
@@ -120,6 +126,7 @@ class ActiveShard:
                 await asyncio.sleep(_RETRY_S)
         self.role = "standby"
         watcher = asyncio.create_task(self._watch_owner(), name="lease-owner")
+        warm = asyncio.create_task(self._keep_warm(), name="standby-attestation")
         try:
             while True:
                 try:
@@ -135,6 +142,7 @@ class ActiveShard:
                     await asyncio.sleep(_RETRY_S)
         finally:
             watcher.cancel()
+            warm.cancel()
             with contextlib.suppress(*TRANSIENT):
                 await self.nc.close()
 
@@ -147,6 +155,26 @@ class ActiveShard:
                     self.owner = rec.worker_id if rec is not None else ""
                     self._owner_since_ns = rec.acquired_ns if rec is not None else 0
             await asyncio.sleep(1.0)
+
+    async def _keep_warm(self) -> None:
+        """While standby: verify the peers', the dealer's and the output's quotes every
+        half ``attestation.refresh_s`` (every ``WARM_RETRY_S`` while one fails), so a
+        takeover's session starts from verified identities instead of fetching quotes."""
+        every, last = self.cfg.service.trust.refresh_s / 2, ""
+        while True:
+            pause = every
+            coordinator = self.coordinator
+            if coordinator is not None and self.role == "standby":
+                try:
+                    await coordinator.prewarm()
+                    last = ""
+                except (CloudError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    # logged once per distinct failure, then at debug level
+                    (log.debug if str(exc) == last else log.info)(
+                        "shard %d: standby could not verify %s", self.cfg.shard, exc
+                    )
+                    last, pause = str(exc), min(every, WARM_RETRY_S)
+            await asyncio.sleep(pause)
 
     def _fenced(self) -> tuple[Lease, CommittedState, Client]:
         if self.lease is None or self.commits is None or self.nc is None:

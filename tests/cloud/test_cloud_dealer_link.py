@@ -71,3 +71,50 @@ async def test_links_stay_aligned_through_trimming_and_realignment() -> None:
         for lk in links:
             await lk.close()
         await dealer.close()
+
+
+async def test_alignment_drops_skipped_batches_unexpanded() -> None:
+    """A link far behind skips to the other party's batch without expanding the gap.
+
+    Fails on the code before this change (every skipped batch was received, expanded
+    and then dropped, the first sequence number waited for a whole expanded group
+    and the alignment for the target's expansion: the CPU-bound part of a
+    takeover's session start).
+    """
+    dealer_key = Ed25519PrivateKey.generate()
+    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    dealer = DealerService(
+        n=2,
+        plan=Plan(triples=100, truncs=50, comparisons=10),
+        key=dealer_key,
+        party_keys={i: k.public_key() for i, k in enumerate(keys)},
+        depth=16,
+    )
+    port = _port()
+    await dealer.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/dealer"
+
+    async def link(i: int) -> DealerLink:
+        return await DealerLink.connect(
+            url, party=i, key=keys[i], dealer_key=dealer_key.public_key(), wait_s=10
+        )
+
+    ahead = await link(0)
+    behind: DealerLink | None = None
+    try:
+        await ahead.take(Kind.TRIPLE, 1200)  # 12 batches used by party 0 alone
+        behind = await link(1)
+        seqs = [await ahead.next_seq(), await behind.next_seq()]
+        assert seqs[0] >= 12, seqs
+        assert seqs[1] == 0, seqs
+        for lk in (ahead, behind):
+            await lk.align(seqs[0])
+        assert behind.fetched == 0  # the alignment waited for no expansion
+        got = await asyncio.gather(*(lk.take(Kind.TRIPLE, 120) for lk in (ahead, behind)))
+        assert _triples_hold(*got)
+        assert behind.skipped == seqs[0]  # batches 0 .. seqs[0] - 1, none expanded
+    finally:
+        await ahead.close()
+        if behind is not None:
+            await behind.close()
+        await dealer.close()

@@ -14,6 +14,7 @@ from nats.aio.client import Client
 
 from cloud_tecc.jetstream.kv import LEASES_BUCKET, KVError, open_bucket, shard_key
 from cloud_tecc.jetstream.lease import Lease, LeaseRecord, LeaseState
+from cloud_tecc.jetstream.leaserecord import FAST_POLL_S, standby_poll_s
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 
 pytestmark = pytest.mark.processes
@@ -219,3 +220,19 @@ async def test_renewal_whose_reply_was_lost_keeps_the_term(
             assert lease.held
         assert lease.revision > landed
         assert lease.token < landed
+
+
+def test_standby_looks_sooner_once_the_holder_is_due() -> None:
+    """While the holder it saw renews, a standby polls every ``poll_s``; from ``poll_s``
+    before that holder's last renewal + TTL it polls every 50 ms (until a second after).
+
+    Fails on the code before this change (the standby polled every 0.2 s throughout, so
+    it found the expired key 0.1 s late on average, up to 0.2 s).
+    """
+    s = 10**9
+    holder = LeaseRecord(worker_id="w-a", acquired_ns=0, renewed_ns=100 * s, ttl_s=2)
+    assert standby_poll_s(None, 0.2, 101 * s) == 0.2
+    assert standby_poll_s(holder, 0.2, 100 * s + s // 2) == 0.2  # renewed 0.5 s ago: alive
+    assert standby_poll_s(holder, 0.2, 101 * s + 85 * s // 100) == FAST_POLL_S == 0.05
+    assert standby_poll_s(holder, 0.2, 102 * s + s // 2) == FAST_POLL_S  # just expired
+    assert standby_poll_s(holder, 0.2, 103 * s + s // 10) == 0.2  # long gone: skewed clocks

@@ -6,10 +6,12 @@ let the epoch close before its data was stored (its readings then late).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -107,3 +109,177 @@ async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path
         finally:
             await sharelog.close()
             store.close()
+
+
+async def test_notice_during_the_history_is_applied_when_a_fetch_drains_it(
+    tmp_path: Path,
+) -> None:
+    """A takeover's notices arrive while its history is fetched: the fetch that drains
+    it asks the consumer at once, the notices apply then (not a fetch timeout later).
+
+    Fails on the code before this change: such a notice arrived after the draining
+    fetch was issued, so it waited for the next fetch's 1 s timeout (or the next
+    notice) — up to a second of every takeover's first epoch.
+    """
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    with start_node(tmp_path / "nats") as nd:
+        cfg = JetStreamConfig(servers=tuple(nd.servers))
+        feed = LogFeed(
+            cfg=cfg,
+            state_dir=tmp_path,
+            shard=0,
+            service_id="party0",
+            store=store,
+            writer=GroupWriter(store),
+            tracker=tracker,
+            keys={GW: key.public_key()},
+            stored=lambda _row, _outcome: None,
+            registry=CollectorRegistry(),
+        )
+        sharelog = await ShareLog.open(cfg, tmp_path, "test")
+        try:
+            feed.term = 3
+            await feed._subscription(sharelog)  # the term's consumer, nothing pending
+            issued = time.monotonic()  # the draining fetch's request went out here
+            through = now - 10**9
+            feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+            await feed._drained(sharelog, issued)
+            assert feed.health(time.time_ns()).notices_waiting == 0
+            assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+        finally:
+            await sharelog.close()
+            store.close()
+
+
+class _ProbeAnsweredNothing:
+    """A pull subscription whose fetch ends as nats-py's does when its no-wait probe
+    was answered "no messages" and the deadline ran out: a *plain* TimeoutError."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def fetch(self, batch: int, **_: float) -> list[Msg]:
+        self.fetches += 1
+        if self.fetches > 1:
+            await asyncio.Event().wait()  # the next fetch never returns (cancelled)
+        raise TimeoutError
+
+
+async def test_a_plain_fetch_timeout_opens_the_gate_like_nats_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fails on the code before this change: the plain TimeoutError was taken for a
+    consumer error (logged, 0.5 s pause, the gate left shut), so notices waited for a
+    fetch that ended in nats' own TimeoutError — 1-3 s of a takeover's first epoch."""
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    feed = LogFeed(
+        cfg=JetStreamConfig(servers=("nats://127.0.0.1:1",)),
+        state_dir=tmp_path,
+        shard=0,
+        service_id="party0",
+        store=store,
+        writer=GroupWriter(store),
+        tracker=tracker,
+        keys={GW: key.public_key()},
+        stored=lambda _row, _outcome: None,
+        registry=CollectorRegistry(),
+    )
+    through = now - 10**9
+    feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+    sub = _ProbeAnsweredNothing()
+
+    async def subscription(_sharelog: object) -> _ProbeAnsweredNothing:
+        return sub
+
+    monkeypatch.setattr(feed, "_subscription", subscription)
+    task = asyncio.create_task(feed._consume_shares(cast(ShareLog, None)))
+    try:
+        for _ in range(100):
+            if sub.fetches >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sub.fetches == 2
+        assert feed.health(time.time_ns()).notices_waiting == 0
+        assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+    finally:
+        task.cancel()
+        store.close()
+
+
+class _Sub:
+    """A pull subscription that records each fetch's timeout; ``arrive`` runs during the
+    first (a notice arriving while it is out), every fetch finds nothing."""
+
+    def __init__(self, arrive: Any) -> None:
+        self.timeouts: list[float] = []
+        self.arrive = arrive
+
+    async def fetch(self, batch: int, **kw: float) -> list[Msg]:
+        self.timeouts.append(kw["timeout"])
+        if len(self.timeouts) == 1:
+            self.arrive()
+        elif len(self.timeouts) > 2:
+            await asyncio.Event().wait()
+        raise TimeoutError
+
+
+class _NoInfo:
+    """A share log whose consumer info does not answer (as while acks are in flight)."""
+
+    class js:  # noqa: N801 - stands in for the attribute
+        @staticmethod
+        async def consumer_info(*_: object) -> None:
+            raise TimeoutError
+
+
+async def test_notice_racing_a_drained_fetch_is_applied_by_a_short_next_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notice that arrives while the draining fetch is out (and the consumer's info
+    cannot confirm it) is applied by the next fetch, which waits 0.1 s, not 1 s.
+
+    Fails on the code before this change (every fetch waited 1 s: the notices of a
+    takeover waited up to a second after its history was read).
+    """
+    key = Ed25519PrivateKey.generate()
+    now = time.time_ns()
+    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
+    store = ShareStore(tmp_path / "shares.db")
+    feed = LogFeed(
+        cfg=JetStreamConfig(servers=("nats://127.0.0.1:1",)),
+        state_dir=tmp_path,
+        shard=0,
+        service_id="party0",
+        store=store,
+        writer=GroupWriter(store),
+        tracker=tracker,
+        keys={GW: key.public_key()},
+        stored=lambda _row, _outcome: None,
+        registry=CollectorRegistry(),
+    )
+    through = now - 10**9
+    notice = _msg(seal_progress(Progress(GW, "party0", through, now), key), 1)
+    sub = _Sub(lambda: feed._notice(notice))
+
+    async def subscription(_sharelog: object) -> _Sub:
+        return sub
+
+    monkeypatch.setattr(feed, "_subscription", subscription)
+    task = asyncio.create_task(feed._consume_shares(cast(ShareLog, _NoInfo())))
+    try:
+        for _ in range(100):
+            if len(sub.timeouts) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sub.timeouts[:2] == [1.0, 0.1]
+        assert feed.health(time.time_ns()).notices_waiting == 0  # applied by the second
+        assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
+    finally:
+        task.cancel()
+        store.close()

@@ -52,6 +52,21 @@ def _owner(dep: Deployment, party: int, timeout: float = 30.0) -> tuple[str, str
     raise TimeoutError(f"party {party}: no single owner of shard 0 ({roles})")
 
 
+def _verified(dep: Deployment, name: str) -> dict[str, int]:
+    """Service id -> when ``name`` last verified its quote (ns), of those that attested."""
+    peers = health(dep, name)["peers"]
+    assert isinstance(peers, dict)
+    return {k: int(v["checked_ns"]) for k, v in peers.items() if v["attested"]}
+
+
+def _acquired_ns(dep: Deployment, name: str) -> int:
+    """When worker ``name`` acquired the lease it holds (wall ns, from its /healthz)."""
+    now = time.time_ns()
+    doc = health(dep, name)
+    assert doc["role"] == "owner", doc
+    return now - int(float(doc["lease"]["lease_age_s"]) * 1e9)
+
+
 def _start(tmp_path: Path) -> tuple[Deployment, list[NatsDeployment], list[str]]:
     nodes = [start_node(tmp_path / f"nats-party{i}") for i in range(2)]
     keys = {g: Ed25519PrivateKey.generate() for g in GATEWAYS}
@@ -82,6 +97,9 @@ def _check_once(dep: Deployment, scn: Scenario, n_epochs: int) -> dict[str, int]
 def test_standby_takes_over_a_killed_owner(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
+    """The standby verified party 1's, the dealer's and the output's quotes while standby
+    and fetches none of them after taking the lease. Fails on the code before this change
+    (a standby verified nothing; its first session fetched every quote)."""
     scn = make_scenario(seconds=SECONDS)
     dep, nodes, fes = _start(tmp_path)
     try:
@@ -93,10 +111,16 @@ def test_standby_takes_over_a_killed_owner(
         assert lease["owner"] == owner
         upload_through(dep, fes, gws, scn, range(22))
         wait_epochs(dep, 2, timeout=90)
+        warm = _verified(dep, standby)  # a warm standby: quotes verified before the lease
+        assert set(warm) == {"party1", "dealer", "output"}, warm
         dep.stop(owner, signal.SIGKILL)
         killed = time.time()
         upload_through(dep, fes, gws, scn, range(22, SECONDS))
         assert _owner(dep, 0)[0] == standby
+        acquired_ns = _acquired_ns(dep, standby)
+        # its session started from those identities: no quote fetched after the takeover
+        after = _verified(dep, standby)
+        assert all(after[k] < acquired_ns for k in ("party1", "dealer")), (after, acquired_ns)
         summary = _check_once(dep, scn, SECONDS // 10)
         took = metric(dep, standby, "tecc_shard_takeover_commit_seconds_sum")
         assert metric(dep, standby, "tecc_shard_takeover_commit_seconds_count") == 1

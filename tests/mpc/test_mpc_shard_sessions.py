@@ -9,6 +9,7 @@ dealer links.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -111,3 +112,30 @@ async def test_dealer_of_another_shard_is_refused() -> None:
     """Shard 0's worker cannot use shard 1's dealer (nor the reverse: names differ)."""
     with pytest.raises(AuthenticationError):
         await _dealer_link(shard_session(1, 2), shard_session(0, 2))
+
+
+async def test_refused_first_address_is_left_for_the_next() -> None:
+    """A peer listed as (dead worker, its standby that now owns the shard) pairs at once.
+
+    Party 1's shard has two workers; party 0 dials the first (nobody listens: it
+    died) and then the second (the new owner). Fails on the code before this
+    change: the refused first address was retried for ``attempt_s`` before the
+    second was tried, longer than party 1 waits for the connection back.
+    """
+    dead = ("127.0.0.1", free_port())
+    addrs = {i: ("127.0.0.1", free_port()) for i in range(2)}
+    first = dataclasses.replace(
+        _mesh(0, "", {0: addrs[0], 1: dead}),
+        alternates={1: (addrs[1],)},
+        attempt_s=5.0,
+        connect_timeout=8.0,
+    )
+    # party 1 waits 2 s for party 0's connection: far less than attempt_s
+    second = dataclasses.replace(_mesh(1, "", addrs), connect_timeout=2.0)
+    results = await asyncio.gather(
+        WsTransport.start(first), WsTransport.start(second), return_exceptions=True
+    )
+    for r in results:
+        if isinstance(r, WsTransport):
+            await r.close()
+    assert all(isinstance(r, WsTransport) for r in results), results
