@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,28 +35,45 @@ def _msg(data: bytes, seq: int) -> Msg:
     return Msg(_client=client, subject=f"tecc.progress.{GW}", reply=reply, data=data)
 
 
+@dataclass
+class _Gate:
+    """A log feed of shard 0 (service party0) over a fresh store, with the gateway's key."""
+
+    tmp_path: Path
+    cfg: JetStreamConfig
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    now: int = field(default_factory=time.time_ns)
+
+    def __post_init__(self) -> None:
+        self.through = self.now - 10**9
+        self.tracker = ProgressTracker([GW], started_ns=self.now, active_ns=60 * 10**9)
+        self.store = ShareStore(self.tmp_path / "shares.db")
+        self.feed = LogFeed(
+            cfg=self.cfg,
+            state_dir=self.tmp_path,
+            shard=0,
+            service_id="party0",
+            store=self.store,
+            writer=GroupWriter(self.store),
+            tracker=self.tracker,
+            keys={GW: self.key.public_key()},
+            stored=lambda _row, _outcome: None,
+            registry=self.registry,
+        )
+
+    def notice(self) -> Msg:
+        """Party0's notice that the gateway is done through ``through`` (sequence 1)."""
+        progress = Progress(GW, "party0", self.through, self.now)
+        return _msg(seal_progress(progress, self.key), 1)
+
+
 def test_notice_waits_for_the_shares_before_it(tmp_path: Path) -> None:
-    key = Ed25519PrivateKey.generate()
-    now = time.time_ns()
-    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
-    store = ShareStore(tmp_path / "shares.db")
-    registry = CollectorRegistry()
-    feed = LogFeed(
-        cfg=JetStreamConfig(embedded=True),
-        state_dir=tmp_path,
-        shard=0,
-        service_id="party0",
-        store=store,
-        writer=GroupWriter(store),
-        tracker=tracker,
-        keys={GW: key.public_key()},
-        stored=lambda _row, _outcome: None,
-        registry=registry,
-    )
+    g = _Gate(tmp_path, JetStreamConfig(embedded=True))
+    feed, tracker, through, now = g.feed, g.tracker, g.through, g.now
     try:
-        through = now - 10**9
         feed.caught_up = time.monotonic()  # caught up *before* the notice arrived
-        feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+        feed._notice(g.notice())
         assert tracker.snapshot(time.time_ns())[GW]["through_s"] == 0
         assert feed.health().notices_waiting == 1
         feed.caught_up = time.monotonic()  # nothing pending after the notice: apply it
@@ -63,11 +81,11 @@ def test_notice_waits_for_the_shares_before_it(tmp_path: Path) -> None:
         assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
         assert feed.health().notices_waiting == 0
         feed._notice(_msg(b"junk", 2))
-        other = seal_progress(Progress(GW, "party1", now, now), key)  # another cluster's
+        other = seal_progress(Progress(GW, "party1", now, now), g.key)  # another cluster's
         feed._notice(_msg(other, 3))
-        assert registry.get_sample_value("tecc_log_malformed_total", {"stream": "progress"}) == 2
+        assert g.registry.get_sample_value("tecc_log_malformed_total", {"stream": "progress"}) == 2
     finally:
-        store.close()
+        g.store.close()
 
 
 async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path: Path) -> None:
@@ -77,31 +95,16 @@ async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path
     consumer, which a term never creates (not found), so every notice waited for
     the share consumer's next fetch instead of being applied when it arrived.
     """
-    key = Ed25519PrivateKey.generate()
-    now = time.time_ns()
-    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
-    store = ShareStore(tmp_path / "shares.db")
     with start_node(tmp_path / "nats") as nd:
         cfg = JetStreamConfig(servers=tuple(nd.servers))
-        feed = LogFeed(
-            cfg=cfg,
-            state_dir=tmp_path,
-            shard=0,
-            service_id="party0",
-            store=store,
-            writer=GroupWriter(store),
-            tracker=tracker,
-            keys={GW: key.public_key()},
-            stored=lambda _row, _outcome: None,
-            registry=CollectorRegistry(),
-        )
+        g = _Gate(tmp_path, cfg)
+        feed, tracker, through, store = g.feed, g.tracker, g.through, g.store
         sharelog = await ShareLog.open(cfg, tmp_path, "test")
         try:
             feed.term = 7
             await feed._subscription(sharelog)  # the term's consumer, nothing pending
             assert feed.consumer() == "tecc-shard-0-t7"
-            through = now - 10**9
-            feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+            feed._notice(g.notice())
             assert feed.health(time.time_ns()).notices_waiting == 1  # no fetch has run since
             await feed._check_caught_up(sharelog)
             assert feed.health(time.time_ns()).notices_waiting == 0
@@ -121,31 +124,16 @@ async def test_notice_during_the_history_is_applied_when_a_fetch_drains_it(
     fetch was issued, so it waited for the next fetch's 1 s timeout (or the next
     notice) — up to a second of every takeover's first epoch.
     """
-    key = Ed25519PrivateKey.generate()
-    now = time.time_ns()
-    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
-    store = ShareStore(tmp_path / "shares.db")
     with start_node(tmp_path / "nats") as nd:
         cfg = JetStreamConfig(servers=tuple(nd.servers))
-        feed = LogFeed(
-            cfg=cfg,
-            state_dir=tmp_path,
-            shard=0,
-            service_id="party0",
-            store=store,
-            writer=GroupWriter(store),
-            tracker=tracker,
-            keys={GW: key.public_key()},
-            stored=lambda _row, _outcome: None,
-            registry=CollectorRegistry(),
-        )
+        g = _Gate(tmp_path, cfg)
+        feed, tracker, through, store = g.feed, g.tracker, g.through, g.store
         sharelog = await ShareLog.open(cfg, tmp_path, "test")
         try:
             feed.term = 3
             await feed._subscription(sharelog)  # the term's consumer, nothing pending
             issued = time.monotonic()  # the draining fetch's request went out here
-            through = now - 10**9
-            feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+            feed._notice(g.notice())
             await feed._drained(sharelog, issued)
             assert feed.health(time.time_ns()).notices_waiting == 0
             assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
@@ -174,24 +162,9 @@ async def test_a_plain_fetch_timeout_opens_the_gate_like_nats_one(
     """Fails on the code before this change: the plain TimeoutError was taken for a
     consumer error (logged, 0.5 s pause, the gate left shut), so notices waited for a
     fetch that ended in nats' own TimeoutError — 1-3 s of a takeover's first epoch."""
-    key = Ed25519PrivateKey.generate()
-    now = time.time_ns()
-    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
-    store = ShareStore(tmp_path / "shares.db")
-    feed = LogFeed(
-        cfg=JetStreamConfig(servers=("nats://127.0.0.1:1",)),
-        state_dir=tmp_path,
-        shard=0,
-        service_id="party0",
-        store=store,
-        writer=GroupWriter(store),
-        tracker=tracker,
-        keys={GW: key.public_key()},
-        stored=lambda _row, _outcome: None,
-        registry=CollectorRegistry(),
-    )
-    through = now - 10**9
-    feed._notice(_msg(seal_progress(Progress(GW, "party0", through, now), key), 1))
+    g = _Gate(tmp_path, JetStreamConfig(servers=("nats://127.0.0.1:1",)))
+    feed, tracker, through, store = g.feed, g.tracker, g.through, g.store
+    feed._notice(g.notice())
     sub = _ProbeAnsweredNothing()
 
     async def subscription(_sharelog: object) -> _ProbeAnsweredNothing:
@@ -247,24 +220,9 @@ async def test_notice_racing_a_drained_fetch_is_applied_by_a_short_next_fetch(
     Fails on the code before this change (every fetch waited 1 s: the notices of a
     takeover waited up to a second after its history was read).
     """
-    key = Ed25519PrivateKey.generate()
-    now = time.time_ns()
-    tracker = ProgressTracker([GW], started_ns=now, active_ns=60 * 10**9)
-    store = ShareStore(tmp_path / "shares.db")
-    feed = LogFeed(
-        cfg=JetStreamConfig(servers=("nats://127.0.0.1:1",)),
-        state_dir=tmp_path,
-        shard=0,
-        service_id="party0",
-        store=store,
-        writer=GroupWriter(store),
-        tracker=tracker,
-        keys={GW: key.public_key()},
-        stored=lambda _row, _outcome: None,
-        registry=CollectorRegistry(),
-    )
-    through = now - 10**9
-    notice = _msg(seal_progress(Progress(GW, "party0", through, now), key), 1)
+    g = _Gate(tmp_path, JetStreamConfig(servers=("nats://127.0.0.1:1",)))
+    feed, tracker, through, store = g.feed, g.tracker, g.through, g.store
+    notice = g.notice()
     sub = _Sub(lambda: feed._notice(notice))
 
     async def subscription(_sharelog: object) -> _Sub:
