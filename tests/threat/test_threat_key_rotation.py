@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,38 +44,21 @@ async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) 
         {"gw-test": keys.identity},
         party_extra={"hpke_rotation_s": 3.0, "hpke_overlap_s": 60.0},
     )
-    bursts, per_burst = 12, 30
     try:
         await asyncio.to_thread(dep.start_all)
         with mosquitto(tmp_path / "mq") as broker:
             cfg = real_cluster_config(tmp_path, dep, broker.port)
-            async with running(cfg, keys) as agent:
-                await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
-                first: dict[int, bytes] = {}
-                for b in range(bursts):
-                    msgs = [
-                        ("plant/line1/temp/value", str(20 + (b * per_burst + i) / 100).encode())
-                        for i in range(per_burst)
-                    ]
-                    await asyncio.to_thread(publish, broker.port, msgs)
-                    if not first and len(agent.spool.pins()) == 2:
-                        first = {i: p.public_key for i, p in agent.spool.pins().items()}
-                    await asyncio.sleep(1.0)  # idle: the gateway re-attests on new work
-                total = bursts * per_burst
 
-                def accepted(name: str) -> float:
-                    return metric(dep, name, "tecc_ingest_readings_total")
+            def accepted(name: str) -> float:
+                return metric(dep, name, "tecc_ingest_readings_total")
 
-                await wait_for(
-                    lambda: accepted("party0") == total and accepted("party1") == total,
-                    60,
-                    "both parties to accept every reading",
-                )
-                await wait_for(
-                    lambda: agent.spool.depth(0) == agent.spool.depth(1) == 0, 10, "spool drained"
-                )
-                pins = {i: p.public_key for i, p in agent.spool.pins().items()}
-                sent = metric_gateway(agent)
+            total, first, pins, sent = await send_while_rotating(
+                cfg,
+                keys,
+                broker.port,
+                lambda total: accepted("party0") == total and accepted("party1") == total,
+                "both parties to accept every reading",
+            )
         counts = {
             n: (
                 metric(dep, n, "tecc_hpke_rotations_total"),
@@ -93,6 +78,42 @@ async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) 
     assert counts["party0"][2] + counts["party1"][2] == sum(sent.values())  # each batch once
     assert first
     assert all(pins[i] != first[i] for i in (0, 1))
+
+
+class Sent(NamedTuple):
+    """What a gateway sent while the keys rotated."""
+
+    total: int  # readings published
+    first: dict[int, bytes]  # the first HPKE key pinned per cluster
+    pins: dict[int, bytes]  # the keys pinned once every reading was accepted
+    sent: dict[int, float]  # envelopes acknowledged per cluster
+
+
+async def send_while_rotating(
+    cfg: Path, keys: GatewayKeys, port: int, all_accepted: Callable[[int], bool], what: str
+) -> Sent:
+    """Run a gateway for ``cfg`` that publishes 12 bursts of 30 readings a second apart to
+    the broker at ``port``, then waits until ``all_accepted(total)`` and its spool drains."""
+    bursts, per_burst = 12, 30
+    async with running(cfg, keys) as agent:
+        await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
+        first: dict[int, bytes] = {}
+        for b in range(bursts):
+            msgs = [
+                ("plant/line1/temp/value", str(20 + (b * per_burst + i) / 100).encode())
+                for i in range(per_burst)
+            ]
+            await asyncio.to_thread(publish, port, msgs)
+            if not first and len(agent.spool.pins()) == 2:
+                first = {i: p.public_key for i, p in agent.spool.pins().items()}
+            await asyncio.sleep(1.0)  # idle: the gateway re-attests on new work
+        total = bursts * per_burst
+        await wait_for(lambda: all_accepted(total), 60, what)
+        await wait_for(
+            lambda: agent.spool.depth(0) == agent.spool.depth(1) == 0, 10, "spool drained"
+        )
+        pins = {i: p.public_key for i, p in agent.spool.pins().items()}
+        return Sent(total, first, pins, metric_gateway(agent))
 
 
 def metric_gateway(agent: Agent) -> dict[int, float]:

@@ -23,13 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.keys import GatewayKeys
 from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
-from tests.gateway.conftest import running
-from tests.gateway.harness import real_cluster_config, wait_for
-from tests.gateway.publisher import publish
+from tests.gateway.harness import real_cluster_config
 from tests.gateway.services import mosquitto
 from tests.jetstream.logstack import start_frontends
 
-from .test_threat_key_rotation import metric_gateway
+from .test_threat_key_rotation import send_while_rotating
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
 
@@ -61,7 +59,6 @@ async def test_frontends_rotate_while_a_gateway_sends(tmp_path: Path) -> None:
             "hpke_overlap_s": 60.0,
         },
     )
-    bursts, per_burst = 12, 30
     try:
         await asyncio.to_thread(dep.start_all)
         fes = {p: [dep.add_frontend(p) for _ in range(2)] for p in dep.parties}
@@ -75,33 +72,17 @@ async def test_frontends_rotate_while_a_gateway_sends(tmp_path: Path) -> None:
                 cluster["urls"] = [dep.url(fe) for fe in fes[party]]
             cfg.write_text(yaml.safe_dump(doc))
             start = {p: await asyncio.to_thread(_versions, dep, fes[p]) for p in dep.parties}
-            async with running(cfg, keys) as agent:
-                await wait_for(lambda: agent.mqtt[0].connected, 10, "mqtt")
-                first: dict[int, bytes] = {}
-                for b in range(bursts):
-                    msgs = [
-                        ("plant/line1/temp/value", str(20 + (b * per_burst + i) / 100).encode())
-                        for i in range(per_burst)
-                    ]
-                    await asyncio.to_thread(publish, broker.port, msgs)
-                    if not first and len(agent.spool.pins()) == 2:
-                        first = {i: p.public_key for i, p in agent.spool.pins().items()}
-                    await asyncio.sleep(1.0)  # idle: the gateway re-attests on new work
-                total = bursts * per_burst
 
-                def accepted(party: str) -> float:
-                    return sum(metric(dep, fe, "tecc_ingest_readings_total") for fe in fes[party])
+            def accepted(party: str) -> float:
+                return sum(metric(dep, fe, "tecc_ingest_readings_total") for fe in fes[party])
 
-                await wait_for(
-                    lambda: all(accepted(p) == total for p in dep.parties),
-                    60,
-                    "both parties' frontends to accept every reading",
-                )
-                await wait_for(
-                    lambda: agent.spool.depth(0) == agent.spool.depth(1) == 0, 10, "spool drained"
-                )
-                pins = {i: p.public_key for i, p in agent.spool.pins().items()}
-                sent = metric_gateway(agent)
+            total, first, pins, sent = await send_while_rotating(
+                cfg,
+                keys,
+                broker.port,
+                lambda total: all(accepted(p) == total for p in dep.parties),
+                "both parties' frontends to accept every reading",
+            )
         counts = {}
         for p in dep.parties:
             pair = fes[p]
