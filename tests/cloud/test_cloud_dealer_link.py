@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,8 +26,8 @@ def _triples_hold(a: Batch, b: Batch) -> bool:
     return bool(np.array_equal(x * y, a.fields["c"] + b.fields["c"]))
 
 
-async def test_links_stay_aligned_through_trimming_and_realignment() -> None:
-    """Uneven take sequences keep both stores aligned; a fresh link realigns."""
+async def _dealer(depth: int) -> tuple[DealerService, Callable[[int], Awaitable[DealerLink]]]:
+    """A started dealer for two parties (``depth`` batches ahead), and how party i links."""
     dealer_key = Ed25519PrivateKey.generate()
     keys = [Ed25519PrivateKey.generate() for _ in range(2)]
     dealer = DealerService(
@@ -34,7 +35,7 @@ async def test_links_stay_aligned_through_trimming_and_realignment() -> None:
         plan=Plan(triples=100, truncs=50, comparisons=10),
         key=dealer_key,
         party_keys={i: k.public_key() for i, k in enumerate(keys)},
-        depth=4,
+        depth=depth,
     )
     port = _port()
     await dealer.start("127.0.0.1", port)
@@ -45,6 +46,12 @@ async def test_links_stay_aligned_through_trimming_and_realignment() -> None:
             url, party=i, key=keys[i], dealer_key=dealer_key.public_key(), wait_s=10
         )
 
+    return dealer, link
+
+
+async def test_links_stay_aligned_through_trimming_and_realignment() -> None:
+    """Uneven take sequences keep both stores aligned; a fresh link realigns."""
+    dealer, link = await _dealer(depth=4)
     links = [await link(0), await link(1)]
     try:
         seqs = [await lk.next_seq() for lk in links]
@@ -81,24 +88,7 @@ async def test_alignment_drops_skipped_batches_unexpanded() -> None:
     and the alignment for the target's expansion: the CPU-bound part of a
     takeover's session start).
     """
-    dealer_key = Ed25519PrivateKey.generate()
-    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
-    dealer = DealerService(
-        n=2,
-        plan=Plan(triples=100, truncs=50, comparisons=10),
-        key=dealer_key,
-        party_keys={i: k.public_key() for i, k in enumerate(keys)},
-        depth=16,
-    )
-    port = _port()
-    await dealer.start("127.0.0.1", port)
-    url = f"http://127.0.0.1:{port}/dealer"
-
-    async def link(i: int) -> DealerLink:
-        return await DealerLink.connect(
-            url, party=i, key=keys[i], dealer_key=dealer_key.public_key(), wait_s=10
-        )
-
+    dealer, link = await _dealer(depth=16)
     ahead = await link(0)
     behind: DealerLink | None = None
     try:
