@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import sqlite3
 import ssl
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
@@ -141,6 +144,33 @@ def start_frontends(dep: Deployment, fes: list[str], *, on_log: bool = True) -> 
             30,
             "frontends on their party's log",
         )
+
+
+def own_state_dir(dep: Deployment, fe: str) -> Path:
+    """Give frontend ``fe`` a state dir of its own holding only the party's sealed keys."""
+    state = dep.root / f"{fe}-state"
+    state.mkdir()
+    shutil.copy(dep.state_dir("party0") / "sealed_keys.bin", state / "sealed_keys.bin")
+    path = dep.root / f"{fe}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["state_dir"] = state.name
+    path.write_text(yaml.safe_dump(doc))
+    return state
+
+
+def start_own_frontends(dep: Deployment, ready: Callable[[str], bool], what: str) -> list[str]:
+    """Start party0's worker and two frontends, each with a state dir of its own (as on
+    two hosts); wait until each is healthy and ``ready(fe)`` (``what`` names that)."""
+    dep.start("party0")
+    dep.wait_healthy("party0")
+    fes = [dep.add_frontend("party0") for _ in range(2)]
+    for fe in fes:
+        own_state_dir(dep, fe)
+        dep.start(fe)
+    for fe in fes:
+        dep.wait_healthy(fe)
+        wait_for(functools.partial(ready, fe), what=f"{fe} {what}")
+    return fes
 
 
 def post_until_acked(url: str, data: bytes, timeout: float = 60.0) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.jetstream.server import start_node
@@ -42,7 +40,7 @@ from tests.enrol.stack import admin
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
 from tests.gateway.harness import ClusterSpec, PlatformSpec, write_config
 
-from .logstack import GW, POLICY, frame, post, sealer, wait_for
+from .logstack import GW, POLICY, frame, post, sealer, start_own_frontends, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.tpm]
 
@@ -55,18 +53,6 @@ def _post_json(url: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return resp.status, dict(json.loads(resp.read()))
     except urllib.error.HTTPError as exc:
         return exc.code, dict(json.loads(exc.read()))
-
-
-def _own_state_dir(dep: Deployment, fe: str) -> Path:
-    """Give frontend ``fe`` a state dir of its own holding only the party's sealed keys."""
-    state = dep.root / f"{fe}-state"
-    state.mkdir()
-    shutil.copy(dep.state_dir("party0") / "sealed_keys.bin", state / "sealed_keys.bin")
-    path = dep.root / f"{fe}.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["state_dir"] = state.name
-    path.write_text(yaml.safe_dump(doc))
-    return state
 
 
 def _state_is(url: str, gateway: str, state: str) -> bool:
@@ -103,15 +89,7 @@ def test_enrolment_and_revocation_are_party_wide(tmp_path: Path) -> None:
             legacy = Registry(dep.state_dir("party0"))
             asyncio.run(legacy.revoke("gw-legacy", "stolen before the move", time.time_ns()))
             legacy.close()
-            dep.start("party0")
-            dep.wait_healthy("party0")
-            fes = [dep.add_frontend("party0") for _ in range(2)]
-            for fe in fes:
-                _own_state_dir(dep, fe)
-                dep.start(fe)
-            for fe in fes:
-                dep.wait_healthy(fe)
-                wait_for(functools.partial(_ready, dep.url(fe)), what=f"{fe} on the log")
+            fes = start_own_frontends(dep, lambda fe: _ready(dep.url(fe)), "on the log")
             a, b = (dep.url(fe) for fe in fes)
             imported = admin(dep, fes[1], "list")["gateways"]
             assert [(g["gateway_id"], g["state"]) for g in imported] == [("gw-legacy", "revoked")]

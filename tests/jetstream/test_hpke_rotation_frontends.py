@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.jetstream.server import start_node
@@ -30,21 +28,10 @@ from demo.devstack.deployment import Deployment, http_json
 from tecc_contract.attestation import Quote, hpke_key_digest
 from tests.cloud.services import metric
 
-from .logstack import GW, POLICY, frame, post, sealer, stored, wait_for
+from .logstack import GW, POLICY, frame, post, sealer, start_own_frontends, stored, wait_for
 
 pytestmark = pytest.mark.processes
 ROTATION_S, OVERLAP_S = 8.0, 4.0
-
-
-def _own_state_dir(dep: Deployment, fe: str) -> None:
-    """Give frontend ``fe`` a state dir of its own holding only the party's sealed keys."""
-    state = dep.root / f"{fe}-state"
-    state.mkdir()
-    shutil.copy(dep.state_dir("party0") / "sealed_keys.bin", state / "sealed_keys.bin")
-    path = dep.root / f"{fe}.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["state_dir"] = state.name
-    path.write_text(yaml.safe_dump(doc))
 
 
 def _hpke(dep: Deployment, fe: str) -> dict[str, Any]:
@@ -84,15 +71,7 @@ def test_frontends_share_one_rotating_ring(tmp_path: Path) -> None:
         )
         try:
             dep.write_configs()
-            dep.start("party0")
-            dep.wait_healthy("party0")
-            fes = [dep.add_frontend("party0") for _ in range(2)]
-            for fe in fes:
-                _own_state_dir(dep, fe)
-                dep.start(fe)
-            for fe in fes:
-                dep.wait_healthy(fe)
-                wait_for(functools.partial(_ready, dep, fe), what=f"{fe} on the log and ring")
+            fes = start_own_frontends(dep, functools.partial(_ready, dep), "on the log and ring")
             a, b = fes
             # -- attest at A on a settled version (not just before a rotation)
             while True:
