@@ -136,6 +136,19 @@ def _sample(runs: list[list[PartyView]], coalition: Sequence[int]) -> np.ndarray
     return np.stack([coalition_view(v, coalition) for v in runs])
 
 
+async def _only_all_parties_tell_apart(n: int, suite: Any, *, min_tests: int) -> None:
+    """Runs of ``suite`` over set A and set B: no coalition of N − 1 parties separates them
+    (over more than ``min_tests`` view coordinates); all N parties together do."""
+    runs_a = await _views(n, SET_A, "A", RUNS, leak=False, suite=suite)
+    runs_b = await _views(n, SET_B, "B", RUNS, leak=False, suite=suite)
+    for coalition in itertools.combinations(range(n), n - 1):
+        res = compare(_sample(runs_a, coalition), _sample(runs_b, coalition))
+        assert res.tests > min_tests
+        assert not res.distinguishable, (coalition, res.rejected[:5])
+    everyone = compare(_sample(runs_a, range(n)), _sample(runs_b, range(n)))
+    assert everyone.distinguishable
+
+
 @pytest.mark.parametrize("n", [2, 3])
 async def test_any_n_minus_1_parties_cannot_tell_input_sets_apart(n: int) -> None:
     """For every coalition of N − 1 parties, no view coordinate separates set A from set B.
@@ -143,14 +156,7 @@ async def test_any_n_minus_1_parties_cannot_tell_input_sets_apart(n: int) -> Non
     The same recorded runs, viewed by all N parties together (who hold every
     share), are told apart: the test has the power to fail.
     """
-    runs_a = await _views(n, SET_A, "A", RUNS, leak=False)
-    runs_b = await _views(n, SET_B, "B", RUNS, leak=False)
-    for coalition in itertools.combinations(range(n), n - 1):
-        res = compare(_sample(runs_a, coalition), _sample(runs_b, coalition))
-        assert res.tests > 1000
-        assert not res.distinguishable, (coalition, res.rejected[:5])
-    everyone = compare(_sample(runs_a, range(n)), _sample(runs_b, range(n)))
-    assert everyone.distinguishable
+    await _only_all_parties_tell_apart(n, _suite, min_tests=1000)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -168,11 +174,4 @@ async def test_square_opening_cannot_tell_input_sets_apart(n: int) -> None:
     """The square pair's one opening ``x − a`` (and its messages, dealer frames, result
     shares) seen by any N − 1 parties does not separate set A from set B, for N = 2, 3, 4;
     all N parties together do."""
-    runs_a = await _views(n, SET_A, "A", RUNS, leak=False, suite=_square_only)
-    runs_b = await _views(n, SET_B, "B", RUNS, leak=False, suite=_square_only)
-    for coalition in itertools.combinations(range(n), n - 1):
-        res = compare(_sample(runs_a, coalition), _sample(runs_b, coalition))
-        assert res.tests > 100
-        assert not res.distinguishable, (coalition, res.rejected[:5])
-    everyone = compare(_sample(runs_a, range(n)), _sample(runs_b, range(n)))
-    assert everyone.distinguishable
+    await _only_all_parties_tell_apart(n, _square_only, min_tests=100)
