@@ -33,6 +33,19 @@ def values(limit: float = MAX_ABS_RANGE) -> st.SearchStrategy[np.ndarray[Any, An
     )
 
 
+def ring_ints(min_size: int) -> st.SearchStrategy[list[int]]:
+    """Lists of up to 40 signed 64-bit integers, the ring's edge points (0, ±1, the
+    extremes, ±2^62) among them."""
+    return st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**62, -(2**62)]),
+        ),
+        min_size=min_size,
+        max_size=40,
+    )
+
+
 def run(n: int, fn: Callable[[Party], Awaitable[RingArray]]) -> RingArray:
     """Run ``fn`` on n parties with a fixed dealer seed; reveal the result."""
     out = asyncio.run(run_parties(n, fn, random_bytes=seeded_random_bytes(bytes(32))))
@@ -76,14 +89,7 @@ def test_lt_and_msb_are_exact(n: int, xv: Any, yv: Any) -> None:
 @SETTINGS
 @given(
     xv=values(),
-    raw=st.lists(
-        st.one_of(
-            st.integers(-(2**63), 2**63 - 1),
-            st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**62, -(2**62)]),
-        ),
-        min_size=0,
-        max_size=40,
-    ),
+    raw=ring_ints(min_size=0),
 )
 def test_msb_times_is_exact(n: int, xv: Any, raw: list[int]) -> None:
     """[x < 0] and [x < 0]·x exact over the whole ring, with other comparisons in the same
@@ -111,16 +117,7 @@ def test_msb_times_is_exact(n: int, xv: Any, raw: list[int]) -> None:
 
 @NS
 @SETTINGS
-@given(
-    raw=st.lists(
-        st.one_of(
-            st.integers(-(2**63), 2**63 - 1),
-            st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**62, -(2**62)]),
-        ),
-        min_size=1,
-        max_size=40,
-    )
-)
+@given(raw=ring_ints(min_size=1))
 def test_msb_whole_ring(n: int, raw: list[int]) -> None:
     """The sign bit is exact for every 64-bit value, including ±2^63 edges."""
     x = np.array(raw, dtype=np.int64)
