@@ -34,13 +34,14 @@ T0 = 1_700_000_000_000_000_000
 GW = "gw-1"
 
 
-def deployment(root: Path, jetstream: dict[str, Any]) -> Deployment:
-    """A deployment whose party0 is a JetStream shard worker (party1 is never started)."""
+def deployment(root: Path, jetstream: dict[str, Any], **party0: Any) -> Deployment:
+    """A deployment whose party0 is a JetStream shard worker (party1 is never started);
+    ``party0`` are further keys of its config."""
     return Deployment(
         root,
         POLICY,
         {GW: Ed25519PrivateKey.generate()},
-        party_overrides={"party0": {"jetstream": jetstream}},
+        party_overrides={"party0": {"jetstream": jetstream, **party0}},
     )
 
 

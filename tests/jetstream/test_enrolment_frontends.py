@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.jetstream.server import start_node
 from cloud_tecc.party.registry import Registry
-from demo.devstack.deployment import LOOPBACK_TLS, Deployment, http_json
+from demo.devstack.deployment import LOOPBACK_TLS, http_json
 from gateway.config_yaml import load_config
 from gateway.enrol import TpmEvidence
 from gateway.keys import GatewayKeys
@@ -40,7 +40,7 @@ from tests.enrol.stack import admin
 from tests.enrol.tpms import ca_bundle, manufactured_swtpm
 from tests.gateway.harness import ClusterSpec, PlatformSpec, write_config
 
-from .logstack import GW, POLICY, frame, post, sealer, start_own_frontends, wait_for
+from .logstack import GW, deployment, frame, post, sealer, start_own_frontends, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.tpm]
 
@@ -72,16 +72,10 @@ def test_enrolment_and_revocation_are_party_wide(tmp_path: Path) -> None:
         bundle = tmp_path / "vendor.pem"
         bundle.write_bytes(ca_bundle(tmp_path / "ca"))
         (tmp_path / "cloud").mkdir()
-        dep = Deployment(
+        dep = deployment(
             tmp_path / "cloud",
-            POLICY,
-            {GW: Ed25519PrivateKey.generate()},
-            party_overrides={
-                "party0": {
-                    "jetstream": {"servers": nd.servers},  # the credential in the URLs
-                    "enrolment": {"ek_ca_files": [str(bundle)]},  # no values: the operator
-                }
-            },
+            {"servers": nd.servers},  # the credential in the URLs
+            enrolment={"ek_ca_files": [str(bundle)]},  # no values: the operator
         )
         try:
             dep.write_configs()

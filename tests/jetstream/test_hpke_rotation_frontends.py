@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.jetstream.server import start_node
 from demo.devstack.deployment import Deployment, http_json
 from tecc_contract.attestation import Quote, hpke_key_digest
 from tests.cloud.services import metric
 
-from .logstack import GW, POLICY, frame, post, sealer, start_own_frontends, stored, wait_for
+from .logstack import deployment, frame, post, sealer, start_own_frontends, stored, wait_for
 
 pytestmark = pytest.mark.processes
 ROTATION_S, OVERLAP_S = 8.0, 4.0
@@ -57,17 +56,11 @@ def _versions(dep: Deployment, fes: list[str]) -> list[int | None]:
 def test_frontends_share_one_rotating_ring(tmp_path: Path) -> None:
     with start_node(tmp_path / "nats") as nd:
         (tmp_path / "cloud").mkdir()
-        dep = Deployment(
+        dep = deployment(
             tmp_path / "cloud",
-            POLICY,
-            {GW: Ed25519PrivateKey.generate()},
-            party_overrides={
-                "party0": {
-                    "jetstream": {"servers": nd.servers},
-                    "hpke_rotation_s": ROTATION_S,
-                    "hpke_overlap_s": OVERLAP_S,
-                }
-            },
+            {"servers": nd.servers},
+            hpke_rotation_s=ROTATION_S,
+            hpke_overlap_s=OVERLAP_S,
         )
         try:
             dep.write_configs()

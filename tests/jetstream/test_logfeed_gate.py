@@ -7,7 +7,9 @@ let the epoch close before its data was stored (its readings then late).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -68,6 +70,20 @@ class _Gate:
         return _msg(seal_progress(progress, self.key), 1)
 
 
+@contextlib.asynccontextmanager
+async def _on_nats(tmp_path: Path) -> AsyncIterator[tuple[_Gate, ShareLog]]:
+    """A gate over a real NATS node, with the share log it reads."""
+    with start_node(tmp_path / "nats") as nd:
+        cfg = JetStreamConfig(servers=tuple(nd.servers))
+        g = _Gate(tmp_path, cfg)
+        sharelog = await ShareLog.open(cfg, tmp_path, "test")
+        try:
+            yield g, sharelog
+        finally:
+            await sharelog.close()
+            g.store.close()
+
+
 def test_notice_waits_for_the_shares_before_it(tmp_path: Path) -> None:
     g = _Gate(tmp_path, JetStreamConfig(embedded=True))
     feed, tracker, through, now = g.feed, g.tracker, g.through, g.now
@@ -95,23 +111,16 @@ async def test_a_lease_term_asks_its_own_consumer_when_a_notice_arrives(tmp_path
     consumer, which a term never creates (not found), so every notice waited for
     the share consumer's next fetch instead of being applied when it arrived.
     """
-    with start_node(tmp_path / "nats") as nd:
-        cfg = JetStreamConfig(servers=tuple(nd.servers))
-        g = _Gate(tmp_path, cfg)
-        feed, tracker, through, store = g.feed, g.tracker, g.through, g.store
-        sharelog = await ShareLog.open(cfg, tmp_path, "test")
-        try:
-            feed.term = 7
-            await feed._subscription(sharelog)  # the term's consumer, nothing pending
-            assert feed.consumer() == "tecc-shard-0-t7"
-            feed._notice(g.notice())
-            assert feed.health(time.time_ns()).notices_waiting == 1  # no fetch has run since
-            await feed._check_caught_up(sharelog)
-            assert feed.health(time.time_ns()).notices_waiting == 0
-            assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
-        finally:
-            await sharelog.close()
-            store.close()
+    async with _on_nats(tmp_path) as (g, sharelog):
+        feed, tracker, through = g.feed, g.tracker, g.through
+        feed.term = 7
+        await feed._subscription(sharelog)  # the term's consumer, nothing pending
+        assert feed.consumer() == "tecc-shard-0-t7"
+        feed._notice(g.notice())
+        assert feed.health(time.time_ns()).notices_waiting == 1  # no fetch has run since
+        await feed._check_caught_up(sharelog)
+        assert feed.health(time.time_ns()).notices_waiting == 0
+        assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
 
 
 async def test_notice_during_the_history_is_applied_when_a_fetch_drains_it(
@@ -124,22 +133,15 @@ async def test_notice_during_the_history_is_applied_when_a_fetch_drains_it(
     fetch was issued, so it waited for the next fetch's 1 s timeout (or the next
     notice) — up to a second of every takeover's first epoch.
     """
-    with start_node(tmp_path / "nats") as nd:
-        cfg = JetStreamConfig(servers=tuple(nd.servers))
-        g = _Gate(tmp_path, cfg)
-        feed, tracker, through, store = g.feed, g.tracker, g.through, g.store
-        sharelog = await ShareLog.open(cfg, tmp_path, "test")
-        try:
-            feed.term = 3
-            await feed._subscription(sharelog)  # the term's consumer, nothing pending
-            issued = time.monotonic()  # the draining fetch's request went out here
-            feed._notice(g.notice())
-            await feed._drained(sharelog, issued)
-            assert feed.health(time.time_ns()).notices_waiting == 0
-            assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
-        finally:
-            await sharelog.close()
-            store.close()
+    async with _on_nats(tmp_path) as (g, sharelog):
+        feed, tracker, through = g.feed, g.tracker, g.through
+        feed.term = 3
+        await feed._subscription(sharelog)  # the term's consumer, nothing pending
+        issued = time.monotonic()  # the draining fetch's request went out here
+        feed._notice(g.notice())
+        await feed._drained(sharelog, issued)
+        assert feed.health(time.time_ns()).notices_waiting == 0
+        assert tracker.snapshot(time.time_ns())[GW]["through_s"] == through / 1e9
 
 
 class _ProbeAnsweredNothing:
