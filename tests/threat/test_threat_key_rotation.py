@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,14 +36,7 @@ async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) 
     Fails on the code before this change: there was no rotation, and a gateway
     refused any HPKE key other than the one it pinned first.
     """
-    keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
-    (tmp_path / "cloud").mkdir()
-    dep = Deployment(
-        tmp_path / "cloud",
-        POLICY,
-        {"gw-test": keys.identity},
-        party_extra={"hpke_rotation_s": 3.0, "hpke_overlap_s": 60.0},
-    )
+    keys, dep = rotating_deployment(tmp_path)
     try:
         await asyncio.to_thread(dep.start_all)
         with mosquitto(tmp_path / "mq") as broker:
@@ -78,6 +71,20 @@ async def test_rotation_while_sending_loses_and_repeats_nothing(tmp_path: Path) 
     assert counts["party0"][2] + counts["party1"][2] == sum(sent.values())  # each batch once
     assert first
     assert all(pins[i] != first[i] for i in (0, 1))
+
+
+def rotating_deployment(tmp_path: Path, **party_extra: Any) -> tuple[GatewayKeys, Deployment]:
+    """A gateway's keys and a deployment in ``tmp_path/cloud`` that admits it, whose parties
+    rotate their HPKE key every 3 s and keep the previous one for 60 s (plus ``party_extra``)."""
+    keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
+    (tmp_path / "cloud").mkdir()
+    dep = Deployment(
+        tmp_path / "cloud",
+        POLICY,
+        {"gw-test": keys.identity},
+        party_extra={**party_extra, "hpke_rotation_s": 3.0, "hpke_overlap_s": 60.0},
+    )
+    return keys, dep
 
 
 class Sent(NamedTuple):

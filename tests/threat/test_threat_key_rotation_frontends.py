@@ -12,22 +12,18 @@ change: ``hpke_rotation_s`` with ``jetstream:`` was refused at load.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.keys import GatewayKeys
-from tests.cloud.scenario import POLICY
 from tests.cloud.services import Deployment, metric
 from tests.gateway.harness import real_cluster_config
 from tests.gateway.services import mosquitto
 from tests.jetstream.logstack import start_frontends
 
-from .test_threat_key_rotation import send_while_rotating
+from .test_threat_key_rotation import rotating_deployment, send_while_rotating
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.processes, pytest.mark.slow]
 
@@ -47,18 +43,7 @@ def _versions(dep: Deployment, fes: list[str]) -> list[float]:
 
 
 async def test_frontends_rotate_while_a_gateway_sends(tmp_path: Path) -> None:
-    keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
-    (tmp_path / "cloud").mkdir()
-    dep = Deployment(
-        tmp_path / "cloud",
-        POLICY,
-        {"gw-test": keys.identity},
-        party_extra={
-            "jetstream": {"embedded": True},
-            "hpke_rotation_s": 3.0,
-            "hpke_overlap_s": 60.0,
-        },
-    )
+    keys, dep = rotating_deployment(tmp_path, jetstream={"embedded": True})
     try:
         await asyncio.to_thread(dep.start_all)
         fes = {p: [dep.add_frontend(p) for _ in range(2)] for p in dep.parties}
