@@ -68,6 +68,7 @@ from cloud_tecc.party.enrolment_fields import (
     NOT_ENROLLED,
     after_quote,
     b64,
+    check_same_tpm,
     gateway_id,
     hexfield,
     pcr_values,
@@ -170,12 +171,7 @@ class Enrolment:
         if rec is not None and rec.state == "revoked":
             raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
         self._check_static(gid, identity)
-        if rec is not None and rec.ek_fingerprint not in (None, fingerprint):
-            raise ev.EvidenceError(
-                "conflict",
-                f"gateway id {gid!r} is enrolled with another TPM; revoke and forget it "
-                "first if the device was replaced",
-            )
+        check_same_tpm(gid, rec, fingerprint)
         context = EnrolContext(identity, fingerprint, ak_raw)
         ch = await self.challenges.issue(gid, ev.ENROL_TAG, now_ns, context)
         cred = ev.make_challenge(ek, ak, ch.secret)
@@ -231,14 +227,21 @@ class Enrolment:
         full = self.registry.count("pending") >= self.doc.max_pending
 
         def enrol(rec: GatewayRecord | None) -> GatewayRecord:
+            # checked again on the current record: the challenge was issued against an
+            # older snapshot (another claim may have enrolled the id since, at any frontend)
+            check_same_tpm(gid, rec, fingerprint)
+            # the same TPM with its enrolled PCR values: re-enrolment, or an identity rotation
             same = (
                 rec is not None
                 and rec.state in ("enrolled", "suspended")
-                and rec.identity_key == identity
+                and rec.ek_fingerprint == fingerprint
                 and dict(rec.golden) == quoted
             )
             if same or (not unmatched and self.doc.approval == "auto"):
-                state, reason = "enrolled", "attested" if not same else "re-enrolled"
+                state, reason = "enrolled", "attested"
+                if same and rec is not None:
+                    rotated = rec.identity_key != identity
+                    reason = "identity key rotated" if rotated else "re-enrolled"
             else:
                 state = "pending"
                 reason = "operator approval" if not unmatched else f"PCR(s) {unmatched} not listed"
