@@ -208,13 +208,14 @@ class Enrolment:
         self._check_static(gid, identity)  # the config may have changed since the challenge
         ev.check_activation(ch.secret, secret_digest(hexfield(doc, "activated")))
         values = self._quoted(doc, ak, identity, ev.ENROL_TAG)
+        check_same_tpm(gid, self.registry.get(gid), fingerprint)  # before it can suspend
         unmatched = ev.check_pcrs(values, self.allowed, self.doc.pcrs)
         refused = [p for p in unmatched if self.allowed.get(p)]
         quoted = {p: values[p] for p in self.doc.pcrs}
         if refused:
 
             def suspend(rec: GatewayRecord | None) -> GatewayRecord | None:
-                if rec is None or rec.state != "enrolled":
+                if rec is None or rec.state != "enrolled" or rec.ek_fingerprint != fingerprint:
                     return rec
                 return replace(rec, state="suspended", reason="pcr", updated_ns=now_ns)
 

@@ -287,6 +287,27 @@ def test_a_claim_challenged_before_the_id_was_enrolled_cannot_take_it_over(
     LiveKeys({}, party.registry).admit("gw-test")  # the real gateway's data is still accepted
 
 
+def test_a_claim_over_other_pcrs_does_not_suspend_the_gateway_holding_the_id(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """As above, the claimant's quote over PCR values the policy does not list: refused as a
+    ``conflict``, and the real gateway stays enrolled (fails on the code before this
+    change: the ``pcr`` refusal suspended the enrolled record of the other TPM)."""
+    party = rig.party(pcr_values=ZERO)
+    with manufactured_swtpm(tmp_path / "tpm2", tmp_path / "ca") as sw2:
+        _, other = _fresh_keys(rig, sw2, "gw2")
+        claim = run(party.challenge(other.request(), at(100)))
+        assert _enrol(party, rig.evidence, at(101))["status"] == "enrolled"
+        with Tpm(sw2.tcti) as tpm:
+            tpm.extend_pcr(14, hashlib.sha256(b"other software").digest())
+        with pytest.raises(EvidenceError, match="enrolled with another TPM") as err:
+            run(party.finish(other.answer(claim, ENROL_TAG), at(102)))
+    assert err.value.reason == "conflict"
+    rec = party.registry.get("gw-test")
+    assert rec is not None
+    assert rec.state == "enrolled"
+
+
 @pytest.mark.parametrize("approval", ["auto", "operator"])
 def test_the_same_tpm_rotates_its_identity_key_by_enrolling_again(rig: Rig, approval: str) -> None:
     """Same EK, same enrolled PCR values, a new identity key: enrolled with the new key at
