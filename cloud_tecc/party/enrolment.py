@@ -25,7 +25,9 @@ refused, reason, error}`` (``reason`` from
 counted in ``tecc_enrolment_refused_total{reason}``. A gateway id the party
 config's ``gateways:`` lists enrols only with the configured identity key
 (``conflict`` otherwise), and the configured key is the one its batches verify
-with.
+with. An id recorded with one TPM's EK is refused to every other (``conflict``,
+at challenge and finish); that TPM re-enrols with its enrolled PCR values at
+once, also with a new identity key (a rotation, docs/CLOUD.md).
 
 Policy: the EK must chain to a configured CA; a gateway whose every quoted
 PCR holds a value ``enrolment.pcr_values`` lists is enrolled at once
