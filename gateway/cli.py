@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -185,7 +186,19 @@ async def _enrol_once(cfg: GatewayConfig, evidence: TpmEvidence) -> dict[int, di
 
 
 def _rotate(cfg: GatewayConfig, keys: GatewayKeys) -> int:
-    """``rotate-identity``: refuse while batches signed with the current key wait in the spool."""
+    """``rotate-identity``: refuse while the agent runs or signed batches wait in the spool."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - a lookup
+    host = wildcard.get(cfg.http.host, cfg.http.host)  # where a local client reaches the agent
+    try:
+        socket.create_connection((host, cfg.http.port), timeout=1.0).close()
+    except OSError:
+        pass  # nothing listens there: the agent is stopped
+    else:
+        raise GatewayError(
+            f"something answers at {host}:{cfg.http.port} (http.port): the agent of this "
+            "config still runs? stop it first (a running agent keeps quoting with the current "
+            "key and would enrol it again), then rotate"
+        )
     spool = _open_spool(cfg, keys)
     try:
         waiting = {c.index: spool.depth(c.index) for c in cfg.clusters}

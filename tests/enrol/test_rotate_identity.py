@@ -1,9 +1,11 @@
-"""``tecc-gateway rotate-identity`` on a real swtpm: refused while the spool holds batches,
-then a new identity key sealed, the spool key (and so the spool) kept."""
+"""``tecc-gateway rotate-identity`` on a real swtpm: refused while the agent's port answers
+and while the spool holds batches, then a new identity key sealed, the spool key (and so
+the spool) kept."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -42,6 +44,10 @@ def test_rotation_waits_for_an_empty_spool_and_keeps_the_spool_key(tmp_path: Pat
         spool.ack(0, seq)  # delivered to cluster 0 only
         spool.close()
 
+        with socket.create_server(("127.0.0.1", cfg.http.port)):  # "the agent still runs"
+            running = cli("launch", "--config", str(path), "rotate-identity")
+        assert running.returncode == 4, running.stderr
+        assert "stop it first" in running.stderr
         refused = cli("launch", "--config", str(path), "rotate-identity")
         assert refused.returncode == 4, refused.stderr
         assert "spool still holds batches" in refused.stderr
