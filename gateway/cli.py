@@ -1,5 +1,5 @@
 """Command line: ``tecc-gateway init | provision | launch | run | status | reenrol | enrol |
-check-config``.
+rotate-identity | check-config``.
 
 ``init`` writes a config from an OPC-UA server and/or MQTT topics
 (:mod:`gateway.init.command`).
@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from gateway.config_yaml import load_config
 from gateway.enrol import Attestor, EnrolmentRefusedError, TpmEvidence, enrol
 from gateway.errors import GatewayConfigError, GatewayError, PcrPolicyError
 from gateway.init.args import add_parser as add_init_parser
-from gateway.keys import GatewayKeys, load_keys, provision
+from gateway.keys import GatewayKeys, load_keys, provision, rotate_identity
 from gateway.launch import events, exec_agent, explain, measure, predicted
 from gateway.sealed import import_secret
 from gateway.spool import Spool
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         ("reenrol", "forget a cluster's pinned key (after a legitimate re-key)"),
         ("import-secret", "seal a clear secret file (OPC-UA key, MQTT password) under the TPM"),
         ("enrol", "enrol with every cluster by TPM attestation once and print the answers"),
+        ("rotate-identity", "new identity key (agent stopped, spool drained), enrol it everywhere"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", required=True, type=Path)
@@ -183,6 +185,51 @@ async def _enrol_once(cfg: GatewayConfig, evidence: TpmEvidence) -> dict[int, di
     return out
 
 
+def _rotate(cfg: GatewayConfig, keys: GatewayKeys) -> int:
+    """``rotate-identity``: refuse while the agent runs or signed batches wait in the spool."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - a lookup
+    host = wildcard.get(cfg.http.host, cfg.http.host)  # where a local client reaches the agent
+    try:
+        socket.create_connection((host, cfg.http.port), timeout=1.0).close()
+    except OSError:
+        pass  # nothing listens there: the agent is stopped
+    else:
+        raise GatewayError(
+            f"something answers at {host}:{cfg.http.port} (http.port): the agent of this "
+            "config still runs? stop it first (a running agent keeps quoting with the current "
+            "key and would enrol it again), then rotate"
+        )
+    spool = _open_spool(cfg, keys)
+    try:
+        waiting = {c.index: spool.depth(c.index) for c in cfg.clusters}
+    finally:
+        spool.close()
+    if any(waiting.values()):
+        raise GatewayError(
+            f"the spool still holds batches signed with the current identity key (depth per "
+            f"cluster: {waiting}); clusters refuse them once the key is rotated: start the "
+            "agent until `tecc-gateway status` shows depth 0 everywhere, stop it, then rotate"
+        )
+    pcr = cfg.tpm.measure_pcr
+    launch_value = None if pcr is None else predicted(events(cfg))
+    expected = None if pcr is None or launch_value is None else {pcr: launch_value}
+    with _tpm(cfg) as tpm:
+        new = rotate_identity(
+            tpm, cfg.state_dir, keys, cfg.tpm.pcrs, cfg.tpm.pcr_bank, expected=expected
+        )
+    answers: dict[int, dict[str, object]] = {}
+    if cfg.tpm.enrol:
+        answers = asyncio.run(_enrol_once(cfg, TpmEvidence(cfg, new, lambda: _tpm(cfg))))
+    out = {
+        "gateway_id": cfg.gateway_id,
+        "identity_public_key": new.public_raw.hex(),
+        "previous_identity_public_key": keys.public_raw.hex(),
+        "enrolment": answers,
+    }
+    print(json.dumps(out))
+    return 0 if all(a.get("status") == "enrolled" for a in answers.values()) else 4
+
+
 def _check(path: Path) -> int:
     cfg = load_config(path)
     if cfg.opcua and not cfg.mqtt and not any(o.browse for o in cfg.opcua):
@@ -250,6 +297,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         asyncio.run(_run(cfg, keys, args.config))
         return 0
+    if args.command == "rotate-identity":
+        return _rotate(cfg, keys)
     if args.command == "enrol":
         answers = asyncio.run(_enrol_once(cfg, TpmEvidence(cfg, keys, lambda: _tpm(cfg))))
         print(json.dumps(answers))

@@ -86,3 +86,23 @@ def load_keys(tpm: Tpm, state_dir: Path) -> GatewayKeys:
     if len(seed) != 32 or len(spool_key) != 32:
         raise GatewayError("unsealed key material has the wrong size; re-provision")
     return GatewayKeys(Ed25519PrivateKey.from_private_bytes(seed), spool_key)
+
+
+def rotate_identity(
+    tpm: Tpm,
+    state_dir: Path,
+    keys: GatewayKeys,
+    pcrs: Sequence[int],
+    bank: str = "sha256",
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+    expected: Mapping[int, bytes] | None = None,
+) -> GatewayKeys:
+    """Replace the identity key only, sealed like :func:`provision`; the spool key is kept."""
+    seed = random_bytes(32)
+    new = GatewayKeys(Ed25519PrivateKey.from_private_bytes(seed), keys.spool_key)
+    _write_atomic(
+        state_dir / IDENTITY_FILE, tpm.seal(seed, pcrs, bank, expected=expected).to_json()
+    )
+    _write_atomic(state_dir / PUBLIC_FILE, new.public_raw.hex() + "\n")
+    return new

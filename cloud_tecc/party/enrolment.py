@@ -25,7 +25,9 @@ refused, reason, error}`` (``reason`` from
 counted in ``tecc_enrolment_refused_total{reason}``. A gateway id the party
 config's ``gateways:`` lists enrols only with the configured identity key
 (``conflict`` otherwise), and the configured key is the one its batches verify
-with.
+with. An id recorded with one TPM's EK is refused to every other (``conflict``,
+at challenge and finish); that TPM re-enrols with its enrolled PCR values at
+once, also with a new identity key (a rotation, docs/CLOUD.md).
 
 Policy: the EK must chain to a configured CA; a gateway whose every quoted
 PCR holds a value ``enrolment.pcr_values`` lists is enrolled at once
@@ -68,6 +70,7 @@ from cloud_tecc.party.enrolment_fields import (
     NOT_ENROLLED,
     after_quote,
     b64,
+    check_same_tpm,
     gateway_id,
     hexfield,
     pcr_values,
@@ -170,12 +173,7 @@ class Enrolment:
         if rec is not None and rec.state == "revoked":
             raise ev.EvidenceError("revoked", f"gateway {gid!r} is revoked at this party")
         self._check_static(gid, identity)
-        if rec is not None and rec.ek_fingerprint not in (None, fingerprint):
-            raise ev.EvidenceError(
-                "conflict",
-                f"gateway id {gid!r} is enrolled with another TPM; revoke and forget it "
-                "first if the device was replaced",
-            )
+        check_same_tpm(gid, rec, fingerprint)
         context = EnrolContext(identity, fingerprint, ak_raw)
         ch = await self.challenges.issue(gid, ev.ENROL_TAG, now_ns, context)
         cred = ev.make_challenge(ek, ak, ch.secret)
@@ -212,13 +210,14 @@ class Enrolment:
         self._check_static(gid, identity)  # the config may have changed since the challenge
         ev.check_activation(ch.secret, secret_digest(hexfield(doc, "activated")))
         values = self._quoted(doc, ak, identity, ev.ENROL_TAG)
+        check_same_tpm(gid, self.registry.get(gid), fingerprint)  # before it can suspend
         unmatched = ev.check_pcrs(values, self.allowed, self.doc.pcrs)
         refused = [p for p in unmatched if self.allowed.get(p)]
         quoted = {p: values[p] for p in self.doc.pcrs}
         if refused:
 
             def suspend(rec: GatewayRecord | None) -> GatewayRecord | None:
-                if rec is None or rec.state != "enrolled":
+                if rec is None or rec.state != "enrolled" or rec.ek_fingerprint != fingerprint:
                     return rec
                 return replace(rec, state="suspended", reason="pcr", updated_ns=now_ns)
 
@@ -231,14 +230,21 @@ class Enrolment:
         full = self.registry.count("pending") >= self.doc.max_pending
 
         def enrol(rec: GatewayRecord | None) -> GatewayRecord:
+            # checked again on the current record: the challenge was issued against an
+            # older snapshot (another claim may have enrolled the id since, at any frontend)
+            check_same_tpm(gid, rec, fingerprint)
+            # the same TPM with its enrolled PCR values: re-enrolment, or an identity rotation
             same = (
                 rec is not None
                 and rec.state in ("enrolled", "suspended")
-                and rec.identity_key == identity
+                and rec.ek_fingerprint == fingerprint
                 and dict(rec.golden) == quoted
             )
             if same or (not unmatched and self.doc.approval == "auto"):
-                state, reason = "enrolled", "attested" if not same else "re-enrolled"
+                state, reason = "enrolled", "attested"
+                if same and rec is not None:
+                    rotated = rec.identity_key != identity
+                    reason = "identity key rotated" if rotated else "re-enrolled"
             else:
                 state = "pending"
                 reason = "operator approval" if not unmatched else f"PCR(s) {unmatched} not listed"

@@ -1,4 +1,5 @@
-"""The pure parts of an enrolment step: request fields, and a record after a verified quote."""
+"""The pure parts of an enrolment step: request fields, a record after a verified quote, and
+the one-TPM-per-gateway-id rule."""
 
 from __future__ import annotations
 
@@ -77,3 +78,16 @@ def after_quote(
             "reinstated"
         )
     return replace(new, last_quote_ns=now_ns), "quoted"
+
+
+def check_same_tpm(gid: str, rec: GatewayRecord | None, fingerprint: str) -> None:
+    """Refuse a claim on a gateway id whose record holds another TPM's EK (a takeover)."""
+    held = None if rec is None else rec.ek_fingerprint
+    if rec is not None and held is not None and held != fingerprint:
+        raise ev.EvidenceError(
+            "conflict",
+            f"gateway id {gid!r} is {rec.state} with another TPM (EK fingerprint "
+            f"{held[:16]}…, this claim's {fingerprint[:16]}…); the record is "
+            "kept: if the device was replaced, `tecc-cluster admin revoke` and `forget` it "
+            "first, else give this gateway another gateway_id",
+        )

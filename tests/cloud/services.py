@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_tecc.config import AuthConfig
 from demo.devstack.deployment import LOOPBACK_TLS, Deployment, auth_headers, http_json
@@ -42,7 +43,14 @@ class TestGateway:
 
     __test__ = False
 
-    def __init__(self, dep: Deployment, gateway_id: str, *, squares: bool = True) -> None:
+    def __init__(
+        self,
+        dep: Deployment,
+        gateway_id: str,
+        *,
+        squares: bool = True,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
         platforms = {name: dep.platform(name) for name in dep.parties}
         verifier = SimulatedPlatformVerifier(
             platform_keys={p.key_id: p.attestation_key.public_key() for p in platforms.values()},
@@ -67,7 +75,7 @@ class TestGateway:
         self.frames: dict[int, list[bytes]] = {}
         self.sealer = Sealer(
             gateway_id=gateway_id,
-            signing_key=dep.signing_key(gateway_id),
+            signing_key=signing_key or dep.signing_key(gateway_id),
             clusters=keys,
             columns=cols,
         )

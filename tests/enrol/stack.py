@@ -31,14 +31,18 @@ TOPIC = "plant/line1/temp/value"
 GATEWAY = "gw-test"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Stack:
-    """What a test drives: the deployment, the TPM, the broker's port, the agent's config."""
+    """What a test drives: the deployment, the TPM, the broker's port, the agent's config,
+    the agent process (a test that restarts the agent replaces it: the one here is stopped
+    at the end) and its config file."""
 
     dep: Deployment
     tpm: Swtpm
     broker_port: int
     gateway_doc: dict[str, Any]
+    agent: subprocess.Popen[bytes]
+    config: Path
 
 
 def admin(dep: Deployment, party: str, *args: str) -> dict[str, Any]:
@@ -78,6 +82,7 @@ def enrolling_stack(
     operator_keys: dict[str, str] | None = None,
     gateway_url: Callable[[Deployment, int], str] | None = None,
     party_extra: dict[str, Any] | None = None,
+    before_agent: Callable[[Deployment], None] | None = None,
 ) -> Iterator[tuple[Stack, dict[str, str]]]:
     """Everything running; yields the stack and the operator keys created (party → key).
 
@@ -87,7 +92,8 @@ def enrolling_stack(
     name to create with ``tecc-cluster admin operator-key add`` before start.
     ``gateway_url``: the URL the gateway's config gives cluster ``i`` (default
     the party's own; a test may put a proxy in between); ``party_extra``: keys
-    of both party configs (e.g. ``tls: off`` for a proxy that reads paths).
+    of both party configs (e.g. ``tls: off`` for a proxy that reads paths);
+    ``before_agent``: called once every cloud service is up, before the agent starts.
     """
     (tmp_path / "cloud").mkdir()
     dep = Deployment(
@@ -140,9 +146,11 @@ def enrolling_stack(
             for p, name in (operator_keys or {}).items()
         }
         dep.start_all()
-        agent = spawn(cfg, tmp_path / "gw" / "agent.log")
+        if before_agent is not None:
+            before_agent(dep)
+        stack = Stack(dep, sw, broker.port, doc, spawn(cfg, tmp_path / "gw" / "agent.log"), cfg)
         try:
-            yield Stack(dep, sw, broker.port, doc), keys
+            yield stack, keys
         finally:
-            terminate(agent)
+            terminate(stack.agent)
             dep.stop_all()

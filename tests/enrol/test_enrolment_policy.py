@@ -248,3 +248,89 @@ def test_the_configured_key_wins_over_an_enrolled_one(rig: Rig) -> None:
     assert keys["gw-test"].public_bytes_raw() == configured.public_bytes_raw()
     with pytest.raises(KeyError):
         keys["gw-unknown"]
+
+
+def _fresh_keys(rig: Rig, sw: Swtpm, where: str = "gw") -> tuple[GatewayKeys, TpmEvidence]:
+    """New identity keys for gateway ``gw-test`` on TPM ``sw``, its state in ``where``."""
+    path = rig.state.parent / where
+    if not path.exists():
+        path.mkdir()
+        clusters = [ClusterSpec(i, f"http://127.0.0.1:{i + 1}", f"party{i}") for i in (0, 1)]
+        write_config(path, clusters=clusters, platform=PlatformSpec("p", "00" * 32), tcti=sw.tcti)
+    cfg = load_config(path / "gateway.yaml")
+    keys = GatewayKeys(Ed25519PrivateKey.generate(), os.urandom(32))
+    return keys, TpmEvidence(cfg, keys, lambda: Tpm(sw.tcti))
+
+
+def test_a_claim_challenged_before_the_id_was_enrolled_cannot_take_it_over(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Another genuine TPM (same vendor CA, approved PCRs) asks its challenge while the id
+    is still free; the real gateway enrols; the claim's finish is refused and the record kept.
+
+    Fails on the code before this change: finish did not compare EK fingerprints, so
+    the claim overwrote the record (enrolled, the claimant's identity key).
+    """
+    party = rig.party(pcr_values=ZERO)
+    with manufactured_swtpm(tmp_path / "tpm2", tmp_path / "ca") as sw2:
+        _, other = _fresh_keys(rig, sw2, "gw2")
+        claim = run(party.challenge(other.request(), at(100)))
+        assert _enrol(party, rig.evidence, at(101))["status"] == "enrolled"
+        before = party.registry.get("gw-test")
+        with pytest.raises(EvidenceError, match="enrolled with another TPM") as err:
+            run(party.finish(other.answer(claim, ENROL_TAG), at(102)))
+    assert err.value.reason == "conflict"
+    assert "EK fingerprint" in str(err.value)
+    assert party.registry.get("gw-test") == before
+    assert before is not None
+    assert before.identity_key == bytes.fromhex(rig.evidence.request()["identity_key"])
+    LiveKeys({}, party.registry).admit("gw-test")  # the real gateway's data is still accepted
+
+
+def test_a_claim_over_other_pcrs_does_not_suspend_the_gateway_holding_the_id(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """As above, the claimant's quote over PCR values the policy does not list: refused as a
+    ``conflict``, and the real gateway stays enrolled (fails on the code before this
+    change: the ``pcr`` refusal suspended the enrolled record of the other TPM)."""
+    party = rig.party(pcr_values=ZERO)
+    with manufactured_swtpm(tmp_path / "tpm2", tmp_path / "ca") as sw2:
+        _, other = _fresh_keys(rig, sw2, "gw2")
+        claim = run(party.challenge(other.request(), at(100)))
+        assert _enrol(party, rig.evidence, at(101))["status"] == "enrolled"
+        with Tpm(sw2.tcti) as tpm:
+            tpm.extend_pcr(14, hashlib.sha256(b"other software").digest())
+        with pytest.raises(EvidenceError, match="enrolled with another TPM") as err:
+            run(party.finish(other.answer(claim, ENROL_TAG), at(102)))
+    assert err.value.reason == "conflict"
+    rec = party.registry.get("gw-test")
+    assert rec is not None
+    assert rec.state == "enrolled"
+
+
+@pytest.mark.parametrize("approval", ["auto", "operator"])
+def test_the_same_tpm_rotates_its_identity_key_by_enrolling_again(rig: Rig, approval: str) -> None:
+    """Same EK, same enrolled PCR values, a new identity key: enrolled with the new key at
+    once, also where new gateways wait for the operator (fails on the code before this
+    change with ``approval: operator``: the enrolled gateway fell back to ``pending``)."""
+    party = rig.party(pcr_values=ZERO, approval=approval)
+    old, first = _fresh_keys(rig, rig.sw)
+    if approval == "operator":
+        assert _enrol(party, first, at(100))["status"] == "pending"
+        run(party.registry.set_state("gw-test", "enrolled", "approved", at(100), operator=True))
+    else:
+        assert _enrol(party, first, at(100))["status"] == "enrolled"
+    live = LiveKeys({}, party.registry)
+    assert live["gw-test"].public_bytes_raw() == old.public_raw
+    new, rotated = _fresh_keys(rig, rig.sw)
+    answer = _enrol(party, rotated, at(101))
+    assert (answer["status"], answer["reason"]) == ("enrolled", "identity key rotated")
+    rec = party.registry.get("gw-test")
+    assert rec is not None
+    assert rec.identity_key == new.public_raw
+    assert live["gw-test"].public_bytes_raw() == new.public_raw
+    live.admit("gw-test")
+    # a quote bound to the old key no longer matches the enrolled one
+    with pytest.raises(EvidenceError, match="does not cover this verifier's nonce and the"):
+        _requote(party, first, at(102))
+    assert _requote(party, rotated, at(103))["status"] == "enrolled"
