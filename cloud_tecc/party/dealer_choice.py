@@ -6,8 +6,9 @@ meet in one computation, so the N parties of a session use one dealer, chosen
 once per session (docs/CLOUD.md "Dealer standby"):
 
 1. Party 0 takes the listed dealers in order — those a follower recently could
-   not reach last — and uses the first that answers a fresh attestation and
-   accepts its dealer link.
+   not reach last — and uses the first whose dealer link forms under its
+   verified identity (cached, then once under a fresh quote if the handshake
+   failed: a dealer restarted with new keys).
 2. It announces ``{"dealer": {index, service_id, generation}}`` over the
    session's attested mesh; ``generation`` counts its announcements.
 3. Every follower checks the announced entry against its own list, attests that
@@ -202,14 +203,29 @@ class DealerChoice:
         for index in self.order():
             ep = self.dealers[index]
             try:
-                ident = await attest(ep, True)  # a fresh quote: is it up now?
-                link = await connect(ep, ident)
+                link, ident = await self._link(ep, attest, connect)
             except DEALER_FAULTS as exc:
                 failures.append(f"{ep.service_id}: {exc}")
                 continue
             self.generation += 1
             return _Attempt(index, ep, self.generation, ident, link)
         raise PeerError("no dealer of the shard answers: " + "; ".join(failures))
+
+    @staticmethod
+    async def _link(
+        ep: Endpoint, attest: Attest, connect: Connect
+    ) -> tuple[DealerLink, VerifiedIdentity]:
+        """Link to ``ep`` under its verified identity: the cached one first (a warm
+        standby's takeover fetches no quote; the link's handshake proves the dealer is
+        up and holds that key), then once under a fresh quote when the handshake is
+        what failed (the dealer restarted with new keys). A refused or timed-out
+        connection is not retried: that dealer is down, try the next."""
+        ident = await attest(ep, False)
+        try:
+            return await connect(ep, ident), ident
+        except (CloudError, MpcError):
+            ident = await attest(ep, True)
+            return await connect(ep, ident), ident
 
     async def _follow(self, msg: DealerMessage, attest: Attest, connect: Connect) -> _Attempt:
         """A follower: the announced dealer, checked against this party's list, linked."""

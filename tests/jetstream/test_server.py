@@ -10,7 +10,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.errors import NoServersError
-from nats.js.api import StreamConfig
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StreamConfig
 
 from cloud_tecc.jetstream.server import credential, start_cluster, start_node
 
@@ -51,28 +52,37 @@ def test_cluster_keeps_r3_stream_writable_with_one_node_killed(tmp_path: Path) -
     with start_cluster(tmp_path / "nats") as dep:
         assert dep.replicas == 3
 
+        async def publish(js: JetStreamContext, payload: bytes) -> PubAck | None:
+            """``payload`` once the stream has a leader (None if it never gets one)."""
+            for _ in range(100):  # a new stream's (or a killed leader's) election
+                try:
+                    return await js.publish("t.x", payload, timeout=1)
+                except (nats.errors.Error, nats.js.errors.Error):
+                    await asyncio.sleep(0.1)
+            return None
+
         async def go() -> None:
             nc = await nats.connect(servers=dep.servers, connect_timeout=2)
-            js = nc.jetstream()
-            for _ in range(100):  # the meta leader may take a moment after readiness
-                try:
-                    await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
-                    break
-                except (nats.errors.TimeoutError, nats.js.errors.Error):
-                    await asyncio.sleep(0.1)
-            assert (await js.publish("t.x", b"1")).seq == 1
-            dep.nodes[0].kill()
-            acked = None
-            for _ in range(100):  # a new stream leader within seconds
-                try:
-                    acked = await js.publish("t.x", b"2", timeout=1)
-                    break
-                except (nats.errors.TimeoutError, nats.js.errors.Error):
-                    await asyncio.sleep(0.1)
-            assert acked is not None
-            assert acked.seq == 2
-            info = await js.stream_info("T")
-            assert info.state.messages == 2
-            await nc.close()
+            try:
+                js = nc.jetstream()
+                for _ in range(100):  # the meta leader may take a moment after readiness
+                    try:
+                        await js.add_stream(
+                            StreamConfig(name="T", subjects=["t.>"], num_replicas=3)
+                        )
+                        break
+                    except (nats.errors.TimeoutError, nats.js.errors.Error):
+                        await asyncio.sleep(0.1)
+                first = await publish(js, b"1")  # the R3 stream elects its leader after creation
+                assert first is not None
+                assert first.seq == 1
+                dep.nodes[0].kill()
+                acked = await publish(js, b"2")
+                assert acked is not None
+                assert acked.seq == 2
+                info = await js.stream_info("T")
+                assert info.state.messages == 2
+            finally:
+                await nc.close()
 
         asyncio.run(go())
