@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,10 @@ from demo.supervisor import ChildSpec
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10_000
+#: Ports this process handed out lately: two calls before either child binds must not
+#: return one port twice (a deployment asks for a dozen at once). Bounded: the oldest
+#: are forgotten, by which time their children hold them.
+_HANDED_OUT: deque[int] = deque(maxlen=4096)
 
 
 def _ephemeral_low() -> int:
@@ -47,13 +52,15 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 below the kernel's ephemeral range that was free a moment ago.
 
     A port from ``bind(0)`` lies in the ephemeral range and can be taken as
-    the local port of any outgoing connection before the child binds it.
+    the local port of any outgoing connection before the child binds it. A
+    port this process handed out lately is not handed out again.
     """
     high = _ephemeral_low() - 1
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randint(_LOWEST_PORT, max(_LOWEST_PORT, high))
-        if _bindable(port):
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_tecc.analytics.policy import policy_from_mapping
 from cloud_tecc.enclave.measurement import measure
 from cloud_tecc.enclave.platform import SimulatedPlatform
+from demo.services import free_port
 from tecc_contract.progress import Progress, seal_progress
 from tecc_contract.schema import is_loopback_host
 
@@ -67,13 +67,6 @@ SERVICES = ("party0", "party1", "dealer", "output")  # the default deployment (N
 def services(n_parties: int = 2) -> tuple[str, ...]:
     """The service names of a deployment with ``n_parties`` parties."""
     return (*(f"party{i}" for i in range(n_parties)), "dealer", "output")
-
-
-def free_port() -> int:
-    """An unused loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: A client context for the loopback test deployment's HTTPS (the parties' enclave-issued

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -12,12 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_tecc.mpc.correlations import Batch, Kind, Plan
 from cloud_tecc.mpc.dealer_client import DealerLink
 from cloud_tecc.mpc.dealer_server import DealerService
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from demo.services import free_port
 
 
 def _triples_hold(a: Batch, b: Batch) -> bool:
@@ -37,7 +31,7 @@ async def _dealer(depth: int) -> tuple[DealerService, Callable[[int], Awaitable[
         party_keys={i: k.public_key() for i, k in enumerate(keys)},
         depth=depth,
     )
-    port = _port()
+    port = free_port()
     await dealer.start("127.0.0.1", port)
     url = f"http://127.0.0.1:{port}/dealer"
 

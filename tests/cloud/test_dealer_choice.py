@@ -8,7 +8,6 @@ marked up (the process test, test_cloud_dealer_standby.py, attests for real).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,15 +24,10 @@ from cloud_tecc.mpc.errors import MpcError
 from cloud_tecc.mpc.transport import MemoryNetwork
 from cloud_tecc.party.dealer_choice import Attest, Connect, DealerChoice, InUse, _Attempt
 from cloud_tecc.party.messages import SeqMessage
+from demo.services import free_port
 from tecc_contract.attestation import VerifiedIdentity
 
 PARTY_KEYS = [Ed25519PrivateKey.generate() for _ in range(2)]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Dealers:
@@ -41,7 +35,7 @@ class Dealers:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.keys = {n: Ed25519PrivateKey.generate() for n in names}
-        self.ports = {n: _port() for n in names}
+        self.ports = {n: free_port() for n in names}
         self.services: dict[str, DealerService] = {}
         self.unreachable: dict[int, set[str]] = {0: set(), 1: set()}  # party -> dealers
 

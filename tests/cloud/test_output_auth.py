@@ -27,7 +27,8 @@ from cloud_tecc.config import load_output
 from cloud_tecc.output.auth import RULES, Role
 from cloud_tecc.output.server import OutputService
 from cloud_tecc.service.base import open_enclave
-from demo.devstack.deployment import ROOT, free_port
+from demo.devstack.deployment import ROOT
+from demo.services import free_port
 from tests.support.browser import chromium
 
 from .scenario import POLICY

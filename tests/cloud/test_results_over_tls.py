@@ -16,7 +16,7 @@ from aiohttp import web
 
 from cloud_tecc.output.gate import tls_context
 from cloud_tecc.party.coordinator import post_results
-from demo.devstack.deployment import free_port
+from demo.services import free_port
 from tests.cloud.services import NO_AUTH_LISTENERS
 
 AUTH = NO_AUTH_LISTENERS

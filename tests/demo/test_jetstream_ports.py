@@ -12,7 +12,7 @@ from pathlib import Path
 
 from demo import jetstream_layout
 from demo.devstack.deployment import Deployment
-from demo.services import _ephemeral_low
+from demo.services import _ephemeral_low, free_port
 
 
 def test_every_port_of_the_ha_layout_is_outside_the_ephemeral_range(tmp_path: Path) -> None:
@@ -32,3 +32,21 @@ def test_every_port_of_the_ha_layout_is_outside_the_ephemeral_range(tmp_path: Pa
         cluster = text.split("cluster {")[1]
         port = int(cluster.split("listen:")[1].split(":")[1].split('"')[0])
         assert port < low
+
+
+def test_every_port_of_a_plain_deployment_is_outside_the_ephemeral_range(tmp_path: Path) -> None:
+    """Fails on the code before this change: the plain deployment's ports came from
+    ``bind(0)``, and in CI the output service found its port held by an outgoing
+    connection ("address already in use") and the threat tests' deployment never started.
+    """
+    dep = Deployment(tmp_path, {"window_s": 1, "min_count": 1}, {}, n_parties=3)
+    low = _ephemeral_low()
+    assert set(dep.port_names) <= set(dep.ports)
+    assert all(p < low for p in dep.ports.values()), dep.ports
+    assert len(dep.ports) == len(set(dep.ports.values()))
+
+
+def test_free_port_hands_out_no_port_twice() -> None:
+    """Two calls before either child binds must not give one port (birthday collisions)."""
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 
-from demo.devstack.deployment import free_port
+from demo.services import free_port
 
 
 class RecordingProxy:
