@@ -229,6 +229,10 @@ class JetStreamConfig(FileSchema, frozen=True, kw_only=True):
     #: election. Safety rests on the fenced commits, not on this; 0 = stand down at
     #: the TTL. A refused renewal (another owner) ends the term at once regardless.
     lease_grace_s: Annotated[float, Meta(ge=0, le=600)] = 6.0
+    #: A standby stores its shard's parts from the log while it waits, so a takeover
+    #: reads only what came after (docs/CLOUD.md "Leases and takeover"); costs the
+    #: standby the owner's store CPU. false: a takeover reads the shard's whole history.
+    standby_follows: bool = True
 
     def __post_init__(self) -> None:
         if not self.servers and not self.embedded:

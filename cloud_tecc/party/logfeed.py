@@ -22,7 +22,9 @@ no uploads itself. :class:`LogFeed`:
 
 With a shard lease (docs/CLOUD.md "Leases and takeover") the feed runs only while
 this worker holds the lease, and each term reads through its own consumer
-``tecc-shard-<k>-t<token>`` from the start of the stream's retention: the worker's
+``tecc-shard-<k>-t<token>`` from the start of the stream's retention — or, when the
+worker followed the log as standby (:mod:`cloud_tecc.party.follower`), from just
+after the floor through which its store holds the shard: the worker's
 store may be empty or stale (another worker consumed meanwhile) and the store's
 dedup drops what it holds; a consumer of an earlier term, left by a frozen owner,
 can never take a message from this term's, and the server removes it after
@@ -163,6 +165,8 @@ class LogFeed:
         self.term = 0
         #: Last TECC_SHARES sequence when the term began (history up to it).
         self.history_seq = 0
+        #: The stream sequence the term's consumer starts at (1: the start of the log).
+        self.start_seq = 1
         #: monotonic time at which the share consumer last had nothing pending
         self.caught_up = 0.0
         self._t0, self._connected_s, self._told = 0.0, 0.0, True  # a term's start (run)
@@ -194,12 +198,15 @@ class LogFeed:
         for stream in ("shares", "progress"):
             self.malformed.labels(stream)
 
-    async def run(self, term: int = 0) -> None:
+    async def run(self, term: int = 0, start_seq: int = 1) -> None:
         """Connect (retrying), ensure the streams, then consume for ever.
 
-        ``term`` > 0: a lease term (its token); consume from the start of the log.
+        ``term`` > 0: a lease term (its token); consume from stream sequence
+        ``start_seq``: the start of the log, or the floor through which a standby's
+        follower (:mod:`cloud_tecc.party.follower`) stored the shard, plus one.
         """
         self.term, self.caught_up, self._notices = term, 0.0, {}
+        self.start_seq = start_seq
         self.pending, self.last_part_ns, self.started_ns = None, None, time.time_ns()
         name = f"worker-{self.service_id}-{self.shard}"
         self._t0, self._told = time.monotonic(), not term
@@ -235,7 +242,10 @@ class LogFeed:
                 stream=SHARES,
                 config=ConsumerConfig(
                     ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
+                    deliver_policy=(
+                        DeliverPolicy.BY_START_SEQUENCE if self.start_seq > 1 else DeliverPolicy.ALL
+                    ),
+                    opt_start_seq=self.start_seq if self.start_seq > 1 else None,
                     ack_wait=ACK_WAIT_S,
                     max_ack_pending=4 * FETCH,
                     max_deliver=-1,
@@ -369,12 +379,13 @@ class LogFeed:
             self._told = True
             log.info(
                 "shard %d: term %d's log feed caught up %.3f s after its start (connected in "
-                "%.3f s; the share stream was at sequence %d)",
+                "%.3f s; the share stream was at sequence %d, read from %d)",
                 self.shard,
                 self.term,
                 time.monotonic() - self._t0,
                 self._connected_s,
                 self.history_seq,
+                self.start_seq,
             )
 
     async def _check_caught_up(self, sharelog: ShareLog) -> None:

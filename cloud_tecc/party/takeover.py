@@ -7,13 +7,15 @@ supervisor of :func:`~cloud_tecc.jetstream.standby.run_while_leased`:
 - **standby**: nothing runs but ``/healthz`` (``"role": "standby"``, the owner it
   sees), ``/metrics`` and the quote checks of the peers, the dealer and the
   output every half ``attestation.refresh_s`` (a warm standby: a takeover's
-  session starts from verified identities); no log consumer, no MPC listener,
-  no dealer link.
+  session starts from verified identities) and, with ``jetstream.standby_follows``,
+  the :class:`~cloud_tecc.party.follower.LogFollower` that stores the shard's parts
+  as they are logged; no MPC listener, no dealer link.
 - **on acquiring** (token *t*): ``CommittedState.claim(fence=t)``, then the store is
   rebuilt from the party's log — the committed epochs up to the record's
   ``log_seq`` (:mod:`cloud_tecc.jetstream.epochlog`: states, epochs, result
   messages not yet released) and the shard's share parts from the start of the
-  stream (:class:`~cloud_tecc.party.logfeed.LogFeed`, the store dedups) — and the
+  stream (:class:`~cloud_tecc.party.logfeed.LogFeed`, the store dedups), or from
+  just after the follower's ack floor — and the
   coordinator starts from the committed watermark, with the log consumer and the
   result delivery.
 - **every epoch** is published to ``TECC_EPOCHS`` and written to the fenced commit
@@ -51,6 +53,7 @@ from cloud_tecc.jetstream.kv import TRANSIENT, FencedError, KVError
 from cloud_tecc.jetstream.lease import Lease
 from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_while_leased
 from cloud_tecc.party.coordinator import Coordinator
+from cloud_tecc.party.follower import LogFollower
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import CommittedEpoch, ShareStore
 from cloud_tecc.service.health import LeaseHealth
@@ -88,6 +91,11 @@ class ActiveShard:
         self.released_ns = 0
         self._takeover_from: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.follower = (
+            LogFollower(feed, retention_s=cfg.retention_s, registry=registry)
+            if cfg.jetstream.standby_follows
+            else None
+        )
         self.metrics = LeaseMetrics(registry)
         self.takeover_commit = Histogram(
             "tecc_shard_takeover_commit_seconds",
@@ -125,6 +133,8 @@ class ActiveShard:
                 log.warning("lease and commit buckets not ready (%s); retrying", exc)
                 await asyncio.sleep(_RETRY_S)
         self.role = "standby"
+        if self.follower is not None:
+            self.follower.start()
         watcher = asyncio.create_task(self._watch_owner(), name="lease-owner")
         warm = asyncio.create_task(self._keep_warm(), name="standby-attestation")
         try:
@@ -139,10 +149,14 @@ class ActiveShard:
                     # released; contend again once the party's JetStream answers
                     log.warning("shard %d: not active (%r); contending again", self.cfg.shard, exc)
                     self.role = "standby"
+                    if self.follower is not None:
+                        self.follower.start()
                     await asyncio.sleep(_RETRY_S)
         finally:
             watcher.cancel()
             warm.cancel()
+            if self.follower is not None:
+                await asyncio.shield(self.follower.handoff())
             with contextlib.suppress(*TRANSIENT):
                 await self.nc.close()
 
@@ -223,10 +237,11 @@ class ActiveShard:
             record.watermark_ns,
         )
         coordinator.resume()
+        start_seq = await self.follower.handoff() if self.follower is not None else 1
         self._takeover_from = lease.previous_end_ns
         self.role, self.owner = "owner", self.cfg.worker_id
         for coro, name in (
-            (self.feed.run(term=token), "log-feed"),
+            (self.feed.run(term=token, start_seq=start_seq), "log-feed"),
             (coordinator.run(), "coordinator"),
             (coordinator.deliver(), "result-delivery"),
         ):
@@ -252,6 +267,8 @@ class ActiveShard:
         except (*TRANSIENT, CloudError) as exc:  # the connection is gone anyway
             log.info("shard %d: log connection closed with %r", self.cfg.shard, exc)
         self.feed.log = None
+        if self.follower is not None:
+            self.follower.start()
         log.warning("shard %d: active part stopped", self.cfg.shard)
 
     # -- the coordinator's EpochFence -------------------------------------------------------

@@ -113,6 +113,9 @@ def test_standby_takes_over_a_killed_owner(
         wait_epochs(dep, 2, timeout=90)
         warm = _verified(dep, standby)  # a warm standby: quotes verified before the lease
         assert set(warm) == {"party1", "dealer", "output"}, warm
+        # ... that followed the share log into its own store while it waited
+        followed = metric(dep, standby, 'tecc_standby_parts_total{outcome="accepted"}')
+        assert followed > 0
         dep.stop(owner, signal.SIGKILL)
         killed = time.time()
         upload_through(dep, fes, gws, scn, range(22, SECONDS))
@@ -121,6 +124,8 @@ def test_standby_takes_over_a_killed_owner(
         # its session started from those identities: no quote fetched after the takeover
         after = _verified(dep, standby)
         assert all(after[k] < acquired_ns for k in ("party1", "dealer")), (after, acquired_ns)
+        # its term read the log from after the follower's floor, not from the start
+        assert metric(dep, standby, "tecc_standby_log_floor") > 0
         summary = _check_once(dep, scn, SECONDS // 10)
         took = metric(dep, standby, "tecc_shard_takeover_commit_seconds_sum")
         assert metric(dep, standby, "tecc_shard_takeover_commit_seconds_count") == 1

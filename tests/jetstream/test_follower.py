@@ -1,0 +1,172 @@
+"""A standby follows its shard's share log; the term after a takeover reads only the rest.
+
+Real nats-server, real SQLite store and group writer. Fails on the code before
+this change: a term's consumer always read the shard from the start of the stream
+(``LogFeed.run`` had no start sequence, and there was no follower), so a new owner
+re-read the whole history before its first epoch could close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
+
+from cloud_tecc.config import JetStreamConfig
+from cloud_tecc.jetstream.server import start_node
+from cloud_tecc.jetstream.sharelog import ShareLog
+from cloud_tecc.party.epochs import ProgressTracker
+from cloud_tecc.party.follower import LogFollower
+from cloud_tecc.party.logfeed import LogFeed
+from cloud_tecc.party.store import BatchRow, SegmentRow, ShareStore
+from cloud_tecc.party.writer import GroupWriter
+from tecc_contract.scale import Scale
+
+GW = "gw-1"
+
+
+def _row(seq: int) -> BatchRow:
+    now = time.time_ns()
+    ts = np.arange(now, now + 5, dtype="<i8")
+    x = np.arange(5, dtype="<u8") * np.uint64(seq + 1)
+    seg = SegmentRow(3, "temp", ts.tobytes(), x.tobytes(), None, Scale(-4))
+    digest = seq.to_bytes(32, "big")
+    return BatchRow(GW, seq, digest, now, 5, int(ts[0]), int(ts[-1]), False, (seg,))
+
+
+class FlakyWriter(GroupWriter):
+    """A group writer whose first insert of batch ``fail_seq`` fails (a full disk, say)."""
+
+    def __init__(self, store: ShareStore, fail_seq: int) -> None:
+        super().__init__(store)
+        self.fail_seq, self.failed = fail_seq, 0
+
+    async def submit(self, row: BatchRow) -> str:
+        if row.seq == self.fail_seq and not self.failed:
+            self.failed += 1
+            raise OSError("disk full")
+        return await super().submit(row)
+
+
+@dataclass
+class Worker:
+    """One worker's store, writer, feed and follower of shard 0."""
+
+    tmp_path: Path
+    cfg: JetStreamConfig
+    fail_seq: int = -1
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    stored: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.store = ShareStore(self.tmp_path / "shares.db")
+        self.writer = FlakyWriter(self.store, self.fail_seq)
+        self.feed = LogFeed(
+            cfg=self.cfg,
+            state_dir=self.tmp_path,
+            shard=0,
+            service_id="party0",
+            store=self.store,
+            writer=self.writer,
+            tracker=ProgressTracker([GW], started_ns=time.time_ns(), active_ns=60 * 10**9),
+            keys={GW: Ed25519PrivateKey.generate().public_key()},
+            stored=lambda row, outcome: self.stored.append((row.seq, outcome)),
+            registry=self.registry,
+        )
+        self.follower = LogFollower(self.feed, retention_s=86_400.0, registry=self.registry)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def _stack(tmp_path: Path, fail_seq: int = -1) -> AsyncIterator[tuple[Worker, ShareLog]]:
+    with start_node(tmp_path / "nats") as nd:
+        cfg = JetStreamConfig(servers=tuple(nd.servers))
+        w = Worker(tmp_path, cfg, fail_seq)
+        writer = asyncio.create_task(w.writer.run())
+        sharelog = await ShareLog.open(cfg, tmp_path, "test")
+        await sharelog.ensure_streams()
+        try:
+            yield w, sharelog
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await w.follower.close()
+            await w.feed.close()
+            await sharelog.close()
+            w.store.close()
+
+
+async def _until(cond: Callable[[], bool], within_s: float = 15.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_term_reads_only_what_the_follower_had_not_stored(tmp_path: Path) -> None:
+    async with _stack(tmp_path) as (w, sharelog):
+        last = 0
+        for seq in range(40):
+            last = (await sharelog.publish_part(_row(seq), 0)).seq
+            await sharelog.publish_part(_row(1000 + seq), 1)  # another shard's, not followed
+        w.follower.start()
+        await _until(lambda: w.sample("tecc_standby_parts_total", {"outcome": "accepted"}) == 40)
+        assert w.store.batch_count() == 40
+        assert w.sample("tecc_log_parts_total", {"outcome": "accepted"}) == 0  # counted apart
+        assert {o for _, o in w.stored} == {"duplicate"}  # history: the owner counted them
+        start = await w.follower.handoff()
+        assert start == last + 1
+        assert not w.follower.running
+        assert w.sample("tecc_standby_log_floor") == last
+        for seq in range(40, 50):  # logged after the handoff: the term reads these
+            await sharelog.publish_part(_row(seq), 0)
+        term = asyncio.create_task(w.feed.run(term=9, start_seq=start))
+        try:
+            await _until(lambda: w.sample("tecc_log_parts_total", {"outcome": "accepted"}) == 10)
+            await asyncio.sleep(0.5)  # nothing more arrives: the term read only those ten
+            assert w.sample("tecc_log_parts_total", {"outcome": "duplicate"}) == 0
+            assert w.sample("tecc_log_parts_total", {"outcome": "accepted"}) == 10
+            assert w.store.batch_count() == 50
+        finally:
+            term.cancel()
+            await asyncio.gather(term, return_exceptions=True)
+
+
+async def test_a_part_not_stored_holds_the_floor_below_it(tmp_path: Path) -> None:
+    """The floor is the server's ack floor: a failed insert (nak'd) keeps it below that
+    part even though later parts were stored, until the redelivery is stored."""
+    async with _stack(tmp_path, fail_seq=5) as (w, sharelog):
+        seqs = [(await sharelog.publish_part(_row(seq), 0)).seq for seq in range(20)]
+        w.follower.start()
+        await _until(lambda: w.sample("tecc_standby_parts_total", {"outcome": "accepted"}) == 19)
+        assert w.writer.failed == 1
+        start = await w.follower.handoff()  # batch 5 not yet redelivered (nak delay 1 s)
+        assert start <= seqs[5], (start, seqs)
+        w.follower.start()  # standby again: from the floor, batch 5 is stored this time
+        await _until(lambda: w.store.batch_count() == 20)
+        await _until(lambda: w.sample("tecc_standby_parts_total", {"outcome": "accepted"}) == 20)
+        assert await w.follower.handoff() == seqs[-1] + 1
+
+
+async def test_a_term_without_a_follower_reads_the_whole_history(tmp_path: Path) -> None:
+    async with _stack(tmp_path) as (w, sharelog):
+        for seq in range(15):
+            await sharelog.publish_part(_row(seq), 0)
+        term = asyncio.create_task(w.feed.run(term=3))
+        try:
+            await _until(lambda: w.sample("tecc_log_parts_total", {"outcome": "accepted"}) == 15)
+            assert w.store.batch_count() == 15
+            assert [o for _, o in w.stored] == ["duplicate"] * 15  # history
+        finally:
+            term.cancel()
+            await asyncio.gather(term, return_exceptions=True)
