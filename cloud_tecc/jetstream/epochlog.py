@@ -189,21 +189,31 @@ async def replay(
     shard: int,
     through_seq: int,
     apply: Callable[[list[EpochWire]], Awaitable[None]],
+    *,
+    after_seq: int = 0,
+    applied: Callable[[int], None] | None = None,
 ) -> int:
-    """Apply ``shard``'s epochs with sequence ≤ ``through_seq`` in order, in batches; how many.
+    """Apply ``shard``'s epochs with ``after_seq`` < sequence ≤ ``through_seq`` in order, in
+    batches; how many.
 
     Read through an ephemeral pull consumer (``REPLAY_BATCH`` messages a fetch,
     ``apply`` once per batch) rather than one request per message: a
     successor's replay is linear in the committed epochs still in the stream.
+    ``applied(seq)`` is told the stream sequence of the last message of each batch
+    once ``apply`` returned (a standby following the log resumes after it). Applying
+    the messages through ``through_seq`` in order after those through ``after_seq``
+    is the same as applying all through ``through_seq`` in order.
     """
-    if through_seq <= 0:
+    if through_seq <= after_seq:
         return 0
+    start = after_seq + 1
     sub = await js.pull_subscribe(
         subject(shard),
         stream=EPOCHS,
         config=ConsumerConfig(
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
             inactive_threshold=30.0,
             max_waiting=1,
         ),
@@ -219,11 +229,13 @@ async def replay(
             except nats.errors.TimeoutError:
                 break  # nothing more of this shard in the stream
             batch: list[EpochWire] = []
+            last = 0
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if seq > through_seq:  # after the record: an owner whose record write failed
                     done = True
                     break
+                last = seq
                 try:
                     batch.append(decode_epoch(msg.data or b""))
                 except EpochLogError as exc:
@@ -232,6 +244,8 @@ async def replay(
             if batch:
                 await apply(batch)
                 n += len(batch)
+            if last and applied is not None:
+                applied(last)
     finally:
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await sub.unsubscribe()

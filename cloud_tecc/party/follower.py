@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Final
 
 import nats.errors
@@ -45,28 +47,156 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cloud_tecc.jetstream import epochlog
+from cloud_tecc.jetstream.commits import CommittedState
+from cloud_tecc.jetstream.kv import TRANSIENT, KVError
 from cloud_tecc.jetstream.sharelog import SHARES, MalformedPartError, ShareLog, decode_part
 from cloud_tecc.party.logfeed import ACK_WAIT_S, FETCH, FETCH_S, LogFeed
-from cloud_tecc.party.store import InsertResult
+from cloud_tecc.party.store import CommittedEpoch, InsertResult, ShareStore
 
 log = logging.getLogger("cloud_tecc.party.follower")
 _RETRY_S: Final = 0.5
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 #: The server removes a dead standby's consumer after this.
 INACTIVE_S: Final = 30.0
+#: How long a handoff waits for the follower to stop (it stops within a step).
+STOP_WAIT_S: Final = 1.0
 #: The follower prunes its store at most this often.
 PRUNE_EVERY_S: Final = 60.0
+#: How often the epoch follower reads the shard's commit record.
+EPOCHS_EVERY_S: Final = 1.0
+
+
+class _Stopped(Exception):  # noqa: N818 - a signal between batches, not an error
+    """The epoch follower was asked to stop (between two batches)."""
+
+
+def epoch_rows(batch: list[epochlog.EpochWire], released_ns: int) -> list[CommittedEpoch]:
+    """The store's rows of logged epochs; result messages only of epochs after ``released_ns``."""
+    return [
+        (e.end_ns, epochlog.store_states(e.states), e.readings, e.done_ns,
+         e.body if e.end_ns > released_ns else None)
+        for e in batch
+    ]  # fmt: skip
+
+
+class EpochFollower:
+    """While standby: apply the shard's *recorded* epochs to the store as the owner records them.
+
+    Every :data:`EPOCHS_EVERY_S` it reads the commit record and applies the logged
+    epochs after the last one applied through the record's ``log_seq``
+    (:func:`~cloud_tecc.jetstream.epochlog.replay` with ``after_seq``). Applying a
+    prefix now and the rest at the takeover is the takeover's whole replay, in
+    the same order (module :mod:`cloud_tecc.jetstream.epochlog`), so the rebuilt
+    store is the same; the takeover replays only what came after
+    :attr:`applied_seq` and then drops the result messages the record says were
+    released meanwhile. :meth:`stop` lets the batch being applied finish (its
+    SQLite transaction runs in a thread, which a cancellation would not stop).
+    """
+
+    def __init__(self, store: ShareStore, shard: int) -> None:
+        self.store, self.shard = store, shard
+        #: The stream sequence of the last epoch message applied to the store.
+        self.applied_seq = 0
+        self._stopping = asyncio.Event()
+        self._applying = False  # a batch's transaction runs in a thread
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, js: nats.js.JetStreamContext, commits: CommittedState) -> None:
+        """Begin following (a no-op while it runs)."""
+        if self._task is None:
+            self._stopping = asyncio.Event()
+            self._task = asyncio.create_task(
+                self._run(js, commits, self._stopping), name="epoch-follower"
+            )
+
+    async def stop(self) -> int:
+        """Stop (after the batch being applied, if any); the sequence the takeover's replay
+        continues after. Once it returns, the follower writes nothing more."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            if not self._applying:  # waiting on JetStream: cancel (the flag stops it too)
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return self.applied_seq
+
+    async def _apply(
+        self, batch: list[epochlog.EpochWire], *, released_ns: int, stopping: asyncio.Event
+    ) -> None:
+        if stopping.is_set():
+            raise _Stopped
+        self._applying = True
+        try:
+            await asyncio.to_thread(self.store.commit_epochs, epoch_rows(batch, released_ns))
+        finally:
+            self._applying = False
+
+    def _applied(self, seq: int) -> None:
+        self.applied_seq = max(self.applied_seq, seq)
+
+    async def _run(
+        self, js: nats.js.JetStreamContext, commits: CommittedState, stopping: asyncio.Event
+    ) -> None:
+        while not stopping.is_set():
+            try:
+                record = await commits.load()
+                if record is not None and record.log_seq > self.applied_seq:
+                    apply = functools.partial(
+                        self._apply, released_ns=record.released_ns, stopping=stopping
+                    )
+                    await epochlog.replay(
+                        js, self.shard, record.log_seq, apply,
+                        after_seq=self.applied_seq, applied=self._applied,
+                    )  # fmt: skip
+            except _Stopped:
+                return
+            except (*TRANSIENT, KVError) as exc:
+                log.info("shard %d: epoch follower: %r; retrying", self.shard, exc)
+            except Exception as exc:  # a defect must not stop the standby: log, go on
+                log.error("shard %d: epoch follower failed (%r)", self.shard, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), EPOCHS_EVERY_S)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One follow session: its stop flag, connection and consumer (the task's own)."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    log: ShareLog | None = None
+    sub: nats.js.JetStreamContext.PullSubscription | None = None
+    #: handoff stopped waiting for the task: it closes its connection itself
+    orphaned: bool = False
+    #: waiting on a fetch or a pause: a cancellation is safe (not while connecting:
+    #: nats-py leaves a half-open socket behind a cancelled connect)
+    idle: bool = False
+
+    async def close(self) -> None:
+        sub, self.sub = self.sub, None
+        sharelog, self.log = self.log, None
+        if sub is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sub.unsubscribe()
+        if sharelog is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sharelog.close()
 
 
 class LogFollower:
-    """Follows shard ``feed.shard``'s parts into ``feed.store`` while the worker is standby."""
+    """Follows shard ``feed.shard``'s parts into ``feed.store`` while the worker is standby.
+
+    A session is stopped by its flag *and* a cancellation: Python 3.11's
+    ``asyncio.wait_for`` (inside nats-py's connect and requests) can swallow a
+    cancellation that arrives as the awaited call completes, and a follower that
+    missed it must still stop — it checks the flag before every step.
+    """
 
     def __init__(self, feed: LogFeed, *, retention_s: float, registry: CollectorRegistry) -> None:
         self.feed, self.retention_s = feed, retention_s
         #: Every part of the shard with stream sequence ≤ floor is in the store.
         self.floor = 0
-        self._log: ShareLog | None = None
-        self._sub: nats.js.JetStreamContext.PullSubscription | None = None
+        self._session: _Session | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned = 0.0
         self.floor_gauge = Gauge(
@@ -83,66 +213,99 @@ class LogFollower:
 
     @property
     def running(self) -> bool:
-        """True while the follow loop runs."""
+        """True while a follow session runs."""
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        """Begin following (a no-op while it runs)."""
-        if not self.running:
-            self._task = asyncio.create_task(self._run(), name="standby-follower")
+        """Begin following (a no-op while a session runs)."""
+        if self._session is None:
+            session = _Session()
+            self._session = session
+            self._task = asyncio.create_task(self._run(session), name="standby-follower")
 
     async def handoff(self) -> int:
         """Stop following; the stream sequence the term's consumer starts from (≥ 1)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        sub = self._sub
-        if sub is not None:
-            try:
-                info = await sub.consumer_info()
-                if info.ack_floor is not None:
-                    self.floor = max(self.floor, int(info.ack_floor.stream_seq or 0))
-            except _NATS_ERRORS as exc:
-                log.info("shard %d: follower floor not read (%r)", self.feed.shard, exc)
-        await self.close()
+        session, task = self._session, self._task
+        self._session = self._task = None
+        if session is not None and task is not None:
+            session.stop.set()
+            if session.idle:
+                task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+            if done:
+                await self._read_floor(session)
+                await session.close()
+            else:  # it stops at its next step and closes its own connection
+                session.orphaned = True
+                log.warning(
+                    "shard %d: the follower did not stop within %.1f s; the term reads from "
+                    "the floor read last (%d)",
+                    self.feed.shard,
+                    STOP_WAIT_S,
+                    self.floor,
+                )
         self.floor_gauge.set(self.floor)
         return self.floor + 1
 
     async def close(self) -> None:
-        """Drop the consumer and the connection (the server removes the consumer too)."""
-        sub, self._sub = self._sub, None
-        sharelog, self._log = self._log, None
-        if sub is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await sub.unsubscribe()
-        if sharelog is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await sharelog.close()
+        """Stop following and drop the consumer and the connection."""
+        await self.handoff()
 
-    async def _run(self) -> None:
+    async def _read_floor(self, session: _Session) -> None:
+        if session.sub is None:
+            return
+        try:
+            info = await session.sub.consumer_info()
+        except _NATS_ERRORS as exc:
+            log.info("shard %d: follower floor not read (%r)", self.feed.shard, exc)
+            return
+        if info.ack_floor is not None:
+            self.floor = max(self.floor, int(info.ack_floor.stream_seq or 0))
+
+    async def _run(self, session: _Session) -> None:
+        try:
+            await self._follow(session)
+        finally:
+            if session.orphaned:
+                await session.close()
+
+    async def _follow(self, session: _Session) -> None:
         feed = self.feed
         name = f"follower-{feed.service_id}-{feed.shard}"
-        while True:
+        while not session.stop.is_set():
             try:
-                if self._log is None:
-                    self._log = await ShareLog.open(feed.cfg, feed.state_dir, name, _RETRY_S)
-                if self._sub is None:
-                    self._sub = await self._subscribe(self._log)
+                if session.log is None:
+                    session.log = await ShareLog.open(feed.cfg, feed.state_dir, name, _RETRY_S)
+                    continue  # (the flag again: a lost cancellation)
+                if session.sub is None:
+                    session.sub = await self._subscribe(session.log)
+                    continue
+                session.idle = True
                 try:
-                    msgs = await self._sub.fetch(FETCH, timeout=FETCH_S)
+                    msgs = await session.sub.fetch(FETCH, timeout=FETCH_S)
                 except TimeoutError:  # nothing new (nats-py's and the plain one)
                     msgs = []
-                if msgs:
+                finally:
+                    session.idle = False
+                if msgs and not session.stop.is_set():
                     await self._store(msgs)
                 await self._prune()
             except _NATS_ERRORS as exc:
                 log.info("shard %d: follower: %s; retrying", feed.shard, type(exc).__name__)
-                await asyncio.sleep(_RETRY_S)
+                await self._pause(session)
             except Exception as exc:  # a defect must not stop the standby: resubscribe
                 log.error("shard %d: follower failed (%r); resubscribing", feed.shard, exc)
-                await self.close()
-                await asyncio.sleep(_RETRY_S)
+                await session.close()
+                await self._pause(session)
+
+    @staticmethod
+    async def _pause(session: _Session) -> None:
+        session.idle = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.stop.wait(), _RETRY_S)
+        finally:
+            session.idle = False
 
     async def _subscribe(self, sharelog: ShareLog) -> nats.js.JetStreamContext.PullSubscription:
         start = self.floor + 1

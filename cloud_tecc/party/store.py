@@ -330,6 +330,13 @@ class ShareStore:
         with self._wlock:
             self._w.execute("DELETE FROM outbox WHERE epoch_ns=? AND body=?", (epoch_ns, body))
 
+    def drop_released(self, released_ns: int) -> int:
+        """Drop the result messages of epochs through ``released_ns`` (released meanwhile)."""
+        with self._wlock:
+            return self._w.execute(
+                "DELETE FROM outbox WHERE epoch_ns <= ?", (released_ns,)
+            ).rowcount
+
     def prune_batches(self, before_ns: int) -> int:
         """Delete stored shares of batches whose readings all precede ``before_ns``."""
         with self._wlock:

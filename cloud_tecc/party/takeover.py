@@ -53,9 +53,9 @@ from cloud_tecc.jetstream.kv import TRANSIENT, FencedError, KVError
 from cloud_tecc.jetstream.lease import Lease
 from cloud_tecc.jetstream.standby import TAKEOVER_BUCKETS, LeaseMetrics, run_while_leased
 from cloud_tecc.party.coordinator import Coordinator
-from cloud_tecc.party.follower import LogFollower
+from cloud_tecc.party.follower import EpochFollower, LogFollower, epoch_rows
 from cloud_tecc.party.logfeed import LogFeed
-from cloud_tecc.party.store import CommittedEpoch, ShareStore
+from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.health import LeaseHealth
 
 log = logging.getLogger("cloud_tecc.party.takeover")
@@ -96,6 +96,7 @@ class ActiveShard:
             if cfg.jetstream.standby_follows
             else None
         )
+        self.epochs = EpochFollower(store, cfg.shard) if self.follower is not None else None
         self.metrics = LeaseMetrics(registry)
         self.takeover_commit = Histogram(
             "tecc_shard_takeover_commit_seconds",
@@ -133,8 +134,7 @@ class ActiveShard:
                 log.warning("lease and commit buckets not ready (%s); retrying", exc)
                 await asyncio.sleep(_RETRY_S)
         self.role = "standby"
-        if self.follower is not None:
-            self.follower.start()
+        self._follow()
         watcher = asyncio.create_task(self._watch_owner(), name="lease-owner")
         warm = asyncio.create_task(self._keep_warm(), name="standby-attestation")
         try:
@@ -149,14 +149,12 @@ class ActiveShard:
                     # released; contend again once the party's JetStream answers
                     log.warning("shard %d: not active (%r); contending again", self.cfg.shard, exc)
                     self.role = "standby"
-                    if self.follower is not None:
-                        self.follower.start()
+                    self._follow()
                     await asyncio.sleep(_RETRY_S)
         finally:
             watcher.cancel()
             warm.cancel()
-            if self.follower is not None:
-                await asyncio.shield(self.follower.handoff())
+            await asyncio.shield(self._handoff())
             with contextlib.suppress(*TRANSIENT):
                 await self.nc.close()
 
@@ -190,6 +188,21 @@ class ActiveShard:
                     last, pause = str(exc), min(every, WARM_RETRY_S)
             await asyncio.sleep(pause)
 
+    def _follow(self) -> None:
+        """Standby: follow the shard's share parts and recorded epochs into the store."""
+        if self.follower is not None and self.epochs is not None and self.commits is not None:
+            self.follower.start()
+            if self.nc is not None:
+                self.epochs.start(self.nc.jetstream(timeout=5.0), self.commits)
+
+    async def _handoff(self) -> tuple[int, int]:
+        """Stop following: (the share sequence the term reads from, the epoch sequence the
+        replay continues after) — (1, 0) without a follower."""
+        if self.follower is None or self.epochs is None:
+            return 1, 0
+        start_seq, after_seq = await asyncio.gather(self.follower.handoff(), self.epochs.stop())
+        return start_seq, after_seq
+
     def _fenced(self) -> tuple[Lease, CommittedState, Client]:
         if self.lease is None or self.commits is None or self.nc is None:
             raise CloudError("the shard's active part started before its lease was opened")
@@ -204,21 +217,21 @@ class ActiveShard:
     async def _start(self) -> None:
         lease, commits, coordinator, nc = self._need()
         token = lease.token
+        start_seq, after_seq = await self._handoff()
         record = await commits.claim(
             fence=token, worker_id=self.cfg.worker_id, now_ns=time.time_ns()
         )
         self.released_ns = record.released_ns
 
         async def apply(batch: list[epochlog.EpochWire]) -> None:
-            rows: list[CommittedEpoch] = [
-                (e.end_ns, epochlog.store_states(e.states), e.readings, e.done_ns,
-                 e.body if e.end_ns > record.released_ns else None)
-                for e in batch
-            ]  # fmt: skip
-            await asyncio.to_thread(self.store.commit_epochs, rows)
+            await asyncio.to_thread(self.store.commit_epochs, epoch_rows(batch, record.released_ns))
 
         t0 = time.monotonic()
-        n = await epochlog.replay(nc.jetstream(timeout=5.0), self.cfg.shard, record.log_seq, apply)
+        n = await epochlog.replay(
+            nc.jetstream(timeout=5.0), self.cfg.shard, record.log_seq, apply, after_seq=after_seq
+        )
+        if after_seq:  # the follower queued results the record now says were released
+            await asyncio.to_thread(self.store.drop_released, record.released_ns)
         if self.store.watermark() != record.watermark_ns:
             log.warning(
                 "shard %d: store at watermark %d after the replay, committed %d (epochs older "
@@ -237,7 +250,6 @@ class ActiveShard:
             record.watermark_ns,
         )
         coordinator.resume()
-        start_seq = await self.follower.handoff() if self.follower is not None else 1
         self._takeover_from = lease.previous_end_ns
         self.role, self.owner = "owner", self.cfg.worker_id
         for coro, name in (
@@ -267,8 +279,7 @@ class ActiveShard:
         except (*TRANSIENT, CloudError) as exc:  # the connection is gone anyway
             log.info("shard %d: log connection closed with %r", self.cfg.shard, exc)
         self.feed.log = None
-        if self.follower is not None:
-            self.follower.start()
+        self._follow()
         log.warning("shard %d: active part stopped", self.cfg.shard)
 
     # -- the coordinator's EpochFence -------------------------------------------------------

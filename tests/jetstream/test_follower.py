@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
+from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.config import JetStreamConfig
+from cloud_tecc.jetstream import epochlog
+from cloud_tecc.jetstream.commits import CommittedState
 from cloud_tecc.jetstream.server import start_node
 from cloud_tecc.jetstream.sharelog import ShareLog
 from cloud_tecc.party.epochs import ProgressTracker
-from cloud_tecc.party.follower import LogFollower
+from cloud_tecc.party.follower import EpochFollower, LogFollower, epoch_rows
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import BatchRow, SegmentRow, ShareStore
 from cloud_tecc.party.writer import GroupWriter
@@ -170,3 +175,107 @@ async def test_a_term_without_a_follower_reads_the_whole_history(tmp_path: Path)
         finally:
             term.cancel()
             await asyncio.gather(term, return_exceptions=True)
+
+
+def _dump(store: ShareStore) -> tuple[object, ...]:
+    conn = store._r  # the test reads the tables as stored
+    return tuple(
+        conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+        for t in ("epochs", "stream_state", "outbox")
+    )
+
+
+def _state(seed: int) -> StreamState:
+    ring = np.random.default_rng(seed).integers(0, 2**63, size=7, dtype=np.uint64)
+    return StreamState(ring[:1], ring[1:3], ring[3:7], Scale(-2, 1.5))
+
+
+async def test_a_standby_applies_recorded_epochs_and_the_takeover_only_the_rest(
+    tmp_path: Path,
+) -> None:
+    """An owner records epochs (a rewind among them, one message never recorded); a
+    standby's epoch follower applies them through the record's ``log_seq``; the takeover
+    replays only what came after and drops the results released meanwhile. The store
+    equals one rebuilt by the whole replay (the code before this change's only path)."""
+    with start_node(tmp_path / "nats") as nd:
+        nc = await nats.connect(servers=nd.servers)
+        js = nc.jetstream()
+        await epochlog.ensure_stream(js, JetStreamConfig(servers=tuple(nd.servers)))
+        commits = await CommittedState.open(js, shard=0)
+        await commits.claim(fence=5, worker_id="owner", now_ns=1)
+        standby, whole = ShareStore(tmp_path / "standby.db"), ShareStore(tmp_path / "whole.db")
+        follower = EpochFollower(standby, 0)
+        try:
+
+            async def record(end: int, seed: int, *, recorded: bool = True) -> int:
+                wire = epochlog.EpochWire(
+                    shard=0, end_ns=end, readings=3, done_ns=end + 1, fence=5,
+                    states=epochlog.wire_states({("gw", f"s{seed % 3}"): _state(seed)}),
+                    body=f"r{end}-{seed}".encode(),
+                )  # fmt: skip
+                seq = await epochlog.publish_epoch(js, wire, f"0:5:{end}:{seed}")
+                if recorded:
+                    await commits.commit(
+                        fence=5, worker_id="owner", now_ns=end, watermark_ns=end, log_seq=seq
+                    )
+                return seq
+
+            for end, seed in ((10, 1), (20, 2), (30, 3)):
+                await record(end, seed)
+            await record(40, 4, recorded=False)  # the owner died before its record write
+            follower.start(js, commits)
+            await _until(lambda: standby.watermark() == 30)
+            await asyncio.sleep(1.5)  # the unrecorded epoch 40 is never applied
+            assert standby.watermark() == 30
+            for end, seed in ((30, 5), (40, 6), (50, 7)):  # a new term rewinds to 30
+                await record(end, seed)
+            await commits.release(fence=5, worker_id="owner", now_ns=60, released_ns=40)
+            after = await follower.stop()
+            assert after > 0
+            record_now = await commits.load()
+            assert record_now is not None
+            rows = functools.partial(epoch_rows, released_ns=record_now.released_ns)
+
+            async def apply_standby(batch: list[epochlog.EpochWire]) -> None:
+                standby.commit_epochs(rows(batch))
+
+            async def apply_whole(batch: list[epochlog.EpochWire]) -> None:
+                whole.commit_epochs(rows(batch))
+
+            rest = await epochlog.replay(js, 0, record_now.log_seq, apply_standby, after_seq=after)
+            standby.drop_released(record_now.released_ns)
+            total = await epochlog.replay(js, 0, record_now.log_seq, apply_whole)
+            assert rest < total == 7
+            assert _dump(standby) == _dump(whole)
+            assert standby.watermark() == 50
+            assert standby.next_outgoing() == (50, b"r50-7")  # 30 and 40 released
+        finally:
+            await follower.stop()
+            await nc.close()
+            standby.close()
+            whole.close()
+
+
+async def test_a_handoff_at_any_moment_of_the_follower_returns_at_once(tmp_path: Path) -> None:
+    """Fails on the first version of the follower, which only cancelled its task: a
+    cancellation that arrived as nats-py's connect completed was swallowed (Python
+    3.11's ``wait_for``), the follower ran on and the takeover waited for it for ever
+    (in the HA soak no shard got an owner). Now a flag stops it at its next step."""
+    async with _stack(tmp_path) as (w, sharelog):
+        for seq in range(5):
+            await sharelog.publish_part(_row(seq), 0)
+        js = sharelog.nc.jetstream()
+        epochs = EpochFollower(w.store, 0)
+        commits = await CommittedState.open(js, shard=0)
+        for i in range(120):
+            w.follower.start()
+            epochs.start(js, commits)
+            await asyncio.sleep(0.0002 * (i % 40))  # through connect, subscribe, fetch
+            async with asyncio.timeout(5):
+                start = await w.follower.handoff()
+                await epochs.stop()
+            assert start >= 1
+            assert not w.follower.running
+        names = {t.get_name() for t in asyncio.all_tasks()}
+        assert not names & {"standby-follower", "epoch-follower"}, names
+        assert w.store.batch_count() <= 5
