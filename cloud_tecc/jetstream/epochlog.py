@@ -218,9 +218,11 @@ async def replay(
             max_waiting=1,
         ),
     )
-    n = 0
+    n, name = 0, ""
     try:
-        if (await sub.consumer_info()).num_pending == 0:
+        info = await sub.consumer_info()
+        name = info.name
+        if info.num_pending == 0:
             return 0
         done = False
         while not done:
@@ -249,4 +251,6 @@ async def replay(
     finally:
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await sub.unsubscribe()
+            if name:  # unsubscribe leaves an ephemeral consumer to its inactive_threshold
+                await js.delete_consumer(EPOCHS, name)
     return n

@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -106,6 +107,7 @@ class Coordinator:
         if map_id is None:  # no KV map (all-in-one party): the config's map, one version
             map_id = static_maps(cfg.shards, cfg.service.policy).id_at
         self.fence = fence
+        self._committing: asyncio.Future[None] | None = None  # the local commit in its thread
         self.tracker = tracker
         retain_freed_memory()  # epochs churn through arrays of megabytes: reuse, don't refault
         self.directory, self.http = directory, http
@@ -200,7 +202,19 @@ class Coordinator:
         done_ns = time.time_ns()
         if self.fence is not None:  # first the fenced record a successor resumes from
             await self.fence.commit(end_ns, states, readings, done_ns, body, map_id=map_id)
-        await asyncio.to_thread(self.store.commit_epoch, end_ns, states, readings, done_ns, body)
+        # shielded: a cancelled coordinator (its lease lost) leaves the thread running;
+        # ActiveShard waits for it (settled) before anything else writes epochs
+        commit = functools.partial(self.store.commit_epoch, end_ns, states, readings, done_ns, body)
+        self._committing = asyncio.get_running_loop().run_in_executor(None, commit)
+        await asyncio.shield(self._committing)
+
+    async def settled(self) -> None:
+        """Wait for a local epoch commit that a cancellation left running in its thread."""
+        fut = self._committing
+        if fut is not None and not fut.done():
+            await asyncio.wait({fut})
+        if fut is not None and fut.done() and not fut.cancelled():
+            fut.exception()  # retrieved (it was logged where it was awaited, if at all)
 
     @property
     def state(self) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -61,6 +62,8 @@ _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 INACTIVE_S: Final = 30.0
 #: How long a handoff waits for the follower to stop (it stops within a step).
 STOP_WAIT_S: Final = 1.0
+#: How often a following standby reads its consumer's ack floor.
+FLOOR_EVERY_S: Final = 5.0
 #: The follower prunes its store at most this often.
 PRUNE_EVERY_S: Final = 60.0
 #: How often the epoch follower reads the shard's commit record.
@@ -103,22 +106,26 @@ class EpochFollower:
         self._task: asyncio.Task[None] | None = None
 
     def start(self, js: nats.js.JetStreamContext, commits: CommittedState) -> None:
-        """Begin following (a no-op while it runs)."""
-        if self._task is None:
-            self._stopping = asyncio.Event()
-            self._task = asyncio.create_task(
-                self._run(js, commits, self._stopping), name="epoch-follower"
-            )
+        """Begin following (a no-op while it runs). A task still finishing its last batch
+        (a stop that was itself cancelled) ends before the new one applies anything."""
+        if self._task is not None and not self._stopping.is_set():
+            return
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(
+            self._run(js, commits, self._stopping, self._task), name="epoch-follower"
+        )
 
     async def stop(self) -> int:
         """Stop (after the batch being applied, if any); the sequence the takeover's replay
         continues after. Once it returns, the follower writes nothing more."""
-        task, self._task = self._task, None
+        task = self._task
         if task is not None:
             self._stopping.set()
             if not self._applying:  # waiting on JetStream: cancel (the flag stops it too)
                 task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task})  # (a cancelled stop leaves the task to finish)
+            if self._task is task:
+                self._task = None
         return self.applied_seq
 
     async def _apply(
@@ -136,8 +143,14 @@ class EpochFollower:
         self.applied_seq = max(self.applied_seq, seq)
 
     async def _run(
-        self, js: nats.js.JetStreamContext, commits: CommittedState, stopping: asyncio.Event
+        self,
+        js: nats.js.JetStreamContext,
+        commits: CommittedState,
+        stopping: asyncio.Event,
+        previous: asyncio.Task[None] | None,
     ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
         while not stopping.is_set():
             try:
                 record = await commits.load()
@@ -149,6 +162,13 @@ class EpochFollower:
                         js, self.shard, record.log_seq, apply,
                         after_seq=self.applied_seq, applied=self._applied,
                     )  # fmt: skip
+                if record is not None and not stopping.is_set():
+                    # results the output accepted: the owner dropped them, so does this store
+                    self._applying = True
+                    try:
+                        await asyncio.to_thread(self.store.drop_released, record.released_ns)
+                    finally:
+                        self._applying = False
             except _Stopped:
                 return
             except (*TRANSIENT, KVError) as exc:
@@ -166,11 +186,9 @@ class _Session:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     log: ShareLog | None = None
     sub: nats.js.JetStreamContext.PullSubscription | None = None
-    #: handoff stopped waiting for the task: it closes its connection itself
-    orphaned: bool = False
-    #: waiting on a fetch or a pause: a cancellation is safe (not while connecting:
-    #: nats-py leaves a half-open socket behind a cancelled connect)
-    idle: bool = False
+    #: dialling or creating its consumer: no cancellation then (nats-py leaves a
+    #: half-open socket behind a cancelled connect); the flag stops it right after
+    connecting: bool = False
 
     async def close(self) -> None:
         sub, self.sub = self.sub, None
@@ -189,7 +207,9 @@ class LogFollower:
     A session is stopped by its flag *and* a cancellation: Python 3.11's
     ``asyncio.wait_for`` (inside nats-py's connect and requests) can swallow a
     cancellation that arrives as the awaited call completes, and a follower that
-    missed it must still stop — it checks the flag before every step.
+    missed it must still stop — it checks the flag before every step. Cancelling
+    it while it stores a batch is safe: the group writer commits in its own task,
+    and a part whose ack was not sent holds the floor below it.
     """
 
     def __init__(self, feed: LogFeed, *, retention_s: float, registry: CollectorRegistry) -> None:
@@ -198,7 +218,8 @@ class LogFollower:
         self.floor = 0
         self._session: _Session | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pruned = 0.0
+        self._pruned = self._floored = 0.0
+        self._closing: set[asyncio.Task[None]] = set()
         self.floor_gauge = Gauge(
             "tecc_standby_log_floor",
             "Share stream sequence through which this standby's store holds its shard",
@@ -221,31 +242,45 @@ class LogFollower:
         if self._session is None:
             session = _Session()
             self._session = session
-            self._task = asyncio.create_task(self._run(session), name="standby-follower")
+            self._task = asyncio.create_task(self._follow(session), name="standby-follower")
 
     async def handoff(self) -> int:
-        """Stop following; the stream sequence the term's consumer starts from (≥ 1)."""
+        """Stop following; the stream sequence the term's consumer starts from (≥ 1).
+
+        Shielded: a cancelled caller still leaves the session stopped and closed.
+        """
         session, task = self._session, self._task
         self._session = self._task = None
         if session is not None and task is not None:
-            session.stop.set()
-            if session.idle:
-                task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
-            if done:
-                await self._read_floor(session)
-                await session.close()
-            else:  # it stops at its next step and closes its own connection
-                session.orphaned = True
-                log.warning(
-                    "shard %d: the follower did not stop within %.1f s; the term reads from "
-                    "the floor read last (%d)",
-                    self.feed.shard,
-                    STOP_WAIT_S,
-                    self.floor,
-                )
+            await asyncio.shield(self._end(session, task))
         self.floor_gauge.set(self.floor)
         return self.floor + 1
+
+    async def _end(self, session: _Session, task: asyncio.Task[None]) -> None:
+        session.stop.set()
+        if not session.connecting:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+        if done:
+            await self._read_floor(session)
+            await session.close()
+            return
+        log.warning(
+            "shard %d: the follower did not stop within %.1f s; the term reads from the "
+            "floor read last (%d)",
+            self.feed.shard,
+            STOP_WAIT_S,
+            self.floor,
+        )
+        # it stops at its next step (after the connect); close its connection then
+        closer = asyncio.create_task(self._close_after(session, task), name="follower-close")
+        self._closing.add(closer)
+        closer.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_after(session: _Session, task: asyncio.Task[None]) -> None:
+        await asyncio.wait({task})
+        await session.close()
 
     async def close(self) -> None:
         """Stop following and drop the consumer and the connection."""
@@ -256,18 +291,22 @@ class LogFollower:
             return
         try:
             info = await session.sub.consumer_info()
+        except nats.js.errors.NotFoundError:
+            # the consumer is gone (inactive past its threshold in an outage, its node
+            # lost): its fetches only time out (nats-py skips the 409), so subscribe again
+            log.info(
+                "shard %d: the follower's consumer is gone; subscribing again", self.feed.shard
+            )
+            sub, session.sub = session.sub, None
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sub.unsubscribe()
+            return
         except _NATS_ERRORS as exc:
             log.info("shard %d: follower floor not read (%r)", self.feed.shard, exc)
             return
         if info.ack_floor is not None:
             self.floor = max(self.floor, int(info.ack_floor.stream_seq or 0))
-
-    async def _run(self, session: _Session) -> None:
-        try:
-            await self._follow(session)
-        finally:
-            if session.orphaned:
-                await session.close()
+            self.floor_gauge.set(self.floor)
 
     async def _follow(self, session: _Session) -> None:
         feed = self.feed
@@ -275,21 +314,26 @@ class LogFollower:
         while not session.stop.is_set():
             try:
                 if session.log is None:
-                    session.log = await ShareLog.open(feed.cfg, feed.state_dir, name, _RETRY_S)
+                    session.connecting = True
+                    try:
+                        session.log = await ShareLog.open(feed.cfg, feed.state_dir, name, _RETRY_S)
+                    finally:
+                        session.connecting = False
                     continue  # (the flag again: a lost cancellation)
                 if session.sub is None:
-                    session.sub = await self._subscribe(session.log)
+                    session.connecting = True
+                    try:
+                        session.sub = await self._subscribe(session.log)
+                    finally:
+                        session.connecting = False
                     continue
-                session.idle = True
                 try:
                     msgs = await session.sub.fetch(FETCH, timeout=FETCH_S)
                 except TimeoutError:  # nothing new (nats-py's and the plain one)
                     msgs = []
-                finally:
-                    session.idle = False
                 if msgs and not session.stop.is_set():
                     await self._store(msgs)
-                await self._prune()
+                await self._upkeep(session)
             except _NATS_ERRORS as exc:
                 log.info("shard %d: follower: %s; retrying", feed.shard, type(exc).__name__)
                 await self._pause(session)
@@ -300,12 +344,23 @@ class LogFollower:
 
     @staticmethod
     async def _pause(session: _Session) -> None:
-        session.idle = True
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.stop.wait(), _RETRY_S)
-        finally:
-            session.idle = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.stop.wait(), _RETRY_S)
+
+    async def _upkeep(self, session: _Session) -> None:
+        """Every :data:`FLOOR_EVERY_S` read the floor (a handoff that cannot read it, and
+        the next session, start from there); every :data:`PRUNE_EVERY_S` prune the store
+        as the owner does: batches older than ``retention_s`` before the watermark."""
+        now = time.monotonic()
+        if now - self._floored >= FLOOR_EVERY_S:
+            self._floored = now
+            await self._read_floor(session)
+        if now - self._pruned >= PRUNE_EVERY_S:
+            self._pruned = now
+            watermark = self.feed.store.watermark()
+            if watermark > 0:
+                cutoff = watermark - int(self.retention_s * 1e9)
+                await asyncio.to_thread(self.feed.store.prune_batches, cutoff)
 
     async def _subscribe(self, sharelog: ShareLog) -> nats.js.JetStreamContext.PullSubscription:
         start = self.floor + 1
@@ -348,11 +403,3 @@ class LogFollower:
             if outcome != InsertResult.REPLAY:
                 feed.stored(row, InsertResult.DUPLICATE)  # history: the owner counts it
             await msg.ack()
-
-    async def _prune(self) -> None:
-        now = time.monotonic()
-        if now - self._pruned < PRUNE_EVERY_S:
-            return
-        self._pruned = now
-        cutoff = time.time_ns() - int(self.retention_s * 1e9)
-        await asyncio.to_thread(self.feed.store.prune_batches, cutoff)

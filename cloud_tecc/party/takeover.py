@@ -274,6 +274,8 @@ class ActiveShard:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.coordinator is not None:  # its last local commit, before the follower writes
+            await self.coordinator.settled()
         try:
             await self.feed.close()
         except (*TRANSIENT, CloudError) as exc:  # the connection is gone anyway

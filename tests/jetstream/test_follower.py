@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import nats
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
@@ -27,12 +30,14 @@ from cloud_tecc.jetstream import epochlog
 from cloud_tecc.jetstream.commits import CommittedState
 from cloud_tecc.jetstream.server import start_node
 from cloud_tecc.jetstream.sharelog import ShareLog
+from cloud_tecc.party import follower as follower_mod
 from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.follower import EpochFollower, LogFollower, epoch_rows
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import BatchRow, SegmentRow, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from tecc_contract.scale import Scale
+from tests.cloud.test_cloud_agreement import _coordinators
 
 GW = "gw-1"
 
@@ -279,3 +284,119 @@ async def test_a_handoff_at_any_moment_of_the_follower_returns_at_once(tmp_path:
         names = {t.get_name() for t in asyncio.all_tasks()}
         assert not names & {"standby-follower", "epoch-follower"}, names
         assert w.store.batch_count() <= 5
+
+
+async def test_the_standby_store_keeps_no_released_result_and_replay_leaves_no_consumer(
+    tmp_path: Path,
+) -> None:
+    """While it follows, the standby's outbox holds only results not yet released (else it
+    grew by one body per epoch for as long as it waited), and each replay deletes its
+    ephemeral consumer (else one lingered 30 s per pass)."""
+    with start_node(tmp_path / "nats") as nd:
+        nc = await nats.connect(servers=nd.servers)
+        js = nc.jetstream()
+        await epochlog.ensure_stream(js, JetStreamConfig(servers=tuple(nd.servers)))
+        commits = await CommittedState.open(js, shard=0)
+        await commits.claim(fence=5, worker_id="owner", now_ns=1)
+        standby = ShareStore(tmp_path / "standby.db")
+        follower = EpochFollower(standby, 0)
+        try:
+            for end in range(10, 60, 10):
+                wire = epochlog.EpochWire(
+                    shard=0, end_ns=end, readings=3, done_ns=end + 1, fence=5,
+                    states=epochlog.wire_states({("gw", "a"): _state(end)}), body=b"r%d" % end,
+                )  # fmt: skip
+                seq = await epochlog.publish_epoch(js, wire, f"0:5:{end}")
+                await commits.commit(
+                    fence=5, worker_id="owner", now_ns=end, watermark_ns=end, log_seq=seq
+                )
+            await commits.release(fence=5, worker_id="owner", now_ns=60, released_ns=30)
+            follower.start(js, commits)
+            await _until(lambda: standby.watermark() == 50)
+            await _until(lambda: standby.next_outgoing() == (40, b"r40"))
+            await commits.release(fence=5, worker_id="owner", now_ns=61, released_ns=50)
+            await _until(lambda: standby.next_outgoing() is None)
+            info = await js.stream_info(epochlog.EPOCHS)
+            assert info.state.consumer_count == 0
+        finally:
+            await follower.stop()
+            await nc.close()
+            standby.close()
+
+
+async def test_the_standby_prunes_by_the_watermark_not_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts older than ``retention_s`` by the wall clock but not analysed yet (the
+    watermark lags: an MPC stall) stay in the standby's store, as in the owner's."""
+    monkeypatch.setattr(follower_mod, "PRUNE_EVERY_S", 0.0)
+    async with _stack(tmp_path) as (w, sharelog):
+        w.follower.retention_s = 1.0
+        old = _row(0)
+        hour = 3600 * 10**9
+        seg = old.segments[0]
+        ts = (np.frombuffer(seg.ts, dtype="<i8") - hour).astype("<i8").tobytes()
+        old = dataclasses.replace(
+            old,
+            min_ts=old.min_ts - hour,
+            max_ts=old.max_ts - hour,
+            segments=(dataclasses.replace(seg, ts=ts),),
+        )
+        await sharelog.publish_part(old, 0)
+        w.follower.start()
+        await _until(lambda: w.store.batch_count() == 1)
+        await asyncio.sleep(0.5)  # several prune passes: watermark 0, nothing analysed
+        assert w.store.batch_count() == 1
+
+
+async def test_a_follower_whose_consumer_vanished_subscribes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fails without the resubscription: a deleted consumer's fetches only time out (nats-py
+    skips the 409), so the standby silently stopped following."""
+    monkeypatch.setattr(follower_mod, "FLOOR_EVERY_S", 0.1)
+    async with _stack(tmp_path) as (w, sharelog):
+        await sharelog.publish_part(_row(0), 0)
+        w.follower.start()
+        await _until(lambda: w.store.batch_count() == 1)
+        js = sharelog.js
+        names = [c.name for c in await js.consumers_info("TECC_SHARES")]
+        assert len(names) == 1
+        await js.delete_consumer("TECC_SHARES", names[0])
+        await sharelog.publish_part(_row(1), 0)
+        await _until(lambda: w.store.batch_count() == 2)
+        assert (await w.follower.handoff()) > 1
+
+
+async def test_settled_waits_for_a_local_commit_its_cancellation_left_running(
+    tmp_path: Path,
+) -> None:
+    """After a lost lease the follower writes epochs at once: the coordinator's last local
+    commit, still running in its thread after the cancellation, must land first (else it
+    rewinds the epochs the follower applied)."""
+    coordinator = _coordinators(tmp_path, n=2)[0]
+    release, landed = threading.Event(), threading.Event()
+    commit = coordinator.store.commit_epoch
+
+    def slow_commit(
+        end_ns: int,
+        states: dict[tuple[str, str], StreamState],
+        readings: int,
+        now_ns: int,
+        result: bytes | None = None,
+    ) -> None:
+        release.wait(5)
+        commit(end_ns, states, readings, now_ns, result)
+        landed.set()
+
+    coordinator.store.commit_epoch = slow_commit  # type: ignore[method-assign]
+    task = asyncio.create_task(coordinator._commit(10, {}, 0))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert not landed.is_set()  # cancelled, but the thread still commits
+    threading.Timer(0.2, release.set).start()
+    await coordinator.settled()
+    assert landed.is_set()
+    assert coordinator.store.watermark() == 10
+    coordinator.store.close()
