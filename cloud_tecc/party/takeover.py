@@ -227,9 +227,17 @@ class ActiveShard:
             await asyncio.to_thread(self.store.commit_epochs, epoch_rows(batch, record.released_ns))
 
         t0 = time.monotonic()
-        n = await epochlog.replay(
-            nc.jetstream(timeout=5.0), self.cfg.shard, record.log_seq, apply, after_seq=after_seq
-        )
+        js = nc.jetstream(timeout=5.0)
+        n = await epochlog.replay(js, self.cfg.shard, record.log_seq, apply, after_seq=after_seq)
+        if after_seq and self.store.watermark() != record.watermark_ns:
+            # the followed store disagrees with the record: rebuild it from the whole log
+            log.warning(
+                "shard %d: followed store at watermark %d, committed %d: replaying all epochs",
+                self.cfg.shard,
+                self.store.watermark(),
+                record.watermark_ns,
+            )
+            n = await epochlog.replay(js, self.cfg.shard, record.log_seq, apply)
         if after_seq:  # the follower queued results the record now says were released
             await asyncio.to_thread(self.store.drop_released, record.released_ns)
         if self.store.watermark() != record.watermark_ns:
