@@ -12,7 +12,7 @@ from pathlib import Path
 
 from demo import jetstream_layout
 from demo.devstack.deployment import Deployment
-from demo.services import _ephemeral_low, free_port
+from demo.services import _ephemeral_low, free_port, free_port_pair
 
 
 def test_every_port_of_the_ha_layout_is_outside_the_ephemeral_range(tmp_path: Path) -> None:
@@ -50,3 +50,12 @@ def test_free_port_hands_out_no_port_twice() -> None:
     """Two calls before either child binds must not give one port (birthday collisions)."""
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_free_port_pairs_share_no_port_with_single_ports() -> None:
+    """A pair's second port counts as handed out (it was only checked for a bind)."""
+    singles = {free_port() for _ in range(300)}
+    pairs = [free_port_pair() for _ in range(300)]
+    taken = [q for p in pairs for q in (p, p + 1)]
+    assert len(set(taken)) == len(taken)
+    assert not singles & set(taken)
