@@ -22,6 +22,7 @@ import nats
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
 from cloud_tecc.analytics.plan import StreamState
@@ -195,6 +196,21 @@ def _state(seed: int) -> StreamState:
     return StreamState(ring[:1], ring[1:3], ring[3:7], Scale(-2, 1.5))
 
 
+@contextlib.asynccontextmanager
+async def _epochs(tmp_path: Path) -> AsyncIterator[tuple[JetStreamContext, CommittedState]]:
+    """A NATS node with TECC_EPOCHS and shard 0's commit record claimed by token 5."""
+    with start_node(tmp_path / "nats") as nd:
+        nc = await nats.connect(servers=nd.servers)
+        try:
+            js = nc.jetstream()
+            await epochlog.ensure_stream(js, JetStreamConfig(servers=tuple(nd.servers)))
+            commits = await CommittedState.open(js, shard=0)
+            await commits.claim(fence=5, worker_id="owner", now_ns=1)
+            yield js, commits
+        finally:
+            await nc.close()
+
+
 async def test_a_standby_applies_recorded_epochs_and_the_takeover_only_the_rest(
     tmp_path: Path,
 ) -> None:
@@ -202,12 +218,7 @@ async def test_a_standby_applies_recorded_epochs_and_the_takeover_only_the_rest(
     standby's epoch follower applies them through the record's ``log_seq``; the takeover
     replays only what came after and drops the results released meanwhile. The store
     equals one rebuilt by the whole replay (the code before this change's only path)."""
-    with start_node(tmp_path / "nats") as nd:
-        nc = await nats.connect(servers=nd.servers)
-        js = nc.jetstream()
-        await epochlog.ensure_stream(js, JetStreamConfig(servers=tuple(nd.servers)))
-        commits = await CommittedState.open(js, shard=0)
-        await commits.claim(fence=5, worker_id="owner", now_ns=1)
+    async with _epochs(tmp_path) as (js, commits):
         standby, whole = ShareStore(tmp_path / "standby.db"), ShareStore(tmp_path / "whole.db")
         follower = EpochFollower(standby, 0)
         try:
@@ -256,7 +267,6 @@ async def test_a_standby_applies_recorded_epochs_and_the_takeover_only_the_rest(
             assert standby.next_outgoing() == (50, b"r50-7")  # 30 and 40 released
         finally:
             await follower.stop()
-            await nc.close()
             standby.close()
             whole.close()
 
@@ -292,12 +302,7 @@ async def test_the_standby_store_keeps_no_released_result_and_replay_leaves_no_c
     """While it follows, the standby's outbox holds only results not yet released (else it
     grew by one body per epoch for as long as it waited), and each replay deletes its
     ephemeral consumer (else one lingered 30 s per pass)."""
-    with start_node(tmp_path / "nats") as nd:
-        nc = await nats.connect(servers=nd.servers)
-        js = nc.jetstream()
-        await epochlog.ensure_stream(js, JetStreamConfig(servers=tuple(nd.servers)))
-        commits = await CommittedState.open(js, shard=0)
-        await commits.claim(fence=5, worker_id="owner", now_ns=1)
+    async with _epochs(tmp_path) as (js, commits):
         standby = ShareStore(tmp_path / "standby.db")
         follower = EpochFollower(standby, 0)
         try:
@@ -320,7 +325,6 @@ async def test_the_standby_store_keeps_no_released_result_and_replay_leaves_no_c
             assert info.state.consumer_count == 0
         finally:
             await follower.stop()
-            await nc.close()
             standby.close()
 
 
