@@ -392,4 +392,6 @@ class ActiveShard:
             lease_age_s=round(lease.age_s, 3) if lease is not None else 0.0,
             owner_lease_age_s=self.owner_lease_age_s(now_ns),
             token=lease.token if lease is not None and lease.valid() else 0,
+            follow_floor=self.follower.floor if self.follower is not None else None,
+            follow_epoch_seq=self.epochs.applied_seq if self.epochs is not None else None,
         )

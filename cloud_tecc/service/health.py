@@ -77,6 +77,11 @@ class LeaseHealth(msgspec.Struct, frozen=True, kw_only=True):
     owner_lease_age_s: Seconds | None
     #: The fencing token of this worker's term (0 when not held).
     token: Annotated[int, Meta(ge=0)]
+    #: A following standby: the share-log sequence its store holds the shard through
+    #: (the ack floor read last) and the last recorded epoch message it applied; None
+    #: with ``jetstream.standby_follows: false``.
+    follow_floor: Annotated[int, Meta(ge=0)] | None = None
+    follow_epoch_seq: Annotated[int, Meta(ge=0)] | None = None
 
 
 class LogHealth(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):

@@ -116,6 +116,9 @@ def test_standby_takes_over_a_killed_owner(
         # ... that followed the share log into its own store while it waited
         followed = metric(dep, standby, 'tecc_standby_parts_total{outcome="accepted"}')
         assert followed > 0
+        seen = health(dep, standby)["lease"]
+        assert isinstance(seen, dict)
+        assert seen["follow_epoch_seq"] > 0  # it applied the owner's recorded epochs
         dep.stop(owner, signal.SIGKILL)
         killed = time.time()
         upload_through(dep, fes, gws, scn, range(22, SECONDS))
