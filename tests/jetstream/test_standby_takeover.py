@@ -76,9 +76,15 @@ def _start(tmp_path: Path) -> tuple[Deployment, list[NatsDeployment], list[str]]
             js = {"servers": nodes[i].servers, "lease_ttl_s": TTL_S}
             overrides[w] = {"jetstream": js, "worker_id": w}
     dep = Deployment(tmp_path, POLICY, keys, party_overrides=overrides, standbys=1)
-    dep.start_all()
-    fes = [dep.add_frontend(p) for p in dep.parties]
-    start_frontends(dep, fes)
+    try:
+        dep.start_all()
+        fes = [dep.add_frontend(p) for p in dep.parties]
+        start_frontends(dep, fes)
+    except BaseException:  # a failed start leaves no process behind
+        dep.stop_all()
+        for n in nodes:
+            n.stop()
+        raise
     return dep, nodes, fes
 
 
