@@ -54,7 +54,7 @@ from cloud_tecc.mpc.memory import retain_freed_memory
 from cloud_tecc.mpc.source import CorrelationSource
 from cloud_tecc.mpc.transport import Transport
 from cloud_tecc.party.agreement import EpochAgreement, Phase
-from cloud_tecc.party.dealer_choice import DealerChoice
+from cloud_tecc.party.dealer_choice import DealerChoice, InUse
 from cloud_tecc.party.epochs import ProgressTracker, Proposal, build_epoch
 from cloud_tecc.party.fence import EpochFence
 from cloud_tecc.party.maprecord import static_maps
@@ -318,27 +318,48 @@ class Coordinator:
                 1e3 * (t2 - t1),
                 1e3 * (time.perf_counter() - t2),
             )
-            loop = asyncio.get_running_loop()
-            due = loop.time() + cfg.service.trust.reattest_s
-            self.pacer.news()  # a new session starts at the full tick rate
-            while True:
-                if loop.time() >= due:  # peers re-attest during the session, not only at start
-                    await self._attest_peers(force=True)
-                    await reattest(
-                        self.directory, used.endpoint, "dealer", used.identity.keys["sign"]
-                    )
-                    due = loop.time() + cfg.service.trust.reattest_s
-                if not await self._tick(mesh, link):
-                    await self._pause(
-                        min(
-                            due - loop.time(), self.pacer.after_round(idle=not self.round.proposed)
-                        ),
-                        mesh,
-                    )
+            await self._rounds(mesh, link, used)
         finally:
             await mesh.close()
             if link is not None:
                 await link.close()
+
+    async def _rounds(self, mesh: Transport, link: CorrelationSource, used: InUse) -> None:
+        """The session's agreement rounds, for ever (until one raises).
+
+        Peers and the dealer re-attest every ``reattest_s`` during the session, not only
+        at its start — beside the rounds: a peer that just died is often restarting
+        and answers its quote late (a worker's re-attestation waited 10 s in the HA
+        soak while its session with the dead peer stayed up), and the rounds must go
+        on meanwhile to notice the dead link and end the session.
+        """
+        loop = asyncio.get_running_loop()
+        every = self.cfg.service.trust.reattest_s
+        due = loop.time() + every
+        checking: asyncio.Task[None] | None = None
+        self.pacer.news()  # a new session starts at the full tick rate
+        try:
+            while True:
+                if checking is None and loop.time() >= due:
+                    checking = asyncio.create_task(
+                        self._reattest_session(used), name="session-reattest"
+                    )
+                if checking is not None and checking.done():
+                    checking.result()  # a PeerError ends the session
+                    checking, due = None, loop.time() + every
+                if not await self._tick(mesh, link):
+                    idle = self.pacer.after_round(idle=not self.round.proposed)
+                    left = due - loop.time() if checking is None else idle
+                    await self._pause(min(left, idle), mesh)
+        finally:
+            if checking is not None:
+                checking.cancel()
+                await asyncio.gather(checking, return_exceptions=True)
+
+    async def _reattest_session(self, used: InUse) -> None:
+        """Fresh quotes of every peer and of the session's dealer (same signing keys)."""
+        await self._attest_peers(force=True)
+        await reattest(self.directory, used.endpoint, "dealer", used.identity.keys["sign"])
 
     async def _attest_dealer(self, ep: Endpoint, fresh: bool) -> VerifiedIdentity:
         """The dealer's verified identity (``fresh``: a new quote, not the cached one)."""
