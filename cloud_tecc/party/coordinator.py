@@ -328,10 +328,9 @@ class Coordinator:
         """The session's agreement rounds, for ever (until one raises).
 
         Peers and the dealer re-attest every ``reattest_s`` during the session, not only
-        at its start — beside the rounds: a peer that just died is often restarting
-        and answers its quote late (a worker's re-attestation waited 10 s in the HA
-        soak while its session with the dead peer stayed up), and the rounds must go
-        on meanwhile to notice the dead link and end the session.
+        at its start — beside the rounds: a peer (or one of its listed workers) that is
+        restarting answers its quote late, up to the fetch timeouts (2–5 s per address),
+        and the epochs, and a round that notices a dead link, go on meanwhile.
         """
         loop = asyncio.get_running_loop()
         every = self.cfg.service.trust.reattest_s

@@ -1,10 +1,9 @@
 """In-session re-attestation runs beside the agreement rounds, never in their way.
 
-Fails on the code before this change: the session awaited the peers' fresh quotes
-between two rounds. In the HA soak a peer had just been killed and its restarted
-process answered its quote 10 s late; for those 10 s the surviving worker ran no
-round, so it never noticed the dead link, and the peer's new owner could not pair
-with it (a takeover of 11.4 s instead of about 3).
+Fails on the code before this change: the session awaited the peers' and the
+dealer's fresh quotes between two rounds, so a peer (or one of its listed workers)
+restarting and answering late, up to the fetch timeouts, held every epoch of the
+session and kept a round from noticing a dead link for as long.
 """
 
 from __future__ import annotations
