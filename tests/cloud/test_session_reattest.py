@@ -9,6 +9,7 @@ session and kept a round from noticing a dead link for as long.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
@@ -42,6 +43,22 @@ def _quick(coordinator: Coordinator, tmp_path: Path, reattest_s: float) -> None:
     coordinator.pacer = IdlePacer(0.01)
 
 
+async def _short_pause(_delay_s: float, _mesh: object = None) -> None:
+    await asyncio.sleep(0.005)
+
+
+def _patch(
+    monkeypatch: pytest.MonkeyPatch,
+    coordinator: Coordinator,
+    quotes: Callable[[InUse], Awaitable[None]],
+    tick: Callable[[Transport, object], Awaitable[bool]],
+) -> None:
+    """The session's re-attestation, rounds and pause replaced (no mesh, no peers)."""
+    monkeypatch.setattr(coordinator, "_reattest_session", quotes)
+    monkeypatch.setattr(coordinator, "_tick", tick)
+    monkeypatch.setattr(coordinator, "_pause", _short_pause)
+
+
 async def test_rounds_go_on_while_a_quote_is_slow_and_a_dead_link_ends_the_session(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -61,12 +78,7 @@ async def test_rounds_go_on_while_a_quote_is_slow_and_a_dead_link_ends_the_sessi
         await asyncio.sleep(0.005)
         return False
 
-    async def pause(_delay_s: float, _mesh: object = None) -> None:
-        await asyncio.sleep(0.005)
-
-    monkeypatch.setattr(coordinator, "_reattest_session", slow_quotes)
-    monkeypatch.setattr(coordinator, "_tick", tick)
-    monkeypatch.setattr(coordinator, "_pause", pause)
+    _patch(monkeypatch, coordinator, slow_quotes, tick)
     try:
         async with asyncio.timeout(5):
             with pytest.raises(PeerLostError):
@@ -91,12 +103,7 @@ async def test_a_failed_re_attestation_still_ends_the_session(
         await asyncio.sleep(0.005)
         return False
 
-    async def pause(_delay_s: float, _mesh: object = None) -> None:
-        await asyncio.sleep(0.005)
-
-    monkeypatch.setattr(coordinator, "_reattest_session", refused)
-    monkeypatch.setattr(coordinator, "_tick", tick)
-    monkeypatch.setattr(coordinator, "_pause", pause)
+    _patch(monkeypatch, coordinator, refused, tick)
     try:
         async with asyncio.timeout(5):
             with pytest.raises(PeerError, match="another signing key"):
