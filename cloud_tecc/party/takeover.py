@@ -90,6 +90,7 @@ class ActiveShard:
         self._owner_since_ns = 0  # when that holder acquired (its wall clock)
         self.released_ns = 0
         self._takeover_from: int | None = None
+        self._starting = False  # between acquiring the lease and the owner's role
         self._tasks: list[asyncio.Task[None]] = []
         self.follower = (
             LogFollower(feed, retention_s=cfg.retention_s, registry=registry)
@@ -176,7 +177,7 @@ class ActiveShard:
         while True:
             pause = every
             coordinator = self.coordinator
-            if coordinator is not None and self.role == "standby":
+            if coordinator is not None and self.role == "standby" and not self._starting:
                 try:
                     await coordinator.prewarm()
                     last = ""
@@ -215,6 +216,13 @@ class ActiveShard:
         return lease, commits, self.coordinator, nc
 
     async def _start(self) -> None:
+        self._starting = True  # no standby quote check from here on (a warm takeover)
+        try:
+            await self._become_owner()
+        finally:
+            self._starting = False
+
+    async def _become_owner(self) -> None:
         lease, commits, coordinator, nc = self._need()
         token = lease.token
         start_seq, after_seq = await self._handoff()
