@@ -57,7 +57,6 @@ from cloud_tecc.party.store import CommittedEpoch, InsertResult, ShareStore
 
 log = logging.getLogger("cloud_tecc.party.follower")
 _RETRY_S: Final = 0.5
-_NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 #: The server removes a dead standby's consumer after this.
 INACTIVE_S: Final = 30.0
 #: How long a handoff waits for the follower to stop (it stops within a step).
@@ -194,10 +193,10 @@ class _Session:
         sub, self.sub = self.sub, None
         sharelog, self.log = self.log, None
         if sub is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*TRANSIENT):
                 await sub.unsubscribe()
         if sharelog is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*TRANSIENT):
                 await sharelog.close()
 
 
@@ -298,10 +297,10 @@ class LogFollower:
                 "shard %d: the follower's consumer is gone; subscribing again", self.feed.shard
             )
             sub, session.sub = session.sub, None
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*TRANSIENT):
                 await sub.unsubscribe()
             return
-        except _NATS_ERRORS as exc:
+        except TRANSIENT as exc:
             log.info("shard %d: follower floor not read (%r)", self.feed.shard, exc)
             return
         if info.ack_floor is not None:
@@ -334,7 +333,7 @@ class LogFollower:
                 if msgs and not session.stop.is_set():
                     await self._store(msgs)
                 await self._upkeep(session)
-            except _NATS_ERRORS as exc:
+            except TRANSIENT as exc:
                 log.info("shard %d: follower: %s; retrying", feed.shard, type(exc).__name__)
                 await self._pause(session)
             except Exception as exc:  # a defect must not stop the standby: resubscribe
