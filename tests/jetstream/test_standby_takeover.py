@@ -32,7 +32,7 @@ from tests.cloud.scenario import (
 )
 from tests.cloud.services import Deployment, http_json, metric
 
-from .logstack import health, start_frontends, upload_through
+from .logstack import health, start_frontends, upload_through, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 TTL_S = 2
@@ -88,6 +88,26 @@ def _start(tmp_path: Path) -> tuple[Deployment, list[NatsDeployment], list[str]]
     return dep, nodes, fes
 
 
+def _wait_followed(dep: Deployment, standby: str, timeout: float = 30.0) -> None:
+    """Until ``standby`` has stored followed parts and applied a recorded epoch.
+
+    The epoch follower reads the commit record every second, so right after the output
+    holds an epoch the standby may not have applied it yet: this waits (bounded) and,
+    if it never does, fails with what the standby logged about following."""
+
+    def followed() -> bool:
+        parts = metric(dep, standby, 'tecc_standby_parts_total{outcome="accepted"}')
+        lease = health(dep, standby)["lease"]
+        return parts > 0 and isinstance(lease, dict) and int(lease["follow_epoch_seq"]) > 0
+
+    try:
+        wait_for(followed, timeout, f"{standby} following the log and the epochs")
+    except TimeoutError as exc:
+        lines = dep.log_path(standby).read_text(errors="replace").splitlines()
+        said = [ln for ln in lines if "follow" in ln][-20:]
+        raise AssertionError(f"{exc}; lease {health(dep, standby)['lease']}; log: {said}") from exc
+
+
 def _check_once(dep: Deployment, scn: Scenario, n_epochs: int) -> dict[str, int]:
     epochs = wait_epochs(dep, n_epochs, timeout=120)
     assert len(epochs) == n_epochs
@@ -119,12 +139,9 @@ def test_standby_takes_over_a_killed_owner(
         wait_epochs(dep, 2, timeout=90)
         warm = _verified(dep, standby)  # a warm standby: quotes verified before the lease
         assert set(warm) == {"party1", "dealer", "output"}, warm
-        # ... that followed the share log into its own store while it waited
-        followed = metric(dep, standby, 'tecc_standby_parts_total{outcome="accepted"}')
-        assert followed > 0
-        seen = health(dep, standby)["lease"]
-        assert isinstance(seen, dict)
-        assert seen["follow_epoch_seq"] > 0  # it applied the owner's recorded epochs
+        # ... that followed the share log into its own store while it waited, and applied
+        # the owner's recorded epochs (read every second: polled, not sampled once)
+        _wait_followed(dep, standby)
         dep.stop(owner, signal.SIGKILL)
         killed = time.time()
         upload_through(dep, fes, gws, scn, range(22, SECONDS))
