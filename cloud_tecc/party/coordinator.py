@@ -75,6 +75,8 @@ DEALER_CONNECT_S: Final = 5.0
 #: Pause before the next session after one that ran; doubled per failure in a row, up to the max.
 SESSION_RETRY_S: Final = 0.05
 SESSION_RETRY_MAX_S: Final = 1.0
+#: A session teardown slower than this is logged (its closes are bounded; see transport_ws).
+TEARDOWN_WARN_S: Final = 0.5
 
 
 class Session(enum.Enum):
@@ -320,9 +322,16 @@ class Coordinator:
             )
             await self._rounds(mesh, link, used)
         finally:
+            t3 = time.perf_counter()
             await mesh.close()
+            t4 = time.perf_counter()
             if link is not None:
                 await link.close()
+            if (took := time.perf_counter() - t3) > TEARDOWN_WARN_S:
+                log.warning(
+                    "MPC session teardown took %.1f s (mesh %.1f s, dealer link %.1f s)",
+                    took, t4 - t3, time.perf_counter() - t4,
+                )  # fmt: skip
 
     async def _rounds(self, mesh: Transport, link: CorrelationSource, used: InUse) -> None:
         """The session's agreement rounds, for ever (until one raises).

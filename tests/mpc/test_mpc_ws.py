@@ -27,7 +27,7 @@ from cloud_tecc.mpc import (
     reveal,
     share,
 )
-from cloud_tecc.mpc.dealer_client import DealerLink
+from cloud_tecc.mpc.dealer_client import GROUP, DealerLink
 from cloud_tecc.mpc.dealer_server import DealerService
 from cloud_tecc.mpc.source import LocalDealer
 from cloud_tecc.mpc.transport_ws import MeshConfig, WsTransport
@@ -287,3 +287,50 @@ async def test_dealer_resumes_a_reconnecting_party() -> None:
         await svc.close()
     a, b, c = (t0[k] + t1[k] for k in "abc")
     np.testing.assert_array_equal(c, a * b)
+
+
+async def test_closing_a_dealer_link_does_not_wait_for_a_stalled_dealer() -> None:
+    """A party leaves its dealer link at once while the dealer waits for another party.
+
+    Party 0 takes its first group of batches and goes away; party 1's link has read
+    its group ahead (its reader now waits to be aligned, not on the socket) and asked
+    for more. The dealer's handler of party 1 waits for a batch it cannot generate
+    until party 0 takes its part of earlier ones, so it reads nothing and never
+    answers party 1's closing handshake. Fails on the code before this change: the
+    close waited aiohttp's 10 s close timeout, and a session whose peer died started
+    again only after it (the HA soak's 10 s takeovers)."""
+    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    dealer_key = Ed25519PrivateKey.generate()
+    port = free_port()
+    svc = DealerService(
+        n=2,
+        plan=Plan(triples=64),
+        key=dealer_key,
+        party_keys={i: k.public_key() for i, k in enumerate(keys)},
+        depth=1,
+    )
+    await svc.start("127.0.0.1", port)
+
+    async def connect(i: int) -> DealerLink:
+        return await DealerLink.connect(
+            f"http://127.0.0.1:{port}/dealer",
+            party=i,
+            key=keys[i],
+            dealer_key=dealer_key.public_key(),
+            wait_s=10,
+        )
+
+    try:
+        gone, link = await connect(0), await connect(1)
+        async with asyncio.timeout(10):
+            while min(svc.stats.delivered.get(i, 0) for i in (0, 1)) < GROUP:
+                await asyncio.sleep(0.02)
+        await gone.close()
+        await asyncio.sleep(0.3)  # party 1's handler now waits for a batch beyond depth
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with asyncio.timeout(5):  # aiohttp's own close timeout is 10 s
+            await link.close()
+        assert loop.time() - t0 < 5
+    finally:
+        await svc.close()
