@@ -46,8 +46,8 @@ from cloud_tecc.mpc.transport import Payload
 log = logging.getLogger(__name__)
 _CLOSED: Final = object()
 TOKEN_BYTES: Final = 16
-#: How long closing the mesh waits for the peers' closing handshakes.
-CLOSE_S: Final = 1.0
+#: How long closing the mesh waits for the peers' closing handshakes (each link's own bound).
+CLOSE_S: Final = wslink.CLOSE_S
 #: Pause after a round over a peer's addresses in which none answered, doubling up to the max.
 DIAL_PAUSE_S: Final = 0.05
 DIAL_PAUSE_MAX_S: Final = 0.2

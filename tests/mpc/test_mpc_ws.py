@@ -289,25 +289,34 @@ async def test_dealer_resumes_a_reconnecting_party() -> None:
     np.testing.assert_array_equal(c, a * b)
 
 
+class _StalledDealer(DealerService):
+    """Serves each party its first group of batches, then waits for ever for the next:
+    a dealer that cannot generate more until another party (gone) takes its part."""
+
+    async def _next_frame(self, party: int) -> tuple[int, bytes]:
+        if self._cursor[party] >= GROUP:
+            await asyncio.Event().wait()
+        return await super()._next_frame(party)
+
+
 async def test_closing_a_dealer_link_does_not_wait_for_a_stalled_dealer() -> None:
     """A party leaves its dealer link at once while the dealer waits for another party.
 
-    Party 0 takes its first group of batches and goes away; party 1's link has read
-    its group ahead (its reader now waits to be aligned, not on the socket) and asked
-    for more. The dealer's handler of party 1 waits for a batch it cannot generate
-    until party 0 takes its part of earlier ones, so it reads nothing and never
-    answers party 1's closing handshake. Fails on the code before this change: the
-    close waited aiohttp's 10 s close timeout, and a session whose peer died started
-    again only after it (the HA soak's 10 s takeovers)."""
+    The link has read its first group ahead (its reader now waits for the session's
+    alignment, not on the socket) and asked for more; the dealer's handler waits for
+    a batch it cannot generate, reads nothing and never answers the closing
+    handshake. Fails on the code before this change: the close waited aiohttp's
+    10 s close timeout, and a session whose peer died started again only after it
+    (the HA soak's 10 s takeovers: "teardown took 10.0 s (... dealer link 10.0 s)")."""
     keys = [Ed25519PrivateKey.generate() for _ in range(2)]
     dealer_key = Ed25519PrivateKey.generate()
     port = free_port()
-    svc = DealerService(
+    svc = _StalledDealer(
         n=2,
         plan=Plan(triples=64),
         key=dealer_key,
         party_keys={i: k.public_key() for i, k in enumerate(keys)},
-        depth=1,
+        depth=4,
     )
     await svc.start("127.0.0.1", port)
 
@@ -320,17 +329,17 @@ async def test_closing_a_dealer_link_does_not_wait_for_a_stalled_dealer() -> Non
             wait_s=10,
         )
 
+    links = [await connect(0), await connect(1)]
     try:
-        gone, link = await connect(0), await connect(1)
         async with asyncio.timeout(10):
             while min(svc.stats.delivered.get(i, 0) for i in (0, 1)) < GROUP:
                 await asyncio.sleep(0.02)
-        await gone.close()
-        await asyncio.sleep(0.3)  # party 1's handler now waits for a batch beyond depth
+        await asyncio.sleep(0.2)  # both handlers now wait for a batch that never comes
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         async with asyncio.timeout(5):  # aiohttp's own close timeout is 10 s
-            await link.close()
+            await links[1].close()
         assert loop.time() - t0 < 5
     finally:
+        await links[0].close()
         await svc.close()
