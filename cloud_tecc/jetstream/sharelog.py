@@ -35,7 +35,7 @@ import nats.js.errors
 import numpy as np
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from cloud_tecc.config import JetStreamConfig
 from cloud_tecc.errors import CloudError
@@ -54,6 +54,15 @@ MAX_PART_BYTES: Final = 8 * 1024 * 1024 - 16 * 1024
 #: Progress notices kept: this long, and at most this many per gateway.
 PROGRESS_MAX_AGE_S: Final = 600.0
 PROGRESS_PER_GATEWAY: Final = 16
+#: Idle heartbeat of a worker's ordered consumer of TECC_PROGRESS (seconds). nats-py
+#: recreates an ordered consumer that showed no activity for two heartbeats, checked
+#: every two; its default of 5 s meant that after a JetStream node kill took the
+#: consumer (R=1, memory) with it, notices stopped for up to 10–20 s after the
+#: stream's new leader served, and epochs closed late (the HA soak's late windows
+#: at node kills). At 0.5 s the consumer is recreated, retried every second, within
+#: about a second of the new leader; the cost is an idle heartbeat per worker
+#: every half second.
+PROGRESS_HEARTBEAT_S: Final = 0.5
 #: Retry-After hints (seconds) for a full stream and for an unreachable/slow JetStream.
 RETRY_FULL_S: Final = 5
 RETRY_DOWN_S: Final = 2
@@ -362,6 +371,17 @@ class ShareLog:
         except (*_DOWN, nats.js.errors.APIError) as exc:
             raise overloaded(exc) from exc
         return Published(ack.seq, bool(ack.duplicate))
+
+    async def subscribe_progress(self) -> JetStreamContext.PushSubscription:
+        """An ordered consumer of every gateway's notices, from the newest of each on
+        (recreated by nats-py after :data:`PROGRESS_HEARTBEAT_S` × 2 without activity)."""
+        return await self.js.subscribe(
+            "tecc.progress.>",
+            stream=PROGRESS,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            idle_heartbeat=PROGRESS_HEARTBEAT_S,
+        )
 
     async def stored_part(self, seq: int) -> bytes:
         """The message stored at ``seq`` of TECC_SHARES (a duplicate's original)."""

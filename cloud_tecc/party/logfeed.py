@@ -58,7 +58,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from cloud_tecc.config import JetStreamConfig
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from cloud_tecc.jetstream.sharelog import (
-    PROGRESS,
     SHARES,
     MalformedPartError,
     ShareLog,
@@ -349,12 +348,7 @@ class LogFeed:
     async def _consume_progress(self, sharelog: ShareLog) -> None:
         while True:
             try:
-                sub = await sharelog.js.subscribe(
-                    "tecc.progress.>",
-                    stream=PROGRESS,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
+                sub = await sharelog.subscribe_progress()
                 async for msg in sub.messages:
                     self._notice(msg)
                     if self._notices:
