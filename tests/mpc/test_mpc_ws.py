@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -244,17 +245,19 @@ async def test_untrusted_certificate_is_refused(tmp_path: Path) -> None:
     assert any(isinstance(r, AuthenticationError) for r in results)
 
 
-async def test_dealer_resumes_a_reconnecting_party() -> None:
-    """A party that reconnects resumes past what it used; alignment lines batches up."""
+async def _dealer_for_two(
+    cls: type[DealerService], depth: int
+) -> tuple[DealerService, Callable[[int], Awaitable[DealerLink]]]:
+    """A started dealer service (``cls``) of triples for two parties, and how party i links."""
     keys = [Ed25519PrivateKey.generate() for _ in range(2)]
     dealer_key = Ed25519PrivateKey.generate()
     port = free_port()
-    svc = DealerService(
+    svc = cls(
         n=2,
         plan=Plan(triples=64),
         key=dealer_key,
         party_keys={i: k.public_key() for i, k in enumerate(keys)},
-        depth=1,
+        depth=depth,
     )
     await svc.start("127.0.0.1", port)
 
@@ -267,6 +270,12 @@ async def test_dealer_resumes_a_reconnecting_party() -> None:
             wait_s=10,
         )
 
+    return svc, connect
+
+
+async def test_dealer_resumes_a_reconnecting_party() -> None:
+    """A party that reconnects resumes past what it used; alignment lines batches up."""
+    svc, connect = await _dealer_for_two(DealerService, depth=1)
     try:
         first = await connect(0)
         await first.prefetch(1)  # party 0 used batch 0, then restarts
@@ -308,27 +317,7 @@ async def test_closing_a_dealer_link_does_not_wait_for_a_stalled_dealer() -> Non
     handshake. Fails on the code before this change: the close waited aiohttp's
     10 s close timeout, and a session whose peer died started again only after it
     (the HA soak's 10 s takeovers: "teardown took 10.0 s (... dealer link 10.0 s)")."""
-    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
-    dealer_key = Ed25519PrivateKey.generate()
-    port = free_port()
-    svc = _StalledDealer(
-        n=2,
-        plan=Plan(triples=64),
-        key=dealer_key,
-        party_keys={i: k.public_key() for i, k in enumerate(keys)},
-        depth=4,
-    )
-    await svc.start("127.0.0.1", port)
-
-    async def connect(i: int) -> DealerLink:
-        return await DealerLink.connect(
-            f"http://127.0.0.1:{port}/dealer",
-            party=i,
-            key=keys[i],
-            dealer_key=dealer_key.public_key(),
-            wait_s=10,
-        )
-
+    svc, connect = await _dealer_for_two(_StalledDealer, depth=4)
     links = [await connect(0), await connect(1)]
     try:
         async with asyncio.timeout(10):
