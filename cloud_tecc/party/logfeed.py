@@ -72,7 +72,12 @@ from tecc_contract.progress import open_progress
 
 log = logging.getLogger("cloud_tecc.party.logfeed")
 FETCH: Final = 256
-ACK_WAIT_S: Final = 30.0
+#: A part delivered but never received (a fetch's answer lost when a node or the
+#: connection dies mid-flight) stays unacked until the server redelivers it, this
+#: long after the delivery; meanwhile the epoch it belongs to cannot close (the
+#: parties' batch lists differ), so this bounds that stall. A part whose commit
+#: takes longer is delivered twice and the store's dedup drops the second copy.
+ACK_WAIT_S: Final = 5.0
 #: Notices kept per gateway while its shares are still being read.
 MAX_WAITING: Final = 64
 _RETRY_S: Final = 0.5
@@ -194,6 +199,15 @@ class LogFeed:
         self.lag = Gauge(
             "tecc_log_pending", "Share parts of this shard not yet consumed", registry=registry
         )
+        self.lost = Counter(
+            "tecc_log_deliveries_lost",
+            "Share part deliveries this worker never received (gaps in the consumer's "
+            "delivery sequence); the server redelivers them after the ack wait",
+            registry=registry,
+        )
+        #: The consumer delivery sequence expected next (None: not known for this
+        #: subscription yet).
+        self._next_delivery: int | None = None
         for stream in ("shares", "progress"):
             self.malformed.labels(stream)
 
@@ -275,6 +289,7 @@ class LogFeed:
             try:
                 if sub is None:
                     sub = await self._subscription(sharelog)
+                    self._next_delivery = None
                 issued = time.monotonic()
                 # notices waiting while nothing is pending (their arrival raced the last
                 # drained fetch, whose acks the consumer had not counted yet): the next
@@ -293,6 +308,7 @@ class LogFeed:
                     continue
                 if not msgs:
                     continue
+                self._count_lost(msgs)
                 await self._store(msgs)
                 pending = msgs[-1].metadata.num_pending
                 self.lag.set(pending)
@@ -309,6 +325,33 @@ class LogFeed:
                 log.error("share consumer failed (%s); resubscribing", type(exc).__name__)
                 sub = None
                 await asyncio.sleep(_RETRY_S)
+
+    def _count_lost(self, msgs: list[Msg]) -> None:
+        """Count and log deliveries that never arrived: a jump in the consumer sequence.
+
+        Every delivery (a redelivery too) takes the consumer's next sequence, and
+        this worker is the consumer's only reader, so a jump means the server
+        delivered parts that this worker never received; they come back after
+        :data:`ACK_WAIT_S`, and until then their epoch waits.
+        """
+        for msg in msgs:
+            seq = msg.metadata.sequence.consumer
+            if seq is None:
+                continue
+            expected = self._next_delivery
+            if expected is not None and seq > expected:
+                self.lost.inc(seq - expected)
+                log.warning(
+                    "shard %d: %d share part deliveries never arrived (consumer sequence "
+                    "%d to %d); the log redelivers them within %.0f s",
+                    self.shard,
+                    seq - expected,
+                    expected,
+                    seq - 1,
+                    ACK_WAIT_S,
+                )
+            if expected is None or seq >= expected:
+                self._next_delivery = seq + 1
 
     async def _store(self, msgs: list[Msg]) -> None:
         """Insert the valid parts in one group commit; ack each after the commit."""
