@@ -64,8 +64,11 @@ PROGRESS_PER_GATEWAY: Final = 16
 #: every half second.
 PROGRESS_HEARTBEAT_S: Final = 0.5
 #: Retry-After hints (seconds) for a full stream and for an unreachable/slow JetStream.
+#: "Down" is mostly a leader election after a node died (4–9 s in nats-server): the
+#: gateways' next try comes at most this long after the new leader serves, so it is
+#: short (a try costs a refused POST per endpoint).
 RETRY_FULL_S: Final = 5
-RETRY_DOWN_S: Final = 2
+RETRY_DOWN_S: Final = 1
 #: Store-failure code of a stream at its limits with discard new (maximum bytes exceeded).
 _STORE_FAILED: Final = 10077
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
