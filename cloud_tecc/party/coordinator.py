@@ -220,9 +220,16 @@ class Coordinator:
 
     @property
     def state(self) -> str:
-        """The session for ``/healthz``: ``running``, or ``waiting: <why>``, ..."""
+        """The session for ``/healthz``: ``running``, or ``waiting: <why>``, ...
+
+        A retry that is attesting again keeps the reason the last one ended
+        (``attesting again; the last session ended: <why>``): a peer that keeps
+        failing attestation stays named on every read, not only between retries.
+        """
         if self.session is Session.WAITING:
             return f"waiting: {self._session_error}"
+        if self.session is Session.ATTESTING and self._session_error:
+            return f"attesting again; the last session ended: {self._session_error}"
         return str(self.session.value)
 
     async def run(self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -310,7 +317,7 @@ class Coordinator:
             used = await self.dealer.start(mesh, self.peers, self._attest_dealer, self._link_dealer)
             link = used.link
             self.sessions.labels("started").inc()
-            self.session = Session.RUNNING
+            self.session, self._session_error = Session.RUNNING, ""
             log.info(
                 "MPC session with %s up on dealer %s: attested in %.0f ms, mesh in %.0f ms, "
                 "dealer chosen, linked and aligned in %.0f ms",
