@@ -115,7 +115,12 @@ def podman(
     proc = _run(["podman", *args], env)
     if check and proc.returncode != 0:
         what = " ".join(args[:3])
-        raise ContainerError(f"podman {what} … failed ({proc.returncode}): {proc.stderr[-800:]}")
+        hint = ""
+        if "netavark" in proc.stderr and "No such file or directory" in proc.stderr:
+            hint = " (netavark sets up the network with iptables: apt-get install iptables)"
+        raise ContainerError(
+            f"podman {what} … failed ({proc.returncode}): {proc.stderr[-800:]}{hint}"
+        )
     return proc
 
 

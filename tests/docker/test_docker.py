@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from cloud_tecc.config import load_dealer, load_output, load_party
+from demo import containers
 from gateway.config_yaml import load_config as load_gateway_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -486,3 +487,21 @@ def test_compose_jetstream_layout_is_consistent(tmp_path: Path) -> None:
     assert 'password: "@NATS_PASSWORD@"' in conf
     assert 'store_dir: "/var/lib/tecc/nats-data"' in conf
     assert "cluster0-nats:/var/lib/tecc/nats-data" in services["cluster0-nats"]["volumes"]
+
+
+def test_a_netavark_without_iptables_is_named_with_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """netavark's bare "No such file or directory" (it runs iptables) gets the package to install;
+    any other podman failure is passed on as it is."""
+    stderr = {"text": "Error: netavark: No such file or directory (os error 2)\n"}
+
+    def run(argv: list[str], env: object, timeout: float | None = None) -> Any:
+        return subprocess.CompletedProcess(argv, 127, "", stderr["text"])
+
+    monkeypatch.setattr(containers, "_run", run)
+    with pytest.raises(containers.ContainerError, match=r"apt-get install iptables"):
+        containers.podman({}, "run", "-d", "x")
+    stderr["text"] = "Error: image not known\n"
+    with pytest.raises(containers.ContainerError) as exc:
+        containers.podman({}, "run", "-d", "x")
+    assert "iptables" not in str(exc.value)
+    assert "image not known" in str(exc.value)
