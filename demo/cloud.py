@@ -45,9 +45,16 @@ from demo.devstack.deployment import Deployment, http_json, register_output_toke
 from demo.layout import load_policy
 from demo.pipeline import DEMO_POLICY
 from demo.services import free_port
+from gateway.atrest import write_private
 from tecc_contract.manifest import load_owner_public
 
 SERVICES = ("party0", "party1", "dealer", "output")
+
+
+def _write_state(root: Path, state: dict[str, Any]) -> None:
+    """Replace ``cloud.json`` atomically (temp file, fsync, rename): ``wait`` reads it while
+    ``start`` rewrites it, and must never see it empty or half written."""
+    write_private(root / "cloud.json", json.dumps(state, indent=1).encode())
 
 
 def _state(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,7 +130,7 @@ def prepare(args: argparse.Namespace) -> int:
     }
     if owner is not None:
         trust["trust"] = {"owner_key": owner}
-    (root / "cloud.json").write_text(json.dumps(state, indent=1))
+    _write_state(root, state)
     (root / "trust.yaml").write_text(yaml.safe_dump(trust, sort_keys=False))
     print(f"wrote {root / 'trust.yaml'}: pass it to `tecc-gateway init --trust`")
     return 0
@@ -188,7 +195,7 @@ def start(args: argparse.Namespace) -> int:
     state["gateways"] = sorted(gateways)
     state["units"] = units
     state["gateway_health"] = health
-    (root / "cloud.json").write_text(json.dumps(state, indent=1))
+    _write_state(root, state)
     dep = _deployment(state, root, gateways)
     dep.gateway_health = health
     dep.output_extra["units"] = units

@@ -8,6 +8,7 @@ the port or the sensors and what to do, never with a traceback or a false
 
 from __future__ import annotations
 
+import argparse
 import base64
 import http.server
 import json
@@ -153,3 +154,39 @@ def test_prepare_names_an_unreadable_owner_key(
     assert rc == 2
     assert f"--owner-key {bad}" in err
     assert "tecc-cluster admin owner-key init" in err
+
+
+def test_wait_never_reads_a_state_file_that_start_is_rewriting(tmp_path: Path) -> None:
+    """``start`` rewrites cloud.json while ``wait`` (step 10 of the quickstart) reads it.
+
+    Fails on the code before this change, which truncated and then wrote the file:
+    a read in between saw it empty (``JSONDecodeError`` in ``demo.cloud wait``, seen once
+    on a busy machine). Now the file is replaced by a rename, so every read is whole.
+    """
+    state = {"ports": {"output": 1}, "units": {f"sensor-{i}": "degC" for i in range(5000)}}
+    cloud._write_state(tmp_path, state)
+    args = argparse.Namespace(state=str(tmp_path))
+    done = threading.Event()
+    bad: list[str] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not done.is_set():
+            try:
+                if cloud._state(args) != state:
+                    bad.append("a different document")
+            except json.JSONDecodeError as exc:
+                bad.append(str(exc))
+            reads += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(100):
+            cloud._write_state(tmp_path, state)
+    finally:
+        done.set()
+        t.join()
+    assert reads > 0
+    assert bad == []
