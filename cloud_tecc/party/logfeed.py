@@ -67,6 +67,7 @@ from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.store import BatchRow, InsertResult, ShareStore
 from cloud_tecc.party.writer import GroupWriter
 from cloud_tecc.service.health import LogHealth
+from cloud_tecc.tasks import check_cancelled
 from tecc_contract.errors import FrameError, SignatureError
 from tecc_contract.progress import open_progress
 
@@ -286,6 +287,7 @@ class LogFeed:
     async def _consume_shares(self, sharelog: ShareLog) -> None:
         sub = None
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 if sub is None:
                     sub = await self._subscription(sharelog)
@@ -390,6 +392,7 @@ class LogFeed:
 
     async def _consume_progress(self, sharelog: ShareLog) -> None:
         while True:
+            check_cancelled()
             try:
                 sub = await sharelog.subscribe_progress()
                 async for msg in sub.messages:

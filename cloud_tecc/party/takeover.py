@@ -57,6 +57,7 @@ from cloud_tecc.party.follower import EpochFollower, LogFollower, epoch_rows
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.health import LeaseHealth
+from cloud_tecc.tasks import cancel_and_wait
 
 log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
@@ -287,8 +288,7 @@ class ActiveShard:
     async def _stop(self) -> None:
         self.role = "standby"
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
+        await cancel_and_wait(tasks)  # a cancel lost inside nats-py is repeated
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.coordinator is not None:  # its last local commit, before the follower writes
             await self.coordinator.settled()

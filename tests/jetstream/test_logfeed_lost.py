@@ -25,6 +25,7 @@ from cloud_tecc.party.epochs import ProgressTracker
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.party.writer import GroupWriter
+from cloud_tecc.tasks import cancel_and_wait
 from tests.jetstream.test_follower import GW, _row
 
 #: Released on time means within 10 s of the window's end (the HA soak's measure).
@@ -97,9 +98,7 @@ async def test_a_lost_delivery_returns_within_the_ack_wait(
             lost = registry.get_sample_value("tecc_log_deliveries_lost_total")
             assert lost == 1
         finally:
-            for t in (task, writing):
-                if t is not None:
-                    t.cancel()
-            await asyncio.gather(*(t for t in (task, writing) if t), return_exceptions=True)
+            # repeated: one cancel can be lost inside nats-py (cloud_tecc.tasks)
+            await cancel_and_wait([t for t in (task, writing) if t is not None])
             await sharelog.close()
             store.close()
