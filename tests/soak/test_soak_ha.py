@@ -38,7 +38,7 @@ async def test_ha_layout_loses_and_doubles_nothing_under_single_kills(tmp_path: 
         ["worker_active", result["kills_done"][2][2]],
     ], result["kills_done"]
     assert result["kills_done"][2][2].startswith("party0-s1"), result["kills_done"]
-    assert result["readings_published"] > 1000, result
+    assert result["readings_published"] >= 1000, result  # 10 windows or more (below)
     assert result["readings_lost"] == 0, result["counted_diffs"]
     assert result["readings_duplicated"] == 0, result["counted_diffs"]
     assert result["spools_drained"], result
