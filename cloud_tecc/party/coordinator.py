@@ -317,7 +317,7 @@ class Coordinator:
             used = await self.dealer.start(mesh, self.peers, self._attest_dealer, self._link_dealer)
             link = used.link
             self.sessions.labels("started").inc()
-            self.session, self._session_error = Session.RUNNING, ""
+            self.session = Session.RUNNING
             log.info(
                 "MPC session with %s up on dealer %s: attested in %.0f ms, mesh in %.0f ms, "
                 "dealer chosen, linked and aligned in %.0f ms",

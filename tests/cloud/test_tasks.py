@@ -24,13 +24,20 @@ async def _loses_first_cancel(turns: list[int], *, check: bool) -> None:
             lost = True  # swallowed, the way a wait_for that just got its result does
 
 
-async def test_a_loop_that_checks_ends_after_its_lost_cancel() -> None:
-    """Fails without ``check_cancelled``: the loop runs on after the one cancel."""
-    turns: list[int] = []
-    task = asyncio.create_task(_loses_first_cancel(turns, check=True))
+async def _cancelled_once(
+    turns: list[int], *, check: bool, wait_s: float
+) -> tuple[asyncio.Task[None], set[asyncio.Task[None]]]:
+    """Start the loop, cancel it once, wait ``wait_s``: the task and whether it ended."""
+    task = asyncio.create_task(_loses_first_cancel(turns, check=check))
     await asyncio.sleep(0.05)
     task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=1.0)
+    done, _ = await asyncio.wait({task}, timeout=wait_s)
+    return task, done
+
+
+async def test_a_loop_that_checks_ends_after_its_lost_cancel() -> None:
+    """Fails without ``check_cancelled``: the loop runs on after the one cancel."""
+    task, done = await _cancelled_once([], check=True, wait_s=1.0)
     assert done == {task}
     assert task.cancelled()
 
@@ -38,10 +45,7 @@ async def test_a_loop_that_checks_ends_after_its_lost_cancel() -> None:
 async def test_a_loop_that_does_not_check_runs_on_after_one_cancel() -> None:
     """The defect itself (so the test above can fail): one cancel, the task goes on."""
     turns: list[int] = []
-    task = asyncio.create_task(_loses_first_cancel(turns, check=False))
-    await asyncio.sleep(0.05)
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=0.3)
+    task, done = await _cancelled_once(turns, check=False, wait_s=0.3)
     assert done == set()
     before = len(turns)
     await asyncio.sleep(0.05)
