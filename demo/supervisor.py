@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cloud_tecc.freeze import freeze_group
+
 log = logging.getLogger("tecc.supervisor")
 
 
@@ -144,12 +146,19 @@ class Supervisor:
                 os.killpg(state.process.pid, sig)
 
     def signal(self, name: str, sig: int) -> None:
-        """Send ``sig`` (e.g. SIGSTOP/SIGCONT) to child ``name`` without restart policy."""
+        """Send ``sig`` (e.g. SIGSTOP/SIGCONT) to child ``name`` without restart policy.
+
+        SIGSTOP returns only once every process of the child's group is
+        stopped (:func:`cloud_tecc.freeze.freeze_group`; a few ms, blocking).
+        """
         state = self._children[name]
         if state.running:
             assert state.process is not None
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(state.process.pid, sig)
+                if sig == signal.SIGSTOP:
+                    freeze_group(state.process.pid)
+                else:
+                    os.killpg(state.process.pid, sig)
 
     async def stop(self) -> None:
         """Stop every child in reverse start order and close their logs."""

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from cloud_tecc.freeze import freeze
+
 USER = "tecc"
 
 
@@ -174,9 +176,16 @@ class NatsNode:
         raise TimeoutError(f"nats-server {self.spec.name} not ready: {tail.strip()}")
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` (e.g. SIGSTOP/SIGCONT in chaos tests) if running."""
+        """Send ``sig`` (e.g. SIGSTOP/SIGCONT in chaos tests) if running.
+
+        SIGSTOP returns only once every thread of the server is stopped
+        (:func:`cloud_tecc.freeze.freeze`): until then it may still answer.
+        """
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
+            if sig == signal.SIGSTOP:
+                freeze(self.process.pid)
+            else:
+                self.process.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL and reap."""

@@ -117,7 +117,11 @@ def test_a_commit_waits_out_a_stalled_jetstream_while_the_lease_holds(tmp_path: 
         try:
             pending = asyncio.create_task(active.commit(20, {}, 0, time.time_ns(), b"r20"))
             await asyncio.sleep(6.5)  # longer than the 5 s publish timeout
-            assert not pending.done()
+            assert not pending.done(), (
+                f"the commit ended while JetStream was stopped: {pending.exception()!r}"
+                if pending.done()
+                else ""
+            )
         finally:
             node.nodes[0].signal(signal.SIGCONT)
         await asyncio.wait_for(pending, 30)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_tecc.freeze import freeze
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from tests.cloud.scenario import (
     GATEWAYS,
@@ -180,7 +181,7 @@ def test_frozen_owner_stands_down(tmp_path: Path) -> None:
         owner, standby = _owner(dep, 0)
         upload_through(dep, fes, gws, scn, range(22))
         wait_epochs(dep, 2, timeout=90)
-        dep.procs[owner].send_signal(signal.SIGSTOP)
+        freeze(dep.procs[owner].pid)
         try:
             deadline = time.monotonic() + 30
             while health(dep, standby)["role"] != "owner":

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from cloud_tecc.freeze import freeze
 from cloud_tecc.jetstream.commits import CommittedState
 from cloud_tecc.jetstream.kv import LEASES_BUCKET, TRANSIENT, connect
 from cloud_tecc.jetstream.server import NatsDeployment, start_cluster, start_node
@@ -185,7 +186,7 @@ def test_sigstopped_owner_notices_the_loss_and_its_late_commit_is_fenced(
             flag.touch()
             wait_until("a paused", lambda: bool(owner.events("pause")))
         else:
-            owner.process.send_signal(signal.SIGSTOP)
+            freeze(owner.process.pid)
         wait_until("b active", lambda: bool(standby.events("active")))
         wait_until("b commits", lambda: len(standby.events("commit")) >= 3)
         owner.process.send_signal(signal.SIGCONT)
