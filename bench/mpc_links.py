@@ -6,6 +6,15 @@ authenticated handshake, session tokens) and the time of one exchange round
 of a small (16 KiB) and a large (4 MiB, chunked into 1 MiB frames) payload per
 suite, plus the handshake's cryptography alone (sans-IO, no network). Figures
 are best-of and reported with the hybrid/X25519 ratio.
+
+The per-byte cost of a link (what each added peer costs a party, issue 16):
+``link_cpu_ns_per_byte`` is the CPU (``time.process_time``, both ends of
+one link in this process) of exchange rounds of :data:`ROUND_BYTES` each way,
+per byte carried (each byte is sealed, sent, received and opened);
+``link_aead_ns_per_byte`` is the channel's AES-256-GCM seal + open alone on
+the same bytes (``Channel.seal_into`` / ``open_into`` into reused buffers),
+and ``link_aead_share`` their ratio; the rest is the kernel's loopback
+copies, aiohttp's frame parsing and reassembly, and the event loop.
 """
 
 from __future__ import annotations
@@ -81,6 +90,56 @@ async def _mesh(suite: hs.LinkSuite, rounds: int) -> dict[str, float]:
     return out
 
 
+#: One round message per direction in the per-byte figure: the order of an
+#: analytics round of a 100,000-reading epoch (≈ 185 bytes per reading per
+#: peer over 66 rounds).
+ROUND_BYTES = 256 << 10
+
+
+async def _link_cpu_ns_per_byte(rounds: int) -> float:
+    """CPU per byte carried by one link (both ends), best of a few batches of rounds."""
+    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    addrs = {i: ("127.0.0.1", free_port()) for i in range(2)}
+    cfgs = [
+        MeshConfig(
+            party=i, addresses=addrs, key=keys[i], peer_keys={1 - i: keys[1 - i].public_key()}
+        )
+        for i in range(2)
+    ]
+    t = await asyncio.gather(*(WsTransport.start(c) for c in cfgs))
+    payload = os.urandom(ROUND_BYTES)
+    best = float("inf")
+    try:
+        r = 0
+        for _ in range(5):
+            c0 = time.process_time()
+            for _ in range(rounds):
+                await asyncio.gather(t[0].exchange(r, {1: payload}), t[1].exchange(r, {0: payload}))
+                r += 1
+            best = min(best, (time.process_time() - c0) / (rounds * 2 * ROUND_BYTES))
+    finally:
+        await asyncio.gather(t[0].close(), t[1].close())
+    return best * 1e9
+
+
+def _aead_ns_per_byte(rounds: int) -> float:
+    """The link channel's AES-256-GCM seal + open of ROUND_BYTES, per byte, best of 5."""
+    key = os.urandom(32)
+    tx = hs.Channel(key, key)
+    rx = hs.Channel(key, key)
+    data = memoryview(os.urandom(ROUND_BYTES))
+    sealed = memoryview(bytearray(ROUND_BYTES + hs.TAG))
+    opened = memoryview(bytearray(ROUND_BYTES))
+    best = float("inf")
+    for _ in range(5):
+        c0 = time.process_time()
+        for _ in range(rounds):
+            tx.seal_into(data, b"h", sealed)
+            rx.open_into(sealed, b"h", opened)
+        best = min(best, (time.process_time() - c0) / (rounds * ROUND_BYTES))
+    return best * 1e9
+
+
 def bench_links(quick: bool) -> dict[str, Any]:
     """Phase 3: link handshake and round cost per suite, with hybrid/X25519 ratios."""
     meshes, rounds = (4, 8) if quick else (8, 20)
@@ -100,4 +159,8 @@ def bench_links(quick: bool) -> dict[str, Any]:
         out[f"ratio_link_hybrid_vs_x25519_{key}"] = (
             out[f"link_hybrid_{key}_ms"] / out[f"link_x25519_{key}_ms"]
         )
+    per_byte_rounds = 20 if quick else 100
+    out["link_cpu_ns_per_byte"] = asyncio.run(_link_cpu_ns_per_byte(per_byte_rounds))
+    out["link_aead_ns_per_byte"] = _aead_ns_per_byte(per_byte_rounds)
+    out["link_aead_share"] = out["link_aead_ns_per_byte"] / out["link_cpu_ns_per_byte"]
     return out
