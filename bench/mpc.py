@@ -21,7 +21,8 @@ Phase 2: z-score flags ``(x − μ)² > k²σ²`` with secret μ, σ²: one mult
 truncation, one comparison. Plaintext numpy baselines run on the same data in
 this process.
 Phase 3 (:mod:`bench.mpc_links`): link handshake and round cost with the
-hybrid ML-KEM-768 + X25519 key agreement vs X25519 alone, as ratios.
+hybrid ML-KEM-768 + X25519 key agreement vs X25519 alone, as ratios, and a
+link's CPU per byte carried against its AES-256-GCM alone.
 The last stdout line is one JSON object.
 """
 
