@@ -15,6 +15,17 @@ every sensor, interleaved. Last stdout line, one JSON object:
 * ``plaintext_cpu_us_per_reading`` — the reference (same program, plaintext ops);
 * ``secure_vs_plaintext`` — plaintext over secure cost.
 
+The program's fixed cost per epoch (what splitting a party into K shard
+workers adds, issue 15): the same 40 streams × :data:`SPLIT_PER_STREAM`
+readings per epoch run once as one epoch of 40 streams and once as four
+epochs of 10 (the four shards of ``bench.scale --quick`` at K = 4), in-memory
+transport, both parties and the in-process dealer:
+
+* ``split_cpu_ratio_k4`` — CPU of the four 10-stream epochs over the one
+  40-stream epoch (1 if the program had no fixed cost per epoch);
+* ``fixed_ms_per_epoch`` — the fixed part ``(4·c10 − c40) / 3``, CPU ms per
+  epoch for both parties and the dealer together.
+
 The flatline figures are ``null`` on a tree whose policy has no flatline
 detector, so the same file also measures an older commit (A/B in one sitting:
 ``git archive <commit> | tar -x -C DIR`` and copy this file into ``DIR/bench``).
@@ -58,6 +69,8 @@ T0 = 1_700_000_000_000_000_000
 #: Every sensor declares 0–100 and is shared scaled from it, as a gateway does.
 SCALE = Scale.for_range(0.0, 100.0, 12)
 PER_EPOCH = 2500
+#: Readings per stream per epoch in the shard-split figure (bench.scale --quick's).
+SPLIT_PER_STREAM = 1000
 
 
 def log(msg: str) -> None:
@@ -65,11 +78,11 @@ def log(msg: str) -> None:
     print(f"[bench.analytics] {msg}", file=sys.stderr, flush=True)
 
 
-def data(epochs: int, seed: int = 1) -> list[StreamReadings]:
-    """4 gateways × 10 sensors, 2,500 readings per 1-second epoch."""
+def data(epochs: int, seed: int = 1, per_epoch: int = PER_EPOCH) -> list[StreamReadings]:
+    """4 gateways × 10 sensors, ``per_epoch`` readings per stream per 1-second epoch."""
     rng = np.random.default_rng(seed)
-    n = PER_EPOCH * epochs
-    ts = T0 + np.arange(n, dtype=np.int64) * (1_000_000_000 // PER_EPOCH)
+    n = per_epoch * epochs
+    ts = T0 + np.arange(n, dtype=np.int64) * (1_000_000_000 // per_epoch)
     return [
         StreamReadings(f"gw{g}", f"s{s}", ts, 50 + rng.normal(0, 1, n), SCALE)
         for g in range(4)
@@ -140,6 +153,29 @@ async def run(epochs: int, rounds: int) -> dict[str, Any]:
     }
 
 
+async def split(epochs: int, rounds: int) -> dict[str, Any]:
+    """One 40-stream epoch against four 10-stream ones: the program's fixed cost per epoch."""
+    streams = data(epochs, per_epoch=SPLIT_PER_STREAM)
+    policy = policy_from_mapping(BASE)
+    whole: list[float] = []
+    parts: list[float] = []
+    for k in range(rounds):  # interleaved, so load hits both alike
+        results = await ReferenceAnalytics(policy).run(streams)
+        whole.extend((await secure_cpu(policy, results))[1:])
+        per_epoch = np.zeros(epochs - 1)
+        for q in range(4):
+            shard = await ReferenceAnalytics(policy).run(streams[10 * q : 10 * (q + 1)])
+            per_epoch += (await secure_cpu(policy, shard))[1:]
+        parts.extend(per_epoch.tolist())
+        log(f"split round {k + 1}/{rounds}")
+    c40, c4x10 = float(np.median(whole)), float(np.median(parts))
+    return {
+        "split_cpu_ratio_k4": round(c4x10 / c40, 4),
+        "fixed_ms_per_epoch": round((c4x10 - c40) / 3 * 1e3, 2),
+        "split_readings_per_epoch": 40 * SPLIT_PER_STREAM,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON result is the last stdout line."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -147,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     epochs, rounds = (4, 2) if args.quick else (8, 4)
     result = {"quick": args.quick} | asyncio.run(run(epochs, rounds))
+    result |= asyncio.run(split(epochs + 1, rounds + 1))
     print(json.dumps(result))
     return 0
 
