@@ -150,15 +150,21 @@ class Supervisor:
 
         SIGSTOP returns only once every process of the child's group is
         stopped (:func:`cloud_tecc.freeze.freeze_group`; a few ms, blocking).
+        A child still not stopped after 5 s (a thread in uninterruptible
+        sleep) is logged, not raised: the stop is queued and lands when the
+        thread returns, and a long soak goes on.
         """
         state = self._children[name]
         if state.running:
             assert state.process is not None
             with contextlib.suppress(ProcessLookupError):
-                if sig == signal.SIGSTOP:
-                    freeze_group(state.process.pid)
-                else:
+                if sig != signal.SIGSTOP:
                     os.killpg(state.process.pid, sig)
+                    return
+                try:
+                    freeze_group(state.process.pid)
+                except TimeoutError as exc:
+                    log.warning("%s: %s", name, exc)
 
     async def stop(self) -> None:
         """Stop every child in reverse start order and close their logs."""

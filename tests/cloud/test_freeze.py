@@ -152,3 +152,27 @@ async def test_supervisor_sigstop_returns_frozen(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
     finally:
         await sup.stop()
+
+
+async def test_supervisor_logs_a_freeze_that_does_not_land_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child not stopped within the bound (uninterruptible sleep) is a warning, not a crash."""
+
+    def slow(pgid: int) -> None:
+        os.killpg(pgid, signal.SIGSTOP)
+        raise TimeoutError("SIGSTOP sent but not yet in effect after 5.0 s (thread states: D)")
+
+    monkeypatch.setattr("demo.supervisor.freeze_group", slow)
+    sup = Supervisor(tmp_path)
+    state = await sup.start(
+        ChildSpec("sleeper", (sys.executable, "-c", "import time; time.sleep(600)"))
+    )
+    try:
+        with caplog.at_level("WARNING", logger="tecc.supervisor"):
+            sup.signal("sleeper", signal.SIGSTOP)
+        assert "sleeper: SIGSTOP sent but not yet in effect" in caplog.text
+        assert state.running
+    finally:
+        sup.signal("sleeper", signal.SIGCONT)
+        await sup.stop()
