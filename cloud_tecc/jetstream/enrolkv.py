@@ -66,6 +66,7 @@ from cloud_tecc.party.registry import (
     Registry,
     RegistryUnavailableError,
 )
+from cloud_tecc.tasks import check_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,7 @@ class KvRegistry(GatewayRegistry):
     async def run(self) -> None:
         """Keep the snapshot current for ever: watch, check, reload after a lost watch."""
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 watcher: Any = await self._snapshot()
                 try:
@@ -300,6 +302,7 @@ class KvRegistry(GatewayRegistry):
         behind_since: float | None = None
         checked = time.monotonic()
         while True:
+            check_cancelled()
             try:
                 entry = await watcher.updates(timeout=CHECK_S)
             except nats.errors.TimeoutError:

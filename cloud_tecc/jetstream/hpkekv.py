@@ -59,6 +59,7 @@ from cloud_tecc.jetstream.kv import (
     open_bucket,
 )
 from cloud_tecc.service.health import HpkeRingHealth
+from cloud_tecc.tasks import check_cancelled
 
 log = logging.getLogger("cloud_tecc.jetstream.hpkekv")
 HPKE_BUCKET: Final = "tecc_hpke"
@@ -251,11 +252,13 @@ class RingFollower:
     async def _follow(self, js: JetStreamContext) -> None:
         """Apply every revision of the key (KV watch), re-reading it every ``check_s``."""
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             watcher: Any = None
             try:
                 kv = await js.key_value(HPKE_BUCKET)
                 watcher = await kv.watch(RING_KEY)
                 while True:
+                    check_cancelled()
                     try:
                         entry = await watcher.updates(timeout=self.check_s)
                     except nats.errors.TimeoutError:

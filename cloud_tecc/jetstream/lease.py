@@ -58,6 +58,7 @@ from cloud_tecc.jetstream.leaserecord import (
     check_lease_args,
     standby_poll_s,
 )
+from cloud_tecc.tasks import check_cancelled
 
 __all__ = ["Lease", "LeaseRecord", "LeaseState"]
 
@@ -248,6 +249,7 @@ class Lease:
     async def acquire(self) -> int:
         """Wait as standby until this worker owns the shard; the fencing token."""
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 if await self.try_acquire():
                     return self.token

@@ -52,6 +52,7 @@ from cloud_tecc.party.maprecord import (
 )
 from cloud_tecc.party.shardmap import ShardMaps
 from cloud_tecc.service.health import ShardMapHealth
+from cloud_tecc.tasks import check_cancelled
 
 log = logging.getLogger("cloud_tecc.jetstream.shardmaps")
 WHERE: Final = f"{SHARDS_BUCKET}/{SHARD_MAP_KEY}"
@@ -189,6 +190,7 @@ class MapFollower:
                 log.warning("shard map bucket not ready (%s); retrying", exc)
                 await asyncio.sleep(_RETRY_S)
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 got = await store.raw()
                 self.checked = time.monotonic()

@@ -19,6 +19,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import nats
 import pytest
@@ -44,6 +46,7 @@ from cloud_tecc.jetstream.kv import (
 from cloud_tecc.jetstream.server import NatsDeployment, start_node
 from cloud_tecc.party.challenges import EnrolContext, secret_digest
 from cloud_tecc.party.registry import GatewayRecord, LiveKeys, Registry
+from cloud_tecc.tasks import cancel_and_wait
 from tecc_contract import tpm_evidence as ev
 
 pytestmark = pytest.mark.processes
@@ -78,8 +81,7 @@ async def watched(
     try:
         yield reg, metrics
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task])  # a cancel lost inside nats-py is repeated
 
 
 def enrolled(gid: str, *, last_quote_ns: int = 1) -> GatewayRecord:
@@ -314,3 +316,30 @@ async def test_losers_back_off_with_full_jitter(monkeypatch: pytest.MonkeyPatch)
     assert all(0.0 <= d <= c for ds, c in zip(per, ceilings, strict=True) for d in ds)
     assert all(max(ds) > c / 2 for ds, c in zip(per, ceilings, strict=True))  # not a constant
     assert max(per[-1]) <= CAS_BACKOFF_CAP_S < sum(per[-1]) / 50 * 4
+
+
+class _SwallowingWatcher:
+    """``updates()`` as nats-py's on Python 3.11: a cancel that meets a result is lost."""
+
+    async def updates(self, timeout: float) -> None:  # noqa: ASYNC109 - nats-py's signature
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            return  # the entry arrived with the cancel: wait_for returned it instead
+        return
+
+
+async def test_a_watch_whose_cancel_is_lost_inside_nats_py_still_ends() -> None:
+    """One cancel ends the follow loop even when nats-py swallows it (seen once: a hang).
+
+    Without the check at the top of each turn the loop runs on after the cancel
+    and, a second later, fails on its bucket check instead of ending cancelled.
+    """
+    reg = KvRegistry()
+    reg.bucket = cast("Bucket", SimpleNamespace())  # never reached within CHECK_S
+    task = asyncio.create_task(reg._follow(_SwallowingWatcher()))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=3)
+    assert task in done
+    assert task.cancelled(), task.exception()
