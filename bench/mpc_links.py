@@ -58,10 +58,11 @@ def _handshake_crypto(suite: hs.LinkSuite) -> float:
     return time.perf_counter() - t0
 
 
-async def _mesh(suite: hs.LinkSuite, rounds: int) -> dict[str, float]:
+def _pair_configs(suite: hs.LinkSuite = hs.LinkSuite.X25519) -> list[MeshConfig]:
+    """Mesh configs of two parties on loopback with fresh keys."""
     keys = [Ed25519PrivateKey.generate() for _ in range(2)]
     addrs = {i: ("127.0.0.1", free_port()) for i in range(2)}
-    cfgs = [
+    return [
         MeshConfig(
             party=i,
             addresses=addrs,
@@ -71,6 +72,10 @@ async def _mesh(suite: hs.LinkSuite, rounds: int) -> dict[str, float]:
         )
         for i in range(2)
     ]
+
+
+async def _mesh(suite: hs.LinkSuite, rounds: int) -> dict[str, float]:
+    cfgs = _pair_configs(suite)
     t0 = time.perf_counter()
     t = await asyncio.gather(*(WsTransport.start(c) for c in cfgs))
     formed = time.perf_counter() - t0
@@ -98,15 +103,7 @@ ROUND_BYTES = 256 << 10
 
 async def _link_cpu_ns_per_byte(rounds: int) -> float:
     """CPU per byte carried by one link (both ends), best of a few batches of rounds."""
-    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
-    addrs = {i: ("127.0.0.1", free_port()) for i in range(2)}
-    cfgs = [
-        MeshConfig(
-            party=i, addresses=addrs, key=keys[i], peer_keys={1 - i: keys[1 - i].public_key()}
-        )
-        for i in range(2)
-    ]
-    t = await asyncio.gather(*(WsTransport.start(c) for c in cfgs))
+    t = await asyncio.gather(*(WsTransport.start(c) for c in _pair_configs()))
     payload = os.urandom(ROUND_BYTES)
     best = float("inf")
     try:

@@ -26,10 +26,13 @@ PROC = Path("/proc")
 _FROZEN = frozenset("TtZX")
 
 
-def _state(stat_text: str) -> str:
-    # the comm field (2) is parenthesised and may hold spaces or ')': the state
-    # is the first field after the last ')'
-    return stat_text[stat_text.rindex(")") + 2]
+def _after_comm(stat_text: str) -> list[str]:
+    """The fields of a ``stat`` file from field 3 (state) on.
+
+    The comm field (2) is parenthesised and may hold spaces or ``)``, so the
+    fields are split after its last ``)``.
+    """
+    return stat_text[stat_text.rindex(")") + 2 :].split()
 
 
 def thread_states(pid: int) -> list[str]:
@@ -41,7 +44,7 @@ def thread_states(pid: int) -> list[str]:
         return out
     for task in tasks:
         try:
-            out.append(_state((task / "stat").read_text()))
+            out.append(_after_comm((task / "stat").read_text())[0])
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread exited while we looked
     return out
@@ -62,8 +65,7 @@ def group_members(pgid: int) -> list[int]:
             text = (entry / "stat").read_text()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
+        if int(_after_comm(text)[2]) == pgid:
             members.append(int(entry.name))
     return members
 

@@ -141,10 +141,7 @@ async def test_supervisor_sigstop_returns_frozen(tmp_path: Path) -> None:
     try:
         assert state.process is not None
         pid = state.process.pid
-        deadline = time.monotonic() + 20
-        while len(thread_states(pid)) < THREADS + 1:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(_wait_threads, pid, THREADS + 1)
         for _ in range(20):
             sup.signal("spinner", signal.SIGSTOP)
             assert _stopped(pid), thread_states(pid)
