@@ -5,15 +5,28 @@ splits them into the smaller and the larger halves (``[a < b]`` comes from the
 caller's batched comparison round); the min tree then runs on the smaller
 halves and the max tree on the larger ones, about ``3n/2`` comparisons in all.
 
-While the arrays are large, a level is binary: one comparison per pair whose
-output bit times its input is the select (:meth:`Ops.ltz_times`: no product
-round, 6 rounds), min and max trees in the same rounds. Once both trees
-together hold at most :data:`FOUR_WAY_MAX` elements, a level reduces groups of
-four instead: all six pairwise comparisons of a group in one comparison round,
-then the winner's value ``Σ_i w_i·x_i`` with ``w_i`` the product of the three
-bits that say ``x_i`` precedes the others in the order (value, position), in
-two product rounds — 8 rounds per factor 4 instead of 12, for a few thousand
-extra comparisons. The max tree runs as a min tree on negated values. Short
+The next :data:`BINARY_LEVELS` levels are binary: one comparison per pair
+whose output bit times its input is the select (:meth:`Ops.ltz_times`: no
+product round, 6 rounds), min and max trees in the same rounds. They leave
+about an eighth of the readings (``⌈len/16⌉`` per tree and segment); the
+levels after them reduce groups of four instead: all six pairwise comparisons
+of a group in one comparison round, then the winner's value ``Σ_i w_i·x_i``
+with ``w_i`` the product of the three bits that say ``x_i`` precedes the
+others in the order (value, position), in two product rounds — 8 rounds per
+factor 4 instead of 12, for about 0.2 extra comparisons per reading. The max
+tree runs as a min tree on negated values.
+
+Why a number of levels and not a size: the split between the two kinds of
+level then depends on the segments' lengths only, not on how many readings an
+epoch has, so each kind of correlation (comparisons with select for binary
+levels, comparisons and products for four-way ones) is used at about the same
+rate per reading by an epoch of any size. A dealer batch is planned per
+reading (:func:`cloud_tecc.dealer.plan.plan_for`) and is used up evenly by
+epochs smaller than it — a shard's epoch is 1/K of the party's. With a size
+threshold (four-way once both trees held at most 8,192 elements) an epoch of
+10,000 readings used 84 % of a 20,000-reading batch's products, so every such
+epoch fetched a whole batch and the other kinds of half of it were dropped
+unused. Short
 groups are padded with the public constant ``±PAD`` (beyond every value
 ``|x| < 2^62``), which never wins. Every step is exact.
 
@@ -32,8 +45,8 @@ from cloud_tecc.analytics.plan import IntArray, segment_pairs
 from tecc_contract.ring import RingArray
 
 _U64 = np.uint64
-#: Both trees' elements at or below which levels reduce by four (fewer rounds).
-FOUR_WAY_MAX = 8192
+#: Binary levels after the first; the rest reduce by four (fewer rounds).
+BINARY_LEVELS = 3
 #: Padding of short groups: above every value a comparison accepts (|x| < 2^62).
 PAD = (1 << 62) - 1
 #: Pairs (i, j), i < j, of a group of four, in comparison order.
@@ -45,9 +58,9 @@ def max_selects(readings: int) -> int:
     ``readings`` min/max readings takes: ``⌊n/2⌋`` in the first level of a stream of n,
     at most ``2(⌈n/2⌉ − 1)`` in the binary levels of its two trees, so ≤ 1.5 per reading.
 
-    The share that binary levels take grows with the epoch (they run while both trees
-    hold more than :data:`FOUR_WAY_MAX` elements), so a dry run on a smaller epoch
-    would under-count; the dealer plans this bound instead.
+    How many selects the binary levels take depends on the segments' lengths (a
+    stream shorter than a dry run's has fewer of its levels binary), so a dry run of
+    other shapes could under-count; the dealer plans this bound instead.
     """
     return (3 * readings + 1) // 2
 
@@ -129,8 +142,10 @@ async def segment_minmax(
     vmin[c_dst] = xm[c_src]
     vmax[c_dst] = xm[c_src]
     lengths = lengths // 2 + lengths % 2
+    binary = BINARY_LEVELS
     while int(lengths.max()) > 1:
-        if 2 * len(vmin) > FOUR_WAY_MAX:
+        if binary:
+            binary -= 1
             vmin, vmax = await _min2(ops, vmin, vmax, lengths)
             lengths = lengths // 2 + lengths % 2
             continue

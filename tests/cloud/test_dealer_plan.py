@@ -132,3 +132,24 @@ def test_comparisons_with_select_are_planned_for_any_epoch_size() -> None:
         traced.append(asyncio.run(trace_plan(dry)).compare_selects)
     assert used / 12_000 > max(traced) / 2000  # the dry runs alone would fall short
     assert used <= max_selects(12_000)
+
+
+def test_a_batch_is_used_evenly_by_epochs_smaller_than_it() -> None:
+    """A shard's epoch is a fraction of the party's: an epoch of s ≤ R readings must use
+    at most about s/R of a batch planned for R, of every kind, or each such epoch fetches
+    a whole batch and drops the rest unused. Fails on the code before this change: with
+    four-way min/max levels from a fixed size on, an epoch of 10,000 readings used 84 %
+    of a 20,000-reading batch's products."""
+    batch = 20_000
+    plan = plan_for(POLICY, batch)
+    for sensor in ("t1", dry_run_sensors(POLICY)[0]):
+        for readings, per_stream in ((10_000, 1_000), (5_000, 500)):
+            epoch = _epoch(POLICY, sensor, readings, per_stream)
+
+            async def program(p: Party, epoch: EpochInput = epoch) -> object:
+                return await secure_epoch(p, POLICY, epoch)
+
+            used = asyncio.run(trace_plan(program))
+            for kind in ("triples", "truncs", "comparisons", "squares", "compare_selects"):
+                share = getattr(used, kind) / max(1, getattr(plan, kind))
+                assert share <= 1.05 * readings / batch, (sensor, readings, kind, share)

@@ -204,6 +204,34 @@ def test_segment_min_max(n: int, xv: Any, cuts: list[int]) -> None:
 
 
 @NS
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=6),
+    levels=st.integers(2, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_segment_min_max_four_way_levels(
+    n: int, lengths: list[int], levels: int, seed: int
+) -> None:
+    """Long windows reach the four-way levels (after the first level and the binary ones,
+    more than 16 readings): exact, ties among few distinct values and the extremes included."""
+    counts = np.array(lengths)
+    rng = np.random.default_rng(seed)
+    choices = np.array([*rng.uniform(-1e6, 1e6, levels), MAX_ABS_RANGE, -MAX_ABS_RANGE])
+    v = rng.choice(choices, int(counts.sum()))
+    vs = share(FP.encode(v), n)
+
+    async def fn(p: Party) -> RingArray:
+        lo, hi = await segment_min_max(MpcOps(p), vs[p.index], counts)
+        return np.concatenate([lo, hi])
+
+    enc = FP.encode(v).view(np.int64)
+    parts = np.split(enc, np.cumsum(counts)[:-1])
+    want = np.array([s.min() for s in parts] + [s.max() for s in parts])
+    np.testing.assert_array_equal(run(n, fn).view(np.int64), want)
+
+
+@NS
 @SETTINGS
 @given(xv=values(2.0**15), yv=values(2.0**15))
 def test_mul_and_mul_fixed(n: int, xv: Any, yv: Any) -> None:
