@@ -18,6 +18,7 @@ from cloud_tecc.config import JetStreamConfig
 from cloud_tecc.jetstream.kv import TRANSIENT, KVError, connect
 from cloud_tecc.jetstream.server import USER
 from cloud_tecc.jetstream.sharelog import Overloaded, client_servers
+from cloud_tecc.tasks import check_cancelled
 
 log = logging.getLogger("cloud_tecc.jetstream.client")
 #: What :func:`party_connect` raises when the party's JetStream does not answer.
@@ -39,6 +40,7 @@ async def party_client(
 ) -> Client:
     """A connection to the party's JetStream, retried (logged, for ``purpose``) until it answers."""
     while True:
+        check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
         try:
             return await party_connect(cfg, state_dir, name)
         except UNREACHABLE as exc:

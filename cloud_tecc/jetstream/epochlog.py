@@ -41,6 +41,7 @@ from nats.js.api import (
 from cloud_tecc.analytics.plan import StreamState
 from cloud_tecc.config import JetStreamConfig
 from cloud_tecc.errors import CloudError
+from cloud_tecc.tasks import check_cancelled
 from tecc_contract.ring import RingArray
 from tecc_contract.scale import Scale
 
@@ -226,6 +227,7 @@ async def replay(
             return 0
         done = False
         while not done:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 msgs = await sub.fetch(REPLAY_BATCH, timeout=_REPLAY_WAIT_S)
             except nats.errors.TimeoutError:

@@ -41,6 +41,7 @@ from cloud_tecc.config import JetStreamConfig
 from cloud_tecc.errors import CloudError
 from cloud_tecc.jetstream.server import USER, credential
 from cloud_tecc.party.store import BatchRow, SegmentRow
+from cloud_tecc.tasks import check_cancelled
 from tecc_contract.errors import ContractError
 from tecc_contract.scale import Scale
 
@@ -287,6 +288,7 @@ class ShareLog:
     ) -> ShareLog:
         """Connect and ensure both streams, retrying (logged) until the log answers."""
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 servers, password = client_servers(cfg, state_dir)
                 sharelog = await cls.connect(servers, password, cfg, name)
@@ -336,6 +338,7 @@ class ShareLog:
         deadline = asyncio.get_running_loop().time() + wait_s
         for config in (self.shares_config(), self.progress_config()):
             while True:
+                check_cancelled()
                 try:
                     await self._ensure(config)
                     break

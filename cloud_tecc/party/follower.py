@@ -54,6 +54,7 @@ from cloud_tecc.jetstream.kv import TRANSIENT, KVError
 from cloud_tecc.jetstream.sharelog import SHARES, MalformedPartError, ShareLog, decode_part
 from cloud_tecc.party.logfeed import ACK_WAIT_S, FETCH, FETCH_S, LogFeed
 from cloud_tecc.party.store import CommittedEpoch, InsertResult, ShareStore
+from cloud_tecc.tasks import check_cancelled
 
 log = logging.getLogger("cloud_tecc.party.follower")
 _RETRY_S: Final = 0.5
@@ -151,6 +152,7 @@ class EpochFollower:
         if previous is not None:
             await asyncio.wait({previous})
         while not stopping.is_set():
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 record = await commits.load()
                 if record is not None and record.log_seq > self.applied_seq:
@@ -311,6 +313,7 @@ class LogFollower:
         feed = self.feed
         name = f"follower-{feed.service_id}-{feed.shard}"
         while not session.stop.is_set():
+            check_cancelled()
             try:
                 if session.log is None:
                     session.connecting = True

@@ -57,7 +57,7 @@ from cloud_tecc.party.follower import EpochFollower, LogFollower, epoch_rows
 from cloud_tecc.party.logfeed import LogFeed
 from cloud_tecc.party.store import ShareStore
 from cloud_tecc.service.health import LeaseHealth
-from cloud_tecc.tasks import cancel_and_wait
+from cloud_tecc.tasks import cancel_and_wait, check_cancelled
 
 log = logging.getLogger("cloud_tecc.party.takeover")
 _RETRY_S = 0.5
@@ -117,6 +117,7 @@ class ActiveShard:
         js = self.nc.jetstream(timeout=5.0)
         replicas = self.js_cfg.replicas
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             try:
                 self.lease = Lease(
                     js,
@@ -141,6 +142,7 @@ class ActiveShard:
         warm = asyncio.create_task(self._keep_warm(), name="standby-attestation")
         try:
             while True:
+                check_cancelled()
                 try:
                     async with self.lease:
                         await run_while_leased(
@@ -154,14 +156,14 @@ class ActiveShard:
                     self._follow()
                     await asyncio.sleep(_RETRY_S)
         finally:
-            watcher.cancel()
-            warm.cancel()
+            await cancel_and_wait([watcher, warm])
             await asyncio.shield(self._handoff())
             with contextlib.suppress(*TRANSIENT):
                 await self.nc.close()
 
     async def _watch_owner(self) -> None:
         while True:
+            check_cancelled()  # a cancel lost inside nats-py (cloud_tecc.tasks)
             lease = self.lease
             if lease is not None:
                 with contextlib.suppress(*TRANSIENT, KVError):
@@ -176,6 +178,7 @@ class ActiveShard:
         takeover's session starts from verified identities instead of fetching quotes."""
         every, last = self.cfg.service.trust.refresh_s / 2, ""
         while True:
+            check_cancelled()
             pause = every
             coordinator = self.coordinator
             if coordinator is not None and self.role == "standby" and not self._starting:
@@ -328,6 +331,7 @@ class ActiveShard:
         )
         msg_id = f"{self.cfg.shard}:{lease.token}:{end_ns}:{done_ns}"
         while True:
+            check_cancelled()
             try:
                 seq = await epochlog.publish_epoch(nc.jetstream(timeout=5.0), epoch, msg_id)
                 await commits.commit(
