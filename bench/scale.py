@@ -57,7 +57,10 @@ batch and the dealers' batches generated ahead, which the dealer does
 up and no data: ticks, heartbeats; the dealers are left out, as right after
 the sessions start they generate their first batches), ``mpc_rounds`` (over all shards, party 0),
 ``idle_rounds`` (agreement rounds in which nothing was proposed, all workers of every party
-together, in the measured window).
+together, in the measured window), ``dealer_batches`` (batches all dealers generated in
+the window: what the parties took, as each dealer keeps ``depth`` batches ahead; a batch
+holds the correlations of ``batch_readings`` readings, so about readings / 20,000 when
+the epochs use batches evenly).
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ VOLATILE = frozenset({"stored_ns", "incident", "shard"})
 RESULTS = ("windows", "alerts", "fleet")
 PAGE = 10_000  # the output API's largest page (cloud_tecc/output/api.py MAX_LIMIT)
 TICK_S = 0.05  # the parties' agreement tick, as in bench.cloud (the product default is 0.2)
+#: Batches the dealers generated (each keeps ``depth`` ahead of what its parties took).
+DEALER_BATCHES = "tecc_dealer_batches"
 IDLE_S = 2.0  # CPU of the idle deployment (sessions up, no data) is read over this long
 #: Agreement rounds in which the leader proposed nothing (cloud_tecc/party/pacing.py).
 IDLE_ROUNDS = 'tecc_party_agreement_rounds_total{outcome="idle"}'
@@ -254,6 +259,7 @@ def bench_k(
         posts = upload_sharded(dep, streams, 0.5, shard_of)
         links = NoticeLinks(dep)
         idle_rounds0 = sum(metric(dep, w, IDLE_ROUNDS) for w in dep.workers)
+        batches0 = sum(metric(dep, d, DEALER_BATCHES) for d in dep.dealers)
         before = cpu_all(dep)
         t0 = time.perf_counter()
         links.declare(T0 + secs * SECOND)  # the end of the last window: every epoch closes
@@ -262,6 +268,7 @@ def bench_k(
         wall = time.perf_counter() - t0
         after = cpu_all(dep)
         idle_rounds = sum(metric(dep, w, IDLE_ROUNDS) for w in dep.workers) - idle_rounds0
+        batches = sum(metric(dep, d, DEALER_BATCHES) for d in dep.dealers) - batches0
         if len(epochs) < secs * k:
             raise RuntimeError(f"K = {k}: only {len(epochs)} of {secs * k} epochs reached output")
         shard0 = [dep.worker(0, s) for s in range(k)]
@@ -287,6 +294,7 @@ def bench_k(
         ),
         "mpc_rounds": int(rounds),
         "idle_rounds": int(idle_rounds),
+        "dealer_batches": int(batches),
         "readings_per_s": round(readings / wall),
         "epoch_readings_per_s": round(shard0_readings / busy) if busy else 0,
         "rows": {what: len(rows) for what, rows in results.items()},
