@@ -26,8 +26,9 @@ epochs smaller than it — a shard's epoch is 1/K of the party's. With a size
 threshold (four-way once both trees held at most 8,192 elements) an epoch of
 10,000 readings used 84 % of a 20,000-reading batch's products, so every such
 epoch fetched a whole batch and the other kinds of half of it were dropped
-unused. Short
-groups are padded with the public constant ``±PAD`` (beyond every value
+unused.
+
+Short groups are padded with the public constant ``±PAD`` (beyond every value
 ``|x| < 2^62``), which never wins. Every step is exact.
 
 This is the one segmented min/max: the analytics program batches the first
