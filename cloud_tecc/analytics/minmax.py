@@ -66,6 +66,22 @@ def max_selects(readings: int) -> int:
     return (3 * readings + 1) // 2
 
 
+def max_products(readings: int) -> int:
+    """The most products (Beaver triples) the four-way levels of any epoch of ``readings``
+    min/max readings take: ``⌈3n/2⌉``.
+
+    A window of L readings reaches them with ``m = ⌈L/16⌉ ≥ 2`` elements per tree (the
+    first level and :data:`BINARY_LEVELS` binary ones come before); each group of four
+    costs 12 products per tree, and the groups of all its four-way levels number at most
+    ``(2/3)·m + 1``, so a window takes at most ``24·((2/3)·m + 1) ≤ 1.5·L`` products
+    (the most per reading at L = 17: 24). A dry run of other window lengths can use far
+    fewer, none at all if its windows never reach a four-way level, so the dealer plans
+    this bound: triples are the cheapest kind (8 bytes to party 0), and a kind the plan
+    lacks ends every MPC session.
+    """
+    return (3 * readings + 1) // 2
+
+
 def _cat(parts: list[RingArray]) -> RingArray:
     return np.concatenate(parts).astype(_U64, copy=False)
 

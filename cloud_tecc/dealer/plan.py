@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from cloud_tecc.analytics.minmax import max_selects
+from cloud_tecc.analytics.minmax import max_products, max_selects
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import AnalyticsPolicy
 from cloud_tecc.analytics.secure import secure_epoch
@@ -82,9 +82,13 @@ def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
 
     Comparisons with select (the min/max) are planned at their bound
     (:func:`~cloud_tecc.analytics.minmax.max_selects`) when the program uses
-    them: their share per reading grows with the epoch, beyond what a dry run
-    of ``readings`` shows, and a short kind makes every party fetch a whole
-    extra batch.
+    them: their share per reading depends on the windows' lengths, beyond what
+    a dry run of ``readings`` shows, and a short kind makes every party fetch
+    a whole extra batch. The min/max's products are planned at their bound too
+    (:func:`~cloud_tecc.analytics.minmax.max_products`): windows shorter than
+    the dry runs' take more of them per reading, and a small batch's dry runs
+    (windows too short for a four-way level) take none, which would leave the
+    kind out of the plan and end every session.
     """
 
     async def trace_all() -> list[Plan]:
@@ -98,8 +102,9 @@ def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
         return plans
 
     plans = asyncio.run(trace_all())
+    minmax = max(p.compare_selects for p in plans) > 0  # the program runs the min/max
     return Plan(
-        triples=max(p.triples for p in plans),
+        triples=max(*(p.triples for p in plans), max_products(readings) if minmax else 0),
         truncs=max(p.truncs for p in plans),
         dabits=max(p.dabits for p in plans),
         comparisons=max(p.comparisons for p in plans),

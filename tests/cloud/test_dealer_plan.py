@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from cloud_tecc.analytics.minmax import max_selects
+from cloud_tecc.analytics.minmax import max_products, max_selects, segment_min_max
 from cloud_tecc.analytics.plan import EpochInput, StreamInput, StreamState
 from cloud_tecc.analytics.policy import policy_from_mapping
-from cloud_tecc.analytics.secure import secure_epoch
+from cloud_tecc.analytics.secure import MpcOps, secure_epoch
 from cloud_tecc.dealer.plan import (
     SHORT_STREAM,
     _epoch,
@@ -76,8 +76,10 @@ def test_plan_covers_each_dry_run_and_takes_the_most_per_kind() -> None:
 
         plans.append(asyncio.run(trace_plan(program)))
     plan = plan_for(POLICY, 2000)
-    for kind in ("triples", "truncs", "comparisons"):
+    for kind in ("truncs", "comparisons", "squares"):
         assert getattr(plan, kind) == max(getattr(p, kind) for p in plans)
+    # the min/max's products and selects: their bounds (the tests below)
+    assert plan.triples == max(*(p.triples for p in plans), max_products(2000))
     assert len({(p.triples, p.truncs, p.comparisons) for p in plans}) > 1  # the mix matters
 
 
@@ -153,3 +155,35 @@ def test_a_batch_is_used_evenly_by_epochs_smaller_than_it() -> None:
             for kind in ("triples", "truncs", "comparisons", "squares", "compare_selects"):
                 share = getattr(used, kind) / max(1, getattr(plan, kind))
                 assert share <= 1.05 * readings / batch, (sensor, readings, kind, share)
+
+
+def test_min_max_products_stay_within_their_bound() -> None:
+    """Every window length takes at most ``max_products`` triples (the dealer plans that)."""
+    for lengths in ([17], [18], [20], [32], [33], [49], [65], [129], [257], [1000], [17] * 5):
+        counts = np.array(lengths)
+
+        async def program(p: Party, counts: np.ndarray = counts) -> object:
+            x = np.zeros(int(counts.sum()), np.uint64)
+            return await segment_min_max(MpcOps(p), x, counts)
+
+        used = asyncio.run(trace_plan(program)).triples
+        assert 0 < used <= max_products(int(counts.sum())), (lengths, used)
+        if lengths == [17]:
+            assert used == 24  # the bound's worst case: 24 products for 17 readings
+
+
+def test_a_small_batch_plans_the_products_of_longer_windows() -> None:
+    """A 20-reading batch's dry runs have 10-reading windows, too short for a four-way
+    level: they take no triples. An epoch with one 20-reading window takes 24, so a plan
+    of the traced counts had none and every session ended ("the dealer's plan has no
+    triple correlations"; the dealer standby tests). Fails without the bound."""
+    plan = plan_for(POLICY, 20)
+    one = EpochInput(0, _epoch(POLICY, "t1", 40, 20).streams[:1])
+    assert sum(len(s.x) for s in one.streams) == 20
+
+    async def program(p: Party) -> object:
+        return await secure_epoch(p, POLICY, one)
+
+    used = asyncio.run(trace_plan(program))
+    assert used.triples > 0
+    assert plan.triples >= used.triples
