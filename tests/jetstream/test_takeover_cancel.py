@@ -22,28 +22,21 @@ from cloud_tecc.party.takeover import ActiveShard
 from cloud_tecc.tasks import cancel_and_wait
 
 
-class _SwallowingLease:
-    """``holder()`` as a nats-py KV read on 3.11: a cancel that meets the reply is lost."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    async def holder(self) -> None:
-        self.reads += 1
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(0.01)
-
-
-class _SwallowingCoordinator:
-    """``prewarm()`` whose quote fetch swallows a cancel the same way."""
+class _Swallowing:
+    """A call that swallows a cancel, as a nats-py request on 3.11 whose reply met it:
+    ``holder()`` of a lease, ``prewarm()`` of a coordinator (its quote fetches)."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.inside = asyncio.Event()
 
-    async def prewarm(self) -> None:
+    async def call(self) -> None:
         self.calls += 1
+        self.inside.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.01)
+
+    holder = prewarm = call
 
 
 def _shard() -> ActiveShard:
@@ -68,29 +61,17 @@ async def _cancel_while_inside(task: asyncio.Task[None], inside: asyncio.Event) 
 
 async def test_the_owner_watch_ends_on_a_cancel_lost_in_the_lease_read() -> None:
     """Fails without the check: the watch reads the lease once a second for ever."""
-    shard, lease, inside = _shard(), _SwallowingLease(), asyncio.Event()
+    shard, lease = _shard(), _Swallowing()
     shard.lease = cast("Lease", lease)
-
-    async def holder() -> None:
-        inside.set()
-        await _SwallowingLease.holder(lease)
-
-    lease.holder = holder  # type: ignore[method-assign]
-    await _cancel_while_inside(asyncio.create_task(shard._watch_owner()), inside)
-    assert lease.reads >= 1
+    await _cancel_while_inside(asyncio.create_task(shard._watch_owner()), lease.inside)
+    assert lease.calls >= 1
 
 
 async def test_the_standby_attestation_ends_on_a_cancel_lost_in_a_prewarm() -> None:
     """Fails without the check: the standby verifies quotes every few seconds for ever."""
-    shard, coordinator, inside = _shard(), _SwallowingCoordinator(), asyncio.Event()
+    shard, coordinator = _shard(), _Swallowing()
     shard.coordinator = cast("Coordinator", coordinator)
     trust = SimpleNamespace(refresh_s=0.02)
     shard.cfg = cast("PartyConfig", SimpleNamespace(service=SimpleNamespace(trust=trust)))
-
-    async def prewarm() -> None:
-        inside.set()
-        await _SwallowingCoordinator.prewarm(coordinator)
-
-    coordinator.prewarm = prewarm  # type: ignore[method-assign]
-    await _cancel_while_inside(asyncio.create_task(shard._keep_warm()), inside)
+    await _cancel_while_inside(asyncio.create_task(shard._keep_warm()), coordinator.inside)
     assert coordinator.calls >= 1
