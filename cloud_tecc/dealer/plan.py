@@ -109,5 +109,5 @@ def plan_for(policy: AnalyticsPolicy, readings: int) -> Plan:
         dabits=max(p.dabits for p in plans),
         comparisons=max(p.comparisons for p in plans),
         squares=max(p.squares for p in plans),
-        compare_selects=max(p.compare_selects for p in plans) and max_selects(readings),
+        compare_selects=max_selects(readings) if minmax else 0,
     )

@@ -48,6 +48,7 @@ from cloud_tecc.party.challenges import EnrolContext, secret_digest
 from cloud_tecc.party.registry import GatewayRecord, LiveKeys, Registry
 from cloud_tecc.tasks import cancel_and_wait
 from tecc_contract import tpm_evidence as ev
+from tests.support.cancels import swallow_cancel
 
 pytestmark = pytest.mark.processes
 IDENTITY = bytes(range(32))
@@ -322,9 +323,7 @@ class _SwallowingWatcher:
     """``updates()`` as nats-py's on Python 3.11: a cancel that meets a result is lost."""
 
     async def updates(self, timeout: float) -> None:  # noqa: ASYNC109 - nats-py's signature
-        # a cancel here is dropped: the entry arrived with it and wait_for returned that
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(0.01)
+        await swallow_cancel()  # the entry arrived with the cancel; wait_for returned it
 
 
 async def test_a_watch_whose_cancel_is_lost_inside_nats_py_still_ends() -> None:

@@ -11,7 +11,6 @@ for the life of the process. The loops now check at the top of each turn and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import SimpleNamespace
 from typing import cast
 
@@ -20,6 +19,7 @@ from cloud_tecc.jetstream.lease import Lease
 from cloud_tecc.party.coordinator import Coordinator
 from cloud_tecc.party.takeover import ActiveShard
 from cloud_tecc.tasks import cancel_and_wait
+from tests.support.cancels import swallow_cancel
 
 
 class _Swallowing:
@@ -33,8 +33,7 @@ class _Swallowing:
     async def call(self) -> None:
         self.calls += 1
         self.inside.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(0.01)
+        await swallow_cancel()
 
     holder = prewarm = call
 
