@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -244,20 +245,34 @@ class OutputService(ServiceBase):
                 {"error": str(exc)}, status=403 if reason == "attestation" else 400
             )
         epoch = layout.epoch_ns
-        fresh = await asyncio.to_thread(self.store.accept_submission, epoch, party, seq, shard)
+        doc = layout_doc(layout)
+        try:
+            fresh = await asyncio.to_thread(
+                self.store.submit, epoch, party, seq, doc, vector, shard=shard
+            )
+        except sqlite3.Error as exc:  # nothing was written: the party resends it
+            self.errors.labels("results", "store").inc()
+            log.error(
+                "results of party %d, shard %d, epoch %d not stored, the party resends them: "
+                "the output's database failed (%s: %s); check its disk",
+                party, shard, epoch, type(exc).__name__, exc,
+            )  # fmt: skip
+            return web.json_response(
+                {"error": f"the output could not store the results ({type(exc).__name__})"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         self.releases[(party, shard)] = max(epoch, self.releases.get((party, shard), epoch))
         if fresh != "new":
             self.errors.labels("results", fresh).inc()
             return web.json_response({"status": fresh})  # 200: the party stops resending it
+        self.received.labels(str(party)).inc()
         async with self._completing:
-            return await self._complete(shard, epoch, party, layout, vector)
+            return await self._complete(shard, epoch, party, layout)
 
     async def _complete(
-        self, shard: int, epoch: int, party: int, layout: ReleaseLayout, vector: bytes
+        self, shard: int, epoch: int, party: int, layout: ReleaseLayout
     ) -> web.Response:
-        doc = layout_doc(layout)
-        await asyncio.to_thread(self.store.put_pending, epoch, party, doc, vector, shard)
-        self.received.labels(str(party)).inc()
         try:
             done = try_complete(
                 self.cfg.policy,

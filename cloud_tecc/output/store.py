@@ -115,17 +115,6 @@ class ResultStore(StoreReads):
         """Close the database."""
         self._db.close()
 
-    def put_pending(
-        self, epoch_ns: int, party: int, layout: dict[str, Any], vector: bytes, shard: int = 0
-    ) -> None:
-        """Store (replace) one party's share vector of a shard's epoch."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO pending (shard, epoch_ns, party, layout, vector) "
-                "VALUES (?,?,?,?,?)",
-                (shard, epoch_ns, party, json.dumps(layout, sort_keys=True), vector),
-            )
-
     def pending(self, epoch_ns: int, shard: int = 0) -> dict[int, tuple[dict[str, Any], bytes]]:
         """All parties' pending shares of a shard's epoch."""
         with self._lock:
@@ -256,27 +245,50 @@ class ResultStore(StoreReads):
             self._changes += 1
         return clash
 
-    def accept_submission(self, epoch_ns: int, party: int, seq: int, shard: int = 0) -> str:
-        """Freshness of one party's message: ``new``, ``stale`` (older seq) or ``stored``.
+    def submit(
+        self,
+        epoch_ns: int,
+        party: int,
+        seq: int,
+        layout: dict[str, Any],
+        vector: bytes,
+        *,
+        shard: int = 0,
+    ) -> str:
+        """Hold one party's share vector of a shard's epoch if its message is fresh.
 
+        Answers ``new`` (held), ``stale`` (that party's message of this epoch with
+        this or a newer seq is already held) or ``stored`` (the epoch is released).
         A replayed or older message can neither replace a newer one of the same
         (shard, epoch) (roll back) nor park shares of one already stored (block).
+
+        The seq and the vector are written in one transaction: a seq recorded
+        without its vector (a crash or a failed write between two commits) would
+        answer the party's resend ``stale``, the party would count the message as
+        delivered, and the epoch would never be reconstructed.
         """
         key = (shard, epoch_ns)
         with self._lock:
-            db = self._db
-            if db.execute("SELECT 1 FROM epochs WHERE shard=? AND start_ns=?", key).fetchone():
-                return "stored"
-            row = db.execute(
-                "SELECT seq FROM submissions WHERE shard=? AND epoch_ns=? AND party=?",
-                (*key, party),
-            ).fetchone()
-            if row is not None and int(row[0]) >= seq:
-                return "stale"
-            db.execute(
-                "INSERT OR REPLACE INTO submissions (shard, epoch_ns, party, seq) VALUES (?,?,?,?)",
-                (*key, party, seq),
-            )
+            cur = self._db.cursor()
+            with _immediate(cur):
+                if cur.execute("SELECT 1 FROM epochs WHERE shard=? AND start_ns=?", key).fetchone():
+                    return "stored"
+                row = cur.execute(
+                    "SELECT seq FROM submissions WHERE shard=? AND epoch_ns=? AND party=?",
+                    (*key, party),
+                ).fetchone()
+                if row is not None and int(row[0]) >= seq:
+                    return "stale"
+                cur.execute(
+                    "INSERT OR REPLACE INTO submissions (shard, epoch_ns, party, seq) "
+                    "VALUES (?,?,?,?)",
+                    (*key, party, seq),
+                )
+                cur.execute(
+                    "INSERT OR REPLACE INTO pending (shard, epoch_ns, party, layout, vector) "
+                    "VALUES (?,?,?,?,?)",
+                    (*key, party, json.dumps(layout, sort_keys=True), vector),
+                )
             return "new"
 
     def prune(self, before_ns: int, max_flags: int) -> int:

@@ -183,12 +183,14 @@ def test_store_refuses_replays_of_result_messages(tmp_path: Path) -> None:
     (``INSERT OR REPLACE`` into pending) and parked shares of stored epochs.
     """
     store = ResultStore(tmp_path / "r.db")
-    assert store.accept_submission(T0, 0, 5) == "new"
-    assert store.accept_submission(T0, 0, 5) == "stale"
-    assert store.accept_submission(T0, 0, 4) == "stale"
-    assert store.accept_submission(T0, 0, 6) == "new"
+    assert store.submit(T0, 0, 5, {}, b"five") == "new"
+    assert store.submit(T0, 0, 5, {}, b"again") == "stale"
+    assert store.submit(T0, 0, 4, {}, b"four") == "stale"
+    assert store.pending(T0) == {0: ({}, b"five")}  # an older message replaced nothing
+    assert store.submit(T0, 0, 6, {}, b"six") == "new"
+    assert store.pending(T0) == {0: ({}, b"six")}
     store.store_epoch(T0, 10 * SECOND, _epoch([]), T0, None)
-    assert store.accept_submission(T0, 1, 99) == "stored"
+    assert store.submit(T0, 1, 99, {}, b"") == "stored"
     store.close()
 
 

@@ -63,10 +63,10 @@ def _flags(store: ResultStore) -> list[tuple[str, int]]:
 def test_one_epoch_of_two_shards_is_two_releases(tmp_path: Path) -> None:
     """Epoch T0 of shard 0 and of shard 1 are both stored, each with its flags and incident."""
     store = ResultStore(tmp_path / "r.db")
-    assert store.accept_submission(T0, 0, 1, shard=0) == "new"
+    assert store.submit(T0, 0, 1, {}, b"", shard=0) == "new"
     assert _store(store, 0, _rows("gw-a", ["temp"], flags=2))
-    assert store.accept_submission(T0, 0, 1, shard=1) == "new"  # not "stored": another shard
-    assert store.accept_submission(T0, 0, 2, shard=0) == "stored"
+    assert store.submit(T0, 0, 1, {}, b"", shard=1) == "new"  # not "stored": another shard
+    assert store.submit(T0, 0, 2, {}, b"", shard=0) == "stored"
     assert _store(store, 1, _rows("gw-b", ["temp"], flags=3))
     assert {(w["gateway"], w["start_ns"]) for w in store.windows(None, None, 0)} == {
         ("gw-a", T0),
@@ -86,8 +86,8 @@ def test_one_epoch_of_two_shards_is_two_releases(tmp_path: Path) -> None:
 def test_pending_shares_are_per_shard(tmp_path: Path) -> None:
     """Party 0's vector of shard 1 never completes shard 0's epoch."""
     store = ResultStore(tmp_path / "r.db")
-    store.put_pending(T0, 0, {"epoch_ns": T0}, b"a", shard=0)
-    store.put_pending(T0, 1, {"epoch_ns": T0}, b"b", shard=1)
+    assert store.submit(T0, 0, 1, {"epoch_ns": T0}, b"a", shard=0) == "new"
+    assert store.submit(T0, 1, 1, {"epoch_ns": T0}, b"b", shard=1) == "new"
     assert set(store.pending(T0, shard=0)) == {0}
     assert set(store.pending(T0, shard=1)) == {1}
     _store(store, 0, _rows("gw-a", ["temp"]))
@@ -205,11 +205,11 @@ def test_migration_of_a_results_db_before_shards(tmp_path: Path) -> None:
     store = ResultStore(path)
     assert [(e["shard"], e["start_ns"]) for e in store.epochs()] == [(0, T0)]
     assert [(p["shard"], p["last_epoch_ns"]) for p in store.shard_progress()] == [(0, T0)]
-    assert store.accept_submission(T0, 1, 9) == "stored"  # shard 0 is the old deployment
-    assert store.accept_submission(T0 + SECOND, 0, 7) == "stale"  # its seq kept
+    assert store.submit(T0, 1, 9, {}, b"") == "stored"  # shard 0 is the old deployment
+    assert store.submit(T0 + SECOND, 0, 7, {}, b"") == "stale"  # its seq kept
     assert store.pending(T0 + SECOND) == {0: ({}, b"\x01")}
     assert [f["class"] for f in store.fleet(None, 0, ALL, 10)] == ["motor"]
-    assert store.accept_submission(T0, 0, 1, shard=1) == "new"
+    assert store.submit(T0, 0, 1, {}, b"", shard=1) == "new"
     _store(store, 1, _rows("gw-b", ["temp"], flags=1))
     _store(store, 0, _rows("gw-a", ["temp"]))  # shard 0 recomputed without flags
     assert [g for g, _ in _flags(store)] == ["gw-b"]
