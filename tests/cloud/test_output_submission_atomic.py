@@ -24,8 +24,14 @@ FAIL = "output disk full (test trigger)"
 LOGGED = "not stored, the party resends them"  # the output's log line
 
 
-def _db(dep: Deployment) -> sqlite3.Connection:
-    return sqlite3.connect(dep.state_dir("output") / "results.db", timeout=10)
+def _execute(dep: Deployment, sql: str) -> list[tuple[object, ...]]:
+    """One statement on the output's database from a connection of its own, committed."""
+    db = sqlite3.connect(dep.state_dir("output") / "results.db", timeout=10)
+    try:
+        with db:
+            return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 def test_a_vector_that_failed_to_store_is_taken_again_on_resend(tmp_path: Path) -> None:
@@ -37,11 +43,11 @@ def test_a_vector_that_failed_to_store_is_taken_again_on_resend(tmp_path: Path) 
     scn = make_scenario()
     try:
         dep.start_all()
-        with _db(dep) as db:
-            db.execute(
-                "CREATE TRIGGER fail_party1 BEFORE INSERT ON pending WHEN NEW.party = 1 "
-                f"BEGIN SELECT RAISE(ABORT, '{FAIL}'); END"
-            )
+        _execute(
+            dep,
+            "CREATE TRIGGER fail_party1 BEFORE INSERT ON pending WHEN NEW.party = 1 "
+            f"BEGIN SELECT RAISE(ABORT, '{FAIL}'); END",
+        )
         gws = gateways(dep)
         upload_all(gws, scn, range(12))  # declares through 12 s: epoch 0 closes
         log = dep.log_path("output")
@@ -49,12 +55,10 @@ def test_a_vector_that_failed_to_store_is_taken_again_on_resend(tmp_path: Path) 
         while "IntegrityError" not in log.read_text(errors="replace"):
             assert time.monotonic() < deadline, "party 1's results never reached the output"
             time.sleep(0.2)
-        with _db(dep) as db:
-            db.execute("DROP TRIGGER fail_party1")
+        _execute(dep, "DROP TRIGGER fail_party1")
         epochs = wait_epochs(dep, 1, timeout=30)
         text = log.read_text(errors="replace")
-        with _db(dep) as db:
-            held = db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+        held = _execute(dep, "SELECT COUNT(*) FROM pending")[0][0]
     finally:
         dep.stop_all()
     assert [e["start_ns"] for e in epochs][:1] == [scn.streams[0].timestamps_ns[0]]
